@@ -1,0 +1,42 @@
+# Two entry points a new user needs: `make demo` and `make test`.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# Override for a CUDA build, e.g. `make setup TORCH_SPEC="torch>=2.2,<3"`.
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: setup demo test test-unit lint bench clean
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	# The CPU wheel first: the package's torch range would otherwise pull a multi-GB CUDA build.
+	$(BIN)/pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/pip install --quiet --only-binary=scikit-learn -e ".[broker,dev]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/streamtrain demo $(DEMO_ARGS)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+
+test-unit: $(STAMP)
+	$(BIN)/python -m pytest -q tests/unit
+
+lint: $(STAMP)
+	$(BIN)/ruff check streamtrain tests bench
+	$(BIN)/ruff format --check streamtrain tests bench
+	$(BIN)/mypy
+
+bench: $(STAMP)
+	$(BIN)/pip install --quiet --only-binary=scikit-learn,river -e ".[bench]"
+	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/train.py
+	$(BIN)/python bench/serve.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

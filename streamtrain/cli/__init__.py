@@ -1,0 +1,10 @@
+"""Command-line entry point: ``streamtrain train | serve | produce | demo | broker``."""
+
+from __future__ import annotations
+
+from streamtrain.cli import broker as _broker  # noqa: F401  (registers the command)
+from streamtrain.cli.app import app
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,38 @@
+"""`streamtrain broker`: run the embedded Kafka-protocol broker in the foreground."""
+
+from __future__ import annotations
+
+import signal
+import threading
+
+import typer
+
+from streamtrain.broker import BrokerUnavailable, EmbeddedBroker
+from streamtrain.cli.app import app
+from streamtrain.cli.common import fail
+
+
+@app.command()
+def broker(
+    port: int = typer.Option(9092, help="Loopback port to listen on (0 picks a free one)."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on."),
+    topic: list[str] = typer.Option([], help="Topic to create on start (repeatable)."),
+    partitions: int = typer.Option(1, min=1, help="Partitions of each --topic."),
+) -> None:
+    """Run the embedded broker (in-memory: a restart loses every topic) until Ctrl-C."""
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        with EmbeddedBroker(port=port, host=host) as embedded:
+            if topic:
+                embedded.create_topics(topic, partitions=partitions)
+            typer.echo(f"bootstrap servers: {embedded.bootstrap_servers}", color=False)
+            typer.echo(
+                f"export STREAMTRAIN_KAFKA__BOOTSTRAP_SERVERS={embedded.bootstrap_servers}"
+            )
+            try:
+                stop.wait()
+            except KeyboardInterrupt:
+                pass
+    except BrokerUnavailable as exc:
+        fail(str(exc))

@@ -1,0 +1,190 @@
+"""Every Prometheus metric streamtrain exports, defined once.
+
+Two registries keep each process's ``/metrics`` to what it does: ``TRAINER_REGISTRY`` (ingest,
+training, checkpoints, snapshot publishing) and ``SERVER_REGISTRY`` (serving). Names carry the
+``streamtrain_`` prefix and their unit; ``docs/metrics.md`` explains each one.
+"""
+
+from __future__ import annotations
+
+import threading
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+TRAINER_REGISTRY = CollectorRegistry(auto_describe=True)
+SERVER_REGISTRY = CollectorRegistry(auto_describe=True)
+
+_FAST = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+_SLOW = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 16384, 65536)
+
+# --- ingest -------------------------------------------------------------------------------
+INGEST_RECORDS = Counter(
+    "streamtrain_ingest_records", "Kafka records consumed, valid or not.", ["topic"],
+    registry=TRAINER_REGISTRY,
+)
+INGEST_SAMPLES = Counter(
+    "streamtrain_ingest_samples", "Samples that passed validation.", registry=TRAINER_REGISTRY
+)
+INGEST_REJECTED = Counter(
+    "streamtrain_ingest_rejected_records",
+    "Records rejected and sent to the dead-letter topic, by reason.",
+    ["reason"],
+    registry=TRAINER_REGISTRY,
+)
+INGEST_DEAD_LETTER_ERRORS = Counter(
+    "streamtrain_ingest_dead_letter_errors",
+    "Rejected records that could not be written to the dead-letter topic.",
+    registry=TRAINER_REGISTRY,
+)
+INGEST_BATCH_SIZE = Histogram(
+    "streamtrain_ingest_batch_size_samples", "Samples per micro-batch.", buckets=_SIZES,
+    registry=TRAINER_REGISTRY,
+)
+INGEST_LAG = Gauge(
+    "streamtrain_ingest_consumer_lag_records",
+    "High watermark minus next offset to read, per partition.",
+    ["partition"],
+    registry=TRAINER_REGISTRY,
+)
+INGEST_DECODE_SECONDS = Histogram(
+    "streamtrain_ingest_decode_seconds", "Time to decode and validate one poll's records.",
+    buckets=_FAST, registry=TRAINER_REGISTRY,
+)
+
+# --- training -----------------------------------------------------------------------------
+TRAIN_STEPS = Counter(
+    "streamtrain_train_steps", "Optimizer steps applied.", registry=TRAINER_REGISTRY
+)
+TRAIN_SAMPLES = Counter(
+    "streamtrain_train_samples", "Samples the model has learned from.", registry=TRAINER_REGISTRY
+)
+TRAIN_SKIPPED_STEPS = Counter(
+    "streamtrain_train_skipped_steps",
+    "Steps not applied because the loss or a gradient was not finite.",
+    registry=TRAINER_REGISTRY,
+)
+TRAIN_ROLLBACKS = Counter(
+    "streamtrain_train_rollbacks", "Restores of the last good state after repeated bad steps.",
+    registry=TRAINER_REGISTRY,
+)
+TRAIN_LOSS = Gauge(
+    "streamtrain_train_loss", "Rolling mean training loss.", registry=TRAINER_REGISTRY
+)
+TRAIN_ACCURACY = Gauge(
+    "streamtrain_train_prequential_accuracy_ratio",
+    "Rolling prequential (test-then-train) accuracy, classification only.",
+    registry=TRAINER_REGISTRY,
+)
+TRAIN_MAE = Gauge(
+    "streamtrain_train_prequential_mae",
+    "Rolling prequential mean absolute error, regression only.",
+    registry=TRAINER_REGISTRY,
+)
+TRAIN_LEARNING_RATE = Gauge(
+    "streamtrain_train_learning_rate", "Current learning rate.", registry=TRAINER_REGISTRY
+)
+TRAIN_STEP_SECONDS = Histogram(
+    "streamtrain_train_step_seconds", "Wall time of one training step.", buckets=_FAST,
+    registry=TRAINER_REGISTRY,
+)
+TRAIN_THROUGHPUT = Gauge(
+    "streamtrain_train_samples_per_second", "Samples trained per second, recent average.",
+    registry=TRAINER_REGISTRY,
+)
+TRAIN_DATA_WATERMARK = Gauge(
+    "streamtrain_train_data_watermark_timestamp_seconds",
+    "Newest sample timestamp the model has learned from.",
+    registry=TRAINER_REGISTRY,
+)
+TRAIN_CUDA_MEMORY = Gauge(
+    "streamtrain_train_cuda_memory_allocated_bytes", "CUDA memory held by tensors (CUDA only).",
+    registry=TRAINER_REGISTRY,
+)
+CHECKPOINTS = Counter(
+    "streamtrain_checkpoints", "Checkpoints written.", registry=TRAINER_REGISTRY
+)
+CHECKPOINT_SECONDS = Histogram(
+    "streamtrain_checkpoint_seconds", "Time to write one checkpoint.", buckets=_SLOW,
+    registry=TRAINER_REGISTRY,
+)
+CHECKPOINT_AGE = Gauge(
+    "streamtrain_checkpoint_age_seconds", "Seconds since the last checkpoint was written.",
+    registry=TRAINER_REGISTRY,
+)
+
+# --- snapshot publishing ------------------------------------------------------------------
+SNAPSHOTS_PUBLISHED = Counter(
+    "streamtrain_snapshot_published", "Snapshots published.", registry=TRAINER_REGISTRY
+)
+SNAPSHOTS_SUPERSEDED = Counter(
+    "streamtrain_snapshot_superseded",
+    "Snapshots dropped unpublished because a newer one was due first.",
+    registry=TRAINER_REGISTRY,
+)
+SNAPSHOT_PUBLISH_ERRORS = Counter(
+    "streamtrain_snapshot_publish_errors", "Snapshots that failed to publish.",
+    registry=TRAINER_REGISTRY,
+)
+SNAPSHOT_BYTES = Gauge(
+    "streamtrain_snapshot_size_bytes", "Size of the last published snapshot.",
+    registry=TRAINER_REGISTRY,
+)
+SNAPSHOT_PUBLISH_SECONDS = Histogram(
+    "streamtrain_snapshot_publish_seconds", "Serialize-and-produce time of one snapshot.",
+    buckets=_SLOW, registry=TRAINER_REGISTRY,
+)
+SNAPSHOT_VERSION = Gauge(
+    "streamtrain_snapshot_version", "Version (trainer step) of the last published snapshot.",
+    registry=TRAINER_REGISTRY,
+)
+
+# --- serving ------------------------------------------------------------------------------
+SERVE_REQUESTS = Counter(
+    "streamtrain_serve_requests", "Inference requests, by outcome (ok, bad_request, ...).",
+    ["outcome"], registry=SERVER_REGISTRY,
+)
+SERVE_REQUEST_SECONDS = Histogram(
+    "streamtrain_serve_request_seconds", "Inference request latency.", buckets=_FAST,
+    registry=SERVER_REGISTRY,
+)
+SERVE_SWAPS = Counter(
+    "streamtrain_serve_swaps", "Snapshots swapped in as the live weights.",
+    registry=SERVER_REGISTRY,
+)
+SERVE_REJECTED_SNAPSHOTS = Counter(
+    "streamtrain_serve_rejected_snapshots", "Snapshots refused, by reason.", ["reason"],
+    registry=SERVER_REGISTRY,
+)
+SERVE_MODEL_VERSION = Gauge(
+    "streamtrain_serve_model_version", "Version of the live weights (0 before the first).",
+    registry=SERVER_REGISTRY,
+)
+SERVE_SWAP_SECONDS = Histogram(
+    "streamtrain_serve_swap_seconds", "Time to load a snapshot into standby and swap it live.",
+    buckets=_FAST, registry=SERVER_REGISTRY,
+)
+SERVE_DATA_AGE = Gauge(
+    "streamtrain_serve_data_age_seconds",
+    "Now minus the newest sample timestamp behind the live weights.",
+    registry=SERVER_REGISTRY,
+)
+SERVE_SINCE_SWAP = Gauge(
+    "streamtrain_serve_seconds_since_swap", "Seconds since the live weights last changed.",
+    registry=SERVER_REGISTRY,
+)
+SERVE_BATCH_SIZE = Histogram(
+    "streamtrain_serve_batch_size_rows", "Rows per forward pass.", buckets=_SIZES,
+    registry=SERVER_REGISTRY,
+)
+
+
+def serve_metrics(registry: CollectorRegistry, port: int, host: str = "0.0.0.0") -> WSGIServer:
+    """Serve ``registry`` on ``http://host:port/metrics`` from a daemon thread.
+
+    Port 0 picks a free port; read it back from ``server.server_port``.
+    """
+    server, thread = start_http_server(port, addr=host, registry=registry)
+    assert isinstance(thread, threading.Thread)
+    return server

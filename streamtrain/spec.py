@@ -1,0 +1,45 @@
+"""What a valid sample looks like for the configured model: feature shape and label kind."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+Task = Literal["multiclass", "binary", "regression"]
+
+
+@dataclass(frozen=True)
+class SampleSpec:
+    """The shape contract between producers, ingest, the model and the server.
+
+    >>> spec = SampleSpec(feature_shape=(1, 8, 8), task="multiclass", num_classes=10)
+    >>> spec.feature_size, spec.label_width
+    (64, 1)
+    """
+
+    feature_shape: tuple[int, ...]
+    task: Task
+    num_classes: int = 2
+    target_dim: int = 1
+
+    def __post_init__(self) -> None:
+        if not self.feature_shape or any(d < 1 for d in self.feature_shape):
+            raise ValueError(f"feature_shape {self.feature_shape} must have positive dims")
+        if self.task == "binary" and self.num_classes != 2:
+            raise ValueError("a binary task has num_classes=2")
+        if self.task == "multiclass" and self.num_classes < 2:
+            raise ValueError("a multiclass task needs num_classes >= 2")
+
+    @property
+    def feature_size(self) -> int:
+        return math.prod(self.feature_shape)
+
+    @property
+    def is_classification(self) -> bool:
+        return self.task != "regression"
+
+    @property
+    def label_width(self) -> int:
+        """Values per label: 1 class index, or target_dim floats for regression."""
+        return self.target_dim if self.task == "regression" else 1

@@ -1,0 +1,1 @@
+"""Training: model plugins, the learning step, guards, prequential metrics, the trainer loop."""

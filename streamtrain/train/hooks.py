@@ -1,0 +1,34 @@
+"""Seams the trainer loop calls out through; implementations live in other packages."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+
+
+@dataclass(frozen=True)
+class SnapshotRequest:
+    """Weights the trainer hands to a snapshot sink, already copied off the training tensors.
+
+    ``wait_ready`` blocks until the copies are complete (a CUDA event on a side stream); the
+    sink calls it on its own thread so the training thread never waits for the copy.
+    """
+
+    version: int  # the trainer step the weights were taken at
+    run_id: str
+    tensors: Mapping[str, torch.Tensor]  # CPU tensors the sink may keep
+    data_watermark: float | None  # newest sample timestamp learned from (epoch seconds)
+    offsets: Mapping[int, int]  # partition -> next offset the weights have not learned from
+    created_at: float  # epoch seconds
+    wait_ready: Callable[[], None] = field(default=lambda: None)
+
+
+class SnapshotSink(Protocol):
+    """Where the trainer sends weights to be published. ``offer`` must never block training."""
+
+    def offer(self, request: SnapshotRequest) -> None: ...
+
+    def close(self, timeout: float = 10.0) -> None: ...

@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+import os
+
+import pytest
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+from streamtrain.broker import BrokerUnavailable, EmbeddedBroker, find_broker_binary
+
+
+def test_embedded_broker_round_trip_and_stops() -> None:
+    with EmbeddedBroker() as broker:
+        pid = broker.pid
+        assert pid is not None
+        broker.create_topics(["roundtrip"], partitions=2)
+        producer = KafkaProducer(bootstrap_servers=broker.bootstrap_servers)
+        producer.send("roundtrip", b"hello", partition=1).get(timeout=10)
+        producer.close()
+        consumer = KafkaConsumer(bootstrap_servers=broker.bootstrap_servers)
+        tp = TopicPartition("roundtrip", 1)
+        consumer.assign([tp])
+        consumer.seek_to_beginning(tp)
+        records = consumer.poll(timeout_ms=5000).get(tp, [])
+        consumer.close()
+        assert [r.value for r in records] == [b"hello"]
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+
+
+def test_broker_stops_when_body_raises() -> None:
+    broker = EmbeddedBroker()
+    with pytest.raises(RuntimeError, match="boom"), broker:
+        pid = broker.pid
+        raise RuntimeError("boom")
+    assert pid is not None
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+
+
+def test_missing_binary_explains_fix(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STREAMTRAIN_TANSU_BINARY", "/nonexistent/tansu")
+    with pytest.raises(BrokerUnavailable, match="does not name a file"):
+        find_broker_binary()
