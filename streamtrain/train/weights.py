@@ -1,0 +1,39 @@
+"""Copy model weights off the training tensors for a snapshot without stalling the step."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+
+def copy_weights(model: nn.Module) -> tuple[dict[str, torch.Tensor], Callable[[], None]]:
+    """CPU copies of every parameter and buffer, plus a function that waits for them.
+
+    On CUDA the copies go device -> pinned host memory on a side stream, ordered after the
+    work already queued on the current stream; the returned ``wait_ready`` synchronises on an
+    event, so only the snapshot publisher's thread ever waits for the copy.
+    """
+    state = model.state_dict()
+    first = next(iter(state.values()), None)
+    if first is None or first.device.type != "cuda":
+        return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in state.items()}, _noop
+    device = first.device
+    side = torch.cuda.Stream(device=device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    copies: dict[str, torch.Tensor] = {}
+    with torch.cuda.stream(side):
+        for name, tensor in state.items():
+            host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+            host.copy_(tensor.detach(), non_blocking=True)
+            # The caching allocator must not reuse the source while the side stream reads it.
+            tensor.record_stream(side)
+            copies[name] = host
+        done = torch.cuda.Event()
+        done.record(side)
+    return copies, done.synchronize
+
+
+def _noop() -> None:
+    return None
