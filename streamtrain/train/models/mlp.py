@@ -1,0 +1,51 @@
+"""``mlp``: a multilayer perceptron over the flattened features."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import torch
+from pydantic import Field
+from torch import nn
+
+from streamtrain.spec import SampleSpec
+from streamtrain.train.models._head import OutputLayer, activation
+from streamtrain.train.models._params import ModelParams, parse_params
+
+
+class MLPParams(ModelParams):
+    hidden_sizes: tuple[int, ...] = Field((64,), description="Width of each hidden layer.")
+    activation: Literal["relu", "gelu", "tanh"] = "relu"
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+
+
+class MLP(nn.Module):
+    """Flatten, then ``Linear -> activation -> Dropout`` per hidden layer, then the output layer.
+
+    >>> spec = SampleSpec(feature_shape=(16,), task="binary")
+    >>> MLP(spec, MLPParams(hidden_sizes=(8, 8)))(torch.zeros(3, 16)).shape
+    torch.Size([3])
+    """
+
+    def __init__(self, spec: SampleSpec, params: MLPParams) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        width = spec.feature_size
+        for size in params.hidden_sizes:
+            if size < 1:
+                raise ValueError(f"hidden_sizes {params.hidden_sizes} must be positive widths")
+            layers += [nn.Linear(width, size), activation(params.activation)]
+            if params.dropout > 0:
+                layers.append(nn.Dropout(params.dropout))
+            width = size
+        self.body = nn.Sequential(*layers)
+        self.head = OutputLayer(width, spec)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.head(self.body(x.flatten(1)))
+        return out
+
+
+def build_mlp(spec: SampleSpec, params: Mapping[str, Any]) -> nn.Module:
+    return MLP(spec, parse_params("mlp", MLPParams, params))
