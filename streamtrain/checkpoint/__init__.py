@@ -1,0 +1,6 @@
+"""Durable trainer state: atomic safetensors + JSON checkpoints, restored newest-valid-first."""
+
+from streamtrain.checkpoint.state import CheckpointError, TrainerState
+from streamtrain.checkpoint.store import CheckpointStore
+
+__all__ = ["CheckpointError", "CheckpointStore", "TrainerState"]

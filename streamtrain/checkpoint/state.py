@@ -1,0 +1,36 @@
+"""What the trainer hands to a checkpoint and gets back from one."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be written, or one on disk that is torn, corrupt or mismatched.
+
+    The message names the file and what is wrong with it.
+    """
+
+
+@dataclass
+class TrainerState:
+    """The trainer's position in the stream, saved next to the weights it belongs to.
+
+    ``offsets`` maps each assigned partition to the next offset the model has *not* learned
+    from; restoring a checkpoint and seeking there gives exactly-once learning.
+
+    Example:
+        >>> state = TrainerState(step=10, samples_seen=640, run_id="r1", offsets={0: 320},
+        ...                      model_settings={"name": "mlp"})
+        >>> state.offsets[0]
+        320
+    """
+
+    step: int
+    samples_seen: int
+    run_id: str
+    offsets: dict[int, int]
+    model_settings: dict[str, Any]
+    data_watermark: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)

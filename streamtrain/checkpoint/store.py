@@ -1,0 +1,342 @@
+"""A directory of atomic trainer checkpoints: write, prune, restore the newest valid one."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler
+
+from streamtrain import metrics
+from streamtrain.checkpoint import components as comp
+from streamtrain.checkpoint.files import (
+    bytes_to_tensors,
+    fsync_dir,
+    locked,
+    read_verified,
+    tensors_to_bytes,
+    write_durable,
+)
+from streamtrain.checkpoint.meta import (
+    FORMAT_VERSION,
+    META_FILE,
+    CheckpointMeta,
+    RngMeta,
+    parse_meta,
+)
+from streamtrain.checkpoint.rng import RNG_FILE, capture_rng, check_rng, restore_rng
+from streamtrain.checkpoint.state import CheckpointError, TrainerState
+
+log = logging.getLogger(__name__)
+
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+_TMP = ".tmp-"
+_REPLACED = ".replaced-"
+_REQUIRED = (comp.MODEL_FILE, comp.OPTIMIZER_TENSORS, comp.OPTIMIZER_JSON, RNG_FILE)
+
+
+@dataclass(frozen=True)
+class _Loaded:
+    """A checkpoint read and validated in memory, not yet applied to any live object."""
+
+    meta: CheckpointMeta
+    model: dict[str, torch.Tensor]
+    optimizer: dict[str, Any]
+    scheduler: dict[str, Any] | None
+    rng: dict[str, torch.Tensor]
+
+
+class CheckpointStore:
+    """Atomic checkpoints of model, optimizer, LR scheduler, RNGs and stream offsets.
+
+    Each checkpoint is a directory ``<root>/step-<step, 12 digits>/`` holding
+    ``model.safetensors``, ``optimizer.safetensors`` + ``optimizer.json``, optionally
+    ``scheduler.json`` (+ ``scheduler.safetensors``), ``rng.safetensors`` and ``meta.json``
+    (trainer state, JSON RNG states, and the sha256 of every other file). Only safetensors and
+    JSON are ever read back. One writer per ``root``; an advisory lock on ``root/.lock`` keeps
+    processes on one host from interleaving.
+
+    Example:
+        >>> import tempfile, torch
+        >>> model = torch.nn.Linear(2, 1)
+        >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        >>> store = CheckpointStore(Path(tempfile.mkdtemp()), keep=2)
+        >>> state = TrainerState(step=5, samples_seen=80, run_id="r", offsets={0: 80},
+        ...                      model_settings={})
+        >>> store.save(state, model, opt).name
+        'step-000000000005'
+        >>> store.load_latest(model, opt).offsets
+        {0: 80}
+    """
+
+    def __init__(self, root: Path, keep: int = 3) -> None:
+        if keep < 1:
+            raise ValueError(f"keep={keep}: keep at least 1 checkpoint")
+        self.root = Path(root)
+        self.keep = keep
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def save(
+        self,
+        state: TrainerState,
+        model: nn.Module,
+        optimizer: Optimizer,
+        scheduler: LRScheduler | None = None,
+    ) -> Path:
+        """Write a checkpoint of ``state`` and the objects; return its directory.
+
+        1. Capture model, optimizer, scheduler and RNG states into CPU memory and serialize them
+           before touching the disk, so unsaveable state fails with the directory untouched.
+        2. Write each file into a fresh ``.tmp-…`` directory inside ``root`` and fsync it.
+        3. Write ``meta.json`` last, holding every other file's sha256; fsync the temp dir.
+        4. Rename the temp dir to ``step-<step>`` and fsync ``root``: this rename is the commit.
+           A checkpoint of the same step is first moved aside to ``.replaced-…`` and deleted
+           afterwards; a load after a crash between the two renames moves it back.
+        5. Prune to the newest ``keep`` checkpoints and drop stale temp dirs of crashed saves.
+        """
+        started = time.perf_counter()
+        files, rng_meta = self._serialize(model, optimizer, scheduler)
+        name = f"step-{state.step:012d}"
+        with locked(self.root):
+            self._clean_stale()
+            tmp = self.root / f"{_TMP}{name}-{uuid.uuid4().hex}"
+            tmp.mkdir()
+            try:
+                digests = {n: write_durable(tmp, n, data) for n, data in files.items()}
+                meta = self._meta(state, rng_meta, digests)
+                write_durable(tmp, META_FILE, meta)
+                fsync_dir(tmp)
+                final = self._commit(tmp, name)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+            self._prune()
+        created = time.time()
+        metrics.CHECKPOINT_SECONDS.observe(time.perf_counter() - started)
+        metrics.CHECKPOINTS.inc()
+        metrics.CHECKPOINT_AGE.set_function(lambda: time.time() - created)
+        log.info("checkpoint %s written in %.3fs", final, time.perf_counter() - started)
+        return final
+
+    def load_latest(
+        self,
+        model: nn.Module,
+        optimizer: Optimizer,
+        scheduler: LRScheduler | None = None,
+        *,
+        restore_rng: bool = True,
+    ) -> TrainerState | None:
+        """Restore the newest valid checkpoint into the given objects; None if there is none.
+
+        1. Finish or undo what a crashed save left (temp dirs, a same-step replacement).
+        2. From newest to oldest: read every file, check its sha256, parse and validate it
+           against the live model, optimizer and scheduler, all in memory. A torn, corrupt or
+           mismatched checkpoint is logged as a WARNING naming it and why, and skipped.
+        3. Apply the first valid one: optimizer (torch validates it before changing anything),
+           model weights (copied onto the parameters' device), scheduler, then the RNGs.
+        """
+        with locked(self.root):
+            self._clean_stale()
+            for path in self._checkpoint_dirs():
+                try:
+                    loaded = self._read(path, model, optimizer, scheduler)
+                    self._apply(loaded, path, model, optimizer, scheduler, restore_rng)
+                except CheckpointError as exc:
+                    log.warning("skipping checkpoint %s: %s", path, exc)
+                    continue
+                log.info("restored checkpoint %s", path)
+                meta = loaded.meta
+                return TrainerState(
+                    step=meta.step,
+                    samples_seen=meta.samples_seen,
+                    run_id=meta.run_id,
+                    offsets=meta.int_offsets(),
+                    model_settings=meta.model_settings,
+                    data_watermark=meta.data_watermark,
+                    extra=meta.extra,
+                )
+        return None
+
+    def latest_path(self) -> Path | None:
+        """The newest checkpoint whose ``meta.json`` is valid and whose files all exist.
+
+        Cheap (no hashing); :meth:`load_latest` additionally verifies every checksum.
+        """
+        for path in self._checkpoint_dirs():
+            try:
+                meta = parse_meta((path / META_FILE).read_bytes(), path / META_FILE)
+            except (OSError, CheckpointError):
+                continue
+            if all((path / name).is_file() for name in meta.files):
+                return path
+        return None
+
+    # --- writing ----------------------------------------------------------------------------
+
+    @staticmethod
+    def _serialize(
+        model: nn.Module, optimizer: Optimizer, scheduler: LRScheduler | None
+    ) -> tuple[dict[str, bytes], RngMeta]:
+        files = {comp.MODEL_FILE: tensors_to_bytes(comp.model_tensors(model), "model weights")}
+        opt_tensors, opt_json = comp.encode_optimizer(optimizer)
+        files[comp.OPTIMIZER_TENSORS] = tensors_to_bytes(opt_tensors, "optimizer state")
+        files[comp.OPTIMIZER_JSON] = opt_json
+        if scheduler is not None:
+            sched_tensors, sched_json = comp.encode_scheduler(scheduler)
+            files[comp.SCHEDULER_JSON] = sched_json
+            if sched_tensors:
+                files[comp.SCHEDULER_TENSORS] = tensors_to_bytes(sched_tensors, "scheduler state")
+        rng_tensors, rng_meta = capture_rng()
+        files[RNG_FILE] = tensors_to_bytes(rng_tensors, "RNG state")
+        return files, rng_meta
+
+    @staticmethod
+    def _meta(state: TrainerState, rng: RngMeta, digests: dict[str, str]) -> bytes:
+        for partition, offset in state.offsets.items():
+            if not isinstance(partition, int) or not isinstance(offset, int) or offset < 0:
+                raise CheckpointError(
+                    f"offsets entry {partition!r}: {offset!r}: offsets must map int partitions "
+                    "to non-negative int offsets"
+                )
+        try:
+            meta = CheckpointMeta(
+                format=FORMAT_VERSION,
+                step=state.step,
+                samples_seen=state.samples_seen,
+                run_id=state.run_id,
+                model_settings=state.model_settings,
+                offsets={str(p): o for p, o in sorted(state.offsets.items())},
+                data_watermark=state.data_watermark,
+                created_at=time.time(),
+                rng=rng,
+                extra=state.extra,
+                files=digests,
+            )
+        except ValueError as exc:
+            raise CheckpointError(f"TrainerState cannot be checkpointed: {exc}") from exc
+        return comp.to_json_bytes(meta.model_dump(mode="python"), "TrainerState")
+
+    def _commit(self, tmp: Path, name: str) -> Path:
+        final = self.root / name
+        aside: Path | None = None
+        if final.exists():
+            aside = self.root / f"{_REPLACED}{name}-{uuid.uuid4().hex}"
+            os.rename(final, aside)
+        os.rename(tmp, final)
+        fsync_dir(self.root)
+        if aside is not None:
+            shutil.rmtree(aside)
+        return final
+
+    def _prune(self) -> None:
+        for path in self._checkpoint_dirs()[self.keep :]:
+            log.info("pruning checkpoint %s (keeping the newest %d)", path, self.keep)
+            shutil.rmtree(path)
+        fsync_dir(self.root)
+
+    def _clean_stale(self) -> None:
+        """Remove leftovers of crashed saves; caller holds the lock, so no save is running."""
+        for entry in self.root.iterdir():
+            if entry.name.startswith(_TMP) and entry.is_dir():
+                log.warning("removing %s, left by a save that did not finish", entry)
+                shutil.rmtree(entry)
+            elif entry.name.startswith(_REPLACED) and entry.is_dir():
+                live = self.root / entry.name[len(_REPLACED) :].rsplit("-", 1)[0]
+                if live.exists():
+                    shutil.rmtree(entry)
+                else:
+                    log.warning("restoring %s to %s after an interrupted save", entry, live)
+                    os.rename(entry, live)
+        fsync_dir(self.root)
+
+    # --- reading ----------------------------------------------------------------------------
+
+    def _checkpoint_dirs(self) -> list[Path]:
+        """Checkpoint directories, newest step first."""
+        found = []
+        for entry in self.root.iterdir():
+            match = _STEP_DIR.match(entry.name)
+            if match and entry.is_dir():
+                found.append((int(match.group(1)), entry))
+        return [path for _, path in sorted(found, reverse=True)]
+
+    def _read(
+        self,
+        path: Path,
+        model: nn.Module,
+        optimizer: Optimizer,
+        scheduler: LRScheduler | None,
+    ) -> _Loaded:
+        meta_path = path / META_FILE
+        try:
+            raw_meta = meta_path.read_bytes()
+        except OSError as exc:
+            raise CheckpointError(f"{meta_path}: missing or unreadable ({exc})") from exc
+        meta = parse_meta(raw_meta, meta_path)
+        step = int(path.name.removeprefix("step-"))
+        if meta.step != step:
+            raise CheckpointError(f"{meta_path}: records step {meta.step}, directory says {step}")
+        missing = [name for name in _REQUIRED if name not in meta.files]
+        if missing:
+            raise CheckpointError(f"{meta_path}: lists no checksum for {missing}")
+
+        def data(name: str) -> bytes:
+            return read_verified(path, name, meta.files[name])
+
+        def tensors(name: str) -> dict[str, torch.Tensor]:
+            return bytes_to_tensors(data(name), path / name) if name in meta.files else {}
+
+        weights = tensors(comp.MODEL_FILE)
+        comp.check_model(weights, model, path / comp.MODEL_FILE)
+        opt_state = comp.decode_optimizer(
+            data(comp.OPTIMIZER_JSON),
+            tensors(comp.OPTIMIZER_TENSORS),
+            optimizer,
+            path / comp.OPTIMIZER_JSON,
+        )
+        sched_state: dict[str, Any] | None = None
+        if scheduler is not None:
+            if comp.SCHEDULER_JSON not in meta.files:
+                raise CheckpointError(
+                    f"{path}: holds no LR scheduler state, but a scheduler was given to restore"
+                )
+            sched_state = comp.decode_scheduler(
+                data(comp.SCHEDULER_JSON),
+                tensors(comp.SCHEDULER_TENSORS),
+                scheduler,
+                path / comp.SCHEDULER_JSON,
+            )
+        rng = tensors(RNG_FILE)
+        check_rng(rng, meta.rng, str(path / RNG_FILE))
+        return _Loaded(meta, weights, opt_state, sched_state, rng)
+
+    @staticmethod
+    def _apply(
+        loaded: _Loaded,
+        path: Path,
+        model: nn.Module,
+        optimizer: Optimizer,
+        scheduler: LRScheduler | None,
+        restore: bool,
+    ) -> None:
+        try:
+            optimizer.load_state_dict(loaded.optimizer)
+        except (ValueError, KeyError, TypeError, RuntimeError) as exc:
+            raise CheckpointError(
+                f"{path / comp.OPTIMIZER_JSON}: rejected by the optimizer: {exc}"
+            ) from exc
+        model.load_state_dict(loaded.model, strict=True)
+        if scheduler is not None and loaded.scheduler is not None:
+            scheduler.load_state_dict(loaded.scheduler)
+        if restore:
+            restore_rng(loaded.rng, loaded.meta.rng)
