@@ -1,0 +1,204 @@
+"""The forward pass behind an infer request: direct per request, or dynamically batched.
+
+Every forward pass runs under one ``WeightSlot.acquire`` lease and returns the version it ran
+on, so each request reports the weights that really answered it. Results are copied to host
+memory inside the lease: on CUDA that copy waits for the kernels, so the lease cannot end (and
+the loader cannot overwrite those weights) while a kernel still reads them.
+
+>>> import torch
+>>> slot = WeightSlot(torch.nn.Linear(2, 3))
+>>> slot.load({"weight": torch.zeros(3, 2), "bias": torch.zeros(3)}, version=1, run_id="r")
+>>> engine = DirectEngine(slot, classification_head(), torch.device("cpu"))
+>>> result = engine.run(np.ones((1, 2), dtype=np.float32))
+>>> result.info.version, result.outputs["predicted_class"].tolist()
+(1, [0])
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import anyio.to_thread
+import numpy as np
+import torch
+
+from streamtrain.metrics import SERVE_BATCH_SIZE
+from streamtrain.serve.slot import WeightsInfo, WeightSlot
+from streamtrain.spec import SampleSpec
+
+log = logging.getLogger(__name__)
+
+Head = Callable[[torch.Tensor], dict[str, torch.Tensor]]
+Array = np.ndarray[Any, Any]
+
+
+def classification_head() -> Head:
+    """Logits [n, C] (multiclass) or [n] (binary) to probabilities [n, C] and classes [n]."""
+
+    def head(logits: torch.Tensor) -> dict[str, torch.Tensor]:
+        if logits.dim() == 1 or logits.shape[-1] == 1:
+            positive = torch.sigmoid(logits.reshape(-1))
+            probabilities = torch.stack([1 - positive, positive], dim=1)
+        else:
+            probabilities = torch.softmax(logits, dim=1)
+        return {"probabilities": probabilities, "predicted_class": probabilities.argmax(dim=1)}
+
+    return head
+
+
+def regression_head() -> Head:
+    """Model outputs [n, target_dim] (or [n]) as ``value`` [n, target_dim]."""
+
+    def head(outputs: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"value": outputs.reshape(outputs.shape[0], -1)}
+
+    return head
+
+
+def head_for(spec: SampleSpec) -> Head:
+    return classification_head() if spec.is_classification else regression_head()
+
+
+@dataclass(frozen=True)
+class Prediction:
+    info: WeightsInfo
+    outputs: dict[str, Array]  # host arrays, first dim = rows of the request
+
+
+class Engine(Protocol):
+    """Runs features [n, ...] through the live weights."""
+
+    async def infer(self, features: Array) -> Prediction: ...
+
+    def close(self) -> None: ...
+
+
+def _forward(slot: WeightSlot, head: Head, device: torch.device, features: Array) -> Prediction:
+    with slot.acquire() as lease, torch.inference_mode():
+        batch = torch.from_numpy(features).to(device, non_blocking=True)
+        outputs = head(lease.model(batch))
+        host = {name: t.cpu().numpy() for name, t in outputs.items()}
+    SERVE_BATCH_SIZE.observe(features.shape[0])
+    return Prediction(lease.info, host)
+
+
+class DirectEngine:
+    """One forward pass per request, on a worker thread so the event loop keeps serving."""
+
+    def __init__(self, slot: WeightSlot, head: Head, device: torch.device) -> None:
+        self._slot = slot
+        self._head = head
+        self._device = device
+
+    def run(self, features: Array) -> Prediction:
+        return _forward(self._slot, self._head, self._device, features)
+
+    async def infer(self, features: Array) -> Prediction:
+        return await anyio.to_thread.run_sync(self.run, features)
+
+    def close(self) -> None:
+        return None
+
+
+_Job = tuple[Array, "concurrent.futures.Future[Prediction]"]
+
+
+class BatchingEngine:
+    """Concurrent requests share one forward pass: up to ``max_batch_size`` rows, waiting at
+    most ``max_wait_s`` after the first request for others to join.
+
+    All requests in one pass run on one lease, so they report the same version.
+
+    >>> import torch
+    >>> slot = WeightSlot(torch.nn.Linear(2, 1))
+    >>> slot.load({"weight": torch.ones(1, 2), "bias": torch.zeros(1)}, version=3, run_id="r")
+    >>> engine = BatchingEngine(slot, regression_head(), torch.device("cpu"), 8, 0.001)
+    >>> engine.submit(np.ones((2, 2), dtype=np.float32)).result().outputs["value"].tolist()
+    [[2.0], [2.0]]
+    >>> engine.close()
+    """
+
+    def __init__(
+        self,
+        slot: WeightSlot,
+        head: Head,
+        device: torch.device,
+        max_batch_size: int,
+        max_wait_s: float,
+    ) -> None:
+        self._slot = slot
+        self._head = head
+        self._device = device
+        self._max_rows = max_batch_size
+        self._max_wait_s = max_wait_s
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, name="serve-batcher", daemon=True)
+        self._thread.start()
+
+    def submit(self, features: Array) -> concurrent.futures.Future[Prediction]:
+        future: concurrent.futures.Future[Prediction] = concurrent.futures.Future()
+        if self._closed:
+            future.set_exception(RuntimeError("the inference engine is shut down"))
+        else:
+            self._jobs.put((features, future))
+        return future
+
+    async def infer(self, features: Array) -> Prediction:
+        return await asyncio.wrap_future(self.submit(features))
+
+    def close(self) -> None:
+        self._closed = True
+        self._jobs.put(None)
+        self._thread.join(timeout=10)
+
+    def _loop(self) -> None:
+        pending: _Job | None = None
+        stopping = False
+        while not stopping:
+            first = pending if pending is not None else self._jobs.get()
+            pending = None
+            if first is None:
+                return
+            jobs = [first]
+            rows = first[0].shape[0]
+            deadline = time.monotonic() + self._max_wait_s
+            while rows < self._max_rows:
+                try:
+                    job = self._jobs.get(timeout=max(0.0, deadline - time.monotonic()))
+                except queue.Empty:
+                    break
+                if job is None:
+                    stopping = True
+                    break
+                if rows + job[0].shape[0] > self._max_rows:
+                    pending = job  # starts the next batch
+                    break
+                jobs.append(job)
+                rows += job[0].shape[0]
+            self._run(jobs)
+            if stopping and pending is not None:
+                self._run([pending])
+
+    def _run(self, jobs: list[_Job]) -> None:
+        try:
+            features = jobs[0][0] if len(jobs) == 1 else np.concatenate([j[0] for j in jobs])
+            result = _forward(self._slot, self._head, self._device, features)
+        except BaseException as exc:
+            for _, future in jobs:
+                future.set_exception(exc)
+            return
+        start = 0
+        for job_features, future in jobs:
+            stop = start + job_features.shape[0]
+            outputs = {name: array[start:stop] for name, array in result.outputs.items()}
+            future.set_result(Prediction(result.info, outputs))
+            start = stop

@@ -1,0 +1,269 @@
+"""The weight slot: two copies of the model, one live and one standby, swapped between requests.
+
+Semantics (the order is the correctness argument):
+
+3. **Versions only move forward.** ``load`` refuses a snapshot whose version is not greater
+   than the live one (reason ``stale``), one whose tensors do not fit the model
+   (``shape_mismatch``) and one holding NaN/Inf (``non_finite``); the live weights stay as they
+   were. Versions are compared across runs too: a trainer restarted from its checkpoint resumes
+   its step count (and run id), so versions stay monotonic; a brand-new run that starts again
+   at step 0 is refused as stale until it passes the live version. Start a fresh server (or
+   empty the snapshot topic) when deliberately replacing a model with a new run.
+4. **A request sees exactly one version.** A load runs, in order:
+
+   1. check version, names, shapes, dtypes and finiteness against the standby copy — nothing
+      is written before the whole snapshot is known to fit;
+   2. wait (bounded by ``drain_timeout_s``) until no request still runs on the standby copy —
+      the previous live copy, which requests that started before the last swap may hold;
+   3. ``copy_`` every tensor into the standby's existing storage (no allocation per swap; on
+      CUDA on a side stream, synchronised before step 4);
+   4. flip the live reference under a short lock: requests that start afterwards get the new
+      copy, requests already running finish on the old one and report its version;
+   5. the old live copy becomes the standby for the next load.
+
+   The request path takes the same short lock only to read the live reference and count
+   itself in; it never waits for a load, and no lock is held across a load.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from streamtrain.metrics import (
+    SERVE_DATA_AGE,
+    SERVE_MODEL_VERSION,
+    SERVE_REJECTED_SNAPSHOTS,
+    SERVE_SINCE_SWAP,
+    SERVE_SWAP_SECONDS,
+    SERVE_SWAPS,
+)
+
+log = logging.getLogger(__name__)
+
+
+class NotReady(RuntimeError):
+    """No snapshot has been swapped in yet, so there are no weights worth serving."""
+
+
+class SnapshotRejected(ValueError):
+    """A snapshot the slot refused; ``reason`` is the metric label, the message says why."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class StandbyBusy(TimeoutError):
+    """Requests still ran on the standby copy when the drain timeout ran out; retry later."""
+
+
+@dataclass(frozen=True)
+class WeightsInfo:
+    """Identity of a set of weights: the trainer step, its run and the data behind it."""
+
+    version: int
+    run_id: str
+    data_watermark: float | None
+    swapped_at: float  # monotonic seconds
+
+
+class _Copy:
+    """One copy of the model plus the number of requests currently running on it."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        # state_dict tensors share storage with the parameters: copy_ into them writes weights.
+        self.targets: dict[str, torch.Tensor] = dict(model.state_dict())
+        self.in_flight = 0
+        self.info: WeightsInfo | None = None
+
+
+@dataclass(frozen=True)
+class Lease:
+    """The weights one request (or batch) runs on; valid until the ``acquire`` block exits."""
+
+    model: nn.Module
+    info: WeightsInfo
+
+
+class WeightSlot:
+    """Live and standby copies of a model; ``load`` swaps, ``acquire`` serves.
+
+    >>> slot = WeightSlot(nn.Linear(2, 1))
+    >>> slot.load({"weight": torch.ones(1, 2), "bias": torch.zeros(1)}, version=7, run_id="r")
+    >>> with slot.acquire() as lease:
+    ...     lease.info.version, lease.model(torch.ones(1, 2)).item()
+    (7, 2.0)
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        drain_timeout_s: float = 10.0,
+    ) -> None:
+        model.eval()
+        for param in model.parameters():
+            param.requires_grad_(False)
+        self._copies = (_Copy(model), _Copy(copy.deepcopy(model)))
+        self._live: _Copy | None = None
+        self._standby = self._copies[0]
+        self._cond = threading.Condition(threading.Lock())
+        self._load_lock = threading.Lock()  # one loader at a time; never taken by requests
+        self._drain_timeout_s = drain_timeout_s
+        device = next(iter(self._standby.targets.values()), torch.empty(0)).device
+        self._stream: torch.cuda.Stream | None = None
+        if device.type == "cuda":
+            self._stream = torch.cuda.Stream(device)  # type: ignore[no-untyped-call]
+        SERVE_DATA_AGE.set_function(self._data_age)
+        SERVE_SINCE_SWAP.set_function(self._since_swap)
+
+    # --- request path -------------------------------------------------------------------
+    @property
+    def info(self) -> WeightsInfo | None:
+        live = self._live
+        return None if live is None else live.info
+
+    @property
+    def ready(self) -> bool:
+        return self._live is not None
+
+    @contextlib.contextmanager
+    def acquire(self) -> Iterator[Lease]:
+        """Hold the live weights for one forward pass; raise NotReady before the first swap."""
+        with self._cond:
+            live = self._live
+            if live is None or live.info is None:
+                raise NotReady("no model weights yet: waiting for the first valid snapshot")
+            live.in_flight += 1
+        try:
+            yield Lease(live.model, live.info)
+        finally:
+            with self._cond:
+                live.in_flight -= 1
+                if live.in_flight == 0:
+                    self._cond.notify_all()
+
+    # --- loader path --------------------------------------------------------------------
+    def load(
+        self,
+        tensors: Mapping[str, torch.Tensor],
+        *,
+        version: int,
+        run_id: str,
+        data_watermark: float | None = None,
+    ) -> None:
+        """Copy ``tensors`` into the standby copy and make it live (steps 1-5 above).
+
+        Raises SnapshotRejected (counted by reason, live weights untouched) or StandbyBusy.
+        """
+        with self._load_lock:
+            started = time.perf_counter()
+            try:
+                self._check(tensors, version)
+            except SnapshotRejected as exc:
+                SERVE_REJECTED_SNAPSHOTS.labels(exc.reason).inc()
+                log.warning("rejected snapshot version %d (%s): %s", version, exc.reason, exc)
+                raise
+            standby = self._standby
+            self._drain(standby, version)
+            self._copy_into(standby, tensors)
+            standby.info = WeightsInfo(version, run_id, data_watermark, time.monotonic())
+            with self._cond:
+                old, self._live = self._live, standby
+            self._standby = old if old is not None else self._other(standby)
+            SERVE_SWAPS.inc()
+            SERVE_MODEL_VERSION.set(version)
+            SERVE_SWAP_SECONDS.observe(time.perf_counter() - started)
+            log.info("serving version %d of run %s", version, run_id)
+
+    def _check(self, tensors: Mapping[str, torch.Tensor], version: int) -> None:
+        live = self.info
+        if live is not None and version <= live.version:
+            raise SnapshotRejected(
+                "stale", f"version {version} is not newer than the live version {live.version}"
+            )
+        targets = self._standby.targets
+        missing = sorted(set(targets) - set(tensors))
+        unexpected = sorted(set(tensors) - set(targets))
+        if missing or unexpected:
+            raise SnapshotRejected(
+                "shape_mismatch",
+                f"tensor names do not fit the model: missing {missing[:5]}, "
+                f"unexpected {unexpected[:5]} (is the server configured for the same model?)",
+            )
+        for name, target in targets.items():
+            got = tensors[name]
+            if tuple(got.shape) != tuple(target.shape):
+                raise SnapshotRejected(
+                    "shape_mismatch",
+                    f"tensor {name!r} has shape {list(got.shape)}, the model expects "
+                    f"{list(target.shape)} (is the server configured for the same model?)",
+                )
+            if got.dtype.is_floating_point != target.dtype.is_floating_point:
+                raise SnapshotRejected(
+                    "shape_mismatch",
+                    f"tensor {name!r} is {got.dtype}, the model has {target.dtype}",
+                )
+            if got.dtype.is_floating_point and not bool(torch.isfinite(got).all()):
+                raise SnapshotRejected("non_finite", f"tensor {name!r} holds NaN or Inf")
+
+    def _drain(self, standby: _Copy, version: int) -> None:
+        with self._cond:
+            if standby.in_flight == 0:
+                return
+            log.info(
+                "version %d waits for %d request(s) still on the standby copy",
+                version,
+                standby.in_flight,
+            )
+            if not self._cond.wait_for(lambda: standby.in_flight == 0, self._drain_timeout_s):
+                log.error(
+                    "version %d not loaded: %d request(s) still ran on the standby copy after "
+                    "%.1f s (a stuck request?); live weights unchanged, will retry",
+                    version,
+                    standby.in_flight,
+                    self._drain_timeout_s,
+                )
+                raise StandbyBusy(
+                    f"standby copy still in use after {self._drain_timeout_s} s; retry later"
+                )
+
+    def _copy_into(self, standby: _Copy, tensors: Mapping[str, torch.Tensor]) -> None:
+        stream = self._stream
+        with torch.no_grad():
+            if stream is None:
+                for name, target in standby.targets.items():
+                    target.copy_(tensors[name])
+                return
+            with torch.cuda.stream(stream):
+                for name, target in standby.targets.items():
+                    target.copy_(tensors[name], non_blocking=True)
+            # The flip happens after this returns, so no forward pass sees half-copied weights.
+            stream.synchronize()
+
+    def _other(self, copy_: _Copy) -> _Copy:
+        return self._copies[1] if copy_ is self._copies[0] else self._copies[0]
+
+    def parameter_pointers(self) -> set[int]:
+        """Storage addresses of both copies' tensors (stable across swaps; used by tests)."""
+        return {t.data_ptr() for c in self._copies for t in c.targets.values()}
+
+    # --- metrics ------------------------------------------------------------------------
+    def _data_age(self) -> float:
+        info = self.info
+        if info is None or info.data_watermark is None:
+            return float("nan")
+        return time.time() - info.data_watermark
+
+    def _since_swap(self) -> float:
+        info = self.info
+        return float("nan") if info is None else time.monotonic() - info.swapped_at

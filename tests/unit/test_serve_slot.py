@@ -1,0 +1,130 @@
+"""WeightSlot: versions only forward, rejections keep the live weights, standby reuse, drain."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+from streamtrain.metrics import SERVE_REJECTED_SNAPSHOTS
+from streamtrain.serve.slot import NotReady, SnapshotRejected, StandbyBusy, WeightSlot
+from streamtrain.serve.testing import expected_value, tiny_regression_model, version_weights
+
+
+def _slot(**kwargs: float) -> WeightSlot:
+    return WeightSlot(tiny_regression_model(4), **kwargs)
+
+
+def _answer(slot: WeightSlot) -> tuple[int, float]:
+    with slot.acquire() as lease, torch.inference_mode():
+        return lease.info.version, float(lease.model(torch.ones(1, 4)).item())
+
+
+def _rejections(reason: str) -> float:
+    return float(SERVE_REJECTED_SNAPSHOTS.labels(reason)._value.get())
+
+
+def test_not_ready_before_first_snapshot() -> None:
+    slot = _slot()
+    assert not slot.ready and slot.info is None
+    with pytest.raises(NotReady, match="first valid snapshot"), slot.acquire():
+        pass
+
+
+def test_versions_only_move_forward() -> None:
+    slot = _slot()
+    model = tiny_regression_model(4)
+    slot.load(version_weights(model, 10), version=10, run_id="a", data_watermark=123.0)
+    assert slot.info is not None and slot.info.data_watermark == 123.0
+    before = _rejections("stale")
+    for older in (10, 9, 0):
+        with pytest.raises(SnapshotRejected, match=r"not newer than the live version 10"):
+            slot.load(version_weights(model, older), version=older, run_id="b")
+    assert _rejections("stale") == before + 3
+    assert _answer(slot) == pytest.approx((10, expected_value(10, [1.0] * 4)))
+    # A different run with a newer version is accepted: versions are compared across runs.
+    slot.load(version_weights(model, 11), version=11, run_id="b")
+    assert _answer(slot)[0] == 11
+
+
+@pytest.mark.parametrize(
+    ("tensors", "reason", "message"),
+    [
+        ({"0.weight": torch.ones(1, 5), "0.bias": torch.ones(1)}, "shape_mismatch", r"\[1, 5\]"),
+        ({"0.weight": torch.ones(1, 4)}, "shape_mismatch", r"missing \['0.bias'\]"),
+        (
+            {"0.weight": torch.ones(1, 4), "0.bias": torch.ones(1), "extra": torch.ones(1)},
+            "shape_mismatch",
+            r"unexpected \['extra'\]",
+        ),
+        (
+            {"0.weight": torch.full((1, 4), float("nan")), "0.bias": torch.ones(1)},
+            "non_finite",
+            "NaN or Inf",
+        ),
+    ],
+)
+def test_rejected_snapshot_keeps_live_weights(
+    tensors: dict[str, torch.Tensor], reason: str, message: str
+) -> None:
+    slot = _slot()
+    slot.load(version_weights(tiny_regression_model(4), 3), version=3, run_id="r")
+    before = _rejections(reason)
+    with pytest.raises(SnapshotRejected, match=message) as caught:
+        slot.load(tensors, version=4, run_id="r")
+    assert caught.value.reason == reason
+    assert _rejections(reason) == before + 1
+    assert _answer(slot) == pytest.approx((3, expected_value(3, [1.0] * 4)))
+
+
+def test_standby_reused_without_new_allocations() -> None:
+    slot = _slot()
+    model = tiny_regression_model(4)
+    pointers = slot.parameter_pointers()
+    for version in range(1, 101):
+        slot.load(version_weights(model, version), version=version, run_id="r")
+        assert _answer(slot) == pytest.approx((version, expected_value(version, [1.0] * 4)))
+    assert slot.parameter_pointers() == pointers
+
+
+def test_in_flight_request_blocks_loader_not_requests() -> None:
+    slot = _slot(drain_timeout_s=5.0)
+    model = tiny_regression_model(4)
+    slot.load(version_weights(model, 1), version=1, run_id="r")
+    slot.load(version_weights(model, 2), version=2, run_id="r")
+    loaded = threading.Event()
+    with slot.acquire() as held:  # a slow request on version 2
+        assert held.info.version == 2
+        slot.load(version_weights(model, 3), version=3, run_id="r")  # into version 1's copy
+        # Version 4 would overwrite version 2's copy, which the held request still uses.
+
+        def load_4() -> None:
+            slot.load(version_weights(model, 4), version=4, run_id="r")
+            loaded.set()
+
+        loader = threading.Thread(target=load_4)
+        loader.start()
+        assert not loaded.wait(0.3)
+        # Requests never wait for the load: they get version 3 while the loader is blocked.
+        assert _answer(slot) == pytest.approx((3, expected_value(3, [1.0] * 4)))
+        with torch.inference_mode():
+            out = float(held.model(torch.ones(1, 4)).item())
+        assert out == pytest.approx(expected_value(2, [1.0] * 4))
+    assert loaded.wait(5.0)
+    loader.join()
+    assert _answer(slot)[0] == 4
+
+
+def test_loader_gives_up_after_drain_timeout() -> None:
+    slot = _slot(drain_timeout_s=0.05)
+    model = tiny_regression_model(4)
+    slot.load(version_weights(model, 1), version=1, run_id="r")
+    with slot.acquire():
+        slot.load(version_weights(model, 2), version=2, run_id="r")
+        with slot.acquire(), pytest.raises(StandbyBusy, match="still in use"):
+            # Both copies are held now: version 3 cannot be written anywhere.
+            slot.load(version_weights(model, 3), version=3, run_id="r")
+    assert _answer(slot)[0] == 2
+    slot.load(version_weights(model, 3), version=3, run_id="r")  # retry works once drained
+    assert _answer(slot)[0] == 3
