@@ -1,0 +1,110 @@
+"""The snapshot manifest: what a published snapshot holds and how to check its bytes.
+
+The manifest is the last record of a snapshot on the topic (see ``docs/snapshots.md``); it is
+JSON, validated on receipt by :class:`SnapshotManifest` (frozen, no unknown fields), so a reader
+never acts on a manifest it does not fully understand.
+
+Example:
+    >>> manifest = SnapshotManifest(
+    ...     model_name="mlp", settings_hash=settings_hash({"name": "mlp"}), run_id="run-1",
+    ...     version=7, created_at=0.0, data_watermark=None, offsets={0: 42},
+    ...     tensors=[TensorInfo(name="w", dtype="float32", shape=[2, 2])], size_bytes=96,
+    ...     sha256="0" * 64, chunk_count=1, chunk_bytes=524288, first_chunk_offset=3)
+    >>> manifest.snapshot_id
+    'run-1/7'
+    >>> SnapshotManifest.model_validate_json(manifest.model_dump_json()) == manifest
+    True
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+FORMAT: Literal["streamtrain.snapshot.v1"] = "streamtrain.snapshot.v1"
+_HEX64 = r"^[0-9a-f]{64}$"
+
+
+def settings_hash(model_settings: Mapping[str, Any]) -> str:
+    """sha256 hex of the canonical JSON of a model configuration.
+
+    Trainer and server hash the same ``model`` settings; a snapshot whose hash differs from the
+    server's was trained for another architecture and is refused as ``config_mismatch``.
+
+    >>> settings_hash({"b": 1, "a": [1, 2]}) == settings_hash({"a": [1, 2], "b": 1})
+    True
+    """
+    canonical = json.dumps(dict(model_settings), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def snapshot_id(run_id: str, version: int) -> str:
+    """The identity of one snapshot on the wire: ``<run_id>/<version>``."""
+    return f"{run_id}/{version}"
+
+
+def parse_snapshot_id(value: str) -> tuple[str, int] | None:
+    """Split ``<run_id>/<version>``; None when it is not of that form."""
+    run_id, sep, version = value.rpartition("/")
+    if not sep or not run_id or not version.isdigit():
+        return None
+    return run_id, int(version)
+
+
+class TensorInfo(BaseModel):
+    """Name, dtype (torch name without ``torch.``, e.g. ``float32``) and shape of one tensor."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(min_length=1)
+    dtype: str = Field(min_length=1)
+    shape: list[int]
+
+    @field_validator("shape")
+    @classmethod
+    def _non_negative(cls, value: list[int]) -> list[int]:
+        if any(d < 0 for d in value):
+            raise ValueError(f"shape {value} has a negative dimension")
+        return value
+
+
+class SnapshotManifest(BaseModel):
+    """Everything a reader needs to find, reassemble and verify one snapshot."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    format: Literal["streamtrain.snapshot.v1"] = FORMAT
+    model_name: str = Field(min_length=1)
+    settings_hash: str = Field(pattern=_HEX64)
+    run_id: str = Field(min_length=1)
+    version: int = Field(ge=0, description="The trainer step the weights were taken at.")
+    created_at: float
+    data_watermark: float | None = Field(description="Newest sample timestamp learned from.")
+    offsets: dict[int, int] = Field(description="Partition -> next offset not learned from.")
+    tensors: list[TensorInfo]
+    size_bytes: int = Field(ge=0, description="Length of the safetensors payload.")
+    sha256: str = Field(pattern=_HEX64)
+    chunk_count: int = Field(ge=1)
+    chunk_bytes: int = Field(ge=1, description="Size of every chunk but the last.")
+    first_chunk_offset: int | None = Field(ge=0, description="Topic offset of chunk 0.")
+
+    @property
+    def snapshot_id(self) -> str:
+        return snapshot_id(self.run_id, self.version)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SnapshotManifest:
+        expected = max(1, -(-self.size_bytes // self.chunk_bytes))
+        if self.chunk_count != expected:
+            raise ValueError(
+                f"chunk_count {self.chunk_count} does not fit size_bytes {self.size_bytes} in "
+                f"chunks of {self.chunk_bytes} bytes (expected {expected})"
+            )
+        names = [t.name for t in self.tensors]
+        if len(set(names)) != len(names):
+            raise ValueError("tensor names in the manifest are not unique")
+        return self

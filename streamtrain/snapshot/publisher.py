@@ -1,0 +1,107 @@
+"""The trainer's snapshot sink: newest-wins hand-off to a thread that writes to Kafka."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from streamtrain import metrics
+from streamtrain.snapshot.mailbox import NewestWinsWorker
+from streamtrain.snapshot.writer import SnapshotWriter
+from streamtrain.train.hooks import SnapshotRequest
+
+log = logging.getLogger(__name__)
+
+
+class SnapshotPublisher:
+    """Publishes weight snapshots to ``topic`` without ever blocking the training thread.
+
+    Implements ``streamtrain.train.hooks.SnapshotSink``. ``offer`` drops the request in a
+    single-slot mailbox; a background thread serializes and produces it (chunks, then the
+    manifest). If a publish is still running and a request is already waiting, a newer offer
+    replaces the waiting one (counted in ``streamtrain_snapshot_superseded``): memory stays
+    bounded and the topic always gets the newest weights next. A failed publish is logged and
+    counted in ``streamtrain_snapshot_publish_errors``; it never reaches the trainer.
+
+    Example:
+        >>> publisher = SnapshotPublisher(  # doctest: +SKIP
+        ...     client_options={"bootstrap_servers": ["127.0.0.1:9092"]},
+        ...     topic="streamtrain.snapshots", model_name="mlp",
+        ...     settings_hash=settings_hash(settings.model.model_dump(mode="json")))
+        >>> publisher.offer(request)  # doctest: +SKIP
+        >>> publisher.close()  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        *,
+        client_options: Mapping[str, Any],
+        topic: str,
+        model_name: str,
+        settings_hash: str,
+        chunk_bytes: int = 512 * 1024,
+    ) -> None:
+        self._writer = SnapshotWriter(
+            client_options=client_options,
+            topic=topic,
+            model_name=model_name,
+            settings_hash=settings_hash,
+            chunk_bytes=chunk_bytes,
+        )
+        self._worker: NewestWinsWorker[SnapshotRequest] = NewestWinsWorker(
+            self._publish, name=f"snapshot-publisher-{topic}", on_superseded=self._superseded
+        )
+
+    def offer(self, request: SnapshotRequest) -> None:
+        """Hand ``request`` to the background thread; returns at once."""
+        self._worker.offer(request)
+
+    def flush(self, timeout: float) -> bool:
+        """Wait until everything offered so far is published, superseded or failed."""
+        return self._worker.flush(timeout)
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Publish the newest pending request (if any), then stop the thread and the producer."""
+        deadline = time.monotonic() + timeout
+        if not self._worker.close(timeout):
+            log.warning(
+                "snapshot publisher did not finish within %.1f s; the last snapshot may be "
+                "missing from topic %s",
+                timeout,
+                self._writer.topic,
+            )
+        self._writer.close(max(0.0, deadline - time.monotonic()))
+
+    def _superseded(self, request: SnapshotRequest) -> None:
+        metrics.SNAPSHOTS_SUPERSEDED.inc()
+        log.debug("snapshot %s/%d superseded before publishing", request.run_id, request.version)
+
+    def _publish(self, request: SnapshotRequest) -> None:
+        started = time.perf_counter()
+        try:
+            manifest = self._writer.write(request)
+        except Exception:
+            metrics.SNAPSHOT_PUBLISH_ERRORS.inc()
+            log.exception(
+                "publishing snapshot %s/%d to topic %s failed; training continues and the next "
+                "snapshot will be tried",
+                request.run_id,
+                request.version,
+                self._writer.topic,
+            )
+            # A producer that failed mid-send may hold stuck batches: start the next one fresh.
+            self._writer.close(timeout=1.0)
+            return
+        metrics.SNAPSHOT_PUBLISH_SECONDS.observe(time.perf_counter() - started)
+        metrics.SNAPSHOTS_PUBLISHED.inc()
+        metrics.SNAPSHOT_BYTES.set(manifest.size_bytes)
+        metrics.SNAPSHOT_VERSION.set(manifest.version)
+        log.info(
+            "published snapshot %s (%d bytes, %d chunks) to %s",
+            manifest.snapshot_id,
+            manifest.size_bytes,
+            manifest.chunk_count,
+            self._writer.topic,
+        )

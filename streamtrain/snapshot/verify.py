@@ -1,0 +1,184 @@
+"""Turn a manifest and its chunks into verified tensors, or a rejection that says why.
+
+Checks run in this order, cheapest first, and the first failure decides the reason:
+
+1. ``bad_manifest``: the manifest is not JSON or does not validate as ``SnapshotManifest``.
+2. ``config_mismatch``: its ``settings_hash`` is not ours (another model configuration).
+3. ``size``: it announces more than the reader accepts (``max_snapshot_bytes``).
+4. ``corrupt``: a chunk's header disagrees with the manifest (chunk count).
+5. ``incomplete``: a chunk index is missing.
+6. ``size``: a chunk's length, or the total, differs from what the manifest announces.
+7. ``checksum``: the sha256 of the reassembled bytes differs.
+8. ``corrupt``: the bytes are not safetensors, or the tensors differ from the manifest's list.
+
+Example:
+    >>> import torch
+    >>> from streamtrain.snapshot.codec import encode_state, sha256_hex
+    >>> payload, infos = encode_state({"w": torch.zeros(3)})
+    >>> manifest = SnapshotManifest(
+    ...     model_name="m", settings_hash="a" * 64, run_id="r", version=1, created_at=0.0,
+    ...     data_watermark=None, offsets={}, tensors=infos, size_bytes=len(payload),
+    ...     sha256=sha256_hex(payload), chunk_count=1, chunk_bytes=len(payload),
+    ...     first_chunk_offset=0)
+    >>> result = assemble(manifest, {0: Chunk(0, 1, payload)})
+    >>> type(result).__name__, sorted(result.tensors)
+    ('ReceivedSnapshot', ['w'])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from pydantic import ValidationError
+
+from streamtrain.snapshot.codec import CodecError, decode_state, describe_mismatch, sha256_hex
+from streamtrain.snapshot.manifest import SnapshotManifest, parse_snapshot_id
+
+RejectReason = Literal[
+    "checksum", "incomplete", "size", "corrupt", "config_mismatch", "bad_manifest"
+]
+
+
+@dataclass(frozen=True)
+class ReceivedSnapshot:
+    """A snapshot whose bytes matched its manifest; ``tensors`` are CPU tensors."""
+
+    manifest: SnapshotManifest
+    tensors: dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class RejectedSnapshot:
+    """A snapshot refused by a reader: ``reason`` is one of :data:`RejectReason`."""
+
+    reason: RejectReason
+    detail: str
+    version: int | None
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One chunk as received: its index and the chunk count its header announced."""
+
+    index: int
+    count: int
+    data: bytes
+
+
+def parse_manifest(raw: bytes, snapshot_id: str) -> SnapshotManifest | RejectedSnapshot:
+    """Validate a manifest record's value; ``snapshot_id`` (from its header) names it in errors."""
+    parsed = parse_snapshot_id(snapshot_id)
+    version = parsed[1] if parsed else None
+    try:
+        manifest = SnapshotManifest.model_validate_json(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '(root)'}: {err['msg']}"
+            for err in exc.errors()[:5]
+        )
+        return RejectedSnapshot(
+            "bad_manifest",
+            f"snapshot {snapshot_id}: manifest does not validate ({problems}); it was not written "
+            "by a compatible streamtrain publisher",
+            version,
+        )
+    if manifest.snapshot_id != snapshot_id:
+        return RejectedSnapshot(
+            "bad_manifest",
+            f"manifest for {manifest.snapshot_id} arrived under header {snapshot_id!r}",
+            version,
+        )
+    return manifest
+
+
+def check_manifest(
+    manifest: SnapshotManifest, expected_settings_hash: str, max_snapshot_bytes: int
+) -> RejectedSnapshot | None:
+    """Checks that need no chunk (2 and 3 above); None when the snapshot is worth reading."""
+    if manifest.settings_hash != expected_settings_hash:
+        return RejectedSnapshot(
+            "config_mismatch",
+            f"snapshot {manifest.snapshot_id} of model {manifest.model_name!r} was trained with "
+            f"model settings hash {manifest.settings_hash[:12]}…, this reader expects "
+            f"{expected_settings_hash[:12]}…: give trainer and server the same model settings",
+            manifest.version,
+        )
+    if manifest.size_bytes > max_snapshot_bytes:
+        return RejectedSnapshot(
+            "size",
+            f"snapshot {manifest.snapshot_id} is {manifest.size_bytes} bytes, over the limit of "
+            f"{max_snapshot_bytes}: raise max_snapshot_bytes if the model really is that large",
+            manifest.version,
+        )
+    return None
+
+
+def assemble(
+    manifest: SnapshotManifest, chunks: Mapping[int, Chunk]
+) -> ReceivedSnapshot | RejectedSnapshot:
+    """Checks 4-8 above on a manifest that passed :func:`check_manifest`."""
+    sid, version, count = manifest.snapshot_id, manifest.version, manifest.chunk_count
+    for chunk in chunks.values():
+        if chunk.count != count or chunk.index >= count:
+            return RejectedSnapshot(
+                "corrupt",
+                f"snapshot {sid}: chunk {chunk.index}/{chunk.count} does not fit the manifest's "
+                f"{count} chunks",
+                version,
+            )
+    missing = [i for i in range(count) if i not in chunks]
+    if missing:
+        return RejectedSnapshot(
+            "incomplete",
+            f"snapshot {sid}: {len(missing)} of {count} chunks missing (first: {missing[0]}); the "
+            "publisher stopped mid-way or retention deleted them",
+            version,
+        )
+    for i in range(count):
+        expected = (
+            manifest.chunk_bytes
+            if i < count - 1
+            else manifest.size_bytes - i * manifest.chunk_bytes
+        )
+        if len(chunks[i].data) != expected:
+            return RejectedSnapshot(
+                "size",
+                f"snapshot {sid}: chunk {i} is {len(chunks[i].data)} bytes, expected {expected} "
+                f"(total {manifest.size_bytes})",
+                version,
+            )
+    payload = b"".join(chunks[i].data for i in range(count))
+    digest = sha256_hex(payload)
+    if digest != manifest.sha256:
+        return RejectedSnapshot(
+            "checksum",
+            f"snapshot {sid}: sha256 {digest[:12]}… differs from the manifest's "
+            f"{manifest.sha256[:12]}…; a chunk was altered in transit or on the broker",
+            version,
+        )
+    try:
+        tensors = decode_state(payload)
+    except CodecError as exc:
+        return RejectedSnapshot("corrupt", f"snapshot {sid}: {exc}", version)
+    mismatch = describe_mismatch(tensors, manifest.tensors)
+    if mismatch:
+        return RejectedSnapshot("corrupt", f"snapshot {sid}: {mismatch}", version)
+    return ReceivedSnapshot(manifest, tensors)
+
+
+def verify_snapshot(
+    raw_manifest: bytes,
+    snapshot_id: str,
+    chunks: Mapping[int, Chunk],
+    *,
+    settings_hash: str,
+    max_snapshot_bytes: int,
+) -> ReceivedSnapshot | RejectedSnapshot:
+    """All checks, 1 to 8, on a raw manifest record value and the chunks gathered for it."""
+    manifest = parse_manifest(raw_manifest, snapshot_id)
+    if isinstance(manifest, RejectedSnapshot):
+        return manifest
+    return check_manifest(manifest, settings_hash, max_snapshot_bytes) or assemble(manifest, chunks)

@@ -1,0 +1,93 @@
+"""Record keys and headers of the snapshot topic (layout explained in ``docs/snapshots.md``).
+
+Every record names its kind and its snapshot in headers, so a reader classifies a record
+without parsing its value:
+
+====================  ===========================  ================================
+header                chunk record                 manifest record
+====================  ===========================  ================================
+streamtrain-kind      ``chunk``                    ``manifest``
+streamtrain-snapshot  ``<run_id>/<version>``       ``<run_id>/<version>``
+streamtrain-chunk     ``<index>/<count>``          (absent)
+streamtrain-model     model name                   model name
+====================  ===========================  ================================
+
+Keys are unique per record (``<model>/<run_id>/<version>/chunk/<i>``, ``.../manifest``): with
+``cleanup.policy=delete`` keys play no part, and should a topic be compacted by mistake,
+unique keys mean compaction removes nothing instead of deleting chunks a manifest needs.
+
+Example:
+    >>> headers = chunk_headers("mlp", "run-1/5", 2, 3)
+    >>> parse_headers(headers)
+    RecordHeader(kind='chunk', snapshot_id='run-1/5', index=2, count=3)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+KIND = "streamtrain-kind"
+SNAPSHOT = "streamtrain-snapshot"
+CHUNK = "streamtrain-chunk"
+MODEL = "streamtrain-model"
+
+Headers = list[tuple[str, bytes]]
+
+
+@dataclass(frozen=True)
+class RecordHeader:
+    """What a record's headers say it is."""
+
+    kind: Literal["chunk", "manifest"]
+    snapshot_id: str
+    index: int = 0  # chunk records only
+    count: int = 0  # chunk records only
+
+
+def chunk_key(model_name: str, snapshot_id: str, index: int) -> bytes:
+    return f"{model_name}/{snapshot_id}/chunk/{index}".encode()
+
+
+def manifest_key(model_name: str, snapshot_id: str) -> bytes:
+    return f"{model_name}/{snapshot_id}/manifest".encode()
+
+
+def chunk_headers(model_name: str, snapshot_id: str, index: int, count: int) -> Headers:
+    return [
+        (KIND, b"chunk"),
+        (SNAPSHOT, snapshot_id.encode()),
+        (CHUNK, f"{index}/{count}".encode()),
+        (MODEL, model_name.encode()),
+    ]
+
+
+def manifest_headers(model_name: str, snapshot_id: str) -> Headers:
+    return [(KIND, b"manifest"), (SNAPSHOT, snapshot_id.encode()), (MODEL, model_name.encode())]
+
+
+def parse_headers(headers: Sequence[tuple[str, bytes | None]] | None) -> RecordHeader | None:
+    """Classify a record by its headers; None when it is not a well-formed snapshot record."""
+    values: dict[str, str] = {}
+    for name, value in headers or ():
+        if value is None:
+            continue
+        try:
+            values[name] = value.decode()
+        except UnicodeDecodeError:
+            return None
+    kind, snapshot = values.get(KIND), values.get(SNAPSHOT)
+    if not snapshot:
+        return None
+    if kind == "manifest":
+        return RecordHeader("manifest", snapshot)
+    if kind != "chunk":
+        return None
+    index, sep, count = values.get(CHUNK, "").partition("/")
+    if not sep or not index.isdigit() or not count.isdigit():
+        return None
+    i, n = int(index), int(count)
+    if n < 1 or i >= n:
+        return None
+    return RecordHeader("chunk", snapshot, i, n)

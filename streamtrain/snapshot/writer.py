@@ -1,0 +1,128 @@
+"""Write one snapshot to the topic: chunk records first, the manifest record last."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from kafka import KafkaProducer
+
+from streamtrain.snapshot import wire
+from streamtrain.snapshot.codec import encode_state, sha256_hex, split_chunks
+from streamtrain.snapshot.manifest import SnapshotManifest, snapshot_id
+from streamtrain.train.hooks import SnapshotRequest
+
+log = logging.getLogger(__name__)
+
+# Room for the record batch framing, key and headers on top of one chunk's bytes.
+RECORD_OVERHEAD_BYTES = 64 * 1024
+PARTITION = 0
+
+
+class SnapshotWriteError(RuntimeError):
+    """A snapshot could not be written; no manifest was produced for it."""
+
+
+class SnapshotWriter:
+    """Owns a producer and writes :class:`SnapshotRequest` s; used from one thread at a time.
+
+    The producer is created on first use, so constructing a writer never touches the network
+    and a broker that is down at start costs one failed snapshot, not a crashed trainer.
+    """
+
+    def __init__(
+        self,
+        *,
+        client_options: Mapping[str, Any],
+        topic: str,
+        model_name: str,
+        settings_hash: str,
+        chunk_bytes: int,
+        send_timeout_s: float = 60.0,
+    ) -> None:
+        if chunk_bytes < 1:
+            raise ValueError(f"chunk_bytes must be >= 1, got {chunk_bytes}; 524288 is typical")
+        self.topic = topic
+        self.model_name = model_name
+        self.settings_hash = settings_hash
+        self.chunk_bytes = chunk_bytes
+        self.send_timeout_s = send_timeout_s
+        self._client_options = dict(client_options)
+        self._producer: KafkaProducer | None = None
+
+    def _get_producer(self) -> KafkaProducer:
+        if self._producer is None:
+            self._producer = KafkaProducer(
+                **self._client_options,
+                acks="all",
+                linger_ms=0,
+                max_request_size=self.chunk_bytes + RECORD_OVERHEAD_BYTES,
+            )
+        return self._producer
+
+    def write(self, request: SnapshotRequest) -> SnapshotManifest:
+        """Publish ``request``; returns the manifest written.
+
+        1. Wait until the trainer's copy of the weights is complete (``wait_ready``).
+        2. Serialize with safetensors, hash with sha256, cut into chunks of ``chunk_bytes``.
+        3. Produce every chunk to partition 0 and wait for all acknowledgements; the first
+           chunk's offset becomes ``first_chunk_offset``.
+        4. Only then produce the manifest and wait for it: a manifest on the topic implies its
+           chunks are already there. A failure before this step leaves no manifest, so readers
+           never see a snapshot that points at chunks that were never written.
+        """
+        request.wait_ready()
+        payload, infos = encode_state(request.tensors)
+        chunks = split_chunks(payload, self.chunk_bytes)
+        sid = snapshot_id(request.run_id, request.version)
+        manifest = SnapshotManifest(
+            model_name=self.model_name,
+            settings_hash=self.settings_hash,
+            run_id=request.run_id,
+            version=request.version,
+            created_at=request.created_at,
+            data_watermark=request.data_watermark,
+            offsets=dict(request.offsets),
+            tensors=infos,
+            size_bytes=len(payload),
+            sha256=sha256_hex(payload),
+            chunk_count=len(chunks),
+            chunk_bytes=self.chunk_bytes,
+            first_chunk_offset=None,
+        )
+        # Checked before any chunk is written, so an oversized manifest wastes no topic space.
+        if len(manifest.model_dump_json()) + 1024 > self.chunk_bytes + RECORD_OVERHEAD_BYTES:
+            raise SnapshotWriteError(
+                f"manifest of snapshot {sid} has {len(infos)} tensors and does not fit in one "
+                f"record of {self.chunk_bytes + RECORD_OVERHEAD_BYTES} bytes: raise chunk_bytes"
+            )
+        producer = self._get_producer()
+        futures = [
+            producer.send(
+                self.topic,
+                value=chunk,
+                key=wire.chunk_key(self.model_name, sid, i),
+                headers=wire.chunk_headers(self.model_name, sid, i, len(chunks)),
+                partition=PARTITION,
+            )
+            for i, chunk in enumerate(chunks)
+        ]
+        producer.flush(timeout=self.send_timeout_s)
+        offsets = [future.get(timeout=self.send_timeout_s).offset for future in futures]
+        manifest = manifest.model_copy(update={"first_chunk_offset": offsets[0]})
+        value = manifest.model_dump_json().encode()
+        producer.send(
+            self.topic,
+            value=value,
+            key=wire.manifest_key(self.model_name, sid),
+            headers=wire.manifest_headers(self.model_name, sid),
+            partition=PARTITION,
+        ).get(timeout=self.send_timeout_s)
+        log.debug("snapshot %s written: %d bytes in %d chunks", sid, len(payload), len(chunks))
+        return manifest
+
+    def close(self, timeout: float) -> None:
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            producer.close(timeout=timeout)
