@@ -1,0 +1,237 @@
+"""The learning step: test-then-train on one micro-batch, guarded against non-finite steps."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.dropout import _DropoutNd
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler
+
+from streamtrain import metrics
+from streamtrain.train.guard import BadStepGuard, GoodState, Verdict
+from streamtrain.train.optim import set_schedule_step
+from streamtrain.train.task import TaskHead
+
+
+@dataclass(frozen=True)
+class StepOutcome:
+    """What one ``learn`` call did. Tensors stay on the device: the caller picks when to sync.
+
+    ``loss`` is the sample-weighted mean loss (0-dim); ``score_sum`` the sum of per-sample
+    prequential scores (correct predictions, or absolute errors) of the weights *before* the
+    step; ``applied`` whether the optimizer step was taken.
+    """
+
+    loss: torch.Tensor
+    score_sum: torch.Tensor
+    samples: int
+    applied: bool
+
+
+class Learner:
+    """Model + task head + optimizer + schedule + clipping + the non-finite guard.
+
+    >>> from streamtrain.spec import SampleSpec
+    >>> spec = SampleSpec(feature_shape=(3,), task="binary")
+    >>> model = nn.Linear(3, 1)
+    >>> learner = Learner(
+    ...     nn.Sequential(model, nn.Flatten(0)), TaskHead(spec),
+    ...     torch.optim.SGD(model.parameters(), lr=0.1),
+    ... )
+    >>> out = learner.learn(torch.randn(8, 3), torch.ones(8, dtype=torch.long), torch.ones(8))
+    >>> out.applied, out.samples, learner.step_count
+    (True, 8, 1)
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        head: TaskHead,
+        optimizer: Optimizer,
+        scheduler: LRScheduler | None = None,
+        *,
+        clip_grad_norm: float | None = None,
+        max_bad_steps: int = 3,
+        autocast_dtype: torch.dtype | None = None,
+        device: torch.device = torch.device("cpu"),
+        good_state_every: int = 100,
+    ) -> None:
+        if clip_grad_norm is not None and clip_grad_norm <= 0:
+            raise ValueError(f"clip_grad_norm must be positive or None, got {clip_grad_norm}")
+        if good_state_every < 1:
+            raise ValueError(f"good_state_every must be >= 1, got {good_state_every}")
+        self.model = model
+        self.head = head
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.device = torch.device(device)
+        self.clip_grad_norm = clip_grad_norm
+        self.autocast_dtype = autocast_dtype
+        self.good_state_every = good_state_every
+        self.step_count = 0
+        self._params = [p for p in model.parameters() if p.requires_grad]
+        self._separate_eval_pass = train_mode_differs(model)
+        self._guard = BadStepGuard(max_bad_steps)
+        self._good = GoodState(model, optimizer)
+        self._good_steps_since_save = 0
+        # fp16 needs loss scaling; bf16 has float32's range and does not
+        self._scaler = (
+            torch.amp.GradScaler(self.device.type) if autocast_dtype == torch.float16 else None
+        )
+        model.train()
+        self.snapshot_good_state()
+
+    @property
+    def learning_rate(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    @property
+    def consecutive_bad_steps(self) -> int:
+        return self._guard.consecutive_bad
+
+    def learn(
+        self, features: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor
+    ) -> StepOutcome:
+        """Test, then train, on one micro-batch.
+
+        1. Prequential test: score the batch with the weights as they are *before* this step.
+           A model without dropout or batch norm computes the same function in train and eval
+           mode, so the training forward's outputs serve as the test and no second pass is
+           spent. Otherwise a separate eval-mode, no-grad forward runs first, so the score is
+           not noisy from dropout and batch-norm running stats are not updated twice.
+        2. Loss (sample-weighted mean), backward, optional gradient-norm clipping.
+        3. Guard: ONE host synchronization per step reads a single flag combining "loss is
+           finite" and "total gradient norm is finite" (a non-finite gradient makes the norm
+           non-finite). A bad step is not applied: gradients are dropped and it is counted
+           (``streamtrain_train_skipped_steps``); the ``max_bad_steps``-th bad step in a row
+           restores the last good model and optimizer state
+           (``streamtrain_train_rollbacks``).
+        4. A good step: every ``good_state_every`` good steps the current (pre-step) state is
+           saved as the last good one — it has just produced a finite loss and gradients, which
+           the post-step state has not yet shown; then optimizer step and scheduler step.
+
+        An empty batch does nothing and reports ``applied=False`` without counting as bad.
+        """
+        samples = int(features.shape[0])
+        if samples == 0:
+            zero = torch.zeros((), device=self.device)
+            return StepOutcome(loss=zero, score_sum=zero, samples=0, applied=False)
+        x = features.to(self.device, non_blocking=True)
+        y = labels.to(self.device, non_blocking=True)
+        w = weights.to(self.device, non_blocking=True)
+
+        score_sum: torch.Tensor | None = None
+        if self._separate_eval_pass:
+            self.model.eval()
+            with torch.no_grad(), self._autocast():
+                score_sum = self.head.score(self.model(x), y).sum()
+            self.model.train()
+
+        self.optimizer.zero_grad(set_to_none=True)
+        with self._autocast():
+            outputs = self.model(x)
+        if score_sum is None:
+            score_sum = self.head.score(outputs, y).sum()
+        loss = self.head.loss(outputs, y, w)
+        self._backward(loss)
+        grad_norm = self._grad_norm()
+
+        finite = torch.isfinite(loss.detach())
+        if grad_norm is not None:
+            finite = finite & torch.isfinite(grad_norm)
+        verdict = self._guard.judge(bool(finite.item()))  # the step's one host sync
+        if verdict is Verdict.APPLY:
+            self._apply()
+        else:
+            self._reject(verdict)
+        return StepOutcome(
+            loss=loss.detach(),
+            score_sum=score_sum.detach(),
+            samples=samples,
+            applied=verdict is Verdict.APPLY,
+        )
+
+    def snapshot_good_state(self) -> None:
+        """Remember the current model and optimizer state as the last good one (device copy)."""
+        self._good.save()
+        self._good_steps_since_save = 0
+
+    def restore_last_good(self) -> None:
+        """Copy the last good model and optimizer state back in place.
+
+        The step counter and the schedule keep going forward: versions never move back.
+        """
+        self._good.restore()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def resume_at(self, step: int) -> None:
+        """After loading model and optimizer state from a checkpoint: set the applied-step
+        counter and the schedule to ``step`` and take that state as the last good one."""
+        if step < 0:
+            raise ValueError(f"step must be >= 0, got {step}")
+        self.step_count = step
+        if self.scheduler is not None:
+            set_schedule_step(self.scheduler, step)
+        self.snapshot_good_state()
+
+    def _autocast(self) -> contextlib.AbstractContextManager[object]:
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
+
+    def _backward(self, loss: torch.Tensor) -> None:
+        if self._scaler is None:
+            torch.autograd.backward(loss)
+            return
+        torch.autograd.backward(self._scaler.scale(loss))
+        self._scaler.unscale_(self.optimizer)  # clip and check the true gradients
+
+    def _grad_norm(self) -> torch.Tensor | None:
+        grads = [p.grad for p in self._params if p.grad is not None]
+        if not grads:
+            return None
+        if self.clip_grad_norm is not None:
+            # clip_grad_norm_ returns the pre-clip total norm: clipping and the check share it
+            return torch.nn.utils.clip_grad_norm_(self._params, self.clip_grad_norm)
+        total: torch.Tensor = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+        return total
+
+    def _apply(self) -> None:
+        self._good_steps_since_save += 1
+        if self._good_steps_since_save >= self.good_state_every:
+            self.snapshot_good_state()
+        if self._scaler is not None:
+            self._scaler.step(self.optimizer)
+            self._scaler.update()
+        else:
+            self.optimizer.step()
+        if self.scheduler is not None:
+            self.scheduler.step()
+        self.step_count += 1
+
+    def _reject(self, verdict: Verdict) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        if self._scaler is not None:
+            # unscale_ recorded the overflow: update() lowers the scale for the next step
+            self._scaler.update()
+        metrics.TRAIN_SKIPPED_STEPS.inc()
+        if verdict is Verdict.ROLLBACK:
+            self.restore_last_good()
+            metrics.TRAIN_ROLLBACKS.inc()
+
+
+def train_mode_differs(model: nn.Module) -> bool:
+    """Whether train mode computes a different function than eval mode (dropout, batch norm)."""
+    for module in model.modules():
+        if isinstance(module, _DropoutNd) and module.p > 0:
+            return True
+        if isinstance(module, _BatchNorm):
+            return True
+        if isinstance(module, (nn.RNNBase, nn.MultiheadAttention)) and module.dropout > 0:
+            return True
+    return False

@@ -1,0 +1,134 @@
+"""Optimizers and learning-rate schedules that resume from a step counter alone."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from typing import Literal
+
+import torch
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LambdaLR, LRScheduler
+
+OptimizerName = Literal["sgd", "adam", "adamw", "adagrad", "rmsprop"]
+ScheduleName = Literal["constant", "cosine", "step", "inverse_sqrt"]
+
+_MOMENTUM_USERS = ("sgd", "rmsprop")
+
+
+def build_optimizer(
+    params: Iterable[torch.nn.Parameter],
+    name: OptimizerName,
+    lr: float,
+    momentum: float = 0.0,
+    weight_decay: float = 0.0,
+) -> Optimizer:
+    """An optimizer by name. ``momentum`` applies to sgd and rmsprop only.
+
+    Adam and AdamW use the fused CUDA kernel when every parameter is on a CUDA device.
+
+    >>> model = torch.nn.Linear(2, 1)
+    >>> type(build_optimizer(model.parameters(), "sgd", 0.1, momentum=0.9)).__name__
+    'SGD'
+    """
+    if lr <= 0:
+        raise ValueError(f"learning rate must be positive, got lr={lr}")
+    if momentum and name not in _MOMENTUM_USERS:
+        raise ValueError(
+            f"momentum={momentum} has no effect on {name!r}; it applies to sgd and rmsprop "
+            "(set optimizer.momentum to 0 or pick one of those)"
+        )
+    plist = list(params)
+    if name == "sgd":
+        return torch.optim.SGD(plist, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if name in ("adam", "adamw"):
+        fused = bool(plist) and all(p.is_cuda for p in plist)
+        cls = torch.optim.Adam if name == "adam" else torch.optim.AdamW
+        return cls(plist, lr=lr, weight_decay=weight_decay, fused=fused or None)
+    if name == "adagrad":
+        return torch.optim.Adagrad(plist, lr=lr, weight_decay=weight_decay)
+    if name == "rmsprop":
+        return torch.optim.RMSprop(plist, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    raise ValueError(f"unknown optimizer {name!r}; use sgd, adam, adamw, adagrad or rmsprop")
+
+
+def lr_factor(
+    schedule: ScheduleName, schedule_steps: int, warmup_steps: int, step_gamma: float = 0.1
+) -> Callable[[int], float]:
+    """The multiplier of the base learning rate at applied step ``k`` (a pure function).
+
+    Linear warmup over ``warmup_steps``, then: ``constant`` 1; ``cosine`` half-cosine from 1
+    toward 0 restarting every ``schedule_steps`` (a stream has no end to anneal to);
+    ``step`` times ``step_gamma`` every ``schedule_steps``; ``inverse_sqrt``
+    ``1 / sqrt(1 + k / schedule_steps)``.
+
+    >>> f = lr_factor("step", schedule_steps=10, warmup_steps=0)
+    >>> f(0), f(10), round(f(25), 6)
+    (1.0, 0.1, 0.01)
+    """
+    if schedule_steps < 1:
+        raise ValueError(f"schedule_steps must be >= 1, got {schedule_steps}")
+    if warmup_steps < 0:
+        raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
+    if schedule not in ("constant", "cosine", "step", "inverse_sqrt"):
+        raise ValueError(
+            f"unknown schedule {schedule!r}; use constant, cosine, step or inverse_sqrt"
+        )
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        k = step - warmup_steps
+        if schedule == "cosine":
+            phase = (k % schedule_steps) / schedule_steps
+            return 0.5 * (1.0 + math.cos(math.pi * phase))
+        if schedule == "step":
+            return float(step_gamma ** (k // schedule_steps))
+        if schedule == "inverse_sqrt":
+            return 1.0 / math.sqrt(1.0 + k / schedule_steps)
+        return 1.0
+
+    return factor
+
+
+def build_scheduler(
+    optimizer: Optimizer,
+    schedule: ScheduleName,
+    schedule_steps: int,
+    warmup_steps: int,
+) -> LRScheduler:
+    """A LambdaLR over :func:`lr_factor`; its only state is ``last_epoch`` (applied steps).
+
+    Resume with :func:`set_schedule_step` rather than loading a scheduler state dict.
+
+    >>> opt = torch.optim.SGD(torch.nn.Linear(2, 1).parameters(), lr=1.0)
+    >>> sched = build_scheduler(opt, "constant", 100, warmup_steps=4)
+    >>> opt.param_groups[0]["lr"]
+    0.25
+    """
+    return LambdaLR(optimizer, lr_factor(schedule, schedule_steps, warmup_steps))
+
+
+def set_schedule_step(scheduler: LRScheduler, step: int) -> None:
+    """Put ``scheduler`` (and its optimizer's learning rates) at applied step ``step``.
+
+    >>> opt = torch.optim.SGD(torch.nn.Linear(2, 1).parameters(), lr=1.0)
+    >>> sched = build_scheduler(opt, "step", 10, warmup_steps=0)
+    >>> set_schedule_step(sched, 10)
+    >>> opt.param_groups[0]["lr"]
+    0.1
+    """
+    if step < 0:
+        raise ValueError(f"schedule step must be >= 0, got {step}")
+    if not isinstance(scheduler, LambdaLR):
+        raise TypeError(
+            f"set_schedule_step needs a LambdaLR from build_scheduler, got "
+            f"{type(scheduler).__name__}"
+        )
+    scheduler.last_epoch = step
+    lrs = [
+        base * fn(step) for base, fn in zip(scheduler.base_lrs, scheduler.lr_lambdas, strict=True)
+    ]
+    for group, lr in zip(scheduler.optimizer.param_groups, lrs, strict=True):
+        group["lr"] = lr
+    scheduler._last_lr = lrs  # what get_last_lr() reports
