@@ -4,15 +4,15 @@ Status codes: 400 bad request, 404 unknown model / version / route, 413 body ove
 ``max_body_bytes``, 503 no weights yet, 500 an unexpected failure (logged). Every error body is
 ``{"error": "<what was wrong and how to fix it>"}``.
 
->>> from streamtrain.serve.inference import DirectEngine, regression_head
+>>> from streamtrain.serve.inference import DirectEngine, head_for
 >>> from streamtrain.serve.slot import WeightSlot
 >>> from streamtrain.spec import SampleSpec
 >>> import torch
 >>> slot = WeightSlot(torch.nn.Linear(2, 1))
->>> io = ModelIO.for_spec(SampleSpec((2,), "regression"))
+>>> io_spec = SampleSpec((2,), "regression")
 >>> app = create_app(
-...     slot=slot, engine=DirectEngine(slot, regression_head(), torch.device("cpu")),
-...     io=io, model_name="demo", max_body_bytes=1 << 20,
+...     slot=slot, engine=DirectEngine(slot, head_for(io_spec), torch.device("cpu")),
+...     io=ModelIO.for_spec(io_spec), model_name="demo", max_body_bytes=1 << 20,
 ... )
 """
 

@@ -8,7 +8,8 @@ the loader cannot overwrite those weights) while a kernel still reads them.
 >>> import torch
 >>> slot = WeightSlot(torch.nn.Linear(2, 3))
 >>> slot.load({"weight": torch.zeros(3, 2), "bias": torch.zeros(3)}, version=1, run_id="r")
->>> engine = DirectEngine(slot, classification_head(), torch.device("cpu"))
+>>> spec = SampleSpec((2,), "multiclass", num_classes=3)
+>>> engine = DirectEngine(slot, head_for(spec), torch.device("cpu"))
 >>> result = engine.run(np.ones((1, 2), dtype=np.float32))
 >>> result.info.version, result.outputs["predicted_class"].tolist()
 (1, [0])
@@ -33,6 +34,7 @@ import torch
 from streamtrain.metrics import SERVE_BATCH_SIZE
 from streamtrain.serve.slot import WeightsInfo, WeightSlot
 from streamtrain.spec import SampleSpec
+from streamtrain.train.task import TaskHead
 
 log = logging.getLogger(__name__)
 
@@ -40,31 +42,9 @@ Head = Callable[[torch.Tensor], dict[str, torch.Tensor]]
 Array = np.ndarray[Any, Any]
 
 
-def classification_head() -> Head:
-    """Logits [n, C] (multiclass) or [n] (binary) to probabilities [n, C] and classes [n]."""
-
-    def head(logits: torch.Tensor) -> dict[str, torch.Tensor]:
-        if logits.dim() == 1 or logits.shape[-1] == 1:
-            positive = torch.sigmoid(logits.reshape(-1))
-            probabilities = torch.stack([1 - positive, positive], dim=1)
-        else:
-            probabilities = torch.softmax(logits, dim=1)
-        return {"probabilities": probabilities, "predicted_class": probabilities.argmax(dim=1)}
-
-    return head
-
-
-def regression_head() -> Head:
-    """Model outputs [n, target_dim] (or [n]) as ``value`` [n, target_dim]."""
-
-    def head(outputs: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"value": outputs.reshape(outputs.shape[0], -1)}
-
-    return head
-
-
 def head_for(spec: SampleSpec) -> Head:
-    return classification_head() if spec.is_classification else regression_head()
+    """Model outputs to named OIP outputs: the trainer's own ``TaskHead.predict``."""
+    return TaskHead(spec).predict
 
 
 @dataclass(frozen=True)
@@ -120,7 +100,8 @@ class BatchingEngine:
     >>> import torch
     >>> slot = WeightSlot(torch.nn.Linear(2, 1))
     >>> slot.load({"weight": torch.ones(1, 2), "bias": torch.zeros(1)}, version=3, run_id="r")
-    >>> engine = BatchingEngine(slot, regression_head(), torch.device("cpu"), 8, 0.001)
+    >>> spec = SampleSpec((2,), "regression")
+    >>> engine = BatchingEngine(slot, head_for(spec), torch.device("cpu"), 8, 0.001)
     >>> engine.submit(np.ones((2, 2), dtype=np.float32)).result().outputs["value"].tolist()
     [[2.0], [2.0]]
     >>> engine.close()

@@ -1,0 +1,45 @@
+"""`streamtrain serve`: answer Open Inference Protocol requests with hot-swapped weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from streamtrain.cli.app import app
+from streamtrain.cli.common import CONFIG_OPTION, fail, settings_from, setup_logging
+
+
+@app.command()
+def serve(
+    config: Path | None = CONFIG_OPTION,
+    bootstrap_servers: str | None = typer.Option(None, help="Kafka host:port list."),
+    host: str | None = typer.Option(None, help="Address to listen on (default 127.0.0.1)."),
+    port: int | None = typer.Option(None, help="HTTP port (default 8000; 0 picks a free one)."),
+    model_name: str | None = typer.Option(None, help="Model name in the /v2/models/{name} URLs."),
+    snapshots_topic: str | None = typer.Option(None, help="Topic the trainer publishes to."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
+) -> None:
+    """Serve predictions over HTTP (KServe v2 / Open Inference Protocol), following the
+    trainer's weight snapshots. The model comes from the settings (``model.*``), which must
+    match the trainer's: snapshots of another configuration are refused."""
+    setup_logging(verbose)
+    settings = settings_from(
+        config,
+        kafka__bootstrap_servers=bootstrap_servers,
+        serve__host=host,
+        serve__port=port,
+        serve__model_name=model_name,
+        topics__snapshots=snapshots_topic,
+    )
+    from streamtrain.serve.server import build_worker  # keeps `streamtrain --help` fast
+
+    try:
+        worker = build_worker(settings)
+    except (ValueError, OSError) as exc:
+        fail(str(exc))
+    typer.echo(f"serving model {settings.serve.model_name!r} on {worker.url}", color=False)
+    typer.echo(f"  infer:   POST {worker.url}/v2/models/{settings.serve.model_name}/infer")
+    typer.echo(f"  ready:   GET  {worker.url}/v2/health/ready")
+    typer.echo(f"  metrics: GET  {worker.metrics_url}")
+    worker.run()

@@ -1,0 +1,204 @@
+"""A serving worker wired together: weight slot, engine, snapshot watcher, HTTP app, uvicorn.
+
+The builders turn settings into objects; :class:`ServingWorker` takes plain objects and runs
+them. One uvicorn worker per process: scale out with replicas, each reading the snapshot topic.
+
+Order of start and stop:
+
+1. the HTTP socket is bound first, so ``/v2/health/live`` answers at once and
+   ``/v2/health/ready`` says 503 until the watcher has swapped in the first snapshot;
+2. the watcher thread starts and loads the newest snapshot already on the topic;
+3. on SIGTERM/SIGINT uvicorn stops accepting, finishes the requests in flight, then the
+   watcher, the engine and the separate metrics server (if any) are stopped in that order.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from typing import Any
+
+import torch
+import uvicorn
+from fastapi import FastAPI
+
+from streamtrain.config import ModelSettings, Settings
+from streamtrain.kafka_options import kafka_client_options
+from streamtrain.metrics import SERVER_REGISTRY, serve_metrics
+from streamtrain.serve.app import create_app
+from streamtrain.serve.inference import BatchingEngine, DirectEngine, Engine, head_for
+from streamtrain.serve.protocol import ModelIO
+from streamtrain.serve.slot import WeightSlot
+from streamtrain.serve.watcher import SnapshotSource, SnapshotWatcher
+from streamtrain.snapshot.manifest import settings_hash
+from streamtrain.spec import SampleSpec
+from streamtrain.train.models import build_model
+
+log = logging.getLogger(__name__)
+
+# Concurrent requests wait at most this long for others to share a forward pass (CUDA only).
+BATCH_WAIT_S = 0.002
+
+
+def build_spec(model: ModelSettings) -> SampleSpec:
+    num_classes = 2 if model.task == "binary" else model.num_classes
+    return SampleSpec(model.input_shape, model.task, num_classes, model.target_dim)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"serve.device is {name!r} but CUDA is not available; use 'cpu' or 'auto'")
+    return device
+
+
+def build_slot(model: ModelSettings, device: torch.device) -> WeightSlot:
+    return WeightSlot(build_model(model.name, build_spec(model), model.params).to(device))
+
+
+def build_engine(
+    slot: WeightSlot, spec: SampleSpec, device: torch.device, max_batch_size: int
+) -> Engine:
+    """Batch concurrent requests on CUDA; on CPU one pass per request measured faster."""
+    if device.type == "cuda" and max_batch_size > 1:
+        return BatchingEngine(slot, head_for(spec), device, max_batch_size, BATCH_WAIT_S)
+    return DirectEngine(slot, head_for(spec), device)
+
+
+def build_source(settings: Settings) -> SnapshotSource:
+    from streamtrain.snapshot.subscriber import SnapshotSubscriber
+
+    return SnapshotSubscriber(
+        client_options=kafka_client_options(settings.kafka),
+        topic=settings.topics.snapshots,
+        settings_hash=settings_hash(settings.model.model_dump(mode="json")),
+        fetch_max_wait_ms=settings.kafka.fetch_max_wait_ms,
+    )
+
+
+def build_worker(settings: Settings, source: SnapshotSource | None = None) -> ServingWorker:
+    """Everything ``streamtrain serve`` runs, from the settings tree."""
+    # Modest intra-op threads leave cores to the event loop and the HTTP threads.
+    torch.set_num_threads(max(1, min(4, (os.cpu_count() or 2) // 2)))
+    serve = settings.serve
+    device = resolve_device(serve.device)
+    spec = build_spec(settings.model)
+    slot = build_slot(settings.model, device)
+    engine = build_engine(slot, spec, device, serve.max_batch_size)
+    app = create_app(
+        slot=slot,
+        engine=engine,
+        io=ModelIO.for_spec(spec),
+        model_name=serve.model_name,
+        max_body_bytes=serve.max_body_bytes,
+        metrics_registry=SERVER_REGISTRY if serve.metrics_port is None else None,
+    )
+    watcher = SnapshotWatcher(source if source is not None else build_source(settings), slot)
+    return ServingWorker(
+        app=app,
+        slot=slot,
+        engine=engine,
+        watcher=watcher,
+        host=serve.host,
+        port=serve.port,
+        metrics_port=serve.metrics_port,
+    )
+
+
+class ServingWorker:
+    """Runs one serving process: ``run()`` blocks (CLI), ``start()``/``stop()`` use a thread.
+
+    >>> worker = build_worker(settings)  # doctest: +SKIP
+    >>> url = worker.start()  # doctest: +SKIP
+    >>> worker.stop()  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        *,
+        app: FastAPI,
+        slot: WeightSlot,
+        engine: Engine,
+        watcher: SnapshotWatcher,
+        host: str,
+        port: int,
+        metrics_port: int | None = None,
+    ) -> None:
+        self.app = app
+        self.slot = slot
+        self._engine = engine
+        self._watcher = watcher
+        self._metrics_port = metrics_port
+        self._metrics_server: Any = None
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self._socket = socket.socket(family, socket.SOCK_STREAM)
+        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._socket.bind((host, port))
+        self._host = host
+        self.port = int(self._socket.getsockname()[1])
+        self._server = uvicorn.Server(
+            uvicorn.Config(app, log_level="warning", lifespan="off", timeout_graceful_shutdown=10)
+        )
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        host = f"[{self._host}]" if ":" in self._host else self._host
+        return f"http://{host}:{self.port}"
+
+    @property
+    def metrics_url(self) -> str:
+        if self._metrics_port is None:
+            return f"{self.url}/metrics"
+        port = (
+            self._metrics_port if self._metrics_server is None else self._metrics_server.server_port
+        )
+        return f"http://{self._host}:{port}/metrics"
+
+    def _start_side(self) -> None:
+        if self._metrics_port is not None:
+            self._metrics_server = serve_metrics(SERVER_REGISTRY, self._metrics_port, self._host)
+        self._watcher.start()
+
+    def run(self) -> None:
+        """Serve in the foreground until SIGTERM/SIGINT, then shut down gracefully."""
+        self._start_side()
+        try:
+            self._server.run(sockets=[self._socket])
+        finally:
+            self._close()
+
+    def start(self, timeout_s: float = 10.0) -> str:
+        """Serve from a background thread; returns the base URL once it accepts requests."""
+        self._start_side()
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [self._socket]}, name="uvicorn"
+        )
+        self._thread.start()
+        deadline = threading.Event()
+        for _ in range(int(timeout_s / 0.01)):
+            if self._server.started or not self._thread.is_alive():
+                break
+            deadline.wait(0.01)
+        if not self._server.started:
+            self.stop()
+            raise RuntimeError(f"the HTTP server did not start within {timeout_s} s")
+        return self.url
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+        self._close()
+
+    def _close(self) -> None:
+        self._watcher.stop()
+        self._engine.close()
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+            self._metrics_server = None
+        self._socket.close()
