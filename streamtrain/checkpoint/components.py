@@ -31,7 +31,7 @@ _MAX_LISTED = 5
 def to_json_bytes(doc: object, what: str) -> bytes:
     """Strict JSON (no NaN/Infinity literals); ``what`` names the content in errors."""
     try:
-        return json.dumps(doc, allow_nan=False, indent=1, sort_keys=True).encode()
+        return json.dumps(doc, allow_nan=False, indent=1).encode()
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{what} is not JSON-serializable: {exc}") from exc
 
