@@ -1,1 +1,35 @@
-"""streamtrain.ingest"""
+"""Kafka ingest: assignment, poll, bulk decode and validation, dead letters, exact batches.
+
+The trainer needs :class:`KafkaSampleSource` and :func:`to_device`; the rest is the parts.
+"""
+
+from streamtrain.ingest.consumer import KafkaPythonConsumer, RecordConsumer, TopicNotFound
+from streamtrain.ingest.deadletter import (
+    ERROR_HEADER,
+    SOURCE_HEADER,
+    DeadLetterSink,
+    KafkaDeadLetter,
+    LogDeadLetter,
+)
+from streamtrain.ingest.decode import DecodedChunk, KafkaRecord, decode_records
+from streamtrain.ingest.device import DeviceBatch, to_device
+from streamtrain.ingest.policy import MicroBatchPolicy
+from streamtrain.ingest.source import KafkaSampleSource
+
+__all__ = [
+    "ERROR_HEADER",
+    "SOURCE_HEADER",
+    "DeadLetterSink",
+    "DecodedChunk",
+    "DeviceBatch",
+    "KafkaDeadLetter",
+    "KafkaPythonConsumer",
+    "KafkaRecord",
+    "KafkaSampleSource",
+    "LogDeadLetter",
+    "MicroBatchPolicy",
+    "RecordConsumer",
+    "TopicNotFound",
+    "decode_records",
+    "to_device",
+]

@@ -1,0 +1,100 @@
+"""Where rejected records go: counted by reason, logged, and copied to a dead-letter topic.
+
+A dead-lettered record keeps its original key, value and headers, plus
+``streamtrain-error`` (``reason: detail``, UTF-8) and ``streamtrain-source``
+(``topic/partition/offset``). A failure to write it is counted and logged, never raised:
+bad input must not stop training.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+from streamtrain import metrics
+from streamtrain.ingest.decode import KafkaRecord
+from streamtrain.schema import Reject
+
+log = logging.getLogger(__name__)
+
+ERROR_HEADER = "streamtrain-error"
+SOURCE_HEADER = "streamtrain-source"
+
+
+class DeadLetterSink(Protocol):
+    """Takes rejected records; ``flush`` returns once every one handed over is stored."""
+
+    def send(self, record: KafkaRecord, reject: Reject) -> None: ...
+    def flush(self, timeout: float = 30.0) -> None: ...
+    def close(self) -> None: ...
+
+
+def source_of(record: KafkaRecord) -> str:
+    return f"{record.topic}/{record.partition}/{record.offset}"
+
+
+class LogDeadLetter:
+    """Rejects are only counted (by the source) and logged: no dead-letter topic configured."""
+
+    def send(self, record: KafkaRecord, reject: Reject) -> None:
+        log.warning("rejected record %s: %s", source_of(record), reject)
+
+    def flush(self, timeout: float = 30.0) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+
+class KafkaDeadLetter:
+    """Copies rejected records to ``topic`` with a kafka-python producer.
+
+    >>> dlq = KafkaDeadLetter(topic="samples.dlq", client_options={  # doctest: +SKIP
+    ...     "bootstrap_servers": "127.0.0.1:9092"})
+    """
+
+    def __init__(self, *, topic: str, client_options: Mapping[str, Any]) -> None:
+        from kafka import KafkaProducer
+
+        self.topic = topic
+        self._producer = KafkaProducer(
+            **dict(client_options),
+            acks="all",
+            linger_ms=5,
+            # A rejected record may be up to the broker's limit itself plus our headers.
+            max_request_size=16 * 1_048_576,
+        )
+
+    def send(self, record: KafkaRecord, reject: Reject) -> None:
+        source = source_of(record)
+        log.debug("rejected record %s: %s", source, reject)
+        headers = [
+            *(record.headers or ()),
+            (ERROR_HEADER, str(reject).encode()),
+            (SOURCE_HEADER, source.encode()),
+        ]
+        try:
+            future = self._producer.send(
+                self.topic, key=record.key, value=record.value, headers=headers
+            )
+        except Exception as exc:  # any client error: count it, keep training
+            self._failed(source, exc)
+            return
+        future.add_errback(lambda exc: self._failed(source, exc))
+
+    def _failed(self, source: str, exc: BaseException) -> None:
+        metrics.INGEST_DEAD_LETTER_ERRORS.inc()
+        log.error("could not write rejected record %s to %s: %s", source, self.topic, exc)
+
+    def flush(self, timeout: float = 30.0) -> None:
+        try:
+            self._producer.flush(timeout=timeout)
+        except Exception as exc:
+            log.error("dead-letter flush to %s failed: %s", self.topic, exc)
+
+    def close(self) -> None:
+        try:
+            self._producer.close(timeout=10)
+        except Exception as exc:
+            log.error("closing the dead-letter producer failed: %s", exc)

@@ -1,0 +1,240 @@
+"""KafkaSampleSource: micro-batches of validated samples from a Kafka topic.
+
+Position semantics (the trainer's exactly-once recovery rests on them):
+
+1. Partitions are assigned statically; the start position is the committed offset (earliest
+   when none), the earliest, or the latest offset, per ``start_from``.
+2. Each poll is decoded in bulk and appended to a buffer in consumed order.
+3. :meth:`next_batch` cuts one batch exactly (see ``streamtrain.ingest.buffer``); its
+   rejected records are then counted, logged and dead-lettered, and :meth:`positions` moves
+   to the batch's ``next_offsets``. Records fetched but not yet handed out are not part of any
+   position.
+4. :meth:`seek` drops buffered records of the partitions it moves.
+5. :meth:`commit` first flushes the dead-letter producer, then commits: a committed offset
+   never covers a rejected record that is not yet stored on the dead-letter topic.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from types import TracebackType
+from typing import Any, Literal
+
+from streamtrain import metrics
+from streamtrain.batch import Batch
+from streamtrain.ingest.buffer import BatchBuffer
+from streamtrain.ingest.consumer import KafkaPythonConsumer, RecordConsumer
+from streamtrain.ingest.deadletter import DeadLetterSink, KafkaDeadLetter, LogDeadLetter
+from streamtrain.ingest.decode import decode_records
+from streamtrain.ingest.policy import MicroBatchPolicy
+from streamtrain.spec import SampleSpec
+
+log = logging.getLogger(__name__)
+
+StartFrom = Literal["committed", "earliest", "latest"]
+
+
+class KafkaSampleSource:
+    """Validated samples from ``topic`` as :class:`~streamtrain.batch.Batch` objects.
+
+    >>> from streamtrain.spec import SampleSpec
+    >>> with KafkaSampleSource(  # doctest: +SKIP
+    ...     spec=SampleSpec(feature_shape=(16,), task="binary"), topic="samples",
+    ...     group_id="trainer", client_options={"bootstrap_servers": ["127.0.0.1:9092"]},
+    ... ) as source:
+    ...     batch = source.next_batch()
+    ...     source.commit(batch.next_offsets)
+    """
+
+    def __init__(
+        self,
+        *,
+        spec: SampleSpec,
+        topic: str,
+        group_id: str,
+        client_options: Mapping[str, Any],
+        partitions: Sequence[int] | None = None,
+        start_from: StartFrom = "committed",
+        max_batch_size: int = 256,
+        max_wait_ms: int = 50,
+        max_record_bytes: int = 1_048_576,
+        dead_letter_topic: str | None = None,
+        fetch_max_wait_ms: int = 10,
+        consumer: RecordConsumer | None = None,
+        dead_letter: DeadLetterSink | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if start_from not in ("committed", "earliest", "latest"):
+            raise ValueError(
+                f"start_from={start_from!r}; expected 'committed', 'earliest' or 'latest'"
+            )
+        self.spec = spec
+        self.topic = topic
+        self.max_batch_size = max_batch_size
+        self.max_record_bytes = max_record_bytes
+        self._policy = MicroBatchPolicy(max_batch_size, max_wait_ms, clock)
+        self._max_poll = min(max(max_batch_size, 500), 100_000)
+        self._buffer = BatchBuffer()
+        self._closed = False
+        self._consumer: RecordConsumer = consumer or KafkaPythonConsumer(
+            topic=topic,
+            group_id=group_id,
+            client_options=client_options,
+            fetch_max_wait_ms=fetch_max_wait_ms,
+        )
+        try:
+            self._partitions = self._choose_partitions(partitions)
+            self._consumer.assign(self._partitions)
+            self._positions = self._start(start_from)
+            if dead_letter is not None:
+                self._dead_letter = dead_letter
+            elif dead_letter_topic:
+                self._dead_letter = KafkaDeadLetter(
+                    topic=dead_letter_topic, client_options=client_options
+                )
+            else:
+                self._dead_letter = LogDeadLetter()
+        except BaseException:
+            self._consumer.close()
+            raise
+        log.info("reading %s partitions %s from %s", topic, self._partitions, self._positions)
+
+    def _choose_partitions(self, wanted: Sequence[int] | None) -> tuple[int, ...]:
+        existing = self._consumer.partitions_of_topic()
+        if wanted is None:
+            return existing
+        missing = sorted(set(wanted) - set(existing))
+        if missing:
+            raise ValueError(
+                f"partitions {missing} do not exist in topic {self.topic!r}, which has "
+                f"partitions {list(existing)} (ingest.partitions)"
+            )
+        return tuple(sorted(set(wanted)))
+
+    def _start(self, start_from: StartFrom) -> dict[int, int]:
+        parts = self._partitions
+        if start_from == "earliest":
+            self._consumer.seek_to_beginning(parts)
+        elif start_from == "latest":
+            self._seek_latest()
+        else:
+            for p in parts:
+                offset = self._consumer.committed(p)
+                if offset is None:
+                    self._consumer.seek_to_beginning([p])
+                else:
+                    self._consumer.seek(p, offset)
+        return {p: self._consumer.position(p) for p in parts}
+
+    def _seek_latest(self, timeout_s: float = 5.0) -> None:
+        # Some brokers (the embedded Tansu) answer ListOffsets(latest) with the base offset of
+        # the last record batch + 1; the high watermark of a real fetch is right. Fetch until
+        # every partition has reported one, then move there.
+        parts = self._partitions
+        self._consumer.seek_to_end(parts)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            self._consumer.poll(timeout_ms=50, max_records=self._max_poll)
+            marks = {p: self._consumer.highwater(p) for p in parts}
+            if all(m is not None for m in marks.values()):
+                for p, mark in marks.items():
+                    assert mark is not None
+                    self._consumer.seek(p, max(mark, self._consumer.position(p)))
+                return
+        log.warning("no high watermark within %.0f s; starting at the reported end", timeout_s)
+
+    @property
+    def partitions(self) -> tuple[int, ...]:
+        return self._partitions
+
+    def positions(self) -> dict[int, int]:
+        """Partition -> next offset to read after every batch returned so far."""
+        return dict(self._positions)
+
+    def next_batch(self) -> Batch:
+        """The next micro-batch: at most ``max_batch_size`` samples, after at most about
+        ``max_wait_ms`` (plus one fetch). May hold 0 samples and still move past rejects."""
+        self._policy.start()
+        while self._buffer.samples < self.max_batch_size:
+            records = self._consumer.poll(
+                timeout_ms=self._policy.remaining_ms(), max_records=self._max_poll
+            )
+            if records:
+                started = time.perf_counter()
+                chunk = decode_records(self.spec, records, self.max_record_bytes)
+                metrics.INGEST_DECODE_SECONDS.observe(time.perf_counter() - started)
+                self._buffer.add(chunk)
+            if self._policy.due(self._buffer.samples):
+                break
+        cut = self._buffer.cut(self.max_batch_size)
+        if cut is None:
+            self._export_lag()
+            return Batch.empty(self.positions())
+        batch, rejected = cut
+        for record, reject in rejected:
+            metrics.INGEST_REJECTED.labels(reject.reason).inc()
+            self._dead_letter.send(record, reject)
+        self._positions.update(batch.next_offsets)
+        metrics.INGEST_RECORDS.labels(self.topic).inc(batch.records)
+        metrics.INGEST_SAMPLES.inc(batch.size)
+        metrics.INGEST_BATCH_SIZE.observe(batch.size)
+        self._export_lag()
+        return batch
+
+    def _export_lag(self) -> None:
+        for p in self._partitions:
+            mark = self._consumer.highwater(p)
+            if mark is not None:
+                metrics.INGEST_LAG.labels(str(p)).set(max(0, mark - self._positions[p]))
+
+    def seek(self, offsets: Mapping[int, int]) -> None:
+        """Read ``partition -> offset`` next; buffered records of those partitions are dropped."""
+        unknown = sorted(set(offsets) - set(self._partitions))
+        if unknown:
+            raise ValueError(
+                f"cannot seek partitions {unknown}: this source reads {list(self._partitions)}"
+            )
+        negative = {p: o for p, o in offsets.items() if o < 0}
+        if negative:
+            raise ValueError(f"cannot seek to negative offsets {negative}")
+        self._buffer.drop_partitions(offsets)
+        for p, offset in offsets.items():
+            self._consumer.seek(p, offset)
+            self._positions[p] = offset
+
+    def commit(self, offsets: Mapping[int, int]) -> None:
+        """Commit ``partition -> next offset`` to the consumer group (for lag monitoring).
+
+        1. Flush the dead-letter producer (rejects handed out so far are stored).
+        2. Commit the offsets.
+        """
+        unknown = sorted(set(offsets) - set(self._partitions))
+        if unknown:
+            raise ValueError(
+                f"cannot commit partitions {unknown}: this source reads {list(self._partitions)}"
+            )
+        self._dead_letter.flush()
+        self._consumer.commit(offsets)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._dead_letter.flush()
+            self._dead_letter.close()
+        finally:
+            self._consumer.close()
+
+    def __enter__(self) -> KafkaSampleSource:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
