@@ -1,0 +1,176 @@
+"""A serving worker against the real broker: snapshots in, versions forward, rejections counted."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+from kafka import KafkaProducer
+from prometheus_client.parser import text_string_to_metric_families
+
+from streamtrain.broker import create_topics
+from streamtrain.config import Settings, load_settings
+from streamtrain.kafka_options import kafka_client_options
+from streamtrain.serve.server import ServingWorker, build_worker
+from streamtrain.serve.testing import expected_value, version_weights
+from streamtrain.snapshot import wire
+from streamtrain.snapshot.manifest import SnapshotManifest, settings_hash
+from streamtrain.snapshot.writer import SnapshotWriter
+from streamtrain.train.hooks import SnapshotRequest
+from streamtrain.train.models import build_model
+
+MODEL = {"name": "linear", "task": "regression", "input_shape": [4], "target_dim": 1}
+
+
+def _wait(condition: Callable[[], bool], what: str, timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+@pytest.fixture
+def settings(kafka_bootstrap: str, unique_name: str) -> Settings:
+    create_topics(kafka_bootstrap, [unique_name])
+    return load_settings(
+        overrides={
+            "kafka": {"bootstrap_servers": kafka_bootstrap},
+            "topics": {"snapshots": unique_name},
+            "model": MODEL,
+            "serve": {"port": 0, "model_name": "m"},
+        }
+    )
+
+
+@pytest.fixture
+def writer(settings: Settings) -> Iterator[Callable[..., SnapshotManifest]]:
+    writers: dict[str, SnapshotWriter] = {}
+    model = build_model("linear", _spec(settings))
+
+    def write(version: int, hash_of: dict[str, Any] | None = None) -> SnapshotManifest:
+        model_settings = hash_of or settings.model.model_dump(mode="json")
+        digest = settings_hash(model_settings)
+        if digest not in writers:
+            writers[digest] = SnapshotWriter(
+                client_options=kafka_client_options(settings.kafka),
+                topic=settings.topics.snapshots,
+                model_name="linear",
+                settings_hash=digest,
+                chunk_bytes=512 * 1024,
+            )
+        request = SnapshotRequest(
+            version=version,
+            run_id="run-a",
+            tensors=version_weights(model, version),
+            data_watermark=time.time() - 5.0,
+            offsets={0: version},
+            created_at=time.time(),
+        )
+        return writers[digest].write(request)
+
+    yield write
+    for each in writers.values():
+        each.close(5.0)
+
+
+def _spec(settings: Settings) -> Any:
+    from streamtrain.serve.server import build_spec
+
+    return build_spec(settings.model)
+
+
+def _infer(url: str) -> tuple[str, float]:
+    body = {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [1] * 4}]}
+    doc = httpx.post(f"{url}/v2/models/m/infer", json=body, timeout=5).json()
+    return doc["model_version"], doc["outputs"][0]["data"][0]
+
+
+def _rejections(url: str) -> dict[str, float]:
+    text = httpx.get(f"{url}/metrics/", timeout=5).text
+    counts: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name == "streamtrain_serve_rejected_snapshots":
+            for sample in family.samples:
+                if sample.name.endswith("_total"):
+                    counts[sample.labels["reason"]] = sample.value
+    return counts
+
+
+def _publish_forged(settings: Settings, good: SnapshotManifest, version: int, chunks: bool) -> None:
+    """A manifest for run-a/<version> whose chunks are garbage (checksum) or absent (incomplete)."""
+    sid = f"run-a/{version}"
+    producer = KafkaProducer(**kafka_client_options(settings.kafka), acks="all")
+    topic = settings.topics.snapshots
+    first = None
+    if chunks:
+        garbage = hashlib.sha256(b"x").digest() * (good.size_bytes // 32 + 1)
+        sent = producer.send(
+            topic,
+            value=garbage[: good.size_bytes],
+            key=wire.chunk_key("linear", sid, 0),
+            headers=wire.chunk_headers("linear", sid, 0, 1),
+            partition=0,
+        )
+        first = sent.get(timeout=10).offset
+    manifest = good.model_copy(
+        update={"version": version, "first_chunk_offset": first or good.first_chunk_offset}
+    )
+    producer.send(
+        topic,
+        value=manifest.model_dump_json().encode(),
+        key=wire.manifest_key("linear", sid),
+        headers=wire.manifest_headers("linear", sid),
+        partition=0,
+    ).get(timeout=10)
+    producer.close(5)
+
+
+def test_server_follows_snapshots_and_refuses_bad_ones(
+    settings: Settings, writer: Callable[..., SnapshotManifest]
+) -> None:
+    worker: ServingWorker = build_worker(settings)
+    url = worker.start()
+    try:
+        assert httpx.get(f"{url}/v2/health/live").status_code == 200
+        assert httpx.get(f"{url}/v2/health/ready").status_code == 503
+        good = writer(5)
+        _wait(lambda: httpx.get(f"{url}/v2/health/ready").status_code == 200, "ready")
+        version, value = _infer(url)
+        assert version == "5" and value == pytest.approx(expected_value(5, [1.0] * 4), rel=1e-5)
+
+        before = _rejections(url)
+        writer(3)  # older than live
+        writer(10, hash_of={**settings.model.model_dump(mode="json"), "target_dim": 2})
+        _publish_forged(settings, good, 11, chunks=True)  # corrupt bytes
+        _publish_forged(settings, good, 12, chunks=False)  # truncated: chunks missing
+        writer(7)  # the next good one
+        _wait(lambda: _infer(url)[0] == "7", "version 7")
+
+        def rejected(reason: str) -> float:
+            return _rejections(url).get(reason, 0.0) - before.get(reason, 0.0)
+
+        _wait(lambda: rejected("incomplete") >= 1, "the truncated snapshot to be rejected")
+        assert rejected("stale") == 1
+        assert rejected("config_mismatch") == 1
+        assert rejected("checksum") == 1
+        assert _infer(url)[1] == pytest.approx(expected_value(7, [1.0] * 4), rel=1e-5)
+        metrics = httpx.get(f"{url}/metrics/").text
+        assert "streamtrain_serve_model_version 7.0" in metrics
+    finally:
+        worker.stop()
+
+    # A server started after publishing stopped comes up with the newest valid snapshot.
+    again = build_worker(settings)
+    url = again.start()
+    try:
+        _wait(lambda: httpx.get(f"{url}/v2/health/ready").status_code == 200, "ready again")
+        assert httpx.get(f"{url}/v2/models/m").json()["versions"] == ["7"]
+        assert _infer(url)[0] == "7"
+    finally:
+        again.stop()
