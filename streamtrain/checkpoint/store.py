@@ -8,33 +8,18 @@ import re
 import shutil
 import time
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import torch
 from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
 from streamtrain import metrics
 from streamtrain.checkpoint import components as comp
-from streamtrain.checkpoint.files import (
-    bytes_to_tensors,
-    fsync_dir,
-    locked,
-    read_verified,
-    tensors_to_bytes,
-    write_durable,
-)
-from streamtrain.checkpoint.meta import (
-    FORMAT_VERSION,
-    META_FILE,
-    CheckpointMeta,
-    RngMeta,
-    parse_meta,
-)
-from streamtrain.checkpoint.rng import RNG_FILE, capture_rng, check_rng, restore_rng
+from streamtrain.checkpoint.files import fsync_dir, locked, tensors_to_bytes, write_durable
+from streamtrain.checkpoint.meta import FORMAT_VERSION, META_FILE, CheckpointMeta, RngMeta
+from streamtrain.checkpoint.reader import apply_checkpoint, read_checkpoint, read_meta
+from streamtrain.checkpoint.rng import RNG_FILE, capture_rng
 from streamtrain.checkpoint.state import CheckpointError, TrainerState
 
 log = logging.getLogger(__name__)
@@ -42,18 +27,6 @@ log = logging.getLogger(__name__)
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 _TMP = ".tmp-"
 _REPLACED = ".replaced-"
-_REQUIRED = (comp.MODEL_FILE, comp.OPTIMIZER_TENSORS, comp.OPTIMIZER_JSON, RNG_FILE)
-
-
-@dataclass(frozen=True)
-class _Loaded:
-    """A checkpoint read and validated in memory, not yet applied to any live object."""
-
-    meta: CheckpointMeta
-    model: dict[str, torch.Tensor]
-    optimizer: dict[str, Any]
-    scheduler: dict[str, Any] | None
-    rng: dict[str, torch.Tensor]
 
 
 class CheckpointStore:
@@ -147,24 +120,17 @@ class CheckpointStore:
         """
         with locked(self.root):
             self._clean_stale()
-            for path in self._checkpoint_dirs():
+            for step, path in self._checkpoint_dirs():
                 try:
-                    loaded = self._read(path, model, optimizer, scheduler)
-                    self._apply(loaded, path, model, optimizer, scheduler, restore_rng)
+                    loaded = read_checkpoint(path, step, model, optimizer, scheduler)
+                    apply_checkpoint(
+                        loaded, model, optimizer, scheduler, restore_rng_state=restore_rng
+                    )
                 except CheckpointError as exc:
                     log.warning("skipping checkpoint %s: %s", path, exc)
                     continue
                 log.info("restored checkpoint %s", path)
-                meta = loaded.meta
-                return TrainerState(
-                    step=meta.step,
-                    samples_seen=meta.samples_seen,
-                    run_id=meta.run_id,
-                    offsets=meta.int_offsets(),
-                    model_settings=meta.model_settings,
-                    data_watermark=meta.data_watermark,
-                    extra=meta.extra,
-                )
+                return loaded.trainer_state()
         return None
 
     def latest_path(self) -> Path | None:
@@ -172,10 +138,10 @@ class CheckpointStore:
 
         Cheap (no hashing); :meth:`load_latest` additionally verifies every checksum.
         """
-        for path in self._checkpoint_dirs():
+        for step, path in self._checkpoint_dirs():
             try:
-                meta = parse_meta((path / META_FILE).read_bytes(), path / META_FILE)
-            except (OSError, CheckpointError):
+                meta = read_meta(path, step)
+            except CheckpointError:
                 continue
             if all((path / name).is_file() for name in meta.files):
                 return path
@@ -239,7 +205,7 @@ class CheckpointStore:
         return final
 
     def _prune(self) -> None:
-        for path in self._checkpoint_dirs()[self.keep :]:
+        for _, path in self._checkpoint_dirs()[self.keep :]:
             log.info("pruning checkpoint %s (keeping the newest %d)", path, self.keep)
             shutil.rmtree(path)
         fsync_dir(self.root)
@@ -261,82 +227,11 @@ class CheckpointStore:
 
     # --- reading ----------------------------------------------------------------------------
 
-    def _checkpoint_dirs(self) -> list[Path]:
-        """Checkpoint directories, newest step first."""
+    def _checkpoint_dirs(self) -> list[tuple[int, Path]]:
+        """``(step, directory)`` of every checkpoint, newest step first."""
         found = []
         for entry in self.root.iterdir():
             match = _STEP_DIR.match(entry.name)
             if match and entry.is_dir():
                 found.append((int(match.group(1)), entry))
-        return [path for _, path in sorted(found, reverse=True)]
-
-    def _read(
-        self,
-        path: Path,
-        model: nn.Module,
-        optimizer: Optimizer,
-        scheduler: LRScheduler | None,
-    ) -> _Loaded:
-        meta_path = path / META_FILE
-        try:
-            raw_meta = meta_path.read_bytes()
-        except OSError as exc:
-            raise CheckpointError(f"{meta_path}: missing or unreadable ({exc})") from exc
-        meta = parse_meta(raw_meta, meta_path)
-        step = int(path.name.removeprefix("step-"))
-        if meta.step != step:
-            raise CheckpointError(f"{meta_path}: records step {meta.step}, directory says {step}")
-        missing = [name for name in _REQUIRED if name not in meta.files]
-        if missing:
-            raise CheckpointError(f"{meta_path}: lists no checksum for {missing}")
-
-        def data(name: str) -> bytes:
-            return read_verified(path, name, meta.files[name])
-
-        def tensors(name: str) -> dict[str, torch.Tensor]:
-            return bytes_to_tensors(data(name), path / name) if name in meta.files else {}
-
-        weights = tensors(comp.MODEL_FILE)
-        comp.check_model(weights, model, path / comp.MODEL_FILE)
-        opt_state = comp.decode_optimizer(
-            data(comp.OPTIMIZER_JSON),
-            tensors(comp.OPTIMIZER_TENSORS),
-            optimizer,
-            path / comp.OPTIMIZER_JSON,
-        )
-        sched_state: dict[str, Any] | None = None
-        if scheduler is not None:
-            if comp.SCHEDULER_JSON not in meta.files:
-                raise CheckpointError(
-                    f"{path}: holds no LR scheduler state, but a scheduler was given to restore"
-                )
-            sched_state = comp.decode_scheduler(
-                data(comp.SCHEDULER_JSON),
-                tensors(comp.SCHEDULER_TENSORS),
-                scheduler,
-                path / comp.SCHEDULER_JSON,
-            )
-        rng = tensors(RNG_FILE)
-        check_rng(rng, meta.rng, str(path / RNG_FILE))
-        return _Loaded(meta, weights, opt_state, sched_state, rng)
-
-    @staticmethod
-    def _apply(
-        loaded: _Loaded,
-        path: Path,
-        model: nn.Module,
-        optimizer: Optimizer,
-        scheduler: LRScheduler | None,
-        restore: bool,
-    ) -> None:
-        try:
-            optimizer.load_state_dict(loaded.optimizer)
-        except (ValueError, KeyError, TypeError, RuntimeError) as exc:
-            raise CheckpointError(
-                f"{path / comp.OPTIMIZER_JSON}: rejected by the optimizer: {exc}"
-            ) from exc
-        model.load_state_dict(loaded.model, strict=True)
-        if scheduler is not None and loaded.scheduler is not None:
-            scheduler.load_state_dict(loaded.scheduler)
-        if restore:
-            restore_rng(loaded.rng, loaded.meta.rng)
+        return sorted(found, reverse=True)

@@ -146,6 +146,7 @@ def _rewrite_meta(path: Path, **changes: object) -> None:
         ({"offsets": {"p0": 3}}, "partition 'p0' is not a non-negative integer"),
         ({"files": {"model.safetensors": "abc"}}, "files.model.safetensors"),
         ({"surprise": 1}, "surprise: Extra inputs are not permitted"),
+        ({"files": {"../../etc/passwd": "0" * 64}}, "lists no checksum for ['model.safetensors'"),
     ],
 )
 def test_invalid_meta_is_rejected_naming_file_and_field(
@@ -160,6 +161,32 @@ def test_invalid_meta_is_rejected_naming_file_and_field(
         assert store.load_latest(model, opt) is None
     assert f"{path / 'meta.json'}" in caplog.text
     assert expected in caplog.text
+
+
+def test_meta_listing_files_outside_the_checkpoint_is_rejected(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = CheckpointStore(tmp_path)
+    model = _model()
+    path = store.save(_state(7), model, _opt(model))
+    files = json.loads((path / "meta.json").read_text())["files"]
+    _rewrite_meta(path, files={**files, "../../etc/passwd": "0" * 64})
+    with caplog.at_level(logging.WARNING, logger="streamtrain.checkpoint"):
+        assert store.load_latest(model, _opt(model)) is None
+    assert "lists unknown files ['../../etc/passwd']" in caplog.text
+    assert store.latest_path() is None
+
+
+def test_meta_for_another_step_is_rejected(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = CheckpointStore(tmp_path)
+    model = _model()
+    path = store.save(_state(7), model, _opt(model))
+    path.rename(tmp_path / "step-000000000009")
+    with caplog.at_level(logging.WARNING, logger="streamtrain.checkpoint"):
+        assert store.load_latest(model, _opt(model)) is None
+    assert "records step 7, directory says 9" in caplog.text
 
 
 def test_mismatched_model_is_skipped_and_left_untouched(
