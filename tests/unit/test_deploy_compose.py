@@ -1,0 +1,266 @@
+"""Static checks of the compose stack: it validates, and its parts agree with each other.
+
+No Docker engine is needed: Debian's ``docker-compose`` (1.29) validates a file offline, and the
+rest is read with PyYAML. Interpolations like ``${SAMPLE_PARTITIONS:-3}`` resolve to their
+defaults, which is what a plain ``docker compose up`` uses.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+
+from streamtrain.config import load_settings
+
+ROOT = Path(__file__).resolve().parents[2]
+MAIN = ROOT / "docker-compose.yml"
+GPU = ROOT / "docker-compose.gpu.yml"
+STREAMTRAIN_SERVICES = ("trainer", "server", "producer")
+_DEFAULTED = re.compile(r"\$\{[A-Z0-9_]+:-([^}]*)\}")
+
+
+def _resolve(value: str) -> str:
+    """Apply compose interpolation with every variable unset: defaults in, ``$$`` to ``$``."""
+    return _DEFAULTED.sub(lambda m: m.group(1), value).replace("$$", "$")
+
+
+def _load(path: Path) -> dict[str, Any]:
+    data = yaml.safe_load(path.read_text())
+    assert isinstance(data, dict), f"{path.name} must hold a mapping"
+    return data
+
+
+def _services(path: Path = MAIN) -> dict[str, dict[str, Any]]:
+    services = _load(path)["services"]
+    assert isinstance(services, dict)
+    return services
+
+
+def _command(service: dict[str, Any]) -> list[str]:
+    command = service["command"]
+    assert isinstance(command, list), "write commands in exec form (a YAML list)"
+    return [_resolve(str(token)) for token in command]
+
+
+def _option(command: list[str], name: str) -> str:
+    assert name in command, f"expected {name} in {command}"
+    return command[command.index(name) + 1]
+
+
+def _environment(*services: dict[str, Any]) -> dict[str, str]:
+    """Environment after compose's merge (later files override earlier ones key by key)."""
+    env: dict[str, str] = {}
+    for service in services:
+        env.update({k: _resolve(str(v)) for k, v in service.get("environment", {}).items()})
+    return env
+
+
+def _healthcheck_url(service: dict[str, Any]) -> str:
+    test = " ".join(service["healthcheck"]["test"])
+    match = re.search(r"https?://[^'\" ]+", test)
+    assert match, f"healthcheck {test!r} names no URL"
+    return match.group(0)
+
+
+def test_compose_files_validate_with_docker_compose() -> None:
+    binary = shutil.which("docker-compose")
+    if binary is None:
+        pytest.fail(
+            "docker-compose is not installed; it validates compose files without a Docker "
+            "engine. Install it: apt-get install -y --no-install-recommends docker-compose"
+        )
+    for files in ([MAIN], [MAIN, GPU]):
+        args = [binary]
+        for path in files:
+            args += ["-f", str(path)]
+        result = subprocess.run(
+            [*args, "config", "-q"], cwd=ROOT, capture_output=True, text=True, timeout=60
+        )
+        names = " + ".join(p.name for p in files)
+        assert result.returncode == 0, f"{names} is invalid:\n{result.stderr}"
+
+
+def _help(subcommand: str) -> subprocess.CompletedProcess[str]:
+    """``streamtrain <subcommand> --help`` in a fresh interpreter, as the console script runs it.
+
+    A subprocess, not CliRunner: in-process, a test that imported ``streamtrain.cli.train``
+    would register the command and hide a missing import in ``streamtrain/cli/__init__.py``.
+    """
+    entry = "import sys; from streamtrain.cli import main; sys.argv[0] = 'streamtrain'; main()"
+    return subprocess.run(
+        [sys.executable, "-c", entry, subcommand, "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "COLUMNS": "240", "TERMINAL_WIDTH": "240", "NO_COLOR": "1"},
+    )
+
+
+def test_every_streamtrain_command_uses_existing_cli_options() -> None:
+    commands = [_command(_services()[name]) for name in STREAMTRAIN_SERVICES]
+    commands += [_command(s) for s in _services(GPU).values() if "command" in s]
+    helps: dict[str, subprocess.CompletedProcess[str]] = {}
+    for command in commands:
+        subcommand, options = command[0], [t.split("=")[0] for t in command if t[:2] == "--"]
+        if subcommand not in helps:
+            helps[subcommand] = _help(subcommand)
+        result = helps[subcommand]
+        assert result.returncode == 0, (
+            f"`streamtrain {subcommand} --help` failed (is the subcommand registered in "
+            f"streamtrain/cli/__init__.py?):\n{result.stdout}{result.stderr}"
+        )
+        for option in options:
+            assert re.search(rf"(?<![\w-]){re.escape(option)}(?![\w-])", result.stdout), (
+                f"`streamtrain {subcommand}` has no option {option}; compose runs {command}"
+            )
+
+
+@pytest.mark.parametrize("with_gpu", [False, True], ids=["cpu", "gpu"])
+def test_service_environments_are_valid_settings(
+    with_gpu: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    overrides = _services(GPU) if with_gpu else {}
+    for name in STREAMTRAIN_SERVICES:
+        env = _environment(_services()[name], overrides.get(name, {}))
+        with monkeypatch.context() as patch:
+            for key in [k for k in os.environ if k.startswith("STREAMTRAIN_")]:
+                patch.delenv(key)
+            for key, value in env.items():
+                patch.setenv(key, value)
+            settings = load_settings()
+        assert settings.kafka.bootstrap_servers == "kafka:9092", name
+        assert settings.model.input_shape == (16,) and settings.model.num_classes == 2, name
+        if name == "trainer":
+            assert settings.train.device == ("cuda" if with_gpu else "cpu")
+        if name == "server":
+            assert settings.serve.host == "0.0.0.0", "a server on loopback is unreachable"
+
+
+def test_topic_service_creates_every_topic_the_processes_use() -> None:
+    services = _services()
+    script = _resolve(" ".join(services["topics"]["command"]))
+    created = dict(re.findall(r"--topic (\S+) --partitions (\d+)", script))
+    used = {
+        v
+        for name in STREAMTRAIN_SERVICES
+        for k, v in _environment(services[name]).items()
+        if k.startswith("STREAMTRAIN_TOPICS__")
+    }
+    used.add(_option(_command(services["server"]), "--snapshots-topic"))
+    used.add(_option(_command(services["producer"]), "--topic"))
+    assert used <= created.keys(), f"topics used but never created: {used - created.keys()}"
+    env = _environment(services["trainer"])
+    assert int(created[env["STREAMTRAIN_TOPICS__SAMPLES"]]) >= 2, "samples needs partitions"
+    snapshots_line = next(
+        line for line in script.splitlines() if env["STREAMTRAIN_TOPICS__SNAPSHOTS"] in line
+    )
+    assert "retention.ms=" in snapshots_line, "the snapshots topic needs a retention setting"
+    kafka_env = services["kafka"]["environment"]
+    assert kafka_env["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"
+
+
+def test_dependencies_wait_on_real_conditions() -> None:
+    services = _services()
+    for name, service in services.items():
+        for dep, spec in service.get("depends_on", {}).items():
+            assert dep in services, f"{name} depends on unknown service {dep}"
+            condition = spec["condition"]
+            if condition == "service_healthy":
+                assert "healthcheck" in services[dep], f"{name} waits for {dep}'s healthcheck"
+            if condition == "service_completed_successfully":
+                assert services[dep].get("restart") == "no", f"{dep} must run once and exit"
+    for name in ("trainer", "server", "producer"):
+        assert services[name]["depends_on"]["topics"]["condition"] == (
+            "service_completed_successfully"
+        )
+
+
+def test_healthchecks_probe_the_ports_the_commands_listen_on() -> None:
+    services = _services()
+    trainer_url = urlsplit(_healthcheck_url(services["trainer"]))
+    assert trainer_url.port == int(_option(_command(services["trainer"]), "--metrics-port"))
+    assert trainer_url.path == "/metrics"
+    server_url = urlsplit(_healthcheck_url(services["server"]))
+    assert server_url.port == int(_option(_command(services["server"]), "--port"))
+    assert server_url.path == "/v2/health/ready"
+    for name in ("trainer", "server"):
+        test = services[name]["healthcheck"]["test"]
+        assert test[:3] == ["CMD", "python", "-c"], "slim images have no curl; use python"
+        compile(test[3], f"{name} healthcheck", "exec")
+
+
+def test_server_scales_without_host_port_conflicts() -> None:
+    services = _services()
+    port = _option(_command(services["server"]), "--port")
+    for mapping in services["server"].get("ports", []):
+        parts = _resolve(str(mapping)).split(":")
+        assert parts[-1] == port, f"server publishes {mapping}, but listens on {port}"
+        host_port = parts[-2] if len(parts) > 1 else ""
+        assert host_port == "", f"fixed host port {mapping} breaks --scale server=N"
+    assert "container_name" not in services["server"], "container_name breaks --scale"
+    gateway = services["gateway"]
+    conf_mount = next(v for v in gateway["volumes"] if "nginx.conf" in v)
+    conf = (ROOT / conf_mount.split(":")[0]).read_text()
+    assert f"http://server:{port}" in conf, "the gateway must proxy to every server replica"
+    assert "resolver 127.0.0.11" in conf, "re-resolve Docker DNS so new replicas are used"
+
+
+def test_gpu_override_reserves_a_gpu_and_builds_cuda_torch() -> None:
+    trainer = _services(GPU)["trainer"]
+    devices = trainer["deploy"]["resources"]["reservations"]["devices"]
+    assert any("gpu" in d["capabilities"] and d["driver"] == "nvidia" for d in devices)
+    cpu_index = _services()["trainer"]["build"]["args"]["TORCH_INDEX_URL"]
+    gpu_index = trainer["build"]["args"]["TORCH_INDEX_URL"]
+    assert "/whl/cpu" in cpu_index and "/whl/cpu" not in gpu_index
+    assert trainer["image"] != _services()["trainer"]["image"], "keep CPU and CUDA images apart"
+
+
+def test_prometheus_scrapes_every_service_on_its_metrics_port() -> None:
+    services = _services()
+    prometheus = services["prometheus"]
+    config_file = next(a.split("=", 1)[1] for a in prometheus["command"] if "config.file" in a)
+    mount = next(v for v in prometheus["volumes"] if v.split(":")[1] == config_file)
+    config = _load(ROOT / mount.split(":")[0])
+    expected_ports = {
+        "trainer": int(_option(_command(services["trainer"]), "--metrics-port")),
+        "server": int(_option(_command(services["server"]), "--port")),
+    }
+    scraped: dict[str, int] = {}
+    for job in config["scrape_configs"]:
+        for sd in job.get("dns_sd_configs", []):
+            assert job.get("metrics_path", "/metrics") == "/metrics"
+            for host in sd["names"]:
+                assert host in services, f"job {job['job_name']} scrapes unknown {host}"
+                scraped[host] = sd["port"]
+    assert scraped == expected_ports
+
+
+def test_grafana_provisioning_matches_its_mounts() -> None:
+    services = _services()
+    grafana = services["grafana"]
+    mounts = {v.split(":")[1]: ROOT / v.split(":")[0] for v in grafana["volumes"] if "/" in v}
+    provisioning = mounts["/etc/grafana/provisioning"]
+    assert (provisioning / "datasources").is_dir() and (provisioning / "dashboards").is_dir()
+    for provider_file in (provisioning / "dashboards").glob("*.yml"):
+        for provider in _load(provider_file)["providers"]:
+            folder = mounts[provider["options"]["path"]]
+            assert (folder / "streamtrain.json").is_file(), f"{folder} has no dashboard"
+    home = grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    home_dir, _, home_name = home.rpartition("/")
+    assert (mounts[home_dir] / home_name).is_file()
+    assert grafana["environment"]["GF_AUTH_ANONYMOUS_ENABLED"] == "true"
+    assert grafana["environment"]["GF_AUTH_ANONYMOUS_ORG_ROLE"] == "Viewer"
+    prometheus_port = int(services["prometheus"]["ports"][0].split(":")[-1])
+    for source_file in (provisioning / "datasources").glob("*.yml"):
+        for source in _load(source_file)["datasources"]:
+            url = urlsplit(source["url"])
+            assert (url.hostname, url.port) == ("prometheus", prometheus_port)
