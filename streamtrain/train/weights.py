@@ -20,7 +20,7 @@ def copy_weights(model: nn.Module) -> tuple[dict[str, torch.Tensor], Callable[[]
     if first is None or first.device.type != "cuda":
         return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in state.items()}, _noop
     device = first.device
-    side = torch.cuda.Stream(device=device)
+    side = torch.cuda.Stream(device=device)  # type: ignore[no-untyped-call]
     side.wait_stream(torch.cuda.current_stream(device))
     copies: dict[str, torch.Tensor] = {}
     with torch.cuda.stream(side):
@@ -30,7 +30,7 @@ def copy_weights(model: nn.Module) -> tuple[dict[str, torch.Tensor], Callable[[]
             # The caching allocator must not reuse the source while the side stream reads it.
             tensor.record_stream(side)
             copies[name] = host
-        done = torch.cuda.Event()
+        done = torch.cuda.Event()  # type: ignore[no-untyped-call]
         done.record(side)
     return copies, done.synchronize
 

@@ -1,0 +1,298 @@
+"""The trainer loop: micro-batches in, gradient steps, snapshots and checkpoints out.
+
+Semantics the loop upholds (DESIGN.md):
+
+1. No sample lost, none counted twice in the model. The position saved in a checkpoint is the
+   ``next_offsets`` of the last batch applied to the weights saved with it, so restoring it and
+   seeking there replays exactly the batches the weights have not seen. Offsets committed to the
+   consumer group are only for lag monitoring; the checkpoint is the source of truth.
+2. Bad input never stops training: ingest drops bad records; the learner's guard refuses
+   non-finite steps and rolls back after repeated ones.
+3. Versions only move forward: a snapshot's version is the trainer step, which resumes from the
+   checkpoint, so a restarted trainer keeps publishing increasing versions under its run id.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler
+
+from streamtrain import metrics
+from streamtrain.batch import Batch
+from streamtrain.checkpoint import CheckpointStore, TrainerState
+from streamtrain.ingest.device import to_device
+from streamtrain.train.hooks import SnapshotRequest, SnapshotSink
+from streamtrain.train.learner import Learner
+from streamtrain.train.policy import EveryPolicy
+from streamtrain.train.prefetch import PrefetchingSource, SampleSource
+from streamtrain.train.prequential import RollingMetrics
+from streamtrain.train.weights import copy_weights
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StopConditions:
+    max_samples: int | None = None  # stop once the model has learned from this many samples
+    stop_when_idle: float | None = None  # stop after this many seconds without any record
+
+
+@dataclass
+class TrainSummary:
+    steps: int
+    samples_seen: int
+    run_id: str
+    stop_reason: str
+    elapsed_seconds: float
+    resumed_from_step: int | None = None
+    rolling_loss: float = math.nan
+    rolling_score: float = math.nan  # accuracy for classification, MAE for regression
+
+
+@dataclass
+class _Progress:
+    step: int = 0
+    samples_seen: int = 0
+    offsets: dict[int, int] = field(default_factory=dict)
+    watermark: float | None = None
+
+
+class Trainer:
+    """Consumes micro-batches from a source and trains ``learner`` on them.
+
+    ``run()`` executes, per batch (the order is the correctness argument):
+
+    1. Take the next micro-batch from the prefetch queue (fetched and decoded in the background).
+    2. Move it to the device (pinned memory, non-blocking copies on CUDA).
+    3. Prequential evaluation: score the current weights on the batch before learning from it.
+    4. Loss, backward, clip, optimizer step (inside ``Learner.learn``).
+    5. Guard: a non-finite loss or gradient is not applied; repeated ones roll back.
+    6. Maybe publish a snapshot (every N steps or T seconds) to the snapshot sink.
+    7. Maybe checkpoint: weights, optimizer, RNG, step and the offsets after this batch.
+    8. Commit the offsets that checkpoint covers to the consumer group (lag monitoring only).
+
+    A batch holding only rejected records advances the offsets but takes no step.
+    """
+
+    def __init__(
+        self,
+        *,
+        source: SampleSource,
+        learner: Learner,
+        model: nn.Module,
+        optimizer: Optimizer,
+        scheduler: LRScheduler | None,
+        checkpoints: CheckpointStore,
+        snapshot_sink: SnapshotSink | None,
+        device: torch.device,
+        model_settings: Mapping[str, Any],
+        snapshot_policy: EveryPolicy,
+        checkpoint_policy: EveryPolicy,
+        metric_window: int = 1000,
+        regression: bool = False,
+        prefetch_depth: int = 4,
+        stop: StopConditions = StopConditions(),
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._source = source
+        self._learner = learner
+        self._model = model
+        self._optimizer = optimizer
+        self._scheduler = scheduler
+        self._checkpoints = checkpoints
+        self._sink = snapshot_sink
+        self._device = device
+        self._model_settings = dict(model_settings)
+        self._snapshot_policy = snapshot_policy
+        self._checkpoint_policy = checkpoint_policy
+        self._rolling = RollingMetrics(metric_window)
+        self._regression = regression
+        self._prefetch_depth = prefetch_depth
+        self._stop_conditions = stop
+        self._clock = clock
+        self._stop_requested = threading.Event()
+        self._progress = _Progress()
+        self._run_id = uuid.uuid4().hex[:12]
+        self._last_checkpoint_wall = time.time()
+        self._last_snapshot_step = -1
+        self._checkpointed: tuple[int, dict[int, int]] = (0, {})
+        metrics.CHECKPOINT_AGE.set_function(lambda: time.time() - self._last_checkpoint_wall)
+
+    @property
+    def run_id(self) -> str:
+        return self._run_id
+
+    def request_stop(self) -> None:
+        """Finish the current step, checkpoint, commit and return from ``run`` (signal-safe)."""
+        self._stop_requested.set()
+
+    def restore(self) -> int | None:
+        """Load the newest valid checkpoint and seek the source to its offsets."""
+        state = self._checkpoints.load_latest(self._model, self._optimizer, self._scheduler)
+        positions = self._source.positions()
+        if state is None:
+            self._progress.offsets = positions
+            return None
+        self._run_id = state.run_id
+        self._progress = _Progress(
+            step=state.step,
+            samples_seen=state.samples_seen,
+            offsets={**positions, **state.offsets},
+            watermark=state.data_watermark,
+        )
+        self._source.seek(state.offsets)
+        self._checkpointed = (state.step, dict(self._progress.offsets))
+        self._learner.snapshot_good_state()
+        self._snapshot_policy.mark(state.step)
+        self._checkpoint_policy.mark(state.step)
+        log.info("resumed run %s at step %d, offsets %s", state.run_id, state.step, state.offsets)
+        return state.step
+
+    def run(self) -> TrainSummary:
+        started = self._clock()
+        resumed = self.restore()
+        prefetch = PrefetchingSource(self._source, depth=self._prefetch_depth).start()
+        reason = "stopped"
+        try:
+            reason = self._loop(prefetch)
+        finally:
+            self._finish(prefetch)
+        loss, score = self._rolling.loss, self._rolling.score
+        return TrainSummary(
+            steps=self._progress.step,
+            samples_seen=self._progress.samples_seen,
+            run_id=self._run_id,
+            stop_reason=reason,
+            elapsed_seconds=self._clock() - started,
+            resumed_from_step=resumed,
+            rolling_loss=loss,
+            rolling_score=score,
+        )
+
+    def _loop(self, prefetch: PrefetchingSource) -> str:
+        stop = self._stop_conditions
+        last_input = self._clock()
+        throughput = _Throughput(self._clock)
+        while not self._stop_requested.is_set():
+            if stop.max_samples is not None and self._progress.samples_seen >= stop.max_samples:
+                return "max_samples"
+            batch = prefetch.get(timeout=0.1)
+            if batch is None or batch.records == 0:
+                if stop.stop_when_idle is not None:
+                    if self._clock() - last_input >= stop.stop_when_idle:
+                        return "idle"
+                continue
+            last_input = self._clock()
+            self._progress.offsets.update(batch.next_offsets)
+            if batch.size:
+                self._train_on(batch)
+                throughput.add(batch.size)
+            self._maybe_snapshot()
+            if self._checkpoint_policy.expired(self._progress.step):
+                self._checkpoint(prefetch)
+        return "signal"
+
+    def _train_on(self, batch: Batch) -> None:
+        started = time.perf_counter()
+        on_device = to_device(batch, self._device)
+        outcome = self._learner.learn(on_device.features, on_device.labels, on_device.weights)
+        progress = self._progress
+        progress.step += 1
+        progress.samples_seen += batch.size
+        watermark = batch.watermark
+        if not math.isnan(watermark):
+            progress.watermark = max(progress.watermark or watermark, watermark)
+            metrics.TRAIN_DATA_WATERMARK.set(progress.watermark)
+        # One small device->host read per step for the metrics; the learner's guard has
+        # already synchronised, so this does not stall the pipeline further.
+        loss, score_sum = torch.stack(
+            [outcome.loss.detach().float(), outcome.score_sum.detach().float()]
+        ).tolist()
+        self._rolling.update(batch.size, loss * batch.size, score_sum)
+        if outcome.applied:
+            metrics.TRAIN_STEPS.inc()
+            metrics.TRAIN_SAMPLES.inc(batch.size)
+        metrics.TRAIN_STEP_SECONDS.observe(time.perf_counter() - started)
+        metrics.TRAIN_LOSS.set(self._rolling.loss)
+        score_gauge = metrics.TRAIN_MAE if self._regression else metrics.TRAIN_ACCURACY
+        score_gauge.set(self._rolling.score)
+        metrics.TRAIN_LEARNING_RATE.set(self._learner.learning_rate)
+
+    def _maybe_snapshot(self, force: bool = False) -> None:
+        step = self._progress.step
+        if self._sink is None or step == self._last_snapshot_step:
+            return
+        if not force and not self._snapshot_policy.expired(step):
+            return
+        tensors, wait_ready = copy_weights(self._model)
+        self._sink.offer(
+            SnapshotRequest(
+                version=step,
+                run_id=self._run_id,
+                tensors=tensors,
+                data_watermark=self._progress.watermark,
+                offsets=dict(self._progress.offsets),
+                created_at=time.time(),
+                wait_ready=wait_ready,
+            )
+        )
+        self._snapshot_policy.mark(step)
+        self._last_snapshot_step = step
+        if self._device.type == "cuda":
+            metrics.TRAIN_CUDA_MEMORY.set(torch.cuda.memory_allocated(self._device))
+
+    def _checkpoint(self, prefetch: PrefetchingSource) -> None:
+        progress = self._progress
+        state = TrainerState(
+            step=progress.step,
+            samples_seen=progress.samples_seen,
+            run_id=self._run_id,
+            offsets=dict(progress.offsets),
+            model_settings=self._model_settings,
+            data_watermark=progress.watermark,
+        )
+        self._checkpoints.save(state, self._model, self._optimizer, self._scheduler)
+        self._checkpoint_policy.mark(progress.step)
+        self._last_checkpoint_wall = time.time()
+        self._checkpointed = (progress.step, dict(progress.offsets))
+        prefetch.request_commit(state.offsets)
+
+    def _finish(self, prefetch: PrefetchingSource) -> None:
+        """Graceful end: checkpoint what was learned, commit it, publish the last weights."""
+        try:
+            progress = self._progress
+            if (progress.step, progress.offsets) != self._checkpointed:
+                self._checkpoint(prefetch)
+            self._maybe_snapshot(force=True)
+        finally:
+            prefetch.close()
+            if self._sink is not None:
+                self._sink.close()
+
+
+class _Throughput:
+    """Samples per second over the last few seconds, exported as a gauge."""
+
+    def __init__(self, clock: Callable[[], float], period: float = 2.0) -> None:
+        self._clock = clock
+        self._period = period
+        self._since = clock()
+        self._count = 0
+
+    def add(self, samples: int) -> None:
+        self._count += samples
+        elapsed = self._clock() - self._since
+        if elapsed >= self._period:
+            metrics.TRAIN_THROUGHPUT.set(self._count / elapsed)
+            self._since, self._count = self._clock(), 0

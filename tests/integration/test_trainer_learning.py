@@ -1,0 +1,94 @@
+"""The trainer learns a drifting stream, survives non-finite steps, and exports its metrics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from safetensors.numpy import load_file
+
+from streamtrain import metrics
+from streamtrain.broker import create_topics
+from streamtrain.cli.train import build_trainer
+from streamtrain.config import load_settings
+from tests.integration.trainer_harness import (
+    FEATURES,
+    hyperplane_stream,
+    latest_checkpoint,
+    produce_json,
+    scrape,
+)
+
+
+def _settings(bootstrap: str, name: str, root: Path, **train: Any) -> Any:
+    create_topics(bootstrap, [f"{name}-dlq", f"{name}-snapshots"])
+    return load_settings(
+        overrides={
+            "kafka": {"bootstrap_servers": bootstrap},
+            "topics": {
+                "samples": f"{name}-samples",
+                "dead_letter": f"{name}-dlq",
+                "snapshots": f"{name}-snapshots",
+            },
+            "ingest": {"group_id": f"{name}-group", "max_batch_size": 16, "max_wait_ms": 200},
+            "model": {"name": "linear", "input_shape": [FEATURES], "num_classes": 2},
+            "optimizer": {"name": "sgd", "lr": 0.5},
+            "train": {"checkpoint_dir": root, "metric_window": 500, **train},
+        }
+    )
+
+
+def test_learns_then_recovers_after_concept_drift(
+    kafka_bootstrap: str, unique_name: str, tmp_path: Path
+) -> None:
+    x, y = hyperplane_stream(6000, seed=11, drift_at=3000)
+    produce_json(kafka_bootstrap, f"{unique_name}-samples", x, y)
+
+    before = build_trainer(
+        _settings(kafka_bootstrap, unique_name, tmp_path, max_samples=3000)
+    ).run()
+    # max_samples stops after the batch that reaches it: batches are never split.
+    assert 3000 <= before.samples_seen < 3000 + 16
+    assert before.rolling_score > 0.85, f"prequential accuracy {before.rolling_score:.3f}"
+
+    after = build_trainer(
+        _settings(kafka_bootstrap, unique_name, tmp_path, stop_when_idle=1.0)
+    ).run()
+    assert after.resumed_from_step == before.steps
+    assert after.samples_seen == 6000, "every sample learned exactly once across the restart"
+    # The labels flipped at sample 3000: a model that stopped adapting would score near 0.
+    assert after.rolling_score > 0.85, f"accuracy after drift {after.rolling_score:.3f}"
+
+
+def test_non_finite_steps_are_skipped_and_weights_stay_finite(
+    kafka_bootstrap: str, unique_name: str, tmp_path: Path
+) -> None:
+    good_x, good_y = hyperplane_stream(1200, seed=5)
+    # Finite but huge: the forward pass overflows, so the loss is not finite.
+    huge = np.full((16 * 5, FEATURES), 3e38, np.float32)
+    x = np.concatenate([good_x[:600], huge, good_x[600:]])
+    y = np.concatenate([good_y[:600], np.zeros(len(huge), np.int64), good_y[600:]])
+    produce_json(kafka_bootstrap, f"{unique_name}-samples", x, y)
+
+    server = metrics.serve_metrics(metrics.TRAINER_REGISTRY, 0, host="127.0.0.1")
+    url = f"http://127.0.0.1:{server.server_port}/metrics"
+    try:
+        start = scrape(url)
+        summary = build_trainer(
+            _settings(kafka_bootstrap, unique_name, tmp_path, stop_when_idle=1.0, max_bad_steps=3)
+        ).run()
+        end = scrape(url)
+    finally:
+        server.shutdown()
+
+    def delta(name: str) -> float:
+        return end.get(name, 0.0) - start.get(name, 0.0)
+
+    assert delta("streamtrain_train_skipped_steps_total") >= 5
+    assert delta("streamtrain_train_rollbacks_total") >= 1
+    skipped = delta("streamtrain_train_skipped_steps_total")
+    assert delta("streamtrain_train_steps_total") == summary.steps - skipped
+    weights = load_file(str(latest_checkpoint(tmp_path) / "model.safetensors"))
+    assert all(np.isfinite(w).all() for w in weights.values())
+    assert summary.rolling_score > 0.8, "learning continued after the bad batches"

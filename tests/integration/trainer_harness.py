@@ -1,0 +1,121 @@
+"""Shared pieces of the trainer integration tests: a labelled stream and a trainer subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+from kafka import KafkaProducer
+from safetensors.numpy import load_file
+
+from streamtrain.broker import create_topics
+
+FEATURES = 16
+
+
+def hyperplane_stream(
+    count: int, seed: int = 0, drift_at: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Linearly separable binary samples; the hyperplane flips at ``drift_at`` (concept drift)."""
+    rng = np.random.default_rng(seed)
+    normal = rng.normal(size=FEATURES)
+    x = rng.uniform(-1, 1, size=(count, FEATURES)).astype(np.float32)
+    y = (x @ normal > 0).astype(np.int64)
+    if drift_at is not None:
+        y[drift_at:] = 1 - y[drift_at:]
+    return x, y
+
+
+def produce_json(
+    bootstrap: str,
+    topic: str,
+    x: np.ndarray,
+    y: np.ndarray,
+    malformed_every: int | None = None,
+) -> int:
+    """Produce samples with an independent client, one partition; returns valid sample count."""
+    create_topics(bootstrap, [topic])
+    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+    for i, (features, label) in enumerate(zip(x, y, strict=True)):
+        body = {"features": features.tolist(), "label": int(label), "timestamp": 1.7e9 + i}
+        producer.send(topic, json.dumps(body).encode(), partition=0)
+        if malformed_every and i % malformed_every == 0:
+            producer.send(topic, b"\x00not json", partition=0)
+    producer.flush()
+    producer.close()
+    return len(x)
+
+
+def trainer_env(
+    bootstrap: str, name: str, checkpoint_dir: Path, extra: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "STREAMTRAIN_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
+        "STREAMTRAIN_TOPICS__SAMPLES": f"{name}-samples",
+        "STREAMTRAIN_TOPICS__DEAD_LETTER": f"{name}-dlq",
+        "STREAMTRAIN_TOPICS__SNAPSHOTS": f"{name}-snapshots",
+        "STREAMTRAIN_INGEST__GROUP_ID": f"{name}-group",
+        "STREAMTRAIN_MODEL__NAME": "mlp",
+        "STREAMTRAIN_MODEL__INPUT_SHAPE": f"[{FEATURES}]",
+        "STREAMTRAIN_MODEL__NUM_CLASSES": "2",
+        "STREAMTRAIN_TRAIN__CHECKPOINT_DIR": str(checkpoint_dir),
+        "STREAMTRAIN_TRAIN__METRICS_PORT": "0",
+    }
+    env.update(extra or {})
+    return env
+
+
+def start_trainer(env: Mapping[str, str], *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "streamtrain.cli", "train", *args],
+        env=dict(env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def latest_checkpoint(root: Path) -> Path:
+    done = sorted(p for p in root.iterdir() if p.is_dir() and (p / "meta.json").exists())
+    assert done, f"no checkpoint under {root}: {list(root.iterdir())}"
+    return done[-1]
+
+
+def checkpoint_weights(root: Path) -> dict[str, np.ndarray]:
+    return load_file(str(latest_checkpoint(root) / "model.safetensors"))
+
+
+def checkpoint_meta(root: Path) -> dict[str, object]:
+    meta = json.loads((latest_checkpoint(root) / "meta.json").read_text())
+    assert isinstance(meta, dict)
+    return meta
+
+
+def scrape(url: str) -> dict[str, float]:
+    """Samples of a real /metrics endpoint as {'name{labels}': value}."""
+    with urllib.request.urlopen(url, timeout=5) as response:
+        text = response.read().decode()
+    values: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            values[name] = float(value)
+    return values
+
+
+def wait_for_metric(url: str, name: str, above: float, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if scrape(url).get(name, float("-inf")) > above:
+            return True
+        time.sleep(0.1)
+    return False
