@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
+from typing import TypeVar
 
 import torch
 from safetensors.torch import load as safetensors_load
 from safetensors.torch import save as safetensors_save
 
 from streamtrain.snapshot.manifest import TensorInfo
+
+_Buffer = TypeVar("_Buffer", bytes, memoryview)
 
 
 class CodecError(ValueError):
@@ -69,12 +72,15 @@ def sha256_hex(payload: bytes) -> str:
     return hashlib.sha256(payload).hexdigest()
 
 
-def split_chunks(payload: bytes, chunk_bytes: int) -> list[bytes]:
-    """Cut ``payload`` into pieces of ``chunk_bytes`` (the last may be shorter); at least one."""
+def split_chunks(payload: _Buffer, chunk_bytes: int) -> list[_Buffer]:
+    """Cut ``payload`` into pieces of ``chunk_bytes`` (the last may be shorter); at least one.
+
+    A ``memoryview`` is cut without copying (the publisher hands the views to the producer).
+    """
     if chunk_bytes < 1:
         raise ValueError(f"chunk_bytes must be >= 1, got {chunk_bytes}")
     if not payload:
-        return [b""]
+        return [payload[0:0]]
     return [payload[i : i + chunk_bytes] for i in range(0, len(payload), chunk_bytes)]
 
 

@@ -71,7 +71,9 @@ class PartitionReader:
         low = self.low()
         self.consumer.seek_to_end(self.tp)
         while True:
-            self.consumer.poll(timeout_ms=self._slice(deadline), max_records=1)
+            # Short slices: at the true end a fetch returns empty at once, and poll() would
+            # otherwise sit out its whole timeout waiting for records that will not come.
+            self.consumer.poll(timeout_ms=min(20, self._slice(deadline)), max_records=1)
             high = self.consumer.highwater(self.tp)
             if high is not None:
                 return low, max(int(high), low)

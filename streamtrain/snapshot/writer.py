@@ -74,7 +74,7 @@ class SnapshotWriter:
         """
         request.wait_ready()
         payload, infos = encode_state(request.tensors)
-        chunks = split_chunks(payload, self.chunk_bytes)
+        chunks = split_chunks(memoryview(payload), self.chunk_bytes)
         sid = snapshot_id(request.run_id, request.version)
         manifest = SnapshotManifest(
             model_name=self.model_name,
