@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 Result = ReceivedSnapshot | RejectedSnapshot
 
-_FIRST_WINDOW = 16  # records; the newest manifest is normally the very last record
+_FIRST_WINDOW = 2  # records; the newest manifest is normally the very last record
 _MAX_WINDOW = 1024
 _BACK_READ_S = 30.0  # budget to re-read a snapshot's chunks the tail did not see
 
@@ -210,7 +210,7 @@ class SnapshotSubscriber:
         start = manifest.first_chunk_offset
         if start is None:
             # A manifest without the offset: its chunks precede it, normally contiguously.
-            start = manifest_offset - 2 * manifest.chunk_count - _FIRST_WINDOW
+            start = manifest_offset - 2 * manifest.chunk_count - 16
         chunks = dict(have)
         nbytes = 0
         # Chunks before the first stored offset were deleted by retention: assemble() reports
