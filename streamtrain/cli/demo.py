@@ -1,0 +1,46 @@
+"""`streamtrain demo`: broker, producer, trainer and server on this machine, watched live."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from streamtrain.cli.app import app
+from streamtrain.cli.common import fail
+
+
+@app.command()
+def demo(
+    dataset: str = typer.Option(
+        "hyperplane",
+        help="hyperplane (16 features, concept drift; MLP) or digits (8x8 images; "
+        "CNN; needs scikit-learn).",
+    ),
+    duration: float | None = typer.Option(
+        None, min=1, help="Stop after this many seconds and print a summary (default: Ctrl-C)."
+    ),
+    rate: float = typer.Option(2000.0, min=1, help="Samples per second the producer sends."),
+    port: int = typer.Option(
+        8000, min=0, max=65535, help="Server HTTP port; a free one is used if it is busy."
+    ),
+    run_dir: Path | None = typer.Option(
+        None,
+        help="Folder for logs and checkpoints (default runs/demo-<time>; must be new).",
+        file_okay=False,
+    ),
+) -> None:
+    """Run the whole pipeline on this machine (no Docker): an embedded Kafka broker, a
+    producer, the trainer and a server, with live training and serving numbers scraped from
+    their /metrics endpoints. Ctrl-C stops everything cleanly."""
+    from rich.console import Console
+
+    from streamtrain.datasets import DatasetError
+    from streamtrain.demo import DemoError, DemoOptions, run_demo
+
+    options = DemoOptions(dataset=dataset, duration=duration, rate=rate, port=port, run_dir=run_dir)
+    try:
+        code = run_demo(options, Console(soft_wrap=True))
+    except (DemoError, DatasetError) as exc:
+        fail(str(exc), code=1)
+    raise typer.Exit(code)

@@ -1,0 +1,333 @@
+"""Run the whole pipeline on one machine: broker, server, trainer, producer, live view, summary.
+
+A run goes through these steps, in this order:
+
+1. a fresh run directory (the in-memory broker starts empty, so old checkpoints' offsets would
+   point into a stream that no longer exists);
+2. the embedded broker, and every topic, created before any client needs them;
+3. the server, the trainer and the producer, each with its log file in the run directory;
+4. wait until the trainer's ``/metrics`` and the server answer, then print every URL and a
+   ready-to-paste ``curl`` example;
+5. every half second: scrape both ``/metrics``, send a real sample to the server about once a
+   second, check every child is alive, redraw; until ``--duration``, Ctrl-C or SIGTERM;
+6. stop the children (SIGTERM, bounded wait, SIGKILL, reap), then the broker, last;
+7. the summary; exit 0 only when every child behaved.
+
+>>> options = DemoOptions(dataset="digits", duration=30)
+>>> options.rate
+2000.0
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from types import FrameType
+
+import httpx
+from rich.console import Console
+
+from streamtrain.broker import BrokerUnavailable, EmbeddedBroker, free_port
+from streamtrain.datasets import get_dataset
+from streamtrain.demo.dashboard import DemoStats, Prediction, make_dashboard
+from streamtrain.demo.plan import DemoPlan, choose_port, curl_command, infer_body
+from streamtrain.demo.probe import ProbeError, SamplePool, predict
+from streamtrain.demo.processes import Child, ProcessGroup, StopReport
+from streamtrain.demo.scrape import Scrape, ScrapeError, scrape
+from streamtrain.demo.summary import SummaryTracker
+
+TICK_SECONDS = 0.5
+PROBE_EVERY_SECONDS = 1.0
+STOP_TIMEOUT_SECONDS = 10.0
+
+
+class DemoError(RuntimeError):
+    """The demo cannot run; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    """The user's choices (the ``streamtrain demo`` flags)."""
+
+    dataset: str = "hyperplane"
+    duration: float | None = None
+    rate: float = 2000.0
+    port: int = 8000
+    run_dir: Path | None = None
+    startup_timeout: float = 120.0
+
+
+def prepare_run_dir(requested: Path | None) -> Path:
+    """A run directory whose checkpoint folder is empty (see step 1)."""
+    if requested is None:
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        requested = Path("runs") / f"demo-{stamp}"
+        suffix = 1
+        while requested.exists():
+            suffix += 1
+            requested = Path("runs") / f"demo-{stamp}-{suffix}"
+    checkpoints = requested / "checkpoints"
+    if checkpoints.is_dir() and any(checkpoints.iterdir()):
+        raise DemoError(
+            f"{checkpoints} holds checkpoints of an earlier run; the demo's in-memory broker "
+            "starts empty, so their offsets would point nowhere. Pass a new --run-dir (or "
+            "omit it for runs/demo-<time>), or delete that folder"
+        )
+    requested.mkdir(parents=True, exist_ok=True)
+    return requested
+
+
+class StopFlag:
+    """Set by SIGINT or SIGTERM while installed; the previous handlers come back on exit."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.signal_name: str | None = None
+        self._previous: dict[int, object] = {}
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        self.signal_name = signal.Signals(signum).name
+        self.event.set()
+
+    def __enter__(self) -> StopFlag:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)  # type: ignore[arg-type]
+
+
+def run_demo(options: DemoOptions, console: Console) -> int:
+    """Run the demo (see the module docstring); returns the process exit code."""
+    # The dataset first: an unknown name or a missing scikit-learn fails before anything starts.
+    pool = SamplePool.from_dataset(get_dataset(options.dataset))
+    run_dir = prepare_run_dir(options.run_dir)
+    server_port, fell_back = choose_port(options.port)
+    if fell_back:
+        console.print(
+            f"port {options.port} is busy; serving on {server_port} instead",
+            style="yellow",
+            markup=False,
+        )
+    console.print(f"run directory: {run_dir}", markup=False, highlight=False)
+    with StopFlag() as stop:
+        try:
+            broker = EmbeddedBroker(log_path=run_dir / "broker.log").start()
+        except BrokerUnavailable as exc:
+            raise DemoError(str(exc)) from exc
+        try:
+            console.print(
+                f"broker: {broker.bootstrap_servers} (pid {broker.pid}), "
+                f"log {run_dir / 'broker.log'}",
+                markup=False,
+                highlight=False,
+            )
+            plan = DemoPlan.build(
+                options.dataset,
+                rate=options.rate,
+                run_dir=run_dir,
+                bootstrap_servers=broker.bootstrap_servers,
+                server_port=server_port,
+                trainer_port=free_port(),
+            )
+            topics = plan.topics
+            broker.create_topics([topics.samples, topics.dead_letter, topics.snapshots])
+            group = ProcessGroup(run_dir, stop_timeout=STOP_TIMEOUT_SECONDS)
+            session = _Session(plan, pool, group, console, stop, options)
+            try:
+                session.run()
+            finally:
+                report = group.stop()
+        finally:
+            broker.stop()
+    return session.finish(report)
+
+
+class _Session:
+    """One run of steps 3 to 7 (see the module docstring)."""
+
+    def __init__(
+        self,
+        plan: DemoPlan,
+        pool: SamplePool,
+        group: ProcessGroup,
+        console: Console,
+        stop: StopFlag,
+        options: DemoOptions,
+    ) -> None:
+        self.plan, self.group, self.console, self.stop = plan, group, console, stop
+        self.options = options
+        self.tracker = SummaryTracker()
+        self.failed: Child | None = None
+        self.startup_error: str | None = None
+        self.pool = pool
+        self.http = httpx.Client()
+        self.trainer_scrape: Scrape | None = None
+        self.server_scrape: Scrape | None = None
+        self.prediction: Prediction | None = None
+        self.sent = self.correct = 0
+        self.announced_ready = False
+
+    def say(self, text: str, style: str | None = None) -> None:
+        self.console.print(text, style=style, markup=False, highlight=False, soft_wrap=True)
+
+    def run(self) -> None:
+        env = self.plan.child_env()
+        commands = self.plan.commands()
+        # All three start at once: each takes seconds to import PyTorch, and starting the
+        # producer only after the trainer answers would double the wait. The few samples sent
+        # before the trainer reads are a backlog it drains at full speed.
+        for name in ("server", "trainer", "producer"):
+            self._start(name, commands[name], env)
+        if not self._wait_until_up():
+            return
+        self._print_endpoints()
+        started = time.monotonic()
+        title = f"streamtrain demo: {self.plan.dataset.name} -> {self.plan.model}"
+        with make_dashboard(self.console, title) as dashboard:
+            next_probe = 0.0
+            while not self.stop.event.is_set():
+                tick = time.monotonic()
+                elapsed = tick - started
+                if self.options.duration is not None and elapsed >= self.options.duration:
+                    break
+                if self._check_children():
+                    return
+                self._scrape()
+                if tick >= next_probe:
+                    next_probe = tick + PROBE_EVERY_SECONDS
+                    self._probe()
+                stats = DemoStats.from_scrapes(
+                    elapsed,
+                    self.trainer_scrape,
+                    self.server_scrape,
+                    self.prediction,
+                    self.correct,
+                    self.sent,
+                )
+                self.tracker.observe(stats)
+                dashboard.update(stats)
+                self.stop.event.wait(max(0.0, TICK_SECONDS - (time.monotonic() - tick)))
+        if self.stop.signal_name:
+            self.say(f"{self.stop.signal_name} received: stopping every process")
+
+    def _start(self, name: str, argv: list[str], env: dict[str, str]) -> None:
+        child = self.group.start(name, argv, env, may_finish=name == "producer")
+        self.say(f"{name}: pid {child.pid}, log {child.log_path}")
+
+    def _check_children(self) -> bool:
+        self.failed = self.group.failed()
+        return self.failed is not None
+
+    def _wait_until_up(self) -> bool:
+        """Wait for the trainer's /metrics and the server's liveness route (step 4)."""
+        deadline = time.monotonic() + self.options.startup_timeout
+        pending = {
+            "trainer": self.plan.trainer_metrics_url,
+            "server": f"{self.plan.server_url}/v2/health/live",
+        }
+        self.say("starting (the trainer and server import PyTorch; this takes a few seconds)")
+        while pending:
+            if self.stop.event.is_set() or self._check_children():
+                return False
+            if time.monotonic() > deadline:
+                names = " and ".join(pending)
+                self.startup_error = (
+                    f"{names} did not answer within {self.options.startup_timeout:.0f} s; "
+                    f"see the logs in {self.plan.run_dir}"
+                )
+                return False
+            for name, url in list(pending.items()):
+                try:
+                    if self.http.get(url, timeout=1.0).status_code == 200:
+                        del pending[name]
+                except httpx.HTTPError:
+                    pass
+            self.stop.event.wait(0.2)
+        return True
+
+    def _print_endpoints(self) -> None:
+        features, _ = self.pool.near(0, 0)
+        body = infer_body(features, self.plan.dataset.spec.feature_shape)
+        self.say(f"trainer metrics: {self.plan.trainer_metrics_url}")
+        self.say(f"server metrics:  {self.plan.server_metrics_url}")
+        self.say(f"infer endpoint:  POST {self.plan.infer_url}")
+        self.say("try it (answers once the first snapshot is live):")
+        self.say(curl_command(self.plan.infer_url, body))
+
+    def _scrape(self) -> None:
+        # A failed scrape keeps the previous numbers; a dead child is caught by the liveness
+        # check, so one slow answer does not end the demo.
+        with contextlib.suppress(ScrapeError):
+            self.trainer_scrape = scrape(self.plan.trainer_metrics_url, 1.0, self.http)
+        with contextlib.suppress(ScrapeError):
+            self.server_scrape = scrape(self.plan.server_metrics_url, 1.0, self.http)
+
+    def _probe(self) -> None:
+        version = (
+            self.server_scrape.value("streamtrain_serve_model_version")
+            if (self.server_scrape)
+            else None
+        )
+        if not version:
+            return
+        trained = self.tracker.last.samples_trained
+        features, label = self.pool.near(int(trained), self.sent)
+        try:
+            self.prediction = predict(
+                self.http,
+                self.plan.infer_url,
+                features,
+                label,
+                self.plan.dataset.spec.feature_shape,
+            )
+        except ProbeError as exc:
+            self.say(f"prediction failed: {exc}", style="yellow")
+            return
+        self.sent += 1
+        self.correct += self.prediction.correct
+        if not self.announced_ready:
+            self.announced_ready = True
+            self.say(
+                f"first snapshot live: the server answers with version "
+                f"{self.prediction.model_version}"
+            )
+
+    def finish(self, report: StopReport) -> int:
+        """Step 7: say how it ended; 0 only when every child behaved."""
+        self.http.close()
+        if self.failed is not None:
+            self.say(
+                f"the {self.failed.name} exited unexpectedly with code "
+                f"{self.failed.returncode}; last lines of {self.failed.log_path}:",
+                "red",
+            )
+            self.say(self.failed.tail(30))
+            return 1
+        if self.startup_error is not None:
+            self.say(self.startup_error, "red")
+            return 1
+        self.say("summary:", "bold")
+        for line in self.tracker.lines():
+            self.say(f"  {line}")
+        self.say(f"logs and checkpoints: {self.plan.run_dir}")
+        if not report.clean:
+            for name, code in report.exit_codes.items():
+                if name in report.killed:
+                    self.say(
+                        f"the {name} ignored SIGTERM for {STOP_TIMEOUT_SECONDS:.0f} s "
+                        "and was killed",
+                        "red",
+                    )
+                elif code not in (0, -signal.SIGTERM):
+                    self.say(f"the {name} exited with code {code} on stop; see its log", "red")
+            return 1
+        self.say("every process stopped cleanly")
+        return 0
