@@ -267,3 +267,22 @@ def test_tail_joining_mid_snapshot_reads_back_the_chunks_it_missed(
     [result] = _collect(subscriber, 1)
     assert isinstance(result, ReceivedSnapshot), result
     assert _same(result.tensors, state)
+
+
+def test_subscriber_started_before_the_topic_exists_gets_the_first_snapshot(
+    kafka_bootstrap: str, options: dict[str, object], unique_name: str
+) -> None:
+    sub = SnapshotSubscriber(client_options=options, topic=unique_name, settings_hash=HASH)
+    try:
+        assert sub.latest(timeout_s=WAIT) is None
+        assert sub.poll(timeout_s=0.3) == []
+        create_topics(kafka_bootstrap, [unique_name])
+        publisher = SnapshotPublisher(
+            client_options=options, topic=unique_name, model_name="mlp", settings_hash=HASH
+        )
+        publisher.offer(_request(1, _state(1, rows=8)))
+        publisher.close(WAIT)
+        [first] = _collect(sub, 1)
+        assert isinstance(first, ReceivedSnapshot) and first.manifest.version == 1
+    finally:
+        sub.close()
