@@ -74,6 +74,25 @@ def _orthogonal_to(rng: np.random.Generator, a: npt.NDArray[np.float64]) -> npt.
     return out
 
 
+def _concepts(
+    rng: np.random.Generator, classes: int, dims: int
+) -> list[tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]]:
+    """Two concepts of (scoring rows, rotation partner rows). When the dimensions allow, all
+    rows are orthonormal, so the concept after the drift is unrelated to the one before."""
+    if 4 * classes <= dims:
+        q, _ = np.linalg.qr(rng.standard_normal((dims, 4 * classes)))
+        rows = q.T
+        return [
+            (rows[k * classes : (k + 1) * classes], rows[(k + 2) * classes : (k + 3) * classes])
+            for k in range(2)
+        ]
+    concepts = []
+    for _ in range(2):
+        a = _unit_rows(rng, classes, dims)
+        concepts.append((a, _orthogonal_to(rng, a)))
+    return concepts
+
+
 def hyperplane(
     num_classes: int = 2,
     dims: int = 16,
@@ -94,10 +113,7 @@ def hyperplane(
 
     def generate(count: int, seed: int, chunk_size: int) -> Iterator[SampleChunk]:
         rng = np.random.default_rng(seed)
-        concepts = []
-        for _ in range(2):
-            a = _unit_rows(rng, num_classes, dims)
-            concepts.append((a, _orthogonal_to(rng, a)))
+        concepts = _concepts(rng, num_classes, dims)
         for start in range(0, count, chunk_size):
             n = min(chunk_size, count - start)
             x = rng.standard_normal((n, dims))

@@ -1,0 +1,226 @@
+"""KafkaSampleSource against the real broker, fed by an independent kafka-python producer."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+from streamtrain import metrics
+from streamtrain.batch import Batch
+from streamtrain.broker import create_topics
+from streamtrain.ingest import ERROR_HEADER, SOURCE_HEADER, KafkaSampleSource
+from streamtrain.spec import SampleSpec
+
+SPEC = SampleSpec(feature_shape=(16,), task="multiclass", num_classes=3)
+BINARY = [("content-type", b"application/x-streamtrain-sample")]
+JSON = [("content-type", b"application/json")]
+DTYPE = np.dtype([("m", "S4"), ("t", "<f8"), ("w", "<f4"), ("l", "<i8"), ("f", "<f4", (16,))])
+
+
+def _json(sample_id: int) -> bytes:
+    feats = ",".join([str(sample_id)] + ["0.5"] * 15)
+    return f'{{"features":[{feats}],"label":{sample_id % 3},"weight":2}}'.encode()
+
+
+def _binary(sample_id: int, timestamp: float = math.nan) -> bytes:
+    # Written by hand from docs/wire-format.md, not with streamtrain's encoder.
+    row = np.zeros(1, DTYPE)
+    row["m"], row["t"], row["w"], row["l"] = b"STS1", timestamp, 2.0, sample_id % 3
+    row["f"][0, 0], row["f"][0, 1:] = sample_id, 0.5
+    return row.tobytes()
+
+
+MALFORMED = {
+    "garbage": (b"\x00\xffnot a sample", []),
+    "wrong_length": (_binary(0)[:-4], BINARY),
+    "nan": (_json(0).replace(b"0.5", b"NaN", 1), JSON),
+    "bad_label": (_json(0).replace(b'"label":0', b'"label":1.5'), []),
+    "oversized": (b'{"features":[' + b"1," * 3000 + b'1],"label":0}', []),
+    "unknown_type": (_json(0), [("content-type", b"text/csv")]),
+}
+EXPECTED_REASON = {
+    "garbage": "undecodable",
+    "wrong_length": "bad_shape",
+    "nan": "non_finite",
+    "bad_label": "bad_label",
+    "oversized": "oversized",
+    "unknown_type": "unknown_content_type",
+}
+
+
+@pytest.fixture
+def producer(kafka_bootstrap: str) -> Iterator[KafkaProducer]:
+    p = KafkaProducer(bootstrap_servers=kafka_bootstrap, linger_ms=2)
+    yield p
+    p.close()
+
+
+def _source(bootstrap: str, topic: str, group: str, **kwargs: object) -> KafkaSampleSource:
+    options = {"bootstrap_servers": [bootstrap], "client_id": "test"}
+    return KafkaSampleSource(
+        spec=SPEC,
+        topic=topic,
+        group_id=group,
+        client_options=options,
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def _drain(source: KafkaSampleSource, want_records: int, timeout: float = 20.0) -> list[Batch]:
+    batches: list[Batch] = []
+    deadline = time.monotonic() + timeout
+    while sum(b.records for b in batches) < want_records:
+        assert time.monotonic() < deadline, f"only {sum(b.records for b in batches)} records"
+        batch = source.next_batch()
+        if batch.records:
+            batches.append(batch)
+    return batches
+
+
+def test_valid_samples_arrive_once_and_bad_records_are_dead_lettered(
+    kafka_bootstrap: str, unique_name: str, producer: KafkaProducer
+) -> None:
+    topic, dlq = unique_name, unique_name + ".dlq"
+    create_topics(kafka_bootstrap, [topic], partitions=2)
+    create_topics(kafka_bootstrap, [dlq])
+    sent_at = time.time()
+    ids = list(range(1, 61))
+    for i in ids:
+        value, headers = (_json(i), JSON if i % 4 else []) if i % 2 else (_binary(i), BINARY)
+        producer.send(topic, value, partition=i % 2, headers=headers)
+    producer.send(topic, _binary(99, timestamp=12345.0), partition=0, headers=BINARY)
+    ids.append(99)
+    for n, (name, (value, headers)) in enumerate(MALFORMED.items()):
+        producer.send(topic, value, key=name.encode(), partition=n % 2, headers=headers)
+    producer.flush()
+    total = len(ids) + len(MALFORMED)
+    rejected_before = {
+        r: metrics.INGEST_REJECTED.labels(r)._value.get() for r in EXPECTED_REASON.values()
+    }
+
+    with _source(
+        kafka_bootstrap,
+        topic,
+        unique_name,
+        max_batch_size=7,
+        max_record_bytes=4096,
+        dead_letter_topic=dlq,
+    ) as source:
+        assert source.partitions == (0, 1)
+        batches = _drain(source, total)
+        assert all(b.size <= 7 for b in batches)
+        features = np.concatenate([b.features for b in batches if b.size])
+        labels = np.concatenate([b.labels for b in batches if b.size])
+        got = features[:, 0].astype(int)
+        assert sorted(got.tolist()) == sorted(ids)  # each valid sample exactly once
+        assert (labels == got % 3).all()
+        assert (features[:, 1:] == 0.5).all()
+        assert np.concatenate([b.weights for b in batches if b.size]).tolist() == [2.0] * len(ids)
+        stamps = np.concatenate([b.timestamps for b in batches if b.size])
+        assert stamps[got == 99].tolist() == [12345.0]
+        assert (np.abs(stamps[got != 99] - sent_at) < 60).all()  # the Kafka record timestamp
+        positions = source.positions()
+        per_partition = {0: 0, 1: 0}
+        for i in ids[:-1]:
+            per_partition[i % 2] += 1
+        per_partition[0] += 1  # sample 99
+        for n in range(len(MALFORMED)):
+            per_partition[n % 2] += 1
+        assert positions == per_partition  # past every record, rejected ones included
+        source.commit(positions)
+
+    for reason in EXPECTED_REASON.values():
+        assert metrics.INGEST_REJECTED.labels(reason)._value.get() >= rejected_before[reason] + 1
+
+    dead = KafkaConsumer(bootstrap_servers=kafka_bootstrap)
+    dead.assign([TopicPartition(dlq, 0)])
+    dead.seek_to_beginning()
+    records: list[Any] = []
+    deadline = time.monotonic() + 10
+    while len(records) < len(MALFORMED) and time.monotonic() < deadline:
+        for batch in dead.poll(timeout_ms=200).values():
+            records.extend(batch)
+    dead.close()
+    assert len(records) == len(MALFORMED)
+    for record in records:
+        name = record.key.decode()
+        got_headers = dict(record.headers)
+        assert record.value == MALFORMED[name][0]
+        assert got_headers[ERROR_HEADER].decode().startswith(EXPECTED_REASON[name] + ": ")
+        t, p, o = got_headers[SOURCE_HEADER].decode().rsplit("/", 2)
+        assert t == topic and int(p) in (0, 1) and int(o) >= 0
+        for key, value in MALFORMED[name][1]:
+            assert got_headers[key] == value  # original headers kept
+
+    # A restarted source resumes at the committed offsets and sees only new records.
+    for i in (200, 201, 202):
+        producer.send(topic, _json(i), partition=i % 2)
+    producer.flush()
+    with _source(kafka_bootstrap, topic, unique_name, max_batch_size=100) as again:
+        assert again.positions() == positions
+        batches = _drain(again, 3)
+        again_ids = np.concatenate([b.features for b in batches if b.size])[:, 0]
+        assert sorted(again_ids.tolist()) == [200.0, 201.0, 202.0]
+
+
+def test_cut_batches_give_exact_positions_and_seek_replays(
+    kafka_bootstrap: str, unique_name: str, producer: KafkaProducer
+) -> None:
+    create_topics(kafka_bootstrap, [unique_name], partitions=1)
+    for i in range(10):
+        producer.send(unique_name, _json(i) if i != 5 else b"junk", partition=0)
+    producer.flush()
+    with _source(
+        kafka_bootstrap,
+        unique_name,
+        unique_name,
+        max_batch_size=4,
+        max_wait_ms=200,
+        start_from="earliest",
+    ) as source:
+        # One poll fetches all 10 records; batches must still be cut exactly.
+        first = source.next_batch()
+        assert first.features[:, 0].tolist() == [0, 1, 2, 3]
+        assert dict(first.next_offsets) == {0: 4} and source.positions() == {0: 4}
+        second = source.next_batch()
+        assert second.features[:, 0].tolist() == [4, 6, 7, 8]
+        assert dict(second.next_offsets) == {0: 9} and second.records == 5
+        source.seek({0: 2})
+        assert source.positions() == {0: 2}
+        replay = _drain(source, 8)
+        got = np.concatenate([b.features for b in replay if b.size])[:, 0].tolist()
+        assert got == [2, 3, 4, 6, 7, 8, 9]
+        assert source.positions() == {0: 10}
+        empty = source.next_batch()
+        assert empty.size == 0 and empty.records == 0 and dict(empty.next_offsets) == {0: 10}
+        with pytest.raises(ValueError, match="cannot seek partitions \\[3\\]"):
+            source.seek({3: 0})
+
+
+def test_start_from_latest_skips_existing_records(
+    kafka_bootstrap: str, unique_name: str, producer: KafkaProducer
+) -> None:
+    create_topics(kafka_bootstrap, [unique_name], partitions=1)
+    for i in range(7):
+        producer.send(unique_name, _json(i), partition=0)
+    producer.flush()
+    with _source(kafka_bootstrap, unique_name, unique_name, start_from="latest") as source:
+        assert source.positions() == {0: 7}
+        producer.send(unique_name, _json(42), partition=0)
+        producer.flush()
+        batches = _drain(source, 1)
+        assert batches[0].features[:, 0].tolist() == [42]
+
+
+def test_unknown_partition_and_topic_are_clear_errors(
+    kafka_bootstrap: str, unique_name: str
+) -> None:
+    create_topics(kafka_bootstrap, [unique_name], partitions=1)
+    with pytest.raises(ValueError, match=r"partitions \[4\] do not exist"):
+        _source(kafka_bootstrap, unique_name, unique_name, partitions=[0, 4])

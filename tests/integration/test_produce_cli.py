@@ -1,0 +1,105 @@
+"""`streamtrain produce` end to end, as a subprocess against the real broker."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from streamtrain.datasets import DATASETS
+from streamtrain.ingest import KafkaSampleSource
+from streamtrain.spec import SampleSpec
+
+
+def _produce(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "streamtrain.cli", "produce", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def _read_all(bootstrap: str, topic: str, spec: SampleSpec, count: int) -> tuple[np.ndarray, int]:
+    options = {"bootstrap_servers": [bootstrap]}
+    with KafkaSampleSource(
+        spec=spec,
+        topic=topic,
+        group_id=topic,
+        client_options=options,
+        max_batch_size=512,
+        start_from="earliest",
+    ) as source:
+        labels, records = [], 0
+        deadline = time.monotonic() + 20
+        while records < count and time.monotonic() < deadline:
+            batch = source.next_batch()
+            records += batch.records
+            if batch.size:
+                labels.append(batch.labels)
+        assert len(source.partitions) >= 1
+        return np.concatenate(labels) if labels else np.zeros(0), records
+
+
+def test_produce_binary_hyperplane_end_to_end(kafka_bootstrap: str, unique_name: str) -> None:
+    done = _produce(
+        "--dataset",
+        "hyperplane",
+        "--count",
+        "300",
+        "--rate",
+        "0",
+        "--format",
+        "binary",
+        "--topic",
+        unique_name,
+        "--bootstrap-servers",
+        kafka_bootstrap,
+        "--partitions",
+        "2",
+        "--seed",
+        "3",
+    )
+    assert done.returncode == 0, done.stderr
+    assert "produced 300 samples of hyperplane" in done.stdout
+    labels, records = _read_all(kafka_bootstrap, unique_name, DATASETS["hyperplane"].spec, 300)
+    assert records == 300 and len(labels) == 300  # every record valid
+    expected = next(DATASETS["hyperplane"].iterate(300, seed=3, chunk_size=300)).labels
+    assert sorted(labels.tolist()) == sorted(expected.tolist())
+
+
+def test_produce_paced_json_file_replay(
+    kafka_bootstrap: str, unique_name: str, tmp_path: Path
+) -> None:
+    lines = [json.dumps({"features": [i, 1.0], "label": i % 2}) for i in range(5)]
+    path = tmp_path / "samples.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    config = tmp_path / "st.yaml"
+    config.write_text("model:\n  task: binary\n  input_shape: [2]\n")
+    started = time.monotonic()
+    done = _produce(
+        "--dataset",
+        "file",
+        "--file",
+        str(path),
+        "--count",
+        "20",
+        "--rate",
+        "100",
+        "--topic",
+        unique_name,
+        "--bootstrap-servers",
+        kafka_bootstrap,
+        "--config",
+        str(config),
+    )
+    assert done.returncode == 0, done.stderr
+    assert time.monotonic() - started >= 0.19  # 20 samples at 100/s are paced, not burst
+    spec = SampleSpec(feature_shape=(2,), task="binary")
+    labels, records = _read_all(kafka_bootstrap, unique_name, spec, 20)
+    assert records == 20 and labels.tolist() == [0, 1, 0, 1, 0] * 4
