@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 _TMP = ".tmp-"
 _REPLACED = ".replaced-"
+_ABANDONED = ".abandoned-"
 
 
 class CheckpointStore:
@@ -75,7 +76,8 @@ class CheckpointStore:
         4. Rename the temp dir to ``step-<step>`` and fsync ``root``: this rename is the commit.
            A checkpoint of the same step is first moved aside to ``.replaced-…`` and deleted
            afterwards; a load after a crash between the two renames moves it back.
-        5. Prune to the newest ``keep`` checkpoints and drop stale temp dirs of crashed saves.
+        5. Prune to the newest ``keep`` checkpoints and drop stale temp dirs of crashed saves;
+           checkpoints with a higher step (an abandoned run) are set aside, not loaded again.
         """
         started = time.perf_counter()
         files, rng_meta = self._serialize(model, optimizer, scheduler)
@@ -93,7 +95,7 @@ class CheckpointStore:
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise
-            self._prune()
+            self._prune(state.step)
         created = time.time()
         metrics.CHECKPOINT_SECONDS.observe(time.perf_counter() - started)
         metrics.CHECKPOINTS.inc()
@@ -204,8 +206,30 @@ class CheckpointStore:
             shutil.rmtree(aside)
         return final
 
-    def _prune(self) -> None:
-        for _, path in self._checkpoint_dirs()[self.keep :]:
+    def _prune(self, written: int) -> None:
+        """Keep the newest ``keep`` checkpoints up to ``written``; set aside any beyond it.
+
+        A checkpoint with a higher step than the one just written belongs to an abandoned
+        line of training: the trainer restored an older one because it was torn, corrupt or
+        did not fit the model. It is renamed to ``.abandoned-…`` (kept for inspection, never
+        loaded) so that it can neither be restored over newer work nor crowd good checkpoints
+        out of ``keep``.
+        """
+        current = []
+        for step, path in self._checkpoint_dirs():
+            if step > written:
+                aside = self.root / f"{_ABANDONED}{path.name}-{uuid.uuid4().hex[:8]}"
+                log.warning(
+                    "setting aside %s as %s: its step is past the checkpoint just written "
+                    "(step %d), so it belongs to an abandoned run; delete it when done with it",
+                    path,
+                    aside.name,
+                    written,
+                )
+                os.rename(path, aside)
+            else:
+                current.append(path)
+        for path in current[self.keep :]:
             log.info("pruning checkpoint %s (keeping the newest %d)", path, self.keep)
             shutil.rmtree(path)
         fsync_dir(self.root)

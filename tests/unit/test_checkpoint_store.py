@@ -88,10 +88,30 @@ def test_pruning_keeps_the_newest_k(tmp_path: Path) -> None:
     store = CheckpointStore(tmp_path, keep=2)
     model = _model()
     opt = _opt(model)
-    for step in (1, 2, 3, 10, 4):
+    for step in (1, 2, 3, 9, 10):
         store.save(_state(step), model, opt)
     kept = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("step-"))
-    assert kept == ["step-000000000004", "step-000000000010"]
+    assert kept == ["step-000000000009", "step-000000000010"]
+
+
+def test_checkpoints_past_the_one_written_are_set_aside_not_pruned_over(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = CheckpointStore(tmp_path, keep=1)
+    model = _model()
+    opt = _opt(model)
+    store.save(_state(5), model, opt)
+    store.save(_state(10), model, opt)
+    # Step 10 turned out unusable, the trainer resumed from an older one and now writes step 7.
+    with caplog.at_level(logging.WARNING, logger="streamtrain.checkpoint"):
+        written = store.save(_state(7), model, opt)
+    assert store.latest_path() == written
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names[0].startswith(".abandoned-step-000000000010-")
+    assert names[1:] == [".lock", "step-000000000007"]
+    assert "abandoned run" in caplog.text
+    restored = store.load_latest(model, opt)
+    assert restored is not None and restored.step == 7
 
 
 def test_torn_and_corrupt_checkpoints_are_skipped_with_a_warning(
