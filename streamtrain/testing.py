@@ -1,0 +1,224 @@
+"""Test helpers shipped with the package: a learnable toy stream and the model contract suite.
+
+Every built-in passes :func:`check_model`; run it on your own plugin before deploying it::
+
+    from streamtrain.testing import check_model
+    check_model("mypkg.models:factory", SampleSpec(feature_shape=(16,), task="binary"))
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import safetensors.torch
+import torch
+from torch import nn
+
+from streamtrain.spec import SampleSpec
+from streamtrain.train.learner import Learner
+from streamtrain.train.models import build_model
+from streamtrain.train.optim import build_optimizer
+from streamtrain.train.task import TaskHead
+
+
+class ToyStream:
+    """An endless, seeded, learnable stream of samples for ``spec``.
+
+    Classification: each class has a random prototype of the feature shape and a sample is its
+    class's prototype plus Gaussian noise (any architecture can separate them). Regression: a
+    random linear teacher of the flattened features.
+
+    >>> stream = ToyStream(SampleSpec(feature_shape=(6, 4), task="multiclass", num_classes=3))
+    >>> x, y, w = stream.batch(5)
+    >>> tuple(x.shape), y.dtype, tuple(w.shape)
+    ((5, 6, 4), torch.int64, (5,))
+    """
+
+    def __init__(self, spec: SampleSpec, seed: int = 0, noise: float = 0.7) -> None:
+        self.spec = spec
+        self.noise = noise
+        self._gen = torch.Generator().manual_seed(seed)
+        if spec.is_classification:
+            self._prototypes = torch.randn(
+                spec.num_classes, *spec.feature_shape, generator=self._gen
+            )
+        else:
+            teacher = torch.randn(spec.feature_size, spec.target_dim, generator=self._gen)
+            self._teacher = teacher / math.sqrt(spec.feature_size)
+
+    def batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``n`` samples: float32 features, labels (int64 ``[n]`` or float32 ``[n, D]``), ones."""
+        spec = self.spec
+        noise = torch.randn(n, *spec.feature_shape, generator=self._gen)
+        if spec.is_classification:
+            labels = torch.randint(spec.num_classes, (n,), generator=self._gen)
+            return self._prototypes[labels] + self.noise * noise, labels, torch.ones(n)
+        return noise, noise.flatten(1) @ self._teacher, torch.ones(n)
+
+
+def check_model(
+    name: str,
+    spec: SampleSpec,
+    params: Mapping[str, Any] | None = None,
+    *,
+    steps: int = 100,
+    batch_size: int = 32,
+    lr: float = 1e-2,
+    seed: int = 0,
+) -> None:
+    """Run the model contract; raise AssertionError saying which clause failed and how.
+
+    1. Building twice under the same seed gives identical weights.
+    2. ``forward`` follows the output convention (shape and float32 dtype), for 1 and n samples.
+    3. It learns on a toy stream: ``steps`` Adam steps through :class:`Learner` lower the
+       held-out loss clearly, and classification accuracy clearly beats chance.
+    4. Its state round-trips through safetensors bytes into a freshly built model with
+       identical outputs.
+    5. Loading the same state again is idempotent: outputs unchanged, parameters and buffers
+       keep their storage (a hot swap copies in place).
+
+    The global RNG state and torch's thread count are left as they were; the suite runs
+    single-threaded (toy sizes gain nothing from threads, and it keeps the run quick on a
+    loaded machine).
+
+    >>> check_model("linear", SampleSpec(feature_shape=(4,), task="binary"))
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            model = _check_deterministic(name, spec, params, seed)
+            _check_output_convention(name, model, spec)
+            stream = ToyStream(spec, seed=seed + 1)
+            _check_learns(name, model, spec, stream, steps, batch_size, lr)
+            probe = stream.batch(64)[0]
+            _check_round_trip(name, spec, params, model, probe, seed)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _build(name: str, spec: SampleSpec, params: Mapping[str, Any] | None, seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    return build_model(name, spec, params)
+
+
+def _check_deterministic(
+    name: str, spec: SampleSpec, params: Mapping[str, Any] | None, seed: int
+) -> nn.Module:
+    first = _build(name, spec, params, seed).state_dict()
+    model = _build(name, spec, params, seed)
+    second = model.state_dict()
+    assert first.keys() == second.keys(), f"{name}: state dict keys differ between two builds"
+    for key, value in first.items():
+        assert torch.equal(value, second[key]), (
+            f"{name}: {key!r} differs between two builds under torch.manual_seed({seed}); "
+            "draw every random number from torch's global generator"
+        )
+    return model
+
+
+def _expected_shape(spec: SampleSpec, n: int) -> tuple[int, ...]:
+    if spec.task == "multiclass":
+        return (n, spec.num_classes)
+    if spec.task == "binary":
+        return (n,)
+    return (n, spec.target_dim)
+
+
+def _check_output_convention(name: str, model: nn.Module, spec: SampleSpec) -> None:
+    model.eval()
+    with torch.no_grad():
+        for n in (1, 5):
+            out = model(torch.randn(n, *spec.feature_shape))
+            want = _expected_shape(spec, n)
+            assert isinstance(out, torch.Tensor) and tuple(out.shape) == want, (
+                f"{name}: forward on [{n}, {', '.join(map(str, spec.feature_shape))}] returned "
+                f"{tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__}, "
+                f"expected {want} ({spec.task}: multiclass logits [n, C], binary logits [n], "
+                "regression [n, target_dim])"
+            )
+            assert out.dtype == torch.float32, f"{name}: outputs are {out.dtype}, not float32"
+    model.train()
+
+
+def _evaluate(
+    model: nn.Module, head: TaskHead, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+) -> tuple[float, float]:
+    model.eval()
+    with torch.no_grad():
+        out = model(batch[0])
+        loss = head.loss(out, batch[1], batch[2]).item()
+        score = head.score(out, batch[1]).mean().item()
+    model.train()
+    return loss, score
+
+
+def _check_learns(
+    name: str,
+    model: nn.Module,
+    spec: SampleSpec,
+    stream: ToyStream,
+    steps: int,
+    batch_size: int,
+    lr: float,
+) -> None:
+    head = TaskHead(spec)
+    held_out = stream.batch(512)
+    loss_before, _ = _evaluate(model, head, held_out)
+    learner = Learner(model, head, build_optimizer(model.parameters(), "adam", lr=lr))
+    skipped = sum(not learner.learn(*stream.batch(batch_size)).applied for _ in range(steps))
+    assert skipped == 0, f"{name}: {skipped} of {steps} steps had a non-finite loss or gradient"
+    loss_after, score_after = _evaluate(model, head, held_out)
+    assert math.isfinite(loss_after) and loss_after < 0.7 * loss_before, (
+        f"{name}: held-out loss went {loss_before:.4f} -> {loss_after:.4f} after {steps} steps "
+        f"of batch {batch_size} at lr={lr}; expected below 70% of the start. Check the model "
+        "is trainable (gradients reach its parameters) or raise steps / lr"
+    )
+    if spec.is_classification:
+        chance = 1.0 / spec.num_classes
+        floor = chance + 0.5 * (1.0 - chance)
+        assert score_after >= floor, (
+            f"{name}: held-out accuracy {score_after:.3f} after {steps} steps; expected at "
+            f"least {floor:.3f} on a separable toy stream (chance is {chance:.3f})"
+        )
+
+
+def _check_round_trip(
+    name: str,
+    spec: SampleSpec,
+    params: Mapping[str, Any] | None,
+    model: nn.Module,
+    probe: torch.Tensor,
+    seed: int,
+) -> None:
+    state = {key: value.detach().contiguous() for key, value in model.state_dict().items()}
+    try:
+        blob = safetensors.torch.save(state)
+    except (RuntimeError, ValueError) as exc:
+        raise AssertionError(
+            f"{name}: its state dict cannot be saved as safetensors ({exc}); tensors must not "
+            "share storage (untie weights or register only one of them)"
+        ) from exc
+    loaded = safetensors.torch.load(blob)
+    fresh = _build(name, spec, params, seed + 1)  # different initial weights on purpose
+    fresh.eval()
+    model.eval()
+    storage = {key: t.data_ptr() for key, t in fresh.state_dict().items()}
+    with torch.no_grad():
+        expected = model(probe)
+        result = fresh.load_state_dict(loaded, strict=True)
+        assert not result.missing_keys and not result.unexpected_keys, f"{name}: {result}"
+        first = fresh(probe)
+        fresh.load_state_dict(loaded, strict=True)
+        second = fresh(probe)
+    assert torch.equal(first, expected), (
+        f"{name}: outputs after a safetensors round trip differ from the trained model's "
+        f"(max abs diff {(first - expected).abs().max().item():.3g}); all state that changes "
+        "the output must be in state_dict (use register_buffer for non-parameter tensors)"
+    )
+    assert torch.equal(first, second), f"{name}: loading the same state twice changed outputs"
+    moved = [key for key, t in fresh.state_dict().items() if t.data_ptr() != storage[key]]
+    assert not moved, f"{name}: load_state_dict replaced the storage of {moved}; load in place"
+    model.train()
