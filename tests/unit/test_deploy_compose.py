@@ -89,37 +89,57 @@ def test_compose_files_validate_with_docker_compose() -> None:
         assert result.returncode == 0, f"{names} is invalid:\n{result.stderr}"
 
 
-def _help(subcommand: str) -> subprocess.CompletedProcess[str]:
-    """``streamtrain <subcommand> --help`` in a fresh interpreter, as the console script runs it.
+_HELP_ALL = """
+import sys
+from streamtrain.cli import main
+for sub in sys.argv[1:]:
+    sys.argv = ["streamtrain", sub, "--help"]
+    print(f"=== begin {sub}", flush=True)
+    try:
+        main()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    sys.stderr.flush()
+    print(f"=== end {sub} exit {code}", flush=True)
+"""
+
+
+def _helps(subcommands: set[str]) -> dict[str, tuple[int, str]]:
+    """``streamtrain <sub> --help`` for each sub, in one fresh interpreter: (exit code, text).
 
     A subprocess, not CliRunner: in-process, a test that imported ``streamtrain.cli.train``
     would register the command and hide a missing import in ``streamtrain/cli/__init__.py``.
+    One interpreter for all of them, since importing the CLI (torch) dominates the time.
     """
-    entry = "import sys; from streamtrain.cli import main; sys.argv[0] = 'streamtrain'; main()"
-    return subprocess.run(
-        [sys.executable, "-c", entry, subcommand, "--help"],
-        capture_output=True,
+    result = subprocess.run(
+        [sys.executable, "-c", _HELP_ALL, *sorted(subcommands)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
         text=True,
-        timeout=60,
+        timeout=120,
         env={**os.environ, "COLUMNS": "240", "TERMINAL_WIDTH": "240", "NO_COLOR": "1"},
+        stdin=subprocess.DEVNULL,
     )
+    found = re.findall(r"=== begin (\S+)\n(.*?)=== end \1 exit (-?\d+)", result.stdout, re.S)
+    helps = {sub: (int(code), text) for sub, text, code in found}
+    assert helps.keys() == subcommands, f"help run failed:\n{result.stdout}"
+    return helps
 
 
 def test_every_streamtrain_command_uses_existing_cli_options() -> None:
     commands = [_command(_services()[name]) for name in STREAMTRAIN_SERVICES]
     commands += [_command(s) for s in _services(GPU).values() if "command" in s]
-    helps: dict[str, subprocess.CompletedProcess[str]] = {}
+    helps = _helps({command[0] for command in commands})
     for command in commands:
         subcommand, options = command[0], [t.split("=")[0] for t in command if t[:2] == "--"]
-        if subcommand not in helps:
-            helps[subcommand] = _help(subcommand)
-        result = helps[subcommand]
-        assert result.returncode == 0, (
+        code, text = helps[subcommand]
+        assert code == 0, (
             f"`streamtrain {subcommand} --help` failed (is the subcommand registered in "
-            f"streamtrain/cli/__init__.py?):\n{result.stdout}{result.stderr}"
+            f"streamtrain/cli/__init__.py?):\n{text}"
         )
         for option in options:
-            assert re.search(rf"(?<![\w-]){re.escape(option)}(?![\w-])", result.stdout), (
+            assert re.search(rf"(?<![\w-]){re.escape(option)}(?![\w-])", text), (
                 f"`streamtrain {subcommand}` has no option {option}; compose runs {command}"
             )
 
@@ -247,16 +267,23 @@ def test_prometheus_scrapes_every_service_on_its_metrics_port() -> None:
 def test_grafana_provisioning_matches_its_mounts() -> None:
     services = _services()
     grafana = services["grafana"]
-    mounts = {v.split(":")[1]: ROOT / v.split(":")[0] for v in grafana["volumes"] if "/" in v}
-    provisioning = mounts["/etc/grafana/provisioning"]
+    mounts: dict[str, Path] = {
+        v.split(":")[1]: ROOT / v.split(":")[0] for v in grafana["volumes"] if "/" in v
+    }
+
+    def mounted(target: str) -> Path:
+        assert target in mounts, f"grafana reads {target}, but compose mounts only {set(mounts)}"
+        return mounts[target]
+
+    provisioning = mounted("/etc/grafana/provisioning")
     assert (provisioning / "datasources").is_dir() and (provisioning / "dashboards").is_dir()
     for provider_file in (provisioning / "dashboards").glob("*.yml"):
         for provider in _load(provider_file)["providers"]:
-            folder = mounts[provider["options"]["path"]]
+            folder = mounted(provider["options"]["path"])
             assert (folder / "streamtrain.json").is_file(), f"{folder} has no dashboard"
     home = grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
     home_dir, _, home_name = home.rpartition("/")
-    assert (mounts[home_dir] / home_name).is_file()
+    assert (mounted(home_dir) / home_name).is_file(), f"no home dashboard at {home}"
     assert grafana["environment"]["GF_AUTH_ANONYMOUS_ENABLED"] == "true"
     assert grafana["environment"]["GF_AUTH_ANONYMOUS_ORG_ROLE"] == "Viewer"
     prometheus_port = int(services["prometheus"]["ports"][0].split(":")[-1])
