@@ -18,7 +18,7 @@ import logging
 import os
 import socket
 import threading
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import uvicorn
@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 # Concurrent requests wait at most this long for others to share a forward pass (CUDA only).
 BATCH_WAIT_S = 0.002
 
+EngineKind = Literal["auto", "direct", "batching"]
+
 
 def build_spec(model: ModelSettings) -> SampleSpec:
     num_classes = 2 if model.task == "binary" else model.num_classes
@@ -61,10 +63,17 @@ def build_slot(model: ModelSettings, device: torch.device) -> WeightSlot:
 
 
 def build_engine(
-    slot: WeightSlot, spec: SampleSpec, device: torch.device, max_batch_size: int
+    slot: WeightSlot,
+    spec: SampleSpec,
+    device: torch.device,
+    max_batch_size: int,
+    kind: EngineKind = "auto",
 ) -> Engine:
-    """Batch concurrent requests on CUDA; on CPU one pass per request measured faster."""
-    if device.type == "cuda" and max_batch_size > 1:
+    """``auto``: batch concurrent requests on CUDA; on CPU one pass per request measured faster
+    (``bench/serve.py`` compares both)."""
+    if kind == "auto":
+        kind = "batching" if device.type == "cuda" and max_batch_size > 1 else "direct"
+    if kind == "batching":
         return BatchingEngine(slot, head_for(spec), device, max_batch_size, BATCH_WAIT_S)
     return DirectEngine(slot, head_for(spec), device)
 
@@ -80,7 +89,9 @@ def build_source(settings: Settings) -> SnapshotSource:
     )
 
 
-def build_worker(settings: Settings, source: SnapshotSource | None = None) -> ServingWorker:
+def build_worker(
+    settings: Settings, source: SnapshotSource | None = None, engine: EngineKind = "auto"
+) -> ServingWorker:
     """Everything ``streamtrain serve`` runs, from the settings tree."""
     # Modest intra-op threads leave cores to the event loop and the HTTP threads.
     torch.set_num_threads(max(1, min(4, (os.cpu_count() or 2) // 2)))
@@ -88,10 +99,10 @@ def build_worker(settings: Settings, source: SnapshotSource | None = None) -> Se
     device = resolve_device(serve.device)
     spec = build_spec(settings.model)
     slot = build_slot(settings.model, device)
-    engine = build_engine(slot, spec, device, serve.max_batch_size)
+    runner = build_engine(slot, spec, device, serve.max_batch_size, engine)
     app = create_app(
         slot=slot,
-        engine=engine,
+        engine=runner,
         io=ModelIO.for_spec(spec),
         model_name=serve.model_name,
         max_body_bytes=serve.max_body_bytes,
@@ -101,7 +112,7 @@ def build_worker(settings: Settings, source: SnapshotSource | None = None) -> Se
     return ServingWorker(
         app=app,
         slot=slot,
-        engine=engine,
+        engine=runner,
         watcher=watcher,
         host=serve.host,
         port=serve.port,
@@ -135,7 +146,9 @@ class ServingWorker:
         self._metrics_port = metrics_port
         self._metrics_server: Any = None
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self._socket = socket.socket(family, socket.SOCK_STREAM)
+        # Naming IPPROTO_TCP matters: asyncio sets TCP_NODELAY only on sockets whose proto is
+        # IPPROTO_TCP, and without it every response waits ~40 ms on the client's delayed ACK.
+        self._socket = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._socket.bind((host, port))
         self._host = host

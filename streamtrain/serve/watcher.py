@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from typing import Protocol, runtime_checkable
 
@@ -79,6 +80,7 @@ class _Empty:
         return None
 
     def poll(self, timeout_s: float) -> Sequence[ReceivedLike | RejectedLike]:
+        time.sleep(timeout_s)  # a real source blocks until its timeout when nothing arrives
         return []
 
     def close(self) -> None:

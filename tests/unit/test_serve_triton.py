@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -26,6 +27,7 @@ class _NoSnapshots:
         return None
 
     def poll(self, timeout_s: float) -> Sequence[ReceivedLike | RejectedLike]:
+        time.sleep(timeout_s)  # like a real source with nothing new: block until the timeout
         return []
 
     def close(self) -> None:
