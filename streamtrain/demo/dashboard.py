@@ -1,8 +1,8 @@
 """What the demo shows while it runs: a rich live table on a terminal, plain lines elsewhere.
 
 >>> stats = DemoStats(elapsed=3.0, samples_per_second=1980.0, accuracy=0.91, served_version=120)
->>> plain_line(stats)[:40]
-'t=   3s  samples/s 1980  loss      -  acc '
+>>> plain_line(stats)[:43]
+'t=   3s  samples/s 1980  loss -  acc 0.910 '
 """
 
 from __future__ import annotations

@@ -4,10 +4,10 @@ The demo shows only what the real endpoints export: nothing is read from inside 
 the server. Parsing uses ``prometheus_client``'s own text parser.
 
 >>> scrape = parse_metrics('''
-... # HELP streamtrain_train_steps Optimizer steps applied.
-... # TYPE streamtrain_train_steps counter
+... # HELP streamtrain_train_steps_total Optimizer steps applied.
+... # TYPE streamtrain_train_steps_total counter
 ... streamtrain_train_steps_total 42.0
-... # TYPE streamtrain_ingest_rejected_records counter
+... # TYPE streamtrain_ingest_rejected_records_total counter
 ... streamtrain_ingest_rejected_records_total{reason="bad_shape"} 2.0
 ... streamtrain_ingest_rejected_records_total{reason="non_finite"} 1.0
 ... ''')

@@ -1,0 +1,66 @@
+"""`streamtrain demo` end to end: it learns, serves, prints a curl that works, and cleans up."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+
+from streamtrain.broker import free_port
+from streamtrain.demo.testing import DemoProcess, alive, processes_mentioning
+
+DURATION = 15
+
+
+def _post_until_served(argv: list[str], timeout: float) -> dict[str, object]:
+    """POST the curl example's body to its URL until the first snapshot is live."""
+    url = argv[4]
+    body = argv[argv.index("-d") + 1]
+    headers = {"Content-Type": "application/json"}
+    deadline = time.monotonic() + timeout
+    while True:
+        response = httpx.post(url, content=body, headers=headers, timeout=5)
+        if response.status_code == 200:
+            doc: dict[str, object] = response.json()
+            return doc
+        assert response.status_code == 503, response.text  # only "no weights yet" may repeat
+        assert time.monotonic() < deadline, f"no snapshot went live in {timeout} s"
+        time.sleep(0.2)
+
+
+def test_demo_learns_serves_and_leaves_no_process(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    args = ["--duration", str(DURATION), "--port", str(free_port()), "--run-dir", str(run_dir)]
+    with DemoProcess(args) as demo:
+        curl = demo.wait_for(r"^curl -s -X POST .*", timeout=90).group(0)
+        argv = shlex.split(curl)
+        doc = _post_until_served(argv, timeout=30)
+        outputs = {o["name"]: o for o in doc["outputs"]}  # type: ignore[attr-defined]
+        assert outputs["predicted_class"]["data"][0] in (0, 1)
+        assert int(str(doc["model_version"])) >= 1
+        if shutil.which("curl"):  # the exact printed command, through a shell
+            shell = subprocess.run(curl, shell=True, capture_output=True, text=True, timeout=10)
+            names = [o["name"] for o in json.loads(shell.stdout)["outputs"]]
+            assert "predicted_class" in names
+        pids = demo.pids()
+        assert set(pids) == {"broker", "server", "trainer", "producer"}
+        code = demo.wait(timeout=DURATION + 40)
+    output = demo.output
+    assert code == 0, output
+    accuracy = re.search(r"accuracy: ([\d.]+) at start -> ([\d.]+) at end \(rising\)", output)
+    assert accuracy, output
+    assert float(accuracy.group(2)) > float(accuracy.group(1))
+    versions = re.search(r"served version: (\d+) first -> (\d+) last \(advancing\)", output)
+    assert versions, output
+    assert int(versions.group(2)) > int(versions.group(1))
+    assert re.search(r"requests served: [1-9]", output), output
+    assert "every process stopped cleanly" in output
+    assert [name for name, pid in pids.items() if alive(pid)] == []
+    assert processes_mentioning(str(run_dir)) == []
+    assert (run_dir / "trainer.log").read_text().count("stopped (") == 1
