@@ -27,7 +27,7 @@ DETERMINISTIC = {
     "STREAMTRAIN_INGEST__MAX_WAIT_MS": "1500",
     "STREAMTRAIN_TRAIN__CHECKPOINT_EVERY_STEPS": "7",
     "STREAMTRAIN_TRAIN__CHECKPOINT_EVERY_SECONDS": "3600",
-    "STREAMTRAIN_TRAIN__STOP_WHEN_IDLE": "1.0",
+    "STREAMTRAIN_TRAIN__STOP_WHEN_IDLE": "3.0",
     "STREAMTRAIN_TRAIN__KEEP_CHECKPOINTS": "2",
     "STREAMTRAIN_MODEL__PARAMS": '{"hidden_sizes": [32], "dropout": 0.1}',
     "STREAMTRAIN_OPTIMIZER__NAME": "adam",
@@ -41,18 +41,26 @@ def _run_to_end(env: dict[str, str]) -> str:
     return output
 
 
-def _wait_for_checkpoints(root: Path, at_least: int, timeout: float) -> None:
+def _newest_step(root: Path) -> int:
+    steps = [int(p.parent.name.split("-")[1]) for p in root.glob("step-*/meta.json")]
+    return max(steps, default=-1)
+
+
+def _wait_for_checkpoint_after(root: Path, step: int, timeout: float) -> int:
+    """Wait until this run has written a checkpoint newer than ``step``: it is training."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if root.exists() and sum(1 for p in root.glob("*/meta.json")) >= at_least:
-            return
-        time.sleep(0.02)
+        newest = _newest_step(root)
+        if newest > step:
+            return newest
+        time.sleep(0.01)
+    raise AssertionError(f"no checkpoint after step {step} within {timeout} s")
 
 
 def test_kill_minus_9_recovers_bit_identical_model(
     kafka_bootstrap: str, unique_name: str, tmp_path: Path
 ) -> None:
-    x, y = hyperplane_stream(4000, seed=3)
+    x, y = hyperplane_stream(6000, seed=3)
     valid = produce_json(kafka_bootstrap, f"{unique_name}-samples", x, y, malformed_every=97)
 
     reference_dir = tmp_path / "reference"
@@ -65,12 +73,14 @@ def test_kill_minus_9_recovers_bit_identical_model(
     crash_dir = tmp_path / "crashing"
     crashing = trainer_env(kafka_bootstrap, unique_name, crash_dir, DETERMINISTIC)
     rng = random.Random(7)
+    killed_after: list[int] = []
     for _ in range(3):
         process = start_trainer(crashing)
-        _wait_for_checkpoints(crash_dir, at_least=1, timeout=60)
-        time.sleep(rng.uniform(0.05, 0.6))  # a random kill point, not synchronisation
+        killed_after.append(_wait_for_checkpoint_after(crash_dir, _newest_step(crash_dir), 60))
+        time.sleep(rng.uniform(0.0, 0.3))  # a random kill point, not synchronisation
         process.send_signal(signal.SIGKILL)
         process.communicate(timeout=30)
+    assert killed_after == sorted(set(killed_after)), "each run resumed and made progress"
     _run_to_end(crashing)
 
     expected, actual = checkpoint_weights(reference_dir), checkpoint_weights(crash_dir)
