@@ -171,7 +171,7 @@ SERVE_DATA_AGE = Gauge(
     registry=SERVER_REGISTRY,
 )
 SERVE_SINCE_SWAP = Gauge(
-    "streamtrain_serve_seconds_since_swap", "Seconds since the live weights last changed.",
+    "streamtrain_serve_since_swap_seconds", "Seconds since the live weights last changed.",
     registry=SERVER_REGISTRY,
 )
 SERVE_BATCH_SIZE = Histogram(

@@ -29,9 +29,6 @@ _UNITLESS = {
     "streamtrain_snapshot_version",
     "streamtrain_serve_model_version",
 }
-# Carries its unit, but not last (Prometheus wants `..._since_swap_seconds`). Kept while the name
-# is what the code exports; delete the entry when streamtrain/metrics.py renames it.
-_UNIT_NOT_LAST = {"streamtrain_serve_seconds_since_swap"}
 
 
 @dataclass(frozen=True)
@@ -101,7 +98,7 @@ def test_names_have_prefix_and_unit() -> None:
     for family, (kind, _, _) in _families().items():
         assert family.startswith("streamtrain_"), family
         assert not family.endswith(_SAMPLE_SUFFIXES), f"{family} ends in a reserved suffix"
-        if kind != "counter" and family not in _UNITLESS | _UNIT_NOT_LAST:
+        if kind != "counter" and family not in _UNITLESS:
             assert family.endswith(_UNITS), (
                 f"{family} ({kind}) needs a unit suffix such as {', '.join(_UNITS)}; "
                 "if it truly has none, add it to _UNITLESS in this test"
