@@ -154,3 +154,30 @@ def test_learning_reduces_the_loss() -> None:
     learner = _learner()
     losses = [learner.learn(*_batch(64, seed=s % 4)).loss.item() for s in range(60)]
     assert sum(losses[-5:]) < 0.85 * sum(losses[:5])
+
+
+def test_fp16_autocast_uses_loss_scaling_and_still_guards() -> None:
+    learner = _learner(autocast_dtype=torch.float16)
+    assert learner.learn(*_batch()).applied
+    x, y, w = _batch()
+    x[0, 0] = float("nan")
+    assert not learner.learn(x, y, w).applied
+    assert learner.learn(*_batch()).applied and learner.step_count == 2
+
+
+@pytest.mark.parametrize(
+    ("module", "differs"),
+    [
+        (nn.Sequential(nn.Linear(2, 2), nn.Dropout(0.0)), False),
+        (nn.Sequential(nn.Linear(2, 2), nn.Dropout(0.1)), True),
+        (nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2)), True),
+        (nn.LSTM(2, 2, num_layers=2, dropout=0.1), True),
+        (nn.GRU(2, 2), False),
+        (nn.TransformerEncoderLayer(4, 2, dropout=0.0), False),
+        (nn.TransformerEncoderLayer(4, 2, dropout=0.1), True),
+    ],
+)
+def test_train_mode_differs_detects_dropout_and_batch_norm(
+    module: nn.Module, differs: bool
+) -> None:
+    assert train_mode_differs(module) is differs
