@@ -141,10 +141,9 @@ class Learner:
         self._backward(loss)
         grad_norm = self._grad_norm()
 
-        finite = torch.isfinite(loss.detach())
-        if grad_norm is not None:
-            finite = finite & torch.isfinite(grad_norm)
-        verdict = self._guard.judge(bool(finite.item()))  # the step's one host sync
+        # loss + norm is finite exactly when both are (NaN and inf propagate through +)
+        check = loss.detach() if grad_norm is None else loss.detach() + grad_norm
+        verdict = self._guard.judge(bool(torch.isfinite(check).item()))  # the one host sync
         if verdict is Verdict.APPLY:
             self._apply()
         else:
