@@ -41,6 +41,8 @@ class Scrape:
 
     families: dict[str, str] = field(default_factory=dict)
     samples: dict[str, dict[Labels, float]] = field(default_factory=dict)
+    sample_counts: dict[str, int] = field(default_factory=dict)
+    """Samples per family: 0 for a labelled family no label set of which was used yet."""
 
     def value(self, sample: str, **labels: str) -> float | None:
         """The value of the sample with exactly these labels, or None if absent."""
@@ -59,16 +61,18 @@ def parse_metrics(text: str) -> Scrape:
     """
     families: dict[str, str] = {}
     samples: dict[str, dict[Labels, float]] = {}
+    counts: dict[str, int] = {}
     try:
         for family in text_string_to_metric_families(text):
             families[family.name] = family.type
+            counts[family.name] = counts.get(family.name, 0) + len(family.samples)
             for sample in family.samples:
                 samples.setdefault(sample.name, {})[frozenset(sample.labels.items())] = float(
                     sample.value
                 )
     except ValueError as exc:
         raise ScrapeError(f"not Prometheus text format: {exc}") from exc
-    return Scrape(families, samples)
+    return Scrape(families, samples, counts)
 
 
 def scrape(url: str, timeout: float = 2.0, client: httpx.Client | None = None) -> Scrape:

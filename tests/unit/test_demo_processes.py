@@ -99,3 +99,15 @@ def test_tail_of_a_missing_file_is_empty(tmp_path: Path) -> None:
     log = tmp_path / "x.log"
     log.write_text("\n".join(f"line {i}" for i in range(100)))
     assert tail(log, 3) == "line 97\nline 98\nline 99"
+
+
+def test_sigint_and_sigterm_both_ask_the_demo_to_stop() -> None:
+    from streamtrain.demo.runner import StopFlag
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        previous = signal.getsignal(signum)
+        with StopFlag() as stop:
+            os.kill(os.getpid(), signum)
+            assert stop.event.wait(5)
+            assert stop.signal_name == signal.Signals(signum).name
+        assert signal.getsignal(signum) is previous

@@ -1,0 +1,119 @@
+"""The real trainer and server /metrics during a demo run: the catalogue is there, and moves."""
+
+from __future__ import annotations
+
+import re
+import signal
+import time
+from pathlib import Path
+
+import httpx
+from kafka import KafkaProducer
+
+from streamtrain.broker import free_port
+from streamtrain.config import TopicSettings
+from streamtrain.demo.plan import infer_body
+from streamtrain.demo.scrape import Scrape, scrape
+from streamtrain.demo.testing import DemoProcess, alive
+from streamtrain.metrics import SERVER_REGISTRY, TRAINER_REGISTRY
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "metrics.md"
+TRAINER_MOVERS = ("streamtrain_train_steps_total", "streamtrain_train_samples_total")
+SERVER_MOVERS = ("streamtrain_serve_swaps_total", "streamtrain_serve_requests_total")
+
+
+def _catalogue(registry: object) -> dict[str, bool]:
+    """Family name -> whether it has samples before any label is used (unlabelled ones do)."""
+    return {m.name: bool(m.samples) for m in registry.collect()}  # type: ignore[attr-defined]
+
+
+def _moved(before: Scrape, after: Scrape, names: tuple[str, ...]) -> bool:
+    return all(after.total(n) > before.total(n) for n in names)
+
+
+def _scrape_until(url: str, done: object, timeout: float) -> Scrape:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = scrape(url)
+        if done(result):  # type: ignore[operator]
+            return result
+        assert time.monotonic() < deadline, f"{url} did not get there in {timeout} s"
+        time.sleep(0.25)
+
+
+def _check_catalogue(result: Scrape, registry: object, touched: tuple[str, ...]) -> None:
+    expected = _catalogue(registry)
+    missing = sorted(set(expected) - set(result.families))
+    assert missing == [], f"families missing from the scrape: {missing}"
+    for name, always in expected.items():
+        if always or name in touched:
+            assert result.sample_counts[name] > 0, f"{name} exported no sample"
+    assert [n for n in result.families if not n.startswith("streamtrain_")] == []
+
+
+def test_live_metrics_cover_the_catalogue_and_counters_move(tmp_path: Path) -> None:
+    args = ["--port", str(free_port()), "--run-dir", str(tmp_path / "run"), "--rate", "1000"]
+    with DemoProcess(args) as demo:
+        demo.wait_for(r"first snapshot live", timeout=90)
+        text = demo.output
+        trainer_url = re.search(r"trainer metrics: (\S+)", text).group(1)  # type: ignore[union-attr]
+        server_url = re.search(r"server metrics: +(\S+)", text).group(1)  # type: ignore[union-attr]
+        infer_url = re.search(r"infer endpoint: +POST (\S+)", text).group(1)  # type: ignore[union-attr]
+        bootstrap = re.search(r"^broker: (\S+) \(pid", text, re.M).group(1)  # type: ignore[union-attr]
+
+        trainer_first, server_first = scrape(trainer_url), scrape(server_url)
+        producer = KafkaProducer(bootstrap_servers=bootstrap)
+        producer.send(TopicSettings().samples, b"this is not a sample").get(timeout=10)
+        producer.close()
+        response = httpx.post(infer_url, json=infer_body([0.0] * 16, (16,)), timeout=5)
+        assert response.status_code == 200, response.text
+
+        trainer_second = _scrape_until(
+            trainer_url,
+            lambda s: (
+                s.total("streamtrain_ingest_rejected_records_total") >= 1
+                and _moved(trainer_first, s, TRAINER_MOVERS)
+            ),
+            timeout=30,
+        )
+        server_second = _scrape_until(
+            server_url, lambda s: _moved(server_first, s, SERVER_MOVERS), timeout=30
+        )
+        assert (
+            trainer_second.value("streamtrain_ingest_rejected_records_total", reason="undecodable")
+            == 1.0
+        )
+        assert server_second.value("streamtrain_serve_requests_total", outcome="ok")
+        assert (
+            (server_second.value("streamtrain_serve_model_version") or 0)
+            >= (server_first.value("streamtrain_serve_model_version") or 0)
+            > 0
+        )
+
+        _check_catalogue(
+            trainer_second,
+            TRAINER_REGISTRY,
+            touched=(
+                "streamtrain_ingest_rejected_records",
+                "streamtrain_ingest_records",
+                "streamtrain_ingest_consumer_lag_records",
+            ),
+        )
+        _check_catalogue(server_second, SERVER_REGISTRY, touched=("streamtrain_serve_requests",))
+        if DOCS.exists():
+            documented = DOCS.read_text()
+            scraped = set(trainer_second.families) | set(server_second.families)
+            # prometheus_client adds an `<counter/histogram>_created` gauge to each; not ours.
+            scraped = {
+                n
+                for n in scraped
+                if n.removesuffix("_created") not in scraped or not n.endswith("_created")
+            }
+            assert sorted(n for n in scraped if n not in documented) == []
+
+        pids = demo.pids()
+        demo.signal(signal.SIGINT)  # what Ctrl-C at a terminal sends
+        code = demo.wait(timeout=40)
+    assert code == 0, demo.output
+    assert "SIGINT received" in demo.output
+    assert [name for name, pid in pids.items() if alive(pid)] == []
