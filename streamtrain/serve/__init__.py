@@ -1,1 +1,28 @@
-"""streamtrain.serve"""
+"""Serving: a weight slot hot-swapped from the snapshot topic, behind the Open Inference Protocol.
+
+``build_worker(settings).run()`` is what ``streamtrain serve`` does; the pieces compose:
+:class:`WeightSlot` (live/standby weights), an engine (:class:`DirectEngine` or
+:class:`BatchingEngine`), :class:`SnapshotWatcher` (topic → slot) and :func:`create_app`.
+"""
+
+from streamtrain.serve.app import create_app
+from streamtrain.serve.inference import BatchingEngine, DirectEngine, Engine, Prediction
+from streamtrain.serve.protocol import ModelIO, ProtocolError
+from streamtrain.serve.slot import NotReady, SnapshotRejected, StandbyBusy, WeightSlot
+from streamtrain.serve.watcher import SnapshotSource, SnapshotWatcher
+
+__all__ = [
+    "BatchingEngine",
+    "DirectEngine",
+    "Engine",
+    "ModelIO",
+    "NotReady",
+    "Prediction",
+    "ProtocolError",
+    "SnapshotRejected",
+    "SnapshotSource",
+    "SnapshotWatcher",
+    "StandbyBusy",
+    "WeightSlot",
+    "create_app",
+]

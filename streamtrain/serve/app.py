@@ -25,7 +25,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CollectorRegistry, make_asgi_app
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, make_asgi_app
 from starlette.exceptions import HTTPException
 
 from streamtrain.metrics import SERVE_REQUEST_SECONDS, SERVE_REQUESTS
@@ -91,6 +91,13 @@ def create_app(
     """Build the ASGI app; ``metrics_registry`` (if given) is served at ``/metrics``."""
     app = FastAPI(title="streamtrain", version=_package_version(), docs_url=None, redoc_url=None)
     if metrics_registry is not None:
+        registry = metrics_registry
+
+        # The exact path too, so scrapers need no redirect to the mounted "/metrics/".
+        @app.get("/metrics", include_in_schema=False)
+        async def metrics() -> Response:
+            return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
         app.mount("/metrics", make_asgi_app(registry=metrics_registry))
 
     @app.exception_handler(HTTPException)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import threading
 from typing import Any, Literal
@@ -151,6 +152,8 @@ class ServingWorker:
         self._socket = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._socket.bind((host, port))
+        # Listening now means clients that connect before uvicorn runs wait in the backlog.
+        self._socket.listen(2048)
         self._host = host
         self.port = int(self._socket.getsockname()[1])
         self._server = uvicorn.Server(
@@ -178,12 +181,24 @@ class ServingWorker:
         self._watcher.start()
 
     def run(self) -> None:
-        """Serve in the foreground until SIGTERM/SIGINT, then shut down gracefully."""
+        """Serve in the foreground until SIGTERM/SIGINT, then shut down gracefully.
+
+        uvicorn catches the signal, drains the requests in flight, restores the previous
+        handlers and raises the signal again; the handlers installed here absorb that, so the
+        watcher and engine are closed and the process exits 0 instead of dying by the signal.
+        """
+        previous: dict[int, Any] = {}
+        if threading.current_thread() is threading.main_thread():
+            previous = {
+                sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGINT, signal.SIGTERM)
+            }
         self._start_side()
         try:
             self._server.run(sockets=[self._socket])
         finally:
             self._close()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
     def start(self, timeout_s: float = 10.0) -> str:
         """Serve from a background thread; returns the base URL once it accepts requests."""

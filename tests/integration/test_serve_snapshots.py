@@ -92,7 +92,7 @@ def _infer(url: str) -> tuple[str, float]:
 
 
 def _rejections(url: str) -> dict[str, float]:
-    text = httpx.get(f"{url}/metrics/", timeout=5).text
+    text = httpx.get(f"{url}/metrics", timeout=5).text
     counts: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
         if family.name == "streamtrain_serve_rejected_snapshots":

@@ -216,5 +216,5 @@ def test_body_too_large(setup: tuple[TestClient, WeightSlot, nn.Module]) -> None
 
     reply = client.post(INFER, content=chunks())
     assert reply.status_code == 413 and "too large" in reply.json()["error"]
-    metrics = client.get("/metrics/").text
+    metrics = client.get("/metrics").text
     assert 'streamtrain_serve_requests_total{outcome="too_large"}' in metrics
