@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from types import TracebackType
@@ -68,9 +69,9 @@ class DemoStats:
         version = s.value("streamtrain_serve_model_version")
         return cls(
             elapsed=elapsed,
-            samples_per_second=t.value("streamtrain_train_samples_per_second"),
-            loss=t.value("streamtrain_train_loss"),
-            accuracy=t.value("streamtrain_train_prequential_accuracy_ratio"),
+            samples_per_second=_finite(t.value("streamtrain_train_samples_per_second")),
+            loss=_finite(t.value("streamtrain_train_loss")),
+            accuracy=_finite(t.value("streamtrain_train_prequential_accuracy_ratio")),
             # The gauge reads 0 before the first swap: show that as "none yet".
             served_version=int(version) if version else None,
             data_age_seconds=s.value("streamtrain_serve_data_age_seconds") if version else None,
@@ -83,6 +84,11 @@ class DemoStats:
             predictions_correct=predictions_correct,
             predictions_sent=predictions_sent,
         )
+
+
+def _finite(value: float | None) -> float | None:
+    """None for NaN/Inf: a gauge with nothing measured yet reads NaN."""
+    return value if value is not None and math.isfinite(value) else None
 
 
 def _num(value: float | None, fmt: str) -> str:

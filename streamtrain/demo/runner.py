@@ -82,6 +82,16 @@ def prepare_run_dir(requested: Path | None) -> Path:
     return requested
 
 
+def describe_exit(code: int | None) -> str:
+    """'exited with code 3' or 'was killed by SIGKILL' (Popen gives -N for signal N)."""
+    if code is not None and code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with code {code}"
+
+
 class StopFlag:
     """Set by SIGINT or SIGTERM while installed; the previous handlers come back on exit."""
 
@@ -305,8 +315,8 @@ class _Session:
         self.http.close()
         if self.failed is not None:
             self.say(
-                f"the {self.failed.name} exited unexpectedly with code "
-                f"{self.failed.returncode}; last lines of {self.failed.log_path}:",
+                f"the {self.failed.name} {describe_exit(self.failed.returncode)} unexpectedly; "
+                f"the others were stopped. Last lines of {self.failed.log_path}:",
                 "red",
             )
             self.say(self.failed.tail(30))

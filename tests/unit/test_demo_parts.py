@@ -105,6 +105,7 @@ def test_stats_come_from_scraped_families() -> None:
         "streamtrain_train_samples_per_second 1500\n"
         "# TYPE streamtrain_train_prequential_accuracy_ratio gauge\n"
         "streamtrain_train_prequential_accuracy_ratio 0.75\n"
+        "# TYPE streamtrain_train_loss gauge\nstreamtrain_train_loss NaN\n"
         "# TYPE streamtrain_ingest_rejected_records counter\n"
         'streamtrain_ingest_rejected_records_total{reason="bad_shape"} 2\n'
         'streamtrain_ingest_rejected_records_total{reason="oversized"} 1\n'
@@ -115,6 +116,7 @@ def test_stats_come_from_scraped_families() -> None:
     stats = DemoStats.from_scrapes(3.0, trainer, server)
     assert stats.samples_per_second == 1500 and stats.accuracy == 0.75
     assert stats.rejected == 3
+    assert stats.loss is None  # NaN = nothing measured yet
     assert stats.served_version is None  # 0 means nothing swapped in yet
     assert "samples/s 1500" in plain_line(stats)
     console = Console(record=True, width=120)
@@ -140,3 +142,10 @@ def test_run_dir_with_old_checkpoints_is_refused(tmp_path: Path) -> None:
     (tmp_path / "old" / "checkpoints" / "step-1").mkdir()
     with pytest.raises(DemoError, match="earlier run"):
         prepare_run_dir(tmp_path / "old")
+
+
+def test_exit_codes_are_described_in_words() -> None:
+    from streamtrain.demo.runner import describe_exit
+
+    assert describe_exit(3) == "exited with code 3"
+    assert describe_exit(-9) == "was killed by SIGKILL"
