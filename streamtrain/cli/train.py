@@ -53,38 +53,59 @@ def build_trainer(settings: Settings) -> Trainer:
     spec = sample_spec(settings)
     model = build_model(model_cfg.name, spec, model_cfg.params).to(device)
     optimizer = build_optimizer(
-        model.parameters(), opt.name, lr=opt.lr, momentum=opt.momentum,
+        model.parameters(),
+        opt.name,
+        lr=opt.lr,
+        momentum=opt.momentum,
         weight_decay=opt.weight_decay,
     )
     scheduler = build_scheduler(optimizer, opt.schedule, opt.schedule_steps, opt.warmup_steps)
     learner = Learner(
-        model, TaskHead(spec, model_cfg.loss), optimizer, scheduler,
-        clip_grad_norm=opt.clip_grad_norm, max_bad_steps=train.max_bad_steps,
-        autocast_dtype=_AUTOCAST[train.autocast], device=device,
+        model,
+        TaskHead(spec, model_cfg.loss),
+        optimizer,
+        scheduler,
+        clip_grad_norm=opt.clip_grad_norm,
+        max_bad_steps=train.max_bad_steps,
+        autocast_dtype=_AUTOCAST[train.autocast],
+        device=device,
     )
     client = kafka_client_options(settings.kafka)
     topics = settings.topics
     source = KafkaSampleSource(
-        spec=spec, topic=topics.samples, group_id=settings.ingest.group_id,
-        client_options=client, partitions=settings.ingest.partitions,
-        start_from=settings.ingest.start_from, max_batch_size=settings.ingest.max_batch_size,
-        max_wait_ms=settings.ingest.max_wait_ms, max_record_bytes=settings.ingest.max_record_bytes,
-        dead_letter_topic=topics.dead_letter, fetch_max_wait_ms=settings.kafka.fetch_max_wait_ms,
+        spec=spec,
+        topic=topics.samples,
+        group_id=settings.ingest.group_id,
+        client_options=client,
+        partitions=settings.ingest.partitions,
+        start_from=settings.ingest.start_from,
+        max_batch_size=settings.ingest.max_batch_size,
+        max_wait_ms=settings.ingest.max_wait_ms,
+        max_record_bytes=settings.ingest.max_record_bytes,
+        dead_letter_topic=topics.dead_letter,
+        fetch_max_wait_ms=settings.kafka.fetch_max_wait_ms,
     )
     model_settings = model_cfg.model_dump(mode="json")
     publisher = SnapshotPublisher(
-        client_options=client, topic=topics.snapshots, model_name=model_cfg.name,
+        client_options=client,
+        topic=topics.snapshots,
+        model_name=model_cfg.name,
         settings_hash=settings_hash(model_settings),
     )
     return Trainer(
-        source=source, learner=learner, model=model, optimizer=optimizer, scheduler=scheduler,
+        source=source,
+        learner=learner,
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
         checkpoints=CheckpointStore(train.checkpoint_dir, keep=train.keep_checkpoints),
-        snapshot_sink=publisher, device=device, model_settings=model_settings,
+        snapshot_sink=publisher,
+        device=device,
+        model_settings=model_settings,
         snapshot_policy=EveryPolicy(train.snapshot_every_steps, train.snapshot_every_seconds),
-        checkpoint_policy=EveryPolicy(
-            train.checkpoint_every_steps, train.checkpoint_every_seconds
-        ),
-        metric_window=train.metric_window, regression=spec.task == "regression",
+        checkpoint_policy=EveryPolicy(train.checkpoint_every_steps, train.checkpoint_every_seconds),
+        metric_window=train.metric_window,
+        regression=spec.task == "regression",
         prefetch_depth=settings.ingest.prefetch_batches,
         stop=StopConditions(train.max_samples, train.stop_when_idle),
     )
@@ -109,15 +130,22 @@ def train(
     """Consume samples, take gradient steps, publish snapshots, checkpoint; Ctrl-C stops cleanly."""
     setup_logging(verbose)
     settings = settings_from(
-        config, kafka__bootstrap_servers=bootstrap_servers, train__device=device,
-        train__checkpoint_dir=checkpoint_dir, train__metrics_port=metrics_port,
-        train__max_samples=max_samples, train__stop_when_idle=stop_when_idle,
+        config,
+        kafka__bootstrap_servers=bootstrap_servers,
+        train__device=device,
+        train__checkpoint_dir=checkpoint_dir,
+        train__metrics_port=metrics_port,
+        train__max_samples=max_samples,
+        train__stop_when_idle=stop_when_idle,
     )
     topics = settings.topics
     if create_missing_topics:
         try:
-            create_topics(settings.kafka.bootstrap_servers, [topics.samples],
-                          settings.topics.sample_partitions)
+            create_topics(
+                settings.kafka.bootstrap_servers,
+                [topics.samples],
+                settings.topics.sample_partitions,
+            )
             create_topics(settings.kafka.bootstrap_servers, [topics.dead_letter, topics.snapshots])
         except Exception as exc:
             fail(f"cannot reach Kafka at {settings.kafka.bootstrap_servers}: {exc}", code=1)
@@ -137,7 +165,8 @@ def train(
 def _print_summary(summary: TrainSummary) -> None:
     resumed = (
         f", resumed from step {summary.resumed_from_step}"
-        if summary.resumed_from_step is not None else ""
+        if summary.resumed_from_step is not None
+        else ""
     )
     typer.echo(
         f"stopped ({summary.stop_reason}) run {summary.run_id}: {summary.steps} steps, "

@@ -41,6 +41,9 @@ from streamtrain.train.weights import copy_weights
 
 log = logging.getLogger(__name__)
 
+_METRICS_EVERY_STEPS = 16
+_METRICS_EVERY_SECONDS = 0.5
+
 
 @dataclass(frozen=True)
 class StopConditions:
@@ -118,6 +121,8 @@ class Trainer:
         self._checkpoint_policy = checkpoint_policy
         self._rolling = RollingMetrics(metric_window)
         self._regression = regression
+        self._pending_scores: list[tuple[int, torch.Tensor, torch.Tensor]] = []
+        self._last_flush = clock()
         self._prefetch_depth = prefetch_depth
         self._stop_conditions = stop
         self._clock = clock
@@ -167,6 +172,7 @@ class Trainer:
         try:
             reason = self._loop(prefetch)
         finally:
+            self._flush_scores()
             self._finish(prefetch)
         loss, score = self._rolling.loss, self._rolling.score
         return TrainSummary(
@@ -189,9 +195,10 @@ class Trainer:
                 return "max_samples"
             batch = prefetch.get(timeout=0.1)
             if batch is None or batch.records == 0:
-                if stop.stop_when_idle is not None:
-                    if self._clock() - last_input >= stop.stop_when_idle:
-                        return "idle"
+                self._flush_scores()
+                idle = self._clock() - last_input
+                if stop.stop_when_idle is not None and idle >= stop.stop_when_idle:
+                    return "idle"
                 continue
             last_input = self._clock()
             self._progress.offsets.update(batch.next_offsets)
@@ -214,16 +221,30 @@ class Trainer:
         if not math.isnan(watermark):
             progress.watermark = max(progress.watermark or watermark, watermark)
             metrics.TRAIN_DATA_WATERMARK.set(progress.watermark)
-        # One small device->host read per step for the metrics; the learner's guard has
-        # already synchronised, so this does not stall the pipeline further.
-        loss, score_sum = torch.stack(
-            [outcome.loss.detach().float(), outcome.score_sum.detach().float()]
-        ).tolist()
-        self._rolling.update(batch.size, loss * batch.size, score_sum)
         if outcome.applied:
             metrics.TRAIN_STEPS.inc()
             metrics.TRAIN_SAMPLES.inc(batch.size)
         metrics.TRAIN_STEP_SECONDS.observe(time.perf_counter() - started)
+        self._pending_scores.append((batch.size, outcome.loss, outcome.score_sum))
+        if (
+            len(self._pending_scores) >= _METRICS_EVERY_STEPS
+            or self._clock() - self._last_flush >= _METRICS_EVERY_SECONDS
+        ):
+            self._flush_scores()
+
+    def _flush_scores(self) -> None:
+        """Read the loss and score of recent steps back from the device in one transfer.
+
+        Reading them every step would add a device->host sync per step on CUDA.
+        """
+        pending, self._pending_scores = self._pending_scores, []
+        self._last_flush = self._clock()
+        if pending:
+            values = torch.stack(
+                [torch.stack([loss.float(), score.float()]) for _, loss, score in pending]
+            ).tolist()
+            for (size, _, _), (loss, score_sum) in zip(pending, values, strict=True):
+                self._rolling.update(size, loss * size, score_sum)
         metrics.TRAIN_LOSS.set(self._rolling.loss)
         score_gauge = metrics.TRAIN_MAE if self._regression else metrics.TRAIN_ACCURACY
         score_gauge.set(self._rolling.score)
