@@ -3,6 +3,8 @@
 Run: ``.venv/bin/python bench/train_step.py [--model mlp] [--batch-sizes 32 256 1024]
 [--seconds 2] [--threads N]``
 
+Next to it, a plain PyTorch loop on the same model and data shows the Learner's own overhead.
+
 No Kafka, no decoding: the features are built once on the device and the loop only calls
 ``learn`` — the ceiling the full trainer can approach. The sync pattern is the real loop's: one
 host synchronization per step (the guard's finiteness flag inside ``learn``); the loss is read
@@ -95,6 +97,43 @@ def bare_step_rate(
     return steps * batch_size / elapsed
 
 
+def plain_step_rate(
+    model_name: str,
+    spec: SampleSpec,
+    batch_size: int,
+    steps: int,
+    device: torch.device | str,
+    *,
+    params: Mapping[str, Any] | None = None,
+    warmup_steps: int = 20,
+) -> float:
+    """Samples per second of a plain PyTorch loop (forward, loss, backward, Adam step, one
+    ``.item()``) on the same model and data: the reference the Learner's overhead (prequential
+    score, gradient norm, guard) is measured against."""
+    device = torch.device(device)
+    if params is None and model_name == "mlp":
+        params = DEFAULT_PARAMS
+    learner = make_learner(model_name, spec, device, params)
+    model, head, optimizer = learner.model, learner.head, learner.optimizer
+    batches = prebuilt_batches(spec, batch_size, device)
+
+    def step(i: int) -> None:
+        x, y, w = batches[i % len(batches)]
+        optimizer.zero_grad(set_to_none=True)
+        loss = head.loss(model(x), y, w)
+        torch.autograd.backward(loss)
+        optimizer.step()
+        loss.item()
+
+    for i in range(warmup_steps):
+        step(i)
+    start = time.perf_counter()
+    for i in range(steps):
+        step(i)
+    _synchronize(device)
+    return steps * batch_size / (time.perf_counter() - start)
+
+
 def _synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -118,11 +157,16 @@ def main() -> None:
         f"model={args.model} spec={shape} {spec.task} adam, torch {torch.__version__}, "
         f"{torch.get_num_threads()} CPU threads"
     )
-    print(f"{'device':8} {'batch':>6} {'samples/s':>12} {'steps/s':>9}")
+    print(f"{'device':8} {'batch':>6} {'samples/s':>12} {'steps/s':>9} {'plain torch steps/s':>20}")
     for device in devices:
         for batch_size in args.batch_sizes:
             rate = bare_step_rate(args.model, spec, batch_size, args.seconds, device)
-            print(f"{device.type:8} {batch_size:>6} {rate:>12,.0f} {rate / batch_size:>9,.0f}")
+            steps = max(1, int(rate / batch_size * args.seconds))
+            plain = plain_step_rate(args.model, spec, batch_size, steps, device)
+            print(
+                f"{device.type:8} {batch_size:>6} {rate:>12,.0f} {rate / batch_size:>9,.0f} "
+                f"{plain / batch_size:>20,.0f}"
+            )
 
 
 if __name__ == "__main__":
