@@ -21,6 +21,7 @@ from __future__ import annotations
 import importlib.metadata
 import logging
 import time
+import zlib
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -67,7 +68,25 @@ async def read_body(request: Request, limit: int) -> bytes:
         if size > limit:
             raise _too_large(size, limit)
         chunks.append(chunk)
-    return b"".join(chunks)
+    return _decompress(b"".join(chunks), request.headers.get("content-encoding"), limit)
+
+
+def _decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
+    """Undo ``Content-Encoding: gzip | deflate`` (tritonclient's request compression), never
+    inflating past ``limit`` bytes, so a small compressed bomb cannot exhaust memory."""
+    if encoding is None or encoding.strip().lower() in ("", "identity"):
+        return body
+    wbits = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}.get(encoding.strip().lower())
+    if wbits is None:
+        raise ProtocolError(f"Content-Encoding {encoding!r} is not supported; use gzip or deflate")
+    inflater = zlib.decompressobj(wbits)
+    try:
+        data = inflater.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise ProtocolError(f"request body is not valid {encoding} data: {exc}") from None
+    if len(data) > limit:
+        raise _too_large(len(data), limit)
+    return data
 
 
 def _too_large(size: int, limit: int) -> ProtocolError:

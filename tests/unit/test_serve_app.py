@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gzip
 import json
+import zlib
 from collections.abc import Iterator
 
 import numpy as np
@@ -218,3 +220,17 @@ def test_body_too_large(setup: tuple[TestClient, WeightSlot, nn.Module]) -> None
     assert reply.status_code == 413 and "too large" in reply.json()["error"]
     metrics = client.get("/metrics").text
     assert 'streamtrain_serve_requests_total{outcome="too_large"}' in metrics
+
+
+def test_compressed_request_bodies(setup: tuple[TestClient, WeightSlot, nn.Module]) -> None:
+    client, slot, ref = setup
+    _ready(client, slot, ref)
+    raw = json.dumps(_body(rows=1)).encode()
+    for encoding, packed in (("gzip", gzip.compress(raw)), ("deflate", zlib.compress(raw))):
+        reply = client.post(INFER, content=packed, headers={"content-encoding": encoding})
+        assert reply.status_code == 200, reply.text
+    bomb = gzip.compress(b" " * 100_000)  # small on the wire, over the 2048-byte limit inflated
+    reply = client.post(INFER, content=bomb, headers={"content-encoding": "gzip"})
+    assert reply.status_code == 413 and "exceeds max_body_bytes" in reply.json()["error"]
+    reply = client.post(INFER, content=raw, headers={"content-encoding": "br"})
+    assert reply.status_code == 400 and "use gzip or deflate" in reply.json()["error"]

@@ -85,5 +85,7 @@ def test_tritonclient_infers(served: tuple[str, torch.nn.Module], binary: bool) 
         tensor.set_data_from_numpy(features)
         default = client.infer("clf", [tensor])
         assert np.allclose(default.as_numpy("probabilities"), expected, atol=1e-6)
+        packed = client.infer("clf", [tensor], request_compression_algorithm="gzip")
+        assert np.allclose(packed.as_numpy("probabilities"), expected, atol=1e-6)
     finally:
         client.close()
