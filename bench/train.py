@@ -22,12 +22,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from train_step import DEFAULT_PARAMS, DEFAULT_SPEC, bare_step_rate  # noqa: E402
+from train_step import DEFAULT_PARAMS, DEFAULT_SPEC, bare_step_rate
 
-from streamtrain.broker import EmbeddedBroker  # noqa: E402
-from streamtrain.cli.train import build_trainer  # noqa: E402
-from streamtrain.client import SampleProducer  # noqa: E402
-from streamtrain.config import load_settings  # noqa: E402
+from streamtrain.broker import EmbeddedBroker
+from streamtrain.cli.build_trainer import build_trainer
+from streamtrain.client import SampleProducer
+from streamtrain.config import load_settings
 
 
 def produce(bootstrap: str, topic: str, count: int) -> float:

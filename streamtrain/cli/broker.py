@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
 
@@ -27,12 +28,8 @@ def broker(
             if topic:
                 embedded.create_topics(topic, partitions=partitions)
             typer.echo(f"bootstrap servers: {embedded.bootstrap_servers}", color=False)
-            typer.echo(
-                f"export STREAMTRAIN_KAFKA__BOOTSTRAP_SERVERS={embedded.bootstrap_servers}"
-            )
-            try:
+            typer.echo(f"export STREAMTRAIN_KAFKA__BOOTSTRAP_SERVERS={embedded.bootstrap_servers}")
+            with contextlib.suppress(KeyboardInterrupt):
                 stop.wait()
-            except KeyboardInterrupt:
-                pass
     except BrokerUnavailable as exc:
         fail(str(exc))

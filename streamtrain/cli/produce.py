@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -98,6 +99,11 @@ def _timestamps(chunk: SampleChunk) -> np.ndarray | None:
     return np.where(np.isnan(chunk.timestamps), time.time(), chunk.timestamps)
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    # SIGTERM ends production like Ctrl-C: flush what was sent, report it, exit 0.
+    raise KeyboardInterrupt
+
+
 @app.command()
 def produce(
     dataset: str = typer.Option(
@@ -140,6 +146,7 @@ def produce(
     except DatasetError as exc:
         fail(str(exc))
     topic_name = settings.topics.samples
+    interrupted = False
     n_partitions = settings.topics.sample_partitions
     try:
         create_topics(settings.kafka.bootstrap_servers, [topic_name], n_partitions)
@@ -149,9 +156,14 @@ def produce(
             client_options=kafka_client_options(settings.kafka),
             format="binary" if format == "binary" else "json",
         ) as producer:
-            sent = _send_paced(producer, info.iterate(count, seed), Pacer(rate))
+            signal.signal(signal.SIGTERM, _interrupt)
+            try:
+                sent = _send_paced(producer, info.iterate(count, seed), Pacer(rate))
+            except KeyboardInterrupt:
+                sent, interrupted = producer.sent, True
     except (DatasetError, SampleError) as exc:
         fail(str(exc))
     except Exception as exc:  # kafka-python raises many types; all mean "cannot reach Kafka"
         fail(f"producing to {topic_name} at {settings.kafka.bootstrap_servers} failed: {exc!r}")
-    typer.echo(f"produced {sent} samples of {info.name} to {topic_name} ({format})")
+    stopped = " (stopped early)" if interrupted else ""
+    typer.echo(f"produced {sent} samples of {info.name} to {topic_name} ({format}){stopped}")

@@ -160,6 +160,11 @@ class DemoPlan:
         env.update(self.model_env)
         env["STREAMTRAIN_KAFKA__BOOTSTRAP_SERVERS"] = self.bootstrap_servers
         env["STREAMTRAIN_TRAIN__SNAPSHOT_EVERY_SECONDS"] = str(SNAPSHOT_EVERY_SECONDS)
+        # Broker, producer, trainer and server share the machine: one torch thread each keeps
+        # the small demo models fast instead of thrashing; a higher rate than Adam's default
+        # makes learning visible within seconds.
+        env.setdefault("STREAMTRAIN_TRAIN__TORCH_THREADS", "1")
+        env.setdefault("STREAMTRAIN_OPTIMIZER__LR", "0.005")
         # Log lines reach the files as they happen, so a crash's tail is complete.
         env["PYTHONUNBUFFERED"] = "1"
         return env

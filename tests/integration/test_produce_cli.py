@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -103,3 +104,41 @@ def test_produce_paced_json_file_replay(
     spec = SampleSpec(feature_shape=(2,), task="binary")
     labels, records = _read_all(kafka_bootstrap, unique_name, spec, 20)
     assert records == 20 and labels.tolist() == [0, 1, 0, 1, 0] * 4
+
+
+def test_sigterm_stops_production_cleanly_and_reports_the_count(
+    kafka_bootstrap: str, unique_name: str
+) -> None:
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "streamtrain.cli",
+            "produce",
+            "--dataset",
+            "hyperplane",
+            "--count",
+            "1000000",
+            "--rate",
+            "200",
+            "--format",
+            "binary",
+            "--topic",
+            unique_name,
+            "--bootstrap-servers",
+            kafka_bootstrap,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    spec = DATASETS["hyperplane"].spec
+    _, records = _read_all(kafka_bootstrap, unique_name, spec, 50)  # it is producing
+    assert records >= 50
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=30)
+    assert process.returncode == 0, err
+    sent = int(out.split("produced ")[1].split()[0])
+    assert "(stopped early)" in out and 50 <= sent < 1_000_000
+    _, on_topic = _read_all(kafka_bootstrap, unique_name, spec, sent)
+    assert on_topic == sent, "every sample reported as sent was flushed to the topic"

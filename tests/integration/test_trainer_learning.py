@@ -10,7 +10,7 @@ from safetensors.numpy import load_file
 
 from streamtrain import metrics
 from streamtrain.broker import create_topics
-from streamtrain.cli.train import build_trainer
+from streamtrain.cli.build_trainer import build_trainer
 from streamtrain.config import load_settings
 from tests.integration.trainer_harness import (
     FEATURES,
