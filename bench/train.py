@@ -37,7 +37,9 @@ def produce(bootstrap: str, topic: str, count: int) -> float:
     y = (x.sum(axis=1) > 0).astype(np.int64)
     started = time.perf_counter()
     with SampleProducer(
-        spec=DEFAULT_SPEC, topic=topic, format="binary",
+        spec=DEFAULT_SPEC,
+        topic=topic,
+        format="binary",
         client_options={"bootstrap_servers": [bootstrap]},
     ) as producer:
         for start in range(0, count, 10_000):
@@ -54,14 +56,20 @@ def pipeline_rate(bootstrap: str, topic: str, count: int, batch: int, device: st
             overrides={
                 "kafka": {"bootstrap_servers": bootstrap},
                 "topics": {
-                    "samples": topic, "dead_letter": f"{tag}-dlq", "snapshots": f"{tag}-snap",
+                    "samples": topic,
+                    "dead_letter": f"{tag}-dlq",
+                    "snapshots": f"{tag}-snap",
                 },
                 "ingest": {
-                    "group_id": tag, "start_from": "earliest", "max_batch_size": batch,
+                    "group_id": tag,
+                    "start_from": "earliest",
+                    "max_batch_size": batch,
                     "max_wait_ms": 50,
                 },
                 "model": {
-                    "name": "mlp", "task": "binary", "input_shape": [16],
+                    "name": "mlp",
+                    "task": "binary",
+                    "input_shape": [16],
                     "params": dict(DEFAULT_PARAMS),
                 },
                 "optimizer": {"name": "adam", "lr": 1e-3},

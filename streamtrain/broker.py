@@ -118,8 +118,9 @@ class EmbeddedBroker:
                     f"embedded broker exited with code {self._process.returncode} on start "
                     f"(is port {self.port} already in use?)"
                 )
-            with contextlib.suppress(OSError), socket.create_connection(
-                (self.host, self.port), timeout=0.5
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection((self.host, self.port), timeout=0.5),
             ):
                 return
             time.sleep(0.02)

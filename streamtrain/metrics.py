@@ -21,7 +21,9 @@ _SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 16384, 65536)
 
 # --- ingest -------------------------------------------------------------------------------
 INGEST_RECORDS = Counter(
-    "streamtrain_ingest_records", "Kafka records consumed, valid or not.", ["topic"],
+    "streamtrain_ingest_records",
+    "Kafka records consumed, valid or not.",
+    ["topic"],
     registry=TRAINER_REGISTRY,
 )
 INGEST_SAMPLES = Counter(
@@ -39,7 +41,9 @@ INGEST_DEAD_LETTER_ERRORS = Counter(
     registry=TRAINER_REGISTRY,
 )
 INGEST_BATCH_SIZE = Histogram(
-    "streamtrain_ingest_batch_size_samples", "Samples per micro-batch.", buckets=_SIZES,
+    "streamtrain_ingest_batch_size_samples",
+    "Samples per micro-batch.",
+    buckets=_SIZES,
     registry=TRAINER_REGISTRY,
 )
 INGEST_LAG = Gauge(
@@ -49,8 +53,10 @@ INGEST_LAG = Gauge(
     registry=TRAINER_REGISTRY,
 )
 INGEST_DECODE_SECONDS = Histogram(
-    "streamtrain_ingest_decode_seconds", "Time to decode and validate one poll's records.",
-    buckets=_FAST, registry=TRAINER_REGISTRY,
+    "streamtrain_ingest_decode_seconds",
+    "Time to decode and validate one poll's records.",
+    buckets=_FAST,
+    registry=TRAINER_REGISTRY,
 )
 
 # --- training -----------------------------------------------------------------------------
@@ -66,7 +72,8 @@ TRAIN_SKIPPED_STEPS = Counter(
     registry=TRAINER_REGISTRY,
 )
 TRAIN_ROLLBACKS = Counter(
-    "streamtrain_train_rollbacks", "Restores of the last good state after repeated bad steps.",
+    "streamtrain_train_rollbacks",
+    "Restores of the last good state after repeated bad steps.",
     registry=TRAINER_REGISTRY,
 )
 TRAIN_LOSS = Gauge(
@@ -86,11 +93,14 @@ TRAIN_LEARNING_RATE = Gauge(
     "streamtrain_train_learning_rate", "Current learning rate.", registry=TRAINER_REGISTRY
 )
 TRAIN_STEP_SECONDS = Histogram(
-    "streamtrain_train_step_seconds", "Wall time of one training step.", buckets=_FAST,
+    "streamtrain_train_step_seconds",
+    "Wall time of one training step.",
+    buckets=_FAST,
     registry=TRAINER_REGISTRY,
 )
 TRAIN_THROUGHPUT = Gauge(
-    "streamtrain_train_samples_per_second", "Samples trained per second, recent average.",
+    "streamtrain_train_samples_per_second",
+    "Samples trained per second, recent average.",
     registry=TRAINER_REGISTRY,
 )
 TRAIN_DATA_WATERMARK = Gauge(
@@ -99,18 +109,20 @@ TRAIN_DATA_WATERMARK = Gauge(
     registry=TRAINER_REGISTRY,
 )
 TRAIN_CUDA_MEMORY = Gauge(
-    "streamtrain_train_cuda_memory_allocated_bytes", "CUDA memory held by tensors (CUDA only).",
+    "streamtrain_train_cuda_memory_allocated_bytes",
+    "CUDA memory held by tensors (CUDA only).",
     registry=TRAINER_REGISTRY,
 )
-CHECKPOINTS = Counter(
-    "streamtrain_checkpoints", "Checkpoints written.", registry=TRAINER_REGISTRY
-)
+CHECKPOINTS = Counter("streamtrain_checkpoints", "Checkpoints written.", registry=TRAINER_REGISTRY)
 CHECKPOINT_SECONDS = Histogram(
-    "streamtrain_checkpoint_seconds", "Time to write one checkpoint.", buckets=_SLOW,
+    "streamtrain_checkpoint_seconds",
+    "Time to write one checkpoint.",
+    buckets=_SLOW,
     registry=TRAINER_REGISTRY,
 )
 CHECKPOINT_AGE = Gauge(
-    "streamtrain_checkpoint_age_seconds", "Seconds since the last checkpoint was written.",
+    "streamtrain_checkpoint_age_seconds",
+    "Seconds since the last checkpoint was written.",
     registry=TRAINER_REGISTRY,
 )
 
@@ -124,46 +136,61 @@ SNAPSHOTS_SUPERSEDED = Counter(
     registry=TRAINER_REGISTRY,
 )
 SNAPSHOT_PUBLISH_ERRORS = Counter(
-    "streamtrain_snapshot_publish_errors", "Snapshots that failed to publish.",
+    "streamtrain_snapshot_publish_errors",
+    "Snapshots that failed to publish.",
     registry=TRAINER_REGISTRY,
 )
 SNAPSHOT_BYTES = Gauge(
-    "streamtrain_snapshot_size_bytes", "Size of the last published snapshot.",
+    "streamtrain_snapshot_size_bytes",
+    "Size of the last published snapshot.",
     registry=TRAINER_REGISTRY,
 )
 SNAPSHOT_PUBLISH_SECONDS = Histogram(
-    "streamtrain_snapshot_publish_seconds", "Serialize-and-produce time of one snapshot.",
-    buckets=_SLOW, registry=TRAINER_REGISTRY,
+    "streamtrain_snapshot_publish_seconds",
+    "Serialize-and-produce time of one snapshot.",
+    buckets=_SLOW,
+    registry=TRAINER_REGISTRY,
 )
 SNAPSHOT_VERSION = Gauge(
-    "streamtrain_snapshot_version", "Version (trainer step) of the last published snapshot.",
+    "streamtrain_snapshot_version",
+    "Version (trainer step) of the last published snapshot.",
     registry=TRAINER_REGISTRY,
 )
 
 # --- serving ------------------------------------------------------------------------------
 SERVE_REQUESTS = Counter(
-    "streamtrain_serve_requests", "Inference requests, by outcome (ok, bad_request, ...).",
-    ["outcome"], registry=SERVER_REGISTRY,
+    "streamtrain_serve_requests",
+    "Inference requests, by outcome (ok, bad_request, ...).",
+    ["outcome"],
+    registry=SERVER_REGISTRY,
 )
 SERVE_REQUEST_SECONDS = Histogram(
-    "streamtrain_serve_request_seconds", "Inference request latency.", buckets=_FAST,
+    "streamtrain_serve_request_seconds",
+    "Inference request latency.",
+    buckets=_FAST,
     registry=SERVER_REGISTRY,
 )
 SERVE_SWAPS = Counter(
-    "streamtrain_serve_swaps", "Snapshots swapped in as the live weights.",
+    "streamtrain_serve_swaps",
+    "Snapshots swapped in as the live weights.",
     registry=SERVER_REGISTRY,
 )
 SERVE_REJECTED_SNAPSHOTS = Counter(
-    "streamtrain_serve_rejected_snapshots", "Snapshots refused, by reason.", ["reason"],
+    "streamtrain_serve_rejected_snapshots",
+    "Snapshots refused, by reason.",
+    ["reason"],
     registry=SERVER_REGISTRY,
 )
 SERVE_MODEL_VERSION = Gauge(
-    "streamtrain_serve_model_version", "Version of the live weights (0 before the first).",
+    "streamtrain_serve_model_version",
+    "Version of the live weights (0 before the first).",
     registry=SERVER_REGISTRY,
 )
 SERVE_SWAP_SECONDS = Histogram(
-    "streamtrain_serve_swap_seconds", "Time to load a snapshot into standby and swap it live.",
-    buckets=_FAST, registry=SERVER_REGISTRY,
+    "streamtrain_serve_swap_seconds",
+    "Time to load a snapshot into standby and swap it live.",
+    buckets=_FAST,
+    registry=SERVER_REGISTRY,
 )
 SERVE_DATA_AGE = Gauge(
     "streamtrain_serve_data_age_seconds",
@@ -171,11 +198,14 @@ SERVE_DATA_AGE = Gauge(
     registry=SERVER_REGISTRY,
 )
 SERVE_SINCE_SWAP = Gauge(
-    "streamtrain_serve_since_swap_seconds", "Seconds since the live weights last changed.",
+    "streamtrain_serve_since_swap_seconds",
+    "Seconds since the live weights last changed.",
     registry=SERVER_REGISTRY,
 )
 SERVE_BATCH_SIZE = Histogram(
-    "streamtrain_serve_batch_size_rows", "Rows per forward pass.", buckets=_SIZES,
+    "streamtrain_serve_batch_size_rows",
+    "Rows per forward pass.",
+    buckets=_SIZES,
     registry=SERVER_REGISTRY,
 )
 

@@ -11,8 +11,12 @@ import typer
 from streamtrain.config import ConfigError, Settings, load_settings
 
 CONFIG_OPTION = typer.Option(
-    None, "--config", "-c", help="YAML settings file (env vars and flags override it).",
-    exists=False, dir_okay=False,
+    None,
+    "--config",
+    "-c",
+    help="YAML settings file (env vars and flags override it).",
+    exists=False,
+    dir_okay=False,
 )
 
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 @dataclass
 class EveryPolicy:
-    """Fires when ``every_steps`` steps or ``every_seconds`` seconds have passed since the last fire.
+    """Fires once ``every_steps`` steps or ``every_seconds`` seconds passed since the last fire.
 
     The clock is injected so tests drive time instead of sleeping.
 

@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from tests.integration.trainer_harness import (
     checkpoint_meta,
@@ -65,7 +64,9 @@ def test_kill_minus_9_recovers_bit_identical_model(
 
     reference_dir = tmp_path / "reference"
     reference = trainer_env(
-        kafka_bootstrap, unique_name, reference_dir,
+        kafka_bootstrap,
+        unique_name,
+        reference_dir,
         {**DETERMINISTIC, "STREAMTRAIN_INGEST__GROUP_ID": f"{unique_name}-ref"},
     )
     _run_to_end(reference)
@@ -98,7 +99,9 @@ def test_sigterm_writes_final_checkpoint_and_exits_zero(
     produce_json(kafka_bootstrap, f"{unique_name}-samples", x, y)
     root = tmp_path / "ckpt"
     env = trainer_env(
-        kafka_bootstrap, unique_name, root,
+        kafka_bootstrap,
+        unique_name,
+        root,
         {
             "STREAMTRAIN_INGEST__MAX_BATCH_SIZE": "16",
             "STREAMTRAIN_TRAIN__CHECKPOINT_EVERY_STEPS": "100000",

@@ -42,7 +42,7 @@ def test_bad_bootstrap_server_explains_form() -> None:
 def test_unknown_field_is_rejected(tmp_path: Path) -> None:
     config = tmp_path / "c.yaml"
     config.write_text("kafka:\n  bootstrap: x:1\n")
-    with pytest.raises(ConfigError, match="kafka.bootstrap"):
+    with pytest.raises(ConfigError, match=r"kafka\.bootstrap"):
         load_settings(config)
 
 
