@@ -5,7 +5,10 @@ does not share its interpreter), publishes a first snapshot, then drives concurr
 requests over loopback:
 
 * ``steady``: no swaps;
-* ``swapping``: a new snapshot of the same model published every 100 ms.
+* ``swapping``: a new snapshot of the same model published every 100 ms;
+
+then end-to-end freshness with a real trainer and server (bench/freshness.py): how long from a
+sample's production until a served prediction reflects a snapshot that learned from it.
 
 Each phase is bounded in requests and seconds. Run: ``.venv/bin/python bench/serve.py``
 (``--engine batching`` or ``direct`` to compare the engines; ``--help`` for the knobs).
@@ -25,6 +28,7 @@ from typing import Any
 
 import httpx
 import torch
+from freshness import measure as measure_freshness
 
 from streamtrain.broker import EmbeddedBroker, free_port
 from streamtrain.config import Settings, load_settings
@@ -176,6 +180,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=15.0, help="per phase")
     parser.add_argument("--swap-every", type=float, default=0.1, help="seconds between swaps")
     parser.add_argument("--hidden", type=int, default=256, help="MLP hidden width")
+    parser.add_argument("--fresh-rate", type=float, default=1000.0, help="samples/s produced")
+    parser.add_argument("--fresh-seconds", type=float, default=20.0)
     args = parser.parse_args()
 
     with EmbeddedBroker() as broker:
@@ -215,6 +221,7 @@ def main() -> None:
             server.terminate()
             server.join(10)
             publisher.close()
+        fresh = measure_freshness(broker.bootstrap_servers, args.fresh_rate, args.fresh_seconds)
 
     print(f"engine={args.engine} clients={args.clients} model=mlp 32->{args.hidden}x2->10")
     print(
@@ -226,6 +233,7 @@ def main() -> None:
             f"{r.name:<10}{r.requests:>10}{r.errors:>8}{r.requests / r.seconds:>9.0f}"
             f"{r.p50_ms:>9.2f}{r.p99_ms:>9.2f}{r.versions:>10}"
         )
+    print(fresh.describe())
 
 
 if __name__ == "__main__":
