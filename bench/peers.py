@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 import torch
-from peers_inprocess import STREAMTRAIN_MODELS, run_in_process
+from peers_inprocess import SCALED_MODELS, STREAMTRAIN_MODELS, run_in_process
 from peers_pipeline import run_pipeline
 from peers_report import Row, header, render
 from peers_river import PEERS, run_peer
@@ -52,6 +52,11 @@ NOTES = (
     "(Adam, lr 0.01); streamtrain `linear` is Adam lr 0.01. Same seed (7) everywhere. "
     "streamtrain uses one logit + BCE on 2-class streams, deep-river two logits + "
     "cross-entropy.",
+    "Rows marked ×√B use the learning rate times sqrt(batch size) (in-process only): one step "
+    "per batch of B replaces B steps, so an unscaled rate learns B times more slowly.",
+    "A pipeline row and the in-process row of the same model and batch size are expected to "
+    "show the same accuracy: the trainer takes the same steps on the same batches from the same "
+    "seed, so equal figures check that nothing is lost or reordered on the way through Kafka.",
     "Features are encoded once for everyone by documented ranges (SEA /10, Agrawal numeric "
     "by their maximum plus one-hot elevel/car/zipcode, digits /16); only river's "
     "LogisticRegression standardises on top, as river users do.",
@@ -136,6 +141,21 @@ def bench_stream(stream: Stream, args: argparse.Namespace, bootstrap: str | None
                     batch,
                     piped.run.accuracy,
                     piped.run.samples_per_second,
+                )
+            )
+            progress(rows[-1])
+    for config in SCALED_MODELS:
+        for batch in (b for b in args.batches if b > 1):  # at B = 1 it is the row above
+            result = run_in_process(config, stream, batch)
+            rows.append(
+                Row(
+                    stream.name,
+                    config.label,
+                    "streamtrain",
+                    "in-process",
+                    batch,
+                    result.accuracy,
+                    result.samples_per_second,
                 )
             )
             progress(rows[-1])

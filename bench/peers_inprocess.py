@@ -13,6 +13,8 @@ weights, then the model learns from them (``Learner.learn`` scores before it ste
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,24 +32,37 @@ from streamtrain.train.task import TaskHead
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """One streamtrain model configuration, used unchanged on every stream and batch size."""
+    """One streamtrain model configuration, used unchanged on every stream.
+
+    ``sqrt_batch_lr`` multiplies the learning rate by sqrt(batch size): a batch of B takes one
+    step where batch 1 takes B, so without it larger batches simply learn more slowly.
+    """
 
     name: str  # the model registry name
     optimizer: OptimizerName
     lr: float
     params: dict[str, Any] = field(default_factory=dict)
+    sqrt_batch_lr: bool = False
 
     @property
     def label(self) -> str:
         shape = ""
         if "hidden_sizes" in self.params:
             shape = f"{'x'.join(str(h) for h in self.params['hidden_sizes'])} hidden, "
-        return f"{self.name} ({shape}{self.optimizer} {self.lr:g})"
+        scaled = "×√B" if self.sqrt_batch_lr else ""
+        return f"{self.name} ({shape}{self.optimizer} {self.lr:g}{scaled})"
+
+    def lr_at(self, batch_size: int) -> float:
+        return self.lr * math.sqrt(batch_size) if self.sqrt_batch_lr else self.lr
 
 
 STREAMTRAIN_MODELS: tuple[ModelConfig, ...] = (
     ModelConfig("linear", "adam", 1e-2),
     ModelConfig("mlp", "adam", MLP_LR, {"hidden_sizes": [MLP_WIDTH]}),
+)
+# the same models with the learning rate grown with the batch: what closes the batch gap
+SCALED_MODELS: tuple[ModelConfig, ...] = tuple(
+    dataclasses.replace(config, sqrt_batch_lr=True) for config in STREAMTRAIN_MODELS
 )
 
 
@@ -58,7 +73,9 @@ def stream_spec(stream: Stream) -> SampleSpec:
     )
 
 
-def build_learner(config: ModelConfig, stream: Stream, seed: int = 7) -> Learner:
+def build_learner(
+    config: ModelConfig, stream: Stream, batch_size: int = 1, seed: int = 7
+) -> Learner:
     """The objects ``streamtrain train`` builds, without the Kafka source around them.
 
     Two-class streams use the ``binary`` task (one logit, BCE), as a user would configure them;
@@ -67,7 +84,7 @@ def build_learner(config: ModelConfig, stream: Stream, seed: int = 7) -> Learner
     torch.manual_seed(seed)
     spec = stream_spec(stream)
     model = build_model(config.name, spec, config.params)
-    optimizer = build_optimizer(model.parameters(), config.optimizer, lr=config.lr)
+    optimizer = build_optimizer(model.parameters(), config.optimizer, lr=config.lr_at(batch_size))
     return Learner(model, TaskHead(spec), optimizer)
 
 
@@ -75,7 +92,7 @@ def run_in_process(config: ModelConfig, stream: Stream, batch_size: int) -> RunR
     """Whole-stream prequential accuracy and samples/s of ``Learner.learn`` at ``batch_size``."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    learner = build_learner(config, stream)
+    learner = build_learner(config, stream, batch_size)
     features = torch.from_numpy(stream.features)
     labels = torch.from_numpy(stream.labels)
     weights = torch.ones(stream.size)

@@ -27,7 +27,7 @@ from peers_river import RunResult
 from peers_streams import Stream
 
 from streamtrain.broker import create_topics
-from streamtrain.cli.train import build_trainer
+from streamtrain.cli.build_trainer import build_trainer
 from streamtrain.client import SampleProducer
 from streamtrain.config import Settings, load_settings
 from streamtrain.kafka_options import kafka_client_options
@@ -66,7 +66,7 @@ def pipeline_settings(
                 "num_classes": spec.num_classes,
                 "params": config.params,
             },
-            "optimizer": {"name": config.optimizer, "lr": config.lr},
+            "optimizer": {"name": config.optimizer, "lr": config.lr_at(batch_size)},
             "train": {
                 "device": "cpu",
                 "seed": 7,
