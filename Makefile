@@ -34,9 +34,12 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/pip install --quiet --only-binary=scikit-learn,river -e ".[bench]"
+	$(BIN)/pip install --quiet --no-deps "deep-river==0.3.4"
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/train.py
 	$(BIN)/python bench/serve.py
+	$(BIN)/python bench/snapshot.py
+	$(BIN)/python bench/peers.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

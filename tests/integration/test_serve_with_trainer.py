@@ -1,0 +1,161 @@
+"""Trainer, server and a real broker together: hundreds of swaps under load, no torn answer.
+
+Every response names its ``model_version``; its output must equal the output of that
+version's snapshot, recomputed offline from the snapshot bytes on the topic.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import torch
+
+from streamtrain.broker import create_topics
+from streamtrain.cli.build_trainer import build_trainer
+from streamtrain.config import Settings, load_settings
+from streamtrain.demo.scrape import scrape
+from streamtrain.serve.server import build_spec, build_worker
+from streamtrain.snapshot.manifest import settings_hash
+from streamtrain.snapshot.subscriber import ReceivedSnapshot, SnapshotSubscriber
+from streamtrain.train.models import build_model
+from streamtrain.train.task import TaskHead
+from tests.integration.trainer_harness import FEATURES, hyperplane_stream, produce_json
+
+INPUT = np.linspace(-1, 1, FEATURES, dtype=np.float32)
+
+
+def _settings(bootstrap: str, name: str, root: Path) -> Settings:
+    create_topics(bootstrap, [f"{name}-dlq", f"{name}-snapshots"])
+    return load_settings(
+        overrides={
+            "kafka": {"bootstrap_servers": bootstrap},
+            "topics": {
+                "samples": f"{name}-samples",
+                "dead_letter": f"{name}-dlq",
+                "snapshots": f"{name}-snapshots",
+            },
+            "ingest": {"group_id": name, "max_batch_size": 4, "max_wait_ms": 20},
+            "model": {"name": "mlp", "input_shape": [FEATURES], "params": {"hidden_sizes": [8]}},
+            "optimizer": {"name": "sgd", "lr": 0.05},
+            "train": {
+                "checkpoint_dir": root,
+                "snapshot_every_steps": 1,
+                "snapshot_every_seconds": 0.001,
+                "stop_when_idle": 2.0,
+                "torch_threads": 1,
+            },
+            "serve": {"port": 0, "model_name": "m"},
+        }
+    )
+
+
+def test_hundreds_of_swaps_under_load_and_no_torn_answer(
+    kafka_bootstrap: str, unique_name: str, tmp_path: Path
+) -> None:
+    x, y = hyperplane_stream(4800, seed=9)
+    produce_json(kafka_bootstrap, f"{unique_name}-samples", x, y)
+    settings = _settings(kafka_bootstrap, unique_name, tmp_path)
+    snapshot_hash = settings_hash(settings.model.model_dump(mode="json"))
+
+    collector = SnapshotCollector(settings, snapshot_hash)
+    worker = build_worker(settings)
+    url = worker.start()
+    answers: list[tuple[str, list[float]]] = []
+    failures: list[str] = []
+    done = threading.Event()
+
+    def load() -> None:
+        body = {
+            "inputs": [
+                {
+                    "name": "input",
+                    "shape": [1, FEATURES],
+                    "datatype": "FP32",
+                    "data": INPUT.tolist(),
+                }
+            ],
+            "outputs": [{"name": "probabilities"}],
+        }
+        with httpx.Client(base_url=url, timeout=10) as http:
+            while not done.is_set():
+                reply = http.post("/v2/models/m/infer", json=body)
+                if reply.status_code == 503:
+                    continue  # not ready yet: no snapshot live
+                if reply.status_code != 200:
+                    failures.append(f"{reply.status_code}: {reply.text}")
+                    continue
+                doc = reply.json()
+                answers.append((doc["model_version"], doc["outputs"][0]["data"]))
+
+    clients = [threading.Thread(target=load) for _ in range(3)]
+    try:
+        for client in clients:
+            client.start()
+        summary = build_trainer(settings).run()
+        swaps = scrape(worker.metrics_url, 5.0).total("streamtrain_serve_swaps_total")
+    finally:
+        done.set()
+        for client in clients:
+            client.join(30)
+        worker.stop()
+
+    assert not failures, failures[:5]
+    assert summary.steps >= 1000
+    assert swaps >= 200, f"only {swaps} swaps"
+    served_versions = {version for version, _ in answers}
+    assert len(served_versions) >= 50, "answers spread over many live versions"
+
+    snapshots = collector.finish()
+    assert served_versions <= {str(v) for v in snapshots}, "served a version never published"
+    spec = build_spec(settings.model)
+    model = build_model("mlp", spec, settings.model.params).eval()
+    head = TaskHead(spec)
+    expected: dict[str, list[float]] = {}
+    for version in served_versions:
+        model.load_state_dict(snapshots[int(version)])
+        with torch.inference_mode():
+            probs = head.predict(model(torch.from_numpy(INPUT[None])))["probabilities"]
+        expected[version] = probs.flatten().tolist()
+    torn = [(v, out) for v, out in answers if not np.allclose(out, expected[v], rtol=0, atol=1e-6)]
+    assert not torn, f"{len(torn)} answers differ from their version's snapshot: {torn[:3]}"
+
+
+class SnapshotCollector:
+    """Follows the snapshot topic from before the trainer starts, keeping every version."""
+
+    def __init__(self, settings: Settings, digest: str) -> None:
+        self.found: dict[int, dict[str, torch.Tensor]] = {}
+        self.problems: list[object] = []
+        self._subscriber = SnapshotSubscriber(
+            client_options={"bootstrap_servers": [settings.kafka.bootstrap_servers]},
+            topic=settings.topics.snapshots,
+            settings_hash=digest,
+        )
+        self._subscriber.poll(0.5)  # places the tail at the (empty) topic's end
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._follow, daemon=True)
+        self._thread.start()
+
+    def _follow(self) -> None:
+        idle_since = time.monotonic()
+        while not (self._stop.is_set() and time.monotonic() - idle_since > 3.0):
+            events = self._subscriber.poll(0.5)
+            if events:
+                idle_since = time.monotonic()
+            for event in events:
+                if isinstance(event, ReceivedSnapshot):
+                    self.found[event.manifest.version] = event.tensors
+                else:
+                    self.problems.append(event)
+
+    def finish(self) -> dict[int, dict[str, torch.Tensor]]:
+        """Drain what is still on the topic (stops after 3 s without a new snapshot)."""
+        self._stop.set()
+        self._thread.join(60)
+        self._subscriber.close()
+        assert not self.problems, self.problems[:3]
+        return self.found
