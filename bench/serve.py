@@ -33,9 +33,10 @@ from freshness import measure as measure_freshness
 from streamtrain.broker import EmbeddedBroker, free_port
 from streamtrain.config import Settings, load_settings
 from streamtrain.kafka_options import kafka_client_options
-from streamtrain.serve.server import build_spec, build_worker
+from streamtrain.serve.server import build_worker
 from streamtrain.snapshot.manifest import settings_hash
 from streamtrain.snapshot.writer import SnapshotWriter
+from streamtrain.spec import spec_for_model
 from streamtrain.train.hooks import SnapshotRequest
 from streamtrain.train.models import build_model
 
@@ -61,7 +62,7 @@ class Publisher:
 
     def __init__(self, settings: Settings) -> None:
         self._model = build_model(
-            settings.model.name, build_spec(settings.model), settings.model.params
+            settings.model.name, spec_for_model(settings.model), settings.model.params
         )
         self._writer = SnapshotWriter(
             client_options=kafka_client_options(settings.kafka),

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from streamtrain.config import ModelSettings
 
 Task = Literal["multiclass", "binary", "regression"]
 
@@ -43,3 +46,9 @@ class SampleSpec:
     def label_width(self) -> int:
         """Values per label: 1 class index, or target_dim floats for regression."""
         return self.target_dim if self.task == "regression" else 1
+
+
+def spec_for_model(model: ModelSettings) -> SampleSpec:
+    """The sample contract the configured model implies (binary tasks always have 2 classes)."""
+    num_classes = 2 if model.task == "binary" else model.num_classes
+    return SampleSpec(model.input_shape, model.task, num_classes, model.target_dim)

@@ -11,7 +11,7 @@ from streamtrain.ingest.source import KafkaSampleSource
 from streamtrain.kafka_options import kafka_client_options
 from streamtrain.snapshot.manifest import settings_hash
 from streamtrain.snapshot.publisher import SnapshotPublisher
-from streamtrain.spec import SampleSpec
+from streamtrain.spec import spec_for_model
 from streamtrain.train.learner import Learner
 from streamtrain.train.loop import StopConditions, Trainer
 from streamtrain.train.models import build_model
@@ -20,16 +20,6 @@ from streamtrain.train.policy import EveryPolicy
 from streamtrain.train.task import TaskHead
 
 _AUTOCAST = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def sample_spec(settings: Settings) -> SampleSpec:
-    model = settings.model
-    return SampleSpec(
-        feature_shape=model.input_shape,
-        task=model.task,
-        num_classes=2 if model.task == "binary" else model.num_classes,
-        target_dim=model.target_dim,
-    )
 
 
 def build_trainer(settings: Settings) -> Trainer:
@@ -41,7 +31,7 @@ def build_trainer(settings: Settings) -> Trainer:
     if train.torch_threads is not None:
         torch.set_num_threads(train.torch_threads)
     torch.manual_seed(train.seed)
-    spec = sample_spec(settings)
+    spec = spec_for_model(model_cfg)
     model = build_model(model_cfg.name, spec, model_cfg.params).to(device)
     optimizer = build_optimizer(
         model.parameters(),

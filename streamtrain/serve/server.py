@@ -26,6 +26,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from streamtrain.config import ModelSettings, Settings
+from streamtrain.devices import resolve_device
 from streamtrain.kafka_options import kafka_client_options
 from streamtrain.metrics import SERVER_REGISTRY, serve_metrics
 from streamtrain.serve.app import create_app
@@ -34,7 +35,7 @@ from streamtrain.serve.protocol import ModelIO
 from streamtrain.serve.slot import WeightSlot
 from streamtrain.serve.watcher import SnapshotSource, SnapshotWatcher
 from streamtrain.snapshot.manifest import settings_hash
-from streamtrain.spec import SampleSpec
+from streamtrain.spec import SampleSpec, spec_for_model
 from streamtrain.train.models import build_model
 
 log = logging.getLogger(__name__)
@@ -45,22 +46,8 @@ BATCH_WAIT_S = 0.002
 EngineKind = Literal["auto", "direct", "batching"]
 
 
-def build_spec(model: ModelSettings) -> SampleSpec:
-    num_classes = 2 if model.task == "binary" else model.num_classes
-    return SampleSpec(model.input_shape, model.task, num_classes, model.target_dim)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"serve.device is {name!r} but CUDA is not available; use 'cpu' or 'auto'")
-    return device
-
-
 def build_slot(model: ModelSettings, device: torch.device) -> WeightSlot:
-    return WeightSlot(build_model(model.name, build_spec(model), model.params).to(device))
+    return WeightSlot(build_model(model.name, spec_for_model(model), model.params).to(device))
 
 
 def build_engine(
@@ -98,7 +85,7 @@ def build_worker(
     torch.set_num_threads(max(1, min(4, (os.cpu_count() or 2) // 2)))
     serve = settings.serve
     device = resolve_device(serve.device)
-    spec = build_spec(settings.model)
+    spec = spec_for_model(settings.model)
     slot = build_slot(settings.model, device)
     runner = build_engine(slot, spec, device, serve.max_batch_size, engine)
     app = create_app(

@@ -14,10 +14,10 @@ import httpx
 from streamtrain.broker import create_topics
 from streamtrain.config import load_settings
 from streamtrain.kafka_options import kafka_client_options
-from streamtrain.serve.server import build_spec
 from streamtrain.serve.testing import version_weights
 from streamtrain.snapshot.manifest import settings_hash
 from streamtrain.snapshot.writer import SnapshotWriter
+from streamtrain.spec import spec_for_model
 from streamtrain.train.hooks import SnapshotRequest
 from streamtrain.train.models import build_model
 
@@ -43,7 +43,7 @@ def test_serve_command_serves_the_newest_snapshot(kafka_bootstrap: str, unique_n
         settings_hash=settings_hash(settings.model.model_dump(mode="json")),
         chunk_bytes=512 * 1024,
     )
-    spec = build_spec(settings.model)
+    spec = spec_for_model(settings.model)
     tensors = version_weights(build_model("linear", spec), 9)
     writer.write(SnapshotRequest(9, "run", tensors, None, {}, time.time()))
     writer.close(5)

@@ -80,9 +80,9 @@ def writer(settings: Settings) -> Iterator[Callable[..., SnapshotManifest]]:
 
 
 def _spec(settings: Settings) -> Any:
-    from streamtrain.serve.server import build_spec
+    from streamtrain.spec import spec_for_model
 
-    return build_spec(settings.model)
+    return spec_for_model(settings.model)
 
 
 def _infer(url: str) -> tuple[str, float]:

@@ -18,9 +18,10 @@ from streamtrain.broker import create_topics
 from streamtrain.cli.build_trainer import build_trainer
 from streamtrain.config import Settings, load_settings
 from streamtrain.demo.scrape import scrape
-from streamtrain.serve.server import build_spec, build_worker
+from streamtrain.serve.server import build_worker
 from streamtrain.snapshot.manifest import settings_hash
 from streamtrain.snapshot.subscriber import ReceivedSnapshot, SnapshotSubscriber
+from streamtrain.spec import spec_for_model
 from streamtrain.train.models import build_model
 from streamtrain.train.task import TaskHead
 from tests.integration.trainer_harness import FEATURES, hyperplane_stream, produce_json
@@ -111,7 +112,7 @@ def test_hundreds_of_swaps_under_load_and_no_torn_answer(
 
     snapshots = collector.finish()
     assert served_versions <= {str(v) for v in snapshots}, "served a version never published"
-    spec = build_spec(settings.model)
+    spec = spec_for_model(settings.model)
     model = build_model("mlp", spec, settings.model.params).eval()
     head = TaskHead(spec)
     expected: dict[str, list[float]] = {}
