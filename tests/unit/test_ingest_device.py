@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import torch
 
 from streamtrain.batch import Batch
@@ -23,10 +22,3 @@ def test_cpu_tensors_have_the_batch_values_and_dtypes() -> None:
     assert out.features.dtype == torch.float32 and out.labels.dtype == torch.int64
     assert out.features.tolist() == [[0, 1, 2], [3, 4, 5]] and out.labels.tolist() == [1, 3]
     assert out.size == 2
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_copy_is_pinned_and_correct() -> None:
-    out = to_device(_batch(), "cuda")
-    torch.cuda.synchronize()
-    assert out.features.is_cuda and out.labels.cpu().tolist() == [1, 3]
