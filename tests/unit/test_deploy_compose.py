@@ -240,7 +240,7 @@ def test_gpu_override_reserves_a_gpu_and_builds_cuda_torch() -> None:
     assert any("gpu" in d["capabilities"] and d["driver"] == "nvidia" for d in devices)
     cpu_index = _services()["trainer"]["build"]["args"]["TORCH_INDEX_URL"]
     gpu_index = trainer["build"]["args"]["TORCH_INDEX_URL"]
-    assert "/whl/cpu" in cpu_index and "/whl/cpu" not in gpu_index
+    assert "/whl/cpu" in cpu_index and gpu_index == "", "GPU: pip's default index (CUDA wheels)"
     assert trainer["image"] != _services()["trainer"]["image"], "keep CPU and CUDA images apart"
 
 
