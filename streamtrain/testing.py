@@ -12,8 +12,9 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-import safetensors.torch
 import torch
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
 from torch import nn
 
 from streamtrain.spec import SampleSpec
@@ -195,13 +196,13 @@ def _check_round_trip(
 ) -> None:
     state = {key: value.detach().contiguous() for key, value in model.state_dict().items()}
     try:
-        blob = safetensors.torch.save(state)
+        blob = save_safetensors(state)
     except (RuntimeError, ValueError) as exc:
         raise AssertionError(
             f"{name}: its state dict cannot be saved as safetensors ({exc}); tensors must not "
             "share storage (untie weights or register only one of them)"
         ) from exc
-    loaded = safetensors.torch.load(blob)
+    loaded = load_safetensors(blob)
     fresh = _build(name, spec, params, seed + 1)  # different initial weights on purpose
     fresh.eval()
     model.eval()
