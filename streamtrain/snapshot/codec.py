@@ -1,4 +1,4 @@
-"""Weights to bytes and back: safetensors only (no code runs on load), plus the sha256 the manifest carries.
+"""Weights to bytes and back: safetensors (no code runs on load) plus the manifest's sha256.
 
 Example:
     >>> import torch
