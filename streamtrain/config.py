@@ -45,6 +45,12 @@ class KafkaSettings(_Frozen):
     # Low fetch wait keeps produce-to-train latency near 3 ms instead of ~130 ms (KAFKA_NOTES).
     fetch_max_wait_ms: int = Field(10, ge=0, le=60_000)
     request_timeout_ms: int = Field(30_000, ge=1_000)
+    client: Literal["auto", "kafka-python", "confluent"] = Field(
+        "auto",
+        description="Client library of the trainer's sample consumer: 'confluent' "
+        "(confluent-kafka/librdkafka, ~10x the records/s), 'kafka-python', or 'auto' "
+        "(confluent when the confluent-kafka package imports, else kafka-python).",
+    )
 
     @field_validator("bootstrap_servers")
     @classmethod

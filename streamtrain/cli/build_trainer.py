@@ -8,7 +8,7 @@ from streamtrain.checkpoint import CheckpointStore
 from streamtrain.config import Settings
 from streamtrain.devices import resolve_device
 from streamtrain.ingest.source import KafkaSampleSource
-from streamtrain.kafka_options import kafka_client_options
+from streamtrain.kafka_options import kafka_client_options, resolve_kafka_client
 from streamtrain.snapshot.manifest import settings_hash
 from streamtrain.snapshot.publisher import SnapshotPublisher
 from streamtrain.spec import spec_for_model
@@ -65,6 +65,7 @@ def build_trainer(settings: Settings) -> Trainer:
         max_record_bytes=settings.ingest.max_record_bytes,
         dead_letter_topic=topics.dead_letter,
         fetch_max_wait_ms=settings.kafka.fetch_max_wait_ms,
+        client=resolve_kafka_client(settings.kafka.client),
     )
     model_settings = model_cfg.model_dump(mode="json")
     publisher = SnapshotPublisher(

@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
@@ -42,6 +42,28 @@ class KafkaRecord(Protocol):
 
 
 @dataclass
+class RecordColumns:
+    """The fields decode needs of one poll's records, one column each, in record order."""
+
+    partitions: npt.NDArray[np.int64]
+    offsets: npt.NDArray[np.int64]
+    timestamps_ms: npt.NDArray[np.int64]  # -1 where the broker has none
+    values: Sequence[bytes | None]
+    content_types: Sequence[bytes | None]  # the content-type header, None when absent
+
+
+@runtime_checkable
+class ColumnarRecords(Protocol):
+    """Records that can hand over :class:`RecordColumns` cheaper than field-by-field access
+    (a client whose records are not plain attribute objects). Indexing still gives a
+    :class:`KafkaRecord` (used for the few rejected records)."""
+
+    def __len__(self) -> int: ...
+    def __getitem__(self, index: int) -> KafkaRecord: ...
+    def columns(self) -> RecordColumns: ...
+
+
+@dataclass
 class DecodedChunk:
     """The records of one poll, in order, and the samples decoded from them.
 
@@ -59,78 +81,118 @@ class DecodedChunk:
         return self.decoded.rows
 
 
-def _content_type(record: KafkaRecord) -> bytes | None:
-    for key, value in record.headers or ():
+def content_type_of(headers: Sequence[tuple[str, bytes]] | None) -> bytes | None:
+    """The value of the first content-type header (name case-insensitive), or None."""
+    for key, value in headers or ():
         if key.lower() == CONTENT_TYPE_HEADER:
             return value
     return None
 
 
+def record_columns(records: Sequence[KafkaRecord]) -> RecordColumns:
+    """Columns of ``records``: their own when they offer them, else read field by field."""
+    if isinstance(records, ColumnarRecords):
+        return records.columns()
+    n = len(records)
+    return RecordColumns(
+        partitions=np.fromiter((r.partition for r in records), np.int64, n),
+        offsets=np.fromiter((r.offset for r in records), np.int64, n),
+        timestamps_ms=np.fromiter((r.timestamp for r in records), np.int64, n),
+        values=[r.value for r in records],
+        content_types=[content_type_of(r.headers) for r in records],
+    )
+
+
 Codec = Callable[[SampleSpec, Sequence[bytes], npt.NDArray[np.float64]], Decoded]
 
-_JSON = JSON_CONTENT_TYPE.encode()
-_BINARY = BINARY_CONTENT_TYPE.encode()
+_JSON, _BINARY, _UNKNOWN = 0, 1, 2
+_JSON_TYPE = JSON_CONTENT_TYPE.encode()
+_BINARY_TYPE = BINARY_CONTENT_TYPE.encode()
+
+
+def _kind(content_type: bytes | None) -> int:
+    if content_type is None or content_type.split(b";")[0].strip().lower() == _JSON_TYPE:
+        return _JSON
+    if content_type.strip().lower() == _BINARY_TYPE:
+        return _BINARY
+    return _UNKNOWN
+
+
+def _sizes(values: Sequence[bytes | None]) -> npt.NDArray[np.int64]:
+    """Value lengths, -1 for a missing value (a tombstone)."""
+    try:
+        return np.fromiter(map(len, values), np.int64, len(values))  # type: ignore[arg-type]
+    except TypeError:  # a None among them: the slow path only when there is one
+        return np.fromiter((-1 if v is None else len(v) for v in values), np.int64, len(values))
 
 
 def decode_records(
     spec: SampleSpec, records: Sequence[KafkaRecord], max_record_bytes: int
 ) -> DecodedChunk:
-    """Decode one poll's records (any mix of partitions and codecs), keeping their order."""
-    n = len(records)
-    stamps = np.fromiter((r.timestamp for r in records), np.float64, n) / 1000.0
+    """Decode one poll's records (any mix of partitions and codecs), keeping their order.
+
+    Per-record Python work is kept to a few C-level passes over columns: at a million records
+    a second, each attribute access per record is a visible share of the time.
+    """
+    cols = record_columns(records)
+    n = len(cols.values)
+    stamps = cols.timestamps_ms.astype(np.float64) / 1000.0
     if n and (stamps < 0).any():
         stamps[stamps < 0] = time.time()
+    sizes = _sizes(cols.values)
+    distinct = {t: _kind(t) for t in set(cols.content_types)}
+    if len(distinct) == 1:
+        kinds = np.full(n, next(iter(distinct.values())), np.int8)
+    else:
+        kinds = np.fromiter(map(distinct.__getitem__, cols.content_types), np.int8, n)
     rejects: dict[int, Reject] = {}
-    json_rows: list[int] = []
-    binary_rows: list[int] = []
-    for i, record in enumerate(records):
-        value = record.value
-        if value is None:
-            rejects[i] = Reject("undecodable", "record has no value (a tombstone)")
-            continue
-        if len(value) > max_record_bytes:
-            rejects[i] = Reject(
-                "oversized",
-                f"record is {len(value)} bytes, over the {max_record_bytes}-byte limit "
-                "(ingest.max_record_bytes)",
-            )
-            continue
-        kind = _content_type(record)
-        if kind is None or kind.split(b";")[0].strip().lower() == _JSON:
-            json_rows.append(i)
-        elif kind.strip().lower() == _BINARY:
-            binary_rows.append(i)
-        else:
-            rejects[i] = Reject(
-                "unknown_content_type",
-                f"content-type {kind.decode(errors='replace')!r} is neither "
-                f"{JSON_CONTENT_TYPE!r} nor {BINARY_CONTENT_TYPE!r}",
-            )
-    parts = [
-        _decode_subset(spec, records, rows, stamps, codec)
-        for rows, codec in ((json_rows, decode_json), (binary_rows, decode_binary))
-        if rows
-    ]
-    decoded = _merge(spec, parts, rejects)
+    tombstone, oversized = sizes < 0, sizes > max_record_bytes
+    unknown = kinds == _UNKNOWN
+    bad = tombstone | oversized | unknown
+    if bad.any():
+        for i in np.flatnonzero(bad).tolist():
+            rejects[i] = _reject(sizes[i], cols.content_types[i], max_record_bytes)
+    parts = []
+    for kind, codec in ((_JSON, decode_json), (_BINARY, decode_binary)):
+        rows = np.flatnonzero((kinds == kind) & ~bad)
+        if len(rows):
+            parts.append(_decode_subset(spec, cols.values, rows, stamps, codec))
     return DecodedChunk(
         records=records,
-        partitions=np.fromiter((r.partition for r in records), np.int64, n),
-        offsets=np.fromiter((r.offset for r in records), np.int64, n),
-        decoded=decoded,
+        partitions=cols.partitions,
+        offsets=cols.offsets,
+        decoded=_merge(spec, parts, rejects),
+    )
+
+
+def _reject(size: int, content_type: bytes | None, max_record_bytes: int) -> Reject:
+    if size < 0:
+        return Reject("undecodable", "record has no value (a tombstone)")
+    if size > max_record_bytes:
+        return Reject(
+            "oversized",
+            f"record is {size} bytes, over the {max_record_bytes}-byte limit "
+            "(ingest.max_record_bytes)",
+        )
+    assert content_type is not None
+    return Reject(
+        "unknown_content_type",
+        f"content-type {content_type.decode(errors='replace')!r} is neither "
+        f"{JSON_CONTENT_TYPE!r} nor {BINARY_CONTENT_TYPE!r}",
     )
 
 
 def _decode_subset(
     spec: SampleSpec,
-    records: Sequence[KafkaRecord],
-    rows: list[int],
+    values: Sequence[bytes | None],
+    index: npt.NDArray[np.int64],
     stamps: npt.NDArray[np.float64],
     codec: Codec,
 ) -> Decoded:
-    values = [records[i].value or b"" for i in rows]
-    index = np.asarray(rows, dtype=np.int64)
-    decoded = codec(spec, values, stamps[index])
+    subset = values if len(index) == len(values) else [values[i] for i in index.tolist()]
+    decoded = codec(spec, subset, stamps[index])  # type: ignore[arg-type]  # no None left
     # Map positions within the subset back to positions within the poll.
+    rows = index.tolist()
     decoded.rows = index[decoded.rows]
     decoded.rejects = {rows[k]: v for k, v in decoded.rejects.items()}
     return decoded

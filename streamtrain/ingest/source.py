@@ -34,6 +34,36 @@ from streamtrain.spec import SampleSpec
 log = logging.getLogger(__name__)
 
 StartFrom = Literal["committed", "earliest", "latest"]
+Client = Literal["kafka-python", "confluent"]
+
+
+def make_consumer(
+    client: Client,
+    *,
+    topic: str,
+    group_id: str,
+    client_options: Mapping[str, Any],
+    fetch_max_wait_ms: int,
+) -> RecordConsumer:
+    """The :class:`RecordConsumer` of ``client``, from kafka-python style ``client_options``."""
+    if client == "kafka-python":
+        return KafkaPythonConsumer(
+            topic=topic,
+            group_id=group_id,
+            client_options=client_options,
+            fetch_max_wait_ms=fetch_max_wait_ms,
+        )
+    if client == "confluent":
+        from streamtrain.ingest.confluent import ConfluentConsumer
+        from streamtrain.kafka_options import librdkafka_options
+
+        return ConfluentConsumer(
+            topic=topic,
+            group_id=group_id,
+            config=librdkafka_options(client_options),
+            fetch_max_wait_ms=fetch_max_wait_ms,
+        )
+    raise ValueError(f"client={client!r}; expected 'kafka-python' or 'confluent' (kafka.client)")
 
 
 class KafkaSampleSource:
@@ -43,6 +73,7 @@ class KafkaSampleSource:
     >>> with KafkaSampleSource(  # doctest: +SKIP
     ...     spec=SampleSpec(feature_shape=(16,), task="binary"), topic="samples",
     ...     group_id="trainer", client_options={"bootstrap_servers": ["127.0.0.1:9092"]},
+    ...     client="confluent",
     ... ) as source:
     ...     batch = source.next_batch()
     ...     source.commit(batch.next_offsets)
@@ -62,6 +93,7 @@ class KafkaSampleSource:
         max_record_bytes: int = 1_048_576,
         dead_letter_topic: str | None = None,
         fetch_max_wait_ms: int = 10,
+        client: Client = "kafka-python",
         consumer: RecordConsumer | None = None,
         dead_letter: DeadLetterSink | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -78,7 +110,8 @@ class KafkaSampleSource:
         self._max_poll = min(max(max_batch_size, 500), 100_000)
         self._buffer = BatchBuffer()
         self._closed = False
-        self._consumer: RecordConsumer = consumer or KafkaPythonConsumer(
+        self._consumer: RecordConsumer = consumer or make_consumer(
+            client,
             topic=topic,
             group_id=group_id,
             client_options=client_options,

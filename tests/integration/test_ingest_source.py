@@ -1,4 +1,8 @@
-"""KafkaSampleSource against the real broker, fed by an independent kafka-python producer."""
+"""KafkaSampleSource against the real broker, fed by an independent kafka-python producer.
+
+Every test runs once per consumer client (kafka-python and confluent-kafka): exactly-once
+delivery, dead letters, commit/resume, seek and lag must hold for both.
+"""
 
 from __future__ import annotations
 
@@ -61,13 +65,21 @@ def producer(kafka_bootstrap: str) -> Iterator[KafkaProducer]:
     p.close()
 
 
-def _source(bootstrap: str, topic: str, group: str, **kwargs: object) -> KafkaSampleSource:
+@pytest.fixture(params=["kafka-python", "confluent"])
+def client(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def _source(
+    bootstrap: str, topic: str, group: str, client: str, **kwargs: object
+) -> KafkaSampleSource:
     options = {"bootstrap_servers": [bootstrap], "client_id": "test"}
     return KafkaSampleSource(
         spec=SPEC,
         topic=topic,
         group_id=group,
         client_options=options,
+        client=client,  # type: ignore[arg-type]
         **kwargs,  # type: ignore[arg-type]
     )
 
@@ -84,7 +96,7 @@ def _drain(source: KafkaSampleSource, want_records: int, timeout: float = 20.0) 
 
 
 def test_valid_samples_arrive_once_and_bad_records_are_dead_lettered(
-    kafka_bootstrap: str, unique_name: str, producer: KafkaProducer
+    kafka_bootstrap: str, unique_name: str, producer: KafkaProducer, client: str
 ) -> None:
     topic, dlq = unique_name, unique_name + ".dlq"
     create_topics(kafka_bootstrap, [topic], partitions=2)
@@ -108,6 +120,7 @@ def test_valid_samples_arrive_once_and_bad_records_are_dead_lettered(
         kafka_bootstrap,
         topic,
         unique_name,
+        client,
         max_batch_size=7,
         max_record_bytes=4096,
         dead_letter_topic=dlq,
@@ -162,7 +175,7 @@ def test_valid_samples_arrive_once_and_bad_records_are_dead_lettered(
     for i in (200, 201, 202):
         producer.send(topic, _json(i), partition=i % 2)
     producer.flush()
-    with _source(kafka_bootstrap, topic, unique_name, max_batch_size=100) as again:
+    with _source(kafka_bootstrap, topic, unique_name, client, max_batch_size=100) as again:
         assert again.positions() == positions
         batches = _drain(again, 3)
         again_ids = np.concatenate([b.features for b in batches if b.size])[:, 0]
@@ -170,7 +183,7 @@ def test_valid_samples_arrive_once_and_bad_records_are_dead_lettered(
 
 
 def test_cut_batches_give_exact_positions_and_seek_replays(
-    kafka_bootstrap: str, unique_name: str, producer: KafkaProducer
+    kafka_bootstrap: str, unique_name: str, producer: KafkaProducer, client: str
 ) -> None:
     create_topics(kafka_bootstrap, [unique_name], partitions=1)
     for i in range(10):
@@ -180,6 +193,7 @@ def test_cut_batches_give_exact_positions_and_seek_replays(
         kafka_bootstrap,
         unique_name,
         unique_name,
+        client,
         max_batch_size=4,
         max_wait_ms=200,
         start_from="earliest",
@@ -204,13 +218,13 @@ def test_cut_batches_give_exact_positions_and_seek_replays(
 
 
 def test_start_from_latest_skips_existing_records(
-    kafka_bootstrap: str, unique_name: str, producer: KafkaProducer
+    kafka_bootstrap: str, unique_name: str, producer: KafkaProducer, client: str
 ) -> None:
     create_topics(kafka_bootstrap, [unique_name], partitions=1)
     for i in range(7):
         producer.send(unique_name, _json(i), partition=0)
     producer.flush()
-    with _source(kafka_bootstrap, unique_name, unique_name, start_from="latest") as source:
+    with _source(kafka_bootstrap, unique_name, unique_name, client, start_from="latest") as source:
         assert source.positions() == {0: 7}
         producer.send(unique_name, _json(42), partition=0)
         producer.flush()
@@ -219,8 +233,8 @@ def test_start_from_latest_skips_existing_records(
 
 
 def test_unknown_partition_and_topic_are_clear_errors(
-    kafka_bootstrap: str, unique_name: str
+    kafka_bootstrap: str, unique_name: str, client: str
 ) -> None:
     create_topics(kafka_bootstrap, [unique_name], partitions=1)
     with pytest.raises(ValueError, match=r"partitions \[4\] do not exist"):
-        _source(kafka_bootstrap, unique_name, unique_name, partitions=[0, 4])
+        _source(kafka_bootstrap, unique_name, unique_name, client, partitions=[0, 4])
