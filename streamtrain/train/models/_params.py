@@ -44,7 +44,10 @@ def parse_params(model: str, schema: type[P], params: Mapping[str, Any] | None) 
                 problems.append(f"{where!r} is not a parameter{hint}")
             else:
                 problems.append(f"{where}: {err['msg']}")
-        valid = ", ".join(f"{name}={info.default!r}" for name, info in schema.model_fields.items())
+        # the model's own fields first, then the shared ones it inherits (standardisation)
+        own = [name for name in vars(schema).get("__annotations__", {}) if name in fields]
+        ordered = own + [name for name in fields if name not in own]
+        valid = ", ".join(f"{name}={schema.model_fields[name].default!r}" for name in ordered)
         raise ValueError(
             f"invalid params for model {model!r}: {'; '.join(problems)}. Valid params: {valid}"
         ) from None

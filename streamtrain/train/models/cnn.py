@@ -11,10 +11,14 @@ from torch import nn
 
 from streamtrain.spec import SampleSpec
 from streamtrain.train.models._head import OutputLayer, activation
-from streamtrain.train.models._params import ModelParams, parse_params
+from streamtrain.train.models._params import parse_params
+from streamtrain.train.models.standardize import StandardizeParams, make_standardizer
 
 
-class CNNParams(ModelParams):
+class CNNParams(StandardizeParams):
+    """``standardize`` (per channel) defaults to False: images are usually already scaled to a
+    known range, and on the bench it does not help (see the ``CNN`` docstring)."""
+
     channels: tuple[int, ...] = Field((16, 32), description="Output channels of each conv block.")
     kernel_size: int = Field(3, ge=1, description="Odd sizes keep the spatial shape.")
     hidden_size: int = Field(64, ge=1, description="Width of the dense layer before the output.")
@@ -28,6 +32,11 @@ class CNN(nn.Module):
     A block pools only while both spatial sides are at least 2, so tiny images such as 8x8
     digits keep a usable map.
 
+    ``standardize=True`` puts :class:`OnlineStandardize` in front with one mean and variance
+    per channel (shared over height and width, as image normalisation is usually done): per
+    pixel would blow up the noise of rarely-lit border pixels and distort the spatial
+    structure the kernels read. Off by default: images come in a known range already.
+
     >>> spec = SampleSpec(feature_shape=(1, 8, 8), task="multiclass", num_classes=10)
     >>> CNN(spec, CNNParams())(torch.zeros(2, 1, 8, 8)).shape
     torch.Size([2, 10])
@@ -37,6 +46,7 @@ class CNN(nn.Module):
         super().__init__()
         channels, height, width = _image_shape(spec)
         self._chw = (channels, height, width)
+        self.standardize = make_standardizer(params, self._chw, shared_dims=(1, 2))
         blocks: list[nn.Module] = []
         for out in params.channels:
             if out < 1:
@@ -61,6 +71,8 @@ class CNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.reshape(x.shape[0], *self._chw)
+        if self.standardize is not None:
+            x = self.standardize(x)
         out: torch.Tensor = self.head(self.dense(self.features(x).flatten(1)))
         return out
 

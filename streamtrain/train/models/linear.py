@@ -6,34 +6,51 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
+from pydantic import Field
 from torch import nn
 
 from streamtrain.spec import SampleSpec
 from streamtrain.train.models._head import OutputLayer
-from streamtrain.train.models._params import ModelParams, parse_params
+from streamtrain.train.models._params import parse_params
+from streamtrain.train.models.standardize import StandardizeParams, make_standardizer
 
 
-class LinearParams(ModelParams):
-    """``linear`` takes no hyperparameters; the class exists so typos are still errors."""
+class LinearParams(StandardizeParams):
+    """Only the standardisation switches; the class exists so typos are still errors.
+
+    ``standardize`` defaults to True: on the peers bench (bench/results/peers.md) online
+    standardisation lifts batch-1 prequential accuracy on every stream.
+    """
+
+    standardize: bool = Field(True, description="Standardise each feature online (per element).")
 
 
 class LinearModel(nn.Module):
-    """Flatten the features, one affine map to the task's outputs.
+    """Flatten the features, optionally standardise them online, one affine map to the outputs.
+
+    With ``standardize`` (the default) each flattened feature is standardised by its running
+    mean and variance (:class:`OnlineStandardize`, statistics in ``state_dict``).
 
     >>> spec = SampleSpec(feature_shape=(2, 3), task="multiclass", num_classes=4)
     >>> LinearModel(spec)(torch.zeros(5, 2, 3)).shape
     torch.Size([5, 4])
+    >>> [key for key in LinearModel(spec).state_dict() if key.startswith("standardize")]
+    ['standardize.mean', 'standardize.var', 'standardize.count']
     """
 
-    def __init__(self, spec: SampleSpec) -> None:
+    def __init__(self, spec: SampleSpec, params: LinearParams | None = None) -> None:
         super().__init__()
+        params = params or LinearParams()
+        self.standardize = make_standardizer(params, (spec.feature_size,))
         self.head = OutputLayer(spec.feature_size, spec)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out: torch.Tensor = self.head(x.flatten(1))
+        x = x.flatten(1)
+        if self.standardize is not None:
+            x = self.standardize(x)
+        out: torch.Tensor = self.head(x)
         return out
 
 
 def build_linear(spec: SampleSpec, params: Mapping[str, Any]) -> nn.Module:
-    parse_params("linear", LinearParams, params)
-    return LinearModel(spec)
+    return LinearModel(spec, parse_params("linear", LinearParams, params))

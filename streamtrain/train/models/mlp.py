@@ -11,17 +11,26 @@ from torch import nn
 
 from streamtrain.spec import SampleSpec
 from streamtrain.train.models._head import OutputLayer, activation
-from streamtrain.train.models._params import ModelParams, parse_params
+from streamtrain.train.models._params import parse_params
+from streamtrain.train.models.standardize import StandardizeParams, make_standardizer
 
 
-class MLPParams(ModelParams):
+class MLPParams(StandardizeParams):
+    """``standardize`` defaults to True: on the peers bench (bench/results/peers.md) it lifts
+    batch-1 prequential accuracy on the streams with unscaled or unevenly scaled features."""
+
     hidden_sizes: tuple[int, ...] = Field((64,), description="Width of each hidden layer.")
     activation: Literal["relu", "gelu", "tanh"] = "relu"
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    standardize: bool = Field(True, description="Standardise each feature online (per element).")
 
 
 class MLP(nn.Module):
-    """Flatten, then ``Linear -> activation -> Dropout`` per hidden layer, then the output layer.
+    """Flatten, optionally standardise online, then ``Linear -> activation -> Dropout`` per
+    hidden layer, then the output layer.
+
+    With ``standardize`` (the default) each flattened feature is standardised by its running
+    mean and variance (:class:`OnlineStandardize`, statistics in ``state_dict``).
 
     >>> spec = SampleSpec(feature_shape=(16,), task="binary")
     >>> MLP(spec, MLPParams(hidden_sizes=(8, 8)))(torch.zeros(3, 16)).shape
@@ -30,6 +39,7 @@ class MLP(nn.Module):
 
     def __init__(self, spec: SampleSpec, params: MLPParams) -> None:
         super().__init__()
+        self.standardize = make_standardizer(params, (spec.feature_size,))
         layers: list[nn.Module] = []
         width = spec.feature_size
         for size in params.hidden_sizes:
@@ -43,7 +53,10 @@ class MLP(nn.Module):
         self.head = OutputLayer(width, spec)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out: torch.Tensor = self.head(self.body(x.flatten(1)))
+        x = x.flatten(1)
+        if self.standardize is not None:
+            x = self.standardize(x)
+        out: torch.Tensor = self.head(self.body(x))
         return out
 
 

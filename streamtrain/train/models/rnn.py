@@ -11,10 +11,13 @@ from torch import nn
 
 from streamtrain.spec import SampleSpec
 from streamtrain.train.models._head import OutputLayer
-from streamtrain.train.models._params import ModelParams, parse_params, sequence_shape
+from streamtrain.train.models._params import parse_params, sequence_shape
+from streamtrain.train.models.standardize import StandardizeParams, make_standardizer
 
 
-class RNNParams(ModelParams):
+class RNNParams(StandardizeParams):
+    """``standardize`` (per input feature, shared over time) defaults to False."""
+
     cell: Literal["lstm", "gru"] = "lstm"
     hidden_size: int = Field(64, ge=1)
     num_layers: int = Field(1, ge=1)
@@ -24,6 +27,10 @@ class RNNParams(ModelParams):
 
 class RecurrentNet(nn.Module):
     """Run the recurrent stack over time; the top layer's final hidden state(s) -> head.
+
+    ``standardize=True`` puts :class:`OnlineStandardize` in front with one mean and variance
+    per input feature, shared over the time steps. Off by default: the gated cells saturate
+    gracefully on scaled inputs and sequence features are usually prepared by the producer.
 
     >>> spec = SampleSpec(feature_shape=(6, 4), task="regression", target_dim=2)
     >>> RecurrentNet(spec, RNNParams(cell="gru"))(torch.zeros(3, 6, 4)).shape
@@ -37,6 +44,7 @@ class RecurrentNet(nn.Module):
                 "rnn dropout applies between stacked layers; set num_layers >= 2 or dropout=0"
             )
         self._steps, features = sequence_shape("rnn", spec)
+        self.standardize = make_standardizer(params, (self._steps, features), shared_dims=(0,))
         cell = nn.LSTM if params.cell == "lstm" else nn.GRU
         self.rnn = cell(
             features,
@@ -51,6 +59,8 @@ class RecurrentNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.reshape(x.shape[0], self._steps, -1)
+        if self.standardize is not None:
+            x = self.standardize(x)
         _, state = self.rnn(x)
         hidden = state[0] if isinstance(state, tuple) else state  # LSTM returns (h, c)
         # h is [layers * directions, n, hidden]; keep the top layer's directions

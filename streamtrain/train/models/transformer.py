@@ -11,10 +11,13 @@ from torch import nn
 
 from streamtrain.spec import SampleSpec
 from streamtrain.train.models._head import OutputLayer
-from streamtrain.train.models._params import ModelParams, parse_params, sequence_shape
+from streamtrain.train.models._params import parse_params, sequence_shape
+from streamtrain.train.models.standardize import StandardizeParams, make_standardizer
 
 
-class TransformerParams(ModelParams):
+class TransformerParams(StandardizeParams):
+    """``standardize`` (per input feature, shared over time) defaults to False."""
+
     d_model: int = Field(32, ge=1)
     nhead: int = Field(4, ge=1)
     num_layers: int = Field(2, ge=1)
@@ -32,6 +35,10 @@ class TransformerParams(ModelParams):
 class TransformerNet(nn.Module):
     """Input projection + learned positional embedding -> TransformerEncoder -> mean over time.
 
+    ``standardize=True`` puts :class:`OnlineStandardize` in front with one mean and variance
+    per input feature, shared over the time steps. Off by default: the pre-norm encoder
+    layers already normalise the embedded tokens.
+
     >>> spec = SampleSpec(feature_shape=(6, 4), task="multiclass", num_classes=3)
     >>> TransformerNet(spec, TransformerParams())(torch.zeros(2, 6, 4)).shape
     torch.Size([2, 3])
@@ -41,6 +48,7 @@ class TransformerNet(nn.Module):
         super().__init__()
         steps, features = sequence_shape("transformer", spec)
         self._steps = steps
+        self.standardize = make_standardizer(params, (steps, features), shared_dims=(0,))
         self.embed = nn.Linear(features, params.d_model)
         self.position = nn.Parameter(torch.randn(1, steps, params.d_model) * 0.02)
         layer = nn.TransformerEncoderLayer(
@@ -58,7 +66,10 @@ class TransformerNet(nn.Module):
         self.head = OutputLayer(params.d_model, spec)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.embed(x.reshape(x.shape[0], self._steps, -1)) + self.position
+        x = x.reshape(x.shape[0], self._steps, -1)
+        if self.standardize is not None:
+            x = self.standardize(x)
+        h = self.embed(x) + self.position
         pooled = self.norm(self.encoder(h)).mean(dim=1)
         out: torch.Tensor = self.head(pooled)
         return out
