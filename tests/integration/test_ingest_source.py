@@ -238,3 +238,30 @@ def test_unknown_partition_and_topic_are_clear_errors(
     create_topics(kafka_bootstrap, [unique_name], partitions=1)
     with pytest.raises(ValueError, match=r"partitions \[4\] do not exist"):
         _source(kafka_bootstrap, unique_name, unique_name, client, partitions=[0, 4])
+
+
+def test_lag_is_the_fetched_high_watermark_minus_position(
+    kafka_bootstrap: str, unique_name: str, client: str
+) -> None:
+    create_topics(kafka_bootstrap, [unique_name], partitions=1)
+    # Many records per batch: the case where the broker's ListOffsets(latest) is wrong on Tansu.
+    batched = KafkaProducer(bootstrap_servers=kafka_bootstrap, linger_ms=50)
+    for i in range(40):
+        batched.send(unique_name, _json(i), partition=0)
+    batched.flush()
+    batched.close()
+    lag = metrics.INGEST_LAG.labels("0")
+    with _source(
+        kafka_bootstrap,
+        unique_name,
+        unique_name,
+        client,
+        max_batch_size=5,
+        max_wait_ms=5000,
+        start_from="earliest",
+    ) as source:
+        first = _drain(source, 1)[0]
+        assert dict(first.next_offsets) == {0: 5}
+        assert lag._value.get() == 35
+        _drain(source, 35)
+        assert source.positions() == {0: 40} and lag._value.get() == 0
