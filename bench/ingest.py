@@ -1,9 +1,11 @@
-"""Ingest throughput: KafkaSampleSource (JSON and binary) against the raw kafka-python poll rate.
+"""Ingest throughput: KafkaSampleSource (JSON and binary) against each client's raw rate.
 
 Starts its own embedded broker, writes the same samples (16 float features, binary class) to two
-topics, one per encoding, then for each topic times: a bare ``poll(max_records=...)`` loop with
-no decoding, and ``KafkaSampleSource.next_batch()`` until every sample has arrived. Also times a
-bare ``json.loads`` over the JSON values. Prints samples/s and the ratios ours / raw.
+topics, one per encoding, then for each topic and each client (kafka-python, confluent-kafka)
+times: a bare bulk poll loop with no decoding (kafka-python ``poll(max_records=...)``,
+confluent ``consume(num_messages=...)``), and ``KafkaSampleSource(client=...).next_batch()``
+until every sample has arrived. Also times a bare ``json.loads`` over the JSON values. Prints
+samples/s and the ratios ours / raw.
 
     python bench/ingest.py --count 200000
 """
@@ -15,6 +17,8 @@ import json
 import time
 
 import numpy as np
+from confluent_kafka import Consumer
+from confluent_kafka import TopicPartition as ConfluentPartition
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from streamtrain.broker import EmbeddedBroker, create_topics
@@ -52,8 +56,29 @@ def raw_poll(bootstrap: str, topic: str, partitions: int, count: int) -> float:
     return count / elapsed
 
 
-def source_rate(bootstrap: str, topic: str, count: int) -> float:
+def raw_consume(bootstrap: str, topic: str, partitions: int, count: int) -> float:
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"bench-raw-{topic}",
+            "enable.auto.commit": False,
+            "fetch.wait.max.ms": 10,
+            "fetch.queue.backoff.ms": 10,
+        }
+    )
+    consumer.assign([ConfluentPartition(topic, p, 0) for p in range(partitions)])
+    seen = 0
+    started = time.perf_counter()
+    while seen < count:
+        seen += len(consumer.consume(num_messages=100_000, timeout=0.1))
+    elapsed = time.perf_counter() - started
+    consumer.close()
+    return count / elapsed
+
+
+def source_rate(bootstrap: str, topic: str, count: int, client: str) -> float:
     with KafkaSampleSource(
+        client=client,  # type: ignore[arg-type]
         spec=SPEC,
         topic=topic,
         group_id=f"bench-{topic}",
@@ -100,18 +125,22 @@ def main() -> None:
             ("binary", "bench-binary", len(binary_values[0])),
             ("json", "bench-json", int(np.mean([len(v) for v in json_values[:1000]]))),
         ):
-            # Alternate the two readers and keep the best of each: on a shared machine a single
-            # run mostly measures the neighbours.
-            raw = ours = 0.0
-            for _ in range(args.repeats):
-                raw = max(raw, raw_poll(bootstrap, topic, args.partitions, args.count))
-                ours = max(ours, source_rate(bootstrap, topic, args.count))
-            rows.append((name, size, raw, ours))
+            for client, raw_reader in (("kafka-python", raw_poll), ("confluent", raw_consume)):
+                # Alternate the two readers and keep the best of each: on a shared machine a
+                # single run mostly measures the neighbours.
+                raw = ours = 0.0
+                for _ in range(args.repeats):
+                    raw = max(raw, raw_reader(bootstrap, topic, args.partitions, args.count))
+                    ours = max(ours, source_rate(bootstrap, topic, args.count, client))
+                rows.append((name, size, client, raw, ours))
 
     print(f"{args.count} samples, 16 float32 features, {args.partitions} partitions, loopback")
-    print(f"{'encoding':<9}{'bytes':>7}{'raw poll/s':>14}{'source/s':>12}{'ours/raw':>10}")
-    for name, size, raw, ours in rows:
-        print(f"{name:<9}{size:>7}{raw:>14,.0f}{ours:>12,.0f}{ours / raw:>10.2f}")
+    print(
+        f"{'encoding':<9}{'bytes':>7}  {'client':<13}{'raw poll/s':>13}{'source/s':>12}"
+        f"{'ours/raw':>10}"
+    )
+    for name, size, client, raw, ours in rows:
+        print(f"{name:<9}{size:>7}  {client:<13}{raw:>13,.0f}{ours:>12,.0f}{ours / raw:>10.2f}")
     print(f"bare json.loads over the same JSON values: {bare_json:,.0f}/s")
 
 

