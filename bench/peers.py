@@ -58,8 +58,12 @@ NOTES = (
     "show the same accuracy: the trainer takes the same steps on the same batches from the same "
     "seed, so equal figures check that nothing is lost or reordered on the way through Kafka.",
     "Features are encoded once for everyone by documented ranges (SEA /10, Agrawal numeric "
-    "by their maximum plus one-hot elevel/car/zipcode, digits /16); only river's "
-    "LogisticRegression standardises on top, as river users do.",
+    "by their maximum plus one-hot elevel/car/zipcode, digits /16). On top of that river's "
+    "LogisticRegression standardises (StandardScaler), as river users do, and so do "
+    "streamtrain rows marked `standardize`: the models' online standardiser (running mean and "
+    "variance per feature, updated after each training forward, saved with the weights; the "
+    "default for `linear` and `mlp`). Rows marked `raw` are the same models with "
+    "`standardize: false`, i.e. streamtrain before the standardiser (in-process only).",
 )
 
 
@@ -128,7 +132,7 @@ def bench_stream(stream: Stream, args: argparse.Namespace, bootstrap: str | None
                 )
             )
             progress(rows[-1])
-        if bootstrap is None:
+        if bootstrap is None or not config.pipeline:
             continue
         for batch in args.pipeline_batches:
             piped = run_pipeline(bootstrap, config, stream, batch)

@@ -2,8 +2,9 @@
 
 Each stream is encoded to float32 features in a fixed, data-independent way (documented ranges,
 one-hot for categorical integers) before any learner sees it. River's linear model standardises
-on top of that, as a river user would; the torch learners (deep-river, streamtrain) take the
-encoded features as they are, since neither ships an online scaler.
+on top of that, as a river user would, and so do streamtrain's ``linear`` and ``mlp`` with their
+built-in online standardiser (``standardize``, on by default); deep-river takes the encoded
+features as they are.
 
 >>> stream = build_stream("sea_drift", samples=100, seed=1)
 >>> stream.features.shape, stream.num_classes

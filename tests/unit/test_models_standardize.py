@@ -114,7 +114,11 @@ def test_default_and_statistics_shape_per_builtin(name: str) -> None:
     model = build_model(name, spec)
     has = any(isinstance(m, OnlineStandardize) for m in model.modules())
     assert has is DEFAULT_ON[name]
-    on = build_model(name, spec, {"standardize": True, "standardize_momentum": 0.01})
+    on = build_model(name, spec, {"standardize": True})
+    layer = on.get_submodule("standardize")
+    assert isinstance(layer, OnlineStandardize) and layer.momentum == 0.001
+    cumulative = build_model(name, spec, {"standardize": True, "standardize_momentum": None})
+    assert cumulative.get_submodule("standardize").momentum is None
     keys = {k for k in on.state_dict() if k.startswith("standardize.")}
     assert keys == {"standardize.mean", "standardize.var", "standardize.count"}
     shape = tuple(on.state_dict()["standardize.mean"].shape)
@@ -140,9 +144,9 @@ def test_builtin_passes_the_contract_with_the_non_default(name: str) -> None:
     check_model(name, spec, params, steps=60)
 
 
-def test_contract_with_momentum_and_dropout() -> None:
+def test_contract_with_cumulative_statistics_and_dropout() -> None:
     spec = SampleSpec(feature_shape=(16,), task="multiclass", num_classes=3)
-    check_model("mlp", spec, {"standardize_momentum": 0.01, "dropout": 0.2}, steps=60)
+    check_model("mlp", spec, {"standardize_momentum": None, "dropout": 0.2}, steps=60)
 
 
 def _score_with_frozen_copy(

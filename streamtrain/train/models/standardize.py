@@ -7,6 +7,7 @@ them, and a rollback of the non-finite guard restores them with the weights.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -20,19 +21,26 @@ EPS = 1e-5
 
 class StandardizeParams(ModelParams):
     """The standardisation hyperparameters every built-in accepts (each sets its own default
-    for ``standardize``)."""
+    for ``standardize``).
+
+    ``standardize_momentum`` defaults to 0.001 (a window of ~1000 samples after a cumulative
+    warm-up), measured on the peers bench: on its stationary-feature streams it matches the
+    cumulative average to within 0.001 accuracy, and on the same streams with the features
+    re-scaled and shifted mid-stream (a sensor recalibration) it beats cumulative by 0.03-0.05
+    (hyperplane, batch 1 and 16), while 0.0001 forgets too slowly and 0.01 is noisier (-0.005).
+    """
 
     standardize: bool = Field(
         False, description="Standardise the input features online before the network."
     )
     standardize_momentum: float | None = Field(
-        None,
+        0.001,
         gt=0.0,
         lt=1.0,
         description=(
-            "None: cumulative mean/variance over the whole stream. A float m: cumulative for "
-            "the first ~1/m samples, then an exponential moving average forgetting a fraction "
-            "m per sample (a window of ~1/m samples, whatever the batch size)."
+            "A float m: cumulative mean/variance for the first ~1/m samples, then an "
+            "exponential moving average forgetting a fraction m per sample (a window of ~1/m "
+            "samples, whatever the batch size). None: cumulative over the whole stream."
         ),
     )
 
@@ -102,26 +110,31 @@ class OnlineStandardize(nn.Module):
     def extra_repr(self) -> str:
         return f"shape={tuple(self.mean.shape)}, momentum={self.momentum}, eps={self.eps}"
 
-    @torch.no_grad()
     def _fold_in(self, x: torch.Tensor) -> None:
+        # ~20 small kernels and no host synchronisation: this runs on every training step,
+        # where at batch 1 a kernel launch costs as much as the arithmetic. x is detached and
+        # the buffers need no grad, so no graph is recorded and in-place updates are safe.
         n = int(x.shape[0])
         batch_var, batch_mean = torch.var_mean(
             x.to(self.mean.dtype), dim=self._batch_dims, correction=0, keepdim=True
         )
         batch_var, batch_mean = batch_var.squeeze(0), batch_mean.squeeze(0)
-        total = self.count + n
-        weight = n / total.to(self.mean.dtype)
-        if self.momentum is not None:
-            weight = weight.clamp(min=1.0 - (1.0 - self.momentum) ** n)
+        # a NaN or inf anywhere in x makes its variance non-finite; such a batch is replaced
+        # by the current statistics, which leaves them exactly as they were
+        finite = batch_var.sum() < math.inf
+        batch_mean = torch.where(finite, batch_mean, self.mean)
+        batch_var = torch.where(finite, batch_var, self.var)
+        self.count.add_(finite * n)
+        # n / count; at count 0 (a first batch that was not finite) inf, clamped to 1: harmless
+        weight = torch.reciprocal(self.count).mul_(n)
+        weight = weight.clamp_(min=self._min_weight(n), max=1.0)
         delta = batch_mean - self.mean
-        mean = self.mean + weight * delta
-        var = (1 - weight) * self.var + weight * batch_var + weight * (1 - weight) * delta**2
-        finite = torch.isfinite(batch_mean).all() & torch.isfinite(batch_var).all()
-        # copy_ in place: the serving slot's copy targets and the guard's good state hold
-        # references to these exact tensors
-        self.mean.copy_(torch.where(finite, mean, self.mean))
-        self.var.copy_(torch.where(finite, var, self.var))
-        self.count.copy_(torch.where(finite, total, self.count))
+        self.mean.lerp_(batch_mean, weight)
+        # (1 - w) var + w var_b + w (1 - w) d^2  ==  lerp(var + w d^2, var_b, w)
+        self.var.add_(delta.mul_(delta).mul_(weight)).lerp_(batch_var, weight)
+
+    def _min_weight(self, n: int) -> float:
+        return 0.0 if self.momentum is None else 1.0 - (1.0 - self.momentum) ** n
 
 
 def make_standardizer(
