@@ -6,7 +6,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-from pydantic import Field
 from torch import nn
 
 from streamtrain.spec import SampleSpec
@@ -16,15 +15,8 @@ from streamtrain.train.models.standardize import StandardizeParams, make_standar
 
 
 class LinearParams(StandardizeParams):
-    """Only the standardisation switches; the class exists so typos are still errors.
-
-    ``standardize`` defaults to True, measured on the peers bench (bench/results/peers.md):
-    prequential accuracy rises by 0.01-0.06 at batch 1 and 0.05-0.13 at batch 16 on
-    hyperplane, SEA, phishing and digits; on Agrawal, where no linear model does well, it
-    moves -0.02 at batch 1 and +0.00 at batch 16.
-    """
-
-    standardize: bool = Field(True, description="Standardise each feature online (per element).")
+    """Only the standardisation switches (:class:`StandardizeParams`); the class exists so
+    typos are still errors."""
 
 
 class LinearModel(nn.Module):

@@ -16,14 +16,11 @@ from streamtrain.train.models.standardize import StandardizeParams, make_standar
 
 
 class MLPParams(StandardizeParams):
-    """``standardize`` defaults to True, measured on the peers bench (bench/results/peers.md):
-    prequential accuracy rises on every stream, by 0.01-0.03 at batch 1 and 0.02-0.05 at
-    batch 16 (0.03-0.22 at batch 128)."""
+    """Plus ``standardize`` / ``standardize_momentum`` (:class:`StandardizeParams`)."""
 
     hidden_sizes: tuple[int, ...] = Field((64,), description="Width of each hidden layer.")
     activation: Literal["relu", "gelu", "tanh"] = "relu"
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    standardize: bool = Field(True, description="Standardise each feature online (per element).")
 
 
 class MLP(nn.Module):
