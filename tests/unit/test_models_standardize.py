@@ -44,6 +44,15 @@ def test_cumulative_statistics_equal_the_whole_stream_moments(batch: int) -> Non
     torch.testing.assert_close(layer.var, data.var(0, correction=0), rtol=1e-4, atol=1e-6)
 
 
+def test_double_precision_statistics() -> None:
+    data = _stream(100).double()
+    layer = OnlineStandardize((3,)).double()
+    for start in range(0, 100, 10):
+        layer(data[start : start + 10])
+    assert layer.mean.dtype == torch.float64
+    torch.testing.assert_close(layer.mean, data.mean(0))
+
+
 def test_eval_mode_normalises_without_learning() -> None:
     layer = OnlineStandardize((3,))
     layer(_stream(2000))

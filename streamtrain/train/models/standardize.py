@@ -133,7 +133,9 @@ class OnlineStandardize(nn.Module):
         batch_var = torch.where(finite, batch_var, self.var)
         self.count.add_(finite * n)
         # n / count; at count 0 (a first batch that was not finite) inf, clamped to 1: harmless
-        weight = torch.reciprocal(self.count).mul_(n)
+        # in the statistics' precision, but at least float32 (a half count overflows at 65504)
+        exact = torch.promote_types(self.mean.dtype, torch.float32)
+        weight = torch.reciprocal(self.count.to(exact)).mul_(n).to(self.mean.dtype)
         weight = weight.clamp_(min=self._min_weight(n), max=1.0)
         delta = batch_mean - self.mean
         self.mean.lerp_(batch_mean, weight)
