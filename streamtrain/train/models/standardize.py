@@ -104,6 +104,7 @@ class OnlineStandardize(nn.Module):
         self.momentum = momentum
         self.eps = eps
         self._batch_dims = (0, *(d + 1 for d in shared_dims))
+        self._keepdim = bool(shared_dims)  # reduced dims stay as the statistics' 1s
         self.register_buffer("mean", torch.zeros(stat_shape))
         self.register_buffer("var", torch.ones(stat_shape))
         self.register_buffer("count", torch.zeros((), dtype=torch.int64))
@@ -123,24 +124,25 @@ class OnlineStandardize(nn.Module):
         # the buffers need no grad, so no graph is recorded and in-place updates are safe.
         n = int(x.shape[0])
         batch_var, batch_mean = torch.var_mean(
-            x.to(self.mean.dtype), dim=self._batch_dims, correction=0, keepdim=True
+            x.to(self.mean.dtype), dim=self._batch_dims, correction=0, keepdim=self._keepdim
         )
-        batch_var, batch_mean = batch_var.squeeze(0), batch_mean.squeeze(0)
+        if self._keepdim:
+            batch_var, batch_mean = batch_var.squeeze(0), batch_mean.squeeze(0)
         # a NaN or inf anywhere in x makes its variance non-finite; such a batch is replaced
         # by the current statistics, which leaves them exactly as they were
         finite = batch_var.sum() < math.inf
         batch_mean = torch.where(finite, batch_mean, self.mean)
         batch_var = torch.where(finite, batch_var, self.var)
-        self.count.add_(finite * n)
-        # n / count; at count 0 (a first batch that was not finite) inf, clamped to 1: harmless
-        # in the statistics' precision, but at least float32 (a half count overflows at 65504)
+        self.count.add_(finite, alpha=n)
+        # n / count; at count 0 (a first batch that was not finite) inf, clamped to 1: harmless.
+        # In the statistics' precision, but at least float32 (a half count overflows at 65504)
         exact = torch.promote_types(self.mean.dtype, torch.float32)
         weight = torch.reciprocal(self.count.to(exact)).mul_(n).to(self.mean.dtype)
         weight = weight.clamp_(min=self._min_weight(n), max=1.0)
         delta = batch_mean - self.mean
         self.mean.lerp_(batch_mean, weight)
         # (1 - w) var + w var_b + w (1 - w) d^2  ==  lerp(var + w d^2, var_b, w)
-        self.var.add_(delta.mul_(delta).mul_(weight)).lerp_(batch_var, weight)
+        self.var.addcmul_(delta, delta * weight).lerp_(batch_var, weight)
 
     def _min_weight(self, n: int) -> float:
         return 0.0 if self.momentum is None else 1.0 - (1.0 - self.momentum) ** n
