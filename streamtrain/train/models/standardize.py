@@ -25,7 +25,7 @@ class StandardizeParams(ModelParams):
     ``standardize`` defaults to True for every built-in, measured (prequential accuracy,
     seed 7, standardised minus raw): ``linear`` +0.01 to +0.06 at batch 1 and +0.05 to +0.13
     at batch 16 on hyperplane, SEA, phishing and digits (Agrawal, where no linear model does
-    well: -0.02 / +0.00); ``mlp`` +0.01 to +0.03 at batch 1 and +0.02 to +0.05 at batch 16 on
+    well: -0.02 / +0.00); ``mlp`` +0.01 to +0.04 at batch 1 and +0.02 to +0.05 at batch 16 on
     all five peers streams (bench/results/peers.md); ``cnn`` on digits as 1x8x8 images +0.04
     to +0.10 and ``rnn`` / ``transformer`` on digits as 8 rows of 8 +0.11 to +0.17 / +0.01 to
     +0.12, at batch 1, 16 and 128. A model that must see raw inputs sets it to False.
@@ -34,7 +34,8 @@ class StandardizeParams(ModelParams):
     warm-up), measured on the peers bench: on its stationary-feature streams it matches the
     cumulative average to within 0.001 accuracy, and on the same streams with the features
     re-scaled and shifted mid-stream (a sensor recalibration) it beats cumulative by 0.03-0.05
-    (hyperplane, batch 1 and 16), while 0.0001 forgets too slowly and 0.01 is noisier (-0.005).
+    (hyperplane, batch 1 and 16; ~0.01 on SEA), while 0.0001 forgets too slowly and 0.01 is
+    noisier (about -0.005).
     """
 
     standardize: bool = Field(
