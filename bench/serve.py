@@ -53,7 +53,8 @@ class PhaseResult:
 
 
 def _serve(overrides: dict[str, Any], engine: str) -> None:
-    worker = build_worker(load_settings(overrides=overrides), engine=engine)  # type: ignore[arg-type]
+    overrides = {**overrides, "serve": {**overrides["serve"], "engine": engine}}
+    worker = build_worker(load_settings(overrides=overrides))
     worker.run()
 
 

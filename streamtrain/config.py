@@ -138,6 +138,18 @@ class ServeSettings(_Frozen):
     max_body_bytes: int = Field(8 * 1_048_576, ge=1024)
     max_batch_size: int = Field(64, ge=1)
     device: str = Field("cpu", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
+    engine: Literal["auto", "direct", "batching"] = Field(
+        "auto", description="auto batches concurrent requests on CUDA, one pass each on CPU."
+    )
+    max_batch_wait_ms: float = Field(
+        2.0, ge=0, le=1000, description="How long a request waits for others to share a pass."
+    )
+    drain_timeout_s: float = Field(
+        10.0, gt=0, description="How long a swap waits for requests still on the standby copy."
+    )
+    torch_threads: int | None = Field(
+        None, ge=1, description="torch intra-op threads; None = half the cores, at most 4."
+    )
     metrics_port: int | None = Field(
         None, ge=0, le=65535, description="None serves /metrics on the HTTP port itself."
     )

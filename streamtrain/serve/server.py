@@ -40,14 +40,16 @@ from streamtrain.train.models import build_model
 
 log = logging.getLogger(__name__)
 
-# Concurrent requests wait at most this long for others to share a forward pass (CUDA only).
-BATCH_WAIT_S = 0.002
-
 EngineKind = Literal["auto", "direct", "batching"]
 
 
-def build_slot(model: ModelSettings, device: torch.device) -> WeightSlot:
-    return WeightSlot(build_model(model.name, spec_for_model(model), model.params).to(device))
+def build_slot(
+    model: ModelSettings, device: torch.device, drain_timeout_s: float = 10.0
+) -> WeightSlot:
+    return WeightSlot(
+        build_model(model.name, spec_for_model(model), model.params).to(device),
+        drain_timeout_s=drain_timeout_s,
+    )
 
 
 def build_engine(
@@ -56,13 +58,14 @@ def build_engine(
     device: torch.device,
     max_batch_size: int,
     kind: EngineKind = "auto",
+    max_batch_wait_s: float = 0.002,
 ) -> Engine:
     """``auto``: batch concurrent requests on CUDA; on CPU one pass per request measured faster
     (``bench/serve.py`` compares both)."""
     if kind == "auto":
         kind = "batching" if device.type == "cuda" and max_batch_size > 1 else "direct"
     if kind == "batching":
-        return BatchingEngine(slot, head_for(spec), device, max_batch_size, BATCH_WAIT_S)
+        return BatchingEngine(slot, head_for(spec), device, max_batch_size, max_batch_wait_s)
     return DirectEngine(slot, head_for(spec), device)
 
 
@@ -77,17 +80,17 @@ def build_source(settings: Settings) -> SnapshotSource:
     )
 
 
-def build_worker(
-    settings: Settings, source: SnapshotSource | None = None, engine: EngineKind = "auto"
-) -> ServingWorker:
+def build_worker(settings: Settings, source: SnapshotSource | None = None) -> ServingWorker:
     """Everything ``streamtrain serve`` runs, from the settings tree."""
-    # Modest intra-op threads leave cores to the event loop and the HTTP threads.
-    torch.set_num_threads(max(1, min(4, (os.cpu_count() or 2) // 2)))
     serve = settings.serve
+    # Modest intra-op threads leave cores to the event loop and the HTTP threads.
+    torch.set_num_threads(serve.torch_threads or max(1, min(4, (os.cpu_count() or 2) // 2)))
     device = resolve_device(serve.device)
     spec = spec_for_model(settings.model)
-    slot = build_slot(settings.model, device)
-    runner = build_engine(slot, spec, device, serve.max_batch_size, engine)
+    slot = build_slot(settings.model, device, serve.drain_timeout_s)
+    runner = build_engine(
+        slot, spec, device, serve.max_batch_size, serve.engine, serve.max_batch_wait_ms / 1000
+    )
     app = create_app(
         slot=slot,
         engine=runner,
