@@ -16,9 +16,10 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 BINARY_ENV = "STREAMTRAIN_TANSU_BINARY"
 
@@ -155,12 +156,23 @@ class EmbeddedBroker:
         self.stop()
 
 
-def create_topics(bootstrap_servers: str, names: Iterable[str], partitions: int = 1) -> None:
-    """Create topics that do not exist yet; existing ones are left as they are."""
+def create_topics(
+    bootstrap_servers: str,
+    names: Iterable[str],
+    partitions: int = 1,
+    client_options: Mapping[str, Any] | None = None,
+) -> None:
+    """Create topics that do not exist yet; existing ones are left as they are.
+
+    ``client_options`` (from ``kafka_client_options``) carry TLS/SASL for secured clusters;
+    without them only the bootstrap servers are used.
+    """
     from kafka.admin import KafkaAdminClient, NewTopic
     from kafka.errors import TopicAlreadyExistsError
 
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers, client_id="streamtrain-admin")
+    options = {"bootstrap_servers": bootstrap_servers, **(client_options or {})}
+    options["client_id"] = "streamtrain-admin"
+    admin = KafkaAdminClient(**options)
     try:
         existing = set(admin.list_topics())
         wanted = [

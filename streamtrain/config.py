@@ -231,5 +231,12 @@ def describe_validation_error(exc: ValidationError) -> str:
     for err in exc.errors():
         field = ".".join(str(p) for p in err["loc"]) or "(root)"
         env = "STREAMTRAIN_" + "__".join(str(p) for p in err["loc"]).upper()
-        lines.append(f"  {field}: {err['msg']} (got {err.get('input')!r}; env var {env})")
+        lines.append(f"  {field}: {err['msg']} ({_shown_input(err)}env var {env})")
     return "\n".join(lines)
+
+
+def _shown_input(err: Any) -> str:
+    # A misspelt secret (sasl_passwrd) arrives as an unknown field: never echo its value.
+    if err["type"] == "extra_forbidden" or any("password" in str(p) for p in err["loc"]):
+        return ""
+    return f"got {err.get('input')!r}; "

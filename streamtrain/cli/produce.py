@@ -149,7 +149,12 @@ def produce(
     interrupted = False
     n_partitions = settings.topics.sample_partitions
     try:
-        create_topics(settings.kafka.bootstrap_servers, [topic_name], n_partitions)
+        create_topics(
+            settings.kafka.bootstrap_servers,
+            [topic_name],
+            n_partitions,
+            kafka_client_options(settings.kafka),
+        )
         with SampleProducer(
             spec=info.spec,
             topic=topic_name,

@@ -39,6 +39,7 @@ def train(
     from streamtrain import metrics
     from streamtrain.broker import create_topics
     from streamtrain.cli.build_trainer import build_trainer
+    from streamtrain.kafka_options import kafka_client_options
 
     setup_logging(verbose)
     settings = settings_from(
@@ -49,16 +50,14 @@ def train(
         train__metrics_port=metrics_port,
         train__max_samples=max_samples,
         train__stop_when_idle=stop_when_idle,
+        train__torch_threads=torch_threads,
     )
     topics = settings.topics
     if create_missing_topics:
+        servers, client = settings.kafka.bootstrap_servers, kafka_client_options(settings.kafka)
         try:
-            create_topics(
-                settings.kafka.bootstrap_servers,
-                [topics.samples],
-                settings.topics.sample_partitions,
-            )
-            create_topics(settings.kafka.bootstrap_servers, [topics.dead_letter, topics.snapshots])
+            create_topics(servers, [topics.samples], topics.sample_partitions, client)
+            create_topics(servers, [topics.dead_letter, topics.snapshots], 1, client)
         except Exception as exc:
             fail(f"cannot reach Kafka at {settings.kafka.bootstrap_servers}: {exc}", code=1)
     try:

@@ -58,3 +58,11 @@ def test_secret_is_hidden() -> None:
     assert "hunter2" not in repr(settings)
     assert settings.kafka.sasl_password is not None
     assert settings.kafka.sasl_password.get_secret_value() == "hunter2"
+
+
+def test_misspelt_secret_is_not_echoed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STREAMTRAIN_KAFKA__SASL_PASSWRD", "hunter2")
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    assert "kafka.sasl_passwrd" in str(info.value)
+    assert "hunter2" not in str(info.value)
