@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import torch
 
 from streamtrain.checkpoint import CheckpointStore
@@ -90,4 +93,23 @@ def build_trainer(settings: Settings) -> Trainer:
         regression=spec.task == "regression",
         prefetch_depth=settings.ingest.prefetch_batches,
         stop=StopConditions(train.max_samples, train.stop_when_idle),
+        first_version=lambda: newest_published_version(
+            client, topics.snapshots, settings_hash(model_settings)
+        ),
     )
+
+
+def newest_published_version(
+    client_options: Mapping[str, Any], topic: str, digest: str, timeout_s: float = 10.0
+) -> int:
+    """Version of the newest valid snapshot of this configuration on ``topic``, 0 if none."""
+    from streamtrain.snapshot.subscriber import SnapshotSubscriber
+
+    subscriber = SnapshotSubscriber(
+        client_options=client_options, topic=topic, settings_hash=digest
+    )
+    try:
+        newest = subscriber.latest(timeout_s)
+    finally:
+        subscriber.close()
+    return newest.manifest.version if newest is not None else 0

@@ -6,9 +6,8 @@ Semantics (the order is the correctness argument):
    than the live one (reason ``stale``), one whose tensors do not fit the model
    (``shape_mismatch``) and one holding NaN/Inf (``non_finite``); the live weights stay as they
    were. Versions are compared across runs too: a trainer restarted from its checkpoint resumes
-   its step count (and run id), so versions stay monotonic; a brand-new run that starts again
-   at step 0 is refused as stale until it passes the live version. Start a fresh server (or
-   empty the snapshot topic) when deliberately replacing a model with a new run.
+   its step count (and run id), and a run without a checkpoint starts counting at the newest
+   version already on the snapshot topic, so versions stay monotonic across runs.
 4. **A request sees exactly one version.** A load runs, in order:
 
    1. check version, names, shapes, dtypes and finiteness against the standby copy — nothing

@@ -9,7 +9,9 @@ Semantics the loop upholds (DESIGN.md):
 2. Bad input never stops training: ingest drops bad records; the learner's guard refuses
    non-finite steps and rolls back after repeated ones.
 3. Versions only move forward: a snapshot's version is the trainer step, which resumes from the
-   checkpoint, so a restarted trainer keeps publishing increasing versions under its run id.
+   checkpoint, so a restarted trainer keeps publishing increasing versions under its run id. A
+   run with no checkpoint starts its step at the newest version already on the snapshot topic
+   (``first_version``), so servers following that topic accept its snapshots.
 """
 
 from __future__ import annotations
@@ -106,6 +108,7 @@ class Trainer:
         regression: bool = False,
         prefetch_depth: int = 4,
         stop: StopConditions = StopConditions(),
+        first_version: Callable[[], int] = lambda: 0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._source = source
@@ -125,6 +128,7 @@ class Trainer:
         self._last_flush = clock()
         self._prefetch_depth = prefetch_depth
         self._stop_conditions = stop
+        self._first_version = first_version
         self._clock = clock
         self._stop_requested = threading.Event()
         self._progress = _Progress()
@@ -147,7 +151,12 @@ class Trainer:
         state = self._checkpoints.load_latest(self._model, self._optimizer, self._scheduler)
         positions = self._source.positions()
         if state is None:
-            self._progress.offsets = positions
+            # A fresh run continues the version sequence servers already follow, so its
+            # snapshots are not refused as stale (semantics 3).
+            self._progress = _Progress(step=self._first_version(), offsets=positions)
+            self._snapshot_policy.mark(self._progress.step)
+            self._checkpoint_policy.mark(self._progress.step)
+            self._checkpointed = (self._progress.step, dict(positions))
             return None
         self._run_id = state.run_id
         self._progress = _Progress(

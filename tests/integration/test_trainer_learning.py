@@ -10,8 +10,13 @@ from safetensors.numpy import load_file
 
 from streamtrain import metrics
 from streamtrain.broker import create_topics
-from streamtrain.cli.build_trainer import build_trainer
+from streamtrain.cli.build_trainer import build_trainer, newest_published_version
 from streamtrain.config import load_settings
+from streamtrain.snapshot.manifest import settings_hash
+from streamtrain.snapshot.writer import SnapshotWriter
+from streamtrain.spec import spec_for_model
+from streamtrain.train.hooks import SnapshotRequest
+from streamtrain.train.models import build_model
 from tests.integration.trainer_harness import (
     FEATURES,
     hyperplane_stream,
@@ -92,3 +97,40 @@ def test_non_finite_steps_are_skipped_and_weights_stay_finite(
     weights = load_file(str(latest_checkpoint(tmp_path) / "model.safetensors"))
     assert all(np.isfinite(w).all() for w in weights.values())
     assert summary.rolling_score > 0.8, "learning continued after the bad batches"
+
+
+def test_fresh_run_continues_the_published_version_sequence(
+    kafka_bootstrap: str, unique_name: str, tmp_path: Path
+) -> None:
+    x, y = hyperplane_stream(320, seed=2)
+    produce_json(kafka_bootstrap, f"{unique_name}-samples", x, y)
+    settings = _settings(kafka_bootstrap, unique_name, tmp_path, stop_when_idle=1.0)
+    client = {"bootstrap_servers": [kafka_bootstrap]}
+    snapshots = settings.topics.snapshots
+    digest = settings_hash(settings.model.model_dump(mode="json"))
+    # An earlier run whose checkpoints are gone published up to version 700.
+    model = build_model("linear", spec_for_model(settings.model), settings.model.params)
+    writer = SnapshotWriter(
+        client_options=client,
+        topic=snapshots,
+        model_name="linear",
+        settings_hash=digest,
+        chunk_bytes=512 * 1024,
+    )
+    writer.write(
+        SnapshotRequest(
+            version=700,
+            run_id="lost-run",
+            tensors={k: v.detach().clone() for k, v in model.state_dict().items()},
+            data_watermark=None,
+            offsets={},
+            created_at=0.0,
+        )
+    )
+    writer.close(5.0)
+
+    summary = build_trainer(settings).run()
+
+    assert summary.resumed_from_step is None and summary.samples_seen == 320
+    assert summary.steps == 700 + 320 // 16
+    assert newest_published_version(client, snapshots, digest) == summary.steps
