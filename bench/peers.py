@@ -25,7 +25,7 @@ import torch
 from peers_inprocess import SCALED_MODELS, STREAMTRAIN_MODELS, run_in_process
 from peers_pipeline import run_pipeline
 from peers_report import Row, header, render
-from peers_river import PEERS, run_peer
+from peers_river import PEERS, RunResult, run_peer
 from peers_streams import BUILDERS, Stream, build_stream
 
 from streamtrain.broker import EmbeddedBroker
@@ -102,67 +102,39 @@ def progress(row: Row) -> None:
 
 def bench_stream(stream: Stream, args: argparse.Namespace, bootstrap: str | None) -> list[Row]:
     rows: list[Row] = []
-    dicts = stream.as_dicts()
-    for peer in PEERS:
-        result = run_peer(peer, stream, dicts)
+
+    def add(label: str, family: str, how: str, batch: int | None, result: RunResult) -> None:
         rows.append(
-            Row(
-                stream.name,
-                peer.name,
-                peer.family,
-                "one at a time",
-                None,
-                result.accuracy,
-                result.samples_per_second,
-            )
+            Row(stream.name, label, family, how, batch, result.accuracy, result.samples_per_second)
         )
         progress(rows[-1])
+
+    dicts = stream.as_dicts()
+    for peer in PEERS:
+        add(peer.name, peer.family, "one at a time", None, run_peer(peer, stream, dicts))
     for config in STREAMTRAIN_MODELS:
         for batch in args.batches:
-            result = run_in_process(config, stream, batch)
-            rows.append(
-                Row(
-                    stream.name,
-                    config.label,
-                    "streamtrain",
-                    "in-process",
-                    batch,
-                    result.accuracy,
-                    result.samples_per_second,
-                )
+            add(
+                config.label,
+                "streamtrain",
+                "in-process",
+                batch,
+                run_in_process(config, stream, batch),
             )
-            progress(rows[-1])
         if bootstrap is None or not config.pipeline:
             continue
         for batch in args.pipeline_batches:
             piped = run_pipeline(bootstrap, config, stream, batch)
-            rows.append(
-                Row(
-                    stream.name,
-                    config.label,
-                    "streamtrain",
-                    "pipeline (Kafka)",
-                    batch,
-                    piped.run.accuracy,
-                    piped.run.samples_per_second,
-                )
-            )
-            progress(rows[-1])
+            add(config.label, "streamtrain", "pipeline (Kafka)", batch, piped.run)
     for config in SCALED_MODELS:
         for batch in (b for b in args.batches if b > 1):  # at B = 1 it is the row above
-            result = run_in_process(config, stream, batch)
-            rows.append(
-                Row(
-                    stream.name,
-                    config.label,
-                    "streamtrain",
-                    "in-process",
-                    batch,
-                    result.accuracy,
-                    result.samples_per_second,
-                )
+            add(
+                config.label,
+                "streamtrain",
+                "in-process",
+                batch,
+                run_in_process(config, stream, batch),
             )
-            progress(rows[-1])
     return rows
 
 

@@ -75,12 +75,7 @@ def check_model(tensors: Mapping[str, torch.Tensor], model: nn.Module, path: Pat
 
 def encode_optimizer(optimizer: Optimizer) -> tuple[dict[str, torch.Tensor], bytes]:
     """``optimizer.state_dict()`` split into tensors (``state/<param>/<name>``) and JSON."""
-    try:
-        tensors, skeleton = flatten(optimizer.state_dict())
-    except TensorStateError as exc:
-        raise CheckpointError(f"optimizer state cannot be checkpointed: {exc}") from exc
-    doc = {"class": type(optimizer).__qualname__, "state_dict": skeleton}
-    return tensors, to_json_bytes(doc, "optimizer state")
+    return _encode_doc(type(optimizer).__qualname__, optimizer.state_dict(), "optimizer state")
 
 
 def decode_optimizer(
@@ -122,12 +117,18 @@ def encode_scheduler(scheduler: LRScheduler) -> tuple[dict[str, torch.Tensor], b
     so the live scheduler keeps its own functions.
     """
     state_dict = {k: v for k, v in scheduler.state_dict().items() if not _is_function(v)}
+    return _encode_doc(type(scheduler).__qualname__, state_dict, "LR scheduler state")
+
+
+def _encode_doc(
+    cls: str, state_dict: Mapping[str, Any], what: str
+) -> tuple[dict[str, torch.Tensor], bytes]:
+    """A state dict as tensors + a JSON doc naming the class it belongs to."""
     try:
         tensors, skeleton = flatten(state_dict)
     except TensorStateError as exc:
-        raise CheckpointError(f"LR scheduler state cannot be checkpointed: {exc}") from exc
-    doc = {"class": type(scheduler).__qualname__, "state_dict": skeleton}
-    return tensors, to_json_bytes(doc, "LR scheduler state")
+        raise CheckpointError(f"{what} cannot be checkpointed: {exc}") from exc
+    return tensors, to_json_bytes({"class": cls, "state_dict": skeleton}, what)
 
 
 def decode_scheduler(
