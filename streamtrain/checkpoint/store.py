@@ -18,7 +18,7 @@ from streamtrain import metrics
 from streamtrain.checkpoint import components as comp
 from streamtrain.checkpoint.files import fsync_dir, locked, tensors_to_bytes, write_durable
 from streamtrain.checkpoint.meta import FORMAT_VERSION, META_FILE, CheckpointMeta, RngMeta
-from streamtrain.checkpoint.reader import apply_checkpoint, read_checkpoint, read_meta
+from streamtrain.checkpoint.restore import apply_checkpoint, read_checkpoint, read_meta
 from streamtrain.checkpoint.rng import RNG_FILE, capture_rng
 from streamtrain.checkpoint.state import CheckpointError, TrainerState
 

@@ -7,7 +7,7 @@ from streamtrain.cli import demo as _demo  # noqa: F401
 from streamtrain.cli import produce as _produce  # noqa: F401
 from streamtrain.cli import serve as _serve  # noqa: F401
 from streamtrain.cli import train as _train  # noqa: F401
-from streamtrain.cli.app import app
+from streamtrain.cli.command import app
 
 
 def main() -> None:

@@ -9,7 +9,7 @@ import threading
 import typer
 
 from streamtrain.broker import BrokerUnavailable, EmbeddedBroker
-from streamtrain.cli.app import app
+from streamtrain.cli.command import app
 from streamtrain.cli.common import fail
 
 

@@ -15,11 +15,11 @@ from streamtrain.kafka_options import kafka_client_options, resolve_kafka_client
 from streamtrain.snapshot.manifest import settings_hash
 from streamtrain.snapshot.publisher import SnapshotPublisher
 from streamtrain.spec import spec_for_model
+from streamtrain.train.cadence import EveryPolicy
 from streamtrain.train.learner import Learner
 from streamtrain.train.loop import StopConditions, Trainer
 from streamtrain.train.models import build_model
 from streamtrain.train.optim import build_optimizer, build_scheduler
-from streamtrain.train.policy import EveryPolicy
 from streamtrain.train.task import TaskHead
 
 _AUTOCAST = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}

@@ -11,7 +11,7 @@ import numpy as np
 import typer
 
 from streamtrain.broker import create_topics
-from streamtrain.cli.app import app
+from streamtrain.cli.command import app
 from streamtrain.cli.common import CONFIG_OPTION, fail, settings_from, setup_logging
 from streamtrain.client import SampleProducer
 from streamtrain.datasets import DatasetError, DatasetInfo, SampleChunk, get_dataset, hyperplane

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from streamtrain.cli.app import app
+from streamtrain.cli.command import app
 from streamtrain.cli.common import CONFIG_OPTION, fail, settings_from, setup_logging
 
 

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from streamtrain.cli.app import app
+from streamtrain.cli.command import app
 from streamtrain.cli.common import CONFIG_OPTION, fail, settings_from, setup_logging
 
 if TYPE_CHECKING:

@@ -3,6 +3,7 @@
 The trainer needs :class:`KafkaSampleSource` and :func:`to_device`; the rest is the parts.
 """
 
+from streamtrain.ingest.batch_deadline import MicroBatchPolicy
 from streamtrain.ingest.consumer import KafkaPythonConsumer, RecordConsumer, TopicNotFound
 from streamtrain.ingest.deadletter import (
     ERROR_HEADER,
@@ -13,7 +14,6 @@ from streamtrain.ingest.deadletter import (
 )
 from streamtrain.ingest.decode import DecodedChunk, KafkaRecord, decode_records
 from streamtrain.ingest.device import DeviceBatch, to_device
-from streamtrain.ingest.policy import MicroBatchPolicy
 from streamtrain.ingest.source import KafkaSampleSource
 
 __all__ = [

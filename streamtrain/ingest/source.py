@@ -24,11 +24,11 @@ from typing import Any, Literal
 
 from streamtrain import metrics
 from streamtrain.batch import Batch
+from streamtrain.ingest.batch_deadline import MicroBatchPolicy
 from streamtrain.ingest.buffer import BatchBuffer
 from streamtrain.ingest.consumer import KafkaPythonConsumer, RecordConsumer
 from streamtrain.ingest.deadletter import DeadLetterSink, KafkaDeadLetter, LogDeadLetter
 from streamtrain.ingest.decode import decode_records
-from streamtrain.ingest.policy import MicroBatchPolicy
 from streamtrain.spec import SampleSpec
 
 log = logging.getLogger(__name__)

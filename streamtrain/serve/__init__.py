@@ -5,7 +5,7 @@
 :class:`BatchingEngine`), :class:`SnapshotWatcher` (topic → slot) and :func:`create_app`.
 """
 
-from streamtrain.serve.app import create_app
+from streamtrain.serve.endpoints import create_app
 from streamtrain.serve.inference import BatchingEngine, DirectEngine, Engine, Prediction
 from streamtrain.serve.protocol import ModelIO, ProtocolError
 from streamtrain.serve.slot import NotReady, SnapshotRejected, StandbyBusy, WeightSlot

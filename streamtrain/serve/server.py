@@ -29,7 +29,7 @@ from streamtrain.config import ModelSettings, Settings
 from streamtrain.devices import resolve_device
 from streamtrain.kafka_options import kafka_client_options
 from streamtrain.metrics import SERVER_REGISTRY, serve_metrics
-from streamtrain.serve.app import create_app
+from streamtrain.serve.endpoints import create_app
 from streamtrain.serve.inference import BatchingEngine, DirectEngine, Engine, head_for
 from streamtrain.serve.protocol import ModelIO
 from streamtrain.serve.slot import WeightSlot

@@ -10,7 +10,7 @@ Order of work:
 3. a snapshot the slot could not load because requests still held the standby copy is kept and
    retried on the next round, unless a newer one replaces it.
 
->>> from streamtrain.serve.testing import tiny_regression_model, version_weights
+>>> from streamtrain.serve.version_fixtures import tiny_regression_model, version_weights
 >>> slot = WeightSlot(tiny_regression_model(2))
 >>> watcher = SnapshotWatcher(source=_Empty(), slot=slot)
 >>> watcher.handle([])

@@ -13,7 +13,7 @@ Checks run in this order, cheapest first, and the first failure decides the reas
 
 Example:
     >>> import torch
-    >>> from streamtrain.snapshot.codec import encode_state, sha256_hex
+    >>> from streamtrain.snapshot.payload import encode_state, sha256_hex
     >>> payload, infos = encode_state({"w": torch.zeros(3)})
     >>> manifest = SnapshotManifest(
     ...     model_name="m", settings_hash="a" * 64, run_id="r", version=1, created_at=0.0,
@@ -34,8 +34,8 @@ from typing import Literal
 import torch
 from pydantic import ValidationError
 
-from streamtrain.snapshot.codec import CodecError, decode_state, describe_mismatch, sha256_hex
 from streamtrain.snapshot.manifest import SnapshotManifest, parse_snapshot_id
+from streamtrain.snapshot.payload import CodecError, decode_state, describe_mismatch, sha256_hex
 
 RejectReason = Literal[
     "checksum", "incomplete", "size", "corrupt", "config_mismatch", "bad_manifest"

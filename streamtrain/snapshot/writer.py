@@ -9,8 +9,8 @@ from typing import Any
 from kafka import KafkaProducer
 
 from streamtrain.snapshot import wire
-from streamtrain.snapshot.codec import encode_state, sha256_hex, split_chunks
 from streamtrain.snapshot.manifest import SnapshotManifest, snapshot_id
+from streamtrain.snapshot.payload import encode_state, sha256_hex, split_chunks
 from streamtrain.train.hooks import SnapshotRequest
 
 log = logging.getLogger(__name__)

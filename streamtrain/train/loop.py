@@ -34,9 +34,9 @@ from streamtrain import metrics
 from streamtrain.batch import Batch
 from streamtrain.checkpoint import CheckpointStore, TrainerState
 from streamtrain.ingest.device import to_device
+from streamtrain.train.cadence import EveryPolicy
 from streamtrain.train.hooks import SnapshotRequest, SnapshotSink
 from streamtrain.train.learner import Learner
-from streamtrain.train.policy import EveryPolicy
 from streamtrain.train.prefetch import PrefetchingSource, SampleSource
 from streamtrain.train.prequential import RollingMetrics
 from streamtrain.train.weights import copy_weights

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 
 from streamtrain.broker import free_port
-from streamtrain.demo.testing import DemoProcess, alive, processes_mentioning
+from streamtrain.demo.demo_process import DemoProcess, alive, processes_mentioning
 
 DURATION = 15
 

@@ -12,9 +12,9 @@ from kafka import KafkaProducer
 
 from streamtrain.broker import free_port
 from streamtrain.config import TopicSettings
+from streamtrain.demo.demo_process import DemoProcess, alive
 from streamtrain.demo.plan import infer_body
 from streamtrain.demo.scrape import Scrape, scrape
-from streamtrain.demo.testing import DemoProcess, alive
 from streamtrain.metrics import SERVER_REGISTRY, TRAINER_REGISTRY
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "metrics.md"

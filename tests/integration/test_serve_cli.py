@@ -14,7 +14,7 @@ import httpx
 from streamtrain.broker import create_topics
 from streamtrain.config import load_settings
 from streamtrain.kafka_options import kafka_client_options
-from streamtrain.serve.testing import version_weights
+from streamtrain.serve.version_fixtures import version_weights
 from streamtrain.snapshot.manifest import settings_hash
 from streamtrain.snapshot.writer import SnapshotWriter
 from streamtrain.spec import spec_for_model

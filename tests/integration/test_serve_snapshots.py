@@ -16,7 +16,7 @@ from streamtrain.broker import create_topics
 from streamtrain.config import Settings, load_settings
 from streamtrain.kafka_options import kafka_client_options
 from streamtrain.serve.server import ServingWorker, build_worker
-from streamtrain.serve.testing import expected_value, version_weights
+from streamtrain.serve.version_fixtures import expected_value, version_weights
 from streamtrain.snapshot import wire
 from streamtrain.snapshot.manifest import SnapshotManifest, settings_hash
 from streamtrain.snapshot.writer import SnapshotWriter

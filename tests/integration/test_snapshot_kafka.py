@@ -12,8 +12,8 @@ from kafka import KafkaProducer
 from streamtrain import metrics
 from streamtrain.broker import create_topics
 from streamtrain.snapshot import wire
-from streamtrain.snapshot.codec import encode_state, sha256_hex, split_chunks
 from streamtrain.snapshot.manifest import SnapshotManifest, settings_hash, snapshot_id
+from streamtrain.snapshot.payload import encode_state, sha256_hex, split_chunks
 from streamtrain.snapshot.publisher import SnapshotPublisher
 from streamtrain.snapshot.subscriber import SnapshotSubscriber
 from streamtrain.snapshot.verify import ReceivedSnapshot, RejectedSnapshot

@@ -93,7 +93,7 @@ def test_build_context_keeps_what_copy_needs_and_drops_the_rest() -> None:
     for source in sources:
         assert (ROOT / source).exists(), f"COPY {source}: no such path in the repository"
         assert not _ignored(source), f".dockerignore drops {source}, which the build copies"
-    assert not _ignored("streamtrain/cli/app.py")
+    assert not _ignored("streamtrain/cli/command.py")
     for heavy in (".venv/bin/python", ".git/HEAD", "checkpoints/x", "tests/unit/test_x.py"):
         assert _ignored(heavy), f"{heavy} should stay out of the build context"
     assert _ignored("streamtrain/__pycache__/x.pyc")

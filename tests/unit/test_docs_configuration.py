@@ -19,7 +19,7 @@ from pydantic import BaseModel
 from typer.core import TyperGroup
 
 import streamtrain.cli  # noqa: F401  (registers every subcommand)
-from streamtrain.cli.app import app
+from streamtrain.cli.command import app
 from streamtrain.config import Settings, load_settings
 from streamtrain.spec import spec_for_model
 from streamtrain.train.models import build_model

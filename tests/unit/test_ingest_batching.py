@@ -7,9 +7,9 @@ from typing import NamedTuple
 import numpy as np
 import pytest
 
+from streamtrain.ingest.batch_deadline import MicroBatchPolicy
 from streamtrain.ingest.buffer import BatchBuffer
 from streamtrain.ingest.decode import decode_records
-from streamtrain.ingest.policy import MicroBatchPolicy
 from streamtrain.schema import encode_binary, encode_json
 from streamtrain.spec import SampleSpec
 

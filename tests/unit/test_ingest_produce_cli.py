@@ -23,7 +23,7 @@ def test_pacer_does_not_drift() -> None:
 def test_produce_errors_are_clear(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from streamtrain.cli.app import app
+    from streamtrain.cli.command import app
 
     runner = CliRunner()
     done = runner.invoke(app, ["produce", "--dataset", "nope"])

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from streamtrain.serve.slot import WeightSlot
-from streamtrain.snapshot.codec import decode_state, encode_state
+from streamtrain.snapshot.payload import decode_state, encode_state
 from streamtrain.spec import SampleSpec
 from streamtrain.testing import ToyStream, check_model
 from streamtrain.train.learner import Learner, train_mode_differs

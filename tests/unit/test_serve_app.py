@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from torch import nn
 
 from streamtrain.metrics import SERVER_REGISTRY
-from streamtrain.serve.app import create_app
+from streamtrain.serve.endpoints import create_app
 from streamtrain.serve.inference import DirectEngine, head_for
 from streamtrain.serve.protocol import BINARY_HEADER, ModelIO
 from streamtrain.serve.slot import WeightSlot

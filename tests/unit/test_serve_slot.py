@@ -9,7 +9,11 @@ import torch
 
 from streamtrain.metrics import SERVE_REJECTED_SNAPSHOTS
 from streamtrain.serve.slot import NotReady, SnapshotRejected, StandbyBusy, WeightSlot
-from streamtrain.serve.testing import expected_value, tiny_regression_model, version_weights
+from streamtrain.serve.version_fixtures import (
+    expected_value,
+    tiny_regression_model,
+    version_weights,
+)
 
 
 def _slot(**kwargs: float) -> WeightSlot:

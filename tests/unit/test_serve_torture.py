@@ -16,7 +16,11 @@ import torch
 
 from streamtrain.serve.inference import BatchingEngine, DirectEngine, Prediction, head_for
 from streamtrain.serve.slot import WeightSlot
-from streamtrain.serve.testing import expected_value, tiny_regression_model, version_weights
+from streamtrain.serve.version_fixtures import (
+    expected_value,
+    tiny_regression_model,
+    version_weights,
+)
 from streamtrain.spec import SampleSpec
 
 SWAPS = 250

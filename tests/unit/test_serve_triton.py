@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from streamtrain.serve.app import create_app
+from streamtrain.serve.endpoints import create_app
 from streamtrain.serve.inference import DirectEngine, head_for
 from streamtrain.serve.protocol import ModelIO
 from streamtrain.serve.server import ServingWorker

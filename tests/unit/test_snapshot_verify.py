@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import torch
 
-from streamtrain.snapshot.codec import decode_state, encode_state, sha256_hex, split_chunks
 from streamtrain.snapshot.manifest import SnapshotManifest, settings_hash
+from streamtrain.snapshot.payload import decode_state, encode_state, sha256_hex, split_chunks
 from streamtrain.snapshot.verify import Chunk, ReceivedSnapshot, RejectedSnapshot, verify_snapshot
 
 HASH = settings_hash({"name": "mlp"})

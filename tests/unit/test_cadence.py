@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from streamtrain.train.policy import EveryPolicy
+from streamtrain.train.cadence import EveryPolicy
 
 
 class FakeClock:
