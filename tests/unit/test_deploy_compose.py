@@ -1,8 +1,11 @@
 """Static checks of the compose stack: it validates, and its parts agree with each other.
 
-No Docker engine is needed: Debian's ``docker-compose`` (1.29) validates a file offline, and the
-rest is read with PyYAML. Interpolations like ``${SAMPLE_PARTITIONS:-3}`` resolve to their
-defaults, which is what a plain ``docker compose up`` uses.
+No Docker engine and no ``docker-compose`` binary are needed: the files are checked against the
+Compose Specification with PyPI's ``compose-spec`` (a wheel for every common platform, so
+``make test`` passes on a laptop without root), ``docker-compose config`` runs as an extra check
+where it is installed, and the rest is read with PyYAML. Interpolations like
+``${SAMPLE_PARTITIONS:-3}`` resolve to their defaults, which is what a plain ``docker compose up``
+uses.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from urllib.parse import urlsplit
 
 import pytest
 import yaml
+from compose_spec import PyOptions
 
 from streamtrain.config import load_settings
 
@@ -71,13 +75,60 @@ def _healthcheck_url(service: dict[str, Any]) -> str:
     return match.group(0)
 
 
-def test_compose_files_validate_with_docker_compose() -> None:
+def _merged(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Compose's override rule for the shapes these files use: mappings merge key by key,
+    anything else (scalars, sequences) is replaced by the override."""
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merged(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _spec_check(text: str) -> list[str]:
+    """Parse with the Compose Specification's reference types (the Rust ``compose_spec`` crate,
+    PyPI ``compose-spec``): unknown keys, wrong types, bad enum values, units, port syntax and
+    undefined networks/volumes fail. Returns the service names."""
+    compose = PyOptions(apply_merge=True).from_yaml(_resolve(text))
+    compose.validate()
+    return compose.service_names()
+
+
+def test_compose_files_follow_the_compose_specification() -> None:
+    assert set(_spec_check(MAIN.read_text())) >= {*STREAMTRAIN_SERVICES, "kafka", "gateway"}
+    assert _spec_check(GPU.read_text()) == ["trainer"]
+    merged = _merged(
+        yaml.safe_load(_resolve(MAIN.read_text())), yaml.safe_load(_resolve(GPU.read_text()))
+    )
+    assert "trainer" in _spec_check(yaml.safe_dump(merged))
+
+
+@pytest.mark.parametrize(
+    ("original", "broken"),
+    [
+        ("stop_grace_period: 30s", "stop_grace_periode: 30s"),
+        ("restart: unless-stopped", "restart: sometimes"),
+        ('"127.0.0.1::8000"', '"127.0.0.1:8000:"'),
+    ],
+    ids=["misspelt-key", "bad-enum", "bad-port"],
+)
+def test_the_specification_check_catches_a_mistake(original: str, broken: str) -> None:
+    """The check is not vacuous: one typo an editor could make is rejected."""
+    text = MAIN.read_text()
+    assert original in text
+    with pytest.raises(ValueError):
+        _spec_check(text.replace(original, broken, 1))
+
+
+def test_compose_files_validate_with_docker_compose_where_installed() -> None:
+    """An extra check where a ``docker-compose`` binary is on PATH (Debian's 1.29 or Compose v2
+    both validate offline): it also applies interpolation and the real override merge.
+    Nothing needs it: the specification check above runs everywhere."""
     binary = shutil.which("docker-compose")
     if binary is None:
-        pytest.fail(
-            "docker-compose is not installed; it validates compose files without a Docker "
-            "engine. Install it: apt-get install -y --no-install-recommends docker-compose"
-        )
+        pytest.skip("no docker-compose on PATH; the compose-spec check above covers the files")
     for files in ([MAIN], [MAIN, GPU]):
         args = [binary]
         for path in files:

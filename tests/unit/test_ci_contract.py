@@ -1,0 +1,88 @@
+"""CI is a laptop: `.ci/run` runs the README's quick-start commands and needs nothing else.
+
+The README promises that `make demo` and `make test` work on a fresh machine with Python 3.10+
+and make, without root, Docker or docker-compose. CI is that run (a clean clone, `bash .ci/run`),
+so these checks keep `.ci/run` and the Makefile free of anything a laptop lacks, and keep CI
+running exactly the commands the README shows. The deploy checks, the only tests that could
+reach for an outside binary, are also run once with a PATH that holds nothing but Python.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+CI_RUN = ROOT / ".ci" / "run"
+MAKEFILE = ROOT / "Makefile"
+README = ROOT / "README.md"
+# Anything that needs root, a system package manager or a container engine.
+_NOT_ON_A_LAPTOP = re.compile(
+    r"(?<![\w-])(apt-get|apt|dpkg|sudo|su|yum|dnf|apk|brew|docker|docker-compose|podman)(?![\w-])"
+)
+
+
+def _commands(text: str) -> list[str]:
+    """Shell lines without comments or blanks."""
+    lines = (line.split("#", 1)[0].strip() for line in text.splitlines())
+    return [line for line in lines if line]
+
+
+def _quick_start_commands() -> list[str]:
+    section = README.read_text().split("## Quick start", 1)[1].split("\n## ", 1)[0]
+    block = re.search(r"```bash\n(.*?)```", section, re.S)
+    assert block, "the README's quick start has no bash block"
+    return _commands(block.group(1))
+
+
+def test_ci_and_makefile_need_no_root_package_manager_or_docker() -> None:
+    for path in (CI_RUN, MAKEFILE):
+        for line in _commands(path.read_text()):
+            found = _NOT_ON_A_LAPTOP.search(line)
+            assert found is None, f"{path.name} runs {found.group(0) if found else ''}: {line}"
+
+
+def test_ci_runs_exactly_the_readme_quick_start() -> None:
+    quick_start = _quick_start_commands()
+    assert quick_start == ["make demo", "make test"], quick_start
+    ci = _commands(CI_RUN.read_text())
+    for command in quick_start:
+        assert any(line == command or line.startswith(command + " ") for line in ci), command
+    demo_line = next(line for line in ci if line.startswith("make demo"))
+    assert "--duration" in demo_line, "CI cannot press Ctrl-C: the demo must stop by itself"
+
+
+def test_make_installs_everything_into_its_own_venv() -> None:
+    """Each install goes through the venv's pip (no --user, no system site-packages)."""
+    recipes = [line for line in MAKEFILE.read_text().splitlines() if line.startswith("\t")]
+    installs = [line for line in recipes if re.search(r"\bpip\b.*\binstall\b", line)]
+    assert installs, "the Makefile installs nothing?"
+    for line in installs:
+        assert "$(BIN)/pip install" in line and "--user" not in line, line
+    assert any("$(PY) -m venv $(VENV)" in line for line in recipes)
+    assert not any("--system-site-packages" in line for line in recipes)
+
+
+def test_deploy_checks_pass_with_nothing_but_python_on_path(tmp_path: Path) -> None:
+    """The compose, image and dashboard checks with a PATH holding only this interpreter: no
+    docker-compose, promtool or nginx, as on a laptop. Their extra checks skip, the rest pass."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python").symlink_to(sys.executable)
+    deploy_tests = sorted(str(p) for p in (ROOT / "tests" / "unit").glob("test_deploy_*.py"))
+    env = {k: v for k, v in os.environ.items() if k not in {"PATH", "PYTHONPATH"}}
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *deploy_tests],
+        cwd=ROOT,
+        env={**env, "PATH": str(bin_dir), "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    assert re.search(r"\d+ passed", result.stdout), result.stdout[-2000:]
+    assert " failed" not in result.stdout, result.stdout[-4000:]
