@@ -126,6 +126,9 @@ class TrainSettings(_Frozen):
     max_samples: int | None = Field(None, ge=1)
     stop_when_idle: float | None = Field(None, gt=0, description="Seconds without input.")
     metrics_port: int = Field(9100, ge=0, le=65535)
+    liveness_timeout_s: float = Field(
+        60.0, gt=0, description="/health/live fails once the loop has not beaten this long."
+    )
     torch_threads: int | None = Field(
         None, ge=1, description="torch intra-op threads; None keeps torch's default."
     )

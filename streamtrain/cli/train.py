@@ -36,7 +36,7 @@ def train(
 ) -> None:
     """Consume samples, take gradient steps, publish snapshots, checkpoint; Ctrl-C stops cleanly."""
     # torch is imported here, not at module level, so other subcommands start fast.
-    from streamtrain import metrics
+    from streamtrain import health, metrics
     from streamtrain.broker import create_topics
     from streamtrain.cli.build_trainer import build_trainer
     from streamtrain.kafka_options import kafka_client_options
@@ -64,8 +64,12 @@ def train(
         trainer = build_trainer(settings)
     except ValueError as exc:
         fail(str(exc))
-    server = metrics.serve_metrics(metrics.TRAINER_REGISTRY, settings.train.metrics_port)
+    health.HEALTH.configure(settings.train.liveness_timeout_s)
+    server = metrics.serve_metrics(
+        metrics.TRAINER_REGISTRY, settings.train.metrics_port, routes=health.routes()
+    )
     typer.echo(f"trainer metrics: http://127.0.0.1:{server.server_port}/metrics")
+    typer.echo(f"trainer health:  http://127.0.0.1:{server.server_port}/health/ready")
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: trainer.request_stop())
     summary = trainer.run()

@@ -30,7 +30,7 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
-from streamtrain import metrics
+from streamtrain import health, metrics
 from streamtrain.batch import Batch
 from streamtrain.checkpoint import CheckpointStore, TrainerState
 from streamtrain.ingest.device import to_device
@@ -175,7 +175,10 @@ class Trainer:
 
     def run(self) -> TrainSummary:
         started = self._clock()
+        health.set_condition("checkpoint", False, "restoring the newest checkpoint")
         resumed = self.restore()
+        restored = "started a new run" if resumed is None else f"resumed at step {resumed}"
+        health.set_condition("checkpoint", True, restored)
         prefetch = PrefetchingSource(self._source, depth=self._prefetch_depth).start()
         reason = "stopped"
         try:
@@ -200,6 +203,7 @@ class Trainer:
         last_input = self._clock()
         throughput = _Throughput(self._clock)
         while not self._stop_requested.is_set():
+            health.beat()
             if stop.max_samples is not None and self._progress.samples_seen >= stop.max_samples:
                 return "max_samples"
             batch = prefetch.get(timeout=0.1)
