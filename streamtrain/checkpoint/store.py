@@ -96,10 +96,8 @@ class CheckpointStore:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise
             self._prune(state.step)
-        created = time.time()
         metrics.CHECKPOINT_SECONDS.observe(time.perf_counter() - started)
         metrics.CHECKPOINTS.inc()
-        metrics.CHECKPOINT_AGE.set_function(lambda: time.time() - created)
         log.info("checkpoint %s written in %.3fs", final, time.perf_counter() - started)
         return final
 

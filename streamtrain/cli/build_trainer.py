@@ -80,17 +80,12 @@ def build_trainer(settings: Settings) -> Trainer:
     return Trainer(
         source=source,
         learner=learner,
-        model=model,
-        optimizer=optimizer,
-        scheduler=scheduler,
         checkpoints=CheckpointStore(train.checkpoint_dir, keep=train.keep_checkpoints),
         snapshot_sink=publisher,
-        device=device,
         model_settings=model_settings,
         snapshot_policy=EveryPolicy(train.snapshot_every_steps, train.snapshot_every_seconds),
         checkpoint_policy=EveryPolicy(train.checkpoint_every_steps, train.checkpoint_every_seconds),
         metric_window=train.metric_window,
-        regression=spec.task == "regression",
         prefetch_depth=settings.ingest.prefetch_batches,
         stop=StopConditions(train.max_samples, train.stop_when_idle),
         first_version=lambda: newest_published_version(

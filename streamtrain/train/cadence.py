@@ -47,6 +47,3 @@ class EveryPolicy:
         """Record that the scheduled action ran at ``step``."""
         self._last_step = step
         self._last_time = self.clock()
-
-    def seconds_since(self) -> float:
-        return self.clock() - self._last_time

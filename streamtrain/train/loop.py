@@ -43,6 +43,7 @@ from streamtrain.train.weights import copy_weights
 
 log = logging.getLogger(__name__)
 
+_POLL_SECONDS = 0.1  # longest wait for a batch before the cadences are checked again
 _METRICS_EVERY_STEPS = 16
 _METRICS_EVERY_SECONDS = 0.5
 
@@ -95,17 +96,12 @@ class Trainer:
         *,
         source: SampleSource,
         learner: Learner,
-        model: nn.Module,
-        optimizer: Optimizer,
-        scheduler: LRScheduler | None,
         checkpoints: CheckpointStore,
         snapshot_sink: SnapshotSink | None,
-        device: torch.device,
         model_settings: Mapping[str, Any],
         snapshot_policy: EveryPolicy,
         checkpoint_policy: EveryPolicy,
         metric_window: int = 1000,
-        regression: bool = False,
         prefetch_depth: int = 4,
         stop: StopConditions = StopConditions(),
         first_version: Callable[[], int] = lambda: 0,
@@ -113,17 +109,15 @@ class Trainer:
     ) -> None:
         self._source = source
         self._learner = learner
-        self._model = model
-        self._optimizer = optimizer
-        self._scheduler = scheduler
         self._checkpoints = checkpoints
         self._sink = snapshot_sink
-        self._device = device
         self._model_settings = dict(model_settings)
         self._snapshot_policy = snapshot_policy
         self._checkpoint_policy = checkpoint_policy
         self._rolling = RollingMetrics(metric_window)
-        self._regression = regression
+        self._score_gauge = (
+            metrics.TRAIN_MAE if learner.head.spec.task == "regression" else metrics.TRAIN_ACCURACY
+        )
         self._pending_scores: list[tuple[int, torch.Tensor, torch.Tensor]] = []
         self._last_flush = clock()
         self._prefetch_depth = prefetch_depth
@@ -133,10 +127,9 @@ class Trainer:
         self._stop_requested = threading.Event()
         self._progress = _Progress()
         self._run_id = uuid.uuid4().hex[:12]
-        self._last_checkpoint_wall = time.time()
+        self._unsaved_since: float | None = None  # wall time of the oldest step not checkpointed
         self._last_snapshot_step = -1
         self._checkpointed: tuple[int, dict[int, int]] = (0, {})
-        metrics.CHECKPOINT_AGE.set_function(lambda: time.time() - self._last_checkpoint_wall)
 
     @property
     def run_id(self) -> str:
@@ -148,7 +141,7 @@ class Trainer:
 
     def restore(self) -> int | None:
         """Load the newest valid checkpoint and seek the source to its offsets."""
-        state = self._checkpoints.load_latest(self._model, self._optimizer, self._scheduler)
+        state = self._checkpoints.load_latest(*self._learner_parts())
         positions = self._source.positions()
         if state is None:
             # A fresh run continues the version sequence servers already follow, so its
@@ -198,7 +191,22 @@ class Trainer:
             rolling_score=score,
         )
 
+    def _learner_parts(self) -> tuple[nn.Module, Optimizer, LRScheduler | None]:
+        learner = self._learner
+        return learner.model, learner.optimizer, learner.scheduler
+
     def _loop(self, prefetch: PrefetchingSource) -> str:
+        """One iteration per batch, or per poll interval without one:
+
+        1. Beat the heartbeat: an iteration stuck anywhere turns ``/health/live`` bad.
+        2. Stop once ``max_samples`` were learned, or after ``stop_when_idle`` without input.
+        3. Take the next batch (waiting at most one poll interval); learn from it if one came.
+        4. Publish and checkpoint when their cadence expired, batch or not: the last steps of a
+           burst reach the servers within ``snapshot_every_seconds`` + one poll interval and
+           disk within ``checkpoint_every_seconds`` while the stream is quiet. Both policies
+           fire only for steps not yet published / checkpointed, so an idle trainer with
+           nothing new writes nothing.
+        """
         stop = self._stop_conditions
         last_input = self._clock()
         throughput = _Throughput(self._clock)
@@ -206,30 +214,35 @@ class Trainer:
             health.beat()
             if stop.max_samples is not None and self._progress.samples_seen >= stop.max_samples:
                 return "max_samples"
-            batch = prefetch.get(timeout=0.1)
+            batch = prefetch.get(timeout=_POLL_SECONDS)
             if batch is None or batch.records == 0:
-                self._flush_scores()
+                if self._pending_scores:
+                    self._flush_scores()
                 idle = self._clock() - last_input
                 if stop.stop_when_idle is not None and idle >= stop.stop_when_idle:
                     return "idle"
-                continue
-            last_input = self._clock()
-            self._progress.offsets.update(batch.next_offsets)
-            if batch.size:
-                self._train_on(batch)
-                throughput.add(batch.size)
+            else:
+                last_input = self._clock()
+                self._progress.offsets.update(batch.next_offsets)
+                if batch.size:
+                    self._train_on(batch)
+                    throughput.add(batch.size)
             self._maybe_snapshot()
             if self._checkpoint_policy.expired(self._progress.step):
                 self._checkpoint(prefetch)
+            unsaved = self._unsaved_since
+            metrics.CHECKPOINT_AGE.set(0.0 if unsaved is None else time.time() - unsaved)
         return "signal"
 
     def _train_on(self, batch: Batch) -> None:
         started = time.perf_counter()
-        on_device = to_device(batch, self._device)
+        on_device = to_device(batch, self._learner.device)
         outcome = self._learner.learn(on_device.features, on_device.labels, on_device.weights)
         progress = self._progress
         progress.step += 1
         progress.samples_seen += batch.size
+        if self._unsaved_since is None:
+            self._unsaved_since = time.time()
         watermark = batch.watermark
         if not math.isnan(watermark):
             progress.watermark = max(progress.watermark or watermark, watermark)
@@ -259,8 +272,7 @@ class Trainer:
             for (size, _, _), (loss, score_sum) in zip(pending, values, strict=True):
                 self._rolling.update(size, loss * size, score_sum)
         metrics.TRAIN_LOSS.set(self._rolling.loss)
-        score_gauge = metrics.TRAIN_MAE if self._regression else metrics.TRAIN_ACCURACY
-        score_gauge.set(self._rolling.score)
+        self._score_gauge.set(self._rolling.score)
         metrics.TRAIN_LEARNING_RATE.set(self._learner.learning_rate)
 
     def _maybe_snapshot(self, force: bool = False) -> None:
@@ -269,7 +281,7 @@ class Trainer:
             return
         if not force and not self._snapshot_policy.expired(step):
             return
-        tensors, wait_ready = copy_weights(self._model)
+        tensors, wait_ready = copy_weights(self._learner.model)
         self._sink.offer(
             SnapshotRequest(
                 version=step,
@@ -283,8 +295,9 @@ class Trainer:
         )
         self._snapshot_policy.mark(step)
         self._last_snapshot_step = step
-        if self._device.type == "cuda":
-            metrics.TRAIN_CUDA_MEMORY.set(torch.cuda.memory_allocated(self._device))
+        device = self._learner.device
+        if device.type == "cuda":
+            metrics.TRAIN_CUDA_MEMORY.set(torch.cuda.memory_allocated(device))
 
     def _checkpoint(self, prefetch: PrefetchingSource) -> None:
         progress = self._progress
@@ -296,9 +309,9 @@ class Trainer:
             model_settings=self._model_settings,
             data_watermark=progress.watermark,
         )
-        self._checkpoints.save(state, self._model, self._optimizer, self._scheduler)
+        self._checkpoints.save(state, *self._learner_parts())
         self._checkpoint_policy.mark(progress.step)
-        self._last_checkpoint_wall = time.time()
+        self._unsaved_since = None
         self._checkpointed = (progress.step, dict(progress.offsets))
         prefetch.request_commit(state.offsets)
 
