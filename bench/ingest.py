@@ -23,8 +23,8 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from streamtrain.broker import EmbeddedBroker, create_topics
 from streamtrain.ingest import KafkaSampleSource
-from streamtrain.schema import BINARY_CONTENT_TYPE, encode_binary_many, encode_json
 from streamtrain.spec import SampleSpec
+from streamtrain.wire import BINARY_CONTENT_TYPE, encode_binary_many, encode_json
 
 SPEC = SampleSpec(feature_shape=(16,), task="binary")
 

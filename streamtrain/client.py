@@ -10,7 +10,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from streamtrain.schema import (
+from streamtrain.spec import SampleSpec
+from streamtrain.wire import (
     CONTENT_TYPE_HEADER,
     CONTENT_TYPES,
     Format,
@@ -18,7 +19,6 @@ from streamtrain.schema import (
     encode_binary_many,
     encode_json,
 )
-from streamtrain.spec import SampleSpec
 
 
 class SampleProducer:

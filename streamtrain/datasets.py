@@ -187,7 +187,7 @@ def jsonl(path: Path, spec: SampleSpec) -> DatasetInfo:
     Raises:
         DatasetError: the file cannot be read, or a line is not a valid sample for ``spec``.
     """
-    from streamtrain.ingest.codecs import decode_json
+    from streamtrain.wire import decode_json
 
     try:
         lines = [line for line in path.read_bytes().splitlines() if line.strip()]

@@ -16,8 +16,8 @@ from streamtrain.cli.common import CONFIG_OPTION, fail, settings_from, setup_log
 from streamtrain.client import SampleProducer
 from streamtrain.datasets import DatasetError, DatasetInfo, SampleChunk, get_dataset, hyperplane
 from streamtrain.kafka_options import kafka_client_options
-from streamtrain.schema import SampleError
 from streamtrain.spec import SampleSpec
+from streamtrain.wire import SampleError
 
 
 class Pacer:

@@ -20,7 +20,7 @@ import numpy as np
 
 from streamtrain.batch import Batch
 from streamtrain.ingest.decode import DecodedChunk, KafkaRecord
-from streamtrain.schema import Reject
+from streamtrain.wire import Reject
 
 
 @dataclass

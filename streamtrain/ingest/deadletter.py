@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 from streamtrain import metrics
 from streamtrain.ingest.decode import KafkaRecord
-from streamtrain.schema import Reject
+from streamtrain.wire import Reject
 
 log = logging.getLogger(__name__)
 

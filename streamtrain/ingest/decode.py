@@ -12,14 +12,17 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import numpy.typing as npt
 
-from streamtrain.ingest.codecs import Decoded, decode_binary, decode_json
-from streamtrain.schema import (
-    BINARY_CONTENT_TYPE,
-    CONTENT_TYPE_HEADER,
-    JSON_CONTENT_TYPE,
-    Reject,
-)
 from streamtrain.spec import SampleSpec
+from streamtrain.wire import (
+    BINARY_CONTENT_TYPE,
+    JSON_CONTENT_TYPE,
+    Decoded,
+    Reject,
+    decode_binary,
+    decode_json,
+    format_of,
+)
+from streamtrain.wire import content_type_of as content_type_of  # clients read it from here
 
 
 class KafkaRecord(Protocol):
@@ -81,14 +84,6 @@ class DecodedChunk:
         return self.decoded.rows
 
 
-def content_type_of(headers: Sequence[tuple[str, bytes]] | None) -> bytes | None:
-    """The value of the first content-type header (name case-insensitive), or None."""
-    for key, value in headers or ():
-        if key.lower() == CONTENT_TYPE_HEADER:
-            return value
-    return None
-
-
 def record_columns(records: Sequence[KafkaRecord]) -> RecordColumns:
     """Columns of ``records``: their own when they offer them, else read field by field."""
     if isinstance(records, ColumnarRecords):
@@ -106,16 +101,11 @@ def record_columns(records: Sequence[KafkaRecord]) -> RecordColumns:
 Codec = Callable[[SampleSpec, Sequence[bytes], npt.NDArray[np.float64]], Decoded]
 
 _JSON, _BINARY, _UNKNOWN = 0, 1, 2
-_JSON_TYPE = JSON_CONTENT_TYPE.encode()
-_BINARY_TYPE = BINARY_CONTENT_TYPE.encode()
+_KINDS = {"json": _JSON, "binary": _BINARY, None: _UNKNOWN}
 
 
 def _kind(content_type: bytes | None) -> int:
-    if content_type is None or content_type.split(b";")[0].strip().lower() == _JSON_TYPE:
-        return _JSON
-    if content_type.strip().lower() == _BINARY_TYPE:
-        return _BINARY
-    return _UNKNOWN
+    return _KINDS[format_of(content_type)]
 
 
 def _sizes(values: Sequence[bytes | None]) -> npt.NDArray[np.int64]:

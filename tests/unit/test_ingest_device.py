@@ -4,10 +4,9 @@ import numpy as np
 import torch
 
 from streamtrain.batch import Batch
-from streamtrain.ingest.codecs import decode_binary
 from streamtrain.ingest.device import to_device
-from streamtrain.schema import encode_binary_many
 from streamtrain.spec import SampleSpec
+from streamtrain.wire import decode_binary, encode_binary_many
 
 
 def _batch() -> Batch:

@@ -6,17 +6,18 @@ import math
 import numpy as np
 import pytest
 
-from streamtrain.ingest.codecs import decode_binary, decode_json
-from streamtrain.schema import (
+from streamtrain.spec import SampleSpec
+from streamtrain.wire import (
     BINARY_MAGIC,
-    Sample,
+    JsonSample,
     SampleError,
     binary_dtype,
+    decode_binary,
+    decode_json,
     encode_binary,
     encode_binary_many,
     encode_json,
 )
-from streamtrain.spec import SampleSpec
 
 MULTI = SampleSpec(feature_shape=(4,), task="multiclass", num_classes=3)
 BINARY = SampleSpec(feature_shape=(2,), task="binary")
@@ -89,7 +90,7 @@ def test_encoders_refuse_what_cannot_be_valid() -> None:
 
 
 def test_sample_model_writes_the_json_wire_format() -> None:
-    value = Sample(features=[1, 2], label=True, timestamp=3.0).to_json()
+    value = JsonSample(features=[1, 2], label=True, timestamp=3.0).to_json()
     assert json.loads(value) == {"features": [1, 2], "label": True, "timestamp": 3.0}
     out = decode_json(BINARY, [value], _ts(1))
     assert out.labels.tolist() == [1] and out.timestamps.tolist() == [3.0]

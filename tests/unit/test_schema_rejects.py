@@ -5,9 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from streamtrain.ingest.codecs import decode_binary, decode_json
-from streamtrain.schema import encode_binary, encode_binary_many
 from streamtrain.spec import SampleSpec
+from streamtrain.wire import decode_binary, decode_json, encode_binary, encode_binary_many
 
 SPEC = SampleSpec(feature_shape=(16,), task="multiclass", num_classes=3)
 BIN = SampleSpec(feature_shape=(2,), task="binary")

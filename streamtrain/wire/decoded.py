@@ -1,21 +1,74 @@
-"""Vectorised checks every decoded sample must pass, whatever codec it came in.
+"""What a decoder returns, and the checks every decoded sample passes whatever its format.
 
-Both codecs build whole-poll arrays first and call :func:`check_rows` once; the per-row loop
-runs only over the rows that fail, to write their detail messages.
+Both codecs build whole-poll arrays first and call :func:`finish` once; the per-row loop in
+:func:`check_rows` runs only over the rows that fail, to write their detail messages.
 """
 
 from __future__ import annotations
 
-import math
-from typing import Any
+from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
 
-from streamtrain.schema import Reject
 from streamtrain.spec import SampleSpec
+from streamtrain.wire.rejects import Reject
 
 Labels = npt.NDArray[np.int64] | npt.NDArray[np.float32]
+
+
+@dataclass
+class Decoded:
+    """Valid samples of some records (``rows`` index the input, ascending) and the rejected
+    ones, so a caller can keep record order when it cuts batches."""
+
+    rows: npt.NDArray[np.int64]
+    features: npt.NDArray[np.float32]
+    labels: Labels
+    weights: npt.NDArray[np.float32]
+    timestamps: npt.NDArray[np.float64]
+    rejects: dict[int, Reject] = field(default_factory=dict)
+
+    @classmethod
+    def nothing(cls, spec: SampleSpec, rejects: dict[int, Reject] | None = None) -> Decoded:
+        labels: Labels
+        if spec.is_classification:
+            labels = np.zeros((0,), np.int64)
+        else:
+            labels = np.zeros((0, spec.target_dim), np.float32)
+        return cls(
+            rows=np.zeros((0,), np.int64),
+            features=np.zeros((0, *spec.feature_shape), np.float32),
+            labels=labels,
+            weights=np.zeros((0,), np.float32),
+            timestamps=np.zeros((0,), np.float64),
+            rejects=rejects or {},
+        )
+
+    def keep(self, good: npt.NDArray[np.bool_]) -> Decoded:
+        return Decoded(
+            rows=self.rows[good],
+            features=self.features[good],
+            labels=self.labels[good],
+            weights=self.weights[good],
+            timestamps=self.timestamps[good],
+            rejects=self.rejects,
+        )
+
+
+def finish(spec: SampleSpec, decoded: Decoded, record_ts: npt.NDArray[np.float64]) -> Decoded:
+    """Default missing (NaN) timestamps to the record's, run :func:`check_rows`, drop the rows
+    that fail it (their rejects join ``decoded.rejects``)."""
+    missing = np.isnan(decoded.timestamps)
+    decoded.timestamps[missing] = record_ts[decoded.rows[missing]]
+    bad = check_rows(spec, decoded.features, decoded.labels, decoded.weights, decoded.timestamps)
+    if not bad:
+        return decoded
+    for row, reject in bad.items():
+        decoded.rejects[int(decoded.rows[row])] = reject
+    good = np.ones(len(decoded.rows), bool)
+    good[list(bad)] = False
+    return decoded.keep(good)
 
 
 def check_rows(
@@ -62,6 +115,7 @@ def check_rows(
 
 
 def expected_label(spec: SampleSpec) -> str:
+    """What a label of ``spec`` must be, as reject details say it."""
     if spec.task == "binary":
         return "0 or 1 (or true/false) for a binary task"
     if spec.task == "multiclass":
@@ -73,58 +127,3 @@ def expected_label(spec: SampleSpec) -> str:
 
 def out_of_range(label: int, spec: SampleSpec) -> Reject:
     return Reject("bad_label", f"label {label} is out of range; expected {expected_label(spec)}")
-
-
-def class_label(label: Any, spec: SampleSpec) -> int | Reject:
-    """One JSON class label as an int in range, or why it is not one."""
-    kind = type(label)
-    if kind is int:
-        value = int(label)
-    elif kind is bool:
-        if spec.task != "binary":
-            return Reject("bad_label", f"label is {label!r}; expected {expected_label(spec)}")
-        value = int(label)
-    elif kind is float:
-        if not math.isfinite(label):
-            return Reject("non_finite", f"label is {label}")
-        if not label.is_integer():
-            return Reject(
-                "bad_label", f"label {label} is not a class; expected {expected_label(spec)}"
-            )
-        value = int(label)
-    else:
-        value = -1
-    if kind in (int, bool, float):
-        return value if 0 <= value < spec.num_classes else out_of_range(value, spec)
-    if label is None:
-        return Reject("bad_label", f"label is missing; expected {expected_label(spec)}")
-    return Reject("bad_label", f"label is a {_json_type(label)}; expected {expected_label(spec)}")
-
-
-def regression_label(label: Any, spec: SampleSpec) -> list[Any] | Reject:
-    """One JSON regression label as a list to stack (element types checked in bulk later)."""
-    kind = type(label)
-    if kind is int or kind is float:
-        if spec.target_dim == 1:
-            return [label]
-        return Reject("bad_label", f"label is a number; expected {expected_label(spec)}")
-    if kind is list:
-        return label  # type: ignore[no-any-return]
-    if label is None:
-        return Reject("bad_label", f"label is missing; expected {expected_label(spec)}")
-    return Reject("bad_label", f"label is a {_json_type(label)}; expected {expected_label(spec)}")
-
-
-def optional_number(value: Any, default: float) -> float | None:
-    """A JSON number (not a boolean), ``default`` when absent, None when of the wrong type."""
-    if value is None:
-        return default
-    kind = type(value)
-    if kind is float or kind is int:
-        return float(value)
-    return None
-
-
-def _json_type(value: Any) -> str:
-    names = {str: "string", list: "list", dict: "object", bool: "boolean"}
-    return names.get(type(value), type(value).__name__)

@@ -1,0 +1,52 @@
+"""Why a record is not a valid sample: the reject reasons of the wire format, in one place.
+
+Every codec reports a refused record as a :class:`Reject`: one reason of :data:`REASONS` (the
+``reason`` label of ``streamtrain_ingest_rejected_records``) and a detail that names what was
+expected. Encoders raise the same reject inside a :class:`SampleError`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal, get_args
+
+RejectReason = Literal[
+    "undecodable",  # not UTF-8 JSON / not an object / wrong binary magic / tombstone
+    "bad_shape",  # features missing, of the wrong shape or length, or not numbers
+    "non_finite",  # NaN or Inf in features, label or weight
+    "bad_label",  # missing, of the wrong type, or out of range
+    "bad_weight",  # negative or not a number
+    "bad_timestamp",  # not a finite number
+    "oversized",  # larger than max_record_bytes
+    "unknown_content_type",  # a content-type header naming neither codec
+]
+REASONS: tuple[RejectReason, ...] = get_args(RejectReason)
+
+
+@dataclass(frozen=True)
+class Reject:
+    """Why one record is not a valid sample: a reason from :data:`REASONS` and a detail.
+
+    >>> str(Reject("bad_label", "label is missing"))
+    'bad_label: label is missing'
+    """
+
+    reason: RejectReason
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.reason}: {self.detail}"
+
+
+class SampleError(ValueError):
+    """A sample that cannot be encoded or decoded; ``reject`` says why."""
+
+    def __init__(self, reject: Reject) -> None:
+        super().__init__(str(reject))
+        self.reject = reject
+
+
+def shape_text(shape: Sequence[int]) -> str:
+    """A shape as reject details print it: ``[1, 8, 8]``."""
+    return "[" + ", ".join(str(d) for d in shape) + "]"
