@@ -18,6 +18,7 @@ from streamtrain.wire import (
     JSON_CONTENT_TYPE,
     Decoded,
     Reject,
+    content_types_of,
     decode_binary,
     decode_json,
     format_of,
@@ -94,7 +95,7 @@ def record_columns(records: Sequence[KafkaRecord]) -> RecordColumns:
         offsets=np.fromiter((r.offset for r in records), np.int64, n),
         timestamps_ms=np.fromiter((r.timestamp for r in records), np.int64, n),
         values=[r.value for r in records],
-        content_types=[content_type_of(r.headers) for r in records],
+        content_types=content_types_of([r.headers for r in records]),
     )
 
 

@@ -36,6 +36,7 @@ from streamtrain.wire.content_type import (
     JSON_CONTENT_TYPE,
     Format,
     content_type_of,
+    content_types_of,
     format_of,
 )
 from streamtrain.wire.decoded import Decoded
@@ -57,6 +58,7 @@ __all__ = [
     "SampleError",
     "binary_dtype",
     "content_type_of",
+    "content_types_of",
     "decode_binary",
     "decode_json",
     "encode_binary",
