@@ -5,9 +5,9 @@ values decoded in bulk per codec, record order kept.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Protocol, cast, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
@@ -99,8 +99,6 @@ def record_columns(records: Sequence[KafkaRecord]) -> RecordColumns:
     )
 
 
-Codec = Callable[[SampleSpec, Sequence[bytes], npt.NDArray[np.float64]], Decoded]
-
 _JSON, _BINARY, _UNKNOWN = 0, 1, 2
 _KINDS = {"json": _JSON, "binary": _BINARY, None: _UNKNOWN}
 
@@ -144,10 +142,10 @@ def decode_records(
         for i in np.flatnonzero(bad).tolist():
             rejects[i] = _reject(sizes[i], cols.content_types[i], max_record_bytes)
     parts = []
-    for kind, codec in ((_JSON, decode_json), (_BINARY, decode_binary)):
+    for kind in (_JSON, _BINARY):
         rows = np.flatnonzero((kinds == kind) & ~bad)
         if len(rows):
-            parts.append(_decode_subset(spec, cols.values, rows, stamps, codec))
+            parts.append(_decode_subset(spec, kind, cols.values, rows, stamps, sizes))
     return DecodedChunk(
         records=records,
         partitions=cols.partitions,
@@ -175,17 +173,26 @@ def _reject(size: int, content_type: bytes | None, max_record_bytes: int) -> Rej
 
 def _decode_subset(
     spec: SampleSpec,
+    kind: int,
     values: Sequence[bytes | None],
     index: npt.NDArray[np.int64],
     stamps: npt.NDArray[np.float64],
-    codec: Codec,
+    sizes: npt.NDArray[np.int64],
 ) -> Decoded:
-    subset = values if len(index) == len(values) else [values[i] for i in index.tolist()]
-    decoded = codec(spec, subset, stamps[index])  # type: ignore[arg-type]  # no None left
-    # Map positions within the subset back to positions within the poll.
-    rows = index.tolist()
+    """Decode the records at ``index`` (all of one codec, none None) with their codec."""
+    whole = len(index) == len(values)
+    # No None is left at these positions: tombstones were rejected before.
+    subset = cast(Sequence[bytes], values if whole else [values[i] for i in index.tolist()])
+    if kind == _BINARY:
+        decoded = decode_binary(spec, subset, stamps[index], sizes=sizes[index])
+    else:
+        decoded = decode_json(spec, subset, stamps[index])
+    if whole:  # positions within the subset are positions within the poll
+        return decoded
     decoded.rows = index[decoded.rows]
-    decoded.rejects = {rows[k]: v for k, v in decoded.rejects.items()}
+    if decoded.rejects:
+        rows = index.tolist()
+        decoded.rejects = {rows[k]: v for k, v in decoded.rejects.items()}
     return decoded
 
 

@@ -126,14 +126,19 @@ def encode_binary_many(
 
 
 def decode_binary(
-    spec: SampleSpec, values: Sequence[bytes], record_ts: npt.NDArray[np.float64]
+    spec: SampleSpec,
+    values: Sequence[bytes],
+    record_ts: npt.NDArray[np.float64],
+    sizes: npt.NDArray[np.int64] | None = None,
 ) -> Decoded:
     """Decode binary layout v1 values: one ``frombuffer`` over every value of the right size,
-    then the checks of :func:`~streamtrain.wire.decoded.finish`."""
+    then the checks of :func:`~streamtrain.wire.decoded.finish`. ``sizes`` are the values'
+    lengths when the caller has them already."""
     dtype = binary_dtype(spec)
     size = dtype.itemsize
     rejects: dict[int, Reject] = {}
-    sizes = np.fromiter(map(len, values), np.int64, len(values))
+    if sizes is None:
+        sizes = np.fromiter(map(len, values), np.int64, len(values))
     if (sizes == size).all():
         rows = np.arange(len(values), dtype=np.int64)
         buf = b"".join(values)
