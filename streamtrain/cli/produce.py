@@ -12,7 +12,15 @@ import typer
 
 from streamtrain.broker import create_topics
 from streamtrain.cli.command import app
-from streamtrain.cli.common import CONFIG_OPTION, fail, settings_from, setup_logging
+from streamtrain.cli.common import (
+    CONFIG_OPTION,
+    ExitCode,
+    fail,
+    is_kafka_failure,
+    kafka_failure_message,
+    settings_from,
+    setup_logging,
+)
 from streamtrain.client import SampleProducer
 from streamtrain.datasets import DatasetError, DatasetInfo, SampleChunk, get_dataset, hyperplane
 from streamtrain.kafka_options import kafka_client_options
@@ -169,6 +177,11 @@ def produce(
     except (DatasetError, SampleError) as exc:
         fail(str(exc))
     except Exception as exc:  # kafka-python raises many types; all mean "cannot reach Kafka"
-        fail(f"producing to {topic_name} at {settings.kafka.bootstrap_servers} failed: {exc!r}")
+        if not (is_kafka_failure(exc) or isinstance(exc, ConnectionError | TimeoutError)):
+            raise
+        fail(
+            kafka_failure_message(settings.kafka.bootstrap_servers, exc),
+            ExitCode.KAFKA_UNREACHABLE,
+        )
     stopped = " (stopped early)" if interrupted else ""
     typer.echo(f"produced {sent} samples of {info.name} to {topic_name} ({format}){stopped}")

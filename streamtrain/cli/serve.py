@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
 import typer
 
 from streamtrain.cli.command import app
-from streamtrain.cli.common import CONFIG_OPTION, fail, settings_from, setup_logging
+from streamtrain.cli.common import (
+    CONFIG_OPTION,
+    ExitCode,
+    fail,
+    port_in_use_message,
+    settings_from,
+    setup_logging,
+)
 
 
 @app.command()
@@ -36,8 +44,12 @@ def serve(
 
     try:
         worker = build_worker(settings)
-    except (ValueError, OSError) as exc:
+    except ValueError as exc:
         fail(str(exc))
+    except OSError as exc:
+        if exc.errno in (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL):
+            fail(port_in_use_message("--port", settings.serve.port, exc), ExitCode.LOCAL_RESOURCE)
+        fail(str(exc), ExitCode.FAILED)
     typer.echo(f"serving model {settings.serve.model_name!r} on {worker.url}", color=False)
     typer.echo(f"  infer:   POST {worker.url}/v2/models/{settings.serve.model_name}/infer")
     typer.echo(f"  ready:   GET  {worker.url}/v2/health/ready")

@@ -9,7 +9,17 @@ from typing import TYPE_CHECKING
 import typer
 
 from streamtrain.cli.command import app
-from streamtrain.cli.common import CONFIG_OPTION, fail, settings_from, setup_logging
+from streamtrain.cli.common import (
+    CONFIG_OPTION,
+    ExitCode,
+    fail,
+    is_kafka_failure,
+    kafka_failure_message,
+    port_in_use_message,
+    require_writable_dir,
+    settings_from,
+    setup_logging,
+)
 
 if TYPE_CHECKING:
     from streamtrain.train.loop import TrainSummary
@@ -52,22 +62,32 @@ def train(
         train__stop_when_idle=stop_when_idle,
         train__torch_threads=torch_threads,
     )
+    # Local mistakes first (seconds of Kafka retries or a model build would hide them).
+    require_writable_dir(settings.train.checkpoint_dir, "--checkpoint-dir")
+    health.HEALTH.configure(settings.train.liveness_timeout_s)
+    try:
+        server = metrics.serve_metrics(
+            metrics.TRAINER_REGISTRY, settings.train.metrics_port, routes=health.routes()
+        )
+    except OSError as exc:
+        fail(
+            port_in_use_message("--metrics-port", settings.train.metrics_port, exc),
+            ExitCode.LOCAL_RESOURCE,
+        )
     topics = settings.topics
-    if create_missing_topics:
-        servers, client = settings.kafka.bootstrap_servers, kafka_client_options(settings.kafka)
-        try:
+    servers = settings.kafka.bootstrap_servers
+    try:
+        if create_missing_topics:
+            client = kafka_client_options(settings.kafka)
             create_topics(servers, [topics.samples], topics.sample_partitions, client)
             create_topics(servers, [topics.dead_letter, topics.snapshots], 1, client)
-        except Exception as exc:
-            fail(f"cannot reach Kafka at {settings.kafka.bootstrap_servers}: {exc}", code=1)
-    try:
         trainer = build_trainer(settings)
-    except ValueError as exc:
-        fail(str(exc))
-    health.HEALTH.configure(settings.train.liveness_timeout_s)
-    server = metrics.serve_metrics(
-        metrics.TRAINER_REGISTRY, settings.train.metrics_port, routes=health.routes()
-    )
+    except Exception as exc:
+        if isinstance(exc, ValueError):  # settings the model or the client library refuse
+            fail(str(exc))
+        if is_kafka_failure(exc) or isinstance(exc, ConnectionError | TimeoutError):
+            fail(kafka_failure_message(servers, exc), ExitCode.KAFKA_UNREACHABLE)
+        raise
     typer.echo(f"trainer metrics: http://127.0.0.1:{server.server_port}/metrics")
     typer.echo(f"trainer health:  http://127.0.0.1:{server.server_port}/health/ready")
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -56,7 +56,15 @@ def build_model(name: str, spec: SampleSpec, params: Mapping[str, Any] | None = 
     torch.Size([2, 3])
     """
     factory = resolve_factory(name)
-    model = factory(spec, dict(params or {}))
+    try:
+        model = factory(spec, dict(params or {}))
+    except ValueError:
+        raise  # the factory's own message about its parameters
+    except Exception as exc:  # a user's factory may raise anything; name it, never a traceback
+        raise ValueError(
+            f"model factory {name!r} raised {type(exc).__name__}: {exc}; it is called as "
+            "factory(spec, params) and must return a torch.nn.Module (docs/models.md)"
+        ) from exc
     if not isinstance(model, nn.Module):
         raise ValueError(
             f"model factory {name!r} returned {type(model).__name__}, not a torch.nn.Module; "
