@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # Override for a CUDA build, e.g. `make setup TORCH_SPEC="torch>=2.2,<3"`.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: setup demo test test-unit lint bench clean
+.PHONY: setup demo test test-unit test-integration-kafka-python lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -26,6 +26,11 @@ test: $(STAMP)
 
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit
+
+# The integration tier again with every streamtrain Kafka client on kafka-python (`make test`
+# runs it with confluent-kafka, the default).
+test-integration-kafka-python: $(STAMP)
+	STREAMTRAIN_TEST_KAFKA_CLIENT=kafka-python $(BIN)/python -m pytest -q -p no:cacheprovider tests/integration
 
 lint: $(STAMP)
 	$(BIN)/ruff check streamtrain tests bench

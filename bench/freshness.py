@@ -25,6 +25,7 @@ import numpy as np
 
 from streamtrain.broker import free_port
 from streamtrain.client import SampleProducer
+from streamtrain.kafka import KafkaConnection
 from streamtrain.snapshot.manifest import settings_hash
 from streamtrain.snapshot.subscriber import ReceivedSnapshot, SnapshotSubscriber
 from streamtrain.spec import SampleSpec
@@ -69,7 +70,7 @@ def _watermarks(bootstrap: str, topic: str, stop: threading.Event) -> dict[int, 
 
     def follow() -> None:
         subscriber = SnapshotSubscriber(
-            client_options={"bootstrap_servers": [bootstrap]},
+            kafka=KafkaConnection(bootstrap),
             topic=topic,
             settings_hash=_model_settings_hash(),
         )
@@ -165,7 +166,7 @@ def _produce_and_poll(
     rng = np.random.default_rng(0)
     produced: list[float] = []
     with SampleProducer(
-        spec=SPEC, topic=topic, format="binary", client_options={"bootstrap_servers": [bootstrap]}
+        spec=SPEC, topic=topic, format="binary", kafka=KafkaConnection(bootstrap)
     ) as producer:
         # Warm-up: the stream flows until the server answers with a trained version (process
         # start-up is not freshness); only samples produced after that are measured.

@@ -24,8 +24,9 @@ from confluent_kafka import Consumer
 from confluent_kafka import TopicPartition as ConfluentPartition
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from streamtrain.broker import EmbeddedBroker, create_topics
+from streamtrain.broker import EmbeddedBroker
 from streamtrain.ingest import KafkaSampleSource
+from streamtrain.kafka import KafkaConnection, create_topics
 from streamtrain.spec import SampleSpec
 from streamtrain.wire import (
     BINARY_CONTENT_TYPE,
@@ -87,11 +88,10 @@ def raw_consume(bootstrap: str, topic: str, partitions: int, count: int) -> floa
 
 def source_rate(bootstrap: str, topic: str, count: int, client: str) -> float:
     with KafkaSampleSource(
-        client=client,  # type: ignore[arg-type]
         spec=SPEC,
         topic=topic,
         group_id=f"bench-{topic}",
-        client_options={"bootstrap_servers": [bootstrap]},
+        kafka=KafkaConnection(bootstrap, client=client),  # type: ignore[arg-type]
         start_from="earliest",
         max_batch_size=100_000,
         max_wait_ms=50,

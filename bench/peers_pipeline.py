@@ -26,11 +26,10 @@ from peers_inprocess import ModelConfig, stream_spec
 from peers_river import RunResult
 from peers_streams import Stream
 
-from streamtrain.broker import create_topics
 from streamtrain.cli.build_trainer import build_trainer
 from streamtrain.client import SampleProducer
 from streamtrain.config import Settings, load_settings
-from streamtrain.kafka_options import kafka_client_options
+from streamtrain.kafka import KafkaConnection, create_topics
 
 
 @dataclass(frozen=True)
@@ -93,7 +92,7 @@ def run_pipeline(
         with SampleProducer(
             spec=stream_spec(stream),
             topic=topics.samples,
-            client_options=kafka_client_options(settings.kafka),
+            kafka=KafkaConnection.from_settings(settings.kafka),
             format="binary",
         ) as producer:
             producer.send_many(stream.features, stream.labels)

@@ -32,7 +32,7 @@ from freshness import measure as measure_freshness
 
 from streamtrain.broker import EmbeddedBroker, free_port
 from streamtrain.config import Settings, load_settings
-from streamtrain.kafka_options import kafka_client_options
+from streamtrain.kafka import KafkaConnection
 from streamtrain.serve.server import build_worker
 from streamtrain.snapshot.manifest import settings_hash
 from streamtrain.snapshot.writer import SnapshotWriter
@@ -66,7 +66,7 @@ class Publisher:
             settings.model.name, spec_for_model(settings.model), settings.model.params
         )
         self._writer = SnapshotWriter(
-            client_options=kafka_client_options(settings.kafka),
+            kafka=KafkaConnection.from_settings(settings.kafka),
             topic=settings.topics.snapshots,
             model_name=settings.model.name,
             settings_hash=settings_hash(settings.model.model_dump(mode="json")),

@@ -18,6 +18,7 @@ import time
 import torch
 
 from streamtrain.broker import EmbeddedBroker
+from streamtrain.kafka import KafkaConnection
 from streamtrain.snapshot import SnapshotPublisher, SnapshotSubscriber, settings_hash
 from streamtrain.snapshot.verify import ReceivedSnapshot
 from streamtrain.train.hooks import SnapshotRequest
@@ -55,13 +56,13 @@ def _wait_received(sub: SnapshotSubscriber, version: int, timeout: float = 120.0
 
 def bench_size(bootstrap: str, megabytes: float, repeats: int) -> tuple[float, float, float, int]:
     topic = f"bench-snapshot-{megabytes:g}mb"
-    options = {"bootstrap_servers": [bootstrap]}
+    options = KafkaConnection(bootstrap)
     state = _state(megabytes)
     size = sum(t.numel() * t.element_size() for t in state.values())
     publisher = SnapshotPublisher(
-        client_options=options, topic=topic, model_name="bench", settings_hash=HASH
+        kafka=options, topic=topic, model_name="bench", settings_hash=HASH
     )
-    sub = SnapshotSubscriber(client_options=options, topic=topic, settings_hash=HASH)
+    sub = SnapshotSubscriber(kafka=options, topic=topic, settings_hash=HASH)
     sub.latest(timeout_s=5)
     publish, receive = [], []
     for version in range(1, repeats + 1):
@@ -75,7 +76,7 @@ def bench_size(bootstrap: str, megabytes: float, repeats: int) -> tuple[float, f
         receive.append(time.perf_counter() - published)
     publisher.close()
     sub.close()
-    late = SnapshotSubscriber(client_options=options, topic=topic, settings_hash=HASH)
+    late = SnapshotSubscriber(kafka=options, topic=topic, settings_hash=HASH)
     started = time.perf_counter()
     found = late.latest(timeout_s=120)
     latest_s = time.perf_counter() - started

@@ -28,6 +28,7 @@ from streamtrain.broker import EmbeddedBroker
 from streamtrain.cli.build_trainer import build_trainer
 from streamtrain.client import SampleProducer
 from streamtrain.config import load_settings
+from streamtrain.kafka import KafkaConnection
 
 
 def produce(bootstrap: str, topic: str, count: int) -> float:
@@ -40,7 +41,7 @@ def produce(bootstrap: str, topic: str, count: int) -> float:
         spec=DEFAULT_SPEC,
         topic=topic,
         format="binary",
-        client_options={"bootstrap_servers": [bootstrap]},
+        kafka=KafkaConnection(bootstrap),
     ) as producer:
         for start in range(0, count, 10_000):
             producer.send_many(x[start : start + 10_000], y[start : start + 10_000], partition=0)

@@ -16,10 +16,9 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
-from typing import Any
 
 BINARY_ENV = "STREAMTRAIN_TANSU_BINARY"
 
@@ -132,6 +131,8 @@ class EmbeddedBroker:
         )
 
     def create_topics(self, names: Iterable[str], partitions: int = 1) -> None:
+        from streamtrain.kafka.admin import create_topics
+
         create_topics(self.bootstrap_servers, names, partitions)
 
     def stop(self, timeout: float = 5.0) -> None:
@@ -155,34 +156,3 @@ class EmbeddedBroker:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
-
-
-def create_topics(
-    bootstrap_servers: str,
-    names: Iterable[str],
-    partitions: int = 1,
-    client_options: Mapping[str, Any] | None = None,
-) -> None:
-    """Create topics that do not exist yet; existing ones are left as they are.
-
-    ``client_options`` (from ``kafka_client_options``) carry TLS/SASL for secured clusters;
-    without them only the bootstrap servers are used.
-    """
-    from kafka.admin import KafkaAdminClient, NewTopic
-    from kafka.errors import TopicAlreadyExistsError
-
-    options = {"bootstrap_servers": bootstrap_servers, **(client_options or {})}
-    options["client_id"] = "streamtrain-admin"
-    admin = KafkaAdminClient(**options)
-    try:
-        existing = set(admin.list_topics())
-        wanted = [
-            NewTopic(name, num_partitions=partitions, replication_factor=1)
-            for name in dict.fromkeys(names)
-            if name not in existing
-        ]
-        if wanted:
-            with contextlib.suppress(TopicAlreadyExistsError):
-                admin.create_topics(wanted)
-    finally:
-        admin.close()

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from concurrent.futures import Future
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 
+from streamtrain.kafka import KafkaConnection, record_producer
 from streamtrain.spec import SampleSpec
 from streamtrain.wire import (
     CONTENT_TYPE_HEADER,
@@ -22,12 +23,12 @@ from streamtrain.wire import (
 
 
 class SampleProducer:
-    """A thin kafka-python producer that encodes samples and sets their content-type header.
+    """A producer (of the connection's library) that encodes samples and sets their content type.
 
     >>> from streamtrain.spec import SampleSpec
     >>> with SampleProducer(  # doctest: +SKIP
     ...     spec=SampleSpec(feature_shape=(2,), task="binary"), topic="samples",
-    ...     client_options={"bootstrap_servers": ["127.0.0.1:9092"]}, format="binary",
+    ...     kafka=KafkaConnection("127.0.0.1:9092"), format="binary",
     ... ) as producer:
     ...     producer.send([0.1, 0.2], 1)
     ...     producer.send_many(np.zeros((100, 2)), np.zeros(100, np.int64))
@@ -38,28 +39,26 @@ class SampleProducer:
         *,
         spec: SampleSpec,
         topic: str,
-        client_options: Mapping[str, Any],
+        kafka: KafkaConnection,
         format: Format = "json",
         linger_ms: int = 5,
         batch_size: int = 256 * 1024,
-        acks: int | str = 1,
+        acks: Literal[0, 1, "all"] = 1,
     ) -> None:
-        from kafka import KafkaProducer
-
         if format not in CONTENT_TYPES:
             raise ValueError(f"format={format!r}; expected one of {sorted(CONTENT_TYPES)}")
         self.spec = spec
         self.topic = topic
         self.format = format
         self._headers = [(CONTENT_TYPE_HEADER, CONTENT_TYPES[format].encode())]
-        self._producer = KafkaProducer(
-            **dict(client_options), linger_ms=linger_ms, batch_size=batch_size, acks=acks
+        self._producer = record_producer(
+            kafka, linger_ms=linger_ms, batch_size=batch_size, acks=acks
         )
         self.sent = 0
 
-    def _send_value(self, value: bytes, key: bytes | None, partition: int | None) -> Any:
+    def _send_value(self, value: bytes, key: bytes | None, partition: int | None) -> Future[int]:
         future = self._producer.send(
-            self.topic, value=value, key=key, partition=partition, headers=self._headers
+            self.topic, value, key=key, partition=partition, headers=self._headers
         )
         self.sent += 1
         return future
@@ -72,8 +71,8 @@ class SampleProducer:
         timestamp: float | None = None,
         key: bytes | None = None,
         partition: int | None = None,
-    ) -> Any:
-        """Encode and send one sample; returns kafka-python's future for the record.
+    ) -> Future[int]:
+        """Encode and send one sample; returns a future of the record's offset.
 
         Raises:
             SampleError: the sample cannot be encoded for ``spec`` (shape, label, NaN in JSON).
@@ -111,7 +110,7 @@ class SampleProducer:
             self._send_value(value, None, partition)
         return len(values)
 
-    def flush(self, timeout: float | None = None) -> None:
+    def flush(self, timeout: float = 60.0) -> None:
         self._producer.flush(timeout=timeout)
 
     def close(self, timeout: float = 30.0) -> None:

@@ -36,9 +36,12 @@ class KafkaSettings(_Frozen):
     )
     client_id: str = "streamtrain"
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_mechanism: (
+        Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER", "GSSAPI"] | None
+    ) = None
     sasl_username: str | None = None
     sasl_password: SecretStr | None = None
+    sasl_kerberos_service_name: str = Field("kafka", description="GSSAPI only.")
     ssl_cafile: Path | None = None
     ssl_certfile: Path | None = None
     ssl_keyfile: Path | None = None
@@ -46,10 +49,17 @@ class KafkaSettings(_Frozen):
     fetch_max_wait_ms: int = Field(10, ge=0, le=60_000)
     request_timeout_ms: int = Field(30_000, ge=1_000)
     client: Literal["auto", "kafka-python", "confluent"] = Field(
-        "auto",
-        description="Client library of the trainer's sample consumer: 'confluent' "
-        "(confluent-kafka/librdkafka, ~10x the records/s), 'kafka-python', or 'auto' "
-        "(confluent when the confluent-kafka package imports, else kafka-python).",
+        "confluent",
+        description="Client library of every Kafka client: 'confluent' (confluent-kafka/"
+        "librdkafka, ~10x the records/s), 'kafka-python', or 'auto' (confluent when the "
+        "confluent-kafka package imports, else kafka-python).",
+    )
+    extra: dict[str, str | int | float | bool] = Field(
+        default_factory=dict,
+        description="Raw options of the chosen client library, passed through unchanged.",
+    )
+    connect_timeout_s: float = Field(
+        30.0, gt=0, description="How long a call that must reach Kafka may try."
     )
 
     @field_validator("bootstrap_servers")
@@ -240,6 +250,8 @@ def describe_validation_error(exc: ValidationError) -> str:
 
 def _shown_input(err: Any) -> str:
     # A misspelt secret (sasl_passwrd) arrives as an unknown field: never echo its value.
-    if err["type"] == "extra_forbidden" or any("password" in str(p) for p in err["loc"]):
+    # kafka.extra may hold an OAuth client secret: never echo it either.
+    secret = any("password" in str(p) or p == "extra" for p in err["loc"])
+    if err["type"] == "extra_forbidden" or secret:
         return ""
     return f"got {err.get('input')!r}; "

@@ -3,6 +3,11 @@
 Broker choice, in order: ``STREAMTRAIN_TEST_BOOTSTRAP`` if set; testcontainers' Kafka if a
 Docker engine answers; else the embedded broker. A broker that cannot be had is an error, never a
 skip: integration tests must fail loudly in CI.
+
+Client library: ``STREAMTRAIN_TEST_KAFKA_CLIENT`` (``confluent``, the default, or
+``kafka-python``) is what every client the tests build through streamtrain uses: the
+``kafka_connection`` fixture carries it, and ``STREAMTRAIN_KAFKA__CLIENT`` is set for the session
+so settings-built clients (in this process and in the CLI processes tests start) use it too.
 """
 
 from __future__ import annotations
@@ -15,8 +20,20 @@ from pathlib import Path
 import pytest
 
 from streamtrain.broker import EmbeddedBroker
+from streamtrain.kafka import KafkaClient, KafkaConnection
 
 _TIERS = {"unit", "integration", "gpu"}
+_CLIENTS: tuple[KafkaClient, ...] = ("confluent", "kafka-python")
+
+
+def _test_kafka_client() -> KafkaClient:
+    chosen = os.environ.get("STREAMTRAIN_TEST_KAFKA_CLIENT", "confluent")
+    for client in _CLIENTS:
+        if chosen == client:
+            return client
+    raise pytest.UsageError(
+        f"STREAMTRAIN_TEST_KAFKA_CLIENT={chosen!r}; expected one of {', '.join(_CLIENTS)}"
+    )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -49,7 +66,9 @@ def _docker_answers() -> bool:
 
 
 @pytest.fixture(scope="session")
-def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def kafka_bootstrap(
+    tmp_path_factory: pytest.TempPathFactory, kafka_client: KafkaClient
+) -> Iterator[str]:
     explicit = os.environ.get("STREAMTRAIN_TEST_BOOTSTRAP")
     if explicit:
         yield explicit
@@ -63,6 +82,25 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     log = tmp_path_factory.mktemp("broker") / "broker.log"
     with EmbeddedBroker(log_path=log) as broker:
         yield broker.bootstrap_servers
+
+
+@pytest.fixture(scope="session")
+def kafka_client() -> Iterator[KafkaClient]:
+    """The client library under test; settings-built clients follow it through the env."""
+    client = _test_kafka_client()
+    previous = os.environ.get("STREAMTRAIN_KAFKA__CLIENT")
+    os.environ["STREAMTRAIN_KAFKA__CLIENT"] = client
+    yield client
+    if previous is None:
+        os.environ.pop("STREAMTRAIN_KAFKA__CLIENT", None)
+    else:
+        os.environ["STREAMTRAIN_KAFKA__CLIENT"] = previous
+
+
+@pytest.fixture
+def kafka_connection(kafka_bootstrap: str, kafka_client: KafkaClient) -> KafkaConnection:
+    """A connection to the test broker with the client library under test."""
+    return KafkaConnection(kafka_bootstrap, client=kafka_client)
 
 
 @pytest.fixture

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 import torch
 
 from streamtrain.checkpoint import CheckpointStore
 from streamtrain.config import Settings
 from streamtrain.devices import resolve_device
 from streamtrain.ingest.source import KafkaSampleSource
-from streamtrain.kafka_options import kafka_client_options, resolve_kafka_client
+from streamtrain.kafka import KafkaConnection
 from streamtrain.snapshot.manifest import settings_hash
 from streamtrain.snapshot.publisher import SnapshotPublisher
+from streamtrain.snapshot.versions import newest_version
 from streamtrain.spec import spec_for_model
 from streamtrain.train.cadence import EveryPolicy
 from streamtrain.train.learner import Learner
@@ -54,13 +52,13 @@ def build_trainer(settings: Settings) -> Trainer:
         autocast_dtype=_AUTOCAST[train.autocast],
         device=device,
     )
-    client = kafka_client_options(settings.kafka)
+    kafka = KafkaConnection.from_settings(settings.kafka)
     topics = settings.topics
     source = KafkaSampleSource(
         spec=spec,
         topic=topics.samples,
         group_id=settings.ingest.group_id,
-        client_options=client,
+        kafka=kafka,
         partitions=settings.ingest.partitions,
         start_from=settings.ingest.start_from,
         max_batch_size=settings.ingest.max_batch_size,
@@ -68,11 +66,10 @@ def build_trainer(settings: Settings) -> Trainer:
         max_record_bytes=settings.ingest.max_record_bytes,
         dead_letter_topic=topics.dead_letter,
         fetch_max_wait_ms=settings.kafka.fetch_max_wait_ms,
-        client=resolve_kafka_client(settings.kafka.client),
     )
     model_settings = model_cfg.model_dump(mode="json")
     publisher = SnapshotPublisher(
-        client_options=client,
+        kafka=kafka,
         topic=topics.snapshots,
         model_name=model_cfg.name,
         settings_hash=settings_hash(model_settings),
@@ -88,23 +85,7 @@ def build_trainer(settings: Settings) -> Trainer:
         metric_window=train.metric_window,
         prefetch_depth=settings.ingest.prefetch_batches,
         stop=StopConditions(train.max_samples, train.stop_when_idle),
-        first_version=lambda: newest_published_version(
-            client, topics.snapshots, settings_hash(model_settings)
+        first_version=lambda: newest_version(
+            kafka, topics.snapshots, settings_hash(model_settings)
         ),
     )
-
-
-def newest_published_version(
-    client_options: Mapping[str, Any], topic: str, digest: str, timeout_s: float = 10.0
-) -> int:
-    """Version of the newest valid snapshot of this configuration on ``topic``, 0 if none."""
-    from streamtrain.snapshot.subscriber import SnapshotSubscriber
-
-    subscriber = SnapshotSubscriber(
-        client_options=client_options, topic=topic, settings_hash=digest
-    )
-    try:
-        newest = subscriber.latest(timeout_s)
-    finally:
-        subscriber.close()
-    return newest.manifest.version if newest is not None else 0

@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import typer
 
-from streamtrain.broker import create_topics
 from streamtrain.cli.command import app
 from streamtrain.cli.common import (
     CONFIG_OPTION,
@@ -23,7 +22,7 @@ from streamtrain.cli.common import (
 )
 from streamtrain.client import SampleProducer
 from streamtrain.datasets import DatasetError, DatasetInfo, SampleChunk, get_dataset, hyperplane
-from streamtrain.kafka_options import kafka_client_options
+from streamtrain.kafka import KafkaConfigError, KafkaConnection, create_topics
 from streamtrain.spec import SampleSpec
 from streamtrain.wire import SampleError
 
@@ -73,7 +72,7 @@ def _dataset(name: str, file: Path | None, spec: SampleSpec, drift_at: int | Non
 
 
 def _send_paced(producer: SampleProducer, chunks: Iterator[SampleChunk], pacer: Pacer) -> int:
-    # Records without a key go to a random partition (kafka-python's default partitioner),
+    # Records without a key go to a random partition (both client libraries' default),
     # which spreads samples over every partition of the topic.
     sent = 0
     for chunk in chunks:
@@ -157,16 +156,12 @@ def produce(
     interrupted = False
     n_partitions = settings.topics.sample_partitions
     try:
-        create_topics(
-            settings.kafka.bootstrap_servers,
-            [topic_name],
-            n_partitions,
-            kafka_client_options(settings.kafka),
-        )
+        kafka = KafkaConnection.from_settings(settings.kafka)
+        create_topics(kafka, [topic_name], n_partitions)
         with SampleProducer(
             spec=info.spec,
             topic=topic_name,
-            client_options=kafka_client_options(settings.kafka),
+            kafka=kafka,
             format="binary" if format == "binary" else "json",
         ) as producer:
             signal.signal(signal.SIGTERM, _interrupt)
@@ -174,7 +169,7 @@ def produce(
                 sent = _send_paced(producer, info.iterate(count, seed), Pacer(rate))
             except KeyboardInterrupt:
                 sent, interrupted = producer.sent, True
-    except (DatasetError, SampleError) as exc:
+    except (DatasetError, SampleError, KafkaConfigError) as exc:
         fail(str(exc))
     except Exception as exc:  # kafka-python raises many types; all mean "cannot reach Kafka"
         if not (is_kafka_failure(exc) or isinstance(exc, ConnectionError | TimeoutError)):

@@ -47,9 +47,8 @@ def train(
     """Consume samples, take gradient steps, publish snapshots, checkpoint; Ctrl-C stops cleanly."""
     # torch is imported here, not at module level, so other subcommands start fast.
     from streamtrain import health, metrics
-    from streamtrain.broker import create_topics
     from streamtrain.cli.build_trainer import build_trainer
-    from streamtrain.kafka_options import kafka_client_options
+    from streamtrain.kafka import KafkaConfigError, KafkaConnection, create_topics
 
     setup_logging(verbose)
     settings = settings_from(
@@ -77,10 +76,13 @@ def train(
     topics = settings.topics
     servers = settings.kafka.bootstrap_servers
     try:
+        kafka = KafkaConnection.from_settings(settings.kafka)
+    except KafkaConfigError as exc:
+        fail(str(exc))
+    try:
         if create_missing_topics:
-            client = kafka_client_options(settings.kafka)
-            create_topics(servers, [topics.samples], topics.sample_partitions, client)
-            create_topics(servers, [topics.dead_letter, topics.snapshots], 1, client)
+            create_topics(kafka, [topics.samples], topics.sample_partitions)
+            create_topics(kafka, [topics.dead_letter, topics.snapshots], 1)
         trainer = build_trainer(settings)
     except Exception as exc:
         if isinstance(exc, ValueError):  # settings the model or the client library refuse

@@ -4,7 +4,6 @@ The trainer needs :class:`KafkaSampleSource` and :func:`to_device`; the rest is 
 """
 
 from streamtrain.ingest.batch_deadline import MicroBatchPolicy
-from streamtrain.ingest.consumer import KafkaPythonConsumer, RecordConsumer, TopicNotFound
 from streamtrain.ingest.deadletter import (
     ERROR_HEADER,
     SOURCE_HEADER,
@@ -23,13 +22,10 @@ __all__ = [
     "DecodedChunk",
     "DeviceBatch",
     "KafkaDeadLetter",
-    "KafkaPythonConsumer",
     "KafkaRecord",
     "KafkaSampleSource",
     "LogDeadLetter",
     "MicroBatchPolicy",
-    "RecordConsumer",
-    "TopicNotFound",
     "decode_records",
     "to_device",
 ]

@@ -9,11 +9,12 @@ bad input must not stop training.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
-from typing import Any, Protocol
+from concurrent.futures import Future
+from typing import Protocol
 
 from streamtrain import metrics
 from streamtrain.ingest.decode import KafkaRecord
+from streamtrain.kafka import KafkaConnection, record_producer
 from streamtrain.wire import Reject
 
 log = logging.getLogger(__name__)
@@ -48,18 +49,16 @@ class LogDeadLetter:
 
 
 class KafkaDeadLetter:
-    """Copies rejected records to ``topic`` with a kafka-python producer.
+    """Copies rejected records to ``topic`` with a producer of the connection's library.
 
-    >>> dlq = KafkaDeadLetter(topic="samples.dlq", client_options={  # doctest: +SKIP
-    ...     "bootstrap_servers": "127.0.0.1:9092"})
+    >>> dlq = KafkaDeadLetter(topic="samples.dlq", kafka=KafkaConnection(  # doctest: +SKIP
+    ...     "127.0.0.1:9092"))
     """
 
-    def __init__(self, *, topic: str, client_options: Mapping[str, Any]) -> None:
-        from kafka import KafkaProducer
-
+    def __init__(self, *, topic: str, kafka: KafkaConnection) -> None:
         self.topic = topic
-        self._producer = KafkaProducer(
-            **dict(client_options),
+        self._producer = record_producer(
+            kafka,
             acks="all",
             linger_ms=5,
             # A rejected record may be up to the broker's limit itself plus our headers.
@@ -75,13 +74,16 @@ class KafkaDeadLetter:
             (SOURCE_HEADER, source.encode()),
         ]
         try:
-            future = self._producer.send(
-                self.topic, key=record.key, value=record.value, headers=headers
-            )
+            future = self._producer.send(self.topic, record.value, key=record.key, headers=headers)
         except Exception as exc:  # any client error: count it, keep training
             self._failed(source, exc)
             return
-        future.add_errback(lambda exc: self._failed(source, exc))
+        future.add_done_callback(lambda done: self._delivered(source, done))
+
+    def _delivered(self, source: str, done: Future[int]) -> None:
+        error = done.exception()
+        if error is not None:
+            self._failed(source, error)
 
     def _failed(self, source: str, exc: BaseException) -> None:
         metrics.INGEST_DEAD_LETTER_ERRORS.inc()

@@ -20,50 +20,21 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
-from typing import Any, Literal
+from typing import Literal
 
 from streamtrain import metrics
 from streamtrain.batch import Batch
 from streamtrain.ingest.batch_deadline import MicroBatchPolicy
 from streamtrain.ingest.buffer import BatchBuffer
-from streamtrain.ingest.consumer import KafkaPythonConsumer, RecordConsumer
 from streamtrain.ingest.deadletter import DeadLetterSink, KafkaDeadLetter, LogDeadLetter
 from streamtrain.ingest.decode import decode_records
+from streamtrain.kafka import KafkaConnection, RecordConsumer, record_consumer
+from streamtrain.kafka.watermark import true_ends
 from streamtrain.spec import SampleSpec
 
 log = logging.getLogger(__name__)
 
 StartFrom = Literal["committed", "earliest", "latest"]
-Client = Literal["kafka-python", "confluent"]
-
-
-def make_consumer(
-    client: Client,
-    *,
-    topic: str,
-    group_id: str,
-    client_options: Mapping[str, Any],
-    fetch_max_wait_ms: int,
-) -> RecordConsumer:
-    """The :class:`RecordConsumer` of ``client``, from kafka-python style ``client_options``."""
-    if client == "kafka-python":
-        return KafkaPythonConsumer(
-            topic=topic,
-            group_id=group_id,
-            client_options=client_options,
-            fetch_max_wait_ms=fetch_max_wait_ms,
-        )
-    if client == "confluent":
-        from streamtrain.ingest.confluent import ConfluentConsumer
-        from streamtrain.kafka_options import librdkafka_options
-
-        return ConfluentConsumer(
-            topic=topic,
-            group_id=group_id,
-            config=librdkafka_options(client_options),
-            fetch_max_wait_ms=fetch_max_wait_ms,
-        )
-    raise ValueError(f"client={client!r}; expected 'kafka-python' or 'confluent' (kafka.client)")
 
 
 class KafkaSampleSource:
@@ -72,8 +43,7 @@ class KafkaSampleSource:
     >>> from streamtrain.spec import SampleSpec
     >>> with KafkaSampleSource(  # doctest: +SKIP
     ...     spec=SampleSpec(feature_shape=(16,), task="binary"), topic="samples",
-    ...     group_id="trainer", client_options={"bootstrap_servers": ["127.0.0.1:9092"]},
-    ...     client="confluent",
+    ...     group_id="trainer", kafka=KafkaConnection("127.0.0.1:9092"),
     ... ) as source:
     ...     batch = source.next_batch()
     ...     source.commit(batch.next_offsets)
@@ -85,7 +55,7 @@ class KafkaSampleSource:
         spec: SampleSpec,
         topic: str,
         group_id: str,
-        client_options: Mapping[str, Any],
+        kafka: KafkaConnection,
         partitions: Sequence[int] | None = None,
         start_from: StartFrom = "committed",
         max_batch_size: int = 256,
@@ -93,7 +63,6 @@ class KafkaSampleSource:
         max_record_bytes: int = 1_048_576,
         dead_letter_topic: str | None = None,
         fetch_max_wait_ms: int = 10,
-        client: Client = "kafka-python",
         consumer: RecordConsumer | None = None,
         dead_letter: DeadLetterSink | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -110,12 +79,8 @@ class KafkaSampleSource:
         self._max_poll = min(max(max_batch_size, 500), 100_000)
         self._buffer = BatchBuffer()
         self._closed = False
-        self._consumer: RecordConsumer = consumer or make_consumer(
-            client,
-            topic=topic,
-            group_id=group_id,
-            client_options=client_options,
-            fetch_max_wait_ms=fetch_max_wait_ms,
+        self._consumer: RecordConsumer = consumer or record_consumer(
+            kafka, topic=topic, group_id=group_id, fetch_max_wait_ms=fetch_max_wait_ms
         )
         try:
             self._partitions = self._choose_partitions(partitions)
@@ -124,9 +89,7 @@ class KafkaSampleSource:
             if dead_letter is not None:
                 self._dead_letter = dead_letter
             elif dead_letter_topic:
-                self._dead_letter = KafkaDeadLetter(
-                    topic=dead_letter_topic, client_options=client_options
-                )
+                self._dead_letter = KafkaDeadLetter(topic=dead_letter_topic, kafka=kafka)
             else:
                 self._dead_letter = LogDeadLetter()
         except BaseException:
@@ -162,21 +125,13 @@ class KafkaSampleSource:
         return {p: self._consumer.position(p) for p in parts}
 
     def _seek_latest(self, timeout_s: float = 5.0) -> None:
-        # Some brokers (the embedded Tansu) answer ListOffsets(latest) with the base offset of
-        # the last record batch + 1; the high watermark of a real fetch is right. Fetch until
-        # every partition has reported one, then move there.
-        parts = self._partitions
-        self._consumer.seek_to_end(parts)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            self._consumer.poll(timeout_ms=50, max_records=self._max_poll)
-            marks = {p: self._consumer.highwater(p) for p in parts}
-            if all(m is not None for m in marks.values()):
-                for p, mark in marks.items():
-                    assert mark is not None
-                    self._consumer.seek(p, max(mark, self._consumer.position(p)))
-                return
-        log.warning("no high watermark within %.0f s; starting at the reported end", timeout_s)
+        ends = true_ends(self._consumer, self._partitions, time.monotonic() + timeout_s)
+        if ends is None:
+            log.warning("no high watermark within %.0f s; starting at the reported end", timeout_s)
+            self._consumer.seek_to_end(self._partitions)
+            return
+        for p, end in ends.items():
+            self._consumer.seek(p, end)
 
     @property
     def partitions(self) -> tuple[int, ...]:

@@ -27,7 +27,7 @@ from fastapi import FastAPI
 
 from streamtrain.config import ModelSettings, Settings
 from streamtrain.devices import resolve_device
-from streamtrain.kafka_options import kafka_client_options
+from streamtrain.kafka import KafkaConnection
 from streamtrain.metrics import SERVER_REGISTRY, serve_metrics
 from streamtrain.serve.endpoints import create_app
 from streamtrain.serve.inference import BatchingEngine, DirectEngine, Engine, head_for
@@ -73,7 +73,7 @@ def build_source(settings: Settings) -> SnapshotSource:
     from streamtrain.snapshot.subscriber import SnapshotSubscriber
 
     return SnapshotSubscriber(
-        client_options=kafka_client_options(settings.kafka),
+        kafka=KafkaConnection.from_settings(settings.kafka),
         topic=settings.topics.snapshots,
         settings_hash=settings_hash(settings.model.model_dump(mode="json")),
         fetch_max_wait_ms=settings.kafka.fetch_max_wait_ms,

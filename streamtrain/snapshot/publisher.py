@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
-from typing import Any
 
 from streamtrain import metrics
+from streamtrain.kafka import KafkaConnection
 from streamtrain.snapshot.mailbox import NewestWinsWorker
 from streamtrain.snapshot.writer import SnapshotWriter
 from streamtrain.train.hooks import SnapshotRequest
@@ -27,7 +26,7 @@ class SnapshotPublisher:
 
     Example:
         >>> publisher = SnapshotPublisher(  # doctest: +SKIP
-        ...     client_options={"bootstrap_servers": ["127.0.0.1:9092"]},
+        ...     kafka=KafkaConnection("127.0.0.1:9092"),
         ...     topic="streamtrain.snapshots", model_name="mlp",
         ...     settings_hash=settings_hash(settings.model.model_dump(mode="json")))
         >>> publisher.offer(request)  # doctest: +SKIP
@@ -37,14 +36,14 @@ class SnapshotPublisher:
     def __init__(
         self,
         *,
-        client_options: Mapping[str, Any],
+        kafka: KafkaConnection,
         topic: str,
         model_name: str,
         settings_hash: str,
         chunk_bytes: int = 512 * 1024,
     ) -> None:
         self._writer = SnapshotWriter(
-            client_options=client_options,
+            kafka=kafka,
             topic=topic,
             model_name=model_name,
             settings_hash=settings_hash,

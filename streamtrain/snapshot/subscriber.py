@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Iterable
 
-from kafka.consumer.fetcher import ConsumerRecord
-
+from streamtrain.ingest.decode import KafkaRecord
+from streamtrain.kafka import KafkaConnection, ReadTimeout, partition_reader
 from streamtrain.snapshot import wire
 from streamtrain.snapshot.assembly import Assembler
 from streamtrain.snapshot.manifest import SnapshotManifest, parse_snapshot_id
-from streamtrain.snapshot.reader import PartitionReader, ReadTimeout, make_consumer
 from streamtrain.snapshot.verify import (
     Chunk,
     ReceivedSnapshot,
@@ -43,7 +41,7 @@ class SnapshotSubscriber:
 
     Example:
         >>> subscriber = SnapshotSubscriber(  # doctest: +SKIP
-        ...     client_options={"bootstrap_servers": ["127.0.0.1:9092"]},
+        ...     kafka=KafkaConnection("127.0.0.1:9092"),
         ...     topic="streamtrain.snapshots", settings_hash=expected_hash)
         >>> first = subscriber.latest(timeout_s=10)  # doctest: +SKIP
         >>> for item in subscriber.poll(timeout_s=1.0):  # doctest: +SKIP
@@ -54,7 +52,7 @@ class SnapshotSubscriber:
     def __init__(
         self,
         *,
-        client_options: Mapping[str, Any],
+        kafka: KafkaConnection,
         topic: str,
         settings_hash: str,
         fetch_max_wait_ms: int = 10,
@@ -63,8 +61,8 @@ class SnapshotSubscriber:
         self.topic = topic
         self.settings_hash = settings_hash
         self.max_snapshot_bytes = max_snapshot_bytes
-        self._tail = PartitionReader(make_consumer(client_options, fetch_max_wait_ms), topic)
-        self._reader = PartitionReader(make_consumer(client_options, fetch_max_wait_ms), topic)
+        self._tail = partition_reader(kafka, topic=topic, fetch_max_wait_ms=fetch_max_wait_ms)
+        self._reader = partition_reader(kafka, topic=topic, fetch_max_wait_ms=fetch_max_wait_ms)
         self._assembler = Assembler(max_bytes=max_snapshot_bytes)
         self._pending: list[Result] = []
         self._tail_ready = False
@@ -121,8 +119,7 @@ class SnapshotSubscriber:
         if not self._tail_ready and not self._init_tail(deadline):
             return results
         while True:
-            batch = self._tail.consumer.poll(timeout_ms=_ms_left(deadline))
-            for record in batch.get(self._tail.tp, []):
+            for record in self._tail.poll(timeout_ms=_ms_left(deadline)):
                 results.extend(self._on_record(record))
             results.extend(self._assembler.expire(self._caught_up()))
             if results or time.monotonic() >= deadline:
@@ -150,15 +147,13 @@ class SnapshotSubscriber:
         return True
 
     def _place_tail(self, offset: int) -> None:
-        self._tail.consumer.assign([self._tail.tp])
-        self._tail.consumer.seek(self._tail.tp, offset)
+        self._tail.place(offset)
         self._tail_ready = True
 
     def _caught_up(self) -> bool:
-        high = self._tail.consumer.highwater(self._tail.tp)
-        return high is not None and self._tail.consumer.position(self._tail.tp) >= high
+        return self._tail.caught_up()
 
-    def _on_record(self, record: ConsumerRecord) -> Iterable[Result]:
+    def _on_record(self, record: KafkaRecord) -> Iterable[Result]:
         header = wire.parse_headers(record.headers)
         if header is None:
             log.warning(
@@ -185,7 +180,7 @@ class SnapshotSubscriber:
                 )
             ]
 
-    def _load(self, record: ConsumerRecord, chunks: dict[int, Chunk], deadline: float) -> Result:
+    def _load(self, record: KafkaRecord, chunks: dict[int, Chunk], deadline: float) -> Result:
         """Verify the snapshot whose manifest is ``record``, reading chunks it still lacks."""
         header = wire.parse_headers(record.headers)
         sid = header.snapshot_id if header else "?"
@@ -234,7 +229,7 @@ class SnapshotSubscriber:
         return chunks
 
 
-def _kind(record: ConsumerRecord) -> str | None:
+def _kind(record: KafkaRecord) -> str | None:
     header = wire.parse_headers(record.headers)
     return header.kind if header else None
 

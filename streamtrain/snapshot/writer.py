@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
-from typing import Any
 
-from kafka import KafkaProducer
-
+from streamtrain.kafka import KafkaConnection, RecordProducer, record_producer
 from streamtrain.snapshot import wire
 from streamtrain.snapshot.manifest import SnapshotManifest, snapshot_id
 from streamtrain.snapshot.payload import encode_state, sha256_hex, split_chunks
@@ -34,7 +31,7 @@ class SnapshotWriter:
     def __init__(
         self,
         *,
-        client_options: Mapping[str, Any],
+        kafka: KafkaConnection,
         topic: str,
         model_name: str,
         settings_hash: str,
@@ -48,13 +45,13 @@ class SnapshotWriter:
         self.settings_hash = settings_hash
         self.chunk_bytes = chunk_bytes
         self.send_timeout_s = send_timeout_s
-        self._client_options = dict(client_options)
-        self._producer: KafkaProducer | None = None
+        self._kafka = kafka
+        self._producer: RecordProducer | None = None
 
-    def _get_producer(self) -> KafkaProducer:
+    def _get_producer(self) -> RecordProducer:
         if self._producer is None:
-            self._producer = KafkaProducer(
-                **self._client_options,
+            self._producer = record_producer(
+                self._kafka,
                 acks="all",
                 linger_ms=0,
                 max_request_size=self.chunk_bytes + RECORD_OVERHEAD_BYTES,
@@ -101,7 +98,7 @@ class SnapshotWriter:
         futures = [
             producer.send(
                 self.topic,
-                value=chunk,
+                bytes(chunk),
                 key=wire.chunk_key(self.model_name, sid, i),
                 headers=wire.chunk_headers(self.model_name, sid, i, len(chunks)),
                 partition=PARTITION,
@@ -109,16 +106,18 @@ class SnapshotWriter:
             for i, chunk in enumerate(chunks)
         ]
         producer.flush(timeout=self.send_timeout_s)
-        offsets = [future.get(timeout=self.send_timeout_s).offset for future in futures]
+        offsets = [future.result(timeout=self.send_timeout_s) for future in futures]
         manifest = manifest.model_copy(update={"first_chunk_offset": offsets[0]})
         value = manifest.model_dump_json().encode()
-        producer.send(
+        sent = producer.send(
             self.topic,
-            value=value,
+            value,
             key=wire.manifest_key(self.model_name, sid),
             headers=wire.manifest_headers(self.model_name, sid),
             partition=PARTITION,
-        ).get(timeout=self.send_timeout_s)
+        )
+        producer.flush(timeout=self.send_timeout_s)
+        sent.result(timeout=self.send_timeout_s)
         log.debug("snapshot %s written: %d bytes in %d chunks", sid, len(payload), len(chunks))
         return manifest
 

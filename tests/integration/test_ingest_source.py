@@ -17,8 +17,8 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from streamtrain import metrics
 from streamtrain.batch import Batch
-from streamtrain.broker import create_topics
 from streamtrain.ingest import ERROR_HEADER, SOURCE_HEADER, KafkaSampleSource
+from streamtrain.kafka import KafkaConnection, create_topics
 from streamtrain.spec import SampleSpec
 
 SPEC = SampleSpec(feature_shape=(16,), task="multiclass", num_classes=3)
@@ -73,13 +73,16 @@ def client(request: pytest.FixtureRequest) -> str:
 def _source(
     bootstrap: str, topic: str, group: str, client: str, **kwargs: object
 ) -> KafkaSampleSource:
-    options = {"bootstrap_servers": [bootstrap], "client_id": "test"}
+    connection = KafkaConnection(
+        bootstrap,
+        client=client,  # type: ignore[arg-type]
+        options={"client_id": "test"},
+    )
     return KafkaSampleSource(
         spec=SPEC,
         topic=topic,
         group_id=group,
-        client_options=options,
-        client=client,  # type: ignore[arg-type]
+        kafka=connection,
         **kwargs,  # type: ignore[arg-type]
     )
 

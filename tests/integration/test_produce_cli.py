@@ -13,6 +13,7 @@ import numpy as np
 
 from streamtrain.datasets import DATASETS
 from streamtrain.ingest import KafkaSampleSource
+from streamtrain.kafka import KafkaConnection
 from streamtrain.spec import SampleSpec
 
 
@@ -26,13 +27,14 @@ def _produce(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def _read_all(bootstrap: str, topic: str, spec: SampleSpec, count: int) -> tuple[np.ndarray, int]:
-    options = {"bootstrap_servers": [bootstrap]}
+def _read_all(
+    kafka: KafkaConnection, topic: str, spec: SampleSpec, count: int
+) -> tuple[np.ndarray, int]:
     with KafkaSampleSource(
         spec=spec,
         topic=topic,
         group_id=topic,
-        client_options=options,
+        kafka=kafka,
         max_batch_size=512,
         start_from="earliest",
     ) as source:
@@ -47,7 +49,9 @@ def _read_all(bootstrap: str, topic: str, spec: SampleSpec, count: int) -> tuple
         return np.concatenate(labels) if labels else np.zeros(0), records
 
 
-def test_produce_binary_hyperplane_end_to_end(kafka_bootstrap: str, unique_name: str) -> None:
+def test_produce_binary_hyperplane_end_to_end(
+    kafka_bootstrap: str, kafka_connection: KafkaConnection, unique_name: str
+) -> None:
     done = _produce(
         "--dataset",
         "hyperplane",
@@ -68,14 +72,14 @@ def test_produce_binary_hyperplane_end_to_end(kafka_bootstrap: str, unique_name:
     )
     assert done.returncode == 0, done.stderr
     assert "produced 300 samples of hyperplane" in done.stdout
-    labels, records = _read_all(kafka_bootstrap, unique_name, DATASETS["hyperplane"].spec, 300)
+    labels, records = _read_all(kafka_connection, unique_name, DATASETS["hyperplane"].spec, 300)
     assert records == 300 and len(labels) == 300  # every record valid
     expected = next(DATASETS["hyperplane"].iterate(300, seed=3, chunk_size=300)).labels
     assert sorted(labels.tolist()) == sorted(expected.tolist())
 
 
 def test_produce_paced_json_file_replay(
-    kafka_bootstrap: str, unique_name: str, tmp_path: Path
+    kafka_bootstrap: str, kafka_connection: KafkaConnection, unique_name: str, tmp_path: Path
 ) -> None:
     lines = [json.dumps({"features": [i, 1.0], "label": i % 2}) for i in range(5)]
     path = tmp_path / "samples.jsonl"
@@ -102,12 +106,12 @@ def test_produce_paced_json_file_replay(
     assert done.returncode == 0, done.stderr
     assert time.monotonic() - started >= 0.19  # 20 samples at 100/s are paced, not burst
     spec = SampleSpec(feature_shape=(2,), task="binary")
-    labels, records = _read_all(kafka_bootstrap, unique_name, spec, 20)
+    labels, records = _read_all(kafka_connection, unique_name, spec, 20)
     assert records == 20 and labels.tolist() == [0, 1, 0, 1, 0] * 4
 
 
 def test_sigterm_stops_production_cleanly_and_reports_the_count(
-    kafka_bootstrap: str, unique_name: str
+    kafka_bootstrap: str, kafka_connection: KafkaConnection, unique_name: str
 ) -> None:
     process = subprocess.Popen(
         [
@@ -133,12 +137,12 @@ def test_sigterm_stops_production_cleanly_and_reports_the_count(
         text=True,
     )
     spec = DATASETS["hyperplane"].spec
-    _, records = _read_all(kafka_bootstrap, unique_name, spec, 50)  # it is producing
+    _, records = _read_all(kafka_connection, unique_name, spec, 50)  # it is producing
     assert records >= 50
     process.send_signal(signal.SIGTERM)
     out, err = process.communicate(timeout=30)
     assert process.returncode == 0, err
     sent = int(out.split("produced ")[1].split()[0])
     assert "(stopped early)" in out and 50 <= sent < 1_000_000
-    _, on_topic = _read_all(kafka_bootstrap, unique_name, spec, sent)
+    _, on_topic = _read_all(kafka_connection, unique_name, spec, sent)
     assert on_topic == sent, "every sample reported as sent was flushed to the topic"

@@ -11,9 +11,8 @@ import time
 
 import httpx
 
-from streamtrain.broker import create_topics
 from streamtrain.config import load_settings
-from streamtrain.kafka_options import kafka_client_options
+from streamtrain.kafka import KafkaConnection, create_topics
 from streamtrain.serve.version_fixtures import version_weights
 from streamtrain.snapshot.manifest import settings_hash
 from streamtrain.snapshot.writer import SnapshotWriter
@@ -37,7 +36,7 @@ def test_serve_command_serves_the_newest_snapshot(kafka_bootstrap: str, unique_n
         }
     )
     writer = SnapshotWriter(
-        client_options=kafka_client_options(settings.kafka),
+        kafka=KafkaConnection.from_settings(settings.kafka),
         topic=unique_name,
         model_name="linear",
         settings_hash=settings_hash(settings.model.model_dump(mode="json")),

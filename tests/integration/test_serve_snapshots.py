@@ -12,9 +12,8 @@ import pytest
 from kafka import KafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 
-from streamtrain.broker import create_topics
 from streamtrain.config import Settings, load_settings
-from streamtrain.kafka_options import kafka_client_options
+from streamtrain.kafka import KafkaConnection, create_topics
 from streamtrain.serve.server import ServingWorker, build_worker
 from streamtrain.serve.version_fixtures import expected_value, version_weights
 from streamtrain.snapshot import wire
@@ -66,7 +65,7 @@ def writer(settings: Settings) -> Iterator[Callable[..., SnapshotManifest]]:
         digest = settings_hash(model_settings)
         if digest not in writers:
             writers[digest] = SnapshotWriter(
-                client_options=kafka_client_options(settings.kafka),
+                kafka=KafkaConnection.from_settings(settings.kafka),
                 topic=settings.topics.snapshots,
                 model_name="linear",
                 settings_hash=digest,
@@ -113,7 +112,7 @@ def _rejections(url: str) -> dict[str, float]:
 def _publish_forged(settings: Settings, good: SnapshotManifest, version: int, chunks: bool) -> None:
     """A manifest for run-a/<version> whose chunks are garbage (checksum) or absent (incomplete)."""
     sid = f"run-a/{version}"
-    producer = KafkaProducer(**kafka_client_options(settings.kafka), acks="all")
+    producer = KafkaProducer(bootstrap_servers=settings.kafka.bootstrap_servers, acks="all")
     topic = settings.topics.snapshots
     first = None
     if chunks:

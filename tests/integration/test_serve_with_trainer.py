@@ -14,10 +14,10 @@ import httpx
 import numpy as np
 import torch
 
-from streamtrain.broker import create_topics
 from streamtrain.cli.build_trainer import build_trainer
 from streamtrain.config import Settings, load_settings
 from streamtrain.demo.scrape import scrape
+from streamtrain.kafka import KafkaConnection, create_topics
 from streamtrain.serve.server import build_worker
 from streamtrain.snapshot.manifest import settings_hash
 from streamtrain.snapshot.subscriber import ReceivedSnapshot, SnapshotSubscriber
@@ -132,7 +132,7 @@ class SnapshotCollector:
         self.found: dict[int, dict[str, torch.Tensor]] = {}
         self.problems: list[object] = []
         self._subscriber = SnapshotSubscriber(
-            client_options={"bootstrap_servers": [settings.kafka.bootstrap_servers]},
+            kafka=KafkaConnection.from_settings(settings.kafka),
             topic=settings.topics.snapshots,
             settings_hash=digest,
         )

@@ -10,7 +10,7 @@ import torch
 from kafka import KafkaProducer
 
 from streamtrain import metrics
-from streamtrain.broker import create_topics
+from streamtrain.kafka import KafkaConnection, create_topics
 from streamtrain.snapshot import wire
 from streamtrain.snapshot.manifest import SnapshotManifest, settings_hash, snapshot_id
 from streamtrain.snapshot.payload import encode_state, sha256_hex, split_chunks
@@ -60,13 +60,13 @@ def topic(kafka_bootstrap: str, unique_name: str) -> str:
 
 
 @pytest.fixture
-def options(kafka_bootstrap: str) -> dict[str, object]:
-    return {"bootstrap_servers": [kafka_bootstrap]}
+def options(kafka_connection: KafkaConnection) -> KafkaConnection:
+    return kafka_connection
 
 
 @pytest.fixture
-def subscriber(options: dict[str, object], topic: str) -> Iterator[SnapshotSubscriber]:
-    sub = SnapshotSubscriber(client_options=options, topic=topic, settings_hash=HASH)
+def subscriber(options: KafkaConnection, topic: str) -> Iterator[SnapshotSubscriber]:
+    sub = SnapshotSubscriber(kafka=options, topic=topic, settings_hash=HASH)
     yield sub
     sub.close()
 
@@ -150,13 +150,11 @@ def _hand_made(
 
 
 def test_published_snapshots_arrive_verified_in_order_and_bit_identical(
-    options: dict[str, object], topic: str, subscriber: SnapshotSubscriber
+    options: KafkaConnection, topic: str, subscriber: SnapshotSubscriber
 ) -> None:
     assert subscriber.latest(timeout_s=WAIT) is None  # empty topic
     published_before = metrics.SNAPSHOTS_PUBLISHED._value.get()
-    publisher = SnapshotPublisher(
-        client_options=options, topic=topic, model_name="mlp", settings_hash=HASH
-    )
+    publisher = SnapshotPublisher(kafka=options, topic=topic, model_name="mlp", settings_hash=HASH)
     states = {v: _state(v) for v in (10, 20, 30)}
     for version, state in states.items():
         publisher.offer(_request(version, state))
@@ -179,10 +177,10 @@ def test_published_snapshots_arrive_verified_in_order_and_bit_identical(
 
 
 def test_subscriber_started_after_the_trainer_stopped_finds_the_newest(
-    options: dict[str, object], topic: str
+    options: KafkaConnection, topic: str
 ) -> None:
     publisher = SnapshotPublisher(
-        client_options=options,
+        kafka=options,
         topic=topic,
         model_name="mlp",
         settings_hash=HASH,
@@ -193,15 +191,13 @@ def test_subscriber_started_after_the_trainer_stopped_finds_the_newest(
         assert publisher.flush(WAIT)
     publisher.close(WAIT)
 
-    late = SnapshotSubscriber(client_options=options, topic=topic, settings_hash=HASH)
+    late = SnapshotSubscriber(kafka=options, topic=topic, settings_hash=HASH)
     try:
         newest = late.latest(timeout_s=WAIT)
         assert newest is not None and newest.manifest.version == 2
         assert _same(newest.tensors, _state(2, rows=8))
         assert late.poll(timeout_s=0.2) == []  # poll continues after what latest() covered
-        again = SnapshotPublisher(
-            client_options=options, topic=topic, model_name="mlp", settings_hash=HASH
-        )
+        again = SnapshotPublisher(kafka=options, topic=topic, model_name="mlp", settings_hash=HASH)
         again.offer(_request(3, _state(3, rows=8)))
         again.close(WAIT)
         [third] = _collect(late, 1)
@@ -236,12 +232,12 @@ def test_broken_snapshots_are_rejected_with_their_reason(
 
 
 def test_latest_skips_a_broken_newest_snapshot(
-    options: dict[str, object], topic: str, producer: KafkaProducer
+    options: KafkaConnection, topic: str, producer: KafkaProducer
 ) -> None:
     _hand_made(producer, topic, _state(1, rows=8), 1)
     _hand_made(producer, topic, _state(2, rows=8), 2)
     _hand_made(producer, topic, _state(3, rows=8), 3, flip_byte_in=0)
-    sub = SnapshotSubscriber(client_options=options, topic=topic, settings_hash=HASH)
+    sub = SnapshotSubscriber(kafka=options, topic=topic, settings_hash=HASH)
     try:
         newest = sub.latest(timeout_s=WAIT)
         assert newest is not None and newest.manifest.version == 2
@@ -270,15 +266,15 @@ def test_tail_joining_mid_snapshot_reads_back_the_chunks_it_missed(
 
 
 def test_subscriber_started_before_the_topic_exists_gets_the_first_snapshot(
-    kafka_bootstrap: str, options: dict[str, object], unique_name: str
+    kafka_bootstrap: str, options: KafkaConnection, unique_name: str
 ) -> None:
-    sub = SnapshotSubscriber(client_options=options, topic=unique_name, settings_hash=HASH)
+    sub = SnapshotSubscriber(kafka=options, topic=unique_name, settings_hash=HASH)
     try:
         assert sub.latest(timeout_s=WAIT) is None
         assert sub.poll(timeout_s=0.3) == []
         create_topics(kafka_bootstrap, [unique_name])
         publisher = SnapshotPublisher(
-            client_options=options, topic=unique_name, model_name="mlp", settings_hash=HASH
+            kafka=options, topic=unique_name, model_name="mlp", settings_hash=HASH
         )
         publisher.offer(_request(1, _state(1, rows=8)))
         publisher.close(WAIT)

@@ -9,10 +9,11 @@ import numpy as np
 from safetensors.numpy import load_file
 
 from streamtrain import metrics
-from streamtrain.broker import create_topics
-from streamtrain.cli.build_trainer import build_trainer, newest_published_version
+from streamtrain.cli.build_trainer import build_trainer
 from streamtrain.config import load_settings
+from streamtrain.kafka import KafkaConnection, create_topics
 from streamtrain.snapshot.manifest import settings_hash
+from streamtrain.snapshot.versions import newest_version
 from streamtrain.snapshot.writer import SnapshotWriter
 from streamtrain.spec import spec_for_model
 from streamtrain.train.hooks import SnapshotRequest
@@ -100,18 +101,17 @@ def test_non_finite_steps_are_skipped_and_weights_stay_finite(
 
 
 def test_fresh_run_continues_the_published_version_sequence(
-    kafka_bootstrap: str, unique_name: str, tmp_path: Path
+    kafka_bootstrap: str, kafka_connection: KafkaConnection, unique_name: str, tmp_path: Path
 ) -> None:
     x, y = hyperplane_stream(320, seed=2)
     produce_json(kafka_bootstrap, f"{unique_name}-samples", x, y)
     settings = _settings(kafka_bootstrap, unique_name, tmp_path, stop_when_idle=1.0)
-    client = {"bootstrap_servers": [kafka_bootstrap]}
     snapshots = settings.topics.snapshots
     digest = settings_hash(settings.model.model_dump(mode="json"))
     # An earlier run whose checkpoints are gone published up to version 700.
     model = build_model("linear", spec_for_model(settings.model), settings.model.params)
     writer = SnapshotWriter(
-        client_options=client,
+        kafka=kafka_connection,
         topic=snapshots,
         model_name="linear",
         settings_hash=digest,
@@ -133,4 +133,4 @@ def test_fresh_run_continues_the_published_version_sequence(
 
     assert summary.resumed_from_step is None and summary.samples_seen == 320
     assert summary.steps == 700 + 320 // 16
-    assert newest_published_version(client, snapshots, digest) == summary.steps
+    assert newest_version(kafka_connection, snapshots, digest) == summary.steps

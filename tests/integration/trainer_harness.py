@@ -15,7 +15,7 @@ import numpy as np
 from kafka import KafkaProducer
 from safetensors.numpy import load_file
 
-from streamtrain.broker import create_topics
+from streamtrain.kafka import create_topics
 
 FEATURES = 16
 

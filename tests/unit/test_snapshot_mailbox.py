@@ -5,6 +5,7 @@ import threading
 import pytest
 
 from streamtrain import metrics
+from streamtrain.kafka import KafkaConnection
 from streamtrain.snapshot.assembly import Assembler
 from streamtrain.snapshot.mailbox import NewestWinsWorker
 from streamtrain.snapshot.manifest import SnapshotManifest
@@ -174,7 +175,7 @@ def _value(metric: object) -> float:
 
 def test_publisher_counts_superseded_published_and_failed(monkeypatch: pytest.MonkeyPatch) -> None:
     publisher = SnapshotPublisher(
-        client_options={"bootstrap_servers": ["127.0.0.1:1"]},
+        kafka=KafkaConnection("127.0.0.1:1"),
         topic="t",
         model_name="m",
         settings_hash="a" * 64,

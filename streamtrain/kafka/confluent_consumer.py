@@ -29,8 +29,8 @@ from typing import Any, overload
 import numpy as np
 import numpy.typing as npt
 
-from streamtrain.ingest.consumer import TopicNotFound
 from streamtrain.ingest.decode import KafkaRecord, RecordColumns, content_type_of
+from streamtrain.kafka.consumer import topic_not_found
 
 log = logging.getLogger(__name__)
 
@@ -137,14 +137,14 @@ def _gc_paused() -> Iterator[None]:
 
 
 class ConfluentConsumer:
-    """:class:`~streamtrain.ingest.consumer.RecordConsumer` over ``confluent_kafka.Consumer``.
+    """:class:`~streamtrain.kafka.consumer.RecordConsumer` over ``confluent_kafka.Consumer``.
 
-    ``config`` is librdkafka configuration (``bootstrap.servers``, security, ...; see
-    :func:`streamtrain.kafka_options.librdkafka_options`); the consumer sets what its semantics
-    need on top: static assignment, ``group_id`` only for committed offsets, no auto commit.
+    ``config`` is complete librdkafka configuration, ``group.id`` included (see
+    :func:`streamtrain.kafka.factory.record_consumer`, which sets what these semantics need:
+    static assignment, the group only for committed offsets, no auto commit).
 
     >>> consumer = ConfluentConsumer(  # doctest: +SKIP
-    ...     topic="samples", group_id="trainer", config={"bootstrap.servers": "h:9092"}
+    ...     topic="samples", config={"bootstrap.servers": "h:9092", "group.id": "trainer"}
     ... )
     >>> consumer.assign(consumer.partitions_of_topic())  # doctest: +SKIP
     """
@@ -153,20 +153,12 @@ class ConfluentConsumer:
         self,
         *,
         topic: str,
-        group_id: str,
         config: Mapping[str, Any],
-        fetch_max_wait_ms: int = 10,
-        max_partition_fetch_bytes: int = 1_048_576,
         metadata_timeout_s: float = 10.0,
         request_timeout_s: float = 30.0,
     ) -> None:
-        try:
-            from confluent_kafka import Consumer
-        except ImportError as exc:
-            raise ImportError(
-                "kafka.client='confluent' needs the confluent-kafka package: "
-                "`pip install 'confluent-kafka>=2.3'`, or set kafka.client='kafka-python'"
-            ) from exc
+        from confluent_kafka import Consumer
+
         self.topic = topic
         self._metadata_timeout_s = metadata_timeout_s
         self._request_timeout_s = request_timeout_s
@@ -175,22 +167,7 @@ class ConfluentConsumer:
         self._stale = False
         self._closed = False
         self._fatal: str | None = None
-        self._consumer = Consumer(
-            {
-                # KAFKA_NOTES: 10 ms instead of 1000 is what keeps a drained queue refilled.
-                "fetch.queue.backoff.ms": 10,
-                **dict(config),
-                "group.id": group_id,
-                "enable.auto.commit": False,
-                "enable.auto.offset.store": False,
-                "enable.partition.eof": False,
-                "auto.offset.reset": "earliest",
-                "fetch.wait.max.ms": fetch_max_wait_ms,
-                "max.partition.fetch.bytes": max_partition_fetch_bytes,
-                "error_cb": self._on_error,
-                "logger": log,
-            }
-        )
+        self._consumer = Consumer({**config, "error_cb": self._on_error, "logger": log})
 
     def _on_error(self, error: Any) -> None:
         if error.fatal():
@@ -212,11 +189,13 @@ class ConfluentConsumer:
             if found is not None and found.error is None and found.partitions:
                 return tuple(sorted(found.partitions))
             if time.monotonic() >= deadline:
-                raise TopicNotFound(
-                    f"topic {self.topic!r} does not exist; create it (e.g. `streamtrain produce "
-                    f"--topic {self.topic}` or your Kafka admin tool) or fix topics.samples"
-                )
+                raise topic_not_found(self.topic)
             time.sleep(0.1)
+
+    def topic_exists(self) -> bool:
+        metadata = self._consumer.list_topics(self.topic, timeout=self._metadata_timeout_s)
+        found = metadata.topics.get(self.topic)
+        return found is not None and found.error is None and bool(found.partitions)
 
     def assign(self, partitions: Sequence[int]) -> None:
         self._partitions = tuple(partitions)
@@ -234,7 +213,7 @@ class ConfluentConsumer:
         if unresolved:  # assigned but never positioned: start from the committed offsets
             for p in unresolved:
                 committed = self.committed(p)
-                self._next[p] = committed if committed is not None else self._low(p)
+                self._next[p] = committed if committed is not None else self.log_start(p)
         self._consumer.assign([self._tp(p, o) for p, o in self._next.items()])
         self._stale = False
 
@@ -282,7 +261,7 @@ class ConfluentConsumer:
 
     def seek_to_beginning(self, partitions: Sequence[int]) -> None:
         for p in partitions:
-            self._move(p, self._low(p))
+            self._move(p, self.log_start(p))
 
     def seek_to_end(self, partitions: Sequence[int]) -> None:
         # The broker's answer; on some brokers (Tansu) it lags the true end, which a caller
@@ -290,14 +269,26 @@ class ConfluentConsumer:
         for p in partitions:
             self._move(p, self._watermarks(p)[1])
 
-    def _low(self, partition: int) -> int:
+    def log_start(self, partition: int) -> int:
         return self._watermarks(partition)[0]
 
     def _watermarks(self, partition: int) -> tuple[int, int]:
-        low, high = self._consumer.get_watermark_offsets(
-            self._tp(partition), timeout=self._request_timeout_s
-        )
-        return int(low), int(high)
+        from confluent_kafka import KafkaError, KafkaException
+
+        deadline = time.monotonic() + self._metadata_timeout_s
+        while True:
+            try:
+                low, high = self._consumer.get_watermark_offsets(
+                    self._tp(partition), timeout=self._request_timeout_s
+                )
+                return int(low), int(high)
+            except KafkaException as exc:
+                # A topic created moments ago: this client's metadata does not list it yet.
+                unknown = exc.args[0].code() == KafkaError._UNKNOWN_PARTITION
+                if not unknown or time.monotonic() >= deadline:
+                    raise
+                self._consumer.list_topics(self.topic, timeout=self._metadata_timeout_s)
+                time.sleep(0.05)
 
     def position(self, partition: int) -> int:
         offset = self._next[partition]

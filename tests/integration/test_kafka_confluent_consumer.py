@@ -1,4 +1,5 @@
-"""ConfluentConsumer on its own against the real broker: what the source tests do not reach."""
+"""The confluent-kafka RecordConsumer on its own against the real broker: what the source
+tests do not reach."""
 
 from __future__ import annotations
 
@@ -10,10 +11,14 @@ import numpy as np
 import pytest
 from kafka import KafkaProducer
 
-from streamtrain.broker import create_topics
-from streamtrain.ingest import TopicNotFound
-from streamtrain.ingest.confluent import ConfluentConsumer
 from streamtrain.ingest.decode import KafkaRecord, RecordColumns, record_columns
+from streamtrain.kafka import (
+    KafkaConnection,
+    RecordConsumer,
+    TopicNotFound,
+    create_topics,
+    record_consumer,
+)
 
 
 @pytest.fixture
@@ -23,17 +28,17 @@ def producer(kafka_bootstrap: str) -> Iterator[KafkaProducer]:
     p.close()
 
 
-def _consumer(bootstrap: str, topic: str, metadata_timeout_s: float = 10.0) -> ConfluentConsumer:
-    return ConfluentConsumer(
+def _consumer(bootstrap: str, topic: str, metadata_timeout_s: float = 10.0) -> RecordConsumer:
+    return record_consumer(
+        KafkaConnection(bootstrap, client="confluent"),
         topic=topic,
         group_id=topic,
-        config={"bootstrap.servers": bootstrap},
         metadata_timeout_s=metadata_timeout_s,
     )
 
 
 def _poll_until(
-    consumer: ConfluentConsumer, done: Callable[[list[KafkaRecord]], bool]
+    consumer: RecordConsumer, done: Callable[[list[KafkaRecord]], bool]
 ) -> list[KafkaRecord]:
     got: list[KafkaRecord] = []
     deadline = time.monotonic() + 10

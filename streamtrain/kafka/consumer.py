@@ -1,30 +1,34 @@
-"""The Kafka consumer behind one small Protocol, so another client library can be added.
+"""The consumer of one topic behind one small Protocol, and its kafka-python implementation.
 
-:class:`KafkaPythonConsumer` wraps kafka-python with what streamtrain needs and nothing more:
-static assignment (``assign()``, never group subscription: kafka-python 3.0.12 can fail to
-join a group when work happens between polls, and joins are slow on the embedded broker), a
-group id used only to store committed offsets, auto-commit off.
+Both implementations (this one and :mod:`streamtrain.kafka.confluent_consumer`) give what
+streamtrain needs and nothing more: static assignment (``assign()``, never group subscription:
+kafka-python 3.0.12 can fail to join a group when work happens between polls, and joins are
+slow on the embedded broker), a group id used only to store committed offsets, auto-commit off.
+They are built by :mod:`streamtrain.kafka.factory`, which sets those options.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from streamtrain.ingest.decode import KafkaRecord
+if TYPE_CHECKING:  # ingest imports this wing: the record type is for annotations only
+    from streamtrain.ingest.decode import KafkaRecord
 
 
 class RecordConsumer(Protocol):
     """A consumer of one topic's partitions, addressed by partition number."""
 
     def partitions_of_topic(self) -> tuple[int, ...]: ...
+    def topic_exists(self) -> bool: ...
     def assign(self, partitions: Sequence[int]) -> None: ...
     def poll(self, timeout_ms: int, max_records: int) -> Sequence[KafkaRecord]: ...
     def seek(self, partition: int, offset: int) -> None: ...
     def seek_to_beginning(self, partitions: Sequence[int]) -> None: ...
     def seek_to_end(self, partitions: Sequence[int]) -> None: ...
     def position(self, partition: int) -> int: ...
+    def log_start(self, partition: int) -> int: ...
     def committed(self, partition: int) -> int | None: ...
     def commit(self, offsets: Mapping[int, int]) -> None: ...
     def highwater(self, partition: int) -> int | None: ...
@@ -35,36 +39,32 @@ class TopicNotFound(RuntimeError):
     """The topic does not exist on the broker (or has no partitions)."""
 
 
+def topic_not_found(topic: str) -> TopicNotFound:
+    return TopicNotFound(
+        f"topic {topic!r} does not exist; create it (e.g. `streamtrain produce --topic "
+        f"{topic}` or your Kafka admin tool) or fix topics.samples / topics.snapshots"
+    )
+
+
 class KafkaPythonConsumer:
     """:class:`RecordConsumer` over ``kafka.KafkaConsumer``.
 
+    ``options`` are complete ``KafkaConsumer`` keyword arguments (see
+    :func:`streamtrain.kafka.factory.record_consumer`).
+
     >>> consumer = KafkaPythonConsumer(  # doctest: +SKIP
-    ...     topic="samples", group_id="trainer", client_options={"bootstrap_servers": "h:9092"}
+    ...     topic="samples", options={"bootstrap_servers": ["h:9092"], "group_id": "trainer"}
     ... )
     """
 
     def __init__(
-        self,
-        *,
-        topic: str,
-        group_id: str,
-        client_options: Mapping[str, Any],
-        fetch_max_wait_ms: int = 10,
-        max_partition_fetch_bytes: int = 1_048_576,
-        metadata_timeout_s: float = 10.0,
+        self, *, topic: str, options: Mapping[str, Any], metadata_timeout_s: float = 10.0
     ) -> None:
         from kafka import KafkaConsumer
 
         self.topic = topic
         self._metadata_timeout_s = metadata_timeout_s
-        self._consumer = KafkaConsumer(
-            **dict(client_options),
-            group_id=group_id,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            fetch_max_wait_ms=fetch_max_wait_ms,
-            max_partition_fetch_bytes=max_partition_fetch_bytes,
-        )
+        self._consumer = KafkaConsumer(**dict(options))
 
     def _tp(self, partition: int) -> Any:
         from kafka import TopicPartition
@@ -78,12 +78,12 @@ class KafkaPythonConsumer:
             if found:
                 return tuple(sorted(found))
             if time.monotonic() >= deadline:
-                raise TopicNotFound(
-                    f"topic {self.topic!r} does not exist; create it (e.g. `streamtrain produce "
-                    f"--topic {self.topic}` or your Kafka admin tool) or fix topics.samples"
-                )
+                raise topic_not_found(self.topic)
             self._consumer._client.cluster.request_update()
             time.sleep(0.1)
+
+    def topic_exists(self) -> bool:
+        return bool(self._consumer.partitions_for_topic(self.topic))
 
     def assign(self, partitions: Sequence[int]) -> None:
         self._consumer.assign([self._tp(p) for p in partitions])
@@ -110,6 +110,10 @@ class KafkaPythonConsumer:
 
     def position(self, partition: int) -> int:
         return int(self._consumer.position(self._tp(partition)))
+
+    def log_start(self, partition: int) -> int:
+        tp = self._tp(partition)
+        return int(self._consumer.beginning_offsets([tp])[tp])
 
     def committed(self, partition: int) -> int | None:
         offset = self._consumer.committed(self._tp(partition))

@@ -1,0 +1,39 @@
+"""streamtrain's Kafka wing: every client, its options and topic administration live here.
+
+* :mod:`~streamtrain.kafka.connection`: settings -> options of kafka-python or librdkafka.
+* :mod:`~streamtrain.kafka.factory`: consumers, producers and partition readers, for the
+  library ``kafka.client`` selects.
+* :mod:`~streamtrain.kafka.admin`: topic creation.
+* :mod:`~streamtrain.kafka.watermark`: the embedded broker's high-watermark quirk, handled once.
+"""
+
+from streamtrain.kafka.admin import KafkaUnreachable, TopicAdminError, create_topics
+from streamtrain.kafka.connection import (
+    KafkaClient,
+    KafkaConfigError,
+    KafkaConnection,
+    resolve_kafka_client,
+)
+from streamtrain.kafka.consumer import RecordConsumer, TopicNotFound
+from streamtrain.kafka.factory import partition_reader, record_consumer, record_producer
+from streamtrain.kafka.partition_reader import PartitionReader, ReadTimeout
+from streamtrain.kafka.producer import ProduceTimeout, RecordProducer
+
+__all__ = [
+    "KafkaClient",
+    "KafkaConfigError",
+    "KafkaConnection",
+    "KafkaUnreachable",
+    "PartitionReader",
+    "ProduceTimeout",
+    "ReadTimeout",
+    "RecordConsumer",
+    "RecordProducer",
+    "TopicAdminError",
+    "TopicNotFound",
+    "create_topics",
+    "partition_reader",
+    "record_consumer",
+    "record_producer",
+    "resolve_kafka_client",
+]

@@ -1,0 +1,109 @@
+"""Every Kafka client of streamtrain is built here, for the connection's client library.
+
+Each builder sets the options its role's semantics need (static assignment with no group
+join, no auto commit, fetch sizes, acks) in both libraries' names, so the roles behave the
+same whichever library runs.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from streamtrain.kafka.connection import KafkaConnection
+from streamtrain.kafka.consumer import RecordConsumer
+from streamtrain.kafka.partition_reader import PartitionReader
+from streamtrain.kafka.producer import RecordProducer
+
+Acks = Literal[0, 1, "all"]
+
+
+def record_consumer(
+    kafka: KafkaConnection,
+    *,
+    topic: str,
+    group_id: str | None = None,
+    fetch_max_wait_ms: int = 10,
+    max_partition_fetch_bytes: int = 1_048_576,
+    fetch_max_bytes: int = 52_428_800,
+    metadata_timeout_s: float = 10.0,
+) -> RecordConsumer:
+    """A consumer of ``topic`` for ``assign()`` use; ``group_id`` only stores committed
+    offsets (None: a reader that never commits)."""
+    if kafka.client == "kafka-python":
+        from streamtrain.kafka.consumer import KafkaPythonConsumer
+
+        options = kafka.kafka_python(
+            group_id=group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            fetch_max_wait_ms=fetch_max_wait_ms,
+            max_partition_fetch_bytes=max_partition_fetch_bytes,
+            fetch_max_bytes=fetch_max_bytes,
+        )
+        return KafkaPythonConsumer(
+            topic=topic, options=options, metadata_timeout_s=metadata_timeout_s
+        )
+    from streamtrain.kafka.confluent_consumer import ConfluentConsumer
+
+    config = kafka.librdkafka(
+        {
+            # KAFKA_NOTES: 10 ms instead of 1000 is what keeps a drained queue refilled.
+            "fetch.queue.backoff.ms": 10,
+            # librdkafka needs a group id even for assign(); a reader never commits with it.
+            "group.id": group_id or f"{kafka.options.get('client_id', 'streamtrain')}-reader",
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "enable.partition.eof": False,
+            "auto.offset.reset": "earliest",
+            "fetch.wait.max.ms": fetch_max_wait_ms,
+            "max.partition.fetch.bytes": max_partition_fetch_bytes,
+            "fetch.max.bytes": fetch_max_bytes,
+            "receive.message.max.bytes": fetch_max_bytes + 1_048_576,
+        }
+    )
+    return ConfluentConsumer(topic=topic, config=config, metadata_timeout_s=metadata_timeout_s)
+
+
+def partition_reader(
+    kafka: KafkaConnection, *, topic: str, partition: int = 0, fetch_max_wait_ms: int = 10
+) -> PartitionReader:
+    """A group-less reader of one partition holding large records (snapshot chunks)."""
+    consumer = record_consumer(
+        kafka,
+        topic=topic,
+        fetch_max_wait_ms=fetch_max_wait_ms,
+        # Chunks are up to ~512 KiB; fetch several per round trip.
+        max_partition_fetch_bytes=16 * 1024 * 1024,
+        fetch_max_bytes=64 * 1024 * 1024,
+    )
+    return PartitionReader(consumer, partition)
+
+
+def record_producer(
+    kafka: KafkaConnection,
+    *,
+    acks: Acks = "all",
+    linger_ms: int = 5,
+    max_request_size: int = 1_048_576,
+    batch_size: int | None = None,
+) -> RecordProducer:
+    """A producer; ``max_request_size`` bounds one record (with its framing)."""
+    if kafka.client == "kafka-python":
+        from streamtrain.kafka.producer import KafkaPythonProducer
+
+        sizes = {} if batch_size is None else {"batch_size": batch_size}
+        return KafkaPythonProducer(
+            kafka.kafka_python(
+                acks=acks, linger_ms=linger_ms, max_request_size=max_request_size, **sizes
+            )
+        )
+    from streamtrain.kafka.producer import ConfluentProducer
+
+    config: dict[str, object] = {
+        "acks": -1 if acks == "all" else acks,
+        "linger.ms": linger_ms,
+        "message.max.bytes": max_request_size,
+    }
+    if batch_size is not None:
+        config["batch.size"] = batch_size
+    return ConfluentProducer(kafka.librdkafka(config))

@@ -1,0 +1,106 @@
+"""Random access to one partition: its bounds, an offset range, and following its end."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
+
+from streamtrain.kafka.consumer import RecordConsumer
+from streamtrain.kafka.watermark import true_ends
+
+if TYPE_CHECKING:  # ingest imports this wing: the record type is for annotations only
+    from streamtrain.ingest.decode import KafkaRecord
+
+_POLL_SLICE_MS = 200
+_MAX_RECORDS = 1000
+
+
+class ReadTimeout(TimeoutError):
+    """The broker did not deliver the requested records before the deadline."""
+
+
+class PartitionReader:
+    """Reads partition ``partition`` of a consumer's topic, with either client library.
+
+    >>> reader = PartitionReader(record_consumer(kafka, topic="snapshots"))  # doctest: +SKIP
+    >>> low, high = reader.bounds(deadline=time.monotonic() + 5)  # doctest: +SKIP
+    >>> [r.offset for r in reader.read(low, high, deadline)]  # doctest: +SKIP
+    [0, 1, 2]
+    """
+
+    def __init__(self, consumer: RecordConsumer, partition: int = 0) -> None:
+        self._consumer = consumer
+        self.partition = partition
+        self._assigned = False
+
+    @property
+    def topic(self) -> str:
+        return str(getattr(self._consumer, "topic", "?"))
+
+    def exists(self) -> bool:
+        """Whether the broker knows the topic (asks for fresh metadata)."""
+        return self._consumer.topic_exists()
+
+    def _assign(self) -> None:
+        if not self._assigned:
+            self._consumer.assign([self.partition])
+            self._assigned = True
+
+    def low(self) -> int:
+        """The first offset still stored (older ones were deleted by retention)."""
+        self._assign()
+        return self._consumer.log_start(self.partition)
+
+    def bounds(self, deadline: float) -> tuple[int, int]:
+        """``(low, high)``: first offset still stored and the true high watermark."""
+        low = self.low()
+        ends = true_ends(self._consumer, [self.partition], deadline)
+        if ends is None:
+            raise ReadTimeout(f"no fetch response from {self.topic} before the deadline")
+        return low, max(ends[self.partition], low)
+
+    def read(self, start: int, end: int, deadline: float) -> Iterator[KafkaRecord]:
+        """Yield the records with ``start <= offset < end``, in order.
+
+        Raises :class:`ReadTimeout` if the range is not read by ``deadline``. The caller may
+        stop iterating early; the next call seeks afresh.
+        """
+        self._assign()
+        if start >= end:
+            return
+        self._consumer.seek(self.partition, start)
+        while self._consumer.position(self.partition) < end:
+            if time.monotonic() >= deadline:
+                raise ReadTimeout(
+                    f"reading offsets {start}..{end - 1} of {self.topic} did not finish in time"
+                )
+            for record in self._consumer.poll(_slice_ms(deadline), _MAX_RECORDS):
+                if record.offset >= end:
+                    return
+                if record.offset >= start:
+                    yield record
+
+    # --- following the end ----------------------------------------------------------------
+
+    def place(self, offset: int) -> None:
+        """Read from ``offset`` on with :meth:`poll`."""
+        self._assign()
+        self._consumer.seek(self.partition, offset)
+
+    def poll(self, timeout_ms: int) -> Sequence[KafkaRecord]:
+        """The next records after the placed offset (empty after ``timeout_ms`` without)."""
+        return self._consumer.poll(timeout_ms, _MAX_RECORDS)
+
+    def caught_up(self) -> bool:
+        """Whether every record up to the last fetch's high watermark has been returned."""
+        high = self._consumer.highwater(self.partition)
+        return high is not None and self._consumer.position(self.partition) >= high
+
+    def close(self) -> None:
+        self._consumer.close()
+
+
+def _slice_ms(deadline: float) -> int:
+    remaining_ms = int((deadline - time.monotonic()) * 1000)
+    return max(0, min(_POLL_SLICE_MS, remaining_ms))

@@ -1,0 +1,128 @@
+"""A producer behind one small Protocol, over kafka-python or confluent-kafka.
+
+``send`` returns a :class:`concurrent.futures.Future` resolving to the record's offset (or
+to the delivery error), the same for both libraries, so writers need not know which one runs.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Future
+from typing import Any, Protocol
+
+Headers = Sequence[tuple[str, bytes]]
+
+
+class ProduceTimeout(TimeoutError):
+    """Records were still unacknowledged when a flush's timeout ran out."""
+
+
+class RecordProducer(Protocol):
+    """Sends records; ``flush`` returns once every record sent so far is acknowledged."""
+
+    def send(
+        self,
+        topic: str,
+        value: bytes | None,
+        *,
+        key: bytes | None = None,
+        headers: Headers = (),
+        partition: int | None = None,
+    ) -> Future[int]: ...
+    def flush(self, timeout: float) -> None: ...
+    def close(self, timeout: float) -> None: ...
+
+
+class KafkaPythonProducer:
+    """:class:`RecordProducer` over ``kafka.KafkaProducer`` (``options``: its keywords)."""
+
+    def __init__(self, options: Mapping[str, Any]) -> None:
+        from kafka import KafkaProducer
+
+        self._producer = KafkaProducer(**dict(options))
+
+    def send(
+        self,
+        topic: str,
+        value: bytes | None,
+        *,
+        key: bytes | None = None,
+        headers: Headers = (),
+        partition: int | None = None,
+    ) -> Future[int]:
+        done: Future[int] = Future()
+        sent = self._producer.send(
+            topic, value=value, key=key, headers=list(headers), partition=partition
+        )
+        sent.add_callback(lambda metadata: done.set_result(int(metadata.offset)))
+        sent.add_errback(done.set_exception)
+        return done
+
+    def flush(self, timeout: float) -> None:
+        from kafka.errors import KafkaTimeoutError
+
+        try:
+            self._producer.flush(timeout=timeout)
+        except KafkaTimeoutError as exc:
+            raise ProduceTimeout(f"records not acknowledged within {timeout:.0f} s") from exc
+
+    def close(self, timeout: float) -> None:
+        self._producer.close(timeout=timeout)
+
+
+class ConfluentProducer:
+    """:class:`RecordProducer` over ``confluent_kafka.Producer`` (``config``: librdkafka's).
+
+    librdkafka runs delivery callbacks only inside ``poll``/``flush``: each ``send`` serves
+    those due, and a full local queue is drained (``poll``) before retrying, never dropped.
+    """
+
+    def __init__(self, config: Mapping[str, Any], queue_wait_s: float = 60.0) -> None:
+        from confluent_kafka import Producer
+
+        self._producer = Producer(dict(config))
+        self._queue_wait_s = queue_wait_s
+
+    def send(
+        self,
+        topic: str,
+        value: bytes | None,
+        *,
+        key: bytes | None = None,
+        headers: Headers = (),
+        partition: int | None = None,
+    ) -> Future[int]:
+        done: Future[int] = Future()
+
+        def delivered(error: Any, message: Any) -> None:
+            if error is not None:
+                done.set_exception(RuntimeError(f"delivery to {topic} failed: {error.str()}"))
+            else:
+                done.set_result(int(message.offset()))
+
+        # librdkafka's "no partition given": its partitioner picks one.
+        target = -1 if partition is None else partition
+        deadline = time.monotonic() + self._queue_wait_s
+        while True:
+            try:
+                self._producer.produce(
+                    topic, value, key, target, on_delivery=delivered, headers=list(headers)
+                )
+                break
+            except BufferError:
+                if time.monotonic() >= deadline:
+                    raise ProduceTimeout(
+                        f"the local queue to {topic} stayed full for {self._queue_wait_s:.0f} s"
+                    ) from None
+                self._producer.poll(0.05)
+        self._producer.poll(0)
+        return done
+
+    def flush(self, timeout: float) -> None:
+        left = self._producer.flush(timeout)
+        if left:
+            raise ProduceTimeout(f"{left} records not acknowledged within {timeout:.0f} s")
+
+    def close(self, timeout: float) -> None:
+        self._producer.flush(timeout)
