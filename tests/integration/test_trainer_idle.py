@@ -11,9 +11,9 @@ from typing import Any
 import httpx
 
 from streamtrain import health, metrics
-from streamtrain.broker import create_topics
 from streamtrain.cli.build_trainer import build_trainer
 from streamtrain.config import load_settings
+from streamtrain.kafka import create_topics
 from streamtrain.train.loop import TrainSummary
 from tests.integration.trainer_harness import (
     FEATURES,
