@@ -218,11 +218,18 @@ class ConfluentConsumer:
         self._stale = False
 
     def poll(self, timeout_ms: int, max_records: int) -> Sequence[KafkaRecord]:
+        """Up to ``max_records`` records, returned as soon as any are there (as kafka-python's
+        poll does): librdkafka's ``consume`` alone would wait out ``timeout_ms`` to fill
+        ``max_records``, batching records that arrived far apart."""
         if self._fatal is not None:
             raise RuntimeError(self._fatal)
         if self._stale:
             self._apply()
-        messages = self._consumer.consume(num_messages=max_records, timeout=timeout_ms / 1000)
+        messages = self._consumer.consume(num_messages=max_records, timeout=0)
+        if not messages and timeout_ms > 0:
+            messages = self._consumer.consume(num_messages=1, timeout=timeout_ms / 1000)
+            if messages and max_records > 1:
+                messages += self._consumer.consume(num_messages=max_records - 1, timeout=0)
         if not messages:
             return []
         from confluent_kafka import Message
