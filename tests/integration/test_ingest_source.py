@@ -47,6 +47,7 @@ MALFORMED = {
     "bad_label": (_json(0).replace(b'"label":0', b'"label":1.5'), []),
     "oversized": (b'{"features":[' + b"1," * 3000 + b'1],"label":0}', []),
     "unknown_type": (_json(0), [("content-type", b"text/csv")]),
+    "utf16": (_json(0).decode().encode("utf-16"), JSON),  # JSON is UTF-8 only
 }
 EXPECTED_REASON = {
     "garbage": "undecodable",
@@ -55,6 +56,7 @@ EXPECTED_REASON = {
     "bad_label": "bad_label",
     "oversized": "oversized",
     "unknown_type": "unknown_content_type",
+    "utf16": "undecodable",
 }
 
 
