@@ -23,7 +23,6 @@ from streamtrain.wire import (
     decode_json,
     format_of,
 )
-from streamtrain.wire import content_type_of as content_type_of  # clients read it from here
 
 
 class KafkaRecord(Protocol):
