@@ -64,6 +64,13 @@ def read_record(spec: SampleSpec, value: bytes) -> Fields | Reject:
     except ValueError as exc:
         hint = " (UTF-16 or UTF-32 without a byte-order mark?)" if "\x00" in text else ""
         return Reject("undecodable", f"not valid UTF-8 JSON: {exc}{hint}")
+    except RecursionError:
+        return Reject(
+            "undecodable",
+            "not valid UTF-8 JSON: nested too deeply to read (features nest "
+            f"{len(spec.feature_shape)} level(s) deep for model.input_shape "
+            f"{shape_text(spec.feature_shape)})",
+        )
     if type(obj) is not dict:
         return Reject("undecodable", 'expected a JSON object {"features": [...], "label": ...}')
     f = obj.get("features")

@@ -140,7 +140,7 @@ def _decode_typed(spec: SampleSpec, values: Sequence[bytes]) -> Decoded | None:
     """Every value through the typed decoder, or None when it refuses one."""
     try:
         samples = list(map(typed_decoder(spec).decode, values))
-    except msgspec.DecodeError:  # a ValidationError too: some record needs a closer look
+    except (msgspec.DecodeError, RecursionError):  # some record needs a closer look
         return None
     weights = np.array([s.weight for s in samples], np.float64)  # None -> NaN: no weight
     weights[np.isnan(weights)] = 1.0  # the typed decoder never yields a NaN of its own
@@ -178,7 +178,7 @@ def _decode_each(
             if not value.isascii():
                 value.decode("utf-8")  # msgspec would not check the unknown fields
             sample = decode(value)
-        except (msgspec.DecodeError, UnicodeDecodeError):
+        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
             fields = read_record(spec, value)
             if isinstance(fields, Reject):
                 rejects[i] = fields

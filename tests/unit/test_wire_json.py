@@ -95,3 +95,18 @@ def test_utf8_beyond_ascii_is_accepted_in_fields_the_format_ignores() -> None:
     value = GOOD[:-1] + ',"note":"café ✓"}'.encode()
     out = decode_json(MULTI, [value, GOOD], np.zeros(2))
     assert out.rejects == {} and out.rows.tolist() == [0, 1]
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        b"[" * 100_000,
+        b'{"features":' + b"[" * 100_000,
+        GOOD[:-1] + b',"x":' + b"[" * 100_000 + b"]" * 100_000 + b"}",  # deep in a skipped field
+    ],
+)
+def test_json_nested_past_the_recursion_limit_is_a_reject_not_a_crash(value: bytes) -> None:
+    out = decode_json(MULTI, [GOOD, value], np.zeros(2))
+    assert out.rows.tolist() == [0]
+    assert out.rejects[1].reason == "undecodable"
+    assert "nested too deeply" in out.rejects[1].detail
