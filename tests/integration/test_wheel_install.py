@@ -23,33 +23,15 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from packaging.requirements import Requirement
 
 from streamtrain.broker import free_port
+from tests.dependency_closure import closure
 
 ROOT = Path(__file__).resolve().parents[2]
 EXTRAS = ("broker",)
 SUBCOMMANDS = ("broker", "produce", "train", "serve", "demo")
 # Importable only through extras this install did not ask for; none may be needed.
 NOT_INSTALLED = ("pytest", "sklearn", "river", "testcontainers", "tritonclient", "mypy")
-
-
-def _closure(requirements: list[str], extras: tuple[str, ...]) -> dict[str, metadata.Distribution]:
-    """Installed distributions that ``requirements`` need, following their own requirements."""
-    found: dict[str, metadata.Distribution] = {}
-    pending = [(Requirement(r), extras) for r in requirements]
-    while pending:
-        req, wanted_extras = pending.pop()
-        environment = [{"extra": e} for e in wanted_extras] or [{"extra": ""}]
-        if req.marker and not any(req.marker.evaluate(env) for env in environment):
-            continue
-        key = re.sub(r"[-_.]+", "-", req.name).lower()
-        if key in found:
-            continue
-        dist = metadata.distribution(req.name)
-        found[key] = dist
-        pending += [(Requirement(r), tuple(req.extras)) for r in dist.requires or []]
-    return found
 
 
 def _top_level_entries(dist: metadata.Distribution) -> set[str]:
@@ -102,7 +84,7 @@ def _environment(tmp: Path, wheel: Path) -> Path:
     requires = _wheel_requirements(wheel)
     deps = tmp / "deps"
     deps.mkdir()
-    for dist in _closure(requires, EXTRAS).values():
+    for dist in closure(requires, EXTRAS).values():
         origin = Path(str(dist.locate_file("")))
         for entry in _top_level_entries(dist):
             link = deps / entry

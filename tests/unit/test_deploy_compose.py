@@ -28,6 +28,8 @@ from streamtrain.config import load_settings
 ROOT = Path(__file__).resolve().parents[2]
 MAIN = ROOT / "docker-compose.yml"
 GPU = ROOT / "docker-compose.gpu.yml"
+PORTS = ROOT / "docker-compose.ports.yml"
+NGINX = ROOT / "deploy" / "gateway" / "nginx.conf"
 STREAMTRAIN_SERVICES = ("trainer", "server", "producer")
 _DEFAULTED = re.compile(r"\$\{[A-Z0-9_]+:-([^}]*)\}")
 
@@ -99,6 +101,7 @@ def _spec_check(text: str) -> list[str]:
 def test_compose_files_follow_the_compose_specification() -> None:
     assert set(_spec_check(MAIN.read_text())) >= {*STREAMTRAIN_SERVICES, "kafka", "gateway"}
     assert _spec_check(GPU.read_text()) == ["trainer"]
+    assert set(_spec_check(PORTS.read_text())) <= set(_services())
     merged = _merged(
         yaml.safe_load(_resolve(MAIN.read_text())), yaml.safe_load(_resolve(GPU.read_text()))
     )
@@ -110,7 +113,7 @@ def test_compose_files_follow_the_compose_specification() -> None:
     [
         ("stop_grace_period: 30s", "stop_grace_periode: 30s"),
         ("restart: unless-stopped", "restart: sometimes"),
-        ('"127.0.0.1::8000"', '"127.0.0.1:8000:"'),
+        ('"127.0.0.1:${GRAFANA_PORT:-3000}:3000"', '"127.0.0.1:3000:"'),
     ],
     ids=["misspelt-key", "bad-enum", "bad-port"],
 )
@@ -129,7 +132,7 @@ def test_compose_files_validate_with_docker_compose_where_installed() -> None:
     binary = shutil.which("docker-compose")
     if binary is None:
         pytest.skip("no docker-compose on PATH; the compose-spec check above covers the files")
-    for files in ([MAIN], [MAIN, GPU]):
+    for files in ([MAIN], [MAIN, GPU], [MAIN, PORTS]):
         args = [binary]
         for path in files:
             args += ["-f", str(path)]
@@ -259,7 +262,7 @@ def test_healthchecks_probe_the_ports_the_commands_listen_on() -> None:
     services = _services()
     trainer_url = urlsplit(_healthcheck_url(services["trainer"]))
     assert trainer_url.port == int(_option(_command(services["trainer"]), "--metrics-port"))
-    assert trainer_url.path == "/metrics"
+    assert trainer_url.path == "/health/live", "the loop's heartbeat, not the metrics thread"
     server_url = urlsplit(_healthcheck_url(services["server"]))
     assert server_url.port == int(_option(_command(services["server"]), "--port"))
     assert server_url.path == "/v2/health/ready"
@@ -272,7 +275,9 @@ def test_healthchecks_probe_the_ports_the_commands_listen_on() -> None:
 def test_server_scales_without_host_port_conflicts() -> None:
     services = _services()
     port = _option(_command(services["server"]), "--port")
-    for mapping in services["server"].get("ports", []):
+    mappings = services["server"].get("ports", []) + _services(PORTS)["server"].get("ports", [])
+    assert mappings, "docker-compose.ports.yml publishes the replicas"
+    for mapping in mappings:
         parts = _resolve(str(mapping)).split(":")
         assert parts[-1] == port, f"server publishes {mapping}, but listens on {port}"
         host_port = parts[-2] if len(parts) > 1 else ""
@@ -337,8 +342,83 @@ def test_grafana_provisioning_matches_its_mounts() -> None:
     assert (mounted(home_dir) / home_name).is_file(), f"no home dashboard at {home}"
     assert grafana["environment"]["GF_AUTH_ANONYMOUS_ENABLED"] == "true"
     assert grafana["environment"]["GF_AUTH_ANONYMOUS_ORG_ROLE"] == "Viewer"
-    prometheus_port = int(services["prometheus"]["ports"][0].split(":")[-1])
+    prometheus_port = urlsplit(_healthcheck_url(services["prometheus"])).port
     for source_file in (provisioning / "datasources").glob("*.yml"):
         for source in _load(source_file)["datasources"]:
             url = urlsplit(source["url"])
             assert (url.hostname, url.port) == ("prometheus", prometheus_port)
+
+
+def _published(path: Path) -> dict[str, list[str]]:
+    return {
+        name: [_resolve(str(m)) for m in service.get("ports", [])]
+        for name, service in _services(path).items()
+        if service.get("ports")
+    }
+
+
+def test_only_gateway_and_grafana_are_published_and_only_on_loopback() -> None:
+    published = _published(MAIN)
+    assert published.keys() == {"gateway", "grafana"}, f"published by default: {set(published)}"
+    for path in (MAIN, PORTS):
+        for name, mappings in _published(path).items():
+            for mapping in mappings:
+                assert mapping.startswith("127.0.0.1:"), f"{path.name} {name} publishes {mapping}"
+    exposed = _published(PORTS)
+    assert {"kafka", "trainer", "server", "prometheus"} <= exposed.keys()
+
+
+def test_every_service_rotates_its_logs_and_has_resource_limits() -> None:
+    for name, service in _services().items():
+        logging = service.get("logging", {})
+        assert logging.get("driver") == "json-file", f"{name}: logs must rotate"
+        assert {"max-size", "max-file"} <= logging.get("options", {}).keys(), name
+        limits = service.get("deploy", {}).get("resources", {}).get("limits", {})
+        assert limits.get("memory") and limits.get("cpus"), f"{name} needs memory and CPU limits"
+
+
+def _nginx_directives(block: str) -> dict[str, list[str]]:
+    directives: dict[str, list[str]] = {}
+    for statement in re.sub(r"#[^\n]*", "", block).split(";"):
+        words = statement.split()
+        if words and "{" not in statement and "}" not in statement:
+            directives[words[0]] = words[1:]
+    return directives
+
+
+def test_gateway_retries_inference_posts_past_a_replica_that_is_not_ready() -> None:
+    """nginx re-sends a POST to the next replica only with ``non_idempotent``; every inference
+    request is a POST, and a replica answers 503 until its first snapshot is live."""
+    conf = NGINX.read_text()
+    location = re.search(r"location / \{(.*?)\n    \}", conf, re.S)
+    assert location, "the gateway has no catch-all location"
+    directives = _nginx_directives(location.group(1))
+    retry_on = set(directives["proxy_next_upstream"])
+    assert {"error", "timeout", "http_502", "http_503", "non_idempotent"} <= retry_on
+    assert int(directives["proxy_next_upstream_tries"][0]) >= 2, "retry at least once"
+    assert directives["proxy_next_upstream_timeout"], "bound the time spent retrying"
+
+
+def test_nginx_accepts_the_gateway_config_where_installed(tmp_path: Path) -> None:
+    binary = shutil.which("nginx")
+    if binary is None:
+        pytest.skip("no nginx on PATH; the directive checks above cover the retry settings")
+    main = tmp_path / "nginx.conf"
+    main.write_text(
+        f"pid {tmp_path}/nginx.pid;\nerror_log stderr;\nevents {{}}\n"
+        f"http {{\n  access_log off;\n  client_body_temp_path {tmp_path};\n"
+        f"  proxy_temp_path {tmp_path};\n  include {NGINX};\n}}\n"
+    )
+    result = subprocess.run(
+        [binary, "-t", "-p", str(tmp_path), "-c", str(main)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+
+
+def test_gpu_override_names_its_cuda_build_and_driver_minimum() -> None:
+    text = GPU.read_text()
+    assert re.search(r"CUDA 1\d\.\d", text), "name the CUDA build the torch wheel carries"
+    assert re.search(r"driver \d{3}\.\d+", text), "name the NVIDIA driver minimum"
+    pinned = re.search(r"^torch==(\S+)$", (ROOT / "deploy" / "constraints.txt").read_text(), re.M)
+    assert pinned and f"torch {pinned.group(1)}" in text, "the note must be about the pinned torch"

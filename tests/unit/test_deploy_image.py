@@ -12,9 +12,12 @@ import sys
 from fnmatch import fnmatchcase
 from pathlib import Path
 
+import tomllib
 import yaml
+from packaging.requirements import Requirement
 
 from streamtrain.metrics import TRAINER_REGISTRY, serve_metrics
+from tests.dependency_closure import canonical, closure
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "deploy" / "Dockerfile"
@@ -117,3 +120,61 @@ def test_healthcheck_probes_with_python_and_fails_on_a_dead_endpoint() -> None:
         server.server_close()
     assert probe(f"http://127.0.0.1:{server.server_port}/metrics") != 0, "closed port is unhealthy"
     assert probe("") == 0, "no URL (e.g. `produce`) means nothing to probe"
+
+
+def _constraints() -> dict[str, str]:
+    pins = {}
+    for line in (ROOT / "deploy" / "constraints.txt").read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            name, _, version = line.partition("==")
+            assert version, f"constraints.txt: {line!r} is not an exact pin"
+            pins[canonical(name)] = version
+    return pins
+
+
+def test_no_volume_in_the_shared_image() -> None:
+    """serve and produce keep nothing; a VOLUME would leave an anonymous volume per container."""
+    assert not [args for ins, args in _instructions() if ins == "VOLUME"]
+
+
+def test_base_image_is_pinned_by_exact_tag_or_digest() -> None:
+    steps = _instructions()
+    args = dict(a.split("=", 1) for i, a in steps if i == "ARG" and "=" in a)
+    for ins, image in steps:
+        if ins != "FROM":
+            continue
+        reference = image.split()[0]
+        reference = re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], reference)
+        if "@sha256:" in reference:
+            continue
+        tag = reference.rpartition(":")[2]
+        assert re.fullmatch(r"\d+\.\d+\.\d+-slim-[a-z]+", tag), (
+            f"FROM {reference}: pin an exact tag (Python patch and Debian release) or a digest"
+        )
+
+
+def test_every_pip_install_in_the_image_uses_the_constraints_file() -> None:
+    steps = _instructions()
+    env = " ".join(args for ins, args in steps if ins == "ENV")
+    assert "PIP_CONSTRAINT=/src/deploy/constraints.txt" in env
+    copied = [i for i, (ins, args) in enumerate(steps) if ins == "COPY" and "constraints" in args]
+    first_pip = next(i for i, (ins, args) in enumerate(steps) if ins == "RUN" and "pip " in args)
+    assert copied and copied[0] < first_pip, "copy the constraints before the first pip install"
+    assert not _ignored("deploy/constraints.txt"), ".dockerignore must keep the constraints"
+
+
+def test_constraints_pin_every_runtime_dependency_within_its_range() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    requirements = project["dependencies"] + project["optional-dependencies"]["broker"]
+    pins = _constraints()
+    needed = closure(requirements)
+    missing = sorted(set(needed) - pins.keys())
+    assert not missing, f"deploy/constraints.txt lacks pins for {missing}"
+    for requirement in map(Requirement, requirements):
+        version = pins[canonical(requirement.name)]
+        assert requirement.specifier.contains(version, prereleases=True), (
+            f"constraints pin {requirement.name}=={version}, outside pyproject's {requirement}"
+        )
+    torch_arg = next(a for i, a in _instructions() if i == "ARG" and a.startswith("TORCH_VERSION="))
+    assert torch_arg.split("=", 1)[1] == pins["torch"], "Dockerfile and constraints disagree"
