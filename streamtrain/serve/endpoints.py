@@ -1,8 +1,15 @@
 """The HTTP face of a serving worker: Open Inference Protocol (KServe v2) REST routes.
 
-Status codes: 400 bad request, 404 unknown model / version / route, 413 body over
-``max_body_bytes``, 503 no weights yet, 500 an unexpected failure (logged). Every error body is
-``{"error": "<what was wrong and how to fix it>"}``.
+:class:`V2Endpoints` holds one method per endpoint and :meth:`V2Endpoints.routes` is the route
+table (versioned paths point at the same method), in the manner of KServe's ``V2Endpoints``.
+The app is plain Starlette: no per-request dependency solving or model validation, bodies are
+parsed by the typed decoder in :mod:`streamtrain.serve.protocol`.
+
+Status codes: 400 bad request, 404 unknown model / version / route, 405 wrong method, 413 body
+over ``max_body_bytes``, 503 no weights yet, 500 an unexpected failure (logged). Every error
+body is ``{"error": "<what was wrong and how to fix it>"}``. Each infer request is counted once
+in ``streamtrain_serve_requests_total`` by outcome; a client that hangs up before its body
+arrived is ``client_disconnected``, never ``error``.
 
 >>> from streamtrain.serve.inference import DirectEngine, head_for
 >>> from streamtrain.serve.slot import WeightSlot
@@ -24,10 +31,12 @@ import time
 import zlib
 from typing import Any
 
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, make_asgi_app
+from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Mount, Route
 
 from streamtrain.metrics import SERVE_REQUEST_SECONDS, SERVE_REQUESTS
 from streamtrain.serve.inference import Engine
@@ -36,6 +45,7 @@ from streamtrain.serve.protocol import (
     ModelIO,
     ProtocolError,
     encode_infer_response,
+    encode_json,
     parse_infer_request,
 )
 from streamtrain.serve.slot import NotReady, WeightSlot
@@ -43,6 +53,16 @@ from streamtrain.serve.slot import NotReady, WeightSlot
 log = logging.getLogger(__name__)
 
 EXTENSIONS = ["binary_tensor_data"]
+OUTCOMES = (
+    "ok",
+    "bad_request",
+    "too_large",
+    "not_found",
+    "not_ready",
+    "client_disconnected",
+    "error",
+)
+_JSON = "application/json"
 
 
 def _package_version() -> str:
@@ -52,14 +72,18 @@ def _package_version() -> str:
         return "0+unknown"
 
 
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
+def _json(document: Any, status: int = 200) -> Response:
+    return Response(encode_json(document), status_code=status, media_type=_JSON)
+
+
+def _error(status: int, message: str) -> Response:
+    return _json({"error": message}, status)
 
 
 async def read_body(request: Request, limit: int) -> bytes:
     """The body, refused (413) past ``limit`` bytes before reading more than that."""
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise _too_large(int(declared), limit)
     chunks: list[bytes] = []
     size = 0
@@ -68,7 +92,8 @@ async def read_body(request: Request, limit: int) -> bytes:
         if size > limit:
             raise _too_large(size, limit)
         chunks.append(chunk)
-    return _decompress(b"".join(chunks), request.headers.get("content-encoding"), limit)
+    body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    return _decompress(body, request.headers.get("content-encoding"), limit)
 
 
 def _decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
@@ -98,82 +123,85 @@ def _too_large(size: int, limit: int) -> ProtocolError:
     )
 
 
-def create_app(
-    *,
-    slot: WeightSlot,
-    engine: Engine,
-    io: ModelIO,
-    model_name: str,
-    max_body_bytes: int,
-    metrics_registry: CollectorRegistry | None = None,
-) -> FastAPI:
-    """Build the ASGI app; ``metrics_registry`` (if given) is served at ``/metrics``."""
-    app = FastAPI(title="streamtrain", version=_package_version(), docs_url=None, redoc_url=None)
-    if metrics_registry is not None:
-        registry = metrics_registry
+class V2Endpoints:
+    """The OIP v2 REST endpoints of one served model, one method per endpoint."""
 
-        # The exact path too, so scrapers need no redirect to the mounted "/metrics/".
-        @app.get("/metrics", include_in_schema=False)
-        async def metrics() -> Response:
-            return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+    def __init__(
+        self,
+        *,
+        slot: WeightSlot,
+        engine: Engine,
+        io: ModelIO,
+        model_name: str,
+        max_body_bytes: int,
+    ) -> None:
+        self._slot = slot
+        self._engine = engine
+        self._io = io
+        self._model_name = model_name
+        self._max_body_bytes = max_body_bytes
+        self._server_metadata = encode_json(
+            {"name": "streamtrain", "version": _package_version(), "extensions": EXTENSIONS}
+        )
+        # Children resolved once: ``labels()`` per request would take the family's lock.
+        self._counted = {outcome: SERVE_REQUESTS.labels(outcome) for outcome in OUTCOMES}
 
-        app.mount("/metrics", make_asgi_app(registry=metrics_registry))
+    def routes(self) -> list[BaseRoute]:
+        # Matched in order: the hot route first.
+        return [
+            Route("/v2/models/{name}/infer", self.infer, methods=["POST"]),
+            Route("/v2/models/{name}/versions/{version}/infer", self.infer, methods=["POST"]),
+            Route("/v2", self.server_metadata, methods=["GET"]),
+            Route("/v2/health/live", self.live, methods=["GET"]),
+            Route("/v2/health/ready", self.ready, methods=["GET"]),
+            Route("/v2/models/{name}", self.model_metadata, methods=["GET"]),
+            Route("/v2/models/{name}/versions/{version}", self.model_metadata, methods=["GET"]),
+            Route("/v2/models/{name}/ready", self.model_ready, methods=["GET"]),
+            Route("/v2/models/{name}/versions/{version}/ready", self.model_ready, methods=["GET"]),
+        ]
 
-    @app.exception_handler(HTTPException)
-    async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
-        message = exc.detail if exc.status_code != 404 else f"no route {request.url.path}"
-        return _error(exc.status_code, str(message))
+    async def server_metadata(self, request: Request) -> Response:
+        return Response(self._server_metadata, media_type=_JSON)
 
-    def check_model(name: str, version: str | None) -> None:
-        """Raise ProtocolError for an unknown model, no weights, or a version not live."""
-        if name != model_name:
-            raise ProtocolError(
-                f"unknown model {name!r}; this server serves {model_name!r}", 404, "not_found"
-            )
-        info = slot.info
-        if info is None:
-            raise ProtocolError(
-                "model not ready: waiting for the first valid weight snapshot", 503, "not_ready"
-            )
-        if version is not None and version != str(info.version):
-            raise ProtocolError(
-                f"model {name!r} version {version!r} is not loaded; the live version is "
-                f"{info.version} (omit /versions/{{v}} to use the live one)",
-                404,
-                "not_found",
-            )
+    async def live(self, request: Request) -> Response:
+        return _json({"live": True})
 
-    def metadata(name: str, version: str | None) -> Response:
+    async def ready(self, request: Request) -> Response:
+        if not self._slot.ready:
+            return _error(503, "not ready: waiting for the first valid weight snapshot")
+        return _json({"ready": True})
+
+    async def model_metadata(self, request: Request) -> Response:
         try:
-            check_model(name, version)
+            live = self._check_model(request)
         except ProtocolError as exc:
             return _error(exc.status, str(exc))
-        info = slot.info
-        return JSONResponse(
+        return _json(
             {
-                "name": model_name,
-                "versions": [str(info.version)] if info is not None else [],
+                "name": self._model_name,
+                "versions": [live],
                 "platform": "pytorch",
-                "inputs": [io.input.to_json()],
-                "outputs": [o.to_json() for o in io.outputs],
+                "inputs": [self._io.input.to_json()],
+                "outputs": [o.to_json() for o in self._io.outputs],
             }
         )
 
-    def model_ready(name: str, version: str | None) -> Response:
+    async def model_ready(self, request: Request) -> Response:
         try:
-            check_model(name, version)
+            self._check_model(request)
         except ProtocolError as exc:
             return _error(exc.status, str(exc))
-        return JSONResponse({"name": model_name, "ready": True})
+        return _json({"name": self._model_name, "ready": True})
 
-    async def infer(request: Request, name: str, version: str | None) -> Response:
+    async def infer(self, request: Request) -> Response:
         started = time.perf_counter()
+        version: str | None = request.path_params.get("version")
         try:
-            check_model(name, version)
-            body = await read_body(request, max_body_bytes)
-            parsed = parse_infer_request(body, request.headers.get(BINARY_HEADER), io)
+            self._check_model(request)
+            body = await read_body(request, self._max_body_bytes)
+            parsed = parse_infer_request(body, request.headers.get(BINARY_HEADER), self._io)
             try:
-                prediction = await engine.infer(parsed.features)
+                prediction = await self._engine.infer(parsed.features)
             except NotReady as exc:
                 raise ProtocolError(str(exc), 503, "not_ready") from exc
             live = str(prediction.info.version)
@@ -185,55 +213,82 @@ def create_app(
                     "not_found",
                 )
             content, headers = encode_infer_response(
-                model_name, live, parsed, prediction.outputs, io
+                self._model_name, live, parsed, prediction.outputs, self._io
             )
             outcome, response = "ok", Response(content, headers=headers)
         except ProtocolError as exc:
             outcome, response = exc.outcome, _error(exc.status, str(exc))
+        except ClientDisconnect:
+            # Nobody is left to read a reply; the status only shows in access logs.
+            outcome = "client_disconnected"
+            response = _error(400, "client disconnected before the request body was complete")
         except Exception:
             log.exception("inference failed")
             outcome = "error"
             response = _error(500, "internal error during inference; see the server log")
-        SERVE_REQUESTS.labels(outcome).inc()
+        self._counted[outcome].inc()
         SERVE_REQUEST_SECONDS.observe(time.perf_counter() - started)
         return response
 
-    @app.get("/v2")
-    async def server_metadata() -> dict[str, Any]:
-        return {"name": "streamtrain", "version": _package_version(), "extensions": EXTENSIONS}
+    def _check_model(self, request: Request) -> str:
+        """The live version; ProtocolError for an unknown model, no weights, or a version that
+        is not the live one."""
+        name = request.path_params["name"]
+        version: str | None = request.path_params.get("version")
+        if name != self._model_name:
+            raise ProtocolError(
+                f"unknown model {name!r}; this server serves {self._model_name!r}",
+                404,
+                "not_found",
+            )
+        info = self._slot.info
+        if info is None:
+            raise ProtocolError(
+                "model not ready: waiting for the first valid weight snapshot", 503, "not_ready"
+            )
+        live = str(info.version)
+        if version is not None and version != live:
+            raise ProtocolError(
+                f"model {name!r} version {version!r} is not loaded; the live version is "
+                f"{live} (omit /versions/{{v}} to use the live one)",
+                404,
+                "not_found",
+            )
+        return live
 
-    @app.get("/v2/health/live")
-    async def live() -> dict[str, bool]:
-        return {"live": True}
 
-    @app.get("/v2/health/ready", response_model=None)
-    async def ready() -> Response:
-        if not slot.ready:
-            return _error(503, "not ready: waiting for the first valid weight snapshot")
-        return JSONResponse({"ready": True})
+def _metrics_routes(registry: CollectorRegistry) -> list[BaseRoute]:
+    async def metrics(request: Request) -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/v2/models/{name}", response_model=None)
-    async def model_metadata(name: str) -> Response:
-        return metadata(name, None)
+    # The exact path too, so scrapers need no redirect to the mounted "/metrics/".
+    return [
+        Route("/metrics", metrics, methods=["GET"], include_in_schema=False),
+        Mount("/metrics", make_asgi_app(registry=registry)),
+    ]
 
-    @app.get("/v2/models/{name}/versions/{version}", response_model=None)
-    async def version_metadata(name: str, version: str) -> Response:
-        return metadata(name, version)
 
-    @app.get("/v2/models/{name}/ready", response_model=None)
-    async def model_is_ready(name: str) -> Response:
-        return model_ready(name, None)
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        return _error(404, f"no route {request.url.path}")
+    return _error(exc.status_code, str(exc.detail))
 
-    @app.get("/v2/models/{name}/versions/{version}/ready", response_model=None)
-    async def version_is_ready(name: str, version: str) -> Response:
-        return model_ready(name, version)
 
-    @app.post("/v2/models/{name}/infer", response_model=None)
-    async def model_infer(request: Request, name: str) -> Response:
-        return await infer(request, name, None)
-
-    @app.post("/v2/models/{name}/versions/{version}/infer", response_model=None)
-    async def version_infer(request: Request, name: str, version: str) -> Response:
-        return await infer(request, name, version)
-
-    return app
+def create_app(
+    *,
+    slot: WeightSlot,
+    engine: Engine,
+    io: ModelIO,
+    model_name: str,
+    max_body_bytes: int,
+    metrics_registry: CollectorRegistry | None = None,
+) -> Starlette:
+    """Build the ASGI app; ``metrics_registry`` (if given) is served at ``/metrics``."""
+    endpoints = V2Endpoints(
+        slot=slot, engine=engine, io=io, model_name=model_name, max_body_bytes=max_body_bytes
+    )
+    routes = endpoints.routes()
+    if metrics_registry is not None:
+        routes += _metrics_routes(metrics_registry)
+    return Starlette(routes=routes, exception_handlers={HTTPException: _http_error})

@@ -63,7 +63,9 @@ class Engine(Protocol):
 
 def _forward(slot: WeightSlot, head: Head, device: torch.device, features: Array) -> Prediction:
     with slot.acquire() as lease, torch.inference_mode():
-        batch = torch.from_numpy(features).to(device, non_blocking=True)
+        batch = torch.from_numpy(features)
+        if device.type != "cpu":
+            batch = batch.to(device, non_blocking=True)
         outputs = head(lease.model(batch))
         host = {name: t.cpu().numpy() for name, t in outputs.items()}
     SERVE_BATCH_SIZE.observe(features.shape[0])
@@ -71,17 +73,47 @@ def _forward(slot: WeightSlot, head: Head, device: torch.device, features: Array
 
 
 class DirectEngine:
-    """One forward pass per request, on a worker thread so the event loop keeps serving."""
+    """One forward pass per request: on the event loop when it is short, else on a thread.
 
-    def __init__(self, slot: WeightSlot, head: Head, device: torch.device) -> None:
+    Handing a pass to a worker thread costs a thread hop and a GIL handover each way, which for
+    a small model is most of the request (measured on 2 CPU cores, MLP 32-256-256-10, one row:
+    1,050 req/s with p99 60 ms through a thread, 1,640 req/s with p99 14 ms inline). So a pass
+    whose expected time is under ``inline_below_s`` runs inline; a longer one runs on a thread,
+    where torch releases the GIL and the loop keeps reading other requests. The expected time
+    is the number of rows times a running average of measured seconds per row (of passes on
+    either path); until the first pass is measured, passes go to a thread. On CPU a pass is
+    timed in thread CPU time, so a machine busy with other work, which stretches wall time
+    equally inline or not, does not push passes onto the thread path; on an accelerator the
+    wait for the device is part of what the loop would lose, so wall time counts.
+    """
+
+    def __init__(
+        self,
+        slot: WeightSlot,
+        head: Head,
+        device: torch.device,
+        inline_below_s: float = 0.001,
+    ) -> None:
         self._slot = slot
         self._head = head
         self._device = device
+        self._inline_below_s = inline_below_s
+        self._seconds_per_row: float | None = None
+        self._clock = time.thread_time if device.type == "cpu" else time.perf_counter
 
     def run(self, features: Array) -> Prediction:
-        return _forward(self._slot, self._head, self._device, features)
+        started = self._clock()
+        prediction = _forward(self._slot, self._head, self._device, features)
+        per_row = (self._clock() - started) / max(1, features.shape[0])
+        known = self._seconds_per_row
+        # A benign race between threads: either update is a valid recent estimate.
+        self._seconds_per_row = per_row if known is None else known + (per_row - known) / 16
+        return prediction
 
     async def infer(self, features: Array) -> Prediction:
+        per_row = self._seconds_per_row
+        if per_row is not None and per_row * features.shape[0] < self._inline_below_s:
+            return self.run(features)
         return await anyio.to_thread.run_sync(self.run, features)
 
     def close(self) -> None:

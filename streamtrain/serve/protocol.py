@@ -1,5 +1,13 @@
 """Open Inference Protocol (KServe v2) REST bodies: parse and validate requests, encode replies.
 
+Bodies are decoded by msgspec straight into typed structs: no generic dict tree, no
+per-request pydantic model, and every type or range error names its JSON path. Tensor
+``data`` is decoded in a second typed pass whose element type comes from the declared
+datatype, so a string, a boolean, a fraction in an integer tensor or a number out of the
+datatype's range is refused with its position (``$[0][5]``) instead of being coerced.
+msgspec counts nesting against the interpreter's recursion limit and raises
+``RecursionError`` instead of overflowing the C stack; a body nested that deep is a 400.
+
 Both the plain JSON form and Triton's binary tensor extension are understood: when the request
 carries an ``Inference-Header-Content-Length`` header, the body is that many bytes of JSON
 followed by the raw little-endian bytes of every input whose parameters name a
@@ -19,27 +27,23 @@ converted to FP32; BOOL and BYTES are refused with a 400 naming the accepted typ
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 import numpy as np
 
+from streamtrain.serve.tensor_data import NUMERIC_DTYPES, TensorDataError, decode_json_data
 from streamtrain.spec import SampleSpec
 
 INPUT_NAME = "input"
 BINARY_HEADER = "Inference-Header-Content-Length"
+_REQUEST_EXAMPLE = (
+    '{"inputs": [{"name": "input", "shape": [1, ...], "datatype": "FP32", "data": [...]}]}'
+)
 
-_NUMERIC: dict[str, np.dtype[Any]] = {
-    name: np.dtype(code).newbyteorder("<")
-    for name, code in {
-        "FP16": "f2", "FP32": "f4", "FP64": "f8",
-        "INT8": "i1", "INT16": "i2", "INT32": "i4", "INT64": "i8",
-        "UINT8": "u1", "UINT16": "u2", "UINT32": "u4", "UINT64": "u8",
-    }.items()
-}  # fmt: skip
 _OUTPUT_DTYPES: dict[str, np.dtype[Any]] = {"FP32": np.dtype("<f4"), "INT64": np.dtype("<i8")}
 
 
@@ -97,136 +101,178 @@ class InferRequest:
     binary_outputs: frozenset[str]
 
 
+# --- wire structs (unknown fields are skipped, as OIP allows extra parameters) -------------
+class _InputParameters(msgspec.Struct):
+    binary_data_size: int | None = None
+
+
+class _InputTensor(msgspec.Struct):
+    name: str
+    shape: list[int]
+    datatype: str
+    data: msgspec.Raw = msgspec.Raw()  # decoded once the datatype and shape are known
+    parameters: _InputParameters | None = None
+
+
+class _OutputParameters(msgspec.Struct):
+    binary_data: bool = False
+
+
+class _RequestedOutput(msgspec.Struct):
+    name: str
+    parameters: _OutputParameters | None = None
+
+
+class _RequestParameters(msgspec.Struct):
+    binary_data_output: bool = False
+
+
+class _InferRequestBody(msgspec.Struct):
+    inputs: list[_InputTensor]
+    id: str | None = None
+    parameters: _RequestParameters | None = None
+    outputs: list[_RequestedOutput] | None = None
+
+
+class _OutputTensor(msgspec.Struct, omit_defaults=True):
+    name: str
+    shape: list[int]
+    datatype: str
+    data: list[Any] | None = None
+    parameters: dict[str, int] | None = None
+
+
+class _InferResponseBody(msgspec.Struct, omit_defaults=True):
+    model_name: str
+    model_version: str
+    outputs: list[_OutputTensor]
+    id: str | None = None
+
+
+_REQUEST_DECODER = msgspec.json.Decoder(_InferRequestBody)
+_ENCODER = msgspec.json.Encoder()
+
+
+def encode_json(value: Any) -> bytes:
+    """Any reply document as compact JSON bytes."""
+    return _ENCODER.encode(value)
+
+
 def parse_infer_request(body: bytes, header_length: str | None, io: ModelIO) -> InferRequest:
     """Validate an infer body against the model; raise ProtocolError naming what is wrong."""
     json_part, binary = _split_binary(body, header_length)
     try:
-        doc = json.loads(json_part)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ProtocolError(f"request body is not valid JSON: {exc}") from exc
-    if not isinstance(doc, dict):
-        raise ProtocolError('request body must be a JSON object like {"inputs": [...]}')
-    request_id = doc.get("id")
-    if request_id is not None and not isinstance(request_id, str):
-        raise ProtocolError(f"'id' must be a string, got {type(request_id).__name__}")
-    inputs = doc.get("inputs")
-    if not isinstance(inputs, list) or not inputs:
+        doc = _REQUEST_DECODER.decode(json_part)
+    except msgspec.ValidationError as exc:
+        raise ProtocolError(
+            f"request body is not an OIP infer request: {exc}; expected {_REQUEST_EXAMPLE}"
+        ) from None
+    except msgspec.DecodeError as exc:
+        raise ProtocolError(f"request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ProtocolError(
+            "request body is nested too deeply to be an OIP infer request; expected "
+            f"{_REQUEST_EXAMPLE}"
+        ) from None
+    if not doc.inputs:
         raise ProtocolError(f"'inputs' must be a non-empty list holding one tensor {INPUT_NAME!r}")
-    names = [i.get("name") if isinstance(i, dict) else None for i in inputs]
-    unknown = [n for n in names if n != INPUT_NAME]
+    unknown = [t.name for t in doc.inputs if t.name != INPUT_NAME]
     if unknown:
         raise ProtocolError(
             f"unknown input {unknown[0]!r}; this model takes one input named {INPUT_NAME!r}"
         )
-    if len(inputs) > 1:
-        raise ProtocolError(f"input {INPUT_NAME!r} given {len(inputs)} times; give it once")
-    features, used = _features(inputs[0], binary, io.feature_shape)
+    if len(doc.inputs) > 1:
+        raise ProtocolError(f"input {INPUT_NAME!r} given {len(doc.inputs)} times; give it once")
+    features, used = _features(doc.inputs[0], binary, io.feature_shape)
     if used != len(binary):
         raise ProtocolError(
             f"{len(binary) - used} binary byte(s) after the tensors the JSON header describes; "
             "check each input's binary_data_size"
         )
     outputs, binary_outputs = _requested_outputs(doc, io)
-    return InferRequest(request_id, features, outputs, binary_outputs)
+    return InferRequest(doc.id, features, outputs, binary_outputs)
 
 
 def _split_binary(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
     if header_length is None:
         return body, b""
-    try:
-        length = int(header_length)
-    except ValueError:
-        raise ProtocolError(f"{BINARY_HEADER} must be an integer, got {header_length!r}") from None
-    if not 0 <= length <= len(body):
+    if not (header_length.isascii() and header_length.isdigit()):
+        raise ProtocolError(f"{BINARY_HEADER} must be an integer, got {header_length!r}")
+    length = int(header_length)
+    if length > len(body):
         raise ProtocolError(f"{BINARY_HEADER} is {length} but the body has only {len(body)} bytes")
     return body[:length], body[length:]
 
 
 def _features(
-    tensor: dict[str, Any], binary: bytes, feature_shape: tuple[int, ...]
+    tensor: _InputTensor, binary: bytes, feature_shape: tuple[int, ...]
 ) -> tuple[np.ndarray[Any, np.dtype[np.float32]], int]:
-    shape = tensor.get("shape")
-    if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
-        raise ProtocolError(f"input 'shape' must be a list of non-negative ints, got {shape!r}")
-    expected = [-1, *feature_shape]
-    if len(shape) != len(expected) or shape[1:] != list(feature_shape) or shape[0] < 1:
+    shape = tensor.shape
+    if len(shape) != len(feature_shape) + 1 or tuple(shape[1:]) != feature_shape or shape[0] < 1:
         raise ProtocolError(
             f"input shape {shape} does not fit the model: expected [n, "
             f"{', '.join(map(str, feature_shape))}] with n >= 1 rows"
         )
-    datatype = tensor.get("datatype")
-    dtype = _NUMERIC.get(datatype) if isinstance(datatype, str) else None
+    dtype = NUMERIC_DTYPES.get(tensor.datatype)
     if dtype is None:
         raise ProtocolError(
-            f"input datatype {datatype!r} is not supported; use FP32 (also accepted: "
-            f"{', '.join(sorted(_NUMERIC))}; values are converted to FP32)"
+            f"input datatype {tensor.datatype!r} is not supported; use FP32 (also accepted: "
+            f"{', '.join(sorted(NUMERIC_DTYPES))}; values are converted to FP32)"
         )
     count = math.prod(shape)
-    params = tensor.get("parameters") or {}
-    size = params.get("binary_data_size") if isinstance(params, dict) else None
-    if size is not None:
-        if type(size) is not int or size != count * dtype.itemsize:
+    size = tensor.parameters.binary_data_size if tensor.parameters is not None else None
+    if size is None:
+        if not tensor.data:
             raise ProtocolError(
-                f"binary_data_size {size!r} does not match shape {shape} of {datatype} "
-                f"({count * dtype.itemsize} bytes expected)"
+                f"input {tensor.name!r} has no 'data' (and no parameters.binary_data_size)"
             )
-        if size > len(binary):
-            raise ProtocolError(f"binary input needs {size} bytes, the body carries {len(binary)}")
-        values = np.frombuffer(binary, dtype=dtype, count=count).astype(np.float32)
-        used = size
-    else:
-        values = _json_values(tensor.get("data"), count, shape)
-        used = 0
-    if not np.isfinite(values).all():
-        bad = int(np.flatnonzero(~np.isfinite(values))[0])
+        try:
+            values = decode_json_data(tensor.data, tensor.name, tensor.datatype, len(shape))
+        except TensorDataError as exc:
+            raise ProtocolError(str(exc)) from None
+        if values.size != count:
+            raise ProtocolError(
+                f"input 'data' has {values.size} values but shape {shape} needs {count}"
+            )
+        # The decoder bounded every value by the FP32 range: nothing non-finite can be left.
+        return values.reshape(shape), 0
+    if size != count * dtype.itemsize:
         raise ProtocolError(
-            f"input holds a non-finite number (NaN, Inf or out of FP32 range) at flat index {bad}"
+            f"binary_data_size {size!r} does not match shape {shape} of {tensor.datatype} "
+            f"({count * dtype.itemsize} bytes expected)"
         )
-    return values.reshape(shape), used
-
-
-def _json_values(data: Any, count: int, shape: list[int]) -> np.ndarray[Any, np.dtype[np.float32]]:
-    if not isinstance(data, list):
-        raise ProtocolError("input 'data' must be a list of numbers (flat or nested row-major)")
-    try:
-        array = np.asarray(data, dtype=np.float64)
-    except (ValueError, TypeError) as exc:
+    if size > len(binary):
+        raise ProtocolError(f"binary input needs {size} bytes, the body carries {len(binary)}")
+    floats = np.frombuffer(binary, dtype=dtype, count=count).astype(np.float32)
+    finite = np.isfinite(floats)
+    if not finite.all():
+        bad = int(np.flatnonzero(~finite)[0])
         raise ProtocolError(
-            f"input 'data' must hold only numbers in even nested lists: {exc}"
-        ) from None
-    if array.size != count:
-        raise ProtocolError(f"input 'data' has {array.size} values but shape {shape} needs {count}")
-    with np.errstate(over="ignore"):
-        return array.reshape(-1).astype(np.float32)
+            f"input {tensor.name!r} holds a non-finite number (NaN, Inf or out of FP32 range) "
+            f"at flat index {bad}"
+        )
+    return floats.reshape(shape), size
 
 
 def _requested_outputs(
-    doc: Mapping[str, Any], io: ModelIO
+    doc: _InferRequestBody, io: ModelIO
 ) -> tuple[tuple[str, ...], frozenset[str]]:
-    params = doc.get("parameters") or {}
-    all_binary = isinstance(params, dict) and params.get("binary_data_output") is True
-    requested = doc.get("outputs")
-    if requested is None:
+    all_binary = doc.parameters is not None and doc.parameters.binary_data_output
+    if doc.outputs is None:
         names = io.output_names
         return names, frozenset(names if all_binary else ())
-    if not isinstance(requested, list) or not all(
-        isinstance(o, dict) and isinstance(o.get("name"), str) for o in requested
-    ):
-        raise ProtocolError('\'outputs\' must be a list like [{"name": "probabilities"}]')
     chosen: list[str] = []
     binary: set[str] = set()
-    for out in requested:
-        name = out["name"]
-        if name not in io.output_names:
+    for out in doc.outputs:
+        if out.name not in io.output_names:
             raise ProtocolError(
-                f"unknown output {name!r}; this model returns {list(io.output_names)}"
+                f"unknown output {out.name!r}; this model returns {list(io.output_names)}"
             )
-        if name in chosen:
-            raise ProtocolError(f"output {name!r} requested twice")
-        chosen.append(name)
-        out_params = out.get("parameters") or {}
-        if all_binary or (isinstance(out_params, dict) and out_params.get("binary_data") is True):
-            binary.add(name)
+        if out.name in chosen:
+            raise ProtocolError(f"output {out.name!r} requested twice")
+        chosen.append(out.name)
+        if all_binary or (out.parameters is not None and out.parameters.binary_data):
+            binary.add(out.name)
     return tuple(chosen or io.output_names), frozenset(binary)
 
 
@@ -239,29 +285,21 @@ def encode_infer_response(
 ) -> tuple[bytes, dict[str, str]]:
     """The response body and its headers (binary extension when any output is binary)."""
     datatypes = {o.name: o.datatype for o in io.outputs}
-    outputs: list[dict[str, Any]] = []
+    outputs: list[_OutputTensor] = []
     buffers: list[bytes] = []
     for name in request.outputs:
         datatype = datatypes[name]
         array = np.ascontiguousarray(results[name], dtype=_OUTPUT_DTYPES[datatype])
-        entry: dict[str, Any] = {"name": name, "shape": list(array.shape), "datatype": datatype}
+        entry = _OutputTensor(name, list(array.shape), datatype)
         if name in request.binary_outputs:
             raw = array.tobytes()
-            entry["parameters"] = {"binary_data_size": len(raw)}
+            entry.parameters = {"binary_data_size": len(raw)}
             buffers.append(raw)
         else:
-            entry["data"] = array.reshape(-1).tolist()
+            entry.data = array.reshape(-1).tolist()
         outputs.append(entry)
-    doc: dict[str, Any] = {"model_name": model_name, "model_version": model_version}
-    if request.id is not None:
-        doc["id"] = request.id
-    doc["outputs"] = outputs
-    header = json.dumps(doc, separators=(",", ":")).encode()
+    header = _ENCODER.encode(_InferResponseBody(model_name, model_version, outputs, request.id))
     if not buffers:
         return header, {"content-type": "application/json"}
     headers = {"content-type": "application/octet-stream", BINARY_HEADER: str(len(header))}
     return b"".join([header, *buffers]), headers
-
-
-def error_body(message: str) -> bytes:
-    return json.dumps({"error": message}).encode()

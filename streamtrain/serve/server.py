@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 import torch
 import uvicorn
-from fastapi import FastAPI
+from starlette.applications import Starlette
 
 from streamtrain.config import ModelSettings, Settings
 from streamtrain.devices import resolve_device
@@ -122,7 +122,7 @@ class ServingWorker:
     def __init__(
         self,
         *,
-        app: FastAPI,
+        app: Starlette,
         slot: WeightSlot,
         engine: Engine,
         watcher: SnapshotWatcher,

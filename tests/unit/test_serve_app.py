@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 import torch
-from fastapi.testclient import TestClient
+from starlette.testclient import TestClient
 from torch import nn
 
 from streamtrain.metrics import SERVER_REGISTRY
@@ -174,15 +174,20 @@ def _input(**changes: object) -> dict[str, object]:
     ("body", "message"),
     [
         (b"{not json", "not valid JSON"),
-        (b"[1, 2]", "must be a JSON object"),
+        (b"[1, 2]", "not an OIP infer request: Expected `object`, got `array`"),
+        (b'{"inputs": [{"name": "input"}]}', "missing required field `shape`"),
         (b'{"inputs": []}', "'inputs' must be a non-empty list"),
         (_input(shape=[1, 6]), "input shape [1, 6] does not fit the model: expected [n, 2, 3]"),
         (_input(shape=[0, 2, 3], data=[]), "with n >= 1 rows"),
         (_input(datatype="BYTES"), "input datatype 'BYTES' is not supported; use FP32"),
         (_input(name="x"), "unknown input 'x'; this model takes one input named 'input'"),
         (_input(data=[0.0] * 5), "'data' has 5 values but shape [1, 2, 3] needs 6"),
-        (_input(data=["a"] * 6), "must hold only numbers"),
-        (_input(data=[1e39] * 6), "non-finite number"),
+        (_input(data=["a"] * 6), "Expected `float`, got `str` - at `$[0]`"),
+        (_input(data=[1e39] * 6), "FP32 cannot take: Expected `float` <= 3.4028234663852886e+38"),
+        (_input(data=[[0.0] * 3, [0.0] * 2]), "nested lists of unequal lengths"),
+        (_input(data=[[[[0.0]]]]), "nested 4 lists deep but the tensor has rank 3"),
+        (_input(data=None), "'data' must be a list of numbers"),
+        (_input(data=[0.0] * 6, datatype="INT8"), "Expected `int`, got `float` - at `$[0]`"),
         ({**_input(), "outputs": [{"name": "logits"}]}, "unknown output 'logits'"),
     ],
 )
@@ -202,7 +207,7 @@ def test_nan_in_json_is_rejected(setup: tuple[TestClient, WeightSlot, nn.Module]
     _ready(client, slot, ref)
     content = json.dumps(_input()).replace("0.0", "NaN", 1).encode()
     reply = client.post(INFER, content=content)
-    assert reply.status_code == 400 and "non-finite number" in reply.json()["error"]
+    assert reply.status_code == 400 and "not valid JSON" in reply.json()["error"]
 
 
 def test_body_too_large(setup: tuple[TestClient, WeightSlot, nn.Module]) -> None:
