@@ -147,8 +147,8 @@ def _decode_typed(spec: SampleSpec, values: Sequence[bytes]) -> Decoded | None:
     """Every value through the typed decoder, or None when it refuses one.
 
     The decoder guarantees each record's shape, so the columns are filled with C-level
-    passes (``fromiter`` over the flattened feature lists) rather than ``np.array`` over
-    nested lists, which would first discover their shape: 2.5x faster for 16 features.
+    passes (``fromiter`` over the flattened feature lists), without the pass ``np.array``
+    over nested lists spends discovering their shape.
     """
     try:
         samples = list(map(typed_decoder(spec).decode, values))
@@ -164,7 +164,7 @@ def _decode_typed(spec: SampleSpec, values: Sequence[bytes]) -> Decoded | None:
     if spec.is_classification:
         labels = np.fromiter(map(_LABEL, samples), np.int64, n)
     else:
-        labels = _regression_labels(spec, list(map(_LABEL, samples)))
+        labels = np.array(_label_rows(spec, list(map(_LABEL, samples))), np.float32)
     with np.errstate(over="ignore"):
         return Decoded(
             rows=np.arange(n, dtype=np.int64),
@@ -177,10 +177,11 @@ def _decode_typed(spec: SampleSpec, values: Sequence[bytes]) -> Decoded | None:
         )
 
 
-def _regression_labels(spec: SampleSpec, labels: list[Any]) -> npt.NDArray[np.float32]:
-    if spec.target_dim == 1:  # a number or a list of one
-        labels = [x if type(x) is list else [x] for x in labels]
-    return np.array(labels, np.float32)
+def _label_rows(spec: SampleSpec, labels: list[Any]) -> list[Any]:
+    """Regression labels as one list per sample (with ``target_dim`` 1 a bare number is one)."""
+    if spec.target_dim == 1:
+        return [x if type(x) is list else [x] for x in labels]
+    return labels
 
 
 def _decode_each(
@@ -221,10 +222,8 @@ def _decode_each(
     if spec.is_classification:
         label_arr = np.asarray(labels, dtype=np.int64)
     else:
-        if spec.target_dim == 1:  # a number or a list of one
-            labels = [x if type(x) is list else [x] for x in labels]
         label_arr, label_bad = stack_numbers(
-            labels, (spec.target_dim,), "label", "model.target_dim"
+            _label_rows(spec, labels), (spec.target_dim,), "label", "model.target_dim"
         )
         bad = label_bad | bad  # a features reject wins over a label reject
     with np.errstate(over="ignore"):
