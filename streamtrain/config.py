@@ -91,6 +91,12 @@ class IngestSettings(_Frozen):
     max_wait_ms: int = Field(50, ge=0, le=600_000)
     max_record_bytes: int = Field(1_048_576, ge=16)
     prefetch_batches: int = Field(4, ge=1, le=1024)
+    deterministic_batches: bool = Field(
+        True, description="Batches follow the log's order, so replays cut the same batches."
+    )
+    max_partition_idle_ms: int = Field(
+        1000, ge=0, le=600_000, description="Longest wait for a partition with unfetched records."
+    )
 
 
 class ModelSettings(_Frozen):

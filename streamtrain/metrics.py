@@ -58,6 +58,13 @@ INGEST_LAG = Gauge(
     ["partition"],
     registry=TRAINER_REGISTRY,
 )
+INGEST_PARTITION_WAITS_EXPIRED = Counter(
+    "streamtrain_ingest_partition_waits_expired",
+    "Times ingest stopped waiting for a partition with unfetched records after "
+    "ingest.max_partition_idle_ms: batches may then differ from a replay of the log.",
+    ["partition"],
+    registry=TRAINER_REGISTRY,
+)
 INGEST_DECODE_SECONDS = Histogram(
     "streamtrain_ingest_decode_seconds",
     "Time to decode and validate one poll's records.",

@@ -66,6 +66,8 @@ def build_trainer(settings: Settings) -> Trainer:
         max_record_bytes=settings.ingest.max_record_bytes,
         dead_letter_topic=topics.dead_letter,
         fetch_max_wait_ms=settings.kafka.fetch_max_wait_ms,
+        deterministic_batches=settings.ingest.deterministic_batches,
+        max_partition_idle_ms=settings.ingest.max_partition_idle_ms,
     )
     model_settings = model_cfg.model_dump(mode="json")
     publisher = SnapshotPublisher(

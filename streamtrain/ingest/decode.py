@@ -78,6 +78,7 @@ class DecodedChunk:
     partitions: npt.NDArray[np.int64]
     offsets: npt.NDArray[np.int64]
     decoded: Decoded
+    timestamps_ms: npt.NDArray[np.int64] | None = None  # record timestamps, -1 where none
 
     @property
     def sample_records(self) -> npt.NDArray[np.int64]:
@@ -150,6 +151,7 @@ def decode_records(
         partitions=cols.partitions,
         offsets=cols.offsets,
         decoded=_merge(spec, parts, rejects),
+        timestamps_ms=cols.timestamps_ms,
     )
 
 

@@ -28,6 +28,7 @@ from streamtrain.ingest.batch_deadline import MicroBatchPolicy
 from streamtrain.ingest.buffer import BatchBuffer
 from streamtrain.ingest.deadletter import DeadLetterSink, KafkaDeadLetter, LogDeadLetter
 from streamtrain.ingest.decode import decode_records
+from streamtrain.ingest.log_order import LogOrder
 from streamtrain.kafka import KafkaConnection, RecordConsumer, record_consumer
 from streamtrain.kafka.watermark import true_ends
 from streamtrain.spec import SampleSpec
@@ -63,6 +64,8 @@ class KafkaSampleSource:
         max_record_bytes: int = 1_048_576,
         dead_letter_topic: str | None = None,
         fetch_max_wait_ms: int = 10,
+        deterministic_batches: bool = True,
+        max_partition_idle_ms: int = 1000,
         consumer: RecordConsumer | None = None,
         dead_letter: DeadLetterSink | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -78,6 +81,7 @@ class KafkaSampleSource:
         self._policy = MicroBatchPolicy(max_batch_size, max_wait_ms, clock)
         self._max_poll = min(max(max_batch_size, 500), 100_000)
         self._buffer = BatchBuffer()
+        self._merge = LogOrder(max_partition_idle_ms, clock) if deterministic_batches else None
         self._closed = False
         self._consumer: RecordConsumer = consumer or record_consumer(
             kafka, topic=topic, group_id=group_id, fetch_max_wait_ms=fetch_max_wait_ms
@@ -142,19 +146,28 @@ class KafkaSampleSource:
         return dict(self._positions)
 
     def next_batch(self) -> Batch:
-        """The next micro-batch: at most ``max_batch_size`` samples, after at most about
-        ``max_wait_ms`` (plus one fetch). May hold 0 samples and still move past rejects."""
+        """The next micro-batch: at most ``max_batch_size`` samples. May hold 0 samples and
+        still move past rejects. With ``deterministic_batches`` (see ``ingest.log_order``) the
+        batches are a function of the log while it is replayed; a caught-up stream still gets
+        a batch after about ``max_wait_ms`` (plus one fetch)."""
         self._policy.start()
         while self._buffer.samples < self.max_batch_size:
             records = self._consumer.poll(
-                timeout_ms=self._policy.remaining_ms(), max_records=self._max_poll
+                timeout_ms=self._poll_timeout_ms(), max_records=self._max_poll
             )
+            chunk = None
             if records:
                 started = time.perf_counter()
                 chunk = decode_records(self.spec, records, self.max_record_bytes)
                 metrics.INGEST_DECODE_SECONDS.observe(time.perf_counter() - started)
-                self._buffer.add(chunk)
-            if self._policy.due(self._buffer.samples):
+            if self._merge is None:
+                if chunk is not None:
+                    self._buffer.add(chunk)
+                if self._policy.due(self._buffer.samples):
+                    break
+            elif self._merge.feed(
+                chunk, self._buffer, self._unfinished, self._policy.expired(), self.max_batch_size
+            ):
                 break
         cut = self._buffer.cut(self.max_batch_size)
         if cut is None:
@@ -170,6 +183,21 @@ class KafkaSampleSource:
         metrics.INGEST_BATCH_SIZE.observe(batch.size)
         self._export_lag()
         return batch
+
+    def _poll_timeout_ms(self) -> int:
+        # Past the deadline while a backlog is still being fetched: short polls, each
+        # returning as soon as records arrive.
+        return max(self._policy.remaining_ms(), 5) if self._merge else self._policy.remaining_ms()
+
+    def _unfinished(self) -> set[int]:
+        """Partitions that may hold records not fetched yet: below the high watermark of the
+        last fetch, or with no watermark known yet."""
+        unfinished = set()
+        for p in self._partitions:
+            mark = self._consumer.highwater(p)
+            if mark is None or self._consumer.position(p) < mark:
+                unfinished.add(p)
+        return unfinished
 
     def _export_lag(self) -> None:
         for p in self._partitions:
@@ -188,6 +216,8 @@ class KafkaSampleSource:
         if negative:
             raise ValueError(f"cannot seek to negative offsets {negative}")
         self._buffer.drop_partitions(offsets)
+        if self._merge is not None:
+            self._merge.drop_partitions(offsets)
         for p, offset in offsets.items():
             self._consumer.seek(p, offset)
             self._positions[p] = offset

@@ -39,15 +39,18 @@ def produce_json(
     x: np.ndarray,
     y: np.ndarray,
     malformed_every: int | None = None,
+    partitions: int = 1,
 ) -> int:
-    """Produce samples with an independent client, one partition; returns valid sample count."""
-    create_topics(bootstrap, [topic])
+    """Produce samples with an independent client, round-robin over ``partitions`` with the
+    producer's own record timestamps (many equal); returns the valid sample count."""
+    create_topics(bootstrap, [topic], partitions)
     producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
     for i, (features, label) in enumerate(zip(x, y, strict=True)):
         body = {"features": features.tolist(), "label": int(label), "timestamp": 1.7e9 + i}
-        producer.send(topic, json.dumps(body).encode(), partition=0)
+        partition = i % partitions
+        producer.send(topic, json.dumps(body).encode(), partition=partition)
         if malformed_every and i % malformed_every == 0:
-            producer.send(topic, b"\x00not json", partition=0)
+            producer.send(topic, b"\x00not json", partition=partition)
     producer.flush()
     producer.close()
     return len(x)
@@ -92,6 +95,34 @@ def latest_checkpoint(root: Path) -> Path:
 
 def checkpoint_weights(root: Path) -> dict[str, np.ndarray]:
     return load_file(str(latest_checkpoint(root) / "model.safetensors"))
+
+
+def checkpoint_state(root: Path) -> dict[str, object]:
+    """Everything the newest checkpoint holds that a replay must reproduce: every tensor
+    (model, optimizer, scheduler, RNG), the optimizer and scheduler documents, and the step,
+    sample count and offsets. Run id and times are left out."""
+    newest = latest_checkpoint(root)
+    state: dict[str, object] = {}
+    for file in sorted(newest.glob("*.safetensors")):
+        for name, tensor in load_file(str(file)).items():
+            state[f"{file.stem}/{name}"] = tensor
+    for name in ("optimizer.json", "scheduler.json"):
+        if (newest / name).exists():
+            state[name] = json.loads((newest / name).read_text())
+    meta = json.loads((newest / "meta.json").read_text())
+    state["position"] = {k: meta[k] for k in ("step", "samples_seen", "offsets")}
+    return state
+
+
+def assert_same_state(expected: Mapping[str, object], actual: Mapping[str, object]) -> None:
+    assert expected.keys() == actual.keys()
+    for name, value in expected.items():
+        other = actual[name]
+        if isinstance(value, np.ndarray):
+            assert isinstance(other, np.ndarray) and value.dtype == other.dtype, name
+            assert value.tobytes() == other.tobytes(), f"{name} differs"
+        else:
+            assert value == other, f"{name} differs: {value} != {other}"
 
 
 def checkpoint_meta(root: Path) -> dict[str, object]:

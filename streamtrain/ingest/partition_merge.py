@@ -1,0 +1,302 @@
+"""Put the records of several partitions in one order that depends on the log, not on fetches.
+
+A consumer returns partitions interleaved as its fetches happen to complete, so two runs over
+the same log would cut different batches. :class:`PartitionMerge` sits between decoding and
+batch cutting and releases records in a total order defined by the log alone:
+
+1. Each record's key is ``(t, partition, offset)`` where ``t`` is the running maximum of the
+   record timestamps of its partition. Sorting by it keeps each partition in offset order and
+   equals a k-way merge that always takes the head with the smallest ``(timestamp, partition,
+   offset)``. That merge looks only at the heads, so it continues identically from any
+   position: a trainer restored from a checkpoint releases what an uninterrupted one would.
+2. A record is released only when no record still to come can sort before it. A partition that
+   may still have unfetched records (its position is below its high watermark, or the
+   watermark is not known yet) bounds the release at the smallest key it can still produce:
+   ``(t of its last record, partition, next offset)``. A caught-up partition bounds nothing.
+3. Released records leave sorted by key, as one chunk, to the batch buffer.
+4. ``release(force=True)`` releases everything held, ignoring the bounds: the caller does
+   this once it has waited ``max_idle`` for a lagging partition (the one case where the order
+   may depend on fetch timing; the caller counts and logs it).
+
+With a single partition every record is released at once, in offset order, untouched.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Collection, Iterable, Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+import numpy.typing as npt
+
+from streamtrain.ingest.codecs import Decoded
+from streamtrain.ingest.decode import DecodedChunk, KafkaRecord
+
+_NO_TIME = np.iinfo(np.int64).min
+Key = tuple[int, int, int]  # (running max timestamp ms, partition, offset)
+
+I64 = npt.NDArray[np.int64]
+
+
+class RecordView(Sequence[KafkaRecord]):
+    """Records picked from several polls' record sequences, without copying any record."""
+
+    def __init__(self, bases: list[Sequence[KafkaRecord]], source: I64, index: I64) -> None:
+        self._bases, self._source, self._index = bases, source, index
+
+    @classmethod
+    def of(cls, records: Sequence[KafkaRecord]) -> RecordView:
+        n = len(records)
+        return cls([records], np.zeros(n, np.int64), np.arange(n, dtype=np.int64))
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def __getitem__(self, i: int) -> KafkaRecord:  # type: ignore[override]
+        return self._bases[int(self._source[i])][int(self._index[i])]
+
+    def take(self, picks: I64) -> RecordView:
+        return RecordView(self._bases, self._source[picks], self._index[picks])
+
+    def concat(self, other: RecordView) -> RecordView:
+        shifted = other._source + len(self._bases)
+        return RecordView(
+            self._bases + other._bases,
+            np.concatenate([self._source, shifted]),
+            np.concatenate([self._index, other._index]),
+        )
+
+
+@dataclass
+class _Held:
+    """Records held back, one entry per record, with their samples (``sample_of`` or -1)."""
+
+    records: RecordView
+    partitions: I64
+    offsets: I64
+    keys: I64  # running max timestamp of the record's partition
+    sample_of: I64
+    decoded: Decoded  # samples only; ``rows`` unused here, rejects keyed by held index
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    def pick(self, picks: I64) -> _Held:
+        """The records at ``picks``, in that order."""
+        samples = self.sample_of[picks]
+        is_sample = samples >= 0
+        taken = samples[is_sample]
+        d = self.decoded
+        position = {int(old): new for new, old in enumerate(picks.tolist())}
+        rejects = {position[i]: r for i, r in d.rejects.items() if i in position}
+        sample_of = np.full(len(picks), -1, np.int64)
+        sample_of[is_sample] = np.arange(len(taken))
+        return _Held(
+            records=self.records.take(picks),
+            partitions=self.partitions[picks],
+            offsets=self.offsets[picks],
+            keys=self.keys[picks],
+            sample_of=sample_of,
+            decoded=Decoded(
+                rows=np.flatnonzero(is_sample),
+                features=d.features[taken],
+                labels=d.labels[taken],
+                weights=d.weights[taken],
+                timestamps=d.timestamps[taken],
+                rejects=rejects,
+            ),
+        )
+
+    def concat(self, other: _Held) -> _Held:
+        if not len(self):
+            return other
+        n, s = len(self), len(self.decoded.features)
+        a, b = self.decoded, other.decoded
+        return _Held(
+            records=self.records.concat(other.records),
+            partitions=np.concatenate([self.partitions, other.partitions]),
+            offsets=np.concatenate([self.offsets, other.offsets]),
+            keys=np.concatenate([self.keys, other.keys]),
+            sample_of=np.concatenate(
+                [self.sample_of, np.where(other.sample_of >= 0, other.sample_of + s, -1)]
+            ),
+            decoded=Decoded(
+                rows=np.zeros(0, np.int64),
+                features=np.concatenate([a.features, b.features]),
+                labels=np.concatenate([a.labels, b.labels]),
+                weights=np.concatenate([a.weights, b.weights]),
+                timestamps=np.concatenate([a.timestamps, b.timestamps]),
+                rejects={**a.rejects, **{i + n: r for i, r in b.rejects.items()}},
+            ),
+        )
+
+    def to_chunk(self) -> DecodedChunk:
+        d = self.decoded
+        rows = np.flatnonzero(self.sample_of >= 0)
+        return DecodedChunk(
+            records=self.records,
+            partitions=self.partitions,
+            offsets=self.offsets,
+            decoded=Decoded(rows, d.features, d.labels, d.weights, d.timestamps, dict(d.rejects)),
+            timestamps_ms=None,
+        )
+
+
+class Release(NamedTuple):
+    chunk: DecodedChunk | None  # released records in key order; None if none
+    gave_up: tuple[int, ...]  # partitions no longer waited for in this call (point 4)
+
+
+class PartitionMerge:
+    """Holds decoded records until their place in the log-defined order is certain.
+
+    A partition that may have unfetched records but has nothing held blocks the release; after
+    ``max_idle_s`` of that the merge gives up on it and proceeds without it (point 4),
+    reporting the partition in ``Release.gave_up``.
+
+    >>> merge = PartitionMerge(max_idle_s=0.5, clock=lambda: 0.0)
+    >>> merge.release(unfinished={0, 1})
+    Release(chunk=None, gave_up=())
+    """
+
+    def __init__(self, max_idle_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._max_idle = max_idle_s
+        self._clock = clock
+        self._held: _Held | None = None
+        self._as_added: DecodedChunk | None = None  # the chunk, while held is exactly one add
+        self._carry: dict[int, int] = {}  # partition -> running max timestamp so far
+        self._last_offset: dict[int, int] = {}
+        self._waiting_since: dict[int, float] = {}
+
+    @property
+    def records(self) -> int:
+        """Records held back."""
+        return 0 if self._held is None else len(self._held)
+
+    def add(self, chunk: DecodedChunk) -> None:
+        """Hold one poll's records."""
+        n = len(chunk.offsets)
+        if not n:
+            return
+        timestamps_ms = chunk.timestamps_ms
+        if timestamps_ms is None:  # no record timestamps: order by partition and offset
+            timestamps_ms = np.full(n, -1, np.int64)
+        keys = np.empty(n, np.int64)
+        for p in np.unique(chunk.partitions).tolist():
+            mine = np.flatnonzero(chunk.partitions == p)
+            running = np.maximum.accumulate(timestamps_ms[mine])
+            carry = self._carry.get(p, _NO_TIME)
+            keys[mine] = np.maximum(running, carry)
+            self._carry[p] = int(keys[mine[-1]])
+            self._last_offset[p] = int(chunk.offsets[mine[-1]])
+            self._waiting_since.pop(p, None)
+        sample_of = np.full(n, -1, np.int64)
+        sample_of[chunk.decoded.rows] = np.arange(len(chunk.decoded.rows))
+        held = _Held(
+            records=RecordView.of(chunk.records),
+            partitions=chunk.partitions.astype(np.int64, copy=False),
+            offsets=chunk.offsets.astype(np.int64, copy=False),
+            keys=keys,
+            sample_of=sample_of,
+            decoded=chunk.decoded,
+        )
+        self._as_added = chunk if self._held is None else None
+        self._held = held if self._held is None else self._held.concat(held)
+
+    def release(self, unfinished: Collection[int], force: bool = False) -> Release:
+        """Held records that sort below every bound (point 2), in key order.
+
+        ``unfinished``: partitions that may still have records not fetched yet (position below
+        the high watermark, or no watermark known). ``force``: release everything held.
+        """
+        held = self._held
+        if held is None:
+            self._waiting_since.clear()
+            return Release(None, ())
+        bound, gave_up = (None, ()) if force else self._bound(held, unfinished)
+        ready = _below(held, bound)
+        count = len(held) if ready is None else int(ready.sum())
+        if count == 0:
+            return Release(None, gave_up)
+        parts = held.partitions
+        single = bool((parts == parts[0]).all())
+        as_added, self._as_added = self._as_added, None
+        if count == len(held):
+            self._held = None
+            if single:
+                return Release(as_added or held.to_chunk(), gave_up)
+            return Release(held.pick(_order(held, None)).to_chunk(), gave_up)
+        assert ready is not None
+        chosen = np.flatnonzero(ready)
+        if not single:
+            chosen = _order(held, chosen)
+        self._held = held.pick(np.flatnonzero(~ready))
+        return Release(held.pick(chosen).to_chunk(), gave_up)
+
+    def _bound(
+        self, held: _Held, unfinished: Collection[int]
+    ) -> tuple[Key | None, tuple[int, ...]]:
+        """The smallest key an unfinished partition can still produce, and the partitions
+        given up on: those with nothing held that blocked the release for ``max_idle_s``."""
+        now = self._clock()
+        present = set(np.unique(held.partitions).tolist())
+        bounds: list[Key] = []
+        gave_up: list[int] = []
+        top = _largest_key(held)
+        for p in sorted(unfinished):
+            bound = (self._carry.get(p, _NO_TIME), p, self._last_offset.get(p, -1) + 1)
+            if p not in present:
+                if bound > top:  # withholds nothing
+                    self._waiting_since.pop(p, None)
+                    continue
+                since = self._waiting_since.setdefault(p, now)
+                if now - since >= self._max_idle:
+                    gave_up.append(p)
+                    continue
+            bounds.append(bound)
+        for p in gave_up:
+            self._waiting_since[p] = now  # the next wait for it starts afresh
+        return (min(bounds) if bounds else None), tuple(gave_up)
+
+    def drop_partitions(self, partitions: Iterable[int]) -> None:
+        """Forget held records and history of ``partitions`` (after a seek on them)."""
+        dropped = list(partitions)
+        for p in dropped:
+            self._carry.pop(p, None)
+            self._last_offset.pop(p, None)
+            self._waiting_since.pop(p, None)
+        held = self._held
+        if held is not None:
+            keep = ~np.isin(held.partitions, dropped)
+            self._held = held.pick(np.flatnonzero(keep)) if keep.any() else None
+            self._as_added = None
+
+
+def _order(held: _Held, subset: I64 | None) -> I64:
+    """Indices of ``subset`` (all held records if None) sorted by key."""
+    if subset is None:
+        return np.lexsort((held.offsets, held.partitions, held.keys))
+    order = np.lexsort((held.offsets[subset], held.partitions[subset], held.keys[subset]))
+    return subset[order]
+
+
+def _largest_key(held: _Held) -> Key:
+    keys, parts = held.keys, held.partitions
+    t = int(keys.max())
+    mask = keys == t
+    p = int(parts[mask].max())
+    return t, p, int(held.offsets[mask & (parts == p)].max())
+
+
+def _below(held: _Held, bound: Key | None) -> npt.NDArray[np.bool_] | None:
+    """Mask of held records whose key is strictly below ``bound``; None means all of them."""
+    if bound is None:
+        return None
+    t, p, o = bound
+    keys, parts = held.keys, held.partitions
+    mask: npt.NDArray[np.bool_] = (keys < t) | (
+        (keys == t) & ((parts < p) | ((parts == p) & (held.offsets < o)))
+    )
+    return mask
