@@ -31,8 +31,8 @@ from typing import NamedTuple
 import numpy as np
 import numpy.typing as npt
 
-from streamtrain.ingest.codecs import Decoded
 from streamtrain.ingest.decode import DecodedChunk, KafkaRecord
+from streamtrain.wire import Decoded
 
 _NO_TIME = np.iinfo(np.int64).min
 Key = tuple[int, int, int]  # (running max timestamp ms, partition, offset)
