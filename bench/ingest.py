@@ -7,7 +7,8 @@ confluent ``consume(num_messages=...)``), and ``KafkaSampleSource(client=...).ne
 until every sample has arrived. Prints samples/s and the ratio source / raw per client and
 encoding, all from one run. Also times decoding alone, in process and without Kafka: a bare
 ``json.loads`` per JSON value, our typed ``decode_json`` and ``decode_binary`` over the same
-values.
+values; and the cost per record of each Python step the confluent source adds to a raw
+``consume`` (on ``Message`` objects built in process), to show where the gap goes.
 
     python bench/ingest.py --count 200000
 """
@@ -16,17 +17,22 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import cast
 
 import numpy as np
-from confluent_kafka import Consumer
+from confluent_kafka import Consumer, Message
 from confluent_kafka import TopicPartition as ConfluentPartition
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from streamtrain.broker import EmbeddedBroker
+from streamtrain.gc_pause import gc_paused
 from streamtrain.ingest import KafkaSampleSource
+from streamtrain.ingest.decode import KafkaRecord, RecordColumns, decode_records
 from streamtrain.kafka import KafkaConnection, create_topics
+from streamtrain.kafka.confluent_consumer import MessageRecords
 from streamtrain.spec import SampleSpec
 from streamtrain.wire import (
     BINARY_CONTENT_TYPE,
@@ -114,6 +120,93 @@ def best_rate(run: Callable[[], object], count: int, repeats: int) -> float:
     return best
 
 
+class _Columns:
+    """Records whose columns are already built: times ``decode_records`` alone."""
+
+    def __init__(self, columns: RecordColumns) -> None:
+        self._columns = columns
+
+    def __len__(self) -> int:
+        return len(self._columns.values)
+
+    def __getitem__(self, index: int) -> KafkaRecord:
+        raise IndexError(index)  # only rejected records are indexed; there are none
+
+    def columns(self) -> RecordColumns:
+        return self._columns
+
+
+def consume_all(bootstrap: str, topic: str, partitions: int, count: int) -> list[Message]:
+    """Every record of ``topic`` as the confluent ``Message`` objects a raw consume returns."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"bench-steps-{topic}",
+            "enable.auto.commit": False,
+            "fetch.wait.max.ms": 10,
+            "fetch.queue.backoff.ms": 10,
+        }
+    )
+    consumer.assign([ConfluentPartition(topic, p, 0) for p in range(partitions)])
+    messages: list[Message] = []
+    while len(messages) < count:
+        messages += consumer.consume(num_messages=100_000, timeout=0.1)
+    consumer.close()
+    return messages
+
+
+def confluent_steps(
+    bootstrap: str, topic: str, partitions: int, count: int, repeats: int
+) -> dict[str, float]:
+    """Microseconds per record of each Python step the source adds to a raw ``consume``:
+    where the gap between the two rates goes. Each step is timed once per repeat (best kept)
+    on freshly consumed messages: a message builds its header list on the first
+    ``headers()`` call and keeps it, so a second call would time a cache."""
+
+    def poll_passes(messages: list[Message]) -> object:
+        n = len(messages)
+        return (
+            any(map(Message.error, messages)),
+            np.fromiter(map(Message.partition, messages), np.int64, n),
+            np.fromiter(map(Message.offset, messages), np.int64, n),
+        )
+
+    def columns(messages: list[Message]) -> object:
+        n = len(messages)
+        return MessageRecords(messages, np.zeros(n, np.int64), np.arange(n)).columns()
+
+    def accessor(read: Callable[[Message], object]) -> Callable[[list[Message]], object]:
+        def run(messages: list[Message]) -> object:
+            with gc_paused():  # as columns() reads them
+                return list(map(read, messages))
+
+        return run
+
+    def decode(messages: list[Message]) -> Callable[[], object]:
+        built = cast(Sequence[KafkaRecord], _Columns(cast(RecordColumns, columns(messages))))
+        return lambda: decode_records(SPEC, built, 1 << 20)
+
+    steps: dict[str, Callable[[list[Message]], object]] = {
+        "poll's error/partition/offset passes": poll_passes,
+        "columns(): all": columns,
+        "  of which Message.headers() lists": accessor(Message.headers),
+        "  of which Message.timestamp() tuples": accessor(Message.timestamp),
+        "  of which Message.value()": accessor(Message.value),
+    }
+    costs = {}
+    for name, step in steps.items():
+        best = math.inf
+        for _ in range(repeats):
+            messages = consume_all(bootstrap, topic, partitions, count)
+            started = time.perf_counter()
+            step(messages)
+            best = min(best, time.perf_counter() - started)
+        costs[name] = best / count * 1e6
+    run = decode(consume_all(bootstrap, topic, partitions, count))
+    costs["decode_records on built columns"] = 1e6 / best_rate(run, count, repeats)
+    return costs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--count", type=int, default=200_000)
@@ -145,6 +238,7 @@ def main() -> None:
         produce(bootstrap, "bench-json", json_values, "application/json")
         produce(bootstrap, "bench-binary", binary_values, BINARY_CONTENT_TYPE)
         rows = []
+        steps: dict[str, dict[str, float]] = {}
         for name, topic, size in (
             ("binary", "bench-binary", len(binary_values[0])),
             ("json", "bench-json", int(np.mean([len(v) for v in json_values[:1000]]))),
@@ -157,6 +251,9 @@ def main() -> None:
                     raw = max(raw, raw_reader(bootstrap, topic, args.partitions, args.count))
                     ours = max(ours, source_rate(bootstrap, topic, args.count, client))
                 rows.append((name, size, client, raw, ours))
+            steps[name] = confluent_steps(
+                bootstrap, topic, args.partitions, args.count, args.repeats
+            )
 
     print(f"{args.count} samples, 16 float32 features, {args.partitions} partitions, loopback")
     print(
@@ -168,6 +265,15 @@ def main() -> None:
     print("decoding alone, in process, same values:")
     for name, rate in decode_rates.items():
         print(f"  {name}: {rate:,.0f}/s")
+    raw_us = {name: 1e6 / raw for name, _, client, raw, _ in rows if client == "confluent"}
+    print("confluent path, microseconds per record (steps timed on consumed messages):")
+    print(f"  {'step':<40}{'binary':>8}{'json':>8}")
+    print(
+        f"  {'raw consume (1 / raw poll rate above)':<40}{raw_us['binary']:>8.2f}"
+        f"{raw_us['json']:>8.2f}"
+    )
+    for step in steps["binary"]:
+        print(f"  {step:<40}{steps['binary'][step]:>8.2f}{steps['json'][step]:>8.2f}")
 
 
 if __name__ == "__main__":
