@@ -16,7 +16,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -148,6 +156,9 @@ class TrainSettings(_Frozen):
     torch_threads: int | None = Field(
         None, ge=1, description="torch intra-op threads; None keeps torch's default."
     )
+    signing_key: Path | None = Field(
+        None, description="Ed25519 private key (PEM) that signs every snapshot manifest."
+    )
 
 
 class ServeSettings(_Frozen):
@@ -172,6 +183,32 @@ class ServeSettings(_Frozen):
     metrics_port: int | None = Field(
         None, ge=0, le=65535, description="None serves /metrics on the HTTP port itself."
     )
+    trusted_keys: tuple[Path, ...] = Field(
+        (), description="Ed25519 public keys (PEM); a snapshot must be signed by one of them."
+    )
+    signature_policy: Literal["require", "off"] | None = Field(
+        None, description="None: require when trusted_keys is set, else off."
+    )
+    cache_dir: Path | None = Field(
+        None, description="Local copy of the live snapshots; serves while Kafka is down."
+    )
+    cache_keep: int = Field(2, ge=1, le=16, description="Snapshots the local cache keeps.")
+
+    @model_validator(mode="after")
+    def _keys_for_require(self) -> ServeSettings:
+        if self.signature_policy == "require" and not self.trusted_keys:
+            raise ValueError(
+                "signature_policy 'require' needs at least one public key in trusted_keys "
+                "(create a pair with `streamtrain keys generate`)"
+            )
+        return self
+
+    @property
+    def effective_signature_policy(self) -> Literal["require", "off"]:
+        """``require`` whenever a key is trusted, unless ``off`` is set explicitly."""
+        if self.signature_policy is not None:
+            return self.signature_policy
+        return "require" if self.trusted_keys else "off"
 
 
 class Settings(BaseSettings):

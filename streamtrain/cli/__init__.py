@@ -1,9 +1,10 @@
-"""Command-line entry point: ``streamtrain train | serve | produce | demo | broker``."""
+"""Command-line entry point: ``streamtrain train | serve | produce | demo | broker | keys``."""
 
 from __future__ import annotations
 
 from streamtrain.cli import broker as _broker  # noqa: F401  (registers the command)
 from streamtrain.cli import demo as _demo  # noqa: F401
+from streamtrain.cli import keys as _keys  # noqa: F401
 from streamtrain.cli import produce as _produce  # noqa: F401
 from streamtrain.cli import serve as _serve  # noqa: F401
 from streamtrain.cli import train as _train  # noqa: F401

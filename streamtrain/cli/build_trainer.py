@@ -11,6 +11,7 @@ from streamtrain.ingest.source import KafkaSampleSource
 from streamtrain.kafka import KafkaConnection
 from streamtrain.snapshot.manifest import settings_hash
 from streamtrain.snapshot.publisher import SnapshotPublisher
+from streamtrain.snapshot.signing import ManifestSigner
 from streamtrain.snapshot.versions import newest_version
 from streamtrain.spec import spec_for_model
 from streamtrain.train.cadence import EveryPolicy
@@ -52,6 +53,8 @@ def build_trainer(settings: Settings) -> Trainer:
         autocast_dtype=_AUTOCAST[train.autocast],
         device=device,
     )
+    # Read before any Kafka client exists: a bad key file fails the start with its own message.
+    signer = ManifestSigner.from_file(train.signing_key) if train.signing_key else None
     kafka = KafkaConnection.from_settings(settings.kafka)
     topics = settings.topics
     source = KafkaSampleSource(
@@ -75,6 +78,7 @@ def build_trainer(settings: Settings) -> Trainer:
         topic=topics.snapshots,
         model_name=model_cfg.name,
         settings_hash=settings_hash(model_settings),
+        signer=signer,
     )
     return Trainer(
         source=source,

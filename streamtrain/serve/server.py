@@ -6,8 +6,10 @@ them. One uvicorn worker per process: scale out with replicas, each reading the 
 Order of start and stop:
 
 1. the HTTP socket is bound first, so ``/v2/health/live`` answers at once and
-   ``/v2/health/ready`` says 503 until the watcher has swapped in the first snapshot;
-2. the watcher thread starts and loads the newest snapshot already on the topic;
+   ``/v2/health/ready`` says 503 until the watcher has swapped in the first snapshot
+   (readiness means "holds valid weights", never "reached Kafka");
+2. the watcher thread starts, loads the newest valid snapshot of the local cache (if any),
+   then the newest valid one on the topic, retrying with backoff while Kafka is unreachable;
 3. on SIGTERM/SIGINT uvicorn stops accepting, finishes the requests in flight, then the
    watcher, the engine and the separate metrics server (if any) are stopped in that order.
 """
@@ -25,7 +27,7 @@ import torch
 import uvicorn
 from starlette.applications import Starlette
 
-from streamtrain.config import ModelSettings, Settings
+from streamtrain.config import ModelSettings, ServeSettings, Settings
 from streamtrain.devices import resolve_device
 from streamtrain.kafka import KafkaConnection
 from streamtrain.metrics import SERVER_REGISTRY, serve_metrics
@@ -34,7 +36,9 @@ from streamtrain.serve.inference import BatchingEngine, DirectEngine, Engine, he
 from streamtrain.serve.protocol import ModelIO
 from streamtrain.serve.slot import WeightSlot
 from streamtrain.serve.watcher import SnapshotSource, SnapshotWatcher
+from streamtrain.snapshot.cache import SnapshotCache
 from streamtrain.snapshot.manifest import settings_hash
+from streamtrain.snapshot.signing import ManifestVerifier
 from streamtrain.spec import SampleSpec, spec_for_model
 from streamtrain.train.models import build_model
 
@@ -69,7 +73,21 @@ def build_engine(
     return DirectEngine(slot, head_for(spec), device)
 
 
-def build_source(settings: Settings) -> SnapshotSource:
+def build_verifier(serve: ServeSettings) -> ManifestVerifier:
+    """Trusted keys and policy; a key configured with the policy ``off`` is logged loudly."""
+    policy = serve.effective_signature_policy
+    verifier = ManifestVerifier.from_files(list(serve.trusted_keys), policy)
+    if policy == "require":
+        log.info("snapshots must be signed by key %s", ", ".join(verifier.key_ids))
+    elif serve.trusted_keys:
+        log.warning(
+            "signature_policy is off although trusted_keys are set: unsigned snapshots are "
+            "accepted; remove signature_policy to require signatures"
+        )
+    return verifier
+
+
+def build_source(settings: Settings, verifier: ManifestVerifier | None = None) -> SnapshotSource:
     from streamtrain.snapshot.subscriber import SnapshotSubscriber
 
     return SnapshotSubscriber(
@@ -77,6 +95,19 @@ def build_source(settings: Settings) -> SnapshotSource:
         topic=settings.topics.snapshots,
         settings_hash=settings_hash(settings.model.model_dump(mode="json")),
         fetch_max_wait_ms=settings.kafka.fetch_max_wait_ms,
+        verifier=verifier if verifier is not None else build_verifier(settings.serve),
+    )
+
+
+def build_cache(settings: Settings, verifier: ManifestVerifier) -> SnapshotCache | None:
+    serve = settings.serve
+    if serve.cache_dir is None:
+        return None
+    return SnapshotCache(
+        serve.cache_dir,
+        settings_hash=settings_hash(settings.model.model_dump(mode="json")),
+        keep=serve.cache_keep,
+        verifier=verifier,
     )
 
 
@@ -99,7 +130,12 @@ def build_worker(settings: Settings, source: SnapshotSource | None = None) -> Se
         max_body_bytes=serve.max_body_bytes,
         metrics_registry=SERVER_REGISTRY if serve.metrics_port is None else None,
     )
-    watcher = SnapshotWatcher(source if source is not None else build_source(settings), slot)
+    verifier = build_verifier(serve)
+    watcher = SnapshotWatcher(
+        source if source is not None else build_source(settings, verifier),
+        slot,
+        cache=build_cache(settings, verifier),
+    )
     return ServingWorker(
         app=app,
         slot=slot,

@@ -2,12 +2,13 @@
 
 Semantics (the order is the correctness argument):
 
-3. **Versions only move forward.** ``load`` refuses a snapshot whose version is not greater
-   than the live one (reason ``stale``), one whose tensors do not fit the model
-   (``shape_mismatch``) and one holding NaN/Inf (``non_finite``); the live weights stay as they
-   were. Versions are compared across runs too: a trainer restarted from its checkpoint resumes
-   its step count (and run id), and a run without a checkpoint starts counting at the newest
-   version already on the snapshot topic, so versions stay monotonic across runs.
+3. **Versions only move forward.** ``load`` refuses a snapshot that is not newer than the live
+   one by ``snapshot_order`` (version, then creation time, then run id: the same rule a new
+   server uses to pick its first snapshot; reason ``stale``), one whose tensors do not fit the
+   model (``shape_mismatch``) and one holding NaN/Inf (``non_finite``); the live weights stay
+   as they were. Versions are compared across runs too: a trainer restarted from its
+   checkpoint resumes its step count (and run id), and a run without a checkpoint starts
+   counting at the newest version already on the snapshot topic.
 4. **A request sees exactly one version.** A load runs, in order:
 
    1. check version, names, shapes, dtypes and finiteness against the standby copy — nothing
@@ -45,6 +46,7 @@ from streamtrain.metrics import (
     SERVE_SWAP_SECONDS,
     SERVE_SWAPS,
 )
+from streamtrain.snapshot.manifest import SnapshotOrder, snapshot_order
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +75,11 @@ class WeightsInfo:
     run_id: str
     data_watermark: float | None
     swapped_at: float  # monotonic seconds
+    created_at: float = 0.0  # the trainer's clock when it took the snapshot
+
+    @property
+    def order(self) -> SnapshotOrder:
+        return snapshot_order(self.version, self.created_at, self.run_id)
 
 
 class _Copy:
@@ -159,6 +166,7 @@ class WeightSlot:
         version: int,
         run_id: str,
         data_watermark: float | None = None,
+        created_at: float = 0.0,
     ) -> None:
         """Copy ``tensors`` into the standby copy and make it live (steps 1-5 above).
 
@@ -167,7 +175,7 @@ class WeightSlot:
         with self._load_lock:
             started = time.perf_counter()
             try:
-                self._check(tensors, version)
+                self._check(tensors, snapshot_order(version, created_at, run_id))
             except SnapshotRejected as exc:
                 SERVE_REJECTED_SNAPSHOTS.labels(exc.reason).inc()
                 log.warning("rejected snapshot version %d (%s): %s", version, exc.reason, exc)
@@ -175,7 +183,9 @@ class WeightSlot:
             standby = self._standby
             self._drain(standby, version)
             self._copy_into(standby, tensors)
-            standby.info = WeightsInfo(version, run_id, data_watermark, time.monotonic())
+            standby.info = WeightsInfo(
+                version, run_id, data_watermark, time.monotonic(), created_at
+            )
             with self._cond:
                 old, self._live = self._live, standby
             self._standby = old if old is not None else self._other(standby)
@@ -184,11 +194,18 @@ class WeightSlot:
             SERVE_SWAP_SECONDS.observe(time.perf_counter() - started)
             log.info("serving version %d of run %s", version, run_id)
 
-    def _check(self, tensors: Mapping[str, torch.Tensor], version: int) -> None:
+    def is_newer(self, order: SnapshotOrder) -> bool:
+        """Whether a snapshot of this order would pass the ``stale`` check."""
         live = self.info
-        if live is not None and version <= live.version:
+        return live is None or order > live.order
+
+    def _check(self, tensors: Mapping[str, torch.Tensor], order: SnapshotOrder) -> None:
+        live = self.info
+        if live is not None and order <= live.order:
             raise SnapshotRejected(
-                "stale", f"version {version} is not newer than the live version {live.version}"
+                "stale",
+                f"version {order[0]} of run {order[2]} is not newer than the live version "
+                f"{live.version} of run {live.run_id}",
             )
         targets = self._standby.targets
         missing = sorted(set(targets) - set(tensors))

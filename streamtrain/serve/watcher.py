@@ -2,13 +2,20 @@
 
 Order of work:
 
-1. on start, ask the source for the newest valid snapshot already on the topic and load it
-   (the server turns ready as soon as one snapshot is live);
-2. then poll for new ones; of the snapshots one poll returns, only the newest is loaded (the
-   older ones are superseded, not rejected); snapshots the source refused (incomplete, corrupt,
-   other configuration) are counted by reason and logged, and the live weights stay;
-3. a snapshot the slot could not load because requests still held the standby copy is kept and
-   retried on the next round, unless a newer one replaces it.
+1. on start, load the newest valid snapshot of the local cache (when configured): the server
+   is ready, holding valid weights, before Kafka has answered at all;
+2. then take the topic's verified snapshots newest first (``snapshot_order``) and load the
+   first the slot accepts: one the slot refuses (NaN, wrong shapes) falls back to the next
+   older one; one not newer than the live weights ends the search;
+3. then poll for new ones; of the snapshots one poll returns, the newest the slot accepts is
+   loaded (older ones are superseded, not rejected); snapshots the source refused (signature,
+   incomplete, corrupt, other configuration) are counted by reason and logged once, and the
+   live weights stay;
+4. every snapshot made live from the topic is written to the cache;
+5. a snapshot the slot could not load because requests still held the standby copy is kept and
+   retried on the next round, unless a newer one replaces it;
+6. Kafka errors (broker unreachable) are logged once when they start and once when they end,
+   never per attempt, and retried with exponential backoff; the live weights keep serving.
 
 >>> from streamtrain.serve.version_fixtures import tiny_regression_model, version_weights
 >>> slot = WeightSlot(tiny_regression_model(2))
@@ -23,13 +30,16 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Protocol, runtime_checkable
 
 import torch
 
 from streamtrain.metrics import SERVE_REJECTED_SNAPSHOTS
 from streamtrain.serve.slot import SnapshotRejected, StandbyBusy, WeightSlot
+from streamtrain.snapshot.cache import SnapshotCache
+from streamtrain.snapshot.manifest import SnapshotOrder, snapshot_order
+from streamtrain.snapshot.verify import ReceivedSnapshot
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +49,8 @@ class ManifestLike(Protocol):
     def run_id(self) -> str: ...
     @property
     def version(self) -> int: ...
+    @property
+    def created_at(self) -> float: ...
     @property
     def data_watermark(self) -> float | None: ...
 
@@ -68,7 +80,7 @@ class RejectedLike(Protocol):
 class SnapshotSource(Protocol):
     """Where snapshots come from: ``SnapshotSubscriber`` in production."""
 
-    def latest(self, timeout_s: float) -> ReceivedLike | None: ...
+    def newest_first(self, timeout_s: float) -> Iterable[ReceivedLike]: ...
 
     def poll(self, timeout_s: float) -> Sequence[ReceivedLike | RejectedLike]: ...
 
@@ -76,8 +88,8 @@ class SnapshotSource(Protocol):
 
 
 class _Empty:
-    def latest(self, timeout_s: float) -> ReceivedLike | None:
-        return None
+    def newest_first(self, timeout_s: float) -> Iterable[ReceivedLike]:
+        return []
 
     def poll(self, timeout_s: float) -> Sequence[ReceivedLike | RejectedLike]:
         time.sleep(timeout_s)  # a real source blocks until its timeout when nothing arrives
@@ -87,8 +99,13 @@ class _Empty:
         return None
 
 
+def _order(snapshot: ReceivedLike) -> SnapshotOrder:
+    m = snapshot.manifest
+    return snapshot_order(m.version, m.created_at, m.run_id)
+
+
 class SnapshotWatcher:
-    """Runs ``source`` → ``slot`` on a daemon thread until ``stop``."""
+    """Runs ``source`` → ``slot`` (and ``cache``) on a daemon thread until ``stop``."""
 
     def __init__(
         self,
@@ -97,12 +114,16 @@ class SnapshotWatcher:
         poll_timeout_s: float = 0.5,
         startup_timeout_s: float = 10.0,
         error_backoff_s: float = 1.0,
+        max_backoff_s: float = 30.0,
+        cache: SnapshotCache | None = None,
     ) -> None:
         self._source = source
         self._slot = slot
+        self._cache = cache
         self._poll_timeout_s = poll_timeout_s
         self._startup_timeout_s = startup_timeout_s
         self._error_backoff_s = error_backoff_s
+        self._max_backoff_s = max_backoff_s
         self._pending: ReceivedLike | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="snapshot-watcher", daemon=True)
@@ -117,20 +138,35 @@ class SnapshotWatcher:
         self._source.close()
 
     def handle(self, items: Sequence[ReceivedLike | RejectedLike]) -> None:
-        """Count rejections, then load the newest received snapshot (or retry a pending one)."""
+        """Count rejections, then load the newest received snapshot the slot accepts.
+
+        Received snapshots (and one left pending by a busy standby copy) are tried newest
+        first: one the slot refuses gives way to the next, the first loaded supersedes the
+        rest, and a busy standby keeps the one it was offered pending for the next round.
+        """
+        received = [self._pending] if self._pending is not None else []
         for item in items:
             if isinstance(item, ReceivedLike):
-                current = self._pending
-                if current is None or item.manifest.version > current.manifest.version:
-                    self._pending = item
+                received.append(item)
             elif isinstance(item, RejectedLike):
-                SERVE_REJECTED_SNAPSHOTS.labels(item.reason).inc()
-                log.warning(
-                    "snapshot version %s rejected (%s): %s", item.version, item.reason, item.detail
-                )
-        snapshot = self._pending
-        if snapshot is None:
-            return
+                self._count_rejection(item)
+        self._pending = None
+        for tried, snapshot in enumerate(sorted(received, key=_order, reverse=True)):
+            if tried and not self._slot.is_newer(_order(snapshot)):
+                return  # older than the live weights: superseded, not counted again
+            loaded = self._try_load(snapshot)
+            if loaded is None:
+                self._pending = snapshot  # standby busy: retry next round
+                return
+            if loaded:
+                return
+
+    def _count_rejection(self, item: RejectedLike) -> None:
+        SERVE_REJECTED_SNAPSHOTS.labels(item.reason).inc()
+        log.warning("snapshot version %s rejected (%s): %s", item.version, item.reason, item.detail)
+
+    def _try_load(self, snapshot: ReceivedLike, from_cache: bool = False) -> bool | None:
+        """True when live, False when the slot refused it (counted there), None when busy."""
         manifest = snapshot.manifest
         try:
             self._slot.load(
@@ -138,26 +174,92 @@ class SnapshotWatcher:
                 version=manifest.version,
                 run_id=manifest.run_id,
                 data_watermark=manifest.data_watermark,
+                created_at=manifest.created_at,
             )
         except StandbyBusy:
-            return  # logged by the slot; keep it pending and retry next round
+            return None  # logged by the slot
         except SnapshotRejected:
-            pass  # counted and logged by the slot
-        self._pending = None
+            return False  # counted and logged by the slot
+        if self._cache is not None and not from_cache and isinstance(snapshot, ReceivedSnapshot):
+            try:
+                self._cache.store(snapshot)
+            except OSError as exc:
+                log.warning(
+                    "could not write version %d to the snapshot cache %s: %s; serving goes on",
+                    manifest.version,
+                    self._cache.directory,
+                    exc,
+                )
+        return True
+
+    def _load_cache(self) -> None:
+        """Step 1: the newest cached snapshot that passes every check, if any."""
+        if self._cache is None:
+            return
+        for item in self._cache.newest_first():
+            if isinstance(item, RejectedLike):
+                self._count_rejection(item)
+                continue
+            if self._try_load(item, from_cache=True):
+                log.info(
+                    "serving cached version %d of run %s until the snapshot topic is read",
+                    item.manifest.version,
+                    item.manifest.run_id,
+                )
+                return
+
+    def _load_newest(self) -> None:
+        """Step 2: the newest snapshot on the topic the slot accepts."""
+        for snapshot in self._source.newest_first(self._startup_timeout_s):
+            if not self._slot.is_newer(_order(snapshot)):
+                return  # the live weights (from the cache) are at least as new
+            loaded = self._try_load(snapshot)
+            if loaded is None:
+                self._pending = snapshot
+                return
+            if loaded:
+                return
 
     def _run(self) -> None:
+        try:
+            self._load_cache()
+        except OSError as exc:
+            log.warning("snapshot cache unreadable (%s); starting from the topic alone", exc)
         started = False
+        failures = 0
         while not self._stop.is_set():
             try:
                 if not started:
-                    first = self._source.latest(self._startup_timeout_s)
+                    self._load_newest()
                     started = True
-                    self.handle([first] if first is not None else [])
                 else:
                     self.handle(self._source.poll(self._poll_timeout_s))
-            except Exception:
-                log.exception(
-                    "reading snapshots failed; serving the current weights and retrying in %.1f s",
-                    self._error_backoff_s,
-                )
-                self._stop.wait(self._error_backoff_s)
+            except Exception as exc:
+                failures += 1
+                self._on_failure(exc, failures)
+                delay = min(self._max_backoff_s, self._error_backoff_s * 2 ** min(failures - 1, 16))
+                self._stop.wait(delay)
+                continue
+            if failures:
+                log.info("snapshot topic readable again after %d failed attempt(s)", failures)
+                failures = 0
+
+    def _on_failure(self, exc: Exception, failures: int) -> None:
+        """One line when reading starts failing; later attempts only at debug level."""
+        if failures > 1:
+            log.debug("snapshot topic still unreadable (attempt %d): %s", failures, exc)
+            return
+        info = self._slot.info
+        serving = (
+            f"serving version {info.version} meanwhile"
+            if info is not None
+            else "not ready until a snapshot can be read"
+        )
+        log.warning(
+            "cannot read snapshot topic (%s: %s); %s; retrying with backoff up to %.0f s",
+            type(exc).__name__,
+            exc,
+            serving,
+            self._max_backoff_s,
+            exc_info=log.isEnabledFor(logging.DEBUG),
+        )

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from streamtrain.snapshot.manifest import parse_snapshot_id
-from streamtrain.snapshot.verify import Chunk, RejectedSnapshot
+from streamtrain.snapshot.verify import MAX_CHUNKS, Chunk, RejectedSnapshot
 
 
 @dataclass
@@ -36,7 +36,8 @@ class Assembler:
     1. its manifest arrives: :meth:`take` hands over the chunks for verification;
     2. a chunk of a newer version from the same run arrives: the publisher writes one snapshot
        at a time, so the older one will never complete ("incomplete");
-    3. its chunks pass ``max_bytes`` ("size"), or more than ``max_pending`` assemblies are open
+    3. its chunks pass ``max_bytes`` or ``max_chunks`` ("size": memory follows the chunks that
+       arrived, whatever count their headers announce), or more than ``max_pending`` are open
        (the one least recently fed is dropped, "incomplete");
     4. no chunk arrived for ``stale_after_s`` while the reader was caught up ("incomplete").
     """
@@ -46,11 +47,13 @@ class Assembler:
         *,
         max_bytes: int,
         max_pending: int = 4,
+        max_chunks: int = MAX_CHUNKS,
         stale_after_s: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.max_bytes = max_bytes
         self.max_pending = max_pending
+        self.max_chunks = max_chunks
         self.stale_after_s = stale_after_s
         self._clock = clock
         self._open: dict[str, _Assembly] = {}
@@ -72,13 +75,14 @@ class Assembler:
         assembly.chunks[chunk.index] = chunk
         assembly.last_offset = offset
         assembly.last_seen = self._clock()
-        if assembly.nbytes > self.max_bytes:
+        if assembly.nbytes > self.max_bytes or len(assembly.chunks) > self.max_chunks:
             del self._open[snapshot_id]
             rejected.append(
                 RejectedSnapshot(
                     "size",
                     f"snapshot {snapshot_id}: chunks received so far exceed max_snapshot_bytes "
-                    f"({self.max_bytes}); raise it if the model really is that large",
+                    f"({self.max_bytes}) or {self.max_chunks} chunks; raise the byte limit if "
+                    "the model really is that large",
                     version,
                 )
             )

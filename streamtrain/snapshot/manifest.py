@@ -55,6 +55,26 @@ def parse_snapshot_id(value: str) -> tuple[str, int] | None:
     return run_id, int(version)
 
 
+SnapshotOrder = tuple[int, float, str]
+
+
+def snapshot_order(version: int, created_at: float, run_id: str) -> SnapshotOrder:
+    """The one rule deciding which of two snapshots is newer, for every reader.
+
+    Higher ``version`` wins (a trainer resumes its step count from its checkpoint, and a new
+    run continues the topic's sequence, so versions grow across runs); on equal versions the
+    later ``created_at`` (the trainer's clock when it took the snapshot) wins, then the larger
+    ``run_id``, so two different snapshots are never equal. Topic order plays no part: a
+    running server and one started later pick the same snapshot from the same topic.
+
+    >>> snapshot_order(8, 0.0, "new") > snapshot_order(5, 99.0, "old")
+    True
+    >>> snapshot_order(8, 2.0, "a") > snapshot_order(8, 1.0, "b")
+    True
+    """
+    return (version, created_at, run_id)
+
+
 class TensorInfo(BaseModel):
     """Name, dtype (torch name without ``torch.``, e.g. ``float32``) and shape of one tensor."""
 
@@ -82,7 +102,7 @@ class SnapshotManifest(BaseModel):
     settings_hash: str = Field(pattern=_HEX64)
     run_id: str = Field(min_length=1)
     version: int = Field(ge=0, description="The trainer step the weights were taken at.")
-    created_at: float
+    created_at: float = Field(allow_inf_nan=False, description="Trainer clock at the snapshot.")
     data_watermark: float | None = Field(description="Newest sample timestamp learned from.")
     offsets: dict[int, int] = Field(description="Partition -> next offset not learned from.")
     tensors: list[TensorInfo]
@@ -95,6 +115,11 @@ class SnapshotManifest(BaseModel):
     @property
     def snapshot_id(self) -> str:
         return snapshot_id(self.run_id, self.version)
+
+    @property
+    def order(self) -> SnapshotOrder:
+        """Sort key: see :func:`snapshot_order`."""
+        return snapshot_order(self.version, self.created_at, self.run_id)
 
     @model_validator(mode="after")
     def _consistent(self) -> SnapshotManifest:

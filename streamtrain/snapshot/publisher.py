@@ -8,6 +8,7 @@ import time
 from streamtrain import metrics
 from streamtrain.kafka import KafkaConnection
 from streamtrain.snapshot.mailbox import NewestWinsWorker
+from streamtrain.snapshot.signing import ManifestSigner
 from streamtrain.snapshot.writer import SnapshotWriter
 from streamtrain.train.hooks import SnapshotRequest
 
@@ -22,7 +23,8 @@ class SnapshotPublisher:
     manifest). If a publish is still running and a request is already waiting, a newer offer
     replaces the waiting one (counted in ``streamtrain_snapshot_superseded``): memory stays
     bounded and the topic always gets the newest weights next. A failed publish is logged and
-    counted in ``streamtrain_snapshot_publish_errors``; it never reaches the trainer.
+    counted in ``streamtrain_snapshot_publish_errors``; it never reaches the trainer. With a
+    ``signer``, every manifest carries an Ed25519 signature (``signing.py``).
 
     Example:
         >>> publisher = SnapshotPublisher(  # doctest: +SKIP
@@ -41,6 +43,7 @@ class SnapshotPublisher:
         model_name: str,
         settings_hash: str,
         chunk_bytes: int = 512 * 1024,
+        signer: ManifestSigner | None = None,
     ) -> None:
         self._writer = SnapshotWriter(
             kafka=kafka,
@@ -48,6 +51,7 @@ class SnapshotPublisher:
             model_name=model_name,
             settings_hash=settings_hash,
             chunk_bytes=chunk_bytes,
+            signer=signer,
         )
         self._worker: NewestWinsWorker[SnapshotRequest] = NewestWinsWorker(
             self._publish, name=f"snapshot-publisher-{topic}", on_superseded=self._superseded

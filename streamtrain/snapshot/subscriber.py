@@ -2,42 +2,55 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 from streamtrain.ingest.decode import KafkaRecord
-from streamtrain.kafka import KafkaConnection, ReadTimeout, partition_reader
+from streamtrain.kafka import KafkaConnection, PartitionReader, ReadTimeout, partition_reader
 from streamtrain.snapshot import wire
 from streamtrain.snapshot.assembly import Assembler
 from streamtrain.snapshot.manifest import SnapshotManifest, parse_snapshot_id
+from streamtrain.snapshot.signing import ManifestVerifier
 from streamtrain.snapshot.verify import (
+    MAX_CHUNKS,
     Chunk,
     ReceivedSnapshot,
     RejectedSnapshot,
     assemble,
-    check_manifest,
-    parse_manifest,
+    screen_manifest,
 )
 
 log = logging.getLogger(__name__)
 
 Result = ReceivedSnapshot | RejectedSnapshot
 
-_FIRST_WINDOW = 2  # records; the newest manifest is normally the very last record
-_MAX_WINDOW = 1024
 _BACK_READ_S = 30.0  # budget to re-read a snapshot's chunks the tail did not see
+# Rejections queued for the next poll(); a topic flooded with junk manifests must not grow the
+# queue without bound (the excess is logged as a count).
+_MAX_QUEUED = 256
+
+
+@dataclasses.dataclass(frozen=True)
+class _Candidate:
+    manifest: SnapshotManifest
+    offset: int
+    raw: bytes
+    signature: str | None
 
 
 class SnapshotSubscriber:
     """Finds, reassembles and verifies snapshots on ``topic`` (partition 0).
 
     Two consumers, both ``assign()``-ed and group-less: a *tail* that follows the end of the
-    topic for :meth:`poll`, and a *reader* for random access (the backward search of
-    :meth:`latest`, and chunks the tail started too late to see).
+    topic for :meth:`poll`, and a *reader* for random access (the scan of
+    :meth:`newest_first`, and chunks the tail started too late to see). They are created on
+    first use, so constructing a subscriber never touches the network: with Kafka down the
+    first call raises and the caller retries (the server meanwhile serves its cached weights).
 
-    Rejections met by :meth:`latest` while skipping broken snapshots are not lost: the next
-    :meth:`poll` returns them first, so the caller counts every rejection in one place.
+    Rejections met by :meth:`newest_first` are not lost: the next :meth:`poll` returns them
+    first, so the caller counts every rejection in one place.
 
     Example:
         >>> subscriber = SnapshotSubscriber(  # doctest: +SKIP
@@ -57,55 +70,140 @@ class SnapshotSubscriber:
         settings_hash: str,
         fetch_max_wait_ms: int = 10,
         max_snapshot_bytes: int = 2 * 1024**3,
+        max_chunks: int = MAX_CHUNKS,
+        verifier: ManifestVerifier | None = None,
     ) -> None:
         self.topic = topic
         self.settings_hash = settings_hash
         self.max_snapshot_bytes = max_snapshot_bytes
-        self._tail = partition_reader(kafka, topic=topic, fetch_max_wait_ms=fetch_max_wait_ms)
-        self._reader = partition_reader(kafka, topic=topic, fetch_max_wait_ms=fetch_max_wait_ms)
-        self._assembler = Assembler(max_bytes=max_snapshot_bytes)
+        self.max_chunks = max_chunks
+        self.verifier = verifier
+        self._kafka = kafka
+        self._fetch_max_wait_ms = fetch_max_wait_ms
+        self._tail_reader: PartitionReader | None = None
+        self._random_reader: PartitionReader | None = None
+        self._assembler = Assembler(max_bytes=max_snapshot_bytes, max_chunks=max_chunks)
         self._pending: list[Result] = []
+        self._dropped = 0
         self._tail_ready = False
         # A topic absent at start is read from its beginning once it appears, so the first
         # snapshot the trainer writes after creating it is not skipped.
         self._topic_was_missing = False
 
+    @property
+    def _tail(self) -> PartitionReader:
+        if self._tail_reader is None:
+            self._tail_reader = self._new_reader()
+        return self._tail_reader
+
+    @property
+    def _reader(self) -> PartitionReader:
+        if self._random_reader is None:
+            self._random_reader = self._new_reader()
+        return self._random_reader
+
+    def _new_reader(self) -> PartitionReader:
+        return partition_reader(
+            self._kafka, topic=self.topic, fetch_max_wait_ms=self._fetch_max_wait_ms
+        )
+
     # --- newest snapshot on the topic ------------------------------------------------------
 
     def latest(self, timeout_s: float = 10.0) -> ReceivedSnapshot | None:
-        """The newest complete, valid snapshot already on the topic, or None.
+        """The newest complete, valid snapshot on the topic, or None (see :meth:`newest_first`)."""
+        return next(self.newest_first(timeout_s), None)
+
+    def newest_first(self, timeout_s: float = 10.0) -> Iterator[ReceivedSnapshot]:
+        """Verified snapshots already on the topic, newest first by ``snapshot_order``.
 
         1. Find the partition's bounds; the tail is placed at the high watermark, so
-           :meth:`poll` continues exactly after what this search covered.
-        2. Scan backwards in growing windows, collecting manifest records (newest first).
-        3. For each manifest: validate it, check its configuration, read its chunks from
-           ``first_chunk_offset``, verify. The first that passes is returned; each failure is
-           queued for the next :meth:`poll` and the next older manifest is tried.
+           :meth:`poll` continues exactly after what this scan covered.
+        2. Scan the stored range once, keeping only manifest records that pass checks 0-3
+           (signature, schema, configuration, limits); chunk values stream past unkept.
+        3. Sort them by ``snapshot_order``, newest first, not by topic position: a late
+           snapshot of an older run with a lower version ranks below the newest version, for
+           a new reader exactly as for a running one.
+        4. For each, read its chunks and verify; yield it if it passes. The caller applies
+           its own checks and asks for the next one if it refuses (so a newest snapshot with
+           NaN weights falls back to the one before). Each failure is queued for :meth:`poll`.
+
+        Kafka errors (unreachable broker) propagate; ``timeout_s`` spent mid-scan ends the
+        scan early with what was found (logged).
         """
         deadline = time.monotonic() + timeout_s
+        if not self._reader.exists():
+            self._topic_was_missing = True
+            log.info("snapshot topic %s does not exist yet", self.topic)
+            return
         try:
-            if not self._reader.exists():
-                self._topic_was_missing = True
-                log.info("snapshot topic %s does not exist yet", self.topic)
-                return None
             low, high = self._reader.bounds(deadline)
-            self._place_tail(high)
-            end, window = high, _FIRST_WINDOW
-            while end > low:
-                start = max(low, end - window)
-                manifests = [
-                    r for r in self._reader.read(start, end, deadline) if _kind(r) == "manifest"
-                ]
-                for record in reversed(manifests):
-                    result = self._load(record, {}, deadline)
-                    if isinstance(result, ReceivedSnapshot):
-                        return result
-                    log.warning("skipping snapshot: %s", result.detail)
-                    self._pending.append(result)
-                end, window = start, min(window * 2, _MAX_WINDOW)
         except ReadTimeout as exc:
             log.warning("no snapshot found on %s within %.1f s: %s", self.topic, timeout_s, exc)
-        return None
+            return
+        self._place_tail(high)
+        candidates = self._scan(low, high, deadline)
+        for candidate in sorted(candidates, key=lambda c: c.manifest.order, reverse=True):
+            try:
+                chunks = self._read_chunks(candidate.manifest, candidate.offset, deadline, {})
+            except ReadTimeout as exc:
+                log.warning("no snapshot found on %s within %.1f s: %s", self.topic, timeout_s, exc)
+                return
+            result = self._verified(candidate, chunks)
+            if isinstance(result, ReceivedSnapshot):
+                yield result
+            else:
+                self._queue(result)
+
+    def _scan(self, low: int, high: int, deadline: float) -> list[_Candidate]:
+        candidates: list[_Candidate] = []
+        try:
+            for record in self._reader.read(low, high, deadline):
+                header = wire.parse_headers(record.headers)
+                if header is None or header.kind != "manifest":
+                    continue
+                screened = self._screen(record, header)
+                if isinstance(screened, RejectedSnapshot):
+                    self._queue(screened)
+                else:
+                    candidates.append(screened)
+        except ReadTimeout as exc:
+            log.warning(
+                "scan of %s cut short (%s); choosing among the %d snapshots found so far",
+                self.topic,
+                exc,
+                len(candidates),
+            )
+        return candidates
+
+    def _screen(
+        self, record: KafkaRecord, header: wire.RecordHeader
+    ) -> _Candidate | RejectedSnapshot:
+        raw = bytes(record.value or b"")
+        manifest = screen_manifest(
+            raw,
+            header.snapshot_id,
+            header.signature,
+            settings_hash=self.settings_hash,
+            max_snapshot_bytes=self.max_snapshot_bytes,
+            verifier=self.verifier,
+        )
+        if isinstance(manifest, RejectedSnapshot):
+            return manifest
+        return _Candidate(manifest, record.offset, raw, header.signature)
+
+    def _verified(self, candidate: _Candidate, chunks: dict[int, Chunk]) -> Result:
+        result = assemble(candidate.manifest, chunks)
+        if isinstance(result, RejectedSnapshot):
+            return result
+        return dataclasses.replace(
+            result, raw_manifest=candidate.raw, signature=candidate.signature
+        )
+
+    def _queue(self, rejected: RejectedSnapshot) -> None:
+        if len(self._pending) < _MAX_QUEUED:
+            self._pending.append(rejected)
+        else:
+            self._dropped += 1
 
     # --- new snapshots ---------------------------------------------------------------------
 
@@ -116,6 +214,14 @@ class SnapshotSubscriber:
         """
         deadline = time.monotonic() + timeout_s
         results, self._pending = self._pending, []
+        if self._dropped:
+            log.warning(
+                "%d more rejected snapshots on %s were not itemised (over %d at once)",
+                self._dropped,
+                self.topic,
+                _MAX_QUEUED,
+            )
+            self._dropped = 0
         if not self._tail_ready and not self._init_tail(deadline):
             return results
         while True:
@@ -126,8 +232,9 @@ class SnapshotSubscriber:
                 return results
 
     def close(self) -> None:
-        self._tail.close()
-        self._reader.close()
+        for reader in (self._tail_reader, self._random_reader):
+            if reader is not None:
+                reader.close()
 
     # --- internals -------------------------------------------------------------------------
 
@@ -169,7 +276,7 @@ class SnapshotSubscriber:
         chunks = self._assembler.take(header.snapshot_id)
         deadline = time.monotonic() + _BACK_READ_S
         try:
-            return [self._load(record, chunks, deadline)]
+            return [self._load(record, header, chunks, deadline)]
         except ReadTimeout as exc:
             parsed = parse_snapshot_id(header.snapshot_id)
             return [
@@ -180,19 +287,20 @@ class SnapshotSubscriber:
                 )
             ]
 
-    def _load(self, record: KafkaRecord, chunks: dict[int, Chunk], deadline: float) -> Result:
+    def _load(
+        self,
+        record: KafkaRecord,
+        header: wire.RecordHeader,
+        chunks: dict[int, Chunk],
+        deadline: float,
+    ) -> Result:
         """Verify the snapshot whose manifest is ``record``, reading chunks it still lacks."""
-        header = wire.parse_headers(record.headers)
-        sid = header.snapshot_id if header else "?"
-        manifest = parse_manifest(bytes(record.value or b""), sid)
-        if isinstance(manifest, RejectedSnapshot):
-            return manifest
-        rejected = check_manifest(manifest, self.settings_hash, self.max_snapshot_bytes)
-        if rejected is not None:
-            return rejected
-        if len(chunks) < manifest.chunk_count:
-            chunks = self._read_chunks(manifest, record.offset, deadline, chunks)
-        return assemble(manifest, chunks)
+        candidate = self._screen(record, header)
+        if isinstance(candidate, RejectedSnapshot):
+            return candidate
+        if len(chunks) < candidate.manifest.chunk_count:
+            chunks = self._read_chunks(candidate.manifest, record.offset, deadline, chunks)
+        return self._verified(candidate, chunks)
 
     def _read_chunks(
         self,
@@ -219,19 +327,14 @@ class SnapshotSubscriber:
                 continue
             data = bytes(record.value or b"")
             nbytes += len(data)
-            if nbytes > manifest.size_bytes + manifest.chunk_bytes:
-                break  # more bytes than announced: assemble() reports the mismatch
+            if nbytes > manifest.size_bytes + manifest.chunk_bytes or len(chunks) > self.max_chunks:
+                break  # more than announced: assemble() reports the mismatch
             chunks[header.index] = Chunk(header.index, header.count, data)
             if len(chunks) >= manifest.chunk_count and all(
                 i in chunks for i in range(manifest.chunk_count)
             ):
                 break
         return chunks
-
-
-def _kind(record: KafkaRecord) -> str | None:
-    header = wire.parse_headers(record.headers)
-    return header.kind if header else None
 
 
 def _ms_left(deadline: float) -> int:

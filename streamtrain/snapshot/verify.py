@@ -2,14 +2,20 @@
 
 Checks run in this order, cheapest first, and the first failure decides the reason:
 
-1. ``bad_manifest``: the manifest is not JSON or does not validate as ``SnapshotManifest``.
+0. ``signature``: the manifest record is not signed by a trusted key (policy ``require``;
+   checked on the raw bytes, before anything parses them; see ``signing.py``).
+1. ``bad_manifest``: the manifest is not JSON or does not validate as ``SnapshotManifest``
+   (which also refuses a chunk count that does not fit size and chunk size).
 2. ``config_mismatch``: its ``settings_hash`` is not ours (another model configuration).
-3. ``size``: it announces more than the reader accepts (``max_snapshot_bytes``).
+3. ``size``: it announces more bytes or chunks than the reader accepts.
 4. ``corrupt``: a chunk's header disagrees with the manifest (chunk count).
 5. ``incomplete``: a chunk index is missing.
 6. ``size``: a chunk's length, or the total, differs from what the manifest announces.
 7. ``checksum``: the sha256 of the reassembled bytes differs.
 8. ``corrupt``: the bytes are not safetensors, or the tensors differ from the manifest's list.
+
+Checks 0-3 allocate nothing beyond the manifest itself; 4-8 walk only the chunks that actually
+arrived, so memory follows the bytes received, never the numbers a manifest announces.
 
 Example:
     >>> import torch
@@ -36,18 +42,31 @@ from pydantic import ValidationError
 
 from streamtrain.snapshot.manifest import SnapshotManifest, parse_snapshot_id
 from streamtrain.snapshot.payload import CodecError, decode_state, describe_mismatch, sha256_hex
+from streamtrain.snapshot.signing import ManifestVerifier
 
 RejectReason = Literal[
-    "checksum", "incomplete", "size", "corrupt", "config_mismatch", "bad_manifest"
+    "signature", "checksum", "incomplete", "size", "corrupt", "config_mismatch", "bad_manifest"
 ]
+
+# A 2 GiB snapshot in the default 512 KiB chunks is 4096 chunks; this leaves room for 32 KiB
+# chunks while keeping the per-chunk bookkeeping of one snapshot small.
+MAX_CHUNKS = 65536
 
 
 @dataclass(frozen=True)
 class ReceivedSnapshot:
-    """A snapshot whose bytes matched its manifest; ``tensors`` are CPU tensors."""
+    """A snapshot whose bytes matched its manifest; ``tensors`` are CPU tensors.
+
+    ``payload`` is the verified safetensors bytes, ``raw_manifest`` and ``signature`` the
+    manifest record as published: together they let the server's local cache re-verify the
+    snapshot exactly as a reader of the topic would.
+    """
 
     manifest: SnapshotManifest
     tensors: dict[str, torch.Tensor]
+    payload: bytes = b""
+    raw_manifest: bytes = b""
+    signature: str | None = None
 
 
 @dataclass(frozen=True)
@@ -94,8 +113,27 @@ def parse_manifest(raw: bytes, snapshot_id: str) -> SnapshotManifest | RejectedS
     return manifest
 
 
+def check_signature(
+    raw: bytes, signature: str | None, snapshot_id: str, verifier: ManifestVerifier | None
+) -> RejectedSnapshot | None:
+    """Check 0 above; None when the manifest may be parsed."""
+    problem = verifier.check(raw, signature) if verifier is not None else None
+    if problem is None:
+        return None
+    parsed = parse_snapshot_id(snapshot_id)
+    return RejectedSnapshot(
+        "signature",
+        f"snapshot {snapshot_id}: {problem}; the server keeps its weights (see the trust "
+        "section of docs/snapshots.md)",
+        parsed[1] if parsed else None,
+    )
+
+
 def check_manifest(
-    manifest: SnapshotManifest, expected_settings_hash: str, max_snapshot_bytes: int
+    manifest: SnapshotManifest,
+    expected_settings_hash: str,
+    max_snapshot_bytes: int,
+    max_chunks: int = MAX_CHUNKS,
 ) -> RejectedSnapshot | None:
     """Checks that need no chunk (2 and 3 above); None when the snapshot is worth reading."""
     if manifest.settings_hash != expected_settings_hash:
@@ -111,6 +149,14 @@ def check_manifest(
             "size",
             f"snapshot {manifest.snapshot_id} is {manifest.size_bytes} bytes, over the limit of "
             f"{max_snapshot_bytes}: raise max_snapshot_bytes if the model really is that large",
+            manifest.version,
+        )
+    if manifest.chunk_count > max_chunks:
+        return RejectedSnapshot(
+            "size",
+            f"snapshot {manifest.snapshot_id} announces {manifest.chunk_count} chunks of "
+            f"{manifest.chunk_bytes} bytes, over the limit of {max_chunks} chunks: publish with "
+            "larger chunks (the default is 512 KiB)",
             manifest.version,
         )
     return None
@@ -129,12 +175,14 @@ def assemble(
                 f"{count} chunks",
                 version,
             )
-    missing = [i for i in range(count) if i not in chunks]
-    if missing:
+    # Every index is below count (checked above), so fewer chunks than count means some are
+    # missing; the first gap is found among the chunks that arrived, never by walking count.
+    if len(chunks) < count:
+        first_missing = next(i for i in range(len(chunks) + 1) if i not in chunks)
         return RejectedSnapshot(
             "incomplete",
-            f"snapshot {sid}: {len(missing)} of {count} chunks missing (first: {missing[0]}); the "
-            "publisher stopped mid-way or retention deleted them",
+            f"snapshot {sid}: {count - len(chunks)} of {count} chunks missing (first: "
+            f"{first_missing}); the publisher stopped mid-way or retention deleted them",
             version,
         )
     for i in range(count):
@@ -150,7 +198,18 @@ def assemble(
                 f"(total {manifest.size_bytes})",
                 version,
             )
-    payload = b"".join(chunks[i].data for i in range(count))
+    return verify_payload(manifest, b"".join(chunks[i].data for i in range(count)))
+
+
+def verify_payload(
+    manifest: SnapshotManifest, payload: bytes
+) -> ReceivedSnapshot | RejectedSnapshot:
+    """Checks 6-8 on the reassembled payload (also used on the server's local cache)."""
+    sid, version = manifest.snapshot_id, manifest.version
+    if len(payload) != manifest.size_bytes:
+        return RejectedSnapshot(
+            "size", f"snapshot {sid}: {len(payload)} bytes, expected {manifest.size_bytes}", version
+        )
     digest = sha256_hex(payload)
     if digest != manifest.sha256:
         return RejectedSnapshot(
@@ -166,7 +225,26 @@ def assemble(
     mismatch = describe_mismatch(tensors, manifest.tensors)
     if mismatch:
         return RejectedSnapshot("corrupt", f"snapshot {sid}: {mismatch}", version)
-    return ReceivedSnapshot(manifest, tensors)
+    return ReceivedSnapshot(manifest, tensors, payload)
+
+
+def screen_manifest(
+    raw_manifest: bytes,
+    snapshot_id: str,
+    signature: str | None,
+    *,
+    settings_hash: str,
+    max_snapshot_bytes: int,
+    verifier: ManifestVerifier | None = None,
+) -> SnapshotManifest | RejectedSnapshot:
+    """Checks 0 to 3: everything that needs no chunk, in order."""
+    rejected = check_signature(raw_manifest, signature, snapshot_id, verifier)
+    if rejected is not None:
+        return rejected
+    manifest = parse_manifest(raw_manifest, snapshot_id)
+    if isinstance(manifest, RejectedSnapshot):
+        return manifest
+    return check_manifest(manifest, settings_hash, max_snapshot_bytes) or manifest
 
 
 def verify_snapshot(
@@ -176,9 +254,18 @@ def verify_snapshot(
     *,
     settings_hash: str,
     max_snapshot_bytes: int,
+    signature: str | None = None,
+    verifier: ManifestVerifier | None = None,
 ) -> ReceivedSnapshot | RejectedSnapshot:
-    """All checks, 1 to 8, on a raw manifest record value and the chunks gathered for it."""
-    manifest = parse_manifest(raw_manifest, snapshot_id)
+    """All checks, 0 to 8, on a raw manifest record value and the chunks gathered for it."""
+    manifest = screen_manifest(
+        raw_manifest,
+        snapshot_id,
+        signature,
+        settings_hash=settings_hash,
+        max_snapshot_bytes=max_snapshot_bytes,
+        verifier=verifier,
+    )
     if isinstance(manifest, RejectedSnapshot):
         return manifest
-    return check_manifest(manifest, settings_hash, max_snapshot_bytes) or assemble(manifest, chunks)
+    return assemble(manifest, chunks)

@@ -10,7 +10,10 @@ streamtrain-kind      ``chunk``                    ``manifest``
 streamtrain-snapshot  ``<run_id>/<version>``       ``<run_id>/<version>``
 streamtrain-chunk     ``<index>/<count>``          (absent)
 streamtrain-model     model name                   model name
+streamtrain-signature (absent)                     ``ed25519:<key id>:<base64>``
 ====================  ===========================  ================================
+
+The signature header is present when the trainer signs (see ``signing.py``).
 
 Keys are unique per record (``<model>/<run_id>/<version>/chunk/<i>``, ``.../manifest``): with
 ``cleanup.policy=delete`` keys play no part, and should a topic be compacted by mistake,
@@ -32,6 +35,7 @@ KIND = "streamtrain-kind"
 SNAPSHOT = "streamtrain-snapshot"
 CHUNK = "streamtrain-chunk"
 MODEL = "streamtrain-model"
+SIGNATURE = "streamtrain-signature"
 
 Headers = list[tuple[str, bytes]]
 
@@ -44,6 +48,7 @@ class RecordHeader:
     snapshot_id: str
     index: int = 0  # chunk records only
     count: int = 0  # chunk records only
+    signature: str | None = None  # manifest records only, when signed
 
 
 def chunk_key(model_name: str, snapshot_id: str, index: int) -> bytes:
@@ -63,8 +68,11 @@ def chunk_headers(model_name: str, snapshot_id: str, index: int, count: int) -> 
     ]
 
 
-def manifest_headers(model_name: str, snapshot_id: str) -> Headers:
-    return [(KIND, b"manifest"), (SNAPSHOT, snapshot_id.encode()), (MODEL, model_name.encode())]
+def manifest_headers(model_name: str, snapshot_id: str, signature: str | None = None) -> Headers:
+    headers = [(KIND, b"manifest"), (SNAPSHOT, snapshot_id.encode()), (MODEL, model_name.encode())]
+    if signature is not None:
+        headers.append((SIGNATURE, signature.encode()))
+    return headers
 
 
 def parse_headers(headers: Sequence[tuple[str, bytes | None]] | None) -> RecordHeader | None:
@@ -81,7 +89,7 @@ def parse_headers(headers: Sequence[tuple[str, bytes | None]] | None) -> RecordH
     if not snapshot:
         return None
     if kind == "manifest":
-        return RecordHeader("manifest", snapshot)
+        return RecordHeader("manifest", snapshot, signature=values.get(SIGNATURE))
     if kind != "chunk":
         return None
     index, sep, count = values.get(CHUNK, "").partition("/")

@@ -8,6 +8,7 @@ from streamtrain.kafka import KafkaConnection, RecordProducer, record_producer
 from streamtrain.snapshot import wire
 from streamtrain.snapshot.manifest import SnapshotManifest, snapshot_id
 from streamtrain.snapshot.payload import encode_state, sha256_hex, split_chunks
+from streamtrain.snapshot.signing import ManifestSigner
 from streamtrain.train.hooks import SnapshotRequest
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,7 @@ class SnapshotWriter:
         settings_hash: str,
         chunk_bytes: int,
         send_timeout_s: float = 60.0,
+        signer: ManifestSigner | None = None,
     ) -> None:
         if chunk_bytes < 1:
             raise ValueError(f"chunk_bytes must be >= 1, got {chunk_bytes}; 524288 is typical")
@@ -45,6 +47,7 @@ class SnapshotWriter:
         self.settings_hash = settings_hash
         self.chunk_bytes = chunk_bytes
         self.send_timeout_s = send_timeout_s
+        self.signer = signer
         self._kafka = kafka
         self._producer: RecordProducer | None = None
 
@@ -65,9 +68,10 @@ class SnapshotWriter:
         2. Serialize with safetensors, hash with sha256, cut into chunks of ``chunk_bytes``.
         3. Produce every chunk to partition 0 and wait for all acknowledgements; the first
            chunk's offset becomes ``first_chunk_offset``.
-        4. Only then produce the manifest and wait for it: a manifest on the topic implies its
-           chunks are already there. A failure before this step leaves no manifest, so readers
-           never see a snapshot that points at chunks that were never written.
+        4. Only then produce the manifest, signed (when a signer is set) over its exact bytes,
+           and wait for it: a manifest on the topic implies its chunks are already there. A
+           failure before this step leaves no manifest, so readers never see a snapshot that
+           points at chunks that were never written.
         """
         request.wait_ready()
         payload, infos = encode_state(request.tensors)
@@ -109,11 +113,12 @@ class SnapshotWriter:
         offsets = [future.result(timeout=self.send_timeout_s) for future in futures]
         manifest = manifest.model_copy(update={"first_chunk_offset": offsets[0]})
         value = manifest.model_dump_json().encode()
+        signature = self.signer.sign(value) if self.signer is not None else None
         sent = producer.send(
             self.topic,
             value,
             key=wire.manifest_key(self.model_name, sid),
-            headers=wire.manifest_headers(self.model_name, sid),
+            headers=wire.manifest_headers(self.model_name, sid, signature),
             partition=PARTITION,
         )
         producer.flush(timeout=self.send_timeout_s)

@@ -39,17 +39,23 @@ def test_not_ready_before_first_snapshot() -> None:
 def test_versions_only_move_forward() -> None:
     slot = _slot()
     model = tiny_regression_model(4)
-    slot.load(version_weights(model, 10), version=10, run_id="a", data_watermark=123.0)
+    slot.load(
+        version_weights(model, 10), version=10, run_id="a", data_watermark=123.0, created_at=100.0
+    )
     assert slot.info is not None and slot.info.data_watermark == 123.0
     before = _rejections("stale")
+    # Older versions of any run, and version 10 taken earlier by another run, are stale.
     for older in (10, 9, 0):
         with pytest.raises(SnapshotRejected, match=r"not newer than the live version 10"):
-            slot.load(version_weights(model, older), version=older, run_id="b")
+            slot.load(version_weights(model, older), version=older, run_id="b", created_at=50.0)
     assert _rejections("stale") == before + 3
     assert _answer(slot) == pytest.approx((10, expected_value(10, [1.0] * 4)))
     # A different run with a newer version is accepted: versions are compared across runs.
-    slot.load(version_weights(model, 11), version=11, run_id="b")
+    slot.load(version_weights(model, 11), version=11, run_id="b", created_at=1.0)
     assert _answer(slot)[0] == 11
+    # On equal versions the later snapshot wins (snapshot_order), whatever the run.
+    slot.load(version_weights(model, 11), version=11, run_id="a", created_at=2.0)
+    assert slot.info is not None and slot.info.run_id == "a"
 
 
 @pytest.mark.parametrize(

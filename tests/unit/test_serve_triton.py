@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 import pytest
@@ -23,8 +23,8 @@ SPEC = SampleSpec((3,), "multiclass", num_classes=4)
 
 
 class _NoSnapshots:
-    def latest(self, timeout_s: float) -> ReceivedLike | None:
-        return None
+    def newest_first(self, timeout_s: float) -> Iterable[ReceivedLike]:
+        return []
 
     def poll(self, timeout_s: float) -> Sequence[ReceivedLike | RejectedLike]:
         time.sleep(timeout_s)  # like a real source with nothing new: block until the timeout
