@@ -247,7 +247,10 @@ class SnapshotWatcher:
     def _on_failure(self, exc: Exception, failures: int) -> None:
         """One line when reading starts failing; later attempts only at debug level."""
         if failures > 1:
-            log.debug("snapshot topic still unreadable (attempt %d): %s", failures, exc)
+            # The traceback only at debug level: an outage is an expected state, not a bug.
+            log.debug(
+                "snapshot topic still unreadable (attempt %d): %s", failures, exc, exc_info=True
+            )
             return
         info = self._slot.info
         serving = (
@@ -261,5 +264,4 @@ class SnapshotWatcher:
             exc,
             serving,
             self._max_backoff_s,
-            exc_info=log.isEnabledFor(logging.DEBUG),
         )

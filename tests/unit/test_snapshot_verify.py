@@ -1,10 +1,20 @@
 from __future__ import annotations
 
+import json
+import tracemalloc
+from collections.abc import Callable
+
 import torch
 
 from streamtrain.snapshot.manifest import SnapshotManifest, settings_hash
 from streamtrain.snapshot.payload import decode_state, encode_state, sha256_hex, split_chunks
-from streamtrain.snapshot.verify import Chunk, ReceivedSnapshot, RejectedSnapshot, verify_snapshot
+from streamtrain.snapshot.verify import (
+    Chunk,
+    ReceivedSnapshot,
+    RejectedSnapshot,
+    assemble,
+    verify_snapshot,
+)
 
 HASH = settings_hash({"name": "mlp"})
 CHUNK = 1000
@@ -152,3 +162,50 @@ def test_tensor_list_disagreeing_with_payload_is_corrupt() -> None:
     result = _verify(raw, chunks)
     assert _reason(result) == "corrupt"
     assert isinstance(result, RejectedSnapshot) and "layer.weight" in result.detail
+
+
+def _traced_peak(fn: Callable[[], object]) -> tuple[object, int]:
+    tracemalloc.start()
+    try:
+        result = fn()
+        return result, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_chunk_count_bomb_is_refused_before_any_allocation() -> None:
+    # 2e9 one-byte chunks fit the 2 GiB byte limit; the chunk limit refuses them at once.
+    raw, _ = _snapshot(_state(), size_bytes=2 * 10**9, chunk_bytes=1, chunk_count=2 * 10**9)
+    result, peak = _traced_peak(
+        lambda: verify_snapshot(
+            raw,
+            "run/5",
+            {0: Chunk(0, 2 * 10**9, b"x")},
+            settings_hash=HASH,
+            max_snapshot_bytes=2 * 1024**3,
+        )
+    )
+    assert _reason(result) == "size" and "2000000000 chunks" in result.detail  # type: ignore[attr-defined]
+    assert peak < 1_000_000, f"verification allocated {peak} bytes for a 1-byte chunk"
+
+
+def test_missing_chunks_are_counted_without_walking_the_announced_count() -> None:
+    # Even past the limit check, assembly walks only the chunks that arrived.
+    raw, _ = _snapshot(_state(), size_bytes=2 * 10**9, chunk_bytes=1, chunk_count=2 * 10**9)
+    manifest = SnapshotManifest.model_validate_json(raw)
+    chunks = {i: Chunk(i, 2 * 10**9, b"x") for i in (0, 1, 3)}
+    result, peak = _traced_peak(lambda: assemble(manifest, chunks))
+    assert _reason(result) == "incomplete"
+    assert "1999999997 of 2000000000 chunks missing (first: 2)" in result.detail  # type: ignore[attr-defined]
+    assert peak < 1_000_000
+
+
+def test_inconsistent_counts_never_validate() -> None:
+    for fields in (
+        {"size_bytes": 10, "chunk_bytes": 1, "chunk_count": 2 * 10**9},
+        {"size_bytes": 2 * 10**9, "chunk_bytes": 2, "chunk_count": 2 * 10**9},
+    ):
+        raw = _snapshot(_state())[0]
+        doc = json.loads(raw)
+        doc.update(fields)
+        assert _reason(_verify(json.dumps(doc).encode(), {})) == "bad_manifest"
