@@ -120,6 +120,11 @@ class DemoPlan:
         return self.run_dir / "checkpoints"
 
     @property
+    def key_dir(self) -> Path:
+        """Where the runner writes the demo's throwaway signing key pair."""
+        return self.run_dir / "keys"
+
+    @property
     def topics(self) -> TopicSettings:
         return TopicSettings()
 
@@ -160,6 +165,10 @@ class DemoPlan:
         env.update(self.model_env)
         env["STREAMTRAIN_KAFKA__BOOTSTRAP_SERVERS"] = self.bootstrap_servers
         env["STREAMTRAIN_TRAIN__SNAPSHOT_EVERY_SECONDS"] = str(SNAPSHOT_EVERY_SECONDS)
+        # Signed end to end with the throwaway pair in key_dir: the server refuses anything
+        # the demo's trainer did not sign (docs/snapshots.md, trust).
+        env["STREAMTRAIN_TRAIN__SIGNING_KEY"] = str(self.key_dir / "trainer.key")
+        env["STREAMTRAIN_SERVE__TRUSTED_KEYS"] = json.dumps([str(self.key_dir / "trainer.pub")])
         # Broker, producer, trainer and server share the machine: one torch thread each keeps
         # the small demo models fast instead of thrashing; a higher rate than Adam's default
         # makes learning visible within seconds.

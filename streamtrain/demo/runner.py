@@ -40,6 +40,7 @@ from streamtrain.demo.probe import ProbeError, SamplePool, predict
 from streamtrain.demo.processes import Child, ProcessGroup, StopReport
 from streamtrain.demo.scrape import Scrape, ScrapeError, scrape
 from streamtrain.demo.summary import SummaryTracker
+from streamtrain.snapshot.signing import generate_key_pair
 
 TICK_SECONDS = 0.5
 PROBE_EVERY_SECONDS = 1.0
@@ -147,6 +148,7 @@ def run_demo(options: DemoOptions, console: Console) -> int:
                 server_port=server_port,
                 trainer_port=free_port(),
             )
+            generate_key_pair(plan.key_dir, "trainer")  # throwaway, for this run only
             topics = plan.topics
             broker.create_topics([topics.samples, topics.dead_letter, topics.snapshots])
             group = ProcessGroup(run_dir, stop_timeout=STOP_TIMEOUT_SECONDS)

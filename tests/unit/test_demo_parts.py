@@ -51,6 +51,10 @@ def test_model_env_is_valid_settings_matching_the_dataset(
     assert settings.model.num_classes == classes
     assert settings.model.task == task
     assert settings.kafka.bootstrap_servers == "127.0.0.1:1234"
+    # Signed end to end: the trainer signs with the run's throwaway key, the server requires it.
+    assert settings.train.signing_key == plan.key_dir / "trainer.key"
+    assert settings.serve.trusted_keys == (plan.key_dir / "trainer.pub",)
+    assert settings.serve.effective_signature_policy == "require"
 
 
 def test_commands_use_the_plan_ports_and_a_fresh_checkpoint_dir() -> None:
