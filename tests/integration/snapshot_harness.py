@@ -17,7 +17,6 @@ from kafka import KafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 
 from streamtrain.config import Settings, load_settings
-from streamtrain.kafka_options import kafka_client_options
 from streamtrain.serve.version_fixtures import version_weights
 from streamtrain.snapshot import wire
 from streamtrain.snapshot.manifest import SnapshotManifest, settings_hash
@@ -70,7 +69,7 @@ def publish(
     """Write one snapshot (one chunk, then its manifest) as a publisher would, or forged."""
     payload, infos = encode_state(weights(settings, version, nan=nan))
     sid = f"{run_id}/{version}"
-    producer = KafkaProducer(**kafka_client_options(settings.kafka), acks="all")
+    producer = KafkaProducer(bootstrap_servers=settings.kafka.bootstrap_servers, acks="all")
     topic = settings.topics.snapshots
     try:
         first = producer.send(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from streamtrain.broker import create_topics
+from streamtrain.kafka import create_topics
 from streamtrain.serve.server import build_worker
 from tests.integration.snapshot_harness import (
     publish,

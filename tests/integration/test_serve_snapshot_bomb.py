@@ -7,9 +7,8 @@ from pathlib import Path
 
 from kafka import KafkaProducer
 
-from streamtrain.broker import create_topics
 from streamtrain.config import Settings
-from streamtrain.kafka_options import kafka_client_options
+from streamtrain.kafka import create_topics
 from streamtrain.serve.server import build_worker
 from streamtrain.snapshot import wire
 from streamtrain.snapshot.manifest import SnapshotManifest
@@ -35,7 +34,7 @@ def _rss_bytes() -> int:
 def _publish_bomb(settings: Settings, good: SnapshotManifest) -> None:
     """A few one-byte chunks claiming 2e9 siblings, then a schema-valid manifest for them."""
     sid = "bomb/11"
-    producer = KafkaProducer(**kafka_client_options(settings.kafka), acks="all")
+    producer = KafkaProducer(bootstrap_servers=settings.kafka.bootstrap_servers, acks="all")
     topic = settings.topics.snapshots
     try:
         offsets = [
