@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import socket
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 import pytest
@@ -128,8 +128,8 @@ def test_hostile_bodies_count_as_bad_requests_not_errors(client: TestClient) -> 
 
 
 class _NoSnapshots:
-    def latest(self, timeout_s: float) -> ReceivedLike | None:
-        return None
+    def newest_first(self, timeout_s: float) -> Iterable[ReceivedLike]:
+        return []
 
     def poll(self, timeout_s: float) -> Sequence[ReceivedLike | RejectedLike]:
         time.sleep(timeout_s)  # like a real source with nothing new: block until the timeout
