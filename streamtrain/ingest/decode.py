@@ -23,6 +23,7 @@ from streamtrain.wire import (
     decode_json,
     format_of,
 )
+from streamtrain.wire.decoded import merge
 
 
 class KafkaRecord(Protocol):
@@ -150,7 +151,7 @@ def decode_records(
         records=records,
         partitions=cols.partitions,
         offsets=cols.offsets,
-        decoded=_merge(spec, parts, rejects),
+        decoded=merge(spec, parts, rejects),
         timestamps_ms=cols.timestamps_ms,
     )
 
@@ -195,23 +196,3 @@ def _decode_subset(
         rows = index.tolist()
         decoded.rejects = {rows[k]: v for k, v in decoded.rejects.items()}
     return decoded
-
-
-def _merge(spec: SampleSpec, parts: list[Decoded], rejects: dict[int, Reject]) -> Decoded:
-    for part in parts:
-        rejects.update(part.rejects)
-    if not parts:
-        return Decoded.nothing(spec, rejects)
-    if len(parts) == 1:
-        parts[0].rejects = rejects
-        return parts[0]
-    rows = np.concatenate([p.rows for p in parts])
-    order = np.argsort(rows, kind="stable")
-    return Decoded(
-        rows=rows[order],
-        features=np.concatenate([p.features for p in parts])[order],
-        labels=np.concatenate([p.labels for p in parts])[order],
-        weights=np.concatenate([p.weights for p in parts])[order],
-        timestamps=np.concatenate([p.timestamps for p in parts])[order],
-        rejects=rejects,
-    )

@@ -56,6 +56,28 @@ class Decoded:
         )
 
 
+def merge(spec: SampleSpec, parts: list[Decoded], rejects: dict[int, Reject]) -> Decoded:
+    """One :class:`Decoded` of the samples of ``parts`` (rows of one poll, disjoint) in row
+    order, with the rejects of all parts and ``rejects``."""
+    for part in parts:
+        rejects.update(part.rejects)
+    if not parts:
+        return Decoded.nothing(spec, rejects)
+    if len(parts) == 1:
+        parts[0].rejects = rejects
+        return parts[0]
+    rows = np.concatenate([p.rows for p in parts])
+    order = np.argsort(rows, kind="stable")
+    return Decoded(
+        rows=rows[order],
+        features=np.concatenate([p.features for p in parts])[order],
+        labels=np.concatenate([p.labels for p in parts])[order],
+        weights=np.concatenate([p.weights for p in parts])[order],
+        timestamps=np.concatenate([p.timestamps for p in parts])[order],
+        rejects=rejects,
+    )
+
+
 def finish(spec: SampleSpec, decoded: Decoded, record_ts: npt.NDArray[np.float64]) -> Decoded:
     """Default missing (NaN) timestamps to the record's, run :func:`check_rows`, drop the rows
     that fail it (their rejects join ``decoded.rejects``)."""

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Sequence
+from contextlib import suppress
 from functools import lru_cache
 from itertools import chain
 from operator import attrgetter
@@ -33,8 +34,8 @@ import numpy.typing as npt
 
 from streamtrain.gc_pause import gc_paused
 from streamtrain.spec import SampleSpec
-from streamtrain.wire.decoded import Decoded, Labels, finish
-from streamtrain.wire.json_checks import read_record, stack_numbers
+from streamtrain.wire.decoded import Decoded, Labels, finish, merge
+from streamtrain.wire.json_checks import Fields, read_record, stack_numbers
 from streamtrain.wire.rejects import Reject, SampleError
 
 _FEATURES = attrgetter("features")
@@ -126,34 +127,88 @@ def typed_decoder(spec: SampleSpec) -> msgspec.json.Decoder[Any]:
 def decode_json(
     spec: SampleSpec, values: Sequence[bytes], record_ts: npt.NDArray[np.float64]
 ) -> Decoded:
-    """Decode JSON values: the typed decoder per record (one C call each), one array per
-    field for the whole poll, then the checks of :func:`~streamtrain.wire.decoded.finish`.
+    """Decode JSON values: runs of records through the typed decoder (one C-level ``map`` per
+    run), the records it refuses one by one, then one array per field for the whole poll and
+    the checks of :func:`~streamtrain.wire.decoded.finish`.
 
-    1. A poll of plain ASCII values that all decode typed is the fast path: no Python work
-       per record but reading the struct fields.
-    2. Otherwise each value is tried typed and, if refused (or not ASCII), read by
-       :func:`json_checks.read_record`, which accepts it or says why not.
+    1. Values that are not valid UTF-8 are found first: msgspec does not check the bytes of
+       the fields it skips, so the typed decoder is not shown them.
+    2. A run ends at a record the typed decoder refuses (``list.extend`` keeps the samples
+       decoded before it); :func:`json_checks.read_record` accepts that record under the
+       format's lenient rules or says why not, and the next run goes on from the same
+       iterator. A poll with a bad record thus costs little more than one without.
     """
-    if all(map(bytes.isascii, values)):  # msgspec skips unknown fields without checking UTF-8
-        with gc_paused():  # the records' lists are freed before collection resumes
-            decoded = _decode_typed(spec, values)
-        if decoded is not None:
-            return finish(spec, decoded, record_ts)
-    with gc_paused():
-        return _decode_each(spec, values, record_ts)
+    with gc_paused():  # the records' lists are freed before collection resumes
+        rows, samples, lenient, rejects = _read_poll(spec, values)
+        parts = []
+        if samples:
+            parts.append(_typed_columns(spec, rows, samples))
+        if lenient:
+            parts.append(_lenient_columns(spec, lenient, rejects))
+    return finish(spec, merge(spec, parts, rejects), record_ts)
 
 
-def _decode_typed(spec: SampleSpec, values: Sequence[bytes]) -> Decoded | None:
-    """Every value through the typed decoder, or None when it refuses one.
+def _read_poll(
+    spec: SampleSpec, values: Sequence[bytes]
+) -> tuple[list[int], list[JsonSample[Any, Any]], list[tuple[int, Fields]], dict[int, Reject]]:
+    """The typed samples (and their rows), the records only the lenient rules accept, and the
+    rejects of one poll."""
+    decode = typed_decoder(spec).decode
+    rows: list[int] = []
+    samples: list[JsonSample[Any, Any]] = []
+    lenient: list[tuple[int, Fields]] = []
+    rejects: dict[int, Reject] = {}
 
-    The decoder guarantees each record's shape, so the columns are filled with C-level
-    passes (``fromiter`` over the flattened feature lists), without the pass ``np.array``
-    over nested lists spends discovering their shape.
-    """
-    try:
-        samples = list(map(typed_decoder(spec).decode, values))
-    except (msgspec.DecodeError, RecursionError):  # some record needs a closer look
-        return None
+    def read_one(i: int) -> None:
+        fields = read_record(spec, values[i])
+        if isinstance(fields, Reject):
+            rejects[i] = fields
+        else:
+            lenient.append((i, fields))
+
+    # A value that is not UTF-8 is shown to the typed decoder as b"", which it refuses, so
+    # read_one reads (and rejects) the real value.
+    shown = values
+    not_utf8 = _not_utf8(values)
+    if not_utf8:
+        shown = list(values)
+        for i in not_utf8:
+            shown[i] = b""
+    remaining = iter(shown)  # map takes a refused value from it before decode raises
+    n, pos = len(values), 0
+    while pos < n:
+        before = len(samples)
+        with suppress(msgspec.DecodeError, RecursionError):  # a ValidationError too
+            samples.extend(map(decode, remaining))
+        decoded = len(samples) - before
+        rows.extend(range(pos, pos + decoded))
+        pos += decoded
+        if pos < n:  # the typed decoder refused values[pos]
+            read_one(pos)
+            pos += 1
+    return rows, samples, lenient, rejects
+
+
+def _not_utf8(values: Sequence[bytes]) -> list[int]:
+    """Positions of the values that are not valid UTF-8, ascending."""
+    if all(map(bytes.isascii, values)):
+        return []
+    bad = []
+    for i, value in enumerate(values):
+        if not value.isascii():
+            try:
+                value.decode("utf-8")
+            except UnicodeDecodeError:
+                bad.append(i)
+    return bad
+
+
+def _typed_columns(
+    spec: SampleSpec, rows: list[int], samples: list[JsonSample[Any, Any]]
+) -> Decoded:
+    """Columns of typed samples. The decoder guarantees each record's shape, so they are
+    filled by C-level passes (``fromiter`` over the flattened feature lists), without the
+    pass ``np.array`` over nested lists spends discovering their shape."""
     n = len(samples)
     flat: Iterator[Any] = map(_FEATURES, samples)
     for _ in spec.feature_shape:
@@ -167,7 +222,7 @@ def _decode_typed(spec: SampleSpec, values: Sequence[bytes]) -> Decoded | None:
         labels = np.array(_label_rows(spec, list(map(_LABEL, samples))), np.float32)
     with np.errstate(over="ignore"):
         return Decoded(
-            rows=np.arange(n, dtype=np.int64),
+            rows=np.asarray(rows, dtype=np.int64),
             features=np.fromiter(flat, np.float32, n * spec.feature_size).reshape(
                 n, *spec.feature_shape
             ),
@@ -177,46 +232,15 @@ def _decode_typed(spec: SampleSpec, values: Sequence[bytes]) -> Decoded | None:
         )
 
 
-def _label_rows(spec: SampleSpec, labels: list[Any]) -> list[Any]:
-    """Regression labels as one list per sample (with ``target_dim`` 1 a bare number is one)."""
-    if spec.target_dim == 1:
-        return [x if type(x) is list else [x] for x in labels]
-    return labels
-
-
-def _decode_each(
-    spec: SampleSpec, values: Sequence[bytes], record_ts: npt.NDArray[np.float64]
+def _lenient_columns(
+    spec: SampleSpec, lenient: list[tuple[int, Fields]], rejects: dict[int, Reject]
 ) -> Decoded:
-    """The slow path of :func:`decode_json`: record by record, typed first."""
-    decode = typed_decoder(spec).decode
-    rejects: dict[int, Reject] = {}
-    rows: list[int] = []
-    feats: list[Any] = []
-    labels: list[Any] = []
-    weights: list[float] = []
-    stamps: list[float] = []
-    for i, value in enumerate(values):
-        try:
-            if not value.isascii():
-                value.decode("utf-8")  # msgspec would not check the unknown fields
-            sample = decode(value)
-        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
-            fields = read_record(spec, value)
-            if isinstance(fields, Reject):
-                rejects[i] = fields
-                continue
-            feature, label, weight, stamp = fields
-        else:
-            feature, label = sample.features, sample.label
-            weight = 1.0 if sample.weight is None else sample.weight
-            stamp = np.nan if sample.timestamp is None else sample.timestamp
-        rows.append(i)
-        feats.append(feature)
-        labels.append(label)
-        weights.append(weight)
-        stamps.append(stamp)
-    if not rows:
-        return Decoded.nothing(spec, rejects)
+    """Columns of the records only the lenient rules accept; those whose features or label
+    do not stack into the spec's shape join ``rejects``."""
+    rows = [i for i, _ in lenient]
+    feats, labels, weights, stamps = (
+        list(column) for column in zip(*(f for _, f in lenient), strict=True)
+    )
     feat_arr, bad = stack_numbers(feats, spec.feature_shape, "features", "model.input_shape")
     label_arr: Labels
     if spec.is_classification:
@@ -233,12 +257,18 @@ def _decode_each(
             labels=label_arr,
             weights=np.asarray(weights, dtype=np.float32),
             timestamps=np.asarray(stamps, dtype=np.float64),
-            rejects=rejects,
         )
-    if bad:
-        for j, reject in bad.items():
-            rejects[rows[j]] = reject
-        good = np.ones(len(rows), bool)
-        good[list(bad)] = False
-        decoded = decoded.keep(good)
-    return finish(spec, decoded, record_ts)
+    if not bad:
+        return decoded
+    for j, reject in bad.items():
+        rejects[rows[j]] = reject
+    good = np.ones(len(rows), bool)
+    good[list(bad)] = False
+    return decoded.keep(good)
+
+
+def _label_rows(spec: SampleSpec, labels: list[Any]) -> list[Any]:
+    """Regression labels as one list per sample (with ``target_dim`` 1 a bare number is one)."""
+    if spec.target_dim == 1:
+        return [x if type(x) is list else [x] for x in labels]
+    return labels

@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 
 from streamtrain.spec import SampleSpec
-from streamtrain.wire import decode_json, encode_json
-from streamtrain.wire.json_format import _decode_each
+from streamtrain.wire import Reject, decode_json, encode_json
+from streamtrain.wire.decoded import finish
+from streamtrain.wire.json_checks import read_record
+from streamtrain.wire.json_format import _lenient_columns
 
 MULTI = SampleSpec(feature_shape=(3,), task="multiclass", num_classes=4)
 BIN = SampleSpec(feature_shape=(2,), task="binary")
@@ -41,12 +43,15 @@ def _same(a: np.ndarray, b: np.ndarray) -> None:
         (REG2, [b'{"features":[1,2],"label":[1,2.5]}']),
     ],
 )
-def test_typed_decoder_and_record_path_give_the_same_arrays(
+def test_typed_decoder_and_lenient_record_path_give_the_same_arrays(
     spec: SampleSpec, values: list[bytes]
 ) -> None:
     stamps = np.arange(len(values), dtype=np.float64) + 1000.0
-    typed, each = decode_json(spec, values, stamps), _decode_each(spec, values, stamps)
-    assert typed.rejects == each.rejects == {}
+    typed = decode_json(spec, values, stamps)
+    fields = [(i, read_record(spec, value)) for i, value in enumerate(values)]
+    rejects: dict[int, Reject] = {}
+    each = finish(spec, _lenient_columns(spec, fields, rejects), stamps)  # type: ignore[arg-type]
+    assert typed.rejects == each.rejects == rejects == {}
     for name in ("rows", "features", "labels", "weights", "timestamps"):
         _same(getattr(typed, name), getattr(each, name))
 
@@ -110,3 +115,17 @@ def test_json_nested_past_the_recursion_limit_is_a_reject_not_a_crash(value: byt
     assert out.rows.tolist() == [0]
     assert out.rejects[1].reason == "undecodable"
     assert "nested too deeply" in out.rejects[1].detail
+
+
+def test_a_poll_with_rejects_anywhere_keeps_every_sample_in_order() -> None:
+    def good(label: int) -> bytes:
+        return b'{"features":[%d,2,3],"label":%d}' % (label, label)
+
+    bad, lenient, not_utf8 = b"{", b'{"features":[1,2,3],"label":2.0}', b"\xff" + good(1)
+    values = [bad, good(0), good(1), bad, bad, lenient, good(3), not_utf8, good(2), bad]
+    out = decode_json(MULTI, values, np.zeros(len(values)))
+    assert out.rows.tolist() == [1, 2, 5, 6, 8]
+    assert out.labels.tolist() == [0, 1, 2, 3, 2]
+    assert out.features[:, 0].tolist() == [0, 1, 1, 3, 2]
+    assert sorted(out.rejects) == [0, 3, 4, 7, 9]
+    assert "is not UTF-8" in out.rejects[7].detail
