@@ -7,13 +7,26 @@ training, checkpoints, snapshot publishing) and ``SERVER_REGISTRY`` (serving). N
 
 from __future__ import annotations
 
+import contextlib
+import platform
 import socket
 import threading
 from collections.abc import Callable, Iterable, Mapping
+from importlib import metadata
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+    make_wsgi_app,
+)
 from prometheus_client.exposition import ThreadingWSGIServer
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
@@ -21,8 +34,14 @@ WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 TRAINER_REGISTRY = CollectorRegistry(auto_describe=True)
 SERVER_REGISTRY = CollectorRegistry(auto_describe=True)
 
-_FAST = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
-_SLOW = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+# Latency buckets from 100 µs to a minute: a small MLP steps in well under a millisecond, while a
+# CNN or transformer step on a large CPU batch, or a large inference request, takes seconds; the
+# top buckets keep those out of +Inf (docs/metrics.md has the measured figures).
+_FAST = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0, 10.0, 30.0, 60.0,
+)  # fmt: skip
+_SLOW = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 _SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 16384, 65536)
 
 # --- ingest -------------------------------------------------------------------------------
@@ -121,11 +140,14 @@ TRAIN_DATA_WATERMARK = Gauge(
     "Newest sample timestamp the model has learned from.",
     registry=TRAINER_REGISTRY,
 )
+# Registered only when the trainer runs on CUDA (export_cuda_metrics): on CPU it would read a
+# misleading 0.
 TRAIN_CUDA_MEMORY = Gauge(
     "streamtrain_train_cuda_memory_allocated_bytes",
     "CUDA memory held by tensors (CUDA only).",
-    registry=TRAINER_REGISTRY,
+    registry=None,
 )
+CUDA_ONLY = (TRAIN_CUDA_MEMORY,)
 CHECKPOINTS = Counter("streamtrain_checkpoints", "Checkpoints written.", registry=TRAINER_REGISTRY)
 CHECKPOINT_SECONDS = Histogram(
     "streamtrain_checkpoint_seconds",
@@ -136,6 +158,11 @@ CHECKPOINT_SECONDS = Histogram(
 CHECKPOINT_AGE = Gauge(
     "streamtrain_checkpoint_age_seconds",
     "Seconds since the last checkpoint was written.",
+    registry=TRAINER_REGISTRY,
+)
+CHECKPOINT_TIMESTAMP = Gauge(
+    "streamtrain_checkpoint_last_timestamp_seconds",
+    "Unix time the last checkpoint was written (0 before the first).",
     registry=TRAINER_REGISTRY,
 )
 
@@ -215,12 +242,78 @@ SERVE_SINCE_SWAP = Gauge(
     "Seconds since the live weights last changed.",
     registry=SERVER_REGISTRY,
 )
+SERVE_DATA_TIMESTAMP = Gauge(
+    "streamtrain_serve_data_timestamp_seconds",
+    "Newest sample timestamp behind the live weights (Unix time).",
+    registry=SERVER_REGISTRY,
+)
+SERVE_SWAP_TIMESTAMP = Gauge(
+    "streamtrain_serve_last_swap_timestamp_seconds",
+    "Unix time the live weights last changed (0 before the first).",
+    registry=SERVER_REGISTRY,
+)
 SERVE_BATCH_SIZE = Histogram(
     "streamtrain_serve_batch_size_rows",
     "Rows per forward pass.",
     buckets=_SIZES,
     registry=SERVER_REGISTRY,
 )
+
+
+# --- both processes: what is running -------------------------------------------------------
+def _version(distribution: str) -> str:
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return "none"
+
+
+BUILD_LABELS = {
+    "version": _version("streamtrain"),
+    "python": platform.python_version(),
+    "torch": _version("torch"),
+    "confluent_kafka": _version("confluent-kafka"),
+    "kafka_python": _version("kafka-python"),
+}
+TRAIN_BUILD_INFO = Info(
+    "streamtrain_build", "Versions of streamtrain and its engines.", registry=TRAINER_REGISTRY
+)
+SERVE_BUILD_INFO = Info(
+    "streamtrain_build", "Versions of streamtrain and its engines.", registry=SERVER_REGISTRY
+)
+TRAIN_MODEL_INFO = Info(
+    "streamtrain_model", "The model this process trains or serves.", registry=TRAINER_REGISTRY
+)
+SERVE_MODEL_INFO = Info(
+    "streamtrain_model", "The model this process trains or serves.", registry=SERVER_REGISTRY
+)
+for _info in (TRAIN_BUILD_INFO, SERVE_BUILD_INFO):
+    _info.info(BUILD_LABELS)
+# Operators expect process_* (CPU, memory, open files) and python_* next to the app's metrics;
+# custom registries get none of them unless asked.
+for _registry in (TRAINER_REGISTRY, SERVER_REGISTRY):
+    ProcessCollector(registry=_registry)
+    PlatformCollector(registry=_registry)
+    GCCollector(registry=_registry)
+
+
+def export_cuda_metrics() -> None:
+    """Add the CUDA-only metrics to the trainer's registry (once; call when training on CUDA)."""
+    for metric in CUDA_ONLY:
+        with contextlib.suppress(ValueError):  # already registered
+            TRAINER_REGISTRY.register(metric)
+
+
+def model_info_labels(model: Mapping[str, Any], settings_hash: str) -> dict[str, str]:
+    """``streamtrain_model_info`` labels from the model settings (``model.*`` as JSON)."""
+    shape = "x".join(str(d) for d in model.get("input_shape") or ())
+    return {
+        "name": str(model.get("name")),
+        "task": str(model.get("task")),
+        "input_shape": shape,
+        "num_classes": str(model.get("num_classes")),
+        "settings_hash": settings_hash[:16],
+    }
 
 
 def serve_metrics(

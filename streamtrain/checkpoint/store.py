@@ -98,6 +98,7 @@ class CheckpointStore:
             self._prune(state.step)
         metrics.CHECKPOINT_SECONDS.observe(time.perf_counter() - started)
         metrics.CHECKPOINTS.inc()
+        metrics.CHECKPOINT_TIMESTAMP.set_to_current_time()
         log.info("checkpoint %s written in %.3fs", final, time.perf_counter() - started)
         return final
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import typer
+from prometheus_client import Info
 
 from streamtrain.config import ConfigError, Settings, load_settings
 
@@ -74,6 +75,15 @@ def setup_logging(verbose: bool = False) -> None:
     )
     # kafka-python logs every reconnect at WARNING; keep the terminal readable.
     logging.getLogger("kafka").setLevel(logging.ERROR)
+
+
+def describe_model(info: Info, settings: Settings) -> None:
+    """Fill a ``streamtrain_model_info`` metric from the model settings both processes share."""
+    from streamtrain.metrics import model_info_labels
+    from streamtrain.snapshot.manifest import settings_hash
+
+    model = settings.model.model_dump(mode="json")
+    info.info(model_info_labels(model, settings_hash(model)))
 
 
 def require_writable_dir(path: Path, flag: str) -> None:

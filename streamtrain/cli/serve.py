@@ -11,6 +11,7 @@ from streamtrain.cli.command import app
 from streamtrain.cli.common import (
     CONFIG_OPTION,
     ExitCode,
+    describe_model,
     fail,
     port_in_use_message,
     settings_from,
@@ -50,6 +51,9 @@ def serve(
         if exc.errno in (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL):
             fail(port_in_use_message("--port", settings.serve.port, exc), ExitCode.LOCAL_RESOURCE)
         fail(str(exc), ExitCode.FAILED)
+    from streamtrain.metrics import SERVE_MODEL_INFO
+
+    describe_model(SERVE_MODEL_INFO, settings)
     typer.echo(f"serving model {settings.serve.model_name!r} on {worker.url}", color=False)
     typer.echo(f"  infer:   POST {worker.url}/v2/models/{settings.serve.model_name}/infer")
     typer.echo(f"  ready:   GET  {worker.url}/v2/health/ready")

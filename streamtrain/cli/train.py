@@ -12,6 +12,7 @@ from streamtrain.cli.command import app
 from streamtrain.cli.common import (
     CONFIG_OPTION,
     ExitCode,
+    describe_model,
     fail,
     is_kafka_failure,
     kafka_failure_message,
@@ -48,6 +49,7 @@ def train(
     # torch is imported here, not at module level, so other subcommands start fast.
     from streamtrain import health, metrics
     from streamtrain.cli.build_trainer import build_trainer
+    from streamtrain.devices import resolve_device
     from streamtrain.kafka import KafkaConfigError, KafkaConnection, create_topics
 
     setup_logging(verbose)
@@ -90,6 +92,9 @@ def train(
         if is_kafka_failure(exc) or isinstance(exc, ConnectionError | TimeoutError):
             fail(kafka_failure_message(servers, exc), ExitCode.KAFKA_UNREACHABLE)
         raise
+    describe_model(metrics.TRAIN_MODEL_INFO, settings)
+    if resolve_device(settings.train.device).type == "cuda":
+        metrics.export_cuda_metrics()
     typer.echo(f"trainer metrics: http://127.0.0.1:{server.server_port}/metrics")
     typer.echo(f"trainer health:  http://127.0.0.1:{server.server_port}/health/ready")
     for signum in (signal.SIGTERM, signal.SIGINT):

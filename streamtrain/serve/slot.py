@@ -40,10 +40,12 @@ from torch import nn
 
 from streamtrain.metrics import (
     SERVE_DATA_AGE,
+    SERVE_DATA_TIMESTAMP,
     SERVE_MODEL_VERSION,
     SERVE_REJECTED_SNAPSHOTS,
     SERVE_SINCE_SWAP,
     SERVE_SWAP_SECONDS,
+    SERVE_SWAP_TIMESTAMP,
     SERVE_SWAPS,
 )
 from streamtrain.snapshot.manifest import SnapshotOrder, snapshot_order
@@ -131,6 +133,7 @@ class WeightSlot:
             self._stream = torch.cuda.Stream(device)  # type: ignore[no-untyped-call]
         SERVE_DATA_AGE.set_function(self._data_age)
         SERVE_SINCE_SWAP.set_function(self._since_swap)
+        SERVE_DATA_TIMESTAMP.set_function(self._data_timestamp)
 
     # --- request path -------------------------------------------------------------------
     @property
@@ -190,6 +193,7 @@ class WeightSlot:
                 old, self._live = self._live, standby
             self._standby = old if old is not None else self._other(standby)
             SERVE_SWAPS.inc()
+            SERVE_SWAP_TIMESTAMP.set_to_current_time()
             SERVE_MODEL_VERSION.set(version)
             SERVE_SWAP_SECONDS.observe(time.perf_counter() - started)
             log.info("serving version %d of run %s", version, run_id)
@@ -279,6 +283,10 @@ class WeightSlot:
         if info is None or info.data_watermark is None:
             return float("nan")
         return time.time() - info.data_watermark
+
+    def _data_timestamp(self) -> float:
+        info = self.info
+        return float("nan") if info is None or info.data_watermark is None else info.data_watermark
 
     def _since_swap(self) -> float:
         info = self.info

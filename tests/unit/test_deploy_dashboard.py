@@ -63,9 +63,12 @@ def exported() -> Iterator[dict[str, set[str]]]:
     probes = _labelled()
     for metric, values in probes:
         metric.labels(*values)
+    metrics.export_cuda_metrics()  # as a trainer on CUDA does; the dashboard charts them
     try:
         yield {"trainer": _scrape(TRAINER_REGISTRY), "server": _scrape(SERVER_REGISTRY)}
     finally:
+        for metric in metrics.CUDA_ONLY:
+            TRAINER_REGISTRY.unregister(metric)
         for metric, values in probes:
             metric.remove(*values)
 
@@ -87,7 +90,11 @@ def _expressions() -> list[str]:
 def test_scrape_holds_every_family_of_both_registries(exported: dict[str, set[str]]) -> None:
     for process, registry in (("trainer", TRAINER_REGISTRY), ("server", SERVER_REGISTRY)):
         for family in registry.collect():
-            suffix = {"counter": "_total", "histogram": "_bucket"}.get(family.type, "")
+            if not family.name.startswith("streamtrain_"):
+                continue  # process_* and python_*: prometheus_client's standard collectors
+            suffix = {"counter": "_total", "histogram": "_bucket", "info": "_info"}.get(
+                family.type, ""
+            )
             assert family.name + suffix in exported[process], f"{family.name} not scraped"
 
 

@@ -11,7 +11,6 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry
 from prometheus_client.metrics import MetricWrapperBase
 
 import streamtrain.metrics as metrics
@@ -54,19 +53,39 @@ def _doc_rows() -> dict[str, Row]:
 
 
 def _documented_name(name: str, kind: str) -> str:
-    return name + "_total" if kind == "counter" else name
+    return name + {"counter": "_total", "info": "_info"}.get(kind, "")
 
 
 def _families() -> dict[str, tuple[str, frozenset[str], str]]:
-    """Family name -> (type, label names, section) for both registries."""
+    """Family name -> (type, label names, section) for both registries, plus the metrics only a
+    CUDA trainer registers. A family in both registries belongs under "Both". prometheus_client's
+    standard process_* and python_* collectors are documented as a group, not row by row."""
     found: dict[str, tuple[str, frozenset[str], str]] = {}
-    for section, registry in REGISTRIES.items():
-        for family in registry.collect():
-            found[family.name] = (family.type, _label_names(registry, family.name), section)
+    collected = [(s, f) for s, registry in REGISTRIES.items() for f in registry.collect()]
+    collected += [("Trainer", f) for metric in metrics.CUDA_ONLY for f in metric.collect()]
+    for section, family in collected:
+        if not family.name.startswith("streamtrain_"):
+            continue
+        if family.name in found and found[family.name][2] != section:
+            section = "Both"
+        labels = frozenset(_label_names(family.name)) | _info_labels(family.name)
+        found[family.name] = (family.type, labels, section)
     return found
 
 
-def _label_names(registry: CollectorRegistry, family: str) -> frozenset[str]:
+def _info_labels(family: str) -> frozenset[str]:
+    """An info metric's labels are its value: read them off the sample (the model's are set at
+    start-up, so they come from the function that makes them)."""
+    if family == "streamtrain_model":
+        return frozenset(metrics.model_info_labels({}, ""))
+    for registry in REGISTRIES.values():
+        for collected in registry.collect():
+            if collected.name == family and collected.type == "info":
+                return frozenset(label for s in collected.samples for label in s.labels)
+    return frozenset()
+
+
+def _label_names(family: str) -> frozenset[str]:
     # A family with no children yet has no samples to read labels from; ask the metric object.
     for obj in vars(metrics).values():
         if isinstance(obj, MetricWrapperBase) and getattr(obj, "_name", None) == family:
@@ -87,7 +106,7 @@ def test_every_metric_is_documented_with_its_type_labels_and_process() -> None:
 
 def test_every_name_in_the_doc_exists() -> None:
     families = _families()
-    known = {n + s for n in families for s in ("", *_SAMPLE_SUFFIXES)}
+    known = {n + s for n in families for s in ("", "_info", *_SAMPLE_SUFFIXES)}
     mentioned = set(re.findall(r"streamtrain_[a-z0-9_]+", DOC.read_text()))
     assert not mentioned - known, f"doc names unknown metrics: {sorted(mentioned - known)}"
     documented = {_documented_name(n, kind) for n, (kind, _, _) in families.items()}
@@ -98,7 +117,7 @@ def test_names_have_prefix_and_unit() -> None:
     for family, (kind, _, _) in _families().items():
         assert family.startswith("streamtrain_"), family
         assert not family.endswith(_SAMPLE_SUFFIXES), f"{family} ends in a reserved suffix"
-        if kind != "counter" and family not in _UNITLESS:
+        if kind not in ("counter", "info") and family not in _UNITLESS:
             assert family.endswith(_UNITS), (
                 f"{family} ({kind}) needs a unit suffix such as {', '.join(_UNITS)}; "
                 "if it truly has none, add it to _UNITLESS in this test"
