@@ -65,6 +65,13 @@ def train(
     )
     # Local mistakes first (seconds of Kafka retries or a model build would hide them).
     require_writable_dir(settings.train.checkpoint_dir, "--checkpoint-dir")
+    if settings.train.signing_key is not None:
+        from streamtrain.snapshot.signing import KeyFileError, load_private_key
+
+        try:
+            load_private_key(settings.train.signing_key)
+        except KeyFileError as exc:
+            fail(str(exc))
     health.HEALTH.configure(settings.train.liveness_timeout_s)
     try:
         server = metrics.serve_metrics(

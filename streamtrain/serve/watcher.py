@@ -14,8 +14,9 @@ Order of work:
 4. every snapshot made live from the topic is written to the cache;
 5. a snapshot the slot could not load because requests still held the standby copy is kept and
    retried on the next round, unless a newer one replaces it;
-6. Kafka errors (broker unreachable) are logged once when they start and once when they end,
-   never per attempt, and retried with exponential backoff; the live weights keep serving.
+6. Kafka errors (broker unreachable) are logged once when they start, as a summary every
+   ``summary_every_s`` while they last, and once when they end, never per attempt; they are
+   retried with exponential backoff, and the live weights keep serving.
 
 >>> from streamtrain.serve.version_fixtures import tiny_regression_model, version_weights
 >>> slot = WeightSlot(tiny_regression_model(2))
@@ -116,6 +117,7 @@ class SnapshotWatcher:
         error_backoff_s: float = 1.0,
         max_backoff_s: float = 30.0,
         cache: SnapshotCache | None = None,
+        summary_every_s: float = 300.0,
     ) -> None:
         self._source = source
         self._slot = slot
@@ -124,6 +126,8 @@ class SnapshotWatcher:
         self._startup_timeout_s = startup_timeout_s
         self._error_backoff_s = error_backoff_s
         self._max_backoff_s = max_backoff_s
+        self._summary_every_s = summary_every_s
+        self._outage_since = self._last_summary = 0.0
         self._pending: ReceivedLike | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="snapshot-watcher", daemon=True)
@@ -241,27 +245,40 @@ class SnapshotWatcher:
                 self._stop.wait(delay)
                 continue
             if failures:
-                log.info("snapshot topic readable again after %d failed attempt(s)", failures)
+                log.info(
+                    "snapshot topic readable again after %d failed attempt(s) over %.0f s",
+                    failures,
+                    time.monotonic() - self._outage_since,
+                )
                 failures = 0
 
     def _on_failure(self, exc: Exception, failures: int) -> None:
-        """One line when reading starts failing; later attempts only at debug level."""
-        if failures > 1:
-            # The traceback only at debug level: an outage is an expected state, not a bug.
-            log.debug(
-                "snapshot topic still unreadable (attempt %d): %s", failures, exc, exc_info=True
+        """One line when reading starts failing, a summary now and then, attempts at debug."""
+        now = time.monotonic()
+        if failures == 1:
+            self._outage_since = self._last_summary = now
+            log.warning(
+                "cannot read snapshot topic (%s: %s); %s; retrying with backoff up to %.0f s",
+                type(exc).__name__,
+                exc,
+                self._serving(),
+                self._max_backoff_s,
             )
             return
+        # The traceback only at debug level: an outage is an expected state, not a bug.
+        log.debug("snapshot topic still unreadable (attempt %d): %s", failures, exc, exc_info=True)
+        if now - self._last_summary >= self._summary_every_s:
+            self._last_summary = now
+            log.warning(
+                "snapshot topic still unreadable after %.0f s (%d attempts, last: %s); %s",
+                now - self._outage_since,
+                failures,
+                exc,
+                self._serving(),
+            )
+
+    def _serving(self) -> str:
         info = self._slot.info
-        serving = (
-            f"serving version {info.version} meanwhile"
-            if info is not None
-            else "not ready until a snapshot can be read"
-        )
-        log.warning(
-            "cannot read snapshot topic (%s: %s); %s; retrying with backoff up to %.0f s",
-            type(exc).__name__,
-            exc,
-            serving,
-            self._max_backoff_s,
-        )
+        if info is None:
+            return "not ready until a snapshot can be read"
+        return f"serving version {info.version} meanwhile"

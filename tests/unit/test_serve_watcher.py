@@ -172,3 +172,28 @@ def test_unreachable_kafka_logs_once_without_traceback(caplog: pytest.LogCapture
     assert all(r.exc_info is None for r in warnings)
     assert sum("still unreadable" in r.getMessage() for r in records) == 3
     assert any("readable again after 4" in r.getMessage() for r in records)
+
+
+def test_a_long_outage_is_summarised_not_logged_per_attempt(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="streamtrain.serve.watcher")
+    slot = _slot()
+    topic = _Topic([_snapshot(3)])
+    topic.available.clear()
+    watcher = _run(topic, slot, error_backoff_s=0.02, max_backoff_s=0.02, summary_every_s=0.3)
+    try:
+        _wait(
+            lambda: sum("still unreadable after" in r.getMessage() for r in caplog.records) >= 2,
+            "two summaries",
+        )
+        topic.available.set()
+        _wait(lambda: slot.info is not None, "the version after the outage")
+    finally:
+        watcher.stop()
+    records = [r for r in caplog.records if r.name == "streamtrain.serve.watcher"]
+    attempts = 1 + sum("(attempt" in r.getMessage() for r in records)
+    warnings = [r for r in records if r.levelno >= logging.WARNING]
+    assert len(warnings) < attempts / 2, (len(warnings), attempts)
+    assert "not ready until a snapshot can be read" in warnings[-1].getMessage()
+    assert any("readable again after" in r.getMessage() for r in records)

@@ -144,3 +144,23 @@ def test_keys_generate_command(tmp_path: Path) -> None:
     assert (out / "t1.key").read_text().splitlines()[1] not in result.output
     again = runner.invoke(app, ["keys", "generate", "--out-dir", str(out), "--name", "t1"])
     assert again.exit_code == 2 and "--force" in again.output
+
+
+def test_train_refuses_an_unusable_signing_key_before_touching_kafka(tmp_path: Path) -> None:
+    _, public_path, _ = generate_key_pair(tmp_path, "trainer")
+    result = CliRunner().invoke(
+        app,
+        [
+            "train",
+            "--bootstrap-servers",
+            "127.0.0.1:1",  # nothing listens: reaching Kafka would take the connect timeout
+            "--checkpoint-dir",
+            str(tmp_path / "checkpoints"),
+            "--metrics-port",
+            "0",
+        ],
+        env={"STREAMTRAIN_TRAIN__SIGNING_KEY": str(public_path)},
+    )
+    assert result.exit_code == 2, result.output
+    assert f"{public_path} is not a PEM private key" in result.output
+    assert public_path.read_text().splitlines()[1] not in result.output
