@@ -2,11 +2,12 @@
 
 ``decode_request → predict → encode_response`` on streamtrain's own MLP and task head (same
 architecture, outputs and JSON reply shape as ``streamtrain serve``), one torch thread, one
-API server process and one inference worker (LitServe's defaults otherwise). LitServe has no
-hot swap, so the swap rows use the simplest thing a user would write: while ``--swap-flag``
-exists, a thread in the worker copies fresh weights into the live model every
-``--swap-every`` seconds (no standby copy, so a request can see half-copied weights) and
-writes how many swaps it made to ``--swap-count``.
+API server process and one inference worker (LitServe defaults otherwise; bench/serve.py
+passes ``--fast-queue``, its faster ZeroMQ queue). LitServe has no hot swap, so the swap rows
+use the simplest thing a user would write: while ``--swap-flag`` exists, a thread in the
+worker copies fresh weights into the live model every ``--swap-every`` seconds (no standby
+copy, so a request can see half-copied weights) and writes how many swaps it made to
+``--swap-count``.
 
 Run by bench/serve.py: ``python bench/litserve_peer.py --port 8001 --swap-flag F --swap-count C``.
 """
@@ -111,9 +112,10 @@ def main() -> None:
     parser.add_argument("--swap-flag", type=Path, required=True)
     parser.add_argument("--swap-count", type=Path, required=True)
     parser.add_argument("--swap-every", type=float, default=0.1)
+    parser.add_argument("--fast-queue", action="store_true", help="LitServe's ZeroMQ queue")
     args = parser.parse_args()
     api = BenchAPI(args.hidden, args.swap_flag, args.swap_count, args.swap_every)
-    server = ls.LitServer(api, accelerator="cpu", workers_per_device=1)
+    server = ls.LitServer(api, accelerator="cpu", workers_per_device=1, fast_queue=args.fast_queue)
     server.run(
         host="127.0.0.1",
         port=args.port,

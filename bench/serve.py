@@ -9,8 +9,10 @@ a bounded asyncio client without it), one 32-float sample per request:
   LitServe, the same OIP JSON body (LitServe has no binary tensor protocol);
 * each without swaps, then with a new snapshot every 100 ms: for streamtrain a snapshot
   published to the topic and hot-swapped by the server (the real path), for LitServe a thread
-  copying new weights into its model (bench/litserve_peer.py). The swaps made during each row
-  are counted (streamtrain's ``streamtrain_serve_swaps_total``, LitServe's counter file).
+  copying new weights into its model (bench/litserve_peer.py). LitServe runs with its faster
+  ZeroMQ queue (``fast_queue=True``), which served more requests than its default here. The
+  swaps made during each row are counted (streamtrain's ``streamtrain_serve_swaps_total``,
+  LitServe's counter file).
 
 Rows alternate between servers so drifting machine load hits both alike. Then end-to-end
 freshness with a real trainer and server (bench/freshness.py), unless ``--skip-freshness``.
@@ -182,7 +184,7 @@ def _litserve(port: int, hidden: int, swap_every: float, workdir: Path) -> Itera
     script = Path(__file__).with_name("litserve_peer.py")
     command = [sys.executable, str(script), "--port", str(port), "--hidden", str(hidden)]
     command += ["--swap-flag", str(flag), "--swap-count", str(count)]
-    command += ["--swap-every", str(swap_every)]
+    command += ["--swap-every", str(swap_every), "--fast-queue"]
     # Its own session, so the API server and worker processes LitServe spawns stop with it.
     process = subprocess.Popen(command, start_new_session=True)
     try:
