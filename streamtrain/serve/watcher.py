@@ -113,7 +113,7 @@ class SnapshotWatcher:
         source: SnapshotSource,
         slot: WeightSlot,
         poll_timeout_s: float = 0.5,
-        startup_timeout_s: float = 10.0,
+        startup_timeout_s: float = 60.0,
         error_backoff_s: float = 1.0,
         max_backoff_s: float = 30.0,
         cache: SnapshotCache | None = None,

@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 Result = ReceivedSnapshot | RejectedSnapshot
 
 _BACK_READ_S = 30.0  # budget to re-read a snapshot's chunks the tail did not see
+_FIRST_WINDOW = 16  # records; the scan reads backwards in windows doubling up to _MAX_WINDOW
+_MAX_WINDOW = 1024
 # Rejections queued for the next poll(); a topic flooded with junk manifests must not grow the
 # queue without bound (the excess is logged as a count).
 _MAX_QUEUED = 256
@@ -118,14 +120,17 @@ class SnapshotSubscriber:
 
         1. Find the partition's bounds; the tail is placed at the high watermark, so
            :meth:`poll` continues exactly after what this scan covered.
-        2. Scan the stored range once, keeping only manifest records that pass checks 0-3
-           (signature, schema, configuration, limits); chunk values stream past unkept.
+        2. Scan the stored range once, backwards in growing windows (so a scan cut short by
+           ``timeout_s`` has covered the newest records), keeping only manifest records that
+           pass checks 0-3 (signature, schema, configuration, limits); chunk values stream
+           past unkept.
         3. Sort them by ``snapshot_order``, newest first, not by topic position: a late
            snapshot of an older run with a lower version ranks below the newest version, for
            a new reader exactly as for a running one.
-        4. For each, read its chunks and verify; yield it if it passes. The caller applies
-           its own checks and asks for the next one if it refuses (so a newest snapshot with
-           NaN weights falls back to the one before). Each failure is queued for :meth:`poll`.
+        4. For each, read its chunks (within its own budget) and verify; yield it if it
+           passes. The caller applies its own checks and asks for the next one if it refuses
+           (so a newest snapshot with NaN weights falls back to the one before). Each failure
+           is queued for :meth:`poll`.
 
         Kafka errors (unreachable broker) propagate; ``timeout_s`` spent mid-scan ends the
         scan early with what was found (logged).
@@ -143,12 +148,18 @@ class SnapshotSubscriber:
         self._place_tail(high)
         candidates = self._scan(low, high, deadline)
         for candidate in sorted(candidates, key=lambda c: c.manifest.order, reverse=True):
+            read_by = time.monotonic() + _BACK_READ_S
             try:
-                chunks = self._read_chunks(candidate.manifest, candidate.offset, deadline, {})
+                chunks = self._read_chunks(candidate.manifest, candidate.offset, read_by, {})
             except ReadTimeout as exc:
-                log.warning("no snapshot found on %s within %.1f s: %s", self.topic, timeout_s, exc)
-                return
-            result = self._verified(candidate, chunks)
+                result: Result = RejectedSnapshot(
+                    "incomplete",
+                    f"snapshot {candidate.manifest.snapshot_id}: its chunks could not be read "
+                    f"back: {exc}",
+                    candidate.manifest.version,
+                )
+            else:
+                result = self._verified(candidate, chunks)
             if isinstance(result, ReceivedSnapshot):
                 yield result
             else:
@@ -156,16 +167,20 @@ class SnapshotSubscriber:
 
     def _scan(self, low: int, high: int, deadline: float) -> list[_Candidate]:
         candidates: list[_Candidate] = []
+        end, window = high, _FIRST_WINDOW
         try:
-            for record in self._reader.read(low, high, deadline):
-                header = wire.parse_headers(record.headers)
-                if header is None or header.kind != "manifest":
-                    continue
-                screened = self._screen(record, header)
-                if isinstance(screened, RejectedSnapshot):
-                    self._queue(screened)
-                else:
-                    candidates.append(screened)
+            while end > low:
+                start = max(low, end - window)
+                for record in self._reader.read(start, end, deadline):
+                    header = wire.parse_headers(record.headers)
+                    if header is None or header.kind != "manifest":
+                        continue
+                    screened = self._screen(record, header)
+                    if isinstance(screened, RejectedSnapshot):
+                        self._queue(screened)
+                    else:
+                        candidates.append(screened)
+                end, window = start, min(window * 2, _MAX_WINDOW)
         except ReadTimeout as exc:
             log.warning(
                 "scan of %s cut short (%s); choosing among the %d snapshots found so far",
