@@ -269,10 +269,12 @@ def _metrics_routes(registry: CollectorRegistry) -> list[BaseRoute]:
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, HTTPException)
-    if exc.status_code == 404:
+    """Starlette's own 404 and 405 in the same error body as every other answer."""
+    status = exc.status_code if isinstance(exc, HTTPException) else 500
+    if status == 404:
         return _error(404, f"no route {request.url.path}")
-    return _error(exc.status_code, str(exc.detail))
+    detail = exc.detail if isinstance(exc, HTTPException) else "internal error"
+    return _error(status, f"{detail} for {request.method} {request.url.path}")
 
 
 def create_app(

@@ -98,6 +98,9 @@ def test_metadata_and_readiness(setup: tuple[TestClient, WeightSlot, nn.Module])
     assert reply.status_code == 404 and "unknown model 'other'" in reply.json()["error"]
     reply = client.get("/v2/nowhere")
     assert reply.status_code == 404 and reply.json() == {"error": "no route /v2/nowhere"}
+    reply = client.get(INFER)
+    assert reply.status_code == 405
+    assert reply.json() == {"error": f"Method Not Allowed for GET {INFER}"}
 
 
 def test_infer_matches_offline_model(setup: tuple[TestClient, WeightSlot, nn.Module]) -> None:
