@@ -99,13 +99,21 @@ def hyperplane(
     drift_at: int | None = 10_000,
     rotation_per_sample: float = 0.0,
     label_noise: float = 0.02,
+    drift_every: int | None = None,
 ) -> DatasetInfo:
     """A rotating-hyperplane stream: the class is the argmax of ``num_classes`` linear scores.
 
     At sample index ``drift_at`` the scoring directions are replaced by fresh random ones (an
     abrupt drift: an old model falls to about chance); ``rotation_per_sample`` (radians) turns
     them gradually. ``label_noise`` is the fraction of labels replaced by a random class.
+    ``drift_every`` (which replaces ``drift_at``) makes the drift recur: the two concepts take
+    turns every ``drift_every`` samples, so a live demo shows a drift every few seconds.
+
+    >>> hyperplane(drift_at=None, drift_every=40_000).description.split(", ")[-1]
+    'abrupt drift every 40000 samples (two concepts take turns)'
     """
+    if drift_every is not None and drift_every < 1:
+        raise DatasetError(f"drift_every must be at least 1 sample, got {drift_every}")
     if not 0 <= label_noise < 1:
         raise DatasetError(f"label_noise must be in [0, 1), got {label_noise}")
     task: Task = "binary" if num_classes == 2 else "multiclass"
@@ -120,13 +128,21 @@ def hyperplane(
             index = np.arange(start, start + n)
             angle = (rotation_per_sample * index)[:, None]
             scores = [np.cos(angle) * (x @ a.T) + np.sin(angle) * (x @ b.T) for a, b in concepts]
-            after = (index >= drift_at)[:, None] if drift_at is not None else np.zeros((n, 1), bool)
+            if drift_every is not None:
+                after = ((index // drift_every) % 2 == 1)[:, None]
+            elif drift_at is not None:
+                after = (index >= drift_at)[:, None]
+            else:
+                after = np.zeros((n, 1), bool)
             labels = np.where(after, scores[1], scores[0]).argmax(axis=1)
             noisy = rng.random(n) < label_noise
             labels[noisy] = rng.integers(0, num_classes, int(noisy.sum()))
             yield SampleChunk(x.astype(np.float32), labels.astype(np.int64))
 
-    drift = "no drift" if drift_at is None else f"abrupt drift at sample {drift_at}"
+    if drift_every is not None:
+        drift = f"abrupt drift every {drift_every} samples (two concepts take turns)"
+    else:
+        drift = "no drift" if drift_at is None else f"abrupt drift at sample {drift_at}"
     return DatasetInfo(
         name="hyperplane" if num_classes == 2 else "hyperplane-multiclass",
         description=f"rotating hyperplane, {dims} features, {num_classes} classes, {drift}",

@@ -59,15 +59,18 @@ class Pacer:
         return max(0.0, self._start + sent / self.rate - self._clock())
 
 
-def _dataset(name: str, file: Path | None, spec: SampleSpec, drift_at: int | None) -> DatasetInfo:
+def _dataset(
+    name: str, file: Path | None, spec: SampleSpec, drift_at: int | None, drift_every: int | None
+) -> DatasetInfo:
     from streamtrain.datasets import jsonl
 
     if name == "file":
         if file is None:
             fail("--dataset file needs --file samples.jsonl")
         return jsonl(file, spec)
-    if drift_at is not None and name.startswith("hyperplane"):
-        return hyperplane(num_classes=get_dataset(name).spec.num_classes, drift_at=drift_at)
+    if (drift_at is not None or drift_every is not None) and name.startswith("hyperplane"):
+        classes = get_dataset(name).spec.num_classes
+        return hyperplane(num_classes=classes, drift_at=drift_at, drift_every=drift_every)
     return get_dataset(name)
 
 
@@ -130,6 +133,9 @@ def produce(
         None, min=1, help="Partitions to create the topic with, and to spread samples over."
     ),
     drift_at: int | None = typer.Option(None, min=0, help="hyperplane: sample of the drift."),
+    drift_every: int | None = typer.Option(
+        None, min=1, help="hyperplane: the concept changes every N samples (recurring drift)."
+    ),
 ) -> None:
     """Produce COUNT samples of a dataset to the samples topic at RATE samples/s."""
     setup_logging()
@@ -149,7 +155,7 @@ def produce(
         target_dim=model.target_dim,
     )
     try:
-        info = _dataset(dataset, file, file_spec, drift_at)
+        info = _dataset(dataset, file, file_spec, drift_at, drift_every)
     except DatasetError as exc:
         fail(str(exc))
     topic_name = settings.topics.samples

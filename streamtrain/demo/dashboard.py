@@ -34,6 +34,17 @@ class Prediction:
     def correct(self) -> bool:
         return self.predicted == self.label
 
+    @property
+    def phrase(self) -> str:
+        """What happened, in words a newcomer reads without a legend.
+
+        >>> Prediction(predicted=1, label=1, model_version="70").phrase
+        'predicted 1, true 1, right, version 70'
+        """
+        verdict = "right" if self.correct else "wrong"
+        version = self.model_version
+        return f"predicted {self.predicted}, true {self.label}, {verdict}, version {version}"
+
 
 @dataclass(frozen=True)
 class DemoStats:
@@ -99,24 +110,20 @@ def _prediction_text(stats: DemoStats) -> str:
     p = stats.prediction
     if p is None:
         return "waiting for the first snapshot"
-    mark = "right" if p.correct else "wrong"
-    return (
-        f"predicted {p.predicted}, true {p.label} ({mark}) by version {p.model_version}; "
-        f"{stats.predictions_correct}/{stats.predictions_sent} right"
-    )
+    return f"{p.phrase} ({stats.predictions_correct}/{stats.predictions_sent} right so far)"
 
 
 def plain_line(stats: DemoStats) -> str:
     """One log line per refresh, for CI logs and pipes."""
     p = stats.prediction
-    pred = "-" if p is None else f"{p.predicted}/{p.label}@v{p.model_version}"
+    pred = "no prediction yet" if p is None else p.phrase
     return (
         f"t={stats.elapsed:4.0f}s  samples/s {_num(stats.samples_per_second, '.0f')}  "
         f"loss {_num(stats.loss, '6.4f')}  acc {_num(stats.accuracy, '.3f')}  "
         f"served v{stats.served_version or '-'}  age {_num(stats.data_age_seconds, '.2f')}s  "
         f"trained {stats.samples_trained:.0f}  snapshots {stats.snapshots:.0f}  "
         f"rejected {stats.rejected:.0f}  requests {stats.requests:.0f}  "
-        f"predicted/true {pred}"
+        f"{pred}"
     )
 
 

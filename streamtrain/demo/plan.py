@@ -25,7 +25,8 @@ from typing import Any
 
 from streamtrain.broker import free_port
 from streamtrain.config import TopicSettings
-from streamtrain.datasets import DatasetInfo, get_dataset
+from streamtrain.datasets import DatasetInfo
+from streamtrain.demo.drift import demo_dataset
 from streamtrain.spec import SampleSpec
 
 MODEL_NAME = "streamtrain"
@@ -90,6 +91,7 @@ class DemoPlan:
     server_port: int
     trainer_port: int
     seed: int = 0
+    drift_every: int | None = None
 
     @classmethod
     def build(
@@ -103,7 +105,7 @@ class DemoPlan:
         trainer_port: int,
         seed: int = 0,
     ) -> DemoPlan:
-        info = get_dataset(dataset)
+        info, drift_every = demo_dataset(dataset, rate)
         return cls(
             info,
             model_for(info.spec),
@@ -113,6 +115,7 @@ class DemoPlan:
             server_port,
             trainer_port,
             seed,
+            drift_every,
         )
 
     @property
@@ -139,6 +142,10 @@ class DemoPlan:
     @property
     def ready_url(self) -> str:
         return f"{self.server_url}/v2/health/ready"
+
+    @property
+    def trainer_ready_url(self) -> str:
+        return f"http://127.0.0.1:{self.trainer_port}/health/ready"
 
     @property
     def server_metrics_url(self) -> str:
@@ -221,5 +228,6 @@ class DemoPlan:
                 self.topics.samples,
                 "--seed",
                 str(self.seed),
+                *(["--drift-every", str(self.drift_every)] if self.drift_every else []),
             ],
         }

@@ -39,17 +39,25 @@ class SamplePool:
     features: npt.NDArray[np.float32]  # [size, feature_size]
     labels: npt.NDArray[np.int64]
     feature_shape: tuple[int, ...]
+    period: int | None = None
+    """A stream whose concept recurs every ``period`` samples repeats its labelling there: the
+    pool then holds one period and wraps positions around it."""
 
     @classmethod
-    def from_dataset(cls, info: DatasetInfo, size: int = POOL_SIZE, seed: int = 0) -> SamplePool:
+    def from_dataset(
+        cls, info: DatasetInfo, size: int = POOL_SIZE, seed: int = 0, period: int | None = None
+    ) -> SamplePool:
+        size = period or size
         chunks = list(info.iterate(size, seed=seed, chunk_size=4096))
         features = np.concatenate([c.features for c in chunks]).reshape(size, -1)
         labels = np.concatenate([np.asarray(c.labels) for c in chunks]).astype(np.int64)
-        return cls(features.astype(np.float32), labels, info.spec.feature_shape)
+        return cls(features.astype(np.float32), labels, info.spec.feature_shape, period)
 
     def near(self, position: int, turn: int) -> tuple[list[float], int]:
         """A sample from the ``SPREAD`` samples before ``position`` in the stream (clamped)."""
         size = len(self.labels)
+        if self.period is not None:
+            position %= self.period
         spread = min(SPREAD, size)
         start = min(max(0, position - spread), size - spread)
         index = start + (turn * 7919) % spread  # a prime stride walks the window evenly

@@ -5,9 +5,10 @@ A run goes through these steps, in this order:
 1. a fresh run directory (the in-memory broker starts empty, so old checkpoints' offsets would
    point into a stream that no longer exists);
 2. the embedded broker, and every topic, created before any client needs them;
-3. the server, the trainer and the producer, each with its log file in the run directory;
-4. wait until the trainer's ``/metrics`` and the server answer, then print every URL and a
-   ready-to-paste ``curl`` example;
+3. the server and the trainer, each with its log file in the run directory; once the trainer is
+   ready (``/health/ready``: model built, topics found), the producer, so the first numbers
+   shown are the trainer's own and not a backlog it drained before anyone watched;
+4. wait until the server answers, then print every URL and a ready-to-paste ``curl`` example;
 5. every half second: scrape both ``/metrics``, send a real sample to the server about once a
    second, check every child is alive, redraw; until ``--duration``, Ctrl-C or SIGTERM;
 6. stop the children (SIGTERM, bounded wait, SIGKILL, reap), then the broker, last;
@@ -33,8 +34,8 @@ import httpx
 from rich.console import Console
 
 from streamtrain.broker import BrokerUnavailable, EmbeddedBroker, free_port
-from streamtrain.datasets import get_dataset
 from streamtrain.demo.dashboard import DemoStats, Prediction, make_dashboard
+from streamtrain.demo.drift import DriftWatch, demo_dataset
 from streamtrain.demo.plan import DemoPlan, choose_port, curl_command, infer_body
 from streamtrain.demo.probe import ProbeError, SamplePool, predict
 from streamtrain.demo.processes import Child, ProcessGroup, StopReport
@@ -118,7 +119,8 @@ class StopFlag:
 def run_demo(options: DemoOptions, console: Console) -> int:
     """Run the demo (see the module docstring); returns the process exit code."""
     # The dataset first: an unknown name or a missing scikit-learn fails before anything starts.
-    pool = SamplePool.from_dataset(get_dataset(options.dataset))
+    dataset, drift_every = demo_dataset(options.dataset, options.rate)
+    pool = SamplePool.from_dataset(dataset, period=2 * drift_every if drift_every else None)
     run_dir = prepare_run_dir(options.run_dir)
     server_port, fell_back = choose_port(options.port)
     if fell_back:
@@ -186,6 +188,7 @@ class _Session:
         self.prediction: Prediction | None = None
         self.sent = self.correct = 0
         self.announced_ready = False
+        self.drift = DriftWatch(plan.drift_every) if plan.drift_every else None
 
     def say(self, text: str, style: str | None = None) -> None:
         self.console.print(text, style=style, markup=False, highlight=False, soft_wrap=True)
@@ -193,12 +196,22 @@ class _Session:
     def run(self) -> None:
         env = self.plan.child_env()
         commands = self.plan.commands()
-        # All three start at once: each takes seconds to import PyTorch, and starting the
-        # producer only after the trainer answers would double the wait. The few samples sent
-        # before the trainer reads are a backlog it drains at full speed.
-        for name in ("server", "trainer", "producer"):
+        # Server and trainer together (each takes seconds to import PyTorch), the producer once
+        # the trainer is ready: the producer starts in about a second, and the viewer then sees
+        # training from its first sample instead of a backlog drained before the first line.
+        self.say("starting the server and the trainer (each imports PyTorch: a few seconds)")
+        for name in ("server", "trainer"):
             self._start(name, commands[name], env)
-        if not self._wait_until_up():
+        if not self._wait_until_up({"trainer": self.plan.trainer_ready_url}):
+            return
+        self.say(
+            f"trainer ready; starting the producer: {self.plan.rate:,.0f} samples/s of "
+            f"{self.plan.dataset.name}"
+        )
+        if self.drift is not None:
+            self.say(self.drift.intro(self.plan.rate))
+        self._start("producer", commands["producer"], env)
+        if not self._wait_until_up({"server": f"{self.plan.server_url}/v2/health/live"}):
             return
         self._print_endpoints()
         started = time.monotonic()
@@ -225,6 +238,7 @@ class _Session:
                     self.sent,
                 )
                 self.tracker.observe(stats)
+                self._announce_drift(stats.samples_trained)
                 dashboard.update(stats)
                 self.stop.event.wait(max(0.0, TICK_SECONDS - (time.monotonic() - tick)))
         if self.stop.signal_name:
@@ -238,14 +252,13 @@ class _Session:
         self.failed = self.group.failed()
         return self.failed is not None
 
-    def _wait_until_up(self) -> bool:
-        """Wait for the trainer's /metrics and the server's liveness route (step 4)."""
+    def _announce_drift(self, samples_trained: float) -> None:
+        if self.drift is not None and (at := self.drift.crossed(samples_trained)) is not None:
+            self.say(self.drift.announcement(at), "magenta")
+
+    def _wait_until_up(self, pending: dict[str, str]) -> bool:
+        """Wait until each named process answers 200 at its URL (steps 3 and 4)."""
         deadline = time.monotonic() + self.options.startup_timeout
-        pending = {
-            "trainer": self.plan.trainer_metrics_url,
-            "server": f"{self.plan.server_url}/v2/health/live",
-        }
-        self.say("starting (the trainer and server import PyTorch; this takes a few seconds)")
         while pending:
             if self.stop.event.is_set() or self._check_children():
                 return False
@@ -329,6 +342,12 @@ class _Session:
         self.say("summary:", "bold")
         for line in self.tracker.lines():
             self.say(f"  {line}")
+        if self.drift is not None:
+            passed = self.drift.last_announced // self.drift.period
+            self.say(
+                f"  concept drifts the trainer went through: {passed} (one every "
+                f"{self.drift.period:,} samples; accuracy dips after each)"
+            )
         self.say(f"logs and checkpoints: {self.plan.run_dir}")
         if not report.clean:
             for name, code in report.exit_codes.items():

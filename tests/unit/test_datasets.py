@@ -69,3 +69,21 @@ def test_jsonl_replays_and_names_bad_lines(tmp_path: Path) -> None:
 def test_unknown_dataset_lists_valid_names() -> None:
     with pytest.raises(DatasetError, match="choose one of: hyperplane, hyperplane-multiclass"):
         get_dataset("mnist")
+
+
+def test_recurring_drift_alternates_the_two_concepts() -> None:
+    """Same seed, same features: each period's labels match the stream that holds that concept
+    throughout (concept 0: never drifting; concept 1: drifted from sample 0)."""
+    from streamtrain.datasets import hyperplane
+
+    def labels(**kwargs: object) -> list[int]:
+        info = hyperplane(label_noise=0.0, **kwargs)  # type: ignore[arg-type]
+        return [int(v) for v in next(info.iterate(400, seed=3, chunk_size=400)).labels]
+
+    recurring = labels(drift_at=None, drift_every=100)
+    first, second = labels(drift_at=None), labels(drift_at=0)
+    assert first != second, "the two concepts must disagree somewhere"
+    for period in range(4):
+        span = slice(period * 100, (period + 1) * 100)
+        expected = first if period % 2 == 0 else second
+        assert recurring[span] == expected[span], f"period {period} follows the wrong concept"

@@ -153,3 +153,41 @@ def test_exit_codes_are_described_in_words() -> None:
 
     assert describe_exit(3) == "exited with code 3"
     assert describe_exit(-9) == "was killed by SIGKILL"
+
+
+def test_the_demo_stream_drifts_every_twenty_seconds_and_says_so() -> None:
+    from streamtrain.demo.drift import MAX_PERIOD, DriftWatch, demo_dataset, drift_period
+
+    assert drift_period(2000) == 40_000
+    assert drift_period(1e9) == MAX_PERIOD, "the probe pool holds two periods: bounded"
+    info, period = demo_dataset("hyperplane", 2000)
+    assert period == 40_000 and "every 40000 samples" in info.description
+    watch = DriftWatch(period)
+    seen = [watch.crossed(n) for n in (0, 39_999, 40_000, 40_001, 79_999, 120_500, 121_000)]
+    assert seen == [None, None, 40_000, None, None, 120_000, None]
+    assert "concept B" in watch.announcement(40_000)
+    assert "concept A" in watch.announcement(80_000)
+
+
+def test_producer_and_probe_follow_the_same_recurring_drift(tmp_path: Path) -> None:
+    from streamtrain.demo.probe import SamplePool
+
+    plan = DemoPlan.build(
+        "hyperplane", rate=100, run_dir=tmp_path, bootstrap_servers="127.0.0.1:9092",
+        server_port=8000, trainer_port=9100,
+    )  # fmt: skip
+    producer = plan.commands()["producer"]
+    every = int(producer[producer.index("--drift-every") + 1])
+    assert every == plan.drift_every == 2_000
+    pool = SamplePool.from_dataset(plan.dataset, period=2 * every)
+    stream = next(plan.dataset.iterate(2 * every, seed=0, chunk_size=2 * every))
+    assert (pool.labels == stream.labels).all(), "the probe's labels are the producer's"
+    assert pool.near(2 * every + 1500, turn=5) == pool.near(1500, turn=5), "wraps each cycle"
+
+
+def test_the_prediction_line_reads_as_plain_words() -> None:
+    right = DemoStats(prediction=Prediction(1, 1, "70"), predictions_correct=3, predictions_sent=4)
+    assert "predicted 1, true 1, right, version 70" in plain_line(right)
+    wrong = DemoStats(prediction=Prediction(0, 1, "71"))
+    assert "predicted 0, true 1, wrong, version 71" in plain_line(wrong)
+    assert "no prediction yet" in plain_line(DemoStats())
