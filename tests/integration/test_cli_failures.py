@@ -93,6 +93,11 @@ def _cases(tmp: Path, closed: int, busy: int) -> dict[str, Case]:
             ExitCode.LOCAL_RESOURCE,
             [f"--metrics-port {busy}", "in use", "--metrics-port 0"],
         ),
+        "serve-port-in-use": Case(
+            ["serve", *kafka, "--port", str(busy)],
+            ExitCode.LOCAL_RESOURCE,
+            [f"--port {busy}", "in use", "--port 0"],
+        ),
         "train-checkpoint-dir-is-a-file": Case(
             [*train, "--checkpoint-dir", str(a_file)],
             ExitCode.USAGE,
@@ -133,6 +138,7 @@ def _cases(tmp: Path, closed: int, busy: int) -> dict[str, Case]:
 
 LOCAL_CASES = [
     "train-metrics-port-in-use",
+    "serve-port-in-use",
     "train-checkpoint-dir-is-a-file",
     "train-model-factory-raises",
     "demo-without-broker-extra",
