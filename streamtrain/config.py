@@ -193,6 +193,12 @@ class ServeSettings(_Frozen):
         None, description="Local copy of the live snapshots; serves while Kafka is down."
     )
     cache_keep: int = Field(2, ge=1, le=16, description="Snapshots the local cache keeps.")
+    grpc_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="KServe v2 gRPC port (needs streamtrain[grpc]); None serves no gRPC.",
+    )
 
     @model_validator(mode="after")
     def _keys_for_require(self) -> ServeSettings:

@@ -38,7 +38,6 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route
 
-from streamtrain.metrics import SERVE_REQUEST_SECONDS, SERVE_REQUESTS
 from streamtrain.serve.inference import Engine
 from streamtrain.serve.protocol import (
     BINARY_HEADER,
@@ -48,21 +47,18 @@ from streamtrain.serve.protocol import (
     encode_json,
     parse_infer_request,
 )
-from streamtrain.serve.slot import NotReady, WeightSlot
+from streamtrain.serve.served_model import ServedModel
+from streamtrain.serve.slot import WeightSlot
 
 log = logging.getLogger(__name__)
 
 EXTENSIONS = ["binary_tensor_data"]
-OUTCOMES = (
-    "ok",
-    "bad_request",
-    "too_large",
-    "not_found",
-    "not_ready",
-    "client_disconnected",
-    "error",
-)
 _JSON = "application/json"
+
+
+def server_metadata() -> dict[str, Any]:
+    """The OIP server metadata document, the same over REST and gRPC."""
+    return {"name": "streamtrain", "version": _package_version(), "extensions": EXTENSIONS}
 
 
 def _package_version() -> str:
@@ -126,25 +122,13 @@ def _too_large(size: int, limit: int) -> ProtocolError:
 class V2Endpoints:
     """The OIP v2 REST endpoints of one served model, one method per endpoint."""
 
-    def __init__(
-        self,
-        *,
-        slot: WeightSlot,
-        engine: Engine,
-        io: ModelIO,
-        model_name: str,
-        max_body_bytes: int,
-    ) -> None:
-        self._slot = slot
-        self._engine = engine
-        self._io = io
-        self._model_name = model_name
+    def __init__(self, *, served: ServedModel, max_body_bytes: int) -> None:
+        self._served = served
+        self._slot = served.slot
+        self._io = served.io
+        self._model_name = served.name
         self._max_body_bytes = max_body_bytes
-        self._server_metadata = encode_json(
-            {"name": "streamtrain", "version": _package_version(), "extensions": EXTENSIONS}
-        )
-        # Children resolved once: ``labels()`` per request would take the family's lock.
-        self._counted = {outcome: SERVE_REQUESTS.labels(outcome) for outcome in OUTCOMES}
+        self._server_metadata = encode_json(server_metadata())
 
     def routes(self) -> list[BaseRoute]:
         # Matched in order: the hot route first.
@@ -176,15 +160,7 @@ class V2Endpoints:
             live = self._check_model(request)
         except ProtocolError as exc:
             return _error(exc.status, str(exc))
-        return _json(
-            {
-                "name": self._model_name,
-                "versions": [live],
-                "platform": "pytorch",
-                "inputs": [self._io.input.to_json()],
-                "outputs": [o.to_json() for o in self._io.outputs],
-            }
-        )
+        return _json(self._served.metadata(live))
 
     async def model_ready(self, request: Request) -> Response:
         try:
@@ -200,18 +176,8 @@ class V2Endpoints:
             self._check_model(request)
             body = await read_body(request, self._max_body_bytes)
             parsed = parse_infer_request(body, request.headers.get(BINARY_HEADER), self._io)
-            try:
-                prediction = await self._engine.infer(parsed.features)
-            except NotReady as exc:
-                raise ProtocolError(str(exc), 503, "not_ready") from exc
+            prediction = await self._served.predict(parsed.features, version)
             live = str(prediction.info.version)
-            if version is not None and version != live:
-                raise ProtocolError(
-                    f"version {version!r} was replaced by {live} during the request; retry, "
-                    "or omit /versions/{v} to use the live one",
-                    404,
-                    "not_found",
-                )
             content, headers = encode_infer_response(
                 self._model_name, live, parsed, prediction.outputs, self._io
             )
@@ -226,35 +192,13 @@ class V2Endpoints:
             log.exception("inference failed")
             outcome = "error"
             response = _error(500, "internal error during inference; see the server log")
-        self._counted[outcome].inc()
-        SERVE_REQUEST_SECONDS.observe(time.perf_counter() - started)
+        self._served.record(outcome, started)
         return response
 
     def _check_model(self, request: Request) -> str:
-        """The live version; ProtocolError for an unknown model, no weights, or a version that
-        is not the live one."""
-        name = request.path_params["name"]
-        version: str | None = request.path_params.get("version")
-        if name != self._model_name:
-            raise ProtocolError(
-                f"unknown model {name!r}; this server serves {self._model_name!r}",
-                404,
-                "not_found",
-            )
-        info = self._slot.info
-        if info is None:
-            raise ProtocolError(
-                "model not ready: waiting for the first valid weight snapshot", 503, "not_ready"
-            )
-        live = str(info.version)
-        if version is not None and version != live:
-            raise ProtocolError(
-                f"model {name!r} version {version!r} is not loaded; the live version is "
-                f"{live} (omit /versions/{{v}} to use the live one)",
-                404,
-                "not_found",
-            )
-        return live
+        return self._served.live_version(
+            request.path_params["name"], request.path_params.get("version")
+        )
 
 
 def _metrics_routes(registry: CollectorRegistry) -> list[BaseRoute]:
@@ -285,11 +229,13 @@ def create_app(
     model_name: str,
     max_body_bytes: int,
     metrics_registry: CollectorRegistry | None = None,
+    served: ServedModel | None = None,
 ) -> Starlette:
-    """Build the ASGI app; ``metrics_registry`` (if given) is served at ``/metrics``."""
-    endpoints = V2Endpoints(
-        slot=slot, engine=engine, io=io, model_name=model_name, max_body_bytes=max_body_bytes
-    )
+    """Build the ASGI app; ``metrics_registry`` (if given) is served at ``/metrics``.
+    ``served`` shares one :class:`ServedModel` with the gRPC service (built here if absent)."""
+    if served is None:
+        served = ServedModel(slot=slot, engine=engine, io=io, name=model_name)
+    endpoints = V2Endpoints(served=served, max_body_bytes=max_body_bytes)
     routes = endpoints.routes()
     if metrics_registry is not None:
         routes += _metrics_routes(metrics_registry)

@@ -204,21 +204,44 @@ def _split_binary(body: bytes, header_length: str | None) -> tuple[bytes, bytes]
     return body[:length], body[length:]
 
 
+def input_dtype(
+    name: str, shape: list[int] | tuple[int, ...], datatype: str, feature_shape: tuple[int, ...]
+) -> np.dtype[Any]:
+    """The wire dtype of input ``name`` after checking its shape and datatype against the model
+    (shared by the REST and gRPC front ends)."""
+    if len(shape) != len(feature_shape) + 1 or tuple(shape[1:]) != feature_shape or shape[0] < 1:
+        raise ProtocolError(
+            f"input shape {list(shape)} does not fit the model: expected [n, "
+            f"{', '.join(map(str, feature_shape))}] with n >= 1 rows"
+        )
+    dtype = NUMERIC_DTYPES.get(datatype)
+    if dtype is None:
+        raise ProtocolError(
+            f"input datatype {datatype!r} is not supported; use FP32 (also accepted: "
+            f"{', '.join(sorted(NUMERIC_DTYPES))}; values are converted to FP32)"
+        )
+    return dtype
+
+
+def finite_features(
+    name: str, floats: np.ndarray[Any, np.dtype[np.float32]], shape: list[int] | tuple[int, ...]
+) -> np.ndarray[Any, np.dtype[np.float32]]:
+    """``floats`` reshaped to ``shape``, refused when any value is NaN or infinite."""
+    finite = np.isfinite(floats)
+    if not finite.all():
+        bad = int(np.flatnonzero(~finite)[0])
+        raise ProtocolError(
+            f"input {name!r} holds a non-finite number (NaN, Inf or out of FP32 range) "
+            f"at flat index {bad}"
+        )
+    return floats.reshape(shape)
+
+
 def _features(
     tensor: _InputTensor, binary: bytes, feature_shape: tuple[int, ...]
 ) -> tuple[np.ndarray[Any, np.dtype[np.float32]], int]:
     shape = tensor.shape
-    if len(shape) != len(feature_shape) + 1 or tuple(shape[1:]) != feature_shape or shape[0] < 1:
-        raise ProtocolError(
-            f"input shape {shape} does not fit the model: expected [n, "
-            f"{', '.join(map(str, feature_shape))}] with n >= 1 rows"
-        )
-    dtype = NUMERIC_DTYPES.get(tensor.datatype)
-    if dtype is None:
-        raise ProtocolError(
-            f"input datatype {tensor.datatype!r} is not supported; use FP32 (also accepted: "
-            f"{', '.join(sorted(NUMERIC_DTYPES))}; values are converted to FP32)"
-        )
+    dtype = input_dtype(tensor.name, shape, tensor.datatype, feature_shape)
     count = math.prod(shape)
     size = tensor.parameters.binary_data_size if tensor.parameters is not None else None
     if size is None:
@@ -244,14 +267,7 @@ def _features(
     if size > len(binary):
         raise ProtocolError(f"binary input needs {size} bytes, the body carries {len(binary)}")
     floats = np.frombuffer(binary, dtype=dtype, count=count).astype(np.float32)
-    finite = np.isfinite(floats)
-    if not finite.all():
-        bad = int(np.flatnonzero(~finite)[0])
-        raise ProtocolError(
-            f"input {tensor.name!r} holds a non-finite number (NaN, Inf or out of FP32 range) "
-            f"at flat index {bad}"
-        )
-    return floats.reshape(shape), size
+    return finite_features(tensor.name, floats, shape), size
 
 
 def _requested_outputs(

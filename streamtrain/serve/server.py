@@ -8,10 +8,12 @@ Order of start and stop:
 1. the HTTP socket is bound first, so ``/v2/health/live`` answers at once and
    ``/v2/health/ready`` says 503 until the watcher has swapped in the first snapshot
    (readiness means "holds valid weights", never "reached Kafka");
-2. the watcher thread starts, loads the newest valid snapshot of the local cache (if any),
+2. the gRPC port (``serve.grpc_port``, if set) is bound and served from its own thread;
+3. the watcher thread starts, loads the newest valid snapshot of the local cache (if any),
    then the newest valid one on the topic, retrying with backoff while Kafka is unreachable;
-3. on SIGTERM/SIGINT uvicorn stops accepting, finishes the requests in flight, then the
-   watcher, the engine and the separate metrics server (if any) are stopped in that order.
+4. on SIGTERM/SIGINT uvicorn stops accepting, finishes the requests in flight, then the
+   gRPC server (finishing its calls in flight), the watcher, the engine and the separate
+   metrics server (if any) are stopped in that order.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import os
 import signal
 import socket
 import threading
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 import uvicorn
@@ -34,6 +36,7 @@ from streamtrain.metrics import SERVER_REGISTRY, serve_metrics
 from streamtrain.serve.endpoints import create_app
 from streamtrain.serve.inference import BatchingEngine, DirectEngine, Engine, head_for
 from streamtrain.serve.protocol import ModelIO
+from streamtrain.serve.served_model import ServedModel
 from streamtrain.serve.slot import WeightSlot
 from streamtrain.serve.watcher import SnapshotSource, SnapshotWatcher
 from streamtrain.snapshot.cache import SnapshotCache
@@ -41,6 +44,9 @@ from streamtrain.snapshot.manifest import settings_hash
 from streamtrain.snapshot.signing import ManifestVerifier
 from streamtrain.spec import SampleSpec, spec_for_model
 from streamtrain.train.models import build_model
+
+if TYPE_CHECKING:
+    from streamtrain.serve.grpc_service import GrpcServer
 
 log = logging.getLogger(__name__)
 
@@ -122,13 +128,15 @@ def build_worker(settings: Settings, source: SnapshotSource | None = None) -> Se
     runner = build_engine(
         slot, spec, device, serve.max_batch_size, serve.engine, serve.max_batch_wait_ms / 1000
     )
+    served = ServedModel(slot=slot, engine=runner, io=ModelIO.for_spec(spec), name=serve.model_name)
     app = create_app(
         slot=slot,
         engine=runner,
-        io=ModelIO.for_spec(spec),
+        io=served.io,
         model_name=serve.model_name,
         max_body_bytes=serve.max_body_bytes,
         metrics_registry=SERVER_REGISTRY if serve.metrics_port is None else None,
+        served=served,
     )
     verifier = build_verifier(serve)
     watcher = SnapshotWatcher(
@@ -144,7 +152,23 @@ def build_worker(settings: Settings, source: SnapshotSource | None = None) -> Se
         host=serve.host,
         port=serve.port,
         metrics_port=serve.metrics_port,
+        grpc=build_grpc(served, serve),
     )
+
+
+def build_grpc(served: ServedModel, serve: ServeSettings) -> GrpcServer | None:
+    """The gRPC front end when ``serve.grpc_port`` is set; a clear error when the optional
+    ``grpc`` extra is not installed."""
+    if serve.grpc_port is None:
+        return None
+    try:
+        from streamtrain.serve.grpc_service import GrpcServer
+    except ImportError as exc:
+        raise ValueError(
+            f"serve.grpc_port is set but gRPC support is not installed ({exc}); run "
+            "`pip install 'streamtrain[grpc]'` or unset serve.grpc_port"
+        ) from None
+    return GrpcServer(served, serve.host, serve.grpc_port, max_message_bytes=serve.max_body_bytes)
 
 
 class ServingWorker:
@@ -165,8 +189,10 @@ class ServingWorker:
         host: str,
         port: int,
         metrics_port: int | None = None,
+        grpc: GrpcServer | None = None,
     ) -> None:
         self.app = app
+        self.grpc = grpc
         self.slot = slot
         self._engine = engine
         self._watcher = watcher
@@ -204,6 +230,8 @@ class ServingWorker:
     def _start_side(self) -> None:
         if self._metrics_port is not None:
             self._metrics_server = serve_metrics(SERVER_REGISTRY, self._metrics_port, self._host)
+        if self.grpc is not None:
+            self.grpc.start()
         self._watcher.start()
 
     def run(self) -> None:
@@ -250,6 +278,8 @@ class ServingWorker:
         self._close()
 
     def _close(self) -> None:
+        if self.grpc is not None:
+            self.grpc.stop()
         self._watcher.stop()
         self._engine.close()
         if self._metrics_server is not None:

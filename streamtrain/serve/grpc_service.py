@@ -1,0 +1,210 @@
+"""The KServe v2 / Triton ``GRPCInferenceService`` on its own port, sharing the REST path's model.
+
+Built on the message and servicer classes ``tritonclient[grpc]`` ships (``service_pb2``,
+``service_pb2_grpc``), so ``tritonclient.grpc`` and KServe's gRPC clients work unmodified.
+Methods this server has no use for (shared memory, repository load/unload, trace and log
+settings) keep the base servicer's ``UNIMPLEMENTED``.
+
+Lifecycle (:class:`GrpcServer`):
+
+1. the constructor binds the port (so a port in use fails ``streamtrain serve`` before it
+   starts anything) on an event loop of its own thread, so a slow gRPC client never holds up
+   uvicorn's loop (the engine is shared and thread-safe); ``start()`` starts serving;
+2. every call goes through the same :class:`~streamtrain.serve.served_model.ServedModel` as
+   REST: same name and version checks, same engine, same ``streamtrain_serve_requests_total``;
+3. ``stop()`` stops accepting, lets calls in flight finish within the grace period, then ends
+   the thread. It runs before the engine is closed.
+
+Errors map to gRPC status codes: 400 → ``INVALID_ARGUMENT``, 404 → ``NOT_FOUND``, 413 →
+``RESOURCE_EXHAUSTED``, 503 → ``UNAVAILABLE``, anything unexpected → ``INTERNAL`` (logged).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+import grpc
+from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+from streamtrain.serve.endpoints import server_metadata
+from streamtrain.serve.grpc_tensors import encode_grpc_response, parse_grpc_request
+from streamtrain.serve.protocol import ProtocolError
+from streamtrain.serve.served_model import ServedModel
+
+log = logging.getLogger(__name__)
+_T = TypeVar("_T")
+
+_STATUS = {
+    400: grpc.StatusCode.INVALID_ARGUMENT,
+    404: grpc.StatusCode.NOT_FOUND,
+    413: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    503: grpc.StatusCode.UNAVAILABLE,
+}
+_Context = Any  # grpc.aio.ServicerContext; grpcio ships no type information
+
+
+class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
+    """One method per KServe v2 gRPC call, over the shared :class:`ServedModel`."""
+
+    def __init__(self, served: ServedModel) -> None:
+        self._served = served
+        meta = server_metadata()
+        self._server_metadata = service_pb2.ServerMetadataResponse(
+            name=meta["name"], version=meta["version"], extensions=meta["extensions"]
+        )
+
+    async def ServerLive(
+        self, request: service_pb2.ServerLiveRequest, context: _Context
+    ) -> service_pb2.ServerLiveResponse:
+        return service_pb2.ServerLiveResponse(live=True)
+
+    async def ServerReady(
+        self, request: service_pb2.ServerReadyRequest, context: _Context
+    ) -> service_pb2.ServerReadyResponse:
+        return service_pb2.ServerReadyResponse(ready=self._served.slot.ready)
+
+    async def ModelReady(
+        self, request: service_pb2.ModelReadyRequest, context: _Context
+    ) -> service_pb2.ModelReadyResponse:
+        try:
+            self._served.live_version(request.name, request.version)
+        except ProtocolError as exc:
+            if exc.status == 404 and request.name == self._served.name:
+                return service_pb2.ModelReadyResponse(ready=False)
+            if exc.status == 503:
+                return service_pb2.ModelReadyResponse(ready=False)
+            await _abort(context, exc)
+        return service_pb2.ModelReadyResponse(ready=True)
+
+    async def ServerMetadata(
+        self, request: service_pb2.ServerMetadataRequest, context: _Context
+    ) -> service_pb2.ServerMetadataResponse:
+        return self._server_metadata
+
+    async def ModelMetadata(
+        self, request: service_pb2.ModelMetadataRequest, context: _Context
+    ) -> service_pb2.ModelMetadataResponse:
+        try:
+            live = self._served.live_version(request.name, request.version)
+        except ProtocolError as exc:
+            await _abort(context, exc)
+        meta = self._served.metadata(live)
+        return service_pb2.ModelMetadataResponse(
+            name=meta["name"],
+            versions=meta["versions"],
+            platform=meta["platform"],
+            inputs=[service_pb2.ModelMetadataResponse.TensorMetadata(**t) for t in meta["inputs"]],
+            outputs=[
+                service_pb2.ModelMetadataResponse.TensorMetadata(**t) for t in meta["outputs"]
+            ],
+        )
+
+    async def ModelInfer(
+        self, request: service_pb2.ModelInferRequest, context: _Context
+    ) -> service_pb2.ModelInferResponse:
+        started = time.perf_counter()
+        served = self._served
+        try:
+            served.live_version(request.model_name, request.model_version)
+            parsed = parse_grpc_request(request, served.io)
+            prediction = await served.predict(parsed.features, request.model_version)
+            reply = encode_grpc_response(
+                served.name, str(prediction.info.version), parsed, prediction.outputs, served.io
+            )
+        except ProtocolError as exc:
+            served.record(exc.outcome, started)
+            await _abort(context, exc)
+        except Exception:
+            log.exception("gRPC inference failed")
+            served.record("error", started)
+            await context.abort(
+                grpc.StatusCode.INTERNAL, "internal error during inference; see the server log"
+            )
+        served.record("ok", started)
+        return reply
+
+
+async def _abort(context: _Context, exc: ProtocolError) -> Any:
+    """End the call with the status code matching ``exc.status`` (``abort`` raises)."""
+    await context.abort(_STATUS.get(exc.status, grpc.StatusCode.INVALID_ARGUMENT), str(exc))
+
+
+class GrpcServer:
+    """A ``grpc.aio`` server on its own thread and event loop.
+
+    >>> server = GrpcServer(served, "127.0.0.1", 0, max_message_bytes=1 << 20)  # doctest: +SKIP
+    >>> server.start()  # doctest: +SKIP
+    >>> server.stop()  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        served: ServedModel,
+        host: str,
+        port: int,
+        *,
+        max_message_bytes: int,
+        grace_s: float = 10.0,
+    ) -> None:
+        self._host = host
+        self._grace_s = grace_s
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="grpc", daemon=True)
+        self._thread.start()
+        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        try:
+            self._server, self.port = self._call(self._bind(served, address, max_message_bytes))
+        except BaseException:
+            self._end_loop()
+            raise
+
+    def _call(self, coroutine: Coroutine[Any, Any, _T], timeout_s: float = 10.0) -> _T:
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout_s)
+
+    @staticmethod
+    async def _bind(served: ServedModel, address: str, limit: int) -> tuple[Any, int]:
+        server = grpc.aio.server(
+            options=[
+                # A request over the limit is refused by gRPC before it is held in memory.
+                ("grpc.max_receive_message_length", limit),
+                ("grpc.max_send_message_length", -1),
+            ]
+        )
+        service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
+            InferenceServicer(served), server
+        )
+        try:
+            port = server.add_insecure_port(address)
+        except RuntimeError:
+            port = 0
+        if port == 0:
+            raise OSError(f"cannot bind the gRPC port {address}; choose a free serve.grpc_port")
+        return server, int(port)
+
+    @property
+    def target(self) -> str:
+        """``host:port`` for ``tritonclient.grpc.InferenceServerClient(url=...)``."""
+        host = f"[{self._host}]" if ":" in self._host else self._host
+        return f"{host}:{self.port}"
+
+    def start(self) -> str:
+        """Start serving; returns the target."""
+        self._call(self._server.start())
+        return self.target
+
+    def stop(self) -> None:
+        """Finish calls in flight (within the grace period) and end the thread; idempotent."""
+        if self._loop.is_closed():
+            return
+        self._call(self._server.stop(self._grace_s), self._grace_s + 5)
+        self._end_loop()
+
+    def _end_loop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(self._grace_s)
+        self._loop.close()
