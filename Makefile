@@ -8,12 +8,14 @@ TORCH_SPEC ?= torch==2.13.0
 
 .PHONY: setup demo test test-unit test-integration-kafka-python lint bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml deploy/constraints.txt
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	# The CPU wheel first: the package's torch range would otherwise pull a multi-GB CUDA build.
 	$(BIN)/pip install --quiet "$(TORCH_SPEC)"
-	$(BIN)/pip install --quiet --only-binary=scikit-learn -e ".[broker,dev]"
+	# Runtime dependencies at the versions the image pins (deploy/constraints.txt), so tests run
+	# against what ships; the constraints file only narrows what the package already asks for.
+	$(BIN)/pip install --quiet --only-binary=scikit-learn -c deploy/constraints.txt -e ".[broker,dev]"
 	touch $(STAMP)
 
 setup: $(STAMP)
