@@ -31,6 +31,7 @@ import time
 import zlib
 from typing import Any
 
+import msgspec
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, make_asgi_app
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -47,13 +48,22 @@ from streamtrain.serve.protocol import (
     encode_json,
     parse_infer_request,
 )
-from streamtrain.serve.served_model import ServedModel
+from streamtrain.serve.served_model import ServedModel, Timing
 from streamtrain.serve.slot import WeightSlot
 
 log = logging.getLogger(__name__)
 
-EXTENSIONS = ["binary_tensor_data"]
+# ``model_repository`` is not claimed: the index is served, load and unload are not.
+EXTENSIONS = ["binary_tensor_data", "classification", "model_configuration", "statistics"]
 _JSON = "application/json"
+
+
+class _IndexRequest(msgspec.Struct):
+    ready: bool = False
+    repository_name: str | None = None
+
+
+_INDEX_DECODER = msgspec.json.Decoder(_IndexRequest)
 
 
 def server_metadata() -> dict[str, Any]:
@@ -138,10 +148,19 @@ class V2Endpoints:
             Route("/v2", self.server_metadata, methods=["GET"]),
             Route("/v2/health/live", self.live, methods=["GET"]),
             Route("/v2/health/ready", self.ready, methods=["GET"]),
+            # Before "/v2/models/{name}", which would take "stats" for a model name.
+            Route("/v2/models/stats", self.statistics, methods=["GET"]),
             Route("/v2/models/{name}", self.model_metadata, methods=["GET"]),
             Route("/v2/models/{name}/versions/{version}", self.model_metadata, methods=["GET"]),
             Route("/v2/models/{name}/ready", self.model_ready, methods=["GET"]),
             Route("/v2/models/{name}/versions/{version}/ready", self.model_ready, methods=["GET"]),
+            Route("/v2/models/{name}/config", self.model_config, methods=["GET"]),
+            Route(
+                "/v2/models/{name}/versions/{version}/config", self.model_config, methods=["GET"]
+            ),
+            Route("/v2/models/{name}/stats", self.statistics, methods=["GET"]),
+            Route("/v2/models/{name}/versions/{version}/stats", self.statistics, methods=["GET"]),
+            Route("/v2/repository/index", self.repository_index, methods=["POST"]),
         ]
 
     async def server_metadata(self, request: Request) -> Response:
@@ -169,17 +188,58 @@ class V2Endpoints:
             return _error(exc.status, str(exc))
         return _json({"name": self._model_name, "ready": True})
 
+    async def model_config(self, request: Request) -> Response:
+        try:
+            return _json(
+                self._served.config(request.path_params["name"], request.path_params.get("version"))
+            )
+        except ProtocolError as exc:
+            return _error(exc.status, str(exc))
+
+    async def statistics(self, request: Request) -> Response:
+        try:
+            return _json(
+                self._served.statistics(
+                    request.path_params.get("name"), request.path_params.get("version")
+                )
+            )
+        except ProtocolError as exc:
+            return _error(exc.status, str(exc))
+
+    async def repository_index(self, request: Request) -> Response:
+        """``{"ready": true}`` lists only versions ready to answer; an empty body lists all."""
+        try:
+            body = await read_body(request, self._max_body_bytes)
+            query = _INDEX_DECODER.decode(body) if body.strip() else _IndexRequest()
+        except ProtocolError as exc:
+            return _error(exc.status, str(exc))
+        except msgspec.DecodeError as exc:
+            return _error(400, f'repository index body must be {{"ready": true|false}}: {exc}')
+        except ClientDisconnect:
+            return _error(400, "client disconnected before the request body was complete")
+        return _json(self._served.index(query.ready))
+
     async def infer(self, request: Request) -> Response:
-        started = time.perf_counter()
+        started = time.perf_counter_ns()
         version: str | None = request.path_params.get("version")
+        timing = None
         try:
             self._check_model(request)
             body = await read_body(request, self._max_body_bytes)
+            parse_start = time.perf_counter_ns()
             parsed = parse_infer_request(body, request.headers.get(BINARY_HEADER), self._io)
+            infer_start = time.perf_counter_ns()
             prediction = await self._served.predict(parsed.features, version)
-            live = str(prediction.info.version)
+            output_start = time.perf_counter_ns()
+            version = str(prediction.info.version)
             content, headers = encode_infer_response(
-                self._model_name, live, parsed, prediction.outputs, self._io
+                self._model_name, version, parsed, prediction.outputs, self._io
+            )
+            timing = Timing(
+                len(parsed.features),
+                infer_start - parse_start,
+                output_start - infer_start,
+                time.perf_counter_ns() - output_start,
             )
             outcome, response = "ok", Response(content, headers=headers)
         except ProtocolError as exc:
@@ -192,7 +252,7 @@ class V2Endpoints:
             log.exception("inference failed")
             outcome = "error"
             response = _error(500, "internal error during inference; see the server log")
-        self._served.record(outcome, started)
+        self._served.record(outcome, started, version, timing)
         return response
 
     def _check_model(self, request: Request) -> str:

@@ -29,12 +29,13 @@ from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf import json_format
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from streamtrain.serve.endpoints import server_metadata
 from streamtrain.serve.grpc_tensors import encode_grpc_response, parse_grpc_request
 from streamtrain.serve.protocol import ProtocolError
-from streamtrain.serve.served_model import ServedModel
+from streamtrain.serve.served_model import ServedModel, Timing
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -104,28 +105,62 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
             ],
         )
 
+    async def ModelConfig(
+        self, request: service_pb2.ModelConfigRequest, context: _Context
+    ) -> service_pb2.ModelConfigResponse:
+        try:
+            config = self._served.config(request.name, request.version)
+        except ProtocolError as exc:
+            await _abort(context, exc)
+        return json_format.ParseDict({"config": config}, service_pb2.ModelConfigResponse())
+
+    async def ModelStatistics(
+        self, request: service_pb2.ModelStatisticsRequest, context: _Context
+    ) -> service_pb2.ModelStatisticsResponse:
+        try:
+            stats = self._served.statistics(request.name, request.version)
+        except ProtocolError as exc:
+            await _abort(context, exc)
+        return json_format.ParseDict(stats, service_pb2.ModelStatisticsResponse())
+
+    async def RepositoryIndex(
+        self, request: service_pb2.RepositoryIndexRequest, context: _Context
+    ) -> service_pb2.RepositoryIndexResponse:
+        models = self._served.index(request.ready)
+        return json_format.ParseDict({"models": models}, service_pb2.RepositoryIndexResponse())
+
     async def ModelInfer(
         self, request: service_pb2.ModelInferRequest, context: _Context
     ) -> service_pb2.ModelInferResponse:
-        started = time.perf_counter()
+        started = time.perf_counter_ns()
         served = self._served
+        version = request.model_version
         try:
-            served.live_version(request.model_name, request.model_version)
+            served.live_version(request.model_name, version)
             parsed = parse_grpc_request(request, served.io)
-            prediction = await served.predict(parsed.features, request.model_version)
+            infer_start = time.perf_counter_ns()
+            prediction = await served.predict(parsed.features, version)
+            output_start = time.perf_counter_ns()
+            version = str(prediction.info.version)
             reply = encode_grpc_response(
-                served.name, str(prediction.info.version), parsed, prediction.outputs, served.io
+                served.name, version, parsed, prediction.outputs, served.io
             )
         except ProtocolError as exc:
-            served.record(exc.outcome, started)
+            served.record(exc.outcome, started, version)
             await _abort(context, exc)
         except Exception:
             log.exception("gRPC inference failed")
-            served.record("error", started)
+            served.record("error", started, version)
             await context.abort(
                 grpc.StatusCode.INTERNAL, "internal error during inference; see the server log"
             )
-        served.record("ok", started)
+        timing = Timing(
+            len(parsed.features),
+            infer_start - started,
+            output_start - infer_start,
+            time.perf_counter_ns() - output_start,
+        )
+        served.record("ok", started, version, timing)
         return reply
 
 

@@ -23,8 +23,10 @@ from streamtrain.serve.protocol import (
     InferRequest,
     ModelIO,
     ProtocolError,
+    check_class_count,
     finite_features,
     input_dtype,
+    output_tensor,
 )
 
 # The ``InferTensorContents`` field that carries each numeric datatype (FP16 only travels raw).
@@ -40,7 +42,6 @@ _CONTENTS_FIELD = {
     "UINT32": "uint_contents",
     "UINT64": "uint64_contents",
 }
-_OUTPUT_DTYPES: dict[str, np.dtype[Any]] = {"FP32": np.dtype("<f4"), "INT64": np.dtype("<i8")}
 Features = np.ndarray[Any, np.dtype[np.float32]]
 
 
@@ -69,7 +70,19 @@ def parse_grpc_request(request: service_pb2.ModelInferRequest, io: ModelIO) -> I
             )
     if len(set(names)) != len(names):
         raise ProtocolError("an output is requested twice; request each once")
-    return InferRequest(request.id or None, features, tuple(names) or io.output_names, frozenset())
+    class_counts = {
+        o.name: check_class_count(o.name, _int_parameter(o.parameters["classification"]))
+        for o in request.outputs
+        if "classification" in o.parameters
+    }
+    return InferRequest(
+        request.id or None, features, tuple(names) or io.output_names, frozenset(), class_counts
+    )
+
+
+def _int_parameter(parameter: service_pb2.InferParameter) -> object:
+    kind = parameter.WhichOneof("parameter_choice")
+    return getattr(parameter, kind) if kind is not None else None
 
 
 def _features(
@@ -131,8 +144,9 @@ def encode_grpc_response(
         model_name=model_name, model_version=model_version, id=request.id or ""
     )
     for name in request.outputs:
-        datatype = datatypes[name]
-        array = np.ascontiguousarray(results[name], dtype=_OUTPUT_DTYPES[datatype])
+        datatype, array, raw = output_tensor(
+            name, datatypes[name], results[name], request.class_counts.get(name)
+        )
         reply.outputs.add(name=name, datatype=datatype, shape=list(array.shape))
-        reply.raw_output_contents.append(array.tobytes())
+        reply.raw_output_contents.append(raw)
     return reply

@@ -29,12 +29,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
 import numpy as np
 
+from streamtrain.serve.classification import serialize_bytes, top_k_strings
 from streamtrain.serve.tensor_data import NUMERIC_DTYPES, TensorDataError, decode_json_data
 from streamtrain.spec import SampleSpec
 
@@ -99,6 +100,8 @@ class InferRequest:
     features: np.ndarray[Any, np.dtype[np.float32]]  # [n, *feature_shape]
     outputs: tuple[str, ...]  # requested, in the order to return them
     binary_outputs: frozenset[str]
+    # Outputs asked for with the classification extension: name -> k (top-k "score:index").
+    class_counts: Mapping[str, int] = field(default_factory=dict)
 
 
 # --- wire structs (unknown fields are skipped, as OIP allows extra parameters) -------------
@@ -116,6 +119,7 @@ class _InputTensor(msgspec.Struct):
 
 class _OutputParameters(msgspec.Struct):
     binary_data: bool = False
+    classification: int | None = None
 
 
 class _RequestedOutput(msgspec.Struct):
@@ -190,7 +194,37 @@ def parse_infer_request(body: bytes, header_length: str | None, io: ModelIO) -> 
             "check each input's binary_data_size"
         )
     outputs, binary_outputs = _requested_outputs(doc, io)
-    return InferRequest(doc.id, features, outputs, binary_outputs)
+    class_counts = {
+        out.name: check_class_count(out.name, out.parameters.classification)
+        for out in doc.outputs or ()
+        if out.parameters is not None and out.parameters.classification is not None
+    }
+    return InferRequest(doc.id, features, outputs, binary_outputs, class_counts)
+
+
+MAX_CLASS_COUNT = 1 << 16
+
+
+def check_class_count(name: str, value: object) -> int:
+    """A valid classification ``class_count`` for output ``name``; ProtocolError otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_CLASS_COUNT:
+        raise ProtocolError(
+            f"output {name!r} classification must be an integer from 1 to {MAX_CLASS_COUNT}, "
+            f"got {value!r}"
+        )
+    return value
+
+
+def output_tensor(
+    name: str, datatype: str, values: np.ndarray[Any, Any], class_count: int | None
+) -> tuple[str, np.ndarray[Any, Any], bytes]:
+    """An output as (datatype, array, raw bytes); with ``class_count`` the top-k
+    ``"score:index"`` BYTES tensor of the classification extension."""
+    if class_count is not None:
+        strings = top_k_strings(values, class_count)
+        return "BYTES", strings, serialize_bytes(strings)
+    array = np.ascontiguousarray(values, dtype=_OUTPUT_DTYPES[datatype])
+    return datatype, array, array.tobytes()
 
 
 def _split_binary(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
@@ -304,11 +338,11 @@ def encode_infer_response(
     outputs: list[_OutputTensor] = []
     buffers: list[bytes] = []
     for name in request.outputs:
-        datatype = datatypes[name]
-        array = np.ascontiguousarray(results[name], dtype=_OUTPUT_DTYPES[datatype])
+        datatype, array, raw = output_tensor(
+            name, datatypes[name], results[name], request.class_counts.get(name)
+        )
         entry = _OutputTensor(name, list(array.shape), datatype)
         if name in request.binary_outputs:
-            raw = array.tobytes()
             entry.parameters = {"binary_data_size": len(raw)}
             buffers.append(raw)
         else:

@@ -21,12 +21,14 @@ streamtrain.serve.protocol.ProtocolError: unknown model 'other'; this server ser
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from streamtrain.metrics import SERVE_REQUEST_SECONDS, SERVE_REQUESTS
 from streamtrain.serve.inference import Array, Engine, Prediction
 from streamtrain.serve.protocol import ModelIO, ProtocolError
 from streamtrain.serve.slot import NotReady, WeightSlot
+from streamtrain.serve.statistics import InferenceStatistics
 
 OUTCOMES = (
     "ok",
@@ -38,6 +40,17 @@ OUTCOMES = (
     "error",
 )
 PLATFORM = "pytorch"
+_CONFIG_TYPES = {"FP32": "TYPE_FP32", "INT64": "TYPE_INT64"}
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Where an answered request spent its time (``perf_counter_ns`` differences)."""
+
+    rows: int
+    input_ns: int
+    infer_ns: int
+    output_ns: int
 
 
 class ServedModel:
@@ -50,6 +63,7 @@ class ServedModel:
         self.name = name
         # Children resolved once: ``labels()`` per request would take the family's lock.
         self._counted = {outcome: SERVE_REQUESTS.labels(outcome) for outcome in OUTCOMES}
+        self.stats = InferenceStatistics()
 
     def live_version(self, name: str, version: str | None) -> str:
         """The live version; ProtocolError for an unknown model, no weights yet, or a version
@@ -90,11 +104,78 @@ class ServedModel:
             )
         return prediction
 
-    def record(self, outcome: str, started: float) -> None:
-        """Count one infer request by outcome and observe its latency since ``started``
-        (a ``time.perf_counter()`` reading)."""
+    def record(
+        self,
+        outcome: str,
+        started_ns: int,
+        version: str | None = None,
+        timing: Timing | None = None,
+    ) -> None:
+        """Count one infer request by outcome, observe its latency since ``started_ns`` (a
+        ``time.perf_counter_ns()`` reading) and add it to the statistics of ``version`` (of
+        the live version when a failure came before any was chosen)."""
+        total_ns = time.perf_counter_ns() - started_ns
         self._counted[outcome].inc()
-        SERVE_REQUEST_SECONDS.observe(time.perf_counter() - started)
+        SERVE_REQUEST_SECONDS.observe(total_ns / 1e9)
+        if version is None or version == "":
+            info = self.slot.info
+            version = str(info.version) if info is not None else None
+        if version is None:
+            return
+        if outcome == "ok" and timing is not None:
+            self.stats.success(
+                version,
+                rows=timing.rows,
+                input_ns=timing.input_ns,
+                infer_ns=timing.infer_ns,
+                output_ns=timing.output_ns,
+                total_ns=total_ns,
+            )
+        elif outcome not in ("not_found", "client_disconnected"):
+            self.stats.failure(version, total_ns)
+
+    def loaded_versions(self) -> list[str]:
+        """The versions this server can answer with, newest first."""
+        info = self.slot.info
+        return [] if info is None else [str(info.version)]
+
+    def statistics(self, name: str | None, version: str | None) -> dict[str, Any]:
+        """Triton's statistics document for the model (all loaded versions, or one)."""
+        if name is not None and name != "":
+            self.live_version(name, version)
+        return {
+            "model_stats": self.stats.to_json(self.name, version or None, self.loaded_versions())
+        }
+
+    def config(self, name: str, version: str | None) -> dict[str, Any]:
+        """Triton's model configuration (JSON form of ``model_config.proto``). The first
+        dimension is the request's row count, so ``max_batch_size`` is 0 and dims keep -1."""
+        self.live_version(name, version)
+        return {
+            "name": self.name,
+            "platform": PLATFORM,
+            "backend": PLATFORM,
+            "max_batch_size": 0,
+            "input": [_config_tensor(self.io.input.name, "FP32", self.io.input.shape)],
+            "output": [_config_tensor(o.name, o.datatype, o.shape) for o in self.io.outputs],
+            "version_policy": {"latest": {"num_versions": len(self.loaded_versions()) or 1}},
+        }
+
+    def index(self, ready_only: bool) -> list[dict[str, str]]:
+        """The repository index: one entry per loaded version, or the model still loading."""
+        versions = self.loaded_versions()
+        if not versions:
+            if ready_only:
+                return []
+            return [
+                {
+                    "name": self.name,
+                    "version": "",
+                    "state": "LOADING",
+                    "reason": "waiting for the first valid weight snapshot",
+                }
+            ]
+        return [{"name": self.name, "version": v, "state": "READY", "reason": ""} for v in versions]
 
     def metadata(self, live: str) -> dict[str, Any]:
         """The OIP model metadata document (REST JSON; the gRPC reply carries the same)."""
@@ -105,3 +186,7 @@ class ServedModel:
             "inputs": [self.io.input.to_json()],
             "outputs": [o.to_json() for o in self.io.outputs],
         }
+
+
+def _config_tensor(name: str, datatype: str, shape: tuple[int, ...]) -> dict[str, Any]:
+    return {"name": name, "data_type": _CONFIG_TYPES[datatype], "dims": list(shape)}
