@@ -154,7 +154,7 @@ class TrainSettings(_Frozen):
         60.0, gt=0, description="/health/live fails once the loop has not beaten this long."
     )
     torch_threads: int | None = Field(
-        None, ge=1, description="torch intra-op threads; None keeps torch's default."
+        None, ge=1, description="torch intra-op threads; None = every core but one."
     )
     signing_key: Path | None = Field(
         None, description="Ed25519 private key (PEM) that signs every snapshot manifest."

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 
@@ -25,3 +27,16 @@ def resolve_device(setting: str) -> torch.device:
                 f"device {setting!r} requested but only {torch.cuda.device_count()} GPU(s) exist"
             )
     return device
+
+
+def training_threads() -> int:
+    """torch intra-op threads for the trainer when ``train.torch_threads`` is unset: every core
+    this process may run on but one. The prefetch thread and the Kafka client fetch and decode
+    the next batches while the step runs; OpenMP threads that have to share their core spin
+    at each barrier and stall the step (profiled in bench/README.md, "Train").
+
+    >>> training_threads() >= 1
+    True
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, (cores or 1) - 1)

@@ -6,7 +6,7 @@ import torch
 
 from streamtrain.checkpoint import CheckpointStore
 from streamtrain.config import Settings
-from streamtrain.devices import resolve_device
+from streamtrain.devices import resolve_device, training_threads
 from streamtrain.ingest.source import KafkaSampleSource
 from streamtrain.kafka import KafkaConnection
 from streamtrain.snapshot.manifest import settings_hash
@@ -30,8 +30,7 @@ def build_trainer(settings: Settings) -> Trainer:
     device = resolve_device(train.device)
     if train.autocast != "off" and device.type != "cuda":
         raise ValueError(f"train.autocast={train.autocast} needs a CUDA device (got {device})")
-    if train.torch_threads is not None:
-        torch.set_num_threads(train.torch_threads)
+    torch.set_num_threads(train.torch_threads or training_threads())
     torch.manual_seed(train.seed)
     spec = spec_for_model(model_cfg)
     model = build_model(model_cfg.name, spec, model_cfg.params).to(device)

@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 
 from streamtrain.batch import Batch
 from streamtrain.ingest.decode import DecodedChunk, KafkaRecord
@@ -112,9 +113,7 @@ class BatchBuffer:
                 rejected.extend(
                     (chunk.records[i], d.rejects[i]) for i in sorted(d.rejects) if r0 <= i < r1
                 )
-            parts, offs = chunk.partitions[r0:r1], chunk.offsets[r0:r1]
-            for p in np.unique(parts):
-                next_offsets[int(p)] = int(offs[parts == p][-1]) + 1
+            _note_next_offsets(next_offsets, chunk.partitions[r0:r1], chunk.offsets[r0:r1])
             records += r1 - r0
             need -= take_samples
             self._samples -= take_samples
@@ -132,6 +131,20 @@ class BatchBuffer:
             records=records,
         )
         return batch, rejected
+
+
+def _note_next_offsets(
+    next_offsets: dict[int, int], parts: npt.NDArray[np.int64], offs: npt.NDArray[np.int64]
+) -> None:
+    """Record each partition's last offset + 1 (invariant 3); one partition needs no sort."""
+    if not len(parts):
+        return
+    first = int(parts[0])
+    if (parts == first).all():
+        next_offsets[first] = int(offs[-1]) + 1
+        return
+    for p in np.unique(parts).tolist():
+        next_offsets[p] = int(offs[parts == p][-1]) + 1
 
 
 def _cat(arrays: list[np.ndarray]) -> np.ndarray:

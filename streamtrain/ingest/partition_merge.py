@@ -183,15 +183,15 @@ class PartitionMerge:
         timestamps_ms = chunk.timestamps_ms
         if timestamps_ms is None:  # no record timestamps: order by partition and offset
             timestamps_ms = np.full(n, -1, np.int64)
-        keys = np.empty(n, np.int64)
-        for p in np.unique(chunk.partitions).tolist():
-            mine = np.flatnonzero(chunk.partitions == p)
-            running = np.maximum.accumulate(timestamps_ms[mine])
-            carry = self._carry.get(p, _NO_TIME)
-            keys[mine] = np.maximum(running, carry)
-            self._carry[p] = int(keys[mine[-1]])
-            self._last_offset[p] = int(chunk.offsets[mine[-1]])
-            self._waiting_since.pop(p, None)
+        parts = chunk.partitions
+        first = int(parts[0])
+        if (parts == first).all():
+            keys = self._running_keys(first, timestamps_ms, chunk.offsets)
+        else:
+            keys = np.empty(n, np.int64)
+            for p in np.unique(parts).tolist():
+                mine = np.flatnonzero(parts == p)
+                keys[mine] = self._running_keys(p, timestamps_ms[mine], chunk.offsets[mine])
         sample_of = np.full(n, -1, np.int64)
         sample_of[chunk.decoded.rows] = np.arange(len(chunk.decoded.rows))
         held = _Held(
@@ -205,6 +205,14 @@ class PartitionMerge:
         self._as_added = chunk if self._held is None else None
         self._held = held if self._held is None else self._held.concat(held)
 
+    def _running_keys(self, partition: int, stamps: I64, offsets: I64) -> I64:
+        """Running maximum of ``partition``'s timestamps, continuing from what it held."""
+        keys: I64 = np.maximum(np.maximum.accumulate(stamps), self._carry.get(partition, _NO_TIME))
+        self._carry[partition] = int(keys[-1])
+        self._last_offset[partition] = int(offsets[-1])
+        self._waiting_since.pop(partition, None)
+        return keys
+
     def release(self, unfinished: Collection[int], force: bool = False) -> Release:
         """Held records that sort below every bound (point 2), in key order.
 
@@ -215,13 +223,16 @@ class PartitionMerge:
         if held is None:
             self._waiting_since.clear()
             return Release(None, ())
-        bound, gave_up = (None, ()) if force else self._bound(held, unfinished)
+        parts = held.partitions
+        first = int(parts[0])
+        single = bool((parts == first).all())
+        # A partition's own bound never holds back its own records: nothing to compare.
+        alone = single and all(p == first for p in unfinished)
+        bound, gave_up = (None, ()) if force or alone else self._bound(held, unfinished)
         ready = _below(held, bound)
         count = len(held) if ready is None else int(ready.sum())
         if count == 0:
             return Release(None, gave_up)
-        parts = held.partitions
-        single = bool((parts == parts[0]).all())
         as_added, self._as_added = self._as_added, None
         if count == len(held):
             self._held = None
