@@ -42,7 +42,7 @@ def demo(
     try:
         find_broker_binary()
     except BrokerUnavailable as exc:
-        fail(f"the demo needs {exc}", ExitCode.MISSING_EXTRA)
+        fail(f"demo runs its own Kafka broker, but {exc}", ExitCode.MISSING_EXTRA)
     options = DemoOptions(dataset=dataset, duration=duration, rate=rate, port=port, run_dir=run_dir)
     try:
         code = run_demo(options, Console(soft_wrap=True))

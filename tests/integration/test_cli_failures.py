@@ -117,7 +117,7 @@ def _cases(tmp: Path, closed: int, busy: int) -> dict[str, Case]:
         "demo-without-broker-extra": Case(
             ["demo", "--duration", "5"],
             ExitCode.MISSING_EXTRA,
-            ["pip install 'streamtrain[broker]'"],
+            ["demo runs its own Kafka broker", "pip install 'streamtrain[broker]'"],
             hide_broker_extra=True,
             must_not_say=["BOOTSTRAP_SERVERS"],
         ),
