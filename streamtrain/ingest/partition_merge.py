@@ -89,8 +89,11 @@ class _Held:
         is_sample = samples >= 0
         taken = samples[is_sample]
         d = self.decoded
-        position = {int(old): new for new, old in enumerate(picks.tolist())}
-        rejects = {position[i]: r for i, r in d.rejects.items() if i in position}
+        rejects = {}
+        if d.rejects:  # rare: remap only them, never build a per-record dict
+            where = np.full(len(self), -1, np.int64)
+            where[picks] = np.arange(len(picks))
+            rejects = {int(where[i]): r for i, r in d.rejects.items() if where[i] >= 0}
         sample_of = np.full(len(picks), -1, np.int64)
         sample_of[is_sample] = np.arange(len(taken))
         return _Held(
