@@ -79,7 +79,9 @@ class LogOrder:
             rest = self._merge.release(behind, force=True)
             if rest.chunk is not None:
                 buffer.add(rest.chunk)
-            self._expired(sorted(behind), "cut a partial batch while it lagged")
+            lagging = sorted(behind - set(released.gave_up))  # one count per expired wait
+            if lagging:
+                self._expired(lagging, "cut a partial batch while it lagged")
             self._last_records_at = now
             return True
         return False
