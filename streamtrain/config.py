@@ -199,6 +199,12 @@ class ServeSettings(_Frozen):
         le=65535,
         description="KServe v2 gRPC port (needs streamtrain[grpc]); None serves no gRPC.",
     )
+    retain_versions: int = Field(
+        2, ge=1, le=16, description="Newest verified versions kept in memory (pin, rollback)."
+    )
+    admin_token: SecretStr | None = Field(
+        None, description="Bearer token of the admin API (pin, rollback); None disables it."
+    )
 
     @model_validator(mode="after")
     def _keys_for_require(self) -> ServeSettings:

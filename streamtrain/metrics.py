@@ -221,6 +221,16 @@ SERVE_REJECTED_SNAPSHOTS = Counter(
     ["reason"],
     registry=SERVER_REGISTRY,
 )
+SERVE_PINNED_VERSION = Gauge(
+    "streamtrain_serve_pinned_version",
+    "Version an operator pinned as the live one (0 when not pinned).",
+    registry=SERVER_REGISTRY,
+)
+SERVE_RETAINED_VERSIONS = Gauge(
+    "streamtrain_serve_retained_versions",
+    "Verified versions held in memory, each answering /v2/models/{m}/versions/{v}/infer.",
+    registry=SERVER_REGISTRY,
+)
 SERVE_MODEL_VERSION = Gauge(
     "streamtrain_serve_model_version",
     "Version of the live weights (0 before the first).",

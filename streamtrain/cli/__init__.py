@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from streamtrain.cli import broker as _broker  # noqa: F401  (registers the command)
+from streamtrain.cli import admin as _admin  # noqa: F401  (registers the command)
+from streamtrain.cli import broker as _broker  # noqa: F401
 from streamtrain.cli import demo as _demo  # noqa: F401
 from streamtrain.cli import keys as _keys  # noqa: F401
 from streamtrain.cli import produce as _produce  # noqa: F401

@@ -290,13 +290,14 @@ def create_app(
     max_body_bytes: int,
     metrics_registry: CollectorRegistry | None = None,
     served: ServedModel | None = None,
+    extra_routes: list[BaseRoute] | None = None,
 ) -> Starlette:
     """Build the ASGI app; ``metrics_registry`` (if given) is served at ``/metrics``.
     ``served`` shares one :class:`ServedModel` with the gRPC service (built here if absent)."""
     if served is None:
         served = ServedModel(slot=slot, engine=engine, io=io, name=model_name)
     endpoints = V2Endpoints(served=served, max_body_bytes=max_body_bytes)
-    routes = endpoints.routes()
+    routes = endpoints.routes() + (extra_routes or [])
     if metrics_registry is not None:
         routes += _metrics_routes(metrics_registry)
     return Starlette(routes=routes, exception_handlers={HTTPException: _http_error})

@@ -27,6 +27,7 @@ from typing import Any
 from streamtrain.metrics import SERVE_REQUEST_SECONDS, SERVE_REQUESTS
 from streamtrain.serve.inference import Array, Engine, Prediction
 from streamtrain.serve.protocol import ModelIO, ProtocolError
+from streamtrain.serve.retained import RetainedVersions
 from streamtrain.serve.slot import NotReady, WeightSlot
 from streamtrain.serve.statistics import InferenceStatistics
 
@@ -56,8 +57,17 @@ class Timing:
 class ServedModel:
     """Slot, engine and tensor description of the served model, and its request accounting."""
 
-    def __init__(self, *, slot: WeightSlot, engine: Engine, io: ModelIO, name: str) -> None:
+    def __init__(
+        self,
+        *,
+        slot: WeightSlot,
+        engine: Engine,
+        io: ModelIO,
+        name: str,
+        retained: RetainedVersions | None = None,
+    ) -> None:
         self.slot = slot
+        self.retained = retained
         self.engine = engine
         self.io = io
         self.name = name
@@ -67,7 +77,8 @@ class ServedModel:
 
     def live_version(self, name: str, version: str | None) -> str:
         """The live version; ProtocolError for an unknown model, no weights yet, or a version
-        that is not the live one. An empty ``version`` (gRPC's default) means the live one."""
+        that is neither live nor retained. An empty ``version`` (gRPC's default) means the
+        live one."""
         if name != self.name:
             raise ProtocolError(
                 f"unknown model {name!r}; this server serves {self.name!r}", 404, "not_found"
@@ -78,24 +89,37 @@ class ServedModel:
                 "model not ready: waiting for the first valid weight snapshot", 503, "not_ready"
             )
         live = str(info.version)
-        if version and version != live:
+        if version and version != live and not (self.retained and self.retained.has(version)):
+            others = self.loaded_versions()[1:]
             raise ProtocolError(
-                f"model {name!r} version {version!r} is not loaded; the live version is "
-                f"{live} (omit the version to use the live one)",
+                f"model {name!r} version {version!r} is not loaded; the live version is {live}"
+                + (f", also retained: {', '.join(others)}" if others else "")
+                + " (omit the version to use the live one)",
                 404,
                 "not_found",
             )
         return live
 
     async def predict(self, features: Array, version: str | None) -> Prediction:
-        """Run ``features`` on the live weights; a request for a named version that was
-        replaced while it waited is refused rather than answered by other weights."""
+        """Run ``features`` on the live weights, or on retained ``version`` when that is not
+        the live one; a named version that went away while the request waited is refused
+        rather than answered by other weights."""
+        info = self.slot.info
+        if version and self.retained is not None and (info is None or str(info.version) != version):
+            retained = await self.retained.infer(version, features)
+            if retained is not None:
+                return retained
         try:
             prediction = await self.engine.infer(features)
         except NotReady as exc:
             raise ProtocolError(str(exc), 503, "not_ready") from exc
         live = str(prediction.info.version)
         if version and version != live:
+            retained = (
+                None if self.retained is None else await self.retained.infer(version, features)
+            )
+            if retained is not None:
+                return retained
             raise ProtocolError(
                 f"version {version!r} was replaced by {live} during the request; retry, "
                 "or omit the version to use the live one",
@@ -135,9 +159,12 @@ class ServedModel:
             self.stats.failure(version, total_ns)
 
     def loaded_versions(self) -> list[str]:
-        """The versions this server can answer with, newest first."""
+        """The versions this server can answer with: the live one first, then the other
+        retained ones, newest first."""
         info = self.slot.info
-        return [] if info is None else [str(info.version)]
+        live = [] if info is None else [str(info.version)]
+        others = [] if self.retained is None else [str(v) for v in self.retained.versions()]
+        return live + [v for v in others if v not in live]
 
     def statistics(self, name: str | None, version: str | None) -> dict[str, Any]:
         """Triton's statistics document for the model (all loaded versions, or one)."""
@@ -181,7 +208,7 @@ class ServedModel:
         """The OIP model metadata document (REST JSON; the gRPC reply carries the same)."""
         return {
             "name": self.name,
-            "versions": [live],
+            "versions": self.loaded_versions() or [live],
             "platform": PLATFORM,
             "inputs": [self.io.input.to_json()],
             "outputs": [o.to_json() for o in self.io.outputs],

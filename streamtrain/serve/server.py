@@ -33,9 +33,11 @@ from streamtrain.config import ModelSettings, ServeSettings, Settings
 from streamtrain.devices import resolve_device
 from streamtrain.kafka import KafkaConnection
 from streamtrain.metrics import SERVER_REGISTRY, serve_metrics
+from streamtrain.serve.admin import AdminEndpoints
 from streamtrain.serve.endpoints import create_app
 from streamtrain.serve.inference import BatchingEngine, DirectEngine, Engine, head_for
 from streamtrain.serve.protocol import ModelIO
+from streamtrain.serve.retained import RetainedVersions
 from streamtrain.serve.served_model import ServedModel
 from streamtrain.serve.slot import WeightSlot
 from streamtrain.serve.watcher import SnapshotSource, SnapshotWatcher
@@ -128,7 +130,23 @@ def build_worker(settings: Settings, source: SnapshotSource | None = None) -> Se
     runner = build_engine(
         slot, spec, device, serve.max_batch_size, serve.engine, serve.max_batch_wait_ms / 1000
     )
-    served = ServedModel(slot=slot, engine=runner, io=ModelIO.for_spec(spec), name=serve.model_name)
+    verifier = build_verifier(serve)
+    cache = build_cache(settings, verifier)
+    retained = RetainedVersions(
+        slot,
+        build_model(settings.model.name, spec, settings.model.params).to(device),
+        head_for(spec),
+        device,
+        serve.retain_versions,
+        pin_store=cache,
+    )
+    served = ServedModel(
+        slot=slot,
+        engine=runner,
+        io=ModelIO.for_spec(spec),
+        name=serve.model_name,
+        retained=retained,
+    )
     app = create_app(
         slot=slot,
         engine=runner,
@@ -137,12 +155,12 @@ def build_worker(settings: Settings, source: SnapshotSource | None = None) -> Se
         max_body_bytes=serve.max_body_bytes,
         metrics_registry=SERVER_REGISTRY if serve.metrics_port is None else None,
         served=served,
+        extra_routes=AdminEndpoints(retained, serve.admin_token).routes(),
     )
-    verifier = build_verifier(serve)
     watcher = SnapshotWatcher(
         source if source is not None else build_source(settings, verifier),
-        slot,
-        cache=build_cache(settings, verifier),
+        retained,
+        cache=cache,
     )
     return ServingWorker(
         app=app,

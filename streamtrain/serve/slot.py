@@ -170,19 +170,18 @@ class WeightSlot:
         run_id: str,
         data_watermark: float | None = None,
         created_at: float = 0.0,
+        allow_older: bool = False,
     ) -> None:
         """Copy ``tensors`` into the standby copy and make it live (steps 1-5 above).
 
+        ``allow_older`` lifts rule 3 for an operator's pin or rollback to a retained version
+        (``serve/retained.py``); every other check still applies.
         Raises SnapshotRejected (counted by reason, live weights untouched) or StandbyBusy.
         """
         with self._load_lock:
             started = time.perf_counter()
-            try:
-                self._check(tensors, snapshot_order(version, created_at, run_id))
-            except SnapshotRejected as exc:
-                SERVE_REJECTED_SNAPSHOTS.labels(exc.reason).inc()
-                log.warning("rejected snapshot version %d (%s): %s", version, exc.reason, exc)
-                raise
+            order = None if allow_older else snapshot_order(version, created_at, run_id)
+            self.check(tensors, version, order)
             standby = self._standby
             self._drain(standby, version)
             self._copy_into(standby, tensors)
@@ -198,14 +197,36 @@ class WeightSlot:
             SERVE_SWAP_SECONDS.observe(time.perf_counter() - started)
             log.info("serving version %d of run %s", version, run_id)
 
+    def settled(self) -> bool:
+        """Whether a starting watcher may stop looking for a first snapshot: any will do."""
+        return self.ready
+
+    def settle(self) -> None:
+        """Nothing to fall back on: the slot holds what was loaded (see ``RetainedVersions``)."""
+
     def is_newer(self, order: SnapshotOrder) -> bool:
         """Whether a snapshot of this order would pass the ``stale`` check."""
         live = self.info
         return live is None or order > live.order
 
-    def _check(self, tensors: Mapping[str, torch.Tensor], order: SnapshotOrder) -> None:
+    def check(
+        self,
+        tensors: Mapping[str, torch.Tensor],
+        version: int,
+        order: SnapshotOrder | None = None,
+    ) -> None:
+        """Step 1 alone: raise SnapshotRejected (counted and logged) unless ``tensors`` fit
+        the model and are finite, and (when ``order`` is given) are newer than the live ones."""
+        try:
+            self._check(tensors, order)
+        except SnapshotRejected as exc:
+            SERVE_REJECTED_SNAPSHOTS.labels(exc.reason).inc()
+            log.warning("rejected snapshot version %d (%s): %s", version, exc.reason, exc)
+            raise
+
+    def _check(self, tensors: Mapping[str, torch.Tensor], order: SnapshotOrder | None) -> None:
         live = self.info
-        if live is not None and order <= live.order:
+        if order is not None and live is not None and order <= live.order:
             raise SnapshotRejected(
                 "stale",
                 f"version {order[0]} of run {order[2]} is not newer than the live version "

@@ -19,6 +19,7 @@ Order of work:
    retried with exponential backoff, and the live weights keep serving.
 
 >>> from streamtrain.serve.version_fixtures import tiny_regression_model, version_weights
+>>> from streamtrain.serve.slot import WeightSlot
 >>> slot = WeightSlot(tiny_regression_model(2))
 >>> watcher = SnapshotWatcher(source=_Empty(), slot=slot)
 >>> watcher.handle([])
@@ -37,7 +38,7 @@ from typing import Protocol, runtime_checkable
 import torch
 
 from streamtrain.metrics import SERVE_REJECTED_SNAPSHOTS
-from streamtrain.serve.slot import SnapshotRejected, StandbyBusy, WeightSlot
+from streamtrain.serve.slot import SnapshotRejected, StandbyBusy, WeightsInfo
 from streamtrain.snapshot.cache import SnapshotCache
 from streamtrain.snapshot.manifest import SnapshotOrder, snapshot_order
 from streamtrain.snapshot.verify import ReceivedSnapshot
@@ -78,6 +79,29 @@ class RejectedLike(Protocol):
     def version(self) -> int | None: ...
 
 
+class SnapshotLoader(Protocol):
+    """Where snapshots go: ``WeightSlot``, or ``RetainedVersions`` in front of it."""
+
+    @property
+    def info(self) -> WeightsInfo | None: ...
+
+    def is_newer(self, order: SnapshotOrder) -> bool: ...
+
+    def load(
+        self,
+        tensors: Mapping[str, torch.Tensor],
+        *,
+        version: int,
+        run_id: str,
+        data_watermark: float | None = None,
+        created_at: float = 0.0,
+    ) -> None: ...
+
+    def settled(self) -> bool: ...
+
+    def settle(self) -> None: ...
+
+
 class SnapshotSource(Protocol):
     """Where snapshots come from: ``SnapshotSubscriber`` in production."""
 
@@ -111,7 +135,7 @@ class SnapshotWatcher:
     def __init__(
         self,
         source: SnapshotSource,
-        slot: WeightSlot,
+        slot: SnapshotLoader,
         poll_timeout_s: float = 0.5,
         startup_timeout_s: float = 60.0,
         error_backoff_s: float = 1.0,
@@ -197,20 +221,22 @@ class SnapshotWatcher:
         return True
 
     def _load_cache(self) -> None:
-        """Step 1: the newest cached snapshot that passes every check, if any."""
+        """Step 1: the newest cached snapshot that passes every check, if any (while an
+        operator's pin holds, newer ones are offered too, until the pinned one is live)."""
         if self._cache is None:
             return
         for item in self._cache.newest_first():
             if isinstance(item, RejectedLike):
                 self._count_rejection(item)
                 continue
-            if self._try_load(item, from_cache=True):
+            if self._try_load(item, from_cache=True) and self._slot.settled():
                 log.info(
                     "serving cached version %d of run %s until the snapshot topic is read",
                     item.manifest.version,
                     item.manifest.run_id,
                 )
                 return
+        self._slot.settle()
 
     def _load_newest(self) -> None:
         """Step 2: the newest snapshot on the topic the slot accepts."""

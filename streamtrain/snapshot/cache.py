@@ -13,7 +13,9 @@ Invariants, in the order writing relies on them:
 1. An entry is written under a unique ``.tmp-*`` name, each file fsync-ed, then renamed into
    place in one step and the directory fsync-ed: a reader sees a whole entry or none, even
    after a crash or with several servers sharing the directory.
-2. After each write, only the ``keep`` newest entries (by ``snapshot_order``) stay.
+2. After each write, only the ``keep`` newest entries (by ``snapshot_order``) stay, and the
+   entry of the pinned version (``pin.json``, written by ``serve/retained.py``), so a server
+   restarted while pinned finds its pinned weights here.
 3. Files are size-checked before they are read: memory follows the limits, not the files.
 
 Example:
@@ -32,6 +34,8 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import msgspec
+
 from streamtrain.snapshot.manifest import SnapshotManifest
 from streamtrain.snapshot.signing import ManifestVerifier
 from streamtrain.snapshot.verify import (
@@ -43,11 +47,19 @@ from streamtrain.snapshot.verify import (
 
 log = logging.getLogger(__name__)
 
+
+class _Pin(msgspec.Struct):
+    version: int
+
+
+_PIN_DECODER = msgspec.json.Decoder(_Pin)
+
 _MANIFEST = "manifest.json"
 _SIGNATURE = "signature"
 _PAYLOAD = "payload.safetensors"
 _MAX_MANIFEST_BYTES = 1024 * 1024  # a manifest record is far smaller than one Kafka record
 _TMP_PREFIX = ".tmp-"
+_PIN = "pin.json"
 _ABANDONED_TMP_S = 3600.0  # a temporary entry this old belongs to a writer that died
 
 
@@ -102,8 +114,10 @@ class SnapshotCache:
 
     def _prune(self) -> None:
         ranked = sorted(self._entries(), key=lambda e: e[1].order, reverse=True)
-        for path, _ in ranked[self.keep :]:
-            shutil.rmtree(path, ignore_errors=True)
+        pinned = self.read_pin()
+        for path, manifest in ranked[self.keep :]:
+            if manifest.version != pinned:
+                shutil.rmtree(path, ignore_errors=True)
         now = time.time()
         for tmp in self.directory.glob(f"{_TMP_PREFIX}*"):
             try:
@@ -111,6 +125,32 @@ class SnapshotCache:
                     shutil.rmtree(tmp, ignore_errors=True)
             except OSError:
                 continue  # removed meanwhile by another server
+
+    # --- the operator's pin ------------------------------------------------------------------
+
+    def read_pin(self) -> int | None:
+        """The pinned version recorded beside the cache, or None (also for an unreadable file,
+        which is logged: serving the newest is the safe default)."""
+        raw = _read_bounded(self.directory / _PIN, 1024)
+        if raw is None:
+            return None
+        try:
+            return _PIN_DECODER.decode(raw).version
+        except msgspec.DecodeError as exc:
+            log.warning("ignoring unreadable pin file %s: %s", self.directory / _PIN, exc)
+            return None
+
+    def write_pin(self, version: int | None) -> None:
+        """Record (or with None remove) the pinned version; atomic like a cache entry."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        path = self.directory / _PIN
+        if version is None:
+            path.unlink(missing_ok=True)
+        else:
+            tmp = self.directory / f"{_TMP_PREFIX}{uuid.uuid4().hex}"
+            _write(tmp, msgspec.json.encode(_Pin(version)))
+            os.replace(tmp, path)
+        _fsync_dir(self.directory)
 
     # --- reading ---------------------------------------------------------------------------
 

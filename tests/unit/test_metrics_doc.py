@@ -27,6 +27,8 @@ _UNITLESS = {
     "streamtrain_train_learning_rate",
     "streamtrain_snapshot_version",
     "streamtrain_serve_model_version",
+    "streamtrain_serve_pinned_version",
+    "streamtrain_serve_retained_versions",
 }
 
 
