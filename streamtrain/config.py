@@ -147,6 +147,15 @@ class TrainSettings(_Frozen):
     snapshot_every_seconds: float = Field(2.0, gt=0)
     max_bad_steps: int = Field(3, ge=1, description="Consecutive non-finite steps before rollback.")
     metric_window: int = Field(1000, ge=1, description="Samples in the rolling loss/accuracy.")
+    promotion_tolerance: float | None = Field(
+        None,
+        ge=0,
+        description="Hold a snapshot whose prequential loss exceeds the last published one's "
+        "by more than this fraction; None publishes every snapshot.",
+    )
+    drift_detector: Literal["adwin", "page_hinkley"] | None = Field(
+        None, description="River drift detector on the prequential loss (streamtrain[drift])."
+    )
     max_samples: int | None = Field(None, ge=1)
     stop_when_idle: float | None = Field(None, gt=0, description="Seconds without input.")
     metrics_port: int = Field(9100, ge=0, le=65535)

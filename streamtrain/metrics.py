@@ -108,6 +108,17 @@ TRAIN_ROLLBACKS = Counter(
     "Restores of the last good state after repeated bad steps.",
     registry=TRAINER_REGISTRY,
 )
+TRAIN_HELD_SNAPSHOTS = Counter(
+    "streamtrain_train_held_snapshots",
+    "Snapshots the promotion gate did not publish, by reason (regressed, non_finite).",
+    ["reason"],
+    registry=TRAINER_REGISTRY,
+)
+TRAIN_DRIFT_EVENTS = Counter(
+    "streamtrain_train_drift_events",
+    "Drift detected in the prequential loss (train.drift_detector).",
+    registry=TRAINER_REGISTRY,
+)
 TRAIN_LOSS = Gauge(
     "streamtrain_train_loss", "Rolling mean training loss.", registry=TRAINER_REGISTRY
 )

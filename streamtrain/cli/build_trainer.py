@@ -19,6 +19,7 @@ from streamtrain.train.learner import Learner
 from streamtrain.train.loop import StopConditions, Trainer
 from streamtrain.train.models import build_model
 from streamtrain.train.optim import build_optimizer, build_scheduler
+from streamtrain.train.promotion_gate import PromotionGate
 from streamtrain.train.task import TaskHead
 
 _AUTOCAST = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -92,5 +93,10 @@ def build_trainer(settings: Settings) -> Trainer:
         stop=StopConditions(train.max_samples, train.stop_when_idle),
         first_version=lambda: newest_version(
             kafka, topics.snapshots, settings_hash(model_settings)
+        ),
+        promotion_gate=(
+            PromotionGate(train.promotion_tolerance, train.drift_detector)
+            if train.promotion_tolerance is not None or train.drift_detector is not None
+            else None
         ),
     )

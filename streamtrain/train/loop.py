@@ -39,6 +39,7 @@ from streamtrain.train.hooks import SnapshotRequest, SnapshotSink
 from streamtrain.train.learner import Learner
 from streamtrain.train.prefetch import PrefetchingSource, SampleSource
 from streamtrain.train.prequential import RollingMetrics
+from streamtrain.train.promotion_gate import PromotionGate
 from streamtrain.train.weights import copy_weights
 
 log = logging.getLogger(__name__)
@@ -84,7 +85,8 @@ class Trainer:
     3. Prequential evaluation: score the current weights on the batch before learning from it.
     4. Loss, backward, clip, optimizer step (inside ``Learner.learn``).
     5. Guard: a non-finite loss or gradient is not applied; repeated ones roll back.
-    6. Maybe publish a snapshot (every N steps or T seconds) to the snapshot sink.
+    6. Maybe publish a snapshot (every N steps or T seconds) to the snapshot sink, if the
+       promotion gate (``train/promotion_gate.py``, when configured) admits it.
     7. Maybe checkpoint: weights, optimizer, RNG, step and the offsets after this batch.
     8. Commit the offsets that checkpoint covers to the consumer group (lag monitoring only).
 
@@ -106,8 +108,10 @@ class Trainer:
         stop: StopConditions = StopConditions(),
         first_version: Callable[[], int] = lambda: 0,
         clock: Callable[[], float] = time.monotonic,
+        promotion_gate: PromotionGate | None = None,
     ) -> None:
         self._source = source
+        self._gate = promotion_gate
         self._learner = learner
         self._checkpoints = checkpoints
         self._sink = snapshot_sink
@@ -271,6 +275,8 @@ class Trainer:
             ).tolist()
             for (size, _, _), (loss, score_sum) in zip(pending, values, strict=True):
                 self._rolling.update(size, loss * size, score_sum)
+                if self._gate is not None:
+                    self._gate.observe(loss)
         metrics.TRAIN_LOSS.set(self._rolling.loss)
         self._score_gauge.set(self._rolling.score)
         metrics.TRAIN_LEARNING_RATE.set(self._learner.learning_rate)
@@ -281,6 +287,13 @@ class Trainer:
             return
         if not force and not self._snapshot_policy.expired(step):
             return
+        if self._gate is not None:
+            if self._pending_scores:
+                self._flush_scores()  # judge on every step the snapshot holds
+            if not self._gate.admit(step, self._rolling.loss, self._rolling.score):
+                self._snapshot_policy.mark(step)  # held: wait a full period before the next try
+                self._last_snapshot_step = step
+                return
         tensors, wait_ready = copy_weights(self._learner.model)
         self._sink.offer(
             SnapshotRequest(

@@ -1,0 +1,116 @@
+"""The promotion gate on a real trainer and server over the real broker: labels that turn to
+noise hold publication (counted, drift detected) while the server keeps the last good version;
+with the gate off every snapshot is published."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+from streamtrain import metrics
+from streamtrain.cli.build_trainer import build_trainer
+from streamtrain.config import Settings, load_settings
+from streamtrain.kafka import KafkaConnection, create_topics
+from streamtrain.serve.server import build_worker
+from streamtrain.snapshot.manifest import settings_hash
+from streamtrain.snapshot.versions import newest_version
+from tests.integration.snapshot_harness import wait
+from tests.integration.trainer_harness import FEATURES, hyperplane_stream, produce_json, scrape
+
+MODEL = {"name": "linear", "input_shape": [FEATURES], "num_classes": 2}
+CLEAN, NOISY = 2400, 2400
+
+
+def _settings(bootstrap: str, name: str, root: Path, **train: Any) -> Settings:
+    create_topics(bootstrap, [f"{name}-dlq", f"{name}-snapshots"])
+    return load_settings(
+        overrides={
+            "kafka": {"bootstrap_servers": bootstrap},
+            "topics": {
+                "samples": f"{name}-samples",
+                "dead_letter": f"{name}-dlq",
+                "snapshots": f"{name}-snapshots",
+            },
+            "ingest": {"group_id": f"{name}-group", "max_batch_size": 16, "max_wait_ms": 200},
+            "model": MODEL,
+            "optimizer": {"name": "sgd", "lr": 0.5},
+            "train": {
+                "checkpoint_dir": root,
+                "metric_window": 300,
+                "snapshot_every_steps": 10,
+                "snapshot_every_seconds": 3600,
+                "stop_when_idle": 1.0,
+                **train,
+            },
+            "serve": {"port": 0, "model_name": "m"},
+        }
+    )
+
+
+def _noisy_stream(kafka_bootstrap: str, topic: str) -> None:
+    x, y = hyperplane_stream(CLEAN + NOISY, seed=3)
+    y[CLEAN:] = np.random.default_rng(4).integers(0, 2, NOISY)  # labels turn to noise
+    produce_json(kafka_bootstrap, topic, x, y)
+
+
+def _published(settings: Settings) -> int:
+    digest = settings_hash(settings.model.model_dump(mode="json"))
+    version = newest_version(
+        KafkaConnection.from_settings(settings.kafka), settings.topics.snapshots, digest
+    )
+    return int(version)
+
+
+def _live_version(url: str) -> str | None:
+    body = {"inputs": [{"name": "input", "shape": [1, FEATURES], "datatype": "FP32"}]}
+    body["inputs"][0]["data"] = [0.0] * FEATURES  # type: ignore[index]
+    response = httpx.post(f"{url}/v2/models/m/infer", json=body, timeout=10)
+    return str(response.json()["model_version"]) if response.status_code == 200 else None
+
+
+def test_noise_holds_publication_and_the_server_keeps_the_last_good_version(
+    kafka_bootstrap: str, unique_name: str, tmp_path: Path
+) -> None:
+    _noisy_stream(kafka_bootstrap, f"{unique_name}-samples")
+    settings = _settings(
+        kafka_bootstrap,
+        unique_name,
+        tmp_path,
+        promotion_tolerance=0.1,
+        drift_detector="page_hinkley",
+    )
+    metrics_server = metrics.serve_metrics(metrics.TRAINER_REGISTRY, 0, host="127.0.0.1")
+    metrics_url = f"http://127.0.0.1:{metrics_server.server_port}/metrics"
+    worker = build_worker(settings)
+    url = worker.start()
+    try:
+        start = scrape(metrics_url)
+        summary = build_trainer(settings).run()
+        end = scrape(metrics_url)
+        published = _published(settings)
+        wait(lambda: _live_version(url) == str(published), f"the server at version {published}")
+    finally:
+        worker.stop()
+        metrics_server.shutdown()
+
+    def delta(name: str) -> float:
+        return end.get(name, 0.0) - start.get(name, 0.0)
+
+    held = delta('streamtrain_train_held_snapshots_total{reason="regressed"}')
+    assert held >= 5, f"held {held}"
+    assert delta("streamtrain_train_drift_events_total") >= 1
+    # The last published snapshot was taken during the clean part of the stream.
+    assert published <= (CLEAN + 16 * 20) // 16 < summary.steps, (published, summary.steps)
+    assert summary.rolling_score < 0.7, "the model really was trained on noise at the end"
+
+
+def test_with_the_gate_off_every_snapshot_is_published(
+    kafka_bootstrap: str, unique_name: str, tmp_path: Path
+) -> None:
+    _noisy_stream(kafka_bootstrap, f"{unique_name}-samples")
+    settings = _settings(kafka_bootstrap, unique_name, tmp_path)
+    summary = build_trainer(settings).run()
+    assert _published(settings) == summary.steps
