@@ -214,6 +214,19 @@ class ServeSettings(_Frozen):
     admin_token: SecretStr | None = Field(
         None, description="Bearer token of the admin API (pin, rollback); None disables it."
     )
+    tls_certfile: Path | None = Field(
+        None, description="PEM certificate (chain) for HTTPS and gRPC over TLS; needs tls_keyfile."
+    )
+    tls_keyfile: Path | None = Field(None, description="PEM private key of tls_certfile.")
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> ServeSettings:
+        if (self.tls_certfile is None) != (self.tls_keyfile is None):
+            raise ValueError(
+                "serve.tls_certfile and serve.tls_keyfile go together: set both for TLS, or "
+                "neither for plain HTTP and gRPC"
+            )
+        return self
 
     @model_validator(mode="after")
     def _keys_for_require(self) -> ServeSettings:

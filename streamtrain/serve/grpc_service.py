@@ -26,6 +26,7 @@ import logging
 import threading
 import time
 from collections.abc import Coroutine
+from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
@@ -185,6 +186,7 @@ class GrpcServer:
         *,
         max_message_bytes: int,
         grace_s: float = 10.0,
+        tls: tuple[Path, Path] | None = None,
     ) -> None:
         self._host = host
         self._grace_s = grace_s
@@ -193,7 +195,14 @@ class GrpcServer:
         self._thread.start()
         address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         try:
-            self._server, self.port = self._call(self._bind(served, address, max_message_bytes))
+            credentials = None
+            if tls is not None:
+                credentials = grpc.ssl_server_credentials(
+                    [(tls[1].read_bytes(), tls[0].read_bytes())]
+                )
+            self._server, self.port = self._call(
+                self._bind(served, address, max_message_bytes, credentials)
+            )
         except BaseException:
             self._end_loop()
             raise
@@ -202,7 +211,9 @@ class GrpcServer:
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout_s)
 
     @staticmethod
-    async def _bind(served: ServedModel, address: str, limit: int) -> tuple[Any, int]:
+    async def _bind(
+        served: ServedModel, address: str, limit: int, credentials: Any
+    ) -> tuple[Any, int]:
         server = grpc.aio.server(
             options=[
                 # A request over the limit is refused by gRPC before it is held in memory.
@@ -214,7 +225,10 @@ class GrpcServer:
             InferenceServicer(served), server
         )
         try:
-            port = server.add_insecure_port(address)
+            if credentials is None:
+                port = server.add_insecure_port(address)
+            else:
+                port = server.add_secure_port(address, credentials)
         except RuntimeError:
             port = 0
         if port == 0:

@@ -23,6 +23,7 @@ import os
 import signal
 import socket
 import threading
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
@@ -162,16 +163,29 @@ def build_worker(settings: Settings, source: SnapshotSource | None = None) -> Se
         retained,
         cache=cache,
     )
-    return ServingWorker(
-        app=app,
-        slot=slot,
-        engine=runner,
-        watcher=watcher,
-        host=serve.host,
-        port=serve.port,
-        metrics_port=serve.metrics_port,
-        grpc=build_grpc(served, serve),
-    )
+    grpc = build_grpc(served, serve)
+    try:
+        return ServingWorker(
+            app=app,
+            slot=slot,
+            engine=runner,
+            watcher=watcher,
+            host=serve.host,
+            port=serve.port,
+            metrics_port=serve.metrics_port,
+            grpc=grpc,
+            tls=_tls(serve),
+        )
+    except BaseException:
+        if grpc is not None:
+            grpc.stop()  # its thread and bound port would outlive a worker that never ran
+        raise
+
+
+def _tls(serve: ServeSettings) -> tuple[Path, Path] | None:
+    if serve.tls_certfile is None or serve.tls_keyfile is None:
+        return None
+    return serve.tls_certfile, serve.tls_keyfile
 
 
 def build_grpc(served: ServedModel, serve: ServeSettings) -> GrpcServer | None:
@@ -186,7 +200,13 @@ def build_grpc(served: ServedModel, serve: ServeSettings) -> GrpcServer | None:
             f"serve.grpc_port is set but gRPC support is not installed ({exc}); run "
             "`pip install 'streamtrain[grpc]'` or unset serve.grpc_port"
         ) from None
-    return GrpcServer(served, serve.host, serve.grpc_port, max_message_bytes=serve.max_body_bytes)
+    return GrpcServer(
+        served,
+        serve.host,
+        serve.grpc_port,
+        max_message_bytes=serve.max_body_bytes,
+        tls=_tls(serve),
+    )
 
 
 class ServingWorker:
@@ -208,6 +228,7 @@ class ServingWorker:
         port: int,
         metrics_port: int | None = None,
         grpc: GrpcServer | None = None,
+        tls: tuple[Path, Path] | None = None,
     ) -> None:
         self.app = app
         self.grpc = grpc
@@ -226,15 +247,32 @@ class ServingWorker:
         self._socket.listen(2048)
         self._host = host
         self.port = int(self._socket.getsockname()[1])
+        self._scheme = "http" if tls is None else "https"
+        certfile, keyfile = (None, None) if tls is None else tls
         self._server = uvicorn.Server(
-            uvicorn.Config(app, log_level="warning", lifespan="off", timeout_graceful_shutdown=10)
+            uvicorn.Config(
+                app,
+                log_level="warning",
+                lifespan="off",
+                timeout_graceful_shutdown=10,
+                ssl_certfile=certfile,
+                ssl_keyfile=keyfile,
+            )
         )
+        if tls is not None:
+            try:
+                # Loads the certificate and key now: a bad pair fails `serve` at start, as a
+                # port in use does, rather than in uvicorn's thread.
+                self._server.config.load()
+            except OSError:
+                self._socket.close()
+                raise
         self._thread: threading.Thread | None = None
 
     @property
     def url(self) -> str:
         host = f"[{self._host}]" if ":" in self._host else self._host
-        return f"http://{host}:{self.port}"
+        return f"{self._scheme}://{host}:{self.port}"
 
     @property
     def metrics_url(self) -> str:
