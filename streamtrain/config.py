@@ -95,6 +95,11 @@ class IngestSettings(_Frozen):
         None, description="Partitions to read; None means every partition of the topic."
     )
     start_from: Literal["committed", "earliest", "latest"] = "committed"
+    on_offset_reset: Literal["earliest", "latest", "fail"] = Field(
+        "earliest",
+        description="When a partition's log no longer holds the next offset (truncated, "
+        "re-created topic): go on from its start, its end, or stop the trainer.",
+    )
     max_batch_size: int = Field(256, ge=1, le=1_000_000)
     max_wait_ms: int = Field(50, ge=0, le=600_000)
     max_record_bytes: int = Field(1_048_576, ge=16)

@@ -84,6 +84,20 @@ INGEST_PARTITION_WAITS_EXPIRED = Counter(
     ["partition"],
     registry=TRAINER_REGISTRY,
 )
+INGEST_OFFSET_RESETS = Counter(
+    "streamtrain_ingest_offset_resets",
+    "Times a partition's log no longer held the next offset, by partition and policy applied.",
+    ["partition", "policy"],
+    registry=TRAINER_REGISTRY,
+)
+# One gauge per registry, same name: each process's /metrics says whether it reaches Kafka.
+_KAFKA_REACHABLE_HELP = "1 while this process reaches the Kafka cluster, 0 during an outage."
+KAFKA_REACHABLE_TRAINER = Gauge(
+    "streamtrain_kafka_reachable", _KAFKA_REACHABLE_HELP, registry=TRAINER_REGISTRY
+)
+KAFKA_REACHABLE_SERVER = Gauge(
+    "streamtrain_kafka_reachable", _KAFKA_REACHABLE_HELP, registry=SERVER_REGISTRY
+)
 INGEST_DECODE_SECONDS = Histogram(
     "streamtrain_ingest_decode_seconds",
     "Time to decode and validate one poll's records.",

@@ -71,6 +71,7 @@ def build_trainer(settings: Settings) -> Trainer:
         fetch_max_wait_ms=settings.kafka.fetch_max_wait_ms,
         deterministic_batches=settings.ingest.deterministic_batches,
         max_partition_idle_ms=settings.ingest.max_partition_idle_ms,
+        on_offset_reset=settings.ingest.on_offset_reset,
     )
     model_settings = model_cfg.model_dump(mode="json")
     publisher = SnapshotPublisher(

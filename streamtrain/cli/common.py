@@ -41,6 +41,8 @@ class ExitCode(IntEnum):
     """A port on this machine is taken or a folder cannot be written."""
     MISSING_EXTRA = 5
     """An optional part is not installed (``pip install 'streamtrain[...]'``)."""
+    OFFSET_RESET = 6
+    """The samples log lost the trainer's position and ``ingest.on_offset_reset`` is ``fail``."""
 
 
 def fail(message: str, code: int = ExitCode.USAGE) -> NoReturn:

@@ -50,7 +50,9 @@ def train(
     from streamtrain import health, metrics
     from streamtrain.cli.build_trainer import build_trainer
     from streamtrain.devices import resolve_device
+    from streamtrain.ingest.log_watch import OffsetResetFailed
     from streamtrain.kafka import KafkaConfigError, KafkaConnection, create_topics
+    from streamtrain.train.prefetch import SourceFailed
 
     setup_logging(verbose)
     settings = settings_from(
@@ -106,7 +108,13 @@ def train(
     typer.echo(f"trainer health:  http://127.0.0.1:{server.server_port}/health/ready")
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: trainer.request_stop())
-    summary = trainer.run()
+    try:
+        summary = trainer.run()
+    except SourceFailed as exc:
+        if not isinstance(exc.__cause__, OffsetResetFailed):
+            raise
+        server.shutdown()
+        fail(str(exc.__cause__), ExitCode.OFFSET_RESET)
     server.shutdown()
     _print_summary(summary)
 

@@ -10,7 +10,11 @@ Position semantics (the trainer's exactly-once recovery rests on them):
    to the batch's ``next_offsets``. Records fetched but not yet handed out are not part of any
    position.
 4. :meth:`seek` drops buffered records of the partitions it moves.
-5. :meth:`commit` first flushes the dead-letter producer, then commits: a committed offset
+5. A partition whose log no longer holds its position (out of range, or a log replaced by an
+   empty one: ``log_watch``) is logged, counted and moved per ``on_offset_reset`` before its
+   records are used: ``earliest`` (the new log's start), ``latest``, or ``fail``
+   (:class:`~streamtrain.ingest.log_watch.OffsetResetFailed`).
+6. :meth:`commit` first flushes the dead-letter producer, then commits: a committed offset
    never covers a rejected record that is not yet stored on the dead-letter topic.
 """
 
@@ -27,9 +31,10 @@ from streamtrain.batch import Batch
 from streamtrain.ingest.batch_deadline import MicroBatchPolicy
 from streamtrain.ingest.buffer import BatchBuffer
 from streamtrain.ingest.deadletter import DeadLetterSink, KafkaDeadLetter, LogDeadLetter
-from streamtrain.ingest.decode import decode_records
+from streamtrain.ingest.decode import KafkaRecord, decode_records
 from streamtrain.ingest.log_order import LogOrder
-from streamtrain.kafka import KafkaConnection, RecordConsumer, record_consumer
+from streamtrain.ingest.log_watch import LogWatch, OffsetResetFailed, OnOffsetReset
+from streamtrain.kafka import KafkaConnection, OffsetOutOfRange, RecordConsumer, record_consumer
 from streamtrain.kafka.watermark import true_ends
 from streamtrain.spec import SampleSpec
 
@@ -66,6 +71,7 @@ class KafkaSampleSource:
         fetch_max_wait_ms: int = 10,
         deterministic_batches: bool = True,
         max_partition_idle_ms: int = 1000,
+        on_offset_reset: OnOffsetReset = "earliest",
         consumer: RecordConsumer | None = None,
         dead_letter: DeadLetterSink | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -83,13 +89,19 @@ class KafkaSampleSource:
         self._buffer = BatchBuffer()
         self._merge = LogOrder(max_partition_idle_ms, clock) if deterministic_batches else None
         self._closed = False
+        self._on_offset_reset = on_offset_reset
         self._consumer: RecordConsumer = consumer or record_consumer(
-            kafka, topic=topic, group_id=group_id, fetch_max_wait_ms=fetch_max_wait_ms
+            kafka,
+            topic=topic,
+            group_id=group_id,
+            fetch_max_wait_ms=fetch_max_wait_ms,
+            out_of_range="raise",
         )
         try:
             self._partitions = self._choose_partitions(partitions)
             self._consumer.assign(self._partitions)
             self._positions = self._start(start_from)
+            self._log_watch = LogWatch(self._consumer, self._partitions)
             if dead_letter is not None:
                 self._dead_letter = dead_letter
             elif dead_letter_topic:
@@ -152,9 +164,7 @@ class KafkaSampleSource:
         a batch after about ``max_wait_ms`` (plus one fetch)."""
         self._policy.start()
         while self._buffer.samples < self.max_batch_size:
-            records = self._consumer.poll(
-                timeout_ms=self._poll_timeout_ms(), max_records=self._max_poll
-            )
+            records = self._poll(self._poll_timeout_ms())
             chunk = None
             if records:
                 started = time.perf_counter()
@@ -198,6 +208,50 @@ class KafkaSampleSource:
             if mark is None or self._consumer.position(p) < mark:
                 unfinished.add(p)
         return unfinished
+    def _poll(self, timeout_ms: int) -> Sequence[KafkaRecord]:
+        """One consumer poll; a partition whose log lost its position is reset first and
+        contributes no records from this poll."""
+        try:
+            records = self._consumer.poll(timeout_ms=timeout_ms, max_records=self._max_poll)
+        except OffsetOutOfRange as exc:
+            self._reset({p: "the broker reports it out of range" for p in exc.positions})
+            return []
+        moved = self._log_watch.moved_back()
+        if not moved:
+            return records
+        self._reset(moved)
+        return [r for r in records if r.partition not in moved]
+
+    def _reset(self, why: Mapping[int, str]) -> None:
+        """Log, count and apply ``on_offset_reset`` to partitions whose log lost the position."""
+        policy = self._on_offset_reset
+        for p in why:
+            metrics.INGEST_OFFSET_RESETS.labels(str(p), policy).inc()
+        lost = ", ".join(
+            f"partition {p} at offset {self._positions[p]} ({reason})" for p, reason in why.items()
+        )
+        if policy == "fail":
+            message = (
+                f"the log of {self.topic} no longer holds the trainer's position: {lost}; "
+                "ingest.on_offset_reset=fail stops here (set it to earliest or latest to go on)"
+            )
+            log.error("%s", message)
+            raise OffsetResetFailed(message)
+        parts = sorted(why)
+        if policy == "earliest":
+            targets = {p: self._consumer.log_start(p) for p in parts}
+        else:
+            self._consumer.seek_to_end(parts)
+            targets = {p: self._consumer.position(p) for p in parts}
+        log.error(
+            "the log of %s no longer holds the trainer's position: %s; continuing at %s "
+            "(ingest.on_offset_reset=%s)",
+            self.topic,
+            lost,
+            targets,
+            policy,
+        )
+        self.seek(targets)
 
     def _export_lag(self) -> None:
         for p in self._partitions:
@@ -221,6 +275,7 @@ class KafkaSampleSource:
         for p, offset in offsets.items():
             self._consumer.seek(p, offset)
             self._positions[p] = offset
+        self._log_watch.forget(offsets)
 
     def commit(self, offsets: Mapping[int, int]) -> None:
         """Commit ``partition -> next offset`` to the consumer group (for lag monitoring).

@@ -5,9 +5,11 @@
   library ``kafka.client`` selects.
 * :mod:`~streamtrain.kafka.admin`: topic creation.
 * :mod:`~streamtrain.kafka.watermark`: the embedded broker's high-watermark quirk, handled once.
+* :mod:`~streamtrain.kafka.reachability` (+ :mod:`~streamtrain.kafka.client_logs`): whether
+  the cluster answers, one log line per change instead of the libraries' per-attempt lines.
 """
 
-from streamtrain.kafka.admin import KafkaUnreachable, TopicAdminError, create_topics
+from streamtrain.kafka.admin import TopicAdminError, create_topics
 from streamtrain.kafka.connection import (
     KafkaClient,
     KafkaConfigError,
@@ -15,6 +17,7 @@ from streamtrain.kafka.connection import (
     resolve_kafka_client,
 )
 from streamtrain.kafka.consumer import RecordConsumer, TopicNotFound
+from streamtrain.kafka.errors import KafkaUnreachable, OffsetOutOfRange
 from streamtrain.kafka.factory import partition_reader, record_consumer, record_producer
 from streamtrain.kafka.partition_reader import PartitionReader, ReadTimeout
 from streamtrain.kafka.producer import ProduceTimeout, RecordProducer
@@ -24,6 +27,7 @@ __all__ = [
     "KafkaConfigError",
     "KafkaConnection",
     "KafkaUnreachable",
+    "OffsetOutOfRange",
     "PartitionReader",
     "ProduceTimeout",
     "ReadTimeout",

@@ -6,18 +6,7 @@ import contextlib
 from collections.abc import Iterable
 
 from streamtrain.kafka.connection import KafkaConnection
-
-
-class KafkaUnreachable(ConnectionError):
-    """No broker answered within ``kafka.connect_timeout_s``; the message is one line."""
-
-    def __init__(self, kafka: KafkaConnection, doing: str) -> None:
-        super().__init__(
-            f"cannot reach Kafka at {kafka.bootstrap_servers} ({doing}, "
-            f"{kafka.connect_timeout_s:g} s): start the broker or fix kafka.bootstrap_servers "
-            "(STREAMTRAIN_KAFKA__BOOTSTRAP_SERVERS) and the security settings; "
-            "kafka.connect_timeout_s sets how long to try"
-        )
+from streamtrain.kafka.errors import KafkaUnreachable
 
 
 class TopicAdminError(RuntimeError):
@@ -46,11 +35,15 @@ def _create_confluent(kafka: KafkaConnection, names: list[str], partitions: int)
     from confluent_kafka.admin import AdminClient
     from confluent_kafka.cimpl import NewTopic
 
-    admin = AdminClient(kafka.librdkafka({"client.id": "streamtrain-admin"}))
+    from streamtrain.kafka.client_logs import quiet_librdkafka
+
+    admin = AdminClient(quiet_librdkafka(kafka.librdkafka({"client.id": "streamtrain-admin"})))
     try:
         existing = set(admin.list_topics(timeout=kafka.connect_timeout_s).topics)
     except KafkaException:
-        raise KafkaUnreachable(kafka, "listing topics") from None
+        raise KafkaUnreachable(
+            kafka.bootstrap_servers, "listing topics", kafka.connect_timeout_s
+        ) from None
     missing = [NewTopic(n, num_partitions=partitions, replication_factor=1) for n in names]
     missing = [t for t in missing if t.topic not in existing]
     if not missing:
@@ -69,13 +62,19 @@ def _create_kafka_python(kafka: KafkaConnection, names: list[str], partitions: i
     from kafka.admin import KafkaAdminClient, NewTopic
     from kafka.errors import KafkaError, KafkaTimeoutError, TopicAlreadyExistsError
 
+    from streamtrain.kafka.client_logs import route_kafka_python_logs
+
+    route_kafka_python_logs()
+
     timeout_ms = int(kafka.connect_timeout_s * 1000)
     try:
         admin = KafkaAdminClient(
             **kafka.kafka_python(client_id="streamtrain-admin", bootstrap_timeout_ms=timeout_ms)
         )
     except KafkaTimeoutError:
-        raise KafkaUnreachable(kafka, "connecting the admin client") from None
+        raise KafkaUnreachable(
+            kafka.bootstrap_servers, "connecting the admin client", kafka.connect_timeout_s
+        ) from None
     try:
         existing = set(admin.list_topics())
         missing = [

@@ -29,13 +29,20 @@ import numpy.typing as npt
 
 from streamtrain.gc_pause import gc_paused
 from streamtrain.ingest.decode import KafkaRecord, RecordColumns
+from streamtrain.kafka.client_logs import quiet_librdkafka
 from streamtrain.kafka.consumer import topic_not_found
+from streamtrain.kafka.errors import KafkaUnreachable, OffsetOutOfRange
+from streamtrain.kafka.reachability import REACHABILITY
 from streamtrain.wire import content_types_of
 
 log = logging.getLogger(__name__)
 
 # Topic-level errors that no retry fixes: the trainer must stop and say why.
-_FATAL_CODES = ("UNKNOWN_TOPIC_OR_PART", "TOPIC_AUTHORIZATION_FAILED", "_UNKNOWN_TOPIC")
+_FATAL_CODES = ("TOPIC_AUTHORIZATION_FAILED",)
+# The topic is gone for now (deleted, or a broker that came back empty): wait for it.
+_MISSING_CODES = ("UNKNOWN_TOPIC_OR_PART", "_UNKNOWN_TOPIC", "_UNKNOWN_PARTITION")
+# With auto.offset.reset=error: the log no longer holds the position (see OffsetOutOfRange).
+_OUT_OF_RANGE_CODES = ("_AUTO_OFFSET_RESET", "OFFSET_OUT_OF_RANGE")
 
 
 @dataclass(frozen=True)
@@ -149,12 +156,23 @@ class ConfluentConsumer:
         self._stale = False
         self._closed = False
         self._fatal: str | None = None
-        self._consumer = Consumer({**config, "error_cb": self._on_error, "logger": log})
+        self._topic_missing = False
+        self._consumer = Consumer(quiet_librdkafka(config, on_fatal=self._set_fatal))
 
-    def _on_error(self, error: Any) -> None:
-        if error.fatal():
-            self._fatal = f"fatal Kafka client error: {error.str()}"
-        log.warning("kafka client error (librdkafka retries): %s", error.str())
+    def _set_fatal(self, message: str) -> None:
+        self._fatal = message
+
+    def _metadata(self) -> Any:
+        from confluent_kafka import KafkaException
+
+        try:
+            metadata = self._consumer.list_topics(self.topic, timeout=self._metadata_timeout_s)
+        except KafkaException:
+            raise KafkaUnreachable(
+                REACHABILITY.servers, "reading topic metadata", self._metadata_timeout_s
+            ) from None
+        REACHABILITY.success()
+        return metadata.topics.get(self.topic)
 
     def _tp(self, partition: int, offset: int | None = None) -> Any:
         from confluent_kafka import TopicPartition
@@ -166,8 +184,7 @@ class ConfluentConsumer:
     def partitions_of_topic(self) -> tuple[int, ...]:
         deadline = time.monotonic() + self._metadata_timeout_s
         while True:
-            metadata = self._consumer.list_topics(self.topic, timeout=self._metadata_timeout_s)
-            found = metadata.topics.get(self.topic)
+            found = self._metadata()
             if found is not None and found.error is None and found.partitions:
                 return tuple(sorted(found.partitions))
             if time.monotonic() >= deadline:
@@ -175,8 +192,7 @@ class ConfluentConsumer:
             time.sleep(0.1)
 
     def topic_exists(self) -> bool:
-        metadata = self._consumer.list_topics(self.topic, timeout=self._metadata_timeout_s)
-        found = metadata.topics.get(self.topic)
+        found = self._metadata()
         return found is not None and found.error is None and bool(found.partitions)
 
     def assign(self, partitions: Sequence[int]) -> None:
@@ -205,6 +221,7 @@ class ConfluentConsumer:
         ``max_records``, batching records that arrived far apart."""
         if self._fatal is not None:
             raise RuntimeError(self._fatal)
+        REACHABILITY.check()
         if self._stale:
             self._apply()
         messages = self._consumer.consume(num_messages=max_records, timeout=0)
@@ -219,6 +236,9 @@ class ConfluentConsumer:
         if any(map(Message.error, messages)):
             messages = self._drop_errors(messages)
         n = len(messages)
+        if n:
+            REACHABILITY.success()
+            self._topic_missing = False
         partitions = np.fromiter(map(Message.partition, messages), np.int64, n)
         offsets = np.fromiter(map(Message.offset, messages), np.int64, n)
         if n and (partitions == partitions[0]).all():
@@ -231,10 +251,22 @@ class ConfluentConsumer:
 
     def _drop_errors(self, messages: list[Any]) -> list[Any]:
         kept = []
+        out_of_range: dict[int, int] = {}
         for message in messages:
             error = message.error()
             if error is None:
                 kept.append(message)
+            elif error.name() in _OUT_OF_RANGE_CODES:
+                partition = message.partition()
+                out_of_range[partition] = self._next.get(partition, -1)
+            elif error.name() in _MISSING_CODES:
+                if not self._topic_missing:  # once per disappearance, not once per poll
+                    self._topic_missing = True
+                    log.warning(
+                        "topic %s is missing on the broker (%s); waiting for it to come back",
+                        self.topic,
+                        error.str(),
+                    )
             elif error.fatal() or error.name() in _FATAL_CODES:
                 raise RuntimeError(
                     f"cannot consume {self.topic!r} partition {message.partition()}: "
@@ -243,6 +275,8 @@ class ConfluentConsumer:
                 )
             else:
                 log.warning("consume error on %s: %s", self.topic, error.str())
+        if out_of_range:
+            raise OffsetOutOfRange(self.topic, out_of_range)
         return kept
 
     def seek(self, partition: int, offset: int) -> None:
@@ -272,9 +306,13 @@ class ConfluentConsumer:
                 )
                 return int(low), int(high)
             except KafkaException as exc:
+                code = exc.args[0].code()
+                if code in (KafkaError._TIMED_OUT, KafkaError._TRANSPORT):
+                    raise KafkaUnreachable(
+                        REACHABILITY.servers, "reading watermarks", self._request_timeout_s
+                    ) from None
                 # A topic created moments ago: this client's metadata does not list it yet.
-                unknown = exc.args[0].code() == KafkaError._UNKNOWN_PARTITION
-                if not unknown or time.monotonic() >= deadline:
+                if code != KafkaError._UNKNOWN_PARTITION or time.monotonic() >= deadline:
                     raise
                 self._consumer.list_topics(self.topic, timeout=self._metadata_timeout_s)
                 time.sleep(0.05)

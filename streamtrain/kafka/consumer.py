@@ -13,6 +13,9 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
+from streamtrain.kafka.errors import KafkaUnreachable, OffsetOutOfRange
+from streamtrain.kafka.reachability import REACHABILITY, tcp_probe
+
 if TYPE_CHECKING:  # ingest imports this wing: the record type is for annotations only
     from streamtrain.ingest.decode import KafkaRecord
 
@@ -78,6 +81,10 @@ class KafkaPythonConsumer:
             if found:
                 return tuple(sorted(found))
             if time.monotonic() >= deadline:
+                if not tcp_probe(REACHABILITY.servers):
+                    raise KafkaUnreachable(
+                        REACHABILITY.servers, "reading topic metadata", self._metadata_timeout_s
+                    )
                 raise topic_not_found(self.topic)
             self._consumer._client.cluster.request_update()
             time.sleep(0.1)
@@ -89,9 +96,19 @@ class KafkaPythonConsumer:
         self._consumer.assign([self._tp(p) for p in partitions])
 
     def poll(self, timeout_ms: int, max_records: int) -> list[KafkaRecord]:
-        polled = self._consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
+        from kafka.errors import OffsetOutOfRangeError
+
+        REACHABILITY.check()
+        try:
+            polled = self._consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
+        except OffsetOutOfRangeError as exc:  # auto_offset_reset="none": the caller decides
+            positions = exc.args[0] if exc.args and isinstance(exc.args[0], dict) else {}
+            raise OffsetOutOfRange(
+                self.topic, {tp.partition: int(o) for tp, o in positions.items()}
+            ) from None
         if not polled:
             return []
+        REACHABILITY.success()
         if len(polled) == 1:
             return list(next(iter(polled.values())))
         out: list[KafkaRecord] = []

@@ -9,12 +9,22 @@ from __future__ import annotations
 
 from typing import Literal
 
+from streamtrain.kafka.client_logs import quiet_librdkafka, route_kafka_python_logs
 from streamtrain.kafka.connection import KafkaConnection
 from streamtrain.kafka.consumer import RecordConsumer
 from streamtrain.kafka.partition_reader import PartitionReader
 from streamtrain.kafka.producer import RecordProducer
+from streamtrain.kafka.reachability import REACHABILITY
 
 Acks = Literal[0, 1, "all"]
+OutOfRange = Literal["earliest", "raise"]
+
+
+def _prepare(kafka: KafkaConnection) -> None:
+    """Every client reports to this process's reachability tracker, quietly."""
+    REACHABILITY.configure(kafka.bootstrap_servers)
+    if kafka.client == "kafka-python":
+        route_kafka_python_logs()
 
 
 def record_consumer(
@@ -26,16 +36,20 @@ def record_consumer(
     max_partition_fetch_bytes: int = 1_048_576,
     fetch_max_bytes: int = 52_428_800,
     metadata_timeout_s: float = 10.0,
+    out_of_range: OutOfRange = "earliest",
 ) -> RecordConsumer:
     """A consumer of ``topic`` for ``assign()`` use; ``group_id`` only stores committed
-    offsets (None: a reader that never commits)."""
+    offsets (None: a reader that never commits). ``out_of_range="raise"``: a position the
+    log no longer holds raises :class:`~streamtrain.kafka.errors.OffsetOutOfRange` from
+    ``poll`` instead of the library silently moving to the log's start."""
+    _prepare(kafka)
     if kafka.client == "kafka-python":
         from streamtrain.kafka.consumer import KafkaPythonConsumer
 
         options = kafka.kafka_python(
             group_id=group_id,
             enable_auto_commit=False,
-            auto_offset_reset="earliest",
+            auto_offset_reset="earliest" if out_of_range == "earliest" else "none",
             fetch_max_wait_ms=fetch_max_wait_ms,
             max_partition_fetch_bytes=max_partition_fetch_bytes,
             fetch_max_bytes=fetch_max_bytes,
@@ -54,7 +68,7 @@ def record_consumer(
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,
             "enable.partition.eof": False,
-            "auto.offset.reset": "earliest",
+            "auto.offset.reset": "earliest" if out_of_range == "earliest" else "error",
             "fetch.wait.max.ms": fetch_max_wait_ms,
             "max.partition.fetch.bytes": max_partition_fetch_bytes,
             "fetch.max.bytes": fetch_max_bytes,
@@ -88,6 +102,7 @@ def record_producer(
     batch_size: int | None = None,
 ) -> RecordProducer:
     """A producer; ``max_request_size`` bounds one record (with its framing)."""
+    _prepare(kafka)
     if kafka.client == "kafka-python":
         from streamtrain.kafka.producer import KafkaPythonProducer
 
@@ -106,4 +121,4 @@ def record_producer(
     }
     if batch_size is not None:
         config["batch.size"] = batch_size
-    return ConfluentProducer(kafka.librdkafka(config))
+    return ConfluentProducer(quiet_librdkafka(kafka.librdkafka(config)))

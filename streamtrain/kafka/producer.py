@@ -11,6 +11,8 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
 from typing import Any, Protocol
 
+from streamtrain.kafka.reachability import REACHABILITY
+
 Headers = Sequence[tuple[str, bytes]]
 
 
@@ -55,7 +57,7 @@ class KafkaPythonProducer:
         sent = self._producer.send(
             topic, value=value, key=key, headers=list(headers), partition=partition
         )
-        sent.add_callback(lambda metadata: done.set_result(int(metadata.offset)))
+        sent.add_callback(lambda metadata: _acknowledged(done, int(metadata.offset)))
         sent.add_errback(done.set_exception)
         return done
 
@@ -99,7 +101,7 @@ class ConfluentProducer:
             if error is not None:
                 done.set_exception(RuntimeError(f"delivery to {topic} failed: {error.str()}"))
             else:
-                done.set_result(int(message.offset()))
+                _acknowledged(done, int(message.offset()))
 
         # librdkafka's "no partition given": its partitioner picks one.
         target = -1 if partition is None else partition
@@ -126,3 +128,8 @@ class ConfluentProducer:
 
     def close(self, timeout: float) -> None:
         self._producer.flush(timeout)
+
+
+def _acknowledged(done: Future[int], offset: int) -> None:
+    REACHABILITY.success()
+    done.set_result(offset)

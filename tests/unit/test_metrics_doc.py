@@ -29,6 +29,7 @@ _UNITLESS = {
     "streamtrain_serve_model_version",
     "streamtrain_serve_pinned_version",
     "streamtrain_serve_retained_versions",
+    "streamtrain_kafka_reachable",
 }
 
 
