@@ -27,6 +27,11 @@ _KAFKA_PYTHON_CONNECTION = (
     "Metadata refresh",
     "Fetch to node",
     "timed out",
+    "not ready",
+    "network data",
+    "closing socket",
+    "disconnected",
+    "Abort",
 )
 # librdkafka error codes that mean "cannot talk to the cluster" (others are the caller's).
 _LIBRDKAFKA_CONNECT = {"_TRANSPORT", "_ALL_BROKERS_DOWN", "_RESOLVE", "_TIMED_OUT"}

@@ -147,8 +147,12 @@ class Reachability:
         with self._lock:
             if self._reachable:
                 return
+            now = self._clock()
             self._reachable = True
-            down_for, attempts = self._clock() - self._down_since, self._attempts
+            # Evidence of a working cluster counts as a fresh successful probe: a connection
+            # dropping in the next second is one connection's trouble, not a new outage.
+            self._last_probe, self._last_probe_ok = now, True
+            down_for, attempts = now - self._down_since, self._attempts
         log.warning(
             "Kafka at %s is reachable again after %.1f s (%d failed attempts; %s)",
             self._servers,
