@@ -165,11 +165,14 @@ class ConfluentConsumer:
     def _metadata(self) -> Any:
         from confluent_kafka import KafkaException
 
+        # Known to be down: ask briefly, so a caller with its own deadline is not held 10 s.
+        timeout_s = self._metadata_timeout_s if REACHABILITY.reachable else 1.0
         try:
-            metadata = self._consumer.list_topics(self.topic, timeout=self._metadata_timeout_s)
-        except KafkaException:
+            metadata = self._consumer.list_topics(self.topic, timeout=timeout_s)
+        except KafkaException as exc:
+            REACHABILITY.failure(f"topic metadata: {exc.args[0].str() if exc.args else exc}")
             raise KafkaUnreachable(
-                REACHABILITY.servers, "reading topic metadata", self._metadata_timeout_s
+                REACHABILITY.servers, "reading topic metadata", timeout_s
             ) from None
         REACHABILITY.success()
         return metadata.topics.get(self.topic)

@@ -78,7 +78,15 @@ class KafkaConnection:
     def kafka_python(self, **semantics: Any) -> dict[str, Any]:
         """kafka-python keyword arguments: connection, then ``extra``, then ``semantics``."""
         extra = self.extra if self.client == "kafka-python" else {}
-        return {"bootstrap_servers": self.servers, **self.options, **extra, **semantics}
+        # kafka-python bootstraps in its constructors: give up after the connect timeout.
+        bootstrap = {"bootstrap_timeout_ms": int(self.connect_timeout_s * 1000)}
+        return {
+            "bootstrap_servers": self.servers,
+            **self.options,
+            **bootstrap,
+            **extra,
+            **semantics,
+        }
 
     def librdkafka(self, semantics: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """librdkafka configuration: connection, then ``extra``, then ``semantics``."""

@@ -64,10 +64,15 @@ class KafkaPythonConsumer:
         self, *, topic: str, options: Mapping[str, Any], metadata_timeout_s: float = 10.0
     ) -> None:
         from kafka import KafkaConsumer
+        from kafka.errors import KafkaTimeoutError
 
         self.topic = topic
         self._metadata_timeout_s = metadata_timeout_s
-        self._consumer = KafkaConsumer(**dict(options))
+        try:
+            self._consumer = KafkaConsumer(**dict(options))
+        except KafkaTimeoutError:
+            timeout_s = options.get("bootstrap_timeout_ms", 30_000) / 1000
+            raise KafkaUnreachable(REACHABILITY.servers, "bootstrapping", timeout_s) from None
 
     def _tp(self, partition: int) -> Any:
         from kafka import TopicPartition

@@ -35,7 +35,7 @@ def record_consumer(
     fetch_max_wait_ms: int = 10,
     max_partition_fetch_bytes: int = 1_048_576,
     fetch_max_bytes: int = 52_428_800,
-    metadata_timeout_s: float = 10.0,
+    metadata_timeout_s: float | None = None,
     out_of_range: OutOfRange = "earliest",
 ) -> RecordConsumer:
     """A consumer of ``topic`` for ``assign()`` use; ``group_id`` only stores committed
@@ -43,6 +43,8 @@ def record_consumer(
     log no longer holds raises :class:`~streamtrain.kafka.errors.OffsetOutOfRange` from
     ``poll`` instead of the library silently moving to the log's start."""
     _prepare(kafka)
+    if metadata_timeout_s is None:  # waiting for a topic to appear: at most 10 s
+        metadata_timeout_s = min(10.0, kafka.connect_timeout_s)
     if kafka.client == "kafka-python":
         from streamtrain.kafka.consumer import KafkaPythonConsumer
 
@@ -82,15 +84,18 @@ def partition_reader(
     kafka: KafkaConnection, *, topic: str, partition: int = 0, fetch_max_wait_ms: int = 10
 ) -> PartitionReader:
     """A group-less reader of one partition holding large records (snapshot chunks)."""
-    consumer = record_consumer(
-        kafka,
-        topic=topic,
-        fetch_max_wait_ms=fetch_max_wait_ms,
-        # Chunks are up to ~512 KiB; fetch several per round trip.
-        max_partition_fetch_bytes=16 * 1024 * 1024,
-        fetch_max_bytes=64 * 1024 * 1024,
-    )
-    return PartitionReader(consumer, partition)
+
+    def consumer() -> RecordConsumer:
+        return record_consumer(
+            kafka,
+            topic=topic,
+            fetch_max_wait_ms=fetch_max_wait_ms,
+            # Chunks are up to ~512 KiB; fetch several per round trip.
+            max_partition_fetch_bytes=16 * 1024 * 1024,
+            fetch_max_bytes=64 * 1024 * 1024,
+        )
+
+    return PartitionReader(consumer, topic, partition)
 
 
 def record_producer(

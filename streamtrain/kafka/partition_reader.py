@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from streamtrain.kafka.consumer import RecordConsumer
@@ -23,20 +23,29 @@ class ReadTimeout(TimeoutError):
 class PartitionReader:
     """Reads partition ``partition`` of a consumer's topic, with either client library.
 
-    >>> reader = PartitionReader(record_consumer(kafka, topic="snapshots"))  # doctest: +SKIP
+    >>> reader = partition_reader(kafka, topic="snapshots")  # doctest: +SKIP
     >>> low, high = reader.bounds(deadline=time.monotonic() + 5)  # doctest: +SKIP
     >>> [r.offset for r in reader.read(low, high, deadline)]  # doctest: +SKIP
     [0, 1, 2]
     """
 
-    def __init__(self, consumer: RecordConsumer, partition: int = 0) -> None:
-        self._consumer = consumer
+    def __init__(
+        self, consumer: Callable[[], RecordConsumer], topic: str, partition: int = 0
+    ) -> None:
+        self._make_consumer = consumer
+        self._made: RecordConsumer | None = None
+        self.topic = topic
         self.partition = partition
         self._assigned = False
 
     @property
-    def topic(self) -> str:
-        return str(getattr(self._consumer, "topic", "?"))
+    def _consumer(self) -> RecordConsumer:
+        """Built on first use: a reader made while Kafka is down (a server starting during an
+        outage) raises :class:`~streamtrain.kafka.errors.KafkaUnreachable` from the call that
+        needed the cluster, and tries again on the next one."""
+        if self._made is None:
+            self._made = self._make_consumer()
+        return self._made
 
     def exists(self) -> bool:
         """Whether the broker knows the topic (asks for fresh metadata)."""
@@ -98,7 +107,8 @@ class PartitionReader:
         return high is not None and self._consumer.position(self.partition) >= high
 
     def close(self) -> None:
-        self._consumer.close()
+        if self._made is not None:
+            self._made.close()
 
 
 def _slice_ms(deadline: float) -> int:

@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
 from typing import Any, Protocol
 
+from streamtrain.kafka.errors import KafkaUnreachable
 from streamtrain.kafka.reachability import REACHABILITY
 
 Headers = Sequence[tuple[str, bytes]]
@@ -41,8 +42,13 @@ class KafkaPythonProducer:
 
     def __init__(self, options: Mapping[str, Any]) -> None:
         from kafka import KafkaProducer
+        from kafka.errors import KafkaTimeoutError
 
-        self._producer = KafkaProducer(**dict(options))
+        try:
+            self._producer = KafkaProducer(**dict(options))
+        except KafkaTimeoutError:
+            timeout_s = options.get("bootstrap_timeout_ms", 30_000) / 1000
+            raise KafkaUnreachable(REACHABILITY.servers, "bootstrapping", timeout_s) from None
 
     def send(
         self,

@@ -68,6 +68,7 @@ class Reachability:
         self._lock = threading.Lock()
         self._servers = ""
         self._reachable = True
+        self._ever_answered = False
         self._kind: FailureKind = "connect"
         self._down_since = 0.0
         self._attempts = 0
@@ -99,7 +100,10 @@ class Reachability:
                 return  # the broker accepts connections: one connection's trouble, no outage
             self._reachable, self._kind = False, kind
             self._down_since, self._last_summary, self._attempts = now, now, 1
-        log.warning(
+        # Never reached yet (a process starting during an outage): the call that needed
+        # Kafka fails with its own one-line KafkaUnreachable, or the summaries follow.
+        log.log(
+            logging.WARNING if self._ever_answered else logging.DEBUG,
             "Kafka at %s is unreachable: %s (retrying; one summary every %.0f s until it is back)",
             self._servers,
             detail,
@@ -110,7 +114,8 @@ class Reachability:
     def success(self) -> None:
         """A client got an answer from the cluster (records, metadata, an acknowledgement)."""
         if self._reachable:
-            return  # the hot path: one attribute read
+            self._ever_answered = True  # the hot path: no lock, one store
+            return
         self._recovered("a client got an answer")
 
     def check(self) -> None:
@@ -149,6 +154,7 @@ class Reachability:
                 return
             now = self._clock()
             self._reachable = True
+            self._ever_answered = True
             # Evidence of a working cluster counts as a fresh successful probe: a connection
             # dropping in the next second is one connection's trouble, not a new outage.
             self._last_probe, self._last_probe_ok = now, True

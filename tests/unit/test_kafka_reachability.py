@@ -36,6 +36,7 @@ def test_an_outage_logs_once_then_a_summary_a_minute_then_once_when_back(
     caplog.set_level(logging.INFO)
     clock, up = Clock(), [False]
     tracker = _tracker(clock, up)
+    tracker.success()  # the process had reached the cluster before the outage
     for _ in range(500):  # a client retrying every 50 ms for 25 s, plus polls in between
         tracker.failure("Connect to 127.0.0.1:9 failed: Connection refused")
         tracker.check()
@@ -57,6 +58,17 @@ def test_an_outage_logs_once_then_a_summary_a_minute_then_once_when_back(
     assert health.HEALTH.conditions()["kafka"][0] is True
     lines = _lines(caplog)
     assert len(lines) == 3 and "reachable again after 62.0 s" in lines[-1]
+
+
+def test_a_process_that_never_reached_kafka_leaves_the_error_to_its_caller(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    tracker = _tracker(Clock(), [False])
+    tracker.failure("Connect to 127.0.0.1:9 failed: Connection refused")
+    assert not tracker.reachable
+    assert metrics.KAFKA_REACHABLE_TRAINER._value.get() == 0
+    assert _lines(caplog) == []  # the KafkaUnreachable the caller raises is the one line
 
 
 def test_one_dropped_connection_to_a_listening_broker_is_no_outage(
