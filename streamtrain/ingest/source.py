@@ -208,6 +208,7 @@ class KafkaSampleSource:
             if mark is None or self._consumer.position(p) < mark:
                 unfinished.add(p)
         return unfinished
+
     def _poll(self, timeout_ms: int) -> Sequence[KafkaRecord]:
         """One consumer poll; a partition whose log lost its position is reset first and
         contributes no records from this poll."""

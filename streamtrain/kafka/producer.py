@@ -111,21 +111,23 @@ class ConfluentProducer:
 
         # librdkafka's "no partition given": its partitioner picks one.
         target = -1 if partition is None else partition
+        # Serve due delivery callbacks first: after produce() nothing may run but the return,
+        # so an interrupt (Ctrl-C in `streamtrain produce`) cannot land between a record being
+        # queued and the caller counting it.
+        self._producer.poll(0)
         deadline = time.monotonic() + self._queue_wait_s
         while True:
             try:
                 self._producer.produce(
                     topic, value, key, target, on_delivery=delivered, headers=list(headers)
                 )
-                break
+                return done
             except BufferError:
                 if time.monotonic() >= deadline:
                     raise ProduceTimeout(
                         f"the local queue to {topic} stayed full for {self._queue_wait_s:.0f} s"
                     ) from None
                 self._producer.poll(0.05)
-        self._producer.poll(0)
-        return done
 
     def flush(self, timeout: float) -> None:
         left = self._producer.flush(timeout)
