@@ -83,6 +83,10 @@ class RetainedVersions:
             log.info("version %d is pinned (recorded in %s)", self._pinned, pin_store.directory)
         self._publish_metrics()
 
+    @property
+    def keep(self) -> int:
+        return self._keep
+
     # --- the watcher's side (same calls as WeightSlot) -------------------------------------
     @property
     def info(self) -> WeightsInfo | None:
@@ -90,7 +94,7 @@ class RetainedVersions:
 
     def is_newer(self, order: SnapshotOrder) -> bool:
         """Newer than everything live or retained (so, while pinned, worth retaining)."""
-        orders = [r.info.order for r in self._versions.values()]
+        orders = [r.info.order for r in list(self._versions.values())]
         live = self._slot.info
         if live is not None:
             orders.append(live.order)
@@ -194,7 +198,7 @@ class RetainedVersions:
             live = self._slot.info
             if live is None:
                 raise AdminError(409, "nothing to roll back: no version is live yet")
-            older = [r for r in self._versions.values() if r.info.order < live.order]
+            older = [r for r in list(self._versions.values()) if r.info.order < live.order]
             if not older:
                 raise AdminError(
                     409,
@@ -212,7 +216,8 @@ class RetainedVersions:
     # --- requests for a named version ----------------------------------------------------
     def versions(self) -> list[int]:
         """Retained versions, newest first."""
-        ranked = sorted(self._versions.values(), key=lambda r: r.info.order, reverse=True)
+        # list() copies the values in one step: request threads read while the watcher writes.
+        ranked = sorted(list(self._versions.values()), key=lambda r: r.info.order, reverse=True)
         return [r.info.version for r in ranked]
 
     def has(self, version: str) -> bool:

@@ -73,7 +73,8 @@ class ServedModel:
         self.name = name
         # Children resolved once: ``labels()`` per request would take the family's lock.
         self._counted = {outcome: SERVE_REQUESTS.labels(outcome) for outcome in OUTCOMES}
-        self.stats = InferenceStatistics()
+        # Room for every version that can be loaded at once (retained, live, pinned) and more.
+        self.stats = InferenceStatistics(keep=(0 if retained is None else retained.keep) + 8)
 
     def live_version(self, name: str, version: str | None) -> str:
         """The live version; ProtocolError for an unknown model, no weights yet, or a version
