@@ -86,6 +86,7 @@ def test_alerts_cover_what_operators_page_on() -> None:
     errors = by_expr["StreamtrainInferenceErrors"]
     assert 'outcome="error"' in errors, "only server faults, never client hang-ups or 4xx"
     assert "streamtrain_serve_data_age_seconds" in by_expr["StreamtrainServersStale"]
+    assert "streamtrain_kafka_reachable" in by_expr["StreamtrainKafkaUnreachable"]
 
 
 def test_dashboard_queries_are_valid_promql() -> None:
