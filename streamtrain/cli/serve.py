@@ -58,4 +58,6 @@ def serve(
     typer.echo(f"  infer:   POST {worker.url}/v2/models/{settings.serve.model_name}/infer")
     typer.echo(f"  ready:   GET  {worker.url}/v2/health/ready")
     typer.echo(f"  metrics: GET  {worker.metrics_url}")
+    if worker.grpc is not None:
+        typer.echo(f"  grpc:    {worker.grpc.target} (KServe v2 GRPCInferenceService)")
     worker.run()
