@@ -92,11 +92,15 @@ def _environment(tmp: Path, wheel: Path) -> Path:
                 link.symlink_to(origin / entry)
     (site / "declared-dependencies.pth").write_text(f"{deps}\n")
     spec = f"{wheel}[{','.join(EXTRAS)}]"
+    # A clean environment and a neutral folder: with the checkout on PYTHONPATH (or as the
+    # working directory), its streamtrain.egg-info would count as "already installed".
     subprocess.run(
         [sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-index",
          "--no-deps", spec],
         check=True,
         timeout=300,
+        env=_clean_env(),
+        cwd=tmp,
     )  # fmt: skip
     return env_dir
 
@@ -138,7 +142,7 @@ def test_the_environment_holds_only_declared_dependencies(installed: Path, tmp_p
         assert probe.returncode != 0, f"{module} is importable: the environment is not clean"
     check = subprocess.run(
         [sys.executable, "-m", "pip", "--python", python, "check"],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True, text=True, timeout=120, env=_clean_env(), cwd=tmp_path,
     )  # fmt: skip
     assert check.returncode == 0, f"declared dependencies incomplete:\n{check.stdout}"
 
