@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
+from streamtrain.jagged import SparseRows
+
 
 @dataclass(frozen=True)
 class Batch:
@@ -29,6 +31,7 @@ class Batch:
     timestamps: npt.NDArray[np.float64]  # [n], epoch seconds
     next_offsets: Mapping[int, int] = field(default_factory=dict)
     records: int = 0  # records consumed for this batch, rejected ones included
+    sparse: SparseRows | None = None  # jagged sparse IDs per feature, None without any
 
     @property
     def size(self) -> int:

@@ -112,6 +112,12 @@ class IngestSettings(_Frozen):
     )
 
 
+class SparseFeatureSettings(_Frozen):
+    name: str = Field(min_length=1, description="Key of the feature under a sample's `sparse`.")
+    table: str = Field("", description="Embedding table its IDs index; default: the name.")
+    max_length: int = Field(64, ge=1, description="Most IDs one sample may carry for it.")
+
+
 class ModelSettings(_Frozen):
     name: str = Field("mlp", description="Built-in name or a 'package.module:factory' path.")
     task: Task = "multiclass"
@@ -120,6 +126,9 @@ class ModelSettings(_Frozen):
     target_dim: int = Field(1, ge=1, description="Outputs of a regression model.")
     loss: Literal["auto", "cross_entropy", "bce", "mse", "huber"] = "auto"
     params: dict[str, Any] = Field(default_factory=dict, description="Model hyperparameters.")
+    sparse: tuple[SparseFeatureSettings, ...] = Field(
+        (), description="Sparse ID features a sample may carry (docs/wire-format.md)."
+    )
 
     @field_validator("input_shape")
     @classmethod

@@ -13,6 +13,23 @@ Task = Literal["multiclass", "binary", "regression"]
 
 
 @dataclass(frozen=True)
+class SparseFeature:
+    """A named list of IDs a sample may carry beside its dense features.
+
+    ``table`` names the embedding table its IDs are looked up in (features may share one);
+    a sample with more than ``max_length`` IDs for it is rejected (``sparse_too_long``).
+    """
+
+    name: str
+    table: str
+    max_length: int = 64
+
+    def __post_init__(self) -> None:
+        if not self.name or self.max_length < 1:
+            raise ValueError(f"sparse feature {self.name!r} needs a name and max_length >= 1")
+
+
+@dataclass(frozen=True)
 class SampleSpec:
     """The shape contract between producers, ingest, the model and the server.
 
@@ -25,8 +42,12 @@ class SampleSpec:
     task: Task
     num_classes: int = 2
     target_dim: int = 1
+    sparse: tuple[SparseFeature, ...] = ()
 
     def __post_init__(self) -> None:
+        names = [f.name for f in self.sparse]
+        if len(set(names)) != len(names):
+            raise ValueError(f"sparse feature names {names} must be distinct")
         if not self.feature_shape or any(d < 1 for d in self.feature_shape):
             raise ValueError(f"feature_shape {self.feature_shape} must have positive dims")
         if self.task == "binary" and self.num_classes != 2:
@@ -47,8 +68,13 @@ class SampleSpec:
         """Values per label: 1 class index, or target_dim floats for regression."""
         return self.target_dim if self.task == "regression" else 1
 
+    @property
+    def sparse_names(self) -> tuple[str, ...]:
+        return tuple(f.name for f in self.sparse)
+
 
 def spec_for_model(model: ModelSettings) -> SampleSpec:
     """The sample contract the configured model implies (binary tasks always have 2 classes)."""
     num_classes = 2 if model.task == "binary" else model.num_classes
-    return SampleSpec(model.input_shape, model.task, num_classes, model.target_dim)
+    sparse = tuple(SparseFeature(f.name, f.table or f.name, f.max_length) for f in model.sparse)
+    return SampleSpec(model.input_shape, model.task, num_classes, model.target_dim, sparse)

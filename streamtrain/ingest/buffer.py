@@ -21,6 +21,7 @@ import numpy.typing as npt
 
 from streamtrain.batch import Batch
 from streamtrain.ingest.decode import DecodedChunk, KafkaRecord
+from streamtrain.jagged import SparseRows
 from streamtrain.wire import Reject
 
 
@@ -86,6 +87,7 @@ class BatchBuffer:
         if not self._chunks:
             return None
         pieces = []
+        sparse_pieces: list[SparseRows] = []
         rejected: list[tuple[KafkaRecord, Reject]] = []
         next_offsets: dict[int, int] = {}
         # Not full: hand out everything, trailing rejects included. Full: stop right after
@@ -109,6 +111,8 @@ class BatchBuffer:
             pieces.append(
                 (d.features[s0:s1], d.labels[s0:s1], d.weights[s0:s1], d.timestamps[s0:s1])
             )
+            if d.sparse is not None:
+                sparse_pieces.append(d.sparse[s0:s1])
             if d.rejects:
                 rejected.extend(
                     (chunk.records[i], d.rejects[i]) for i in sorted(d.rejects) if r0 <= i < r1
@@ -129,6 +133,7 @@ class BatchBuffer:
             timestamps=_cat([p[3] for p in pieces]),
             next_offsets=next_offsets,
             records=records,
+            sparse=SparseRows.concat(sparse_pieces) if sparse_pieces else None,
         )
         return batch, rejected
 

@@ -32,6 +32,7 @@ import numpy as np
 import numpy.typing as npt
 
 from streamtrain.ingest.decode import DecodedChunk, KafkaRecord
+from streamtrain.jagged import SparseRows
 from streamtrain.wire import Decoded
 
 _NO_TIME = np.iinfo(np.int64).min
@@ -109,6 +110,7 @@ class _Held:
                 weights=d.weights[taken],
                 timestamps=d.timestamps[taken],
                 rejects=rejects,
+                sparse=None if d.sparse is None else d.sparse[taken],
             ),
         )
 
@@ -132,6 +134,7 @@ class _Held:
                 weights=np.concatenate([a.weights, b.weights]),
                 timestamps=np.concatenate([a.timestamps, b.timestamps]),
                 rejects={**a.rejects, **{i + n: r for i, r in b.rejects.items()}},
+                sparse=_concat_sparse(a.sparse, b.sparse),
             ),
         )
 
@@ -142,7 +145,9 @@ class _Held:
             records=self.records,
             partitions=self.partitions,
             offsets=self.offsets,
-            decoded=Decoded(rows, d.features, d.labels, d.weights, d.timestamps, dict(d.rejects)),
+            decoded=Decoded(
+                rows, d.features, d.labels, d.weights, d.timestamps, dict(d.rejects), d.sparse
+            ),
             timestamps_ms=None,
         )
 
@@ -314,3 +319,9 @@ def _below(held: _Held, bound: Key | None) -> npt.NDArray[np.bool_] | None:
         (keys == t) & ((parts < p) | ((parts == p) & (held.offsets < o)))
     )
     return mask
+
+
+def _concat_sparse(a: SparseRows | None, b: SparseRows | None) -> SparseRows | None:
+    if a is None or b is None:
+        return a if b is None else b
+    return SparseRows.concat([a, b])

@@ -6,7 +6,8 @@ A sample is one Kafka record; its ``content-type`` header picks the format
 * ``application/json`` (or no header): :mod:`~streamtrain.wire.json_format`, a UTF-8 JSON
   object decoded by a typed msgspec decoder.
 * ``application/x-streamtrain-sample``: :mod:`~streamtrain.wire.binary_format`, a fixed
-  little-endian layout decoded a poll at a time with one ``np.frombuffer``.
+  little-endian layout decoded a poll at a time with one ``np.frombuffer`` (v1), or
+  :mod:`~streamtrain.wire.binary_v2`, the same plus sparse ID features (v2).
 
 Records that do not match are rejected with one reason of :data:`REASONS`
 (:mod:`~streamtrain.wire.rejects`) and a detail that names what was expected; every decoded
@@ -25,10 +26,10 @@ b'{"features":[0.5,1.0],"label":1}'
 from streamtrain.wire.binary_format import (
     BINARY_MAGIC,
     binary_dtype,
-    decode_binary,
     encode_binary,
     encode_binary_many,
 )
+from streamtrain.wire.binary_v2 import BINARY_MAGIC_V2, decode_binary, encode_binary_v2
 from streamtrain.wire.content_type import (
     BINARY_CONTENT_TYPE,
     CONTENT_TYPE_HEADER,
@@ -42,10 +43,12 @@ from streamtrain.wire.content_type import (
 from streamtrain.wire.decoded import Decoded
 from streamtrain.wire.json_format import JsonSample, decode_json, encode_json, typed_decoder
 from streamtrain.wire.rejects import REASONS, Reject, RejectReason, SampleError, shape_text
+from streamtrain.wire.sparse_fields import hash_id
 
 __all__ = [
     "BINARY_CONTENT_TYPE",
     "BINARY_MAGIC",
+    "BINARY_MAGIC_V2",
     "CONTENT_TYPES",
     "CONTENT_TYPE_HEADER",
     "JSON_CONTENT_TYPE",
@@ -63,8 +66,10 @@ __all__ = [
     "decode_json",
     "encode_binary",
     "encode_binary_many",
+    "encode_binary_v2",
     "encode_json",
     "format_of",
+    "hash_id",
     "shape_text",
     "typed_decoder",
 ]

@@ -10,12 +10,15 @@ Little-endian, packed::
     ...     4*F         features: float32 x prod(feature_shape), row-major (C order)
 
 Every record of a spec has the same length, so a poll decodes with one ``np.frombuffer`` over
-``b"".join(values)``.
+``b"".join(values)``. Layout v2 (:mod:`~streamtrain.wire.binary_v2`) adds sparse features
+after the same fixed part; :func:`~streamtrain.wire.binary_v2.decode_binary` reads both.
 
 >>> from streamtrain.spec import SampleSpec
 >>> spec = SampleSpec(feature_shape=(2,), task="binary")
 >>> len(encode_binary(spec, [0.5, 1.0], 1)) == binary_dtype(spec).itemsize == 32
 True
+>>> decode_v1(spec, [encode_binary(spec, [0.5, 1.0], 1)], np.zeros(1)).labels.tolist()
+[1]
 """
 
 from __future__ import annotations
@@ -125,7 +128,7 @@ def encode_binary_many(
     return [buf[i : i + size] for i in range(0, n * size, size)]
 
 
-def decode_binary(
+def decode_v1(
     spec: SampleSpec,
     values: Sequence[bytes],
     record_ts: npt.NDArray[np.float64],

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
+from streamtrain.jagged import SparseRows
 from streamtrain.spec import SampleSpec
 from streamtrain.wire.rejects import Reject
 
@@ -28,6 +29,7 @@ class Decoded:
     weights: npt.NDArray[np.float32]
     timestamps: npt.NDArray[np.float64]
     rejects: dict[int, Reject] = field(default_factory=dict)
+    sparse: SparseRows | None = None  # the spec's sparse features, None when it has none
 
     @classmethod
     def nothing(cls, spec: SampleSpec, rejects: dict[int, Reject] | None = None) -> Decoded:
@@ -43,6 +45,7 @@ class Decoded:
             weights=np.zeros((0,), np.float32),
             timestamps=np.zeros((0,), np.float64),
             rejects=rejects or {},
+            sparse=SparseRows.empty(spec.sparse_names) if spec.sparse else None,
         )
 
     def keep(self, good: npt.NDArray[np.bool_]) -> Decoded:
@@ -53,6 +56,7 @@ class Decoded:
             weights=self.weights[good],
             timestamps=self.timestamps[good],
             rejects=self.rejects,
+            sparse=None if self.sparse is None else self.sparse[good],
         )
 
 
@@ -68,6 +72,10 @@ def merge(spec: SampleSpec, parts: list[Decoded], rejects: dict[int, Reject]) ->
         return parts[0]
     rows = np.concatenate([p.rows for p in parts])
     order = np.argsort(rows, kind="stable")
+    sparse = None
+    if spec.sparse:
+        pieces = [with_sparse(spec, p).sparse for p in parts]
+        sparse = SparseRows.concat([s for s in pieces if s is not None])[order]
     return Decoded(
         rows=rows[order],
         features=np.concatenate([p.features for p in parts])[order],
@@ -75,12 +83,22 @@ def merge(spec: SampleSpec, parts: list[Decoded], rejects: dict[int, Reject]) ->
         weights=np.concatenate([p.weights for p in parts])[order],
         timestamps=np.concatenate([p.timestamps for p in parts])[order],
         rejects=rejects,
+        sparse=sparse,
     )
+
+
+def with_sparse(spec: SampleSpec, decoded: Decoded) -> Decoded:
+    """``decoded`` with sparse columns when ``spec`` declares sparse features: samples of a
+    format without them (binary v1) carry no IDs."""
+    if spec.sparse and decoded.sparse is None:
+        decoded.sparse = SparseRows.empty(spec.sparse_names, len(decoded.rows))
+    return decoded
 
 
 def finish(spec: SampleSpec, decoded: Decoded, record_ts: npt.NDArray[np.float64]) -> Decoded:
     """Default missing (NaN) timestamps to the record's, run :func:`check_rows`, drop the rows
     that fail it (their rejects join ``decoded.rejects``)."""
+    decoded = with_sparse(spec, decoded)
     missing = np.isnan(decoded.timestamps)
     decoded.timestamps[missing] = record_ts[decoded.rows[missing]]
     bad = check_rows(spec, decoded.features, decoded.labels, decoded.weights, decoded.timestamps)

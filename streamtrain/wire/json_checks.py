@@ -30,8 +30,9 @@ _BYTE_ORDER_MARKS = (
 )
 _UTF8_ONLY = "encode the JSON as UTF-8 without a byte-order mark"
 
-# features, label (an int class or a list of floats to stack), weight, timestamp (NaN: none)
-Fields = tuple[Any, Any, float, float]
+# features, label (an int class or a list of floats to stack), weight, timestamp (NaN: none),
+# and the raw sparse / sparse_weights values (checked by sparse_fields.read_sparse)
+Fields = tuple[Any, Any, float, float, Any, Any]
 
 
 def utf8_text(value: bytes) -> str | Reject:
@@ -94,7 +95,7 @@ def read_record(spec: SampleSpec, value: bytes) -> Fields | Reject:
     stamp = optional_number(obj.get("timestamp"), math.nan)
     if stamp is None:
         return Reject("bad_timestamp", f"timestamp is {obj['timestamp']!r}, expected epoch seconds")
-    return f, label, weight, stamp
+    return f, label, weight, stamp, obj.get("sparse"), obj.get("sparse_weights")
 
 
 def class_label(label: Any, spec: SampleSpec) -> int | Reject:

@@ -6,7 +6,10 @@ is a flat list, or nested lists for images and sequences, shaped like ``model.in
 ``label`` is an int class (``true``/``false`` also work for a binary task), a float
 (regression with ``target_dim == 1``) or a list of ``target_dim`` floats; ``weight``
 (optional, default 1) must be finite and >= 0; ``timestamp`` (optional, epoch seconds)
-defaults to the Kafka record timestamp. Unknown fields are ignored.
+defaults to the Kafka record timestamp. ``sparse`` (optional) maps each declared sparse
+feature to a list of IDs (int64, or strings hashed by
+:func:`~streamtrain.wire.sparse_fields.hash_id`) and ``sparse_weights`` (optional) gives
+per-ID weights for some of them. Unknown fields are ignored.
 
 Decoding is schema-driven: :func:`typed_decoder` turns a :class:`SampleSpec` into a msgspec
 decoder of :class:`JsonSample` whose field types carry the exact shape and label range, so the
@@ -21,7 +24,7 @@ b'{"features":[0.5,1.0],"label":1}'
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import suppress
 from functools import lru_cache
 from itertools import chain
@@ -33,15 +36,18 @@ import numpy as np
 import numpy.typing as npt
 
 from streamtrain.gc_pause import gc_paused
+from streamtrain.jagged import SparseRows
 from streamtrain.spec import SampleSpec
 from streamtrain.wire.decoded import Decoded, Labels, finish, merge
 from streamtrain.wire.json_checks import Fields, read_record, stack_numbers
 from streamtrain.wire.rejects import Reject, SampleError
+from streamtrain.wire.sparse_fields import SparseRow, read_sparse
 
 _FEATURES = attrgetter("features")
 _LABEL = attrgetter("label")
 _WEIGHT = attrgetter("weight")
 _TIMESTAMP = attrgetter("timestamp")
+_SPARSE = attrgetter("sparse", "sparse_weights")
 
 FeaturesT = TypeVar("FeaturesT")
 LabelT = TypeVar("LabelT")
@@ -61,9 +67,18 @@ class JsonSample(msgspec.Struct, Generic[FeaturesT, LabelT], frozen=True, gc=Fal
     label: LabelT
     weight: float | None = None
     timestamp: float | None = None
+    sparse: dict[str, Any] | None = None  # checked by sparse_fields.read_sparse
+    sparse_weights: dict[str, Any] | None = None
 
     def to_json(self) -> bytes:
-        return encode_json(self.features, self.label, self.weight, self.timestamp)
+        return encode_json(
+            self.features,
+            self.label,
+            self.weight,
+            self.timestamp,
+            self.sparse,
+            self.sparse_weights,
+        )
 
 
 def _plain(value: Any) -> Any:
@@ -74,7 +89,12 @@ def _plain(value: Any) -> Any:
 
 
 def encode_json(
-    features: Any, label: Any, weight: float | None = None, timestamp: float | None = None
+    features: Any,
+    label: Any,
+    weight: float | None = None,
+    timestamp: float | None = None,
+    sparse: Mapping[str, Any] | None = None,
+    sparse_weights: Mapping[str, Any] | None = None,
 ) -> bytes:
     """The JSON record value of one sample; NaN/Inf are refused (they are not JSON).
 
@@ -89,6 +109,10 @@ def encode_json(
         obj["weight"] = float(weight)
     if timestamp is not None:
         obj["timestamp"] = float(timestamp)
+    if sparse is not None:
+        obj["sparse"] = {name: _plain(ids) for name, ids in sparse.items()}
+    if sparse_weights is not None:
+        obj["sparse_weights"] = {name: _plain(w) for name, w in sparse_weights.items()}
     try:
         return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode()
     except ValueError as exc:
@@ -221,7 +245,7 @@ def _typed_columns(
     else:
         labels = np.array(_label_rows(spec, list(map(_LABEL, samples))), np.float32)
     with np.errstate(over="ignore"):
-        return Decoded(
+        decoded = Decoded(
             rows=np.asarray(rows, dtype=np.int64),
             features=np.fromiter(flat, np.float32, n * spec.feature_size).reshape(
                 n, *spec.feature_shape
@@ -230,6 +254,32 @@ def _typed_columns(
             weights=weights.astype(np.float32),
             timestamps=np.array(list(map(_TIMESTAMP, samples)), np.float64),
         )
+    return _with_sparse_columns(spec, decoded, list(map(_SPARSE, samples)))
+
+
+def _with_sparse_columns(spec: SampleSpec, decoded: Decoded, raw: list[tuple[Any, Any]]) -> Decoded:
+    """``decoded`` with the jagged columns of its samples' ``sparse``/``sparse_weights``
+    (``raw``, one pair per sample); a sample whose sparse fields are refused is rejected.
+    With no sparse feature declared and none sent, nothing is read."""
+    if not spec.sparse and not any(s is not None or w is not None for s, w in raw):
+        return decoded
+    rows: list[SparseRow] = []
+    bad: dict[int, Reject] = {}
+    for j, (sparse, weights) in enumerate(raw):
+        got = read_sparse(spec, sparse, weights)
+        if isinstance(got, Reject):
+            bad[j] = got
+            rows.append({})
+        else:
+            rows.append(got)
+    decoded.sparse = SparseRows.from_lists(spec.sparse_names, rows) if spec.sparse else None
+    if not bad:
+        return decoded
+    for j, reject in bad.items():
+        decoded.rejects[int(decoded.rows[j])] = reject
+    good = np.ones(len(raw), bool)
+    good[list(bad)] = False
+    return decoded.keep(good)
 
 
 def _lenient_columns(
@@ -238,7 +288,7 @@ def _lenient_columns(
     """Columns of the records only the lenient rules accept; those whose features or label
     do not stack into the spec's shape join ``rejects``."""
     rows = [i for i, _ in lenient]
-    feats, labels, weights, stamps = (
+    feats, labels, weights, stamps, sparse, sparse_weights = (
         list(column) for column in zip(*(f for _, f in lenient), strict=True)
     )
     feat_arr, bad = stack_numbers(feats, spec.feature_shape, "features", "model.input_shape")
@@ -258,13 +308,18 @@ def _lenient_columns(
             weights=np.asarray(weights, dtype=np.float32),
             timestamps=np.asarray(stamps, dtype=np.float64),
         )
-    if not bad:
-        return decoded
-    for j, reject in bad.items():
-        rejects[rows[j]] = reject
     good = np.ones(len(rows), bool)
     good[list(bad)] = False
-    return decoded.keep(good)
+    for j, reject in bad.items():
+        rejects[rows[j]] = reject
+    if bad:
+        decoded = decoded.keep(good)
+    pairs = zip(sparse, sparse_weights, strict=True)
+    raw = [pair for pair, ok in zip(pairs, good, strict=True) if ok]
+    decoded = _with_sparse_columns(spec, decoded, raw)
+    rejects.update(decoded.rejects)
+    decoded.rejects = {}
+    return decoded
 
 
 def _label_rows(spec: SampleSpec, labels: list[Any]) -> list[Any]:

@@ -20,6 +20,10 @@ RejectReason = Literal[
     "bad_timestamp",  # not a finite number
     "oversized",  # larger than max_record_bytes
     "unknown_content_type",  # a content-type header naming neither codec
+    "bad_sparse",  # sparse not an object, or a feature's IDs not a list of int64s / strings
+    "sparse_too_long",  # more IDs than the feature's max_length
+    "unknown_sparse_feature",  # a sparse feature the model does not declare
+    "bad_sparse_weight",  # per-ID weights not finite numbers >= 0, one per ID
 ]
 REASONS: tuple[RejectReason, ...] = get_args(RejectReason)
 
