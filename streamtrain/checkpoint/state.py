@@ -34,3 +34,22 @@ class TrainerState:
     model_settings: dict[str, Any]
     data_watermark: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+class WorldSizeMismatch(CheckpointError):
+    """A checkpoint written by a different number of trainer ranks than are running now."""
+
+
+def check_world_size(state: TrainerState, world_size: int, where: str) -> None:
+    """Refuse to resume ``state`` (from ``where``) with another number of ranks.
+
+    Each rank's offsets cover its own partitions and the batches of a step were paired by rank:
+    resuming the same stream on another layout would not replay the same steps.
+    """
+    written = int(state.extra.get("world_size", 1))
+    if written != world_size:
+        raise WorldSizeMismatch(
+            f"checkpoint {where} was written by {written} trainer rank(s) but {world_size} "
+            f"are running: restart with {written} rank(s) (torchrun --nproc-per-node), or "
+            "start a new run with an empty --checkpoint-dir"
+        )

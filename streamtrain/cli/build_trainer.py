@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
 import torch
 
 from streamtrain.checkpoint import CheckpointStore
 from streamtrain.config import Settings
 from streamtrain.devices import resolve_device, training_threads
+from streamtrain.distributed.group import RankGroup
+from streamtrain.distributed.launch import rank_consumer
+from streamtrain.distributed.lockstep import LockstepTrainer
 from streamtrain.ingest.source import KafkaSampleSource
 from streamtrain.kafka import KafkaConnection
 from streamtrain.snapshot.manifest import settings_hash
@@ -31,6 +37,9 @@ def build_trainer(settings: Settings) -> Trainer:
     device = resolve_device(train.device)
     if train.autocast != "off" and device.type != "cuda":
         raise ValueError(f"train.autocast={train.autocast} needs a CUDA device (got {device})")
+    group = RankGroup.from_environment(device)  # None unless launched by torchrun, world > 1
+    if group is not None and device.type == "cuda":
+        device = torch.device("cuda", group.local_rank)  # one GPU per rank
     torch.set_num_threads(train.torch_threads or training_threads())
     torch.manual_seed(train.seed)
     spec = spec_for_model(model_cfg)
@@ -57,12 +66,23 @@ def build_trainer(settings: Settings) -> Trainer:
     signer = ManifestSigner.from_file(train.signing_key) if train.signing_key else None
     kafka = KafkaConnection.from_settings(settings.kafka)
     topics = settings.topics
+    consumer, partitions = None, settings.ingest.partitions
+    if group is not None:
+        consumer, every_partition, partitions = rank_consumer(
+            kafka,
+            topic=topics.samples,
+            group_id=settings.ingest.group_id,
+            fetch_max_wait_ms=settings.kafka.fetch_max_wait_ms,
+            wanted=settings.ingest.partitions,
+            group=group,
+        )
     source = KafkaSampleSource(
         spec=spec,
         topic=topics.samples,
         group_id=settings.ingest.group_id,
         kafka=kafka,
-        partitions=settings.ingest.partitions,
+        partitions=partitions,
+        consumer=consumer,
         start_from=settings.ingest.start_from,
         max_batch_size=settings.ingest.max_batch_size,
         max_wait_ms=settings.ingest.max_wait_ms,
@@ -74,14 +94,22 @@ def build_trainer(settings: Settings) -> Trainer:
         on_offset_reset=settings.ingest.on_offset_reset,
     )
     model_settings = model_cfg.model_dump(mode="json")
-    publisher = SnapshotPublisher(
-        kafka=kafka,
-        topic=topics.snapshots,
-        model_name=model_cfg.name,
-        settings_hash=settings_hash(model_settings),
-        signer=signer,
+    # rank 0 alone publishes: the weights are the same on every rank after each step
+    publisher = (
+        SnapshotPublisher(
+            kafka=kafka,
+            topic=topics.snapshots,
+            model_name=model_cfg.name,
+            settings_hash=settings_hash(model_settings),
+            signer=signer,
+        )
+        if group is None or group.is_leader
+        else None
     )
-    return Trainer(
+    make: Callable[..., Trainer] = Trainer
+    if group is not None:
+        make = functools.partial(LockstepTrainer, group=group, all_partitions=every_partition)
+    return make(
         source=source,
         learner=learner,
         checkpoints=CheckpointStore(train.checkpoint_dir, keep=train.keep_checkpoints),

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -31,6 +33,20 @@ class StepOutcome:
     score_sum: torch.Tensor
     samples: int
     applied: bool
+
+
+class StepReducer(Protocol):
+    """Makes one step of several processes equal a step on the union of their batches
+    (``streamtrain.distributed.step_sync.GradientSync``)."""
+
+    def reduce(
+        self,
+        params: Sequence[nn.Parameter],
+        loss: torch.Tensor,
+        weights: torch.Tensor,
+        score_sum: torch.Tensor,
+        samples: int,
+    ) -> tuple[torch.Tensor, torch.Tensor, int]: ...
 
 
 class Learner:
@@ -74,6 +90,9 @@ class Learner:
         self.autocast_dtype = autocast_dtype
         self.good_state_every = good_state_every
         self.step_count = 0
+        # set on the ranks of a distributed trainer: every rank then steps on every call, even
+        # with an empty batch, and the outcome describes the union of the ranks' batches
+        self.step_reducer: StepReducer | None = None
         self._params = [p for p in model.parameters() if p.requires_grad]
         self._separate_eval_pass = train_mode_differs(model)
         self._guard = BadStepGuard(max_bad_steps)
@@ -115,10 +134,12 @@ class Learner:
            saved as the last good one — it has just produced a finite loss and gradients, which
            the post-step state has not yet shown; then optimizer step and scheduler step.
 
-        An empty batch does nothing and reports ``applied=False`` without counting as bad.
+        An empty batch does nothing and reports ``applied=False`` without counting as bad, except
+        with a ``step_reducer``: then 2b. all-reduces the gradients (the other ranks' batches
+        still make a step) and the outcome is the union batch's.
         """
         samples = int(features.shape[0])
-        if samples == 0:
+        if samples == 0 and self.step_reducer is None:
             zero = torch.zeros((), device=self.device)
             return StepOutcome(loss=zero, score_sum=zero, samples=0, applied=False)
         x = features.to(self.device, non_blocking=True)
@@ -139,6 +160,10 @@ class Learner:
             score_sum = self.head.score(outputs, y).sum()
         loss = self.head.loss(outputs, y, w)
         self._backward(loss)
+        if self.step_reducer is not None:
+            loss, score_sum, samples = self.step_reducer.reduce(
+                self._params, loss.detach(), w, score_sum.detach(), samples
+            )
         grad_norm = self._grad_norm()
 
         # loss + norm is finite exactly when both are (NaN and inf propagate through +)

@@ -32,7 +32,7 @@ from torch.optim.lr_scheduler import LRScheduler
 
 from streamtrain import health, metrics
 from streamtrain.batch import Batch
-from streamtrain.checkpoint import CheckpointStore, TrainerState
+from streamtrain.checkpoint import CheckpointStore, TrainerState, check_world_size
 from streamtrain.ingest.device import to_device
 from streamtrain.train.cadence import EveryPolicy
 from streamtrain.train.hooks import SnapshotRequest, SnapshotSink
@@ -155,6 +155,7 @@ class Trainer:
             self._checkpoint_policy.mark(self._progress.step)
             self._checkpointed = (self._progress.step, dict(positions))
             return None
+        check_world_size(state, 1, str(self._checkpoints.root))
         self._run_id = state.run_id
         self._progress = _Progress(
             step=state.step,
@@ -244,7 +245,7 @@ class Trainer:
         outcome = self._learner.learn(on_device.features, on_device.labels, on_device.weights)
         progress = self._progress
         progress.step += 1
-        progress.samples_seen += batch.size
+        progress.samples_seen += outcome.samples  # every rank's samples in a distributed step
         if self._unsaved_since is None:
             self._unsaved_since = time.time()
         watermark = batch.watermark
@@ -255,7 +256,7 @@ class Trainer:
             metrics.TRAIN_STEPS.inc()
             metrics.TRAIN_SAMPLES.inc(batch.size)
         metrics.TRAIN_STEP_SECONDS.observe(time.perf_counter() - started)
-        self._pending_scores.append((batch.size, outcome.loss, outcome.score_sum))
+        self._pending_scores.append((outcome.samples, outcome.loss, outcome.score_sum))
         if (
             len(self._pending_scores) >= _METRICS_EVERY_STEPS
             or self._clock() - self._last_flush >= _METRICS_EVERY_SECONDS

@@ -8,7 +8,7 @@ them, and a rollback of the non-finite guard restores them with the weights.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from pydantic import Field
@@ -17,6 +17,12 @@ from torch import nn
 from streamtrain.train.models._params import ModelParams
 
 EPS = 1e-5
+
+
+# (batch, batch dims, keepdim) -> (samples, mean, variance) of the union of every rank's batch
+MomentsReducer = Callable[
+    [torch.Tensor, tuple[int, ...], bool], tuple[int, torch.Tensor, torch.Tensor]
+]
 
 
 class StandardizeParams(ModelParams):
@@ -106,13 +112,17 @@ class OnlineStandardize(nn.Module):
         self.eps = eps
         self._batch_dims = (0, *(d + 1 for d in shared_dims))
         self._keepdim = bool(shared_dims)  # reduced dims stay as the statistics' 1s
+        # Set on every rank of a distributed trainer (streamtrain/distributed/step_sync.py):
+        # returns the samples, mean and variance of the union of all ranks' batches.
+        self.moments_sync: MomentsReducer | None = None
         self.register_buffer("mean", torch.zeros(stat_shape))
         self.register_buffer("var", torch.ones(stat_shape))
         self.register_buffer("count", torch.zeros((), dtype=torch.int64))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = (x - self.mean) * torch.rsqrt(self.var + self.eps)
-        if self.training and x.shape[0] > 0:
+        # a distributed rank folds in even an empty batch: the other ranks' moments still count
+        if self.training and (x.shape[0] > 0 or self.moments_sync is not None):
             self._fold_in(x.detach())
         return out
 
@@ -124,11 +134,18 @@ class OnlineStandardize(nn.Module):
         # where at batch 1 a kernel launch costs as much as the arithmetic. x is detached and
         # the buffers need no grad, so no graph is recorded and in-place updates are safe.
         n = int(x.shape[0])
-        batch_var, batch_mean = torch.var_mean(
-            x.to(self.mean.dtype), dim=self._batch_dims, correction=0, keepdim=self._keepdim
-        )
-        if self._keepdim:
-            batch_var, batch_mean = batch_var.squeeze(0), batch_mean.squeeze(0)
+        if self.moments_sync is not None:
+            n, batch_mean, batch_var = self.moments_sync(
+                x.to(self.mean.dtype), self._batch_dims, self._keepdim
+            )
+            if n == 0:
+                return
+        else:
+            batch_var, batch_mean = torch.var_mean(
+                x.to(self.mean.dtype), dim=self._batch_dims, correction=0, keepdim=self._keepdim
+            )
+            if self._keepdim:
+                batch_var, batch_mean = batch_var.squeeze(0), batch_mean.squeeze(0)
         # a NaN or inf anywhere in x makes its variance non-finite; such a batch is replaced
         # by the current statistics, which leaves them exactly as they were
         finite = batch_var.sum() < math.inf

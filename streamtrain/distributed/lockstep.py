@@ -1,0 +1,225 @@
+"""The trainer loop on every rank of a distributed job: the same decisions, in the same steps.
+
+Each rank runs :class:`LockstepTrainer` over its own partitions. Every iteration starts with one
+small all-reduce, the *vote*, so that no rank ever waits in a collective the others skip:
+
+1. Each rank takes its next local batch (or none within the poll interval) and votes: its
+   samples, its records, whether it was asked to stop, whether it has been idle past
+   ``stop_when_idle``, whether its checkpoint cadence expired.
+2. Any stop request stops every rank; the idle stop needs every rank idle.
+3. If any rank holds samples, every rank steps (an empty batch where it has none): the learner's
+   :class:`~streamtrain.distributed.step_sync.GradientSync` makes it the union-batch step, so
+   the step counter, ``samples_seen`` and the rolling metrics are the same on every rank.
+4. Rank 0 alone publishes snapshots (the other ranks have no sink).
+5. If any rank's checkpoint cadence expired, every rank checkpoints (:meth:`_checkpoint`).
+
+Checkpoints are one consistent cut. The weights and optimizer state are identical on every
+rank after each step, so rank 0 writes them once; what differs per rank is the offsets. The
+checkpoint is written in two phases:
+
+a. Every rank hands its next offsets at step S to an all-reduce over all partitions: the
+   collective completes only once every rank has given its part (the barrier).
+b. Rank 0 writes weights, optimizer, step S and the union of the offsets into a temporary
+   directory and renames it to ``step-S`` (the commit marker is that rename, written last).
+c. A second barrier: no rank commits offsets to the consumer group, nor takes step S + 1's
+   checkpoint decision, before the commit exists.
+
+The checkpoint directory must be one every rank reads (one host, or shared storage): on a
+restart every rank restores the same ``step-S`` and seeks its own partitions.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from streamtrain import health, metrics
+from streamtrain.batch import Batch
+from streamtrain.checkpoint import TrainerState, check_world_size
+from streamtrain.distributed.group import RankGroup
+from streamtrain.distributed.step_sync import GradientSync, attach_moments_sync
+from streamtrain.train.loop import _POLL_SECONDS, Trainer, _Progress, _Throughput
+from streamtrain.train.prefetch import PrefetchingSource
+
+log = logging.getLogger(__name__)
+
+_SAMPLES, _RECORDS, _STOP, _IDLE, _CHECKPOINT = range(5)
+
+
+class LockstepTrainer(Trainer):
+    """A :class:`Trainer` that steps in lockstep with the other ranks of ``group``."""
+
+    def __init__(self, *, group: RankGroup, all_partitions: tuple[int, ...], **kwargs: Any):
+        super().__init__(**kwargs)
+        self._group = group
+        self._all_partitions = tuple(sorted(all_partitions))
+        self._learner.step_reducer = GradientSync()
+        attach_moments_sync(self._learner.model)
+        # NCCL reduces device tensors only; gloo reduces host tensors
+        self._comm = self._learner.device if group.backend == "nccl" else torch.device("cpu")
+
+    @property
+    def group(self) -> RankGroup:
+        return self._group
+
+    def restore(self) -> int | None:
+        """Every rank restores the same checkpoint, refuses another world size, and starts
+        from rank 0's weights.
+
+        1. Load the newest valid checkpoint; refuse it if another world size wrote it.
+        2. Agree on the step: the ranks must have restored the same checkpoint (a fresh run
+           takes the highest first version any rank saw on the snapshot topic).
+        3. Seek this rank's partitions to their offsets in the checkpoint.
+        4. Broadcast rank 0's parameters and buffers: identical starting weights everywhere.
+        """
+        learner = self._learner
+        state = self._checkpoints.load_latest(learner.model, learner.optimizer, learner.scheduler)
+        if state is not None:
+            check_world_size(state, self._group.world_size, str(self._checkpoints.root))
+        positions = self._source.positions()
+        step = state.step if state is not None else self._first_version()
+        steps = torch.tensor([step, -step], dtype=torch.int64, device=self._comm)
+        dist.all_reduce(steps, op=dist.ReduceOp.MAX)
+        high, low = int(steps[0]), -int(steps[1])
+        if state is not None and high != low:
+            raise RuntimeError(
+                f"ranks restored different checkpoints (steps {low} to {high}) from "
+                f"{self._checkpoints.root}: every rank must read the same checkpoint directory"
+            )
+        for tensor in [*learner.model.parameters(), *learner.model.buffers()]:
+            dist.broadcast(tensor.data, src=0)
+        learner.snapshot_good_state()
+        if state is None:
+            self._progress = _Progress(step=high, offsets=positions)
+            self._mark_all(high, positions)
+            return None
+        own = {p: o for p, o in state.offsets.items() if p in positions}
+        self._run_id = state.run_id
+        self._progress = _Progress(
+            step=state.step,
+            samples_seen=state.samples_seen,
+            offsets={**positions, **own},
+            watermark=state.data_watermark,
+        )
+        self._source.seek(own)
+        self._mark_all(state.step, self._progress.offsets)
+        log.info(
+            "rank %d resumed run %s at step %d, offsets %s",
+            self._group.rank,
+            state.run_id,
+            state.step,
+            own,
+        )
+        return state.step
+
+    def _mark_all(self, step: int, offsets: dict[int, int]) -> None:
+        self._snapshot_policy.mark(step)
+        self._checkpoint_policy.mark(step)
+        self._checkpointed = (step, dict(offsets))
+
+    def _loop(self, prefetch: PrefetchingSource) -> str:
+        stop = self._stop_conditions
+        last_input = self._clock()
+        throughput = _Throughput(self._clock)
+        while True:
+            health.beat()
+            if stop.max_samples is not None and self._progress.samples_seen >= stop.max_samples:
+                return "max_samples"
+            batch = prefetch.get(timeout=_POLL_SECONDS)
+            idle = stop.stop_when_idle is not None and (
+                self._clock() - last_input >= stop.stop_when_idle
+            )
+            vote = self._vote(batch, idle)
+            if vote[_STOP]:
+                return "signal"
+            if vote[_RECORDS]:
+                last_input = self._clock()
+            elif vote[_IDLE] == self._group.world_size:
+                return "idle"
+            if batch is not None:
+                self._progress.offsets.update(batch.next_offsets)
+            if vote[_SAMPLES]:
+                local = batch if batch is not None and batch.size else self._empty_batch()
+                self._train_on(local)
+                throughput.add(local.size)
+            self._maybe_snapshot()
+            if vote[_CHECKPOINT]:
+                self._checkpoint(prefetch)
+            unsaved = self._unsaved_since
+            metrics.CHECKPOINT_AGE.set(0.0 if unsaved is None else time.time() - unsaved)
+
+    def _vote(self, batch: Batch | None, idle: bool) -> list[int]:
+        """Sum every rank's vote (one all-reduce of five integers)."""
+        samples, records = (0, 0) if batch is None else (batch.size, batch.records)
+        due = self._checkpoint_policy.expired(self._progress.step)
+        ballot = torch.tensor(
+            [samples, records, int(self._stop_requested.is_set()), int(idle), int(due)],
+            dtype=torch.int64,
+            device=self._comm,
+        )
+        dist.all_reduce(ballot)
+        return [int(v) for v in ballot.tolist()]
+
+    def _empty_batch(self) -> Batch:
+        spec = self._learner.head.spec
+        labels: np.ndarray[Any, Any] = (
+            np.zeros((0, spec.target_dim), np.float32)
+            if spec.task == "regression"
+            else np.zeros((0,), np.int64)
+        )
+        return Batch(
+            features=np.zeros((0, *spec.feature_shape), np.float32),
+            labels=labels,
+            weights=np.zeros((0,), np.float32),
+            timestamps=np.zeros((0,), np.float64),
+            next_offsets={},
+        )
+
+    def _checkpoint(self, prefetch: PrefetchingSource) -> None:
+        progress = self._progress
+        offsets = self._gather_offsets(progress.offsets)  # phase a: every rank's part
+        if self._group.is_leader:  # phase b: one writer, the rename commits
+            state = TrainerState(
+                step=progress.step,
+                samples_seen=progress.samples_seen,
+                run_id=self._run_id,
+                offsets=offsets,
+                model_settings=self._model_settings,
+                data_watermark=progress.watermark,
+                extra={"world_size": self._group.world_size},
+            )
+            self._checkpoints.save(state, *self._learner_parts())
+        dist.barrier()  # phase c: the commit exists before anyone relies on it
+        self._checkpoint_policy.mark(progress.step)
+        self._unsaved_since = None
+        self._checkpointed = (progress.step, dict(progress.offsets))
+        own = {p: o for p, o in progress.offsets.items() if p in self._source.positions()}
+        prefetch.request_commit(own)
+
+    def _gather_offsets(self, mine: dict[int, int]) -> dict[int, int]:
+        values = [mine.get(p, -1) for p in self._all_partitions]
+        slots = torch.tensor(values, dtype=torch.int64, device=self._comm)
+        dist.all_reduce(slots, op=dist.ReduceOp.MAX)
+        return {
+            p: int(o) for p, o in zip(self._all_partitions, slots.tolist(), strict=True) if o >= 0
+        }
+
+    def _finish(self, prefetch: PrefetchingSource) -> None:
+        """Graceful end on every rank together: checkpoint if any rank has something unsaved."""
+        try:
+            progress = self._progress
+            unsaved = int((progress.step, progress.offsets) != self._checkpointed)
+            flag = torch.tensor([unsaved], dtype=torch.int64, device=self._comm)
+            dist.all_reduce(flag)
+            if int(flag):
+                self._checkpoint(prefetch)
+            self._maybe_snapshot(force=True)
+        finally:
+            prefetch.close()
+            if self._sink is not None:
+                self._sink.close()

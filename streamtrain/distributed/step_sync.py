@@ -1,0 +1,107 @@
+"""One learning step shared by every rank: gradients and standardisation moments all-reduced.
+
+A rank's loss is its batch's weighted mean ``sum(w l) / W_r`` (``W_r = sum(w)``), so its
+gradient is ``g_r = sum(w grad l) / W_r``. The gradient of the union of all ranks' batches is
+``sum_r W_r g_r / W`` with ``W = sum_r W_r``: each rank all-reduces ``W_r g_r`` and ``W_r`` in
+one buffer and divides. A rank with an empty batch contributes ``W_r = 0``, so the step equals
+a single-process step on the union batch (up to float summation order).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from streamtrain.train.models.standardize import OnlineStandardize
+
+
+class GradientSync:
+    """Called by :class:`~streamtrain.train.learner.Learner` between backward and the guard."""
+
+    def reduce(
+        self,
+        params: Sequence[nn.Parameter],
+        loss: torch.Tensor,
+        weights: torch.Tensor,
+        score_sum: torch.Tensor,
+        samples: int,
+    ) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Replace every ``p.grad`` by the union-batch gradient; return the union loss, score
+        sum and sample count (the same on every rank, so every rank's guard decides alike).
+
+        1. Pack ``W_r * grad`` of every parameter (zeros where a rank has none) and the scalars
+           ``W_r * loss, W_r, samples, score_sum`` into one flat buffer: one collective a step.
+        2. All-reduce it (sum). A NaN or inf on any rank reaches every rank.
+        3. Divide by ``W`` and write the gradients back.
+        """
+        total_weight = weights.sum().to(torch.float32)
+        parts = [
+            (p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).float()
+            * total_weight
+            for p in params
+        ]
+        scalars = torch.stack(
+            [
+                loss.float() * total_weight,
+                total_weight,
+                torch.tensor(float(samples), device=loss.device),
+                score_sum.float(),
+            ]
+        )
+        buffer = torch.cat([*parts, scalars.to(loss.device)])
+        dist.all_reduce(buffer)
+        weight = buffer[-3].clamp_min(torch.finfo(torch.float32).tiny)
+        offset = 0
+        for p in params:
+            size = p.numel()
+            p.grad = (buffer[offset : offset + size] / weight).view_as(p).to(p.dtype)
+            offset += size
+        union_samples = int(buffer[-2].item())
+        return buffer[-4] / weight, buffer[-1], union_samples
+
+
+class MomentsSync:
+    """Union-batch mean and variance for :class:`OnlineStandardize` (Chan's parallel merge).
+
+    Every rank all-gathers ``(elements, mean, M2, samples)`` of its own batch and merges them
+    in rank order, so all ranks fold the same moments into identical statistics.
+    """
+
+    def __call__(
+        self, x: torch.Tensor, dims: tuple[int, ...], keepdim: bool
+    ) -> tuple[int, torch.Tensor, torch.Tensor]:
+        values = x.to(torch.float64)
+        sums = values.sum(dim=dims, keepdim=keepdim)
+        if keepdim:
+            sums = sums.squeeze(0)
+        elements = values.numel() // max(sums.numel(), 1)
+        mean = sums / max(elements, 1)
+        centred = values - (mean.unsqueeze(0) if keepdim else mean)
+        m2 = centred.square().sum(dim=dims, keepdim=keepdim)
+        if keepdim:
+            m2 = m2.squeeze(0)
+        head = torch.tensor([float(elements), float(x.shape[0])], dtype=torch.float64)
+        packed = torch.cat([head.to(x.device), mean.reshape(-1), m2.reshape(-1)])
+        gathered = [torch.empty_like(packed) for _ in range(dist.get_world_size())]
+        dist.all_gather(gathered, packed)
+        stacked = torch.stack(gathered)  # [world, 2 + 2 * stats], rows in rank order
+        counts, stat = stacked[:, 0:1], sums.numel()
+        means, m2s = stacked[:, 2 : 2 + stat], stacked[:, 2 + stat :]
+        total = counts.sum().clamp_min(1.0)
+        union_mean = (counts * means).sum(0) / total
+        union_m2 = (m2s + counts * (means - union_mean).square()).sum(0)
+        shape = sums.shape
+        union_var = (union_m2 / total).reshape(shape).to(x.dtype)
+        return int(stacked[:, 1].sum().item()), union_mean.reshape(shape).to(x.dtype), union_var
+
+
+def attach_moments_sync(model: nn.Module) -> int:
+    """Make every online standardiser in ``model`` fold in union-batch moments; return how many."""
+    layers = [m for m in model.modules() if isinstance(m, OnlineStandardize)]
+    sync = MomentsSync()
+    for layer in layers:
+        layer.moments_sync = sync
+    return len(layers)
