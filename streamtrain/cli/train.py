@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import signal
+import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 import typer
 
@@ -23,7 +25,8 @@ from streamtrain.cli.common import (
 )
 
 if TYPE_CHECKING:
-    from streamtrain.train.loop import TrainSummary
+    from streamtrain.config import Settings
+    from streamtrain.train.loop import Trainer, TrainSummary
 
 
 @app.command()
@@ -43,11 +46,18 @@ def train(
     torch_threads: int | None = typer.Option(
         None, min=1, help="torch intra-op threads (1 suits small models on shared CPUs)."
     ),
+    nproc: int = typer.Option(
+        1, min=1, help="Trainer ranks on this host, one model (relaunches under torchrun)."
+    ),
+    max_restarts: int = typer.Option(
+        0, min=0, help="With --nproc: times torchrun restarts the group after a rank dies."
+    ),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Consume samples, take gradient steps, publish snapshots, checkpoint; Ctrl-C stops cleanly."""
     # torch is imported here, not at module level, so other subcommands start fast.
     from streamtrain import health, metrics
+    from streamtrain.checkpoint import WorldSizeMismatch
     from streamtrain.cli.build_trainer import build_trainer
     from streamtrain.devices import resolve_device
     from streamtrain.ingest.log_watch import OffsetResetFailed
@@ -74,14 +84,19 @@ def train(
             load_private_key(settings.train.signing_key)
         except KeyFileError as exc:
             fail(str(exc))
+    if nproc > 1:
+        _relaunch(settings, nproc, max_restarts)
     health.HEALTH.configure(settings.train.liveness_timeout_s)
+    metrics_port = settings.train.metrics_port
+    if metrics_port:  # ranks on one host: base port + local rank (0 stays "any free port")
+        metrics_port += int(os.environ.get("LOCAL_RANK", "0"))
     try:
         server = metrics.serve_metrics(
-            metrics.TRAINER_REGISTRY, settings.train.metrics_port, routes=health.routes()
+            metrics.TRAINER_REGISTRY, metrics_port, routes=health.routes()
         )
     except OSError as exc:
         fail(
-            port_in_use_message("--metrics-port", settings.train.metrics_port, exc),
+            port_in_use_message("--metrics-port", metrics_port, exc),
             ExitCode.LOCAL_RESOURCE,
         )
     topics = settings.topics
@@ -110,13 +125,45 @@ def train(
         signal.signal(signum, lambda *_: trainer.request_stop())
     try:
         summary = trainer.run()
+    except WorldSizeMismatch as exc:
+        server.shutdown()
+        fail(str(exc))
     except SourceFailed as exc:
         if not isinstance(exc.__cause__, OffsetResetFailed):
             raise
         server.shutdown()
         fail(str(exc.__cause__), ExitCode.OFFSET_RESET)
+    finally:
+        _leave_group(trainer)
     server.shutdown()
     _print_summary(summary)
+
+
+def _relaunch(settings: Settings, nproc: int, max_restarts: int) -> NoReturn:
+    """Refuse a rank count the topic cannot feed here, in one line, then become torchrun."""
+    from streamtrain.distributed.group import PartitionShareError
+    from streamtrain.distributed.launch import check_rank_share, relaunch_under_torchrun
+    from streamtrain.kafka import KafkaConfigError
+
+    try:
+        check_rank_share(settings, nproc)
+    except (PartitionShareError, KafkaConfigError, ValueError) as exc:
+        fail(str(exc))
+    except Exception as exc:
+        if is_kafka_failure(exc) or isinstance(exc, ConnectionError | TimeoutError):
+            fail(
+                kafka_failure_message(settings.kafka.bootstrap_servers, exc),
+                ExitCode.KAFKA_UNREACHABLE,
+            )
+        raise
+    relaunch_under_torchrun(nproc, max_restarts, sys.argv)
+
+
+def _leave_group(trainer: Trainer) -> None:
+    from streamtrain.distributed.lockstep import LockstepTrainer
+
+    if isinstance(trainer, LockstepTrainer):
+        trainer.group.close()
 
 
 def _print_summary(summary: TrainSummary) -> None:
