@@ -17,11 +17,15 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 from torch import nn
 
+from streamtrain.sparse_tensors import JaggedTensor, SparseInput
 from streamtrain.spec import SampleSpec
 from streamtrain.train.learner import Learner
 from streamtrain.train.models import build_model
 from streamtrain.train.optim import build_optimizer
 from streamtrain.train.task import TaskHead
+
+Sample = tuple[torch.Tensor, torch.Tensor, torch.Tensor, SparseInput | None]
+_TOY_IDS = 16  # distinct IDs per class and sparse feature
 
 
 class ToyStream:
@@ -29,7 +33,9 @@ class ToyStream:
 
     Classification: each class has a random prototype of the feature shape and a sample is its
     class's prototype plus Gaussian noise (any architecture can separate them). Regression: a
-    random linear teacher of the flattened features.
+    random linear teacher of the flattened features. With sparse features declared,
+    :meth:`sample` also draws 1-3 IDs per feature and sample from a pool of its class (a
+    regression target gains a per-ID effect), so embeddings alone can learn the task.
 
     >>> stream = ToyStream(SampleSpec(feature_shape=(6, 4), task="multiclass", num_classes=3))
     >>> x, y, w = stream.batch(5)
@@ -58,6 +64,25 @@ class ToyStream:
             return self._prototypes[labels] + self.noise * noise, labels, torch.ones(n)
         return noise, noise.flatten(1) @ self._teacher, torch.ones(n)
 
+    def sample(self, n: int) -> Sample:
+        """``n`` samples as :meth:`batch` plus their sparse features (None without any)."""
+        x, y, w = self.batch(n)
+        if not self.spec.sparse:
+            return x, y, w, None
+        group = y if self.spec.is_classification else (y[:, 0] > 0).long()
+        sparse = {}
+        for feature in self.spec.sparse:
+            rows = []
+            for g in group.tolist():
+                k = int(torch.randint(1, 4, (1,), generator=self._gen))
+                k = min(k, feature.max_length)
+                ids = torch.randint(_TOY_IDS, (k,), generator=self._gen) + g * _TOY_IDS
+                rows.append(ids.tolist())
+            sparse[feature.name] = JaggedTensor.from_lists(rows)
+        if not self.spec.is_classification:
+            y = y + (2 * group - 1).float().unsqueeze(1)  # the IDs' group moves the target
+        return x, y, w, sparse
+
 
 def check_model(
     name: str,
@@ -74,7 +99,9 @@ def check_model(
     1. Building twice under the same seed gives identical weights.
     2. ``forward`` follows the output convention (shape and float32 dtype), for 1 and n samples.
     3. It learns on a toy stream: ``steps`` Adam steps through :class:`Learner` lower the
-       held-out loss clearly, and classification accuracy clearly beats chance.
+       held-out loss clearly, and classification accuracy clearly beats chance. A model with
+       sparse features (``spec.sparse``; called ``model(x, sparse)``) takes Adagrad steps at
+       10x ``lr`` instead: its tables get row-wise sparse gradients, which Adam refuses.
     4. Its state round-trips through safetensors bytes into a freshly built model with
        identical outputs.
     5. Loading the same state again is idempotent: outputs unchanged, parameters and buffers
@@ -94,7 +121,7 @@ def check_model(
             _check_output_convention(name, model, spec)
             stream = ToyStream(spec, seed=seed + 1)
             _check_learns(name, model, spec, stream, steps, batch_size, lr)
-            probe = stream.batch(64)[0]
+            probe = stream.sample(64)
             _check_round_trip(name, spec, params, model, probe, seed)
     finally:
         torch.set_num_threads(threads)
@@ -131,8 +158,9 @@ def _expected_shape(spec: SampleSpec, n: int) -> tuple[int, ...]:
 def _check_output_convention(name: str, model: nn.Module, spec: SampleSpec) -> None:
     model.eval()
     with torch.no_grad():
+        stream = ToyStream(spec, seed=99)
         for n in (1, 5):
-            out = model(torch.randn(n, *spec.feature_shape))
+            out = _forward(model, stream.sample(n))
             want = _expected_shape(spec, n)
             assert isinstance(out, torch.Tensor) and tuple(out.shape) == want, (
                 f"{name}: forward on [{n}, {', '.join(map(str, spec.feature_shape))}] returned "
@@ -144,12 +172,15 @@ def _check_output_convention(name: str, model: nn.Module, spec: SampleSpec) -> N
     model.train()
 
 
-def _evaluate(
-    model: nn.Module, head: TaskHead, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
-) -> tuple[float, float]:
+def _forward(model: nn.Module, sample: Sample) -> torch.Tensor:
+    out: torch.Tensor = model(sample[0]) if sample[3] is None else model(sample[0], sample[3])
+    return out
+
+
+def _evaluate(model: nn.Module, head: TaskHead, batch: Sample) -> tuple[float, float]:
     model.eval()
     with torch.no_grad():
-        out = model(batch[0])
+        out = _forward(model, batch)
         loss = head.loss(out, batch[1], batch[2]).item()
         score = head.score(out, batch[1]).mean().item()
     model.train()
@@ -166,10 +197,15 @@ def _check_learns(
     lr: float,
 ) -> None:
     head = TaskHead(spec)
-    held_out = stream.batch(512)
+    held_out = stream.sample(512)
     loss_before, _ = _evaluate(model, head, held_out)
-    learner = Learner(model, head, build_optimizer(model.parameters(), "adam", lr=lr))
-    skipped = sum(not learner.learn(*stream.batch(batch_size)).applied for _ in range(steps))
+    optimizer = (
+        build_optimizer(model.parameters(), "adagrad", lr=10 * lr)
+        if spec.sparse
+        else build_optimizer(model.parameters(), "adam", lr=lr)
+    )
+    learner = Learner(model, head, optimizer)
+    skipped = sum(not learner.learn(*stream.sample(batch_size)).applied for _ in range(steps))
     assert skipped == 0, f"{name}: {skipped} of {steps} steps had a non-finite loss or gradient"
     loss_after, score_after = _evaluate(model, head, held_out)
     assert math.isfinite(loss_after) and loss_after < 0.7 * loss_before, (
@@ -191,7 +227,7 @@ def _check_round_trip(
     spec: SampleSpec,
     params: Mapping[str, Any] | None,
     model: nn.Module,
-    probe: torch.Tensor,
+    probe: Sample,
     seed: int,
 ) -> None:
     state = {key: value.detach().contiguous() for key, value in model.state_dict().items()}
@@ -208,12 +244,12 @@ def _check_round_trip(
     model.eval()
     storage = {key: t.data_ptr() for key, t in fresh.state_dict().items()}
     with torch.no_grad():
-        expected = model(probe)
+        expected = _forward(model, probe)
         result = fresh.load_state_dict(loaded, strict=True)
         assert not result.missing_keys and not result.unexpected_keys, f"{name}: {result}"
-        first = fresh(probe)
+        first = _forward(fresh, probe)
         fresh.load_state_dict(loaded, strict=True)
-        second = fresh(probe)
+        second = _forward(fresh, probe)
     assert torch.equal(first, expected), (
         f"{name}: outputs after a safetensors round trip differ from the trained model's "
         f"(max abs diff {(first - expected).abs().max().item():.3g}); all state that changes "

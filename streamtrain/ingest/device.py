@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from streamtrain.batch import Batch
+from streamtrain.sparse_tensors import JaggedTensor, to_tensors
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,7 @@ class DeviceBatch:
     weights: torch.Tensor
     timestamps: np.ndarray
     size: int
+    sparse: dict[str, JaggedTensor] | None = None
 
 
 def _tensor(array: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -55,4 +57,5 @@ def to_device(batch: Batch, device: torch.device | str) -> DeviceBatch:
         weights=_tensor(batch.weights, target),
         timestamps=batch.timestamps,
         size=batch.size,
+        sparse=None if batch.sparse is None else to_tensors(batch.sparse, target),
     )

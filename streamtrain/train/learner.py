@@ -15,6 +15,7 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
 from streamtrain import metrics
+from streamtrain.sparse_tensors import SparseInput
 from streamtrain.train.guard import BadStepGuard, GoodState, Verdict
 from streamtrain.train.optim import set_schedule_step
 from streamtrain.train.task import TaskHead
@@ -94,6 +95,7 @@ class Learner:
         # with an empty batch, and the outcome describes the union of the ranks' batches
         self.step_reducer: StepReducer | None = None
         self._params = [p for p in model.parameters() if p.requires_grad]
+        check_sparse_gradients(model, optimizer, clip_grad_norm)
         self._separate_eval_pass = train_mode_differs(model)
         self._guard = BadStepGuard(max_bad_steps)
         self._good = GoodState(model, optimizer)
@@ -114,9 +116,14 @@ class Learner:
         return self._guard.consecutive_bad
 
     def learn(
-        self, features: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor
+        self,
+        features: torch.Tensor,
+        labels: torch.Tensor,
+        weights: torch.Tensor,
+        sparse: SparseInput | None = None,
     ) -> StepOutcome:
-        """Test, then train, on one micro-batch.
+        """Test, then train, on one micro-batch (``sparse``: its sparse ID features, for a
+        model that declares them; it is then called ``model(features, sparse)``).
 
         1. Prequential test: score the batch with the weights as they are *before* this step.
            A model without dropout or batch norm computes the same function in train and eval
@@ -146,16 +153,20 @@ class Learner:
         y = labels.to(self.device, non_blocking=True)
         w = weights.to(self.device, non_blocking=True)
 
+        def forward() -> torch.Tensor:
+            out: torch.Tensor = self.model(x) if sparse is None else self.model(x, sparse)
+            return out
+
         score_sum: torch.Tensor | None = None
         if self._separate_eval_pass:
             self.model.eval()
             with torch.no_grad(), self._autocast():
-                score_sum = self.head.score(self.model(x), y).sum()
+                score_sum = self.head.score(forward(), y).sum()
             self.model.train()
 
         self.optimizer.zero_grad(set_to_none=True)
         with self._autocast():
-            outputs = self.model(x)
+            outputs = forward()
         if score_sum is None:
             score_sum = self.head.score(outputs, y).sum()
         loss = self.head.loss(outputs, y, w)
@@ -222,7 +233,9 @@ class Learner:
         if self.clip_grad_norm is not None:
             # clip_grad_norm_ returns the pre-clip total norm: clipping and the check share it
             return torch.nn.utils.clip_grad_norm_(self._params, self.clip_grad_norm)
-        total: torch.Tensor = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+        # a sparse (row-wise) gradient's norm is that of its values, summed per row first
+        norms = [g.coalesce().values().norm() if g.is_sparse else g.norm() for g in grads]
+        total: torch.Tensor = torch.linalg.vector_norm(torch.stack(norms))
         return total
 
     def _apply(self) -> None:
@@ -247,6 +260,40 @@ class Learner:
         if verdict is Verdict.ROLLBACK:
             self.restore_last_good()
             metrics.TRAIN_ROLLBACKS.inc()
+
+
+# optimizers whose step on a sparse gradient reads and writes only the rows it names
+_ROW_WISE = (torch.optim.Adagrad, torch.optim.SGD, torch.optim.SparseAdam)
+
+
+def check_sparse_gradients(
+    model: nn.Module, optimizer: Optimizer, clip_grad_norm: float | None
+) -> None:
+    """Refuse, before the first step, settings that cannot take sparse (row-wise) gradients:
+    Adam/AdamW/RMSprop raise on them, SGD momentum and weight decay would touch every row,
+    and gradient clipping would make every row's update depend on the whole batch norm."""
+    sparse = any(
+        isinstance(m, nn.Embedding | nn.EmbeddingBag) and m.sparse for m in model.modules()
+    )
+    if not sparse:
+        return
+    fix = "set optimizer.name to adagrad (or sgd without momentum and weight decay)"
+    if not isinstance(optimizer, _ROW_WISE):
+        raise ValueError(
+            f"this model's embedding tables learn sparsely (row-wise gradients), which "
+            f"{type(optimizer).__name__} cannot take; {fix}"
+        )
+    for group in optimizer.param_groups:
+        if group.get("weight_decay") or group.get("momentum"):
+            raise ValueError(
+                "weight_decay and momentum would move every embedding row on every step; "
+                f"set them to 0 for a model with embedding tables ({fix})"
+            )
+    if clip_grad_norm is not None:
+        raise ValueError(
+            "optimizer.clip_grad_norm does not apply to sparse embedding gradients; unset it "
+            "(Adagrad already scales each row's step by its own history)"
+        )
 
 
 def train_mode_differs(model: nn.Module) -> bool:

@@ -242,7 +242,9 @@ class Trainer:
     def _train_on(self, batch: Batch) -> None:
         started = time.perf_counter()
         on_device = to_device(batch, self._learner.device)
-        outcome = self._learner.learn(on_device.features, on_device.labels, on_device.weights)
+        outcome = self._learner.learn(
+            on_device.features, on_device.labels, on_device.weights, on_device.sparse
+        )
         progress = self._progress
         progress.step += 1
         progress.samples_seen += outcome.samples  # every rank's samples in a distributed step

@@ -16,9 +16,11 @@ import pytest
 
 from streamtrain.spec import SampleSpec
 from streamtrain.testing import check_model
-from streamtrain.train.models import MODEL_NAMES, build_model
+from streamtrain.train.models import MODEL_NAMES, SPARSE_MODEL_NAMES, build_model
 from streamtrain.train.models._params import ModelParams
 from streamtrain.train.models.cnn import CNNParams
+from streamtrain.train.models.dlrm import DLRMParams
+from streamtrain.train.models.fm import FMParams
 from streamtrain.train.models.linear import LinearParams
 from streamtrain.train.models.mlp import MLPParams
 from streamtrain.train.models.rnn import RNNParams
@@ -33,6 +35,8 @@ PARAMS: dict[str, type[ModelParams]] = {
     "cnn": CNNParams,
     "rnn": RNNParams,
     "transformer": TransformerParams,
+    "dlrm": DLRMParams,
+    "fm": FMParams,
 }
 SHARED = "Every built-in: standardisation"
 
@@ -75,7 +79,9 @@ def _yaml_spelling(value: Any) -> str:
 
 
 def test_every_built_in_has_a_params_model_here() -> None:
-    assert set(PARAMS) == set(MODEL_NAMES), "a built-in was added: map it to its params model"
+    assert set(PARAMS) == {*MODEL_NAMES, *SPARSE_MODEL_NAMES}, (
+        "a built-in was added: map it to its params model"
+    )
 
 
 @pytest.mark.parametrize("model", sorted(PARAMS))

@@ -6,6 +6,11 @@
 ['cnn', 'linear', 'mlp', 'rnn', 'transformer']
 """
 
-from streamtrain.train.models.registry import MODEL_NAMES, ModelFactory, build_model
+from streamtrain.train.models.registry import (
+    MODEL_NAMES,
+    SPARSE_MODEL_NAMES,
+    ModelFactory,
+    build_model,
+)
 
-__all__ = ["MODEL_NAMES", "ModelFactory", "build_model"]
+__all__ = ["MODEL_NAMES", "SPARSE_MODEL_NAMES", "ModelFactory", "build_model"]

@@ -17,7 +17,10 @@ class ModelFactory(Protocol):
 
     All heavy work (allocating weights) happens in the call, never at import. ``forward(x)``
     takes float32 ``[n, *spec.feature_shape]`` and returns multiclass logits ``[n, C]``, binary
-    logits ``[n]`` or regression values ``[n, target_dim]``.
+    logits ``[n]`` or regression values ``[n, target_dim]``. When ``spec.sparse`` declares
+    sparse ID features the model is called ``forward(x, sparse)``, ``sparse`` mapping each
+    feature name to a :class:`~streamtrain.sparse_tensors.JaggedTensor` (ids, offsets,
+    weights: ``nn.EmbeddingBag``'s input); see docs/models.md.
     """
 
     def __call__(self, spec: SampleSpec, params: Mapping[str, Any]) -> nn.Module: ...
@@ -31,18 +34,27 @@ _BUILTINS: dict[str, str] = {
     "rnn": "streamtrain.train.models.rnn:build_rnn",
     "transformer": "streamtrain.train.models.transformer:build_transformer",
 }
+# built-ins over sparse ID features (they need model.sparse; see docs/models.md)
+_SPARSE_BUILTINS: dict[str, str] = {
+    "dlrm": "streamtrain.train.models.dlrm:build_dlrm",
+    "fm": "streamtrain.train.models.fm:build_fm",
+}
 
 MODEL_NAMES: tuple[str, ...] = tuple(_BUILTINS)
+SPARSE_MODEL_NAMES: tuple[str, ...] = tuple(_SPARSE_BUILTINS)
 
 
 def resolve_factory(name: str) -> ModelFactory:
     """The factory for a built-in name or a ``package.module:factory`` import path."""
     if name in _BUILTINS:
         return _import(_BUILTINS[name], name)
+    if name in _SPARSE_BUILTINS:
+        return _import(_SPARSE_BUILTINS[name], name)
     if ":" in name:
         return _import(name, name)
     raise ValueError(
-        f"unknown model {name!r}; use a built-in ({', '.join(MODEL_NAMES)}) or an import path "
+        f"unknown model {name!r}; use a built-in ({', '.join(MODEL_NAMES)}; with sparse "
+        f"features {', '.join(SPARSE_MODEL_NAMES)}) or an import path "
         "'package.module:factory' to a function (spec, params) -> torch.nn.Module"
     )
 

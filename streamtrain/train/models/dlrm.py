@@ -1,0 +1,93 @@
+"""``dlrm``: dense MLP + embedding tables + pairwise dot interactions (Naumov et al., 2019).
+
+The dense features go through a bottom MLP to one ``embedding_dim`` vector; each sparse
+feature pools its rows to another; the dot products of every pair of these vectors, with the
+bottom vector itself, feed the top MLP and the output layer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from pydantic import Field
+from torch import nn
+
+from streamtrain.sparse_tensors import SparseInput
+from streamtrain.spec import SampleSpec
+from streamtrain.train.models._head import OutputLayer
+from streamtrain.train.models._params import parse_params
+from streamtrain.train.models.embedding import EmbeddingTables
+from streamtrain.train.models.sparse_params import TableParams
+from streamtrain.train.models.standardize import make_standardizer
+
+
+class DLRMParams(TableParams):
+    """Plus the table settings of :class:`TableParams`."""
+
+    bottom_sizes: tuple[int, ...] = Field((64,), description="Hidden widths of the dense MLP.")
+    top_sizes: tuple[int, ...] = Field((64, 32), description="Hidden widths after interactions.")
+
+
+def _mlp(width: int, sizes: tuple[int, ...]) -> tuple[nn.Sequential, int]:
+    layers: list[nn.Module] = []
+    for size in sizes:
+        if size < 1:
+            raise ValueError(f"layer widths {sizes} must be positive")
+        layers += [nn.Linear(width, size), nn.ReLU()]
+        width = size
+    return nn.Sequential(*layers), width
+
+
+class DLRM(nn.Module):
+    """See the module doc. ``forward(x, sparse)``; ``sparse`` as in :mod:`sparse_tensors`.
+
+    >>> from streamtrain.spec import SparseFeature
+    >>> from streamtrain.sparse_tensors import JaggedTensor
+    >>> spec = SampleSpec((3,), "binary", sparse=(SparseFeature("user", "users"),))
+    >>> model = DLRM(spec, DLRMParams(rows=50, embedding_dim=4))
+    >>> model(torch.zeros(2, 3), {"user": JaggedTensor.from_lists([[7], [8, 9]])}).shape
+    torch.Size([2])
+    """
+
+    def __init__(self, spec: SampleSpec, params: DLRMParams) -> None:
+        super().__init__()
+        dim = params.embedding_dim
+        self.standardize = make_standardizer(params, (spec.feature_size,))
+        body, width = _mlp(spec.feature_size, params.bottom_sizes)
+        self.bottom = nn.Sequential(body, nn.Linear(width, dim), nn.ReLU())
+        self.embeddings = EmbeddingTables(
+            spec.sparse,
+            dim,
+            params.rows,
+            params.table_rows,
+            params.pooling,
+            params.init_std,
+        )
+        vectors = 1 + len(spec.sparse)
+        # the upper triangle of the vectors' Gram matrix, flattened: each pair once
+        pairs = torch.triu_indices(vectors, vectors, offset=1)
+        self._pairs = (pairs[0] * vectors + pairs[1]).tolist()
+        self.top, width = _mlp(dim + len(self._pairs), params.top_sizes)
+        self.head = OutputLayer(width, spec)
+
+    @property
+    def row_sparse_parameters(self) -> list[str]:
+        return [f"embeddings.{name}" for name in self.embeddings.row_sparse_parameters]
+
+    def forward(self, x: torch.Tensor, sparse: SparseInput) -> torch.Tensor:
+        x = x.flatten(1)
+        if self.standardize is not None:
+            x = self.standardize(x)
+        dense = self.bottom(x)
+        pooled = self.embeddings.pooled(sparse)
+        vectors = torch.stack([dense, *pooled.values()], dim=1)  # [n, 1 + features, dim]
+        gram = torch.bmm(vectors, vectors.transpose(1, 2)).flatten(1)
+        dots = gram[:, self._pairs]
+        out: torch.Tensor = self.head(self.top(torch.cat([dense, dots], dim=1)))
+        return out
+
+
+def build_dlrm(spec: SampleSpec, params: Mapping[str, Any]) -> nn.Module:
+    return DLRM(spec, parse_params("dlrm", DLRMParams, params))
