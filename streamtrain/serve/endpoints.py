@@ -229,7 +229,7 @@ class V2Endpoints:
             parse_start = time.perf_counter_ns()
             parsed = parse_infer_request(body, request.headers.get(BINARY_HEADER), self._io)
             infer_start = time.perf_counter_ns()
-            prediction = await self._served.predict(parsed.features, version)
+            prediction = await self._served.predict(parsed.features, version, parsed.sparse)
             output_start = time.perf_counter_ns()
             version = str(prediction.info.version)
             content, headers = encode_infer_response(

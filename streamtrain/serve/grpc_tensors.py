@@ -47,6 +47,11 @@ Features = np.ndarray[Any, np.dtype[np.float32]]
 
 def parse_grpc_request(request: service_pb2.ModelInferRequest, io: ModelIO) -> InferRequest:
     """Validate a gRPC infer request against the model; raise ProtocolError naming the fault."""
+    if io.sparse:
+        raise ProtocolError(
+            "this model takes sparse ID inputs, which are served over the REST endpoint "
+            "(POST /v2/models/<name>/infer; docs/serving.md)"
+        )
     if not request.inputs:
         raise ProtocolError(f"'inputs' must hold one tensor named {INPUT_NAME!r}")
     unknown = [t.name for t in request.inputs if t.name != INPUT_NAME]

@@ -31,8 +31,10 @@ import anyio.to_thread
 import numpy as np
 import torch
 
+from streamtrain.jagged import SparseRows
 from streamtrain.metrics import SERVE_BATCH_SIZE
 from streamtrain.serve.slot import WeightsInfo, WeightSlot
+from streamtrain.sparse_tensors import to_tensors
 from streamtrain.spec import SampleSpec
 from streamtrain.train.task import TaskHead
 
@@ -56,17 +58,31 @@ class Prediction:
 class Engine(Protocol):
     """Runs features [n, ...] through the live weights."""
 
-    async def infer(self, features: Array) -> Prediction: ...
+    async def infer(self, features: Array, sparse: SparseRows | None = None) -> Prediction: ...
 
     def close(self) -> None: ...
 
 
-def _forward(slot: WeightSlot, head: Head, device: torch.device, features: Array) -> Prediction:
+def call_model(
+    model: torch.nn.Module, features: Array, sparse: SparseRows | None, device: torch.device
+) -> torch.Tensor:
+    """``model(x)``, or ``model(x, sparse)`` for a model with sparse ID features."""
+    batch = torch.from_numpy(features)
+    if device.type != "cpu":
+        batch = batch.to(device, non_blocking=True)
+    out: torch.Tensor = model(batch) if sparse is None else model(batch, to_tensors(sparse, device))
+    return out
+
+
+def _forward(
+    slot: WeightSlot,
+    head: Head,
+    device: torch.device,
+    features: Array,
+    sparse: SparseRows | None = None,
+) -> Prediction:
     with slot.acquire() as lease, torch.inference_mode():
-        batch = torch.from_numpy(features)
-        if device.type != "cpu":
-            batch = batch.to(device, non_blocking=True)
-        outputs = head(lease.model(batch))
+        outputs = head(call_model(lease.model, features, sparse, device))
         host = {name: t.cpu().numpy() for name, t in outputs.items()}
     SERVE_BATCH_SIZE.observe(features.shape[0])
     return Prediction(lease.info, host)
@@ -105,32 +121,32 @@ class DirectEngine:
         self._untimed = 0
         self._clock = time.thread_time if device.type == "cpu" else time.perf_counter
 
-    def run(self, features: Array) -> Prediction:
+    def run(self, features: Array, sparse: SparseRows | None = None) -> Prediction:
         # Thread CPU time is a system call; timing one pass in _TIME_EVERY keeps the estimate
         # current for a fraction of the cost.
         self._untimed += 1
         if self._seconds_per_row is not None and self._untimed < _TIME_EVERY:
-            return _forward(self._slot, self._head, self._device, features)
+            return _forward(self._slot, self._head, self._device, features, sparse)
         self._untimed = 0
         started = self._clock()
-        prediction = _forward(self._slot, self._head, self._device, features)
+        prediction = _forward(self._slot, self._head, self._device, features, sparse)
         per_row = (self._clock() - started) / max(1, features.shape[0])
         known = self._seconds_per_row
         # A benign race between threads: either update is a valid recent estimate.
         self._seconds_per_row = per_row if known is None else known + (per_row - known) / 4
         return prediction
 
-    async def infer(self, features: Array) -> Prediction:
+    async def infer(self, features: Array, sparse: SparseRows | None = None) -> Prediction:
         per_row = self._seconds_per_row
         if per_row is not None and per_row * features.shape[0] < self._inline_below_s:
-            return self.run(features)
-        return await anyio.to_thread.run_sync(self.run, features)
+            return self.run(features, sparse)
+        return await anyio.to_thread.run_sync(self.run, features, sparse)
 
     def close(self) -> None:
         return None
 
 
-_Job = tuple[Array, "concurrent.futures.Future[Prediction]"]
+_Job = tuple[Array, "concurrent.futures.Future[Prediction]", SparseRows | None]
 
 
 class BatchingEngine:
@@ -167,16 +183,18 @@ class BatchingEngine:
         self._thread = threading.Thread(target=self._loop, name="serve-batcher", daemon=True)
         self._thread.start()
 
-    def submit(self, features: Array) -> concurrent.futures.Future[Prediction]:
+    def submit(
+        self, features: Array, sparse: SparseRows | None = None
+    ) -> concurrent.futures.Future[Prediction]:
         future: concurrent.futures.Future[Prediction] = concurrent.futures.Future()
         if self._closed:
             future.set_exception(RuntimeError("the inference engine is shut down"))
         else:
-            self._jobs.put((features, future))
+            self._jobs.put((features, future, sparse))
         return future
 
-    async def infer(self, features: Array) -> Prediction:
-        return await asyncio.wrap_future(self.submit(features))
+    async def infer(self, features: Array, sparse: SparseRows | None = None) -> Prediction:
+        return await asyncio.wrap_future(self.submit(features, sparse))
 
     def close(self) -> None:
         self._closed = True
@@ -214,13 +232,15 @@ class BatchingEngine:
     def _run(self, jobs: list[_Job]) -> None:
         try:
             features = jobs[0][0] if len(jobs) == 1 else np.concatenate([j[0] for j in jobs])
-            result = _forward(self._slot, self._head, self._device, features)
+            parts = [j[2] for j in jobs if j[2] is not None]
+            sparse = SparseRows.concat(parts) if parts else None
+            result = _forward(self._slot, self._head, self._device, features, sparse)
         except BaseException as exc:
-            for _, future in jobs:
+            for _, future, _ in jobs:
                 future.set_exception(exc)
             return
         start = 0
-        for job_features, future in jobs:
+        for job_features, future, _ in jobs:
             stop = start + job_features.shape[0]
             outputs = {name: array[start:stop] for name, array in result.outputs.items()}
             future.set_result(Prediction(result.info, outputs))

@@ -16,7 +16,9 @@ followed by the raw little-endian bytes of every input whose parameters name a
 ``tritonclient.http`` does by default.
 
 Input datatypes: every numeric OIP type (FP16, FP32, FP64, INT8-64, UINT8-64) is accepted and
-converted to FP32; BOOL and BYTES are refused with a 400 naming the accepted types.
+converted to FP32; BOOL and BYTES are refused with a 400 naming the accepted types. A model
+with sparse ID features also takes, per feature, its IDs and their count per row
+(:mod:`~streamtrain.serve.sparse_inputs`).
 
 >>> meta = ModelIO(feature_shape=(2,), outputs=(TensorMeta("value", "FP32", (-1, 1)),))
 >>> body = b'{"inputs": [{"name": "input", "shape": [1, 2], "datatype": "FP32", "data": [1, 2]}]}'
@@ -35,9 +37,11 @@ from typing import Any
 import msgspec
 import numpy as np
 
+from streamtrain.jagged import SparseRows
+from streamtrain.serve import sparse_inputs
 from streamtrain.serve.classification import serialize_bytes, top_k_strings
 from streamtrain.serve.tensor_data import NUMERIC_DTYPES, TensorDataError, decode_json_data
-from streamtrain.spec import SampleSpec
+from streamtrain.spec import SampleSpec, SparseFeature
 
 INPUT_NAME = "input"
 BINARY_HEADER = "Inference-Header-Content-Length"
@@ -73,6 +77,7 @@ class ModelIO:
 
     feature_shape: tuple[int, ...]
     outputs: tuple[TensorMeta, ...]
+    sparse: tuple[SparseFeature, ...] = ()  # sparse ID inputs (serve/sparse_inputs.py)
 
     @classmethod
     def for_spec(cls, spec: SampleSpec) -> ModelIO:
@@ -83,11 +88,21 @@ class ModelIO:
             )
         else:
             outputs = (TensorMeta("value", "FP32", (-1, spec.target_dim)),)
-        return cls(spec.feature_shape, outputs)
+        return cls(spec.feature_shape, outputs, spec.sparse)
 
     @property
     def input(self) -> TensorMeta:
         return TensorMeta(INPUT_NAME, "FP32", (-1, *self.feature_shape))
+
+    @property
+    def inputs(self) -> tuple[TensorMeta, ...]:
+        """``input`` and, per sparse feature, its IDs and IDs-per-row tensors (metadata)."""
+        sparse = [
+            TensorMeta(f.name + suffix, "INT64", (-1,))
+            for f in self.sparse
+            for suffix in ("", sparse_inputs.LENGTHS)
+        ]
+        return (self.input, *sparse)
 
     @property
     def output_names(self) -> tuple[str, ...]:
@@ -102,6 +117,7 @@ class InferRequest:
     binary_outputs: frozenset[str]
     # Outputs asked for with the classification extension: name -> k (top-k "score:index").
     class_counts: Mapping[str, int] = field(default_factory=dict)
+    sparse: SparseRows | None = None  # the rows' sparse IDs, for a model that declares them
 
 
 # --- wire structs (unknown fields are skipped, as OIP allows extra parameters) -------------
@@ -180,26 +196,51 @@ def parse_infer_request(body: bytes, header_length: str | None, io: ModelIO) -> 
         ) from None
     if not doc.inputs:
         raise ProtocolError(f"'inputs' must be a non-empty list holding one tensor {INPUT_NAME!r}")
-    unknown = [t.name for t in doc.inputs if t.name != INPUT_NAME]
+    allowed = {INPUT_NAME} | sparse_inputs.input_names(io.sparse)
+    unknown = [t.name for t in doc.inputs if t.name not in allowed]
     if unknown:
-        raise ProtocolError(
-            f"unknown input {unknown[0]!r}; this model takes one input named {INPUT_NAME!r}"
-        )
-    if len(doc.inputs) > 1:
-        raise ProtocolError(f"input {INPUT_NAME!r} given {len(doc.inputs)} times; give it once")
-    features, used = _features(doc.inputs[0], binary, io.feature_shape)
+        takes = f"one input named {INPUT_NAME!r}"
+        if io.sparse:
+            takes += f" plus sparse inputs {sorted(allowed - {INPUT_NAME})}"
+        raise ProtocolError(f"unknown input {unknown[0]!r}; this model takes {takes}")
+    names = [t.name for t in doc.inputs]
+    twice = next((name for name in names if names.count(name) > 1), None)
+    if twice is not None:
+        raise ProtocolError(f"input {twice!r} given {names.count(twice)} times; give it once")
+    if INPUT_NAME not in names:
+        raise ProtocolError(f"the request has no input {INPUT_NAME!r}; expected {_REQUEST_EXAMPLE}")
+    view, used, features = memoryview(binary), 0, None
+    tensors = {}
+    size: int | None
+    for tensor in doc.inputs:  # binary data follows the JSON in the order of the inputs
+        if tensor.name == INPUT_NAME:
+            features, size = _features(tensor, view[used:], io.feature_shape)
+        else:
+            size = tensor.parameters.binary_data_size if tensor.parameters else None
+            try:
+                tensors[tensor.name] = sparse_inputs.read_tensor(tensor, size, view[used:])
+            except sparse_inputs.SparseInputError as exc:
+                raise ProtocolError(str(exc)) from None
+        used += size or 0
+    assert features is not None
     if used != len(binary):
         raise ProtocolError(
             f"{len(binary) - used} binary byte(s) after the tensors the JSON header describes; "
             "check each input's binary_data_size"
         )
+    sparse = None
+    if io.sparse:
+        try:
+            sparse = sparse_inputs.assemble(io.sparse, tensors, len(features))
+        except sparse_inputs.SparseInputError as exc:
+            raise ProtocolError(str(exc)) from None
     outputs, binary_outputs = _requested_outputs(doc, io)
     class_counts = {
         out.name: check_class_count(out.name, out.parameters.classification)
         for out in doc.outputs or ()
         if out.parameters is not None and out.parameters.classification is not None
     }
-    return InferRequest(doc.id, features, outputs, binary_outputs, class_counts)
+    return InferRequest(doc.id, features, outputs, binary_outputs, class_counts, sparse)
 
 
 MAX_CLASS_COUNT = 1 << 16
@@ -272,7 +313,7 @@ def finite_features(
 
 
 def _features(
-    tensor: _InputTensor, binary: bytes, feature_shape: tuple[int, ...]
+    tensor: _InputTensor, binary: bytes | memoryview, feature_shape: tuple[int, ...]
 ) -> tuple[np.ndarray[Any, np.dtype[np.float32]], int]:
     shape = tensor.shape
     dtype = input_dtype(tensor.name, shape, tensor.datatype, feature_shape)

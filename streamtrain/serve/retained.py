@@ -35,8 +35,9 @@ import anyio.to_thread
 import torch
 from torch import nn
 
+from streamtrain.jagged import SparseRows
 from streamtrain.metrics import SERVE_PINNED_VERSION, SERVE_RETAINED_VERSIONS
-from streamtrain.serve.inference import Array, Head, Prediction
+from streamtrain.serve.inference import Array, Head, Prediction, call_model
 from streamtrain.serve.slot import StandbyBusy, WeightsInfo, WeightSlot
 from streamtrain.snapshot.cache import SnapshotCache
 from streamtrain.snapshot.manifest import SnapshotOrder
@@ -223,19 +224,18 @@ class RetainedVersions:
     def has(self, version: str) -> bool:
         return version.isdigit() and int(version) in self._versions
 
-    async def infer(self, version: str, features: Array) -> Prediction | None:
+    async def infer(
+        self, version: str, features: Array, sparse: SparseRows | None = None
+    ) -> Prediction | None:
         """Run ``features`` on retained ``version``; None when it is not retained."""
         entry = self._versions.get(int(version)) if version.isdigit() else None
         if entry is None:
             return None
-        return await anyio.to_thread.run_sync(self._forward, entry, features)
+        return await anyio.to_thread.run_sync(self._forward, entry, features, sparse)
 
-    def _forward(self, entry: _Retained, features: Array) -> Prediction:
+    def _forward(self, entry: _Retained, features: Array, sparse: SparseRows | None) -> Prediction:
         with torch.inference_mode():
-            batch = torch.from_numpy(features)
-            if self._device.type != "cpu":
-                batch = batch.to(self._device, non_blocking=True)
-            outputs = self._head(entry.model(batch))
+            outputs = self._head(call_model(entry.model, features, sparse, self._device))
             return Prediction(entry.info, {n: t.cpu().numpy() for n, t in outputs.items()})
 
     # --- internals -------------------------------------------------------------------------

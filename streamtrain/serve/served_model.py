@@ -24,6 +24,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from streamtrain.jagged import SparseRows
 from streamtrain.metrics import SERVE_REQUEST_SECONDS, SERVE_REQUESTS
 from streamtrain.serve.inference import Array, Engine, Prediction
 from streamtrain.serve.protocol import ModelIO, ProtocolError
@@ -101,23 +102,27 @@ class ServedModel:
             )
         return live
 
-    async def predict(self, features: Array, version: str | None) -> Prediction:
+    async def predict(
+        self, features: Array, version: str | None, sparse: SparseRows | None = None
+    ) -> Prediction:
         """Run ``features`` on the live weights, or on retained ``version`` when that is not
         the live one; a named version that went away while the request waited is refused
         rather than answered by other weights."""
         info = self.slot.info
         if version and self.retained is not None and (info is None or str(info.version) != version):
-            retained = await self.retained.infer(version, features)
+            retained = await self.retained.infer(version, features, sparse)
             if retained is not None:
                 return retained
         try:
-            prediction = await self.engine.infer(features)
+            prediction = await self.engine.infer(features, sparse)
         except NotReady as exc:
             raise ProtocolError(str(exc), 503, "not_ready") from exc
         live = str(prediction.info.version)
         if version and version != live:
             retained = (
-                None if self.retained is None else await self.retained.infer(version, features)
+                None
+                if self.retained is None
+                else await self.retained.infer(version, features, sparse)
             )
             if retained is not None:
                 return retained
@@ -184,7 +189,7 @@ class ServedModel:
             "platform": PLATFORM,
             "backend": PLATFORM,
             "max_batch_size": 0,
-            "input": [_config_tensor(self.io.input.name, "FP32", self.io.input.shape)],
+            "input": [_config_tensor(t.name, t.datatype, t.shape) for t in self.io.inputs],
             "output": [_config_tensor(o.name, o.datatype, o.shape) for o in self.io.outputs],
             "version_policy": {"latest": {"num_versions": len(self.loaded_versions()) or 1}},
         }
@@ -211,7 +216,7 @@ class ServedModel:
             "name": self.name,
             "versions": self.loaded_versions() or [live],
             "platform": PLATFORM,
-            "inputs": [self.io.input.to_json()],
+            "inputs": [tensor.to_json() for tensor in self.io.inputs],
             "outputs": [o.to_json() for o in self.io.outputs],
         }
 
