@@ -32,6 +32,9 @@ class Batch:
     next_offsets: Mapping[int, int] = field(default_factory=dict)
     records: int = 0  # records consumed for this batch, rejected ones included
     sparse: SparseRows | None = None  # jagged sparse IDs per feature, None without any
+    # an empty batch cut while the log held records not fetched yet (not caught up): a
+    # distributed rank waits for them instead of contributing nothing to the step
+    backlog: bool = False
 
     @property
     def size(self) -> int:
@@ -43,7 +46,9 @@ class Batch:
         return float(self.timestamps.max()) if self.size else math.nan
 
     @classmethod
-    def empty(cls, next_offsets: Mapping[int, int], records: int = 0) -> Batch:
+    def empty(
+        cls, next_offsets: Mapping[int, int], records: int = 0, backlog: bool = False
+    ) -> Batch:
         return cls(
             features=np.zeros((0,), np.float32),
             labels=np.zeros((0,), np.int64),
@@ -51,4 +56,5 @@ class Batch:
             timestamps=np.zeros((0,), np.float64),
             next_offsets=dict(next_offsets),
             records=records,
+            backlog=backlog,
         )

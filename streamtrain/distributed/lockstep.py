@@ -3,7 +3,8 @@
 Each rank runs :class:`LockstepTrainer` over its own partitions. Every iteration starts with one
 small all-reduce, the *vote*, so that no rank ever waits in a collective the others skip:
 
-1. Each rank takes its next local batch (or none within the poll interval) and votes: its
+1. Each rank takes its next local batch (``_next_contribution``: chosen by the log, so a
+   replay pairs the same batches into the same steps) and votes: its
    samples, its records, whether it was asked to stop, whether it has been idle past
    ``stop_when_idle``, whether its checkpoint cadence expired.
 2. Any stop request stops every rank; the idle stop needs every rank idle.
@@ -32,6 +33,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -49,6 +51,7 @@ from streamtrain.train.prefetch import PrefetchingSource
 log = logging.getLogger(__name__)
 
 _SAMPLES, _RECORDS, _STOP, _IDLE, _CHECKPOINT = range(5)
+_MAX_BACKLOG_WAIT = 30.0  # seconds a rank waits for records its log holds before going on
 
 
 class LockstepTrainer(Trainer):
@@ -130,7 +133,7 @@ class LockstepTrainer(Trainer):
             health.beat()
             if stop.max_samples is not None and self._progress.samples_seen >= stop.max_samples:
                 return "max_samples"
-            batch = prefetch.get(timeout=_POLL_SECONDS)
+            batch = self._next_contribution(prefetch)
             idle = stop.stop_when_idle is not None and (
                 self._clock() - last_input >= stop.stop_when_idle
             )
@@ -152,6 +155,41 @@ class LockstepTrainer(Trainer):
                 self._checkpoint(prefetch)
             unsaved = self._unsaved_since
             metrics.CHECKPOINT_AGE.set(0.0 if unsaved is None else time.time() - unsaved)
+
+    def _next_contribution(self, prefetch: PrefetchingSource) -> Batch | None:
+        """This rank's batch for the next step, chosen by the log, not by timing.
+
+        Step k pairs every rank's k-th batch holding samples, so a replay of the same log (a
+        restart after a crash) pairs the same batches and rebuilds the same weights bit for
+        bit. Batches are taken in order until one holds samples; reject-only ones are folded
+        into it (their offsets and record counts). An empty batch cut while the log still
+        held unfetched records (``backlog``) is waited past; one cut while caught up means
+        this rank has nothing for the step. The exception: a backlog not delivered within
+        ``_MAX_BACKLOG_WAIT`` seconds (a broker that stalls) is contributed as nothing, logged.
+        """
+        offsets: dict[int, int] = {}
+        records = 0
+        since = self._clock()
+        while True:
+            health.beat()
+            batch = prefetch.get(timeout=_POLL_SECONDS)
+            if batch is not None:
+                offsets.update(batch.next_offsets)
+                records += batch.records
+                if batch.size:
+                    return replace(batch, next_offsets=offsets, records=records)
+                if not batch.records and not batch.backlog:
+                    return Batch.empty(offsets, records) if offsets else None
+            if self._stop_requested.is_set():
+                return Batch.empty(offsets, records) if offsets else None
+            if self._clock() - since >= _MAX_BACKLOG_WAIT:
+                log.warning(
+                    "rank %d: records in the log not delivered within %.0f s; this step "
+                    "goes on without them (a replay may pair batches differently here)",
+                    self._group.rank,
+                    _MAX_BACKLOG_WAIT,
+                )
+                return Batch.empty(offsets, records) if offsets else None
 
     def _vote(self, batch: Batch | None, idle: bool) -> list[int]:
         """Sum every rank's vote (one all-reduce of five integers)."""

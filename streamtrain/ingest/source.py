@@ -182,7 +182,7 @@ class KafkaSampleSource:
         cut = self._buffer.cut(self.max_batch_size)
         if cut is None:
             self._export_lag()
-            return Batch.empty(self.positions())
+            return Batch.empty(self.positions(), backlog=bool(self._unfinished()))
         batch, rejected = cut
         for record, reject in rejected:
             metrics.INGEST_REJECTED.labels(reject.reason).inc()
