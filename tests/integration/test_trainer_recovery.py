@@ -46,15 +46,25 @@ def _newest_step(root: Path) -> int:
     return max(steps, default=-1)
 
 
-def _wait_for_checkpoint_after(root: Path, step: int, timeout: float) -> int:
-    """Wait until this run has written a checkpoint newer than ``step``: it is training."""
+def _wait_for_checkpoint_at_least(root: Path, step: int, timeout: float) -> int:
+    """Wait until this run has written a checkpoint at ``step`` or later: it is training."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         newest = _newest_step(root)
-        if newest > step:
+        if newest >= step:
             return newest
-        time.sleep(0.01)
-    raise AssertionError(f"no checkpoint after step {step} within {timeout} s")
+        time.sleep(0.005)
+    raise AssertionError(f"no checkpoint at step {step} or later within {timeout} s")
+
+
+def _kill_steps(rng: random.Random, total_steps: int, kills: int) -> list[int]:
+    """``kills`` random steps spread over the stream, each in its own slice of it.
+
+    Kill points are chosen by step rather than by time: a fast machine would otherwise finish
+    the whole stream between two timed kills and leave nothing to recover.
+    """
+    width = total_steps // (kills + 1)
+    return [(i + 1) * width + rng.randint(-width // 3, width // 3) for i in range(kills)]
 
 
 @pytest.mark.parametrize(("partitions", "kills"), [(1, 3), (3, 5)])
@@ -82,14 +92,17 @@ def test_kill_minus_9_recovers_bit_identical_model_and_optimizer(
     crash_dir = tmp_path / "crashing"
     crashing = trainer_env(kafka_bootstrap, unique_name, crash_dir, DETERMINISTIC)
     rng = random.Random(7 + partitions)
+    total_steps = checkpoint_meta(tmp_path / "reference-a")["step"]
+    assert isinstance(total_steps, int) and total_steps > 10 * kills
     killed_after: list[int] = []
-    for _ in range(kills):
+    for target in _kill_steps(rng, total_steps, kills):
         process = start_trainer(crashing)
-        killed_after.append(_wait_for_checkpoint_after(crash_dir, _newest_step(crash_dir), 90))
-        time.sleep(rng.uniform(0.0, 0.3))  # a random kill point, not synchronisation
+        killed_after.append(_wait_for_checkpoint_at_least(crash_dir, target, 90))
+        time.sleep(rng.uniform(0.0, 0.02))  # a random point within the next steps
         process.send_signal(signal.SIGKILL)
         process.communicate(timeout=30)
     assert killed_after == sorted(set(killed_after)), "each run resumed and made progress"
+    assert killed_after[-1] < total_steps, "the last kill landed before the end of the stream"
     _run_to_end(crashing)
 
     recovered = checkpoint_state(crash_dir)
