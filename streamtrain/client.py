@@ -10,6 +10,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
+from streamtrain.jagged import SparseRows
 from streamtrain.kafka import KafkaConnection, record_producer
 from streamtrain.spec import SampleSpec
 from streamtrain.wire import (
@@ -18,6 +19,7 @@ from streamtrain.wire import (
     Format,
     encode_binary,
     encode_binary_many,
+    encode_binary_v2,
     encode_json,
 )
 
@@ -96,9 +98,15 @@ class SampleProducer:
         weights: npt.ArrayLike | None = None,
         timestamps: npt.ArrayLike | None = None,
         partition: int | None = None,
+        sparse: SparseRows | None = None,
     ) -> int:
-        """Send ``n`` samples (features ``[n, *feature_shape]``); returns ``n``."""
-        if self.format == "binary":
+        """Send ``n`` samples (features ``[n, *feature_shape]``, and their sparse IDs for a
+        spec that declares sparse features); returns ``n``."""
+        if sparse is not None:
+            values = _sparse_values(
+                self.spec, self.format, features, labels, weights, timestamps, sparse
+            )
+        elif self.format == "binary":
             values = encode_binary_many(self.spec, features, labels, weights, timestamps)
         else:
             feats = np.asarray(features).tolist()
@@ -128,3 +136,42 @@ class SampleProducer:
         if exc_type is None:
             self.flush()
         self.close()
+
+
+def _sparse_values(
+    spec: SampleSpec,
+    format: str,
+    features: npt.ArrayLike,
+    labels: npt.ArrayLike,
+    weights: npt.ArrayLike | None,
+    timestamps: npt.ArrayLike | None,
+    sparse: SparseRows,
+) -> list[bytes]:
+    """Record values of samples with sparse IDs: JSON ``sparse`` objects or binary layout v2."""
+    feats = np.asarray(features, np.float32)
+    labs = np.asarray(labels)
+    n = len(feats)
+    ws = np.ones(n) if weights is None else np.asarray(weights, np.float64)
+    ts = np.full(n, np.nan) if timestamps is None else np.asarray(timestamps, np.float64)
+    columns = {name: (j.ids, j.offsets, j.weights) for name, j in sparse.features.items()}
+    values = []
+    for i in range(n):
+        ids = {name: c[0][c[1][i] : c[1][i + 1]] for name, c in columns.items()}
+        id_weights = {name: c[2][c[1][i] : c[1][i + 1]] for name, c in columns.items()}
+        if format == "binary":
+            values.append(
+                encode_binary_v2(
+                    spec, feats[i], labs[i], float(ws[i]), float(ts[i]), ids, id_weights
+                )
+            )
+        else:
+            stamp = None if math.isnan(ts[i]) else float(ts[i])
+            weight = None if weights is None else float(ws[i])
+            values.append(encode_json(feats[i], labs[i], weight, stamp, ids, _non_unit(id_weights)))
+    return values
+
+
+def _non_unit(weights: dict[str, Any]) -> dict[str, Any] | None:
+    """Per-ID weights worth sending: those of features with a weight other than 1."""
+    kept = {name: w for name, w in weights.items() if len(w) and not (w == 1.0).all()}
+    return kept or None

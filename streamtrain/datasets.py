@@ -5,6 +5,8 @@
   optional gradual rotation. A linear model reaches > 90% accuracy and recovers after drift.
 * ``digits``: scikit-learn's 8x8 digit images as ``(1, 8, 8)`` floats in [0, 1], 10 classes,
   reshuffled every pass (needs ``pip install 'streamtrain[datasets]'``).
+* ``ctr``: a click stream of user and item IDs (sparse features) with Zipf popularity, new
+  items and shifting tastes (:mod:`streamtrain.datasets_ctr`).
 * a JSON-lines file (:func:`jsonl`): one JSON sample per line, replayed in a cycle.
 
 >>> info = DATASETS["hyperplane"]
@@ -22,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from streamtrain.jagged import SparseRows
 from streamtrain.spec import SampleSpec, Task
 
 
@@ -37,6 +40,7 @@ class SampleChunk:
     labels: npt.NDArray[np.int64] | npt.NDArray[np.float32]  # [n] or [n, target_dim]
     weights: npt.NDArray[np.float32] | None = None
     timestamps: npt.NDArray[np.float64] | None = None  # NaN = the record timestamp
+    sparse: SparseRows | None = None  # sparse ID features, for a spec that declares them
 
     def __len__(self) -> int:
         return int(self.features.shape[0])
@@ -257,10 +261,14 @@ DATASETS: dict[str, DatasetInfo] = {
 
 def get_dataset(name: str) -> DatasetInfo:
     """The dataset called ``name``; the error lists the valid names."""
+    if name == "ctr":
+        from streamtrain.datasets_ctr import ctr
+
+        return ctr()
     try:
         return DATASETS[name]
     except KeyError:
-        valid = ", ".join([*DATASETS, "file (with --file)"])
+        valid = ", ".join([*DATASETS, "ctr", "file (with --file)"])
         raise DatasetError(f"unknown dataset {name!r}; choose one of: {valid}") from None
 
 

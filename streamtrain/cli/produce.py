@@ -87,7 +87,9 @@ def _send_paced(producer: SampleProducer, chunks: Iterator[SampleChunk], pacer: 
                 continue
             end = min(len(chunk), offset + allowed)
             part = _slice(chunk, offset, end)
-            producer.send_many(part.features, part.labels, part.weights, _timestamps(part))
+            producer.send_many(
+                part.features, part.labels, part.weights, _timestamps(part), sparse=part.sparse
+            )
             sent += end - offset
             offset = end
     return sent
@@ -99,6 +101,7 @@ def _slice(chunk: SampleChunk, start: int, end: int) -> SampleChunk:
         chunk.labels[start:end],
         None if chunk.weights is None else chunk.weights[start:end],
         None if chunk.timestamps is None else chunk.timestamps[start:end],
+        None if chunk.sparse is None else chunk.sparse[start:end],
     )
 
 
@@ -117,7 +120,7 @@ def _interrupt(signum: int, frame: object) -> None:
 @app.command()
 def produce(
     dataset: str = typer.Option(
-        "hyperplane", help="hyperplane, hyperplane-multiclass, digits or file."
+        "hyperplane", help="hyperplane, hyperplane-multiclass, digits, ctr or file."
     ),
     rate: float = typer.Option(1000.0, min=0, help="Samples per second; 0 = as fast as possible."),
     count: int = typer.Option(10_000, min=0, help="Samples to send."),
