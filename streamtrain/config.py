@@ -159,6 +159,11 @@ class TrainSettings(_Frozen):
     keep_checkpoints: int = Field(3, ge=1)
     snapshot_every_steps: int = Field(50, ge=1)
     snapshot_every_seconds: float = Field(2.0, gt=0)
+    delta_snapshots: bool = Field(
+        True, description="Publish changed rows of row-sparse parameters between bases."
+    )
+    base_every_deltas: int = Field(20, ge=0, description="Deltas between two full bases.")
+    base_every_seconds: float = Field(60.0, gt=0, description="Longest time between bases.")
     max_bad_steps: int = Field(3, ge=1, description="Consecutive non-finite steps before rollback.")
     metric_window: int = Field(1000, ge=1, description="Samples in the rolling loss/accuracy.")
     promotion_tolerance: float | None = Field(

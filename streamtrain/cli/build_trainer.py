@@ -26,6 +26,7 @@ from streamtrain.train.loop import StopConditions, Trainer
 from streamtrain.train.models import build_model
 from streamtrain.train.optim import build_optimizer, build_scheduler
 from streamtrain.train.promotion_gate import PromotionGate
+from streamtrain.train.row_tracker import RowTracker
 from streamtrain.train.task import TaskHead
 
 _AUTOCAST = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -114,6 +115,16 @@ def build_trainer(settings: Settings) -> Trainer:
         learner=learner,
         checkpoints=CheckpointStore(train.checkpoint_dir, keep=train.keep_checkpoints),
         snapshot_sink=publisher,
+        row_tracker=(
+            RowTracker(
+                learner.model,
+                learner.optimizer,
+                base_every_deltas=train.base_every_deltas,
+                base_every_seconds=train.base_every_seconds,
+            )
+            if train.delta_snapshots
+            else None
+        ),
         model_settings=model_settings,
         snapshot_policy=EveryPolicy(train.snapshot_every_steps, train.snapshot_every_seconds),
         checkpoint_policy=EveryPolicy(train.checkpoint_every_steps, train.checkpoint_every_seconds),

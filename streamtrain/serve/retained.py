@@ -40,6 +40,7 @@ from streamtrain.metrics import SERVE_PINNED_VERSION, SERVE_RETAINED_VERSIONS
 from streamtrain.serve.inference import Array, Head, Prediction, call_model
 from streamtrain.serve.slot import StandbyBusy, WeightsInfo, WeightSlot
 from streamtrain.snapshot.cache import SnapshotCache
+from streamtrain.snapshot.delta import RowUpdate
 from streamtrain.snapshot.manifest import SnapshotOrder
 
 log = logging.getLogger(__name__)
@@ -136,6 +137,38 @@ class RetainedVersions:
                 log.info("version %d retained; version %d stays live (pinned)", version, pinned)
             info = WeightsInfo(version, run_id, data_watermark, time.monotonic(), created_at)
             self._retain(tensors, info)
+
+    def apply_delta(
+        self,
+        dense: Mapping[str, torch.Tensor],
+        rows: Mapping[str, RowUpdate],
+        *,
+        base_id: str,
+        predecessor_id: str,
+        version: int,
+        run_id: str,
+        data_watermark: float | None = None,
+        created_at: float = 0.0,
+    ) -> None:
+        """Deltas go to the slot unless pinned (then the pinned version stays as it is); they
+        are not retained: pin and rollback choose among retained bases, and after an unpin
+        the next delta finds a gap and the watcher catches up from the topic."""
+        with self._lock:
+            if self._pinned is not None:
+                log.debug(
+                    "delta version %d not applied: version %d is pinned", version, self._pinned
+                )
+                return
+            self._slot.apply_delta(
+                dense,
+                rows,
+                base_id=base_id,
+                predecessor_id=predecessor_id,
+                version=version,
+                run_id=run_id,
+                data_watermark=data_watermark,
+                created_at=created_at,
+            )
 
     def settled(self) -> bool:
         """Rule 5: startup may stop once the pinned version (or, unpinned, any) is live."""

@@ -47,6 +47,7 @@ from streamtrain.snapshot.manifest import settings_hash
 from streamtrain.snapshot.signing import ManifestVerifier
 from streamtrain.spec import SampleSpec, spec_for_model
 from streamtrain.train.models import build_model
+from streamtrain.train.row_tracker import row_sparse_parameters
 
 if TYPE_CHECKING:
     from streamtrain.serve.grpc_service import GrpcServer
@@ -59,9 +60,11 @@ EngineKind = Literal["auto", "direct", "batching"]
 def build_slot(
     model: ModelSettings, device: torch.device, drain_timeout_s: float = 10.0
 ) -> WeightSlot:
+    built = build_model(model.name, spec_for_model(model), model.params).to(device)
     return WeightSlot(
-        build_model(model.name, spec_for_model(model), model.params).to(device),
+        built,
         drain_timeout_s=drain_timeout_s,
+        shared=frozenset(row_sparse_parameters(built)),
     )
 
 

@@ -23,6 +23,17 @@ Semantics (the order is the correctness argument):
 
    The request path takes the same short lock only to read the live reference and count
    itself in; it never waits for a load, and no lock is held across a load.
+5. **Row-sparse tables are held once** (``shared``: the model's row-sparse parameters, see
+   ``train/row_tracker.py``): both copies point at the same table, so a large embedding
+   costs 1x, not 2x. Writing it cannot wait for the standby to drain, so step 4 becomes an
+   exclusive section: new requests wait, the slot waits (``drain_timeout_s``) until no request
+   runs on either copy, writes the shared tables (whole for a base, the changed rows for a
+   delta), flips, and lets requests go. Requests pause for the drain plus the row writes.
+6. **Deltas apply in chain order** (``apply_delta``): a delta whose ``predecessor_id`` is not
+   the live snapshot or whose ``base_id`` is not the live lineage is refused as
+   ``chain_gap`` (the watcher then reloads from the newest base). A delta's dense tensors are
+   whole, so copying them into the standby leaves it fully current; its rows go to the
+   shared tables (rule 5).
 """
 
 from __future__ import annotations
@@ -32,7 +43,7 @@ import copy
 import logging
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -48,21 +59,16 @@ from streamtrain.metrics import (
     SERVE_SWAP_TIMESTAMP,
     SERVE_SWAPS,
 )
-from streamtrain.snapshot.manifest import SnapshotOrder, snapshot_order
+from streamtrain.serve.weight_checks import SnapshotRejected as SnapshotRejected
+from streamtrain.serve.weight_checks import check_rows, check_whole
+from streamtrain.snapshot.delta import RowUpdate, apply_rows
+from streamtrain.snapshot.manifest import SnapshotOrder, snapshot_id, snapshot_order
 
 log = logging.getLogger(__name__)
 
 
 class NotReady(RuntimeError):
     """No snapshot has been swapped in yet, so there are no weights worth serving."""
-
-
-class SnapshotRejected(ValueError):
-    """A snapshot the slot refused; ``reason`` is the metric label, the message says why."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
 
 
 class StandbyBusy(TimeoutError):
@@ -78,6 +84,11 @@ class WeightsInfo:
     data_watermark: float | None
     swapped_at: float  # monotonic seconds
     created_at: float = 0.0  # the trainer's clock when it took the snapshot
+    base_id: str = ""  # run_id/version of the base this version's lineage starts from
+
+    @property
+    def snapshot_id(self) -> str:
+        return snapshot_id(self.run_id, self.version)
 
     @property
     def order(self) -> SnapshotOrder:
@@ -117,11 +128,17 @@ class WeightSlot:
         self,
         model: nn.Module,
         drain_timeout_s: float = 10.0,
+        shared: frozenset[str] = frozenset(),
     ) -> None:
         model.eval()
         for param in model.parameters():
             param.requires_grad_(False)
-        self._copies = (_Copy(model), _Copy(copy.deepcopy(model)))
+        params = dict(model.named_parameters())
+        # deepcopy's memo hands back the same object: shared tables exist once (rule 5).
+        memo: dict[int, object] = {id(params[name]): params[name] for name in shared}
+        self._shared = shared
+        self._writing = False
+        self._copies = (_Copy(model), _Copy(copy.deepcopy(model, memo)))
         self._live: _Copy | None = None
         self._standby = self._copies[0]
         self._cond = threading.Condition(threading.Lock())
@@ -149,6 +166,8 @@ class WeightSlot:
     def acquire(self) -> Iterator[Lease]:
         """Hold the live weights for one forward pass; raise NotReady before the first swap."""
         with self._cond:
+            while self._writing:  # rule 5: shared tables are being written
+                self._cond.wait()
             live = self._live
             if live is None or live.info is None:
                 raise NotReady("no model weights yet: waiting for the first valid snapshot")
@@ -182,20 +201,89 @@ class WeightSlot:
             started = time.perf_counter()
             order = None if allow_older else snapshot_order(version, created_at, run_id)
             self.check(tensors, version, order)
-            standby = self._standby
-            self._drain(standby, version)
-            self._copy_into(standby, tensors)
-            standby.info = WeightsInfo(
-                version, run_id, data_watermark, time.monotonic(), created_at
+            info = WeightsInfo(
+                version,
+                run_id,
+                data_watermark,
+                time.monotonic(),
+                created_at,
+                snapshot_id(run_id, version),
             )
-            with self._cond:
-                old, self._live = self._live, standby
-            self._standby = old if old is not None else self._other(standby)
-            SERVE_SWAPS.inc()
-            SERVE_SWAP_TIMESTAMP.set_to_current_time()
-            SERVE_MODEL_VERSION.set(version)
-            SERVE_SWAP_SECONDS.observe(time.perf_counter() - started)
-            log.info("serving version %d of run %s", version, run_id)
+            self._commit(tensors, {}, info, started)
+
+    def apply_delta(
+        self,
+        dense: Mapping[str, torch.Tensor],
+        rows: Mapping[str, RowUpdate],
+        *,
+        base_id: str,
+        predecessor_id: str,
+        version: int,
+        run_id: str,
+        data_watermark: float | None = None,
+        created_at: float = 0.0,
+    ) -> None:
+        """Rule 6: apply a delta on the live version; SnapshotRejected(``chain_gap``, ...)
+        when it does not follow it, other reasons as ``load``; or StandbyBusy."""
+        with self._load_lock:
+            started = time.perf_counter()
+            live = self.info
+            if live is None or live.snapshot_id != predecessor_id or live.base_id != base_id:
+                SERVE_REJECTED_SNAPSHOTS.labels("chain_gap").inc()
+                held = "nothing" if live is None else f"{live.snapshot_id} (base {live.base_id})"
+                raise SnapshotRejected(
+                    "chain_gap",
+                    f"delta {run_id}/{version} follows {predecessor_id} (base {base_id}) but "
+                    f"the live version is {held}",
+                )
+            self.check_delta(dense, rows, version, snapshot_order(version, created_at, run_id))
+            info = WeightsInfo(
+                version, run_id, data_watermark, time.monotonic(), created_at, base_id
+            )
+            self._commit(dense, rows, info, started)
+
+    def _commit(
+        self,
+        whole: Mapping[str, torch.Tensor],
+        rows: Mapping[str, RowUpdate],
+        info: WeightsInfo,
+        started: float,
+    ) -> None:
+        """Steps 2-5 (and rule 5 for shared tables): write the standby, flip it live."""
+        standby = self._standby
+        self._drain(standby, info.version)
+        self._copy_into(standby, {n: t for n, t in whole.items() if n not in self._shared})
+        shared_whole = {n: t for n, t in whole.items() if n in self._shared}
+        standby.info = info
+        with self._cond:
+            if shared_whole or rows:
+                self._writing = True
+                try:
+                    self._drain_all(info.version)
+                    with torch.no_grad():
+                        apply_rows(standby.targets, shared_whole, rows)
+                    if self._stream is not None:
+                        torch.cuda.synchronize(self._stream.device)
+                finally:
+                    self._writing = False
+                    self._cond.notify_all()
+            old, self._live = self._live, standby
+        self._standby = old if old is not None else self._other(standby)
+        SERVE_SWAPS.inc()
+        SERVE_SWAP_TIMESTAMP.set_to_current_time()
+        SERVE_MODEL_VERSION.set(info.version)
+        SERVE_SWAP_SECONDS.observe(time.perf_counter() - started)
+        log.info("serving version %d of run %s", info.version, info.run_id)
+
+    def _drain_all(self, version: int) -> None:
+        """Rule 5: with ``_cond`` held and new requests held back, wait for every request."""
+        if not self._cond.wait_for(
+            lambda: all(c.in_flight == 0 for c in self._copies), self._drain_timeout_s
+        ):
+            raise StandbyBusy(
+                f"version {version} not loaded: requests still ran after "
+                f"{self._drain_timeout_s} s; retry later"
+            )
 
     def settled(self) -> bool:
         """Whether a starting watcher may stop looking for a first snapshot: any will do."""
@@ -217,45 +305,42 @@ class WeightSlot:
     ) -> None:
         """Step 1 alone: raise SnapshotRejected (counted and logged) unless ``tensors`` fit
         the model and are finite, and (when ``order`` is given) are newer than the live ones."""
+        self._counted(
+            version, lambda: check_whole(self._standby.targets, tensors, self._stale(order))
+        )
+
+    def check_delta(
+        self,
+        dense: Mapping[str, torch.Tensor],
+        rows: Mapping[str, RowUpdate],
+        version: int,
+        order: SnapshotOrder,
+    ) -> None:
+        """Step 1 for a delta: whole tensors and rows fit the model, rows only on shared
+        tables, finite; counted and logged like ``check``."""
+        self._counted(
+            version,
+            lambda: check_rows(
+                self._standby.targets, self._shared, dense, rows, self._stale(order)
+            ),
+        )
+
+    def _stale(self, order: SnapshotOrder | None) -> str | None:
+        live = self.info
+        if order is not None and live is not None and order <= live.order:
+            return (
+                f"version {order[0]} of run {order[2]} is not newer than the live version "
+                f"{live.version} of run {live.run_id}"
+            )
+        return None
+
+    def _counted(self, version: int, run_check: Callable[[], None]) -> None:
         try:
-            self._check(tensors, order)
+            run_check()
         except SnapshotRejected as exc:
             SERVE_REJECTED_SNAPSHOTS.labels(exc.reason).inc()
             log.warning("rejected snapshot version %d (%s): %s", version, exc.reason, exc)
             raise
-
-    def _check(self, tensors: Mapping[str, torch.Tensor], order: SnapshotOrder | None) -> None:
-        live = self.info
-        if order is not None and live is not None and order <= live.order:
-            raise SnapshotRejected(
-                "stale",
-                f"version {order[0]} of run {order[2]} is not newer than the live version "
-                f"{live.version} of run {live.run_id}",
-            )
-        targets = self._standby.targets
-        missing = sorted(set(targets) - set(tensors))
-        unexpected = sorted(set(tensors) - set(targets))
-        if missing or unexpected:
-            raise SnapshotRejected(
-                "shape_mismatch",
-                f"tensor names do not fit the model: missing {missing[:5]}, "
-                f"unexpected {unexpected[:5]} (is the server configured for the same model?)",
-            )
-        for name, target in targets.items():
-            got = tensors[name]
-            if tuple(got.shape) != tuple(target.shape):
-                raise SnapshotRejected(
-                    "shape_mismatch",
-                    f"tensor {name!r} has shape {list(got.shape)}, the model expects "
-                    f"{list(target.shape)} (is the server configured for the same model?)",
-                )
-            if got.dtype.is_floating_point != target.dtype.is_floating_point:
-                raise SnapshotRejected(
-                    "shape_mismatch",
-                    f"tensor {name!r} is {got.dtype}, the model has {target.dtype}",
-                )
-            if got.dtype.is_floating_point and not bool(torch.isfinite(got).all()):
-                raise SnapshotRejected("non_finite", f"tensor {name!r} holds NaN or Inf")
 
     def _drain(self, standby: _Copy, version: int) -> None:
         with self._cond:
@@ -282,12 +367,12 @@ class WeightSlot:
         stream = self._stream
         with torch.no_grad():
             if stream is None:
-                for name, target in standby.targets.items():
-                    target.copy_(tensors[name])
+                for name, tensor in tensors.items():
+                    standby.targets[name].copy_(tensor)
                 return
             with torch.cuda.stream(stream):
-                for name, target in standby.targets.items():
-                    target.copy_(tensors[name], non_blocking=True)
+                for name, tensor in tensors.items():
+                    standby.targets[name].copy_(tensor, non_blocking=True)
             # The flip happens after this returns, so no forward pass sees half-copied weights.
             stream.synchronize()
 

@@ -11,7 +11,10 @@ Order of work:
    loaded (older ones are superseded, not rejected); snapshots the source refused (signature,
    incomplete, corrupt, other configuration) are counted by reason and logged once, and the
    live weights stay;
-4. every snapshot made live from the topic is written to the cache;
+4. every base made live from the topic is written to the cache (deltas never are);
+4a. deltas apply in order on the live version; a delta that does not follow it (a gap) makes
+    the watcher catch up from the topic: the newest base and the deltas after it
+    (``delta_chain.py``);
 5. a snapshot the slot could not load because requests still held the standby copy is kept and
    retried on the next round, unless a newer one replaces it;
 6. Kafka errors (broker unreachable) are logged once when they start, as a summary every
@@ -38,8 +41,10 @@ from typing import Protocol, runtime_checkable
 import torch
 
 from streamtrain.metrics import SERVE_REJECTED_SNAPSHOTS
+from streamtrain.serve.delta_chain import apply_delta, catch_up, is_delta
 from streamtrain.serve.slot import SnapshotRejected, StandbyBusy, WeightsInfo
 from streamtrain.snapshot.cache import SnapshotCache
+from streamtrain.snapshot.delta import RowUpdate
 from streamtrain.snapshot.manifest import SnapshotOrder, snapshot_order
 from streamtrain.snapshot.verify import ReceivedSnapshot
 
@@ -91,6 +96,19 @@ class SnapshotLoader(Protocol):
         self,
         tensors: Mapping[str, torch.Tensor],
         *,
+        version: int,
+        run_id: str,
+        data_watermark: float | None = None,
+        created_at: float = 0.0,
+    ) -> None: ...
+
+    def apply_delta(
+        self,
+        dense: Mapping[str, torch.Tensor],
+        rows: Mapping[str, RowUpdate],
+        *,
+        base_id: str,
+        predecessor_id: str,
         version: int,
         run_id: str,
         data_watermark: float | None = None,
@@ -166,11 +184,13 @@ class SnapshotWatcher:
         self._source.close()
 
     def handle(self, items: Sequence[ReceivedLike | RejectedLike]) -> None:
-        """Count rejections, then load the newest received snapshot the slot accepts.
+        """Count rejections, load the newest received base the slot accepts, then apply the
+        received deltas newer than the live version in order.
 
-        Received snapshots (and one left pending by a busy standby copy) are tried newest
-        first: one the slot refuses gives way to the next, the first loaded supersedes the
-        rest, and a busy standby keeps the one it was offered pending for the next round.
+        Bases (and one left pending by a busy standby copy) are tried newest first: one the
+        slot refuses gives way to the next, the first loaded supersedes the rest, and a busy
+        standby keeps the one it was offered pending for the next round. A delta that does
+        not follow the live version triggers a catch-up from the topic (rule 4a).
         """
         received = [self._pending] if self._pending is not None else []
         for item in items:
@@ -179,14 +199,27 @@ class SnapshotWatcher:
             elif isinstance(item, RejectedLike):
                 self._count_rejection(item)
         self._pending = None
-        for tried, snapshot in enumerate(sorted(received, key=_order, reverse=True)):
+        bases = [s for s in received if not is_delta(s)]
+        for tried, snapshot in enumerate(sorted(bases, key=_order, reverse=True)):
             if tried and not self._slot.is_newer(_order(snapshot)):
-                return  # older than the live weights: superseded, not counted again
+                break  # older than the live weights: superseded, not counted again
             loaded = self._try_load(snapshot)
             if loaded is None:
                 self._pending = snapshot  # standby busy: retry next round
                 return
             if loaded:
+                break
+        for delta in sorted((s for s in received if is_delta(s)), key=_order):
+            if not self._slot.is_newer(_order(delta)):
+                continue
+            outcome = apply_delta(self._slot, delta)
+            if outcome == "busy":
+                self._pending = delta
+                return
+            if outcome == "gap":
+                catch_up(
+                    self._source.newest_first(self._startup_timeout_s), self._slot, self._try_load
+                )
                 return
 
     def _count_rejection(self, item: RejectedLike) -> None:
@@ -208,7 +241,12 @@ class SnapshotWatcher:
             return None  # logged by the slot
         except SnapshotRejected:
             return False  # counted and logged by the slot
-        if self._cache is not None and not from_cache and isinstance(snapshot, ReceivedSnapshot):
+        if (
+            self._cache is not None
+            and not from_cache
+            and isinstance(snapshot, ReceivedSnapshot)
+            and snapshot.manifest.kind == "base"
+        ):
             try:
                 self._cache.store(snapshot)
             except OSError as exc:
@@ -239,16 +277,8 @@ class SnapshotWatcher:
         self._slot.settle()
 
     def _load_newest(self) -> None:
-        """Step 2: the newest snapshot on the topic the slot accepts."""
-        for snapshot in self._source.newest_first(self._startup_timeout_s):
-            if not self._slot.is_newer(_order(snapshot)):
-                return  # the live weights (from the cache) are at least as new
-            loaded = self._try_load(snapshot)
-            if loaded is None:
-                self._pending = snapshot
-                return
-            if loaded:
-                return
+        """Step 2: the newest base on the topic the slot accepts, then the deltas after it."""
+        catch_up(self._source.newest_first(self._startup_timeout_s), self._slot, self._try_load)
 
     def _run(self) -> None:
         try:

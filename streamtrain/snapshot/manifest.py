@@ -111,6 +111,13 @@ class SnapshotManifest(BaseModel):
     chunk_count: int = Field(ge=1)
     chunk_bytes: int = Field(ge=1, description="Size of every chunk but the last.")
     first_chunk_offset: int | None = Field(ge=0, description="Topic offset of chunk 0.")
+    kind: Literal["base", "delta"] = Field(
+        "base", description="base: every tensor whole; delta: changed rows (see delta.py)."
+    )
+    base_id: str | None = Field(None, description="A delta's base snapshot, run_id/version.")
+    predecessor_id: str | None = Field(
+        None, description="The snapshot a delta applies to (base or delta), run_id/version."
+    )
 
     @property
     def snapshot_id(self) -> str:
@@ -129,6 +136,15 @@ class SnapshotManifest(BaseModel):
                 f"chunk_count {self.chunk_count} does not fit size_bytes {self.size_bytes} in "
                 f"chunks of {self.chunk_bytes} bytes (expected {expected})"
             )
+        if self.kind == "delta" and (
+            self.base_id is None
+            or self.predecessor_id is None
+            or parse_snapshot_id(self.base_id) is None
+            or parse_snapshot_id(self.predecessor_id) is None
+        ):
+            raise ValueError("a delta manifest needs base_id and predecessor_id as run_id/version")
+        if self.kind == "base" and (self.base_id is not None or self.predecessor_id is not None):
+            raise ValueError("a base manifest names no base_id or predecessor_id")
         names = [t.name for t in self.tensors]
         if len(set(names)) != len(names):
             raise ValueError("tensor names in the manifest are not unique")

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 
 from streamtrain import metrics
 from streamtrain.kafka import KafkaConnection
+from streamtrain.snapshot.delta import merge_requests
 from streamtrain.snapshot.mailbox import NewestWinsWorker
 from streamtrain.snapshot.signing import ManifestSigner
 from streamtrain.snapshot.writer import SnapshotWriter
@@ -25,6 +27,14 @@ class SnapshotPublisher:
     bounded and the topic always gets the newest weights next. A failed publish is logged and
     counted in ``streamtrain_snapshot_publish_errors``; it never reaches the trainer. With a
     ``signer``, every manifest carries an Ed25519 signature (``signing.py``).
+
+    Deltas (requests with ``rows``) keep the chain whole:
+
+    1. a request that is superseded, or whose publish failed, is merged into the next one
+       (``delta.merge_requests``), never dropped, so the next delta still covers every row
+       changed since the last *published* snapshot;
+    2. a delta names the last published snapshot as its predecessor and the last published
+       base as its base; both move only after the manifest is acknowledged.
 
     Example:
         >>> publisher = SnapshotPublisher(  # doctest: +SKIP
@@ -53,13 +63,38 @@ class SnapshotPublisher:
             chunk_bytes=chunk_bytes,
             signer=signer,
         )
-        self._worker: NewestWinsWorker[SnapshotRequest] = NewestWinsWorker(
-            self._publish, name=f"snapshot-publisher-{topic}", on_superseded=self._superseded
+        self._lock = threading.Lock()
+        self._next: SnapshotRequest | None = None  # what the next publish sends (merged)
+        self._base_id: str | None = None
+        self._last_id: str | None = None
+        self._worker: NewestWinsWorker[int] = NewestWinsWorker(
+            self._publish_next, name=f"snapshot-publisher-{topic}", on_superseded=self._superseded
         )
 
     def offer(self, request: SnapshotRequest) -> None:
         """Hand ``request`` to the background thread; returns at once."""
-        self._worker.offer(request)
+        with self._lock:
+            pending = self._next
+            self._next = request if pending is None else merge_requests(pending, request)
+        self._worker.offer(request.version)
+
+    def _publish_next(self, version: int) -> None:
+        with self._lock:
+            request, self._next = self._next, None
+        if request is None:
+            return  # already sent under an earlier wake-up, merged with this one
+        if request.rows is not None and self._base_id is None:
+            log.error(
+                "delta %s/%d has no published base; waiting for the next base",
+                request.run_id,
+                request.version,
+            )
+            metrics.SNAPSHOT_PUBLISH_ERRORS.inc()
+            return
+        if not self._publish(request):
+            with self._lock:  # keep its rows for the next publish (rule 1)
+                pending = self._next
+                self._next = request if pending is None else merge_requests(request, pending)
 
     def flush(self, timeout: float) -> bool:
         """Wait until everything offered so far is published, superseded or failed."""
@@ -77,14 +112,16 @@ class SnapshotPublisher:
             )
         self._writer.close(max(0.0, deadline - time.monotonic()))
 
-    def _superseded(self, request: SnapshotRequest) -> None:
+    def _superseded(self, version: int) -> None:
         metrics.SNAPSHOTS_SUPERSEDED.inc()
-        log.debug("snapshot %s/%d superseded before publishing", request.run_id, request.version)
+        log.debug("snapshot version %d superseded before publishing", version)
 
-    def _publish(self, request: SnapshotRequest) -> None:
+    def _publish(self, request: SnapshotRequest) -> bool:
         started = time.perf_counter()
         try:
-            manifest = self._writer.write(request)
+            manifest = self._writer.write(
+                request, base_id=self._base_id, predecessor_id=self._last_id
+            )
         except Exception:
             metrics.SNAPSHOT_PUBLISH_ERRORS.inc()
             log.exception(
@@ -96,15 +133,20 @@ class SnapshotPublisher:
             )
             # A producer that failed mid-send may hold stuck batches: start the next one fresh.
             self._writer.close(timeout=1.0)
-            return
+            return False
+        self._last_id = manifest.snapshot_id
+        if manifest.kind == "base":
+            self._base_id = manifest.snapshot_id
         metrics.SNAPSHOT_PUBLISH_SECONDS.observe(time.perf_counter() - started)
         metrics.SNAPSHOTS_PUBLISHED.inc()
         metrics.SNAPSHOT_BYTES.set(manifest.size_bytes)
         metrics.SNAPSHOT_VERSION.set(manifest.version)
         log.info(
-            "published snapshot %s (%d bytes, %d chunks) to %s",
+            "published %s %s (%d bytes, %d chunks) to %s",
+            manifest.kind,
             manifest.snapshot_id,
             manifest.size_bytes,
             manifest.chunk_count,
             self._writer.topic,
         )
+        return True

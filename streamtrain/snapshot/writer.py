@@ -6,6 +6,7 @@ import logging
 
 from streamtrain.kafka import KafkaConnection, RecordProducer, record_producer
 from streamtrain.snapshot import wire
+from streamtrain.snapshot.delta import delta_payload
 from streamtrain.snapshot.manifest import SnapshotManifest, snapshot_id
 from streamtrain.snapshot.payload import encode_state, sha256_hex, split_chunks
 from streamtrain.snapshot.signing import ManifestSigner
@@ -61,8 +62,16 @@ class SnapshotWriter:
             )
         return self._producer
 
-    def write(self, request: SnapshotRequest) -> SnapshotManifest:
+    def write(
+        self,
+        request: SnapshotRequest,
+        *,
+        base_id: str | None = None,
+        predecessor_id: str | None = None,
+    ) -> SnapshotManifest:
         """Publish ``request``; returns the manifest written.
+
+        A request with ``rows`` is a delta on ``predecessor_id`` in the lineage of ``base_id``.
 
         1. Wait until the trainer's copy of the weights is complete (``wait_ready``).
         2. Serialize with safetensors, hash with sha256, cut into chunks of ``chunk_bytes``.
@@ -74,7 +83,14 @@ class SnapshotWriter:
            points at chunks that were never written.
         """
         request.wait_ready()
-        payload, infos = encode_state(request.tensors)
+        tensors = request.tensors
+        if request.rows is not None:
+            if base_id is None or predecessor_id is None:
+                raise SnapshotWriteError(
+                    f"delta {request.run_id}/{request.version} has no base or predecessor"
+                )
+            tensors = delta_payload(tensors, request.rows)
+        payload, infos = encode_state(tensors)
         chunks = split_chunks(memoryview(payload), self.chunk_bytes)
         sid = snapshot_id(request.run_id, request.version)
         manifest = SnapshotManifest(
@@ -91,6 +107,9 @@ class SnapshotWriter:
             chunk_count=len(chunks),
             chunk_bytes=self.chunk_bytes,
             first_chunk_offset=None,
+            kind="base" if request.rows is None else "delta",
+            base_id=None if request.rows is None else base_id,
+            predecessor_id=None if request.rows is None else predecessor_id,
         )
         # Checked before any chunk is written, so an oversized manifest wastes no topic space.
         if len(manifest.model_dump_json()) + 1024 > self.chunk_bytes + RECORD_OVERHEAD_BYTES:

@@ -24,6 +24,9 @@ class SnapshotRequest:
     offsets: Mapping[int, int]  # partition -> next offset the weights have not learned from
     created_at: float  # epoch seconds
     wait_ready: Callable[[], None] = field(default=lambda: None)
+    # None: a base (every tensor whole). Otherwise a delta: for each name here, ``tensors[name]``
+    # holds only the rows at these int64 indices (see ``streamtrain.snapshot.delta``).
+    rows: Mapping[str, torch.Tensor] | None = None
 
 
 class SnapshotSink(Protocol):

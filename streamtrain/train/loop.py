@@ -40,6 +40,7 @@ from streamtrain.train.learner import Learner
 from streamtrain.train.prefetch import PrefetchingSource, SampleSource
 from streamtrain.train.prequential import RollingMetrics
 from streamtrain.train.promotion_gate import PromotionGate
+from streamtrain.train.row_tracker import RowTracker
 from streamtrain.train.weights import copy_weights
 
 log = logging.getLogger(__name__)
@@ -109,8 +110,10 @@ class Trainer:
         first_version: Callable[[], int] = lambda: 0,
         clock: Callable[[], float] = time.monotonic,
         promotion_gate: PromotionGate | None = None,
+        row_tracker: RowTracker | None = None,
     ) -> None:
         self._source = source
+        self._row_tracker = row_tracker
         self._gate = promotion_gate
         self._learner = learner
         self._checkpoints = checkpoints
@@ -297,7 +300,8 @@ class Trainer:
                 self._snapshot_policy.mark(step)  # held: wait a full period before the next try
                 self._last_snapshot_step = step
                 return
-        tensors, wait_ready = copy_weights(self._learner.model)
+        rows = None if self._row_tracker is None else self._row_tracker.take()
+        tensors, wait_ready = copy_weights(self._learner.model, rows)
         self._sink.offer(
             SnapshotRequest(
                 version=step,
@@ -307,6 +311,7 @@ class Trainer:
                 offsets=dict(self._progress.offsets),
                 created_at=time.time(),
                 wait_ready=wait_ready,
+                rows=rows,
             )
         )
         self._snapshot_policy.mark(step)

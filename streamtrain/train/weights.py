@@ -2,20 +2,30 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import torch
 from torch import nn
 
 
-def copy_weights(model: nn.Module) -> tuple[dict[str, torch.Tensor], Callable[[], None]]:
+def copy_weights(
+    model: nn.Module, rows: Mapping[str, torch.Tensor] | None = None
+) -> tuple[dict[str, torch.Tensor], Callable[[], None]]:
     """CPU copies of every parameter and buffer, plus a function that waits for them.
+
+    With ``rows`` (a delta, see ``row_tracker.py``), the tensors named there are copied only
+    at those row indices, so a delta costs the rows it carries, not the table.
 
     On CUDA the copies go device -> pinned host memory on a side stream, ordered after the
     work already queued on the current stream; the returned ``wait_ready`` synchronises on an
     event, so only the snapshot publisher's thread ever waits for the copy.
     """
     state = model.state_dict()
+    if rows:
+        state = {
+            name: t.detach().index_select(0, rows[name].to(t.device)) if name in rows else t
+            for name, t in state.items()
+        }
     first = next(iter(state.values()), None)
     if first is None or first.device.type != "cuda":
         return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in state.items()}, _noop

@@ -132,7 +132,7 @@ class FakeWriter:
     def __init__(self) -> None:
         self.slow = SlowHandler()
 
-    def write(self, request: SnapshotRequest) -> SnapshotManifest:
+    def write(self, request: SnapshotRequest, **_chain: str | None) -> SnapshotManifest:
         request.wait_ready()
         self.slow(request.version)
         if request.version == 99:

@@ -1,0 +1,88 @@
+"""Whether a snapshot's tensors (a base's, or a delta's whole tensors and rows) fit the model.
+
+Every check runs before the slot writes anything (``slot.py`` step 1); the first failure
+raises :class:`SnapshotRejected` with the metric label as ``reason``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+
+from streamtrain.snapshot.delta import RowUpdate
+
+_HINT = "(is the server configured for the same model?)"
+
+
+class SnapshotRejected(ValueError):
+    """A snapshot the slot refused; ``reason`` is the metric label, the message says why."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def check_whole(
+    targets: Mapping[str, torch.Tensor], tensors: Mapping[str, torch.Tensor], stale: str | None
+) -> None:
+    """A base: every model tensor, nothing else, right shapes and kinds, finite."""
+    if stale is not None:
+        raise SnapshotRejected("stale", stale)
+    missing = sorted(set(targets) - set(tensors))
+    unexpected = sorted(set(tensors) - set(targets))
+    if missing or unexpected:
+        raise SnapshotRejected(
+            "shape_mismatch",
+            f"tensor names do not fit the model: missing {missing[:5]}, "
+            f"unexpected {unexpected[:5]} {_HINT}",
+        )
+    for name, target in targets.items():
+        _fits(name, tensors[name], target, tuple(target.shape))
+
+
+def check_rows(
+    targets: Mapping[str, torch.Tensor],
+    shared: frozenset[str],
+    dense: Mapping[str, torch.Tensor],
+    rows: Mapping[str, RowUpdate],
+    stale: str | None,
+) -> None:
+    """A delta: each model tensor whole or as rows (rows only on shared row-sparse tables),
+    indices inside the table, values of the table's row shape, everything finite."""
+    if stale is not None:
+        raise SnapshotRejected("stale", stale)
+    not_shared = sorted(set(rows) - shared)
+    if not_shared:
+        raise SnapshotRejected(
+            "shape_mismatch",
+            f"delta has rows for {not_shared[:5]}, which this server does not hold as "
+            f"row-sparse tables {_HINT}",
+        )
+    check_whole(
+        {n: t for n, t in targets.items() if n not in rows},
+        dense,
+        None,
+    )
+    for name, (index, values) in rows.items():
+        target = targets[name]
+        if index.numel() and (int(index.min()) < 0 or int(index.max()) >= target.shape[0]):
+            raise SnapshotRejected(
+                "shape_mismatch",
+                f"delta rows of {name!r} fall outside its {target.shape[0]} rows {_HINT}",
+            )
+        _fits(name, values, target, (index.shape[0], *target.shape[1:]))
+
+
+def _fits(name: str, got: torch.Tensor, target: torch.Tensor, shape: tuple[int, ...]) -> None:
+    if tuple(got.shape) != shape:
+        raise SnapshotRejected(
+            "shape_mismatch",
+            f"tensor {name!r} has shape {list(got.shape)}, the model expects {list(shape)} {_HINT}",
+        )
+    if got.dtype.is_floating_point != target.dtype.is_floating_point:
+        raise SnapshotRejected(
+            "shape_mismatch", f"tensor {name!r} is {got.dtype}, the model has {target.dtype}"
+        )
+    if got.dtype.is_floating_point and not bool(torch.isfinite(got).all()):
+        raise SnapshotRejected("non_finite", f"tensor {name!r} holds NaN or Inf")

@@ -1,0 +1,121 @@
+"""Which rows of which row-sparse parameters changed since the last snapshot.
+
+A parameter is *row-sparse* when its gradient arrives as a sparse COO tensor over its first
+dimension: the weight of an ``nn.Embedding`` / ``nn.EmbeddingBag`` built with ``sparse=True``,
+or any parameter a model names in a ``row_sparse_parameters`` attribute (an iterable of
+``named_parameters`` names). Any model qualifies; the tracker needs nothing from it but that.
+
+Rules (the order is the safety argument):
+
+1. A gradient hook on each row-sparse parameter records the rows of every sparse gradient.
+   An optimizer that moves only rows with a gradient (SGD without momentum or weight decay,
+   Adagrad, SparseAdam, the row-wise optimizers) changes nothing else.
+2. A dense gradient on such a parameter (a model that did not ask for sparse gradients) makes
+   the next snapshot a base: the tracker does not guess which rows moved.
+3. After every optimizer step the tracker notes each tracked parameter's in-place version
+   counter. A counter that moved outside a step (a rollback to the last good state, a
+   checkpoint load, user code) makes the next snapshot a base.
+4. ``take`` returns None (publish a base) for the first snapshot, every ``base_every_deltas``
+   deltas, once ``base_every_seconds`` have passed since the last base, and under rules 2-3;
+   otherwise the rows changed since the previous ``take``. A model without row-sparse
+   parameters always gets None: it publishes bases exactly as before.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+
+import torch
+from torch import nn
+
+
+def row_sparse_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
+    """The model's row-sparse parameters by ``named_parameters`` name (see the module doc)."""
+    params = dict(model.named_parameters())
+    names = {str(n) for n in getattr(model, "row_sparse_parameters", ())}
+    unknown = sorted(names - set(params))
+    if unknown:
+        raise ValueError(
+            f"row_sparse_parameters names {unknown[:3]} that the model does not have; use "
+            "names from model.named_parameters()"
+        )
+    for module_name, module in model.named_modules():
+        if isinstance(module, nn.Embedding | nn.EmbeddingBag) and module.sparse:
+            names.add(f"{module_name}.weight" if module_name else "weight")
+    return {name: params[name] for name in sorted(names) if params[name].dim() >= 1}
+
+
+class RowTracker:
+    """Records touched rows from gradient hooks; decides base or delta for each snapshot."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        *,
+        base_every_deltas: int,
+        base_every_seconds: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if base_every_deltas < 0 or base_every_seconds <= 0:
+            raise ValueError("base_every_deltas must be >= 0 and base_every_seconds > 0")
+        self._params = row_sparse_parameters(model)
+        self._base_every_deltas = base_every_deltas
+        self._base_every_seconds = base_every_seconds
+        self._clock = clock
+        self._touched: dict[str, list[torch.Tensor]] = {name: [] for name in self._params}
+        self._need_base = True
+        self._deltas_since_base = 0
+        self._base_at = 0.0
+        self._after_step: dict[str, int] = {}
+        for name, param in self._params.items():
+            param.register_hook(self._grad_hook(name))  # type: ignore[no-untyped-call]
+        optimizer.register_step_post_hook(self._stepped)
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._params)
+
+    def _grad_hook(self, name: str) -> Callable[[torch.Tensor], None]:
+        def record(grad: torch.Tensor) -> None:
+            if grad.is_sparse:
+                self._touched[name].append(grad._indices()[0].detach())
+            else:
+                self._need_base = True  # rule 2
+
+        return record
+
+    def _stepped(self, *_: object) -> None:
+        self._after_step = {name: p._version for name, p in self._params.items()}
+
+    def _moved_outside_steps(self) -> bool:
+        return any(self._after_step.get(name, -1) != p._version for name, p in self._params.items())
+
+    def take(self) -> dict[str, torch.Tensor] | None:
+        """Rule 4: None for a base, else the sorted unique rows per parameter; resets."""
+        now = self._clock()
+        base = (
+            not self._params
+            or self._need_base
+            or self._moved_outside_steps()
+            or self._deltas_since_base >= self._base_every_deltas
+            or now - self._base_at >= self._base_every_seconds
+        )
+        touched = dict(self._drain())
+        if base:
+            self._need_base = False
+            self._deltas_since_base = 0
+            self._base_at = now
+            self._after_step = {name: p._version for name, p in self._params.items()}
+            return None
+        self._deltas_since_base += 1
+        return touched
+
+    def _drain(self) -> Iterator[tuple[str, torch.Tensor]]:
+        for name, parts in self._touched.items():
+            self._touched[name] = []
+            if parts:
+                yield name, torch.unique(torch.cat(parts)).cpu()
+            else:
+                yield name, torch.empty(0, dtype=torch.int64)
