@@ -1,0 +1,279 @@
+"""Freshness with delta snapshots vs full snapshots, on the embedded broker, in one run.
+
+Run: ``.venv/bin/python bench/delta.py [--rows 4000000] [--dim 64] [--seconds 30]``
+
+For each mode (``delta``: one base, then deltas; ``full``: every snapshot a base) it trains
+an ``nn.EmbeddingBag(sparse=True)`` table of ``rows x dim`` fp32 (plus a small dense layer)
+with SGD on batches of Zipf-distributed IDs (log-uniform ranks, s ~ 1) at a fixed sample rate,
+publishing a snapshot every ``--snapshot-every`` seconds through ``SnapshotPublisher`` with a
+``RowTracker``. A server runs in a separate process (``SnapshotSubscriber`` -> ``SnapshotWatcher``
+-> ``WeightSlot`` with the table shared between its copies) and a probe there runs a forward
+pass every 5 ms, recording the ``data_watermark`` of the weights it ran on.
+
+Freshness of a batch = the first probe time whose weights had learned from it (served
+watermark >= the batch's production time) minus its production time. Samples are generated
+in the trainer process (no samples topic): freshness covers train step + snapshot copy +
+publish + Kafka + verify + apply + the next prediction. The embedded broker keeps every record
+in memory (no retention): a run holds one base plus the deltas (delta mode) or every full
+snapshot (full mode) — size ``--seconds`` and ``--snapshot-every`` to fit in memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+from embedding_model import build_id_embedding
+
+from streamtrain.broker import EmbeddedBroker
+from streamtrain.kafka import KafkaConnection
+from streamtrain.spec import SampleSpec
+from streamtrain.train.hooks import SnapshotRequest
+from streamtrain.train.row_tracker import RowTracker
+from streamtrain.train.weights import copy_weights
+
+HASH = "b" * 64
+SPEC = SampleSpec(feature_shape=(9,), task="regression")  # 1 ID + 8 dense features
+
+
+def _params(args: argparse.Namespace) -> dict[str, int]:
+    return {"rows": args.rows, "dim": args.dim, "id_features": 1}
+
+
+def _rss_bytes() -> tuple[int, int]:
+    """(VmRSS, VmHWM) of this process in bytes."""
+    values = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        key, _, rest = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            values[key] = int(rest.split()[0]) * 1024
+    return values["VmRSS"], values["VmHWM"]
+
+
+def serve(args: argparse.Namespace, bootstrap: str, topic: str, out: Any, stop: Any) -> None:
+    """The server process: watcher + slot + a probe; sends probe records and memory back."""
+    from streamtrain.serve.slot import WeightSlot
+    from streamtrain.serve.watcher import SnapshotWatcher
+    from streamtrain.snapshot.subscriber import SnapshotSubscriber
+    from streamtrain.train.row_tracker import row_sparse_parameters
+
+    torch.set_num_threads(1)
+    baseline, _ = _rss_bytes()
+    model = build_id_embedding(SPEC, _params(args))
+    slot = WeightSlot(model, shared=frozenset(row_sparse_parameters(model)))
+    applied: list[float] = []
+    original = slot.apply_delta
+
+    def timed_apply(*a: Any, **k: Any) -> None:
+        started = time.perf_counter()
+        original(*a, **k)
+        applied.append(time.perf_counter() - started)
+
+    slot.apply_delta = timed_apply  # type: ignore[method-assign]
+    source = SnapshotSubscriber(
+        kafka=KafkaConnection(bootstrap),
+        topic=topic,
+        settings_hash=HASH,
+        max_snapshot_bytes=4 * 1024**3,
+        max_chunks=16384,
+    )
+    watcher = SnapshotWatcher(source, slot, poll_timeout_s=0.05).start()
+    probe_x = torch.zeros(1, SPEC.feature_size)
+    probes: list[tuple[float, float]] = []
+    peak = 0
+    while not stop.is_set():
+        if slot.ready:
+            with slot.acquire() as lease, torch.no_grad():
+                lease.model(probe_x)
+                mark = lease.info.data_watermark
+            probes.append((time.time(), mark if mark is not None else 0.0))
+            peak = max(peak, _rss_bytes()[0])
+        time.sleep(0.005)
+    watcher.stop()
+    rss, hwm = _rss_bytes()
+    out.put(
+        {
+            "probes": probes,
+            "applied": applied,
+            "rss": rss,
+            "hwm": hwm,
+            "peak": peak,
+            "baseline": baseline,
+        }
+    )
+
+
+def train(args: argparse.Namespace, bootstrap: str, topic: str, mode: str) -> dict[str, Any]:
+    from streamtrain.snapshot.publisher import SnapshotPublisher
+
+    torch.manual_seed(0)
+    model = build_id_embedding(SPEC, _params(args))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    tracker = RowTracker(
+        model,
+        optimizer,
+        base_every_deltas=10**9 if mode == "delta" else 0,
+        base_every_seconds=1e9,
+    )
+    publisher = SnapshotPublisher(
+        kafka=KafkaConnection(bootstrap),
+        topic=topic,
+        model_name="bench",
+        settings_hash=HASH,
+    )
+    sizes: list[tuple[str, int, float]] = []
+    writer = publisher._writer
+    original = writer.write
+
+    def timed_write(request: SnapshotRequest, **chain: Any) -> Any:
+        started = time.perf_counter()
+        manifest = original(request, **chain)
+        sizes.append((manifest.kind, manifest.size_bytes, time.perf_counter() - started))
+        return manifest
+
+    writer.write = timed_write  # type: ignore[method-assign]
+    produced: list[float] = []
+    batch = args.batch
+    interval = batch / args.rate
+    started = time.time()
+    next_snapshot = started
+    step = 0
+    copy_s: list[float] = []
+    while time.time() - started < args.seconds:
+        due = started + step * interval
+        if time.time() < due:
+            time.sleep(due - time.time())
+        produced_at = time.time()
+        ids = (args.rows ** torch.rand(batch)).long() - 1  # log-uniform ranks: Zipf s ~ 1
+        x = torch.cat([ids.float().unsqueeze(1), torch.randn(batch, 8)], dim=1)
+        loss = (model(x).squeeze(-1) - ids.remainder(7).float()).pow(2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        step += 1
+        produced.append(produced_at)
+        if time.time() >= next_snapshot:
+            t0 = time.perf_counter()
+            rows = tracker.take()
+            tensors, ready = copy_weights(model, rows)
+            copy_s.append(time.perf_counter() - t0)
+            publisher.offer(
+                SnapshotRequest(
+                    version=step,
+                    run_id=mode,
+                    tensors=tensors,
+                    data_watermark=produced_at,
+                    offsets={},
+                    created_at=time.time(),
+                    wait_ready=ready,
+                    rows=rows,
+                )
+            )
+            next_snapshot = time.time() + args.snapshot_every
+    elapsed = time.time() - started
+    publisher.close(120)
+    return {
+        "produced": produced,
+        "sizes": sizes,
+        "elapsed": elapsed,
+        "steps": step,
+        "copy_s": copy_s,
+    }
+
+
+def _freshness(
+    produced: list[float], probes: list[tuple[float, float]], warmup: float
+) -> list[float]:
+    out = []
+    j = 0
+    start = produced[0] + warmup if produced else 0.0
+    for t in produced:
+        while j < len(probes) and probes[j][1] < t:
+            j += 1
+        if j == len(probes):
+            break
+        if t >= start:
+            out.append(probes[j][0] - t)
+    return out
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+
+def run(args: argparse.Namespace, broker: EmbeddedBroker, mode: str) -> dict[str, Any]:
+    topic = f"bench-delta-{mode}"
+    broker.create_topics([topic])
+    ctx = mp.get_context("spawn")
+    out, stop = ctx.Queue(), ctx.Event()
+    server = ctx.Process(target=serve, args=(args, broker.bootstrap_servers, topic, out, stop))
+    server.start()
+    result = train(args, broker.bootstrap_servers, topic, mode)
+    time.sleep(args.drain)  # let the last snapshots reach the server
+    stop.set()
+    served = out.get(timeout=300)
+    server.join(60)
+    fresh = _freshness(result["produced"], served["probes"], args.warmup)
+    sizes = result["sizes"]
+    deltas = [s for s in sizes if s[0] == "delta"]
+    model_bytes = args.rows * args.dim * 4
+    return {
+        "mode": mode,
+        "samples/s": result["steps"] * args.batch / result["elapsed"],
+        "fresh p50": _pct(fresh, 0.5),
+        "fresh p99": _pct(fresh, 0.99),
+        "measured": len(fresh),
+        "of": len(result["produced"]),
+        "published MB/s": sum(s[1] for s in sizes) / result["elapsed"] / 1e6,
+        "snapshots": len(sizes),
+        "bases": len(sizes) - len(deltas),
+        "delta MB": statistics.median(s[1] for s in deltas) / 1e6 if deltas else float("nan"),
+        "publish s": statistics.median(s[2] for s in (deltas or sizes)),
+        "copy s": statistics.median(result["copy_s"]),
+        "apply s": statistics.median(served["applied"]) if served["applied"] else float("nan"),
+        "peak RSS/model": served["peak"] / model_bytes,
+        "end RSS/model": served["rss"] / model_bytes,
+        "(RSS-base)/model": (served["peak"] - served["baseline"]) / model_bytes,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=4_000_000)
+    parser.add_argument("--dim", type=int, default=64)
+    parser.add_argument("--rate", type=float, default=10_000.0, help="samples per second")
+    parser.add_argument("--batch", type=int, default=500)
+    parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--snapshot-every", type=float, default=0.2)
+    parser.add_argument("--warmup", type=float, default=5.0, help="seconds not measured")
+    parser.add_argument("--drain", type=float, default=5.0)
+    parser.add_argument("--modes", nargs="+", default=["delta", "full"])
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    print(
+        f"table {args.rows} x {args.dim} fp32 = {args.rows * args.dim * 4 / 1e9:.2f} GB, "
+        f"{args.rate:.0f} samples/s target, batch {args.batch}, snapshot every "
+        f"{args.snapshot_every} s, {args.seconds} s per mode"
+    )
+    with EmbeddedBroker() as broker:
+        for mode in args.modes:
+            row = run(args, broker, mode)
+            print(
+                "  ".join(
+                    f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()
+                ),
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()
