@@ -59,6 +59,11 @@ class LockstepTrainer(Trainer):
 
     def __init__(self, *, group: RankGroup, all_partitions: tuple[int, ...], **kwargs: Any):
         super().__init__(**kwargs)
+        if self._learner.head.spec.sparse:
+            raise ValueError(
+                "models with sparse ID features cannot yet be trained by several ranks (their "
+                "row-wise embedding gradients are not all-reduced): run one trainer process"
+            )
         self._group = group
         self._all_partitions = tuple(sorted(all_partitions))
         self._learner.step_reducer = GradientSync()
