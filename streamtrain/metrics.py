@@ -155,6 +155,12 @@ TRAIN_STEP_SECONDS = Histogram(
     buckets=_FAST,
     registry=TRAINER_REGISTRY,
 )
+TRAIN_ALLREDUCE_SECONDS = Histogram(
+    "streamtrain_train_allreduce_seconds",
+    "Wall time of one step's gradient all-reduce across trainer ranks (distributed only).",
+    buckets=_FAST,
+    registry=TRAINER_REGISTRY,
+)
 TRAIN_THROUGHPUT = Gauge(
     "streamtrain_train_samples_per_second",
     "Samples trained per second, recent average.",

@@ -90,10 +90,13 @@ def train(
     metrics_port = settings.train.metrics_port
     if metrics_port:  # ranks on one host: base port + local rank (0 stays "any free port")
         metrics_port += int(os.environ.get("LOCAL_RANK", "0"))
+    registry = metrics.TRAINER_REGISTRY
+    if "RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from streamtrain.distributed.rank_metrics import rank_registry
+
+        registry = rank_registry(registry, int(os.environ["RANK"]))
     try:
-        server = metrics.serve_metrics(
-            metrics.TRAINER_REGISTRY, metrics_port, routes=health.routes()
-        )
+        server = metrics.serve_metrics(registry, metrics_port, routes=health.routes())
     except OSError as exc:
         fail(
             port_in_use_message("--metrics-port", metrics_port, exc),

@@ -9,12 +9,14 @@ a single-process step on the union batch (up to float summation order).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
+from streamtrain import metrics
 from streamtrain.train.models.standardize import OnlineStandardize
 
 
@@ -52,14 +54,16 @@ class GradientSync:
             ]
         )
         buffer = torch.cat([*parts, scalars.to(loss.device)])
+        started = time.perf_counter()
         dist.all_reduce(buffer)
+        union_samples = int(buffer[-2].item())  # also waits for an asynchronous (NCCL) reduce
+        metrics.TRAIN_ALLREDUCE_SECONDS.observe(time.perf_counter() - started)
         weight = buffer[-3].clamp_min(torch.finfo(torch.float32).tiny)
         offset = 0
         for p in params:
             size = p.numel()
             p.grad = (buffer[offset : offset + size] / weight).view_as(p).to(p.dtype)
             offset += size
-        union_samples = int(buffer[-2].item())
         return buffer[-4] / weight, buffer[-1], union_samples
 
 

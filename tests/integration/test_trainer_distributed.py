@@ -19,6 +19,7 @@ from tests.integration.trainer_harness import (
     checkpoint_meta,
     hyperplane_stream,
     produce_json,
+    scrape,
     start_trainer,
     trainer_env,
 )
@@ -62,8 +63,20 @@ def test_two_ranks_learn_every_sample_once_and_checkpoint_one_cut(
     tmp_path: Path,
 ) -> None:
     env, name = two_partition_stream
-    code, output = _run(env, "--nproc", "2")
-    assert code == 0, output
+    job = start_trainer(env, "--nproc", "2")
+    assert job.stdout is not None
+    urls = []
+    for line in job.stdout:  # each rank prints its metrics URL once built
+        if line.startswith("trainer metrics:"):
+            urls.append(line.split()[-1])
+            if len(urls) == 2:
+                break
+    # every rank serves its metrics on its own port, each sample labelled with its rank
+    ranks = {_rank_of(url) for url in urls}
+    assert ranks == {"0", "1"}
+    rest, _ = job.communicate(timeout=300)
+    output = rest
+    assert job.returncode == 0, output
     meta = checkpoint_meta(tmp_path / "checkpoints")
     assert meta["samples_seen"] == SAMPLES, output
     assert meta["offsets"] == {"0": SAMPLES // 2, "1": SAMPLES // 2}
@@ -76,7 +89,6 @@ def test_two_ranks_learn_every_sample_once_and_checkpoint_one_cut(
     versions = _published_versions(kafka_connection, f"{name}-snapshots")
     assert versions == sorted(set(versions)), versions
     assert versions[-1] == meta["step"]
-    assert "trainer metrics: http://127.0.0.1:" in output
 
     # the same checkpoint with another world size is refused, in one line, before training
     code, output = _run(env)
@@ -93,6 +105,23 @@ def test_more_ranks_than_partitions_is_refused(
     assert code != 0
     assert "3 trainer ranks but the samples topic has 2 partition(s)" in output, output
     assert "Traceback" not in output, output
+
+
+def _rank_of(url: str, timeout: float = 120) -> str:
+    """The rank label of ``url``'s samples, once that rank has trained and all-reduced."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        scraped = scrape(url)
+        trained = [k for k, v in scraped.items() if k.startswith("streamtrain_train_steps_total")]
+        if trained and scraped[trained[0]] > 0:
+            assert len(trained) == 1, trained
+            rank = trained[0].split('rank="')[1].split('"')[0]
+            reduced = f'streamtrain_train_allreduce_seconds_count{{rank="{rank}"}}'
+            assert scraped[reduced] > 0, scraped
+            assert all('rank="' in k for k in scraped), "every sample carries the rank"
+            return rank
+        time.sleep(0.1)
+    raise AssertionError(f"{url}: no step within {timeout} s")
 
 
 def _published_versions(kafka: KafkaConnection, topic: str) -> list[int]:
