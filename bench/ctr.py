@@ -1,0 +1,198 @@
+"""Accuracy and speed on the ``ctr`` click stream: streamtrain's ``dlrm`` and ``fm`` against
+River's factorisation machine and Vowpal Wabbit's hashed logistic regression, in one run.
+
+Every learner sees the same samples in the same order, prequentially: it predicts a sample's
+click probability with its current weights, then learns from it (streamtrain in micro-batches
+of ``--batch``: the batch is predicted, then one row-wise Adagrad step). Log loss and AUC are
+over every prediction (and over the second half, after the tables have warmed up); samples/s
+is the predict + learn loop alone, on one thread each (``torch.set_num_threads(1)``), the
+stream generated beforehand. Peers get the features in their own idiom: River a dict
+``{"user=<id>": 1, "item=<id>": 1, "x0": ..., ...}``, VW a line ``|u <id> |i <id> |d x0:..``
+hashed into 2^``--vw-bits`` weights.
+
+    PYTHONPATH=. python bench/ctr.py --samples 60000
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from sklearn.metrics import roc_auc_score
+
+from streamtrain.datasets_ctr import ctr
+from streamtrain.sparse_tensors import JaggedTensor
+from streamtrain.train.learner import Learner
+from streamtrain.train.models import build_model
+from streamtrain.train.models.embedding import hash_rows
+from streamtrain.train.optim import build_optimizer
+from streamtrain.train.task import TaskHead
+
+
+@dataclass(frozen=True)
+class Stream:
+    x: np.ndarray  # [n, dims] float32
+    users: np.ndarray  # [n] int64 IDs
+    items: np.ndarray  # [n] int64 IDs
+    y: np.ndarray  # [n] int64 clicks
+
+
+@dataclass(frozen=True)
+class Result:
+    name: str
+    probs: np.ndarray
+    seconds: float
+
+    def row(self, y: np.ndarray) -> str:
+        half = len(y) // 2
+        late = _log_loss(y[half:], self.probs[half:])
+        return (
+            f"| {self.name} | {_log_loss(y, self.probs):.4f} | {late:.4f} "
+            f"| {roc_auc_score(y, self.probs):.4f} | {len(y) / self.seconds:,.0f} |"
+        )
+
+
+def _log_loss(y: np.ndarray, p: np.ndarray) -> float:
+    p = np.clip(p, 1e-7, 1 - 1e-7)
+    return float(-(y * np.log(p) + (1 - y) * np.log(1 - p)).mean())
+
+
+def make_stream(samples: int, seed: int, users: int, items: int) -> Stream:
+    info = ctr(users=users, items=items)
+    parts = list(info.iterate(samples, seed=seed, chunk_size=4096))
+    return Stream(
+        np.concatenate([c.features for c in parts]),
+        np.concatenate([c.sparse.features["user"].ids for c in parts]),  # type: ignore[union-attr]
+        np.concatenate([c.sparse.features["item"].ids for c in parts]),  # type: ignore[union-attr]
+        np.concatenate([c.labels for c in parts]),
+    )
+
+
+def run_streamtrain(
+    name: str, params: dict[str, object], lr: float, s: Stream, batch: int
+) -> Result:
+    info = ctr()
+    torch.manual_seed(0)
+    model = build_model(name, info.spec, params)
+    learner = Learner(
+        model, TaskHead(info.spec), build_optimizer(model.parameters(), "adagrad", lr)
+    )
+    x, y = torch.from_numpy(s.x), torch.from_numpy(s.y)
+    users, items = torch.from_numpy(s.users), torch.from_numpy(s.items)
+    probs = np.zeros(len(s.y))
+    ones = torch.ones(len(s.y))
+    started = time.perf_counter()
+    for lo in range(0, len(s.y), batch):
+        hi = min(lo + batch, len(s.y))
+        n = hi - lo
+        offsets = torch.arange(n)
+        sparse = {
+            "user": JaggedTensor(users[lo:hi], offsets, ones[:n]),
+            "item": JaggedTensor(items[lo:hi], offsets, ones[:n]),
+        }
+        with torch.no_grad():
+            probs[lo:hi] = torch.sigmoid(model(x[lo:hi], sparse)).numpy()
+        learner.learn(x[lo:hi], y[lo:hi], ones[:n], sparse)
+    return Result(f"streamtrain {name} (batch {batch})", probs, time.perf_counter() - started)
+
+
+def run_river_fm(s: Stream, factors: int) -> Result:
+    from river import facto, optim
+
+    model = facto.FMClassifier(
+        n_factors=factors,
+        weight_optimizer=optim.SGD(0.05),
+        latent_optimizer=optim.SGD(0.05),
+        seed=0,
+    )
+    rows = _dicts(s)
+    probs = np.zeros(len(s.y))
+    started = time.perf_counter()
+    for i, (features, label) in enumerate(zip(rows, s.y.tolist(), strict=True)):
+        probs[i] = model.predict_proba_one(features).get(True, 0.5)
+        model.learn_one(features, bool(label))
+    return Result(f"River FMClassifier ({factors} factors)", probs, time.perf_counter() - started)
+
+
+def _dicts(s: Stream) -> list[dict[str, float]]:
+    dims = s.x.shape[1]
+    return [
+        {f"user={u}": 1.0, f"item={i}": 1.0, **{f"x{j}": float(x[j]) for j in range(dims)}}
+        for u, i, x in zip(s.users.tolist(), s.items.tolist(), s.x, strict=True)
+    ]
+
+
+def run_vw(s: Stream, bits: int) -> Result:
+    from vowpalwabbit import pyvw
+
+    vw = pyvw.Workspace(f"--loss_function logistic --link logistic -b {bits} --quiet")
+    lines = [
+        f"|u {u} |i {i} |d " + " ".join(f"x{j}:{v:.5f}" for j, v in enumerate(x))
+        for u, i, x in zip(s.users.tolist(), s.items.tolist(), s.x.tolist(), strict=True)
+    ]
+    probs = np.zeros(len(s.y))
+    started = time.perf_counter()
+    for k, (line, label) in enumerate(zip(lines, s.y.tolist(), strict=True)):
+        probs[k] = vw.predict(line)
+        vw.learn(f"{1 if label else -1} {line}")
+    seconds = time.perf_counter() - started
+    vw.finish()
+    return Result(f"Vowpal Wabbit hashed LR (2^{bits})", probs, seconds)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--samples", type=int, default=60_000)
+    parser.add_argument("--users", type=int, default=100_000)
+    parser.add_argument("--items", type=int, default=20_000)
+    parser.add_argument("--rows", type=int, default=1 << 16, help="rows per streamtrain table")
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--vw-bits", type=int, default=18)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    s = make_stream(args.samples, args.seed, args.users, args.items)
+    distinct = np.unique(s.users).size, np.unique(s.items).size
+    shared = [
+        1 - np.unique(hash_rows(torch.from_numpy(np.unique(ids)), args.rows).numpy()).size / n
+        for ids, n in ((s.users, distinct[0]), (s.items, distinct[1]))
+    ]
+    print(
+        f"ctr: {args.samples} samples, click rate {s.y.mean():.3f}, {distinct[0]} distinct users, "
+        f"{distinct[1]} distinct items; {args.rows} rows per table: "
+        f"{shared[0]:.1%} of users / {shared[1]:.1%} of items fold onto a row already taken"
+    )
+    table_params = {"rows": args.rows, "standardize": False}
+    runs: list[Callable[[], Result]] = [
+        lambda: run_streamtrain(
+            "dlrm",
+            {**table_params, "embedding_dim": 16, "bottom_sizes": [16], "top_sizes": [32]},
+            0.05,
+            s,
+            args.batch,
+        ),
+        lambda: run_streamtrain("fm", {**table_params, "embedding_dim": 8}, 0.05, s, args.batch),
+        lambda: run_river_fm(s, 8),
+        lambda: run_vw(s, args.vw_bits),
+    ]
+    print("| learner | log loss | log loss, 2nd half | AUC | samples/s |")
+    print("|---|---|---|---|---|")
+    results = []
+    for run in runs:
+        result = run()
+        results.append(result)
+        print(result.row(s.y), flush=True)
+    river = next(r for r in results if r.name.startswith("River"))
+    for r in results:
+        if r.name.startswith("streamtrain"):
+            print(f"{r.name}: {river.seconds / r.seconds:.1f}x River FM's samples/s")
+    base = _log_loss(s.y, np.full(len(s.y), s.y.mean()))
+    print(f"(a constant at the overall click rate scores log loss {base:.4f})")
+
+
+if __name__ == "__main__":
+    main()
