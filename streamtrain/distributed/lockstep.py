@@ -65,6 +65,7 @@ class LockstepTrainer(Trainer):
                 "row-wise embedding gradients are not all-reduced): run one trainer process"
             )
         self._group = group
+        self._failed = False
         self._all_partitions = tuple(sorted(all_partitions))
         self._learner.step_reducer = GradientSync()
         attach_moments_sync(self._learner.model)
@@ -131,6 +132,15 @@ class LockstepTrainer(Trainer):
         self._checkpointed = (step, dict(offsets))
 
     def _loop(self, prefetch: PrefetchingSource) -> str:
+        try:
+            return self._lockstep(prefetch)
+        except BaseException:
+            # the other ranks are inside some collective: meeting them in _finish's would pair
+            # mismatched collectives; this rank leaves and torchrun ends (or restarts) the group
+            self._failed = True
+            raise
+
+    def _lockstep(self, prefetch: PrefetchingSource) -> str:
         stop = self._stop_conditions
         last_input = self._clock()
         throughput = _Throughput(self._clock)
@@ -254,6 +264,11 @@ class LockstepTrainer(Trainer):
 
     def _finish(self, prefetch: PrefetchingSource) -> None:
         """Graceful end on every rank together: checkpoint if any rank has something unsaved."""
+        if self._failed:
+            prefetch.close()
+            if self._sink is not None:
+                self._sink.close()
+            return
         try:
             progress = self._progress
             unsaved = int((progress.step, progress.offsets) != self._checkpointed)
