@@ -1,109 +1,124 @@
 """streamtrain's own step code on in-memory arrays: no Kafka, the same Learner the trainer runs.
 
-Prequential with micro-batches of ``B``: all ``B`` samples are predicted with the current
-weights, then the model learns from them (``Learner.learn`` scores before it steps). So a larger
-``B`` means staler predictions inside a batch and fewer, larger steps.
+The learner is built from the settings tree exactly as ``streamtrain train`` builds it
+(``cli/build_trainer.py``): model, optimizer and schedule from ``load_settings()``, so a config
+with no overrides is what a CLI user gets. Prequential with micro-batches of ``B``: all ``B``
+samples are predicted with the current weights, then the model learns from them
+(``Learner.learn`` scores before it steps).
 
->>> from peers_streams import build_stream
+>>> from peers_suite import build_stream
 >>> stream = build_stream("sea_drift", samples=256, seed=1)
->>> result = run_in_process(STREAMTRAIN_MODELS[0], stream, batch_size=16)
->>> result.samples, 0.0 <= result.accuracy <= 1.0
+>>> result = run_in_process(DEFAULTS[0], stream, batch_size=16)
+>>> result.samples, 0.0 <= result.score <= 1.0
 (256, True)
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from peers_river import MLP_LR, MLP_WIDTH, RunResult
+from peers_river import RunResult
 from peers_streams import Stream
 
-from streamtrain.spec import SampleSpec, Task
+from streamtrain.config import Settings, load_settings
+from streamtrain.spec import SampleSpec, spec_for_model
 from streamtrain.train.learner import Learner
 from streamtrain.train.models import build_model
-from streamtrain.train.optim import OptimizerName, build_optimizer
+from streamtrain.train.optim import build_optimizer, build_scheduler
 from streamtrain.train.task import TaskHead
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """One streamtrain model configuration, used unchanged on every stream.
+    """One streamtrain configuration, used unchanged on every stream.
 
-    ``sqrt_batch_lr`` multiplies the learning rate by sqrt(batch size): a batch of B takes one
-    step where batch 1 takes B, so without it larger batches simply learn more slowly.
-    ``params["standardize"]`` is always set explicitly, so a row means the same model whatever
-    the built-in's default; ``pipeline`` says whether it also runs through Kafka.
+    ``optimizer`` and ``params`` override the CLI defaults (``optimizer.*`` settings and
+    ``model.params``); empty means the defaults. ``sqrt_batch_lr`` multiplies the learning
+    rate by sqrt(batch size); ``schedule_free`` swaps in schedulefree's AdamW (scored and
+    stepped at its training point, as a stream has no separate evaluation phase).
     """
 
     name: str  # the model registry name
-    optimizer: OptimizerName
-    lr: float
+    tag: str = "defaults"
+    optimizer: dict[str, Any] = field(default_factory=dict)
     params: dict[str, Any] = field(default_factory=dict)
     sqrt_batch_lr: bool = False
-    pipeline: bool = True
-
-    @property
-    def standardized(self) -> bool:
-        return bool(self.params.get("standardize", False))
+    schedule_free: bool = False
 
     @property
     def label(self) -> str:
-        shape = ""
-        if "hidden_sizes" in self.params:
-            shape = f"{'x'.join(str(h) for h in self.params['hidden_sizes'])} hidden, "
-        scaled = "×√B" if self.sqrt_batch_lr else ""
-        inputs = "standardize" if self.standardized else "raw"
-        return f"{self.name} ({shape}{self.optimizer} {self.lr:g}{scaled}, {inputs})"
-
-    def lr_at(self, batch_size: int) -> float:
-        return self.lr * math.sqrt(batch_size) if self.sqrt_batch_lr else self.lr
+        return f"{self.name} ({self.tag})"
 
 
-# raw: the models before online standardisation (in-process only: the earlier report showed
-# their pipeline rows equal the in-process ones); standardize: the built-ins' default now
-STREAMTRAIN_MODELS: tuple[ModelConfig, ...] = (
-    ModelConfig("linear", "adam", 1e-2, {"standardize": False}, pipeline=False),
-    ModelConfig(
-        "mlp", "adam", MLP_LR, {"hidden_sizes": [MLP_WIDTH], "standardize": False}, pipeline=False
-    ),
-    ModelConfig("linear", "adam", 1e-2, {"standardize": True}),
-    ModelConfig("mlp", "adam", MLP_LR, {"hidden_sizes": [MLP_WIDTH], "standardize": True}),
-)
-# the same models with the learning rate grown with the batch: what closes the batch gap
-SCALED_MODELS: tuple[ModelConfig, ...] = tuple(
-    dataclasses.replace(config, sqrt_batch_lr=True) for config in STREAMTRAIN_MODELS
-)
+DEFAULTS: tuple[ModelConfig, ...] = (ModelConfig("linear"), ModelConfig("mlp"))
 
 
-def stream_spec(stream: Stream) -> SampleSpec:
-    task: Task = "binary" if stream.num_classes == 2 else "multiclass"
-    return SampleSpec(
-        feature_shape=(stream.feature_count,), task=task, num_classes=stream.num_classes
+def stream_settings(config: ModelConfig, stream: Stream, batch_size: int = 1) -> Settings:
+    """The settings a user would write for ``stream``, plus the config's overrides."""
+    optimizer = dict(config.optimizer)
+    if config.sqrt_batch_lr:
+        base = optimizer.get("lr", load_settings().optimizer.lr)
+        optimizer["lr"] = base * math.sqrt(batch_size)
+    return load_settings(
+        overrides={
+            "model": {
+                "name": config.name,
+                "task": stream.task,
+                "input_shape": [stream.feature_count],
+                "num_classes": max(stream.num_classes, 2),
+                "params": config.params,
+            },
+            "optimizer": optimizer,
+            "train": {"seed": 7},
+        }
     )
 
 
-def build_learner(
-    config: ModelConfig, stream: Stream, batch_size: int = 1, seed: int = 7
-) -> Learner:
-    """The objects ``streamtrain train`` builds, without the Kafka source around them.
+def stream_spec(stream: Stream) -> SampleSpec:
+    return spec_for_model(stream_settings(ModelConfig("linear"), stream).model)
 
-    Two-class streams use the ``binary`` task (one logit, BCE), as a user would configure them;
-    digits uses ``multiclass`` (softmax, cross-entropy).
-    """
-    torch.manual_seed(seed)
-    spec = stream_spec(stream)
-    model = build_model(config.name, spec, config.params)
-    optimizer = build_optimizer(model.parameters(), config.optimizer, lr=config.lr_at(batch_size))
-    return Learner(model, TaskHead(spec), optimizer)
+
+def build_learner(config: ModelConfig, stream: Stream, batch_size: int = 1) -> Learner:
+    """The Learner ``build_trainer`` makes from these settings, without the Kafka around it."""
+    settings = stream_settings(config, stream, batch_size)
+    opt = settings.optimizer
+    torch.manual_seed(settings.train.seed)
+    spec = spec_for_model(settings.model)
+    model = build_model(settings.model.name, spec, settings.model.params)
+    if config.schedule_free:
+        import schedulefree
+
+        optimizer: torch.optim.Optimizer = schedulefree.AdamWScheduleFree(
+            model.parameters(), lr=opt.lr, warmup_steps=0
+        )
+        optimizer.train()  # type: ignore[attr-defined]
+    else:
+        optimizer = build_optimizer(
+            model.parameters(), opt.name, opt.lr, opt.momentum, opt.weight_decay
+        )
+    scheduler = build_scheduler(optimizer, opt.schedule, opt.schedule_steps, opt.warmup_steps)
+    return Learner(
+        model,
+        TaskHead(spec, settings.model.loss),
+        optimizer,
+        scheduler,
+        clip_grad_norm=opt.clip_grad_norm,
+        max_bad_steps=settings.train.max_bad_steps,
+        step_samples=opt.step_samples,
+    )
 
 
 def run_in_process(config: ModelConfig, stream: Stream, batch_size: int) -> RunResult:
-    """Whole-stream prequential accuracy and samples/s of ``Learner.learn`` at ``batch_size``."""
+    """Whole-stream prequential score and samples/s of ``Learner.learn`` at ``batch_size``.
+
+    Regression also needs the squared errors: a forward hook keeps the outputs of every
+    training forward, which are the predictions ``learn`` scores (step by step when a batch is
+    split into several steps; the built-ins compute the same function in train and eval mode).
+    """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     learner = build_learner(config, stream, batch_size)
@@ -115,9 +130,17 @@ def run_in_process(config: ModelConfig, stream: Stream, batch_size: int) -> RunR
         (features[i : i + batch_size], labels[i : i + batch_size], weights[i : i + batch_size])
         for i in range(0, stream.size, batch_size)
     ]
+    predictions: list[torch.Tensor] = []
+    if stream.is_regression:
+        learner.model.register_forward_hook(lambda _m, _a, out: predictions.append(out.detach()))
     scores: list[torch.Tensor] = []
     started = time.perf_counter()
     for x, y, w in chunks:
         scores.append(learner.learn(x, y, w).score_sum)
-    correct = float(torch.stack(scores).sum())
-    return RunResult(correct, stream.size, time.perf_counter() - started)
+    seconds = time.perf_counter() - started
+    score = float(torch.stack(scores).sum()) / stream.size
+    rmse = None
+    if stream.is_regression:
+        predicted = torch.cat(predictions).reshape(labels.shape)
+        rmse = math.sqrt(float((predicted - labels).square().mean()))
+    return RunResult(score, rmse, stream.size, seconds)

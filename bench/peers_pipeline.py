@@ -8,7 +8,7 @@ Per run, in this order:
 3. Build the trainer exactly as ``streamtrain train`` does (:func:`build_trainer`), reading
    from the earliest offset, with ``metric_window`` set to the stream length: the trainer's
    rolling prequential window then spans the whole stream, so ``rolling_score`` *is* the
-   whole-stream prequential accuracy (over applied steps; the guard skips none here).
+   whole-stream prequential score (over applied steps; the guard skips none here).
 4. ``run()`` until ``max_samples`` (the stream length) have been learned, with
    ``stop_when_idle`` as a safety net; snapshots are published and checkpoints written as in
    production (default policies), so their cost is in the throughput.
@@ -22,7 +22,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from peers_inprocess import ModelConfig, stream_spec
+from peers_inprocess import ModelConfig, stream_settings, stream_spec
 from peers_river import RunResult
 from peers_streams import Stream
 
@@ -44,9 +44,12 @@ class PipelineResult:
 def pipeline_settings(
     bootstrap: str, name: str, config: ModelConfig, stream: Stream, batch_size: int, root: Path
 ) -> Settings:
-    spec = stream_spec(stream)
+    """The in-process run's settings (model, optimizer) plus Kafka, topics and the trainer's."""
+    base = stream_settings(config, stream, batch_size)
     return load_settings(
         overrides={
+            "model": base.model.model_dump(mode="json"),
+            "optimizer": base.optimizer.model_dump(mode="json"),
             "kafka": {"bootstrap_servers": bootstrap},
             "topics": {
                 "samples": f"{name}.samples",
@@ -58,17 +61,9 @@ def pipeline_settings(
                 "start_from": "earliest",
                 "max_batch_size": batch_size,
             },
-            "model": {
-                "name": config.name,
-                "task": spec.task,
-                "input_shape": list(spec.feature_shape),
-                "num_classes": spec.num_classes,
-                "params": config.params,
-            },
-            "optimizer": {"name": config.optimizer, "lr": config.lr_at(batch_size)},
             "train": {
                 "device": "cpu",
-                "seed": 7,
+                "seed": base.train.seed,
                 "checkpoint_dir": str(root / "checkpoints"),
                 "metric_window": stream.size,
                 "max_samples": stream.size,
@@ -95,7 +90,8 @@ def run_pipeline(
             kafka=KafkaConnection.from_settings(settings.kafka),
             format="binary",
         ) as producer:
-            producer.send_many(stream.features, stream.labels)
+            labels = stream.labels.reshape(-1, 1) if stream.is_regression else stream.labels
+            producer.send_many(stream.features, labels)
         produce_seconds = time.perf_counter() - started
         summary = build_trainer(settings).run()
     if summary.samples_seen != stream.size:
@@ -103,9 +99,5 @@ def run_pipeline(
             f"the trainer learned {summary.samples_seen} of {stream.size} samples of "
             f"{stream.name} ({summary.stop_reason}); see the dead-letter topic {topics.dead_letter}"
         )
-    run = RunResult(
-        correct=summary.rolling_score * stream.size,
-        samples=stream.size,
-        seconds=summary.elapsed_seconds,
-    )
+    run = RunResult(summary.rolling_score, None, stream.size, summary.elapsed_seconds)
     return PipelineResult(run, stream.size / produce_seconds, summary.steps)

@@ -1,17 +1,21 @@
-"""The peers: river, deep-river and a last-label baseline, run test-then-train one sample at a time.
+"""The peers: river learners and trivial baselines, run test-then-train one sample at a time.
 
 Every learner here follows river's protocol (``predict_one`` then ``learn_one`` on dicts), so one
 loop evaluates them all. Building the dicts is done once per stream, outside the timed loop.
+river's hyperparameters are its defaults, except ARF's ensemble size (``ARF_MODELS``, below
+river's 10 so the suite fits in minutes on 2 cores).
 
->>> from peers_streams import build_stream
+>>> from peers_suite import build_stream
 >>> stream = build_stream("sea_drift", samples=200, seed=1)
->>> result = run_one_at_a_time(LastLabel(), stream.as_dicts(), stream.labels.tolist())
->>> result.samples, 0.0 <= result.accuracy <= 1.0
+>>> result = run_one_at_a_time(LastLabel(), stream.as_dicts(), stream.labels.tolist(), False)
+>>> result.samples, 0.0 <= result.score <= 1.0
 (200, True)
 """
 
 from __future__ import annotations
 
+import collections
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -19,9 +23,11 @@ from typing import Any, Protocol
 
 from peers_streams import Stream
 
+ARF_MODELS = 3
+
 
 class OneAtATime(Protocol):
-    """River's online classifier protocol, the subset the benchmark uses."""
+    """River's online learner protocol, the subset the benchmark uses."""
 
     # Any: river types x as dict[Hashable, Any], and dict's key type is invariant
     def predict_one(self, x: Any) -> Any: ...
@@ -31,15 +37,16 @@ class OneAtATime(Protocol):
 
 @dataclass(frozen=True)
 class RunResult:
-    """Whole-stream prequential accuracy and learner throughput (predict + learn)."""
+    """Whole-stream prequential score and learner throughput (predict + learn).
 
-    correct: float
+    ``score`` is accuracy for classification and mean absolute error for regression;
+    ``rmse`` is the root mean squared error (regression only).
+    """
+
+    score: float
+    rmse: float | None
     samples: int
     seconds: float
-
-    @property
-    def accuracy(self) -> float:
-        return self.correct / self.samples if self.samples else float("nan")
 
     @property
     def samples_per_second(self) -> float:
@@ -47,36 +54,76 @@ class RunResult:
 
 
 class LastLabel:
-    """Predicts the label of the previous sample: the floor a drifting stream sets."""
+    """Predicts the previous sample's label (or target): the floor a drifting stream sets."""
 
     def __init__(self) -> None:
-        self._last: int | None = None
+        self._last: Any = None
 
-    def predict_one(self, x: dict[str, float]) -> int | None:
+    def predict_one(self, x: dict[str, float]) -> Any:
         return self._last
 
-    def learn_one(self, x: dict[str, float], y: int) -> None:
+    def learn_one(self, x: dict[str, float], y: Any) -> None:
         self._last = y
 
 
+class MajorityClass:
+    """Predicts the most frequent class so far."""
+
+    def __init__(self) -> None:
+        self._counts: collections.Counter[int] = collections.Counter()
+
+    def predict_one(self, x: dict[str, float]) -> int | None:
+        return self._counts.most_common(1)[0][0] if self._counts else None
+
+    def learn_one(self, x: dict[str, float], y: int) -> None:
+        self._counts[y] += 1
+
+
+class RunningMean:
+    """Predicts the mean of the targets so far (0 before the first)."""
+
+    def __init__(self) -> None:
+        self._sum, self._n = 0.0, 0
+
+    def predict_one(self, x: dict[str, float]) -> float:
+        return self._sum / self._n if self._n else 0.0
+
+    def learn_one(self, x: dict[str, float], y: float) -> None:
+        self._sum += y
+        self._n += 1
+
+
 def run_one_at_a_time(
-    learner: OneAtATime, rows: Sequence[dict[str, float]], labels: Sequence[int]
+    learner: OneAtATime, rows: Sequence[dict[str, float]], labels: Sequence[Any], regression: bool
 ) -> RunResult:
     """Prequential: predict each sample with the current model, score it, then learn from it."""
-    correct = 0
+    total, squares = 0.0, 0.0
     started = time.perf_counter()
     for x, y in zip(rows, labels, strict=True):
-        correct += learner.predict_one(x) == y
+        predicted = learner.predict_one(x)
+        if regression:
+            error = float(y) - float(predicted if predicted is not None else 0.0)
+            total += abs(error)
+            squares += error * error
+        else:
+            total += predicted == y
         learner.learn_one(x, y)
-    return RunResult(float(correct), len(labels), time.perf_counter() - started)
+    seconds = time.perf_counter() - started
+    n = len(labels)
+    rmse = math.sqrt(squares / n) if regression else None
+    return RunResult(total / n, rmse, n, seconds)
 
 
-def _river_logistic(stream: Stream) -> OneAtATime:
+def _river_linear(stream: Stream) -> OneAtATime:
     from river import linear_model, multiclass, preprocessing
 
-    model: Any = linear_model.LogisticRegression()
-    if stream.num_classes > 2:
-        model = multiclass.OneVsRestClassifier(model)
+    model: Any
+    if stream.is_regression:
+        model = linear_model.LinearRegression()
+    else:
+        model = linear_model.LogisticRegression()
+        if stream.num_classes > 2:
+            model = multiclass.OneVsRestClassifier(model)
     pipeline: OneAtATime = preprocessing.StandardScaler() | model
     return pipeline
 
@@ -84,40 +131,21 @@ def _river_logistic(stream: Stream) -> OneAtATime:
 def _river_hat(stream: Stream) -> OneAtATime:
     from river import tree
 
-    model: OneAtATime = tree.HoeffdingAdaptiveTreeClassifier(seed=7)
-    return model
+    if stream.is_regression:
+        return tree.HoeffdingAdaptiveTreeRegressor(seed=7)  # type: ignore[no-any-return]
+    return tree.HoeffdingAdaptiveTreeClassifier(seed=7)  # type: ignore[no-any-return]
 
 
 def _river_arf(stream: Stream) -> OneAtATime:
     from river import forest
 
-    model: OneAtATime = forest.ARFClassifier(n_models=10, seed=7)
-    return model
+    if stream.is_regression:
+        return forest.ARFRegressor(n_models=ARF_MODELS, seed=7)  # type: ignore[no-any-return]
+    return forest.ARFClassifier(n_models=ARF_MODELS, seed=7)  # type: ignore[no-any-return]
 
 
-# deep-river's MLP with the same width, optimizer and learning rate as streamtrain's ``mlp``
-MLP_WIDTH = 64
-MLP_LR = 1e-2
-
-
-def _deep_river_mlp(stream: Stream) -> OneAtATime:
-    from deep_river.classification import MultiLayerPerceptron
-
-    model: OneAtATime = MultiLayerPerceptron(
-        n_features=stream.feature_count,
-        n_width=MLP_WIDTH,
-        n_layers=1,
-        n_init_classes=stream.num_classes,
-        optimizer_fn="adam",
-        lr=MLP_LR,
-        is_class_incremental=False,
-        seed=7,
-    )
-    return model
-
-
-def _last_label(stream: Stream) -> OneAtATime:
-    return LastLabel()
+def _baseline(stream: Stream) -> OneAtATime:
+    return RunningMean() if stream.is_regression else MajorityClass()
 
 
 @dataclass(frozen=True)
@@ -125,22 +153,21 @@ class PeerLearner:
     """A named peer: ``build`` makes a fresh learner for a stream."""
 
     name: str
-    family: str  # "river", "deep-river" or "baseline": the denominator of the ratios
+    family: str  # "river" or "baseline"
     build: Callable[[Stream], OneAtATime]
 
 
+LINEAR_NAME = "river linear (+StandardScaler)"
+BASELINE_NAME = "baseline: majority class / running mean"
 PEERS: tuple[PeerLearner, ...] = (
-    PeerLearner("last label", "baseline", _last_label),
-    PeerLearner("river LogisticRegression (+StandardScaler)", "river", _river_logistic),
+    PeerLearner("baseline: last label / last value", "baseline", lambda _s: LastLabel()),
+    PeerLearner(BASELINE_NAME, "baseline", _baseline),
+    PeerLearner(LINEAR_NAME, "river", _river_linear),
     PeerLearner("river HoeffdingAdaptiveTree", "river", _river_hat),
-    PeerLearner("river ARF (10 trees)", "river", _river_arf),
-    PeerLearner(
-        f"deep-river MLP ({MLP_WIDTH} hidden, adam {MLP_LR:g}, 1/step)",
-        "deep-river",
-        _deep_river_mlp,
-    ),
+    PeerLearner(f"river ARF ({ARF_MODELS} trees)", "river", _river_arf),
 )
 
 
 def run_peer(peer: PeerLearner, stream: Stream, rows: Sequence[dict[str, float]]) -> RunResult:
-    return run_one_at_a_time(peer.build(stream), rows, stream.labels.tolist())
+    labels: list[Any] = stream.labels.tolist()
+    return run_one_at_a_time(peer.build(stream), rows, labels, stream.is_regression)

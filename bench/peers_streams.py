@@ -1,14 +1,14 @@
 """The benchmark streams, materialised once as arrays so every learner sees the same samples.
 
-Each stream is encoded to float32 features in a fixed, data-independent way (documented ranges,
-one-hot for categorical integers) before any learner sees it. River's linear model standardises
-on top of that, as a river user would, and so do streamtrain's ``linear`` and ``mlp`` with their
-built-in online standardiser (``standardize``, on by default); deep-river takes the encoded
-features as they are.
+These five are the original peers streams, encoded to float32 features in a fixed,
+data-independent way (documented ranges, one-hot for categorical integers). The wider suite
+(``peers_suite.py``) adds streams fed raw, as a user's records would arrive. River's linear
+models standardise on top (StandardScaler), as a river user would, and so do streamtrain's
+built-ins with their online standardiser (on by default).
 
->>> stream = build_stream("sea_drift", samples=100, seed=1)
->>> stream.features.shape, stream.num_classes
-((100, 3), 2)
+>>> stream = _sea_drift(100, seed=1)
+>>> stream.features.shape, stream.num_classes, stream.task
+((100, 3), 2, 'binary')
 """
 
 from __future__ import annotations
@@ -24,12 +24,13 @@ import numpy.typing as npt
 
 @dataclass(frozen=True)
 class Stream:
-    """One labelled stream: ``features`` [n, d] float32, ``labels`` [n] int64 class indices."""
+    """One labelled stream: ``features`` [n, d] float32; ``labels`` [n] int64 class indices,
+    or float32 targets when ``num_classes`` is 0 (regression)."""
 
     name: str
     description: str
     features: npt.NDArray[np.float32]
-    labels: npt.NDArray[np.int64]
+    labels: npt.NDArray[np.int64] | npt.NDArray[np.float32]
     num_classes: int
 
     @property
@@ -42,7 +43,13 @@ class Stream:
 
     @property
     def task(self) -> str:
+        if self.num_classes == 0:
+            return "regression"
         return "binary" if self.num_classes == 2 else "multiclass"
+
+    @property
+    def is_regression(self) -> bool:
+        return self.num_classes == 0
 
     def as_dicts(self) -> list[dict[str, float]]:
         """River's input form: one ``{"x0": value, ...}`` dict per sample."""
@@ -50,19 +57,30 @@ class Stream:
         return [dict(zip(names, row, strict=True)) for row in self.features.tolist()]
 
 
-def _collect(
+def collect(
     samples: Iterable[tuple[Mapping[Any, Any], Any]],
     n: int,
     encode: Callable[[Mapping[Any, Any]], list[float]],
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+    """The first ``n`` samples as float32 features and int64 labels."""
+    x, y = collect_raw(samples, n, encode)
+    return x, np.asarray(y, np.int64)
+
+
+def collect_raw(
+    samples: Iterable[tuple[Mapping[Any, Any], Any]],
+    n: int,
+    encode: Callable[[Mapping[Any, Any]], list[float]],
+) -> tuple[npt.NDArray[np.float32], list[Any]]:
+    """The first ``n`` samples as float32 features and the labels as they come."""
     rows: list[list[float]] = []
-    labels: list[int] = []
+    labels: list[Any] = []
     for x, y in itertools.islice(samples, n):
         rows.append(encode(x))
-        labels.append(int(y))
+        labels.append(y)
     if len(rows) < n:
         raise ValueError(f"stream ended after {len(rows)} samples, {n} were asked for")
-    return np.asarray(rows, np.float32), np.asarray(labels, np.int64)
+    return np.asarray(rows, np.float32), labels
 
 
 def _hyperplane(samples: int, seed: int) -> Stream:
@@ -72,7 +90,7 @@ def _hyperplane(samples: int, seed: int) -> Stream:
         seed=seed, n_features=10, n_drift_features=5, mag_change=0.001, noise_percentage=0.05
     )
     # features are already uniform in [0, 1]
-    x, y = _collect(gen, samples, lambda row: [float(row[i]) for i in range(10)])
+    x, y = collect(gen, samples, lambda row: [float(row[i]) for i in range(10)])
     desc = "river Hyperplane, 10 features, 5 drifting (mag_change 0.001), 5% label noise"
     return Stream("hyperplane", desc, x, y, 2)
 
@@ -88,7 +106,7 @@ def _sea_drift(samples: int, seed: int) -> Stream:
         seed=seed,
     )
     # SEA draws each feature uniformly from [0, 10]
-    x, y = _collect(gen, samples, lambda row: [float(row[i]) / 10.0 for i in range(3)])
+    x, y = collect(gen, samples, lambda row: [float(row[i]) / 10.0 for i in range(3)])
     desc = "river SEA variant 0 -> variant 3 at mid-stream (ConceptDriftStream), 10% noise"
     return Stream("sea_drift", desc, x, y, 2)
 
@@ -122,7 +140,7 @@ def _agrawal(samples: int, seed: int) -> Stream:
     from river.datasets import synth
 
     gen = synth.Agrawal(classification_function=2, seed=seed, perturbation=0.05)
-    x, y = _collect(gen, samples, encode_agrawal)
+    x, y = collect(gen, samples, encode_agrawal)
     desc = "river Agrawal function 2, 5% perturbation; 6 scaled numeric + 34 one-hot features"
     return Stream("agrawal", desc, x, y, 2)
 
@@ -134,7 +152,7 @@ def _phishing(samples: int, seed: int) -> Stream:
     data = Phishing()
     available = data.n_samples
     keys: list[str] = list(next(iter(data))[0])
-    x, y = _collect(data, min(samples, available), lambda row: [float(row[k]) for k in keys])
+    x, y = collect(data, min(samples, available), lambda row: [float(row[k]) for k in keys])
     desc = f"river Phishing (bundled), {len(keys)} features in [0, 1], published order"
     return Stream("phishing", desc, x, y, 2)
 
@@ -152,19 +170,10 @@ def _digits(samples: int, seed: int) -> Stream:
     return Stream("digits", desc, x, y, 10)
 
 
-BUILDERS: dict[str, Callable[[int, int], Stream]] = {
+CLASSIC: dict[str, Callable[[int, int], Stream]] = {
     "hyperplane": _hyperplane,
     "sea_drift": _sea_drift,
     "agrawal": _agrawal,
     "phishing": _phishing,
     "digits": _digits,
 }
-
-
-def build_stream(name: str, samples: int, seed: int = 7) -> Stream:
-    """The named stream with (at most, for Phishing) ``samples`` samples."""
-    if name not in BUILDERS:
-        raise ValueError(f"unknown stream {name!r}; pick one of {', '.join(BUILDERS)}")
-    if samples < 1:
-        raise ValueError(f"samples must be >= 1, got {samples}")
-    return BUILDERS[name](samples, seed)

@@ -140,13 +140,28 @@ class ModelSettings(_Frozen):
 
 class OptimizerSettings(_Frozen):
     name: Literal["sgd", "adam", "adamw", "adagrad", "rmsprop"] = "adam"
-    lr: float = Field(1e-3, gt=0)
+    lr: float = Field(1e-2, gt=0)
     momentum: float = Field(0.0, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
     schedule: Literal["constant", "cosine", "step", "inverse_sqrt"] = "constant"
     schedule_steps: int = Field(10_000, ge=1, description="Period of cosine / step schedules.")
     warmup_steps: int = Field(0, ge=0)
     clip_grad_norm: float | None = Field(None, gt=0)
+    step_samples: int | Literal["auto", "batch"] = Field(
+        "auto",
+        description="Samples per optimizer step: 'batch' one step per fetched batch, an "
+        "integer k steps of at most k samples, 'auto' one sample per step at first, the "
+        "limit doubling every 256 steps (train/step_size.py).",
+    )
+
+    @field_validator("step_samples")
+    @classmethod
+    def _check_step_samples(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value < 1:
+            raise ValueError(
+                f"step_samples must be 'auto', 'batch' or an integer >= 1, got {value}"
+            )
+        return value
 
 
 class TrainSettings(_Frozen):

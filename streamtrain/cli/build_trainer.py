@@ -62,6 +62,7 @@ def build_trainer(settings: Settings) -> Trainer:
         max_bad_steps=train.max_bad_steps,
         autocast_dtype=_AUTOCAST[train.autocast],
         device=device,
+        step_samples=opt.step_samples,
     )
     # Read before any Kafka client exists: a bad key file fails the start with its own message.
     signer = ManifestSigner.from_file(train.signing_key) if train.signing_key else None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -17,7 +17,8 @@ from torch.optim.lr_scheduler import LRScheduler
 from streamtrain import metrics
 from streamtrain.sparse_tensors import SparseInput
 from streamtrain.train.guard import BadStepGuard, GoodState, Verdict
-from streamtrain.train.optim import set_schedule_step
+from streamtrain.train.models.target_scale import find_target_scaler
+from streamtrain.train.step_size import StepSamples, max_step_samples
 from streamtrain.train.task import TaskHead
 
 
@@ -25,15 +26,30 @@ from streamtrain.train.task import TaskHead
 class StepOutcome:
     """What one ``learn`` call did. Tensors stay on the device: the caller picks when to sync.
 
-    ``loss`` is the sample-weighted mean loss (0-dim); ``score_sum`` the sum of per-sample
+    ``loss`` is the sample-weighted mean loss (0-dim; for a model that scales its regression
+    targets, on the standardised scale it is trained on); ``score_sum`` the sum of per-sample
     prequential scores (correct predictions, or absolute errors) of the weights *before* the
-    step; ``applied`` whether the optimizer step was taken.
+    step; ``applied`` whether an optimizer step was taken; ``steps`` how many were (a batch
+    split into several steps, see :mod:`.step_size`; ``loss`` is then their size-weighted mean).
     """
 
     loss: torch.Tensor
     score_sum: torch.Tensor
     samples: int
     applied: bool
+    steps: int = 1
+
+    def then(self, later: StepOutcome) -> StepOutcome:
+        """This step's outcome followed by ``later``'s, as one outcome for the whole batch."""
+        samples = self.samples + later.samples
+        loss = (self.loss * self.samples + later.loss * later.samples) / samples
+        return StepOutcome(
+            loss=loss,
+            score_sum=self.score_sum + later.score_sum,
+            samples=samples,
+            applied=self.applied or later.applied,
+            steps=self.steps + later.steps,
+        )
 
 
 class StepReducer(Protocol):
@@ -61,8 +77,8 @@ class Learner:
     ...     torch.optim.SGD(model.parameters(), lr=0.1),
     ... )
     >>> out = learner.learn(torch.randn(8, 3), torch.ones(8, dtype=torch.long), torch.ones(8))
-    >>> out.applied, out.samples, learner.step_count
-    (True, 8, 1)
+    >>> out.applied, out.samples
+    (True, 8)
     """
 
     def __init__(
@@ -77,6 +93,7 @@ class Learner:
         autocast_dtype: torch.dtype | None = None,
         device: torch.device = torch.device("cpu"),
         good_state_every: int = 100,
+        step_samples: StepSamples = "batch",
     ) -> None:
         if clip_grad_norm is not None and clip_grad_norm <= 0:
             raise ValueError(f"clip_grad_norm must be positive or None, got {clip_grad_norm}")
@@ -90,13 +107,16 @@ class Learner:
         self.clip_grad_norm = clip_grad_norm
         self.autocast_dtype = autocast_dtype
         self.good_state_every = good_state_every
-        self.step_count = 0
+        self.step_samples = step_samples
+        max_step_samples(step_samples, 0)  # validates the rule now, not at the first batch
+        self._steps_without_schedule = 0
         # set on the ranks of a distributed trainer: every rank then steps on every call, even
         # with an empty batch, and the outcome describes the union of the ranks' batches
         self.step_reducer: StepReducer | None = None
         self._params = [p for p in model.parameters() if p.requires_grad]
         check_sparse_gradients(model, optimizer, clip_grad_norm)
         self._separate_eval_pass = train_mode_differs(model)
+        self._targets = find_target_scaler(model)
         self._guard = BadStepGuard(max_bad_steps)
         self._good = GoodState(model, optimizer)
         self._good_steps_since_save = 0
@@ -122,15 +142,57 @@ class Learner:
         weights: torch.Tensor,
         sparse: SparseInput | None = None,
     ) -> StepOutcome:
-        """Test, then train, on one micro-batch (``sparse``: its sparse ID features, for a
-        model that declares them; it is then called ``model(features, sparse)``).
+        """Test, then train, on one fetched micro-batch, in as many steps as ``step_samples``
+        asks (:mod:`.step_size`): each part is scored just before its own step, so every
+        sample is predicted by weights that have not learned from it.
+
+        A batch with ``sparse`` ID features, or on a distributed rank (``step_reducer``), is
+        one step: ranks step in lockstep, whatever their batch sizes. An empty batch does
+        nothing and reports ``applied=False`` without counting as bad, except with a
+        ``step_reducer`` (see :meth:`_step`).
+        """
+        samples = int(features.shape[0])
+        if samples == 0 and self.step_reducer is None:
+            zero = torch.zeros((), device=self.device)
+            return StepOutcome(loss=zero, score_sum=zero, samples=0, applied=False, steps=0)
+        x = features.to(self.device, non_blocking=True)
+        y = labels.to(self.device, non_blocking=True)
+        w = weights.to(self.device, non_blocking=True)
+        if sparse is not None or self.step_reducer is not None:
+            return self._step(x, y, w, sparse)
+        outcome: StepOutcome | None = None
+        start = 0
+        while start < samples:
+            most = max_step_samples(self.step_samples, self._steps_taken())
+            end = samples if most is None else min(samples, start + most)
+            part = self._step(x[start:end], y[start:end], w[start:end], None)
+            outcome = part if outcome is None else outcome.then(part)
+            start = end
+        assert outcome is not None  # samples > 0: the loop ran
+        return outcome
+
+    def _steps_taken(self) -> int:
+        # the schedule's step count is checkpointed; without a schedule nothing is resumed
+        if self.scheduler is not None:
+            return int(self.scheduler.last_epoch)
+        return self._steps_without_schedule
+
+    def _step(
+        self, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, sparse: SparseInput | None
+    ) -> StepOutcome:
+        """Test, then train, on one step's samples, already on the device (``sparse``: their
+        sparse ID features, for a model that declares them; it is then called
+        ``model(features, sparse)``).
 
         1. Prequential test: score the batch with the weights as they are *before* this step.
            A model without dropout or batch norm computes the same function in train and eval
            mode, so the training forward's outputs serve as the test and no second pass is
            spent. Otherwise a separate eval-mode, no-grad forward runs first, so the score is
            not noisy from dropout and batch-norm running stats are not updated twice.
-        2. Loss (sample-weighted mean), backward, optional gradient-norm clipping.
+        2. Loss (sample-weighted mean), backward, optional gradient-norm clipping. A model with
+           a target scaler (regression built-ins, ``scale_targets``) first folds this step's
+           targets into its statistics, then the loss compares the network's standardised
+           output with the standardised targets; the score (step 1) stays in target units.
         3. Guard: ONE host synchronization per step reads a single flag combining "loss is
            finite" and "total gradient norm is finite" (a non-finite gradient makes the norm
            non-finite). A bad step is not applied: gradients are dropped and it is counted
@@ -141,17 +203,11 @@ class Learner:
            saved as the last good one — it has just produced a finite loss and gradients, which
            the post-step state has not yet shown; then optimizer step and scheduler step.
 
-        An empty batch does nothing and reports ``applied=False`` without counting as bad, except
-        with a ``step_reducer``: then 2b. all-reduces the gradients (the other ranks' batches
-        still make a step) and the outcome is the union batch's.
+        With a ``step_reducer`` (a distributed rank), 2b. all-reduces the gradients, even for
+        an empty batch (the other ranks' batches still make a step), and the outcome is the
+        union batch's.
         """
-        samples = int(features.shape[0])
-        if samples == 0 and self.step_reducer is None:
-            zero = torch.zeros((), device=self.device)
-            return StepOutcome(loss=zero, score_sum=zero, samples=0, applied=False)
-        x = features.to(self.device, non_blocking=True)
-        y = labels.to(self.device, non_blocking=True)
-        w = weights.to(self.device, non_blocking=True)
+        samples = int(x.shape[0])
 
         def forward() -> torch.Tensor:
             out: torch.Tensor = self.model(x) if sparse is None else self.model(x, sparse)
@@ -165,11 +221,12 @@ class Learner:
             self.model.train()
 
         self.optimizer.zero_grad(set_to_none=True)
-        with self._autocast():
+        standardized: list[torch.Tensor] = []
+        with self._autocast(), self._capture_standardized(standardized):
             outputs = forward()
         if score_sum is None:
             score_sum = self.head.score(outputs, y).sum()
-        loss = self.head.loss(outputs, y, w)
+        loss = self._loss(outputs, standardized, y, w)
         self._backward(loss)
         if self.step_reducer is not None:
             loss, score_sum, samples = self.step_reducer.reduce(
@@ -184,11 +241,13 @@ class Learner:
             self._apply()
         else:
             self._reject(verdict)
+        applied = verdict is Verdict.APPLY
         return StepOutcome(
             loss=loss.detach(),
             score_sum=score_sum.detach(),
             samples=samples,
-            applied=verdict is Verdict.APPLY,
+            applied=applied,
+            steps=int(applied),
         )
 
     def snapshot_good_state(self) -> None:
@@ -204,15 +263,39 @@ class Learner:
         self._good.restore()
         self.optimizer.zero_grad(set_to_none=True)
 
-    def resume_at(self, step: int) -> None:
-        """After loading model and optimizer state from a checkpoint: set the applied-step
-        counter and the schedule to ``step`` and take that state as the last good one."""
-        if step < 0:
-            raise ValueError(f"step must be >= 0, got {step}")
-        self.step_count = step
-        if self.scheduler is not None:
-            set_schedule_step(self.scheduler, step)
-        self.snapshot_good_state()
+    @contextlib.contextmanager
+    def _capture_standardized(self, into: list[torch.Tensor]) -> Iterator[None]:
+        """While open, append the target scaler's input (the network's standardised output).
+
+        The hook lives only for one forward, so the model never carries a reference to the
+        learner (a deep copy of the model stays a plain model).
+        """
+        if self._targets is None:
+            yield
+            return
+        handle = self._targets.register_forward_hook(lambda _m, args, _out: into.append(args[0]))
+        try:
+            yield
+        finally:
+            handle.remove()
+
+    def _loss(
+        self,
+        outputs: torch.Tensor,
+        standardized: list[torch.Tensor],
+        labels: torch.Tensor,
+        weights: torch.Tensor,
+    ) -> torch.Tensor:
+        if self._targets is None:
+            return self.head.loss(outputs, labels, weights)
+        if len(standardized) != 1:
+            raise RuntimeError(
+                f"the target scaler ran {len(standardized)} times in one forward; it must "
+                "de-standardise the model's output exactly once"
+            )
+        targets = labels.to(self._targets.mean.dtype).reshape(outputs.shape)
+        self._targets.observe(targets)
+        return self.head.loss(standardized[0], self._targets.standardize(targets), weights)
 
     def _autocast(self) -> contextlib.AbstractContextManager[object]:
         if self.autocast_dtype is None:
@@ -249,7 +332,8 @@ class Learner:
             self.optimizer.step()
         if self.scheduler is not None:
             self.scheduler.step()
-        self.step_count += 1
+        else:
+            self._steps_without_schedule += 1
 
     def _reject(self, verdict: Verdict) -> None:
         self.optimizer.zero_grad(set_to_none=True)

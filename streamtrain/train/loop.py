@@ -258,7 +258,7 @@ class Trainer:
             progress.watermark = max(progress.watermark or watermark, watermark)
             metrics.TRAIN_DATA_WATERMARK.set(progress.watermark)
         if outcome.applied:
-            metrics.TRAIN_STEPS.inc()
+            metrics.TRAIN_STEPS.inc(outcome.steps)  # a batch may take several (step_samples)
             metrics.TRAIN_SAMPLES.inc(batch.size)
         metrics.TRAIN_STEP_SECONDS.observe(time.perf_counter() - started)
         self._pending_scores.append((outcome.samples, outcome.loss, outcome.score_sum))

@@ -99,7 +99,8 @@ def build_scheduler(
 ) -> LRScheduler:
     """A LambdaLR over :func:`lr_factor`; its only state is ``last_epoch`` (applied steps).
 
-    Resume with :func:`set_schedule_step` rather than loading a scheduler state dict.
+    Checkpoints save its state dict without the function and load it back into a scheduler
+    built here (``checkpoint/components.py``): the one resume path.
 
     >>> opt = torch.optim.SGD(torch.nn.Linear(2, 1).parameters(), lr=1.0)
     >>> sched = build_scheduler(opt, "constant", 100, warmup_steps=4)
@@ -107,28 +108,3 @@ def build_scheduler(
     0.25
     """
     return LambdaLR(optimizer, lr_factor(schedule, schedule_steps, warmup_steps))
-
-
-def set_schedule_step(scheduler: LRScheduler, step: int) -> None:
-    """Put ``scheduler`` (and its optimizer's learning rates) at applied step ``step``.
-
-    >>> opt = torch.optim.SGD(torch.nn.Linear(2, 1).parameters(), lr=1.0)
-    >>> sched = build_scheduler(opt, "step", 10, warmup_steps=0)
-    >>> set_schedule_step(sched, 10)
-    >>> opt.param_groups[0]["lr"]
-    0.1
-    """
-    if step < 0:
-        raise ValueError(f"schedule step must be >= 0, got {step}")
-    if not isinstance(scheduler, LambdaLR):
-        raise TypeError(
-            f"set_schedule_step needs a LambdaLR from build_scheduler, got "
-            f"{type(scheduler).__name__}"
-        )
-    scheduler.last_epoch = step
-    lrs = [
-        base * fn(step) for base, fn in zip(scheduler.base_lrs, scheduler.lr_lambdas, strict=True)
-    ]
-    for group, lr in zip(scheduler.optimizer.param_groups, lrs, strict=True):
-        group["lr"] = lr
-    scheduler._last_lr = lrs  # what get_last_lr() reports

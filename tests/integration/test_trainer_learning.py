@@ -39,7 +39,8 @@ def _settings(bootstrap: str, name: str, root: Path, **train: Any) -> Any:
             },
             "ingest": {"group_id": f"{name}-group", "max_batch_size": 16, "max_wait_ms": 200},
             "model": {"name": "linear", "input_shape": [FEATURES], "num_classes": 2},
-            "optimizer": {"name": "sgd", "lr": 0.5},
+            # one optimizer step per fetched batch, so steps and skipped steps count batches
+            "optimizer": {"name": "sgd", "lr": 0.5, "step_samples": "batch"},
             "train": {"checkpoint_dir": root, "metric_window": 500, **train},
         }
     )

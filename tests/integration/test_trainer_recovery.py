@@ -137,7 +137,8 @@ def test_sigterm_writes_final_checkpoint_and_exits_zero(
             url = line.split()[-1]
             break
     assert url, "trainer never printed its metrics URL"
-    assert wait_for_metric(url, "streamtrain_train_steps_total", above=5, timeout=60)
+    # samples, not steps: a batch may take several optimizer steps (step_samples)
+    assert wait_for_metric(url, "streamtrain_train_samples_total", above=5 * 16, timeout=60)
     process.send_signal(signal.SIGTERM)
     output, _ = process.communicate(timeout=60)
     assert process.returncode == 0, output

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -211,3 +212,62 @@ def test_snapshot_round_trip_carries_the_statistics_to_serving() -> None:
     assert torch.equal(state["standardize.mean"], trainer_model.state_dict()["standardize.mean"])
     assert int(state["standardize.count"]) == 64
     assert torch.equal(served, expected)
+
+
+@pytest.mark.parametrize("momentum", [None, 0.001])
+def test_statistics_are_exact_from_the_first_sample(momentum: float | None) -> None:
+    """One sample at a time, as river's StandardScaler: after each sample the statistics are
+    numpy's mean and population variance of the prefix (momentum 0.001 is cumulative for its
+    first 1000 samples), and each sample is scaled by the statistics of the samples before it.
+    """
+    rng = np.random.default_rng(5)
+    # very different scales, one of them a date ordinal (values ~7e5, std ~100)
+    data = rng.normal([0.0, 50.0, 736_389.0], [1e-3, 10.0, 100.0], size=(400, 3))
+    data = data.astype(np.float32).astype(np.float64)  # what a float32 record carries
+    layer = OnlineStandardize((3,), momentum=momentum)
+    for i, row in enumerate(data):
+        out = layer(torch.tensor(row[None], dtype=torch.float32))[0].double().numpy()
+        if i == 0:
+            assert np.array_equal(out, np.zeros(3))  # nothing known yet: every feature flat
+        else:
+            before = data[:i]
+            want = (row - before.mean(0)) / before.std(0) if i > 1 else np.zeros(3)
+            np.testing.assert_allclose(out, want, rtol=2e-3, atol=2e-3)
+        # float32 statistics: the variance within 0.2%, the mean within 3e-3 standard
+        # deviations (a float32 mean near the ordinal is spaced 0.0625 apart, 6e-4 of its
+        # std, and rounding adds up over updates)
+        prefix, spread = data[: i + 1], data.std(0)
+        mean_error = np.abs(layer.mean.double().numpy() - prefix.mean(0)) / spread
+        assert float(mean_error.max()) < 3e-3
+        np.testing.assert_allclose(
+            layer.var.double().numpy(), prefix.var(0), rtol=2e-3, atol=1e-6 * spread.min() ** 2
+        )
+
+
+def test_a_constant_then_moving_feature_stays_finite_and_bounded() -> None:
+    layer = OnlineStandardize((2,), momentum=0.001)
+    moving = torch.linspace(0, 1, 3000)
+    outputs = []
+    for i in range(3000):
+        stuck = 5.0 if i < 1500 else 5.0 + float(moving[i])  # constant, then it moves
+        row = torch.tensor([[float(moving[i]), stuck]])
+        outputs.append(layer(row)[0, 1])
+    out = torch.stack(outputs)
+    assert bool(out.isfinite().all())
+    assert bool((out[:1501] == 0).all())  # constant so far, and its first move, contribute 0
+    # bounded by the momentum window, sqrt(1/m) ~ 32, not 1/sqrt(eps) ~ 316 x the move
+    assert float(out.abs().max()) <= (1 / 0.001) ** 0.5 + 1
+
+
+def test_two_identical_samples_give_a_sane_prediction() -> None:
+    torch.manual_seed(0)
+    spec = SampleSpec(feature_shape=(3,), task="binary")
+    model = build_model("linear", spec)
+    learner = Learner(model, TaskHead(spec), build_optimizer(model.parameters(), "adam", 1e-2))
+    x = torch.tensor([[736_389.0, 0.5, -3.0]])
+    learner.learn(x, torch.tensor([1]), torch.ones(1))
+    learner.learn(x, torch.tensor([1]), torch.ones(1))
+    model.eval()
+    with torch.no_grad():
+        probability = torch.sigmoid(model(x))
+    assert 0.01 < float(probability) < 0.99

@@ -13,6 +13,7 @@ from streamtrain.spec import SampleSpec
 from streamtrain.train.models._head import OutputLayer, activation
 from streamtrain.train.models._params import parse_params
 from streamtrain.train.models.standardize import StandardizeParams, make_standardizer
+from streamtrain.train.models.target_scale import make_target_scaler
 
 
 class CNNParams(StandardizeParams):
@@ -67,7 +68,7 @@ class CNN(nn.Module):
         if params.dropout > 0:
             dense.append(nn.Dropout(params.dropout))
         self.dense = nn.Sequential(*dense)
-        self.head = OutputLayer(params.hidden_size, spec)
+        self.head = OutputLayer(params.hidden_size, spec, make_target_scaler(params, spec))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.reshape(x.shape[0], *self._chw)

@@ -12,6 +12,7 @@ from streamtrain.spec import SampleSpec
 from streamtrain.train.models._head import OutputLayer
 from streamtrain.train.models._params import parse_params
 from streamtrain.train.models.standardize import StandardizeParams, make_standardizer
+from streamtrain.train.models.target_scale import make_target_scaler
 
 
 class LinearParams(StandardizeParams):
@@ -36,7 +37,7 @@ class LinearModel(nn.Module):
         super().__init__()
         params = params or LinearParams()
         self.standardize = make_standardizer(params, (spec.feature_size,))
-        self.head = OutputLayer(spec.feature_size, spec)
+        self.head = OutputLayer(spec.feature_size, spec, make_target_scaler(params, spec))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.flatten(1)

@@ -13,6 +13,7 @@ from streamtrain.spec import SampleSpec
 from streamtrain.train.models._head import OutputLayer, activation
 from streamtrain.train.models._params import parse_params
 from streamtrain.train.models.standardize import StandardizeParams, make_standardizer
+from streamtrain.train.models.target_scale import make_target_scaler
 
 
 class MLPParams(StandardizeParams):
@@ -48,7 +49,7 @@ class MLP(nn.Module):
                 layers.append(nn.Dropout(params.dropout))
             width = size
         self.body = nn.Sequential(*layers)
-        self.head = OutputLayer(width, spec)
+        self.head = OutputLayer(width, spec, make_target_scaler(params, spec))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.flatten(1)

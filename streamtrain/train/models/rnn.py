@@ -13,6 +13,7 @@ from streamtrain.spec import SampleSpec
 from streamtrain.train.models._head import OutputLayer
 from streamtrain.train.models._params import parse_params, sequence_shape
 from streamtrain.train.models.standardize import StandardizeParams, make_standardizer
+from streamtrain.train.models.target_scale import make_target_scaler
 
 
 class RNNParams(StandardizeParams):
@@ -55,7 +56,9 @@ class RecurrentNet(nn.Module):
             batch_first=True,
         )
         self._directions = 2 if params.bidirectional else 1
-        self.head = OutputLayer(params.hidden_size * self._directions, spec)
+        self.head = OutputLayer(
+            params.hidden_size * self._directions, spec, make_target_scaler(params, spec)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.reshape(x.shape[0], self._steps, -1)

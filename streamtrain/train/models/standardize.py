@@ -1,6 +1,8 @@
-"""Online feature standardisation in front of a built-in model: ``(x - mean) / sqrt(var + eps)``.
+"""Online feature standardisation in front of a built-in model: ``(x - mean) / sqrt(var)``.
 
-The running statistics are registered buffers, so they are part of ``state_dict()``: snapshots
+A feature whose variance is (near) zero so far contributes 0, as river's ``StandardScaler``
+does: no ``1 / sqrt(eps)`` blow-up when a feature that was constant first moves. The running
+statistics are registered buffers, so they are part of ``state_dict()``: snapshots
 carry to the server exactly the statistics the trainer had at that version, checkpoints restore
 them, and a rollback of the non-finite guard restores them with the weights.
 """
@@ -16,7 +18,12 @@ from torch import nn
 
 from streamtrain.train.models._params import ModelParams
 
-EPS = 1e-5
+# A variance at or below REL_FLAT**2 * mean**2 + ABS_FLAT counts as zero. REL_FLAT is ~10x
+# float32's relative resolution, so a constant feature at 736,389 (a date ordinal) whose merged
+# variance is rounding noise stays flat; ABS_FLAT (a standard deviation of 1e-6) is what is left
+# of a constant near zero. A genuine feature with std below both is treated as constant.
+REL_FLAT = 1e-6
+ABS_FLAT = 1e-12
 
 
 # (batch, batch dims, keepdim) -> (samples, mean, variance) of the union of every rank's batch
@@ -35,6 +42,11 @@ class StandardizeParams(ModelParams):
     all five peers streams (bench/results/peers.md); ``cnn`` on digits as 1x8x8 images +0.04
     to +0.10 and ``rnn`` / ``transformer`` on digits as 8 rows of 8 +0.11 to +0.17 / +0.01 to
     +0.12, at batch 1, 16 and 128. A model that must see raw inputs sets it to False.
+
+    ``scale_targets`` (regression only) standardises the targets the same way, inside the
+    model's output layer (:class:`streamtrain.train.models.target_scale.TargetStandardize`):
+    the network learns standardised targets and its outputs are de-standardised, so the
+    prequential score and the server see the original units.
 
     ``standardize_momentum`` defaults to 0.001 (a window of ~1000 samples after a cumulative
     warm-up), measured on the peers bench: on its stationary-feature streams it matches the
@@ -57,10 +69,22 @@ class StandardizeParams(ModelParams):
             "samples, whatever the batch size). None: cumulative over the whole stream."
         ),
     )
+    scale_targets: bool = Field(
+        True,
+        description=(
+            "Regression: learn standardised targets (running mean/variance, same momentum) and "
+            "de-standardise the outputs, so predictions come out in the targets' units."
+        ),
+    )
 
 
 class OnlineStandardize(nn.Module):
     """Per-feature running mean and variance, updated from each training batch.
+
+    The statistics start empty (count 0, mean 0, variance 0) and the first batch sets them
+    exactly, so after ``n`` samples they are the exact mean and (population) variance of those
+    samples until the momentum regime takes over. A feature whose variance is zero so far
+    (the very first batch, or a feature that has been constant) maps to 0.
 
     Ordering inside ``forward`` (the prequential argument):
 
@@ -82,8 +106,9 @@ class OnlineStandardize(nn.Module):
     channel of a ``(C, H, W)`` image.
 
     >>> layer = OnlineStandardize((2,))
-    >>> _ = layer(torch.tensor([[1.0, 10.0], [3.0, 30.0]]))  # training mode: learns the batch
-    >>> layer.mean.tolist(), layer.var.tolist(), int(layer.count)
+    >>> layer(torch.tensor([[1.0, 10.0], [3.0, 30.0]])).tolist()  # no statistics yet: zeros
+    [[0.0, 0.0], [0.0, 0.0]]
+    >>> layer.mean.tolist(), layer.var.tolist(), int(layer.count)  # training mode learned them
     ([2.0, 20.0], [1.0, 100.0], 2)
     >>> _ = layer.eval()
     >>> layer(torch.tensor([[4.0, 0.0]])).round(decimals=3).tolist()
@@ -99,7 +124,6 @@ class OnlineStandardize(nn.Module):
         sample_shape: Sequence[int],
         shared_dims: Sequence[int] = (),
         momentum: float | None = None,
-        eps: float = EPS,
     ) -> None:
         super().__init__()
         if momentum is not None and not 0.0 < momentum < 1.0:
@@ -109,27 +133,35 @@ class OnlineStandardize(nn.Module):
             raise ValueError(f"shared_dims {tuple(bad)} are not dimensions of {sample_shape}")
         stat_shape = [1 if d in shared_dims else s for d, s in enumerate(sample_shape)]
         self.momentum = momentum
-        self.eps = eps
         self._batch_dims = (0, *(d + 1 for d in shared_dims))
         self._keepdim = bool(shared_dims)  # reduced dims stay as the statistics' 1s
         # Set on every rank of a distributed trainer (streamtrain/distributed/step_sync.py):
         # returns the samples, mean and variance of the union of all ranks' batches.
         self.moments_sync: MomentsReducer | None = None
         self.register_buffer("mean", torch.zeros(stat_shape))
-        self.register_buffer("var", torch.ones(stat_shape))
+        self.register_buffer("var", torch.zeros(stat_shape))
         self.register_buffer("count", torch.zeros((), dtype=torch.int64))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = (x - self.mean) * torch.rsqrt(self.var + self.eps)
+        out = (x - self.mean) * self.inverse_std(flat=0.0)
         # a distributed rank folds in even an empty batch: the other ranks' moments still count
         if self.training and (x.shape[0] > 0 or self.moments_sync is not None):
-            self._fold_in(x.detach())
+            self.observe(x.detach())
         return out
 
     def extra_repr(self) -> str:
-        return f"shape={tuple(self.mean.shape)}, momentum={self.momentum}, eps={self.eps}"
+        return f"shape={tuple(self.mean.shape)}, momentum={self.momentum}"
 
-    def _fold_in(self, x: torch.Tensor) -> None:
+    def is_flat(self) -> torch.Tensor:
+        """Per statistic: whether its variance so far is zero up to float rounding."""
+        return self.var <= self.mean.square() * (REL_FLAT * REL_FLAT) + ABS_FLAT
+
+    def inverse_std(self, flat: float) -> torch.Tensor:
+        """``1 / sqrt(var)``, with ``flat`` where the variance is (near) zero."""
+        return torch.where(self.is_flat(), flat, torch.rsqrt(self.var))
+
+    def observe(self, x: torch.Tensor) -> None:
+        """Fold the batch ``x`` (no grad) into the statistics."""
         # ~20 small kernels and no host synchronisation: this runs on every training step,
         # where at batch 1 a kernel launch costs as much as the arithmetic. x is detached and
         # the buffers need no grad, so no graph is recorded and in-place updates are safe.

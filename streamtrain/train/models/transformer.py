@@ -13,6 +13,7 @@ from streamtrain.spec import SampleSpec
 from streamtrain.train.models._head import OutputLayer
 from streamtrain.train.models._params import parse_params, sequence_shape
 from streamtrain.train.models.standardize import StandardizeParams, make_standardizer
+from streamtrain.train.models.target_scale import make_target_scaler
 
 
 class TransformerParams(StandardizeParams):
@@ -64,7 +65,7 @@ class TransformerNet(nn.Module):
         # the nested-tensor fast path only applies to padded batches and warns with norm_first
         self.encoder = nn.TransformerEncoder(layer, params.num_layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(params.d_model)
-        self.head = OutputLayer(params.d_model, spec)
+        self.head = OutputLayer(params.d_model, spec, make_target_scaler(params, spec))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.reshape(x.shape[0], self._steps, -1)
