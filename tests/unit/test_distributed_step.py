@@ -25,20 +25,25 @@ from streamtrain.train.models import build_model
 from streamtrain.train.optim import build_optimizer
 from streamtrain.train.task import TaskHead
 
-SPEC = SampleSpec(feature_shape=(4,), task="multiclass", num_classes=3)
+SPECS = {
+    "multiclass": SampleSpec(feature_shape=(4,), task="multiclass", num_classes=3),
+    # regression built-ins also standardise the targets: a second all-gathered statistic
+    "regression": SampleSpec(feature_shape=(4,), task="regression"),
+}
 # (rank 0's rows, rank 1's rows) of each union batch; rank 1's slice of step 2 is empty
 SPLITS = [(5, 3), (4, 0), (2, 6), (3, 3)]
 POISONED_STEP = 3  # rank 1's slice holds a NaN there: every rank must refuse the step
 
 
-def _learner() -> Learner:
+def _learner(task: str) -> Learner:
     torch.manual_seed(0)
-    model = build_model("mlp", SPEC, {"hidden_sizes": [8]})
+    spec = SPECS[task]
+    model = build_model("mlp", spec, {"hidden_sizes": [8]})
     opt = build_optimizer(model.parameters(), "adam", lr=0.05)
-    return Learner(model, TaskHead(SPEC), opt, clip_grad_norm=5.0)
+    return Learner(model, TaskHead(spec), opt, clip_grad_norm=5.0)
 
 
-def _union_batches() -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+def _union_batches(task: str) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     g = torch.Generator().manual_seed(3)
     batches = []
     for step, (a, b) in enumerate(SPLITS):
@@ -46,18 +51,19 @@ def _union_batches() -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         if step == POISONED_STEP:
             x[a, 0] = float("nan")
         w = torch.rand(a + b, generator=g) + 0.5  # unequal sample weights
-        batches.append((x, x[:, :3].argmax(dim=1), w))
+        y = x[:, :3].argmax(dim=1) if task == "multiclass" else x[:, :1] * 10 + 40
+        batches.append((x, y, w))
     return batches
 
 
-def _rank_main(rank: int, store: str, out: str) -> None:
+def _rank_main(rank: int, task: str, store: str, out: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
     try:
-        learner = _learner()
+        learner = _learner(task)
         learner.step_reducer = GradientSync()
-        assert attach_moments_sync(learner.model) == 1
+        assert attach_moments_sync(learner.model) == (1 if task == "multiclass" else 2)
         outcomes = []
-        for (x, y, w), (a, _) in zip(_union_batches(), SPLITS, strict=True):
+        for (x, y, w), (a, _) in zip(_union_batches(task), SPLITS, strict=True):
             rows = slice(0, a) if rank == 0 else slice(a, None)
             result = learner.learn(x[rows], y[rows], w[rows])
             outcomes.append([float(result.loss), float(result.score_sum), result.samples])
@@ -68,19 +74,18 @@ def _rank_main(rank: int, store: str, out: str) -> None:
         dist.destroy_process_group()
 
 
-@pytest.fixture(scope="module")
-def two_ranks(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("ranks")
+@pytest.mark.parametrize("task", sorted(SPECS))
+def test_two_rank_steps_equal_union_steps(task: str, tmp_path: Path) -> None:
+    two_ranks = tmp_path
     mp.start_processes(
-        _rank_main, args=(str(out / "store"), str(out)), nprocs=2, start_method="spawn"
+        _rank_main,
+        args=(task, str(tmp_path / "store"), str(tmp_path)),
+        nprocs=2,
+        start_method="spawn",
     )
-    return out
-
-
-def test_two_rank_steps_equal_union_steps(two_ranks: Path) -> None:
-    single = _learner()
+    single = _learner(task)
     expected = []
-    for x, y, w in _union_batches():
+    for x, y, w in _union_batches(task):
         result = single.learn(x, y, w)
         expected.append([float(result.loss), float(result.score_sum), result.samples])
         expected[-1].append(int(result.applied))
