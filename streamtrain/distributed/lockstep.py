@@ -64,6 +64,12 @@ class LockstepTrainer(Trainer):
                 "models with sparse ID features cannot yet be trained by several ranks (their "
                 "row-wise embedding gradients are not all-reduced): run one trainer process"
             )
+        if self._learner.step_samples != "batch" and group.is_leader:
+            log.warning(
+                "optimizer.step_samples=%s does not apply to several ranks: each step is the "
+                "union of one batch per rank (set it to 'batch' to silence this)",
+                self._learner.step_samples,
+            )
         self._group = group
         self._failed = False
         self._all_partitions = tuple(sorted(all_partitions))
