@@ -235,6 +235,14 @@ def run(args: argparse.Namespace, broker: EmbeddedBroker, mode: str) -> dict[str
     served = out.get(timeout=300)
     server.join(60)
     fresh = _freshness(result["produced"], served["probes"], args.warmup)
+    first = served["probes"][0][0] if served["probes"] else 0.0
+    ages = sorted(
+        (f, t - first)
+        for f, t in zip(
+            fresh, [t for t in result["produced"] if t >= first + args.warmup], strict=False
+        )
+    )
+    worst = ", ".join(f"{f:.2f}s@+{at:.1f}s" for f, at in ages[-5:])
     sizes = result["sizes"]
     deltas = [s for s in sizes if s[0] == "delta"]
     model_bytes = args.rows * args.dim * 4
@@ -255,6 +263,7 @@ def run(args: argparse.Namespace, broker: EmbeddedBroker, mode: str) -> dict[str
         "peak RSS/model": served["peak"] / model_bytes,
         "end RSS/model (trimmed)": served["rss"] / model_bytes,
         "end (RSS-torch)/model": (served["rss"] - served["baseline"]) / model_bytes,
+        "worst (freshness@produced after first prediction)": worst,
     }
 
 
