@@ -5,8 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+from streamtrain.kafka import KafkaConnection
 from streamtrain.serve.slot import SnapshotRejected, WeightSlot
 from streamtrain.snapshot.delta import DeltaError, delta_payload, merge_requests, split_delta
+from streamtrain.snapshot.manifest import SnapshotManifest
+from streamtrain.snapshot.publisher import SnapshotPublisher
+from streamtrain.train.hooks import SnapshotRequest
 from streamtrain.train.row_tracker import RowTracker, row_sparse_parameters
 from tests.delta_fixtures import SparseTrainer, build_model
 
@@ -152,3 +156,70 @@ def test_slot_refuses_a_delta_that_does_not_follow_the_live_version() -> None:
         )
     assert refused.value.reason == "chain_gap"
     assert slot.info is not None and slot.info.version == base.version
+
+
+class _FlakyWriter:
+    """Stands in for the Kafka writer: fails the versions in ``fail``, records the rest."""
+
+    topic = "fake"
+
+    def __init__(self, fail: set[int]) -> None:
+        self.fail = fail
+        self.written: list[tuple[SnapshotRequest, str | None, str | None]] = []
+
+    def write(
+        self, request: SnapshotRequest, *, base_id: str | None, predecessor_id: str | None
+    ) -> SnapshotManifest:
+        if request.version in self.fail:
+            raise OSError("broker unreachable")
+        self.written.append((request, base_id, predecessor_id))
+        return SnapshotManifest(
+            model_name="m",
+            settings_hash="a" * 64,
+            run_id=request.run_id,
+            version=request.version,
+            created_at=0.0,
+            data_watermark=None,
+            offsets={},
+            tensors=[],
+            size_bytes=8,
+            sha256="0" * 64,
+            chunk_count=1,
+            chunk_bytes=8,
+            first_chunk_offset=0,
+            kind="base" if request.rows is None else "delta",
+            base_id=None if request.rows is None else base_id,
+            predecessor_id=None if request.rows is None else predecessor_id,
+        )
+
+    def close(self, timeout: float) -> None:
+        return None
+
+
+def test_a_failed_delta_is_merged_into_the_next_so_the_chain_loses_no_row(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    trainer = SparseTrainer()
+    publisher = SnapshotPublisher(
+        kafka=KafkaConnection("127.0.0.1:1"), topic="t", model_name="m", settings_hash="a" * 64
+    )
+    fake = _FlakyWriter(fail={2})
+    monkeypatch.setattr(publisher, "_writer", fake)
+    try:
+        publisher.offer(trainer.request())  # base 0
+        assert publisher.flush(10)
+        for _ in range(2):  # delta 2 fails, delta 4 must carry its rows too
+            trainer.train(2)
+            publisher.offer(trainer.request())
+            assert publisher.flush(10)
+    finally:
+        publisher.close(10)
+    assert [(r.version, b, p) for r, b, p in fake.written] == [
+        (0, None, None),
+        (4, "run-d/0", "run-d/0"),
+    ]
+    # Applying what was written to the base reproduces the trainer's weights exactly.
+    base, (delta, _, _) = fake.written[0][0], fake.written[1]
+    rebuilt = merge_requests(base, delta)
+    for name, tensor in trainer.state().items():
+        assert torch.equal(rebuilt.tensors[name], tensor), name
