@@ -14,6 +14,7 @@ from tests.integration.trainer_harness import (
     assert_same_state,
     checkpoint_state,
     hyperplane_stream,
+    newest_step,
     produce_json,
     start_trainer,
     trainer_env,
@@ -70,15 +71,10 @@ def _children(pid: int) -> list[int]:
     return found
 
 
-def _newest_step(root: Path) -> int:
-    steps = [int(p.parent.name.split("-")[1]) for p in root.glob("step-*/meta.json")]
-    return max(steps, default=-1)
-
-
 def _wait_for_step(root: Path, past: int, timeout: float) -> int:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if (step := _newest_step(root)) > past:
+        if (step := newest_step(root)) > past:
             return step
         time.sleep(0.01)
     raise AssertionError(f"no checkpoint past step {past} in {root} within {timeout} s")
@@ -110,7 +106,7 @@ def test_kill_minus_9_of_a_rank_restarts_the_group_bit_identical(
 
     recovered = checkpoint_state(crash_dir)
     assert output.count("resumed from step") == 2, output  # both ranks of the new group
-    assert _newest_step(crash_dir) > killed_at
+    assert newest_step(crash_dir) > killed_at
     assert_same_state(reference, recovered)
     assert any(name.startswith("optimizer/") for name in recovered), "optimizer state compared"
     position = recovered["position"]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import random
 import signal
-import time
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,9 @@ from tests.integration.trainer_harness import (
     checkpoint_meta,
     checkpoint_state,
     hyperplane_stream,
+    kill_repeatedly,
     produce_json,
+    run_to_end,
     start_trainer,
     trainer_env,
     wait_for_metric,
@@ -32,39 +33,6 @@ DETERMINISTIC = {
     "STREAMTRAIN_MODEL__PARAMS": '{"hidden_sizes": [32], "dropout": 0.1}',
     "STREAMTRAIN_OPTIMIZER__NAME": "adam",
 }
-
-
-def _run_to_end(env: dict[str, str]) -> str:
-    process = start_trainer(env)
-    output, _ = process.communicate(timeout=180)
-    assert process.returncode == 0, output
-    return output
-
-
-def _newest_step(root: Path) -> int:
-    steps = [int(p.parent.name.split("-")[1]) for p in root.glob("step-*/meta.json")]
-    return max(steps, default=-1)
-
-
-def _wait_for_checkpoint_at_least(root: Path, step: int, timeout: float) -> int:
-    """Wait until this run has written a checkpoint at ``step`` or later: it is training."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        newest = _newest_step(root)
-        if newest >= step:
-            return newest
-        time.sleep(0.005)
-    raise AssertionError(f"no checkpoint at step {step} or later within {timeout} s")
-
-
-def _kill_steps(rng: random.Random, total_steps: int, kills: int) -> list[int]:
-    """``kills`` random steps spread over the stream, each in its own slice of it.
-
-    Kill points are chosen by step rather than by time: a fast machine would otherwise finish
-    the whole stream between two timed kills and leave nothing to recover.
-    """
-    width = total_steps // (kills + 1)
-    return [(i + 1) * width + rng.randint(-width // 3, width // 3) for i in range(kills)]
 
 
 @pytest.mark.parametrize(("partitions", "kills"), [(1, 3), (3, 5)])
@@ -85,25 +53,16 @@ def test_kill_minus_9_recovers_bit_identical_model_and_optimizer(
             # Its own snapshot topic: a fresh run continues the versions found there.
             "STREAMTRAIN_TOPICS__SNAPSHOTS": f"{unique_name}-snapshots-{run}",
         }
-        _run_to_end(trainer_env(kafka_bootstrap, unique_name, root, env))
+        run_to_end(trainer_env(kafka_bootstrap, unique_name, root, env))
         references.append(checkpoint_state(root))
     assert_same_state(references[0], references[1])  # two uninterrupted runs agree
 
     crash_dir = tmp_path / "crashing"
     crashing = trainer_env(kafka_bootstrap, unique_name, crash_dir, DETERMINISTIC)
-    rng = random.Random(7 + partitions)
     total_steps = checkpoint_meta(tmp_path / "reference-a")["step"]
-    assert isinstance(total_steps, int) and total_steps > 10 * kills
-    killed_after: list[int] = []
-    for target in _kill_steps(rng, total_steps, kills):
-        process = start_trainer(crashing)
-        killed_after.append(_wait_for_checkpoint_at_least(crash_dir, target, 90))
-        time.sleep(rng.uniform(0.0, 0.02))  # a random point within the next steps
-        process.send_signal(signal.SIGKILL)
-        process.communicate(timeout=30)
-    assert killed_after == sorted(set(killed_after)), "each run resumed and made progress"
-    assert killed_after[-1] < total_steps, "the last kill landed before the end of the stream"
-    _run_to_end(crashing)
+    assert isinstance(total_steps, int)
+    kill_repeatedly(crashing, crash_dir, total_steps, kills, random.Random(7 + partitions))
+    run_to_end(crashing)
 
     recovered = checkpoint_state(crash_dir)
     assert_same_state(references[0], recovered)

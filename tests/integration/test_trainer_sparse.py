@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import random
-import signal
-import time
 from pathlib import Path
 
 import numpy as np
@@ -18,16 +16,13 @@ from streamtrain.kafka import create_topics
 from streamtrain.sparse_tensors import JaggedTensor
 from streamtrain.spec import SampleSpec, SparseFeature
 from streamtrain.train.models import build_model
-from tests.integration.test_trainer_recovery import (
-    _newest_step,
-    _run_to_end,
-    _wait_for_checkpoint_after,
-)
 from tests.integration.trainer_harness import (
     assert_same_state,
+    checkpoint_meta,
     checkpoint_state,
+    kill_repeatedly,
     latest_checkpoint,
-    start_trainer,
+    run_to_end,
     trainer_env,
 )
 
@@ -116,7 +111,7 @@ def test_sparse_model_learns_and_recovers_bit_identical_after_kill_minus_9(
     reference = tmp_path / "reference"
     env = {**SPARSE_ENV, "STREAMTRAIN_INGEST__GROUP_ID": f"{unique_name}-ref"}
     env["STREAMTRAIN_TOPICS__SNAPSHOTS"] = f"{unique_name}-snapshots-ref"
-    output = _run_to_end(trainer_env(kafka_bootstrap, unique_name, reference, env))
+    output = run_to_end(trainer_env(kafka_bootstrap, unique_name, reference, env))
     expected = checkpoint_state(reference)
     position = expected["position"]
     assert isinstance(position, dict) and position["samples_seen"] == 4000, output
@@ -132,14 +127,8 @@ def test_sparse_model_learns_and_recovers_bit_identical_after_kill_minus_9(
 
     crash_dir = tmp_path / "crashing"
     crashing = trainer_env(kafka_bootstrap, unique_name, crash_dir, SPARSE_ENV)
-    rng = random.Random(11)
-    killed_after: list[int] = []
-    for _ in range(3):
-        process = start_trainer(crashing)
-        killed_after.append(_wait_for_checkpoint_after(crash_dir, _newest_step(crash_dir), 90))
-        time.sleep(rng.uniform(0.0, 0.3))  # a random kill point, not synchronisation
-        process.send_signal(signal.SIGKILL)
-        process.communicate(timeout=30)
-    assert killed_after == sorted(set(killed_after)), "each run resumed and made progress"
-    _run_to_end(crashing)
+    total_steps = checkpoint_meta(reference)["step"]
+    assert isinstance(total_steps, int)
+    kill_repeatedly(crashing, crash_dir, total_steps, 3, random.Random(11))
+    run_to_end(crashing)
     assert_same_state(expected, checkpoint_state(crash_dir))

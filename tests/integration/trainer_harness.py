@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import random
+import signal
 import subprocess
 import sys
 import time
@@ -150,3 +152,52 @@ def wait_for_metric(url: str, name: str, above: float, timeout: float) -> bool:
             return True
         time.sleep(0.1)
     return False
+
+
+def run_to_end(env: Mapping[str, str]) -> str:
+    """Run a trainer until it stops by itself (idle), asserting a clean exit; its output."""
+    process = start_trainer(env)
+    output, _ = process.communicate(timeout=180)
+    assert process.returncode == 0, output
+    return output
+
+
+def newest_step(root: Path) -> int:
+    """The step of the newest complete checkpoint under ``root`` (-1 when there is none)."""
+    steps = [int(p.parent.name.split("-")[1]) for p in root.glob("step-*/meta.json")]
+    return max(steps, default=-1)
+
+
+def wait_for_checkpoint_at_least(root: Path, step: int, timeout: float) -> int:
+    """Wait until a run has written a checkpoint at ``step`` or later: it is training."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        newest = newest_step(root)
+        if newest >= step:
+            return newest
+        time.sleep(0.005)
+    raise AssertionError(f"no checkpoint at step {step} or later in {root} within {timeout} s")
+
+
+def kill_repeatedly(
+    env: Mapping[str, str], root: Path, total_steps: int, kills: int, rng: random.Random
+) -> list[int]:
+    """Start and ``kill -9`` a trainer ``kills`` times; the newest checkpoint step at each kill.
+
+    Kill points are random steps spread over the stream, each in its own slice of it, rather
+    than random times: a fast machine would otherwise finish the whole stream between two
+    timed kills and leave nothing to recover.
+    """
+    width = total_steps // (kills + 1)
+    assert width >= 6, f"{total_steps} steps are too few for {kills} spread kills"
+    killed_after: list[int] = []
+    for i in range(kills):
+        target = (i + 1) * width + rng.randint(-width // 3, width // 3)
+        process = start_trainer(env)
+        killed_after.append(wait_for_checkpoint_at_least(root, target, 90))
+        time.sleep(rng.uniform(0.0, 0.02))  # a random point within the next steps
+        process.send_signal(signal.SIGKILL)
+        process.communicate(timeout=30)
+    assert killed_after == sorted(set(killed_after)), "each run resumed and made progress"
+    assert killed_after[-1] < total_steps, "the last kill landed before the end of the stream"
+    return killed_after
