@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 
 from streamtrain.kafka import KafkaConnection
+from streamtrain.serve.inference import head_for
+from streamtrain.serve.retained import RetainedVersions
 from streamtrain.serve.slot import SnapshotRejected, WeightSlot
 from streamtrain.snapshot.delta import DeltaError, delta_payload, merge_requests, split_delta
 from streamtrain.snapshot.manifest import SnapshotManifest
 from streamtrain.snapshot.publisher import SnapshotPublisher
 from streamtrain.train.hooks import SnapshotRequest
 from streamtrain.train.row_tracker import RowTracker, row_sparse_parameters
-from tests.delta_fixtures import SparseTrainer, build_model
+from tests.delta_fixtures import SPEC, SparseTrainer, build_model
 
 
 def test_first_take_is_a_base_then_deltas_carry_exactly_the_changed_rows() -> None:
@@ -223,3 +227,40 @@ def test_a_failed_delta_is_merged_into_the_next_so_the_chain_loses_no_row(
     rebuilt = merge_requests(base, delta)
     for name, tensor in trainer.state().items():
         assert torch.equal(rebuilt.tensors[name], tensor), name
+
+
+def test_deltas_wait_while_pinned_and_find_a_gap_after_unpin() -> None:
+    trainer = SparseTrainer()
+    slot = _slot()
+    retained = RetainedVersions(slot, build_model(), head_for(SPEC), torch.device("cpu"), 2)
+    base = trainer.request()
+    retained.load(base.tensors, version=base.version, run_id=base.run_id)
+
+    def delta_args(request: SnapshotRequest, predecessor: int) -> dict[str, Any]:
+        assert request.rows is not None
+        dense, rows = split_delta(delta_payload(request.tensors, request.rows))
+        return {
+            "dense": dense,
+            "rows": rows,
+            "base_id": "run-d/0",
+            "predecessor_id": f"run-d/{predecessor}",
+            "version": request.version,
+            "run_id": "run-d",
+        }
+
+    trainer.train()
+    d1 = trainer.request()
+    retained.apply_delta(**delta_args(d1, 0))
+    assert slot.info is not None and slot.info.version == d1.version
+    retained.pin(0)  # the operator pins the base: deltas no longer apply
+    trainer.train()
+    d2 = trainer.request()
+    retained.apply_delta(**delta_args(d2, d1.version))
+    assert slot.info.version == 0
+    retained.unpin()  # the newest retained version is the base: d3 does not follow it
+    trainer.train()
+    d3 = trainer.request()
+    with pytest.raises(SnapshotRejected) as refused:
+        retained.apply_delta(**delta_args(d3, d2.version))
+    assert refused.value.reason == "chain_gap"
+    assert slot.info.version == 0
