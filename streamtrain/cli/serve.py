@@ -17,6 +17,7 @@ from streamtrain.cli.common import (
     settings_from,
     setup_logging,
 )
+from streamtrain.extras import MissingExtra
 
 
 @app.command()
@@ -45,6 +46,8 @@ def serve(
 
     try:
         worker = build_worker(settings)
+    except MissingExtra as exc:
+        fail(str(exc), ExitCode.MISSING_EXTRA)
     except ValueError as exc:
         fail(str(exc))
     except OSError as exc:

@@ -23,6 +23,7 @@ from streamtrain.cli.common import (
     settings_from,
     setup_logging,
 )
+from streamtrain.extras import MissingExtra
 
 if TYPE_CHECKING:
     from streamtrain.config import Settings
@@ -114,6 +115,8 @@ def train(
             create_topics(kafka, [topics.dead_letter, topics.snapshots], 1)
         trainer = build_trainer(settings)
     except Exception as exc:
+        if isinstance(exc, MissingExtra):
+            fail(str(exc), ExitCode.MISSING_EXTRA)
         if isinstance(exc, ValueError):  # settings the model or the client library refuse
             fail(str(exc))
         if is_kafka_failure(exc) or isinstance(exc, ConnectionError | TimeoutError):

@@ -32,6 +32,7 @@ from starlette.applications import Starlette
 
 from streamtrain.config import ModelSettings, ServeSettings, Settings
 from streamtrain.devices import resolve_device
+from streamtrain.extras import MissingExtra
 from streamtrain.kafka import KafkaConnection
 from streamtrain.metrics import SERVER_REGISTRY, serve_metrics
 from streamtrain.serve.admin import AdminEndpoints
@@ -199,10 +200,7 @@ def build_grpc(served: ServedModel, serve: ServeSettings) -> GrpcServer | None:
     try:
         from streamtrain.serve.grpc_service import GrpcServer
     except ImportError as exc:
-        raise ValueError(
-            f"serve.grpc_port is set but gRPC support is not installed ({exc}); run "
-            "`pip install 'streamtrain[grpc]'` or unset serve.grpc_port"
-        ) from None
+        raise MissingExtra("grpc", "serve.grpc_port", exc) from None
     return GrpcServer(
         served,
         serve.host,

@@ -34,6 +34,7 @@ import math
 from typing import Any, Literal
 
 from streamtrain import metrics
+from streamtrain.extras import MissingExtra
 
 log = logging.getLogger(__name__)
 
@@ -42,14 +43,11 @@ _RIVER_CLASSES = {"adwin": "ADWIN", "page_hinkley": "PageHinkley"}
 
 
 def drift_detector(name: DriftDetector) -> Any:
-    """A fresh River detector; ValueError naming the install when River is missing."""
+    """A fresh River detector; :class:`MissingExtra` when River is not installed."""
     try:
         drift = importlib.import_module("river.drift")
     except ImportError as exc:
-        raise ValueError(
-            f"train.drift_detector {name!r} needs River ({exc}); run "
-            "`pip install 'streamtrain[drift]'` or unset train.drift_detector"
-        ) from None
+        raise MissingExtra("drift", "train.drift_detector", exc) from None
     return getattr(drift, _RIVER_CLASSES[name])()
 
 
