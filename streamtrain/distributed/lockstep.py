@@ -44,8 +44,10 @@ from streamtrain import health, metrics
 from streamtrain.batch import Batch
 from streamtrain.checkpoint import TrainerState, check_world_size
 from streamtrain.distributed.group import RankGroup
+from streamtrain.distributed.sparse_sync import sparse_embedding_weights
 from streamtrain.distributed.step_sync import GradientSync, attach_moments_sync
-from streamtrain.train.loop import _POLL_SECONDS, Trainer, _Progress, _Throughput
+from streamtrain.jagged import SparseRows
+from streamtrain.train.loop import POLL_SECONDS, ThroughputGauge, Trainer, TrainProgress
 from streamtrain.train.prefetch import PrefetchingSource
 
 log = logging.getLogger(__name__)
@@ -59,11 +61,6 @@ class LockstepTrainer(Trainer):
 
     def __init__(self, *, group: RankGroup, all_partitions: tuple[int, ...], **kwargs: Any):
         super().__init__(**kwargs)
-        if self._learner.head.spec.sparse:
-            raise ValueError(
-                "models with sparse ID features cannot yet be trained by several ranks (their "
-                "row-wise embedding gradients are not all-reduced): run one trainer process"
-            )
         if self._learner.step_samples != "batch" and group.is_leader:
             log.warning(
                 "optimizer.step_samples=%s does not apply to several ranks: each step is the "
@@ -73,7 +70,7 @@ class LockstepTrainer(Trainer):
         self._group = group
         self._failed = False
         self._all_partitions = tuple(sorted(all_partitions))
-        self._learner.step_reducer = GradientSync()
+        self._learner.step_reducer = GradientSync(sparse_embedding_weights(self._learner.model))
         attach_moments_sync(self._learner.model)
         # NCCL reduces device tensors only; gloo reduces host tensors
         self._comm = self._learner.device if group.backend == "nccl" else torch.device("cpu")
@@ -110,12 +107,12 @@ class LockstepTrainer(Trainer):
             dist.broadcast(tensor.data, src=0)
         learner.snapshot_good_state()
         if state is None:
-            self._progress = _Progress(step=high, offsets=positions)
+            self._progress = TrainProgress(step=high, offsets=positions)
             self._mark_all(high, positions)
             return None
         own = {p: o for p, o in state.offsets.items() if p in positions}
         self._run_id = state.run_id
-        self._progress = _Progress(
+        self._progress = TrainProgress(
             step=state.step,
             samples_seen=state.samples_seen,
             offsets={**positions, **own},
@@ -149,7 +146,7 @@ class LockstepTrainer(Trainer):
     def _lockstep(self, prefetch: PrefetchingSource) -> str:
         stop = self._stop_conditions
         last_input = self._clock()
-        throughput = _Throughput(self._clock)
+        throughput = ThroughputGauge(self._clock)
         while True:
             health.beat()
             if stop.max_samples is not None and self._progress.samples_seen >= stop.max_samples:
@@ -193,7 +190,7 @@ class LockstepTrainer(Trainer):
         since = self._clock()
         while True:
             health.beat()
-            batch = prefetch.get(timeout=_POLL_SECONDS)
+            batch = prefetch.get(timeout=POLL_SECONDS)
             if batch is not None:
                 offsets.update(batch.next_offsets)
                 records += batch.records
@@ -237,6 +234,7 @@ class LockstepTrainer(Trainer):
             weights=np.zeros((0,), np.float32),
             timestamps=np.zeros((0,), np.float64),
             next_offsets={},
+            sparse=SparseRows.empty(spec.sparse_names) if spec.sparse else None,
         )
 
     def _checkpoint(self, prefetch: PrefetchingSource) -> None:

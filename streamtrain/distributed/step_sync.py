@@ -5,23 +5,34 @@ gradient is ``g_r = sum(w grad l) / W_r``. The gradient of the union of all rank
 ``sum_r W_r g_r / W`` with ``W = sum_r W_r``: each rank all-reduces ``W_r g_r`` and ``W_r`` in
 one buffer and divides. A rank with an empty batch contributes ``W_r = 0``, so the step equals
 a single-process step on the union batch (up to float summation order).
+
+Row-sparse embedding weights (``sparse=True`` tables) stay out of that buffer: their gradients
+name only the touched rows, and every rank all-gathers the others' rows instead
+(:mod:`streamtrain.distributed.sparse_sync`).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
 from streamtrain import metrics
+from streamtrain.distributed.sparse_sync import gather_sparse_grads
 from streamtrain.train.models.standardize import OnlineStandardize
 
 
 class GradientSync:
-    """Called by :class:`~streamtrain.train.learner.Learner` between backward and the guard."""
+    """Called by :class:`~streamtrain.train.learner.Learner` between backward and the guard.
+
+    ``sparse``: the parameters whose gradients are sparse (``sparse_embedding_weights``).
+    """
+
+    def __init__(self, sparse: Iterable[torch.Tensor] = ()) -> None:
+        self._sparse = {id(p) for p in sparse}
 
     def reduce(
         self,
@@ -38,12 +49,15 @@ class GradientSync:
            ``W_r * loss, W_r, samples, score_sum`` into one flat buffer: one collective a step.
         2. All-reduce it (sum). A NaN or inf on any rank reaches every rank.
         3. Divide by ``W`` and write the gradients back.
+        4. Sparse gradients: all-gather every rank's ``W_r *`` rows, sum, divide by ``W``.
         """
         total_weight = weights.sum().to(torch.float32)
+        dense = [p for p in params if id(p) not in self._sparse]
+        sparse = [p for p in params if id(p) in self._sparse]
         parts = [
             (p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).float()
             * total_weight
-            for p in params
+            for p in dense
         ]
         scalars = torch.stack(
             [
@@ -57,10 +71,11 @@ class GradientSync:
         started = time.perf_counter()
         dist.all_reduce(buffer)
         union_samples = int(buffer[-2].item())  # also waits for an asynchronous (NCCL) reduce
-        metrics.TRAIN_ALLREDUCE_SECONDS.observe(time.perf_counter() - started)
         weight = buffer[-3].clamp_min(torch.finfo(torch.float32).tiny)
+        gather_sparse_grads(sparse, total_weight, weight)
+        metrics.TRAIN_ALLREDUCE_SECONDS.observe(time.perf_counter() - started)
         offset = 0
-        for p in params:
+        for p in dense:
             size = p.numel()
             p.grad = (buffer[offset : offset + size] / weight).view_as(p).to(p.dtype)
             offset += size

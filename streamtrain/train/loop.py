@@ -45,7 +45,7 @@ from streamtrain.train.weights import copy_weights
 
 log = logging.getLogger(__name__)
 
-_POLL_SECONDS = 0.1  # longest wait for a batch before the cadences are checked again
+POLL_SECONDS = 0.1  # longest wait for a batch before the cadences are checked again
 _METRICS_EVERY_STEPS = 16
 _METRICS_EVERY_SECONDS = 0.5
 
@@ -69,7 +69,10 @@ class TrainSummary:
 
 
 @dataclass
-class _Progress:
+class TrainProgress:
+    """Where training stands: steps taken, samples learned, next offsets, data watermark
+    (shared with :class:`~streamtrain.distributed.lockstep.LockstepTrainer`)."""
+
     step: int = 0
     samples_seen: int = 0
     offsets: dict[int, int] = field(default_factory=dict)
@@ -132,7 +135,7 @@ class Trainer:
         self._first_version = first_version
         self._clock = clock
         self._stop_requested = threading.Event()
-        self._progress = _Progress()
+        self._progress = TrainProgress()
         self._run_id = uuid.uuid4().hex[:12]
         self._unsaved_since: float | None = None  # wall time of the oldest step not checkpointed
         self._last_snapshot_step = -1
@@ -153,14 +156,14 @@ class Trainer:
         if state is None:
             # A fresh run continues the version sequence servers already follow, so its
             # snapshots are not refused as stale (semantics 3).
-            self._progress = _Progress(step=self._first_version(), offsets=positions)
+            self._progress = TrainProgress(step=self._first_version(), offsets=positions)
             self._snapshot_policy.mark(self._progress.step)
             self._checkpoint_policy.mark(self._progress.step)
             self._checkpointed = (self._progress.step, dict(positions))
             return None
         check_world_size(state, 1, str(self._checkpoints.root))
         self._run_id = state.run_id
-        self._progress = _Progress(
+        self._progress = TrainProgress(
             step=state.step,
             samples_seen=state.samples_seen,
             offsets={**positions, **state.offsets},
@@ -217,12 +220,12 @@ class Trainer:
         """
         stop = self._stop_conditions
         last_input = self._clock()
-        throughput = _Throughput(self._clock)
+        throughput = ThroughputGauge(self._clock)
         while not self._stop_requested.is_set():
             health.beat()
             if stop.max_samples is not None and self._progress.samples_seen >= stop.max_samples:
                 return "max_samples"
-            batch = prefetch.get(timeout=_POLL_SECONDS)
+            batch = prefetch.get(timeout=POLL_SECONDS)
             if batch is None or batch.records == 0:
                 if self._pending_scores:
                     self._flush_scores()
@@ -349,7 +352,7 @@ class Trainer:
                 self._sink.close()
 
 
-class _Throughput:
+class ThroughputGauge:
     """Samples per second over the last few seconds, exported as a gauge."""
 
     def __init__(self, clock: Callable[[], float], period: float = 2.0) -> None:

@@ -7,9 +7,13 @@ or any parameter a model names in a ``row_sparse_parameters`` attribute (an iter
 
 Rules (the order is the safety argument):
 
-1. A gradient hook on each row-sparse parameter records the rows of every sparse gradient.
-   An optimizer that moves only rows with a gradient (SGD without momentum or weight decay,
-   Adagrad, SparseAdam, the row-wise optimizers) changes nothing else.
+1. Just before every optimizer step (a step pre-hook) the tracker records the rows of each
+   row-sparse parameter's sparse gradient, the one the step applies: on a distributed rank
+   that is the union of every rank's rows, already gathered
+   (``streamtrain.distributed.sparse_sync``), so rank 0's deltas carry the rows that other
+   ranks' batches touched. An optimizer that moves only rows with a gradient (SGD without
+   momentum or weight decay, Adagrad, SparseAdam, the row-wise optimizers) changes nothing
+   else.
 2. A dense gradient on such a parameter (a model that did not ask for sparse gradients) makes
    the next snapshot a base: the tracker does not guess which rows moved.
 3. After every optimizer step the tracker notes each tracked parameter's in-place version
@@ -69,22 +73,22 @@ class RowTracker:
         self._deltas_since_base = 0
         self._base_at = 0.0
         self._after_step: dict[str, int] = {}
-        for name, param in self._params.items():
-            param.register_hook(self._grad_hook(name))  # type: ignore[no-untyped-call]
+        optimizer.register_step_pre_hook(self._record)
         optimizer.register_step_post_hook(self._stepped)
 
     @property
     def names(self) -> list[str]:
         return list(self._params)
 
-    def _grad_hook(self, name: str) -> Callable[[torch.Tensor], None]:
-        def record(grad: torch.Tensor) -> None:
+    def _record(self, *_: object) -> None:
+        for name, param in self._params.items():
+            grad = param.grad
+            if grad is None:
+                continue
             if grad.is_sparse:
                 self._touched[name].append(grad._indices()[0].detach())
             else:
                 self._need_base = True  # rule 2
-
-        return record
 
     def _stepped(self, *_: object) -> None:
         self._after_step = {name: p._version for name, p in self._params.items()}
