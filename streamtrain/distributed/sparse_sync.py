@@ -9,6 +9,7 @@ volume each rank receives is ``world_size * touched rows * (dim + 1)`` numbers a
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -56,7 +57,7 @@ def gather_sparse_grads(
     counts = torch.tensor([len(rows) for rows, _ in local], dtype=torch.int64, device=device)
     all_counts = [torch.empty_like(counts) for _ in range(world)]
     dist.all_gather(all_counts, counts)
-    widths = torch.tensor([p[0].numel() for p in params], dtype=torch.int64)
+    widths = torch.tensor([math.prod(p.shape[1:]) for p in params], dtype=torch.int64)
     per_rank = torch.stack(all_counts).cpu()  # [world, params]
     row_slots = max(int(per_rank.sum(1).max()), 1)
     value_slots = max(int((per_rank * widths).sum(1).max()), 1)
