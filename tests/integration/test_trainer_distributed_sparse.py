@@ -63,6 +63,6 @@ def test_two_ranks_train_an_embedding_model_on_every_sample_once(
     }
     held_out = click_stream(1000, seed=2)
     before, after = _log_loss(untrained, held_out), _log_loss(trained, held_out)
-    assert after < 0.9 * before, f"held-out log loss {before:.3f} -> {after:.3f}"
+    assert after < 0.8 * before, f"held-out log loss {before:.3f} -> {after:.3f}"
     optimizer = load_file(str(checkpoint / "optimizer.safetensors"))
     assert any(name.endswith("sum") for name in optimizer), sorted(optimizer)[:5]
