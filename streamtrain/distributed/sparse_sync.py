@@ -31,9 +31,7 @@ def _local_rows(p: nn.Parameter) -> tuple[torch.Tensor, torch.Tensor]:
     grad = p.grad
     if grad is None:
         return p.new_empty((0,), dtype=torch.int64), p.new_empty((0, *p.shape[1:]))
-    if not grad.is_sparse:  # a model that asked for dense gradients after all
-        grad = grad.to_sparse(1)
-    grad = grad.coalesce()
+    grad = grad.coalesce()  # sparse=True tables always produce sparse gradients
     return grad.indices()[0], grad.values()
 
 
