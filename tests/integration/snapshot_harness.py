@@ -31,7 +31,7 @@ MODEL = {
     "task": "regression",
     "input_shape": [4],
     "target_dim": 1,
-    "params": {"standardize": False},
+    "params": {"standardize": False, "scale_targets": False},
 }
 ROW = [1.0] * 4
 Tamper = Literal["manifest", "signature"]

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import re
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -15,20 +18,39 @@ from streamtrain.config import TopicSettings
 from streamtrain.demo.demo_process import DemoProcess, alive
 from streamtrain.demo.plan import infer_body
 from streamtrain.demo.scrape import Scrape, scrape
-from streamtrain.metrics import SERVER_REGISTRY, TRAINER_REGISTRY
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "metrics.md"
 TRAINER_MOVERS = ("streamtrain_train_steps_total", "streamtrain_train_samples_total")
 SERVER_MOVERS = ("streamtrain_serve_swaps_total", "streamtrain_serve_requests_total")
 
 
-def _catalogue(registry: object) -> dict[str, bool]:
-    """Family name -> whether it has samples before any label is used (unlabelled ones do)."""
-    # The text format has no info type: an info family is scraped as a gauge named <name>_info.
-    return {
-        m.name + ("_info" if m.type == "info" else ""): bool(m.samples)
-        for m in registry.collect()  # type: ignore[attr-defined]
-    }
+_CATALOGUE = """
+import json, sys
+from streamtrain import metrics
+registry = getattr(metrics, sys.argv[1])
+# The text format has no info type: an info family is scraped as a gauge named <name>_info.
+print(json.dumps({
+    m.name + ("_info" if m.type == "info" else ""): bool(m.samples) for m in registry.collect()
+}))
+"""
+
+
+def _catalogue(registry: str) -> dict[str, bool]:
+    """Family name -> whether it has samples before any label is used (unlabelled ones do).
+
+    Read in a fresh interpreter: this process's registries carry whatever earlier in-process
+    tests counted (a rejected snapshot, say), which the demo's processes never saw.
+    """
+    found = subprocess.run(
+        [sys.executable, "-c", _CATALOGUE, registry],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    catalogue = json.loads(found.stdout)
+    assert isinstance(catalogue, dict) and catalogue, found.stderr
+    return catalogue
 
 
 def _moved(before: Scrape, after: Scrape, names: tuple[str, ...]) -> bool:
@@ -45,7 +67,7 @@ def _scrape_until(url: str, done: object, timeout: float) -> Scrape:
         time.sleep(0.25)
 
 
-def _check_catalogue(result: Scrape, registry: object, touched: tuple[str, ...]) -> None:
+def _check_catalogue(result: Scrape, registry: str, touched: tuple[str, ...]) -> None:
     expected = _catalogue(registry)
     missing = sorted(set(expected) - set(result.families))
     assert missing == [], f"families missing from the scrape: {missing}"
@@ -99,14 +121,14 @@ def test_live_metrics_cover_the_catalogue_and_counters_move(tmp_path: Path) -> N
 
         _check_catalogue(
             trainer_second,
-            TRAINER_REGISTRY,
+            "TRAINER_REGISTRY",
             touched=(
                 "streamtrain_ingest_rejected_records",
                 "streamtrain_ingest_records",
                 "streamtrain_ingest_consumer_lag_records",
             ),
         )
-        _check_catalogue(server_second, SERVER_REGISTRY, touched=("streamtrain_serve_requests",))
+        _check_catalogue(server_second, "SERVER_REGISTRY", touched=("streamtrain_serve_requests",))
         if DOCS.exists():
             documented = DOCS.read_text()
             scraped = set(trainer_second.families) | set(server_second.families)

@@ -29,7 +29,7 @@ MODEL = {
     "task": "regression",
     "input_shape": [4],
     "target_dim": 1,
-    "params": {"standardize": False},
+    "params": {"standardize": False, "scale_targets": False},
 }
 
 
