@@ -130,8 +130,10 @@ def _learn_then_lose_the_broker(
     notice; returns (killed at, noticed at)."""
     _await(lambda: trainer.metrics().get(SAMPLES, 0) >= first, f"{first} samples")
     assert trainer.metrics()[REACHABLE] == 1.0
-    broker.stop()  # returns once the process is gone
+    # Taken before the stop: the trainer may see the connection drop, and log it, while
+    # stop() is still waiting for the broker process to exit.
     killed = time.monotonic()
+    broker.stop()  # returns once the process is gone
     noticed = _await(lambda: trainer.metrics().get(REACHABLE) == 0.0, "reachable 0", 30)
     assert trainer.ready_status() == 503
     return killed, noticed
