@@ -87,6 +87,11 @@ class TopicSettings(_Frozen):
     dead_letter: str = "streamtrain.samples.dlq"
     snapshots: str = "streamtrain.snapshots"
     sample_partitions: int = Field(1, ge=1, description="Used only when streamtrain creates it.")
+    # Delayed labels (docs/labels.md): what servers served, the labels that arrive later, and
+    # the labels the join could not use. Both inputs must have the same partition count.
+    predictions: str = "streamtrain.predictions"
+    labels: str = "streamtrain.labels"
+    labels_dead_letter: str = "streamtrain.labels.dlq"
 
 
 class IngestSettings(_Frozen):
