@@ -1,9 +1,10 @@
 """The process group a trainer rank belongs to, and which partitions each rank reads.
 
 torchrun sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT`` in
-every worker's environment; :meth:`RankGroup.from_environment` reads them (``env://``). Without
-them (or with a world of 1) there is no group and the trainer is exactly the single process it
-always was.
+every worker's environment; :meth:`RankGroup.from_environment` reads them (``env://``, through
+a store namespaced to the attempt: :mod:`streamtrain.distributed.attempt_store`). Without them
+(or with a world of 1) there is no group and the trainer is exactly the single process it always
+was.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+
+from streamtrain.distributed.attempt_store import join_attempt
 
 # A collective waits this long for a lagging rank before failing the group (and torchrun
 # restarting it): a rank blocked on a slow broker or a checkpoint write must not look dead.
@@ -54,7 +57,7 @@ class RankGroup:
             return None
         backend = "nccl" if device.type == "cuda" else "gloo"
         if not dist.is_initialized():
-            dist.init_process_group(backend, init_method="env://", timeout=_COLLECTIVE_TIMEOUT)
+            join_attempt(backend, _COLLECTIVE_TIMEOUT)
         return cls(
             rank=dist.get_rank(),
             world_size=dist.get_world_size(),
