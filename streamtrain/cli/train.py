@@ -56,6 +56,12 @@ def train(
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Consume samples, take gradient steps, publish snapshots, checkpoint; Ctrl-C stops cleanly."""
+    if (
+        "TORCHELASTIC_RUN_ID" in os.environ
+    ):  # a torchrun worker (torch's own test): tie it to its agent
+        from streamtrain.distributed.agent_lifetime import die_with_agent
+
+        die_with_agent()
     # torch is imported here, not at module level, so other subcommands start fast.
     from streamtrain import health, metrics
     from streamtrain.checkpoint import WorldSizeMismatch
