@@ -10,7 +10,8 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import numpy as np
@@ -201,3 +202,42 @@ def kill_repeatedly(
     assert killed_after == sorted(set(killed_after)), "each run resumed and made progress"
     assert killed_after[-1] < total_steps, "the last kill landed before the end of the stream"
     return killed_after
+
+
+def child_pids(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (a ``--nproc`` job becomes torchrun: its ranks)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rpartition(")")[2].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether ``pid`` still runs (a zombie has exited: only its parent's wait is missing)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+@contextmanager
+def killed_on_exit(job: subprocess.Popen[str]) -> Iterator[subprocess.Popen[str]]:
+    """Whatever a test asserts, leave nothing of a ``--nproc`` job behind: its ranks (torchrun
+    starts each in a session of its own, out of reach of a process-group signal) and then
+    torchrun itself are killed on the way out."""
+    try:
+        yield job
+    finally:
+        if job.poll() is None:
+            for rank in child_pids(job.pid):
+                with suppress(ProcessLookupError):  # it may just have exited
+                    os.kill(rank, signal.SIGKILL)
+            job.kill()
+        job.communicate()
