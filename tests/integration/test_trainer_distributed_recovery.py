@@ -61,12 +61,18 @@ def _finish(process: subprocess.Popen[str], timeout: float = 300) -> str:
     return output
 
 
-def _two_ranks(job: subprocess.Popen[str], timeout: float = 60) -> list[int]:
-    """The ranks torchrun (which ``--nproc`` became, same pid) has started."""
+def _two_ranks(job: subprocess.Popen[str], timeout: float = 60) -> dict[int, int]:
+    """Rank -> pid of the ranks torchrun (which ``--nproc`` became, same pid) has started."""
     deadline = time.monotonic() + timeout
-    while len(ranks := child_pids(job.pid)) != 2:
-        assert time.monotonic() < deadline, f"torchrun's ranks: {ranks}"
+    while len(pids := child_pids(job.pid)) != 2:
+        assert time.monotonic() < deadline, f"torchrun's ranks: {pids}"
         time.sleep(0.05)
+    ranks = {}
+    for pid in pids:
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        rank = next(v for v in environ if v.startswith(b"RANK="))
+        ranks[int(rank.partition(b"=")[2])] = pid
+    assert sorted(ranks) == [0, 1], ranks
     return ranks
 
 
@@ -86,7 +92,7 @@ def test_kill_minus_9_of_a_rank_restarts_the_group_bit_identical(
     crash_env = _env(kafka_bootstrap, unique_name, "crash", crash_dir)
     with killed_on_exit(start_trainer(crash_env, "--nproc", "2", "--max-restarts", "1")) as job:
         killed_at = wait_for_checkpoint_at_least(crash_dir, 11, timeout=180)
-        os.kill(_two_ranks(job)[0], signal.SIGKILL)
+        os.kill(_two_ranks(job)[0], signal.SIGKILL)  # the leader, which writes checkpoints
         output = _finish(job)
 
     recovered = checkpoint_state(crash_dir)
@@ -109,7 +115,7 @@ def test_kill_minus_9_of_torchrun_leaves_no_rank_running(
     env = _env(kafka_bootstrap, unique_name, "agent", root, STREAMTRAIN_TRAIN__STOP_WHEN_IDLE="600")
     with killed_on_exit(start_trainer(env, "--nproc", "2")) as job:
         wait_for_checkpoint_at_least(root, 1, timeout=180)
-        ranks = _two_ranks(job)
+        ranks = list(_two_ranks(job).values())
         job.send_signal(signal.SIGKILL)
         job.communicate(timeout=30)
         deadline = time.monotonic() + 30
