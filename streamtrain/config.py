@@ -284,6 +284,69 @@ class ServeSettings(_Frozen):
         return "require" if self.trusted_keys else "off"
 
 
+class JoinSettings(_Frozen):
+    """The streaming join of delayed labels to logged predictions (``streamtrain join``)."""
+
+    window_s: float = Field(
+        60.0, gt=0, description="How long a prediction waits for its label, from served_at."
+    )
+    on_expired: Literal["drop", "default_label"] = Field(
+        "drop",
+        description="A prediction whose label did not come in time: dropped, or "
+        "emitted with default_label (implicit negative feedback).",
+    )
+    default_label: int | float | tuple[float, ...] | None = Field(
+        None, description="Label of expired predictions when on_expired is default_label."
+    )
+    default_weight: float = Field(1.0, ge=0, description="Weight of default-label samples.")
+    label_wait_s: float = Field(
+        5.0,
+        ge=0,
+        description="How far past a label's timestamp the prediction log is read "
+        "before a label with no prediction is dead-lettered as unknown_id.",
+    )
+    remember_s: float = Field(
+        600.0,
+        ge=0,
+        description="How long past its window a resolved id is remembered, so a "
+        "later label is dead-lettered as late or duplicate rather than unknown_id.",
+    )
+    max_pending_predictions: int = Field(
+        200_000,
+        ge=1,
+        description="Pending predictions per partition; the oldest beyond it "
+        "is expired early by the policy.",
+    )
+    max_pending_labels: int = Field(
+        100_000, ge=1, description="Labels waiting for their prediction, per partition."
+    )
+    state_dir: Path = Field(
+        Path("join-state"), description="Checkpoints of per-partition state; shared by replicas."
+    )
+    checkpoint_every_s: float = Field(2.0, gt=0, description="Seconds between checkpoints.")
+    group_id: str = Field("streamtrain-join", min_length=1)
+    session_timeout_ms: int = Field(
+        6000,
+        ge=1000,
+        le=300_000,
+        description="Group session timeout: how soon a dead "
+        "replica's partitions move to the others.",
+    )
+    metrics_port: int = Field(9102, ge=0, le=65535)
+    liveness_timeout_s: float = Field(
+        60.0, gt=0, description="/health/live fails once the loop has not beaten this long."
+    )
+
+    @model_validator(mode="after")
+    def _default_label_for_policy(self) -> JoinSettings:
+        if self.on_expired == "default_label" and self.default_label is None:
+            raise ValueError(
+                "join.on_expired 'default_label' needs join.default_label (e.g. 0 for "
+                "'no click within the window')"
+            )
+        return self
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="STREAMTRAIN_",
@@ -299,6 +362,7 @@ class Settings(BaseSettings):
     optimizer: OptimizerSettings = OptimizerSettings()
     train: TrainSettings = TrainSettings()
     serve: ServeSettings = ServeSettings()
+    join: JoinSettings = JoinSettings()
 
     @classmethod
     def settings_customise_sources(

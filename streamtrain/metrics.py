@@ -1,7 +1,8 @@
 """Every Prometheus metric streamtrain exports, defined once.
 
-Two registries keep each process's ``/metrics`` to what it does: ``TRAINER_REGISTRY`` (ingest,
-training, checkpoints, snapshot publishing) and ``SERVER_REGISTRY`` (serving). Names carry the
+Three registries keep each process's ``/metrics`` to what it does: ``TRAINER_REGISTRY`` (ingest,
+training, checkpoints, snapshot publishing), ``SERVER_REGISTRY`` (serving) and ``JOIN_REGISTRY``
+(the delayed-label join). Names carry the
 ``streamtrain_`` prefix and their unit; ``docs/metrics.md`` explains each one.
 """
 
@@ -33,6 +34,7 @@ WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 TRAINER_REGISTRY = CollectorRegistry(auto_describe=True)
 SERVER_REGISTRY = CollectorRegistry(auto_describe=True)
+JOIN_REGISTRY = CollectorRegistry(auto_describe=True)
 
 # Latency buckets from 100 µs to a minute: a small MLP steps in well under a millisecond, while a
 # CNN or transformer step on a large CPU batch, or a large inference request, takes seconds; the
@@ -301,6 +303,83 @@ SERVE_BATCH_SIZE = Histogram(
 )
 
 
+# --- join (delayed labels) -----------------------------------------------------------------
+# Label delays from tens of milliseconds (a click) to an hour (a purchase).
+_DELAYS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
+JOIN_RECORDS = Counter(
+    "streamtrain_join_records",
+    "Prediction-log and label records the join consumed.",
+    ["topic"],
+    registry=JOIN_REGISTRY,
+)
+JOIN_SAMPLES = Counter(
+    "streamtrain_join_emitted_samples",
+    "Training samples the join emitted, by how they got their label.",
+    ["outcome"],
+    registry=JOIN_REGISTRY,
+)
+JOIN_LABEL_DELAY = Histogram(
+    "streamtrain_join_label_delay_seconds",
+    "Label timestamp minus served_at, for joined labels.",
+    buckets=_DELAYS,
+    registry=JOIN_REGISTRY,
+)
+JOIN_EXPIRED = Counter(
+    "streamtrain_join_expired_predictions",
+    "Predictions whose label did not come in time, by policy and cause.",
+    ["policy", "cause"],
+    registry=JOIN_REGISTRY,
+)
+JOIN_DEAD_LETTERS = Counter(
+    "streamtrain_join_dead_lettered_records",
+    "Records the join sent to the labels dead-letter topic, by source and reason.",
+    ["source", "reason"],
+    registry=JOIN_REGISTRY,
+)
+JOIN_DEAD_LETTER_ERRORS = Counter(
+    "streamtrain_join_dead_letter_errors",
+    "Records that could not be written to the labels dead-letter topic.",
+    registry=JOIN_REGISTRY,
+)
+JOIN_PENDING_PREDICTIONS = Gauge(
+    "streamtrain_join_pending_predictions_records",
+    "Predictions waiting for their label, over the assigned partitions.",
+    registry=JOIN_REGISTRY,
+)
+JOIN_PENDING_LABELS = Gauge(
+    "streamtrain_join_pending_labels_records",
+    "Labels waiting for their prediction, over the assigned partitions.",
+    registry=JOIN_REGISTRY,
+)
+JOIN_ASSIGNED = Gauge(
+    "streamtrain_join_assigned_partitions",
+    "Partition pairs this join replica holds.",
+    registry=JOIN_REGISTRY,
+)
+JOIN_ASSIGN_SECONDS = Histogram(
+    "streamtrain_join_assign_seconds",
+    "Time to take over partitions: load checkpoints and read back emitted samples.",
+    buckets=_SLOW,
+    registry=JOIN_REGISTRY,
+)
+JOIN_CHECKPOINT_SECONDS = Histogram(
+    "streamtrain_join_checkpoint_seconds",
+    "Time to write one join checkpoint (flush, samples ends, state files).",
+    buckets=_SLOW,
+    registry=JOIN_REGISTRY,
+)
+JOIN_CHECKPOINT_BYTES = Gauge(
+    "streamtrain_join_checkpoint_bytes",
+    "Size of the last join checkpoint, all assigned partitions.",
+    registry=JOIN_REGISTRY,
+)
+JOIN_CHECKPOINT_AGE = Gauge(
+    "streamtrain_join_checkpoint_age_seconds",
+    "Seconds since the last join checkpoint was written.",
+    registry=JOIN_REGISTRY,
+)
+
+
 # --- both processes: what is running -------------------------------------------------------
 def _version(distribution: str) -> str:
     try:
@@ -328,11 +407,14 @@ TRAIN_MODEL_INFO = Info(
 SERVE_MODEL_INFO = Info(
     "streamtrain_model", "The model this process trains or serves.", registry=SERVER_REGISTRY
 )
-for _info in (TRAIN_BUILD_INFO, SERVE_BUILD_INFO):
+JOIN_BUILD_INFO = Info(
+    "streamtrain_build", "Versions of streamtrain and its engines.", registry=JOIN_REGISTRY
+)
+for _info in (TRAIN_BUILD_INFO, SERVE_BUILD_INFO, JOIN_BUILD_INFO):
     _info.info(BUILD_LABELS)
 # Operators expect process_* (CPU, memory, open files) and python_* next to the app's metrics;
 # custom registries get none of them unless asked.
-for _registry in (TRAINER_REGISTRY, SERVER_REGISTRY):
+for _registry in (TRAINER_REGISTRY, SERVER_REGISTRY, JOIN_REGISTRY):
     ProcessCollector(registry=_registry)
     PlatformCollector(registry=_registry)
     GCCollector(registry=_registry)

@@ -12,10 +12,11 @@ import logging
 from concurrent.futures import Future
 from typing import Protocol
 
+from prometheus_client import Counter
+
 from streamtrain import metrics
 from streamtrain.ingest.decode import KafkaRecord
 from streamtrain.kafka import KafkaConnection, record_producer
-from streamtrain.wire import Reject
 
 log = logging.getLogger(__name__)
 
@@ -23,10 +24,20 @@ ERROR_HEADER = "streamtrain-error"
 SOURCE_HEADER = "streamtrain-source"
 
 
+class Rejection(Protocol):
+    """Why a record is dead-lettered (a sample :class:`Reject`, or the join's reasons);
+    ``str()`` gives the ``reason: detail`` header value."""
+
+    @property
+    def reason(self) -> str: ...
+    @property
+    def detail(self) -> str: ...
+
+
 class DeadLetterSink(Protocol):
     """Takes rejected records; ``flush`` returns once every one handed over is stored."""
 
-    def send(self, record: KafkaRecord, reject: Reject) -> None: ...
+    def send(self, record: KafkaRecord, reject: Rejection) -> None: ...
     def flush(self, timeout: float = 30.0) -> None: ...
     def close(self) -> None: ...
 
@@ -38,7 +49,7 @@ def source_of(record: KafkaRecord) -> str:
 class LogDeadLetter:
     """Rejects are only counted (by the source) and logged: no dead-letter topic configured."""
 
-    def send(self, record: KafkaRecord, reject: Reject) -> None:
+    def send(self, record: KafkaRecord, reject: Rejection) -> None:
         log.warning("rejected record %s: %s", source_of(record), reject)
 
     def flush(self, timeout: float = 30.0) -> None:
@@ -55,8 +66,15 @@ class KafkaDeadLetter:
     ...     "127.0.0.1:9092"))
     """
 
-    def __init__(self, *, topic: str, kafka: KafkaConnection) -> None:
+    def __init__(
+        self,
+        *,
+        topic: str,
+        kafka: KafkaConnection,
+        errors: Counter = metrics.INGEST_DEAD_LETTER_ERRORS,
+    ) -> None:
         self.topic = topic
+        self._errors = errors
         self._producer = record_producer(
             kafka,
             acks="all",
@@ -65,7 +83,7 @@ class KafkaDeadLetter:
             max_request_size=16 * 1_048_576,
         )
 
-    def send(self, record: KafkaRecord, reject: Reject) -> None:
+    def send(self, record: KafkaRecord, reject: Rejection) -> None:
         source = source_of(record)
         log.debug("rejected record %s: %s", source, reject)
         headers = [
@@ -86,7 +104,7 @@ class KafkaDeadLetter:
             self._failed(source, error)
 
     def _failed(self, source: str, exc: BaseException) -> None:
-        metrics.INGEST_DEAD_LETTER_ERRORS.inc()
+        self._errors.inc()
         log.error("could not write rejected record %s to %s: %s", source, self.topic, exc)
 
     def flush(self, timeout: float = 30.0) -> None:

@@ -3,6 +3,8 @@
 * :mod:`~streamtrain.kafka.connection`: settings -> options of kafka-python or librdkafka.
 * :mod:`~streamtrain.kafka.factory`: consumers, producers and partition readers, for the
   library ``kafka.client`` selects.
+* :mod:`~streamtrain.kafka.group_consumer`: the join's group member over two co-partitioned
+  topics (the only group subscription).
 * :mod:`~streamtrain.kafka.admin`: topic creation.
 * :mod:`~streamtrain.kafka.watermark`: the embedded broker's high-watermark quirk, handled once.
 * :mod:`~streamtrain.kafka.reachability` (+ :mod:`~streamtrain.kafka.client_logs`): whether
@@ -18,7 +20,12 @@ from streamtrain.kafka.connection import (
 )
 from streamtrain.kafka.consumer import RecordConsumer, TopicNotFound
 from streamtrain.kafka.errors import KafkaUnreachable, OffsetOutOfRange
-from streamtrain.kafka.factory import partition_reader, record_consumer, record_producer
+from streamtrain.kafka.factory import (
+    co_partitioned_group,
+    partition_reader,
+    record_consumer,
+    record_producer,
+)
 from streamtrain.kafka.partition_reader import PartitionReader, ReadTimeout
 from streamtrain.kafka.producer import ProduceTimeout, RecordProducer
 
@@ -35,6 +42,7 @@ __all__ = [
     "RecordProducer",
     "TopicAdminError",
     "TopicNotFound",
+    "co_partitioned_group",
     "create_topics",
     "partition_reader",
     "record_consumer",

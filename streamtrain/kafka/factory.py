@@ -7,7 +7,7 @@ same whichever library runs.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from streamtrain.kafka.client_logs import quiet_librdkafka, route_kafka_python_logs
 from streamtrain.kafka.connection import KafkaConnection
@@ -15,6 +15,9 @@ from streamtrain.kafka.consumer import RecordConsumer
 from streamtrain.kafka.partition_reader import PartitionReader
 from streamtrain.kafka.producer import RecordProducer
 from streamtrain.kafka.reachability import REACHABILITY
+
+if TYPE_CHECKING:  # built lazily: its module reads records as ingest does, which imports us
+    from streamtrain.kafka.group_consumer import CoPartitionedGroup, OnAssign, OnRevoke
 
 Acks = Literal[0, 1, "all"]
 OutOfRange = Literal["earliest", "raise"]
@@ -127,3 +130,38 @@ def record_producer(
     if batch_size is not None:
         config["batch.size"] = batch_size
     return ConfluentProducer(quiet_librdkafka(kafka.librdkafka(config)))
+
+
+def co_partitioned_group(
+    kafka: KafkaConnection,
+    *,
+    topics: tuple[str, str],
+    group_id: str,
+    on_assign: OnAssign,
+    on_revoke: OnRevoke,
+    session_timeout_ms: int = 6000,
+    fetch_max_wait_ms: int = 10,
+) -> CoPartitionedGroup:
+    """A group member for partition pairs of two co-partitioned topics (range assignor).
+
+    Always confluent-kafka (see :mod:`streamtrain.kafka.group_consumer` for why)."""
+    from streamtrain.kafka.group_consumer import CoPartitionedGroup
+
+    _prepare(kafka)
+    config = kafka.librdkafka(
+        {
+            "group.id": group_id,
+            "partition.assignment.strategy": "range",
+            "session.timeout.ms": session_timeout_ms,
+            "heartbeat.interval.ms": max(100, session_timeout_ms // 6),
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "enable.partition.eof": False,
+            "auto.offset.reset": "earliest",
+            "fetch.wait.max.ms": fetch_max_wait_ms,
+            "fetch.queue.backoff.ms": 10,
+        }
+    )
+    return CoPartitionedGroup(
+        config=config, topics=topics, on_assign=on_assign, on_revoke=on_revoke
+    )

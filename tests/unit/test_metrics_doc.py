@@ -14,10 +14,10 @@ from pathlib import Path
 from prometheus_client.metrics import MetricWrapperBase
 
 import streamtrain.metrics as metrics
-from streamtrain.metrics import SERVER_REGISTRY, TRAINER_REGISTRY
+from streamtrain.metrics import JOIN_REGISTRY, SERVER_REGISTRY, TRAINER_REGISTRY
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "metrics.md"
-REGISTRIES = {"Trainer": TRAINER_REGISTRY, "Server": SERVER_REGISTRY}
+REGISTRIES = {"Trainer": TRAINER_REGISTRY, "Server": SERVER_REGISTRY, "Join": JOIN_REGISTRY}
 _SAMPLE_SUFFIXES = ("_total", "_created", "_bucket", "_sum", "_count")
 _UNITS = ("_seconds", "_bytes", "_records", "_samples", "_rows", "_ratio", "_per_second")
 # Dimensionless by nature; a new metric joins this list only when no unit applies.
@@ -30,6 +30,7 @@ _UNITLESS = {
     "streamtrain_serve_pinned_version",
     "streamtrain_serve_retained_versions",
     "streamtrain_kafka_reachable",
+    "streamtrain_join_assigned_partitions",
 }
 
 

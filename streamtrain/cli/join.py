@@ -1,0 +1,97 @@
+"""`streamtrain join`: join delayed labels to logged predictions into training samples."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import typer
+
+from streamtrain.cli.command import app
+from streamtrain.cli.common import (
+    CONFIG_OPTION,
+    ExitCode,
+    fail,
+    is_kafka_failure,
+    kafka_failure_message,
+    port_in_use_message,
+    require_writable_dir,
+    settings_from,
+    setup_logging,
+)
+
+
+@app.command()
+def join(
+    config: Path | None = CONFIG_OPTION,
+    bootstrap_servers: str | None = typer.Option(None, help="Kafka host:port list."),
+    state_dir: Path | None = typer.Option(
+        None, help="Folder of the per-partition join state (shared by replicas)."
+    ),
+    metrics_port: int | None = typer.Option(None, help="Port of /metrics (0 = any free)."),
+    create_missing_topics: bool = typer.Option(
+        True, help="Create the samples, predictions, labels and dead-letter topics if missing."
+    ),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Match each label on the labels topic to its logged prediction and emit the served
+    sample with that label to the samples topic, exactly once; run one per partition at most
+    (replicas share the partitions through a consumer group)."""
+    from streamtrain import health, metrics
+    from streamtrain.join.build import build_join, join_policy
+    from streamtrain.join.joiner import JoinDeliveryError
+    from streamtrain.join.samples_log import SamplesLogTimeout
+    from streamtrain.join.state_file import StateFileError
+    from streamtrain.kafka import KafkaConfigError
+    from streamtrain.kafka.group_consumer import CoPartitionError
+
+    setup_logging(verbose)
+    settings = settings_from(
+        config,
+        kafka__bootstrap_servers=bootstrap_servers,
+        join__state_dir=state_dir,
+        join__metrics_port=metrics_port,
+    )
+    require_writable_dir(settings.join.state_dir, "--state-dir")
+    try:
+        join_policy(settings)
+    except ValueError as exc:
+        fail(str(exc))
+    health.HEALTH.configure(settings.join.liveness_timeout_s)
+    port = settings.join.metrics_port
+    try:
+        server = metrics.serve_metrics(metrics.JOIN_REGISTRY, port, routes=health.routes())
+    except OSError as exc:
+        fail(port_in_use_message("--metrics-port", port, exc), ExitCode.LOCAL_RESOURCE)
+    servers = settings.kafka.bootstrap_servers
+    try:
+        running = build_join(settings, create_missing_topics=create_missing_topics)
+    except KafkaConfigError as exc:
+        server.shutdown()
+        fail(str(exc))
+    except Exception as exc:
+        server.shutdown()
+        if is_kafka_failure(exc) or isinstance(exc, ConnectionError | TimeoutError):
+            fail(kafka_failure_message(servers, exc), ExitCode.KAFKA_UNREACHABLE)
+        raise
+    typer.echo(f"join metrics: http://127.0.0.1:{server.server_port}/metrics")
+    typer.echo(f"join health:  http://127.0.0.1:{server.server_port}/health/ready")
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: running.joiner.request_stop())
+    topics = settings.topics
+    try:
+        running.joiner.run()
+        running.close()
+    except StateFileError as exc:
+        fail(str(exc), ExitCode.FAILED)
+    except CoPartitionError as exc:
+        fail(str(exc))
+    except (JoinDeliveryError, SamplesLogTimeout) as exc:
+        fail(str(exc), ExitCode.FAILED)
+    except Exception as exc:
+        if is_kafka_failure(exc):
+            fail(kafka_failure_message(servers, exc), ExitCode.KAFKA_UNREACHABLE)
+        raise
+    finally:
+        server.shutdown()
+    typer.echo(f"join stopped: {topics.predictions} + {topics.labels} -> {topics.samples}")

@@ -1,0 +1,285 @@
+"""``streamtrain join``'s loop: consume predictions and labels, emit joined samples, checkpoint.
+
+Exactly once across kill -9, without Kafka transactions. Each partition pair ``p`` has a
+state file in ``state_dir`` holding its open predictions and labels, the next offsets of
+predictions ``p`` and labels ``p`` that state reflects, and the samples topic's end offsets
+``E`` at the time it was written. A checkpoint (:meth:`Joiner.checkpoint`) is, in order:
+
+1. Stop applying input (the loop is one thread: nothing is consumed until step 5 is done).
+2. Flush the samples and dead-letter producers. Every sample emitted from the input applied
+   so far is now acknowledged, so it sits *below* any end offset read after this point; a
+   failed delivery makes the checkpoint raise, so the process dies and replays it.
+3. Read the samples topic's true ends ``E`` (from fetch responses, see
+   :mod:`streamtrain.kafka.watermark`). Everything this join emits from here on lands at or
+   after ``E``.
+4. Write each partition's state file atomically (state, input offsets, ``E``, and the ids
+   still awaiting reconciliation from the previous restart).
+5. Commit the input offsets to the group, for lag monitoring only.
+
+Taking over partition ``p`` (a start, a rebalance, a restart after kill -9):
+
+1. Load its state file (none: empty state at the logs' start).
+2. Read the samples topic from that file's ``E`` to its current end and collect the ids of
+   samples tagged ``streamtrain-join: <predictions topic>/p`` with their outcome: exactly
+   what was emitted after the checkpoint, before the crash.
+3. Resume both inputs at the checkpointed offsets. Replaying them resolves the same ids
+   again; an id found in step 2 is resolved with the outcome that was emitted and emits
+   nothing (:class:`~streamtrain.join.partition_state.PartitionState`), so every joined
+   sample exists once.
+4. Write a checkpoint at once, so a crash during the replay starts from here (the ids of
+   step 2 not yet met travel in it).
+
+A replica that only pauses (not dies) beyond the session timeout while another takes its
+partitions could emit twice; librdkafka's ``max.poll.interval.ms`` bounds that window.
+Dead letters are at least once: a replay may copy a label to the dead-letter topic again.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+
+from streamtrain import health, metrics
+from streamtrain.ingest.deadletter import DeadLetterSink
+from streamtrain.join.partition_state import (
+    Action,
+    DeadLetter,
+    Emit,
+    Expired,
+    JoinPolicy,
+    PartitionState,
+    SourceRecord,
+)
+from streamtrain.join.samples_log import JOIN_HEADER, OUTCOME_HEADER, SamplesLog, join_tag
+from streamtrain.join.state_file import read_state, state_path, write_state
+from streamtrain.kafka import RecordProducer
+from streamtrain.kafka.confluent_consumer import ConfluentRecord
+from streamtrain.kafka.group_consumer import CoPartitionedGroup
+from streamtrain.wire import BINARY_CONTENT_TYPE
+from streamtrain.wire.content_type import CONTENT_TYPE_HEADER
+
+log = logging.getLogger(__name__)
+
+# A caught-up partition is taken as read up to "now" minus this: the high watermark comes from
+# a fetch some milliseconds old, and a record stamped just before it may not be appended yet.
+CAUGHT_UP_SLACK_S = 0.5
+_FLUSH_TIMEOUT_S = 60.0
+
+
+class JoinDeliveryError(RuntimeError):
+    """A joined sample was not acknowledged: the join stops and replays from its checkpoint."""
+
+
+@dataclass(frozen=True)
+class JoinTopics:
+    predictions: str
+    labels: str
+    samples: str
+
+
+class Joiner:
+    """Joins labels to logged predictions for the partitions its group member holds.
+
+    Built by ``streamtrain join`` (:mod:`streamtrain.cli.join`); ``group`` is made by the
+    caller with :meth:`on_assign` / :meth:`on_revoke` as its callbacks (see
+    :meth:`attach`).
+    """
+
+    def __init__(
+        self,
+        *,
+        policy: JoinPolicy,
+        topics: JoinTopics,
+        producer: RecordProducer,
+        dead_letters: DeadLetterSink,
+        samples_log: SamplesLog,
+        state_dir: Path,
+        checkpoint_every_s: float = 2.0,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.policy = policy
+        self.topics = topics
+        self._producer = producer
+        self._dead_letters = dead_letters
+        self._samples_log = samples_log
+        self._state_dir = state_dir
+        self._every_s = checkpoint_every_s
+        self._clock = wall_clock
+        self._group: CoPartitionedGroup | None = None
+        self.states: dict[int, PartitionState] = {}
+        self._delivery_error: BaseException | None = None
+        self._last_checkpoint = time.monotonic()
+        self._stop = False
+
+    def attach(self, group: CoPartitionedGroup) -> None:
+        self._group = group
+
+    def request_stop(self) -> None:
+        self._stop = True
+
+    # --- the loop ---------------------------------------------------------------------------
+
+    def run(self, stop_when: Callable[[], bool] = lambda: False) -> None:
+        """Join until :meth:`request_stop` or ``stop_when()``; checkpoints before returning."""
+        group = self._require_group()
+        health.set_condition("group", False, "waiting for the first partition assignment")
+        try:
+            while not self._stop and not stop_when():
+                health.beat()
+                for record in group.poll(0.05):
+                    self._apply(record)
+                self._advance()
+                due = time.monotonic() - self._last_checkpoint >= self._every_s
+                if due and self.states:
+                    self.checkpoint(tuple(self.states))
+                self._export_gauges()
+        finally:
+            if self.states and self._delivery_error is None:
+                self.checkpoint(tuple(self.states))
+
+    def _apply(self, record: ConfluentRecord) -> None:
+        state = self.states.get(record.partition)
+        if state is None:  # fetched before a revoke: the new owner applies it
+            return
+        metrics.JOIN_RECORDS.labels(topic=record.topic).inc()
+        source = SourceRecord(
+            record.topic,
+            record.partition,
+            record.offset,
+            record.timestamp,
+            record.key,
+            record.value,
+            record.headers,
+        )
+        if record.topic == self.topics.predictions:
+            self._carry_out(state, state.add_prediction(source))
+        else:
+            self._carry_out(state, state.add_label(source))
+
+    def _advance(self) -> None:
+        group = self._require_group()
+        now = self._clock() - CAUGHT_UP_SLACK_S
+        for p, state in self.states.items():
+            if _caught_up(group.highwater(self.topics.labels, p), state.labels_offset):
+                state.saw_labels_until(now)
+            if _caught_up(group.highwater(self.topics.predictions, p), state.predictions_offset):
+                state.saw_predictions_until(now)
+            self._carry_out(state, state.advance())
+
+    def _carry_out(self, state: PartitionState, actions: Sequence[Action]) -> None:
+        for action in actions:
+            if isinstance(action, Emit):
+                self._emit(state.partition, action)
+            elif isinstance(action, DeadLetter):
+                source = (
+                    "predictions" if action.record.topic == self.topics.predictions else "labels"
+                )
+                metrics.JOIN_DEAD_LETTERS.labels(source=source, reason=action.reason).inc()
+                self._dead_letters.send(action.record, action)
+            elif isinstance(action, Expired):
+                policy = "drop" if self.policy.default_label is None else "default_label"
+                metrics.JOIN_EXPIRED.labels(policy=policy, cause=action.cause).inc()
+
+    def _emit(self, partition: int, emit: Emit) -> None:
+        headers = [
+            (CONTENT_TYPE_HEADER, BINARY_CONTENT_TYPE.encode()),
+            (JOIN_HEADER, join_tag(self.topics.predictions, partition).encode()),
+            (OUTCOME_HEADER, emit.outcome.encode()),
+        ]
+        sent = self._producer.send(
+            self.topics.samples, emit.value, key=emit.request_id.encode(), headers=headers
+        )
+        sent.add_done_callback(self._delivered)
+        metrics.JOIN_SAMPLES.labels(outcome=emit.outcome).inc()
+        if emit.label_delay_s is not None:
+            metrics.JOIN_LABEL_DELAY.observe(max(0.0, emit.label_delay_s))
+
+    def _delivered(self, done: Future[int]) -> None:
+        error = done.exception()
+        if error is not None and self._delivery_error is None:
+            self._delivery_error = error
+
+    def _export_gauges(self) -> None:
+        metrics.JOIN_PENDING_PREDICTIONS.set(sum(len(s.predictions) for s in self.states.values()))
+        metrics.JOIN_PENDING_LABELS.set(sum(len(s.labels) for s in self.states.values()))
+        metrics.JOIN_CHECKPOINT_AGE.set(time.monotonic() - self._last_checkpoint)
+
+    # --- checkpoints and ownership (the ordering is in the module docstring) -----------------
+
+    def checkpoint(self, partitions: Sequence[int]) -> None:
+        started = time.monotonic()
+        self._producer.flush(_FLUSH_TIMEOUT_S)  # 2.
+        self._dead_letters.flush(_FLUSH_TIMEOUT_S)
+        if self._delivery_error is not None:
+            raise JoinDeliveryError(
+                f"a joined sample was not delivered to {self.topics.samples!r} "
+                f"({self._delivery_error}); restart to replay from the last checkpoint"
+            )
+        ends = self._samples_log.ends()  # 3.
+        written = 0
+        offsets: dict[tuple[str, int], int] = {}
+        for p in partitions:  # 4.
+            state = self.states[p]
+            path = state_path(self._state_dir, self.topics.predictions, p)
+            written += write_state(path, state, ends)
+            offsets[(self.topics.predictions, p)] = state.predictions_offset
+            offsets[(self.topics.labels, p)] = state.labels_offset
+        if self._group is not None and offsets:  # 5.
+            self._group.commit(offsets)
+        self._last_checkpoint = time.monotonic()
+        metrics.JOIN_CHECKPOINT_SECONDS.observe(self._last_checkpoint - started)
+        metrics.JOIN_CHECKPOINT_BYTES.set(written)
+
+    def on_assign(self, partitions: tuple[int, ...]) -> Mapping[int, tuple[int, int]]:
+        """Take over ``partitions``: load, reconcile with the samples topic, checkpoint."""
+        started = time.monotonic()
+        starts: dict[str, Mapping[int, int]] = {}
+        for p in partitions:  # 1.
+            path = state_path(self._state_dir, self.topics.predictions, p)
+            loaded = read_state(path, self.policy)
+            if loaded is None:
+                self.states[p] = PartitionState(p, self.policy, wall_clock=self._clock)
+                continue
+            loaded.state.wall_clock = self._clock
+            self.states[p] = loaded.state
+            starts[join_tag(self.topics.predictions, p)] = loaded.samples_ends
+        emitted = self._samples_log.emitted_since(starts)  # 2.
+        for p in partitions:
+            found = emitted.get(join_tag(self.topics.predictions, p), {})
+            self.states[p].already_emitted.update(found)
+            if found:
+                log.info(
+                    "partition %d: %d samples were emitted after its checkpoint", p, len(found)
+                )
+        if partitions:
+            self.checkpoint(partitions)  # 4.
+        metrics.JOIN_ASSIGNED.set(len(self.states))
+        metrics.JOIN_ASSIGN_SECONDS.observe(time.monotonic() - started)
+        health.set_condition("group", True, f"holding partitions {sorted(self.states)}")
+        log.info("joining partitions %s", list(partitions))
+        return {  # 3.
+            p: (self.states[p].predictions_offset, self.states[p].labels_offset) for p in partitions
+        }
+
+    def on_revoke(self, partitions: tuple[int, ...]) -> None:
+        """Hand ``partitions`` back: checkpoint them, then forget them."""
+        held = tuple(p for p in partitions if p in self.states)
+        if held and self._delivery_error is None:
+            self.checkpoint(held)
+        for p in held:
+            del self.states[p]
+        metrics.JOIN_ASSIGNED.set(len(self.states))
+        log.info("handed back partitions %s", list(held))
+
+    def _require_group(self) -> CoPartitionedGroup:
+        if self._group is None:
+            raise RuntimeError("Joiner.attach(group) must be called before run()")
+        return self._group
+
+
+def _caught_up(highwater: int | None, next_offset: int) -> bool:
+    return highwater is not None and next_offset >= highwater

@@ -1,0 +1,114 @@
+"""`streamtrain join` on the real broker: expired predictions follow the policy, unusable labels
+are dead-lettered with their reason, joined samples carry the served features bit for bit, and
+/metrics and /health tell what happened."""
+
+from __future__ import annotations
+
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from streamtrain.kafka import KafkaConnection, record_producer
+from tests.integration.join_harness import (
+    HEAD,
+    JoinTopics,
+    by_id,
+    join_env,
+    join_metric,
+    make_topics,
+    metrics_url,
+    produce_labels,
+    produce_predictions,
+    read_topic,
+    start_join,
+    stop_join,
+    wait_for_records,
+)
+from tests.integration.trainer_harness import scrape
+
+JOINED = [f"j-{i}" for i in range(5)]
+EXPIRING = [f"e-{i}" for i in range(5, 10)]
+
+
+@pytest.mark.parametrize("policy", ["drop", "default_label"])
+def test_expiry_policy_and_dead_letter_reasons(
+    kafka_connection: KafkaConnection, unique_name: str, tmp_path: Path, policy: str
+) -> None:
+    kafka = kafka_connection
+    topics = JoinTopics.named(unique_name)
+    make_topics(kafka, topics, partitions=1)
+    served = produce_predictions(kafka, topics.predictions, JOINED + EXPIRING, time.time())
+    junk = record_producer(kafka)
+    junk.send(topics.predictions, b"not a prediction", key=b"junk-pred")
+    junk.flush(30)
+    extra = {
+        "STREAMTRAIN_JOIN__WINDOW_S": "1.0",
+        "STREAMTRAIN_JOIN__LABEL_WAIT_S": "0.5",
+        "STREAMTRAIN_JOIN__ON_EXPIRED": policy,
+        "STREAMTRAIN_JOIN__DEFAULT_LABEL": "0",
+        "STREAMTRAIN_JOIN__DEFAULT_WEIGHT": "0.25",
+    }
+    env = join_env(kafka, topics, tmp_path / "state", extra)
+    process = start_join(env)
+    try:
+        url = metrics_url(env)
+        produce_labels(
+            kafka,
+            topics.labels,
+            {**{rid: 1 for rid in JOINED}, "u-100": 1, "u-101": 0},
+            raw={"bad-200": b'{"id": "bad-200", "label": 5}', "bad-201": b"\x00junk"},
+        )
+        expired = f'streamtrain_join_expired_predictions_total{{cause="window",policy="{policy}"}}'
+        join_metric(url, expired, 4.5, timeout=60)
+        # Now too late for EXPIRING, and a second label for each joined id.
+        produce_labels(kafka, topics.labels, {rid: 1 for rid in EXPIRING})
+        produce_labels(kafka, topics.labels, {rid: 0 for rid in JOINED})
+        dead = wait_for_records(kafka, topics.dead_letter, at_least=15, timeout=60)
+        metrics = scrape(url)
+        with urllib.request.urlopen(url.replace("/metrics", "/health/ready"), timeout=5) as ok:
+            assert ok.status == 200
+    finally:
+        code, output = stop_join(process)
+    assert code == 0, output
+
+    reasons = {
+        (d.key or b"").decode(): d.headers["streamtrain-error"].split(b":")[0].decode()
+        for d in dead
+    }
+    expected = {
+        **{rid: "late" for rid in EXPIRING},
+        **{rid: "duplicate" for rid in JOINED},
+        "u-100": "unknown_id",
+        "u-101": "unknown_id",
+        "bad-200": "bad_label",
+        "bad-201": "undecodable",
+        "junk-pred": "undecodable",
+    }
+    assert reasons == expected, output
+    assert len(dead) == len(expected)
+    sources = {(d.key or b"").decode(): d.headers["streamtrain-source"].decode() for d in dead}
+    assert sources["junk-pred"].startswith(f"{topics.predictions}/0/")
+    assert sources["u-100"].startswith(f"{topics.labels}/0/")
+
+    samples = by_id(read_topic(kafka, topics.samples))
+    wanted = JOINED + (EXPIRING if policy == "default_label" else [])
+    assert sorted(samples) == sorted(wanted)
+    for rid, (sample,) in samples.items():  # exactly one each
+        value = sample.value or b""
+        assert value[:4] == served[rid][:4] and value[HEAD:] == served[rid][HEAD:]
+        label = int.from_bytes(value[16:24], "little")
+        outcome = sample.headers["streamtrain-join-outcome"].decode()
+        assert (label, outcome) == ((1, "joined") if rid in JOINED else (0, "default_label"))
+        assert sample.headers["content-type"] == b"application/x-streamtrain-sample"
+
+    emitted = "streamtrain_join_emitted_samples_total"
+    assert metrics[f'{emitted}{{outcome="joined"}}'] == len(JOINED)
+    assert metrics.get(f'{emitted}{{outcome="default_label"}}', 0.0) == len(wanted) - len(JOINED)
+    assert metrics["streamtrain_join_label_delay_seconds_count"] == len(JOINED)
+    dlq = "streamtrain_join_dead_lettered_records_total"
+    assert metrics[f'{dlq}{{reason="late",source="labels"}}'] == len(EXPIRING)
+    assert metrics[f'{dlq}{{reason="undecodable",source="predictions"}}'] == 1
+    assert metrics["streamtrain_join_pending_predictions_records"] == 0
+    assert metrics["streamtrain_join_assigned_partitions"] == 1
