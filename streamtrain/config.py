@@ -257,6 +257,22 @@ class ServeSettings(_Frozen):
         None, description="PEM certificate (chain) for HTTPS and gRPC over TLS; needs tls_keyfile."
     )
     tls_keyfile: Path | None = Field(None, description="PEM private key of tls_certfile.")
+    prediction_log: bool = Field(
+        False, description="Log every served sample to topics.predictions (docs/serving.md)."
+    )
+    prediction_log_queue: int = Field(
+        10_000,
+        ge=1,
+        le=10_000_000,
+        description="Log records held (waiting or unacknowledged) before new ones are dropped.",
+    )
+    prediction_log_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=3600,
+        description="A log record unacknowledged this long, retries included, is dropped; "
+        "also bounds the flush at shutdown.",
+    )
 
     @model_validator(mode="after")
     def _tls_pair(self) -> ServeSettings:

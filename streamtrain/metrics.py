@@ -301,6 +301,35 @@ SERVE_BATCH_SIZE = Histogram(
     buckets=_SIZES,
     registry=SERVER_REGISTRY,
 )
+# The prediction log (serve.prediction_log): one record per served sample, off the request path.
+SERVE_PREDICTION_LOG_RECORDS = Counter(
+    "streamtrain_serve_prediction_log_records",
+    "Prediction-log records the broker acknowledged.",
+    registry=SERVER_REGISTRY,
+)
+SERVE_PREDICTION_LOG_DROPPED = Counter(
+    "streamtrain_serve_prediction_log_dropped_records",
+    "Served samples not logged, by reason (queue_full, produce_error, unflushed, encode_error).",
+    ["reason"],
+    registry=SERVER_REGISTRY,
+)
+SERVE_PREDICTION_LOG_QUEUE = Gauge(
+    "streamtrain_serve_prediction_log_queue_records",
+    "Prediction-log records held: waiting to be sent or not yet acknowledged.",
+    registry=SERVER_REGISTRY,
+)
+SERVE_PREDICTION_LOG_PRODUCE_SECONDS = Histogram(
+    "streamtrain_serve_prediction_log_produce_seconds",
+    "Time from sending a prediction-log record to its acknowledgement.",
+    buckets=_FAST,
+    registry=SERVER_REGISTRY,
+)
+SERVE_PREDICTION_LOG_RECORD_BYTES = Histogram(
+    "streamtrain_serve_prediction_log_record_size_bytes",
+    "Size of one prediction-log record value.",
+    buckets=(64, 128, 256, 512, 1024, 4096, 16384, 65536, 262144, 1_048_576),
+    registry=SERVER_REGISTRY,
+)
 
 
 # --- join (delayed labels) -----------------------------------------------------------------

@@ -108,16 +108,36 @@ def record_producer(
     linger_ms: int = 5,
     max_request_size: int = 1_048_576,
     batch_size: int | None = None,
+    idempotent: bool = False,
+    delivery_timeout_ms: int | None = None,
 ) -> RecordProducer:
-    """A producer; ``max_request_size`` bounds one record (with its framing)."""
+    """A producer; ``max_request_size`` bounds one record (with its framing).
+
+    ``idempotent``: the broker drops the duplicates a retry would write (needs ``acks="all"``).
+    ``delivery_timeout_ms``: a record not acknowledged by then, retries included, fails its
+    future; with kafka-python it also bounds how long ``send`` blocks waiting for metadata.
+    """
     _prepare(kafka)
+    if idempotent and acks != "all":
+        raise ValueError(f"an idempotent producer needs acks='all', got acks={acks!r}")
     if kafka.client == "kafka-python":
         from streamtrain.kafka.producer import KafkaPythonProducer
 
-        sizes = {} if batch_size is None else {"batch_size": batch_size}
+        extra: dict[str, object] = {} if batch_size is None else {"batch_size": batch_size}
+        if idempotent:
+            extra["enable_idempotence"] = True
+        if delivery_timeout_ms is not None:
+            extra["delivery_timeout_ms"] = delivery_timeout_ms
+            extra["max_block_ms"] = delivery_timeout_ms
+            # kafka-python refuses a delivery timeout under linger + request timeout; no
+            # request may outlive the record's deadline anyway.
+            request_ms = int(kafka.options.get("request_timeout_ms", 30_000))
+            extra["request_timeout_ms"] = max(
+                1, min(request_ms, delivery_timeout_ms - linger_ms - 1)
+            )
         return KafkaPythonProducer(
             kafka.kafka_python(
-                acks=acks, linger_ms=linger_ms, max_request_size=max_request_size, **sizes
+                acks=acks, linger_ms=linger_ms, max_request_size=max_request_size, **extra
             )
         )
     from streamtrain.kafka.producer import ConfluentProducer
@@ -129,6 +149,10 @@ def record_producer(
     }
     if batch_size is not None:
         config["batch.size"] = batch_size
+    if idempotent:
+        config["enable.idempotence"] = True
+    if delivery_timeout_ms is not None:
+        config["message.timeout.ms"] = delivery_timeout_ms
     return ConfluentProducer(quiet_librdkafka(kafka.librdkafka(config)))
 
 

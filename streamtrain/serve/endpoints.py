@@ -228,6 +228,7 @@ class V2Endpoints:
             body = await read_body(request, self._max_body_bytes)
             parse_start = time.perf_counter_ns()
             parsed = parse_infer_request(body, request.headers.get(BINARY_HEADER), self._io)
+            parsed = self._served.identify(parsed)
             infer_start = time.perf_counter_ns()
             prediction = await self._served.predict(parsed.features, version, parsed.sparse)
             output_start = time.perf_counter_ns()
@@ -235,6 +236,7 @@ class V2Endpoints:
             content, headers = encode_infer_response(
                 self._model_name, version, parsed, prediction.outputs, self._io
             )
+            self._served.log(parsed, prediction)
             timing = Timing(
                 len(parsed.features),
                 infer_start - parse_start,

@@ -138,7 +138,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
         version = request.model_version
         try:
             served.live_version(request.model_name, version)
-            parsed = parse_grpc_request(request, served.io)
+            parsed = served.identify(parse_grpc_request(request, served.io))
             infer_start = time.perf_counter_ns()
             prediction = await served.predict(parsed.features, version)
             output_start = time.perf_counter_ns()
@@ -146,6 +146,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
             reply = encode_grpc_response(
                 served.name, version, parsed, prediction.outputs, served.io
             )
+            served.log(parsed, prediction)
         except ProtocolError as exc:
             served.record(exc.outcome, started, version)
             await _abort(context, exc)

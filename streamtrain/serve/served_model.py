@@ -20,6 +20,7 @@ streamtrain.serve.protocol.ProtocolError: unknown model 'other'; this server ser
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -27,7 +28,9 @@ from typing import Any
 from streamtrain.jagged import SparseRows
 from streamtrain.metrics import SERVE_REQUEST_SECONDS, SERVE_REQUESTS
 from streamtrain.serve.inference import Array, Engine, Prediction
-from streamtrain.serve.protocol import ModelIO, ProtocolError
+from streamtrain.serve.prediction_log import PredictionLog
+from streamtrain.serve.prediction_rows import ServedBatch, request_id_for
+from streamtrain.serve.protocol import InferRequest, ModelIO, ProtocolError
 from streamtrain.serve.retained import RetainedVersions
 from streamtrain.serve.slot import NotReady, WeightSlot
 from streamtrain.serve.statistics import InferenceStatistics
@@ -66,9 +69,13 @@ class ServedModel:
         io: ModelIO,
         name: str,
         retained: RetainedVersions | None = None,
+        prediction_log: PredictionLog | None = None,
     ) -> None:
         self.slot = slot
         self.retained = retained
+        self.prediction_log = prediction_log
+        # The output a log record keeps per row: class probabilities, or the regression value.
+        self._logged_output = io.outputs[0].name
         self.engine = engine
         self.io = io
         self.name = name
@@ -133,6 +140,32 @@ class ServedModel:
                 "not_found",
             )
         return prediction
+
+    def identify(self, request: InferRequest) -> InferRequest:
+        """``request`` with the id it is answered and logged under: with the prediction log on,
+        the client's id once checked (ProtocolError 400 when the log cannot key it), else a
+        generated one; with the log off, the client's id untouched."""
+        if self.prediction_log is None:
+            return request
+        request_id = request_id_for(request.id, len(request.features))
+        return request if request_id == request.id else dataclasses.replace(request, id=request_id)
+
+    def log(self, request: InferRequest, prediction: Prediction) -> None:
+        """Hand an answered request to the prediction log (if on); never blocks or raises."""
+        if self.prediction_log is None or request.id is None:
+            return
+        info = prediction.info
+        self.prediction_log.submit(
+            ServedBatch(
+                request.id,
+                time.time(),
+                info.version,
+                info.run_id,
+                request.features,
+                prediction.outputs[self._logged_output],
+                request.sparse,
+            )
+        )
 
     def record(
         self,

@@ -12,8 +12,9 @@ Order of start and stop:
 3. the watcher thread starts, loads the newest valid snapshot of the local cache (if any),
    then the newest valid one on the topic, retrying with backoff while Kafka is unreachable;
 4. on SIGTERM/SIGINT uvicorn stops accepting, finishes the requests in flight, then the
-   gRPC server (finishing its calls in flight), the watcher, the engine and the separate
-   metrics server (if any) are stopped in that order.
+   gRPC server (finishing its calls in flight), the prediction log (``serve.prediction_log``:
+   flushing what the front ends handed it, within ``serve.prediction_log_timeout_s``), the
+   watcher, the engine and the separate metrics server (if any) are stopped in that order.
 """
 
 from __future__ import annotations
@@ -33,11 +34,12 @@ from starlette.applications import Starlette
 from streamtrain.config import ModelSettings, ServeSettings, Settings
 from streamtrain.devices import resolve_device
 from streamtrain.extras import MissingExtra
-from streamtrain.kafka import KafkaConnection
+from streamtrain.kafka import KafkaConnection, RecordProducer, record_producer
 from streamtrain.metrics import SERVER_REGISTRY, serve_metrics
 from streamtrain.serve.admin import AdminEndpoints
 from streamtrain.serve.endpoints import create_app
 from streamtrain.serve.inference import BatchingEngine, DirectEngine, Engine, head_for
+from streamtrain.serve.prediction_log import PredictionLog
 from streamtrain.serve.protocol import ModelIO
 from streamtrain.serve.retained import RetainedVersions
 from streamtrain.serve.served_model import ServedModel
@@ -124,6 +126,29 @@ def build_cache(settings: Settings, verifier: ManifestVerifier) -> SnapshotCache
     )
 
 
+def build_prediction_log(settings: Settings, spec: SampleSpec) -> PredictionLog | None:
+    """The prediction log when ``serve.prediction_log`` is on: an idempotent producer whose
+    records fail after ``serve.prediction_log_timeout_s`` rather than wait unbounded."""
+    serve = settings.serve
+    if not serve.prediction_log:
+        return None
+    kafka = KafkaConnection.from_settings(settings.kafka)
+    timeout_ms = int(serve.prediction_log_timeout_s * 1000)
+
+    def producer() -> RecordProducer:
+        return record_producer(
+            kafka, acks="all", idempotent=True, delivery_timeout_ms=timeout_ms, linger_ms=5
+        )
+
+    return PredictionLog(
+        spec=spec,
+        topic=settings.topics.predictions,
+        producer=producer,
+        max_records=serve.prediction_log_queue,
+        timeout_s=serve.prediction_log_timeout_s,
+    )
+
+
 def build_worker(settings: Settings, source: SnapshotSource | None = None) -> ServingWorker:
     """Everything ``streamtrain serve`` runs, from the settings tree."""
     serve = settings.serve
@@ -151,6 +176,7 @@ def build_worker(settings: Settings, source: SnapshotSource | None = None) -> Se
         io=ModelIO.for_spec(spec),
         name=serve.model_name,
         retained=retained,
+        prediction_log=build_prediction_log(settings, spec),
     )
     app = create_app(
         slot=slot,
@@ -179,6 +205,7 @@ def build_worker(settings: Settings, source: SnapshotSource | None = None) -> Se
             metrics_port=serve.metrics_port,
             grpc=grpc,
             tls=_tls(serve),
+            prediction_log=served.prediction_log,
         )
     except BaseException:
         if grpc is not None:
@@ -230,9 +257,11 @@ class ServingWorker:
         metrics_port: int | None = None,
         grpc: GrpcServer | None = None,
         tls: tuple[Path, Path] | None = None,
+        prediction_log: PredictionLog | None = None,
     ) -> None:
         self.app = app
         self.grpc = grpc
+        self.prediction_log = prediction_log
         self.slot = slot
         self._engine = engine
         self._watcher = watcher
@@ -287,6 +316,8 @@ class ServingWorker:
     def _start_side(self) -> None:
         if self._metrics_port is not None:
             self._metrics_server = serve_metrics(SERVER_REGISTRY, self._metrics_port, self._host)
+        if self.prediction_log is not None:
+            self.prediction_log.start()
         if self.grpc is not None:
             self.grpc.start()
         self._watcher.start()
@@ -337,6 +368,8 @@ class ServingWorker:
     def _close(self) -> None:
         if self.grpc is not None:
             self.grpc.stop()
+        if self.prediction_log is not None:
+            self.prediction_log.close()
         self._watcher.stop()
         self._engine.close()
         if self._metrics_server is not None:

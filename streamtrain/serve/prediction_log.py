@@ -1,0 +1,256 @@
+"""The prediction log: every served sample to ``topics.predictions``, never at a request's cost.
+
+Order of events, from which the guarantees in ``docs/serving.md`` follow:
+
+1. :meth:`PredictionLog.submit` runs on the request path once the response is built. It keeps
+   the request's arrays as they are (no copy, no encoding) and counts its rows into the
+   records *held*, unless that would hold more than ``max_records``: then the request's rows
+   are dropped (``queue_full``). It takes one short lock, never blocks on Kafka, never raises.
+2. The writer thread takes every waiting request, encodes one record per row
+   (:func:`~streamtrain.serve.prediction_rows.encode_served`) and sends it keyed by its id.
+3. On acknowledgement a record is counted logged and its produce latency observed; on a
+   delivery error (the broker unreachable past ``timeout_s``, retries included) it is dropped
+   (``produce_error``). Either way it stops being held, so memory stays bounded by
+   ``max_records`` records whether the broker is fast, slow or gone.
+4. :meth:`PredictionLog.close` (after the front ends stopped) refuses new requests, lets the
+   thread send what waits and wait for acknowledgements, all within ``timeout_s``; whatever
+   is still held then is dropped (``unflushed``).
+
+The producer is idempotent, so a retry after a lost acknowledgement never writes a record
+twice. It is built on the writer thread, retried while Kafka is unreachable: a server starts
+and answers whether the broker is up or not, and requests served meanwhile wait in the queue.
+
+>>> log = PredictionLog(spec=spec, topic="streamtrain.predictions",  # doctest: +SKIP
+...                     producer=make_producer, max_records=10_000, timeout_s=10.0)
+>>> log.start()  # doctest: +SKIP
+>>> log.submit(batch)  # doctest: +SKIP
+>>> log.close()  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+
+from streamtrain.kafka import ProduceTimeout, RecordProducer
+from streamtrain.metrics import (
+    SERVE_PREDICTION_LOG_DROPPED,
+    SERVE_PREDICTION_LOG_PRODUCE_SECONDS,
+    SERVE_PREDICTION_LOG_QUEUE,
+    SERVE_PREDICTION_LOG_RECORD_BYTES,
+    SERVE_PREDICTION_LOG_RECORDS,
+)
+from streamtrain.serve.prediction_rows import ServedBatch, encode_served
+from streamtrain.spec import SampleSpec
+from streamtrain.wire import CONTENT_TYPE_HEADER
+from streamtrain.wire.prediction_record import PREDICTION_CONTENT_TYPE
+
+log = logging.getLogger(__name__)
+
+DROP_REASONS = ("queue_full", "produce_error", "unflushed", "encode_error")
+_POLL_S = 0.05  # how often the idle thread serves delivery callbacks of records in flight
+_WARN_EVERY_S = 30.0
+
+
+class PredictionLog:
+    """A bounded queue of served requests and the thread that writes them to Kafka."""
+
+    def __init__(
+        self,
+        *,
+        spec: SampleSpec,
+        topic: str,
+        producer: Callable[[], RecordProducer],
+        max_records: int,
+        timeout_s: float,
+        connect_backoff_s: float = 1.0,
+    ) -> None:
+        self._spec = spec
+        self._topic = topic
+        self._make_producer = producer
+        self._max_records = max_records
+        self._timeout_s = timeout_s
+        self._connect_backoff_s = connect_backoff_s
+        self._headers = [(CONTENT_TYPE_HEADER, PREDICTION_CONTENT_TYPE.encode())]
+        self._lock = threading.Lock()
+        self._waiting: deque[ServedBatch] = deque()
+        self._held = 0  # rows waiting plus records sent and not yet acknowledged or failed
+        self._closed = False  # no more submits
+        self._finished = False  # held records were written off; late callbacks are ignored
+        self._wake = threading.Event()
+        self._closing = threading.Event()
+        self._deadline = 0.0  # monotonic time close() stops waiting for the broker
+        self._last_warning = -_WARN_EVERY_S
+        self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
+        self._dropped = {
+            reason: SERVE_PREDICTION_LOG_DROPPED.labels(reason) for reason in DROP_REASONS
+        }
+        # Read at scrape time: nothing on the request path updates it.
+        SERVE_PREDICTION_LOG_QUEUE.set_function(lambda: self._held)
+
+    @property
+    def held(self) -> int:
+        """Records waiting to be sent or not yet acknowledged."""
+        return self._held
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, batch: ServedBatch) -> bool:
+        """Queue one answered request's rows; False (and counted) when they are dropped."""
+        rows = batch.rows
+        with self._lock:
+            accepted = not self._closed and self._held + rows <= self._max_records
+            if accepted:
+                self._held += rows
+                self._waiting.append(batch)
+        if not accepted:
+            self._dropped["unflushed" if self._closed else "queue_full"].inc(rows)
+            return False
+        if not self._wake.is_set():
+            self._wake.set()
+        return True
+
+    def close(self) -> None:
+        """Send what waits and wait for acknowledgements, at most ``timeout_s`` in all."""
+        self._deadline = time.monotonic() + self._timeout_s
+        with self._lock:
+            self._closed = True
+        self._closing.set()
+        self._wake.set()
+        if self._thread.is_alive():
+            # A kafka-python send blocked on metadata may take up to timeout_s more.
+            self._thread.join(2 * self._timeout_s + 1)
+        if self._thread.is_alive():
+            log.warning("prediction log: the writer did not stop within its timeout")
+        self._write_off()
+
+    # --- writer thread ------------------------------------------------------------------
+    def _run(self) -> None:
+        producer = self._connect()
+        if producer is None:
+            return
+        try:
+            self._pump(producer)
+        except Exception:
+            log.exception(
+                "prediction log: the writer thread failed; served samples are no longer logged"
+            )
+        finally:
+            self._finish(producer)
+
+    def _connect(self) -> RecordProducer | None:
+        while not self._closing.is_set():
+            try:
+                return self._make_producer()
+            except Exception as exc:
+                self._warn(
+                    "prediction log: cannot create its Kafka producer (%s); retrying, served "
+                    "samples wait in the queue (serve.prediction_log_queue)",
+                    exc,
+                )
+                self._closing.wait(self._connect_backoff_s)
+        return None
+
+    def _pump(self, producer: RecordProducer) -> None:
+        while True:
+            self._wake.wait(_POLL_S)
+            self._wake.clear()
+            with self._lock:
+                batches = list(self._waiting)
+                self._waiting.clear()
+            for batch in batches:
+                if self._closing.is_set() and time.monotonic() >= self._deadline:
+                    self._release(batch.rows, "unflushed")
+                else:
+                    self._send(producer, batch)
+            if batches:
+                continue
+            if self._closing.is_set():
+                return
+            if self._held:
+                self._serve_callbacks(producer, _POLL_S)
+
+    def _send(self, producer: RecordProducer, batch: ServedBatch) -> None:
+        try:
+            records = encode_served(self._spec, batch)
+        except Exception:
+            log.exception("prediction log: cannot encode request %r", batch.request_id)
+            self._release(batch.rows, "encode_error")
+            return
+        for key, value in records:
+            SERVE_PREDICTION_LOG_RECORD_BYTES.observe(len(value))
+            try:
+                future = producer.send(self._topic, value, key=key, headers=self._headers)
+            except Exception as exc:
+                self._failed(exc)
+                continue
+            future.add_done_callback(functools.partial(self._delivered, time.perf_counter()))
+
+    def _delivered(self, sent_at: float, future: Future[int]) -> None:
+        """Runs on the producer's callback thread (kafka-python) or inside send/flush."""
+        error = future.exception()
+        if error is not None:
+            self._failed(error)
+            return
+        with self._lock:
+            if self._finished:  # already counted unflushed
+                return
+            self._held -= 1
+        SERVE_PREDICTION_LOG_PRODUCE_SECONDS.observe(time.perf_counter() - sent_at)
+        SERVE_PREDICTION_LOG_RECORDS.inc()
+
+    def _failed(self, error: BaseException) -> None:
+        self._warn(
+            "prediction log: a record to %s was not written (%s); dropped, counted in "
+            "streamtrain_serve_prediction_log_dropped_records_total{reason=produce_error}",
+            self._topic,
+            error,
+        )
+        self._release(1, "produce_error")
+
+    def _release(self, rows: int, reason: str) -> None:
+        with self._lock:
+            if self._finished:
+                return
+            self._held -= rows
+        self._dropped[reason].inc(rows)
+
+    def _serve_callbacks(self, producer: RecordProducer, timeout_s: float) -> None:
+        # confluent-kafka runs delivery callbacks only inside poll/flush.
+        with contextlib.suppress(ProduceTimeout):
+            producer.flush(timeout_s)
+
+    def _finish(self, producer: RecordProducer) -> None:
+        try:
+            self._serve_callbacks(producer, max(0.0, self._deadline - time.monotonic()))
+        finally:
+            # Written off before the producer fails what it still holds: those are unflushed.
+            self._write_off()
+            try:
+                producer.close(0.0)
+            except Exception:
+                log.exception("prediction log: closing its producer failed")
+
+    def _write_off(self) -> None:
+        """Count every record still held as ``unflushed``; later callbacks change nothing."""
+        with self._lock:
+            self._finished = True
+            left, self._held = self._held, 0
+            self._waiting.clear()
+        if left:
+            self._dropped["unflushed"].inc(left)
+            log.warning("prediction log: %d served samples were not logged at shutdown", left)
+
+    def _warn(self, message: str, *args: object) -> None:
+        """One warning per ``_WARN_EVERY_S``: an outage would otherwise log every record."""
+        now = time.monotonic()
+        if now - self._last_warning >= _WARN_EVERY_S:
+            self._last_warning = now
+            log.warning(message, *args)

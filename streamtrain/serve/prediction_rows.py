@@ -1,0 +1,135 @@
+"""What the prediction log keeps of one answered request: its id rules, and its records.
+
+A request is logged as one :class:`ServedBatch` (the arrays it was answered with, no copy);
+the writer thread turns it into one prediction-log record per row
+(:mod:`streamtrain.wire.prediction_record`), so the request path never encodes anything.
+
+Request ids: the OIP request ``id`` when the client sends one (1 to 256 UTF-8 bytes), else a
+generated one (32 hex digits), which the response returns in its ``id``. A request of one row
+is logged under its id; a request of ``n > 1`` rows logs ``n`` records with ids
+``"<id>/0"`` ... ``"<id>/<n-1>"``, so each row can get its own label.
+
+>>> from streamtrain.spec import SampleSpec
+>>> spec = SampleSpec((2,), "binary")
+>>> batch = ServedBatch("req-7", 5.0, 3, "run-a", np.ones((2, 2), np.float32),
+...                     np.full((2, 2), 0.5, np.float32), None)
+>>> [key for key, _ in encode_served(spec, batch)]
+[b'req-7/0', b'req-7/1']
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from streamtrain.jagged import SparseRows
+from streamtrain.serve.protocol import ProtocolError
+from streamtrain.spec import SampleSpec
+from streamtrain.wire import encode_binary_many, encode_binary_v2
+from streamtrain.wire.prediction_record import (
+    MAX_ID_BYTES,
+    PredictionRecord,
+    PredictionRecordError,
+    check_request_id,
+    encode_prediction,
+)
+
+Array = np.ndarray[Any, Any]
+
+
+def request_id_for(client_id: str | None, rows: int) -> str:
+    """The id a request of ``rows`` rows is logged (and answered) under: the client's own,
+    checked, or a new one when it sent none; ProtocolError (400) for an id the log cannot key.
+
+    >>> request_id_for("order-1", 1), len(request_id_for(None, 3))
+    ('order-1', 32)
+    """
+    if client_id is None:
+        return uuid.uuid4().hex
+    try:
+        raw = check_request_id(client_id)
+    except PredictionRecordError as exc:
+        raise ProtocolError(
+            f"request id is not usable for the prediction log: {exc.detail}; send an id of 1 "
+            f"to {MAX_ID_BYTES} UTF-8 bytes, or none to have one generated"
+        ) from None
+    if rows > 1:
+        longest = len(raw) + 1 + len(str(rows - 1))
+        if longest > MAX_ID_BYTES:
+            raise ProtocolError(
+                f"request id is {len(raw)} UTF-8 bytes; its {rows} rows are logged as "
+                f"'<id>/<row>', up to {longest} bytes, over the {MAX_ID_BYTES}-byte limit; "
+                "send a shorter id"
+            )
+    return client_id
+
+
+def row_ids(request_id: str, rows: int) -> list[str]:
+    """The logged id of each row: the request id itself for one row, else ``<id>/<row>``."""
+    if rows == 1:
+        return [request_id]
+    return [f"{request_id}/{row}" for row in range(rows)]
+
+
+@dataclass(frozen=True, slots=True)
+class ServedBatch:
+    """One answered request as the log keeps it until the writer thread encodes it."""
+
+    request_id: str
+    served_at: float  # epoch seconds
+    version: int
+    run_id: str
+    features: Array  # float32 [n, *feature_shape]: exactly the tensor the model was given
+    outputs: Array  # float32 [n, k]: the logged output row of each sample
+    sparse: SparseRows | None
+
+    @property
+    def rows(self) -> int:
+        return int(self.features.shape[0])
+
+
+def encode_served(spec: SampleSpec, batch: ServedBatch) -> list[tuple[bytes, bytes]]:
+    """(key, value) of every row's prediction-log record, in row order."""
+    ids = row_ids(batch.request_id, batch.rows)
+    samples = _samples(spec, batch)
+    outputs = batch.outputs.reshape(batch.rows, -1).tolist()
+    return [
+        (
+            rid.encode(),
+            encode_prediction(
+                PredictionRecord(
+                    rid, batch.served_at, batch.version, batch.run_id, tuple(out), sample
+                )
+            ),
+        )
+        for rid, out, sample in zip(ids, outputs, samples, strict=True)
+    ]
+
+
+def _samples(spec: SampleSpec, batch: ServedBatch) -> list[bytes]:
+    """Each row as a binary sample (label zero, weight 1, timestamp = served_at): layout v1
+    in one vectorised pass, or v2 with the row's sparse IDs for a model that declares them."""
+    n = batch.rows
+    if spec.is_classification:
+        labels: Array = np.zeros(n, np.int64)
+    else:
+        labels = np.zeros((n, spec.target_dim), np.float32)
+    if not spec.sparse:
+        stamps = np.full(n, batch.served_at, np.float64)
+        return encode_binary_many(spec, batch.features, labels, None, stamps)
+    columns = {}
+    if batch.sparse is not None:
+        columns = {name: (j.ids, j.offsets, j.weights) for name, j in batch.sparse.features.items()}
+    values = []
+    for i in range(n):
+        ids = {name: c[0][c[1][i] : c[1][i + 1]] for name, c in columns.items()}
+        weights = {name: c[2][c[1][i] : c[1][i + 1]] for name, c in columns.items()}
+        # A feature without per-ID weights decodes with weight 1: leave unit weights out.
+        weights = {name: w for name, w in weights.items() if not (w == 1.0).all()}
+        values.append(
+            encode_binary_v2(spec, batch.features[i], labels[i], 1.0, batch.served_at, ids, weights)
+        )
+    return values
