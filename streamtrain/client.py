@@ -1,4 +1,5 @@
-"""SampleProducer: write samples to the samples topic in either wire format."""
+"""SampleProducer and LabelProducer: write samples, or the delayed labels of served
+predictions, to their topics in either wire format."""
 
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
+from streamtrain.config import Settings
 from streamtrain.jagged import SparseRows
 from streamtrain.kafka import KafkaConnection, record_producer
-from streamtrain.spec import SampleSpec
+from streamtrain.spec import SampleSpec, spec_for_model
 from streamtrain.wire import (
     CONTENT_TYPE_HEADER,
     CONTENT_TYPES,
@@ -22,6 +24,14 @@ from streamtrain.wire import (
     encode_binary_v2,
     encode_json,
 )
+from streamtrain.wire.label_record import (
+    LABEL_CONTENT_TYPE,
+    LabelError,
+    decode_label,
+    encode_label_binary,
+    encode_label_json,
+)
+from streamtrain.wire.prediction_record import PredictionRecordError, check_request_id
 
 
 class SampleProducer:
@@ -125,6 +135,94 @@ class SampleProducer:
         self._producer.close(timeout=timeout)
 
     def __enter__(self) -> SampleProducer:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is None:
+            self.flush()
+        self.close()
+
+
+class LabelProducer:
+    """Send the outcome of a served prediction, keyed by the request id the server returned
+    (the response's ``id``; ``docs/labels.md``), in JSON or the binary ``STL1`` layout.
+
+    Each label is checked against the model before it is sent (LabelError says what is wrong),
+    so a bad one fails in the application instead of in the join's dead-letter topic. The
+    producer is idempotent: a retry never writes a label twice.
+
+    >>> with LabelProducer.from_settings(settings) as labels:  # doctest: +SKIP
+    ...     labels.send(response["id"], 1)
+    """
+
+    def __init__(
+        self,
+        *,
+        spec: SampleSpec,
+        topic: str,
+        kafka: KafkaConnection,
+        format: Format = "json",
+        linger_ms: int = 5,
+    ) -> None:
+        if format not in CONTENT_TYPES:
+            raise ValueError(f"format={format!r}; expected one of {sorted(CONTENT_TYPES)}")
+        self.spec = spec
+        self.topic = topic
+        self.format = format
+        content_type = LABEL_CONTENT_TYPE if format == "binary" else CONTENT_TYPES["json"]
+        self._headers = [(CONTENT_TYPE_HEADER, content_type.encode())]
+        self._producer = record_producer(kafka, acks="all", idempotent=True, linger_ms=linger_ms)
+        self.sent = 0
+
+    @classmethod
+    def from_settings(cls, settings: Settings, format: Format = "json") -> LabelProducer:
+        """To ``topics.labels`` of the cluster in ``kafka``, for the model in ``model``."""
+        return cls(
+            spec=spec_for_model(settings.model),
+            topic=settings.topics.labels,
+            kafka=KafkaConnection.from_settings(settings.kafka),
+            format=format,
+        )
+
+    def send(
+        self,
+        request_id: str,
+        label: Any,
+        weight: float = 1.0,
+        timestamp: float | None = None,
+    ) -> Future[int]:
+        """Encode, check and send the label of ``request_id`` (for a request of several rows,
+        of ``"<id>/<row>"``); returns a future of the record's offset.
+
+        Raises:
+            LabelError: the id or label does not fit (reason and detail say how).
+        """
+        try:
+            key = check_request_id(request_id)
+        except PredictionRecordError as exc:
+            raise LabelError("bad_id", exc.detail) from None
+        if self.format == "binary":
+            stamp = math.nan if timestamp is None else timestamp
+            value = encode_label_binary(self.spec, request_id, label, weight, stamp)
+        else:
+            value = encode_label_json(request_id, label, weight, timestamp)
+        decode_label(self.spec, value, self._headers[0][1], key, 0.0)
+        future = self._producer.send(self.topic, value, key=key, headers=self._headers)
+        self.sent += 1
+        return future
+
+    def flush(self, timeout: float = 60.0) -> None:
+        self._producer.flush(timeout=timeout)
+
+    def close(self, timeout: float = 30.0) -> None:
+        self._producer.close(timeout=timeout)
+
+    def __enter__(self) -> LabelProducer:
         return self
 
     def __exit__(

@@ -13,13 +13,14 @@ is logged under its id; a request of ``n > 1`` rows logs ``n`` records with ids
 >>> spec = SampleSpec((2,), "binary")
 >>> batch = ServedBatch("req-7", 5.0, 3, "run-a", np.ones((2, 2), np.float32),
 ...                     np.full((2, 2), 0.5, np.float32), None)
->>> [key for key, _ in encode_served(spec, batch)]
+>>> [key for key, _ in encode_served(spec, [batch])]
 [b'req-7/0', b'req-7/1']
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -91,40 +92,55 @@ class ServedBatch:
         return int(self.features.shape[0])
 
 
-def encode_served(spec: SampleSpec, batch: ServedBatch) -> list[tuple[bytes, bytes]]:
-    """(key, value) of every row's prediction-log record, in row order."""
-    ids = row_ids(batch.request_id, batch.rows)
-    samples = _samples(spec, batch)
-    outputs = batch.outputs.reshape(batch.rows, -1).tolist()
-    return [
-        (
-            rid.encode(),
-            encode_prediction(
-                PredictionRecord(
-                    rid, batch.served_at, batch.version, batch.run_id, tuple(out), sample
-                )
-            ),
-        )
-        for rid, out, sample in zip(ids, outputs, samples, strict=True)
-    ]
+def encode_served(spec: SampleSpec, batches: Sequence[ServedBatch]) -> list[tuple[bytes, bytes]]:
+    """(key, value) of every row's prediction-log record, batch after batch, in row order.
+
+    The served samples of a dense model are encoded in one vectorised pass over every row of
+    ``batches``: per record that costs a fraction of encoding requests one at a time.
+    """
+    samples = _samples(spec, batches)
+    records = []
+    at = 0
+    for batch in batches:
+        outputs = batch.outputs.reshape(batch.rows, -1).tolist()
+        for rid, out in zip(row_ids(batch.request_id, batch.rows), outputs, strict=True):
+            record = PredictionRecord(
+                rid, batch.served_at, batch.version, batch.run_id, tuple(out), samples[at]
+            )
+            records.append((rid.encode(), encode_prediction(record)))
+            at += 1
+    return records
 
 
-def _samples(spec: SampleSpec, batch: ServedBatch) -> list[bytes]:
+def _samples(spec: SampleSpec, batches: Sequence[ServedBatch]) -> list[bytes]:
     """Each row as a binary sample (label zero, weight 1, timestamp = served_at): layout v1
-    in one vectorised pass, or v2 with the row's sparse IDs for a model that declares them."""
-    n = batch.rows
+    in one pass, or v2 with the row's sparse IDs for a model that declares them."""
+    if spec.sparse:
+        return [value for batch in batches for value in _sparse_samples(spec, batch)]
+    rows = [batch.rows for batch in batches]
+    n = sum(rows)
+    features = (
+        batches[0].features
+        if len(batches) == 1
+        else np.concatenate([batch.features for batch in batches])
+    )
+    stamps = np.repeat(np.array([batch.served_at for batch in batches], np.float64), rows)
+    return encode_binary_many(spec, features, _zero_labels(spec, n), None, stamps)
+
+
+def _zero_labels(spec: SampleSpec, n: int) -> Array:
     if spec.is_classification:
-        labels: Array = np.zeros(n, np.int64)
-    else:
-        labels = np.zeros((n, spec.target_dim), np.float32)
-    if not spec.sparse:
-        stamps = np.full(n, batch.served_at, np.float64)
-        return encode_binary_many(spec, batch.features, labels, None, stamps)
+        return np.zeros(n, np.int64)
+    return np.zeros((n, spec.target_dim), np.float32)
+
+
+def _sparse_samples(spec: SampleSpec, batch: ServedBatch) -> list[bytes]:
+    labels = _zero_labels(spec, batch.rows)
     columns = {}
     if batch.sparse is not None:
         columns = {name: (j.ids, j.offsets, j.weights) for name, j in batch.sparse.features.items()}
     values = []
-    for i in range(n):
+    for i in range(batch.rows):
         ids = {name: c[0][c[1][i] : c[1][i + 1]] for name, c in columns.items()}
         weights = {name: c[2][c[1][i] : c[1][i + 1]] for name, c in columns.items()}
         # A feature without per-ID weights decodes with weight 1: leave unit weights out.
