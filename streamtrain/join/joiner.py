@@ -114,6 +114,13 @@ class Joiner:
         self._delivery_error: BaseException | None = None
         self._last_checkpoint = time.monotonic()
         self._stop = False
+        # Labelled children looked up once: a lookup per record costs as much as the join.
+        self._consumed = {
+            t: metrics.JOIN_RECORDS.labels(topic=t) for t in (topics.predictions, topics.labels)
+        }
+        self._emitted = {
+            o: metrics.JOIN_SAMPLES.labels(outcome=o) for o in ("joined", "default_label")
+        }
 
     def attach(self, group: CoPartitionedGroup) -> None:
         self._group = group
@@ -145,7 +152,7 @@ class Joiner:
         state = self.states.get(record.partition)
         if state is None:  # fetched before a revoke: the new owner applies it
             return
-        metrics.JOIN_RECORDS.labels(topic=record.topic).inc()
+        self._consumed[record.topic].inc()
         source = SourceRecord(
             record.topic,
             record.partition,
@@ -194,7 +201,7 @@ class Joiner:
             self.topics.samples, emit.value, key=emit.request_id.encode(), headers=headers
         )
         sent.add_done_callback(self._delivered)
-        metrics.JOIN_SAMPLES.labels(outcome=emit.outcome).inc()
+        self._emitted[emit.outcome].inc()
         if emit.label_delay_s is not None:
             metrics.JOIN_LABEL_DELAY.observe(max(0.0, emit.label_delay_s))
 

@@ -156,7 +156,7 @@ class PartitionState:
 
     def add_prediction(self, record: SourceRecord) -> list[Action]:
         self.predictions_offset = record.offset + 1
-        self._saw_predictions(self._stamp(record))
+        self._saw_predictions(self._read_up_to(record))
         try:
             logged = decode_prediction(record.value)
         except PredictionRecordError as exc:
@@ -185,7 +185,7 @@ class PartitionState:
     def add_label(self, record: SourceRecord) -> list[Action]:
         self.labels_offset = record.offset + 1
         stamp = self._stamp(record)
-        self.saw_labels_until(stamp)
+        self.saw_labels_until(self._read_up_to(record))
         try:
             label = decode_label(
                 self.policy.spec, record.value, content_type_of(record.headers), record.key, stamp
@@ -297,6 +297,10 @@ class PartitionState:
         spec = self.policy.spec
         label_bytes = 8 if spec.is_classification else 4 * spec.target_dim
         return sample[:4] in (BINARY_MAGIC, BINARY_MAGIC_V2) and len(sample) >= 16 + label_bytes
+
+    def _read_up_to(self, record: SourceRecord) -> float:
+        # A producer clock running ahead must not expire every pending prediction at once.
+        return min(self._stamp(record), self.wall_clock())
 
     def _stamp(self, record: SourceRecord) -> float:
         return record.timestamp / 1000 if record.timestamp >= 0 else self.wall_clock()

@@ -94,7 +94,13 @@ class CoPartitionedGroup:
 
     def poll(self, timeout_s: float, max_records: int = 1000) -> list[ConfluentRecord]:
         """The next records of the assigned partitions; runs the rebalance callbacks."""
-        messages = self._consumer.consume(num_messages=max_records, timeout=timeout_s)
+        # librdkafka's consume waits out the timeout to fill max_records: take what is there,
+        # and wait only when nothing is (as ConfluentConsumer.poll does).
+        messages = self._consumer.consume(num_messages=max_records, timeout=0)
+        if not messages and timeout_s > 0:
+            messages = self._consumer.consume(num_messages=1, timeout=timeout_s)
+            if messages and max_records > 1:
+                messages += self._consumer.consume(num_messages=max_records - 1, timeout=0)
         records = []
         for message in messages:
             error = message.error()

@@ -45,7 +45,7 @@ def _label(rid: str, at: float, offset: int, label: object = 1) -> SourceRecord:
 
 
 def _state(**overrides: object) -> PartitionState:
-    return PartitionState(0, _policy(**overrides), wall_clock=lambda: T0)
+    return PartitionState(0, _policy(**overrides), wall_clock=lambda: T0 + 1000)
 
 
 def test_a_label_after_its_prediction_joins_with_the_served_features() -> None:
@@ -97,6 +97,15 @@ def test_duplicate_and_late_labels_are_dead_lettered_with_their_reason() -> None
     state.add_label(_label("waiting", T0 + 31, 3))
     (second,) = state.add_label(_label("waiting", T0 + 31, 4))
     assert isinstance(second, DeadLetter) and second.reason == "duplicate"
+
+
+def test_a_label_stamped_in_the_future_does_not_expire_predictions() -> None:
+    state = PartitionState(0, _policy(), wall_clock=lambda: T0 + 5)
+    state.add_prediction(_prediction("open", T0, 0))
+    state.add_label(_label("other", T0 + 3600, 0))  # a producer clock an hour ahead
+    assert state.labels_seen_until == T0 + 5
+    assert not any(isinstance(a, Expired) for a in state.advance())
+    assert "open" in state.predictions
 
 
 def test_the_default_label_policy_emits_expired_predictions() -> None:
