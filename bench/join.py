@@ -33,7 +33,9 @@ import uuid
 from pathlib import Path
 
 import numpy as np
+from prometheus_client import Gauge, Histogram
 
+from streamtrain import metrics
 from streamtrain.broker import EmbeddedBroker, free_port
 from streamtrain.config import load_settings
 from streamtrain.join.build import build_join
@@ -112,11 +114,24 @@ def throughput(bootstrap: str, count: int, features: int, partitions: int) -> No
         joiner.run(stop_when=done)  # returns after its closing checkpoint (all acknowledged)
         elapsed = time.perf_counter() - held_at[0]
         running.close()
+    checkpoints = _histogram(metrics.JOIN_CHECKPOINT_SECONDS)
     print(
         f"throughput: {count} labels joined to {count} pending predictions ({features} features,"
         f" {partitions} partitions) in {elapsed:.2f} s = {count / elapsed:,.0f} joined samples/s"
-        f" ({2 * count / elapsed:,.0f} input records/s)"
+        f" ({2 * count / elapsed:,.0f} input records/s); {checkpoints[0]:.0f} checkpoints took"
+        f" {checkpoints[1]:.2f} s in all, the last"
+        f" {_gauge(metrics.JOIN_CHECKPOINT_BYTES):,.0f} bytes"
     )
+
+
+def _gauge(gauge: Gauge) -> float:
+    return next(s.value for m in gauge.collect() for s in m.samples)
+
+
+def _histogram(histogram: Histogram) -> tuple[float, float]:
+    """(count, sum) of an unlabelled histogram."""
+    found = {s.name: s.value for m in histogram.collect() for s in m.samples}
+    return found[f"{histogram._name}_count"], found[f"{histogram._name}_sum"]
 
 
 def memory(pending: int, features: int) -> None:
