@@ -39,7 +39,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -137,8 +136,11 @@ class Joiner:
         try:
             while not self._stop and not stop_when():
                 health.beat()
-                for record in group.poll(0.05):
+                records = group.poll(0.05)
+                for record in records:
                     self._apply(record)
+                self._count(records)
+                self._producer.poll(0)  # delivery callbacks
                 self._advance()
                 due = time.monotonic() - self._last_checkpoint >= self._every_s
                 if due and self.states:
@@ -152,7 +154,6 @@ class Joiner:
         state = self.states.get(record.partition)
         if state is None:  # fetched before a revoke: the new owner applies it
             return
-        self._consumed[record.topic].inc()
         source = SourceRecord(
             record.topic,
             record.partition,
@@ -166,6 +167,11 @@ class Joiner:
             self._carry_out(state, state.add_prediction(source))
         else:
             self._carry_out(state, state.add_label(source))
+
+    def _count(self, records: Sequence[ConfluentRecord]) -> None:
+        predictions = sum(1 for r in records if r.topic == self.topics.predictions)
+        self._consumed[self.topics.predictions].inc(predictions)
+        self._consumed[self.topics.labels].inc(len(records) - predictions)
 
     def _advance(self) -> None:
         group = self._require_group()
@@ -197,16 +203,18 @@ class Joiner:
             (JOIN_HEADER, join_tag(self.topics.predictions, partition).encode()),
             (OUTCOME_HEADER, emit.outcome.encode()),
         ]
-        sent = self._producer.send(
-            self.topics.samples, emit.value, key=emit.request_id.encode(), headers=headers
+        self._producer.produce(
+            self.topics.samples,
+            emit.value,
+            key=emit.request_id.encode(),
+            headers=headers,
+            on_delivery=self._delivered,
         )
-        sent.add_done_callback(self._delivered)
         self._emitted[emit.outcome].inc()
         if emit.label_delay_s is not None:
             metrics.JOIN_LABEL_DELAY.observe(max(0.0, emit.label_delay_s))
 
-    def _delivered(self, done: Future[int]) -> None:
-        error = done.exception()
+    def _delivered(self, error: BaseException | None) -> None:
         if error is not None and self._delivery_error is None:
             self._delivery_error = error
 
