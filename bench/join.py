@@ -16,6 +16,8 @@ Run: ``.venv/bin/python bench/join.py [--count 100000] [--features 16] [--partit
    default) over ``--partitions`` x 2 partitions: the time a second replica needs to hold its
    share after it answers /metrics (scale up), and the time until the first holds every
    partition again after ``kill -9`` of the second.
+4. **End-to-end freshness**, label produced -> a served prediction that learned from it
+   (p50/p99): see :mod:`join_freshness` (``--rate``, ``--seconds``).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import urllib.request
 import uuid
 from pathlib import Path
 
+import join_freshness
 import numpy as np
 from prometheus_client import Gauge, Histogram
 
@@ -244,6 +247,8 @@ def main() -> None:
     parser.add_argument("--features", type=int, default=16)
     parser.add_argument("--partitions", type=int, default=2)
     parser.add_argument("--pending", type=int, default=200_000)
+    parser.add_argument("--rate", type=float, default=100.0, help="Section 4: requests/s.")
+    parser.add_argument("--seconds", type=float, default=20.0, help="Section 4: measured s.")
     parser.add_argument("--memory-only", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_only:
@@ -255,6 +260,8 @@ def main() -> None:
     with EmbeddedBroker() as broker:
         throughput(broker.bootstrap_servers, args.count, args.features, args.partitions)
         handover(broker.bootstrap_servers, args.partitions)
+        found = join_freshness.measure(broker.bootstrap_servers, args.rate, args.seconds)
+        print(join_freshness.describe(found))
 
 
 if __name__ == "__main__":
