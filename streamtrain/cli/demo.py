@@ -20,7 +20,17 @@ def demo(
     duration: float | None = typer.Option(
         None, min=1, help="Stop after this many seconds and print a summary (default: Ctrl-C)."
     ),
-    rate: float = typer.Option(2000.0, min=1, help="Samples per second the producer sends."),
+    rate: float | None = typer.Option(
+        None,
+        min=1,
+        help="Samples per second the producer sends (default 2000; 500 with --labels delayed).",
+    ),
+    labels: str = typer.Option(
+        "inline",
+        help="inline (samples carry their label) or delayed: the producer asks the server over "
+        "HTTP and sends each label 0.5-3 s later; the server logs predictions and a join "
+        "pairs them (docs/labels.md).",
+    ),
     port: int = typer.Option(
         8000, min=0, max=65535, help="Server HTTP port; a free one is used if it is busy."
     ),
@@ -38,12 +48,24 @@ def demo(
     from streamtrain.broker import BrokerUnavailable, find_broker_binary
     from streamtrain.datasets import DatasetError
     from streamtrain.demo import DemoError, DemoOptions, run_demo
+    from streamtrain.demo.delayed import DELAYED_DEFAULT_RATE, LABEL_MODES
 
+    if labels not in LABEL_MODES:
+        fail(f"--labels {labels!r} is not a mode; use inline or delayed")
+    if rate is None:
+        rate = DELAYED_DEFAULT_RATE if labels == "delayed" else DemoOptions.rate
     try:
         find_broker_binary()
     except BrokerUnavailable as exc:
         fail(f"demo runs its own Kafka broker, but {exc}", ExitCode.MISSING_EXTRA)
-    options = DemoOptions(dataset=dataset, duration=duration, rate=rate, port=port, run_dir=run_dir)
+    options = DemoOptions(
+        dataset=dataset,
+        duration=duration,
+        rate=rate,
+        port=port,
+        run_dir=run_dir,
+        labels="delayed" if labels == "delayed" else "inline",
+    )
     try:
         code = run_demo(options, Console(soft_wrap=True))
     except (DemoError, DatasetError) as exc:

@@ -11,7 +11,7 @@ import math
 import time
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from rich.console import Console, Group
 from rich.live import Live
@@ -20,6 +20,9 @@ from rich.table import Table
 from rich.text import Text
 
 from streamtrain.demo.scrape import Scrape
+
+if TYPE_CHECKING:
+    from streamtrain.demo.join_view import JoinStats
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,8 @@ class DemoStats:
     prediction: Prediction | None = None
     predictions_correct: int = 0
     predictions_sent: int = 0
+    join: JoinStats | None = None
+    """With delayed labels: the join's numbers and the application's."""
 
     @classmethod
     def from_scrapes(
@@ -123,7 +128,8 @@ def plain_line(stats: DemoStats) -> str:
         f"served v{stats.served_version or '-'}  age {_num(stats.data_age_seconds, '.2f')}s  "
         f"trained {stats.samples_trained:.0f}  snapshots {stats.snapshots:.0f}  "
         f"rejected {stats.rejected:.0f}  requests {stats.requests:.0f}  "
-        f"{pred}"
+        + (f"{stats.join.plain()}  " if stats.join is not None else "")
+        + pred
     )
 
 
@@ -159,6 +165,8 @@ def render(stats: DemoStats, title: str) -> Panel:
             f"{stats.rejected:.0f}",
         ),
     ]
+    if stats.join is not None:
+        rows += stats.join.rows()
     for left, lval, right, rval in rows:
         table.add_row(
             Text(left, style="dim"),

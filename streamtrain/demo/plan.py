@@ -26,6 +26,7 @@ from typing import Any
 from streamtrain.broker import free_port
 from streamtrain.config import TopicSettings
 from streamtrain.datasets import DatasetInfo
+from streamtrain.demo.delayed import LabelMode, app_command, delayed_env, join_command
 from streamtrain.demo.drift import demo_dataset
 from streamtrain.spec import SampleSpec
 
@@ -92,6 +93,9 @@ class DemoPlan:
     trainer_port: int
     seed: int = 0
     drift_every: int | None = None
+    labels: LabelMode = "inline"
+    """``delayed``: the server logs predictions, a join attaches labels sent later (labels.md)."""
+    join_port: int = 0
 
     @classmethod
     def build(
@@ -104,6 +108,8 @@ class DemoPlan:
         server_port: int,
         trainer_port: int,
         seed: int = 0,
+        labels: LabelMode = "inline",
+        join_port: int = 0,
     ) -> DemoPlan:
         info, drift_every = demo_dataset(dataset, rate)
         return cls(
@@ -116,6 +122,8 @@ class DemoPlan:
             trainer_port,
             seed,
             drift_every,
+            labels,
+            join_port,
         )
 
     @property
@@ -183,12 +191,53 @@ class DemoPlan:
         env.setdefault("STREAMTRAIN_OPTIMIZER__LR", "0.005")
         # Log lines reach the files as they happen, so a crash's tail is complete.
         env["PYTHONUNBUFFERED"] = "1"
+        if self.labels == "delayed":
+            env.update(delayed_env(self.run_dir, self.join_port))
         return env
 
+    @property
+    def ready_urls(self) -> dict[str, str]:
+        """What must answer 200 before the producer starts (step 3 of the runner)."""
+        urls = {"trainer": self.trainer_ready_url}
+        if self.labels == "delayed":
+            urls["join"] = self.join_ready_url
+        return urls
+
+    @property
+    def join_ready_url(self) -> str:
+        return f"http://127.0.0.1:{self.join_port}/health/ready"
+
+    @property
+    def join_metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.join_port}/metrics"
+
+    @property
+    def status_path(self) -> Path:
+        """Where the delayed-labels application writes what it did (``label_app``)."""
+        return self.run_dir / "app-status.json"
+
+    @property
+    def topic_names(self) -> list[str]:
+        """Every topic the run uses, created before any process starts."""
+        t = self.topics
+        names = [t.samples, t.dead_letter, t.snapshots]
+        if self.labels == "delayed":
+            names += [t.predictions, t.labels, t.labels_dead_letter]
+        return names
+
     def commands(self) -> dict[str, list[str]]:
-        """Start order: server (waits for snapshots), trainer, then the producer feeding it."""
+        """Start order: server (waits for snapshots), trainer, the join with delayed labels,
+        then the producer feeding them (with delayed labels: the application of label_app)."""
         cli = [sys.executable, "-m", "streamtrain.cli"]
         servers = ["--bootstrap-servers", self.bootstrap_servers]
+        commands = self._pipeline_commands(cli, servers)
+        if self.labels == "delayed":
+            del commands["producer"]
+            commands["join"] = join_command(cli, self)
+            commands["producer"] = app_command(self)
+        return commands
+
+    def _pipeline_commands(self, cli: list[str], servers: list[str]) -> dict[str, list[str]]:
         return {
             "server": [
                 *cli,

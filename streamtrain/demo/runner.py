@@ -22,6 +22,7 @@ A run goes through these steps, in this order:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import signal
 import threading
 import time
@@ -35,7 +36,9 @@ from rich.console import Console
 
 from streamtrain.broker import BrokerUnavailable, EmbeddedBroker, free_port
 from streamtrain.demo.dashboard import DemoStats, Prediction, make_dashboard
+from streamtrain.demo.delayed import LabelMode
 from streamtrain.demo.drift import DriftWatch, demo_dataset
+from streamtrain.demo.join_view import DelayedLabelsWatch
 from streamtrain.demo.plan import DemoPlan, choose_port, curl_command, infer_body
 from streamtrain.demo.probe import ProbeError, SamplePool, predict
 from streamtrain.demo.processes import Child, ProcessGroup, StopReport
@@ -62,6 +65,7 @@ class DemoOptions:
     port: int = 8000
     run_dir: Path | None = None
     startup_timeout: float = 120.0
+    labels: LabelMode = "inline"
 
 
 def prepare_run_dir(requested: Path | None) -> Path:
@@ -149,10 +153,11 @@ def run_demo(options: DemoOptions, console: Console) -> int:
                 bootstrap_servers=broker.bootstrap_servers,
                 server_port=server_port,
                 trainer_port=free_port(),
+                labels=options.labels,
+                join_port=free_port() if options.labels == "delayed" else 0,
             )
             generate_key_pair(plan.key_dir, "trainer")  # throwaway, for this run only
-            topics = plan.topics
-            broker.create_topics([topics.samples, topics.dead_letter, topics.snapshots])
+            broker.create_topics(plan.topic_names)
             group = ProcessGroup(run_dir, stop_timeout=STOP_TIMEOUT_SECONDS)
             session = _Session(plan, pool, group, console, stop, options)
             try:
@@ -189,6 +194,8 @@ class _Session:
         self.sent = self.correct = 0
         self.announced_ready = False
         self.drift = DriftWatch(plan.drift_every) if plan.drift_every else None
+        self.join_scrape: Scrape | None = None
+        self.delayed = DelayedLabelsWatch(plan.status_path) if plan.labels == "delayed" else None
 
     def say(self, text: str, style: str | None = None) -> None:
         self.console.print(text, style=style, markup=False, highlight=False, soft_wrap=True)
@@ -199,15 +206,18 @@ class _Session:
         # Server and trainer together (each takes seconds to import PyTorch), the producer once
         # the trainer is ready: the producer starts in about a second, and the viewer then sees
         # training from its first sample instead of a backlog drained before the first line.
-        self.say("starting the server and the trainer (each imports PyTorch: a few seconds)")
-        for name in ("server", "trainer"):
+        first = [name for name in commands if name != "producer"]
+        self.say(f"starting the {' and the '.join(first)} (each imports PyTorch: a few seconds)")
+        for name in first:
             self._start(name, commands[name], env)
-        if not self._wait_until_up({"trainer": self.plan.trainer_ready_url}):
+        if not self._wait_until_up(self.plan.ready_urls):
             return
         self.say(
-            f"trainer ready; starting the producer: {self.plan.rate:,.0f} samples/s of "
-            f"{self.plan.dataset.name}"
+            f"{' and '.join(self.plan.ready_urls)} ready; starting the producer: "
+            f"{self.plan.rate:,.0f} samples/s of {self.plan.dataset.name}"
         )
+        if self.delayed is not None:
+            self.say(self.delayed.intro())
         if self.drift is not None:
             self.say(self.drift.intro(self.plan.rate))
         self._start("producer", commands["producer"], env)
@@ -237,6 +247,9 @@ class _Session:
                     self.correct,
                     self.sent,
                 )
+                if self.delayed is not None:
+                    join = self.delayed.observe(self.join_scrape, self.server_scrape)
+                    stats = dataclasses.replace(stats, join=join)
                 self.tracker.observe(stats)
                 self._announce_drift(stats.samples_trained)
                 dashboard.update(stats)
@@ -283,6 +296,8 @@ class _Session:
         body = infer_body(features, self.plan.dataset.spec.feature_shape)
         self.say(f"trainer metrics: {self.plan.trainer_metrics_url}")
         self.say(f"server metrics:  {self.plan.server_metrics_url}")
+        if self.delayed is not None:
+            self.say(f"join metrics:    {self.plan.join_metrics_url}")
         self.say(f"infer endpoint:  POST {self.plan.infer_url}")
         self.say("try it (answers once the first snapshot is live):")
         self.say(curl_command(self.plan.infer_url, body))
@@ -294,6 +309,9 @@ class _Session:
             self.trainer_scrape = scrape(self.plan.trainer_metrics_url, 1.0, self.http)
         with contextlib.suppress(ScrapeError):
             self.server_scrape = scrape(self.plan.server_metrics_url, 1.0, self.http)
+        if self.delayed is not None:
+            with contextlib.suppress(ScrapeError):
+                self.join_scrape = scrape(self.plan.join_metrics_url, 1.0, self.http)
 
     def _probe(self) -> None:
         version = (
@@ -340,7 +358,7 @@ class _Session:
             self.say(self.startup_error, "red")
             return 1
         self.say("summary:", "bold")
-        for line in self.tracker.lines():
+        for line in self.tracker.lines() + (self.delayed.lines() if self.delayed else []):
             self.say(f"  {line}")
         if self.drift is not None:
             passed = self.drift.last_announced // self.drift.period

@@ -1,0 +1,79 @@
+"""What ``streamtrain demo --labels delayed`` adds to the plan: the prediction log on the
+server, a join process, and the application of :mod:`streamtrain.demo.label_app` in place of
+the producer (``docs/labels.md`` has the whole loop).
+
+>>> from pathlib import Path
+>>> env = delayed_env(Path("runs/x"), join_port=9102)
+>>> env["STREAMTRAIN_SERVE__PREDICTION_LOG"], env["STREAMTRAIN_JOIN__STATE_DIR"]
+('true', 'runs/x/join-state')
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from streamtrain.demo.plan import DemoPlan
+
+LabelMode = Literal["inline", "delayed"]
+LABEL_MODES: tuple[LabelMode, ...] = ("inline", "delayed")
+
+# The outcome of a served row "happens" this long after its prediction, uniformly at random.
+LABEL_DELAY_MIN_SECONDS = 0.5
+LABEL_DELAY_MAX_SECONDS = 3.0
+# Each served row then travels over HTTP, the prediction log, the labels topic and the join:
+# a lower default rate than the inline demo's keeps the four processes within two cores.
+DELAYED_DEFAULT_RATE = 500.0
+# Labels arrive within 3 s; a window of 10 s expires only predictions whose label never came.
+JOIN_WINDOW_SECONDS = 10.0
+JOIN_SESSION_TIMEOUT_MS = 2000
+
+
+def delayed_env(run_dir: Path, join_port: int) -> dict[str, str]:
+    """Settings for every child of a delayed-labels run (env vars onto streamtrain/config.py):
+    the server logs what it serves, the join keeps its state in the run directory."""
+    return {
+        "STREAMTRAIN_SERVE__PREDICTION_LOG": "true",
+        "STREAMTRAIN_JOIN__WINDOW_S": f"{JOIN_WINDOW_SECONDS:g}",
+        "STREAMTRAIN_JOIN__STATE_DIR": str(run_dir / "join-state"),
+        "STREAMTRAIN_JOIN__METRICS_PORT": str(join_port),
+        # The embedded broker holds a group join for about half the session timeout.
+        "STREAMTRAIN_JOIN__SESSION_TIMEOUT_MS": str(JOIN_SESSION_TIMEOUT_MS),
+    }
+
+
+def join_command(cli: list[str], plan: DemoPlan) -> list[str]:
+    """``streamtrain join`` on the run's broker (its settings come from ``delayed_env``)."""
+    return [*cli, "join", "--bootstrap-servers", plan.bootstrap_servers]
+
+
+def app_command(plan: DemoPlan) -> list[str]:
+    """The application that predicts over HTTP and sends each label after a delay."""
+    topics = plan.topics
+    return [
+        sys.executable,
+        "-m",
+        "streamtrain.demo.label_app",
+        "--infer-url",
+        plan.infer_url,
+        "--bootstrap-servers",
+        plan.bootstrap_servers,
+        "--dataset",
+        plan.dataset.name,
+        "--rate",
+        f"{plan.rate:g}",
+        "--samples-topic",
+        topics.samples,
+        "--labels-topic",
+        topics.labels,
+        "--status-path",
+        str(plan.status_path),
+        "--delay-min",
+        f"{LABEL_DELAY_MIN_SECONDS:g}",
+        "--delay-max",
+        f"{LABEL_DELAY_MAX_SECONDS:g}",
+        "--seed",
+        str(plan.seed),
+    ]
