@@ -3,15 +3,13 @@ server, a join process, and the application of :mod:`streamtrain.demo.label_app`
 the producer (``docs/labels.md`` has the whole loop).
 
 >>> from pathlib import Path
->>> env = delayed_env(Path("runs/x"), join_port=9102)
->>> env["STREAMTRAIN_SERVE__PREDICTION_LOG"], env["STREAMTRAIN_JOIN__STATE_DIR"]
-('true', 'runs/x/join-state')
+>>> delayed_env()["STREAMTRAIN_SERVE__PREDICTION_LOG"]
+'true'
 """
 
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
@@ -31,22 +29,30 @@ JOIN_WINDOW_SECONDS = 10.0
 JOIN_SESSION_TIMEOUT_MS = 2000
 
 
-def delayed_env(run_dir: Path, join_port: int) -> dict[str, str]:
+def delayed_env() -> dict[str, str]:
     """Settings for every child of a delayed-labels run (env vars onto streamtrain/config.py):
-    the server logs what it serves, the join keeps its state in the run directory."""
+    the server logs what it serves; the join's window suits the demo's delays."""
     return {
         "STREAMTRAIN_SERVE__PREDICTION_LOG": "true",
         "STREAMTRAIN_JOIN__WINDOW_S": f"{JOIN_WINDOW_SECONDS:g}",
-        "STREAMTRAIN_JOIN__STATE_DIR": str(run_dir / "join-state"),
-        "STREAMTRAIN_JOIN__METRICS_PORT": str(join_port),
         # The embedded broker holds a group join for about half the session timeout.
         "STREAMTRAIN_JOIN__SESSION_TIMEOUT_MS": str(JOIN_SESSION_TIMEOUT_MS),
     }
 
 
 def join_command(cli: list[str], plan: DemoPlan) -> list[str]:
-    """``streamtrain join`` on the run's broker (its settings come from ``delayed_env``)."""
-    return [*cli, "join", "--bootstrap-servers", plan.bootstrap_servers]
+    """``streamtrain join`` on the run's broker, its state in the run directory, its metrics
+    and health on ``join_port``."""
+    return [
+        *cli,
+        "join",
+        "--bootstrap-servers",
+        plan.bootstrap_servers,
+        "--state-dir",
+        str(plan.join_state_dir),
+        "--metrics-port",
+        str(plan.join_port),
+    ]
 
 
 def app_command(plan: DemoPlan) -> list[str]:

@@ -192,7 +192,7 @@ class DemoPlan:
         # Log lines reach the files as they happen, so a crash's tail is complete.
         env["PYTHONUNBUFFERED"] = "1"
         if self.labels == "delayed":
-            env.update(delayed_env(self.run_dir, self.join_port))
+            env.update(delayed_env())
         return env
 
     @property
@@ -202,6 +202,10 @@ class DemoPlan:
         if self.labels == "delayed":
             urls["join"] = self.join_ready_url
         return urls
+
+    @property
+    def join_state_dir(self) -> Path:
+        return self.run_dir / "join-state"
 
     @property
     def join_ready_url(self) -> str:

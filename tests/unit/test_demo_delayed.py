@@ -42,7 +42,10 @@ def test_delayed_plan_adds_the_join_and_replaces_the_producer() -> None:
     plan = _plan()
     commands = plan.commands()
     assert list(commands) == ["server", "trainer", "join", "producer"]
-    assert commands["join"][3:5] == ["join", "--bootstrap-servers"]
+    join = commands["join"]
+    assert join[3] == "join"
+    assert join[join.index("--metrics-port") + 1] == "9124"
+    assert join[join.index("--state-dir") + 1] == "/tmp/r/join-state"
     app = commands["producer"]
     assert app[1:3] == ["-m", "streamtrain.demo.label_app"]
     assert app[app.index("--infer-url") + 1] == plan.infer_url
@@ -73,8 +76,6 @@ def test_delayed_env_is_valid_settings_for_server_and_join(
         monkeypatch.setenv(key, value)
     settings = load_settings()
     assert settings.serve.prediction_log is True
-    assert settings.join.metrics_port == plan.join_port
-    assert settings.join.state_dir == plan.run_dir / "join-state"
     # Labels come 0.5-3 s after serving: the window must outlast the longest delay.
     assert settings.join.window_s > 3.0
 
@@ -147,18 +148,16 @@ streamtrain_join_dead_lettered_records_total{source="predictions",reason="unknow
 def test_histogram_quantile_interpolates_like_prometheus() -> None:
     scrape = parse_metrics(_JOIN_METRICS)
     # rank 450 of 900 falls in (1.0, 2.5] holding 200..800: 1.0 + 1.5 * 250 / 600.
-    assert histogram_quantile(scrape, "streamtrain_join_label_delay_seconds", 0.5) == (
-        pytest.approx(1.625)
-    )
-    assert histogram_quantile(scrape, "streamtrain_join_label_delay_seconds", 0.99) == (
-        pytest.approx(2.5 + 2.5 * 91 / 100)
-    )
-    assert histogram_quantile(parse_metrics(""), "streamtrain_join_label_delay_seconds", 0.5) is None
+    delay = "streamtrain_join_label_delay_seconds"
+    assert histogram_quantile(scrape, delay, 0.5) == pytest.approx(1.625)
+    assert histogram_quantile(scrape, delay, 0.99) == pytest.approx(2.5 + 2.5 * 91 / 100)
+    assert histogram_quantile(parse_metrics(""), delay, 0.5) is None
 
 
 def test_join_numbers_reach_the_dashboard_and_the_summary(tmp_path: Path) -> None:
     status_path = tmp_path / "status.json"
-    AppStatus(requests=50, rows_served=1000, labels_sent=990, served_accuracy=0.6).write(status_path)
+    first = AppStatus(requests=50, rows_served=1000, labels_sent=990, served_accuracy=0.6)
+    first.write(status_path)
     watch = DelayedLabelsWatch(status_path)
     watch.observe(parse_metrics(_JOIN_METRICS), None)
     AppStatus(requests=90, rows_served=1800, labels_sent=1700, served_accuracy=0.9).write(

@@ -30,7 +30,7 @@ MAIN = ROOT / "docker-compose.yml"
 GPU = ROOT / "docker-compose.gpu.yml"
 PORTS = ROOT / "docker-compose.ports.yml"
 NGINX = ROOT / "deploy" / "gateway" / "nginx.conf"
-STREAMTRAIN_SERVICES = ("trainer", "server", "producer")
+STREAMTRAIN_SERVICES = ("trainer", "server", "join", "producer")
 _DEFAULTED = re.compile(r"\$\{[A-Z0-9_]+:-([^}]*)\}")
 
 
@@ -217,6 +217,7 @@ def test_service_environments_are_valid_settings(
             assert settings.train.device == ("cuda" if with_gpu else "cpu")
         if name == "server":
             assert settings.serve.host == "0.0.0.0", "a server on loopback is unreachable"
+            assert settings.serve.prediction_log is False, "off by default, as in the settings"
 
 
 def test_topic_service_creates_every_topic_the_processes_use() -> None:
@@ -238,6 +239,12 @@ def test_topic_service_creates_every_topic_the_processes_use() -> None:
         line for line in script.splitlines() if env["STREAMTRAIN_TOPICS__SNAPSHOTS"] in line
     )
     assert "retention.ms=" in snapshots_line, "the snapshots topic needs a retention setting"
+    join_env = _environment(services["join"])
+    predictions = created[join_env["STREAMTRAIN_TOPICS__PREDICTIONS"]]
+    assert predictions == created[join_env["STREAMTRAIN_TOPICS__LABELS"]], (
+        "predictions and labels must be co-partitioned (docs/labels.md)"
+    )
+    assert int(predictions) >= 2, "the join scales by partition"
     kafka_env = services["kafka"]["environment"]
     assert kafka_env["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"
 
@@ -252,7 +259,7 @@ def test_dependencies_wait_on_real_conditions() -> None:
                 assert "healthcheck" in services[dep], f"{name} waits for {dep}'s healthcheck"
             if condition == "service_completed_successfully":
                 assert services[dep].get("restart") == "no", f"{dep} must run once and exit"
-    for name in ("trainer", "server", "producer"):
+    for name in ("trainer", "server", "join", "producer"):
         assert services[name]["depends_on"]["topics"]["condition"] == (
             "service_completed_successfully"
         )
@@ -266,7 +273,10 @@ def test_healthchecks_probe_the_ports_the_commands_listen_on() -> None:
     server_url = urlsplit(_healthcheck_url(services["server"]))
     assert server_url.port == int(_option(_command(services["server"]), "--port"))
     assert server_url.path == "/v2/health/ready"
-    for name in ("trainer", "server"):
+    join_url = urlsplit(_healthcheck_url(services["join"]))
+    assert join_url.port == int(_option(_command(services["join"]), "--metrics-port"))
+    assert join_url.path == "/health/live", "the join loop's heartbeat, not the metrics thread"
+    for name in ("trainer", "server", "join"):
         test = services[name]["healthcheck"]["test"]
         assert test[:3] == ["CMD", "python", "-c"], "slim images have no curl; use python"
         compile(test[3], f"{name} healthcheck", "exec")
@@ -290,6 +300,22 @@ def test_server_scales_without_host_port_conflicts() -> None:
     assert "resolver 127.0.0.11" in conf, "re-resolve Docker DNS so new replicas are used"
 
 
+def test_join_scales_with_shared_state_and_no_fixed_names_or_ports() -> None:
+    """``--scale join=N``: replicas share one consumer group and one state volume (a partition
+    that moves to another replica resumes from its checkpoint there), and nothing in the
+    service pins one container."""
+    services = _services()
+    join = services["join"]
+    assert "container_name" not in join and "ports" not in join
+    assert "join" not in _services(PORTS), "the join's metrics are scraped on the network"
+    state_dir = _option(_command(join), "--state-dir")
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in join["volumes"]}
+    assert state_dir in mounts, f"{state_dir} must be a volume, or a restart loses the state"
+    assert mounts[state_dir] in _load(MAIN)["volumes"], "a named volume every replica mounts"
+    assert "STREAMTRAIN_JOIN__GROUP_ID" not in _environment(join), "one group for all replicas"
+    assert join["stop_grace_period"], "time for a last checkpoint on stop"
+
+
 def test_gpu_override_reserves_a_gpu_and_builds_cuda_torch() -> None:
     trainer = _services(GPU)["trainer"]
     devices = trainer["deploy"]["resources"]["reservations"]["devices"]
@@ -309,6 +335,7 @@ def test_prometheus_scrapes_every_service_on_its_metrics_port() -> None:
     expected_ports = {
         "trainer": int(_option(_command(services["trainer"]), "--metrics-port")),
         "server": int(_option(_command(services["server"]), "--port")),
+        "join": int(_option(_command(services["join"]), "--metrics-port")),
     }
     scraped: dict[str, int] = {}
     for job in config["scrape_configs"]:

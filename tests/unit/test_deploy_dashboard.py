@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.metrics import MetricWrapperBase
 
 import streamtrain.metrics as metrics
-from streamtrain.metrics import SERVER_REGISTRY, TRAINER_REGISTRY, serve_metrics
+from streamtrain.metrics import JOIN_REGISTRY, SERVER_REGISTRY, TRAINER_REGISTRY, serve_metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "streamtrain.json"
@@ -65,7 +65,11 @@ def exported() -> Iterator[dict[str, set[str]]]:
         metric.labels(*values)
     metrics.export_cuda_metrics()  # as a trainer on CUDA does; the dashboard charts them
     try:
-        yield {"trainer": _scrape(TRAINER_REGISTRY), "server": _scrape(SERVER_REGISTRY)}
+        yield {
+            "trainer": _scrape(TRAINER_REGISTRY),
+            "server": _scrape(SERVER_REGISTRY),
+            "join": _scrape(JOIN_REGISTRY),
+        }
     finally:
         for metric in metrics.CUDA_ONLY:
             TRAINER_REGISTRY.unregister(metric)
@@ -88,7 +92,8 @@ def _expressions() -> list[str]:
 
 
 def test_scrape_holds_every_family_of_both_registries(exported: dict[str, set[str]]) -> None:
-    for process, registry in (("trainer", TRAINER_REGISTRY), ("server", SERVER_REGISTRY)):
+    registries = (("trainer", TRAINER_REGISTRY), ("server", SERVER_REGISTRY))
+    for process, registry in (*registries, ("join", JOIN_REGISTRY)):
         for family in registry.collect():
             if not family.name.startswith("streamtrain_"):
                 continue  # process_* and python_*: prometheus_client's standard collectors
@@ -100,7 +105,7 @@ def test_scrape_holds_every_family_of_both_registries(exported: dict[str, set[st
 
 def test_dashboard_queries_only_exported_series(exported: dict[str, set[str]]) -> None:
     names = {n for expr in _expressions() for n in _NAME.findall(expr)}
-    unknown = names - exported["trainer"] - exported["server"]
+    unknown = names - exported["trainer"] - exported["server"] - exported["join"]
     assert not unknown, f"dashboard queries series no process exports: {sorted(unknown)}"
 
 
@@ -120,6 +125,13 @@ def test_dashboard_covers_the_pipeline() -> None:
         "streamtrain_serve_data_age_seconds",
         "streamtrain_serve_swaps_total",
         "streamtrain_serve_rejected_snapshots_total",
+        # Delayed labels: join rate, label delay, expired, dead letters, state, log drops.
+        "streamtrain_join_emitted_samples_total",
+        "streamtrain_join_label_delay_seconds_bucket",
+        "streamtrain_join_expired_predictions_total",
+        "streamtrain_join_dead_lettered_records_total",
+        "streamtrain_join_pending_predictions_records",
+        "streamtrain_serve_prediction_log_dropped_records_total",
     ):
         assert name in queried, f"the dashboard should chart {name}"
 
