@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
-from streamtrain.demo.runner import DemoError, DemoOptions, run_demo
+from streamtrain.demo.lifecycle import DemoError
+from streamtrain.demo.runner import DemoOptions, run_demo
 
 __all__ = ["DemoError", "DemoOptions", "run_demo"]

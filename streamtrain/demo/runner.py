@@ -24,12 +24,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import signal
-import threading
 import time
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
-from types import FrameType
 
 import httpx
 from rich.console import Console
@@ -39,6 +36,7 @@ from streamtrain.demo.dashboard import DemoStats, Prediction, make_dashboard
 from streamtrain.demo.delayed import LabelMode
 from streamtrain.demo.drift import DriftWatch, demo_dataset
 from streamtrain.demo.join_view import DelayedLabelsWatch
+from streamtrain.demo.lifecycle import DemoError, StopFlag, describe_exit, prepare_run_dir
 from streamtrain.demo.plan import DemoPlan, choose_port, curl_command, infer_body
 from streamtrain.demo.probe import ProbeError, SamplePool, predict
 from streamtrain.demo.processes import Child, ProcessGroup, StopReport
@@ -49,10 +47,6 @@ from streamtrain.snapshot.signing import generate_key_pair
 TICK_SECONDS = 0.5
 PROBE_EVERY_SECONDS = 1.0
 STOP_TIMEOUT_SECONDS = 10.0
-
-
-class DemoError(RuntimeError):
-    """The demo cannot run; the message says why and what to do."""
 
 
 @dataclass(frozen=True)
@@ -66,58 +60,6 @@ class DemoOptions:
     run_dir: Path | None = None
     startup_timeout: float = 120.0
     labels: LabelMode = "inline"
-
-
-def prepare_run_dir(requested: Path | None) -> Path:
-    """A run directory whose checkpoint folder is empty (see step 1)."""
-    if requested is None:
-        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        requested = Path("runs") / f"demo-{stamp}"
-        suffix = 1
-        while requested.exists():
-            suffix += 1
-            requested = Path("runs") / f"demo-{stamp}-{suffix}"
-    checkpoints = requested / "checkpoints"
-    if checkpoints.is_dir() and any(checkpoints.iterdir()):
-        raise DemoError(
-            f"{checkpoints} holds checkpoints of an earlier run; the demo's in-memory broker "
-            "starts empty, so their offsets would point nowhere. Pass a new --run-dir (or "
-            "omit it for runs/demo-<time>), or delete that folder"
-        )
-    requested.mkdir(parents=True, exist_ok=True)
-    return requested
-
-
-def describe_exit(code: int | None) -> str:
-    """'exited with code 3' or 'was killed by SIGKILL' (Popen gives -N for signal N)."""
-    if code is not None and code < 0:
-        try:
-            return f"was killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"was killed by signal {-code}"
-    return f"exited with code {code}"
-
-
-class StopFlag:
-    """Set by SIGINT or SIGTERM while installed; the previous handlers come back on exit."""
-
-    def __init__(self) -> None:
-        self.event = threading.Event()
-        self.signal_name: str | None = None
-        self._previous: dict[int, object] = {}
-
-    def _handle(self, signum: int, frame: FrameType | None) -> None:
-        self.signal_name = signal.Signals(signum).name
-        self.event.set()
-
-    def __enter__(self) -> StopFlag:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            self._previous[signum] = signal.signal(signum, self._handle)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)  # type: ignore[arg-type]
 
 
 def run_demo(options: DemoOptions, console: Console) -> int:

@@ -12,9 +12,9 @@ from rich.console import Console
 
 from streamtrain.config import load_settings
 from streamtrain.demo.dashboard import DemoStats, Prediction, plain_line, render
+from streamtrain.demo.lifecycle import DemoError, prepare_run_dir
 from streamtrain.demo.plan import DemoPlan, choose_port, curl_command, infer_body
 from streamtrain.demo.probe import ProbeError, parse_prediction
-from streamtrain.demo.runner import DemoError, prepare_run_dir
 from streamtrain.demo.scrape import parse_metrics
 from streamtrain.demo.summary import SummaryTracker
 
@@ -149,7 +149,7 @@ def test_run_dir_with_old_checkpoints_is_refused(tmp_path: Path) -> None:
 
 
 def test_exit_codes_are_described_in_words() -> None:
-    from streamtrain.demo.runner import describe_exit
+    from streamtrain.demo.lifecycle import describe_exit
 
     assert describe_exit(3) == "exited with code 3"
     assert describe_exit(-9) == "was killed by SIGKILL"

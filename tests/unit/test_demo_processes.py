@@ -102,7 +102,7 @@ def test_tail_of_a_missing_file_is_empty(tmp_path: Path) -> None:
 
 
 def test_sigint_and_sigterm_both_ask_the_demo_to_stop() -> None:
-    from streamtrain.demo.runner import StopFlag
+    from streamtrain.demo.lifecycle import StopFlag
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         previous = signal.getsignal(signum)
