@@ -178,7 +178,8 @@ class DelayedLabelsWatch:
             f"{app.bootstrap_samples:,}",
             f"predictions logged: {s.logged:,.0f} (dropped {s.log_dropped:.0f}); joined "
             f"samples: {s.joined:,.0f}; label delay {s.delay_text()}",
-            f"expired predictions: {s.expired:,.0f} (emitted with the default label: "
-            f"{s.default_labelled:,.0f}); dead-lettered records: {s.dlq_text()}",
+            f"expired predictions: {s.expired:,.0f} (the live view's own probes never get a "
+            f"label; emitted with a default label: {s.default_labelled:,.0f}); dead-lettered "
+            f"records: {s.dlq_text()}",
             served,
         ]

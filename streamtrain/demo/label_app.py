@@ -231,9 +231,11 @@ class DelayedLabelApp:
                 self.options.infer_url, json=infer_request(request_id, features)
             )
         except httpx.HTTPError as exc:
+            if self.bootstrapping:  # the server is still starting: not a failure yet
+                return False
             self.status.requests_failed += 1
             self.status.last_error = f"infer request failed: {exc}"
-            return not self.bootstrapping
+            return True
         if response.status_code == 503 and self.bootstrapping:
             return False
         self.status.requests += 1

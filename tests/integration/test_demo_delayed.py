@@ -1,0 +1,80 @@
+"""`streamtrain demo --labels delayed` end to end: served rows are logged, their labels come
+later, the join pairs them, the trainer learns from the joined samples and the server swaps
+to what it learned; and the run leaves no process behind."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+
+import httpx
+
+from streamtrain.broker import free_port
+from streamtrain.demo.demo_process import DemoProcess, alive, processes_mentioning
+from streamtrain.demo.scrape import Scrape, ScrapeError, scrape
+
+DURATION = 30
+JOINED = "streamtrain_join_emitted_samples_total"
+
+
+def _scrape_or_none(url: str) -> Scrape | None:
+    try:
+        return scrape(url, timeout=5.0)
+    except ScrapeError:
+        return None
+
+
+def test_delayed_labels_demo_joins_trains_and_swaps(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    args = ["--labels", "delayed", "--duration", str(DURATION)]
+    args += ["--port", str(free_port()), "--run-dir", str(run_dir)]
+    with DemoProcess(args) as demo:
+        join_url = demo.wait_for(r"^join metrics: +(\S+)", timeout=120).group(1)
+        server_url = demo.wait_for(r"^server metrics: +(\S+)", timeout=5).group(1)
+        # Real progress, read from the processes' own /metrics while the demo runs: samples
+        # joined, then a served version newer than the one live when joining had started.
+        deadline = time.monotonic() + DURATION
+        joined, version_then, version_now = 0.0, None, None
+        while time.monotonic() < deadline:
+            join, server = _scrape_or_none(join_url), _scrape_or_none(server_url)
+            version = server.value("streamtrain_serve_model_version") if server else None
+            if join is not None and (joined := join.value(JOINED, outcome="joined") or 0.0) > 0:
+                version_then = version_then or version
+                version_now = version
+                if version_then and version_now and version_now > version_then:
+                    break
+            time.sleep(0.5)
+        assert joined > 0, f"no sample joined in {DURATION} s:\n{demo.output}"
+        assert version_then and version_now and version_now > version_then, (
+            f"the served version did not move past {version_then} after joining began:\n"
+            f"{demo.output}"
+        )
+        # The application's requests carried ids; the server answered with them.
+        pids = demo.pids()
+        assert set(pids) == {"broker", "server", "trainer", "join", "producer"}
+        code = demo.wait(timeout=DURATION + 60)
+    output = demo.output
+    assert code == 0, output
+    summary = re.search(r"joined samples: ([\d,]+); label delay p50 ([\d.]+) s", output)
+    assert summary, output
+    assert int(summary.group(1).replace(",", "")) > 0
+    assert 0.5 <= float(summary.group(2)) <= 3.0, "the application delays labels 0.5-3 s"
+    assert re.search(r"served version: (\d+) first -> (\d+) last \(advancing\)", output), output
+    # Beyond the bootstrap: the trainer learned samples that only the join could have written.
+    status = json.loads((run_dir / "app-status.json").read_text())
+    trained = re.search(r"samples trained: ([\d,]+)", output)
+    assert trained, output
+    assert int(trained.group(1).replace(",", "")) > status["bootstrap_samples"]
+    assert status["requests"] > 0 and status["requests_failed"] == 0, status
+    assert "every process stopped cleanly" in output
+    assert [name for name, pid in pids.items() if alive(pid)] == []
+    assert processes_mentioning(str(run_dir)) == []
+    with httpx.Client() as client:  # every port is closed again
+        for url in (join_url, server_url):
+            try:
+                client.get(url, timeout=2.0)
+            except httpx.HTTPError:
+                continue
+            raise AssertionError(f"{url} still answers after the demo stopped")
