@@ -23,8 +23,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from streamtrain.demo.app_status import ACCURACY_WINDOW, AppStatus
 from streamtrain.demo.delayed import LABEL_DELAY_MAX_SECONDS, LABEL_DELAY_MIN_SECONDS
-from streamtrain.demo.label_app import AppStatus
 from streamtrain.demo.scrape import Scrape
 
 # The join's and the prediction log's metrics, as exported (docs/metrics.md).
@@ -156,9 +156,10 @@ class DelayedLabelsWatch:
 
     def observe(self, join: Scrape | None, server: Scrape | None) -> JoinStats:
         stats = JoinStats.from_sources(join, server, AppStatus.read(self.status_path))
-        served = stats.app.served_accuracy if stats.app else None
-        if self.first_served_accuracy is None and served is not None:
-            self.first_served_accuracy = served
+        # The first accuracy worth quoting is over a full window, not over the first labels.
+        app = stats.app
+        if self.first_served_accuracy is None and app and app.labels_sent >= ACCURACY_WINDOW:
+            self.first_served_accuracy = app.served_accuracy
         self.last = stats
         return stats
 
@@ -166,18 +167,23 @@ class DelayedLabelsWatch:
         s = self.last
         app = s.app or AppStatus()
         first, last = self.first_served_accuracy, app.served_accuracy
-        served = (
-            f"served accuracy (judged as labels arrived): {first:.3f} first -> {last:.3f} last"
-            if first is not None and last is not None
-            else "served accuracy: not measured (no label arrived)"
-        )
+        if first is not None and last is not None:
+            served = (
+                f"served accuracy, judged as labels arrived (last {ACCURACY_WINDOW:,} labelled "
+                f"rows): {first:.3f} at the first full window -> {last:.3f} at the end"
+            )
+        elif last is not None:
+            served = f"served accuracy over the {app.labels_sent:,} labelled rows: {last:.3f}"
+        else:
+            served = "served accuracy: not measured (no label arrived)"
         return [
             f"requests: {app.requests:,} ({app.requests_failed} failed); rows served: "
             f"{app.rows_served:,}; labels sent: {app.labels_sent:,} (pending "
             f"{app.labels_pending:,} at stop); bootstrap samples before the first snapshot: "
             f"{app.bootstrap_samples:,}",
             f"predictions logged: {s.logged:,.0f} (dropped {s.log_dropped:.0f}); joined "
-            f"samples: {s.joined:,.0f}; label delay {s.delay_text()}",
+            f"samples: {s.joined:,.0f}; label delay {s.delay_text()} (interpolated in the "
+            "join's histogram buckets)",
             f"expired predictions: {s.expired:,.0f} (the live view's own probes never get a "
             f"label; emitted with a default label: {s.default_labelled:,.0f}); dead-lettered "
             f"records: {s.dlq_text()}",

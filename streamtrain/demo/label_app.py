@@ -24,15 +24,13 @@ from __future__ import annotations
 
 import argparse
 import heapq
-import json
-import os
 import random
 import signal
 import threading
 import time
 from collections import deque
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,13 +40,13 @@ import numpy.typing as npt
 
 from streamtrain.client import LabelProducer, SampleProducer
 from streamtrain.datasets import SampleChunk
+from streamtrain.demo.app_status import ACCURACY_WINDOW, AppStatus
 from streamtrain.demo.drift import demo_dataset
 from streamtrain.kafka import KafkaConnection
 
 BATCHES_PER_SECOND = 20
 MAX_BATCH_ROWS = 64
 STATUS_EVERY_SECONDS = 1.0
-ACCURACY_WINDOW = 1000
 
 
 def row_id(request_id: str, row: int, rows: int) -> str:
@@ -93,34 +91,6 @@ class LabelSchedule:
 
     def __len__(self) -> int:
         return len(self._heap)
-
-
-@dataclass
-class AppStatus:
-    """What the application did so far; written as JSON for the demo's summary."""
-
-    bootstrap_samples: int = 0
-    requests: int = 0
-    requests_failed: int = 0
-    rows_served: int = 0
-    labels_sent: int = 0
-    labels_pending: int = 0
-    served_accuracy: float | None = None
-    """Right answers among the last ``ACCURACY_WINDOW`` served rows whose label arrived."""
-    last_error: str | None = None
-
-    def write(self, path: Path) -> None:
-        """Atomically: the reader never sees half a file."""
-        partial = path.with_suffix(".partial")
-        partial.write_text(json.dumps(asdict(self)))
-        os.replace(partial, path)
-
-    @classmethod
-    def read(cls, path: Path) -> AppStatus | None:
-        try:
-            return cls(**json.loads(path.read_text()))
-        except (OSError, ValueError, TypeError):
-            return None
 
 
 @dataclass(frozen=True)
@@ -217,7 +187,7 @@ class DelayedLabelApp:
         rows = [next(self.stream) for _ in range(count)]
         features = np.stack([f for f, _ in rows]).astype(np.float32)
         labels = [label for _, label in rows]
-        if not self.bootstrapping or self._try_predict(features, labels):
+        if self._try_predict(features, labels):
             return count
         self.samples.send_many(features, np.asarray(labels, np.int64))  # step 1
         self.status.bootstrap_samples += count

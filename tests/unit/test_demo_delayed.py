@@ -10,10 +10,10 @@ import pytest
 from rich.console import Console
 
 from streamtrain.config import load_settings
+from streamtrain.demo.app_status import AppStatus
 from streamtrain.demo.dashboard import DemoStats, plain_line, render
 from streamtrain.demo.join_view import DelayedLabelsWatch, JoinStats, histogram_quantile
 from streamtrain.demo.label_app import (
-    AppStatus,
     LabelSchedule,
     infer_request,
     parse_args,
@@ -163,15 +163,20 @@ def test_join_numbers_reach_the_dashboard_and_the_summary(tmp_path: Path) -> Non
     AppStatus(requests=90, rows_served=1800, labels_sent=1700, served_accuracy=0.9).write(
         status_path
     )
+    watch.observe(parse_metrics(_JOIN_METRICS), None)
+    AppStatus(requests=99, rows_served=2000, labels_sent=1900, served_accuracy=0.95).write(
+        status_path
+    )
     stats = watch.observe(parse_metrics(_JOIN_METRICS), None)
     assert (stats.joined, stats.default_labelled, stats.dead_lettered_total) == (900, 100, 5)
     assert isinstance(stats, JoinStats)
     line = plain_line(DemoStats(join=stats))
-    assert "joined 900" in line and "dlq 5" in line and "served-acc 0.900" in line
+    assert "joined 900" in line and "dlq 5" in line and "served-acc 0.950" in line
     console = Console(record=True, width=160)
     console.print(render(DemoStats(join=stats), "t"))
     assert "joined samples" in console.export_text()
     summary = "\n".join(watch.lines())
-    assert "served accuracy (judged as labels arrived): 0.600 first -> 0.900 last" in summary
+    # The first quoted accuracy is the first over a full window (1,000 labels), not 0.6.
+    assert "rows): 0.900 at the first full window -> 0.950 at the end" in summary
     assert "dead-lettered records: 5 (late 3, unknown_id 2)" in summary
-    assert json.loads(status_path.read_text())["requests"] == 90
+    assert json.loads(status_path.read_text())["requests"] == 99
