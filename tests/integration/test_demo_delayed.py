@@ -15,7 +15,7 @@ from streamtrain.broker import free_port
 from streamtrain.demo.demo_process import DemoProcess, alive, processes_mentioning
 from streamtrain.demo.scrape import Scrape, ScrapeError, scrape
 
-DURATION = 30
+DURATION = 20
 JOINED = "streamtrain_join_emitted_samples_total"
 
 
