@@ -23,7 +23,8 @@ this order:
    and batch size, ``metric_window`` = the stream) learns from each topic on its own:
    pre-joined samples in serving order (labels known at once: the no-delay ideal), pre-joined
    samples in label order (what an exact hand-built join emits), and each join's output.
-   The whole-stream prequential accuracy of each is printed, with the differences.
+   The whole-stream prequential accuracy of each is printed, with the differences, and the
+   noise floor: serving order again with only the model's seed changed.
 """
 
 from __future__ import annotations
@@ -313,7 +314,9 @@ def run_join(
     return result
 
 
-def train(bootstrap: str, topic: str, count: int, args: argparse.Namespace, root: Path) -> float:
+def train(
+    bootstrap: str, topic: str, count: int, args: argparse.Namespace, root: Path, seed: int
+) -> float:
     """Step 4: the real trainer over one topic; its whole-stream prequential accuracy."""
     name = f"{topic}-{uuid.uuid4().hex[:6]}"
     settings = load_settings(
@@ -333,7 +336,7 @@ def train(bootstrap: str, topic: str, count: int, args: argparse.Namespace, root
             },
             "train": {
                 "device": "cpu",
-                "seed": args.seed,
+                "seed": seed,
                 "checkpoint_dir": str(root / name),
                 "metric_window": count,
                 "max_samples": count,
@@ -382,8 +385,13 @@ def main() -> None:
             broker.create_topics([topic])
             produce_samples(bootstrap, topic, prejoined, order)
             joins[order] = {"topic": topic}
-        scores = {name: train(bootstrap, joins[name]["topic"], args.samples, args, root)
-                  for name in names}  # fmt: skip
+        scores = {
+            name: train(bootstrap, joins[name]["topic"], args.samples, args, root, args.seed)
+            for name in names
+        }
+        # The noise floor: the same samples in the same order, only the model's seed changed.
+        served_topic = joins["served"]["topic"]
+        other_seed = train(bootstrap, served_topic, args.samples, args, root, args.seed + 1)
     for mode in ("live", "backlog"):
         del joins[mode]["topic"]
     print(
@@ -395,6 +403,7 @@ def main() -> None:
                 "live_minus_label_order": round(scores["live"] - scores["label_order"], 4),
                 "live_minus_served": round(scores["live"] - scores["served"], 4),
                 "backlog_minus_served": round(scores["backlog"] - scores["served"], 4),
+                "seed_noise_served": round(other_seed - scores["served"], 4),
             },
             indent=2,
         )
