@@ -29,6 +29,7 @@ from tests.integration.join_harness import (
 from tests.integration.trainer_harness import scrape
 
 JOINED = [f"j-{i}" for i in range(5)]
+WINDOW_S = 5.0
 EXPIRING = [f"e-{i}" for i in range(5, 10)]
 
 
@@ -112,3 +113,51 @@ def test_expiry_policy_and_dead_letter_reasons(
     assert metrics[f'{dlq}{{reason="undecodable",source="predictions"}}'] == 1
     assert metrics["streamtrain_join_pending_predictions_records"] == 0
     assert metrics["streamtrain_join_assigned_partitions"] == 1
+
+
+def test_after_downtime_labels_in_the_backlog_join_and_the_rest_expire(
+    kafka_connection: KafkaConnection, unique_name: str, tmp_path: Path
+) -> None:
+    """Expiry is event time: a restarted join reads the labels that were produced in time
+    while it was down before it expires what they complete, and expires the others by the
+    policy (here the default label)."""
+    kafka = kafka_connection
+    topics = JoinTopics.named(unique_name)
+    make_topics(kafka, topics, partitions=1)
+    extra = {
+        "STREAMTRAIN_JOIN__WINDOW_S": str(WINDOW_S),
+        "STREAMTRAIN_JOIN__ON_EXPIRED": "default_label",
+        "STREAMTRAIN_JOIN__DEFAULT_LABEL": "0",
+    }
+    env = join_env(kafka, topics, tmp_path / "state", extra)
+    process = start_join(env)
+    try:
+        join_metric(metrics_url(env), "streamtrain_join_assigned_partitions", 0.5, timeout=60)
+        served_at = time.time()
+        served = produce_predictions(kafka, topics.predictions, JOINED + EXPIRING, served_at)
+        pending = "streamtrain_join_pending_predictions_records"
+        join_metric(metrics_url(env), pending, len(served) - 0.5, timeout=WINDOW_S)
+    finally:
+        code, output = stop_join(process)  # checkpoints the ten pending predictions
+    assert code == 0, output
+    # In time, while the join is down, behind a backlog longer than one poll (1000 records):
+    # the restarted join must read through it before it may expire anything.
+    backlog = {f"u-{i}": 0 for i in range(3000)}
+    produce_labels(kafka, topics.labels, {**backlog, **{rid: 1 for rid in JOINED}})
+    assert time.time() < served_at + WINDOW_S, "the labels were not sent within the window"
+    # The downtime itself (not a synchronisation): every window ends before the join is back.
+    time.sleep(served_at + WINDOW_S + 0.5 - time.time())
+    process = start_join(env)
+    try:
+        samples = wait_for_records(kafka, topics.samples, len(served), timeout=60)
+    finally:
+        code, output = stop_join(process)
+    assert code == 0, output
+    outcomes = {
+        rid: found.headers["streamtrain-join-outcome"].decode()
+        for rid, (found,) in by_id(samples).items()
+    }
+    assert outcomes == {
+        **{rid: "joined" for rid in JOINED},
+        **{rid: "default_label" for rid in EXPIRING},
+    }
