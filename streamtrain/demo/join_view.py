@@ -165,7 +165,8 @@ class DelayedLabelsWatch:
 
     def lines(self) -> list[str]:
         s = self.last
-        app = s.app or AppStatus()
+        # The application writes its status a last time on its way out: read that one.
+        app = AppStatus.read(self.status_path) or s.app or AppStatus()
         first, last = self.first_served_accuracy, app.served_accuracy
         if first is not None and last is not None:
             served = (
