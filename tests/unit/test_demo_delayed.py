@@ -180,3 +180,16 @@ def test_join_numbers_reach_the_dashboard_and_the_summary(tmp_path: Path) -> Non
     assert "rows): 0.900 at the first full window -> 0.950 at the end" in summary
     assert "dead-lettered records: 5 (late 3, unknown_id 2)" in summary
     assert json.loads(status_path.read_text())["requests"] == 99
+
+
+def test_an_unknown_label_mode_is_a_one_line_error() -> None:
+    from typer.testing import CliRunner
+
+    import streamtrain.cli  # noqa: F401  (registers every subcommand)
+    from streamtrain.cli.command import app
+
+    done = CliRunner().invoke(app, ["demo", "--labels", "later", "--duration", "5"])
+    assert done.exit_code != 0
+    assert isinstance(done.exception, SystemExit), "a clean exit, not an exception"
+    assert "--labels 'later' is not a mode; use inline or delayed" in done.output
+    assert "Traceback" not in done.output
