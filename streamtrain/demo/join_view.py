@@ -144,6 +144,7 @@ class DelayedLabelsWatch:
         self.status_path = status_path
         self.last = JoinStats()
         self.first_served_accuracy: float | None = None
+        self.best_served_accuracy: float | None = None
 
     def intro(self) -> str:
         low, high = LABEL_DELAY_MIN_SECONDS, LABEL_DELAY_MAX_SECONDS
@@ -158,8 +159,10 @@ class DelayedLabelsWatch:
         stats = JoinStats.from_sources(join, server, AppStatus.read(self.status_path))
         # The first accuracy worth quoting is over a full window, not over the first labels.
         app = stats.app
-        if self.first_served_accuracy is None and app and app.labels_sent >= ACCURACY_WINDOW:
-            self.first_served_accuracy = app.served_accuracy
+        if app and app.labels_sent >= ACCURACY_WINDOW and app.served_accuracy is not None:
+            if self.first_served_accuracy is None:
+                self.first_served_accuracy = app.served_accuracy
+            self.best_served_accuracy = max(self.best_served_accuracy or 0.0, app.served_accuracy)
         self.last = stats
         return stats
 
@@ -171,7 +174,8 @@ class DelayedLabelsWatch:
         if first is not None and last is not None:
             served = (
                 f"served accuracy, judged as labels arrived (last {ACCURACY_WINDOW:,} labelled "
-                f"rows): {first:.3f} at the first full window -> {last:.3f} at the end"
+                f"rows): {first:.3f} at the first full window, {self.best_served_accuracy:.3f} "
+                f"at best, {last:.3f} at the end"
             )
         elif last is not None:
             served = f"served accuracy over the {app.labels_sent:,} labelled rows: {last:.3f}"
