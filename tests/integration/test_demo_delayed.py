@@ -15,7 +15,7 @@ from streamtrain.broker import free_port
 from streamtrain.demo.demo_process import DemoProcess, alive, processes_mentioning
 from streamtrain.demo.scrape import Scrape, ScrapeError, scrape
 
-DURATION = 20
+DURATION = 25
 JOINED = "streamtrain_join_emitted_samples_total"
 
 
