@@ -336,6 +336,12 @@ class JoinSettings(_Frozen):
     max_pending_labels: int = Field(
         100_000, ge=1, description="Labels waiting for their prediction, per partition."
     )
+    max_remembered_ids: int = Field(
+        1_000_000,
+        ge=1,
+        description="Resolved ids remembered per partition (remember_s); "
+        "the oldest beyond it are forgotten early.",
+    )
     state_dir: Path = Field(
         Path("join-state"), description="Checkpoints of per-partition state; shared by replicas."
     )

@@ -46,6 +46,7 @@ def join_policy(settings: Settings) -> JoinPolicy:
         remember_s=join.remember_s,
         max_pending_predictions=join.max_pending_predictions,
         max_pending_labels=join.max_pending_labels,
+        max_remembered_ids=join.max_remembered_ids,
     )
 
 

@@ -9,7 +9,7 @@ to carry out. The rules, in order of precedence:
   (features bit for bit as served) is emitted, outcome ``joined``.
 * A label for an id already resolved is dead-lettered: ``duplicate`` if the id was joined (the
   first label wins), ``late`` if its prediction expired. Ids are remembered ``remember_s``
-  past their window.
+  past their window (at most ``max_remembered_ids`` of them).
 * A label with no prediction yet waits until the prediction log has been read
   ``label_wait_s`` past the label's timestamp, then goes out as ``unknown_id``. A second label
   for a waiting id is a ``duplicate``.
@@ -80,6 +80,7 @@ class JoinPolicy:
     remember_s: float = 600.0
     max_pending_predictions: int = 200_000
     max_pending_labels: int = 100_000
+    max_remembered_ids: int = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -116,19 +117,19 @@ class Expired:
 Action = Emit | DeadLetter | Expired
 
 
-@dataclass
+@dataclass(slots=True)  # one per pending prediction: no per-instance __dict__
 class PendingPrediction:
     served_at: float
     sample: bytes
 
 
-@dataclass
+@dataclass(slots=True)
 class PendingLabel:
     label: LabelRecord
     record: SourceRecord
 
 
-@dataclass
+@dataclass(slots=True)
 class Resolved:
     joined: bool  # False: the prediction expired
     served_at: float
@@ -269,11 +270,11 @@ class PartitionState:
     def _join(self, rid: str, served_at: float, sample: bytes, got: PendingLabel) -> list[Action]:
         emitted = self.already_emitted.pop(rid, None)
         if emitted is not None:  # emitted before a crash: adopt that outcome, emit nothing
-            self.resolved[rid] = Resolved(emitted == "joined", served_at)
+            self._remember(rid, Resolved(emitted == "joined", served_at))
             if emitted == "joined":
                 return []
             return [DeadLetter(got.record, "late", f"{rid[:64]!r} expired before its label")]
-        self.resolved[rid] = Resolved(True, served_at)
+        self._remember(rid, Resolved(True, served_at))
         label = got.label
         value = with_label(self.policy.spec, sample, label.label, label.weight, label.timestamp)
         return [Emit(rid, value, "joined", label.timestamp - served_at)]
@@ -281,9 +282,9 @@ class PartitionState:
     def _expire(self, rid: str, pending: PendingPrediction, cause: ExpiryCause) -> list[Action]:
         emitted = self.already_emitted.pop(rid, None)
         if emitted is not None:
-            self.resolved[rid] = Resolved(emitted == "joined", pending.served_at)
+            self._remember(rid, Resolved(emitted == "joined", pending.served_at))
             return []
-        self.resolved[rid] = Resolved(False, pending.served_at)
+        self._remember(rid, Resolved(False, pending.served_at))
         default = self.policy.default_label
         if default is None:
             return [Expired(rid, cause, emitted=False)]
@@ -292,6 +293,11 @@ class PartitionState:
             self.policy.spec, pending.sample, default, self.policy.default_weight, stamp
         )
         return [Expired(rid, cause, emitted=True), Emit(rid, value, "default_label", None)]
+
+    def _remember(self, rid: str, done: Resolved) -> None:
+        self.resolved[rid] = done
+        if len(self.resolved) > self.policy.max_remembered_ids:  # forgotten early: a later
+            del self.resolved[next(iter(self.resolved))]  # label for it is unknown_id
 
     def _sample_fits(self, sample: bytes) -> bool:
         spec = self.policy.spec

@@ -134,6 +134,17 @@ def test_resolved_ids_are_forgotten_after_remember_s() -> None:
     assert "x" not in state.resolved
 
 
+def test_resolved_ids_beyond_the_cap_are_forgotten_oldest_first() -> None:
+    state = _state(max_remembered_ids=2)
+    for i in range(3):
+        state.add_prediction(_prediction(f"r{i}", T0, i))
+        state.add_label(_label(f"r{i}", T0 + 1, i))
+    assert list(state.resolved) == ["r1", "r2"]
+    assert state.add_label(_label("r0", T0 + 2, 3)) == []  # no longer known: it waits
+    (dup,) = state.add_label(_label("r2", T0 + 2, 4))
+    assert isinstance(dup, DeadLetter) and dup.reason == "duplicate"
+
+
 def test_pending_predictions_beyond_the_cap_are_evicted_by_the_policy() -> None:
     state = _state(max_pending_predictions=2, default_label=0)
     for i in range(3):
