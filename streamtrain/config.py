@@ -268,7 +268,7 @@ class ServeSettings(_Frozen):
     )
     prediction_log_timeout_s: float = Field(
         10.0,
-        gt=0,
+        ge=0.1,
         le=3600,
         description="A log record unacknowledged this long, retries included, is dropped; "
         "also bounds the flush at shutdown.",

@@ -63,4 +63,6 @@ def serve(
     typer.echo(f"  metrics: GET  {worker.metrics_url}")
     if worker.grpc is not None:
         typer.echo(f"  grpc:    {worker.grpc.target} (KServe v2 GRPCInferenceService)")
+    if worker.prediction_log is not None:
+        typer.echo(f"  log:     every served sample to topic {settings.topics.predictions!r}")
     worker.run()

@@ -8,16 +8,23 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
+from typing import Any
 
 import numpy as np
 import pytest
+import torch
+from starlette.testclient import TestClient
 
 from streamtrain.jagged import SparseRows
 from streamtrain.kafka.producer import Delivery, Headers
 from streamtrain.metrics import SERVER_REGISTRY
+from streamtrain.serve.endpoints import create_app
+from streamtrain.serve.inference import DirectEngine, head_for
 from streamtrain.serve.prediction_log import DROP_REASONS, PredictionLog
 from streamtrain.serve.prediction_rows import ServedBatch, encode_served, request_id_for
-from streamtrain.serve.protocol import ProtocolError
+from streamtrain.serve.protocol import ModelIO, ProtocolError
+from streamtrain.serve.served_model import ServedModel
+from streamtrain.serve.slot import WeightSlot
 from streamtrain.spec import SampleSpec, SparseFeature
 from streamtrain.wire import decode_binary
 from streamtrain.wire.prediction_record import PREDICTION_CONTENT_TYPE, decode_prediction
@@ -242,3 +249,64 @@ def test_sparse_rows_are_logged_in_layout_v2_with_their_ids() -> None:
     items = decoded.sparse.features["items"]
     assert items.ids.tolist() == [4, 5] and items.lengths.tolist() == [2, 0]
     assert items.weights.tolist() == [0.5, 2.0]
+
+
+def _app(prediction_log: PredictionLog | None) -> TestClient:
+    model = torch.nn.Linear(3, 4)
+    slot = WeightSlot(model)
+    slot.load({k: torch.ones_like(v) for k, v in model.state_dict().items()}, version=3, run_id="r")
+    served = ServedModel(
+        slot=slot,
+        engine=DirectEngine(slot, head_for(SPEC), torch.device("cpu")),
+        io=ModelIO.for_spec(SPEC),
+        name="m",
+        prediction_log=prediction_log,
+    )
+    return TestClient(
+        create_app(
+            slot=slot,
+            engine=served.engine,
+            io=served.io,
+            model_name="m",
+            max_body_bytes=1 << 20,
+            served=served,
+        )
+    )
+
+
+def _infer(client: TestClient, data: list[float], datatype: str = "FP32", **extra: object) -> Any:
+    tensor = {"name": "input", "shape": [1, 3], "datatype": datatype, "data": data}
+    return client.post("/v2/models/m/infer", json={"inputs": [tensor], **extra})
+
+
+def test_with_the_log_off_ids_are_echoed_unchecked_and_none_generated() -> None:
+    client = _app(None)
+    assert "id" not in _infer(client, [1, 2, 3]).json()
+    for own in ("", "x" * 300):
+        reply = _infer(client, [1, 2, 3], id=own)
+        assert reply.status_code == 200 and reply.json()["id"] == own
+
+
+def test_the_log_keeps_the_fp32_values_the_model_was_given(producer: HeldProducer) -> None:
+    log = PredictionLog(
+        spec=SPEC, topic="p", producer=lambda: producer, max_records=10, timeout_s=0.5
+    )
+    log.start()
+    try:
+        client = _app(log)
+        sent = [0.1, 1e-3, 2.5]  # FP64 on the wire: the model sees them rounded to FP32
+        reply = _infer(client, sent, "FP64")
+        assert reply.status_code == 200
+        generated = reply.json()["id"]
+        assert len(generated) == 32
+        assert _infer(client, [1, 2, 3], id="").status_code == 400
+        _wait(lambda: len(producer.sent) == 1, "the logged row")
+        key, value, _ = producer.sent[0]
+        logged = decode_prediction(value)
+        assert key == generated.encode() and logged.model_version == 3
+        sample = decode_binary(SPEC, [logged.sample], np.zeros(1))
+        assert sample.features[0].tobytes() == np.asarray(sent, np.float32).tobytes()
+        assert list(logged.outputs) == reply.json()["outputs"][0]["data"]
+    finally:
+        producer.acknowledge()
+        log.close()
