@@ -15,7 +15,9 @@ from streamtrain.kafka.errors import KafkaUnreachable
 from streamtrain.kafka.reachability import REACHABILITY
 
 Headers = Sequence[tuple[str, bytes]]
-Delivery = Callable[[BaseException | None], None]
+Delivery = Callable[[BaseException | None, float | None], None]
+"""``on_delivery(error, latency_s)``: error None once acknowledged; ``latency_s`` is the
+client's own produce-to-acknowledgement time when it measures one (librdkafka), else None."""
 
 
 class ProduceTimeout(TimeoutError):
@@ -43,9 +45,9 @@ class RecordProducer(Protocol):
         headers: Headers = (),
         on_delivery: Delivery,
     ) -> None:
-        """Queue a record; ``on_delivery(None)`` once acknowledged, ``on_delivery(error)``
-        once it failed. No future per record: for hot paths sending many small records (a
-        few µs each instead of ``send``'s ~25 µs); the caller serves callbacks with ``poll``."""
+        """Queue a record; ``on_delivery`` (see :data:`Delivery`) runs once it is acknowledged
+        or failed. No future per record: for hot paths sending many small records (a few µs
+        each instead of ``send``'s ~25 µs); the caller serves callbacks with ``poll``."""
         ...
 
     def flush(self, timeout: float) -> None: ...
@@ -96,8 +98,8 @@ class KafkaPythonProducer:
         on_delivery: Delivery,
     ) -> None:
         sent = self._producer.send(topic, value=value, key=key, headers=list(headers))
-        sent.add_callback(lambda metadata: _delivered(on_delivery))
-        sent.add_errback(on_delivery)
+        sent.add_callback(lambda metadata: _delivered(on_delivery, None))
+        sent.add_errback(lambda error: on_delivery(error, None))
 
     def flush(self, timeout: float) -> None:
         from kafka.errors import KafkaTimeoutError
@@ -164,9 +166,10 @@ class ConfluentProducer:
     ) -> None:
         def delivered(error: Any, message: Any) -> None:
             if error is not None:
-                on_delivery(RuntimeError(f"delivery to {topic} failed: {error.str()}"))
+                on_delivery(RuntimeError(f"delivery to {topic} failed: {error.str()}"), None)
             else:
-                _delivered(on_delivery)
+                # Measured by librdkafka at the acknowledgement, not when poll() got to it.
+                _delivered(on_delivery, message.latency())
 
         self._queue(topic, value, key, -1, delivered, headers)
 
@@ -211,6 +214,6 @@ def _acknowledged(done: Future[int], offset: int) -> None:
     done.set_result(offset)
 
 
-def _delivered(on_delivery: Delivery) -> None:
+def _delivered(on_delivery: Delivery, latency_s: float | None) -> None:
     REACHABILITY.success()
-    on_delivery(None)
+    on_delivery(None, latency_s)

@@ -210,7 +210,9 @@ class PredictionLog:
                     self._release(batch.rows, "encode_error")
             return records
 
-    def _delivered(self, sent_at: float, error: BaseException | None) -> None:
+    def _delivered(
+        self, sent_at: float, error: BaseException | None, latency_s: float | None
+    ) -> None:
         """Runs on the producer's I/O thread (kafka-python) or in poll/flush (confluent)."""
         if error is not None:
             self._failed(error)
@@ -219,7 +221,9 @@ class PredictionLog:
             if self._finished:  # already counted unflushed
                 return
             self._held -= 1
-        SERVE_PREDICTION_LOG_PRODUCE_SECONDS.observe(time.perf_counter() - sent_at)
+        if latency_s is None:
+            latency_s = time.perf_counter() - sent_at
+        SERVE_PREDICTION_LOG_PRODUCE_SECONDS.observe(latency_s)
         SERVE_PREDICTION_LOG_RECORDS.inc()
 
     def _failed(self, error: BaseException) -> None:

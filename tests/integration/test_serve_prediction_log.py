@@ -182,6 +182,11 @@ def test_every_served_row_is_logged_once_with_the_features_it_was_served(
     wait(lambda: _metrics(worker.url)[HELD, ""] == 0, "an empty queue")
     metrics = _since(worker.url, before)
     assert metrics[LOGGED, ""] == len(sent)
+    produce = "streamtrain_serve_prediction_log_produce_seconds"
+    size = "streamtrain_serve_prediction_log_record_size_bytes"
+    assert metrics[f"{produce}_count", ""] == metrics[f"{size}_count", ""] == len(sent)
+    assert 0 < metrics[f"{produce}_sum", ""] / len(sent) < 5.0
+    assert metrics[f"{size}_sum", ""] == sum(len(r.value) for r in records)
     assert _dropped(metrics) == {
         "queue_full": 0,
         "produce_error": 0,

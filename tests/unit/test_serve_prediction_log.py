@@ -74,11 +74,11 @@ class HeldProducer:
 
     def acknowledge(self) -> None:
         for on_delivery in self._take():
-            on_delivery(None)
+            on_delivery(None, None)
 
     def fail(self) -> None:
         for on_delivery in self._take():
-            on_delivery(RuntimeError("broker said no"))
+            on_delivery(RuntimeError("broker said no"), None)
 
     def flush(self, timeout: float) -> None:
         time.sleep(min(timeout, 0.01))
