@@ -8,10 +8,11 @@ Order of events, from which the guarantees in ``docs/serving.md`` follow:
    are dropped (``queue_full``). It takes one short lock, never blocks on Kafka, never raises.
 2. The writer thread takes every waiting request, encodes one record per row
    (:func:`~streamtrain.serve.prediction_rows.encode_served`) and sends it keyed by its id.
-3. On acknowledgement a record is counted logged and its produce latency observed; on a
-   delivery error (the broker unreachable past ``timeout_s``, retries included) it is dropped
-   (``produce_error``). Either way it stops being held, so memory stays bounded by
-   ``max_records`` records whether the broker is fast, slow or gone.
+3. Delivery callbacks only note each outcome; once per cycle the writer settles them: an
+   acknowledged record is counted logged and its produce latency observed, a failed one (the
+   broker unreachable past ``timeout_s``, retries included) is dropped (``produce_error``).
+   Either way it stops being held, so memory stays bounded by ``max_records`` records
+   whether the broker is fast, slow or gone.
 4. :meth:`PredictionLog.close` (after the front ends stopped) refuses new requests, lets the
    thread send what waits and wait for acknowledgements, all within ``timeout_s``; whatever
    is still held then is dropped (``unflushed``).
@@ -83,6 +84,9 @@ class PredictionLog:
         self._headers = [(CONTENT_TYPE_HEADER, PREDICTION_CONTENT_TYPE.encode())]
         self._lock = threading.Lock()
         self._waiting: deque[ServedBatch] = deque()
+        # Delivery outcomes (error or None, latency), appended by the producer's callbacks and
+        # settled by the writer once per cycle: one lock per cycle, not one per record.
+        self._settled: deque[tuple[BaseException | None, float]] = deque()
         self._held = 0  # rows waiting plus records sent and not yet acknowledged or failed
         self._closed = False  # no more submits
         self._finished = False  # held records were written off; late callbacks are ignored
@@ -181,6 +185,7 @@ class PredictionLog:
             elif batches:
                 self._send(producer, batches)
             producer.poll(0)  # confluent-kafka runs delivery callbacks only in poll/flush
+            self._settle()
             if self._closing.is_set() and not batches:
                 return
 
@@ -214,26 +219,42 @@ class PredictionLog:
         self, sent_at: float, error: BaseException | None, latency_s: float | None
     ) -> None:
         """Runs on the producer's I/O thread (kafka-python) or in poll/flush (confluent)."""
-        if error is not None:
-            self._failed(error)
+        if latency_s is None:
+            latency_s = time.perf_counter() - sent_at
+        self._settled.append((error, latency_s))
+
+    def _settle(self) -> None:
+        """Count the deliveries settled since the last cycle (writer thread)."""
+        outcomes = []
+        while self._settled:
+            outcomes.append(self._settled.popleft())
+        if not outcomes:
             return
         with self._lock:
             if self._finished:  # already counted unflushed
                 return
-            self._held -= 1
-        if latency_s is None:
-            latency_s = time.perf_counter() - sent_at
-        SERVE_PREDICTION_LOG_PRODUCE_SECONDS.observe(latency_s)
-        SERVE_PREDICTION_LOG_RECORDS.inc()
+            self._held -= len(outcomes)
+        errors = [error for error, _ in outcomes if error is not None]
+        if errors:
+            self._dropped["produce_error"].inc(len(errors))
+            self._warn_failed(errors[0], len(errors))
+        for error, latency_s in outcomes:
+            if error is None:
+                SERVE_PREDICTION_LOG_PRODUCE_SECONDS.observe(latency_s)
+        SERVE_PREDICTION_LOG_RECORDS.inc(len(outcomes) - len(errors))
 
     def _failed(self, error: BaseException) -> None:
+        self._warn_failed(error, 1)
+        self._release(1, "produce_error")
+
+    def _warn_failed(self, error: BaseException, count: int) -> None:
         self._warn(
-            "prediction log: a record to %s was not written (%s); dropped, counted in "
+            "prediction log: %d record(s) to %s not written (%s); dropped, counted in "
             "streamtrain_serve_prediction_log_dropped_records_total{reason=produce_error}",
+            count,
             self._topic,
             error,
         )
-        self._release(1, "produce_error")
 
     def _release(self, rows: int, reason: str) -> None:
         with self._lock:
@@ -246,6 +267,7 @@ class PredictionLog:
         try:
             with contextlib.suppress(ProduceTimeout):
                 producer.flush(max(0.0, self._deadline - time.monotonic()))
+            self._settle()
         finally:
             # Written off before the producer fails what it still holds: those are unflushed.
             self._write_off()
