@@ -15,9 +15,8 @@ from streamtrain.kafka.errors import KafkaUnreachable
 from streamtrain.kafka.reachability import REACHABILITY
 
 Headers = Sequence[tuple[str, bytes]]
-Delivery = Callable[[BaseException | None, float | None], None]
-"""``on_delivery(error, latency_s)``: error None once acknowledged; ``latency_s`` is the
-client's own produce-to-acknowledgement time when it measures one (librdkafka), else None."""
+Delivery = Callable[[BaseException | None], None]
+"""``on_delivery(error)``: None once the record is acknowledged, else why it failed."""
 
 
 class ProduceTimeout(TimeoutError):
@@ -98,8 +97,8 @@ class KafkaPythonProducer:
         on_delivery: Delivery,
     ) -> None:
         sent = self._producer.send(topic, value=value, key=key, headers=list(headers))
-        sent.add_callback(lambda metadata: _delivered(on_delivery, None))
-        sent.add_errback(lambda error: on_delivery(error, None))
+        sent.add_callback(lambda metadata: _delivered(on_delivery))
+        sent.add_errback(on_delivery)
 
     def flush(self, timeout: float) -> None:
         from kafka.errors import KafkaTimeoutError
@@ -110,7 +109,9 @@ class KafkaPythonProducer:
             raise ProduceTimeout(f"records not acknowledged within {timeout:.0f} s") from exc
 
     def poll(self, timeout: float) -> None:
-        return None  # kafka-python runs callbacks on its own I/O thread
+        # kafka-python runs callbacks on its own I/O thread: nothing to serve, only the wait.
+        if timeout > 0:
+            time.sleep(timeout)
 
     def close(self, timeout: float) -> None:
         self._producer.close(timeout=timeout)
@@ -166,10 +167,9 @@ class ConfluentProducer:
     ) -> None:
         def delivered(error: Any, message: Any) -> None:
             if error is not None:
-                on_delivery(RuntimeError(f"delivery to {topic} failed: {error.str()}"), None)
+                on_delivery(RuntimeError(f"delivery to {topic} failed: {error.str()}"))
             else:
-                # Measured by librdkafka at the acknowledgement, not when poll() got to it.
-                _delivered(on_delivery, message.latency())
+                _delivered(on_delivery)
 
         self._queue(topic, value, key, -1, delivered, headers)
 
@@ -214,6 +214,6 @@ def _acknowledged(done: Future[int], offset: int) -> None:
     done.set_result(offset)
 
 
-def _delivered(on_delivery: Delivery, latency_s: float | None) -> None:
+def _delivered(on_delivery: Delivery) -> None:
     REACHABILITY.success()
-    on_delivery(None, latency_s)
+    on_delivery(None)

@@ -175,7 +175,7 @@ class PredictionLog:
             elif self._held == 0:
                 self._wake.wait()
             else:
-                self._closing.wait(_CYCLE_S)
+                self._serve_for(producer, _CYCLE_S)
             self._wake.clear()
             with self._lock:
                 batches = list(self._waiting)
@@ -188,6 +188,16 @@ class PredictionLog:
             self._settle()
             if self._closing.is_set() and not batches:
                 return
+
+    def _serve_for(self, producer: RecordProducer, seconds: float) -> None:
+        """Wait ``seconds`` (less once closing) inside ``poll``, so confluent-kafka runs each
+        delivery callback as its acknowledgement arrives and the produce latency is exact."""
+        deadline = time.monotonic() + seconds
+        while not self._closing.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            producer.poll(min(left, 0.005))
 
     def _send(self, producer: RecordProducer, batches: list[ServedBatch]) -> None:
         for key, value in self._encode(batches):
@@ -215,13 +225,9 @@ class PredictionLog:
                     self._release(batch.rows, "encode_error")
             return records
 
-    def _delivered(
-        self, sent_at: float, error: BaseException | None, latency_s: float | None
-    ) -> None:
+    def _delivered(self, sent_at: float, error: BaseException | None) -> None:
         """Runs on the producer's I/O thread (kafka-python) or in poll/flush (confluent)."""
-        if latency_s is None:
-            latency_s = time.perf_counter() - sent_at
-        self._settled.append((error, latency_s))
+        self._settled.append((error, time.perf_counter() - sent_at))
 
     def _settle(self) -> None:
         """Count the deliveries settled since the last cycle (writer thread)."""

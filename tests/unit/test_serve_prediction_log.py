@@ -74,17 +74,17 @@ class HeldProducer:
 
     def acknowledge(self) -> None:
         for on_delivery in self._take():
-            on_delivery(None, None)
+            on_delivery(None)
 
     def fail(self) -> None:
         for on_delivery in self._take():
-            on_delivery(RuntimeError("broker said no"), None)
+            on_delivery(RuntimeError("broker said no"))
 
     def flush(self, timeout: float) -> None:
         time.sleep(min(timeout, 0.01))
 
     def poll(self, timeout: float) -> None:
-        return None
+        time.sleep(timeout)
 
     def close(self, timeout: float) -> None:
         self.closed = True
