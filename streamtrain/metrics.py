@@ -320,7 +320,7 @@ SERVE_PREDICTION_LOG_QUEUE = Gauge(
 )
 SERVE_PREDICTION_LOG_PRODUCE_SECONDS = Histogram(
     "streamtrain_serve_prediction_log_produce_seconds",
-    "Time from sending a prediction-log record to its acknowledgement.",
+    "Time from sending a prediction-log record to the writer seeing its acknowledgement.",
     buckets=_FAST,
     registry=SERVER_REGISTRY,
 )
