@@ -226,7 +226,7 @@ def test_a_broker_gone_costs_no_request_and_the_drops_are_counted(unique_name: s
             broker.bootstrap_servers,
             unique_name,
             prediction_log_queue=5,
-            prediction_log_timeout_s=3.0,
+            prediction_log_timeout_s=5.0,  # the 40 requests below fit well within it
         )
         broker.create_topics([settings.topics.snapshots, settings.topics.predictions])
         worker = build_worker(settings)
