@@ -26,6 +26,7 @@ from streamtrain.serve.protocol import ModelIO, ProtocolError
 from streamtrain.serve.served_model import ServedModel
 from streamtrain.serve.slot import WeightSlot
 from streamtrain.spec import SampleSpec, SparseFeature
+from streamtrain.train.models import build_model
 from streamtrain.wire import decode_binary
 from streamtrain.wire.prediction_record import PREDICTION_CONTENT_TYPE, decode_prediction
 
@@ -307,6 +308,69 @@ def test_the_log_keeps_the_fp32_values_the_model_was_given(producer: HeldProduce
         sample = decode_binary(SPEC, [logged.sample], np.zeros(1))
         assert sample.features[0].tobytes() == np.asarray(sent, np.float32).tobytes()
         assert list(logged.outputs) == reply.json()["outputs"][0]["data"]
+    finally:
+        producer.acknowledge()
+        log.close()
+
+
+def test_a_sparse_request_is_logged_row_by_row_with_its_ids(producer: HeldProducer) -> None:
+    spec = SampleSpec(
+        (2,),
+        "binary",
+        sparse=(SparseFeature("user", "users", 1), SparseFeature("items", "items", 3)),
+    )
+    params = {"rows": 50, "embedding_dim": 4}
+    slot = WeightSlot(build_model("dlrm", spec, params))
+    slot.load(dict(build_model("dlrm", spec, params).state_dict()), version=4, run_id="r")
+    log = PredictionLog(
+        spec=spec, topic="p", producer=lambda: producer, max_records=10, timeout_s=0.5
+    )
+    served = ServedModel(
+        slot=slot,
+        engine=DirectEngine(slot, head_for(spec), torch.device("cpu")),
+        io=ModelIO.for_spec(spec),
+        name="ctr",
+        prediction_log=log,
+    )
+    client = TestClient(
+        create_app(
+            slot=slot,
+            engine=served.engine,
+            io=served.io,
+            model_name="ctr",
+            max_body_bytes=1 << 20,
+            served=served,
+        )
+    )
+    features = np.array([[0.5, -1.0], [2.0, 0.25]], np.float32)
+    users, items = [[3], [9]], [[1, 2], []]
+
+    def ids(name: str, rows: list[list[int]]) -> list[dict[str, object]]:
+        flat = [i for row in rows for i in row]
+        return [
+            {"name": name, "shape": [len(flat)], "datatype": "INT64", "data": flat},
+            {
+                "name": f"{name}__lengths",
+                "shape": [2],
+                "datatype": "INT64",
+                "data": [len(r) for r in rows],
+            },
+        ]
+
+    dense = {"name": "input", "shape": [2, 2], "datatype": "FP32", "data": features.tolist()}
+    log.start()
+    try:
+        body = {"id": "ad-7", "inputs": [dense, *ids("user", users), *ids("items", items)]}
+        reply = client.post("/v2/models/ctr/infer", json=body)
+        assert reply.status_code == 200 and reply.json()["id"] == "ad-7"
+        _wait(lambda: len(producer.sent) == 2, "two logged rows")
+        assert [key for key, _, _ in producer.sent] == [b"ad-7/0", b"ad-7/1"]
+        samples = [decode_prediction(value).sample for _, value, _ in producer.sent]
+        decoded = decode_binary(spec, samples, np.zeros(2))
+        assert decoded.features.tobytes() == features.tobytes()
+        assert decoded.sparse.features["user"].ids.tolist() == [3, 9]
+        assert decoded.sparse.features["items"].lengths.tolist() == [2, 0]
+        assert decoded.sparse.features["items"].ids.tolist() == [1, 2]
     finally:
         producer.acknowledge()
         log.close()
