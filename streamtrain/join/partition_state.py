@@ -203,22 +203,17 @@ class PartitionState:
                 DeadLetter(record, "duplicate", f"{rid[:64]!r} was joined; the first label wins")
             ]
         if done is not None:
-            return [
-                DeadLetter(record, "late", f"{rid[:64]!r} expired {self.policy.window_s:g} s "
-                           "after it was served")
-            ]  # fmt: skip
+            window = self.policy.window_s
+            return [DeadLetter(record, "late", f"{rid[:64]!r} expired {window:g} s after serving")]
         if rid in self.labels:
-            return [
-                DeadLetter(record, "duplicate", f"{rid[:64]!r} already has a label waiting; "
-                           "the first label wins")
-            ]  # fmt: skip
+            detail = f"{rid[:64]!r} already has a label waiting; the first label wins"
+            return [DeadLetter(record, "duplicate", detail)]
         self.labels[rid] = PendingLabel(label, record)
         if len(self.labels) > self.policy.max_pending_labels:
             oldest = self.labels.pop(next(iter(self.labels)))
-            return [
-                DeadLetter(oldest.record, "unknown_id", "no prediction arrived before "
-                           f"{self.policy.max_pending_labels} newer labels were waiting")
-            ]  # fmt: skip
+            cap = self.policy.max_pending_labels
+            detail = f"no prediction arrived before {cap} newer labels were waiting"
+            return [DeadLetter(oldest.record, "unknown_id", detail)]
         return []
 
     # --- time ---------------------------------------------------------------------------------
@@ -253,10 +248,8 @@ class PartitionState:
             if self._stamp(waiting.record) + wait > self.predictions_seen_until:
                 break
             del self.labels[rid]
-            actions.append(
-                DeadLetter(waiting.record, "unknown_id", "no prediction with this id was logged "
-                           f"within {wait:g} s of the label")
-            )  # fmt: skip
+            detail = f"no prediction with this id was logged within {wait:g} s of the label"
+            actions.append(DeadLetter(waiting.record, "unknown_id", detail))
         forget_before = deadline - self.policy.remember_s
         while self.resolved:
             rid, done = next(iter(self.resolved.items()))
