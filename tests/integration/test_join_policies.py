@@ -52,15 +52,16 @@ def test_expiry_policy_and_dead_letter_reasons(
         "STREAMTRAIN_JOIN__DEFAULT_WEIGHT": "0.25",
     }
     env = join_env(kafka, topics, tmp_path / "state", extra)
+    # In the log before the join starts, so it reads them before any window can end.
+    produce_labels(
+        kafka,
+        topics.labels,
+        {**{rid: 1 for rid in JOINED}, "u-100": 1, "u-101": 0},
+        raw={"bad-200": b'{"id": "bad-200", "label": 5}', "bad-201": b"\x00junk"},
+    )
     process = start_join(env)
     try:
         url = metrics_url(env)
-        produce_labels(
-            kafka,
-            topics.labels,
-            {**{rid: 1 for rid in JOINED}, "u-100": 1, "u-101": 0},
-            raw={"bad-200": b'{"id": "bad-200", "label": 5}', "bad-201": b"\x00junk"},
-        )
         expired = f'streamtrain_join_expired_predictions_total{{cause="window",policy="{policy}"}}'
         join_metric(url, expired, 4.5, timeout=60)
         # Now too late for EXPIRING, and a second label for each joined id.
