@@ -6,14 +6,14 @@ from __future__ import annotations
 import math
 from concurrent.futures import Future
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 
 from streamtrain.config import Settings
 from streamtrain.jagged import SparseRows
-from streamtrain.kafka import KafkaConnection, record_producer
+from streamtrain.kafka import KafkaConnection, RecordProducer, record_producer
 from streamtrain.spec import SampleSpec, spec_for_model
 from streamtrain.wire import (
     CONTENT_TYPE_HEADER,
@@ -33,8 +33,35 @@ from streamtrain.wire.label_record import (
 )
 from streamtrain.wire.prediction_record import PredictionRecordError, check_request_id
 
+_P = TypeVar("_P", bound="_ClosingProducer")
 
-class SampleProducer:
+
+class _ClosingProducer:
+    """What both producers share: flush, close, and a ``with`` block that flushes on success."""
+
+    _producer: RecordProducer
+
+    def flush(self, timeout: float = 60.0) -> None:
+        self._producer.flush(timeout=timeout)
+
+    def close(self, timeout: float = 30.0) -> None:
+        self._producer.close(timeout=timeout)
+
+    def __enter__(self: _P) -> _P:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is None:
+            self.flush()
+        self.close()
+
+
+class SampleProducer(_ClosingProducer):
     """A producer (of the connection's library) that encodes samples and sets their content type.
 
     >>> from streamtrain.spec import SampleSpec
@@ -128,27 +155,8 @@ class SampleProducer:
             self._send_value(value, None, partition)
         return len(values)
 
-    def flush(self, timeout: float = 60.0) -> None:
-        self._producer.flush(timeout=timeout)
 
-    def close(self, timeout: float = 30.0) -> None:
-        self._producer.close(timeout=timeout)
-
-    def __enter__(self) -> SampleProducer:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if exc_type is None:
-            self.flush()
-        self.close()
-
-
-class LabelProducer:
+class LabelProducer(_ClosingProducer):
     """Send the outcome of a served prediction, keyed by the request id the server returned
     (the response's ``id``; ``docs/labels.md``), in JSON or the binary ``STL1`` layout.
 
@@ -215,25 +223,6 @@ class LabelProducer:
         future = self._producer.send(self.topic, value, key=key, headers=self._headers)
         self.sent += 1
         return future
-
-    def flush(self, timeout: float = 60.0) -> None:
-        self._producer.flush(timeout=timeout)
-
-    def close(self, timeout: float = 30.0) -> None:
-        self._producer.close(timeout=timeout)
-
-    def __enter__(self) -> LabelProducer:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if exc_type is None:
-            self.flush()
-        self.close()
 
 
 def _sparse_values(
