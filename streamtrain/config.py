@@ -346,6 +346,11 @@ class JoinSettings(_Frozen):
         Path("join-state"), description="Checkpoints of per-partition state; shared by replicas."
     )
     checkpoint_every_s: float = Field(2.0, gt=0, description="Seconds between checkpoints.")
+    on_log_lost: Literal["earliest", "fail"] = Field(
+        "earliest",
+        description="When Kafka no longer holds the samples the checkpoints saw (emptied "
+        "broker, re-created topic): start over from the inputs' start, or stop (exit 6).",
+    )
     group_id: str = Field("streamtrain-join", min_length=1)
     session_timeout_ms: int = Field(
         6000,

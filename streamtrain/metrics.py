@@ -100,6 +100,9 @@ KAFKA_REACHABLE_TRAINER = Gauge(
 KAFKA_REACHABLE_SERVER = Gauge(
     "streamtrain_kafka_reachable", _KAFKA_REACHABLE_HELP, registry=SERVER_REGISTRY
 )
+KAFKA_REACHABLE_JOIN = Gauge(
+    "streamtrain_kafka_reachable", _KAFKA_REACHABLE_HELP, registry=JOIN_REGISTRY
+)
 INGEST_DECODE_SECONDS = Histogram(
     "streamtrain_ingest_decode_seconds",
     "Time to decode and validate one poll's records.",
@@ -400,6 +403,11 @@ JOIN_CHECKPOINT_SECONDS = Histogram(
 JOIN_CHECKPOINT_BYTES = Gauge(
     "streamtrain_join_checkpoint_bytes",
     "Size of the last join checkpoint, all assigned partitions.",
+    registry=JOIN_REGISTRY,
+)
+JOIN_LOG_RESETS = Counter(
+    "streamtrain_join_log_resets_total",
+    "Times the join started over because Kafka lost the samples its checkpoints saw.",
     registry=JOIN_REGISTRY,
 )
 JOIN_CHECKPOINT_AGE = Gauge(

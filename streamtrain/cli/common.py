@@ -42,7 +42,8 @@ class ExitCode(IntEnum):
     MISSING_EXTRA = 5
     """An optional part is not installed (``pip install 'streamtrain[...]'``)."""
     OFFSET_RESET = 6
-    """The samples log lost the trainer's position and ``ingest.on_offset_reset`` is ``fail``."""
+    """The samples log lost the trainer's position and ``ingest.on_offset_reset`` is ``fail``,
+    or Kafka came back without the samples ``streamtrain join`` had written."""
 
 
 def fail(message: str, code: int = ExitCode.USAGE) -> NoReturn:

@@ -40,6 +40,7 @@ def join(
     from streamtrain import health, metrics
     from streamtrain.join.build import build_join, join_policy
     from streamtrain.join.joiner import JoinDeliveryError
+    from streamtrain.join.log_lost import JoinLogLost
     from streamtrain.join.samples_log import SamplesLogTimeout
     from streamtrain.join.state_file import StateFileError
     from streamtrain.kafka import KafkaConfigError
@@ -84,6 +85,8 @@ def join(
         running.close()
     except StateFileError as exc:
         fail(str(exc), ExitCode.FAILED)
+    except JoinLogLost as exc:
+        fail(str(exc), ExitCode.OFFSET_RESET)
     except CoPartitionError as exc:
         fail(str(exc))
     except (JoinDeliveryError, SamplesLogTimeout) as exc:

@@ -79,7 +79,9 @@ def build_join(settings: Settings, *, create_missing_topics: bool = True) -> Run
             kafka, [topics.samples, topics.predictions, topics.labels], topics.sample_partitions
         )
         create_topics(kafka, [topics.labels_dead_letter], 1)
-    producer = record_producer(kafka, acks="all", linger_ms=5)
+    # No delivery timeout: a sample queued when the broker goes away waits for it to come
+    # back instead of failing (the outage ordering of streamtrain.join.joiner).
+    producer = record_producer(kafka, acks="all", linger_ms=5, delivery_timeout_ms=0)
     dead_letters = KafkaDeadLetter(
         topic=topics.labels_dead_letter, kafka=kafka, errors=metrics.JOIN_DEAD_LETTER_ERRORS
     )
@@ -92,6 +94,7 @@ def build_join(settings: Settings, *, create_missing_topics: bool = True) -> Run
         samples_log=samples_log,
         state_dir=settings.join.state_dir,
         checkpoint_every_s=settings.join.checkpoint_every_s,
+        on_log_lost=settings.join.on_log_lost,
     )
     group = co_partitioned_group(
         kafka,

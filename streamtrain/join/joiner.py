@@ -29,6 +29,25 @@ Taking over partition ``p`` (a start, a rebalance, a restart after kill -9):
 4. Write a checkpoint at once, so a crash during the replay starts from here (the ids of
    step 2 not yet met travel in it).
 
+Riding out a broker outage (the process stays up; ``streamtrain_kafka_reachable`` 0 and
+readiness condition ``kafka`` false, from :mod:`streamtrain.kafka.reachability`):
+
+1. While Kafka is unreachable no checkpoint is taken (step 2 could not finish) and the loop
+   keeps polling and beating. The samples producer has no delivery timeout, so a sample
+   emitted before or during the outage is neither dropped nor failed: it stays queued until
+   the broker acknowledges it.
+2. Partitions the group revokes during the outage (session timeout) are kept in memory,
+   not checkpointed; given back to this member they resume from that memory, producer queue
+   included, exactly as if never revoked. Given to another member instead, they are dropped
+   here, and the other replays from the last checkpoint (the pause case below).
+3. The first checkpoint after an outage first checks that the samples topic still holds
+   what the last checkpoint saw (no partition ends before its ``E``; so does taking over a
+   partition, against its state file's ``E``). A broker that came back without its data
+   (emptied, lost volume, re-created topic) fails that check: the checkpoints no longer
+   describe any log, and ``join.on_log_lost`` decides (:mod:`streamtrain.join.log_lost`):
+   start over with empty state from the inputs' start, checkpointed at once, or stop with
+   exit 6. Neither emits a sample of the new logs twice or skips one.
+
 A replica that only pauses (not dies) beyond the session timeout while another takes its
 partitions could emit twice; librdkafka's ``max.poll.interval.ms`` bounds that window.
 Dead letters are at least once: a replay may copy a label to the dead-letter topic again.
@@ -44,6 +63,7 @@ from pathlib import Path
 
 from streamtrain import health, metrics
 from streamtrain.ingest.deadletter import DeadLetterSink
+from streamtrain.join.log_lost import JoinLogLost, OnLogLost, latest_ends, start_over_or_fail
 from streamtrain.join.partition_state import (
     Action,
     DeadLetter,
@@ -58,6 +78,7 @@ from streamtrain.join.state_file import read_state, state_path, write_state
 from streamtrain.kafka import RecordProducer
 from streamtrain.kafka.confluent_consumer import ConfluentRecord
 from streamtrain.kafka.group_consumer import CoPartitionedGroup
+from streamtrain.kafka.reachability import REACHABILITY
 from streamtrain.wire import BINARY_CONTENT_TYPE
 from streamtrain.wire.content_type import CONTENT_TYPE_HEADER
 
@@ -98,6 +119,7 @@ class Joiner:
         samples_log: SamplesLog,
         state_dir: Path,
         checkpoint_every_s: float = 2.0,
+        on_log_lost: OnLogLost = "fail",
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.policy = policy
@@ -107,10 +129,15 @@ class Joiner:
         self._samples_log = samples_log
         self._state_dir = state_dir
         self._every_s = checkpoint_every_s
+        self._on_log_lost: OnLogLost = on_log_lost
         self._clock = wall_clock
         self._group: CoPartitionedGroup | None = None
         self.states: dict[int, PartitionState] = {}
         self._delivery_error: BaseException | None = None
+        self._checkpointed_ends: dict[int, int] | None = None  # E of the last checkpoint
+        self._outage = False  # Kafka was unreachable since the last checkpoint
+        self._held: dict[int, PartitionState] = {}  # revoked during an outage (docstring 2.)
+        self._log_lost = False  # stopping on a lost log: no checkpoint may overwrite the old
         self._last_checkpoint = time.monotonic()
         self._stop = False
         # Labelled children looked up once: a lookup per record costs as much as the join.
@@ -136,6 +163,9 @@ class Joiner:
         try:
             while not self._stop and not stop_when():
                 health.beat()
+                REACHABILITY.check()  # while unreachable: probe now and then, summarize
+                if not REACHABILITY.reachable:
+                    self._outage = True
                 records = group.poll(0.05)
                 for record in records:
                     self._apply(record)
@@ -143,11 +173,16 @@ class Joiner:
                 self._producer.poll(0)  # delivery callbacks
                 self._advance()
                 due = time.monotonic() - self._last_checkpoint >= self._every_s
-                if due and self.states:
+                if due and self.states and REACHABILITY.reachable:
                     self.checkpoint(tuple(self.states))
                 self._export_gauges()
         finally:
-            if self.states and self._delivery_error is None:
+            if not REACHABILITY.reachable:
+                log.warning(
+                    "stopping without a checkpoint (Kafka unreachable): the next start "
+                    "replays from the last one"
+                )
+            elif self.states and self._delivery_error is None and not self._log_lost:
                 self.checkpoint(tuple(self.states))
 
     def _apply(self, record: ConfluentRecord) -> None:
@@ -227,6 +262,11 @@ class Joiner:
 
     def checkpoint(self, partitions: Sequence[int]) -> None:
         started = time.monotonic()
+        if self._outage:  # outage 3.
+            if self._checkpointed_ends is not None and self._lost(self._checkpointed_ends):
+                self._start_over(tuple(self.states))
+                partitions = tuple(self.states)
+            self._outage = False
         self._producer.flush(_FLUSH_TIMEOUT_S)  # 2.
         self._dead_letters.flush(_FLUSH_TIMEOUT_S)
         if self._delivery_error is not None:
@@ -235,6 +275,7 @@ class Joiner:
                 f"({self._delivery_error}); restart to replay from the last checkpoint"
             )
         ends = self._samples_log.ends()  # 3.
+        self._checkpointed_ends = ends
         written = 0
         offsets: dict[tuple[str, int], int] = {}
         for p in partitions:  # 4.
@@ -253,7 +294,18 @@ class Joiner:
         """Take over ``partitions``: load, reconcile with the samples topic, checkpoint."""
         started = time.monotonic()
         starts: dict[str, Mapping[int, int]] = {}
+        kept = {p: self._held.pop(p) for p in partitions if p in self._held}  # outage 2.
+        if self._held:
+            log.warning(
+                "partitions %s went to another member during the Kafka outage: it replays "
+                "them from their last checkpoint",
+                sorted(self._held),
+            )
+            self._held.clear()
+        self.states.update(kept)
         for p in partitions:  # 1.
+            if p in kept:
+                continue
             path = state_path(self._state_dir, self.topics.predictions, p)
             loaded = read_state(path, self.policy)
             if loaded is None:
@@ -262,8 +314,13 @@ class Joiner:
             loaded.state.wall_clock = self._clock
             self.states[p] = loaded.state
             starts[join_tag(self.topics.predictions, p)] = loaded.samples_ends
+        if starts and self._lost(latest_ends(starts.values())):  # from an emptied broker
+            self._start_over([p for p in partitions if p not in kept])
+            starts = {}
         emitted = self._samples_log.emitted_since(starts)  # 2.
         for p in partitions:
+            if p in kept:
+                continue
             found = emitted.get(join_tag(self.topics.predictions, p), {})
             self.states[p].already_emitted.update(found)
             if found:
@@ -283,12 +340,38 @@ class Joiner:
     def on_revoke(self, partitions: tuple[int, ...]) -> None:
         """Hand ``partitions`` back: checkpoint them, then forget them."""
         held = tuple(p for p in partitions if p in self.states)
+        if held and (self._outage or not REACHABILITY.reachable):  # outage 2.
+            self._outage = True
+            self._held.update({p: self.states.pop(p) for p in held})
+            metrics.JOIN_ASSIGNED.set(len(self.states))
+            log.warning("partitions %s revoked during a Kafka outage: kept, not checkpointed", held)
+            return
         if held and self._delivery_error is None:
             self.checkpoint(held)
         for p in held:
             del self.states[p]
         metrics.JOIN_ASSIGNED.set(len(self.states))
         log.info("handed back partitions %s", list(held))
+
+    def _lost(self, checkpointed: Mapping[int, int]) -> bool:
+        """Whether the samples topic lost what ``checkpointed`` saw and the join starts over
+        (:mod:`streamtrain.join.log_lost`; raises JoinLogLost under ``on_log_lost=fail``)."""
+        try:
+            return start_over_or_fail(
+                self._samples_log, checkpointed, self._on_log_lost, self._state_dir
+            )
+        except JoinLogLost:
+            self._log_lost = True
+            raise
+
+    def _start_over(self, partitions: Sequence[int]) -> None:
+        """Empty state for ``partitions``, both inputs read again from their start."""
+        assigned = self._group.assigned if self._group is not None else ()
+        for p in partitions:
+            self.states[p] = PartitionState(p, self.policy, wall_clock=self._clock)
+            if p in assigned and self._group is not None:
+                self._group.seek(p, 0, 0)
+        metrics.JOIN_LOG_RESETS.inc()
 
     def _require_group(self) -> CoPartitionedGroup:
         if self._group is None:

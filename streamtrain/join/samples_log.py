@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 
 from streamtrain.join.partition_state import Outcome
 from streamtrain.kafka import KafkaConnection, record_consumer
-from streamtrain.kafka.consumer import RecordConsumer
+from streamtrain.kafka.consumer import RecordConsumer, TopicNotFound
 from streamtrain.kafka.watermark import true_ends
 
 JOIN_HEADER = "streamtrain-join"
@@ -63,6 +63,20 @@ class SamplesLog:
                 f"no fetch response from {self.topic!r} within {self._timeout_s:.0f} s"
             )
         return found
+
+    def lost_since(self, checkpointed: Mapping[int, int]) -> str | None:
+        """Why the topic no longer holds what it held at a checkpoint whose ends were
+        ``checkpointed`` (a partition now ending before its checkpointed end, or the topic
+        gone), or None when it still does. Ends never move back while a log is kept."""
+        try:
+            now = self.ends()
+        except TopicNotFound:
+            return f"the topic {self.topic!r} no longer exists"
+        for p, end in sorted(checkpointed.items()):
+            if now.get(p, -1) < end:
+                found = "is gone" if p not in now else f"ends at {now[p]}"
+                return f"partition {p} of {self.topic!r} {found}, before the checkpointed {end}"
+        return None
 
     def emitted_since(
         self, starts: Mapping[str, Mapping[int, int]]

@@ -34,7 +34,7 @@ _KAFKA_PYTHON_CONNECTION = (
     "Abort",
 )
 # librdkafka error codes that mean "cannot talk to the cluster" (others are the caller's).
-_LIBRDKAFKA_CONNECT = {"_TRANSPORT", "_ALL_BROKERS_DOWN", "_RESOLVE", "_TIMED_OUT"}
+LIBRDKAFKA_CONNECT = {"_TRANSPORT", "_ALL_BROKERS_DOWN", "_RESOLVE", "_TIMED_OUT"}
 _LIBRDKAFKA_REFUSED = {"_AUTHENTICATION", "_SSL", "SASL_AUTHENTICATION_FAILED"}
 # librdkafka log facilities of per-attempt connection reports.
 _LIBRDKAFKA_FACILITIES = ("FAIL", "ERROR", "BROKERFAIL", "CONNECT", "REQTMOUT")
@@ -102,7 +102,7 @@ def librdkafka_error_callback(
                 on_fatal(f"fatal Kafka client error: {error.str()}")
             return
         kind: FailureKind | None = None
-        if name in _LIBRDKAFKA_CONNECT:
+        if name in LIBRDKAFKA_CONNECT:
             kind = "connect"
         elif name in _LIBRDKAFKA_REFUSED:
             kind = "refused"

@@ -116,6 +116,7 @@ def record_producer(
     ``idempotent``: the broker drops the duplicates a retry would write (needs ``acks="all"``).
     ``delivery_timeout_ms``: a record not acknowledged by then, retries included, fails its
     future; with kafka-python it also bounds how long ``send`` blocks waiting for metadata.
+    0: no limit (librdkafka's own meaning; kafka-python gets its largest value).
     """
     _prepare(kafka)
     if idempotent and acks != "all":
@@ -126,6 +127,8 @@ def record_producer(
         extra: dict[str, object] = {} if batch_size is None else {"batch_size": batch_size}
         if idempotent:
             extra["enable_idempotence"] = True
+        if delivery_timeout_ms == 0:
+            delivery_timeout_ms = 2**31 - 1
         if delivery_timeout_ms is not None:
             extra["delivery_timeout_ms"] = delivery_timeout_ms
             extra["max_block_ms"] = delivery_timeout_ms

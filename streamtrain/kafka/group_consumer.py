@@ -19,7 +19,7 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from streamtrain.kafka.client_logs import quiet_librdkafka
+from streamtrain.kafka.client_logs import LIBRDKAFKA_CONNECT, quiet_librdkafka
 from streamtrain.kafka.confluent_consumer import ConfluentRecord
 from streamtrain.kafka.reachability import REACHABILITY
 
@@ -108,6 +108,8 @@ class CoPartitionedGroup:
                 records.append(ConfluentRecord.of(message))
             elif error.fatal():
                 raise RuntimeError(f"consumer group failed: {error.name()}: {error.str()}")
+            elif error.name() in LIBRDKAFKA_CONNECT:  # one line per outage, not per attempt
+                REACHABILITY.failure(error.str())
             else:
                 log.warning("consume error: %s", error.str())
         if records:
@@ -122,6 +124,13 @@ class CoPartitionedGroup:
         if marks is None or marks[1] < 0:
             return None
         return int(marks[1])
+
+    def seek(self, partition: int, first: int, second: int) -> None:
+        """Read partition pair ``partition`` from these offsets (of topics[0], topics[1])."""
+        from confluent_kafka import TopicPartition
+
+        for topic, offset in zip(self.topics, (first, second), strict=True):
+            self._consumer.seek(TopicPartition(topic, partition, offset))
 
     def commit(self, offsets: Mapping[tuple[str, int], int]) -> None:
         """Store positions in the group, for lag monitoring only (checkpoints are the truth)."""

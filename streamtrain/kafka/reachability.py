@@ -6,7 +6,7 @@ reports come here instead of the log, and the tracker turns them into:
 
 1. one log line per change of state (reachable -> unreachable -> reachable), with the cause;
 2. while unreachable, one summary line every ``summary_every_s`` (duration, failed attempts);
-3. the gauge ``streamtrain_kafka_reachable`` (1/0) in both registries, and the process's
+3. the gauge ``streamtrain_kafka_reachable`` (1/0) in every registry, and the process's
    readiness condition ``kafka`` (:mod:`streamtrain.health`).
 
 A connection failure is confirmed with a TCP connect to a bootstrap server before the state
@@ -169,7 +169,11 @@ class Reachability:
         self._set_signals(True, "")
 
     def _set_signals(self, reachable: bool, detail: str) -> None:
-        for gauge in (metrics.KAFKA_REACHABLE_TRAINER, metrics.KAFKA_REACHABLE_SERVER):
+        for gauge in (
+            metrics.KAFKA_REACHABLE_TRAINER,
+            metrics.KAFKA_REACHABLE_SERVER,
+            metrics.KAFKA_REACHABLE_JOIN,
+        ):
             gauge.set(1 if reachable else 0)
         health.set_condition("kafka", reachable, detail)
 

@@ -1,0 +1,202 @@
+"""A real `streamtrain join` process through a broker outage: killed broker, then one back empty.
+
+The test runs its own embedded broker (the session one must not die) and a join against it.
+While the broker is down the join must stay up, with ``streamtrain_kafka_reachable 0`` and
+/health/ready 503 on its real endpoints, /health/live 200, and a bounded number of log lines.
+The broker then comes back on the same port without its data, so the join's checkpoints no
+longer describe any log: under ``join.on_log_lost=earliest`` it starts over in-process and
+joins what is produced after the restart, each id exactly once; under ``fail`` it stops with
+exit code 6 and one line (docs/join.md#broker-outages).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from streamtrain.broker import EmbeddedBroker
+from streamtrain.kafka import KafkaConnection
+from tests.integration.join_harness import (
+    JoinTopics,
+    by_id,
+    join_env,
+    join_metric,
+    make_topics,
+    metrics_url,
+    produce_labels,
+    produce_predictions,
+    read_topic,
+    start_join,
+    stop_join,
+    wait_for_records,
+)
+from tests.integration.trainer_harness import scrape
+
+REACHABLE = "streamtrain_kafka_reachable"
+ASSIGNED = "streamtrain_join_assigned_partitions"
+AGE = "streamtrain_join_checkpoint_age_seconds"
+RESETS = "streamtrain_join_log_resets_total"
+
+
+@dataclass
+class Output:
+    """The join's combined stdout/stderr, read on a thread, with arrival times."""
+
+    lines: list[tuple[float, str]] = field(default_factory=list)
+
+    def follow(self, process: subprocess.Popen[str]) -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            self.lines.append((time.monotonic(), line.rstrip("\n")))
+
+    def since(self, start: float) -> list[str]:
+        return [line for at, line in self.lines if at >= start]
+
+    def text(self) -> str:
+        return "\n".join(line for _, line in self.lines)
+
+
+def _status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+
+
+def _await(condition: Callable[[], bool], what: str, timeout: float = 60.0) -> float:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)  # poll interval of a condition wait
+    return time.monotonic()
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[EmbeddedBroker]:
+    embedded = EmbeddedBroker(log_path=tmp_path / "broker.log").start()
+    yield embedded
+    embedded.stop()
+
+
+def _ids(start: int, stop: int) -> list[str]:
+    return [f"r-{i}" for i in range(start, stop)]
+
+
+def _feed(kafka: KafkaConnection, topics: JoinTopics, ids: list[str]) -> dict[str, int]:
+    produce_predictions(kafka, topics.predictions, ids, time.time())
+    labels = {rid: int(rid.rsplit("-", 1)[1]) % 2 for rid in ids}
+    produce_labels(kafka, topics.labels, labels)
+    return labels
+
+
+@dataclass
+class RunningJoin:
+    process: subprocess.Popen[str]
+    output: Output
+    env: dict[str, str]
+
+    @property
+    def base_url(self) -> str:
+        return metrics_url(self.env).removesuffix("/metrics")
+
+    def metrics(self) -> dict[str, float]:
+        return scrape(metrics_url(self.env))
+
+
+@contextmanager
+def _joined_then_broker_killed(
+    broker: EmbeddedBroker, kafka: KafkaConnection, topics: JoinTopics, tmp_path: Path, policy: str
+) -> Iterator[RunningJoin]:
+    """A join that joined 100 ids and checkpointed them, then a broker outage of 5 s checked
+    from the join's endpoints and log; yields with the broker still down."""
+    make_topics(kafka, topics, partitions=1)
+    extra = {
+        "STREAMTRAIN_JOIN__CHECKPOINT_EVERY_S": "1",
+        "STREAMTRAIN_JOIN__WINDOW_S": "600",
+        "STREAMTRAIN_JOIN__ON_LOG_LOST": policy,
+    }
+    env = join_env(kafka, topics, tmp_path / "state", extra)
+    join = RunningJoin(start_join(env), Output(), env)
+    threading.Thread(target=join.output.follow, args=(join.process,), daemon=True).start()
+    try:
+        join_metric(metrics_url(env), ASSIGNED, 0.5, timeout=60)
+        _feed(kafka, topics, _ids(0, 100))
+        wait_for_records(kafka, topics.samples, 100, timeout=60)
+        # A checkpoint after the 100 samples: its end offsets are what the join checks after
+        # the outage (the age gauge restarts at each checkpoint).
+        seen = time.monotonic()
+        _await(lambda: join.metrics()[AGE] < time.monotonic() - seen, "a checkpoint")
+        assert join.metrics()[REACHABLE] == 1.0
+
+        killed = time.monotonic()
+        broker.stop()
+        _await(lambda: join.metrics().get(REACHABLE) == 0.0, "reachable 0", 30)
+        assert _status(f"{join.base_url}/health/ready") == 503
+        time.sleep(5.0)  # the outage itself, not a stand-in for synchronisation
+        assert _status(f"{join.base_url}/health/live") == 200
+        assert _status(f"{join.base_url}/health/ready") == 503
+        assert join.process.poll() is None, join.output.text()
+        during = join.output.since(killed)
+        assert len(during) <= 6, "\n".join(during)
+        assert sum("is unreachable" in line for line in during) == 1, during
+        yield join
+    finally:
+        if join.process.poll() is None:
+            join.process.kill()
+            join.process.wait(30)
+        print(join.output.text())  # shown by pytest when the test fails
+
+
+def test_join_rides_out_an_outage_then_starts_over_on_an_emptied_broker(
+    broker: EmbeddedBroker, kafka_client: str, unique_name: str, tmp_path: Path
+) -> None:
+    kafka = KafkaConnection(broker.bootstrap_servers, client=kafka_client)  # type: ignore[arg-type]
+    topics = JoinTopics.named(unique_name)
+    with _joined_then_broker_killed(broker, kafka, topics, tmp_path, "earliest") as join:
+        restarted = time.monotonic()
+        broker.start()  # same port, empty: the join's samples and inputs are gone
+        make_topics(kafka, topics, partitions=1)
+        labels = _feed(kafka, topics, _ids(100, 150))
+        wait_for_records(kafka, topics.samples, 50, timeout=60)
+        _await(lambda: join.metrics().get(REACHABLE) == 1.0, "reachable 1", 30)
+        _await(lambda: _status(f"{join.base_url}/health/ready") == 200, "ready again", 30)
+        assert join.metrics()[RESETS] == 1.0
+        code, _ = stop_join(join.process)
+        assert code == 0, join.output.text()
+        after = join.output.since(restarted)
+        assert sum("is reachable again" in line for line in after) == 1, after
+        assert sum("join.on_log_lost=earliest" in line for line in after) == 1, after
+
+    samples = by_id(read_topic(kafka, topics.samples))
+    assert sorted(samples) == sorted(labels), "not every id produced after the restart"
+    repeated = {rid: len(found) for rid, found in samples.items() if len(found) != 1}
+    assert not repeated, repeated
+    for rid, (sample,) in samples.items():
+        assert int.from_bytes((sample.value or b"")[16:24], "little") == labels[rid]
+
+
+def test_join_with_on_log_lost_fail_exits_with_code_6_and_one_line(
+    broker: EmbeddedBroker, kafka_client: str, unique_name: str, tmp_path: Path
+) -> None:
+    kafka = KafkaConnection(broker.bootstrap_servers, client=kafka_client)  # type: ignore[arg-type]
+    topics = JoinTopics.named(unique_name)
+    with _joined_then_broker_killed(broker, kafka, topics, tmp_path, "fail") as join:
+        broker.start()
+        make_topics(kafka, topics, partitions=1)
+        code = join.process.wait(60)
+        assert code == 6, join.output.text()
+        errors = [line for _, line in join.output.lines if line.startswith("error: ")]
+        assert len(errors) == 1, join.output.text()
+        assert "no longer holds the join's samples" in errors[0], errors
+        assert "join.on_log_lost=fail" in errors[0], errors
+        assert str(tmp_path / "state") in errors[0], errors
