@@ -42,7 +42,8 @@ readiness condition ``kafka`` false, from :mod:`streamtrain.kafka.reachability`)
    here, and the other replays from the last checkpoint (the pause case below).
 3. The first checkpoint after an outage first checks that the samples topic still holds
    what the last checkpoint saw (no partition ends before its ``E``; so does taking over a
-   partition, against its state file's ``E``). A broker that came back without its data
+   partition, against its state file's ``E``, and every checkpoint's step 3, for an outage
+   too short to be noticed). A broker that came back without its data
    (emptied, lost volume, re-created topic) fails that check: the checkpoints no longer
    describe any log, and ``join.on_log_lost`` decides (:mod:`streamtrain.join.log_lost`):
    start over with empty state from the inputs' start, checkpointed at once, or stop with
@@ -73,7 +74,13 @@ from streamtrain.join.partition_state import (
     PartitionState,
     SourceRecord,
 )
-from streamtrain.join.samples_log import JOIN_HEADER, OUTCOME_HEADER, SamplesLog, join_tag
+from streamtrain.join.samples_log import (
+    JOIN_HEADER,
+    OUTCOME_HEADER,
+    SamplesLog,
+    join_tag,
+    moved_back,
+)
 from streamtrain.join.state_file import read_state, state_path, write_state
 from streamtrain.kafka import RecordProducer
 from streamtrain.kafka.confluent_consumer import ConfluentRecord
@@ -265,7 +272,7 @@ class Joiner:
         if self._outage:  # outage 3.
             if self._checkpointed_ends is not None and self._lost(self._checkpointed_ends):
                 self._start_over(tuple(self.states))
-                partitions = tuple(self.states)
+                partitions, self._checkpointed_ends = tuple(self.states), None
             self._outage = False
         self._producer.flush(_FLUSH_TIMEOUT_S)  # 2.
         self._dead_letters.flush(_FLUSH_TIMEOUT_S)
@@ -275,7 +282,10 @@ class Joiner:
                 f"({self._delivery_error}); restart to replay from the last checkpoint"
             )
         ends = self._samples_log.ends()  # 3.
-        self._checkpointed_ends = ends
+        last, self._checkpointed_ends = self._checkpointed_ends, ends
+        if last is not None and self._lost(last, ends):  # outage 3., an outage too short to see
+            self._start_over(tuple(self.states))
+            partitions = tuple(self.states)
         written = 0
         offsets: dict[tuple[str, int], int] = {}
         for p in partitions:  # 4.
@@ -353,13 +363,18 @@ class Joiner:
         metrics.JOIN_ASSIGNED.set(len(self.states))
         log.info("handed back partitions %s", list(held))
 
-    def _lost(self, checkpointed: Mapping[int, int]) -> bool:
-        """Whether the samples topic lost what ``checkpointed`` saw and the join starts over
-        (:mod:`streamtrain.join.log_lost`; raises JoinLogLost under ``on_log_lost=fail``)."""
+    def _lost(self, checkpointed: Mapping[int, int], now: Mapping[int, int] | None = None) -> bool:
+        """Whether the samples topic (its ends ``now``, read when None) lost what
+        ``checkpointed`` saw and the join starts over (:mod:`streamtrain.join.log_lost`;
+        raises JoinLogLost under ``on_log_lost=fail``)."""
+        if not checkpointed:
+            return False
+        if now is None:
+            why = self._samples_log.lost_since(checkpointed)
+        else:
+            why = moved_back(self.topics.samples, checkpointed, now)
         try:
-            return start_over_or_fail(
-                self._samples_log, checkpointed, self._on_log_lost, self._state_dir
-            )
+            return start_over_or_fail(why, self._on_log_lost, self._state_dir)
         except JoinLogLost:
             self._log_lost = True
             raise

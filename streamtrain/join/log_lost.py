@@ -16,8 +16,6 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Literal
 
-from streamtrain.join.samples_log import SamplesLog
-
 log = logging.getLogger(__name__)
 
 OnLogLost = Literal["earliest", "fail"]
@@ -36,12 +34,10 @@ def latest_ends(ends: Iterable[Mapping[int, int]]) -> dict[int, int]:
     return found
 
 
-def start_over_or_fail(
-    samples_log: SamplesLog, checkpointed: Mapping[int, int], policy: OnLogLost, state_dir: Path
-) -> bool:
+def start_over_or_fail(lost: str | None, policy: OnLogLost, state_dir: Path) -> bool:
     """Whether the join must start over: the samples topic lost records the checkpoints saw
-    and ``policy`` is earliest. Raises :class:`JoinLogLost` (one line) when it is fail."""
-    lost = samples_log.lost_since(checkpointed) if checkpointed else None
+    (``lost`` says how) and ``policy`` is earliest. Raises :class:`JoinLogLost` (one line)
+    when it is fail."""
     if lost is None:
         return False
     if policy == "fail":

@@ -72,11 +72,7 @@ class SamplesLog:
             now = self.ends()
         except TopicNotFound:
             return f"the topic {self.topic!r} no longer exists"
-        for p, end in sorted(checkpointed.items()):
-            if now.get(p, -1) < end:
-                found = "is gone" if p not in now else f"ends at {now[p]}"
-                return f"partition {p} of {self.topic!r} {found}, before the checkpointed {end}"
-        return None
+        return moved_back(self.topic, checkpointed, now)
 
     def emitted_since(
         self, starts: Mapping[str, Mapping[int, int]]
@@ -114,6 +110,15 @@ class SamplesLog:
 
     def close(self) -> None:
         self._consumer.close()
+
+
+def moved_back(topic: str, checkpointed: Mapping[int, int], now: Mapping[int, int]) -> str | None:
+    """Why ends ``now`` show that ``topic`` lost records it held at ``checkpointed``, or None."""
+    for p, end in sorted(checkpointed.items()):
+        if now.get(p, -1) < end:
+            found = "is gone" if p not in now else f"ends at {now[p]}"
+            return f"partition {p} of {topic!r} {found}, before the checkpointed {end}"
+    return None
 
 
 def _join_headers(
