@@ -10,9 +10,9 @@ from streamtrain.ingest.deadletter import KafkaDeadLetter
 from streamtrain.join.joiner import Joiner, JoinTopics
 from streamtrain.join.partition_state import JoinPolicy
 from streamtrain.join.samples_log import SamplesLog
+from streamtrain.join.samples_out import SamplesOut
 from streamtrain.kafka import (
     KafkaConnection,
-    RecordProducer,
     co_partitioned_group,
     create_topics,
     record_producer,
@@ -56,13 +56,13 @@ class RunningJoin:
 
     joiner: Joiner
     group: CoPartitionedGroup
-    producer: RecordProducer
+    samples: SamplesOut
     dead_letters: KafkaDeadLetter
     samples_log: SamplesLog
 
     def close(self) -> None:
         self.group.close()
-        self.producer.close(30.0)
+        self.samples.close(30.0)
         self.dead_letters.close()
         self.samples_log.close()
 
@@ -81,7 +81,11 @@ def build_join(settings: Settings, *, create_missing_topics: bool = True) -> Run
         create_topics(kafka, [topics.labels_dead_letter], 1)
     # No delivery timeout: a sample queued when the broker goes away waits for it to come
     # back instead of failing (the outage ordering of streamtrain.join.joiner).
-    producer = record_producer(kafka, acks="all", linger_ms=5, delivery_timeout_ms=0)
+    samples = SamplesOut(
+        lambda: record_producer(kafka, acks="all", linger_ms=5, delivery_timeout_ms=0),
+        topics.samples,
+        topics.predictions,
+    )
     dead_letters = KafkaDeadLetter(
         topic=topics.labels_dead_letter, kafka=kafka, errors=metrics.JOIN_DEAD_LETTER_ERRORS
     )
@@ -89,7 +93,7 @@ def build_join(settings: Settings, *, create_missing_topics: bool = True) -> Run
     joiner = Joiner(
         policy=policy,
         topics=JoinTopics(topics.predictions, topics.labels, topics.samples),
-        producer=producer,
+        samples=samples,
         dead_letters=dead_letters,
         samples_log=samples_log,
         state_dir=settings.join.state_dir,
@@ -106,4 +110,4 @@ def build_join(settings: Settings, *, create_missing_topics: bool = True) -> Run
         fetch_max_wait_ms=settings.kafka.fetch_max_wait_ms,
     )
     joiner.attach(group)
-    return RunningJoin(joiner, group, producer, dead_letters, samples_log)
+    return RunningJoin(joiner, group, samples, dead_letters, samples_log)

@@ -74,20 +74,12 @@ from streamtrain.join.partition_state import (
     PartitionState,
     SourceRecord,
 )
-from streamtrain.join.samples_log import (
-    JOIN_HEADER,
-    OUTCOME_HEADER,
-    SamplesLog,
-    join_tag,
-    moved_back,
-)
+from streamtrain.join.samples_log import SamplesLog, join_tag, moved_back
+from streamtrain.join.samples_out import SamplesOut
 from streamtrain.join.state_file import read_state, state_path, write_state
-from streamtrain.kafka import RecordProducer
 from streamtrain.kafka.confluent_consumer import ConfluentRecord
 from streamtrain.kafka.group_consumer import CoPartitionedGroup
 from streamtrain.kafka.reachability import REACHABILITY
-from streamtrain.wire import BINARY_CONTENT_TYPE
-from streamtrain.wire.content_type import CONTENT_TYPE_HEADER
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +113,7 @@ class Joiner:
         *,
         policy: JoinPolicy,
         topics: JoinTopics,
-        producer: RecordProducer,
+        samples: SamplesOut,
         dead_letters: DeadLetterSink,
         samples_log: SamplesLog,
         state_dir: Path,
@@ -131,7 +123,7 @@ class Joiner:
     ) -> None:
         self.policy = policy
         self.topics = topics
-        self._producer = producer
+        self._samples = samples
         self._dead_letters = dead_letters
         self._samples_log = samples_log
         self._state_dir = state_dir
@@ -140,7 +132,6 @@ class Joiner:
         self._clock = wall_clock
         self._group: CoPartitionedGroup | None = None
         self.states: dict[int, PartitionState] = {}
-        self._delivery_error: BaseException | None = None
         self._checkpointed_ends: dict[int, int] | None = None  # E of the last checkpoint
         self._outage = False  # Kafka was unreachable since the last checkpoint
         self._held: dict[int, PartitionState] = {}  # revoked during an outage (docstring 2.)
@@ -177,7 +168,7 @@ class Joiner:
                 for record in records:
                     self._apply(record)
                 self._count(records)
-                self._producer.poll(0)  # delivery callbacks
+                self._samples.poll()  # delivery callbacks
                 self._advance()
                 due = time.monotonic() - self._last_checkpoint >= self._every_s
                 if due and self.states and REACHABILITY.reachable:
@@ -189,7 +180,7 @@ class Joiner:
                     "stopping without a checkpoint (Kafka unreachable): the next start "
                     "replays from the last one"
                 )
-            elif self.states and self._delivery_error is None and not self._log_lost:
+            elif self.states and self._samples.error is None and not self._log_lost:
                 self.checkpoint(tuple(self.states))
 
     def _apply(self, record: ConfluentRecord) -> None:
@@ -240,25 +231,10 @@ class Joiner:
                 metrics.JOIN_EXPIRED.labels(policy=policy, cause=action.cause).inc()
 
     def _emit(self, partition: int, emit: Emit) -> None:
-        headers = [
-            (CONTENT_TYPE_HEADER, BINARY_CONTENT_TYPE.encode()),
-            (JOIN_HEADER, join_tag(self.topics.predictions, partition).encode()),
-            (OUTCOME_HEADER, emit.outcome.encode()),
-        ]
-        self._producer.produce(
-            self.topics.samples,
-            emit.value,
-            key=emit.request_id.encode(),
-            headers=headers,
-            on_delivery=self._delivered,
-        )
+        self._samples.emit(partition, emit)
         self._emitted[emit.outcome].inc()
         if emit.label_delay_s is not None:
             metrics.JOIN_LABEL_DELAY.observe(max(0.0, emit.label_delay_s))
-
-    def _delivered(self, error: BaseException | None) -> None:
-        if error is not None and self._delivery_error is None:
-            self._delivery_error = error
 
     def _export_gauges(self) -> None:
         metrics.JOIN_PENDING_PREDICTIONS.set(sum(len(s.predictions) for s in self.states.values()))
@@ -274,12 +250,12 @@ class Joiner:
                 self._start_over(tuple(self.states))
                 partitions, self._checkpointed_ends = tuple(self.states), None
             self._outage = False
-        self._producer.flush(_FLUSH_TIMEOUT_S)  # 2.
+        self._samples.flush(_FLUSH_TIMEOUT_S)  # 2.
         self._dead_letters.flush(_FLUSH_TIMEOUT_S)
-        if self._delivery_error is not None:
+        if self._samples.error is not None:
             raise JoinDeliveryError(
                 f"a joined sample was not delivered to {self.topics.samples!r} "
-                f"({self._delivery_error}); restart to replay from the last checkpoint"
+                f"({self._samples.error}); restart to replay from the last checkpoint"
             )
         ends = self._samples_log.ends()  # 3.
         last, self._checkpointed_ends = self._checkpointed_ends, ends
@@ -356,7 +332,7 @@ class Joiner:
             metrics.JOIN_ASSIGNED.set(len(self.states))
             log.warning("partitions %s revoked during a Kafka outage: kept, not checkpointed", held)
             return
-        if held and self._delivery_error is None:
+        if held and self._samples.error is None:
             self.checkpoint(held)
         for p in held:
             del self.states[p]
@@ -380,7 +356,9 @@ class Joiner:
             raise
 
     def _start_over(self, partitions: Sequence[int]) -> None:
-        """Empty state for ``partitions``, both inputs read again from their start."""
+        """Empty state for ``partitions``, both inputs read again from their start, a new
+        producer (:mod:`streamtrain.join.samples_out`)."""
+        self._samples.renew()
         assigned = self._group.assigned if self._group is not None else ()
         for p in partitions:
             self.states[p] = PartitionState(p, self.policy, wall_clock=self._clock)
