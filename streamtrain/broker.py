@@ -77,9 +77,12 @@ class EmbeddedBroker:
         host: str = "127.0.0.1",
         startup_timeout: float = 15.0,
         log_path: Path | None = None,
+        advertised_port: int | None = None,
     ) -> None:
         self.host = host
         self.port = port or free_port(host)
+        # Clients reach the broker through another port (a proxy in the outage tests).
+        self.advertised_port = advertised_port or self.port
         self.startup_timeout = startup_timeout
         self.log_path = log_path
         self._process: subprocess.Popen[bytes] | None = None
@@ -95,9 +98,10 @@ class EmbeddedBroker:
     def start(self) -> EmbeddedBroker:
         binary = find_broker_binary()
         url = f"tcp://{self.host}:{self.port}"
+        advertised = f"tcp://{self.host}:{self.advertised_port}"
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         self._process = subprocess.Popen(
-            [str(binary), "broker", "--listener-url", url, "--advertised-listener-url", url],
+            [str(binary), "broker", "--listener-url", url, "--advertised-listener-url", advertised],
             stdout=log,
             stderr=log,
             stdin=subprocess.DEVNULL,

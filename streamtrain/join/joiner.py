@@ -33,9 +33,10 @@ Riding out a broker outage (the process stays up; ``streamtrain_kafka_reachable`
 readiness condition ``kafka`` false, from :mod:`streamtrain.kafka.reachability`):
 
 1. While Kafka is unreachable no checkpoint is taken (step 2 could not finish) and the loop
-   keeps polling and beating. The samples producer has no delivery timeout, so a sample
-   emitted before or during the outage is neither dropped nor failed: it stays queued until
-   the broker acknowledges it.
+   keeps polling and beating; a checkpoint that Kafka fails before step 4 (no answer, a
+   timeout) wrote nothing, so the last one stands and the next is tried later. The samples
+   producer has no delivery timeout, so a sample emitted before or during the outage is
+   neither dropped nor failed: it stays queued until the broker acknowledges it.
 2. Partitions the group revokes during the outage (session timeout) are kept in memory,
    not checkpointed; given back to this member they resume from that memory, producer queue
    included, exactly as if never revoked. Given to another member instead, they are dropped
@@ -172,7 +173,7 @@ class Joiner:
                 self._advance()
                 due = time.monotonic() - self._last_checkpoint >= self._every_s
                 if due and self.states and REACHABILITY.reachable:
-                    self.checkpoint(tuple(self.states))
+                    self._checkpoint_unless_kafka_fails()
                 self._export_gauges()
         finally:
             if not REACHABILITY.reachable:
@@ -250,7 +251,7 @@ class Joiner:
                 self._start_over(tuple(self.states))
                 partitions, self._checkpointed_ends = tuple(self.states), None
             self._outage = False
-        self._samples.flush(_FLUSH_TIMEOUT_S)  # 2.
+        self._samples.flush(_FLUSH_TIMEOUT_S, give_up=lambda: not REACHABILITY.reachable)  # 2.
         self._dead_letters.flush(_FLUSH_TIMEOUT_S)
         if self._samples.error is not None:
             raise JoinDeliveryError(
@@ -275,6 +276,17 @@ class Joiner:
         self._last_checkpoint = time.monotonic()
         metrics.JOIN_CHECKPOINT_SECONDS.observe(self._last_checkpoint - started)
         metrics.JOIN_CHECKPOINT_BYTES.set(written)
+
+    def _checkpoint_unless_kafka_fails(self) -> None:
+        """A due checkpoint; Kafka failing before step 4 leaves the last one in place, so
+        the join goes on and tries again (outage 1.)."""
+        try:
+            self.checkpoint(tuple(self.states))
+        except (ConnectionError, TimeoutError) as exc:  # unreachable, no answer in time
+            self._outage = True
+            self._last_checkpoint = time.monotonic() - self._every_s / 2  # retry soon
+            if REACHABILITY.reachable:  # otherwise the outage lines say it all
+                log.warning("checkpoint deferred: %s", exc)
 
     def on_assign(self, partitions: tuple[int, ...]) -> Mapping[int, tuple[int, int]]:
         """Take over ``partitions``: load, reconcile with the samples topic, checkpoint."""

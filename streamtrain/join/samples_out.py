@@ -10,12 +10,14 @@ the lost logs. Their delivery reports no longer count.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
+from streamtrain import health
 from streamtrain.join.partition_state import Emit
 from streamtrain.join.samples_log import JOIN_HEADER, OUTCOME_HEADER, join_tag
 from streamtrain.kafka import RecordProducer
-from streamtrain.kafka.producer import Delivery
+from streamtrain.kafka.producer import Delivery, ProduceTimeout
 from streamtrain.wire import BINARY_CONTENT_TYPE
 from streamtrain.wire.content_type import CONTENT_TYPE_HEADER
 
@@ -66,8 +68,18 @@ class SamplesOut:
         """Runs the delivery callbacks that are due (confluent-kafka needs the call)."""
         self._producer.poll(0)
 
-    def flush(self, timeout_s: float) -> None:
-        self._producer.flush(timeout_s)
+    def flush(self, timeout_s: float, give_up: Callable[[], bool] = lambda: False) -> None:
+        """Wait until every sample is acknowledged, beating the liveness check each second;
+        :class:`ProduceTimeout` after ``timeout_s``, or sooner once ``give_up()`` is true."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                self._producer.flush(min(1.0, max(0.0, deadline - time.monotonic())))
+                return
+            except ProduceTimeout:
+                health.beat()  # waiting on the broker, not stuck
+                if time.monotonic() >= deadline or give_up():
+                    raise
 
     def renew(self) -> None:
         """A fresh producer; the old one is closed at once, abandoning what it still holds."""

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from streamtrain.broker import EmbeddedBroker
+from streamtrain.broker import EmbeddedBroker, free_port
 from streamtrain.kafka import KafkaConnection
 from tests.integration.join_harness import (
     JoinTopics,
@@ -39,6 +39,7 @@ from tests.integration.join_harness import (
     stop_join,
     wait_for_records,
 )
+from tests.integration.tcp_cut import TcpCut
 from tests.integration.trainer_harness import scrape
 
 REACHABLE = "streamtrain_kafka_reachable"
@@ -200,3 +201,72 @@ def test_join_with_on_log_lost_fail_exits_with_code_6_and_one_line(
         assert "no longer holds the join's samples" in errors[0], errors
         assert "join.on_log_lost=fail" in errors[0], errors
         assert str(tmp_path / "state") in errors[0], errors
+
+
+@pytest.fixture
+def cut_broker(tmp_path: Path) -> Iterator[TcpCut]:
+    """An embedded broker reached only through a :class:`TcpCut` (its advertised port)."""
+    port = free_port()
+    cut = TcpCut(port)
+    embedded = EmbeddedBroker(port=port, advertised_port=cut.port, log_path=tmp_path / "b.log")
+    cut.restore()
+    embedded.start()
+    yield cut
+    cut.cut()
+    embedded.stop()
+
+
+def test_join_rides_out_an_outage_that_keeps_the_data_and_joins_each_id_once(
+    cut_broker: TcpCut, kafka_client: str, unique_name: str, tmp_path: Path
+) -> None:
+    kafka = KafkaConnection(f"127.0.0.1:{cut_broker.port}", client=kafka_client)  # type: ignore[arg-type]
+    topics = JoinTopics.named(unique_name)
+    make_topics(kafka, topics, partitions=1)
+    extra = {"STREAMTRAIN_JOIN__CHECKPOINT_EVERY_S": "1", "STREAMTRAIN_JOIN__WINDOW_S": "600"}
+    env = join_env(kafka, topics, tmp_path / "state", extra)
+    join = RunningJoin(start_join(env), Output(), env)
+    threading.Thread(target=join.output.follow, args=(join.process,), daemon=True).start()
+    try:
+        join_metric(metrics_url(env), ASSIGNED, 0.5, timeout=60)
+        labels = _feed(kafka, topics, _ids(0, 100))
+        # Predictions whose labels come only after the outage: pending state the join must
+        # keep through it (the group revokes its partition meanwhile).
+        produce_predictions(kafka, topics.predictions, _ids(100, 200), time.time())
+        wait_for_records(kafka, topics.samples, 100, timeout=60)
+        _await(
+            lambda: join.metrics().get("streamtrain_join_pending_predictions_records") == 100, "100"
+        )
+
+        cut = time.monotonic()
+        cut_broker.cut()
+        _await(lambda: join.metrics().get(REACHABLE) == 0.0, "reachable 0", 30)
+        time.sleep(4.0)  # the outage itself, past the 2 s session timeout
+        assert _status(f"{join.base_url}/health/ready") == 503
+        assert _status(f"{join.base_url}/health/live") == 200
+        assert join.process.poll() is None, join.output.text()
+        during = join.output.since(cut)
+        assert len(during) <= 6, "\n".join(during)
+        assert sum("is unreachable" in line for line in during) == 1, during
+
+        cut_broker.restore()  # the same broker, its logs intact
+        later = {rid: int(rid.rsplit("-", 1)[1]) % 2 for rid in _ids(100, 200)}
+        produce_labels(kafka, topics.labels, later)
+        labels |= later | _feed(kafka, topics, _ids(200, 250))
+        wait_for_records(kafka, topics.samples, 250, timeout=60)
+        _await(lambda: join.metrics().get(REACHABLE) == 1.0, "reachable 1", 30)
+        _await(lambda: _status(f"{join.base_url}/health/ready") == 200, "ready again", 30)
+        assert join.metrics().get(RESETS, 0.0) == 0.0
+        code, _ = stop_join(join.process)
+        assert code == 0, join.output.text()
+    finally:
+        if join.process.poll() is None:
+            join.process.kill()
+            join.process.wait(30)
+        print(join.output.text())  # shown by pytest when the test fails
+
+    samples = by_id(read_topic(kafka, topics.samples))
+    assert sorted(samples) == sorted(labels)
+    repeated = {rid: len(found) for rid, found in samples.items() if len(found) != 1}
+    assert not repeated, repeated
+    for rid, (sample,) in samples.items():
+        assert int.from_bytes((sample.value or b"")[16:24], "little") == labels[rid]
