@@ -1,6 +1,6 @@
 """Every metric of a trainer rank carries ``rank="<r>"``: one dashboard query per rank.
 
-The metrics are defined once, unlabelled, for the single-process trainer (``metrics.py``);
+The metrics are defined once, unlabelled, for the single-process trainer (``streamtrain.metrics``);
 a rank serves them through :class:`RankLabelled`, which adds the label at scrape time rather
 than threading a label through every metric's definition and use.
 """

@@ -94,7 +94,7 @@ def _label_names(family: str) -> frozenset[str]:
     for obj in vars(metrics).values():
         if isinstance(obj, MetricWrapperBase) and getattr(obj, "_name", None) == family:
             return frozenset(getattr(obj, "_labelnames", ()))
-    raise AssertionError(f"{family} is registered but not defined in streamtrain/metrics.py")
+    raise AssertionError(f"{family} is registered but not defined in streamtrain/metrics/")
 
 
 def test_every_metric_is_documented_with_its_type_labels_and_process() -> None:
