@@ -16,9 +16,9 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -39,6 +39,7 @@ from tests.integration.join_harness import (
     stop_join,
     wait_for_records,
 )
+from tests.integration.process_output import ProcessOutput, await_condition
 from tests.integration.tcp_cut import TcpCut
 from tests.integration.trainer_harness import scrape
 
@@ -48,38 +49,12 @@ AGE = "streamtrain_join_checkpoint_age_seconds"
 RESETS = "streamtrain_join_log_resets_total"
 
 
-@dataclass
-class Output:
-    """The join's combined stdout/stderr, read on a thread, with arrival times."""
-
-    lines: list[tuple[float, str]] = field(default_factory=list)
-
-    def follow(self, process: subprocess.Popen[str]) -> None:
-        assert process.stdout is not None
-        for line in process.stdout:
-            self.lines.append((time.monotonic(), line.rstrip("\n")))
-
-    def since(self, start: float) -> list[str]:
-        return [line for at, line in self.lines if at >= start]
-
-    def text(self) -> str:
-        return "\n".join(line for _, line in self.lines)
-
-
 def _status(url: str) -> int:
     try:
         with urllib.request.urlopen(url, timeout=5) as response:
             return int(response.status)
     except urllib.error.HTTPError as exc:
         return int(exc.code)
-
-
-def _await(condition: Callable[[], bool], what: str, timeout: float = 60.0) -> float:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)  # poll interval of a condition wait
-    return time.monotonic()
 
 
 @pytest.fixture
@@ -103,7 +78,7 @@ def _feed(kafka: KafkaConnection, topics: JoinTopics, ids: list[str]) -> dict[st
 @dataclass
 class RunningJoin:
     process: subprocess.Popen[str]
-    output: Output
+    output: ProcessOutput
     env: dict[str, str]
 
     @property
@@ -127,7 +102,7 @@ def _joined_then_broker_killed(
         "STREAMTRAIN_JOIN__ON_LOG_LOST": policy,
     }
     env = join_env(kafka, topics, tmp_path / "state", extra)
-    join = RunningJoin(start_join(env), Output(), env)
+    join = RunningJoin(start_join(env), ProcessOutput(), env)
     threading.Thread(target=join.output.follow, args=(join.process,), daemon=True).start()
     try:
         join_metric(metrics_url(env), ASSIGNED, 0.5, timeout=60)
@@ -136,12 +111,12 @@ def _joined_then_broker_killed(
         # A checkpoint after the 100 samples: its end offsets are what the join checks after
         # the outage (the age gauge restarts at each checkpoint).
         seen = time.monotonic()
-        _await(lambda: join.metrics()[AGE] < time.monotonic() - seen, "a checkpoint")
+        await_condition(lambda: join.metrics()[AGE] < time.monotonic() - seen, "a checkpoint")
         assert join.metrics()[REACHABLE] == 1.0
 
         killed = time.monotonic()
         broker.stop()
-        _await(lambda: join.metrics().get(REACHABLE) == 0.0, "reachable 0", 30)
+        await_condition(lambda: join.metrics().get(REACHABLE) == 0.0, "reachable 0", 30)
         assert _status(f"{join.base_url}/health/ready") == 503
         time.sleep(5.0)  # the outage itself, not a stand-in for synchronisation
         assert _status(f"{join.base_url}/health/live") == 200
@@ -169,8 +144,8 @@ def test_join_rides_out_an_outage_then_starts_over_on_an_emptied_broker(
         make_topics(kafka, topics, partitions=1)
         labels = _feed(kafka, topics, _ids(100, 150))
         wait_for_records(kafka, topics.samples, 50, timeout=60)
-        _await(lambda: join.metrics().get(REACHABLE) == 1.0, "reachable 1", 30)
-        _await(lambda: _status(f"{join.base_url}/health/ready") == 200, "ready again", 30)
+        await_condition(lambda: join.metrics().get(REACHABLE) == 1.0, "reachable 1", 30)
+        await_condition(lambda: _status(f"{join.base_url}/health/ready") == 200, "ready again", 30)
         assert join.metrics()[RESETS] == 1.0
         code, _ = stop_join(join.process)
         assert code == 0, join.output.text()
@@ -224,7 +199,7 @@ def test_join_rides_out_an_outage_that_keeps_the_data_and_joins_each_id_once(
     make_topics(kafka, topics, partitions=1)
     extra = {"STREAMTRAIN_JOIN__CHECKPOINT_EVERY_S": "1", "STREAMTRAIN_JOIN__WINDOW_S": "600"}
     env = join_env(kafka, topics, tmp_path / "state", extra)
-    join = RunningJoin(start_join(env), Output(), env)
+    join = RunningJoin(start_join(env), ProcessOutput(), env)
     threading.Thread(target=join.output.follow, args=(join.process,), daemon=True).start()
     try:
         join_metric(metrics_url(env), ASSIGNED, 0.5, timeout=60)
@@ -233,13 +208,13 @@ def test_join_rides_out_an_outage_that_keeps_the_data_and_joins_each_id_once(
         # keep through it (the group revokes its partition meanwhile).
         produce_predictions(kafka, topics.predictions, _ids(100, 200), time.time())
         wait_for_records(kafka, topics.samples, 100, timeout=60)
-        _await(
+        await_condition(
             lambda: join.metrics().get("streamtrain_join_pending_predictions_records") == 100, "100"
         )
 
         cut = time.monotonic()
         cut_broker.cut()
-        _await(lambda: join.metrics().get(REACHABLE) == 0.0, "reachable 0", 30)
+        await_condition(lambda: join.metrics().get(REACHABLE) == 0.0, "reachable 0", 30)
         time.sleep(4.0)  # the outage itself, past the 2 s session timeout
         assert _status(f"{join.base_url}/health/ready") == 503
         assert _status(f"{join.base_url}/health/live") == 200
@@ -253,8 +228,8 @@ def test_join_rides_out_an_outage_that_keeps_the_data_and_joins_each_id_once(
         produce_labels(kafka, topics.labels, later)
         labels |= later | _feed(kafka, topics, _ids(200, 250))
         wait_for_records(kafka, topics.samples, 250, timeout=60)
-        _await(lambda: join.metrics().get(REACHABLE) == 1.0, "reachable 1", 30)
-        _await(lambda: _status(f"{join.base_url}/health/ready") == 200, "ready again", 30)
+        await_condition(lambda: join.metrics().get(REACHABLE) == 1.0, "reachable 1", 30)
+        await_condition(lambda: _status(f"{join.base_url}/health/ready") == 200, "ready again", 30)
         assert join.metrics().get(RESETS, 0.0) == 0.0
         code, _ = stop_join(join.process)
         assert code == 0, join.output.text()

@@ -16,14 +16,15 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from streamtrain.broker import EmbeddedBroker
+from tests.integration.process_output import ProcessOutput, await_condition
 from tests.integration.trainer_harness import (
     hyperplane_stream,
     produce_json,
@@ -38,27 +39,9 @@ REACHABLE = "streamtrain_kafka_reachable"
 
 
 @dataclass
-class Output:
-    """The trainer's combined stdout/stderr, read on a thread, with arrival times."""
-
-    lines: list[tuple[float, str]] = field(default_factory=list)
-
-    def follow(self, process: subprocess.Popen[str]) -> None:
-        assert process.stdout is not None
-        for line in process.stdout:
-            self.lines.append((time.monotonic(), line.rstrip("\n")))
-
-    def between(self, start: float, end: float) -> list[str]:
-        return [line for at, line in self.lines if start <= at <= end]
-
-    def text(self) -> str:
-        return "\n".join(line for _, line in self.lines)
-
-
-@dataclass
 class RunningTrainer:
     process: subprocess.Popen[str]
-    output: Output
+    output: ProcessOutput
     base_url: str
 
     def metrics(self) -> dict[str, float]:
@@ -70,15 +53,6 @@ class RunningTrainer:
                 return int(response.status)
         except urllib.error.HTTPError as exc:
             return int(exc.code)
-
-
-def _await(condition: Callable[[], bool], what: str, timeout: float = 60.0) -> float:
-    """Wait for ``condition``; returns the time it became true (monotonic)."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
-    return time.monotonic()
 
 
 @pytest.fixture
@@ -106,10 +80,10 @@ def _start(
         },
     )
     process = start_trainer(env)
-    output = Output()
+    output = ProcessOutput()
     threading.Thread(target=output.follow, args=(process,), daemon=True).start()
     try:
-        _await(lambda: "trainer metrics:" in output.text(), "the metrics URL", timeout=90)
+        await_condition(lambda: "trainer metrics:" in output.text(), "the metrics URL", timeout=90)
         found = re.search(r"trainer metrics: (http://[\d.]+:\d+)/metrics", output.text())
         assert found, output.text()
         yield RunningTrainer(process, output, found.group(1))
@@ -128,13 +102,13 @@ def _learn_then_lose_the_broker(
 ) -> tuple[float, float]:
     """Wait until ``first`` samples are learned, kill the broker, wait for the trainer to
     notice; returns (killed at, noticed at)."""
-    _await(lambda: trainer.metrics().get(SAMPLES, 0) >= first, f"{first} samples")
+    await_condition(lambda: trainer.metrics().get(SAMPLES, 0) >= first, f"{first} samples")
     assert trainer.metrics()[REACHABLE] == 1.0
     # Taken before the stop: the trainer may see the connection drop, and log it, while
     # stop() is still waiting for the broker process to exit.
     killed = time.monotonic()
     broker.stop()  # returns once the process is gone
-    noticed = _await(lambda: trainer.metrics().get(REACHABLE) == 0.0, "reachable 0", 30)
+    noticed = await_condition(lambda: trainer.metrics().get(REACHABLE) == 0.0, "reachable 0", 30)
     assert trainer.ready_status() == 503
     return killed, noticed
 
@@ -157,7 +131,7 @@ def test_outage_is_visible_and_quiet_then_a_re_created_topic_is_read_from_its_st
         restarted = time.monotonic()
         broker.start()  # same port, empty: the topic comes back without its 300 records
         produce_json(broker.bootstrap_servers, topic, x[300:], y[300:])
-        recovered = _await(
+        recovered = await_condition(
             lambda: trainer.metrics().get(SAMPLES, 0) >= 400, "the new log's 100 samples"
         )
         metrics = trainer.metrics()
@@ -165,7 +139,7 @@ def test_outage_is_visible_and_quiet_then_a_re_created_topic_is_read_from_its_st
         assert metrics[SAMPLES] == 400
         assert metrics[RESETS % "earliest"] == 1.0
         assert metrics[REACHABLE] == 1.0, trainer.output.text()
-        _await(lambda: trainer.ready_status() == 200, "ready again", 30)
+        await_condition(lambda: trainer.ready_status() == 200, "ready again", 30)
         text = trainer.output.text()
         assert text.count("is reachable again") == 1, text
         assert text.count("no longer holds the trainer's position") == 1, text

@@ -1,0 +1,38 @@
+"""What outage tests share: a child's output read with arrival times, and a condition wait."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+
+@dataclass
+class ProcessOutput:
+    """A process's combined stdout/stderr, read on a thread, with arrival times."""
+
+    lines: list[tuple[float, str]] = field(default_factory=list)
+
+    def follow(self, process: subprocess.Popen[str]) -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            self.lines.append((time.monotonic(), line.rstrip("\n")))
+
+    def since(self, start: float) -> list[str]:
+        return [line for at, line in self.lines if at >= start]
+
+    def between(self, start: float, end: float) -> list[str]:
+        return [line for at, line in self.lines if start <= at <= end]
+
+    def text(self) -> str:
+        return "\n".join(line for _, line in self.lines)
+
+
+def await_condition(condition: Callable[[], bool], what: str, timeout: float = 60.0) -> float:
+    """Wait for ``condition``; returns the time it became true (monotonic)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)  # poll interval of a condition wait
+    return time.monotonic()
