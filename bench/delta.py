@@ -71,8 +71,8 @@ def _trim() -> None:
 
 def serve(args: argparse.Namespace, bootstrap: str, topic: str, out: Any, stop: Any) -> None:
     """The server process: watcher + slot + a probe; sends probe records and memory back."""
-    from streamtrain.serve.slot import WeightSlot
-    from streamtrain.serve.watcher import SnapshotWatcher
+    from streamtrain.serve.weights.slot import WeightSlot
+    from streamtrain.serve.weights.watcher import SnapshotWatcher
     from streamtrain.snapshot.subscriber import SnapshotSubscriber
     from streamtrain.train.row_tracker import row_sparse_parameters
 

@@ -87,11 +87,12 @@ def _in_process_costs(bootstrap: str, topic: str, calls: int) -> tuple[float, fl
     process's CPU while it drains what the calls queued)."""
     import torch
 
-    from streamtrain.serve.inference import Prediction
-    from streamtrain.serve.protocol import InferRequest, ModelIO
-    from streamtrain.serve.served_model import ServedModel
+    from streamtrain.serve.protocol.bodies import InferRequest, ModelIO
+    from streamtrain.serve.protocol.dataplane import ServedModel
     from streamtrain.serve.server import build_prediction_log, build_slot
-    from streamtrain.serve.slot import WeightsInfo
+    from streamtrain.serve.weights.inference import Prediction
+    from streamtrain.serve.weights.slot import WeightsInfo
+    from streamtrain.snapshot.manifest import SnapshotHeader
     from streamtrain.spec import spec_for_model
 
     overrides = {
@@ -107,7 +108,8 @@ def _in_process_costs(bootstrap: str, topic: str, calls: int) -> tuple[float, fl
     assert log is not None
     request = InferRequest(None, np.ones((1, 32), np.float32), ("probabilities",), frozenset())
     prediction = Prediction(
-        WeightsInfo(1, "bench", None, 0.0), {"probabilities": np.full((1, 10), 0.1, np.float32)}
+        WeightsInfo(SnapshotHeader(1, "bench")),
+        {"probabilities": np.full((1, 10), 0.1, np.float32)},
     )
     hooks = []
     for prediction_log in (log, None):  # the writer is not started yet: hooks alone

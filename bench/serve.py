@@ -48,7 +48,7 @@ from loadgen import Body, LoadResult, generator_name, run_load
 from streamtrain.broker import EmbeddedBroker, free_port
 from streamtrain.config import Settings, load_settings
 from streamtrain.kafka import KafkaConnection
-from streamtrain.serve.protocol import BINARY_HEADER
+from streamtrain.serve.protocol.bodies import BINARY_HEADER
 from streamtrain.serve.server import build_worker
 from streamtrain.snapshot.manifest import settings_hash
 from streamtrain.snapshot.writer import SnapshotWriter

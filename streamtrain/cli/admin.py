@@ -1,6 +1,6 @@
 """`streamtrain admin`: inspect, pin, unpin and roll back the versions a server answers with.
 
-Talks to the server's admin API (``serve/admin.py``) with the bearer token of
+Talks to the server's admin API (``serve/protocol/admin.py``) with the bearer token of
 ``serve.admin_token``, given by ``--token`` or, better (kept out of shell history and process
 lists), the ``STREAMTRAIN_ADMIN_TOKEN`` environment variable.
 """

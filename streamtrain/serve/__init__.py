@@ -5,11 +5,11 @@
 :class:`BatchingEngine`), :class:`SnapshotWatcher` (topic → slot) and :func:`create_app`.
 """
 
-from streamtrain.serve.endpoints import create_app
-from streamtrain.serve.inference import BatchingEngine, DirectEngine, Engine, Prediction
-from streamtrain.serve.protocol import ModelIO, ProtocolError
-from streamtrain.serve.slot import NotReady, SnapshotRejected, StandbyBusy, WeightSlot
-from streamtrain.serve.watcher import SnapshotSource, SnapshotWatcher
+from streamtrain.serve.protocol.bodies import ModelIO, ProtocolError
+from streamtrain.serve.protocol.rest import create_app
+from streamtrain.serve.weights.inference import BatchingEngine, DirectEngine, Engine, Prediction
+from streamtrain.serve.weights.slot import NotReady, SnapshotRejected, StandbyBusy, WeightSlot
+from streamtrain.serve.weights.watcher import SnapshotSource, SnapshotWatcher
 
 __all__ = [
     "BatchingEngine",

@@ -36,15 +36,15 @@ from streamtrain.devices import resolve_device
 from streamtrain.extras import MissingExtra
 from streamtrain.kafka import KafkaConnection, RecordProducer, record_producer
 from streamtrain.metrics import SERVER_REGISTRY, serve_metrics
-from streamtrain.serve.admin import AdminEndpoints
-from streamtrain.serve.endpoints import create_app
-from streamtrain.serve.inference import BatchingEngine, DirectEngine, Engine, head_for
-from streamtrain.serve.prediction_log import PredictionLog
-from streamtrain.serve.protocol import ModelIO
-from streamtrain.serve.retained import RetainedVersions
-from streamtrain.serve.served_model import ServedModel
-from streamtrain.serve.slot import WeightSlot
-from streamtrain.serve.watcher import SnapshotSource, SnapshotWatcher
+from streamtrain.serve.prediction_log.writer import PredictionLog
+from streamtrain.serve.protocol.admin import AdminEndpoints
+from streamtrain.serve.protocol.bodies import ModelIO
+from streamtrain.serve.protocol.dataplane import ServedModel
+from streamtrain.serve.protocol.rest import create_app
+from streamtrain.serve.weights.inference import BatchingEngine, DirectEngine, Engine, head_for
+from streamtrain.serve.weights.retained import RetainedVersions
+from streamtrain.serve.weights.slot import WeightSlot
+from streamtrain.serve.weights.watcher import SnapshotSource, SnapshotWatcher
 from streamtrain.snapshot.cache import SnapshotCache
 from streamtrain.snapshot.manifest import settings_hash
 from streamtrain.snapshot.signing import ManifestVerifier
@@ -53,7 +53,7 @@ from streamtrain.train.models import build_model
 from streamtrain.train.row_tracker import row_sparse_parameters
 
 if TYPE_CHECKING:
-    from streamtrain.serve.grpc_service import GrpcServer
+    from streamtrain.serve.protocol.grpc_service import GrpcServer
 
 log = logging.getLogger(__name__)
 
@@ -179,13 +179,9 @@ def build_worker(settings: Settings, source: SnapshotSource | None = None) -> Se
         prediction_log=build_prediction_log(settings, spec),
     )
     app = create_app(
-        slot=slot,
-        engine=runner,
-        io=served.io,
-        model_name=serve.model_name,
+        served=served,
         max_body_bytes=serve.max_body_bytes,
         metrics_registry=SERVER_REGISTRY if serve.metrics_port is None else None,
-        served=served,
         extra_routes=AdminEndpoints(retained, serve.admin_token).routes(),
     )
     watcher = SnapshotWatcher(
@@ -197,15 +193,13 @@ def build_worker(settings: Settings, source: SnapshotSource | None = None) -> Se
     try:
         return ServingWorker(
             app=app,
-            slot=slot,
-            engine=runner,
+            served=served,
             watcher=watcher,
             host=serve.host,
             port=serve.port,
             metrics_port=serve.metrics_port,
             grpc=grpc,
             tls=_tls(serve),
-            prediction_log=served.prediction_log,
         )
     except BaseException:
         if grpc is not None:
@@ -225,7 +219,7 @@ def build_grpc(served: ServedModel, serve: ServeSettings) -> GrpcServer | None:
     if serve.grpc_port is None:
         return None
     try:
-        from streamtrain.serve.grpc_service import GrpcServer
+        from streamtrain.serve.protocol.grpc_service import GrpcServer
     except ImportError as exc:
         raise MissingExtra("grpc", "serve.grpc_port", exc) from None
     return GrpcServer(
@@ -249,21 +243,19 @@ class ServingWorker:
         self,
         *,
         app: Starlette,
-        slot: WeightSlot,
-        engine: Engine,
+        served: ServedModel,
         watcher: SnapshotWatcher,
         host: str,
         port: int,
         metrics_port: int | None = None,
         grpc: GrpcServer | None = None,
         tls: tuple[Path, Path] | None = None,
-        prediction_log: PredictionLog | None = None,
     ) -> None:
         self.app = app
         self.grpc = grpc
-        self.prediction_log = prediction_log
-        self.slot = slot
-        self._engine = engine
+        self.prediction_log = served.prediction_log
+        self.slot = served.slot
+        self._engine = served.engine
         self._watcher = watcher
         self._metrics_port = metrics_port
         self._metrics_server: Any = None

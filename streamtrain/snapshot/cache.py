@@ -14,7 +14,7 @@ Invariants, in the order writing relies on them:
    place in one step and the directory fsync-ed: a reader sees a whole entry or none, even
    after a crash or with several servers sharing the directory.
 2. After each write, only the ``keep`` newest entries (by ``snapshot_order``) stay, and the
-   entry of the pinned version (``pin.json``, written by ``serve/retained.py``), so a server
+   entry of the pinned version (``pin.json``, written by ``serve/weights/retained.py``), so a server
    restarted while pinned finds its pinned weights here.
 3. Files are size-checked before they are read: memory follows the limits, not the files.
 

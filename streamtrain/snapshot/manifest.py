@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -75,6 +76,38 @@ def snapshot_order(version: int, created_at: float, run_id: str) -> SnapshotOrde
     return (version, created_at, run_id)
 
 
+@dataclass(frozen=True)
+class SnapshotHeader:
+    """Who a set of weights is: the identity every loader takes whole, from the manifest that
+    announced it to the slot that made it live (``base_id`` / ``predecessor_id`` only for a
+    delta, as in :class:`SnapshotManifest`).
+
+    >>> SnapshotHeader(7, "run-1").snapshot_id
+    'run-1/7'
+    """
+
+    version: int
+    run_id: str
+    data_watermark: float | None = None
+    created_at: float = 0.0
+    base_id: str | None = None
+    predecessor_id: str | None = None
+
+    @property
+    def snapshot_id(self) -> str:
+        return snapshot_id(self.run_id, self.version)
+
+    @property
+    def order(self) -> SnapshotOrder:
+        """Sort key: see :func:`snapshot_order`."""
+        return snapshot_order(self.version, self.created_at, self.run_id)
+
+    @property
+    def lineage(self) -> str:
+        """The base this version's chain starts from: a base's own id, a delta's ``base_id``."""
+        return self.base_id if self.base_id is not None else self.snapshot_id
+
+
 class TensorInfo(BaseModel):
     """Name, dtype (torch name without ``torch.``, e.g. ``float32``) and shape of one tensor."""
 
@@ -118,6 +151,17 @@ class SnapshotManifest(BaseModel):
     predecessor_id: str | None = Field(
         None, description="The snapshot a delta applies to (base or delta), run_id/version."
     )
+
+    @property
+    def header(self) -> SnapshotHeader:
+        return SnapshotHeader(
+            self.version,
+            self.run_id,
+            self.data_watermark,
+            self.created_at,
+            self.base_id,
+            self.predecessor_id,
+        )
 
     @property
     def snapshot_id(self) -> str:

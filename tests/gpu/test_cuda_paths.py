@@ -11,8 +11,9 @@ import torch
 
 from streamtrain.batch import Batch
 from streamtrain.ingest.device import to_device
-from streamtrain.serve.inference import BatchingEngine, head_for
-from streamtrain.serve.slot import WeightSlot
+from streamtrain.serve.weights.inference import BatchingEngine, head_for
+from streamtrain.serve.weights.slot import WeightSlot
+from streamtrain.snapshot.manifest import SnapshotHeader
 from streamtrain.spec import SampleSpec
 from streamtrain.testing import ToyStream
 from streamtrain.train.learner import Learner
@@ -79,7 +80,7 @@ def test_gpu_serving_matches_the_cpu_forward() -> None:
     model = build_model("mlp", SPEC, {"hidden_sizes": [32]})
     state = {k: v.clone() for k, v in model.state_dict().items()}
     slot = WeightSlot(build_model("mlp", SPEC, {"hidden_sizes": [32]}).to(CUDA))
-    slot.load(state, version=7, run_id="gpu")
+    slot.load(state, SnapshotHeader(7, "gpu"))
     engine = BatchingEngine(slot, head_for(SPEC), CUDA, max_batch_size=16, max_wait_s=0.002)
     try:
         rows = np.random.default_rng(0).normal(size=(5, 16)).astype(np.float32)

@@ -11,8 +11,8 @@ import torch
 
 from streamtrain.kafka import KafkaConnection, create_topics
 from streamtrain.metrics import SERVE_REJECTED_SNAPSHOTS
-from streamtrain.serve.slot import WeightSlot
-from streamtrain.serve.watcher import SnapshotWatcher
+from streamtrain.serve.weights.slot import WeightSlot
+from streamtrain.serve.weights.watcher import SnapshotWatcher
 from streamtrain.snapshot import writer as writer_module
 from streamtrain.snapshot.publisher import SnapshotPublisher
 from streamtrain.snapshot.subscriber import SnapshotSubscriber

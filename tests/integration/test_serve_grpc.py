@@ -15,8 +15,8 @@ from tritonclient.utils import InferenceServerException
 from streamtrain.config import Settings
 from streamtrain.kafka import create_topics
 from streamtrain.serve.server import ServingWorker, build_worker
-from streamtrain.serve.version_fixtures import expected_value
 from tests.integration.snapshot_harness import ROW, publish, serve_settings, wait
+from tests.version_fixtures import expected_value
 
 ROWS = np.array([ROW, [0.5, -1.0, 2.0, 3.0]], dtype=np.float32)
 

@@ -14,8 +14,8 @@ from streamtrain.cli import app
 from streamtrain.config import Settings
 from streamtrain.kafka import create_topics
 from streamtrain.serve.server import build_worker
-from streamtrain.serve.version_fixtures import expected_value
 from tests.integration.snapshot_harness import ROW, publish, serve_settings, wait
+from tests.version_fixtures import expected_value
 
 TOKEN = "pin-test-token-8f1d"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

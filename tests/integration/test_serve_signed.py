@@ -59,7 +59,7 @@ def test_only_snapshots_signed_by_a_trusted_key_are_served(
     refused = [
         r.getMessage()
         for r in caplog.records
-        if r.name == "streamtrain.serve.watcher" and "(signature)" in r.getMessage()
+        if r.name == "streamtrain.serve.weights.watcher" and "(signature)" in r.getMessage()
     ]
     assert len(refused) == 4, refused  # each logged once
     assert [v for v in (6, 7, 8, 9) if any(f"version {v} " in m for m in refused)] == [6, 7, 8, 9]

@@ -15,12 +15,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from streamtrain.config import Settings, load_settings
 from streamtrain.kafka import KafkaConnection, create_topics
 from streamtrain.serve.server import ServingWorker, build_worker
-from streamtrain.serve.version_fixtures import expected_value, version_weights
 from streamtrain.snapshot import wire
 from streamtrain.snapshot.manifest import SnapshotManifest, settings_hash
 from streamtrain.snapshot.writer import SnapshotWriter
 from streamtrain.train.hooks import SnapshotRequest
 from streamtrain.train.models import build_model
+from tests.version_fixtures import expected_value, version_weights
 
 # Without the standardiser: test snapshots fill every tensor with the version number, and a
 # filled variance buffer would change the function the expected values are computed from.

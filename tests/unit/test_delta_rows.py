@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from streamtrain.kafka import KafkaConnection
-from streamtrain.serve.inference import head_for
-from streamtrain.serve.retained import RetainedVersions
-from streamtrain.serve.slot import SnapshotRejected, WeightSlot
+from streamtrain.serve.weights.inference import head_for
+from streamtrain.serve.weights.retained import RetainedVersions
+from streamtrain.serve.weights.slot import SnapshotRejected, WeightSlot
 from streamtrain.snapshot.delta import DeltaError, delta_payload, merge_requests, split_delta
-from streamtrain.snapshot.manifest import SnapshotManifest
+from streamtrain.snapshot.manifest import SnapshotHeader, SnapshotManifest
 from streamtrain.snapshot.publisher import SnapshotPublisher
 from streamtrain.train.hooks import SnapshotRequest
 from streamtrain.train.row_tracker import RowTracker, row_sparse_parameters
@@ -115,7 +115,7 @@ def test_slot_applies_deltas_bit_for_bit_with_one_copy_of_the_table() -> None:
     trainer = SparseTrainer()
     slot = _slot()
     base = trainer.request()
-    slot.load(base.tensors, version=base.version, run_id=base.run_id)
+    slot.load(base.tensors, SnapshotHeader(base.version, base.run_id))
     previous = f"{base.run_id}/{base.version}"
     for _ in range(3):
         trainer.train(2)
@@ -125,10 +125,12 @@ def test_slot_applies_deltas_bit_for_bit_with_one_copy_of_the_table() -> None:
         slot.apply_delta(
             dense,
             rows,
-            base_id=f"run-d/{base.version}",
-            predecessor_id=previous,
-            version=delta.version,
-            run_id=delta.run_id,
+            SnapshotHeader(
+                delta.version,
+                delta.run_id,
+                base_id=f"run-d/{base.version}",
+                predecessor_id=previous,
+            ),
         )
         previous = f"run-d/{delta.version}"
     with slot.acquire() as lease:
@@ -144,7 +146,7 @@ def test_slot_refuses_a_delta_that_does_not_follow_the_live_version() -> None:
     trainer = SparseTrainer()
     slot = _slot()
     base = trainer.request()
-    slot.load(base.tensors, version=base.version, run_id=base.run_id)
+    slot.load(base.tensors, SnapshotHeader(base.version, base.run_id))
     trainer.train()
     delta = trainer.request()
     assert delta.rows is not None
@@ -153,10 +155,7 @@ def test_slot_refuses_a_delta_that_does_not_follow_the_live_version() -> None:
         slot.apply_delta(
             dense,
             rows,
-            base_id="run-d/0",
-            predecessor_id="run-d/77",
-            version=delta.version,
-            run_id="run-d",
+            SnapshotHeader(delta.version, "run-d", base_id="run-d/0", predecessor_id="run-d/77"),
         )
     assert refused.value.reason == "chain_gap"
     assert slot.info is not None and slot.info.version == base.version
@@ -234,19 +233,15 @@ def test_deltas_wait_while_pinned_and_find_a_gap_after_unpin() -> None:
     slot = _slot()
     retained = RetainedVersions(slot, build_model(), head_for(SPEC), torch.device("cpu"), 2)
     base = trainer.request()
-    retained.load(base.tensors, version=base.version, run_id=base.run_id)
+    retained.load(base.tensors, SnapshotHeader(base.version, base.run_id))
 
     def delta_args(request: SnapshotRequest, predecessor: int) -> dict[str, Any]:
         assert request.rows is not None
         dense, rows = split_delta(delta_payload(request.tensors, request.rows))
-        return {
-            "dense": dense,
-            "rows": rows,
-            "base_id": "run-d/0",
-            "predecessor_id": f"run-d/{predecessor}",
-            "version": request.version,
-            "run_id": "run-d",
-        }
+        header = SnapshotHeader(
+            request.version, "run-d", base_id="run-d/0", predecessor_id=f"run-d/{predecessor}"
+        )
+        return {"dense": dense, "rows": rows, "header": header}
 
     trainer.train()
     d1 = trainer.request()

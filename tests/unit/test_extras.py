@@ -23,7 +23,7 @@ def test_drift_detector_without_river_names_the_extra(monkeypatch: pytest.Monkey
 def test_serve_with_grpc_port_but_no_grpc_extra_exits_missing_extra(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setitem(sys.modules, "streamtrain.serve.grpc_service", None)
+    monkeypatch.setitem(sys.modules, "streamtrain.serve.protocol.grpc_service", None)
     monkeypatch.setenv("STREAMTRAIN_SERVE__GRPC_PORT", "0")
     # A closed port: the server would start unready and wait for Kafka, but the missing
     # extra is refused while the worker is built, before anything listens.

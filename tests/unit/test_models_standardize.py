@@ -10,7 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from streamtrain.serve.slot import WeightSlot
+from streamtrain.serve.weights.slot import WeightSlot
+from streamtrain.snapshot.manifest import SnapshotHeader
 from streamtrain.snapshot.payload import decode_state, encode_state
 from streamtrain.spec import SampleSpec
 from streamtrain.testing import ToyStream, check_model
@@ -202,7 +203,7 @@ def test_snapshot_round_trip_carries_the_statistics_to_serving() -> None:
     assert {"standardize.mean", "standardize.var", "standardize.count"} <= {i.name for i in infos}
     torch.manual_seed(4)
     slot = WeightSlot(build_model("linear", TABULAR))
-    slot.load(decode_state(payload), version=1, run_id="r")
+    slot.load(decode_state(payload), SnapshotHeader(1, "r"))
     probe = torch.randn(9, 5) * 7 + 2
     trainer_model.eval()
     with slot.acquire() as lease, torch.no_grad():

@@ -7,7 +7,8 @@ import copy
 import pytest
 import torch
 
-from streamtrain.serve.slot import WeightSlot
+from streamtrain.serve.weights.slot import WeightSlot
+from streamtrain.snapshot.manifest import SnapshotHeader
 from streamtrain.snapshot.payload import decode_state, encode_state
 from streamtrain.spec import SampleSpec
 from streamtrain.testing import check_model
@@ -128,7 +129,7 @@ def test_snapshot_round_trip_serves_original_units() -> None:
     }
     torch.manual_seed(7)
     slot = WeightSlot(build_model("mlp", SPEC))  # a fresh server model: statistics empty
-    slot.load(decode_state(payload), version=1, run_id="r")
+    slot.load(decode_state(payload), SnapshotHeader(1, "r"))
     probe, targets, _ = _stream(32, seed=500)
     learner.model.eval()
     with slot.acquire() as lease, torch.no_grad():

@@ -14,11 +14,11 @@ from starlette.testclient import TestClient
 from torch import nn
 
 from streamtrain.metrics import SERVER_REGISTRY
-from streamtrain.serve.endpoints import create_app
-from streamtrain.serve.inference import DirectEngine, head_for
-from streamtrain.serve.protocol import BINARY_HEADER, ModelIO
-from streamtrain.serve.slot import WeightSlot
+from streamtrain.serve.protocol.bodies import BINARY_HEADER
+from streamtrain.serve.weights.slot import WeightSlot
+from streamtrain.snapshot.manifest import SnapshotHeader
 from streamtrain.spec import SampleSpec
+from tests.serve_fixtures import app_for, served_model
 
 SPEC = SampleSpec((2, 3), "multiclass", num_classes=3)
 INFER = "/v2/models/clf/infer"
@@ -33,14 +33,8 @@ def _weights(model: nn.Module, version: int) -> dict[str, torch.Tensor]:
 def setup() -> Iterator[tuple[TestClient, WeightSlot, nn.Module]]:
     model = nn.Sequential(nn.Flatten(), nn.Linear(6, 3))
     slot = WeightSlot(model)
-    engine = DirectEngine(slot, head_for(SPEC), torch.device("cpu"))
-    app = create_app(
-        slot=slot,
-        engine=engine,
-        io=ModelIO.for_spec(SPEC),
-        model_name="clf",
-        max_body_bytes=2048,
-        metrics_registry=SERVER_REGISTRY,
+    app = app_for(
+        served_model(slot, SPEC, "clf"), max_body_bytes=2048, metrics_registry=SERVER_REGISTRY
     )
     with TestClient(app) as client:
         yield client, slot, nn.Sequential(nn.Flatten(), nn.Linear(6, 3))
@@ -55,7 +49,7 @@ def _body(rows: int = 2, **extra: object) -> dict[str, object]:
 def _ready(client: TestClient, slot: WeightSlot, ref: nn.Module, version: int = 7) -> None:
     tensors = _weights(ref, version)
     ref.load_state_dict(tensors)
-    slot.load(tensors, version=version, run_id="run")
+    slot.load(tensors, SnapshotHeader(version, "run"))
 
 
 def test_not_ready_before_first_snapshot(setup: tuple[TestClient, WeightSlot, nn.Module]) -> None:

@@ -8,16 +8,17 @@ import threading
 import numpy as np
 import torch
 
-from streamtrain.serve.inference import DirectEngine, head_for
-from streamtrain.serve.slot import WeightSlot
-from streamtrain.serve.version_fixtures import tiny_regression_model, version_weights
+from streamtrain.serve.weights.inference import DirectEngine, head_for
+from streamtrain.serve.weights.slot import WeightSlot
+from streamtrain.snapshot.manifest import SnapshotHeader
 from streamtrain.spec import SampleSpec
+from tests.version_fixtures import tiny_regression_model, version_weights
 
 
 def _threads_used(inline_below_s: float, rows: int, passes: int = 4) -> list[str]:
     model = tiny_regression_model(2)
     slot = WeightSlot(tiny_regression_model(2))
-    slot.load(version_weights(model, 1), version=1, run_id="r")
+    slot.load(version_weights(model, 1), SnapshotHeader(1, "r"))
     regression = head_for(SampleSpec((2,), "regression"))
     used: list[str] = []
 

@@ -10,11 +10,10 @@ import torch
 from starlette.testclient import TestClient
 from torch import nn
 
-from streamtrain.serve.endpoints import create_app
-from streamtrain.serve.inference import DirectEngine, head_for
-from streamtrain.serve.protocol import ModelIO
-from streamtrain.serve.slot import WeightSlot
+from streamtrain.serve.weights.slot import WeightSlot
+from streamtrain.snapshot.manifest import SnapshotHeader
 from streamtrain.spec import SampleSpec
+from tests.serve_fixtures import app_for, served_model
 
 SPEC = SampleSpec((2,), "multiclass", num_classes=3)
 
@@ -22,13 +21,7 @@ SPEC = SampleSpec((2,), "multiclass", num_classes=3)
 @pytest.fixture
 def setup() -> Iterator[tuple[TestClient, WeightSlot]]:
     slot = WeightSlot(nn.Linear(2, 3))
-    app = create_app(
-        slot=slot,
-        engine=DirectEngine(slot, head_for(SPEC), torch.device("cpu")),
-        io=ModelIO.for_spec(SPEC),
-        model_name="clf",
-        max_body_bytes=4096,
-    )
+    app = app_for(served_model(slot, SPEC, "clf"), max_body_bytes=4096)
     with TestClient(app) as client:
         yield client, slot
 
@@ -44,7 +37,7 @@ def test_classification_in_json_and_bad_counts(setup: tuple[TestClient, WeightSl
     client, slot = setup
     # Class 2 scores highest, then 0, then 1: logits are weight rows summed plus bias.
     weight = torch.tensor([[1.0, 0.0], [0.0, -1.0], [2.0, 1.0]])
-    slot.load({"weight": weight, "bias": torch.zeros(3)}, version=4, run_id="r")
+    slot.load({"weight": weight, "bias": torch.zeros(3)}, SnapshotHeader(4, "r"))
     response = client.post("/v2/models/clf/infer", json=_body(2))
     assert response.status_code == 200, response.text
     (output,) = response.json()["outputs"]
@@ -67,7 +60,7 @@ def test_repository_index_and_stats_before_and_after_weights(
     assert client.get("/v2/models/stats").json() == {"model_stats": []}
     response = client.post("/v2/repository/index", content=b"[1")
     assert response.status_code == 400 and "ready" in response.json()["error"]
-    slot.load({"weight": torch.zeros(3, 2), "bias": torch.zeros(3)}, version=9, run_id="r")
+    slot.load({"weight": torch.zeros(3, 2), "bias": torch.zeros(3)}, SnapshotHeader(9, "r"))
     assert client.post("/v2/repository/index", json={"ready": True}).json() == [
         {"name": "clf", "version": "9", "state": "READY", "reason": ""}
     ]

@@ -16,11 +16,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
-from streamtrain.serve.endpoints import create_app
-from streamtrain.serve.inference import DirectEngine, head_for
-from streamtrain.serve.protocol import BINARY_HEADER, ModelIO
-from streamtrain.serve.slot import WeightSlot
+from streamtrain.serve.protocol.bodies import BINARY_HEADER
+from streamtrain.serve.weights.slot import WeightSlot
+from streamtrain.snapshot.manifest import SnapshotHeader
 from streamtrain.spec import SampleSpec
+from tests.serve_fixtures import app_for, served_model
 
 SPEC = SampleSpec((2, 3), "multiclass", num_classes=3)
 DATATYPES = ["FP16", "FP32", "FP64", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT64"]
@@ -131,13 +131,9 @@ def test_no_request_gets_a_5xx() -> None:
     slot = WeightSlot(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(6, 3)))
     slot.load(
         dict(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(6, 3)).state_dict()),
-        version=5,
-        run_id="r",
+        SnapshotHeader(5, "r"),
     )
-    engine = DirectEngine(slot, head_for(SPEC), torch.device("cpu"))
-    app = create_app(
-        slot=slot, engine=engine, io=ModelIO.for_spec(SPEC), model_name="clf", max_body_bytes=4096
-    )
+    app = app_for(served_model(slot, SPEC, "clf"), max_body_bytes=4096)
     seen: set[int] = set()
     with TestClient(app) as client:
 

@@ -11,7 +11,9 @@ from streamtrain.serve.server import build_grpc
 
 
 def test_grpc_port_without_the_extra_names_the_install(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "streamtrain.serve.grpc_service", None)  # import fails
+    monkeypatch.setitem(
+        sys.modules, "streamtrain.serve.protocol.grpc_service", None
+    )  # import fails
     serve = load_settings(overrides={"serve": {"grpc_port": 0}}).serve
     with pytest.raises(ValueError, match=r"pip install 'streamtrain\[grpc\]'"):
         build_grpc(None, serve)  # type: ignore[arg-type]

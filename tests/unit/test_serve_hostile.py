@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import socket
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -14,38 +14,27 @@ import torch
 from starlette.testclient import TestClient
 
 from streamtrain.metrics import SERVER_REGISTRY
-from streamtrain.serve.endpoints import create_app
-from streamtrain.serve.inference import DirectEngine, head_for
-from streamtrain.serve.protocol import BINARY_HEADER, ModelIO
-from streamtrain.serve.server import ServingWorker
-from streamtrain.serve.slot import WeightSlot
-from streamtrain.serve.watcher import ReceivedLike, RejectedLike, SnapshotWatcher
+from streamtrain.serve.protocol.bodies import BINARY_HEADER
+from streamtrain.serve.protocol.dataplane import ServedModel
+from streamtrain.serve.weights.slot import WeightSlot
+from streamtrain.snapshot.manifest import SnapshotHeader
 from streamtrain.spec import SampleSpec
+from tests.serve_fixtures import app_for, running_worker, served_model
 
 SPEC = SampleSpec((4,), "multiclass", num_classes=3)
 INFER = "/v2/models/clf/infer"
 DEEP = 100_000
 
 
-def _app() -> tuple[WeightSlot, DirectEngine, object]:
+def _served() -> ServedModel:
     slot = WeightSlot(torch.nn.Linear(4, 3))
-    slot.load(dict(torch.nn.Linear(4, 3).state_dict()), version=5, run_id="r")
-    engine = DirectEngine(slot, head_for(SPEC), torch.device("cpu"))
-    app = create_app(
-        slot=slot,
-        engine=engine,
-        io=ModelIO.for_spec(SPEC),
-        model_name="clf",
-        max_body_bytes=1 << 20,
-        metrics_registry=SERVER_REGISTRY,
-    )
-    return slot, engine, app
+    slot.load(dict(torch.nn.Linear(4, 3).state_dict()), SnapshotHeader(5, "r"))
+    return served_model(slot, SPEC, "clf")
 
 
 @pytest.fixture
 def client() -> Iterator[TestClient]:
-    _, _, app = _app()
-    with TestClient(app) as test_client:  # type: ignore[arg-type]
+    with TestClient(app_for(_served(), metrics_registry=SERVER_REGISTRY)) as test_client:
         yield test_client
 
 
@@ -127,18 +116,6 @@ def test_hostile_bodies_count_as_bad_requests_not_errors(client: TestClient) -> 
     assert after[1] == before[1]
 
 
-class _NoSnapshots:
-    def newest_first(self, timeout_s: float) -> Iterable[ReceivedLike]:
-        return []
-
-    def poll(self, timeout_s: float) -> Sequence[ReceivedLike | RejectedLike]:
-        time.sleep(timeout_s)  # like a real source with nothing new: block until the timeout
-        return []
-
-    def close(self) -> None:
-        return None
-
-
 def _scrape(url: str, outcome: str) -> float:
     import httpx
 
@@ -149,17 +126,10 @@ def _scrape(url: str, outcome: str) -> float:
 
 
 def test_client_disconnect_mid_body_is_its_own_outcome() -> None:
-    slot, engine, app = _app()
-    worker = ServingWorker(
-        app=app,  # type: ignore[arg-type]
-        slot=slot,
-        engine=engine,
-        watcher=SnapshotWatcher(_NoSnapshots(), slot),
-        host="127.0.0.1",
-        port=0,
-    )
-    url = worker.start()
-    try:
+    served = _served()
+    app = app_for(served, metrics_registry=SERVER_REGISTRY)
+    with running_worker(served, app) as worker:
+        url = worker.url
         before = {o: _scrape(url, o) for o in ("client_disconnected", "error")}
         with socket.create_connection(("127.0.0.1", worker.port), timeout=10) as conn:
             conn.sendall(
@@ -173,5 +143,3 @@ def test_client_disconnect_mid_body_is_its_own_outcome() -> None:
             time.sleep(0.02)
         assert _scrape(url, "client_disconnected") == before["client_disconnected"] + 1
         assert _scrape(url, "error") == before["error"]
-    finally:
-        worker.stop()

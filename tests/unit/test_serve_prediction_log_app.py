@@ -10,16 +10,14 @@ import pytest
 import torch
 from starlette.testclient import TestClient
 
-from streamtrain.serve.endpoints import create_app
-from streamtrain.serve.inference import DirectEngine, head_for
-from streamtrain.serve.prediction_log import PredictionLog
-from streamtrain.serve.protocol import ModelIO
-from streamtrain.serve.served_model import ServedModel
-from streamtrain.serve.slot import WeightSlot
+from streamtrain.serve.prediction_log.writer import PredictionLog
+from streamtrain.serve.weights.slot import WeightSlot
+from streamtrain.snapshot.manifest import SnapshotHeader
 from streamtrain.spec import SampleSpec, SparseFeature
 from streamtrain.train.models import build_model
 from streamtrain.wire import decode_binary
 from streamtrain.wire.prediction_record import decode_prediction
+from tests.serve_fixtures import app_for, served_model
 from tests.unit.held_producer import HeldProducer, wait_for
 
 SPEC = SampleSpec((3,), "multiclass", num_classes=4)
@@ -33,24 +31,10 @@ def producer() -> HeldProducer:
 def _app(prediction_log: PredictionLog | None) -> TestClient:
     model = torch.nn.Linear(3, 4)
     slot = WeightSlot(model)
-    slot.load({k: torch.ones_like(v) for k, v in model.state_dict().items()}, version=3, run_id="r")
-    served = ServedModel(
-        slot=slot,
-        engine=DirectEngine(slot, head_for(SPEC), torch.device("cpu")),
-        io=ModelIO.for_spec(SPEC),
-        name="m",
-        prediction_log=prediction_log,
+    slot.load(
+        {k: torch.ones_like(v) for k, v in model.state_dict().items()}, SnapshotHeader(3, "r")
     )
-    return TestClient(
-        create_app(
-            slot=slot,
-            engine=served.engine,
-            io=served.io,
-            model_name="m",
-            max_body_bytes=1 << 20,
-            served=served,
-        )
-    )
+    return TestClient(app_for(served_model(slot, SPEC, "m", prediction_log=prediction_log)))
 
 
 def _infer(client: TestClient, data: list[float], datatype: str = "FP32", **extra: object) -> Any:
@@ -99,27 +83,11 @@ def test_a_sparse_request_is_logged_row_by_row_with_its_ids(producer: HeldProduc
     )
     params = {"rows": 50, "embedding_dim": 4}
     slot = WeightSlot(build_model("dlrm", spec, params))
-    slot.load(dict(build_model("dlrm", spec, params).state_dict()), version=4, run_id="r")
+    slot.load(dict(build_model("dlrm", spec, params).state_dict()), SnapshotHeader(4, "r"))
     log = PredictionLog(
         spec=spec, topic="p", producer=lambda: producer, max_records=10, timeout_s=0.5
     )
-    served = ServedModel(
-        slot=slot,
-        engine=DirectEngine(slot, head_for(spec), torch.device("cpu")),
-        io=ModelIO.for_spec(spec),
-        name="ctr",
-        prediction_log=log,
-    )
-    client = TestClient(
-        create_app(
-            slot=slot,
-            engine=served.engine,
-            io=served.io,
-            model_name="ctr",
-            max_body_bytes=1 << 20,
-            served=served,
-        )
-    )
+    client = TestClient(app_for(served_model(slot, spec, "ctr", prediction_log=log)))
     features = np.array([[0.5, -1.0], [2.0, 0.25]], np.float32)
     users, items = [[3], [9]], [[1, 2], []]
 

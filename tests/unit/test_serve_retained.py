@@ -10,16 +10,17 @@ import numpy as np
 import pytest
 import torch
 
-from streamtrain.serve.inference import head_for
-from streamtrain.serve.retained import AdminError, RetainedVersions
-from streamtrain.serve.slot import SnapshotRejected, WeightSlot
-from streamtrain.serve.version_fixtures import (
+from streamtrain.serve.weights.inference import head_for
+from streamtrain.serve.weights.retained import AdminError, RetainedVersions
+from streamtrain.serve.weights.slot import SnapshotRejected, WeightSlot
+from streamtrain.snapshot.cache import SnapshotCache
+from streamtrain.snapshot.manifest import SnapshotHeader
+from streamtrain.spec import SampleSpec
+from tests.version_fixtures import (
     expected_value,
     tiny_regression_model,
     version_weights,
 )
-from streamtrain.snapshot.cache import SnapshotCache
-from streamtrain.spec import SampleSpec
 
 SPEC = SampleSpec((2,), "regression")
 
@@ -36,7 +37,7 @@ def _versions(tmp_path: Path, keep: int = 2) -> tuple[RetainedVersions, WeightSl
 
 def _load(retained: RetainedVersions, version: int) -> None:
     tensors = version_weights(tiny_regression_model(2), version)
-    retained.load(tensors, version=version, run_id="r", created_at=float(version))
+    retained.load(tensors, SnapshotHeader(version, "r", created_at=float(version)))
 
 
 def test_pin_unpin_rollback_and_eviction(tmp_path: Path) -> None:
@@ -75,7 +76,7 @@ def test_a_bad_snapshot_is_neither_live_nor_retained_while_pinned(tmp_path: Path
     tensors = version_weights(tiny_regression_model(2), 2)
     next(iter(tensors.values())).view(-1)[0] = float("nan")
     with pytest.raises(SnapshotRejected):
-        retained.load(tensors, version=2, run_id="r", created_at=2.0)
+        retained.load(tensors, SnapshotHeader(2, "r", created_at=2.0))
     assert retained.versions() == [1]
 
 

@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from streamtrain.metrics import SERVE_REJECTED_SNAPSHOTS
-from streamtrain.serve.slot import NotReady, SnapshotRejected, StandbyBusy, WeightSlot
-from streamtrain.serve.version_fixtures import (
+from streamtrain.serve.weights.slot import NotReady, SnapshotRejected, StandbyBusy, WeightSlot
+from streamtrain.snapshot.manifest import SnapshotHeader
+from tests.version_fixtures import (
     expected_value,
     tiny_regression_model,
     version_weights,
@@ -40,21 +41,21 @@ def test_versions_only_move_forward() -> None:
     slot = _slot()
     model = tiny_regression_model(4)
     slot.load(
-        version_weights(model, 10), version=10, run_id="a", data_watermark=123.0, created_at=100.0
+        version_weights(model, 10), SnapshotHeader(10, "a", data_watermark=123.0, created_at=100.0)
     )
     assert slot.info is not None and slot.info.data_watermark == 123.0
     before = _rejections("stale")
     # Older versions of any run, and version 10 taken earlier by another run, are stale.
     for older in (10, 9, 0):
         with pytest.raises(SnapshotRejected, match=r"not newer than the live version 10"):
-            slot.load(version_weights(model, older), version=older, run_id="b", created_at=50.0)
+            slot.load(version_weights(model, older), SnapshotHeader(older, "b", created_at=50.0))
     assert _rejections("stale") == before + 3
     assert _answer(slot) == pytest.approx((10, expected_value(10, [1.0] * 4)))
     # A different run with a newer version is accepted: versions are compared across runs.
-    slot.load(version_weights(model, 11), version=11, run_id="b", created_at=1.0)
+    slot.load(version_weights(model, 11), SnapshotHeader(11, "b", created_at=1.0))
     assert _answer(slot)[0] == 11
     # On equal versions the later snapshot wins (snapshot_order), whatever the run.
-    slot.load(version_weights(model, 11), version=11, run_id="a", created_at=2.0)
+    slot.load(version_weights(model, 11), SnapshotHeader(11, "a", created_at=2.0))
     assert slot.info is not None and slot.info.run_id == "a"
 
 
@@ -79,10 +80,10 @@ def test_rejected_snapshot_keeps_live_weights(
     tensors: dict[str, torch.Tensor], reason: str, message: str
 ) -> None:
     slot = _slot()
-    slot.load(version_weights(tiny_regression_model(4), 3), version=3, run_id="r")
+    slot.load(version_weights(tiny_regression_model(4), 3), SnapshotHeader(3, "r"))
     before = _rejections(reason)
     with pytest.raises(SnapshotRejected, match=message) as caught:
-        slot.load(tensors, version=4, run_id="r")
+        slot.load(tensors, SnapshotHeader(4, "r"))
     assert caught.value.reason == reason
     assert _rejections(reason) == before + 1
     assert _answer(slot) == pytest.approx((3, expected_value(3, [1.0] * 4)))
@@ -93,7 +94,7 @@ def test_standby_reused_without_new_allocations() -> None:
     model = tiny_regression_model(4)
     pointers = slot.parameter_pointers()
     for version in range(1, 101):
-        slot.load(version_weights(model, version), version=version, run_id="r")
+        slot.load(version_weights(model, version), SnapshotHeader(version, "r"))
         assert _answer(slot) == pytest.approx((version, expected_value(version, [1.0] * 4)))
     assert slot.parameter_pointers() == pointers
 
@@ -101,16 +102,16 @@ def test_standby_reused_without_new_allocations() -> None:
 def test_in_flight_request_blocks_loader_not_requests() -> None:
     slot = _slot(drain_timeout_s=5.0)
     model = tiny_regression_model(4)
-    slot.load(version_weights(model, 1), version=1, run_id="r")
-    slot.load(version_weights(model, 2), version=2, run_id="r")
+    slot.load(version_weights(model, 1), SnapshotHeader(1, "r"))
+    slot.load(version_weights(model, 2), SnapshotHeader(2, "r"))
     loaded = threading.Event()
     with slot.acquire() as held:  # a slow request on version 2
         assert held.info.version == 2
-        slot.load(version_weights(model, 3), version=3, run_id="r")  # into version 1's copy
+        slot.load(version_weights(model, 3), SnapshotHeader(3, "r"))  # into version 1's copy
         # Version 4 would overwrite version 2's copy, which the held request still uses.
 
         def load_4() -> None:
-            slot.load(version_weights(model, 4), version=4, run_id="r")
+            slot.load(version_weights(model, 4), SnapshotHeader(4, "r"))
             loaded.set()
 
         loader = threading.Thread(target=load_4)
@@ -129,12 +130,12 @@ def test_in_flight_request_blocks_loader_not_requests() -> None:
 def test_loader_gives_up_after_drain_timeout() -> None:
     slot = _slot(drain_timeout_s=0.05)
     model = tiny_regression_model(4)
-    slot.load(version_weights(model, 1), version=1, run_id="r")
+    slot.load(version_weights(model, 1), SnapshotHeader(1, "r"))
     with slot.acquire():
-        slot.load(version_weights(model, 2), version=2, run_id="r")
+        slot.load(version_weights(model, 2), SnapshotHeader(2, "r"))
         with slot.acquire(), pytest.raises(StandbyBusy, match="still in use"):
             # Both copies are held now: version 3 cannot be written anywhere.
-            slot.load(version_weights(model, 3), version=3, run_id="r")
+            slot.load(version_weights(model, 3), SnapshotHeader(3, "r"))
     assert _answer(slot)[0] == 2
-    slot.load(version_weights(model, 3), version=3, run_id="r")  # retry works once drained
+    slot.load(version_weights(model, 3), SnapshotHeader(3, "r"))  # retry works once drained
     assert _answer(slot)[0] == 3

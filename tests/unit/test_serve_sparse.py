@@ -5,25 +5,23 @@ inputs are 400s that say what is wrong."""
 from __future__ import annotations
 
 import json
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
 import torch
 
-from streamtrain.serve.endpoints import create_app
-from streamtrain.serve.inference import BatchingEngine, DirectEngine, head_for
-from streamtrain.serve.protocol import ModelIO, ProtocolError
-from streamtrain.serve.server import ServingWorker
-from streamtrain.serve.slot import WeightSlot
-from streamtrain.serve.watcher import ReceivedLike, RejectedLike, SnapshotWatcher
+from streamtrain.serve.protocol.bodies import ModelIO, ProtocolError
+from streamtrain.serve.weights.inference import BatchingEngine, DirectEngine, head_for
+from streamtrain.serve.weights.slot import WeightSlot
+from streamtrain.snapshot.manifest import SnapshotHeader
 from streamtrain.sparse_tensors import JaggedTensor
 from streamtrain.spec import SampleSpec, SparseFeature
 from streamtrain.train.models import build_model
 from streamtrain.wire import hash_id
+from tests.serve_fixtures import running_worker, served_model
 
 httpclient = pytest.importorskip("tritonclient.http")
 
@@ -37,18 +35,6 @@ USERS = [[3], [9], [4]]
 ITEMS = [[1, 2], [], [7, 8, 9]]
 
 
-class _NoSnapshots:
-    def newest_first(self, timeout_s: float) -> Iterable[ReceivedLike]:
-        return []
-
-    def poll(self, timeout_s: float) -> Sequence[ReceivedLike | RejectedLike]:
-        time.sleep(timeout_s)  # like a real source with nothing new: block until the timeout
-        return []
-
-    def close(self) -> None:
-        return None
-
-
 @pytest.fixture(params=["direct", "batching"])
 def served(request: pytest.FixtureRequest) -> Iterator[tuple[str, torch.nn.Module]]:
     torch.manual_seed(0)
@@ -56,30 +42,14 @@ def served(request: pytest.FixtureRequest) -> Iterator[tuple[str, torch.nn.Modul
     model.eval()
     torch.manual_seed(1)
     slot = WeightSlot(build_model("dlrm", SPEC, PARAMS))
-    slot.load(dict(model.state_dict()), version=7, run_id="r")
+    slot.load(dict(model.state_dict()), SnapshotHeader(7, "r"))
     engine = (
         DirectEngine(slot, head_for(SPEC), torch.device("cpu"))
         if request.param == "direct"
         else BatchingEngine(slot, head_for(SPEC), torch.device("cpu"), 64, 0.002)
     )
-    app = create_app(
-        slot=slot,
-        engine=engine,
-        io=ModelIO.for_spec(SPEC),
-        model_name="ctr",
-        max_body_bytes=1 << 20,
-    )
-    worker = ServingWorker(
-        app=app,
-        slot=slot,
-        engine=engine,
-        watcher=SnapshotWatcher(_NoSnapshots(), slot),
-        host="127.0.0.1",
-        port=0,
-    )
-    url = worker.start()
-    yield url.removeprefix("http://"), model
-    worker.stop()
+    with running_worker(served_model(slot, SPEC, "ctr", engine=engine)) as worker:
+        yield worker.url.removeprefix("http://"), model
 
 
 def _expected(model: torch.nn.Module, x: np.ndarray, users: list[list[int]]) -> np.ndarray:
@@ -202,7 +172,7 @@ def test_a_feature_left_out_has_no_ids_and_weights_scale_them(
 
 
 def test_grpc_refuses_a_sparse_model_pointing_to_rest() -> None:
-    grpc_tensors = pytest.importorskip("streamtrain.serve.grpc_tensors")
+    grpc_tensors = pytest.importorskip("streamtrain.serve.protocol.grpc_tensors")
     service_pb2 = pytest.importorskip("tritonclient.grpc.service_pb2")
     with pytest.raises(ProtocolError, match="served over the REST endpoint") as caught:
         grpc_tensors.parse_grpc_request(service_pb2.ModelInferRequest(), ModelIO.for_spec(SPEC))

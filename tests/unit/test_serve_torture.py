@@ -14,14 +14,15 @@ import numpy as np
 import pytest
 import torch
 
-from streamtrain.serve.inference import BatchingEngine, DirectEngine, Prediction, head_for
-from streamtrain.serve.slot import WeightSlot
-from streamtrain.serve.version_fixtures import (
+from streamtrain.serve.weights.inference import BatchingEngine, DirectEngine, Prediction, head_for
+from streamtrain.serve.weights.slot import WeightSlot
+from streamtrain.snapshot.manifest import SnapshotHeader
+from streamtrain.spec import SampleSpec
+from tests.version_fixtures import (
     expected_value,
     tiny_regression_model,
     version_weights,
 )
-from streamtrain.spec import SampleSpec
 
 SWAPS = 250
 CLIENTS = 4
@@ -45,7 +46,7 @@ def _engine(
 def test_every_answer_matches_the_version_it_names(kind: str) -> None:
     model = tiny_regression_model(4)
     slot = WeightSlot(tiny_regression_model(4), drain_timeout_s=10.0)
-    slot.load(version_weights(model, 1), version=1, run_id="r")
+    slot.load(version_weights(model, 1), SnapshotHeader(1, "r"))
     infer, close = _engine(kind, slot)
     done = threading.Event()
     failures: list[str] = []
@@ -74,7 +75,7 @@ def test_every_answer_matches_the_version_it_names(kind: str) -> None:
 
     def swapper() -> None:
         for version in range(2, SWAPS + 2):
-            slot.load(version_weights(model, version), version=version, run_id="r")
+            slot.load(version_weights(model, version), SnapshotHeader(version, "r"))
             # Let a few requests land on each version before the next swap.
             target = sum(answered) + CLIENTS
             while sum(answered) < target and not failures:

@@ -2,62 +2,29 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
 import torch
 
-from streamtrain.serve.endpoints import create_app
-from streamtrain.serve.inference import DirectEngine, head_for
-from streamtrain.serve.protocol import ModelIO
-from streamtrain.serve.server import ServingWorker
-from streamtrain.serve.slot import WeightSlot
-from streamtrain.serve.watcher import ReceivedLike, RejectedLike, SnapshotWatcher
+from streamtrain.serve.weights.slot import WeightSlot
+from streamtrain.snapshot.manifest import SnapshotHeader
 from streamtrain.spec import SampleSpec
+from tests.serve_fixtures import running_worker, served_model
 
 httpclient = pytest.importorskip("tritonclient.http")
 
 SPEC = SampleSpec((3,), "multiclass", num_classes=4)
 
 
-class _NoSnapshots:
-    def newest_first(self, timeout_s: float) -> Iterable[ReceivedLike]:
-        return []
-
-    def poll(self, timeout_s: float) -> Sequence[ReceivedLike | RejectedLike]:
-        time.sleep(timeout_s)  # like a real source with nothing new: block until the timeout
-        return []
-
-    def close(self) -> None:
-        return None
-
-
 @pytest.fixture
 def served() -> Iterator[tuple[str, torch.nn.Module]]:
     model = torch.nn.Linear(3, 4)
     slot = WeightSlot(torch.nn.Linear(3, 4))
-    slot.load(dict(model.state_dict()), version=42, run_id="r")
-    engine = DirectEngine(slot, head_for(SPEC), torch.device("cpu"))
-    app = create_app(
-        slot=slot,
-        engine=engine,
-        io=ModelIO.for_spec(SPEC),
-        model_name="clf",
-        max_body_bytes=1 << 20,
-    )
-    worker = ServingWorker(
-        app=app,
-        slot=slot,
-        engine=engine,
-        watcher=SnapshotWatcher(_NoSnapshots(), slot),
-        host="127.0.0.1",
-        port=0,
-    )
-    url = worker.start()
-    yield url.removeprefix("http://"), model
-    worker.stop()
+    slot.load(dict(model.state_dict()), SnapshotHeader(42, "r"))
+    with running_worker(served_model(slot, SPEC, "clf")) as worker:
+        yield worker.url.removeprefix("http://"), model
 
 
 @pytest.mark.parametrize("binary", [True, False])

@@ -11,14 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from streamtrain.serve.slot import WeightSlot
-from streamtrain.serve.version_fixtures import tiny_regression_model, version_weights
-from streamtrain.serve.watcher import ReceivedLike, RejectedLike, SnapshotWatcher
+from streamtrain.serve.weights.slot import WeightSlot
+from streamtrain.serve.weights.watcher import SnapshotWatcher
 from streamtrain.snapshot.cache import SnapshotCache
 from streamtrain.snapshot.manifest import SnapshotManifest, settings_hash
 from streamtrain.snapshot.payload import encode_state, sha256_hex
 from streamtrain.snapshot.signing import ManifestVerifier
-from streamtrain.snapshot.verify import ReceivedSnapshot, verify_payload
+from streamtrain.snapshot.verify import ReceivedSnapshot, RejectedSnapshot, verify_payload
+from tests.version_fixtures import tiny_regression_model, version_weights
 
 HASH = settings_hash({"name": "linear"})
 MODEL = tiny_regression_model(4)
@@ -63,7 +63,7 @@ class _Topic:
         self.available = threading.Event()
         self.available.set()
 
-    def newest_first(self, timeout_s: float) -> Iterator[ReceivedLike]:
+    def newest_first(self, timeout_s: float) -> Iterator[ReceivedSnapshot]:
         self.calls += 1
         if self.calls <= self.fail_first or not self.available.is_set():
             raise ConnectionError("broker 127.0.0.1:1 refused the connection")
@@ -72,7 +72,7 @@ class _Topic:
             self.offered.append(snapshot.manifest.version)
             yield snapshot
 
-    def poll(self, timeout_s: float) -> Sequence[ReceivedLike | RejectedLike]:
+    def poll(self, timeout_s: float) -> Sequence[ReceivedSnapshot | RejectedSnapshot]:
         time.sleep(min(timeout_s, 0.05))
         return []
 
@@ -158,7 +158,7 @@ def test_cached_version_newer_than_the_topic_stays(tmp_path: Path) -> None:
 
 
 def test_unreachable_kafka_logs_once_without_traceback(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.DEBUG, logger="streamtrain.serve.watcher")
+    caplog.set_level(logging.DEBUG, logger="streamtrain.serve.weights.watcher")
     slot = _slot()
     topic = _Topic([_snapshot(3)], fail_first=4)
     watcher = _run(topic, slot, error_backoff_s=0.01, max_backoff_s=0.05)
@@ -166,7 +166,7 @@ def test_unreachable_kafka_logs_once_without_traceback(caplog: pytest.LogCapture
         _wait(lambda: slot.info is not None, "the version after the outage")
     finally:
         watcher.stop()
-    records = [r for r in caplog.records if r.name == "streamtrain.serve.watcher"]
+    records = [r for r in caplog.records if r.name == "streamtrain.serve.weights.watcher"]
     warnings = [r for r in records if r.levelno >= logging.WARNING]
     assert len(warnings) == 1 and "not ready" in warnings[0].getMessage()
     assert all(r.exc_info is None for r in warnings)
@@ -177,7 +177,7 @@ def test_unreachable_kafka_logs_once_without_traceback(caplog: pytest.LogCapture
 def test_a_long_outage_is_summarised_not_logged_per_attempt(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.DEBUG, logger="streamtrain.serve.watcher")
+    caplog.set_level(logging.DEBUG, logger="streamtrain.serve.weights.watcher")
     slot = _slot()
     topic = _Topic([_snapshot(3)])
     topic.available.clear()
@@ -191,7 +191,7 @@ def test_a_long_outage_is_summarised_not_logged_per_attempt(
         _wait(lambda: slot.info is not None, "the version after the outage")
     finally:
         watcher.stop()
-    records = [r for r in caplog.records if r.name == "streamtrain.serve.watcher"]
+    records = [r for r in caplog.records if r.name == "streamtrain.serve.weights.watcher"]
     attempts = 1 + sum("(attempt" in r.getMessage() for r in records)
     warnings = [r for r in records if r.levelno >= logging.WARNING]
     assert len(warnings) < attempts / 2, (len(warnings), attempts)

@@ -3,7 +3,7 @@
 :class:`V2Endpoints` holds one method per endpoint and :meth:`V2Endpoints.routes` is the route
 table (versioned paths point at the same method), in the manner of KServe's ``V2Endpoints``.
 The app is plain Starlette: no per-request dependency solving or model validation, bodies are
-parsed by the typed decoder in :mod:`streamtrain.serve.protocol`.
+parsed by the typed decoder in :mod:`streamtrain.serve.protocol.bodies`.
 
 Status codes: 400 bad request, 404 unknown model / version / route, 405 wrong method, 413 body
 over ``max_body_bytes``, 503 no weights yet, 500 an unexpected failure (logged). Every error
@@ -11,24 +11,24 @@ body is ``{"error": "<what was wrong and how to fix it>"}``. Each infer request 
 in ``streamtrain_serve_requests_total`` by outcome; a client that hangs up before its body
 arrived is ``client_disconnected``, never ``error``.
 
->>> from streamtrain.serve.inference import DirectEngine, head_for
->>> from streamtrain.serve.slot import WeightSlot
+>>> from streamtrain.serve.protocol.bodies import ModelIO
+>>> from streamtrain.serve.weights.inference import DirectEngine, head_for
+>>> from streamtrain.serve.weights.slot import WeightSlot
 >>> from streamtrain.spec import SampleSpec
 >>> import torch
 >>> slot = WeightSlot(torch.nn.Linear(2, 1))
 >>> io_spec = SampleSpec((2,), "regression")
->>> app = create_app(
+>>> served = ServedModel(
 ...     slot=slot, engine=DirectEngine(slot, head_for(io_spec), torch.device("cpu")),
-...     io=ModelIO.for_spec(io_spec), model_name="demo", max_body_bytes=1 << 20,
+...     io=ModelIO.for_spec(io_spec), name="demo",
 ... )
+>>> app = create_app(served=served, max_body_bytes=1 << 20)
 """
 
 from __future__ import annotations
 
-import importlib.metadata
-import logging
-import time
 import zlib
+from collections.abc import Mapping
 from typing import Any
 
 import msgspec
@@ -39,22 +39,17 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route
 
-from streamtrain.serve.inference import Engine
-from streamtrain.serve.protocol import (
+from streamtrain.serve.protocol.bodies import (
     BINARY_HEADER,
-    ModelIO,
+    InferRequest,
     ProtocolError,
     encode_infer_response,
     encode_json,
     parse_infer_request,
 )
-from streamtrain.serve.served_model import ServedModel, Timing
-from streamtrain.serve.slot import WeightSlot
+from streamtrain.serve.protocol.dataplane import ServedModel, server_metadata
+from streamtrain.serve.weights.inference import Array
 
-log = logging.getLogger(__name__)
-
-# ``model_repository`` is not claimed: the index is served, load and unload are not.
-EXTENSIONS = ["binary_tensor_data", "classification", "model_configuration", "statistics"]
 _JSON = "application/json"
 
 
@@ -64,18 +59,6 @@ class _IndexRequest(msgspec.Struct):
 
 
 _INDEX_DECODER = msgspec.json.Decoder(_IndexRequest)
-
-
-def server_metadata() -> dict[str, Any]:
-    """The OIP server metadata document, the same over REST and gRPC."""
-    return {"name": "streamtrain", "version": _package_version(), "extensions": EXTENSIONS}
-
-
-def _package_version() -> str:
-    try:
-        return importlib.metadata.version("streamtrain")
-    except importlib.metadata.PackageNotFoundError:
-        return "0+unknown"
 
 
 def _json(document: Any, status: int = 200) -> Response:
@@ -220,42 +203,29 @@ class V2Endpoints:
         return _json(self._served.index(query.ready))
 
     async def infer(self, request: Request) -> Response:
-        started = time.perf_counter_ns()
-        version: str | None = request.path_params.get("version")
-        timing = None
-        try:
-            self._check_model(request)
-            body = await read_body(request, self._max_body_bytes)
-            parse_start = time.perf_counter_ns()
-            parsed = parse_infer_request(body, request.headers.get(BINARY_HEADER), self._io)
-            parsed = self._served.identify(parsed)
-            infer_start = time.perf_counter_ns()
-            prediction = await self._served.predict(parsed.features, version, parsed.sparse)
-            output_start = time.perf_counter_ns()
-            version = str(prediction.info.version)
+        async def decode() -> InferRequest:
+            try:
+                body = await read_body(request, self._max_body_bytes)
+            except ClientDisconnect:
+                # Nobody is left to read a reply; the status only shows in access logs.
+                raise ProtocolError(
+                    "client disconnected before the request body was complete",
+                    outcome="client_disconnected",
+                ) from None
+            return parse_infer_request(body, request.headers.get(BINARY_HEADER), self._io)
+
+        def encode(version: str, parsed: InferRequest, outputs: Mapping[str, Array]) -> Response:
             content, headers = encode_infer_response(
-                self._model_name, version, parsed, prediction.outputs, self._io
+                self._model_name, version, parsed, outputs, self._io
             )
-            self._served.log(parsed, prediction)
-            timing = Timing(
-                len(parsed.features),
-                infer_start - parse_start,
-                output_start - infer_start,
-                time.perf_counter_ns() - output_start,
+            return Response(content, headers=headers)
+
+        try:
+            return await self._served.infer(
+                request.path_params["name"], request.path_params.get("version"), decode, encode
             )
-            outcome, response = "ok", Response(content, headers=headers)
         except ProtocolError as exc:
-            outcome, response = exc.outcome, _error(exc.status, str(exc))
-        except ClientDisconnect:
-            # Nobody is left to read a reply; the status only shows in access logs.
-            outcome = "client_disconnected"
-            response = _error(400, "client disconnected before the request body was complete")
-        except Exception:
-            log.exception("inference failed")
-            outcome = "error"
-            response = _error(500, "internal error during inference; see the server log")
-        self._served.record(outcome, started, version, timing)
-        return response
+            return _error(exc.status, str(exc))
 
     def _check_model(self, request: Request) -> str:
         return self._served.live_version(
@@ -285,19 +255,13 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 def create_app(
     *,
-    slot: WeightSlot,
-    engine: Engine,
-    io: ModelIO,
-    model_name: str,
+    served: ServedModel,
     max_body_bytes: int,
     metrics_registry: CollectorRegistry | None = None,
-    served: ServedModel | None = None,
     extra_routes: list[BaseRoute] | None = None,
 ) -> Starlette:
-    """Build the ASGI app; ``metrics_registry`` (if given) is served at ``/metrics``.
-    ``served`` shares one :class:`ServedModel` with the gRPC service (built here if absent)."""
-    if served is None:
-        served = ServedModel(slot=slot, engine=engine, io=io, name=model_name)
+    """Build the ASGI app over ``served`` (the data plane it shares with the gRPC service);
+    ``metrics_registry`` (if given) is served at ``/metrics``."""
     endpoints = V2Endpoints(served=served, max_body_bytes=max_body_bytes)
     routes = endpoints.routes() + (extra_routes or [])
     if metrics_registry is not None:

@@ -7,7 +7,8 @@ the loader cannot overwrite those weights) while a kernel still reads them.
 
 >>> import torch
 >>> slot = WeightSlot(torch.nn.Linear(2, 3))
->>> slot.load({"weight": torch.zeros(3, 2), "bias": torch.zeros(3)}, version=1, run_id="r")
+>>> from streamtrain.snapshot.manifest import SnapshotHeader
+>>> slot.load({"weight": torch.zeros(3, 2), "bias": torch.zeros(3)}, SnapshotHeader(1, "r"))
 >>> spec = SampleSpec((2,), "multiclass", num_classes=3)
 >>> engine = DirectEngine(slot, head_for(spec), torch.device("cpu"))
 >>> result = engine.run(np.ones((1, 2), dtype=np.float32))
@@ -33,7 +34,7 @@ import torch
 
 from streamtrain.jagged import SparseRows
 from streamtrain.metrics import SERVE_BATCH_SIZE
-from streamtrain.serve.slot import WeightsInfo, WeightSlot
+from streamtrain.serve.weights.slot import WeightsInfo, WeightSlot
 from streamtrain.sparse_tensors import to_tensors
 from streamtrain.spec import SampleSpec
 from streamtrain.train.task import TaskHead
@@ -157,7 +158,8 @@ class BatchingEngine:
 
     >>> import torch
     >>> slot = WeightSlot(torch.nn.Linear(2, 1))
-    >>> slot.load({"weight": torch.ones(1, 2), "bias": torch.zeros(1)}, version=3, run_id="r")
+    >>> from streamtrain.snapshot.manifest import SnapshotHeader
+    >>> slot.load({"weight": torch.ones(1, 2), "bias": torch.zeros(1)}, SnapshotHeader(3, "r"))
     >>> spec = SampleSpec((2,), "regression")
     >>> engine = BatchingEngine(slot, head_for(spec), torch.device("cpu"), 8, 0.001)
     >>> engine.submit(np.ones((2, 2), dtype=np.float32)).result().outputs["value"].tolist()

@@ -1,13 +1,12 @@
-"""What the prediction log keeps of one answered request: its id rules, and its records.
+"""What the prediction log keeps of one answered request: its records.
 
 A request is logged as one :class:`ServedBatch` (the arrays it was answered with, no copy);
 the writer thread turns it into one prediction-log record per row
 (:mod:`streamtrain.wire.prediction_record`), so the request path never encodes anything.
 
-Request ids: the OIP request ``id`` when the client sends one (1 to 256 UTF-8 bytes), else a
-generated one (32 hex digits), which the response returns in its ``id``. A request of one row
-is logged under its id; a request of ``n > 1`` rows logs ``n`` records with ids
-``"<id>/0"`` ... ``"<id>/<n-1>"``, so each row can get its own label.
+A request of one row is logged under its id (the rules for that id are the request path's:
+:mod:`streamtrain.serve.protocol.request_ids`); a request of ``n > 1`` rows logs ``n``
+records with ids ``"<id>/0"`` ... ``"<id>/<n-1>"``, so each row can get its own label.
 
 >>> from streamtrain.spec import SampleSpec
 >>> spec = SampleSpec((2,), "binary")
@@ -19,7 +18,6 @@ is logged under its id; a request of ``n > 1`` rows logs ``n`` records with ids
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -27,45 +25,14 @@ from typing import Any
 import numpy as np
 
 from streamtrain.jagged import SparseRows
-from streamtrain.serve.protocol import ProtocolError
 from streamtrain.spec import SampleSpec
 from streamtrain.wire import encode_binary_many, encode_binary_v2
 from streamtrain.wire.prediction_record import (
-    MAX_ID_BYTES,
     PredictionRecord,
-    PredictionRecordError,
-    check_request_id,
     encode_prediction,
 )
 
 Array = np.ndarray[Any, Any]
-
-
-def request_id_for(client_id: str | None, rows: int) -> str:
-    """The id a request of ``rows`` rows is logged (and answered) under: the client's own,
-    checked, or a new one when it sent none; ProtocolError (400) for an id the log cannot key.
-
-    >>> request_id_for("order-1", 1), len(request_id_for(None, 3))
-    ('order-1', 32)
-    """
-    if client_id is None:
-        return uuid.uuid4().hex
-    try:
-        raw = check_request_id(client_id)
-    except PredictionRecordError as exc:
-        raise ProtocolError(
-            f"request id is not usable for the prediction log: {exc.detail}; send an id of 1 "
-            f"to {MAX_ID_BYTES} UTF-8 bytes, or none to have one generated"
-        ) from None
-    if rows > 1:
-        longest = len(raw) + 1 + len(str(rows - 1))
-        if longest > MAX_ID_BYTES:
-            raise ProtocolError(
-                f"request id is {len(raw)} UTF-8 bytes; its {rows} rows are logged as "
-                f"'<id>/<row>', up to {longest} bytes, over the {MAX_ID_BYTES}-byte limit; "
-                "send a shorter id"
-            )
-    return client_id
 
 
 def row_ids(request_id: str, rows: int) -> list[str]:

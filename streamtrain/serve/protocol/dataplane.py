@@ -1,10 +1,12 @@
-"""The one served model as both front ends see it: the REST routes and the gRPC service share
-this object, so both check names and versions, run the engine and count requests the same way.
+"""The data plane: the one served model both front ends call, in the manner of KServe's
+``DataPlane``. The REST routes and the gRPC service only decode a request and encode its
+answer; :meth:`ServedModel.infer` runs everything between, once for both: model and version
+check, request id, engine call, prediction-log hand-off, timing and request accounting.
 
 >>> import torch
->>> from streamtrain.serve.inference import DirectEngine, head_for
->>> from streamtrain.serve.protocol import ModelIO
->>> from streamtrain.serve.slot import WeightSlot
+>>> from streamtrain.serve.weights.inference import DirectEngine, head_for
+>>> from streamtrain.serve.protocol.bodies import ModelIO
+>>> from streamtrain.serve.weights.slot import WeightSlot
 >>> from streamtrain.spec import SampleSpec
 >>> spec = SampleSpec((2,), "regression")
 >>> slot = WeightSlot(torch.nn.Linear(2, 1))
@@ -15,25 +17,32 @@ this object, so both check names and versions, run the engine and count requests
 >>> served.live_version("other", None)
 Traceback (most recent call last):
 ...
-streamtrain.serve.protocol.ProtocolError: unknown model 'other'; this server serves 'demo'
+streamtrain.serve.protocol.bodies.ProtocolError: unknown model 'other'; this server serves 'demo'
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib.metadata
+import logging
 import time
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from streamtrain.jagged import SparseRows
 from streamtrain.metrics import SERVE_REQUEST_SECONDS, SERVE_REQUESTS
-from streamtrain.serve.inference import Array, Engine, Prediction
-from streamtrain.serve.prediction_log import PredictionLog
-from streamtrain.serve.prediction_rows import ServedBatch, request_id_for
-from streamtrain.serve.protocol import InferRequest, ModelIO, ProtocolError
-from streamtrain.serve.retained import RetainedVersions
-from streamtrain.serve.slot import NotReady, WeightSlot
-from streamtrain.serve.statistics import InferenceStatistics
+from streamtrain.serve.prediction_log.rows import ServedBatch
+from streamtrain.serve.prediction_log.writer import PredictionLog
+from streamtrain.serve.protocol.bodies import InferRequest, ModelIO, ProtocolError
+from streamtrain.serve.protocol.request_ids import request_id_for
+from streamtrain.serve.protocol.statistics import InferenceStatistics
+from streamtrain.serve.weights.inference import Array, Engine, Prediction
+from streamtrain.serve.weights.retained import RetainedVersions
+from streamtrain.serve.weights.slot import NotReady, WeightSlot
+
+log = logging.getLogger(__name__)
+_Reply = TypeVar("_Reply")
 
 OUTCOMES = (
     "ok",
@@ -45,12 +54,33 @@ OUTCOMES = (
     "error",
 )
 PLATFORM = "pytorch"
+# ``model_repository`` is not claimed: the index is served, load and unload are not.
+EXTENSIONS = ["binary_tensor_data", "classification", "model_configuration", "statistics"]
 _CONFIG_TYPES = {"FP32": "TYPE_FP32", "INT64": "TYPE_INT64"}
+
+
+def server_metadata() -> dict[str, Any]:
+    """The OIP server metadata document, the same over REST and gRPC."""
+    return {"name": "streamtrain", "version": _package_version(), "extensions": EXTENSIONS}
+
+
+def _package_version() -> str:
+    try:
+        return importlib.metadata.version("streamtrain")
+    except importlib.metadata.PackageNotFoundError:
+        return "0+unknown"
 
 
 @dataclass(frozen=True)
 class Timing:
-    """Where an answered request spent its time (``perf_counter_ns`` differences)."""
+    """Where an answered request spent its time (``perf_counter_ns`` differences).
+
+    One rule for both transports: ``input_ns`` runs from the request's start (when the
+    transport handed it to :meth:`ServedModel.infer`, before the model check and before a
+    REST body is read) to the engine call, so it covers receiving, decoding and checking the
+    input; ``infer_ns`` is the engine call; ``output_ns`` encoding the answer and handing it
+    to the prediction log.
+    """
 
     rows: int
     input_ns: int
@@ -140,6 +170,47 @@ class ServedModel:
                 "not_found",
             )
         return prediction
+
+    async def infer(
+        self,
+        name: str,
+        version: str | None,
+        decode: Callable[[], Awaitable[InferRequest]],
+        encode: Callable[[str, InferRequest, Mapping[str, Array]], _Reply],
+    ) -> _Reply:
+        """The one infer sequence: check the model, ``decode`` the request, run it, ``encode``
+        the answer for the version that computed it, log it, count it once with its timing.
+
+        Every failure is a ProtocolError whose ``status``/``outcome`` the transport reports
+        as it is; an unexpected one is logged here and becomes a 500 (outcome ``error``).
+        """
+        started = time.perf_counter_ns()
+        try:
+            self.live_version(name, version)
+            request = self.identify(await decode())
+            infer_start = time.perf_counter_ns()
+            prediction = await self.predict(request.features, version, request.sparse)
+            output_start = time.perf_counter_ns()
+            version = str(prediction.info.version)
+            reply = encode(version, request, prediction.outputs)
+            self.log(request, prediction)
+            timing = Timing(
+                len(request.features),
+                infer_start - started,
+                output_start - infer_start,
+                time.perf_counter_ns() - output_start,
+            )
+        except ProtocolError as exc:
+            self.record(exc.outcome, started, version)
+            raise
+        except Exception:
+            log.exception("inference failed")
+            self.record("error", started, version)
+            raise ProtocolError(
+                "internal error during inference; see the server log", 500, "error"
+            ) from None
+        self.record("ok", started, version, timing)
+        return reply
 
     def identify(self, request: InferRequest) -> InferRequest:
         """``request`` with the id it is answered and logged under: with the prediction log on,

@@ -9,11 +9,10 @@ does all the checking in C.
 
 >>> decode_json_data(msgspec.Raw(b"[[1, 2], [3, 4]]"), "input", "INT8", rank=2).tolist()
 [[1.0, 2.0], [3.0, 4.0]]
->>> decode_json_data(msgspec.Raw(b"[1, 300]"), "input", "INT8", rank=2)
+>>> decode_json_data(msgspec.Raw(b"[1, 300]"), "input", "INT8", rank=2)  # doctest: +ELLIPSIS
 Traceback (most recent call last):
 ...
-streamtrain.serve.tensor_data.TensorDataError: input 'input' holds a value INT8 cannot take: \
-Expected `int` <= 127 - at `$[1]` (`$` is the input's 'data')
+streamtrain.serve.protocol.tensor_data.TensorDataError: ... Expected `int` <= 127 - at `$[1]` ...
 """
 
 from __future__ import annotations

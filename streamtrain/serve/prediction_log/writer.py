@@ -7,7 +7,7 @@ Order of events, from which the guarantees in ``docs/serving.md`` follow:
    records *held*, unless that would hold more than ``max_records``: then the request's rows
    are dropped (``queue_full``). It takes one short lock, never blocks on Kafka, never raises.
 2. The writer thread takes every waiting request, encodes one record per row
-   (:func:`~streamtrain.serve.prediction_rows.encode_served`) and sends it keyed by its id.
+   (:func:`~streamtrain.serve.prediction_log.rows.encode_served`) and sends it keyed by its id.
 3. Delivery callbacks only note each outcome; once per cycle the writer settles them: an
    acknowledged record is counted logged and its produce latency observed, a failed one (the
    broker unreachable past ``timeout_s``, retries included) is dropped (``produce_error``).
@@ -46,7 +46,7 @@ from streamtrain.metrics import (
     SERVE_PREDICTION_LOG_RECORD_BYTES,
     SERVE_PREDICTION_LOG_RECORDS,
 )
-from streamtrain.serve.prediction_rows import ServedBatch, encode_served
+from streamtrain.serve.prediction_log.rows import ServedBatch, encode_served
 from streamtrain.spec import SampleSpec
 from streamtrain.wire import CONTENT_TYPE_HEADER
 from streamtrain.wire.prediction_record import PREDICTION_CONTENT_TYPE

@@ -1,4 +1,5 @@
-"""The admin API: inspect retained versions, pin one, unpin, roll back (``serve/retained.py``).
+"""The admin API: inspect retained versions, pin one, unpin, roll back
+(``serve/weights/retained.py``).
 
 | call | route | body |
 |---|---|---|
@@ -30,8 +31,8 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from streamtrain.serve.protocol import ProtocolError, encode_json
-from streamtrain.serve.retained import AdminError, RetainedVersions
+from streamtrain.serve.protocol.bodies import ProtocolError, encode_json
+from streamtrain.serve.weights.retained import AdminError, RetainedVersions
 
 log = logging.getLogger(__name__)
 

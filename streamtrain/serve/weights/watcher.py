@@ -21,10 +21,10 @@ Order of work:
    ``summary_every_s`` while they last, and once when they end, never per attempt; they are
    retried with exponential backoff, and the live weights keep serving.
 
->>> from streamtrain.serve.version_fixtures import tiny_regression_model, version_weights
->>> from streamtrain.serve.slot import WeightSlot
->>> slot = WeightSlot(tiny_regression_model(2))
->>> watcher = SnapshotWatcher(source=_Empty(), slot=slot)
+>>> import torch
+>>> from streamtrain.serve.weights.slot import WeightSlot
+>>> slot = WeightSlot(torch.nn.Linear(2, 1))
+>>> watcher = SnapshotWatcher(source=NoSnapshots(), loader=slot)
 >>> watcher.handle([])
 >>> slot.ready
 False
@@ -35,106 +35,41 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Protocol, runtime_checkable
-
-import torch
+from collections.abc import Iterable, Sequence
+from operator import attrgetter
+from typing import Protocol
 
 from streamtrain.metrics import SERVE_REJECTED_SNAPSHOTS
-from streamtrain.serve.delta_chain import apply_delta, catch_up, is_delta
-from streamtrain.serve.slot import SnapshotRejected, StandbyBusy, WeightsInfo
+from streamtrain.serve.weights.delta_chain import apply_delta, catch_up, is_delta
+from streamtrain.serve.weights.loader import SnapshotLoader
+from streamtrain.serve.weights.slot import SnapshotRejected, StandbyBusy
 from streamtrain.snapshot.cache import SnapshotCache
-from streamtrain.snapshot.delta import RowUpdate
-from streamtrain.snapshot.manifest import SnapshotOrder, snapshot_order
-from streamtrain.snapshot.verify import ReceivedSnapshot
+from streamtrain.snapshot.verify import ReceivedSnapshot, RejectedSnapshot
 
 log = logging.getLogger(__name__)
 
-
-class ManifestLike(Protocol):
-    @property
-    def run_id(self) -> str: ...
-    @property
-    def version(self) -> int: ...
-    @property
-    def created_at(self) -> float: ...
-    @property
-    def data_watermark(self) -> float | None: ...
-
-
-@runtime_checkable
-class ReceivedLike(Protocol):
-    """A complete, verified snapshot (``streamtrain.snapshot.subscriber.ReceivedSnapshot``)."""
-
-    @property
-    def manifest(self) -> ManifestLike: ...
-    @property
-    def tensors(self) -> Mapping[str, torch.Tensor]: ...
-
-
-@runtime_checkable
-class RejectedLike(Protocol):
-    """A snapshot the subscriber refused (``RejectedSnapshot``): reason is a metric label."""
-
-    @property
-    def reason(self) -> str: ...
-    @property
-    def detail(self) -> str: ...
-    @property
-    def version(self) -> int | None: ...
-
-
-class SnapshotLoader(Protocol):
-    """Where snapshots go: ``WeightSlot``, or ``RetainedVersions`` in front of it."""
-
-    @property
-    def info(self) -> WeightsInfo | None: ...
-
-    def is_newer(self, order: SnapshotOrder) -> bool: ...
-
-    def load(
-        self,
-        tensors: Mapping[str, torch.Tensor],
-        *,
-        version: int,
-        run_id: str,
-        data_watermark: float | None = None,
-        created_at: float = 0.0,
-    ) -> None: ...
-
-    def apply_delta(
-        self,
-        dense: Mapping[str, torch.Tensor],
-        rows: Mapping[str, RowUpdate],
-        *,
-        base_id: str,
-        predecessor_id: str,
-        version: int,
-        run_id: str,
-        data_watermark: float | None = None,
-        created_at: float = 0.0,
-    ) -> None: ...
-
-    def settled(self) -> bool: ...
-
-    def settle(self) -> None: ...
+# Newest-first and chain order: the manifest's ``order`` (``snapshot_order``), nothing else.
+_ORDER = attrgetter("manifest.order")
 
 
 class SnapshotSource(Protocol):
     """Where snapshots come from: ``SnapshotSubscriber`` in production."""
 
-    def newest_first(self, timeout_s: float) -> Iterable[ReceivedLike]: ...
+    def newest_first(self, timeout_s: float) -> Iterable[ReceivedSnapshot]: ...
 
-    def poll(self, timeout_s: float) -> Sequence[ReceivedLike | RejectedLike]: ...
+    def poll(self, timeout_s: float) -> Sequence[ReceivedSnapshot | RejectedSnapshot]: ...
 
     def close(self) -> None: ...
 
 
-class _Empty:
-    def newest_first(self, timeout_s: float) -> Iterable[ReceivedLike]:
+class NoSnapshots:
+    """A source with nothing to offer, ever: a server that keeps the weights it was given
+    (examples and tests)."""
+
+    def newest_first(self, timeout_s: float) -> Iterable[ReceivedSnapshot]:
         return []
 
-    def poll(self, timeout_s: float) -> Sequence[ReceivedLike | RejectedLike]:
+    def poll(self, timeout_s: float) -> Sequence[ReceivedSnapshot | RejectedSnapshot]:
         time.sleep(timeout_s)  # a real source blocks until its timeout when nothing arrives
         return []
 
@@ -142,18 +77,13 @@ class _Empty:
         return None
 
 
-def _order(snapshot: ReceivedLike) -> SnapshotOrder:
-    m = snapshot.manifest
-    return snapshot_order(m.version, m.created_at, m.run_id)
-
-
 class SnapshotWatcher:
-    """Runs ``source`` → ``slot`` (and ``cache``) on a daemon thread until ``stop``."""
+    """Runs ``source`` → ``loader`` (and ``cache``) on a daemon thread until ``stop``."""
 
     def __init__(
         self,
         source: SnapshotSource,
-        slot: SnapshotLoader,
+        loader: SnapshotLoader,
         poll_timeout_s: float = 0.5,
         startup_timeout_s: float = 60.0,
         error_backoff_s: float = 1.0,
@@ -162,7 +92,7 @@ class SnapshotWatcher:
         summary_every_s: float = 300.0,
     ) -> None:
         self._source = source
-        self._slot = slot
+        self._loader = loader
         self._cache = cache
         self._poll_timeout_s = poll_timeout_s
         self._startup_timeout_s = startup_timeout_s
@@ -170,7 +100,7 @@ class SnapshotWatcher:
         self._max_backoff_s = max_backoff_s
         self._summary_every_s = summary_every_s
         self._outage_since = self._last_summary = 0.0
-        self._pending: ReceivedLike | None = None
+        self._pending: ReceivedSnapshot | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="snapshot-watcher", daemon=True)
 
@@ -183,7 +113,7 @@ class SnapshotWatcher:
         self._thread.join(timeout_s)
         self._source.close()
 
-    def handle(self, items: Sequence[ReceivedLike | RejectedLike]) -> None:
+    def handle(self, items: Sequence[ReceivedSnapshot | RejectedSnapshot]) -> None:
         """Count rejections, load the newest received base the slot accepts, then apply the
         received deltas newer than the live version in order.
 
@@ -194,14 +124,14 @@ class SnapshotWatcher:
         """
         received = [self._pending] if self._pending is not None else []
         for item in items:
-            if isinstance(item, ReceivedLike):
-                received.append(item)
-            elif isinstance(item, RejectedLike):
+            if isinstance(item, RejectedSnapshot):
                 self._count_rejection(item)
+            else:
+                received.append(item)
         self._pending = None
         bases = [s for s in received if not is_delta(s)]
-        for tried, snapshot in enumerate(sorted(bases, key=_order, reverse=True)):
-            if tried and not self._slot.is_newer(_order(snapshot)):
+        for tried, snapshot in enumerate(sorted(bases, key=_ORDER, reverse=True)):
+            if tried and not self._loader.is_newer(snapshot.manifest.order):
                 break  # older than the live weights: superseded, not counted again
             loaded = self._try_load(snapshot)
             if loaded is None:
@@ -209,44 +139,33 @@ class SnapshotWatcher:
                 return
             if loaded:
                 break
-        for delta in sorted((s for s in received if is_delta(s)), key=_order):
-            if not self._slot.is_newer(_order(delta)):
+        for delta in sorted((s for s in received if is_delta(s)), key=_ORDER):
+            if not self._loader.is_newer(delta.manifest.order):
                 continue
-            outcome = apply_delta(self._slot, delta)
+            outcome = apply_delta(self._loader, delta)
             if outcome == "busy":
                 self._pending = delta
                 return
             if outcome == "gap":
                 catch_up(
-                    self._source.newest_first(self._startup_timeout_s), self._slot, self._try_load
+                    self._source.newest_first(self._startup_timeout_s), self._loader, self._try_load
                 )
                 return
 
-    def _count_rejection(self, item: RejectedLike) -> None:
+    def _count_rejection(self, item: RejectedSnapshot) -> None:
         SERVE_REJECTED_SNAPSHOTS.labels(item.reason).inc()
         log.warning("snapshot version %s rejected (%s): %s", item.version, item.reason, item.detail)
 
-    def _try_load(self, snapshot: ReceivedLike, from_cache: bool = False) -> bool | None:
+    def _try_load(self, snapshot: ReceivedSnapshot, from_cache: bool = False) -> bool | None:
         """True when live, False when the slot refused it (counted there), None when busy."""
         manifest = snapshot.manifest
         try:
-            self._slot.load(
-                snapshot.tensors,
-                version=manifest.version,
-                run_id=manifest.run_id,
-                data_watermark=manifest.data_watermark,
-                created_at=manifest.created_at,
-            )
+            self._loader.load(snapshot.tensors, manifest.header)
         except StandbyBusy:
             return None  # logged by the slot
         except SnapshotRejected:
             return False  # counted and logged by the slot
-        if (
-            self._cache is not None
-            and not from_cache
-            and isinstance(snapshot, ReceivedSnapshot)
-            and snapshot.manifest.kind == "base"
-        ):
+        if self._cache is not None and not from_cache and manifest.kind == "base":
             try:
                 self._cache.store(snapshot)
             except OSError as exc:
@@ -264,21 +183,21 @@ class SnapshotWatcher:
         if self._cache is None:
             return
         for item in self._cache.newest_first():
-            if isinstance(item, RejectedLike):
+            if isinstance(item, RejectedSnapshot):
                 self._count_rejection(item)
                 continue
-            if self._try_load(item, from_cache=True) and self._slot.settled():
+            if self._try_load(item, from_cache=True) and self._loader.settled():
                 log.info(
                     "serving cached version %d of run %s until the snapshot topic is read",
                     item.manifest.version,
                     item.manifest.run_id,
                 )
                 return
-        self._slot.settle()
+        self._loader.settle()
 
     def _load_newest(self) -> None:
         """Step 2: the newest base on the topic the slot accepts, then the deltas after it."""
-        catch_up(self._source.newest_first(self._startup_timeout_s), self._slot, self._try_load)
+        catch_up(self._source.newest_first(self._startup_timeout_s), self._loader, self._try_load)
 
     def _run(self) -> None:
         try:
@@ -334,7 +253,7 @@ class SnapshotWatcher:
             )
 
     def _serving(self) -> str:
-        info = self._slot.info
+        info = self._loader.info
         if info is None:
             return "not ready until a snapshot can be read"
         return f"serving version {info.version} meanwhile"

@@ -2,11 +2,11 @@
 
 Inputs arrive either as ``raw_input_contents`` (little-endian bytes, what ``tritonclient.grpc``
 sends) or typed ``contents`` (``fp32_contents``, ``int64_contents``, ...). Shape, datatype and
-finiteness are checked by the same functions as the REST body (:mod:`streamtrain.serve.protocol`),
-and integer values outside their datatype's range are refused, as over REST. Outputs are
-returned as ``raw_output_contents``, as Triton does; ``tritonclient`` reads them with ``as_numpy``.
-The message size is bounded by the gRPC server (``max_receive_message_length``), so memory
-spent on a request is bounded by what arrived.
+finiteness are checked by the same functions as the REST body
+(:mod:`streamtrain.serve.protocol.bodies`), and integer values outside their datatype's range
+are refused, as over REST. Outputs are returned as ``raw_output_contents``, as Triton does;
+``tritonclient`` reads them with ``as_numpy``. The message size is bounded by the gRPC server
+(``max_receive_message_length``), so memory spent on a request is bounded by what arrived.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from tritonclient.grpc import service_pb2
 
-from streamtrain.serve.protocol import (
+from streamtrain.serve.protocol.bodies import (
     INPUT_NAME,
     InferRequest,
     ModelIO,

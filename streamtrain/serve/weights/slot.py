@@ -44,7 +44,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -59,10 +59,10 @@ from streamtrain.metrics import (
     SERVE_SWAP_TIMESTAMP,
     SERVE_SWAPS,
 )
-from streamtrain.serve.weight_checks import SnapshotRejected as SnapshotRejected
-from streamtrain.serve.weight_checks import check_rows, check_whole
+from streamtrain.serve.weights.checks import SnapshotRejected as SnapshotRejected
+from streamtrain.serve.weights.checks import check_rows, check_whole
 from streamtrain.snapshot.delta import RowUpdate, apply_rows
-from streamtrain.snapshot.manifest import SnapshotOrder, snapshot_id, snapshot_order
+from streamtrain.snapshot.manifest import SnapshotHeader, SnapshotOrder
 
 log = logging.getLogger(__name__)
 
@@ -77,22 +77,30 @@ class StandbyBusy(TimeoutError):
 
 @dataclass(frozen=True)
 class WeightsInfo:
-    """Identity of a set of weights: the trainer step, its run and the data behind it."""
+    """A set of weights in memory: the snapshot it came from and when it went live."""
 
-    version: int
-    run_id: str
-    data_watermark: float | None
-    swapped_at: float  # monotonic seconds
-    created_at: float = 0.0  # the trainer's clock when it took the snapshot
-    base_id: str = ""  # run_id/version of the base this version's lineage starts from
+    header: SnapshotHeader
+    swapped_at: float = 0.0  # monotonic seconds
+
+    @property
+    def version(self) -> int:
+        return self.header.version
+
+    @property
+    def run_id(self) -> str:
+        return self.header.run_id
+
+    @property
+    def data_watermark(self) -> float | None:
+        return self.header.data_watermark
 
     @property
     def snapshot_id(self) -> str:
-        return snapshot_id(self.run_id, self.version)
+        return self.header.snapshot_id
 
     @property
     def order(self) -> SnapshotOrder:
-        return snapshot_order(self.version, self.created_at, self.run_id)
+        return self.header.order
 
 
 class _Copy:
@@ -118,7 +126,7 @@ class WeightSlot:
     """Live and standby copies of a model; ``load`` swaps, ``acquire`` serves.
 
     >>> slot = WeightSlot(nn.Linear(2, 1))
-    >>> slot.load({"weight": torch.ones(1, 2), "bias": torch.zeros(1)}, version=7, run_id="r")
+    >>> slot.load({"weight": torch.ones(1, 2), "bias": torch.zeros(1)}, SnapshotHeader(7, "r"))
     >>> with slot.acquire() as lease:
     ...     lease.info.version, lease.model(torch.ones(1, 2)).item()
     (7, 2.0)
@@ -184,63 +192,53 @@ class WeightSlot:
     def load(
         self,
         tensors: Mapping[str, torch.Tensor],
+        header: SnapshotHeader,
         *,
-        version: int,
-        run_id: str,
-        data_watermark: float | None = None,
-        created_at: float = 0.0,
         allow_older: bool = False,
     ) -> None:
         """Copy ``tensors`` into the standby copy and make it live (steps 1-5 above).
 
         ``allow_older`` lifts rule 3 for an operator's pin or rollback to a retained version
-        (``serve/retained.py``); every other check still applies.
+        (``serve/weights/retained.py``); every other check still applies.
         Raises SnapshotRejected (counted by reason, live weights untouched) or StandbyBusy.
         """
         with self._load_lock:
             started = time.perf_counter()
-            order = None if allow_older else snapshot_order(version, created_at, run_id)
-            self.check(tensors, version, order)
-            info = WeightsInfo(
-                version,
-                run_id,
-                data_watermark,
-                time.monotonic(),
-                created_at,
-                snapshot_id(run_id, version),
-            )
-            self._commit(tensors, {}, info, started)
+            self.check(tensors, header.version, None if allow_older else header.order)
+            # A base starts its own lineage, whatever the header names.
+            base = replace(header, base_id=None, predecessor_id=None)
+            self._commit(tensors, {}, WeightsInfo(base, time.monotonic()), started)
 
     def apply_delta(
         self,
         dense: Mapping[str, torch.Tensor],
         rows: Mapping[str, RowUpdate],
-        *,
-        base_id: str,
-        predecessor_id: str,
-        version: int,
-        run_id: str,
-        data_watermark: float | None = None,
-        created_at: float = 0.0,
+        header: SnapshotHeader,
     ) -> None:
         """Rule 6: apply a delta on the live version; SnapshotRejected(``chain_gap``, ...)
         when it does not follow it, other reasons as ``load``; or StandbyBusy."""
         with self._load_lock:
             started = time.perf_counter()
             live = self.info
-            if live is None or live.snapshot_id != predecessor_id or live.base_id != base_id:
+            if (
+                live is None
+                or header.base_id is None
+                or live.snapshot_id != header.predecessor_id
+                or live.header.lineage != header.base_id
+            ):
                 SERVE_REJECTED_SNAPSHOTS.labels("chain_gap").inc()
-                held = "nothing" if live is None else f"{live.snapshot_id} (base {live.base_id})"
+                held = (
+                    "nothing"
+                    if live is None
+                    else f"{live.snapshot_id} (base {live.header.lineage})"
+                )
                 raise SnapshotRejected(
                     "chain_gap",
-                    f"delta {run_id}/{version} follows {predecessor_id} (base {base_id}) but "
-                    f"the live version is {held}",
+                    f"delta {header.snapshot_id} follows {header.predecessor_id} "
+                    f"(base {header.base_id}) but the live version is {held}",
                 )
-            self.check_delta(dense, rows, version, snapshot_order(version, created_at, run_id))
-            info = WeightsInfo(
-                version, run_id, data_watermark, time.monotonic(), created_at, base_id
-            )
-            self._commit(dense, rows, info, started)
+            self.check_delta(dense, rows, header.version, header.order)
+            self._commit(dense, rows, WeightsInfo(header, time.monotonic()), started)
 
     def _commit(
         self,

@@ -10,7 +10,7 @@ Lifecycle (:class:`GrpcServer`):
 1. the constructor binds the port (so a port in use fails ``streamtrain serve`` before it
    starts anything) on an event loop of its own thread, so a slow gRPC client never holds up
    uvicorn's loop (the engine is shared and thread-safe); ``start()`` starts serving;
-2. every call goes through the same :class:`~streamtrain.serve.served_model.ServedModel` as
+2. every call goes through the same :class:`~streamtrain.serve.protocol.dataplane.ServedModel` as
    REST: same name and version checks, same engine, same ``streamtrain_serve_requests_total``;
 3. ``stop()`` stops accepting, lets calls in flight finish within the grace period, then ends
    the thread. It runs before the engine is closed.
@@ -22,10 +22,9 @@ Errors map to gRPC status codes: 400 → ``INVALID_ARGUMENT``, 404 → ``NOT_FOU
 from __future__ import annotations
 
 import asyncio
-import logging
+import contextlib
 import threading
-import time
-from collections.abc import Coroutine
+from collections.abc import AsyncIterator, Coroutine, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -33,18 +32,18 @@ import grpc
 from google.protobuf import json_format
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-from streamtrain.serve.endpoints import server_metadata
-from streamtrain.serve.grpc_tensors import encode_grpc_response, parse_grpc_request
-from streamtrain.serve.protocol import ProtocolError
-from streamtrain.serve.served_model import ServedModel, Timing
+from streamtrain.serve.protocol.bodies import InferRequest, ProtocolError
+from streamtrain.serve.protocol.dataplane import ServedModel, server_metadata
+from streamtrain.serve.protocol.grpc_tensors import encode_grpc_response, parse_grpc_request
+from streamtrain.serve.weights.inference import Array
 
-log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
 _STATUS = {
     400: grpc.StatusCode.INVALID_ARGUMENT,
     404: grpc.StatusCode.NOT_FOUND,
     413: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    500: grpc.StatusCode.INTERNAL,
     503: grpc.StatusCode.UNAVAILABLE,
 }
 _Context = Any  # grpc.aio.ServicerContext; grpcio ships no type information
@@ -76,11 +75,10 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
         try:
             self._served.live_version(request.name, request.version)
         except ProtocolError as exc:
-            if exc.status == 404 and request.name == self._served.name:
+            if exc.status == 503 or (exc.status == 404 and request.name == self._served.name):
                 return service_pb2.ModelReadyResponse(ready=False)
-            if exc.status == 503:
-                return service_pb2.ModelReadyResponse(ready=False)
-            await _abort(context, exc)
+            async with _aborting(context):
+                raise
         return service_pb2.ModelReadyResponse(ready=True)
 
     async def ServerMetadata(
@@ -91,10 +89,8 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
     async def ModelMetadata(
         self, request: service_pb2.ModelMetadataRequest, context: _Context
     ) -> service_pb2.ModelMetadataResponse:
-        try:
+        async with _aborting(context):
             live = self._served.live_version(request.name, request.version)
-        except ProtocolError as exc:
-            await _abort(context, exc)
         meta = self._served.metadata(live)
         return service_pb2.ModelMetadataResponse(
             name=meta["name"],
@@ -109,19 +105,15 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
     async def ModelConfig(
         self, request: service_pb2.ModelConfigRequest, context: _Context
     ) -> service_pb2.ModelConfigResponse:
-        try:
+        async with _aborting(context):
             config = self._served.config(request.name, request.version)
-        except ProtocolError as exc:
-            await _abort(context, exc)
         return json_format.ParseDict({"config": config}, service_pb2.ModelConfigResponse())
 
     async def ModelStatistics(
         self, request: service_pb2.ModelStatisticsRequest, context: _Context
     ) -> service_pb2.ModelStatisticsResponse:
-        try:
+        async with _aborting(context):
             stats = self._served.statistics(request.name, request.version)
-        except ProtocolError as exc:
-            await _abort(context, exc)
         return json_format.ParseDict(stats, service_pb2.ModelStatisticsResponse())
 
     async def RepositoryIndex(
@@ -133,42 +125,29 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
     async def ModelInfer(
         self, request: service_pb2.ModelInferRequest, context: _Context
     ) -> service_pb2.ModelInferResponse:
-        started = time.perf_counter_ns()
         served = self._served
-        version = request.model_version
-        try:
-            served.live_version(request.model_name, version)
-            parsed = served.identify(parse_grpc_request(request, served.io))
-            infer_start = time.perf_counter_ns()
-            prediction = await served.predict(parsed.features, version)
-            output_start = time.perf_counter_ns()
-            version = str(prediction.info.version)
-            reply = encode_grpc_response(
-                served.name, version, parsed, prediction.outputs, served.io
-            )
-            served.log(parsed, prediction)
-        except ProtocolError as exc:
-            served.record(exc.outcome, started, version)
-            await _abort(context, exc)
-        except Exception:
-            log.exception("gRPC inference failed")
-            served.record("error", started, version)
-            await context.abort(
-                grpc.StatusCode.INTERNAL, "internal error during inference; see the server log"
-            )
-        timing = Timing(
-            len(parsed.features),
-            infer_start - started,
-            output_start - infer_start,
-            time.perf_counter_ns() - output_start,
-        )
-        served.record("ok", started, version, timing)
+
+        async def decode() -> InferRequest:
+            return parse_grpc_request(request, served.io)
+
+        def encode(
+            version: str, parsed: InferRequest, outputs: Mapping[str, Array]
+        ) -> service_pb2.ModelInferResponse:
+            return encode_grpc_response(served.name, version, parsed, outputs, served.io)
+
+        async with _aborting(context):
+            reply = await served.infer(request.model_name, request.model_version, decode, encode)
         return reply
 
 
-async def _abort(context: _Context, exc: ProtocolError) -> Any:
-    """End the call with the status code matching ``exc.status`` (``abort`` raises)."""
-    await context.abort(_STATUS.get(exc.status, grpc.StatusCode.INVALID_ARGUMENT), str(exc))
+@contextlib.asynccontextmanager
+async def _aborting(context: _Context) -> AsyncIterator[None]:
+    """The one error mapping of every method: a ProtocolError ends the call with the status
+    code matching its HTTP status (``context.abort`` raises, so nothing after it runs)."""
+    try:
+        yield
+    except ProtocolError as exc:
+        await context.abort(_STATUS.get(exc.status, grpc.StatusCode.INVALID_ARGUMENT), str(exc))
 
 
 class GrpcServer:

@@ -15,72 +15,28 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Literal, Protocol
+from collections.abc import Callable, Iterable
+from typing import Literal
 
-import torch
-
-from streamtrain.serve.slot import SnapshotRejected, StandbyBusy, WeightsInfo
-from streamtrain.snapshot.delta import DeltaError, RowUpdate, split_delta
-from streamtrain.snapshot.manifest import SnapshotOrder, snapshot_id, snapshot_order
+from streamtrain.serve.weights.loader import SnapshotLoader
+from streamtrain.serve.weights.slot import SnapshotRejected, StandbyBusy
+from streamtrain.snapshot.delta import DeltaError, split_delta
+from streamtrain.snapshot.verify import ReceivedSnapshot
 
 log = logging.getLogger(__name__)
 Outcome = Literal["live", "refused", "gap", "busy"]
 
 
-class Received(Protocol):
-    """A verified snapshot (``ReceivedSnapshot``); its manifest may be a base or a delta."""
-
-    @property
-    def manifest(self) -> Any: ...
-    @property
-    def tensors(self) -> Mapping[str, torch.Tensor]: ...
+def is_delta(snapshot: ReceivedSnapshot) -> bool:
+    return snapshot.manifest.kind == "delta"
 
 
-class DeltaLoader(Protocol):
-    @property
-    def info(self) -> WeightsInfo | None: ...
-
-    def is_newer(self, order: SnapshotOrder) -> bool: ...
-
-    def apply_delta(
-        self,
-        dense: Mapping[str, torch.Tensor],
-        rows: Mapping[str, RowUpdate],
-        *,
-        base_id: str,
-        predecessor_id: str,
-        version: int,
-        run_id: str,
-        data_watermark: float | None = None,
-        created_at: float = 0.0,
-    ) -> None: ...
-
-
-def is_delta(snapshot: Received) -> bool:
-    return getattr(snapshot.manifest, "kind", "base") == "delta"
-
-
-def order_of(snapshot: Received) -> SnapshotOrder:
-    m = snapshot.manifest
-    return snapshot_order(m.version, m.created_at, m.run_id)
-
-
-def apply_delta(loader: DeltaLoader, snapshot: Received) -> Outcome:
+def apply_delta(loader: SnapshotLoader, snapshot: ReceivedSnapshot) -> Outcome:
     """Rule 1 for one received delta snapshot."""
     m = snapshot.manifest
     try:
         dense, rows = split_delta(snapshot.tensors)
-        loader.apply_delta(
-            dense,
-            rows,
-            base_id=m.base_id,
-            predecessor_id=m.predecessor_id,
-            version=m.version,
-            run_id=m.run_id,
-            data_watermark=m.data_watermark,
-            created_at=m.created_at,
-        )
+        loader.apply_delta(dense, rows, m.header)
     except StandbyBusy:
         return "busy"
     except SnapshotRejected as exc:
@@ -92,14 +48,16 @@ def apply_delta(loader: DeltaLoader, snapshot: Received) -> Outcome:
 
 
 def catch_up(
-    newest_first: Iterable[Received],
-    loader: DeltaLoader,
-    load_base: Callable[[Received], bool | None],
+    newest_first: Iterable[ReceivedSnapshot],
+    loader: SnapshotLoader,
+    load_base: Callable[[ReceivedSnapshot], bool | None],
 ) -> None:
     """Rule 2. ``load_base`` loads a base: True live, False refused, None busy."""
-    following: dict[str, Received] = {}  # predecessor_id -> the delta that follows it
+    following: dict[
+        str | None, ReceivedSnapshot
+    ] = {}  # predecessor_id -> the delta that follows it
     for snapshot in newest_first:
-        if not loader.is_newer(order_of(snapshot)):
+        if not loader.is_newer(snapshot.manifest.order):
             break  # reached the live version (or older): the chain starts there
         if is_delta(snapshot):
             following.setdefault(snapshot.manifest.predecessor_id, snapshot)
@@ -120,5 +78,5 @@ def catch_up(
             "%d delta(s) on the topic do not link to the live version %s; waiting for the "
             "next base",
             len(following),
-            None if live is None else snapshot_id(live.run_id, live.version),
+            None if live is None else live.snapshot_id,
         )

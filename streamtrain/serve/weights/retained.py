@@ -37,11 +37,11 @@ from torch import nn
 
 from streamtrain.jagged import SparseRows
 from streamtrain.metrics import SERVE_PINNED_VERSION, SERVE_RETAINED_VERSIONS
-from streamtrain.serve.inference import Array, Head, Prediction, call_model
-from streamtrain.serve.slot import StandbyBusy, WeightsInfo, WeightSlot
+from streamtrain.serve.weights.inference import Array, Head, Prediction, call_model
+from streamtrain.serve.weights.slot import StandbyBusy, WeightsInfo, WeightSlot
 from streamtrain.snapshot.cache import SnapshotCache
 from streamtrain.snapshot.delta import RowUpdate
-from streamtrain.snapshot.manifest import SnapshotOrder
+from streamtrain.snapshot.manifest import SnapshotHeader, SnapshotOrder
 
 log = logging.getLogger(__name__)
 
@@ -102,53 +102,26 @@ class RetainedVersions:
             orders.append(live.order)
         return not orders or order > max(orders)
 
-    def load(
-        self,
-        tensors: Mapping[str, torch.Tensor],
-        *,
-        version: int,
-        run_id: str,
-        data_watermark: float | None = None,
-        created_at: float = 0.0,
-    ) -> None:
+    def load(self, tensors: Mapping[str, torch.Tensor], header: SnapshotHeader) -> None:
         """Rules 1-3; raises SnapshotRejected or StandbyBusy like ``WeightSlot.load``."""
+        version = header.version
         with self._lock:
             pinned = self._pinned
             live = self._slot.info
             if pinned is None:
-                self._slot.load(
-                    tensors,
-                    version=version,
-                    run_id=run_id,
-                    data_watermark=data_watermark,
-                    created_at=created_at,
-                )
+                self._slot.load(tensors, header)
             elif version == pinned and (live is None or live.version != pinned):
-                self._slot.load(
-                    tensors,
-                    version=version,
-                    run_id=run_id,
-                    data_watermark=data_watermark,
-                    created_at=created_at,
-                    allow_older=True,
-                )
+                self._slot.load(tensors, header, allow_older=True)
             else:
                 self._slot.check(tensors, version)
                 log.info("version %d retained; version %d stays live (pinned)", version, pinned)
-            info = WeightsInfo(version, run_id, data_watermark, time.monotonic(), created_at)
-            self._retain(tensors, info)
+            self._retain(tensors, WeightsInfo(header, time.monotonic()))
 
     def apply_delta(
         self,
         dense: Mapping[str, torch.Tensor],
         rows: Mapping[str, RowUpdate],
-        *,
-        base_id: str,
-        predecessor_id: str,
-        version: int,
-        run_id: str,
-        data_watermark: float | None = None,
-        created_at: float = 0.0,
+        header: SnapshotHeader,
     ) -> None:
         """Deltas go to the slot unless pinned (then the pinned version stays as it is); they
         are not retained: pin and rollback choose among retained bases, and after an unpin
@@ -156,19 +129,12 @@ class RetainedVersions:
         with self._lock:
             if self._pinned is not None:
                 log.debug(
-                    "delta version %d not applied: version %d is pinned", version, self._pinned
+                    "delta version %d not applied: version %d is pinned",
+                    header.version,
+                    self._pinned,
                 )
                 return
-            self._slot.apply_delta(
-                dense,
-                rows,
-                base_id=base_id,
-                predecessor_id=predecessor_id,
-                version=version,
-                run_id=run_id,
-                data_watermark=data_watermark,
-                created_at=created_at,
-            )
+            self._slot.apply_delta(dense, rows, header)
 
     def settled(self) -> bool:
         """Rule 5: startup may stop once the pinned version (or, unpinned, any) is live."""
@@ -293,16 +259,8 @@ class RetainedVersions:
         live = self._slot.info
         if live is not None and live.order == entry.info.order:
             return
-        info = entry.info
         try:
-            self._slot.load(
-                entry.model.state_dict(),
-                version=info.version,
-                run_id=info.run_id,
-                data_watermark=info.data_watermark,
-                created_at=info.created_at,
-                allow_older=True,
-            )
+            self._slot.load(entry.model.state_dict(), entry.info.header, allow_older=True)
         except StandbyBusy as exc:
             raise AdminError(503, f"{exc}: requests still hold the standby copy") from None
 

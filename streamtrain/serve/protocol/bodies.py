@@ -18,7 +18,7 @@ followed by the raw little-endian bytes of every input whose parameters name a
 Input datatypes: every numeric OIP type (FP16, FP32, FP64, INT8-64, UINT8-64) is accepted and
 converted to FP32; BOOL and BYTES are refused with a 400 naming the accepted types. A model
 with sparse ID features also takes, per feature, its IDs and their count per row
-(:mod:`~streamtrain.serve.sparse_inputs`).
+(:mod:`~streamtrain.serve.protocol.sparse_inputs`).
 
 >>> meta = ModelIO(feature_shape=(2,), outputs=(TensorMeta("value", "FP32", (-1, 1)),))
 >>> body = b'{"inputs": [{"name": "input", "shape": [1, 2], "datatype": "FP32", "data": [1, 2]}]}'
@@ -38,9 +38,9 @@ import msgspec
 import numpy as np
 
 from streamtrain.jagged import SparseRows
-from streamtrain.serve import sparse_inputs
-from streamtrain.serve.classification import serialize_bytes, top_k_strings
-from streamtrain.serve.tensor_data import NUMERIC_DTYPES, TensorDataError, decode_json_data
+from streamtrain.serve.protocol import sparse_inputs
+from streamtrain.serve.protocol.classification import serialize_bytes, top_k_strings
+from streamtrain.serve.protocol.tensor_data import NUMERIC_DTYPES, TensorDataError, decode_json_data
 from streamtrain.spec import SampleSpec, SparseFeature
 
 INPUT_NAME = "input"
@@ -77,7 +77,7 @@ class ModelIO:
 
     feature_shape: tuple[int, ...]
     outputs: tuple[TensorMeta, ...]
-    sparse: tuple[SparseFeature, ...] = ()  # sparse ID inputs (serve/sparse_inputs.py)
+    sparse: tuple[SparseFeature, ...] = ()  # sparse ID inputs (serve/protocol/sparse_inputs.py)
 
     @classmethod
     def for_spec(cls, spec: SampleSpec) -> ModelIO:
