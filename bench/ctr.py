@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
-from streamtrain.datasets_ctr import ctr
+from streamtrain.datasets.ctr import ctr
 from streamtrain.sparse_tensors import JaggedTensor
 from streamtrain.train.learner import Learner
 from streamtrain.train.models import build_model

@@ -33,9 +33,10 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from streamtrain.broker import EmbeddedBroker
 from streamtrain.gc_pause import gc_paused
 from streamtrain.ingest import KafkaSampleSource
-from streamtrain.ingest.decode import KafkaRecord, RecordColumns, decode_records
+from streamtrain.ingest.decode import decode_records
 from streamtrain.kafka import KafkaConnection, create_topics
 from streamtrain.kafka.confluent_consumer import MessageRecords
+from streamtrain.kafka.records import KafkaRecord, RecordColumns
 from streamtrain.spec import SampleSpec
 from streamtrain.wire import (
     BINARY_CONTENT_TYPE,

@@ -11,9 +11,10 @@ from streamtrain.ingest.deadletter import (
     KafkaDeadLetter,
     LogDeadLetter,
 )
-from streamtrain.ingest.decode import DecodedChunk, KafkaRecord, decode_records
+from streamtrain.ingest.decode import DecodedChunk, decode_records
 from streamtrain.ingest.device import DeviceBatch, to_device
 from streamtrain.ingest.source import KafkaSampleSource
+from streamtrain.kafka.records import KafkaRecord
 
 __all__ = [
     "ERROR_HEADER",

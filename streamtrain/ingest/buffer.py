@@ -20,8 +20,9 @@ import numpy as np
 import numpy.typing as npt
 
 from streamtrain.batch import Batch
-from streamtrain.ingest.decode import DecodedChunk, KafkaRecord
+from streamtrain.ingest.decode import DecodedChunk
 from streamtrain.jagged import SparseRows
+from streamtrain.kafka.records import KafkaRecord
 from streamtrain.wire import Reject
 
 

@@ -15,8 +15,8 @@ from typing import Protocol
 from prometheus_client import Counter
 
 from streamtrain import metrics
-from streamtrain.ingest.decode import KafkaRecord
 from streamtrain.kafka import KafkaConnection, record_producer
+from streamtrain.kafka.records import KafkaRecord
 
 log = logging.getLogger(__name__)
 

@@ -7,64 +7,23 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, cast, runtime_checkable
+from typing import cast
 
 import numpy as np
 import numpy.typing as npt
 
+from streamtrain.kafka.records import KafkaRecord, record_columns
 from streamtrain.spec import SampleSpec
 from streamtrain.wire import (
     BINARY_CONTENT_TYPE,
     JSON_CONTENT_TYPE,
     Decoded,
     Reject,
-    content_types_of,
     decode_binary,
     decode_json,
     format_of,
 )
 from streamtrain.wire.decoded import merge
-
-
-class KafkaRecord(Protocol):
-    """The fields of a consumed record that ingest reads (kafka-python's ConsumerRecord fits)."""
-
-    @property
-    def topic(self) -> str: ...
-    @property
-    def partition(self) -> int: ...
-    @property
-    def offset(self) -> int: ...
-    @property
-    def timestamp(self) -> int: ...  # epoch milliseconds, -1 when the broker has none
-    @property
-    def key(self) -> bytes | None: ...
-    @property
-    def value(self) -> bytes | None: ...
-    @property
-    def headers(self) -> Sequence[tuple[str, bytes]]: ...
-
-
-@dataclass
-class RecordColumns:
-    """The fields decode needs of one poll's records, one column each, in record order."""
-
-    partitions: npt.NDArray[np.int64]
-    offsets: npt.NDArray[np.int64]
-    timestamps_ms: npt.NDArray[np.int64]  # -1 where the broker has none
-    values: Sequence[bytes | None]
-    content_types: Sequence[bytes | None]  # the content-type header, None when absent
-
-
-@runtime_checkable
-class ColumnarRecords(Protocol):
-    """Records that can hand over :class:`RecordColumns` cheaper than field-by-field access
-    (a client whose records are not plain attribute objects). Indexing still gives a
-    :class:`KafkaRecord` (used for the few rejected records)."""
-
-    def __len__(self) -> int: ...
-    def __getitem__(self, index: int) -> KafkaRecord: ...
-    def columns(self) -> RecordColumns: ...
 
 
 @dataclass
@@ -84,20 +43,6 @@ class DecodedChunk:
     @property
     def sample_records(self) -> npt.NDArray[np.int64]:
         return self.decoded.rows
-
-
-def record_columns(records: Sequence[KafkaRecord]) -> RecordColumns:
-    """Columns of ``records``: their own when they offer them, else read field by field."""
-    if isinstance(records, ColumnarRecords):
-        return records.columns()
-    n = len(records)
-    return RecordColumns(
-        partitions=np.fromiter((r.partition for r in records), np.int64, n),
-        offsets=np.fromiter((r.offset for r in records), np.int64, n),
-        timestamps_ms=np.fromiter((r.timestamp for r in records), np.int64, n),
-        values=[r.value for r in records],
-        content_types=content_types_of([r.headers for r in records]),
-    )
 
 
 _JSON, _BINARY, _UNKNOWN = 0, 1, 2

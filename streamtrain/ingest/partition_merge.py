@@ -31,8 +31,9 @@ from typing import NamedTuple
 import numpy as np
 import numpy.typing as npt
 
-from streamtrain.ingest.decode import DecodedChunk, KafkaRecord
+from streamtrain.ingest.decode import DecodedChunk
 from streamtrain.jagged import SparseRows
+from streamtrain.kafka.records import KafkaRecord
 from streamtrain.wire import Decoded
 
 _NO_TIME = np.iinfo(np.int64).min

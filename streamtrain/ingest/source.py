@@ -31,10 +31,11 @@ from streamtrain.batch import Batch
 from streamtrain.ingest.batch_deadline import MicroBatchPolicy
 from streamtrain.ingest.buffer import BatchBuffer
 from streamtrain.ingest.deadletter import DeadLetterSink, KafkaDeadLetter, LogDeadLetter
-from streamtrain.ingest.decode import KafkaRecord, decode_records
+from streamtrain.ingest.decode import decode_records
 from streamtrain.ingest.log_order import LogOrder
 from streamtrain.ingest.log_watch import LogWatch, OffsetResetFailed, OnOffsetReset
 from streamtrain.kafka import KafkaConnection, OffsetOutOfRange, RecordConsumer, record_consumer
+from streamtrain.kafka.records import KafkaRecord
 from streamtrain.kafka.watermark import true_ends
 from streamtrain.spec import SampleSpec
 

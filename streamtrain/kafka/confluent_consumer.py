@@ -28,11 +28,11 @@ import numpy as np
 import numpy.typing as npt
 
 from streamtrain.gc_pause import gc_paused
-from streamtrain.ingest.decode import KafkaRecord, RecordColumns
 from streamtrain.kafka.client_logs import quiet_librdkafka
 from streamtrain.kafka.consumer import topic_not_found
 from streamtrain.kafka.errors import KafkaUnreachable, OffsetOutOfRange
 from streamtrain.kafka.reachability import REACHABILITY
+from streamtrain.kafka.records import KafkaRecord, RecordColumns
 from streamtrain.wire import content_types_of
 
 log = logging.getLogger(__name__)

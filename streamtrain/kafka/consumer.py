@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from streamtrain.kafka.errors import KafkaUnreachable, OffsetOutOfRange
 from streamtrain.kafka.reachability import REACHABILITY, tcp_probe
-
-if TYPE_CHECKING:  # ingest imports this wing: the record type is for annotations only
-    from streamtrain.ingest.decode import KafkaRecord
+from streamtrain.kafka.records import KafkaRecord
 
 
 class RecordConsumer(Protocol):

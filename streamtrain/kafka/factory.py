@@ -16,7 +16,7 @@ from streamtrain.kafka.partition_reader import PartitionReader
 from streamtrain.kafka.producer import RecordProducer
 from streamtrain.kafka.reachability import REACHABILITY
 
-if TYPE_CHECKING:  # built lazily: its module reads records as ingest does, which imports us
+if TYPE_CHECKING:  # built lazily: only the join needs it, and it loads confluent-kafka
     from streamtrain.kafka.group_consumer import CoPartitionedGroup, OnAssign, OnRevoke
 
 Acks = Literal[0, 1, "all"]

@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING
 
 from streamtrain.kafka.consumer import RecordConsumer
+from streamtrain.kafka.records import KafkaRecord
 from streamtrain.kafka.watermark import true_ends
-
-if TYPE_CHECKING:  # ingest imports this wing: the record type is for annotations only
-    from streamtrain.ingest.decode import KafkaRecord
 
 _POLL_SLICE_MS = 200
 _MAX_RECORDS = 1000

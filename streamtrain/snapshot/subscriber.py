@@ -7,8 +7,8 @@ import logging
 import time
 from collections.abc import Iterable, Iterator
 
-from streamtrain.ingest.decode import KafkaRecord
 from streamtrain.kafka import KafkaConnection, PartitionReader, ReadTimeout, partition_reader
+from streamtrain.kafka.records import KafkaRecord
 from streamtrain.snapshot import wire
 from streamtrain.snapshot.assembly import Assembler
 from streamtrain.snapshot.manifest import SnapshotManifest, parse_snapshot_id

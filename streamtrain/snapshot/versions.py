@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 import time
 
-from streamtrain.ingest.decode import KafkaRecord
 from streamtrain.kafka import KafkaConnection, ReadTimeout, partition_reader
+from streamtrain.kafka.records import KafkaRecord
 from streamtrain.snapshot import wire
 from streamtrain.snapshot.manifest import SnapshotManifest
 from streamtrain.snapshot.verify import parse_manifest

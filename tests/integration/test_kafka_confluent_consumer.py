@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 from kafka import KafkaProducer
 
-from streamtrain.ingest.decode import KafkaRecord, RecordColumns, record_columns
 from streamtrain.kafka import (
     KafkaConnection,
     RecordConsumer,
@@ -19,6 +18,7 @@ from streamtrain.kafka import (
     create_topics,
     record_consumer,
 )
+from streamtrain.kafka.records import KafkaRecord, RecordColumns, record_columns
 
 
 @pytest.fixture

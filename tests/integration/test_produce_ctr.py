@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from streamtrain.datasets_ctr import ctr
+from streamtrain.datasets.ctr import ctr
 from streamtrain.ingest import KafkaSampleSource
 from streamtrain.kafka import KafkaConnection
 

@@ -15,7 +15,7 @@ from safetensors.numpy import load_file
 from streamtrain.cli.build_trainer import build_trainer
 from streamtrain.client import SampleProducer
 from streamtrain.config import load_settings
-from streamtrain.datasets_ctr import ctr
+from streamtrain.datasets.ctr import ctr
 from streamtrain.kafka import KafkaConnection, create_topics
 from streamtrain.serve.server import build_worker
 from streamtrain.sparse_tensors import JaggedTensor

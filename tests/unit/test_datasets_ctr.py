@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from streamtrain.datasets import DatasetError, get_dataset
-from streamtrain.datasets_ctr import ctr
+from streamtrain.datasets.ctr import ctr
 
 
 def _stream(count: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -23,7 +23,7 @@ from collections.abc import Iterator
 import numpy as np
 import numpy.typing as npt
 
-from streamtrain.datasets import DatasetError, DatasetInfo, SampleChunk
+from streamtrain.datasets.base import DatasetError, DatasetInfo, SampleChunk
 from streamtrain.jagged import Jagged, SparseRows
 from streamtrain.spec import SampleSpec, SparseFeature
 

@@ -1,0 +1,70 @@
+"""The records the Kafka wing yields, whichever client library read them: the fields every
+reader uses (:class:`KafkaRecord`) and one poll's records as columns (:class:`RecordColumns`),
+which the librdkafka consumer builds without a Python object per record.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import numpy.typing as npt
+
+from streamtrain.wire import content_types_of
+
+
+class KafkaRecord(Protocol):
+    """The fields of a consumed record that ingest reads (kafka-python's ConsumerRecord fits)."""
+
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def timestamp(self) -> int: ...  # epoch milliseconds, -1 when the broker has none
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def value(self) -> bytes | None: ...
+    @property
+    def headers(self) -> Sequence[tuple[str, bytes]]: ...
+
+
+@dataclass
+class RecordColumns:
+    """The fields decode needs of one poll's records, one column each, in record order."""
+
+    partitions: npt.NDArray[np.int64]
+    offsets: npt.NDArray[np.int64]
+    timestamps_ms: npt.NDArray[np.int64]  # -1 where the broker has none
+    values: Sequence[bytes | None]
+    content_types: Sequence[bytes | None]  # the content-type header, None when absent
+
+
+@runtime_checkable
+class ColumnarRecords(Protocol):
+    """Records that can hand over :class:`RecordColumns` cheaper than field-by-field access
+    (a client whose records are not plain attribute objects). Indexing still gives a
+    :class:`KafkaRecord` (used for the few rejected records)."""
+
+    def __len__(self) -> int: ...
+    def __getitem__(self, index: int) -> KafkaRecord: ...
+    def columns(self) -> RecordColumns: ...
+
+
+def record_columns(records: Sequence[KafkaRecord]) -> RecordColumns:
+    """Columns of ``records``: their own when they offer them, else read field by field."""
+    if isinstance(records, ColumnarRecords):
+        return records.columns()
+    n = len(records)
+    return RecordColumns(
+        partitions=np.fromiter((r.partition for r in records), np.int64, n),
+        offsets=np.fromiter((r.offset for r in records), np.int64, n),
+        timestamps_ms=np.fromiter((r.timestamp for r in records), np.int64, n),
+        values=[r.value for r in records],
+        content_types=content_types_of([r.headers for r in records]),
+    )
