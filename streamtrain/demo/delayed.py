@@ -1,6 +1,7 @@
-"""What ``streamtrain demo --labels delayed`` adds to the plan: the prediction log on the
-server, a join process, and the application of :mod:`streamtrain.demo.label_app` in place of
-the producer (``docs/labels.md`` has the whole loop).
+"""What ``streamtrain demo --labels delayed`` changes: the prediction log on the server, the
+join's window and the label delays (the plan, :class:`streamtrain.demo.plan.DemoPlan`, adds the
+join process and the application of :mod:`streamtrain.demo.label_app` in place of the
+producer; ``docs/labels.md`` has the whole loop).
 
 >>> from pathlib import Path
 >>> delayed_env()["STREAMTRAIN_SERVE__PREDICTION_LOG"]
@@ -9,11 +10,7 @@ the producer (``docs/labels.md`` has the whole loop).
 
 from __future__ import annotations
 
-import sys
-from typing import TYPE_CHECKING, Literal
-
-if TYPE_CHECKING:
-    from streamtrain.demo.plan import DemoPlan
+from typing import Literal
 
 LabelMode = Literal["inline", "delayed"]
 LABEL_MODES: tuple[LabelMode, ...] = ("inline", "delayed")
@@ -38,48 +35,3 @@ def delayed_env() -> dict[str, str]:
         # The embedded broker holds a group join for about half the session timeout.
         "STREAMTRAIN_JOIN__SESSION_TIMEOUT_MS": str(JOIN_SESSION_TIMEOUT_MS),
     }
-
-
-def join_command(cli: list[str], plan: DemoPlan) -> list[str]:
-    """``streamtrain join`` on the run's broker, its state in the run directory, its metrics
-    and health on ``join_port``."""
-    return [
-        *cli,
-        "join",
-        "--bootstrap-servers",
-        plan.bootstrap_servers,
-        "--state-dir",
-        str(plan.join_state_dir),
-        "--metrics-port",
-        str(plan.join_port),
-    ]
-
-
-def app_command(plan: DemoPlan) -> list[str]:
-    """The application that predicts over HTTP and sends each label after a delay."""
-    topics = plan.topics
-    return [
-        sys.executable,
-        "-m",
-        "streamtrain.demo.label_app",
-        "--infer-url",
-        plan.infer_url,
-        "--bootstrap-servers",
-        plan.bootstrap_servers,
-        "--dataset",
-        plan.dataset.name,
-        "--rate",
-        f"{plan.rate:g}",
-        "--samples-topic",
-        topics.samples,
-        "--labels-topic",
-        topics.labels,
-        "--status-path",
-        str(plan.status_path),
-        "--delay-min",
-        f"{LABEL_DELAY_MIN_SECONDS:g}",
-        "--delay-max",
-        f"{LABEL_DELAY_MAX_SECONDS:g}",
-        "--seed",
-        str(plan.seed),
-    ]

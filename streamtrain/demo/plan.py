@@ -26,7 +26,12 @@ from typing import Any
 from streamtrain.broker import free_port
 from streamtrain.config import TopicSettings
 from streamtrain.datasets import DatasetInfo
-from streamtrain.demo.delayed import LabelMode, app_command, delayed_env, join_command
+from streamtrain.demo.delayed import (
+    LABEL_DELAY_MAX_SECONDS,
+    LABEL_DELAY_MIN_SECONDS,
+    LabelMode,
+    delayed_env,
+)
 from streamtrain.demo.drift import demo_dataset
 from streamtrain.spec import SampleSpec
 
@@ -237,9 +242,51 @@ class DemoPlan:
         commands = self._pipeline_commands(cli, servers)
         if self.labels == "delayed":
             del commands["producer"]
-            commands["join"] = join_command(cli, self)
-            commands["producer"] = app_command(self)
+            commands["join"] = self._join_command(cli)
+            commands["producer"] = self._app_command()
         return commands
+
+    def _join_command(self, cli: list[str]) -> list[str]:
+        """``streamtrain join`` on the run's broker, its state in the run directory, its
+        metrics and health on ``join_port``."""
+        return [
+            *cli,
+            "join",
+            "--bootstrap-servers",
+            self.bootstrap_servers,
+            "--state-dir",
+            str(self.join_state_dir),
+            "--metrics-port",
+            str(self.join_port),
+        ]
+
+    def _app_command(self) -> list[str]:
+        """The application that predicts over HTTP and sends each label after a delay."""
+        return [
+            sys.executable,
+            "-m",
+            "streamtrain.demo.label_app",
+            "--infer-url",
+            self.infer_url,
+            "--bootstrap-servers",
+            self.bootstrap_servers,
+            "--dataset",
+            self.dataset.name,
+            "--rate",
+            f"{self.rate:g}",
+            "--samples-topic",
+            self.topics.samples,
+            "--labels-topic",
+            self.topics.labels,
+            "--status-path",
+            str(self.status_path),
+            "--delay-min",
+            f"{LABEL_DELAY_MIN_SECONDS:g}",
+            "--delay-max",
+            f"{LABEL_DELAY_MAX_SECONDS:g}",
+            "--seed",
+            str(self.seed),
+        ]
 
     def _pipeline_commands(self, cli: list[str], servers: list[str]) -> dict[str, list[str]]:
         return {

@@ -11,7 +11,7 @@ from streamtrain import metrics
 from streamtrain.ingest.buffer import BatchBuffer
 from streamtrain.ingest.decode import DecodedChunk, decode_records
 from streamtrain.ingest.log_order import LogOrder
-from streamtrain.schema import encode_json
+from streamtrain.wire import encode_json
 from streamtrain.spec import SampleSpec
 
 SPEC = SampleSpec(feature_shape=(2,), task="multiclass", num_classes=5)

@@ -9,7 +9,7 @@ import numpy as np
 
 from streamtrain.ingest.decode import DecodedChunk, decode_records
 from streamtrain.ingest.partition_merge import PartitionMerge
-from streamtrain.schema import encode_json
+from streamtrain.wire import encode_json
 from streamtrain.spec import SampleSpec
 
 SPEC = SampleSpec(feature_shape=(2,), task="multiclass", num_classes=5)
