@@ -23,16 +23,18 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/streamtrain demo $(DEMO_ARGS)
 
+# The full suite (the README's command). PYTEST_ARGS adds options, e.g. CI's --durations=20.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests $(PYTEST_ARGS)
 
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit
 
-# The integration tier again with every streamtrain Kafka client on kafka-python (`make test`
-# runs it with confluent-kafka, the default).
+# The integration tests whose Kafka path differs by client library (marked kafka_client) again,
+# with every streamtrain Kafka client on kafka-python (`make test` runs all of them with
+# confluent-kafka, the default).
 test-integration-kafka-python: $(STAMP)
-	STREAMTRAIN_TEST_KAFKA_CLIENT=kafka-python $(BIN)/python -m pytest -q -p no:cacheprovider tests/integration
+	STREAMTRAIN_TEST_KAFKA_CLIENT=kafka-python $(BIN)/python -m pytest -q -p no:cacheprovider -m kafka_client tests/integration $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check streamtrain tests bench

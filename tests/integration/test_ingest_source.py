@@ -21,6 +21,10 @@ from streamtrain.ingest import ERROR_HEADER, SOURCE_HEADER, KafkaSampleSource
 from streamtrain.kafka import KafkaConnection, create_topics
 from streamtrain.spec import SampleSpec
 
+# Runs again with kafka-python in CI (make test-integration-kafka-python): its Kafka path
+# differs by client library.
+pytestmark = pytest.mark.kafka_client
+
 SPEC = SampleSpec(feature_shape=(16,), task="multiclass", num_classes=3)
 BINARY = [("content-type", b"application/x-streamtrain-sample")]
 JSON = [("content-type", b"application/json")]

@@ -19,6 +19,10 @@ from streamtrain.ingest import ERROR_HEADER, KafkaSampleSource
 from streamtrain.kafka import KafkaConnection, create_topics
 from streamtrain.spec import SampleSpec, SparseFeature
 
+# Runs again with kafka-python in CI (make test-integration-kafka-python): its Kafka path
+# differs by client library.
+pytestmark = pytest.mark.kafka_client
+
 SPEC = SampleSpec(
     (2,),
     "binary",

@@ -33,6 +33,10 @@ from tests.integration.trainer_harness import (
     trainer_env,
 )
 
+# Runs again with kafka-python in CI (make test-integration-kafka-python): its Kafka path
+# differs by client library.
+pytestmark = pytest.mark.kafka_client
+
 RESETS = 'streamtrain_ingest_offset_resets_total{partition="0",policy="%s"}'
 SAMPLES = "streamtrain_ingest_samples_total"
 REACHABLE = "streamtrain_kafka_reachable"

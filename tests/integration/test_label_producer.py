@@ -14,6 +14,10 @@ from streamtrain.spec import spec_for_model
 from streamtrain.wire.label_record import LabelError, LabelRecord, decode_label
 from tests.integration.snapshot_harness import wait
 
+# Runs again with kafka-python in CI (make test-integration-kafka-python): its Kafka path
+# differs by client library.
+pytestmark = pytest.mark.kafka_client
+
 MODEL = {"name": "linear", "task": "multiclass", "input_shape": [3], "num_classes": 3}
 
 

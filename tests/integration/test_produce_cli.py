@@ -10,11 +10,16 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from streamtrain.datasets import DATASETS
 from streamtrain.ingest import KafkaSampleSource
 from streamtrain.kafka import KafkaConnection
 from streamtrain.spec import SampleSpec
+
+# Runs again with kafka-python in CI (make test-integration-kafka-python): its Kafka path
+# differs by client library.
+pytestmark = pytest.mark.kafka_client
 
 
 def _produce(*args: str) -> subprocess.CompletedProcess[str]:

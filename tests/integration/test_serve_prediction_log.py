@@ -22,6 +22,10 @@ from streamtrain.wire import decode_binary
 from streamtrain.wire.prediction_record import PREDICTION_CONTENT_TYPE, decode_prediction
 from tests.integration.snapshot_harness import MODEL, publish, wait
 
+# Runs again with kafka-python in CI (make test-integration-kafka-python): its Kafka path
+# differs by client library.
+pytestmark = pytest.mark.kafka_client
+
 THREADS, REQUESTS = 8, 24
 
 

@@ -22,6 +22,10 @@ from streamtrain.train.hooks import SnapshotRequest
 from streamtrain.train.models import build_model
 from tests.version_fixtures import expected_value, version_weights
 
+# Runs again with kafka-python in CI (make test-integration-kafka-python): its Kafka path
+# differs by client library.
+pytestmark = pytest.mark.kafka_client
+
 # Without the standardiser: test snapshots fill every tensor with the version number, and a
 # filled variance buffer would change the function the expected values are computed from.
 MODEL = {

@@ -19,6 +19,10 @@ from streamtrain.snapshot.subscriber import SnapshotSubscriber
 from streamtrain.snapshot.verify import ReceivedSnapshot, RejectedSnapshot
 from streamtrain.train.hooks import SnapshotRequest
 
+# Runs again with kafka-python in CI (make test-integration-kafka-python): its Kafka path
+# differs by client library.
+pytestmark = pytest.mark.kafka_client
+
 HASH = settings_hash({"name": "mlp", "input_shape": [16]})
 WAIT = 15.0
 SMALL_CHUNK = 4096

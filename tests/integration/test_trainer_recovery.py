@@ -21,6 +21,10 @@ from tests.integration.trainer_harness import (
     wait_for_metric,
 )
 
+# Runs again with kafka-python in CI (make test-integration-kafka-python): its Kafka path
+# differs by client library.
+pytestmark = pytest.mark.kafka_client
+
 # Deterministic batching (the default) makes the batches a function of the log even with the
 # default 50 ms max wait and several partitions; the checkpoint is frequent so kills land
 # between and inside checkpoint writes.

@@ -86,3 +86,38 @@ def test_deploy_checks_pass_with_nothing_but_python_on_path(tmp_path: Path) -> N
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     assert re.search(r"\d+ passed", result.stdout), result.stdout[-2000:]
     assert " failed" not in result.stdout, result.stdout[-4000:]
+
+
+def _recipe(target: str) -> list[str]:
+    lines = MAKEFILE.read_text().split(f"\n{target}:", 1)[1].splitlines()[1:]
+    return [line.strip() for line in lines[: next(i for i, x in enumerate(lines) if not x)]]
+
+
+def test_make_test_is_the_full_suite_and_ci_lists_the_slowest() -> None:
+    """`make test` (the README's command) runs every tier; CI adds only a durations report."""
+    (recipe,) = _recipe("test")
+    assert (
+        re.search(r"-m pytest .*\btests(\s|$)", recipe)
+        and " -m " not in recipe.split("pytest", 1)[1]
+    ), recipe
+    ci = _commands(CI_RUN.read_text())
+    test_line = next(line for line in ci if line.startswith("make test "))
+    assert "--durations=20" in test_line
+
+
+def test_the_kafka_python_pass_runs_only_the_tests_that_differ_by_client() -> None:
+    (recipe,) = _recipe("test-integration-kafka-python")
+    assert "STREAMTRAIN_TEST_KAFKA_CLIENT=kafka-python" in recipe
+    assert "-m kafka_client" in recipe and "tests/integration" in recipe
+    marked = [
+        p.name
+        for p in sorted((ROOT / "tests" / "integration").glob("test_*.py"))
+        if "pytestmark = pytest.mark.kafka_client" in p.read_text()
+    ]
+    # The Kafka wing's paths: consumer, producer, partition reader, reachability.
+    for name in ("test_ingest_source.py", "test_snapshot_kafka.py", "test_kafka_outage.py"):
+        assert name in marked, marked
+    assert any(
+        line.startswith("make test-integration-kafka-python")
+        for line in _commands(CI_RUN.read_text())
+    )
