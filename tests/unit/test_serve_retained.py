@@ -51,7 +51,7 @@ def test_pin_unpin_rollback_and_eviction(tmp_path: Path) -> None:
         _load(retained, version)
     assert slot.info.version == 2  # pinned: new versions are retained, not live
     assert retained.versions() == [5, 4, 2]  # the pinned one is never evicted
-    prediction = asyncio.run(retained.infer("5", np.ones((1, 2), np.float32)))
+    prediction = asyncio.run(retained.infer(5, np.ones((1, 2), np.float32)))
     assert prediction is not None and prediction.info.version == 5
     assert prediction.outputs["value"][0, 0] == pytest.approx(expected_value(5, [1, 1]), 1e-6)
     with pytest.raises(AdminError, match="no retained version older") as caught:

@@ -114,7 +114,7 @@ class ServedModel:
         # Room for every version that can be loaded at once (retained, live, pinned) and more.
         self.stats = InferenceStatistics(keep=(0 if retained is None else retained.keep) + 8)
 
-    def live_version(self, name: str, version: str | None) -> str:
+    def live_version(self, name: str, version: str | None) -> int:
         """The live version; ProtocolError for an unknown model, no weights yet, or a version
         that is neither live nor retained. An empty ``version`` (gRPC's default) means the
         live one."""
@@ -127,9 +127,12 @@ class ServedModel:
             raise ProtocolError(
                 "model not ready: waiting for the first valid weight snapshot", 503, "not_ready"
             )
-        live = str(info.version)
-        if version and version != live and not (self.retained and self.retained.has(version)):
-            others = self.loaded_versions()[1:]
+        live = info.version
+        wanted = version_number(version)
+        if version and (
+            wanted is None or (wanted != live and not (self.retained and self.retained.has(wanted)))
+        ):
+            others = [str(v) for v in self.loaded_versions()[1:]]
             raise ProtocolError(
                 f"model {name!r} version {version!r} is not loaded; the live version is {live}"
                 + (f", also retained: {', '.join(others)}" if others else "")
@@ -140,13 +143,17 @@ class ServedModel:
         return live
 
     async def predict(
-        self, features: Array, version: str | None, sparse: SparseRows | None = None
+        self, features: Array, version: int | None, sparse: SparseRows | None = None
     ) -> Prediction:
         """Run ``features`` on the live weights, or on retained ``version`` when that is not
         the live one; a named version that went away while the request waited is refused
         rather than answered by other weights."""
         info = self.slot.info
-        if version and self.retained is not None and (info is None or str(info.version) != version):
+        if (
+            version is not None
+            and self.retained is not None
+            and (info is None or info.version != version)
+        ):
             retained = await self.retained.infer(version, features, sparse)
             if retained is not None:
                 return retained
@@ -154,8 +161,8 @@ class ServedModel:
             prediction = await self.engine.infer(features, sparse)
         except NotReady as exc:
             raise ProtocolError(str(exc), 503, "not_ready") from exc
-        live = str(prediction.info.version)
-        if version and version != live:
+        live = prediction.info.version
+        if version is not None and version != live:
             retained = (
                 None
                 if self.retained is None
@@ -164,7 +171,7 @@ class ServedModel:
             if retained is not None:
                 return retained
             raise ProtocolError(
-                f"version {version!r} was replaced by {live} during the request; retry, "
+                f"version '{version}' was replaced by {live} during the request; retry, "
                 "or omit the version to use the live one",
                 404,
                 "not_found",
@@ -185,14 +192,16 @@ class ServedModel:
         as it is; an unexpected one is logged here and becomes a 500 (outcome ``error``).
         """
         started = time.perf_counter_ns()
+        wanted: int | None = None
         try:
             self.live_version(name, version)
+            wanted = version_number(version)
             request = self.identify(await decode())
             infer_start = time.perf_counter_ns()
-            prediction = await self.predict(request.features, version, request.sparse)
+            prediction = await self.predict(request.features, wanted, request.sparse)
             output_start = time.perf_counter_ns()
-            version = str(prediction.info.version)
-            reply = encode(version, request, prediction.outputs)
+            wanted = prediction.info.version
+            reply = encode(str(wanted), request, prediction.outputs)
             self.log(request, prediction)
             timing = Timing(
                 len(request.features),
@@ -201,15 +210,15 @@ class ServedModel:
                 time.perf_counter_ns() - output_start,
             )
         except ProtocolError as exc:
-            self.record(exc.outcome, started, version)
+            self.record(exc.outcome, started, wanted)
             raise
         except Exception:
             log.exception("inference failed")
-            self.record("error", started, version)
+            self.record("error", started, wanted)
             raise ProtocolError(
                 "internal error during inference; see the server log", 500, "error"
             ) from None
-        self.record("ok", started, version, timing)
+        self.record("ok", started, wanted, timing)
         return reply
 
     def identify(self, request: InferRequest) -> InferRequest:
@@ -242,7 +251,7 @@ class ServedModel:
         self,
         outcome: str,
         started_ns: int,
-        version: str | None = None,
+        version: int | None = None,
         timing: Timing | None = None,
     ) -> None:
         """Count one infer request by outcome, observe its latency since ``started_ns`` (a
@@ -251,9 +260,9 @@ class ServedModel:
         total_ns = time.perf_counter_ns() - started_ns
         self._counted[outcome].inc()
         SERVE_REQUEST_SECONDS.observe(total_ns / 1e9)
-        if version is None or version == "":
+        if version is None:
             info = self.slot.info
-            version = str(info.version) if info is not None else None
+            version = info.version if info is not None else None
         if version is None:
             return
         if outcome == "ok" and timing is not None:
@@ -268,21 +277,22 @@ class ServedModel:
         elif outcome not in ("not_found", "client_disconnected"):
             self.stats.failure(version, total_ns)
 
-    def loaded_versions(self) -> list[str]:
+    def loaded_versions(self) -> list[int]:
         """The versions this server can answer with: the live one first, then the other
         retained ones, newest first."""
         info = self.slot.info
-        live = [] if info is None else [str(info.version)]
-        others = [] if self.retained is None else [str(v) for v in self.retained.versions()]
+        live = [] if info is None else [info.version]
+        others = [] if self.retained is None else self.retained.versions()
         return live + [v for v in others if v not in live]
 
     def statistics(self, name: str | None, version: str | None) -> dict[str, Any]:
         """Triton's statistics document for the model (all loaded versions, or one)."""
         if name is not None and name != "":
             self.live_version(name, version)
-        return {
-            "model_stats": self.stats.to_json(self.name, version or None, self.loaded_versions())
-        }
+        wanted = version_number(version)
+        if version and wanted is None:
+            return {"model_stats": []}  # no version of that name, and no model named to check
+        return {"model_stats": self.stats.to_json(self.name, wanted, self.loaded_versions())}
 
     def config(self, name: str, version: str | None) -> dict[str, Any]:
         """Triton's model configuration (JSON form of ``model_config.proto``). The first
@@ -312,17 +322,31 @@ class ServedModel:
                     "reason": "waiting for the first valid weight snapshot",
                 }
             ]
-        return [{"name": self.name, "version": v, "state": "READY", "reason": ""} for v in versions]
+        return [
+            {"name": self.name, "version": str(v), "state": "READY", "reason": ""} for v in versions
+        ]
 
-    def metadata(self, live: str) -> dict[str, Any]:
+    def metadata(self, live: int) -> dict[str, Any]:
         """The OIP model metadata document (REST JSON; the gRPC reply carries the same)."""
         return {
             "name": self.name,
-            "versions": self.loaded_versions() or [live],
+            "versions": [str(v) for v in self.loaded_versions() or [live]],
             "platform": PLATFORM,
             "inputs": [tensor.to_json() for tensor in self.io.inputs],
             "outputs": [o.to_json() for o in self.io.outputs],
         }
+
+
+def version_number(text: str | None) -> int | None:
+    """A version as the protocol spells it (decimal, as this server reports it) to the int every
+    other part uses; None for none (``""`` is gRPC's default) or one no snapshot can have.
+
+    >>> version_number("12"), version_number(""), version_number("012"), version_number("x")
+    (12, None, None, None)
+    """
+    if not text or not (text.isascii() and text.isdigit()) or str(int(text)) != text:
+        return None
+    return int(text)
 
 
 def _config_tensor(name: str, datatype: str, shape: tuple[int, ...]) -> dict[str, Any]:

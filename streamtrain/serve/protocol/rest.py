@@ -227,7 +227,7 @@ class V2Endpoints:
         except ProtocolError as exc:
             return _error(exc.status, str(exc))
 
-    def _check_model(self, request: Request) -> str:
+    def _check_model(self, request: Request) -> int:
         return self._served.live_version(
             request.path_params["name"], request.path_params.get("version")
         )

@@ -2,7 +2,8 @@
 
 Both front ends record into one :class:`InferenceStatistics`, so REST's ``/v2/models/m/stats``
 and gRPC's ``ModelStatistics`` report the same numbers. A request's time is split as Triton
-splits it: ``compute_input`` (parsing and checking the tensors), ``compute_infer`` (the engine
+splits it: ``compute_input`` (from the request's start: receiving, parsing and checking the
+input; one rule for REST and gRPC, see ``dataplane.Timing``), ``compute_infer`` (the engine
 call, which with the batching engine includes the wait for a shared pass, so ``queue`` stays
 zero), ``compute_output`` (encoding the reply); ``success`` is the whole request. Failures are
 counted against the version they addressed (or the live one). ``execution_count`` counts
@@ -11,8 +12,8 @@ engine calls; with the batching engine several calls may share one forward pass.
 Memory is bounded: only the ``keep`` most recently used versions are held.
 
 >>> stats = InferenceStatistics(keep=2)
->>> stats.success("3", rows=2, input_ns=10, infer_ns=100, output_ns=5, total_ns=120)
->>> doc = stats.to_json("m", None, loaded=["3"])[0]
+>>> stats.success(3, rows=2, input_ns=10, infer_ns=100, output_ns=5, total_ns=120)
+>>> doc = stats.to_json("m", None, loaded=[3])[0]
 >>> doc["version"], doc["inference_count"], doc["inference_stats"]["compute_infer"]
 ('3', 2, {'count': 1, 'ns': 100})
 """
@@ -56,9 +57,9 @@ class InferenceStatistics:
     def __init__(self, keep: int = 8) -> None:
         self._keep = keep
         self._lock = threading.Lock()
-        self._versions: OrderedDict[str, _VersionStats] = OrderedDict()
+        self._versions: OrderedDict[int, _VersionStats] = OrderedDict()
 
-    def _entry(self, version: str) -> _VersionStats:
+    def _entry(self, version: int) -> _VersionStats:
         entry = self._versions.get(version)
         if entry is None:
             entry = self._versions[version] = _VersionStats()
@@ -70,7 +71,7 @@ class InferenceStatistics:
 
     def success(
         self,
-        version: str,
+        version: int,
         *,
         rows: int,
         input_ns: int,
@@ -88,11 +89,11 @@ class InferenceStatistics:
             entry.execution_count += 1
             entry.last_inference_ms = int(time.time() * 1000)
 
-    def failure(self, version: str, total_ns: int) -> None:
+    def failure(self, version: int, total_ns: int) -> None:
         with self._lock:
             self._entry(version).add("fail", total_ns)
 
-    def to_json(self, name: str, version: str | None, loaded: list[str]) -> list[dict[str, Any]]:
+    def to_json(self, name: str, version: int | None, loaded: list[int]) -> list[dict[str, Any]]:
         """Triton's ``model_stats`` list for the ``loaded`` versions (zeros for one not used
         yet), or just ``version`` when given."""
         empty = _VersionStats()
@@ -104,10 +105,10 @@ class InferenceStatistics:
             ]
 
 
-def _version_json(name: str, version: str, stats: _VersionStats) -> dict[str, Any]:
+def _version_json(name: str, version: int, stats: _VersionStats) -> dict[str, Any]:
     return {
         "name": name,
-        "version": version,
+        "version": str(version),
         "last_inference": stats.last_inference_ms,
         "inference_count": stats.inference_count,
         "execution_count": stats.execution_count,

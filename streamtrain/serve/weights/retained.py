@@ -220,14 +220,14 @@ class RetainedVersions:
         ranked = sorted(list(self._versions.values()), key=lambda r: r.info.order, reverse=True)
         return [r.info.version for r in ranked]
 
-    def has(self, version: str) -> bool:
-        return version.isdigit() and int(version) in self._versions
+    def has(self, version: int) -> bool:
+        return version in self._versions
 
     async def infer(
-        self, version: str, features: Array, sparse: SparseRows | None = None
+        self, version: int, features: Array, sparse: SparseRows | None = None
     ) -> Prediction | None:
         """Run ``features`` on retained ``version``; None when it is not retained."""
-        entry = self._versions.get(int(version)) if version.isdigit() else None
+        entry = self._versions.get(version)
         if entry is None:
             return None
         return await anyio.to_thread.run_sync(self._forward, entry, features, sparse)
