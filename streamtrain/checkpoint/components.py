@@ -18,7 +18,7 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
 from streamtrain.checkpoint.state import CheckpointError
-from streamtrain.tensorstate import TensorStateError, flatten, unflatten
+from streamtrain.checkpoint.tensorstate import TensorStateError, flatten, unflatten
 
 MODEL_FILE = "model.safetensors"
 OPTIMIZER_TENSORS = "optimizer.safetensors"

@@ -26,7 +26,7 @@ LAYERS: list[set[str]] = [
     {"train"},
     {"ingest", "checkpoint", "client", "datasets", "broker"},
     {"kafka"},
-    {"wire", "health", "batch", "sparse_tensors", "tensorstate"},
+    {"wire", "health", "batch", "sparse_tensors"},
     {"spec", "jagged", "gc_pause"},
     {"config", "metrics", "devices", "extras"},
 ]

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from streamtrain.tensorstate import TensorStateError, flatten, unflatten
+from streamtrain.checkpoint.tensorstate import TensorStateError, flatten, unflatten
 
 
 def _roundtrip(obj: object) -> object:
