@@ -15,10 +15,11 @@ import numpy as np
 
 from streamtrain.cli.build_trainer import build_trainer
 from streamtrain.client import SampleProducer
-from streamtrain.config import Settings, load_settings
-from streamtrain.kafka import KafkaConnection, create_topics
+from streamtrain.config import Settings
+from streamtrain.kafka import KafkaConnection
 from streamtrain.serve.server import build_worker
 from streamtrain.spec import spec_for_model
+from tests.integration.trainer_harness import pipeline_settings
 
 FEATURES = 4
 SAMPLES = 1500
@@ -34,27 +35,21 @@ def _stream(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _settings(bootstrap: str, name: str, root: Path) -> Settings:
-    create_topics(bootstrap, [f"{name}-samples", f"{name}-dlq", f"{name}-snapshots"])
-    return load_settings(
-        overrides={
-            "kafka": {"bootstrap_servers": bootstrap},
-            "topics": {
-                "samples": f"{name}-samples",
-                "dead_letter": f"{name}-dlq",
-                "snapshots": f"{name}-snapshots",
-            },
-            "ingest": {"group_id": name, "start_from": "earliest", "max_batch_size": 16},
-            # only the task: model, optimizer and scaling are what a CLI user gets
-            "model": {"task": "regression", "input_shape": [FEATURES]},
-            "train": {
-                "checkpoint_dir": root,
-                "max_samples": SAMPLES,
-                "stop_when_idle": 30.0,
-                "torch_threads": 1,
-                "metrics_port": 0,
-            },
-            "serve": {"port": 0, "model_name": "m"},
-        }
+    return pipeline_settings(
+        bootstrap,
+        name,
+        root,
+        ingest={"group_id": name, "start_from": "earliest", "max_batch_size": 16},
+        # only the task: model, optimizer and scaling are what a CLI user gets
+        model={"task": "regression", "input_shape": [FEATURES]},
+        train={
+            "max_samples": SAMPLES,
+            "stop_when_idle": 30.0,
+            "torch_threads": 1,
+            "metrics_port": 0,
+        },
+        serve={"port": 0, "model_name": "m"},
+        create=("samples", "dlq", "snapshots"),
     )
 
 

@@ -15,42 +15,40 @@ import numpy as np
 import torch
 
 from streamtrain.cli.build_trainer import build_trainer
-from streamtrain.config import Settings, load_settings
+from streamtrain.config import Settings
 from streamtrain.demo.scrape import scrape
-from streamtrain.kafka import KafkaConnection, create_topics
+from streamtrain.kafka import KafkaConnection
 from streamtrain.serve.server import build_worker
 from streamtrain.snapshot.manifest import settings_hash
 from streamtrain.snapshot.subscriber import ReceivedSnapshot, SnapshotSubscriber
 from streamtrain.spec import spec_for_model
 from streamtrain.train.models import build_model
 from streamtrain.train.task import TaskHead
-from tests.integration.trainer_harness import FEATURES, hyperplane_stream, produce_json
+from tests.integration.trainer_harness import (
+    FEATURES,
+    hyperplane_stream,
+    pipeline_settings,
+    produce_json,
+)
 
 INPUT = np.linspace(-1, 1, FEATURES, dtype=np.float32)
 
 
 def _settings(bootstrap: str, name: str, root: Path) -> Settings:
-    create_topics(bootstrap, [f"{name}-dlq", f"{name}-snapshots"])
-    return load_settings(
-        overrides={
-            "kafka": {"bootstrap_servers": bootstrap},
-            "topics": {
-                "samples": f"{name}-samples",
-                "dead_letter": f"{name}-dlq",
-                "snapshots": f"{name}-snapshots",
-            },
-            "ingest": {"group_id": name, "max_batch_size": 4, "max_wait_ms": 20},
-            "model": {"name": "mlp", "input_shape": [FEATURES], "params": {"hidden_sizes": [8]}},
-            "optimizer": {"name": "sgd", "lr": 0.05},
-            "train": {
-                "checkpoint_dir": root,
-                "snapshot_every_steps": 1,
-                "snapshot_every_seconds": 0.001,
-                "stop_when_idle": 2.0,
-                "torch_threads": 1,
-            },
-            "serve": {"port": 0, "model_name": "m"},
-        }
+    return pipeline_settings(
+        bootstrap,
+        name,
+        root,
+        ingest={"group_id": name, "max_batch_size": 4, "max_wait_ms": 20},
+        model={"name": "mlp", "input_shape": [FEATURES], "params": {"hidden_sizes": [8]}},
+        optimizer={"name": "sgd", "lr": 0.05},
+        train={
+            "snapshot_every_steps": 1,
+            "snapshot_every_seconds": 0.001,
+            "stop_when_idle": 2.0,
+            "torch_threads": 1,
+        },
+        serve={"port": 0, "model_name": "m"},
     )
 
 

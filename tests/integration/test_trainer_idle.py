@@ -12,13 +12,12 @@ import httpx
 
 from streamtrain import health, metrics
 from streamtrain.cli.build_trainer import build_trainer
-from streamtrain.config import load_settings
-from streamtrain.kafka import create_topics
 from streamtrain.train.loop import TrainSummary
 from tests.integration.trainer_harness import (
     FEATURES,
     checkpoint_meta,
     hyperplane_stream,
+    pipeline_settings,
     produce_json,
     scrape,
 )
@@ -27,26 +26,19 @@ BURST = 640  # 20 steps of 32: under both step thresholds, so only the timers ca
 
 
 def _settings(bootstrap: str, name: str, root: Path) -> Any:
-    create_topics(bootstrap, [f"{name}-dlq", f"{name}-snapshots"])
-    return load_settings(
-        overrides={
-            "kafka": {"bootstrap_servers": bootstrap},
-            "topics": {
-                "samples": f"{name}-samples",
-                "dead_letter": f"{name}-dlq",
-                "snapshots": f"{name}-snapshots",
-            },
-            "ingest": {"group_id": f"{name}-group", "max_batch_size": 32, "max_wait_ms": 200},
-            "model": {"name": "linear", "input_shape": [FEATURES], "num_classes": 2},
-            "optimizer": {"name": "sgd", "lr": 0.5},
-            "train": {
-                "checkpoint_dir": root,
-                "snapshot_every_steps": 1000,
-                "snapshot_every_seconds": 1.0,
-                "checkpoint_every_steps": 1000,
-                "checkpoint_every_seconds": 2.0,
-            },
-        }
+    return pipeline_settings(
+        bootstrap,
+        name,
+        root,
+        ingest={"group_id": f"{name}-group", "max_batch_size": 32, "max_wait_ms": 200},
+        model={"name": "linear", "input_shape": [FEATURES], "num_classes": 2},
+        optimizer={"name": "sgd", "lr": 0.5},
+        train={
+            "snapshot_every_steps": 1000,
+            "snapshot_every_seconds": 1.0,
+            "checkpoint_every_steps": 1000,
+            "checkpoint_every_seconds": 2.0,
+        },
     )
 
 

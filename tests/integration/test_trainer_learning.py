@@ -10,8 +10,7 @@ from safetensors.numpy import load_file
 
 from streamtrain import metrics
 from streamtrain.cli.build_trainer import build_trainer
-from streamtrain.config import load_settings
-from streamtrain.kafka import KafkaConnection, create_topics
+from streamtrain.kafka import KafkaConnection
 from streamtrain.snapshot.manifest import settings_hash
 from streamtrain.snapshot.versions import newest_version
 from streamtrain.snapshot.writer import SnapshotWriter
@@ -22,27 +21,22 @@ from tests.integration.trainer_harness import (
     FEATURES,
     hyperplane_stream,
     latest_checkpoint,
+    pipeline_settings,
     produce_json,
     scrape,
 )
 
 
 def _settings(bootstrap: str, name: str, root: Path, **train: Any) -> Any:
-    create_topics(bootstrap, [f"{name}-dlq", f"{name}-snapshots"])
-    return load_settings(
-        overrides={
-            "kafka": {"bootstrap_servers": bootstrap},
-            "topics": {
-                "samples": f"{name}-samples",
-                "dead_letter": f"{name}-dlq",
-                "snapshots": f"{name}-snapshots",
-            },
-            "ingest": {"group_id": f"{name}-group", "max_batch_size": 16, "max_wait_ms": 200},
-            "model": {"name": "linear", "input_shape": [FEATURES], "num_classes": 2},
-            # one optimizer step per fetched batch, so steps and skipped steps count batches
-            "optimizer": {"name": "sgd", "lr": 0.5, "step_samples": "batch"},
-            "train": {"checkpoint_dir": root, "metric_window": 500, **train},
-        }
+    return pipeline_settings(
+        bootstrap,
+        name,
+        root,
+        ingest={"group_id": f"{name}-group", "max_batch_size": 16, "max_wait_ms": 200},
+        model={"name": "linear", "input_shape": [FEATURES], "num_classes": 2},
+        # one optimizer step per fetched batch, so steps and skipped steps count batches
+        optimizer={"name": "sgd", "lr": 0.5, "step_samples": "batch"},
+        train={"metric_window": 500, **train},
     )
 
 

@@ -12,41 +12,40 @@ import numpy as np
 
 from streamtrain import metrics
 from streamtrain.cli.build_trainer import build_trainer
-from streamtrain.config import Settings, load_settings
-from streamtrain.kafka import KafkaConnection, create_topics
+from streamtrain.config import Settings
+from streamtrain.kafka import KafkaConnection
 from streamtrain.serve.server import build_worker
 from streamtrain.snapshot.manifest import settings_hash
 from streamtrain.snapshot.versions import newest_version
 from tests.integration.snapshot_harness import wait
-from tests.integration.trainer_harness import FEATURES, hyperplane_stream, produce_json, scrape
+from tests.integration.trainer_harness import (
+    FEATURES,
+    hyperplane_stream,
+    pipeline_settings,
+    produce_json,
+    scrape,
+)
 
 MODEL = {"name": "linear", "input_shape": [FEATURES], "num_classes": 2}
 CLEAN, NOISY = 2400, 2400
 
 
 def _settings(bootstrap: str, name: str, root: Path, **train: Any) -> Settings:
-    create_topics(bootstrap, [f"{name}-dlq", f"{name}-snapshots"])
-    return load_settings(
-        overrides={
-            "kafka": {"bootstrap_servers": bootstrap},
-            "topics": {
-                "samples": f"{name}-samples",
-                "dead_letter": f"{name}-dlq",
-                "snapshots": f"{name}-snapshots",
-            },
-            "ingest": {"group_id": f"{name}-group", "max_batch_size": 16, "max_wait_ms": 200},
-            "model": MODEL,
-            "optimizer": {"name": "sgd", "lr": 0.5},
-            "train": {
-                "checkpoint_dir": root,
-                "metric_window": 300,
-                "snapshot_every_steps": 10,
-                "snapshot_every_seconds": 3600,
-                "stop_when_idle": 1.0,
-                **train,
-            },
-            "serve": {"port": 0, "model_name": "m"},
-        }
+    return pipeline_settings(
+        bootstrap,
+        name,
+        root,
+        ingest={"group_id": f"{name}-group", "max_batch_size": 16, "max_wait_ms": 200},
+        model=MODEL,
+        optimizer={"name": "sgd", "lr": 0.5},
+        train={
+            "metric_window": 300,
+            "snapshot_every_steps": 10,
+            "snapshot_every_seconds": 3600,
+            "stop_when_idle": 1.0,
+            **train,
+        },
+        serve={"port": 0, "model_name": "m"},
     )
 
 

@@ -13,14 +13,50 @@ import urllib.request
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from kafka import KafkaProducer
 from safetensors.numpy import load_file
 
+from streamtrain.config import Settings, load_settings
 from streamtrain.kafka import create_topics
 
 FEATURES = 16
+
+
+def pipeline_settings(
+    bootstrap: str,
+    name: str,
+    root: Path,
+    *,
+    model: dict[str, Any],
+    ingest: dict[str, Any],
+    train: dict[str, Any] | None = None,
+    optimizer: dict[str, Any] | None = None,
+    serve: dict[str, Any] | None = None,
+    create: tuple[str, ...] = ("dlq", "snapshots"),
+) -> Settings:
+    """Settings of a trainer (and server) on topics of its own, ``<name>-samples``,
+    ``<name>-dlq``, ``<name>-snapshots`` (those in ``create`` made first), checkpoints under
+    ``root``; the rest is what the test says."""
+    create_topics(bootstrap, [f"{name}-{topic}" for topic in create])
+    overrides: dict[str, Any] = {
+        "kafka": {"bootstrap_servers": bootstrap},
+        "topics": {
+            "samples": f"{name}-samples",
+            "dead_letter": f"{name}-dlq",
+            "snapshots": f"{name}-snapshots",
+        },
+        "ingest": ingest,
+        "model": model,
+        "train": {"checkpoint_dir": root, **(train or {})},
+    }
+    if optimizer is not None:
+        overrides["optimizer"] = optimizer
+    if serve is not None:
+        overrides["serve"] = serve
+    return load_settings(overrides=overrides)
 
 
 def hyperplane_stream(
