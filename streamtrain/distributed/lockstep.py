@@ -267,21 +267,16 @@ class LockstepTrainer(Trainer):
         }
 
     def _finish(self, prefetch: PrefetchingSource) -> None:
-        """Graceful end on every rank together: checkpoint if any rank has something unsaved."""
+        """Graceful end on every rank together (the single trainer's, with the decision
+        below); after a failed rank only the local resources are closed."""
         if self._failed:
-            prefetch.close()
-            if self._sink is not None:
-                self._sink.close()
+            self._close(prefetch)
             return
-        try:
-            progress = self._progress
-            unsaved = int((progress.step, progress.offsets) != self._checkpointed)
-            flag = torch.tensor([unsaved], dtype=torch.int64, device=self._comm)
-            dist.all_reduce(flag)
-            if int(flag):
-                self._checkpoint(prefetch)
-            self._maybe_snapshot(force=True)
-        finally:
-            prefetch.close()
-            if self._sink is not None:
-                self._sink.close()
+        super()._finish(prefetch)
+
+    def _needs_checkpoint(self) -> bool:
+        """Checkpoint on every rank if any rank has something unsaved: one vote."""
+        unsaved = int(super()._needs_checkpoint())
+        flag = torch.tensor([unsaved], dtype=torch.int64, device=self._comm)
+        dist.all_reduce(flag)
+        return bool(int(flag))

@@ -2,10 +2,14 @@
 
 ``build_worker(settings).run()`` is what ``streamtrain serve`` does; the pieces compose:
 :class:`WeightSlot` (live/standby weights), an engine (:class:`DirectEngine` or
-:class:`BatchingEngine`), :class:`SnapshotWatcher` (topic → slot) and :func:`create_app`.
+:class:`BatchingEngine`), :class:`SnapshotWatcher` (topic → slot), :class:`ServedModel` (the
+data plane REST and gRPC share) and :func:`create_app` (its REST routes). ``weights/`` holds
+the hot-swap path, ``protocol/`` the request path, ``prediction_log/`` the log of what was
+served, ``server.py`` the wiring.
 """
 
 from streamtrain.serve.protocol.bodies import ModelIO, ProtocolError
+from streamtrain.serve.protocol.dataplane import ServedModel
 from streamtrain.serve.protocol.rest import create_app
 from streamtrain.serve.weights.inference import BatchingEngine, DirectEngine, Engine, Prediction
 from streamtrain.serve.weights.slot import NotReady, SnapshotRejected, StandbyBusy, WeightSlot
@@ -19,6 +23,7 @@ __all__ = [
     "NotReady",
     "Prediction",
     "ProtocolError",
+    "ServedModel",
     "SnapshotRejected",
     "SnapshotSource",
     "SnapshotWatcher",

@@ -165,12 +165,12 @@ class SnapshotManifest(BaseModel):
 
     @property
     def snapshot_id(self) -> str:
-        return snapshot_id(self.run_id, self.version)
+        return self.header.snapshot_id
 
     @property
     def order(self) -> SnapshotOrder:
         """Sort key: see :func:`snapshot_order`."""
-        return snapshot_order(self.version, self.created_at, self.run_id)
+        return self.header.order
 
     @model_validator(mode="after")
     def _consistent(self) -> SnapshotManifest:

@@ -342,14 +342,21 @@ class Trainer:
     def _finish(self, prefetch: PrefetchingSource) -> None:
         """Graceful end: checkpoint what was learned, commit it, publish the last weights."""
         try:
-            progress = self._progress
-            if (progress.step, progress.offsets) != self._checkpointed:
+            if self._needs_checkpoint():
                 self._checkpoint(prefetch)
             self._maybe_snapshot(force=True)
         finally:
-            prefetch.close()
-            if self._sink is not None:
-                self._sink.close()
+            self._close(prefetch)
+
+    def _needs_checkpoint(self) -> bool:
+        """Whether something was learned or read since the last checkpoint."""
+        progress = self._progress
+        return (progress.step, progress.offsets) != self._checkpointed
+
+    def _close(self, prefetch: PrefetchingSource) -> None:
+        prefetch.close()
+        if self._sink is not None:
+            self._sink.close()
 
 
 class ThroughputGauge:

@@ -49,6 +49,7 @@ from streamtrain.wire.binary_format import BINARY_MAGIC
 from streamtrain.wire.binary_v2 import BINARY_MAGIC_V2
 from streamtrain.wire.json_checks import class_label, optional_number, regression_label
 from streamtrain.wire.prediction_record import PredictionRecordError, check_request_id
+from streamtrain.wire.rejects import RecordError
 
 LABEL_CONTENT_TYPE = "application/x-streamtrain-label"
 LABEL_MAGIC = b"STL1"
@@ -69,13 +70,8 @@ Label = int | tuple[float, ...]
 """A class index, or ``target_dim`` floats for regression."""
 
 
-class LabelError(ValueError):
+class LabelError(RecordError[LabelReason]):
     """A labels-topic record that is not a valid label; ``reason`` and ``detail`` say why."""
-
-    def __init__(self, reason: LabelReason, detail: str) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason: LabelReason = reason
-        self.detail = detail
 
 
 @dataclass(frozen=True)

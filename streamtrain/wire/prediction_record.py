@@ -33,6 +33,8 @@ import struct
 from dataclasses import dataclass
 from typing import Literal
 
+from streamtrain.wire.rejects import RecordError
+
 PREDICTION_CONTENT_TYPE = "application/x-streamtrain-prediction"
 PREDICTION_MAGIC = b"STP1"
 MAX_ID_BYTES = 256
@@ -45,13 +47,8 @@ _LEN32 = struct.Struct("<I")
 PredictionReason = Literal["undecodable", "bad_id"]
 
 
-class PredictionRecordError(ValueError):
+class PredictionRecordError(RecordError[PredictionReason]):
     """A prediction-log record that cannot be read; ``reason`` and ``detail`` say why."""
-
-    def __init__(self, reason: PredictionReason, detail: str) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason: PredictionReason = reason
-        self.detail = detail
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import Generic, Literal, TypeVar, get_args
 
 RejectReason = Literal[
     "undecodable",  # not UTF-8 JSON / not an object / wrong binary magic / tombstone
@@ -49,6 +49,20 @@ class SampleError(ValueError):
     def __init__(self, reject: Reject) -> None:
         super().__init__(str(reject))
         self.reject = reject
+
+
+_Reason = TypeVar("_Reason", bound=str)
+
+
+class RecordError(ValueError, Generic[_Reason]):
+    """A record of a delayed-labels topic that cannot be read: ``reason`` (a metric or
+    dead-letter label) and ``detail`` (what was expected), the one shape both
+    ``LabelError`` and ``PredictionRecordError`` take."""
+
+    def __init__(self, reason: _Reason, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason: _Reason = reason
+        self.detail = detail
 
 
 def shape_text(shape: Sequence[int]) -> str:
