@@ -118,19 +118,8 @@ class SnapshotWriter:
                 f"record of {self.chunk_bytes + RECORD_OVERHEAD_BYTES} bytes: raise chunk_bytes"
             )
         producer = self._get_producer()
-        futures = [
-            producer.send(
-                self.topic,
-                bytes(chunk),
-                key=wire.chunk_key(self.model_name, sid, i),
-                headers=wire.chunk_headers(self.model_name, sid, i, len(chunks)),
-                partition=PARTITION,
-            )
-            for i, chunk in enumerate(chunks)
-        ]
-        producer.flush(timeout=self.send_timeout_s)
-        offsets = [future.result(timeout=self.send_timeout_s) for future in futures]
-        manifest = manifest.model_copy(update={"first_chunk_offset": offsets[0]})
+        first_offset = self._send_chunks(producer, sid, chunks)
+        manifest = manifest.model_copy(update={"first_chunk_offset": first_offset})
         value = manifest.model_dump_json().encode()
         signature = self.signer.sign(value) if self.signer is not None else None
         sent = producer.send(
@@ -144,6 +133,22 @@ class SnapshotWriter:
         sent.result(timeout=self.send_timeout_s)
         log.debug("snapshot %s written: %d bytes in %d chunks", sid, len(payload), len(chunks))
         return manifest
+
+    def _send_chunks(self, producer: RecordProducer, sid: str, chunks: list[memoryview]) -> int:
+        """Step 3: every chunk produced and acknowledged; the first chunk's offset."""
+        futures = [
+            producer.send(
+                self.topic,
+                bytes(chunk),
+                key=wire.chunk_key(self.model_name, sid, i),
+                headers=wire.chunk_headers(self.model_name, sid, i, len(chunks)),
+                partition=PARTITION,
+            )
+            for i, chunk in enumerate(chunks)
+        ]
+        producer.flush(timeout=self.send_timeout_s)
+        offsets = [future.result(timeout=self.send_timeout_s) for future in futures]
+        return offsets[0]
 
     def close(self, timeout: float) -> None:
         producer, self._producer = self._producer, None
