@@ -124,7 +124,7 @@ def test_publisher_deltas_reach_a_late_server_bit_for_bit(
         wait(lambda: server.version() == trainer.step, "the server to follow the deltas")
         assert server.matches(trainer.state())
         info = server.slot.info
-        assert info is not None and info.base_id == "run-d/0"
+        assert info is not None and info.header.lineage == "run-d/0"
     finally:
         publisher.close(10)
 
@@ -230,4 +230,4 @@ def test_deltas_of_a_rotated_out_base_wait_for_the_next_base(
     wait(lambda: server.version() == d4.version, "the server on the new lineage")
     assert server.matches(chain.states[d4.version])
     info = server.slot.info
-    assert info is not None and info.base_id == f"run-d/{base.version}"
+    assert info is not None and info.header.lineage == f"run-d/{base.version}"
