@@ -22,7 +22,7 @@ unique keys mean compaction removes nothing instead of deleting chunks a manifes
 Example:
     >>> headers = chunk_headers("mlp", "run-1/5", 2, 3)
     >>> parse_headers(headers)
-    RecordHeader(kind='chunk', snapshot_id='run-1/5', index=2, count=3)
+    RecordHeader(kind='chunk', snapshot_id='run-1/5', index=2, count=3, signature=None)
 """
 
 from __future__ import annotations
