@@ -63,8 +63,9 @@ def _documented_name(name: str, kind: str) -> str:
 
 def _families() -> dict[str, tuple[str, frozenset[str], str]]:
     """Family name -> (type, label names, section) for both registries, plus the metrics only a
-    CUDA trainer registers and those registered on their first value. A family in both registries belongs under "Both". prometheus_client's
-    standard process_* and python_* collectors are documented as a group, not row by row."""
+    CUDA trainer registers and those registered on their first value. A family in both
+    registries belongs under "Both". prometheus_client's standard process_* and python_*
+    collectors are documented as a group, not row by row."""
     found: dict[str, tuple[str, frozenset[str], str]] = {}
     collected = [(s, f) for s, registry in REGISTRIES.items() for f in registry.collect()]
     late = (*metrics.CUDA_ONLY, *metrics.ON_FIRST_VALUE)  # registered on demand
