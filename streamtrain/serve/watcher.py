@@ -284,6 +284,8 @@ class SnapshotWatcher:
     def _load_newest(self) -> None:
         """Step 2: the newest base on the topic the slot accepts, then the deltas after it."""
         catch_up(self._source.newest_first(self._startup_timeout_s), self._slot, self._try_load)
+        if self._slot.info is None:
+            log.info("no valid snapshot on the topic yet: not ready until the trainer publishes")
 
     def _run(self) -> None:
         try:
