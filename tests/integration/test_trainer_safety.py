@@ -7,14 +7,9 @@ from __future__ import annotations
 import json
 import re
 import signal
-import subprocess
-import sys
-import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -23,7 +18,8 @@ from streamtrain.kafka import KafkaConnection, partition_reader
 from streamtrain.snapshot import wire
 from streamtrain.snapshot.manifest import SnapshotManifest
 from streamtrain.snapshot.verify import parse_manifest
-from tests.integration.process_output import ProcessOutput, await_condition
+from tests.integration.cli_process import await_output, running_cli
+from tests.integration.process_output import await_condition
 from tests.integration.trainer_harness import (
     FEATURES,
     checkpoint_meta,
@@ -35,42 +31,6 @@ from tests.integration.trainer_harness import (
 )
 
 SAMPLES = 240
-
-
-@contextmanager
-def _running(
-    args: list[str], env: Mapping[str, str]
-) -> Iterator[tuple[subprocess.Popen[str], ProcessOutput]]:
-    """A streamtrain subprocess whose output is read on a thread; killed if still running."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "streamtrain.cli", *args],
-        env=dict(env),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    output = ProcessOutput()
-    reader = threading.Thread(target=output.follow, args=(process,), daemon=True)
-    reader.start()
-    try:
-        yield process, output
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.wait(30)
-        reader.join(10)
-
-
-def _found(output: ProcessOutput, pattern: str) -> str | None:
-    match = re.search(pattern, output.text(), re.M)
-    return match.group(1) if match else None
-
-
-def _await_url(output: ProcessOutput, pattern: str) -> str:
-    await_condition(lambda: _found(output, pattern) is not None, f"/{pattern}/ in the output")
-    url = _found(output, pattern)
-    assert url is not None
-    return url
 
 
 def _health(url: str) -> tuple[int, dict[str, str]]:
@@ -120,9 +80,9 @@ def test_a_trainer_that_learns_nothing_publishes_nothing_and_says_so(
             "STREAMTRAIN_TRAIN__SNAPSHOT_EVERY_SECONDS": "0.1",
         },
     )
-    with _running(["train"], env) as (trainer, output):
-        health_url = _await_url(output, r"trainer health: +(\S+)")
-        metrics_url = _await_url(output, r"trainer metrics: +(\S+)")
+    with running_cli(["train"], env) as (trainer, output):
+        health_url = await_output(output, r"trainer health: +(\S+)")
+        metrics_url = await_output(output, r"trainer metrics: +(\S+)")
         await_condition(
             lambda: "samples: " in _health(health_url)[1]["reason"],
             "readiness to fail on rejects",
@@ -166,8 +126,8 @@ def test_a_trainer_that_learns_nothing_publishes_nothing_and_says_so(
     assert meta["offsets"] == {"0": SAMPLES}, "the rejects are not read again after a restart"
 
     serve_env = {**env, "STREAMTRAIN_SERVE__PORT": "0"}
-    with _running(["serve"], serve_env) as (_, served):
-        ready = _await_url(served, r"ready: +GET +(\S+)")
+    with running_cli(["serve"], serve_env) as (_, served):
+        ready = await_output(served, r"ready: +GET +(\S+)")
         await_condition(
             lambda: "no valid snapshot on the topic yet" in served.text(),
             "the server's first scan of the snapshots topic",
@@ -203,8 +163,8 @@ def test_two_runs_on_one_topic_never_share_a_version(
             {"name": "input", "shape": [1, FEATURES], "datatype": "FP32", "data": [0.5] * FEATURES}
         ]
     }
-    with _running(["serve"], env) as (_, served):
-        infer = _await_url(served, r"infer: +POST +(\S+)")
+    with running_cli(["serve"], env) as (_, served):
+        infer = await_output(served, r"infer: +POST +(\S+)")
 
         def answer() -> httpx.Response:
             return httpx.post(infer, json=body, timeout=5)
