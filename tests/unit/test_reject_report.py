@@ -44,7 +44,7 @@ def _report(clock: Clock, conditions: dict[str, tuple[bool, str]]) -> RejectRepo
 
 
 def _rejects(first: int, count: int, reason: str = "bad_shape") -> list[tuple[Record, Reject]]:
-    detail = "features has length 16, expected 8 (model.input_shape)"
+    detail = "features has shape [16], expected [8] (model.input_shape)"
     return [(Record(first + i), Reject(reason, detail)) for i in range(count)]  # type: ignore[arg-type]
 
 
@@ -61,7 +61,7 @@ def test_first_reject_is_summarised_at_once_then_at_most_once_per_interval(
     report.add(_rejects(0, 3) + _rejects(3, 1, "non_finite"), records=6, samples=2)
     assert _warnings(caplog) == [
         "rejected 4 of 6 records from samples in the last 0 s (bad_shape 3, non_finite 1); "
-        "e.g. samples/0/0: bad_shape: features has length 16, expected 8 (model.input_shape)"
+        "e.g. samples/0/0: bad_shape: features has shape [16], expected [8] (model.input_shape)"
     ]
     clock.now += 10
     report.add(_rejects(6, 5), records=5, samples=0)
