@@ -146,13 +146,6 @@ TRAIN_ALLREDUCE_SECONDS = Histogram(
     buckets=_FAST,
     registry=None,
 )
-ON_FIRST_VALUE = (
-    TRAIN_LOSS,
-    TRAIN_ACCURACY,
-    TRAIN_MAE,
-    TRAIN_LEARNING_RATE,
-    TRAIN_ALLREDUCE_SECONDS,
-)
 TRAIN_THROUGHPUT = Gauge(
     "streamtrain_train_samples_per_second",
     "Samples trained per second, recent average.",
@@ -161,7 +154,7 @@ TRAIN_THROUGHPUT = Gauge(
 TRAIN_DATA_WATERMARK = Gauge(
     "streamtrain_train_data_watermark_timestamp_seconds",
     "Newest sample timestamp the model has learned from.",
-    registry=TRAINER_REGISTRY,
+    registry=None,
 )
 # Registered only when the trainer runs on CUDA (export_cuda_metrics): on CPU it would read a
 # misleading 0.
@@ -206,7 +199,7 @@ SNAPSHOT_PUBLISH_ERRORS = Counter(
 SNAPSHOT_BYTES = Gauge(
     "streamtrain_snapshot_size_bytes",
     "Size of the last published snapshot.",
-    registry=TRAINER_REGISTRY,
+    registry=None,
 )
 SNAPSHOT_PUBLISH_SECONDS = Histogram(
     "streamtrain_snapshot_publish_seconds",
@@ -217,5 +210,18 @@ SNAPSHOT_PUBLISH_SECONDS = Histogram(
 SNAPSHOT_VERSION = Gauge(
     "streamtrain_snapshot_version",
     "Version (trainer step) of the last published snapshot.",
-    registry=TRAINER_REGISTRY,
+    registry=None,
+)
+
+# Every trainer metric registered on its first value (see TRAIN_LOSS): the last publish's size
+# and version before the first publish, the data watermark before the first sample, have none.
+ON_FIRST_VALUE = (
+    TRAIN_LOSS,
+    TRAIN_ACCURACY,
+    TRAIN_MAE,
+    TRAIN_LEARNING_RATE,
+    TRAIN_ALLREDUCE_SECONDS,
+    TRAIN_DATA_WATERMARK,
+    SNAPSHOT_BYTES,
+    SNAPSHOT_VERSION,
 )

@@ -207,6 +207,9 @@ class Trainer:
         metrics.TRAIN_STEP.set(self._progress.step)
         metrics.export_on_first_value(metrics.TRAINER_REGISTRY, metrics.TRAIN_LEARNING_RATE)
         metrics.TRAIN_LEARNING_RATE.set(self._learner.learning_rate)
+        if self._progress.watermark is not None:  # restored: the data the weights learned from
+            metrics.export_on_first_value(metrics.TRAINER_REGISTRY, metrics.TRAIN_DATA_WATERMARK)
+            metrics.TRAIN_DATA_WATERMARK.set(self._progress.watermark)
         prefetch = PrefetchingSource(self._source, depth=self._prefetch_depth).start()
         reason = "stopped"
         try:
@@ -288,6 +291,7 @@ class Trainer:
         watermark = batch.watermark
         if not math.isnan(watermark):
             progress.watermark = max(progress.watermark or watermark, watermark)
+            metrics.export_on_first_value(metrics.TRAINER_REGISTRY, metrics.TRAIN_DATA_WATERMARK)
             metrics.TRAIN_DATA_WATERMARK.set(progress.watermark)
         if outcome.applied:
             # one trainer step, possibly several optimizer updates (optimizer.step_samples)

@@ -160,6 +160,9 @@ def test_fresh_processes_export_what_alerts_need_and_nothing_misleading(
         "streamtrain_train_prequential_mae",
         "streamtrain_train_allreduce_seconds_count",
         "streamtrain_train_cuda_memory_allocated_bytes",
+        "streamtrain_train_data_watermark_timestamp_seconds",
+        "streamtrain_snapshot_version",
+        "streamtrain_snapshot_size_bytes",
     ):
         assert absent not in names, f"a fresh single-rank CPU trainer exports {absent}"
     rate = [v for n, _, v in trainer if n == "streamtrain_train_learning_rate"]
