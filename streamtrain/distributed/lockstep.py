@@ -47,8 +47,9 @@ from streamtrain.distributed.group import RankGroup
 from streamtrain.distributed.sparse_sync import sparse_embedding_weights
 from streamtrain.distributed.step_sync import GradientSync, attach_moments_sync
 from streamtrain.jagged import SparseRows
-from streamtrain.train.loop import POLL_SECONDS, ThroughputGauge, Trainer, TrainProgress
+from streamtrain.train.loop import POLL_SECONDS, Trainer, TrainProgress
 from streamtrain.train.prefetch import PrefetchingSource
+from streamtrain.train.throughput import ThroughputGauge
 
 log = logging.getLogger(__name__)
 

@@ -148,18 +148,11 @@ class Joiner:
         self._emitted = {
             o: metrics.JOIN_SAMPLES.labels(outcome=o) for o in ("joined", "default_label")
         }
+        self._expiry_policy = "drop" if policy.default_label is None else "default_label"
         # Closed label sets at 0 from the start: increase() sees the first event.
-        metrics.export_at_zero(
-            metrics.JOIN_EXPIRED, [(self._expiry_policy, cause) for cause in EXPIRY_CAUSES]
-        )
-        metrics.export_at_zero(
-            metrics.JOIN_DEAD_LETTERS,
-            [(source, r) for source, reasons in DEAD_LETTER_REASONS.items() for r in reasons],
-        )
-
-    @property
-    def _expiry_policy(self) -> str:
-        return "drop" if self.policy.default_label is None else "default_label"
+        expiries = [(self._expiry_policy, cause) for cause in EXPIRY_CAUSES]
+        metrics.export_at_zero(metrics.JOIN_EXPIRED, expiries)
+        metrics.export_at_zero(metrics.JOIN_DEAD_LETTERS, DEAD_LETTER_REASONS)
 
     def attach(self, group: CoPartitionedGroup) -> None:
         self._group = group

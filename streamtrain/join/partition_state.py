@@ -64,11 +64,11 @@ Outcome = Literal["joined", "default_label"]
 """How an emitted sample got its label (the ``streamtrain-join-outcome`` header)."""
 ExpiryCause = Literal["window", "evicted"]
 EXPIRY_CAUSES: tuple[ExpiryCause, ...] = get_args(ExpiryCause)
-# Every reason a record of each input may be dead-lettered for (the metric's closed label set).
-DEAD_LETTER_REASONS: dict[str, tuple[str, ...]] = {
-    "labels": (*get_args(LabelReason), "unknown_id", "late", "duplicate"),
-    "predictions": (*get_args(PredictionReason), "duplicate"),
-}
+# Every (source, reason) a record may be dead-lettered for: the metric's closed label set.
+DEAD_LETTER_REASONS: tuple[tuple[str, str], ...] = (
+    *(("labels", r) for r in (*get_args(LabelReason), "unknown_id", "late", "duplicate")),
+    *(("predictions", r) for r in (*get_args(PredictionReason), "duplicate")),
+)
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,7 @@ from streamtrain.train.prefetch import PrefetchingSource, SampleSource
 from streamtrain.train.prequential import RollingMetrics
 from streamtrain.train.promotion_gate import PromotionGate
 from streamtrain.train.row_tracker import RowTracker
+from streamtrain.train.throughput import ThroughputGauge
 from streamtrain.train.weights import copy_weights
 
 log = logging.getLogger(__name__)
@@ -392,21 +393,3 @@ class Trainer:
             prefetch.close()
             if self._sink is not None:
                 self._sink.close()
-
-
-class ThroughputGauge:
-    """Samples per second over the last few seconds, exported as a gauge; fed on every loop
-    iteration (0 samples when none came), so an idle trainer's gauge falls to 0."""
-
-    def __init__(self, clock: Callable[[], float], period: float = 2.0) -> None:
-        self._clock = clock
-        self._period = period
-        self._since = clock()
-        self._count = 0
-
-    def add(self, samples: int) -> None:
-        self._count += samples
-        elapsed = self._clock() - self._since
-        if elapsed >= self._period:
-            metrics.TRAIN_THROUGHPUT.set(self._count / elapsed)
-            self._since, self._count = self._clock(), 0

@@ -112,7 +112,11 @@ def _rank_of(url: str, timeout: float = 120) -> str:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         scraped = scrape(url)
-        trained = [k for k, v in scraped.items() if k.startswith("streamtrain_train_optimizer_updates_total")]
+        trained = [
+            k
+            for k, v in scraped.items()
+            if k.startswith("streamtrain_train_optimizer_updates_total")
+        ]
         if trained and scraped[trained[0]] > 0:
             assert len(trained) == 1, trained
             rank = trained[0].split('rank="')[1].split('"')[0]

@@ -10,7 +10,7 @@ import pytest
 
 from streamtrain import metrics
 from streamtrain.ingest.reject_report import RejectReport
-from streamtrain.train.loop import ThroughputGauge
+from streamtrain.train.throughput import ThroughputGauge
 from streamtrain.wire import Reject
 
 
