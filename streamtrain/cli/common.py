@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+from collections.abc import Mapping
 from enum import IntEnum
 from pathlib import Path
 from typing import Any, NoReturn
@@ -16,7 +17,7 @@ from typing import Any, NoReturn
 import typer
 from prometheus_client import Info
 
-from streamtrain.config import ConfigError, Settings, load_settings
+from streamtrain.config import ConfigError, Settings, load_settings, unknown_env_warnings
 
 CONFIG_OPTION = typer.Option(
     None,
@@ -57,18 +58,33 @@ def _one_line(text: str, limit: int = 600) -> str:
     return flat if len(flat) <= limit else flat[: limit - 3] + "..."
 
 
-def settings_from(config: Path | None, **flags: Any) -> Settings:
-    """Merge settings; ``flags`` use dotted names (``kafka.bootstrap_servers``), None = unset."""
+def settings_from(
+    config: Path | None, flag_names: Mapping[str, str] | None = None, **flags: Any
+) -> Settings:
+    """Merge settings; ``flags`` use dotted names (``kafka__bootstrap_servers``), None = unset.
+
+    An error names the flag that gave the value: ``--<field>`` (``--bootstrap-servers``)
+    unless ``flag_names`` names it otherwise (``{"topics__snapshots": "--snapshots-topic"}``).
+    Every problem is one ``error:`` line; every STREAMTRAIN_* variable that sets nothing is a
+    ``warning:`` line (docs/configuration.md).
+    """
     overrides: dict[str, Any] = {}
+    names: dict[str, str] = {}
     for dotted, value in flags.items():
         if value is None:
             continue
         section, _, name = dotted.partition("__")
         overrides.setdefault(section, {})[name] = value
+        default = "--" + name.replace("_", "-")
+        names[f"{section}.{name}"] = (flag_names or {}).get(dotted, default)
+    for warning in unknown_env_warnings():
+        typer.secho(f"warning: {warning}", fg=typer.colors.YELLOW, err=True)
     try:
-        return load_settings(config, overrides)
+        return load_settings(config, overrides, names)
     except ConfigError as exc:
-        fail(str(exc))
+        for problem in exc.problems[:-1]:
+            typer.secho(f"error: {_one_line(problem)}", fg=typer.colors.RED, err=True)
+        fail(exc.problems[-1])
 
 
 def setup_logging(verbose: bool = False) -> None:

@@ -21,7 +21,7 @@ from streamtrain.cli.common import (
 )
 
 
-@app.command()
+@app.command(short_help="Join delayed labels to logged predictions, exactly once.")
 def join(
     config: Path | None = CONFIG_OPTION,
     bootstrap_servers: str | None = typer.Option(None, help="Kafka host:port list."),
@@ -32,7 +32,7 @@ def join(
     create_missing_topics: bool = typer.Option(
         True, help="Create the samples, predictions, labels and dead-letter topics if missing."
     ),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
 ) -> None:
     """Match each label on the labels topic to its logged prediction and emit the served
     sample with that label to the samples topic, exactly once; run one per partition at most

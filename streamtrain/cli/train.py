@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from streamtrain.train.loop import Trainer, TrainSummary
 
 
-@app.command()
+@app.command(short_help="Learn from the samples topic; publish weight snapshots.")
 def train(
     config: Path | None = CONFIG_OPTION,
     bootstrap_servers: str | None = typer.Option(None, help="Kafka host:port list."),
@@ -53,7 +53,7 @@ def train(
     max_restarts: int = typer.Option(
         0, min=0, help="With --nproc: times torchrun restarts the group after a rank dies."
     ),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
 ) -> None:
     """Consume samples, take gradient steps, publish snapshots, checkpoint; Ctrl-C stops cleanly."""
     if (
