@@ -209,6 +209,9 @@ class TrainSettings(_Frozen):
     max_samples: int | None = Field(None, ge=1)
     stop_when_idle: float | None = Field(None, gt=0, description="Seconds without input.")
     metrics_port: int = Field(9100, ge=0, le=65535)
+    metrics_host: str = Field(
+        "127.0.0.1", description="Address of /metrics and /health; 0.0.0.0 = every interface."
+    )
     liveness_timeout_s: float = Field(
         60.0, gt=0, description="/health/live fails once the loop has not beaten this long."
     )
@@ -371,6 +374,9 @@ class JoinSettings(_Frozen):
         "replica's partitions move to the others.",
     )
     metrics_port: int = Field(9102, ge=0, le=65535)
+    metrics_host: str = Field(
+        "127.0.0.1", description="Address of /metrics and /health; 0.0.0.0 = every interface."
+    )
     liveness_timeout_s: float = Field(
         60.0, gt=0, description="/health/live fails once the loop has not beaten this long."
     )

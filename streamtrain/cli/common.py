@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import socket
 from collections.abc import Mapping
 from enum import IntEnum
 from pathlib import Path
@@ -134,6 +135,27 @@ def port_in_use_message(flag: str, port: int, exc: OSError) -> str:
     else:
         why = f"cannot be opened ({exc.strerror or exc})"
     return f"{flag} {port} {why}; pass another {flag}, or {flag} 0 for any free port"
+
+
+def bind_failure_message(flag: str, host: str, port: int, exc: OSError) -> str:
+    """A port taken, or a host (``*.metrics_host``) that is no address of this machine."""
+    if isinstance(exc, socket.gaierror) or exc.errno == errno.EADDRNOTAVAIL:
+        return (
+            f"metrics host {host!r} is not an address of this machine ({exc.strerror or exc}); "
+            "set train.metrics_host / join.metrics_host to 127.0.0.1, 0.0.0.0 (every "
+            "interface) or one of this machine's addresses"
+        )
+    return port_in_use_message(flag, port, exc)
+
+
+def bound_url(server: Any, path: str) -> str:
+    """The URL of ``path`` on the address ``server`` actually bound (``server_address``)."""
+    host, port = server.server_address[0], server.server_address[1]
+    shown = f"[{host}]" if ":" in host else host
+    url = f"http://{shown}:{port}{path}"
+    if host in ("0.0.0.0", "::"):
+        return f"{url} (every interface; from this machine http://127.0.0.1:{port}{path})"
+    return url
 
 
 _KAFKA_MODULES = ("kafka.", "cimpl", "confluent_kafka", "streamtrain.kafka")

@@ -66,7 +66,9 @@ def test_each_problem_is_one_line_naming_its_source(
 def test_a_flag_beats_the_variable_in_the_report(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("STREAMTRAIN_KAFKA__BOOTSTRAP_SERVERS", "also-bad")
     (line,) = _problems(
-        None, {"kafka": {"bootstrap_servers": "x"}}, {"kafka.bootstrap_servers": "--bootstrap-servers"}
+        None,
+        {"kafka": {"bootstrap_servers": "x"}},
+        {"kafka.bootstrap_servers": "--bootstrap-servers"},
     )
     assert line.endswith("(flag --bootstrap-servers)")
 
