@@ -11,11 +11,11 @@ from streamtrain.cli.command import app
 from streamtrain.cli.common import (
     CONFIG_OPTION,
     ExitCode,
+    bind_failure_message,
+    bound_url,
     fail,
     is_kafka_failure,
     kafka_failure_message,
-    bind_failure_message,
-    bound_url,
     require_writable_dir,
     settings_from,
     setup_logging,
