@@ -197,8 +197,12 @@ def valid_variables(root: type[BaseModel]) -> list[str]:
 
 
 def nearest_variable(name: str, candidates: Sequence[str]) -> str | None:
-    guess = difflib.get_close_matches(name.upper(), candidates, n=1, cutoff=0.6)
-    return guess[0] if guess else None
+    """The candidate spelled most like ``name``, compared without the shared prefix (which
+    would make every pair look alike); None when none is close."""
+    tails = {c.removeprefix(ENV_PREFIX): c for c in candidates}
+    tail = name.upper().removeprefix(ENV_PREFIX)
+    guess = difflib.get_close_matches(tail, list(tails), n=1, cutoff=0.7)
+    return tails[guess[0]] if guess else None
 
 
 def unknown_variables(environ: Iterable[str], root: type[BaseModel]) -> list[str]:
