@@ -89,8 +89,18 @@ class SettingsSources:
             line = yaml_line(self.yaml_text, loc)
             if line is not None:
                 return f"config file {self.config_file}, line {line}"
-        variable = ENV_PREFIX + "__".join(str(p) for p in loc).upper()
-        return f"set by flag, env var {variable} or config file"
+        return self.sources_below(loc)
+
+    def sources_below(self, loc: Loc) -> str:
+        """For a check across fields (``serve``: tls_certfile needs tls_keyfile), every source
+        that set something under ``loc``."""
+        dotted = ".".join(str(p) for p in loc) + "."
+        variable = ENV_PREFIX + "__".join(str(p) for p in loc).upper() + "__"
+        found = [f"flag {flag}" for name, flag in self.flags.items() if name.startswith(dotted)]
+        found += [f"env var {n}" for n in sorted(self.environ) if n.upper().startswith(variable)]
+        if self.config_file is not None and yaml_line(self.yaml_text, loc[:1]) is not None:
+            found.append(f"config file {self.config_file}")
+        return ", ".join(found) if found else "the defaults"
 
     def from_file(self, loc: Loc) -> bool:
         return self.source_of(loc).startswith("config file")
@@ -124,7 +134,10 @@ def describe_problems(
         loc: Loc = tuple(err["loc"])
         where = ".".join(str(p) for p in loc) or "(settings)"
         problem = _problem(err, loc, sources, root)
-        lines.append(f"{where}: {problem} ({sources.source_of(loc)})")
+        # A section's own check (a model_validator) concerns several of its fields.
+        across = err["type"] == "value_error" and len(loc) == 1
+        source = sources.sources_below(loc) if across else sources.source_of(loc)
+        lines.append(f"{where}: {problem} ({source})")
     return lines
 
 

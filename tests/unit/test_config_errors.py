@@ -119,3 +119,15 @@ def test_unknown_variables_are_warned_with_the_nearest_name() -> None:
         "environment variable STREAMTRAIN_TRIAN__DEVICE sets nothing and is ignored; did you "
         "mean STREAMTRAIN_TRAIN__DEVICE?",
     ]
+
+
+def test_a_check_across_fields_names_every_source_under_its_section(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "serve.yaml"
+    config.write_text("serve:\n  tls_certfile: /etc/cert.pem\n")
+    monkeypatch.setenv("STREAMTRAIN_SERVE__SIGNATURE_POLICY", "require")
+    problems = _problems(config)
+    tls = next(line for line in problems if "tls_keyfile go together" in line)
+    assert tls.startswith("serve: ")
+    assert tls.endswith(f"(env var STREAMTRAIN_SERVE__SIGNATURE_POLICY, config file {config})")
