@@ -131,3 +131,11 @@ def test_a_check_across_fields_names_every_source_under_its_section(
     tls = next(line for line in problems if "tls_keyfile go together" in line)
     assert tls.startswith("serve: ")
     assert tls.endswith(f"(env var STREAMTRAIN_SERVE__SIGNATURE_POLICY, config file {config})")
+
+
+@pytest.mark.parametrize(
+    "servers", ["kafka:\u0669\u0660\u0669\u0662", "kafka:\u00b2", "kafka:70000", "kafka:+1"]
+)
+def test_bootstrap_ports_are_ascii_numbers_in_range(servers: str) -> None:
+    (line,) = _problems(None, {"kafka": {"bootstrap_servers": servers}})
+    assert line.startswith("kafka.bootstrap_servers: bootstrap server") and "host:port" in line
