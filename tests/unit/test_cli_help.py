@@ -137,3 +137,31 @@ def test_a_bad_flag_is_reported_as_the_flag(command: str) -> None:
         "error: kafka.bootstrap_servers: bootstrap server 'nohost:\u00b2' is not host:port; "
         "write e.g. '127.0.0.1:9092' (flag --bootstrap-servers)"
     ]
+
+
+def test_metrics_urls_are_the_bound_address() -> None:
+    from prometheus_client import CollectorRegistry
+
+    from streamtrain.cli.common import bind_failure_message, bound_url
+    from streamtrain.metrics import serve_metrics
+
+    server = serve_metrics(CollectorRegistry(), 0, "127.0.0.1")
+    try:
+        port = server.server_port
+        assert bound_url(server, "/metrics") == f"http://127.0.0.1:{port}/metrics"
+    finally:
+        server.shutdown()
+    wildcard = serve_metrics(CollectorRegistry(), 0, "0.0.0.0")
+    try:
+        port = wildcard.server_port
+        assert bound_url(wildcard, "/metrics") == (
+            f"http://0.0.0.0:{port}/metrics (every interface; from this machine "
+            f"http://127.0.0.1:{port}/metrics)"
+        )
+    finally:
+        wildcard.shutdown()
+    # An address this machine does not have (TEST-NET-1) is named as the host, not the port.
+    with pytest.raises(OSError) as caught:
+        serve_metrics(CollectorRegistry(), 0, "192.0.2.1")
+    message = bind_failure_message("--metrics-port", "192.0.2.1", 0, caught.value)
+    assert message.startswith("metrics host '192.0.2.1' is not an address of this machine")
