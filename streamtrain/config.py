@@ -446,7 +446,11 @@ def load_settings(
         return Settings(**(overrides or {}))
     except ValidationError as exc:
         sources = SettingsSources(
-            flags=flags or {}, environ=dict(os.environ), config_file=config_file, yaml_text=text
+            flags=flags or {},
+            environ=dict(os.environ),
+            overrides=overrides or {},
+            config_file=config_file,
+            yaml_text=text,
         )
         raise ConfigError(describe_problems(exc, sources, Settings)) from exc
     finally:

@@ -17,10 +17,11 @@ environment variables, then the YAML file.
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -71,6 +72,7 @@ class SettingsSources:
 
     flags: Mapping[str, str] = field(default_factory=dict)
     environ: Mapping[str, str] = field(default_factory=dict)
+    overrides: Mapping[str, Any] = field(default_factory=dict)
     config_file: Path | None = None
     yaml_text: str = ""
 
@@ -80,6 +82,8 @@ class SettingsSources:
             flag = self.flags.get(".".join(str(p) for p in loc[:depth]))
             if flag is not None:
                 return f"flag {flag}"
+        if _holds(self.overrides, loc):
+            return "given by the caller"  # load_settings(overrides=...) from Python
         upper = {name.upper(): name for name in self.environ}
         for depth in range(len(loc), 0, -1):
             name = ENV_PREFIX + "__".join(str(p) for p in loc[:depth]).upper()
@@ -106,6 +110,17 @@ class SettingsSources:
         return self.source_of(loc).startswith("config file")
 
 
+def _holds(tree: Mapping[str, Any], loc: Loc) -> bool:
+    node: Any = tree
+    for part in loc:
+        in_mapping = isinstance(node, Mapping) and part in node
+        in_list = isinstance(node, list | tuple) and isinstance(part, int) and part < len(node)
+        if not (in_mapping or in_list):
+            return False
+        node = node[part]
+    return bool(loc)
+
+
 def yaml_line(text: str, loc: Loc) -> int | None:
     """1-based line of the deepest key of ``loc`` present in the YAML ``text``."""
     try:
@@ -114,6 +129,12 @@ def yaml_line(text: str, loc: Loc) -> int | None:
         return None
     line = None
     for part in loc:
+        if isinstance(node, yaml.SequenceNode) and isinstance(part, int):
+            if part >= len(node.value):
+                break
+            node = node.value[part]
+            line = node.start_mark.line + 1
+            continue
         if not isinstance(node, yaml.MappingNode):
             break
         for key, value in node.value:
@@ -130,15 +151,38 @@ def describe_problems(
 ) -> list[str]:
     """One line per problem: ``<field>: <what is wrong>[; <hint>] (<source>)``."""
     lines = []
-    for err in exc.errors():
-        loc: Loc = tuple(err["loc"])
+    for loc, errors in _by_field(exc.errors()):
         where = ".".join(str(p) for p in loc) or "(settings)"
-        problem = _problem(err, loc, sources, root)
+        err = errors[0]
+        if len(errors) > 1:  # a union: one line listing what each member expected
+            wanted = " or ".join(
+                str(e["msg"]).removeprefix("Input should be ").split(",")[0] for e in errors
+            )
+            problem = f"got {_shown(err, loc)}, expected {wanted}"
+        else:
+            problem = _problem(err, loc, sources, root)
         # A section's own check (a model_validator) concerns several of its fields.
         across = err["type"] == "value_error" and len(loc) == 1
-        source = sources.sources_below(loc) if across else sources.source_of(loc)
+        # A missing field was not given anywhere: name where its parent came from.
+        given = loc[:-1] if err["type"] == "missing" and len(loc) > 1 else loc
+        source = sources.sources_below(loc) if across else sources.source_of(given)
         lines.append(f"{where}: {problem} ({source})")
     return lines
+
+
+# pydantic ends the location of a union member's error with the member's type ("str",
+# "tuple[float, ...]"): one problem of the field, reported once.
+_UNION_MEMBER = re.compile(r"^(str|int|float|bool|none|list|dict|tuple|set|literal)(\[.*\])?$")
+
+
+def _by_field(errors: Sequence[Any]) -> list[tuple[Loc, list[Any]]]:
+    groups: dict[Loc, list[Any]] = {}
+    for err in errors:
+        loc: Loc = tuple(err["loc"])
+        if len(loc) > 1 and isinstance(loc[-1], str) and _UNION_MEMBER.match(loc[-1]):
+            loc = loc[:-1]
+        groups.setdefault(loc, []).append(err)
+    return list(groups.items())
 
 
 def _problem(err: Any, loc: Loc, sources: SettingsSources, root: type[BaseModel]) -> str:
@@ -189,6 +233,9 @@ def _example(loc: Loc) -> str:
 def _fields_at(root: type[BaseModel], path: Loc) -> list[str]:
     model: Any = root
     for part in path:
+        if isinstance(part, int):  # an item of a list of sections (model.sparse.0)
+            model = next(iter(get_args(model)), None)
+            continue
         info = getattr(model, "model_fields", {}).get(str(part))
         if info is None:
             return []

@@ -139,3 +139,20 @@ def test_a_check_across_fields_names_every_source_under_its_section(
 def test_bootstrap_ports_are_ascii_numbers_in_range(servers: str) -> None:
     (line,) = _problems(None, {"kafka": {"bootstrap_servers": servers}})
     assert line.startswith("kafka.bootstrap_servers: bootstrap server") and "host:port" in line
+
+
+def test_union_and_list_items_are_one_line_each_with_their_source(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("model:\n  sparse:\n    - nme: user\njoin:\n  default_label: x\n")
+    problems = _problems(config)
+    assert len(problems) == 3, problems
+    by_field = {line.split(":", 1)[0]: line for line in problems}
+    assert by_field["model.sparse.0.nme"].endswith(
+        f"did you mean 'name'? (config file {config}, line 3)"
+    )
+    assert by_field["model.sparse.0.name"].startswith("model.sparse.0.name: required")
+    label = by_field["join.default_label"]
+    assert "got 'x', expected a valid integer or a valid number or a valid tuple" in label
+    assert label.endswith(f"(config file {config}, line 5)")
+    (line,) = _problems(None, {"optimizer": {"lrr": 1}})
+    assert line.endswith("did you mean 'lr'? (given by the caller)")
