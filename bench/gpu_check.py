@@ -1,0 +1,301 @@
+"""``make gpu-check``: the whole GPU check in one command, for the few minutes a GPU is lent.
+
+On the device machine (bare, offline: Python 3.12 and a CUDA torch), from the tree with
+``.whl/`` carried (``make gpu-wheels``; docs/operations.md, "GPU notes", has the exact call)::
+
+    PYTHONUNBUFFERED=1 python3 bench/gpu_check.py --out "$OUT"
+
+Stages, each a child process under its own time budget (a stage that fails or runs out of
+time is reported, and the next one runs; the budgets add up to under 8 minutes on one H100):
+
+1. install: the carried wheels with ``pip --no-index --no-deps`` into a target folder that the
+   device's own torch sits beside; the probe (bench/gpu_probe.py) prints torch/CUDA versions,
+   checks the set is complete and starts the embedded broker from it;
+2. tests: ``tests/gpu`` (the trainer on CUDA, AMP bf16/fp16 with the loss scaler, the serve
+   engines on CUDA, a sparse ``dlrm`` step with its tables on the GPU, two distributed ranks);
+3. trainer: bare step vs the whole pipeline, ``mlp`` and ``dlrm``, fp32 and bf16, batch
+   256/1024/4096 (bench/gpu_trainer.py);
+4. serve: the engines on CUDA and end-to-end freshness with trainer and server on the GPU
+   (bench/gpu_serve.py);
+5. delta: bench/delta.py with its 1 GB table on the GPU.
+
+Everything lands in ``--out`` (``$OUT`` there): ``report.md`` (one page, every figure),
+``summary.json`` and one log per stage: seven files.
+
+``--dry`` (``make gpu-check-dry``, run by CI) is the same script on a machine without CUDA:
+the install is done the same way from the same set (a wheel built for another interpreter
+replaced by the same release for this one) beside this machine's torch and nothing else, and
+every stage runs, its CUDA parts skipped with a line saying so, at smoke sizes on the CPU, so
+the script and the benches cannot rot unseen.
+
+Standard library only: it runs before anything is installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "bench"
+TOTAL_BUDGET_S = 470.0  # 8 minutes with a margin for the report and the transfers
+
+
+@dataclass
+class Context:
+    out: Path
+    work: Path
+    dry: bool
+    deadline: float
+    python: list[str]  # the interpreter (and its flags) every stage after install runs
+    env: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Result:
+    stage: str
+    status: str  # ok | failed | timed out | not run
+    seconds: float
+    budget_s: float
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    budget_s: float
+    command: Callable[[Context], list[str]]
+    about: str
+
+
+def _stream(process: subprocess.Popen[str], log: Path, prefix: str) -> threading.Thread:
+    def pump() -> None:
+        assert process.stdout is not None
+        with log.open("a") as sink:
+            for line in process.stdout:
+                sink.write(line)
+                sink.flush()
+                print(f"[{prefix}] {line}", end="", flush=True)
+
+    thread = threading.Thread(target=pump, daemon=True)
+    thread.start()
+    return thread
+
+
+def run_command(
+    ctx: Context, name: str, command: list[str], budget_s: float, cwd: Path, env: dict[str, str]
+) -> Result:
+    """Run ``command`` in its own process group, output to ``<out>/<name>.log`` and stdout;
+    past ``budget_s`` (or the run's deadline) the group is killed and the stage reported."""
+    budget = min(budget_s, ctx.deadline - time.monotonic())
+    if budget < 5:
+        return Result(name, "not run", 0.0, budget_s, "the run's 8-minute budget was spent")
+    log = ctx.out / f"{name}.log"
+    with log.open("a") as sink:
+        sink.write(f"$ {' '.join(command)}\n")
+    started = time.monotonic()
+    process = subprocess.Popen(
+        command,
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,  # its children (broker, trainer, server) stop with it
+    )
+    pump = _stream(process, log, name)
+    try:
+        code = process.wait(timeout=budget)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        pump.join(5)
+        return Result(name, "timed out", time.monotonic() - started, budget_s, f"after {budget:.0f} s")
+    pump.join(5)
+    status = "ok" if code == 0 else "failed"
+    detail = "" if code == 0 else f"exit status {code}"
+    return Result(name, status, time.monotonic() - started, budget_s, detail)
+
+
+def _stage_env(ctx: Context, extra_path: list[Path]) -> dict[str, str]:
+    paths = [str(p) for p in extra_path]
+    return {
+        **os.environ,
+        **ctx.env,
+        "PYTHONPATH": os.pathsep.join(paths),
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+def install(ctx: Context) -> Result:
+    """Install the carried set into ``<work>/site`` and run the probe there."""
+    started = time.monotonic()
+    site = ctx.work / "site"
+    manifest = json.loads((ROOT / ".whl" / "MANIFEST.json").read_text())
+    files = [ROOT / ".whl" / str(w["file"]) for w in manifest["wheels"]]
+    path: list[Path] = [site]
+    if ctx.dry:
+        import gpu_dry  # this machine's helpers: packaging, pip download of twins
+
+        files = gpu_dry.installable_here(files, ctx.work / "twins", ctx.notes)
+        path.append(gpu_dry.torch_site(ctx.work / "torch-site"))
+    pip = [*ctx.python[:1], "-m", "pip", "install", "-q", "--no-index", "--no-deps"]
+    pip += ["--no-compile", "--target", str(site), *map(str, files)]
+    env = _stage_env(ctx, [])
+    env.pop("PYTHONPATH")
+    result = run_command(ctx, "install", pip, 120, ctx.work, env)
+    if result.status != "ok":
+        return result
+    probe = [*ctx.python, str(BENCH / "gpu_probe.py"), "--site", str(site)]
+    if not ctx.dry:
+        probe.append("--no-budget")  # the set is here: it has travelled
+    left = 90 - (time.monotonic() - started)
+    result = run_command(ctx, "install", probe, left, ctx.work, _stage_env(ctx, path))
+    ctx.env["GPU_CHECK_PATH"] = os.pathsep.join(map(str, path))
+    result.seconds = time.monotonic() - started
+    return result
+
+
+def _path(ctx: Context) -> list[Path]:
+    return [ROOT, *map(Path, ctx.env["GPU_CHECK_PATH"].split(os.pathsep))]
+
+
+def _tests(ctx: Context) -> list[str]:
+    return [*ctx.python, "-m", "pytest", "-v", "-rs", "-p", "no:cacheprovider", "tests/gpu"]
+
+
+def _trainer(ctx: Context) -> list[str]:
+    command = [*ctx.python, str(BENCH / "gpu_trainer.py"), "--report", str(ctx.work / "trainer.md")]
+    return command + (["--device", "cpu", "--smoke"] if ctx.dry else ["--device", "cuda"])
+
+
+def _serve(ctx: Context) -> list[str]:
+    command = [*ctx.python, str(BENCH / "gpu_serve.py"), "--report", str(ctx.work / "serve.md")]
+    return command + (["--device", "cpu", "--smoke"] if ctx.dry else ["--device", "cuda"])
+
+
+def _delta(ctx: Context) -> list[str]:
+    command = [*ctx.python, str(BENCH / "delta.py"), "--modes", "delta", "full"]
+    if ctx.dry:
+        print("[delta] CUDA: skipped (no CUDA here); a CPU smoke run with a 5 MB table instead")
+        return command + ["--device", "cpu", "--rows", "20000", "--seconds", "2", "--drain", "1"]
+    # 4,000,000 x 64 fp32 = 1.02 GB on the GPU; 10 s a mode keeps the stage near a minute
+    return command + ["--device", "cuda", "--seconds", "10", "--drain", "3", "--warmup", "2"]
+
+
+STAGES = (
+    Stage("tests", 110, _tests, "tests/gpu (pytest)"),
+    Stage("trainer", 140, _trainer, "bare step vs pipeline (bench/gpu_trainer.py)"),
+    Stage("serve", 90, _serve, "serve engines + freshness (bench/gpu_serve.py)"),
+    Stage("delta", 65, _delta, "delta vs full snapshots, 1 GB table (bench/delta.py)"),
+)
+
+
+def _tail(log: Path, lines: int = 14) -> str:
+    text = log.read_text().splitlines() if log.is_file() else []
+    return "\n".join(text[-lines:])
+
+
+def _versions(ctx: Context) -> list[str]:
+    log = ctx.out / "install.log"
+    keep = ("python ", "torch ", "CUDA")
+    text = log.read_text().splitlines() if log.is_file() else []
+    return [line for line in text if line.startswith(keep)]
+
+
+def write_report(ctx: Context, results: list[Result], started: float) -> None:
+    mode = "DRY RUN on a CPU machine: figures are smoke runs, not measurements" if ctx.dry else (
+        "device run"
+    )
+    lines = [
+        "# GPU check report",
+        "",
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {mode}; host "
+        f"{platform.node()}, {os.cpu_count()} CPUs; whole run {time.monotonic() - started:.0f} s "
+        f"of a {TOTAL_BUDGET_S:.0f} s budget.",
+        "",
+        *(f"- {line}" for line in _versions(ctx) or ["versions: the install stage did not run"]),
+        *(f"- {note}" for note in ctx.notes),
+        "",
+        "| stage | status | seconds | budget s | detail |",
+        "|---|---|---:|---:|---|",
+        *(
+            f"| {r.stage} | {r.status} | {r.seconds:.0f} | {r.budget_s:.0f} | {r.detail} |"
+            for r in results
+        ),
+    ]
+    for stage in ("tests", "trainer", "serve", "delta"):
+        fragment = ctx.work / f"{stage}.md"
+        lines += ["", f"## {stage}", ""]
+        if fragment.is_file():
+            lines.append(fragment.read_text().rstrip())
+        else:
+            lines += ["```", _tail(ctx.out / f"{stage}.log"), "```"]
+    (ctx.out / "report.md").write_text("\n".join(lines) + "\n")
+    summary = {"dry": ctx.dry, "results": [asdict(r) for r in results], "notes": ctx.notes}
+    (ctx.out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+
+
+def _test_fragment(ctx: Context) -> None:
+    """The tests stage's outcome lines (pytest's -v lines and its summary) as the fragment."""
+    log = ctx.out / "tests.log"
+    text = log.read_text().splitlines() if log.is_file() else []
+    keep = [
+        line
+        for line in text
+        if " PASSED" in line or " FAILED" in line or " SKIPPED" in line or " ERROR" in line
+        or line.startswith(("=", "SKIPPED", "FAILED", "ERROR"))
+    ]
+    if keep:
+        (ctx.work / "tests.md").write_text("```\n" + "\n".join(keep[-40:]) + "\n```\n")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dry", action="store_true", help="on a machine without CUDA (CI)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path(os.environ.get("OUT") or ROOT / "gpu-check-out"),
+        help="where report.md, summary.json and the logs go (default: $OUT, else gpu-check-out/)",
+    )
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    for old in args.out.glob("*.log"):
+        old.unlink()
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="gpu-check-") as work:
+        # -S in the dry run: only the install target and this machine's torch are importable,
+        # as on the device (whose own site-packages hold its torch and numpy).
+        python = [sys.executable, "-S"] if args.dry else [sys.executable]
+        ctx = Context(args.out, Path(work), args.dry, started + TOTAL_BUDGET_S, python)
+        results = [install(ctx)]
+        for stage in STAGES:
+            if "GPU_CHECK_PATH" not in ctx.env:
+                results.append(Result(stage.name, "not run", 0.0, stage.budget_s, "no install"))
+                continue
+            env = _stage_env(ctx, _path(ctx))
+            result = run_command(ctx, stage.name, stage.command(ctx), stage.budget_s, ROOT, env)
+            results.append(result)
+        _test_fragment(ctx)
+        write_report(ctx, results, started)
+    print((args.out / "report.md").read_text())
+    bad = [r for r in results if r.status != "ok"]
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
