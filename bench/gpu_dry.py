@@ -2,9 +2,9 @@
 
 The carried set is built for CPython 3.12; this machine's interpreter may be another. A
 carried wheel this interpreter can install is used as is; one it cannot (a compiled wheel for
-3.12) is replaced by the same release built for this interpreter, downloaded once into
-``twins`` with pip. What gets installed is then the carried set, name for name and version for
-version. The device's own torch and numpy are stood in for by a folder of links to this
+3.12) is replaced by the same release built for this interpreter, downloaded with pip into
+``twins`` (kept between runs). What gets installed is then the carried set, name for name and
+version for version. The device's own torch and numpy are stood in for by a folder of links to this
 machine's torch, numpy and what torch needs, and nothing else.
 """
 
@@ -38,7 +38,10 @@ def installable_here(files: list[Path], twins: Path, notes: list[str]) -> list[P
             check=True,
             timeout=600,
         )  # fmt: skip
-        out += sorted(twins.glob("*.whl"))
+        for twin in sorted(twins.glob("*.whl")):
+            found = read_wheel(twin)
+            if f"{found.name}=={found.version}" in foreign and found.tags & here:
+                out.append(twin)
         version = ".".join(map(str, sys.version_info[:2]))
         notes.append(
             f"dry run on Python {version}: {len(foreign)} compiled wheel(s) installed as the "
