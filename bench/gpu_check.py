@@ -222,7 +222,7 @@ STAGES = (
         "CUDA: skipped (no CUDA here); tests/gpu is collected, each test skipped with its reason",
     ),
     Stage(
-        "trainer", 140, _trainer, "bare step vs pipeline (bench/gpu_trainer.py)",
+        "trainer", 120, _trainer, "bare step vs pipeline (bench/gpu_trainer.py)",
         "CUDA: skipped (no CUDA here); a CPU smoke run at batch 64, fp32 only",
     ),
     Stage(
@@ -231,7 +231,7 @@ STAGES = (
         "freshness is left to the device run",
     ),
     Stage(
-        "delta", 65, _delta, "delta vs full snapshots, 1 GB table (bench/delta.py)",
+        "delta", 85, _delta, "delta vs full snapshots, 1 GB table (bench/delta.py)",
         "CUDA: skipped (no CUDA here); a CPU smoke run, delta mode only, 20,000 x 64 (5 MB) table",
     ),
 )  # fmt: skip

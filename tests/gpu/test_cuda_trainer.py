@@ -28,7 +28,6 @@ from streamtrain.train.learner import Learner
 from streamtrain.train.models import build_model
 from streamtrain.train.optim import build_optimizer
 from streamtrain.train.task import TaskHead
-from tests.integration.trainer_harness import latest_checkpoint
 
 CUDA = torch.device("cuda")
 SPEC = SampleSpec(feature_shape=(16,), task="binary")
@@ -68,7 +67,9 @@ def test_trainer_on_cuda_learns_from_the_broker_and_checkpoints(
     summary = build_trainer(settings).run()
     assert summary.samples_seen == 4096
     assert summary.rolling_score > 0.85, f"prequential accuracy {summary.rolling_score:.3f}"
-    weights = load_file(str(latest_checkpoint(tmp_path) / "model.safetensors"))
+    done = sorted(p for p in tmp_path.iterdir() if (p / "meta.json").is_file())
+    assert done, f"no checkpoint written under {tmp_path}"
+    weights = load_file(str(done[-1] / "model.safetensors"))
     assert weights and all(np.isfinite(w).all() for w in weights.values())
 
 
@@ -127,7 +128,11 @@ def test_dlrm_sparse_step_keeps_its_tables_on_the_gpu_and_moves_only_batch_rows(
         losses.append(float(outcome.loss))
         if i == 0:
             for name, table in tables.items():
-                assert table.grad is not None and table.grad.is_sparse and table.grad.device.type == "cuda"
+                assert (
+                    table.grad is not None
+                    and table.grad.is_sparse
+                    and table.grad.device.type == "cuda"
+                )
                 moved = (table.detach() != before[name]).any(dim=1).nonzero().flatten()
                 touched = table.grad.coalesce().indices().flatten()
                 assert 0 < len(moved) <= 256, name
