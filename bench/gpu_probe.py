@@ -34,6 +34,14 @@ def _sources(package: Path) -> dict[str, Path]:
     return {str(p.relative_to(package)): p for p in package.rglob("*.py")}
 
 
+def _nccl_version() -> str:
+    try:
+        version = torch.cuda.nccl.version()
+    except (AttributeError, RuntimeError) as missing:  # a build without NCCL
+        return f"unavailable ({missing})"
+    return ".".join(map(str, version)) if isinstance(version, tuple) else str(version)
+
+
 def versions() -> None:
     cuda = torch.cuda.is_available()
     print(f"python {platform.python_version()} at {sys.executable}")
@@ -46,7 +54,7 @@ def versions() -> None:
             f"CUDA: {torch.cuda.device_count()} device(s); 0 = {props.name}, "
             f"{props.total_memory / 2**30:.0f} GiB, {props.multi_processor_count} SMs, "
             f"capability {props.major}.{props.minor}; cuDNN {torch.backends.cudnn.version()}, "
-            f"NCCL {'.'.join(map(str, torch.cuda.nccl.version()))}"
+            f"NCCL {_nccl_version()}"
         )
     else:
         print("CUDA: not available here (the CUDA stages are skipped)")
