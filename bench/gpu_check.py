@@ -161,13 +161,23 @@ def install(ctx: Context) -> Result:
     """Install the carried set into ``<work>/site`` and run the probe there."""
     started = time.monotonic()
     site = ctx.work / "site"
-    manifest = json.loads((ROOT / ".whl" / "MANIFEST.json").read_text())
+    manifest_path = ROOT / ".whl" / "MANIFEST.json"
+    if not manifest_path.is_file():
+        detail = "no .whl/MANIFEST.json: run `make gpu-wheels` where pip reaches PyPI, carry .whl"
+        print(f"[install] {detail}", flush=True)
+        return Result("install", "failed", 0.0, INSTALL_BUDGET_S, detail)
+    manifest = json.loads(manifest_path.read_text())
     files = [ROOT / ".whl" / str(w["file"]) for w in manifest["wheels"]]
     path: list[Path] = [site]
     if ctx.dry:
         import gpu_dry  # this machine's helpers: packaging, pip download of twins
 
-        files = gpu_dry.installable_here(files, ROOT / ".whl-twins", ctx.notes)
+        try:
+            files = gpu_dry.installable_here(files, ROOT / ".whl-twins", ctx.notes)
+        except subprocess.SubprocessError as failed:
+            detail = f"pip could not fetch this interpreter's twins of compiled wheels: {failed}"
+            print(f"[install] {detail}", flush=True)
+            return Result("install", "failed", time.monotonic() - started, 0.0, detail)
         path.append(gpu_dry.torch_site(ctx.work / "torch-site"))
     pip = [*ctx.python[:1], "-m", "pip", "install", "-q", "--no-index", "--no-deps"]
     pip += ["--no-compile", "--target", str(site), *map(str, files)]
@@ -237,6 +247,24 @@ STAGES = (
 )  # fmt: skip
 
 
+ABOUT = {
+    "install": "carried wheels installed; versions, completeness, broker (bench/gpu_probe.py)",
+    **{stage.name: stage.about for stage in STAGES},
+}
+
+
+def _commit() -> str:
+    """The tree's commit, where git and the repository travelled with it."""
+    try:
+        found = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=ROOT, capture_output=True, text=True, timeout=10, check=True,
+        )  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return "commit unknown (no git here)"
+    return f"commit {found.stdout.strip()}"
+
+
 def _tail(log: Path, lines: int = 14) -> str:
     text = log.read_text().splitlines() if log.is_file() else []
     return "\n".join(text[-lines:])
@@ -258,17 +286,18 @@ def write_report(ctx: Context, results: list[Result], started: float) -> None:
     lines = [
         "# GPU check report",
         "",
-        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {mode}; host "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {mode}, {_commit()}; host "
         f"{platform.node()}, {os.cpu_count()} CPUs; whole run {time.monotonic() - started:.0f} s "
         f"of a {TOTAL_BUDGET_S * ctx.stretch:.0f} s budget.",
         "",
         *(f"- {line}" for line in _versions(ctx) or ["versions: the install stage did not run"]),
         *(f"- {note}" for note in ctx.notes),
         "",
-        "| stage | status | seconds | budget s | detail |",
-        "|---|---|---:|---:|---|",
+        "| stage | what | status | seconds | budget s | detail |",
+        "|---|---|---|---:|---:|---|",
         *(
-            f"| {r.stage} | {r.status} | {r.seconds:.0f} | {r.budget_s:.0f} | {r.detail} |"
+            f"| {r.stage} | {ABOUT.get(r.stage, '')} | {r.status} | {r.seconds:.0f} "
+            f"| {r.budget_s:.0f} | {r.detail} |"
             for r in results
         ),
     ]
