@@ -29,6 +29,7 @@ LAYERS: list[set[str]] = [
     {"wire", "health", "batch", "sparse_tensors"},
     {"spec", "jagged", "gc_pause"},
     {"config", "metrics", "devices", "extras"},
+    {"config_report", "ascii_int"},
 ]
 # Inside serve/: the wiring over the request path over the hot-swap path and the log.
 SERVE_LAYERS: list[set[str]] = [

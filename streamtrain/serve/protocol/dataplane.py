@@ -30,6 +30,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from streamtrain.ascii_int import parse_ascii_int
 from streamtrain.jagged import SparseRows
 from streamtrain.metrics import SERVE_REQUEST_SECONDS, SERVE_REQUESTS
 from streamtrain.serve.prediction_log.rows import ServedBatch
@@ -338,15 +339,13 @@ class ServedModel:
 
 
 def version_number(text: str | None) -> int | None:
-    """A version as the protocol spells it (decimal, as this server reports it) to the int every
-    other part uses; None for none (``""`` is gRPC's default) or one no snapshot can have.
+    """A version as the protocol spells it to the int every other part uses; None for none
+    (``""`` is gRPC's default) or text that is no version (``streamtrain.ascii_int``'s rule).
 
-    >>> version_number("12"), version_number(""), version_number("012"), version_number("x")
+    >>> version_number("12"), version_number(""), version_number("\u00b2"), version_number("x")
     (12, None, None, None)
     """
-    if not text or not (text.isascii() and text.isdigit()) or str(int(text)) != text:
-        return None
-    return int(text)
+    return parse_ascii_int(text) if text else None
 
 
 def _config_tensor(name: str, datatype: str, shape: tuple[int, ...]) -> dict[str, Any]:

@@ -37,14 +37,15 @@ import threading
 import time
 from collections.abc import Iterable, Sequence
 from operator import attrgetter
-from typing import Protocol
+from typing import Protocol, get_args
 
-from streamtrain.metrics import SERVE_REJECTED_SNAPSHOTS
+from streamtrain.metrics import SERVE_REJECTED_SNAPSHOTS, export_at_zero
+from streamtrain.serve.weights.checks import SLOT_REASONS
 from streamtrain.serve.weights.delta_chain import apply_delta, catch_up, is_delta
 from streamtrain.serve.weights.loader import SnapshotLoader
 from streamtrain.serve.weights.slot import SnapshotRejected, StandbyBusy
 from streamtrain.snapshot.cache import SnapshotCache
-from streamtrain.snapshot.verify import ReceivedSnapshot, RejectedSnapshot
+from streamtrain.snapshot.verify import ReceivedSnapshot, RejectedSnapshot, RejectReason
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +104,10 @@ class SnapshotWatcher:
         self._pending: ReceivedSnapshot | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="snapshot-watcher", daemon=True)
+        # Every reason at 0 from the start: one forged snapshot is then an increase() of 1.
+        export_at_zero(
+            SERVE_REJECTED_SNAPSHOTS, [(r,) for r in (*get_args(RejectReason), *SLOT_REASONS)]
+        )
 
     def start(self) -> SnapshotWatcher:
         self._thread.start()
@@ -154,7 +159,8 @@ class SnapshotWatcher:
 
     def _count_rejection(self, item: RejectedSnapshot) -> None:
         SERVE_REJECTED_SNAPSHOTS.labels(item.reason).inc()
-        log.warning("snapshot version %s rejected (%s): %s", item.version, item.reason, item.detail)
+        what = "snapshot record" if item.version is None else f"snapshot version {item.version}"
+        log.warning("%s rejected (%s): %s", what, item.reason, item.detail)
 
     def _try_load(self, snapshot: ReceivedSnapshot, from_cache: bool = False) -> bool | None:
         """True when live, False when the slot refused it (counted there), None when busy."""
@@ -198,6 +204,8 @@ class SnapshotWatcher:
     def _load_newest(self) -> None:
         """Step 2: the newest base on the topic the slot accepts, then the deltas after it."""
         catch_up(self._source.newest_first(self._startup_timeout_s), self._loader, self._try_load)
+        if self._loader.info is None:
+            log.info("no valid snapshot on the topic yet: not ready until the trainer publishes")
 
     def _run(self) -> None:
         try:
