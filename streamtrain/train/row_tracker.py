@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from typing import Protocol, runtime_checkable
 
 import torch
 from torch import nn
@@ -58,12 +59,22 @@ def row_sparse_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
     return {name: params[name] for name in sorted(names) if params[name].dim() >= 1}
 
 
-def _reporters(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """Modules that report rows they change outside optimizer steps (rule 5), with prefixes."""
+@runtime_checkable
+class ReportsRows(Protocol):
+    """A module that changes rows outside optimizer steps and says which (rule 5)."""
+
+    @property
+    def row_sparse_buffers(self) -> list[str]: ...
+
+    def drain_changed_rows(self) -> dict[str, torch.Tensor]: ...
+
+
+def _reporters(model: nn.Module) -> list[tuple[str, ReportsRows]]:
+    """Rule-5 modules with the prefix of their state names."""
     return [
         (f"{name}." if name else "", module)
         for name, module in model.named_modules()
-        if callable(getattr(module, "drain_changed_rows", None))
+        if isinstance(module, ReportsRows)
     ]
 
 
@@ -73,7 +84,7 @@ def row_sparse_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
     return {
         prefix + name: buffers[prefix + name]
         for prefix, module in _reporters(model)
-        for name in getattr(module, "row_sparse_buffers", ())
+        for name in module.row_sparse_buffers
     }
 
 

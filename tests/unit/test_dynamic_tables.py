@@ -248,5 +248,5 @@ def test_table_settings_name_existing_tables_and_not_table_rows() -> None:
         build_model(
             "dlrm", SPEC, {**PARAMS, "tables": {"itemz": {"kind": "dynamic", "capacity": 3}}}
         )
-    with pytest.raises(ValueError, match="size it with tables.items.capacity"):
+    with pytest.raises(ValueError, match=r"size it with tables\.items\.capacity"):
         build_model("dlrm", SPEC, {**PARAMS, "table_rows": {"items": 9}})
