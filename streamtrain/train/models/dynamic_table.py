@@ -26,8 +26,11 @@ alike. :meth:`DynamicMapping.observe` runs once per training step, before the fo
    An admitted ID's filter cell is cleared: after eviction it earns admission again.
 
 Lookups are vectorised: a copy of the occupied ``slot_ids`` sorted, with their rows, searched
-by ``torch.searchsorted``; updated by a merge when ``observe`` changes the mapping, rebuilt by
-a sort when the buffers were written from outside (a checkpoint load, a served snapshot).
+by ``torch.searchsorted``; re-sorted when ``observe`` changed the mapping and when the buffers
+were written from outside (a checkpoint load, a served snapshot: the buffer's version moved).
+An incremental merge was measured slower than the sort up to a million rows on CPU (masked
+writes cost more than ``torch.sort``), so the sort it is: a step that admits or evicts costs
+O(capacity) (docs/models.md gives the figures and the sizing advice).
 """
 
 from __future__ import annotations
@@ -145,6 +148,8 @@ class DynamicMapping(nn.Module):
     def rows(self, ids: torch.Tensor) -> torch.Tensor:
         """The physical row of each ID: its own, or ``capacity + hash % fallback_rows``."""
         hit, rows = self._find(ids)
+        if self.settings.fallback_rows == 1:  # one shared row: no hash to compute
+            return torch.where(hit, rows, self.capacity)
         fallback = self.capacity + torch.remainder(mix64(ids), self.settings.fallback_rows)
         return torch.where(hit, rows, fallback)
 
@@ -161,21 +166,24 @@ class DynamicMapping(nn.Module):
         self.use_count[seen] += counts[hit]
         out = Observed(reset=seen[:0], changed_slots=seen, changed_cells=seen[:0])
         expired = self._expire(step, out)
+        if bool(hit.all()) and expired.numel() == 0:
+            return out  # nothing new: the mapping and its lookup stand
         fresh, fresh_counts = unique[~hit], counts[~hit]
-        passed = self._admit(fresh, fresh_counts, step, out)
-        fresh, fresh_counts = fresh[passed], fresh_counts[passed]
-        placed, victims = self._place(fresh.numel(), step, out)
+        passed, cells = self._admit(fresh, fresh_counts, step, out)
+        fresh, fresh_counts, cells = fresh[passed], fresh_counts[passed], cells[passed]
+        placed = self._place(fresh.numel(), step, out)
         out.refused["full"] = fresh.numel() - placed.numel()
-        fresh, fresh_counts = fresh[: placed.numel()], fresh_counts[: placed.numel()]
+        taken = placed.numel()
+        fresh, fresh_counts, cells = fresh[:taken], fresh_counts[:taken], cells[:taken]
         self.slot_ids[placed] = fresh
         self.last_seen[placed] = step
         self.use_count[placed] = fresh_counts
-        if self.settings.cells and fresh.numel():
-            self.filter_counts[self._cells(fresh)] = 0  # evicted later, it earns admission again
-        out.admitted = fresh.numel()
+        if self.settings.cells and taken:
+            self.filter_counts[cells] = 0  # evicted later, it earns admission again
+        out.admitted = taken
         out.reset = placed
         out.changed_slots = torch.cat([seen, expired, placed])
-        self._merge_lookup(torch.cat([expired, victims]), placed)
+        self.rebuild()
         return out
 
     def _expire(self, step: int, out: Observed) -> torch.Tensor:
@@ -192,9 +200,12 @@ class DynamicMapping(nn.Module):
 
     def _admit(
         self, ids: torch.Tensor, counts: torch.Tensor, step: int, out: Observed
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Which new IDs pass the filter (and the draw); and their filter cells (zeros when
+        there is no filter)."""
         passed = torch.ones_like(ids, dtype=torch.bool)
         k = self.settings.admit_after
+        cells = torch.zeros_like(ids)
         if self.settings.cells:
             cells = self._cells(ids)
             self.filter_counts.index_add_(0, cells, counts)
@@ -206,20 +217,20 @@ class DynamicMapping(nn.Module):
             drawn = uniform(ids, step, self.settings.seed) < self.settings.admit_probability
             out.refused["probability"] = int((passed & ~drawn).sum())
             passed &= drawn
-        return passed
+        return passed, cells
 
-    def _place(self, n: int, step: int, out: Observed) -> tuple[torch.Tensor, torch.Tensor]:
-        """Rows for ``n`` admitted IDs: free ones, then evicted ones; and the victims."""
+    def _place(self, n: int, step: int, out: Observed) -> torch.Tensor:
+        """Rows for ``n`` admitted IDs: free ones, then evicted ones."""
         if n == 0:
-            return self.slot_ids[:0], self.slot_ids[:0]
+            return self.slot_ids[:0]
         free = (self.slot_ids == EMPTY).nonzero().squeeze(1)
         if n <= free.numel():
-            return free[:n], free[:0]
+            return free[:n]
         evictable = (self.slot_ids != EMPTY) & (self.last_seen < step)
         need = min(n - free.numel(), int(evictable.sum()))
         victims = self._victims(evictable, need) if need else free[:0]
         out.evicted[self.settings.evict] = victims.numel()
-        return torch.cat([free, victims]), victims
+        return torch.cat([free, victims])
 
     def _victims(self, evictable: torch.Tensor, m: int) -> torch.Tensor:
         """The ``m`` evictable rows that go first (LRU: oldest ``last_seen``; LFU: fewest
@@ -234,33 +245,6 @@ class DynamicMapping(nn.Module):
         tied = torch.where(uses == threshold, recency, _BIG)
         rest = torch.topk(tied, m - below.numel(), largest=False).indices
         return torch.cat([below, rest])
-
-    def _merge_lookup(self, removed: torch.Tensor, added: torch.Tensor) -> None:
-        """Keep the sorted lookup current without a full sort: drop ``removed`` rows, merge
-        the ``added`` rows' new owners in at their sorted places."""
-        keys, rows = self._sorted_before_write()
-        if removed.numel():
-            keep = ~torch.isin(rows, removed)
-            keys, rows = keys[keep], rows[keep]
-        if added.numel():
-            new_keys, order = torch.sort(self.slot_ids[added])
-            new_rows = added[order]
-            device = keys.device
-            at = torch.searchsorted(keys, new_keys) + torch.arange(new_keys.numel(), device=device)
-            is_new = torch.zeros(keys.numel() + new_keys.numel(), dtype=torch.bool, device=device)
-            is_new[at] = True
-            merged_keys = torch.empty(is_new.numel(), dtype=torch.int64, device=device)
-            merged_rows = torch.empty_like(merged_keys)
-            merged_keys[is_new], merged_rows[is_new] = new_keys, new_rows
-            merged_keys[~is_new], merged_rows[~is_new] = keys, rows
-            keys, rows = merged_keys, merged_rows
-        ids = self.slot_ids
-        self._lookup = (ids.data_ptr(), ids._version, keys, rows)
-
-    def _sorted_before_write(self) -> tuple[torch.Tensor, torch.Tensor]:
-        # observe wrote slot_ids, so the cached version is behind by exactly those writes
-        assert self._lookup is not None  # _find ran at the start of observe
-        return self._lookup[2], self._lookup[3]
 
 
 def rebuild_lookups(model: nn.Module) -> None:
