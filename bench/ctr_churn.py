@@ -80,7 +80,7 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=20_000)
     parser.add_argument("--items", type=int, default=2_000)
     parser.add_argument("--new-item-every", type=int, default=4)
-    parser.add_argument("--rows", type=int, default=2048, help="rows of each hashed table")
+    parser.add_argument("--rows", type=int, default=1024, help="rows of each hashed table")
     parser.add_argument("--dim", type=int, default=16)
     parser.add_argument("--admit-after", type=int, default=2)
     parser.add_argument("--batch", type=int, default=64)

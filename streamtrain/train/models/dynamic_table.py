@@ -106,6 +106,7 @@ class DynamicMapping(nn.Module):
         self._seed_mix = int(mix64(torch.tensor([settings.seed]))[0])
         # (slot_ids storage, its version, sorted owners, their rows): see _sorted
         self._lookup: tuple[int, int, torch.Tensor, torch.Tensor] | None = None
+        self._index: torch.Tensor | None = None  # arange(capacity), the tie-breaker
 
     @property
     def row_sparse_buffers(self) -> list[str]:
@@ -157,9 +158,11 @@ class DynamicMapping(nn.Module):
     @torch.no_grad()
     def observe(self, ids: torch.Tensor) -> Observed:
         """One training step's decisions for the IDs of its (union) batch; see the module doc."""
-        self.step += 1
-        step = int(self.step)
-        unique, counts = torch.unique(ids[ids != EMPTY], return_counts=True)
+        step = int(self.step) + 1
+        self.step.fill_(step)
+        unique, counts = torch.unique(ids, return_counts=True)
+        if unique.numel() and int(unique[0]) == EMPTY:  # sorted: EMPTY, the int64 min, first
+            unique, counts = unique[1:], counts[1:]
         hit, hit_rows = self._find(unique)
         seen = hit_rows[hit]
         self.last_seen[seen] = step
@@ -196,7 +199,9 @@ class DynamicMapping(nn.Module):
         return stale
 
     def _cells(self, ids: torch.Tensor) -> torch.Tensor:
-        return torch.remainder(mix64(ids ^ self._seed_mix), self.settings.cells)
+        # Fibonacci hashing (the product's high bits): 3 ops where mix64 takes 12, and the
+        # filter only needs IDs spread over its cells
+        return torch.remainder(((ids ^ self._seed_mix) * _GOLDEN) >> 24, self.settings.cells)
 
     def _admit(
         self, ids: torch.Tensor, counts: torch.Tensor, step: int, out: Observed
@@ -235,8 +240,9 @@ class DynamicMapping(nn.Module):
     def _victims(self, evictable: torch.Tensor, m: int) -> torch.Tensor:
         """The ``m`` evictable rows that go first (LRU: oldest ``last_seen``; LFU: fewest
         uses, then oldest); every key is made unique by the row index, so ties end alike."""
-        index = torch.arange(self.capacity, device=evictable.device)
-        recency = torch.where(evictable, self.last_seen * self.capacity + index, _BIG)
+        if self._index is None or self._index.device != evictable.device:
+            self._index = torch.arange(self.capacity, device=evictable.device)
+        recency = torch.where(evictable, self.last_seen * self.capacity + self._index, _BIG)
         if self.settings.evict == "lru":
             return torch.topk(recency, m, largest=False).indices
         uses = torch.where(evictable, self.use_count, _BIG)

@@ -31,7 +31,7 @@ from torch.nn import functional as F
 
 from streamtrain.sparse_tensors import JaggedTensor, SparseInput
 from streamtrain.spec import SparseFeature
-from streamtrain.train.models.dynamic_table import DynamicMapping, Observed, mix64
+from streamtrain.train.models.dynamic_table import DynamicMapping, Observed
 from streamtrain.train.models.sparse_params import TableSettings
 
 Pooling = Literal["sum", "mean"]
@@ -61,7 +61,7 @@ class EmbeddingTables(nn.Module):
         divides by the sum of the ID weights; a sample without IDs pools to zeros).
 
         >>> from streamtrain.spec import SparseFeature
-    from streamtrain.train.models.dynamic_table import DynamicMapping, Observed, mix64
+    from streamtrain.train.models.dynamic_table import DynamicMapping, Observed
     from streamtrain.train.models.sparse_params import TableSettings
         >>> tables = EmbeddingTables([SparseFeature("items", "items")], dim=4, rows=100)
         >>> x = {"items": JaggedTensor.from_lists([[1, 2], [], [3]])}
@@ -128,6 +128,7 @@ class EmbeddingTables(nn.Module):
         self.mappings = nn.ModuleDict({_key(t): DynamicMapping(k) for t, k in dynamic.items()})
         # rows changed outside optimizer steps since the row tracker last drained them
         self._dirty: dict[str, torch.Tensor] = {}
+        self._generator = torch.Generator()  # re-seeded for every reset (see observe)
 
     @property
     def row_sparse_parameters(self) -> list[str]:
@@ -194,22 +195,20 @@ class EmbeddingTables(nn.Module):
         for (table, mapping), table_ids in zip(tables.items(), ids, strict=True):
             observed = mapping.observe(table_ids)
             weight = self._weight(table)
+            key = _key(table)
             if observed.reset.numel():
-                seed = int(
-                    mix64(torch.tensor([mapping.settings.seed * 7_919 + int(mapping.step)]))[0]
-                )
+                # a fixed function of (seed, step): replays and ranks draw the same rows
+                seed = (mapping.settings.seed * 1_000_003 + int(mapping.step)) % (1 << 63)
                 fresh = torch.randn(
-                    observed.reset.numel(), self.dim, generator=torch.Generator().manual_seed(seed)
+                    observed.reset.numel(), self.dim, generator=self._generator.manual_seed(seed)
                 )
                 weight[observed.reset] = (fresh * self.init_std).to(weight)
-            self._mark(f"tables.{_key(table)}.weight", weight.shape[0], observed.reset)
-            for name in ("slot_ids", "last_seen", "use_count"):
+                self._mark(f"tables.{key}.weight", weight.shape[0], observed.reset)
+            # slot_ids, last_seen and use_count change on the same rows: one mask for three
+            self._mark(f"mappings.{key}", mapping.capacity, observed.changed_slots)
+            if mapping.settings.cells and observed.changed_cells.numel():
                 self._mark(
-                    f"mappings.{_key(table)}.{name}", mapping.capacity, observed.changed_slots
-                )
-            if mapping.settings.cells:
-                self._mark(
-                    f"mappings.{_key(table)}.filter_counts",
+                    f"mappings.{key}.filter_counts",
                     mapping.settings.cells,
                     observed.changed_cells,
                 )
@@ -225,7 +224,14 @@ class EmbeddingTables(nn.Module):
     def drain_changed_rows(self) -> dict[str, torch.Tensor]:
         """Rows of weights (reset) and mapping buffers changed since the last call, by state
         name below this module; the row tracker adds them to the next delta."""
-        out = {name: mask.nonzero().squeeze(1) for name, mask in self._dirty.items()}
+        out = {}
+        for name, mask in self._dirty.items():
+            rows = mask.nonzero().squeeze(1)
+            if name.endswith(".weight") or name.endswith(".filter_counts"):
+                out[name] = rows
+            else:  # one mask stands for the three slot buffers
+                for buffer in ("slot_ids", "last_seen", "use_count"):
+                    out[f"{name}.{buffer}"] = rows
         self._dirty = {}
         return out
 
