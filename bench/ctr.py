@@ -32,7 +32,6 @@ from streamtrain.train.models.embedding import hash_rows
 from streamtrain.train.optim import build_optimizer
 from streamtrain.train.task import TaskHead
 
-
 # what every runner times with; bench/ctr_churn.py switches to CPU time (time.process_time),
 # steadier than wall time on a machine shared with other work
 CLOCK: Callable[[], float] = time.perf_counter

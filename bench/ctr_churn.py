@@ -146,7 +146,8 @@ def main() -> None:
         gain = _log_loss(s.y, hashed.probs) - _log_loss(s.y, r.probs)
         print(f"{r.name}: log loss {gain:+.4f} better than hashed, samples/s cost {cost:.1%}")
     for name, marks in rss.items():
-        print(f"RSS of the process after {name}: " + ", ".join(f"{d}: {m:.0f} MiB" for d, m in marks))
+        sizes = ", ".join(f"{done}: {mib:.0f} MiB" for done, mib in marks)
+        print(f"RSS of the process during {name} (samples: RSS): {sizes}")
 
 
 if __name__ == "__main__":
