@@ -32,7 +32,13 @@ from typing import Any
 import ctr
 import numpy as np
 import torch
-from ctr import Result, _log_loss, make_stream, run_river_fm, run_streamtrain, run_vw
+from ctr import Result, Stream, _log_loss, make_stream, run_river_fm, run_streamtrain, run_vw
+
+from streamtrain.sparse_tensors import JaggedTensor
+from streamtrain.train.learner import Learner
+from streamtrain.train.models import build_model
+from streamtrain.train.optim import build_optimizer
+from streamtrain.train.task import TaskHead
 
 
 def rss_mib() -> float:
@@ -72,6 +78,35 @@ def _dynamic(args: argparse.Namespace, evict: str, fallback: int) -> dict[str, A
         "evict": evict,
     }
     return {"users": table, "items": table}
+
+
+def paired_cost(s: Stream, batch: int, named: dict[str, dict[str, object]]) -> dict[str, float]:
+    """CPU seconds per learner when they take turns on the same batches (one batch each in
+    turn), so load from other work on the machine falls on every learner alike."""
+    learners = {}
+    for name, params in named.items():
+        torch.manual_seed(0)
+        model = build_model("dlrm", ctr.ctr().spec, params)
+        optimizer = build_optimizer(model.parameters(), "adagrad", 0.05)
+        learners[name] = Learner(model, TaskHead(ctr.ctr().spec), optimizer)
+    seconds = dict.fromkeys(named, 0.0)
+    x, y = torch.from_numpy(s.x), torch.from_numpy(s.y)
+    users, items = torch.from_numpy(s.users), torch.from_numpy(s.items)
+    ones = torch.ones(batch)
+    for lo in range(0, len(s.y) - batch + 1, batch):
+        hi = lo + batch
+        offsets = torch.arange(batch)
+        sparse = {
+            "user": JaggedTensor(users[lo:hi], offsets, ones),
+            "item": JaggedTensor(items[lo:hi], offsets, ones),
+        }
+        for name, learner in learners.items():
+            started = time.process_time()
+            with torch.no_grad():
+                learner.model(x[lo:hi], sparse)
+            learner.learn(x[lo:hi], y[lo:hi], ones, sparse)
+            seconds[name] += time.process_time() - started
+    return seconds
 
 
 def main() -> None:
@@ -145,6 +180,18 @@ def main() -> None:
         cost = 1 - hashed.seconds / r.seconds
         gain = _log_loss(s.y, hashed.probs) - _log_loss(s.y, r.probs)
         print(f"{r.name}: log loss {gain:+.4f} better than hashed, samples/s cost {cost:.1%}")
+    paired = paired_cost(
+        s,
+        args.batch,
+        {
+            "hashed": _dlrm(args.dim, {}, args.rows),
+            "dynamic lru": _dlrm(args.dim, _dynamic(args, "lru", 1), args.rows),
+            "dynamic lfu": _dlrm(args.dim, _dynamic(args, "lfu", 1), args.rows),
+        },
+    )
+    for name in ("dynamic lru", "dynamic lfu"):
+        cost = 1 - paired["hashed"] / paired[name]
+        print(f"taking turns on every batch: {name} costs {cost:.1%} samples/s against hashed")
     for name, marks in rss.items():
         sizes = ", ".join(f"{done}: {mib:.0f} MiB" for done, mib in marks)
         print(f"RSS of the process during {name} (samples: RSS): {sizes}")

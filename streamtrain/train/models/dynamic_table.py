@@ -174,7 +174,9 @@ class DynamicMapping(nn.Module):
         fresh, fresh_counts = unique[~hit], counts[~hit]
         passed, cells = self._admit(fresh, fresh_counts, step, out)
         fresh, fresh_counts, cells = fresh[passed], fresh_counts[passed], cells[passed]
-        placed = self._place(fresh.numel(), step, out)
+        assert self._lookup is not None  # _find brought it up to date before any write
+        owned = self._lookup[2].numel() - expired.numel()
+        placed = self._place(fresh.numel(), step, owned, out)
         out.refused["full"] = fresh.numel() - placed.numel()
         taken = placed.numel()
         fresh, fresh_counts, cells = fresh[:taken], fresh_counts[:taken], cells[:taken]
@@ -224,14 +226,19 @@ class DynamicMapping(nn.Module):
             passed &= drawn
         return passed, cells
 
-    def _place(self, n: int, step: int, out: Observed) -> torch.Tensor:
-        """Rows for ``n`` admitted IDs: free ones, then evicted ones."""
+    def _place(self, n: int, step: int, owned: int, out: Observed) -> torch.Tensor:
+        """Rows for ``n`` admitted IDs: free ones, then evicted ones (``owned``: rows owned
+        now, so a full table skips the scans for free rows)."""
         if n == 0:
             return self.slot_ids[:0]
-        free = (self.slot_ids == EMPTY).nonzero().squeeze(1)
-        if n <= free.numel():
-            return free[:n]
-        evictable = (self.slot_ids != EMPTY) & (self.last_seen < step)
+        free = self.slot_ids[:0]
+        if owned < self.capacity:
+            free = (self.slot_ids == EMPTY).nonzero().squeeze(1)
+            if n <= free.numel():
+                return free[:n]
+            evictable = (self.slot_ids != EMPTY) & (self.last_seen < step)
+        else:
+            evictable = self.last_seen < step
         need = min(n - free.numel(), int(evictable.sum()))
         victims = self._victims(evictable, need) if need else free[:0]
         out.evicted[self.settings.evict] = victims.numel()
