@@ -192,13 +192,17 @@ class EmbeddingTables(nn.Module):
         if gather is not None:
             ids = gather(ids)
         done = []
-        for (table, mapping), table_ids in zip(tables.items(), ids, strict=True):
+        for number, ((table, mapping), table_ids) in enumerate(
+            zip(tables.items(), ids, strict=True)
+        ):
             observed = mapping.observe(table_ids)
             weight = self._weight(table)
             key = _key(table)
             if observed.reset.numel():
-                # a fixed function of (seed, step): replays and ranks draw the same rows
-                seed = (mapping.settings.seed * 1_000_003 + int(mapping.step)) % (1 << 63)
+                # a fixed function of (seed, step, table): replays and ranks draw the same
+                # rows, and two tables resetting in one step draw different ones
+                step = int(mapping.step)
+                seed = ((mapping.settings.seed * 1_000_003 + step) * 64 + number) % (1 << 63)
                 fresh = torch.randn(
                     observed.reset.numel(), self.dim, generator=self._generator.manual_seed(seed)
                 )
