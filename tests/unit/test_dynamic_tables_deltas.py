@@ -79,7 +79,7 @@ def test_a_late_server_catches_up_from_a_base_with_the_mapping() -> None:
         )
 
 
-def test_optimizer_for_tracker_needs_no_dense_rows_for_buffers() -> None:
+def test_the_tracker_lists_the_mapping_buffers_as_row_sparse() -> None:
     model = build_model("dlrm", SPEC, PARAMS)
     tracker = RowTracker(
         model,
