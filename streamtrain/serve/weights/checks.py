@@ -11,6 +11,7 @@ from collections.abc import Mapping
 import torch
 
 from streamtrain.snapshot.delta import RowUpdate
+from streamtrain.snapshot.manifest import SnapshotHeader
 
 _HINT = "(is the server configured for the same model?)"
 
@@ -90,3 +91,20 @@ def _fits(name: str, got: torch.Tensor, target: torch.Tensor, shape: tuple[int, 
         )
     if got.dtype.is_floating_point and not bool(torch.isfinite(got).all()):
         raise SnapshotRejected("non_finite", f"tensor {name!r} holds NaN or Inf")
+
+
+def chain_gap(live: SnapshotHeader | None, delta: SnapshotHeader) -> str | None:
+    """Why ``delta`` does not apply on the ``live`` snapshot (slot rule 6: its predecessor is
+    not the live one, or its base is not the live lineage), or None when it does."""
+    if (
+        live is not None
+        and delta.base_id is not None
+        and live.snapshot_id == delta.predecessor_id
+        and live.lineage == delta.base_id
+    ):
+        return None
+    held = "nothing" if live is None else f"{live.snapshot_id} (base {live.lineage})"
+    return (
+        f"delta {delta.snapshot_id} follows {delta.predecessor_id} (base {delta.base_id}) but "
+        f"the live version is {held}"
+    )
