@@ -34,6 +34,7 @@ from streamtrain import health, metrics
 from streamtrain.batch import Batch
 from streamtrain.checkpoint import CheckpointStore, TrainerState, check_world_size
 from streamtrain.ingest.device import to_device
+from streamtrain.kafka.record_mark import RecordMark
 from streamtrain.train.cadence import EveryPolicy
 from streamtrain.train.hooks import SnapshotRequest, SnapshotSink
 from streamtrain.train.learner import Learner
@@ -77,6 +78,17 @@ class TrainProgress:
     samples_seen: int = 0
     offsets: dict[int, int] = field(default_factory=dict)
     watermark: float | None = None
+    marks: dict[int, RecordMark] = field(default_factory=dict)  # of the records before offsets
+
+    def advance(self, batch: Batch) -> None:
+        """Move to the position ``batch`` brings the stream to (its fingerprints included)."""
+        self.offsets.update(batch.next_offsets)
+        for p in batch.next_offsets:
+            mark = batch.marks.get(p)
+            if mark is None:
+                self.marks.pop(p, None)
+            else:
+                self.marks[p] = mark
 
 
 class Trainer:
@@ -168,8 +180,9 @@ class Trainer:
             samples_seen=state.samples_seen,
             offsets={**positions, **state.offsets},
             watermark=state.data_watermark,
+            marks=dict(state.marks),
         )
-        self._source.seek(state.offsets)
+        self._source.resume(state.offsets, state.marks)
         self._checkpointed = (state.step, dict(self._progress.offsets))
         self._learner.snapshot_good_state()
         self._snapshot_policy.mark(state.step)
@@ -226,6 +239,9 @@ class Trainer:
             if stop.max_samples is not None and self._progress.samples_seen >= stop.max_samples:
                 return "max_samples"
             batch = prefetch.get(timeout=POLL_SECONDS)
+            if batch is not None:
+                # An empty batch too: after an offset reset it carries the new position.
+                self._progress.advance(batch)
             if batch is None or batch.records == 0:
                 if self._pending_scores:
                     self._flush_scores()
@@ -234,7 +250,6 @@ class Trainer:
                     return "idle"
             else:
                 last_input = self._clock()
-                self._progress.offsets.update(batch.next_offsets)
                 if batch.size:
                     self._train_on(batch)
                     throughput.add(batch.size)
@@ -332,6 +347,7 @@ class Trainer:
             offsets=dict(progress.offsets),
             model_settings=self._model_settings,
             data_watermark=progress.watermark,
+            marks=dict(progress.marks),
         )
         self._checkpoints.save(state, *self._learner_parts())
         self._checkpoint_policy.mark(progress.step)
