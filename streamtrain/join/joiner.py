@@ -65,6 +65,7 @@ from pathlib import Path
 
 from streamtrain import health, metrics
 from streamtrain.ingest.deadletter import DeadLetterSink
+from streamtrain.join.label_routing import LabelRouting
 from streamtrain.join.log_lost import JoinLogLost, OnLogLost, latest_ends, start_over_or_fail
 from streamtrain.join.partition_state import (
     Action,
@@ -132,6 +133,9 @@ class Joiner:
         self._on_log_lost: OnLogLost = on_log_lost
         self._clock = wall_clock
         self._group: CoPartitionedGroup | None = None
+        self._routing = LabelRouting(
+            topics.labels, lambda: self._require_group().partition_count(topics.labels)
+        )
         self.states: dict[int, PartitionState] = {}
         self._checkpointed_ends: dict[int, int] | None = None  # E of the last checkpoint
         self._outage = False  # Kafka was unreachable since the last checkpoint
@@ -200,6 +204,7 @@ class Joiner:
         if record.topic == self.topics.predictions:
             self._carry_out(state, state.add_prediction(source))
         else:
+            self._routing.arrived(source)
             self._carry_out(state, state.add_label(source))
 
     def _count(self, records: Sequence[ConfluentRecord]) -> None:
@@ -222,6 +227,7 @@ class Joiner:
             if isinstance(action, Emit):
                 self._emit(state.partition, action)
             elif isinstance(action, DeadLetter):
+                action = self._routing.dead_letter(action)
                 source = (
                     "predictions" if action.record.topic == self.topics.predictions else "labels"
                 )
@@ -291,6 +297,7 @@ class Joiner:
     def on_assign(self, partitions: tuple[int, ...]) -> Mapping[int, tuple[int, int]]:
         """Take over ``partitions``: load, reconcile with the samples topic, checkpoint."""
         started = time.monotonic()
+        self._routing.refresh()
         starts: dict[str, Mapping[int, int]] = {}
         kept = {p: self._held.pop(p) for p in partitions if p in self._held}  # outage 2.
         if self._held:

@@ -81,6 +81,13 @@ JOIN_LOG_RESETS = Counter(
     "Times the join started over because Kafka lost the samples its checkpoints saw.",
     registry=JOIN_REGISTRY,
 )
+# relog (issue 23): labels placed by another partitioner than the prediction log's.
+JOIN_MISROUTED_LABELS = Counter(
+    "streamtrain_join_misrouted_labels_total",
+    "Labels found on another partition than the one murmur2 (the prediction log's "
+    "partitioner) gives their key; they cannot meet their predictions.",
+    registry=JOIN_REGISTRY,
+)
 JOIN_CHECKPOINT_AGE = Gauge(
     "streamtrain_join_checkpoint_age_seconds",
     "Seconds since the last join checkpoint was written.",
