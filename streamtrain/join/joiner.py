@@ -65,6 +65,7 @@ from pathlib import Path
 
 from streamtrain import health, metrics
 from streamtrain.ingest.deadletter import DeadLetterSink
+from streamtrain.join.input_logs import InputLogs
 from streamtrain.join.label_routing import LabelRouting
 from streamtrain.join.log_lost import JoinLogLost, OnLogLost, latest_ends, start_over_or_fail
 from streamtrain.join.partition_state import (
@@ -122,6 +123,7 @@ class Joiner:
         checkpoint_every_s: float = 2.0,
         on_log_lost: OnLogLost = "fail",
         wall_clock: Callable[[], float] = time.time,
+        input_logs: InputLogs | None = None,
     ) -> None:
         self.policy = policy
         self.topics = topics
@@ -133,9 +135,8 @@ class Joiner:
         self._on_log_lost: OnLogLost = on_log_lost
         self._clock = wall_clock
         self._group: CoPartitionedGroup | None = None
-        self._routing = LabelRouting(
-            topics.labels, lambda: self._require_group().partition_count(topics.labels)
-        )
+        self._inputs = input_logs  # None: input logs not rechecked (unit tests without Kafka)
+        self._routing = LabelRouting(topics.labels, self._require_group)
         self.states: dict[int, PartitionState] = {}
         self._checkpointed_ends: dict[int, int] | None = None  # E of the last checkpoint
         self._outage = False  # Kafka was unreachable since the last checkpoint
@@ -170,6 +171,8 @@ class Joiner:
                 if not REACHABILITY.reachable:
                     self._outage = True
                 records = group.poll(0.05)
+                if self._inputs is not None:  # after an interruption: inputs still the same?
+                    records = self._inputs.checked(records, self.states, group.seek)
                 for record in records:
                     self._apply(record)
                 self._count(records)
@@ -322,6 +325,8 @@ class Joiner:
         if starts and self._lost(latest_ends(starts.values())):  # from an emptied broker
             self._start_over([p for p in partitions if p not in kept])
             starts = {}
+        elif self._inputs is not None:  # an input re-created alone: read it from its start
+            self._inputs.recheck({p: self.states[p] for p in partitions if p not in kept})
         emitted = self._samples_log.emitted_since(starts)  # 2.
         for p in partitions:
             if p in kept:

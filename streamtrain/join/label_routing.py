@@ -26,6 +26,7 @@ from collections.abc import Callable
 
 from streamtrain import metrics
 from streamtrain.join.partition_state import DeadLetter, SourceRecord
+from streamtrain.kafka.group_consumer import CoPartitionedGroup
 from streamtrain.kafka.partitioner import KEY_PARTITIONER, LIBRDKAFKA_PARTITIONER, partition_for
 
 log = logging.getLogger(__name__)
@@ -36,18 +37,19 @@ WRONG_PARTITION = "wrong_partition"
 class LabelRouting:
     """Checks labels of ``labels_topic`` against the partitioning rule (module docstring).
 
-    ``partition_count`` is asked once (and again after :meth:`refresh`).
+    ``group`` gives the member whose metadata says how many partitions the topic has (asked
+    once, and again after :meth:`refresh`).
     """
 
     def __init__(
         self,
         labels_topic: str,
-        partition_count: Callable[[], int],
+        group: Callable[[], CoPartitionedGroup],
         warn_every_s: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._topic = labels_topic
-        self._partition_count = partition_count
+        self._group = group
         self._count: int | None = None
         self._warn_every_s = warn_every_s
         self._clock = clock
@@ -64,7 +66,7 @@ class LabelRouting:
         if record.key is None:
             return None
         if self._count is None:
-            self._count = self._partition_count()
+            self._count = self._group().partition_count(self._topic)
         expected = partition_for(record.key, self._count)
         return None if expected == record.partition else expected
 

@@ -43,6 +43,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from streamtrain.kafka.record_mark import RecordMark, mark_of
 from streamtrain.spec import SampleSpec
 from streamtrain.wire import BINARY_MAGIC, BINARY_MAGIC_V2
 from streamtrain.wire.content_type import content_type_of
@@ -148,6 +149,9 @@ class PartitionState:
     predictions_offset: int = 0
     """Next offset of the predictions partition to apply."""
     labels_offset: int = 0
+    predictions_mark: RecordMark | None = None
+    """Fingerprint of the record before ``predictions_offset`` (join.input_logs)."""
+    labels_mark: RecordMark | None = None
     predictions_seen_until: float = 0.0
     """Epoch seconds the prediction log is known to be read up to (record or caught-up time)."""
     labels_seen_until: float = 0.0
@@ -157,6 +161,7 @@ class PartitionState:
 
     def add_prediction(self, record: SourceRecord) -> list[Action]:
         self.predictions_offset = record.offset + 1
+        self.predictions_mark = mark_of(record)
         self._saw_predictions(self._read_up_to(record))
         try:
             logged = decode_prediction(record.value)
@@ -185,6 +190,7 @@ class PartitionState:
 
     def add_label(self, record: SourceRecord) -> list[Action]:
         self.labels_offset = record.offset + 1
+        self.labels_mark = mark_of(record)
         stamp = self._stamp(record)
         self.saw_labels_until(self._read_up_to(record))
         try:

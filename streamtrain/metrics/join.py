@@ -88,6 +88,13 @@ JOIN_MISROUTED_LABELS = Counter(
     "partitioner) gives their key; they cannot meet their predictions.",
     registry=JOIN_REGISTRY,
 )
+JOIN_INPUT_RESETS = Counter(
+    "streamtrain_join_input_resets_total",
+    "Times a predictions or labels partition was not the log the join read (its record at "
+    "the checkpointed position differed) and was read again from its start.",
+    ["topic"],
+    registry=JOIN_REGISTRY,
+)
 JOIN_CHECKPOINT_AGE = Gauge(
     "streamtrain_join_checkpoint_age_seconds",
     "Seconds since the last join checkpoint was written.",
