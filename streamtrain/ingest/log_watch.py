@@ -39,7 +39,7 @@ import numpy as np
 import numpy.typing as npt
 
 from streamtrain.ingest.decode import KafkaRecord
-from streamtrain.kafka import OffsetOutOfRange, RecordConsumer
+from streamtrain.kafka import OffsetOutOfRange, PartitionReader, RecordConsumer
 from streamtrain.kafka.reachability import REACHABILITY
 from streamtrain.kafka.record_mark import RecordMark, mark_of
 
@@ -49,6 +49,7 @@ OnOffsetReset = Literal["earliest", "latest", "fail"]
 
 VERIFY_TIMEOUT_S = 5.0  # one try; an undecided partition is tried again on the next poll
 _VERIFY_POLL_MS = 50
+_VERIFY_RECORDS = 100  # enough for the first record of each partition; no big decode
 
 
 class OffsetResetFailed(RuntimeError):
@@ -92,7 +93,7 @@ def verify_marks(
     try:
         while pending and time.monotonic() < deadline:
             try:
-                records = consumer.poll(timeout_ms=_VERIFY_POLL_MS, max_records=1000)
+                records = consumer.poll(timeout_ms=_VERIFY_POLL_MS, max_records=_VERIFY_RECORDS)
             except OffsetOutOfRange as exc:
                 for p in exc.positions:
                     if p in pending:
@@ -131,6 +132,22 @@ def _compare(
         why = mark.differs(mark_of(record))
         if why is not None:
             verdict.replaced[record.partition] = why
+
+
+def reread_mark(reader: PartitionReader, mark: RecordMark, deadline: float) -> str | None:
+    """Why the record at ``mark.offset`` of ``reader``'s partition is not the one read (None
+    when it is); :class:`~streamtrain.kafka.ReadTimeout` when the broker does not answer."""
+    low, high = reader.bounds(deadline)
+    if high <= mark.offset:
+        return f"the log ends at {high}, before the record at offset {mark.offset} read before"
+    if low > mark.offset:
+        return f"the log no longer holds offset {mark.offset} (it starts at {low})"
+    verdict = LogVerdict()
+    pending = {reader.partition: mark}
+    _compare(list(reader.read(mark.offset, mark.offset + 1, deadline)), pending, verdict)
+    if pending:
+        return f"the log has no record at offset {mark.offset} any more"
+    return verdict.replaced.get(reader.partition)
 
 
 class LogWatch:
