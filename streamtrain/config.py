@@ -102,8 +102,8 @@ class IngestSettings(_Frozen):
     start_from: Literal["committed", "earliest", "latest"] = "committed"
     on_offset_reset: Literal["earliest", "latest", "fail"] = Field(
         "earliest",
-        description="When a partition's log no longer holds the next offset (truncated, "
-        "re-created topic): go on from its start, its end, or stop the trainer.",
+        description="When a partition's log no longer holds the next offset or is another "
+        "log (truncated, re-created topic): go on from its start, its end, or stop the trainer.",
     )
     max_batch_size: int = Field(256, ge=1, le=1_000_000)
     max_wait_ms: int = Field(50, ge=0, le=600_000)
@@ -349,7 +349,8 @@ class JoinSettings(_Frozen):
     on_log_lost: Literal["earliest", "fail"] = Field(
         "earliest",
         description="When Kafka no longer holds the samples the checkpoints saw (emptied "
-        "broker, re-created topic): start over from the inputs' start, or stop (exit 6).",
+        "broker, re-created topic): start over from the inputs' start, or stop (exit 6); "
+        "when an input partition was replaced: read it again from its start, or stop.",
     )
     group_id: str = Field("streamtrain-join", min_length=1)
     session_timeout_ms: int = Field(
