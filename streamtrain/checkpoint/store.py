@@ -193,7 +193,10 @@ class CheckpointStore:
                 data_watermark=state.data_watermark,
                 created_at=time.time(),
                 rng=rng,
-                extra={**state.extra, LOG_MARKS: marks_to_json(state.marks)},
+                # Only with marks: a checkpoint without them reads as one written before them.
+                extra={**state.extra, LOG_MARKS: marks_to_json(state.marks)}
+                if state.marks
+                else state.extra,
                 files=digests,
             )
         except ValueError as exc:
