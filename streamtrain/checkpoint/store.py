@@ -31,7 +31,7 @@ from streamtrain.kafka.record_mark import marks_to_json
 
 log = logging.getLogger(__name__)
 
-_STEP_DIR = re.compile(r"^step-(\d+)$")
+_STEP_DIR = re.compile(r"^step-([0-9]{1,19})$")
 _TMP = ".tmp-"
 _REPLACED = ".replaced-"
 _ABANDONED = ".abandoned-"
