@@ -17,6 +17,7 @@ META_FILE = "meta.json"
 # In ``extra`` (not a field of its own): streamtrain versions from before it read the
 # checkpoint still, and a checkpoint without it loads here with its positions unchecked.
 LOG_MARKS = "log_marks"
+TOPIC_ID = "topic_id"  # the samples topic's id (KIP-516) where the broker reports one
 
 _Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 _NonNegative = Annotated[int, Field(ge=0)]

@@ -38,6 +38,7 @@ from streamtrain.ingest.decode import KafkaRecord, decode_records
 from streamtrain.ingest.log_order import LogOrder
 from streamtrain.ingest.log_watch import LogWatch, OffsetResetFailed, OnOffsetReset
 from streamtrain.kafka import KafkaConnection, OffsetOutOfRange, RecordConsumer, record_consumer
+from streamtrain.kafka.admin import topic_id
 from streamtrain.kafka.record_mark import RecordMark
 from streamtrain.kafka.watermark import true_ends
 from streamtrain.spec import SampleSpec
@@ -104,6 +105,8 @@ class KafkaSampleSource:
         )
         try:
             self._partitions = self._choose_partitions(partitions)
+            # KIP-516: a re-created topic has a new id (None where the broker has none).
+            self.topic_id = topic_id(kafka, topic) if consumer is None else None
             self._consumer.assign(self._partitions)
             self._positions = self._start(start_from)
             self._log_watch = LogWatch(self._consumer, self._partitions)
@@ -162,11 +165,21 @@ class KafkaSampleSource:
         """Partition -> next offset to read after every batch returned so far."""
         return dict(self._positions)
 
-    def resume(self, offsets: Mapping[int, int], marks: Mapping[int, RecordMark]) -> None:
-        """:meth:`seek` to stored positions whose last records were ``marks``: before any
-        record of those partitions is used, the log is checked to still hold those records
-        (semantics 5)."""
+    def resume(
+        self,
+        offsets: Mapping[int, int],
+        marks: Mapping[int, RecordMark],
+        stored_topic_id: str | None = None,
+    ) -> None:
+        """:meth:`seek` to stored positions whose last records were ``marks``, in a topic whose
+        id was ``stored_topic_id``: a different topic id now is an offset reset of every
+        partition at once; otherwise, before any record of those partitions is used, the log is
+        checked to still hold those records (semantics 5)."""
         self.seek(offsets)
+        if stored_topic_id and self.topic_id and stored_topic_id != self.topic_id:
+            why = f"the topic id is {self.topic_id}, not {stored_topic_id}: a re-created topic"
+            self._reset({p: why for p in offsets if p in self._partitions})
+            return
         known = {p: m for p, m in marks.items() if p in offsets and m.offset + 1 == offsets[p]}
         self._marks.update(known)
         self._log_watch.expect(known)

@@ -33,6 +33,7 @@ from torch.optim.lr_scheduler import LRScheduler
 from streamtrain import health, metrics
 from streamtrain.batch import Batch
 from streamtrain.checkpoint import CheckpointStore, TrainerState, check_world_size
+from streamtrain.checkpoint.meta import TOPIC_ID
 from streamtrain.ingest.device import to_device
 from streamtrain.kafka.record_mark import RecordMark
 from streamtrain.train.cadence import EveryPolicy
@@ -182,7 +183,7 @@ class Trainer:
             watermark=state.data_watermark,
             marks=dict(state.marks),
         )
-        self._source.resume(state.offsets, state.marks)
+        self._source.resume(state.offsets, state.marks, state.extra.get(TOPIC_ID))
         self._checkpointed = (state.step, dict(self._progress.offsets))
         self._learner.snapshot_good_state()
         self._snapshot_policy.mark(state.step)
@@ -348,6 +349,7 @@ class Trainer:
             model_settings=self._model_settings,
             data_watermark=progress.watermark,
             marks=dict(progress.marks),
+            extra={} if self._source.topic_id is None else {TOPIC_ID: self._source.topic_id},
         )
         self._checkpoints.save(state, *self._learner_parts())
         self._checkpoint_policy.mark(progress.step)

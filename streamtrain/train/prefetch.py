@@ -25,7 +25,15 @@ class SampleSource(Protocol):
 
     def seek(self, offsets: Mapping[int, int]) -> None: ...
 
-    def resume(self, offsets: Mapping[int, int], marks: Mapping[int, RecordMark]) -> None: ...
+    def resume(
+        self,
+        offsets: Mapping[int, int],
+        marks: Mapping[int, RecordMark],
+        stored_topic_id: str | None = None,
+    ) -> None: ...
+
+    @property
+    def topic_id(self) -> str | None: ...
 
     def positions(self) -> dict[int, int]: ...
 

@@ -9,14 +9,18 @@ that offset) tells the logs apart. Both client libraries are run whatever
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
+from kafka import KafkaProducer
 
 from streamtrain.broker import EmbeddedBroker
+from streamtrain.kafka import create_topics
 from tests.integration.process_output import await_condition
 from tests.integration.test_kafka_outage import (
     RESETS,
@@ -96,7 +100,49 @@ def test_a_topic_re_created_longer_while_stopped_is_noticed_at_start(
         metrics = trainer.metrics()
         assert metrics[SAMPLES] == 500, trainer.output.text()
         assert metrics[RESETS % "earliest"] == 1.0, trainer.output.text()
-        assert "is not the one read before" in trainer.output.text()
+        # The embedded broker reports topic ids (KIP-516): the new id says it first.
+        assert "a re-created topic" in trainer.output.text()
+
+
+def _produce_stamped(bootstrap: str, topic: str, x: np.ndarray, y: np.ndarray) -> None:
+    """Samples with fixed record timestamps: producing them again gives identical records."""
+    create_topics(bootstrap, [topic], 1)
+    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+    for i, (features, label) in enumerate(zip(x, y, strict=True)):
+        body = {"features": features.tolist(), "label": int(label), "timestamp": 1.7e9 + i}
+        stamp = 1_700_000_000_000 + i
+        producer.send(topic, json.dumps(body).encode(), partition=0, timestamp_ms=stamp)
+    producer.flush()
+    producer.close()
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_a_byte_identical_re_created_topic_is_told_by_its_topic_id(
+    broker: EmbeddedBroker, unique_name: str, tmp_path: Path, client: str
+) -> None:
+    """The fingerprints' blind spot (the same records again, timestamps included) is covered
+    where the broker reports topic ids: the re-created topic has a new one."""
+    x, y = hyperplane_stream(500, seed=31)
+    topic = f"{unique_name}-samples"
+    _produce_stamped(broker.bootstrap_servers, topic, x[:300], y[:300])
+    checkpoints = tmp_path / "checkpoints"
+    with _start(broker, unique_name, tmp_path, "earliest", client):
+        await_condition(
+            lambda: checkpoints.exists() and _checkpointed_offsets(checkpoints) == {"0": 300},
+            "a checkpoint at offset 300",
+            60,
+        )
+    extra = checkpoint_meta(checkpoints)["extra"]
+    assert isinstance(extra, dict) and extra.get("topic_id"), extra
+    broker.stop()
+    broker.start()
+    _produce_stamped(broker.bootstrap_servers, topic, x, y)  # the same 300 first, then 200
+    with _start(broker, unique_name, tmp_path, "earliest", client) as trainer:
+        await_condition(lambda: trainer.metrics().get(SAMPLES, 0) >= 500, "all 500", 120)
+        metrics = trainer.metrics()
+        assert metrics[SAMPLES] == 500, trainer.output.text()
+        assert metrics[RESETS % "earliest"] == 1.0, trainer.output.text()
+        assert f"not {extra['topic_id']}: a re-created topic" in trainer.output.text()
 
 
 def _checkpointed_offsets(root: Path) -> object:
