@@ -28,6 +28,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from streamtrain.ascii_int import parse_ascii_int
+
 
 class MarkedRecord(Protocol):
     """The fields a fingerprint reads (every consumed record of both clients has them)."""
@@ -120,7 +122,8 @@ def marks_from_json(doc: Any) -> dict[int, RecordMark]:
         raise ValueError(f"record marks must be a JSON object, got {type(doc).__name__}")
     marks = {}
     for key, value in doc.items():
-        if not isinstance(key, str) or not key.isdigit():
+        partition = parse_ascii_int(key) if isinstance(key, str) else None
+        if partition is None:
             raise ValueError(f"record marks: partition {key!r} is not a non-negative integer")
-        marks[int(key)] = RecordMark.from_json(value)
+        marks[partition] = RecordMark.from_json(value)
     return marks
