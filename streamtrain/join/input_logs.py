@@ -77,6 +77,8 @@ class InputLogs:
         self._on_log_lost: OnLogLost = on_log_lost
         self._interruptions = interruptions
         self._seen = interruptions()
+        # A closed label set at 0 from the start: increase() sees the first reset.
+        metrics.export_at_zero(metrics.JOIN_INPUT_RESETS, [(predictions,), (labels,)])
 
     def checked(
         self,

@@ -202,15 +202,7 @@ class Joiner:
         state = self.states.get(record.partition)
         if state is None:  # fetched before a revoke: the new owner applies it
             return
-        source = SourceRecord(
-            record.topic,
-            record.partition,
-            record.offset,
-            record.timestamp,
-            record.key,
-            record.value,
-            record.headers,
-        )
+        source = SourceRecord.of(record)
         if record.topic == self.topics.predictions:
             self._carry_out(state, state.add_prediction(source))
         else:

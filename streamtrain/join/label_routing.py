@@ -25,13 +25,11 @@ import time
 from collections.abc import Callable
 
 from streamtrain import metrics
-from streamtrain.join.partition_state import DeadLetter, SourceRecord
+from streamtrain.join.partition_state import WRONG_PARTITION, DeadLetter, SourceRecord
 from streamtrain.kafka.group_consumer import CoPartitionedGroup
 from streamtrain.kafka.partitioner import KEY_PARTITIONER, LIBRDKAFKA_PARTITIONER, partition_for
 
 log = logging.getLogger(__name__)
-
-WRONG_PARTITION = "wrong_partition"
 
 
 class LabelRouting:

@@ -43,6 +43,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, get_args
 
+from streamtrain.ingest.decode import KafkaRecord
 from streamtrain.kafka.record_mark import RecordMark, mark_of
 from streamtrain.spec import SampleSpec
 from streamtrain.wire import BINARY_MAGIC, BINARY_MAGIC_V2
@@ -65,9 +66,14 @@ Outcome = Literal["joined", "default_label"]
 """How an emitted sample got its label (the ``streamtrain-join-outcome`` header)."""
 ExpiryCause = Literal["window", "evicted"]
 EXPIRY_CAUSES: tuple[ExpiryCause, ...] = get_args(ExpiryCause)
+WRONG_PARTITION = "wrong_partition"
+"""An ``unknown_id`` label placed by another partitioner (:mod:`streamtrain.join.label_routing`)."""
 # Every (source, reason) a record may be dead-lettered for: the metric's closed label set.
 DEAD_LETTER_REASONS: tuple[tuple[str, str], ...] = (
-    *(("labels", r) for r in (*get_args(LabelReason), "unknown_id", "late", "duplicate")),
+    *(
+        ("labels", r)
+        for r in (*get_args(LabelReason), "unknown_id", WRONG_PARTITION, "late", "duplicate")
+    ),
     *(("predictions", r) for r in (*get_args(PredictionReason), "duplicate")),
 )
 
@@ -83,6 +89,19 @@ class SourceRecord:
     key: bytes | None
     value: bytes | None
     headers: Sequence[tuple[str, bytes]]
+
+    @classmethod
+    def of(cls, record: KafkaRecord) -> SourceRecord:
+        """The fields the join keeps of a consumed record."""
+        return cls(
+            record.topic,
+            record.partition,
+            record.offset,
+            record.timestamp,
+            record.key,
+            record.value,
+            record.headers,
+        )
 
 
 @dataclass(frozen=True)
