@@ -16,7 +16,7 @@ holds a reference to the learner (a deep copy of the model stays a plain model).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -61,7 +61,7 @@ class Objective:
             for handle in handles:
                 handle.remove()
 
-    def _keep(self, name: str) -> object:
+    def _keep(self, name: str) -> Callable[[nn.Module, tuple[torch.Tensor, ...], object], None]:
         def hook(_module: nn.Module, args: tuple[torch.Tensor, ...], _out: object) -> None:
             if name in self._captured:
                 raise RuntimeError(

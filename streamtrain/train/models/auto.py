@@ -89,6 +89,7 @@ class LinearAndMLP(nn.Module):
         hidden = self.first(x)
         wide = hidden[:, : self.width]
         deep = self.deep(self.body(hidden[:, self.width :]))
+        out: torch.Tensor
         if self.mixer is not None:
             out = self.mixer(torch.stack([wide, deep], dim=-1))
         else:

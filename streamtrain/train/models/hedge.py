@@ -43,6 +43,7 @@ class HedgeMixer(nn.Module):
     """
 
     loss_sync: LossSync | None
+    losses: torch.Tensor  # a buffer: each head's discounted prequential loss
 
     def __init__(self, heads: int, spec: SampleSpec, *, eta: float, window: int) -> None:
         super().__init__()
