@@ -102,10 +102,15 @@ class Objective:
         else:
             labels_k = labels.reshape(heads.shape[:2])[..., None].expand(-1, -1, count)
         per = self.head.per_sample_loss(heads, labels_k)  # [n, heads]
-        sums = (per * w.to(per.dtype)[:, None]).sum(dim=0)
-        total = w.sum().to(per.dtype).clamp_min(1e-12)
+        w = w.to(per.dtype)
+        sums = (per * w[:, None]).sum(dim=0)
+        total = w.sum().clamp_min(1e-12)
+        assert self.mixer is not None
         with torch.no_grad():
-            reported = self.head.loss(mixed, labels, w)
+            if self.head.spec.task == "regression":
+                reported = self.head.loss(mixed, labels, w)
+            else:  # log loss of the mix, from the heads' log losses
+                reported = (self.mixer.mixed_loss(per) * w).sum() / total
         return StepLoss(sums.sum() / total, reported, sums.detach())
 
     def after_step(self, loss: StepLoss, samples: int) -> None:

@@ -116,7 +116,7 @@ def test_two_rank_steps_equal_union_steps(task: str, name: str, tmp_path: Path) 
                 assert g[:2] == pytest.approx(e[:2], rel=1e-5, abs=1e-6)
     assert [o[3] for o in expected] == [1, 1, 1, 0]  # the poisoned step was refused
     if name == "auto":  # the mix has moved, identically on both ranks (checked above)
-        assert not torch.equal(want["mixer.losses"], torch.zeros(2))
+        assert not torch.equal(want["head.mixer.losses"], torch.zeros(2))
 
 
 def test_partitions_are_split_disjointly_and_deterministically() -> None:

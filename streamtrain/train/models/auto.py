@@ -50,7 +50,7 @@ class LinearAndMLP(nn.Module):
     >>> model(torch.zeros(2, 4)).shape
     torch.Size([2, 3])
     >>> sorted(k for k in model.state_dict() if not k.startswith("standardize"))
-    ['deep.bias', 'deep.weight', 'first.bias', 'first.weight', 'mixer.losses']
+    ['deep.bias', 'deep.weight', 'first.bias', 'first.weight', 'head.mixer.losses']
     """
 
     def __init__(self, spec: SampleSpec, params: AutoParams) -> None:
@@ -74,13 +74,7 @@ class LinearAndMLP(nn.Module):
             layers.append(nn.Dropout(params.dropout))
         self.body = nn.Sequential(*layers)
         self.deep = nn.Linear(sizes[-1], self.width)
-        self.mixer = (
-            HedgeMixer(2, spec, eta=params.hedge_eta, window=params.hedge_window)
-            if params.combine == "hedge"
-            else None
-        )
-        self.targets = make_target_scaler(params, spec)
-        self._squeeze = spec.task == "binary"
+        self.head = CombinedHead(spec, params)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.flatten(1)
@@ -89,6 +83,26 @@ class LinearAndMLP(nn.Module):
         hidden = self.first(x)
         wide = hidden[:, : self.width]
         deep = self.deep(self.body(hidden[:, self.width :]))
+        out: torch.Tensor = self.head(wide, deep)
+        return out
+
+
+class CombinedHead(nn.Module):
+    """The two heads' outputs to the task's: Hedge mixture or sum, then (regression) the
+    targets' de-standardisation, then the output convention. Its state is ``head.mixer.*``
+    and ``head.targets.*``, as every built-in's output layer is ``head``."""
+
+    def __init__(self, spec: SampleSpec, params: AutoParams) -> None:
+        super().__init__()
+        self.mixer = (
+            HedgeMixer(2, spec, eta=params.hedge_eta, window=params.hedge_window)
+            if params.combine == "hedge"
+            else None
+        )
+        self.targets = make_target_scaler(params, spec)
+        self._squeeze = spec.task == "binary"
+
+    def forward(self, wide: torch.Tensor, deep: torch.Tensor) -> torch.Tensor:
         out: torch.Tensor
         if self.mixer is not None:
             out = self.mixer(torch.stack([wide, deep], dim=-1))
