@@ -14,11 +14,12 @@ from streamtrain.cli.command import app
 from streamtrain.cli.common import (
     CONFIG_OPTION,
     ExitCode,
+    bind_failure_message,
+    bound_url,
     describe_model,
     fail,
     is_kafka_failure,
     kafka_failure_message,
-    port_in_use_message,
     require_writable_dir,
     settings_from,
     setup_logging,
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
     from streamtrain.train.loop import Trainer, TrainSummary
 
 
-@app.command()
+@app.command(short_help="Learn from the samples topic; publish weight snapshots.")
 def train(
     config: Path | None = CONFIG_OPTION,
     bootstrap_servers: str | None = typer.Option(None, help="Kafka host:port list."),
@@ -53,7 +54,7 @@ def train(
     max_restarts: int = typer.Option(
         0, min=0, help="With --nproc: times torchrun restarts the group after a rank dies."
     ),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
 ) -> None:
     """Consume samples, take gradient steps, publish snapshots, checkpoint; Ctrl-C stops cleanly."""
     if (
@@ -69,6 +70,7 @@ def train(
     from streamtrain.devices import resolve_device
     from streamtrain.ingest.log_watch import OffsetResetFailed
     from streamtrain.kafka import KafkaConfigError, KafkaConnection, create_topics
+    from streamtrain.snapshot.versions import VersionLookupFailed
     from streamtrain.train.prefetch import SourceFailed
 
     setup_logging(verbose)
@@ -103,10 +105,12 @@ def train(
 
         registry = rank_registry(registry, int(os.environ["RANK"]))
     try:
-        server = metrics.serve_metrics(registry, metrics_port, routes=health.routes())
+        server = metrics.serve_metrics(
+            registry, metrics_port, settings.train.metrics_host, routes=health.routes()
+        )
     except OSError as exc:
         fail(
-            port_in_use_message("--metrics-port", metrics_port, exc),
+            bind_failure_message("--metrics-port", settings.train.metrics_host, metrics_port, exc),
             ExitCode.LOCAL_RESOURCE,
         )
     topics = settings.topics
@@ -131,8 +135,8 @@ def train(
     describe_model(metrics.TRAIN_MODEL_INFO, settings)
     if resolve_device(settings.train.device).type == "cuda":
         metrics.export_cuda_metrics()
-    typer.echo(f"trainer metrics: http://127.0.0.1:{server.server_port}/metrics")
-    typer.echo(f"trainer health:  http://127.0.0.1:{server.server_port}/health/ready")
+    typer.echo(f"trainer metrics: {bound_url(server, '/metrics')}")
+    typer.echo(f"trainer health:  {bound_url(server, '/health/ready')}")
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: trainer.request_stop())
     try:
@@ -140,6 +144,9 @@ def train(
     except WorldSizeMismatch as exc:
         server.shutdown()
         fail(str(exc))
+    except VersionLookupFailed as exc:
+        server.shutdown()
+        fail(str(exc), ExitCode.KAFKA_UNREACHABLE)
     except SourceFailed as exc:
         if not isinstance(exc.__cause__, OffsetResetFailed):
             raise
@@ -179,13 +186,29 @@ def _leave_group(trainer: Trainer) -> None:
 
 
 def _print_summary(summary: TrainSummary) -> None:
+    """The stop line, in the words of README and docs/metrics.md: the trainer *step* (what
+    versions and checkpoints count) and samples learned are the run's; optimizer updates and
+    rejected records are this process's."""
     resumed = (
         f", resumed from step {summary.resumed_from_step}"
         if summary.resumed_from_step is not None
         else ""
     )
     typer.echo(
-        f"stopped ({summary.stop_reason}) run {summary.run_id}: {summary.steps} steps, "
-        f"{summary.samples_seen} samples in {summary.elapsed_seconds:.1f} s{resumed}; "
-        f"rolling loss {summary.rolling_loss:.4f}, score {summary.rolling_score:.4f}"
+        f"stopped ({summary.stop_reason}) run {summary.run_id} at step {summary.steps}: "
+        f"{summary.samples_seen} samples learned; this process: "
+        f"{summary.optimizer_updates} optimizer updates, "
+        f"{summary.records_rejected} records rejected, {summary.elapsed_seconds:.1f} s{resumed}; "
+        f"rolling loss {summary.rolling_loss:.4f}, {summary.score_name} "
+        f"{summary.rolling_score:.4f}"
     )
+    if summary.samples_seen == 0:
+        typer.echo(
+            "nothing learned, so no snapshot was published"
+            + (
+                f": all {summary.records_rejected} records were rejected (see the WARNING "
+                "lines above and the dead-letter topic)"
+                if summary.records_rejected
+                else ""
+            )
+        )

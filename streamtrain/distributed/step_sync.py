@@ -35,6 +35,8 @@ class GradientSync:
 
     def __init__(self, sparse: Iterable[torch.Tensor] = ()) -> None:
         self._sparse = {id(p) for p in sparse}
+        # only a trainer with several ranks exports the all-reduce time
+        metrics.export_on_first_value(metrics.TRAINER_REGISTRY, metrics.TRAIN_ALLREDUCE_SECONDS)
 
     def reduce(
         self,

@@ -198,7 +198,7 @@ class Learner:
         3. Guard: ONE host synchronization per step reads a single flag combining "loss is
            finite" and "total gradient norm is finite" (a non-finite gradient makes the norm
            non-finite). A bad step is not applied: gradients are dropped and it is counted
-           (``streamtrain_train_skipped_steps``); the ``max_bad_steps``-th bad step in a row
+           (``streamtrain_train_skipped_updates``); the ``max_bad_steps``-th bad step in a row
            restores the last good model and optimizer state
            (``streamtrain_train_rollbacks``).
         4. A good step: every ``good_state_every`` good steps the current (pre-step) state is
@@ -310,7 +310,7 @@ class Learner:
         if self._scaler is not None:
             # unscale_ recorded the overflow: update() lowers the scale for the next step
             self._scaler.update()
-        metrics.TRAIN_SKIPPED_STEPS.inc()
+        metrics.TRAIN_SKIPPED_UPDATES.inc()
         if verdict is Verdict.ROLLBACK:
             self.restore_last_good()
             metrics.TRAIN_ROLLBACKS.inc()
