@@ -22,7 +22,7 @@ import torch.distributed as dist
 from torch import nn
 
 from streamtrain import metrics
-from streamtrain.distributed.sparse_sync import gather_sparse_grads
+from streamtrain.distributed.sparse_sync import gather_ids, gather_sparse_grads
 from streamtrain.train.models.hedge import find_mixer
 from streamtrain.train.models.standardize import OnlineStandardize
 
@@ -84,6 +84,10 @@ class GradientSync:
             p.grad = (buffer[offset : offset + size] / weight).view_as(p).to(p.dtype)
             offset += size
         return buffer[-4] / weight, buffer[-1], union_samples
+
+    def gather_ids(self, ids: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The union batch's IDs of each dynamic table (``sparse_sync.gather_ids``)."""
+        return gather_ids(ids)
 
 
 class MomentsSync:
