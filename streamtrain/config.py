@@ -150,7 +150,9 @@ class SparseFeatureSettings(_Frozen):
 
 
 class ModelSettings(_Frozen):
-    name: str = Field("mlp", description="Built-in name or a 'package.module:factory' path.")
+    # `auto` (a linear and an MLP head mixed by Hedge) measured never worse than either alone:
+    # docs/models.md, "Defaults and the evidence"
+    name: str = Field("auto", description="Built-in name or a 'package.module:factory' path.")
     task: Task = "multiclass"
     input_shape: tuple[int, ...] = (16,)
     num_classes: int = Field(2, ge=2)
