@@ -7,7 +7,8 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,6 +52,13 @@ class Consumed:
 def make_topics(kafka: KafkaConnection, topics: JoinTopics, partitions: int) -> None:
     create_topics(kafka, [topics.predictions, topics.labels], partitions)
     create_topics(kafka, [topics.samples, topics.dead_letter], 1)
+
+
+def new_topics(kafka: KafkaConnection, name: str, partitions: int) -> JoinTopics:
+    """A test's own join topics, named after ``name`` and created (inputs with ``partitions``)."""
+    topics = JoinTopics.named(name)
+    make_topics(kafka, topics, partitions)
+    return topics
 
 
 def served_sample(i: int, served_at: float) -> bytes:
@@ -163,6 +171,24 @@ def start_join(env: Mapping[str, str]) -> subprocess.Popen[str]:
         stderr=subprocess.STDOUT,
         text=True,
     )
+
+
+@dataclass
+class JoinRun:
+    process: subprocess.Popen[str]
+    output: str = ""  # all it wrote, once the ``with`` block has ended
+
+
+@contextmanager
+def joining(env: Mapping[str, str]) -> Iterator[JoinRun]:
+    """A `streamtrain join` for the ``with`` block, then SIGTERM (which checkpoints); it must
+    exit 0 when the block ended without an error."""
+    run = JoinRun(start_join(env))
+    try:
+        yield run
+    finally:
+        code, run.output = stop_join(run.process)
+    assert code == 0, run.output
 
 
 def metrics_url(env: Mapping[str, str]) -> str:

@@ -10,12 +10,11 @@ from pathlib import Path
 from streamtrain.kafka import KafkaConnection
 from tests.integration.join_harness import (
     HEAD,
-    JoinTopics,
     by_id,
     join_env,
     join_metric,
-    make_topics,
     metrics_url,
+    new_topics,
     produce_labels,
     produce_predictions,
     read_topic,
@@ -41,8 +40,7 @@ def test_labels_are_joined_exactly_once_across_kill_9_of_replicas(
     kafka_connection: KafkaConnection, unique_name: str, tmp_path: Path
 ) -> None:
     kafka = kafka_connection
-    topics = JoinTopics.named(unique_name)
-    make_topics(kafka, topics, partitions=2)
+    topics = new_topics(kafka, unique_name, partitions=2)
     ids = [f"r-{i}" for i in range(COUNT)]
     served = produce_predictions(kafka, topics.predictions, ids, time.time())
     labels = {rid: i % 2 for i, rid in enumerate(ids)}

@@ -32,6 +32,7 @@ from tests.integration.join_harness import (
     join_metric,
     make_topics,
     metrics_url,
+    new_topics,
     produce_labels,
     produce_predictions,
     read_topic,
@@ -195,8 +196,7 @@ def test_join_rides_out_an_outage_that_keeps_the_data_and_joins_each_id_once(
     cut_broker: TcpCut, kafka_client: str, unique_name: str, tmp_path: Path
 ) -> None:
     kafka = KafkaConnection(f"127.0.0.1:{cut_broker.port}", client=kafka_client)  # type: ignore[arg-type]
-    topics = JoinTopics.named(unique_name)
-    make_topics(kafka, topics, partitions=1)
+    topics = new_topics(kafka, unique_name, partitions=1)
     extra = {"STREAMTRAIN_JOIN__CHECKPOINT_EVERY_S": "1", "STREAMTRAIN_JOIN__WINDOW_S": "600"}
     env = join_env(kafka, topics, tmp_path / "state", extra)
     join = RunningJoin(start_join(env), ProcessOutput(), env)

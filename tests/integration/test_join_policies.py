@@ -13,17 +13,15 @@ import pytest
 from streamtrain.kafka import KafkaConnection, record_producer
 from tests.integration.join_harness import (
     HEAD,
-    JoinTopics,
     by_id,
     join_env,
     join_metric,
-    make_topics,
+    joining,
     metrics_url,
+    new_topics,
     produce_labels,
     produce_predictions,
     read_topic,
-    start_join,
-    stop_join,
     wait_for_records,
 )
 from tests.integration.trainer_harness import scrape
@@ -38,8 +36,7 @@ def test_expiry_policy_and_dead_letter_reasons(
     kafka_connection: KafkaConnection, unique_name: str, tmp_path: Path, policy: str
 ) -> None:
     kafka = kafka_connection
-    topics = JoinTopics.named(unique_name)
-    make_topics(kafka, topics, partitions=1)
+    topics = new_topics(kafka, unique_name, partitions=1)
     served = produce_predictions(kafka, topics.predictions, JOINED + EXPIRING, time.time())
     junk = record_producer(kafka)
     junk.send(topics.predictions, b"not a prediction", key=b"junk-pred")
@@ -59,8 +56,7 @@ def test_expiry_policy_and_dead_letter_reasons(
         {**{rid: 1 for rid in JOINED}, "u-100": 1, "u-101": 0},
         raw={"bad-200": b'{"id": "bad-200", "label": 5}', "bad-201": b"\x00junk"},
     )
-    process = start_join(env)
-    try:
+    with joining(env) as run:
         url = metrics_url(env)
         expired = f'streamtrain_join_expired_predictions_total{{cause="window",policy="{policy}"}}'
         join_metric(url, expired, 4.5, timeout=60)
@@ -71,9 +67,6 @@ def test_expiry_policy_and_dead_letter_reasons(
         metrics = scrape(url)
         with urllib.request.urlopen(url.replace("/metrics", "/health/ready"), timeout=5) as ok:
             assert ok.status == 200
-    finally:
-        code, output = stop_join(process)
-    assert code == 0, output
 
     reasons = {
         (d.key or b"").decode(): d.headers["streamtrain-error"].split(b":")[0].decode()
@@ -88,7 +81,7 @@ def test_expiry_policy_and_dead_letter_reasons(
         "bad-201": "undecodable",
         "junk-pred": "undecodable",
     }
-    assert reasons == expected, output
+    assert reasons == expected, run.output
     assert len(dead) == len(expected)
     sources = {(d.key or b"").decode(): d.headers["streamtrain-source"].decode() for d in dead}
     assert sources["junk-pred"].startswith(f"{topics.predictions}/0/")
@@ -123,24 +116,19 @@ def test_after_downtime_labels_in_the_backlog_join_and_the_rest_expire(
     while it was down before it expires what they complete, and expires the others by the
     policy (here the default label)."""
     kafka = kafka_connection
-    topics = JoinTopics.named(unique_name)
-    make_topics(kafka, topics, partitions=1)
+    topics = new_topics(kafka, unique_name, partitions=1)
     extra = {
         "STREAMTRAIN_JOIN__WINDOW_S": str(WINDOW_S),
         "STREAMTRAIN_JOIN__ON_EXPIRED": "default_label",
         "STREAMTRAIN_JOIN__DEFAULT_LABEL": "0",
     }
     env = join_env(kafka, topics, tmp_path / "state", extra)
-    process = start_join(env)
-    try:
+    with joining(env):  # its stop checkpoints the ten pending predictions
         join_metric(metrics_url(env), "streamtrain_join_assigned_partitions", 0.5, timeout=60)
         served_at = time.time()
         served = produce_predictions(kafka, topics.predictions, JOINED + EXPIRING, served_at)
         pending = "streamtrain_join_pending_predictions_records"
         join_metric(metrics_url(env), pending, len(served) - 0.5, timeout=WINDOW_S)
-    finally:
-        code, output = stop_join(process)  # checkpoints the ten pending predictions
-    assert code == 0, output
     # In time, while the join is down, behind a backlog longer than one poll (1000 records):
     # the restarted join must read through it before it may expire anything.
     backlog = {f"u-{i}": 0 for i in range(3000)}
@@ -148,12 +136,8 @@ def test_after_downtime_labels_in_the_backlog_join_and_the_rest_expire(
     assert time.time() < served_at + WINDOW_S, "the labels were not sent within the window"
     # The downtime itself (not a synchronisation): every window ends before the join is back.
     time.sleep(served_at + WINDOW_S + 0.5 - time.time())
-    process = start_join(env)
-    try:
+    with joining(env):
         samples = wait_for_records(kafka, topics.samples, len(served), timeout=60)
-    finally:
-        code, output = stop_join(process)
-    assert code == 0, output
     outcomes = {
         rid: found.headers["streamtrain-join-outcome"].decode()
         for rid, (found,) in by_id(samples).items()

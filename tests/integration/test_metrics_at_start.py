@@ -29,7 +29,7 @@ from streamtrain.snapshot.verify import RejectReason
 from streamtrain.train.promotion_gate import HoldReason
 from streamtrain.wire.rejects import REASONS
 from tests.integration.cli_process import await_output, running_cli
-from tests.integration.join_harness import JoinTopics, join_env, make_topics
+from tests.integration.join_harness import join_env, new_topics
 from tests.integration.process_output import await_condition
 from tests.integration.trainer_harness import trainer_env
 
@@ -109,8 +109,7 @@ def _scrape_server(kafka_bootstrap: str, name: str) -> list[Sample]:
 
 
 def _scrape_join(kafka: KafkaConnection, name: str, tmp_path: Path) -> list[Sample]:
-    topics = JoinTopics.named(f"{name}-join")
-    make_topics(kafka, topics, 1)
+    topics = new_topics(kafka, f"{name}-join", 1)
     with running_cli(["join"], join_env(kafka, topics, tmp_path / "join")) as (_, output):
         url = await_output(output, r"join metrics: +(\S+)")
         return _samples(url)

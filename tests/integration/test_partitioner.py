@@ -27,16 +27,14 @@ from streamtrain.kafka.partitioner import partition_for
 from streamtrain.serve.server import ServingWorker, build_worker
 from streamtrain.spec import SampleSpec
 from tests.integration.join_harness import (
-    JoinTopics,
     by_id,
     join_env,
     join_metric,
-    make_topics,
+    joining,
     metrics_url,
+    new_topics,
     produce_predictions,
     read_topic,
-    start_join,
-    stop_join,
     wait_for_records,
 )
 from tests.integration.snapshot_harness import publish, wait
@@ -121,8 +119,7 @@ def test_labels_from_other_producers_join_or_are_reported(
     kafka_connection: KafkaConnection, unique_name: str, tmp_path: Path
 ) -> None:
     kafka = kafka_connection
-    topics = JoinTopics.named(unique_name)
-    make_topics(kafka, topics, partitions=PARTITIONS)
+    topics = new_topics(kafka, unique_name, partitions=PARTITIONS)
     by_kafka_python = [f"kp-{i}" for i in range(40)]
     by_librdkafka_murmur = [f"lm-{i}" for i in range(40)]
     by_librdkafka_default = [f"ld-{i}" for i in range(40)]
@@ -146,15 +143,11 @@ def test_labels_from_other_producers_join_or_are_reported(
         tmp_path / "state",
         {"STREAMTRAIN_JOIN__LABEL_WAIT_S": "0.5", "STREAMTRAIN_JOIN__WINDOW_S": "3600"},
     )
-    process = start_join(env)
-    try:
+    with joining(env) as run:
         url = metrics_url(env)
         metrics = join_metric(url, MISROUTED, len(misplaced) - 0.5, timeout=90)
         joined = wait_for_records(kafka, topics.samples, len(everyone) - len(misplaced), 90)
         dead = wait_for_records(kafka, topics.dead_letter, len(misplaced), 90)
-    finally:
-        code, output = stop_join(process)
-    assert code == 0, output
     assert metrics[MISROUTED] == len(misplaced)
     assert set(by_id(joined)) == set(everyone) - misplaced  # every murmur2-placed label joined
     reasons = {
@@ -162,6 +155,6 @@ def test_labels_from_other_producers_join_or_are_reported(
         for d in dead
     }
     assert reasons == {rid: "wrong_partition" for rid in misplaced}
-    warnings = [line for line in output.splitlines() if "partitioner=murmur2_random" in line]
-    assert len(warnings) == 1, output  # rate-limited: one line for the whole burst
+    warnings = [line for line in run.output.splitlines() if "partitioner=murmur2_random" in line]
+    assert len(warnings) == 1, run.output  # rate-limited: one line for the whole burst
     assert "consistent_random" in warnings[0] and "murmur2" in warnings[0], warnings
