@@ -6,27 +6,19 @@ mapping, the admission filter's counters and the eviction state."""
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
-import numpy as np
-import torch
-from kafka import KafkaProducer
 from safetensors.numpy import load_file
 
 from streamtrain.datasets.ctr import ctr, ctr_spec
-from streamtrain.kafka import create_topics
-from streamtrain.sparse_tensors import JaggedTensor
-from streamtrain.train.models import build_model
 from streamtrain.train.models.dynamic_table import EMPTY
 from tests.integration.trainer_harness import (
-    assert_same_state,
-    checkpoint_meta,
-    checkpoint_state,
-    kill_repeatedly,
+    assert_recovers_from_kill_9,
+    dlrm_log_loss,
     latest_checkpoint,
-    run_to_end,
-    trainer_env,
+    produce_sparse_json,
+    reference_run,
+    untrained_dlrm,
 )
 
 SPEC = ctr_spec()
@@ -79,44 +71,15 @@ def ctr_samples() -> list[dict[str, object]]:
     ]
 
 
-def produce(bootstrap: str, topic: str, samples: list[dict[str, object]]) -> None:
-    create_topics(bootstrap, [topic], 2)
-    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
-    for i, sample in enumerate(samples):
-        producer.send(topic, json.dumps(sample).encode(), partition=i % 2)
-    producer.flush()
-    producer.close()
-
-
-def log_loss(weights: dict[str, np.ndarray], samples: list[dict[str, object]]) -> float:
-    model = build_model("dlrm", SPEC, PARAMS)
-    model.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in weights.items()})
-    model.eval()
-    x = torch.tensor([s["features"] for s in samples], dtype=torch.float32)
-    sparse = {
-        name: JaggedTensor.from_lists([s["sparse"][name] for s in samples])  # type: ignore[index]
-        for name in ("user", "item")
-    }
-    y = torch.tensor([s["label"] for s in samples], dtype=torch.float32)
-    with torch.no_grad():
-        logits = model(x, sparse)
-    return float(torch.nn.functional.binary_cross_entropy_with_logits(logits, y))
-
-
 def test_dynamic_tables_learn_and_recover_bit_identical_after_kill_minus_9(
     kafka_bootstrap: str, unique_name: str, tmp_path: Path
 ) -> None:
     samples = ctr_samples()
-    produce(kafka_bootstrap, f"{unique_name}-samples", samples[:TRAIN])
+    produce_sparse_json(kafka_bootstrap, f"{unique_name}-samples", samples[:TRAIN])
     held_out = samples[TRAIN:]
 
     reference = tmp_path / "reference"
-    env = {**ENV, "STREAMTRAIN_INGEST__GROUP_ID": f"{unique_name}-ref"}
-    env["STREAMTRAIN_TOPICS__SNAPSHOTS"] = f"{unique_name}-snapshots-ref"
-    output = run_to_end(trainer_env(kafka_bootstrap, unique_name, reference, env))
-    expected = checkpoint_state(reference)
-    position = expected["position"]
-    assert isinstance(position, dict) and position["samples_seen"] == TRAIN, output
+    expected = reference_run(kafka_bootstrap, unique_name, reference, ENV, TRAIN)
 
     trained = load_file(str(latest_checkpoint(reference) / "model.safetensors"))
     users = trained["embeddings.mappings.t_users.slot_ids"]
@@ -126,17 +89,10 @@ def test_dynamic_tables_learn_and_recover_bit_identical_after_kill_minus_9(
     assert trained["embeddings.mappings.t_users.filter_counts"].any(), "filter counts are state"
     distinct = {s["sparse"]["user"][0] for s in samples[:TRAIN]}  # type: ignore[index]
     assert len(distinct) > 300, "more users than rows: the table must have evicted"
-    torch.manual_seed(0)
-    untrained = {
-        k: v.detach().numpy() for k, v in build_model("dlrm", SPEC, PARAMS).state_dict().items()
-    }
-    before, after = log_loss(untrained, held_out), log_loss(trained, held_out)
+    untrained = untrained_dlrm(SPEC, PARAMS)
+    before = dlrm_log_loss(SPEC, PARAMS, untrained, held_out)
+    after = dlrm_log_loss(SPEC, PARAMS, trained, held_out)
     assert after < 0.9 * before, f"held-out log loss {before:.3f} -> {after:.3f}"
 
     crash_dir = tmp_path / "crashing"
-    crashing = trainer_env(kafka_bootstrap, unique_name, crash_dir, ENV)
-    total_steps = checkpoint_meta(reference)["step"]
-    assert isinstance(total_steps, int)
-    kill_repeatedly(crashing, crash_dir, total_steps, 3, random.Random(11))
-    run_to_end(crashing)
-    assert_same_state(expected, checkpoint_state(crash_dir))
+    assert_recovers_from_kill_9(kafka_bootstrap, unique_name, crash_dir, ENV, reference, expected)

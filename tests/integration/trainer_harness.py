@@ -16,11 +16,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from kafka import KafkaProducer
 from safetensors.numpy import load_file
 
 from streamtrain.config import Settings, load_settings
 from streamtrain.kafka import create_topics
+from streamtrain.sparse_tensors import JaggedTensor
+from streamtrain.spec import SampleSpec
+from streamtrain.train.models import build_model
 
 FEATURES = 16
 
@@ -93,6 +97,51 @@ def produce_json(
     producer.flush()
     producer.close()
     return len(x)
+
+
+def produce_sparse_json(
+    bootstrap: str, topic: str, samples: list[dict[str, object]], junk_every: int | None = None
+) -> None:
+    """JSON samples with sparse IDs, alternating over a new topic's two partitions; with
+    ``junk_every``, a sample naming an undeclared sparse feature after every so many (it is
+    dead-lettered, never learned)."""
+    create_topics(bootstrap, [topic], 2)
+    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+    for i, sample in enumerate(samples):
+        producer.send(topic, json.dumps(sample).encode(), partition=i % 2)
+        if junk_every and i % junk_every == 0:
+            producer.send(topic, b'{"features":[0,0,0,0],"label":1,"sparse":{"x":[1]}}')
+    producer.flush()
+    producer.close()
+
+
+def untrained_dlrm(spec: SampleSpec, params: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """The weights a ``dlrm`` trainer starts from (seed 0)."""
+    torch.manual_seed(0)
+    return {
+        k: v.detach().numpy() for k, v in build_model("dlrm", spec, params).state_dict().items()
+    }
+
+
+def dlrm_log_loss(
+    spec: SampleSpec,
+    params: Mapping[str, Any],
+    weights: Mapping[str, np.ndarray],
+    samples: list[dict[str, object]],
+) -> float:
+    """Binary log loss of a ``dlrm`` holding ``weights`` on JSON samples with sparse IDs."""
+    model = build_model("dlrm", spec, params)
+    model.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in weights.items()})
+    model.eval()
+    x = torch.tensor([s["features"] for s in samples], dtype=torch.float32)
+    sparse = {
+        f.name: JaggedTensor.from_lists([s["sparse"][f.name] for s in samples])  # type: ignore[index]
+        for f in spec.sparse
+    }
+    y = torch.tensor([s["label"] for s in samples], dtype=torch.float32)
+    with torch.no_grad():
+        logits = model(x, sparse)
+    return float(torch.nn.functional.binary_cross_entropy_with_logits(logits, y))
 
 
 def trainer_env(
@@ -238,6 +287,41 @@ def kill_repeatedly(
     assert killed_after == sorted(set(killed_after)), "each run resumed and made progress"
     assert killed_after[-1] < total_steps, "the last kill landed before the end of the stream"
     return killed_after
+
+
+def reference_run(
+    bootstrap: str, name: str, root: Path, env: Mapping[str, str], samples_seen: int
+) -> dict[str, object]:
+    """An uninterrupted trainer (its own group and snapshots topic) run to the stream's end,
+    having seen ``samples_seen`` samples; its checkpointed state."""
+    env = {
+        **env,
+        "STREAMTRAIN_INGEST__GROUP_ID": f"{name}-ref",
+        "STREAMTRAIN_TOPICS__SNAPSHOTS": f"{name}-snapshots-ref",
+    }
+    output = run_to_end(trainer_env(bootstrap, name, root, env))
+    state = checkpoint_state(root)
+    position = state["position"]
+    assert isinstance(position, dict) and position["samples_seen"] == samples_seen, output
+    return state
+
+
+def assert_recovers_from_kill_9(
+    bootstrap: str,
+    name: str,
+    root: Path,
+    env: Mapping[str, str],
+    reference: Path,
+    expected: Mapping[str, object],
+) -> None:
+    """A trainer ``kill -9``-ed three times over the stream (as long as ``reference``'s run),
+    then run to the end, ends with the ``expected`` state bit for bit."""
+    crashing = trainer_env(bootstrap, name, root, env)
+    total_steps = checkpoint_meta(reference)["step"]
+    assert isinstance(total_steps, int)
+    kill_repeatedly(crashing, root, total_steps, 3, random.Random(11))
+    run_to_end(crashing)
+    assert_same_state(expected, checkpoint_state(root))
 
 
 def child_pids(pid: int) -> list[int]:
