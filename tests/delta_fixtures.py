@@ -1,4 +1,5 @@
-"""A small row-sparse model trained step by step, for the delta snapshot tests."""
+"""A small row-sparse model trained step by step, and what the delta snapshot tests share:
+a model's state, a snapshot request of it, and the snapshots a trainer published."""
 
 from __future__ import annotations
 
@@ -8,6 +9,10 @@ from pathlib import Path
 
 import torch
 
+from streamtrain.config import Settings
+from streamtrain.kafka import KafkaConnection
+from streamtrain.snapshot.manifest import settings_hash
+from streamtrain.snapshot.subscriber import SnapshotSubscriber
 from streamtrain.spec import SampleSpec
 from streamtrain.train.hooks import SnapshotRequest
 from streamtrain.train.row_tracker import RowTracker
@@ -24,6 +29,46 @@ FACTORY = "embedding_model:build_id_embedding"
 def build_model(seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
     return build_id_embedding(SPEC, PARAMS)
+
+
+def model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of every tensor of ``model``'s state, as it is now."""
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def snapshot_request(
+    model: torch.nn.Module, version: int, run_id: str, rows: dict[str, torch.Tensor] | None
+) -> SnapshotRequest:
+    """What a trainer hands its snapshot writer: ``model``'s weights (only ``rows`` of the
+    row-sparse ones, a delta, or all of them with ``None``, a base)."""
+    tensors, ready = copy_weights(model, rows)
+    return SnapshotRequest(
+        version=version,
+        run_id=run_id,
+        tensors=tensors,
+        data_watermark=None,
+        offsets={},
+        created_at=time.time(),
+        wait_ready=ready,
+        rows=rows,
+    )
+
+
+def newest_after_one_base(settings: Settings) -> int:
+    """The newest version a trainer with ``settings`` published, checking that it published
+    one base on start and then only deltas (so a server's final weights come from deltas)."""
+    subscriber = SnapshotSubscriber(
+        kafka=KafkaConnection(settings.kafka.bootstrap_servers),
+        topic=settings.topics.snapshots,
+        settings_hash=settings_hash(settings.model.model_dump(mode="json")),
+    )
+    try:
+        published = list(subscriber.newest_first(30.0))
+    finally:
+        subscriber.close()
+    kinds = [s.manifest.kind for s in published]
+    assert kinds[0] == "delta" and kinds.count("base") == 1 and len(kinds) > 3, kinds
+    return published[0].manifest.version
 
 
 class SparseTrainer:
@@ -52,18 +97,7 @@ class SparseTrainer:
             self.step += 1
 
     def request(self) -> SnapshotRequest:
-        rows = self.tracker.take()
-        tensors, ready = copy_weights(self.model, rows)
-        return SnapshotRequest(
-            version=self.step,
-            run_id="run-d",
-            tensors=tensors,
-            data_watermark=None,
-            offsets={},
-            created_at=time.time(),
-            wait_ready=ready,
-            rows=rows,
-        )
+        return snapshot_request(self.model, self.step, "run-d", self.tracker.take())
 
     def state(self) -> dict[str, torch.Tensor]:
-        return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        return model_state(self.model)

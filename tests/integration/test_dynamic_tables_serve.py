@@ -6,26 +6,25 @@ beside the rows, applied in one swap)."""
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import torch
 from kafka import KafkaProducer
 
 from streamtrain.cli.build_trainer import build_trainer
-from streamtrain.config import ModelSettings, SparseFeatureSettings, load_settings
+from streamtrain.config import ModelSettings, SparseFeatureSettings
 from streamtrain.kafka import KafkaConnection, create_topics
 from streamtrain.serve.server import build_slot, build_worker
 from streamtrain.serve.weights.slot import WeightSlot
 from streamtrain.serve.weights.watcher import SnapshotWatcher
-from streamtrain.snapshot.manifest import settings_hash
 from streamtrain.snapshot.subscriber import SnapshotSubscriber
 from streamtrain.snapshot.writer import SnapshotWriter
 from streamtrain.train.hooks import SnapshotRequest
 from streamtrain.train.row_tracker import RowTracker
-from streamtrain.train.weights import copy_weights
+from tests.delta_fixtures import model_state, newest_after_one_base, snapshot_request
 from tests.integration.snapshot_harness import wait
 from tests.integration.test_dynamic_tables_trainer import PARAMS, ctr_samples
+from tests.integration.trainer_harness import pipeline_settings
 from tests.unit.test_dynamic_tables import PARAMS as SMALL_PARAMS
 from tests.unit.test_dynamic_tables import _batches, _learner
 
@@ -33,10 +32,6 @@ SPARSE = [
     {"name": "user", "table": "users", "max_length": 1},
     {"name": "item", "table": "items", "max_length": 1},
 ]
-
-
-def _state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
 def _matches(slot: WeightSlot, state: dict[str, torch.Tensor]) -> bool:
@@ -51,34 +46,28 @@ def test_following_and_late_servers_end_on_the_trainers_mapping(
     kafka_bootstrap: str, unique_name: str, tmp_path: Path
 ) -> None:
     name = unique_name
-    create_topics(kafka_bootstrap, [f"{name}-samples", f"{name}-dlq", f"{name}-snapshots"])
-    settings = load_settings(
-        overrides={
-            "kafka": {"bootstrap_servers": kafka_bootstrap},
-            "topics": {
-                "samples": f"{name}-samples",
-                "dead_letter": f"{name}-dlq",
-                "snapshots": f"{name}-snapshots",
-            },
-            "ingest": {"group_id": name, "max_batch_size": 32, "max_wait_ms": 20},
-            "model": {
-                "name": "dlrm",
-                "task": "binary",
-                "input_shape": [4],
-                "sparse": SPARSE,
-                "params": PARAMS,
-            },
-            "optimizer": {"name": "adagrad", "lr": 0.05},
-            "train": {
-                "checkpoint_dir": tmp_path,
-                "snapshot_every_steps": 5,
-                "snapshot_every_seconds": 0.05,
-                "base_every_deltas": 1000,  # one base, then only deltas
-                "stop_when_idle": 2.0,
-                "torch_threads": 1,
-            },
-            "serve": {"port": 0, "model_name": "m", "retain_versions": 1},
-        }
+    settings = pipeline_settings(
+        kafka_bootstrap,
+        name,
+        tmp_path,
+        model={
+            "name": "dlrm",
+            "task": "binary",
+            "input_shape": [4],
+            "sparse": SPARSE,
+            "params": PARAMS,
+        },
+        ingest={"group_id": name, "max_batch_size": 32, "max_wait_ms": 20},
+        optimizer={"name": "adagrad", "lr": 0.05},
+        train={
+            "snapshot_every_steps": 5,
+            "snapshot_every_seconds": 0.05,
+            "base_every_deltas": 1000,  # one base, then only deltas
+            "stop_when_idle": 2.0,
+            "torch_threads": 1,
+        },
+        serve={"port": 0, "model_name": "m", "retain_versions": 1},
+        create=("samples", "dlq", "snapshots"),
     )
     producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, linger_ms=5)
     for sample in ctr_samples()[:3000]:
@@ -93,20 +82,9 @@ def test_following_and_late_servers_end_on_the_trainers_mapping(
         trainer = build_trainer(settings)
         summary = trainer.run()
         assert summary.steps > 20
-        expected = _state(trainer._learner.model)
+        expected = model_state(trainer._learner.model)
         assert int(expected["embeddings.mappings.t_items.step"]) == summary.steps
-        subscriber = SnapshotSubscriber(
-            kafka=KafkaConnection(kafka_bootstrap),
-            topic=f"{name}-snapshots",
-            settings_hash=settings_hash(settings.model.model_dump(mode="json")),
-        )
-        try:
-            published = list(subscriber.newest_first(30.0))
-        finally:
-            subscriber.close()
-        kinds = [s.manifest.kind for s in published]
-        assert kinds[0] == "delta" and kinds.count("base") == 1 and len(kinds) > 3, kinds
-        newest = published[0].manifest.version
+        newest = newest_after_one_base(settings)
         late = build_worker(settings)  # joins after the trainer: the base, then every delta
         late.start()
         for worker in (following, late):
@@ -153,19 +131,8 @@ class DynamicChain:
             self.learner.learn(x, y, w, sparse)
             self.step += 1
         rows = self.tracker.take()
-        rows = None if base else rows
-        tensors, ready = copy_weights(self.learner.model, rows)
-        self.states[self.step] = _state(self.learner.model)
-        return SnapshotRequest(
-            version=self.step,
-            run_id="run-e",
-            tensors=tensors,
-            data_watermark=None,
-            offsets={},
-            created_at=time.time(),
-            wait_ready=ready,
-            rows=rows,
-        )
+        self.states[self.step] = model_state(self.learner.model)
+        return snapshot_request(self.learner.model, self.step, "run-e", None if base else rows)
 
     def write(
         self, request: SnapshotRequest, base: int | None = None, after: int | None = None

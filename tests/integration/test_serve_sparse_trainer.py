@@ -14,14 +14,13 @@ from safetensors.numpy import load_file
 
 from streamtrain.cli.build_trainer import build_trainer
 from streamtrain.client import SampleProducer
-from streamtrain.config import load_settings
 from streamtrain.datasets.ctr import ctr
-from streamtrain.kafka import KafkaConnection, create_topics
+from streamtrain.kafka import KafkaConnection
 from streamtrain.serve.server import build_worker
 from streamtrain.sparse_tensors import JaggedTensor
 from streamtrain.spec import spec_for_model
 from streamtrain.train.models import build_model
-from tests.integration.trainer_harness import latest_checkpoint
+from tests.integration.trainer_harness import latest_checkpoint, pipeline_settings
 
 httpclient = pytest.importorskip("tritonclient.http")
 
@@ -30,36 +29,30 @@ def test_served_sparse_model_answers_with_the_trainers_final_weights(
     kafka_bootstrap: str, unique_name: str, tmp_path: Path
 ) -> None:
     name = unique_name
-    create_topics(kafka_bootstrap, [f"{name}-samples", f"{name}-dlq", f"{name}-snapshots"])
-    settings = load_settings(
-        overrides={
-            "kafka": {"bootstrap_servers": kafka_bootstrap},
-            "topics": {
-                "samples": f"{name}-samples",
-                "dead_letter": f"{name}-dlq",
-                "snapshots": f"{name}-snapshots",
-            },
-            "ingest": {"group_id": name, "max_batch_size": 64},
-            "model": {
-                "name": "dlrm",
-                "task": "binary",
-                "input_shape": [4],
-                "sparse": [
-                    {"name": "user", "table": "users", "max_length": 1},
-                    {"name": "item", "table": "items", "max_length": 1},
-                ],
-                "params": {"rows": 4096, "embedding_dim": 8},
-            },
-            "optimizer": {"name": "adagrad", "lr": 0.05},
-            "train": {
-                "checkpoint_dir": tmp_path,
-                "snapshot_every_steps": 5,
-                "stop_when_idle": 2.0,
-                "torch_threads": 1,
-                "delta_snapshots": True,
-            },
-            "serve": {"port": 0, "model_name": "ctr"},
-        }
+    settings = pipeline_settings(
+        kafka_bootstrap,
+        name,
+        tmp_path,
+        model={
+            "name": "dlrm",
+            "task": "binary",
+            "input_shape": [4],
+            "sparse": [
+                {"name": "user", "table": "users", "max_length": 1},
+                {"name": "item", "table": "items", "max_length": 1},
+            ],
+            "params": {"rows": 4096, "embedding_dim": 8},
+        },
+        ingest={"group_id": name, "max_batch_size": 64},
+        optimizer={"name": "adagrad", "lr": 0.05},
+        train={
+            "snapshot_every_steps": 5,
+            "stop_when_idle": 2.0,
+            "torch_threads": 1,
+            "delta_snapshots": True,
+        },
+        serve={"port": 0, "model_name": "ctr"},
+        create=("samples", "dlq", "snapshots"),
     )
     info = ctr(users=2000, items=500)
     kafka = KafkaConnection.from_settings(settings.kafka)
