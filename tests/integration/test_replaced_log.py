@@ -79,15 +79,8 @@ def test_a_topic_re_created_longer_while_stopped_is_noticed_at_start(
     new_x, new_y = hyperplane_stream(500, seed=22)
     topic = f"{unique_name}-samples"
     produce_json(broker.bootstrap_servers, topic, old_x, old_y)
-    checkpoints = tmp_path / "checkpoints"
-    with _start(broker, unique_name, tmp_path, "earliest", client):
-        await_condition(
-            lambda: checkpoints.exists() and _checkpointed_offsets(checkpoints) == {"0": 300},
-            "a checkpoint at offset 300",
-            60,
-        )
+    meta = _stopped_at_offset_300(broker, unique_name, tmp_path, client)
     # The checkpoint holds the position and the fingerprint of the record before it.
-    meta = checkpoint_meta(checkpoints)
     assert meta["offsets"] == {"0": 300}, meta
     extra = meta["extra"]
     assert isinstance(extra, dict) and extra["log_marks"]["0"]["offset"] == 299, meta
@@ -125,14 +118,7 @@ def test_a_byte_identical_re_created_topic_is_told_by_its_topic_id(
     x, y = hyperplane_stream(500, seed=31)
     topic = f"{unique_name}-samples"
     _produce_stamped(broker.bootstrap_servers, topic, x[:300], y[:300])
-    checkpoints = tmp_path / "checkpoints"
-    with _start(broker, unique_name, tmp_path, "earliest", client):
-        await_condition(
-            lambda: checkpoints.exists() and _checkpointed_offsets(checkpoints) == {"0": 300},
-            "a checkpoint at offset 300",
-            60,
-        )
-    extra = checkpoint_meta(checkpoints)["extra"]
+    extra = _stopped_at_offset_300(broker, unique_name, tmp_path, client)["extra"]
     assert isinstance(extra, dict) and extra.get("topic_id"), extra
     broker.stop()
     broker.start()
@@ -143,6 +129,21 @@ def test_a_byte_identical_re_created_topic_is_told_by_its_topic_id(
         assert metrics[SAMPLES] == 500, trainer.output.text()
         assert metrics[RESETS % "earliest"] == 1.0, trainer.output.text()
         assert f"not {extra['topic_id']}: a re-created topic" in trainer.output.text()
+
+
+def _stopped_at_offset_300(
+    broker: EmbeddedBroker, name: str, tmp_path: Path, client: str
+) -> dict[str, object]:
+    """A trainer run until it has checkpointed offset 300 of partition 0, then stopped; the
+    meta of that checkpoint."""
+    checkpoints = tmp_path / "checkpoints"
+    with _start(broker, name, tmp_path, "earliest", client):
+        await_condition(
+            lambda: checkpoints.exists() and _checkpointed_offsets(checkpoints) == {"0": 300},
+            "a checkpoint at offset 300",
+            60,
+        )
+    return checkpoint_meta(checkpoints)
 
 
 def _checkpointed_offsets(root: Path) -> object:
