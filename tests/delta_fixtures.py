@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -17,6 +18,7 @@ from streamtrain.spec import SampleSpec
 from streamtrain.train.hooks import SnapshotRequest
 from streamtrain.train.row_tracker import RowTracker
 from streamtrain.train.weights import copy_weights
+from tests.integration.trainer_harness import pipeline_settings
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 from embedding_model import build_id_embedding
@@ -51,6 +53,38 @@ def snapshot_request(
         created_at=time.time(),
         wait_ready=ready,
         rows=rows,
+    )
+
+
+def one_base_then_deltas(
+    bootstrap: str,
+    name: str,
+    root: Path,
+    *,
+    model: dict[str, Any],
+    ingest: dict[str, Any],
+    optimizer: dict[str, Any],
+    snapshot_every_steps: int,
+) -> Settings:
+    """Settings of a trainer that publishes one base and then only deltas (a snapshot every
+    ``snapshot_every_steps`` steps), stops when idle for 2 s, and of a server (model ``m``)
+    following them; topics of their own (:func:`pipeline_settings`)."""
+    return pipeline_settings(
+        bootstrap,
+        name,
+        root,
+        model=model,
+        ingest=ingest,
+        optimizer=optimizer,
+        train={
+            "snapshot_every_steps": snapshot_every_steps,
+            "snapshot_every_seconds": 0.05,
+            "base_every_deltas": 1000,
+            "stop_when_idle": 2.0,
+            "torch_threads": 1,
+        },
+        serve={"port": 0, "model_name": "m", "retain_versions": 1},
+        create=("samples", "dlq", "snapshots"),
     )
 
 

@@ -12,16 +12,15 @@ from kafka import KafkaProducer
 
 from streamtrain.cli.build_trainer import build_trainer
 from streamtrain.serve.server import build_worker
-from tests.delta_fixtures import FACTORY, model_state, newest_after_one_base
+from tests.delta_fixtures import FACTORY, model_state, newest_after_one_base, one_base_then_deltas
 from tests.integration.snapshot_harness import wait
-from tests.integration.trainer_harness import pipeline_settings
 
 
 def test_trainer_deltas_reach_the_server_bit_for_bit(
     kafka_bootstrap: str, unique_name: str, tmp_path: Path
 ) -> None:
     name = unique_name
-    settings = pipeline_settings(
+    settings = one_base_then_deltas(
         kafka_bootstrap,
         name,
         tmp_path,
@@ -33,15 +32,7 @@ def test_trainer_deltas_reach_the_server_bit_for_bit(
         },
         ingest={"group_id": name, "max_batch_size": 8, "max_wait_ms": 20},
         optimizer={"name": "sgd", "lr": 0.05},
-        train={
-            "snapshot_every_steps": 3,
-            "snapshot_every_seconds": 0.05,
-            "base_every_deltas": 1000,  # one base, then only deltas
-            "stop_when_idle": 2.0,
-            "torch_threads": 1,
-        },
-        serve={"port": 0, "model_name": "m", "retain_versions": 1},
-        create=("samples", "dlq", "snapshots"),
+        snapshot_every_steps=3,
     )
     rng = np.random.default_rng(3)
     producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, linger_ms=5)

@@ -21,10 +21,14 @@ from streamtrain.snapshot.subscriber import SnapshotSubscriber
 from streamtrain.snapshot.writer import SnapshotWriter
 from streamtrain.train.hooks import SnapshotRequest
 from streamtrain.train.row_tracker import RowTracker
-from tests.delta_fixtures import model_state, newest_after_one_base, snapshot_request
+from tests.delta_fixtures import (
+    model_state,
+    newest_after_one_base,
+    one_base_then_deltas,
+    snapshot_request,
+)
 from tests.integration.snapshot_harness import wait
 from tests.integration.test_dynamic_tables_trainer import PARAMS, ctr_samples
-from tests.integration.trainer_harness import pipeline_settings
 from tests.unit.test_dynamic_tables import PARAMS as SMALL_PARAMS
 from tests.unit.test_dynamic_tables import _batches, _learner
 
@@ -46,7 +50,7 @@ def test_following_and_late_servers_end_on_the_trainers_mapping(
     kafka_bootstrap: str, unique_name: str, tmp_path: Path
 ) -> None:
     name = unique_name
-    settings = pipeline_settings(
+    settings = one_base_then_deltas(
         kafka_bootstrap,
         name,
         tmp_path,
@@ -59,15 +63,7 @@ def test_following_and_late_servers_end_on_the_trainers_mapping(
         },
         ingest={"group_id": name, "max_batch_size": 32, "max_wait_ms": 20},
         optimizer={"name": "adagrad", "lr": 0.05},
-        train={
-            "snapshot_every_steps": 5,
-            "snapshot_every_seconds": 0.05,
-            "base_every_deltas": 1000,  # one base, then only deltas
-            "stop_when_idle": 2.0,
-            "torch_threads": 1,
-        },
-        serve={"port": 0, "model_name": "m", "retain_versions": 1},
-        create=("samples", "dlq", "snapshots"),
+        snapshot_every_steps=5,
     )
     producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, linger_ms=5)
     for sample in ctr_samples()[:3000]:

@@ -5,7 +5,6 @@ mapping, the admission filter's counters and the eviction state."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from safetensors.numpy import load_file
@@ -14,6 +13,7 @@ from streamtrain.datasets.ctr import ctr, ctr_spec
 from streamtrain.train.models.dynamic_table import EMPTY
 from tests.integration.trainer_harness import (
     assert_recovers_from_kill_9,
+    dlrm_env,
     dlrm_log_loss,
     latest_checkpoint,
     produce_sparse_json,
@@ -32,25 +32,13 @@ PARAMS = {
         "items": {"kind": "dynamic", "capacity": 300, "evict": "lru", "expire_after_steps": 60},
     },
 }
-ENV = {
-    "STREAMTRAIN_MODEL__NAME": "dlrm",
-    "STREAMTRAIN_MODEL__TASK": "binary",
-    "STREAMTRAIN_MODEL__INPUT_SHAPE": "[4]",
-    "STREAMTRAIN_MODEL__SPARSE": json.dumps(
-        [
-            {"name": "user", "table": "users", "max_length": 1},
-            {"name": "item", "table": "items", "max_length": 1},
-        ]
-    ),
-    "STREAMTRAIN_MODEL__PARAMS": json.dumps(PARAMS),
-    "STREAMTRAIN_OPTIMIZER__NAME": "adagrad",
-    "STREAMTRAIN_OPTIMIZER__LR": "0.05",
-    "STREAMTRAIN_INGEST__MAX_BATCH_SIZE": "32",
-    "STREAMTRAIN_TRAIN__CHECKPOINT_EVERY_STEPS": "7",
-    "STREAMTRAIN_TRAIN__CHECKPOINT_EVERY_SECONDS": "3600",
-    "STREAMTRAIN_TRAIN__STOP_WHEN_IDLE": "3.0",
-    "STREAMTRAIN_TRAIN__KEEP_CHECKPOINTS": "2",
-}
+ENV = dlrm_env(
+    [
+        {"name": "user", "table": "users", "max_length": 1},
+        {"name": "item", "table": "items", "max_length": 1},
+    ],
+    PARAMS,
+)
 TRAIN, HELD_OUT = 5000, 1500
 
 

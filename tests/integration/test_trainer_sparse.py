@@ -3,7 +3,6 @@ from the IDs, and kill -9 recovery is bit-identical to an uninterrupted run."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +11,7 @@ from safetensors.numpy import load_file
 from streamtrain.spec import SampleSpec, SparseFeature
 from tests.integration.trainer_harness import (
     assert_recovers_from_kill_9,
+    dlrm_env,
     dlrm_log_loss,
     latest_checkpoint,
     produce_sparse_json,
@@ -25,25 +25,13 @@ SPEC = SampleSpec(
     sparse=(SparseFeature("user", "users", 1), SparseFeature("items", "items", 5)),
 )
 PARAMS = {"rows": 512, "embedding_dim": 8, "bottom_sizes": [16], "top_sizes": [16]}
-SPARSE_ENV = {
-    "STREAMTRAIN_MODEL__NAME": "dlrm",
-    "STREAMTRAIN_MODEL__TASK": "binary",
-    "STREAMTRAIN_MODEL__INPUT_SHAPE": "[4]",
-    "STREAMTRAIN_MODEL__SPARSE": json.dumps(
-        [
-            {"name": "user", "table": "users", "max_length": 1},
-            {"name": "items", "table": "items", "max_length": 5},
-        ]
-    ),
-    "STREAMTRAIN_MODEL__PARAMS": json.dumps(PARAMS),
-    "STREAMTRAIN_OPTIMIZER__NAME": "adagrad",
-    "STREAMTRAIN_OPTIMIZER__LR": "0.05",
-    "STREAMTRAIN_INGEST__MAX_BATCH_SIZE": "32",
-    "STREAMTRAIN_TRAIN__CHECKPOINT_EVERY_STEPS": "7",
-    "STREAMTRAIN_TRAIN__CHECKPOINT_EVERY_SECONDS": "3600",
-    "STREAMTRAIN_TRAIN__STOP_WHEN_IDLE": "3.0",
-    "STREAMTRAIN_TRAIN__KEEP_CHECKPOINTS": "2",
-}
+SPARSE_ENV = dlrm_env(
+    [
+        {"name": "user", "table": "users", "max_length": 1},
+        {"name": "items", "table": "items", "max_length": 5},
+    ],
+    PARAMS,
+)
 
 
 def click_stream(count: int, seed: int) -> list[dict[str, object]]:

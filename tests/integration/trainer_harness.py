@@ -99,6 +99,25 @@ def produce_json(
     return len(x)
 
 
+def dlrm_env(sparse: list[dict[str, object]], params: Mapping[str, Any]) -> dict[str, str]:
+    """A ``dlrm`` trainer's environment: binary, 4 dense features beside ``sparse``, Adagrad,
+    batches of 32, a checkpoint every 7 steps (2 kept), stopping after 3 s without samples."""
+    return {
+        "STREAMTRAIN_MODEL__NAME": "dlrm",
+        "STREAMTRAIN_MODEL__TASK": "binary",
+        "STREAMTRAIN_MODEL__INPUT_SHAPE": "[4]",
+        "STREAMTRAIN_MODEL__SPARSE": json.dumps(sparse),
+        "STREAMTRAIN_MODEL__PARAMS": json.dumps(params),
+        "STREAMTRAIN_OPTIMIZER__NAME": "adagrad",
+        "STREAMTRAIN_OPTIMIZER__LR": "0.05",
+        "STREAMTRAIN_INGEST__MAX_BATCH_SIZE": "32",
+        "STREAMTRAIN_TRAIN__CHECKPOINT_EVERY_STEPS": "7",
+        "STREAMTRAIN_TRAIN__CHECKPOINT_EVERY_SECONDS": "3600",
+        "STREAMTRAIN_TRAIN__STOP_WHEN_IDLE": "3.0",
+        "STREAMTRAIN_TRAIN__KEEP_CHECKPOINTS": "2",
+    }
+
+
 def produce_sparse_json(
     bootstrap: str, topic: str, samples: list[dict[str, object]], junk_every: int | None = None
 ) -> None:
