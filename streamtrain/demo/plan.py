@@ -31,6 +31,10 @@ from streamtrain.demo.drift import demo_dataset
 from streamtrain.spec import SampleSpec
 
 MODEL_NAME = "streamtrain"
+# Issue 32, measured in bench/README.md ("Soak"): against the embedded broker, batches of
+# ~500 samples (250 ms at 2,000 samples/s) and 250 ms fetch waits instead of 5 ms and 10 ms.
+EMBEDDED_LINGER_MS = 250
+EMBEDDED_FETCH_MAX_WAIT_MS = 250
 # The producer runs until the demo stops it; a count it can never reach in practice.
 ENDLESS = 10**12
 SNAPSHOT_EVERY_SECONDS = 1.0
@@ -180,6 +184,10 @@ class DemoPlan:
         env.update(self.model_env)
         env["STREAMTRAIN_KAFKA__BOOTSTRAP_SERVERS"] = self.bootstrap_servers
         env["STREAMTRAIN_TRAIN__SNAPSHOT_EVERY_SECONDS"] = str(SNAPSHOT_EVERY_SECONDS)
+        # The embedded broker's fetches slow with the number of record batches in a partition
+        # (docs/operations.md, "The embedded broker"): fewer, larger batches and a longer
+        # fetch wait keep trainer and server fed for hours instead of minutes.
+        env.setdefault("STREAMTRAIN_KAFKA__FETCH_MAX_WAIT_MS", str(EMBEDDED_FETCH_MAX_WAIT_MS))
         # Signed end to end with the throwaway pair in key_dir: the server refuses anything
         # the demo's trainer did not sign (docs/snapshots.md, trust).
         env["STREAMTRAIN_TRAIN__SIGNING_KEY"] = str(self.key_dir / "trainer.key")
@@ -281,6 +289,8 @@ class DemoPlan:
                 self.topics.samples,
                 "--seed",
                 str(self.seed),
+                "--linger-ms",
+                str(EMBEDDED_LINGER_MS),
                 *(["--drift-every", str(self.drift_every)] if self.drift_every else []),
             ],
         }

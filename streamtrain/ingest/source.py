@@ -33,6 +33,7 @@ from streamtrain.ingest.buffer import BatchBuffer
 from streamtrain.ingest.deadletter import DeadLetterSink, KafkaDeadLetter, LogDeadLetter
 from streamtrain.ingest.decode import KafkaRecord, decode_records
 from streamtrain.ingest.log_order import LogOrder
+from streamtrain.ingest.starvation import StarvationWatch
 from streamtrain.ingest.log_watch import LogWatch, OffsetResetFailed, OnOffsetReset
 from streamtrain.kafka import KafkaConnection, OffsetOutOfRange, RecordConsumer, record_consumer
 from streamtrain.kafka.watermark import true_ends
@@ -88,6 +89,7 @@ class KafkaSampleSource:
         self._max_poll = min(max(max_batch_size, 500), 100_000)
         self._buffer = BatchBuffer()
         self._merge = LogOrder(max_partition_idle_ms, clock) if deterministic_batches else None
+        self._starvation = StarvationWatch(clock=clock)
         self._closed = False
         self._on_offset_reset = on_offset_reset
         self._consumer: RecordConsumer = consumer or record_consumer(
@@ -165,6 +167,7 @@ class KafkaSampleSource:
         self._policy.start()
         while self._buffer.samples < self.max_batch_size:
             records = self._poll(self._poll_timeout_ms())
+            self._starvation.observe(len(records), self._waiting())
             chunk = None
             if records:
                 started = time.perf_counter()
@@ -208,6 +211,15 @@ class KafkaSampleSource:
             if mark is None or self._consumer.position(p) < mark:
                 unfinished.add(p)
         return unfinished
+
+    def _waiting(self) -> int:
+        """Records past the fetch position, by the high watermarks of the last fetch."""
+        total = 0
+        for p in self._partitions:
+            mark = self._consumer.highwater(p)
+            if mark is not None:
+                total += max(0, mark - self._consumer.position(p))
+        return total
 
     def _poll(self, timeout_ms: int) -> Sequence[KafkaRecord]:
         """One consumer poll; a partition whose log lost its position is reset first and
