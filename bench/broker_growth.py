@@ -29,8 +29,9 @@ from pathlib import Path
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from streamtrain.broker import EmbeddedBroker  # noqa: E402
+from streamtrain.broker import EmbeddedBroker
 
+FETCH_WAITS_MS = (10, 250)  # the clients' default here, and the demo's against this broker
 VALUE = b"x" * 88  # the binary sample of the demo's 16 features is 88 bytes
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -81,27 +82,44 @@ def median_ms(action: Callable[[], None], trials: int) -> float:
     return statistics.median(times)
 
 
-def measure(bootstrap: str, topic: str, trials: int, idle_seconds: float, pid: int) -> dict[str, float]:
+def fetch_ms(bootstrap: str, topic: str, offset: int, wait_ms: int, cap_s: float) -> float:
+    """Milliseconds until a consumer assigned at ``offset`` receives a record (inf: none
+    within ``cap_s``)."""
     consumer = Consumer(
         {
             "bootstrap.servers": bootstrap,
             "group.id": f"growth-{topic}",
             "enable.auto.commit": False,
-            "fetch.wait.max.ms": 10,
+            "fetch.wait.max.ms": wait_ms,
             "fetch.queue.backoff.ms": 10,
         }
     )
+    try:
+        consumer.assign([TopicPartition(topic, 0, offset)])
+        start = time.perf_counter()
+        while time.perf_counter() - start < cap_s:
+            message = consumer.poll(0.1)
+            if message is not None and message.error() is None:
+                return (time.perf_counter() - start) * 1000
+        return float("inf")
+    finally:
+        consumer.close()
+
+
+def measure(
+    bootstrap: str, topic: str, last_batch: int, args: argparse.Namespace, pid: int
+) -> dict[str, float]:
+    """``last_batch``: base offset of the newest batch (a fetch from inside a batch of the
+    embedded broker skips to the next batch, so every fetch starts at a batch's base)."""
+    row = {
+        f"fetch_{wait}": statistics.median(
+            fetch_ms(bootstrap, topic, last_batch, wait, args.cap) for _ in range(args.trials)
+        )
+        for wait in FETCH_WAITS_MS
+    }
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"growth-{topic}"})
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 0, "acks": 1})
     tp = TopicPartition(topic, 0)
-    # Tansu under-reports the end offset of a log of multi-record batches (KAFKA_NOTES.md), so
-    # the fetched position is taken from the consumer: fetch from the start once, then seek.
-    _, high = consumer.get_watermark_offsets(tp, timeout=10)
-
-    def fetch_one() -> None:
-        consumer.assign([TopicPartition(topic, 0, max(0, high - 1))])
-        while consumer.poll(5.0) is None:
-            pass
-        consumer.unassign()
 
     def produce_one() -> None:
         producer.produce(topic, VALUE, partition=0)
@@ -110,22 +128,19 @@ def measure(bootstrap: str, topic: str, trials: int, idle_seconds: float, pid: i
     def list_offsets() -> None:
         consumer.get_watermark_offsets(tp, timeout=10)
 
-    fetch_ms = median_ms(fetch_one, trials)
-    produce_ms = median_ms(produce_one, trials)
-    list_ms = median_ms(list_offsets, trials)
-    # Idle at the end: the consumer long-polls a log that no longer grows.
-    consumer.assign([TopicPartition(topic, 0, high + trials + 10)])
+    row["list_offsets_ms"] = median_ms(list_offsets, args.trials)
+    # Idle at the end: one consumer long-polls a log that no longer grows (wait 10 ms).
+    idle = Consumer({"bootstrap.servers": bootstrap, "group.id": "idle", "fetch.wait.max.ms": 10})
+    idle.assign([TopicPartition(topic, 0, last_batch + 10**9)])
     before, start = cpu_seconds(pid), time.monotonic()
-    while time.monotonic() - start < idle_seconds:
-        consumer.poll(0.1)
-    idle = (cpu_seconds(pid) - before) / (time.monotonic() - start)
+    while time.monotonic() - start < args.idle_seconds:
+        idle.poll(0.1)
+    row["idle_cpu"] = (cpu_seconds(pid) - before) / (time.monotonic() - start)
+    idle.close()
     consumer.close()
-    return {
-        "fetch_ms": fetch_ms,
-        "produce_ms": produce_ms,
-        "list_offsets_ms": list_ms,
-        "idle_cpu": idle,
-    }
+    # Last: these append one-record batches.
+    row["produce_ms"] = median_ms(produce_one, args.trials)
+    return row
 
 
 def main() -> None:
@@ -134,6 +149,7 @@ def main() -> None:
     parser.add_argument("--shapes", default="1,100", help="records per batch, comma-separated")
     parser.add_argument("--trials", type=int, default=9)
     parser.add_argument("--idle-seconds", type=float, default=3.0)
+    parser.add_argument("--cap", type=float, default=10.0, help="seconds a fetch may take")
     args = parser.parse_args()
     steps = [int(s) for s in args.steps.split(",")]
     shapes = {f"{per}/batch": per for per in (int(s) for s in args.shapes.split(","))}
@@ -142,24 +158,29 @@ def main() -> None:
         assert pid is not None
         broker.create_topics([f"g{per}" for per in shapes.values()], partitions=1)
         print(
-            "| records | batches | shape | fetch ms | produce ms | ListOffsets ms "
-            "| broker CPU idle-polled | broker RSS MB |"
+            "| records | batches | shape | fetch ms (wait 10 ms) | fetch ms (wait 250 ms) "
+            "| produce ms | ListOffsets ms | broker CPU, 1 idle consumer | broker RSS MB |"
         )
-        print("|---|---|---|---|---|---|---|---|")
-        filled = dict.fromkeys(shapes.values(), 0)
+        print("|---|---|---|---|---|---|---|---|---|")
+        end = dict.fromkeys(shapes.values(), 0)
+        batches = dict.fromkeys(shapes.values(), 0)
         for target in steps:
             for label, per in shapes.items():
                 topic = f"g{per}"
-                fill(broker.bootstrap_servers, topic, target - filled[per], per)
-                filled[per] = target
-                row = measure(broker.bootstrap_servers, topic, args.trials, args.idle_seconds, pid)
-                filled[per] += args.trials  # the produce trials appended one record each
+                count = (target - end[per]) // per * per  # whole batches only
+                fill(broker.bootstrap_servers, topic, count, per)
+                end[per] += count
+                batches[per] += count // per
+                row = measure(broker.bootstrap_servers, topic, end[per] - per, args, pid)
                 print(
-                    f"| {target:,} | {target // per:,} | {label} | {row['fetch_ms']:.1f} "
-                    f"| {row['produce_ms']:.1f} | {row['list_offsets_ms']:.1f} "
-                    f"| {row['idle_cpu']:.0%} | {rss_mb(pid):.0f} |",
+                    f"| {end[per]:,} | {batches[per]:,} | {label} | {row['fetch_10']:.0f} "
+                    f"| {row['fetch_250']:.0f} | {row['produce_ms']:.1f} "
+                    f"| {row['list_offsets_ms']:.1f} | {row['idle_cpu']:.0%} "
+                    f"| {rss_mb(pid):.0f} |",
                     flush=True,
                 )
+                end[per] += args.trials  # the produce trials appended one record each
+                batches[per] += args.trials
 
 
 if __name__ == "__main__":

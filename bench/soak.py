@@ -31,7 +31,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from streamtrain.demo.scrape import Scrape, ScrapeError, scrape  # noqa: E402
+from streamtrain.demo.scrape import Scrape, ScrapeError, scrape
 
 TICKS = os.sysconf("SC_CLK_TCK")
 PAGE_MB = os.sysconf("SC_PAGE_SIZE") / 2**20
@@ -240,9 +240,7 @@ def plot(samples: list[Sample], path: Path, rate: float) -> None:
     names = sorted({n for s in samples for n in s.rss})
     for name in names:
         axes[2].plot(minutes, [s.rss.get(name, float("nan")) for s in samples], label=name)
-        axes[3].plot(
-            minutes, [100 * s.cpu.get(name, float("nan")) for s in samples], label=name
-        )
+        axes[3].plot(minutes, [100 * s.cpu.get(name, float("nan")) for s in samples], label=name)
     axes[2].set_ylabel("RSS MB")
     axes[2].legend(loc="upper left")
     axes[3].set_ylabel("CPU %")
@@ -279,8 +277,9 @@ def main() -> int:
         "--dataset", args.dataset, "--run-dir", str(run_dir), "--port", "0",
         "--duration", f"{seconds + 120:.0f}",
     ]  # fmt: skip
-    print(f"run dir {run_dir}; demo output in {run_dir / 'demo.out'}", flush=True)
-    with (run_dir.parent / f"{run_dir.name}.out").open("wb") as out:
+    demo_out = args.out / "demo.out"
+    print(f"run dir {run_dir}; demo output in {demo_out}", flush=True)
+    with demo_out.open("wb") as out:
         demo = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
     soak = Soak(args, run_dir)
     try:

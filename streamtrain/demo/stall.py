@@ -6,7 +6,7 @@ stops stepping, so a stalled trainer would go on showing its last rate. :class:`
 derives samples/s from ``streamtrain_train_samples_total`` over the last few seconds instead:
 0 when nothing is learned. :class:`StallWatch` remembers each stretch of at least
 ``min_seconds`` with no intake while records waited (the trainer's consumer lag), and each
-stretch with served data older than ``max_age_s``; the summary reports them and the demo then
+stretch with served data older than ``max_age_s`` once it had been fresh; the summary reports them and the demo then
 exits non-zero.
 
 >>> meter = RateMeter(window_s=2.0)
@@ -74,6 +74,7 @@ class StallWatch:
         self._last_t = 0.0
         self._stall: Stretch | None = None
         self._old: Stretch | None = None
+        self._fresh_once = False
 
     def observe(self, t: float, trained: float, lag: float, data_age: float | None) -> None:
         """One tick: ``trained`` the trainer's sample counter, ``lag`` its consumer lag,
@@ -90,7 +91,11 @@ class StallWatch:
             self._stall.end, self._stall.worst = t, max(self._stall.worst, lag)
         else:
             self._stall = None
-        if data_age is not None and data_age > self.max_age_s:
+        # A start on a busy machine serves a backlog's old data first: staleness counts once
+        # the served data has been fresh, so only a pipeline that falls behind is reported.
+        if data_age is not None and data_age <= self.max_age_s:
+            self._fresh_once = True
+        if self._fresh_once and data_age is not None and data_age > self.max_age_s:
             if self._old is None:
                 self._old = Stretch(t, t, data_age)
                 self.stale.append(self._old)

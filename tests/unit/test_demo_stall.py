@@ -47,3 +47,13 @@ def test_a_short_hiccup_is_not_a_stall() -> None:
             trained += 100.0
         watch.observe(float(t), trained, lag=500.0, data_age=1.0)
     assert watch.healthy
+
+
+def test_old_data_at_start_is_not_staleness() -> None:
+    watch = StallWatch(min_seconds=5.0, max_age_s=5.0)
+    for t in range(20):  # a slow start serves a backlog: 20 s old data, then fresh
+        watch.observe(float(t), 100.0 * t, lag=0.0, data_age=20.0 if t < 10 else 1.0)
+    assert watch.healthy
+    for t in range(20, 40):  # then it falls behind
+        watch.observe(float(t), 100.0 * t, lag=0.0, data_age=float(t - 18))
+    assert watch.lines("b.log") == ["served data older than 5 s for 15 s (t=24-39 s, up to 21 s)"]
