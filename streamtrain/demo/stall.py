@@ -6,8 +6,8 @@ stops stepping, so a stalled trainer would go on showing its last rate. :class:`
 derives samples/s from ``streamtrain_train_samples_total`` over the last few seconds instead:
 0 when nothing is learned. :class:`StallWatch` remembers each stretch of at least
 ``min_seconds`` with no intake while records waited (the trainer's consumer lag), and each
-stretch with served data older than ``max_age_s`` once it had been fresh; the summary reports them and the demo then
-exits non-zero.
+stretch with served data older than ``max_age_s`` once it had been fresh; the summary
+reports them and the demo then exits non-zero.
 
 >>> meter = RateMeter(window_s=2.0)
 >>> meter.observe(0.0, 0); meter.observe(1.0, 2000); meter.observe(2.0, 4000)

@@ -33,8 +33,8 @@ from streamtrain.ingest.buffer import BatchBuffer
 from streamtrain.ingest.deadletter import DeadLetterSink, KafkaDeadLetter, LogDeadLetter
 from streamtrain.ingest.decode import KafkaRecord, decode_records
 from streamtrain.ingest.log_order import LogOrder
-from streamtrain.ingest.starvation import StarvationWatch
 from streamtrain.ingest.log_watch import LogWatch, OffsetResetFailed, OnOffsetReset
+from streamtrain.ingest.starvation import StarvationWatch
 from streamtrain.kafka import KafkaConnection, OffsetOutOfRange, RecordConsumer, record_consumer
 from streamtrain.kafka.watermark import true_ends
 from streamtrain.spec import SampleSpec

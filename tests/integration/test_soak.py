@@ -18,6 +18,7 @@ here that runs the pipeline long enough to meet the broker's limit (marked ``soa
 
 from __future__ import annotations
 
+import itertools
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,7 +74,7 @@ def _problems(points: list[Point]) -> list[str]:
     steady = [p for p in points if p.t >= started + WARMUP_S]
     assert len(steady) >= 3, f"too few samples after the warm-up: {steady}"
     found = []
-    for before, after in zip(steady, steady[1:]):
+    for before, after in itertools.pairwise(steady):
         learned = after.trained - before.trained
         produced = learned + (after.lag - before.lag)
         if produced > 0 and learned < MIN_INTAKE * produced:
