@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from streamtrain.broker import free_port
+from streamtrain.broker import CLIENT_ENV, PRODUCER_LINGER_MS, free_port
 from streamtrain.config import TopicSettings
 from streamtrain.datasets import DatasetInfo
 from streamtrain.demo.delayed import LabelMode, app_command, delayed_env, join_command
@@ -31,10 +31,6 @@ from streamtrain.demo.drift import demo_dataset
 from streamtrain.spec import SampleSpec
 
 MODEL_NAME = "streamtrain"
-# Issue 32, measured in bench/README.md ("Soak"): against the embedded broker, batches of
-# ~500 samples (250 ms at 2,000 samples/s) and 250 ms fetch waits instead of 5 ms and 10 ms.
-EMBEDDED_LINGER_MS = 250
-EMBEDDED_FETCH_MAX_WAIT_MS = 250
 # The producer runs until the demo stops it; a count it can never reach in practice.
 ENDLESS = 10**12
 SNAPSHOT_EVERY_SECONDS = 1.0
@@ -185,9 +181,10 @@ class DemoPlan:
         env["STREAMTRAIN_KAFKA__BOOTSTRAP_SERVERS"] = self.bootstrap_servers
         env["STREAMTRAIN_TRAIN__SNAPSHOT_EVERY_SECONDS"] = str(SNAPSHOT_EVERY_SECONDS)
         # The embedded broker's fetches slow with the number of record batches in a partition
-        # (docs/operations.md, "The embedded broker"): fewer, larger batches and a longer
-        # fetch wait keep trainer and server fed for hours instead of minutes.
-        env.setdefault("STREAMTRAIN_KAFKA__FETCH_MAX_WAIT_MS", str(EMBEDDED_FETCH_MAX_WAIT_MS))
+        # (docs/operations.md, "The embedded broker"): fewer, larger batches (the producer's
+        # --linger-ms) and longer fetch waits keep trainer and server fed for hours.
+        for name, value in CLIENT_ENV.items():
+            env.setdefault(name, value)
         # Signed end to end with the throwaway pair in key_dir: the server refuses anything
         # the demo's trainer did not sign (docs/snapshots.md, trust).
         env["STREAMTRAIN_TRAIN__SIGNING_KEY"] = str(self.key_dir / "trainer.key")
@@ -290,7 +287,7 @@ class DemoPlan:
                 "--seed",
                 str(self.seed),
                 "--linger-ms",
-                str(EMBEDDED_LINGER_MS),
+                str(PRODUCER_LINGER_MS),
                 *(["--drift-every", str(self.drift_every)] if self.drift_every else []),
             ],
         }
