@@ -129,6 +129,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--warmup", type=float, default=60.0, help="seconds before goals apply")
     parser.add_argument("--dataset", default="hyperplane")
     parser.add_argument("--out", type=Path, default=Path("bench/results/soak"))
+    parser.add_argument(
+        "--from-csv", type=Path, help="report a finished run's soak.csv again (table, plot)"
+    )
+    parser.add_argument("--table-every", type=float, default=300.0, help="seconds per row")
     return parser.parse_args()
 
 
@@ -267,9 +271,47 @@ def write_csv(samples: list[Sample], path: Path) -> None:
             )
 
 
+def read_csv(path: Path) -> list[Sample]:
+    samples = []
+    with path.open(newline="") as f:
+        for rec in csv.DictReader(f):
+            sample = Sample(
+                t=float(rec["t_s"]),
+                intake=float(rec["intake_per_s"]),
+                trained=float(rec["trained"]),
+                age=float(rec["age_s"]) if rec["age_s"] else None,
+                version=float(rec["version"]) if rec["version"] else None,
+                waiting=float(rec["lag"]),
+            )
+            for key, value in rec.items():
+                if key.endswith("_rss_mb"):
+                    sample.rss[key.removesuffix("_rss_mb")] = float(value)
+                elif key.endswith("_cpu"):
+                    sample.cpu[key.removesuffix("_cpu")] = float(value)
+            samples.append(sample)
+    return samples
+
+
+def report(samples: list[Sample], args: argparse.Namespace) -> int:
+    """Table every ``--table-every`` s (the CSV holds every sample), plot, verdict."""
+    names = sorted({n for s in samples for n in s.rss})
+    print(header(names))
+    next_t = 0.0
+    for sample in samples:
+        if sample.t >= next_t or sample is samples[-1]:
+            print(row(sample, names))
+            next_t = sample.t + args.table_every
+    plot(samples, args.out / "soak.png", args.rate)
+    lines = verdict(samples, args)
+    print("\n".join(lines))
+    return 1 if any(line.startswith("FAIL") for line in lines) else 0
+
+
 def main() -> int:
     args = parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.from_csv:
+        return report(read_csv(args.from_csv), args)
     seconds = args.minutes * 60
     run_dir = Path(tempfile.mkdtemp(prefix="soak-"))
     command = [
@@ -300,10 +342,7 @@ def main() -> int:
         except subprocess.TimeoutExpired:
             demo.kill()
     write_csv(samples, args.out / "soak.csv")
-    plot(samples, args.out / "soak.png", args.rate)
-    lines = verdict(samples, args)
-    print("\n".join(lines))
-    return 1 if any(line.startswith("FAIL") for line in lines) else 0
+    return report(samples, args)
 
 
 if __name__ == "__main__":
