@@ -12,10 +12,11 @@ never see this tree: ``streamtrain.cli`` turns it into plain typed arguments.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -29,6 +30,15 @@ from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+)
+
+from streamtrain.ascii_int import parse_ascii_int
+from streamtrain.config_report import ConfigError as ConfigError  # re-exported
+from streamtrain.config_report import (
+    SettingsSources,
+    describe_problems,
+    read_yaml_file,
+    unknown_variables,
 )
 
 Task = Literal["multiclass", "binary", "regression"]
@@ -75,7 +85,8 @@ class KafkaSettings(_Frozen):
     def _check_servers(cls, value: str) -> str:
         for server in value.split(","):
             host, sep, port = server.strip().rpartition(":")
-            if not sep or not host or not port.isdigit():
+            number = parse_ascii_int(port)
+            if not sep or not host or number is None or number > 65535:
                 raise ValueError(
                     f"bootstrap server {server!r} is not host:port; write e.g. '127.0.0.1:9092'"
                 )
@@ -170,7 +181,7 @@ class OptimizerSettings(_Frozen):
 
 
 class TrainSettings(_Frozen):
-    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$")
     autocast: Literal["off", "bf16", "fp16"] = "off"
     seed: int = 0
     checkpoint_dir: Path = Path("checkpoints")
@@ -198,6 +209,9 @@ class TrainSettings(_Frozen):
     max_samples: int | None = Field(None, ge=1)
     stop_when_idle: float | None = Field(None, gt=0, description="Seconds without input.")
     metrics_port: int = Field(9100, ge=0, le=65535)
+    metrics_host: str = Field(
+        "127.0.0.1", description="Address of /metrics and /health; 0.0.0.0 = every interface."
+    )
     liveness_timeout_s: float = Field(
         60.0, gt=0, description="/health/live fails once the loop has not beaten this long."
     )
@@ -215,7 +229,7 @@ class ServeSettings(_Frozen):
     model_name: str = Field("streamtrain", pattern=r"^[A-Za-z0-9_.-]+$")
     max_body_bytes: int = Field(8 * 1_048_576, ge=1024)
     max_batch_size: int = Field(64, ge=1)
-    device: str = Field("cpu", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
+    device: str = Field("cpu", pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$")
     engine: Literal["auto", "direct", "batching"] = Field(
         "auto", description="auto batches concurrent requests on CUDA, one pass each on CPU."
     )
@@ -360,6 +374,9 @@ class JoinSettings(_Frozen):
         "replica's partitions move to the others.",
     )
     metrics_port: int = Field(9102, ge=0, le=65535)
+    metrics_host: str = Field(
+        "127.0.0.1", description="Address of /metrics and /health; 0.0.0.0 = every interface."
+    )
     liveness_timeout_s: float = Field(
         60.0, gt=0, description="/health/live fails once the loop has not beaten this long."
     )
@@ -403,62 +420,44 @@ class Settings(BaseSettings):
         return init_settings, env_settings, _YamlSource(settings_cls)
 
 
-class ConfigError(ValueError):
-    """Configuration that cannot be used; the message names the field and the expected form."""
-
-
 class _YamlSource(PydanticBaseSettingsSource):
-    path: Path | None = None
+    data: dict[str, Any] = {}  # noqa: RUF012  (set by load_settings around one build)
 
     def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
         return None, field_name, False
 
     def __call__(self) -> dict[str, Any]:
-        if self.path is None:
-            return {}
-        return _read_yaml(self.path)
-
-
-def _read_yaml(path: Path) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must hold a mapping such as 'kafka: {{...}}'")
-    return data
+        return _YamlSource.data
 
 
 def load_settings(
-    config_file: Path | None = None, overrides: dict[str, Any] | None = None
+    config_file: Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    flags: Mapping[str, str] | None = None,
 ) -> Settings:
-    """Build the settings tree; raise ConfigError naming every bad field."""
-    _YamlSource.path = config_file
+    """Build the settings tree; raise ConfigError with one line per bad field.
+
+    ``flags`` maps a dotted field (``kafka.bootstrap_servers``) to the CLI flag that set it in
+    ``overrides``, so an error names the flag rather than the variable.
+    """
+    data, text = read_yaml_file(config_file) if config_file is not None else ({}, "")
+    _YamlSource.data = data
     try:
         return Settings(**(overrides or {}))
     except ValidationError as exc:
-        raise ConfigError(describe_validation_error(exc)) from exc
+        sources = SettingsSources(
+            flags=flags or {},
+            environ=dict(os.environ),
+            overrides=overrides or {},
+            config_file=config_file,
+            yaml_text=text,
+        )
+        raise ConfigError(describe_problems(exc, sources, Settings)) from exc
     finally:
-        _YamlSource.path = None
+        _YamlSource.data = {}
 
 
-def describe_validation_error(exc: ValidationError) -> str:
-    lines = ["invalid configuration:"]
-    for err in exc.errors():
-        field = ".".join(str(p) for p in err["loc"]) or "(root)"
-        env = "STREAMTRAIN_" + "__".join(str(p) for p in err["loc"]).upper()
-        lines.append(f"  {field}: {err['msg']} ({_shown_input(err)}env var {env})")
-    return "\n".join(lines)
-
-
-def _shown_input(err: Any) -> str:
-    # A misspelt secret (sasl_passwrd) arrives as an unknown field: never echo its value.
-    # kafka.extra may hold an OAuth client secret: never echo it either.
-    secret = any("password" in str(p) or p == "extra" for p in err["loc"])
-    if err["type"] == "extra_forbidden" or secret:
-        return ""
-    return f"got {err.get('input')!r}; "
+def unknown_env_warnings(environ: Mapping[str, str] | None = None) -> list[str]:
+    """One warning per ``STREAMTRAIN_*`` variable that sets nothing, naming the nearest valid
+    variable (``STREAMTRAIN_MODLE__NAME``: did you mean ``STREAMTRAIN_MODEL__NAME``?)."""
+    return unknown_variables(os.environ if environ is None else environ, Settings)

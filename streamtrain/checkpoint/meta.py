@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from streamtrain.ascii_int import parse_ascii_int
 from streamtrain.checkpoint.state import CheckpointError
 
 FORMAT_VERSION = 1
@@ -68,7 +69,7 @@ class CheckpointMeta(_Strict):
     @classmethod
     def _partition_keys(cls, offsets: dict[str, int]) -> dict[str, int]:
         for key in offsets:
-            if not key.isdigit():
+            if parse_ascii_int(key) is None:
                 raise ValueError(f"partition {key!r} is not a non-negative integer")
         return offsets
 

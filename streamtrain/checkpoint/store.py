@@ -24,7 +24,7 @@ from streamtrain.checkpoint.state import CheckpointError, TrainerState
 
 log = logging.getLogger(__name__)
 
-_STEP_DIR = re.compile(r"^step-(\d+)$")
+_STEP_DIR = re.compile(r"^step-([0-9]{1,19})$")
 _TMP = ".tmp-"
 _REPLACED = ".replaced-"
 _ABANDONED = ".abandoned-"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from streamtrain.cli import admin as _admin  # noqa: F401  (registers the command)
 from streamtrain.cli import broker as _broker  # noqa: F401
+from streamtrain.cli import config_check as _config_check  # noqa: F401
 from streamtrain.cli import demo as _demo  # noqa: F401
 from streamtrain.cli import join as _join  # noqa: F401
 from streamtrain.cli import keys as _keys  # noqa: F401

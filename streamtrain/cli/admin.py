@@ -16,8 +16,9 @@ from streamtrain.cli.common import ExitCode, fail
 
 admin_app = typer.Typer(
     name="admin",
-    help="Pin, unpin and roll back served versions (see docs/serving.md, admin API).",
+    help="Pin, unpin and roll back served versions (docs/serving.md).",
     no_args_is_help=True,
+    rich_markup_mode=None,
 )
 app.add_typer(admin_app)
 

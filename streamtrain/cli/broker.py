@@ -13,7 +13,7 @@ from streamtrain.cli.command import app
 from streamtrain.cli.common import ExitCode, fail
 
 
-@app.command()
+@app.command(short_help="Run the embedded in-memory Kafka broker until Ctrl-C.")
 def broker(
     port: int = typer.Option(9092, help="Loopback port to listen on (0 picks a free one)."),
     host: str = typer.Option("127.0.0.1", help="Address to listen on."),

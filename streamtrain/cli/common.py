@@ -9,6 +9,8 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import socket
+from collections.abc import Mapping
 from enum import IntEnum
 from pathlib import Path
 from typing import Any, NoReturn
@@ -16,7 +18,7 @@ from typing import Any, NoReturn
 import typer
 from prometheus_client import Info
 
-from streamtrain.config import ConfigError, Settings, load_settings
+from streamtrain.config import ConfigError, Settings, load_settings, unknown_env_warnings
 
 CONFIG_OPTION = typer.Option(
     None,
@@ -57,18 +59,33 @@ def _one_line(text: str, limit: int = 600) -> str:
     return flat if len(flat) <= limit else flat[: limit - 3] + "..."
 
 
-def settings_from(config: Path | None, **flags: Any) -> Settings:
-    """Merge settings; ``flags`` use dotted names (``kafka.bootstrap_servers``), None = unset."""
+def settings_from(
+    config: Path | None, flag_names: Mapping[str, str] | None = None, **flags: Any
+) -> Settings:
+    """Merge settings; ``flags`` use dotted names (``kafka__bootstrap_servers``), None = unset.
+
+    An error names the flag that gave the value: ``--<field>`` (``--bootstrap-servers``)
+    unless ``flag_names`` names it otherwise (``{"topics__snapshots": "--snapshots-topic"}``).
+    Every problem is one ``error:`` line; every STREAMTRAIN_* variable that sets nothing is a
+    ``warning:`` line (docs/configuration.md).
+    """
     overrides: dict[str, Any] = {}
+    names: dict[str, str] = {}
     for dotted, value in flags.items():
         if value is None:
             continue
         section, _, name = dotted.partition("__")
         overrides.setdefault(section, {})[name] = value
+        default = "--" + name.replace("_", "-")
+        names[f"{section}.{name}"] = (flag_names or {}).get(dotted, default)
+    for warning in unknown_env_warnings():
+        typer.secho(f"warning: {warning}", fg=typer.colors.YELLOW, err=True)
     try:
-        return load_settings(config, overrides)
+        return load_settings(config, overrides, names)
     except ConfigError as exc:
-        fail(str(exc))
+        for problem in exc.problems[:-1]:
+            typer.secho(f"error: {_one_line(problem)}", fg=typer.colors.RED, err=True)
+        fail(exc.problems[-1])
 
 
 def setup_logging(verbose: bool = False) -> None:
@@ -118,6 +135,27 @@ def port_in_use_message(flag: str, port: int, exc: OSError) -> str:
     else:
         why = f"cannot be opened ({exc.strerror or exc})"
     return f"{flag} {port} {why}; pass another {flag}, or {flag} 0 for any free port"
+
+
+def bind_failure_message(flag: str, host: str, port: int, exc: OSError) -> str:
+    """A port taken, or a host (``*.metrics_host``) that is no address of this machine."""
+    if isinstance(exc, socket.gaierror) or exc.errno == errno.EADDRNOTAVAIL:
+        return (
+            f"metrics host {host!r} is not an address of this machine ({exc.strerror or exc}); "
+            "set train.metrics_host / join.metrics_host to 127.0.0.1, 0.0.0.0 (every "
+            "interface) or one of this machine's addresses"
+        )
+    return port_in_use_message(flag, port, exc)
+
+
+def bound_url(server: Any, path: str) -> str:
+    """The URL of ``path`` on the address ``server`` actually bound (``server_address``)."""
+    host, port = server.server_address[0], server.server_address[1]
+    shown = f"[{host}]" if ":" in host else host
+    url = f"http://{shown}:{port}{path}"
+    if host in ("0.0.0.0", "::"):
+        return f"{url} (every interface; from this machine http://127.0.0.1:{port}{path})"
+    return url
 
 
 _KAFKA_MODULES = ("kafka.", "cimpl", "confluent_kafka", "streamtrain.kafka")

@@ -10,7 +10,7 @@ from streamtrain.cli.command import app
 from streamtrain.cli.common import ExitCode, fail
 
 
-@app.command()
+@app.command(short_help="Run the whole pipeline on this machine, with a live view.")
 def demo(
     dataset: str = typer.Option(
         "hyperplane",

@@ -11,17 +11,18 @@ from streamtrain.cli.command import app
 from streamtrain.cli.common import (
     CONFIG_OPTION,
     ExitCode,
+    bind_failure_message,
+    bound_url,
     fail,
     is_kafka_failure,
     kafka_failure_message,
-    port_in_use_message,
     require_writable_dir,
     settings_from,
     setup_logging,
 )
 
 
-@app.command()
+@app.command(short_help="Join delayed labels to logged predictions, exactly once.")
 def join(
     config: Path | None = CONFIG_OPTION,
     bootstrap_servers: str | None = typer.Option(None, help="Kafka host:port list."),
@@ -32,7 +33,7 @@ def join(
     create_missing_topics: bool = typer.Option(
         True, help="Create the samples, predictions, labels and dead-letter topics if missing."
     ),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
 ) -> None:
     """Match each label on the labels topic to its logged prediction and emit the served
     sample with that label to the samples topic, exactly once; run one per partition at most
@@ -61,9 +62,14 @@ def join(
     health.HEALTH.configure(settings.join.liveness_timeout_s)
     port = settings.join.metrics_port
     try:
-        server = metrics.serve_metrics(metrics.JOIN_REGISTRY, port, routes=health.routes())
+        server = metrics.serve_metrics(
+            metrics.JOIN_REGISTRY, port, settings.join.metrics_host, routes=health.routes()
+        )
     except OSError as exc:
-        fail(port_in_use_message("--metrics-port", port, exc), ExitCode.LOCAL_RESOURCE)
+        fail(
+            bind_failure_message("--metrics-port", settings.join.metrics_host, port, exc),
+            ExitCode.LOCAL_RESOURCE,
+        )
     servers = settings.kafka.bootstrap_servers
     try:
         running = build_join(settings, create_missing_topics=create_missing_topics)
@@ -75,8 +81,8 @@ def join(
         if is_kafka_failure(exc) or isinstance(exc, ConnectionError | TimeoutError):
             fail(kafka_failure_message(servers, exc), ExitCode.KAFKA_UNREACHABLE)
         raise
-    typer.echo(f"join metrics: http://127.0.0.1:{server.server_port}/metrics")
-    typer.echo(f"join health:  http://127.0.0.1:{server.server_port}/health/ready")
+    typer.echo(f"join metrics: {bound_url(server, '/metrics')}")
+    typer.echo(f"join health:  {bound_url(server, '/health/ready')}")
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: running.joiner.request_stop())
     topics = settings.topics

@@ -13,6 +13,7 @@ keys_app = typer.Typer(
     name="keys",
     help="Signing keys for weight snapshots (see docs/snapshots.md, trust).",
     no_args_is_help=True,
+    rich_markup_mode=None,
 )
 app.add_typer(keys_app)
 

@@ -117,7 +117,7 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-@app.command()
+@app.command(short_help="Send a labelled sample stream to the samples topic.")
 def produce(
     dataset: str = typer.Option(
         "hyperplane", help="hyperplane, hyperplane-multiclass, digits, ctr or file."
@@ -149,6 +149,7 @@ def produce(
         fail(f"--format {format!r} is not supported; use json or binary")
     settings = settings_from(
         config,
+        {"topics__samples": "--topic", "topics__sample_partitions": "--partitions"},
         kafka__bootstrap_servers=bootstrap_servers,
         topics__samples=topic,
         topics__sample_partitions=partitions,

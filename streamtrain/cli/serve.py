@@ -20,7 +20,7 @@ from streamtrain.cli.common import (
 from streamtrain.extras import MissingExtra
 
 
-@app.command()
+@app.command(short_help="Serve predictions (KServe v2 HTTP/gRPC), following snapshots.")
 def serve(
     config: Path | None = CONFIG_OPTION,
     bootstrap_servers: str | None = typer.Option(None, help="Kafka host:port list."),
@@ -31,11 +31,12 @@ def serve(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
 ) -> None:
     """Serve predictions over HTTP (KServe v2 / Open Inference Protocol), following the
-    trainer's weight snapshots. The model comes from the settings (``model.*``), which must
+    trainer's weight snapshots. The model comes from the settings (model.*), which must
     match the trainer's: snapshots of another configuration are refused."""
     setup_logging(verbose)
     settings = settings_from(
         config,
+        {"topics__snapshots": "--snapshots-topic"},
         kafka__bootstrap_servers=bootstrap_servers,
         serve__host=host,
         serve__port=port,

@@ -14,11 +14,12 @@ from streamtrain.cli.command import app
 from streamtrain.cli.common import (
     CONFIG_OPTION,
     ExitCode,
+    bind_failure_message,
+    bound_url,
     describe_model,
     fail,
     is_kafka_failure,
     kafka_failure_message,
-    port_in_use_message,
     require_writable_dir,
     settings_from,
     setup_logging,
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
     from streamtrain.train.loop import Trainer, TrainSummary
 
 
-@app.command()
+@app.command(short_help="Learn from the samples topic; publish weight snapshots.")
 def train(
     config: Path | None = CONFIG_OPTION,
     bootstrap_servers: str | None = typer.Option(None, help="Kafka host:port list."),
@@ -53,7 +54,7 @@ def train(
     max_restarts: int = typer.Option(
         0, min=0, help="With --nproc: times torchrun restarts the group after a rank dies."
     ),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
 ) -> None:
     """Consume samples, take gradient steps, publish snapshots, checkpoint; Ctrl-C stops cleanly."""
     if (
@@ -103,10 +104,12 @@ def train(
 
         registry = rank_registry(registry, int(os.environ["RANK"]))
     try:
-        server = metrics.serve_metrics(registry, metrics_port, routes=health.routes())
+        server = metrics.serve_metrics(
+            registry, metrics_port, settings.train.metrics_host, routes=health.routes()
+        )
     except OSError as exc:
         fail(
-            port_in_use_message("--metrics-port", metrics_port, exc),
+            bind_failure_message("--metrics-port", settings.train.metrics_host, metrics_port, exc),
             ExitCode.LOCAL_RESOURCE,
         )
     topics = settings.topics
@@ -131,8 +134,8 @@ def train(
     describe_model(metrics.TRAIN_MODEL_INFO, settings)
     if resolve_device(settings.train.device).type == "cuda":
         metrics.export_cuda_metrics()
-    typer.echo(f"trainer metrics: http://127.0.0.1:{server.server_port}/metrics")
-    typer.echo(f"trainer health:  http://127.0.0.1:{server.server_port}/health/ready")
+    typer.echo(f"trainer metrics: {bound_url(server, '/metrics')}")
+    typer.echo(f"trainer health:  {bound_url(server, '/health/ready')}")
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: trainer.request_stop())
     try:

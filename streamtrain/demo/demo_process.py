@@ -19,7 +19,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
-PID_LINE = re.compile(r"^(\w+): .*\bpid (\d+)\b|^broker: .*\(pid (\d+)\)")
+from streamtrain.ascii_int import parse_ascii_int
+
+PID_LINE = re.compile(r"^(\w+): .*\bpid ([0-9]+)\b|^broker: .*\(pid ([0-9]+)\)")
 
 
 class DemoProcess:
@@ -141,10 +143,11 @@ def processes_mentioning(text: str) -> list[int]:
     """PIDs of live processes whose command line contains ``text`` (strays of a run dir)."""
     found = []
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
+        pid = parse_ascii_int(entry.name)
+        if pid is None:
             continue
         with contextlib.suppress(OSError):
             cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            if text in cmdline and alive(int(entry.name)):
-                found.append(int(entry.name))
+            if text in cmdline and alive(pid):
+                found.append(pid)
     return found

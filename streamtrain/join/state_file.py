@@ -22,6 +22,7 @@ import numpy.typing as npt
 from safetensors import SafetensorError
 from safetensors.numpy import load, save
 
+from streamtrain.ascii_int import parse_ascii_int
 from streamtrain.join.partition_state import (
     JoinPolicy,
     PartitionState,
@@ -133,7 +134,7 @@ def read_state(path: Path, policy: JoinPolicy) -> Checkpointed | None:
         state.labels_offset = int(doc["labels_offset"])
         state.predictions_seen_until = float(doc["predictions_seen_until"])
         state.labels_seen_until = float(doc["labels_seen_until"])
-        ends = {int(p): int(o) for p, o in doc["samples_ends"].items()}
+        ends = {_partition(p): int(o) for p, o in doc["samples_ends"].items()}
     except StateFileError:
         raise
     except (KeyError, TypeError, ValueError, msgspec.DecodeError, SafetensorError) as exc:
@@ -194,3 +195,11 @@ def _label_from(doc: dict[str, Any], key: bytes, value: bytes) -> PendingLabel:
         topic, int(partition), int(offset), int(stamp), key or None, value, headers
     )
     return PendingLabel(label, record)
+
+
+def _partition(key: str) -> int:
+    """A partition number that JSON forced into a string key; ValueError when it is not one."""
+    number = parse_ascii_int(key)
+    if number is None:
+        raise ValueError(f"partition {key!r} is not a non-negative integer")
+    return number

@@ -30,6 +30,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from streamtrain.ascii_int import parse_ascii_int
 from streamtrain.serve.protocol import ProtocolError, encode_json
 from streamtrain.serve.retained import AdminError, RetainedVersions
 
@@ -124,7 +125,7 @@ async def _pin_version(request: Request) -> int:
         version = _PIN_DECODER.decode(body).version
     except msgspec.DecodeError as exc:
         raise ProtocolError(f'pin needs a JSON body {{"version": "<version>"}}: {exc}') from None
-    text = str(version)
-    if not (text.isascii() and text.isdigit()):
+    number = parse_ascii_int(str(version))
+    if number is None:
         raise ProtocolError(f"version must be a non-negative integer, got {version!r}")
-    return int(text)
+    return number

@@ -39,6 +39,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route
 
+from streamtrain.ascii_int import parse_ascii_int
 from streamtrain.serve.inference import Engine
 from streamtrain.serve.protocol import (
     BINARY_HEADER,
@@ -88,9 +89,9 @@ def _error(status: int, message: str) -> Response:
 
 async def read_body(request: Request, limit: int) -> bytes:
     """The body, refused (413) past ``limit`` bytes before reading more than that."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > limit:
-        raise _too_large(int(declared), limit)
+    declared = parse_ascii_int(request.headers.get("content-length") or "")
+    if declared is not None and declared > limit:
+        raise _too_large(declared, limit)
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():

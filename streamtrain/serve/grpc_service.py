@@ -73,12 +73,12 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
     async def ModelReady(
         self, request: service_pb2.ModelReadyRequest, context: _Context
     ) -> service_pb2.ModelReadyResponse:
+        # Triton answers ready=false, not NOT_FOUND, for an unknown model or version, as REST's
+        # /ready does; a client's is_model_ready("nosuch") returns False rather than raising.
         try:
             self._served.live_version(request.name, request.version)
         except ProtocolError as exc:
-            if exc.status == 404 and request.name == self._served.name:
-                return service_pb2.ModelReadyResponse(ready=False)
-            if exc.status == 503:
+            if exc.status in (404, 503):
                 return service_pb2.ModelReadyResponse(ready=False)
             await _abort(context, exc)
         return service_pb2.ModelReadyResponse(ready=True)

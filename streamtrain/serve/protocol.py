@@ -37,6 +37,7 @@ from typing import Any
 import msgspec
 import numpy as np
 
+from streamtrain.ascii_int import parse_ascii_int
 from streamtrain.jagged import SparseRows
 from streamtrain.serve import sparse_inputs
 from streamtrain.serve.classification import serialize_bytes, top_k_strings
@@ -271,9 +272,9 @@ def output_tensor(
 def _split_binary(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
     if header_length is None:
         return body, b""
-    if not (header_length.isascii() and header_length.isdigit()):
+    length = parse_ascii_int(header_length)
+    if length is None:
         raise ProtocolError(f"{BINARY_HEADER} must be an integer, got {header_length!r}")
-    length = int(header_length)
     if length > len(body):
         raise ProtocolError(f"{BINARY_HEADER} is {length} but the body has only {len(body)} bytes")
     return body[:length], body[length:]

@@ -35,6 +35,7 @@ import anyio.to_thread
 import torch
 from torch import nn
 
+from streamtrain.ascii_int import parse_ascii_int
 from streamtrain.jagged import SparseRows
 from streamtrain.metrics import SERVE_PINNED_VERSION, SERVE_RETAINED_VERSIONS
 from streamtrain.serve.inference import Array, Head, Prediction, call_model
@@ -255,13 +256,15 @@ class RetainedVersions:
         return [r.info.version for r in ranked]
 
     def has(self, version: str) -> bool:
-        return version.isdigit() and int(version) in self._versions
+        number = parse_ascii_int(version)
+        return number is not None and number in self._versions
 
     async def infer(
         self, version: str, features: Array, sparse: SparseRows | None = None
     ) -> Prediction | None:
         """Run ``features`` on retained ``version``; None when it is not retained."""
-        entry = self._versions.get(int(version)) if version.isdigit() else None
+        number = parse_ascii_int(version)
+        entry = None if number is None else self._versions.get(number)
         if entry is None:
             return None
         return await anyio.to_thread.run_sync(self._forward, entry, features, sparse)

@@ -224,7 +224,8 @@ class SnapshotWatcher:
 
     def _count_rejection(self, item: RejectedLike) -> None:
         SERVE_REJECTED_SNAPSHOTS.labels(item.reason).inc()
-        log.warning("snapshot version %s rejected (%s): %s", item.version, item.reason, item.detail)
+        what = "snapshot record" if item.version is None else f"snapshot version {item.version}"
+        log.warning("%s rejected (%s): %s", what, item.reason, item.detail)
 
     def _try_load(self, snapshot: ReceivedLike, from_cache: bool = False) -> bool | None:
         """True when live, False when the slot refused it (counted there), None when busy."""

@@ -25,6 +25,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from streamtrain.ascii_int import parse_ascii_int
+
 FORMAT: Literal["streamtrain.snapshot.v1"] = "streamtrain.snapshot.v1"
 _HEX64 = r"^[0-9a-f]{64}$"
 
@@ -50,9 +52,10 @@ def snapshot_id(run_id: str, version: int) -> str:
 def parse_snapshot_id(value: str) -> tuple[str, int] | None:
     """Split ``<run_id>/<version>``; None when it is not of that form."""
     run_id, sep, version = value.rpartition("/")
-    if not sep or not run_id or not version.isdigit():
+    number = parse_ascii_int(version)
+    if not sep or not run_id or number is None:
         return None
-    return run_id, int(version)
+    return run_id, number
 
 
 SnapshotOrder = tuple[int, float, str]

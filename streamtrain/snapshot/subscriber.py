@@ -278,13 +278,17 @@ class SnapshotSubscriber:
     def _on_record(self, record: KafkaRecord) -> Iterable[Result]:
         header = wire.parse_headers(record.headers)
         if header is None:
-            log.warning(
-                "ignoring record at offset %d of %s: not a streamtrain snapshot record "
-                "(missing or malformed streamtrain-* headers)",
-                record.offset,
-                self.topic,
-            )
-            return []
+            # Rejected and counted like any bad snapshot, never a topic-read failure: the tail
+            # goes on with the next record.
+            return [
+                RejectedSnapshot(
+                    "bad_record",
+                    f"record at offset {record.offset} of {self.topic} is not a streamtrain "
+                    "snapshot record (missing or malformed streamtrain-* headers, e.g. a chunk "
+                    "header that is not <index>/<count> in ASCII digits)",
+                    None,
+                )
+            ]
         if header.kind == "chunk":
             chunk = Chunk(header.index, header.count, bytes(record.value or b""))
             return self._assembler.add(header.snapshot_id, chunk, record.offset)

@@ -45,7 +45,14 @@ from streamtrain.snapshot.payload import CodecError, decode_state, describe_mism
 from streamtrain.snapshot.signing import ManifestVerifier
 
 RejectReason = Literal[
-    "signature", "checksum", "incomplete", "size", "corrupt", "config_mismatch", "bad_manifest"
+    "signature",
+    "checksum",
+    "incomplete",
+    "size",
+    "corrupt",
+    "config_mismatch",
+    "bad_manifest",
+    "bad_record",
 ]
 
 # A 2 GiB snapshot in the default 512 KiB chunks is 4096 chunks; this leaves room for 32 KiB

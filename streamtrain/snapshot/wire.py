@@ -31,6 +31,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from streamtrain.ascii_int import parse_ascii_int
+
 KIND = "streamtrain-kind"
 SNAPSHOT = "streamtrain-snapshot"
 CHUNK = "streamtrain-chunk"
@@ -93,9 +95,7 @@ def parse_headers(headers: Sequence[tuple[str, bytes | None]] | None) -> RecordH
     if kind != "chunk":
         return None
     index, sep, count = values.get(CHUNK, "").partition("/")
-    if not sep or not index.isdigit() or not count.isdigit():
-        return None
-    i, n = int(index), int(count)
-    if n < 1 or i >= n:
+    i, n = parse_ascii_int(index), parse_ascii_int(count)
+    if not sep or i is None or n is None or n < 1 or i >= n:
         return None
     return RecordHeader("chunk", snapshot, i, n)

@@ -84,6 +84,12 @@ def test_tritonclient_grpc_matches_http(worker: ServingWorker, worker_settings: 
         grpc.infer("m", [tensor], model_version="2")
     assert caught.value.status() == "StatusCode.NOT_FOUND"
     assert not grpc.is_model_ready("m", "2")
+    # Unknown model, unknown or non-ASCII version: ready=false as Triton answers, never an error.
+    assert grpc.is_model_ready("nosuch") is False
+    assert grpc.is_model_ready("nosuch", "3") is False
+    assert grpc.is_model_ready("m", "99") is False
+    assert grpc.is_model_ready("m", "\u00b3") is False  # superscript three
+    assert http.is_model_ready("nosuch") is False  # type: ignore[attr-defined]
     with pytest.raises(InferenceServerException, match="unknown model 'x'"):
         grpc.get_model_metadata("x")
 

@@ -347,6 +347,18 @@ def test_prometheus_scrapes_every_service_on_its_metrics_port() -> None:
     assert scraped == expected_ports
 
 
+def test_scraped_services_listen_beyond_loopback() -> None:
+    # Each process defaults to 127.0.0.1 (train.metrics_host, join.metrics_host, serve.host);
+    # Prometheus reaches them over the compose network only if they listen on every interface.
+    services = _services()
+    hosts = {
+        "trainer": _environment(services["trainer"]).get("STREAMTRAIN_TRAIN__METRICS_HOST"),
+        "join": _environment(services["join"]).get("STREAMTRAIN_JOIN__METRICS_HOST"),
+        "server": _option(_command(services["server"]), "--host"),
+    }
+    assert hosts == {"trainer": "0.0.0.0", "join": "0.0.0.0", "server": "0.0.0.0"}
+
+
 def test_grafana_provisioning_matches_its_mounts() -> None:
     services = _services()
     grafana = services["grafana"]

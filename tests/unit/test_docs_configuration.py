@@ -31,8 +31,11 @@ _ROW = re.compile(r"^\|\s*`(\w+)`\s*\|[^|]*\|\s*`([^`]*)`\s*\|\s*`(STREAMTRAIN_\
 _FLAG_ROW = re.compile(r"^\|\s*`([a-z, `]+)`\s*\|\s*`(--[a-z-]+)`")
 # Variables the doc names on purpose as examples of what is refused or ignored.
 _WRONG_ON_PURPOSE = [
-    "STREAMTRAIN_FOO",
+    "STREAMTRAIN_ADMIN_TOKEN",  # read by `streamtrain admin`, not a setting
     "STREAMTRAIN_KAFKA__SASL_PASSWRD",
+    "STREAMTRAIN_MODLE__NAME",
+    "STREAMTRAIN_TANSU_BINARY",  # read by the embedded broker, not a setting
+    "STREAMTRAIN_TEST_",
     "STREAMTRAIN_TRAIN__MAXSAMPLES",
 ]
 

@@ -9,7 +9,9 @@ fixed seed keep the run to a few seconds and reproducible in CI.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -19,7 +21,10 @@ from starlette.testclient import TestClient
 from streamtrain.serve.endpoints import create_app
 from streamtrain.serve.inference import DirectEngine, head_for
 from streamtrain.serve.protocol import BINARY_HEADER, ModelIO
+from streamtrain.serve.retained import RetainedVersions
+from streamtrain.serve.served_model import ServedModel
 from streamtrain.serve.slot import WeightSlot
+from streamtrain.serve.version_fixtures import tiny_regression_model, version_weights
 from streamtrain.spec import SampleSpec
 
 SPEC = SampleSpec((2, 3), "multiclass", num_classes=3)
@@ -114,9 +119,19 @@ contents = st.one_of(
     .map(lambda b: json.dumps(b).encode())
     .flatmap(lambda raw: st.integers(0, len(raw)).map(lambda cut: raw[:cut])),
 )
+# Digits of other scripts: str.isdigit() says True to each; int() refuses the superscripts and
+# quietly accepts the others. Only ASCII [0-9] is a number on our wire (streamtrain/ascii_int).
+NON_ASCII_DIGITS = ["\u00b9", "\u00b2", "\u00b3", "\u0663", "\u06f3", "\uff13", "\U0001d7d1"]
+digit_text = st.lists(
+    st.sampled_from([*NON_ASCII_DIGITS, "0", "1", "5", " ", "+", "-"]), min_size=1, max_size=4
+).map("".join)
 # Header values reach the app as latin-1: "²" is a digit to str.isdigit but not to int().
-header_bytes = st.text(st.characters(min_codepoint=0x20, max_codepoint=0xFF), max_size=4).map(
-    lambda text: text.encode("latin-1")
+header_bytes = (
+    st.text(st.characters(min_codepoint=0x20, max_codepoint=0xFF), max_size=4).map(
+        lambda text: text.encode("latin-1")
+    )
+    | digit_text.map(lambda text: text.encode("utf-8"))
+    | st.sampled_from(["\u00b2", "\u00b3", "\u00b9", "1\u00b2"]).map(lambda t: t.encode("latin-1"))
 )
 headers = st.fixed_dictionaries(
     {},
@@ -162,3 +177,67 @@ def test_no_request_gets_a_5xx() -> None:
         check()
     # The strategies must reach the success path and the rejections, or they test too little.
     assert 200 in seen and 400 in seen
+
+
+VERSION_ROUTES = [
+    ("POST", "/v2/models/{m}/versions/{v}/infer"),
+    ("GET", "/v2/models/{m}/versions/{v}"),
+    ("GET", "/v2/models/{m}/versions/{v}/ready"),
+    ("GET", "/v2/models/{m}/versions/{v}/config"),
+    ("GET", "/v2/models/{m}/versions/{v}/stats"),
+    ("POST", "/v2/models/{m}/infer"),
+    ("GET", "/v2/models/{m}/ready"),
+]
+
+
+def test_non_ascii_digits_in_paths_and_headers_never_get_a_5xx(tmp_path: Path) -> None:
+    """Every path position that names a version or model, with retained versions on (their
+    lookup is where a superscript once became a 500), and the binary-length header."""
+    model = tiny_regression_model(2)
+    slot = WeightSlot(model)
+    spec = SampleSpec((2,), "regression")
+    retained = RetainedVersions(
+        slot, tiny_regression_model(2), head_for(spec), torch.device("cpu"), 2, None
+    )
+    for version in (1, 2):
+        retained.load(
+            version_weights(tiny_regression_model(2), version),
+            version=version,
+            run_id="r",
+            created_at=float(version),
+        )
+    engine = DirectEngine(slot, head_for(spec), torch.device("cpu"))
+    io = ModelIO.for_spec(spec)
+    served = ServedModel(slot=slot, engine=engine, io=io, name="reg", retained=retained)
+    app = create_app(
+        slot=slot, engine=engine, io=io, model_name="reg", max_body_bytes=4096, served=served
+    )
+    body = json.dumps(
+        {"inputs": [{"name": "input", "shape": [1, 2], "datatype": "FP32", "data": [1, 1]}]}
+    ).encode()
+    seen: set[int] = set()
+    with TestClient(app) as client:
+
+        @settings(max_examples=150, deadline=None, derandomize=True, database=None)
+        @given(
+            route=st.sampled_from(VERSION_ROUTES),
+            version=digit_text | st.sampled_from(["1", "2", "01"]),
+            name=st.sampled_from(["reg", "reg", "\u00b2", "r\u0663g"]),
+            extra_headers=headers,
+        )
+        def check(
+            route: tuple[str, str], version: str, name: str, extra_headers: dict[str, Any]
+        ) -> None:
+            method, template = route
+            path = template.format(m=quote(name), v=quote(version))
+            reply = client.request(
+                method, path, content=body if method == "POST" else None, headers=extra_headers
+            )
+            seen.add(reply.status_code)
+            assert reply.status_code < 500, (path, extra_headers, reply.text)
+
+        check()
+        # ASCII versions that are retained answer, so the refusals above were about the digits.
+        ok = client.post("/v2/models/reg/versions/1/infer", content=body)
+        assert ok.status_code == 200 and ok.json()["model_version"] == "1"
+    assert 200 in seen and 404 in seen and 400 in seen

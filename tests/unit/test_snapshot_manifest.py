@@ -85,6 +85,8 @@ def test_snapshot_id_parsing() -> None:
     assert parse_snapshot_id("run/with/slash/12") == ("run/with/slash", 12)
     assert parse_snapshot_id("run-1") is None
     assert parse_snapshot_id("run-1/x") is None
+    for digit in ("\u00b2", "\u0663", "\uff13", "1\u00b9"):  # superscript, Arabic-Indic, fullwidth
+        assert parse_snapshot_id(f"run-1/{digit}") is None
 
 
 def test_headers_round_trip_and_reject_malformed() -> None:
@@ -101,3 +103,15 @@ def test_headers_round_trip_and_reject_malformed() -> None:
     ]
     assert parse_headers(bad_index) is None
     assert parse_headers([("streamtrain-kind", b"\xff"), ("streamtrain-snapshot", b"r/1")]) is None
+
+
+@pytest.mark.parametrize(
+    "chunk", ["\u00b2/3", "0/\u00b3", "\u0661/3", "0/\uff13", " 0/3", "+0/3", "0/3 "]
+)
+def test_chunk_headers_with_non_ascii_digits_are_malformed(chunk: str) -> None:
+    headers = [
+        ("streamtrain-kind", b"chunk"),
+        ("streamtrain-snapshot", b"r/1"),
+        ("streamtrain-chunk", chunk.encode()),
+    ]
+    assert parse_headers(headers) is None  # never a ValueError out of int()
