@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import os
 import signal
 import subprocess
@@ -200,6 +201,21 @@ def verdict(samples: list[Sample], args: argparse.Namespace) -> list[str]:
     lines.append(
         f"{'FAIL' if low else 'ok'} intake within 5% of {args.rate:g}/s: "
         f"{len(low)} of {len(steady)} samples below; lowest {worst.intake:.0f}/s at {worst.t:.0f} s"
+    )
+    # The producer shares the machine too: what reached the log in each interval (learned +
+    # change in lag) is the rate the trainer could have kept up with.
+    behind = []
+    for before, after in itertools.pairwise(samples):
+        if after.t < args.warmup:
+            continue
+        produced = (after.trained + after.waiting) - (before.trained + before.waiting)
+        learned = after.trained - before.trained
+        if produced > 0 and learned < 0.95 * produced:
+            behind.append(f"{after.t:.0f} s ({learned:,.0f} of {produced:,.0f})")
+    lines.append(
+        f"{'FAIL' if behind else 'ok'} intake within 5% of what reached the log in each "
+        f"interval: {len(behind)} of {len(steady)} below"
+        + (f" (at {', '.join(behind[:5])})" if behind else "")
     )
     ages = [s for s in steady if s.age is None or s.age > 2.0]
     top = max((s.age or float("inf") for s in steady), default=float("inf"))
