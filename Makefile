@@ -50,3 +50,21 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+# The GPU check (bench/gpu_check.py; docs/operations.md, "GPU notes"). gpu-wheels fills .whl/
+# with the cp312 wheels the device machine needs besides its own torch and numpy, within the
+# 64 MiB a device call carries; gpu-check runs on that machine (python3 there holds the CUDA
+# torch); gpu-check-dry is the same script here, its CUDA parts skipped, as CI runs it.
+GPU_PY ?= python3
+
+.PHONY: gpu-wheels gpu-check gpu-check-dry
+
+gpu-wheels: $(STAMP)
+	$(BIN)/python bench/gpu_wheels.py
+
+gpu-check:
+	PYTHONUNBUFFERED=1 $(GPU_PY) bench/gpu_check.py
+
+gpu-check-dry: gpu-wheels
+	PYTHONUNBUFFERED=1 $(BIN)/python bench/gpu_check.py --dry
+

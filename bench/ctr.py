@@ -32,6 +32,10 @@ from streamtrain.train.models.embedding import hash_rows
 from streamtrain.train.optim import build_optimizer
 from streamtrain.train.task import TaskHead
 
+# what every runner times with; bench/ctr_churn.py switches to CPU time (time.process_time),
+# steadier than wall time on a machine shared with other work
+CLOCK: Callable[[], float] = time.perf_counter
+
 
 @dataclass(frozen=True)
 class Stream:
@@ -61,8 +65,10 @@ def _log_loss(y: np.ndarray, p: np.ndarray) -> float:
     return float(-(y * np.log(p) + (1 - y) * np.log(1 - p)).mean())
 
 
-def make_stream(samples: int, seed: int, users: int, items: int) -> Stream:
-    info = ctr(users=users, items=items)
+def make_stream(
+    samples: int, seed: int, users: int, items: int, new_item_every: int = 50
+) -> Stream:
+    info = ctr(users=users, items=items, new_item_every=new_item_every)
     parts = list(info.iterate(samples, seed=seed, chunk_size=4096))
     return Stream(
         np.concatenate([c.features for c in parts]),
@@ -73,8 +79,15 @@ def make_stream(samples: int, seed: int, users: int, items: int) -> Stream:
 
 
 def run_streamtrain(
-    name: str, params: dict[str, object], lr: float, s: Stream, batch: int
+    name: str,
+    params: dict[str, object],
+    lr: float,
+    s: Stream,
+    batch: int,
+    probe: Callable[[int], None] | None = None,
 ) -> Result:
+    """``probe``, when given, is called after each batch with the samples learned so far
+    (outside the timed loop's work only in that it is cheap: ``ctr_churn.py`` reads RSS)."""
     info = ctr()
     torch.manual_seed(0)
     model = build_model(name, info.spec, params)
@@ -85,7 +98,7 @@ def run_streamtrain(
     users, items = torch.from_numpy(s.users), torch.from_numpy(s.items)
     probs = np.zeros(len(s.y))
     ones = torch.ones(len(s.y))
-    started = time.perf_counter()
+    started = CLOCK()
     for lo in range(0, len(s.y), batch):
         hi = min(lo + batch, len(s.y))
         n = hi - lo
@@ -97,7 +110,9 @@ def run_streamtrain(
         with torch.no_grad():
             probs[lo:hi] = torch.sigmoid(model(x[lo:hi], sparse)).numpy()
         learner.learn(x[lo:hi], y[lo:hi], ones[:n], sparse)
-    return Result(f"streamtrain {name} (batch {batch})", probs, time.perf_counter() - started)
+        if probe is not None:
+            probe(hi)
+    return Result(f"streamtrain {name} (batch {batch})", probs, CLOCK() - started)
 
 
 def run_river_fm(s: Stream, factors: int) -> Result:
@@ -111,11 +126,11 @@ def run_river_fm(s: Stream, factors: int) -> Result:
     )
     rows = _dicts(s)
     probs = np.zeros(len(s.y))
-    started = time.perf_counter()
+    started = CLOCK()
     for i, (features, label) in enumerate(zip(rows, s.y.tolist(), strict=True)):
         probs[i] = model.predict_proba_one(features).get(True, 0.5)
         model.learn_one(features, bool(label))
-    return Result(f"River FMClassifier ({factors} factors)", probs, time.perf_counter() - started)
+    return Result(f"River FMClassifier ({factors} factors)", probs, CLOCK() - started)
 
 
 def _dicts(s: Stream) -> list[dict[str, float]]:
@@ -135,11 +150,11 @@ def run_vw(s: Stream, bits: int) -> Result:
         for u, i, x in zip(s.users.tolist(), s.items.tolist(), s.x.tolist(), strict=True)
     ]
     probs = np.zeros(len(s.y))
-    started = time.perf_counter()
+    started = CLOCK()
     for k, (line, label) in enumerate(zip(lines, s.y.tolist(), strict=True)):
         probs[k] = vw.predict(line)
         vw.learn(f"{1 if label else -1} {line}")
-    seconds = time.perf_counter() - started
+    seconds = CLOCK() - started
     vw.finish()
     return Result(f"Vowpal Wabbit hashed LR (2^{bits})", probs, seconds)
 

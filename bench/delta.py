@@ -16,6 +16,9 @@ in the trainer process (no samples topic): freshness covers train step + snapsho
 publish + Kafka + verify + apply + the next prediction. The embedded broker keeps every record
 in memory (no retention): a run holds one base plus the deltas (delta mode) or every full
 snapshot (full mode) — size ``--seconds`` and ``--snapshot-every`` to fit in memory.
+
+``--device cuda`` keeps the trainer's table, its steps and the batches on the GPU (snapshot
+copies then go device -> pinned host memory on a side stream); the server stays on the CPU.
 """
 
 from __future__ import annotations
@@ -127,7 +130,8 @@ def train(args: argparse.Namespace, bootstrap: str, topic: str, mode: str) -> di
     from streamtrain.snapshot.publisher import SnapshotPublisher
 
     torch.manual_seed(0)
-    model = build_id_embedding(SPEC, _params(args))
+    device = torch.device(args.device)
+    model = build_id_embedding(SPEC, _params(args)).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
     tracker = RowTracker(
         model,
@@ -164,8 +168,9 @@ def train(args: argparse.Namespace, bootstrap: str, topic: str, mode: str) -> di
         if time.time() < due:
             time.sleep(due - time.time())
         produced_at = time.time()
-        ids = (args.rows ** torch.rand(batch)).long() - 1  # log-uniform ranks: Zipf s ~ 1
-        x = torch.cat([ids.float().unsqueeze(1), torch.randn(batch, 8)], dim=1)
+        # log-uniform ranks: Zipf s ~ 1
+        ids = (args.rows ** torch.rand(batch, device=device)).long() - 1
+        x = torch.cat([ids.float().unsqueeze(1), torch.randn(batch, 8, device=device)], dim=1)
         loss = (model(x).squeeze(-1) - ids.remainder(7).float()).pow(2).mean()
         optimizer.zero_grad()
         loss.backward()
@@ -190,6 +195,8 @@ def train(args: argparse.Namespace, bootstrap: str, topic: str, mode: str) -> di
                 )
             )
             next_snapshot = time.time() + args.snapshot_every
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     elapsed = time.time() - started
     publisher.close(120)
     return {
@@ -283,12 +290,15 @@ def main() -> None:
     )
     parser.add_argument("--drain", type=float, default=5.0)
     parser.add_argument("--modes", nargs="+", default=["delta", "full"])
+    parser.add_argument(
+        "--device", default="cpu", help="the trainer's device (cpu, cuda); the server's is cpu"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     print(
         f"table {args.rows} x {args.dim} fp32 = {args.rows * args.dim * 4 / 1e9:.2f} GB, "
         f"{args.rate:.0f} samples/s target, batch {args.batch}, snapshot every "
-        f"{args.snapshot_every} s, {args.seconds} s per mode"
+        f"{args.snapshot_every} s, {args.seconds} s per mode, trainer on {args.device}"
     )
     with EmbeddedBroker() as broker:
         for mode in args.modes:

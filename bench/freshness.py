@@ -19,6 +19,7 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -86,8 +87,20 @@ def _watermarks(bootstrap: str, topic: str, stop: threading.Event) -> dict[int, 
     return seen
 
 
-def measure(bootstrap: str, rate: float = 1000.0, seconds: float = 20.0) -> Freshness:
-    """Run trainer + server, produce at ``rate`` for ``seconds``, return freshness figures."""
+def measure(
+    bootstrap: str,
+    rate: float = 1000.0,
+    seconds: float = 20.0,
+    device: str | None = None,
+    log_dir: Path | None = None,
+    start_timeout: float = 120.0,
+) -> Freshness:
+    """Run trainer + server, produce at ``rate`` for ``seconds``, return freshness figures.
+
+    ``device`` (``cpu``, ``cuda``) puts both on it; None leaves each its own default
+    (``train.device`` auto, ``serve.device`` cpu). ``log_dir``: where the two processes'
+    output goes (``train.log``, ``serve.log``); discarded when None. ``start_timeout``: how long
+    the server may take to answer with a trained version before the run fails."""
     name = f"fresh-{os.getpid()}"
     port = free_port()
     env = {
@@ -102,34 +115,38 @@ def measure(bootstrap: str, rate: float = 1000.0, seconds: float = 20.0) -> Fres
         "STREAMTRAIN_TRAIN__TORCH_THREADS": "1",
         "STREAMTRAIN_SERVE__MODEL_NAME": "fresh",
     }
+    if device is not None:
+        env["STREAMTRAIN_TRAIN__DEVICE"] = env["STREAMTRAIN_SERVE__DEVICE"] = device
     stop = threading.Event()
     answers: list[tuple[float, int]] = []  # (time seen, version), first sighting per version
     with tempfile.TemporaryDirectory() as checkpoints:
         env["STREAMTRAIN_TRAIN__CHECKPOINT_DIR"] = checkpoints
         cli = [sys.executable, "-m", "streamtrain.cli"]
+        commands = {"train": [*cli, "train", "--metrics-port", "0"]}
+        commands["serve"] = [*cli, "serve", "--port", str(port)]
+        sinks = {k: (log_dir / f"{k}.log").open("w") for k in commands} if log_dir else {}
         children = [
             subprocess.Popen(
-                [*cli, "train", "--metrics-port", "0"],
+                command,
                 env=env,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            ),
-            subprocess.Popen(
-                [*cli, "serve", "--port", str(port)],
-                env=env,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            ),
+                stdout=sinks.get(kind, subprocess.DEVNULL),
+                stderr=subprocess.STDOUT,
+            )
+            for kind, command in commands.items()
         ]
         try:
             watermarks = _watermarks(bootstrap, f"{name}.snapshots", stop)
-            produced = _produce_and_poll(bootstrap, f"{name}.samples", port, rate, seconds, answers)
+            produced = _produce_and_poll(
+                bootstrap, f"{name}.samples", port, rate, seconds, answers, start_timeout
+            )
         finally:
             stop.set()
             for child in children:
                 child.terminate()
             for child in children:
                 child.wait(30)
+            for sink in sinks.values():
+                sink.close()
     return _freshness(produced, answers, watermarks, rate)
 
 
@@ -140,6 +157,7 @@ def _produce_and_poll(
     rate: float,
     seconds: float,
     answers: list[tuple[float, int]],
+    start_timeout: float,
 ) -> list[float]:
     url = f"http://127.0.0.1:{port}/v2/models/fresh/infer"
     body = {"inputs": [{"name": "input", "shape": [1, 16], "datatype": "FP32", "data": [0.1] * 16}]}
@@ -177,8 +195,10 @@ def _produce_and_poll(
                 measured_from = elapsed + 1.0
             if measured_from >= 0 and elapsed - measured_from >= seconds:
                 break
-            if elapsed > seconds + 120:
-                raise RuntimeError("the server never answered with a trained version")
+            if measured_from < 0 and elapsed > start_timeout:
+                raise RuntimeError(
+                    f"the server answered with no trained version in {start_timeout:.0f} s"
+                )
             due = int(elapsed * rate) - sent
             if due <= 0:
                 time.sleep(0.001)

@@ -18,28 +18,15 @@ import argparse
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 import litserve as ls
 import torch
+from serve_model import API_PATH, model_overrides
 
 from streamtrain.config import load_settings
 from streamtrain.spec import spec_for_model
 from streamtrain.train.models import build_model
 from streamtrain.train.task import TaskHead
-
-API_PATH = "/v2/models/bench/infer"
-
-
-def model_overrides(hidden: int) -> dict[str, Any]:
-    """The benchmark model, shared with bench/serve.py so both servers run the same network."""
-    return {
-        "name": "mlp",
-        "task": "multiclass",
-        "input_shape": [32],
-        "num_classes": 10,
-        "params": {"hidden_sizes": [hidden, hidden]},
-    }
 
 
 class BenchAPI(ls.LitAPI):  # type: ignore[misc]

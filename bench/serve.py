@@ -42,8 +42,8 @@ import httpx
 import numpy as np
 import torch
 from freshness import measure as measure_freshness
-from litserve_peer import API_PATH, model_overrides
 from loadgen import Body, LoadResult, generator_name, run_load
+from serve_model import API_PATH, model_overrides
 
 from streamtrain.broker import EmbeddedBroker, free_port
 from streamtrain.config import Settings, load_settings

@@ -22,6 +22,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -101,11 +102,27 @@ def serial(a: float, b: float) -> float:
     return 1.0 / (1.0 / a + 1.0 / b)
 
 
+MLP_MODEL = {"name": "mlp", "task": "binary", "input_shape": [16], "params": dict(DEFAULT_PARAMS)}
+# One optimizer step per fetched batch, as the bare step S takes: the trainer's default
+# (`auto`) starts at one sample per step, which would compare different work.
+ADAM_PER_BATCH = {"name": "adam", "lr": 1e-3, "step_samples": "batch"}
+
+
 def pipeline_rate(
-    bootstrap: str, topic: str, count: int, batch: int, device: str, threads: int
+    bootstrap: str,
+    topic: str,
+    count: int,
+    batch: int,
+    device: str,
+    threads: int,
+    *,
+    model: dict[str, Any] | None = None,
+    optimizer: dict[str, Any] | None = None,
+    train: dict[str, Any] | None = None,
 ) -> float:
-    """Samples/s of the full trainer from first fetch to the last of ``count`` samples."""
-    tag = f"{topic}-{device.replace(':', '')}-{batch}"
+    """Samples/s of the full trainer from first fetch to the last of ``count`` samples
+    (``model``, ``optimizer``, ``train``: settings sections over the MLP defaults)."""
+    tag = f"{topic}-{device.replace(':', '')}-{batch}-{time.monotonic_ns()}"
     with tempfile.TemporaryDirectory() as checkpoints:
         settings = load_settings(
             overrides={
@@ -121,18 +138,14 @@ def pipeline_rate(
                     "max_batch_size": batch,
                     "max_wait_ms": 50,
                 },
-                "model": {
-                    "name": "mlp",
-                    "task": "binary",
-                    "input_shape": [16],
-                    "params": dict(DEFAULT_PARAMS),
-                },
-                "optimizer": {"name": "adam", "lr": 1e-3},
+                "model": model or MLP_MODEL,
+                "optimizer": optimizer or ADAM_PER_BATCH,
                 "train": {
                     "device": device,
                     "checkpoint_dir": checkpoints,
                     "max_samples": count,
                     "torch_threads": threads,
+                    **(train or {}),
                 },
             }
         )

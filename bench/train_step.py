@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -38,12 +38,16 @@ def make_learner(
     device: torch.device,
     params: Mapping[str, Any] | None = None,
     lr: float = 1e-3,
+    *,
+    optimizer: str = "adam",
+    autocast_dtype: torch.dtype | None = None,
 ) -> Learner:
-    """An Adam learner for ``model_name`` on ``device`` with the trainer's defaults."""
+    """A learner for ``model_name`` on ``device`` with the trainer's defaults (Adam; a model
+    with sparse tables needs a row-wise optimizer such as ``adagrad``)."""
     torch.manual_seed(0)
     model = build_model(model_name, spec, params).to(device)
-    optimizer = build_optimizer(model.parameters(), "adam", lr=lr)
-    return Learner(model, TaskHead(spec), optimizer, device=device)
+    opt = build_optimizer(model.parameters(), optimizer, lr=lr)
+    return Learner(model, TaskHead(spec), opt, device=device, autocast_dtype=autocast_dtype)
 
 
 def prebuilt_batches(
@@ -64,17 +68,26 @@ def bare_step_rate(
     params: Mapping[str, Any] | None = None,
     warmup_steps: int = 20,
     log_every: int = 50,
+    optimizer: str = "adam",
+    lr: float = 1e-3,
+    autocast_dtype: torch.dtype | None = None,
+    batches: Sequence[tuple[Any, ...]] | None = None,
 ) -> float:
     """Samples per second of the bare ``learn`` loop.
 
     ``seconds_or_steps``: an ``int`` runs that many steps, a ``float`` runs for that many
-    seconds (checked every step, after the step's own sync).
+    seconds (checked every step, after the step's own sync). ``batches``: ``learn``'s
+    arguments on the device (``x, y, w`` or ``x, y, w, sparse``), cycled; toy batches of
+    ``batch_size`` when None.
     """
     device = torch.device(device)
     if params is None and model_name == "mlp":
         params = DEFAULT_PARAMS
-    learner = make_learner(model_name, spec, device, params)
-    batches = prebuilt_batches(spec, batch_size, device)
+    learner = make_learner(
+        model_name, spec, device, params, lr, optimizer=optimizer, autocast_dtype=autocast_dtype
+    )
+    if batches is None:
+        batches = prebuilt_batches(spec, batch_size, device)
     for i in range(warmup_steps):
         learner.learn(*batches[i % len(batches)])
     _synchronize(device)

@@ -126,6 +126,21 @@ class IngestSettings(_Frozen):
     max_partition_idle_ms: int = Field(
         1000, ge=0, le=600_000, description="Longest wait for a partition with unfetched records."
     )
+    # Rejected records are loud (issue 22): a WARNING summary, and readiness when none is valid.
+    reject_summary_every_s: float = Field(
+        30.0,
+        gt=0,
+        le=86_400,
+        description="Rejected records are summarised at WARNING at most this often "
+        "(count by reason, one example); the first one at once.",
+    )
+    all_rejected_alarm_s: float = Field(
+        60.0,
+        gt=0,
+        le=86_400,
+        description="Records arriving this long with none valid fail /health/ready "
+        "(condition `samples`) until a valid one comes.",
+    )
 
 
 class SparseFeatureSettings(_Frozen):

@@ -7,7 +7,8 @@ Two questions, answered the way Kubernetes probes ask them:
   other threads (the ``/metrics`` server) still answer.
 * **ready**: live, and every named condition is ok (``set_condition("kafka", False, "...")``).
   Conditions are set by whoever knows: the trainer sets ``checkpoint`` once it restored or
-  started a run; the Kafka wing sets ``kafka`` while the broker is unreachable.
+  started a run; the Kafka wing sets ``kafka`` while the broker is unreachable; ingest sets
+  ``samples`` while records arrive and none is valid (``ingest/reject_report.py``).
 
 ``routes()`` serves both as ``GET /health/live`` and ``GET /health/ready`` (200 or 503 with a
 one-line JSON reason) next to ``/metrics`` (see ``metrics.serve_metrics``).

@@ -94,6 +94,8 @@ def build_trainer(settings: Settings) -> Trainer:
         deterministic_batches=settings.ingest.deterministic_batches,
         max_partition_idle_ms=settings.ingest.max_partition_idle_ms,
         on_offset_reset=settings.ingest.on_offset_reset,
+        reject_summary_every_s=settings.ingest.reject_summary_every_s,
+        all_rejected_alarm_s=settings.ingest.all_rejected_alarm_s,
     )
     model_settings = model_cfg.model_dump(mode="json")
     # rank 0 alone publishes: the weights are the same on every rank after each step

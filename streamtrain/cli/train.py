@@ -70,6 +70,7 @@ def train(
     from streamtrain.devices import resolve_device
     from streamtrain.ingest.log_watch import OffsetResetFailed
     from streamtrain.kafka import KafkaConfigError, KafkaConnection, create_topics
+    from streamtrain.snapshot.versions import VersionLookupFailed
     from streamtrain.train.prefetch import SourceFailed
 
     setup_logging(verbose)
@@ -143,6 +144,9 @@ def train(
     except WorldSizeMismatch as exc:
         server.shutdown()
         fail(str(exc))
+    except VersionLookupFailed as exc:
+        server.shutdown()
+        fail(str(exc), ExitCode.KAFKA_UNREACHABLE)
     except SourceFailed as exc:
         if not isinstance(exc.__cause__, OffsetResetFailed):
             raise
@@ -182,13 +186,29 @@ def _leave_group(trainer: Trainer) -> None:
 
 
 def _print_summary(summary: TrainSummary) -> None:
+    """The stop line, in the words of README and docs/metrics.md: the trainer *step* (what
+    versions and checkpoints count) and samples learned are the run's; optimizer updates and
+    rejected records are this process's."""
     resumed = (
         f", resumed from step {summary.resumed_from_step}"
         if summary.resumed_from_step is not None
         else ""
     )
     typer.echo(
-        f"stopped ({summary.stop_reason}) run {summary.run_id}: {summary.steps} steps, "
-        f"{summary.samples_seen} samples in {summary.elapsed_seconds:.1f} s{resumed}; "
-        f"rolling loss {summary.rolling_loss:.4f}, score {summary.rolling_score:.4f}"
+        f"stopped ({summary.stop_reason}) run {summary.run_id} at step {summary.steps}: "
+        f"{summary.samples_seen} samples learned; this process: "
+        f"{summary.optimizer_updates} optimizer updates, "
+        f"{summary.records_rejected} records rejected, {summary.elapsed_seconds:.1f} s{resumed}; "
+        f"rolling loss {summary.rolling_loss:.4f}, {summary.score_name} "
+        f"{summary.rolling_score:.4f}"
     )
+    if summary.samples_seen == 0:
+        typer.echo(
+            "nothing learned, so no snapshot was published"
+            + (
+                f": all {summary.records_rejected} records were rejected (see the WARNING "
+                "lines above and the dead-letter topic)"
+                if summary.records_rejected
+                else ""
+            )
+        )

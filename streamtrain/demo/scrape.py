@@ -4,21 +4,21 @@ The demo shows only what the real endpoints export: nothing is read from inside 
 the server. Parsing uses ``prometheus_client``'s own text parser.
 
 >>> scrape = parse_metrics('''
-... # HELP streamtrain_train_steps_total Optimizer steps applied.
-... # TYPE streamtrain_train_steps_total counter
-... streamtrain_train_steps_total 42.0
+... # HELP streamtrain_train_optimizer_updates_total Optimizer updates applied.
+... # TYPE streamtrain_train_optimizer_updates_total counter
+... streamtrain_train_optimizer_updates_total 42.0
 ... # TYPE streamtrain_ingest_rejected_records_total counter
 ... streamtrain_ingest_rejected_records_total{reason="bad_shape"} 2.0
 ... streamtrain_ingest_rejected_records_total{reason="non_finite"} 1.0
 ... ''')
->>> scrape.value("streamtrain_train_steps_total")
+>>> scrape.value("streamtrain_train_optimizer_updates_total")
 42.0
 >>> scrape.total("streamtrain_ingest_rejected_records_total")
 3.0
 >>> scrape.value("streamtrain_ingest_rejected_records_total", reason="bad_shape")
 2.0
 >>> sorted(scrape.families)
-['streamtrain_ingest_rejected_records', 'streamtrain_train_steps']
+['streamtrain_ingest_rejected_records', 'streamtrain_train_optimizer_updates']
 """
 
 from __future__ import annotations

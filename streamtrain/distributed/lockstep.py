@@ -47,8 +47,9 @@ from streamtrain.distributed.group import RankGroup
 from streamtrain.distributed.sparse_sync import sparse_embedding_weights
 from streamtrain.distributed.step_sync import GradientSync, attach_moments_sync
 from streamtrain.jagged import SparseRows
-from streamtrain.train.loop import POLL_SECONDS, ThroughputGauge, Trainer, TrainProgress
+from streamtrain.train.loop import POLL_SECONDS, Trainer, TrainProgress
 from streamtrain.train.prefetch import PrefetchingSource
+from streamtrain.train.throughput import ThroughputGauge
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +85,9 @@ class LockstepTrainer(Trainer):
         from rank 0's weights.
 
         1. Load the newest valid checkpoint; refuse it if another world size wrote it.
-        2. Agree on the step: the ranks must have restored the same checkpoint (a fresh run
-           takes the highest first version any rank saw on the snapshot topic).
+        2. Agree on the step: the ranks must have restored the same checkpoint (a run that has
+           learned nothing yet takes the highest first version any rank saw on the snapshot
+           topic, as a single trainer does).
         3. Seek this rank's partitions to their offsets in the checkpoint.
         4. Broadcast rank 0's parameters and buffers: identical starting weights everywhere.
         """
@@ -94,11 +96,11 @@ class LockstepTrainer(Trainer):
         if state is not None:
             check_world_size(state, self._group.world_size, str(self._checkpoints.root))
         positions = self._source.positions()
-        step = state.step if state is not None else self._first_version()
+        step = self._first_version() if state is None else self._resumed_step(state)
         steps = torch.tensor([step, -step], dtype=torch.int64, device=self._comm)
         dist.all_reduce(steps, op=dist.ReduceOp.MAX)
         high, low = int(steps[0]), -int(steps[1])
-        if state is not None and high != low:
+        if state is not None and state.samples_seen and high != low:
             raise RuntimeError(
                 f"ranks restored different checkpoints (steps {low} to {high}) from "
                 f"{self._checkpoints.root}: every rank must read the same checkpoint directory"
@@ -113,13 +115,13 @@ class LockstepTrainer(Trainer):
         own = {p: o for p, o in state.offsets.items() if p in positions}
         self._run_id = state.run_id
         self._progress = TrainProgress(
-            step=state.step,
+            step=high,
             samples_seen=state.samples_seen,
             offsets={**positions, **own},
             watermark=state.data_watermark,
         )
         self._source.seek(own)
-        self._mark_all(state.step, self._progress.offsets)
+        self._mark_all(high, self._progress.offsets)
         log.info(
             "rank %d resumed run %s at step %d, offsets %s",
             self._group.rank,
@@ -164,10 +166,11 @@ class LockstepTrainer(Trainer):
                 return "idle"
             if batch is not None:
                 self._progress.offsets.update(batch.next_offsets)
+                self._records_rejected += batch.records - batch.size
+            throughput.add(0 if batch is None else batch.size)
             if vote[_SAMPLES]:
                 local = batch if batch is not None and batch.size else self._empty_batch()
                 self._train_on(local)
-                throughput.add(local.size)
             self._maybe_snapshot()
             if vote[_CHECKPOINT]:
                 self._checkpoint(prefetch)

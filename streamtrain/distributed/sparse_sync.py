@@ -94,3 +94,30 @@ def gather_sparse_grads(
             is_coalesced=True,
             check_invariants=False,
         )
+
+
+def gather_ids(parts: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Each int64 tensor of ``parts`` concatenated over every rank, in rank order: the union
+    batch's IDs per dynamic table, identical on every rank (two collectives a step)."""
+    if not parts:
+        return []
+    world = dist.get_world_size()
+    device = parts[0].device
+    counts = torch.tensor([p.numel() for p in parts], dtype=torch.int64, device=device)
+    all_counts = [torch.empty_like(counts) for _ in range(world)]
+    dist.all_gather(all_counts, counts)
+    per_rank = torch.stack(all_counts).cpu()  # [world, parts]
+    slots = max(int(per_rank.sum(1).max()), 1)
+    flat = torch.zeros(slots, dtype=torch.int64, device=device)
+    mine = torch.cat([p.reshape(-1).to(torch.int64) for p in parts])
+    flat[: mine.numel()] = mine
+    gathered = [torch.empty_like(flat) for _ in range(world)]
+    dist.all_gather(gathered, flat)
+    pieces: list[list[torch.Tensor]] = [[] for _ in parts]
+    for rank in range(world):
+        at = 0
+        for i in range(len(parts)):
+            n = int(per_rank[rank, i])
+            pieces[i].append(gathered[rank][at : at + n])
+            at += n
+    return [torch.cat(p) for p in pieces]

@@ -21,7 +21,7 @@ import torch.distributed as dist
 from torch import nn
 
 from streamtrain import metrics
-from streamtrain.distributed.sparse_sync import gather_sparse_grads
+from streamtrain.distributed.sparse_sync import gather_ids, gather_sparse_grads
 from streamtrain.train.models.standardize import OnlineStandardize
 
 
@@ -33,6 +33,8 @@ class GradientSync:
 
     def __init__(self, sparse: Iterable[torch.Tensor] = ()) -> None:
         self._sparse = {id(p) for p in sparse}
+        # only a trainer with several ranks exports the all-reduce time
+        metrics.export_on_first_value(metrics.TRAINER_REGISTRY, metrics.TRAIN_ALLREDUCE_SECONDS)
 
     def reduce(
         self,
@@ -80,6 +82,10 @@ class GradientSync:
             p.grad = (buffer[offset : offset + size] / weight).view_as(p).to(p.dtype)
             offset += size
         return buffer[-4] / weight, buffer[-1], union_samples
+
+    def gather_ids(self, ids: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The union batch's IDs of each dynamic table (``sparse_sync.gather_ids``)."""
+        return gather_ids(ids)
 
 
 class MomentsSync:

@@ -6,7 +6,8 @@ Position semantics (the trainer's exactly-once recovery rests on them):
    when none), the earliest, or the latest offset, per ``start_from``.
 2. Each poll is decoded in bulk and appended to a buffer in consumed order.
 3. :meth:`next_batch` cuts one batch exactly (see ``streamtrain.ingest.buffer``); its
-   rejected records are then counted, logged and dead-lettered, and :meth:`positions` moves
+   rejected records are then counted, dead-lettered and summarised (``reject_report``: a
+   rate-limited WARNING, readiness ``samples``), and :meth:`positions` moves
    to the batch's ``next_offsets``. Records fetched but not yet handed out are not part of any
    position.
 4. :meth:`seek` drops buffered records of the partitions it moves.
@@ -34,10 +35,13 @@ from streamtrain.ingest.deadletter import DeadLetterSink, KafkaDeadLetter, LogDe
 from streamtrain.ingest.decode import KafkaRecord, decode_records
 from streamtrain.ingest.log_order import LogOrder
 from streamtrain.ingest.log_watch import LogWatch, OffsetResetFailed, OnOffsetReset
+from streamtrain.ingest.reject_report import RejectReport
 from streamtrain.ingest.starvation import StarvationWatch
 from streamtrain.kafka import KafkaConnection, OffsetOutOfRange, RecordConsumer, record_consumer
 from streamtrain.kafka.watermark import true_ends
+from streamtrain.metrics import export_at_zero
 from streamtrain.spec import SampleSpec
+from streamtrain.wire.rejects import REASONS
 
 log = logging.getLogger(__name__)
 
@@ -47,13 +51,15 @@ StartFrom = Literal["committed", "earliest", "latest"]
 class KafkaSampleSource:
     """Validated samples from ``topic`` as :class:`~streamtrain.batch.Batch` objects.
 
-    >>> from streamtrain.spec import SampleSpec
-    >>> with KafkaSampleSource(  # doctest: +SKIP
-    ...     spec=SampleSpec(feature_shape=(16,), task="binary"), topic="samples",
-    ...     group_id="trainer", kafka=KafkaConnection("127.0.0.1:9092"),
-    ... ) as source:
-    ...     batch = source.next_batch()
-    ...     source.commit(batch.next_offsets)
+        >>> from streamtrain.metrics import export_at_zero
+    from streamtrain.spec import SampleSpec
+    from streamtrain.wire.rejects import REASONS
+        >>> with KafkaSampleSource(  # doctest: +SKIP
+        ...     spec=SampleSpec(feature_shape=(16,), task="binary"), topic="samples",
+        ...     group_id="trainer", kafka=KafkaConnection("127.0.0.1:9092"),
+        ... ) as source:
+        ...     batch = source.next_batch()
+        ...     source.commit(batch.next_offsets)
     """
 
     def __init__(
@@ -73,6 +79,8 @@ class KafkaSampleSource:
         deterministic_batches: bool = True,
         max_partition_idle_ms: int = 1000,
         on_offset_reset: OnOffsetReset = "earliest",
+        reject_summary_every_s: float = 30.0,
+        all_rejected_alarm_s: float = 60.0,
         consumer: RecordConsumer | None = None,
         dead_letter: DeadLetterSink | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -92,6 +100,13 @@ class KafkaSampleSource:
         self._starvation = StarvationWatch(clock=clock)
         self._closed = False
         self._on_offset_reset = on_offset_reset
+        self._rejects = RejectReport(
+            topic, every_s=reject_summary_every_s, alarm_after_s=all_rejected_alarm_s, clock=clock
+        )
+        # Closed label sets at 0 from the start: increase() sees the first event (partitions
+        # once assigned, below).
+        export_at_zero(metrics.INGEST_REJECTED, [(reason,) for reason in REASONS])
+        export_at_zero(metrics.INGEST_RECORDS, [(topic,)])
         self._consumer: RecordConsumer = consumer or record_consumer(
             kafka,
             topic=topic,
@@ -102,6 +117,10 @@ class KafkaSampleSource:
         try:
             self._partitions = self._choose_partitions(partitions)
             self._consumer.assign(self._partitions)
+            assigned = [str(p) for p in self._partitions]
+            export_at_zero(metrics.INGEST_OFFSET_RESETS, [(p, on_offset_reset) for p in assigned])
+            if deterministic_batches:
+                export_at_zero(metrics.INGEST_PARTITION_WAITS_EXPIRED, [(p,) for p in assigned])
             self._positions = self._start(start_from)
             self._log_watch = LogWatch(self._consumer, self._partitions)
             if dead_letter is not None:
@@ -185,11 +204,13 @@ class KafkaSampleSource:
         cut = self._buffer.cut(self.max_batch_size)
         if cut is None:
             self._export_lag()
+            self._rejects.tick()
             return Batch.empty(self.positions(), backlog=bool(self._unfinished()))
         batch, rejected = cut
         for record, reject in rejected:
             metrics.INGEST_REJECTED.labels(reject.reason).inc()
             self._dead_letter.send(record, reject)
+        self._rejects.add(rejected, batch.records, batch.size)
         self._positions.update(batch.next_offsets)
         metrics.INGEST_RECORDS.labels(self.topic).inc(batch.records)
         metrics.INGEST_SAMPLES.inc(batch.size)
@@ -309,6 +330,7 @@ class KafkaSampleSource:
             return
         self._closed = True
         try:
+            self._rejects.close()
             self._dead_letter.flush()
             self._dead_letter.close()
         finally:

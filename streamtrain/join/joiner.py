@@ -67,6 +67,8 @@ from streamtrain import health, metrics
 from streamtrain.ingest.deadletter import DeadLetterSink
 from streamtrain.join.log_lost import JoinLogLost, OnLogLost, latest_ends, start_over_or_fail
 from streamtrain.join.partition_state import (
+    DEAD_LETTER_REASONS,
+    EXPIRY_CAUSES,
     Action,
     DeadLetter,
     Emit,
@@ -146,6 +148,11 @@ class Joiner:
         self._emitted = {
             o: metrics.JOIN_SAMPLES.labels(outcome=o) for o in ("joined", "default_label")
         }
+        self._expiry_policy = "drop" if policy.default_label is None else "default_label"
+        # Closed label sets at 0 from the start: increase() sees the first event.
+        expiries = [(self._expiry_policy, cause) for cause in EXPIRY_CAUSES]
+        metrics.export_at_zero(metrics.JOIN_EXPIRED, expiries)
+        metrics.export_at_zero(metrics.JOIN_DEAD_LETTERS, DEAD_LETTER_REASONS)
 
     def attach(self, group: CoPartitionedGroup) -> None:
         self._group = group
@@ -228,8 +235,7 @@ class Joiner:
                 metrics.JOIN_DEAD_LETTERS.labels(source=source, reason=action.reason).inc()
                 self._dead_letters.send(action.record, action)
             elif isinstance(action, Expired):
-                policy = "drop" if self.policy.default_label is None else "default_label"
-                metrics.JOIN_EXPIRED.labels(policy=policy, cause=action.cause).inc()
+                metrics.JOIN_EXPIRED.labels(policy=self._expiry_policy, cause=action.cause).inc()
 
     def _emit(self, partition: int, emit: Emit) -> None:
         self._samples.emit(partition, emit)

@@ -41,17 +41,34 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, get_args
 
 from streamtrain.spec import SampleSpec
 from streamtrain.wire import BINARY_MAGIC, BINARY_MAGIC_V2
 from streamtrain.wire.content_type import content_type_of
-from streamtrain.wire.label_record import Label, LabelError, LabelRecord, decode_label, with_label
-from streamtrain.wire.prediction_record import PredictionRecordError, decode_prediction
+from streamtrain.wire.label_record import (
+    Label,
+    LabelError,
+    LabelReason,
+    LabelRecord,
+    decode_label,
+    with_label,
+)
+from streamtrain.wire.prediction_record import (
+    PredictionReason,
+    PredictionRecordError,
+    decode_prediction,
+)
 
 Outcome = Literal["joined", "default_label"]
 """How an emitted sample got its label (the ``streamtrain-join-outcome`` header)."""
 ExpiryCause = Literal["window", "evicted"]
+EXPIRY_CAUSES: tuple[ExpiryCause, ...] = get_args(ExpiryCause)
+# Every (source, reason) a record may be dead-lettered for: the metric's closed label set.
+DEAD_LETTER_REASONS: tuple[tuple[str, str], ...] = (
+    *(("labels", r) for r in (*get_args(LabelReason), "unknown_id", "late", "duplicate")),
+    *(("predictions", r) for r in (*get_args(PredictionReason), "duplicate")),
+)
 
 
 @dataclass(frozen=True)

@@ -11,4 +11,5 @@ from streamtrain.metrics.join import *  # noqa: F403
 from streamtrain.metrics.process import *  # noqa: F403
 from streamtrain.metrics.registries import *  # noqa: F403
 from streamtrain.metrics.server import *  # noqa: F403
+from streamtrain.metrics.tables import *  # noqa: F403
 from streamtrain.metrics.trainer import *  # noqa: F403

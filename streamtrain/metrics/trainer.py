@@ -86,15 +86,26 @@ INGEST_DECODE_SECONDS = Histogram(
 )
 
 # --- training -----------------------------------------------------------------------------
-TRAIN_STEPS = Counter(
-    "streamtrain_train_steps", "Optimizer steps applied.", registry=TRAINER_REGISTRY
+# Two counts, two words: a trainer *step* is one micro-batch learned (what snapshot versions
+# and checkpoints count: streamtrain_snapshot_version); an *optimizer update* is one
+# optimizer.step(), several per trainer step under optimizer.step_samples.
+TRAIN_OPTIMIZER_UPDATES = Counter(
+    "streamtrain_train_optimizer_updates",
+    "Optimizer updates applied (several per trainer step under optimizer.step_samples).",
+    registry=TRAINER_REGISTRY,
+)
+TRAIN_STEP = Gauge(
+    "streamtrain_train_step",
+    "The trainer step: micro-batches learned over the run, restored from the checkpoint; "
+    "a snapshot's version is the step it was taken at.",
+    registry=TRAINER_REGISTRY,
 )
 TRAIN_SAMPLES = Counter(
     "streamtrain_train_samples", "Samples the model has learned from.", registry=TRAINER_REGISTRY
 )
-TRAIN_SKIPPED_STEPS = Counter(
-    "streamtrain_train_skipped_steps",
-    "Steps not applied because the loss or a gradient was not finite.",
+TRAIN_SKIPPED_UPDATES = Counter(
+    "streamtrain_train_skipped_updates",
+    "Optimizer updates not applied because the loss or a gradient was not finite.",
     registry=TRAINER_REGISTRY,
 )
 TRAIN_ROLLBACKS = Counter(
@@ -113,25 +124,26 @@ TRAIN_DRIFT_EVENTS = Counter(
     "Drift detected in the prequential loss (train.drift_detector).",
     registry=TRAINER_REGISTRY,
 )
-TRAIN_LOSS = Gauge(
-    "streamtrain_train_loss", "Rolling mean training loss.", registry=TRAINER_REGISTRY
-)
+# Registered on their first value (export_on_first_value): absent before it rather than a
+# misleading 0 (a fresh trainer does not "have accuracy 0"); the accuracy only by a classifier,
+# the MAE only by a regressor, the all-reduce time only by a distributed trainer.
+TRAIN_LOSS = Gauge("streamtrain_train_loss", "Rolling mean training loss.", registry=None)
 TRAIN_ACCURACY = Gauge(
     "streamtrain_train_prequential_accuracy_ratio",
     "Rolling prequential (test-then-train) accuracy, classification only.",
-    registry=TRAINER_REGISTRY,
+    registry=None,
 )
 TRAIN_MAE = Gauge(
     "streamtrain_train_prequential_mae",
     "Rolling prequential mean absolute error, regression only.",
-    registry=TRAINER_REGISTRY,
+    registry=None,
 )
 TRAIN_LEARNING_RATE = Gauge(
-    "streamtrain_train_learning_rate", "Current learning rate.", registry=TRAINER_REGISTRY
+    "streamtrain_train_learning_rate", "Current learning rate.", registry=None
 )
 TRAIN_STEP_SECONDS = Histogram(
     "streamtrain_train_step_seconds",
-    "Wall time of one training step.",
+    "Wall time of one trainer step: one micro-batch, all its optimizer updates.",
     buckets=_FAST,
     registry=TRAINER_REGISTRY,
 )
@@ -139,7 +151,7 @@ TRAIN_ALLREDUCE_SECONDS = Histogram(
     "streamtrain_train_allreduce_seconds",
     "Wall time of one step's gradient all-reduce across trainer ranks (distributed only).",
     buckets=_FAST,
-    registry=TRAINER_REGISTRY,
+    registry=None,
 )
 TRAIN_THROUGHPUT = Gauge(
     "streamtrain_train_samples_per_second",
@@ -149,7 +161,7 @@ TRAIN_THROUGHPUT = Gauge(
 TRAIN_DATA_WATERMARK = Gauge(
     "streamtrain_train_data_watermark_timestamp_seconds",
     "Newest sample timestamp the model has learned from.",
-    registry=TRAINER_REGISTRY,
+    registry=None,
 )
 # Registered only when the trainer runs on CUDA (export_cuda_metrics): on CPU it would read a
 # misleading 0.
@@ -194,7 +206,7 @@ SNAPSHOT_PUBLISH_ERRORS = Counter(
 SNAPSHOT_BYTES = Gauge(
     "streamtrain_snapshot_size_bytes",
     "Size of the last published snapshot.",
-    registry=TRAINER_REGISTRY,
+    registry=None,
 )
 SNAPSHOT_PUBLISH_SECONDS = Histogram(
     "streamtrain_snapshot_publish_seconds",
@@ -205,5 +217,18 @@ SNAPSHOT_PUBLISH_SECONDS = Histogram(
 SNAPSHOT_VERSION = Gauge(
     "streamtrain_snapshot_version",
     "Version (trainer step) of the last published snapshot.",
-    registry=TRAINER_REGISTRY,
+    registry=None,
+)
+
+# Every trainer metric registered on its first value (see TRAIN_LOSS): the last publish's size
+# and version before the first publish, the data watermark before the first sample, have none.
+ON_FIRST_VALUE = (
+    TRAIN_LOSS,
+    TRAIN_ACCURACY,
+    TRAIN_MAE,
+    TRAIN_LEARNING_RATE,
+    TRAIN_ALLREDUCE_SECONDS,
+    TRAIN_DATA_WATERMARK,
+    SNAPSHOT_BYTES,
+    SNAPSHOT_VERSION,
 )

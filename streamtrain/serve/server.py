@@ -50,7 +50,7 @@ from streamtrain.snapshot.manifest import settings_hash
 from streamtrain.snapshot.signing import ManifestVerifier
 from streamtrain.spec import SampleSpec, spec_for_model
 from streamtrain.train.models import build_model
-from streamtrain.train.row_tracker import row_sparse_parameters
+from streamtrain.train.row_tracker import row_sparse_buffers, row_sparse_parameters
 
 if TYPE_CHECKING:
     from streamtrain.serve.grpc_service import GrpcServer
@@ -67,7 +67,7 @@ def build_slot(
     return WeightSlot(
         built,
         drain_timeout_s=drain_timeout_s,
-        shared=frozenset(row_sparse_parameters(built)),
+        shared=frozenset(row_sparse_parameters(built)) | frozenset(row_sparse_buffers(built)),
     )
 
 

@@ -23,12 +23,14 @@ Semantics (the order is the correctness argument):
 
    The request path takes the same short lock only to read the live reference and count
    itself in; it never waits for a load, and no lock is held across a load.
-5. **Row-sparse tables are held once** (``shared``: the model's row-sparse parameters, see
-   ``train/row_tracker.py``): both copies point at the same table, so a large embedding
+5. **Row-sparse tables are held once** (``shared``: the model's row-sparse parameters and
+   buffers, see ``train/row_tracker.py``): both copies point at the same table, so a large embedding
    costs 1x, not 2x. Writing it cannot wait for the standby to drain, so step 4 becomes an
    exclusive section: new requests wait, the slot waits (``drain_timeout_s``) until no request
    runs on either copy, writes the shared tables (whole for a base, the changed rows for a
    delta), flips, and lets requests go. Requests pause for the drain plus the row writes.
+   A dynamic table's mapping buffers are shared tables too: its mapping and rows change in
+   that one section, and both copies re-sort their ID lookups in it before requests go.
 6. **Deltas apply in chain order** (``apply_delta``): a delta whose ``predecessor_id`` is not
    the live snapshot or whose ``base_id`` is not the live lineage is refused as
    ``chain_gap`` (the watcher then reloads from the newest base). A delta's dense tensors are
@@ -63,6 +65,7 @@ from streamtrain.serve.weight_checks import SnapshotRejected as SnapshotRejected
 from streamtrain.serve.weight_checks import check_rows, check_whole
 from streamtrain.snapshot.delta import RowUpdate, apply_rows
 from streamtrain.snapshot.manifest import SnapshotOrder, snapshot_id, snapshot_order
+from streamtrain.train.models.dynamic_table import rebuild_lookups
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +136,7 @@ class WeightSlot:
         model.eval()
         for param in model.parameters():
             param.requires_grad_(False)
-        params = dict(model.named_parameters())
+        params = dict(model.named_parameters()) | dict(model.named_buffers())
         # deepcopy's memo hands back the same object: shared tables exist once (rule 5).
         memo: dict[int, object] = {id(params[name]): params[name] for name in shared}
         self._shared = shared
@@ -262,6 +265,8 @@ class WeightSlot:
                     self._drain_all(info.version)
                     with torch.no_grad():
                         apply_rows(standby.targets, shared_whole, rows)
+                        for each in self._copies:  # mapping and rows in this one section
+                            rebuild_lookups(each.model)
                     if self._stream is not None:
                         torch.cuda.synchronize(self._stream.device)
                 finally:

@@ -36,17 +36,18 @@ import logging
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Protocol, runtime_checkable
+from typing import Protocol, get_args, runtime_checkable
 
 import torch
 
-from streamtrain.metrics import SERVE_REJECTED_SNAPSHOTS
+from streamtrain.metrics import SERVE_REJECTED_SNAPSHOTS, export_at_zero
 from streamtrain.serve.delta_chain import apply_delta, catch_up, is_delta
 from streamtrain.serve.slot import SnapshotRejected, StandbyBusy, WeightsInfo
+from streamtrain.serve.weight_checks import SLOT_REASONS
 from streamtrain.snapshot.cache import SnapshotCache
 from streamtrain.snapshot.delta import RowUpdate
 from streamtrain.snapshot.manifest import SnapshotOrder, snapshot_order
-from streamtrain.snapshot.verify import ReceivedSnapshot
+from streamtrain.snapshot.verify import ReceivedSnapshot, RejectReason
 
 log = logging.getLogger(__name__)
 
@@ -173,6 +174,10 @@ class SnapshotWatcher:
         self._pending: ReceivedLike | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="snapshot-watcher", daemon=True)
+        # Every reason at 0 from the start: one forged snapshot is then an increase() of 1.
+        export_at_zero(
+            SERVE_REJECTED_SNAPSHOTS, [(r,) for r in (*get_args(RejectReason), *SLOT_REASONS)]
+        )
 
     def start(self) -> SnapshotWatcher:
         self._thread.start()
@@ -280,6 +285,8 @@ class SnapshotWatcher:
     def _load_newest(self) -> None:
         """Step 2: the newest base on the topic the slot accepts, then the deltas after it."""
         catch_up(self._source.newest_first(self._startup_timeout_s), self._slot, self._try_load)
+        if self._slot.info is None:
+            log.info("no valid snapshot on the topic yet: not ready until the trainer publishes")
 
     def _run(self) -> None:
         try:

@@ -15,6 +15,10 @@ from streamtrain.snapshot.delta import RowUpdate
 _HINT = "(is the server configured for the same model?)"
 
 
+# What the slot refuses for (the subscriber's own reasons are ``verify.RejectReason``).
+SLOT_REASONS = ("stale", "shape_mismatch", "non_finite", "chain_gap")
+
+
 class SnapshotRejected(ValueError):
     """A snapshot the slot refused; ``reason`` is the metric label, the message says why."""
 

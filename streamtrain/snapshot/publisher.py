@@ -138,9 +138,12 @@ class SnapshotPublisher:
         if manifest.kind == "base":
             self._base_id = manifest.snapshot_id
         metrics.SNAPSHOT_PUBLISH_SECONDS.observe(time.perf_counter() - started)
-        metrics.SNAPSHOTS_PUBLISHED.inc()
+        metrics.export_on_first_value(
+            metrics.TRAINER_REGISTRY, metrics.SNAPSHOT_BYTES, metrics.SNAPSHOT_VERSION
+        )
         metrics.SNAPSHOT_BYTES.set(manifest.size_bytes)
         metrics.SNAPSHOT_VERSION.set(manifest.version)
+        metrics.SNAPSHOTS_PUBLISHED.inc()
         log.info(
             "published %s %s (%d bytes, %d chunks) to %s",
             manifest.kind,

@@ -17,15 +17,23 @@ _FIRST_WINDOW = 16  # records; the newest manifest is normally among the last fe
 _MAX_WINDOW = 4096
 
 
+class VersionLookupFailed(ConnectionError):
+    """The snapshot topic could not be read to find the newest version: starting anyway could
+    publish a version another run already holds, so the trainer does not start."""
+
+
 def newest_version(
-    kafka: KafkaConnection, topic: str, settings_hash: str, timeout_s: float = 10.0
+    kafka: KafkaConnection, topic: str, settings_hash: str, timeout_s: float = 30.0
 ) -> int:
     """The highest version among the newest manifests of this configuration on ``topic``.
 
     Reads manifests only (no chunks): a new run must number its snapshots above every
     version servers may hold, whether or not that snapshot verifies. Scans backwards in
     growing windows and stops at the first window holding a manifest of ``settings_hash``;
-    0 when there is none, the topic does not exist, or the broker does not answer in time.
+    0 when there is none or the topic does not exist. Keyed by the settings hash because
+    servers only take snapshots of their own hash: another model's versions on a shared
+    topic are not a sequence this run continues. Raises :class:`VersionLookupFailed` when the
+    broker does not answer in time (0 there would let a run reuse a version).
     """
     deadline = time.monotonic() + timeout_s
     reader = partition_reader(kafka, topic=topic)
@@ -46,7 +54,11 @@ def newest_version(
                 return max(versions)
             end, window = start, min(window * 2, _MAX_WINDOW)
     except (ReadTimeout, ConnectionError) as exc:
-        log.warning("newest snapshot version on %s not found in %.0f s: %s", topic, timeout_s, exc)
+        raise VersionLookupFailed(
+            f"cannot read the snapshot topic {topic} within {timeout_s:.0f} s to find the "
+            f"newest published version ({exc}); the trainer does not start rather than risk "
+            "publishing a version another run already holds"
+        ) from exc
     finally:
         reader.close()
     return 0

@@ -19,6 +19,7 @@ from streamtrain.sparse_tensors import SparseInput
 from streamtrain.train.guard import BadStepGuard, GoodState, Verdict
 from streamtrain.train.models.target_scale import find_target_scaler
 from streamtrain.train.step_size import StepSamples, max_step_samples
+from streamtrain.train.table_upkeep import TableUpkeep
 from streamtrain.train.task import TaskHead
 
 
@@ -64,6 +65,11 @@ class StepReducer(Protocol):
         score_sum: torch.Tensor,
         samples: int,
     ) -> tuple[torch.Tensor, torch.Tensor, int]: ...
+
+    def gather_ids(self, ids: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Each tensor concatenated over every rank, in rank order (dynamic tables decide on
+        the union batch's IDs)."""
+        ...
 
 
 class Learner:
@@ -116,6 +122,7 @@ class Learner:
         self._params = [p for p in model.parameters() if p.requires_grad]
         check_sparse_gradients(model, optimizer, clip_grad_norm)
         self._separate_eval_pass = train_mode_differs(model)
+        self._tables = TableUpkeep.find(model, optimizer)
         self._targets = find_target_scaler(model)
         self._guard = BadStepGuard(max_bad_steps)
         self._good = GoodState(model, optimizer)
@@ -196,7 +203,7 @@ class Learner:
         3. Guard: ONE host synchronization per step reads a single flag combining "loss is
            finite" and "total gradient norm is finite" (a non-finite gradient makes the norm
            non-finite). A bad step is not applied: gradients are dropped and it is counted
-           (``streamtrain_train_skipped_steps``); the ``max_bad_steps``-th bad step in a row
+           (``streamtrain_train_skipped_updates``); the ``max_bad_steps``-th bad step in a row
            restores the last good model and optimizer state
            (``streamtrain_train_rollbacks``).
         4. A good step: every ``good_state_every`` good steps the current (pre-step) state is
@@ -206,8 +213,15 @@ class Learner:
         With a ``step_reducer`` (a distributed rank), 2b. all-reduces the gradients, even for
         an empty batch (the other ranks' batches still make a step), and the outcome is the
         union batch's.
+
+        A model with dynamic embedding tables first admits and evicts IDs for this step
+        (:mod:`.table_upkeep`; on a rank, from the union batch's IDs), so step 1 already reads
+        the rows of IDs admitted now: that uses the batch's IDs, never its labels.
         """
         samples = int(x.shape[0])
+        if self._tables is not None:  # admissions and evictions, before any forward reads them
+            reducer = self.step_reducer
+            self._tables.before_step(sparse, None if reducer is None else reducer.gather_ids)
 
         def forward() -> torch.Tensor:
             out: torch.Tensor = self.model(x) if sparse is None else self.model(x, sparse)
@@ -340,7 +354,7 @@ class Learner:
         if self._scaler is not None:
             # unscale_ recorded the overflow: update() lowers the scale for the next step
             self._scaler.update()
-        metrics.TRAIN_SKIPPED_STEPS.inc()
+        metrics.TRAIN_SKIPPED_UPDATES.inc()
         if verdict is Verdict.ROLLBACK:
             self.restore_last_good()
             metrics.TRAIN_ROLLBACKS.inc()

@@ -8,10 +8,15 @@ Semantics the loop upholds (DESIGN.md):
    consumer group are only for lag monitoring; the checkpoint is the source of truth.
 2. Bad input never stops training: ingest drops bad records; the learner's guard refuses
    non-finite steps and rolls back after repeated ones.
-3. Versions only move forward: a snapshot's version is the trainer step, which resumes from the
-   checkpoint, so a restarted trainer keeps publishing increasing versions under its run id. A
-   run with no checkpoint starts its step at the newest version already on the snapshot topic
-   (``first_version``), so servers following that topic accept its snapshots.
+3. Versions only move forward, and a version names one set of weights: a snapshot's version is
+   the trainer step, which resumes from the checkpoint, so a restarted trainer keeps publishing
+   increasing versions under its run id. A run that has learned nothing yet (no checkpoint, or
+   one that only recorded how far rejected records went) starts its step at the newest version
+   of its configuration on the snapshot topic (``first_version``); its first step takes it
+   strictly above, so it never reuses a version another run published.
+4. Never serve what was not learned: no snapshot is published before the run has learned at
+   least one sample. A checkpoint is still written when only rejected records were read (the
+   position, so they are not read again), and it publishes nothing.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from streamtrain.train.prefetch import PrefetchingSource, SampleSource
 from streamtrain.train.prequential import RollingMetrics
 from streamtrain.train.promotion_gate import PromotionGate
 from streamtrain.train.row_tracker import RowTracker
+from streamtrain.train.throughput import ThroughputGauge
 from streamtrain.train.weights import copy_weights
 
 log = logging.getLogger(__name__)
@@ -58,6 +64,9 @@ class StopConditions:
 
 @dataclass
 class TrainSummary:
+    """How a run stopped: ``step`` and ``samples_seen`` count the whole run (restored from the
+    checkpoint); ``optimizer_updates`` and ``records_rejected`` this process only."""
+
     steps: int
     samples_seen: int
     run_id: str
@@ -66,6 +75,9 @@ class TrainSummary:
     resumed_from_step: int | None = None
     rolling_loss: float = math.nan
     rolling_score: float = math.nan  # accuracy for classification, MAE for regression
+    optimizer_updates: int = 0
+    records_rejected: int = 0
+    score_name: str = "accuracy"
 
 
 @dataclass
@@ -140,6 +152,8 @@ class Trainer:
         self._unsaved_since: float | None = None  # wall time of the oldest step not checkpointed
         self._last_snapshot_step = -1
         self._checkpointed: tuple[int, dict[int, int]] = (0, {})
+        self._optimizer_updates = 0  # this process
+        self._records_rejected = 0  # this process
 
     @property
     def run_id(self) -> str:
@@ -155,7 +169,7 @@ class Trainer:
         positions = self._source.positions()
         if state is None:
             # A fresh run continues the version sequence servers already follow, so its
-            # snapshots are not refused as stale (semantics 3).
+            # snapshots are not refused as stale and never reuse a version (semantics 3).
             self._progress = TrainProgress(step=self._first_version(), offsets=positions)
             self._snapshot_policy.mark(self._progress.step)
             self._checkpoint_policy.mark(self._progress.step)
@@ -164,7 +178,7 @@ class Trainer:
         check_world_size(state, 1, str(self._checkpoints.root))
         self._run_id = state.run_id
         self._progress = TrainProgress(
-            step=state.step,
+            step=self._resumed_step(state),
             samples_seen=state.samples_seen,
             offsets={**positions, **state.offsets},
             watermark=state.data_watermark,
@@ -172,10 +186,18 @@ class Trainer:
         self._source.seek(state.offsets)
         self._checkpointed = (state.step, dict(self._progress.offsets))
         self._learner.snapshot_good_state()
-        self._snapshot_policy.mark(state.step)
-        self._checkpoint_policy.mark(state.step)
+        self._snapshot_policy.mark(self._progress.step)
+        self._checkpoint_policy.mark(self._progress.step)
         log.info("resumed run %s at step %d, offsets %s", state.run_id, state.step, state.offsets)
         return state.step
+
+    def _resumed_step(self, state: TrainerState) -> int:
+        """The checkpoint's step; for a checkpoint of a run that learned nothing (it recorded
+        rejected records' offsets only, and published nothing) at least the newest version on
+        the snapshot topic, which another run may have raised since (semantics 3)."""
+        if state.samples_seen:
+            return state.step
+        return max(state.step, self._first_version())
 
     def run(self) -> TrainSummary:
         started = self._clock()
@@ -183,6 +205,12 @@ class Trainer:
         resumed = self.restore()
         restored = "started a new run" if resumed is None else f"resumed at step {resumed}"
         health.set_condition("checkpoint", True, restored)
+        metrics.TRAIN_STEP.set(self._progress.step)
+        metrics.export_on_first_value(metrics.TRAINER_REGISTRY, metrics.TRAIN_LEARNING_RATE)
+        metrics.TRAIN_LEARNING_RATE.set(self._learner.learning_rate)
+        if self._progress.watermark is not None:  # restored: the data the weights learned from
+            metrics.export_on_first_value(metrics.TRAINER_REGISTRY, metrics.TRAIN_DATA_WATERMARK)
+            metrics.TRAIN_DATA_WATERMARK.set(self._progress.watermark)
         prefetch = PrefetchingSource(self._source, depth=self._prefetch_depth).start()
         reason = "stopped"
         try:
@@ -200,6 +228,9 @@ class Trainer:
             resumed_from_step=resumed,
             rolling_loss=loss,
             rolling_score=score,
+            optimizer_updates=self._optimizer_updates,
+            records_rejected=self._records_rejected,
+            score_name="mae" if self._learner.head.spec.task == "regression" else "accuracy",
         )
 
     def _learner_parts(self) -> tuple[nn.Module, Optimizer, LRScheduler | None]:
@@ -226,6 +257,7 @@ class Trainer:
             if stop.max_samples is not None and self._progress.samples_seen >= stop.max_samples:
                 return "max_samples"
             batch = prefetch.get(timeout=POLL_SECONDS)
+            throughput.add(0 if batch is None else batch.size)
             if batch is None or batch.records == 0:
                 if self._pending_scores:
                     self._flush_scores()
@@ -235,9 +267,9 @@ class Trainer:
             else:
                 last_input = self._clock()
                 self._progress.offsets.update(batch.next_offsets)
+                self._records_rejected += batch.records - batch.size
                 if batch.size:
                     self._train_on(batch)
-                    throughput.add(batch.size)
             self._maybe_snapshot()
             if self._checkpoint_policy.expired(self._progress.step):
                 self._checkpoint(prefetch)
@@ -254,14 +286,18 @@ class Trainer:
         progress = self._progress
         progress.step += 1
         progress.samples_seen += outcome.samples  # every rank's samples in a distributed step
+        metrics.TRAIN_STEP.set(progress.step)
         if self._unsaved_since is None:
             self._unsaved_since = time.time()
         watermark = batch.watermark
         if not math.isnan(watermark):
             progress.watermark = max(progress.watermark or watermark, watermark)
+            metrics.export_on_first_value(metrics.TRAINER_REGISTRY, metrics.TRAIN_DATA_WATERMARK)
             metrics.TRAIN_DATA_WATERMARK.set(progress.watermark)
         if outcome.applied:
-            metrics.TRAIN_STEPS.inc(outcome.steps)  # a batch may take several (step_samples)
+            # one trainer step, possibly several optimizer updates (optimizer.step_samples)
+            metrics.TRAIN_OPTIMIZER_UPDATES.inc(outcome.steps)
+            self._optimizer_updates += outcome.steps
             metrics.TRAIN_SAMPLES.inc(batch.size)
         metrics.TRAIN_STEP_SECONDS.observe(time.perf_counter() - started)
         self._pending_scores.append((outcome.samples, outcome.loss, outcome.score_sum))
@@ -286,14 +322,21 @@ class Trainer:
                 self._rolling.update(size, loss * size, score_sum)
                 if self._gate is not None:
                     self._gate.observe(loss)
-        metrics.TRAIN_LOSS.set(self._rolling.loss)
-        self._score_gauge.set(self._rolling.score)
+        loss, score = self._rolling.loss, self._rolling.score
+        if not math.isnan(loss):  # absent until there is a value, never a made-up 0
+            metrics.export_on_first_value(
+                metrics.TRAINER_REGISTRY, metrics.TRAIN_LOSS, self._score_gauge
+            )
+            metrics.TRAIN_LOSS.set(loss)
+            self._score_gauge.set(score)
         metrics.TRAIN_LEARNING_RATE.set(self._learner.learning_rate)
 
     def _maybe_snapshot(self, force: bool = False) -> None:
         step = self._progress.step
         if self._sink is None or step == self._last_snapshot_step:
             return
+        if self._progress.samples_seen == 0:
+            return  # never serve what was not learned (semantics 4)
         if not force and not self._snapshot_policy.expired(step):
             return
         if self._gate is not None:
@@ -350,20 +393,3 @@ class Trainer:
             prefetch.close()
             if self._sink is not None:
                 self._sink.close()
-
-
-class ThroughputGauge:
-    """Samples per second over the last few seconds, exported as a gauge."""
-
-    def __init__(self, clock: Callable[[], float], period: float = 2.0) -> None:
-        self._clock = clock
-        self._period = period
-        self._since = clock()
-        self._count = 0
-
-    def add(self, samples: int) -> None:
-        self._count += samples
-        elapsed = self._clock() - self._since
-        if elapsed >= self._period:
-            metrics.TRAIN_THROUGHPUT.set(self._count / elapsed)
-            self._since, self._count = self._clock(), 0

@@ -31,7 +31,7 @@ from __future__ import annotations
 import importlib
 import logging
 import math
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from streamtrain import metrics
 from streamtrain.extras import MissingExtra
@@ -39,6 +39,9 @@ from streamtrain.extras import MissingExtra
 log = logging.getLogger(__name__)
 
 DriftDetector = Literal["adwin", "page_hinkley"]
+HoldReason = Literal["regressed", "non_finite"]
+# At 0 from the start, gate or not: increase() then sees the first held snapshot.
+metrics.export_at_zero(metrics.TRAIN_HELD_SNAPSHOTS, [(r,) for r in get_args(HoldReason)])
 _RIVER_CLASSES = {"adwin": "ADWIN", "page_hinkley": "PageHinkley"}
 
 
@@ -95,7 +98,7 @@ class PromotionGate:
         self._reference = (step, loss, score)
         return True
 
-    def _hold(self, reason: str, step: int, loss: float, score: float) -> bool:
+    def _hold(self, reason: HoldReason, step: int, loss: float, score: float) -> bool:
         metrics.TRAIN_HELD_SNAPSHOTS.labels(reason).inc()
         reference = self._reference
         if reference is None:

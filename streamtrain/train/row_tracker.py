@@ -23,12 +23,21 @@ Rules (the order is the safety argument):
    deltas, once ``base_every_seconds`` have passed since the last base, and under rules 2-3;
    otherwise the rows changed since the previous ``take``. A model without row-sparse
    parameters always gets None: it publishes bases exactly as before.
+5. A module that changes rows outside optimizer steps (a dynamic embedding table re-initialises
+   the rows it hands to newly admitted IDs and rewrites its mapping buffers) reports them: it
+   has ``drain_changed_rows()`` (rows by state name below the module, cleared by the call) and
+   ``row_sparse_buffers`` (the buffers it reports). ``take`` adds those rows; a delta then
+   carries the mapping changes with the rows, and the buffers travel as rows, not whole. The
+   weight rows it rewrote move the parameter's version before the step that follows, which
+   rule 3 reads only after that step: a step that is not applied leaves it moved, and the
+   next snapshot is a base.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from typing import Protocol, runtime_checkable
 
 import torch
 from torch import nn
@@ -50,6 +59,35 @@ def row_sparse_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
     return {name: params[name] for name in sorted(names) if params[name].dim() >= 1}
 
 
+@runtime_checkable
+class ReportsRows(Protocol):
+    """A module that changes rows outside optimizer steps and says which (rule 5)."""
+
+    @property
+    def row_sparse_buffers(self) -> list[str]: ...
+
+    def drain_changed_rows(self) -> dict[str, torch.Tensor]: ...
+
+
+def _reporters(model: nn.Module) -> list[tuple[str, ReportsRows]]:
+    """Rule-5 modules with the prefix of their state names."""
+    return [
+        (f"{name}." if name else "", module)
+        for name, module in model.named_modules()
+        if isinstance(module, ReportsRows)
+    ]
+
+
+def row_sparse_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Buffers whose changed rows rule-5 modules report, by ``state_dict`` name."""
+    buffers = dict(model.named_buffers())
+    return {
+        prefix + name: buffers[prefix + name]
+        for prefix, module in _reporters(model)
+        for name in module.row_sparse_buffers
+    }
+
+
 class RowTracker:
     """Records touched rows from gradient hooks; decides base or delta for each snapshot."""
 
@@ -65,10 +103,14 @@ class RowTracker:
         if base_every_deltas < 0 or base_every_seconds <= 0:
             raise ValueError("base_every_deltas must be >= 0 and base_every_seconds > 0")
         self._params = row_sparse_parameters(model)
+        self._reporters = _reporters(model)
+        self._buffers = sorted(row_sparse_buffers(model))
         self._base_every_deltas = base_every_deltas
         self._base_every_seconds = base_every_seconds
         self._clock = clock
-        self._touched: dict[str, list[torch.Tensor]] = {name: [] for name in self._params}
+        self._touched: dict[str, list[torch.Tensor]] = {
+            name: [] for name in [*self._params, *self._buffers]
+        }
         self._need_base = True
         self._deltas_since_base = 0
         self._base_at = 0.0
@@ -78,7 +120,7 @@ class RowTracker:
 
     @property
     def names(self) -> list[str]:
-        return list(self._params)
+        return list(self._touched)
 
     def _record(self, *_: object) -> None:
         for name, param in self._params.items():
@@ -106,6 +148,9 @@ class RowTracker:
             or self._deltas_since_base >= self._base_every_deltas
             or now - self._base_at >= self._base_every_seconds
         )
+        for prefix, module in self._reporters:
+            for name, rows in module.drain_changed_rows().items():
+                self._touched[prefix + name].append(rows)
         touched = dict(self._drain())
         if base:
             self._need_base = False

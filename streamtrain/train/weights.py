@@ -17,8 +17,9 @@ def copy_weights(
     at those row indices, so a delta costs the rows it carries, not the table.
 
     On CUDA the copies go device -> pinned host memory on a side stream, ordered after the
-    work already queued on the current stream; the returned ``wait_ready`` synchronises on an
-    event, so only the snapshot publisher's thread ever waits for the copy.
+    work already queued on the current stream, and work queued later on the current stream
+    (the next step's in-place updates) runs after them; the returned ``wait_ready``
+    synchronises on an event, so only the snapshot publisher's thread ever waits for the copy.
     """
     state = model.state_dict()
     if rows:
@@ -42,6 +43,10 @@ def copy_weights(
             copies[name] = host
         done = torch.cuda.Event()  # type: ignore[no-untyped-call]
         done.record(side)
+    # The next step updates these tensors in place on the current stream; without this its
+    # kernels could run while the side stream is still reading them, and the snapshot would
+    # mix two steps' weights. The host thread does not wait: only the device orders the work.
+    torch.cuda.current_stream(device).wait_stream(side)
     return copies, done.synchronize
 
 

@@ -42,7 +42,9 @@ def test_batch_reaches_the_gpu_with_its_values() -> None:
 
 
 def test_snapshot_copy_is_pinned_and_equals_the_weights_at_copy_time() -> None:
-    model = build_model("mlp", SPEC, {"hidden_sizes": [64]}).to(CUDA)
+    # ~17 MB of weights: the side stream's copy takes long enough that in-place updates
+    # queued right after it would overlap it unless the current stream waits for the copy.
+    model = build_model("mlp", SPEC, {"hidden_sizes": [2048, 2048]}).to(CUDA)
     before = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     copies, wait_ready = copy_weights(model)
     with torch.no_grad():  # training goes on while the copy is in flight

@@ -1,8 +1,13 @@
-"""The distributed step on NCCL: CUDA ranks all-reduce device gradients and moments.
+"""The distributed step with CUDA ranks: device gradients and moments reduced across ranks.
 
 Collected everywhere, run only where CUDA is present (conftest skips the folder otherwise).
-One rank per GPU, at most two; with one GPU the group has one rank, which still runs every
-NCCL collective of the step.
+
+* NCCL: one rank per GPU, at most two. NCCL refuses two ranks on one GPU ("Duplicate GPU
+  detected"), so on a one-GPU machine its group has one rank: the NCCL calls of the step run,
+  but a wrong reduction (a sum for a mean, a missed buffer) would still pass there.
+* Gloo: two ranks sharing GPU 0, always. Gloo reduces CUDA tensors through host memory, so
+  the step's arithmetic over device tensors is checked with a real second rank on any machine
+  with one GPU, the device the lent GPU machines have.
 """
 
 from __future__ import annotations
@@ -40,10 +45,10 @@ def _batches(world: int) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]
     return out
 
 
-def _rank_main(rank: int, world: int, store: str, out: str) -> None:
-    device = torch.device("cuda", rank)
+def _rank_main(rank: int, world: int, store: str, out: str, backend: str) -> None:
+    device = torch.device("cuda", rank % torch.cuda.device_count())
     torch.cuda.set_device(device)
-    dist.init_process_group("nccl", init_method=f"file://{store}", rank=rank, world_size=world)
+    dist.init_process_group(backend, init_method=f"file://{store}", rank=rank, world_size=world)
     try:
         learner = _learner(device)
         learner.step_reducer = GradientSync()
@@ -60,11 +65,10 @@ def _rank_main(rank: int, world: int, store: str, out: str) -> None:
         dist.destroy_process_group()
 
 
-def test_nccl_ranks_step_like_one_process_on_the_union(tmp_path: Path) -> None:
-    world = min(2, torch.cuda.device_count())
+def _ranks_step_like_one_process_on_the_union(tmp_path: Path, backend: str, world: int) -> None:
     mp.start_processes(
         _rank_main,
-        args=(world, str(tmp_path / "store"), str(tmp_path)),
+        args=(world, str(tmp_path / "store"), str(tmp_path), backend),
         nprocs=world,
         start_method="spawn",
     )
@@ -78,3 +82,11 @@ def test_nccl_ranks_step_like_one_process_on_the_union(tmp_path: Path) -> None:
             torch.testing.assert_close(
                 torch.tensor(got[name]), expected, rtol=1e-4, atol=1e-5, msg=name
             )
+
+
+def test_nccl_ranks_step_like_one_process_on_the_union(tmp_path: Path) -> None:
+    _ranks_step_like_one_process_on_the_union(tmp_path, "nccl", min(2, torch.cuda.device_count()))
+
+
+def test_two_gloo_ranks_on_one_gpu_step_like_one_process_on_the_union(tmp_path: Path) -> None:
+    _ranks_step_like_one_process_on_the_union(tmp_path, "gloo", 2)

@@ -20,7 +20,7 @@ from streamtrain.demo.plan import infer_body
 from streamtrain.demo.scrape import Scrape, scrape
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "metrics.md"
-TRAINER_MOVERS = ("streamtrain_train_steps_total", "streamtrain_train_samples_total")
+TRAINER_MOVERS = ("streamtrain_train_optimizer_updates_total", "streamtrain_train_samples_total")
 SERVER_MOVERS = ("streamtrain_serve_swaps_total", "streamtrain_serve_requests_total")
 
 

@@ -84,7 +84,7 @@ def test_two_ranks_learn_every_sample_once_and_checkpoint_one_cut(
     # every rank stopped with the same step count, the job's
     steps = [line for line in output.splitlines() if line.startswith("stopped (idle)")]
     assert len(steps) == 2, output
-    assert {line.split(": ")[1].split(" steps")[0] for line in steps} == {str(meta["step"])}
+    assert {line.split(" at step ")[1].split(":")[0] for line in steps} == {str(meta["step"])}
     # rank 0 alone published: one increasing sequence of versions, up to the last step
     versions = _published_versions(kafka_connection, f"{name}-snapshots")
     assert versions == sorted(set(versions)), versions
@@ -112,7 +112,11 @@ def _rank_of(url: str, timeout: float = 120) -> str:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         scraped = scrape(url)
-        trained = [k for k, v in scraped.items() if k.startswith("streamtrain_train_steps_total")]
+        trained = [
+            k
+            for k, v in scraped.items()
+            if k.startswith("streamtrain_train_optimizer_updates_total")
+        ]
         if trained and scraped[trained[0]] > 0:
             assert len(trained) == 1, trained
             rank = trained[0].split('rank="')[1].split('"')[0]

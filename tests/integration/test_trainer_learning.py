@@ -92,10 +92,10 @@ def test_non_finite_steps_are_skipped_and_weights_stay_finite(
     def delta(name: str) -> float:
         return end.get(name, 0.0) - start.get(name, 0.0)
 
-    assert delta("streamtrain_train_skipped_steps_total") >= 5
+    assert delta("streamtrain_train_skipped_updates_total") >= 5
     assert delta("streamtrain_train_rollbacks_total") >= 1
-    skipped = delta("streamtrain_train_skipped_steps_total")
-    assert delta("streamtrain_train_steps_total") == summary.steps - skipped
+    skipped = delta("streamtrain_train_skipped_updates_total")
+    assert delta("streamtrain_train_optimizer_updates_total") == summary.steps - skipped
     weights = load_file(str(latest_checkpoint(tmp_path) / "model.safetensors"))
     assert all(np.isfinite(w).all() for w in weights.values())
     assert summary.rolling_score > 0.8, "learning continued after the bad batches"

@@ -55,6 +55,20 @@ def test_ci_runs_exactly_the_readme_quick_start() -> None:
     assert "--duration" in demo_line, "CI cannot press Ctrl-C: the demo must stop by itself"
 
 
+def test_ci_runs_the_gpu_check_dry_run_as_the_readme_says() -> None:
+    """CI runs the GPU check's dry run (the wheel set and the script cannot rot unseen), the
+    README's Development section says so, and ``gpu-check`` itself needs no ``.venv``: it runs
+    on a bare device machine whose python3 holds a CUDA torch."""
+    assert "make gpu-check-dry" in _commands(CI_RUN.read_text())
+    development = README.read_text().split("## Development", 1)[1].split("\n## ", 1)[0]
+    assert "make gpu-check-dry" in development
+    makefile = MAKEFILE.read_text()
+    for target in ("gpu-wheels", "gpu-check", "gpu-check-dry"):
+        assert re.search(rf"^{target}:", makefile, re.M), f"no `{target}` target in the Makefile"
+    rule = re.search(r"^gpu-check:(.*)$", makefile, re.M)
+    assert rule is not None and "$(STAMP)" not in rule.group(1), rule
+
+
 def test_make_installs_everything_into_its_own_venv() -> None:
     """Each install goes through the venv's pip (no --user, no system site-packages)."""
     recipes = [line for line in MAKEFILE.read_text().splitlines() if line.startswith("\t")]

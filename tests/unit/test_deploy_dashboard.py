@@ -40,6 +40,10 @@ def _labelled() -> list[tuple[MetricWrapperBase, tuple[str, ...]]]:
     return found
 
 
+def _registered(registry: CollectorRegistry) -> set[str]:
+    return {family.name for family in registry.collect()}
+
+
 def _scrape(registry: CollectorRegistry) -> set[str]:
     server = serve_metrics(registry, 0, host="127.0.0.1")
     try:
@@ -64,6 +68,9 @@ def exported() -> Iterator[dict[str, set[str]]]:
     for metric, values in probes:
         metric.labels(*values)
     metrics.export_cuda_metrics()  # as a trainer on CUDA does; the dashboard charts them
+    present = _registered(TRAINER_REGISTRY)
+    late = [m for m in metrics.ON_FIRST_VALUE if m.collect()[0].name not in present]
+    metrics.export_on_first_value(TRAINER_REGISTRY, *late)  # as a running trainer does
     try:
         yield {
             "trainer": _scrape(TRAINER_REGISTRY),
@@ -71,7 +78,7 @@ def exported() -> Iterator[dict[str, set[str]]]:
             "join": _scrape(JOIN_REGISTRY),
         }
     finally:
-        for metric in metrics.CUDA_ONLY:
+        for metric in (*metrics.CUDA_ONLY, *late):
             TRAINER_REGISTRY.unregister(metric)
         for metric, values in probes:
             metric.remove(*values)

@@ -74,7 +74,7 @@ def test_alerts_parse_and_query_only_exported_series(exported: dict[str, set[str
 
 def test_the_parser_rejects_broken_promql() -> None:
     """The PromQL check is not vacuous."""
-    for broken in ("sum(rate(x[5m])", "rate(streamtrain_train_steps_total)", "x{a=}"):
+    for broken in ("sum(rate(x[5m])", "rate(streamtrain_train_samples_total)", "x{a=}"):
         with pytest.raises(ValueError):
             promql_parser.parse(broken)
 
@@ -82,7 +82,9 @@ def test_the_parser_rejects_broken_promql() -> None:
 def test_alerts_cover_what_operators_page_on() -> None:
     by_expr = {rule["alert"]: rule["expr"] for rule in _rules()}
     checkpoint = by_expr["StreamtrainCheckpointsNotWritten"]
-    assert "streamtrain_train_steps_total" in checkpoint, "only a busy trainer may page"
+    assert "streamtrain_train_samples_total" in checkpoint, "only a busy trainer may page"
+    nothing = by_expr["StreamtrainNothingLearned"]
+    assert "streamtrain_ingest_samples_total" in nothing and "unless" in nothing
     errors = by_expr["StreamtrainInferenceErrors"]
     assert 'outcome="error"' in errors, "only server faults, never client hang-ups or 4xx"
     assert "streamtrain_serve_data_age_seconds" in by_expr["StreamtrainServersStale"]

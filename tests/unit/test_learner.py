@@ -71,14 +71,14 @@ def test_dropout_models_score_with_a_separate_eval_pass() -> None:
 def test_non_finite_step_is_skipped_not_applied() -> None:
     learner = _learner()
     before = _weights(learner)
-    skipped = _counter(metrics.TRAIN_SKIPPED_STEPS)
+    skipped = _counter(metrics.TRAIN_SKIPPED_UPDATES)
     x, y, w = _batch()
     x[3, 1] = float("nan")
     out = learner.learn(x, y, w)
     assert not out.applied
     assert all(torch.equal(a, b) for a, b in zip(before, _weights(learner), strict=True))
     assert all(p.grad is None for p in learner.model.parameters())
-    assert _counter(metrics.TRAIN_SKIPPED_STEPS) == skipped + 1
+    assert _counter(metrics.TRAIN_SKIPPED_UPDATES) == skipped + 1
 
 
 def test_repeated_bad_steps_roll_back_to_the_last_good_state() -> None:

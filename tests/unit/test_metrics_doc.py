@@ -26,6 +26,7 @@ _UNITLESS = {
     "streamtrain_train_prequential_mae",
     "streamtrain_train_learning_rate",
     "streamtrain_snapshot_version",
+    "streamtrain_train_step",
     "streamtrain_serve_model_version",
     "streamtrain_serve_pinned_version",
     "streamtrain_serve_retained_versions",
@@ -62,11 +63,13 @@ def _documented_name(name: str, kind: str) -> str:
 
 def _families() -> dict[str, tuple[str, frozenset[str], str]]:
     """Family name -> (type, label names, section) for both registries, plus the metrics only a
-    CUDA trainer registers. A family in both registries belongs under "Both". prometheus_client's
-    standard process_* and python_* collectors are documented as a group, not row by row."""
+    CUDA trainer registers and those registered on their first value. A family in both
+    registries belongs under "Both". prometheus_client's standard process_* and python_*
+    collectors are documented as a group, not row by row."""
     found: dict[str, tuple[str, frozenset[str], str]] = {}
     collected = [(s, f) for s, registry in REGISTRIES.items() for f in registry.collect()]
-    collected += [("Trainer", f) for metric in metrics.CUDA_ONLY for f in metric.collect()]
+    late = (*metrics.CUDA_ONLY, *metrics.ON_FIRST_VALUE)  # registered on demand
+    collected += [("Trainer", f) for metric in late for f in metric.collect()]
     for section, family in collected:
         if not family.name.startswith("streamtrain_"):
             continue

@@ -64,6 +64,7 @@ class DLRM(nn.Module):
             params.table_rows,
             params.pooling,
             params.init_std,
+            params.tables,
         )
         vectors = 1 + len(spec.sparse)
         # the upper triangle of the vectors' Gram matrix, flattened: each pair once

@@ -4,11 +4,17 @@ Each table named in ``model.sparse`` is one ``nn.EmbeddingBag(rows, dim, sparse=
 (any int64; strings were hashed on the wire) maps to a row by :func:`hash_rows`, a SplitMix64
 finaliser mod ``rows``, so consecutive or adversarially-spaced IDs spread evenly and a table
 of fixed size takes any number of distinct IDs (with collisions: docs/models.md gives the
-measured rate). Fixed tables were chosen over growing, evicting ones (Monolith's collisionless
-tables) because they keep the model's tensors a fixed shape: checkpoints, snapshots, delta rows
-and the serving slot need no resize protocol. The measured share of IDs that share a row with
-another is 1 - exp(-IDs/rows) (22% at rows = 4x the distinct IDs, 63% at rows = IDs; the
-table in docs/models.md), and under Zipf popularity most traffic is on IDs that rarely share.
+measured rate). The measured share of IDs that share a row with another is 1 - exp(-IDs/rows)
+(22% at rows = 4x the distinct IDs, 63% at rows = IDs; the table in docs/models.md), and under
+Zipf popularity most traffic is on IDs that rarely share.
+
+A table of kind ``dynamic`` (``tables: {name: {kind: dynamic, capacity: ...}}``) gives each
+admitted ID its own row instead (:mod:`.dynamic_table`): ``capacity`` owned rows followed by
+``fallback_rows`` hashed rows for IDs not admitted. Its shape stays fixed, as a hashed table's,
+so checkpoints, snapshots, delta rows and the serving slot need no resize protocol. Before each
+training step :meth:`EmbeddingTables.observe` admits and evicts, and re-initialises the rows it
+hands to new owners; it remembers which rows and mapping entries changed until the row tracker
+drains them into the next delta.
 
 Gradients of the tables are sparse COO tensors over the rows of the batch, so a step reads
 and writes only those rows with a row-wise optimizer (Adagrad, or SGD without momentum).
@@ -16,7 +22,7 @@ and writes only those rows with a row-wise optimizer (Adagrad, or SGD without mo
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Literal
 
 import torch
@@ -25,6 +31,8 @@ from torch.nn import functional as F
 
 from streamtrain.sparse_tensors import JaggedTensor, SparseInput
 from streamtrain.spec import SparseFeature
+from streamtrain.train.models.dynamic_table import DynamicMapping, Observed
+from streamtrain.train.models.sparse_params import TableSettings
 
 Pooling = Literal["sum", "mean"]
 _MIX1 = -7046029254386353131  # 0x9E3779B97F4A7C15 as int64
@@ -49,14 +57,16 @@ def hash_rows(ids: torch.Tensor, rows: int) -> torch.Tensor:
 
 class EmbeddingTables(nn.Module):
     """The tables of ``features`` (``rows`` each unless ``table_rows`` says otherwise) and the
-    per-feature pooling: ``sum`` or ``mean`` of the weighted rows of a sample's IDs (a mean
-    divides by the sum of the ID weights; a sample without IDs pools to zeros).
+        per-feature pooling: ``sum`` or ``mean`` of the weighted rows of a sample's IDs (a mean
+        divides by the sum of the ID weights; a sample without IDs pools to zeros).
 
-    >>> from streamtrain.spec import SparseFeature
-    >>> tables = EmbeddingTables([SparseFeature("items", "items")], dim=4, rows=100)
-    >>> x = {"items": JaggedTensor.from_lists([[1, 2], [], [3]])}
-    >>> tables.pooled(x)["items"].shape
-    torch.Size([3, 4])
+        >>> from streamtrain.spec import SparseFeature
+    from streamtrain.train.models.dynamic_table import DynamicMapping, Observed
+    from streamtrain.train.models.sparse_params import TableSettings
+        >>> tables = EmbeddingTables([SparseFeature("items", "items")], dim=4, rows=100)
+        >>> x = {"items": JaggedTensor.from_lists([[1, 2], [], [3]])}
+        >>> tables.pooled(x)["items"].shape
+        torch.Size([3, 4])
     """
 
     def __init__(
@@ -67,6 +77,7 @@ class EmbeddingTables(nn.Module):
         table_rows: Mapping[str, int] | None = None,
         pooling: Mapping[str, Pooling] | None = None,
         init_std: float = 0.01,
+        kinds: Mapping[str, TableSettings] | None = None,
     ) -> None:
         super().__init__()
         if not features:
@@ -90,8 +101,14 @@ class EmbeddingTables(nn.Module):
                 raise ValueError(
                     f"pooling {name!r}={mode!r}: use a feature of {sorted(names)} and sum or mean"
                 )
+        dynamic = {t: k for t, k in (kinds or {}).items() if k.kind == "dynamic"}
+        unknown = sorted(set(kinds or {}) - tables)
+        if unknown:
+            raise ValueError(f"tables names {unknown[0]!r}; the tables are {sorted(tables)}")
         self.pooling = {f.name: pooling.get(f.name, "mean") for f in features}
         self.rows = {t: table_rows.get(t, rows) for t in sorted(tables)}
+        for t, k in dynamic.items():
+            self.rows[t] = k.capacity + k.fallback_rows
         for table in tables:
             if not table.isidentifier():
                 raise ValueError(
@@ -107,6 +124,11 @@ class EmbeddingTables(nn.Module):
         for weight in self._weights():
             nn.init.normal_(weight, std=init_std)
         self.dim = dim
+        self.init_std = init_std
+        self.mappings = nn.ModuleDict({_key(t): DynamicMapping(k) for t, k in dynamic.items()})
+        # rows changed outside optimizer steps since the row tracker last drained them
+        self._dirty: dict[str, torch.Tensor] = {}
+        self._generator = torch.Generator()  # re-seeded for every reset (see observe)
 
     @property
     def row_sparse_parameters(self) -> list[str]:
@@ -121,7 +143,101 @@ class EmbeddingTables(nn.Module):
         return [self._weight(t) for t in self.rows]
 
     def _rows(self, feature: SparseFeature, x: JaggedTensor) -> torch.Tensor:
+        key = _key(feature.table)
+        if key in self.mappings:
+            mapping = self.mappings[key]
+            assert isinstance(mapping, DynamicMapping)
+            return mapping.rows(x.ids)
         return hash_rows(x.ids, self.rows[feature.table])
+
+    # --- dynamic tables ---------------------------------------------------------------------
+    @property
+    def dynamic(self) -> dict[str, DynamicMapping]:
+        """The dynamic tables' mappings by table name."""
+        out = {}
+        for key, mapping in self.mappings.items():
+            assert isinstance(mapping, DynamicMapping)
+            out[key.removeprefix("t_")] = mapping
+        return out
+
+    @property
+    def row_sparse_buffers(self) -> list[str]:
+        return [
+            f"mappings.{_key(t)}.{name}"
+            for t, m in self.dynamic.items()
+            for name in m.row_sparse_buffers
+        ]
+
+    @torch.no_grad()
+    def observe(
+        self,
+        sparse: SparseInput,
+        gather: Callable[[list[torch.Tensor]], list[torch.Tensor]] | None = None,
+    ) -> list[tuple[str, torch.Tensor, Observed]]:
+        """One training step's admissions and evictions in every dynamic table, before the
+        forward; ``gather`` (a distributed rank) turns each table's IDs into the union
+        batch's, so every rank decides alike. Rows handed to a new owner are re-initialised
+        (normal, ``init_std``, from a generator seeded by the table's seed and step); returns
+        per table its weight and what was done (the caller resets optimizer rows)."""
+        tables = self.dynamic
+        ids = []
+        for table in tables:
+            parts = [
+                sparse[f.name].ids for f in self.features if f.table == table and f.name in sparse
+            ]
+            device = self._weight(table).device
+            ids.append(
+                torch.cat(parts) if parts else torch.empty(0, dtype=torch.int64, device=device)
+            )
+        if gather is not None:
+            ids = gather(ids)
+        done = []
+        for number, ((table, mapping), table_ids) in enumerate(
+            zip(tables.items(), ids, strict=True)
+        ):
+            observed = mapping.observe(table_ids)
+            weight = self._weight(table)
+            key = _key(table)
+            if observed.reset.numel():
+                # a fixed function of (seed, step, table): replays and ranks draw the same
+                # rows, and two tables resetting in one step draw different ones
+                step = int(mapping.step)
+                seed = ((mapping.settings.seed * 1_000_003 + step) * 64 + number) % (1 << 63)
+                fresh = torch.randn(
+                    observed.reset.numel(), self.dim, generator=self._generator.manual_seed(seed)
+                )
+                weight[observed.reset] = (fresh * self.init_std).to(weight)
+                self._mark(f"tables.{key}.weight", weight.shape[0], observed.reset)
+            # slot_ids, last_seen and use_count change on the same rows: one mask for three
+            self._mark(f"mappings.{key}", mapping.capacity, observed.changed_slots)
+            if mapping.settings.cells and observed.changed_cells.numel():
+                self._mark(
+                    f"mappings.{key}.filter_counts",
+                    mapping.settings.cells,
+                    observed.changed_cells,
+                )
+            done.append((table, weight, observed))
+        return done
+
+    def _mark(self, name: str, size: int, rows: torch.Tensor) -> None:
+        dirty = self._dirty.get(name)
+        if dirty is None:
+            dirty = self._dirty[name] = torch.zeros(size, dtype=torch.bool, device=rows.device)
+        dirty[rows] = True
+
+    def drain_changed_rows(self) -> dict[str, torch.Tensor]:
+        """Rows of weights (reset) and mapping buffers changed since the last call, by state
+        name below this module; the row tracker adds them to the next delta."""
+        out = {}
+        for name, mask in self._dirty.items():
+            rows = mask.nonzero().squeeze(1)
+            if name.endswith(".weight") or name.endswith(".filter_counts"):
+                out[name] = rows
+            else:  # one mask stands for the three slot buffers
+                for buffer in ("slot_ids", "last_seen", "use_count"):
+                    out[f"{name}.{buffer}"] = rows
+        self._dirty = {}
+        return out
 
     def pooled(self, sparse: SparseInput) -> dict[str, torch.Tensor]:
         """Per feature, the pooled rows of each sample ``[n, dim]``."""

@@ -50,7 +50,7 @@ class FactorizationMachine(nn.Module):
         self.standardize = make_standardizer(params, (spec.feature_size,))
         # one row per ID: [bias, factors...]
         self.embeddings = EmbeddingTables(
-            spec.sparse, k + 1, params.rows, params.table_rows, {}, params.init_std
+            spec.sparse, k + 1, params.rows, params.table_rows, {}, params.init_std, params.tables
         )
         self.dense_linear = nn.Linear(spec.feature_size, 1)
         self.dense_factors = nn.Parameter(torch.randn(spec.feature_size, k) * params.init_std)

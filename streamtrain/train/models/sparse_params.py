@@ -4,9 +4,63 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
+from streamtrain.train.models._params import ModelParams
 from streamtrain.train.models.standardize import StandardizeParams
+
+_DYNAMIC_ONLY = (
+    "capacity",
+    "fallback_rows",
+    "admit_after",
+    "admit_probability",
+    "filter_cells",
+    "evict",
+    "expire_after_steps",
+    "seed",
+)
+
+
+class TableSettings(ModelParams):
+    """One table's kind: ``hashed`` (IDs hash onto ``rows``) or ``dynamic`` (docs/models.md,
+    "Dynamic tables": each admitted ID owns a row of ``capacity``; the others share
+    ``fallback_rows`` hashed rows)."""
+
+    kind: Literal["hashed", "dynamic"] = Field("hashed", description="hashed or dynamic.")
+    capacity: int = Field(0, ge=0, description="dynamic: rows owned by admitted IDs.")
+    fallback_rows: int = Field(1, ge=1, description="dynamic: hashed rows of IDs not admitted.")
+    admit_after: int = Field(1, ge=1, description="dynamic: occurrences before admission.")
+    admit_probability: float = Field(
+        1.0, gt=0, le=1, description="dynamic: chance each occurrence past the count admits."
+    )
+    filter_cells: int = Field(
+        0, ge=0, description="dynamic: counters of the admission filter (0: 4 x capacity)."
+    )
+    evict: Literal["lru", "lfu"] = Field("lru", description="dynamic: victim when full.")
+    expire_after_steps: int = Field(
+        0, ge=0, description="dynamic: free the row of an ID unseen this many steps (0: never)."
+    )
+    seed: int = Field(0, description="dynamic: seed of the admission draws and row resets.")
+
+    @model_validator(mode="after")
+    def _check_kind(self) -> TableSettings:
+        if self.kind == "hashed":
+            extra = sorted(set(_DYNAMIC_ONLY) & self.model_fields_set)
+            if extra:
+                raise ValueError(
+                    f"{extra[0]} applies to kind dynamic only; set kind: dynamic, or size a "
+                    "hashed table with table_rows"
+                )
+        elif self.capacity < 1:
+            raise ValueError("a dynamic table needs capacity >= 1 (rows owned by admitted IDs)")
+        return self
+
+    @property
+    def cells(self) -> int:
+        """Counters of the admission filter (none when every ID is admitted on sight)."""
+        if self.admit_after <= 1:
+            return 0
+        return self.filter_cells or 4 * self.capacity
 
 
 class TableParams(StandardizeParams):
@@ -17,7 +71,20 @@ class TableParams(StandardizeParams):
         1 << 16, ge=1, description="Rows of each table (IDs hash onto them; docs/models.md)."
     )
     table_rows: dict[str, int] = Field({}, description="Rows of a named table, overriding `rows`.")
+    tables: dict[str, TableSettings] = Field(
+        {}, description="Per table: kind hashed (default) or dynamic, and its settings."
+    )
     pooling: dict[str, Literal["sum", "mean"]] = Field(
         {}, description="Per feature: sum or mean (default) of its rows."
     )
     init_std: float = Field(0.01, gt=0, description="Std of the normal row initialisation.")
+
+    @model_validator(mode="after")
+    def _check_tables(self) -> TableParams:
+        for name, table in self.tables.items():
+            if table.kind == "dynamic" and name in self.table_rows:
+                raise ValueError(
+                    f"table {name!r} is dynamic: size it with tables.{name}.capacity, not "
+                    "table_rows"
+                )
+        return self

@@ -1,0 +1,72 @@
+"""Before each training step: the dynamic tables' admissions and evictions, the optimizer rows
+of re-used rows, and the table metrics.
+
+A row handed to a newly admitted ID starts afresh: :meth:`EmbeddingTables.observe` re-draws its
+weights, and :func:`reset_optimizer_rows` puts its optimizer state back to the state of a row
+never stepped (Adagrad's ``sum`` to ``initial_accumulator_value``, other per-row state such as
+SparseAdam's moments to zero), in the same step, before the forward that first reads it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from torch.optim import Optimizer
+
+from streamtrain import metrics
+from streamtrain.sparse_tensors import SparseInput
+from streamtrain.train.models.embedding import EmbeddingTables
+
+Gather = Callable[[list[torch.Tensor]], list[torch.Tensor]]
+
+
+@torch.no_grad()
+def reset_optimizer_rows(optimizer: Optimizer, param: torch.Tensor, rows: torch.Tensor) -> None:
+    """Reset ``rows`` of every per-row state tensor the optimizer keeps for ``param``."""
+    state = optimizer.state.get(param)
+    if not state or rows.numel() == 0:
+        return
+    group = next(g for g in optimizer.param_groups if any(p is param for p in g["params"]))
+    for name, value in state.items():
+        if not isinstance(value, torch.Tensor) or value.dim() == 0:
+            continue  # a step count: shared by the whole table
+        if value.shape[0] != param.shape[0]:
+            continue
+        fill = group.get("initial_accumulator_value", 0.0) if name == "sum" else 0.0
+        value[rows.to(value.device)] = fill
+
+
+class TableUpkeep:
+    """Runs the dynamic tables of ``model`` (none: :meth:`find` returns None)."""
+
+    def __init__(self, tables: list[EmbeddingTables], optimizer: Optimizer) -> None:
+        self._tables = tables
+        self._optimizer = optimizer
+        for module in tables:  # every series exported at 0 from the start
+            for table in module.dynamic:
+                metrics.TABLE_OCCUPANCY.labels(table).set(0)
+                metrics.TABLE_ADMISSIONS.labels(table)
+                for reason in ("filter", "probability", "full"):
+                    metrics.TABLE_REFUSALS.labels(table, reason)
+                for cause in ("lru", "lfu", "expired"):
+                    metrics.TABLE_EVICTIONS.labels(table, cause)
+
+    @classmethod
+    def find(cls, model: nn.Module, optimizer: Optimizer) -> TableUpkeep | None:
+        tables = [m for m in model.modules() if isinstance(m, EmbeddingTables) and m.dynamic]
+        return cls(tables, optimizer) if tables else None
+
+    def before_step(self, sparse: SparseInput | None, gather: Gather | None) -> None:
+        """Admit, evict and reset for one step's batch (``gather``: see ``observe``)."""
+        for module in self._tables:
+            for table, weight, observed in module.observe(sparse or {}, gather):
+                reset_optimizer_rows(self._optimizer, weight, observed.reset)
+                mapping = module.dynamic[table]
+                metrics.TABLE_ADMISSIONS.labels(table).inc(observed.admitted)
+                for reason, count in observed.refused.items():
+                    metrics.TABLE_REFUSALS.labels(table, reason).inc(count)
+                for cause, count in observed.evicted.items():
+                    metrics.TABLE_EVICTIONS.labels(table, cause).inc(count)
+                metrics.TABLE_OCCUPANCY.labels(table).set(mapping.occupied / mapping.capacity)

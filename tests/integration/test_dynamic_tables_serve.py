@@ -1,0 +1,221 @@
+"""Dynamic tables through snapshots on the real broker: a server following the trainer's base
+and deltas, a server that joins late, and a server that lost a delta all end bit for bit on the
+trainer's state, mapping buffers and served lookups included (deltas carry mapping changes
+beside the rows, applied in one swap)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+from kafka import KafkaProducer
+
+from streamtrain.cli.build_trainer import build_trainer
+from streamtrain.config import ModelSettings, SparseFeatureSettings, load_settings
+from streamtrain.kafka import KafkaConnection, create_topics
+from streamtrain.serve.server import build_slot, build_worker
+from streamtrain.serve.slot import WeightSlot
+from streamtrain.serve.watcher import SnapshotWatcher
+from streamtrain.snapshot.manifest import settings_hash
+from streamtrain.snapshot.subscriber import SnapshotSubscriber
+from streamtrain.snapshot.writer import SnapshotWriter
+from streamtrain.train.hooks import SnapshotRequest
+from streamtrain.train.row_tracker import RowTracker
+from streamtrain.train.weights import copy_weights
+from tests.integration.snapshot_harness import wait
+from tests.integration.test_dynamic_tables_trainer import PARAMS, ctr_samples
+from tests.unit.test_dynamic_tables import PARAMS as SMALL_PARAMS
+from tests.unit.test_dynamic_tables import _batches, _learner
+
+SPARSE = [
+    {"name": "user", "table": "users", "max_length": 1},
+    {"name": "item", "table": "items", "max_length": 1},
+]
+
+
+def _state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _matches(slot: WeightSlot, state: dict[str, torch.Tensor]) -> bool:
+    with slot.acquire() as lease:
+        served = lease.model.state_dict()
+        return served.keys() == state.keys() and all(
+            torch.equal(served[name], tensor) for name, tensor in state.items()
+        )
+
+
+def test_following_and_late_servers_end_on_the_trainers_mapping(
+    kafka_bootstrap: str, unique_name: str, tmp_path: Path
+) -> None:
+    name = unique_name
+    create_topics(kafka_bootstrap, [f"{name}-samples", f"{name}-dlq", f"{name}-snapshots"])
+    settings = load_settings(
+        overrides={
+            "kafka": {"bootstrap_servers": kafka_bootstrap},
+            "topics": {
+                "samples": f"{name}-samples",
+                "dead_letter": f"{name}-dlq",
+                "snapshots": f"{name}-snapshots",
+            },
+            "ingest": {"group_id": name, "max_batch_size": 32, "max_wait_ms": 20},
+            "model": {
+                "name": "dlrm",
+                "task": "binary",
+                "input_shape": [4],
+                "sparse": SPARSE,
+                "params": PARAMS,
+            },
+            "optimizer": {"name": "adagrad", "lr": 0.05},
+            "train": {
+                "checkpoint_dir": tmp_path,
+                "snapshot_every_steps": 5,
+                "snapshot_every_seconds": 0.05,
+                "base_every_deltas": 1000,  # one base, then only deltas
+                "stop_when_idle": 2.0,
+                "torch_threads": 1,
+            },
+            "serve": {"port": 0, "model_name": "m", "retain_versions": 1},
+        }
+    )
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, linger_ms=5)
+    for sample in ctr_samples()[:3000]:
+        producer.send(f"{name}-samples", json.dumps(sample).encode())
+    producer.flush()
+    producer.close()
+
+    following = build_worker(settings)
+    following.start()
+    late = None
+    try:
+        trainer = build_trainer(settings)
+        summary = trainer.run()
+        assert summary.steps > 20
+        expected = _state(trainer._learner.model)
+        assert int(expected["embeddings.mappings.t_items.step"]) == summary.steps
+        subscriber = SnapshotSubscriber(
+            kafka=KafkaConnection(kafka_bootstrap),
+            topic=f"{name}-snapshots",
+            settings_hash=settings_hash(settings.model.model_dump(mode="json")),
+        )
+        try:
+            published = list(subscriber.newest_first(30.0))
+        finally:
+            subscriber.close()
+        kinds = [s.manifest.kind for s in published]
+        assert kinds[0] == "delta" and kinds.count("base") == 1 and len(kinds) > 3, kinds
+        newest = published[0].manifest.version
+        late = build_worker(settings)  # joins after the trainer: the base, then every delta
+        late.start()
+        for worker in (following, late):
+            wait(
+                lambda w=worker: w.slot.info is not None and w.slot.info.version == newest,
+                f"a server on version {newest}",
+            )
+            assert _matches(worker.slot, expected)
+    finally:
+        following.stop()
+        if late is not None:
+            late.stop()
+
+
+HASH = "e" * 64
+
+
+class DynamicChain:
+    """A dlrm with a dynamic table learning step by step, and a writer whose chain the test
+    chooses (so it can lose a delta)."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self.learner = _learner()
+        self.tracker = RowTracker(
+            self.learner.model,
+            self.learner.optimizer,
+            base_every_deltas=1000,
+            base_every_seconds=1e9,
+        )
+        self.batches = iter(_batches(60))
+        self.step = 0
+        self.writer = SnapshotWriter(
+            kafka=KafkaConnection(bootstrap),
+            topic=topic,
+            model_name="dyn",
+            settings_hash=HASH,
+            chunk_bytes=1 << 16,
+        )
+        self.states: dict[int, dict[str, torch.Tensor]] = {}
+
+    def take(self, steps: int = 4, base: bool = False) -> SnapshotRequest:
+        for _ in range(steps if self.states else 0):
+            x, y, w, sparse = next(self.batches)
+            self.learner.learn(x, y, w, sparse)
+            self.step += 1
+        rows = self.tracker.take()
+        rows = None if base else rows
+        tensors, ready = copy_weights(self.learner.model, rows)
+        self.states[self.step] = _state(self.learner.model)
+        return SnapshotRequest(
+            version=self.step,
+            run_id="run-e",
+            tensors=tensors,
+            data_watermark=None,
+            offsets={},
+            created_at=time.time(),
+            wait_ready=ready,
+            rows=rows,
+        )
+
+    def write(
+        self, request: SnapshotRequest, base: int | None = None, after: int | None = None
+    ) -> None:
+        self.writer.write(
+            request,
+            base_id=None if base is None else f"run-e/{base}",
+            predecessor_id=None if after is None else f"run-e/{after}",
+        )
+
+
+def test_a_server_that_lost_a_delta_holds_a_linked_version_then_repairs_from_a_base(
+    kafka_bootstrap: str, unique_name: str
+) -> None:
+    create_topics(kafka_bootstrap, [unique_name])
+    chain = DynamicChain(kafka_bootstrap, unique_name)
+    chain.write(chain.take())  # base at step 0
+    d1 = chain.take()
+    chain.write(d1, 0, 0)
+    lost = chain.take()  # admissions and evictions in it are never published
+    d3 = chain.take()
+    chain.write(d3, 0, lost.version)
+    model = ModelSettings(
+        name="dlrm",
+        task="binary",
+        input_shape=(3,),
+        sparse=(
+            SparseFeatureSettings(name="user", table="users", max_length=2),
+            SparseFeatureSettings(name="items", table="items", max_length=4),
+        ),
+        params=SMALL_PARAMS,
+    )
+    slot = build_slot(model, torch.device("cpu"))
+    source = SnapshotSubscriber(
+        kafka=KafkaConnection(kafka_bootstrap), topic=unique_name, settings_hash=HASH
+    )
+    watcher = SnapshotWatcher(source, slot, poll_timeout_s=0.2).start()
+    try:
+        wait(
+            lambda: slot.info is not None and slot.info.version == d1.version,
+            "the last linked delta",
+        )
+        assert _matches(slot, chain.states[d1.version])
+        assert not torch.equal(
+            chain.states[d1.version]["embeddings.mappings.t_items.slot_ids"],
+            chain.states[d3.version]["embeddings.mappings.t_items.slot_ids"],
+        ), "the lost delta changed the mapping"
+        repair = chain.take(base=True)
+        chain.write(repair)
+        wait(lambda: slot.info is not None and slot.info.version == repair.version, "the new base")
+        assert _matches(slot, chain.states[repair.version])
+    finally:
+        watcher.stop()
