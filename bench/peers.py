@@ -3,12 +3,12 @@
 For every stream of the suite (``peers_suite.py``: 18 streams, classification and
 regression), each learner is evaluated prequentially (test, then train) over the whole stream:
 river's linear model (+StandardScaler), Hoeffding Adaptive Tree and ARF, and two trivial
-baselines one sample at a time; streamtrain's ``linear`` and ``mlp`` with the CLI defaults
-in-process at micro-batches 1 and 16 (the same ``Learner`` the trainer runs), plus the
-``mlp`` draining a backlog in batches of 256 with the default step rule and with one step per
-batch (its throughput cost). ``--pipeline`` adds runs through the real trainer (embedded
-broker, binary producer, ``build_trainer``). Writes a markdown report to stdout and
-``bench/results/peers.md``.
+baselines one sample at a time; streamtrain's default ``auto`` and the ``linear`` and ``mlp``
+it combines, with the CLI defaults, in-process at micro-batches 1 and 16 (the same ``Learner``
+the trainer runs), plus ``auto`` draining a backlog in batches of 256 with the default step
+rule. ``--pipeline`` adds runs through the real trainer (embedded broker, binary producer,
+``build_trainer``). Writes a markdown report to stdout and ``bench/results/peers.md``, and one
+PNG per stream of every learner's rolling prequential score to ``bench/results/peers_plots/``.
 
 Usage::
 
@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 import torch
+from peers_curve import plot_stream
 from peers_inprocess import DEFAULTS, ModelConfig, run_in_process
 from peers_report import Row, header, render
 from peers_river import ARF_MODELS, PEERS, RunResult, run_peer
@@ -35,7 +36,8 @@ from peers_streams import Stream
 from peers_suite import BUILDERS, SIZES, build_stream
 
 RESULTS = Path(__file__).resolve().parent / "results" / "peers.md"
-ONE_STEP_PER_BATCH = ModelConfig("mlp", "one step per batch", {"step_samples": "batch"})
+PLOTS = RESULTS.parent / "peers_plots"
+BACKLOG = ModelConfig("auto")  # the default model draining a backlog
 BACKLOG_BATCH = 256
 
 NOTES = (
@@ -59,9 +61,8 @@ NOTES = (
     "too (persistence, strong on smooth series such as trump_approval).",
     "Goal-table gaps are 'how much better' (negative = worse): accuracy points for "
     "classification, relative MAE change for regression.",
-    "A backlog row (batch 256) is the mlp draining a stream in batches of 256, with the "
-    "default step rule and with one step per batch: the accuracy and throughput the step "
-    "rule trades.",
+    "A backlog row (batch 256) is the default model draining a stream in batches of 256 with "
+    "the default step rule.",
 )
 
 
@@ -72,6 +73,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
     parser.add_argument("--pipeline", action="store_true", help="also run through Kafka")
     parser.add_argument("--quick", action="store_true", help="500 samples, report not saved")
+    parser.add_argument(
+        "--max-samples", type=int, help="cap every stream at this many samples (a busy machine)"
+    )
     parser.add_argument("--output", type=Path, default=RESULTS)
     parser.add_argument("--rows-out", type=Path, help="also save the measured rows (JSON)")
     parser.add_argument(
@@ -125,6 +129,7 @@ def bench_stream(stream: Stream, args: argparse.Namespace, bootstrap: str | None
                 result.rmse,
                 result.samples_per_second,
                 reg,
+                result.curve,
             )
         )
         progress(rows[-1])
@@ -141,9 +146,8 @@ def bench_stream(stream: Stream, args: argparse.Namespace, bootstrap: str | None
                 batch,
                 run_in_process(config, stream, batch),
             )
-    for config in (DEFAULTS[1], ONE_STEP_PER_BATCH):
-        backlog = run_in_process(config, stream, BACKLOG_BATCH)
-        add(config.label, "streamtrain", "in-process", BACKLOG_BATCH, backlog)
+    backlog = run_in_process(BACKLOG, stream, BACKLOG_BATCH)
+    add(BACKLOG.label, "streamtrain", "in-process", BACKLOG_BATCH, backlog)
     if bootstrap is not None:
         from peers_pipeline import run_pipeline
 
@@ -153,13 +157,36 @@ def bench_stream(stream: Stream, args: argparse.Namespace, bootstrap: str | None
     return rows
 
 
+def plot_all(rows: list[Row], stream_notes: list[tuple[str, str, int]], folder: Path) -> None:
+    """One PNG per stream: every learner's rolling score (``peers_curve.plot_stream``)."""
+    for name, _, samples in stream_notes:
+        mine = [r for r in rows if r.stream == name]
+        curves = [(r.title, r.curve) for r in mine]
+        plot_stream(name, samples, mine[0].regression, curves, folder / f"{name}.png")
+    print(f"plots in {folder}", file=sys.stderr)
+
+
+def save_rows(
+    args: argparse.Namespace,
+    rows: list[Row],
+    stream_notes: list[tuple[str, str, int]],
+    started: float,
+    load_before: float,
+) -> None:
+    head = header(args.threads, load_before, os.getloadavg()[0], time.perf_counter() - started)
+    saved = {"rows": [dataclasses.asdict(r) for r in rows], "streams": stream_notes}
+    args.rows_out.write_text(json.dumps({**saved, "header": head}))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.from_rows:
         rows, stream_notes, heads = load_rows(args.from_rows)
         head = [heads[0], "", *(line for line in heads if line.startswith("- "))]
+        args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(render(rows, stream_notes, [*head, ""], NOTES))
         print(f"written to {args.output}", file=sys.stderr)
+        plot_all(rows, stream_notes, args.output.parent / PLOTS.name)
         return 0
     torch.set_num_threads(args.threads)
     started, load_before = time.perf_counter(), os.getloadavg()[0]
@@ -172,7 +199,8 @@ def main(argv: list[str] | None = None) -> int:
         broker = EmbeddedBroker().start()
     try:
         for name in args.streams:
-            stream = build_stream(name, 500 if args.quick else SIZES[name])
+            size = 500 if args.quick else SIZES[name]
+            stream = build_stream(name, min(size, args.max_samples or size))
             print(
                 f"{name}: {stream.size} samples, {stream.feature_count} features, {stream.task}",
                 file=sys.stderr,
@@ -180,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
             )
             stream_notes.append((name, stream.description, stream.size))
             rows += bench_stream(stream, args, broker.bootstrap_servers if broker else None)
+            if args.rows_out is not None:  # after every stream: a stopped run keeps its rows
+                save_rows(args, rows, stream_notes, started, load_before)
     finally:
         if broker is not None:
             broker.stop()
@@ -187,12 +217,12 @@ def main(argv: list[str] | None = None) -> int:
     report = render(rows, stream_notes, head, NOTES)
     print(report)
     if args.rows_out is not None:
-        saved = {"rows": [dataclasses.asdict(r) for r in rows], "streams": stream_notes}
-        args.rows_out.write_text(json.dumps({**saved, "header": head}))
+        save_rows(args, rows, stream_notes, started, load_before)
     if not args.quick:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(report)
         print(f"written to {args.output}", file=sys.stderr)
+        plot_all(rows, stream_notes, args.output.parent / PLOTS.name)
     return 0
 
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from peers_curve import rolling
 from peers_river import RunResult
 from peers_streams import Stream
 
@@ -54,7 +55,8 @@ class ModelConfig:
         return f"{self.name} ({self.tag})"
 
 
-DEFAULTS: tuple[ModelConfig, ...] = (ModelConfig("linear"), ModelConfig("mlp"))
+# the default model (`auto`) and the two it combines, each alone
+DEFAULTS: tuple[ModelConfig, ...] = (ModelConfig("linear"), ModelConfig("mlp"), ModelConfig("auto"))
 
 
 def stream_settings(config: ModelConfig, stream: Stream, batch_size: int = 1) -> Settings:
@@ -138,9 +140,13 @@ def run_in_process(config: ModelConfig, stream: Stream, batch_size: int) -> RunR
     for x, y, w in chunks:
         scores.append(learner.learn(x, y, w).score_sum)
     seconds = time.perf_counter() - started
-    score = float(torch.stack(scores).sum()) / stream.size
+    sums = torch.stack(scores)
+    score = float(sums.sum()) / stream.size
+    # a step's samples share its mean score (exact per sample at batch 1)
+    sizes = torch.tensor([len(y) for _, y, _ in chunks])
+    per_sample = torch.repeat_interleave(sums / sizes, sizes)
     rmse = None
     if stream.is_regression:
         predicted = torch.cat(predictions).reshape(labels.shape)
         rmse = math.sqrt(float((predicted - labels).square().mean()))
-    return RunResult(score, rmse, stream.size, seconds)
+    return RunResult(score, rmse, stream.size, seconds, rolling(per_sample.tolist()))

@@ -11,7 +11,7 @@ import datetime
 import os
 import platform
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import metadata
 
 import torch
@@ -34,6 +34,7 @@ class Row:
     rmse: float | None
     samples_per_second: float
     regression: bool
+    curve: list[float] = field(default_factory=list)  # rolling score, peers_curve.rolling
 
     @property
     def title(self) -> str:
@@ -236,7 +237,7 @@ def render(
     rmse = rmse_table(rows, names)
     if rmse:
         lines += ["", "## Regression: whole-stream RMSE", "", *rmse]
-    for model in ("mlp", "linear"):
+    for model in ("auto", "mlp", "linear"):
         lines += ["", f"## Goal check: `{model}` with the CLI defaults", ""]
         lines += goal_table(rows, names, model)
     lines += ["", "## Wins and losses per streamtrain learner", "", *wins_table(rows, names)]

@@ -18,9 +18,10 @@ import collections
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from peers_curve import rolling
 from peers_streams import Stream
 
 ARF_MODELS = 3
@@ -40,13 +41,15 @@ class RunResult:
     """Whole-stream prequential score and learner throughput (predict + learn).
 
     ``score`` is accuracy for classification and mean absolute error for regression;
-    ``rmse`` is the root mean squared error (regression only).
+    ``rmse`` is the root mean squared error (regression only); ``curve`` the rolling
+    prequential score over the stream (:func:`peers_curve.rolling`), for the plots.
     """
 
     score: float
     rmse: float | None
     samples: int
     seconds: float
+    curve: list[float] = field(default_factory=list)
 
     @property
     def samples_per_second(self) -> float:
@@ -97,21 +100,23 @@ def run_one_at_a_time(
     learner: OneAtATime, rows: Sequence[dict[str, float]], labels: Sequence[Any], regression: bool
 ) -> RunResult:
     """Prequential: predict each sample with the current model, score it, then learn from it."""
-    total, squares = 0.0, 0.0
+    squares = 0.0
+    scores: list[float] = []
     started = time.perf_counter()
     for x, y in zip(rows, labels, strict=True):
         predicted = learner.predict_one(x)
         if regression:
             error = float(y) - float(predicted if predicted is not None else 0.0)
-            total += abs(error)
+            scores.append(abs(error))
             squares += error * error
         else:
-            total += predicted == y
+            scores.append(float(predicted == y))
         learner.learn_one(x, y)
     seconds = time.perf_counter() - started
     n = len(labels)
+    total = math.fsum(scores)
     rmse = math.sqrt(squares / n) if regression else None
-    return RunResult(total / n, rmse, n, seconds)
+    return RunResult(total / n, rmse, n, seconds, rolling(scores))
 
 
 def _river_linear(stream: Stream) -> OneAtATime:

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from peers_new_streams import NEW, NEW_SIZES
 from peers_streams import CLASSIC, Stream, collect, collect_raw
 
 
@@ -204,7 +205,7 @@ SUITE: dict[str, Callable[[int, int], Stream]] = {
     "friedman_drift": _friedman_drift,
     "friedman_stuck": _friedman_stuck,
 }
-BUILDERS: dict[str, Callable[[int, int], Stream]] = {**CLASSIC, **SUITE}
+BUILDERS: dict[str, Callable[[int, int], Stream]] = {**CLASSIC, **SUITE, **NEW}
 
 # samples per stream in the full run, sized so it fits in ~15 min on 2 shared cores; bundled
 # sets are used whole (wine: 3 passes, digits: 3)
@@ -227,6 +228,7 @@ SIZES: dict[str, int] = {
     "diabetes": 442,
     "friedman_drift": 10_000,
     "friedman_stuck": 5_000,
+    **NEW_SIZES,
 }
 
 

@@ -5,11 +5,15 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
 
 from streamtrain.jagged import SparseRows
+
+if TYPE_CHECKING:  # the kafka wing imports ingest, which imports this module
+    from streamtrain.kafka.record_mark import RecordMark
 
 
 @dataclass(frozen=True)
@@ -18,7 +22,8 @@ class Batch:
 
     ``next_offsets`` maps partition -> the offset of the next record to read once this batch is
     applied. It covers rejected records too, so a batch may hold zero samples and still move the
-    position forward.
+    position forward. ``marks`` holds, per partition of ``next_offsets``, the fingerprint of
+    the record just before that offset (absent where none was read).
 
     >>> b = Batch.empty({0: 5})
     >>> b.size, b.next_offsets[0]
@@ -30,6 +35,7 @@ class Batch:
     weights: npt.NDArray[np.float32]  # [n]
     timestamps: npt.NDArray[np.float64]  # [n], epoch seconds
     next_offsets: Mapping[int, int] = field(default_factory=dict)
+    marks: Mapping[int, RecordMark] = field(default_factory=dict)
     records: int = 0  # records consumed for this batch, rejected ones included
     sparse: SparseRows | None = None  # jagged sparse IDs per feature, None without any
     # an empty batch cut while the log held records not fetched yet (not caught up): a
@@ -47,7 +53,11 @@ class Batch:
 
     @classmethod
     def empty(
-        cls, next_offsets: Mapping[int, int], records: int = 0, backlog: bool = False
+        cls,
+        next_offsets: Mapping[int, int],
+        records: int = 0,
+        backlog: bool = False,
+        marks: Mapping[int, RecordMark] | None = None,
     ) -> Batch:
         return cls(
             features=np.zeros((0,), np.float32),
@@ -55,6 +65,7 @@ class Batch:
             weights=np.zeros((0,), np.float32),
             timestamps=np.zeros((0,), np.float64),
             next_offsets=dict(next_offsets),
+            marks=dict(marks or {}),
             records=records,
             backlog=backlog,
         )

@@ -162,7 +162,9 @@ class LabelProducer(_ClosingProducer):
 
     Each label is checked against the model before it is sent (LabelError says what is wrong),
     so a bad one fails in the application instead of in the join's dead-letter topic. The
-    producer is idempotent: a retry never writes a label twice.
+    producer is idempotent: a retry never writes a label twice. Labels are placed by the rule
+    the prediction log uses (murmur2, :mod:`streamtrain.kafka.partitioner`) whatever
+    ``kafka.client`` is, so each meets its prediction on the same partition.
 
     >>> with LabelProducer.from_settings(settings) as labels:  # doctest: +SKIP
     ...     labels.send(response["id"], 1)

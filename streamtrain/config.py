@@ -113,8 +113,8 @@ class IngestSettings(_Frozen):
     start_from: Literal["committed", "earliest", "latest"] = "committed"
     on_offset_reset: Literal["earliest", "latest", "fail"] = Field(
         "earliest",
-        description="When a partition's log no longer holds the next offset (truncated, "
-        "re-created topic): go on from its start, its end, or stop the trainer.",
+        description="When a partition's log no longer holds the next offset or is another "
+        "log (truncated, re-created topic): go on from its start, its end, or stop the trainer.",
     )
     max_batch_size: int = Field(256, ge=1, le=1_000_000)
     max_wait_ms: int = Field(50, ge=0, le=600_000)
@@ -150,7 +150,9 @@ class SparseFeatureSettings(_Frozen):
 
 
 class ModelSettings(_Frozen):
-    name: str = Field("mlp", description="Built-in name or a 'package.module:factory' path.")
+    # `auto` (a linear and an MLP head mixed by Hedge) measured never worse than either alone:
+    # docs/models.md, "Defaults and the evidence"
+    name: str = Field("auto", description="Built-in name or a 'package.module:factory' path.")
     task: Task = "multiclass"
     input_shape: tuple[int, ...] = (16,)
     num_classes: int = Field(2, ge=2)
@@ -378,7 +380,8 @@ class JoinSettings(_Frozen):
     on_log_lost: Literal["earliest", "fail"] = Field(
         "earliest",
         description="When Kafka no longer holds the samples the checkpoints saw (emptied "
-        "broker, re-created topic): start over from the inputs' start, or stop (exit 6).",
+        "broker, re-created topic): start over from the inputs' start, or stop (exit 6); "
+        "when an input partition was replaced: read it again from its start, or stop.",
     )
     group_id: str = Field("streamtrain-join", min_length=1)
     session_timeout_ms: int = Field(

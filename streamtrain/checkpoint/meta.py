@@ -10,9 +10,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from streamtrain.ascii_int import parse_ascii_int
 from streamtrain.checkpoint.state import CheckpointError
+from streamtrain.kafka.record_mark import RecordMark, marks_from_json
 
 FORMAT_VERSION = 1
 META_FILE = "meta.json"
+# In ``extra`` (not a field of its own): streamtrain versions from before it read the
+# checkpoint still, and a checkpoint without it loads here with its positions unchecked.
+LOG_MARKS = "log_marks"
+TOPIC_ID = "topic_id"  # the samples topic's id (KIP-516) where the broker reports one
 
 _Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 _NonNegative = Annotated[int, Field(ge=0)]
@@ -72,6 +77,17 @@ class CheckpointMeta(_Strict):
             if parse_ascii_int(key) is None:
                 raise ValueError(f"partition {key!r} is not a non-negative integer")
         return offsets
+
+    @field_validator("extra")
+    @classmethod
+    def _log_marks(cls, extra: dict[str, Any]) -> dict[str, Any]:
+        if LOG_MARKS in extra:
+            marks_from_json(extra[LOG_MARKS])  # ValueError names what is wrong
+        return extra
+
+    def marks(self) -> dict[int, RecordMark]:
+        """The fingerprints of the records before the offsets; empty in older checkpoints."""
+        return marks_from_json(self.extra.get(LOG_MARKS, {}))
 
     def int_offsets(self) -> dict[int, int]:
         """Offsets with the partition keys JSON forced to strings turned back into ints."""

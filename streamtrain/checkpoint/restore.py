@@ -17,7 +17,7 @@ from torch.optim.lr_scheduler import LRScheduler
 
 from streamtrain.checkpoint import components as comp
 from streamtrain.checkpoint.files import bytes_to_tensors, read_verified
-from streamtrain.checkpoint.meta import META_FILE, CheckpointMeta, parse_meta
+from streamtrain.checkpoint.meta import LOG_MARKS, META_FILE, CheckpointMeta, parse_meta
 from streamtrain.checkpoint.rng import RNG_FILE, check_rng, restore_rng
 from streamtrain.checkpoint.state import CheckpointError, TrainerState
 
@@ -45,7 +45,8 @@ class LoadedCheckpoint:
             offsets=meta.int_offsets(),
             model_settings=meta.model_settings,
             data_watermark=meta.data_watermark,
-            extra=meta.extra,
+            extra={k: v for k, v in meta.extra.items() if k != LOG_MARKS},
+            marks=meta.marks(),
         )
 
 

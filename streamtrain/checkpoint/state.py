@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from streamtrain.kafka.record_mark import RecordMark
+
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be written, or one on disk that is torn, corrupt or mismatched.
@@ -18,7 +20,10 @@ class TrainerState:
     """The trainer's position in the stream, saved next to the weights it belongs to.
 
     ``offsets`` maps each assigned partition to the next offset the model has *not* learned
-    from; restoring a checkpoint and seeking there gives exactly-once learning.
+    from; restoring a checkpoint and seeking there gives exactly-once learning. ``marks`` holds
+    the fingerprint of the record just before each offset, checked against the log on restore
+    (a replaced log is an offset reset, not a silent skip); it is stored in ``meta.json`` under
+    ``extra.log_marks``, so checkpoints without it (older ones) still load, unchecked.
 
     Example:
         >>> state = TrainerState(step=10, samples_seen=640, run_id="r1", offsets={0: 320},
@@ -34,6 +39,7 @@ class TrainerState:
     model_settings: dict[str, Any]
     data_watermark: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    marks: dict[int, RecordMark] = field(default_factory=dict)
 
 
 class WorldSizeMismatch(CheckpointError):

@@ -17,10 +17,17 @@ from torch.optim.lr_scheduler import LRScheduler
 from streamtrain import metrics
 from streamtrain.checkpoint import components as comp
 from streamtrain.checkpoint.files import fsync_dir, locked, tensors_to_bytes, write_durable
-from streamtrain.checkpoint.meta import FORMAT_VERSION, META_FILE, CheckpointMeta, RngMeta
+from streamtrain.checkpoint.meta import (
+    FORMAT_VERSION,
+    LOG_MARKS,
+    META_FILE,
+    CheckpointMeta,
+    RngMeta,
+)
 from streamtrain.checkpoint.restore import apply_checkpoint, read_checkpoint, read_meta
 from streamtrain.checkpoint.rng import RNG_FILE, capture_rng
 from streamtrain.checkpoint.state import CheckpointError, TrainerState
+from streamtrain.kafka.record_mark import marks_to_json
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +193,10 @@ class CheckpointStore:
                 data_watermark=state.data_watermark,
                 created_at=time.time(),
                 rng=rng,
-                extra=state.extra,
+                # Only with marks: a checkpoint without them reads as one written before them.
+                extra={**state.extra, LOG_MARKS: marks_to_json(state.marks)}
+                if state.marks
+                else state.extra,
                 files=digests,
             )
         except ValueError as exc:

@@ -45,10 +45,15 @@ from streamtrain.batch import Batch
 from streamtrain.checkpoint import TrainerState, check_world_size
 from streamtrain.distributed.group import RankGroup
 from streamtrain.distributed.sparse_sync import sparse_embedding_weights
-from streamtrain.distributed.step_sync import GradientSync, attach_moments_sync
+from streamtrain.distributed.step_sync import (
+    GradientSync,
+    attach_loss_sync,
+    attach_moments_sync,
+)
 from streamtrain.jagged import SparseRows
-from streamtrain.train.loop import POLL_SECONDS, Trainer, TrainProgress
+from streamtrain.train.loop import POLL_SECONDS, Trainer
 from streamtrain.train.prefetch import PrefetchingSource
+from streamtrain.train.progress import TrainProgress
 from streamtrain.train.throughput import ThroughputGauge
 
 log = logging.getLogger(__name__)
@@ -73,6 +78,7 @@ class LockstepTrainer(Trainer):
         self._all_partitions = tuple(sorted(all_partitions))
         self._learner.step_reducer = GradientSync(sparse_embedding_weights(self._learner.model))
         attach_moments_sync(self._learner.model)
+        attach_loss_sync(self._learner.model)
         # NCCL reduces device tensors only; gloo reduces host tensors
         self._comm = self._learner.device if group.backend == "nccl" else torch.device("cpu")
 

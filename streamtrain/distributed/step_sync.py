@@ -1,4 +1,5 @@
-"""One learning step shared by every rank: gradients and standardisation moments all-reduced.
+"""One learning step shared by every rank: gradients, standardisation moments and the head
+mixture's losses all-reduced.
 
 A rank's loss is its batch's weighted mean ``sum(w l) / W_r`` (``W_r = sum(w)``), so its
 gradient is ``g_r = sum(w grad l) / W_r``. The gradient of the union of all ranks' batches is
@@ -22,6 +23,7 @@ from torch import nn
 
 from streamtrain import metrics
 from streamtrain.distributed.sparse_sync import gather_ids, gather_sparse_grads
+from streamtrain.train.models.hedge import find_mixer
 from streamtrain.train.models.standardize import OnlineStandardize
 
 
@@ -130,3 +132,18 @@ def attach_moments_sync(model: nn.Module) -> int:
     for layer in layers:
         layer.moments_sync = sync
     return len(layers)
+
+
+def _sum_over_ranks(loss_sums: torch.Tensor) -> torch.Tensor:
+    summed = loss_sums.detach().clone()
+    dist.all_reduce(summed)
+    return summed
+
+
+def attach_loss_sync(model: nn.Module) -> bool:
+    """Make the model's head mixer (``auto``) move by the heads' losses summed over every
+    rank's batch, so all ranks hold identical mixture weights; return whether it has one."""
+    mixer = find_mixer(model)
+    if mixer is not None:
+        mixer.loss_sync = _sum_over_ranks
+    return mixer is not None

@@ -7,7 +7,8 @@ Cutting invariant (the trainer's exactly-once recovery depends on it):
    after the record of its last sample; every later record stays buffered.
 3. ``next_offsets`` holds, for every partition the batch took a record from, that record's
    offset + 1; so the model state after a batch plus its ``next_offsets`` name the exact
-   stream position.
+   stream position. ``marks`` holds that record's fingerprint, so a checkpoint of the position
+   can later tell whether the log is still the one read (:mod:`streamtrain.ingest.log_watch`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import numpy.typing as npt
 from streamtrain.batch import Batch
 from streamtrain.ingest.decode import DecodedChunk, KafkaRecord
 from streamtrain.jagged import SparseRows
+from streamtrain.kafka.record_mark import RecordMark, mark_of
 from streamtrain.wire import Reject
 
 
@@ -90,6 +92,7 @@ class BatchBuffer:
         sparse_pieces: list[SparseRows] = []
         rejected: list[tuple[KafkaRecord, Reject]] = []
         next_offsets: dict[int, int] = {}
+        marks: dict[int, RecordMark] = {}
         # Not full: hand out everything, trailing rejects included. Full: stop right after
         # the record of the last sample taken (invariant 2).
         need = max_samples if self._samples >= max_samples else self._samples + 1
@@ -117,7 +120,7 @@ class BatchBuffer:
                 rejected.extend(
                     (chunk.records[i], d.rejects[i]) for i in sorted(d.rejects) if r0 <= i < r1
                 )
-            _note_next_offsets(next_offsets, chunk.partitions[r0:r1], chunk.offsets[r0:r1])
+            _note_next(next_offsets, marks, chunk, r0, r1)
             records += r1 - r0
             need -= take_samples
             self._samples -= take_samples
@@ -132,24 +135,33 @@ class BatchBuffer:
             weights=_cat([p[2] for p in pieces]),
             timestamps=_cat([p[3] for p in pieces]),
             next_offsets=next_offsets,
+            marks=marks,
             records=records,
             sparse=SparseRows.concat(sparse_pieces) if sparse_pieces else None,
         )
         return batch, rejected
 
 
-def _note_next_offsets(
-    next_offsets: dict[int, int], parts: npt.NDArray[np.int64], offs: npt.NDArray[np.int64]
+def _note_next(
+    next_offsets: dict[int, int],
+    marks: dict[int, RecordMark],
+    chunk: DecodedChunk,
+    r0: int,
+    r1: int,
 ) -> None:
-    """Record each partition's last offset + 1 (invariant 3); one partition needs no sort."""
+    """Record each partition's last offset + 1 and that record's mark (invariant 3), for
+    records ``r0:r1`` of ``chunk``; one partition needs no sort."""
+    parts: npt.NDArray[np.int64] = chunk.partitions[r0:r1]
     if not len(parts):
         return
     first = int(parts[0])
     if (parts == first).all():
-        next_offsets[first] = int(offs[-1]) + 1
-        return
-    for p in np.unique(parts).tolist():
-        next_offsets[p] = int(offs[parts == p][-1]) + 1
+        last = {first: r1 - 1}
+    else:
+        last = {int(p): r0 + int(np.flatnonzero(parts == p)[-1]) for p in np.unique(parts)}
+    for p, index in last.items():
+        next_offsets[p] = int(chunk.offsets[index]) + 1
+        marks[p] = mark_of(chunk.records[index])
 
 
 def _cat(arrays: list[np.ndarray]) -> np.ndarray:

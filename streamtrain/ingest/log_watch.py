@@ -1,48 +1,234 @@
-"""Noticing that a partition's log no longer holds the reader's position.
+"""Noticing that a partition's log is no longer the one the reader was reading.
 
-Real Kafka answers a fetch beyond the log (or before its start) with OFFSET_OUT_OF_RANGE,
-which the consumer raises (:class:`~streamtrain.kafka.errors.OffsetOutOfRange`). A broker that
-came back empty on the same address (the embedded one) answers with an empty fetch instead, and
-the consumer would wait until the new log grows past the old position, then silently skip
-the new log's first records. :class:`LogWatch` catches that case from the fetch responses'
-high watermarks: a position beyond the high watermark, or a high watermark lower than one
-seen before (it never moves back while a log is kept), means the log was replaced.
+A stored position names an offset, not a log. Three ways a log can be replaced under a reader
+(a broker back empty on the same address, a deleted and re-created topic, a lost volume), and
+how each is caught here, one concept in one place:
+
+1. **Out of range.** Real Kafka answers a fetch beyond the log (or before its start) with
+   OFFSET_OUT_OF_RANGE, which the consumer raises
+   (:class:`~streamtrain.kafka.errors.OffsetOutOfRange`); the caller resets.
+2. **Watermarks.** A broker that came back empty answers with an empty fetch instead: a
+   position beyond the fetch response's high watermark, or a high watermark lower than one
+   seen before (it never moves back while a log is kept), means the log was replaced
+   (:meth:`LogWatch.check`, every poll, free).
+3. **Fingerprints.** A new log that grew past the old position before the reader looked passes
+   both checks above and would have its first records skipped. So the reader keeps the
+   :class:`~streamtrain.kafka.record_mark.RecordMark` of the last record it consumed per
+   partition and compares it with the record now at that offset (:func:`verify_marks`: one
+   fetch per partition) at start from a checkpoint (:meth:`LogWatch.expect`) and after every
+   interruption the process's reachability tracker counts (an outage's end, a dropped
+   connection, a topic reported missing: :attr:`Reachability.interruptions`). Any difference
+   (timestamp, key or value digest, or no record at that offset) means the log was replaced.
+
+Whatever caught it, the caller treats it the same: an offset reset, logged once with what
+differed, counted and handled by its policy. Where it stops holding: a replaced log whose
+record at the checked offset is byte-identical, timestamp included, is not told apart; nor is
+a log replaced and grown past the position between two polls with no interruption any client
+reported (a topic deleted and re-created within one fetch).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Literal
 
-from streamtrain.kafka import RecordConsumer
+import numpy as np
+import numpy.typing as npt
+
+from streamtrain.ingest.decode import KafkaRecord
+from streamtrain.kafka import OffsetOutOfRange, PartitionReader, RecordConsumer
+from streamtrain.kafka.reachability import REACHABILITY
+from streamtrain.kafka.record_mark import RecordMark, mark_of
+
+log = logging.getLogger(__name__)
 
 OnOffsetReset = Literal["earliest", "latest", "fail"]
+
+VERIFY_TIMEOUT_S = 5.0  # one try; an undecided partition is tried again on the next poll
+_VERIFY_POLL_MS = 50
+_VERIFY_RECORDS = 100  # enough for the first record of each partition; no big decode
 
 
 class OffsetResetFailed(RuntimeError):
     """``ingest.on_offset_reset=fail`` and a partition's log lost the trainer's position."""
 
 
+@dataclass
+class LogVerdict:
+    """What one check found: partitions whose log was replaced (-> why), and partitions whose
+    fingerprint could not be compared yet (their records must not be used until it is)."""
+
+    replaced: dict[int, str] = field(default_factory=dict)
+    undecided: set[int] = field(default_factory=set)
+
+
+def verify_marks(
+    consumer: RecordConsumer,
+    marks: Mapping[int, RecordMark],
+    assigned: Iterable[int] = (),
+    timeout_s: float = VERIFY_TIMEOUT_S,
+) -> LogVerdict:
+    """Fetch the record at each mark's offset from ``consumer``'s topic and compare.
+
+    1. Remember the position of every partition in ``marks``, seek each to its mark's offset.
+    2. Poll until each partition returned its record at that offset (compared with the mark),
+       a later one (that offset is gone), an out-of-range answer, or a high watermark at or
+       below it (the log ends before it); or until ``timeout_s`` passes (undecided).
+    3. Seek every partition back to where it was: the caller decides what happens next.
+    Records of the other ``assigned`` partitions fetched meanwhile are dropped and their
+    positions put back too (the consumer fetches them again).
+    """
+    verdict = LogVerdict()
+    if not marks:
+        return verdict
+    pending = dict(marks)
+    saved = {p: consumer.position(p) for p in pending}
+    for p, mark in pending.items():
+        consumer.seek(p, mark.offset)
+    others_at = {p: consumer.position(p) for p in assigned if p not in pending}
+    deadline = time.monotonic() + timeout_s
+    try:
+        while pending and time.monotonic() < deadline:
+            try:
+                records = consumer.poll(timeout_ms=_VERIFY_POLL_MS, max_records=_VERIFY_RECORDS)
+            except OffsetOutOfRange as exc:
+                for p in exc.positions:
+                    if p in pending:
+                        offset = pending.pop(p).offset
+                        verdict.replaced[p] = f"the log no longer holds offset {offset}"
+                continue
+            _compare(records, pending, verdict)
+            for p in list(pending):
+                high = consumer.highwater(p)
+                if high is not None and high <= pending[p].offset:
+                    offset = pending.pop(p).offset
+                    verdict.replaced[p] = (
+                        f"the log ends at {high}, before the record at offset {offset} read before"
+                    )
+    finally:
+        for p, offset in {**saved, **others_at}.items():
+            consumer.seek(p, offset)
+    verdict.undecided = set(pending)
+    return verdict
+
+
+def _compare(
+    records: Sequence[KafkaRecord], pending: dict[int, RecordMark], verdict: LogVerdict
+) -> None:
+    for record in records:
+        mark = pending.get(record.partition)
+        if mark is None or record.offset < mark.offset:
+            continue
+        del pending[record.partition]
+        if record.offset > mark.offset:
+            verdict.replaced[record.partition] = (
+                f"the log has no record at offset {mark.offset} any more (the next is "
+                f"{record.offset})"
+            )
+            continue
+        why = mark.differs(mark_of(record))
+        if why is not None:
+            verdict.replaced[record.partition] = why
+
+
+def reread_mark(reader: PartitionReader, mark: RecordMark, deadline: float) -> str | None:
+    """Why the record at ``mark.offset`` of ``reader``'s partition is not the one read (None
+    when it is); :class:`~streamtrain.kafka.ReadTimeout` when the broker does not answer."""
+    low, high = reader.bounds(deadline)
+    if high <= mark.offset:
+        return f"the log ends at {high}, before the record at offset {mark.offset} read before"
+    if low > mark.offset:
+        return f"the log no longer holds offset {mark.offset} (it starts at {low})"
+    verdict = LogVerdict()
+    pending = {reader.partition: mark}
+    _compare(list(reader.read(mark.offset, mark.offset + 1, deadline)), pending, verdict)
+    if pending:
+        return f"the log has no record at offset {mark.offset} any more"
+    return verdict.replaced.get(reader.partition)
+
+
 class LogWatch:
-    """Compares each partition's position with the high watermarks of its fetch responses.
+    """Watches the logs of one consumer's partitions for replacement (module docstring).
 
     >>> watch = LogWatch(consumer, partitions=(0, 1))  # doctest: +SKIP
-    >>> watch.moved_back()  # after a poll  # doctest: +SKIP
-    {0: 'high watermark fell from 2000 to 500'}
+    >>> watch.check().replaced  # after a poll  # doctest: +SKIP
+    {0: 'the high watermark fell from 2000 to 500'}
     """
 
-    def __init__(self, consumer: RecordConsumer, partitions: Sequence[int]) -> None:
+    def __init__(
+        self,
+        consumer: RecordConsumer,
+        partitions: Sequence[int],
+        interruptions: Callable[[], int] = lambda: REACHABILITY.interruptions,
+        verify_timeout_s: float = VERIFY_TIMEOUT_S,
+    ) -> None:
         self._consumer = consumer
         self._high: dict[int, int] = {}
         self._partitions = tuple(partitions)
+        self._interruptions = interruptions
+        self._seen = interruptions()
+        self._verify_timeout_s = verify_timeout_s
+        self._fetched: dict[int, RecordMark] = {}  # the last record fetched, per partition
+        self._to_verify: dict[int, RecordMark] = {}
 
     def forget(self, partitions: Iterable[int]) -> None:
         """After a seek: the next fetch starts a fresh comparison for these partitions."""
         for p in partitions:
             self._high.pop(p, None)
+            self._fetched.pop(p, None)
+            self._to_verify.pop(p, None)
 
-    def moved_back(self) -> dict[int, str]:
-        """Partition -> why, for every partition whose log lost the position since last time."""
+    def expect(self, marks: Mapping[int, RecordMark]) -> None:
+        """After a seek to stored positions: the records at ``marks`` must be the ones read
+        before, checked before any record of those partitions is used."""
+        for p, mark in marks.items():
+            if p in self._partitions:
+                self._fetched[p] = mark
+                self._to_verify[p] = mark
+
+    def note(self, records: Sequence[KafkaRecord], partitions: npt.NDArray[np.int64]) -> None:
+        """Remember the last of ``records`` (one poll's, partition numbers in ``partitions``)
+        per partition: the fingerprint checked after the next interruption."""
+        n = len(partitions)
+        if not n:
+            return
+        first = int(partitions[0])
+        if partitions[-1] == first and (partitions == first).all():
+            self._fetched[first] = mark_of(records[n - 1])
+            return
+        for p in np.unique(partitions).tolist():
+            last = int(np.flatnonzero(partitions == p)[-1])
+            self._fetched[int(p)] = mark_of(records[last])
+
+    def check(self) -> LogVerdict:
+        """After a poll: partitions whose log was replaced, and those not decided yet."""
+        now = self._interruptions()
+        if now != self._seen:  # an interruption since the last check: every fingerprint
+            self._seen = now
+            self._to_verify.update(self._fetched)
+        verdict = LogVerdict()
+        if self._to_verify:
+            started = time.perf_counter()
+            verdict = verify_marks(
+                self._consumer, self._to_verify, self._partitions, self._verify_timeout_s
+            )
+            decided = sorted(self._to_verify.keys() - verdict.undecided)
+            for p in decided:
+                del self._to_verify[p]
+            log.info(
+                "checked the records at the stored positions of partitions %s in %.1f ms: %s",
+                decided,
+                (time.perf_counter() - started) * 1000,
+                f"replaced {sorted(verdict.replaced)}" if verdict.replaced else "unchanged",
+            )
+        for p, why in self._moved_back().items():
+            verdict.replaced.setdefault(p, why)
+        return verdict
+
+    def _moved_back(self) -> dict[int, str]:
         moved: dict[int, str] = {}
         for p in self._partitions:
             high = self._consumer.highwater(p)

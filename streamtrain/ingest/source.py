@@ -11,10 +11,13 @@ Position semantics (the trainer's exactly-once recovery rests on them):
    to the batch's ``next_offsets``. Records fetched but not yet handed out are not part of any
    position.
 4. :meth:`seek` drops buffered records of the partitions it moves.
-5. A partition whose log no longer holds its position (out of range, or a log replaced by an
-   empty one: ``log_watch``) is logged, counted and moved per ``on_offset_reset`` before its
-   records are used: ``earliest`` (the new log's start), ``latest``, or ``fail``
-   (:class:`~streamtrain.ingest.log_watch.OffsetResetFailed`).
+5. A partition whose log is no longer the one read (out of range, a log replaced by an empty
+   one, or one whose record at a stored position differs: ``log_watch``, checked at
+   :meth:`resume` and after every interruption) is logged, counted and moved per
+   ``on_offset_reset`` before its records are used: ``earliest`` (the new log's start),
+   ``latest``, or ``fail`` (:class:`~streamtrain.ingest.log_watch.OffsetResetFailed`). A
+   partition whose check is not decided yet (no answer in time) contributes no records until
+   it is.
 6. :meth:`commit` first flushes the dead-letter producer, then commits: a committed offset
    never covers a rejected record that is not yet stored on the dead-letter topic.
 """
@@ -38,6 +41,8 @@ from streamtrain.ingest.log_watch import LogWatch, OffsetResetFailed, OnOffsetRe
 from streamtrain.ingest.reject_report import RejectReport
 from streamtrain.ingest.starvation import StarvationWatch
 from streamtrain.kafka import KafkaConnection, OffsetOutOfRange, RecordConsumer, record_consumer
+from streamtrain.kafka.admin import topic_id
+from streamtrain.kafka.record_mark import RecordMark
 from streamtrain.kafka.watermark import true_ends
 from streamtrain.metrics import export_at_zero
 from streamtrain.spec import SampleSpec
@@ -100,6 +105,7 @@ class KafkaSampleSource:
         self._starvation = StarvationWatch(clock=clock)
         self._closed = False
         self._on_offset_reset = on_offset_reset
+        self._marks: dict[int, RecordMark] = {}  # of the record before each handed-out position
         self._rejects = RejectReport(
             topic, every_s=reject_summary_every_s, alarm_after_s=all_rejected_alarm_s, clock=clock
         )
@@ -116,6 +122,8 @@ class KafkaSampleSource:
         )
         try:
             self._partitions = self._choose_partitions(partitions)
+            # KIP-516: a re-created topic has a new id (None where the broker has none).
+            self.topic_id = topic_id(kafka, topic) if consumer is None else None
             self._consumer.assign(self._partitions)
             assigned = [str(p) for p in self._partitions]
             export_at_zero(metrics.INGEST_OFFSET_RESETS, [(p, on_offset_reset) for p in assigned])
@@ -178,6 +186,25 @@ class KafkaSampleSource:
         """Partition -> next offset to read after every batch returned so far."""
         return dict(self._positions)
 
+    def resume(
+        self,
+        offsets: Mapping[int, int],
+        marks: Mapping[int, RecordMark],
+        stored_topic_id: str | None = None,
+    ) -> None:
+        """:meth:`seek` to stored positions whose last records were ``marks``, in a topic whose
+        id was ``stored_topic_id``: a different topic id now is an offset reset of every
+        partition at once; otherwise, before any record of those partitions is used, the log is
+        checked to still hold those records (semantics 5)."""
+        self.seek(offsets)
+        if stored_topic_id and self.topic_id and stored_topic_id != self.topic_id:
+            why = f"the topic id is {self.topic_id}, not {stored_topic_id}: a re-created topic"
+            self._reset({p: why for p in offsets if p in self._partitions})
+            return
+        known = {p: m for p, m in marks.items() if p in offsets and m.offset + 1 == offsets[p]}
+        self._marks.update(known)
+        self._log_watch.expect(known)
+
     def next_batch(self) -> Batch:
         """The next micro-batch: at most ``max_batch_size`` samples. May hold 0 samples and
         still move past rejects. With ``deterministic_batches`` (see ``ingest.log_order``) the
@@ -192,6 +219,7 @@ class KafkaSampleSource:
                 started = time.perf_counter()
                 chunk = decode_records(self.spec, records, self.max_record_bytes)
                 metrics.INGEST_DECODE_SECONDS.observe(time.perf_counter() - started)
+                self._log_watch.note(chunk.records, chunk.partitions)
             if self._merge is None:
                 if chunk is not None:
                     self._buffer.add(chunk)
@@ -205,13 +233,16 @@ class KafkaSampleSource:
         if cut is None:
             self._export_lag()
             self._rejects.tick()
-            return Batch.empty(self.positions(), backlog=bool(self._unfinished()))
+            return Batch.empty(
+                self.positions(), backlog=bool(self._unfinished()), marks=self._marks
+            )
         batch, rejected = cut
         for record, reject in rejected:
             metrics.INGEST_REJECTED.labels(reject.reason).inc()
             self._dead_letter.send(record, reject)
         self._rejects.add(rejected, batch.records, batch.size)
         self._positions.update(batch.next_offsets)
+        self._marks.update(batch.marks)
         metrics.INGEST_RECORDS.labels(self.topic).inc(batch.records)
         metrics.INGEST_SAMPLES.inc(batch.size)
         metrics.INGEST_BATCH_SIZE.observe(batch.size)
@@ -243,18 +274,25 @@ class KafkaSampleSource:
         return total
 
     def _poll(self, timeout_ms: int) -> Sequence[KafkaRecord]:
-        """One consumer poll; a partition whose log lost its position is reset first and
-        contributes no records from this poll."""
+        """One consumer poll; a partition whose log was replaced is reset first, and one whose
+        check is undecided is read again from this poll's first record later: neither
+        contributes records from this poll."""
         try:
             records = self._consumer.poll(timeout_ms=timeout_ms, max_records=self._max_poll)
         except OffsetOutOfRange as exc:
             self._reset({p: "the broker reports it out of range" for p in exc.positions})
             return []
-        moved = self._log_watch.moved_back()
-        if not moved:
+        verdict = self._log_watch.check()
+        if not verdict.replaced and not verdict.undecided:
             return records
-        self._reset(moved)
-        return [r for r in records if r.partition not in moved]
+        if verdict.replaced:
+            self._reset(verdict.replaced)
+        for p in verdict.undecided:
+            first = next((r.offset for r in records if r.partition == p), None)
+            if first is not None:
+                self._consumer.seek(p, first)
+        dropped = verdict.replaced.keys() | verdict.undecided
+        return [r for r in records if r.partition not in dropped]
 
     def _reset(self, why: Mapping[int, str]) -> None:
         """Log, count and apply ``on_offset_reset`` to partitions whose log lost the position."""
@@ -309,6 +347,7 @@ class KafkaSampleSource:
         for p, offset in offsets.items():
             self._consumer.seek(p, offset)
             self._positions[p] = offset
+            self._marks.pop(p, None)
         self._log_watch.forget(offsets)
 
     def commit(self, offsets: Mapping[int, int]) -> None:

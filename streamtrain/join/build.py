@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from streamtrain import metrics
 from streamtrain.config import Settings
 from streamtrain.ingest.deadletter import KafkaDeadLetter
+from streamtrain.join.input_logs import InputLogs, kafka_verify
 from streamtrain.join.joiner import Joiner, JoinTopics
 from streamtrain.join.partition_state import JoinPolicy
 from streamtrain.join.samples_log import SamplesLog
@@ -99,6 +100,9 @@ def build_join(settings: Settings, *, create_missing_topics: bool = True) -> Run
         state_dir=settings.join.state_dir,
         checkpoint_every_s=settings.join.checkpoint_every_s,
         on_log_lost=settings.join.on_log_lost,
+        input_logs=InputLogs(
+            topics.predictions, topics.labels, kafka_verify(kafka), settings.join.on_log_lost
+        ),
     )
     group = co_partitioned_group(
         kafka,

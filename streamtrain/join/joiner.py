@@ -65,6 +65,8 @@ from pathlib import Path
 
 from streamtrain import health, metrics
 from streamtrain.ingest.deadletter import DeadLetterSink
+from streamtrain.join.input_logs import InputLogs
+from streamtrain.join.label_routing import LabelRouting
 from streamtrain.join.log_lost import JoinLogLost, OnLogLost, latest_ends, start_over_or_fail
 from streamtrain.join.partition_state import (
     DEAD_LETTER_REASONS,
@@ -123,6 +125,7 @@ class Joiner:
         checkpoint_every_s: float = 2.0,
         on_log_lost: OnLogLost = "fail",
         wall_clock: Callable[[], float] = time.time,
+        input_logs: InputLogs | None = None,
     ) -> None:
         self.policy = policy
         self.topics = topics
@@ -134,6 +137,8 @@ class Joiner:
         self._on_log_lost: OnLogLost = on_log_lost
         self._clock = wall_clock
         self._group: CoPartitionedGroup | None = None
+        self._inputs = input_logs  # None: input logs not rechecked (unit tests without Kafka)
+        self._routing = LabelRouting(topics.labels, self._require_group)
         self.states: dict[int, PartitionState] = {}
         self._checkpointed_ends: dict[int, int] | None = None  # E of the last checkpoint
         self._outage = False  # Kafka was unreachable since the last checkpoint
@@ -173,6 +178,8 @@ class Joiner:
                 if not REACHABILITY.reachable:
                     self._outage = True
                 records = group.poll(0.05)
+                if self._inputs is not None:  # after an interruption: inputs still the same?
+                    records = self._inputs.checked(records, self.states, group.seek)
                 for record in records:
                     self._apply(record)
                 self._count(records)
@@ -195,18 +202,11 @@ class Joiner:
         state = self.states.get(record.partition)
         if state is None:  # fetched before a revoke: the new owner applies it
             return
-        source = SourceRecord(
-            record.topic,
-            record.partition,
-            record.offset,
-            record.timestamp,
-            record.key,
-            record.value,
-            record.headers,
-        )
+        source = SourceRecord.of(record)
         if record.topic == self.topics.predictions:
             self._carry_out(state, state.add_prediction(source))
         else:
+            self._routing.arrived(source)
             self._carry_out(state, state.add_label(source))
 
     def _count(self, records: Sequence[ConfluentRecord]) -> None:
@@ -229,6 +229,7 @@ class Joiner:
             if isinstance(action, Emit):
                 self._emit(state.partition, action)
             elif isinstance(action, DeadLetter):
+                action = self._routing.dead_letter(action)
                 source = (
                     "predictions" if action.record.topic == self.topics.predictions else "labels"
                 )
@@ -297,6 +298,7 @@ class Joiner:
     def on_assign(self, partitions: tuple[int, ...]) -> Mapping[int, tuple[int, int]]:
         """Take over ``partitions``: load, reconcile with the samples topic, checkpoint."""
         started = time.monotonic()
+        self._routing.refresh()
         starts: dict[str, Mapping[int, int]] = {}
         kept = {p: self._held.pop(p) for p in partitions if p in self._held}  # outage 2.
         if self._held:
@@ -321,6 +323,8 @@ class Joiner:
         if starts and self._lost(latest_ends(starts.values())):  # from an emptied broker
             self._start_over([p for p in partitions if p not in kept])
             starts = {}
+        elif self._inputs is not None:  # an input re-created alone: read it from its start
+            self._inputs.recheck({p: self.states[p] for p in partitions if p not in kept})
         emitted = self._samples_log.emitted_since(starts)  # 2.
         for p in partitions:
             if p in kept:

@@ -43,6 +43,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, get_args
 
+from streamtrain.ingest.decode import KafkaRecord
+from streamtrain.kafka.record_mark import RecordMark, mark_of
 from streamtrain.spec import SampleSpec
 from streamtrain.wire import BINARY_MAGIC, BINARY_MAGIC_V2
 from streamtrain.wire.content_type import content_type_of
@@ -64,9 +66,14 @@ Outcome = Literal["joined", "default_label"]
 """How an emitted sample got its label (the ``streamtrain-join-outcome`` header)."""
 ExpiryCause = Literal["window", "evicted"]
 EXPIRY_CAUSES: tuple[ExpiryCause, ...] = get_args(ExpiryCause)
+WRONG_PARTITION = "wrong_partition"
+"""An ``unknown_id`` label placed by another partitioner (:mod:`streamtrain.join.label_routing`)."""
 # Every (source, reason) a record may be dead-lettered for: the metric's closed label set.
 DEAD_LETTER_REASONS: tuple[tuple[str, str], ...] = (
-    *(("labels", r) for r in (*get_args(LabelReason), "unknown_id", "late", "duplicate")),
+    *(
+        ("labels", r)
+        for r in (*get_args(LabelReason), "unknown_id", WRONG_PARTITION, "late", "duplicate")
+    ),
     *(("predictions", r) for r in (*get_args(PredictionReason), "duplicate")),
 )
 
@@ -82,6 +89,19 @@ class SourceRecord:
     key: bytes | None
     value: bytes | None
     headers: Sequence[tuple[str, bytes]]
+
+    @classmethod
+    def of(cls, record: KafkaRecord) -> SourceRecord:
+        """The fields the join keeps of a consumed record."""
+        return cls(
+            record.topic,
+            record.partition,
+            record.offset,
+            record.timestamp,
+            record.key,
+            record.value,
+            record.headers,
+        )
 
 
 @dataclass(frozen=True)
@@ -165,6 +185,9 @@ class PartitionState:
     predictions_offset: int = 0
     """Next offset of the predictions partition to apply."""
     labels_offset: int = 0
+    predictions_mark: RecordMark | None = None
+    """Fingerprint of the record before ``predictions_offset`` (join.input_logs)."""
+    labels_mark: RecordMark | None = None
     predictions_seen_until: float = 0.0
     """Epoch seconds the prediction log is known to be read up to (record or caught-up time)."""
     labels_seen_until: float = 0.0
@@ -174,6 +197,7 @@ class PartitionState:
 
     def add_prediction(self, record: SourceRecord) -> list[Action]:
         self.predictions_offset = record.offset + 1
+        self.predictions_mark = mark_of(record)
         self._saw_predictions(self._read_up_to(record))
         try:
             logged = decode_prediction(record.value)
@@ -202,6 +226,7 @@ class PartitionState:
 
     def add_label(self, record: SourceRecord) -> list[Action]:
         self.labels_offset = record.offset + 1
+        self.labels_mark = mark_of(record)
         stamp = self._stamp(record)
         self.saw_labels_until(self._read_up_to(record))
         try:

@@ -31,6 +31,7 @@ from streamtrain.join.partition_state import (
     Resolved,
     SourceRecord,
 )
+from streamtrain.kafka.record_mark import RecordMark
 from streamtrain.wire.label_record import LabelRecord
 
 FORMAT = "streamtrain-join-state/1"
@@ -76,6 +77,9 @@ def write_state(path: Path, state: PartitionState, samples_ends: Mapping[int, in
         "partition": state.partition,
         "predictions_offset": state.predictions_offset,
         "labels_offset": state.labels_offset,
+        # Absent in files written before fingerprints: read back as None (unchecked).
+        "predictions_mark": _mark_doc(state.predictions_mark),
+        "labels_mark": _mark_doc(state.labels_mark),
         "predictions_seen_until": state.predictions_seen_until,
         "labels_seen_until": state.labels_seen_until,
         "samples_ends": {str(p): o for p, o in samples_ends.items()},
@@ -132,6 +136,8 @@ def read_state(path: Path, policy: JoinPolicy) -> Checkpointed | None:
             state.already_emitted[str(rid)] = outcome
         state.predictions_offset = int(doc["predictions_offset"])
         state.labels_offset = int(doc["labels_offset"])
+        state.predictions_mark = _mark_from(doc.get("predictions_mark"))
+        state.labels_mark = _mark_from(doc.get("labels_mark"))
         state.predictions_seen_until = float(doc["predictions_seen_until"])
         state.labels_seen_until = float(doc["labels_seen_until"])
         ends = {_partition(p): int(o) for p, o in doc["samples_ends"].items()}
@@ -143,6 +149,14 @@ def read_state(path: Path, policy: JoinPolicy) -> Checkpointed | None:
             "away to start that partition afresh (its pending predictions are then lost)"
         ) from None
     return Checkpointed(state, ends)
+
+
+def _mark_doc(mark: RecordMark | None) -> dict[str, Any] | None:
+    return None if mark is None else mark.to_json()
+
+
+def _mark_from(doc: Any) -> RecordMark | None:
+    return None if doc is None else RecordMark.from_json(doc)
 
 
 def _metadata(data: bytes) -> dict[str, str]:

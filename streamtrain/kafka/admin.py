@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import logging
+import uuid
 from collections.abc import Iterable
 
 from streamtrain.kafka.connection import KafkaConnection
 from streamtrain.kafka.errors import KafkaUnreachable
+
+log = logging.getLogger(__name__)
 
 
 class TopicAdminError(RuntimeError):
@@ -91,3 +96,40 @@ def _create_kafka_python(kafka: KafkaConnection, names: list[str], partitions: i
         raise TopicAdminError(f"creating topics {names} failed: {exc}") from None
     finally:
         admin.close()
+
+
+def topic_id(kafka: KafkaConnection, topic: str, timeout_s: float = 5.0) -> str | None:
+    """``topic``'s id (KIP-516) as a UUID string, where the broker reports one; None otherwise.
+
+    A deleted and re-created topic gets a new id, so a reader resuming a stored position can
+    tell the logs apart even where the record at that position is byte-identical
+    (:mod:`streamtrain.ingest.log_watch`). Optional by nature: an older broker, an all-zero id
+    or any error reading it gives None, and the record fingerprints still apply.
+    """
+    try:
+        if kafka.client == "confluent":
+            from confluent_kafka import TopicCollection
+            from confluent_kafka.admin import AdminClient
+
+            from streamtrain.kafka.client_logs import quiet_librdkafka
+
+            admin = AdminClient(
+                quiet_librdkafka(kafka.librdkafka({"client.id": "streamtrain-admin"}))
+            )
+            found = admin.describe_topics(TopicCollection([topic]), request_timeout=timeout_s)
+            raw = str(found[topic].result(timeout=timeout_s).topic_id)  # base64, 16 bytes
+            value = uuid.UUID(bytes=base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
+        else:
+            from kafka.admin import KafkaAdminClient
+
+            client = KafkaAdminClient(
+                **kafka.kafka_python(request_timeout_ms=int(timeout_s * 1000))
+            )
+            try:
+                value = uuid.UUID(str(client.describe_topics([topic])[0]["topic_id"]))
+            finally:
+                client.close()
+    except Exception as exc:
+        log.debug("no topic id for %s: %s", topic, exc)
+        return None
+    return None if value.int == 0 else str(value)

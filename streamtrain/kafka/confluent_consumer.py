@@ -265,6 +265,7 @@ class ConfluentConsumer:
             elif error.name() in _MISSING_CODES:
                 if not self._topic_missing:  # once per disappearance, not once per poll
                     self._topic_missing = True
+                    REACHABILITY.interrupted()  # it may come back as another log
                     log.warning(
                         "topic %s is missing on the broker (%s); waiting for it to come back",
                         self.topic,

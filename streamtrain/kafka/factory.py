@@ -13,6 +13,7 @@ from streamtrain.kafka.client_logs import quiet_librdkafka, route_kafka_python_l
 from streamtrain.kafka.connection import KafkaConnection
 from streamtrain.kafka.consumer import RecordConsumer
 from streamtrain.kafka.partition_reader import PartitionReader
+from streamtrain.kafka.partitioner import LIBRDKAFKA_PARTITIONER
 from streamtrain.kafka.producer import RecordProducer
 from streamtrain.kafka.reachability import REACHABILITY
 
@@ -111,7 +112,9 @@ def record_producer(
     idempotent: bool = False,
     delivery_timeout_ms: int | None = None,
 ) -> RecordProducer:
-    """A producer; ``max_request_size`` bounds one record (with its framing).
+    """A producer; ``max_request_size`` bounds one record (with its framing). A keyed record
+    without an explicit partition goes where :mod:`streamtrain.kafka.partitioner` says
+    (murmur2, as the Java client), with either library.
 
     ``idempotent``: the broker drops the duplicates a retry would write (needs ``acks="all"``).
     ``delivery_timeout_ms``: a record not acknowledged by then, retries included, fails its
@@ -138,9 +141,15 @@ def record_producer(
             extra["request_timeout_ms"] = max(
                 1, min(request_ms, delivery_timeout_ms - linger_ms - 1)
             )
+        from kafka.partitioner import DefaultPartitioner  # murmur2: kafka/partitioner.py
+
         return KafkaPythonProducer(
             kafka.kafka_python(
-                acks=acks, linger_ms=linger_ms, max_request_size=max_request_size, **extra
+                acks=acks,
+                linger_ms=linger_ms,
+                max_request_size=max_request_size,
+                partitioner=DefaultPartitioner(),
+                **extra,
             )
         )
     from streamtrain.kafka.producer import ConfluentProducer
@@ -149,6 +158,9 @@ def record_producer(
         "acks": -1 if acks == "all" else acks,
         "linger.ms": linger_ms,
         "message.max.bytes": max_request_size,
+        # One partitioning rule whatever the library (kafka/partitioner.py): kafka-python's
+        # default is already murmur2; librdkafka's (CRC32) would split a key's records.
+        "partitioner": LIBRDKAFKA_PARTITIONER,
     }
     if batch_size is not None:
         config["batch.size"] = batch_size

@@ -116,6 +116,13 @@ class CoPartitionedGroup:
             REACHABILITY.success()
         return records
 
+    def partition_count(self, topic: str, timeout_s: float = 10.0) -> int:
+        """How many partitions ``topic`` has, from the cluster's metadata."""
+        found = self._consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
+        if found is None or found.error is not None or not found.partitions:
+            raise RuntimeError(f"topic {topic!r} has no partitions in the cluster's metadata")
+        return len(found.partitions)
+
     def highwater(self, topic: str, partition: int) -> int | None:
         """The high watermark of the last fetch from ``topic``/``partition`` (right on Tansu)."""
         from confluent_kafka import TopicPartition

@@ -15,6 +15,12 @@ that probe runs at most once per ``probe_every_s`` from the clients' polls, and 
 that connects turns the state back to reachable. A refused login (authentication, TLS) keeps
 the state unreachable until a client gets an answer from the cluster again.
 
+4. :attr:`Reachability.interruptions` counts the times the clients may have lost the log they
+   were reading: every end of an outage, every dropped connection the probe found harmless
+   (at most one per ``probe_every_s``), and every topic a client found missing. A reader
+   rechecks its stored positions against the log after each
+   (:mod:`streamtrain.ingest.log_watch`): a broker back on the same address may hold another log.
+
 >>> tracker = Reachability(probe=lambda servers: False, clock=lambda: 0.0)
 >>> tracker.configure("127.0.0.1:1")
 >>> tracker.failure("connection refused")
@@ -75,6 +81,8 @@ class Reachability:
         self._last_probe = -float("inf")
         self._last_probe_ok = True
         self._last_summary = 0.0
+        self._interruptions = 0
+        self._last_dismissed = -float("inf")
         self._set_signals(True, "")
 
     @property
@@ -84,6 +92,16 @@ class Reachability:
     @property
     def servers(self) -> str:
         return self._servers
+
+    @property
+    def interruptions(self) -> int:
+        """How many times the clients may have lost their logs (docstring 4.); only grows."""
+        return self._interruptions
+
+    def interrupted(self) -> None:
+        """A client saw its log go away without an outage (a topic reported missing)."""
+        with self._lock:
+            self._interruptions += 1
 
     def configure(self, bootstrap_servers: str) -> None:
         self._servers = bootstrap_servers
@@ -97,7 +115,12 @@ class Reachability:
                 self._maybe_summarize(now)
                 return
             if kind == "connect" and self._probe_cached(now):
-                return  # the broker accepts connections: one connection's trouble, no outage
+                # The broker accepts connections: one connection's trouble, no outage; but it
+                # may be a broker restarted within the probe's period, so logs are rechecked.
+                if now - self._last_dismissed >= self._probe_every_s:
+                    self._last_dismissed = now
+                    self._interruptions += 1
+                return
             self._reachable, self._kind = False, kind
             self._down_since, self._last_summary, self._attempts = now, now, 1
         # Never reached yet (a process starting during an outage): the call that needed
@@ -155,6 +178,7 @@ class Reachability:
             now = self._clock()
             self._reachable = True
             self._ever_answered = True
+            self._interruptions += 1
             # Evidence of a working cluster counts as a fresh successful probe: a connection
             # dropping in the next second is one connection's trouble, not a new outage.
             self._last_probe, self._last_probe_ok = now, True

@@ -81,6 +81,20 @@ JOIN_LOG_RESETS = Counter(
     "Times the join started over because Kafka lost the samples its checkpoints saw.",
     registry=JOIN_REGISTRY,
 )
+# relog (issue 23): labels placed by another partitioner than the prediction log's.
+JOIN_MISROUTED_LABELS = Counter(
+    "streamtrain_join_misrouted_labels_total",
+    "Labels found on another partition than the one murmur2 (the prediction log's "
+    "partitioner) gives their key; they cannot meet their predictions.",
+    registry=JOIN_REGISTRY,
+)
+JOIN_INPUT_RESETS = Counter(
+    "streamtrain_join_input_resets_total",
+    "Times a predictions or labels partition was not the log the join read (its record at "
+    "the checkpointed position differed) and was read again from its start.",
+    ["topic"],
+    registry=JOIN_REGISTRY,
+)
 JOIN_CHECKPOINT_AGE = Gauge(
     "streamtrain_join_checkpoint_age_seconds",
     "Seconds since the last join checkpoint was written.",

@@ -8,7 +8,10 @@ import time
 from collections.abc import Iterable, Iterator
 
 from streamtrain.ingest.decode import KafkaRecord
+from streamtrain.ingest.log_watch import reread_mark
 from streamtrain.kafka import KafkaConnection, PartitionReader, ReadTimeout, partition_reader
+from streamtrain.kafka.reachability import REACHABILITY
+from streamtrain.kafka.record_mark import RecordMark, mark_of
 from streamtrain.snapshot import wire
 from streamtrain.snapshot.assembly import Assembler
 from streamtrain.snapshot.manifest import SnapshotManifest, parse_snapshot_id
@@ -91,6 +94,8 @@ class SnapshotSubscriber:
         # A topic absent at start is read from its beginning once it appears, so the first
         # snapshot the trainer writes after creating it is not skipped.
         self._topic_was_missing = False
+        self._tail_mark: RecordMark | None = None  # of the last record the tail returned
+        self._interruptions = REACHABILITY.interruptions
 
     @property
     def _tail(self) -> PartitionReader:
@@ -240,8 +245,13 @@ class SnapshotSubscriber:
         if not self._tail_ready and not self._init_tail(deadline):
             return results
         while True:
-            for record in self._tail.poll(timeout_ms=_ms_left(deadline)):
+            records = self._tail.poll(timeout_ms=_ms_left(deadline))
+            if self._tail_log_replaced():
+                continue  # the tail now reads the new log from its start
+            for record in records:
                 results.extend(self._on_record(record))
+            if records:
+                self._tail_mark = mark_of(records[-1])
             results.extend(self._assembler.expire(self._caught_up()))
             if results or time.monotonic() >= deadline:
                 return results
@@ -266,6 +276,31 @@ class SnapshotSubscriber:
         except ReadTimeout:
             return False
         self._place_tail(low if self._topic_was_missing else high)
+        return True
+
+    def _tail_log_replaced(self) -> bool:
+        """After an interruption: is the tail's log still the one it read (log_watch)? A
+        replaced one is read from its start, so no snapshot of it is skipped; which one is
+        loaded is then the version rule's choice, as always."""
+        now = REACHABILITY.interruptions
+        if now == self._interruptions or self._tail_mark is None:
+            self._interruptions = now
+            return False
+        try:
+            why = reread_mark(self._reader, self._tail_mark, time.monotonic() + 10.0)
+        except ReadTimeout:
+            return False  # asked again on the next poll
+        self._interruptions = now
+        if why is None:
+            return False
+        log.warning(
+            "snapshot topic %s is not the log this server read (%s): reading it from its start",
+            self.topic,
+            why,
+        )
+        self._tail_mark = None
+        self._assembler = Assembler(max_bytes=self.max_snapshot_bytes, max_chunks=self.max_chunks)
+        self._place_tail(self._reader.low())
         return True
 
     def _place_tail(self, offset: int) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -17,7 +17,7 @@ from torch.optim.lr_scheduler import LRScheduler
 from streamtrain import metrics
 from streamtrain.sparse_tensors import SparseInput
 from streamtrain.train.guard import BadStepGuard, GoodState, Verdict
-from streamtrain.train.models.target_scale import find_target_scaler
+from streamtrain.train.objective import Objective
 from streamtrain.train.step_size import StepSamples, max_step_samples
 from streamtrain.train.table_upkeep import TableUpkeep
 from streamtrain.train.task import TaskHead
@@ -123,7 +123,7 @@ class Learner:
         check_sparse_gradients(model, optimizer, clip_grad_norm)
         self._separate_eval_pass = train_mode_differs(model)
         self._tables = TableUpkeep.find(model, optimizer)
-        self._targets = find_target_scaler(model)
+        self._objective = Objective(model, head)
         self._guard = BadStepGuard(max_bad_steps)
         self._good = GoodState(model, optimizer)
         self._good_steps_since_save = 0
@@ -200,6 +200,8 @@ class Learner:
            a target scaler (regression built-ins, ``scale_targets``) first folds this step's
            targets into its statistics, then the loss compares the network's standardised
            output with the standardised targets; the score (step 1) stays in target units.
+           A model that mixes heads (``auto``) trains each head on its own loss and reports
+           the mixed prediction's loss (:mod:`.objective`); an applied step then moves the mix.
         3. Guard: ONE host synchronization per step reads a single flag combining "loss is
            finite" and "total gradient norm is finite" (a non-finite gradient makes the norm
            non-finite). A bad step is not applied: gradients are dropped and it is counted
@@ -235,13 +237,13 @@ class Learner:
             self.model.train()
 
         self.optimizer.zero_grad(set_to_none=True)
-        standardized: list[torch.Tensor] = []
-        with self._autocast(), self._capture_standardized(standardized):
+        with self._autocast(), self._objective.capture():
             outputs = forward()
         if score_sum is None:
             score_sum = self.head.score(outputs, y).sum()
-        loss = self._loss(outputs, standardized, y, w)
-        self._backward(loss)
+        step_loss = self._objective.loss(outputs, y, w)
+        self._backward(step_loss.train)
+        loss = step_loss.reported
         if self.step_reducer is not None:
             loss, score_sum, samples = self.step_reducer.reduce(
                 self._params, loss.detach(), w, score_sum.detach(), samples
@@ -249,10 +251,12 @@ class Learner:
         grad_norm = self._grad_norm()
 
         # loss + norm is finite exactly when both are (NaN and inf propagate through +)
-        check = loss.detach() if grad_norm is None else loss.detach() + grad_norm
+        check = loss.detach() + step_loss.train.detach()
+        check = check if grad_norm is None else check + grad_norm
         verdict = self._guard.judge(bool(torch.isfinite(check).item()))  # the one host sync
         if verdict is Verdict.APPLY:
             self._apply()
+            self._objective.after_step(step_loss, samples)
         else:
             self._reject(verdict)
         applied = verdict is Verdict.APPLY
@@ -276,40 +280,6 @@ class Learner:
         """
         self._good.restore()
         self.optimizer.zero_grad(set_to_none=True)
-
-    @contextlib.contextmanager
-    def _capture_standardized(self, into: list[torch.Tensor]) -> Iterator[None]:
-        """While open, append the target scaler's input (the network's standardised output).
-
-        The hook lives only for one forward, so the model never carries a reference to the
-        learner (a deep copy of the model stays a plain model).
-        """
-        if self._targets is None:
-            yield
-            return
-        handle = self._targets.register_forward_hook(lambda _m, args, _out: into.append(args[0]))
-        try:
-            yield
-        finally:
-            handle.remove()
-
-    def _loss(
-        self,
-        outputs: torch.Tensor,
-        standardized: list[torch.Tensor],
-        labels: torch.Tensor,
-        weights: torch.Tensor,
-    ) -> torch.Tensor:
-        if self._targets is None:
-            return self.head.loss(outputs, labels, weights)
-        if len(standardized) != 1:
-            raise RuntimeError(
-                f"the target scaler ran {len(standardized)} times in one forward; it must "
-                "de-standardise the model's output exactly once"
-            )
-        targets = labels.to(self._targets.mean.dtype).reshape(outputs.shape)
-        self._targets.observe(targets)
-        return self.head.loss(standardized[0], self._targets.standardize(targets), weights)
 
     def _autocast(self) -> contextlib.AbstractContextManager[object]:
         if self.autocast_dtype is None:

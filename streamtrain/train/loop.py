@@ -27,7 +27,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -38,12 +38,14 @@ from torch.optim.lr_scheduler import LRScheduler
 from streamtrain import health, metrics
 from streamtrain.batch import Batch
 from streamtrain.checkpoint import CheckpointStore, TrainerState, check_world_size
+from streamtrain.checkpoint.meta import TOPIC_ID
 from streamtrain.ingest.device import to_device
 from streamtrain.train.cadence import EveryPolicy
 from streamtrain.train.hooks import SnapshotRequest, SnapshotSink
 from streamtrain.train.learner import Learner
 from streamtrain.train.prefetch import PrefetchingSource, SampleSource
 from streamtrain.train.prequential import RollingMetrics
+from streamtrain.train.progress import TrainProgress
 from streamtrain.train.promotion_gate import PromotionGate
 from streamtrain.train.row_tracker import RowTracker
 from streamtrain.train.throughput import ThroughputGauge
@@ -78,17 +80,6 @@ class TrainSummary:
     optimizer_updates: int = 0
     records_rejected: int = 0
     score_name: str = "accuracy"
-
-
-@dataclass
-class TrainProgress:
-    """Where training stands: steps taken, samples learned, next offsets, data watermark
-    (shared with :class:`~streamtrain.distributed.lockstep.LockstepTrainer`)."""
-
-    step: int = 0
-    samples_seen: int = 0
-    offsets: dict[int, int] = field(default_factory=dict)
-    watermark: float | None = None
 
 
 class Trainer:
@@ -182,8 +173,9 @@ class Trainer:
             samples_seen=state.samples_seen,
             offsets={**positions, **state.offsets},
             watermark=state.data_watermark,
+            marks=dict(state.marks),
         )
-        self._source.seek(state.offsets)
+        self._source.resume(state.offsets, state.marks, state.extra.get(TOPIC_ID))
         self._checkpointed = (state.step, dict(self._progress.offsets))
         self._learner.snapshot_good_state()
         self._snapshot_policy.mark(self._progress.step)
@@ -257,6 +249,9 @@ class Trainer:
             if stop.max_samples is not None and self._progress.samples_seen >= stop.max_samples:
                 return "max_samples"
             batch = prefetch.get(timeout=POLL_SECONDS)
+            if batch is not None:
+                # An empty batch too: after an offset reset it carries the new position.
+                self._progress.advance(batch)
             throughput.add(0 if batch is None else batch.size)
             if batch is None or batch.records == 0:
                 if self._pending_scores:
@@ -266,7 +261,6 @@ class Trainer:
                     return "idle"
             else:
                 last_input = self._clock()
-                self._progress.offsets.update(batch.next_offsets)
                 self._records_rejected += batch.records - batch.size
                 if batch.size:
                     self._train_on(batch)
@@ -375,6 +369,8 @@ class Trainer:
             offsets=dict(progress.offsets),
             model_settings=self._model_settings,
             data_watermark=progress.watermark,
+            marks=dict(progress.marks),
+            extra={} if self._source.topic_id is None else {TOPIC_ID: self._source.topic_id},
         )
         self._checkpoints.save(state, *self._learner_parts())
         self._checkpoint_policy.mark(progress.step)

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import Protocol
 
 from streamtrain.batch import Batch
+from streamtrain.kafka.record_mark import RecordMark
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +24,16 @@ class SampleSource(Protocol):
     def next_batch(self) -> Batch: ...
 
     def seek(self, offsets: Mapping[int, int]) -> None: ...
+
+    def resume(
+        self,
+        offsets: Mapping[int, int],
+        marks: Mapping[int, RecordMark],
+        stored_topic_id: str | None = None,
+    ) -> None: ...
+
+    @property
+    def topic_id(self) -> str | None: ...
 
     def positions(self) -> dict[int, int]: ...
 

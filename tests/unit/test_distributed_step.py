@@ -21,7 +21,11 @@ from safetensors.torch import load_file, save_file
 
 from streamtrain.distributed.group import PartitionShareError, assign_partitions
 from streamtrain.distributed.sparse_sync import sparse_embedding_weights
-from streamtrain.distributed.step_sync import GradientSync, attach_moments_sync
+from streamtrain.distributed.step_sync import (
+    GradientSync,
+    attach_loss_sync,
+    attach_moments_sync,
+)
 from streamtrain.sparse_tensors import JaggedTensor
 from streamtrain.spec import SampleSpec, SparseFeature
 from streamtrain.train.learner import Learner
@@ -41,10 +45,10 @@ SPLITS = [(5, 3), (4, 0), (2, 6), (3, 3)]
 POISONED_STEP = 3  # rank 1's slice holds a NaN there: every rank must refuse the step
 
 
-def _learner(task: str) -> Learner:
+def _learner(task: str, name: str = "mlp") -> Learner:
     torch.manual_seed(0)
     spec = SPECS[task]
-    model = build_model("mlp", spec, {"hidden_sizes": [8]})
+    model = build_model(name, spec, {"hidden_sizes": [8]})
     opt = build_optimizer(model.parameters(), "adam", lr=0.05)
     return Learner(model, TaskHead(spec), opt, clip_grad_norm=5.0)
 
@@ -62,12 +66,14 @@ def _union_batches(task: str) -> list[tuple[torch.Tensor, torch.Tensor, torch.Te
     return batches
 
 
-def _rank_main(rank: int, task: str, store: str, out: str) -> None:
+def _rank_main(rank: int, task: str, name: str, store: str, out: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
     try:
-        learner = _learner(task)
+        learner = _learner(task, name)
         learner.step_reducer = GradientSync()
         assert attach_moments_sync(learner.model) == (1 if task == "multiclass" else 2)
+        # `auto`'s head mixture moves by the heads' losses summed over both ranks
+        assert attach_loss_sync(learner.model) == (name == "auto")
         outcomes = []
         for (x, y, w), (a, _) in zip(_union_batches(task), SPLITS, strict=True):
             rows = slice(0, a) if rank == 0 else slice(a, None)
@@ -80,16 +86,17 @@ def _rank_main(rank: int, task: str, store: str, out: str) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.parametrize("name", ["mlp", "auto"])
 @pytest.mark.parametrize("task", sorted(SPECS))
-def test_two_rank_steps_equal_union_steps(task: str, tmp_path: Path) -> None:
+def test_two_rank_steps_equal_union_steps(task: str, name: str, tmp_path: Path) -> None:
     two_ranks = tmp_path
     mp.start_processes(
         _rank_main,
-        args=(task, str(tmp_path / "store"), str(tmp_path)),
+        args=(task, name, str(tmp_path / "store"), str(tmp_path)),
         nprocs=2,
         start_method="spawn",
     )
-    single = _learner(task)
+    single = _learner(task, name)
     expected = []
     for x, y, w in _union_batches(task):
         result = single.learn(x, y, w)
@@ -108,6 +115,8 @@ def test_two_rank_steps_equal_union_steps(task: str, tmp_path: Path) -> None:
             if step != POISONED_STEP:
                 assert g[:2] == pytest.approx(e[:2], rel=1e-5, abs=1e-6)
     assert [o[3] for o in expected] == [1, 1, 1, 0]  # the poisoned step was refused
+    if name == "auto":  # the mix has moved, identically on both ranks (checked above)
+        assert not torch.equal(want["head.mixer.losses"], torch.zeros(2))
 
 
 def test_partitions_are_split_disjointly_and_deterministically() -> None:

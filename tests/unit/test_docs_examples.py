@@ -18,6 +18,7 @@ from streamtrain.spec import SampleSpec
 from streamtrain.testing import check_model
 from streamtrain.train.models import MODEL_NAMES, SPARSE_MODEL_NAMES, build_model
 from streamtrain.train.models._params import ModelParams
+from streamtrain.train.models.auto import AutoParams
 from streamtrain.train.models.cnn import CNNParams
 from streamtrain.train.models.dlrm import DLRMParams
 from streamtrain.train.models.fm import FMParams
@@ -30,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "models.md"
 FACTORY = "custom_model:build_residual_mlp"
 PARAMS: dict[str, type[ModelParams]] = {
+    "auto": AutoParams,
     "linear": LinearParams,
     "mlp": MLPParams,
     "cnn": CNNParams,

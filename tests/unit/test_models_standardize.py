@@ -24,7 +24,14 @@ from streamtrain.train.weights import copy_weights
 TABULAR = SampleSpec(feature_shape=(5,), task="regression", target_dim=1)
 SEQ = SampleSpec(feature_shape=(6, 4), task="multiclass", num_classes=3)
 IMAGE = SampleSpec(feature_shape=(2, 8, 8), task="multiclass", num_classes=3)
-SPECS = {"linear": TABULAR, "mlp": TABULAR, "cnn": IMAGE, "rnn": SEQ, "transformer": SEQ}
+SPECS = {
+    "auto": TABULAR,
+    "linear": TABULAR,
+    "mlp": TABULAR,
+    "cnn": IMAGE,
+    "rnn": SEQ,
+    "transformer": SEQ,
+}
 DEFAULT_ON = dict.fromkeys(MODEL_NAMES, True)
 
 

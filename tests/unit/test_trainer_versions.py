@@ -38,8 +38,15 @@ class ScriptedSource:
         self._position = dict(batch.next_offsets)
         return batch
 
+    topic_id: str | None = None  # no broker: no topic id (relog, issue 23)
+
     def seek(self, offsets: Mapping[int, int]) -> None:
         self._position = dict(offsets)
+
+    def resume(
+        self, offsets: Mapping[int, int], marks: Mapping[int, object], stored_topic_id: object
+    ) -> None:
+        self.seek(offsets)
 
     def positions(self) -> dict[int, int]:
         return dict(self._position)

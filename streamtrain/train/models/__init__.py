@@ -3,7 +3,7 @@
 >>> from streamtrain.spec import SampleSpec
 >>> model = build_model("linear", SampleSpec(feature_shape=(4,), task="binary"))
 >>> sorted(MODEL_NAMES)
-['cnn', 'linear', 'mlp', 'rnn', 'transformer']
+['auto', 'cnn', 'linear', 'mlp', 'rnn', 'transformer']
 """
 
 from streamtrain.train.models.registry import (

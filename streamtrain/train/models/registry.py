@@ -28,6 +28,7 @@ class ModelFactory(Protocol):
 
 # name -> "module:attribute"; imported on first use so importing the registry stays cheap
 _BUILTINS: dict[str, str] = {
+    "auto": "streamtrain.train.models.auto:build_auto",
     "linear": "streamtrain.train.models.linear:build_linear",
     "mlp": "streamtrain.train.models.mlp:build_mlp",
     "cnn": "streamtrain.train.models.cnn:build_cnn",

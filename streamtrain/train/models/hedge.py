@@ -1,0 +1,109 @@
+"""Combining a model's heads online: Hedge over their exponentially discounted prequential loss.
+
+A model with several heads (``auto``: a linear head and an MLP head) ends in a
+:class:`HedgeMixer`. Every head is trained on its own loss each step; the mixer keeps each
+head's loss on the samples it has predicted *before* learning from them, discounted by
+``1 - 1/window`` per sample, and weighs head ``k`` by ``softmax(-eta * loss)_k`` (Hedge,
+Freund & Schapire 1997, with the discount of a sliding window so the weights can move back
+when the stream drifts). Classification mixes the heads' probabilities (the returned logits
+are the log of the mixed probabilities), regression their standardised values. The discounted
+losses are buffers: snapshots carry the mix to the servers and checkpoints restore it.
+
+The learner (:mod:`streamtrain.train.objective`) computes the per-head losses from this
+layer's input and calls :meth:`HedgeMixer.observe` after each applied step; on a distributed
+rank ``loss_sync`` (set by :func:`streamtrain.distributed.step_sync.attach_loss_sync`)
+all-reduces the loss sums first, so every rank moves the weights identically.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from streamtrain.spec import SampleSpec
+
+# per-head sums of sample-weighted losses -> the same sums over every rank's batch
+LossSync = Callable[[torch.Tensor], torch.Tensor]
+
+
+class HedgeMixer(nn.Module):
+    """Mix ``[n, width, heads]`` head outputs into ``[n, width]`` by Hedge weights (heads
+    last, so the per-head losses are one call of the task's loss, see objective.py).
+
+    >>> spec = SampleSpec(feature_shape=(2,), task="binary")
+    >>> mixer = HedgeMixer(2, spec, eta=1.0, window=1000)
+    >>> mixer.weights().tolist()
+    [0.5, 0.5]
+    >>> mixer.observe(torch.tensor([0.0, 5.0]), samples=10)
+    >>> [round(w, 3) for w in mixer.weights().tolist()]
+    [0.993, 0.007]
+    """
+
+    loss_sync: LossSync | None
+    losses: torch.Tensor  # a buffer: each head's discounted prequential loss
+
+    def __init__(self, heads: int, spec: SampleSpec, *, eta: float, window: int) -> None:
+        super().__init__()
+        if heads < 1 or eta <= 0 or window < 1:
+            raise ValueError(f"HedgeMixer needs heads >= 1, eta > 0, window >= 1: {heads}, {eta}")
+        self.task = spec.task
+        self.eta = eta
+        self.discount = 1.0 - 1.0 / window
+        self.loss_sync = None
+        self.register_buffer("losses", torch.zeros(heads))
+
+    def extra_repr(self) -> str:
+        return f"heads={self.losses.numel()}, task={self.task}, eta={self.eta}"
+
+    def log_weights(self) -> torch.Tensor:
+        return torch.log_softmax(-self.eta * self.losses, dim=0)
+
+    def weights(self) -> torch.Tensor:
+        return self.log_weights().exp()
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        # the heads learn from their own losses (objective.py), never through the mix
+        z = z.detach()
+        log_w = self.log_weights().to(z.dtype)
+        if self.task == "regression":
+            return (log_w.exp() * z).sum(dim=-1)
+        if self.task == "binary":
+            # log p(1) - log p(0) of the mixed probability, in log space (exact where a head
+            # is confident beyond float32's 1 - 1e-7), both classes in one logsigmoid
+            ones, zeros = _log_sum_exp(F.logsigmoid(torch.stack([z, -z])) + log_w).unbind(0)
+            return ones - zeros
+        return _log_sum_exp(z.log_softmax(dim=1) + log_w)
+
+    def mixed_loss(self, per_head: torch.Tensor) -> torch.Tensor:
+        """Classification: the log loss ``[n]`` of the mixed prediction from the heads' log
+        losses ``[n, heads]``: ``-log sum_k w_k p_k(y)``, with ``p_k(y) = exp(-loss_k)``."""
+        return -_log_sum_exp(self.log_weights().to(per_head.dtype) - per_head)
+
+    @torch.no_grad()
+    def observe(self, loss_sums: torch.Tensor, samples: int) -> None:
+        """Fold one applied step in: ``loss_sums[k]`` the sample-weighted loss sum of head
+        ``k`` over the step's ``samples`` (this rank's; summed over ranks by ``loss_sync``)."""
+        sums = loss_sums.detach().to(self.losses.dtype)
+        if self.loss_sync is not None:
+            sums = self.loss_sync(sums)
+        # only applied steps come here: the guard has seen their summed head losses finite
+        self.losses.mul_(self.discount ** max(samples, 0)).add_(sums)
+
+
+def _log_sum_exp(values: torch.Tensor) -> torch.Tensor:
+    """``logsumexp`` over the last (heads) dimension; one ``logaddexp`` kernel for two heads,
+    a third of ``torch.logsumexp``'s cost in a batch-1 step."""
+    if values.shape[-1] == 2:
+        return torch.logaddexp(values[..., 0], values[..., 1])
+    return torch.logsumexp(values, dim=-1)
+
+
+def find_mixer(model: nn.Module) -> HedgeMixer | None:
+    """The model's head mixer, if it has one (``auto``)."""
+    found = [module for module in model.modules() if isinstance(module, HedgeMixer)]
+    if len(found) > 1:
+        raise ValueError(f"the model holds {len(found)} HedgeMixer layers; at most one is allowed")
+    return found[0] if found else None

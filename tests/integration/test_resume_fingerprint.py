@@ -1,0 +1,62 @@
+"""Resuming a checkpointed position where no topic id is known: the fingerprint alone decides.
+
+The trainer tests in test_replaced_log.py run on a broker that reports topic ids, which catch
+a re-created topic first; this one takes the id away so that the record fingerprint stored
+with the position is what tells the new log from the old.
+"""
+
+from __future__ import annotations
+
+import time
+
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from streamtrain import metrics
+from streamtrain.ingest import KafkaSampleSource
+from streamtrain.kafka import KafkaConnection
+from streamtrain.kafka.record_mark import RecordMark
+from streamtrain.spec import SampleSpec
+from tests.integration.trainer_harness import FEATURES, hyperplane_stream, produce_json
+
+SPEC = SampleSpec(feature_shape=(FEATURES,), task="binary")
+
+
+def _read(source: KafkaSampleSource, until: int) -> tuple[int, dict[int, RecordMark]]:
+    """Samples handed out until partition 0 reaches ``until``, and the last batch's marks."""
+    samples, marks = 0, {}
+    deadline = time.monotonic() + 60
+    while source.positions()[0] < until:
+        assert time.monotonic() < deadline, f"stuck at {source.positions()}"
+        batch = source.next_batch()
+        samples += batch.size
+        marks.update(batch.marks)
+    return samples, dict(marks)
+
+
+def test_a_re_created_longer_topic_is_noticed_by_the_fingerprint_alone(
+    kafka_connection: KafkaConnection, unique_name: str
+) -> None:
+    topic = f"{unique_name}-samples"
+    x, y = hyperplane_stream(500, seed=41)
+    produce_json(kafka_connection.bootstrap_servers, topic, x[:300], y[:300])
+    options = {"spec": SPEC, "topic": topic, "group_id": unique_name, "kafka": kafka_connection}
+    with KafkaSampleSource(**options, start_from="earliest", max_batch_size=64) as source:
+        learned, marks = _read(source, 300)
+    assert learned == 300 and marks[0].offset == 299
+
+    admin = AdminClient({"bootstrap.servers": kafka_connection.bootstrap_servers})
+    for done in admin.delete_topics([topic]).values():
+        done.result(30)
+    for done in admin.create_topics([NewTopic(topic, 1, 1)]).values():
+        done.result(30)
+    new_x, new_y = hyperplane_stream(500, seed=42)
+    produce_json(kafka_connection.bootstrap_servers, topic, new_x, new_y)
+
+    resets = metrics.INGEST_OFFSET_RESETS.labels("0", "earliest")
+    before = resets._value.get()
+    with KafkaSampleSource(**options, start_from="earliest", max_batch_size=64) as source:
+        source.topic_id = None  # as on a broker without topic ids
+        source.resume({0: 300}, marks)
+        learned, _ = _read(source, 500)
+    assert learned == 500  # the whole new log, not its records 300..499
+    assert resets._value.get() - before == 1
