@@ -22,6 +22,15 @@ from types import TracebackType
 
 BINARY_ENV = "STREAMTRAIN_TANSU_BINARY"
 
+# Client settings for long runs against this broker (issue 32; docs/operations.md, "The
+# embedded broker"): its fetches slow with the number of record batches in a partition, and
+# with 10 ms fetch waits return nothing at all past ~20,000 batches. Producers that gather
+# 250 ms per batch write ~50x fewer batches at the demo's rate; 250 ms fetch waits still
+# answered at 80,000 batches (bench/README.md, "Soak").
+PRODUCER_LINGER_MS = 250
+FETCH_MAX_WAIT_MS = 250
+CLIENT_ENV = {"STREAMTRAIN_KAFKA__FETCH_MAX_WAIT_MS": str(FETCH_MAX_WAIT_MS)}
+
 
 class BrokerUnavailable(RuntimeError):
     """The embedded broker cannot be found or did not start."""

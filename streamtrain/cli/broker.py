@@ -8,7 +8,7 @@ import threading
 
 import typer
 
-from streamtrain.broker import BrokerUnavailable, EmbeddedBroker, find_broker_binary
+from streamtrain.broker import CLIENT_ENV, BrokerUnavailable, EmbeddedBroker, find_broker_binary
 from streamtrain.cli.command import app
 from streamtrain.cli.common import ExitCode, fail
 
@@ -33,6 +33,10 @@ def broker(
                 embedded.create_topics(topic, partitions=partitions)
             typer.echo(f"bootstrap servers: {embedded.bootstrap_servers}", color=False)
             typer.echo(f"export STREAMTRAIN_KAFKA__BOOTSTRAP_SERVERS={embedded.bootstrap_servers}")
+            # Longer fetch waits keep clients fed as the in-memory log grows (docs/operations.md,
+            # "The embedded broker").
+            for name, value in CLIENT_ENV.items():
+                typer.echo(f"export {name}={value}")
             with contextlib.suppress(KeyboardInterrupt):
                 stop.wait()
     except BrokerUnavailable as exc:  # the port is taken, or the broker did not start

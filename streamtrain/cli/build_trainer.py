@@ -19,7 +19,7 @@ from streamtrain.snapshot.manifest import settings_hash
 from streamtrain.snapshot.publisher import SnapshotPublisher
 from streamtrain.snapshot.signing import ManifestSigner
 from streamtrain.snapshot.versions import newest_version
-from streamtrain.spec import spec_for_model
+from streamtrain.spec import SampleSpec, spec_for_model
 from streamtrain.train.cadence import EveryPolicy
 from streamtrain.train.learner import Learner
 from streamtrain.train.loop import StopConditions, Trainer
@@ -34,69 +34,15 @@ _AUTOCAST = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 def build_trainer(settings: Settings) -> Trainer:
     """Every object the trainer needs, from the settings tree; nothing below sees settings."""
-    train, model_cfg, opt = settings.train, settings.model, settings.optimizer
-    device = resolve_device(train.device)
-    if train.autocast != "off" and device.type != "cuda":
-        raise ValueError(f"train.autocast={train.autocast} needs a CUDA device (got {device})")
-    group = RankGroup.from_environment(device)  # None unless launched by torchrun, world > 1
-    if group is not None and device.type == "cuda":
-        device = torch.device("cuda", group.local_rank)  # one GPU per rank
-    torch.set_num_threads(train.torch_threads or training_threads())
-    torch.manual_seed(train.seed)
+    train, model_cfg = settings.train, settings.model
+    device, group = _device_and_group(settings)
     spec = spec_for_model(model_cfg)
-    model = build_model(model_cfg.name, spec, model_cfg.params).to(device)
-    optimizer = build_optimizer(
-        model.parameters(),
-        opt.name,
-        lr=opt.lr,
-        momentum=opt.momentum,
-        weight_decay=opt.weight_decay,
-    )
-    scheduler = build_scheduler(optimizer, opt.schedule, opt.schedule_steps, opt.warmup_steps)
-    learner = Learner(
-        model,
-        TaskHead(spec, model_cfg.loss),
-        optimizer,
-        scheduler,
-        clip_grad_norm=opt.clip_grad_norm,
-        max_bad_steps=train.max_bad_steps,
-        autocast_dtype=_AUTOCAST[train.autocast],
-        device=device,
-        step_samples=opt.step_samples,
-    )
+    learner = _learner(settings, spec, device)
     # Read before any Kafka client exists: a bad key file fails the start with its own message.
     signer = ManifestSigner.from_file(train.signing_key) if train.signing_key else None
     kafka = KafkaConnection.from_settings(settings.kafka)
     topics = settings.topics
-    consumer, partitions = None, settings.ingest.partitions
-    if group is not None:
-        consumer, every_partition, partitions = rank_consumer(
-            kafka,
-            topic=topics.samples,
-            group_id=settings.ingest.group_id,
-            fetch_max_wait_ms=settings.kafka.fetch_max_wait_ms,
-            wanted=settings.ingest.partitions,
-            group=group,
-        )
-    source = KafkaSampleSource(
-        spec=spec,
-        topic=topics.samples,
-        group_id=settings.ingest.group_id,
-        kafka=kafka,
-        partitions=partitions,
-        consumer=consumer,
-        start_from=settings.ingest.start_from,
-        max_batch_size=settings.ingest.max_batch_size,
-        max_wait_ms=settings.ingest.max_wait_ms,
-        max_record_bytes=settings.ingest.max_record_bytes,
-        dead_letter_topic=topics.dead_letter,
-        fetch_max_wait_ms=settings.kafka.fetch_max_wait_ms,
-        deterministic_batches=settings.ingest.deterministic_batches,
-        max_partition_idle_ms=settings.ingest.max_partition_idle_ms,
-        on_offset_reset=settings.ingest.on_offset_reset,
-        reject_summary_every_s=settings.ingest.reject_summary_every_s,
-        all_rejected_alarm_s=settings.ingest.all_rejected_alarm_s,
-    )
+    source, every_partition = _source(settings, spec, kafka, group)
     model_settings = model_cfg.model_dump(mode="json")
     # rank 0 alone publishes: the weights are the same on every rank after each step
     publisher = (
@@ -143,3 +89,83 @@ def build_trainer(settings: Settings) -> Trainer:
             else None
         ),
     )
+
+
+def _device_and_group(settings: Settings) -> tuple[torch.device, RankGroup | None]:
+    """The device this process trains on, and its rank group (None unless launched by
+    torchrun with world > 1); autocast without CUDA is refused here, before any build."""
+    train = settings.train
+    device = resolve_device(train.device)
+    if train.autocast != "off" and device.type != "cuda":
+        raise ValueError(f"train.autocast={train.autocast} needs a CUDA device (got {device})")
+    group = RankGroup.from_environment(device)
+    if group is not None and device.type == "cuda":
+        device = torch.device("cuda", group.local_rank)  # one GPU per rank
+    return device, group
+
+
+def _learner(settings: Settings, spec: SampleSpec, device: torch.device) -> Learner:
+    """Model, optimizer, schedule and task head on ``device``. Threads and seed are set first:
+    the model's initial weights must come from the seeded generator."""
+    train, model_cfg, opt = settings.train, settings.model, settings.optimizer
+    torch.set_num_threads(train.torch_threads or training_threads())
+    torch.manual_seed(train.seed)
+    model = build_model(model_cfg.name, spec, model_cfg.params).to(device)
+    optimizer = build_optimizer(
+        model.parameters(),
+        opt.name,
+        lr=opt.lr,
+        momentum=opt.momentum,
+        weight_decay=opt.weight_decay,
+    )
+    scheduler = build_scheduler(optimizer, opt.schedule, opt.schedule_steps, opt.warmup_steps)
+    return Learner(
+        model,
+        TaskHead(spec, model_cfg.loss),
+        optimizer,
+        scheduler,
+        clip_grad_norm=opt.clip_grad_norm,
+        max_bad_steps=train.max_bad_steps,
+        autocast_dtype=_AUTOCAST[train.autocast],
+        device=device,
+        step_samples=opt.step_samples,
+    )
+
+
+def _source(
+    settings: Settings, spec: SampleSpec, kafka: KafkaConnection, group: RankGroup | None
+) -> tuple[KafkaSampleSource, tuple[int, ...]]:
+    """The sample source, and every partition of the job (empty without a rank group): with a
+    group, each rank's consumer reads its share of the partitions the job reads."""
+    ingest, topics = settings.ingest, settings.topics
+    consumer, partitions = None, ingest.partitions
+    every_partition: tuple[int, ...] = ()
+    if group is not None:
+        consumer, every_partition, partitions = rank_consumer(
+            kafka,
+            topic=topics.samples,
+            group_id=ingest.group_id,
+            fetch_max_wait_ms=settings.kafka.fetch_max_wait_ms,
+            wanted=ingest.partitions,
+            group=group,
+        )
+    source = KafkaSampleSource(
+        spec=spec,
+        topic=topics.samples,
+        group_id=ingest.group_id,
+        kafka=kafka,
+        partitions=partitions,
+        consumer=consumer,
+        start_from=ingest.start_from,
+        max_batch_size=ingest.max_batch_size,
+        max_wait_ms=ingest.max_wait_ms,
+        max_record_bytes=ingest.max_record_bytes,
+        dead_letter_topic=topics.dead_letter,
+        fetch_max_wait_ms=settings.kafka.fetch_max_wait_ms,
+        deterministic_batches=ingest.deterministic_batches,
+        max_partition_idle_ms=ingest.max_partition_idle_ms,
+        on_offset_reset=ingest.on_offset_reset,
+        reject_summary_every_s=ingest.reject_summary_every_s,
+        all_rejected_alarm_s=ingest.all_rejected_alarm_s,
+    )
+    return source, every_partition

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
@@ -20,6 +21,12 @@ from streamtrain.cli.common import (
     settings_from,
     setup_logging,
 )
+
+if TYPE_CHECKING:
+    from wsgiref.simple_server import WSGIServer
+
+    from streamtrain.config import Settings
+    from streamtrain.join.build import RunningJoin
 
 
 @app.command(short_help="Join delayed labels to logged predictions, exactly once.")
@@ -40,12 +47,7 @@ def join(
     (replicas share the partitions through a consumer group)."""
     from streamtrain import health, metrics
     from streamtrain.join.build import build_join, join_policy
-    from streamtrain.join.joiner import JoinDeliveryError
-    from streamtrain.join.log_lost import JoinLogLost
-    from streamtrain.join.samples_log import SamplesLogTimeout
-    from streamtrain.join.state_file import StateFileError
     from streamtrain.kafka import KafkaConfigError
-    from streamtrain.kafka.group_consumer import CoPartitionError
 
     setup_logging(verbose)
     settings = settings_from(
@@ -85,6 +87,18 @@ def join(
     typer.echo(f"join health:  {bound_url(server, '/health/ready')}")
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: running.joiner.request_stop())
+    _run_until_stopped(settings, running, server)
+
+
+def _run_until_stopped(settings: Settings, running: RunningJoin, server: WSGIServer) -> None:
+    """Run the joiner until stopped; each known failure is one line with its own exit code,
+    anything else is a bug and keeps its traceback. /metrics stops in every case."""
+    from streamtrain.join.joiner import JoinDeliveryError
+    from streamtrain.join.log_lost import JoinLogLost
+    from streamtrain.join.samples_log import SamplesLogTimeout
+    from streamtrain.join.state_file import StateFileError
+    from streamtrain.kafka.group_consumer import CoPartitionError
+
     topics = settings.topics
     try:
         running.joiner.run()
@@ -99,7 +113,10 @@ def join(
         fail(str(exc), ExitCode.FAILED)
     except Exception as exc:
         if is_kafka_failure(exc):
-            fail(kafka_failure_message(servers, exc), ExitCode.KAFKA_UNREACHABLE)
+            fail(
+                kafka_failure_message(settings.kafka.bootstrap_servers, exc),
+                ExitCode.KAFKA_UNREACHABLE,
+            )
         raise
     finally:
         server.shutdown()

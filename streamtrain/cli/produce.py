@@ -139,6 +139,9 @@ def produce(
     drift_every: int | None = typer.Option(
         None, min=1, help="hyperplane: the concept changes every N samples (recurring drift)."
     ),
+    linger_ms: int = typer.Option(
+        5, min=0, max=10_000, help="Milliseconds the producer gathers samples into one batch."
+    ),
 ) -> None:
     """Produce COUNT samples of a dataset to the samples topic at RATE samples/s."""
     setup_logging()
@@ -173,6 +176,7 @@ def produce(
             topic=topic_name,
             kafka=kafka,
             format="binary" if format == "binary" else "json",
+            linger_ms=linger_ms,
         ) as producer:
             signal.signal(signal.SIGTERM, _interrupt)
             try:

@@ -27,6 +27,8 @@ from streamtrain.cli.common import (
 from streamtrain.extras import MissingExtra
 
 if TYPE_CHECKING:
+    from wsgiref.simple_server import WSGIServer
+
     from streamtrain.config import Settings
     from streamtrain.train.loop import Trainer, TrainSummary
 
@@ -63,16 +65,6 @@ def train(
         from streamtrain.distributed.agent_lifetime import die_with_agent
 
         die_with_agent()
-    # torch is imported here, not at module level, so other subcommands start fast.
-    from streamtrain import health, metrics
-    from streamtrain.checkpoint import WorldSizeMismatch
-    from streamtrain.cli.build_trainer import build_trainer
-    from streamtrain.devices import resolve_device
-    from streamtrain.ingest.log_watch import OffsetResetFailed
-    from streamtrain.kafka import KafkaConfigError, KafkaConnection, create_topics
-    from streamtrain.snapshot.versions import VersionLookupFailed
-    from streamtrain.train.prefetch import SourceFailed
-
     setup_logging(verbose)
     settings = settings_from(
         config,
@@ -84,7 +76,20 @@ def train(
         train__stop_when_idle=stop_when_idle,
         train__torch_threads=torch_threads,
     )
-    # Local mistakes first (seconds of Kafka retries or a model build would hide them).
+    # The order is the argument: (1) local mistakes first, since seconds of Kafka retries or a
+    # model build would hide them; (2) only then become torchrun, so every rank inherits checked
+    # settings; (3) /metrics and health up before the slow build, so a probe sees the start;
+    # (4) build, (5) run.
+    _check_local(settings)
+    if nproc > 1:
+        _relaunch(settings, nproc, max_restarts)
+    server = _serve_metrics(settings)
+    trainer = _build(settings, create_missing_topics)
+    _run(settings, trainer, server)
+
+
+def _check_local(settings: Settings) -> None:
+    """Mistakes found without the network: an unwritable checkpoint dir, an unreadable key."""
     require_writable_dir(settings.train.checkpoint_dir, "--checkpoint-dir")
     if settings.train.signing_key is not None:
         from streamtrain.snapshot.signing import KeyFileError, load_private_key
@@ -93,8 +98,13 @@ def train(
             load_private_key(settings.train.signing_key)
         except KeyFileError as exc:
             fail(str(exc))
-    if nproc > 1:
-        _relaunch(settings, nproc, max_restarts)
+
+
+def _serve_metrics(settings: Settings) -> WSGIServer:
+    """Start /metrics and the health routes of this rank; a port in use is a one-line exit."""
+    # torch is imported here, not at module level, so other subcommands start fast.
+    from streamtrain import health, metrics
+
     health.HEALTH.configure(settings.train.liveness_timeout_s)
     metrics_port = settings.train.metrics_port
     if metrics_port:  # ranks on one host: base port + local rank (0 stays "any free port")
@@ -105,7 +115,7 @@ def train(
 
         registry = rank_registry(registry, int(os.environ["RANK"]))
     try:
-        server = metrics.serve_metrics(
+        return metrics.serve_metrics(
             registry, metrics_port, settings.train.metrics_host, routes=health.routes()
         )
     except OSError as exc:
@@ -113,8 +123,15 @@ def train(
             bind_failure_message("--metrics-port", settings.train.metrics_host, metrics_port, exc),
             ExitCode.LOCAL_RESOURCE,
         )
+
+
+def _build(settings: Settings, create_missing_topics: bool) -> Trainer:
+    """Create the topics (when asked) and build the trainer; each known failure is one line
+    with its own exit code, anything else is a bug and keeps its traceback."""
+    from streamtrain.cli.build_trainer import build_trainer
+    from streamtrain.kafka import KafkaConfigError, KafkaConnection, create_topics
+
     topics = settings.topics
-    servers = settings.kafka.bootstrap_servers
     try:
         kafka = KafkaConnection.from_settings(settings.kafka)
     except KafkaConfigError as exc:
@@ -123,15 +140,30 @@ def train(
         if create_missing_topics:
             create_topics(kafka, [topics.samples], topics.sample_partitions)
             create_topics(kafka, [topics.dead_letter, topics.snapshots], 1)
-        trainer = build_trainer(settings)
+        return build_trainer(settings)
     except Exception as exc:
         if isinstance(exc, MissingExtra):
             fail(str(exc), ExitCode.MISSING_EXTRA)
         if isinstance(exc, ValueError):  # settings the model or the client library refuse
             fail(str(exc))
         if is_kafka_failure(exc) or isinstance(exc, ConnectionError | TimeoutError):
-            fail(kafka_failure_message(servers, exc), ExitCode.KAFKA_UNREACHABLE)
+            fail(
+                kafka_failure_message(settings.kafka.bootstrap_servers, exc),
+                ExitCode.KAFKA_UNREACHABLE,
+            )
         raise
+
+
+def _run(settings: Settings, trainer: Trainer, server: WSGIServer) -> None:
+    """Run until stopped (SIGTERM/SIGINT ask the trainer to stop at a step boundary), then
+    leave the group, stop /metrics and print the summary line."""
+    from streamtrain import metrics
+    from streamtrain.checkpoint import WorldSizeMismatch
+    from streamtrain.devices import resolve_device
+    from streamtrain.ingest.log_watch import OffsetResetFailed
+    from streamtrain.snapshot.versions import VersionLookupFailed
+    from streamtrain.train.prefetch import SourceFailed
+
     describe_model(metrics.TRAIN_MODEL_INFO, settings)
     if resolve_device(settings.train.device).type == "cuda":
         metrics.export_cuda_metrics()

@@ -85,7 +85,9 @@ class DemoStats:
         version = s.value("streamtrain_serve_model_version")
         return cls(
             elapsed=elapsed,
-            samples_per_second=_finite(t.value("streamtrain_train_samples_per_second")),
+            # samples_per_second stays None here: the runner derives it from the trained
+            # counter's deltas (demo.stall.RateMeter), which fall to 0 when nothing is learned,
+            # where the trainer's gauge would keep its last value.
             loss=_finite(t.value("streamtrain_train_loss")),
             accuracy=_finite(t.value("streamtrain_train_prequential_accuracy_ratio")),
             # The gauge reads 0 before the first swap: show that as "none yet".

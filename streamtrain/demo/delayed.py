@@ -27,7 +27,7 @@ JOIN_SESSION_TIMEOUT_MS = 2000
 
 
 def delayed_env() -> dict[str, str]:
-    """Settings for every child of a delayed-labels run (env vars onto streamtrain/config.py):
+    """Settings for every child of a delayed-labels run (env vars onto streamtrain/config/):
     the server logs what it serves; the join's window suits the demo's delays."""
     return {
         "STREAMTRAIN_SERVE__PREDICTION_LOG": "true",

@@ -38,6 +38,7 @@ import httpx
 import numpy as np
 import numpy.typing as npt
 
+from streamtrain.broker import PRODUCER_LINGER_MS
 from streamtrain.client import LabelProducer, SampleProducer
 from streamtrain.datasets import SampleChunk
 from streamtrain.demo.app_status import ACCURACY_WINDOW, AppStatus
@@ -151,10 +152,17 @@ class DelayedLabelApp:
         self.random = random.Random(options.seed)
         self.http = httpx.Client(timeout=5.0)
         kafka = KafkaConnection(options.bootstrap_servers)
+        # Fewer, larger batches against the embedded broker (streamtrain.broker).
         self.samples = SampleProducer(
-            spec=info.spec, topic=options.samples_topic, kafka=kafka, format="binary"
+            spec=info.spec,
+            topic=options.samples_topic,
+            kafka=kafka,
+            format="binary",
+            linger_ms=PRODUCER_LINGER_MS,
         )
-        self.labels = LabelProducer(spec=info.spec, topic=options.labels_topic, kafka=kafka)
+        self.labels = LabelProducer(
+            spec=info.spec, topic=options.labels_topic, kafka=kafka, linger_ms=PRODUCER_LINGER_MS
+        )
         self.schedule = LabelSchedule()
         self.status = AppStatus()
         self.judged: deque[bool] = deque(maxlen=ACCURACY_WINDOW)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from streamtrain.broker import free_port
+from streamtrain.broker import CLIENT_ENV, PRODUCER_LINGER_MS, free_port
 from streamtrain.config import TopicSettings
 from streamtrain.datasets import DatasetInfo
 from streamtrain.demo.delayed import (
@@ -185,6 +185,11 @@ class DemoPlan:
         env.update(self.model_env)
         env["STREAMTRAIN_KAFKA__BOOTSTRAP_SERVERS"] = self.bootstrap_servers
         env["STREAMTRAIN_TRAIN__SNAPSHOT_EVERY_SECONDS"] = str(SNAPSHOT_EVERY_SECONDS)
+        # The embedded broker's fetches slow with the number of record batches in a partition
+        # (docs/operations.md, "The embedded broker"): fewer, larger batches (the producer's
+        # --linger-ms) and longer fetch waits keep trainer and server fed for hours.
+        for name, value in CLIENT_ENV.items():
+            env.setdefault(name, value)
         # Signed end to end with the throwaway pair in key_dir: the server refuses anything
         # the demo's trainer did not sign (docs/snapshots.md, trust).
         env["STREAMTRAIN_TRAIN__SIGNING_KEY"] = str(self.key_dir / "trainer.key")
@@ -328,6 +333,8 @@ class DemoPlan:
                 self.topics.samples,
                 "--seed",
                 str(self.seed),
+                "--linger-ms",
+                str(PRODUCER_LINGER_MS),
                 *(["--drift-every", str(self.drift_every)] if self.drift_every else []),
             ],
         }

@@ -41,6 +41,7 @@ from streamtrain.demo.plan import DemoPlan, choose_port, curl_command, infer_bod
 from streamtrain.demo.probe import ProbeError, SamplePool, predict
 from streamtrain.demo.processes import Child, ProcessGroup, StopReport
 from streamtrain.demo.scrape import Scrape, ScrapeError, scrape
+from streamtrain.demo.stall import RateMeter, StallWatch
 from streamtrain.demo.summary import SummaryTracker
 from streamtrain.snapshot.signing import generate_key_pair
 
@@ -126,6 +127,8 @@ class _Session:
         self.plan, self.group, self.console, self.stop = plan, group, console, stop
         self.options = options
         self.tracker = SummaryTracker()
+        self.rate = RateMeter()
+        self.stalls = StallWatch()
         self.failed: Child | None = None
         self.startup_error: str | None = None
         self.pool = pool
@@ -189,6 +192,7 @@ class _Session:
                     self.correct,
                     self.sent,
                 )
+                stats = self._honest(stats)
                 if self.delayed is not None:
                     join = self.delayed.observe(self.join_scrape, self.server_scrape)
                     stats = dataclasses.replace(stats, join=join)
@@ -198,6 +202,13 @@ class _Session:
                 self.stop.event.wait(max(0.0, TICK_SECONDS - (time.monotonic() - tick)))
         if self.stop.signal_name:
             self.say(f"{self.stop.signal_name} received: stopping every process")
+
+    def _honest(self, stats: DemoStats) -> DemoStats:
+        """samples/s from the trained counter (0 when nothing is learned), and stalls noted."""
+        self.rate.observe(stats.elapsed, stats.samples_trained)
+        lag = (self.trainer_scrape or Scrape()).total("streamtrain_ingest_consumer_lag_records")
+        self.stalls.observe(stats.elapsed, stats.samples_trained, lag, stats.data_age_seconds)
+        return dataclasses.replace(stats, samples_per_second=self.rate.rate)
 
     def _start(self, name: str, argv: list[str], env: dict[str, str]) -> None:
         child = self.group.start(name, argv, env, may_finish=name == "producer")
@@ -309,6 +320,9 @@ class _Session:
                 f"{self.drift.period:,} samples; accuracy dips after each)"
             )
         self.say(f"logs and checkpoints: {self.plan.run_dir}")
+        stalls = self.stalls.lines(str(self.plan.run_dir / "broker.log"))
+        for line in stalls:
+            self.say(line, "red")
         if not report.clean:
             for name, code in report.exit_codes.items():
                 if name in report.killed:
@@ -321,4 +335,4 @@ class _Session:
                     self.say(f"the {name} exited with code {code} on stop; see its log", "red")
             return 1
         self.say("every process stopped cleanly")
-        return 0
+        return 1 if stalls else 0

@@ -39,6 +39,7 @@ from streamtrain.ingest.decode import decode_records
 from streamtrain.ingest.log_order import LogOrder
 from streamtrain.ingest.log_watch import LogWatch, OffsetResetFailed, OnOffsetReset
 from streamtrain.ingest.reject_report import RejectReport
+from streamtrain.ingest.starvation import StarvationWatch
 from streamtrain.kafka import KafkaConnection, OffsetOutOfRange, RecordConsumer, record_consumer
 from streamtrain.kafka.admin import topic_id
 from streamtrain.kafka.record_mark import RecordMark
@@ -102,6 +103,7 @@ class KafkaSampleSource:
         self._max_poll = min(max(max_batch_size, 500), 100_000)
         self._buffer = BatchBuffer()
         self._merge = LogOrder(max_partition_idle_ms, clock) if deterministic_batches else None
+        self._starvation = StarvationWatch(clock=clock)
         self._closed = False
         self._on_offset_reset = on_offset_reset
         self._marks: dict[int, RecordMark] = {}  # of the record before each handed-out position
@@ -212,6 +214,7 @@ class KafkaSampleSource:
         self._policy.start()
         while self._buffer.samples < self.max_batch_size:
             records = self._poll(self._poll_timeout_ms())
+            self._starvation.observe(len(records), self._waiting())
             chunk = None
             if records:
                 started = time.perf_counter()
@@ -261,6 +264,15 @@ class KafkaSampleSource:
             if mark is None or self._consumer.position(p) < mark:
                 unfinished.add(p)
         return unfinished
+
+    def _waiting(self) -> int:
+        """Records past the fetch position, by the high watermarks of the last fetch."""
+        total = 0
+        for p in self._partitions:
+            mark = self._consumer.highwater(p)
+            if mark is not None:
+                total += max(0, mark - self._consumer.position(p))
+        return total
 
     def _poll(self, timeout_ms: int) -> Sequence[KafkaRecord]:
         """One consumer poll; a partition whose log was replaced is reset first, and one whose

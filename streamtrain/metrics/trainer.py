@@ -60,6 +60,13 @@ INGEST_OFFSET_RESETS = Counter(
     ["partition", "policy"],
     registry=TRAINER_REGISTRY,
 )
+# Issue 32: records in the log but no fetch delivers any (a stalled broker), not a busy trainer.
+INGEST_STARVED_SECONDS = Gauge(
+    "streamtrain_ingest_starved_seconds",
+    "Seconds records have waited past the trainer's fetch position with no record delivered "
+    "(0 while records flow or the log is caught up).",
+    registry=TRAINER_REGISTRY,
+)
 # One gauge per registry, same name: each process's /metrics says whether it reaches Kafka.
 _KAFKA_REACHABLE_HELP = "1 while this process reaches the Kafka cluster, 0 during an outage."
 KAFKA_REACHABLE_TRAINER = Gauge(

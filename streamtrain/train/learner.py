@@ -17,7 +17,7 @@ from torch.optim.lr_scheduler import LRScheduler
 from streamtrain import metrics
 from streamtrain.sparse_tensors import SparseInput
 from streamtrain.train.guard import BadStepGuard, GoodState, Verdict
-from streamtrain.train.objective import Objective
+from streamtrain.train.objective import Objective, StepLoss
 from streamtrain.train.step_size import StepSamples, max_step_samples
 from streamtrain.train.table_upkeep import TableUpkeep
 from streamtrain.train.task import TaskHead
@@ -248,8 +248,19 @@ class Learner:
             loss, score_sum, samples = self.step_reducer.reduce(
                 self._params, loss.detach(), w, score_sum.detach(), samples
             )
-        grad_norm = self._grad_norm()
+        applied = self._guard_and_apply(loss, step_loss, samples)
+        return StepOutcome(
+            loss=loss.detach(),
+            score_sum=score_sum.detach(),
+            samples=samples,
+            applied=applied,
+            steps=int(applied),
+        )
 
+    def _guard_and_apply(self, loss: torch.Tensor, step_loss: StepLoss, samples: int) -> bool:
+        """Steps 3 and 4 of :meth:`_step`: judge the step with one host sync, then apply it or
+        reject it; True when applied."""
+        grad_norm = self._grad_norm()
         # loss + norm is finite exactly when both are (NaN and inf propagate through +)
         check = loss.detach() + step_loss.train.detach()
         check = check if grad_norm is None else check + grad_norm
@@ -259,14 +270,7 @@ class Learner:
             self._objective.after_step(step_loss, samples)
         else:
             self._reject(verdict)
-        applied = verdict is Verdict.APPLY
-        return StepOutcome(
-            loss=loss.detach(),
-            score_sum=score_sum.detach(),
-            samples=samples,
-            applied=applied,
-            steps=int(applied),
-        )
+        return verdict is Verdict.APPLY
 
     def snapshot_good_state(self) -> None:
         """Remember the current model and optimizer state as the last good one (device copy)."""

@@ -107,6 +107,7 @@ def test_stats_come_from_scraped_families() -> None:
     trainer = parse_metrics(
         "# TYPE streamtrain_train_samples_per_second gauge\n"
         "streamtrain_train_samples_per_second 1500\n"
+        "# TYPE streamtrain_train_samples counter\nstreamtrain_train_samples_total 9000\n"
         "# TYPE streamtrain_train_prequential_accuracy_ratio gauge\n"
         "streamtrain_train_prequential_accuracy_ratio 0.75\n"
         "# TYPE streamtrain_train_loss gauge\nstreamtrain_train_loss NaN\n"
@@ -118,11 +119,13 @@ def test_stats_come_from_scraped_families() -> None:
         "# TYPE streamtrain_serve_model_version gauge\nstreamtrain_serve_model_version 0\n"
     )
     stats = DemoStats.from_scrapes(3.0, trainer, server)
-    assert stats.samples_per_second == 1500 and stats.accuracy == 0.75
+    # The gauge never decays when training stops, so the rate is not taken from it.
+    assert stats.samples_per_second is None and stats.samples_trained == 9000
+    assert stats.accuracy == 0.75
     assert stats.rejected == 3
     assert stats.loss is None  # NaN = nothing measured yet
     assert stats.served_version is None  # 0 means nothing swapped in yet
-    assert "samples/s 1500" in plain_line(stats)
+    assert "samples/s -" in plain_line(stats)
     console = Console(record=True, width=120)
     console.print(render(stats, "demo"))
     assert "prequential accuracy" in console.export_text()
