@@ -132,8 +132,18 @@ class KafkaPythonConsumer:
         return int(self._consumer.position(self._tp(partition)))
 
     def log_start(self, partition: int) -> int:
+        from kafka.errors import KafkaTimeoutError
+
         tp = self._tp(partition)
-        return int(self._consumer.beginning_offsets([tp])[tp])
+        # Bounded like the confluent consumer's watermark query: kafka-python's own default
+        # (request_timeout_ms, 30 s) would hold a caller with its own deadline through an outage.
+        timeout_ms = int(self._metadata_timeout_s * 1000)
+        try:
+            return int(self._consumer.beginning_offsets([tp], timeout_ms=timeout_ms)[tp])
+        except KafkaTimeoutError:
+            raise KafkaUnreachable(
+                REACHABILITY.servers, "reading the log start", self._metadata_timeout_s
+            ) from None
 
     def committed(self, partition: int) -> int | None:
         offset = self._consumer.committed(self._tp(partition))

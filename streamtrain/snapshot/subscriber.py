@@ -8,7 +8,13 @@ import time
 from collections.abc import Iterable, Iterator
 
 from streamtrain.ingest.log_watch import reread_mark
-from streamtrain.kafka import KafkaConnection, PartitionReader, ReadTimeout, partition_reader
+from streamtrain.kafka import (
+    KafkaConnection,
+    KafkaUnreachable,
+    PartitionReader,
+    ReadTimeout,
+    partition_reader,
+)
 from streamtrain.kafka.reachability import REACHABILITY
 from streamtrain.kafka.record_mark import RecordMark, mark_of
 from streamtrain.kafka.records import KafkaRecord
@@ -288,8 +294,8 @@ class SnapshotSubscriber:
             return False
         try:
             why = reread_mark(self._reader, self._tail_mark, time.monotonic() + 10.0)
-        except ReadTimeout:
-            return False  # asked again on the next poll
+        except (ReadTimeout, KafkaUnreachable):
+            return False  # still down or not answering: asked again on the next poll
         self._interruptions = now
         if why is None:
             return False

@@ -152,7 +152,12 @@ def test_join_rides_out_an_outage_then_starts_over_on_an_emptied_broker(
         assert code == 0, join.output.text()
         after = join.output.since(restarted)
         assert sum("is reachable again" in line for line in after) == 1, after
-        assert sum("join.on_log_lost=earliest" in line for line in after) == 1, after
+        # One start-over for the lost samples; an input topic found replaced first (the check
+        # after the interruption may see the new, shorter labels log before the samples check
+        # runs) is said once per topic at most, and changes nothing the start-over does not.
+        assert sum("no longer holds the join's samples" in line for line in after) == 1, after
+        input_resets = [line for line in after if "is not the log the join read" in line]
+        assert len(input_resets) <= 2, input_resets
 
     samples = by_id(read_topic(kafka, topics.samples))
     assert sorted(samples) == sorted(labels), "not every id produced after the restart"
