@@ -11,17 +11,12 @@ import torch
 from safetensors.numpy import load_file
 
 from streamtrain.train.models import build_model
-from tests.integration.test_trainer_sparse import (
-    PARAMS,
-    SPARSE_ENV,
-    SPEC,
-    _log_loss,
-    _produce,
-    click_stream,
-)
+from tests.integration.test_trainer_sparse import PARAMS, SPARSE_ENV, SPEC, click_stream
 from tests.integration.trainer_harness import (
     checkpoint_meta,
+    dlrm_log_loss,
     latest_checkpoint,
+    produce_sparse_json,
     start_trainer,
     trainer_env,
 )
@@ -32,7 +27,9 @@ SAMPLES = 2000
 def test_two_ranks_train_an_embedding_model_on_every_sample_once(
     kafka_bootstrap: str, unique_name: str, tmp_path: Path
 ) -> None:
-    _produce(kafka_bootstrap, f"{unique_name}-samples", click_stream(SAMPLES, seed=1))
+    produce_sparse_json(
+        kafka_bootstrap, f"{unique_name}-samples", click_stream(SAMPLES, seed=1), junk_every=101
+    )
     env = {
         **SPARSE_ENV,
         "STREAMTRAIN_TRAIN__TORCH_THREADS": "1",
@@ -62,7 +59,10 @@ def test_two_ranks_train_an_embedding_model_on_every_sample_once(
         k: v.detach().numpy() for k, v in build_model("dlrm", SPEC, PARAMS).state_dict().items()
     }
     held_out = click_stream(1000, seed=2)
-    before, after = _log_loss(untrained, held_out), _log_loss(trained, held_out)
+    before, after = (
+        dlrm_log_loss(SPEC, PARAMS, untrained, held_out),
+        dlrm_log_loss(SPEC, PARAMS, trained, held_out),
+    )
     assert after < 0.8 * before, f"held-out log loss {before:.3f} -> {after:.3f}"
     optimizer = load_file(str(checkpoint / "optimizer.safetensors"))
     assert any(name.endswith("sum") for name in optimizer), sorted(optimizer)[:5]
