@@ -8,13 +8,8 @@ import time
 from collections.abc import Iterable, Iterator
 
 from streamtrain.ingest.log_watch import reread_mark
-from streamtrain.kafka import (
-    KafkaConnection,
-    KafkaUnreachable,
-    PartitionReader,
-    ReadTimeout,
-    partition_reader,
-)
+from streamtrain.kafka import KafkaConnection, PartitionReader, ReadTimeout, partition_reader
+from streamtrain.kafka.errors import KafkaUnreachable
 from streamtrain.kafka.reachability import REACHABILITY
 from streamtrain.kafka.record_mark import RecordMark, mark_of
 from streamtrain.kafka.records import KafkaRecord
