@@ -1,7 +1,7 @@
 """The one parser for a non-negative integer read from outside the process.
 
 HTTP paths and headers, Kafka headers and keys, file names and file contents, settings: every
-number that arrives as text is parsed here. ``str.isdigit()`` is no guard for ``int()``: it
+number that arrives as text is parsed here. Python's own digit test is no guard for ``int()``: it
 accepts superscripts (``"²"``), which ``int()`` refuses with a ValueError (a 5xx, a topic-read
 failure), and ``int()`` itself accepts Arabic-Indic (``"٣"``) and fullwidth (``"３"``) digits,
 spaces, signs and underscores. Only ``[0-9]+`` is a number on our wire, and it is bounded, so a
