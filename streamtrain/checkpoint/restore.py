@@ -19,6 +19,7 @@ from streamtrain.checkpoint import components as comp
 from streamtrain.checkpoint.files import bytes_to_tensors, read_verified
 from streamtrain.checkpoint.meta import LOG_MARKS, META_FILE, CheckpointMeta, parse_meta
 from streamtrain.checkpoint.rng import RNG_FILE, check_rng, restore_rng
+from streamtrain.checkpoint.shards import is_rank_file, shard_file
 from streamtrain.checkpoint.state import CheckpointError, TrainerState
 
 REQUIRED_FILES = (comp.MODEL_FILE, comp.OPTIMIZER_TENSORS, comp.OPTIMIZER_JSON, RNG_FILE)
@@ -63,7 +64,7 @@ def read_meta(path: Path, step: int) -> CheckpointMeta:
     missing = [name for name in REQUIRED_FILES if name not in meta.files]
     if missing:
         raise CheckpointError(f"{meta_path}: lists no checksum for {missing}")
-    unknown = sorted(set(meta.files) - KNOWN_FILES)
+    unknown = sorted(n for n in set(meta.files) - KNOWN_FILES if not is_rank_file(n))
     if unknown:
         raise CheckpointError(f"{meta_path}: lists unknown files {unknown}")
     return meta
@@ -75,15 +76,22 @@ def read_checkpoint(
     model: nn.Module,
     optimizer: Optimizer,
     scheduler: LRScheduler | None,
+    rank: int = 0,
 ) -> LoadedCheckpoint:
-    """Read, checksum and validate every file of the checkpoint in ``path``."""
+    """Read, checksum and validate every file of the checkpoint in ``path`` (``rank``'s own
+    model and optimizer files: :mod:`.shards`)."""
     meta = read_meta(path, step)
+    own = {comp.MODEL_FILE, comp.OPTIMIZER_TENSORS, comp.OPTIMIZER_JSON}
 
     def data(name: str) -> bytes:
-        return read_verified(path, name, meta.files[name])
+        stored = shard_file(rank, name) if name in own else name
+        if stored not in meta.files:
+            raise CheckpointError(f"{path}: holds no {stored} for trainer rank {rank}")
+        return read_verified(path, stored, meta.files[stored])
 
     def tensors(name: str) -> dict[str, torch.Tensor]:
-        return bytes_to_tensors(data(name), path / name) if name in meta.files else {}
+        stored = shard_file(rank, name) if name in own else name
+        return bytes_to_tensors(data(name), path / stored) if stored in meta.files else {}
 
     weights = tensors(comp.MODEL_FILE)
     comp.check_model(weights, model, path / comp.MODEL_FILE)

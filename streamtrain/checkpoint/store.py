@@ -26,7 +26,13 @@ from streamtrain.checkpoint.meta import (
 )
 from streamtrain.checkpoint.restore import apply_checkpoint, read_checkpoint, read_meta
 from streamtrain.checkpoint.rng import RNG_FILE, capture_rng
-from streamtrain.checkpoint.state import CheckpointError, TrainerState
+from streamtrain.checkpoint.shards import STAGING_PREFIX, staging_dir
+from streamtrain.checkpoint.state import (
+    CheckpointError,
+    TrainerState,
+    WorldSizeMismatch,
+    check_world_size,
+)
 from streamtrain.kafka.record_mark import marks_to_json
 
 log = logging.getLogger(__name__)
@@ -73,8 +79,12 @@ class CheckpointStore:
         model: nn.Module,
         optimizer: Optimizer,
         scheduler: LRScheduler | None = None,
+        rank_digests: dict[int, dict[str, str]] | None = None,
     ) -> Path:
         """Write a checkpoint of ``state`` and the objects; return its directory.
+
+        ``rank_digests``: the other ranks' files of a sharded model, staged by each rank
+        (:mod:`.shards`), by rank; they move into the checkpoint before its ``meta.json``.
 
         1. Capture model, optimizer, scheduler and RNG states into CPU memory and serialize them
            before touching the disk, so unsaveable state fails with the directory untouched.
@@ -89,12 +99,17 @@ class CheckpointStore:
         started = time.perf_counter()
         files, rng_meta = self._serialize(model, optimizer, scheduler)
         name = f"step-{state.step:012d}"
+        ranks = rank_digests or {}
+        staged = {staging_dir(self.root, state.step, r) for r in ranks}
         with locked(self.root):
-            self._clean_stale()
+            self._clean_stale(keep=staged)
             tmp = self.root / f"{_TMP}{name}-{uuid.uuid4().hex}"
             tmp.mkdir()
             try:
                 digests = {n: write_durable(tmp, n, data) for n, data in files.items()}
+                for rank, rank_files in sorted(ranks.items()):
+                    os.rename(staging_dir(self.root, state.step, rank), tmp / f"rank-{rank}")
+                    digests.update(rank_files)
                 meta = self._meta(state, rng_meta, digests)
                 write_durable(tmp, META_FILE, meta)
                 fsync_dir(tmp)
@@ -116,8 +131,15 @@ class CheckpointStore:
         scheduler: LRScheduler | None = None,
         *,
         restore_rng: bool = True,
+        world_size: int | None = None,
+        rank: int = 0,
     ) -> TrainerState | None:
         """Restore the newest valid checkpoint into the given objects; None if there is none.
+
+        ``rank`` reads that rank's own model and optimizer files (a sharded model, :mod:`.shards`).
+        With ``world_size``, a checkpoint written by another number of ranks is refused
+        (``WorldSizeMismatch``) before its model is read: a sharded model's shapes differ
+        with the world size, and skipping it as invalid would silently start over.
 
         1. Finish or undo what a crashed save left (temp dirs, a same-step replacement).
         2. From newest to oldest: read every file, check its sha256, parse and validate it
@@ -130,10 +152,15 @@ class CheckpointStore:
             self._clean_stale()
             for step, path in self._checkpoint_dirs():
                 try:
-                    loaded = read_checkpoint(path, step, model, optimizer, scheduler)
+                    if world_size is not None:
+                        written = TrainerState(0, 0, "", {}, {}, extra=read_meta(path, step).extra)
+                        check_world_size(written, world_size, str(path))
+                    loaded = read_checkpoint(path, step, model, optimizer, scheduler, rank)
                     apply_checkpoint(
                         loaded, model, optimizer, scheduler, restore_rng_state=restore_rng
                     )
+                except WorldSizeMismatch:
+                    raise
                 except CheckpointError as exc:
                     log.warning("skipping checkpoint %s: %s", path, exc)
                     continue
@@ -243,10 +270,15 @@ class CheckpointStore:
             shutil.rmtree(path)
         fsync_dir(self.root)
 
-    def _clean_stale(self) -> None:
-        """Remove leftovers of crashed saves; caller holds the lock, so no save is running."""
+    def _clean_stale(self, keep: set[Path] | None = None) -> None:
+        """Remove leftovers of crashed saves; caller holds the lock, so no save is running
+        (``keep``: the ranks' staged files of the save about to run)."""
         for entry in self.root.iterdir():
-            if entry.name.startswith(_TMP) and entry.is_dir():
+            if entry.name.startswith(STAGING_PREFIX) and entry.is_dir():
+                if entry not in (keep or set()):
+                    log.warning("removing %s, staged by a save that did not finish", entry)
+                    shutil.rmtree(entry)
+            elif entry.name.startswith(_TMP) and entry.is_dir():
                 log.warning("removing %s, left by a save that did not finish", entry)
                 shutil.rmtree(entry)
             elif entry.name.startswith(_REPLACED) and entry.is_dir():

@@ -25,6 +25,11 @@ b. Rank 0 writes weights, optimizer, step S and the union of the offsets into a 
 c. A second barrier: no rank commits offsets to the consumer group, nor takes step S + 1's
    checkpoint decision, before the commit exists.
 
+With ``row_wise`` tables (:mod:`streamtrain.distributed.row_exchange`) the weights differ per
+rank: in phase b every other rank first stages its own model and optimizer files and hands
+their digests to rank 0, which moves them into the same directory before the commit
+(:mod:`streamtrain.checkpoint.shards`); on restart each rank reads its own.
+
 The checkpoint directory must be one every rank reads (one host, or shared storage): on a
 restart every rank restores the same ``step-S`` and seeks its own partitions.
 """
@@ -42,8 +47,15 @@ import torch.distributed as dist
 
 from streamtrain import health, metrics
 from streamtrain.batch import Batch
-from streamtrain.checkpoint import TrainerState, check_world_size
+from streamtrain.checkpoint import TrainerState
+from streamtrain.checkpoint.shards import (
+    SHARD_FILES,
+    digests_to_tensor,
+    stage_shard,
+    tensor_to_digests,
+)
 from streamtrain.distributed.group import RankGroup
+from streamtrain.distributed.row_exchange import attach_row_exchange
 from streamtrain.distributed.sparse_sync import sparse_embedding_weights
 from streamtrain.distributed.step_sync import (
     GradientSync,
@@ -76,7 +88,10 @@ class LockstepTrainer(Trainer):
         self._group = group
         self._failed = False
         self._all_partitions = tuple(sorted(all_partitions))
-        self._learner.step_reducer = GradientSync(sparse_embedding_weights(self._learner.model))
+        exchange, self._sharded = attach_row_exchange(self._learner.model)
+        self._learner.step_reducer = GradientSync(
+            sparse_embedding_weights(self._learner.model), exchange, self._sharded
+        )
         attach_moments_sync(self._learner.model)
         attach_loss_sync(self._learner.model)
         # NCCL reduces device tensors only; gloo reduces host tensors
@@ -90,17 +105,23 @@ class LockstepTrainer(Trainer):
         """Every rank restores the same checkpoint, refuses another world size, and starts
         from rank 0's weights.
 
-        1. Load the newest valid checkpoint; refuse it if another world size wrote it.
+        1. Load the newest valid checkpoint (a sharded model: this rank's own files); refuse
+           it if another world size wrote it.
         2. Agree on the step: the ranks must have restored the same checkpoint (a run that has
            learned nothing yet takes the highest first version any rank saw on the snapshot
            topic, as a single trainer does).
         3. Seek this rank's partitions to their offsets in the checkpoint.
-        4. Broadcast rank 0's parameters and buffers: identical starting weights everywhere.
+        4. Broadcast rank 0's parameters and buffers: identical starting weights everywhere
+           (row-wise shards excepted: each rank keeps its own rows).
         """
         learner = self._learner
-        state = self._checkpoints.load_latest(learner.model, learner.optimizer, learner.scheduler)
-        if state is not None:
-            check_world_size(state, self._group.world_size, str(self._checkpoints.root))
+        state = self._checkpoints.load_latest(
+            learner.model,
+            learner.optimizer,
+            learner.scheduler,
+            world_size=self._group.world_size,
+            rank=self._group.rank if self._sharded else 0,
+        )
         positions = self._source.positions()
         step = self._first_version() if state is None else self._resumed_step(state)
         steps = torch.tensor([step, -step], dtype=torch.int64, device=self._comm)
@@ -111,8 +132,10 @@ class LockstepTrainer(Trainer):
                 f"ranks restored different checkpoints (steps {low} to {high}) from "
                 f"{self._checkpoints.root}: every rank must read the same checkpoint directory"
             )
+        own = {id(p) for p in self._sharded}
         for tensor in [*learner.model.parameters(), *learner.model.buffers()]:
-            dist.broadcast(tensor.data, src=0)
+            if id(tensor) not in own:
+                dist.broadcast(tensor.data, src=0)
         learner.snapshot_good_state()
         if state is None:
             self._progress = TrainProgress(step=high, offsets=positions)
@@ -249,6 +272,7 @@ class LockstepTrainer(Trainer):
     def _checkpoint(self, prefetch: PrefetchingSource) -> None:
         progress = self._progress
         offsets = self._gather_offsets(progress.offsets)  # phase a: every rank's part
+        rank_digests = self._stage_shards(progress.step) if self._sharded else None
         if self._group.is_leader:  # phase b: one writer, the rename commits
             state = TrainerState(
                 step=progress.step,
@@ -259,13 +283,30 @@ class LockstepTrainer(Trainer):
                 data_watermark=progress.watermark,
                 extra={"world_size": self._group.world_size},
             )
-            self._checkpoints.save(state, *self._learner_parts())
+            self._checkpoints.save(state, *self._learner_parts(), rank_digests=rank_digests)
         dist.barrier()  # phase c: the commit exists before anyone relies on it
         self._checkpoint_policy.mark(progress.step)
         self._unsaved_since = None
         self._checkpointed = (progress.step, dict(progress.offsets))
         own = {p: o for p, o in progress.offsets.items() if p in self._source.positions()}
         prefetch.request_commit(own)
+
+    def _stage_shards(self, step: int) -> dict[int, dict[str, str]]:
+        """Every rank but 0 stages its own model and optimizer files for ``step``; rank 0
+        gets their digests by rank. The all-gather returns only once every rank has staged."""
+        packed = torch.zeros((len(SHARD_FILES), 32), dtype=torch.uint8)
+        if not self._group.is_leader:
+            model, optimizer, _ = self._learner_parts()
+            digests = stage_shard(
+                self._checkpoints.root, step, self._group.rank, model, optimizer
+            )
+            packed = digests_to_tensor(digests)
+        packed = packed.to(self._comm)
+        gathered = [torch.empty_like(packed) for _ in range(self._group.world_size)]
+        dist.all_gather(gathered, packed)
+        return {
+            r: tensor_to_digests(r, gathered[r].cpu()) for r in range(1, self._group.world_size)
+        }
 
     def _gather_offsets(self, mine: dict[int, int]) -> dict[int, int]:
         values = [mine.get(p, -1) for p in self._all_partitions]

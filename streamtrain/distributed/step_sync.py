@@ -9,7 +9,10 @@ a single-process step on the union batch (up to float summation order).
 
 Row-sparse embedding weights (``sparse=True`` tables) stay out of that buffer: their gradients
 name only the touched rows, and every rank all-gathers the others' rows instead
-(:mod:`streamtrain.distributed.sparse_sync`).
+(:mod:`streamtrain.distributed.sparse_sync`). The shards of ``row_wise`` tables take neither
+path: each rank sends its lookups' gradients to their owners by all-to-all
+(:mod:`streamtrain.distributed.row_exchange`), and only the squared norm of every shard's
+gradient joins the buffer, so a non-finite row on any rank rejects the step on every rank.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import torch.distributed as dist
 from torch import nn
 
 from streamtrain import metrics
+from streamtrain.distributed.row_exchange import RowExchange
 from streamtrain.distributed.sparse_sync import gather_ids, gather_sparse_grads
 from streamtrain.train.models.hedge import find_mixer
 from streamtrain.train.models.standardize import OnlineStandardize
@@ -30,11 +34,22 @@ from streamtrain.train.models.standardize import OnlineStandardize
 class GradientSync:
     """Called by :class:`~streamtrain.train.learner.Learner` between backward and the guard.
 
-    ``sparse``: the parameters whose gradients are sparse (``sparse_embedding_weights``).
+    ``sparse``: the parameters whose gradients are sparse (``sparse_embedding_weights``);
+    ``exchange`` and ``sharded``: the row exchange and the weights of this rank's row-wise
+    shards (``attach_row_exchange``), which leave the all-gather for the all-to-all.
     """
 
-    def __init__(self, sparse: Iterable[torch.Tensor] = ()) -> None:
-        self._sparse = {id(p) for p in sparse}
+    def __init__(
+        self,
+        sparse: Iterable[torch.Tensor] = (),
+        exchange: RowExchange | None = None,
+        sharded: Iterable[nn.Parameter] = (),
+    ) -> None:
+        self._sharded = list(sharded)
+        self._exchange = exchange
+        if self._sharded and exchange is None:
+            raise ValueError("row-wise shards need the row exchange that reads them")
+        self._sparse = {id(p) for p in sparse} | {id(p) for p in self._sharded}
         # only a trainer with several ranks exports the all-reduce time
         metrics.export_on_first_value(metrics.TRAINER_REGISTRY, metrics.TRAIN_ALLREDUCE_SECONDS)
 
@@ -54,10 +69,24 @@ class GradientSync:
         2. All-reduce it (sum). A NaN or inf on any rank reaches every rank.
         3. Divide by ``W`` and write the gradients back.
         4. Sparse gradients: all-gather every rank's ``W_r *`` rows, sum, divide by ``W``.
+
+        Row-wise shards go first (before 1): every rank sends its lookups' ``W_r *``
+        gradients to their owners (all-to-all); the squared norm of what this rank's shards
+        received joins the buffer's scalars, and after 3 each shard's sum is divided by ``W``.
         """
         total_weight = weights.sum().to(torch.float32)
+        sharded_ids = {id(p) for p in self._sharded}
         dense = [p for p in params if id(p) not in self._sparse]
-        sparse = [p for p in params if id(p) in self._sparse]
+        sparse = [p for p in params if id(p) in self._sparse and id(p) not in sharded_ids]
+        shard_grads = (
+            self._exchange.push_gradients(self._sharded, total_weight)
+            if self._exchange is not None
+            else {}
+        )
+        shard_square = sum(
+            (g.values().float().square().sum() for g in shard_grads.values()),
+            torch.zeros((), device=loss.device),
+        )
         parts = [
             (p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).float()
             * total_weight
@@ -71,19 +100,31 @@ class GradientSync:
                 score_sum.float(),
             ]
         )
-        buffer = torch.cat([*parts, scalars.to(loss.device)])
+        buffer = torch.cat([*parts, shard_square.reshape(1), scalars.to(loss.device)])
         started = time.perf_counter()
         dist.all_reduce(buffer)
         union_samples = int(buffer[-2].item())  # also waits for an asynchronous (NCCL) reduce
         weight = buffer[-3].clamp_min(torch.finfo(torch.float32).tiny)
         gather_sparse_grads(sparse, total_weight, weight)
+        for p in self._sharded:
+            summed = shard_grads[id(p)]
+            p.grad = torch.sparse_coo_tensor(
+                summed.indices(),
+                (summed.values() / weight).to(p.dtype),
+                p.shape,
+                is_coalesced=True,
+                check_invariants=False,
+            )
         metrics.TRAIN_ALLREDUCE_SECONDS.observe(time.perf_counter() - started)
         offset = 0
         for p in dense:
             size = p.numel()
             p.grad = (buffer[offset : offset + size] / weight).view_as(p).to(p.dtype)
             offset += size
-        return buffer[-4] / weight, buffer[-1], union_samples
+        union_loss = buffer[-4] / weight
+        if self._sharded and not bool(torch.isfinite(buffer[-5])):  # a rank's shard holds a non-finite row
+            union_loss = torch.full_like(union_loss, float("nan"))
+        return union_loss, buffer[-1], union_samples
 
     def gather_ids(self, ids: list[torch.Tensor]) -> list[torch.Tensor]:
         """The union batch's IDs of each dynamic table (``sparse_sync.gather_ids``)."""

@@ -37,7 +37,7 @@ from torch.optim.lr_scheduler import LRScheduler
 
 from streamtrain import health, metrics
 from streamtrain.batch import Batch
-from streamtrain.checkpoint import CheckpointStore, TrainerState, check_world_size
+from streamtrain.checkpoint import CheckpointStore, TrainerState
 from streamtrain.checkpoint.meta import TOPIC_ID
 from streamtrain.ingest.device import to_device
 from streamtrain.train.cadence import EveryPolicy
@@ -156,7 +156,8 @@ class Trainer:
 
     def restore(self) -> int | None:
         """Load the newest valid checkpoint and seek the source to its offsets."""
-        state = self._checkpoints.load_latest(*self._learner_parts())
+        # another world size is refused before the model is read (a sharded one's shapes differ)
+        state = self._checkpoints.load_latest(*self._learner_parts(), world_size=1)
         positions = self._source.positions()
         if state is None:
             # A fresh run continues the version sequence servers already follow, so its
@@ -166,7 +167,6 @@ class Trainer:
             self._checkpoint_policy.mark(self._progress.step)
             self._checkpointed = (self._progress.step, dict(positions))
             return None
-        check_world_size(state, 1, str(self._checkpoints.root))
         self._run_id = state.run_id
         self._progress = TrainProgress(
             step=self._resumed_step(state),

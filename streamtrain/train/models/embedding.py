@@ -32,6 +32,7 @@ from torch.nn import functional as F
 from streamtrain.sparse_tensors import JaggedTensor, SparseInput
 from streamtrain.spec import SparseFeature
 from streamtrain.train.models.dynamic_table import DynamicMapping, Observed
+from streamtrain.train.models.row_layout import RowLookup, ShardLayout
 from streamtrain.train.models.sparse_params import TableSettings
 
 Pooling = Literal["sum", "mean"]
@@ -61,8 +62,6 @@ class EmbeddingTables(nn.Module):
         divides by the sum of the ID weights; a sample without IDs pools to zeros).
 
         >>> from streamtrain.spec import SparseFeature
-    from streamtrain.train.models.dynamic_table import DynamicMapping, Observed
-    from streamtrain.train.models.sparse_params import TableSettings
         >>> tables = EmbeddingTables([SparseFeature("items", "items")], dim=4, rows=100)
         >>> x = {"items": JaggedTensor.from_lists([[1, 2], [], [3]])}
         >>> tables.pooled(x)["items"].shape
@@ -114,10 +113,21 @@ class EmbeddingTables(nn.Module):
                 raise ValueError(
                     f"table name {table!r} must be a Python identifier (letters, digits, _)"
                 )
+        # a row_wise table on rank r of n holds only its share of the rows (row_layout.py);
+        # self.rows keeps the global size, which the IDs hash onto
+        self.layout = ShardLayout.current()
+        row_wise = {t for t, k in (kinds or {}).items() if k.sharding == "row_wise"}
+        self.sharded = row_wise if self.layout.sharded else set()
+        self.exchange: RowLookup | None = None  # attached by the distributed trainer
         # "t_" keeps a table called e.g. "items" clear of ModuleDict's own attributes
         self.tables = nn.ModuleDict(
             {
-                _key(t): nn.EmbeddingBag(n, dim, mode="sum", sparse=True)
+                _key(t): nn.EmbeddingBag(
+                    self.layout.local_rows(n) if t in self.sharded else n,
+                    dim,
+                    mode="sum",
+                    sparse=True,
+                )
                 for t, n in self.rows.items()
             }
         )
@@ -134,12 +144,26 @@ class EmbeddingTables(nn.Module):
     def row_sparse_parameters(self) -> list[str]:
         return [f"tables.{key}.weight" for key in self.tables]
 
-    def _weight(self, table: str) -> torch.Tensor:
+    @property
+    def sharded_weights(self) -> list[nn.Parameter]:
+        """The weights of the tables this rank holds a row-wise shard of."""
+        return [self._weight(t) for t in sorted(self.sharded)]
+
+    def _lookup(self, table: str, rows: torch.Tensor) -> torch.Tensor:
+        """Each global row's values ``[len(rows), dim]`` of a sharded table, from its owner."""
+        if self.exchange is None:
+            raise RuntimeError(
+                f"table {table!r} is sharded row_wise over {self.layout.world} ranks: its rows "
+                "are read through the distributed trainer's row exchange, which is not attached"
+            )
+        return self.exchange.lookup(self._weight(table), rows)
+
+    def _weight(self, table: str) -> nn.Parameter:
         bag = self.tables[_key(table)]
         assert isinstance(bag, nn.EmbeddingBag)
         return bag.weight
 
-    def _weights(self) -> list[torch.Tensor]:
+    def _weights(self) -> list[nn.Parameter]:
         return [self._weight(t) for t in self.rows]
 
     def _rows(self, feature: SparseFeature, x: JaggedTensor) -> torch.Tensor:
@@ -244,8 +268,16 @@ class EmbeddingTables(nn.Module):
         out = {}
         for feature in self.features:
             x = sparse[feature.name]
-            bag = self.tables[_key(feature.table)]
-            total = bag(self._rows(feature, x), x.offsets, per_sample_weights=x.weights)
+            if feature.table in self.sharded:
+                # each ID's row, fetched from its owner, pooled here as the table would
+                values = self._lookup(feature.table, self._rows(feature, x))
+                positions = torch.arange(values.shape[0], device=values.device)
+                total = F.embedding_bag(
+                    positions, values, x.offsets, mode="sum", per_sample_weights=x.weights
+                )
+            else:
+                bag = self.tables[_key(feature.table)]
+                total = bag(self._rows(feature, x), x.offsets, per_sample_weights=x.weights)
             if self.pooling[feature.name] == "mean":
                 denom = torch.zeros(x.size, device=x.weights.device, dtype=x.weights.dtype)
                 denom.index_add_(0, x.bag_index(), x.weights)
@@ -259,8 +291,10 @@ class EmbeddingTables(nn.Module):
         out = []
         for feature in self.features:
             x = sparse[feature.name]
-            weight = self._weight(feature.table)
-            rows = F.embedding(self._rows(feature, x), weight, sparse=True)
+            if feature.table in self.sharded:
+                rows = self._lookup(feature.table, self._rows(feature, x))
+            else:
+                rows = F.embedding(self._rows(feature, x), self._weight(feature.table), sparse=True)
             out.append((rows, x.bag_index(), x))
         return out
 

@@ -41,6 +41,10 @@ class TableSettings(ModelParams):
         0, ge=0, description="dynamic: free the row of an ID unseen this many steps (0: never)."
     )
     seed: int = Field(0, description="dynamic: seed of the admission draws and row resets.")
+    sharding: Literal["replicated", "row_wise"] = Field(
+        "replicated",
+        description="Several ranks: every rank holds the table, or each holds 1/N of its rows.",
+    )
 
     @model_validator(mode="after")
     def _check_kind(self) -> TableSettings:
@@ -53,6 +57,11 @@ class TableSettings(ModelParams):
                 )
         elif self.capacity < 1:
             raise ValueError("a dynamic table needs capacity >= 1 (rows owned by admitted IDs)")
+        if self.kind == "dynamic" and self.sharding == "row_wise":
+            raise ValueError(
+                "sharding row_wise applies to hashed tables only (a dynamic table's admission "
+                "state is replicated): use sharding: replicated, or kind: hashed"
+            )
         return self
 
     @property
