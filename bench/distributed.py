@@ -17,6 +17,8 @@ Run: ``.venv/bin/python bench/distributed.py [--steps 300] [--batch 256] [--size
    rows and values, sum, coalesce) and of the row-wise Adagrad step on the result, beside a
    dense all-reduce of the whole table (what a dense gradient would cost), medians of
    ``--repeats``.
+4. ``--sharded`` (alone): a row-wise sharded table too big for one rank's memory cap, beside
+   the replicated layout where it fits (``bench/sharded_tables.py``).
 
 Every figure comes from processes on this machine, in one run, side by side.
 """
@@ -36,6 +38,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from sharded_tables import sharded_section
 
 from streamtrain import metrics
 from streamtrain.distributed.sparse_sync import gather_sparse_grads
@@ -169,12 +174,23 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=64)
     parser.add_argument("--touched", type=int, nargs="+", default=[256, 4096, 16384, 65536])
     parser.add_argument("--only-sparse", action="store_true", help="run section 3 alone")
+    parser.add_argument(
+        "--sharded", action="store_true", help="run section 4 alone (bench/sharded_tables.py)"
+    )
+    parser.add_argument("--rows", type=int, default=1 << 20, help="section 4's big table")
+    parser.add_argument("--small-rows", type=int, default=1 << 18, help="section 4's small table")
+    parser.add_argument("--cap-mb", type=int, default=800, help="section 4's RLIMIT_AS margin")
+    parser.add_argument("--ids", type=int, default=8, help="section 4: IDs per sample")
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     torch.set_num_threads(1)
     params = sum(p.numel() for p in _learner().model.parameters())
     print(f"cores: {os.cpu_count()}; MLP 16-64-2 ({params} parameters), Adam, batch {args.batch}")
 
+    if args.sharded:
+        args.steps = min(args.steps, 100)
+        sharded_section(args)
+        return
     if not args.only_sparse:
         _dense_sections(args)
     _sparse_section(args)

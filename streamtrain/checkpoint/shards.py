@@ -82,5 +82,6 @@ def tensor_to_digests(rank: int, packed: torch.Tensor) -> dict[str, str]:
     """Rank ``rank``'s digests as ``meta.json`` keys (``rank-<r>/<file>``) and hex values."""
     rows = packed.reshape(len(SHARD_FILES), _DIGEST_BYTES).tolist()
     return {
-        shard_file(rank, name): bytes(row).hex() for name, row in zip(SHARD_FILES, rows, strict=True)
+        shard_file(rank, name): bytes(row).hex()
+        for name, row in zip(SHARD_FILES, rows, strict=True)
     }

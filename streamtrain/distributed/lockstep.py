@@ -11,7 +11,8 @@ small all-reduce, the *vote*, so that no rank ever waits in a collective the oth
 3. If any rank holds samples, every rank steps (an empty batch where it has none): the learner's
    :class:`~streamtrain.distributed.step_sync.GradientSync` makes it the union-batch step, so
    the step counter, ``samples_seen`` and the rolling metrics are the same on every rank.
-4. Rank 0 alone publishes snapshots (the other ranks have no sink).
+4. Rank 0 alone publishes snapshots (the other ranks have no sink); with ``row_wise``
+   tables every rank first sends it its shards' rows (:mod:`.shard_snapshot`).
 5. If any rank's checkpoint cadence expired, every rank checkpoints (:meth:`_checkpoint`).
 
 Checkpoints are one consistent cut. The weights and optimizer state are identical on every
@@ -56,6 +57,7 @@ from streamtrain.checkpoint.shards import (
 )
 from streamtrain.distributed.group import RankGroup
 from streamtrain.distributed.row_exchange import attach_row_exchange
+from streamtrain.distributed.shard_snapshot import assemble_snapshot, sharded_names
 from streamtrain.distributed.sparse_sync import sparse_embedding_weights
 from streamtrain.distributed.step_sync import (
     GradientSync,
@@ -64,6 +66,7 @@ from streamtrain.distributed.step_sync import (
 )
 from streamtrain.jagged import SparseRows
 from streamtrain.train.loop import POLL_SECONDS, Trainer
+from streamtrain.train.models.row_layout import ShardLayout
 from streamtrain.train.prefetch import PrefetchingSource
 from streamtrain.train.progress import TrainProgress
 from streamtrain.train.throughput import ThroughputGauge
@@ -89,6 +92,7 @@ class LockstepTrainer(Trainer):
         self._failed = False
         self._all_partitions = tuple(sorted(all_partitions))
         exchange, self._sharded = attach_row_exchange(self._learner.model)
+        self._layout = ShardLayout(group.rank, group.world_size)
         self._learner.step_reducer = GradientSync(
             sparse_embedding_weights(self._learner.model), exchange, self._sharded
         )
@@ -132,9 +136,9 @@ class LockstepTrainer(Trainer):
                 f"ranks restored different checkpoints (steps {low} to {high}) from "
                 f"{self._checkpoints.root}: every rank must read the same checkpoint directory"
             )
-        own = {id(p) for p in self._sharded}
+        shards = {id(p) for p in self._sharded}
         for tensor in [*learner.model.parameters(), *learner.model.buffers()]:
-            if id(tensor) not in own:
+            if id(tensor) not in shards:
                 dist.broadcast(tensor.data, src=0)
         learner.snapshot_good_state()
         if state is None:
@@ -291,15 +295,31 @@ class LockstepTrainer(Trainer):
         own = {p: o for p, o in progress.offsets.items() if p in self._source.positions()}
         prefetch.request_commit(own)
 
+    def _maybe_snapshot(self, force: bool = False) -> None:
+        """Replicated weights: rank 0 publishes alone. Row-wise shards: rank 0 decides and
+        broadcasts the decision, then every rank sends it its rows (:mod:`.shard_snapshot`)."""
+        if not self._sharded:
+            super()._maybe_snapshot(force)
+            return
+        due = int(self._group.is_leader and self._snapshot_due(force))
+        flag = torch.tensor([due], dtype=torch.int64, device=self._comm)
+        dist.broadcast(flag, src=0)
+        if not int(flag):
+            return
+        model = self._learner.model
+        tensors, wait_ready, rows = assemble_snapshot(
+            model, self._row_tracker, sharded_names(model), self._layout, self._comm
+        )
+        if self._group.is_leader:
+            self._publish(tensors, wait_ready, rows)
+
     def _stage_shards(self, step: int) -> dict[int, dict[str, str]]:
         """Every rank but 0 stages its own model and optimizer files for ``step``; rank 0
         gets their digests by rank. The all-gather returns only once every rank has staged."""
         packed = torch.zeros((len(SHARD_FILES), 32), dtype=torch.uint8)
         if not self._group.is_leader:
             model, optimizer, _ = self._learner_parts()
-            digests = stage_shard(
-                self._checkpoints.root, step, self._group.rank, model, optimizer
-            )
+            digests = stage_shard(self._checkpoints.root, step, self._group.rank, model, optimizer)
             packed = digests_to_tensor(digests)
         packed = packed.to(self._comm)
         gathered = [torch.empty_like(packed) for _ in range(self._group.world_size)]

@@ -23,6 +23,7 @@ NCCL alike; TorchRec's CPU planner offers only table-wise sharding (docs/scaling
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -37,7 +38,7 @@ from streamtrain.train.models.row_layout import ShardLayout
 class _Fetched:
     """One lookup whose gradient is still to travel back to the owners."""
 
-    weight: nn.Parameter
+    weight: torch.Tensor
     leaf: torch.Tensor  # [sent rows, dim], in the order the rows were sent
     sent: list[int]  # rows sent to each rank
     received: list[int]  # rows received from each rank
@@ -72,7 +73,7 @@ class RowExchange:
         stats, self.stats = self.stats, ExchangeStats()
         return stats
 
-    def lookup(self, weight: nn.Parameter, rows: torch.Tensor) -> torch.Tensor:
+    def lookup(self, weight: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """Each global row's values ``[len(rows), dim]``, read from its owner."""
         layout = self._layout
         unique, inverse = torch.unique(rows, return_inverse=True)
@@ -97,7 +98,7 @@ class RowExchange:
         return values
 
     def push_gradients(
-        self, weights: list[nn.Parameter], scale: torch.Tensor
+        self, weights: Sequence[torch.Tensor], scale: torch.Tensor
     ) -> dict[int, torch.Tensor]:
         """Send every pending lookup's gradient, times ``scale`` (``W_r``), to its owners;
         return per weight (by ``id``) the summed, coalesced sparse gradient of this rank's
@@ -120,7 +121,10 @@ class RowExchange:
         for w in weights:
             rows, values = parts[id(w)]
             if not rows:
-                rows, values = [w.new_empty((0,), dtype=torch.int64)], [w.new_empty((0, *w.shape[1:]))]
+                rows, values = (
+                    [w.new_empty((0,), dtype=torch.int64)],
+                    [w.new_empty((0, *w.shape[1:]))],
+                )
             out[id(w)] = torch.sparse_coo_tensor(
                 torch.cat(rows).unsqueeze(0), torch.cat(values), w.shape, check_invariants=False
             ).coalesce()

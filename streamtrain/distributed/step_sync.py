@@ -122,7 +122,9 @@ class GradientSync:
             p.grad = (buffer[offset : offset + size] / weight).view_as(p).to(p.dtype)
             offset += size
         union_loss = buffer[-4] / weight
-        if self._sharded and not bool(torch.isfinite(buffer[-5])):  # a rank's shard holds a non-finite row
+        if self._sharded and not bool(
+            torch.isfinite(buffer[-5])
+        ):  # a rank's shard holds a non-finite row
             union_loss = torch.full_like(union_loss, float("nan"))
         return union_loss, buffer[-1], union_samples
 

@@ -326,22 +326,39 @@ class Trainer:
         metrics.TRAIN_LEARNING_RATE.set(self._learner.learning_rate)
 
     def _maybe_snapshot(self, force: bool = False) -> None:
+        if not self._snapshot_due(force):
+            return
+        rows = None if self._row_tracker is None else self._row_tracker.take()
+        tensors, wait_ready = copy_weights(self._learner.model, rows)
+        self._publish(tensors, wait_ready, rows)
+
+    def _snapshot_due(self, force: bool) -> bool:
+        """Whether this step publishes: a sink, something learned, the policy (or ``force``)
+        and the promotion gate agree; a held snapshot waits a full period."""
         step = self._progress.step
         if self._sink is None or step == self._last_snapshot_step:
-            return
+            return False
         if self._progress.samples_seen == 0:
-            return  # never serve what was not learned (semantics 4)
+            return False  # never serve what was not learned (semantics 4)
         if not force and not self._snapshot_policy.expired(step):
-            return
+            return False
         if self._gate is not None:
             if self._pending_scores:
                 self._flush_scores()  # judge on every step the snapshot holds
             if not self._gate.admit(step, self._rolling.loss, self._rolling.score):
                 self._snapshot_policy.mark(step)  # held: wait a full period before the next try
                 self._last_snapshot_step = step
-                return
-        rows = None if self._row_tracker is None else self._row_tracker.take()
-        tensors, wait_ready = copy_weights(self._learner.model, rows)
+                return False
+        return True
+
+    def _publish(
+        self,
+        tensors: dict[str, torch.Tensor],
+        wait_ready: Callable[[], None],
+        rows: dict[str, torch.Tensor] | None,
+    ) -> None:
+        assert self._sink is not None  # _snapshot_due said so
+        step = self._progress.step
         self._sink.offer(
             SnapshotRequest(
                 version=step,

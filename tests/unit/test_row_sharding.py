@@ -61,10 +61,12 @@ def _batches() -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[Any]
             x[a, 1] = float("nan")
         ids = [
             (
-                torch.randint(0, 500, (int(torch.randint(1, 3, (1,), generator=g)),), generator=g)
-                .tolist(),
-                torch.randint(0, 500, (int(torch.randint(0, 5, (1,), generator=g)),), generator=g)
-                .tolist(),
+                torch.randint(
+                    0, 500, (int(torch.randint(1, 3, (1,), generator=g)),), generator=g
+                ).tolist(),
+                torch.randint(
+                    0, 500, (int(torch.randint(0, 5, (1,), generator=g)),), generator=g
+                ).tolist(),
             )
             for _ in range(n)
         ]
@@ -159,7 +161,7 @@ def test_row_wise_step_equals_union_step(tmp_path: Path) -> None:
 def test_layout_splits_rows_by_modulo() -> None:
     for rows in (1, 2, 7, 41):
         shares = [ShardLayout(r, 3).owned(rows).tolist() for r in range(3)]
-        assert sorted(sum(shares, [])) == list(range(rows))
+        assert sorted(row for share in shares for row in share) == list(range(rows))
         assert [ShardLayout(r, 3).local_rows(rows) for r in range(3)] == [len(s) for s in shares]
         for r, share in enumerate(shares):
             assert ShardLayout(r, 3).local(torch.tensor(share, dtype=torch.int64)).tolist() == (

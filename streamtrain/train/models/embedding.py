@@ -23,7 +23,7 @@ and writes only those rows with a row-wise optimizer (Adagrad, or SGD without mo
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 from torch import nn
@@ -58,14 +58,14 @@ def hash_rows(ids: torch.Tensor, rows: int) -> torch.Tensor:
 
 class EmbeddingTables(nn.Module):
     """The tables of ``features`` (``rows`` each unless ``table_rows`` says otherwise) and the
-        per-feature pooling: ``sum`` or ``mean`` of the weighted rows of a sample's IDs (a mean
-        divides by the sum of the ID weights; a sample without IDs pools to zeros).
+    per-feature pooling: ``sum`` or ``mean`` of the weighted rows of a sample's IDs (a mean
+    divides by the sum of the ID weights; a sample without IDs pools to zeros).
 
-        >>> from streamtrain.spec import SparseFeature
-        >>> tables = EmbeddingTables([SparseFeature("items", "items")], dim=4, rows=100)
-        >>> x = {"items": JaggedTensor.from_lists([[1, 2], [], [3]])}
-        >>> tables.pooled(x)["items"].shape
-        torch.Size([3, 4])
+    >>> from streamtrain.spec import SparseFeature
+    >>> tables = EmbeddingTables([SparseFeature("items", "items")], dim=4, rows=100)
+    >>> x = {"items": JaggedTensor.from_lists([[1, 2], [], [3]])}
+    >>> tables.pooled(x)["items"].shape
+    torch.Size([3, 4])
     """
 
     def __init__(
@@ -147,7 +147,12 @@ class EmbeddingTables(nn.Module):
     @property
     def sharded_weights(self) -> list[nn.Parameter]:
         """The weights of the tables this rank holds a row-wise shard of."""
-        return [self._weight(t) for t in sorted(self.sharded)]
+        return [cast(nn.Parameter, self._weight(t)) for t in sorted(self.sharded)]
+
+    @property
+    def sharded_rows(self) -> dict[str, int]:
+        """The sharded weights' state names below this module, with the global row count."""
+        return {f"tables.{_key(t)}.weight": self.rows[t] for t in sorted(self.sharded)}
 
     def _lookup(self, table: str, rows: torch.Tensor) -> torch.Tensor:
         """Each global row's values ``[len(rows), dim]`` of a sharded table, from its owner."""
@@ -158,12 +163,12 @@ class EmbeddingTables(nn.Module):
             )
         return self.exchange.lookup(self._weight(table), rows)
 
-    def _weight(self, table: str) -> nn.Parameter:
+    def _weight(self, table: str) -> torch.Tensor:
         bag = self.tables[_key(table)]
         assert isinstance(bag, nn.EmbeddingBag)
         return bag.weight
 
-    def _weights(self) -> list[nn.Parameter]:
+    def _weights(self) -> list[torch.Tensor]:
         return [self._weight(t) for t in self.rows]
 
     def _rows(self, feature: SparseFeature, x: JaggedTensor) -> torch.Tensor:

@@ -19,7 +19,6 @@ from typing import Protocol
 
 import torch
 import torch.distributed as dist
-from torch import nn
 
 
 @dataclass(frozen=True)
@@ -51,7 +50,7 @@ class ShardLayout:
 
     def owned(self, rows: int) -> torch.Tensor:
         """The global rows this rank holds, in local order."""
-        return torch.arange(self.rank, rows, self.world, dtype=torch.int64)
+        return torch.arange(min(self.rank, rows), rows, self.world, dtype=torch.int64)
 
     def owner(self, rows: torch.Tensor) -> torch.Tensor:
         return torch.remainder(rows, self.world)
@@ -66,4 +65,4 @@ class RowLookup(Protocol):
     ``[len(rows), dim]`` differentiable towards their owners (the exchange carries the
     gradient back in the step's reduction)."""
 
-    def lookup(self, weight: nn.Parameter, rows: torch.Tensor) -> torch.Tensor: ...
+    def lookup(self, weight: torch.Tensor, rows: torch.Tensor) -> torch.Tensor: ...
