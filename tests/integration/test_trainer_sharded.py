@@ -101,13 +101,15 @@ def _env(bootstrap: str, name: str, root: Path, run: str, **extra: str) -> dict[
     )
 
 
-def _finish(job: subprocess.Popen[str], timeout: float = 300) -> str:
+def _finish(job: subprocess.Popen[str], clean: bool = True, timeout: float = 300) -> str:
+    """The job's output once it exited 0; ``clean``: no rank failed on the way either (after
+    a kill, the surviving rank's failed collective logs one before torchrun restarts it)."""
     try:
         output, _ = job.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         raise AssertionError(f"the job did not stop within {timeout} s") from None
     assert job.returncode == 0, output
-    assert "Traceback" not in output, output
+    assert not clean or "Traceback" not in output, output
     return output
 
 
@@ -230,7 +232,7 @@ def test_kill_minus_9_of_rank_1_is_bit_identical_and_another_world_is_refused(
     with killed_on_exit(start_trainer(env, "--nproc", "2", "--max-restarts", "1")) as job:
         killed_at = wait_for_checkpoint_at_least(crash_dir, 11, timeout=180)
         os.kill(_two_ranks(job)[1], signal.SIGKILL)  # rank 1: its shard is its own alone
-        output = _finish(job)
+        output = _finish(job, clean=False)
     assert output.count("resumed from step") == 2, output
     assert newest_step(crash_dir) > killed_at
     recovered = _sharded_state(crash_dir)
