@@ -3,8 +3,8 @@
 ``ctr`` samples (the stream ``streamtrain produce --dataset ctr`` writes) feed a ``dlrm``
 whose ``users`` and ``items`` tables are ``row_wise``: each rank holds half the rows. The job
 learns; a server following its (assembled, delta) snapshots ends bit for bit on the trainer's
-final weights; ``kill -9`` of rank 1 and torchrun's restart end bit-identical to an
-uninterrupted run, every rank's shard included; a checkpoint of 2 ranks is refused by 1.
+final weights; ``kill -9`` of rank 1 (or rank 0) and torchrun's restart end bit-identical to
+an uninterrupted run, every rank's shard included; a checkpoint of 2 ranks is refused by 1.
 (Step-by-step equality with one process: tests/unit/test_row_sharding.py.)
 """
 
@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 import torch
 from safetensors.numpy import load_file
 
@@ -211,8 +212,9 @@ def _sharded_state(root: Path) -> dict[str, object]:
     return state
 
 
-def test_kill_minus_9_of_rank_1_is_bit_identical_and_another_world_is_refused(
-    kafka_bootstrap: str, unique_name: str, tmp_path: Path
+@pytest.mark.parametrize("killed", [1, 0])  # 1: a shard only it holds; 0: the committer
+def test_kill_minus_9_of_a_rank_is_bit_identical_and_another_world_is_refused(
+    killed: int, kafka_bootstrap: str, unique_name: str, tmp_path: Path
 ) -> None:
     name = unique_name
     _produce(kafka_bootstrap, f"{name}-samples", 3000)
@@ -231,7 +233,7 @@ def test_kill_minus_9_of_rank_1_is_bit_identical_and_another_world_is_refused(
     env = _env(kafka_bootstrap, name, crash_dir, "crash", **extra)
     with killed_on_exit(start_trainer(env, "--nproc", "2", "--max-restarts", "1")) as job:
         killed_at = wait_for_checkpoint_at_least(crash_dir, 11, timeout=180)
-        os.kill(_two_ranks(job)[1], signal.SIGKILL)  # rank 1: its shard is its own alone
+        os.kill(_two_ranks(job)[killed], signal.SIGKILL)
         output = _finish(job, clean=False)
     assert output.count("resumed from step") == 2, output
     assert newest_step(crash_dir) > killed_at

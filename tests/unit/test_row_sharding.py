@@ -45,9 +45,9 @@ POISONED = 3  # rank 1's slice holds a NaN there: both ranks refuse the step
 SHARD = "embeddings.tables.t_users.weight"
 
 
-def _learner() -> Learner:
+def _learner(name: str) -> Learner:
     torch.manual_seed(0)
-    model = build_model("dlrm", SPEC, PARAMS)
+    model = build_model(name, SPEC, PARAMS)
     return Learner(model, TaskHead(SPEC), build_optimizer(model.parameters(), "adagrad", lr=0.1))
 
 
@@ -89,11 +89,11 @@ def _state(learner: Learner) -> dict[str, torch.Tensor]:
     return state
 
 
-def _rank_main(rank: int, store: str, out: str) -> None:
-    reference = _learner().model.state_dict()  # built before the group: whole tables
+def _rank_main(rank: int, name: str, store: str, out: str) -> None:
+    reference = _learner(name).model.state_dict()  # built before the group: whole tables
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
     try:
-        learner = _learner()
+        learner = _learner(name)
         owned = ShardLayout(rank, 2).owned(PARAMS["rows"])
         start = {k: (v[owned] if k == SHARD else v) for k, v in reference.items()}
         learner.model.load_state_dict(start)  # the single process's starting rows
@@ -114,11 +114,15 @@ def _rank_main(rank: int, store: str, out: str) -> None:
         dist.destroy_process_group()
 
 
-def test_row_wise_step_equals_union_step(tmp_path: Path) -> None:
+@pytest.mark.parametrize("name", ["dlrm", "fm"])  # pooled lookups, and per-ID lookups
+def test_row_wise_step_equals_union_step(name: str, tmp_path: Path) -> None:
     mp.start_processes(
-        _rank_main, args=(str(tmp_path / "store"), str(tmp_path)), nprocs=2, start_method="spawn"
+        _rank_main,
+        args=(name, str(tmp_path / "store"), str(tmp_path)),
+        nprocs=2,
+        start_method="spawn",
     )
-    single = _learner()
+    single = _learner(name)
     expected = []
     for x, y, w, ids in _batches():
         result = single.learn(x, y, w, _jagged(ids))
@@ -136,16 +140,16 @@ def test_row_wise_step_equals_union_step(tmp_path: Path) -> None:
         for user, _ in ids
         for row in hash_rows(torch.tensor(user), 41).tolist()
     }
-    for name, tensor in want.items():
+    for key, tensor in want.items():
         for r, got in enumerate(ranks):
-            if name.endswith(SHARD):
+            if key.endswith(SHARD):
                 tensor_r = tensor[got["owned"]]
-                assert got[name].shape == tensor_r.shape, f"rank {r} holds the wrong rows"
-                torch.testing.assert_close(got[name], tensor_r, rtol=1e-5, atol=1e-6, msg=name)
+                assert got[key].shape == tensor_r.shape, f"rank {r} holds the wrong rows"
+                torch.testing.assert_close(got[key], tensor_r, rtol=1e-5, atol=1e-6, msg=key)
             else:
-                assert torch.equal(got[name], ranks[0][name]), f"{name} differs between ranks"
-                torch.testing.assert_close(got[name], tensor, rtol=1e-5, atol=1e-6, msg=name)
-    moved = want[SHARD] != _learner().model.state_dict()[SHARD]
+                assert torch.equal(got[key], ranks[0][key]), f"{key} differs between ranks"
+                torch.testing.assert_close(got[key], tensor, rtol=1e-5, atol=1e-6, msg=key)
+    moved = want[SHARD] != _learner(name).model.state_dict()[SHARD]
     moved_rows = set(moved.any(dim=1).nonzero().squeeze(1).tolist())
     # only rows a step read moved (a zero gradient may leave one still), on both shards
     assert moved_rows <= touched and {r % 2 for r in moved_rows} == {0, 1}
