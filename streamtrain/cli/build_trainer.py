@@ -22,9 +22,10 @@ from streamtrain.snapshot.versions import newest_version
 from streamtrain.spec import SampleSpec, spec_for_model
 from streamtrain.train.cadence import EveryPolicy
 from streamtrain.train.learner import Learner
-from streamtrain.train.loop import StopConditions, Trainer
+from streamtrain.train.loop import Trainer
 from streamtrain.train.models import build_model
 from streamtrain.train.optim import build_optimizer, build_scheduler
+from streamtrain.train.progress import StopConditions
 from streamtrain.train.promotion_gate import PromotionGate
 from streamtrain.train.row_tracker import RowTracker
 from streamtrain.train.task import TaskHead

@@ -30,7 +30,8 @@ if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
 
     from streamtrain.config import Settings
-    from streamtrain.train.loop import Trainer, TrainSummary
+    from streamtrain.train.loop import Trainer
+    from streamtrain.train.progress import TrainSummary
 
 
 @app.command(short_help="Learn from the samples topic; publish weight snapshots.")

@@ -307,11 +307,11 @@ class LockstepTrainer(Trainer):
         if not int(flag):
             return
         model = self._learner.model
-        tensors, wait_ready, rows = assemble_snapshot(
+        copied, rows = assemble_snapshot(
             model, self._row_tracker, sharded_names(model), self._layout, self._comm
         )
         if self._group.is_leader:
-            self._publish(tensors, wait_ready, rows)
+            self._publish(copied, rows)
 
     def _stage_shards(self, step: int) -> dict[int, dict[str, str]]:
         """Every rank but 0 stages its own model and optimizer files for ``step``; rank 0

@@ -49,7 +49,7 @@ class _Fetched:
 class ExchangeStats:
     """What the exchange moved since the last :meth:`RowExchange.take_stats`."""
 
-    bytes_sent: int = 0
+    bytes_sent: int = 0  # to the other ranks (not the rows a rank owns itself)
     seconds: float = 0.0
 
 
@@ -66,7 +66,9 @@ class RowExchange:
         started = time.perf_counter()
         dist.all_to_all_single(out, data, output_split_sizes=receive, input_split_sizes=send)
         self.stats.seconds += time.perf_counter() - started
-        self.stats.bytes_sent += data.numel() * data.element_size()
+        # what leaves this rank: its own split stays in memory
+        row_bytes = data[0].numel() * data.element_size() if len(data) else 0
+        self.stats.bytes_sent += (sum(send) - send[self._layout.rank]) * row_bytes
         return out
 
     def take_stats(self) -> ExchangeStats:
@@ -90,11 +92,10 @@ class RowExchange:
         if torch.is_grad_enabled() and weight.requires_grad:
             answer.requires_grad_(True)
             self._pending.append(_Fetched(weight, answer, send_counts, receive_counts, local))
-        values = torch.empty_like(answer)
         inverse_order = torch.empty_like(order)
         inverse_order[order] = torch.arange(order.numel(), device=order.device)
         # answer[i] holds the row wanted[i] = unique[order[i]]: undo the sort, then expand
-        values = answer[inverse_order][inverse]
+        values: torch.Tensor = answer[inverse_order][inverse]
         return values
 
     def push_gradients(

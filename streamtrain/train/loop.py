@@ -27,7 +27,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -45,41 +44,17 @@ from streamtrain.train.hooks import SnapshotRequest, SnapshotSink
 from streamtrain.train.learner import Learner
 from streamtrain.train.prefetch import PrefetchingSource, SampleSource
 from streamtrain.train.prequential import RollingMetrics
-from streamtrain.train.progress import TrainProgress
+from streamtrain.train.progress import StopConditions, TrainProgress, TrainSummary
 from streamtrain.train.promotion_gate import PromotionGate
 from streamtrain.train.row_tracker import RowTracker
 from streamtrain.train.throughput import ThroughputGauge
-from streamtrain.train.weights import copy_weights
+from streamtrain.train.weights import WeightsCopy, copy_weights
 
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.1  # longest wait for a batch before the cadences are checked again
 _METRICS_EVERY_STEPS = 16
 _METRICS_EVERY_SECONDS = 0.5
-
-
-@dataclass(frozen=True)
-class StopConditions:
-    max_samples: int | None = None  # stop once the model has learned from this many samples
-    stop_when_idle: float | None = None  # stop after this many seconds without any record
-
-
-@dataclass
-class TrainSummary:
-    """How a run stopped: ``step`` and ``samples_seen`` count the whole run (restored from the
-    checkpoint); ``optimizer_updates`` and ``records_rejected`` this process only."""
-
-    steps: int
-    samples_seen: int
-    run_id: str
-    stop_reason: str
-    elapsed_seconds: float
-    resumed_from_step: int | None = None
-    rolling_loss: float = math.nan
-    rolling_score: float = math.nan  # accuracy for classification, MAE for regression
-    optimizer_updates: int = 0
-    records_rejected: int = 0
-    score_name: str = "accuracy"
 
 
 class Trainer:
@@ -156,7 +131,6 @@ class Trainer:
 
     def restore(self) -> int | None:
         """Load the newest valid checkpoint and seek the source to its offsets."""
-        # another world size is refused before the model is read (a sharded one's shapes differ)
         state = self._checkpoints.load_latest(*self._learner_parts(), world_size=1)
         positions = self._source.positions()
         if state is None:
@@ -329,18 +303,15 @@ class Trainer:
         if not self._snapshot_due(force):
             return
         rows = None if self._row_tracker is None else self._row_tracker.take()
-        tensors, wait_ready = copy_weights(self._learner.model, rows)
-        self._publish(tensors, wait_ready, rows)
+        self._publish(copy_weights(self._learner.model, rows), rows)
 
     def _snapshot_due(self, force: bool) -> bool:
-        """Whether this step publishes: a sink, something learned, the policy (or ``force``)
-        and the promotion gate agree; a held snapshot waits a full period."""
+        """A sink, something learned (semantics 4: never serve what was not), the policy (or
+        ``force``) and the promotion gate agree; a held snapshot waits a full period."""
         step = self._progress.step
         if self._sink is None or step == self._last_snapshot_step:
             return False
-        if self._progress.samples_seen == 0:
-            return False  # never serve what was not learned (semantics 4)
-        if not force and not self._snapshot_policy.expired(step):
+        if self._progress.samples_seen == 0 or not (force or self._snapshot_policy.expired(step)):
             return False
         if self._gate is not None:
             if self._pending_scores:
@@ -351,23 +322,18 @@ class Trainer:
                 return False
         return True
 
-    def _publish(
-        self,
-        tensors: dict[str, torch.Tensor],
-        wait_ready: Callable[[], None],
-        rows: dict[str, torch.Tensor] | None,
-    ) -> None:
+    def _publish(self, copied: WeightsCopy, rows: Mapping[str, torch.Tensor] | None) -> None:
         assert self._sink is not None  # _snapshot_due said so
         step = self._progress.step
         self._sink.offer(
             SnapshotRequest(
                 version=step,
                 run_id=self._run_id,
-                tensors=tensors,
+                tensors=copied[0],
                 data_watermark=self._progress.watermark,
                 offsets=dict(self._progress.offsets),
                 created_at=time.time(),
-                wait_ready=wait_ready,
+                wait_ready=copied[1],
                 rows=rows,
             )
         )

@@ -1,7 +1,9 @@
-"""Where training stands, shared by the single-process and the multi-rank trainer."""
+"""Where training stands, when it stops and how it stopped, shared by the single-process and
+the multi-rank trainer."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from streamtrain.batch import Batch
@@ -28,3 +30,27 @@ class TrainProgress:
                 self.marks.pop(p, None)
             else:
                 self.marks[p] = mark
+
+
+@dataclass(frozen=True)
+class StopConditions:
+    max_samples: int | None = None  # stop once the model has learned from this many samples
+    stop_when_idle: float | None = None  # stop after this many seconds without any record
+
+
+@dataclass
+class TrainSummary:
+    """How a run stopped: ``step`` and ``samples_seen`` count the whole run (restored from the
+    checkpoint); ``optimizer_updates`` and ``records_rejected`` this process only."""
+
+    steps: int
+    samples_seen: int
+    run_id: str
+    stop_reason: str
+    elapsed_seconds: float
+    resumed_from_step: int | None = None
+    rolling_loss: float = math.nan
+    rolling_score: float = math.nan  # accuracy for classification, MAE for regression
+    optimizer_updates: int = 0
+    records_rejected: int = 0
+    score_name: str = "accuracy"

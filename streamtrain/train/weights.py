@@ -7,10 +7,11 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import nn
 
+# CPU copies of a model's tensors, and the function that waits until they are complete
+WeightsCopy = tuple[dict[str, torch.Tensor], Callable[[], None]]
 
-def copy_weights(
-    model: nn.Module, rows: Mapping[str, torch.Tensor] | None = None
-) -> tuple[dict[str, torch.Tensor], Callable[[], None]]:
+
+def copy_weights(model: nn.Module, rows: Mapping[str, torch.Tensor] | None = None) -> WeightsCopy:
     """CPU copies of every parameter and buffer, plus a function that waits for them.
 
     With ``rows`` (a delta, see ``row_tracker.py``), the tensors named there are copied only

@@ -12,7 +12,7 @@ import httpx
 
 from streamtrain import health, metrics
 from streamtrain.cli.build_trainer import build_trainer
-from streamtrain.train.loop import TrainSummary
+from streamtrain.train.progress import TrainSummary
 from tests.integration.trainer_harness import (
     FEATURES,
     checkpoint_meta,

@@ -16,9 +16,10 @@ from streamtrain.spec import SampleSpec
 from streamtrain.train.cadence import EveryPolicy
 from streamtrain.train.hooks import SnapshotRequest
 from streamtrain.train.learner import Learner
-from streamtrain.train.loop import StopConditions, Trainer, TrainSummary
+from streamtrain.train.loop import Trainer
 from streamtrain.train.models import build_model
 from streamtrain.train.optim import build_optimizer
+from streamtrain.train.progress import StopConditions, TrainSummary
 from streamtrain.train.task import TaskHead
 
 SPEC = SampleSpec(feature_shape=(4,), task="multiclass", num_classes=3)
