@@ -30,6 +30,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from streamtrain import metrics
 from streamtrain.distributed.row_exchange import attach_row_exchange
 from streamtrain.distributed.sparse_sync import sparse_embedding_weights
 from streamtrain.distributed.step_sync import GradientSync
@@ -107,20 +108,30 @@ def _train(learner: Learner, rank: int, rows: int, args: argparse.Namespace) -> 
 
     for i in range(3):  # warm-up
         step(i)
-    if exchange is not None:
-        exchange.take_stats()
     dist.barrier()
+    seconds, sent = (
+        _metric_sum(metrics.TRAIN_ALLTOALL_SECONDS),
+        _metric_sum(metrics.TRAIN_ALLTOALL_BYTES),
+    )
     started = time.perf_counter()
     for i in range(args.steps):
         step(i)
     elapsed = time.perf_counter() - started
-    stats = exchange.take_stats() if exchange is not None else None
-    unique = max(
-        int(torch.unique(hash_rows(ids, rows)).numel()) for *_, ids in batches
-    )  # the replicated all-gather's padded rows, upper bound over this rank's batches
-    sent = stats.bytes_sent / args.steps if stats else unique * (8 + 4 * args.dim)
-    a2a = stats.seconds / args.steps if stats else 0.0
+    a2a = (_metric_sum(metrics.TRAIN_ALLTOALL_SECONDS) - seconds) / args.steps
+    sent = (_metric_sum(metrics.TRAIN_ALLTOALL_BYTES) - sent) / args.steps
+    if exchange is None:  # replicated: the all-gather's padded rows, from this rank's batches
+        unique = max(int(torch.unique(hash_rows(ids, rows)).numel()) for *_, ids in batches)
+        sent = unique * (8 + 4 * args.dim)
     return f"{elapsed} {sent} {a2a}"
+
+
+def _metric_sum(metric: object) -> float:
+    """A counter's value or a histogram's sum, as this rank's trainer exports it."""
+    for family in metric.collect():  # type: ignore[attr-defined]
+        for sample in family.samples:
+            if sample.name.endswith(("_sum", "_total")):
+                return float(sample.value)
+    return 0.0
 
 
 def _table(rows: int, layout: str, args: argparse.Namespace) -> list[str] | None:

@@ -50,6 +50,12 @@ class GradientSync:
         if self._sharded and exchange is None:
             raise ValueError("row-wise shards need the row exchange that reads them")
         self._sparse = {id(p) for p in sparse} | {id(p) for p in self._sharded}
+        if self._sharded:  # only a job with row-wise tables exchanges rows by all-to-all
+            metrics.export_on_first_value(
+                metrics.TRAINER_REGISTRY,
+                metrics.TRAIN_ALLTOALL_SECONDS,
+                metrics.TRAIN_ALLTOALL_BYTES,
+            )
         # only a trainer with several ranks exports the all-reduce time
         metrics.export_on_first_value(metrics.TRAINER_REGISTRY, metrics.TRAIN_ALLREDUCE_SECONDS)
 
@@ -78,11 +84,12 @@ class GradientSync:
         sharded_ids = {id(p) for p in self._sharded}
         dense = [p for p in params if id(p) not in self._sparse]
         sparse = [p for p in params if id(p) in self._sparse and id(p) not in sharded_ids]
-        shard_grads = (
-            self._exchange.push_gradients(self._sharded, total_weight)
-            if self._exchange is not None
-            else {}
-        )
+        shard_grads = {}
+        if self._exchange is not None:
+            shard_grads = self._exchange.push_gradients(self._sharded, total_weight)
+            moved = self._exchange.take_stats()  # this step's lookups and gradients
+            metrics.TRAIN_ALLTOALL_SECONDS.observe(moved.seconds)
+            metrics.TRAIN_ALLTOALL_BYTES.inc(moved.bytes_sent)
         shard_square = sum(
             (g.values().float().square().sum() for g in shard_grads.values()),
             torch.zeros((), device=loss.device),

@@ -153,6 +153,18 @@ TRAIN_ALLREDUCE_SECONDS = Histogram(
     buckets=_FAST,
     registry=None,
 )
+# row-wise sharded tables (distributed/row_exchange.py): exported on their first value
+TRAIN_ALLTOALL_SECONDS = Histogram(
+    "streamtrain_train_alltoall_seconds",
+    "Wall time of one step's all-to-all exchanges of sharded table rows and their gradients.",
+    buckets=_FAST,
+    registry=None,
+)
+TRAIN_ALLTOALL_BYTES = Counter(
+    "streamtrain_train_alltoall_bytes",
+    "Bytes this rank sent to other ranks in all-to-all exchanges of sharded table rows.",
+    registry=None,
+)
 TRAIN_THROUGHPUT = Gauge(
     "streamtrain_train_samples_per_second",
     "Samples trained per second, recent average.",
@@ -228,6 +240,8 @@ ON_FIRST_VALUE = (
     TRAIN_MAE,
     TRAIN_LEARNING_RATE,
     TRAIN_ALLREDUCE_SECONDS,
+    TRAIN_ALLTOALL_SECONDS,
+    TRAIN_ALLTOALL_BYTES,
     TRAIN_DATA_WATERMARK,
     SNAPSHOT_BYTES,
     SNAPSHOT_VERSION,

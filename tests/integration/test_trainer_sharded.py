@@ -41,9 +41,11 @@ from tests.integration.trainer_harness import (
     latest_checkpoint,
     newest_step,
     pipeline_settings,
+    scrape,
     start_trainer,
     trainer_env,
     wait_for_checkpoint_at_least,
+    wait_for_metric,
 )
 
 ROWS = 1021  # odd: rank 0 holds 511 rows, rank 1 holds 510
@@ -114,6 +116,22 @@ def _finish(job: subprocess.Popen[str], clean: bool = True, timeout: float = 300
     return output
 
 
+def _metrics_urls(job: subprocess.Popen[str]) -> list[str]:
+    """Each rank's /metrics URL, in rank order (ports: the base port + local rank)."""
+    assert job.stdout is not None
+    urls = []
+    for line in job.stdout:  # each rank prints its URL once built
+        if line.startswith("trainer metrics:"):
+            urls.append(line.split()[-1])
+            if len(urls) == 2:
+                return sorted(urls, key=lambda url: _rank_label(scrape(url)))
+    raise AssertionError("the ranks did not print their metrics URLs")
+
+
+def _rank_label(samples: dict[str, float]) -> str:
+    return next(name.split('rank="')[1][0] for name in samples if 'rank="' in name)
+
+
 def _assembled(root: Path) -> dict[str, torch.Tensor]:
     """The newest checkpoint's model with every sharded table put back together."""
     newest = latest_checkpoint(root)
@@ -174,6 +192,11 @@ def test_sharded_job_learns_and_a_server_follows_it_bit_for_bit(
             STREAMTRAIN_TRAIN__BASE_EVERY_DELTAS="1000",
         )
         with killed_on_exit(start_trainer(env, "--nproc", "2")) as job:
+            urls = _metrics_urls(job)
+            for rank, url in enumerate(urls):  # each rank sends the other its rows' share
+                sent = f'streamtrain_train_alltoall_bytes_total{{rank="{rank}"}}'
+                assert wait_for_metric(url, sent, above=0, timeout=120), scrape(url)
+                assert scrape(url)[f'streamtrain_train_alltoall_seconds_count{{rank="{rank}"}}'] > 0
             _finish(job)
         meta = json.loads((latest_checkpoint(tmp_path / "ckpt") / "meta.json").read_text())
         assert meta["samples_seen"] == 4000 and meta["extra"]["world_size"] == 2
