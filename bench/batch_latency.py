@@ -23,7 +23,7 @@ from streamtrain.broker import EmbeddedBroker
 from streamtrain.client import SampleProducer
 from streamtrain.ingest.source import KafkaSampleSource
 from streamtrain.kafka import KafkaConnection
-from streamtrain.spec import SampleSpec
+from streamtrain.sample.spec import SampleSpec
 
 SPEC = SampleSpec(feature_shape=(16,), task="binary")
 

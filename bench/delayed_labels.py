@@ -53,7 +53,7 @@ from streamtrain.config import load_settings
 from streamtrain.datasets import hyperplane
 from streamtrain.demo.scrape import Scrape, ScrapeError, scrape
 from streamtrain.kafka import create_topics
-from streamtrain.spec import SampleSpec
+from streamtrain.sample.spec import SampleSpec
 from streamtrain.wire import CONTENT_TYPE_HEADER, encode_binary, encode_binary_many
 from streamtrain.wire.content_type import BINARY_CONTENT_TYPE
 from streamtrain.wire.label_record import encode_label_json, with_label

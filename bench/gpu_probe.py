@@ -89,7 +89,7 @@ def broker_round_trip() -> None:
     from streamtrain.client import SampleProducer
     from streamtrain.ingest.source import KafkaSampleSource
     from streamtrain.kafka import KafkaConnection
-    from streamtrain.spec import SampleSpec
+    from streamtrain.sample.spec import SampleSpec
 
     spec = SampleSpec(feature_shape=(4,), task="binary")
     started = time.perf_counter()

@@ -37,7 +37,7 @@ from streamtrain.ingest.decode import decode_records
 from streamtrain.kafka import KafkaConnection, create_topics
 from streamtrain.kafka.confluent_consumer import MessageRecords
 from streamtrain.kafka.records import KafkaRecord, RecordColumns
-from streamtrain.spec import SampleSpec
+from streamtrain.sample.spec import SampleSpec
 from streamtrain.wire import (
     BINARY_CONTENT_TYPE,
     decode_binary,

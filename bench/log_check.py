@@ -25,7 +25,7 @@ from streamtrain.kafka import (
     record_consumer,
     record_producer,
 )
-from streamtrain.kafka.record_mark import RecordMark, mark_of
+from streamtrain.sample.record_mark import RecordMark, mark_of
 
 
 def _fill(kafka: KafkaConnection, topic: str, partitions: int, records: int) -> None:

@@ -87,13 +87,13 @@ def _in_process_costs(bootstrap: str, topic: str, calls: int) -> tuple[float, fl
     process's CPU while it drains what the calls queued)."""
     import torch
 
+    from streamtrain.sample.spec import spec_for_model
     from streamtrain.serve.protocol.bodies import InferRequest, ModelIO
     from streamtrain.serve.protocol.dataplane import ServedModel
     from streamtrain.serve.server import build_prediction_log, build_slot
     from streamtrain.serve.weights.inference import Prediction
     from streamtrain.serve.weights.slot import WeightsInfo
     from streamtrain.snapshot.manifest import SnapshotHeader
-    from streamtrain.spec import spec_for_model
 
     overrides = {
         "kafka": {"bootstrap_servers": bootstrap},

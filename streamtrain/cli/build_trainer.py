@@ -15,11 +15,11 @@ from streamtrain.distributed.launch import rank_consumer
 from streamtrain.distributed.lockstep import LockstepTrainer
 from streamtrain.ingest.source import KafkaSampleSource
 from streamtrain.kafka import KafkaConnection
+from streamtrain.sample.spec import SampleSpec, spec_for_model
 from streamtrain.snapshot.manifest import settings_hash
 from streamtrain.snapshot.publisher import SnapshotPublisher
 from streamtrain.snapshot.signing import ManifestSigner
 from streamtrain.snapshot.versions import newest_version
-from streamtrain.spec import SampleSpec, spec_for_model
 from streamtrain.train.cadence import EveryPolicy
 from streamtrain.train.learner import Learner
 from streamtrain.train.loop import StopConditions, Trainer

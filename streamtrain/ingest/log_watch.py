@@ -13,7 +13,7 @@ how each is caught here, one concept in one place:
    (:meth:`LogWatch.check`, every poll, free).
 3. **Fingerprints.** A new log that grew past the old position before the reader looked passes
    both checks above and would have its first records skipped. So the reader keeps the
-   :class:`~streamtrain.kafka.record_mark.RecordMark` of the last record it consumed per
+   :class:`~streamtrain.sample.record_mark.RecordMark` of the last record it consumed per
    partition and compares it with the record now at that offset (:func:`verify_marks`: one
    fetch per partition) at start from a checkpoint (:meth:`LogWatch.expect`) and after every
    interruption the process's reachability tracker counts (an outage's end, a dropped
@@ -40,8 +40,8 @@ import numpy.typing as npt
 
 from streamtrain.kafka import OffsetOutOfRange, PartitionReader, RecordConsumer
 from streamtrain.kafka.reachability import REACHABILITY
-from streamtrain.kafka.record_mark import RecordMark, mark_of
 from streamtrain.kafka.records import KafkaRecord
+from streamtrain.sample.record_mark import RecordMark, mark_of
 
 log = logging.getLogger(__name__)
 

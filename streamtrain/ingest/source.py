@@ -31,7 +31,6 @@ from types import TracebackType
 from typing import Literal
 
 from streamtrain import metrics
-from streamtrain.batch import Batch
 from streamtrain.ingest.batch_deadline import MicroBatchPolicy
 from streamtrain.ingest.buffer import BatchBuffer
 from streamtrain.ingest.deadletter import DeadLetterSink, KafkaDeadLetter, LogDeadLetter
@@ -42,11 +41,12 @@ from streamtrain.ingest.reject_report import RejectReport
 from streamtrain.ingest.starvation import StarvationWatch
 from streamtrain.kafka import KafkaConnection, OffsetOutOfRange, RecordConsumer, record_consumer
 from streamtrain.kafka.admin import topic_id
-from streamtrain.kafka.record_mark import RecordMark
 from streamtrain.kafka.records import KafkaRecord
 from streamtrain.kafka.watermark import true_ends
 from streamtrain.metrics import export_at_zero
-from streamtrain.spec import SampleSpec
+from streamtrain.sample.batch import Batch
+from streamtrain.sample.record_mark import RecordMark
+from streamtrain.sample.spec import SampleSpec
 from streamtrain.wire.rejects import REASONS
 
 log = logging.getLogger(__name__)
@@ -55,10 +55,10 @@ StartFrom = Literal["committed", "earliest", "latest"]
 
 
 class KafkaSampleSource:
-    """Validated samples from ``topic`` as :class:`~streamtrain.batch.Batch` objects.
+    """Validated samples from ``topic`` as :class:`~streamtrain.sample.batch.Batch` objects.
 
         >>> from streamtrain.metrics import export_at_zero
-    from streamtrain.spec import SampleSpec
+    from streamtrain.sample.spec import SampleSpec
     from streamtrain.wire.rejects import REASONS
         >>> with KafkaSampleSource(  # doctest: +SKIP
         ...     spec=SampleSpec(feature_shape=(16,), task="binary"), topic="samples",

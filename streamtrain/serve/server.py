@@ -36,6 +36,7 @@ from streamtrain.devices import resolve_device
 from streamtrain.extras import MissingExtra
 from streamtrain.kafka import KafkaConnection, RecordProducer, record_producer
 from streamtrain.metrics import SERVER_REGISTRY, serve_metrics
+from streamtrain.sample.spec import SampleSpec, spec_for_model
 from streamtrain.serve.prediction_log.writer import PredictionLog
 from streamtrain.serve.protocol.admin import AdminEndpoints
 from streamtrain.serve.protocol.bodies import ModelIO
@@ -48,7 +49,6 @@ from streamtrain.serve.weights.watcher import SnapshotSource, SnapshotWatcher
 from streamtrain.snapshot.cache import SnapshotCache
 from streamtrain.snapshot.manifest import settings_hash
 from streamtrain.snapshot.signing import ManifestVerifier
-from streamtrain.spec import SampleSpec, spec_for_model
 from streamtrain.train.models import build_model
 from streamtrain.train.row_tracker import row_sparse_buffers, row_sparse_parameters
 

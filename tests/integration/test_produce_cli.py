@@ -15,7 +15,7 @@ import pytest
 from streamtrain.datasets import DATASETS
 from streamtrain.ingest import KafkaSampleSource
 from streamtrain.kafka import KafkaConnection
-from streamtrain.spec import SampleSpec
+from streamtrain.sample.spec import SampleSpec
 
 # Runs again with kafka-python in CI (make test-integration-kafka-python): its Kafka path
 # differs by client library.

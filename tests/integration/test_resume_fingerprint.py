@@ -14,8 +14,8 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from streamtrain import metrics
 from streamtrain.ingest import KafkaSampleSource
 from streamtrain.kafka import KafkaConnection
-from streamtrain.kafka.record_mark import RecordMark
-from streamtrain.spec import SampleSpec
+from streamtrain.sample.record_mark import RecordMark
+from streamtrain.sample.spec import SampleSpec
 from tests.integration.trainer_harness import FEATURES, hyperplane_stream, produce_json
 
 SPEC = SampleSpec(feature_shape=(FEATURES,), task="binary")

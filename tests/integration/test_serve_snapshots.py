@@ -91,7 +91,7 @@ def writer(settings: Settings) -> Iterator[Callable[..., SnapshotManifest]]:
 
 
 def _spec(settings: Settings) -> Any:
-    from streamtrain.spec import spec_for_model
+    from streamtrain.sample.spec import spec_for_model
 
     return spec_for_model(settings.model)
 

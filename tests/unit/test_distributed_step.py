@@ -26,8 +26,8 @@ from streamtrain.distributed.step_sync import (
     attach_loss_sync,
     attach_moments_sync,
 )
-from streamtrain.sparse_tensors import JaggedTensor
-from streamtrain.spec import SampleSpec, SparseFeature
+from streamtrain.sample.sparse_torch import JaggedTensor
+from streamtrain.sample.spec import SampleSpec, SparseFeature
 from streamtrain.train.learner import Learner
 from streamtrain.train.models import build_model
 from streamtrain.train.models.embedding import hash_rows

@@ -14,8 +14,8 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from streamtrain.sparse_tensors import SparseInput
-from streamtrain.spec import SampleSpec
+from streamtrain.sample.sparse_torch import SparseInput
+from streamtrain.sample.spec import SampleSpec
 from streamtrain.train.models._head import OutputLayer
 from streamtrain.train.models._params import parse_params
 from streamtrain.train.models.embedding import EmbeddingTables
@@ -43,8 +43,8 @@ def _mlp(width: int, sizes: tuple[int, ...]) -> tuple[nn.Sequential, int]:
 class DLRM(nn.Module):
     """See the module doc. ``forward(x, sparse)``; ``sparse`` as in :mod:`sparse_tensors`.
 
-    >>> from streamtrain.spec import SparseFeature
-    >>> from streamtrain.sparse_tensors import JaggedTensor
+    >>> from streamtrain.sample.spec import SparseFeature
+    >>> from streamtrain.sample.sparse_torch import JaggedTensor
     >>> spec = SampleSpec((3,), "binary", sparse=(SparseFeature("user", "users"),))
     >>> model = DLRM(spec, DLRMParams(rows=50, embedding_dim=4))
     >>> model(torch.zeros(2, 3), {"user": JaggedTensor.from_lists([[7], [8, 9]])}).shape

@@ -15,8 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from streamtrain.sparse_tensors import SparseInput
-from streamtrain.spec import SampleSpec
+from streamtrain.sample.sparse_torch import SparseInput
+from streamtrain.sample.spec import SampleSpec
 from streamtrain.train.models._params import parse_params
 from streamtrain.train.models.embedding import EmbeddingTables
 from streamtrain.train.models.sparse_params import TableParams
@@ -30,8 +30,8 @@ class FMParams(TableParams):
 class FactorizationMachine(nn.Module):
     """See the module doc. ``forward(x, sparse)``; ``sparse`` as in :mod:`sparse_tensors`.
 
-    >>> from streamtrain.spec import SparseFeature
-    >>> from streamtrain.sparse_tensors import JaggedTensor
+    >>> from streamtrain.sample.spec import SparseFeature
+    >>> from streamtrain.sample.sparse_torch import JaggedTensor
     >>> spec = SampleSpec((2,), "binary", sparse=(SparseFeature("items", "items"),))
     >>> fm = FactorizationMachine(spec, FMParams(rows=50, embedding_dim=3))
     >>> fm(torch.zeros(2, 2), {"items": JaggedTensor.from_lists([[1, 2], []])}).shape
