@@ -48,7 +48,7 @@ import numpy.typing as npt
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
 from streamtrain.broker import EmbeddedBroker, free_port
-from streamtrain.cli.build_trainer import build_trainer
+from streamtrain.builders.trainer import build_trainer
 from streamtrain.config import load_settings
 from streamtrain.datasets import hyperplane
 from streamtrain.demo.scrape import Scrape, ScrapeError, scrape

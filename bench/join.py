@@ -40,8 +40,8 @@ from prometheus_client import Gauge, Histogram
 
 from streamtrain import metrics
 from streamtrain.broker import EmbeddedBroker, free_port
+from streamtrain.builders.join import build_join
 from streamtrain.config import load_settings
-from streamtrain.join.build import build_join
 from streamtrain.join.partition_state import JoinPolicy, PartitionState, SourceRecord
 from streamtrain.join.state_file import write_state
 from streamtrain.kafka import KafkaConnection, create_topics, record_producer

@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_step import DEFAULT_PARAMS, DEFAULT_SPEC, bare_step_rate
 
 from streamtrain.broker import EmbeddedBroker
-from streamtrain.cli.build_trainer import build_trainer
+from streamtrain.builders.trainer import build_trainer
 from streamtrain.client import SampleProducer
 from streamtrain.config import load_settings
 from streamtrain.devices import training_threads

@@ -13,10 +13,11 @@ import torch
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
+from streamtrain.builders.server import build_worker
 from streamtrain.config import Settings, load_settings
 from streamtrain.kafka import KafkaConnection, create_topics
 from streamtrain.sample.spec import spec_for_model
-from streamtrain.serve.server import ServingWorker, build_worker
+from streamtrain.serve.server import ServingWorker
 from streamtrain.snapshot.manifest import settings_hash
 from streamtrain.snapshot.writer import SnapshotWriter
 from streamtrain.train.hooks import SnapshotRequest

@@ -9,7 +9,7 @@ import numpy as np
 from safetensors.numpy import load_file
 
 from streamtrain import metrics
-from streamtrain.cli.build_trainer import build_trainer
+from streamtrain.builders.trainer import build_trainer
 from streamtrain.kafka import KafkaConnection
 from streamtrain.sample.spec import spec_for_model
 from streamtrain.snapshot.manifest import settings_hash

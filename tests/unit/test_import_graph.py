@@ -20,6 +20,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "streamtrain"
 # Top to bottom; a unit may import only units in lower layers, never one of its own layer.
 LAYERS: list[set[str]] = [
     {"cli"},
+    {"builders"},
     {"demo", "testing"},
     {"serve", "join", "distributed"},
     {"snapshot"},
