@@ -16,7 +16,7 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from streamtrain import metrics
-from streamtrain.ingest import ERROR_HEADER, SOURCE_HEADER, KafkaSampleSource
+from streamtrain.ingest import ERROR_HEADER, SOURCE_HEADER, KafkaSampleSource, SourceOptions
 from streamtrain.kafka import KafkaConnection, create_topics
 from streamtrain.sample.batch import Batch
 from streamtrain.sample.spec import SampleSpec
@@ -89,7 +89,7 @@ def _source(
         topic=topic,
         group_id=group,
         kafka=connection,
-        **kwargs,  # type: ignore[arg-type]
+        options=SourceOptions(**kwargs),  # type: ignore[arg-type]
     )
 
 
