@@ -7,7 +7,7 @@ from elsewhere) while the samples topic is intact. Each partition state keeps th
 it applied, and checkpoints them with the offsets. At every takeover from a state file and
 after every interruption the reachability tracker counts, the record now at each
 fingerprint's offset is fetched (one fetch per partition and topic,
-:func:`~streamtrain.ingest.log_watch.verify_marks`) and compared:
+:func:`~streamtrain.kafka.mark_check.verify_marks`) and compared:
 
 1. No difference (or no fingerprint yet: a fresh partition, a state file written before
    fingerprints existed): nothing happens.
@@ -28,11 +28,11 @@ import logging
 from collections.abc import Callable, Mapping
 
 from streamtrain import metrics
-from streamtrain.ingest.log_watch import LogVerdict, verify_marks
 from streamtrain.join.log_lost import JoinLogLost, OnLogLost
 from streamtrain.join.partition_state import PartitionState
 from streamtrain.kafka import KafkaConnection, RecordConsumer, record_consumer
 from streamtrain.kafka.confluent_consumer import ConfluentRecord
+from streamtrain.kafka.mark_check import LogVerdict, verify_marks
 from streamtrain.kafka.reachability import REACHABILITY
 from streamtrain.sample.record_mark import RecordMark
 

@@ -7,9 +7,9 @@ import logging
 import time
 from collections.abc import Iterable, Iterator
 
-from streamtrain.ingest.log_watch import reread_mark
 from streamtrain.kafka import KafkaConnection, PartitionReader, ReadTimeout, partition_reader
 from streamtrain.kafka.errors import KafkaUnreachable
+from streamtrain.kafka.mark_check import reread_mark
 from streamtrain.kafka.reachability import REACHABILITY
 from streamtrain.kafka.records import KafkaRecord
 from streamtrain.sample.record_mark import RecordMark, mark_of
