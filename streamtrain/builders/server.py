@@ -120,9 +120,7 @@ def build_prediction_log(settings: Settings, spec: SampleSpec) -> PredictionLog 
     timeout_ms = int(serve.prediction_log_timeout_s * 1000)
 
     def producer() -> RecordProducer:
-        return record_producer(
-            kafka, acks="all", idempotent=True, delivery_timeout_ms=timeout_ms, linger_ms=5
-        )
+        return record_producer(kafka, acks="all", idempotent=True, delivery_timeout_ms=timeout_ms)
 
     return PredictionLog(
         spec=spec,
