@@ -19,7 +19,7 @@ from streamtrain.kafka import (
     record_producer,
 )
 from streamtrain.kafka.group_consumer import CoPartitionedGroup
-from streamtrain.spec import spec_for_model
+from streamtrain.sample.spec import spec_for_model
 from streamtrain.wire.label_record import LabelError, decode_label, encode_label_json
 
 
