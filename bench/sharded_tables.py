@@ -34,8 +34,8 @@ from streamtrain import metrics
 from streamtrain.distributed.row_exchange import attach_row_exchange
 from streamtrain.distributed.sparse_sync import sparse_embedding_weights
 from streamtrain.distributed.step_sync import GradientSync
-from streamtrain.sparse_tensors import JaggedTensor
-from streamtrain.spec import SampleSpec, SparseFeature
+from streamtrain.sample.sparse_torch import JaggedTensor
+from streamtrain.sample.spec import SampleSpec, SparseFeature
 from streamtrain.train.learner import Learner
 from streamtrain.train.models import build_model
 from streamtrain.train.models.embedding import hash_rows

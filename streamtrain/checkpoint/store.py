@@ -33,7 +33,7 @@ from streamtrain.checkpoint.state import (
     WorldSizeMismatch,
     check_world_size,
 )
-from streamtrain.kafka.record_mark import marks_to_json
+from streamtrain.sample.record_mark import marks_to_json
 
 log = logging.getLogger(__name__)
 

@@ -47,7 +47,6 @@ import torch
 import torch.distributed as dist
 
 from streamtrain import health, metrics
-from streamtrain.batch import Batch
 from streamtrain.checkpoint import TrainerState
 from streamtrain.checkpoint.shards import (
     SHARD_FILES,
@@ -64,7 +63,8 @@ from streamtrain.distributed.step_sync import (
     attach_loss_sync,
     attach_moments_sync,
 )
-from streamtrain.jagged import SparseRows
+from streamtrain.sample.batch import Batch
+from streamtrain.sample.sparse_numpy import SparseRows
 from streamtrain.train.loop import POLL_SECONDS, Trainer
 from streamtrain.train.models.row_layout import ShardLayout
 from streamtrain.train.prefetch import PrefetchingSource

@@ -22,13 +22,13 @@ import pytest
 import torch
 from safetensors.numpy import load_file
 
+from streamtrain.builders.server import build_worker
 from streamtrain.client import SampleProducer
 from streamtrain.datasets.base import SampleChunk
 from streamtrain.datasets.ctr import ctr
-from streamtrain.jagged import Jagged, SparseRows
 from streamtrain.kafka import KafkaConnection, create_topics
-from streamtrain.serve.server import build_worker
-from streamtrain.sparse_tensors import JaggedTensor
+from streamtrain.sample.sparse_numpy import Jagged, SparseRows
+from streamtrain.sample.sparse_torch import JaggedTensor
 from streamtrain.train.models import build_model
 from tests.delta_fixtures import newest_after_one_base
 from tests.integration.snapshot_harness import wait
