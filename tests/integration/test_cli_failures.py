@@ -161,6 +161,7 @@ def test_user_caused_failure_is_one_line_with_its_exit_code(
         {
             "PYTHONPATH": str(ROOT),
             "NO_COLOR": "1",
+            "STREAMTRAIN_TRAIN__DEVICE": "cpu",  # the same rows on a CUDA machine
             **case.env,
         }
     )
