@@ -38,6 +38,11 @@ class Workers:
         thread.start()
 
     @property
+    def alive(self) -> bool:
+        """Whether any thread still runs."""
+        return any(t.is_alive() for t in self._threads)
+
+    @property
     def failed(self) -> bool:
         """Whether a thread has raised already (a load loop can stop early on it)."""
         with self._lock:
