@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from streamtrain.demo.scrape import Scrape, scrape
 from streamtrain.metrics import serve_metrics
@@ -37,3 +37,18 @@ def exported(registry: CollectorRegistry) -> Iterator[Exporter]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def current(metric: Counter | Gauge, **labels: str) -> float:
+    """The value of ``metric`` (the child with ``labels``) through its public ``collect()``,
+    what an exporter reads: for unit tests, which start no exporter."""
+    (family,) = metric.collect()
+    found = [
+        s.value
+        for s in family.samples
+        if s.labels == labels and not s.name.endswith(("_created", "_bucket"))
+    ]
+    if not found:
+        return 0.0  # a labelled child not used yet
+    (value,) = found
+    return float(value)

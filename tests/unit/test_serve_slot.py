@@ -10,6 +10,7 @@ import torch
 from streamtrain.metrics import SERVE_REJECTED_SNAPSHOTS
 from streamtrain.serve.weights.slot import NotReady, SnapshotRejected, StandbyBusy, WeightSlot
 from streamtrain.snapshot.manifest import SnapshotHeader
+from tests.metrics_scrape import current
 from tests.threads import Workers
 from tests.version_fixtures import (
     expected_value,
@@ -28,7 +29,7 @@ def _answer(slot: WeightSlot) -> tuple[int, float]:
 
 
 def _rejections(reason: str) -> float:
-    return float(SERVE_REJECTED_SNAPSHOTS.labels(reason)._value.get())
+    return current(SERVE_REJECTED_SNAPSHOTS, reason=reason)
 
 
 def test_not_ready_before_first_snapshot() -> None:
