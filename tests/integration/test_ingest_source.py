@@ -155,6 +155,14 @@ def test_valid_samples_arrive_once_and_bad_records_are_dead_lettered(
         labels = np.concatenate([b.labels for b in batches if b.size])
         got = features[:, 0].astype(int)
         assert sorted(got.tolist()) == sorted(ids)  # each valid sample exactly once
+
+        # ... and each partition's samples in the order they were sent (99 went to 0 last).
+        def partition(i: int) -> int:
+            return 0 if i == 99 else i % 2
+
+        for p in (0, 1):
+            sent = [i for i in ids if partition(i) == p]
+            assert [i for i in got.tolist() if partition(i) == p] == sent, f"partition {p}"
         assert (labels == got % 3).all()
         assert (features[:, 1:] == 0.5).all()
         assert np.concatenate([b.weights for b in batches if b.size]).tolist() == [2.0] * len(ids)
