@@ -181,7 +181,6 @@ def test_corrupt_delta_is_refused_and_later_deltas_wait_for_a_base(
         ),
         "the corrupt delta refused and a later delta found not to link",
     )
-    assert _rejected("checksum") == before["checksum"] + 1  # d2, the one corrupt delta
     info = server.slot.info
     assert info is not None and info.version == d1.version
     assert server.matches(chain.states[d1.version])
