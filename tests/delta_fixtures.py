@@ -4,7 +4,6 @@ a model's state, a snapshot request of it, and the snapshots a trainer published
 from __future__ import annotations
 
 import functools
-import importlib.util
 import time
 from pathlib import Path
 from types import ModuleType
@@ -21,6 +20,7 @@ from streamtrain.train.hooks import SnapshotRequest
 from streamtrain.train.row_tracker import RowTracker
 from streamtrain.train.weights import copy_weights
 from tests.integration.trainer_harness import pipeline_settings
+from tests.module_files import load_file
 
 SPEC = SampleSpec(feature_shape=(4,), task="regression")
 PARAMS = {"rows": 500, "dim": 8, "id_features": 2}
@@ -32,11 +32,7 @@ EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "embedding_model.py
 @functools.cache
 def _example() -> ModuleType:
     """examples/embedding_model.py loaded from its file (``sys.path`` left alone)."""
-    spec = importlib.util.spec_from_file_location("tests_embedding_model", EXAMPLE)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_file(EXAMPLE, "tests_embedding_model")
 
 
 def build_model(seed: int = 0) -> torch.nn.Module:

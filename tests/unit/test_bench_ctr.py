@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -12,16 +10,13 @@ from typing import Any
 import numpy as np
 import pytest
 
+from tests.module_files import load_file
+
 BENCH = Path(__file__).resolve().parents[2] / "bench" / "ctr.py"
 
 
 def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_ctr", BENCH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_ctr"] = module  # dataclasses resolve their module by name
-    spec.loader.exec_module(module)
-    return module
+    return load_file(BENCH, "bench_ctr")
 
 
 def _check(s: Any, results: list[Any]) -> None:
