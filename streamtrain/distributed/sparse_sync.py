@@ -86,14 +86,20 @@ def gather_sparse_grads(
             p.shape,
             check_invariants=False,  # rows came from coalesced gradients of this shape
         )
-        summed = union.coalesce()
-        p.grad = torch.sparse_coo_tensor(
-            summed.indices(),
-            (summed.values() / union_scale).to(p.dtype),
-            p.shape,
-            is_coalesced=True,
-            check_invariants=False,
-        )
+        p.grad = divided_gradient(union.coalesce(), union_scale, p)
+
+
+def divided_gradient(
+    summed: torch.Tensor, union_scale: torch.Tensor, p: torch.Tensor
+) -> torch.Tensor:
+    """A coalesced sparse sum of ``W_r``-weighted rows, divided by ``W``: ``p``'s gradient."""
+    return torch.sparse_coo_tensor(
+        summed.indices(),
+        (summed.values() / union_scale).to(p.dtype),
+        p.shape,
+        is_coalesced=True,
+        check_invariants=False,
+    )
 
 
 def gather_ids(parts: Sequence[torch.Tensor]) -> list[torch.Tensor]:

@@ -26,7 +26,11 @@ from torch import nn
 
 from streamtrain import metrics
 from streamtrain.distributed.row_exchange import RowExchange
-from streamtrain.distributed.sparse_sync import gather_ids, gather_sparse_grads
+from streamtrain.distributed.sparse_sync import (
+    divided_gradient,
+    gather_ids,
+    gather_sparse_grads,
+)
 from streamtrain.train.models.hedge import find_mixer
 from streamtrain.train.models.standardize import OnlineStandardize
 
@@ -114,14 +118,7 @@ class GradientSync:
         weight = buffer[-3].clamp_min(torch.finfo(torch.float32).tiny)
         gather_sparse_grads(sparse, total_weight, weight)
         for p in self._sharded:
-            summed = shard_grads[id(p)]
-            p.grad = torch.sparse_coo_tensor(
-                summed.indices(),
-                (summed.values() / weight).to(p.dtype),
-                p.shape,
-                is_coalesced=True,
-                check_invariants=False,
-            )
+            p.grad = divided_gradient(shard_grads[id(p)], weight, p)
         metrics.TRAIN_ALLREDUCE_SECONDS.observe(time.perf_counter() - started)
         offset = 0
         for p in dense:

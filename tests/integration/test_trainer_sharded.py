@@ -32,7 +32,7 @@ from streamtrain.sample.sparse_torch import JaggedTensor
 from streamtrain.train.models import build_model
 from tests.delta_fixtures import newest_after_one_base
 from tests.integration.snapshot_harness import wait
-from tests.integration.test_trainer_distributed_recovery import _two_ranks
+from tests.integration.test_trainer_distributed_recovery import _finish, _two_ranks
 from tests.integration.trainer_harness import (
     assert_same_state,
     checkpoint_state,
@@ -102,18 +102,6 @@ def _env(bootstrap: str, name: str, root: Path, run: str, **extra: str) -> dict[
             **extra,
         },
     )
-
-
-def _finish(job: subprocess.Popen[str], clean: bool = True, timeout: float = 300) -> str:
-    """The job's output once it exited 0; ``clean``: no rank failed on the way either (after
-    a kill, the surviving rank's failed collective logs one before torchrun restarts it)."""
-    try:
-        output, _ = job.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        raise AssertionError(f"the job did not stop within {timeout} s") from None
-    assert job.returncode == 0, output
-    assert not clean or "Traceback" not in output, output
-    return output
 
 
 def _metrics_urls(job: subprocess.Popen[str]) -> list[str]:
@@ -197,7 +185,7 @@ def test_sharded_job_learns_and_a_server_follows_it_bit_for_bit(
                 sent = f'streamtrain_train_alltoall_bytes_total{{rank="{rank}"}}'
                 assert wait_for_metric(url, sent, above=0, timeout=120), scrape(url)
                 assert scrape(url)[f'streamtrain_train_alltoall_seconds_count{{rank="{rank}"}}'] > 0
-            _finish(job)
+            assert "Traceback" not in _finish(job)
         meta = json.loads((latest_checkpoint(tmp_path / "ckpt") / "meta.json").read_text())
         assert meta["samples_seen"] == 4000 and meta["extra"]["world_size"] == 2
         assert {"rank-1/model.safetensors", "rank-1/optimizer.safetensors"} <= set(meta["files"])
@@ -248,7 +236,7 @@ def test_kill_minus_9_of_a_rank_is_bit_identical_and_another_world_is_refused(
     reference_dir = tmp_path / "reference"
     env = _env(kafka_bootstrap, name, reference_dir, "ref", **extra)
     with killed_on_exit(start_trainer(env, "--nproc", "2")) as job:
-        _finish(job)
+        assert "Traceback" not in _finish(job)
     reference = _sharded_state(reference_dir)
 
     crash_dir = tmp_path / "crashing"
@@ -257,7 +245,7 @@ def test_kill_minus_9_of_a_rank_is_bit_identical_and_another_world_is_refused(
     with killed_on_exit(start_trainer(env, "--nproc", "2", "--max-restarts", "1")) as job:
         killed_at = wait_for_checkpoint_at_least(crash_dir, 11, timeout=180)
         os.kill(_two_ranks(job)[killed], signal.SIGKILL)
-        output = _finish(job, clean=False)
+        output = _finish(job)  # the surviving rank's failed collective logs a traceback
     assert output.count("resumed from step") == 2, output
     assert newest_step(crash_dir) > killed_at
     recovered = _sharded_state(crash_dir)
