@@ -65,9 +65,12 @@ def publish(
     tamper: Tamper | None = None,
     nan: bool = False,
     created_at: float | None = None,
+    fill: int | None = None,
 ) -> SnapshotManifest:
-    """Write one snapshot (one chunk, then its manifest) as a publisher would, or forged."""
-    payload, infos = encode_state(weights(settings, version, nan=nan))
+    """Write one snapshot (one chunk, then its manifest) as a publisher would, or forged;
+    its weights are those of version ``fill`` when given (two snapshots of one version that
+    answer differently)."""
+    payload, infos = encode_state(weights(settings, version if fill is None else fill, nan=nan))
     sid = f"{run_id}/{version}"
     producer = KafkaProducer(bootstrap_servers=settings.kafka.bootstrap_servers, acks="all")
     topic = settings.topics.snapshots
