@@ -27,6 +27,8 @@ import os
 import time
 from pathlib import Path
 
+from streamtrain.ascii_int import parse_ascii_int
+
 PAUSE_ENV = "STREAMTRAIN_TEST_PAUSE_IN_JOIN_CHECKPOINT"
 MARKER_ENV = "STREAMTRAIN_TEST_PAUSE_MARKER"
 PHASES = ("written", "replaced")
@@ -39,12 +41,13 @@ def pause_point(phase: str, partition: int, resolved: int) -> None:
     if not wanted:
         return
     name, _, minimum = wanted.partition(":")
-    if name not in PHASES or not (minimum or "0").isdigit():
+    least = parse_ascii_int(minimum or "0")
+    if name not in PHASES or least is None:
         raise ValueError(
             f"{PAUSE_ENV}={wanted!r}: expected one of {', '.join(PHASES)}, optionally "
             "followed by :<min resolved> (a test-only switch)"
         )
-    if name != phase or resolved < int(minimum or "0"):
+    if name != phase or resolved < least:
         return
     marker = os.environ.get(MARKER_ENV)
     if marker:

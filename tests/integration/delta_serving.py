@@ -75,7 +75,7 @@ class DeltaChain:
         """Train 2 steps and write the touched rows as a delta on the last version written,
         signed by ``signer`` (the chain's own by default)."""
         assert self.live is not None, "write a base first"
-        self.trainer.train(2)
+        self.trainer.train(2, batch=64)
         request: SnapshotRequest = self.trainer.request()
         assert request.rows is not None
         self.states[request.version] = self.trainer.state()

@@ -136,7 +136,7 @@ def test_a_restarting_server_ends_on_the_newest_verified_of_cache_and_topic(
         publish(on[0], 3)
         wait(lambda: served_version(url) == "3", "version 3")
         wait(lambda: _entries(cache) == [3], "version 3 cached")
-    assert observed.stop() == [3]
+    assert observed.versions == [3]
 
     # Cache older than the topic: the cache first, then the topic's newer version.
     publish(on[0], 7)

@@ -166,8 +166,8 @@ def test_row_sparse_answers_during_delta_applies_each_come_from_one_version(
 ) -> None:
     create_topics(kafka_bootstrap, [unique_name])
     settings = embedding_server_settings(kafka_bootstrap, unique_name, grpc_port=0)
-    # IDs that SparseTrainer's batches (random IDs below 500) keep touching, and dense parts.
-    rows = np.array([[i, 499 - i, 0.25 * i, -1.0] for i in range(0, 500, 8)], np.float32)
+    # Every row of the table in each request: each delta writes rows a running request reads.
+    rows = np.array([[i, 499 - i, 0.01 * i, -1.0] for i in range(250)], np.float32)
     chain = DeltaChain(settings)
     worker = build_worker(settings)
     url = worker.start()
