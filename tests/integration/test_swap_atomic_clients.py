@@ -130,12 +130,20 @@ def _check(
     return counts
 
 
+def _linear(version: int, rows: np.ndarray) -> np.ndarray:
+    """``expected_value`` of every row: what version ``version``'s weights answer."""
+    w = np.float32(version * 1e-3)
+    assert np.isclose(expected_value(version, rows[0].tolist()), w * rows[0].sum() + w)
+    return (w * rows.sum(axis=1, keepdims=True) + w).astype(np.float32)
+
+
 def test_grpc_and_http_answers_during_swaps_each_come_from_one_version(
     kafka_bootstrap: str, unique_name: str
 ) -> None:
     create_topics(kafka_bootstrap, [unique_name])
     settings = serve_settings(kafka_bootstrap, unique_name, grpc_port=0)
-    rows = np.array([[1.0, 1.0, 1.0, 1.0], [0.5, -1.0, 2.0, 3.0]], np.float32)
+    # Many rows: a request holds its copy of the weights long enough for a swap to meet it.
+    rows = np.random.default_rng(0).uniform(0.5, 1.5, size=(4096, 4)).astype(np.float32)
     worker = build_worker(settings)
     url = worker.start()
     clients = Clients({"grpc": _grpc(worker, rows), "http": _http(url, rows)})
@@ -152,11 +160,8 @@ def test_grpc_and_http_answers_during_swaps_each_come_from_one_version(
     finally:
         clients.stop()
         worker.stop()
-    expected = {
-        v: np.array([[expected_value(v, row)] for row in rows.tolist()], np.float32)
-        for v in published
-    }
-    counts = _check(clients, expected, rtol=1e-6, atol=0.0)
+    expected = {v: _linear(v, rows) for v in published}
+    counts = _check(clients, expected, rtol=1e-5, atol=0.0)
     assert min(counts.values()) >= DISTINCT
     print(f"versions answered per client: {counts}; answers checked: {clients.answers}")
 
