@@ -50,7 +50,7 @@ class DeltaChain:
         key = id(signer)
         if key not in self._writers:
             self._writers[key] = SnapshotWriter(
-                kafka=KafkaConnection(self._settings.kafka.bootstrap_servers),
+                kafka=KafkaConnection.from_settings(self._settings.kafka),
                 topic=self._settings.topics.snapshots,
                 model_name=self._settings.model.name,
                 settings_hash=settings_hash(self._settings.model.model_dump(mode="json")),

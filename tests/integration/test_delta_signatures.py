@@ -9,12 +9,16 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import pytest
 
 from streamtrain.kafka import create_topics
 from streamtrain.serve.server import build_worker
 from streamtrain.snapshot.signing import ManifestSigner, generate_key_pair
 from tests.integration.delta_serving import DeltaChain, embedding_server_settings, outputs_of
 from tests.integration.snapshot_harness import rejections, wait
+
+# The servers' snapshot reader and the delta writer follow the client library under test.
+pytestmark = pytest.mark.kafka_client
 
 # IDs 0..15 and 250..265 with dense features: rows deltas touch now and then.
 ROWS = np.array([[i, 250 + i, 0.5, -1.0] for i in range(16)], dtype=np.float32)

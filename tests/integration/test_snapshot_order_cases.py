@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+import pytest
 
 from streamtrain.config import Settings
 from streamtrain.kafka import create_topics
@@ -25,6 +26,9 @@ from tests.integration.snapshot_harness import (
     wait,
 )
 from tests.version_fixtures import expected_value
+
+# The servers' snapshot reader follows the client library under test.
+pytestmark = pytest.mark.kafka_client
 
 
 def answer(url: str) -> tuple[str, float] | None:
