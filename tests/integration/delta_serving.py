@@ -1,36 +1,26 @@
-"""A real server (``build_worker``) of the row-sparse plugin model of ``tests/delta_fixtures``,
-and a writer publishing that model's bases and deltas to it exactly as a trainer would: what
-the tests of signed deltas and of swaps under load share."""
+"""The row-sparse plugin model of ``tests/delta_fixtures`` as a real server's model, a writer
+publishing its bases and deltas exactly as a trainer would (keeping every version's weights),
+and the answers each version gives: what the tests of signed deltas and of swaps under load
+share."""
 
 from __future__ import annotations
-
-from typing import Any
 
 import numpy as np
 import torch
 
-from streamtrain.config import Settings, load_settings
+from streamtrain.config import Settings
 from streamtrain.kafka import KafkaConnection
 from streamtrain.snapshot.manifest import SnapshotManifest, settings_hash
 from streamtrain.snapshot.signing import ManifestSigner
 from streamtrain.snapshot.writer import SnapshotWriter
 from streamtrain.train.hooks import SnapshotRequest
-from tests.delta_fixtures import FACTORY, PARAMS, SPEC, SparseTrainer, build_model, snapshot_request
+from tests.delta_fixtures import FACTORY, PARAMS, SparseTrainer, build_model, snapshot_request
 
 CHUNK = 4096  # several chunks per base
 
-
-def embedding_server_settings(bootstrap: str, topic: str, **serve: Any) -> Settings:
-    """A server of model ``m``: the plugin embedding model (regression, 4 features, the first
-    two of them IDs) following ``topic``."""
-    return load_settings(
-        overrides={
-            "kafka": {"bootstrap_servers": bootstrap},
-            "topics": {"snapshots": topic},
-            "model": {"name": FACTORY, "task": "regression", "input_shape": [4], "params": PARAMS},
-            "serve": {"port": 0, "model_name": "m", **serve},
-        }
-    )
+# The plugin embedding model as a server's ``model`` settings (regression, 4 features, the
+# first two of them IDs): ``serve_settings(bootstrap, topic, model=EMBEDDING_MODEL, ...)``.
+EMBEDDING_MODEL = {"name": FACTORY, "task": "regression", "input_shape": [4], "params": PARAMS}
 
 
 class DeltaChain:
@@ -100,6 +90,3 @@ def outputs_of(state: dict[str, torch.Tensor], rows: np.ndarray) -> np.ndarray:
     with torch.no_grad():
         out = model(torch.from_numpy(rows))
     return out.reshape(len(rows), -1).numpy()
-
-
-__all__ = ["SPEC", "DeltaChain", "embedding_server_settings", "outputs_of"]

@@ -37,12 +37,15 @@ ROW = [1.0] * 4
 Tamper = Literal["manifest", "signature"]
 
 
-def serve_settings(bootstrap: str, topic: str, **serve: Any) -> Settings:
+def serve_settings(
+    bootstrap: str, topic: str, *, model: dict[str, Any] | None = None, **serve: Any
+) -> Settings:
+    """A server of model ``m`` following ``topic``: ``MODEL`` unless ``model`` says another."""
     return load_settings(
         overrides={
             "kafka": {"bootstrap_servers": bootstrap},
             "topics": {"snapshots": topic},
-            "model": MODEL,
+            "model": MODEL if model is None else model,
             "serve": {"port": 0, "model_name": "m", **serve},
         }
     )

@@ -14,8 +14,8 @@ import pytest
 from streamtrain.kafka import create_topics
 from streamtrain.serve.server import build_worker
 from streamtrain.snapshot.signing import ManifestSigner, generate_key_pair
-from tests.integration.delta_serving import DeltaChain, embedding_server_settings, outputs_of
-from tests.integration.snapshot_harness import rejections, wait
+from tests.integration.delta_serving import EMBEDDING_MODEL, DeltaChain, outputs_of
+from tests.integration.snapshot_harness import rejections, serve_settings, wait
 
 # The servers' snapshot reader and the delta writer follow the client library under test.
 pytestmark = pytest.mark.kafka_client
@@ -52,8 +52,8 @@ def test_unsigned_and_forged_deltas_are_refused_and_the_old_version_keeps_servin
 ) -> None:
     create_topics(kafka_bootstrap, [unique_name])
     keys = {name: generate_key_pair(tmp_path, name) for name in ("trainer", "intruder")}
-    settings = embedding_server_settings(
-        kafka_bootstrap, unique_name, trusted_keys=[keys["trainer"][1]]
+    settings = serve_settings(
+        kafka_bootstrap, unique_name, model=EMBEDDING_MODEL, trusted_keys=[keys["trainer"][1]]
     )
     trainer = ManifestSigner.from_file(keys["trainer"][0])
     chain = DeltaChain(settings, signer=trainer)

@@ -19,7 +19,7 @@ from streamtrain.kafka import create_topics
 from streamtrain.serve.server import ServingWorker, build_worker
 from streamtrain.train.row_tracker import row_sparse_parameters
 from tests.delta_fixtures import build_model
-from tests.integration.delta_serving import DeltaChain, embedding_server_settings, outputs_of
+from tests.integration.delta_serving import EMBEDDING_MODEL, DeltaChain, outputs_of
 from tests.integration.snapshot_harness import publish, serve_settings, wait
 from tests.version_fixtures import expected_value
 
@@ -170,7 +170,7 @@ def test_row_sparse_answers_during_delta_applies_each_come_from_one_version(
     kafka_bootstrap: str, unique_name: str, tmp_path: Path
 ) -> None:
     create_topics(kafka_bootstrap, [unique_name])
-    settings = embedding_server_settings(kafka_bootstrap, unique_name, grpc_port=0)
+    settings = serve_settings(kafka_bootstrap, unique_name, model=EMBEDDING_MODEL, grpc_port=0)
     # Every row of the table in each request: each delta writes rows a running request reads.
     rows = np.array([[i, 499 - i, 0.01 * i, -1.0] for i in range(250)], np.float32)
     chain = DeltaChain(settings)
