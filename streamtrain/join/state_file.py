@@ -32,7 +32,7 @@ from streamtrain.join.partition_state import (
     SourceRecord,
 )
 from streamtrain.join.pause_hook import pause_point
-from streamtrain.kafka.record_mark import RecordMark
+from streamtrain.sample.record_mark import RecordMark
 from streamtrain.wire.label_record import LabelRecord
 
 FORMAT = "streamtrain-join-state/1"

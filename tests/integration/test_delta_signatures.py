@@ -11,8 +11,8 @@ import httpx
 import numpy as np
 import pytest
 
+from streamtrain.builders.server import build_worker
 from streamtrain.kafka import create_topics
-from streamtrain.serve.server import build_worker
 from streamtrain.snapshot.signing import ManifestSigner, generate_key_pair
 from tests.integration.delta_serving import EMBEDDING_MODEL, DeltaChain, outputs_of
 from tests.integration.snapshot_harness import rejections, serve_settings, wait

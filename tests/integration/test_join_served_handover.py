@@ -16,10 +16,10 @@ import httpx
 import numpy as np
 import pytest
 
+from streamtrain.builders.server import build_worker
 from streamtrain.config import Settings, load_settings
 from streamtrain.kafka import KafkaConnection, create_topics
-from streamtrain.serve.server import build_worker
-from streamtrain.spec import SampleSpec
+from streamtrain.sample.spec import SampleSpec
 from streamtrain.wire import decode_binary
 from tests.integration.join_harness import (
     FEATURES,

@@ -14,9 +14,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from streamtrain.builders.server import build_worker
 from streamtrain.config import Settings
 from streamtrain.kafka import create_topics
-from streamtrain.serve.server import build_worker
 from tests.integration.snapshot_harness import (
     ROW,
     publish,

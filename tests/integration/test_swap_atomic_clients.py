@@ -15,8 +15,9 @@ import httpx
 import numpy as np
 import tritonclient.grpc as grpcclient
 
+from streamtrain.builders.server import build_worker
 from streamtrain.kafka import create_topics
-from streamtrain.serve.server import ServingWorker, build_worker
+from streamtrain.serve.server import ServingWorker
 from streamtrain.train.row_tracker import row_sparse_parameters
 from tests.delta_fixtures import build_model
 from tests.integration.delta_serving import EMBEDDING_MODEL, DeltaChain, outputs_of
