@@ -19,7 +19,8 @@ from tests.delta_fixtures import FACTORY, PARAMS, SparseTrainer, build_model, sn
 CHUNK = 4096  # several chunks per base
 
 # The plugin embedding model as a server's ``model`` settings (regression, 4 features, the
-# first two of them IDs): ``serve_settings(bootstrap, topic, model=EMBEDDING_MODEL, ...)``.
+# first two of them IDs): ``serve_settings(bootstrap, topic, model=EMBEDDING_MODEL, ...)``;
+# the server imports it by name, so a test using it asks for the ``examples_on_path`` fixture.
 EMBEDDING_MODEL = {"name": FACTORY, "task": "regression", "input_shape": [4], "params": PARAMS}
 
 

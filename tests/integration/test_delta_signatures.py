@@ -48,7 +48,7 @@ def served(url: str) -> tuple[str, np.ndarray] | None:
 
 
 def test_unsigned_and_forged_deltas_are_refused_and_the_old_version_keeps_serving(
-    kafka_bootstrap: str, unique_name: str, tmp_path: Path
+    kafka_bootstrap: str, unique_name: str, tmp_path: Path, examples_on_path: None
 ) -> None:
     create_topics(kafka_bootstrap, [unique_name])
     keys = {name: generate_key_pair(tmp_path, name) for name in ("trainer", "intruder")}

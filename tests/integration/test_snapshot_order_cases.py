@@ -25,6 +25,7 @@ from tests.integration.snapshot_harness import (
     served_version,
     wait,
 )
+from tests.threads import Workers
 from tests.version_fixtures import expected_value
 
 # The servers' snapshot reader follows the client library under test.
@@ -83,32 +84,25 @@ def test_equal_versions_go_to_the_later_created_at_then_the_larger_run_id(
 
 
 class Observed:
-    """Every version a server answered with, asked without pause from a thread."""
+    """Every version a server answered with, asked without pause from a thread (whose
+    failure fails the test, ``tests/threads.py``)."""
 
     def __init__(self, url: str) -> None:
         self.versions: list[int] = []
-        self.error: BaseException | None = None
         self._url = url
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
+        self._workers = Workers()
+        self._workers.start(self._run)
 
     def _run(self) -> None:
-        try:
-            while not self._stop.is_set():
-                version = served_version(self._url)
-                if version is not None and (not self.versions or self.versions[-1] != int(version)):
-                    self.versions.append(int(version))
-        except BaseException as exc:  # handed to the test in stop()
-            self.error = exc
+        while not self._stop.is_set():
+            version = served_version(self._url)
+            if version is not None and (not self.versions or self.versions[-1] != int(version)):
+                self.versions.append(int(version))
 
-    def stop(self) -> list[int]:
+    def stop(self) -> None:
         self._stop.set()
-        self._thread.join(30)
-        assert not self._thread.is_alive(), "the observer did not stop"
-        if self.error is not None:
-            raise self.error
-        return self.versions
+        self._workers.join(30)
 
 
 @contextmanager

@@ -9,7 +9,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import httpx
 import numpy as np
@@ -22,6 +21,7 @@ from streamtrain.train.row_tracker import row_sparse_parameters
 from tests.delta_fixtures import build_model
 from tests.integration.delta_serving import EMBEDDING_MODEL, DeltaChain, outputs_of
 from tests.integration.snapshot_harness import publish, serve_settings, wait
+from tests.threads import Workers
 from tests.version_fixtures import expected_value
 
 Answer = tuple[str, np.ndarray]
@@ -31,48 +31,36 @@ TIMEOUT_S = 120.0
 
 class Clients:
     """Threads asking a server without pause; answers kept per (version, value bytes);
-    a client's exception fails the test (raised again by :meth:`stop`)."""
+    a client's exception fails the test (raised again by :meth:`stop`, ``tests/threads.py``)."""
 
     def __init__(self, ask: dict[str, Callable[[], Answer | None]]) -> None:
         self.seen: dict[str, dict[str, set[bytes]]] = {name: {} for name in ask}
-        self.errors: list[BaseException] = []
         self.answers = 0
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._threads = [
-            threading.Thread(target=self._run, args=(name, fn), daemon=True)
-            for name, fn in ask.items()
-        ]
-        for thread in self._threads:
-            thread.start()
+        self._workers = Workers()
+        for name, fn in ask.items():
+            self._workers.start(self._run, name, fn)
 
     def _run(self, name: str, ask: Callable[[], Answer | None]) -> None:
-        try:
-            while not self._stop.is_set():
-                answer = ask()
-                if answer is not None:
-                    version, values = answer
-                    with self._lock:
-                        self.answers += 1
-                        self.seen[name].setdefault(version, set()).add(values.tobytes())
-        except BaseException as exc:
-            self.errors.append(exc)
-
-    def versions(self, name: str) -> int:
-        with self._lock:
-            return len(self.seen[name])
+        while not self._stop.is_set():
+            answer = ask()
+            if answer is not None:
+                version, values = answer
+                with self._lock:
+                    self.answers += 1
+                    self.seen[name].setdefault(version, set()).add(values.tobytes())
 
     def enough(self) -> bool:
-        if self.errors:
-            raise self.errors[0]
-        return all(self.versions(name) >= DISTINCT for name in self.seen)
+        """Every client has seen DISTINCT versions answered (a failed client: stop now)."""
+        if self._workers.failed:
+            self.stop()
+        with self._lock:
+            return all(len(versions) >= DISTINCT for versions in self.seen.values())
 
     def stop(self) -> None:
         self._stop.set()
-        for thread in self._threads:
-            thread.join(30)
-        if self.errors:
-            raise self.errors[0]
+        self._workers.join(30)
 
 
 def _http(url: str, rows: np.ndarray) -> Callable[[], Answer | None]:
@@ -168,7 +156,7 @@ def test_grpc_and_http_answers_during_swaps_each_come_from_one_version(
 
 
 def test_row_sparse_answers_during_delta_applies_each_come_from_one_version(
-    kafka_bootstrap: str, unique_name: str, tmp_path: Path
+    kafka_bootstrap: str, unique_name: str, examples_on_path: None
 ) -> None:
     create_topics(kafka_bootstrap, [unique_name])
     settings = serve_settings(kafka_bootstrap, unique_name, model=EMBEDDING_MODEL, grpc_port=0)
