@@ -102,7 +102,7 @@ def test_two_ranks_make_the_same_table_decisions_and_learn(
     assert ranks[0] == ranks[1], f"rank 0 {ranks[0]}\nrank 1 {ranks[1]}"
     series = ranks[0]
     assert series['streamtrain_table_admissions_total{table="users"}'] > 300
-    assert series['streamtrain_table_evictions_total{table="users",cause="lfu"}'] > 0
+    assert series['streamtrain_table_evictions_total{cause="lfu",table="users"}'] > 0
 
     trained = load_file(str(latest_checkpoint(tmp_path / "ckpt") / "model.safetensors"))
     for table in ("users", "items"):
