@@ -67,7 +67,7 @@ from streamtrain.serve.weights.checks import SnapshotRejected as SnapshotRejecte
 from streamtrain.serve.weights.checks import chain_gap, check_mappings, check_rows, check_whole
 from streamtrain.snapshot.delta import RowUpdate, apply_rows
 from streamtrain.snapshot.manifest import SnapshotHeader, SnapshotOrder
-from streamtrain.train.models.dynamic_table import dynamic_mappings, owners_before, refresh_lookups
+from streamtrain.train.models.dynamic_table import mapping_writes, owners_before, refresh_lookups
 
 log = logging.getLogger(__name__)
 
@@ -106,15 +106,6 @@ class WeightsInfo:
     @property
     def order(self) -> SnapshotOrder:
         return self.header.order
-
-
-def _mapping_writes(
-    model: nn.Module, whole: Mapping[str, torch.Tensor], rows: Mapping[str, RowUpdate]
-) -> dict[str, torch.Tensor | None]:
-    """The dynamic tables' ``slot_ids`` a load wrote: their rows, or None when whole."""
-    names = dynamic_mappings(model)
-    out: dict[str, torch.Tensor | None] = {n: None for n in names if n in whole}
-    return out | {n: rows[n][0] for n in names if n in rows}
 
 
 class _Copy:
@@ -262,7 +253,7 @@ class WeightSlot:
                     with torch.no_grad():
                         before = owners_before(standby.model, rows)
                         apply_rows(standby.targets, shared_whole, rows)
-                        written = _mapping_writes(standby.model, shared_whole, rows)
+                        written = mapping_writes(standby.model, shared_whole, rows)
                         for each in self._copies:  # mapping and rows in this one section
                             refresh_lookups(each.model, written, before)
                     if self._stream is not None:

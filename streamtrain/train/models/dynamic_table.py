@@ -325,6 +325,17 @@ def owners_before(
     }
 
 
+def mapping_writes(
+    model: nn.Module,
+    whole: Mapping[str, torch.Tensor],
+    rows: Mapping[str, tuple[torch.Tensor, torch.Tensor]],
+) -> dict[str, torch.Tensor | None]:
+    """The ``slot_ids`` a load wrote: the rows a delta wrote, or None when whole (a base)."""
+    names = dynamic_mappings(model)
+    out: dict[str, torch.Tensor | None] = {n: None for n in names if n in whole}
+    return out | {n: rows[n][0] for n in names if n in rows}
+
+
 def refresh_lookups(
     model: nn.Module, written: Mapping[str, torch.Tensor | None], before: Mapping[str, torch.Tensor]
 ) -> None:
