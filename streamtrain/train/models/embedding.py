@@ -221,6 +221,10 @@ class EmbeddingTables(nn.Module):
             done.append((table, weight, observed))
         return done
 
+    @property
+    def _weights_by_state(self) -> dict[str, torch.Tensor]:
+        return {f"tables.{_key(t)}.weight": self._weight(t) for t in self.rows}
+
     def _mark(self, name: str, size: int, rows: torch.Tensor) -> None:
         # host masks (numpy: a step's marks cost less than torch's dispatch), like the mapping
         dirty = self._dirty.get(name)
@@ -234,7 +238,9 @@ class EmbeddingTables(nn.Module):
         out = {}
         for name, mask in self._dirty.items():
             rows = torch.from_numpy(np.flatnonzero(mask))
-            if name.endswith(".weight") or name.endswith(".filter_counts"):
+            if name.endswith(".weight"):  # beside the optimizer's touched rows, on its device
+                out[name] = rows.to(self._weights_by_state[name].device)
+            elif name.endswith(".filter_counts"):  # mapping buffers stay in host memory
                 out[name] = rows
             else:  # one mask stands for the three slot buffers
                 for buffer in ("slot_ids", "last_seen", "use_count"):
