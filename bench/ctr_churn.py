@@ -43,7 +43,7 @@ from ctr import (
     run_vw,
 )
 
-from streamtrain.sparse_tensors import JaggedTensor
+from streamtrain.sample.sparse_torch import JaggedTensor
 from streamtrain.train.learner import Learner
 from streamtrain.train.models import build_model
 from streamtrain.train.optim import build_optimizer

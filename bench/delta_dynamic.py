@@ -14,8 +14,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from streamtrain.sparse_tensors import JaggedTensor, SparseInput
-from streamtrain.spec import SparseFeature
+from streamtrain.sample.sparse_torch import JaggedTensor, SparseInput
+from streamtrain.sample.spec import SparseFeature
 from streamtrain.train.models.embedding import EmbeddingTables
 from streamtrain.train.models.sparse_params import TableSettings
 from streamtrain.train.table_upkeep import TableUpkeep

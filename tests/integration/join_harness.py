@@ -17,7 +17,7 @@ import numpy as np
 from streamtrain.broker import free_port
 from streamtrain.kafka import KafkaConnection, create_topics, record_consumer, record_producer
 from streamtrain.kafka.watermark import true_ends
-from streamtrain.spec import SampleSpec
+from streamtrain.sample.spec import SampleSpec
 from streamtrain.wire import encode_binary
 from streamtrain.wire.label_record import encode_label_json
 from streamtrain.wire.prediction_record import PredictionRecord, encode_prediction
@@ -59,6 +59,42 @@ def new_topics(kafka: KafkaConnection, name: str, partitions: int) -> JoinTopics
     topics = JoinTopics.named(name)
     make_topics(kafka, topics, partitions)
     return topics
+
+
+@dataclass(frozen=True)
+class JoinCase:
+    """What every join test starts with, made once: its broker connection, topics of its own
+    (created) and a state folder, with the harness's calls bound to them."""
+
+    kafka: KafkaConnection
+    topics: JoinTopics
+    state_dir: Path
+
+    @classmethod
+    def create(cls, kafka: KafkaConnection, name: str, root: Path, partitions: int) -> JoinCase:
+        """Topics named after ``name`` (inputs with ``partitions``), state under ``root``."""
+        return cls(kafka, new_topics(kafka, name, partitions), root / "state")
+
+    def env(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+        """A join's environment (:func:`join_env`); each call has a metrics port of its own."""
+        return join_env(self.kafka, self.topics, self.state_dir, extra)
+
+    def predictions(self, ids: list[str], served_at: float) -> dict[str, bytes]:
+        return produce_predictions(self.kafka, self.topics.predictions, ids, served_at)
+
+    def labels(
+        self,
+        labels: Mapping[str, object],
+        raw: Mapping[str, bytes] | None = None,
+        paced: Callable[[int], None] | None = None,
+    ) -> None:
+        produce_labels(self.kafka, self.topics.labels, labels, raw, paced)
+
+    def samples(self, at_least: int, timeout: float) -> list[Consumed]:
+        return wait_for_records(self.kafka, self.topics.samples, at_least, timeout)
+
+    def dead_letters(self, at_least: int, timeout: float) -> list[Consumed]:
+        return wait_for_records(self.kafka, self.topics.dead_letter, at_least, timeout)
 
 
 def served_sample(i: int, served_at: float) -> bytes:

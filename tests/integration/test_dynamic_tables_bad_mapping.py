@@ -8,10 +8,10 @@ from __future__ import annotations
 import torch
 from prometheus_client import generate_latest
 
+from streamtrain.builders.server import build_slot
 from streamtrain.config import ModelSettings, SparseFeatureSettings
 from streamtrain.kafka import KafkaConnection, create_topics
 from streamtrain.metrics.registries import SERVER_REGISTRY
-from streamtrain.serve.server import build_slot
 from streamtrain.serve.weights.watcher import SnapshotWatcher
 from streamtrain.snapshot.subscriber import SnapshotSubscriber
 from streamtrain.train.models.dynamic_table import EMPTY

@@ -6,14 +6,16 @@ import copy
 
 import pytest
 import torch
+from prometheus_client import Counter
 from torch import nn
 
 from streamtrain import metrics
-from streamtrain.spec import SampleSpec
+from streamtrain.sample.spec import SampleSpec
 from streamtrain.train.learner import Learner, train_mode_differs
 from streamtrain.train.models import build_model
 from streamtrain.train.optim import build_optimizer, build_scheduler
 from streamtrain.train.task import TaskHead
+from tests.metrics_scrape import current
 
 SPEC = SampleSpec(feature_shape=(4,), task="multiclass", num_classes=3)
 
@@ -31,8 +33,8 @@ def _batch(n: int = 16, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor, torc
     return x, x[:, :3].argmax(dim=1), torch.ones(n)
 
 
-def _counter(counter: object) -> float:
-    return float(counter._value.get())  # type: ignore[attr-defined]
+def _counter(counter: Counter) -> float:
+    return current(counter)
 
 
 def _weights(learner: Learner) -> list[torch.Tensor]:
