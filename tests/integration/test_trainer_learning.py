@@ -85,9 +85,12 @@ def test_non_finite_steps_are_skipped_and_weights_stay_finite(
     x = np.concatenate([good_x[:prefix], huge, good_x[prefix:]])
     y = np.concatenate([good_y[:prefix], np.zeros(len(huge), np.int64), good_y[prefix:]])
     produce_json(kafka_bootstrap, f"{unique_name}-samples", x, y)
-    # Without the standardiser: it folds a finite batch into its statistics before the loss
-    # is known, so huge rows would also spoil the first good batch after them (a sixth bad
-    # step and a second rollback). Here each bad step is exactly one huge batch.
+    # Without the standardiser. A rejected step puts back the statistics its forward folded in
+    # (train/statistics_undo.py; tests/unit/test_learner.py), but the rollback here restores
+    # the state before the first step (the last good state is saved every 100 steps), whose
+    # statistics are empty: a standardiser with no statistics maps the next huge batch to 0,
+    # which is finite, so that batch would be learned. Without it each bad step is exactly one
+    # huge batch.
     settings = _settings(
         kafka_bootstrap,
         unique_name,

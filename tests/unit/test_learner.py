@@ -83,6 +83,21 @@ def test_non_finite_step_is_skipped_not_applied() -> None:
     assert _counter(metrics.TRAIN_SKIPPED_UPDATES) == skipped + 1
 
 
+def test_a_rejected_step_leaves_the_running_statistics_as_they_were() -> None:
+    learner = _learner({"hidden_sizes": [8], "standardize": True})
+    for seed in range(3):
+        assert learner.learn(*_batch(seed=seed)).applied
+    stats = {k: v.clone() for k, v in learner.model.state_dict().items() if "standard" in k}
+    assert stats, "the mlp has a standardiser"
+    x, y, w = _batch(seed=9)
+    x.fill_(3e38)  # finite rows (equal, so their variance is 0) that overflow the forward
+    assert not learner.learn(x, y, w).applied
+    after = learner.model.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in stats.items())
+    # so the next ordinary batch is learned, not spoiled by the huge one
+    assert learner.learn(*_batch(seed=10)).applied
+
+
 def test_repeated_bad_steps_roll_back_to_the_last_good_state() -> None:
     learner = _learner(max_bad_steps=3, good_state_every=2)
     for seed in range(5):
