@@ -146,9 +146,9 @@ def test_no_file_keeps_merge_conflict_markers() -> None:
     found = []
     for folder in ("docs", "streamtrain", "tests", "bench", "deploy", "examples", "tools"):
         for path in (ROOT / folder).rglob("*"):
-            if path.suffix in {".md", ".py", ".yaml", ".yml", ".json", ".toml", ".txt"}:
-                if marker.search(path.read_text(errors="replace")):
-                    found.append(str(path.relative_to(ROOT)))
+            text = path.suffix in {".md", ".py", ".yaml", ".yml", ".json", ".toml", ".txt"}
+            if text and marker.search(path.read_text(errors="replace")):
+                found.append(str(path.relative_to(ROOT)))
     for name in ("README.md", "Makefile", "pyproject.toml"):
         if marker.search((ROOT / name).read_text()):
             found.append(name)
