@@ -1,6 +1,7 @@
 """kill -9 of one rank of a 2-rank job (the leader, then a follower): torchrun restarts the
 group, every rank resumes from the last global checkpoint, and the final model and optimizer
-equal an uninterrupted 2-rank run's bit for bit, every sample learned once. And kill -9 of torchrun itself leaves no rank behind."""
+equal an uninterrupted 2-rank run's bit for bit, every sample learned once. And kill -9 of
+torchrun itself leaves no rank behind."""
 
 from __future__ import annotations
 
