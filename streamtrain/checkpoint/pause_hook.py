@@ -27,6 +27,8 @@ import os
 import time
 from pathlib import Path
 
+from streamtrain.ascii_int import parse_ascii_int
+
 PAUSE_ENV = "STREAMTRAIN_TEST_PAUSE_IN_CHECKPOINT"
 MARKER_ENV = "STREAMTRAIN_TEST_PAUSE_MARKER"
 PHASES = ("files", "meta", "committed")
@@ -39,12 +41,13 @@ def pause_point(phase: str, step: int) -> None:
     if not wanted:
         return
     name, _, minimum = wanted.partition(":")
-    if name not in PHASES or not (minimum or "0").isdigit():
+    first = parse_ascii_int(minimum or "0")
+    if name not in PHASES or first is None:
         raise ValueError(
             f"{PAUSE_ENV}={wanted!r}: expected one of {', '.join(PHASES)}, optionally "
             "followed by :<min step> (a test-only switch)"
         )
-    if name != phase or step < int(minimum or "0"):
+    if name != phase or step < first:
         return
     marker = os.environ.get(MARKER_ENV)
     if marker:
