@@ -50,6 +50,8 @@ def pause_point(phase: str, step: int) -> None:
     if name != phase or step < first:
         return
     marker = os.environ.get(MARKER_ENV)
-    if marker:
-        Path(marker).write_text(str(step))
+    if marker:  # written whole, then renamed: a test never reads it half written
+        partial = Path(f"{marker}.partial")
+        partial.write_text(str(step))
+        os.replace(partial, marker)
     time.sleep(PAUSE_S)
