@@ -26,8 +26,8 @@ from streamtrain.kafka import (
     record_consumer,
     record_producer,
 )
-from streamtrain.kafka.record_mark import RecordMark, mark_of
 from streamtrain.kafka.records import KafkaRecord
+from streamtrain.sample.record_mark import RecordMark, mark_of
 
 pytestmark = pytest.mark.kafka_client
 

@@ -33,10 +33,10 @@ from tritonclient.grpc import service_pb2
 
 from streamtrain.config import Settings, load_settings
 from streamtrain.kafka import KafkaConnection, create_topics
+from streamtrain.sample.spec import spec_for_model
 from streamtrain.serve.protocol.bodies import BINARY_HEADER
 from streamtrain.snapshot.manifest import settings_hash
 from streamtrain.snapshot.writer import SnapshotWriter
-from streamtrain.spec import spec_for_model
 from streamtrain.train.hooks import SnapshotRequest
 from streamtrain.train.models import build_model
 from tests.integration.cli_process import await_output, running_cli
