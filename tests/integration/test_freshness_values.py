@@ -25,7 +25,8 @@ from tests.integration.process_output import await_condition
 from tests.integration.trainer_harness import hyperplane_stream, scrape, trainer_env
 
 WATERMARK = "streamtrain_train_data_watermark_timestamp_seconds"
-SAMPLES = "streamtrain_ingest_samples_total"
+# learned, not read: counted after the step that also moves the watermark
+SAMPLES = "streamtrain_train_samples_total"
 SERVED_AT = "streamtrain_serve_data_timestamp_seconds"
 AGE = "streamtrain_serve_data_age_seconds"
 BODY_STAMPED = 200  # samples with a JSON timestamp
