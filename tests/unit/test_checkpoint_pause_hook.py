@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from streamtrain.checkpoint import pause_hook
+from streamtrain import pause_switch
 from streamtrain.checkpoint.pause_hook import MARKER_ENV, PAUSE_ENV, pause_point
 from streamtrain.checkpoint.state import TrainerState
 from streamtrain.checkpoint.store import CheckpointStore
@@ -43,7 +43,7 @@ def test_the_writer_pauses_only_at_the_asked_phase_and_step(
     marker = tmp_path / "paused"
     monkeypatch.setenv(PAUSE_ENV, "meta:3")
     monkeypatch.setenv(MARKER_ENV, str(marker))
-    monkeypatch.setattr(pause_hook, "PAUSE_S", 0.0)  # the writer goes on at once
+    monkeypatch.setattr(pause_switch, "PAUSE_S", 0.0)  # the writer goes on at once
     store = CheckpointStore(tmp_path / "ckpt", keep=5)
     model = torch.nn.Linear(2, 1)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -61,7 +61,7 @@ def test_a_pause_holds_the_write_between_its_files_and_its_commit(
     monkeypatch.setenv(PAUSE_ENV, "meta")
     monkeypatch.setenv(MARKER_ENV, str(marker))
     # the pause lasts until the test has looked (only the hook's own name for time is replaced)
-    monkeypatch.setattr(pause_hook, "time", SimpleNamespace(sleep=lambda _: release.wait(30)))
+    monkeypatch.setattr(pause_switch, "time", SimpleNamespace(sleep=lambda _: release.wait(30)))
     root = tmp_path / "ckpt"
     store = CheckpointStore(root)
     model = torch.nn.Linear(2, 1)
