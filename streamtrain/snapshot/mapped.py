@@ -48,7 +48,7 @@ _DTYPES = {
     "BOOL": torch.bool,
 }
 _MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit
-_BLOCK_BYTES = 16 * 1024 * 1024  # copied (and released) at a time
+_BLOCK_BYTES = 4 * 1024 * 1024  # copied (and released) at a time
 # Mappings alive now, so a tensor can be traced back to the pages it views.
 _LIVE: weakref.WeakValueDictionary[int, MappedPayload] = weakref.WeakValueDictionary()
 

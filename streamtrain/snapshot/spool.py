@@ -21,6 +21,8 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import hashlib
 import os
 import tempfile
@@ -28,7 +30,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Literal
 
-_BLOCK = 8 * 1024 * 1024  # bytes hashed per read: bounded memory whatever the snapshot size
+_BLOCK = 1024 * 1024  # bytes hashed per read: bounded memory whatever the snapshot size
+_M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
+_CHUNK_BUFFER_BYTES = 128 * 1024
+
+
+def return_chunk_buffers() -> None:
+    """Make glibc hand every freed chunk buffer back to the OS at once.
+
+    A 512 KiB chunk lives for one ``add``; glibc serves blocks that large with their own
+    mapping, but after the first is freed it raises that threshold (up to 32 MiB) and later
+    ones come from the heap, which keeps what a burst of chunks grew it by: measured, a
+    64 MiB base load raised the server's peak RSS by twice the model. Fixing the threshold
+    at 128 KiB (glibc's default) stops that adaptation for this process; a no-op elsewhere.
+    """
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").mallopt(_M_MMAP_THRESHOLD, _CHUNK_BUFFER_BYTES)
 
 
 Reason = Literal["size", "corrupt", "incomplete", "checksum"]

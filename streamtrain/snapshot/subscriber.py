@@ -18,7 +18,7 @@ from streamtrain.snapshot import wire
 from streamtrain.snapshot.assembly import Assembler
 from streamtrain.snapshot.manifest import SnapshotManifest, parse_snapshot_id
 from streamtrain.snapshot.signing import ManifestVerifier
-from streamtrain.snapshot.spool import Chunk, Spool
+from streamtrain.snapshot.spool import Chunk, Spool, return_chunk_buffers
 from streamtrain.snapshot.verify import (
     MAX_CHUNKS,
     ReceivedSnapshot,
@@ -91,6 +91,7 @@ class SnapshotSubscriber:
         self._tail_reader: PartitionReader | None = None
         self._random_reader: PartitionReader | None = None
         self.spool_dir = spool_dir  # where chunks wait for their manifest (None: $TMPDIR)
+        return_chunk_buffers()
         self._assembler = self._new_assembler()
         self._pending: list[Result] = []
         self._dropped = 0
