@@ -163,7 +163,7 @@ def train(args: argparse.Namespace, bootstrap: str, topic: str, mode: str) -> di
         model,
         optimizer,
         base_every_deltas=10**9 if mode == "delta" else 0,
-        base_every_seconds=1e9,
+        base_every_seconds=args.base_every or 1e9,
     )
     publisher = SnapshotPublisher(
         kafka=KafkaConnection(bootstrap),
@@ -181,6 +181,8 @@ def train(args: argparse.Namespace, bootstrap: str, topic: str, mode: str) -> di
         stages.setdefault(request.version, {})["write"] = time.time()
         manifest = original(request, **chain)
         stages[request.version]["acked"] = time.time()
+        if manifest.kind == "base":
+            stages[request.version]["base"] = 1.0
         sizes.append((manifest.kind, manifest.size_bytes, time.perf_counter() - started))
         return manifest
 
@@ -283,6 +285,40 @@ def _print_stages(
     print(f"  longest waits between subscriber polls: {gaps}")
 
 
+def _plot(
+    args: argparse.Namespace,
+    mode: str,
+    pairs: list[tuple[float, float]],
+    first: float,
+    stages: dict[int, dict[str, float]],
+) -> None:
+    """Freshness of every batch against its production time (s after the server's first
+    prediction), base publications (acknowledged) as vertical lines: a stall is seen."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(10, 4))
+    axes.plot([t - first for t, _ in pairs], [f for _, f in pairs], ".", markersize=2)
+    for version, row in stages.items():
+        if "base" in row:
+            axes.axvline(row["acked"] - first, color="tab:red", linewidth=0.8)
+            axes.annotate(f"base {version}", (row["acked"] - first, 0), color="tab:red")
+    axes.axvline(args.warmup, color="grey", linestyle=":", linewidth=0.8)
+    axes.set_xlabel("batch produced, s after the server's first prediction")
+    axes.set_ylabel("freshness, s")
+    axes.set_yscale("log")
+    axes.set_title(
+        f"bench/delta.py {mode}: {args.rows * args.dim * 4 / 1e9:.2f} GB table, "
+        f"{args.rate:.0f} samples/s, snapshot every {args.snapshot_every} s"
+    )
+    figure.tight_layout()
+    path = Path(args.plot).with_suffix(f".{mode}.png")
+    figure.savefig(path, dpi=110)
+    print(f"  plot: {path}")
+
+
 def _pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
@@ -309,6 +345,9 @@ def run(args: argparse.Namespace, broker: EmbeddedBroker, mode: str) -> dict[str
     old = [f for t, f in pairs if t >= result["produced"][0] + args.warmup]
     print(f"  p99 with the warmup counted from the trainer's first batch: {_pct(old, 0.99):.2f} s")
     ages = sorted((f, t - first) for t, f in pairs if t >= first + args.warmup)
+    # --- large (issue 26): the freshness-over-time plot ---
+    if args.plot:
+        _plot(args, mode, pairs, first, result["stages"])
     worst = ", ".join(f"{f:.2f}s@+{at:.1f}s" for f, at in ages[-5:])
     _print_stages(result, served, first, ages[-5:])
     sizes = result["sizes"]
@@ -351,10 +390,22 @@ def main() -> None:
     )
     parser.add_argument("--drain", type=float, default=5.0)
     parser.add_argument("--modes", nargs="+", default=["delta", "full"])
+    # --- large (issue 26): table size in GB, base rotation, the plot ---
+    parser.add_argument(
+        "--table-gb", type=float, default=None, help="table size in GB (sets --rows for --dim)"
+    )
+    parser.add_argument(
+        "--base-every", type=float, default=None, help="delta mode: a new base every N s"
+    )
+    parser.add_argument(
+        "--plot", default=None, help="write the freshness-over-time PNG(s) here (PATH.MODE.png)"
+    )
     parser.add_argument(
         "--device", default="cpu", help="the trainer's device (cpu, cuda); the server's is cpu"
     )
     args = parser.parse_args()
+    if args.table_gb is not None:
+        args.rows = int(args.table_gb * 1e9 / (args.dim * 4))
     torch.set_num_threads(1)
     print(
         f"table {args.rows} x {args.dim} fp32 = {args.rows * args.dim * 4 / 1e9:.2f} GB, "

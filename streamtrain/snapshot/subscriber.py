@@ -17,6 +17,7 @@ from streamtrain.kafka.records import KafkaRecord
 from streamtrain.snapshot import wire
 from streamtrain.snapshot.assembly import Assembler
 from streamtrain.snapshot.manifest import SnapshotManifest, parse_snapshot_id
+from streamtrain.snapshot.scan import Candidate, scan_manifests
 from streamtrain.snapshot.signing import ManifestVerifier
 from streamtrain.snapshot.spool import Chunk, Spool, return_chunk_buffers
 from streamtrain.snapshot.verify import (
@@ -32,19 +33,9 @@ log = logging.getLogger(__name__)
 Result = ReceivedSnapshot | RejectedSnapshot
 
 _BACK_READ_S = 30.0  # budget to re-read a snapshot's chunks the tail did not see
-_FIRST_WINDOW = 16  # records; the scan reads backwards in windows doubling up to _MAX_WINDOW
-_MAX_WINDOW = 1024
 # Rejections queued for the next poll(); a topic flooded with junk manifests must not grow the
 # queue without bound (the excess is logged as a count).
 _MAX_QUEUED = 256
-
-
-@dataclasses.dataclass(frozen=True)
-class _Candidate:
-    manifest: SnapshotManifest
-    offset: int
-    raw: bytes
-    signature: str | None
 
 
 class SnapshotSubscriber:
@@ -137,7 +128,8 @@ class SnapshotSubscriber:
            :meth:`poll` continues exactly after what this scan covered.
         2. Scan the stored range once, backwards in growing windows (so a scan cut short by
            ``timeout_s`` has covered the newest records), keeping only manifests that pass
-           checks 0-3 (signature, schema, configuration, limits); chunks stream past unkept.
+           checks 0-3 (signature, schema, configuration, limits) and jumping over each one's
+           chunks (``scan.py``): a retained base costs the scan one window, not its size.
         3. Sort them by ``snapshot_order``, newest first, not by topic position (a late
            snapshot of an older run with a lower version ranks below the newest version).
         4. For each, read its chunks (within its own budget) and verify; yield it if it
@@ -159,7 +151,7 @@ class SnapshotSubscriber:
             log.warning("no snapshot found on %s within %.1f s: %s", self.topic, timeout_s, exc)
             return
         self._place_tail(high)
-        candidates = self._scan(low, high, deadline)
+        candidates = scan_manifests(self._reader, low, high, deadline, self._screen, self._queue)
         for candidate in sorted(candidates, key=lambda c: c.manifest.order, reverse=True):
             read_by = time.monotonic() + _BACK_READ_S
             spool = self._assembler.new_spool()
@@ -181,34 +173,9 @@ class SnapshotSubscriber:
             else:
                 self._queue(result)
 
-    def _scan(self, low: int, high: int, deadline: float) -> list[_Candidate]:
-        candidates: list[_Candidate] = []
-        end, window = high, _FIRST_WINDOW
-        try:
-            while end > low:
-                start = max(low, end - window)
-                for record in self._reader.read(start, end, deadline):
-                    header = wire.parse_headers(record.headers)
-                    if header is None or header.kind != "manifest":
-                        continue
-                    screened = self._screen(record, header)
-                    if isinstance(screened, RejectedSnapshot):
-                        self._queue(screened)
-                    else:
-                        candidates.append(screened)
-                end, window = start, min(window * 2, _MAX_WINDOW)
-        except ReadTimeout as exc:
-            log.warning(
-                "scan of %s cut short (%s); choosing among the %d snapshots found so far",
-                self.topic,
-                exc,
-                len(candidates),
-            )
-        return candidates
-
     def _screen(
         self, record: KafkaRecord, header: wire.RecordHeader
-    ) -> _Candidate | RejectedSnapshot:
+    ) -> Candidate | RejectedSnapshot:
         raw = bytes(record.value or b"")
         manifest = screen_manifest(
             raw,
@@ -220,9 +187,9 @@ class SnapshotSubscriber:
         )
         if isinstance(manifest, RejectedSnapshot):
             return manifest
-        return _Candidate(manifest, record.offset, raw, header.signature)
+        return Candidate(manifest, record.offset, raw, header.signature)
 
-    def _verified(self, candidate: _Candidate, spool: Spool) -> Result:
+    def _verified(self, candidate: Candidate, spool: Spool) -> Result:
         result = verify_spool(candidate.manifest, spool)
         if isinstance(result, RejectedSnapshot):
             return result
