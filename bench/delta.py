@@ -41,7 +41,7 @@ from streamtrain.kafka import KafkaConnection
 from streamtrain.spec import SampleSpec
 from streamtrain.train.hooks import SnapshotRequest
 from streamtrain.train.row_tracker import RowTracker
-from streamtrain.train.weights import copy_weights
+from streamtrain.train.weights import take_snapshot
 
 HASH = "b" * 64
 SPEC = SampleSpec(feature_shape=(9,), task="regression")  # 1 ID + 8 dense features
@@ -210,20 +210,20 @@ def train(args: argparse.Namespace, bootstrap: str, topic: str, mode: str) -> di
         produced.append(produced_at)
         if time.time() >= next_snapshot:
             t0 = time.perf_counter()
-            rows = tracker.take()
-            tensors, ready = copy_weights(model, rows)
+            taken = take_snapshot(model, tracker)  # what the trainer's loop does
             copy_s.append(time.perf_counter() - t0)
             stages.setdefault(step, {}).update(watermark=produced_at, offered=time.time())
             publisher.offer(
                 SnapshotRequest(
                     version=step,
                     run_id=mode,
-                    tensors=tensors,
+                    tensors=taken.tensors,
                     data_watermark=produced_at,
                     offsets={},
                     created_at=time.time(),
-                    wait_ready=ready,
-                    rows=rows,
+                    wait_ready=taken.wait_ready,
+                    rows=taken.rows,
+                    complete=taken.complete,
                 )
             )
             next_snapshot = time.time() + args.snapshot_every
@@ -366,6 +366,10 @@ def run(args: argparse.Namespace, broker: EmbeddedBroker, mode: str) -> dict[str
         "delta MB": statistics.median(s[1] for s in deltas) / 1e6 if deltas else float("nan"),
         "publish s": statistics.median(s[2] for s in (deltas or sizes)),
         "copy s": statistics.median(result["copy_s"]),
+        # the first snapshot is always a full copy (nothing to complete a base from yet)
+        "first copy s": result["copy_s"][0],
+        "stall max s (after the first)": max(result["copy_s"][1:], default=float("nan")),
+        "stall p99 s (after the first)": _pct(result["copy_s"][1:], 0.99),
         "apply s": statistics.median(served["applied"]) if served["applied"] else float("nan"),
         "peak RSS/model": served["peak"] / model_bytes,
         "end RSS/model (trimmed)": served["rss"] / model_bytes,

@@ -114,7 +114,9 @@ def merge_requests(older: SnapshotRequest, newer: SnapshotRequest) -> SnapshotRe
                 tensors[name] = tensor
                 continue
             rows[name], tensors[name] = _union(rows[name], tensors[name], index, tensor)
-    return dataclasses.replace(newer, tensors=tensors, rows=rows)
+    # A scheduled base (``complete``) absorbs the deltas around it and stays one.
+    complete = rows is not None and (older.complete or newer.complete)
+    return dataclasses.replace(newer, tensors=tensors, rows=rows, complete=complete)
 
 
 def _union(
