@@ -346,7 +346,7 @@ def run(args: argparse.Namespace, broker: EmbeddedBroker, mode: str) -> dict[str
     print(f"  p99 with the warmup counted from the trainer's first batch: {_pct(old, 0.99):.2f} s")
     ages = sorted((f, t - first) for t, f in pairs if t >= first + args.warmup)
     # --- large (issue 26): the freshness-over-time plot ---
-    if args.plot:
+    if args.plot and pairs:
         _plot(args, mode, pairs, first, result["stages"])
     worst = ", ".join(f"{f:.2f}s@+{at:.1f}s" for f, at in ages[-5:])
     _print_stages(result, served, first, ages[-5:])

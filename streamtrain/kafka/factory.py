@@ -41,13 +41,11 @@ def record_consumer(
     fetch_max_bytes: int = 52_428_800,
     metadata_timeout_s: float | None = None,
     out_of_range: OutOfRange = "earliest",
-    prefetch_max_bytes: int | None = None,
 ) -> RecordConsumer:
     """A consumer of ``topic`` for ``assign()`` use; ``group_id`` only stores committed
     offsets (None: a reader that never commits). ``out_of_range="raise"``: a position the
     log no longer holds raises :class:`~streamtrain.kafka.errors.OffsetOutOfRange` from
-    ``poll`` instead of the library silently moving to the log's start.
-    ``prefetch_max_bytes``: librdkafka's read-ahead queue (64 MiB by default) kept smaller."""
+    ``poll`` instead of the library silently moving to the log's start."""
     _prepare(kafka)
     if metadata_timeout_s is None:  # waiting for a topic to appear: at most 10 s
         metadata_timeout_s = min(10.0, kafka.connect_timeout_s)
@@ -82,11 +80,6 @@ def record_consumer(
             "fetch.max.bytes": fetch_max_bytes,
             "receive.message.max.bytes": fetch_max_bytes + 1_048_576,
         }
-        | (
-            {}
-            if prefetch_max_bytes is None
-            else {"queued.max.messages.kbytes": max(1, prefetch_max_bytes // 1024)}
-        )
     )
     return ConfluentConsumer(topic=topic, config=config, metadata_timeout_s=metadata_timeout_s)
 
@@ -101,11 +94,9 @@ def partition_reader(
             kafka,
             topic=topic,
             fetch_max_wait_ms=fetch_max_wait_ms,
-            # Chunks are up to ~512 KiB; fetch several per round trip, but not so many that
-            # the fetched records (held twice: raw and parsed) weigh on a streamed base load.
-            max_partition_fetch_bytes=4 * 1024 * 1024,
-            fetch_max_bytes=8 * 1024 * 1024,
-            prefetch_max_bytes=8 * 1024 * 1024,
+            # Chunks are up to ~512 KiB; fetch several per round trip.
+            max_partition_fetch_bytes=16 * 1024 * 1024,
+            fetch_max_bytes=64 * 1024 * 1024,
         )
 
     return PartitionReader(consumer, topic, partition)

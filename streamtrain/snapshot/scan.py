@@ -22,8 +22,8 @@ Limits of the jump, in the order they are checked:
 Windows are one record after a jump (the record before a snapshot's first chunk is normally
 the previous snapshot's manifest: one read per snapshot, none of its chunks) and double, up
 to ``_MAX_WINDOW`` records, while they find nothing to jump from (a publish in progress or
-one that died). The Kafka client still fetches ahead of what the scan asks for (at most the
-snapshot reader's 8 MiB read-ahead, ``kafka/factory.py``): bounded, whatever the base size.
+one that died). The Kafka client still fetches ahead of what the scan asks for (a fetch of
+the snapshot reader, ``kafka/factory.py``): a fixed amount, whatever the base size.
 """
 
 from __future__ import annotations

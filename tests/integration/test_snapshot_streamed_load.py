@@ -90,8 +90,8 @@ def test_a_base_load_costs_a_fraction_of_the_model(kafka_bootstrap: str, unique_
     process.join(30)
     # Held at once before: every chunk, the joined payload and the decoded tensors (2-3x the
     # model on top). Now a part that grows with the model (none is expected) plus a fixed
-    # part that does not: the Kafka reader's read-ahead (8 MiB) and fetch, one chunk, one
-    # 4 MiB copy block, one 1 MiB hash block (measured: ~34 MiB in all for this 64 MiB table).
+    # part that does not: the Kafka reader's fetches (16 MiB each) and read-ahead, one chunk,
+    # one 4 MiB copy block, one 1 MiB hash block (measured: ~32 MiB for this 64 MiB table).
     fixed = 40 * 1024 * 1024
     assert peak - before <= 0.1 * table_bytes + fixed, (peak - before) / 2**20
 
