@@ -42,6 +42,7 @@ class ShadowCopy:
         """The request to publish; None for a scheduled base with no copy to complete it from
         (it cannot happen after a first full snapshot; logged)."""
         request.wait_ready()
+        request = dataclasses.replace(request, wait_ready=_ready)  # the copies are complete
         if request.rows is None:
             self._tensors = dict(request.tensors)
             return request
@@ -60,9 +61,7 @@ class ShadowCopy:
                     copy[name].index_copy_(0, index, tensor)
         if not request.complete:
             return request
-        return dataclasses.replace(
-            request, tensors=dict(copy), rows=None, complete=False, wait_ready=_ready
-        )
+        return dataclasses.replace(request, tensors=dict(copy), rows=None, complete=False)
 
 
 def _ready() -> None:
