@@ -304,7 +304,12 @@ def _plot(
     for version, row in stages.items():
         if "base" in row:
             axes.axvline(row["acked"] - first, color="tab:red", linewidth=0.8)
-            axes.annotate(f"base {version}", (row["acked"] - first, 0), color="tab:red")
+            axes.annotate(
+                f"base {version}",
+                (row["acked"] - first, 0.95),
+                xycoords=axes.get_xaxis_transform(),
+                color="tab:red",
+            )
     axes.axvline(args.warmup, color="grey", linestyle=":", linewidth=0.8)
     axes.set_xlabel("batch produced, s after the server's first prediction")
     axes.set_ylabel("freshness, s")
