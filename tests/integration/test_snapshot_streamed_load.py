@@ -8,6 +8,7 @@ import logging
 import multiprocessing as mp
 import random
 import re
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -22,10 +23,17 @@ from streamtrain.serve.weights.watcher import SnapshotWatcher
 from streamtrain.snapshot import wire
 from streamtrain.snapshot.manifest import SnapshotManifest
 from streamtrain.snapshot.payload import encode_state, sha256_hex, split_chunks
+from streamtrain.snapshot.publisher import SnapshotPublisher
 from streamtrain.snapshot.subscriber import SnapshotSubscriber
 from streamtrain.snapshot.writer import SnapshotWriter
 from streamtrain.train.row_tracker import row_sparse_parameters
-from tests.delta_fixtures import SPEC, build_id_embedding, model_state, snapshot_request
+from tests.delta_fixtures import (
+    SPEC,
+    SparseTrainer,
+    build_id_embedding,
+    model_state,
+    snapshot_request,
+)
 
 HASH = "c" * 64
 BIG = {"rows": 262_144, "dim": 64, "id_features": 2}  # a 64 MiB table
@@ -198,3 +206,59 @@ def test_bad_chunks_leave_the_old_weights_serving(
 
 def _reasons(log_text: str) -> set[str]:
     return set(re.findall(r"rejected \((\w+)\)", log_text))
+
+
+def test_base_rotations_under_requests_fail_none(kafka_bootstrap: str, unique_name: str) -> None:
+    """Bases (streamed, written into the shared table in the slot's exclusive section) and
+    deltas keep arriving while three threads run forward passes: no request fails, and the
+    server ends on the trainer's newest weights."""
+    create_topics(KafkaConnection(kafka_bootstrap), [unique_name])
+    slot, watcher = _server(kafka_bootstrap, unique_name, SMALL)
+    trainer = SparseTrainer(base_every_deltas=2)  # base, delta, delta, base, ...
+    publisher = SnapshotPublisher(
+        kafka=KafkaConnection(kafka_bootstrap),
+        topic=unique_name,
+        model_name="m",
+        settings_hash=HASH,
+        chunk_bytes=2048,  # a base of many chunks
+    )
+    stop = threading.Event()
+    failures: list[BaseException] = []
+    served: list[tuple[int, str]] = []
+
+    def requests() -> None:
+        x = torch.tensor([[1.0, 2.0, 0.5, -0.5]])
+        while not stop.is_set():
+            if not slot.ready:
+                time.sleep(0.001)
+                continue
+            try:
+                with slot.acquire() as lease, torch.no_grad():
+                    out = lease.model(x)
+                    assert bool(torch.isfinite(out).all())
+                    served.append((lease.info.version, lease.info.header.lineage))
+            except BaseException as exc:
+                failures.append(exc)
+
+    threads = [threading.Thread(target=requests, daemon=True) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    try:
+        for _ in range(10):
+            trainer.train(2)
+            publisher.offer(trainer.request())
+            assert publisher.flush(30)
+        _await_version(slot, trainer.step)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(10)
+        publisher.close(10)
+        watcher.stop()
+    assert failures == []
+    lineages = {lineage for _, lineage in served}
+    assert len(lineages) >= 2, lineages  # requests ran across base rotations
+    with slot.acquire() as lease:
+        held = lease.model.state_dict()
+        final = trainer.state()
+        assert all(torch.equal(held[k], final[k]) for k in final)
