@@ -28,9 +28,8 @@ from streamtrain.snapshot.subscriber import SnapshotSubscriber
 from streamtrain.snapshot.writer import SnapshotWriter
 from streamtrain.train.row_tracker import row_sparse_parameters
 from tests.delta_fixtures import (
-    SPEC,
     SparseTrainer,
-    build_id_embedding,
+    build_model,
     model_state,
     snapshot_request,
 )
@@ -41,8 +40,7 @@ SMALL = {"rows": 500, "dim": 8, "id_features": 2}
 
 
 def _model(params: dict[str, int], seed: int) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    return build_id_embedding(SPEC, params)
+    return build_model(seed, params)
 
 
 def _server(bootstrap: str, topic: str, params: dict[str, int]) -> tuple[WeightSlot, Any]:
