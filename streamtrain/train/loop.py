@@ -49,7 +49,7 @@ from streamtrain.train.progress import TrainProgress
 from streamtrain.train.promotion_gate import PromotionGate
 from streamtrain.train.row_tracker import RowTracker
 from streamtrain.train.throughput import ThroughputGauge
-from streamtrain.train.weights import copy_weights
+from streamtrain.train.weights import take_snapshot
 
 log = logging.getLogger(__name__)
 
@@ -340,18 +340,18 @@ class Trainer:
                 self._snapshot_policy.mark(step)  # held: wait a full period before the next try
                 self._last_snapshot_step = step
                 return
-        rows = None if self._row_tracker is None else self._row_tracker.take()
-        tensors, wait_ready = copy_weights(self._learner.model, rows)
+        taken = take_snapshot(self._learner.model, self._row_tracker)
         self._sink.offer(
             SnapshotRequest(
                 version=step,
                 run_id=self._run_id,
-                tensors=tensors,
+                tensors=taken.tensors,
                 data_watermark=self._progress.watermark,
                 offsets=dict(self._progress.offsets),
                 created_at=time.time(),
-                wait_ready=wait_ready,
-                rows=rows,
+                wait_ready=taken.wait_ready,
+                rows=taken.rows,
+                complete=taken.complete,
             )
         )
         self._snapshot_policy.mark(step)
