@@ -41,6 +41,7 @@ from streamtrain.serve.protocol.admin import AdminEndpoints
 from streamtrain.serve.protocol.bodies import ModelIO
 from streamtrain.serve.protocol.dataplane import ServedModel
 from streamtrain.serve.protocol.rest import create_app
+from streamtrain.serve.protocol.split import TrafficSplit, split_plan
 from streamtrain.serve.weights.inference import BatchingEngine, DirectEngine, Engine, head_for
 from streamtrain.serve.weights.retained import RetainedVersions
 from streamtrain.serve.weights.slot import WeightSlot
@@ -170,6 +171,7 @@ def build_worker(settings: Settings, source: SnapshotSource | None = None) -> Se
         serve.retain_versions,
         pin_store=cache,
     )
+    split = TrafficSplit(split_plan(serve), retained)
     served = ServedModel(
         slot=slot,
         engine=runner,
@@ -177,12 +179,13 @@ def build_worker(settings: Settings, source: SnapshotSource | None = None) -> Se
         name=serve.model_name,
         retained=retained,
         prediction_log=build_prediction_log(settings, spec),
+        split=split,
     )
     app = create_app(
         served=served,
         max_body_bytes=serve.max_body_bytes,
         metrics_registry=SERVER_REGISTRY if serve.metrics_port is None else None,
-        extra_routes=AdminEndpoints(retained, serve.admin_token).routes(),
+        extra_routes=AdminEndpoints(retained, serve.admin_token, split).routes(),
     )
     watcher = SnapshotWatcher(
         source if source is not None else build_source(settings, verifier),
