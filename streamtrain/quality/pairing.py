@@ -12,6 +12,8 @@ is checkpointed: the figures are since the process started, like every counter.
   labels), so a row logged after it (a shadow row's compute finishes after the answer) is
   scored when it arrives. A second label for an id is ignored: the first label wins, as in
   the join.
+* A second row of one id and arm (a replayed record) is skipped, as the join dead-letters
+  it (remembered for the newest ``max_pending`` rows).
 * A record that does not decode is skipped: the join dead-letters it.
 
 >>> from streamtrain.spec import SampleSpec
@@ -62,6 +64,7 @@ class ServedQuality:
         self._rows: OrderedDict[str, list[_Served]] = OrderedDict()
         self._pending_rows = 0
         self._labels: OrderedDict[str, Label] = OrderedDict()
+        self._seen: OrderedDict[tuple[str, Arm], None] = OrderedDict()
 
     def observe(self, record: KafkaRecord, prediction: bool) -> None:
         """A consumed record of the predictions topic (``prediction``) or the labels topic."""
@@ -80,6 +83,12 @@ class ServedQuality:
         self.label(label.request_id, label.label)
 
     def prediction(self, logged: PredictionRecord) -> None:
+        seen = (logged.request_id, logged.arm)
+        if seen in self._seen:
+            return
+        self._seen[seen] = None
+        if len(self._seen) > self._max_pending:
+            self._seen.popitem(last=False)
         served = _Served(logged.model_version, logged.arm, logged.served_at, logged.outputs)
         self.books.served(served.version, served.arm)
         label = self._labels.get(logged.request_id)
