@@ -232,8 +232,8 @@ class ServedModel:
     async def answer(
         self, request: InferRequest, wanted: int | None
     ) -> tuple[Prediction, Arm, int | None]:
-        """The prediction that answers ``request``, its arm, and the candidate version to
-        compute in shadow (None: none); a request naming a version is not routed. A
+        """The prediction that answers ``request``, its arm (``live`` or ``candidate``), and
+        the candidate version to compute in shadow (None: none); a request naming a version is not routed. A
         candidate evicted since it was routed to leaves the request to the live version."""
         arm: Arm = "live"
         if wanted is None:
@@ -243,8 +243,8 @@ class ServedModel:
                 if answered is not None:
                     return answered, arm, None
                 arm = "live"
-            if arm == "shadow":
-                return await self.predict(request.features, None, request.sparse), arm, candidate
+            if arm == "shadow":  # answered live; the candidate computes after the answer
+                return await self.predict(request.features, None, request.sparse), "live", candidate
         return await self.predict(request.features, wanted, request.sparse), "live", None
 
     def identify(self, request: InferRequest) -> InferRequest:
