@@ -233,16 +233,14 @@ class ServedModel:
         self, request: InferRequest, wanted: int | None
     ) -> tuple[Prediction, Arm, int | None]:
         """The prediction that answers ``request``, its arm (``live`` or ``candidate``), and
-        the candidate version to compute in shadow (None: none); a request naming a version is not routed. A
-        candidate evicted since it was routed to leaves the request to the live version."""
-        arm: Arm = "live"
+        the candidate version to compute in shadow (None: none). A request naming a version
+        is not routed; a candidate evicted since it was routed to leaves it to the live one."""
         if wanted is None:
             arm, candidate = self.split.route(request.id, None)
             if arm == "candidate" and candidate is not None and self.retained is not None:
                 answered = await self.retained.infer(candidate, request.features, request.sparse)
                 if answered is not None:
                     return answered, arm, None
-                arm = "live"
             if arm == "shadow":  # answered live; the candidate computes after the answer
                 return await self.predict(request.features, None, request.sparse), "live", candidate
         return await self.predict(request.features, wanted, request.sparse), "live", None
