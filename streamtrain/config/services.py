@@ -79,6 +79,23 @@ class ServeSettings(_Frozen):
         "split",
         description="split: the candidate answers its share; shadow: computed, logged only.",
     )
+    promotion: bool = Field(
+        False,
+        description="Promote or roll back the split's candidate by served quality "
+        "(reads topics.predictions and topics.labels; needs prediction_log).",
+    )
+    promotion_min_rows: int = Field(
+        500, ge=1, description="Labelled rows each arm needs before a promotion decision."
+    )
+    promotion_margin: float = Field(
+        0.0, ge=0.0, description="Mean per-row loss difference a decision must exceed."
+    )
+    promotion_z: float = Field(
+        3.0, gt=0.0, description="One-sided z the difference less the margin must reach."
+    )
+    promotion_check_s: float = Field(
+        2.0, gt=0.0, le=3600, description="Seconds between promotion checks."
+    )
     tls_certfile: Path | None = Field(
         None, description="PEM certificate (chain) for HTTPS and gRPC over TLS; needs tls_keyfile."
     )
@@ -99,6 +116,15 @@ class ServeSettings(_Frozen):
         description="A log record unacknowledged this long, retries included, is dropped; "
         "also bounds the flush at shutdown.",
     )
+
+    @model_validator(mode="after")
+    def _promotion_reads_the_log(self) -> ServeSettings:
+        if self.promotion and not self.prediction_log:
+            raise ValueError(
+                "serve.promotion judges the rows the prediction log writes: set "
+                "serve.prediction_log true as well, or serve.promotion false"
+            )
+        return self
 
     @model_validator(mode="after")
     def _tls_pair(self) -> ServeSettings:

@@ -40,7 +40,7 @@ class ServedQualityCollector(Collector):
         reports = (
             books.report()
             if books is not None
-            else [TallyReport(OLDER, arm, 0, 0, 0.0, 0.0, 0.0, 0.0, _EMPTY) for arm in ARMS]
+            else [TallyReport(OLDER, arm, 0, 0, 0.0, 0.0, 0.0, 0.0, 0.0, _EMPTY) for arm in ARMS]
         )
         classification = books is None or books.spec.is_classification
         counters = [

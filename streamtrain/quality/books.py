@@ -36,6 +36,7 @@ class Tally:
     served: int = 0
     labelled: int = 0
     loss_sum: float = 0.0
+    loss_squares: float = 0.0  # sum of squared per-row losses: the promotion test's variance
     correct: float = 0.0
     abs_error_sum: float = 0.0
     squared_error_sum: float = 0.0
@@ -45,6 +46,7 @@ class Tally:
     def add(self, served_at: float, row: RowScore, window_s: float, max_rows: int) -> None:
         self.labelled += 1
         self.loss_sum += row.loss
+        self.loss_squares += row.loss * row.loss
         if row.correct == row.correct:  # not NaN: classification
             self.correct += row.correct
         else:
@@ -58,6 +60,7 @@ class Tally:
         self.served += other.served
         self.labelled += other.labelled
         self.loss_sum += other.loss_sum
+        self.loss_squares += other.loss_squares
         self.correct += other.correct
         self.abs_error_sum += other.abs_error_sum
         self.squared_error_sum += other.squared_error_sum
@@ -87,6 +90,7 @@ class TallyReport:
     served: int
     labelled: int
     loss_sum: float
+    loss_squares: float
     correct: float
     abs_error_sum: float
     squared_error_sum: float
@@ -131,6 +135,7 @@ class VersionBooks:
                     t.served,
                     t.labelled,
                     t.loss_sum,
+                    t.loss_squares,
                     t.correct,
                     t.abs_error_sum,
                     t.squared_error_sum,

@@ -37,6 +37,7 @@ from streamtrain.extras import MissingExtra
 from streamtrain.kafka import KafkaConnection, RecordProducer, record_producer
 from streamtrain.metrics import SERVER_REGISTRY, serve_metrics
 from streamtrain.serve.prediction_log.writer import PredictionLog
+from streamtrain.serve.promotion import PromotionWatch, build_promotion
 from streamtrain.serve.protocol.admin import AdminEndpoints
 from streamtrain.serve.protocol.bodies import ModelIO
 from streamtrain.serve.protocol.dataplane import ServedModel
@@ -203,6 +204,7 @@ def build_worker(settings: Settings, source: SnapshotSource | None = None) -> Se
             metrics_port=serve.metrics_port,
             grpc=grpc,
             tls=_tls(serve),
+            promotion=build_promotion(settings, split, retained, spec),
         )
     except BaseException:
         if grpc is not None:
@@ -253,6 +255,7 @@ class ServingWorker:
         metrics_port: int | None = None,
         grpc: GrpcServer | None = None,
         tls: tuple[Path, Path] | None = None,
+        promotion: PromotionWatch | None = None,
     ) -> None:
         self.app = app
         self.grpc = grpc
@@ -260,6 +263,7 @@ class ServingWorker:
         self.slot = served.slot
         self._engine = served.engine
         self._watcher = watcher
+        self._promotion = promotion
         self._metrics_port = metrics_port
         self._metrics_server: Any = None
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -313,6 +317,8 @@ class ServingWorker:
             self._metrics_server = serve_metrics(SERVER_REGISTRY, self._metrics_port, self._host)
         if self.prediction_log is not None:
             self.prediction_log.start()
+        if self._promotion is not None:
+            self._promotion.start()
         if self.grpc is not None:
             self.grpc.start()
         self._watcher.start()
@@ -363,6 +369,8 @@ class ServingWorker:
     def _close(self) -> None:
         if self.grpc is not None:
             self.grpc.stop()
+        if self._promotion is not None:
+            self._promotion.stop()
         if self.prediction_log is not None:
             self.prediction_log.close()
         self._watcher.stop()
