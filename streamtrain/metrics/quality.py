@@ -42,37 +42,13 @@ class ServedQualityCollector(Collector):
             if books is not None
             else [TallyReport(OLDER, arm, 0, 0, 0.0, 0.0, 0.0, 0.0, 0.0, _EMPTY) for arm in ARMS]
         )
-        classification = books is None or books.spec.is_classification
-        counters = [
-            ("served_rows", "Served rows the join saw, by model version and arm.", "served"),
-            ("labelled_rows", "Served rows whose label arrived, by version and arm.", "labelled"),
-        ]
-        if classification:
-            counters += [
-                ("log_loss_sum", "Summed log loss of labelled served rows.", "loss_sum"),
-                (
-                    "correct_rows",
-                    "Labelled served rows whose predicted class was right.",
-                    "correct",
-                ),
-            ]
-        else:
-            counters += [
-                (
-                    "absolute_error_sum",
-                    "Summed mean absolute error of labelled rows.",
-                    "abs_error_sum",
-                ),
-                (
-                    "squared_error_sum",
-                    "Summed mean squared error of labelled rows.",
-                    "squared_error_sum",
-                ),
-            ]
-        for name, doc, attr in counters:
+        # a regression row's loss is its squared error: only classification has a log loss
+        log_loss = books is None or books.spec.is_classification
+        for name, doc, attr in _COUNTERS:
             family = CounterMetricFamily(f"streamtrain_quality_{name}", doc, labels=_LABELS)
             for r in reports:
-                family.add_metric([r.version, r.arm], float(getattr(r, attr)))
+                value = getattr(r, attr) if attr != "loss_sum" or log_loss else 0.0
+                family.add_metric([r.version, r.arm], float(value))
             yield family
         coverage = GaugeMetricFamily(
             "streamtrain_quality_label_coverage_ratio",
@@ -82,32 +58,31 @@ class ServedQualityCollector(Collector):
         for r in reports:
             coverage.add_metric([r.version, r.arm], r.labelled / r.served if r.served else math.nan)
         yield coverage
-        yield from _window_gauges(
-            reports, classification, books is not None and books.spec.task == "binary"
-        )
+        for name, doc in _WINDOW:
+            family = GaugeMetricFamily(f"streamtrain_quality_window_{name}", doc, labels=_LABELS)
+            for r in reports:
+                family.add_metric([r.version, r.arm], float(getattr(r.figures, name)))
+            yield family
 
 
-def _window_gauges(
-    reports: list[TallyReport], classification: bool, binary: bool
-) -> Iterator[Metric]:
-    figures = [("rows", "Labelled rows in the event-time window.")]
-    if classification:
-        figures += [
-            ("log_loss", "Mean log loss of the window's labelled served rows."),
-            ("accuracy", "Accuracy of the window's labelled served rows."),
-        ]
-        if binary:
-            figures.append(("auc", "ROC AUC of the window's labelled served rows."))
-    else:
-        figures += [
-            ("mae", "Mean absolute error of the window's labelled served rows."),
-            ("rmse", "Root mean squared error of the window's labelled served rows."),
-        ]
-    for name, doc in figures:
-        family = GaugeMetricFamily(f"streamtrain_quality_window_{name}", doc, labels=_LABELS)
-        for r in reports:
-            family.add_metric([r.version, r.arm], float(getattr(r.figures, name)))
-        yield family
+# Every family whatever the task, so a dashboard's queries always find their series: the
+# other task's counters stay 0 and its window figures NaN (as AUC for a multiclass model).
+_COUNTERS = (
+    ("served_rows", "Served rows the join saw, by model version and arm.", "served"),
+    ("labelled_rows", "Served rows whose label arrived, by version and arm.", "labelled"),
+    ("log_loss", "Classification: summed log loss of labelled served rows.", "loss_sum"),
+    ("correct_rows", "Classification: labelled rows whose predicted class was right.", "correct"),
+    ("absolute_error", "Regression: summed absolute error of labelled rows.", "abs_error_sum"),
+    ("squared_error", "Regression: summed squared error of labelled rows.", "squared_error_sum"),
+)
+_WINDOW = (
+    ("rows", "Labelled rows in the event-time window."),
+    ("log_loss", "Classification: mean log loss of the window's labelled served rows."),
+    ("accuracy", "Classification: accuracy of the window's labelled served rows."),
+    ("auc", "Binary models: ROC AUC of the window's labelled served rows."),
+    ("mae", "Regression: mean absolute error of the window's labelled served rows."),
+    ("rmse", "Regression: root mean squared error of the window's labelled served rows."),
+)
 
 
 SERVED_QUALITY = ServedQualityCollector()

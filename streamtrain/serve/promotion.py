@@ -69,7 +69,7 @@ class PromotionWatch:
         self._stop = threading.Event()
         self._plan: SplitPlan | None = None
         self.pairs = self._fresh()
-        self._decided = {d: SERVE_PROMOTION_DECISIONS.labels(d) for d in DECISIONS}
+        self._decided = {d: SERVE_PROMOTION_DECISIONS.labels(d) for d in DECISIONS}  # at 0
         self._thread = threading.Thread(target=self._run, name="promotion", daemon=True)
 
     def start(self) -> None:

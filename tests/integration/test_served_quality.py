@@ -126,7 +126,7 @@ def test_served_quality_per_version_and_arm_matches_the_topics(
         assert found[f"streamtrain_quality_window_log_loss{labels}"] == pytest.approx(
             want["log_loss"], rel=1e-6
         )
-        loss_sum = found[f"streamtrain_quality_log_loss_sum_total{labels}"]
+        loss_sum = found[f"streamtrain_quality_log_loss_total{labels}"]
         assert loss_sum / want["labelled"] == pytest.approx(want["log_loss"], rel=1e-6)
         assert found[f"streamtrain_quality_window_accuracy{labels}"] == pytest.approx(
             want["accuracy"], abs=1e-12

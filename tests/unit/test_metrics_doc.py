@@ -32,6 +32,12 @@ _UNITLESS = {
     "streamtrain_serve_retained_versions",
     "streamtrain_kafka_reachable",
     "streamtrain_join_assigned_partitions",
+    # served quality over a window: figures of the label's own unit, or none
+    "streamtrain_quality_window_log_loss",
+    "streamtrain_quality_window_accuracy",
+    "streamtrain_quality_window_auc",
+    "streamtrain_quality_window_mae",
+    "streamtrain_quality_window_rmse",
 }
 
 
@@ -97,6 +103,11 @@ def _label_names(family: str) -> frozenset[str]:
     for obj in vars(metrics).values():
         if isinstance(obj, MetricWrapperBase) and getattr(obj, "_name", None) == family:
             return frozenset(getattr(obj, "_labelnames", ()))
+    # A custom collector (metrics/quality.py) has no metric object: read its samples' labels.
+    for registry in REGISTRIES.values():
+        for collected in registry.collect():
+            if collected.name == family and collected.samples:
+                return frozenset(label for s in collected.samples for label in s.labels)
     raise AssertionError(f"{family} is registered but not defined in streamtrain/metrics/")
 
 
