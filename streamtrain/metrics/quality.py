@@ -59,10 +59,10 @@ class ServedQualityCollector(Collector):
             coverage.add_metric([r.version, r.arm], r.labelled / r.served if r.served else math.nan)
         yield coverage
         for name, doc in _WINDOW:
-            family = GaugeMetricFamily(f"streamtrain_quality_window_{name}", doc, labels=_LABELS)
+            gauge = GaugeMetricFamily(f"streamtrain_quality_window_{name}", doc, labels=_LABELS)
             for r in reports:
-                family.add_metric([r.version, r.arm], float(getattr(r.figures, name)))
-            yield family
+                gauge.add_metric([r.version, r.arm], float(getattr(r.figures, name)))
+            yield gauge
 
 
 # Every family whatever the task, so a dashboard's queries always find their series: the
