@@ -61,7 +61,7 @@ def served_quality(settings: Settings) -> ServedQuality | None:
         books = VersionBooks(
             spec_for_model(settings.model), join.quality_versions, join.quality_window_s
         )
-    metrics.SERVED_QUALITY.attach(books)
+    metrics.SERVED_QUALITY.attach(None if books is None else books.series)
     return None if books is None else ServedQuality(books, join.max_pending_predictions)
 
 

@@ -18,10 +18,12 @@ an older one is folded into the version label ``older`` (sums added, window rows
 
 from __future__ import annotations
 
+import math
 import threading
 from collections import deque
 from dataclasses import dataclass, field
 
+from streamtrain.metrics.quality import QualitySeries
 from streamtrain.quality.figures import RowScore, WindowFigures, summarise
 from streamtrain.spec import SampleSpec
 from streamtrain.wire.prediction_record import ARMS, Arm
@@ -161,3 +163,30 @@ class VersionBooks:
     def _fold(self, version: int) -> None:
         for arm, tally in self._versions.pop(version).items():
             self._older[arm].merge(tally, self.window_s, self.max_window_rows)
+
+    def series(self) -> list[QualitySeries]:
+        """Every tally as the metrics export it (``streamtrain.metrics.quality``)."""
+        # a regression row's loss is its squared error: only classification has a log loss
+        log_loss = self.spec.is_classification
+        return [
+            QualitySeries(
+                r.version,
+                r.arm,
+                {
+                    "served_rows": float(r.served),
+                    "labelled_rows": float(r.labelled),
+                    "log_loss": r.loss_sum if log_loss else 0.0,
+                    "correct_rows": r.correct,
+                    "absolute_error": r.abs_error_sum,
+                    "squared_error": r.squared_error_sum,
+                    "label_coverage_ratio": r.labelled / r.served if r.served else math.nan,
+                    "window_rows": float(r.figures.rows),
+                    "window_log_loss": r.figures.log_loss,
+                    "window_accuracy": r.figures.accuracy,
+                    "window_auc": r.figures.auc,
+                    "window_mae": r.figures.mae,
+                    "window_rmse": r.figures.rmse,
+                },
+            )
+            for r in self.report()
+        ]

@@ -25,7 +25,7 @@ LAYERS: list[set[str]] = [
     {"snapshot"},
     {"train"},
     {"ingest", "checkpoint", "client", "datasets", "broker"},
-    {"batch"},
+    {"batch", "quality"},
     {"kafka"},
     {"wire", "health", "sparse_tensors"},
     {"spec", "jagged", "gc_pause"},
@@ -35,6 +35,7 @@ LAYERS: list[set[str]] = [
 # Inside serve/: the wiring over the request path over the hot-swap path and the log.
 SERVE_LAYERS: list[set[str]] = [
     {"server"},
+    {"promotion"},
     {"protocol"},
     {"weights", "prediction_log"},
 ]

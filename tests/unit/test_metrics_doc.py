@@ -103,11 +103,9 @@ def _label_names(family: str) -> frozenset[str]:
     for obj in vars(metrics).values():
         if isinstance(obj, MetricWrapperBase) and getattr(obj, "_name", None) == family:
             return frozenset(getattr(obj, "_labelnames", ()))
-    # A custom collector (metrics/quality.py) has no metric object: read its samples' labels.
-    for registry in REGISTRIES.values():
-        for collected in registry.collect():
-            if collected.name == family and collected.samples:
-                return frozenset(label for s in collected.samples for label in s.labels)
+    # A custom collector (metrics/quality.py) has no metric object: it names its labels.
+    if family.startswith("streamtrain_quality_"):
+        return frozenset(metrics.SERVED_QUALITY.label_names)
     raise AssertionError(f"{family} is registered but not defined in streamtrain/metrics/")
 
 
