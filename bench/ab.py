@@ -56,10 +56,10 @@ from streamtrain.demo.delayed import LABEL_DELAY_MAX_SECONDS, LABEL_DELAY_MIN_SE
 from streamtrain.kafka import KafkaConnection, create_topics, record_consumer, record_producer
 from streamtrain.kafka.watermark import true_ends
 from streamtrain.serve.protocol.split import TrafficSplit, make_plan
-from streamtrain.serve.server import build_worker
+from streamtrain.builders.server import build_worker
 from streamtrain.snapshot.manifest import settings_hash
 from streamtrain.snapshot.writer import SnapshotWriter
-from streamtrain.spec import spec_for_model
+from streamtrain.sample.spec import spec_for_model
 from streamtrain.train.hooks import SnapshotRequest
 from streamtrain.train.models import build_model
 from streamtrain.wire.label_record import encode_label_json

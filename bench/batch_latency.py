@@ -21,9 +21,10 @@ import numpy as np
 from streamtrain import metrics
 from streamtrain.broker import EmbeddedBroker
 from streamtrain.client import SampleProducer
+from streamtrain.ingest.options import SourceOptions
 from streamtrain.ingest.source import KafkaSampleSource
 from streamtrain.kafka import KafkaConnection
-from streamtrain.spec import SampleSpec
+from streamtrain.sample.spec import SampleSpec
 
 SPEC = SampleSpec(feature_shape=(16,), task="binary")
 
@@ -75,10 +76,12 @@ def measure(bootstrap: str, topic: str, deterministic: bool, seconds: float) -> 
         topic=topic,
         group_id=f"{topic}-{deterministic}",
         kafka=KafkaConnection(bootstrap, client="confluent"),
-        start_from="latest",
-        max_batch_size=256,
-        max_wait_ms=50,
-        deterministic_batches=deterministic,
+        options=SourceOptions(
+            start_from="latest",
+            max_batch_size=256,
+            max_wait_ms=50,
+            deterministic_batches=deterministic,
+        ),
     ) as source:
         warm_until = time.monotonic() + 1.0
         end = warm_until + seconds

@@ -25,7 +25,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from streamtrain.datasets.ctr import ctr
-from streamtrain.sparse_tensors import JaggedTensor
+from streamtrain.sample.sparse_torch import JaggedTensor
 from streamtrain.train.learner import Learner
 from streamtrain.train.models import build_model
 from streamtrain.train.models.embedding import hash_rows

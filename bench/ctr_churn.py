@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from ctr import Result, Stream, _log_loss, make_stream, run_river_fm, run_streamtrain, run_vw
 
-from streamtrain.sparse_tensors import JaggedTensor
+from streamtrain.sample.sparse_torch import JaggedTensor
 from streamtrain.train.learner import Learner
 from streamtrain.train.models import build_model
 from streamtrain.train.optim import build_optimizer

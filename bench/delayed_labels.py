@@ -48,12 +48,12 @@ import numpy.typing as npt
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
 from streamtrain.broker import EmbeddedBroker, free_port
-from streamtrain.cli.build_trainer import build_trainer
+from streamtrain.builders.trainer import build_trainer
 from streamtrain.config import load_settings
 from streamtrain.datasets import hyperplane
 from streamtrain.demo.scrape import Scrape, ScrapeError, scrape
 from streamtrain.kafka import create_topics
-from streamtrain.spec import SampleSpec
+from streamtrain.sample.spec import SampleSpec
 from streamtrain.wire import CONTENT_TYPE_HEADER, encode_binary, encode_binary_many
 from streamtrain.wire.content_type import BINARY_CONTENT_TYPE
 from streamtrain.wire.label_record import encode_label_json, with_label

@@ -38,7 +38,7 @@ from embedding_model import build_id_embedding
 
 from streamtrain.broker import EmbeddedBroker
 from streamtrain.kafka import KafkaConnection
-from streamtrain.spec import SampleSpec
+from streamtrain.sample.spec import SampleSpec
 from streamtrain.train.hooks import SnapshotRequest
 from streamtrain.train.row_tracker import RowTracker
 from streamtrain.train.weights import copy_weights

@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from streamtrain import metrics
 from streamtrain.distributed.sparse_sync import gather_sparse_grads
 from streamtrain.distributed.step_sync import GradientSync, attach_moments_sync
-from streamtrain.spec import SampleSpec
+from streamtrain.sample.spec import SampleSpec
 from streamtrain.train.learner import Learner
 from streamtrain.train.models import build_model
 from streamtrain.train.optim import build_optimizer

@@ -27,9 +27,9 @@ import numpy as np
 from streamtrain.broker import free_port
 from streamtrain.client import SampleProducer
 from streamtrain.kafka import KafkaConnection
+from streamtrain.sample.spec import SampleSpec
 from streamtrain.snapshot.manifest import settings_hash
 from streamtrain.snapshot.subscriber import ReceivedSnapshot, SnapshotSubscriber
-from streamtrain.spec import SampleSpec
 
 SPEC = SampleSpec(feature_shape=(16,), task="binary")
 MODEL_ENV = {

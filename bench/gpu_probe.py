@@ -87,9 +87,10 @@ def installed_package(site: Path) -> None:
 def broker_round_trip() -> None:
     from streamtrain.broker import EmbeddedBroker
     from streamtrain.client import SampleProducer
+    from streamtrain.ingest.options import SourceOptions
     from streamtrain.ingest.source import KafkaSampleSource
     from streamtrain.kafka import KafkaConnection
-    from streamtrain.spec import SampleSpec
+    from streamtrain.sample.spec import SampleSpec
 
     spec = SampleSpec(feature_shape=(4,), task="binary")
     started = time.perf_counter()
@@ -100,7 +101,11 @@ def broker_round_trip() -> None:
             producer.send_many(np.ones((1, 4), np.float32), np.array([1]), partition=0)
             producer.flush()
         with KafkaSampleSource(
-            spec=spec, topic="probe", group_id="probe", kafka=kafka, start_from="earliest"
+            spec=spec,
+            topic="probe",
+            group_id="probe",
+            kafka=kafka,
+            options=SourceOptions(start_from="earliest"),
         ) as source:
             deadline = time.monotonic() + 30
             batch = source.next_batch()

@@ -40,10 +40,10 @@ from serve_model import model_overrides
 
 from streamtrain.broker import EmbeddedBroker, free_port
 from streamtrain.config import load_settings
+from streamtrain.sample.spec import spec_for_model
 from streamtrain.serve.weights.inference import BatchingEngine, DirectEngine, Engine, head_for
 from streamtrain.serve.weights.slot import WeightSlot
 from streamtrain.snapshot.manifest import SnapshotHeader
-from streamtrain.spec import spec_for_model
 from streamtrain.train.models import build_model
 
 HIDDEN = 256

@@ -39,7 +39,7 @@ from streamtrain.broker import EmbeddedBroker
 from streamtrain.client import SampleProducer
 from streamtrain.datasets.ctr import ctr
 from streamtrain.kafka import KafkaConnection
-from streamtrain.sparse_tensors import to_tensors
+from streamtrain.sample.sparse_torch import to_tensors
 
 DLRM_PARAMS: dict[str, Any] = {
     "rows": 131_072,

@@ -32,12 +32,12 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from streamtrain.broker import EmbeddedBroker
 from streamtrain.gc_pause import gc_paused
-from streamtrain.ingest import KafkaSampleSource
+from streamtrain.ingest import KafkaSampleSource, SourceOptions
 from streamtrain.ingest.decode import decode_records
 from streamtrain.kafka import KafkaConnection, create_topics
 from streamtrain.kafka.confluent_consumer import MessageRecords
 from streamtrain.kafka.records import KafkaRecord, RecordColumns
-from streamtrain.spec import SampleSpec
+from streamtrain.sample.spec import SampleSpec
 from streamtrain.wire import (
     BINARY_CONTENT_TYPE,
     decode_binary,
@@ -127,10 +127,12 @@ def source_rate(bootstrap: str, topic: str, count: int, client: str, log_order: 
         topic=topic,
         group_id=f"bench-{topic}",
         kafka=KafkaConnection(bootstrap, client=client),  # type: ignore[arg-type]
-        start_from="earliest",
-        max_batch_size=100_000,
-        max_wait_ms=50,
-        deterministic_batches=log_order,
+        options=SourceOptions(
+            start_from="earliest",
+            max_batch_size=100_000,
+            max_wait_ms=50,
+            deterministic_batches=log_order,
+        ),
     ) as source:
         samples = 0
         clock = Clock()

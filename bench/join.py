@@ -40,12 +40,12 @@ from prometheus_client import Gauge, Histogram
 
 from streamtrain import metrics
 from streamtrain.broker import EmbeddedBroker, free_port
+from streamtrain.builders.join import build_join
 from streamtrain.config import load_settings
-from streamtrain.join.build import build_join
 from streamtrain.join.partition_state import JoinPolicy, PartitionState, SourceRecord
 from streamtrain.join.state_file import write_state
 from streamtrain.kafka import KafkaConnection, create_topics, record_producer
-from streamtrain.spec import SampleSpec
+from streamtrain.sample.spec import SampleSpec
 from streamtrain.wire import encode_binary
 from streamtrain.wire.label_record import encode_label_json
 from streamtrain.wire.prediction_record import PredictionRecord, encode_prediction

@@ -24,7 +24,7 @@ import torch
 from serve_model import API_PATH, model_overrides
 
 from streamtrain.config import load_settings
-from streamtrain.spec import spec_for_model
+from streamtrain.sample.spec import spec_for_model
 from streamtrain.train.models import build_model
 from streamtrain.train.task import TaskHead
 

@@ -2,7 +2,7 @@
 
 At start from a checkpoint and after every interruption (a broker outage's end, a dropped
 connection, a topic reported missing), a reader fetches the record at each stored position
-and compares its fingerprint (``streamtrain.ingest.log_watch.verify_marks``). This measures
+and compares its fingerprint (``streamtrain.kafka.mark_check.verify_marks``). This measures
 that check on the embedded broker for each client library and a few partition counts, plus
 the per-batch cost of taking the fingerprints (one SHA-256 of key and value per partition per
 batch), next to a plain poll of the same consumer as the yardstick.
@@ -17,7 +17,6 @@ import statistics
 import time
 
 from streamtrain.broker import EmbeddedBroker
-from streamtrain.ingest.log_watch import verify_marks
 from streamtrain.kafka import (
     KafkaClient,
     KafkaConnection,
@@ -25,7 +24,8 @@ from streamtrain.kafka import (
     record_consumer,
     record_producer,
 )
-from streamtrain.kafka.record_mark import RecordMark, mark_of
+from streamtrain.kafka.mark_check import verify_marks
+from streamtrain.sample.record_mark import RecordMark, mark_of
 
 
 def _fill(kafka: KafkaConnection, topic: str, partitions: int, records: int) -> None:

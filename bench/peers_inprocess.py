@@ -26,7 +26,7 @@ from peers_river import RunResult
 from peers_streams import Stream
 
 from streamtrain.config import Settings, load_settings
-from streamtrain.spec import SampleSpec, spec_for_model
+from streamtrain.sample.spec import SampleSpec, spec_for_model
 from streamtrain.train.learner import Learner
 from streamtrain.train.models import build_model
 from streamtrain.train.optim import build_optimizer, build_scheduler

@@ -21,18 +21,15 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import numpy as np
-from peers_streams import Stream, collect, collect_raw
-
-
-def _values(row: Mapping[Any, Any]) -> list[float]:
-    return [float(v) for v in row.values()]
-
-
-def _abrupt_pair(first: Any, second: Any, samples: int) -> Any:
-    from peers_suite import _abrupt
-
-    return _abrupt(first, second, samples)
+from peers_streams import (
+    Stream,
+    collect,
+    collect_raw,
+    encode_agrawal,
+    function_switch,
+    raw_values,
+    regression,
+)
 
 
 def _led_drift(samples: int, seed: int) -> Stream:
@@ -41,7 +38,7 @@ def _led_drift(samples: int, seed: int) -> Stream:
     gen = synth.LEDDrift(
         seed=seed, noise_percentage=0.1, irrelevant_features=True, n_drift_features=7
     )
-    x, y = collect(gen, samples, _values)
+    x, y = collect(gen, samples, raw_values)
     desc = "river LEDDrift throughout (7 segments swapped), 24 binary features, 10% noise"
     return Stream("led_drift", desc, x, y, 10)
 
@@ -52,7 +49,7 @@ def _hyperplane_fast(samples: int, seed: int) -> Stream:
     gen = synth.Hyperplane(
         seed=seed, n_features=30, n_drift_features=10, mag_change=0.01, noise_percentage=0.05
     )
-    x, y = collect(gen, samples, _values)
+    x, y = collect(gen, samples, raw_values)
     desc = "river Hyperplane, 30 features, 10 rotating at mag_change 0.01 (10x), 5% noise"
     return Stream("hyperplane_fast", desc, x, y, 2)
 
@@ -60,36 +57,33 @@ def _hyperplane_fast(samples: int, seed: int) -> Stream:
 def _sine_abrupt(samples: int, seed: int) -> Stream:
     from river.datasets import synth
 
-    gen = _abrupt_pair(
-        synth.Sine(classification_function=0, seed=seed),
-        synth.Sine(classification_function=2, seed=seed + 1),
-        samples,
-    )
-    x, y = collect(gen, samples, _values)
     desc = "river Sine function 0 (below sin) -> 2 (below 0.5 + 0.3 sin 3pi x) at mid-stream"
-    return Stream("sine_abrupt", desc, x, y, 2)
+    return function_switch("sine_abrupt", desc, synth.Sine, (0, 2), samples, seed, 2)
 
 
 def _waveform(samples: int, seed: int) -> Stream:
     from river.datasets import synth
 
-    x, y = collect(synth.Waveform(seed=seed, has_noise=True), samples, _values)
+    x, y = collect(synth.Waveform(seed=seed, has_noise=True), samples, raw_values)
     desc = "river Waveform with noise: 3 classes, 21 noisy + 19 irrelevant features"
     return Stream("waveform", desc, x, y, 3)
 
 
 def _agrawal_drift(samples: int, seed: int) -> Stream:
-    from peers_streams import encode_agrawal
     from river.datasets import synth
 
-    gen = _abrupt_pair(
-        synth.Agrawal(classification_function=2, seed=seed, perturbation=0.05),
-        synth.Agrawal(classification_function=5, seed=seed + 1, perturbation=0.05),
-        samples,
-    )
-    x, y = collect(gen, samples, encode_agrawal)
     desc = "river Agrawal function 2 -> 5 at mid-stream, 5% perturbation, raw salary ~1e5"
-    return Stream("agrawal_drift", desc, x, y, 2)
+    return function_switch(
+        "agrawal_drift",
+        desc,
+        synth.Agrawal,
+        (2, 5),
+        samples,
+        seed,
+        2,
+        encode=encode_agrawal,
+        perturbation=0.05,
+    )
 
 
 _MV_CODES = {"red": 0.0, "green": 1.0, "brown": 2.0, "no": 0.0, "yes": 1.0}
@@ -112,15 +106,15 @@ def _mv(samples: int, seed: int) -> Stream:
 
     x, y = collect_raw(synth.Mv(seed=seed), samples, _encode_mv)
     desc = "river Mv: 10 features (x3 one-hot, x7/x8 as 0/1, numeric raw), piecewise target"
-    return Stream("mv", desc, x, np.asarray(y, np.float32), 0)
+    return regression("mv", desc, x, y)
 
 
 def _planes2d(samples: int, seed: int) -> Stream:
     from river.datasets import synth
 
-    x, y = collect_raw(synth.Planes2D(seed=seed), samples, _values)
+    x, y = collect_raw(synth.Planes2D(seed=seed), samples, raw_values)
     desc = "river Planes2D: 10 features, one of two planes chosen by x0, noise"
-    return Stream("planes2d", desc, x, np.asarray(y, np.float32), 0)
+    return regression("planes2d", desc, x, y)
 
 
 NEW: dict[str, Callable[[int, int], Stream]] = {

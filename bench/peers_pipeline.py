@@ -26,7 +26,7 @@ from peers_inprocess import ModelConfig, stream_settings, stream_spec
 from peers_river import RunResult
 from peers_streams import Stream
 
-from streamtrain.cli.build_trainer import build_trainer
+from streamtrain.builders.trainer import build_trainer
 from streamtrain.client import SampleProducer
 from streamtrain.config import Settings, load_settings
 from streamtrain.kafka import KafkaConnection, create_topics

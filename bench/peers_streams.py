@@ -14,7 +14,7 @@ built-ins with their online standardiser (on by default).
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,6 +81,45 @@ def collect_raw(
     if len(rows) < n:
         raise ValueError(f"stream ended after {len(rows)} samples, {n} were asked for")
     return np.asarray(rows, np.float32), labels
+
+
+def raw_values(row: Mapping[Any, Any]) -> list[float]:
+    """A river sample's values as they come, in its own order (the streams fed raw)."""
+    return [float(v) for v in row.values()]
+
+
+def regression(name: str, desc: str, x: npt.NDArray[np.float32], y: list[Any]) -> Stream:
+    return Stream(name, desc, x, np.asarray(y, np.float32), 0)
+
+
+def abrupt(first: Any, second: Any, samples: int) -> Iterator[tuple[Any, Any]]:
+    """``first`` for half the stream, then ``second``: a switch between two samples (river's
+    ConceptDriftStream with width 1 overflows its sigmoid far from the switch)."""
+    half = samples // 2
+    return itertools.chain(itertools.islice(first, half), itertools.islice(second, samples - half))
+
+
+def function_switch(
+    name: str,
+    desc: str,
+    make: Callable[..., Any],
+    functions: tuple[int, int],
+    samples: int,
+    seed: int,
+    classes: int,
+    encode: Callable[[Mapping[Any, Any]], list[float]] = raw_values,
+    **options: Any,
+) -> Stream:
+    """River generator ``make`` with ``classification_function`` ``functions[0]``, then
+    (seeded one apart) ``functions[1]`` from mid-stream: an abrupt concept change."""
+    first, second = functions
+    gen = abrupt(
+        make(classification_function=first, seed=seed, **options),
+        make(classification_function=second, seed=seed + 1, **options),
+        samples,
+    )
+    x, y = collect(gen, samples, encode)
+    return Stream(name, desc, x, y, classes)
 
 
 def _hyperplane(samples: int, seed: int) -> Stream:

@@ -16,55 +16,55 @@ Everything is bundled with river or scikit-learn: no network.
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 from peers_new_streams import NEW, NEW_SIZES
-from peers_streams import CLASSIC, Stream, collect, collect_raw
-
-
-def _values(row: Mapping[Any, Any]) -> list[float]:
-    return [float(v) for v in row.values()]
+from peers_streams import (
+    CLASSIC,
+    Stream,
+    abrupt,
+    collect,
+    collect_raw,
+    function_switch,
+    raw_values,
+    regression,
+)
 
 
 def _bananas(samples: int, seed: int) -> Stream:
     from river.datasets import Bananas
 
-    x, y = collect(Bananas(), min(samples, 5300), _values)
+    x, y = collect(Bananas(), min(samples, 5300), raw_values)
     return Stream("bananas", "river Bananas (bundled), 2 features, published order", x, y, 2)
 
 
 def _image_segments(samples: int, seed: int) -> Stream:
     from river.datasets import ImageSegments
 
-    x, raw = collect_raw(ImageSegments(), min(samples, 2310), _values)
+    x, raw = collect_raw(ImageSegments(), min(samples, 2310), raw_values)
     classes = sorted(set(raw))
     y = np.asarray([classes.index(v) for v in raw], np.int64)
     desc = "river ImageSegments (bundled), 18 raw features from 0.0 to ~250, 7 classes"
     return Stream("image_segments", desc, x, y, len(classes))
 
 
-def _regression(name: str, desc: str, x: npt.NDArray[np.float32], y: list[Any]) -> Stream:
-    return Stream(name, desc, x, np.asarray(y, np.float32), 0)
-
-
 def _trump_approval(samples: int, seed: int) -> Stream:
     from river.datasets import TrumpApproval
 
-    x, y = collect_raw(TrumpApproval(), min(samples, 1001), _values)
+    x, y = collect_raw(TrumpApproval(), min(samples, 1001), raw_values)
     desc = "river TrumpApproval (bundled): raw date ordinal ~736,400 + 5 polls; target ~40"
-    return _regression("trump_approval", desc, x, y)
+    return regression("trump_approval", desc, x, y)
 
 
 def _chick_weights(samples: int, seed: int) -> Stream:
     from river.datasets import ChickWeights
 
-    x, y = collect_raw(ChickWeights(), min(samples, 578), _values)
+    x, y = collect_raw(ChickWeights(), min(samples, 578), raw_values)
     desc = "river ChickWeights (bundled): time, chick id, diet; weight 35 to 373 g"
-    return _regression("chick_weights", desc, x, y)
+    return regression("chick_weights", desc, x, y)
 
 
 def _shuffled_passes(
@@ -116,29 +116,22 @@ def _rbf_drift(samples: int, seed: int) -> Stream:
         change_speed=0.001,
         n_drift_centroids=25,
     )
-    x, y = collect(gen, samples, _values)
+    x, y = collect(gen, samples, raw_values)
     desc = "river RandomRBFDrift, 10 features, 5 classes, half the centroids moving (gradual)"
     return Stream("rbf_drift", desc, x, y, 5)
-
-
-def _abrupt(first: Any, second: Any, samples: int) -> Iterator[tuple[Any, Any]]:
-    """``first`` for half the stream, then ``second``: a switch between two samples (river's
-    ConceptDriftStream with width 1 overflows its sigmoid far from the switch)."""
-    half = samples // 2
-    return itertools.chain(itertools.islice(first, half), itertools.islice(second, samples - half))
 
 
 def _led_abrupt(samples: int, seed: int) -> Stream:
     from river.datasets import synth
 
-    gen = _abrupt(
+    gen = abrupt(
         synth.LED(seed=seed, noise_percentage=0.1, irrelevant_features=True),
         synth.LEDDrift(
             seed=seed + 1, noise_percentage=0.1, irrelevant_features=True, n_drift_features=7
         ),
         samples,
     )
-    x, y = collect(gen, samples, _values)
+    x, y = collect(gen, samples, raw_values)
     desc = "river LED -> LEDDrift (7 segments swapped) at mid-stream, 24 binary features, 10% noise"
     return Stream("led_abrupt", desc, x, y, 10)
 
@@ -146,27 +139,15 @@ def _led_abrupt(samples: int, seed: int) -> Stream:
 def _stagger_abrupt(samples: int, seed: int) -> Stream:
     from river.datasets import synth
 
-    gen = _abrupt(
-        synth.STAGGER(classification_function=0, seed=seed),
-        synth.STAGGER(classification_function=2, seed=seed + 1),
-        samples,
-    )
-    x, y = collect(gen, samples, _values)
     desc = "river STAGGER function 0 -> 2 at mid-stream, 3 categorical codes fed raw"
-    return Stream("stagger_abrupt", desc, x, y, 2)
+    return function_switch("stagger_abrupt", desc, synth.STAGGER, (0, 2), samples, seed, 2)
 
 
 def _mixed_abrupt(samples: int, seed: int) -> Stream:
     from river.datasets import synth
 
-    gen = _abrupt(
-        synth.Mixed(classification_function=0, seed=seed),
-        synth.Mixed(classification_function=1, seed=seed + 1),
-        samples,
-    )
-    x, y = collect(gen, samples, _values)
     desc = "river Mixed function 0 -> 1 (labels flipped) at mid-stream, 2 boolean + 2 numeric"
-    return Stream("mixed_abrupt", desc, x, y, 2)
+    return function_switch("mixed_abrupt", desc, synth.Mixed, (0, 1), samples, seed, 2)
 
 
 def _friedman_drift(samples: int, seed: int) -> Stream:
@@ -175,19 +156,19 @@ def _friedman_drift(samples: int, seed: int) -> Stream:
     gen = synth.FriedmanDrift(
         drift_type="gra", position=(samples // 3, 2 * samples // 3), seed=seed
     )
-    x, y = collect_raw(gen, samples, _values)
+    x, y = collect_raw(gen, samples, raw_values)
     desc = "river FriedmanDrift, global recurring gradual drift at 1/3 and 2/3, 10 features"
-    return _regression("friedman_drift", desc, x, y)
+    return regression("friedman_drift", desc, x, y)
 
 
 def _friedman_stuck(samples: int, seed: int) -> Stream:
     from river.datasets import synth
 
-    x, y = collect_raw(synth.Friedman(seed=seed), samples, _values)
+    x, y = collect_raw(synth.Friedman(seed=seed), samples, raw_values)
     # x3 carries 10 * x3 of the target; its sensor reads a constant 0.5 until 40% in
     x[: int(samples * 0.4), 3] = 0.5
     desc = "river Friedman, feature 3 (weight 10) constant 0.5 for the first 40%, then live"
-    return _regression("friedman_stuck", desc, x, y)
+    return regression("friedman_stuck", desc, x, y)
 
 
 SUITE: dict[str, Callable[[int, int], Stream]] = {

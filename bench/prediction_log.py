@@ -32,8 +32,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from serve import Publisher, _probe, _wait_ready, json_body
 
 from streamtrain.broker import EmbeddedBroker, free_port
+from streamtrain.builders.server import build_worker
 from streamtrain.config import load_settings
-from streamtrain.serve.server import build_worker
 
 HIDDEN = 256
 
@@ -87,13 +87,13 @@ def _in_process_costs(bootstrap: str, topic: str, calls: int) -> tuple[float, fl
     process's CPU while it drains what the calls queued)."""
     import torch
 
+    from streamtrain.builders.server import build_prediction_log, build_slot
+    from streamtrain.sample.spec import spec_for_model
     from streamtrain.serve.protocol.bodies import InferRequest, ModelIO
     from streamtrain.serve.protocol.dataplane import ServedModel
-    from streamtrain.serve.server import build_prediction_log, build_slot
     from streamtrain.serve.weights.inference import Prediction
     from streamtrain.serve.weights.slot import WeightsInfo
     from streamtrain.snapshot.manifest import SnapshotHeader
-    from streamtrain.spec import spec_for_model
 
     overrides = {
         "kafka": {"bootstrap_servers": bootstrap},

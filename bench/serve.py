@@ -46,13 +46,13 @@ from loadgen import Body, LoadResult, generator_name, run_load
 from serve_model import API_PATH, model_overrides
 
 from streamtrain.broker import EmbeddedBroker, free_port
+from streamtrain.builders.server import build_worker
 from streamtrain.config import Settings, load_settings
 from streamtrain.kafka import KafkaConnection
+from streamtrain.sample.spec import spec_for_model
 from streamtrain.serve.protocol.bodies import BINARY_HEADER
-from streamtrain.serve.server import build_worker
 from streamtrain.snapshot.manifest import settings_hash
 from streamtrain.snapshot.writer import SnapshotWriter
-from streamtrain.spec import spec_for_model
 from streamtrain.train.hooks import SnapshotRequest
 from streamtrain.train.models import build_model
 

@@ -36,7 +36,13 @@ from streamtrain.demo.scrape import Scrape, ScrapeError, scrape
 
 TICKS = os.sysconf("SC_CLK_TCK")
 PAGE_MB = os.sysconf("SC_PAGE_SIZE") / 2**20
-ROLES = {"tansu": "broker", "train": "trainer", "serve": "server", "produce": "producer"}
+ROLES = {
+    "tansu": "broker",
+    "train": "trainer",
+    "serve": "server",
+    "produce": "producer",
+    "join": "join",
+}
 
 
 def children(pid: int) -> list[int]:
@@ -67,6 +73,9 @@ def role(pid: int) -> tuple[str, list[str]] | None:
     for word, name in ROLES.items():
         if word in argv[1:] and "streamtrain.cli" in argv:
             return name, argv
+    # --labels delayed: the application that asks for predictions and sends labels later.
+    if "streamtrain.demo.label_app" in argv:
+        return "app", argv
     return None
 
 
@@ -129,6 +138,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--every", type=float, default=10.0, help="seconds between samples")
     parser.add_argument("--warmup", type=float, default=60.0, help="seconds before goals apply")
     parser.add_argument("--dataset", default="hyperplane")
+    parser.add_argument(
+        "--labels",
+        choices=["inline", "delayed"],
+        default="inline",
+        help="delayed: the demo's application, prediction log and join (docs/labels.md)",
+    )
     parser.add_argument("--out", type=Path, default=Path("bench/results/soak"))
     parser.add_argument(
         "--from-csv", type=Path, help="report a finished run's soak.csv again (table, plot)"
@@ -333,7 +348,7 @@ def main() -> int:
     command = [
         sys.executable, "-m", "streamtrain.cli", "demo", "--rate", f"{args.rate:g}",
         "--dataset", args.dataset, "--run-dir", str(run_dir), "--port", "0",
-        "--duration", f"{seconds + 120:.0f}",
+        "--duration", f"{seconds + 120:.0f}", "--labels", args.labels,
     ]  # fmt: skip
     demo_out = args.out / "demo.out"
     print(f"run dir {run_dir}; demo output in {demo_out}", flush=True)

@@ -32,10 +32,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_step import DEFAULT_PARAMS, DEFAULT_SPEC, bare_step_rate
 
 from streamtrain.broker import EmbeddedBroker
-from streamtrain.cli.build_trainer import build_trainer
+from streamtrain.builders.trainer import build_trainer
 from streamtrain.client import SampleProducer
 from streamtrain.config import load_settings
 from streamtrain.devices import training_threads
+from streamtrain.ingest.options import SourceOptions
 from streamtrain.ingest.source import KafkaSampleSource
 from streamtrain.kafka import KafkaConnection
 
@@ -87,9 +88,7 @@ def source_rate(bootstrap: str, topic: str, count: int, batch: int) -> float:
         topic=topic,
         group_id=f"{topic}-source-{batch}",
         kafka=KafkaConnection(bootstrap, client="confluent"),
-        start_from="earliest",
-        max_batch_size=batch,
-        max_wait_ms=50,
+        options=SourceOptions(start_from="earliest", max_batch_size=batch, max_wait_ms=50),
     ) as source:
         samples = 0
         started = time.perf_counter()

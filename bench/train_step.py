@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from streamtrain.spec import SampleSpec
+from streamtrain.sample.spec import SampleSpec
 from streamtrain.testing import ToyStream
 from streamtrain.train.learner import Learner
 from streamtrain.train.models import build_model

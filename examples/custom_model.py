@@ -3,11 +3,11 @@
 Use it with ``model.name: custom_model:build_residual_mlp`` and this folder on ``PYTHONPATH``
 (or package it and name ``yourpackage.models:build_residual_mlp``). Check it before deploying::
 
-    from streamtrain.spec import SampleSpec
+    from streamtrain.sample.spec import SampleSpec
     from streamtrain.testing import check_model
     check_model("custom_model:build_residual_mlp", SampleSpec(feature_shape=(16,), task="binary"))
 
->>> from streamtrain.spec import SampleSpec
+>>> from streamtrain.sample.spec import SampleSpec
 >>> spec = SampleSpec(feature_shape=(16,), task="multiclass", num_classes=3)
 >>> build_residual_mlp(spec, {"width": 32, "blocks": 2})(torch.zeros(4, 16)).shape
 torch.Size([4, 3])
@@ -22,7 +22,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
 
-from streamtrain.spec import SampleSpec
+from streamtrain.sample.spec import SampleSpec
 from streamtrain.train.models.standardize import OnlineStandardize
 
 

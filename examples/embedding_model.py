@@ -7,7 +7,7 @@ delta snapshots carry only the rows a batch touched (``docs/snapshots.md``); any
 this way gets deltas, nothing here is special to streamtrain. Train it with an optimizer that
 accepts sparse gradients (``sgd`` without momentum, ``adagrad``).
 
->>> from streamtrain.spec import SampleSpec
+>>> from streamtrain.sample.spec import SampleSpec
 >>> spec = SampleSpec(feature_shape=(4,), task="regression")
 >>> model = build_id_embedding(spec, {"rows": 100, "dim": 8, "id_features": 2})
 >>> model(torch.tensor([[3.0, 7.0, 0.5, 1.0]])).shape
@@ -23,7 +23,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from streamtrain.spec import SampleSpec
+from streamtrain.sample.spec import SampleSpec
 
 
 class IdEmbeddingParams(BaseModel):

@@ -29,7 +29,11 @@ BINARY_ENV = "STREAMTRAIN_TANSU_BINARY"
 # answered at 80,000 batches (bench/README.md, "Soak").
 PRODUCER_LINGER_MS = 250
 FETCH_MAX_WAIT_MS = 250
-CLIENT_ENV = {"STREAMTRAIN_KAFKA__FETCH_MAX_WAIT_MS": str(FETCH_MAX_WAIT_MS)}
+CLIENT_ENV = {
+    "STREAMTRAIN_KAFKA__FETCH_MAX_WAIT_MS": str(FETCH_MAX_WAIT_MS),
+    # The server's prediction log and the join's output in `demo --labels delayed`.
+    "STREAMTRAIN_KAFKA__PRODUCER_LINGER_MS": str(PRODUCER_LINGER_MS),
+}
 
 
 class BrokerUnavailable(RuntimeError):

@@ -12,9 +12,9 @@ import numpy as np
 import numpy.typing as npt
 
 from streamtrain.config import Settings
-from streamtrain.jagged import SparseRows
 from streamtrain.kafka import KafkaConnection, RecordProducer, record_producer
-from streamtrain.spec import SampleSpec, spec_for_model
+from streamtrain.sample.sparse_numpy import SparseRows
+from streamtrain.sample.spec import SampleSpec, spec_for_model
 from streamtrain.wire import (
     CONTENT_TYPE_HEADER,
     CONTENT_TYPES,
@@ -64,7 +64,7 @@ class _ClosingProducer:
 class SampleProducer(_ClosingProducer):
     """A producer (of the connection's library) that encodes samples and sets their content type.
 
-    >>> from streamtrain.spec import SampleSpec
+    >>> from streamtrain.sample.spec import SampleSpec
     >>> with SampleProducer(  # doctest: +SKIP
     ...     spec=SampleSpec(feature_shape=(2,), task="binary"), topic="samples",
     ...     kafka=KafkaConnection("127.0.0.1:9092"), format="binary",

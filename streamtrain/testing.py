@@ -17,8 +17,8 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 from torch import nn
 
-from streamtrain.sparse_tensors import JaggedTensor, SparseInput
-from streamtrain.spec import SampleSpec
+from streamtrain.sample.sparse_torch import JaggedTensor, SparseInput
+from streamtrain.sample.spec import SampleSpec
 from streamtrain.train.learner import Learner
 from streamtrain.train.models import build_model
 from streamtrain.train.optim import build_optimizer

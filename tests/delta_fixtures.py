@@ -12,9 +12,9 @@ import torch
 
 from streamtrain.config import Settings
 from streamtrain.kafka import KafkaConnection
+from streamtrain.sample.spec import SampleSpec
 from streamtrain.snapshot.manifest import settings_hash
 from streamtrain.snapshot.subscriber import SnapshotSubscriber
-from streamtrain.spec import SampleSpec
 from streamtrain.train.hooks import SnapshotRequest
 from streamtrain.train.row_tracker import RowTracker
 from streamtrain.train.weights import copy_weights

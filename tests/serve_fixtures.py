@@ -10,6 +10,7 @@ import torch
 from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
 
+from streamtrain.sample.spec import SampleSpec
 from streamtrain.serve.prediction_log.writer import PredictionLog
 from streamtrain.serve.protocol.bodies import ModelIO
 from streamtrain.serve.protocol.dataplane import ServedModel
@@ -18,7 +19,6 @@ from streamtrain.serve.server import ServingWorker
 from streamtrain.serve.weights.inference import DirectEngine, Engine, head_for
 from streamtrain.serve.weights.slot import WeightSlot
 from streamtrain.serve.weights.watcher import NoSnapshots, SnapshotWatcher
-from streamtrain.spec import SampleSpec
 
 
 def served_model(

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from streamtrain.ascii_int import parse_ascii_int
 from streamtrain.checkpoint.state import CheckpointError
-from streamtrain.kafka.record_mark import RecordMark, marks_from_json
+from streamtrain.sample.record_mark import RecordMark, marks_from_json
 
 FORMAT_VERSION = 1
 META_FILE = "meta.json"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from streamtrain.kafka.record_mark import RecordMark
+from streamtrain.sample.record_mark import RecordMark
 
 
 class CheckpointError(ValueError):

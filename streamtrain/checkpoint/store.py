@@ -27,7 +27,7 @@ from streamtrain.checkpoint.meta import (
 from streamtrain.checkpoint.restore import apply_checkpoint, read_checkpoint, read_meta
 from streamtrain.checkpoint.rng import RNG_FILE, capture_rng
 from streamtrain.checkpoint.state import CheckpointError, TrainerState
-from streamtrain.kafka.record_mark import marks_to_json
+from streamtrain.sample.record_mark import marks_to_json
 
 log = logging.getLogger(__name__)
 

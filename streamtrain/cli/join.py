@@ -25,8 +25,8 @@ from streamtrain.cli.common import (
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
 
+    from streamtrain.builders.join import RunningJoin
     from streamtrain.config import Settings
-    from streamtrain.join.build import RunningJoin
 
 
 @app.command(short_help="Join delayed labels to logged predictions, exactly once.")
@@ -46,7 +46,7 @@ def join(
     sample with that label to the samples topic, exactly once; run one per partition at most
     (replicas share the partitions through a consumer group)."""
     from streamtrain import health, metrics
-    from streamtrain.join.build import build_join, join_policy
+    from streamtrain.builders.join import build_join, join_policy
     from streamtrain.kafka import KafkaConfigError
 
     setup_logging(verbose)

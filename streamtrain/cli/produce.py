@@ -23,7 +23,7 @@ from streamtrain.cli.common import (
 from streamtrain.client import SampleProducer
 from streamtrain.datasets import DatasetError, DatasetInfo, SampleChunk, get_dataset, hyperplane
 from streamtrain.kafka import KafkaConfigError, KafkaConnection, create_topics
-from streamtrain.spec import SampleSpec
+from streamtrain.sample.spec import SampleSpec
 from streamtrain.wire import SampleError
 
 

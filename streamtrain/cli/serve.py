@@ -43,7 +43,7 @@ def serve(
         serve__model_name=model_name,
         topics__snapshots=snapshots_topic,
     )
-    from streamtrain.serve.server import build_worker  # keeps `streamtrain --help` fast
+    from streamtrain.builders.server import build_worker  # keeps `streamtrain --help` fast
 
     try:
         worker = build_worker(settings)

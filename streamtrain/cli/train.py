@@ -128,7 +128,7 @@ def _serve_metrics(settings: Settings) -> WSGIServer:
 def _build(settings: Settings, create_missing_topics: bool) -> Trainer:
     """Create the topics (when asked) and build the trainer; each known failure is one line
     with its own exit code, anything else is a bug and keeps its traceback."""
-    from streamtrain.cli.build_trainer import build_trainer
+    from streamtrain.builders.trainer import build_trainer
     from streamtrain.kafka import KafkaConfigError, KafkaConnection, create_topics
 
     topics = settings.topics

@@ -24,8 +24,8 @@ import numpy as np
 import numpy.typing as npt
 
 from streamtrain.datasets.base import DatasetError, DatasetInfo, SampleChunk
-from streamtrain.jagged import Jagged, SparseRows
-from streamtrain.spec import SampleSpec, SparseFeature
+from streamtrain.sample.sparse_numpy import Jagged, SparseRows
+from streamtrain.sample.spec import SampleSpec, SparseFeature
 
 _FACTORS = 8
 _HOT_RANKS = 1000  # where new items enter and where popularity shifts

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from streamtrain.datasets.base import DatasetError, DatasetInfo, SampleChunk, cycle
-from streamtrain.spec import SampleSpec
+from streamtrain.sample.spec import SampleSpec
 
 
 def _generate(count: int, seed: int, chunk_size: int) -> Iterator[SampleChunk]:

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from streamtrain.datasets.base import DatasetError, DatasetInfo, SampleChunk, cycle
-from streamtrain.spec import SampleSpec
+from streamtrain.sample.spec import SampleSpec
 
 
 def jsonl(path: Path, spec: SampleSpec) -> DatasetInfo:

@@ -16,7 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 from streamtrain.datasets.base import DatasetError, DatasetInfo, SampleChunk
-from streamtrain.spec import SampleSpec, Task
+from streamtrain.sample.spec import SampleSpec, Task
 
 
 def _unit_rows(rng: np.random.Generator, rows: int, dims: int) -> npt.NDArray[np.float64]:

@@ -33,7 +33,7 @@ from streamtrain.demo.delayed import (
     delayed_env,
 )
 from streamtrain.demo.drift import demo_dataset
-from streamtrain.spec import SampleSpec
+from streamtrain.sample.spec import SampleSpec
 
 MODEL_NAME = "streamtrain"
 # The producer runs until the demo stops it; a count it can never reach in practice.

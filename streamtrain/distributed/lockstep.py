@@ -41,7 +41,6 @@ import torch
 import torch.distributed as dist
 
 from streamtrain import health, metrics
-from streamtrain.batch import Batch
 from streamtrain.checkpoint import TrainerState, check_world_size
 from streamtrain.distributed.group import RankGroup
 from streamtrain.distributed.sparse_sync import sparse_embedding_weights
@@ -50,7 +49,8 @@ from streamtrain.distributed.step_sync import (
     attach_loss_sync,
     attach_moments_sync,
 )
-from streamtrain.jagged import SparseRows
+from streamtrain.sample.batch import Batch
+from streamtrain.sample.sparse_numpy import SparseRows
 from streamtrain.train.loop import POLL_SECONDS, Trainer
 from streamtrain.train.prefetch import PrefetchingSource
 from streamtrain.train.progress import TrainProgress

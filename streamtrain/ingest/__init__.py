@@ -13,6 +13,7 @@ from streamtrain.ingest.deadletter import (
 )
 from streamtrain.ingest.decode import DecodedChunk, decode_records
 from streamtrain.ingest.device import DeviceBatch, to_device
+from streamtrain.ingest.options import SourceOptions
 from streamtrain.ingest.source import KafkaSampleSource
 from streamtrain.kafka.records import KafkaRecord
 
@@ -27,6 +28,7 @@ __all__ = [
     "KafkaSampleSource",
     "LogDeadLetter",
     "MicroBatchPolicy",
+    "SourceOptions",
     "decode_records",
     "to_device",
 ]

@@ -20,11 +20,11 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from streamtrain.batch import Batch
 from streamtrain.ingest.decode import DecodedChunk
-from streamtrain.jagged import SparseRows
-from streamtrain.kafka.record_mark import RecordMark, mark_of
 from streamtrain.kafka.records import KafkaRecord
+from streamtrain.sample.batch import Batch
+from streamtrain.sample.record_mark import RecordMark, mark_of
+from streamtrain.sample.sparse_numpy import SparseRows
 from streamtrain.wire import Reject
 
 

@@ -78,7 +78,6 @@ class KafkaDeadLetter:
         self._producer = record_producer(
             kafka,
             acks="all",
-            linger_ms=5,
             # A rejected record may be up to the broker's limit itself plus our headers.
             max_request_size=16 * 1_048_576,
         )

@@ -13,7 +13,7 @@ import numpy as np
 import numpy.typing as npt
 
 from streamtrain.kafka.records import KafkaRecord, record_columns
-from streamtrain.spec import SampleSpec
+from streamtrain.sample.spec import SampleSpec
 from streamtrain.wire import (
     BINARY_CONTENT_TYPE,
     JSON_CONTENT_TYPE,

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from streamtrain.batch import Batch
-from streamtrain.sparse_tensors import JaggedTensor, to_tensors
+from streamtrain.sample.batch import Batch
+from streamtrain.sample.sparse_torch import JaggedTensor, to_tensors
 
 
 @dataclass(frozen=True)

@@ -13,12 +13,13 @@ how each is caught here, one concept in one place:
    (:meth:`LogWatch.check`, every poll, free).
 3. **Fingerprints.** A new log that grew past the old position before the reader looked passes
    both checks above and would have its first records skipped. So the reader keeps the
-   :class:`~streamtrain.kafka.record_mark.RecordMark` of the last record it consumed per
-   partition and compares it with the record now at that offset (:func:`verify_marks`: one
-   fetch per partition) at start from a checkpoint (:meth:`LogWatch.expect`) and after every
-   interruption the process's reachability tracker counts (an outage's end, a dropped
-   connection, a topic reported missing: :attr:`Reachability.interruptions`). Any difference
-   (timestamp, key or value digest, or no record at that offset) means the log was replaced.
+   :class:`~streamtrain.sample.record_mark.RecordMark` of the last record it consumed per
+   partition and compares it with the record now at that offset
+   (:func:`~streamtrain.kafka.mark_check.verify_marks`: one fetch per partition) at start from
+   a checkpoint (:meth:`LogWatch.expect`) and after every interruption the process's
+   reachability tracker counts (an outage's end, a dropped connection, a topic reported
+   missing: :attr:`Reachability.interruptions`). Any difference (timestamp, key or value
+   digest, or no record at that offset) means the log was replaced.
 
 Whatever caught it, the caller treats it the same: an offset reset, logged once with what
 differed, counted and handled by its policy. Where it stops holding: a replaced log whose
@@ -32,122 +33,24 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
 
-from streamtrain.kafka import OffsetOutOfRange, PartitionReader, RecordConsumer
+from streamtrain.kafka import RecordConsumer
+from streamtrain.kafka.mark_check import VERIFY_TIMEOUT_S, LogVerdict, verify_marks
 from streamtrain.kafka.reachability import REACHABILITY
-from streamtrain.kafka.record_mark import RecordMark, mark_of
 from streamtrain.kafka.records import KafkaRecord
+from streamtrain.sample.record_mark import RecordMark, mark_of
 
 log = logging.getLogger(__name__)
 
 OnOffsetReset = Literal["earliest", "latest", "fail"]
 
-VERIFY_TIMEOUT_S = 5.0  # one try; an undecided partition is tried again on the next poll
-_VERIFY_POLL_MS = 50
-_VERIFY_RECORDS = 100  # enough for the first record of each partition; no big decode
-
 
 class OffsetResetFailed(RuntimeError):
     """``ingest.on_offset_reset=fail`` and a partition's log lost the trainer's position."""
-
-
-@dataclass
-class LogVerdict:
-    """What one check found: partitions whose log was replaced (-> why), and partitions whose
-    fingerprint could not be compared yet (their records must not be used until it is)."""
-
-    replaced: dict[int, str] = field(default_factory=dict)
-    undecided: set[int] = field(default_factory=set)
-
-
-def verify_marks(
-    consumer: RecordConsumer,
-    marks: Mapping[int, RecordMark],
-    assigned: Iterable[int] = (),
-    timeout_s: float = VERIFY_TIMEOUT_S,
-) -> LogVerdict:
-    """Fetch the record at each mark's offset from ``consumer``'s topic and compare.
-
-    1. Remember the position of every partition in ``marks``, seek each to its mark's offset.
-    2. Poll until each partition returned its record at that offset (compared with the mark),
-       a later one (that offset is gone), an out-of-range answer, or a high watermark at or
-       below it (the log ends before it); or until ``timeout_s`` passes (undecided).
-    3. Seek every partition back to where it was: the caller decides what happens next.
-    Records of the other ``assigned`` partitions fetched meanwhile are dropped and their
-    positions put back too (the consumer fetches them again).
-    """
-    verdict = LogVerdict()
-    if not marks:
-        return verdict
-    pending = dict(marks)
-    saved = {p: consumer.position(p) for p in pending}
-    for p, mark in pending.items():
-        consumer.seek(p, mark.offset)
-    others_at = {p: consumer.position(p) for p in assigned if p not in pending}
-    deadline = time.monotonic() + timeout_s
-    try:
-        while pending and time.monotonic() < deadline:
-            try:
-                records = consumer.poll(timeout_ms=_VERIFY_POLL_MS, max_records=_VERIFY_RECORDS)
-            except OffsetOutOfRange as exc:
-                for p in exc.positions:
-                    if p in pending:
-                        offset = pending.pop(p).offset
-                        verdict.replaced[p] = f"the log no longer holds offset {offset}"
-                continue
-            _compare(records, pending, verdict)
-            for p in list(pending):
-                high = consumer.highwater(p)
-                if high is not None and high <= pending[p].offset:
-                    offset = pending.pop(p).offset
-                    verdict.replaced[p] = (
-                        f"the log ends at {high}, before the record at offset {offset} read before"
-                    )
-    finally:
-        for p, offset in {**saved, **others_at}.items():
-            consumer.seek(p, offset)
-    verdict.undecided = set(pending)
-    return verdict
-
-
-def _compare(
-    records: Sequence[KafkaRecord], pending: dict[int, RecordMark], verdict: LogVerdict
-) -> None:
-    for record in records:
-        mark = pending.get(record.partition)
-        if mark is None or record.offset < mark.offset:
-            continue
-        del pending[record.partition]
-        if record.offset > mark.offset:
-            verdict.replaced[record.partition] = (
-                f"the log has no record at offset {mark.offset} any more (the next is "
-                f"{record.offset})"
-            )
-            continue
-        why = mark.differs(mark_of(record))
-        if why is not None:
-            verdict.replaced[record.partition] = why
-
-
-def reread_mark(reader: PartitionReader, mark: RecordMark, deadline: float) -> str | None:
-    """Why the record at ``mark.offset`` of ``reader``'s partition is not the one read (None
-    when it is); :class:`~streamtrain.kafka.ReadTimeout` when the broker does not answer."""
-    low, high = reader.bounds(deadline)
-    if high <= mark.offset:
-        return f"the log ends at {high}, before the record at offset {mark.offset} read before"
-    if low > mark.offset:
-        return f"the log no longer holds offset {mark.offset} (it starts at {low})"
-    verdict = LogVerdict()
-    pending = {reader.partition: mark}
-    _compare(list(reader.read(mark.offset, mark.offset + 1, deadline)), pending, verdict)
-    if pending:
-        return f"the log has no record at offset {mark.offset} any more"
-    return verdict.replaced.get(reader.partition)
 
 
 class LogWatch:

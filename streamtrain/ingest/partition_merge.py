@@ -32,8 +32,8 @@ import numpy as np
 import numpy.typing as npt
 
 from streamtrain.ingest.decode import DecodedChunk
-from streamtrain.jagged import SparseRows
 from streamtrain.kafka.records import KafkaRecord
+from streamtrain.sample.sparse_numpy import SparseRows
 from streamtrain.wire import Decoded
 
 _NO_TIME = np.iinfo(np.int64).min

@@ -28,41 +28,41 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
-from typing import Literal
 
 from streamtrain import metrics
-from streamtrain.batch import Batch
 from streamtrain.ingest.batch_deadline import MicroBatchPolicy
 from streamtrain.ingest.buffer import BatchBuffer
 from streamtrain.ingest.deadletter import DeadLetterSink, KafkaDeadLetter, LogDeadLetter
 from streamtrain.ingest.decode import decode_records
 from streamtrain.ingest.log_order import LogOrder
-from streamtrain.ingest.log_watch import LogWatch, OffsetResetFailed, OnOffsetReset
+from streamtrain.ingest.log_watch import LogWatch, OffsetResetFailed
+from streamtrain.ingest.options import SourceOptions, StartFrom
 from streamtrain.ingest.reject_report import RejectReport
 from streamtrain.ingest.starvation import StarvationWatch
 from streamtrain.kafka import KafkaConnection, OffsetOutOfRange, RecordConsumer, record_consumer
 from streamtrain.kafka.admin import topic_id
-from streamtrain.kafka.record_mark import RecordMark
 from streamtrain.kafka.records import KafkaRecord
 from streamtrain.kafka.watermark import true_ends
 from streamtrain.metrics import export_at_zero
-from streamtrain.spec import SampleSpec
+from streamtrain.sample.batch import Batch
+from streamtrain.sample.record_mark import RecordMark
+from streamtrain.sample.spec import SampleSpec
 from streamtrain.wire.rejects import REASONS
 
 log = logging.getLogger(__name__)
 
-StartFrom = Literal["committed", "earliest", "latest"]
-
 
 class KafkaSampleSource:
-    """Validated samples from ``topic`` as :class:`~streamtrain.batch.Batch` objects.
+    """Validated samples from ``topic`` as :class:`~streamtrain.sample.batch.Batch` objects.
 
-        >>> from streamtrain.metrics import export_at_zero
-    from streamtrain.spec import SampleSpec
-    from streamtrain.wire.rejects import REASONS
+    How it reads (partitions, start, batch cutting, dead letters, offset resets, reject
+    reports) is one :class:`~streamtrain.ingest.options.SourceOptions`, built from the settings
+    by ``SourceOptions.from_settings``.
+
         >>> with KafkaSampleSource(  # doctest: +SKIP
         ...     spec=SampleSpec(feature_shape=(16,), task="binary"), topic="samples",
         ...     group_id="trainer", kafka=KafkaConnection("127.0.0.1:9092"),
+        ...     options=SourceOptions(start_from="earliest"),
         ... ) as source:
         ...     batch = source.next_batch()
         ...     source.commit(batch.next_offsets)
@@ -75,40 +75,29 @@ class KafkaSampleSource:
         topic: str,
         group_id: str,
         kafka: KafkaConnection,
-        partitions: Sequence[int] | None = None,
-        start_from: StartFrom = "committed",
-        max_batch_size: int = 256,
-        max_wait_ms: int = 50,
-        max_record_bytes: int = 1_048_576,
-        dead_letter_topic: str | None = None,
-        fetch_max_wait_ms: int = 10,
-        deterministic_batches: bool = True,
-        max_partition_idle_ms: int = 1000,
-        on_offset_reset: OnOffsetReset = "earliest",
-        reject_summary_every_s: float = 30.0,
-        all_rejected_alarm_s: float = 60.0,
+        options: SourceOptions = SourceOptions(),
         consumer: RecordConsumer | None = None,
         dead_letter: DeadLetterSink | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if start_from not in ("committed", "earliest", "latest"):
-            raise ValueError(
-                f"start_from={start_from!r}; expected 'committed', 'earliest' or 'latest'"
-            )
+        o = options
         self.spec = spec
         self.topic = topic
-        self.max_batch_size = max_batch_size
-        self.max_record_bytes = max_record_bytes
-        self._policy = MicroBatchPolicy(max_batch_size, max_wait_ms, clock)
-        self._max_poll = min(max(max_batch_size, 500), 100_000)
+        self.max_batch_size = o.max_batch_size
+        self.max_record_bytes = o.max_record_bytes
+        self._policy = MicroBatchPolicy(o.max_batch_size, o.max_wait_ms, clock)
+        self._max_poll = min(max(o.max_batch_size, 500), 100_000)
         self._buffer = BatchBuffer()
-        self._merge = LogOrder(max_partition_idle_ms, clock) if deterministic_batches else None
+        self._merge = LogOrder(o.max_partition_idle_ms, clock) if o.deterministic_batches else None
         self._starvation = StarvationWatch(clock=clock)
         self._closed = False
-        self._on_offset_reset = on_offset_reset
+        self._on_offset_reset = o.on_offset_reset
         self._marks: dict[int, RecordMark] = {}  # of the record before each handed-out position
         self._rejects = RejectReport(
-            topic, every_s=reject_summary_every_s, alarm_after_s=all_rejected_alarm_s, clock=clock
+            topic,
+            every_s=o.reject_summary_every_s,
+            alarm_after_s=o.all_rejected_alarm_s,
+            clock=clock,
         )
         # Closed label sets at 0 from the start: increase() sees the first event (partitions
         # once assigned, below).
@@ -118,24 +107,24 @@ class KafkaSampleSource:
             kafka,
             topic=topic,
             group_id=group_id,
-            fetch_max_wait_ms=fetch_max_wait_ms,
+            fetch_max_wait_ms=o.fetch_max_wait_ms,
             out_of_range="raise",
         )
         try:
-            self._partitions = self._choose_partitions(partitions)
+            self._partitions = self._choose_partitions(o.partitions)
             # KIP-516: a re-created topic has a new id (None where the broker has none).
             self.topic_id = topic_id(kafka, topic) if consumer is None else None
             self._consumer.assign(self._partitions)
             assigned = [str(p) for p in self._partitions]
-            export_at_zero(metrics.INGEST_OFFSET_RESETS, [(p, on_offset_reset) for p in assigned])
-            if deterministic_batches:
+            export_at_zero(metrics.INGEST_OFFSET_RESETS, [(p, o.on_offset_reset) for p in assigned])
+            if o.deterministic_batches:
                 export_at_zero(metrics.INGEST_PARTITION_WAITS_EXPIRED, [(p,) for p in assigned])
-            self._positions = self._start(start_from)
+            self._positions = self._start(o.start_from)
             self._log_watch = LogWatch(self._consumer, self._partitions)
             if dead_letter is not None:
                 self._dead_letter = dead_letter
-            elif dead_letter_topic:
-                self._dead_letter = KafkaDeadLetter(topic=dead_letter_topic, kafka=kafka)
+            elif o.dead_letter_topic:
+                self._dead_letter = KafkaDeadLetter(topic=o.dead_letter_topic, kafka=kafka)
             else:
                 self._dead_letter = LogDeadLetter()
         except BaseException:

@@ -5,7 +5,7 @@
 * :mod:`~streamtrain.join.samples_log`: the samples topic's ends and what the join emitted.
 * :mod:`~streamtrain.join.joiner`: the loop, checkpoints and partition hand-over (the
   exactly-once argument is its docstring).
-* :mod:`~streamtrain.join.build`: settings -> a running join (``streamtrain join``).
+* :mod:`~streamtrain.builders.join`: settings -> a running join (``streamtrain join``).
 """
 
 from streamtrain.join.joiner import Joiner, JoinTopics

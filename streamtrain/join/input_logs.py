@@ -3,11 +3,11 @@
 The samples-topic check (:mod:`streamtrain.join.log_lost`) catches a broker that lost the
 join's output; an input topic can be replaced on its own (deleted and re-created, restored
 from elsewhere) while the samples topic is intact. Each partition state keeps the fingerprint
-(:class:`~streamtrain.kafka.record_mark.RecordMark`) of the last prediction and the last label
+(:class:`~streamtrain.sample.record_mark.RecordMark`) of the last prediction and the last label
 it applied, and checkpoints them with the offsets. At every takeover from a state file and
 after every interruption the reachability tracker counts, the record now at each
 fingerprint's offset is fetched (one fetch per partition and topic,
-:func:`~streamtrain.ingest.log_watch.verify_marks`) and compared:
+:func:`~streamtrain.kafka.mark_check.verify_marks`) and compared:
 
 1. No difference (or no fingerprint yet: a fresh partition, a state file written before
    fingerprints existed): nothing happens.
@@ -28,13 +28,13 @@ import logging
 from collections.abc import Callable, Mapping
 
 from streamtrain import metrics
-from streamtrain.ingest.log_watch import LogVerdict, verify_marks
 from streamtrain.join.log_lost import JoinLogLost, OnLogLost
 from streamtrain.join.partition_state import PartitionState
 from streamtrain.kafka import KafkaConnection, RecordConsumer, record_consumer
 from streamtrain.kafka.confluent_consumer import ConfluentRecord
+from streamtrain.kafka.mark_check import LogVerdict, verify_marks
 from streamtrain.kafka.reachability import REACHABILITY
-from streamtrain.kafka.record_mark import RecordMark
+from streamtrain.sample.record_mark import RecordMark
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ to carry out. The rules, in order of precedence:
 checkpoint (:mod:`streamtrain.join.recovery`): resolving one of them emits nothing again and
 adopts the outcome that was emitted, which is what makes a replay after kill -9 exact.
 
->>> from streamtrain.spec import SampleSpec
+>>> from streamtrain.sample.spec import SampleSpec
 >>> from streamtrain.wire import encode_binary
 >>> from streamtrain.wire.label_record import encode_label_json
 >>> from streamtrain.wire.prediction_record import PredictionRecord, encode_prediction
@@ -45,9 +45,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, get_args
 
-from streamtrain.kafka.record_mark import RecordMark, mark_of
 from streamtrain.kafka.records import KafkaRecord
-from streamtrain.spec import SampleSpec
+from streamtrain.sample.record_mark import RecordMark, mark_of
+from streamtrain.sample.spec import SampleSpec
 from streamtrain.wire import BINARY_MAGIC, BINARY_MAGIC_V2
 from streamtrain.wire.content_type import content_type_of
 from streamtrain.wire.label_record import (

@@ -31,7 +31,7 @@ from streamtrain.join.partition_state import (
     Resolved,
     SourceRecord,
 )
-from streamtrain.kafka.record_mark import RecordMark
+from streamtrain.sample.record_mark import RecordMark
 from streamtrain.wire.label_record import LabelRecord
 
 FORMAT = "streamtrain-join-state/1"

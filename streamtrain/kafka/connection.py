@@ -56,6 +56,9 @@ class KafkaConnection:
     extra: Mapping[str, Any] = field(default_factory=dict)
     # How long a call that must reach the cluster (metadata, topic creation) may try.
     connect_timeout_s: float = 30.0
+    # The linger of producers that name none (kafka.producer_linger_ms); the embedded broker's
+    # long runs want batches of 250 ms (streamtrain.broker.CLIENT_ENV).
+    producer_linger_ms: int = 5
 
     @classmethod
     def from_settings(cls, settings: KafkaSettings) -> KafkaConnection:
@@ -67,6 +70,7 @@ class KafkaConnection:
             options=_connection_options(settings),
             extra=dict(settings.extra),
             connect_timeout_s=settings.connect_timeout_s,
+            producer_linger_ms=settings.producer_linger_ms,
         )
         connection.validate()
         return connection

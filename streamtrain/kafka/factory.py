@@ -106,7 +106,7 @@ def record_producer(
     kafka: KafkaConnection,
     *,
     acks: Acks = "all",
-    linger_ms: int = 5,
+    linger_ms: int | None = None,
     max_request_size: int = 1_048_576,
     batch_size: int | None = None,
     idempotent: bool = False,
@@ -120,8 +120,11 @@ def record_producer(
     ``delivery_timeout_ms``: a record not acknowledged by then, retries included, fails its
     future; with kafka-python it also bounds how long ``send`` blocks waiting for metadata.
     0: no limit (librdkafka's own meaning; kafka-python gets its largest value).
+    ``linger_ms``: None takes the connection's ``producer_linger_ms``.
     """
     _prepare(kafka)
+    if linger_ms is None:
+        linger_ms = kafka.producer_linger_ms
     if idempotent and acks != "all":
         raise ValueError(f"an idempotent producer needs acks='all', got acks={acks!r}")
     if kafka.client == "kafka-python":

@@ -7,7 +7,7 @@ labelled row of that tally (at most ``max_window_rows``), the served-quality ana
 trainer's prequential window. Only the ``keep`` newest versions have tallies of their own;
 an older one is folded into the version label ``older`` (sums added, window rows merged).
 
->>> from streamtrain.spec import SampleSpec
+>>> from streamtrain.sample.spec import SampleSpec
 >>> from streamtrain.quality.figures import score_row
 >>> books = VersionBooks(SampleSpec((2,), "binary"), keep=1, window_s=60.0)
 >>> books.served(3, "live"); books.served(4, "live")
@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 from streamtrain.metrics.quality import QualitySeries
 from streamtrain.quality.figures import RowScore, WindowFigures, summarise
-from streamtrain.spec import SampleSpec
+from streamtrain.sample.spec import SampleSpec
 from streamtrain.wire.prediction_record import ARMS, Arm
 
 OLDER = "older"

@@ -4,7 +4,7 @@ the promotion policy and ``bench/ab.py``'s offline check.
 A classification row's outputs are the class probabilities it was served with (binary: the
 two columns for class 0 and 1); a regression row's are its values.
 
->>> from streamtrain.spec import SampleSpec
+>>> from streamtrain.sample.spec import SampleSpec
 >>> row = score_row(SampleSpec((2,), "binary"), (0.2, 0.8), 1)
 >>> round(row.loss, 4), row.correct, row.score
 (0.2231, 1.0, 0.8)
@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from streamtrain.spec import SampleSpec
+from streamtrain.sample.spec import SampleSpec
 from streamtrain.wire.label_record import Label
 
 Array = np.ndarray[Any, Any]

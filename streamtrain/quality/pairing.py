@@ -16,7 +16,7 @@ is checkpointed: the figures are since the process started, like every counter.
   it (remembered for the newest ``max_pending`` rows).
 * A record that does not decode is skipped: the join dead-letters it.
 
->>> from streamtrain.spec import SampleSpec
+>>> from streamtrain.sample.spec import SampleSpec
 >>> from streamtrain.quality.books import VersionBooks
 >>> from streamtrain.wire.prediction_record import PredictionRecord
 >>> spec = SampleSpec((2,), "binary")

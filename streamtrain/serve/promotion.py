@@ -28,8 +28,6 @@ import threading
 import time
 from collections.abc import Callable
 
-from streamtrain.config import Settings
-from streamtrain.kafka import KafkaConnection, record_consumer
 from streamtrain.kafka.consumer import RecordConsumer
 from streamtrain.metrics import SERVE_PROMOTION_DECISIONS
 from streamtrain.quality.books import TallyReport, VersionBooks
@@ -37,7 +35,7 @@ from streamtrain.quality.pairing import ServedQuality
 from streamtrain.quality.promotion import DECISIONS, ArmLoss, PromotionRule, Verdict, decide
 from streamtrain.serve.protocol.split import NEWEST, SplitPlan, TrafficSplit
 from streamtrain.serve.weights.retained import RetainedVersions
-from streamtrain.spec import SampleSpec
+from streamtrain.sample.spec import SampleSpec
 
 log = logging.getLogger(__name__)
 _POLL_MS = 100
@@ -154,26 +152,6 @@ class PromotionWatch:
             self._rule.z,
             verdict.evidence(),
         )
-
-
-def build_promotion(
-    settings: Settings, split: TrafficSplit, retained: RetainedVersions, spec: SampleSpec
-) -> PromotionWatch | None:
-    """The served-quality promotion watch when ``serve.promotion`` is on."""
-    serve = settings.serve
-    if not serve.promotion:
-        return None
-    kafka = KafkaConnection.from_settings(settings.kafka)
-    return PromotionWatch(
-        split=split,
-        retained=retained,
-        spec=spec,
-        rule=PromotionRule(serve.promotion_min_rows, serve.promotion_margin, serve.promotion_z),
-        consumer=lambda topic: record_consumer(kafka, topic=topic),
-        predictions=settings.topics.predictions,
-        labels=settings.topics.labels,
-        check_every_s=serve.promotion_check_s,
-    )
 
 
 def _loss(report: TallyReport | None) -> ArmLoss:

@@ -7,12 +7,12 @@ import logging
 import time
 from collections.abc import Iterable, Iterator
 
-from streamtrain.ingest.log_watch import reread_mark
 from streamtrain.kafka import KafkaConnection, PartitionReader, ReadTimeout, partition_reader
 from streamtrain.kafka.errors import KafkaUnreachable
+from streamtrain.kafka.mark_check import reread_mark
 from streamtrain.kafka.reachability import REACHABILITY
-from streamtrain.kafka.record_mark import RecordMark, mark_of
 from streamtrain.kafka.records import KafkaRecord
+from streamtrain.sample.record_mark import RecordMark, mark_of
 from streamtrain.snapshot import wire
 from streamtrain.snapshot.assembly import Assembler
 from streamtrain.snapshot.manifest import SnapshotManifest, parse_snapshot_id

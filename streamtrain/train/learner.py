@@ -15,7 +15,7 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
 from streamtrain import metrics
-from streamtrain.sparse_tensors import SparseInput
+from streamtrain.sample.sparse_torch import SparseInput
 from streamtrain.train.guard import BadStepGuard, GoodState, Verdict
 from streamtrain.train.objective import Objective, StepLoss
 from streamtrain.train.step_size import StepSamples, max_step_samples
@@ -75,7 +75,7 @@ class StepReducer(Protocol):
 class Learner:
     """Model + task head + optimizer + schedule + clipping + the non-finite guard.
 
-    >>> from streamtrain.spec import SampleSpec
+    >>> from streamtrain.sample.spec import SampleSpec
     >>> spec = SampleSpec(feature_shape=(3,), task="binary")
     >>> model = nn.Linear(3, 1)
     >>> learner = Learner(

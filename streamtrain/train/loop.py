@@ -36,10 +36,10 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
 from streamtrain import health, metrics
-from streamtrain.batch import Batch
 from streamtrain.checkpoint import CheckpointStore, TrainerState, check_world_size
 from streamtrain.checkpoint.meta import TOPIC_ID
 from streamtrain.ingest.device import to_device
+from streamtrain.sample.batch import Batch
 from streamtrain.train.cadence import EveryPolicy
 from streamtrain.train.hooks import SnapshotRequest, SnapshotSink
 from streamtrain.train.learner import Learner

@@ -12,8 +12,8 @@ import threading
 from collections.abc import Mapping
 from typing import Protocol
 
-from streamtrain.batch import Batch
-from streamtrain.kafka.record_mark import RecordMark
+from streamtrain.sample.batch import Batch
+from streamtrain.sample.record_mark import RecordMark
 
 log = logging.getLogger(__name__)
 

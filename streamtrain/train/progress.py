@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from streamtrain.batch import Batch
-from streamtrain.kafka.record_mark import RecordMark
+from streamtrain.sample.batch import Batch
+from streamtrain.sample.record_mark import RecordMark
 
 
 @dataclass

@@ -16,7 +16,7 @@ from torch import nn
 from torch.optim import Optimizer
 
 from streamtrain import metrics
-from streamtrain.sparse_tensors import SparseInput
+from streamtrain.sample.sparse_torch import SparseInput
 from streamtrain.train.models.embedding import EmbeddingTables
 
 Gather = Callable[[list[torch.Tensor]], list[torch.Tensor]]

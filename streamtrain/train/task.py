@@ -7,7 +7,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from streamtrain.spec import SampleSpec
+from streamtrain.sample.spec import SampleSpec
 
 LossName = Literal["auto", "cross_entropy", "bce", "mse", "huber"]
 

@@ -15,7 +15,7 @@ sample then passes the same checks (:mod:`~streamtrain.wire.decoded`). ``docs/wi
 holds the same description for producers written in other languages.
 
 >>> import numpy as np
->>> from streamtrain.spec import SampleSpec
+>>> from streamtrain.sample.spec import SampleSpec
 >>> spec = SampleSpec(feature_shape=(2,), task="binary")
 >>> encode_json([0.5, 1.0], 1)
 b'{"features":[0.5,1.0],"label":1}'

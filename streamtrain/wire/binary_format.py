@@ -13,7 +13,7 @@ Every record of a spec has the same length, so a poll decodes with one ``np.from
 ``b"".join(values)``. Layout v2 (:mod:`~streamtrain.wire.binary_v2`) adds sparse features
 after the same fixed part; :func:`~streamtrain.wire.binary_v2.decode_binary` reads both.
 
->>> from streamtrain.spec import SampleSpec
+>>> from streamtrain.sample.spec import SampleSpec
 >>> spec = SampleSpec(feature_shape=(2,), task="binary")
 >>> len(encode_binary(spec, [0.5, 1.0], 1)) == binary_dtype(spec).itemsize == 32
 True
@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from streamtrain.spec import SampleSpec
+from streamtrain.sample.spec import SampleSpec
 from streamtrain.wire.decoded import Decoded, Labels, finish
 from streamtrain.wire.rejects import Reject, SampleError, shape_text
 

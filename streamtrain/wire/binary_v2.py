@@ -16,7 +16,7 @@ A feature that is not listed has no IDs in this sample. Both layouts share a con
 :func:`decode_binary` sends each record to its layout by magic, so v1 records stay readable
 (they carry no sparse IDs).
 
->>> from streamtrain.spec import SampleSpec, SparseFeature
+>>> from streamtrain.sample.spec import SampleSpec, SparseFeature
 >>> spec = SampleSpec((2,), "binary", sparse=(SparseFeature("items", "items", 4),))
 >>> value = encode_binary_v2(spec, [0.5, 1.0], 1, sparse={"items": [7, 8]})
 >>> decode_binary(spec, [value], np.zeros(1)).sparse.features["items"].ids.tolist()
@@ -33,8 +33,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from streamtrain.jagged import SparseRows
-from streamtrain.spec import SampleSpec
+from streamtrain.sample.sparse_numpy import SparseRows
+from streamtrain.sample.spec import SampleSpec
 from streamtrain.wire.binary_format import binary_dtype, decode_v1, encode_binary
 from streamtrain.wire.decoded import Decoded, Labels, finish, merge
 from streamtrain.wire.rejects import Reject, SampleError

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from streamtrain.jagged import SparseRows
-from streamtrain.spec import SampleSpec
+from streamtrain.sample.sparse_numpy import SparseRows
+from streamtrain.sample.spec import SampleSpec
 from streamtrain.wire.rejects import Reject
 
 Labels = npt.NDArray[np.int64] | npt.NDArray[np.float32]

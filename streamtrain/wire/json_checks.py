@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from streamtrain.spec import SampleSpec
+from streamtrain.sample.spec import SampleSpec
 from streamtrain.wire.decoded import expected_label, out_of_range
 from streamtrain.wire.rejects import Reject, shape_text
 

@@ -36,8 +36,8 @@ import numpy as np
 import numpy.typing as npt
 
 from streamtrain.gc_pause import gc_paused
-from streamtrain.jagged import SparseRows
-from streamtrain.spec import SampleSpec
+from streamtrain.sample.sparse_numpy import SparseRows
+from streamtrain.sample.spec import SampleSpec
 from streamtrain.wire.decoded import Decoded, Labels, finish, merge
 from streamtrain.wire.json_checks import Fields, read_record, stack_numbers
 from streamtrain.wire.rejects import Reject, SampleError

@@ -25,7 +25,7 @@ Binary (``application/x-streamtrain-label``), little-endian, packed::
 :func:`with_label` writes a label into a served sample (binary v1/v2) without touching its
 feature bytes: that is how the join keeps training features bit-identical to served ones.
 
->>> from streamtrain.spec import SampleSpec
+>>> from streamtrain.sample.spec import SampleSpec
 >>> spec = SampleSpec(feature_shape=(2,), task="binary")
 >>> decode_label(spec, encode_label_json("req-1", 1), None, b"req-1", 5.0)
 LabelRecord(request_id='req-1', label=1, weight=1.0, timestamp=5.0)
@@ -44,7 +44,7 @@ from typing import Any, Literal
 import msgspec
 import numpy as np
 
-from streamtrain.spec import SampleSpec
+from streamtrain.sample.spec import SampleSpec
 from streamtrain.wire.binary_format import BINARY_MAGIC
 from streamtrain.wire.binary_v2 import BINARY_MAGIC_V2
 from streamtrain.wire.json_checks import class_label, optional_number, regression_label

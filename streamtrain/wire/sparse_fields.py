@@ -1,6 +1,6 @@
 """A sample's sparse features as they arrive (JSON objects or binary v2 tails), checked.
 
-Each declared feature (:class:`~streamtrain.spec.SparseFeature`) is a list of IDs: int64
+Each declared feature (:class:`~streamtrain.sample.spec.SparseFeature`) is a list of IDs: int64
 integers, or strings hashed to int64 by :func:`hash_id`. Optional per-ID weights are finite
 numbers >= 0, one per ID. What is wrong gets its own reject reason:
 
@@ -18,7 +18,7 @@ import math
 from hashlib import blake2b
 from typing import Any
 
-from streamtrain.spec import SampleSpec
+from streamtrain.sample.spec import SampleSpec
 from streamtrain.wire.rejects import Reject
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from streamtrain.batch import Batch
 from streamtrain.ingest.device import to_device
+from streamtrain.sample.batch import Batch
+from streamtrain.sample.spec import SampleSpec
 from streamtrain.serve.weights.inference import BatchingEngine, head_for
 from streamtrain.serve.weights.slot import WeightSlot
 from streamtrain.snapshot.manifest import SnapshotHeader
-from streamtrain.spec import SampleSpec
 from streamtrain.testing import ToyStream
 from streamtrain.train.learner import Learner
 from streamtrain.train.models import build_model

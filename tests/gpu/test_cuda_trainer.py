@@ -14,16 +14,16 @@ import pytest
 import torch
 from safetensors.numpy import load_file
 
-from streamtrain.cli.build_trainer import build_trainer
+from streamtrain.builders.trainer import build_trainer
 from streamtrain.client import SampleProducer
 from streamtrain.config import load_settings
 from streamtrain.datasets.ctr import ctr
 from streamtrain.kafka import KafkaConnection, create_topics
+from streamtrain.sample.sparse_torch import to_tensors
+from streamtrain.sample.spec import SampleSpec
 from streamtrain.serve.weights.inference import DirectEngine, head_for
 from streamtrain.serve.weights.slot import WeightSlot
 from streamtrain.snapshot.manifest import SnapshotHeader
-from streamtrain.sparse_tensors import to_tensors
-from streamtrain.spec import SampleSpec
 from streamtrain.testing import ToyStream
 from streamtrain.train.learner import Learner
 from streamtrain.train.models import build_model

@@ -20,7 +20,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from streamtrain.distributed.step_sync import GradientSync, attach_moments_sync
-from streamtrain.spec import SampleSpec
+from streamtrain.sample.spec import SampleSpec
 from streamtrain.train.learner import Learner
 from streamtrain.train.models import build_model
 from streamtrain.train.optim import build_optimizer

@@ -17,7 +17,7 @@ import numpy as np
 from streamtrain.broker import free_port
 from streamtrain.kafka import KafkaConnection, create_topics, record_consumer, record_producer
 from streamtrain.kafka.watermark import true_ends
-from streamtrain.spec import SampleSpec
+from streamtrain.sample.spec import SampleSpec
 from streamtrain.wire import encode_binary
 from streamtrain.wire.label_record import encode_label_json
 from streamtrain.wire.prediction_record import PredictionRecord, encode_prediction

@@ -17,11 +17,11 @@ from kafka import KafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 
 from streamtrain.config import Settings, load_settings
+from streamtrain.sample.spec import spec_for_model
 from streamtrain.snapshot import wire
 from streamtrain.snapshot.manifest import SnapshotManifest, settings_hash
 from streamtrain.snapshot.payload import encode_state, sha256_hex
 from streamtrain.snapshot.signing import ManifestSigner
-from streamtrain.spec import spec_for_model
 from streamtrain.train.models import build_model
 from tests.version_fixtures import version_weights
 

@@ -10,8 +10,8 @@ import numpy as np
 import torch
 from kafka import KafkaProducer
 
-from streamtrain.cli.build_trainer import build_trainer
-from streamtrain.serve.server import build_worker
+from streamtrain.builders.server import build_worker
+from streamtrain.builders.trainer import build_trainer
 from tests.delta_fixtures import FACTORY, model_state, newest_after_one_base, one_base_then_deltas
 from tests.integration.snapshot_harness import wait
 

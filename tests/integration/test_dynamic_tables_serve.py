@@ -11,10 +11,10 @@ from pathlib import Path
 import torch
 from kafka import KafkaProducer
 
-from streamtrain.cli.build_trainer import build_trainer
+from streamtrain.builders.server import build_slot, build_worker
+from streamtrain.builders.trainer import build_trainer
 from streamtrain.config import ModelSettings, SparseFeatureSettings
 from streamtrain.kafka import KafkaConnection, create_topics
-from streamtrain.serve.server import build_slot, build_worker
 from streamtrain.serve.weights.slot import WeightSlot
 from streamtrain.serve.weights.watcher import SnapshotWatcher
 from streamtrain.snapshot.subscriber import SnapshotSubscriber

@@ -16,10 +16,10 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from streamtrain import metrics
-from streamtrain.batch import Batch
-from streamtrain.ingest import ERROR_HEADER, SOURCE_HEADER, KafkaSampleSource
+from streamtrain.ingest import ERROR_HEADER, SOURCE_HEADER, KafkaSampleSource, SourceOptions
 from streamtrain.kafka import KafkaConnection, create_topics
-from streamtrain.spec import SampleSpec
+from streamtrain.sample.batch import Batch
+from streamtrain.sample.spec import SampleSpec
 
 # Runs again with kafka-python in CI (make test-integration-kafka-python): its Kafka path
 # differs by client library.
@@ -89,7 +89,7 @@ def _source(
         topic=topic,
         group_id=group,
         kafka=connection,
-        **kwargs,  # type: ignore[arg-type]
+        options=SourceOptions(**kwargs),  # type: ignore[arg-type]
     )
 
 

@@ -14,10 +14,10 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from streamtrain import metrics
-from streamtrain.batch import Batch
-from streamtrain.ingest import ERROR_HEADER, KafkaSampleSource
+from streamtrain.ingest import ERROR_HEADER, KafkaSampleSource, SourceOptions
 from streamtrain.kafka import KafkaConnection, create_topics
-from streamtrain.spec import SampleSpec, SparseFeature
+from streamtrain.sample.batch import Batch
+from streamtrain.sample.spec import SampleSpec, SparseFeature
 
 # Runs again with kafka-python in CI (make test-integration-kafka-python): its Kafka path
 # differs by client library.
@@ -115,8 +115,7 @@ def test_sparse_samples_arrive_with_their_ids_and_bad_ones_are_dead_lettered(
         topic=topic,
         group_id=unique_name,
         kafka=connection,
-        max_batch_size=6,
-        dead_letter_topic=dlq,
+        options=SourceOptions(max_batch_size=6, dead_letter_topic=dlq),
     ) as source:
         batches = _drain(source, len(ids) + len(MALFORMED))
 

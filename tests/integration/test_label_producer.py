@@ -10,7 +10,7 @@ import pytest
 from streamtrain.client import LabelProducer
 from streamtrain.config import load_settings
 from streamtrain.kafka import KafkaConnection, create_topics, record_consumer
-from streamtrain.spec import spec_for_model
+from streamtrain.sample.spec import spec_for_model
 from streamtrain.wire.label_record import LabelError, LabelRecord, decode_label
 from tests.integration.snapshot_harness import wait
 

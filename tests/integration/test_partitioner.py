@@ -20,12 +20,13 @@ import pytest
 from confluent_kafka import Producer
 from kafka import KafkaProducer
 
+from streamtrain.builders.server import build_worker
 from streamtrain.client import LabelProducer
 from streamtrain.config import Settings
 from streamtrain.kafka import KafkaConnection, create_topics
 from streamtrain.kafka.partitioner import partition_for
-from streamtrain.serve.server import ServingWorker, build_worker
-from streamtrain.spec import SampleSpec
+from streamtrain.sample.spec import SampleSpec
+from streamtrain.serve.server import ServingWorker
 from tests.integration.join_harness import (
     by_id,
     join_env,

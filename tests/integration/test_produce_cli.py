@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from streamtrain.datasets import DATASETS
-from streamtrain.ingest import KafkaSampleSource
+from streamtrain.ingest import KafkaSampleSource, SourceOptions
 from streamtrain.kafka import KafkaConnection
-from streamtrain.spec import SampleSpec
+from streamtrain.sample.spec import SampleSpec
 
 # Runs again with kafka-python in CI (make test-integration-kafka-python): its Kafka path
 # differs by client library.
@@ -40,8 +40,7 @@ def _read_all(
         topic=topic,
         group_id=topic,
         kafka=kafka,
-        max_batch_size=512,
-        start_from="earliest",
+        options=SourceOptions(max_batch_size=512, start_from="earliest"),
     ) as source:
         labels, records = [], 0
         deadline = time.monotonic() + 20

@@ -12,10 +12,10 @@ import time
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from streamtrain import metrics
-from streamtrain.ingest import KafkaSampleSource
+from streamtrain.ingest import KafkaSampleSource, SourceOptions
 from streamtrain.kafka import KafkaConnection
-from streamtrain.kafka.record_mark import RecordMark
-from streamtrain.spec import SampleSpec
+from streamtrain.sample.record_mark import RecordMark
+from streamtrain.sample.spec import SampleSpec
 from tests.integration.trainer_harness import FEATURES, hyperplane_stream, produce_json
 
 SPEC = SampleSpec(feature_shape=(FEATURES,), task="binary")
@@ -39,8 +39,9 @@ def test_a_re_created_longer_topic_is_noticed_by_the_fingerprint_alone(
     topic = f"{unique_name}-samples"
     x, y = hyperplane_stream(500, seed=41)
     produce_json(kafka_connection.bootstrap_servers, topic, x[:300], y[:300])
-    options = {"spec": SPEC, "topic": topic, "group_id": unique_name, "kafka": kafka_connection}
-    with KafkaSampleSource(**options, start_from="earliest", max_batch_size=64) as source:
+    source_args = {"spec": SPEC, "topic": topic, "group_id": unique_name, "kafka": kafka_connection}
+    reading = SourceOptions(start_from="earliest", max_batch_size=64)
+    with KafkaSampleSource(**source_args, options=reading) as source:
         learned, marks = _read(source, 300)
     assert learned == 300 and marks[0].offset == 299
 
@@ -54,7 +55,7 @@ def test_a_re_created_longer_topic_is_noticed_by_the_fingerprint_alone(
 
     resets = metrics.INGEST_OFFSET_RESETS.labels("0", "earliest")
     before = resets._value.get()
-    with KafkaSampleSource(**options, start_from="earliest", max_batch_size=64) as source:
+    with KafkaSampleSource(**source_args, options=reading) as source:
         source.topic_id = None  # as on a broker without topic ids
         source.resume({0: 300}, marks)
         learned, _ = _read(source, 500)

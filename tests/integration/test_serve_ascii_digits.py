@@ -14,10 +14,11 @@ from urllib.parse import quote
 import pytest
 from kafka import KafkaProducer
 
+from streamtrain.builders.server import build_worker
 from streamtrain.config import Settings
 from streamtrain.kafka import create_topics
 from streamtrain.serve.protocol.bodies import BINARY_HEADER
-from streamtrain.serve.server import ServingWorker, build_worker
+from streamtrain.serve.server import ServingWorker
 from streamtrain.snapshot import wire
 from tests.integration.snapshot_harness import (
     publish,

@@ -13,9 +13,9 @@ import httpx
 
 from streamtrain.config import load_settings
 from streamtrain.kafka import KafkaConnection, create_topics
+from streamtrain.sample.spec import spec_for_model
 from streamtrain.snapshot.manifest import settings_hash
 from streamtrain.snapshot.writer import SnapshotWriter
-from streamtrain.spec import spec_for_model
 from streamtrain.train.hooks import SnapshotRequest
 from streamtrain.train.models import build_model
 from tests.version_fixtures import version_weights

@@ -13,12 +13,13 @@ import torch
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
+from streamtrain.builders.server import build_worker
 from streamtrain.config import Settings, load_settings
 from streamtrain.kafka import KafkaConnection, create_topics
-from streamtrain.serve.server import ServingWorker, build_worker
+from streamtrain.sample.spec import spec_for_model
+from streamtrain.serve.server import ServingWorker
 from streamtrain.snapshot.manifest import settings_hash
 from streamtrain.snapshot.writer import SnapshotWriter
-from streamtrain.spec import spec_for_model
 from streamtrain.train.hooks import SnapshotRequest
 from streamtrain.train.models import build_model
 from tests.integration.snapshot_harness import wait

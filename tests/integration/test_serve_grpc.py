@@ -12,9 +12,10 @@ import tritonclient.http as httpclient
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
+from streamtrain.builders.server import build_worker
 from streamtrain.config import Settings
 from streamtrain.kafka import create_topics
-from streamtrain.serve.server import ServingWorker, build_worker
+from streamtrain.serve.server import ServingWorker
 from tests.integration.snapshot_harness import ROW, publish, serve_settings, wait
 from tests.version_fixtures import expected_value
 

@@ -10,10 +10,10 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
+from streamtrain.builders.server import build_worker
 from streamtrain.cli import app
 from streamtrain.config import Settings
 from streamtrain.kafka import create_topics
-from streamtrain.serve.server import build_worker
 from tests.integration.snapshot_harness import ROW, publish, serve_settings, wait
 from tests.version_fixtures import expected_value
 

@@ -14,10 +14,11 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from streamtrain.broker import EmbeddedBroker
+from streamtrain.builders.server import build_worker
 from streamtrain.config import Settings, load_settings
 from streamtrain.kafka import KafkaConnection, create_topics, record_consumer
-from streamtrain.serve.server import ServingWorker, build_worker
-from streamtrain.spec import spec_for_model
+from streamtrain.sample.spec import spec_for_model
+from streamtrain.serve.server import ServingWorker
 from streamtrain.wire import decode_binary
 from streamtrain.wire.prediction_record import PREDICTION_CONTENT_TYPE, decode_prediction
 from tests.integration.snapshot_harness import MODEL, publish, wait

@@ -14,7 +14,7 @@ import pytest
 
 from streamtrain.config import Settings
 from streamtrain.kafka import KafkaConnection, create_topics, record_producer
-from streamtrain.serve.server import build_worker
+from streamtrain.builders.server import build_worker
 from streamtrain.wire.label_record import encode_label_json
 from tests.integration.snapshot_harness import ROW, publish, serve_settings, wait
 from tests.integration.trainer_harness import scrape

@@ -13,12 +13,12 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from streamtrain.cli.build_trainer import build_trainer
+from streamtrain.builders.server import build_worker
+from streamtrain.builders.trainer import build_trainer
 from streamtrain.client import SampleProducer
 from streamtrain.config import Settings
 from streamtrain.kafka import KafkaConnection
-from streamtrain.serve.server import build_worker
-from streamtrain.spec import spec_for_model
+from streamtrain.sample.spec import spec_for_model
 from tests.integration.trainer_harness import pipeline_settings
 
 FEATURES = 4

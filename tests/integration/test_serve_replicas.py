@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import time
 
+from streamtrain.builders.server import build_worker
 from streamtrain.kafka import create_topics
-from streamtrain.serve.server import build_worker
 from tests.integration.snapshot_harness import (
     publish,
     rejections,

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from streamtrain.builders.server import build_worker
 from streamtrain.kafka import create_topics
-from streamtrain.serve.server import build_worker
 from streamtrain.snapshot.signing import ManifestSigner, generate_key_pair
 from tests.integration.snapshot_harness import (
     publish,

@@ -7,9 +7,9 @@ from pathlib import Path
 
 from kafka import KafkaProducer
 
+from streamtrain.builders.server import build_worker
 from streamtrain.config import Settings
 from streamtrain.kafka import create_topics
-from streamtrain.serve.server import build_worker
 from streamtrain.snapshot import wire
 from streamtrain.snapshot.manifest import SnapshotManifest
 from tests.integration.snapshot_harness import (

@@ -12,9 +12,10 @@ import pytest
 from kafka import KafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 
+from streamtrain.builders.server import build_worker
 from streamtrain.config import Settings, load_settings
 from streamtrain.kafka import KafkaConnection, create_topics
-from streamtrain.serve.server import ServingWorker, build_worker
+from streamtrain.serve.server import ServingWorker
 from streamtrain.snapshot import wire
 from streamtrain.snapshot.manifest import SnapshotManifest, settings_hash
 from streamtrain.snapshot.writer import SnapshotWriter
@@ -91,7 +92,7 @@ def writer(settings: Settings) -> Iterator[Callable[..., SnapshotManifest]]:
 
 
 def _spec(settings: Settings) -> Any:
-    from streamtrain.spec import spec_for_model
+    from streamtrain.sample.spec import spec_for_model
 
     return spec_for_model(settings.model)
 

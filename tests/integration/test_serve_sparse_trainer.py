@@ -12,13 +12,13 @@ import pytest
 import torch
 from safetensors.numpy import load_file
 
-from streamtrain.cli.build_trainer import build_trainer
+from streamtrain.builders.server import build_worker
+from streamtrain.builders.trainer import build_trainer
 from streamtrain.client import SampleProducer
 from streamtrain.datasets.ctr import ctr
 from streamtrain.kafka import KafkaConnection
-from streamtrain.serve.server import build_worker
-from streamtrain.sparse_tensors import JaggedTensor
-from streamtrain.spec import spec_for_model
+from streamtrain.sample.sparse_torch import JaggedTensor
+from streamtrain.sample.spec import spec_for_model
 from streamtrain.train.models import build_model
 from tests.integration.trainer_harness import latest_checkpoint, pipeline_settings
 

@@ -16,7 +16,8 @@ import pytest
 
 from streamtrain.config import Settings
 from streamtrain.kafka import KafkaConnection, create_topics, record_consumer
-from streamtrain.serve.server import ServingWorker, build_worker
+from streamtrain.builders.server import build_worker
+from streamtrain.serve.server import ServingWorker
 from streamtrain.wire.prediction_record import PredictionRecord, decode_prediction
 from tests.integration.snapshot_harness import ROW, publish, serve_settings, wait
 from tests.integration.trainer_harness import scrape

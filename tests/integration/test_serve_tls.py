@@ -18,8 +18,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from tritonclient.utils import InferenceServerException
 
+from streamtrain.builders.server import build_worker
 from streamtrain.kafka import create_topics
-from streamtrain.serve.server import build_worker
 from tests.integration.snapshot_harness import ROW, publish, serve_settings, wait
 
 

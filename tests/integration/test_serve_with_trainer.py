@@ -14,14 +14,14 @@ import httpx
 import numpy as np
 import torch
 
-from streamtrain.cli.build_trainer import build_trainer
+from streamtrain.builders.server import build_worker
+from streamtrain.builders.trainer import build_trainer
 from streamtrain.config import Settings
 from streamtrain.demo.scrape import scrape
 from streamtrain.kafka import KafkaConnection
-from streamtrain.serve.server import build_worker
+from streamtrain.sample.spec import spec_for_model
 from streamtrain.snapshot.manifest import settings_hash
 from streamtrain.snapshot.subscriber import ReceivedSnapshot, SnapshotSubscriber
-from streamtrain.spec import spec_for_model
 from streamtrain.train.models import build_model
 from streamtrain.train.task import TaskHead
 from tests.integration.trainer_harness import (

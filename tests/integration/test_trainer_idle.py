@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 
 from streamtrain import health, metrics
-from streamtrain.cli.build_trainer import build_trainer
+from streamtrain.builders.trainer import build_trainer
 from streamtrain.train.loop import TrainSummary
 from tests.integration.trainer_harness import (
     FEATURES,

@@ -9,12 +9,12 @@ import numpy as np
 from safetensors.numpy import load_file
 
 from streamtrain import metrics
-from streamtrain.cli.build_trainer import build_trainer
+from streamtrain.builders.trainer import build_trainer
 from streamtrain.kafka import KafkaConnection
+from streamtrain.sample.spec import spec_for_model
 from streamtrain.snapshot.manifest import settings_hash
 from streamtrain.snapshot.versions import newest_version
 from streamtrain.snapshot.writer import SnapshotWriter
-from streamtrain.spec import spec_for_model
 from streamtrain.train.hooks import SnapshotRequest
 from streamtrain.train.models import build_model
 from tests.integration.trainer_harness import (

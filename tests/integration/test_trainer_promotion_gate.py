@@ -11,10 +11,10 @@ import httpx
 import numpy as np
 
 from streamtrain import metrics
-from streamtrain.cli.build_trainer import build_trainer
+from streamtrain.builders.server import build_worker
+from streamtrain.builders.trainer import build_trainer
 from streamtrain.config import Settings
 from streamtrain.kafka import KafkaConnection
-from streamtrain.serve.server import build_worker
 from streamtrain.snapshot.manifest import settings_hash
 from streamtrain.snapshot.versions import newest_version
 from tests.integration.snapshot_harness import wait

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import load_file
 
-from streamtrain.spec import SampleSpec, SparseFeature
+from streamtrain.sample.spec import SampleSpec, SparseFeature
 from tests.integration.trainer_harness import (
     assert_recovers_from_kill_9,
     dlrm_env,

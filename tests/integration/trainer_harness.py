@@ -22,8 +22,8 @@ from safetensors.numpy import load_file
 
 from streamtrain.config import Settings, load_settings
 from streamtrain.kafka import create_topics
-from streamtrain.sparse_tensors import JaggedTensor
-from streamtrain.spec import SampleSpec
+from streamtrain.sample.sparse_torch import JaggedTensor
+from streamtrain.sample.spec import SampleSpec
 from streamtrain.train.models import build_model
 
 FEATURES = 16

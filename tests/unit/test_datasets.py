@@ -7,7 +7,7 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 
 from streamtrain.datasets import DATASETS, DatasetError, get_dataset, hyperplane, jsonl
-from streamtrain.spec import SampleSpec
+from streamtrain.sample.spec import SampleSpec
 
 
 def _arrays(name: str, count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

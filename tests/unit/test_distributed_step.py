@@ -26,8 +26,8 @@ from streamtrain.distributed.step_sync import (
     attach_loss_sync,
     attach_moments_sync,
 )
-from streamtrain.sparse_tensors import JaggedTensor
-from streamtrain.spec import SampleSpec, SparseFeature
+from streamtrain.sample.sparse_torch import JaggedTensor
+from streamtrain.sample.spec import SampleSpec, SparseFeature
 from streamtrain.train.learner import Learner
 from streamtrain.train.models import build_model
 from streamtrain.train.models.embedding import hash_rows
@@ -66,36 +66,53 @@ def _union_batches(task: str) -> list[tuple[torch.Tensor, torch.Tensor, torch.Te
     return batches
 
 
-def _rank_main(rank: int, task: str, name: str, store: str, out: str) -> None:
+def _rank_case(rank: int, task: str, name: str, out: Path) -> None:
+    learner = _learner(task, name)
+    learner.step_reducer = GradientSync()
+    assert attach_moments_sync(learner.model) == (1 if task == "multiclass" else 2)
+    # `auto`'s head mixture moves by the heads' losses summed over both ranks
+    assert attach_loss_sync(learner.model) == (name == "auto")
+    outcomes = []
+    for (x, y, w), (a, _) in zip(_union_batches(task), SPLITS, strict=True):
+        rows = slice(0, a) if rank == 0 else slice(a, None)
+        result = learner.learn(x[rows], y[rows], w[rows])
+        outcomes.append([float(result.loss), float(result.score_sum), result.samples])
+        outcomes[-1].append(int(result.applied))
+    out.mkdir(exist_ok=True)
+    save_file(dict(learner.model.state_dict()), f"{out}/rank{rank}.safetensors")
+    Path(f"{out}/rank{rank}.json").write_text(json.dumps(outcomes))
+
+
+CASES = [(task, name) for task in sorted(SPECS) for name in ("mlp", "auto")]
+
+
+def _ranks_main(rank: int, store: str, out: str) -> None:
+    """Every case of this module in one group: two processes started once, not once a case
+    (each start imports torch anew; the cases run one after the other, each from its own
+    seed, so they are as independent as in processes of their own)."""
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
     try:
-        learner = _learner(task, name)
-        learner.step_reducer = GradientSync()
-        assert attach_moments_sync(learner.model) == (1 if task == "multiclass" else 2)
-        # `auto`'s head mixture moves by the heads' losses summed over both ranks
-        assert attach_loss_sync(learner.model) == (name == "auto")
-        outcomes = []
-        for (x, y, w), (a, _) in zip(_union_batches(task), SPLITS, strict=True):
-            rows = slice(0, a) if rank == 0 else slice(a, None)
-            result = learner.learn(x[rows], y[rows], w[rows])
-            outcomes.append([float(result.loss), float(result.score_sum), result.samples])
-            outcomes[-1].append(int(result.applied))
-        save_file(dict(learner.model.state_dict()), f"{out}/rank{rank}.safetensors")
-        Path(f"{out}/rank{rank}.json").write_text(json.dumps(outcomes))
+        for task, name in CASES:
+            _rank_case(rank, task, name, Path(out) / f"{task}-{name}")
+        _sparse_rank_case(rank, Path(out) / "sparse")
     finally:
         dist.destroy_process_group()
 
 
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The folder of every case's two-rank results (``<task>-<name>/``, ``sparse/``)."""
+    out = tmp_path_factory.mktemp("two_ranks")
+    mp.start_processes(
+        _ranks_main, args=(str(out / "store"), str(out)), nprocs=2, start_method="spawn"
+    )
+    return out
+
+
 @pytest.mark.parametrize("name", ["mlp", "auto"])
 @pytest.mark.parametrize("task", sorted(SPECS))
-def test_two_rank_steps_equal_union_steps(task: str, name: str, tmp_path: Path) -> None:
-    two_ranks = tmp_path
-    mp.start_processes(
-        _rank_main,
-        args=(task, name, str(tmp_path / "store"), str(tmp_path)),
-        nprocs=2,
-        start_method="spawn",
-    )
+def test_two_rank_steps_equal_union_steps(task: str, name: str, two_ranks: Path) -> None:
+    two_ranks = two_ranks / f"{task}-{name}"
     single = _learner(task, name)
     expected = []
     for x, y, w in _union_batches(task):
@@ -181,33 +198,25 @@ def _sparse_state(learner: Learner) -> dict[str, torch.Tensor]:
     return state
 
 
-def _sparse_rank_main(rank: int, store: str, out: str) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
-    try:
-        learner, tracker = _sparse_learner()
-        learner.step_reducer = GradientSync(sparse_embedding_weights(learner.model))
-        attach_moments_sync(learner.model)
-        samples = []
-        for (x, y, w, ids), (a, _) in zip(_sparse_batches(), SPLITS, strict=True):
-            rows = slice(0, a) if rank == 0 else slice(a, None)
-            result = learner.learn(x[rows], y[rows], w[rows], _jagged(ids[rows]))
-            samples.append([result.samples, int(result.applied), float(result.loss)])
-        tracked = tracker.take()
-        assert tracked is not None
-        save_file(_sparse_state(learner), f"{out}/rank{rank}.safetensors")
-        save_file(tracked, f"{out}/rank{rank}.rows.safetensors")
-        Path(f"{out}/rank{rank}.json").write_text(json.dumps(samples))
-    finally:
-        dist.destroy_process_group()
+def _sparse_rank_case(rank: int, out: Path) -> None:
+    learner, tracker = _sparse_learner()
+    learner.step_reducer = GradientSync(sparse_embedding_weights(learner.model))
+    attach_moments_sync(learner.model)
+    samples = []
+    for (x, y, w, ids), (a, _) in zip(_sparse_batches(), SPLITS, strict=True):
+        rows = slice(0, a) if rank == 0 else slice(a, None)
+        result = learner.learn(x[rows], y[rows], w[rows], _jagged(ids[rows]))
+        samples.append([result.samples, int(result.applied), float(result.loss)])
+    tracked = tracker.take()
+    assert tracked is not None
+    out.mkdir(exist_ok=True)
+    save_file(_sparse_state(learner), f"{out}/rank{rank}.safetensors")
+    save_file(tracked, f"{out}/rank{rank}.rows.safetensors")
+    Path(f"{out}/rank{rank}.json").write_text(json.dumps(samples))
 
 
-def test_two_rank_sparse_steps_equal_union_steps(tmp_path: Path) -> None:
-    mp.start_processes(
-        _sparse_rank_main,
-        args=(str(tmp_path / "store"), str(tmp_path)),
-        nprocs=2,
-        start_method="spawn",
-    )
+def test_two_rank_sparse_steps_equal_union_steps(two_ranks: Path) -> None:
+    tmp_path = two_ranks / "sparse"
     single, tracker = _sparse_learner()
     expected = []
     for x, y, w, ids in _sparse_batches():

@@ -21,7 +21,7 @@ from typer.core import TyperGroup
 import streamtrain.cli  # noqa: F401  (registers every subcommand)
 from streamtrain.cli.command import app
 from streamtrain.config import Settings, load_settings
-from streamtrain.spec import spec_for_model
+from streamtrain.sample.spec import spec_for_model
 from streamtrain.train.models import build_model
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from streamtrain.spec import SampleSpec
+from streamtrain.sample.spec import SampleSpec
 from streamtrain.testing import check_model
 from streamtrain.train.models import MODEL_NAMES, SPARSE_MODEL_NAMES, build_model
 from streamtrain.train.models._params import ModelParams

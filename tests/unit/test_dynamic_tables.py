@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 import torch
 
-from streamtrain.sparse_tensors import JaggedTensor
-from streamtrain.spec import SampleSpec, SparseFeature
+from streamtrain.sample.sparse_torch import JaggedTensor
+from streamtrain.sample.spec import SampleSpec, SparseFeature
 from streamtrain.train.learner import Learner
 from streamtrain.train.models import build_model
 from streamtrain.train.models.dynamic_table import EMPTY, DynamicMapping, mix64

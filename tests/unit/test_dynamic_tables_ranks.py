@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 
 from streamtrain.distributed.sparse_sync import sparse_embedding_weights
 from streamtrain.distributed.step_sync import GradientSync, attach_moments_sync
-from streamtrain.sparse_tensors import JaggedTensor
+from streamtrain.sample.sparse_torch import JaggedTensor
 from streamtrain.train.learner import Learner
 from streamtrain.train.models.dynamic_table import EMPTY
 from tests.unit.test_dynamic_tables import _batches, _learner

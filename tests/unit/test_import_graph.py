@@ -20,15 +20,15 @@ PACKAGE = Path(__file__).resolve().parents[2] / "streamtrain"
 # Top to bottom; a unit may import only units in lower layers, never one of its own layer.
 LAYERS: list[set[str]] = [
     {"cli"},
+    {"builders"},
     {"demo", "testing"},
     {"serve", "join", "distributed"},
     {"snapshot"},
     {"train"},
-    {"ingest", "checkpoint", "client", "datasets", "broker"},
-    {"batch", "quality"},
+    {"ingest", "checkpoint", "client", "datasets", "broker", "quality"},
     {"kafka"},
-    {"wire", "health", "sparse_tensors"},
-    {"spec", "jagged", "gc_pause"},
+    {"wire", "health"},
+    {"sample", "gc_pause"},
     {"config", "metrics", "devices", "extras"},
     {"config_report", "ascii_int"},
 ]
@@ -38,6 +38,11 @@ SERVE_LAYERS: list[set[str]] = [
     {"promotion"},
     {"protocol"},
     {"weights", "prediction_log"},
+]
+# Inside sample/: the batch and the torch form over the numpy form, the spec and the marks.
+SAMPLE_LAYERS: list[set[str]] = [
+    {"batch", "sparse_torch"},
+    {"sparse_numpy", "record_mark", "spec"},
 ]
 
 
@@ -151,8 +156,12 @@ def test_no_import_circles() -> None:
 
 @pytest.mark.parametrize(
     ("prefix", "layers"),
-    [("streamtrain", LAYERS), ("streamtrain.serve", SERVE_LAYERS)],
-    ids=["package", "serve"],
+    [
+        ("streamtrain", LAYERS),
+        ("streamtrain.serve", SERVE_LAYERS),
+        ("streamtrain.sample", SAMPLE_LAYERS),
+    ],
+    ids=["package", "serve", "sample"],
 )
 def test_imports_only_go_down_the_layers(prefix: str, layers: list[set[str]]) -> None:
     wrong = _wrong_way(_graph(), prefix, layers)
@@ -178,3 +187,5 @@ def test_every_unit_has_a_layer() -> None:
     serve = {_unit(m, 2) for m in _modules() if m.startswith("streamtrain.serve.")} - {None}
     assert units == set().union(*LAYERS)
     assert serve <= set().union(*SERVE_LAYERS) | {"__init__"}
+    sample = {_unit(m, 2) for m in _modules() if m.startswith("streamtrain.sample.")} - {None}
+    assert sample == set().union(*SAMPLE_LAYERS)

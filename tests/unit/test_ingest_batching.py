@@ -10,7 +10,7 @@ import pytest
 from streamtrain.ingest.batch_deadline import MicroBatchPolicy
 from streamtrain.ingest.buffer import BatchBuffer
 from streamtrain.ingest.decode import decode_records
-from streamtrain.spec import SampleSpec
+from streamtrain.sample.spec import SampleSpec
 from streamtrain.wire import encode_binary, encode_json
 
 SPEC = SampleSpec(feature_shape=(2,), task="multiclass", num_classes=5)

@@ -3,9 +3,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from streamtrain.batch import Batch
 from streamtrain.ingest.device import to_device
-from streamtrain.spec import SampleSpec
+from streamtrain.sample.batch import Batch
+from streamtrain.sample.spec import SampleSpec
 from streamtrain.wire import decode_binary, encode_binary_many
 
 

@@ -16,7 +16,7 @@ from streamtrain.join.partition_state import (
     SourceRecord,
 )
 from streamtrain.join.state_file import StateFileError, read_state, write_state
-from streamtrain.spec import SampleSpec
+from streamtrain.sample.spec import SampleSpec
 from streamtrain.wire import decode_binary, encode_binary
 from streamtrain.wire.label_record import encode_label_json
 from streamtrain.wire.prediction_record import PredictionRecord, encode_prediction

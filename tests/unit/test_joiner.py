@@ -21,7 +21,7 @@ from streamtrain.join.log_lost import JoinLogLost, OnLogLost
 from streamtrain.join.partition_state import JoinPolicy, PartitionState
 from streamtrain.join.samples_log import join_tag, moved_back
 from streamtrain.join.state_file import read_state, state_path, write_state
-from streamtrain.spec import SampleSpec
+from streamtrain.sample.spec import SampleSpec
 
 POLICY = JoinPolicy(SampleSpec(feature_shape=(3,), task="binary"))
 TOPICS = JoinTopics(predictions="preds", labels="labels", samples="samples")

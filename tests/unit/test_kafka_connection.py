@@ -154,3 +154,27 @@ def test_client_setting_default_and_auto_resolution(monkeypatch: pytest.MonkeyPa
 def test_bad_client_value_is_rejected() -> None:
     with pytest.raises(ValueError, match="client"):
         KafkaSettings(client="rdkafka")
+
+
+def test_producer_linger_setting_reaches_producers_that_name_none(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import confluent_kafka
+
+    from streamtrain.kafka.factory import record_producer
+
+    seen: list[dict[str, Any]] = []
+
+    class Recording:
+        def __init__(self, config: dict[str, Any]) -> None:
+            seen.append(config)
+
+    monkeypatch.setattr(confluent_kafka, "Producer", Recording)
+    kafka = KafkaConnection.from_settings(
+        KafkaSettings(bootstrap_servers="127.0.0.1:9092", producer_linger_ms=250)
+    )
+    assert kafka.producer_linger_ms == 250
+    record_producer(kafka)
+    record_producer(kafka, linger_ms=0)  # snapshots name theirs
+    # (the first Producer the factory opens only checks the connection settings)
+    assert [c["linger.ms"] for c in seen if "linger.ms" in c] == [250, 0]

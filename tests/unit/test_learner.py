@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from streamtrain import metrics
-from streamtrain.spec import SampleSpec
+from streamtrain.sample.spec import SampleSpec
 from streamtrain.train.learner import Learner, train_mode_differs
 from streamtrain.train.models import build_model
 from streamtrain.train.optim import build_optimizer, build_scheduler

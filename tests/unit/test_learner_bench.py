@@ -8,7 +8,7 @@ from types import ModuleType
 
 import torch
 
-from streamtrain.spec import SampleSpec
+from streamtrain.sample.spec import SampleSpec
 
 BENCH = Path(__file__).resolve().parents[2] / "bench" / "train_step.py"
 

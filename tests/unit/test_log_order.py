@@ -11,7 +11,7 @@ from streamtrain import metrics
 from streamtrain.ingest.buffer import BatchBuffer
 from streamtrain.ingest.decode import DecodedChunk, decode_records
 from streamtrain.ingest.log_order import LogOrder
-from streamtrain.spec import SampleSpec
+from streamtrain.sample.spec import SampleSpec
 from streamtrain.wire import encode_json
 
 SPEC = SampleSpec(feature_shape=(2,), task="multiclass", num_classes=5)

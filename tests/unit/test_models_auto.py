@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from streamtrain.checkpoint import CheckpointStore, TrainerState
+from streamtrain.sample.spec import SampleSpec
 from streamtrain.snapshot.payload import decode_state, encode_state
-from streamtrain.spec import SampleSpec
 from streamtrain.testing import check_model
 from streamtrain.train.learner import Learner
 from streamtrain.train.models import build_model

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import torch
 
-from streamtrain.spec import SampleSpec
+from streamtrain.sample.spec import SampleSpec
 from streamtrain.testing import ToyStream, check_model
 
 SEQ = (6, 4)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from streamtrain.spec import SampleSpec
+from streamtrain.sample.spec import SampleSpec
 from streamtrain.train.models import MODEL_NAMES, build_model
 
 MULTI = SampleSpec(feature_shape=(6, 4), task="multiclass", num_classes=5)

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from streamtrain.sparse_tensors import JaggedTensor
-from streamtrain.spec import SampleSpec, SparseFeature
+from streamtrain.sample.sparse_torch import JaggedTensor
+from streamtrain.sample.spec import SampleSpec, SparseFeature
 from streamtrain.testing import check_model
 from streamtrain.train.learner import Learner
 from streamtrain.train.models import build_model

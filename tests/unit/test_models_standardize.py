@@ -10,10 +10,10 @@ import pytest
 import torch
 from torch import nn
 
+from streamtrain.sample.spec import SampleSpec
 from streamtrain.serve.weights.slot import WeightSlot
 from streamtrain.snapshot.manifest import SnapshotHeader
 from streamtrain.snapshot.payload import decode_state, encode_state
-from streamtrain.spec import SampleSpec
 from streamtrain.testing import ToyStream, check_model
 from streamtrain.train.learner import Learner, train_mode_differs
 from streamtrain.train.models import MODEL_NAMES, build_model

@@ -7,10 +7,10 @@ import copy
 import pytest
 import torch
 
+from streamtrain.sample.spec import SampleSpec
 from streamtrain.serve.weights.slot import WeightSlot
 from streamtrain.snapshot.manifest import SnapshotHeader
 from streamtrain.snapshot.payload import decode_state, encode_state
-from streamtrain.spec import SampleSpec
 from streamtrain.testing import check_model
 from streamtrain.train.learner import Learner
 from streamtrain.train.models import MODEL_NAMES, build_model

@@ -9,7 +9,7 @@ import numpy as np
 
 from streamtrain.ingest.decode import DecodedChunk, decode_records
 from streamtrain.ingest.partition_merge import PartitionMerge
-from streamtrain.spec import SampleSpec
+from streamtrain.sample.spec import SampleSpec
 from streamtrain.wire import encode_json
 
 SPEC = SampleSpec(feature_shape=(2,), task="multiclass", num_classes=5)

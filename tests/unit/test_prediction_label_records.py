@@ -8,7 +8,7 @@ import struct
 import numpy as np
 import pytest
 
-from streamtrain.spec import SampleSpec
+from streamtrain.sample.spec import SampleSpec
 from streamtrain.wire import encode_binary, encode_binary_v2
 from streamtrain.wire.label_record import (
     LABEL_CONTENT_TYPE,
@@ -143,7 +143,7 @@ def test_with_label_keeps_every_feature_and_sparse_byte() -> None:
 
 
 def test_with_label_keeps_a_v2_tail() -> None:
-    from streamtrain.spec import SparseFeature
+    from streamtrain.sample.spec import SparseFeature
 
     spec = SampleSpec((2,), "binary", sparse=(SparseFeature("user", "user"),))
     served = encode_binary_v2(spec, [1.0, 2.0], 0, sparse={"user": [5, -9]})

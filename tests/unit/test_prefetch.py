@@ -6,7 +6,7 @@ from collections.abc import Mapping
 import numpy as np
 import pytest
 
-from streamtrain.batch import Batch
+from streamtrain.sample.batch import Batch
 from streamtrain.train.prefetch import PrefetchingSource, SourceFailed
 
 

@@ -9,7 +9,7 @@ import pytest
 from streamtrain.quality.books import VersionBooks
 from streamtrain.quality.figures import score_row, summarise
 from streamtrain.quality.pairing import ServedQuality
-from streamtrain.spec import SampleSpec
+from streamtrain.sample.spec import SampleSpec
 from streamtrain.wire.prediction_record import PredictionRecord
 
 REGRESSION = SampleSpec((2,), "regression", target_dim=2)

@@ -16,8 +16,8 @@ from streamtrain.join.label_routing import LabelRouting
 from streamtrain.join.partition_state import DeadLetter, JoinPolicy, PartitionState, SourceRecord
 from streamtrain.join.state_file import read_state, write_state
 from streamtrain.kafka.partitioner import partition_for
-from streamtrain.kafka.record_mark import RecordMark, mark_of, marks_from_json
-from streamtrain.spec import SampleSpec
+from streamtrain.sample.record_mark import RecordMark, mark_of, marks_from_json
+from streamtrain.sample.spec import SampleSpec
 
 
 def _record(offset: int = 3, value: bytes = b"v", stamp: int = 1_700_000_000_000) -> SourceRecord:

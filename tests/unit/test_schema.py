@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from streamtrain.spec import SampleSpec
+from streamtrain.sample.spec import SampleSpec
 from streamtrain.wire import (
     BINARY_MAGIC,
     JsonSample,

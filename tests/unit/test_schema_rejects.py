@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from streamtrain.spec import SampleSpec
+from streamtrain.sample.spec import SampleSpec
 from streamtrain.wire import decode_binary, decode_json, encode_binary, encode_binary_many
 
 SPEC = SampleSpec(feature_shape=(16,), task="multiclass", num_classes=3)

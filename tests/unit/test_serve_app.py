@@ -14,10 +14,10 @@ from starlette.testclient import TestClient
 from torch import nn
 
 from streamtrain.metrics import SERVER_REGISTRY
+from streamtrain.sample.spec import SampleSpec
 from streamtrain.serve.protocol.bodies import BINARY_HEADER
 from streamtrain.serve.weights.slot import WeightSlot
 from streamtrain.snapshot.manifest import SnapshotHeader
-from streamtrain.spec import SampleSpec
 from tests.serve_fixtures import app_for, served_model
 
 SPEC = SampleSpec((2, 3), "multiclass", num_classes=3)

@@ -8,10 +8,10 @@ import threading
 import numpy as np
 import torch
 
+from streamtrain.sample.spec import SampleSpec
 from streamtrain.serve.weights.inference import DirectEngine, head_for
 from streamtrain.serve.weights.slot import WeightSlot
 from streamtrain.snapshot.manifest import SnapshotHeader
-from streamtrain.spec import SampleSpec
 from tests.version_fixtures import tiny_regression_model, version_weights
 
 

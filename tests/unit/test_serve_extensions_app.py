@@ -10,9 +10,9 @@ import torch
 from starlette.testclient import TestClient
 from torch import nn
 
+from streamtrain.sample.spec import SampleSpec
 from streamtrain.serve.weights.slot import WeightSlot
 from streamtrain.snapshot.manifest import SnapshotHeader
-from streamtrain.spec import SampleSpec
 from tests.serve_fixtures import app_for, served_model
 
 SPEC = SampleSpec((2,), "multiclass", num_classes=3)

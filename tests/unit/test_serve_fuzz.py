@@ -18,13 +18,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
+from streamtrain.sample.spec import SampleSpec
 from streamtrain.serve.protocol.bodies import BINARY_HEADER, ModelIO
 from streamtrain.serve.protocol.dataplane import ServedModel
 from streamtrain.serve.weights.inference import DirectEngine, head_for
 from streamtrain.serve.weights.retained import RetainedVersions
 from streamtrain.serve.weights.slot import WeightSlot
 from streamtrain.snapshot.manifest import SnapshotHeader
-from streamtrain.spec import SampleSpec
 from tests.serve_fixtures import app_for, served_model
 from tests.version_fixtures import tiny_regression_model, version_weights
 

@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
+from streamtrain.builders.server import build_grpc
 from streamtrain.config import load_settings
-from streamtrain.serve.server import build_grpc
 
 
 def test_grpc_port_without_the_extra_names_the_install(monkeypatch: pytest.MonkeyPatch) -> None:

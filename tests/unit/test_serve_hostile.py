@@ -14,11 +14,11 @@ import torch
 from starlette.testclient import TestClient
 
 from streamtrain.metrics import SERVER_REGISTRY
+from streamtrain.sample.spec import SampleSpec
 from streamtrain.serve.protocol.bodies import BINARY_HEADER
 from streamtrain.serve.protocol.dataplane import ServedModel
 from streamtrain.serve.weights.slot import WeightSlot
 from streamtrain.snapshot.manifest import SnapshotHeader
-from streamtrain.spec import SampleSpec
 from tests.serve_fixtures import app_for, running_worker, served_model
 
 SPEC = SampleSpec((4,), "multiclass", num_classes=3)

@@ -10,13 +10,13 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from streamtrain.jagged import SparseRows
 from streamtrain.metrics import SERVER_REGISTRY
+from streamtrain.sample.sparse_numpy import SparseRows
+from streamtrain.sample.spec import SampleSpec, SparseFeature
 from streamtrain.serve.prediction_log.rows import ServedBatch, encode_served
 from streamtrain.serve.prediction_log.writer import DROP_REASONS, PredictionLog
 from streamtrain.serve.protocol.bodies import ProtocolError
 from streamtrain.serve.protocol.request_ids import request_id_for
-from streamtrain.spec import SampleSpec, SparseFeature
 from streamtrain.wire import decode_binary
 from streamtrain.wire.prediction_record import PREDICTION_CONTENT_TYPE, decode_prediction
 from tests.unit.held_producer import HeldProducer, wait_for

@@ -10,10 +10,10 @@ import pytest
 import torch
 from starlette.testclient import TestClient
 
+from streamtrain.sample.spec import SampleSpec, SparseFeature
 from streamtrain.serve.prediction_log.writer import PredictionLog
 from streamtrain.serve.weights.slot import WeightSlot
 from streamtrain.snapshot.manifest import SnapshotHeader
-from streamtrain.spec import SampleSpec, SparseFeature
 from streamtrain.train.models import build_model
 from streamtrain.wire import decode_binary
 from streamtrain.wire.prediction_record import decode_prediction

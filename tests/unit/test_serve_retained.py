@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 
+from streamtrain.sample.spec import SampleSpec
 from streamtrain.serve.weights.inference import head_for
 from streamtrain.serve.weights.retained import AdminError, RetainedVersions
 from streamtrain.serve.weights.slot import SnapshotRejected, WeightSlot
 from streamtrain.snapshot.cache import SnapshotCache
 from streamtrain.snapshot.manifest import SnapshotHeader
-from streamtrain.spec import SampleSpec
 from tests.version_fixtures import (
     expected_value,
     tiny_regression_model,

@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 import torch
 
+from streamtrain.sample.sparse_torch import JaggedTensor
+from streamtrain.sample.spec import SampleSpec, SparseFeature
 from streamtrain.serve.protocol.bodies import ModelIO, ProtocolError
 from streamtrain.serve.weights.inference import BatchingEngine, DirectEngine, head_for
 from streamtrain.serve.weights.slot import WeightSlot
 from streamtrain.snapshot.manifest import SnapshotHeader
-from streamtrain.sparse_tensors import JaggedTensor
-from streamtrain.spec import SampleSpec, SparseFeature
 from streamtrain.train.models import build_model
 from streamtrain.wire import hash_id
 from tests.serve_fixtures import running_worker, served_model

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import torch
 
+from streamtrain.sample.spec import SampleSpec
 from streamtrain.serve.weights.inference import BatchingEngine, DirectEngine, Prediction, head_for
 from streamtrain.serve.weights.slot import WeightSlot
 from streamtrain.snapshot.manifest import SnapshotHeader
-from streamtrain.spec import SampleSpec
 from tests.version_fixtures import (
     expected_value,
     tiny_regression_model,

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
+from streamtrain.sample.spec import SampleSpec
 from streamtrain.serve.weights.slot import WeightSlot
 from streamtrain.snapshot.manifest import SnapshotHeader
-from streamtrain.spec import SampleSpec
 from tests.serve_fixtures import running_worker, served_model
 
 httpclient = pytest.importorskip("tritonclient.http")

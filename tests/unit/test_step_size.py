@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from streamtrain.config import ConfigError, load_settings
-from streamtrain.spec import SampleSpec
+from streamtrain.sample.spec import SampleSpec
 from streamtrain.train.learner import Learner
 from streamtrain.train.models import build_model
 from streamtrain.train.optim import build_optimizer, build_scheduler

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from streamtrain.spec import SampleSpec
+from streamtrain.sample.spec import SampleSpec
 from streamtrain.train.task import TaskHead
 
 MULTI = SampleSpec(feature_shape=(4,), task="multiclass", num_classes=3)

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from streamtrain.batch import Batch
 from streamtrain.checkpoint import CheckpointStore
-from streamtrain.spec import SampleSpec
+from streamtrain.sample.batch import Batch
+from streamtrain.sample.spec import SampleSpec
 from streamtrain.train.cadence import EveryPolicy
 from streamtrain.train.hooks import SnapshotRequest
 from streamtrain.train.learner import Learner

@@ -7,7 +7,7 @@ import codecs
 import numpy as np
 import pytest
 
-from streamtrain.spec import SampleSpec
+from streamtrain.sample.spec import SampleSpec
 from streamtrain.wire import Reject, decode_json, encode_json
 from streamtrain.wire.decoded import finish
 from streamtrain.wire.json_checks import read_record

@@ -8,8 +8,8 @@ import struct
 import numpy as np
 import pytest
 
-from streamtrain.jagged import Jagged, SparseRows
-from streamtrain.spec import SampleSpec, SparseFeature
+from streamtrain.sample.sparse_numpy import Jagged, SparseRows
+from streamtrain.sample.spec import SampleSpec, SparseFeature
 from streamtrain.wire import (
     REASONS,
     decode_binary,

@@ -8,7 +8,7 @@ A request of one row is logged under its id (the rules for that id are the reque
 :mod:`streamtrain.serve.protocol.request_ids`); a request of ``n > 1`` rows logs ``n``
 records with ids ``"<id>/0"`` ... ``"<id>/<n-1>"``, so each row can get its own label.
 
->>> from streamtrain.spec import SampleSpec
+>>> from streamtrain.sample.spec import SampleSpec
 >>> spec = SampleSpec((2,), "binary")
 >>> batch = ServedBatch("req-7", 5.0, 3, "run-a", np.ones((2, 2), np.float32),
 ...                     np.full((2, 2), 0.5, np.float32), None)
@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from streamtrain.jagged import SparseRows
-from streamtrain.spec import SampleSpec
+from streamtrain.sample.sparse_numpy import SparseRows
+from streamtrain.sample.spec import SampleSpec
 from streamtrain.wire import encode_binary_many, encode_binary_v2
 from streamtrain.wire.prediction_record import (
     Arm,

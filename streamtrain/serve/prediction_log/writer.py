@@ -46,8 +46,8 @@ from streamtrain.metrics import (
     SERVE_PREDICTION_LOG_RECORD_BYTES,
     SERVE_PREDICTION_LOG_RECORDS,
 )
+from streamtrain.sample.spec import SampleSpec
 from streamtrain.serve.prediction_log.rows import ServedBatch, encode_served
-from streamtrain.spec import SampleSpec
 from streamtrain.wire import CONTENT_TYPE_HEADER
 from streamtrain.wire.prediction_record import PREDICTION_CONTENT_TYPE
 

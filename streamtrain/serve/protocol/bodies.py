@@ -38,11 +38,11 @@ import msgspec
 import numpy as np
 
 from streamtrain.ascii_int import parse_ascii_int
-from streamtrain.jagged import SparseRows
+from streamtrain.sample.sparse_numpy import SparseRows
+from streamtrain.sample.spec import SampleSpec, SparseFeature
 from streamtrain.serve.protocol import sparse_inputs
 from streamtrain.serve.protocol.classification import serialize_bytes, top_k_strings
 from streamtrain.serve.protocol.tensor_data import NUMERIC_DTYPES, TensorDataError, decode_json_data
-from streamtrain.spec import SampleSpec, SparseFeature
 
 INPUT_NAME = "input"
 BINARY_HEADER = "Inference-Header-Content-Length"

@@ -7,7 +7,7 @@ check, request id, engine call, prediction-log hand-off, timing and request acco
 >>> from streamtrain.serve.weights.inference import DirectEngine, head_for
 >>> from streamtrain.serve.protocol.bodies import ModelIO
 >>> from streamtrain.serve.weights.slot import WeightSlot
->>> from streamtrain.spec import SampleSpec
+>>> from streamtrain.sample.spec import SampleSpec
 >>> spec = SampleSpec((2,), "regression")
 >>> slot = WeightSlot(torch.nn.Linear(2, 1))
 >>> served = ServedModel(
@@ -31,8 +31,8 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from streamtrain.ascii_int import parse_ascii_int
-from streamtrain.jagged import SparseRows
 from streamtrain.metrics import SERVE_REQUEST_SECONDS, SERVE_REQUESTS
+from streamtrain.sample.sparse_numpy import SparseRows
 from streamtrain.serve.prediction_log.rows import ServedBatch
 from streamtrain.serve.prediction_log.writer import PredictionLog
 from streamtrain.serve.protocol.bodies import InferRequest, ModelIO, ProtocolError

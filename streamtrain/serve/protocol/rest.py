@@ -14,7 +14,7 @@ arrived is ``client_disconnected``, never ``error``.
 >>> from streamtrain.serve.protocol.bodies import ModelIO
 >>> from streamtrain.serve.weights.inference import DirectEngine, head_for
 >>> from streamtrain.serve.weights.slot import WeightSlot
->>> from streamtrain.spec import SampleSpec
+>>> from streamtrain.sample.spec import SampleSpec
 >>> import torch
 >>> slot = WeightSlot(torch.nn.Linear(2, 1))
 >>> io_spec = SampleSpec((2,), "regression")

@@ -22,8 +22,8 @@ from typing import Annotated, Any, Protocol
 import msgspec
 import numpy as np
 
-from streamtrain.jagged import Jagged, SparseRows
-from streamtrain.spec import SparseFeature
+from streamtrain.sample.sparse_numpy import Jagged, SparseRows
+from streamtrain.sample.spec import SparseFeature
 from streamtrain.wire.sparse_fields import hash_id
 
 LENGTHS, WEIGHTS = "__lengths", "__weights"

@@ -32,11 +32,11 @@ import anyio.to_thread
 import numpy as np
 import torch
 
-from streamtrain.jagged import SparseRows
 from streamtrain.metrics import SERVE_BATCH_SIZE
+from streamtrain.sample.sparse_numpy import SparseRows
+from streamtrain.sample.sparse_torch import to_tensors
+from streamtrain.sample.spec import SampleSpec
 from streamtrain.serve.weights.slot import WeightsInfo, WeightSlot
-from streamtrain.sparse_tensors import to_tensors
-from streamtrain.spec import SampleSpec
 from streamtrain.train.task import TaskHead
 
 log = logging.getLogger(__name__)

@@ -35,8 +35,8 @@ import anyio.to_thread
 import torch
 from torch import nn
 
-from streamtrain.jagged import SparseRows
 from streamtrain.metrics import SERVE_PINNED_VERSION, SERVE_RETAINED_VERSIONS
+from streamtrain.sample.sparse_numpy import SparseRows
 from streamtrain.serve.weights.inference import Array, Head, Prediction, call_model
 from streamtrain.serve.weights.slot import StandbyBusy, WeightsInfo, WeightSlot
 from streamtrain.snapshot.cache import SnapshotCache

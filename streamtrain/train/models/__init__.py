@@ -1,6 +1,6 @@
 """Model plugins: built-ins by name, or a user factory by ``package.module:factory``.
 
->>> from streamtrain.spec import SampleSpec
+>>> from streamtrain.sample.spec import SampleSpec
 >>> model = build_model("linear", SampleSpec(feature_shape=(4,), task="binary"))
 >>> sorted(MODEL_NAMES)
 ['auto', 'cnn', 'linear', 'mlp', 'rnn', 'transformer']

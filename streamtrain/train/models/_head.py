@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from streamtrain.spec import SampleSpec
+from streamtrain.sample.spec import SampleSpec
 from streamtrain.train.models._params import output_width
 from streamtrain.train.models.target_scale import TargetStandardize
 

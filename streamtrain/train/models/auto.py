@@ -20,7 +20,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from streamtrain.spec import SampleSpec
+from streamtrain.sample.spec import SampleSpec
 from streamtrain.train.models._head import activation
 from streamtrain.train.models._params import output_width, parse_params
 from streamtrain.train.models.hedge import HedgeMixer

@@ -14,13 +14,12 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from streamtrain.sparse_tensors import SparseInput
-from streamtrain.spec import SampleSpec
+from streamtrain.sample.sparse_torch import SparseInput
+from streamtrain.sample.spec import SampleSpec
 from streamtrain.train.models._head import OutputLayer
 from streamtrain.train.models._params import parse_params
-from streamtrain.train.models.embedding import EmbeddingTables
+from streamtrain.train.models.sparse_model import SparseModel
 from streamtrain.train.models.sparse_params import TableParams
-from streamtrain.train.models.standardize import make_standardizer
 
 
 class DLRMParams(TableParams):
@@ -40,11 +39,12 @@ def _mlp(width: int, sizes: tuple[int, ...]) -> tuple[nn.Sequential, int]:
     return nn.Sequential(*layers), width
 
 
-class DLRM(nn.Module):
-    """See the module doc. ``forward(x, sparse)``; ``sparse`` as in :mod:`sparse_tensors`.
+class DLRM(SparseModel):
+    """See the module doc. ``forward(x, sparse)``; ``sparse`` as in
+    :mod:`~streamtrain.sample.sparse_torch`.
 
-    >>> from streamtrain.spec import SparseFeature
-    >>> from streamtrain.sparse_tensors import JaggedTensor
+    >>> from streamtrain.sample.spec import SparseFeature
+    >>> from streamtrain.sample.sparse_torch import JaggedTensor
     >>> spec = SampleSpec((3,), "binary", sparse=(SparseFeature("user", "users"),))
     >>> model = DLRM(spec, DLRMParams(rows=50, embedding_dim=4))
     >>> model(torch.zeros(2, 3), {"user": JaggedTensor.from_lists([[7], [8, 9]])}).shape
@@ -52,20 +52,11 @@ class DLRM(nn.Module):
     """
 
     def __init__(self, spec: SampleSpec, params: DLRMParams) -> None:
-        super().__init__()
+        super().__init__(spec, params)
         dim = params.embedding_dim
-        self.standardize = make_standardizer(params, (spec.feature_size,))
         body, width = _mlp(spec.feature_size, params.bottom_sizes)
         self.bottom = nn.Sequential(body, nn.Linear(width, dim), nn.ReLU())
-        self.embeddings = EmbeddingTables(
-            spec.sparse,
-            dim,
-            params.rows,
-            params.table_rows,
-            params.pooling,
-            params.init_std,
-            params.tables,
-        )
+        self.embeddings = self.tables(spec, params, dim, params.pooling)
         vectors = 1 + len(spec.sparse)
         # the upper triangle of the vectors' Gram matrix, flattened: each pair once
         pairs = torch.triu_indices(vectors, vectors, offset=1)
@@ -73,15 +64,8 @@ class DLRM(nn.Module):
         self.top, width = _mlp(dim + len(self._pairs), params.top_sizes)
         self.head = OutputLayer(width, spec)
 
-    @property
-    def row_sparse_parameters(self) -> list[str]:
-        return [f"embeddings.{name}" for name in self.embeddings.row_sparse_parameters]
-
     def forward(self, x: torch.Tensor, sparse: SparseInput) -> torch.Tensor:
-        x = x.flatten(1)
-        if self.standardize is not None:
-            x = self.standardize(x)
-        dense = self.bottom(x)
+        dense = self.bottom(self.dense_input(x))
         pooled = self.embeddings.pooled(sparse)
         vectors = torch.stack([dense, *pooled.values()], dim=1)  # [n, 1 + features, dim]
         gram = torch.bmm(vectors, vectors.transpose(1, 2)).flatten(1)

@@ -29,8 +29,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from streamtrain.sparse_tensors import JaggedTensor, SparseInput
-from streamtrain.spec import SparseFeature
+from streamtrain.sample.sparse_torch import JaggedTensor, SparseInput
+from streamtrain.sample.spec import SparseFeature
 from streamtrain.train.models.dynamic_table import DynamicMapping, Observed
 from streamtrain.train.models.sparse_params import TableSettings
 
@@ -60,7 +60,7 @@ class EmbeddingTables(nn.Module):
         per-feature pooling: ``sum`` or ``mean`` of the weighted rows of a sample's IDs (a mean
         divides by the sum of the ID weights; a sample without IDs pools to zeros).
 
-        >>> from streamtrain.spec import SparseFeature
+        >>> from streamtrain.sample.spec import SparseFeature
     from streamtrain.train.models.dynamic_table import DynamicMapping, Observed
     from streamtrain.train.models.sparse_params import TableSettings
         >>> tables = EmbeddingTables([SparseFeature("items", "items")], dim=4, rows=100)

@@ -15,23 +15,23 @@ from typing import Any
 import torch
 from torch import nn
 
-from streamtrain.sparse_tensors import SparseInput
-from streamtrain.spec import SampleSpec
+from streamtrain.sample.sparse_torch import SparseInput
+from streamtrain.sample.spec import SampleSpec
 from streamtrain.train.models._params import parse_params
-from streamtrain.train.models.embedding import EmbeddingTables
+from streamtrain.train.models.sparse_model import SparseModel
 from streamtrain.train.models.sparse_params import TableParams
-from streamtrain.train.models.standardize import make_standardizer
 
 
 class FMParams(TableParams):
     """The table settings of :class:`TableParams`; ``embedding_dim`` is the factor size."""
 
 
-class FactorizationMachine(nn.Module):
-    """See the module doc. ``forward(x, sparse)``; ``sparse`` as in :mod:`sparse_tensors`.
+class FactorizationMachine(SparseModel):
+    """See the module doc. ``forward(x, sparse)``; ``sparse`` as in
+    :mod:`~streamtrain.sample.sparse_torch`.
 
-    >>> from streamtrain.spec import SparseFeature
-    >>> from streamtrain.sparse_tensors import JaggedTensor
+    >>> from streamtrain.sample.spec import SparseFeature
+    >>> from streamtrain.sample.sparse_torch import JaggedTensor
     >>> spec = SampleSpec((2,), "binary", sparse=(SparseFeature("items", "items"),))
     >>> fm = FactorizationMachine(spec, FMParams(rows=50, embedding_dim=3))
     >>> fm(torch.zeros(2, 2), {"items": JaggedTensor.from_lists([[1, 2], []])}).shape
@@ -39,7 +39,7 @@ class FactorizationMachine(nn.Module):
     """
 
     def __init__(self, spec: SampleSpec, params: FMParams) -> None:
-        super().__init__()
+        super().__init__(spec, params)
         if spec.task == "multiclass" or spec.target_dim != 1:
             raise ValueError(
                 "model 'fm' predicts one number: use task binary, or regression with "
@@ -47,22 +47,13 @@ class FactorizationMachine(nn.Module):
             )
         self._column = spec.task == "regression"  # regression outputs are [n, 1]
         k = params.embedding_dim
-        self.standardize = make_standardizer(params, (spec.feature_size,))
-        # one row per ID: [bias, factors...]
-        self.embeddings = EmbeddingTables(
-            spec.sparse, k + 1, params.rows, params.table_rows, {}, params.init_std, params.tables
-        )
+        # one row per ID: [bias, factors...]; no pooling, each ID's row is used on its own
+        self.embeddings = self.tables(spec, params, k + 1, {})
         self.dense_linear = nn.Linear(spec.feature_size, 1)
         self.dense_factors = nn.Parameter(torch.randn(spec.feature_size, k) * params.init_std)
 
-    @property
-    def row_sparse_parameters(self) -> list[str]:
-        return [f"embeddings.{name}" for name in self.embeddings.row_sparse_parameters]
-
     def forward(self, x: torch.Tensor, sparse: SparseInput) -> torch.Tensor:
-        x = x.flatten(1)
-        if self.standardize is not None:
-            x = self.standardize(x)
+        x = self.dense_input(x)
         n = x.shape[0]
         linear = self.dense_linear(x).squeeze(-1)
         sum_v = x @ self.dense_factors  # [n, k]

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from streamtrain.spec import SampleSpec
+from streamtrain.sample.spec import SampleSpec
 
 # per-head sums of sample-weighted losses -> the same sums over every rank's batch
 LossSync = Callable[[torch.Tensor], torch.Tensor]

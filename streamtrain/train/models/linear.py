@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from streamtrain.spec import SampleSpec
+from streamtrain.sample.spec import SampleSpec
 from streamtrain.train.models._head import OutputLayer
 from streamtrain.train.models._params import parse_params
 from streamtrain.train.models.standardize import StandardizeParams, make_standardizer

@@ -9,7 +9,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from streamtrain.spec import SampleSpec
+from streamtrain.sample.spec import SampleSpec
 from streamtrain.train.models._head import OutputLayer, activation
 from streamtrain.train.models._params import parse_params
 from streamtrain.train.models.standardize import StandardizeParams, make_standardizer

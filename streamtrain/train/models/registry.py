@@ -9,7 +9,7 @@ from typing import Any, Protocol
 import torch  # noqa: F401  (used by the doctest)
 from torch import nn
 
-from streamtrain.spec import SampleSpec
+from streamtrain.sample.spec import SampleSpec
 
 
 class ModelFactory(Protocol):
@@ -19,7 +19,7 @@ class ModelFactory(Protocol):
     takes float32 ``[n, *spec.feature_shape]`` and returns multiclass logits ``[n, C]``, binary
     logits ``[n]`` or regression values ``[n, target_dim]``. When ``spec.sparse`` declares
     sparse ID features the model is called ``forward(x, sparse)``, ``sparse`` mapping each
-    feature name to a :class:`~streamtrain.sparse_tensors.JaggedTensor` (ids, offsets,
+    feature name to a :class:`~streamtrain.sample.sparse_torch.JaggedTensor` (ids, offsets,
     weights: ``nn.EmbeddingBag``'s input); see docs/models.md.
     """
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from streamtrain.spec import SampleSpec
+from streamtrain.sample.spec import SampleSpec
 from streamtrain.train.models.standardize import OnlineStandardize, StandardizeParams
 
 

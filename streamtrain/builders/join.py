@@ -21,7 +21,7 @@ from streamtrain.kafka import (
 from streamtrain.kafka.group_consumer import CoPartitionedGroup
 from streamtrain.quality.books import VersionBooks
 from streamtrain.quality.pairing import ServedQuality
-from streamtrain.spec import spec_for_model
+from streamtrain.sample.spec import spec_for_model
 from streamtrain.wire.label_record import LabelError, decode_label, encode_label_json
 
 
@@ -97,7 +97,7 @@ def build_join(settings: Settings, *, create_missing_topics: bool = True) -> Run
     # No delivery timeout: a sample queued when the broker goes away waits for it to come
     # back instead of failing (the outage ordering of streamtrain.join.joiner).
     samples = SamplesOut(
-        lambda: record_producer(kafka, acks="all", linger_ms=5, delivery_timeout_ms=0),
+        lambda: record_producer(kafka, acks="all", delivery_timeout_ms=0),
         topics.samples,
         topics.predictions,
     )

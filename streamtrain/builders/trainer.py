@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable
 
@@ -13,13 +14,14 @@ from streamtrain.devices import resolve_device, training_threads
 from streamtrain.distributed.group import RankGroup
 from streamtrain.distributed.launch import rank_consumer
 from streamtrain.distributed.lockstep import LockstepTrainer
+from streamtrain.ingest.options import SourceOptions
 from streamtrain.ingest.source import KafkaSampleSource
 from streamtrain.kafka import KafkaConnection
+from streamtrain.sample.spec import SampleSpec, spec_for_model
 from streamtrain.snapshot.manifest import settings_hash
 from streamtrain.snapshot.publisher import SnapshotPublisher
 from streamtrain.snapshot.signing import ManifestSigner
 from streamtrain.snapshot.versions import newest_version
-from streamtrain.spec import SampleSpec, spec_for_model
 from streamtrain.train.cadence import EveryPolicy
 from streamtrain.train.learner import Learner
 from streamtrain.train.loop import StopConditions, Trainer
@@ -138,7 +140,8 @@ def _source(
     """The sample source, and every partition of the job (empty without a rank group): with a
     group, each rank's consumer reads its share of the partitions the job reads."""
     ingest, topics = settings.ingest, settings.topics
-    consumer, partitions = None, ingest.partitions
+    options = SourceOptions.from_settings(settings)
+    consumer = None
     every_partition: tuple[int, ...] = ()
     if group is not None:
         consumer, every_partition, partitions = rank_consumer(
@@ -149,23 +152,13 @@ def _source(
             wanted=ingest.partitions,
             group=group,
         )
+        options = dataclasses.replace(options, partitions=partitions)
     source = KafkaSampleSource(
         spec=spec,
         topic=topics.samples,
         group_id=ingest.group_id,
         kafka=kafka,
-        partitions=partitions,
+        options=options,
         consumer=consumer,
-        start_from=ingest.start_from,
-        max_batch_size=ingest.max_batch_size,
-        max_wait_ms=ingest.max_wait_ms,
-        max_record_bytes=ingest.max_record_bytes,
-        dead_letter_topic=topics.dead_letter,
-        fetch_max_wait_ms=settings.kafka.fetch_max_wait_ms,
-        deterministic_batches=ingest.deterministic_batches,
-        max_partition_idle_ms=ingest.max_partition_idle_ms,
-        on_offset_reset=ingest.on_offset_reset,
-        reject_summary_every_s=ingest.reject_summary_every_s,
-        all_rejected_alarm_s=ingest.all_rejected_alarm_s,
     )
     return source, every_partition

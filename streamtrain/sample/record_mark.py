@@ -6,7 +6,7 @@ different log under the same name; once that log has grown past the position, th
 looks valid and the reader would silently skip the new log's first records. So a reader also
 keeps the :class:`RecordMark` of the last record it consumed per partition, and before trusting
 a stored position (at start from a checkpoint, after every reconnection) compares it with the
-record now at that offset (:func:`streamtrain.ingest.log_watch.verify_marks`).
+record now at that offset (:func:`streamtrain.kafka.mark_check.verify_marks`).
 
 The mark holds the offset, the record timestamp and SHA-256 digests of key and value. Two
 different logs whose record at that offset is byte-identical, timestamp included, are not told

@@ -7,7 +7,7 @@ Per declared feature a :class:`JaggedTensor`: ``ids`` int64 (every sample's IDs 
 ``model.sparse`` (docs/models.md).
 
 >>> import numpy as np
->>> from streamtrain.jagged import Jagged, SparseRows
+>>> from streamtrain.sample.sparse_numpy import Jagged, SparseRows
 >>> rows = SparseRows({"items": Jagged(np.array([4, 5, 6]), np.array([2, 1], np.int32),
 ...                                    np.ones(3, np.float32))})
 >>> to_tensors(rows, torch.device("cpu"))["items"].offsets.tolist()
@@ -22,7 +22,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from streamtrain.jagged import SparseRows
+from streamtrain.sample.sparse_numpy import SparseRows
 
 SparseInput = Mapping[str, "JaggedTensor"]
 

@@ -10,10 +10,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 
-from streamtrain.jagged import SparseRows
+from streamtrain.sample.sparse_numpy import SparseRows
 
 if TYPE_CHECKING:  # the kafka wing imports ingest, which imports this module
-    from streamtrain.kafka.record_mark import RecordMark
+    from streamtrain.sample.record_mark import RecordMark
 
 
 @dataclass(frozen=True)
