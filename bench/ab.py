@@ -51,15 +51,15 @@ import torch
 from sklearn.metrics import accuracy_score, roc_auc_score
 
 from streamtrain.broker import EmbeddedBroker, free_port
+from streamtrain.builders.server import build_worker
 from streamtrain.config import Settings, load_settings
 from streamtrain.demo.delayed import LABEL_DELAY_MAX_SECONDS, LABEL_DELAY_MIN_SECONDS
 from streamtrain.kafka import KafkaConnection, create_topics, record_consumer, record_producer
 from streamtrain.kafka.watermark import true_ends
+from streamtrain.sample.spec import spec_for_model
 from streamtrain.serve.protocol.split import TrafficSplit, make_plan
-from streamtrain.builders.server import build_worker
 from streamtrain.snapshot.manifest import settings_hash
 from streamtrain.snapshot.writer import SnapshotWriter
-from streamtrain.sample.spec import spec_for_model
 from streamtrain.train.hooks import SnapshotRequest
 from streamtrain.train.models import build_model
 from streamtrain.wire.label_record import encode_label_json

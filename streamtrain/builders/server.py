@@ -18,8 +18,8 @@ from streamtrain.config import ModelSettings, ServeSettings, Settings
 from streamtrain.devices import resolve_device
 from streamtrain.extras import MissingExtra
 from streamtrain.kafka import KafkaConnection, RecordProducer, record_consumer, record_producer
-from streamtrain.quality.promotion import PromotionRule
 from streamtrain.metrics import SERVER_REGISTRY
+from streamtrain.quality.promotion import PromotionRule
 from streamtrain.sample.spec import SampleSpec, spec_for_model
 from streamtrain.serve.prediction_log.writer import PredictionLog
 from streamtrain.serve.promotion import PromotionWatch

@@ -33,9 +33,9 @@ from streamtrain.metrics import SERVE_PROMOTION_DECISIONS
 from streamtrain.quality.books import TallyReport, VersionBooks
 from streamtrain.quality.pairing import ServedQuality
 from streamtrain.quality.promotion import DECISIONS, ArmLoss, PromotionRule, Verdict, decide
+from streamtrain.sample.spec import SampleSpec
 from streamtrain.serve.protocol.split import NEWEST, SplitPlan, TrafficSplit
 from streamtrain.serve.weights.retained import RetainedVersions
-from streamtrain.sample.spec import SampleSpec
 
 log = logging.getLogger(__name__)
 _POLL_MS = 100

@@ -12,9 +12,9 @@ import httpx
 import numpy as np
 import pytest
 
+from streamtrain.builders.server import build_worker
 from streamtrain.config import Settings
 from streamtrain.kafka import KafkaConnection, create_topics, record_producer
-from streamtrain.builders.server import build_worker
 from streamtrain.wire.label_record import encode_label_json
 from tests.integration.snapshot_harness import ROW, publish, serve_settings, wait
 from tests.integration.trainer_harness import scrape

@@ -14,9 +14,9 @@ from typing import Any
 import httpx
 import pytest
 
+from streamtrain.builders.server import build_worker
 from streamtrain.config import Settings
 from streamtrain.kafka import KafkaConnection, create_topics, record_consumer
-from streamtrain.builders.server import build_worker
 from streamtrain.serve.server import ServingWorker
 from streamtrain.wire.prediction_record import PredictionRecord, decode_prediction
 from tests.integration.snapshot_harness import ROW, publish, serve_settings, wait
