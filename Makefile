@@ -44,6 +44,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/pip install --quiet --only-binary=scikit-learn,river -e ".[bench]"
 	$(BIN)/pip install --quiet --no-deps "deep-river==0.3.4"
+	STREAMTRAIN_TEST_BENCH=1 $(BIN)/python -m pytest -q -p no:cacheprovider tests/unit/test_bench_ctr.py
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/train.py
 	$(BIN)/python bench/serve.py

@@ -19,8 +19,11 @@ from pathlib import Path
 
 import pytest
 
+from streamtrain import health
 from streamtrain.broker import EmbeddedBroker
 from streamtrain.kafka import KafkaClient, KafkaConnection
+from streamtrain.metrics import SERVER_REGISTRY, TRAINER_REGISTRY
+from tests.metrics_scrape import Exporter, exported
 
 _TIERS = {"unit", "integration", "gpu"}
 _CLIENTS: tuple[KafkaClient, ...] = ("confluent", "kafka-python")
@@ -47,12 +50,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def _cuda_available() -> bool:
-    try:
-        import torch
+    # torch is a core dependency: a broken install fails here instead of skipping the GPU
+    # tier. The skip itself is a hardware one (no CUDA device), never an install one.
+    import torch
 
-        return bool(torch.cuda.is_available())
-    except ImportError:
-        return False
+    return bool(torch.cuda.is_available())
 
 
 def _docker_answers() -> bool:
@@ -108,3 +110,35 @@ def unique_name(request: pytest.FixtureRequest) -> str:
     """A topic/group name no other test uses: test name plus a random suffix."""
     base = "".join(c if c.isalnum() else "-" for c in request.node.name)[:40]
     return f"{base}-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def trainer_metrics() -> Iterator[Exporter]:
+    """The trainer registry on a real ``/metrics`` for components a test runs in-process."""
+    with exported(TRAINER_REGISTRY) as exporter:
+        yield exporter
+
+
+@pytest.fixture
+def server_metrics() -> Iterator[Exporter]:
+    """The server registry on a real ``/metrics`` for serving parts a test runs in-process."""
+    with exported(SERVER_REGISTRY) as exporter:
+        yield exporter
+
+
+@pytest.fixture(autouse=True)
+def _restore_health() -> Iterator[None]:
+    """The process-wide readiness conditions as they were before each test: a test that
+    leaves one false (a broker it made unreachable) never decides a later test's readiness."""
+    saved = health.HEALTH.conditions()
+    yield
+    for name in health.HEALTH.conditions().keys() - saved.keys():
+        health.clear_condition(name)
+    for name, (ok, detail) in saved.items():
+        health.set_condition(name, ok, detail)
+
+
+@pytest.fixture
+def examples_on_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``examples/`` importable for this test only (plugin models named ``module:factory``)."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "examples"))

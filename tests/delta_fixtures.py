@@ -3,9 +3,10 @@ a model's state, a snapshot request of it, and the snapshots a trainer published
 
 from __future__ import annotations
 
-import sys
+import functools
 import time
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import torch
@@ -19,18 +20,25 @@ from streamtrain.train.hooks import SnapshotRequest
 from streamtrain.train.row_tracker import RowTracker
 from streamtrain.train.weights import copy_weights
 from tests.integration.trainer_harness import pipeline_settings
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
-from embedding_model import build_id_embedding
+from tests.module_files import load_file
 
 SPEC = SampleSpec(feature_shape=(4,), task="regression")
 PARAMS = {"rows": 500, "dim": 8, "id_features": 2}
+# By name for a trainer's settings: a test using it asks for the ``examples_on_path`` fixture.
 FACTORY = "embedding_model:build_id_embedding"
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "embedding_model.py"
+
+
+@functools.cache
+def _example() -> ModuleType:
+    """examples/embedding_model.py loaded from its file (``sys.path`` left alone)."""
+    return load_file(EXAMPLE, "tests_embedding_model")
 
 
 def build_model(seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
-    return build_id_embedding(SPEC, PARAMS)
+    model: torch.nn.Module = _example().build_id_embedding(SPEC, PARAMS)
+    return model
 
 
 def model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -56,25 +64,33 @@ def snapshot_request(
     )
 
 
+# The two sparse features of the ctr tests, one id each.
+CTR_SPARSE = [
+    {"name": "user", "table": "users", "max_length": 1},
+    {"name": "item", "table": "items", "max_length": 1},
+]
+
+
 def one_base_then_deltas(
     bootstrap: str,
     name: str,
     root: Path,
     *,
     model: dict[str, Any],
-    ingest: dict[str, Any],
+    batch_size: int,
     optimizer: dict[str, Any],
     snapshot_every_steps: int,
 ) -> Settings:
-    """Settings of a trainer that publishes one base and then only deltas (a snapshot every
-    ``snapshot_every_steps`` steps), stops when idle for 2 s, and of a server (model ``m``)
-    following them; topics of their own (:func:`pipeline_settings`)."""
+    """Settings of a trainer of a binary ``model`` on 4 dense features (plus what ``model``
+    says) in batches of ``batch_size``, that publishes one base and then only deltas (a
+    snapshot every ``snapshot_every_steps`` steps) and stops when idle for 2 s, and of a server
+    (model ``m``) following them; topics of their own (:func:`pipeline_settings`)."""
     return pipeline_settings(
         bootstrap,
         name,
         root,
-        model=model,
-        ingest=ingest,
+        model={"task": "binary", "input_shape": [4], **model},
+        ingest={"group_id": name, "max_batch_size": batch_size, "max_wait_ms": 20},
         optimizer=optimizer,
         train={
             "snapshot_every_steps": snapshot_every_steps,

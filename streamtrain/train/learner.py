@@ -18,6 +18,7 @@ from streamtrain import metrics
 from streamtrain.sample.sparse_torch import SparseInput
 from streamtrain.train.guard import BadStepGuard, GoodState, Verdict
 from streamtrain.train.objective import Objective, StepLoss
+from streamtrain.train.statistics_undo import StatisticsUndo
 from streamtrain.train.step_size import StepSamples, max_step_samples
 from streamtrain.train.table_upkeep import TableUpkeep
 from streamtrain.train.task import TaskHead
@@ -127,6 +128,7 @@ class Learner:
         self._guard = BadStepGuard(max_bad_steps)
         self._good = GoodState(model, optimizer)
         self._good_steps_since_save = 0
+        self._statistics = StatisticsUndo(model, head)
         # fp16 needs loss scaling; bf16 has float32's range and does not
         self._scaler = (
             torch.amp.GradScaler(self.device.type) if autocast_dtype == torch.float16 else None
@@ -237,6 +239,7 @@ class Learner:
             self.model.train()
 
         self.optimizer.zero_grad(set_to_none=True)
+        self._statistics.remember()  # a rejected step leaves the running statistics alone
         with self._autocast(), self._objective.capture():
             outputs = forward()
         if score_sum is None:
@@ -325,6 +328,7 @@ class Learner:
 
     def _reject(self, verdict: Verdict) -> None:
         self.optimizer.zero_grad(set_to_none=True)
+        self._statistics.undo()
         if self._scaler is not None:
             # unscale_ recorded the overflow: update() lowers the scale for the next step
             self._scaler.update()

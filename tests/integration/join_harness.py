@@ -61,6 +61,42 @@ def new_topics(kafka: KafkaConnection, name: str, partitions: int) -> JoinTopics
     return topics
 
 
+@dataclass(frozen=True)
+class JoinCase:
+    """What every join test starts with, made once: its broker connection, topics of its own
+    (created) and a state folder, with the harness's calls bound to them."""
+
+    kafka: KafkaConnection
+    topics: JoinTopics
+    state_dir: Path
+
+    @classmethod
+    def create(cls, kafka: KafkaConnection, name: str, root: Path, partitions: int) -> JoinCase:
+        """Topics named after ``name`` (inputs with ``partitions``), state under ``root``."""
+        return cls(kafka, new_topics(kafka, name, partitions), root / "state")
+
+    def env(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+        """A join's environment (:func:`join_env`); each call has a metrics port of its own."""
+        return join_env(self.kafka, self.topics, self.state_dir, extra)
+
+    def predictions(self, ids: list[str], served_at: float) -> dict[str, bytes]:
+        return produce_predictions(self.kafka, self.topics.predictions, ids, served_at)
+
+    def labels(
+        self,
+        labels: Mapping[str, object],
+        raw: Mapping[str, bytes] | None = None,
+        paced: Callable[[int], None] | None = None,
+    ) -> None:
+        produce_labels(self.kafka, self.topics.labels, labels, raw, paced)
+
+    def samples(self, at_least: int, timeout: float) -> list[Consumed]:
+        return wait_for_records(self.kafka, self.topics.samples, at_least, timeout)
+
+    def dead_letters(self, at_least: int, timeout: float) -> list[Consumed]:
+        return wait_for_records(self.kafka, self.topics.dead_letter, at_least, timeout)
+
+
 def served_sample(i: int, served_at: float) -> bytes:
     """The binary sample a server would log for request ``i`` (label placeholder 0)."""
     rng = np.random.default_rng(i)

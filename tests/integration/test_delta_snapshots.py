@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from streamtrain.kafka import KafkaConnection, create_topics
-from streamtrain.metrics import SERVE_REJECTED_SNAPSHOTS
 from streamtrain.serve.weights.slot import WeightSlot
 from streamtrain.serve.weights.watcher import SnapshotWatcher
 from streamtrain.snapshot import writer as writer_module
@@ -21,6 +20,7 @@ from streamtrain.train.hooks import SnapshotRequest
 from streamtrain.train.row_tracker import row_sparse_parameters
 from tests.delta_fixtures import SparseTrainer, build_model
 from tests.integration.snapshot_harness import wait
+from tests.metrics_scrape import Exporter
 
 HASH = "d" * 64
 CHUNK = 4096  # several chunks per base, so chunk handling is exercised too
@@ -75,10 +75,6 @@ class Server:
         with self.slot.acquire() as lease:
             served = lease.model.state_dict()
             return all(torch.equal(served[name], tensor) for name, tensor in state.items())
-
-
-def _rejected(reason: str) -> float:
-    return float(SERVE_REJECTED_SNAPSHOTS.labels(reason)._value.get())
 
 
 @pytest.fixture
@@ -152,8 +148,15 @@ def test_lost_delta_leaves_the_server_on_the_last_linked_version(
 
 
 def test_corrupt_delta_is_refused_and_later_deltas_wait_for_a_base(
-    kafka_bootstrap: str, topic: str, servers: list[Server], monkeypatch: pytest.MonkeyPatch
+    kafka_bootstrap: str,
+    topic: str,
+    servers: list[Server],
+    monkeypatch: pytest.MonkeyPatch,
+    server_metrics: Exporter,
 ) -> None:
+    def _rejected(reason: str) -> float:
+        return server_metrics.value("streamtrain_serve_rejected_snapshots_total", reason=reason)
+
     chain = Chain(kafka_bootstrap, topic)
     chain.write(chain.take())
     servers.append(Server(kafka_bootstrap, topic))

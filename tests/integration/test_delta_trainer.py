@@ -15,28 +15,25 @@ from streamtrain.builders.trainer import build_trainer
 from tests.delta_fixtures import FACTORY, model_state, newest_after_one_base, one_base_then_deltas
 from tests.integration.snapshot_harness import wait
 
+SAMPLES = 600  # produced, all valid: each is learned exactly once
+
 
 def test_trainer_deltas_reach_the_server_bit_for_bit(
-    kafka_bootstrap: str, unique_name: str, tmp_path: Path
+    kafka_bootstrap: str, unique_name: str, tmp_path: Path, examples_on_path: None
 ) -> None:
     name = unique_name
     settings = one_base_then_deltas(
         kafka_bootstrap,
         name,
         tmp_path,
-        model={
-            "name": FACTORY,
-            "task": "binary",
-            "input_shape": [4],
-            "params": {"rows": 500, "dim": 8, "id_features": 2},
-        },
-        ingest={"group_id": name, "max_batch_size": 8, "max_wait_ms": 20},
+        model={"name": FACTORY, "params": {"rows": 500, "dim": 8, "id_features": 2}},
+        batch_size=8,
         optimizer={"name": "sgd", "lr": 0.05},
         snapshot_every_steps=3,
     )
     rng = np.random.default_rng(3)
     producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, linger_ms=5)
-    for i in range(600):
+    for i in range(SAMPLES):
         ids = rng.zipf(1.5, size=2) % 500
         features = [float(ids[0]), float(ids[1]), *rng.normal(size=2).tolist()]
         body = {"features": features, "label": int(ids[0] % 2), "timestamp": 1.7e9 + i}
@@ -49,7 +46,7 @@ def test_trainer_deltas_reach_the_server_bit_for_bit(
     try:
         trainer = build_trainer(settings)
         summary = trainer.run()
-        assert summary.steps > 20
+        assert summary.samples_seen == SAMPLES, "every produced sample was learned"
         expected = model_state(trainer._learner.model)
         # One base on start, then deltas: the server's final weights come from applied deltas.
         newest = newest_after_one_base(settings)

@@ -22,6 +22,7 @@ from streamtrain.snapshot.writer import SnapshotWriter
 from streamtrain.train.hooks import SnapshotRequest
 from streamtrain.train.row_tracker import RowTracker
 from tests.delta_fixtures import (
+    CTR_SPARSE,
     model_state,
     newest_after_one_base,
     one_base_then_deltas,
@@ -32,10 +33,7 @@ from tests.integration.test_dynamic_tables_trainer import PARAMS, ctr_samples
 from tests.unit.test_dynamic_tables import PARAMS as SMALL_PARAMS
 from tests.unit.test_dynamic_tables import _batches, _learner
 
-SPARSE = [
-    {"name": "user", "table": "users", "max_length": 1},
-    {"name": "item", "table": "items", "max_length": 1},
-]
+SAMPLES = 3000  # produced, all valid: each is learned exactly once
 
 
 def _matches(slot: WeightSlot, state: dict[str, torch.Tensor]) -> bool:
@@ -54,19 +52,13 @@ def test_following_and_late_servers_end_on_the_trainers_mapping(
         kafka_bootstrap,
         name,
         tmp_path,
-        model={
-            "name": "dlrm",
-            "task": "binary",
-            "input_shape": [4],
-            "sparse": SPARSE,
-            "params": PARAMS,
-        },
-        ingest={"group_id": name, "max_batch_size": 32, "max_wait_ms": 20},
+        model={"name": "dlrm", "sparse": CTR_SPARSE, "params": PARAMS},
+        batch_size=32,
         optimizer={"name": "adagrad", "lr": 0.05},
         snapshot_every_steps=5,
     )
     producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, linger_ms=5)
-    for sample in ctr_samples()[:3000]:
+    for sample in ctr_samples()[:SAMPLES]:
         producer.send(f"{name}-samples", json.dumps(sample).encode())
     producer.flush()
     producer.close()
@@ -77,7 +69,7 @@ def test_following_and_late_servers_end_on_the_trainers_mapping(
     try:
         trainer = build_trainer(settings)
         summary = trainer.run()
-        assert summary.steps > 20
+        assert summary.samples_seen == SAMPLES, "every produced sample was learned"
         expected = model_state(trainer._learner.model)
         assert int(expected["embeddings.mappings.t_items.step"]) == summary.steps
         newest = newest_after_one_base(settings)

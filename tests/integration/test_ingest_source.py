@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,11 +16,11 @@ import numpy as np
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from streamtrain import metrics
 from streamtrain.ingest import ERROR_HEADER, SOURCE_HEADER, KafkaSampleSource, SourceOptions
-from streamtrain.kafka import KafkaConnection, create_topics
+from streamtrain.kafka import KafkaConnection, TopicNotFound, create_topics
 from streamtrain.sample.batch import Batch
 from streamtrain.sample.spec import SampleSpec
+from tests.metrics_scrape import Exporter
 
 # Runs again with kafka-python in CI (make test-integration-kafka-python): its Kafka path
 # differs by client library.
@@ -77,12 +78,18 @@ def client(request: pytest.FixtureRequest) -> str:
 
 
 def _source(
-    bootstrap: str, topic: str, group: str, client: str, **kwargs: object
+    bootstrap: str,
+    topic: str,
+    group: str,
+    client: str,
+    connect_timeout_s: float = 30.0,
+    **kwargs: object,
 ) -> KafkaSampleSource:
     connection = KafkaConnection(
         bootstrap,
         client=client,  # type: ignore[arg-type]
         options={"client_id": "test"},
+        connect_timeout_s=connect_timeout_s,
     )
     return KafkaSampleSource(
         spec=SPEC,
@@ -105,7 +112,11 @@ def _drain(source: KafkaSampleSource, want_records: int, timeout: float = 20.0) 
 
 
 def test_valid_samples_arrive_once_and_bad_records_are_dead_lettered(
-    kafka_bootstrap: str, unique_name: str, producer: KafkaProducer, client: str
+    kafka_bootstrap: str,
+    unique_name: str,
+    producer: KafkaProducer,
+    client: str,
+    trainer_metrics: Exporter,
 ) -> None:
     topic, dlq = unique_name, unique_name + ".dlq"
     create_topics(kafka_bootstrap, [topic], partitions=2)
@@ -121,9 +132,12 @@ def test_valid_samples_arrive_once_and_bad_records_are_dead_lettered(
         producer.send(topic, value, key=name.encode(), partition=n % 2, headers=headers)
     producer.flush()
     total = len(ids) + len(MALFORMED)
-    rejected_before = {
-        r: metrics.INGEST_REJECTED.labels(r)._value.get() for r in EXPECTED_REASON.values()
-    }
+
+    def rejected_now() -> dict[str, float]:
+        name = "streamtrain_ingest_rejected_records_total"
+        return {r: trainer_metrics.value(name, reason=r) for r in EXPECTED_REASON.values()}
+
+    rejected_before = rejected_now()
 
     with _source(
         kafka_bootstrap,
@@ -141,6 +155,14 @@ def test_valid_samples_arrive_once_and_bad_records_are_dead_lettered(
         labels = np.concatenate([b.labels for b in batches if b.size])
         got = features[:, 0].astype(int)
         assert sorted(got.tolist()) == sorted(ids)  # each valid sample exactly once
+
+        # ... and each partition's samples in the order they were sent (99 went to 0 last).
+        def partition(i: int) -> int:
+            return 0 if i == 99 else i % 2
+
+        for p in (0, 1):
+            sent = [i for i in ids if partition(i) == p]
+            assert [i for i in got.tolist() if partition(i) == p] == sent, f"partition {p}"
         assert (labels == got % 3).all()
         assert (features[:, 1:] == 0.5).all()
         assert np.concatenate([b.weights for b in batches if b.size]).tolist() == [2.0] * len(ids)
@@ -157,8 +179,10 @@ def test_valid_samples_arrive_once_and_bad_records_are_dead_lettered(
         assert positions == per_partition  # past every record, rejected ones included
         source.commit(positions)
 
-    for reason in EXPECTED_REASON.values():
-        assert metrics.INGEST_REJECTED.labels(reason)._value.get() >= rejected_before[reason] + 1
+    # Exactly one count per malformed record, under its reason (two are undecodable).
+    after = rejected_now()
+    rejected = {r: after[r] - rejected_before[r] for r in EXPECTED_REASON.values()}
+    assert rejected == dict(Counter(EXPECTED_REASON.values()))
 
     dead = KafkaConsumer(bootstrap_servers=kafka_bootstrap)
     dead.assign([TopicPartition(dlq, 0)])
@@ -247,10 +271,14 @@ def test_unknown_partition_and_topic_are_clear_errors(
     create_topics(kafka_bootstrap, [unique_name], partitions=1)
     with pytest.raises(ValueError, match=r"partitions \[4\] do not exist"):
         _source(kafka_bootstrap, unique_name, unique_name, client, partitions=[0, 4])
+    missing = f"{unique_name}-never-created"
+    # A short metadata wait: the topic is never created, so any wait ends the same way.
+    with pytest.raises(TopicNotFound, match=f"topic '{missing}' does not exist; create it"):
+        _source(kafka_bootstrap, missing, unique_name, client, connect_timeout_s=2.0)
 
 
 def test_lag_is_the_fetched_high_watermark_minus_position(
-    kafka_bootstrap: str, unique_name: str, client: str
+    kafka_bootstrap: str, unique_name: str, client: str, trainer_metrics: Exporter
 ) -> None:
     create_topics(kafka_bootstrap, [unique_name], partitions=1)
     # Many records per batch: the case where the broker's ListOffsets(latest) is wrong on Tansu.
@@ -259,7 +287,11 @@ def test_lag_is_the_fetched_high_watermark_minus_position(
         batched.send(unique_name, _json(i), partition=0)
     batched.flush()
     batched.close()
-    lag = metrics.INGEST_LAG.labels("0")
+
+    def lag() -> float | None:
+        found = trainer_metrics.scrape()
+        return found.value("streamtrain_ingest_consumer_lag_records", partition="0")
+
     with _source(
         kafka_bootstrap,
         unique_name,
@@ -271,6 +303,6 @@ def test_lag_is_the_fetched_high_watermark_minus_position(
     ) as source:
         first = _drain(source, 1)[0]
         assert dict(first.next_offsets) == {0: 5}
-        assert lag._value.get() == 35
+        assert lag() == 35
         _drain(source, 35)
-        assert source.positions() == {0: 40} and lag._value.get() == 0
+        assert source.positions() == {0: 40} and lag() == 0

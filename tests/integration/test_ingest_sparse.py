@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import struct
 import time
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -13,11 +14,11 @@ import numpy as np
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from streamtrain import metrics
 from streamtrain.ingest import ERROR_HEADER, KafkaSampleSource, SourceOptions
 from streamtrain.kafka import KafkaConnection, create_topics
 from streamtrain.sample.batch import Batch
 from streamtrain.sample.spec import SampleSpec, SparseFeature
+from tests.metrics_scrape import Exporter
 
 # Runs again with kafka-python in CI (make test-integration-kafka-python): its Kafka path
 # differs by client library.
@@ -94,7 +95,11 @@ def _drain(source: KafkaSampleSource, want_records: int, timeout: float = 30.0) 
 
 @pytest.mark.parametrize("client", ["kafka-python", "confluent"])
 def test_sparse_samples_arrive_with_their_ids_and_bad_ones_are_dead_lettered(
-    kafka_bootstrap: str, unique_name: str, producer: KafkaProducer, client: str
+    kafka_bootstrap: str,
+    unique_name: str,
+    producer: KafkaProducer,
+    client: str,
+    trainer_metrics: Exporter,
 ) -> None:
     topic, dlq = unique_name, unique_name + ".dlq"
     create_topics(kafka_bootstrap, [topic], partitions=2)
@@ -107,7 +112,13 @@ def test_sparse_samples_arrive_with_their_ids_and_bad_ones_are_dead_lettered(
         headers = BINARY if name.startswith("binary") else []
         producer.send(topic, value, key=name.encode(), partition=n % 2, headers=headers)
     producer.flush()
-    before = {r: metrics.INGEST_REJECTED.labels(r)._value.get() for _, r in MALFORMED.values()}
+    reasons = [reason for _, reason in MALFORMED.values()]
+
+    def rejected() -> dict[str, float]:
+        name = "streamtrain_ingest_rejected_records_total"
+        return {r: trainer_metrics.value(name, reason=r) for r in reasons}
+
+    before = rejected()
 
     connection = KafkaConnection(kafka_bootstrap, client=client, options={"client_id": "t"})  # type: ignore[arg-type]
     with KafkaSampleSource(
@@ -134,8 +145,9 @@ def test_sparse_samples_arrive_with_their_ids_and_bad_ones_are_dead_lettered(
             seen.append(sample)
     assert sorted(seen) == ids  # each valid sample exactly once, its IDs beside it
 
-    for _, reason in MALFORMED.values():
-        assert metrics.INGEST_REJECTED.labels(reason)._value.get() > before[reason]
+    # One count per malformed record under its reason (two name an unknown feature).
+    after = rejected()
+    assert {r: after[r] - before[r] for r in reasons} == dict(Counter(reasons))
     dead = KafkaConsumer(bootstrap_servers=kafka_bootstrap)
     dead.assign([TopicPartition(dlq, 0)])
     dead.seek_to_beginning()

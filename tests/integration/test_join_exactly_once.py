@@ -3,7 +3,6 @@ loses and duplicates no joined sample."""
 
 from __future__ import annotations
 
-import threading
 import time
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from tests.integration.join_harness import (
     stop_join,
     wait_for_records,
 )
+from tests.threads import Workers
 
 COUNT = 3000
 ASSIGNED = "streamtrain_join_assigned_partitions"
@@ -55,12 +55,15 @@ def test_labels_are_joined_exactly_once_across_kill_9_of_replicas(
     try:
         for env in (first_env, second_env):  # the range assignor splits the pairs
             join_metric(metrics_url(env), ASSIGNED, 0.5, timeout=60)
-        feeder = threading.Thread(
-            target=produce_labels,
-            args=(kafka, topics.labels, labels),
-            kwargs={"paced": lambda i: time.sleep(0.25) if i % 100 == 99 else None},
+        feeder = Workers()  # a failed send fails the test at join
+        feeder.start(
+            lambda: produce_labels(
+                kafka,
+                topics.labels,
+                labels,
+                paced=lambda i: time.sleep(0.25) if i % 100 == 99 else None,
+            )
         )
-        feeder.start()
         at_kill = len(wait_for_records(kafka, topics.samples, 600, timeout=60))
         outputs.append(_kill(first))
         killed_at = time.monotonic()
@@ -69,7 +72,7 @@ def test_labels_are_joined_exactly_once_across_kill_9_of_replicas(
         wait_for_records(kafka, topics.samples, at_kill + 600, timeout=60)
         outputs.append(_kill(second))
         third = start_join(join_env(kafka, topics, state, extra))
-        feeder.join(timeout=120)
+        feeder.join(120)
         deadline = time.monotonic() + 120
         while len(by_id(read_topic(kafka, topics.samples))) < COUNT:
             assert time.monotonic() < deadline, "not every id was joined"

@@ -11,23 +11,11 @@ from pathlib import Path
 import pytest
 
 from streamtrain.kafka import KafkaConnection, record_producer
-from tests.integration.join_harness import (
-    HEAD,
-    by_id,
-    join_env,
-    join_metric,
-    joining,
-    metrics_url,
-    new_topics,
-    produce_labels,
-    produce_predictions,
-    read_topic,
-    wait_for_records,
-)
+from tests.integration.join_harness import HEAD, JoinCase, by_id, join_metric, joining, metrics_url
 from tests.integration.trainer_harness import scrape
 
 JOINED = [f"j-{i}" for i in range(5)]
-WINDOW_S = 5.0
+WINDOW_S = 1.0  # of the restarted join, beyond the time the labels took to send
 EXPIRING = [f"e-{i}" for i in range(5, 10)]
 
 
@@ -35,9 +23,9 @@ EXPIRING = [f"e-{i}" for i in range(5, 10)]
 def test_expiry_policy_and_dead_letter_reasons(
     kafka_connection: KafkaConnection, unique_name: str, tmp_path: Path, policy: str
 ) -> None:
-    kafka = kafka_connection
-    topics = new_topics(kafka, unique_name, partitions=1)
-    served = produce_predictions(kafka, topics.predictions, JOINED + EXPIRING, time.time())
+    case = JoinCase.create(kafka_connection, unique_name, tmp_path, partitions=1)
+    kafka, topics = case.kafka, case.topics
+    served = case.predictions(JOINED + EXPIRING, time.time())
     junk = record_producer(kafka)
     junk.send(topics.predictions, b"not a prediction", key=b"junk-pred")
     junk.flush(30)
@@ -48,11 +36,9 @@ def test_expiry_policy_and_dead_letter_reasons(
         "STREAMTRAIN_JOIN__DEFAULT_LABEL": "0",
         "STREAMTRAIN_JOIN__DEFAULT_WEIGHT": "0.25",
     }
-    env = join_env(kafka, topics, tmp_path / "state", extra)
+    env = case.env(extra)
     # In the log before the join starts, so it reads them before any window can end.
-    produce_labels(
-        kafka,
-        topics.labels,
+    case.labels(
         {**{rid: 1 for rid in JOINED}, "u-100": 1, "u-101": 0},
         raw={"bad-200": b'{"id": "bad-200", "label": 5}', "bad-201": b"\x00junk"},
     )
@@ -61,9 +47,9 @@ def test_expiry_policy_and_dead_letter_reasons(
         expired = f'streamtrain_join_expired_predictions_total{{cause="window",policy="{policy}"}}'
         join_metric(url, expired, 4.5, timeout=60)
         # Now too late for EXPIRING, and a second label for each joined id.
-        produce_labels(kafka, topics.labels, {rid: 1 for rid in EXPIRING})
-        produce_labels(kafka, topics.labels, {rid: 0 for rid in JOINED})
-        dead = wait_for_records(kafka, topics.dead_letter, at_least=15, timeout=60)
+        case.labels({rid: 1 for rid in EXPIRING})
+        case.labels({rid: 0 for rid in JOINED})
+        dead = case.dead_letters(at_least=15, timeout=60)
         metrics = scrape(url)
         with urllib.request.urlopen(url.replace("/metrics", "/health/ready"), timeout=5) as ok:
             assert ok.status == 200
@@ -87,8 +73,8 @@ def test_expiry_policy_and_dead_letter_reasons(
     assert sources["junk-pred"].startswith(f"{topics.predictions}/0/")
     assert sources["u-100"].startswith(f"{topics.labels}/0/")
 
-    samples = by_id(read_topic(kafka, topics.samples))
     wanted = JOINED + (EXPIRING if policy == "default_label" else [])
+    samples = by_id(case.samples(len(wanted), 60))
     assert sorted(samples) == sorted(wanted)
     for rid, (sample,) in samples.items():  # exactly one each
         value = sample.value or b""
@@ -115,29 +101,31 @@ def test_after_downtime_labels_in_the_backlog_join_and_the_rest_expire(
     """Expiry is event time: a restarted join reads the labels that were produced in time
     while it was down before it expires what they complete, and expires the others by the
     policy (here the default label)."""
-    kafka = kafka_connection
-    topics = new_topics(kafka, unique_name, partitions=1)
+    case = JoinCase.create(kafka_connection, unique_name, tmp_path, partitions=1)
     extra = {
-        "STREAMTRAIN_JOIN__WINDOW_S": str(WINDOW_S),
         "STREAMTRAIN_JOIN__ON_EXPIRED": "default_label",
         "STREAMTRAIN_JOIN__DEFAULT_LABEL": "0",
     }
-    env = join_env(kafka, topics, tmp_path / "state", extra)
+    # The first run only holds the predictions: a window it cannot reach.
+    env = case.env({**extra, "STREAMTRAIN_JOIN__WINDOW_S": "3600"})
     with joining(env):  # its stop checkpoints the ten pending predictions
         join_metric(metrics_url(env), "streamtrain_join_assigned_partitions", 0.5, timeout=60)
         served_at = time.time()
-        served = produce_predictions(kafka, topics.predictions, JOINED + EXPIRING, served_at)
+        served = case.predictions(JOINED + EXPIRING, served_at)
         pending = "streamtrain_join_pending_predictions_records"
-        join_metric(metrics_url(env), pending, len(served) - 0.5, timeout=WINDOW_S)
-    # In time, while the join is down, behind a backlog longer than one poll (1000 records):
-    # the restarted join must read through it before it may expire anything.
+        join_metric(metrics_url(env), pending, len(served) - 0.5, timeout=60)
+    # While the join is down, behind a backlog longer than one poll (1000 records): the
+    # restarted join must read through it before it may expire anything.
     backlog = {f"u-{i}": 0 for i in range(3000)}
-    produce_labels(kafka, topics.labels, {**backlog, **{rid: 1 for rid in JOINED}})
-    assert time.time() < served_at + WINDOW_S, "the labels were not sent within the window"
+    case.labels({**backlog, **{rid: 1 for rid in JOINED}})
+    # The window of the restarted join is derived from how long that took on this machine:
+    # every label (stamped at its send) is in time by WINDOW_S, however slow the machine was.
+    window_s = time.time() - served_at + WINDOW_S
+    env = case.env({**extra, "STREAMTRAIN_JOIN__WINDOW_S": f"{window_s:.3f}"})
     # The downtime itself (not a synchronisation): every window ends before the join is back.
-    time.sleep(served_at + WINDOW_S + 0.5 - time.time())
+    time.sleep(max(0.0, served_at + window_s + 0.5 - time.time()))
     with joining(env):
-        samples = wait_for_records(kafka, topics.samples, len(served), timeout=60)
+        samples = case.samples(len(served), timeout=60)
     outcomes = {
         rid: found.headers["streamtrain-join-outcome"].decode()
         for rid, (found,) in by_id(samples).items()

@@ -13,17 +13,7 @@ from pathlib import Path
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from streamtrain.kafka import KafkaConnection
-from tests.integration.join_harness import (
-    by_id,
-    join_env,
-    join_metric,
-    joining,
-    metrics_url,
-    new_topics,
-    produce_labels,
-    produce_predictions,
-    wait_for_records,
-)
+from tests.integration.join_harness import JoinCase, by_id, join_metric, joining, metrics_url
 
 RESETS = 'streamtrain_join_input_resets_total{topic="%s"}'
 
@@ -39,22 +29,22 @@ def _re_create(bootstrap: str, topic: str) -> None:
 def test_a_re_created_predictions_topic_is_joined_from_its_start(
     kafka_connection: KafkaConnection, unique_name: str, tmp_path: Path
 ) -> None:
-    kafka = kafka_connection
-    topics = new_topics(kafka, unique_name, partitions=1)
+    case = JoinCase.create(kafka_connection, unique_name, tmp_path, partitions=1)
+    topics = case.topics
     first = [f"a-{i}" for i in range(20)]
     second = [f"b-{i}" for i in range(30)]  # more than the old position (20)
-    env = join_env(kafka, topics, tmp_path / "state", {"STREAMTRAIN_JOIN__WINDOW_S": "3600"})
-    produce_predictions(kafka, topics.predictions, first, time.time())
-    produce_labels(kafka, topics.labels, {rid: 1 for rid in first})
+    env = case.env({"STREAMTRAIN_JOIN__WINDOW_S": "3600"})
+    case.predictions(first, time.time())
+    case.labels({rid: 1 for rid in first})
     with joining(env):  # its stop checkpoints: predictions offset 20 + fingerprint
-        wait_for_records(kafka, topics.samples, len(first), 90)
+        case.samples(len(first), 90)
 
-    _re_create(kafka.bootstrap_servers, topics.predictions)
-    produce_predictions(kafka, topics.predictions, second, time.time())
-    produce_labels(kafka, topics.labels, {rid: 1 for rid in second})
+    _re_create(case.kafka.bootstrap_servers, topics.predictions)
+    case.predictions(second, time.time())
+    case.labels({rid: 1 for rid in second})
     with joining(env) as run:
         metrics = join_metric(metrics_url(env), RESETS % topics.predictions, 0.5, 90)
-        samples = wait_for_records(kafka, topics.samples, len(first) + len(second), 90)
+        samples = case.samples(len(first) + len(second), 90)
     assert metrics[RESETS % topics.predictions] == 1.0
     assert metrics.get(RESETS % topics.labels, 0.0) == 0.0  # the intact input carried on
     joined = by_id(samples)

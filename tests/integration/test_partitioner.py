@@ -28,15 +28,12 @@ from streamtrain.kafka.partitioner import partition_for
 from streamtrain.sample.spec import SampleSpec
 from streamtrain.serve.server import ServingWorker
 from tests.integration.join_harness import (
+    JoinCase,
     by_id,
-    join_env,
     join_metric,
     joining,
     metrics_url,
-    new_topics,
-    produce_predictions,
     read_topic,
-    wait_for_records,
 )
 from tests.integration.snapshot_harness import publish, wait
 from tests.integration.test_serve_prediction_log import _infer, _logged, _settings
@@ -119,13 +116,13 @@ def _kafka_python_labels(bootstrap: str, topic: str, ids: list[str]) -> None:
 def test_labels_from_other_producers_join_or_are_reported(
     kafka_connection: KafkaConnection, unique_name: str, tmp_path: Path
 ) -> None:
-    kafka = kafka_connection
-    topics = new_topics(kafka, unique_name, partitions=PARTITIONS)
+    case = JoinCase.create(kafka_connection, unique_name, tmp_path, partitions=PARTITIONS)
+    kafka, topics = case.kafka, case.topics
     by_kafka_python = [f"kp-{i}" for i in range(40)]
     by_librdkafka_murmur = [f"lm-{i}" for i in range(40)]
     by_librdkafka_default = [f"ld-{i}" for i in range(40)]
     everyone = by_kafka_python + by_librdkafka_murmur + by_librdkafka_default
-    produce_predictions(kafka, topics.predictions, everyone, time.time())
+    case.predictions(everyone, time.time())
     bootstrap = kafka.bootstrap_servers
     _kafka_python_labels(bootstrap, topics.labels, by_kafka_python)
     _librdkafka_labels(bootstrap, topics.labels, by_librdkafka_murmur, partitioner="murmur2_random")
@@ -138,17 +135,12 @@ def test_labels_from_other_producers_join_or_are_reported(
     }
     assert misplaced and misplaced <= set(by_librdkafka_default), misplaced
 
-    env = join_env(
-        kafka,
-        topics,
-        tmp_path / "state",
-        {"STREAMTRAIN_JOIN__LABEL_WAIT_S": "0.5", "STREAMTRAIN_JOIN__WINDOW_S": "3600"},
-    )
+    env = case.env({"STREAMTRAIN_JOIN__LABEL_WAIT_S": "0.5", "STREAMTRAIN_JOIN__WINDOW_S": "3600"})
     with joining(env) as run:
         url = metrics_url(env)
         metrics = join_metric(url, MISROUTED, len(misplaced) - 0.5, timeout=90)
-        joined = wait_for_records(kafka, topics.samples, len(everyone) - len(misplaced), 90)
-        dead = wait_for_records(kafka, topics.dead_letter, len(misplaced), 90)
+        joined = case.samples(len(everyone) - len(misplaced), 90)
+        dead = case.dead_letters(len(misplaced), 90)
     assert metrics[MISROUTED] == len(misplaced)
     assert set(by_id(joined)) == set(everyone) - misplaced  # every murmur2-placed label joined
     reasons = {

@@ -11,11 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from kafka import KafkaConsumer, TopicPartition
 
 from streamtrain.datasets import DATASETS
 from streamtrain.ingest import KafkaSampleSource, SourceOptions
 from streamtrain.kafka import KafkaConnection
 from streamtrain.sample.spec import SampleSpec
+from streamtrain.wire.binary_format import binary_dtype
 
 # Runs again with kafka-python in CI (make test-integration-kafka-python): its Kafka path
 # differs by client library.
@@ -33,8 +35,10 @@ def _produce(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def _read_all(
-    kafka: KafkaConnection, topic: str, spec: SampleSpec, count: int
+    kafka: KafkaConnection, topic: str, spec: SampleSpec, count: int, partitions: int = 1
 ) -> tuple[np.ndarray, int]:
+    """Labels and record count of ``topic`` read by the trainer's source, which must find
+    exactly ``partitions`` partitions."""
     with KafkaSampleSource(
         spec=spec,
         topic=topic,
@@ -49,8 +53,27 @@ def _read_all(
             records += batch.records
             if batch.size:
                 labels.append(batch.labels)
-        assert len(source.partitions) >= 1
+        assert len(source.partitions) == partitions
         return np.concatenate(labels) if labels else np.zeros(0), records
+
+
+def _raw_records(bootstrap: str, topic: str, count: int) -> list[tuple[int, int, bytes]]:
+    """(partition, record timestamp in ms, value) of the first ``count`` records of ``topic``,
+    read by an independent client, in offset order within each partition."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap)
+    try:
+        parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic))]
+        consumer.assign(parts)
+        consumer.seek_to_beginning()
+        found: list[tuple[int, int, bytes]] = []
+        deadline = time.monotonic() + 30
+        while len(found) < count:
+            assert time.monotonic() < deadline, f"{topic}: {len(found)} of {count} records"
+            for batch in consumer.poll(timeout_ms=200).values():
+                found.extend((r.partition, r.timestamp, r.value) for r in batch)
+        return found
+    finally:
+        consumer.close()
 
 
 def test_produce_binary_hyperplane_end_to_end(
@@ -76,10 +99,22 @@ def test_produce_binary_hyperplane_end_to_end(
     )
     assert done.returncode == 0, done.stderr
     assert "produced 300 samples of hyperplane" in done.stdout
-    labels, records = _read_all(kafka_connection, unique_name, DATASETS["hyperplane"].spec, 300)
+    spec = DATASETS["hyperplane"].spec
+    labels, records = _read_all(kafka_connection, unique_name, spec, 300, partitions=2)
     assert records == 300 and len(labels) == 300  # every record valid
-    expected = next(DATASETS["hyperplane"].iterate(300, seed=3, chunk_size=300)).labels
-    assert sorted(labels.tolist()) == sorted(expected.tolist())
+    expected = next(DATASETS["hyperplane"].iterate(300, seed=3, chunk_size=300))
+    # Unkeyed records land on a random partition, so only each partition's order is known:
+    # every record is the dataset's sample at some index, its label the one of that sample,
+    # each index once, in increasing order within a partition.
+    index = {row.tobytes(): i for i, row in enumerate(expected.features)}
+    per_partition: dict[int, list[int]] = {0: [], 1: []}
+    for partition, _, value in _raw_records(kafka_bootstrap, unique_name, 300):
+        row = np.frombuffer(value, binary_dtype(spec))[0]
+        i = index[row["features"].tobytes()]
+        assert row["label"] == expected.labels[i], f"sample {i} arrived with another label"
+        per_partition[partition].append(i)
+    assert all(p == sorted(p) for p in per_partition.values()), "a partition out of order"
+    assert sorted(per_partition[0] + per_partition[1]) == list(range(300))
 
 
 def test_produce_paced_json_file_replay(
@@ -90,7 +125,6 @@ def test_produce_paced_json_file_replay(
     path.write_text("\n".join(lines) + "\n")
     config = tmp_path / "st.yaml"
     config.write_text("model:\n  task: binary\n  input_shape: [2]\n")
-    started = time.monotonic()
     done = _produce(
         "--dataset",
         "file",
@@ -108,10 +142,15 @@ def test_produce_paced_json_file_replay(
         str(config),
     )
     assert done.returncode == 0, done.stderr
-    assert time.monotonic() - started >= 0.19  # 20 samples at 100/s are paced, not burst
     spec = SampleSpec(feature_shape=(2,), task="binary")
     labels, records = _read_all(kafka_connection, unique_name, spec, 20)
     assert records == 20 and labels.tolist() == [0, 1, 0, 1, 0] * 4
+    # Paced, not burst: the samples carry no timestamp of their own, so each record has the
+    # producer's clock at its send. The 20th is due 190 ms after the pacer starts; the first
+    # goes a few ms after that start (reading the file), so the span is 190 ms less that
+    # delay. Half the schedule tells pacing from a burst (a few ms) with room for the delay.
+    stamps = [ts for _, ts, _ in _raw_records(kafka_bootstrap, unique_name, 20)]
+    assert stamps == sorted(stamps) and stamps[-1] - stamps[0] >= 190 // 2, stamps
 
 
 def test_sigterm_stops_production_cleanly_and_reports_the_count(

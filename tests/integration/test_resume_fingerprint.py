@@ -11,12 +11,12 @@ import time
 
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from streamtrain import metrics
 from streamtrain.ingest import KafkaSampleSource, SourceOptions
 from streamtrain.kafka import KafkaConnection
 from streamtrain.sample.record_mark import RecordMark
 from streamtrain.sample.spec import SampleSpec
 from tests.integration.trainer_harness import FEATURES, hyperplane_stream, produce_json
+from tests.metrics_scrape import Exporter
 
 SPEC = SampleSpec(feature_shape=(FEATURES,), task="binary")
 
@@ -34,7 +34,7 @@ def _read(source: KafkaSampleSource, until: int) -> tuple[int, dict[int, RecordM
 
 
 def test_a_re_created_longer_topic_is_noticed_by_the_fingerprint_alone(
-    kafka_connection: KafkaConnection, unique_name: str
+    kafka_connection: KafkaConnection, unique_name: str, trainer_metrics: Exporter
 ) -> None:
     topic = f"{unique_name}-samples"
     x, y = hyperplane_stream(500, seed=41)
@@ -53,11 +53,14 @@ def test_a_re_created_longer_topic_is_noticed_by_the_fingerprint_alone(
     new_x, new_y = hyperplane_stream(500, seed=42)
     produce_json(kafka_connection.bootstrap_servers, topic, new_x, new_y)
 
-    resets = metrics.INGEST_OFFSET_RESETS.labels("0", "earliest")
-    before = resets._value.get()
+    def resets() -> float:
+        name = "streamtrain_ingest_offset_resets_total"
+        return trainer_metrics.value(name, partition="0", policy="earliest")
+
+    before = resets()
     with KafkaSampleSource(**source_args, options=reading) as source:
         source.topic_id = None  # as on a broker without topic ids
         source.resume({0: 300}, marks)
         learned, _ = _read(source, 500)
     assert learned == 500  # the whole new log, not its records 300..499
-    assert resets._value.get() - before == 1
+    assert resets() - before == 1

@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+import tritonclient.grpc as grpcclient
 from prometheus_client.parser import text_string_to_metric_families
 
 from streamtrain.broker import EmbeddedBroker
@@ -22,6 +23,7 @@ from streamtrain.serve.server import ServingWorker
 from streamtrain.wire import decode_binary
 from streamtrain.wire.prediction_record import PREDICTION_CONTENT_TYPE, decode_prediction
 from tests.integration.snapshot_harness import MODEL, publish, wait
+from tests.threads import Workers
 
 # Runs again with kafka-python in CI (make test-integration-kafka-python): its Kafka path
 # differs by client library.
@@ -128,7 +130,6 @@ def test_every_served_row_is_logged_once_with_the_features_it_was_served(
 ) -> None:
     before = _metrics(worker.url)
     sent: dict[str, tuple[np.ndarray, list[float]]] = {}  # row id -> features, output
-    failures: list[str] = []
     generated: list[str] = []
     lock = threading.Lock()
 
@@ -138,10 +139,7 @@ def test_every_served_row_is_logged_once_with_the_features_it_was_served(
             rows = rng.normal(size=(1 + i % 3, 4)).astype(np.float32)
             own = f"t{thread}-{i}" if i % 2 == 0 else None
             reply = _infer(worker.url, rows, own)
-            if reply.status_code != 200:
-                with lock:
-                    failures.append(f"{reply.status_code} {reply.text}")
-                continue
+            assert reply.status_code == 200, f"{reply.status_code} {reply.text}"
             doc = reply.json()
             request_id = doc["id"]
             values = np.asarray(doc["outputs"][0]["data"], np.float32).reshape(len(rows), -1)
@@ -158,12 +156,11 @@ def test_every_served_row_is_logged_once_with_the_features_it_was_served(
                 for row_id, row, value in zip(ids, rows, values, strict=True):
                     sent[row_id] = (row, value.tolist())
 
-    threads = [threading.Thread(target=client, args=(t,)) for t in range(THREADS)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert failures == []
+    # A failed request or assert in a client thread fails the test here.
+    clients = Workers()
+    for thread in range(THREADS):
+        clients.start(client, thread)
+    clients.join(120)
     assert len(generated) == len(set(generated)) == THREADS * REQUESTS // 2
     assert all(len(g) == 32 and int(g, 16) >= 0 for g in generated)
 
@@ -270,7 +267,6 @@ def test_a_broker_gone_costs_no_request_and_the_drops_are_counted(unique_name: s
 def test_generated_ids_are_returned_over_grpc_and_logged(
     kafka_bootstrap: str, unique_name: str
 ) -> None:
-    grpcclient = pytest.importorskip("tritonclient.grpc")
     settings = _settings(kafka_bootstrap, unique_name, grpc_port=0)
     create_topics(kafka_bootstrap, [settings.topics.snapshots, settings.topics.predictions])
     worker = build_worker(settings)

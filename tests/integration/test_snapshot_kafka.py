@@ -9,7 +9,6 @@ import pytest
 import torch
 from kafka import KafkaProducer
 
-from streamtrain import metrics
 from streamtrain.kafka import KafkaConnection, create_topics
 from streamtrain.snapshot import wire
 from streamtrain.snapshot.manifest import SnapshotManifest, settings_hash, snapshot_id
@@ -18,6 +17,7 @@ from streamtrain.snapshot.publisher import SnapshotPublisher
 from streamtrain.snapshot.subscriber import SnapshotSubscriber
 from streamtrain.snapshot.verify import ReceivedSnapshot, RejectedSnapshot
 from streamtrain.train.hooks import SnapshotRequest
+from tests.metrics_scrape import Exporter
 
 # Runs again with kafka-python in CI (make test-integration-kafka-python): its Kafka path
 # differs by client library.
@@ -154,18 +154,22 @@ def _hand_made(
 
 
 def test_published_snapshots_arrive_verified_in_order_and_bit_identical(
-    options: KafkaConnection, topic: str, subscriber: SnapshotSubscriber
+    options: KafkaConnection,
+    topic: str,
+    subscriber: SnapshotSubscriber,
+    trainer_metrics: Exporter,
 ) -> None:
     assert subscriber.latest(timeout_s=WAIT) is None  # empty topic
-    published_before = metrics.SNAPSHOTS_PUBLISHED._value.get()
+    published_before = trainer_metrics.value("streamtrain_snapshot_published_total")
     publisher = SnapshotPublisher(kafka=options, topic=topic, model_name="mlp", settings_hash=HASH)
     states = {v: _state(v) for v in (10, 20, 30)}
     for version, state in states.items():
         publisher.offer(_request(version, state))
         assert publisher.flush(WAIT)
     publisher.close(WAIT)
-    assert metrics.SNAPSHOTS_PUBLISHED._value.get() - published_before == 3
-    assert metrics.SNAPSHOT_VERSION._value.get() == 30
+    after = trainer_metrics.scrape()
+    assert after.value("streamtrain_snapshot_published_total") == published_before + 3
+    assert after.value("streamtrain_snapshot_version") == 30
 
     results = _collect(subscriber, 3)
     assert all(isinstance(r, ReceivedSnapshot) for r in results), results

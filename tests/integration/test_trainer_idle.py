@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +20,7 @@ from tests.integration.trainer_harness import (
     produce_json,
     scrape,
 )
+from tests.threads import Workers
 
 BURST = 640  # 20 steps of 32: under both step thresholds, so only the timers can fire
 
@@ -65,8 +65,8 @@ def test_burst_then_silence_publishes_and_checkpoints_then_stays_quiet(
     base = f"http://127.0.0.1:{server.server_port}"
     before = scrape(base + "/metrics")
     result: list[TrainSummary] = []
-    worker = threading.Thread(target=lambda: result.append(trainer.run()), daemon=True)
-    worker.start()
+    worker = Workers()  # the trainer's own exception, if any, fails the test at join
+    worker.start(lambda: result.append(trainer.run()))
 
     def delta(name: str) -> float:
         return scrape(base + "/metrics").get(name, 0.0) - before.get(name, 0.0)
@@ -105,7 +105,7 @@ def test_burst_then_silence_publishes_and_checkpoints_then_stays_quiet(
             assert scrape(base + "/metrics")["streamtrain_checkpoint_age_seconds"] == 0.0
             assert httpx.get(base + "/health/live").status_code == 200
             time.sleep(0.25)
-        assert worker.is_alive()
+        assert worker.alive and not worker.failed
     finally:
         trainer.request_stop()
         worker.join(60)

@@ -8,7 +8,6 @@ from typing import Any
 import numpy as np
 from safetensors.numpy import load_file
 
-from streamtrain import metrics
 from streamtrain.builders.trainer import build_trainer
 from streamtrain.kafka import KafkaConnection
 from streamtrain.sample.spec import spec_for_model
@@ -23,17 +22,29 @@ from tests.integration.trainer_harness import (
     latest_checkpoint,
     pipeline_settings,
     produce_json,
-    scrape,
 )
+from tests.metrics_scrape import Exporter
 
 
-def _settings(bootstrap: str, name: str, root: Path, **train: Any) -> Any:
+def _settings(
+    bootstrap: str,
+    name: str,
+    root: Path,
+    max_wait_ms: int = 200,
+    params: dict[str, Any] | None = None,
+    **train: Any,
+) -> Any:
     return pipeline_settings(
         bootstrap,
         name,
         root,
-        ingest={"group_id": f"{name}-group", "max_batch_size": 16, "max_wait_ms": 200},
-        model={"name": "linear", "input_shape": [FEATURES], "num_classes": 2},
+        ingest={"group_id": f"{name}-group", "max_batch_size": 16, "max_wait_ms": max_wait_ms},
+        model={
+            "name": "linear",
+            "input_shape": [FEATURES],
+            "num_classes": 2,
+            "params": params or {},
+        },
         # one optimizer step per fetched batch, so steps and skipped steps count batches
         optimizer={"name": "sgd", "lr": 0.5, "step_samples": "batch"},
         train={"metric_window": 500, **train},
@@ -63,33 +74,46 @@ def test_learns_then_recovers_after_concept_drift(
 
 
 def test_non_finite_steps_are_skipped_and_weights_stay_finite(
-    kafka_bootstrap: str, unique_name: str, tmp_path: Path
+    kafka_bootstrap: str, unique_name: str, tmp_path: Path, trainer_metrics: Exporter
 ) -> None:
     good_x, good_y = hyperplane_stream(1200, seed=5)
-    # Finite but huge: the forward pass overflows, so the loss is not finite.
-    huge = np.full((16 * 5, FEATURES), 3e38, np.float32)
-    x = np.concatenate([good_x[:600], huge, good_x[600:]])
-    y = np.concatenate([good_y[:600], np.zeros(len(huge), np.int64), good_y[600:]])
+    # Finite but huge: the forward pass overflows, so the loss is not finite. The stream is
+    # all on the topic before the trainer starts and every batch is a full 16 (the source
+    # waits up to 2 s to fill one), so the huge rows are exactly batches 38 to 42.
+    bad_batches, prefix = 5, 16 * 37
+    huge = np.full((16 * bad_batches, FEATURES), 3e38, np.float32)
+    x = np.concatenate([good_x[:prefix], huge, good_x[prefix:]])
+    y = np.concatenate([good_y[:prefix], np.zeros(len(huge), np.int64), good_y[prefix:]])
     produce_json(kafka_bootstrap, f"{unique_name}-samples", x, y)
+    # Without the standardiser. A rejected step puts back the statistics its forward folded in
+    # (train/statistics_undo.py; tests/unit/test_learner.py), but the rollback here restores
+    # the state before the first step (the last good state is saved every 100 steps), whose
+    # statistics are empty: a standardiser with no statistics maps the next huge batch to 0,
+    # which is finite, so that batch would be learned. Without it each bad step is exactly one
+    # huge batch.
+    settings = _settings(
+        kafka_bootstrap,
+        unique_name,
+        tmp_path,
+        2000,
+        {"standardize": False},
+        stop_when_idle=1.0,
+        max_bad_steps=3,
+    )
 
-    server = metrics.serve_metrics(metrics.TRAINER_REGISTRY, 0, host="127.0.0.1")
-    url = f"http://127.0.0.1:{server.server_port}/metrics"
-    try:
-        start = scrape(url)
-        summary = build_trainer(
-            _settings(kafka_bootstrap, unique_name, tmp_path, stop_when_idle=1.0, max_bad_steps=3)
-        ).run()
-        end = scrape(url)
-    finally:
-        server.shutdown()
+    start = trainer_metrics.scrape()
+    summary = build_trainer(settings).run()
+    end = trainer_metrics.scrape()
 
     def delta(name: str) -> float:
-        return end.get(name, 0.0) - start.get(name, 0.0)
+        return (end.value(name) or 0.0) - (start.value(name) or 0.0)
 
-    assert delta("streamtrain_train_skipped_updates_total") >= 5
-    assert delta("streamtrain_train_rollbacks_total") >= 1
-    skipped = delta("streamtrain_train_skipped_updates_total")
-    assert delta("streamtrain_train_optimizer_updates_total") == summary.steps - skipped
+    assert summary.samples_seen == len(x) and summary.steps == len(x) // 16
+    # Five bad steps in a row with max_bad_steps=3: skip, skip, rollback (the count starts
+    # again), skip, skip. Every bad step is a skipped update, the rollback one included.
+    assert delta("streamtrain_train_skipped_updates_total") == bad_batches
+    assert delta("streamtrain_train_rollbacks_total") == bad_batches // 3
+    assert delta("streamtrain_train_optimizer_updates_total") == summary.steps - bad_batches
     weights = load_file(str(latest_checkpoint(tmp_path) / "model.safetensors"))
     assert all(np.isfinite(w).all() for w in weights.values())
     assert summary.rolling_score > 0.8, "learning continued after the bad batches"

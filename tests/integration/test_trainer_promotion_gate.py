@@ -4,13 +4,13 @@ with the gate off every snapshot is published."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
 
-from streamtrain import metrics
 from streamtrain.builders.server import build_worker
 from streamtrain.builders.trainer import build_trainer
 from streamtrain.config import Settings
@@ -23,8 +23,8 @@ from tests.integration.trainer_harness import (
     hyperplane_stream,
     pipeline_settings,
     produce_json,
-    scrape,
 )
+from tests.metrics_scrape import Exporter
 
 MODEL = {"name": "linear", "input_shape": [FEATURES], "num_classes": 2}
 CLEAN, NOISY = 2400, 2400
@@ -71,7 +71,7 @@ def _live_version(url: str) -> str | None:
 
 
 def test_noise_holds_publication_and_the_server_keeps_the_last_good_version(
-    kafka_bootstrap: str, unique_name: str, tmp_path: Path
+    kafka_bootstrap: str, unique_name: str, tmp_path: Path, trainer_metrics: Exporter
 ) -> None:
     _noisy_stream(kafka_bootstrap, f"{unique_name}-samples")
     settings = _settings(
@@ -81,25 +81,31 @@ def test_noise_holds_publication_and_the_server_keeps_the_last_good_version(
         promotion_tolerance=0.1,
         drift_detector="page_hinkley",
     )
-    metrics_server = metrics.serve_metrics(metrics.TRAINER_REGISTRY, 0, host="127.0.0.1")
-    metrics_url = f"http://127.0.0.1:{metrics_server.server_port}/metrics"
     worker = build_worker(settings)
     url = worker.start()
     try:
-        start = scrape(metrics_url)
+        start = trainer_metrics.scrape()
         summary = build_trainer(settings).run()
-        end = scrape(metrics_url)
+        end = trainer_metrics.scrape()
         published = _published(settings)
         wait(lambda: _live_version(url) == str(published), f"the server at version {published}")
     finally:
         worker.stop()
-        metrics_server.shutdown()
 
-    def delta(name: str) -> float:
-        return end.get(name, 0.0) - start.get(name, 0.0)
+    def delta(name: str, **labels: str) -> float:
+        return (end.value(name, **labels) or 0.0) - (start.value(name, **labels) or 0.0)
 
-    held = delta('streamtrain_train_held_snapshots_total{reason="regressed"}')
-    assert held >= 5, f"held {held}"
+    held_total = "streamtrain_train_held_snapshots_total"
+    held = delta(held_total, reason="regressed")
+    assert delta(held_total, reason="non_finite") == 0, "a finite model held as non-finite"
+    # A snapshot is due every 10 steps and once more at the end: each was held by the gate,
+    # or offered and then published or superseded by a newer one.
+    offered = delta("streamtrain_snapshot_published_total") + delta(
+        "streamtrain_snapshot_superseded_total"
+    )
+    assert held + offered == math.ceil(summary.steps / 10), (held, offered, summary.steps)
+    # Every snapshot due after the last published one was held: the labels were noise by then.
+    assert held >= (summary.steps - published) // 10 >= 5, (held, published, summary.steps)
     assert delta("streamtrain_train_drift_events_total") >= 1
     # The last published snapshot was taken during the clean part of the stream.
     assert published <= (CLEAN + 16 * 20) // 16 < summary.steps, (published, summary.steps)

@@ -43,7 +43,7 @@ def pipeline_settings(
 ) -> Settings:
     """Settings of a trainer (and server) on topics of its own, ``<name>-samples``,
     ``<name>-dlq``, ``<name>-snapshots`` (those in ``create`` made first), checkpoints under
-    ``root``; the rest is what the test says."""
+    ``root``, training on the CPU; the rest is what the test says."""
     create_topics(bootstrap, [f"{name}-{topic}" for topic in create])
     overrides: dict[str, Any] = {
         "kafka": {"bootstrap_servers": bootstrap},
@@ -54,7 +54,9 @@ def pipeline_settings(
         },
         "ingest": ingest,
         "model": model,
-        "train": {"checkpoint_dir": root, **(train or {})},
+        # On the CPU unless the test says otherwise: on a CUDA machine `auto` would train on
+        # the GPU, and tests compare the trainer's tensors with CPU ones.
+        "train": {"checkpoint_dir": root, "device": "cpu", **(train or {})},
     }
     if optimizer is not None:
         overrides["optimizer"] = optimizer
@@ -179,6 +181,7 @@ def trainer_env(
         "STREAMTRAIN_MODEL__NUM_CLASSES": "2",
         "STREAMTRAIN_TRAIN__CHECKPOINT_DIR": str(checkpoint_dir),
         "STREAMTRAIN_TRAIN__METRICS_PORT": "0",
+        "STREAMTRAIN_TRAIN__DEVICE": "cpu",  # as pipeline_settings: the same on a CUDA machine
     }
     env.update(extra or {})
     return env

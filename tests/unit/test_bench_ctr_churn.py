@@ -3,23 +3,18 @@ streamtrain learner of the churn bench runs on a short stream (no timing is asse
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import numpy as np
 
+from tests.module_files import load_file
+
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 
 
 def _load(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # ctr_churn imports ctr by name; dataclasses resolve by name
-    spec.loader.exec_module(module)
-    return module
+    return load_file(BENCH / f"{name}.py", name)  # ctr_churn imports ctr by this name
 
 
 def test_dynamic_tables_fit_the_hashed_tables_bytes() -> None:

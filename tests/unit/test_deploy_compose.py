@@ -131,6 +131,7 @@ def test_compose_files_validate_with_docker_compose_where_installed() -> None:
     Nothing needs it: the specification check above runs everywhere."""
     binary = shutil.which("docker-compose")
     if binary is None:
+        # A tool outside the Python install: its absence is no broken install.
         pytest.skip("no docker-compose on PATH; the compose-spec check above covers the files")
     for files in ([MAIN], [MAIN, GPU], [MAIN, PORTS]):
         args = [binary]
@@ -441,6 +442,7 @@ def test_gateway_retries_inference_posts_past_a_replica_that_is_not_ready() -> N
 def test_nginx_accepts_the_gateway_config_where_installed(tmp_path: Path) -> None:
     binary = shutil.which("nginx")
     if binary is None:
+        # A tool outside the Python install: its absence is no broken install.
         pytest.skip("no nginx on PATH; the directive checks above cover the retry settings")
     main = tmp_path / "nginx.conf"
     main.write_text(

@@ -3,7 +3,6 @@ is reported, its whole process group is stopped, and the run goes on."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import sys
 import time
@@ -12,17 +11,14 @@ from types import ModuleType
 
 import pytest
 
+from tests.module_files import load_file
+
 SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "gpu_check.py"
 
 
 @pytest.fixture(scope="module")
 def check() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_file(SCRIPT, "gpu_check")
 
 
 def _context(check: ModuleType, tmp_path: Path, deadline_s: float = 600) -> object:

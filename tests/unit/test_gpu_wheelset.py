@@ -2,25 +2,20 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 import zipfile
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 
+from tests.module_files import load_file
+
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 
 
 @pytest.fixture(scope="module")
 def wheelset() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("gpu_wheelset", BENCH / "gpu_wheelset.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_file(BENCH / "gpu_wheelset.py", "gpu_wheelset")
 
 
 def _wheel(folder: Path, name: str, version: str, tag: str, requires: list[str]) -> Path:

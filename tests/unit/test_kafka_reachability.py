@@ -8,6 +8,7 @@ import pytest
 
 from streamtrain import health, metrics
 from streamtrain.kafka.reachability import Reachability, tcp_probe
+from tests.metrics_scrape import current
 
 
 class Clock:
@@ -42,8 +43,8 @@ def test_an_outage_logs_once_then_a_summary_a_minute_then_once_when_back(
         tracker.check()
         clock.now += 0.05
     assert not tracker.reachable
-    assert metrics.KAFKA_REACHABLE_TRAINER._value.get() == 0
-    assert metrics.KAFKA_REACHABLE_SERVER._value.get() == 0
+    assert current(metrics.KAFKA_REACHABLE_TRAINER) == 0
+    assert current(metrics.KAFKA_REACHABLE_SERVER) == 0
     verdict = health.HEALTH.conditions()["kafka"]
     assert verdict[0] is False and "127.0.0.1:9" in verdict[1]
     assert len(_lines(caplog)) == 1
@@ -54,7 +55,7 @@ def test_an_outage_logs_once_then_a_summary_a_minute_then_once_when_back(
     clock.now = 62.0
     tracker.check()
     assert tracker.reachable
-    assert metrics.KAFKA_REACHABLE_TRAINER._value.get() == 1
+    assert current(metrics.KAFKA_REACHABLE_TRAINER) == 1
     assert health.HEALTH.conditions()["kafka"][0] is True
     lines = _lines(caplog)
     assert len(lines) == 3 and "reachable again after 62.0 s" in lines[-1]
@@ -67,7 +68,7 @@ def test_a_process_that_never_reached_kafka_leaves_the_error_to_its_caller(
     tracker = _tracker(Clock(), [False])
     tracker.failure("Connect to 127.0.0.1:9 failed: Connection refused")
     assert not tracker.reachable
-    assert metrics.KAFKA_REACHABLE_TRAINER._value.get() == 0
+    assert current(metrics.KAFKA_REACHABLE_TRAINER) == 0
     assert _lines(caplog) == []  # the KafkaUnreachable the caller raises is the one line
 
 

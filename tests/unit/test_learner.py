@@ -6,6 +6,7 @@ import copy
 
 import pytest
 import torch
+from prometheus_client import Counter
 from torch import nn
 
 from streamtrain import metrics
@@ -14,6 +15,7 @@ from streamtrain.train.learner import Learner, train_mode_differs
 from streamtrain.train.models import build_model
 from streamtrain.train.optim import build_optimizer, build_scheduler
 from streamtrain.train.task import TaskHead
+from tests.metrics_scrape import current
 
 SPEC = SampleSpec(feature_shape=(4,), task="multiclass", num_classes=3)
 
@@ -31,8 +33,8 @@ def _batch(n: int = 16, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor, torc
     return x, x[:, :3].argmax(dim=1), torch.ones(n)
 
 
-def _counter(counter: object) -> float:
-    return float(counter._value.get())  # type: ignore[attr-defined]
+def _counter(counter: Counter) -> float:
+    return current(counter)
 
 
 def _weights(learner: Learner) -> list[torch.Tensor]:
@@ -79,6 +81,21 @@ def test_non_finite_step_is_skipped_not_applied() -> None:
     assert all(torch.equal(a, b) for a, b in zip(before, _weights(learner), strict=True))
     assert all(p.grad is None for p in learner.model.parameters())
     assert _counter(metrics.TRAIN_SKIPPED_UPDATES) == skipped + 1
+
+
+def test_a_rejected_step_leaves_the_running_statistics_as_they_were() -> None:
+    learner = _learner({"hidden_sizes": [8], "standardize": True})
+    for seed in range(3):
+        assert learner.learn(*_batch(seed=seed)).applied
+    stats = {k: v.clone() for k, v in learner.model.state_dict().items() if "standard" in k}
+    assert stats, "the mlp has a standardiser"
+    x, y, w = _batch(seed=9)
+    x.fill_(3e38)  # finite rows (equal, so their variance is 0) that overflow the forward
+    assert not learner.learn(x, y, w).applied
+    after = learner.model.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in stats.items())
+    # so the next ordinary batch is learned, not spoiled by the huge one
+    assert learner.learn(*_batch(seed=10)).applied
 
 
 def test_repeated_bad_steps_roll_back_to_the_last_good_state() -> None:

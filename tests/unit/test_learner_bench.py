@@ -2,23 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from types import ModuleType
 
 import torch
 
 from streamtrain.sample.spec import SampleSpec
+from tests.module_files import load_file
 
 BENCH = Path(__file__).resolve().parents[2] / "bench" / "train_step.py"
 
 
 def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_train_step", BENCH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_file(BENCH, "bench_train_step")
 
 
 def test_bare_step_rate_runs_by_steps_and_by_seconds() -> None:

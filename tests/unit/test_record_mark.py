@@ -18,6 +18,7 @@ from streamtrain.join.state_file import read_state, write_state
 from streamtrain.kafka.partitioner import partition_for
 from streamtrain.sample.record_mark import RecordMark, mark_of, marks_from_json
 from streamtrain.sample.spec import SampleSpec
+from tests.metrics_scrape import current
 
 
 def _record(offset: int = 3, value: bytes = b"v", stamp: int = 1_700_000_000_000) -> SourceRecord:
@@ -122,11 +123,11 @@ def test_a_label_on_the_wrong_partition_is_counted_warned_once_and_dead_lettered
     wrong = [k for k in keys if partition_for(k, 2) != 0]
     right = [k for k in keys if partition_for(k, 2) == 0]
     assert wrong and right
-    before = metrics.JOIN_MISROUTED_LABELS._value.get()
+    before = current(metrics.JOIN_MISROUTED_LABELS)
     with caplog.at_level(logging.WARNING):
         for key in keys:
             routing.arrived(SourceRecord("labels", 0, 0, 0, key, b"{}", ()))
-    assert metrics.JOIN_MISROUTED_LABELS._value.get() - before == len(wrong)
+    assert current(metrics.JOIN_MISROUTED_LABELS) - before == len(wrong)
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "partitioner=murmur2_random" in warnings[0]
     lost = DeadLetter(SourceRecord("labels", 0, 0, 0, wrong[0], b"{}", ()), "unknown_id", "x")

@@ -10,6 +10,8 @@ import torch
 from streamtrain.metrics import SERVE_REJECTED_SNAPSHOTS
 from streamtrain.serve.weights.slot import NotReady, SnapshotRejected, StandbyBusy, WeightSlot
 from streamtrain.snapshot.manifest import SnapshotHeader
+from tests.metrics_scrape import current
+from tests.threads import Workers
 from tests.version_fixtures import (
     expected_value,
     tiny_regression_model,
@@ -27,7 +29,7 @@ def _answer(slot: WeightSlot) -> tuple[int, float]:
 
 
 def _rejections(reason: str) -> float:
-    return float(SERVE_REJECTED_SNAPSHOTS.labels(reason)._value.get())
+    return current(SERVE_REJECTED_SNAPSHOTS, reason=reason)
 
 
 def test_not_ready_before_first_snapshot() -> None:
@@ -114,16 +116,16 @@ def test_in_flight_request_blocks_loader_not_requests() -> None:
             slot.load(version_weights(model, 4), SnapshotHeader(4, "r"))
             loaded.set()
 
-        loader = threading.Thread(target=load_4)
-        loader.start()
+        loader = Workers()  # a failed load fails the test at join
+        loader.start(load_4)
         assert not loaded.wait(0.3)
         # Requests never wait for the load: they get version 3 while the loader is blocked.
         assert _answer(slot) == pytest.approx((3, expected_value(3, [1.0] * 4)))
         with torch.inference_mode():
             out = float(held.model(torch.ones(1, 4)).item())
         assert out == pytest.approx(expected_value(2, [1.0] * 4))
-    assert loaded.wait(5.0)
-    loader.join()
+    loader.join(5.0)
+    assert loaded.is_set()
     assert _answer(slot)[0] == 4
 
 

@@ -12,9 +12,12 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 import torch
+import tritonclient.http as httpclient
+from tritonclient.grpc import service_pb2
 
 from streamtrain.sample.sparse_torch import JaggedTensor
 from streamtrain.sample.spec import SampleSpec, SparseFeature
+from streamtrain.serve.protocol import grpc_tensors
 from streamtrain.serve.protocol.bodies import ModelIO, ProtocolError
 from streamtrain.serve.weights.inference import BatchingEngine, DirectEngine, head_for
 from streamtrain.serve.weights.slot import WeightSlot
@@ -22,8 +25,6 @@ from streamtrain.snapshot.manifest import SnapshotHeader
 from streamtrain.train.models import build_model
 from streamtrain.wire import hash_id
 from tests.serve_fixtures import running_worker, served_model
-
-httpclient = pytest.importorskip("tritonclient.http")
 
 SPEC = SampleSpec(
     (2,),
@@ -172,8 +173,6 @@ def test_a_feature_left_out_has_no_ids_and_weights_scale_them(
 
 
 def test_grpc_refuses_a_sparse_model_pointing_to_rest() -> None:
-    grpc_tensors = pytest.importorskip("streamtrain.serve.protocol.grpc_tensors")
-    service_pb2 = pytest.importorskip("tritonclient.grpc.service_pb2")
     with pytest.raises(ProtocolError, match="served over the REST endpoint") as caught:
         grpc_tensors.parse_grpc_request(service_pb2.ModelInferRequest(), ModelIO.for_spec(SPEC))
     assert caught.value.status == 400  # INVALID_ARGUMENT over gRPC

@@ -18,6 +18,7 @@ from streamtrain.sample.spec import SampleSpec
 from streamtrain.serve.weights.inference import BatchingEngine, DirectEngine, Prediction, head_for
 from streamtrain.serve.weights.slot import WeightSlot
 from streamtrain.snapshot.manifest import SnapshotHeader
+from tests.threads import Workers
 from tests.version_fixtures import (
     expected_value,
     tiny_regression_model,
@@ -82,16 +83,16 @@ def test_every_answer_matches_the_version_it_names(kind: str) -> None:
                 threading.Event().wait(0.0002)
         done.set()
 
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(CLIENTS)]
-    for thread in threads:
-        thread.start()
-    swap_thread = threading.Thread(target=swapper)
-    swap_thread.start()
-    swap_thread.join(timeout=60)
-    done.set()
-    for thread in threads:
-        thread.join(timeout=10)
-    close()
+    clients, swaps = Workers(), Workers()  # a thread's exception fails the test at join
+    for i in range(CLIENTS):
+        clients.start(client, i)
+    swaps.start(swapper)
+    try:
+        swaps.join(60)
+    finally:
+        done.set()
+        clients.join(10)
+        close()
     assert not failures, failures[:5]
     assert slot.info is not None and slot.info.version == SWAPS + 1
     versions = set().union(*seen)

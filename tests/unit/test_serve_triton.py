@@ -7,13 +7,12 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 import torch
+import tritonclient.http as httpclient
 
 from streamtrain.sample.spec import SampleSpec
 from streamtrain.serve.weights.slot import WeightSlot
 from streamtrain.snapshot.manifest import SnapshotHeader
 from tests.serve_fixtures import running_worker, served_model
-
-httpclient = pytest.importorskip("tritonclient.http")
 
 SPEC = SampleSpec((3,), "multiclass", num_classes=4)
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 import threading
 
 import pytest
+from prometheus_client import Counter, Gauge
 
 from streamtrain import metrics
 from streamtrain.kafka import KafkaConnection
@@ -12,6 +13,7 @@ from streamtrain.snapshot.manifest import SnapshotManifest
 from streamtrain.snapshot.publisher import SnapshotPublisher
 from streamtrain.snapshot.verify import Chunk
 from streamtrain.train.hooks import SnapshotRequest
+from tests.metrics_scrape import current
 
 WAIT = 5.0
 
@@ -169,8 +171,8 @@ def _request(version: int, ready: list[int] | None = None) -> SnapshotRequest:
     )
 
 
-def _value(metric: object) -> float:
-    return float(metric._value.get())  # type: ignore[attr-defined]
+def _value(metric: Counter | Gauge) -> float:
+    return current(metric)
 
 
 def test_publisher_counts_superseded_published_and_failed(monkeypatch: pytest.MonkeyPatch) -> None:

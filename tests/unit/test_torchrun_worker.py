@@ -150,6 +150,7 @@ def _gone_within(pid: int, timeout: float) -> bool:
     return True
 
 
+# An OS skip: the parent-death signal exists only on Linux (hides no broken install).
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
 def test_a_rank_dies_with_its_agent() -> None:
     agent, rank = _agent_with_rank(tied=True)
@@ -158,6 +159,7 @@ def test_a_rank_dies_with_its_agent() -> None:
     assert _gone_within(rank, 30), f"rank {rank} outlived its agent"
 
 
+# The same OS skip as the test above, whose control this is.
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
 def test_an_untied_rank_would_outlive_its_agent() -> None:
     """The control: without die_with_agent the same rank is orphaned, so the test above can
