@@ -115,6 +115,18 @@ def run_streamtrain(
     return Result(f"streamtrain {name} (batch {batch})", probs, CLOCK() - started)
 
 
+def run_table(runs: list[Callable[[], Result]], s: Stream) -> list[Result]:
+    """Run each learner in turn, printing its row of the results table as it ends."""
+    print("| learner | log loss | log loss, 2nd half | AUC | samples/s |")
+    print("|---|---|---|---|---|")
+    results = []
+    for run in runs:
+        result = run()
+        results.append(result)
+        print(result.row(s.y), flush=True)
+    return results
+
+
 def run_river_fm(s: Stream, factors: int) -> Result:
     from river import facto, optim
 
@@ -194,13 +206,7 @@ def main() -> None:
         lambda: run_river_fm(s, 8),
         lambda: run_vw(s, args.vw_bits),
     ]
-    print("| learner | log loss | log loss, 2nd half | AUC | samples/s |")
-    print("|---|---|---|---|---|")
-    results = []
-    for run in runs:
-        result = run()
-        results.append(result)
-        print(result.row(s.y), flush=True)
+    results = run_table(runs, s)
     river = next(r for r in results if r.name.startswith("River"))
     for r in results:
         if r.name.startswith("streamtrain"):

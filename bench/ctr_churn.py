@@ -32,7 +32,16 @@ from typing import Any
 import ctr
 import numpy as np
 import torch
-from ctr import Result, Stream, _log_loss, make_stream, run_river_fm, run_streamtrain, run_vw
+from ctr import (
+    Result,
+    Stream,
+    _log_loss,
+    make_stream,
+    run_river_fm,
+    run_streamtrain,
+    run_table,
+    run_vw,
+)
 
 from streamtrain.sample.sparse_torch import JaggedTensor
 from streamtrain.train.learner import Learner
@@ -168,13 +177,7 @@ def main() -> None:
     for fallback in (1, small):
         capacity = dynamic_capacity(args.rows, args.dim, fallback, args.admit_after)
         print(f"dynamic tables, fallback {fallback}: capacity {capacity} rows at equal bytes")
-    print("| learner | log loss | log loss, 2nd half | AUC | samples/s |")
-    print("|---|---|---|---|---|")
-    results = []
-    for run in runs:
-        result = run()
-        results.append(result)
-        print(result.row(s.y), flush=True)
+    results = run_table(runs, s)
     hashed = results[0]
     for r in results[1:4]:
         cost = 1 - hashed.seconds / r.seconds

@@ -6,7 +6,9 @@ For each mode (``delta``: one base, then deltas; ``full``: every snapshot a base
 an ``nn.EmbeddingBag(sparse=True)`` table of ``rows x dim`` fp32 (plus a small dense layer)
 with SGD on batches of Zipf-distributed IDs (log-uniform ranks, s ~ 1) at a fixed sample rate,
 publishing a snapshot every ``--snapshot-every`` seconds through ``SnapshotPublisher`` with a
-``RowTracker``. A server runs in a separate process (``SnapshotSubscriber`` -> ``SnapshotWatcher``
+``RowTracker``. Mode ``dynamic`` runs deltas with a dynamic table of the same weight bytes
+instead, full from the start so every new ID evicts (``bench/delta_dynamic.py``).
+A server runs in a separate process (``SnapshotSubscriber`` -> ``SnapshotWatcher``
 -> ``WeightSlot`` with the table shared between its copies) and a probe there runs a forward
 pass every 5 ms, recording the ``data_watermark`` of the weights it ran on.
 
@@ -51,6 +53,15 @@ def _params(args: argparse.Namespace) -> dict[str, int]:
     return {"rows": args.rows, "dim": args.dim, "id_features": 1}
 
 
+def _model(args: argparse.Namespace, trainer: bool) -> torch.nn.Module:
+    """The hashed table's model, or (mode ``dynamic``) ``delta_dynamic.py``'s."""
+    if getattr(args, "dynamic", False):
+        import delta_dynamic
+
+        return delta_dynamic.build(args.rows, args.dim, SPEC.feature_size - 1, fill=trainer)
+    return build_id_embedding(SPEC, _params(args))
+
+
 def _rss_bytes() -> tuple[int, int]:
     """(VmRSS, VmHWM) of this process in bytes."""
     values = {}
@@ -77,12 +88,13 @@ def serve(args: argparse.Namespace, bootstrap: str, topic: str, out: Any, stop: 
     from streamtrain.serve.weights.slot import WeightSlot
     from streamtrain.serve.weights.watcher import SnapshotWatcher
     from streamtrain.snapshot.subscriber import SnapshotSubscriber
-    from streamtrain.train.row_tracker import row_sparse_parameters
+    from streamtrain.train.row_tracker import row_sparse_buffers, row_sparse_parameters
 
     torch.set_num_threads(1)
     baseline, _ = _rss_bytes()
-    model = build_id_embedding(SPEC, _params(args))
-    slot = WeightSlot(model, shared=frozenset(row_sparse_parameters(model)))
+    model = _model(args, trainer=False)
+    shared = frozenset(row_sparse_parameters(model)) | frozenset(row_sparse_buffers(model))
+    slot = WeightSlot(model, shared=shared)
     applied: list[float] = []
     original = slot.apply_delta
 
@@ -131,12 +143,17 @@ def train(args: argparse.Namespace, bootstrap: str, topic: str, mode: str) -> di
 
     torch.manual_seed(0)
     device = torch.device(args.device)
-    model = build_id_embedding(SPEC, _params(args)).to(device)
+    model = _model(args, trainer=True).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    upkeep = None
+    if mode == "dynamic":  # admissions and evictions before each step, as the trainer's
+        import delta_dynamic
+
+        upkeep = delta_dynamic.upkeep(model, optimizer)
     tracker = RowTracker(
         model,
         optimizer,
-        base_every_deltas=10**9 if mode == "delta" else 0,
+        base_every_deltas=10**9 if mode in ("delta", "dynamic") else 0,
         base_every_seconds=1e9,
     )
     publisher = SnapshotPublisher(
@@ -171,6 +188,8 @@ def train(args: argparse.Namespace, bootstrap: str, topic: str, mode: str) -> di
         # log-uniform ranks: Zipf s ~ 1
         ids = (args.rows ** torch.rand(batch, device=device)).long() - 1
         x = torch.cat([ids.float().unsqueeze(1), torch.randn(batch, 8, device=device)], dim=1)
+        if upkeep is not None:
+            upkeep.before_step(delta_dynamic.DynamicIds.sparse(x), None)
         loss = (model(x).squeeze(-1) - ids.remainder(7).float()).pow(2).mean()
         optimizer.zero_grad()
         loss.backward()
@@ -234,6 +253,7 @@ def run(args: argparse.Namespace, broker: EmbeddedBroker, mode: str) -> dict[str
     broker.create_topics([topic])
     ctx = mp.get_context("spawn")
     out, stop = ctx.Queue(), ctx.Event()
+    args = argparse.Namespace(**vars(args), dynamic=mode == "dynamic")
     server = ctx.Process(target=serve, args=(args, broker.bootstrap_servers, topic, out, stop))
     server.start()
     result = train(args, broker.bootstrap_servers, topic, mode)
@@ -289,7 +309,13 @@ def main() -> None:
         help="batches produced before the server's first prediction + this are not measured",
     )
     parser.add_argument("--drain", type=float, default=5.0)
-    parser.add_argument("--modes", nargs="+", default=["delta", "full"])
+    parser.add_argument(
+        "--modes",
+        nargs="+",
+        default=["delta", "full"],
+        choices=["delta", "full", "dynamic"],
+        help="dynamic: deltas of a dynamic table, full and churning (bench/delta_dynamic.py)",
+    )
     parser.add_argument(
         "--device", default="cpu", help="the trainer's device (cpu, cuda); the server's is cpu"
     )

@@ -31,6 +31,7 @@ from streamtrain.join.partition_state import (
     Resolved,
     SourceRecord,
 )
+from streamtrain.join.pause_hook import pause_point
 from streamtrain.sample.record_mark import RecordMark
 from streamtrain.wire.label_record import LabelRecord
 
@@ -94,7 +95,9 @@ def write_state(path: Path, state: PartitionState, samples_ends: Mapping[int, in
         out.write(data)
         out.flush()
         os.fsync(out.fileno())
+    pause_point("written", state.partition, len(done))  # test-only (pause_hook), else nothing
     os.replace(tmp, path)
+    pause_point("replaced", state.partition, len(done))
     folder = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(folder)

@@ -17,6 +17,7 @@ from torch.optim import Optimizer
 
 from streamtrain import metrics
 from streamtrain.sample.sparse_torch import SparseInput
+from streamtrain.train.models.dynamic_table import Observed
 from streamtrain.train.models.embedding import EmbeddingTables
 
 Gather = Callable[[list[torch.Tensor]], list[torch.Tensor]]
@@ -38,20 +39,39 @@ def reset_optimizer_rows(optimizer: Optimizer, param: torch.Tensor, rows: torch.
         value[rows.to(value.device)] = fill
 
 
+class _Series:
+    """One table's metric children, looked up once (``labels`` costs more than ``inc``)."""
+
+    def __init__(self, table: str) -> None:
+        self.occupancy = metrics.TABLE_OCCUPANCY.labels(table)
+        self.occupancy.set(0)  # every series exported at 0 from the start
+        self.admissions = metrics.TABLE_ADMISSIONS.labels(table)
+        self.refusals = {
+            r: metrics.TABLE_REFUSALS.labels(table, r) for r in ("filter", "probability", "full")
+        }
+        self.evictions = {
+            c: metrics.TABLE_EVICTIONS.labels(table, c) for c in ("lru", "lfu", "expired")
+        }
+
+    def count(self, observed: Observed, occupancy: float) -> None:
+        if observed.admitted:
+            self.admissions.inc(observed.admitted)
+        for reason, count in observed.refused.items():
+            if count:
+                self.refusals[reason].inc(count)
+        for cause, count in observed.evicted.items():
+            if count:
+                self.evictions[cause].inc(count)
+        self.occupancy.set(occupancy)
+
+
 class TableUpkeep:
     """Runs the dynamic tables of ``model`` (none: :meth:`find` returns None)."""
 
     def __init__(self, tables: list[EmbeddingTables], optimizer: Optimizer) -> None:
         self._tables = tables
         self._optimizer = optimizer
-        for module in tables:  # every series exported at 0 from the start
-            for table in module.dynamic:
-                metrics.TABLE_OCCUPANCY.labels(table).set(0)
-                metrics.TABLE_ADMISSIONS.labels(table)
-                for reason in ("filter", "probability", "full"):
-                    metrics.TABLE_REFUSALS.labels(table, reason)
-                for cause in ("lru", "lfu", "expired"):
-                    metrics.TABLE_EVICTIONS.labels(table, cause)
+        self._series = {t: _Series(t) for module in tables for t in module.dynamic}
 
     @classmethod
     def find(cls, model: nn.Module, optimizer: Optimizer) -> TableUpkeep | None:
@@ -64,9 +84,4 @@ class TableUpkeep:
             for table, weight, observed in module.observe(sparse or {}, gather):
                 reset_optimizer_rows(self._optimizer, weight, observed.reset)
                 mapping = module.dynamic[table]
-                metrics.TABLE_ADMISSIONS.labels(table).inc(observed.admitted)
-                for reason, count in observed.refused.items():
-                    metrics.TABLE_REFUSALS.labels(table, reason).inc(count)
-                for cause, count in observed.evicted.items():
-                    metrics.TABLE_EVICTIONS.labels(table, cause).inc(count)
-                metrics.TABLE_OCCUPANCY.labels(table).set(mapping.occupied / mapping.capacity)
+                self._series[table].count(observed, mapping.occupied / mapping.capacity)

@@ -37,12 +37,15 @@ ROW = [1.0] * 4
 Tamper = Literal["manifest", "signature"]
 
 
-def serve_settings(bootstrap: str, topic: str, **serve: Any) -> Settings:
+def serve_settings(
+    bootstrap: str, topic: str, *, model: dict[str, Any] | None = None, **serve: Any
+) -> Settings:
+    """A server of model ``m`` following ``topic``: ``MODEL`` unless ``model`` says another."""
     return load_settings(
         overrides={
             "kafka": {"bootstrap_servers": bootstrap},
             "topics": {"snapshots": topic},
-            "model": MODEL,
+            "model": MODEL if model is None else model,
             "serve": {"port": 0, "model_name": "m", **serve},
         }
     )
@@ -65,9 +68,12 @@ def publish(
     tamper: Tamper | None = None,
     nan: bool = False,
     created_at: float | None = None,
+    fill: int | None = None,
 ) -> SnapshotManifest:
-    """Write one snapshot (one chunk, then its manifest) as a publisher would, or forged."""
-    payload, infos = encode_state(weights(settings, version, nan=nan))
+    """Write one snapshot (one chunk, then its manifest) as a publisher would, or forged;
+    its weights are those of version ``fill`` when given (two snapshots of one version that
+    answer differently)."""
+    payload, infos = encode_state(weights(settings, version if fill is None else fill, nan=nan))
     sid = f"{run_id}/{version}"
     producer = KafkaProducer(bootstrap_servers=settings.kafka.bootstrap_servers, acks="all")
     topic = settings.topics.snapshots

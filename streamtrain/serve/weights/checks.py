@@ -9,15 +9,18 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import torch
+from torch import nn
 
 from streamtrain.snapshot.delta import RowUpdate
 from streamtrain.snapshot.manifest import SnapshotHeader
+from streamtrain.train.models.dynamic_lookup import mapping_problem
+from streamtrain.train.models.dynamic_table import dynamic_mappings
 
 _HINT = "(is the server configured for the same model?)"
 
 
 # What the slot refuses for (the subscriber's own reasons are ``verify.RejectReason``).
-SLOT_REASONS = ("stale", "shape_mismatch", "non_finite", "chain_gap")
+SLOT_REASONS = ("stale", "shape_mismatch", "non_finite", "chain_gap", "bad_mapping")
 
 
 class SnapshotRejected(ValueError):
@@ -85,12 +88,31 @@ def _fits(name: str, got: torch.Tensor, target: torch.Tensor, shape: tuple[int, 
             "shape_mismatch",
             f"tensor {name!r} has shape {list(got.shape)}, the model expects {list(shape)} {_HINT}",
         )
-    if got.dtype.is_floating_point != target.dtype.is_floating_point:
+    if got.dtype.is_floating_point != target.dtype.is_floating_point or (
+        not target.dtype.is_floating_point and got.dtype != target.dtype
+    ):  # integer state (counters, a mapping) is written as it is: no cast may change it
         raise SnapshotRejected(
             "shape_mismatch", f"tensor {name!r} is {got.dtype}, the model has {target.dtype}"
         )
     if got.dtype.is_floating_point and not bool(torch.isfinite(got).all()):
         raise SnapshotRejected("non_finite", f"tensor {name!r} holds NaN or Inf")
+
+
+def check_mappings(
+    model: nn.Module, whole: Mapping[str, torch.Tensor], rows: Mapping[str, RowUpdate]
+) -> None:
+    """A dynamic table's received mapping (whole in a base, rows in a delta) gives no ID
+    two rows; shapes, dtypes and row ranges were checked before (``check_whole``/``check_rows``)."""
+    for name, mapping in dynamic_mappings(model).items():
+        if name in rows:
+            index, ids = rows[name]
+            problem = mapping_problem(mapping.lookup(), mapping.capacity, index.cpu(), ids.cpu())
+        elif name in whole:
+            problem = mapping_problem(mapping.lookup(), mapping.capacity, None, whole[name].cpu())
+        else:
+            continue
+        if problem is not None:
+            raise SnapshotRejected("bad_mapping", f"mapping {name!r}: {problem}")
 
 
 def chain_gap(live: SnapshotHeader | None, delta: SnapshotHeader) -> str | None:

@@ -30,7 +30,9 @@ Semantics (the order is the correctness argument):
    runs on either copy, writes the shared tables (whole for a base, the changed rows for a
    delta), flips, and lets requests go. Requests pause for the drain plus the row writes.
    A dynamic table's mapping buffers are shared tables too: its mapping and rows change in
-   that one section, and both copies re-sort their ID lookups in it before requests go.
+   that one section, and both copies update their ID lookups in it before requests go (by
+   the rows a delta changed; a base re-sorts). A mapping that would give one ID two rows, or
+   is not int64 of the table's rows, is refused in step 1 (``bad_mapping``).
 6. **Deltas apply in chain order** (``apply_delta``): a delta whose ``predecessor_id`` is not
    the live snapshot or whose ``base_id`` is not the live lineage is refused as
    ``chain_gap`` (the watcher then reloads from the newest base). A delta's dense tensors are
@@ -62,10 +64,10 @@ from streamtrain.metrics import (
     SERVE_SWAPS,
 )
 from streamtrain.serve.weights.checks import SnapshotRejected as SnapshotRejected
-from streamtrain.serve.weights.checks import chain_gap, check_rows, check_whole
+from streamtrain.serve.weights.checks import chain_gap, check_mappings, check_rows, check_whole
 from streamtrain.snapshot.delta import RowUpdate, apply_rows
 from streamtrain.snapshot.manifest import SnapshotHeader, SnapshotOrder
-from streamtrain.train.models.dynamic_table import rebuild_lookups
+from streamtrain.train.models.dynamic_table import mapping_writes, owners_before, refresh_lookups
 
 log = logging.getLogger(__name__)
 
@@ -249,9 +251,11 @@ class WeightSlot:
                 try:
                     self._drain_all(info.version)
                     with torch.no_grad():
+                        before = owners_before(standby.model, rows)
                         apply_rows(standby.targets, shared_whole, rows)
+                        written = mapping_writes(standby.model, shared_whole, rows)
                         for each in self._copies:  # mapping and rows in this one section
-                            rebuild_lookups(each.model)
+                            refresh_lookups(each.model, written, before)
                     if self._stream is not None:
                         torch.cuda.synchronize(self._stream.device)
                 finally:
@@ -295,9 +299,12 @@ class WeightSlot:
     ) -> None:
         """Step 1 alone: raise SnapshotRejected (counted and logged) unless ``tensors`` fit
         the model and are finite, and (when ``order`` is given) are newer than the live ones."""
-        self._counted(
-            version, lambda: check_whole(self._standby.targets, tensors, self._stale(order))
-        )
+
+        def run() -> None:
+            check_whole(self._standby.targets, tensors, self._stale(order))
+            check_mappings(self._standby.model, tensors, {})
+
+        self._counted(version, run)
 
     def check_delta(
         self,
@@ -308,12 +315,12 @@ class WeightSlot:
     ) -> None:
         """Step 1 for a delta: whole tensors and rows fit the model, rows only on shared
         tables, finite; counted and logged like ``check``."""
-        self._counted(
-            version,
-            lambda: check_rows(
-                self._standby.targets, self._shared, dense, rows, self._stale(order)
-            ),
-        )
+
+        def run() -> None:
+            check_rows(self._standby.targets, self._shared, dense, rows, self._stale(order))
+            check_mappings(self._standby.model, dense, rows)
+
+        self._counted(version, run)
 
     def _stale(self, order: SnapshotOrder | None) -> str | None:
         live = self.info

@@ -25,40 +25,61 @@ alike. :meth:`DynamicMapping.observe` runs once per training step, before the fo
    ties end on the lowest row. IDs beyond that are refused (``full``) and read the fallback.
    An admitted ID's filter cell is cleared: after eviction it earns admission again.
 
-Lookups are vectorised: a copy of the occupied ``slot_ids`` sorted, with their rows, searched
-by ``torch.searchsorted``; re-sorted when ``observe`` changed the mapping and when the buffers
-were written from outside (a checkpoint load, a served snapshot: the buffer's version moved).
-An incremental merge was measured slower than the sort up to a million rows on CPU (masked
-writes cost more than ``torch.sort``), so the sort it is: a step that admits or evicts costs
-O(capacity) (docs/models.md gives the figures and the sizing advice).
+Decisions and lookups run in host memory on numpy views of the buffers (the buffers stay on
+the CPU when the model moves to a GPU, as Monolith keeps its hash tables on the host): a step
+makes a few dozen operations on arrays of a batch's size, where torch's per-operation dispatch
+cost more than the work. The ID lookup is derived state (:mod:`.dynamic_lookup`): updated by
+the rows a step changed, and rebuilt when the buffers were written from outside (a checkpoint
+load, a served base: the buffer's version moved). A step costs O(batch log capacity) plus, when
+it admits or evicts, a few O(capacity) passes (victim choice, the lookup's array copy); no sort
+of the table.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
+from streamtrain.train.models.dynamic_lookup import EMPTY, Int64s, SortedLookup, token
 from streamtrain.train.models.sparse_params import TableSettings
 
-EMPTY = -(1 << 63)  # int64 min marks a free row; a raw ID equal to it is never admitted
+__all__ = ["EMPTY", "DynamicMapping", "Observed", "mix64", "refresh_lookups", "uniform"]
+
 _BIG = (1 << 63) - 1
 _GOLDEN = -7046029254386353131  # 0x9E3779B97F4A7C15 as int64
 
 
 def mix64(x: torch.Tensor) -> torch.Tensor:
     """SplitMix64's finaliser on int64 (wrap-around products, logical shifts by masks)."""
-    z = x * _GOLDEN
-    z = (z ^ ((z >> 30) & ((1 << 34) - 1))) * -4658895280553007687
-    z = (z ^ ((z >> 27) & ((1 << 37) - 1))) * -7723592293110705685
-    return z ^ ((z >> 31) & ((1 << 33) - 1))
+    return torch.from_numpy(_mix64(x.cpu().numpy()))
+
+
+def _mix64(x: Int64s) -> Int64s:
+    # numpy int64 arrays wrap around on overflow and shift arithmetically, as torch's do
+    z = np.asarray(x, dtype=np.int64) * np.int64(_GOLDEN)
+    z = (z ^ ((z >> 30) & ((1 << 34) - 1))) * np.int64(-4658895280553007687)
+    z = (z ^ ((z >> 27) & ((1 << 37) - 1))) * np.int64(-7723592293110705685)
+    out: Int64s = z ^ ((z >> 31) & ((1 << 33) - 1))
+    return out
 
 
 def uniform(ids: torch.Tensor, step: int, seed: int) -> torch.Tensor:
     """A float64 in [0, 1) per ID, a fixed function of (ID, step, seed)."""
-    salt = int(mix64(torch.tensor([step * 1_000_003 + seed]))[0])
-    return ((mix64(ids ^ salt) >> 11) & ((1 << 53) - 1)).double() / float(1 << 53)
+    return torch.from_numpy(_uniform(ids.cpu().numpy(), step, seed))
+
+
+def _uniform(ids: Int64s, step: int, seed: int) -> np.ndarray[Any, np.dtype[np.float64]]:
+    salt = _mix64(np.array([step * 1_000_003 + seed]))[0]
+    return ((_mix64(ids ^ salt) >> 11) & ((1 << 53) - 1)).astype(np.float64) / float(1 << 53)
+
+
+def _tensor(x: Int64s) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(x, dtype=np.int64))
 
 
 @dataclass
@@ -103,10 +124,13 @@ class DynamicMapping(nn.Module):
         if settings.cells:
             self.register_buffer("filter_counts", torch.zeros(settings.cells, dtype=torch.int64))
         self.register_buffer("step", torch.zeros((), dtype=torch.int64))
-        self._seed_mix = int(mix64(torch.tensor([settings.seed]))[0])
-        # (slot_ids storage, its version, sorted owners, their rows): see _sorted
-        self._lookup: tuple[int, int, torch.Tensor, torch.Tensor] | None = None
-        self._index: torch.Tensor | None = None  # arange(capacity), the tie-breaker
+        self._seed_mix = int(_mix64(np.array([settings.seed]))[0])
+        self._lookup: SortedLookup | None = None  # see _sorted
+
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> Any:
+        """The mapping stays in host memory whatever device or dtype the model moves to
+        (see the module doc); its users move the rows it returns."""
+        return self
 
     @property
     def row_sparse_buffers(self) -> list[str]:
@@ -116,153 +140,213 @@ class DynamicMapping(nn.Module):
 
     @property
     def occupied(self) -> int:
-        return int((self.slot_ids != EMPTY).sum())
+        return int(self._sorted().keys.size)
 
     # --- lookup ---------------------------------------------------------------------------
-    def _sorted(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The sorted owners and their rows; rebuilt when the buffer moved outside observe.
-
-        One tuple attribute, replaced whole: concurrent serving threads may race to rebuild,
-        and each reads a consistent pair."""
-        ids = self.slot_ids
+    def _sorted(self) -> SortedLookup:
+        """The lookup; rebuilt when the buffer was written from outside. One attribute,
+        replaced whole: serving threads racing to rebuild each read a consistent one."""
         cached = self._lookup
-        if cached is not None and cached[:2] == (ids.data_ptr(), ids._version):
-            return cached[2], cached[3]
+        if cached is not None and cached.made_from == token(self.slot_ids):
+            return cached
         return self.rebuild()
 
-    def rebuild(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Sort the owned rows by raw ID (the serving slot calls it inside its swap)."""
-        ids = self.slot_ids
-        rows = (ids != EMPTY).nonzero().squeeze(1)
-        keys, order = torch.sort(ids[rows])
-        self._lookup = (ids.data_ptr(), ids._version, keys, rows[order])
-        return keys, rows[order]
+    def lookup(self) -> SortedLookup:
+        """The owned IDs sorted with their rows, current (the server checks deltas by it)."""
+        return self._sorted()
 
-    def _find(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(hit mask, row where hit) of ``ids``."""
-        keys, rows = self._sorted()
-        if keys.numel() == 0:
-            return torch.zeros_like(ids, dtype=torch.bool), torch.zeros_like(ids)
-        at = torch.searchsorted(keys, ids).clamp_max(keys.numel() - 1)
-        return keys[at] == ids, rows[at]
+    def rebuild(self) -> SortedLookup:
+        """Sort the owned rows by raw ID (after a checkpoint load or a base)."""
+        self._lookup = SortedLookup.build(self.slot_ids)
+        return self._lookup
+
+    def refresh(self, rows: torch.Tensor, before: torch.Tensor) -> None:
+        """Bring the lookup up to date after rows ``rows`` of ``slot_ids``, owned by
+        ``before`` until then, were written from outside (a delta on a server)."""
+        cached = self._lookup
+        if cached is None:
+            self.rebuild()
+            return
+        old, new = before.numpy(), self.slot_ids.numpy()[rows.numpy()]
+        gone = np.unique(old[old != EMPTY])
+        keep = new != EMPTY
+        self._lookup = cached.replace(gone, new[keep], rows.numpy()[keep], token(self.slot_ids))
 
     def rows(self, ids: torch.Tensor) -> torch.Tensor:
         """The physical row of each ID: its own, or ``capacity + hash % fallback_rows``."""
-        hit, rows = self._find(ids)
+        raw = ids.cpu().numpy()
+        hit, rows = self._sorted().find(raw)
         if self.settings.fallback_rows == 1:  # one shared row: no hash to compute
-            return torch.where(hit, rows, self.capacity)
-        fallback = self.capacity + torch.remainder(mix64(ids), self.settings.fallback_rows)
-        return torch.where(hit, rows, fallback)
+            fallback: Int64s | int = self.capacity
+        else:
+            fallback = self.capacity + np.remainder(_mix64(raw), self.settings.fallback_rows)
+        return torch.from_numpy(np.where(hit, rows, fallback)).to(ids.device)
 
     # --- decisions ------------------------------------------------------------------------
-    @torch.no_grad()
     def observe(self, ids: torch.Tensor) -> Observed:
         """One training step's decisions for the IDs of its (union) batch; see the module doc."""
+        lookup = self._sorted()  # before any write: a load since the last step rebuilds it
         step = int(self.step) + 1
-        self.step.fill_(step)
-        unique, counts = torch.unique(ids, return_counts=True)
-        if unique.numel() and int(unique[0]) == EMPTY:  # sorted: EMPTY, the int64 min, first
-            unique, counts = unique[1:], counts[1:]
-        hit, hit_rows = self._find(unique)
-        seen = hit_rows[hit]
-        self.last_seen[seen] = step
-        self.use_count[seen] += counts[hit]
-        out = Observed(reset=seen[:0], changed_slots=seen, changed_cells=seen[:0])
-        expired = self._expire(step, out)
-        if bool(hit.all()) and expired.numel() == 0:
+        self.step.numpy()[()] = step
+        raw = ids.cpu().numpy()
+        hit, found = lookup.find(raw)  # EMPTY is never owned: a miss, dropped below
+        seen = found[hit]
+        last_seen, use_count = self.last_seen.numpy(), self.use_count.numpy()
+        last_seen[seen] = step
+        np.add.at(use_count, seen, 1)
+        out = Observed(
+            reset=_tensor(seen[:0]), changed_slots=_tensor(seen), changed_cells=_tensor(seen[:0])
+        )
+        expired, gone = self._expire(step, out)
+        if bool(hit.all()) and expired.size == 0:
             return out  # nothing new: the mapping and its lookup stand
-        fresh, fresh_counts = unique[~hit], counts[~hit]
-        passed, cells = self._admit(fresh, fresh_counts, step, out)
-        fresh, fresh_counts, cells = fresh[passed], fresh_counts[passed], cells[passed]
-        assert self._lookup is not None  # _find brought it up to date before any write
-        owned = self._lookup[2].numel() - expired.numel()
-        placed = self._place(fresh.numel(), step, owned, out)
-        out.refused["full"] = fresh.numel() - placed.numel()
-        taken = placed.numel()
-        fresh, fresh_counts, cells = fresh[:taken], fresh_counts[:taken], cells[:taken]
-        self.slot_ids[placed] = fresh
-        self.last_seen[placed] = step
-        self.use_count[placed] = fresh_counts
+        fresh, counts = np.unique(raw[~hit], return_counts=True)
+        if fresh.size and fresh[0] == EMPTY:  # sorted: EMPTY, the int64 min, comes first
+            fresh, counts = fresh[1:], counts[1:]
+        passed, cells = self._admit(fresh, counts, step, out)
+        fresh, counts, cells = fresh[passed], counts[passed], cells[passed]
+        placed, evicted = self._place(fresh.size, step, lookup.keys.size - expired.size, out)
+        out.refused["full"] = fresh.size - placed.size
+        taken = placed.size
+        fresh, counts, cells = fresh[:taken], counts[:taken], cells[:taken]
+        slot_ids = self.slot_ids.numpy()
+        gone = np.concatenate([gone, slot_ids[evicted]])
+        slot_ids[placed] = fresh
+        last_seen[placed] = step
+        use_count[placed] = counts
         if self.settings.cells and taken:
-            self.filter_counts[cells] = 0  # evicted later, it earns admission again
+            self.filter_counts.numpy()[cells] = 0  # evicted later, it earns admission again
         out.admitted = taken
-        out.reset = placed
-        out.changed_slots = torch.cat([seen, expired, placed])
-        self.rebuild()
+        out.reset = _tensor(placed)
+        out.changed_slots = _tensor(np.concatenate([seen, expired, placed]))
+        self._lookup = lookup.replace(np.sort(gone), fresh, placed, token(self.slot_ids))
         return out
 
-    def _expire(self, step: int, out: Observed) -> torch.Tensor:
+    def _expire(self, step: int, out: Observed) -> tuple[Int64s, Int64s]:
+        """Free the rows unseen too long: (their rows, the IDs that left them)."""
         after = self.settings.expire_after_steps
+        slot_ids = self.slot_ids.numpy()
         if not after:
-            return self.slot_ids[:0]
-        stale = ((self.slot_ids != EMPTY) & (self.last_seen < step - after)).nonzero().squeeze(1)
-        self.slot_ids[stale] = EMPTY
-        out.evicted["expired"] = stale.numel()
-        return stale
+            return slot_ids[:0], slot_ids[:0]
+        stale = np.flatnonzero((self.last_seen.numpy() < step - after) & (slot_ids != EMPTY))
+        gone = slot_ids[stale]
+        slot_ids[stale] = EMPTY
+        out.evicted["expired"] = stale.size
+        return stale, gone
 
-    def _cells(self, ids: torch.Tensor) -> torch.Tensor:
+    def _cells(self, ids: Int64s) -> Int64s:
         # Fibonacci hashing (the product's high bits): 3 ops where mix64 takes 12, and the
         # filter only needs IDs spread over its cells
-        return torch.remainder(((ids ^ self._seed_mix) * _GOLDEN) >> 24, self.settings.cells)
+        mixed: Int64s = ((ids ^ self._seed_mix) * np.int64(_GOLDEN)) >> 24
+        cells: Int64s = np.remainder(mixed, self.settings.cells)
+        return cells
 
     def _admit(
-        self, ids: torch.Tensor, counts: torch.Tensor, step: int, out: Observed
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+        self, ids: Int64s, counts: Int64s, step: int, out: Observed
+    ) -> tuple[np.ndarray[Any, np.dtype[np.bool_]], Int64s]:
         """Which new IDs pass the filter (and the draw); and their filter cells (zeros when
         there is no filter)."""
-        passed = torch.ones_like(ids, dtype=torch.bool)
+        passed = np.ones(ids.shape, dtype=bool)
         k = self.settings.admit_after
-        cells = torch.zeros_like(ids)
+        cells = np.zeros_like(ids)
         if self.settings.cells:
             cells = self._cells(ids)
-            self.filter_counts.index_add_(0, cells, counts)
-            self.filter_counts[cells] = self.filter_counts[cells].clamp_max(k)  # saturating
-            passed = self.filter_counts[cells] >= k
-            out.changed_cells = cells
+            filter_counts = self.filter_counts.numpy()
+            np.add.at(filter_counts, cells, counts)
+            filter_counts[cells] = np.minimum(filter_counts[cells], k)  # saturating
+            passed = filter_counts[cells] >= k
+            out.changed_cells = _tensor(cells)
         out.refused["filter"] = int((~passed).sum())
         if self.settings.admit_probability < 1:
-            drawn = uniform(ids, step, self.settings.seed) < self.settings.admit_probability
+            drawn = _uniform(ids, step, self.settings.seed) < self.settings.admit_probability
             out.refused["probability"] = int((passed & ~drawn).sum())
             passed &= drawn
         return passed, cells
 
-    def _place(self, n: int, step: int, owned: int, out: Observed) -> torch.Tensor:
-        """Rows for ``n`` admitted IDs: free ones, then evicted ones (``owned``: rows owned
-        now, so a full table skips the scans for free rows)."""
+    def _place(self, n: int, step: int, owned: int, out: Observed) -> tuple[Int64s, Int64s]:
+        """Rows for ``n`` admitted IDs, free ones then evicted ones (``owned``: rows owned
+        now, so a full table skips the scan for free rows); and the evicted rows."""
+        slot_ids = self.slot_ids.numpy()
+        free = slot_ids[:0]
         if n == 0:
-            return self.slot_ids[:0]
-        free = self.slot_ids[:0]
+            return free, free
+        last_seen = self.last_seen.numpy()
         if owned < self.capacity:
-            free = (self.slot_ids == EMPTY).nonzero().squeeze(1)
-            if n <= free.numel():
-                return free[:n]
-            evictable = (self.slot_ids != EMPTY) & (self.last_seen < step)
+            free = np.flatnonzero(slot_ids == EMPTY)
+            if n <= free.size:
+                return free[:n], free[:0]
+            evictable = (slot_ids != EMPTY) & (last_seen < step)
         else:
-            evictable = self.last_seen < step
-        need = min(n - free.numel(), int(evictable.sum()))
+            evictable = last_seen < step
+        need = min(n - free.size, int(np.count_nonzero(evictable)))
         victims = self._victims(evictable, need) if need else free[:0]
-        out.evicted[self.settings.evict] = victims.numel()
-        return torch.cat([free, victims])
+        out.evicted[self.settings.evict] = victims.size
+        return np.concatenate([free, victims]), victims
 
-    def _victims(self, evictable: torch.Tensor, m: int) -> torch.Tensor:
+    def _victims(self, evictable: np.ndarray[Any, np.dtype[np.bool_]], m: int) -> Int64s:
         """The ``m`` evictable rows that go first (LRU: oldest ``last_seen``; LFU: fewest
         uses, then oldest); every key is made unique by the row index, so ties end alike."""
-        if self._index is None or self._index.device != evictable.device:
-            self._index = torch.arange(self.capacity, device=evictable.device)
-        recency = torch.where(evictable, self.last_seen * self.capacity + self._index, _BIG)
+        recency = self.last_seen.numpy() * self.capacity + np.arange(self.capacity)
+        recency[~evictable] = _BIG
         if self.settings.evict == "lru":
-            return torch.topk(recency, m, largest=False).indices
-        uses = torch.where(evictable, self.use_count, _BIG)
-        threshold = torch.kthvalue(uses, m).values
-        below = (uses < threshold).nonzero().squeeze(1)
-        tied = torch.where(uses == threshold, recency, _BIG)
-        rest = torch.topk(tied, m - below.numel(), largest=False).indices
-        return torch.cat([below, rest])
+            return _smallest(recency, m)
+        uses = np.where(evictable, self.use_count.numpy(), _BIG)
+        threshold = np.partition(uses, m - 1)[m - 1]
+        below = np.flatnonzero(uses < threshold)
+        tied = np.where(uses == threshold, recency, _BIG)
+        return np.concatenate([below, _smallest(tied, m - below.size)])
 
 
-def rebuild_lookups(model: nn.Module) -> None:
-    """Re-sort every dynamic table's lookup after its buffers were written from outside (the
-    serving slot, inside its swap, so no request pays for the sort)."""
-    for module in model.modules():
-        if isinstance(module, DynamicMapping):
-            module.rebuild()
+def _smallest(keys: Int64s, m: int) -> Int64s:
+    """Indices of the ``m`` smallest (unique) keys, in ascending order of key."""
+    if m == 0:
+        return keys[:0]
+    part = np.argpartition(keys, m - 1)[:m]
+    return part[np.argsort(keys[part])]
+
+
+def dynamic_mappings(model: nn.Module) -> dict[str, DynamicMapping]:
+    """Every dynamic table's mapping in ``model``, by the state name of its ``slot_ids``."""
+    return {
+        f"{name}.slot_ids" if name else "slot_ids": module
+        for name, module in model.named_modules()
+        if isinstance(module, DynamicMapping)
+    }
+
+
+def owners_before(
+    model: nn.Module, rows: Mapping[str, tuple[torch.Tensor, torch.Tensor]]
+) -> dict[str, torch.Tensor]:
+    """The owners of the mapping rows a delta is about to write (for :func:`refresh_lookups`)."""
+    return {
+        name: mapping.slot_ids[rows[name][0]].clone()
+        for name, mapping in dynamic_mappings(model).items()
+        if name in rows
+    }
+
+
+def mapping_writes(
+    model: nn.Module,
+    whole: Mapping[str, torch.Tensor],
+    rows: Mapping[str, tuple[torch.Tensor, torch.Tensor]],
+) -> dict[str, torch.Tensor | None]:
+    """The ``slot_ids`` a load wrote: the rows a delta wrote, or None when whole (a base)."""
+    names = dynamic_mappings(model)
+    out: dict[str, torch.Tensor | None] = {n: None for n in names if n in whole}
+    return out | {n: rows[n][0] for n in names if n in rows}
+
+
+def refresh_lookups(
+    model: nn.Module, written: Mapping[str, torch.Tensor | None], before: Mapping[str, torch.Tensor]
+) -> None:
+    """After the serving slot wrote mapping buffers (inside its swap, so no request pays):
+    ``written`` names each ``slot_ids`` written, with its rows (None: whole, a base),
+    ``before`` the rows' owners until then (:func:`owners_before`)."""
+    for name, mapping in dynamic_mappings(model).items():
+        if name not in written:
+            continue
+        rows = written[name]
+        if rows is None or name not in before:
+            mapping.rebuild()
+        else:
+            mapping.refresh(rows.cpu(), before[name])

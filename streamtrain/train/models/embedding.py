@@ -25,6 +25,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Literal
 
+import numpy as np
+import numpy.typing as npt
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -127,7 +129,7 @@ class EmbeddingTables(nn.Module):
         self.init_std = init_std
         self.mappings = nn.ModuleDict({_key(t): DynamicMapping(k) for t, k in dynamic.items()})
         # rows changed outside optimizer steps since the row tracker last drained them
-        self._dirty: dict[str, torch.Tensor] = {}
+        self._dirty: dict[str, npt.NDArray[np.bool_]] = {}
         self._generator = torch.Generator()  # re-seeded for every reset (see observe)
 
     @property
@@ -219,19 +221,26 @@ class EmbeddingTables(nn.Module):
             done.append((table, weight, observed))
         return done
 
+    @property
+    def _weights_by_state(self) -> dict[str, torch.Tensor]:
+        return {f"tables.{_key(t)}.weight": self._weight(t) for t in self.rows}
+
     def _mark(self, name: str, size: int, rows: torch.Tensor) -> None:
+        # host masks (numpy: a step's marks cost less than torch's dispatch), like the mapping
         dirty = self._dirty.get(name)
         if dirty is None:
-            dirty = self._dirty[name] = torch.zeros(size, dtype=torch.bool, device=rows.device)
-        dirty[rows] = True
+            dirty = self._dirty[name] = np.zeros(size, dtype=bool)
+        dirty[rows.cpu().numpy()] = True
 
     def drain_changed_rows(self) -> dict[str, torch.Tensor]:
         """Rows of weights (reset) and mapping buffers changed since the last call, by state
         name below this module; the row tracker adds them to the next delta."""
         out = {}
         for name, mask in self._dirty.items():
-            rows = mask.nonzero().squeeze(1)
-            if name.endswith(".weight") or name.endswith(".filter_counts"):
+            rows = torch.from_numpy(np.flatnonzero(mask))
+            if name.endswith(".weight"):  # beside the optimizer's touched rows, on its device
+                out[name] = rows.to(self._weights_by_state[name].device)
+            elif name.endswith(".filter_counts"):  # mapping buffers stay in host memory
                 out[name] = rows
             else:  # one mask stands for the three slot buffers
                 for buffer in ("slot_ids", "last_seen", "use_count"):

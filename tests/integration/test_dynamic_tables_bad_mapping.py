@@ -1,0 +1,75 @@
+"""A signed delta whose mapping would give an ID two rows, on the real broker: the server refuses
+it as ``bad_mapping`` (counted in its metrics), keeps serving the last good version bit for
+bit, and takes the next base. (The signature proves who wrote a snapshot, not that a buggy
+trainer wrote a mapping that fits.)"""
+
+from __future__ import annotations
+
+import torch
+from prometheus_client import generate_latest
+
+from streamtrain.builders.server import build_slot
+from streamtrain.config import ModelSettings, SparseFeatureSettings
+from streamtrain.kafka import KafkaConnection, create_topics
+from streamtrain.metrics.registries import SERVER_REGISTRY
+from streamtrain.serve.weights.watcher import SnapshotWatcher
+from streamtrain.snapshot.subscriber import SnapshotSubscriber
+from streamtrain.train.models.dynamic_table import EMPTY
+from tests.integration.snapshot_harness import wait
+from tests.integration.test_dynamic_tables_serve import HASH, DynamicChain, _matches
+from tests.unit.test_dynamic_tables import PARAMS
+
+SLOTS = "embeddings.mappings.t_items.slot_ids"
+
+
+def _bad_mappings() -> float:
+    """The server's refusal count as its /metrics exposition reads it."""
+    line = 'streamtrain_serve_rejected_snapshots_total{reason="bad_mapping"}'
+    for row in generate_latest(SERVER_REGISTRY).decode().splitlines():
+        if row.startswith(line + " "):
+            return float(row.rpartition(" ")[2])
+    return 0.0
+
+
+def test_a_delta_giving_an_id_two_rows_is_refused_and_the_last_good_version_serves(
+    kafka_bootstrap: str, unique_name: str
+) -> None:
+    create_topics(kafka_bootstrap, [unique_name])
+    chain = DynamicChain(kafka_bootstrap, unique_name)
+    chain.write(chain.take())  # base at step 0
+    good = chain.take()
+    chain.write(good, 0, 0)
+    forged = chain.take()
+    forged.wait_ready()
+    ids = forged.tensors[SLOTS]  # the new owners of the delta's mapping rows
+    owned = (ids != EMPTY).nonzero().squeeze(1).tolist()
+    assert len(owned) >= 2, "the delta changes at least two owned rows"
+    ids[owned[1]] = ids[owned[0]]  # two of the delta's rows would own one ID
+    before = _bad_mappings()
+    chain.write(forged, 0, good.version)
+
+    model = ModelSettings(
+        name="dlrm",
+        task="binary",
+        input_shape=(3,),
+        sparse=(
+            SparseFeatureSettings(name="user", table="users", max_length=2),
+            SparseFeatureSettings(name="items", table="items", max_length=4),
+        ),
+        params=PARAMS,
+    )
+    slot = build_slot(model, torch.device("cpu"))
+    source = SnapshotSubscriber(
+        kafka=KafkaConnection(kafka_bootstrap), topic=unique_name, settings_hash=HASH
+    )
+    watcher = SnapshotWatcher(source, slot, poll_timeout_s=0.2).start()
+    try:
+        wait(lambda: _bad_mappings() == before + 1, "the forged delta refused as bad_mapping")
+        assert slot.info is not None and slot.info.version == good.version
+        assert _matches(slot, chain.states[good.version])
+        repair = chain.take(base=True)
+        chain.write(repair)
+        wait(lambda: slot.info is not None and slot.info.version == repair.version, "the new base")
+        assert _matches(slot, chain.states[repair.version])
+    finally:
+        watcher.stop()
