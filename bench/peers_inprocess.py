@@ -1,10 +1,10 @@
 """streamtrain's own step code on in-memory arrays: no Kafka, the same Learner the trainer runs.
 
 The learner is built from the settings tree exactly as ``streamtrain train`` builds it
-(``cli/build_trainer.py``): model, optimizer and schedule from ``load_settings()``, so a config
-with no overrides is what a CLI user gets. Prequential with micro-batches of ``B``: all ``B``
-samples are predicted with the current weights, then the model learns from them
-(``Learner.learn`` scores before it steps).
+(``streamtrain/builders/trainer.py``): model, optimizer and schedule from ``load_settings()``,
+so a config with no overrides is what a CLI user gets. Prequential with micro-batches of
+``B``: all ``B`` samples are predicted with the current weights, then the model learns from
+them (``Learner.learn`` scores before it steps).
 
 >>> from peers_suite import build_stream
 >>> stream = build_stream("sea_drift", samples=256, seed=1)

@@ -24,6 +24,7 @@ from streamtrain.checkpoint.meta import (
     CheckpointMeta,
     RngMeta,
 )
+from streamtrain.checkpoint.pause_hook import pause_point
 from streamtrain.checkpoint.restore import apply_checkpoint, read_checkpoint, read_meta
 from streamtrain.checkpoint.rng import RNG_FILE, capture_rng
 from streamtrain.checkpoint.state import CheckpointError, TrainerState
@@ -94,14 +95,19 @@ class CheckpointStore:
             tmp = self.root / f"{_TMP}{name}-{uuid.uuid4().hex}"
             tmp.mkdir()
             try:
-                digests = {n: write_durable(tmp, n, data) for n, data in files.items()}
+                digests = {}
+                for n, data in files.items():
+                    digests[n] = write_durable(tmp, n, data)
+                    pause_point("files", state.step)  # test-only (pause_hook), else nothing
                 meta = self._meta(state, rng_meta, digests)
                 write_durable(tmp, META_FILE, meta)
                 fsync_dir(tmp)
+                pause_point("meta", state.step)
                 final = self._commit(tmp, name)
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise
+            pause_point("committed", state.step)
             self._prune(state.step)
         metrics.CHECKPOINT_SECONDS.observe(time.perf_counter() - started)
         metrics.CHECKPOINTS.inc()

@@ -160,13 +160,22 @@ class KafkaSampleSource:
         return {p: self._consumer.position(p) for p in parts}
 
     def _seek_latest(self, timeout_s: float = 5.0) -> None:
-        ends = true_ends(self._consumer, self._partitions, time.monotonic() + timeout_s)
-        if ends is None:
-            log.warning("no high watermark within %.0f s; starting at the reported end", timeout_s)
-            self._consumer.seek_to_end(self._partitions)
-            return
-        for p, end in ends.items():
+        for p, end in self._true_ends(self._partitions, timeout_s).items():
             self._consumer.seek(p, end)
+
+    def _true_ends(self, parts: Sequence[int], timeout_s: float = 5.0) -> dict[int, int]:
+        """Where each of ``parts`` ends, from fetch responses (kafka.watermark: the embedded
+        broker's reported end can be short); the other partitions keep their positions (what
+        the probe fetched of them is fetched again)."""
+        others = {p: self._consumer.position(p) for p in self._partitions if p not in parts}
+        ends = true_ends(self._consumer, parts, time.monotonic() + timeout_s)
+        for p, offset in others.items():
+            self._consumer.seek(p, offset)
+        if ends is None:
+            log.warning("no high watermark within %.0f s; taking the reported end", timeout_s)
+            self._consumer.seek_to_end(parts)
+            return {p: self._consumer.position(p) for p in parts}
+        return ends
 
     @property
     def partitions(self) -> tuple[int, ...]:
@@ -303,8 +312,7 @@ class KafkaSampleSource:
         if policy == "earliest":
             targets = {p: self._consumer.log_start(p) for p in parts}
         else:
-            self._consumer.seek_to_end(parts)
-            targets = {p: self._consumer.position(p) for p in parts}
+            targets = self._true_ends(parts)
         log.error(
             "the log of %s no longer holds the trainer's position: %s; continuing at %s "
             "(ingest.on_offset_reset=%s)",

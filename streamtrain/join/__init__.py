@@ -5,7 +5,8 @@
 * :mod:`~streamtrain.join.samples_log`: the samples topic's ends and what the join emitted.
 * :mod:`~streamtrain.join.joiner`: the loop, checkpoints and partition hand-over (the
   exactly-once argument is its docstring).
-* :mod:`~streamtrain.builders.join`: settings -> a running join (``streamtrain join``).
+* settings -> a running join (``streamtrain join``): :mod:`~streamtrain.builders.join`, with
+  the other builders.
 """
 
 from streamtrain.join.joiner import Joiner, JoinTopics

@@ -11,7 +11,8 @@ one partition's state file and the next, and before a file's rename. ``write_sta
 * ``STREAMTRAIN_TEST_PAUSE_MARKER=<path>``: the file written (``<partition> <resolved>``) when
   the pause begins, so the test knows the writer stands there and can kill it,
 
-and then sleeps (:data:`PAUSE_S`, long past any test's timeout) instead of going on. The
+and then sleeps (``pause_switch.PAUSE_S``, long past any test's timeout) instead of going
+on. The
 ``STREAMTRAIN_TEST_`` prefix is the test suite's own (``config_report.OTHER_PREFIXES``); no
 setting or document offers it to users. The phases, in the order a write passes them:
 
@@ -23,33 +24,14 @@ setting or document offers it to users. The phases, in the order a write passes 
 
 from __future__ import annotations
 
-import os
-import time
-from pathlib import Path
-
-from streamtrain.ascii_int import parse_ascii_int
+from streamtrain.pause_switch import MARKER_ENV, PauseSwitch
 
 PAUSE_ENV = "STREAMTRAIN_TEST_PAUSE_IN_JOIN_CHECKPOINT"
-MARKER_ENV = "STREAMTRAIN_TEST_PAUSE_MARKER"
 PHASES = ("written", "replaced")
-PAUSE_S = 600.0
+SWITCH = PauseSwitch(PAUSE_ENV, PHASES, "min resolved")
+__all__ = ["MARKER_ENV", "PAUSE_ENV", "PHASES", "SWITCH", "pause_point"]
 
 
 def pause_point(phase: str, partition: int, resolved: int) -> None:
     """Pause here when the test suite asked for ``phase`` (module docstring)."""
-    wanted = os.environ.get(PAUSE_ENV)
-    if not wanted:
-        return
-    name, _, minimum = wanted.partition(":")
-    least = parse_ascii_int(minimum or "0")
-    if name not in PHASES or least is None:
-        raise ValueError(
-            f"{PAUSE_ENV}={wanted!r}: expected one of {', '.join(PHASES)}, optionally "
-            "followed by :<min resolved> (a test-only switch)"
-        )
-    if name != phase or resolved < least:
-        return
-    marker = os.environ.get(MARKER_ENV)
-    if marker:
-        Path(marker).write_text(f"{partition} {resolved}")
-    time.sleep(PAUSE_S)
+    SWITCH.pause_at(phase, resolved, f"{partition} {resolved}")

@@ -1,6 +1,7 @@
-"""kill -9 of one rank of a 2-rank job: torchrun restarts the group, every rank resumes from the
-last global checkpoint, and the final model and optimizer equal an uninterrupted 2-rank run's
-bit for bit, every sample learned once. And kill -9 of torchrun itself leaves no rank behind."""
+"""kill -9 of one rank of a 2-rank job (the leader, then a follower): torchrun restarts the
+group, every rank resumes from the last global checkpoint, and the final model and optimizer
+equal an uninterrupted 2-rank run's bit for bit, every sample learned once. And kill -9 of
+torchrun itself leaves no rank behind."""
 
 from __future__ import annotations
 
@@ -88,21 +89,25 @@ def test_kill_minus_9_of_a_rank_restarts_the_group_bit_identical(
         _finish(job)
     reference = checkpoint_state(reference_dir)
 
-    crash_dir = tmp_path / "crashing"
-    crash_env = _env(kafka_bootstrap, unique_name, "crash", crash_dir)
-    with killed_on_exit(start_trainer(crash_env, "--nproc", "2", "--max-restarts", "1")) as job:
-        killed_at = wait_for_checkpoint_at_least(crash_dir, 11, timeout=180)
-        os.kill(_two_ranks(job)[0], signal.SIGKILL)  # the leader, which writes checkpoints
-        output = _finish(job)
+    # Rank 0 is the leader, which writes checkpoints; rank 1 a follower, whose death the
+    # leader learns of only through the collective it waits in.
+    for rank in (0, 1):
+        crash_dir = tmp_path / f"crashing-{rank}"
+        crash_env = _env(kafka_bootstrap, unique_name, f"crash-{rank}", crash_dir)
+        job = start_trainer(crash_env, "--nproc", "2", "--max-restarts", "1")
+        with killed_on_exit(job):
+            killed_at = wait_for_checkpoint_at_least(crash_dir, 11, timeout=180)
+            os.kill(_two_ranks(job)[rank], signal.SIGKILL)
+            output = _finish(job)
 
-    recovered = checkpoint_state(crash_dir)
-    assert output.count("resumed from step") == 2, output  # both ranks of the new group
-    assert newest_step(crash_dir) > killed_at
-    assert_same_state(reference, recovered)
-    assert any(name.startswith("optimizer/") for name in recovered), "optimizer state compared"
-    position = recovered["position"]
-    assert isinstance(position, dict) and position["samples_seen"] == SAMPLES
-    assert position["offsets"] == {"0": SAMPLES // 2, "1": SAMPLES // 2}
+        recovered = checkpoint_state(crash_dir)
+        assert output.count("resumed from step") == 2, output  # both ranks of the new group
+        assert newest_step(crash_dir) > killed_at
+        assert_same_state(reference, recovered)
+        assert any(name.startswith("optimizer/") for name in recovered), "optimizer compared"
+        position = recovered["position"]
+        assert isinstance(position, dict) and position["samples_seen"] == SAMPLES
+        assert position["offsets"] == {"0": SAMPLES // 2, "1": SAMPLES // 2}
 
 
 def test_kill_minus_9_of_torchrun_leaves_no_rank_running(

@@ -30,7 +30,8 @@ LAYERS: list[set[str]] = [
     {"wire", "health"},
     {"sample", "gc_pause"},
     {"config", "metrics", "devices", "extras"},
-    {"config_report", "ascii_int"},
+    {"config_report", "pause_switch"},
+    {"ascii_int"},
 ]
 # Inside serve/: the wiring over the request path over the hot-swap path and the log.
 SERVE_LAYERS: list[set[str]] = [

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from streamtrain.join import pause_hook
+from streamtrain import pause_switch
 from streamtrain.join.pause_hook import MARKER_ENV, PAUSE_ENV, pause_point
 
 
@@ -22,7 +22,7 @@ def test_only_the_phase_and_size_asked_pause(
     marker = tmp_path / "marker"
     monkeypatch.setenv(PAUSE_ENV, "replaced:5")
     monkeypatch.setenv(MARKER_ENV, str(marker))
-    monkeypatch.setattr(pause_hook, "PAUSE_S", 0.0)
+    monkeypatch.setattr(pause_switch, "PAUSE_S", 0.0)
     pause_point("written", 0, 9)  # another phase
     pause_point("replaced", 1, 4)  # fewer resolved ids than asked
     assert not marker.exists()
