@@ -43,7 +43,7 @@ from streamtrain.kafka import KafkaConnection
 from streamtrain.sample.spec import SampleSpec
 from streamtrain.train.hooks import SnapshotRequest
 from streamtrain.train.row_tracker import RowTracker
-from streamtrain.train.weights import copy_weights
+from streamtrain.train.weights import take_snapshot
 
 HASH = "b" * 64
 SPEC = SampleSpec(feature_shape=(9,), task="regression")  # 1 ID + 8 dense features
@@ -96,14 +96,22 @@ def serve(args: argparse.Namespace, bootstrap: str, topic: str, out: Any, stop: 
     shared = frozenset(row_sparse_parameters(model)) | frozenset(row_sparse_buffers(model))
     slot = WeightSlot(model, shared=shared)
     applied: list[float] = []
+    stages: dict[int, dict[str, float]] = {}  # version -> received / applied wall times
     original = slot.apply_delta
+    original_load = slot.load
 
-    def timed_apply(*a: Any, **k: Any) -> None:
+    def timed_apply(dense: Any, rows: Any, header: Any) -> None:
         started = time.perf_counter()
-        original(*a, **k)
+        original(dense, rows, header)
         applied.append(time.perf_counter() - started)
+        stages.setdefault(header.version, {})["applied"] = time.time()
+
+    def timed_load(tensors: Any, header: Any, **k: Any) -> None:
+        original_load(tensors, header, **k)
+        stages.setdefault(header.version, {})["applied"] = time.time()
 
     slot.apply_delta = timed_apply  # type: ignore[method-assign]
+    slot.load = timed_load  # type: ignore[method-assign]
     source = SnapshotSubscriber(
         kafka=KafkaConnection(bootstrap),
         topic=topic,
@@ -111,6 +119,22 @@ def serve(args: argparse.Namespace, bootstrap: str, topic: str, out: Any, stop: 
         max_snapshot_bytes=4 * 1024**3,
         max_chunks=16384,
     )
+    original_poll = source.poll
+    tail_gaps: list[tuple[float, float]] = []  # (wall time, seconds since the previous poll)
+    last_poll = [time.time()]
+
+    def timed_poll(timeout_s: float) -> Any:
+        items = original_poll(timeout_s)
+        now = time.time()
+        tail_gaps.append((now, now - last_poll[0]))
+        last_poll[0] = now
+        for item in items:
+            manifest = getattr(item, "manifest", None)
+            if manifest is not None:
+                stages.setdefault(manifest.version, {})["received"] = now
+        return items
+
+    source.poll = timed_poll  # type: ignore[method-assign]
     watcher = SnapshotWatcher(source, slot, poll_timeout_s=0.05).start()
     probe_x = torch.zeros(1, SPEC.feature_size)
     probes: list[tuple[float, float]] = []
@@ -134,6 +158,8 @@ def serve(args: argparse.Namespace, bootstrap: str, topic: str, out: Any, stop: 
             "hwm": hwm,
             "peak": peak,
             "baseline": baseline,
+            "stages": stages,
+            "tail_gaps": sorted(tail_gaps, key=lambda g: g[1])[-5:],
         }
     )
 
@@ -154,7 +180,7 @@ def train(args: argparse.Namespace, bootstrap: str, topic: str, mode: str) -> di
         model,
         optimizer,
         base_every_deltas=10**9 if mode in ("delta", "dynamic") else 0,
-        base_every_seconds=1e9,
+        base_every_seconds=args.base_every or 1e9,
     )
     publisher = SnapshotPublisher(
         kafka=KafkaConnection(bootstrap),
@@ -163,12 +189,17 @@ def train(args: argparse.Namespace, bootstrap: str, topic: str, mode: str) -> di
         settings_hash=HASH,
     )
     sizes: list[tuple[str, int, float]] = []
+    stages: dict[int, dict[str, float]] = {}  # version -> offered / write start / acked
     writer = publisher._writer
     original = writer.write
 
     def timed_write(request: SnapshotRequest, **chain: Any) -> Any:
         started = time.perf_counter()
+        stages.setdefault(request.version, {})["write"] = time.time()
         manifest = original(request, **chain)
+        stages[request.version]["acked"] = time.time()
+        if manifest.kind == "base":
+            stages[request.version]["base"] = 1.0
         sizes.append((manifest.kind, manifest.size_bytes, time.perf_counter() - started))
         return manifest
 
@@ -198,19 +229,20 @@ def train(args: argparse.Namespace, bootstrap: str, topic: str, mode: str) -> di
         produced.append(produced_at)
         if time.time() >= next_snapshot:
             t0 = time.perf_counter()
-            rows = tracker.take()
-            tensors, ready = copy_weights(model, rows)
+            taken = take_snapshot(model, tracker)  # what the trainer's loop does
             copy_s.append(time.perf_counter() - t0)
+            stages.setdefault(step, {}).update(watermark=produced_at, offered=time.time())
             publisher.offer(
                 SnapshotRequest(
                     version=step,
                     run_id=mode,
-                    tensors=tensors,
+                    tensors=taken.tensors,
                     data_watermark=produced_at,
                     offsets={},
                     created_at=time.time(),
-                    wait_ready=ready,
-                    rows=rows,
+                    wait_ready=taken.wait_ready,
+                    rows=taken.rows,
+                    complete=taken.complete,
                 )
             )
             next_snapshot = time.time() + args.snapshot_every
@@ -224,23 +256,91 @@ def train(args: argparse.Namespace, bootstrap: str, topic: str, mode: str) -> di
         "elapsed": elapsed,
         "steps": step,
         "copy_s": copy_s,
+        "stages": stages,
     }
 
 
 def _freshness(
-    produced: list[float], probes: list[tuple[float, float]], warmup: float
-) -> list[float]:
+    produced: list[float], probes: list[tuple[float, float]]
+) -> list[tuple[float, float]]:
+    """(production time, freshness) of every batch a probe served (probes in time order)."""
     out = []
     j = 0
-    start = produced[0] + warmup if produced else 0.0
     for t in produced:
         while j < len(probes) and probes[j][1] < t:
             j += 1
         if j == len(probes):
             break
-        if t >= start:
-            out.append(probes[j][0] - t)
+        out.append((t, probes[j][0] - t))
     return out
+
+
+def _print_stages(
+    result: dict[str, Any], served: dict[str, Any], first: float, worst: list[tuple[float, float]]
+) -> None:
+    """For each of the worst batches: the snapshot that first carried it, stage by stage
+    (seconds after the batch was produced): offered (copied), publish started, acked, received
+    by the server's subscriber, applied."""
+    trained = result["stages"]
+    versions = sorted(v for v in trained if "watermark" in trained[v])
+    for fresh, at in worst:
+        produced = first + at
+        carrier = next((v for v in versions if trained[v]["watermark"] >= produced), None)
+        if carrier is None:
+            continue
+        row = {**trained[carrier], **served["stages"].get(carrier, {})}
+        # the snapshot actually published may be a later one (merged in the newest-wins slot)
+        pub = next((v for v in sorted(trained) if v >= carrier and "acked" in trained[v]), None)
+        if pub is not None and pub != carrier:
+            row.update({k: trained[pub][k] for k in ("write", "acked")})
+            row.update(served["stages"].get(pub, {}))
+        steps = "  ".join(
+            f"{k}=+{row[k] - produced:.2f}"
+            for k in ("offered", "write", "acked", "received", "applied")
+            if k in row
+        )
+        print(f"  batch +{at:.1f}s fresh {fresh:.2f}s: snapshot {carrier}->{pub} {steps}")
+    gaps = ", ".join(f"{gap:.2f}s@+{t - first:.1f}s" for t, gap in served["tail_gaps"])
+    print(f"  longest waits between subscriber polls: {gaps}")
+
+
+def _plot(
+    args: argparse.Namespace,
+    mode: str,
+    pairs: list[tuple[float, float]],
+    first: float,
+    stages: dict[int, dict[str, float]],
+) -> None:
+    """Freshness of every batch against its production time (s after the server's first
+    prediction), base publications (acknowledged) as vertical lines: a stall is seen."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(10, 4))
+    axes.plot([t - first for t, _ in pairs], [f for _, f in pairs], ".", markersize=2)
+    for version, row in stages.items():
+        if "base" in row:
+            axes.axvline(row["acked"] - first, color="tab:red", linewidth=0.8)
+            axes.annotate(
+                f"base {version}",
+                (row["acked"] - first, 0.95),
+                xycoords=axes.get_xaxis_transform(),
+                color="tab:red",
+            )
+    axes.axvline(args.warmup, color="grey", linestyle=":", linewidth=0.8)
+    axes.set_xlabel("batch produced, s after the server's first prediction")
+    axes.set_ylabel("freshness, s")
+    axes.set_yscale("log")
+    axes.set_title(
+        f"bench/delta.py {mode}: {args.rows * args.dim * 4 / 1e9:.2f} GB table, "
+        f"{args.rate:.0f} samples/s, snapshot every {args.snapshot_every} s"
+    )
+    figure.tight_layout()
+    path = Path(args.plot).with_suffix(f".{mode}.png")
+    figure.savefig(path, dpi=110)
+    print(f"  plot: {path}")
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -261,15 +361,20 @@ def run(args: argparse.Namespace, broker: EmbeddedBroker, mode: str) -> dict[str
     stop.set()
     served = out.get(timeout=300)
     server.join(60)
-    fresh = _freshness(result["produced"], served["probes"], args.warmup)
+    pairs = _freshness(result["produced"], served["probes"])
     first = served["probes"][0][0] if served["probes"] else 0.0
-    ages = sorted(
-        (f, t - first)
-        for f, t in zip(
-            fresh, [t for t in result["produced"] if t >= first + args.warmup], strict=False
-        )
-    )
+    # Measured: batches produced --warmup s after the server's first prediction. (Before this
+    # fix the bench counted the warmup from the trainer's first batch but labelled the worst
+    # batches relative to the first prediction: see bench/README.md, Delta.)
+    fresh = [f for t, f in pairs if t >= first + args.warmup]
+    old = [f for t, f in pairs if t >= result["produced"][0] + args.warmup]
+    print(f"  p99 with the warmup counted from the trainer's first batch: {_pct(old, 0.99):.2f} s")
+    ages = sorted((f, t - first) for t, f in pairs if t >= first + args.warmup)
+    # --- large (issue 26): the freshness-over-time plot ---
+    if args.plot and pairs:
+        _plot(args, mode, pairs, first, result["stages"])
     worst = ", ".join(f"{f:.2f}s@+{at:.1f}s" for f, at in ages[-5:])
+    _print_stages(result, served, first, ages[-5:])
     sizes = result["sizes"]
     deltas = [s for s in sizes if s[0] == "delta"]
     model_bytes = args.rows * args.dim * 4
@@ -286,6 +391,10 @@ def run(args: argparse.Namespace, broker: EmbeddedBroker, mode: str) -> dict[str
         "delta MB": statistics.median(s[1] for s in deltas) / 1e6 if deltas else float("nan"),
         "publish s": statistics.median(s[2] for s in (deltas or sizes)),
         "copy s": statistics.median(result["copy_s"]),
+        # the first snapshot is always a full copy (nothing to complete a base from yet)
+        "first copy s": result["copy_s"][0],
+        "stall max s (after the first)": max(result["copy_s"][1:], default=float("nan")),
+        "stall p99 s (after the first)": _pct(result["copy_s"][1:], 0.99),
         "apply s": statistics.median(served["applied"]) if served["applied"] else float("nan"),
         "peak RSS/model": served["peak"] / model_bytes,
         "end RSS/model (trimmed)": served["rss"] / model_bytes,
@@ -316,10 +425,22 @@ def main() -> None:
         choices=["delta", "full", "dynamic"],
         help="dynamic: deltas of a dynamic table, full and churning (bench/delta_dynamic.py)",
     )
+    # --- large (issue 26): table size in GB, base rotation, the plot ---
+    parser.add_argument(
+        "--table-gb", type=float, default=None, help="table size in GB (sets --rows for --dim)"
+    )
+    parser.add_argument(
+        "--base-every", type=float, default=None, help="delta mode: a new base every N s"
+    )
+    parser.add_argument(
+        "--plot", default=None, help="write the freshness-over-time PNG(s) here (PATH.MODE.png)"
+    )
     parser.add_argument(
         "--device", default="cpu", help="the trainer's device (cpu, cuda); the server's is cpu"
     )
     args = parser.parse_args()
+    if args.table_gb is not None:
+        args.rows = int(args.table_gb * 1e9 / (args.dim * 4))
     torch.set_num_threads(1)
     print(
         f"table {args.rows} x {args.dim} fp32 = {args.rows * args.dim * 4 / 1e9:.2f} GB, "

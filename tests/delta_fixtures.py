@@ -35,9 +35,9 @@ def _example() -> ModuleType:
     return load_file(EXAMPLE, "tests_embedding_model")
 
 
-def build_model(seed: int = 0) -> torch.nn.Module:
+def build_model(seed: int = 0, params: dict[str, int] | None = None) -> torch.nn.Module:
     torch.manual_seed(seed)
-    model: torch.nn.Module = _example().build_id_embedding(SPEC, PARAMS)
+    model: torch.nn.Module = _example().build_id_embedding(SPEC, params or PARAMS)
     return model
 
 

@@ -19,6 +19,8 @@ from streamtrain.kafka import (
     record_producer,
 )
 from streamtrain.kafka.group_consumer import CoPartitionedGroup
+from streamtrain.quality.books import VersionBooks
+from streamtrain.quality.pairing import ServedQuality
 from streamtrain.sample.spec import spec_for_model
 from streamtrain.wire.label_record import LabelError, decode_label, encode_label_json
 
@@ -49,6 +51,18 @@ def join_policy(settings: Settings) -> JoinPolicy:
         max_pending_labels=join.max_pending_labels,
         max_remembered_ids=join.max_remembered_ids,
     )
+
+
+def served_quality(settings: Settings) -> ServedQuality | None:
+    """The join's served-quality scoring, exported on its /metrics (None when switched off)."""
+    join = settings.join
+    books = None
+    if join.quality:
+        books = VersionBooks(
+            spec_for_model(settings.model), join.quality_versions, join.quality_window_s
+        )
+    metrics.SERVED_QUALITY.attach(None if books is None else books.series)
+    return None if books is None else ServedQuality(books, join.max_pending_predictions)
 
 
 @dataclass
@@ -103,6 +117,7 @@ def build_join(settings: Settings, *, create_missing_topics: bool = True) -> Run
         input_logs=InputLogs(
             topics.predictions, topics.labels, kafka_verify(kafka), settings.join.on_log_lost
         ),
+        quality=served_quality(settings),
     )
     group = co_partitioned_group(
         kafka,

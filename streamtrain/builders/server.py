@@ -17,14 +17,17 @@ import torch
 from streamtrain.config import ModelSettings, ServeSettings, Settings
 from streamtrain.devices import resolve_device
 from streamtrain.extras import MissingExtra
-from streamtrain.kafka import KafkaConnection, RecordProducer, record_producer
+from streamtrain.kafka import KafkaConnection, RecordProducer, record_consumer, record_producer
 from streamtrain.metrics import SERVER_REGISTRY
+from streamtrain.quality.promotion import PromotionRule
 from streamtrain.sample.spec import SampleSpec, spec_for_model
 from streamtrain.serve.prediction_log.writer import PredictionLog
+from streamtrain.serve.promotion import PromotionWatch
 from streamtrain.serve.protocol.admin import AdminEndpoints
 from streamtrain.serve.protocol.bodies import ModelIO
 from streamtrain.serve.protocol.dataplane import ServedModel
 from streamtrain.serve.protocol.rest import create_app
+from streamtrain.serve.protocol.split import TrafficSplit, split_plan
 from streamtrain.serve.server import ServingWorker
 from streamtrain.serve.weights.inference import BatchingEngine, DirectEngine, Engine, head_for
 from streamtrain.serve.weights.retained import RetainedVersions
@@ -152,6 +155,7 @@ def build_worker(settings: Settings, source: SnapshotSource | None = None) -> Se
         serve.retain_versions,
         pin_store=cache,
     )
+    split = TrafficSplit(split_plan(serve), retained)
     served = ServedModel(
         slot=slot,
         engine=runner,
@@ -159,12 +163,13 @@ def build_worker(settings: Settings, source: SnapshotSource | None = None) -> Se
         name=serve.model_name,
         retained=retained,
         prediction_log=build_prediction_log(settings, spec),
+        split=split,
     )
     app = create_app(
         served=served,
         max_body_bytes=serve.max_body_bytes,
         metrics_registry=SERVER_REGISTRY if serve.metrics_port is None else None,
-        extra_routes=AdminEndpoints(retained, serve.admin_token).routes(),
+        extra_routes=AdminEndpoints(retained, serve.admin_token, split).routes(),
     )
     watcher = SnapshotWatcher(
         source if source is not None else build_source(settings, verifier),
@@ -182,11 +187,32 @@ def build_worker(settings: Settings, source: SnapshotSource | None = None) -> Se
             metrics_port=serve.metrics_port,
             grpc=grpc,
             tls=_tls(serve),
+            promotion=build_promotion(settings, split, retained, spec),
         )
     except BaseException:
         if grpc is not None:
             grpc.stop()  # its thread and bound port would outlive a worker that never ran
         raise
+
+
+def build_promotion(
+    settings: Settings, split: TrafficSplit, retained: RetainedVersions, spec: SampleSpec
+) -> PromotionWatch | None:
+    """The served-quality promotion watch when ``serve.promotion`` is on."""
+    serve = settings.serve
+    if not serve.promotion:
+        return None
+    kafka = KafkaConnection.from_settings(settings.kafka)
+    return PromotionWatch(
+        split=split,
+        retained=retained,
+        spec=spec,
+        rule=PromotionRule(serve.promotion_min_rows, serve.promotion_margin, serve.promotion_z),
+        consumer=lambda topic: record_consumer(kafka, topic=topic),
+        predictions=settings.topics.predictions,
+        labels=settings.topics.labels,
+        check_every_s=serve.promotion_check_s,
+    )
 
 
 def _tls(serve: ServeSettings) -> tuple[Path, Path] | None:

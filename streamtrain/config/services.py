@@ -63,6 +63,39 @@ class ServeSettings(_Frozen):
     admin_token: SecretStr | None = Field(
         None, description="Bearer token of the admin API (pin, rollback); None disables it."
     )
+    # --- traffic split and shadow (serve/protocol/split.py, docs/serving.md) ---
+    split_candidate: str | None = Field(
+        None,
+        description="Candidate of a traffic split: a retained version, or 'newest' (the newest "
+        "retained one while a pin holds it back); None serves everything live.",
+    )
+    split_share: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="Share of requests (by request-id hash) the candidate gets.",
+    )
+    split_mode: Literal["split", "shadow"] = Field(
+        "split",
+        description="split: the candidate answers its share; shadow: computed, logged only.",
+    )
+    promotion: bool = Field(
+        False,
+        description="Promote or roll back the split's candidate by served quality "
+        "(reads topics.predictions and topics.labels; needs prediction_log).",
+    )
+    promotion_min_rows: int = Field(
+        500, ge=1, description="Labelled rows each arm needs before a promotion decision."
+    )
+    promotion_margin: float = Field(
+        0.0, ge=0.0, description="Mean per-row loss difference a decision must exceed."
+    )
+    promotion_z: float = Field(
+        3.0, gt=0.0, description="One-sided z the difference less the margin must reach."
+    )
+    promotion_check_s: float = Field(
+        2.0, gt=0.0, le=3600, description="Seconds between promotion checks."
+    )
     tls_certfile: Path | None = Field(
         None, description="PEM certificate (chain) for HTTPS and gRPC over TLS; needs tls_keyfile."
     )
@@ -83,6 +116,15 @@ class ServeSettings(_Frozen):
         description="A log record unacknowledged this long, retries included, is dropped; "
         "also bounds the flush at shutdown.",
     )
+
+    @model_validator(mode="after")
+    def _promotion_reads_the_log(self) -> ServeSettings:
+        if self.promotion and not self.prediction_log:
+            raise ValueError(
+                "serve.promotion judges the rows the prediction log writes: set "
+                "serve.prediction_log true as well, or serve.promotion false"
+            )
+        return self
 
     @model_validator(mode="after")
     def _tls_pair(self) -> ServeSettings:
@@ -151,6 +193,19 @@ class JoinSettings(_Frozen):
         ge=1,
         description="Resolved ids remembered per partition (remember_s); "
         "the oldest beyond it are forgotten early.",
+    )
+    # --- served quality (streamtrain.quality, docs/labels.md) ---
+    quality: bool = Field(
+        True, description="Score served rows against their labels per model version and arm."
+    )
+    quality_versions: int = Field(
+        4,
+        ge=1,
+        le=64,
+        description="Versions with their own quality series; older ones are 'older'.",
+    )
+    quality_window_s: float = Field(
+        300.0, gt=0, description="Event-time window (served_at) of the window_* quality gauges."
     )
     state_dir: Path = Field(
         Path("join-state"), description="Checkpoints of per-partition state; shared by replicas."

@@ -307,11 +307,11 @@ class LockstepTrainer(Trainer):
         if not int(flag):
             return
         model = self._learner.model
-        copied, rows = assemble_snapshot(
+        taken = assemble_snapshot(
             model, self._row_tracker, sharded_names(model), self._layout, self._comm
         )
         if self._group.is_leader:
-            self._publish(copied, rows)
+            self._publish(taken)
 
     def _stage_shards(self, step: int) -> dict[int, dict[str, str]]:
         """Every rank but 0 stages its own model and optimizer files for ``step``; rank 0

@@ -26,7 +26,7 @@ from torch import nn
 from streamtrain.train.models.embedding import EmbeddingTables
 from streamtrain.train.models.row_layout import ShardLayout
 from streamtrain.train.row_tracker import RowTracker
-from streamtrain.train.weights import WeightsCopy, copy_weights
+from streamtrain.train.weights import SnapshotCopy, copy_weights
 
 
 def sharded_names(model: nn.Module) -> dict[str, int]:
@@ -64,7 +64,7 @@ def assemble_snapshot(
     names: dict[str, int],
     layout: ShardLayout,
     comm: torch.device,
-) -> tuple[WeightsCopy, dict[str, torch.Tensor] | None]:
+) -> SnapshotCopy:
     """Steps 2-3 of the module doc on every rank; rank 0 gets the snapshot's tensors, the
     function that waits for them and its rows (None: a base). Other ranks get empty tensors."""
     taken = None if tracker is None else tracker.take()
@@ -88,7 +88,7 @@ def assemble_snapshot(
         for name, (global_rows, values) in own.items()
     }
     if layout.rank != 0:
-        return ({}, _noop), None
+        return SnapshotCopy({}, _noop, None, complete=False)
     # a delta copies none of the local shards' rows here (an empty selection): they come
     # from the gather below
     nothing = torch.empty(0, dtype=torch.int64)
@@ -105,7 +105,9 @@ def assemble_snapshot(
             tensors[name] = whole
         else:
             tensors[name], out_rows[name] = values[order], global_rows[order]
-    return (tensors, wait_ready), out_rows
+    # complete=False: a base carries every row (gathered above), never left for the sink to
+    # complete from its own copy
+    return SnapshotCopy(tensors, wait_ready, out_rows, complete=False)
 
 
 def _noop() -> None:

@@ -85,6 +85,7 @@ from streamtrain.join.state_file import read_state, state_path, write_state
 from streamtrain.kafka.confluent_consumer import ConfluentRecord
 from streamtrain.kafka.group_consumer import CoPartitionedGroup
 from streamtrain.kafka.reachability import REACHABILITY
+from streamtrain.quality.pairing import ServedQuality
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +127,7 @@ class Joiner:
         on_log_lost: OnLogLost = "fail",
         wall_clock: Callable[[], float] = time.time,
         input_logs: InputLogs | None = None,
+        quality: ServedQuality | None = None,
     ) -> None:
         self.policy = policy
         self.topics = topics
@@ -138,6 +140,7 @@ class Joiner:
         self._clock = wall_clock
         self._group: CoPartitionedGroup | None = None
         self._inputs = input_logs  # None: input logs not rechecked (unit tests without Kafka)
+        self._quality = quality  # served quality: sees every record the join applies
         self._routing = LabelRouting(topics.labels, self._require_group)
         self.states: dict[int, PartitionState] = {}
         self._checkpointed_ends: dict[int, int] | None = None  # E of the last checkpoint
@@ -203,6 +206,8 @@ class Joiner:
         if state is None:  # fetched before a revoke: the new owner applies it
             return
         source = SourceRecord.of(record)
+        if self._quality is not None:
+            self._quality.observe(source, record.topic == self.topics.predictions)
         if record.topic == self.topics.predictions:
             self._carry_out(state, state.add_prediction(source))
         else:
@@ -332,9 +337,7 @@ class Joiner:
             found = emitted.get(join_tag(self.topics.predictions, p), {})
             self.states[p].already_emitted.update(found)
             if found:
-                log.info(
-                    "partition %d: %d samples were emitted after its checkpoint", p, len(found)
-                )
+                log.info("partition %d: %d samples emitted after its checkpoint", p, len(found))
         if partitions:
             self.checkpoint(partitions)  # 4.
         metrics.JOIN_ASSIGNED.set(len(self.states))
@@ -362,9 +365,8 @@ class Joiner:
         log.info("handed back partitions %s", list(held))
 
     def _lost(self, checkpointed: Mapping[int, int], now: Mapping[int, int] | None = None) -> bool:
-        """Whether the samples topic (its ends ``now``, read when None) lost what
-        ``checkpointed`` saw and the join starts over (:mod:`streamtrain.join.log_lost`;
-        raises JoinLogLost under ``on_log_lost=fail``)."""
+        """Whether the samples topic (its ends ``now``, read when None) lost what ``checkpointed``
+        saw and the join starts over (join.log_lost; JoinLogLost under on_log_lost=fail)."""
         if not checkpointed:
             return False
         if now is None:

@@ -13,6 +13,8 @@ to carry out. The rules, in order of precedence:
 * A label with no prediction yet waits until the prediction log has been read
   ``label_wait_s`` past the label's timestamp, then goes out as ``unknown_id``. A second label
   for a waiting id is a ``duplicate``.
+* A shadow row (computed, never answered: :mod:`streamtrain.serve.protocol.split`) is skipped;
+  only served quality (:mod:`streamtrain.quality`) reads it.
 * A prediction expires once the labels log has been read past ``served_at + window_s``
   (event time, see :meth:`PartitionState.saw_labels_until`): it is dropped or emitted with
   the default label (outcome ``default_label``), as the policy says.
@@ -203,6 +205,8 @@ class PartitionState:
             logged = decode_prediction(record.value)
         except PredictionRecordError as exc:
             return [DeadLetter(record, exc.reason, exc.detail)]
+        if logged.arm == "shadow":  # never answered: served quality scores it, nothing trains
+            return []
         rid, sample = logged.request_id, logged.sample
         if not self._sample_fits(sample):
             return [

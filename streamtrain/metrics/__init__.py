@@ -9,6 +9,7 @@ training, checkpoints, snapshot publishing), ``SERVER_REGISTRY`` (serving) and `
 from streamtrain.metrics.http import *  # noqa: F403
 from streamtrain.metrics.join import *  # noqa: F403
 from streamtrain.metrics.process import *  # noqa: F403
+from streamtrain.metrics.quality import *  # noqa: F403
 from streamtrain.metrics.registries import *  # noqa: F403
 from streamtrain.metrics.server import *  # noqa: F403
 from streamtrain.metrics.tables import *  # noqa: F403

@@ -106,3 +106,23 @@ SERVE_PREDICTION_LOG_RECORD_BYTES = Histogram(
     buckets=(64, 128, 256, 512, 1024, 4096, 16384, 65536, 262144, 1_048_576),
     registry=SERVER_REGISTRY,
 )
+# --- traffic split and shadow (issue 28, serve/protocol/split.py) ---------------------------
+SERVE_ARM_REQUESTS = Counter(
+    "streamtrain_serve_arm_requests_total",
+    "Infer requests naming no version, by the arm that took them: live, candidate (answered "
+    "by the split's candidate) or shadow (answered live, the candidate computed and logged).",
+    ["arm"],
+    registry=SERVER_REGISTRY,
+)
+SERVE_SPLIT_SHARE = Gauge(
+    "streamtrain_serve_split_share_ratio",
+    "Share of requests routed to the candidate, by mode (split, shadow); 0 when off.",
+    ["mode"],
+    registry=SERVER_REGISTRY,
+)
+SERVE_PROMOTION_DECISIONS = Counter(
+    "streamtrain_serve_promotion_decisions_total",
+    "Decisions of the served-quality promotion policy: promote or rollback.",
+    ["decision"],
+    registry=SERVER_REGISTRY,
+)

@@ -226,6 +226,13 @@ SNAPSHOT_PUBLISH_SECONDS = Histogram(
     buckets=_SLOW,
     registry=TRAINER_REGISTRY,
 )
+# --- large (issue 26): the training thread's pause per snapshot ---
+SNAPSHOT_STALL_SECONDS = Histogram(
+    "streamtrain_snapshot_stall_seconds",
+    "Time the training thread spent taking one snapshot's copy of the weights.",
+    buckets=_FAST,
+    registry=TRAINER_REGISTRY,
+)
 SNAPSHOT_VERSION = Gauge(
     "streamtrain_snapshot_version",
     "Version (trainer step) of the last published snapshot.",

@@ -31,6 +31,7 @@ import uvicorn
 from starlette.applications import Starlette
 
 from streamtrain.metrics import SERVER_REGISTRY, serve_metrics
+from streamtrain.serve.promotion import PromotionWatch
 from streamtrain.serve.protocol.dataplane import ServedModel
 from streamtrain.serve.weights.watcher import SnapshotWatcher
 
@@ -60,6 +61,7 @@ class ServingWorker:
         metrics_port: int | None = None,
         grpc: GrpcServer | None = None,
         tls: tuple[Path, Path] | None = None,
+        promotion: PromotionWatch | None = None,
     ) -> None:
         self.app = app
         self.grpc = grpc
@@ -67,6 +69,7 @@ class ServingWorker:
         self.slot = served.slot
         self._engine = served.engine
         self._watcher = watcher
+        self._promotion = promotion
         self._metrics_port = metrics_port
         self._metrics_server: Any = None
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -120,6 +123,8 @@ class ServingWorker:
             self._metrics_server = serve_metrics(SERVER_REGISTRY, self._metrics_port, self._host)
         if self.prediction_log is not None:
             self.prediction_log.start()
+        if self._promotion is not None:
+            self._promotion.start()
         if self.grpc is not None:
             self.grpc.start()
         self._watcher.start()
@@ -170,6 +175,8 @@ class ServingWorker:
     def _close(self) -> None:
         if self.grpc is not None:
             self.grpc.stop()
+        if self._promotion is not None:
+            self._promotion.stop()
         if self.prediction_log is not None:
             self.prediction_log.close()
         self._watcher.stop()

@@ -4,7 +4,7 @@ Example:
     >>> assembler = Assembler(max_bytes=1024)
     >>> assembler.add("run/1", Chunk(0, 2, b"ab"), offset=10)
     []
-    >>> sorted(assembler.take("run/1"))
+    >>> sorted(assembler.take("run/1").indices())
     [0]
 """
 
@@ -12,18 +12,19 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from pathlib import Path
 
 from streamtrain.snapshot.manifest import parse_snapshot_id
-from streamtrain.snapshot.verify import MAX_CHUNKS, Chunk, RejectedSnapshot
+from streamtrain.snapshot.spool import Chunk, Spool
+from streamtrain.snapshot.verify import MAX_CHUNKS, RejectedSnapshot
 
 
 @dataclass
 class _Assembly:
     run_id: str
     version: int | None
-    chunks: dict[int, Chunk] = field(default_factory=dict)
-    nbytes: int = 0
+    chunks: Spool  # on disk as they arrive (spool.py): memory is one chunk, not the snapshot
     last_offset: int = -1
     last_seen: float = 0.0
 
@@ -50,8 +51,10 @@ class Assembler:
         max_chunks: int = MAX_CHUNKS,
         stale_after_s: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
+        spool_dir: Path | None = None,
     ) -> None:
         self.max_bytes = max_bytes
+        self.spool_dir = spool_dir
         self.max_pending = max_pending
         self.max_chunks = max_chunks
         self.stale_after_s = stale_after_s
@@ -61,22 +64,30 @@ class Assembler:
     def __len__(self) -> int:
         return len(self._open)
 
-    def add(self, snapshot_id: str, chunk: Chunk, offset: int) -> list[RejectedSnapshot]:
-        """Keep ``chunk``; return rejections of assemblies this chunk proves dead."""
+    def new_spool(self) -> Spool:
+        return Spool(max_bytes=self.max_bytes, directory=self.spool_dir)
+
+    def add(
+        self, snapshot_id: str, chunk: Chunk, offset: int, sha256: str | None = None
+    ) -> list[RejectedSnapshot]:
+        """Keep ``chunk`` (its own digest ``sha256`` checked); return rejections of assemblies
+        this chunk proves dead."""
         parsed = parse_snapshot_id(snapshot_id)
         run_id, version = parsed if parsed else (snapshot_id, None)
         rejected = self._abandon_older(run_id, version)
         assembly = self._open.get(snapshot_id)
         if assembly is None or chunk.index == 0:
             # Chunk 0 again means the same snapshot is being written anew: start over.
-            assembly = self._open[snapshot_id] = _Assembly(run_id, version)
-        previous = assembly.chunks.get(chunk.index)
-        assembly.nbytes += len(chunk.data) - (len(previous.data) if previous else 0)
-        assembly.chunks[chunk.index] = chunk
+            if assembly is not None:
+                assembly.chunks.close()
+            assembly = self._open[snapshot_id] = _Assembly(run_id, version, self.new_spool())
+        assembly.chunks.add(chunk, sha256)
         assembly.last_offset = offset
         assembly.last_seen = self._clock()
-        if assembly.nbytes > self.max_bytes or len(assembly.chunks) > self.max_chunks:
+        spool = assembly.chunks
+        if spool.overflow or spool.nbytes > self.max_bytes or len(spool) > self.max_chunks:
             del self._open[snapshot_id]
+            spool.close()
             rejected.append(
                 RejectedSnapshot(
                     "size",
@@ -91,10 +102,11 @@ class Assembler:
             rejected.append(self._drop(oldest, f"more than {self.max_pending} snapshots open"))
         return rejected
 
-    def take(self, snapshot_id: str) -> dict[int, Chunk]:
-        """Remove and return the chunks gathered for ``snapshot_id`` (empty if none)."""
+    def take(self, snapshot_id: str) -> Spool:
+        """Remove and return the chunks gathered for ``snapshot_id`` (a new, empty spool if
+        none); the caller closes it."""
         assembly = self._open.pop(snapshot_id, None)
-        return assembly.chunks if assembly else {}
+        return assembly.chunks if assembly else self.new_spool()
 
     def expire(self, caught_up: bool) -> list[RejectedSnapshot]:
         """Drop assemblies not fed for ``stale_after_s``; only judged while caught up, since a
@@ -117,6 +129,7 @@ class Assembler:
 
     def _drop(self, snapshot_id: str, why: str) -> RejectedSnapshot:
         assembly = self._open.pop(snapshot_id)
+        assembly.chunks.close()
         return RejectedSnapshot(
             "incomplete",
             f"snapshot {snapshot_id}: only {len(assembly.chunks)} chunks arrived and no manifest "

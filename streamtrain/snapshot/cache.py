@@ -42,7 +42,7 @@ from streamtrain.snapshot.verify import (
     ReceivedSnapshot,
     RejectedSnapshot,
     screen_manifest,
-    verify_payload,
+    verify_file,
 )
 
 log = logging.getLogger(__name__)
@@ -87,7 +87,7 @@ class SnapshotCache:
 
     def store(self, snapshot: ReceivedSnapshot) -> Path | None:
         """Write ``snapshot`` (invariants 1-2); None when it lacks the bytes to re-verify."""
-        if not snapshot.payload or not snapshot.raw_manifest:
+        if snapshot.payload is None or not snapshot.raw_manifest:
             return None
         manifest = snapshot.manifest
         final = self.directory / f"v{manifest.version:020d}-{manifest.sha256[:16]}"
@@ -100,7 +100,7 @@ class SnapshotCache:
             _write(tmp / _MANIFEST, snapshot.raw_manifest)
             if snapshot.signature is not None:
                 _write(tmp / _SIGNATURE, snapshot.signature.encode())
-            _write(tmp / _PAYLOAD, snapshot.payload)
+            snapshot.payload.copy_to(tmp / _PAYLOAD)  # from the spooled file, never in memory
             try:
                 os.rename(tmp, final)
             except OSError:
@@ -196,18 +196,18 @@ class SnapshotCache:
         )
         if isinstance(manifest, RejectedSnapshot):
             return _cached(manifest)
-        payload = _read_bounded(path / _PAYLOAD, manifest.size_bytes)
-        if payload is None:
-            return RejectedSnapshot(
-                "size",
-                f"cached snapshot {snapshot_id}: payload missing or larger than the "
-                f"{manifest.size_bytes} bytes its manifest announces",
-                manifest.version,
+        try:
+            # Memory-mapped, never read whole (mapped.py); the size is checked before anything
+            # else reads it (verify_file), so a file larger than announced is not read at all.
+            with (path / _PAYLOAD).open("rb") as payload:
+                result = verify_file(manifest, payload)
+        except OSError:
+            result = RejectedSnapshot(
+                "size", f"snapshot {snapshot_id}: payload missing", manifest.version
             )
-        result = verify_payload(manifest, payload)
         if isinstance(result, RejectedSnapshot):
             return _cached(result)
-        return ReceivedSnapshot(result.manifest, result.tensors, payload, raw, signature)
+        return ReceivedSnapshot(result.manifest, result.tensors, result.payload, raw, signature)
 
 
 def _cached(rejected: RejectedSnapshot) -> RejectedSnapshot:

@@ -23,6 +23,7 @@ from collections.abc import Mapping
 
 import torch
 
+from streamtrain.snapshot.mapped import copy_released
 from streamtrain.train.hooks import SnapshotRequest
 
 ROWS_SUFFIX = "@rows"
@@ -76,7 +77,7 @@ def apply_rows(
 ) -> None:
     """Write ``whole`` tensors and row updates into ``targets`` in place (callers: no_grad)."""
     for name, tensor in whole.items():
-        targets[name].copy_(tensor)
+        copy_released(targets[name], tensor)  # a base's table, block by block (mapped.py)
     for name, (index, values) in rows.items():
         target = targets[name]
         target.index_copy_(0, index.to(target.device), values.to(target.device))
@@ -113,7 +114,9 @@ def merge_requests(older: SnapshotRequest, newer: SnapshotRequest) -> SnapshotRe
                 tensors[name] = tensor
                 continue
             rows[name], tensors[name] = _union(rows[name], tensors[name], index, tensor)
-    return dataclasses.replace(newer, tensors=tensors, rows=rows)
+    # A scheduled base (``complete``) absorbs the deltas around it and stays one.
+    complete = rows is not None and (older.complete or newer.complete)
+    return dataclasses.replace(newer, tensors=tensors, rows=rows, complete=complete)
 
 
 def _union(

@@ -68,7 +68,7 @@ def decode_state(payload: bytes) -> dict[str, torch.Tensor]:
         raise CodecError(f"payload is not a valid safetensors file: {exc}") from exc
 
 
-def sha256_hex(payload: bytes) -> str:
+def sha256_hex(payload: bytes | memoryview) -> str:
     return hashlib.sha256(payload).hexdigest()
 
 

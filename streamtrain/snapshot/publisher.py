@@ -10,6 +10,7 @@ from streamtrain import metrics
 from streamtrain.kafka import KafkaConnection
 from streamtrain.snapshot.delta import merge_requests
 from streamtrain.snapshot.mailbox import NewestWinsWorker
+from streamtrain.snapshot.shadow import ShadowCopy
 from streamtrain.snapshot.signing import ManifestSigner
 from streamtrain.snapshot.writer import SnapshotWriter
 from streamtrain.train.hooks import SnapshotRequest
@@ -65,6 +66,7 @@ class SnapshotPublisher:
         )
         self._lock = threading.Lock()
         self._next: SnapshotRequest | None = None  # what the next publish sends (merged)
+        self._shadow = ShadowCopy()
         self._base_id: str | None = None
         self._last_id: str | None = None
         self._worker: NewestWinsWorker[int] = NewestWinsWorker(
@@ -83,6 +85,10 @@ class SnapshotPublisher:
             request, self._next = self._next, None
         if request is None:
             return  # already sent under an earlier wake-up, merged with this one
+        request = self._shadow.fold(request)  # a scheduled base completed from the copy
+        if request is None:
+            metrics.SNAPSHOT_PUBLISH_ERRORS.inc()
+            return
         if request.rows is not None and self._base_id is None:
             log.error(
                 "delta %s/%d has no published base; waiting for the next base",

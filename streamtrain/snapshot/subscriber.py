@@ -6,6 +6,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 
 from streamtrain.kafka import KafkaConnection, PartitionReader, ReadTimeout, partition_reader
 from streamtrain.kafka.errors import KafkaUnreachable
@@ -16,14 +17,15 @@ from streamtrain.sample.record_mark import RecordMark, mark_of
 from streamtrain.snapshot import wire
 from streamtrain.snapshot.assembly import Assembler
 from streamtrain.snapshot.manifest import SnapshotManifest, parse_snapshot_id
+from streamtrain.snapshot.scan import Candidate, scan_manifests
 from streamtrain.snapshot.signing import ManifestVerifier
+from streamtrain.snapshot.spool import Chunk, Spool, return_chunk_buffers
 from streamtrain.snapshot.verify import (
     MAX_CHUNKS,
-    Chunk,
     ReceivedSnapshot,
     RejectedSnapshot,
-    assemble,
     screen_manifest,
+    verify_spool,
 )
 
 log = logging.getLogger(__name__)
@@ -31,19 +33,9 @@ log = logging.getLogger(__name__)
 Result = ReceivedSnapshot | RejectedSnapshot
 
 _BACK_READ_S = 30.0  # budget to re-read a snapshot's chunks the tail did not see
-_FIRST_WINDOW = 16  # records; the scan reads backwards in windows doubling up to _MAX_WINDOW
-_MAX_WINDOW = 1024
 # Rejections queued for the next poll(); a topic flooded with junk manifests must not grow the
 # queue without bound (the excess is logged as a count).
 _MAX_QUEUED = 256
-
-
-@dataclasses.dataclass(frozen=True)
-class _Candidate:
-    manifest: SnapshotManifest
-    offset: int
-    raw: bytes
-    signature: str | None
 
 
 class SnapshotSubscriber:
@@ -78,6 +70,7 @@ class SnapshotSubscriber:
         max_snapshot_bytes: int = 2 * 1024**3,
         max_chunks: int = MAX_CHUNKS,
         verifier: ManifestVerifier | None = None,
+        spool_dir: Path | None = None,
     ) -> None:
         self.topic = topic
         self.settings_hash = settings_hash
@@ -88,7 +81,9 @@ class SnapshotSubscriber:
         self._fetch_max_wait_ms = fetch_max_wait_ms
         self._tail_reader: PartitionReader | None = None
         self._random_reader: PartitionReader | None = None
-        self._assembler = Assembler(max_bytes=max_snapshot_bytes, max_chunks=max_chunks)
+        self.spool_dir = spool_dir  # where chunks wait for their manifest (None: $TMPDIR)
+        return_chunk_buffers()
+        self._assembler = self._new_assembler()
         self._pending: list[Result] = []
         self._dropped = 0
         self._tail_ready = False
@@ -110,6 +105,11 @@ class SnapshotSubscriber:
             self._random_reader = self._new_reader()
         return self._random_reader
 
+    def _new_assembler(self) -> Assembler:
+        return Assembler(
+            max_bytes=self.max_snapshot_bytes, max_chunks=self.max_chunks, spool_dir=self.spool_dir
+        )
+
     def _new_reader(self) -> PartitionReader:
         return partition_reader(
             self._kafka, topic=self.topic, fetch_max_wait_ms=self._fetch_max_wait_ms
@@ -127,12 +127,11 @@ class SnapshotSubscriber:
         1. Find the partition's bounds; the tail is placed at the high watermark, so
            :meth:`poll` continues exactly after what this scan covered.
         2. Scan the stored range once, backwards in growing windows (so a scan cut short by
-           ``timeout_s`` has covered the newest records), keeping only manifest records that
-           pass checks 0-3 (signature, schema, configuration, limits); chunk values stream
-           past unkept.
-        3. Sort them by ``snapshot_order``, newest first, not by topic position: a late
-           snapshot of an older run with a lower version ranks below the newest version, for
-           a new reader exactly as for a running one.
+           ``timeout_s`` has covered the newest records), keeping only manifests that pass
+           checks 0-3 (signature, schema, configuration, limits) and jumping over each one's
+           chunks (``scan.py``): a retained base costs the scan one window, not its size.
+        3. Sort them by ``snapshot_order``, newest first, not by topic position (a late
+           snapshot of an older run with a lower version ranks below the newest version).
         4. For each, read its chunks (within its own budget) and verify; yield it if it
            passes. The caller applies its own checks and asks for the next one if it refuses
            (so a newest snapshot with NaN weights falls back to the one before). Each failure
@@ -152,11 +151,12 @@ class SnapshotSubscriber:
             log.warning("no snapshot found on %s within %.1f s: %s", self.topic, timeout_s, exc)
             return
         self._place_tail(high)
-        candidates = self._scan(low, high, deadline)
+        candidates = scan_manifests(self._reader, low, high, deadline, self._screen, self._queue)
         for candidate in sorted(candidates, key=lambda c: c.manifest.order, reverse=True):
             read_by = time.monotonic() + _BACK_READ_S
+            spool = self._assembler.new_spool()
             try:
-                chunks = self._read_chunks(candidate.manifest, candidate.offset, read_by, {})
+                self._read_chunks(candidate.manifest, candidate.offset, read_by, spool)
             except ReadTimeout as exc:
                 result: Result = RejectedSnapshot(
                     "incomplete",
@@ -165,40 +165,17 @@ class SnapshotSubscriber:
                     candidate.manifest.version,
                 )
             else:
-                result = self._verified(candidate, chunks)
+                result = self._verified(candidate, spool)
+            finally:
+                spool.close()  # a verified payload keeps its own mapping of the file
             if isinstance(result, ReceivedSnapshot):
                 yield result
             else:
                 self._queue(result)
 
-    def _scan(self, low: int, high: int, deadline: float) -> list[_Candidate]:
-        candidates: list[_Candidate] = []
-        end, window = high, _FIRST_WINDOW
-        try:
-            while end > low:
-                start = max(low, end - window)
-                for record in self._reader.read(start, end, deadline):
-                    header = wire.parse_headers(record.headers)
-                    if header is None or header.kind != "manifest":
-                        continue
-                    screened = self._screen(record, header)
-                    if isinstance(screened, RejectedSnapshot):
-                        self._queue(screened)
-                    else:
-                        candidates.append(screened)
-                end, window = start, min(window * 2, _MAX_WINDOW)
-        except ReadTimeout as exc:
-            log.warning(
-                "scan of %s cut short (%s); choosing among the %d snapshots found so far",
-                self.topic,
-                exc,
-                len(candidates),
-            )
-        return candidates
-
     def _screen(
         self, record: KafkaRecord, header: wire.RecordHeader
-    ) -> _Candidate | RejectedSnapshot:
+    ) -> Candidate | RejectedSnapshot:
         raw = bytes(record.value or b"")
         manifest = screen_manifest(
             raw,
@@ -210,10 +187,10 @@ class SnapshotSubscriber:
         )
         if isinstance(manifest, RejectedSnapshot):
             return manifest
-        return _Candidate(manifest, record.offset, raw, header.signature)
+        return Candidate(manifest, record.offset, raw, header.signature)
 
-    def _verified(self, candidate: _Candidate, chunks: dict[int, Chunk]) -> Result:
-        result = assemble(candidate.manifest, chunks)
+    def _verified(self, candidate: Candidate, spool: Spool) -> Result:
+        result = verify_spool(candidate.manifest, spool)
         if isinstance(result, RejectedSnapshot):
             return result
         return dataclasses.replace(
@@ -253,7 +230,7 @@ class SnapshotSubscriber:
                 results.extend(self._on_record(record))
             if records:
                 self._tail_mark = mark_of(records[-1])
-            results.extend(self._assembler.expire(self._caught_up()))
+            results.extend(self._assembler.expire(self._tail.caught_up()))
             if results or time.monotonic() >= deadline:
                 return results
 
@@ -300,16 +277,13 @@ class SnapshotSubscriber:
             why,
         )
         self._tail_mark = None
-        self._assembler = Assembler(max_bytes=self.max_snapshot_bytes, max_chunks=self.max_chunks)
+        self._assembler = self._new_assembler()
         self._place_tail(self._reader.low())
         return True
 
     def _place_tail(self, offset: int) -> None:
         self._tail.place(offset)
         self._tail_ready = True
-
-    def _caught_up(self) -> bool:
-        return self._tail.caught_up()
 
     def _on_record(self, record: KafkaRecord) -> Iterable[Result]:
         header = wire.parse_headers(record.headers)
@@ -327,11 +301,11 @@ class SnapshotSubscriber:
             ]
         if header.kind == "chunk":
             chunk = Chunk(header.index, header.count, bytes(record.value or b""))
-            return self._assembler.add(header.snapshot_id, chunk, record.offset)
-        chunks = self._assembler.take(header.snapshot_id)
+            return self._assembler.add(header.snapshot_id, chunk, record.offset, header.sha256)
+        spool = self._assembler.take(header.snapshot_id)
         deadline = time.monotonic() + _BACK_READ_S
         try:
-            return [self._load(record, header, chunks, deadline)]
+            return [self._load(record, header, spool, deadline)]
         except ReadTimeout as exc:
             parsed = parse_snapshot_id(header.snapshot_id)
             return [
@@ -341,35 +315,36 @@ class SnapshotSubscriber:
                     parsed[1] if parsed else None,
                 )
             ]
+        finally:
+            spool.close()
 
     def _load(
         self,
         record: KafkaRecord,
         header: wire.RecordHeader,
-        chunks: dict[int, Chunk],
+        spool: Spool,
         deadline: float,
     ) -> Result:
         """Verify the snapshot whose manifest is ``record``, reading chunks it still lacks."""
         candidate = self._screen(record, header)
         if isinstance(candidate, RejectedSnapshot):
             return candidate
-        if len(chunks) < candidate.manifest.chunk_count:
-            chunks = self._read_chunks(candidate.manifest, record.offset, deadline, chunks)
-        return self._verified(candidate, chunks)
+        if not spool.complete(candidate.manifest.chunk_count):
+            self._read_chunks(candidate.manifest, record.offset, deadline, spool)
+        return self._verified(candidate, spool)
 
     def _read_chunks(
         self,
         manifest: SnapshotManifest,
         manifest_offset: int,
         deadline: float,
-        have: dict[int, Chunk],
-    ) -> dict[int, Chunk]:
-        """Read this snapshot's chunks between its first chunk and its manifest."""
+        spool: Spool,
+    ) -> None:
+        """Read this snapshot's chunks between its first chunk and its manifest into ``spool``."""
         start = manifest.first_chunk_offset
         if start is None:
             # A manifest without the offset: its chunks precede it, normally contiguously.
             start = manifest_offset - 2 * manifest.chunk_count - 16
-        chunks = dict(have)
         nbytes = 0
         # Chunks before the first stored offset were deleted by retention: assemble() reports
         # them missing ("incomplete").
@@ -382,14 +357,11 @@ class SnapshotSubscriber:
                 continue
             data = bytes(record.value or b"")
             nbytes += len(data)
-            if nbytes > manifest.size_bytes + manifest.chunk_bytes or len(chunks) > self.max_chunks:
-                break  # more than announced: assemble() reports the mismatch
-            chunks[header.index] = Chunk(header.index, header.count, data)
-            if len(chunks) >= manifest.chunk_count and all(
-                i in chunks for i in range(manifest.chunk_count)
-            ):
+            if nbytes > manifest.size_bytes + manifest.chunk_bytes or len(spool) > self.max_chunks:
+                break  # more than announced: verify_spool() reports the mismatch
+            spool.add(Chunk(header.index, header.count, data), header.sha256)
+            if spool.complete(manifest.chunk_count):
                 break
-        return chunks
 
 
 def _ms_left(deadline: float) -> int:

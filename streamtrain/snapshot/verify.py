@@ -33,16 +33,21 @@ Example:
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import BinaryIO, Literal
 
 import torch
 from pydantic import ValidationError
 
 from streamtrain.snapshot.manifest import SnapshotManifest, parse_snapshot_id
-from streamtrain.snapshot.payload import CodecError, decode_state, describe_mismatch, sha256_hex
+from streamtrain.snapshot.mapped import MappedPayload
+from streamtrain.snapshot.payload import CodecError, describe_mismatch
 from streamtrain.snapshot.signing import ManifestVerifier
+from streamtrain.snapshot.spool import Chunk as Chunk
+from streamtrain.snapshot.spool import Spool, file_sha256
 
 RejectReason = Literal[
     "signature",
@@ -62,16 +67,17 @@ MAX_CHUNKS = 65536
 
 @dataclass(frozen=True)
 class ReceivedSnapshot:
-    """A snapshot whose bytes matched its manifest; ``tensors`` are CPU tensors.
+    """A snapshot whose bytes matched its manifest; ``tensors`` are CPU tensors (views of
+    ``payload``'s mapping when read from the topic or the cache: ``mapped.py``).
 
-    ``payload`` is the verified safetensors bytes, ``raw_manifest`` and ``signature`` the
+    ``payload`` is the verified safetensors file, ``raw_manifest`` and ``signature`` the
     manifest record as published: together they let the server's local cache re-verify the
     snapshot exactly as a reader of the topic would.
     """
 
     manifest: SnapshotManifest
     tensors: dict[str, torch.Tensor]
-    payload: bytes = b""
+    payload: MappedPayload | None = None
     raw_manifest: bytes = b""
     signature: str | None = None
 
@@ -83,15 +89,6 @@ class RejectedSnapshot:
     reason: RejectReason
     detail: str
     version: int | None
-
-
-@dataclass(frozen=True)
-class Chunk:
-    """One chunk as received: its index and the chunk count its header announced."""
-
-    index: int
-    count: int
-    data: bytes
 
 
 def parse_manifest(raw: bytes, snapshot_id: str) -> SnapshotManifest | RejectedSnapshot:
@@ -172,52 +169,49 @@ def check_manifest(
 def assemble(
     manifest: SnapshotManifest, chunks: Mapping[int, Chunk]
 ) -> ReceivedSnapshot | RejectedSnapshot:
-    """Checks 4-8 above on a manifest that passed :func:`check_manifest`."""
-    sid, version, count = manifest.snapshot_id, manifest.version, manifest.chunk_count
-    for chunk in chunks.values():
-        if chunk.count != count or chunk.index >= count:
-            return RejectedSnapshot(
-                "corrupt",
-                f"snapshot {sid}: chunk {chunk.index}/{chunk.count} does not fit the manifest's "
-                f"{count} chunks",
-                version,
-            )
-    # Every index is below count (checked above), so fewer chunks than count means some are
-    # missing; the first gap is found among the chunks that arrived, never by walking count.
-    if len(chunks) < count:
-        first_missing = next(i for i in range(len(chunks) + 1) if i not in chunks)
+    """Checks 4-8 above on chunks held in memory (tests, small payloads): spooled first."""
+    spool = Spool(max_bytes=manifest.size_bytes + manifest.chunk_bytes)
+    try:
+        for chunk in chunks.values():
+            spool.add(chunk)
+        return verify_spool(manifest, spool)
+    finally:
+        spool.close()
+
+
+def verify_spool(manifest: SnapshotManifest, spool: Spool) -> ReceivedSnapshot | RejectedSnapshot:
+    """Checks 4-8 above on a manifest that passed :func:`check_manifest` and its spooled
+    chunks (each chunk's own sha256 included); the spool's file becomes the payload."""
+    problem = spool.check(manifest.chunk_count, manifest.chunk_bytes, manifest.size_bytes)
+    if problem is not None:
         return RejectedSnapshot(
-            "incomplete",
-            f"snapshot {sid}: {count - len(chunks)} of {count} chunks missing (first: "
-            f"{first_missing}); the publisher stopped mid-way or retention deleted them",
-            version,
+            problem.reason,
+            f"snapshot {manifest.snapshot_id}: {problem}",
+            manifest.version,
         )
-    for i in range(count):
-        expected = (
-            manifest.chunk_bytes
-            if i < count - 1
-            else manifest.size_bytes - i * manifest.chunk_bytes
-        )
-        if len(chunks[i].data) != expected:
-            return RejectedSnapshot(
-                "size",
-                f"snapshot {sid}: chunk {i} is {len(chunks[i].data)} bytes, expected {expected} "
-                f"(total {manifest.size_bytes})",
-                version,
-            )
-    return verify_payload(manifest, b"".join(chunks[i].data for i in range(count)))
+    return verify_file(manifest, spool.file)
 
 
 def verify_payload(
     manifest: SnapshotManifest, payload: bytes
 ) -> ReceivedSnapshot | RejectedSnapshot:
-    """Checks 6-8 on the reassembled payload (also used on the server's local cache)."""
+    """Checks 6-8 on payload bytes in memory (tests, small payloads)."""
+    with tempfile.TemporaryFile() as file:
+        file.write(payload)
+        file.flush()
+        return verify_file(manifest, file)
+
+
+def verify_file(manifest: SnapshotManifest, file: BinaryIO) -> ReceivedSnapshot | RejectedSnapshot:
+    """Checks 6-8 on a payload file (spooled from the topic, or the local cache): size, sha256
+    read in blocks, then the file memory-mapped and its tensors compared with the manifest."""
     sid, version = manifest.snapshot_id, manifest.version
-    if len(payload) != manifest.size_bytes:
+    size = os.fstat(file.fileno()).st_size
+    if size != manifest.size_bytes:
         return RejectedSnapshot(
-            "size", f"snapshot {sid}: {len(payload)} bytes, expected {manifest.size_bytes}", version
+            "size", f"snapshot {sid}: {size} bytes, expected {manifest.size_bytes}", version
         )
-    digest = sha256_hex(payload)
+    digest = file_sha256(file.fileno(), size)
     if digest != manifest.sha256:
         return RejectedSnapshot(
             "checksum",
@@ -226,13 +220,15 @@ def verify_payload(
             version,
         )
     try:
-        tensors = decode_state(payload)
+        mapped = MappedPayload(file, size)
     except CodecError as exc:
-        return RejectedSnapshot("corrupt", f"snapshot {sid}: {exc}", version)
-    mismatch = describe_mismatch(tensors, manifest.tensors)
+        return RejectedSnapshot(
+            "corrupt", f"snapshot {sid}: payload is not safetensors: {exc}", version
+        )
+    mismatch = describe_mismatch(mapped.tensors, manifest.tensors)
     if mismatch:
         return RejectedSnapshot("corrupt", f"snapshot {sid}: {mismatch}", version)
-    return ReceivedSnapshot(manifest, tensors, payload)
+    return ReceivedSnapshot(manifest, mapped.tensors, mapped)
 
 
 def screen_manifest(

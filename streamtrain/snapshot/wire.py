@@ -11,6 +11,8 @@ streamtrain-snapshot  ``<run_id>/<version>``       ``<run_id>/<version>``
 streamtrain-chunk     ``<index>/<count>``          (absent)
 streamtrain-model     model name                   model name
 streamtrain-signature (absent)                     ``ed25519:<key id>:<base64>``
+streamtrain-chunk-    sha256 of the chunk (hex)    (absent)
+sha256
 ====================  ===========================  ================================
 
 The signature header is present when the trainer signs (see ``signing.py``).
@@ -22,7 +24,7 @@ unique keys mean compaction removes nothing instead of deleting chunks a manifes
 Example:
     >>> headers = chunk_headers("mlp", "run-1/5", 2, 3)
     >>> parse_headers(headers)
-    RecordHeader(kind='chunk', snapshot_id='run-1/5', index=2, count=3, signature=None)
+    RecordHeader(kind='chunk', snapshot_id='run-1/5', index=2, count=3, signature=None, sha256=None)
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ SNAPSHOT = "streamtrain-snapshot"
 CHUNK = "streamtrain-chunk"
 MODEL = "streamtrain-model"
 SIGNATURE = "streamtrain-signature"
+CHUNK_SHA256 = "streamtrain-chunk-sha256"
+_HEX = frozenset("0123456789abcdef")
 
 Headers = list[tuple[str, bytes]]
 
@@ -51,6 +55,7 @@ class RecordHeader:
     index: int = 0  # chunk records only
     count: int = 0  # chunk records only
     signature: str | None = None  # manifest records only, when signed
+    sha256: str | None = None  # chunk records only: the chunk's own digest (absent from old ones)
 
 
 def chunk_key(model_name: str, snapshot_id: str, index: int) -> bytes:
@@ -61,13 +66,18 @@ def manifest_key(model_name: str, snapshot_id: str) -> bytes:
     return f"{model_name}/{snapshot_id}/manifest".encode()
 
 
-def chunk_headers(model_name: str, snapshot_id: str, index: int, count: int) -> Headers:
-    return [
+def chunk_headers(
+    model_name: str, snapshot_id: str, index: int, count: int, sha256: str | None = None
+) -> Headers:
+    headers = [
         (KIND, b"chunk"),
         (SNAPSHOT, snapshot_id.encode()),
         (CHUNK, f"{index}/{count}".encode()),
         (MODEL, model_name.encode()),
     ]
+    if sha256 is not None:
+        headers.append((CHUNK_SHA256, sha256.encode()))
+    return headers
 
 
 def manifest_headers(model_name: str, snapshot_id: str, signature: str | None = None) -> Headers:
@@ -98,4 +108,7 @@ def parse_headers(headers: Sequence[tuple[str, bytes | None]] | None) -> RecordH
     i, n = parse_ascii_int(index), parse_ascii_int(count)
     if not sep or i is None or n is None or n < 1 or i >= n:
         return None
-    return RecordHeader("chunk", snapshot, i, n)
+    digest = values.get(CHUNK_SHA256)
+    if digest is not None and (len(digest) != 64 or not set(digest) <= _HEX):
+        return None
+    return RecordHeader("chunk", snapshot, i, n, sha256=digest)

@@ -141,7 +141,7 @@ class SnapshotWriter:
                 self.topic,
                 bytes(chunk),
                 key=wire.chunk_key(self.model_name, sid, i),
-                headers=wire.chunk_headers(self.model_name, sid, i, len(chunks)),
+                headers=wire.chunk_headers(self.model_name, sid, i, len(chunks), sha256_hex(chunk)),
                 partition=PARTITION,
             )
             for i, chunk in enumerate(chunks)

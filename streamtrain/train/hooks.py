@@ -27,6 +27,10 @@ class SnapshotRequest:
     # None: a base (every tensor whole). Otherwise a delta: for each name here, ``tensors[name]``
     # holds only the rows at these int64 indices (see ``streamtrain.snapshot.delta``).
     rows: Mapping[str, torch.Tensor] | None = None
+    # With ``rows``: a base all the same, which the sink completes from its own copy of the
+    # weights at its previous snapshot (``snapshot/shadow.py``): the training thread copied
+    # only the rows, not the table.
+    complete: bool = False
 
 
 class SnapshotSink(Protocol):

@@ -48,7 +48,7 @@ from streamtrain.train.progress import StopConditions, TrainProgress, TrainSumma
 from streamtrain.train.promotion_gate import PromotionGate
 from streamtrain.train.row_tracker import RowTracker
 from streamtrain.train.throughput import ThroughputGauge
-from streamtrain.train.weights import WeightsCopy, copy_weights
+from streamtrain.train.weights import SnapshotCopy, take_snapshot
 
 log = logging.getLogger(__name__)
 
@@ -302,8 +302,7 @@ class Trainer:
     def _maybe_snapshot(self, force: bool = False) -> None:
         if not self._snapshot_due(force):
             return
-        rows = None if self._row_tracker is None else self._row_tracker.take()
-        self._publish(copy_weights(self._learner.model, rows), rows)
+        self._publish(take_snapshot(self._learner.model, self._row_tracker))
 
     def _snapshot_due(self, force: bool) -> bool:
         """A sink, something learned (semantics 4: never serve what was not), the policy (or
@@ -322,19 +321,20 @@ class Trainer:
                 return False
         return True
 
-    def _publish(self, copied: WeightsCopy, rows: Mapping[str, torch.Tensor] | None) -> None:
+    def _publish(self, taken: SnapshotCopy) -> None:
         assert self._sink is not None  # _snapshot_due said so
         step = self._progress.step
         self._sink.offer(
             SnapshotRequest(
                 version=step,
                 run_id=self._run_id,
-                tensors=copied[0],
+                tensors=taken.tensors,
                 data_watermark=self._progress.watermark,
                 offsets=dict(self._progress.offsets),
                 created_at=time.time(),
-                wait_ready=copied[1],
-                rows=rows,
+                wait_ready=taken.wait_ready,
+                rows=taken.rows,
+                complete=taken.complete,
             )
         )
         self._snapshot_policy.mark(step)

@@ -140,11 +140,18 @@ class RowTracker:
 
     def take(self) -> dict[str, torch.Tensor] | None:
         """Rule 4: None for a base, else the sorted unique rows per parameter; resets."""
+        rows, base = self.plan()
+        return None if base else rows
+
+    def plan(self) -> tuple[dict[str, torch.Tensor] | None, bool]:
+        """Rule 4 with the reason kept: (rows, is a base). Rows are None only when they are not
+        known (the first snapshot, rules 2-3, no row-sparse parameters): a full copy is
+        needed. A base due by schedule (``base_every_*``) still comes with its rows, so the
+        snapshot sink can complete it from its copy of the previous snapshot."""
         now = self._clock()
+        forced = not self._params or self._need_base or self._moved_outside_steps()
         base = (
-            not self._params
-            or self._need_base
-            or self._moved_outside_steps()
+            forced
             or self._deltas_since_base >= self._base_every_deltas
             or now - self._base_at >= self._base_every_seconds
         )
@@ -157,9 +164,9 @@ class RowTracker:
             self._deltas_since_base = 0
             self._base_at = now
             self._after_step = {name: p._version for name, p in self._params.items()}
-            return None
+            return (None if forced else touched), True
         self._deltas_since_base += 1
-        return touched
+        return touched, False
 
     def _drain(self) -> Iterator[tuple[str, torch.Tensor]]:
         for name, parts in self._touched.items():

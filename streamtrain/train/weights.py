@@ -2,16 +2,46 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-# CPU copies of a model's tensors, and the function that waits until they are complete
-WeightsCopy = tuple[dict[str, torch.Tensor], Callable[[], None]]
+from streamtrain import metrics
+from streamtrain.train.row_tracker import RowTracker
 
 
-def copy_weights(model: nn.Module, rows: Mapping[str, torch.Tensor] | None = None) -> WeightsCopy:
+@dataclass(frozen=True)
+class SnapshotCopy:
+    """What one snapshot took off the model: ``tensors`` (whole, or only ``rows`` of the
+    row-sparse ones), ``wait_ready`` for the copies, and whether it is a base the sink
+    completes from its own copy (``complete``: rows known, base due by schedule)."""
+
+    tensors: dict[str, torch.Tensor]
+    wait_ready: Callable[[], None]
+    rows: dict[str, torch.Tensor] | None
+    complete: bool
+
+
+def take_snapshot(model: nn.Module, tracker: RowTracker | None) -> SnapshotCopy:
+    """The training thread's part of a snapshot, timed (``streamtrain_snapshot_stall_seconds``).
+
+    Only the rows changed since the last snapshot are copied whenever they are known, for a
+    delta and for a scheduled base alike; the whole model only when they are not (the first
+    snapshot, a model without row-sparse parameters, tracker rules 2-3).
+    """
+    started = time.perf_counter()
+    rows, base = (None, True) if tracker is None else tracker.plan()
+    tensors, wait_ready = copy_weights(model, rows)
+    metrics.SNAPSHOT_STALL_SECONDS.observe(time.perf_counter() - started)
+    return SnapshotCopy(tensors, wait_ready, rows, base and rows is not None)
+
+
+def copy_weights(
+    model: nn.Module, rows: Mapping[str, torch.Tensor] | None = None
+) -> tuple[dict[str, torch.Tensor], Callable[[], None]]:
     """CPU copies of every parameter and buffer, plus a function that waits for them.
 
     With ``rows`` (a delta, see ``row_tracker.py``), the tensors named there are copied only

@@ -18,12 +18,21 @@ samples topic. Little-endian, packed::
     ..      rest    the served sample: a binary layout v1 or v2 record (label zero, weight 1,
                     timestamp = served_at), see ``docs/wire-format.md``
 
+A row served by a traffic split's candidate or computed in shadow
+(:mod:`streamtrain.serve.protocol.split`) is written as ``STP2``: the magic ``b"STP2"``, one
+byte naming its arm (:data:`ARMS`: 1 candidate, 2 shadow), then the ``STP1`` layout from
+offset 4 on. A live row stays ``STP1``, so readers of the first layout still read every row
+of a server without a split.
+
 Every length is checked against the bytes that arrived before anything is sliced, so a record
 that announces more than it carries costs nothing.
 
 >>> rec = PredictionRecord("req-1", 1700000000.5, 42, "run-a", (0.25, 0.75), b"STS1...")
 >>> decode_prediction(encode_prediction(rec)) == rec
 True
+>>> shadow = PredictionRecord("req-1", 1.0, 3, "run-a", (0.5,), b"STS1...", arm="shadow")
+>>> encode_prediction(shadow)[:5], decode_prediction(encode_prediction(shadow)).arm
+(b'STP2\\x02', 'shadow')
 """
 
 from __future__ import annotations
@@ -37,6 +46,10 @@ from streamtrain.wire.rejects import RecordError
 
 PREDICTION_CONTENT_TYPE = "application/x-streamtrain-prediction"
 PREDICTION_MAGIC = b"STP1"
+ARM_MAGIC = b"STP2"
+Arm = Literal["live", "candidate", "shadow"]
+ARMS: tuple[Arm, ...] = ("live", "candidate", "shadow")
+"""The arms a served row may come from, in the order of their ``STP2`` code byte."""
 MAX_ID_BYTES = 256
 """A request id longer than this (in UTF-8) is refused by the server and the join."""
 
@@ -62,6 +75,8 @@ class PredictionRecord:
     outputs: tuple[float, ...]
     sample: bytes
     """The served sample as a binary v1/v2 record; its features are what the model saw."""
+    arm: Arm = "live"
+    """Which side of a traffic split computed the row; ``shadow`` rows were never returned."""
 
 
 def check_request_id(request_id: str) -> bytes:
@@ -82,7 +97,10 @@ def encode_prediction(record: PredictionRecord) -> bytes:
     run = record.run_id.encode()[:0xFFFF]
     rid = check_request_id(record.request_id)
     parts = [
-        _HEAD.pack(PREDICTION_MAGIC, record.served_at, record.model_version, len(run)),
+        b"" if record.arm == "live" else ARM_MAGIC + bytes((ARMS.index(record.arm),)),
+        _HEAD.pack(PREDICTION_MAGIC, record.served_at, record.model_version, len(run))[
+            0 if record.arm == "live" else 4 :
+        ],
         run,
         _LEN16.pack(len(rid)),
         rid,
@@ -99,19 +117,16 @@ def decode_prediction(value: bytes | None) -> PredictionRecord:
     Only the framing is checked here; the embedded sample is checked against the model by
     the binary sample decoder, like any sample.
     """
-    if not value or len(value) < _HEAD.size:
+    arm, base = _arm_of(value)
+    if not value or len(value) < base + _HEAD.size:
         size = 0 if value is None else len(value)
         raise PredictionRecordError(
             "undecodable", f"record is {size} bytes, shorter than the {_HEAD.size}-byte header"
         )
-    magic, served_at, version, run_len = _HEAD.unpack_from(value)
-    if magic != PREDICTION_MAGIC:
-        raise PredictionRecordError(
-            "undecodable", f"magic is {magic!r}; expected {PREDICTION_MAGIC!r}"
-        )
+    _, served_at, version, run_len = _HEAD.unpack_from(value, base)
     if not math.isfinite(served_at):
         raise PredictionRecordError("undecodable", f"served_at is {served_at}")
-    at = _HEAD.size
+    at = base + _HEAD.size
     run = _take(value, at, run_len, "run id")
     at += run_len
     (id_len,) = _LEN16.unpack_from(_take(value, at, _LEN16.size, "request id length"))
@@ -134,7 +149,25 @@ def decode_prediction(value: bytes | None) -> PredictionRecord:
         run_id,
         struct.unpack(f"<{n_out}f", outputs),
         bytes(value[at:]),
+        arm,
     )
+
+
+def _arm_of(value: bytes | None) -> tuple[Arm, int]:
+    """The record's arm and where its ``STP1`` fields start (past ``STP2``'s arm byte)."""
+    magic = (value or b"")[:4]
+    if magic == ARM_MAGIC and value is not None:
+        code = value[4] if len(value) > 4 else 0  # too short: the size check says so
+        if code >= len(ARMS):
+            raise PredictionRecordError(
+                "undecodable", f"arm code is {code}; expected 0 to {len(ARMS) - 1}"
+            )
+        return ARMS[code], 1
+    if magic != PREDICTION_MAGIC and len(magic) == 4:
+        raise PredictionRecordError(
+            "undecodable", f"magic is {magic!r}; expected {PREDICTION_MAGIC!r} or {ARM_MAGIC!r}"
+        )
+    return "live", 0
 
 
 def _take(value: bytes, at: int, size: int, what: str) -> bytes:

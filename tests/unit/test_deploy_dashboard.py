@@ -71,6 +71,9 @@ def exported() -> Iterator[dict[str, set[str]]]:
     present = _registered(TRAINER_REGISTRY)
     late = [m for m in metrics.ON_FIRST_VALUE if m.collect()[0].name not in present]
     metrics.export_on_first_value(TRAINER_REGISTRY, *late)  # as a running trainer does
+    families = (*metrics.QUALITY_COUNTERS, *metrics.QUALITY_GAUGES)
+    zero = metrics.QualitySeries("older", "live", {name: 0.0 for name, _ in families})
+    metrics.SERVED_QUALITY.attach(lambda: [zero])  # as a running join does
     try:
         yield {
             "trainer": _scrape(TRAINER_REGISTRY),
@@ -82,6 +85,7 @@ def exported() -> Iterator[dict[str, set[str]]]:
             TRAINER_REGISTRY.unregister(metric)
         for metric, values in probes:
             metric.remove(*values)
+        metrics.SERVED_QUALITY.attach(None)
 
 
 def _targets(panel: dict[str, Any]) -> list[dict[str, Any]]:

@@ -25,7 +25,7 @@ LAYERS: list[set[str]] = [
     {"serve", "join", "distributed"},
     {"snapshot"},
     {"train"},
-    {"ingest", "checkpoint", "client", "datasets", "broker"},
+    {"ingest", "checkpoint", "client", "datasets", "broker", "quality"},
     {"kafka"},
     {"wire", "health"},
     {"sample", "gc_pause"},
@@ -36,6 +36,7 @@ LAYERS: list[set[str]] = [
 # Inside serve/: the wiring over the request path over the hot-swap path and the log.
 SERVE_LAYERS: list[set[str]] = [
     {"server"},
+    {"promotion"},
     {"protocol"},
     {"weights", "prediction_log"},
 ]

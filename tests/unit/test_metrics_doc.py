@@ -32,6 +32,12 @@ _UNITLESS = {
     "streamtrain_serve_retained_versions",
     "streamtrain_kafka_reachable",
     "streamtrain_join_assigned_partitions",
+    # served quality over a window: figures of the label's own unit, or none
+    "streamtrain_quality_window_log_loss",
+    "streamtrain_quality_window_accuracy",
+    "streamtrain_quality_window_auc",
+    "streamtrain_quality_window_mae",
+    "streamtrain_quality_window_rmse",
 }
 
 
@@ -97,6 +103,9 @@ def _label_names(family: str) -> frozenset[str]:
     for obj in vars(metrics).values():
         if isinstance(obj, MetricWrapperBase) and getattr(obj, "_name", None) == family:
             return frozenset(getattr(obj, "_labelnames", ()))
+    # A custom collector (metrics/quality.py) has no metric object: it names its labels.
+    if family.startswith("streamtrain_quality_"):
+        return frozenset(metrics.SERVED_QUALITY.label_names)
     raise AssertionError(f"{family} is registered but not defined in streamtrain/metrics/")
 
 

@@ -121,9 +121,10 @@ def test_assembler_restarts_on_chunk_zero_and_hands_over_chunks() -> None:
     assembler.add("r/1", Chunk(0, 2, b"old"), offset=0)
     assembler.add("r/1", Chunk(1, 2, b"old"), offset=1)
     assembler.add("r/1", Chunk(0, 2, b"new"), offset=2)
-    chunks = assembler.take("r/1")
-    assert {i: c.data for i, c in chunks.items()} == {0: b"new"}
-    assert assembler.take("r/1") == {}
+    spool = assembler.take("r/1")
+    assert spool.indices() == {0}
+    assert spool.read_all() == b"new"  # spooled to its file, not kept in memory
+    assert len(assembler.take("r/1")) == 0
 
 
 class FakeWriter:

@@ -28,6 +28,7 @@ from streamtrain.sample.sparse_numpy import SparseRows
 from streamtrain.sample.spec import SampleSpec
 from streamtrain.wire import encode_binary_many, encode_binary_v2
 from streamtrain.wire.prediction_record import (
+    Arm,
     PredictionRecord,
     encode_prediction,
 )
@@ -53,6 +54,7 @@ class ServedBatch:
     features: Array  # float32 [n, *feature_shape]: exactly the tensor the model was given
     outputs: Array  # float32 [n, k]: the logged output row of each sample
     sparse: SparseRows | None
+    arm: Arm = "live"  # the traffic-split arm (serve/protocol/split.py)
 
     @property
     def rows(self) -> int:
@@ -72,7 +74,13 @@ def encode_served(spec: SampleSpec, batches: Sequence[ServedBatch]) -> list[tupl
         outputs = batch.outputs.reshape(batch.rows, -1).tolist()
         for rid, out in zip(row_ids(batch.request_id, batch.rows), outputs, strict=True):
             record = PredictionRecord(
-                rid, batch.served_at, batch.version, batch.run_id, tuple(out), samples[at]
+                rid,
+                batch.served_at,
+                batch.version,
+                batch.run_id,
+                tuple(out),
+                samples[at],
+                batch.arm,
             )
             records.append((rid.encode(), encode_prediction(record)))
             at += 1

@@ -7,8 +7,12 @@
 | pin | ``POST /v2/admin/pin`` | ``{"version": "12"}`` |
 | unpin | ``POST /v2/admin/unpin`` | |
 | rollback | ``POST /v2/admin/rollback`` | |
+| split state | ``GET /v2/admin/split`` | |
+| set split | ``POST /v2/admin/split`` | ``{"candidate": "12", "share": 0.5, "mode": "split"}`` |
+| end split | ``DELETE /v2/admin/split`` | |
 
-Every call answers the state ``{"live", "pinned", "retained", "pin_persisted"}`` or
+The version calls answer the state ``{"live", "pinned", "retained", "pin_persisted"}``, the
+split calls ``{"split", "candidate_version"}`` (:mod:`streamtrain.serve.protocol.split`), or
 ``{"error": ...}``. Access, checked before anything else:
 
 1. no ``serve.admin_token`` configured: 403, the API is disabled;
@@ -33,6 +37,7 @@ from starlette.routing import BaseRoute, Route
 
 from streamtrain.ascii_int import parse_ascii_int
 from streamtrain.serve.protocol.bodies import ProtocolError, encode_json
+from streamtrain.serve.protocol.split import TrafficSplit, parse_plan
 from streamtrain.serve.weights.retained import AdminError, RetainedVersions
 
 log = logging.getLogger(__name__)
@@ -56,8 +61,11 @@ def _json(document: Any, status: int = 200, headers: dict[str, str] | None = Non
 class AdminEndpoints:
     """The four admin routes over one :class:`RetainedVersions`."""
 
-    def __init__(self, versions: RetainedVersions, token: SecretStr | None) -> None:
+    def __init__(
+        self, versions: RetainedVersions, token: SecretStr | None, split: TrafficSplit | None = None
+    ) -> None:
         self._versions = versions
+        self._split = split if split is not None else TrafficSplit(None, versions)
         self._token = None if token is None else token.get_secret_value().encode()
 
     def routes(self) -> list[BaseRoute]:
@@ -66,6 +74,9 @@ class AdminEndpoints:
             Route("/v2/admin/pin", self._guard(self._pin), methods=["POST"]),
             Route("/v2/admin/unpin", self._guard(self._unpin), methods=["POST"]),
             Route("/v2/admin/rollback", self._guard(self._rollback), methods=["POST"]),
+            Route("/v2/admin/split", self._guard(self._split_state), methods=["GET"]),
+            Route("/v2/admin/split", self._guard(self._set_split), methods=["POST"]),
+            Route("/v2/admin/split", self._guard(self._end_split), methods=["DELETE"]),
         ]
 
     def _guard(
@@ -111,17 +122,22 @@ class AdminEndpoints:
     async def _rollback(self, request: Request) -> dict[str, Any]:
         return await anyio.to_thread.run_sync(self._versions.rollback)
 
+    async def _split_state(self, request: Request) -> dict[str, Any]:
+        return self._split.state()
+
+    async def _set_split(self, request: Request) -> dict[str, Any]:
+        plan = parse_plan(await _body(request))
+        log.info("admin: traffic split set to %s", plan.to_json())
+        return self._split.set(plan)
+
+    async def _end_split(self, request: Request) -> dict[str, Any]:
+        log.info("admin: traffic split ended")
+        return self._split.set(None)
+
 
 async def _pin_version(request: Request) -> int:
     """The version in a bounded ``{"version": ...}`` body; ProtocolError (400) otherwise."""
-    body = b""
-    try:
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > _MAX_BODY:
-                raise ProtocolError(f"admin request body over {_MAX_BODY} bytes", 413)
-    except ClientDisconnect:
-        raise ProtocolError("client disconnected before the request body was complete") from None
+    body = await _body(request)
     try:
         version = _PIN_DECODER.decode(body).version
     except msgspec.DecodeError as exc:
@@ -130,3 +146,16 @@ async def _pin_version(request: Request) -> int:
     if number is None:
         raise ProtocolError(f"version must be a non-negative integer, got {version!r}")
     return number
+
+
+async def _body(request: Request) -> bytes:
+    """The request body, at most ``_MAX_BODY`` bytes (ProtocolError 413 beyond)."""
+    body = b""
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > _MAX_BODY:
+                raise ProtocolError(f"admin request body over {_MAX_BODY} bytes", 413)
+    except ClientDisconnect:
+        raise ProtocolError("client disconnected before the request body was complete") from None
+    return body

@@ -37,10 +37,12 @@ from streamtrain.serve.prediction_log.rows import ServedBatch
 from streamtrain.serve.prediction_log.writer import PredictionLog
 from streamtrain.serve.protocol.bodies import InferRequest, ModelIO, ProtocolError
 from streamtrain.serve.protocol.request_ids import request_id_for
+from streamtrain.serve.protocol.split import Shadows, TrafficSplit
 from streamtrain.serve.protocol.statistics import InferenceStatistics
 from streamtrain.serve.weights.inference import Array, Engine, Prediction
 from streamtrain.serve.weights.retained import RetainedVersions
 from streamtrain.serve.weights.slot import NotReady, WeightSlot
+from streamtrain.wire.prediction_record import Arm
 
 log = logging.getLogger(__name__)
 _Reply = TypeVar("_Reply")
@@ -101,10 +103,13 @@ class ServedModel:
         name: str,
         retained: RetainedVersions | None = None,
         prediction_log: PredictionLog | None = None,
+        split: TrafficSplit | None = None,
     ) -> None:
         self.slot = slot
         self.retained = retained
         self.prediction_log = prediction_log
+        self.split = split if split is not None else TrafficSplit(None, retained)
+        self.shadows = Shadows()
         # The output a log record keeps per row: class probabilities, or the regression value.
         self._logged_output = io.outputs[0].name
         self.engine = engine
@@ -199,11 +204,13 @@ class ServedModel:
             wanted = version_number(version)
             request = self.identify(await decode())
             infer_start = time.perf_counter_ns()
-            prediction = await self.predict(request.features, wanted, request.sparse)
+            prediction, arm, shadow = await self.answer(request, wanted)
             output_start = time.perf_counter_ns()
             wanted = prediction.info.version
             reply = encode(str(wanted), request, prediction.outputs)
-            self.log(request, prediction)
+            self.log(request, prediction, arm)
+            if shadow is not None and self.retained is not None:
+                self.shadows.start(self.retained, shadow, request, self.log)
             timing = Timing(
                 len(request.features),
                 infer_start - started,
@@ -222,6 +229,22 @@ class ServedModel:
         self.record("ok", started, wanted, timing)
         return reply
 
+    async def answer(
+        self, request: InferRequest, wanted: int | None
+    ) -> tuple[Prediction, Arm, int | None]:
+        """The prediction that answers ``request``, its arm (``live`` or ``candidate``), and
+        the candidate version to compute in shadow (None: none). A request naming a version
+        is not routed; a candidate evicted since it was routed to leaves it to the live one."""
+        if wanted is None:
+            arm, candidate = self.split.route(request.id, None)
+            if arm == "candidate" and candidate is not None and self.retained is not None:
+                answered = await self.retained.infer(candidate, request.features, request.sparse)
+                if answered is not None:
+                    return answered, arm, None
+            if arm == "shadow":  # answered live; the candidate computes after the answer
+                return await self.predict(request.features, None, request.sparse), "live", candidate
+        return await self.predict(request.features, wanted, request.sparse), "live", None
+
     def identify(self, request: InferRequest) -> InferRequest:
         """``request`` with the id it is answered and logged under: with the prediction log on,
         the client's id once checked (ProtocolError 400 when the log cannot key it), else a
@@ -231,7 +254,7 @@ class ServedModel:
         request_id = request_id_for(request.id, len(request.features))
         return request if request_id == request.id else dataclasses.replace(request, id=request_id)
 
-    def log(self, request: InferRequest, prediction: Prediction) -> None:
+    def log(self, request: InferRequest, prediction: Prediction, arm: Arm = "live") -> None:
         """Hand an answered request to the prediction log (if on); never blocks or raises."""
         if self.prediction_log is None or request.id is None:
             return
@@ -245,6 +268,7 @@ class ServedModel:
                 request.features,
                 prediction.outputs[self._logged_output],
                 request.sparse,
+                arm,
             )
         )
 
@@ -328,14 +352,18 @@ class ServedModel:
         ]
 
     def metadata(self, live: int) -> dict[str, Any]:
-        """The OIP model metadata document (REST JSON; the gRPC reply carries the same)."""
-        return {
+        """The OIP model metadata document (REST JSON; the gRPC reply carries the same, but
+        for ``traffic_split``, present while a split or shadow is set, which it cannot)."""
+        document: dict[str, Any] = {
             "name": self.name,
             "versions": [str(v) for v in self.loaded_versions() or [live]],
             "platform": PLATFORM,
             "inputs": [tensor.to_json() for tensor in self.io.inputs],
             "outputs": [o.to_json() for o in self.io.outputs],
         }
+        if self.split.plan is not None:
+            document["traffic_split"] = self.split.state()
+        return document
 
 
 def version_number(text: str | None) -> int | None:

@@ -13,6 +13,7 @@ from torch import nn
 
 from streamtrain.snapshot.delta import RowUpdate
 from streamtrain.snapshot.manifest import SnapshotHeader
+from streamtrain.snapshot.mapped import all_finite
 from streamtrain.train.models.dynamic_lookup import mapping_problem
 from streamtrain.train.models.dynamic_table import dynamic_mappings
 
@@ -94,7 +95,7 @@ def _fits(name: str, got: torch.Tensor, target: torch.Tensor, shape: tuple[int, 
         raise SnapshotRejected(
             "shape_mismatch", f"tensor {name!r} is {got.dtype}, the model has {target.dtype}"
         )
-    if got.dtype.is_floating_point and not bool(torch.isfinite(got).all()):
+    if got.dtype.is_floating_point and not all_finite(got):
         raise SnapshotRejected("non_finite", f"tensor {name!r} holds NaN or Inf")
 
 

@@ -42,6 +42,7 @@ from streamtrain.serve.weights.slot import StandbyBusy, WeightsInfo, WeightSlot
 from streamtrain.snapshot.cache import SnapshotCache
 from streamtrain.snapshot.delta import RowUpdate
 from streamtrain.snapshot.manifest import SnapshotHeader, SnapshotOrder
+from streamtrain.snapshot.mapped import copy_released
 
 log = logging.getLogger(__name__)
 
@@ -240,9 +241,11 @@ class RetainedVersions:
     # --- internals -------------------------------------------------------------------------
     def _retain(self, tensors: Mapping[str, torch.Tensor], info: WeightsInfo) -> None:
         model = copy.deepcopy(self._template)
-        model.load_state_dict(dict(tensors))
         for param in model.parameters():
             param.requires_grad_(False)
+        with torch.no_grad():  # names and shapes were checked by the slot (rule 1)
+            for name, target in model.state_dict().items():
+                copy_released(target, tensors[name])
         self._versions[info.version] = _Retained(info, model)
         live = self._slot.info
         protected = {self._pinned, None if live is None else live.version}

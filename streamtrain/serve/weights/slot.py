@@ -67,6 +67,7 @@ from streamtrain.serve.weights.checks import SnapshotRejected as SnapshotRejecte
 from streamtrain.serve.weights.checks import chain_gap, check_mappings, check_rows, check_whole
 from streamtrain.snapshot.delta import RowUpdate, apply_rows
 from streamtrain.snapshot.manifest import SnapshotHeader, SnapshotOrder
+from streamtrain.snapshot.mapped import copy_released
 from streamtrain.train.models.dynamic_table import mapping_writes, owners_before, refresh_lookups
 
 log = logging.getLogger(__name__)
@@ -365,11 +366,11 @@ class WeightSlot:
         with torch.no_grad():
             if stream is None:
                 for name, tensor in tensors.items():
-                    standby.targets[name].copy_(tensor)
+                    copy_released(standby.targets[name], tensor)
                 return
             with torch.cuda.stream(stream):
                 for name, tensor in tensors.items():
-                    standby.targets[name].copy_(tensor, non_blocking=True)
+                    copy_released(standby.targets[name], tensor, non_blocking=True)
             # The flip happens after this returns, so no forward pass sees half-copied weights.
             stream.synchronize()
 

@@ -1,0 +1,106 @@
+"""A new replica's scan of the snapshot topic: its manifests, without reading its bases.
+
+The topic is read backwards from its end in small windows of records. A window's manifests
+are screened (checks 0-3 of ``verify.py``: nothing of their chunks is needed) and kept as
+candidates. A manifest that passes names where its chunks start (``first_chunk_offset``),
+and the publisher writes a snapshot's chunks just before its manifest, so the scan **jumps
+over them**: the next window ends at that offset. A base of 2000 chunks therefore costs the
+scan one window, not 1 GB of reads, and a replica's time to ready is bounded by reading the
+base it loads (plus the deltas after it), however many bases retention keeps.
+
+Limits of the jump, in the order they are checked:
+
+1. only from a manifest that passed screening (signed, when signatures are required): a
+   forged or damaged record moves nothing;
+2. only as far as the manifest's own announced chunks could reach (``2 x chunk_count + 16``
+   records back, the bound a manifest without ``first_chunk_offset`` is read with), so one
+   manifest cannot hide the rest of the topic;
+3. a manifest written *between* another snapshot's first chunk and its manifest is skipped:
+   that takes two publishers writing at once, which the topic layout does not support (one
+   trainer per topic, docs/snapshots.md, Versions).
+
+Windows are one record after a jump (the record before a snapshot's first chunk is normally
+the previous snapshot's manifest: one read per snapshot, none of its chunks) and double, up
+to ``_MAX_WINDOW`` records, while they find nothing to jump from (a publish in progress or
+one that died). The Kafka client still fetches ahead of what the scan asks for (a fetch of
+the snapshot reader, ``kafka/factory.py``): a fixed amount, whatever the base size.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable
+
+from streamtrain.kafka import PartitionReader, ReadTimeout
+from streamtrain.kafka.records import KafkaRecord
+from streamtrain.snapshot import wire
+from streamtrain.snapshot.manifest import SnapshotManifest
+from streamtrain.snapshot.verify import RejectedSnapshot
+
+log = logging.getLogger(__name__)
+
+_FIRST_WINDOW = 1  # records
+_MAX_WINDOW = 1024
+
+
+@dataclasses.dataclass(frozen=True)
+class Candidate:
+    """A manifest that passed screening, with where it is on the topic."""
+
+    manifest: SnapshotManifest
+    offset: int
+    raw: bytes
+    signature: str | None
+
+
+Screen = Callable[[KafkaRecord, wire.RecordHeader], Candidate | RejectedSnapshot]
+
+
+def scan_manifests(
+    reader: PartitionReader,
+    low: int,
+    high: int,
+    deadline: float,
+    screen: Screen,
+    rejected: Callable[[RejectedSnapshot], None],
+) -> list[Candidate]:
+    """Candidates in ``[low, high)``, read backwards (see the module's rules); rejections go
+    to ``rejected``. A read past ``deadline`` ends the scan with what was found (logged)."""
+    candidates: list[Candidate] = []
+    end, window = high, _FIRST_WINDOW
+    try:
+        while end > low:
+            start = max(low, end - window)
+            resume = start
+            for record in reader.read(start, end, deadline):
+                header = wire.parse_headers(record.headers)
+                if header is None or header.kind != "manifest":
+                    continue
+                screened = screen(record, header)
+                if isinstance(screened, RejectedSnapshot):
+                    rejected(screened)
+                    continue
+                candidates.append(screened)
+                resume = min(resume, _chunks_start(screened))
+            jumped = resume < start
+            end = max(low, resume)
+            window = _FIRST_WINDOW if jumped else min(window * 2, _MAX_WINDOW)
+    except ReadTimeout as exc:
+        log.warning(
+            "scan of %s cut short (%s); choosing among the %d snapshots found so far",
+            reader.topic,
+            exc,
+            len(candidates),
+        )
+    return candidates
+
+
+def _chunks_start(candidate: Candidate) -> int:
+    """Where the candidate's chunks start, within the reach of its own chunk count."""
+    manifest, offset = candidate.manifest, candidate.offset
+    first = manifest.first_chunk_offset
+    reach = offset - 2 * manifest.chunk_count - 16
+    if first is None or not reach <= first < offset:
+        return offset
+    return first

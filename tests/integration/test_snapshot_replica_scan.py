@@ -1,0 +1,81 @@
+"""A new replica on a topic holding several bases and their deltas (issue 26): it becomes
+ready from the newest base and the deltas after it, and never reads an older base's chunks
+(the scan jumps over every snapshot's chunks, ``snapshot/scan.py``)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+from streamtrain.kafka import KafkaConnection, create_topics
+from streamtrain.serve.weights.slot import WeightSlot
+from streamtrain.serve.weights.watcher import SnapshotWatcher
+from streamtrain.snapshot.publisher import SnapshotPublisher
+from streamtrain.snapshot.subscriber import SnapshotSubscriber
+from streamtrain.train.row_tracker import row_sparse_parameters
+from tests.delta_fixtures import SparseTrainer, build_model
+
+HASH = "d" * 64
+
+
+def _subscriber(bootstrap: str, topic: str) -> SnapshotSubscriber:
+    return SnapshotSubscriber(kafka=KafkaConnection(bootstrap), topic=topic, settings_hash=HASH)
+
+
+def test_a_new_replica_reads_the_newest_base_and_not_the_older_ones(
+    kafka_bootstrap: str, unique_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kafka = KafkaConnection(kafka_bootstrap)
+    create_topics(kafka, [unique_name])
+    trainer = SparseTrainer(base_every_deltas=2)  # base, delta, delta, base, ...
+    publisher = SnapshotPublisher(
+        kafka=kafka, topic=unique_name, model_name="m", settings_hash=HASH, chunk_bytes=2048
+    )
+    for _ in range(9):
+        trainer.train(3)
+        publisher.offer(trainer.request())
+        assert publisher.flush(30)
+    publisher.close(10)
+    final, newest = trainer.state(), trainer.step
+
+    lister = _subscriber(kafka_bootstrap, unique_name)
+    published = [s.manifest for s in lister.newest_first(60)]
+    lister.close()
+    bases = sorted((m for m in published if m.kind == "base"), key=lambda m: m.version)
+    assert len(bases) == 3 and len(published) == 9, [(m.kind, m.version) for m in published]
+    older_chunks = {
+        offset
+        for m in bases[:-1]
+        for offset in range(m.first_chunk_offset or 0, (m.first_chunk_offset or 0) + m.chunk_count)
+    }
+    assert bases[0].chunk_count > 4  # each base is many records: skipping them is measurable
+
+    replica = _subscriber(kafka_bootstrap, unique_name)
+    reader = replica._reader
+    read_offsets: list[int] = []
+    original = reader.read
+
+    def recording(start: int, end: int, deadline: float):  # type: ignore[no-untyped-def]
+        for record in original(start, end, deadline):
+            read_offsets.append(record.offset)
+            yield record
+
+    monkeypatch.setattr(reader, "read", recording)
+    model = build_model(seed=5)
+    slot = WeightSlot(model, shared=frozenset(row_sparse_parameters(model)))
+    watcher = SnapshotWatcher(replica, slot, poll_timeout_s=0.1).start()
+    try:
+        deadline = time.monotonic() + 60
+        while slot.info is None or slot.info.version != newest:
+            assert time.monotonic() < deadline, slot.info
+            time.sleep(0.05)
+        with slot.acquire() as lease:
+            held = lease.model.state_dict()
+            assert all(torch.equal(held[k], final[k]) for k in final)
+            assert lease.info.header.lineage == bases[-1].snapshot_id
+    finally:
+        watcher.stop()
+    assert read_offsets, "the replica read nothing"
+    assert not older_chunks & set(read_offsets), sorted(older_chunks & set(read_offsets))

@@ -1,0 +1,66 @@
+"""Scheduled bases without a copy of the table on the training thread (issue 26): the trainer
+copies only the changed rows, the publisher completes the base from its own copy, and what
+reaches the topic is exactly the model at that step."""
+
+from __future__ import annotations
+
+import torch
+
+from streamtrain.kafka import KafkaConnection, create_topics
+from streamtrain.snapshot.publisher import SnapshotPublisher
+from streamtrain.snapshot.subscriber import SnapshotSubscriber
+from streamtrain.train.hooks import SnapshotRequest
+from streamtrain.train.weights import take_snapshot
+from tests.delta_fixtures import PARAMS, SparseTrainer
+
+HASH = "e" * 64
+
+
+def test_a_scheduled_base_is_the_model_at_its_step_from_rows_only(
+    kafka_bootstrap: str, unique_name: str
+) -> None:
+    kafka = KafkaConnection(kafka_bootstrap)
+    create_topics(kafka, [unique_name])
+    trainer = SparseTrainer(base_every_deltas=2)  # base, delta, delta, base, ...
+    publisher = SnapshotPublisher(
+        kafka=kafka, topic=unique_name, model_name="m", settings_hash=HASH, chunk_bytes=4096
+    )
+    states: dict[int, dict[str, torch.Tensor]] = {}
+    copied_rows: list[int] = []
+    table = "table.weight"
+    for _ in range(7):
+        trainer.train(3)
+        taken = take_snapshot(trainer.model, trainer.tracker)
+        copied_rows.append(taken.tensors[table].shape[0])
+        states[trainer.step] = trainer.state()
+        publisher.offer(
+            SnapshotRequest(
+                version=trainer.step,
+                run_id="run",
+                tensors=taken.tensors,
+                data_watermark=None,
+                offsets={},
+                created_at=0.0,
+                wait_ready=taken.wait_ready,
+                rows=taken.rows,
+                complete=taken.complete,
+            )
+        )
+        assert publisher.flush(30)
+    publisher.close(10)
+    # Only the first snapshot copied the whole table on the training thread.
+    assert copied_rows[0] == PARAMS["rows"]
+    assert max(copied_rows[1:]) < PARAMS["rows"], copied_rows
+
+    subscriber = SnapshotSubscriber(kafka=kafka, topic=unique_name, settings_hash=HASH)
+    try:
+        published = list(subscriber.newest_first(60))
+    finally:
+        subscriber.close()
+    bases = [s for s in published if s.manifest.kind == "base"]
+    assert sorted(s.manifest.version for s in bases) == [3, 12, 21]
+    for base in bases:
+        expected = states[base.manifest.version]
+        assert set(base.tensors) == set(expected)
+        for name, tensor in expected.items():
+            assert torch.equal(base.tensors[name], tensor), (base.manifest.version, name)
