@@ -132,17 +132,9 @@ class DynamicChain:
         )
 
 
-def test_a_server_that_lost_a_delta_holds_a_linked_version_then_repairs_from_a_base(
-    kafka_bootstrap: str, unique_name: str
-) -> None:
-    create_topics(kafka_bootstrap, [unique_name])
-    chain = DynamicChain(kafka_bootstrap, unique_name)
-    chain.write(chain.take())  # base at step 0
-    d1 = chain.take()
-    chain.write(d1, 0, 0)
-    lost = chain.take()  # admissions and evictions in it are never published
-    d3 = chain.take()
-    chain.write(d3, 0, lost.version)
+def watch_chain(bootstrap: str, topic: str) -> tuple[WeightSlot, SnapshotWatcher]:
+    """A server's slot for :class:`DynamicChain`'s dlrm, and a started watcher that fills it
+    from ``topic`` (the caller stops it)."""
     model = ModelSettings(
         name="dlrm",
         task="binary",
@@ -154,10 +146,22 @@ def test_a_server_that_lost_a_delta_holds_a_linked_version_then_repairs_from_a_b
         params=SMALL_PARAMS,
     )
     slot = build_slot(model, torch.device("cpu"))
-    source = SnapshotSubscriber(
-        kafka=KafkaConnection(kafka_bootstrap), topic=unique_name, settings_hash=HASH
-    )
-    watcher = SnapshotWatcher(source, slot, poll_timeout_s=0.2).start()
+    source = SnapshotSubscriber(kafka=KafkaConnection(bootstrap), topic=topic, settings_hash=HASH)
+    return slot, SnapshotWatcher(source, slot, poll_timeout_s=0.2).start()
+
+
+def test_a_server_that_lost_a_delta_holds_a_linked_version_then_repairs_from_a_base(
+    kafka_bootstrap: str, unique_name: str
+) -> None:
+    create_topics(kafka_bootstrap, [unique_name])
+    chain = DynamicChain(kafka_bootstrap, unique_name)
+    chain.write(chain.take())  # base at step 0
+    d1 = chain.take()
+    chain.write(d1, 0, 0)
+    lost = chain.take()  # admissions and evictions in it are never published
+    d3 = chain.take()
+    chain.write(d3, 0, lost.version)
+    slot, watcher = watch_chain(kafka_bootstrap, unique_name)
     try:
         wait(
             lambda: slot.info is not None and slot.info.version == d1.version,
