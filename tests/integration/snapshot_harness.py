@@ -17,6 +17,7 @@ from kafka import KafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 
 from streamtrain.config import Settings, load_settings
+from streamtrain.kafka import KafkaConnection, record_consumer
 from streamtrain.sample.spec import spec_for_model
 from streamtrain.snapshot import wire
 from streamtrain.snapshot.manifest import SnapshotManifest, settings_hash
@@ -135,6 +136,34 @@ def wait(condition: Callable[[], bool], what: str, timeout_s: float = 30.0) -> N
             return
         time.sleep(0.02)
     raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+def prediction_log(
+    settings: Settings,
+    expected: int,
+    keep: Callable[[Any], bool] = lambda record: True,
+    timeout_s: float = 60.0,
+) -> list[Any]:
+    """The records on the predictions topic that ``keep`` takes, once ``expected`` of them
+    arrived, with what one more poll brings (a duplicate would show up there)."""
+    consumer = record_consumer(
+        KafkaConnection.from_settings(settings.kafka), topic=settings.topics.predictions
+    )
+    try:
+        partitions = consumer.partitions_of_topic()
+        consumer.assign(partitions)
+        consumer.seek_to_beginning(partitions)
+        records: list[Any] = []
+
+        def arrived() -> bool:
+            records.extend(r for r in consumer.poll(200, 10_000) if keep(r))
+            return len(records) >= expected
+
+        wait(arrived, f"{expected} prediction-log records", timeout_s)
+        records.extend(r for r in consumer.poll(500, 10_000) if keep(r))
+        return records
+    finally:
+        consumer.close()
 
 
 def ready(url: str) -> bool:

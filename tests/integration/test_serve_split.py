@@ -16,10 +16,10 @@ import pytest
 
 from streamtrain.builders.server import build_worker
 from streamtrain.config import Settings
-from streamtrain.kafka import KafkaConnection, create_topics, record_consumer
+from streamtrain.kafka import create_topics
 from streamtrain.serve.server import ServingWorker
 from streamtrain.wire.prediction_record import PredictionRecord, decode_prediction
-from tests.integration.snapshot_harness import ROW, publish, serve_settings, wait
+from tests.integration.snapshot_harness import ROW, prediction_log, publish, serve_settings, wait
 from tests.integration.trainer_harness import scrape
 from tests.version_fixtures import expected_value
 
@@ -86,25 +86,8 @@ def _set_split(
 
 def _logged(settings: Settings, ids: set[str], rows: int) -> list[PredictionRecord]:
     """The prediction log's records of ``ids``, once ``rows`` of them arrived."""
-    consumer = record_consumer(
-        KafkaConnection.from_settings(settings.kafka), topic=settings.topics.predictions
-    )
-    try:
-        partitions = consumer.partitions_of_topic()
-        consumer.assign(partitions)
-        consumer.seek_to_beginning(partitions)
-        records: list[PredictionRecord] = []
-
-        def arrived() -> bool:
-            polled = (decode_prediction(r.value) for r in consumer.poll(200, 10_000))
-            records.extend(r for r in polled if r.request_id in ids)
-            return len(records) >= rows
-
-        wait(arrived, f"{rows} prediction-log records", 60)
-        records.extend(decode_prediction(r.value) for r in consumer.poll(500, 10_000))
-        return [r for r in records if r.request_id in ids]
-    finally:
-        consumer.close()
+    found = prediction_log(settings, rows, lambda r: decode_prediction(r.value).request_id in ids)
+    return [decode_prediction(r.value) for r in found]
 
 
 def test_split_routes_by_request_id_hash_and_needs_the_token(settings: Settings, url: str) -> None:
