@@ -8,7 +8,7 @@ import contextlib
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Literal
 
 import httpx
@@ -16,8 +16,9 @@ import torch
 from kafka import KafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 
+from streamtrain.builders.server import build_worker
 from streamtrain.config import Settings, load_settings
-from streamtrain.kafka import KafkaConnection, record_consumer
+from streamtrain.kafka import KafkaConnection, create_topics, record_consumer
 from streamtrain.sample.spec import spec_for_model
 from streamtrain.snapshot import wire
 from streamtrain.snapshot.manifest import SnapshotManifest, settings_hash
@@ -50,6 +51,32 @@ def serve_settings(
             "serve": {"port": 0, "model_name": "m", **serve},
         }
     )
+
+
+def logging_settings(bootstrap: str, name: str, *, labels: bool = False, **serve: Any) -> Settings:
+    """:func:`serve_settings` with the prediction log on, to a topic ``{name}.p`` of two
+    partitions (and labels on ``{name}.l`` with ``labels``); every topic created."""
+    created = serve_settings(bootstrap, name, prediction_log=True, **serve)
+    names = {"predictions": f"{name}.p"} | ({"labels": f"{name}.l"} if labels else {})
+    create_topics(bootstrap, [name])
+    create_topics(bootstrap, list(names.values()), partitions=2)
+    return created.model_copy(update={"topics": created.topics.model_copy(update=names)})
+
+
+@contextlib.contextmanager
+def serving_5_then_6(settings: Settings, version_of: Callable[[str, str], str]) -> Iterator[str]:
+    """A running worker's URL once it serves version 6 and retains 5; ``version_of(url, id)``
+    is the version that answered a request with that id."""
+    worker = build_worker(settings)
+    served = worker.start()
+    try:
+        publish(settings, 5)
+        wait(lambda: version_of(served, "warm-5") == "5", "version 5 live")
+        publish(settings, 6)
+        wait(lambda: version_of(served, "warm-6") == "6", "version 6 live, 5 retained")
+        yield served
+    finally:
+        worker.stop()
 
 
 def weights(settings: Settings, version: int, *, nan: bool = False) -> dict[str, torch.Tensor]:
