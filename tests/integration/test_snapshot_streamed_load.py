@@ -23,7 +23,6 @@ from streamtrain.serve.weights.watcher import SnapshotWatcher
 from streamtrain.snapshot import wire
 from streamtrain.snapshot.manifest import SnapshotManifest
 from streamtrain.snapshot.payload import encode_state, sha256_hex, split_chunks
-from streamtrain.snapshot.publisher import SnapshotPublisher
 from streamtrain.snapshot.subscriber import SnapshotSubscriber
 from streamtrain.snapshot.writer import SnapshotWriter
 from streamtrain.train.row_tracker import row_sparse_parameters
@@ -32,6 +31,7 @@ from tests.delta_fixtures import (
     build_model,
     model_state,
     snapshot_request,
+    sparse_publisher,
 )
 
 HASH = "c" * 64
@@ -215,13 +215,8 @@ def test_base_rotations_under_requests_fail_none(kafka_bootstrap: str, unique_na
     create_topics(KafkaConnection(kafka_bootstrap), [unique_name])
     slot, watcher = _server(kafka_bootstrap, unique_name, SMALL)
     trainer = SparseTrainer(base_every_deltas=2)  # base, delta, delta, base, ...
-    publisher = SnapshotPublisher(
-        kafka=KafkaConnection(kafka_bootstrap),
-        topic=unique_name,
-        model_name="m",
-        settings_hash=HASH,
-        chunk_bytes=2048,  # a base of many chunks
-    )
+    # chunks of 2 KiB: a base of many chunks
+    publisher = sparse_publisher(kafka_bootstrap, unique_name, HASH, chunk_bytes=2048)
     stop = threading.Event()
     failures: list[BaseException] = []
     served: list[tuple[int, str]] = []
