@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from prometheus_client import generate_latest
 
-from streamtrain.kafka import create_topics
 from streamtrain.metrics.registries import SERVER_REGISTRY
 from streamtrain.train.models.dynamic_table import EMPTY
 from tests.integration.snapshot_harness import wait
@@ -28,11 +27,7 @@ def _bad_mappings() -> float:
 def test_a_delta_giving_an_id_two_rows_is_refused_and_the_last_good_version_serves(
     kafka_bootstrap: str, unique_name: str
 ) -> None:
-    create_topics(kafka_bootstrap, [unique_name])
-    chain = DynamicChain(kafka_bootstrap, unique_name)
-    chain.write(chain.take())  # base at step 0
-    good = chain.take()
-    chain.write(good, 0, 0)
+    chain, good = DynamicChain.begun(kafka_bootstrap, unique_name)
     forged = chain.take()
     forged.wait_ready()
     ids = forged.tensors[SLOTS]  # the new owners of the delta's mapping rows
@@ -46,9 +41,6 @@ def test_a_delta_giving_an_id_two_rows_is_refused_and_the_last_good_version_serv
         wait(lambda: _bad_mappings() == before + 1, "the forged delta refused as bad_mapping")
         assert slot.info is not None and slot.info.version == good.version
         assert _matches(slot, chain.states[good.version])
-        repair = chain.take(base=True)
-        chain.write(repair)
-        wait(lambda: slot.info is not None and slot.info.version == repair.version, "the new base")
-        assert _matches(slot, chain.states[repair.version])
+        chain.repair(slot)
     finally:
         watcher.stop()
