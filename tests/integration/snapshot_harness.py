@@ -138,16 +138,30 @@ def publish(
             raw = bytearray(base64.b64decode(encoded))
             raw[10] ^= 0x01
             signature = f"{prefix}:{base64.b64encode(bytes(raw)).decode()}"
-        producer.send(
-            topic,
-            value=value,
-            key=wire.manifest_key("linear", sid),
-            headers=wire.manifest_headers("linear", sid, signature),
-            partition=0,
-        ).get(timeout=30)
+        send_manifest(producer, topic, "linear", sid, value, signature)
     finally:
         producer.close(5)
     return manifest
+
+
+def send_manifest(
+    producer: KafkaProducer,
+    topic: str,
+    model: str,
+    sid: str,
+    value: bytes,
+    signature: str | None = None,
+    timeout: float = 30,
+) -> None:
+    """Send one manifest record of snapshot ``sid`` as the publisher frames it (key, headers,
+    partition 0) and wait for the broker's acknowledgement."""
+    producer.send(
+        topic,
+        value=value,
+        key=wire.manifest_key(model, sid),
+        headers=wire.manifest_headers(model, sid, signature),
+        partition=0,
+    ).get(timeout=timeout)
 
 
 def _flip_digit(value: bytes, index: int) -> bytes:

@@ -33,6 +33,7 @@ from tests.delta_fixtures import (
     snapshot_request,
     sparse_publisher,
 )
+from tests.integration.snapshot_harness import send_manifest
 
 HASH = "c" * 64
 BIG = {"rows": 524_288, "dim": 64, "id_features": 2}  # a 128 MiB table
@@ -158,13 +159,7 @@ def _publish_by_hand(
         chunk_bytes=1024,
         first_chunk_offset=first,
     )
-    producer.send(
-        topic,
-        value=manifest.model_dump_json().encode(),
-        key=wire.manifest_key("m", sid),
-        headers=wire.manifest_headers("m", sid),
-        partition=0,
-    ).get(timeout=30)
+    send_manifest(producer, topic, "m", sid, manifest.model_dump_json().encode())
     producer.close()
 
 
