@@ -24,6 +24,7 @@ from streamtrain.snapshot import wire
 from streamtrain.snapshot.manifest import SnapshotManifest, settings_hash
 from streamtrain.snapshot.payload import encode_state, sha256_hex
 from streamtrain.snapshot.signing import ManifestSigner
+from streamtrain.snapshot.writer import SnapshotWriter
 from streamtrain.train.models import build_model
 from tests.version_fixtures import version_weights
 
@@ -77,6 +78,18 @@ def serving_5_then_6(settings: Settings, version_of: Callable[[str, str], str]) 
         yield served
     finally:
         worker.stop()
+
+
+def settings_writer(settings: Settings, topic: str | None = None) -> SnapshotWriter:
+    """A writer of snapshots that a server built from ``settings`` accepts (its model's name and
+    settings hash), to ``topic`` or the settings' snapshots topic; the caller closes it."""
+    return SnapshotWriter(
+        kafka=KafkaConnection.from_settings(settings.kafka),
+        topic=settings.topics.snapshots if topic is None else topic,
+        model_name=settings.model.name,
+        settings_hash=settings_hash(settings.model.model_dump(mode="json")),
+        chunk_bytes=512 * 1024,
+    )
 
 
 def weights(settings: Settings, version: int, *, nan: bool = False) -> dict[str, torch.Tensor]:
