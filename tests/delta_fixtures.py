@@ -15,6 +15,7 @@ from streamtrain.config import Settings
 from streamtrain.kafka import KafkaConnection
 from streamtrain.sample.spec import SampleSpec
 from streamtrain.snapshot.manifest import settings_hash
+from streamtrain.snapshot.publisher import SnapshotPublisher
 from streamtrain.snapshot.subscriber import SnapshotSubscriber
 from streamtrain.train.hooks import SnapshotRequest
 from streamtrain.train.row_tracker import RowTracker
@@ -119,6 +120,20 @@ def newest_after_one_base(settings: Settings) -> int:
     kinds = [s.manifest.kind for s in published]
     assert kinds[0] == "delta" and kinds.count("base") == 1 and len(kinds) > 3, kinds
     return published[0].manifest.version
+
+
+def sparse_publisher(
+    bootstrap: str, topic: str, digest: str, chunk_bytes: int
+) -> SnapshotPublisher:
+    """A publisher of model ``m``'s snapshots (a :class:`SparseTrainer`'s) to ``topic``, signed
+    for the settings hash ``digest``, in chunks of ``chunk_bytes``."""
+    return SnapshotPublisher(
+        kafka=KafkaConnection(bootstrap),
+        topic=topic,
+        model_name="m",
+        settings_hash=digest,
+        chunk_bytes=chunk_bytes,
+    )
 
 
 class SparseTrainer:

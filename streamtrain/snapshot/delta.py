@@ -83,6 +83,23 @@ def apply_rows(
         target.index_copy_(0, index.to(target.device), values.to(target.device))
 
 
+def scatter_into(
+    tensors: dict[str, torch.Tensor],
+    changed: Mapping[str, torch.Tensor],
+    rows: Mapping[str, torch.Tensor],
+) -> None:
+    """Fold a request's ``changed`` tensors into the full ``tensors`` in place: those with
+    ``rows`` (their int64 indices) scattered in, the others replacing the whole tensor. The
+    full tensors are the sink's own copies (the merger's, the publisher's shadow)."""
+    with torch.no_grad():
+        for name, tensor in changed.items():
+            index = rows.get(name)
+            if index is None:
+                tensors[name] = tensor
+            else:
+                tensors[name].index_copy_(0, index, tensor)
+
+
 def merge_requests(older: SnapshotRequest, newer: SnapshotRequest) -> SnapshotRequest:
     """One request equivalent to publishing ``older`` then ``newer`` (``newer`` unpublished).
 
@@ -100,12 +117,7 @@ def merge_requests(older: SnapshotRequest, newer: SnapshotRequest) -> SnapshotRe
     rows: dict[str, torch.Tensor] | None
     if older.rows is None:
         rows = None
-        for name, tensor in newer.tensors.items():
-            index = newer.rows.get(name)
-            if index is None:
-                tensors[name] = tensor
-            else:
-                tensors[name].index_copy_(0, index, tensor)
+        scatter_into(tensors, newer.tensors, newer.rows)
     else:
         rows = dict(older.rows)
         for name, tensor in newer.tensors.items():

@@ -27,6 +27,7 @@ import logging
 
 import torch
 
+from streamtrain.snapshot.delta import scatter_into
 from streamtrain.train.hooks import SnapshotRequest
 
 log = logging.getLogger(__name__)
@@ -52,13 +53,7 @@ class ShadowCopy:
                 log.error("base %d arrived as rows before any full snapshot", request.version)
                 return None
             return request  # a delta with nothing to keep yet: published as it is
-        with torch.no_grad():
-            for name, tensor in request.tensors.items():
-                index = request.rows.get(name)
-                if index is None:
-                    copy[name] = tensor
-                else:
-                    copy[name].index_copy_(0, index, tensor)
+        scatter_into(copy, request.tensors, request.rows)
         if not request.complete:
             return request
         return dataclasses.replace(request, tensors=dict(copy), rows=None, complete=False)

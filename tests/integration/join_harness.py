@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -258,3 +258,35 @@ def by_id(records: list[Consumed]) -> dict[str, list[Consumed]]:
         assert record.key is not None
         found.setdefault(record.key.decode(), []).append(record)
     return found
+
+
+def kill_join(process: subprocess.Popen[str]) -> str:
+    """``kill -9``; what it wrote."""
+    process.kill()
+    return process.communicate(timeout=30)[0]
+
+
+def reap(processes: Iterable[subprocess.Popen[str] | None], outputs: list[str]) -> None:
+    """Kill (-9) whichever of ``processes`` still runs, keep its output in ``outputs`` and
+    print them all (pytest shows it when the test fails): a join test's ``finally``."""
+    for process in processes:
+        if process is not None and process.returncode is None:
+            outputs.append(kill_join(process))
+    print("\n=====\n".join(outputs))
+
+
+def wait_all_joined(kafka: KafkaConnection, topic: str, count: int, timeout: float) -> None:
+    """Until ``topic`` holds samples of ``count`` distinct ids."""
+    deadline = time.monotonic() + timeout
+    while len(by_id(read_topic(kafka, topic))) < count:
+        assert time.monotonic() < deadline, "not every id was joined"
+        time.sleep(0.2)  # poll interval of a condition wait
+
+
+def joined_once(kafka: KafkaConnection, topic: str, ids: Iterable[str]) -> dict[str, Consumed]:
+    """The samples on ``topic``, one per id: asserts that they are exactly ``ids``, each once."""
+    samples = by_id(read_topic(kafka, topic))
+    assert sorted(samples) == sorted(ids)
+    repeated = {rid: len(found) for rid, found in samples.items() if len(found) != 1}
+    assert not repeated, f"ids emitted more than once: {list(repeated.items())[:5]}"
+    return {rid: found[0] for rid, found in samples.items()}

@@ -8,7 +8,7 @@ import contextlib
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Literal
 
 import httpx
@@ -16,12 +16,15 @@ import torch
 from kafka import KafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 
+from streamtrain.builders.server import build_worker
 from streamtrain.config import Settings, load_settings
+from streamtrain.kafka import KafkaConnection, create_topics, record_consumer
 from streamtrain.sample.spec import spec_for_model
 from streamtrain.snapshot import wire
 from streamtrain.snapshot.manifest import SnapshotManifest, settings_hash
 from streamtrain.snapshot.payload import encode_state, sha256_hex
 from streamtrain.snapshot.signing import ManifestSigner
+from streamtrain.snapshot.writer import SnapshotWriter
 from streamtrain.train.models import build_model
 from tests.version_fixtures import version_weights
 
@@ -48,6 +51,44 @@ def serve_settings(
             "model": MODEL if model is None else model,
             "serve": {"port": 0, "model_name": "m", **serve},
         }
+    )
+
+
+def logging_settings(bootstrap: str, name: str, *, labels: bool = False, **serve: Any) -> Settings:
+    """:func:`serve_settings` with the prediction log on, to a topic ``{name}.p`` of two
+    partitions (and labels on ``{name}.l`` with ``labels``); every topic created."""
+    created = serve_settings(bootstrap, name, prediction_log=True, **serve)
+    names = {"predictions": f"{name}.p"} | ({"labels": f"{name}.l"} if labels else {})
+    create_topics(bootstrap, [name])
+    create_topics(bootstrap, list(names.values()), partitions=2)
+    return created.model_copy(update={"topics": created.topics.model_copy(update=names)})
+
+
+@contextlib.contextmanager
+def serving_5_then_6(settings: Settings, version_of: Callable[[str, str], str]) -> Iterator[str]:
+    """A running worker's URL once it serves version 6 and retains 5; ``version_of(url, id)``
+    is the version that answered a request with that id."""
+    worker = build_worker(settings)
+    served = worker.start()
+    try:
+        publish(settings, 5)
+        wait(lambda: version_of(served, "warm-5") == "5", "version 5 live")
+        publish(settings, 6)
+        wait(lambda: version_of(served, "warm-6") == "6", "version 6 live, 5 retained")
+        yield served
+    finally:
+        worker.stop()
+
+
+def settings_writer(settings: Settings, topic: str | None = None) -> SnapshotWriter:
+    """A writer of snapshots that a server built from ``settings`` accepts (its model's name and
+    settings hash), to ``topic`` or the settings' snapshots topic; the caller closes it."""
+    return SnapshotWriter(
+        kafka=KafkaConnection.from_settings(settings.kafka),
+        topic=settings.topics.snapshots if topic is None else topic,
+        model_name=settings.model.name,
+        settings_hash=settings_hash(settings.model.model_dump(mode="json")),
+        chunk_bytes=512 * 1024,
     )
 
 
@@ -110,16 +151,30 @@ def publish(
             raw = bytearray(base64.b64decode(encoded))
             raw[10] ^= 0x01
             signature = f"{prefix}:{base64.b64encode(bytes(raw)).decode()}"
-        producer.send(
-            topic,
-            value=value,
-            key=wire.manifest_key("linear", sid),
-            headers=wire.manifest_headers("linear", sid, signature),
-            partition=0,
-        ).get(timeout=30)
+        send_manifest(producer, topic, "linear", sid, value, signature)
     finally:
         producer.close(5)
     return manifest
+
+
+def send_manifest(
+    producer: KafkaProducer,
+    topic: str,
+    model: str,
+    sid: str,
+    value: bytes,
+    signature: str | None = None,
+    timeout: float = 30,
+) -> None:
+    """Send one manifest record of snapshot ``sid`` as the publisher frames it (key, headers,
+    partition 0) and wait for the broker's acknowledgement."""
+    producer.send(
+        topic,
+        value=value,
+        key=wire.manifest_key(model, sid),
+        headers=wire.manifest_headers(model, sid, signature),
+        partition=0,
+    ).get(timeout=timeout)
 
 
 def _flip_digit(value: bytes, index: int) -> bytes:
@@ -135,6 +190,34 @@ def wait(condition: Callable[[], bool], what: str, timeout_s: float = 30.0) -> N
             return
         time.sleep(0.02)
     raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+def prediction_log(
+    settings: Settings,
+    expected: int,
+    keep: Callable[[Any], bool] = lambda record: True,
+    timeout_s: float = 60.0,
+) -> list[Any]:
+    """The records on the predictions topic that ``keep`` takes, once ``expected`` of them
+    arrived, with what one more poll brings (a duplicate would show up there)."""
+    consumer = record_consumer(
+        KafkaConnection.from_settings(settings.kafka), topic=settings.topics.predictions
+    )
+    try:
+        partitions = consumer.partitions_of_topic()
+        consumer.assign(partitions)
+        consumer.seek_to_beginning(partitions)
+        records: list[Any] = []
+
+        def arrived() -> bool:
+            records.extend(r for r in consumer.poll(200, 10_000) if keep(r))
+            return len(records) >= expected
+
+        wait(arrived, f"{expected} prediction-log records", timeout_s)
+        records.extend(r for r in consumer.poll(500, 10_000) if keep(r))
+        return records
+    finally:
+        consumer.close()
 
 
 def ready(url: str) -> bool:

@@ -5,19 +5,12 @@ trainer wrote a mapping that fits.)"""
 
 from __future__ import annotations
 
-import torch
 from prometheus_client import generate_latest
 
-from streamtrain.builders.server import build_slot
-from streamtrain.config import ModelSettings, SparseFeatureSettings
-from streamtrain.kafka import KafkaConnection, create_topics
 from streamtrain.metrics.registries import SERVER_REGISTRY
-from streamtrain.serve.weights.watcher import SnapshotWatcher
-from streamtrain.snapshot.subscriber import SnapshotSubscriber
 from streamtrain.train.models.dynamic_table import EMPTY
 from tests.integration.snapshot_harness import wait
-from tests.integration.test_dynamic_tables_serve import HASH, DynamicChain, _matches
-from tests.unit.test_dynamic_tables import PARAMS
+from tests.integration.test_dynamic_tables_serve import DynamicChain, _matches, watch_chain
 
 SLOTS = "embeddings.mappings.t_items.slot_ids"
 
@@ -34,11 +27,7 @@ def _bad_mappings() -> float:
 def test_a_delta_giving_an_id_two_rows_is_refused_and_the_last_good_version_serves(
     kafka_bootstrap: str, unique_name: str
 ) -> None:
-    create_topics(kafka_bootstrap, [unique_name])
-    chain = DynamicChain(kafka_bootstrap, unique_name)
-    chain.write(chain.take())  # base at step 0
-    good = chain.take()
-    chain.write(good, 0, 0)
+    chain, good = DynamicChain.begun(kafka_bootstrap, unique_name)
     forged = chain.take()
     forged.wait_ready()
     ids = forged.tensors[SLOTS]  # the new owners of the delta's mapping rows
@@ -47,29 +36,11 @@ def test_a_delta_giving_an_id_two_rows_is_refused_and_the_last_good_version_serv
     ids[owned[1]] = ids[owned[0]]  # two of the delta's rows would own one ID
     before = _bad_mappings()
     chain.write(forged, 0, good.version)
-
-    model = ModelSettings(
-        name="dlrm",
-        task="binary",
-        input_shape=(3,),
-        sparse=(
-            SparseFeatureSettings(name="user", table="users", max_length=2),
-            SparseFeatureSettings(name="items", table="items", max_length=4),
-        ),
-        params=PARAMS,
-    )
-    slot = build_slot(model, torch.device("cpu"))
-    source = SnapshotSubscriber(
-        kafka=KafkaConnection(kafka_bootstrap), topic=unique_name, settings_hash=HASH
-    )
-    watcher = SnapshotWatcher(source, slot, poll_timeout_s=0.2).start()
+    slot, watcher = watch_chain(kafka_bootstrap, unique_name)
     try:
         wait(lambda: _bad_mappings() == before + 1, "the forged delta refused as bad_mapping")
         assert slot.info is not None and slot.info.version == good.version
         assert _matches(slot, chain.states[good.version])
-        repair = chain.take(base=True)
-        chain.write(repair)
-        wait(lambda: slot.info is not None and slot.info.version == repair.version, "the new base")
-        assert _matches(slot, chain.states[repair.version])
+        chain.repair(slot)
     finally:
         watcher.stop()

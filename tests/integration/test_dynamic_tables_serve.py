@@ -113,6 +113,24 @@ class DynamicChain:
         )
         self.states: dict[int, dict[str, torch.Tensor]] = {}
 
+    @classmethod
+    def begun(cls, bootstrap: str, topic: str) -> tuple[DynamicChain, SnapshotRequest]:
+        """A chain on ``topic`` (created here) that wrote a base at step 0 and one delta after
+        it; the chain and that delta."""
+        create_topics(bootstrap, [topic])
+        chain = cls(bootstrap, topic)
+        chain.write(chain.take())  # base at step 0
+        first = chain.take()
+        chain.write(first, 0, 0)
+        return chain, first
+
+    def repair(self, slot: WeightSlot) -> None:
+        """Write a new base and wait for ``slot`` to serve it: its state, bit for bit."""
+        base = self.take(base=True)
+        self.write(base)
+        wait(lambda: slot.info is not None and slot.info.version == base.version, "the new base")
+        assert _matches(slot, self.states[base.version])
+
     def take(self, steps: int = 4, base: bool = False) -> SnapshotRequest:
         for _ in range(steps if self.states else 0):
             x, y, w, sparse = next(self.batches)
@@ -132,17 +150,9 @@ class DynamicChain:
         )
 
 
-def test_a_server_that_lost_a_delta_holds_a_linked_version_then_repairs_from_a_base(
-    kafka_bootstrap: str, unique_name: str
-) -> None:
-    create_topics(kafka_bootstrap, [unique_name])
-    chain = DynamicChain(kafka_bootstrap, unique_name)
-    chain.write(chain.take())  # base at step 0
-    d1 = chain.take()
-    chain.write(d1, 0, 0)
-    lost = chain.take()  # admissions and evictions in it are never published
-    d3 = chain.take()
-    chain.write(d3, 0, lost.version)
+def watch_chain(bootstrap: str, topic: str) -> tuple[WeightSlot, SnapshotWatcher]:
+    """A server's slot for :class:`DynamicChain`'s dlrm, and a started watcher that fills it
+    from ``topic`` (the caller stops it)."""
     model = ModelSettings(
         name="dlrm",
         task="binary",
@@ -154,10 +164,18 @@ def test_a_server_that_lost_a_delta_holds_a_linked_version_then_repairs_from_a_b
         params=SMALL_PARAMS,
     )
     slot = build_slot(model, torch.device("cpu"))
-    source = SnapshotSubscriber(
-        kafka=KafkaConnection(kafka_bootstrap), topic=unique_name, settings_hash=HASH
-    )
-    watcher = SnapshotWatcher(source, slot, poll_timeout_s=0.2).start()
+    source = SnapshotSubscriber(kafka=KafkaConnection(bootstrap), topic=topic, settings_hash=HASH)
+    return slot, SnapshotWatcher(source, slot, poll_timeout_s=0.2).start()
+
+
+def test_a_server_that_lost_a_delta_holds_a_linked_version_then_repairs_from_a_base(
+    kafka_bootstrap: str, unique_name: str
+) -> None:
+    chain, d1 = DynamicChain.begun(kafka_bootstrap, unique_name)
+    lost = chain.take()  # admissions and evictions in it are never published
+    d3 = chain.take()
+    chain.write(d3, 0, lost.version)
+    slot, watcher = watch_chain(kafka_bootstrap, unique_name)
     try:
         wait(
             lambda: slot.info is not None and slot.info.version == d1.version,
@@ -168,9 +186,6 @@ def test_a_server_that_lost_a_delta_holds_a_linked_version_then_repairs_from_a_b
             chain.states[d1.version]["embeddings.mappings.t_items.slot_ids"],
             chain.states[d3.version]["embeddings.mappings.t_items.slot_ids"],
         ), "the lost delta changed the mapping"
-        repair = chain.take(base=True)
-        chain.write(repair)
-        wait(lambda: slot.info is not None and slot.info.version == repair.version, "the new base")
-        assert _matches(slot, chain.states[repair.version])
+        chain.repair(slot)
     finally:
         watcher.stop()

@@ -21,11 +21,10 @@ from streamtrain.wire.label_record import encode_label_json
 from streamtrain.wire.prediction_record import PredictionRecord, encode_prediction
 from tests.integration.join_harness import (
     HEAD,
+    JoinCase,
     by_id,
-    join_env,
     joining,
     metrics_url,
-    new_topics,
     read_topic,
     served_sample,
     wait_for_records,
@@ -61,7 +60,8 @@ def test_predictions_and_labels_from_different_clients_join_exactly_once(
 ) -> None:
     kafka = kafka_connection
     bootstrap = kafka.bootstrap_servers
-    topics = new_topics(kafka, unique_name, PARTITIONS)
+    case = JoinCase.create(kafka, unique_name, tmp_path, PARTITIONS)
+    topics = case.topics
     served_at = time.time()
     ids = [f"r-{i}" for i in range(600)]
     samples = {rid: served_sample(i, served_at) for i, rid in enumerate(ids)}
@@ -98,12 +98,7 @@ def test_predictions_and_labels_from_different_clients_join_exactly_once(
     assert 0 < len(misrouted) < len(crc), len(misrouted)
     joined = sorted(set(ids) - set(misrouted))
 
-    env = join_env(
-        kafka,
-        topics,
-        tmp_path / "state",
-        {"STREAMTRAIN_JOIN__LABEL_WAIT_S": "1", "STREAMTRAIN_JOIN__WINDOW_S": "600"},
-    )
+    env = case.env({"STREAMTRAIN_JOIN__LABEL_WAIT_S": "1", "STREAMTRAIN_JOIN__WINDOW_S": "600"})
     with joining(env):
         wait_for_records(kafka, topics.samples, len(joined), timeout=120)
         wait_for_records(kafka, topics.dead_letter, len(misrouted), timeout=120)

@@ -26,16 +26,15 @@ import pytest
 from streamtrain.broker import EmbeddedBroker, free_port
 from streamtrain.kafka import KafkaConnection
 from tests.integration.join_harness import (
+    JoinCase,
     JoinTopics,
-    by_id,
     join_env,
     join_metric,
+    joined_once,
     make_topics,
     metrics_url,
-    new_topics,
     produce_labels,
     produce_predictions,
-    read_topic,
     start_join,
     stop_join,
     wait_for_records,
@@ -82,6 +81,13 @@ class RunningJoin:
     output: ProcessOutput
     env: dict[str, str]
 
+    @classmethod
+    def start(cls, env: dict[str, str]) -> RunningJoin:
+        """A `streamtrain join` whose output a thread follows as it comes."""
+        join = cls(start_join(env), ProcessOutput(), env)
+        threading.Thread(target=join.output.follow, args=(join.process,), daemon=True).start()
+        return join
+
     @property
     def base_url(self) -> str:
         return metrics_url(self.env).removesuffix("/metrics")
@@ -103,8 +109,7 @@ def _joined_then_broker_killed(
         "STREAMTRAIN_JOIN__ON_LOG_LOST": policy,
     }
     env = join_env(kafka, topics, tmp_path / "state", extra)
-    join = RunningJoin(start_join(env), ProcessOutput(), env)
-    threading.Thread(target=join.output.follow, args=(join.process,), daemon=True).start()
+    join = RunningJoin.start(env)
     try:
         join_metric(metrics_url(env), ASSIGNED, 0.5, timeout=60)
         _feed(kafka, topics, _ids(0, 100))
@@ -159,11 +164,8 @@ def test_join_rides_out_an_outage_then_starts_over_on_an_emptied_broker(
         input_resets = [line for line in after if "is not the log the join read" in line]
         assert len(input_resets) <= 2, input_resets
 
-    samples = by_id(read_topic(kafka, topics.samples))
-    assert sorted(samples) == sorted(labels), "not every id produced after the restart"
-    repeated = {rid: len(found) for rid, found in samples.items() if len(found) != 1}
-    assert not repeated, repeated
-    for rid, (sample,) in samples.items():
+    # Every id produced after the restart, each once.
+    for rid, sample in joined_once(kafka, topics.samples, labels).items():
         assert int.from_bytes((sample.value or b"")[16:24], "little") == labels[rid]
 
 
@@ -201,11 +203,11 @@ def test_join_rides_out_an_outage_that_keeps_the_data_and_joins_each_id_once(
     cut_broker: TcpCut, kafka_client: str, unique_name: str, tmp_path: Path
 ) -> None:
     kafka = KafkaConnection(f"127.0.0.1:{cut_broker.port}", client=kafka_client)  # type: ignore[arg-type]
-    topics = new_topics(kafka, unique_name, partitions=1)
+    case = JoinCase.create(kafka, unique_name, tmp_path, partitions=1)
+    topics = case.topics
     extra = {"STREAMTRAIN_JOIN__CHECKPOINT_EVERY_S": "1", "STREAMTRAIN_JOIN__WINDOW_S": "600"}
-    env = join_env(kafka, topics, tmp_path / "state", extra)
-    join = RunningJoin(start_join(env), ProcessOutput(), env)
-    threading.Thread(target=join.output.follow, args=(join.process,), daemon=True).start()
+    env = case.env(extra)
+    join = RunningJoin.start(env)
     try:
         join_metric(metrics_url(env), ASSIGNED, 0.5, timeout=60)
         labels = _feed(kafka, topics, _ids(0, 100))
@@ -244,9 +246,5 @@ def test_join_rides_out_an_outage_that_keeps_the_data_and_joins_each_id_once(
             join.process.wait(30)
         print(join.output.text())  # shown by pytest when the test fails
 
-    samples = by_id(read_topic(kafka, topics.samples))
-    assert sorted(samples) == sorted(labels)
-    repeated = {rid: len(found) for rid, found in samples.items() if len(found) != 1}
-    assert not repeated, repeated
-    for rid, (sample,) in samples.items():
+    for rid, sample in joined_once(kafka, topics.samples, labels).items():
         assert int.from_bytes((sample.value or b"")[16:24], "little") == labels[rid]

@@ -23,16 +23,17 @@ from streamtrain.sample.spec import SampleSpec
 from streamtrain.wire import decode_binary
 from tests.integration.join_harness import (
     FEATURES,
+    JoinCase,
     by_id,
-    join_env,
     join_metric,
+    joined_once,
+    kill_join,
     metrics_url,
-    new_topics,
-    produce_labels,
     read_topic,
+    reap,
     start_join,
     stop_join,
-    wait_for_records,
+    wait_all_joined,
 )
 from tests.integration.snapshot_harness import publish, wait
 from tests.integration.trainer_harness import scrape
@@ -112,21 +113,15 @@ def _wait_below(url: str, name: str, below: float, timeout: float) -> None:
         time.sleep(0.02)  # poll interval of a condition wait
 
 
-def _kill(process: subprocess.Popen[str]) -> str:
-    process.kill()
-    return process.communicate(timeout=30)[0]
-
-
 @pytest.mark.kafka_client
 def test_served_predictions_join_exactly_once_across_kill_9_in_a_handover(
     kafka_connection: KafkaConnection, unique_name: str, tmp_path: Path
 ) -> None:
-    kafka = kafka_connection
-    topics = new_topics(kafka, unique_name, partitions=2)
+    case = JoinCase.create(kafka_connection, unique_name, tmp_path, partitions=2)
     sent = _serve_and_log(
-        _server_settings(kafka.bootstrap_servers, unique_name, topics.predictions)
+        _server_settings(case.kafka.bootstrap_servers, unique_name, case.topics.predictions)
     )
-    logged = by_id(read_topic(kafka, topics.predictions))
+    logged = by_id(read_topic(case.kafka, case.topics.predictions))
     assert sorted(logged) == sorted(sent)  # the server logged every row once, keyed by row id
     assert {p.partition for found in logged.values() for p in found} == {0, 1}
 
@@ -134,45 +129,35 @@ def test_served_predictions_join_exactly_once_across_kill_9_in_a_handover(
     # Checkpoints only at assignment and hand-over: the kill leaves samples emitted after the
     # last checkpoint, which the partitions' next owner must find and not emit again.
     extra = {"STREAMTRAIN_JOIN__CHECKPOINT_EVERY_S": "300", "STREAMTRAIN_JOIN__WINDOW_S": "600"}
-    state = tmp_path / "state"
-    first_env, second_env = (join_env(kafka, topics, state, extra) for _ in range(2))
+    first_env, second_env = (case.env(extra) for _ in range(2))
     first = start_join(first_env)
     second: subprocess.Popen[str] | None = None
     outputs: list[str] = []
     try:
         join_metric(metrics_url(first_env), ASSIGNED, 1.5, timeout=60)  # owns both pairs
         ids = sorted(labels)
-        produce_labels(kafka, topics.labels, {rid: labels[rid] for rid in ids[:300]})
-        at_kill = len(wait_for_records(kafka, topics.samples, 150, timeout=60))
+        case.labels({rid: labels[rid] for rid in ids[:300]})
+        at_kill = len(case.samples(150, timeout=60))
         second = start_join(second_env)
         # The second replica joins the group: the first gives its partitions up (checkpoint,
         # revoke; its gauge drops) to be handed one back, and is killed in that hand-over.
         _wait_below(metrics_url(first_env), ASSIGNED, 1.5, timeout=60)
-        outputs.append(_kill(first))
+        outputs.append(kill_join(first))
         join_metric(metrics_url(second_env), ASSIGNED, 1.5, timeout=60)  # takes both over
-        produce_labels(kafka, topics.labels, {rid: labels[rid] for rid in ids[300:]})
-        deadline = time.monotonic() + 120
-        while len(by_id(read_topic(kafka, topics.samples))) < len(sent):
-            assert time.monotonic() < deadline, "not every id was joined"
-            time.sleep(0.2)  # poll interval of a condition wait
+        case.labels({rid: labels[rid] for rid in ids[300:]})
+        wait_all_joined(case.kafka, case.topics.samples, len(sent), timeout=120)
         code, output = stop_join(second)
         outputs.append(output)
         assert code == 0, output
     finally:
-        for process in (first, second):
-            if process is not None and process.returncode is None:
-                outputs.append(_kill(process))
-        print("\n=====\n".join(outputs))  # shown by pytest when the test fails
+        reap((first, second), outputs)
 
     assert at_kill < len(sent), "the kill came after the whole stream: nothing to recover"
     # Killed after checkpointing what it handed back (the kills inside that checkpoint:
     # test_join_checkpoint_kills.py), before it could take a partition back.
     assert "handed back partitions" in outputs[0], outputs[0]
-    samples = by_id(read_topic(kafka, topics.samples))
-    assert sorted(samples) == sorted(sent)
-    repeated = {rid: len(found) for rid, found in samples.items() if len(found) != 1}
-    assert not repeated, f"ids emitted more than once: {list(repeated.items())[:5]}"
-    values = [found[0].value or b"" for found in samples.values()]
+    samples = joined_once(case.kafka, case.topics.samples, sent)
+    values = [sample.value or b"" for sample in samples.values()]
     decoded = decode_binary(SPEC, values, np.zeros(len(values)))
     assert not decoded.rejects
     for row, rid in enumerate(samples):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -100,16 +101,29 @@ def kafka(broker: EmbeddedBroker, kafka_client: KafkaClient) -> KafkaConnection:
     return KafkaConnection(broker.bootstrap_servers, client=kafka_client)
 
 
-def test_an_unchanged_log_passes_every_check_and_keeps_the_position(
-    kafka: KafkaConnection, unique_name: str
-) -> None:
-    _produce(kafka, unique_name, [b"old-%d" % i for i in range(10)])
-    consumer = _reader(kafka, unique_name)
+@contextmanager
+def _watching(
+    kafka: KafkaConnection, topic: str, read: int
+) -> Iterator[tuple[RecordConsumer, LogWatch, Interruptions]]:
+    """Ten records ``old-<i>`` on ``topic``, a consumer that read and a watch that noted the
+    first ``read`` of them, and the interruption count the watch reads; the consumer closes
+    after the block."""
+    _produce(kafka, topic, [b"old-%d" % i for i in range(10)])
+    consumer = _reader(kafka, topic)
     interruptions = Interruptions()
     watch = LogWatch(consumer, (0,), interruptions)
     try:
-        records = _consume(consumer, 10)
+        records = _consume(consumer, read)
         watch.note(records, _partitions(records))
+        yield consumer, watch, interruptions
+    finally:
+        consumer.close()
+
+
+def test_an_unchanged_log_passes_every_check_and_keeps_the_position(
+    kafka: KafkaConnection, unique_name: str
+) -> None:
+    with _watching(kafka, unique_name, 10) as (consumer, watch, interruptions):
         first = watch.check()
         assert (first.replaced, first.undecided) == ({}, set())
         interruptions.count += 1  # the fingerprint of offset 9 is fetched and compared
@@ -118,25 +132,17 @@ def test_an_unchanged_log_passes_every_check_and_keeps_the_position(
         assert consumer.position(0) == 10, "the check put the position back"
         _produce(kafka, unique_name, [b"old-10"])
         assert [r.value for r in _consume(consumer, 1)] == [b"old-10"], "reading goes on"
-    finally:
-        consumer.close()
 
 
 def test_a_shorter_new_log_is_caught_by_the_position_past_its_end(
     broker: EmbeddedBroker, kafka: KafkaConnection, unique_name: str
 ) -> None:
-    _produce(kafka, unique_name, [b"old-%d" % i for i in range(10)])
-    consumer = _reader(kafka, unique_name)
-    watch = LogWatch(consumer, (0,), Interruptions())  # no interruption reported: watermarks
-    try:
-        records = _consume(consumer, 10)
-        watch.note(records, _partitions(records))
+    # No interruption reported: only the watermarks are checked.
+    with _watching(kafka, unique_name, 10) as (consumer, watch, _):
         assert watch.check().replaced == {}
         _restart_with(broker, kafka, unique_name, 3)
         _await_high(consumer, 3)
         assert watch.check().replaced == {0: "the log ends at 3, before the position 10"}
-    finally:
-        consumer.close()
 
 
 def test_a_falling_high_watermark_is_caught_below_the_old_end(
@@ -144,20 +150,13 @@ def test_a_falling_high_watermark_is_caught_below_the_old_end(
 ) -> None:
     """Position 4 of a 10-record log; the new log has 6: the position is inside it, but the
     high watermark fell from 10 to 6, which a kept log never does."""
-    _produce(kafka, unique_name, [b"old-%d" % i for i in range(10)])
-    consumer = _reader(kafka, unique_name)
-    watch = LogWatch(consumer, (0,), Interruptions())
-    try:
-        records = _consume(consumer, 4)
-        watch.note(records, _partitions(records))
+    with _watching(kafka, unique_name, 4) as (consumer, watch, _):
         assert watch.check().replaced == {}
         assert consumer.position(0) == 4
         _restart_with(broker, kafka, unique_name, 6)
         consumer.seek(0, 4)  # drop whatever the old log had prefetched past the position
         _await_high_or_records(consumer, 6)
         assert watch.check().replaced == {0: "the high watermark fell from 10 to 6"}
-    finally:
-        consumer.close()
 
 
 def _await_high_or_records(consumer: RecordConsumer, high: int, timeout: float = 60) -> None:
@@ -177,13 +176,7 @@ def test_a_longer_new_log_is_caught_only_by_the_fingerprint_after_an_interruptio
     """The new log (20 records) holds the old position (10): the watermark checks pass, which
     is the documented blind spot; once an interruption is reported the fingerprint of the last
     record read (offset 9) is compared with the new log's offset 9 and the log is replaced."""
-    _produce(kafka, unique_name, [b"old-%d" % i for i in range(10)])
-    consumer = _reader(kafka, unique_name)
-    interruptions = Interruptions()
-    watch = LogWatch(consumer, (0,), interruptions)
-    try:
-        records = _consume(consumer, 10)
-        watch.note(records, _partitions(records))
+    with _watching(kafka, unique_name, 10) as (consumer, watch, interruptions):
         _restart_with(broker, kafka, unique_name, 20)
         fetched = _consume(consumer, 10)  # the new log's 10..19, not noted: checked first
         assert [r.value for r in fetched] == [b"new-%d" % i for i in range(10, 20)]
@@ -193,8 +186,6 @@ def test_a_longer_new_log_is_caught_only_by_the_fingerprint_after_an_interruptio
         assert list(verdict.replaced) == [0] and verdict.undecided == set()
         assert "offset 9" in verdict.replaced[0], verdict.replaced
         assert consumer.position(0) == 20
-    finally:
-        consumer.close()
 
 
 def test_expected_marks_are_compared_before_use_and_forget_drops_them(

@@ -35,8 +35,8 @@ from tests.integration.join_harness import (
     metrics_url,
     read_topic,
 )
-from tests.integration.snapshot_harness import publish, wait
-from tests.integration.test_serve_prediction_log import _infer, _logged, _settings
+from tests.integration.snapshot_harness import prediction_log, publish, wait
+from tests.integration.test_serve_prediction_log import _infer, _settings
 
 CLIENTS = ("confluent", "kafka-python")
 PARTITIONS = 3
@@ -71,7 +71,7 @@ def test_the_server_logs_predictions_by_murmur2_with_either_client(
     rows = np.zeros((1, 4), np.float32)
     for rid in ids:
         assert _infer(worker.url, rows, rid).status_code == 200
-    records = _logged(settings, len(ids))
+    records = prediction_log(settings, len(ids))
     placed = {r.key.decode(): r.partition for r in records}
     assert set(placed) == set(ids)
     assert placed == {rid: partition_for(rid.encode(), PARTITIONS) for rid in ids}

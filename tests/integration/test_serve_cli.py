@@ -12,12 +12,11 @@ import time
 import httpx
 
 from streamtrain.config import load_settings
-from streamtrain.kafka import KafkaConnection, create_topics
+from streamtrain.kafka import create_topics
 from streamtrain.sample.spec import spec_for_model
-from streamtrain.snapshot.manifest import settings_hash
-from streamtrain.snapshot.writer import SnapshotWriter
 from streamtrain.train.hooks import SnapshotRequest
 from streamtrain.train.models import build_model
+from tests.integration.snapshot_harness import settings_writer
 from tests.version_fixtures import version_weights
 
 
@@ -35,13 +34,7 @@ def test_serve_command_serves_the_newest_snapshot(kafka_bootstrap: str, unique_n
             "model": {"name": "linear", "task": "regression", "input_shape": [4]},
         }
     )
-    writer = SnapshotWriter(
-        kafka=KafkaConnection.from_settings(settings.kafka),
-        topic=unique_name,
-        model_name="linear",
-        settings_hash=settings_hash(settings.model.model_dump(mode="json")),
-        chunk_bytes=512 * 1024,
-    )
+    writer = settings_writer(settings, unique_name)
     spec = spec_for_model(settings.model)
     tensors = version_weights(build_model("linear", spec), 9)
     writer.write(SnapshotRequest(9, "run", tensors, None, {}, time.time()))

@@ -15,14 +15,12 @@ import tritonclient.http as httpclient
 
 from streamtrain.builders.server import build_worker
 from streamtrain.config import Settings, load_settings
-from streamtrain.kafka import KafkaConnection, create_topics
+from streamtrain.kafka import create_topics
 from streamtrain.sample.spec import spec_for_model
 from streamtrain.serve.server import ServingWorker
-from streamtrain.snapshot.manifest import settings_hash
-from streamtrain.snapshot.writer import SnapshotWriter
 from streamtrain.train.hooks import SnapshotRequest
 from streamtrain.train.models import build_model
-from tests.integration.snapshot_harness import wait
+from tests.integration.snapshot_harness import settings_writer, wait
 
 MODEL = {
     "name": "linear",
@@ -41,13 +39,7 @@ def _publish(settings: Settings, version: int) -> None:
     tensors = {
         name: torch.randn(t.shape, generator=generator) for name, t in model.state_dict().items()
     }
-    writer = SnapshotWriter(
-        kafka=KafkaConnection.from_settings(settings.kafka),
-        topic=settings.topics.snapshots,
-        model_name="linear",
-        settings_hash=settings_hash(settings.model.model_dump(mode="json")),
-        chunk_bytes=512 * 1024,
-    )
+    writer = settings_writer(settings)
     try:
         writer.write(SnapshotRequest(version, "run-a", tensors, None, {0: version}, time.time()))
     finally:

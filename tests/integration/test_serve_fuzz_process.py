@@ -32,15 +32,14 @@ from hypothesis import strategies as st
 from tritonclient.grpc import service_pb2
 
 from streamtrain.config import Settings, load_settings
-from streamtrain.kafka import KafkaConnection, create_topics
+from streamtrain.kafka import create_topics
 from streamtrain.sample.spec import spec_for_model
 from streamtrain.serve.protocol.bodies import BINARY_HEADER
-from streamtrain.snapshot.manifest import settings_hash
-from streamtrain.snapshot.writer import SnapshotWriter
 from streamtrain.train.hooks import SnapshotRequest
 from streamtrain.train.models import build_model
 from tests.integration.cli_process import await_output, running_cli
 from tests.integration.process_output import ProcessOutput, await_condition
+from tests.integration.snapshot_harness import settings_writer
 from tests.integration.trainer_harness import scrape
 
 SPARSE_MODEL = {
@@ -172,13 +171,7 @@ def _publish(bootstrap: str, topic: str, model: dict[str, Any]) -> Settings:
     """One snapshot of ``model``'s initial weights on ``topic``; the settings it belongs to."""
     create_topics(bootstrap, [topic])
     chosen = load_settings(overrides={"kafka": {"bootstrap_servers": bootstrap}, "model": model})
-    writer = SnapshotWriter(
-        kafka=KafkaConnection.from_settings(chosen.kafka),
-        topic=topic,
-        model_name=model["name"],
-        settings_hash=settings_hash(chosen.model.model_dump(mode="json")),
-        chunk_bytes=512 * 1024,
-    )
+    writer = settings_writer(chosen, topic)
     spec = spec_for_model(chosen.model)
     tensors = dict(build_model(model["name"], spec, model["params"]).state_dict())
     writer.write(SnapshotRequest(4, "fuzz", tensors, None, {}, time.time()))

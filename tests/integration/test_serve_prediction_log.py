@@ -17,12 +17,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from streamtrain.broker import EmbeddedBroker
 from streamtrain.builders.server import build_worker
 from streamtrain.config import Settings, load_settings
-from streamtrain.kafka import KafkaConnection, create_topics, record_consumer
+from streamtrain.kafka import create_topics
 from streamtrain.sample.spec import spec_for_model
 from streamtrain.serve.server import ServingWorker
 from streamtrain.wire import decode_binary
 from streamtrain.wire.prediction_record import PREDICTION_CONTENT_TYPE, decode_prediction
-from tests.integration.snapshot_harness import MODEL, publish, wait
+from tests.integration.snapshot_harness import MODEL, prediction_log, publish, wait
 from tests.threads import Workers
 
 # Runs again with kafka-python in CI (make test-integration-kafka-python): its Kafka path
@@ -72,28 +72,6 @@ def _infer(url: str, rows: np.ndarray, request_id: str | None = None) -> httpx.R
     if request_id is not None:
         body["id"] = request_id
     return httpx.post(f"{url}/v2/models/m/infer", json=body, timeout=30)
-
-
-def _logged(settings: Settings, expected: int, timeout_s: float = 60.0) -> list[Any]:
-    """Every record on the predictions topic, once ``expected`` arrived (and a little more)."""
-    consumer = record_consumer(
-        KafkaConnection.from_settings(settings.kafka), topic=settings.topics.predictions
-    )
-    try:
-        partitions = consumer.partitions_of_topic()
-        consumer.assign(partitions)
-        consumer.seek_to_beginning(partitions)
-        records: list[Any] = []
-
-        def arrived() -> bool:
-            records.extend(consumer.poll(200, 10_000))
-            return len(records) >= expected
-
-        wait(arrived, f"{expected} prediction-log records", timeout_s)
-        records.extend(consumer.poll(500, 10_000))  # a duplicate would show up here
-        return records
-    finally:
-        consumer.close()
 
 
 LOGGED = "streamtrain_serve_prediction_log_records_total"
@@ -164,7 +142,7 @@ def test_every_served_row_is_logged_once_with_the_features_it_was_served(
     assert len(generated) == len(set(generated)) == THREADS * REQUESTS // 2
     assert all(len(g) == 32 and int(g, 16) >= 0 for g in generated)
 
-    records = _logged(settings, len(sent))
+    records = prediction_log(settings, len(sent))
     keys = [r.key.decode() for r in records]
     assert len(keys) == len(set(keys)), "a served row was logged twice"
     assert set(keys) == set(sent)
@@ -215,7 +193,7 @@ def test_bad_ids_are_refused_in_one_line_and_not_logged(
     assert _infer(worker.url, row, good).json()["id"] == good
     batch = _infer(worker.url, np.ones((3, 4), np.float32), "b" * 254)  # '<id>/2' is 256 bytes
     assert batch.status_code == 200
-    records = _logged(settings, 4)
+    records = prediction_log(settings, 4)
     assert sorted(r.key.decode() for r in records) == sorted(
         [good] + [f"{'b' * 254}/{r}" for r in range(3)]
     )
@@ -282,7 +260,7 @@ def test_generated_ids_are_returned_over_grpc_and_logged(
             tensor.set_data_from_numpy(np.arange(8, dtype=np.float32).reshape(2, 4))
             ids.append(client.infer("m", [tensor], request_id=own).get_response().id)
         assert ids[0] == "grpc-own" and len(ids[1]) == 32
-        records = _logged(settings, 4)
+        records = prediction_log(settings, 4)
         assert sorted(r.key.decode() for r in records) == sorted(
             f"{i}/{row}" for i in ids for row in (0, 1)
         )

@@ -12,11 +12,10 @@ import httpx
 import numpy as np
 import pytest
 
-from streamtrain.builders.server import build_worker
 from streamtrain.config import Settings
-from streamtrain.kafka import KafkaConnection, create_topics, record_producer
+from streamtrain.kafka import KafkaConnection, record_producer
 from streamtrain.wire.label_record import encode_label_json
-from tests.integration.snapshot_harness import ROW, publish, serve_settings, wait
+from tests.integration.snapshot_harness import ROW, logging_settings, serving_5_then_6
 from tests.integration.trainer_harness import scrape
 from tests.version_fixtures import expected_value
 
@@ -27,37 +26,22 @@ DECISIONS = "streamtrain_serve_promotion_decisions_total"
 
 @pytest.fixture
 def settings(kafka_bootstrap: str, unique_name: str) -> Settings:
-    created = serve_settings(
+    return logging_settings(
         kafka_bootstrap,
         unique_name,
+        labels=True,
         admin_token=TOKEN,
         retain_versions=2,
-        prediction_log=True,
         promotion=True,
         promotion_min_rows=40,
         promotion_check_s=0.2,
     )
-    topics = created.topics.model_copy(
-        update={"predictions": f"{unique_name}.p", "labels": f"{unique_name}.l"}
-    )
-    created = created.model_copy(update={"topics": topics})
-    create_topics(kafka_bootstrap, [unique_name])
-    create_topics(kafka_bootstrap, [topics.predictions, topics.labels], partitions=2)
-    return created
 
 
 @pytest.fixture
 def url(settings: Settings) -> Iterator[str]:
-    worker = build_worker(settings)
-    served = worker.start()
-    try:
-        publish(settings, 5)
-        wait(lambda: _infer(served, "warm-5") == "5", "version 5 live")
-        publish(settings, 6)
-        wait(lambda: _infer(served, "warm-6") == "6", "version 6 live, 5 retained")
+    with serving_5_then_6(settings, _infer) as served:
         yield served
-    finally:
-        worker.stop()
 
 
 def _infer(url: str, request_id: str) -> str:

@@ -15,6 +15,7 @@ from streamtrain.snapshot.manifest import SnapshotManifest
 from tests.integration.snapshot_harness import (
     publish,
     rejections,
+    send_manifest,
     serve_settings,
     served_version,
     wait,
@@ -61,13 +62,7 @@ def _publish_bomb(settings: Settings, good: SnapshotManifest) -> None:
         )
         value = SnapshotManifest.model_validate(manifest.model_dump()).model_dump_json()
         assert len(value) < 1024  # the whole attack is one small record
-        producer.send(
-            topic,
-            value=value.encode(),
-            key=wire.manifest_key("linear", sid),
-            headers=wire.manifest_headers("linear", sid),
-            partition=0,
-        ).get(timeout=30)
+        send_manifest(producer, topic, "linear", sid, value.encode())
     finally:
         producer.close(5)
 

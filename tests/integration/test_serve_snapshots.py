@@ -21,6 +21,7 @@ from streamtrain.snapshot.manifest import SnapshotManifest, settings_hash
 from streamtrain.snapshot.writer import SnapshotWriter
 from streamtrain.train.hooks import SnapshotRequest
 from streamtrain.train.models import build_model
+from tests.integration.snapshot_harness import send_manifest
 from tests.version_fixtures import expected_value, version_weights
 
 # Runs again with kafka-python in CI (make test-integration-kafka-python): its Kafka path
@@ -133,13 +134,7 @@ def _publish_forged(settings: Settings, good: SnapshotManifest, version: int, ch
     manifest = good.model_copy(
         update={"version": version, "first_chunk_offset": first or good.first_chunk_offset}
     )
-    producer.send(
-        topic,
-        value=manifest.model_dump_json().encode(),
-        key=wire.manifest_key("linear", sid),
-        headers=wire.manifest_headers("linear", sid),
-        partition=0,
-    ).get(timeout=10)
+    send_manifest(producer, topic, "linear", sid, manifest.model_dump_json().encode(), timeout=10)
     producer.close(5)
 
 

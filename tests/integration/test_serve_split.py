@@ -14,12 +14,14 @@ from typing import Any
 import httpx
 import pytest
 
-from streamtrain.builders.server import build_worker
 from streamtrain.config import Settings
-from streamtrain.kafka import KafkaConnection, create_topics, record_consumer
-from streamtrain.serve.server import ServingWorker
 from streamtrain.wire.prediction_record import PredictionRecord, decode_prediction
-from tests.integration.snapshot_harness import ROW, publish, serve_settings, wait
+from tests.integration.snapshot_harness import (
+    ROW,
+    logging_settings,
+    prediction_log,
+    serving_5_then_6,
+)
 from tests.integration.trainer_harness import scrape
 from tests.version_fixtures import expected_value
 
@@ -36,33 +38,13 @@ def _bucket(request_id: str) -> float:
 
 @pytest.fixture
 def settings(kafka_bootstrap: str, unique_name: str, tmp_path: Path) -> Settings:
-    created = serve_settings(
-        kafka_bootstrap,
-        unique_name,
-        admin_token=TOKEN,
-        retain_versions=2,
-        prediction_log=True,
-    )
-    created = created.model_copy(
-        update={"topics": created.topics.model_copy(update={"predictions": f"{unique_name}.p"})}
-    )
-    create_topics(kafka_bootstrap, [unique_name])
-    create_topics(kafka_bootstrap, [created.topics.predictions], partitions=2)
-    return created
+    return logging_settings(kafka_bootstrap, unique_name, admin_token=TOKEN, retain_versions=2)
 
 
 @pytest.fixture
 def url(settings: Settings) -> Iterator[str]:
-    worker: ServingWorker = build_worker(settings)
-    served = worker.start()
-    try:
-        publish(settings, 5)
-        wait(lambda: _infer(served, "warm-5")[0] == "5", "version 5 live")
-        publish(settings, 6)
-        wait(lambda: _infer(served, "warm-6")[0] == "6", "version 6 live, 5 retained")
+    with serving_5_then_6(settings, lambda served, rid: _infer(served, rid)[0]) as served:
         yield served
-    finally:
-        worker.stop()
 
 
 def _infer(url: str, request_id: str) -> tuple[str, float]:
@@ -86,25 +68,8 @@ def _set_split(
 
 def _logged(settings: Settings, ids: set[str], rows: int) -> list[PredictionRecord]:
     """The prediction log's records of ``ids``, once ``rows`` of them arrived."""
-    consumer = record_consumer(
-        KafkaConnection.from_settings(settings.kafka), topic=settings.topics.predictions
-    )
-    try:
-        partitions = consumer.partitions_of_topic()
-        consumer.assign(partitions)
-        consumer.seek_to_beginning(partitions)
-        records: list[PredictionRecord] = []
-
-        def arrived() -> bool:
-            polled = (decode_prediction(r.value) for r in consumer.poll(200, 10_000))
-            records.extend(r for r in polled if r.request_id in ids)
-            return len(records) >= rows
-
-        wait(arrived, f"{rows} prediction-log records", 60)
-        records.extend(decode_prediction(r.value) for r in consumer.poll(500, 10_000))
-        return [r for r in records if r.request_id in ids]
-    finally:
-        consumer.close()
+    found = prediction_log(settings, rows, lambda r: decode_prediction(r.value).request_id in ids)
+    return [decode_prediction(r.value) for r in found]
 
 
 def test_split_routes_by_request_id_hash_and_needs_the_token(settings: Settings, url: str) -> None:

@@ -20,14 +20,7 @@ from streamtrain.wire.prediction_record import (
     decode_prediction,
     encode_prediction,
 )
-from tests.integration.join_harness import (
-    join_env,
-    joining,
-    metrics_url,
-    new_topics,
-    read_topic,
-    served_sample,
-)
+from tests.integration.join_harness import JoinCase, joining, metrics_url, read_topic, served_sample
 from tests.integration.trainer_harness import scrape
 
 pytestmark = pytest.mark.kafka_client
@@ -96,11 +89,9 @@ def _expected(
 def test_served_quality_per_version_and_arm_matches_the_topics(
     kafka_connection: KafkaConnection, unique_name: str, tmp_path: Path
 ) -> None:
-    topics = new_topics(kafka_connection, unique_name, 2)
-    env = join_env(
-        kafka_connection,
-        topics,
-        tmp_path / "state",
+    case = JoinCase.create(kafka_connection, unique_name, tmp_path, partitions=2)
+    topics = case.topics
+    env = case.env(
         {
             "STREAMTRAIN_JOIN__QUALITY_VERSIONS": str(KEEP),
             "STREAMTRAIN_JOIN__QUALITY_WINDOW_S": "3600",

@@ -17,6 +17,7 @@ from streamtrain.snapshot.publisher import SnapshotPublisher
 from streamtrain.snapshot.subscriber import SnapshotSubscriber
 from streamtrain.snapshot.verify import ReceivedSnapshot, RejectedSnapshot
 from streamtrain.train.hooks import SnapshotRequest
+from tests.integration.snapshot_harness import send_manifest
 from tests.metrics_scrape import Exporter
 
 # Runs again with kafka-python in CI (make test-integration-kafka-python): its Kafka path
@@ -143,13 +144,8 @@ def _hand_made(
         chunk_bytes=SMALL_CHUNK,
         first_chunk_offset=first_chunk_offset,
     )
-    producer.send(
-        topic,
-        value=manifest_value or manifest.model_dump_json().encode(),
-        key=wire.manifest_key("mlp", sid),
-        headers=wire.manifest_headers("mlp", sid),
-        partition=0,
-    ).get(timeout=WAIT)
+    value = manifest_value or manifest.model_dump_json().encode()
+    send_manifest(producer, topic, "mlp", sid, value, timeout=WAIT)
     return first_chunk_offset
 
 

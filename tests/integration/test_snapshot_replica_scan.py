@@ -12,10 +12,9 @@ import torch
 from streamtrain.kafka import KafkaConnection, create_topics
 from streamtrain.serve.weights.slot import WeightSlot
 from streamtrain.serve.weights.watcher import SnapshotWatcher
-from streamtrain.snapshot.publisher import SnapshotPublisher
 from streamtrain.snapshot.subscriber import SnapshotSubscriber
 from streamtrain.train.row_tracker import row_sparse_parameters
-from tests.delta_fixtures import SparseTrainer, build_model
+from tests.delta_fixtures import SparseTrainer, build_model, sparse_publisher
 
 HASH = "d" * 64
 
@@ -30,9 +29,7 @@ def test_a_new_replica_reads_the_newest_base_and_not_the_older_ones(
     kafka = KafkaConnection(kafka_bootstrap)
     create_topics(kafka, [unique_name])
     trainer = SparseTrainer(base_every_deltas=2)  # base, delta, delta, base, ...
-    publisher = SnapshotPublisher(
-        kafka=kafka, topic=unique_name, model_name="m", settings_hash=HASH, chunk_bytes=2048
-    )
+    publisher = sparse_publisher(kafka_bootstrap, unique_name, HASH, chunk_bytes=2048)
     for _ in range(9):
         trainer.train(3)
         publisher.offer(trainer.request())

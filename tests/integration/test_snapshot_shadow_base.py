@@ -7,11 +7,10 @@ from __future__ import annotations
 import torch
 
 from streamtrain.kafka import KafkaConnection, create_topics
-from streamtrain.snapshot.publisher import SnapshotPublisher
 from streamtrain.snapshot.subscriber import SnapshotSubscriber
 from streamtrain.train.hooks import SnapshotRequest
 from streamtrain.train.weights import take_snapshot
-from tests.delta_fixtures import PARAMS, SparseTrainer
+from tests.delta_fixtures import PARAMS, SparseTrainer, sparse_publisher
 
 HASH = "e" * 64
 
@@ -22,9 +21,7 @@ def test_a_scheduled_base_is_the_model_at_its_step_from_rows_only(
     kafka = KafkaConnection(kafka_bootstrap)
     create_topics(kafka, [unique_name])
     trainer = SparseTrainer(base_every_deltas=2)  # base, delta, delta, base, ...
-    publisher = SnapshotPublisher(
-        kafka=kafka, topic=unique_name, model_name="m", settings_hash=HASH, chunk_bytes=4096
-    )
+    publisher = sparse_publisher(kafka_bootstrap, unique_name, HASH, chunk_bytes=4096)
     states: dict[int, dict[str, torch.Tensor]] = {}
     copied_rows: list[int] = []
     table = "table.weight"

@@ -23,7 +23,6 @@ from streamtrain.serve.weights.watcher import SnapshotWatcher
 from streamtrain.snapshot import wire
 from streamtrain.snapshot.manifest import SnapshotManifest
 from streamtrain.snapshot.payload import encode_state, sha256_hex, split_chunks
-from streamtrain.snapshot.publisher import SnapshotPublisher
 from streamtrain.snapshot.subscriber import SnapshotSubscriber
 from streamtrain.snapshot.writer import SnapshotWriter
 from streamtrain.train.row_tracker import row_sparse_parameters
@@ -32,7 +31,9 @@ from tests.delta_fixtures import (
     build_model,
     model_state,
     snapshot_request,
+    sparse_publisher,
 )
+from tests.integration.snapshot_harness import send_manifest
 
 HASH = "c" * 64
 BIG = {"rows": 524_288, "dim": 64, "id_features": 2}  # a 128 MiB table
@@ -158,13 +159,7 @@ def _publish_by_hand(
         chunk_bytes=1024,
         first_chunk_offset=first,
     )
-    producer.send(
-        topic,
-        value=manifest.model_dump_json().encode(),
-        key=wire.manifest_key("m", sid),
-        headers=wire.manifest_headers("m", sid),
-        partition=0,
-    ).get(timeout=30)
+    send_manifest(producer, topic, "m", sid, manifest.model_dump_json().encode())
     producer.close()
 
 
@@ -215,13 +210,8 @@ def test_base_rotations_under_requests_fail_none(kafka_bootstrap: str, unique_na
     create_topics(KafkaConnection(kafka_bootstrap), [unique_name])
     slot, watcher = _server(kafka_bootstrap, unique_name, SMALL)
     trainer = SparseTrainer(base_every_deltas=2)  # base, delta, delta, base, ...
-    publisher = SnapshotPublisher(
-        kafka=KafkaConnection(kafka_bootstrap),
-        topic=unique_name,
-        model_name="m",
-        settings_hash=HASH,
-        chunk_bytes=2048,  # a base of many chunks
-    )
+    # chunks of 2 KiB: a base of many chunks
+    publisher = sparse_publisher(kafka_bootstrap, unique_name, HASH, chunk_bytes=2048)
     stop = threading.Event()
     failures: list[BaseException] = []
     served: list[tuple[int, str]] = []

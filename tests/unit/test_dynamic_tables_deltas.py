@@ -9,6 +9,7 @@ import torch
 from streamtrain.serve.weights.slot import WeightSlot
 from streamtrain.snapshot.delta import delta_payload, split_delta
 from streamtrain.snapshot.manifest import SnapshotHeader
+from streamtrain.train.learner import Learner
 from streamtrain.train.models import build_model
 from streamtrain.train.optim import build_optimizer
 from streamtrain.train.row_tracker import RowTracker, row_sparse_buffers, row_sparse_parameters
@@ -20,6 +21,18 @@ def _served_slot() -> WeightSlot:
     model = build_model("dlrm", SPEC, PARAMS)
     shared = frozenset(row_sparse_parameters(model)) | frozenset(row_sparse_buffers(model))
     return WeightSlot(model, shared=shared)
+
+
+def served_after(batches: int, version: int) -> tuple[Learner, WeightSlot, dict[str, torch.Tensor]]:
+    """A learner after ``batches`` batches, a slot serving its weights as the base ``version``,
+    and that base."""
+    learner = _learner()
+    for x, y, w, sparse in _batches(batches):
+        learner.learn(x, y, w, sparse)
+    slot = _served_slot()
+    base, _ = copy_weights(learner.model)
+    slot.load(base, SnapshotHeader(version, "r"))
+    return learner, slot, base
 
 
 def test_mapping_round_trips_through_a_base_and_deltas_into_the_slot() -> None:
@@ -62,12 +75,7 @@ def test_mapping_round_trips_through_a_base_and_deltas_into_the_slot() -> None:
 
 
 def test_a_late_server_catches_up_from_a_base_with_the_mapping() -> None:
-    learner = _learner()
-    for x, y, w, sparse in _batches(20):
-        learner.learn(x, y, w, sparse)
-    slot = _served_slot()
-    base, _ = copy_weights(learner.model)
-    slot.load(base, SnapshotHeader(20, "r"))
+    learner, slot, _ = served_after(20, 20)
     unknown = _batches(1, seed=99)[0]
     learner.model.eval()
     with slot.acquire() as lease, torch.no_grad():

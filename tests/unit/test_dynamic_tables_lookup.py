@@ -15,9 +15,7 @@ from streamtrain.train.models.dynamic_lookup import EMPTY, SortedLookup
 from streamtrain.train.models.dynamic_table import DynamicMapping
 from streamtrain.train.models.sparse_params import TableSettings
 from streamtrain.train.row_tracker import row_sparse_buffers, row_sparse_parameters
-from streamtrain.train.weights import copy_weights
-from tests.unit.test_dynamic_tables import _batches, _learner
-from tests.unit.test_dynamic_tables_deltas import _served_slot
+from tests.unit.test_dynamic_tables_deltas import served_after
 
 SLOTS = "embeddings.mappings.t_items.slot_ids"
 
@@ -54,12 +52,7 @@ _ROW_SPARSE: set[str] = set()
 
 
 def _trained_slot() -> tuple[WeightSlot, dict[str, torch.Tensor]]:
-    learner = _learner()
-    for x, y, w, sparse in _batches(12):
-        learner.learn(x, y, w, sparse)
-    slot = _served_slot()
-    base, _ = copy_weights(learner.model)
-    slot.load(base, SnapshotHeader(1, "r"))
+    learner, slot, base = served_after(12, 1)
     _ROW_SPARSE.update(row_sparse_parameters(learner.model), row_sparse_buffers(learner.model))
     _BASE.clear()
     _BASE.update(base)
