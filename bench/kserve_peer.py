@@ -14,6 +14,7 @@ Run by bench/serve.py: ``bench/.peers/kserve/bin/python bench/kserve_peer.py --p
 from __future__ import annotations
 
 import argparse
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -45,9 +46,9 @@ class BenchModel(kserve.Model):  # type: ignore[misc]
             output = InferOutput(name=name, shape=list(values.shape), datatype=datatype)
             output.set_data_from_numpy(values, binary_data=False)
             outputs.append(output)
-        return InferResponse(
-            model_name=self.name, infer_outputs=outputs, response_id=payload.id
-        )
+        # KServe's response requires an id; a request without one gets a fresh one.
+        response_id = payload.id or str(uuid.uuid4())
+        return InferResponse(model_name=self.name, infer_outputs=outputs, response_id=response_id)
 
 
 def main() -> None:

@@ -5,8 +5,10 @@ with MLServer's ``NumpyCodec``, runs bench/peer_model.py's MLP (one torch thread
 the same two outputs as streamtrain (probabilities FP32, predicted class INT64). ``main``
 writes MLServer's ``settings.json`` and ``model-settings.json`` into ``--workdir`` and runs
 ``mlserver start`` there: REST on ``--port``, gRPC and the metrics server on free ports,
-``--parallel-workers`` inference processes (MLServer's default is 1: the REST front in the
-main process hands each request to one worker process). Runs in its own virtual environment
+``--parallel-workers`` inference processes, 0 by default: inference in the one server
+process, as streamtrain's (MLServer's own default, 1, hands each request to a worker process;
+with MLServer 1.7.1 and the uvloop it installs, that worker dies at start: "There is no
+current event loop"). Runs in its own virtual environment
 (``make bench-peers``: bench/.peers/mlserver). Swap rows: while ``--swap-flag`` exists a thread
 in the process holding the model copies fresh weights into it every ``--swap-every`` seconds
 (bench/peer_model.py), counting them in ``--swap-count``.
@@ -64,7 +66,7 @@ def main() -> None:
     parser.add_argument("--swap-flag", type=Path, required=True)
     parser.add_argument("--swap-count", type=Path, required=True)
     parser.add_argument("--swap-every", type=float, default=0.1)
-    parser.add_argument("--parallel-workers", type=int, default=1)
+    parser.add_argument("--parallel-workers", type=int, default=0)
     parser.add_argument("--workdir", type=Path, required=True)
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)

@@ -99,11 +99,23 @@ def peers(workdir: Path) -> list[Peer]:
     litserve = importlib.util.find_spec("litserve") is not None
     kserve, mlserver = BENCH / ".peers/kserve/bin/python", BENCH / ".peers/mlserver/bin/python"
     return [
-        Peer("LitServe", "litserve_peer.py", Path(sys.executable), "/health", litserve,
-             ("--fast-queue",)),
+        Peer(
+            "LitServe",
+            "litserve_peer.py",
+            Path(sys.executable),
+            "/health",
+            litserve,
+            ("--fast-queue",),
+        ),
         Peer("KServe", "kserve_peer.py", kserve, "/v2/health/ready", kserve.exists()),
-        Peer("MLServer", "mlserver_peer.py", mlserver, "/v2/health/ready", mlserver.exists(),
-             ("--workdir", str(workdir / "mlserver"))),
+        Peer(
+            "MLServer",
+            "mlserver_peer.py",
+            mlserver,
+            "/v2/health/ready",
+            mlserver.exists(),
+            ("--workdir", str(workdir / "mlserver")),
+        ),
     ]
 
 
@@ -287,7 +299,10 @@ def main() -> None:
             "topics": {"snapshots": topic},
             "model": model_overrides(args.hidden),
             "serve": {
-                "port": port, "grpc_port": grpc_port, "model_name": "bench", "torch_threads": 1
+                "port": port,
+                "grpc_port": grpc_port,
+                "model_name": "bench",
+                "torch_threads": 1,
             },
         }
         publisher = Publisher(load_settings(overrides=overrides))
@@ -304,8 +319,14 @@ def main() -> None:
         assert server.pid is not None
         pid = server.pid
         targets = [
-            Target(OURS, body, f"{ours}{API_PATH}", lambda: process_cpu_s(pid),
-                   lambda: _our_swaps(ours), None)
+            Target(
+                OURS,
+                body,
+                f"{ours}{API_PATH}",
+                lambda: process_cpu_s(pid),
+                lambda: _our_swaps(ours),
+                None,
+            )
             for body in ("JSON", "binary")
         ]
         missing = []
@@ -318,8 +339,14 @@ def main() -> None:
                 _peer(peer, peer_port, args.hidden, args.swap_every, workdir)
             )
             targets.append(
-                Target(peer.name, "JSON", f"http://127.0.0.1:{peer_port}{API_PATH}",
-                       lambda g=group: group_cpu_s(g), lambda f=flag: _peer_swaps(f), flag)
+                Target(
+                    peer.name,
+                    "JSON",
+                    f"http://127.0.0.1:{peer_port}{API_PATH}",
+                    lambda g=group: group_cpu_s(g),
+                    lambda f=flag: _peer_swaps(f),
+                    flag,
+                )
             )
         rows = _http_rows(targets, bodies, publisher, args, load)
         grpc_rows = _grpc_rows(ours, f"127.0.0.1:{grpc_port}", pid, args) if args.grpc else []
@@ -339,10 +366,9 @@ def main() -> None:
         print(f"not installed, left out: {', '.join(missing)} (make bench-peers; bench extra)")
     print(report(rows))
     if grpc_rows:
-        print(
-            f"\ngRPC beside REST (REST: {generator_name(args.threads, args.connections, args.seconds)}; "
-            f"gRPC: {grpc_generator_name(args.connections, args.grpc_streams, args.seconds)})"
-        )
+        rest_load = generator_name(args.threads, args.connections, args.seconds)
+        grpc_load = grpc_generator_name(args.connections, args.grpc_streams, args.seconds)
+        print(f"\ngRPC beside REST (REST: {rest_load}; gRPC: {grpc_load})")
         print(grpc_report(grpc_rows))
     if fresh is not None:
         print(fresh.describe())
@@ -392,20 +418,26 @@ def _grpc_rows(ours: str, target: str, pid: int, args: argparse.Namespace) -> li
         features = rng.normal(size=(batch, FEATURES)).astype(np.float32)
         rest = {"REST JSON": _rows_json(features), "REST binary": _rows_binary(features)}
         request = infer_request("bench", features)
-        for name, body in rest.items():
+        for body in rest.values():
             _probe_rows(f"{ours}{API_PATH}", body, batch)
         run_grpc_load(target, request, connections=args.connections, seconds=2.0)  # warm-up
         for name in ("REST JSON", "REST binary", "gRPC"):
             before = process_cpu_s(pid)
             if name == "gRPC":
                 result = run_grpc_load(
-                    target, request, connections=args.connections, streams=args.grpc_streams,
+                    target,
+                    request,
+                    connections=args.connections,
+                    streams=args.grpc_streams,
                     seconds=args.seconds,
                 )
             else:
                 result = run_load(
-                    f"{ours}{API_PATH}", rest[name], threads=args.threads,
-                    connections=args.connections, seconds=args.seconds,
+                    f"{ours}{API_PATH}",
+                    rest[name],
+                    threads=args.threads,
+                    connections=args.connections,
+                    seconds=args.seconds,
                 )
             cpu = (process_cpu_s(pid) - before) / max(result.requests, 1) * 1e6
             rows.append(GrpcRow(name, batch, result, cpu))
@@ -442,9 +474,10 @@ def _probe_rows(url: str, body: Body, batch: int) -> None:
 def report(rows: list[Row]) -> str:
     """A Markdown table; ratios are to the best Python peer (most req/s) with the same swap
     setting."""
-    best = {}
+    best: dict[bool, Row] = {}
     for r in rows:
-        if r.server != OURS and (r.swapping not in best or r.load.rate > best[r.swapping].load.rate):
+        known = best.get(r.swapping)
+        if r.server != OURS and (known is None or r.load.rate > known.load.rate):
             best[r.swapping] = r
     lines = [
         "| server | body | swaps | req/s | p50 ms | p99 ms | errors | server CPU µs/req "

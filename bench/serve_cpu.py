@@ -20,10 +20,10 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from proc_cpu import process_cpu_s
+
 
 def _child(http: str | None) -> None:
     from serve_trees import build_worker
@@ -83,7 +83,10 @@ def main() -> None:
             for tree, (process, url) in order if i % 2 == 0 else order[::-1]:
                 before = process_cpu_s(process.pid)
                 result = run_load(
-                    url, body, threads=args.threads, connections=args.connections,
+                    url,
+                    body,
+                    threads=args.threads,
+                    connections=args.connections,
                     seconds=args.seconds,
                 )
                 used = process_cpu_s(process.pid) - before

@@ -154,7 +154,11 @@ def test_a_response_arrives_whole_in_one_read(worker: ServingWorker) -> None:
             first = conn.recv(65536)  # one send() of the server lands as one segment
             head, _, body = first.partition(b"\r\n\r\n")
             assert head.startswith(b"HTTP/1.1 200")
-            length = int(next(h for h in head.split(b"\r\n") if h.lower().startswith(b"content-length")).split(b":")[1])
+            length = int(
+                next(
+                    h for h in head.split(b"\r\n") if h.lower().startswith(b"content-length")
+                ).split(b":")[1]
+            )
             assert len(body) == length and _value(body) == 3.5
 
 
