@@ -14,6 +14,7 @@ Run by bench/serve.py: ``bench/.peers/kserve/bin/python bench/kserve_peer.py --p
 from __future__ import annotations
 
 import argparse
+import logging
 import uuid
 from pathlib import Path
 from typing import Any
@@ -61,7 +62,13 @@ def main() -> None:
     args = parser.parse_args()
     model = BenchModel("bench", args.hidden)
     model.peer.start_swapper(args.swap_flag, args.swap_count, args.swap_every)
-    kserve.ModelServer(http_port=args.port, workers=1, enable_grpc=False).start([model])
+    server = kserve.ModelServer(
+        http_port=args.port, workers=1, enable_grpc=False, enable_latency_logging=False
+    )
+    # As streamtrain's server: warnings only, no line per request (KServe logs each at INFO).
+    for name in ("kserve", "kserve.trace", "uvicorn.access", "uvicorn.error"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    server.start([model])
 
 
 if __name__ == "__main__":
