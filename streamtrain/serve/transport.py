@@ -108,7 +108,7 @@ class OneWriteHttpToolsProtocol(HttpToolsProtocol):
 
     MAX_HEAD_BYTES = 64 * 1024
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:  # type: ignore[override]
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._head_bytes = 0
         self._reading_head = True
         coalescing = CoalescingTransport(cast(asyncio.Transport, transport), self.loop)
