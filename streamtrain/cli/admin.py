@@ -12,6 +12,7 @@ from typing import Any
 
 import typer
 
+from streamtrain.ascii_int import parse_ascii_int
 from streamtrain.cli.command import app
 from streamtrain.cli.common import ExitCode, fail
 
@@ -139,7 +140,7 @@ def split_set(
     token: str = _TOKEN,
 ) -> None:
     """Route a share of requests (by request-id hash) to a candidate, or shadow it."""
-    if candidate != "newest" and not (candidate.isascii() and candidate.isdigit()):
+    if candidate != "newest" and parse_ascii_int(candidate) is None:
         fail(f"CANDIDATE must be a version number or 'newest', got {candidate[:40]!r}")
     if not 0.0 <= share <= 1.0:  # NaN fails too
         fail(f"--share must be a fraction from 0 to 1, got {share}")
