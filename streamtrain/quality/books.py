@@ -213,10 +213,10 @@ class VersionBooks:
 
 def merged(shape: VersionBooks, parts: list[VersionBooks]) -> VersionBooks:
     """A new :class:`VersionBooks` shaped as ``shape`` (spec, keep, window) adding up
-    ``parts`` (the join's partitions): the ``keep``
-    newest versions over all of them, every other one folded into ``older``. The same sums as
-    one book fed every row (a version folded in one part is older than ``keep`` versions
-    there, so older than ``keep`` overall too), up to the order of the float additions."""
+    ``parts`` (the join's partitions): the ``keep`` newest versions over all of them, every
+    other one folded into ``older``. The same sums as one book fed every row (a version
+    folded in one part is older than ``keep`` versions there, so older than ``keep`` overall
+    too), up to the order of the float additions."""
     out = VersionBooks(shape.spec, shape.keep, shape.window_s, shape.max_window_rows)
     for part in parts:
         for version, arm, tally in part.tallies():

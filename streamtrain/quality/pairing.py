@@ -10,10 +10,10 @@ served before a restart and labelled after it is still scored, once.
 
 * A prediction row counts as served for its (version, arm); it is scored at once when its
   label already came, else it waits (at most ``max_pending`` rows, oldest dropped first).
-* A label scores every row waiting under its id and is remembered (at most ``max_pending``
-  labels), so a row logged after it (a shadow row's compute finishes after the answer) is
-  scored when it arrives (at most ``max_labels`` labels, oldest forgotten first). A second
-  label for an id is ignored: the first label wins, as in the join.
+* A label scores every row waiting under its id and is remembered (at most ``max_labels``
+  labels, oldest forgotten first), so a row logged after it (a shadow row's compute finishes
+  after the answer) is scored when it arrives. A second label for an id is ignored: the
+  first label wins, as in the join.
 * A second row of one id and arm (a replayed record) is skipped, as the join dead-letters
   it (remembered for the newest ``max_pending`` rows).
 * A record that does not decode is skipped: the join dead-letters it.
