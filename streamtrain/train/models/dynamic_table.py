@@ -172,13 +172,15 @@ class DynamicMapping(nn.Module):
 
     def rows(self, ids: torch.Tensor) -> torch.Tensor:
         """The physical row of each ID: its own, or ``capacity + hash % fallback_rows``."""
-        raw = ids.cpu().numpy()
+        on_host = ids.device.type == "cpu"  # no .cpu() / .to() dispatch for host tensors
+        raw = ids.numpy() if on_host else ids.cpu().numpy()
         hit, rows = self._sorted().find(raw)
         if self.settings.fallback_rows == 1:  # one shared row: no hash to compute
             fallback: Int64s | int = self.capacity
         else:
             fallback = self.capacity + np.remainder(_mix64(raw), self.settings.fallback_rows)
-        return torch.from_numpy(np.where(hit, rows, fallback)).to(ids.device)
+        found = torch.from_numpy(np.where(hit, rows, fallback))
+        return found if on_host else found.to(ids.device)
 
     # --- decisions ------------------------------------------------------------------------
     # Written for few numpy operations per step rather than few lines: at a batch's size each
@@ -190,7 +192,7 @@ class DynamicMapping(nn.Module):
         step_view = self.step.numpy()
         step = int(step_view) + 1
         step_view[()] = step
-        raw = ids.cpu().numpy()
+        raw = ids.numpy() if ids.device.type == "cpu" else ids.cpu().numpy()
         hit, found = lookup.find(raw)  # EMPTY is never owned: a miss, dropped below
         seen = found[hit]
         last_seen, use_count = self.last_seen.numpy(), self.use_count.numpy()

@@ -138,6 +138,9 @@ class EmbeddingTables(nn.Module):
         self.dim = dim
         self.init_std = init_std
         self.mappings = nn.ModuleDict({_key(t): DynamicMapping(k) for t, k in dynamic.items()})
+        # by table name, built once: read several times a step (a plain dict of the same
+        # modules, so it follows them through deepcopy and load_state_dict)
+        self._dynamic = {t: cast(DynamicMapping, self.mappings[_key(t)]) for t in dynamic}
         # rows changed outside optimizer steps since the row tracker last drained them
         self._dirty: dict[str, npt.NDArray[np.bool_]] = {}
         self._generator = torch.Generator()  # re-seeded for every reset (see observe)
@@ -185,11 +188,7 @@ class EmbeddingTables(nn.Module):
     @property
     def dynamic(self) -> dict[str, DynamicMapping]:
         """The dynamic tables' mappings by table name."""
-        out = {}
-        for key, mapping in self.mappings.items():
-            assert isinstance(mapping, DynamicMapping)
-            out[key.removeprefix("t_")] = mapping
-        return out
+        return self._dynamic
 
     @property
     def row_sparse_buffers(self) -> list[str]:
