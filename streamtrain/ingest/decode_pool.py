@@ -27,6 +27,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Sequence
+from contextlib import suppress
 from typing import IO, NoReturn
 
 import numpy as np
@@ -34,7 +35,13 @@ import numpy.typing as npt
 
 from streamtrain.sample.spec import SampleSpec
 from streamtrain.wire import Decoded, decode_json
-from streamtrain.wire.decode_frames import FrameError, read_frame, read_response, request
+from streamtrain.wire.decode_frames import (
+    FrameError,
+    read_frame,
+    read_response,
+    request,
+    write_frame,
+)
 from streamtrain.wire.decoded import merge
 from streamtrain.wire.json_worker import spec_to_json
 
@@ -58,13 +65,25 @@ def resolve_workers(setting: int | str, cores: int | None = None) -> int:
     return 1 if cores <= 2 else min(cores - 1, MAX_AUTO_WORKERS)
 
 
+def start_pool(spec: SampleSpec, setting: int | str, codec: str) -> DecodePool | None:
+    """The started pool ``ingest.decode_workers`` asks for; None for one decoder, or for a
+    topic declared binary (``ingest.codec``), which has no JSON to decode."""
+    workers = resolve_workers(setting)
+    if workers < 2 or codec == "binary":
+        return None
+    pool = DecodePool(spec, workers)
+    pool.start()
+    return pool
+
+
 class DecodeWorkerLost(RuntimeError):
     """A decode worker exited or sent a broken answer."""
 
 
 class DecodePool:
-    """``workers`` JSON decoders: this thread and ``workers - 1`` processes, started on first
-    use. Call it as :func:`~streamtrain.wire.json_format.decode_json`."""
+    """``workers`` JSON decoders: this thread and ``workers - 1`` processes (started by
+    :meth:`start`, or on first use). Call it as
+    :func:`~streamtrain.wire.json_format.decode_json`."""
 
     def __init__(self, spec: SampleSpec, workers: int, min_slice: int = 2000) -> None:
         if workers < 2:
@@ -79,7 +98,10 @@ class DecodePool:
     def pids(self) -> list[int]:
         return [p.pid for p in self._procs]
 
-    def _start(self) -> None:
+    def start(self) -> None:
+        """Start the worker processes (once)."""
+        if self._procs or self._closed:
+            return
         command = [sys.executable, "-m", "streamtrain.wire.json_worker", spec_to_json(self._spec)]
         for _ in range(self._workers - 1):
             self._procs.append(
@@ -96,8 +118,7 @@ class DecodePool:
         slices = max(1, min(self._workers, n // self._min_slice))
         if slices == 1:
             return decode_json(spec, values, record_ts)
-        if not self._procs:
-            self._start()
+        self.start()
         bounds = np.linspace(0, n, slices + 1).astype(int).tolist()
         sent = []
         for proc, start, end in zip(self._procs, bounds[1:-1], bounds[2:], strict=False):
@@ -111,12 +132,11 @@ class DecodePool:
             parts.append(part)
         return merge(spec, parts, {})
 
-    def _send(self, proc: subprocess.Popen[bytes], frame: bytes) -> None:
+    def _send(self, proc: subprocess.Popen[bytes], frame: list[bytes]) -> None:
         stdin: IO[bytes] | None = proc.stdin
         assert stdin is not None
         try:
-            stdin.write(frame)
-            stdin.flush()
+            write_frame(stdin, frame)
         except (BrokenPipeError, OSError):
             self._lost(proc, "could not be sent its records")
 
@@ -156,10 +176,8 @@ class DecodePool:
         for proc in self._procs:
             for pipe in (proc.stdin, proc.stdout):
                 if pipe is not None:
-                    try:
+                    with suppress(OSError):  # a broken pipe on the final flush: it is gone
                         pipe.close()
-                    except OSError:  # a broken pipe on the final flush: the worker is gone
-                        pass
         for proc in self._procs:
             try:
                 proc.wait(timeout=5.0)

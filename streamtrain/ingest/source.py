@@ -34,7 +34,7 @@ from streamtrain.ingest.batch_deadline import MicroBatchPolicy
 from streamtrain.ingest.buffer import BatchBuffer
 from streamtrain.ingest.deadletter import DeadLetterSink, KafkaDeadLetter, LogDeadLetter
 from streamtrain.ingest.decode import JsonDecoder, decode_records
-from streamtrain.ingest.decode_pool import DecodePool, resolve_workers
+from streamtrain.ingest.decode_pool import DecodePool, start_pool
 from streamtrain.ingest.log_order import LogOrder
 from streamtrain.ingest.log_watch import LogWatch, OffsetResetFailed
 from streamtrain.ingest.options import SourceOptions, StartFrom
@@ -95,10 +95,8 @@ class KafkaSampleSource:
         self._closed = False
         self._on_offset_reset = o.on_offset_reset
         self._codec = o.codec
-        workers = resolve_workers(o.decode_workers)
-        # Worker processes start on the first large JSON poll: a binary topic never has any.
-        self._pool = DecodePool(spec, workers) if workers > 1 else None
-        self._json_decoder: JsonDecoder = self._pool or decode_json
+        self._pool: DecodePool | None = None
+        self._json_decoder: JsonDecoder = decode_json
         self._marks: dict[int, RecordMark] = {}  # of the record before each handed-out position
         self._rejects = RejectReport(
             topic,
@@ -134,7 +132,12 @@ class KafkaSampleSource:
                 self._dead_letter = KafkaDeadLetter(topic=o.dead_letter_topic, kafka=kafka)
             else:
                 self._dead_letter = LogDeadLetter()
+            # Started now, so a failure to start them stops the trainer at once.
+            self._pool = start_pool(spec, o.decode_workers, o.codec)
+            self._json_decoder = self._pool or decode_json
         except BaseException:
+            if self._pool is not None:
+                self._pool.close()
             self._consumer.close()
             raise
         log.info("reading %s partitions %s from %s", topic, self._partitions, self._positions)
@@ -380,11 +383,9 @@ class KafkaSampleSource:
             self._dead_letter.flush()
             self._dead_letter.close()
         finally:
-            try:
-                if self._pool is not None:
-                    self._pool.close()
-            finally:
-                self._consumer.close()
+            if self._pool is not None:  # close() never raises: the consumer is closed next
+                self._pool.close()
+            self._consumer.close()
 
     def __enter__(self) -> KafkaSampleSource:
         return self

@@ -14,7 +14,7 @@ Response (worker -> parent): header ``{"m": samples, "rejects": [[row, reason, d
 ``int32[m]``, IDs ``int64[k]``, ID weights ``float32[k]``.
 
 >>> spec = SampleSpec(feature_shape=(2,), task="binary")
->>> n, lengths, stamps, blob = read_request(request([b'{"a":1}', b"[]"], np.zeros(2))[8:])
+>>> n, lengths, stamps, blob = read_request(b"".join(request([b'{"a":1}', b"[]"], np.zeros(2))[1:]))
 >>> split_values(lengths, blob), n
 ([b'{"a":1}', b'[]'], 2)
 """
@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import struct
 from collections.abc import Sequence
-from typing import Any, BinaryIO
+from typing import IO, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -42,13 +42,22 @@ class FrameError(RuntimeError):
     """A frame that ended early or does not add up (the other side died mid-write)."""
 
 
-def _frame(header: dict[str, Any], arrays: Sequence[bytes | memoryview]) -> bytes:
+def _frame(header: dict[str, Any], arrays: Sequence[bytes]) -> list[bytes]:
+    """A frame as its parts, to be written one after another: joining them first would copy
+    a poll's worth of bytes once more."""
     head = json.dumps(header).encode()
-    body = b"".join([_HEADER.pack(len(head)), head, *arrays])
-    return _LENGTH.pack(len(body)) + body
+    size = _HEADER.size + len(head) + sum(map(len, arrays))
+    return [_LENGTH.pack(size), _HEADER.pack(len(head)), head, *arrays]
 
 
-def read_frame(stream: BinaryIO) -> bytes | None:
+def write_frame(stream: IO[bytes], parts: Sequence[bytes]) -> None:
+    """Write one frame's parts and flush."""
+    for part in parts:
+        stream.write(part)
+    stream.flush()
+
+
+def read_frame(stream: IO[bytes]) -> bytes | None:
     """One frame's payload from ``stream``; None at a clean end (EOF before a frame)."""
     prefix = stream.read(_LENGTH.size)
     if not prefix:
@@ -86,7 +95,7 @@ class _Reader:
         return bytes(self._body[self._at :])
 
 
-def request(values: Sequence[bytes], record_ts: npt.NDArray[np.float64]) -> bytes:
+def request(values: Sequence[bytes], record_ts: npt.NDArray[np.float64]) -> list[bytes]:
     """The request frame for ``values`` (their record timestamps in epoch seconds)."""
     lengths = np.fromiter(map(len, values), np.int64, len(values))
     stamps = np.ascontiguousarray(record_ts, "<f8")
@@ -112,7 +121,7 @@ def split_values(lengths: npt.NDArray[np.int64], blob: bytes) -> list[bytes]:
     return [blob[a:b] for a, b in zip(starts, ends, strict=True)]
 
 
-def response(spec: SampleSpec, decoded: Decoded) -> bytes:
+def response(spec: SampleSpec, decoded: Decoded) -> list[bytes]:
     """The response frame of one decoded request."""
     arrays: list[bytes] = [
         np.ascontiguousarray(decoded.rows, "<i8").tobytes(),
@@ -137,7 +146,7 @@ def response(spec: SampleSpec, decoded: Decoded) -> bytes:
     return _frame(header, arrays)
 
 
-def error_response(message: str) -> bytes:
+def error_response(message: str) -> list[bytes]:
     """A response saying the worker could not decode the request at all (a bug, not a bad
     record: bad records are rejects)."""
     return _frame({"m": 0, "rejects": [], "ids": [], "error": message}, [])

@@ -23,7 +23,7 @@ import json
 import os
 import signal
 import sys
-from typing import Any, BinaryIO
+from typing import IO, Any
 
 from streamtrain.sample.spec import SampleSpec, SparseFeature
 from streamtrain.wire.decode_frames import (
@@ -32,6 +32,7 @@ from streamtrain.wire.decode_frames import (
     read_request,
     response,
     split_values,
+    write_frame,
 )
 from streamtrain.wire.json_format import decode_json
 
@@ -71,7 +72,7 @@ def _die_with_parent() -> None:
             raise SystemExit(0)
 
 
-def serve(spec: SampleSpec, requests: BinaryIO, responses: BinaryIO) -> None:
+def serve(spec: SampleSpec, requests: IO[bytes], responses: IO[bytes]) -> None:
     """Answer every request frame of ``requests`` until it ends."""
     while (payload := read_frame(requests)) is not None:
         try:
@@ -79,8 +80,7 @@ def serve(spec: SampleSpec, requests: BinaryIO, responses: BinaryIO) -> None:
             frame = response(spec, decode_json(spec, split_values(lengths, blob), stamps))
         except Exception as exc:  # a bug here must reach the parent as one line, not a hang
             frame = error_response(f"{type(exc).__name__}: {exc}")
-        responses.write(frame)
-        responses.flush()
+        write_frame(responses, frame)
 
 
 def main() -> None:

@@ -80,7 +80,9 @@ class HeaderRec(Rec):
 
 def test_auto_reads_the_content_type_of_each_record() -> None:
     records = [
-        HeaderRec(0, 0, encode_binary(SPEC, [1.0, 2.0], 3), header=b"application/x-streamtrain-sample"),
+        HeaderRec(
+            0, 0, encode_binary(SPEC, [1.0, 2.0], 3), header=b"application/x-streamtrain-sample"
+        ),
         HeaderRec(0, 1, encode_json([1.0, 2.0], 2)),
         HeaderRec(0, 2, encode_json([1.0, 2.0], 2), header=b"text/csv"),
     ]
@@ -101,7 +103,7 @@ def test_codec_and_decode_workers_settings_are_checked() -> None:
         Settings.model_validate({"ingest": {"decode_workers": 0}})
     with pytest.raises(ValueError, match="codec"):
         Settings.model_validate({"ingest": {"codec": "avro"}})
-    with pytest.raises(ValueError, match="ingest.codec='avro'"):
+    with pytest.raises(ValueError, match=r"ingest\.codec='avro'"):
         SourceOptions(codec="avro")  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="ingest.decode_workers=0"):
+    with pytest.raises(ValueError, match=r"ingest\.decode_workers=0"):
         SourceOptions(decode_workers=0)
