@@ -48,6 +48,7 @@ from streamtrain.wire.json_worker import spec_to_json
 log = logging.getLogger(__name__)
 
 MAX_AUTO_WORKERS = 8
+MIN_SLICE = 2000  # fewest records sent to one worker: below it, the round trip is not worth it
 
 
 def resolve_workers(setting: int | str, cores: int | None = None) -> int:
@@ -85,12 +86,12 @@ class DecodePool:
     :meth:`start`, or on first use). Call it as
     :func:`~streamtrain.wire.json_format.decode_json`."""
 
-    def __init__(self, spec: SampleSpec, workers: int, min_slice: int = 2000) -> None:
+    def __init__(self, spec: SampleSpec, workers: int, min_slice: int | None = None) -> None:
         if workers < 2:
             raise ValueError(f"a decode pool needs >= 2 decoders, got {workers}")
         self._spec = spec
         self._workers = workers
-        self._min_slice = min_slice
+        self._min_slice = MIN_SLICE if min_slice is None else min_slice
         self._procs: list[subprocess.Popen[bytes]] = []
         self._closed = False
 
