@@ -45,7 +45,7 @@ class SourceOptions:
     reject_summary_every_s: float = 30.0
     all_rejected_alarm_s: float = 60.0
     codec: Codec = "auto"  # auto: by each record's content-type header
-    decode_workers: int | str = 1  # JSON decoders (decode_pool); "auto": by the core count
+    decode_workers: int | str = "auto"  # JSON decoders (decode_pool): 1 on <= 2 cores
 
     def __post_init__(self) -> None:
         # The settings tree checks these already; a hand-built value is checked here.

@@ -111,7 +111,8 @@ sys.stdin.read()
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
-def test_workers_die_with_a_parent_killed_by_sigkill() -> None:
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM], ids=["kill-9", "sigterm"])
+def test_workers_die_with_their_parent(how: signal.Signals) -> None:
     parent = subprocess.Popen(
         [sys.executable, "-c", _PARENT], stdin=subprocess.PIPE, stdout=subprocess.PIPE
     )
@@ -119,8 +120,8 @@ def test_workers_die_with_a_parent_killed_by_sigkill() -> None:
         assert parent.stdout is not None
         pids = [int(p) for p in parent.stdout.readline().split()]
         assert len(pids) == 2
-        parent.kill()
-        parent.wait()
+        parent.send_signal(how)
+        assert parent.wait(timeout=10) == -how
         for pid in pids:
             _wait_gone(pid)
     finally:
