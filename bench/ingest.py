@@ -380,10 +380,10 @@ def main() -> None:
         f"{'source/s':>10}{'source/raw':>11}{'[cpu]':>7}{'arrival/s':>10}{'arrival/raw':>12}"
         f"{'[cpu]':>7}"
     )
-    for name, size, client, v, raw, rate, late in rows:
+    for name, size, client, v, raw, src, late in rows:
         print(
             f"{name:<9}{size:>6} {client:<13}{v.codec:<7}{v.workers:>8}{raw.wall:>11,.0f}"
-            f"{rate.wall:>10,.0f}{rate.wall / raw.wall:>11.2f}{rate.cpu / raw.cpu:>7.2f}"
+            f"{src.wall:>10,.0f}{src.wall / raw.wall:>11.2f}{src.cpu / raw.cpu:>7.2f}"
             f"{late.wall:>10,.0f}{late.wall / raw.wall:>12.2f}{late.cpu / raw.cpu:>7.2f}"
         )
     print("decoding alone, in process, same values:")
