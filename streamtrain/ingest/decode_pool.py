@@ -52,9 +52,11 @@ MIN_SLICE = 2000  # fewest records sent to one worker: below it, the round trip 
 
 
 def resolve_workers(setting: int | str, cores: int | None = None) -> int:
-    """The decoder count of ``ingest.decode_workers``: an integer as is; ``auto`` is 1 on a
-    machine of 2 cores or fewer (the broker client and the trainer need them: measured in
-    bench/README.md, "Ingest"), else ``cores - 1`` up to :data:`MAX_AUTO_WORKERS`.
+    """The decoder count of ``ingest.decode_workers``: an integer as is; ``auto`` is 1 where
+    this trainer process has 2 cores or fewer (the broker client and the trainer need them:
+    measured in bench/README.md, "Ingest"), else its cores - 1 up to :data:`MAX_AUTO_WORKERS`.
+    Its cores are the machine's (CPU affinity) shared among the ranks torchrun started on it
+    (``LOCAL_WORLD_SIZE``), so eight ranks on 16 cores get one decoder each, not 8 x 8.
 
     >>> resolve_workers("auto", cores=2), resolve_workers("auto", cores=16), resolve_workers(3)
     (1, 8, 3)
@@ -63,6 +65,8 @@ def resolve_workers(setting: int | str, cores: int | None = None) -> int:
         return setting
     if cores is None:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+        local = os.environ.get("LOCAL_WORLD_SIZE", "1")
+        cores //= int(local) if local.isdecimal() and int(local) > 0 else 1
     return 1 if cores <= 2 else min(cores - 1, MAX_AUTO_WORKERS)
 
 

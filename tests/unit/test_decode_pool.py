@@ -130,6 +130,18 @@ def test_workers_die_with_their_parent(how: signal.Signals) -> None:
             parent.wait()
 
 
+def test_auto_worker_count_shares_the_cores_among_local_ranks(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    cores = len(os.sched_getaffinity(0))
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(cores))  # one core per rank: no workers
+    assert resolve_workers("auto") == 1
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")
+    alone = resolve_workers("auto")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "not a number")  # ignored, as when absent
+    assert resolve_workers("auto") == alone
+
+
 def test_auto_worker_count_follows_the_cores() -> None:
     assert resolve_workers("auto", cores=1) == 1
     assert resolve_workers("auto", cores=2) == 1
