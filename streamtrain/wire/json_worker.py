@@ -12,8 +12,10 @@ It never outlives its parent:
 2. Everywhere, the parent's end of stdin closing (the parent exited or closed the pool) is a
    clean EOF: the worker exits 0.
 
-SIGINT is ignored: a Ctrl-C reaches the whole process group, and the parent, which owns the
-shutdown, closes the pipes.
+SIGINT and SIGTERM are ignored: a Ctrl-C reaches the whole process group, and a service
+manager may signal every process of the trainer's cgroup (systemd's default); the parent, which
+owns the shutdown, finishes its step and closes the pipes. A worker that died first would make
+that clean stop an error.
 """
 
 from __future__ import annotations
@@ -85,6 +87,7 @@ def serve(spec: SampleSpec, requests: IO[bytes], responses: IO[bytes]) -> None:
 
 def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _die_with_parent()
     if len(sys.argv) != 2:
         raise SystemExit("usage: python -m streamtrain.wire.json_worker SPEC_JSON")

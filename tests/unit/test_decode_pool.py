@@ -89,6 +89,17 @@ def test_a_killed_worker_is_a_clear_error_and_the_pool_stops(pool3: DecodePool) 
         pool3(SPEC, values, stamps)
 
 
+def test_workers_ignore_sigterm_and_sigint_the_parent_owns_the_shutdown(
+    pool3: DecodePool,
+) -> None:
+    values, stamps = _values(SPEC, 100), np.zeros(100)
+    pool3(SPEC, values, stamps)
+    for pid in pool3.pids:  # as systemd signals every process of the trainer's cgroup
+        os.kill(pid, signal.SIGTERM)
+        os.kill(pid, signal.SIGINT)
+    _same(pool3(SPEC, values, stamps), decode_json(SPEC, values, stamps))
+
+
 def test_close_stops_every_worker(pool3: DecodePool) -> None:
     pool3(SPEC, _values(SPEC, 100), np.zeros(100))
     pids = pool3.pids
