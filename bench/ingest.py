@@ -77,25 +77,16 @@ class Clock:
 
 def _cpu() -> float:
     """This process's CPU time plus its exited and running children's (decode workers)."""
-    own = time.process_time()
-    children = os.times()
-    running = 0.0
-    for pid in _children():
-        try:
-            with open(f"/proc/{pid}/stat") as stat:
-                fields = stat.read().rsplit(")", 1)[1].split()
-            running += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-        except OSError:
-            pass
-    return own + children.children_user + children.children_system + running
-
-
-def _children() -> list[int]:
+    times, running = os.times(), 0.0
     try:
         with open(f"/proc/self/task/{os.getpid()}/children") as f:
-            return [int(p) for p in f.read().split()]
-    except OSError:
-        return []
+            for pid in f.read().split():
+                with open(f"/proc/{pid}/stat") as stat:
+                    fields = stat.read().rsplit(")", 1)[1].split()
+                running += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except OSError:  # not Linux, or a child that exited meanwhile (counted once waited for)
+        pass
+    return time.process_time() + times.children_user + times.children_system + running
 
 
 def produce(bootstrap: str, topic: str, values: list[bytes], content_type: str) -> None:
