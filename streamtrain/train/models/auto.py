@@ -6,8 +6,9 @@ linear model's pace, one the MLP fits better moves the weight to the MLP within 
 samples. ``combine: sum`` is wide & deep (Cheng et al., 2016): the linear path's output is
 added to the MLP's and both learn from the loss of the sum. Either way the linear head shares
 the MLP's first matrix multiply (its rows are the first ``width`` outputs of ``first``), so
-it costs little more than the MLP alone. Measured in bench/README.md (Peers) and
-docs/models.md (Defaults and the evidence).
+it costs little more than the MLP alone; with ``linear_lr`` set it is a layer of its own
+(``wide``), which ``optim.param_groups`` steps as plain SGD at that rate. Measured in
+bench/README.md (Peers) and docs/models.md (Defaults and the evidence).
 """
 
 from __future__ import annotations
