@@ -47,7 +47,9 @@ class SnapshotPublisher:
        and producer) as a whole clone of the shadow copy at its version, while deltas keep
        flowing; its rows are carried into the next delta, so each version is published once,
        as a base or as a delta. While the base lane is busy the base stays due, and the first
-       later request folded while it is free becomes the base (likewise after a failed base);
+       later request folded while it is free becomes the base. A base that fails to publish
+       waits for the next scheduled one (retrying a large base at once would only add load
+       to whatever made it fail; the deltas carry on meanwhile);
     5. servers apply a delta on any live version of the same run between its predecessor and
        itself (``serve/weights/checks.py``), so deltas published while a base is written
        apply before and after it alike.
@@ -155,8 +157,10 @@ class SnapshotPublisher:
             self._base_id = manifest.snapshot_id
 
     def _base_failed(self, version: int) -> None:
-        with self._lock:
-            self._base_due = True  # rule 4: the next request folded becomes the base
+        log.warning(
+            "base %d was not published; deltas carry on, the next scheduled base replaces it",
+            version,
+        )
 
     def flush(self, timeout: float) -> bool:
         """Wait until everything offered so far is published, superseded or failed."""
