@@ -107,6 +107,14 @@ class BaseLane:
             self._write, name=f"snapshot-base-lane-{writer.topic}"
         )
 
+    @property
+    def busy(self) -> bool:
+        """Whether a base is being written (only ``offer`` makes it busy: a caller that is
+        the only one offering may check this first and skip building a base it cannot hand
+        over)."""
+        with self._lock:
+            return self._busy
+
     def offer(self, request: SnapshotRequest) -> bool:
         """Start writing ``request`` (a whole base the caller owns); False while busy."""
         with self._lock:

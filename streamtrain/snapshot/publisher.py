@@ -143,7 +143,9 @@ class SnapshotPublisher:
             due = self._base_due or folded.complete
             if not due or self._base_id is None or not self._shadow.ready:
                 return False
-        if not self._bases.offer(self._shadow.base(folded)):
+        # Checked before the clone: a model-sized copy per delta while the lane is busy
+        # would slow every delta behind it.
+        if self._bases.busy or not self._bases.offer(self._shadow.base(folded)):
             with self._lock:
                 self._base_due = True
             return False

@@ -25,6 +25,7 @@ from streamtrain.serve.weights.watcher import SnapshotWatcher
 from streamtrain.snapshot import wire
 from streamtrain.snapshot.manifest import SnapshotHeader, SnapshotManifest
 from streamtrain.snapshot.publisher import SnapshotPublisher
+from streamtrain.snapshot.shadow import ShadowCopy
 from streamtrain.snapshot.subscriber import SnapshotSubscriber
 from streamtrain.snapshot.writer import SnapshotWriter
 from streamtrain.train.hooks import SnapshotRequest
@@ -84,6 +85,15 @@ class _BaseGate:
             return manifest
 
         monkeypatch.setattr(SnapshotWriter, "write", write)
+        # Every whole clone the publisher takes for the base lane (a model-sized copy).
+        self.clones: list[int] = []
+        real_base = ShadowCopy.base
+
+        def base(shadow: ShadowCopy, request: SnapshotRequest) -> SnapshotRequest:
+            self.clones.append(request.version)
+            return real_base(shadow, request)
+
+        monkeypatch.setattr(ShadowCopy, "base", base)
 
 
 @pytest.fixture
@@ -147,6 +157,8 @@ def test_deltas_reach_the_server_while_a_base_is_written_and_both_replicas_end_e
         for _ in range(5):
             _await(tail, _offer(trainer, publisher).version, "a delta while the base is held")
         assert gate.written == [] and gate.held_versions == [scheduled.version]
+        # A base due while the lane is busy is not cloned per delta: one clone, the held one.
+        assert gate.clones == [scheduled.version]
         gate.released.set()
         assert publisher.flush(60)
         assert [m.version for m in gate.written] == [scheduled.version]
