@@ -208,11 +208,18 @@ def replica(args: argparse.Namespace, bootstrap: str, topic: str, out: Any) -> N
     info = slot.info
     watcher.stop()
     base_at = next((i for i, (kind, _) in enumerate(yields) if kind == "base"), None)
-    base_read = yields[base_at][1] - yields[base_at - 1][1] if base_at is not None else float("nan")
+    nan = float("nan")
+    base_from = yields[base_at - 1][1] - started if base_at else nan
+    base_to = yields[base_at][1] - started if base_at else nan
     out.put(
         {
             "ready s": ready,
-            "base read s": base_read,
+            "base read s": base_to - base_from,
+            # phases, s after the watcher started: first snapshot verified (the scan and the
+            # newest delta), the base's read started (deltas newer than it read before it)
+            "first yield at s": yields[1][1] - started if len(yields) > 1 else nan,
+            "base read from s": base_from,
+            "deltas read before it": base_at - 1 if base_at else 0,
             "version": None if info is None else info.version,
             "lineage": None if info is None else info.header.lineage,
         }
