@@ -87,7 +87,8 @@ def write_counted(
 class BaseLane:
     """Writes whole bases with ``writer`` (its own producer, chunks marked ``lane: base``)
     on its own thread; ``on_published`` gets each acknowledged manifest, ``on_failed`` the
-    version of each base that could not be written."""
+    version of each base that could not be written; ``on_done`` then gets the base's
+    tensors back (the caller may reuse them: the lane no longer reads them)."""
 
     def __init__(
         self,
@@ -96,8 +97,10 @@ class BaseLane:
         newest: PublishedVersion,
         on_published: Callable[[SnapshotManifest], None],
         on_failed: Callable[[int], None],
+        on_done: Callable[[SnapshotRequest], None] = lambda request: None,
     ) -> None:
         self._writer = writer
+        self._on_done = on_done
         self._newest = newest
         self._on_published = on_published
         self._on_failed = on_failed
@@ -133,6 +136,7 @@ class BaseLane:
                 self._on_failed(request.version)
             else:
                 self._on_published(manifest)
+            self._on_done(request)  # before the lane is free: no base is being built now
         finally:
             with self._lock:
                 self._busy = False

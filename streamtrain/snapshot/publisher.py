@@ -98,6 +98,7 @@ class SnapshotPublisher:
             newest=self._newest,
             on_published=self._base_published,
             on_failed=self._base_failed,
+            on_done=lambda base: self._shadow.reuse(base.tensors),
         )
         self._worker: NewestWinsWorker[int] = NewestWinsWorker(
             self._publish_next, name=f"snapshot-publisher-{topic}", on_superseded=self._superseded

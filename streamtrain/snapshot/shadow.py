@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Mapping
 
 import torch
 
@@ -41,6 +42,7 @@ class ShadowCopy:
 
     def __init__(self) -> None:
         self._tensors: dict[str, torch.Tensor] | None = None
+        self._spare: dict[str, torch.Tensor] | None = None  # a written base's, for ``base``
 
     @property
     def ready(self) -> bool:
@@ -66,14 +68,30 @@ class ShadowCopy:
         return request
 
     def base(self, request: SnapshotRequest) -> SnapshotRequest:
-        """Rule 3 for the folded ``request``: the whole copy at its version, cloned, so the
-        base lane writes it while later requests are folded (``lanes.py``)."""
+        """Rule 3 for the folded ``request``: the whole copy at its version, copied, so the
+        base lane writes it while later requests are folded (``lanes.py``). The copy goes into
+        the buffers of the previous base when they were handed back (``reuse``) and still fit:
+        a fresh model-sized allocation took seconds on a loaded machine (page faults), a copy
+        into memory already mapped a fraction of that."""
         copy = self._tensors
         if copy is None:
             raise RuntimeError("base() before any full snapshot: check ready first")
+        spare, self._spare = self._spare, None
+        tensors: dict[str, torch.Tensor] = {}
         with torch.no_grad():
-            tensors = {name: tensor.clone() for name, tensor in copy.items()}
+            for name, tensor in copy.items():
+                into = None if spare is None else spare.get(name)
+                if into is not None and into.shape == tensor.shape and into.dtype == tensor.dtype:
+                    tensors[name] = into.copy_(tensor)
+                else:
+                    tensors[name] = tensor.clone()
         return dataclasses.replace(request, tensors=tensors, rows=None, complete=False)
+
+    def reuse(self, tensors: Mapping[str, torch.Tensor]) -> None:
+        """Hand back a written base's tensors for the next ``base`` to copy into (the caller
+        no longer reads them). The trainer then holds them between bases: one model more in
+        steady state, no more at the peak (a base being written holds them anyway)."""
+        self._spare = dict(tensors)
 
 
 def _ready() -> None:
