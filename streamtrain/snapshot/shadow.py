@@ -12,15 +12,16 @@ thread completes it here:
    the copy, its whole tensors replacing the copy's. Deltas cover every row changed since the
    previous snapshot (``row_tracker.py``), the invariant servers already rely on, so the copy
    is the model at that request's step;
-3. a scheduled base is then published as the whole copy, cloned: the base lane writes it
-   beside the deltas (``lanes.py``) while later requests keep folding into the copy.
+3. a scheduled base is then published as the whole copy, copied again (into the previous
+   base's buffers once there is one): the base lane writes it beside the deltas
+   (``lanes.py``) while later requests keep folding into the copy.
 
 Requests are folded on the publisher's one thread, in order (superseded ones arrive merged
 into the next, ``delta.merge_requests``, which keeps their rows), and a request that fails
 to publish is merged into the next and folded again: scattering the same rows twice is
 harmless. The cost moves to memory: the trainer holds the model once more, all the time, and
-once more again while a base is being written (the clone, on the publisher's thread: no
-stall of the training thread).
+once more again from the first scheduled base on (the base buffers, filled on the
+publisher's thread: no stall of the training thread).
 """
 
 from __future__ import annotations
