@@ -40,6 +40,7 @@ class SnapshotWriter:
         chunk_bytes: int,
         send_timeout_s: float = 60.0,
         signer: ManifestSigner | None = None,
+        lane: str = "",
     ) -> None:
         if chunk_bytes < 1:
             raise ValueError(f"chunk_bytes must be >= 1, got {chunk_bytes}; 524288 is typical")
@@ -49,6 +50,7 @@ class SnapshotWriter:
         self.chunk_bytes = chunk_bytes
         self.send_timeout_s = send_timeout_s
         self.signer = signer
+        self.lane = lane  # wire.LANE of its chunks: "base" for the base lane (publisher.py)
         self._kafka = kafka
         self._producer: RecordProducer | None = None
 
@@ -126,7 +128,7 @@ class SnapshotWriter:
             self.topic,
             value,
             key=wire.manifest_key(self.model_name, sid),
-            headers=wire.manifest_headers(self.model_name, sid, signature),
+            headers=wire.manifest_headers(self.model_name, sid, signature, self.lane),
             partition=PARTITION,
         )
         producer.flush(timeout=self.send_timeout_s)
@@ -141,7 +143,9 @@ class SnapshotWriter:
                 self.topic,
                 bytes(chunk),
                 key=wire.chunk_key(self.model_name, sid, i),
-                headers=wire.chunk_headers(self.model_name, sid, i, len(chunks), sha256_hex(chunk)),
+                headers=wire.chunk_headers(
+                    self.model_name, sid, i, len(chunks), sha256_hex(chunk), self.lane
+                ),
                 partition=PARTITION,
             )
             for i, chunk in enumerate(chunks)
