@@ -307,3 +307,19 @@ def test_a_served_forward_keeps_its_scale_until_the_statistics_change() -> None:
     layer.train()  # training forwards never use the kept scale (and then learn from x)
     before = expected()
     assert torch.equal(layer(x), before)
+
+
+def test_a_served_forward_of_statistics_made_under_inference_mode_is_still_answered() -> None:
+    """Buffers created under ``torch.inference_mode`` have no version counter to key the kept
+    scale on: the forward computes the scale afresh instead of failing."""
+    layer = OnlineStandardize((3,), momentum=0.5)
+    with torch.no_grad():
+        layer(torch.tensor([[1.0, 2.0, 3.0], [3.0, 2.0, 1.0]]))
+    layer.eval()
+    with torch.inference_mode():
+        fresh = OnlineStandardize((3,), momentum=0.5)
+        fresh.load_state_dict(layer.state_dict())
+        fresh.eval()
+        x = torch.tensor([[2.0, 0.0, 1.0]])
+        assert fresh.mean.is_inference()
+        assert torch.equal(fresh(x), layer(x))

@@ -162,6 +162,9 @@ class OnlineStandardize(nn.Module):
         counters) or as new tensors; recomputing it took ~6 small kernels of every served
         request, a tenth of the server's CPU per request (bench/README.md, Serve)."""
         mean, var = self.mean, self.var
+        if mean.is_inference() or var.is_inference():
+            # tensors made under inference_mode keep no version counter: nothing to key on
+            return self.inverse_std(flat=0.0)
         key = (mean.data_ptr(), mean._version, var.data_ptr(), var._version, var.device)
         if self._scale is None or self._scale_key != key:
             self._scale = self.inverse_std(flat=0.0)
