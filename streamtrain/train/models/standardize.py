@@ -141,8 +141,8 @@ class OnlineStandardize(nn.Module):
         self.register_buffer("mean", torch.zeros(stat_shape))
         self.register_buffer("var", torch.zeros(stat_shape))
         self.register_buffer("count", torch.zeros((), dtype=torch.int64))
-        self._scale: torch.Tensor | None = None
-        self._scale_key: tuple[object, ...] | None = None
+        # (key, scale) in one attribute: threads serving at once read a pair that belongs together
+        self._kept_scale: tuple[tuple[object, ...], torch.Tensor] | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         serving = not self.training and not torch.is_grad_enabled()
@@ -166,10 +166,12 @@ class OnlineStandardize(nn.Module):
             # tensors made under inference_mode keep no version counter: nothing to key on
             return self.inverse_std(flat=0.0)
         key = (mean.data_ptr(), mean._version, var.data_ptr(), var._version, var.device)
-        if self._scale is None or self._scale_key != key:
-            self._scale = self.inverse_std(flat=0.0)
-            self._scale_key = key
-        return self._scale
+        kept = self._kept_scale
+        if kept is not None and kept[0] == key:
+            return kept[1]
+        scale = self.inverse_std(flat=0.0)
+        self._kept_scale = (key, scale)
+        return scale
 
     def is_flat(self) -> torch.Tensor:
         """Per statistic: whether its variance so far is zero up to float rounding."""
