@@ -292,10 +292,10 @@ def test_a_served_forward_keeps_its_scale_until_the_statistics_change() -> None:
 
     with torch.inference_mode():
         first = layer(x)
-        kept = layer._scale
+        kept = layer._kept_scale
         again = layer(x)
     assert torch.equal(first, expected()) and torch.equal(again, first)
-    assert layer._scale is kept  # not recomputed while the statistics stand
+    assert kept is not None and layer._kept_scale is kept  # kept while the statistics stand
     with torch.no_grad():  # a swap writes the statistics in place
         layer.var.copy_(torch.tensor([4.0, 4.0, 4.0]))
     with torch.inference_mode():
