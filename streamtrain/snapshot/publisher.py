@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from typing import Literal
 
 from streamtrain import metrics
 from streamtrain.kafka import KafkaConnection
@@ -12,7 +13,7 @@ from streamtrain.snapshot.delta import merge_requests
 from streamtrain.snapshot.mailbox import NewestWinsWorker
 from streamtrain.snapshot.shadow import ShadowCopy
 from streamtrain.snapshot.signing import ManifestSigner
-from streamtrain.snapshot.writer import SnapshotWriter
+from streamtrain.snapshot.writer import ShardSpec, SnapshotWriter
 from streamtrain.train.hooks import SnapshotRequest
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,7 @@ class SnapshotPublisher:
         settings_hash: str,
         chunk_bytes: int = 512 * 1024,
         signer: ManifestSigner | None = None,
+        shard: ShardSpec | None = None,
     ) -> None:
         self._writer = SnapshotWriter(
             kafka=kafka,
@@ -63,12 +65,14 @@ class SnapshotPublisher:
             settings_hash=settings_hash,
             chunk_bytes=chunk_bytes,
             signer=signer,
+            shard=shard,
         )
         self._lock = threading.Lock()
         self._next: SnapshotRequest | None = None  # what the next publish sends (merged)
         self._shadow = ShadowCopy()
         self._base_id: str | None = None
         self._last_id: str | None = None
+        self._failed = False  # the last publish failed; its rows wait in ``_next``
         self._worker: NewestWinsWorker[int] = NewestWinsWorker(
             self._publish_next, name=f"snapshot-publisher-{topic}", on_superseded=self._superseded
         )
@@ -97,10 +101,22 @@ class SnapshotPublisher:
             )
             metrics.SNAPSHOT_PUBLISH_ERRORS.inc()
             return
-        if not self._publish(request):
-            with self._lock:  # keep its rows for the next publish (rule 1)
+        published = self._publish(request)
+        with self._lock:
+            self._failed = not published
+            if not published:  # keep its rows for the next publish (rule 1)
                 pending = self._next
                 self._next = request if pending is None else merge_requests(request, pending)
+
+    def backlog(self) -> Literal["none", "queued", "failed"]:
+        """What an offer now would be merged with: nothing; a request still queued behind a
+        publish in progress; or the rows of a publish that failed. A sharded trainer's ranks
+        offer only when none holds a queued request, and make the next snapshot a base after
+        a failure, so the shards of a step always form one chain (shard_snapshot.py)."""
+        with self._lock:
+            if self._failed:
+                return "failed"
+            return "none" if self._next is None else "queued"
 
     def flush(self, timeout: float) -> bool:
         """Wait until everything offered so far is published, superseded or failed."""
@@ -140,9 +156,10 @@ class SnapshotPublisher:
             # A producer that failed mid-send may hold stuck batches: start the next one fresh.
             self._writer.close(timeout=1.0)
             return False
-        self._last_id = manifest.snapshot_id
+        # the step's id, also for a shard: chains link versions, not one rank's records
+        self._last_id = manifest.header.snapshot_id
         if manifest.kind == "base":
-            self._base_id = manifest.snapshot_id
+            self._base_id = manifest.header.snapshot_id
         metrics.SNAPSHOT_PUBLISH_SECONDS.observe(time.perf_counter() - started)
         metrics.export_on_first_value(
             metrics.TRAINER_REGISTRY, metrics.SNAPSHOT_BYTES, metrics.SNAPSHOT_VERSION
