@@ -3,8 +3,9 @@
 ``ctr`` samples (the stream ``streamtrain produce --dataset ctr`` writes) feed a ``dlrm``
 whose ``users`` and ``items`` tables are ``row_wise``: each rank holds half the rows. The job
 learns; each rank publishes its own shard of every snapshot, and a server assembling them
-(one base, then deltas) ends bit for bit on the trainer's final weights; ``kill -9`` of rank 1 (or rank 0) and torchrun's restart end bit-identical to
-an uninterrupted run, every rank's shard included; a checkpoint of 2 ranks is refused by 1.
+(one base, then deltas) ends bit for bit on the trainer's final weights; ``kill -9`` of
+rank 1 (or rank 0) and torchrun's restart end bit-identical to an uninterrupted run, every
+rank's shard included; a checkpoint of 2 ranks is refused by 1.
 (Step-by-step equality with one process: tests/unit/test_row_sharding.py.)
 """
 
