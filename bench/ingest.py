@@ -21,8 +21,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import NamedTuple, cast
 
 import numpy as np
@@ -33,7 +35,8 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from streamtrain.broker import EmbeddedBroker
 from streamtrain.gc_pause import gc_paused
 from streamtrain.ingest import KafkaSampleSource, SourceOptions
-from streamtrain.ingest.decode import decode_records
+from streamtrain.ingest.decode import Codec, decode_records
+from streamtrain.ingest.decode_pool import DecodePool
 from streamtrain.kafka import KafkaConnection, create_topics
 from streamtrain.kafka.confluent_consumer import MessageRecords
 from streamtrain.kafka.records import KafkaRecord, RecordColumns
@@ -65,11 +68,25 @@ class Clock:
     """Wall and process CPU time since it was made."""
 
     def __init__(self) -> None:
-        self._wall, self._cpu = time.perf_counter(), time.process_time()
+        self._wall, self._cpu = time.perf_counter(), _cpu()
 
     def rate(self, count: int) -> Rate:
-        wall, cpu = time.perf_counter() - self._wall, time.process_time() - self._cpu
+        wall, cpu = time.perf_counter() - self._wall, _cpu() - self._cpu
         return Rate(count / wall, count / cpu)
+
+
+def _cpu() -> float:
+    """This process's CPU time plus its exited and running children's (decode workers)."""
+    times, running = os.times(), 0.0
+    try:
+        with open(f"/proc/self/task/{os.getpid()}/children") as f:
+            for pid in f.read().split():
+                with open(f"/proc/{pid}/stat") as stat:
+                    fields = stat.read().rsplit(")", 1)[1].split()
+                running += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except OSError:  # not Linux, or a child that exited meanwhile (counted once waited for)
+        pass
+    return time.process_time() + times.children_user + times.children_system + running
 
 
 def produce(bootstrap: str, topic: str, values: list[bytes], content_type: str) -> None:
@@ -119,9 +136,20 @@ def raw_consume(bootstrap: str, topic: str, partitions: int, count: int) -> Rate
     return rate
 
 
-def source_rate(bootstrap: str, topic: str, count: int, client: str, log_order: bool) -> Rate:
+class Variant(NamedTuple):
+    """How the source is configured for one row: ``ingest.codec`` and
+    ``ingest.decode_workers``."""
+
+    codec: Codec
+    workers: int
+
+
+def source_rate(
+    bootstrap: str, topic: str, count: int, client: str, log_order: bool, variant: Variant
+) -> Rate:
     """Samples per second through ``KafkaSampleSource``; ``log_order`` is its
-    ``deterministic_batches`` (the default): batches merged in log order across partitions."""
+    ``deterministic_batches`` (the default): batches merged in log order across partitions.
+    Process CPU time includes the decode workers' (children's) time."""
     with KafkaSampleSource(
         spec=SPEC,
         topic=topic,
@@ -132,6 +160,8 @@ def source_rate(bootstrap: str, topic: str, count: int, client: str, log_order: 
             max_batch_size=100_000,
             max_wait_ms=50,
             deterministic_batches=log_order,
+            codec=variant.codec,
+            decode_workers=variant.workers,
         ),
     ) as source:
         samples = 0
@@ -139,6 +169,12 @@ def source_rate(bootstrap: str, topic: str, count: int, client: str, log_order: 
         while samples < count:
             samples += source.next_batch().size
         return clock.rate(count)
+
+
+READERS: list[tuple[str, Callable[[str, str, int, int], Rate]]] = [
+    ("kafka-python", raw_poll),
+    ("confluent", raw_consume),
+]
 
 
 def best_rate(run: Callable[[], object], count: int, repeats: int) -> float:
@@ -163,7 +199,7 @@ class _Columns:
     def __getitem__(self, index: int) -> KafkaRecord:
         raise IndexError(index)  # only rejected records are indexed; there are none
 
-    def columns(self) -> RecordColumns:
+    def columns(self, content_types: bool = True) -> RecordColumns:
         return self._columns
 
 
@@ -206,6 +242,10 @@ def confluent_steps(
         n = len(messages)
         return MessageRecords(messages, np.zeros(n, np.int64), np.arange(n)).columns()
 
+    def declared_columns(messages: list[Message]) -> object:
+        n = len(messages)
+        return MessageRecords(messages, np.zeros(n, np.int64), np.arange(n)).columns(False)
+
     def accessor(read: Callable[[Message], object]) -> Callable[[list[Message]], object]:
         def run(messages: list[Message]) -> object:
             with gc_paused():  # as columns() reads them
@@ -213,13 +253,14 @@ def confluent_steps(
 
         return run
 
-    def decode(messages: list[Message]) -> Callable[[], object]:
+    def decode(messages: list[Message], codec: Codec) -> Callable[[], object]:
         built = cast(Sequence[KafkaRecord], _Columns(cast(RecordColumns, columns(messages))))
-        return lambda: decode_records(SPEC, built, 1 << 20)
+        return lambda: decode_records(SPEC, built, 1 << 20, codec)
 
     steps: dict[str, Callable[[list[Message]], object]] = {
         "poll's error/partition/offset passes": poll_passes,
         "columns(): all": columns,
+        "columns(False): declared codec": declared_columns,
         "  of which Message.headers() lists": accessor(Message.headers),
         "  of which Message.timestamp() tuples": accessor(Message.timestamp),
         "  of which Message.value()": accessor(Message.value),
@@ -233,8 +274,10 @@ def confluent_steps(
             step(messages)
             best = min(best, time.perf_counter() - started)
         costs[name] = best / count * 1e6
-    run = decode(consume_all(bootstrap, topic, partitions, count))
-    costs["decode_records on built columns"] = 1e6 / best_rate(run, count, repeats)
+    messages = consume_all(bootstrap, topic, partitions, count)
+    for label, codec in (("auto", "auto"), ("declared", topic.removeprefix("bench-"))):
+        run = decode(messages, cast(Codec, codec))
+        costs[f"decode_records, codec {label}"] = 1e6 / best_rate(run, count, repeats)
     return costs
 
 
@@ -243,6 +286,20 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=200_000)
     parser.add_argument("--partitions", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=2, help="Runs per reader; best is kept.")
+    parser.add_argument(
+        "--clients",
+        nargs="+",
+        choices=[c for c, _ in READERS],
+        default=[c for c, _ in READERS],
+        help="Clients to measure (the confluent path's steps are always timed).",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        nargs="*",
+        default=[2],
+        help="ingest.decode_workers values for extra JSON/confluent rows (1 is always run).",
+    )
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     features = rng.standard_normal((args.count, 16)).astype(np.float32)
@@ -252,16 +309,22 @@ def main() -> None:
         encode_json(f, lab) for f, lab in zip(features.tolist(), labels.tolist(), strict=True)
     ]
     stamps = np.zeros(args.count)
-    decoders = {
+    decoders: dict[str, Callable[[], object]] = {
         "bare json.loads per JSON value": lambda: [json.loads(v) for v in json_values],
         "decode_json (typed msgspec) over the JSON values": lambda: decode_json(
             SPEC, json_values, stamps
         ),
         "decode_binary over the binary values": lambda: decode_binary(SPEC, binary_values, stamps),
     }
+    pools = {w: DecodePool(SPEC, w) for w in args.workers if w > 1}
+    for w, pool in pools.items():
+        pool.start()
+        decoders[f"DecodePool({w}) over the JSON values"] = partial(pool, SPEC, json_values, stamps)
     decode_rates = {
         name: best_rate(run, args.count, args.repeats) for name, run in decoders.items()
     }
+    for pool in pools.values():
+        pool.close()
 
     with EmbeddedBroker() as broker:
         bootstrap = broker.bootstrap_servers
@@ -270,40 +333,54 @@ def main() -> None:
         produce(bootstrap, "bench-binary", binary_values, BINARY_CONTENT_TYPE)
         rows = []
         steps: dict[str, dict[str, float]] = {}
+        readers = [(c, r) for c, r in READERS if c in args.clients]
         for name, topic, size in (
             ("binary", "bench-binary", len(binary_values[0])),
             ("json", "bench-json", int(np.mean([len(v) for v in json_values[:1000]]))),
         ):
-            for client, raw_reader in (("kafka-python", raw_poll), ("confluent", raw_consume)):
-                # Alternate the two readers and keep the best of each: on a shared machine a
+            declared = cast(Codec, name)
+            for client, raw_reader in readers:
+                variants = [Variant("auto", 1), Variant(declared, 1)]
+                if name == "json" and client == "confluent":
+                    variants += [Variant(declared, w) for w in args.workers]
+                # Alternate the readers and keep the best of each: on a shared machine a
                 # single run mostly measures the neighbours.
-                raw = ours = arrival = Rate(0.0, 0.0)
+                raw = Rate(0.0, 0.0)
+                ours = {v: Rate(0.0, 0.0) for v in variants}
+                arrival = dict(ours)
                 for _ in range(args.repeats):
                     raw = raw.best(raw_reader(bootstrap, topic, args.partitions, args.count))
-                    ours = ours.best(source_rate(bootstrap, topic, args.count, client, True))
-                    arrival = arrival.best(source_rate(bootstrap, topic, args.count, client, False))
-                rows.append((name, size, client, raw, ours, arrival))
+                    for v in variants:
+                        run = source_rate(bootstrap, topic, args.count, client, True, v)
+                        ours[v] = ours[v].best(run)
+                        run = source_rate(bootstrap, topic, args.count, client, False, v)
+                        arrival[v] = arrival[v].best(run)
+                for v in variants:
+                    rows.append((name, size, client, v, raw, ours[v], arrival[v]))
             steps[name] = confluent_steps(
                 bootstrap, topic, args.partitions, args.count, args.repeats
             )
 
     print(f"{args.count} samples, 16 float32 features, {args.partitions} partitions, loopback")
+    print(f"load average at the end: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     print("source: default (batches in log order); arrival: deterministic_batches=False")
-    print("ratios to the raw poll by wall time, and [by process CPU time]")
+    print("codec: ingest.codec (auto: by content-type header); workers: ingest.decode_workers")
+    print("ratios to the raw poll by wall time, and [by process CPU time, workers' included]")
     print(
-        f"{'encoding':<9}{'bytes':>6} {'client':<13}{'raw poll/s':>11}{'source/s':>10}"
-        f"{'source/raw':>11}{'[cpu]':>7}{'arrival/s':>10}{'arrival/raw':>12}{'[cpu]':>7}"
+        f"{'encoding':<9}{'bytes':>6} {'client':<13}{'codec':<7}{'workers':>8}{'raw poll/s':>11}"
+        f"{'source/s':>10}{'source/raw':>11}{'[cpu]':>7}{'arrival/s':>10}{'arrival/raw':>12}"
+        f"{'[cpu]':>7}"
     )
-    for name, size, client, raw, ours, arrival in rows:
+    for name, size, client, v, raw, src, late in rows:
         print(
-            f"{name:<9}{size:>6} {client:<13}{raw.wall:>11,.0f}{ours.wall:>10,.0f}"
-            f"{ours.wall / raw.wall:>11.2f}{ours.cpu / raw.cpu:>7.2f}{arrival.wall:>10,.0f}"
-            f"{arrival.wall / raw.wall:>12.2f}{arrival.cpu / raw.cpu:>7.2f}"
+            f"{name:<9}{size:>6} {client:<13}{v.codec:<7}{v.workers:>8}{raw.wall:>11,.0f}"
+            f"{src.wall:>10,.0f}{src.wall / raw.wall:>11.2f}{src.cpu / raw.cpu:>7.2f}"
+            f"{late.wall:>10,.0f}{late.wall / raw.wall:>12.2f}{late.cpu / raw.cpu:>7.2f}"
         )
     print("decoding alone, in process, same values:")
     for name, rate in decode_rates.items():
         print(f"  {name}: {rate:,.0f}/s")
-    raw_us = {row[0]: 1e6 / row[3].wall for row in rows if row[2] == "confluent"}
+    raw_us = {row[0]: 1e6 / row[4].wall for row in rows if row[2] == "confluent"}
     print("confluent path, microseconds per record (steps timed on consumed messages):")
     print(f"  {'step':<40}{'binary':>8}{'json':>8}")
     print(

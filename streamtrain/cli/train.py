@@ -161,6 +161,7 @@ def _run(settings: Settings, trainer: Trainer, server: WSGIServer) -> None:
     from streamtrain import metrics
     from streamtrain.checkpoint import WorldSizeMismatch
     from streamtrain.devices import resolve_device
+    from streamtrain.ingest.decode_pool import DecodeWorkerLost
     from streamtrain.ingest.log_watch import OffsetResetFailed
     from streamtrain.snapshot.versions import VersionLookupFailed
     from streamtrain.train.prefetch import SourceFailed
@@ -181,6 +182,9 @@ def _run(settings: Settings, trainer: Trainer, server: WSGIServer) -> None:
         server.shutdown()
         fail(str(exc), ExitCode.KAFKA_UNREACHABLE)
     except SourceFailed as exc:
+        if isinstance(exc.__cause__, DecodeWorkerLost):  # issue 29: one line, exit 1
+            server.shutdown()
+            fail(str(exc.__cause__), ExitCode.FAILED)
         if not isinstance(exc.__cause__, OffsetResetFailed):
             raise
         server.shutdown()

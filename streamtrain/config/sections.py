@@ -112,6 +112,17 @@ class IngestSettings(_Frozen):
     max_partition_idle_ms: int = Field(
         1000, ge=0, le=600_000, description="Longest wait for a partition with unfetched records."
     )
+    # Issue 29: a declared codec reads no headers; JSON decoding in worker processes.
+    codec: Literal["auto", "binary", "json"] = Field(
+        "auto",
+        description="How sample records are decoded: 'auto' by each record's content-type "
+        "header, or every record as 'binary' or 'json' (no header is read; faster).",
+    )
+    decode_workers: int | Literal["auto"] = Field(
+        "auto",
+        description="Processes decoding JSON samples in parallel; 1 decodes in the trainer's "
+        "ingest thread; 'auto' is 1 on a machine of 2 cores or fewer, else cores - 1 (at most 8).",
+    )
     # Rejected records are loud (issue 22): a WARNING summary, and readiness when none is valid.
     reject_summary_every_s: float = Field(
         30.0,
@@ -127,6 +138,13 @@ class IngestSettings(_Frozen):
         description="Records arriving this long with none valid fail /health/ready "
         "(condition `samples`) until a valid one comes.",
     )
+
+    @field_validator("decode_workers")
+    @classmethod
+    def _check_decode_workers(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and not 1 <= value <= 64:
+            raise ValueError(f"decode_workers must be 'auto' or an integer 1 to 64, got {value}")
+        return value
 
 
 class SparseFeatureSettings(_Frozen):

@@ -1,13 +1,18 @@
 """One poll's records to a :class:`DecodedChunk`: sizes and content types checked per record,
 values decoded in bulk per codec, record order kept.
+
+A topic's codec is either read per record from its ``content-type`` header (``ingest.codec:
+auto``) or declared (``binary`` / ``json``): then no header is read, and a record whose bytes do
+not decode under the declared codec is rejected with the decoder's reason and a hint naming the
+setting.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import cast
+from typing import Literal, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -23,7 +28,12 @@ from streamtrain.wire import (
     decode_json,
     format_of,
 )
+from streamtrain.wire.content_type import Format
 from streamtrain.wire.decoded import merge
+
+Codec = Literal["auto", "binary", "json"]  # ingest.codec
+# How JSON values are decoded: decode_json in this thread, or a pool of worker processes.
+JsonDecoder = Callable[[SampleSpec, Sequence[bytes], npt.NDArray[np.float64]], Decoded]
 
 
 @dataclass
@@ -46,11 +56,9 @@ class DecodedChunk:
 
 
 _JSON, _BINARY, _UNKNOWN = 0, 1, 2
-_KINDS = {"json": _JSON, "binary": _BINARY, None: _UNKNOWN}
-
-
-def _kind(content_type: bytes | None) -> int:
-    return _KINDS[format_of(content_type)]
+_KINDS: dict[Format | None, int] = {"json": _JSON, "binary": _BINARY, None: _UNKNOWN}
+# Rejects that mean "these bytes are not of the declared codec" when a codec is declared.
+_CODEC_REASONS = ("undecodable", "bad_shape")
 
 
 def _sizes(values: Sequence[bytes | None]) -> npt.NDArray[np.int64]:
@@ -62,36 +70,53 @@ def _sizes(values: Sequence[bytes | None]) -> npt.NDArray[np.int64]:
 
 
 def decode_records(
-    spec: SampleSpec, records: Sequence[KafkaRecord], max_record_bytes: int
+    spec: SampleSpec,
+    records: Sequence[KafkaRecord],
+    max_record_bytes: int,
+    codec: Codec = "auto",
+    json_decoder: JsonDecoder = decode_json,
 ) -> DecodedChunk:
     """Decode one poll's records (any mix of partitions and codecs), keeping their order.
+
+    ``codec`` ``auto`` reads each record's content-type header; ``binary`` or ``json`` reads
+    no header and decodes every record with that codec. ``json_decoder`` decodes the JSON
+    values (``ingest.decode_workers``: in this thread or in worker processes).
 
     Per-record Python work is kept to a few C-level passes over columns: at a million records
     a second, each attribute access per record is a visible share of the time.
     """
-    cols = record_columns(records)
+    cols = record_columns(records, content_types=codec == "auto")
     n = len(cols.values)
     stamps = cols.timestamps_ms.astype(np.float64) / 1000.0
     if n and (stamps < 0).any():
         stamps[stamps < 0] = time.time()
     sizes = _sizes(cols.values)
-    distinct = {t: _kind(t) for t in set(cols.content_types)}
-    if len(distinct) == 1:
-        kinds = np.full(n, next(iter(distinct.values())), np.int8)
+    types = cols.content_types
+    if types is None:  # declared: one codec for every record
+        kinds = np.full(n, _KINDS[cast(Format, codec)], np.int8)
     else:
-        kinds = np.fromiter(map(distinct.__getitem__, cols.content_types), np.int8, n)
+        distinct = {t: _KINDS[format_of(t)] for t in set(types)}
+        if len(distinct) == 1:
+            kinds = np.full(n, next(iter(distinct.values())), np.int8)
+        else:
+            kinds = np.fromiter(map(distinct.__getitem__, types), np.int8, n)
     rejects: dict[int, Reject] = {}
     tombstone, oversized = sizes < 0, sizes > max_record_bytes
     unknown = kinds == _UNKNOWN
     bad = tombstone | oversized | unknown
     if bad.any():
         for i in np.flatnonzero(bad).tolist():
-            rejects[i] = _reject(sizes[i], cols.content_types[i], max_record_bytes)
+            content_type = None if types is None else types[i]
+            rejects[i] = _reject(sizes[i], content_type, max_record_bytes)
     parts = []
     for kind in (_JSON, _BINARY):
         rows = np.flatnonzero((kinds == kind) & ~bad)
         if len(rows):
-            parts.append(_decode_subset(spec, kind, cols.values, rows, stamps, sizes))
+            decode = decode_binary if kind == _BINARY else json_decoder
+            part = _decode_subset(decode, cols.values, rows, stamps, sizes, spec)
+            if types is None and part.rejects:
+                _name_the_codec(part.rejects, codec)
+            parts.append(part)
     return DecodedChunk(
         records=records,
         partitions=cols.partitions,
@@ -99,6 +124,17 @@ def decode_records(
         decoded=merge(spec, parts, rejects),
         timestamps_ms=cols.timestamps_ms,
     )
+
+
+def _name_the_codec(rejects: dict[int, Reject], codec: Codec) -> None:
+    """Add to each reject that may mean "not this codec" which setting made it this codec."""
+    hint = (
+        f"; ingest.codec={codec} reads every record of this topic as {codec}, whatever its "
+        "content-type header: if its producers send other formats, set ingest.codec=auto"
+    )
+    for i, reject in rejects.items():
+        if reject.reason in _CODEC_REASONS:
+            rejects[i] = Reject(reject.reason, reject.detail + hint)
 
 
 def _reject(size: int, content_type: bytes | None, max_record_bytes: int) -> Reject:
@@ -119,21 +155,21 @@ def _reject(size: int, content_type: bytes | None, max_record_bytes: int) -> Rej
 
 
 def _decode_subset(
-    spec: SampleSpec,
-    kind: int,
+    decode: JsonDecoder,
     values: Sequence[bytes | None],
     index: npt.NDArray[np.int64],
     stamps: npt.NDArray[np.float64],
     sizes: npt.NDArray[np.int64],
+    spec: SampleSpec,
 ) -> Decoded:
-    """Decode the records at ``index`` (all of one codec, none None) with their codec."""
+    """Decode the records at ``index`` (all of one codec, none None) with ``decode``."""
     whole = len(index) == len(values)
     # No None is left at these positions: tombstones were rejected before.
     subset = cast(Sequence[bytes], values if whole else [values[i] for i in index.tolist()])
-    if kind == _BINARY:
+    if decode is decode_binary:
         decoded = decode_binary(spec, subset, stamps[index], sizes=sizes[index])
     else:
-        decoded = decode_json(spec, subset, stamps[index])
+        decoded = decode(spec, subset, stamps[index])
     if whole:  # positions within the subset are positions within the poll
         return decoded
     decoded.rows = index[decoded.rows]

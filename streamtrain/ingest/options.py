@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from streamtrain.config import Settings
+from streamtrain.ingest.decode import Codec
 from streamtrain.ingest.log_watch import OnOffsetReset
 
 StartFrom = Literal["committed", "earliest", "latest"]
@@ -43,6 +44,8 @@ class SourceOptions:
     on_offset_reset: OnOffsetReset = "earliest"
     reject_summary_every_s: float = 30.0
     all_rejected_alarm_s: float = 60.0
+    codec: Codec = "auto"  # auto: by each record's content-type header
+    decode_workers: int | str = "auto"  # JSON decoders (decode_pool): 1 on <= 2 cores
 
     def __post_init__(self) -> None:
         # The settings tree checks these already; a hand-built value is checked here.
@@ -55,6 +58,14 @@ class SourceOptions:
             raise ValueError(
                 f"ingest.on_offset_reset={self.on_offset_reset!r}; expected 'earliest', "
                 "'latest' or 'fail'"
+            )
+        if self.codec not in ("auto", "binary", "json"):
+            raise ValueError(f"ingest.codec={self.codec!r}; expected 'auto', 'binary' or 'json'")
+        if self.decode_workers != "auto" and not (
+            isinstance(self.decode_workers, int) and 1 <= self.decode_workers <= 64
+        ):
+            raise ValueError(
+                f"ingest.decode_workers={self.decode_workers!r}; expected 'auto' or 1 to 64"
             )
         if self.max_batch_size < 1:
             raise ValueError(f"ingest.max_batch_size={self.max_batch_size}; expected >= 1")
@@ -77,4 +88,6 @@ class SourceOptions:
             on_offset_reset=ingest.on_offset_reset,
             reject_summary_every_s=ingest.reject_summary_every_s,
             all_rejected_alarm_s=ingest.all_rejected_alarm_s,
+            codec=ingest.codec,
+            decode_workers=ingest.decode_workers,
         )

@@ -33,7 +33,8 @@ from streamtrain import metrics
 from streamtrain.ingest.batch_deadline import MicroBatchPolicy
 from streamtrain.ingest.buffer import BatchBuffer
 from streamtrain.ingest.deadletter import DeadLetterSink, KafkaDeadLetter, LogDeadLetter
-from streamtrain.ingest.decode import decode_records
+from streamtrain.ingest.decode import JsonDecoder, decode_records
+from streamtrain.ingest.decode_pool import DecodePool, start_pool
 from streamtrain.ingest.log_order import LogOrder
 from streamtrain.ingest.log_watch import LogWatch, OffsetResetFailed
 from streamtrain.ingest.options import SourceOptions, StartFrom
@@ -47,6 +48,7 @@ from streamtrain.metrics import export_at_zero
 from streamtrain.sample.batch import Batch
 from streamtrain.sample.record_mark import RecordMark
 from streamtrain.sample.spec import SampleSpec
+from streamtrain.wire import decode_json
 from streamtrain.wire.rejects import REASONS
 
 log = logging.getLogger(__name__)
@@ -92,6 +94,9 @@ class KafkaSampleSource:
         self._starvation = StarvationWatch(clock=clock)
         self._closed = False
         self._on_offset_reset = o.on_offset_reset
+        self._codec = o.codec
+        self._pool: DecodePool | None = None
+        self._json_decoder: JsonDecoder = decode_json
         self._marks: dict[int, RecordMark] = {}  # of the record before each handed-out position
         self._rejects = RejectReport(
             topic,
@@ -127,7 +132,12 @@ class KafkaSampleSource:
                 self._dead_letter = KafkaDeadLetter(topic=o.dead_letter_topic, kafka=kafka)
             else:
                 self._dead_letter = LogDeadLetter()
+            # Started now, so a failure to start them stops the trainer at once.
+            self._pool = start_pool(spec, o.decode_workers, o.codec)
+            self._json_decoder = self._pool or decode_json
         except BaseException:
+            if self._pool is not None:
+                self._pool.close()
             self._consumer.close()
             raise
         log.info("reading %s partitions %s from %s", topic, self._partitions, self._positions)
@@ -216,7 +226,9 @@ class KafkaSampleSource:
             chunk = None
             if records:
                 started = time.perf_counter()
-                chunk = decode_records(self.spec, records, self.max_record_bytes)
+                chunk = decode_records(
+                    self.spec, records, self.max_record_bytes, self._codec, self._json_decoder
+                )
                 metrics.INGEST_DECODE_SECONDS.observe(time.perf_counter() - started)
                 self._log_watch.note(chunk.records, chunk.partitions)
             if self._merge is None:
@@ -371,6 +383,8 @@ class KafkaSampleSource:
             self._dead_letter.flush()
             self._dead_letter.close()
         finally:
+            if self._pool is not None:  # close() never raises: the consumer is closed next
+                self._pool.close()
             self._consumer.close()
 
     def __enter__(self) -> KafkaSampleSource:

@@ -103,25 +103,29 @@ class MessageRecords(Sequence[KafkaRecord]):
     def __iter__(self) -> Iterator[KafkaRecord]:
         return (ConfluentRecord.of(m) for m in self._messages)
 
-    def columns(self) -> RecordColumns:
+    def columns(self, content_types: bool = True) -> RecordColumns:
+        """The poll's columns; ``content_types=False`` never calls ``Message.headers()``,
+        which builds a list of tuples per record (the largest per-record cost here)."""
         from confluent_kafka import Message
 
         messages, n = self._messages, len(self._messages)
+        types = None
         with gc_paused():  # a header list and tuples per record, no cycles among them
             pairs = np.fromiter(
                 chain.from_iterable(map(Message.timestamp, messages)), np.int64, 2 * n
             ).reshape(n, 2)
             values = list(map(Message.value, messages))
-            # librdkafka headers: a list of (str, bytes | None); a null value is no content type.
-            headers: list[Any] = list(map(Message.headers, messages))
-            content_types = content_types_of(headers)
-            del headers  # freed while the GC is still off
+            if content_types:
+                # librdkafka headers: a list of (str, bytes | None); a null value is no type.
+                headers: list[Any] = list(map(Message.headers, messages))
+                types = content_types_of(headers)
+                del headers  # freed while the GC is still off
         return RecordColumns(
             partitions=self._partitions,
             offsets=self._offsets,
             timestamps_ms=np.where(pairs[:, 0] == 0, -1, pairs[:, 1]),  # 0: not available
             values=values,
-            content_types=content_types,
+            content_types=types,
         )
 
 

@@ -42,7 +42,9 @@ class RecordColumns:
     offsets: npt.NDArray[np.int64]
     timestamps_ms: npt.NDArray[np.int64]  # -1 where the broker has none
     values: Sequence[bytes | None]
-    content_types: Sequence[bytes | None]  # the content-type header, None when absent
+    # The content-type header per record (None when absent); the column itself is None when
+    # the caller did not ask for it (a topic whose codec is declared: ingest.codec).
+    content_types: Sequence[bytes | None] | None
 
 
 @runtime_checkable
@@ -53,18 +55,19 @@ class ColumnarRecords(Protocol):
 
     def __len__(self) -> int: ...
     def __getitem__(self, index: int) -> KafkaRecord: ...
-    def columns(self) -> RecordColumns: ...
+    def columns(self, content_types: bool = True) -> RecordColumns: ...
 
 
-def record_columns(records: Sequence[KafkaRecord]) -> RecordColumns:
-    """Columns of ``records``: their own when they offer them, else read field by field."""
+def record_columns(records: Sequence[KafkaRecord], content_types: bool = True) -> RecordColumns:
+    """Columns of ``records``: their own when they offer them, else read field by field.
+    ``content_types=False`` leaves the headers unread (their column is None)."""
     if isinstance(records, ColumnarRecords):
-        return records.columns()
+        return records.columns(content_types)
     n = len(records)
     return RecordColumns(
         partitions=np.fromiter((r.partition for r in records), np.int64, n),
         offsets=np.fromiter((r.offset for r in records), np.int64, n),
         timestamps_ms=np.fromiter((r.timestamp for r in records), np.int64, n),
         values=[r.value for r in records],
-        content_types=content_types_of([r.headers for r in records]),
+        content_types=content_types_of([r.headers for r in records]) if content_types else None,
     )
