@@ -29,6 +29,7 @@ import argparse
 import multiprocessing as mp
 import statistics
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -87,7 +88,6 @@ def serve(args: argparse.Namespace, bootstrap: str, topic: str, out: Any, stop: 
     """The server process: watcher + slot + a probe; sends probe records and memory back."""
     from streamtrain.serve.weights.slot import WeightSlot
     from streamtrain.serve.weights.watcher import SnapshotWatcher
-    from streamtrain.snapshot.subscriber import SnapshotSubscriber
     from streamtrain.train.row_tracker import row_sparse_buffers, row_sparse_parameters
 
     torch.set_num_threads(1)
@@ -112,13 +112,7 @@ def serve(args: argparse.Namespace, bootstrap: str, topic: str, out: Any, stop: 
 
     slot.apply_delta = timed_apply  # type: ignore[method-assign]
     slot.load = timed_load  # type: ignore[method-assign]
-    source = SnapshotSubscriber(
-        kafka=KafkaConnection(bootstrap),
-        topic=topic,
-        settings_hash=HASH,
-        max_snapshot_bytes=4 * 1024**3,
-        max_chunks=16384,
-    )
+    source = _subscriber(bootstrap, topic, slot)
     original_poll = source.poll
     tail_gaps: list[tuple[float, float]] = []  # (wall time, seconds since the previous poll)
     last_poll = [time.time()]
@@ -164,8 +158,77 @@ def serve(args: argparse.Namespace, bootstrap: str, topic: str, out: Any, stop: 
     )
 
 
+def _subscriber(bootstrap: str, topic: str, slot: Any) -> Any:
+    """The server's subscriber as ``streamtrain serve`` wires it: it knows the live weights,
+    so it skips a base-lane base its deltas already passed."""
+    from streamtrain.snapshot.subscriber import SnapshotSubscriber
+
+    def live() -> Any:
+        info = slot.info
+        return None if info is None else info.header
+
+    return SnapshotSubscriber(
+        kafka=KafkaConnection(bootstrap),
+        topic=topic,
+        settings_hash=HASH,
+        max_snapshot_bytes=4 * 1024**3,
+        max_chunks=16384,
+        live=live,
+    )
+
+
+def replica(args: argparse.Namespace, bootstrap: str, topic: str, out: Any) -> None:
+    """A replica started mid-run (issue 26): time from its start to ready, and the part of it
+    spent reading and verifying the one base it loads (``newest_first`` yields the deltas
+    newest first, then that base: the base's read is the time between the two yields)."""
+    from streamtrain.serve.weights.slot import WeightSlot
+    from streamtrain.serve.weights.watcher import SnapshotWatcher
+    from streamtrain.train.row_tracker import row_sparse_buffers, row_sparse_parameters
+
+    torch.set_num_threads(1)
+    model = _model(args, trainer=False)
+    shared = frozenset(row_sparse_parameters(model)) | frozenset(row_sparse_buffers(model))
+    slot = WeightSlot(model, shared=shared)
+    source = _subscriber(bootstrap, topic, slot)
+    original = source.newest_first
+    yields: list[tuple[str, float]] = []
+
+    def timed_newest_first(timeout_s: float) -> Any:
+        yields.append(("start", time.perf_counter()))
+        for snapshot in original(timeout_s):
+            yields.append((snapshot.manifest.kind, time.perf_counter()))
+            yield snapshot
+
+    source.newest_first = timed_newest_first  # type: ignore[method-assign]
+    started = time.perf_counter()
+    watcher = SnapshotWatcher(source, slot, poll_timeout_s=0.05).start()
+    while not slot.ready:
+        time.sleep(0.005)
+    ready = time.perf_counter() - started
+    info = slot.info
+    watcher.stop()
+    base_at = next((i for i, (kind, _) in enumerate(yields) if kind == "base"), None)
+    nan = float("nan")
+    base_from = yields[base_at - 1][1] - started if base_at else nan
+    base_to = yields[base_at][1] - started if base_at else nan
+    out.put(
+        {
+            "ready s": ready,
+            "base read s": base_to - base_from,
+            # phases, s after the watcher started: first snapshot verified (the scan and the
+            # newest delta), the base's read started (deltas newer than it read before it)
+            "first yield at s": yields[1][1] - started if len(yields) > 1 else nan,
+            "base read from s": base_from,
+            "deltas read before it": base_at - 1 if base_at else 0,
+            "version": None if info is None else info.version,
+            "lineage": None if info is None else info.header.lineage,
+        }
+    )
+
+
 def train(args: argparse.Namespace, bootstrap: str, topic: str, mode: str) -> dict[str, Any]:
     from streamtrain.snapshot.publisher import SnapshotPublisher
+    from streamtrain.snapshot.writer import SnapshotWriter
 
     torch.manual_seed(0)
     device = torch.device(args.device)
@@ -190,20 +253,20 @@ def train(args: argparse.Namespace, bootstrap: str, topic: str, mode: str) -> di
     )
     sizes: list[tuple[str, int, float]] = []
     stages: dict[int, dict[str, float]] = {}  # version -> offered / write start / acked
-    writer = publisher._writer
-    original = writer.write
+    original = SnapshotWriter.write
 
-    def timed_write(request: SnapshotRequest, **chain: Any) -> Any:
+    def timed_write(writer: SnapshotWriter, request: SnapshotRequest, **chain: Any) -> Any:
+        # Both lanes (the delta lane's writer and the base lane's): bases are marked.
         started = time.perf_counter()
         stages.setdefault(request.version, {})["write"] = time.time()
-        manifest = original(request, **chain)
+        manifest = original(writer, request, **chain)
         stages[request.version]["acked"] = time.time()
         if manifest.kind == "base":
             stages[request.version]["base"] = 1.0
         sizes.append((manifest.kind, manifest.size_bytes, time.perf_counter() - started))
         return manifest
 
-    writer.write = timed_write  # type: ignore[method-assign]
+    SnapshotWriter.write = timed_write  # type: ignore[method-assign]
     produced: list[float] = []
     batch = args.batch
     interval = batch / args.rate
@@ -312,7 +375,8 @@ def _plot(
     stages: dict[int, dict[str, float]],
 ) -> None:
     """Freshness of every batch against its production time (s after the server's first
-    prediction), base publications (acknowledged) as vertical lines: a stall is seen."""
+    prediction), base publications shaded from write start to acknowledgement (a line):
+    a stall is seen."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display
@@ -322,6 +386,7 @@ def _plot(
     axes.plot([t - first for t, _ in pairs], [f for _, f in pairs], ".", markersize=2)
     for version, row in stages.items():
         if "base" in row:
+            axes.axvspan(row["write"] - first, row["acked"] - first, color="tab:red", alpha=0.1)
             axes.axvline(row["acked"] - first, color="tab:red", linewidth=0.8)
             axes.annotate(
                 f"base {version}",
@@ -356,8 +421,24 @@ def run(args: argparse.Namespace, broker: EmbeddedBroker, mode: str) -> dict[str
     args = argparse.Namespace(**vars(args), dynamic=mode == "dynamic")
     server = ctx.Process(target=serve, args=(args, broker.bootstrap_servers, topic, out, stop))
     server.start()
+    late_out: Any = ctx.Queue()
+    late_box: list[Any] = []  # the replica process, once started
+
+    def late_start() -> None:
+        proc = ctx.Process(target=replica, args=(args, broker.bootstrap_servers, topic, late_out))
+        proc.start()
+        late_box.append(proc)
+
+    timer = threading.Timer(args.replica_at or 0.0, late_start)
+    if args.replica_at is not None:
+        timer.start()
     result = train(args, broker.bootstrap_servers, topic, mode)
     time.sleep(args.drain)  # let the last snapshots reach the server
+    replica_row: dict[str, Any] = {}
+    timer.cancel()
+    if late_box:
+        replica_row = late_out.get(timeout=600)
+        late_box[0].join(60)
     stop.set()
     served = out.get(timeout=300)
     server.join(60)
@@ -400,6 +481,7 @@ def run(args: argparse.Namespace, broker: EmbeddedBroker, mode: str) -> dict[str
         "end RSS/model (trimmed)": served["rss"] / model_bytes,
         "end (RSS-torch)/model": (served["rss"] - served["baseline"]) / model_bytes,
         "worst (freshness@produced after first prediction)": worst,
+        **{f"replica {k}": v for k, v in replica_row.items()},
     }
 
 
@@ -434,6 +516,12 @@ def main() -> None:
     )
     parser.add_argument(
         "--plot", default=None, help="write the freshness-over-time PNG(s) here (PATH.MODE.png)"
+    )
+    parser.add_argument(
+        "--replica-at",
+        type=float,
+        default=None,
+        help="start a new replica N s into the run and report its time to ready",
     )
     parser.add_argument(
         "--device", default="cpu", help="the trainer's device (cpu, cuda); the server's is cpu"

@@ -29,7 +29,7 @@ from streamtrain.config import Settings, load_settings
 from streamtrain.sample.spec import SampleSpec, spec_for_model
 from streamtrain.train.learner import Learner
 from streamtrain.train.models import build_model
-from streamtrain.train.optim import build_optimizer, build_scheduler
+from streamtrain.train.optim import build_optimizer, build_scheduler, param_groups
 from streamtrain.train.task import TaskHead
 
 
@@ -100,7 +100,7 @@ def build_learner(config: ModelConfig, stream: Stream, batch_size: int = 1) -> L
         optimizer.train()  # type: ignore[attr-defined]
     else:
         optimizer = build_optimizer(
-            model.parameters(), opt.name, opt.lr, opt.momentum, opt.weight_decay
+            param_groups(model, opt.name), opt.name, opt.lr, opt.momentum, opt.weight_decay
         )
     scheduler = build_scheduler(optimizer, opt.schedule, opt.schedule_steps, opt.warmup_steps)
     return Learner(

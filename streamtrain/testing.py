@@ -21,7 +21,7 @@ from streamtrain.sample.sparse_torch import JaggedTensor, SparseInput
 from streamtrain.sample.spec import SampleSpec
 from streamtrain.train.learner import Learner
 from streamtrain.train.models import build_model
-from streamtrain.train.optim import build_optimizer
+from streamtrain.train.optim import build_optimizer, param_groups
 from streamtrain.train.task import TaskHead
 
 Sample = tuple[torch.Tensor, torch.Tensor, torch.Tensor, SparseInput | None]
@@ -202,7 +202,7 @@ def _check_learns(
     optimizer = (
         build_optimizer(model.parameters(), "adagrad", lr=10 * lr)
         if spec.sparse
-        else build_optimizer(model.parameters(), "adam", lr=lr)
+        else build_optimizer(param_groups(model, "adam"), "adam", lr=lr)
     )
     learner = Learner(model, head, optimizer)
     skipped = sum(not learner.learn(*stream.sample(batch_size)).applied for _ in range(steps))

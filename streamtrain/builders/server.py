@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -34,7 +35,7 @@ from streamtrain.serve.weights.retained import RetainedVersions
 from streamtrain.serve.weights.slot import WeightSlot
 from streamtrain.serve.weights.watcher import SnapshotSource, SnapshotWatcher
 from streamtrain.snapshot.cache import SnapshotCache
-from streamtrain.snapshot.manifest import settings_hash
+from streamtrain.snapshot.manifest import SnapshotHeader, settings_hash
 from streamtrain.snapshot.signing import ManifestVerifier
 from streamtrain.train.models import build_model
 from streamtrain.train.row_tracker import row_sparse_buffers, row_sparse_parameters
@@ -89,7 +90,13 @@ def build_verifier(serve: ServeSettings) -> ManifestVerifier:
     return verifier
 
 
-def build_source(settings: Settings, verifier: ManifestVerifier | None = None) -> SnapshotSource:
+def build_source(
+    settings: Settings,
+    verifier: ManifestVerifier | None = None,
+    live: Callable[[], SnapshotHeader | None] | None = None,
+) -> SnapshotSource:
+    """The snapshot topic's subscriber; ``live`` (the slot's live header) lets it skip bases
+    the deltas already passed (``SnapshotSubscriber``)."""
     from streamtrain.snapshot.subscriber import SnapshotSubscriber
 
     return SnapshotSubscriber(
@@ -98,6 +105,7 @@ def build_source(settings: Settings, verifier: ManifestVerifier | None = None) -
         settings_hash=settings_hash(settings.model.model_dump(mode="json")),
         fetch_max_wait_ms=settings.kafka.fetch_max_wait_ms,
         verifier=verifier if verifier is not None else build_verifier(settings.serve),
+        live=live,
     )
 
 
@@ -172,7 +180,7 @@ def build_worker(settings: Settings, source: SnapshotSource | None = None) -> Se
         extra_routes=AdminEndpoints(retained, serve.admin_token, split).routes(),
     )
     watcher = SnapshotWatcher(
-        source if source is not None else build_source(settings, verifier),
+        source if source is not None else build_source(settings, verifier, _live_header(slot)),
         retained,
         cache=cache,
     )
@@ -193,6 +201,14 @@ def build_worker(settings: Settings, source: SnapshotSource | None = None) -> Se
         if grpc is not None:
             grpc.stop()  # its thread and bound port would outlive a worker that never ran
         raise
+
+
+def _live_header(slot: WeightSlot) -> Callable[[], SnapshotHeader | None]:
+    def live() -> SnapshotHeader | None:
+        info = slot.info
+        return None if info is None else info.header
+
+    return live
 
 
 def build_promotion(

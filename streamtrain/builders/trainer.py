@@ -28,7 +28,7 @@ from streamtrain.train.cadence import EveryPolicy
 from streamtrain.train.learner import Learner
 from streamtrain.train.loop import Trainer
 from streamtrain.train.models import build_model
-from streamtrain.train.optim import build_optimizer, build_scheduler
+from streamtrain.train.optim import build_optimizer, build_scheduler, param_groups
 from streamtrain.train.progress import StopConditions
 from streamtrain.train.promotion_gate import PromotionGate
 from streamtrain.train.row_tracker import RowTracker
@@ -128,7 +128,7 @@ def _learner(settings: Settings, spec: SampleSpec, device: torch.device) -> Lear
     torch.manual_seed(train.seed)
     model = build_model(model_cfg.name, spec, model_cfg.params).to(device)
     optimizer = build_optimizer(
-        model.parameters(),
+        param_groups(model, opt.name),
         opt.name,
         lr=opt.lr,
         momentum=opt.momentum,

@@ -24,6 +24,7 @@ from streamtrain.snapshot.verify import MAX_CHUNKS, RejectedSnapshot
 class _Assembly:
     run_id: str
     version: int | None
+    lane: str  # wire.LANE: the publisher writes one snapshot at a time per lane
     chunks: Spool  # on disk as they arrive (spool.py): memory is one chunk, not the snapshot
     last_offset: int = -1
     last_seen: float = 0.0
@@ -35,8 +36,9 @@ class Assembler:
     An assembly ends in one of these ways:
 
     1. its manifest arrives: :meth:`take` hands over the chunks for verification;
-    2. a chunk of a newer version from the same run arrives: the publisher writes one snapshot
-       at a time, so the older one will never complete ("incomplete");
+    2. a chunk of a newer version from the same run and lane arrives: the publisher writes one
+       snapshot at a time per lane (deltas beside one base, ``publisher.py``), so the older
+       one will never complete ("incomplete");
     3. its chunks pass ``max_bytes`` or ``max_chunks`` ("size": memory follows the chunks that
        arrived, whatever count their headers announce), or more than ``max_pending`` are open
        (the one least recently fed is dropped, "incomplete");
@@ -68,19 +70,24 @@ class Assembler:
         return Spool(max_bytes=self.max_bytes, directory=self.spool_dir)
 
     def add(
-        self, snapshot_id: str, chunk: Chunk, offset: int, sha256: str | None = None
+        self,
+        snapshot_id: str,
+        chunk: Chunk,
+        offset: int,
+        sha256: str | None = None,
+        lane: str = "",
     ) -> list[RejectedSnapshot]:
         """Keep ``chunk`` (its own digest ``sha256`` checked); return rejections of assemblies
         this chunk proves dead."""
         parsed = parse_snapshot_id(snapshot_id)
         run_id, version = parsed if parsed else (snapshot_id, None)
-        rejected = self._abandon_older(run_id, version)
+        rejected = self._abandon_older(run_id, version, lane)
         assembly = self._open.get(snapshot_id)
         if assembly is None or chunk.index == 0:
             # Chunk 0 again means the same snapshot is being written anew: start over.
             if assembly is not None:
                 assembly.chunks.close()
-            assembly = self._open[snapshot_id] = _Assembly(run_id, version, self.new_spool())
+            assembly = self._open[snapshot_id] = _Assembly(run_id, version, lane, self.new_spool())
         assembly.chunks.add(chunk, sha256)
         assembly.last_offset = offset
         assembly.last_seen = self._clock()
@@ -117,13 +124,23 @@ class Assembler:
         stale = [sid for sid, a in self._open.items() if now - a.last_seen > self.stale_after_s]
         return [self._drop(sid, f"no chunk for {self.stale_after_s:.0f} s") for sid in stale]
 
-    def _abandon_older(self, run_id: str, version: int | None) -> list[RejectedSnapshot]:
+    def discard(self, snapshot_id: str) -> None:
+        """Forget ``snapshot_id``'s chunks without a rejection: the reader will not load it
+        (a base the live weights already cover, ``subscriber.py``)."""
+        assembly = self._open.pop(snapshot_id, None)
+        if assembly is not None:
+            assembly.chunks.close()
+
+    def _abandon_older(self, run_id: str, version: int | None, lane: str) -> list[RejectedSnapshot]:
         if version is None:
             return []
         older = [
             sid
             for sid, a in self._open.items()
-            if a.run_id == run_id and a.version is not None and a.version < version
+            if a.run_id == run_id
+            and a.lane == lane
+            and a.version is not None
+            and a.version < version
         ]
         return [self._drop(sid, "a newer snapshot of the same run started") for sid in older]
 

@@ -1,7 +1,8 @@
-"""The trainer's snapshot sink: newest-wins hand-off to a thread that writes to Kafka."""
+"""The trainer's snapshot sink: newest-wins hand-off to a delta lane, and a base lane beside it."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -9,8 +10,11 @@ from typing import Literal
 
 from streamtrain import metrics
 from streamtrain.kafka import KafkaConnection
+from streamtrain.snapshot import wire
 from streamtrain.snapshot.delta import merge_requests
+from streamtrain.snapshot.lanes import BaseLane, PublishedVersion, write_counted
 from streamtrain.snapshot.mailbox import NewestWinsWorker
+from streamtrain.snapshot.manifest import SnapshotManifest
 from streamtrain.snapshot.shadow import ShadowCopy
 from streamtrain.snapshot.signing import ManifestSigner
 from streamtrain.snapshot.writer import ShardSpec, SnapshotWriter
@@ -23,20 +27,33 @@ class SnapshotPublisher:
     """Publishes weight snapshots to ``topic`` without ever blocking the training thread.
 
     Implements ``streamtrain.train.hooks.SnapshotSink``. ``offer`` drops the request in a
-    single-slot mailbox; a background thread serializes and produces it (chunks, then the
-    manifest). If a publish is still running and a request is already waiting, a newer offer
-    replaces the waiting one (counted in ``streamtrain_snapshot_superseded``): memory stays
-    bounded and the topic always gets the newest weights next. A failed publish is logged and
-    counted in ``streamtrain_snapshot_publish_errors``; it never reaches the trainer. With a
-    ``signer``, every manifest carries an Ed25519 signature (``signing.py``).
+    single-slot mailbox; a background thread (the *delta lane*) serializes and produces it
+    (chunks, then the manifest). If a publish is still running and a request is already
+    waiting, a newer offer replaces the waiting one (counted in
+    ``streamtrain_snapshot_superseded``): memory stays bounded and the topic always gets the
+    newest weights next. A failed publish is logged and counted in
+    ``streamtrain_snapshot_publish_errors``; it never reaches the trainer. With a ``signer``,
+    every manifest carries an Ed25519 signature (``signing.py``).
 
-    Deltas (requests with ``rows``) keep the chain whole:
+    The chain of deltas stays whole, and a base never holds it back:
 
     1. a request that is superseded, or whose publish failed, is merged into the next one
        (``delta.merge_requests``), never dropped, so the next delta still covers every row
-       changed since the last *published* snapshot;
-    2. a delta names the last published snapshot as its predecessor and the last published
-       base as its base; both move only after the manifest is acknowledged.
+       changed since the delta lane's last *published* snapshot;
+    2. a delta names that snapshot as its predecessor and the last published base (of either
+       lane) as its base; both move only after the manifest is acknowledged;
+    3. a full request (the first snapshot of a process, a dense model) is published on the
+       delta lane itself: the chain restarts from it;
+    4. a scheduled base (``complete``) goes to the *base lane* (``lanes.py``: its own thread
+       and producer) as a whole clone of the shadow copy at its version, while deltas keep
+       flowing; its rows are carried into the next delta, so each version is published once,
+       as a base or as a delta. While the base lane is busy the base stays due, and the first
+       later request folded while it is free becomes the base. A base that fails to publish
+       waits for the next scheduled one (retrying a large base at once would only add load
+       to whatever made it fail; the deltas carry on meanwhile);
+    5. servers apply a delta on any live version of the same run between its predecessor and
+       itself (``serve/weights/checks.py``), so deltas published while a base is written
+       apply before and after it alike.
 
     Example:
         >>> publisher = SnapshotPublisher(  # doctest: +SKIP
@@ -58,21 +75,36 @@ class SnapshotPublisher:
         signer: ManifestSigner | None = None,
         shard: ShardSpec | None = None,
     ) -> None:
-        self._writer = SnapshotWriter(
-            kafka=kafka,
-            topic=topic,
-            model_name=model_name,
-            settings_hash=settings_hash,
-            chunk_bytes=chunk_bytes,
-            signer=signer,
-            shard=shard,
-        )
+        def writer(lane: str) -> SnapshotWriter:
+            return SnapshotWriter(
+                kafka=kafka,
+                topic=topic,
+                model_name=model_name,
+                settings_hash=settings_hash,
+                chunk_bytes=chunk_bytes,
+                signer=signer,
+                lane=lane,
+                shard=shard,
+            )
+
+        self._writer = writer("")
+        self._newest = PublishedVersion()
         self._lock = threading.Lock()
         self._next: SnapshotRequest | None = None  # what the next publish sends (merged)
+        self._carry: SnapshotRequest | None = None  # a base lane base's rows (rule 4)
+        self._base_due = False  # rule 4: a scheduled base waits for the base lane
         self._shadow = ShadowCopy()
         self._base_id: str | None = None
-        self._last_id: str | None = None
+        self._last_id: str | None = None  # the delta lane's last published snapshot
+        self._sharded = shard is not None
         self._failed = False  # the last publish failed; its rows wait in ``_next``
+        self._bases = BaseLane(
+            writer(wire.BASE_LANE),
+            newest=self._newest,
+            on_published=self._base_published,
+            on_failed=self._base_failed,
+            on_done=lambda base: self._shadow.reuse(base.tensors),
+        )
         self._worker: NewestWinsWorker[int] = NewestWinsWorker(
             self._publish_next, name=f"snapshot-publisher-{topic}", on_superseded=self._superseded
         )
@@ -89,24 +121,61 @@ class SnapshotPublisher:
             request, self._next = self._next, None
         if request is None:
             return  # already sent under an earlier wake-up, merged with this one
-        request = self._shadow.fold(request)  # a scheduled base completed from the copy
-        if request is None:
+        folded = self._shadow.fold(request)
+        if folded is None:
             metrics.SNAPSHOT_PUBLISH_ERRORS.inc()
             return
-        if request.rows is not None and self._base_id is None:
+        if self._carry is not None:  # rule 4: the rows of a base now on the base lane
+            folded = merge_requests(self._carry, folded)
+            self._carry = None
+        if self._sharded and folded.complete and self._shadow.ready:
+            # one rank's shard: its base is written whole here, at the step every rank
+            # chose, so every shard of a step is of one kind (shard_assembly.py)
+            folded = self._shadow.base(folded)
+        if folded.rows is not None and not self._sharded and self._to_base_lane(folded):
+            return
+        if folded.rows is not None and self._base_id is None:
             log.error(
                 "delta %s/%d has no published base; waiting for the next base",
-                request.run_id,
-                request.version,
+                folded.run_id,
+                folded.version,
             )
             metrics.SNAPSHOT_PUBLISH_ERRORS.inc()
             return
-        published = self._publish(request)
+        published = self._publish(dataclasses.replace(folded, complete=False))
         with self._lock:
             self._failed = not published
-            if not published:  # keep its rows for the next publish (rule 1)
+        if not published:
+            with self._lock:  # keep its rows for the next publish (rule 1)
                 pending = self._next
-                self._next = request if pending is None else merge_requests(request, pending)
+                self._next = folded if pending is None else merge_requests(folded, pending)
+
+    def _to_base_lane(self, folded: SnapshotRequest) -> bool:
+        """Rule 4: whether ``folded`` (rows) went to the base lane as a whole base."""
+        with self._lock:
+            due = self._base_due or folded.complete
+            if not due or self._base_id is None or not self._shadow.ready:
+                return False
+        # Checked before the clone: a model-sized copy per delta while the lane is busy
+        # would slow every delta behind it.
+        if self._bases.busy or not self._bases.offer(self._shadow.base(folded)):
+            with self._lock:
+                self._base_due = True
+            return False
+        with self._lock:
+            self._base_due = False
+        self._carry = dataclasses.replace(folded, complete=False)
+        return True
+
+    def _base_published(self, manifest: SnapshotManifest) -> None:
+        with self._lock:
+            self._base_id = manifest.snapshot_id
+
+    def _base_failed(self, version: int) -> None:
+        log.warning(
+            "base %d was not published; deltas carry on, the next scheduled base replaces it",
+            version,
+        )
 
     def backlog(self) -> Literal["none", "queued", "failed"]:
         """What an offer now would be merged with: nothing; a request still queued behind a
@@ -120,12 +189,18 @@ class SnapshotPublisher:
 
     def flush(self, timeout: float) -> bool:
         """Wait until everything offered so far is published, superseded or failed."""
-        return self._worker.flush(timeout)
+        deadline = time.monotonic() + timeout
+        if not self._worker.flush(timeout):
+            return False
+        return self._bases.flush(max(0.0, deadline - time.monotonic()))
 
     def close(self, timeout: float = 10.0) -> None:
-        """Publish the newest pending request (if any), then stop the thread and the producer."""
+        """Publish the newest pending request (if any), finish the base being written, then
+        stop both threads and producers."""
         deadline = time.monotonic() + timeout
-        if not self._worker.close(timeout):
+        finished = self._worker.close(timeout)
+        finished = self._bases.close(max(0.0, deadline - time.monotonic())) and finished
+        if not finished:
             log.warning(
                 "snapshot publisher did not finish within %.1f s; the last snapshot may be "
                 "missing from topic %s",
@@ -139,40 +214,20 @@ class SnapshotPublisher:
         log.debug("snapshot version %d superseded before publishing", version)
 
     def _publish(self, request: SnapshotRequest) -> bool:
-        started = time.perf_counter()
-        try:
-            manifest = self._writer.write(
-                request, base_id=self._base_id, predecessor_id=self._last_id
-            )
-        except Exception:
-            metrics.SNAPSHOT_PUBLISH_ERRORS.inc()
-            log.exception(
-                "publishing snapshot %s/%d to topic %s failed; training continues and the next "
-                "snapshot will be tried",
-                request.run_id,
-                request.version,
-                self._writer.topic,
-            )
-            # A producer that failed mid-send may hold stuck batches: start the next one fresh.
-            self._writer.close(timeout=1.0)
+        with self._lock:
+            base_id = self._base_id
+        manifest = write_counted(
+            self._writer,
+            request,
+            base_id=base_id,
+            predecessor_id=self._last_id,
+            newest=self._newest,
+        )
+        if manifest is None:
             return False
         # the step's id, also for a shard: chains link versions, not one rank's records
         self._last_id = manifest.header.snapshot_id
         if manifest.kind == "base":
-            self._base_id = manifest.header.snapshot_id
-        metrics.SNAPSHOT_PUBLISH_SECONDS.observe(time.perf_counter() - started)
-        metrics.export_on_first_value(
-            metrics.TRAINER_REGISTRY, metrics.SNAPSHOT_BYTES, metrics.SNAPSHOT_VERSION
-        )
-        metrics.SNAPSHOT_BYTES.set(manifest.size_bytes)
-        metrics.SNAPSHOT_VERSION.set(manifest.version)
-        metrics.SNAPSHOTS_PUBLISHED.inc()
-        log.info(
-            "published %s %s (%d bytes, %d chunks) to %s",
-            manifest.kind,
-            manifest.snapshot_id,
-            manifest.size_bytes,
-            manifest.chunk_count,
-            self._writer.topic,
-        )
+            with self._lock:
+                self._base_id = manifest.header.snapshot_id
         return True

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from streamtrain.kafka import KafkaConnection, PartitionReader, ReadTimeout, partition_reader
@@ -16,7 +16,7 @@ from streamtrain.kafka.records import KafkaRecord
 from streamtrain.sample.record_mark import RecordMark, mark_of
 from streamtrain.snapshot import wire
 from streamtrain.snapshot.assembly import Assembler
-from streamtrain.snapshot.manifest import SnapshotManifest, parse_snapshot_id
+from streamtrain.snapshot.manifest import SnapshotHeader, SnapshotManifest, parse_snapshot_id
 from streamtrain.snapshot.scan import Candidate, scan_manifests
 from streamtrain.snapshot.signing import ManifestVerifier
 from streamtrain.snapshot.spool import Chunk, Spool, return_chunk_buffers
@@ -50,6 +50,11 @@ class SnapshotSubscriber:
     Rejections met by :meth:`newest_first` are not lost: the next :meth:`poll` returns them
     first, so the caller counts every rejection in one place.
 
+    With ``live`` (the server's live weights), the tail skips a base written beside the deltas
+    (``wire.LANE``) once the live weights are of its run and at or past its version: the
+    deltas got there first (``publisher.py`` rule 4), so its chunks are neither spooled nor
+    verified, and the deltas behind it do not wait for a load that would change nothing.
+
     Example:
         >>> subscriber = SnapshotSubscriber(  # doctest: +SKIP
         ...     kafka=KafkaConnection("127.0.0.1:9092"),
@@ -71,8 +76,10 @@ class SnapshotSubscriber:
         max_chunks: int = MAX_CHUNKS,
         verifier: ManifestVerifier | None = None,
         spool_dir: Path | None = None,
+        live: Callable[[], SnapshotHeader | None] | None = None,
     ) -> None:
         self.topic = topic
+        self._live = live
         self.settings_hash = settings_hash
         self.max_snapshot_bytes = max_snapshot_bytes
         self.max_chunks = max_chunks
@@ -299,9 +306,16 @@ class SnapshotSubscriber:
                     None,
                 )
             ]
+        if self._covered(header):
+            self._assembler.discard(header.snapshot_id)
+            if header.kind == "manifest":
+                log.info("base %s skipped: the live weights already hold it", header.snapshot_id)
+            return []
         if header.kind == "chunk":
             chunk = Chunk(header.index, header.count, bytes(record.value or b""))
-            return self._assembler.add(header.snapshot_id, chunk, record.offset, header.sha256)
+            return self._assembler.add(
+                header.snapshot_id, chunk, record.offset, header.sha256, header.lane
+            )
         spool = self._assembler.take(header.snapshot_id)
         deadline = time.monotonic() + _BACK_READ_S
         try:
@@ -317,6 +331,18 @@ class SnapshotSubscriber:
             ]
         finally:
             spool.close()
+
+    def _covered(self, header: wire.RecordHeader) -> bool:
+        """A base-lane record of a version the live weights hold (class docstring)."""
+        if header.lane != wire.BASE_LANE or self._live is None:
+            return False
+        live, parsed = self._live(), parse_snapshot_id(header.snapshot_id)
+        return (
+            live is not None
+            and parsed is not None
+            and parsed[0] == live.run_id
+            and parsed[1] <= live.version
+        )
 
     def _load(
         self,

@@ -13,9 +13,14 @@ streamtrain-model     model name                   model name
 streamtrain-signature (absent)                     ``ed25519:<key id>:<base64>``
 streamtrain-chunk-    sha256 of the chunk (hex)    (absent)
 sha256
+streamtrain-lane      ``base`` (base lane only)    ``base`` (base lane only)
 ====================  ===========================  ================================
 
-The signature header is present when the trainer signs (see ``signing.py``).
+The signature header is present when the trainer signs (see ``signing.py``). The lane header
+marks the records of a base published beside the deltas (``publisher.py``): a reader keeps
+one snapshot in progress per lane and run, so a delta's chunks do not abandon the base still
+being written (``assembly.py`` rule 2), and a server whose live weights already passed that
+base's version skips it (``subscriber.py``).
 
 Keys are unique per record (``<model>/<run_id>/<version>/chunk/<i>``, ``.../manifest``): with
 ``cleanup.policy=delete`` keys play no part, and should a topic be compacted by mistake,
@@ -23,8 +28,9 @@ unique keys mean compaction removes nothing instead of deleting chunks a manifes
 
 Example:
     >>> headers = chunk_headers("mlp", "run-1/5", 2, 3)
-    >>> parse_headers(headers)
-    RecordHeader(kind='chunk', snapshot_id='run-1/5', index=2, count=3, signature=None, sha256=None)
+    >>> parsed = parse_headers(headers)
+    >>> parsed.kind, parsed.snapshot_id, parsed.index, parsed.count, parsed.lane
+    ('chunk', 'run-1/5', 2, 3, '')
 """
 
 from __future__ import annotations
@@ -41,6 +47,8 @@ CHUNK = "streamtrain-chunk"
 MODEL = "streamtrain-model"
 SIGNATURE = "streamtrain-signature"
 CHUNK_SHA256 = "streamtrain-chunk-sha256"
+LANE = "streamtrain-lane"
+BASE_LANE = "base"
 _HEX = frozenset("0123456789abcdef")
 
 Headers = list[tuple[str, bytes]]
@@ -56,6 +64,7 @@ class RecordHeader:
     count: int = 0  # chunk records only
     signature: str | None = None  # manifest records only, when signed
     sha256: str | None = None  # chunk records only: the chunk's own digest (absent from old ones)
+    lane: str = ""  # ``base`` from the base lane, "" otherwise
 
 
 def chunk_key(model_name: str, snapshot_id: str, index: int) -> bytes:
@@ -67,7 +76,12 @@ def manifest_key(model_name: str, snapshot_id: str) -> bytes:
 
 
 def chunk_headers(
-    model_name: str, snapshot_id: str, index: int, count: int, sha256: str | None = None
+    model_name: str,
+    snapshot_id: str,
+    index: int,
+    count: int,
+    sha256: str | None = None,
+    lane: str = "",
 ) -> Headers:
     headers = [
         (KIND, b"chunk"),
@@ -77,13 +91,19 @@ def chunk_headers(
     ]
     if sha256 is not None:
         headers.append((CHUNK_SHA256, sha256.encode()))
+    if lane:
+        headers.append((LANE, lane.encode()))
     return headers
 
 
-def manifest_headers(model_name: str, snapshot_id: str, signature: str | None = None) -> Headers:
+def manifest_headers(
+    model_name: str, snapshot_id: str, signature: str | None = None, lane: str = ""
+) -> Headers:
     headers = [(KIND, b"manifest"), (SNAPSHOT, snapshot_id.encode()), (MODEL, model_name.encode())]
     if signature is not None:
         headers.append((SIGNATURE, signature.encode()))
+    if lane:
+        headers.append((LANE, lane.encode()))
     return headers
 
 
@@ -98,10 +118,11 @@ def parse_headers(headers: Sequence[tuple[str, bytes | None]] | None) -> RecordH
         except UnicodeDecodeError:
             return None
     kind, snapshot = values.get(KIND), values.get(SNAPSHOT)
-    if not snapshot:
+    lane = values.get(LANE, "")
+    if not snapshot or lane not in ("", BASE_LANE):
         return None
     if kind == "manifest":
-        return RecordHeader("manifest", snapshot, signature=values.get(SIGNATURE))
+        return RecordHeader("manifest", snapshot, signature=values.get(SIGNATURE), lane=lane)
     if kind != "chunk":
         return None
     index, sep, count = values.get(CHUNK, "").partition("/")
@@ -111,4 +132,4 @@ def parse_headers(headers: Sequence[tuple[str, bytes | None]] | None) -> RecordH
     digest = values.get(CHUNK_SHA256)
     if digest is not None and (len(digest) != 64 or not set(digest) <= _HEX):
         return None
-    return RecordHeader("chunk", snapshot, i, n, sha256=digest)
+    return RecordHeader("chunk", snapshot, i, n, sha256=digest, lane=lane)

@@ -62,6 +62,7 @@ class SnapshotWriter:
         chunk_bytes: int,
         send_timeout_s: float = 60.0,
         signer: ManifestSigner | None = None,
+        lane: str = "",
         shard: ShardSpec | None = None,
     ) -> None:
         if chunk_bytes < 1:
@@ -72,6 +73,7 @@ class SnapshotWriter:
         self.chunk_bytes = chunk_bytes
         self.send_timeout_s = send_timeout_s
         self.signer = signer
+        self.lane = lane  # wire.LANE of its chunks: "base" for the base lane (publisher.py)
         self.shard = shard
         self._kafka = kafka
         self._producer: RecordProducer | None = None
@@ -151,7 +153,7 @@ class SnapshotWriter:
             self.topic,
             value,
             key=wire.manifest_key(self.model_name, sid),
-            headers=wire.manifest_headers(self.model_name, sid, signature),
+            headers=wire.manifest_headers(self.model_name, sid, signature, self.lane),
             partition=PARTITION,
         )
         producer.flush(timeout=self.send_timeout_s)
@@ -166,7 +168,9 @@ class SnapshotWriter:
                 self.topic,
                 bytes(chunk),
                 key=wire.chunk_key(self.model_name, sid, i),
-                headers=wire.chunk_headers(self.model_name, sid, i, len(chunks), sha256_hex(chunk)),
+                headers=wire.chunk_headers(
+                    self.model_name, sid, i, len(chunks), sha256_hex(chunk), self.lane
+                ),
                 partition=PARTITION,
             )
             for i, chunk in enumerate(chunks)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
-from typing import Literal
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import torch
+from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 
@@ -15,15 +16,75 @@ ScheduleName = Literal["constant", "cosine", "step", "inverse_sqrt"]
 
 _MOMENTUM_USERS = ("sgd", "rmsprop")
 
+# Adam's update is lr * m / (sqrt(v) + eps): with beta1 = 0 (m = g) and eps far above the
+# gradients' RMS sqrt(v), it is (lr / eps) * g to within sqrt(v) / eps, i.e. plain SGD at
+# lr / eps. Standardised inputs keep a linear head's gradients O(1), so 1e3 puts the
+# difference near 0.1%; the rare gradient near eps is damped, never amplified.
+_SGD_EPS = 1e3
+
+ParamGroup = dict[str, Any]
+
+
+@runtime_checkable
+class HasLinearHead(Protocol):
+    """A model whose linear head may learn by plain SGD at its own rate (``auto`` with
+    ``linear_lr`` set; None: one group)."""
+
+    linear_lr: float | None
+
+    def linear_head_parameters(self) -> list[nn.Parameter]: ...
+
+
+def param_groups(model: nn.Module, name: OptimizerName) -> list[ParamGroup]:
+    """The optimizer's parameter groups for ``model``: one, or, for a model with a linear head
+    (:class:`HasLinearHead`, ``linear_lr`` set) under ``sgd``, ``adam`` or ``adamw``, the rest
+    first and the linear head second, stepped as plain SGD at ``model.linear_lr``.
+
+    Why: one Adam step per sample moves every weight by about ``lr`` whatever its gradient, so
+    a linear model that has converged keeps jittering by ``lr``; SGD's steps shrink with the
+    gradient (bench/README.md, Peers). Under Adam the second group is Adam with ``beta1 = 0``
+    and ``eps`` 1e3, which is SGD (see ``_SGD_EPS``): one optimizer, so checkpoints, the
+    schedule and the distributed step treat it as any other. The schedule scales both groups.
+
+    >>> from streamtrain.sample.spec import SampleSpec
+    >>> from streamtrain.train.models import build_model
+    >>> spec = SampleSpec(feature_shape=(3,), task="binary")
+    >>> len(param_groups(build_model("auto", spec, {}), "adam"))
+    1
+    >>> model = build_model("auto", spec, {"linear_lr": 0.05})
+    >>> [sorted(set(group) - {"params"}) for group in param_groups(model, "adam")]
+    [[], ['betas', 'eps', 'lr', 'weight_decay']]
+    >>> sorted(param_groups(model, "sgd")[1])
+    ['lr', 'momentum', 'params', 'weight_decay']
+    """
+    if (
+        not isinstance(model, HasLinearHead)
+        or model.linear_lr is None
+        or name not in ("sgd", "adam", "adamw")
+    ):
+        return [{"params": list(model.parameters())}]
+    linear = model.linear_head_parameters()
+    ids = {id(p) for p in linear}
+    rest = [p for p in model.parameters() if id(p) not in ids]
+    # no weight decay on the linear head (river's linear models: l2 = 0); under AdamW it would
+    # be lr * wd with the eps-sized lr below
+    group: ParamGroup = {"params": linear, "lr": model.linear_lr, "weight_decay": 0.0}
+    if name == "sgd":
+        group["momentum"] = 0.0
+    else:
+        group.update(lr=model.linear_lr * _SGD_EPS, betas=(0.0, 0.999), eps=_SGD_EPS)
+    return [{"params": rest}, group]
+
 
 def build_optimizer(
-    params: Iterable[torch.nn.Parameter],
+    params: Iterable[torch.nn.Parameter] | list[ParamGroup],
     name: OptimizerName,
     lr: float,
     momentum: float = 0.0,
     weight_decay: float = 0.0,
 ) -> Optimizer:
-    """An optimizer by name. ``momentum`` applies to sgd and rmsprop only.
+    """An optimizer by name over parameters or :func:`param_groups`. ``momentum`` applies to
+    sgd and rmsprop only.
 
     Adam and AdamW use the fused CUDA kernel when every parameter is on a CUDA device.
 
@@ -38,11 +99,15 @@ def build_optimizer(
             f"momentum={momentum} has no effect on {name!r}; it applies to sgd and rmsprop "
             "(set optimizer.momentum to 0 or pick one of those)"
         )
-    plist = list(params)
+    listed = list(params)
+    groups = [g for g in listed if isinstance(g, dict)]
+    # bare parameters are one group, as torch makes of them (none: torch's own error)
+    plist: list[ParamGroup] = groups or ([{"params": listed}] if listed else [])
+    tensors = [p for g in plist for p in g["params"]]
     if name == "sgd":
         return torch.optim.SGD(plist, lr=lr, momentum=momentum, weight_decay=weight_decay)
     if name in ("adam", "adamw"):
-        fused = bool(plist) and all(p.is_cuda for p in plist)
+        fused = bool(tensors) and all(p.is_cuda for p in tensors)
         cls = torch.optim.Adam if name == "adam" else torch.optim.AdamW
         return cls(plist, lr=lr, weight_decay=weight_decay, fused=fused or None)
     if name == "adagrad":

@@ -36,7 +36,7 @@ def reset_optimizer_rows(optimizer: Optimizer, param: torch.Tensor, rows: torch.
         if value.shape[0] != param.shape[0]:
             continue
         fill = group.get("initial_accumulator_value", 0.0) if name == "sum" else 0.0
-        value[rows.to(value.device)] = fill
+        value.index_fill_(0, rows.to(value.device), fill)
 
 
 class _Series:

@@ -16,7 +16,7 @@ from streamtrain.train.learner import Learner
 from streamtrain.train.models import build_model
 from streamtrain.train.models.auto import LinearAndMLP
 from streamtrain.train.models.hedge import HedgeMixer, find_mixer
-from streamtrain.train.optim import build_optimizer
+from streamtrain.train.optim import OptimizerName, build_optimizer, param_groups
 from streamtrain.train.task import TaskHead
 
 BINARY = SampleSpec(feature_shape=(4,), task="binary")
@@ -26,7 +26,7 @@ def _learner(spec: SampleSpec, params: dict[str, object] | None = None, seed: in
     # one step per batch of 8 keeps these tests to a few hundred steps on a busy machine
     torch.manual_seed(seed)
     model = build_model("auto", spec, params or {})
-    optimizer = build_optimizer(model.parameters(), "adam", lr=0.03)
+    optimizer = build_optimizer(param_groups(model, "adam"), "adam", lr=0.03)
     return Learner(model, TaskHead(spec), optimizer, step_samples="batch")
 
 
@@ -119,8 +119,8 @@ def test_the_linear_path_alone_learns_a_linear_concept(combine: str) -> None:
     assert accuracy > 0.95, f"the linear path alone scored {accuracy:.3f} on a linear concept"
 
 
-def _trained(spec: SampleSpec, seed: int = 0) -> Learner:
-    learner = _learner(spec, seed=seed)
+def _trained(spec: SampleSpec, seed: int = 0, params: dict[str, object] | None = None) -> Learner:
+    learner = _learner(spec, params, seed=seed)
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(300, 4, generator=g)
     if spec.task == "regression":
@@ -150,12 +150,24 @@ def test_snapshot_round_trip_keeps_the_mix(task: str) -> None:
         assert torch.equal(model(x), fresh(x))
 
 
-def test_checkpoint_round_trip_continues_bit_identically(tmp_path: Path) -> None:
-    original = _trained(BINARY)
+@pytest.mark.parametrize("params", [{}, {"linear_lr": 0.05}], ids=["shared", "linear_lr"])
+def test_checkpoint_round_trip_continues_bit_identically(
+    tmp_path: Path, params: dict[str, object]
+) -> None:
+    original = _trained(BINARY, params=params)
+    assert len(original.optimizer.param_groups) == (2 if params else 1)
     state = TrainerState(step=1, samples_seen=300, run_id="r", offsets={0: 300}, model_settings={})
     CheckpointStore(tmp_path).save(state, original.model, original.optimizer)
-    restored = _learner(BINARY, seed=42)  # other initial weights: all must come from the file
+    # other initial weights: all must come from the file
+    restored = _learner(BINARY, params, seed=42)
     assert CheckpointStore(tmp_path).load_latest(restored.model, restored.optimizer) is not None
+    # both groups (the linear head's SGD-like one included) come back with their settings
+    for mine, theirs in zip(
+        original.optimizer.param_groups, restored.optimizer.param_groups, strict=True
+    ):
+        assert {k: v for k, v in mine.items() if k != "params"} == {
+            k: v for k, v in theirs.items() if k != "params"
+        }
     x, y = _xor_stream(200, seed=6)
     _learn(original, x, y, batch=5)
     _learn(restored, x, y, batch=5)
@@ -174,9 +186,37 @@ def test_checkpoint_round_trip_continues_bit_identically(tmp_path: Path) -> None
     ],
     ids=["binary", "multiclass", "regression"],
 )
-@pytest.mark.parametrize("combine", ["hedge", "sum"])
-def test_auto_passes_check_model(spec: SampleSpec, combine: str) -> None:
-    check_model("auto", spec, {"combine": combine})
+@pytest.mark.parametrize(
+    "params",
+    [{"combine": "hedge"}, {"combine": "sum"}, {"linear_lr": 0.05}],
+    ids=["hedge", "sum", "linear_lr"],
+)
+def test_auto_passes_check_model(spec: SampleSpec, params: dict[str, object]) -> None:
+    check_model("auto", spec, params)
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw", "sgd"])
+def test_the_linear_head_steps_as_plain_sgd_at_its_own_rate(name: OptimizerName) -> None:
+    torch.manual_seed(3)
+    model = build_model("auto", BINARY, {"linear_lr": 0.02})
+    assert isinstance(model, LinearAndMLP)
+    optimizer = build_optimizer(param_groups(model, name), name, lr=0.01, weight_decay=0.1)
+    assert [len(group["params"]) for group in optimizer.param_groups] == [4, 2]
+    for _ in range(3):  # Adam's state is built by the first step; check a later one too
+        before = [p.detach().clone() for p in model.parameters()]
+        optimizer.zero_grad()
+        x = torch.randn(8, 4)
+        # the mixer detaches its input (each head learns from its own loss): call the heads
+        # mean losses keep the gradients O(1), as the learner's are (Adam matches SGD to |g| / eps)
+        (model.wide(x).mean() + model.deep(model.body(model.first(x))).mean()).backward()
+        grads = [p.grad.clone() for p in model.linear_head_parameters() if p.grad is not None]
+        optimizer.step()
+        for param, grad in zip(model.linear_head_parameters(), grads, strict=True):
+            start = before[[id(p) for p in model.parameters()].index(id(param))]
+            # SGD: the step is lr * gradient, whatever its size (Adam's would be ~lr each)
+            torch.testing.assert_close(param - start, -0.02 * grad, rtol=2e-3, atol=1e-7)
+    moved = [not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True)]
+    assert all(moved), "every parameter, MLP and linear head, must have been stepped"
 
 
 def test_mixed_probabilities_are_the_weighted_mean_of_the_heads() -> None:

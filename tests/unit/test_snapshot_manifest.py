@@ -5,6 +5,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from streamtrain.snapshot import wire
 from streamtrain.snapshot.manifest import (
     SnapshotManifest,
     TensorInfo,
@@ -115,3 +116,14 @@ def test_chunk_headers_with_non_ascii_digits_are_malformed(chunk: str) -> None:
         ("streamtrain-chunk", chunk.encode()),
     ]
     assert parse_headers(headers) is None  # never a ValueError out of int()
+
+
+def test_the_lane_header_marks_base_lane_records_and_nothing_else_is_accepted() -> None:
+    chunk = wire.parse_headers(wire.chunk_headers("m", "run/4", 0, 2, lane=wire.BASE_LANE))
+    manifest = wire.parse_headers(wire.manifest_headers("m", "run/4", lane=wire.BASE_LANE))
+    plain = wire.parse_headers(wire.chunk_headers("m", "run/5", 0, 2))
+    assert chunk is not None and chunk.lane == "base"
+    assert manifest is not None and manifest.lane == "base"
+    assert plain is not None and plain.lane == ""
+    for kind in (wire.chunk_headers("m", "run/4", 0, 2), wire.manifest_headers("m", "run/4")):
+        assert wire.parse_headers([*kind, (wire.LANE, b"delta")]) is None

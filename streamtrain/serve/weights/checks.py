@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from streamtrain.snapshot.delta import RowUpdate
-from streamtrain.snapshot.manifest import SnapshotHeader
+from streamtrain.snapshot.manifest import SnapshotHeader, parse_snapshot_id
 from streamtrain.snapshot.mapped import all_finite
 from streamtrain.train.models.dynamic_lookup import mapping_problem
 from streamtrain.train.models.dynamic_table import dynamic_mappings
@@ -117,13 +117,21 @@ def check_mappings(
 
 
 def chain_gap(live: SnapshotHeader | None, delta: SnapshotHeader) -> str | None:
-    """Why ``delta`` does not apply on the ``live`` snapshot (slot rule 6: its predecessor is
-    not the live one, or its base is not the live lineage), or None when it does."""
+    """Why ``delta`` does not apply on the ``live`` snapshot (slot rule 6), or None when it
+    does.
+
+    A delta holds every row changed since its predecessor, at its own step, and whole dense
+    tensors: on any live version of the same run from its predecessor up to (not including)
+    itself it leaves exactly the trainer's weights at its step. So it applies when the live
+    version is its predecessor, and equally on a base the trainer published beside the deltas
+    (``snapshot/publisher.py`` rule 4), whichever of the two the server reached first."""
+    named = parse_snapshot_id(delta.predecessor_id or "")
     if (
         live is not None
         and delta.base_id is not None
-        and live.snapshot_id == delta.predecessor_id
-        and live.lineage == delta.base_id
+        and named is not None
+        and named[0] == delta.run_id == live.run_id
+        and named[1] <= live.version < delta.version
     ):
         return None
     held = "nothing" if live is None else f"{live.snapshot_id} (base {live.lineage})"

@@ -1,13 +1,16 @@
 """Following a chain of delta snapshots on the server (``docs/snapshots.md``, Deltas).
 
-1. A delta applies only on the snapshot it names as ``predecessor_id``, in the lineage of its
-   ``base_id`` (``WeightSlot.apply_delta`` checks both); anything else is a *gap*.
+1. A delta applies on a live version of its run from the snapshot it names as
+   ``predecessor_id`` up to itself (``checks.chain_gap``: its predecessor, or a base published
+   beside the deltas); anything else is a *gap*.
 2. On a gap (a delta lost, corrupt or refused, a server that joined late, a base rotated
    out) :func:`catch_up` reads the topic newest first: the deltas newer than the live version
-   are kept by predecessor until it reaches either the live version (nothing to reload) or
-   the newest base the slot accepts (loaded); then it applies the kept deltas that link, in
-   order. A chain that breaks stops there: the server stays on the last version it could
-   reach, whole and consistent, until the next base.
+   are kept until it reaches either the live version (nothing to reload) or the newest base
+   the slot accepts (loaded); then it applies the kept deltas that link, oldest first (one
+   that does not link yet is passed over: the deltas written while a base was published
+   precede it in the chain but follow it in version). A chain that breaks stops there: the
+   server stays on the last version it could reach, whole and consistent, until the next
+   base.
 3. Deltas never go to the local cache: it keeps bases, and a server starting from its cache
    catches up from the topic (rule 2).
 """
@@ -18,6 +21,7 @@ import logging
 from collections.abc import Callable, Iterable
 from typing import Literal
 
+from streamtrain.serve.weights.checks import chain_gap
 from streamtrain.serve.weights.loader import SnapshotLoader
 from streamtrain.serve.weights.slot import SnapshotRejected, StandbyBusy
 from streamtrain.snapshot.delta import DeltaError, split_delta
@@ -53,30 +57,33 @@ def catch_up(
     load_base: Callable[[ReceivedSnapshot], bool | None],
 ) -> None:
     """Rule 2. ``load_base`` loads a base: True live, False refused, None busy."""
-    following: dict[
-        str | None, ReceivedSnapshot
-    ] = {}  # predecessor_id -> the delta that follows it
+    kept: list[ReceivedSnapshot] = []  # deltas newer than the live version, newest first
     for snapshot in newest_first:
         if not loader.is_newer(snapshot.manifest.order):
             break  # reached the live version (or older): the chain starts there
         if is_delta(snapshot):
-            following.setdefault(snapshot.manifest.predecessor_id, snapshot)
+            kept.append(snapshot)
             continue
         loaded = load_base(snapshot)
         if loaded is None:
             return  # busy: the watcher retries on the next gap
         if loaded:
             break
-    live = loader.info
-    while live is not None:
-        successor = following.pop(live.snapshot_id, None)
-        if successor is None or apply_delta(loader, successor) != "live":
-            break
+    left = 0
+    for delta in reversed(kept):
         live = loader.info
-    if following:
+        if not loader.is_newer(delta.manifest.order):
+            continue  # the base loaded covers it
+        if live is None or chain_gap(live.header, delta.manifest.header) is not None:
+            left += 1
+            continue
+        if apply_delta(loader, delta) != "live":
+            break
+    if left:
+        live = loader.info
         log.info(
             "%d delta(s) on the topic do not link to the live version %s; waiting for the "
             "next base",
-            len(following),
+            left,
             None if live is None else live.snapshot_id,
         )

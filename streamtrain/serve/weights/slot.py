@@ -33,11 +33,12 @@ Semantics (the order is the correctness argument):
    that one section, and both copies update their ID lookups in it before requests go (by
    the rows a delta changed; a base re-sorts). A mapping that would give one ID two rows, or
    is not int64 of the table's rows, is refused in step 1 (``bad_mapping``).
-6. **Deltas apply in chain order** (``apply_delta``): a delta whose ``predecessor_id`` is not
-   the live snapshot or whose ``base_id`` is not the live lineage is refused as
-   ``chain_gap`` (the watcher then reloads from the newest base). A delta's dense tensors are
-   whole, so copying them into the standby leaves it fully current; its rows go to the
-   shared tables (rule 5).
+6. **Deltas apply in chain order** (``apply_delta``): a delta applies on a live version of its
+   run from its ``predecessor_id`` up to itself (its predecessor, or a base published beside
+   the deltas: ``checks.chain_gap``); any other is refused as ``chain_gap`` (the watcher then
+   reloads from the newest base). The live lineage becomes the delta's ``base_id``. A
+   delta's dense tensors are whole, so copying them into the standby leaves it fully
+   current; its rows go to the shared tables (rule 5).
 """
 
 from __future__ import annotations

@@ -6,8 +6,9 @@ linear model's pace, one the MLP fits better moves the weight to the MLP within 
 samples. ``combine: sum`` is wide & deep (Cheng et al., 2016): the linear path's output is
 added to the MLP's and both learn from the loss of the sum. Either way the linear head shares
 the MLP's first matrix multiply (its rows are the first ``width`` outputs of ``first``), so
-it costs little more than the MLP alone. Measured in bench/README.md (Peers) and
-docs/models.md (Defaults and the evidence).
+it costs little more than the MLP alone; with ``linear_lr`` set it is a layer of its own
+(``wide``), which ``optim.param_groups`` steps as plain SGD at that rate. Measured in
+bench/README.md (Peers) and docs/models.md (Defaults and the evidence).
 """
 
 from __future__ import annotations
@@ -40,6 +41,14 @@ class AutoParams(MLPParams):
     hedge_window: int = Field(
         500, ge=1, description="Samples over which a head's loss is remembered (discount)."
     )
+    linear_lr: float | None = Field(
+        None,
+        gt=0.0,
+        description=(
+            "Off by default. Set: the linear head is its own parameter group, plain SGD at this "
+            "rate under optimizer sgd/adam/adamw (docs/models.md, Defaults and the evidence)."
+        ),
+    )
 
 
 class LinearAndMLP(nn.Module):
@@ -51,6 +60,9 @@ class LinearAndMLP(nn.Module):
     torch.Size([2, 3])
     >>> sorted(k for k in model.state_dict() if not k.startswith("standardize"))
     ['deep.bias', 'deep.weight', 'first.bias', 'first.weight', 'head.mixer.losses']
+    >>> split = LinearAndMLP(spec, AutoParams(hidden_sizes=(8,), linear_lr=0.05))
+    >>> [name for name, _ in split.named_parameters() if name.startswith("wide")]
+    ['wide.weight', 'wide.bias']
     """
 
     def __init__(self, spec: SampleSpec, params: AutoParams) -> None:
@@ -63,8 +75,12 @@ class LinearAndMLP(nn.Module):
         self.standardize = make_standardizer(params, (spec.feature_size,))
         self.width = output_width(spec)
         sizes = params.hidden_sizes
-        # one matmul gives the linear head's outputs and the MLP's first hidden layer
-        self.first = nn.Linear(spec.feature_size, self.width + sizes[0])
+        self.linear_lr = params.linear_lr
+        # one matmul gives the linear head's outputs and the MLP's first hidden layer, unless
+        # the linear head learns at its own rate: a parameter group holds whole tensors
+        self.wide = None if self.linear_lr is None else nn.Linear(spec.feature_size, self.width)
+        fused = self.width if self.wide is None else 0
+        self.first = nn.Linear(spec.feature_size, fused + sizes[0])
         layers: list[nn.Module] = [activation(params.activation)]
         for before, size in itertools.pairwise(sizes):
             if params.dropout > 0:
@@ -76,14 +92,21 @@ class LinearAndMLP(nn.Module):
         self.deep = nn.Linear(sizes[-1], self.width)
         self.head = CombinedHead(spec, params)
 
+    def linear_head_parameters(self) -> list[nn.Parameter]:
+        """The linear head's own weights, stepped as plain SGD (``optim.param_groups``); none
+        when it shares the first matmul (``linear_lr`` unset)."""
+        return [] if self.wide is None else list(self.wide.parameters())
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.flatten(1)
         if self.standardize is not None:
             x = self.standardize(x)
         hidden = self.first(x)
-        wide = hidden[:, : self.width]
-        deep = self.deep(self.body(hidden[:, self.width :]))
-        out: torch.Tensor = self.head(wide, deep)
+        if self.wide is None:
+            wide, hidden = hidden[:, : self.width], hidden[:, self.width :]
+        else:
+            wide = self.wide(x)
+        out: torch.Tensor = self.head(wide, self.deep(self.body(hidden)))
         return out
 
 

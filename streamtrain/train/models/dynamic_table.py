@@ -78,18 +78,15 @@ def _uniform(ids: Int64s, step: int, seed: int) -> np.ndarray[Any, np.dtype[np.f
     return ((_mix64(ids ^ salt) >> 11) & ((1 << 53) - 1)).astype(np.float64) / float(1 << 53)
 
 
-def _tensor(x: Int64s) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(x, dtype=np.int64))
-
-
 @dataclass
 class Observed:
     """What one ``observe`` did: rows to reset (newly owned), rows and filter cells whose
-    buffers changed, and the counts the metrics export."""
+    buffers changed (host arrays: they only mark host masks), and the counts the metrics
+    export."""
 
     reset: torch.Tensor
-    changed_slots: torch.Tensor
-    changed_cells: torch.Tensor
+    changed_slots: Int64s
+    changed_cells: Int64s
     admitted: int = 0
     refused: dict[str, int] = field(
         default_factory=lambda: {"filter": 0, "probability": 0, "full": 0}
@@ -126,6 +123,7 @@ class DynamicMapping(nn.Module):
         self.register_buffer("step", torch.zeros((), dtype=torch.int64))
         self._seed_mix = int(_mix64(np.array([settings.seed]))[0])
         self._lookup: SortedLookup | None = None  # see _sorted
+        self._row_index = np.arange(self.capacity, dtype=np.int64)  # a key's tie-breaker
 
     def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> Any:
         """The mapping stays in host memory whatever device or dtype the model moves to
@@ -174,60 +172,65 @@ class DynamicMapping(nn.Module):
 
     def rows(self, ids: torch.Tensor) -> torch.Tensor:
         """The physical row of each ID: its own, or ``capacity + hash % fallback_rows``."""
-        raw = ids.cpu().numpy()
+        on_host = ids.device.type == "cpu"  # no .cpu() / .to() dispatch for host tensors
+        raw = ids.numpy() if on_host else ids.cpu().numpy()
         hit, rows = self._sorted().find(raw)
         if self.settings.fallback_rows == 1:  # one shared row: no hash to compute
             fallback: Int64s | int = self.capacity
         else:
             fallback = self.capacity + np.remainder(_mix64(raw), self.settings.fallback_rows)
-        return torch.from_numpy(np.where(hit, rows, fallback)).to(ids.device)
+        found = torch.from_numpy(np.where(hit, rows, fallback))
+        return found if on_host else found.to(ids.device)
 
     # --- decisions ------------------------------------------------------------------------
+    # Written for few numpy operations per step rather than few lines: at a batch's size each
+    # operation costs about its dispatch, so e.g. the unique IDs come from one sort and a mask
+    # (``np.unique`` makes a dozen), and no array is made only to be overwritten.
     def observe(self, ids: torch.Tensor) -> Observed:
         """One training step's decisions for the IDs of its (union) batch; see the module doc."""
         lookup = self._sorted()  # before any write: a load since the last step rebuilds it
-        step = int(self.step) + 1
-        self.step.numpy()[()] = step
-        raw = ids.cpu().numpy()
+        step_view = self.step.numpy()
+        step = int(step_view) + 1
+        step_view[()] = step
+        raw = ids.numpy() if ids.device.type == "cpu" else ids.cpu().numpy()
         hit, found = lookup.find(raw)  # EMPTY is never owned: a miss, dropped below
         seen = found[hit]
         last_seen, use_count = self.last_seen.numpy(), self.use_count.numpy()
         last_seen[seen] = step
         np.add.at(use_count, seen, 1)
         out = Observed(
-            reset=_tensor(seen[:0]), changed_slots=_tensor(seen), changed_cells=_tensor(seen[:0])
+            reset=torch.empty(0, dtype=torch.int64), changed_slots=seen, changed_cells=_NO_ROWS
         )
-        expired, gone = self._expire(step, out)
-        if bool(hit.all()) and expired.size == 0:
+        expired, gone = self._expire(step, out) if self.settings.expire_after_steps else _NONE
+        if expired.size == 0 and bool(hit.all()):
             return out  # nothing new: the mapping and its lookup stand
-        fresh, counts = np.unique(raw[~hit], return_counts=True)
-        if fresh.size and fresh[0] == EMPTY:  # sorted: EMPTY, the int64 min, comes first
-            fresh, counts = fresh[1:], counts[1:]
+        fresh, counts = _counted(raw[~hit])
         passed, cells = self._admit(fresh, counts, step, out)
-        fresh, counts, cells = fresh[passed], counts[passed], cells[passed]
+        if passed is not None:
+            fresh, counts, cells = fresh[passed], counts[passed], cells[passed]
         placed, evicted = self._place(fresh.size, step, lookup.keys.size - expired.size, out)
-        out.refused["full"] = fresh.size - placed.size
         taken = placed.size
-        fresh, counts, cells = fresh[:taken], counts[:taken], cells[:taken]
+        out.refused["full"] = fresh.size - taken
+        if taken < fresh.size:
+            fresh, counts, cells = fresh[:taken], counts[:taken], cells[:taken]
         slot_ids = self.slot_ids.numpy()
-        gone = np.concatenate([gone, slot_ids[evicted]])
+        if evicted.size:
+            gone = np.concatenate([gone, slot_ids[evicted]])
         slot_ids[placed] = fresh
         last_seen[placed] = step
         use_count[placed] = counts
         if self.settings.cells and taken:
             self.filter_counts.numpy()[cells] = 0  # evicted later, it earns admission again
         out.admitted = taken
-        out.reset = _tensor(placed)
-        out.changed_slots = _tensor(np.concatenate([seen, expired, placed]))
-        self._lookup = lookup.replace(np.sort(gone), fresh, placed, token(self.slot_ids))
+        out.reset = torch.from_numpy(placed)
+        out.changed_slots = np.concatenate([seen, expired, placed])
+        self._lookup = lookup.replace(gone, fresh, placed, token(self.slot_ids))
         return out
 
     def _expire(self, step: int, out: Observed) -> tuple[Int64s, Int64s]:
         """Free the rows unseen too long: (their rows, the IDs that left them)."""
         after = self.settings.expire_after_steps
         slot_ids = self.slot_ids.numpy()
-        if not after:
-            return slot_ids[:0], slot_ids[:0]
         stale = np.flatnonzero((self.last_seen.numpy() < step - after) & (slot_ids != EMPTY))
         gone = slot_ids[stale]
         slot_ids[stale] = EMPTY
@@ -243,58 +246,89 @@ class DynamicMapping(nn.Module):
 
     def _admit(
         self, ids: Int64s, counts: Int64s, step: int, out: Observed
-    ) -> tuple[np.ndarray[Any, np.dtype[np.bool_]], Int64s]:
-        """Which new IDs pass the filter (and the draw); and their filter cells (zeros when
-        there is no filter)."""
-        passed = np.ones(ids.shape, dtype=bool)
-        k = self.settings.admit_after
-        cells = np.zeros_like(ids)
+    ) -> tuple[np.ndarray[Any, np.dtype[np.bool_]] | None, Int64s]:
+        """Which new IDs pass the filter and the draw (None: all of them); and their filter
+        cells (the IDs themselves when there is no filter: never read then)."""
+        passed = None
+        cells = ids
         if self.settings.cells:
+            k = self.settings.admit_after
             cells = self._cells(ids)
             filter_counts = self.filter_counts.numpy()
             np.add.at(filter_counts, cells, counts)
-            filter_counts[cells] = np.minimum(filter_counts[cells], k)  # saturating
-            passed = filter_counts[cells] >= k
-            out.changed_cells = _tensor(cells)
-        out.refused["filter"] = int((~passed).sum())
+            total = np.minimum(filter_counts[cells], k)  # saturating
+            filter_counts[cells] = total
+            passed = total >= k
+            out.changed_cells = cells
+            out.refused["filter"] = ids.size - int(np.count_nonzero(passed))
         if self.settings.admit_probability < 1:
             drawn = _uniform(ids, step, self.settings.seed) < self.settings.admit_probability
-            out.refused["probability"] = int((passed & ~drawn).sum())
-            passed &= drawn
+            if passed is None:
+                out.refused["probability"] = ids.size - int(np.count_nonzero(drawn))
+                passed = drawn
+            else:
+                out.refused["probability"] = int(np.count_nonzero(passed & ~drawn))
+                passed &= drawn
         return passed, cells
 
     def _place(self, n: int, step: int, owned: int, out: Observed) -> tuple[Int64s, Int64s]:
         """Rows for ``n`` admitted IDs, free ones then evicted ones (``owned``: rows owned
         now, so a full table skips the scan for free rows); and the evicted rows."""
-        slot_ids = self.slot_ids.numpy()
-        free = slot_ids[:0]
         if n == 0:
-            return free, free
-        last_seen = self.last_seen.numpy()
+            return _NO_ROWS, _NO_ROWS
+        slot_ids, last_seen = self.slot_ids.numpy(), self.last_seen.numpy()
+        free = _NO_ROWS
         if owned < self.capacity:
             free = np.flatnonzero(slot_ids == EMPTY)
             if n <= free.size:
-                return free[:n], free[:0]
+                return free[:n], _NO_ROWS
             evictable = (slot_ids != EMPTY) & (last_seen < step)
         else:
             evictable = last_seen < step
         need = min(n - free.size, int(np.count_nonzero(evictable)))
-        victims = self._victims(evictable, need) if need else free[:0]
+        if need == 0:
+            return free, _NO_ROWS
+        victims = self._victims(evictable, need)
         out.evicted[self.settings.evict] = victims.size
-        return np.concatenate([free, victims]), victims
+        return (np.concatenate([free, victims]) if free.size else victims), victims
 
     def _victims(self, evictable: np.ndarray[Any, np.dtype[np.bool_]], m: int) -> Int64s:
         """The ``m`` evictable rows that go first (LRU: oldest ``last_seen``; LFU: fewest
         uses, then oldest); every key is made unique by the row index, so ties end alike."""
-        recency = self.last_seen.numpy() * self.capacity + np.arange(self.capacity)
-        recency[~evictable] = _BIG
+        if self._row_index.size != self.capacity:
+            self._row_index = np.arange(self.capacity, dtype=np.int64)
+        recency = self.last_seen.numpy() * self.capacity
+        recency += self._row_index
         if self.settings.evict == "lru":
-            return _smallest(recency, m)
+            return _smallest(np.where(evictable, recency, _BIG), m)
         uses = np.where(evictable, self.use_count.numpy(), _BIG)
         threshold = np.partition(uses, m - 1)[m - 1]
         below = np.flatnonzero(uses < threshold)
         tied = np.where(uses == threshold, recency, _BIG)
         return np.concatenate([below, _smallest(tied, m - below.size)])
+
+
+_NO_ROWS: Int64s = np.empty(0, dtype=np.int64)
+_NONE = (_NO_ROWS, _NO_ROWS)
+
+
+def _counted(ids: Int64s) -> tuple[Int64s, Int64s]:
+    """The distinct IDs ascending, without EMPTY, and how often each occurs (``np.unique``
+    with counts, in a third of its operations)."""
+    ids = np.sort(ids)
+    if ids.size and ids[0] == EMPTY:  # sorted: EMPTY, the int64 min, comes first
+        ids = ids[np.count_nonzero(ids == EMPTY) :]
+    n = ids.size
+    if n == 0:
+        return ids, ids
+    first = np.empty(n, dtype=bool)
+    first[0] = True
+    np.not_equal(ids[1:], ids[:-1], out=first[1:])
+    starts = np.flatnonzero(first)
+    counts = np.empty(starts.size, dtype=np.int64)
+    np.subtract(starts[1:], starts[:-1], out=counts[:-1])
+    counts[-1] = n - starts[-1]
+    return ids[starts], counts
 
 
 def _smallest(keys: Int64s, m: int) -> Int64s:

@@ -138,6 +138,9 @@ class EmbeddingTables(nn.Module):
         self.dim = dim
         self.init_std = init_std
         self.mappings = nn.ModuleDict({_key(t): DynamicMapping(k) for t, k in dynamic.items()})
+        # by table name, built once: read several times a step (a plain dict of the same
+        # modules, so it follows them through deepcopy and load_state_dict)
+        self._dynamic = {t: cast(DynamicMapping, self.mappings[_key(t)]) for t in dynamic}
         # rows changed outside optimizer steps since the row tracker last drained them
         self._dirty: dict[str, npt.NDArray[np.bool_]] = {}
         self._generator = torch.Generator()  # re-seeded for every reset (see observe)
@@ -192,11 +195,7 @@ class EmbeddingTables(nn.Module):
     @property
     def dynamic(self) -> dict[str, DynamicMapping]:
         """The dynamic tables' mappings by table name."""
-        out = {}
-        for key, mapping in self.mappings.items():
-            assert isinstance(mapping, DynamicMapping)
-            out[key.removeprefix("t_")] = mapping
-        return out
+        return self._dynamic
 
     @property
     def row_sparse_buffers(self) -> list[str]:
@@ -223,6 +222,9 @@ class EmbeddingTables(nn.Module):
             parts = [
                 sparse[f.name].ids for f in self.features if f.table == table and f.name in sparse
             ]
+            if len(parts) == 1:
+                ids.append(parts[0])
+                continue
             device = self._weight(table).device
             ids.append(
                 torch.cat(parts) if parts else torch.empty(0, dtype=torch.int64, device=device)
@@ -244,11 +246,11 @@ class EmbeddingTables(nn.Module):
                 fresh = torch.randn(
                     observed.reset.numel(), self.dim, generator=self._generator.manual_seed(seed)
                 )
-                weight[observed.reset] = (fresh * self.init_std).to(weight)
-                self._mark(f"tables.{key}.weight", weight.shape[0], observed.reset)
+                weight[observed.reset.to(weight.device)] = fresh.mul_(self.init_std).to(weight)
+                self._mark(f"tables.{key}.weight", weight.shape[0], observed.reset.numpy())
             # slot_ids, last_seen and use_count change on the same rows: one mask for three
             self._mark(f"mappings.{key}", mapping.capacity, observed.changed_slots)
-            if mapping.settings.cells and observed.changed_cells.numel():
+            if mapping.settings.cells and observed.changed_cells.size:
                 self._mark(
                     f"mappings.{key}.filter_counts",
                     mapping.settings.cells,
@@ -261,12 +263,12 @@ class EmbeddingTables(nn.Module):
     def _weights_by_state(self) -> dict[str, torch.Tensor]:
         return {f"tables.{_key(t)}.weight": self._weight(t) for t in self.rows}
 
-    def _mark(self, name: str, size: int, rows: torch.Tensor) -> None:
+    def _mark(self, name: str, size: int, rows: npt.NDArray[np.int64]) -> None:
         # host masks (numpy: a step's marks cost less than torch's dispatch), like the mapping
         dirty = self._dirty.get(name)
         if dirty is None:
             dirty = self._dirty[name] = np.zeros(size, dtype=bool)
-        dirty[rows.cpu().numpy()] = True
+        dirty[rows] = True
 
     def drain_changed_rows(self) -> dict[str, torch.Tensor]:
         """Rows of weights (reset) and mapping buffers changed since the last call, by state
