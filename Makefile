@@ -7,6 +7,7 @@ STAMP := $(VENV)/.installed
 TORCH_SPEC ?= torch==2.13.0
 
 .PHONY: setup demo test test-unit test-integration-kafka-python lint bench clean
+.PHONY: bench-peers
 
 $(STAMP): pyproject.toml deploy/constraints.txt
 	$(PY) -m venv $(VENV)
@@ -41,7 +42,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check streamtrain tests bench
 	$(BIN)/mypy
 
-bench: $(STAMP)
+bench: $(STAMP) bench-peers
 	$(BIN)/pip install --quiet --only-binary=scikit-learn,river -e ".[bench]"
 	$(BIN)/pip install --quiet --no-deps "deep-river==0.3.4"
 	STREAMTRAIN_TEST_BENCH=1 $(BIN)/python -m pytest -q -p no:cacheprovider tests/unit/test_bench_ctr.py
@@ -50,6 +51,17 @@ bench: $(STAMP)
 	$(BIN)/python bench/serve.py
 	$(BIN)/python bench/snapshot.py
 	$(BIN)/python bench/peers.py
+
+# bench/serve.py's KServe and MLServer peers, each in its own virtual environment (their pins
+# of fastapi, pydantic, grpcio and protobuf do not meet ours): bench/.peers/<peer>, gitignored.
+PEERS := bench/.peers
+bench-peers: $(PEERS)/kserve/.installed $(PEERS)/mlserver/.installed
+
+$(PEERS)/%/.installed:
+	$(PY) -m venv $(PEERS)/$*
+	$(PEERS)/$*/bin/pip install --quiet "$(TORCH_SPEC)"
+	$(PEERS)/$*/bin/pip install --quiet "$*"
+	touch $@
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

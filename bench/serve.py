@@ -1,28 +1,37 @@
-"""Serving throughput and latency, side by side with LitServe, with and without hot swaps.
+"""Serving throughput and latency, side by side with the Python peers, with and without swaps.
 
-Starts the embedded broker, a streamtrain serving worker and a LitServe server (each in its
-own processes, one torch thread each, same model: MLP 32 → 256 → 256 → 10 with softmax and
-argmax outputs), then drives each with the same load generator (bench/loadgen.py: ``wrk``, or
-a bounded asyncio client without it), one 32-float sample per request:
+Starts the embedded broker, a streamtrain serving worker and each Python peer that is
+installed (each in its own processes, one torch thread each, same model: MLP 32 → 256 → 256 →
+10 with softmax and argmax outputs), then drives each with the same load generator
+(bench/loadgen.py: ``wrk``, or a bounded asyncio client without it), one 32-float sample per
+request:
 
 * streamtrain, OIP JSON; streamtrain, Triton binary tensors (request and outputs binary);
-  LitServe, the same OIP JSON body (LitServe has no binary tensor protocol);
+* LitServe (bench/litserve_peer.py, the ``bench`` extra), KServe's ``ModelServer``
+  (bench/kserve_peer.py) and MLServer (bench/mlserver_peer.py), the same OIP JSON body; KServe
+  and MLServer run from their own virtual environments (``make bench-peers``), a peer not
+  installed is left out and said so;
 * each without swaps, then with a new snapshot every 100 ms: for streamtrain a snapshot
-  published to the topic and hot-swapped by the server (the real path), for LitServe a thread
-  copying new weights into its model (bench/litserve_peer.py). LitServe runs with its faster
-  ZeroMQ queue (``fast_queue=True``), which served more requests than its default here. The
-  swaps made during each row are counted (streamtrain's ``streamtrain_serve_swaps_total``,
-  LitServe's counter file).
+  published to the topic and hot-swapped by the server (the real path), for a peer a thread
+  copying new weights into its model in place (bench/peer_model.py). LitServe runs with its
+  faster ZeroMQ queue (``fast_queue=True``). The swaps made during each row are counted
+  (streamtrain's ``streamtrain_serve_swaps_total``, the peers' counter files);
+* per row the server's CPU per request: user+sys seconds of all its processes over the row ÷
+  requests answered (``/proc``), the figure that stays put on a loaded machine.
 
-Rows alternate between servers so drifting machine load hits both alike. Then end-to-end
-freshness with a real trainer and server (bench/freshness.py), unless ``--skip-freshness``.
+Rows alternate between servers so drifting machine load hits all alike. Then gRPC beside REST
+(``--grpc``, on by default): streamtrain's gRPC port loaded by an async grpcio client in its
+own process (bench/grpc_load.py) and its REST port by the load generator, at batch 1 and 64.
+Then end-to-end freshness with a real trainer and server (bench/freshness.py), unless
+``--skip-freshness``.
 
-Run: ``.venv/bin/python bench/serve.py`` (needs the ``bench`` extra for LitServe; ``--help``).
+Run: ``make bench-peers && .venv/bin/python bench/serve.py`` (``--help``).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import multiprocessing
 import os
@@ -33,7 +42,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,7 +51,10 @@ import httpx
 import numpy as np
 import torch
 from freshness import measure as measure_freshness
+from grpc_load import generator_name as grpc_generator_name
+from grpc_load import infer_request, run_grpc_load
 from loadgen import Body, LoadResult, generator_name, run_load
+from proc_cpu import group_cpu_s, process_cpu_s
 from serve_model import API_PATH, model_overrides
 
 from streamtrain.broker import EmbeddedBroker, free_port
@@ -57,6 +69,8 @@ from streamtrain.train.hooks import SnapshotRequest
 from streamtrain.train.models import build_model
 
 FEATURES = 32
+BENCH = Path(__file__).resolve().parent
+OURS = "streamtrain"
 
 
 @dataclass(frozen=True)
@@ -66,6 +80,43 @@ class Row:
     swapping: bool
     swaps: int  # swaps the server made during the row
     load: LoadResult
+    cpu_us: float  # server CPU (all its processes) per request answered
+
+
+@dataclass(frozen=True)
+class Peer:
+    """A Python peer: its script in bench/, the interpreter that runs it, its health path."""
+
+    name: str
+    script: str
+    python: Path
+    health: str
+    installed: bool
+    extra: tuple[str, ...] = ()
+
+
+def peers(workdir: Path) -> list[Peer]:
+    litserve = importlib.util.find_spec("litserve") is not None
+    kserve, mlserver = BENCH / ".peers/kserve/bin/python", BENCH / ".peers/mlserver/bin/python"
+    return [
+        Peer(
+            "LitServe",
+            "litserve_peer.py",
+            Path(sys.executable),
+            "/health",
+            litserve,
+            ("--fast-queue",),
+        ),
+        Peer("KServe", "kserve_peer.py", kserve, "/v2/health/ready", kserve.exists()),
+        Peer(
+            "MLServer",
+            "mlserver_peer.py",
+            mlserver,
+            "/v2/health/ready",
+            mlserver.exists(),
+            ("--workdir", str(workdir / "mlserver")),
+        ),
+    ]
 
 
 def _serve(overrides: dict[str, Any], engine: str) -> None:
@@ -178,18 +229,20 @@ def _publishing(publisher: Publisher, every_s: float) -> Iterator[None]:
 
 
 @contextmanager
-def _litserve(port: int, hidden: int, swap_every: float, workdir: Path) -> Iterator[Path]:
-    """LitServe on ``port``; yields the flag file that turns its swapper on while it exists."""
-    flag, count = workdir / "swap-on", workdir / "swaps"
-    script = Path(__file__).with_name("litserve_peer.py")
-    command = [sys.executable, str(script), "--port", str(port), "--hidden", str(hidden)]
-    command += ["--swap-flag", str(flag), "--swap-count", str(count)]
-    command += ["--swap-every", str(swap_every), "--fast-queue"]
-    # Its own session, so the API server and worker processes LitServe spawns stop with it.
-    process = subprocess.Popen(command, start_new_session=True)
+def _peer(
+    peer: Peer, port: int, hidden: int, swap_every: float, workdir: Path
+) -> Iterator[tuple[Path, int]]:
+    """``peer`` on ``port``; yields the flag file that turns its swapper on while it exists,
+    and the peer's process group (all its processes)."""
+    flag, count = workdir / f"{peer.name}.swap-on", workdir / f"{peer.name}.swaps"
+    command = [str(peer.python), str(BENCH / peer.script), "--port", str(port)]
+    command += ["--hidden", str(hidden), "--swap-flag", str(flag), "--swap-count", str(count)]
+    command += ["--swap-every", str(swap_every), *peer.extra]
+    # Its own session, so the worker processes a peer spawns stop with it, and are counted.
+    process = subprocess.Popen(command, start_new_session=True, cwd=BENCH)
     try:
-        _wait_ready(f"http://127.0.0.1:{port}/health", lambda: process.poll() is None)
-        yield flag
+        _wait_ready(f"http://127.0.0.1:{port}{peer.health}", lambda: process.poll() is None)
+        yield flag, process.pid  # a session leader: its pid is its process group
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         try:
@@ -199,12 +252,12 @@ def _litserve(port: int, hidden: int, swap_every: float, workdir: Path) -> Itera
             process.wait(5)
 
 
-def _lit_swaps(flag: Path) -> int:
-    count = flag.with_name("swaps")
+def _peer_swaps(flag: Path) -> int:
+    count = flag.with_name(flag.name.replace(".swap-on", ".swaps"))
     return int(count.read_text() or 0) if count.exists() else 0
 
 
-def main() -> None:
+def _arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--engine", choices=["auto", "direct", "batching"], default="auto")
     parser.add_argument("--threads", type=int, default=2, help="load generator threads")
@@ -212,60 +265,93 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=15.0, help="per row")
     parser.add_argument("--swap-every", type=float, default=0.1, help="seconds between swaps")
     parser.add_argument("--hidden", type=int, default=256, help="MLP hidden width")
+    parser.add_argument("--no-grpc", dest="grpc", action="store_false", help="skip gRPC rows")
+    parser.add_argument("--grpc-streams", type=int, default=1, help="calls per gRPC channel")
     parser.add_argument("--skip-freshness", action="store_true")
     parser.add_argument("--fresh-rate", type=float, default=1000.0, help="samples/s produced")
     parser.add_argument("--fresh-seconds", type=float, default=20.0)
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+@dataclass(frozen=True)
+class Target:
+    server: str
+    body: str
+    url: str
+    cpu: Callable[[], float]  # CPU seconds the server's processes have used so far
+    swaps: Callable[[], int]
+    flag: Path | None  # a peer's swapper switch; None: streamtrain (publishes instead)
+
+
+def main() -> None:
+    args = _arguments()
     load = {"threads": args.threads, "connections": args.connections}
     values = np.random.default_rng(0).normal(size=FEATURES).astype(np.float32)
     bodies = {"JSON": json_body(values), "binary": binary_body(values)}
 
-    with EmbeddedBroker() as broker, tempfile.TemporaryDirectory() as workdir:
+    with EmbeddedBroker() as broker, tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
+        workdir = Path(tmp)
         topic = "bench.snapshots"
         broker.create_topics([topic])
-        port, lit_port = free_port(), free_port()
+        port, grpc_port = free_port(), free_port()
         overrides: dict[str, Any] = {
             "kafka": {"bootstrap_servers": broker.bootstrap_servers},
             "topics": {"snapshots": topic},
             "model": model_overrides(args.hidden),
-            "serve": {"port": port, "model_name": "bench", "torch_threads": 1},
+            "serve": {
+                "port": port,
+                "grpc_port": grpc_port,
+                "model_name": "bench",
+                "torch_threads": 1,
+            },
         }
         publisher = Publisher(load_settings(overrides=overrides))
+        stack.callback(publisher.close)
         publisher.publish()
         server = multiprocessing.get_context("spawn").Process(
             target=_serve, args=(overrides, args.engine), daemon=True
         )
         server.start()
+        stack.callback(server.join, 10)
+        stack.callback(server.terminate)
         ours = f"http://127.0.0.1:{port}"
-        rows: list[Row] = []
-        try:
-            _wait_ready(f"{ours}/v2/health/ready", server.is_alive)
-            with _litserve(lit_port, args.hidden, args.swap_every, Path(workdir)) as flag:
-                targets = [
-                    ("streamtrain", "JSON", ours + "/v2/models/bench/infer"),
-                    ("streamtrain", "binary", ours + "/v2/models/bench/infer"),
-                    ("LitServe", "JSON", f"http://127.0.0.1:{lit_port}{API_PATH}"),
-                ]
-                for _, body, url in targets:  # a checked answer, then a warm-up not reported
-                    _probe(url, bodies[body])
-                    run_load(url, bodies[body], seconds=3.0, **load)
-                for swapping in (False, True):
-                    for name, body, url in targets:
-                        before = _our_swaps(ours) if name == "streamtrain" else _lit_swaps(flag)
-                        if swapping and name == "LitServe":
-                            flag.touch()
-                        publishing = swapping and name == "streamtrain"
-                        with (
-                            _publishing(publisher, args.swap_every) if publishing else nullcontext()
-                        ):
-                            result = run_load(url, bodies[body], seconds=args.seconds, **load)
-                        flag.unlink(missing_ok=True)
-                        after = _our_swaps(ours) if name == "streamtrain" else _lit_swaps(flag)
-                        rows.append(Row(name, body, swapping, after - before, result))
-        finally:
-            server.terminate()
-            server.join(10)
-            publisher.close()
+        _wait_ready(f"{ours}/v2/health/ready", server.is_alive)
+        assert server.pid is not None
+        pid = server.pid
+        targets = [
+            Target(
+                OURS,
+                body,
+                f"{ours}{API_PATH}",
+                lambda: process_cpu_s(pid),
+                lambda: _our_swaps(ours),
+                None,
+            )
+            for body in ("JSON", "binary")
+        ]
+        missing = []
+        for peer in peers(workdir):
+            if not peer.installed:
+                missing.append(peer.name)
+                continue
+            peer_port = free_port()
+            flag, group = stack.enter_context(
+                _peer(peer, peer_port, args.hidden, args.swap_every, workdir)
+            )
+            targets.append(
+                Target(
+                    peer.name,
+                    "JSON",
+                    f"http://127.0.0.1:{peer_port}{API_PATH}",
+                    lambda g=group: group_cpu_s(g),
+                    lambda f=flag: _peer_swaps(f),
+                    flag,
+                )
+            )
+        rows = _http_rows(targets, bodies, publisher, args, load)
+        grpc_rows = _grpc_rows(ours, f"127.0.0.1:{grpc_port}", pid, args) if args.grpc else []
+        loads = os.getloadavg()
+        stack.close()
         fresh = None
         if not args.skip_freshness:
             fresh = measure_freshness(broker.bootstrap_servers, args.fresh_rate, args.fresh_seconds)
@@ -273,29 +359,161 @@ def main() -> None:
     print(
         f"model=mlp 32->{args.hidden}x2->10, torch threads 1, engine={args.engine}, "
         f"load: {generator_name(args.threads, args.connections, args.seconds)}, "
-        f"one 32-float sample per request, swap every {args.swap_every:g} s in swap rows"
+        f"one 32-float sample per request, swap every {args.swap_every:g} s in swap rows; "
+        f"load average at the end {loads[0]:.1f} / {loads[1]:.1f} / {loads[2]:.1f}"
     )
+    if missing:
+        print(f"not installed, left out: {', '.join(missing)} (make bench-peers; bench extra)")
     print(report(rows))
+    if grpc_rows:
+        rest_load = generator_name(args.threads, args.connections, args.seconds)
+        grpc_load = grpc_generator_name(args.connections, args.grpc_streams, args.seconds)
+        print(f"\ngRPC beside REST (REST: {rest_load}; gRPC: {grpc_load})")
+        print(grpc_report(grpc_rows))
     if fresh is not None:
         print(fresh.describe())
 
 
+def _http_rows(
+    targets: list[Target],
+    bodies: dict[str, Body],
+    publisher: Publisher,
+    args: argparse.Namespace,
+    load: dict[str, int],
+) -> list[Row]:
+    for target in targets:  # a checked answer, then a warm-up not reported
+        _probe(target.url, bodies[target.body])
+        run_load(target.url, bodies[target.body], seconds=3.0, **load)
+    rows: list[Row] = []
+    for swapping in (False, True):
+        for target in targets:
+            before, cpu_before = target.swaps(), target.cpu()
+            if swapping and target.flag is not None:
+                target.flag.touch()
+            publishing = swapping and target.flag is None
+            with _publishing(publisher, args.swap_every) if publishing else nullcontext():
+                result = run_load(target.url, bodies[target.body], seconds=args.seconds, **load)
+            if target.flag is not None:
+                target.flag.unlink(missing_ok=True)
+            cpu = (target.cpu() - cpu_before) / max(result.requests, 1) * 1e6
+            swaps = target.swaps() - before
+            rows.append(Row(target.server, target.body, swapping, swaps, result, cpu))
+    return rows
+
+
+@dataclass(frozen=True)
+class GrpcRow:
+    transport: str
+    batch: int
+    load: LoadResult
+    cpu_us: float
+
+
+def _grpc_rows(ours: str, target: str, pid: int, args: argparse.Namespace) -> list[GrpcRow]:
+    """Our REST (JSON and binary, the load generator) and gRPC (grpcio) at batch 1 and 64,
+    alternating, fixed weights."""
+    rng = np.random.default_rng(1)
+    rows: list[GrpcRow] = []
+    for batch in (1, 64):
+        features = rng.normal(size=(batch, FEATURES)).astype(np.float32)
+        rest = {"REST JSON": _rows_json(features), "REST binary": _rows_binary(features)}
+        request = infer_request("bench", features)
+        for body in rest.values():
+            _probe_rows(f"{ours}{API_PATH}", body, batch)
+        run_grpc_load(target, request, connections=args.connections, seconds=2.0)  # warm-up
+        for name in ("REST JSON", "REST binary", "gRPC"):
+            before = process_cpu_s(pid)
+            if name == "gRPC":
+                result = run_grpc_load(
+                    target,
+                    request,
+                    connections=args.connections,
+                    streams=args.grpc_streams,
+                    seconds=args.seconds,
+                )
+            else:
+                result = run_load(
+                    f"{ours}{API_PATH}",
+                    rest[name],
+                    threads=args.threads,
+                    connections=args.connections,
+                    seconds=args.seconds,
+                )
+            cpu = (process_cpu_s(pid) - before) / max(result.requests, 1) * 1e6
+            rows.append(GrpcRow(name, batch, result, cpu))
+    return rows
+
+
+def _rows_json(features: np.ndarray[Any, Any]) -> Body:
+    tensor = {"name": "input", "shape": list(features.shape), "datatype": "FP32"}
+    doc = {"inputs": [{**tensor, "data": features.reshape(-1).tolist()}]}
+    return Body(json.dumps(doc).encode(), {"content-type": "application/json"})
+
+
+def _rows_binary(features: np.ndarray[Any, Any]) -> Body:
+    raw = features.astype("<f4").tobytes()
+    tensor = {"name": "input", "shape": list(features.shape), "datatype": "FP32"}
+    doc = {
+        "inputs": [{**tensor, "parameters": {"binary_data_size": len(raw)}}],
+        "parameters": {"binary_data_output": True},
+    }
+    header = json.dumps(doc).encode()
+    return Body(header + raw, {BINARY_HEADER: str(len(header))})
+
+
+def _probe_rows(url: str, body: Body, batch: int) -> None:
+    reply = httpx.post(url, content=body.content, headers=body.headers, timeout=30)
+    if reply.status_code != 200:
+        raise RuntimeError(f"{url} answered {reply.status_code}: {reply.text[:300]}")
+    length = int(reply.headers.get(BINARY_HEADER, len(reply.content)))
+    outputs = {o["name"]: o for o in json.loads(reply.content[:length])["outputs"]}
+    if outputs["probabilities"]["shape"] != [batch, 10]:
+        raise RuntimeError(f"{url} answered an unexpected shape: {outputs}")
+
+
 def report(rows: list[Row]) -> str:
-    """A Markdown table; ratios are to LitServe's row with the same swap setting."""
-    peer = {r.swapping: r for r in rows if r.server == "LitServe"}
+    """A Markdown table; ratios are to the best Python peer (most req/s) with the same swap
+    setting."""
+    best: dict[bool, Row] = {}
+    for r in rows:
+        known = best.get(r.swapping)
+        if r.server != OURS and (known is None or r.load.rate > known.load.rate):
+            best[r.swapping] = r
     lines = [
-        "| server | body | swaps | req/s | p50 ms | p99 ms | errors | req/s ÷ LitServe "
-        "| p99 ÷ LitServe |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|",
+        "| server | body | swaps | req/s | p50 ms | p99 ms | errors | server CPU µs/req "
+        "| req/s ÷ best peer | p99 ÷ best peer |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        base = peer.get(r.swapping)
+        base = best.get(r.swapping)
         ratio = f"{r.load.rate / base.load.rate:.2f}" if base and base.load.rate else "-"
         p99 = f"{r.load.p99_ms / base.load.p99_ms:.2f}" if base and base.load.p99_ms else "-"
         swaps = f"{r.swaps} in {r.load.seconds:.0f} s" if r.swapping else str(r.swaps)
         lines.append(
             f"| {r.server} | {r.body} | {swaps} | {r.load.rate:,.0f} | {r.load.p50_ms:.2f} "
-            f"| {r.load.p99_ms:.2f} | {r.load.errors} | {ratio} | {p99} |"
+            f"| {r.load.p99_ms:.2f} | {r.load.errors} | {r.cpu_us:,.0f} | {ratio} | {p99} |"
+        )
+    lines.append(
+        "best peer: "
+        + ", ".join(f"{'swaps' if k else 'no swaps'} {v.server}" for k, v in sorted(best.items()))
+    )
+    return "\n".join(lines)
+
+
+def grpc_report(rows: list[GrpcRow]) -> str:
+    """A Markdown table; ratios are gRPC's to REST binary's (and JSON's) at the same batch."""
+    lines = [
+        "| transport | batch | req/s | rows/s | p50 ms | p99 ms | errors | server CPU µs/req "
+        "| req/s ÷ REST binary | p99 ÷ REST binary |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    base = {r.batch: r for r in rows if r.transport == "REST binary"}
+    for r in rows:
+        b = base[r.batch]
+        lines.append(
+            f"| {r.transport} | {r.batch} | {r.load.rate:,.0f} | {r.load.rate * r.batch:,.0f} "
+            f"| {r.load.p50_ms:.2f} | {r.load.p99_ms:.2f} | {r.load.errors} | {r.cpu_us:,.0f} "
+            f"| {r.load.rate / b.load.rate:.2f} | {r.load.p99_ms / b.load.p99_ms:.2f} |"
         )
     return "\n".join(lines)
 

@@ -26,11 +26,10 @@ from pathlib import Path
 from typing import Any
 
 
-def _worker(seconds: float, threads: int) -> float:
-    """Serve from the tree on ``sys.path`` and load it; req/s. Imports that moved between
-    trees are tried at both places."""
-    import httpx
-    import numpy as np
+def build_worker(port: int = 0, http: str | None = None) -> Any:
+    """A serving worker of the tree on ``sys.path`` (not started) over the bench model with
+    fixed weights; ``http`` picks its HTTP protocol (a tree's own default when None). Imports
+    that moved between trees are tried at both places."""
     import torch
 
     torch.set_num_threads(1)
@@ -73,8 +72,18 @@ def _worker(seconds: float, threads: int) -> float:
         served=served,
         watcher=SnapshotWatcher(NoSnapshots(), slot),
         host="127.0.0.1",
-        port=0,
+        port=port,
+        **({} if http is None else {"http": http}),
     )
+    return worker
+
+
+def _worker(seconds: float, threads: int) -> float:
+    """Serve from the tree on ``sys.path`` and load it; req/s."""
+    import httpx
+    import numpy as np
+
+    worker = build_worker()
     url = worker.start() + "/v2/models/bench/infer"
     values = np.random.default_rng(0).normal(size=32).astype(np.float32).tolist()
     tensor = {"name": "input", "shape": [1, 32], "datatype": "FP32", "data": values}

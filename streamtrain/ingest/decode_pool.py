@@ -33,6 +33,7 @@ from typing import IO, NoReturn
 import numpy as np
 import numpy.typing as npt
 
+from streamtrain.ascii_int import parse_ascii_int
 from streamtrain.sample.spec import SampleSpec
 from streamtrain.wire import Decoded, decode_json
 from streamtrain.wire.decode_frames import (
@@ -65,8 +66,8 @@ def resolve_workers(setting: int | str, cores: int | None = None) -> int:
         return setting
     if cores is None:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
-        local = os.environ.get("LOCAL_WORLD_SIZE", "1")
-        cores //= int(local) if local.isdecimal() and int(local) > 0 else 1
+        local = parse_ascii_int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        cores //= local if local else 1
     return 1 if cores <= 2 else min(cores - 1, MAX_AUTO_WORKERS)
 
 

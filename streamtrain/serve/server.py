@@ -33,6 +33,7 @@ from starlette.applications import Starlette
 from streamtrain.metrics import SERVER_REGISTRY, serve_metrics
 from streamtrain.serve.promotion import PromotionWatch
 from streamtrain.serve.protocol.dataplane import ServedModel
+from streamtrain.serve.transport import OneWriteHttpToolsProtocol
 from streamtrain.serve.weights.watcher import SnapshotWatcher
 
 if TYPE_CHECKING:
@@ -62,6 +63,7 @@ class ServingWorker:
         grpc: GrpcServer | None = None,
         tls: tuple[Path, Path] | None = None,
         promotion: PromotionWatch | None = None,
+        http: str = "one-write",
     ) -> None:
         self.app = app
         self.grpc = grpc
@@ -92,6 +94,8 @@ class ServingWorker:
                 timeout_graceful_shutdown=10,
                 ssl_certfile=certfile,
                 ssl_keyfile=keyfile,
+                # One send() per response (serve/transport.py); "httptools" is uvicorn's own.
+                http=OneWriteHttpToolsProtocol if http == "one-write" else http,
             )
         )
         if tls is not None:

@@ -279,3 +279,47 @@ def test_two_identical_samples_give_a_sane_prediction() -> None:
     with torch.no_grad():
         probability = torch.sigmoid(model(x))
     assert 0.01 < float(probability) < 0.99
+
+
+def test_a_served_forward_keeps_its_scale_until_the_statistics_change() -> None:
+    layer = OnlineStandardize((3,))
+    layer(torch.tensor([[1.0, 2.0, 3.0], [3.0, 2.0, 9.0]]))  # learn; feature 1 is flat
+    layer.eval()
+    x = torch.tensor([[2.0, 5.0, 1.0]])
+
+    def expected() -> torch.Tensor:
+        return (x - layer.mean) * layer.inverse_std(flat=0.0)
+
+    with torch.inference_mode():
+        first = layer(x)
+        kept = layer._scale
+        again = layer(x)
+    assert torch.equal(first, expected()) and torch.equal(again, first)
+    assert layer._scale is kept  # not recomputed while the statistics stand
+    with torch.no_grad():  # a swap writes the statistics in place
+        layer.var.copy_(torch.tensor([4.0, 4.0, 4.0]))
+    with torch.inference_mode():
+        swapped = layer(x)
+    assert torch.equal(swapped, expected()) and float(swapped[0, 1]) == 1.5
+    layer.mean = torch.tensor([0.0, 0.0, 0.0])  # new tensors too
+    with torch.inference_mode():
+        assert torch.equal(layer(x), expected())
+    layer.train()  # training forwards never use the kept scale (and then learn from x)
+    before = expected()
+    assert torch.equal(layer(x), before)
+
+
+def test_a_served_forward_of_statistics_made_under_inference_mode_is_still_answered() -> None:
+    """Buffers created under ``torch.inference_mode`` have no version counter to key the kept
+    scale on: the forward computes the scale afresh instead of failing."""
+    layer = OnlineStandardize((3,), momentum=0.5)
+    with torch.no_grad():
+        layer(torch.tensor([[1.0, 2.0, 3.0], [3.0, 2.0, 1.0]]))
+    layer.eval()
+    with torch.inference_mode():
+        fresh = OnlineStandardize((3,), momentum=0.5)
+        fresh.load_state_dict(layer.state_dict())
+        fresh.eval()
+        x = torch.tensor([[2.0, 0.0, 1.0]])
+        assert fresh.mean.is_inference()
+        assert torch.equal(fresh(x), layer(x))

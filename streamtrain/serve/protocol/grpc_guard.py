@@ -2,7 +2,7 @@
 
 grpcio parses each request with the method's ``FromString`` before any handler runs; bytes
 that do not parse (cut short, flipped, another message) end the call with ``UNKNOWN`` and a
-logged traceback, which is the gRPC face of a 5xx. :class:`UndecodableRequests` wraps every
+logged traceback, which is the gRPC face of a 5xx. :func:`add_guarded` wraps every
 unary method's parser so that such bytes reach the handler as an :class:`_Undecodable` instead,
 and the call ends with ``INVALID_ARGUMENT`` saying what could not be parsed, like any other
 bad request (guarantee 2). Valid messages go through untouched.
@@ -15,7 +15,7 @@ after setting ``UNIMPLEMENTED``, which grpcio also logs with a traceback; here t
 from __future__ import annotations
 
 import inspect
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,43 +29,63 @@ class _Undecodable:
     why: str
 
 
-class UndecodableRequests(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Undecodable request bytes -> ``INVALID_ARGUMENT``; methods not implemented ->
-    ``UNIMPLEMENTED`` without a logged traceback (module docstring)."""
+class _Registry:
+    """Stands in for the server while the generated ``add_..._to_server`` registers: keeps
+    the method handlers it hands over."""
 
-    async def intercept_service(
-        self, continuation: Callable[[Any], Awaitable[_Handler]], details: Any
-    ) -> _Handler:
-        handler = await continuation(details)
-        if handler is None or handler.unary_unary is None or handler.request_deserializer is None:
-            return handler  # streaming methods (none is implemented here) keep grpcio's way
-        parse = handler.request_deserializer
-        behavior = handler.unary_unary
-        method = str(details.method).rsplit("/", 1)[-1]
+    def __init__(self) -> None:
+        self.services: list[tuple[str, dict[str, _Handler]]] = []
 
-        def tolerant(data: bytes) -> Any:
-            try:
-                return parse(data)
-            except Exception as exc:  # whatever the parser refuses is the sender's error
-                return _Undecodable(f"{type(exc).__name__}: {exc}")
+    def add_generic_rpc_handlers(self, handlers: Any) -> None:
+        pass  # the same handlers come again, by name, in add_registered_method_handlers
 
-        async def guarded(request: Any, context: Any) -> Any:
-            if isinstance(request, _Undecodable):
-                await context.abort(
-                    grpc.StatusCode.INVALID_ARGUMENT,
-                    f"the request is not a valid {method} message ({request.why}); send the "
-                    "KServe v2 protobuf message of this method",
-                )
-            try:
-                result = behavior(request, context)
-            except NotImplementedError:  # the generated base servicer's methods raise it
-                await context.abort(
-                    grpc.StatusCode.UNIMPLEMENTED, f"this server does not implement {method}"
-                )
-            return await result if inspect.isawaitable(result) else result
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, _Handler]) -> None:
+        self.services.append((service, handlers))
 
-        return grpc.unary_unary_rpc_method_handler(
-            guarded,
-            request_deserializer=tolerant,
-            response_serializer=handler.response_serializer,
-        )
+
+def add_guarded(add_to_server: Callable[[Any, Any], None], servicer: Any, server: Any) -> None:
+    """Register ``servicer`` on ``server`` as the generated ``add_to_server`` would, every unary
+    method wrapped once so undecodable bytes get ``INVALID_ARGUMENT`` and methods not
+    implemented ``UNIMPLEMENTED`` (module docstring). Wrapped at registration, not by a
+    ``grpc.aio`` interceptor, which runs for every call: measured, the interceptor took about
+    a quarter of the server's CPU per gRPC request (bench/README.md, Serve)."""
+    registry = _Registry()
+    add_to_server(servicer, registry)
+    for service, handlers in registry.services:
+        guarded = {name: _guard(name, handler) for name, handler in handlers.items()}
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, guarded),))
+        server.add_registered_method_handlers(service, guarded)
+
+
+def _guard(method: str, handler: _Handler) -> _Handler:
+    if handler.unary_unary is None or handler.request_deserializer is None:
+        return handler  # streaming methods (none is implemented here) keep grpcio's way
+    parse = handler.request_deserializer
+    behavior = handler.unary_unary
+
+    def tolerant(data: bytes) -> Any:
+        try:
+            return parse(data)
+        except Exception as exc:  # whatever the parser refuses is the sender's error
+            return _Undecodable(f"{type(exc).__name__}: {exc}")
+
+    async def guarded(request: Any, context: Any) -> Any:
+        if isinstance(request, _Undecodable):
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"the request is not a valid {method} message ({request.why}); send the "
+                "KServe v2 protobuf message of this method",
+            )
+        try:
+            result = behavior(request, context)
+        except NotImplementedError:  # the generated base servicer's methods raise it
+            await context.abort(
+                grpc.StatusCode.UNIMPLEMENTED, f"this server does not implement {method}"
+            )
+        return await result if inspect.isawaitable(result) else result
+
+    return grpc.unary_unary_rpc_method_handler(
+        guarded,
+        request_deserializer=tolerant,
+        response_serializer=handler.response_serializer,
+    )

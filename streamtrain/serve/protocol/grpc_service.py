@@ -35,7 +35,7 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from streamtrain.serve.protocol.bodies import InferRequest, ProtocolError
 from streamtrain.serve.protocol.dataplane import ServedModel, server_metadata
-from streamtrain.serve.protocol.grpc_guard import UndecodableRequests
+from streamtrain.serve.protocol.grpc_guard import add_guarded
 from streamtrain.serve.protocol.grpc_tensors import encode_grpc_response, parse_grpc_request
 from streamtrain.serve.weights.inference import Array
 
@@ -196,15 +196,16 @@ class GrpcServer:
         served: ServedModel, address: str, limit: int, credentials: Any
     ) -> tuple[Any, int]:
         server = grpc.aio.server(
-            interceptors=[UndecodableRequests()],
             options=[
                 # A request over the limit is refused by gRPC before it is held in memory.
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", -1),
             ],
         )
-        service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-            InferenceServicer(served), server
+        add_guarded(
+            service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server,
+            InferenceServicer(served),
+            server,
         )
         try:
             if credentials is None:

@@ -1,0 +1,140 @@
+"""The HTTP connection protocol of the serving worker: uvicorn's httptools protocol, writing
+each response in one ``send()``.
+
+uvicorn writes a response's status line and headers, then its body, as two
+``transport.write`` calls; on loopback each one is a ``send()`` system call that wakes the
+client, and the profile of a loaded server put half of its CPU per request there
+(bench/README.md, Serve). :class:`OneWriteHttpToolsProtocol` gives uvicorn's protocol a
+transport that gathers the writes made in one turn of the event loop and hands them to the
+socket as one write at the end of that turn (or at once past ``_FLUSH_BYTES``, so a streamed
+response still meets the socket's flow control). Everything else is uvicorn's own: parsing
+(httptools), keep-alive and its timeout, chunked request bodies, ``Expect: 100-continue``,
+pipelining, TLS (the coalescing sits above the TLS transport), flow control and the graceful
+drain on SIGTERM. A well-kept server was preferred to a protocol of our own: this is the one
+behaviour changed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, cast
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+# Past this many bytes gathered in one turn, write at once: the socket's own buffer limits and
+# its pause_writing callback (uvicorn's flow control) then apply as without the gathering.
+_FLUSH_BYTES = 64 * 1024
+
+
+class CoalescingTransport:
+    """``transport`` as the protocol sees it: writes made in one event-loop turn go out as one.
+
+    Order is kept (everything passes through one buffer); ``close`` and ``write_eof`` write
+    what is gathered first; ``abort`` drops it, as the socket's own ``abort`` drops its buffer.
+    Any other attribute is the wrapped transport's.
+    """
+
+    __slots__ = ("_loop", "_pending", "_pending_bytes", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._pending: list[bytes] | None = None
+        self._pending_bytes = 0
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if not data:
+            return
+        if self._pending is None:
+            self._pending = [bytes(data)]
+            self._pending_bytes = len(data)
+            self._loop.call_soon(self.flush)
+        else:
+            self._pending.append(bytes(data))
+            self._pending_bytes += len(data)
+        if self._pending_bytes > _FLUSH_BYTES:
+            self.flush()
+
+    def writelines(self, lines: Any) -> None:
+        for data in lines:
+            self.write(data)
+
+    def flush(self) -> None:
+        """Write what is gathered, as one write (nothing once the transport is closing)."""
+        pending, self._pending = self._pending, None
+        if pending and not self._transport.is_closing():
+            self._transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def write_eof(self) -> None:
+        self.flush()
+        self._transport.write_eof()
+
+    def abort(self) -> None:
+        self._pending = None
+        self._transport.abort()
+
+    def get_write_buffer_size(self) -> int:
+        gathered = self._pending_bytes if self._pending is not None else 0
+        return int(self._transport.get_write_buffer_size()) + gathered
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
+def _too_large_head(limit: int) -> bytes:
+    body = (
+        f'{{"error": "request line and headers exceed {limit} bytes; send fewer or shorter '
+        'headers"}'
+    ).encode()
+    head = (
+        "HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+class OneWriteHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol over a :class:`CoalescingTransport` (``uvicorn.Config``'s
+    ``http``): a response's headers and body leave in one ``send()``.
+
+    It also bounds a request's line and headers to ``MAX_HEAD_BYTES`` as they arrive (uvicorn
+    bounds them only with h11; httptools buffers a header of any size): past that the client
+    gets a 431 in the error body of every other answer and the connection is closed.
+    """
+
+    MAX_HEAD_BYTES = 64 * 1024
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._head_bytes = 0
+        self._reading_head = True
+        coalescing = CoalescingTransport(cast(asyncio.Transport, transport), self.loop)
+        super().connection_made(cast(asyncio.Transport, coalescing))
+
+    def data_received(self, data: bytes) -> None:
+        if self._reading_head:
+            self._head_bytes += len(data)
+            if self._head_bytes > self.MAX_HEAD_BYTES:
+                self._refuse_head()
+                return
+        super().data_received(data)
+
+    def on_headers_complete(self) -> None:
+        self._reading_head = False
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._reading_head, self._head_bytes = True, 0  # what follows is the next request's
+
+    def _refuse_head(self) -> None:
+        self._reading_head = False  # nothing more is read from this connection
+        if self.transport.is_closing():
+            return
+        if self.cycle is None or self.cycle.response_complete:
+            self.transport.write(_too_large_head(self.MAX_HEAD_BYTES))
+        # else an earlier pipelined request is still being answered: close without an answer
+        self.transport.close()
