@@ -181,6 +181,9 @@ def main() -> None:
     parser.add_argument("--small-rows", type=int, default=1 << 18, help="section 4's small table")
     parser.add_argument("--cap-mb", type=int, default=800, help="section 4's RLIMIT_AS margin")
     parser.add_argument("--ids", type=int, default=8, help="section 4: IDs per sample")
+    parser.add_argument(
+        "--features", type=int, default=1, help="section 4: sparse features on the table"
+    )
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     torch.set_num_threads(1)

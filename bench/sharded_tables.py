@@ -42,7 +42,11 @@ from streamtrain.train.models.embedding import hash_rows
 from streamtrain.train.optim import build_optimizer
 from streamtrain.train.task import TaskHead
 
-SPEC = SampleSpec((4,), "binary", sparse=(SparseFeature("ids", "items", 64),))
+
+def _spec(features: int) -> SampleSpec:
+    """``features`` sparse features (``ids``, ``ids1``, ...), all reading the one table."""
+    names = ["ids", *(f"ids{i}" for i in range(1, features))]
+    return SampleSpec((4,), "binary", sparse=tuple(SparseFeature(n, "items", 64) for n in names))
 
 
 def _mapped_bytes() -> int:
@@ -59,7 +63,7 @@ def _batches(rank: int, args: argparse.Namespace) -> list[tuple[torch.Tensor, ..
     out = []
     for _ in range(8):
         x = torch.randn(args.batch, 4, generator=g)
-        ids = torch.randint(0, 1 << 40, (args.batch * args.ids,), generator=g)
+        ids = torch.randint(0, 1 << 40, (args.features * args.batch * args.ids,), generator=g)
         out.append((x, (x[:, 0] > 0).long(), torch.ones(args.batch), ids))
     return out
 
@@ -80,9 +84,10 @@ def _run(rank: int, store: str, rows: int, layout: str, args: argparse.Namespace
         }
         try:
             torch.manual_seed(0)
-            model = build_model("dlrm", SPEC, params)
+            spec = _spec(args.features)
+            model = build_model("dlrm", spec, params)
             opt = build_optimizer(model.parameters(), "adagrad", lr=0.05)
-            learner = Learner(model, TaskHead(SPEC), opt)
+            learner = Learner(model, TaskHead(spec), opt)
             fits = 1
         except (MemoryError, RuntimeError):
             fits = 0
@@ -104,7 +109,9 @@ def _train(learner: Learner, rank: int, rows: int, args: argparse.Namespace) -> 
 
     def step(i: int) -> None:
         x, y, w, ids = batches[i % len(batches)]
-        learner.learn(x, y, w, {"ids": JaggedTensor(ids, offsets, weights)})
+        # every feature reads its own slice of the batch's IDs
+        jagged = [JaggedTensor(part, offsets, weights) for part in ids.chunk(args.features)]
+        learner.learn(x, y, w, dict(zip(_spec(args.features).sparse_names, jagged, strict=True)))
 
     for i in range(3):  # warm-up
         step(i)
@@ -151,8 +158,8 @@ def sharded_section(args: argparse.Namespace) -> None:
     os.environ["MALLOC_ARENA_MAX"] = "2"
     print(
         f"\nRow-wise sharding: 2 gloo ranks, dlrm, dim {args.dim}, batch {args.batch} x "
-        f"{args.ids} IDs per rank, Adagrad, {args.steps} steps; RLIMIT_AS per rank = mapped "
-        f"after start + {args.cap_mb} MiB"
+        f"{args.ids} IDs per rank and feature, {args.features} feature(s), Adagrad, "
+        f"{args.steps} steps; RLIMIT_AS per rank = mapped after start + {args.cap_mb} MiB"
     )
     print(
         "| table rows | layout | MB weights + Adagrad (+ last-good copy) per rank | samples/s | "

@@ -14,6 +14,7 @@ from streamtrain.devices import resolve_device, training_threads
 from streamtrain.distributed.group import RankGroup
 from streamtrain.distributed.launch import rank_consumer
 from streamtrain.distributed.lockstep import LockstepTrainer
+from streamtrain.distributed.shard_snapshot import sharded_names
 from streamtrain.ingest.options import SourceOptions
 from streamtrain.ingest.source import KafkaSampleSource
 from streamtrain.kafka import KafkaConnection
@@ -22,6 +23,7 @@ from streamtrain.snapshot.manifest import settings_hash
 from streamtrain.snapshot.publisher import SnapshotPublisher
 from streamtrain.snapshot.signing import ManifestSigner
 from streamtrain.snapshot.versions import newest_version
+from streamtrain.snapshot.writer import ShardSpec
 from streamtrain.train.cadence import EveryPolicy
 from streamtrain.train.learner import Learner
 from streamtrain.train.loop import Trainer
@@ -47,18 +49,7 @@ def build_trainer(settings: Settings) -> Trainer:
     topics = settings.topics
     source, every_partition = _source(settings, spec, kafka, group)
     model_settings = model_cfg.model_dump(mode="json")
-    # rank 0 alone publishes: the weights are the same on every rank after each step
-    publisher = (
-        SnapshotPublisher(
-            kafka=kafka,
-            topic=topics.snapshots,
-            model_name=model_cfg.name,
-            settings_hash=settings_hash(model_settings),
-            signer=signer,
-        )
-        if group is None or group.is_leader
-        else None
-    )
+    publisher = _publisher(settings, kafka, signer, group, learner)
     make: Callable[..., Trainer] = Trainer
     if group is not None:
         make = functools.partial(LockstepTrainer, group=group, all_partitions=every_partition)
@@ -91,6 +82,28 @@ def build_trainer(settings: Settings) -> Trainer:
             if train.promotion_tolerance is not None or train.drift_detector is not None
             else None
         ),
+    )
+
+
+def _publisher(
+    settings: Settings,
+    kafka: KafkaConnection,
+    signer: ManifestSigner | None,
+    group: RankGroup | None,
+    learner: Learner,
+) -> SnapshotPublisher | None:
+    """Rank 0 alone publishes replicated weights (the same on every rank after each step);
+    with row-wise tables every rank publishes its shard (distributed/shard_snapshot.py)."""
+    tables = sharded_names(learner.model) if group is not None else {}
+    if group is not None and not group.is_leader and not tables:
+        return None
+    return SnapshotPublisher(
+        kafka=kafka,
+        topic=settings.topics.snapshots,
+        model_name=settings.model.name,
+        settings_hash=settings_hash(settings.model.model_dump(mode="json")),
+        signer=signer,
+        shard=ShardSpec(group.rank, group.world_size, tables) if group and tables else None,
     )
 
 

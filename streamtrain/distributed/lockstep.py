@@ -12,7 +12,8 @@ small all-reduce, the *vote*, so that no rank ever waits in a collective the oth
    :class:`~streamtrain.distributed.step_sync.GradientSync` makes it the union-batch step, so
    the step counter, ``samples_seen`` and the rolling metrics are the same on every rank.
 4. Rank 0 alone publishes snapshots (the other ranks have no sink); with ``row_wise``
-   tables every rank first sends it its shards' rows (:mod:`.shard_snapshot`).
+   tables every rank has a sink and publishes its own shard of the same step
+   (:mod:`.shard_snapshot`), which servers assemble.
 5. If any rank's checkpoint cadence expired, every rank checkpoints (:meth:`_checkpoint`).
 
 Checkpoints are one consistent cut. The weights and optimizer state are identical on every
@@ -56,7 +57,7 @@ from streamtrain.checkpoint.shards import (
 )
 from streamtrain.distributed.group import RankGroup
 from streamtrain.distributed.row_exchange import attach_row_exchange
-from streamtrain.distributed.shard_snapshot import assemble_snapshot, sharded_names
+from streamtrain.distributed.shard_snapshot import agree_on_snapshot, sharded_names, take_shard
 from streamtrain.distributed.sparse_sync import sparse_embedding_weights
 from streamtrain.distributed.step_sync import (
     GradientSync,
@@ -65,8 +66,8 @@ from streamtrain.distributed.step_sync import (
 )
 from streamtrain.sample.batch import Batch
 from streamtrain.sample.sparse_numpy import SparseRows
+from streamtrain.snapshot.publisher import SnapshotPublisher
 from streamtrain.train.loop import POLL_SECONDS, Trainer
-from streamtrain.train.models.row_layout import ShardLayout
 from streamtrain.train.prefetch import PrefetchingSource
 from streamtrain.train.progress import TrainProgress
 from streamtrain.train.throughput import ThroughputGauge
@@ -74,6 +75,7 @@ from streamtrain.train.throughput import ThroughputGauge
 log = logging.getLogger(__name__)
 
 _SAMPLES, _RECORDS, _STOP, _IDLE, _CHECKPOINT = range(5)
+_FINAL_FLUSH_S = 30.0  # a sharded job's ranks wait for their queued shards before the last
 _MAX_BACKLOG_WAIT = 30.0  # seconds a rank waits for records its log holds before going on
 
 
@@ -92,7 +94,6 @@ class LockstepTrainer(Trainer):
         self._failed = False
         self._all_partitions = tuple(sorted(all_partitions))
         exchange, self._sharded = attach_row_exchange(self._learner.model)
-        self._layout = ShardLayout(group.rank, group.world_size)
         self._learner.step_reducer = GradientSync(
             sparse_embedding_weights(self._learner.model), exchange, self._sharded
         )
@@ -141,12 +142,13 @@ class LockstepTrainer(Trainer):
             if id(tensor) not in shards:
                 dist.broadcast(tensor.data, src=0)
         learner.snapshot_good_state()
+        # one run id on every rank: each sharded rank's snapshots name it (shard_snapshot.py)
+        self._run_id = _leader_text(self._run_id if state is None else state.run_id, self._comm)
         if state is None:
             self._progress = TrainProgress(step=high, offsets=positions)
             self._mark_all(high, positions)
             return None
         own = {p: o for p, o in state.offsets.items() if p in positions}
-        self._run_id = state.run_id
         self._progress = TrainProgress(
             step=high,
             samples_seen=state.samples_seen,
@@ -297,21 +299,28 @@ class LockstepTrainer(Trainer):
 
     def _maybe_snapshot(self, force: bool = False) -> None:
         """Replicated weights: rank 0 publishes alone. Row-wise shards: rank 0 decides and
-        broadcasts the decision, then every rank sends it its rows (:mod:`.shard_snapshot`)."""
+        broadcasts the decision, then every rank publishes its shard (:mod:`.shard_snapshot`)."""
         if not self._sharded:
             super()._maybe_snapshot(force)
             return
-        due = int(self._group.is_leader and self._snapshot_due(force))
-        flag = torch.tensor([due], dtype=torch.int64, device=self._comm)
-        dist.broadcast(flag, src=0)
-        if not int(flag):
+        sink = self._sink
+        if force and isinstance(sink, SnapshotPublisher):
+            sink.flush(_FINAL_FLUSH_S)  # the final snapshot: let every queue drain first
+        backlog = sink.backlog() if isinstance(sink, SnapshotPublisher) else "none"
+        due = self._group.is_leader and self._snapshot_due(force)
+        created_at = agree_on_snapshot(due, backlog == "queued", self._comm)
+        if created_at is None:
             return
         model = self._learner.model
-        taken = assemble_snapshot(
-            model, self._row_tracker, sharded_names(model), self._layout, self._comm
+        taken = take_shard(
+            model,
+            self._row_tracker,
+            sharded_names(model),
+            self._group.rank,
+            self._comm,
+            after_failure=backlog == "failed",
         )
-        if self._group.is_leader:
-            self._publish(taken)
+        self._publish(taken, created_at)
 
     def _stage_shards(self, step: int) -> dict[int, dict[str, str]]:
         """Every rank but 0 stages its own model and optimizer files for ``step``; rank 0
@@ -350,3 +359,13 @@ class LockstepTrainer(Trainer):
         flag = torch.tensor([unsaved], dtype=torch.int64, device=self._comm)
         dist.all_reduce(flag)
         return bool(int(flag))
+
+
+def _leader_text(text: str, comm: torch.device, limit: int = 255) -> str:
+    """Rank 0's ``text`` (at most ``limit`` UTF-8 bytes) on every rank, without pickle."""
+    raw = list(text.encode()[:limit])
+    packed = [len(raw), *raw, *[0] * (limit - len(raw))]
+    tensor = torch.tensor(packed, dtype=torch.uint8, device=comm)
+    dist.broadcast(tensor, src=0)
+    values = tensor.cpu().tolist()
+    return bytes(values[1 : values[0] + 1]).decode(errors="replace")

@@ -22,6 +22,7 @@ NCCL alike; TorchRec's CPU planner offers only table-wise sharding (docs/scaling
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -53,6 +54,31 @@ class ExchangeStats:
     seconds: float = 0.0
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """One request's distinct rows sorted by owner, and the way back to its IDs' order."""
+
+    wanted: torch.Tensor  # distinct rows, sorted by owner
+    sent: torch.Tensor  # how many go to each owner [world]
+    inverse_order: torch.Tensor  # wanted position -> distinct position, inverted
+    inverse: torch.Tensor  # each requested ID -> its distinct row
+
+
+def _plan(rows: torch.Tensor, layout: ShardLayout) -> _Plan:
+    unique, inverse = torch.unique(rows, return_inverse=True)
+    owners = layout.owner(unique)
+    order = torch.argsort(owners, stable=True)
+    inverse_order = torch.empty_like(order)
+    inverse_order[order] = torch.arange(order.numel(), device=order.device)
+    sent = torch.bincount(owners, minlength=layout.world).to(torch.int64)
+    return _Plan(unique[order], sent, inverse_order, inverse)
+
+
+def _row_numel(tensor: torch.Tensor) -> int:
+    """Elements in one row of ``tensor`` (its values travel flattened)."""
+    return math.prod(tensor.shape[1:])
+
+
 class RowExchange:
     """The :class:`~streamtrain.train.models.row_layout.RowLookup` of a distributed rank."""
 
@@ -77,47 +103,107 @@ class RowExchange:
 
     def lookup(self, weight: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """Each global row's values ``[len(rows), dim]``, read from its owner."""
-        layout = self._layout
-        unique, inverse = torch.unique(rows, return_inverse=True)
-        owners = layout.owner(unique)
-        order = torch.argsort(owners, stable=True)
-        wanted = unique[order]
-        sent = torch.bincount(owners, minlength=layout.world).to(torch.int64)
-        received = torch.empty_like(sent)
-        dist.all_to_all_single(received, sent)  # one count per pair of ranks
-        send_counts, receive_counts = sent.tolist(), received.tolist()
-        asked = self._all_to_all(wanted, receive_counts, send_counts)
-        local = layout.local(asked)
-        answer = self._all_to_all(weight.detach()[local], send_counts, receive_counts)
-        if torch.is_grad_enabled() and weight.requires_grad:
-            answer.requires_grad_(True)
-            self._pending.append(_Fetched(weight, answer, send_counts, receive_counts, local))
-        inverse_order = torch.empty_like(order)
-        inverse_order[order] = torch.arange(order.numel(), device=order.device)
-        # answer[i] holds the row wanted[i] = unique[order[i]]: undo the sort, then expand
-        values: torch.Tensor = answer[inverse_order][inverse]
-        return values
+        return self.lookup_many([(weight, rows)])[0]
+
+    def lookup_many(
+        self, requests: Sequence[tuple[torch.Tensor, torch.Tensor]]
+    ) -> list[torch.Tensor]:
+        """:meth:`lookup` of every request (one per sharded feature) in one exchange: one
+        all-to-all of the counts (per feature), one of the rows, one of the values, whatever
+        the number of features. Tables of one dtype; their dimensions may differ (values
+        travel flattened)."""
+        if not requests:
+            return []
+        layout, world = self._layout, self._layout.world
+        plans = [_plan(rows, layout) for _, rows in requests]
+        sent = torch.stack([p.sent for p in plans], dim=1)  # [owner, feature]
+        received = torch.empty_like(sent)  # [requester, feature]
+        dist.all_to_all_single(received.view(-1), sent.view(-1))  # equal splits: one row each
+        send_rows, recv_rows = sent.sum(1).tolist(), received.sum(1).tolist()
+        wanted = [torch.split(p.wanted, sent[:, f].tolist()) for f, p in enumerate(plans)]
+        asked = torch.split(  # requester-major, then feature
+            self._all_to_all(
+                torch.cat([wanted[f][d] for d in range(world) for f in range(len(plans))]),
+                recv_rows,
+                send_rows,
+            ),
+            received.view(-1).tolist(),
+        )
+        local = [
+            layout.local(torch.cat([asked[s * len(plans) + f] for s in range(world)]))
+            for f in range(len(plans))
+        ]
+        dims = torch.tensor([_row_numel(weight) for weight, _ in requests])
+        by_owner = [
+            torch.split(requests[f][0].detach()[local[f]], received[:, f].tolist())
+            for f in range(len(plans))
+        ]
+        answer = torch.split(  # owner-major, then feature
+            self._all_to_all(
+                torch.cat(
+                    [by_owner[f][s].reshape(-1) for s in range(world) for f in range(len(plans))]
+                ),
+                (sent * dims).sum(1).tolist(),
+                (received * dims).sum(1).tolist(),
+            ),
+            (sent * dims).view(-1).tolist(),
+        )
+        out = []
+        for f, ((weight, _), plan) in enumerate(zip(requests, plans, strict=True)):
+            values = torch.cat([answer[d * len(plans) + f] for d in range(world)])
+            values = values.view(-1, *weight.shape[1:])
+            if torch.is_grad_enabled() and weight.requires_grad:
+                values.requires_grad_(True)
+                self._pending.append(
+                    _Fetched(weight, values, sent[:, f].tolist(), received[:, f].tolist(), local[f])
+                )
+            # values[i] holds the row wanted[i] = unique[order[i]]: undo the sort, then expand
+            out.append(values[plan.inverse_order][plan.inverse])
+        return out
 
     def push_gradients(
         self, weights: Sequence[torch.Tensor], scale: torch.Tensor
     ) -> dict[int, torch.Tensor]:
-        """Send every pending lookup's gradient, times ``scale`` (``W_r``), to its owners;
-        return per weight (by ``id``) the summed, coalesced sparse gradient of this rank's
-        shard, not yet divided by the union weight. Clears the pending lookups."""
-        parts: dict[int, tuple[list[torch.Tensor], list[torch.Tensor]]] = {
-            id(w): ([], []) for w in weights
-        }
-        for fetched in self._pending:
+        """Send every pending lookup's gradient, times ``scale`` (``W_r``), to its owners, all
+        in one all-to-all; return per weight (by ``id``) the summed, coalesced sparse gradient
+        of this rank's shard, not yet divided by the union weight. Clears the pending lookups."""
+        pending, self._pending = self._pending, []
+        world = self._layout.world
+        grads = []
+        for fetched in pending:
             grad = fetched.leaf.grad
             if grad is None:
                 grad = torch.zeros_like(fetched.leaf)
-            back = self._all_to_all(
-                (grad.float() * scale).to(grad.dtype), fetched.received, fetched.sent
+            grads.append(torch.split((grad.float() * scale).to(grad.dtype), fetched.sent))
+        dims = [_row_numel(f.leaf) for f in pending]
+        send = [
+            sum(f.sent[d] * n for f, n in zip(pending, dims, strict=True)) for d in range(world)
+        ]
+        recv = [
+            sum(f.received[s] * n for f, n in zip(pending, dims, strict=True)) for s in range(world)
+        ]
+        back = (
+            torch.split(  # requester-major, then lookup
+                self._all_to_all(
+                    torch.cat([g[d].reshape(-1) for d in range(world) for g in grads]), recv, send
+                ),
+                [
+                    f.received[s] * n
+                    for s in range(world)
+                    for f, n in zip(pending, dims, strict=True)
+                ],
             )
+            if pending
+            else ()
+        )
+        parts: dict[int, tuple[list[torch.Tensor], list[torch.Tensor]]] = {
+            id(w): ([], []) for w in weights
+        }
+        for i, fetched in enumerate(pending):
             rows, values = parts[id(fetched.weight)]
             rows.append(fetched.local)
-            values.append(back)
-        self._pending = []
+            pieces = [back[s * len(pending) + i] for s in range(world)]
+            values.append(torch.cat(pieces).view(-1, *fetched.leaf.shape[1:]))
         out = {}
         for w in weights:
             rows, values = parts[id(w)]

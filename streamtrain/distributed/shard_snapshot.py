@@ -1,30 +1,36 @@
-"""A snapshot of a model with row-wise sharded tables: rank 0 assembles every rank's rows.
+"""A snapshot of a model with row-wise sharded tables: every rank publishes its own shard.
 
-Servers load whole tables (docs/snapshots.md), so a sharded job still publishes one snapshot
-per version, signed and delta-encoded as a replicated job's. What differs is where its rows
-come from: the rows of a sharded table are spread over the ranks, so publishing is a
-collective taken at the same step by every rank:
+Servers assemble a version from the shards of one step (``snapshot/shard_assembly.py``,
+docs/snapshots.md "Sharded tables"), so no rank ever holds more of a sharded table than its
+own rows. Publishing is a collective taken at the same step by every rank:
 
-1. Rank 0 alone decides (sink, policy, promotion gate) and broadcasts the decision: the other
-   ranks never publish, so one version is never assembled from two steps' rows.
-2. Every rank takes its row tracker's rows (local rows of its shards); the ranks all-reduce
-   whether any of them must publish a base (a tracker that says so, e.g. after a rollback).
-3. Every rank sends rank 0 its shards' changed rows (a base: all of them) as global rows with
-   their values; rank 0 writes them into the snapshot under the table's own name, so the
-   payload is exactly what a single trainer with the whole table would publish.
-
-Rank 0 holds one whole copy of each sharded table's weights (no optimizer state) while a
-base is assembled: the serving footprint, not the training one (docs/scaling.md).
+1. Rank 0 alone decides (policy, promotion gate) and sends the decision with its clock
+   (``created_at``): every shard of a step carries the same version and time, which is how a
+   server tells the shards of one step from another's. Each rank's publisher keeps its own
+   chain (``predecessor_id``), so the ranks publish a step only when no publisher still holds
+   a queued request (which a new one would supersede on that rank alone, and the shards of
+   the next step would then follow different versions); the decision waits a step instead.
+   A publish that failed on any rank makes the next step a base on every rank.
+2. Every rank plans with its row tracker (local rows of its shards; the union rows of
+   replicated tables). The ranks all-reduce two flags, so every shard of a step is of the same
+   kind: any rank that must copy whole (a tracker that lost track, e.g. after a rollback)
+   makes every rank copy whole; any rank whose base is due makes it a base on every rank.
+3. Each rank copies its part: rank 0 every tensor of its model (replicated weights once, plus
+   its rows of each sharded table); the other ranks only their rows of the sharded tables.
+   Rows stay *local* (``row_layout.py``): the rank's publisher, its shadow copy and its
+   delta merging then see a model of the rank's own shapes; the server maps them to global
+   rows from the shard's manifest.
 """
 
 from __future__ import annotations
+
+import time
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
 from streamtrain.train.models.embedding import EmbeddingTables
-from streamtrain.train.models.row_layout import ShardLayout
 from streamtrain.train.row_tracker import RowTracker
 from streamtrain.train.weights import SnapshotCopy, copy_weights
 
@@ -39,76 +45,40 @@ def sharded_names(model: nn.Module) -> dict[str, int]:
     return out
 
 
-def _gather_to_leader(
-    mine: torch.Tensor, world: int, comm: torch.device
-) -> list[torch.Tensor] | None:
-    """Every rank's ``mine`` (same trailing shape, any length) on rank 0; None elsewhere."""
-    count = torch.tensor([mine.shape[0]], dtype=torch.int64, device=comm)
-    counts = [torch.empty_like(count) for _ in range(world)]
-    dist.all_gather(counts, count)
-    lengths = [int(c) for c in counts]
-    slots = max(max(lengths), 1)
-    padded = mine.new_zeros((slots, *mine.shape[1:])).to(comm)
-    padded[: mine.shape[0]] = mine.to(comm)
+def agree_on_snapshot(due: bool, queued: bool, comm: torch.device) -> float | None:
+    """Step 1 on every rank: rank 0's clock when it found a snapshot due and no rank's
+    publisher still holds a queued one (``queued``); None otherwise (tried again next step)."""
     leader = dist.get_rank() == 0
-    parts = [torch.empty_like(padded) for _ in range(world)] if leader else None
-    dist.gather(padded, parts, dst=0)
-    if parts is None:
-        return None
-    return [p[:n].cpu() for p, n in zip(parts, lengths, strict=True)]
+    vote = [float(due and leader), time.time() if leader else 0.0, float(queued)]
+    decision = torch.tensor(vote, dtype=torch.float64, device=comm)
+    dist.all_reduce(decision)  # a sum: rank 0's decision and clock, the count of queued ranks
+    flag, created_at, waiting = decision.tolist()
+    return created_at if flag and not waiting else None
 
 
-def assemble_snapshot(
+def take_shard(
     model: nn.Module,
     tracker: RowTracker | None,
     names: dict[str, int],
-    layout: ShardLayout,
+    rank: int,
     comm: torch.device,
+    *,
+    after_failure: bool = False,
 ) -> SnapshotCopy:
-    """Steps 2-3 of the module doc on every rank; rank 0 gets the snapshot's tensors, the
-    function that waits for them and its rows (None: a base). Other ranks get empty tensors."""
-    taken = None if tracker is None else tracker.take()
-    base = torch.tensor([int(taken is None)], dtype=torch.int64, device=comm)
-    dist.all_reduce(base, op=dist.ReduceOp.MAX)
-    rows = None if int(base) else taken
-    state = dict(model.state_dict())
-    own: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-    for name in names:
-        weight = state[name].detach()
-        if rows is None:
-            local = torch.arange(weight.shape[0], device=weight.device)
-        else:
-            local = rows.get(name, torch.empty(0, dtype=torch.int64)).to(weight.device)
-        own[name] = (local * layout.world + layout.rank, weight[local])
-    gathered = {
-        name: (
-            _gather_to_leader(global_rows, layout.world, comm),
-            _gather_to_leader(values, layout.world, comm),
-        )
-        for name, (global_rows, values) in own.items()
-    }
-    if layout.rank != 0:
-        return SnapshotCopy({}, _noop, None, complete=False)
-    # a delta copies none of the local shards' rows here (an empty selection): they come
-    # from the gather below
-    nothing = torch.empty(0, dtype=torch.int64)
-    plain_rows = None if rows is None else {**rows, **dict.fromkeys(names, nothing)}
-    tensors, wait_ready = copy_weights(model, plain_rows)
-    out_rows = None if plain_rows is None else dict(plain_rows)
-    for name, (row_parts, value_parts) in gathered.items():
-        assert row_parts is not None and value_parts is not None  # rank 0
-        global_rows, values = torch.cat(row_parts), torch.cat(value_parts)
-        order = torch.argsort(global_rows)
-        if out_rows is None:
-            whole = values.new_empty((names[name], *values.shape[1:]))
-            whole[global_rows] = values
-            tensors[name] = whole
-        else:
-            tensors[name], out_rows[name] = values[order], global_rows[order]
-    # complete=False: a base carries every row (gathered above), never left for the sink to
-    # complete from its own copy
-    return SnapshotCopy(tensors, wait_ready, out_rows, complete=False)
-
-
-def _noop() -> None:
-    return None
+    """Steps 2-3 on every rank: this rank's shard of the snapshot (rows local).
+    ``after_failure``: this rank's last publish failed, so the step is a base everywhere."""
+    rows, base = (None, True) if tracker is None else tracker.plan()
+    base = base or after_failure
+    flags = torch.tensor([int(rows is None), int(base)], dtype=torch.int64, device=comm)
+    dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+    whole, base = bool(flags[0]), bool(flags[1])
+    only = None if rank == 0 else set(names)
+    if whole:
+        rows = None
+    elif only is not None:
+        assert rows is not None  # not ``whole``
+        rows = {name: index for name, index in rows.items() if name in only}
+    tensors, wait_ready = copy_weights(model, rows, only)
+    # ``complete``: a base by schedule, finished by this rank's publisher from its own copy of
+    # its shard (snapshot/shadow.py), as a single trainer's
+    return SnapshotCopy(tensors, wait_ready, rows, base and rows is not None)

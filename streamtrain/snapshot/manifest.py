@@ -24,7 +24,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from streamtrain.ascii_int import parse_ascii_int
 
@@ -128,6 +136,49 @@ class TensorInfo(BaseModel):
         return value
 
 
+def shard_snapshot_id(run_id: str, version: int, index: int, world: int) -> str:
+    """The wire identity of shard ``index`` of ``world`` of one step (``docs/snapshots.md``,
+    Sharded tables): the step's id with the shard in its run part, so it still parses as
+    ``<run_id>/<version>`` and each shard's records have keys of their own.
+
+    >>> shard_snapshot_id("run-1", 7, 1, 2)
+    'run-1@shard1of2/7'
+    """
+    return snapshot_id(f"{run_id}@shard{index}of{world}", version)
+
+
+class ShardInfo(BaseModel):
+    """One rank's part of a step's snapshot when tables are sharded row-wise.
+
+    ``tables`` are the row-wise tensors (state name -> global rows): this shard holds their
+    rows ``g % world == index`` at local ``g // world`` (``row_layout.py``); everything else
+    in the model is published whole by shard 0 alone. ``shard_ids`` names every shard of the
+    step, so a reader knows what it waits for before any of them arrived.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    index: int = Field(ge=0)
+    world: int = Field(ge=2)
+    tables: dict[str, int] = Field(description="Row-wise state name -> global rows.")
+    shard_ids: list[str]
+
+    @field_validator("tables")
+    @classmethod
+    def _rows(cls, value: dict[str, int]) -> dict[str, int]:
+        if not value or any(rows < 0 for rows in value.values()):
+            raise ValueError("a shard names at least one row-wise table, with rows >= 0")
+        return value
+
+    @model_validator(mode="after")
+    def _fits(self) -> ShardInfo:
+        if self.index >= self.world or len(self.shard_ids) != self.world:
+            raise ValueError(
+                f"shard {self.index} of {self.world} with {len(self.shard_ids)} shard ids"
+            )
+        return self
+
+
 class SnapshotManifest(BaseModel):
     """Everything a reader needs to find, reassemble and verify one snapshot."""
 
@@ -154,6 +205,9 @@ class SnapshotManifest(BaseModel):
     predecessor_id: str | None = Field(
         None, description="The snapshot a delta applies to (base or delta), run_id/version."
     )
+    shard: ShardInfo | None = Field(
+        None, description="Set when this is one rank's shard of a step (shard_assembly.py)."
+    )
 
     @property
     def header(self) -> SnapshotHeader:
@@ -168,12 +222,25 @@ class SnapshotManifest(BaseModel):
 
     @property
     def snapshot_id(self) -> str:
-        return self.header.snapshot_id
+        """The wire identity (record keys and headers); a shard's names its shard, while its
+        ``header`` (the version a server serves) is the step's."""
+        if self.shard is None:
+            return self.header.snapshot_id
+        return shard_snapshot_id(self.run_id, self.version, self.shard.index, self.shard.world)
 
     @property
     def order(self) -> SnapshotOrder:
         """Sort key: see :func:`snapshot_order`."""
         return self.header.order
+
+    @model_serializer(mode="wrap")
+    def _without_shard(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """A manifest of an unsharded model is written exactly as before ``shard`` existed,
+        so servers of earlier releases keep reading it; a shard's is refused by them."""
+        data: dict[str, Any] = handler(self)
+        if self.shard is None:
+            data.pop("shard", None)
+        return data
 
     @model_validator(mode="after")
     def _consistent(self) -> SnapshotManifest:
@@ -195,4 +262,9 @@ class SnapshotManifest(BaseModel):
         names = [t.name for t in self.tensors]
         if len(set(names)) != len(names):
             raise ValueError("tensor names in the manifest are not unique")
+        if self.shard is not None and self.shard.shard_ids != [
+            shard_snapshot_id(self.run_id, self.version, i, self.shard.world)
+            for i in range(self.shard.world)
+        ]:
+            raise ValueError("shard.shard_ids are not the ids of this step's shards")
         return self

@@ -6,6 +6,7 @@ import dataclasses
 import logging
 import threading
 import time
+from typing import Literal
 
 from streamtrain import metrics
 from streamtrain.kafka import KafkaConnection
@@ -16,7 +17,7 @@ from streamtrain.snapshot.mailbox import NewestWinsWorker
 from streamtrain.snapshot.manifest import SnapshotManifest
 from streamtrain.snapshot.shadow import ShadowCopy
 from streamtrain.snapshot.signing import ManifestSigner
-from streamtrain.snapshot.writer import SnapshotWriter
+from streamtrain.snapshot.writer import ShardSpec, SnapshotWriter
 from streamtrain.train.hooks import SnapshotRequest
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,7 @@ class SnapshotPublisher:
         settings_hash: str,
         chunk_bytes: int = 512 * 1024,
         signer: ManifestSigner | None = None,
+        shard: ShardSpec | None = None,
     ) -> None:
         def writer(lane: str) -> SnapshotWriter:
             return SnapshotWriter(
@@ -82,6 +84,7 @@ class SnapshotPublisher:
                 chunk_bytes=chunk_bytes,
                 signer=signer,
                 lane=lane,
+                shard=shard,
             )
 
         self._writer = writer("")
@@ -93,6 +96,8 @@ class SnapshotPublisher:
         self._shadow = ShadowCopy()
         self._base_id: str | None = None
         self._last_id: str | None = None  # the delta lane's last published snapshot
+        self._sharded = shard is not None
+        self._failed = False  # the last publish failed; its rows wait in ``_next``
         self._bases = BaseLane(
             writer(wire.BASE_LANE),
             newest=self._newest,
@@ -123,7 +128,11 @@ class SnapshotPublisher:
         if self._carry is not None:  # rule 4: the rows of a base now on the base lane
             folded = merge_requests(self._carry, folded)
             self._carry = None
-        if folded.rows is not None and self._to_base_lane(folded):
+        if self._sharded and folded.complete and self._shadow.ready:
+            # one rank's shard: its base is written whole here, at the step every rank
+            # chose, so every shard of a step is of one kind (shard_assembly.py)
+            folded = self._shadow.base(folded)
+        if folded.rows is not None and not self._sharded and self._to_base_lane(folded):
             return
         if folded.rows is not None and self._base_id is None:
             log.error(
@@ -133,7 +142,10 @@ class SnapshotPublisher:
             )
             metrics.SNAPSHOT_PUBLISH_ERRORS.inc()
             return
-        if not self._publish(dataclasses.replace(folded, complete=False)):
+        published = self._publish(dataclasses.replace(folded, complete=False))
+        with self._lock:
+            self._failed = not published
+        if not published:
             with self._lock:  # keep its rows for the next publish (rule 1)
                 pending = self._next
                 self._next = folded if pending is None else merge_requests(folded, pending)
@@ -164,6 +176,16 @@ class SnapshotPublisher:
             "base %d was not published; deltas carry on, the next scheduled base replaces it",
             version,
         )
+
+    def backlog(self) -> Literal["none", "queued", "failed"]:
+        """What an offer now would be merged with: nothing; a request still queued behind a
+        publish in progress; or the rows of a publish that failed. A sharded trainer's ranks
+        offer only when none holds a queued request, and make the next snapshot a base after
+        a failure, so the shards of a step always form one chain (shard_snapshot.py)."""
+        with self._lock:
+            if self._failed:
+                return "failed"
+            return "none" if self._next is None else "queued"
 
     def flush(self, timeout: float) -> bool:
         """Wait until everything offered so far is published, superseded or failed."""
@@ -203,8 +225,9 @@ class SnapshotPublisher:
         )
         if manifest is None:
             return False
-        self._last_id = manifest.snapshot_id
+        # the step's id, also for a shard: chains link versions, not one rank's records
+        self._last_id = manifest.header.snapshot_id
         if manifest.kind == "base":
             with self._lock:
-                self._base_id = manifest.snapshot_id
+                self._base_id = manifest.header.snapshot_id
         return True

@@ -18,6 +18,10 @@ Limits of the jump, in the order they are checked:
 3. a manifest written *between* another snapshot's first chunk and its manifest is skipped:
    that takes two publishers writing at once, which the topic layout does not support (one
    trainer per topic, docs/snapshots.md, Versions).
+4. never from one rank's shard of a sharded trainer's step (``ShardInfo``): every rank
+   publishes at once, so the shards' chunks and manifests interleave on the topic and a
+   jump would skip the other shards' manifests. The scan of such a topic reads its chunks
+   (the cost of a sharded job; docs/snapshots.md, Sharded tables).
 
 Windows are one record after a jump (the record before a snapshot's first chunk is normally
 the previous snapshot's manifest: one read per snapshot, none of its chunks) and double, up
@@ -99,6 +103,8 @@ def scan_manifests(
 def _chunks_start(candidate: Candidate) -> int:
     """Where the candidate's chunks start, within the reach of its own chunk count."""
     manifest, offset = candidate.manifest, candidate.offset
+    if manifest.shard is not None:
+        return offset  # rule 4
     first = manifest.first_chunk_offset
     reach = offset - 2 * manifest.chunk_count - 16
     if first is None or not reach <= first < offset:

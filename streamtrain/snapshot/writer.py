@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 from streamtrain.kafka import KafkaConnection, RecordProducer, record_producer
 from streamtrain.snapshot import wire
 from streamtrain.snapshot.delta import delta_payload
-from streamtrain.snapshot.manifest import SnapshotManifest, snapshot_id
+from streamtrain.snapshot.manifest import (
+    ShardInfo,
+    SnapshotManifest,
+    shard_snapshot_id,
+)
 from streamtrain.snapshot.payload import encode_state, sha256_hex, split_chunks
 from streamtrain.snapshot.signing import ManifestSigner
 from streamtrain.train.hooks import SnapshotRequest
@@ -21,6 +27,22 @@ PARTITION = 0
 
 class SnapshotWriteError(RuntimeError):
     """A snapshot could not be written; no manifest was produced for it."""
+
+
+@dataclass(frozen=True)
+class ShardSpec:
+    """This writer publishes shard ``index`` of ``world`` of each step; ``tables`` are the
+    row-wise state names with their global rows (``ShardInfo``, ``shard_assembly.py``)."""
+
+    index: int
+    world: int
+    tables: Mapping[str, int]
+
+    def info(self, run_id: str, version: int) -> ShardInfo:
+        ids = [shard_snapshot_id(run_id, version, i, self.world) for i in range(self.world)]
+        return ShardInfo(
+            index=self.index, world=self.world, tables=dict(self.tables), shard_ids=ids
+        )
 
 
 class SnapshotWriter:
@@ -41,6 +63,7 @@ class SnapshotWriter:
         send_timeout_s: float = 60.0,
         signer: ManifestSigner | None = None,
         lane: str = "",
+        shard: ShardSpec | None = None,
     ) -> None:
         if chunk_bytes < 1:
             raise ValueError(f"chunk_bytes must be >= 1, got {chunk_bytes}; 524288 is typical")
@@ -51,6 +74,7 @@ class SnapshotWriter:
         self.send_timeout_s = send_timeout_s
         self.signer = signer
         self.lane = lane  # wire.LANE of its chunks: "base" for the base lane (publisher.py)
+        self.shard = shard
         self._kafka = kafka
         self._producer: RecordProducer | None = None
 
@@ -94,7 +118,6 @@ class SnapshotWriter:
             tensors = delta_payload(tensors, request.rows)
         payload, infos = encode_state(tensors)
         chunks = split_chunks(memoryview(payload), self.chunk_bytes)
-        sid = snapshot_id(request.run_id, request.version)
         manifest = SnapshotManifest(
             model_name=self.model_name,
             settings_hash=self.settings_hash,
@@ -112,7 +135,9 @@ class SnapshotWriter:
             kind="base" if request.rows is None else "delta",
             base_id=None if request.rows is None else base_id,
             predecessor_id=None if request.rows is None else predecessor_id,
+            shard=None if self.shard is None else self.shard.info(request.run_id, request.version),
         )
+        sid = manifest.snapshot_id  # a shard's records carry its own id
         # Checked before any chunk is written, so an oversized manifest wastes no topic space.
         if len(manifest.model_dump_json()) + 1024 > self.chunk_bytes + RECORD_OVERHEAD_BYTES:
             raise SnapshotWriteError(

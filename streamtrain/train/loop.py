@@ -321,7 +321,9 @@ class Trainer:
                 return False
         return True
 
-    def _publish(self, taken: SnapshotCopy) -> None:
+    def _publish(self, taken: SnapshotCopy, created_at: float | None = None) -> None:
+        """Offer ``taken`` at this step; ``created_at`` is the trainer's clock unless the
+        ranks of a sharded job agreed on one (every shard of a step has the same)."""
         assert self._sink is not None  # _snapshot_due said so
         step = self._progress.step
         self._sink.offer(
@@ -331,7 +333,7 @@ class Trainer:
                 tensors=taken.tensors,
                 data_watermark=self._progress.watermark,
                 offsets=dict(self._progress.offsets),
-                created_at=time.time(),
+                created_at=time.time() if created_at is None else created_at,
                 wait_ready=taken.wait_ready,
                 rows=taken.rows,
                 complete=taken.complete,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -40,12 +40,15 @@ def take_snapshot(model: nn.Module, tracker: RowTracker | None) -> SnapshotCopy:
 
 
 def copy_weights(
-    model: nn.Module, rows: Mapping[str, torch.Tensor] | None = None
+    model: nn.Module,
+    rows: Mapping[str, torch.Tensor] | None = None,
+    only: Collection[str] | None = None,
 ) -> tuple[dict[str, torch.Tensor], Callable[[], None]]:
     """CPU copies of every parameter and buffer, plus a function that waits for them.
 
     With ``rows`` (a delta, see ``row_tracker.py``), the tensors named there are copied only
-    at those row indices, so a delta costs the rows it carries, not the table.
+    at those row indices, so a delta costs the rows it carries, not the table. With ``only``,
+    just those state names (a rank's shard of a snapshot, ``shard_snapshot.py``).
 
     On CUDA the copies go device -> pinned host memory on a side stream, ordered after the
     work already queued on the current stream, and work queued later on the current stream
@@ -53,6 +56,8 @@ def copy_weights(
     synchronises on an event, so only the snapshot publisher's thread ever waits for the copy.
     """
     state = model.state_dict()
+    if only is not None:
+        state = {name: t for name, t in state.items() if name in only}
     if rows:
         state = {
             name: t.detach().index_select(0, rows[name].to(t.device)) if name in rows else t

@@ -2,9 +2,10 @@
 
 ``ctr`` samples (the stream ``streamtrain produce --dataset ctr`` writes) feed a ``dlrm``
 whose ``users`` and ``items`` tables are ``row_wise``: each rank holds half the rows. The job
-learns; a server following its (assembled, delta) snapshots ends bit for bit on the trainer's
-final weights; ``kill -9`` of rank 1 (or rank 0) and torchrun's restart end bit-identical to
-an uninterrupted run, every rank's shard included; a checkpoint of 2 ranks is refused by 1.
+learns; each rank publishes its own shard of every snapshot, and a server assembling them
+(one base, then deltas) ends bit for bit on the trainer's final weights; ``kill -9`` of
+rank 1 (or rank 0) and torchrun's restart end bit-identical to an uninterrupted run, every
+rank's shard included; a checkpoint of 2 ranks is refused by 1.
 (Step-by-step equality with one process: tests/unit/test_row_sharding.py.)
 """
 
@@ -24,13 +25,15 @@ from safetensors.numpy import load_file
 
 from streamtrain.builders.server import build_worker
 from streamtrain.client import SampleProducer
+from streamtrain.config import Settings
 from streamtrain.datasets.base import SampleChunk
 from streamtrain.datasets.ctr import ctr
 from streamtrain.kafka import KafkaConnection, create_topics
 from streamtrain.sample.sparse_numpy import Jagged, SparseRows
 from streamtrain.sample.sparse_torch import JaggedTensor
+from streamtrain.snapshot.manifest import settings_hash
+from streamtrain.snapshot.subscriber import SnapshotSubscriber
 from streamtrain.train.models import build_model
-from tests.delta_fixtures import newest_after_one_base
 from tests.integration.snapshot_harness import wait
 from tests.integration.test_trainer_distributed_recovery import _finish, _two_ranks
 from tests.integration.trainer_harness import (
@@ -195,7 +198,7 @@ def test_sharded_job_learns_and_a_server_follows_it_bit_for_bit(
         before, after = _log_loss(untrained, 4000), _log_loss(trained, 4000)
         assert after < 0.95 * before, f"held-out log loss {before:.4f} -> {after:.4f}"
 
-        newest = newest_after_one_base(settings)  # one base, then deltas of both shards
+        newest = _newest_after_one_base_step(settings)
 
         def live() -> int | None:
             info = worker.slot.info
@@ -210,6 +213,32 @@ def test_sharded_job_learns_and_a_server_follows_it_bit_for_bit(
             assert torch.equal(served[key], tensor), f"{key} differs from the trainer's"
     finally:
         worker.stop()
+
+
+def _newest_after_one_base_step(settings: Settings) -> int:
+    """The newest version on the topic, checking that every snapshot is one rank's shard,
+    every step has both shards of one kind, and there is one base step then deltas."""
+    subscriber = SnapshotSubscriber(
+        kafka=KafkaConnection(settings.kafka.bootstrap_servers),
+        topic=settings.topics.snapshots,
+        settings_hash=settings_hash(settings.model.model_dump(mode="json")),
+    )
+    try:
+        published = [s.manifest for s in subscriber.newest_first(30.0)]
+    finally:
+        subscriber.close()
+    steps: dict[int, dict[int, str]] = {}
+    for manifest in published:
+        assert manifest.shard is not None and manifest.shard.world == 2, manifest
+        assert set(manifest.shard.tables) == set(SHARDED)
+        if manifest.shard.index == 1:  # rank 1 publishes its rows and nothing else
+            assert {t.name.removesuffix("@rows") for t in manifest.tensors} == set(SHARDED)
+        steps.setdefault(manifest.version, {})[manifest.shard.index] = manifest.kind
+    assert all(sorted(kinds) == [0, 1] for kinds in steps.values()), steps
+    assert all(len(set(kinds.values())) == 1 for kinds in steps.values()), steps
+    kinds = [steps[v][0] for v in sorted(steps, reverse=True)]
+    assert kinds[0] == "delta" and kinds.count("base") == 1 and len(kinds) > 3, kinds
+    return max(steps)
 
 
 def _sharded_state(root: Path) -> dict[str, object]:

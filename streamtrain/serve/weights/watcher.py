@@ -15,6 +15,8 @@ Order of work:
 4a. deltas apply in order on the live version; a delta that does not follow it (a gap) makes
     the watcher catch up from the topic: the newest base and the deltas after it
     (``delta_chain.py``);
+4b. the shards of a sharded trainer's step become one snapshot only once all have arrived
+    (``snapshot/shard_assembly.py``), on the topic's tail and in every catch-up alike;
 5. a snapshot the slot could not load because requests still held the standby copy is kept and
    retried on the next round, unless a newer one replaces it;
 6. Kafka errors (broker unreachable) are logged once when they start, as a summary every
@@ -45,6 +47,7 @@ from streamtrain.serve.weights.delta_chain import apply_delta, catch_up, is_delt
 from streamtrain.serve.weights.loader import SnapshotLoader
 from streamtrain.serve.weights.slot import SnapshotRejected, StandbyBusy
 from streamtrain.snapshot.cache import SnapshotCache
+from streamtrain.snapshot.shard_assembly import ShardAssembly
 from streamtrain.snapshot.verify import ReceivedSnapshot, RejectedSnapshot, RejectReason
 
 log = logging.getLogger(__name__)
@@ -102,6 +105,7 @@ class SnapshotWatcher:
         self._summary_every_s = summary_every_s
         self._outage_since = self._last_summary = 0.0
         self._pending: ReceivedSnapshot | None = None
+        self._shards = ShardAssembly()  # rule 4b
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="snapshot-watcher", daemon=True)
         # Every reason at 0 from the start: one forged snapshot is then an increase() of 1.
@@ -128,7 +132,7 @@ class SnapshotWatcher:
         not follow the live version triggers a catch-up from the topic (rule 4a).
         """
         received = [self._pending] if self._pending is not None else []
-        for item in items:
+        for item in self._shards.offer(items):
             if isinstance(item, RejectedSnapshot):
                 self._count_rejection(item)
             else:
@@ -152,10 +156,11 @@ class SnapshotWatcher:
                 self._pending = delta
                 return
             if outcome == "gap":
-                catch_up(
-                    self._source.newest_first(self._startup_timeout_s), self._loader, self._try_load
-                )
+                catch_up(self._newest_first(), self._loader, self._try_load)
                 return
+
+    def _newest_first(self) -> Iterable[ReceivedSnapshot]:
+        return self._shards.newest_first(self._source.newest_first(self._startup_timeout_s))
 
     def _count_rejection(self, item: RejectedSnapshot) -> None:
         SERVE_REJECTED_SNAPSHOTS.labels(item.reason).inc()
@@ -203,7 +208,7 @@ class SnapshotWatcher:
 
     def _load_newest(self) -> None:
         """Step 2: the newest base on the topic the slot accepts, then the deltas after it."""
-        catch_up(self._source.newest_first(self._startup_timeout_s), self._loader, self._try_load)
+        catch_up(self._newest_first(), self._loader, self._try_load)
         if self._loader.info is None:
             log.info("no valid snapshot on the topic yet: not ready until the trainer publishes")
 

@@ -159,14 +159,21 @@ class EmbeddingTables(nn.Module):
         """The sharded weights' state names below this module, with the global row count."""
         return {f"tables.{_key(t)}.weight": self.rows[t] for t in sorted(self.sharded)}
 
-    def _lookup(self, table: str, rows: torch.Tensor) -> torch.Tensor:
-        """Each global row's values ``[len(rows), dim]`` of a sharded table, from its owner."""
+    def _sharded_lookups(self, sparse: SparseInput) -> dict[str, torch.Tensor]:
+        """Each sharded feature's rows ``[nnz, dim]`` (by feature name), read from their
+        owners in one exchange for all of them (``row_exchange.py``)."""
+        features = [f for f in self.features if f.table in self.sharded]
+        if not features:
+            return {}
         if self.exchange is None:
             raise RuntimeError(
-                f"table {table!r} is sharded row_wise over {self.layout.world} ranks: its rows "
-                "are read through the distributed trainer's row exchange, which is not attached"
+                f"table {features[0].table!r} is sharded row_wise over {self.layout.world} "
+                "ranks: its rows are read through the distributed trainer's row exchange, which "
+                "is not attached"
             )
-        return self.exchange.lookup(self._weight(table), rows)
+        requests = [(self._weight(f.table), self._rows(f, sparse[f.name])) for f in features]
+        values = self.exchange.lookup_many(requests)
+        return {f.name: v for f, v in zip(features, values, strict=True)}
 
     def _weight(self, table: str) -> torch.Tensor:
         bag = self.tables[_key(table)]
@@ -282,11 +289,12 @@ class EmbeddingTables(nn.Module):
     def pooled(self, sparse: SparseInput) -> dict[str, torch.Tensor]:
         """Per feature, the pooled rows of each sample ``[n, dim]``."""
         out = {}
+        fetched = self._sharded_lookups(sparse)
         for feature in self.features:
             x = sparse[feature.name]
             if feature.table in self.sharded:
                 # each ID's row, fetched from its owner, pooled here as the table would
-                values = self._lookup(feature.table, self._rows(feature, x))
+                values = fetched[feature.name]
                 positions = torch.arange(values.shape[0], device=values.device)
                 total = F.embedding_bag(
                     positions, values, x.offsets, mode="sum", per_sample_weights=x.weights
@@ -305,10 +313,11 @@ class EmbeddingTables(nn.Module):
         """Per feature, each ID's row ``[nnz, dim]`` (a sparse-gradient lookup), the sample it
         belongs to ``[nnz]``, and the feature's input."""
         out = []
+        fetched = self._sharded_lookups(sparse)
         for feature in self.features:
             x = sparse[feature.name]
             if feature.table in self.sharded:
-                rows = self._lookup(feature.table, self._rows(feature, x))
+                rows = fetched[feature.name]
             else:
                 rows = F.embedding(self._rows(feature, x), self._weight(feature.table), sparse=True)
             out.append((rows, x.bag_index(), x))

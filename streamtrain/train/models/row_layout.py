@@ -14,6 +14,7 @@ distributed trainer attaches (:mod:`streamtrain.distributed.row_exchange`).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -66,3 +67,10 @@ class RowLookup(Protocol):
     gradient back in the step's reduction)."""
 
     def lookup(self, weight: torch.Tensor, rows: torch.Tensor) -> torch.Tensor: ...
+
+    def lookup_many(
+        self, requests: Sequence[tuple[torch.Tensor, torch.Tensor]]
+    ) -> list[torch.Tensor]:
+        """``lookup`` of each ``(weight, rows)``, all in one exchange (every sharded feature
+        of a step at once: a fixed number of collectives, not a few per feature)."""
+        ...
