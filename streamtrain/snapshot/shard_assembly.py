@@ -23,6 +23,9 @@ Rules:
    cache (no single signed manifest covers it): a restarted server catches up from the topic.
 4. At most ``keep_steps`` incomplete steps are held (the newest): an older one can no longer
    be served anyway once a newer version is live.
+5. Shards read by a catch-up scan and shards from the tail are held together: a step whose
+   first shards the startup scan read while the trainer was still writing the others is
+   completed by the tail (a scan that kept them to itself lost that step for good).
 
 Servers still hold whole tables: assembling a base holds the shards' mapped payloads and the
 whole table at once (docs/scaling.md, serving memory).
@@ -75,24 +78,30 @@ class ShardAssembly:
             done = _add(self._steps, item)
             if done is not None:
                 out.append(done)
+        self._drop_oldest()
+        return out
+
+    def _drop_oldest(self) -> None:
         for key in sorted(self._steps, key=lambda k: (k[1], k[2], k[0]))[: -self._keep_steps]:
             log.info("sharded step %s/%d never completed; dropped", key[0], key[1])
             del self._steps[key]
-        return out
 
     def newest_first(self, snapshots: Iterable[ReceivedSnapshot]) -> Iterator[ReceivedSnapshot]:
         """A source's newest-first snapshots with shards assembled by step (the shards of one
-        step sort together: same version, clock and run). Incomplete steps are skipped."""
-        steps: dict[_StepKey, dict[int, ReceivedSnapshot]] = {}
-        for item in snapshots:
-            if item.manifest.shard is None:
-                yield item
-                continue
-            done = _add(steps, item)
-            if isinstance(done, RejectedSnapshot):
-                self._rejected.append(done)
-            elif done is not None:
-                yield done
+        step sort together: same version, clock and run). Incomplete steps are held with the
+        tail's (rule 5), however far the caller reads."""
+        try:
+            for item in snapshots:
+                if item.manifest.shard is None:
+                    yield item
+                    continue
+                done = _add(self._steps, item)
+                if isinstance(done, RejectedSnapshot):
+                    self._rejected.append(done)
+                elif done is not None:
+                    yield done
+        finally:
+            self._drop_oldest()
 
 
 def _add(

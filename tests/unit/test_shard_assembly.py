@@ -183,6 +183,15 @@ def test_newest_first_yields_complete_steps_and_skips_the_rest() -> None:
     assert versions == [8, 7]
 
 
+def test_a_step_begun_in_a_scan_is_completed_by_the_tail() -> None:
+    """A server's startup scan read shard 1 of step 1 while shard 0 was still being written:
+    the tail's shard 0 completes the step."""
+    assembly = ShardAssembly()
+    assert list(assembly.newest_first([_base_shards(2, 1)[1]])) == []
+    (done,) = assembly.offer([_base_shards(2, 1)[0]])
+    assert isinstance(done, ReceivedSnapshot) and done.manifest.version == 1
+
+
 def test_a_shard_manifest_names_every_shard_and_an_unsharded_one_is_unchanged() -> None:
     shard = _base_shards(2)[1].manifest
     assert shard.snapshot_id == shard_snapshot_id("run", 1, 1, 2) == "run@shard1of2/1"
