@@ -15,6 +15,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import tomllib
+
 ROOT = Path(__file__).resolve().parents[2]
 CI_RUN = ROOT / ".ci" / "run"
 MAKEFILE = ROOT / "Makefile"
@@ -117,6 +119,25 @@ def test_make_test_is_the_full_suite_and_ci_lists_the_slowest() -> None:
     ci = _commands(CI_RUN.read_text())
     test_line = next(line for line in ci if line.startswith("make test "))
     assert "--durations=20" in test_line
+
+
+def test_both_suites_run_in_parallel_with_a_worker_count_to_override() -> None:
+    """`make test` and the kafka-python pass spread over pytest-xdist workers (the count a Make
+    variable, 0 for one process), and pytest-xdist is in the test extra `make setup` installs."""
+    makefile = MAKEFILE.read_text()
+    workers = re.search(r"^PYTEST_WORKERS \?= (\d+)$", makefile, re.M)
+    assert workers and int(workers.group(1)) >= 2, "no PYTEST_WORKERS default in the Makefile"
+    xdist = re.search(r"^XDIST := (.*)$", makefile, re.M)
+    assert xdist and "-n $(PYTEST_WORKERS)" in xdist.group(1), xdist
+    # loadgroup keeps a module marked xdist_group on one worker (its module fixture once).
+    assert "--dist loadgroup" in xdist.group(1), xdist
+    for target in ("test", "test-integration-kafka-python"):
+        (recipe,) = _recipe(target)
+        assert "$(XDIST)" in recipe.split("pytest", 1)[1], recipe
+    dev = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"][
+        "dev"
+    ]
+    assert any(re.match(r"pytest-xdist\b", requirement) for requirement in dev), dev
 
 
 def test_the_kafka_python_pass_runs_only_the_tests_that_differ_by_client() -> None:
