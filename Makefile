@@ -30,8 +30,10 @@ PYTEST_WORKERS ?= 4
 XDIST := -n $(PYTEST_WORKERS) --dist loadgroup
 
 # The full suite (the README's command). PYTEST_ARGS adds options, e.g. CI's --durations=20.
+# The soak test measures that the demo keeps up, so it runs after the rest, alone.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -p no:cacheprovider $(XDIST) tests $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -p no:cacheprovider $(XDIST) -m "not soak" tests $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m soak tests $(PYTEST_ARGS)
 
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit

@@ -110,12 +110,16 @@ def _recipe(target: str) -> list[str]:
 
 
 def test_make_test_is_the_full_suite_and_ci_lists_the_slowest() -> None:
-    """`make test` (the README's command) runs every tier; CI adds only a durations report."""
-    (recipe,) = _recipe("test")
-    assert (
-        re.search(r"-m pytest .*\btests(\s|$)", recipe)
-        and " -m " not in recipe.split("pytest", 1)[1]
-    ), recipe
+    """`make test` (the README's command) runs every tier: all but the soak test over the
+    workers, then the soak test alone (it measures keeping up); CI adds a durations report."""
+    parallel, alone = _recipe("test")
+    for recipe in (parallel, alone):
+        assert re.search(r"-m pytest .*\btests(\s|$)", recipe), recipe
+        assert "$(PYTEST_ARGS)" in recipe, recipe
+    assert ' -m "not soak" ' in parallel and "$(XDIST)" in parallel, parallel
+    assert " -m soak " in alone and "$(XDIST)" not in alone, alone
+    for recipe in (parallel, alone):
+        assert len(re.findall(r" -m (?!pytest)", recipe)) == 1, recipe
     ci = _commands(CI_RUN.read_text())
     test_line = next(line for line in ci if line.startswith("make test "))
     assert "--durations=20" in test_line
@@ -131,8 +135,8 @@ def test_both_suites_run_in_parallel_with_a_worker_count_to_override() -> None:
     assert xdist and "-n $(PYTEST_WORKERS)" in xdist.group(1), xdist
     # loadgroup keeps a module marked xdist_group on one worker (its module fixture once).
     assert "--dist loadgroup" in xdist.group(1), xdist
-    for target in ("test", "test-integration-kafka-python"):
-        (recipe,) = _recipe(target)
+    parallel = _recipe("test")[0], *_recipe("test-integration-kafka-python")
+    for recipe in parallel:
         assert "$(XDIST)" in recipe.split("pytest", 1)[1], recipe
     dev = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"][
         "dev"
