@@ -26,8 +26,9 @@ demo: $(STAMP)
 # The suite runs in PYTEST_WORKERS processes (pytest-xdist), each with its own broker; more
 # than the cores, since most of a test's time is spent waiting on the processes and broker it
 # starts (tests/README.md, "Running in parallel"). PYTEST_WORKERS=0 runs it in one process.
+# loadfile: a module's tests run on one worker, so a module fixture is made once.
 PYTEST_WORKERS ?= 4
-XDIST := -n $(PYTEST_WORKERS) --dist loadgroup
+XDIST := -n $(PYTEST_WORKERS) --dist loadfile
 
 # The full suite (the README's command). PYTEST_ARGS adds options, e.g. CI's --durations=20.
 # The soak test measures that the demo keeps up, so it runs after the rest, alone.

@@ -154,12 +154,6 @@ KAFKA_CASES = [
 CASE_NAMES = LOCAL_CASES + KAFKA_CASES
 
 
-# One worker runs this module: its module fixture (the start-up baseline the Kafka rows are
-# timed against) is measured once, in the process that runs the rows (tests/README.md,
-# "Running in parallel").
-pytestmark = pytest.mark.xdist_group("cli_failures")
-
-
 @pytest.fixture(scope="module")
 def startup_s(tmp_path_factory: pytest.TempPathFactory) -> float:
     """Seconds the baseline row takes on this machine now (run once per module)."""

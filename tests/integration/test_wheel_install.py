@@ -105,11 +105,6 @@ def _environment(tmp: Path, wheel: Path) -> Path:
     return env_dir
 
 
-# One worker runs this module, so its module fixture (the built wheel and its venv) is made once
-# (tests/README.md, "Running in parallel").
-pytestmark = pytest.mark.xdist_group("wheel_install")
-
-
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tmp = tmp_path_factory.mktemp("wheel")

@@ -99,11 +99,6 @@ def _ranks_main(rank: int, store: str, out: str) -> None:
         dist.destroy_process_group()
 
 
-# One worker runs this module, so its module fixture (the two gloo ranks) is made once
-# (tests/README.md, "Running in parallel").
-pytestmark = pytest.mark.xdist_group("distributed_step")
-
-
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The folder of every case's two-rank results (``<task>-<name>/``, ``sparse/``)."""
