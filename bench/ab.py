@@ -370,7 +370,9 @@ def compare_quality(settings: Settings, join_url: str, labelled: int) -> dict[st
         }
     return {
         "labelled_rows_scored": total,
-        "labelled_rows_on_topics": labelled,
+        # counted from this read of the topics, not the earlier one the wait used: the
+        # prediction log may still have been flushing its last rows then
+        "labelled_rows_on_topics": sum(len(rows) for rows in groups.values()),
         "max_abs_difference": worst,
         "per_version_arm": table,
     }

@@ -20,7 +20,7 @@ from streamtrain.kafka import (
 )
 from streamtrain.kafka.group_consumer import CoPartitionedGroup
 from streamtrain.quality.books import VersionBooks
-from streamtrain.quality.pairing import ServedQuality
+from streamtrain.quality.partitions import PartitionedQuality
 from streamtrain.sample.spec import spec_for_model
 from streamtrain.wire.label_record import LabelError, decode_label, encode_label_json
 
@@ -53,16 +53,19 @@ def join_policy(settings: Settings) -> JoinPolicy:
     )
 
 
-def served_quality(settings: Settings) -> ServedQuality | None:
-    """The join's served-quality scoring, exported on its /metrics (None when switched off)."""
+def served_quality(settings: Settings) -> PartitionedQuality | None:
+    """The join's served-quality scoring, exported on its /metrics (None when switched off):
+    bounded as the join's own pending predictions and labels."""
     join = settings.join
-    books = None
-    if join.quality:
-        books = VersionBooks(
-            spec_for_model(settings.model), join.quality_versions, join.quality_window_s
-        )
-    metrics.SERVED_QUALITY.attach(None if books is None else books.series)
-    return None if books is None else ServedQuality(books, join.max_pending_predictions)
+    if not join.quality:
+        metrics.SERVED_QUALITY.attach(None)
+        return None
+    shape = VersionBooks(
+        spec_for_model(settings.model), join.quality_versions, join.quality_window_s
+    )
+    quality = PartitionedQuality(shape, join.max_pending_predictions, join.max_pending_labels)
+    metrics.SERVED_QUALITY.attach(quality.series)
+    return quality
 
 
 @dataclass

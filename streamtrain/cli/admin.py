@@ -1,4 +1,5 @@
-"""`streamtrain admin`: inspect, pin, unpin and roll back the versions a server answers with.
+"""`streamtrain admin`: inspect, pin, unpin and roll back the versions a server answers with,
+and show, set or clear its traffic split (``streamtrain admin split``).
 
 Talks to the server's admin API (``serve/protocol/admin.py``) with the bearer token of
 ``serve.admin_token``, given by ``--token`` or, better (kept out of shell history and process
@@ -11,12 +12,13 @@ from typing import Any
 
 import typer
 
+from streamtrain.ascii_int import parse_ascii_int
 from streamtrain.cli.command import app
 from streamtrain.cli.common import ExitCode, fail
 
 admin_app = typer.Typer(
     name="admin",
-    help="Pin, unpin and roll back served versions (docs/serving.md).",
+    help="Pin, unpin and roll back served versions; set a traffic split (docs/serving.md).",
     no_args_is_help=True,
     rich_markup_mode=None,
 )
@@ -32,7 +34,10 @@ _TOKEN = typer.Option(
 )
 
 
-def _call(method: str, url: str, path: str, token: str, body: dict[str, Any] | None = None) -> None:
+def _call(
+    method: str, url: str, path: str, token: str, body: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The admin API's JSON answer; a one-line error and exit on anything else."""
     import httpx
 
     try:
@@ -48,11 +53,21 @@ def _call(method: str, url: str, path: str, token: str, body: dict[str, Any] | N
     try:
         document = response.json()
     except ValueError:
+        document = None
+    if not isinstance(document, dict):
         fail(
-            f"{url} answered HTTP {response.status_code} without JSON: is it a streamtrain server?"
+            f"{url} answered HTTP {response.status_code} without a JSON object: is it a "
+            "streamtrain server?"
         )
     if response.status_code != 200:
         fail(f"HTTP {response.status_code}: {document.get('error', document)}", ExitCode.FAILED)
+    return document
+
+
+def _versions(
+    method: str, url: str, path: str, token: str, body: dict[str, Any] | None = None
+) -> None:
+    document = _call(method, url, path, token, body)
     pinned = document["pinned"] or "none"
     typer.echo(
         f"live {document['live']}  pinned {pinned}  retained {', '.join(document['retained'])}"
@@ -64,7 +79,7 @@ def _call(method: str, url: str, path: str, token: str, body: dict[str, Any] | N
 @admin_app.command("status")
 def status(url: str = _URL, token: str = _TOKEN) -> None:
     """Show the live, pinned and retained versions."""
-    _call("GET", url, "versions", token)
+    _versions("GET", url, "versions", token)
 
 
 @admin_app.command("pin")
@@ -74,16 +89,68 @@ def pin(
     token: str = _TOKEN,
 ) -> None:
     """Make a retained version live and keep it live while new snapshots arrive."""
-    _call("POST", url, "pin", token, {"version": version})
+    _versions("POST", url, "pin", token, {"version": version})
 
 
 @admin_app.command("unpin")
 def unpin(url: str = _URL, token: str = _TOKEN) -> None:
     """Let the newest version go live again."""
-    _call("POST", url, "unpin", token)
+    _versions("POST", url, "unpin", token)
 
 
 @admin_app.command("rollback")
 def rollback(url: str = _URL, token: str = _TOKEN) -> None:
     """Make the retained version before the live one live, and pin it."""
-    _call("POST", url, "rollback", token)
+    _versions("POST", url, "rollback", token)
+
+
+split_app = typer.Typer(
+    name="split",
+    help="Show, set or clear the traffic split or shadow (docs/serving.md).",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+admin_app.add_typer(split_app)
+
+
+def _show_split(document: dict[str, Any]) -> None:
+    plan = document.get("split")
+    if plan is None:
+        typer.echo("no split: every request is answered by the live version")
+        return
+    version = document.get("candidate_version")
+    resolved = (
+        "no version other than live: nothing routed" if version is None else f"version {version}"
+    )
+    typer.echo(f"{plan['mode']}: candidate {plan['candidate']} ({resolved}), share {plan['share']}")
+
+
+@split_app.command("show")
+def split_show(url: str = _URL, token: str = _TOKEN) -> None:
+    """Show the split: its candidate, share and mode, and the version the candidate is."""
+    _show_split(_call("GET", url, "split", token))
+
+
+@split_app.command("set")
+def split_set(
+    candidate: str = typer.Argument(..., help="A retained version number, or 'newest'."),
+    share: float = typer.Option(..., "--share", help="Fraction of requests, 0 to 1."),
+    mode: str = typer.Option("split", "--mode", help="'split' (answers) or 'shadow' (logs)."),
+    url: str = _URL,
+    token: str = _TOKEN,
+) -> None:
+    """Route a share of requests (by request-id hash) to a candidate, or shadow it."""
+    if candidate != "newest" and parse_ascii_int(candidate) is None:
+        fail(f"CANDIDATE must be a version number or 'newest', got {candidate[:40]!r}")
+    if not 0.0 <= share <= 1.0:  # NaN fails too
+        fail(f"--share must be a fraction from 0 to 1, got {share}")
+    if mode not in ("split", "shadow"):
+        fail(f"--mode must be 'split' or 'shadow', got {mode[:40]!r}")
+    body = {"candidate": candidate, "share": share, "mode": mode}
+    _show_split(_call("POST", url, "split", token, body))
+
+
+@split_app.command("clear")
+def split_clear(url: str = _URL, token: str = _TOKEN) -> None:
+    """End the split: the live version answers every request again."""
+    _show_split(_call("DELETE", url, "split", token))

@@ -91,7 +91,20 @@ class ServeSettings(_Frozen):
         0.0, ge=0.0, description="Mean per-row loss difference a decision must exceed."
     )
     promotion_z: float = Field(
-        3.0, gt=0.0, description="One-sided z the difference less the margin must reach."
+        3.0,
+        gt=0.0,
+        description="promotion_test welch: one-sided z the difference less the margin must reach.",
+    )
+    promotion_test: Literal["msprt", "welch"] = Field(
+        "msprt",
+        description="msprt: always-valid mixture SPRT (its alpha holds under repeated looks); "
+        "welch: a fixed z, whose error rate climbs with every look.",
+    )
+    promotion_alpha: float = Field(
+        0.01, gt=0.0, lt=1.0, description="msprt: error rate per direction over all looks."
+    )
+    promotion_tau: float = Field(
+        0.1, gt=0.0, description="msprt: mixture scale, in per-row loss standard deviations."
     )
     promotion_check_s: float = Field(
         2.0, gt=0.0, le=3600, description="Seconds between promotion checks."

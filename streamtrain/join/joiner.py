@@ -85,7 +85,7 @@ from streamtrain.join.state_file import read_state, state_path, write_state
 from streamtrain.kafka.confluent_consumer import ConfluentRecord
 from streamtrain.kafka.group_consumer import CoPartitionedGroup
 from streamtrain.kafka.reachability import REACHABILITY
-from streamtrain.quality.pairing import ServedQuality
+from streamtrain.quality.partitions import PartitionedQuality
 
 log = logging.getLogger(__name__)
 
@@ -110,9 +110,7 @@ class Joiner:
     """Joins labels to logged predictions for the partitions its group member holds.
 
     Built by ``streamtrain join`` (:mod:`streamtrain.cli.join`); ``group`` is made by the
-    caller with :meth:`on_assign` / :meth:`on_revoke` as its callbacks (see
-    :meth:`attach`).
-    """
+    caller with :meth:`on_assign` / :meth:`on_revoke` as its callbacks (:meth:`attach`)."""
 
     def __init__(
         self,
@@ -127,7 +125,7 @@ class Joiner:
         on_log_lost: OnLogLost = "fail",
         wall_clock: Callable[[], float] = time.time,
         input_logs: InputLogs | None = None,
-        quality: ServedQuality | None = None,
+        quality: PartitionedQuality | None = None,
     ) -> None:
         self.policy = policy
         self.topics = topics
@@ -140,7 +138,7 @@ class Joiner:
         self._clock = wall_clock
         self._group: CoPartitionedGroup | None = None
         self._inputs = input_logs  # None: input logs not rechecked (unit tests without Kafka)
-        self._quality = quality  # served quality: sees every record the join applies
+        self._quality = quality or PartitionedQuality(None)  # served quality (None: off)
         self._routing = LabelRouting(topics.labels, self._require_group)
         self.states: dict[int, PartitionState] = {}
         self._checkpointed_ends: dict[int, int] | None = None  # E of the last checkpoint
@@ -206,8 +204,7 @@ class Joiner:
         if state is None:  # fetched before a revoke: the new owner applies it
             return
         source = SourceRecord.of(record)
-        if self._quality is not None:
-            self._quality.observe(source, record.topic == self.topics.predictions)
+        self._quality.observe(record.partition, source, record.topic == self.topics.predictions)
         if record.topic == self.topics.predictions:
             self._carry_out(state, state.add_prediction(source))
         else:
@@ -280,7 +277,7 @@ class Joiner:
         for p in partitions:  # 4.
             state = self.states[p]
             path = state_path(self._state_dir, self.topics.predictions, p)
-            written += write_state(path, state, ends)
+            written += write_state(path, state, ends, self._quality.of(p))
             offsets[(self.topics.predictions, p)] = state.predictions_offset
             offsets[(self.topics.labels, p)] = state.labels_offset
         if self._group is not None and offsets:  # 5.
@@ -290,8 +287,7 @@ class Joiner:
         metrics.JOIN_CHECKPOINT_BYTES.set(written)
 
     def _checkpoint_unless_kafka_fails(self) -> None:
-        """A due checkpoint; Kafka failing before step 4 leaves the last one in place, so
-        the join goes on and tries again (outage 1.)."""
+        """A due checkpoint; Kafka failing before step 4 keeps the last one (outage 1.)."""
         try:
             self.checkpoint(tuple(self.states))
         except (ConnectionError, TimeoutError) as exc:  # unreachable, no answer in time
@@ -312,13 +308,15 @@ class Joiner:
                 "them from their last checkpoint",
                 sorted(self._held),
             )
+            self._quality.drop(*self._held)
             self._held.clear()
         self.states.update(kept)
         for p in partitions:  # 1.
             if p in kept:
                 continue
             path = state_path(self._state_dir, self.topics.predictions, p)
-            loaded = read_state(path, self.policy)
+            loaded = read_state(path, self.policy, self._quality)
+            self._quality.take(p, None if loaded is None else loaded.quality)
             if loaded is None:
                 self.states[p] = PartitionState(p, self.policy, wall_clock=self._clock)
                 continue
@@ -361,6 +359,7 @@ class Joiner:
             self.checkpoint(held)
         for p in held:
             del self.states[p]
+            self._quality.drop(p)
         metrics.JOIN_ASSIGNED.set(len(self.states))
         log.info("handed back partitions %s", list(held))
 
@@ -386,6 +385,7 @@ class Joiner:
         assigned = self._group.assigned if self._group is not None else ()
         for p in partitions:
             self.states[p] = PartitionState(p, self.policy, wall_clock=self._clock)
+            self._quality.take(p, None)
             if p in assigned and self._group is not None:
                 self._group.seek(p, 0, 0)
         metrics.JOIN_LOG_RESETS.inc()

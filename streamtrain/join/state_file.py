@@ -3,15 +3,17 @@
 Byte strings (request ids, served samples, pending labels' keys and values) are packed into
 one ``uint8`` tensor each with an ``int64`` tensor of lengths; numbers are ``float64``
 tensors; the rest (input offsets, the samples topic's end offsets at checkpoint time, label
-values, headers) is one JSON document in the safetensors metadata. A file is written to a
-temporary name, fsynced, renamed over the old one and its folder fsynced, so a kill -9 at
-any instant leaves either the old checkpoint or the new one, never a torn file.
+values, headers) is one JSON document in the safetensors metadata. The partition's
+served-quality pairing, when the join scores it, rides in the same file
+(:mod:`streamtrain.quality.checkpoint`). A file is written to a temporary name, fsynced,
+renamed over the old one and its folder fsynced, so a kill -9 at any instant leaves either
+the old checkpoint or the new one, never a torn file.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,8 +34,12 @@ from streamtrain.join.partition_state import (
     SourceRecord,
 )
 from streamtrain.join.pause_hook import pause_point
+from streamtrain.quality.checkpoint import pack as pack_quality
+from streamtrain.quality.pairing import ServedQuality
+from streamtrain.quality.partitions import PartitionedQuality
 from streamtrain.sample.record_mark import RecordMark
 from streamtrain.wire.label_record import LabelRecord
+from streamtrain.wire.packed import pack_bytes, unpack_bytes
 
 FORMAT = "streamtrain-join-state/1"
 
@@ -48,6 +54,8 @@ class Checkpointed:
 
     state: PartitionState
     samples_ends: dict[int, int]
+    quality: ServedQuality | None = None
+    """The partition's served-quality pairing, when the file holds one and one was asked for."""
 
 
 def state_path(state_dir: Path, predictions_topic: str, partition: int) -> Path:
@@ -55,24 +63,30 @@ def state_path(state_dir: Path, predictions_topic: str, partition: int) -> Path:
     return state_dir / f"{safe}-{partition}.safetensors"
 
 
-def write_state(path: Path, state: PartitionState, samples_ends: Mapping[int, int]) -> int:
-    """Write ``state`` and ``samples_ends`` to ``path`` atomically; returns the bytes written."""
+def write_state(
+    path: Path,
+    state: PartitionState,
+    samples_ends: Mapping[int, int],
+    quality: ServedQuality | None = None,
+) -> int:
+    """Write ``state``, ``samples_ends`` and the partition's served-quality pairing
+    (``quality``, when scored) to ``path`` atomically; returns the bytes written."""
     preds = state.predictions
     done = state.resolved
     labels = list(state.labels.values())
     tensors: dict[str, npt.NDArray[Any]] = {}
-    _pack(tensors, "prediction_ids", [rid.encode() for rid in preds])
-    _pack(tensors, "prediction_samples", [p.sample for p in preds.values()])
+    pack_bytes(tensors, "prediction_ids", [rid.encode() for rid in preds])
+    pack_bytes(tensors, "prediction_samples", [p.sample for p in preds.values()])
     tensors["prediction_served_at"] = np.fromiter(
         (p.served_at for p in preds.values()), np.float64, len(preds)
     )
-    _pack(tensors, "resolved_ids", [rid.encode() for rid in done])
+    pack_bytes(tensors, "resolved_ids", [rid.encode() for rid in done])
     tensors["resolved_served_at"] = np.fromiter(
         (r.served_at for r in done.values()), np.float64, len(done)
     )
     tensors["resolved_joined"] = np.fromiter((r.joined for r in done.values()), np.uint8, len(done))
-    _pack(tensors, "label_keys", [w.record.key or b"" for w in labels])
-    _pack(tensors, "label_values", [w.record.value or b"" for w in labels])
+    pack_bytes(tensors, "label_keys", [w.record.key or b"" for w in labels])
+    pack_bytes(tensors, "label_values", [w.record.value or b"" for w in labels])
     doc = {
         "format": FORMAT,
         "partition": state.partition,
@@ -89,6 +103,8 @@ def write_state(path: Path, state: PartitionState, samples_ends: Mapping[int, in
         # restart scans from newer ends, so these must travel in the checkpoint.
         "already_emitted": sorted(state.already_emitted.items()),
     }
+    if quality is not None:  # in the same file: one atomic checkpoint for both
+        doc["quality"] = pack_quality(quality, tensors)
     data = save(tensors, metadata={"join": msgspec.json.encode(doc).decode()})
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as out:
@@ -106,8 +122,11 @@ def write_state(path: Path, state: PartitionState, samples_ends: Mapping[int, in
     return len(data)
 
 
-def read_state(path: Path, policy: JoinPolicy) -> Checkpointed | None:
-    """The checkpoint at ``path``, or None when there is none yet."""
+def read_state(
+    path: Path, policy: JoinPolicy, quality: PartitionedQuality | None = None
+) -> Checkpointed | None:
+    """The checkpoint at ``path``, or None when there is none yet; with ``quality``, the
+    served-quality pairing in it too (None in a file written without one)."""
     try:
         data = path.read_bytes()
     except FileNotFoundError:
@@ -118,18 +137,18 @@ def read_state(path: Path, policy: JoinPolicy) -> Checkpointed | None:
         if doc.get("format") != FORMAT:
             raise StateFileError(f"{path} has format {doc.get('format')!r}, expected {FORMAT}")
         state = PartitionState(int(doc["partition"]), policy)
-        ids = _unpack(tensors, "prediction_ids")
-        samples = _unpack(tensors, "prediction_samples")
+        ids = unpack_bytes(tensors, "prediction_ids")
+        samples = unpack_bytes(tensors, "prediction_samples")
         served = tensors["prediction_served_at"].tolist()
         for rid, sample, at in zip(ids, samples, served, strict=True):
             state.predictions[rid.decode()] = PendingPrediction(at, sample)
-        done_ids = _unpack(tensors, "resolved_ids")
+        done_ids = unpack_bytes(tensors, "resolved_ids")
         done_at = tensors["resolved_served_at"].tolist()
         joined = tensors["resolved_joined"].tolist()
         for rid, at, was_joined in zip(done_ids, done_at, joined, strict=True):
             state.resolved[rid.decode()] = Resolved(bool(was_joined), at)
-        keys = _unpack(tensors, "label_keys")
-        values = _unpack(tensors, "label_values")
+        keys = unpack_bytes(tensors, "label_keys")
+        values = unpack_bytes(tensors, "label_values")
         for entry, key, value in zip(doc["labels"], keys, values, strict=True):
             waiting = _label_from(entry, key, value)
             state.labels[waiting.label.request_id] = waiting
@@ -144,6 +163,9 @@ def read_state(path: Path, policy: JoinPolicy) -> Checkpointed | None:
         state.predictions_seen_until = float(doc["predictions_seen_until"])
         state.labels_seen_until = float(doc["labels_seen_until"])
         ends = {_partition(p): int(o) for p, o in doc["samples_ends"].items()}
+        pairs = None
+        if quality is not None and "quality" in doc:
+            pairs = quality.unpack(tensors, doc["quality"])
     except StateFileError:
         raise
     except (KeyError, TypeError, ValueError, msgspec.DecodeError, SafetensorError) as exc:
@@ -151,7 +173,7 @@ def read_state(path: Path, policy: JoinPolicy) -> Checkpointed | None:
             f"join state file {path} cannot be read ({type(exc).__name__}: {exc}); move it "
             "away to start that partition afresh (its pending predictions are then lost)"
         ) from None
-    return Checkpointed(state, ends)
+    return Checkpointed(state, ends, pairs)
 
 
 def _mark_doc(mark: RecordMark | None) -> dict[str, Any] | None:
@@ -169,20 +191,6 @@ def _metadata(data: bytes) -> dict[str, str]:
     if not isinstance(meta, dict):
         raise StateFileError("state file has no metadata")
     return meta
-
-
-def _pack(tensors: dict[str, npt.NDArray[Any]], name: str, items: Sequence[bytes]) -> None:
-    tensors[name] = np.frombuffer(b"".join(items), np.uint8)
-    tensors[name + "_lengths"] = np.fromiter(map(len, items), np.int64, len(items))
-
-
-def _unpack(tensors: Mapping[str, npt.NDArray[Any]], name: str) -> list[bytes]:
-    blob = tensors[name].tobytes()
-    ends = np.cumsum(tensors[name + "_lengths"]).tolist()
-    starts = [0, *ends][: len(ends)]
-    if ends and ends[-1] != len(blob):
-        raise ValueError(f"{name}: lengths add up to {ends[-1]}, the blob has {len(blob)} bytes")
-    return [blob[a:b] for a, b in zip(starts, ends, strict=True)]
 
 
 def _label_doc(waiting: PendingLabel) -> dict[str, Any]:

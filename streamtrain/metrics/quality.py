@@ -3,12 +3,13 @@ the series the join's :mod:`streamtrain.quality` attaches (``SERVED_QUALITY.atta
 
 Labels ``version`` (the ``join.quality_versions`` newest versions, older ones as ``older``)
 and ``arm`` (``live``, ``candidate``, ``shadow``): at most (K + 1) x 3 series per family.
-Counters are sums since the join started, so any range is ``rate(sum) / rate(rows)`` and
-several join replicas add up; the ``window_*`` gauges are the event-time window of
-``join.quality_window_s`` (NaN while it holds no labelled row, or for AUC without both
-classes). Every family is exported whatever the model's task: the other task's counters stay
-0 and its window figures NaN, so a dashboard's queries always find their series. Nothing is
-exported before a join attaches its series; it attaches them at 0 as it starts.
+Counters are sums over the partitions the join holds (kept across restarts in its
+checkpoints), so any range is ``rate(sum) / rate(rows)`` and several join replicas add up;
+the ``window_*`` gauges are the event-time window of ``join.quality_window_s`` (NaN while it
+holds no labelled row, or for AUC without both classes). Every family is exported whatever
+the model's task: the other task's counters stay 0 and its window figures NaN, so a
+dashboard's queries always find their series. Nothing is exported before a join attaches
+its series; it attaches them at 0 as it starts.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ QUALITY_COUNTERS = (
     ("squared_error", "Regression: summed squared error of labelled rows."),
 )
 QUALITY_GAUGES = (
-    ("label_coverage_ratio", "Labelled / served rows since the join started (NaN before one)."),
+    ("label_coverage_ratio", "Labelled / served rows of the partitions held (NaN before one)."),
     ("window_rows", "Labelled rows in the event-time window."),
     ("window_log_loss", "Classification: mean log loss of the window's labelled served rows."),
     ("window_accuracy", "Classification: accuracy of the window's labelled served rows."),

@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import threading
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from streamtrain.metrics.quality import QualitySeries
 from streamtrain.quality.figures import RowScore, WindowFigures, summarise
@@ -69,6 +69,9 @@ class Tally:
         self.window = deque(sorted([*self.window, *other.window], key=lambda item: item[0]))
         self.newest = max(self.newest, other.newest)
         self._trim(window_s, max_rows)
+
+    def copy(self) -> Tally:
+        return replace(self, window=deque(self.window))
 
     def figures(self, spec: SampleSpec, window_s: float) -> WindowFigures:
         """The window's figures: rows served within ``window_s`` of the newest one."""
@@ -146,6 +149,22 @@ class VersionBooks:
                 for version, arm, t in entries
             ]
 
+    def tallies(self) -> list[tuple[int | None, Arm, Tally]]:
+        """Copies of every tally by (version, arm), version None for ``older``: what a
+        checkpoint stores and :func:`merged` adds up."""
+        with self._lock:
+            out: list[tuple[int | None, Arm, Tally]] = [
+                (v, arm, t.copy()) for v, arms in self._versions.items() for arm, t in arms.items()
+            ]
+            out += [(None, arm, t.copy()) for arm, t in self._older.items()]
+        return out
+
+    def restore(self, version: int | None, arm: Arm, tally: Tally) -> None:
+        """Add ``tally`` into (version, arm), ``older`` for None, folding as a served row would."""
+        with self._lock:
+            target = self._older[arm] if version is None else self._tally(version, arm)
+            target.merge(tally, self.window_s, self.max_window_rows)
+
     def _tally(self, version: int, arm: Arm) -> Tally:
         arms = self._versions.get(version)
         if arms is None:
@@ -190,3 +209,16 @@ class VersionBooks:
             )
             for r in self.report()
         ]
+
+
+def merged(shape: VersionBooks, parts: list[VersionBooks]) -> VersionBooks:
+    """A new :class:`VersionBooks` shaped as ``shape`` (spec, keep, window) adding up
+    ``parts`` (the join's partitions): the ``keep`` newest versions over all of them, every
+    other one folded into ``older``. The same sums as one book fed every row (a version
+    folded in one part is older than ``keep`` versions there, so older than ``keep`` overall
+    too), up to the order of the float additions."""
+    out = VersionBooks(shape.spec, shape.keep, shape.window_s, shape.max_window_rows)
+    for part in parts:
+        for version, arm, tally in part.tallies():
+            out.restore(version, arm, tally)
+    return out

@@ -3,15 +3,17 @@
 The join (:mod:`streamtrain.join.joiner`) hands every record it applies here too. This keeps
 its own small memory instead of reading the join's state: the join keeps one pending
 prediction per id and no outputs, while a label here must meet every row served under its
-id (the live or candidate row, and a shadow row), with the outputs as served. Nothing here
-is checkpointed: the figures are since the process started, like every counter.
+id (the live or candidate row, and a shadow row), with the outputs as served. The join keeps
+one pairing per partition and writes it, tallies included, into that partition's checkpoint
+(:mod:`streamtrain.quality.partitions`, :mod:`streamtrain.quality.checkpoint`), so a row
+served before a restart and labelled after it is still scored, once.
 
 * A prediction row counts as served for its (version, arm); it is scored at once when its
   label already came, else it waits (at most ``max_pending`` rows, oldest dropped first).
-* A label scores every row waiting under its id and is remembered (at most ``max_pending``
-  labels), so a row logged after it (a shadow row's compute finishes after the answer) is
-  scored when it arrives. A second label for an id is ignored: the first label wins, as in
-  the join.
+* A label scores every row waiting under its id and is remembered (at most ``max_labels``
+  labels, oldest forgotten first), so a row logged after it (a shadow row's compute finishes
+  after the answer) is scored when it arrives. A second label for an id is ignored: the
+  first label wins, as in the join.
 * A second row of one id and arm (a replayed record) is skipped, as the join dead-letters
   it (remembered for the newest ``max_pending`` rows).
 * A record that does not decode is skipped: the join dead-letters it.
@@ -48,7 +50,9 @@ from streamtrain.wire.prediction_record import (
 
 
 @dataclass(frozen=True, slots=True)
-class _Served:
+class Served:
+    """One served row waiting for its label."""
+
     version: int
     arm: Arm
     served_at: float
@@ -58,10 +62,13 @@ class _Served:
 class ServedQuality:
     """Served rows and labels in, :class:`VersionBooks` tallies out (one thread writes)."""
 
-    def __init__(self, books: VersionBooks, max_pending: int = 200_000) -> None:
+    def __init__(
+        self, books: VersionBooks, max_pending: int = 200_000, max_labels: int = 200_000
+    ) -> None:
         self.books = books
         self._max_pending = max_pending
-        self._rows: OrderedDict[str, list[_Served]] = OrderedDict()
+        self._max_labels = max_labels
+        self._rows: OrderedDict[str, list[Served]] = OrderedDict()
         self._pending_rows = 0
         self._labels: OrderedDict[str, Label] = OrderedDict()
         self._seen: OrderedDict[tuple[str, Arm], None] = OrderedDict()
@@ -89,7 +96,7 @@ class ServedQuality:
         self._seen[seen] = None
         if len(self._seen) > self._max_pending:
             self._seen.popitem(last=False)
-        served = _Served(logged.model_version, logged.arm, logged.served_at, logged.outputs)
+        served = Served(logged.model_version, logged.arm, logged.served_at, logged.outputs)
         self.books.served(served.version, served.arm)
         label = self._labels.get(logged.request_id)
         if label is not None:
@@ -105,7 +112,7 @@ class ServedQuality:
         if request_id in self._labels:
             return  # the first label wins
         self._labels[request_id] = label
-        if len(self._labels) > self._max_pending:
+        if len(self._labels) > self._max_labels:
             self._labels.popitem(last=False)
         waiting = self._rows.pop(request_id, None)
         if waiting is None:
@@ -114,6 +121,34 @@ class ServedQuality:
         for served in waiting:
             self._score(served, label)
 
-    def _score(self, served: _Served, label: Label) -> None:
+    # --- what a checkpoint holds (streamtrain.quality.checkpoint), oldest first --------------
+
+    def waiting(self) -> list[tuple[str, Served]]:
+        """The rows waiting for their label, by request id."""
+        return [(rid, row) for rid, rows in self._rows.items() for row in rows]
+
+    def remembered(self) -> list[tuple[str, Label]]:
+        """The labels remembered for rows still to come."""
+        return list(self._labels.items())
+
+    def seen(self) -> list[tuple[str, Arm]]:
+        """The (id, arm) of the newest rows, against replayed records."""
+        return list(self._seen)
+
+    def restore(
+        self,
+        waiting: list[tuple[str, Served]],
+        remembered: list[tuple[str, Label]],
+        seen: list[tuple[str, Arm]],
+    ) -> None:
+        """Put back what :meth:`waiting`, :meth:`remembered` and :meth:`seen` gave (into an
+        empty pairing; the tallies go back through :meth:`VersionBooks.restore`)."""
+        for rid, row in waiting:
+            self._rows.setdefault(rid, []).append(row)
+        self._pending_rows = len(waiting)
+        self._labels.update(remembered)
+        self._seen.update((key, None) for key in seen)
+
+    def _score(self, served: Served, label: Label) -> None:
         row = score_row(self.books.spec, served.outputs, label)
         self.books.labelled(served.version, served.arm, served.served_at, row)

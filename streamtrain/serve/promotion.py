@@ -143,15 +143,21 @@ class PromotionWatch:
         self._split.set(None)
         self._decided[verdict.decision or "rollback"].inc()
         log.warning(
-            "promotion: %s candidate %d (live was %d; %s, margin %g, z >= %g): %s",
+            "promotion: %s candidate %d (live was %d; %s, margin %g, %s): %s",
             verdict.decision,
             candidate,
             live,
             plan.mode,
             self._rule.margin,
-            self._rule.z,
+            _test_name(self._rule),
             verdict.evidence(),
         )
+
+
+def _test_name(rule: PromotionRule) -> str:
+    if rule.test == "welch":
+        return f"welch z >= {rule.z:g}"
+    return f"msprt alpha {rule.alpha:g} tau {rule.tau:g}"
 
 
 def _loss(report: TallyReport | None) -> ArmLoss:

@@ -148,11 +148,12 @@ def test_direct_engine_on_cuda_times_passes_in_wall_time_and_matches_the_cpu_for
     slot = WeightSlot(build_model("mlp", SPEC, {"hidden_sizes": [32]}).to(CUDA))
     slot.load({k: v.clone() for k, v in model.state_dict().items()}, SnapshotHeader(3, "gpu"))
     engine = DirectEngine(slot, head_for(SPEC), CUDA)
-    assert engine._clock is time.perf_counter
+    assert engine._timer._clock is time.perf_counter
     rows = np.random.default_rng(0).normal(size=(8, 16)).astype(np.float32)
     for _ in range(16):
         served = asyncio.run(engine.infer(rows))
-    assert engine._seconds_per_row is not None and engine._seconds_per_row > 0
+    per_row = engine._timer._seconds_per_row
+    assert per_row is not None and per_row > 0
     assert served.info.version == 3
     with torch.inference_mode():
         expected = TaskHead(SPEC).predict(model.eval()(torch.from_numpy(rows)))

@@ -13,7 +13,9 @@ from typing import Any
 
 import httpx
 import pytest
+from typer.testing import CliRunner
 
+from streamtrain.cli import app
 from streamtrain.config import Settings
 from streamtrain.wire.prediction_record import PredictionRecord, decode_prediction
 from tests.integration.snapshot_harness import (
@@ -142,3 +144,42 @@ def test_shadow_answers_are_logged_with_their_arm_and_never_returned(
     found = scrape(f"{url}/metrics")
     assert found['streamtrain_serve_arm_requests_total{arm="shadow"}'] >= len(shadowed)
     assert found['streamtrain_serve_split_share_ratio{mode="shadow"}'] == 0.5
+
+
+def _cli(url: str, *args: str, token: str = TOKEN) -> tuple[int, str]:
+    result = CliRunner().invoke(
+        app, ["admin", "split", *args, "--url", url], env={"STREAMTRAIN_ADMIN_TOKEN": token}
+    )
+    return result.exit_code, result.output.strip()
+
+
+def test_the_admin_split_cli_shows_sets_and_clears_with_the_token(url: str) -> None:
+    code, out = _cli(url, "set", "5", "--share", "0.5", token="wrong-token")
+    assert code == 1 and out.startswith("error: HTTP 401") and "\n" not in out
+    assert _cli(url, "show") == (0, "no split: every request is answered by the live version")
+    assert _cli(url, "set", "5", "--share", "0.5") == (
+        0,
+        "split: candidate 5 (version 5), share 0.5",
+    )
+    state = httpx.get(f"{url}/v2/admin/split", headers=AUTH, timeout=10).json()
+    assert state == {
+        "split": {"candidate": "5", "share": 0.5, "mode": "split"},
+        "candidate_version": 5,
+    }
+    rid = next(f"cli-{i}" for i in range(100) if _bucket(f"cli-{i}") < 0.5)
+    assert _infer(url, rid)[0] == "5"
+    for args, flag in (
+        (("set", "5", "--share", "1.5"), "--share"),
+        (("set", "five", "--share", "0.5"), "CANDIDATE"),
+        (("set", "5", "--share", "0.5", "--mode", "canary"), "--mode"),
+    ):
+        code, out = _cli(url, *args)
+        assert code == 2 and out.startswith("error: ") and flag in out and "\n" not in out
+    assert _cli(url, "set", "newest", "--share", "0.2", "--mode", "shadow") == (
+        0,
+        "shadow: candidate newest (no version other than live: nothing routed), share 0.2",
+    )
+    assert _cli(url, "clear") == (0, "no split: every request is answered by the live version")
+    assert httpx.get(f"{url}/v2/admin/split", headers=AUTH, timeout=10).json()["split"] is None
+    code, out = _cli("http://127.0.0.1:9", "show")
+    assert code == 1 and out.startswith("error: cannot reach the server") and "\n" not in out

@@ -21,7 +21,10 @@ from streamtrain.join.log_lost import JoinLogLost, OnLogLost
 from streamtrain.join.partition_state import JoinPolicy, PartitionState
 from streamtrain.join.samples_log import join_tag, moved_back
 from streamtrain.join.state_file import read_state, state_path, write_state
+from streamtrain.quality.books import VersionBooks
+from streamtrain.quality.partitions import PartitionedQuality
 from streamtrain.sample.spec import SampleSpec
+from streamtrain.wire.prediction_record import PredictionRecord
 
 POLICY = JoinPolicy(SampleSpec(feature_shape=(3,), task="binary"))
 TOPICS = JoinTopics(predictions="preds", labels="labels", samples="samples")
@@ -108,7 +111,9 @@ class _Parts:
         self.state_dir = tmp_path
 
 
-def _joiner(tmp_path: Path, on_log_lost: OnLogLost = "fail") -> tuple[Joiner, _Parts]:
+def _joiner(
+    tmp_path: Path, on_log_lost: OnLogLost = "fail", quality: PartitionedQuality | None = None
+) -> tuple[Joiner, _Parts]:
     parts = _Parts(tmp_path)
     joiner = Joiner(
         policy=POLICY,
@@ -118,6 +123,7 @@ def _joiner(tmp_path: Path, on_log_lost: OnLogLost = "fail") -> tuple[Joiner, _P
         samples_log=parts.log,  # type: ignore[arg-type]
         state_dir=tmp_path,
         on_log_lost=on_log_lost,
+        quality=quality,
     )
     joiner.attach(parts.group)  # type: ignore[arg-type]
     return joiner, parts
@@ -218,3 +224,37 @@ def test_on_log_lost_earliest_starts_over_from_the_inputs_start(tmp_path: Path) 
     loaded = read_state(state_path(tmp_path, TOPICS.predictions, 0), POLICY)
     assert loaded is not None and loaded.samples_ends == {0: 2}
     assert (loaded.state.predictions_offset, loaded.state.labels_offset) == (0, 0)
+
+
+def _served(quality: PartitionedQuality, version: str = "7") -> tuple[float, float]:
+    """Served and labelled rows of (version, live) as the metrics would export them."""
+    series = next(s for s in quality.series() if s.version == version and s.arm == "live")
+    return series.values["served_rows"], series.values["labelled_rows"]
+
+
+def test_served_quality_travels_with_its_partition_and_starts_over_with_it(
+    tmp_path: Path,
+) -> None:
+    def fresh() -> PartitionedQuality:
+        return PartitionedQuality(VersionBooks(POLICY.spec, 4, 60.0))
+
+    first_quality = fresh()
+    first, _ = _joiner(tmp_path, quality=first_quality)
+    first.on_assign((0,))
+    pairing = first_quality.of(0)
+    assert pairing is not None
+    pairing.prediction(PredictionRecord("r", 1.0, 7, "run", (0.3, 0.7), b""))
+    assert _served(first_quality) == (1.0, 0.0)
+    first.on_revoke((0,))  # checkpointed with the partition, then dropped here
+    assert first_quality.of(0) is None
+    assert all(s.values["served_rows"] == 0 for s in first_quality.series())
+
+    second_quality = fresh()
+    second, _ = _joiner(tmp_path, quality=second_quality)
+    second.on_assign((0,))  # the member that takes it over loads row and tallies
+    taken = second_quality.of(0)
+    assert taken is not None and _served(second_quality) == (1.0, 0.0)
+    taken.label("r", 1)  # served before the hand-over, labelled after it
+    assert _served(second_quality) == (1.0, 1.0)
+    second._start_over((0,))  # inputs read again from their start: the figures too
+    assert all(s.values["served_rows"] == 0 for s in second_quality.series())

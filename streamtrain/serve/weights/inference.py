@@ -92,8 +92,10 @@ def _forward(
 _TIME_EVERY = 8
 
 
-class DirectEngine:
-    """One forward pass per request: on the event loop when it is short, else on a thread.
+class PassTimer:
+    """Whether a forward pass is short enough to run on the event loop, from a running estimate
+    of its seconds per row: the one rule of :class:`DirectEngine` and of the retained versions
+    that answer a split's candidate share (:mod:`streamtrain.serve.weights.retained`).
 
     Handing a pass to a worker thread costs a thread hop and a GIL handover each way, which for
     a small model is most of the request (measured on 2 CPU cores, MLP 32-256-256-10, one row:
@@ -107,6 +109,43 @@ class DirectEngine:
     the wait for the device is part of what the loop would lose, so wall time counts.
     """
 
+    def __init__(self, device: torch.device, inline_below_s: float = 0.001) -> None:
+        self._inline_below_s = inline_below_s
+        self._seconds_per_row: float | None = None
+        self._untimed = 0
+        self._clock = time.thread_time if device.type == "cpu" else time.perf_counter
+
+    def inline(self, rows: int) -> bool:
+        per_row = self._seconds_per_row
+        return per_row is not None and per_row * rows < self._inline_below_s
+
+    def run(self, rows: int, forward: Callable[[], Prediction]) -> Prediction:
+        """``forward()``, timed now and then."""
+        # Thread CPU time is a system call; timing one pass in _TIME_EVERY keeps the estimate
+        # current for a fraction of the cost.
+        self._untimed += 1
+        if self._seconds_per_row is not None and self._untimed < _TIME_EVERY:
+            return forward()
+        self._untimed = 0
+        started = self._clock()
+        prediction = forward()
+        per_row = (self._clock() - started) / max(1, rows)
+        known = self._seconds_per_row
+        # A benign race between threads: either update is a valid recent estimate.
+        self._seconds_per_row = per_row if known is None else known + (per_row - known) / 4
+        return prediction
+
+    async def infer(self, rows: int, forward: Callable[[], Prediction]) -> Prediction:
+        """``forward()`` inline when short, else on a worker thread."""
+        if self.inline(rows):
+            return self.run(rows, forward)
+        return await anyio.to_thread.run_sync(self.run, rows, forward)
+
+
+class DirectEngine:
+    """One forward pass per request: on the event loop when it is short, else on a thread
+    (:class:`PassTimer` says which)."""
+
     def __init__(
         self,
         slot: WeightSlot,
@@ -117,31 +156,19 @@ class DirectEngine:
         self._slot = slot
         self._head = head
         self._device = device
-        self._inline_below_s = inline_below_s
-        self._seconds_per_row: float | None = None
-        self._untimed = 0
-        self._clock = time.thread_time if device.type == "cpu" else time.perf_counter
+        self._timer = PassTimer(device, inline_below_s)
 
     def run(self, features: Array, sparse: SparseRows | None = None) -> Prediction:
-        # Thread CPU time is a system call; timing one pass in _TIME_EVERY keeps the estimate
-        # current for a fraction of the cost.
-        self._untimed += 1
-        if self._seconds_per_row is not None and self._untimed < _TIME_EVERY:
-            return _forward(self._slot, self._head, self._device, features, sparse)
-        self._untimed = 0
-        started = self._clock()
-        prediction = _forward(self._slot, self._head, self._device, features, sparse)
-        per_row = (self._clock() - started) / max(1, features.shape[0])
-        known = self._seconds_per_row
-        # A benign race between threads: either update is a valid recent estimate.
-        self._seconds_per_row = per_row if known is None else known + (per_row - known) / 4
-        return prediction
+        return self._timer.run(
+            features.shape[0],
+            lambda: _forward(self._slot, self._head, self._device, features, sparse),
+        )
 
     async def infer(self, features: Array, sparse: SparseRows | None = None) -> Prediction:
-        per_row = self._seconds_per_row
-        if per_row is not None and per_row * features.shape[0] < self._inline_below_s:
-            return self.run(features, sparse)
-        return await anyio.to_thread.run_sync(self.run, features, sparse)
+        return await self._timer.infer(
+            features.shape[0],
+            lambda: _forward(self._slot, self._head, self._device, features, sparse),
+        )
 
     def close(self) -> None:
         return None

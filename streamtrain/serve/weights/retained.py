@@ -31,13 +31,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import anyio.to_thread
 import torch
 from torch import nn
 
 from streamtrain.metrics import SERVE_PINNED_VERSION, SERVE_RETAINED_VERSIONS
 from streamtrain.sample.sparse_numpy import SparseRows
-from streamtrain.serve.weights.inference import Array, Head, Prediction, call_model
+from streamtrain.serve.weights.inference import Array, Head, PassTimer, Prediction, call_model
 from streamtrain.serve.weights.slot import StandbyBusy, WeightsInfo, WeightSlot
 from streamtrain.snapshot.cache import SnapshotCache
 from streamtrain.snapshot.delta import RowUpdate
@@ -77,6 +76,7 @@ class RetainedVersions:
         self._template = template.eval()
         self._head = head
         self._device = device
+        self._timer = PassTimer(device)  # retained versions share the live model's shape
         self._keep = keep
         self._pin_store = pin_store
         self._versions: dict[int, _Retained] = {}
@@ -231,7 +231,10 @@ class RetainedVersions:
         entry = self._versions.get(version)
         if entry is None:
             return None
-        return await anyio.to_thread.run_sync(self._forward, entry, features, sparse)
+        # a small pass runs on the event loop as the live engine's does (no thread hop)
+        return await self._timer.infer(
+            features.shape[0], lambda: self._forward(entry, features, sparse)
+        )
 
     def _forward(self, entry: _Retained, features: Array, sparse: SparseRows | None) -> Prediction:
         with torch.inference_mode():
