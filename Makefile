@@ -24,9 +24,18 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/streamtrain demo $(DEMO_ARGS)
 
+# The suite runs in PYTEST_WORKERS processes (pytest-xdist), each with its own broker; more
+# than the cores, since most of a test's time is spent waiting on the processes and broker it
+# starts (tests/README.md, "Running in parallel"). PYTEST_WORKERS=0 runs it in one process.
+# loadfile: a module's tests run on one worker, so a module fixture is made once.
+PYTEST_WORKERS ?= 4
+XDIST := -n $(PYTEST_WORKERS) --dist loadfile
+
 # The full suite (the README's command). PYTEST_ARGS adds options, e.g. CI's --durations=20.
+# The soak test measures that the demo keeps up, so it runs after the rest, alone.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -p no:cacheprovider tests $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -p no:cacheprovider $(XDIST) -m "not soak" tests $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m soak tests $(PYTEST_ARGS)
 
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit
@@ -35,7 +44,7 @@ test-unit: $(STAMP)
 # with every streamtrain Kafka client on kafka-python (`make test` runs all of them with
 # confluent-kafka, the default).
 test-integration-kafka-python: $(STAMP)
-	STREAMTRAIN_TEST_KAFKA_CLIENT=kafka-python $(BIN)/python -m pytest -q -p no:cacheprovider -m kafka_client tests/integration $(PYTEST_ARGS)
+	STREAMTRAIN_TEST_KAFKA_CLIENT=kafka-python $(BIN)/python -m pytest -q -p no:cacheprovider $(XDIST) -m kafka_client tests/integration $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check streamtrain tests bench

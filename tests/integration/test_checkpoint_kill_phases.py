@@ -15,6 +15,7 @@ from pathlib import Path
 from streamtrain.checkpoint.pause_hook import MARKER_ENV, PAUSE_ENV
 from tests.integration.process_output import await_condition
 from tests.integration.trainer_harness import (
+    STOP_WHEN_IDLE_S,
     assert_same_state,
     checkpoint_state,
     hyperplane_stream,
@@ -31,7 +32,7 @@ SETTINGS = {
     "STREAMTRAIN_INGEST__MAX_BATCH_SIZE": "32",
     "STREAMTRAIN_TRAIN__CHECKPOINT_EVERY_STEPS": "7",
     "STREAMTRAIN_TRAIN__CHECKPOINT_EVERY_SECONDS": "3600",
-    "STREAMTRAIN_TRAIN__STOP_WHEN_IDLE": "3.0",
+    "STREAMTRAIN_TRAIN__STOP_WHEN_IDLE": STOP_WHEN_IDLE_S,
     "STREAMTRAIN_TRAIN__KEEP_CHECKPOINTS": "2",
     "STREAMTRAIN_TRAIN__DEVICE": "cpu",
     "STREAMTRAIN_MODEL__PARAMS": '{"hidden_sizes": [16], "dropout": 0.1}',

@@ -133,7 +133,7 @@ def test_produce_paced_json_file_replay(
         "--count",
         "20",
         "--rate",
-        "100",
+        "20",
         "--topic",
         unique_name,
         "--bootstrap-servers",
@@ -146,11 +146,12 @@ def test_produce_paced_json_file_replay(
     labels, records = _read_all(kafka_connection, unique_name, spec, 20)
     assert records == 20 and labels.tolist() == [0, 1, 0, 1, 0] * 4
     # Paced, not burst: the samples carry no timestamp of their own, so each record has the
-    # producer's clock at its send. The 20th is due 190 ms after the pacer starts; the first
-    # goes a few ms after that start (reading the file), so the span is 190 ms less that
-    # delay. Half the schedule tells pacing from a burst (a few ms) with room for the delay.
+    # producer's clock at its send. The 20th is due 950 ms after the pacer starts; the first
+    # goes after that start (reading the file), so the span is 950 ms less that delay. Half the
+    # schedule tells pacing from a burst (a few ms) with room for the delay, which passed 100 ms
+    # on a loaded machine (at 100/s, a 190 ms schedule, that read as a burst).
     stamps = [ts for _, ts, _ in _raw_records(kafka_bootstrap, unique_name, 20)]
-    assert stamps == sorted(stamps) and stamps[-1] - stamps[0] >= 190 // 2, stamps
+    assert stamps == sorted(stamps) and stamps[-1] - stamps[0] >= 950 // 2, stamps
 
 
 def test_sigterm_stops_production_cleanly_and_reports_the_count(

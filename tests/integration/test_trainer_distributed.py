@@ -16,6 +16,7 @@ import pytest
 from streamtrain.kafka import KafkaConnection, partition_reader
 from streamtrain.snapshot.versions import _manifest
 from tests.integration.trainer_harness import (
+    STOP_WHEN_IDLE_S,
     checkpoint_meta,
     hyperplane_stream,
     produce_json,
@@ -27,7 +28,7 @@ from tests.integration.trainer_harness import (
 SAMPLES = 1200
 SETTINGS = {
     "STREAMTRAIN_INGEST__MAX_BATCH_SIZE": "32",
-    "STREAMTRAIN_TRAIN__STOP_WHEN_IDLE": "4.0",
+    "STREAMTRAIN_TRAIN__STOP_WHEN_IDLE": STOP_WHEN_IDLE_S,
     "STREAMTRAIN_TRAIN__CHECKPOINT_EVERY_STEPS": "10",
     "STREAMTRAIN_TRAIN__CHECKPOINT_EVERY_SECONDS": "3600",
     "STREAMTRAIN_TRAIN__SNAPSHOT_EVERY_STEPS": "5",

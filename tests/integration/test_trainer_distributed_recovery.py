@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from tests.integration.trainer_harness import (
+    STOP_WHEN_IDLE_S,
     assert_same_state,
     checkpoint_state,
     child_pids,
@@ -28,7 +29,7 @@ from tests.integration.trainer_harness import (
 SAMPLES = 4000
 SETTINGS = {
     "STREAMTRAIN_INGEST__MAX_BATCH_SIZE": "16",
-    "STREAMTRAIN_TRAIN__STOP_WHEN_IDLE": "4.0",
+    "STREAMTRAIN_TRAIN__STOP_WHEN_IDLE": STOP_WHEN_IDLE_S,
     "STREAMTRAIN_TRAIN__CHECKPOINT_EVERY_STEPS": "5",
     "STREAMTRAIN_TRAIN__CHECKPOINT_EVERY_SECONDS": "3600",
     "STREAMTRAIN_TRAIN__KEEP_CHECKPOINTS": "2",

@@ -13,6 +13,7 @@ from safetensors.numpy import load_file
 from streamtrain.train.models import build_model
 from tests.integration.test_trainer_sparse import PARAMS, SPARSE_ENV, SPEC, click_stream
 from tests.integration.trainer_harness import (
+    STOP_WHEN_IDLE_S,
     checkpoint_meta,
     dlrm_log_loss,
     latest_checkpoint,
@@ -33,7 +34,7 @@ def test_two_ranks_train_an_embedding_model_on_every_sample_once(
     env = {
         **SPARSE_ENV,
         "STREAMTRAIN_TRAIN__TORCH_THREADS": "1",
-        "STREAMTRAIN_TRAIN__STOP_WHEN_IDLE": "4.0",
+        "STREAMTRAIN_TRAIN__STOP_WHEN_IDLE": STOP_WHEN_IDLE_S,
     }
     job = start_trainer(
         trainer_env(kafka_bootstrap, unique_name, tmp_path / "ckpt", env), "--nproc", "2"

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.trainer_harness import (
+    STOP_WHEN_IDLE_S,
     assert_same_state,
     checkpoint_meta,
     checkpoint_state,
@@ -32,7 +33,7 @@ DETERMINISTIC = {
     "STREAMTRAIN_INGEST__MAX_BATCH_SIZE": "32",
     "STREAMTRAIN_TRAIN__CHECKPOINT_EVERY_STEPS": "7",
     "STREAMTRAIN_TRAIN__CHECKPOINT_EVERY_SECONDS": "3600",
-    "STREAMTRAIN_TRAIN__STOP_WHEN_IDLE": "3.0",
+    "STREAMTRAIN_TRAIN__STOP_WHEN_IDLE": STOP_WHEN_IDLE_S,
     "STREAMTRAIN_TRAIN__KEEP_CHECKPOINTS": "2",
     "STREAMTRAIN_MODEL__PARAMS": '{"hidden_sizes": [32], "dropout": 0.1}',
     "STREAMTRAIN_OPTIMIZER__NAME": "adam",

@@ -22,6 +22,7 @@ from tests.integration.cli_process import await_output, running_cli
 from tests.integration.process_output import await_condition
 from tests.integration.trainer_harness import (
     FEATURES,
+    STOP_WHEN_IDLE_S,
     checkpoint_meta,
     hyperplane_stream,
     produce_json,
@@ -148,7 +149,7 @@ def test_two_runs_on_one_topic_never_share_a_version(
     cadence = {
         "STREAMTRAIN_INGEST__MAX_BATCH_SIZE": "16",
         "STREAMTRAIN_TRAIN__SNAPSHOT_EVERY_STEPS": "4",
-        "STREAMTRAIN_TRAIN__STOP_WHEN_IDLE": "2",
+        "STREAMTRAIN_TRAIN__STOP_WHEN_IDLE": STOP_WHEN_IDLE_S,
     }
     run_to_end(trainer_env(kafka_bootstrap, unique_name, tmp_path / "a", cadence))
     first = _manifests(kafka_connection, snapshots)

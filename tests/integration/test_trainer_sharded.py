@@ -37,6 +37,7 @@ from streamtrain.train.models import build_model
 from tests.integration.snapshot_harness import wait
 from tests.integration.test_trainer_distributed_recovery import _finish, _two_ranks
 from tests.integration.trainer_harness import (
+    STOP_WHEN_IDLE_S,
     assert_same_state,
     checkpoint_state,
     dlrm_env,
@@ -101,7 +102,7 @@ def _env(bootstrap: str, name: str, root: Path, run: str, **extra: str) -> dict[
             "STREAMTRAIN_INGEST__MAX_BATCH_SIZE": "64",
             "STREAMTRAIN_TRAIN__TORCH_THREADS": "1",
             "STREAMTRAIN_TRAIN__CHECKPOINT_EVERY_STEPS": "5",
-            "STREAMTRAIN_TRAIN__STOP_WHEN_IDLE": "4.0",
+            "STREAMTRAIN_TRAIN__STOP_WHEN_IDLE": STOP_WHEN_IDLE_S,
             **extra,
         },
     )

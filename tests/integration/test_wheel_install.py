@@ -160,7 +160,9 @@ def test_every_subcommand_answers_help(installed: Path, tmp_path: Path) -> None:
 
 def test_demo_runs_from_the_installed_wheel(installed: Path, tmp_path: Path) -> None:
     script = str(installed / "bin" / "streamtrain")
-    args = [script, "demo", "--duration", "8", "--port", str(free_port()),
+    # 20 s as in CI's demo: the trainer imports torch after the broker is up, and 8 s ended
+    # with nothing trained on a loaded machine.
+    args = [script, "demo", "--duration", "20", "--port", str(free_port()),
             "--run-dir", str(tmp_path / "run")]  # fmt: skip
     result = _run(installed, args, tmp_path, 240)
     output = result.stdout + result.stderr

@@ -15,6 +15,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import tomllib
+
 ROOT = Path(__file__).resolve().parents[2]
 CI_RUN = ROOT / ".ci" / "run"
 MAKEFILE = ROOT / "Makefile"
@@ -109,15 +111,40 @@ def _recipe(target: str) -> list[str]:
 
 
 def test_make_test_is_the_full_suite_and_ci_lists_the_slowest() -> None:
-    """`make test` (the README's command) runs every tier; CI adds only a durations report."""
-    (recipe,) = _recipe("test")
-    assert (
-        re.search(r"-m pytest .*\btests(\s|$)", recipe)
-        and " -m " not in recipe.split("pytest", 1)[1]
-    ), recipe
+    """`make test` (the README's command) runs every tier: all but the soak test over the
+    workers, then the soak test alone (it measures keeping up); CI adds a durations report."""
+    parallel, alone = _recipe("test")
+    for recipe in (parallel, alone):
+        assert re.search(r"-m pytest .*\btests(\s|$)", recipe), recipe
+        assert "$(PYTEST_ARGS)" in recipe, recipe
+    assert ' -m "not soak" ' in parallel and "$(XDIST)" in parallel, parallel
+    assert " -m soak " in alone and "$(XDIST)" not in alone, alone
+    for recipe in (parallel, alone):
+        assert len(re.findall(r" -m (?!pytest)", recipe)) == 1, recipe
     ci = _commands(CI_RUN.read_text())
     test_line = next(line for line in ci if line.startswith("make test "))
     assert "--durations=20" in test_line
+
+
+def test_both_suites_run_in_parallel_with_a_worker_count_to_override() -> None:
+    """`make test` and the kafka-python pass spread over pytest-xdist workers (the count a Make
+    variable, 0 for one process), and pytest-xdist is in the test extra `make setup` installs."""
+    makefile = MAKEFILE.read_text()
+    workers = re.search(r"^PYTEST_WORKERS \?= (\d+)$", makefile, re.M)
+    assert workers and int(workers.group(1)) >= 2, "no PYTEST_WORKERS default in the Makefile"
+    xdist = re.search(r"^XDIST := (.*)$", makefile, re.M)
+    assert xdist and "-n $(PYTEST_WORKERS)" in xdist.group(1), xdist
+    # loadfile keeps a module on one worker: its module fixture (a built wheel, two gloo
+    # ranks, a timed baseline) is made once. (loadgroup's xdist_group marks are silently
+    # ignored under pytest 9.2: pytest-xdist issue 1386.)
+    assert "--dist loadfile" in xdist.group(1), xdist
+    parallel = _recipe("test")[0], *_recipe("test-integration-kafka-python")
+    for recipe in parallel:
+        assert "$(XDIST)" in recipe.split("pytest", 1)[1], recipe
+    dev = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"][
+        "dev"
+    ]
+    assert any(re.match(r"pytest-xdist\b", requirement) for requirement in dev), dev
 
 
 def test_the_kafka_python_pass_runs_only_the_tests_that_differ_by_client() -> None:
