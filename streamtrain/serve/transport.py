@@ -115,12 +115,16 @@ class OneWriteHttpToolsProtocol(HttpToolsProtocol):
         super().connection_made(cast(asyncio.Transport, coalescing))
 
     def data_received(self, data: bytes) -> None:
-        if self._reading_head:
-            self._head_bytes += len(data)
-            if self._head_bytes > self.MAX_HEAD_BYTES:
-                self._refuse_head()
-                return
+        if not self._reading_head:
+            super().data_received(data)
+            return
+        # A chunk can hold the end of the head and then a body (or the next pipelined
+        # request): the bytes count against the head only while the head is still unfinished
+        # after the parser has read them. The parser holds at most this one chunk meanwhile.
+        self._head_bytes += len(data)
         super().data_received(data)
+        if self._reading_head and self._head_bytes > self.MAX_HEAD_BYTES:
+            self._refuse_head()
 
     def on_headers_complete(self) -> None:
         self._reading_head = False

@@ -219,3 +219,19 @@ def test_oversized_headers_get_a_4xx_or_a_closed_connection_never_a_5xx(
     with socket.create_connection(("127.0.0.1", worker.port), timeout=10) as conn:
         conn.sendall(_request())
         assert _read_response(conn, bytearray())[0] == 200
+
+
+def test_a_large_body_or_many_pipelined_requests_in_one_packet_are_not_a_large_head(
+    worker: ServingWorker,
+) -> None:
+    """Only the head counts against the head limit, however the bytes after it arrive: a body
+    of 200 KiB sent with its head in one write, and 1,000 small requests pipelined in one."""
+    padded = _BODY + b" " * (200 * 1024)  # JSON allows trailing whitespace
+    with socket.create_connection(("127.0.0.1", worker.port), timeout=10) as conn:
+        conn.sendall(_request(padded))
+        status, body = _read_response(conn, bytearray())
+        assert status == 200 and _value(body) == 3.5
+        conn.sendall(_request() * 1000)
+        pending = bytearray()
+        answers = [_read_response(conn, pending) for _ in range(1000)]
+    assert {status for status, _ in answers} == {200}
