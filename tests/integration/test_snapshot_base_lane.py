@@ -164,10 +164,15 @@ def test_deltas_reach_the_server_while_a_base_is_written_and_both_replicas_end_e
         assert [m.version for m in gate.written] == [scheduled.version]
         # The next request folded while the lane is free becomes the base that fell due.
         for _ in range(3):
-            last = _offer(trainer, publisher)
+            _offer(trainer, publisher)
+        assert publisher.flush(60)
+        assert len(gate.written) == 2 and gate.written[1].version > scheduled.version
+        # A delta names the newest base *published* when it is written: those offered while
+        # the second base was still being written name the first. One offered now names the
+        # newest (or, falling due, is a base itself).
+        last = _offer(trainer, publisher)
         assert publisher.flush(60)
         wait(lambda: tail.version() == last.version, "the newest delta on the tailing server")
-        assert len(gate.written) == 2 and gate.written[1].version > scheduled.version
         newest_base = gate.written[-1].snapshot_id
         wait(
             lambda: tail.slot.info is not None and tail.slot.info.header.lineage == newest_base,
