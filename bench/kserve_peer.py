@@ -13,15 +13,13 @@ Run by bench/serve.py: ``bench/.peers/kserve/bin/python bench/kserve_peer.py --p
 
 from __future__ import annotations
 
-import argparse
 import logging
 import uuid
-from pathlib import Path
 from typing import Any
 
 import kserve
 from kserve import InferOutput, InferRequest, InferResponse
-from peer_model import PeerModel
+from peer_model import PeerModel, peer_arguments
 
 
 class BenchModel(kserve.Model):  # type: ignore[misc]
@@ -53,12 +51,7 @@ class BenchModel(kserve.Model):  # type: ignore[misc]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--hidden", type=int, default=256)
-    parser.add_argument("--swap-flag", type=Path, required=True)
-    parser.add_argument("--swap-count", type=Path, required=True)
-    parser.add_argument("--swap-every", type=float, default=0.1)
+    parser = peer_arguments(__doc__.splitlines()[0])
     args = parser.parse_args()
     model = BenchModel("bench", args.hidden)
     model.peer.start_swapper(args.swap_flag, args.swap_count, args.swap_every)

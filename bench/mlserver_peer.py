@@ -18,7 +18,6 @@ Run by bench/serve.py: ``bench/.peers/mlserver/bin/python bench/mlserver_peer.py
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import socket
@@ -28,7 +27,7 @@ from pathlib import Path
 from mlserver import MLModel
 from mlserver.codecs import NumpyCodec
 from mlserver.types import InferenceRequest, InferenceResponse
-from peer_model import PeerModel
+from peer_model import PeerModel, peer_arguments
 
 
 class BenchRuntime(MLModel):  # type: ignore[misc]
@@ -60,12 +59,7 @@ def _free_port() -> int:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--hidden", type=int, default=256)
-    parser.add_argument("--swap-flag", type=Path, required=True)
-    parser.add_argument("--swap-count", type=Path, required=True)
-    parser.add_argument("--swap-every", type=float, default=0.1)
+    parser = peer_arguments(__doc__.splitlines()[0])
     parser.add_argument("--parallel-workers", type=int, default=0)
     parser.add_argument("--workdir", type=Path, required=True)
     args = parser.parse_args()

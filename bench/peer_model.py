@@ -11,6 +11,7 @@ the simplest thing a user of such a server would write), counting swaps in ``swa
 
 from __future__ import annotations
 
+import argparse
 import threading
 import time
 from pathlib import Path
@@ -71,3 +72,14 @@ class PeerModel:
                     tensor.copy_(fresh[name])
             swaps += 1
             swap_count.write_text(str(swaps))
+
+
+def peer_arguments(description: str) -> argparse.ArgumentParser:
+    """The options bench/serve.py gives every peer server; a peer adds its own."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--hidden", type=int, default=256)
+    parser.add_argument("--swap-flag", type=Path, required=True)
+    parser.add_argument("--swap-count", type=Path, required=True)
+    parser.add_argument("--swap-every", type=float, default=0.1)
+    return parser
