@@ -51,8 +51,6 @@ import httpx
 import numpy as np
 import torch
 from freshness import measure as measure_freshness
-from grpc_load import generator_name as grpc_generator_name
-from grpc_load import infer_request, run_grpc_load
 from loadgen import Body, LoadResult, generator_name, run_load
 from proc_cpu import group_cpu_s, process_cpu_s
 from serve_model import API_PATH, model_overrides
@@ -367,6 +365,8 @@ def main() -> None:
     print(report(rows))
     if grpc_rows:
         rest_load = generator_name(args.threads, args.connections, args.seconds)
+        from grpc_load import generator_name as grpc_generator_name
+
         grpc_load = grpc_generator_name(args.connections, args.grpc_streams, args.seconds)
         print(f"\ngRPC beside REST (REST: {rest_load}; gRPC: {grpc_load})")
         print(grpc_report(grpc_rows))
@@ -412,6 +412,9 @@ class GrpcRow:
 def _grpc_rows(ours: str, target: str, pid: int, args: argparse.Namespace) -> list[GrpcRow]:
     """Our REST (JSON and binary, the load generator) and gRPC (grpcio) at batch 1 and 64,
     alternating, fixed weights."""
+    # imported here: bench/gpu_serve.py imports this module on the device, which has no grpcio
+    from grpc_load import infer_request, run_grpc_load
+
     rng = np.random.default_rng(1)
     rows: list[GrpcRow] = []
     for batch in (1, 64):
