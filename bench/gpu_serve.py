@@ -85,8 +85,9 @@ def threshold_rows(device: torch.device, report: Report) -> None:
         x = rng.normal(size=(rows, FEATURES)).astype(np.float32)
         for _ in range(64):  # eight timed passes: the running estimate settles
             engine.run(x)
-        per_row = engine._seconds_per_row or 0.0  # the value the threshold reads
-        path = "inline" if per_row * rows < engine._inline_below_s else "thread"
+        timer = engine._timer  # the pass timer that decides inline or thread
+        per_row = timer._seconds_per_row or 0.0  # the value the threshold reads
+        path = "inline" if timer.inline(rows) else "thread"
         report.add(f"| {rows} | {per_row * 1e6:.1f} | {per_row * rows * 1e6:.0f} | {path} |")
 
 
