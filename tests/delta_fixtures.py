@@ -19,7 +19,7 @@ from streamtrain.snapshot.publisher import SnapshotPublisher
 from streamtrain.snapshot.subscriber import SnapshotSubscriber
 from streamtrain.train.hooks import SnapshotRequest
 from streamtrain.train.row_tracker import RowTracker
-from streamtrain.train.weights import copy_weights
+from streamtrain.train.weights import copy_weights, take_snapshot
 from tests.integration.trainer_harness import pipeline_settings
 from tests.module_files import load_file
 
@@ -166,3 +166,20 @@ class SparseTrainer:
 
     def state(self) -> dict[str, torch.Tensor]:
         return model_state(self.model)
+
+
+def tracked_request(trainer: SparseTrainer, run_id: str) -> SnapshotRequest:
+    """What the training loop offers its publisher after ``trainer``'s steps: the rows its
+    tracker recorded (a delta), or the whole model when a base is due (``take_snapshot``)."""
+    taken = take_snapshot(trainer.model, trainer.tracker)
+    return SnapshotRequest(
+        version=trainer.step,
+        run_id=run_id,
+        tensors=taken.tensors,
+        data_watermark=None,
+        offsets={},
+        created_at=0.0,
+        wait_ready=taken.wait_ready,
+        rows=taken.rows,
+        complete=taken.complete,
+    )

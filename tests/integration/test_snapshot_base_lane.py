@@ -30,8 +30,7 @@ from streamtrain.snapshot.subscriber import SnapshotSubscriber
 from streamtrain.snapshot.writer import SnapshotWriter
 from streamtrain.train.hooks import SnapshotRequest
 from streamtrain.train.row_tracker import row_sparse_parameters
-from streamtrain.train.weights import take_snapshot
-from tests.delta_fixtures import SparseTrainer, build_model, sparse_publisher
+from tests.delta_fixtures import SparseTrainer, build_model, sparse_publisher, tracked_request
 from tests.integration.snapshot_harness import wait
 from tests.metrics_scrape import Exporter
 
@@ -106,18 +105,7 @@ def servers() -> Iterator[list[_Server]]:
 
 def _offer(trainer: SparseTrainer, publisher: SnapshotPublisher) -> SnapshotRequest:
     trainer.train(2)
-    taken = take_snapshot(trainer.model, trainer.tracker)
-    request = SnapshotRequest(
-        version=trainer.step,
-        run_id="run-l",
-        tensors=taken.tensors,
-        data_watermark=None,
-        offsets={},
-        created_at=0.0,
-        wait_ready=taken.wait_ready,
-        rows=taken.rows,
-        complete=taken.complete,
-    )
+    request = tracked_request(trainer, "run-l")
     publisher.offer(request)
     return request
 

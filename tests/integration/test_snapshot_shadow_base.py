@@ -8,9 +8,7 @@ import torch
 
 from streamtrain.kafka import KafkaConnection, create_topics
 from streamtrain.snapshot.subscriber import SnapshotSubscriber
-from streamtrain.train.hooks import SnapshotRequest
-from streamtrain.train.weights import take_snapshot
-from tests.delta_fixtures import PARAMS, SparseTrainer, sparse_publisher
+from tests.delta_fixtures import PARAMS, SparseTrainer, sparse_publisher, tracked_request
 
 HASH = "e" * 64
 
@@ -27,22 +25,10 @@ def test_a_scheduled_base_is_the_model_at_its_step_from_rows_only(
     table = "table.weight"
     for _ in range(7):
         trainer.train(3)
-        taken = take_snapshot(trainer.model, trainer.tracker)
-        copied_rows.append(taken.tensors[table].shape[0])
+        request = tracked_request(trainer, "run")
+        copied_rows.append(request.tensors[table].shape[0])
         states[trainer.step] = trainer.state()
-        publisher.offer(
-            SnapshotRequest(
-                version=trainer.step,
-                run_id="run",
-                tensors=taken.tensors,
-                data_watermark=None,
-                offsets={},
-                created_at=0.0,
-                wait_ready=taken.wait_ready,
-                rows=taken.rows,
-                complete=taken.complete,
-            )
-        )
+        publisher.offer(request)
         assert publisher.flush(30)
     publisher.close(10)
     # Only the first snapshot copied the whole table on the training thread.
