@@ -45,6 +45,18 @@ class Tally:
     window: deque[tuple[float, RowScore]] = field(default_factory=deque)
     newest: float = float("-inf")
 
+    def running_sums(self) -> tuple[int, int, float, float, float, float, float]:
+        """The sums since start, in :class:`TallyReport`'s (and the checkpoint's) order."""
+        return (
+            self.served,
+            self.labelled,
+            self.loss_sum,
+            self.loss_squares,
+            self.correct,
+            self.abs_error_sum,
+            self.squared_error_sum,
+        )
+
     def add(self, served_at: float, row: RowScore, window_s: float, max_rows: int) -> None:
         self.labelled += 1
         self.loss_sum += row.loss
@@ -134,18 +146,7 @@ class VersionBooks:
             ]
             entries += [(OLDER, arm, t) for arm, t in self._older.items()]
             return [
-                TallyReport(
-                    version,
-                    arm,
-                    t.served,
-                    t.labelled,
-                    t.loss_sum,
-                    t.loss_squares,
-                    t.correct,
-                    t.abs_error_sum,
-                    t.squared_error_sum,
-                    t.figures(self.spec, self.window_s),
-                )
+                TallyReport(version, arm, *t.running_sums(), t.figures(self.spec, self.window_s))
                 for version, arm, t in entries
             ]
 

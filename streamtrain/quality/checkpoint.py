@@ -122,16 +122,7 @@ def _pack_tallies(tensors: Tensors, tallies: list[tuple[int | None, Arm, Tally]]
 
 
 def _sums(t: Tally) -> tuple[float, ...]:
-    return (
-        t.served,
-        t.labelled,
-        t.loss_sum,
-        t.loss_squares,
-        t.correct,
-        t.abs_error_sum,
-        t.squared_error_sum,
-        t.newest,
-    )
+    return (*t.running_sums(), t.newest)
 
 
 def _unpack_tallies(
