@@ -28,11 +28,12 @@ alike. :meth:`DynamicMapping.observe` runs once per training step, before the fo
 Decisions and lookups run in host memory on numpy views of the buffers (the buffers stay on
 the CPU when the model moves to a GPU, as Monolith keeps its hash tables on the host): a step
 makes a few dozen operations on arrays of a batch's size, where torch's per-operation dispatch
-cost more than the work. The ID lookup is derived state (:mod:`.dynamic_lookup`): updated by
-the rows a step changed, and rebuilt when the buffers were written from outside (a checkpoint
-load, a served base: the buffer's version moved). A step costs O(batch log capacity) plus, when
-it admits or evicts, a few O(capacity) passes (victim choice, the lookup's array copy); no sort
-of the table.
+cost more than the work. The ID lookup (:mod:`.dynamic_lookup`) and the free rows and victim
+orders (:mod:`.dynamic_victims`) are derived state: updated by the rows a step changed, and
+rebuilt from the buffers alone when they were written from outside (a checkpoint load, a
+served base: the buffer's version moved), so a restored trainer decides as one that never
+stopped. A step costs O(batch log capacity) amortised (plus O(sqrt(capacity)) to keep the
+lookup's recent level sorted); nothing scans, sorts or copies the table per step.
 """
 
 from __future__ import annotations
@@ -87,6 +88,7 @@ class Observed:
     reset: torch.Tensor
     changed_slots: Int64s
     changed_cells: Int64s
+    step: int = 0  # the table's step after this one
     admitted: int = 0
     refused: dict[str, int] = field(
         default_factory=lambda: {"filter": 0, "probability": 0, "full": 0}
@@ -123,7 +125,10 @@ class DynamicMapping(nn.Module):
         self.register_buffer("step", torch.zeros((), dtype=torch.int64))
         self._seed_mix = int(_mix64(np.array([settings.seed]))[0])
         self._lookup: SortedLookup | None = None  # see _sorted
-        self._victims: tuple[tuple[tuple[int, int], ...], Placement] | None = None
+        # derived with the lookup, dropped when it is rebuilt (the buffers were written from
+        # outside): numpy views of the buffers, and the free rows and victim orders
+        self._views = _Views.of(self)
+        self._placement: Placement | None = None
 
     def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> Any:
         """The mapping stays in host memory whatever device or dtype the model moves to
@@ -154,7 +159,10 @@ class DynamicMapping(nn.Module):
         return self._sorted()
 
     def rebuild(self) -> SortedLookup:
-        """Sort the owned rows by raw ID (after a checkpoint load or a base)."""
+        """Sort the owned rows by raw ID (after a checkpoint load or a base); the free rows and
+        victim orders are rebuilt at the next step from the buffers alone."""
+        self._views = _Views.of(self)
+        self._placement = None
         self._lookup = SortedLookup.build(self.slot_ids)
         return self._lookup
 
@@ -172,7 +180,7 @@ class DynamicMapping(nn.Module):
 
     def rows(self, ids: torch.Tensor) -> torch.Tensor:
         """The physical row of each ID: its own, or ``capacity + hash % fallback_rows``."""
-        on_host = ids.device.type == "cpu"  # no .cpu() / .to() dispatch for host tensors
+        on_host = ids.is_cpu  # no .cpu() / .to() dispatch for host tensors
         raw = ids.numpy() if on_host else ids.cpu().numpy()
         hit, rows = self._sorted().find(raw)
         if self.settings.fallback_rows == 1:  # one shared row: no hash to compute
@@ -186,41 +194,36 @@ class DynamicMapping(nn.Module):
     # Written for few numpy operations per step rather than few lines: at a batch's size each
     # operation costs about its dispatch, so e.g. the unique IDs come from one sort and a mask
     # (``np.unique`` makes a dozen), and no array is made only to be overwritten.
-    def _placement(self) -> Placement:
-        """Free rows and victim orders (:mod:`.dynamic_victims`); rebuilt from the buffers when
-        they were written from outside (a checkpoint load: the versions moved)."""
-        made_from = (token(self.slot_ids), token(self.last_seen), token(self.use_count))
-        cached = self._victims
-        if cached is not None and cached[0] == made_from:
-            return cached[1]
-        s = self.settings
-        placement = Placement(
-            self.slot_ids.numpy(),
-            self.last_seen.numpy(),
-            self.use_count.numpy(),
-            lru=s.evict == "lru" or bool(s.expire_after_steps),
-            lfu=s.evict == "lfu",
-        )
-        self._victims = (made_from, placement)
+    def _placed(self, views: _Views) -> Placement:
+        """Free rows and victim orders (:mod:`.dynamic_victims`), built from the buffers after
+        a rebuild of the lookup (a checkpoint load: their versions moved)."""
+        placement = self._placement
+        if placement is None:
+            s = self.settings
+            placement = self._placement = Placement(
+                views.slot_ids,
+                views.last_seen,
+                views.use_count,
+                lru=s.evict == "lru" or bool(s.expire_after_steps),
+                lfu=s.evict == "lfu",
+            )
         return placement
 
     def observe(self, ids: torch.Tensor) -> Observed:
         """One training step's decisions for the IDs of its (union) batch; see the module doc."""
         lookup = self._sorted()  # before any write: a load since the last step rebuilds them
-        placement = self._placement()
-        step_view = self.step.numpy()
-        step = int(step_view) + 1
-        step_view[()] = step
-        raw = ids.numpy() if ids.device.type == "cpu" else ids.cpu().numpy()
+        views = self._views
+        placement = self._placed(views)
+        step = int(views.step) + 1
+        views.step[()] = step
+        raw = ids.numpy() if ids.is_cpu else ids.cpu().numpy()
         distinct, occurrences = _counted(raw)
         hit, found = lookup.find(distinct)
         seen = found[hit]  # distinct IDs own distinct rows
-        last_seen, use_count = self.last_seen.numpy(), self.use_count.numpy()
+        last_seen, use_count = views.last_seen, views.use_count
         last_seen[seen] = step
         use_count[seen] += occurrences[hit]
-        out = Observed(
-            reset=torch.empty(0, dtype=torch.int64), changed_slots=seen, changed_cells=_NO_ROWS
-        )
+        out = Observed(reset=_NO_RESET, changed_slots=seen, changed_cells=_NO_ROWS, step=step)
         expired = self._expire(step, placement, out) if self.settings.expire_after_steps else None
         if expired is None and bool(hit.all()):
             placement.stamped(step, np.sort(seen))
@@ -235,17 +238,16 @@ class DynamicMapping(nn.Module):
         out.refused["full"] = fresh.size - taken
         if taken < fresh.size:
             fresh, counts, cells = fresh[:taken], counts[:taken], cells[:taken]
-        slot_ids = self.slot_ids.numpy()
-        slot_ids[placed] = fresh
+        views.slot_ids[placed] = fresh
         last_seen[placed] = step
         use_count[placed] = counts
         if self.settings.cells and taken:
-            self.filter_counts.numpy()[cells] = 0  # evicted later, it earns admission again
+            views.filter_counts[cells] = 0  # evicted later, it earns admission again
         out.admitted = taken
         out.reset = torch.from_numpy(placed)
         freed = 0 if expired is None else expired.size
         owned = lookup.owned - freed + taken - evicted
-        self._lookup = lookup.replace(fresh, placed, owned, token(self.slot_ids))
+        self._lookup = lookup.replace(fresh, placed, owned, lookup.made_from)
         stamped = np.concatenate([seen, placed])
         placement.stamped(step, np.sort(stamped))
         out.changed_slots = stamped if expired is None else np.concatenate([stamped, expired])
@@ -257,7 +259,7 @@ class DynamicMapping(nn.Module):
         stale = placement.recency.pop(step - self.settings.expire_after_steps, self.capacity)
         if stale.size == 0:
             return None
-        self.slot_ids.numpy()[stale] = EMPTY  # their pairs in the lookup are stale now
+        self._views.slot_ids[stale] = EMPTY  # their pairs in the lookup are stale now
         placement.free.add(stale)
         out.evicted["expired"] = stale.size
         return stale
@@ -279,7 +281,7 @@ class DynamicMapping(nn.Module):
         if self.settings.cells:
             k = self.settings.admit_after
             cells = self._cells(ids)
-            filter_counts = self.filter_counts.numpy()
+            filter_counts = self._views.filter_counts
             np.add.at(filter_counts, cells, counts)
             total = np.minimum(filter_counts[cells], k)  # saturating
             filter_counts[cells] = total
@@ -315,6 +317,25 @@ class DynamicMapping(nn.Module):
 
 
 _NO_ROWS: Int64s = np.empty(0, dtype=np.int64)
+_NO_RESET = torch.empty(0, dtype=torch.int64)  # read only: an Observed that reset no row
+
+
+@dataclass(frozen=True)
+class _Views:
+    """numpy views of a mapping's buffers (taking one costs a dispatch: once per rebuild)."""
+
+    slot_ids: Int64s
+    last_seen: Int64s
+    use_count: Int64s
+    step: Int64s
+    filter_counts: Int64s
+
+    @classmethod
+    def of(cls, m: DynamicMapping) -> _Views:
+        cells = m.filter_counts.numpy() if m.settings.cells else _NO_ROWS
+        return cls(
+            m.slot_ids.numpy(), m.last_seen.numpy(), m.use_count.numpy(), m.step.numpy(), cells
+        )
 
 
 def _counted(ids: Int64s) -> tuple[Int64s, Int64s]:

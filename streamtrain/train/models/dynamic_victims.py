@@ -24,7 +24,7 @@ stamp than its old one, so exactly one entry per owned row is valid.
 
 All of it is derived state: never checkpointed, never published. After the buffers were written
 from outside (a checkpoint load, a restart), it is rebuilt from ``slot_ids``, ``last_seen``
-and ``use_count`` alone (:meth:`Placement.build`, one sort of the table), which orders the
+and ``use_count`` alone (:class:`Placement`, one sort of the owned rows), which orders the
 valid entries exactly as a run that never stopped, so a replay decides alike.
 """
 
