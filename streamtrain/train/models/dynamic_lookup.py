@@ -155,17 +155,22 @@ def mapping_problem(
         return f"slot_ids have shape {list(ids.shape)}, the table expects [{size}]"
     new = ids.numpy()
     owned = new[new != EMPTY]
-    unique, counts = np.unique(owned, return_counts=True)
-    if unique.size != owned.size:
-        return f"slot_ids give ID {int(unique[counts > 1][0])} more than one row"
+    ordered = np.sort(owned)  # a sort and a comparison: np.unique makes a dozen passes
+    twice = np.flatnonzero(ordered[1:] == ordered[:-1])
+    if twice.size:
+        return f"slot_ids give ID {int(ordered[twice[0]])} more than one row"
     if index is None:
         return None
     rows = index.numpy()
-    hit, at = lookup.find(unique)
-    if rows.size and np.unique(rows).size != rows.size:
+    ordered_rows = np.sort(rows)
+    if rows.size and np.count_nonzero(ordered_rows[1:] == ordered_rows[:-1]):
         return "slot_ids rows are listed more than once"
+    # only an ID that comes to a row can be owned elsewhere (a row keeping its owner holds an
+    # ID owned once already): a delta lists every row seen, a few of them with a new owner
+    came = new[(new != lookup.owners[rows]) & (new != EMPTY)]
+    hit, at = lookup.find(came)
     elsewhere = hit & ~np.isin(at, rows)
     if elsewhere.any():
         first = int(np.flatnonzero(elsewhere)[0])
-        return f"slot_ids give ID {int(unique[first])} a second row: row {int(at[first])} keeps it"
+        return f"slot_ids give ID {int(came[first])} a second row: row {int(at[first])} keeps it"
     return None
