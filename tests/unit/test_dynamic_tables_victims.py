@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from streamtrain.train.models import dynamic_victims
 from streamtrain.train.models.dynamic_lookup import EMPTY, SortedLookup
 from streamtrain.train.models.dynamic_table import DynamicMapping
 from streamtrain.train.models.dynamic_victims import FreeRows, RecencyQueue
@@ -25,8 +26,15 @@ LONG = {
 }
 
 
+@pytest.fixture(params=["runs", "scan"])
+def lfu_by(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """LFU victims from the frequency runs (every size) or the scan (every size)."""
+    monkeypatch.setattr(dynamic_victims, "SCAN_BELOW", 0 if request.param == "runs" else 1 << 40)
+    return str(request.param)
+
+
 @pytest.mark.parametrize("case", list(LONG))
-def test_a_long_churn_decides_as_the_reference_model(case: str) -> None:
+def test_a_long_churn_decides_as_the_reference_model(case: str, lfu_by: str) -> None:
     settings = TableSettings(kind="dynamic", capacity=150, fallback_rows=1, **LONG[case])
     mapping = DynamicMapping(settings)
     reference = Reference(settings, mapping._cells)
@@ -41,7 +49,9 @@ def test_a_long_churn_decides_as_the_reference_model(case: str) -> None:
 
 
 @pytest.mark.parametrize("evict", ["lru", "lfu"])
-def test_a_mapping_restored_mid_stream_decides_as_one_that_never_stopped(evict: str) -> None:
+def test_a_mapping_restored_mid_stream_decides_as_one_that_never_stopped(
+    evict: str, lfu_by: str
+) -> None:
     settings = TableSettings(kind="dynamic", capacity=90, evict=evict, expire_after_steps=9)
     stream = [torch.tensor(b, dtype=torch.int64) for b in churn(300, 30, seed=4)]
     kept = DynamicMapping(settings)
@@ -97,6 +107,4 @@ def test_the_lookup_believes_no_pair_the_mapping_no_longer_holds() -> None:
     m.slot_ids[1] = 99  # written behind the lookup's back: 11's pair is stale, 99 unknown
     hit, rows = lookup.find(np.array([10, 11, 99], dtype=np.int64))
     assert hit.tolist() == [True, False, False] and rows[0] == 0
-    assert SortedLookup.build(m.slot_ids).find(np.array([99], dtype=np.int64))[0].tolist() == [
-        True
-    ]
+    assert SortedLookup.build(m.slot_ids).find(np.array([99], dtype=np.int64))[0].tolist() == [True]

@@ -311,7 +311,7 @@ class DynamicMapping(nn.Module):
             victims = placement.recency.pop(step, need)  # every stamp queued is before step
         else:
             assert placement.frequency is not None
-            victims = placement.frequency.pop(need)
+            victims = placement.frequency.pop(need, step)
         out.evicted[self.settings.evict] = victims.size
         return (np.concatenate([free, victims]) if free.size else victims), victims.size
 

@@ -16,7 +16,9 @@ in O(batch log capacity) amortised:
 - :class:`FrequencyRuns`: the same entries with their use counts, in sorted runs of
   geometrically growing sizes (a log-structured merge: each step's entries are one run, runs
   of similar size are merged, dropping stale entries); the LFU victims are the smallest valid
-  keys across the runs' fronts (about log2(capacity / batch) runs).
+  keys across the runs' fronts (about log2(capacity / batch) runs). Below :data:`SCAN_BELOW`
+  rows, :class:`FrequencyScan` chooses them by one pass over the table instead: at that size
+  the pass is fewer operations than the runs' upkeep (the churn bench's 711-row tables).
 
 An entry's validity is one comparison: every write of ``last_seen`` (a hit, a placement)
 appends an entry with the new stamp, stamps only grow, and a row's new owner gets a later
@@ -36,6 +38,8 @@ import numpy.typing as npt
 from streamtrain.train.models.dynamic_lookup import EMPTY, Int64s
 
 _NO_ROWS: Int64s = np.empty(0, dtype=np.int64)
+_BIG = (1 << 63) - 1
+SCAN_BELOW = 4096  # LFU tables of fewer rows choose victims by a scan (FrequencyScan)
 
 
 def _merge_sorted(a: Int64s, b: Int64s) -> Int64s:
@@ -186,7 +190,7 @@ class FrequencyRuns:
             keep = self._valid(stamps, rows)
             self._runs.append(self._sorted(counts[keep], stamps[keep], rows[keep]))
 
-    def pop(self, limit: int) -> Int64s:
+    def pop(self, limit: int, step: int) -> Int64s:
         """Up to ``limit`` owned rows with the smallest keys, in the documented order: the ones
         below the last one's count by row, then its ties by key (called before this step's
         push: every valid entry is of a row not seen in this step)."""
@@ -227,6 +231,34 @@ class FrequencyRuns:
             width *= 2
 
 
+class FrequencyScan:
+    """LFU victims by one pass over a small table: below :data:`SCAN_BELOW` rows the scan is
+    fewer numpy operations than the runs' upkeep (a step's cost there is the operations'
+    dispatch, not their length). Same order as :meth:`FrequencyRuns.pop`."""
+
+    def __init__(self, owners: Int64s, last_seen: Int64s, use_count: Int64s) -> None:
+        self._owners, self._last_seen, self._use_count = owners, last_seen, use_count
+        self._row_index = np.arange(owners.size, dtype=np.int64)
+
+    def push(self, stamp: int, rows: Int64s) -> None:
+        """Nothing to keep: the buffers are the state."""
+
+    def pop(self, limit: int, step: int) -> Int64s:
+        last_seen = self._last_seen
+        evictable = (self._owners != EMPTY) & (last_seen < step)
+        m = min(limit, int(np.count_nonzero(evictable)))
+        if m == 0:
+            return _NO_ROWS
+        uses = np.where(evictable, self._use_count, _BIG)
+        threshold = np.partition(uses, m - 1)[m - 1]
+        below = np.flatnonzero(uses < threshold)
+        recency = last_seen * self._owners.size + self._row_index  # unique keys: ties end alike
+        tied = np.where(uses == threshold, recency, _BIG)
+        k = m - below.size
+        part = np.argpartition(tied, k - 1)[:k]
+        return np.concatenate([below, part[np.argsort(tied[part])]])
+
+
 def _live(run: tuple[Int64s, Int64s, Int64s, list[int]]) -> int:
     return run[0].size - run[3][0]
 
@@ -244,7 +276,11 @@ class Placement:
         owned = np.flatnonzero(owners != EMPTY)
         by_recency = owned[np.argsort(last_seen[owned], kind="stable")]
         self.recency = RecencyQueue(owners, last_seen, by_recency) if lru else None
-        self.frequency = FrequencyRuns(owners, last_seen, use_count, owned) if lfu else None
+        self.frequency: FrequencyRuns | FrequencyScan | None = None
+        if lfu and owners.size < SCAN_BELOW:
+            self.frequency = FrequencyScan(owners, last_seen, use_count)
+        elif lfu:
+            self.frequency = FrequencyRuns(owners, last_seen, use_count, owned)
 
     def stamped(self, step: int, rows: Int64s) -> None:
         """Rows (ascending, distinct) whose ``last_seen`` became ``step``."""
