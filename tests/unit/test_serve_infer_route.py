@@ -264,3 +264,27 @@ def test_keep_alive_closes_an_idle_connection_and_never_a_busy_one() -> None:
                 assert _value(_response(conn, pending)[2]) == 3.5
                 threading.Event().wait(0.2)
             assert conn.recv(1) == b""  # then idle: closed after 2 s, before the 10 s timeout
+
+
+def test_a_drain_answers_the_request_in_flight_then_closes() -> None:
+    with _worker(threaded=True) as worker:
+        conn = socket.create_connection(("127.0.0.1", worker.port), timeout=10)
+        whole = _request(_body())
+        conn.sendall(whole[:-5])  # the server holds a started request, its body unfinished
+        stopping = threading.Thread(target=worker.stop)
+        stopping.start()
+        for _ in range(1000):  # until the drain has begun: no new connection is accepted
+            try:
+                socket.create_connection(("127.0.0.1", worker.port), timeout=1).close()
+            except OSError:
+                break
+            threading.Event().wait(0.01)
+        else:
+            raise AssertionError("the server went on accepting connections after stop()")
+        conn.sendall(whole[-5:])
+        status, headers, body = _response(conn, bytearray())
+        assert status == 200 and _value(body) == 3.5
+        assert headers.get("connection") == "close" and conn.recv(1) == b""
+        conn.close()
+        stopping.join(30)
+        assert not stopping.is_alive()
