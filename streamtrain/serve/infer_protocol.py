@@ -229,7 +229,8 @@ class InferRouteProtocol(OneWriteHttpToolsProtocol):
         except Exception:  # our own fault past the data plane's: uvicorn's answer to one
             log.exception("answering an infer request failed")
             cycle.keep_alive = False
-            answer = Answer(500, b"Internal Server Error", [(b"content-length", b"21")])
+            plain = [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", b"21")]
+            answer = Answer(500, b"Internal Server Error", plain)
             data = self._encode(answer, cycle)
         if cycle.disconnected:
             return  # as uvicorn's send: nobody to answer, the connection is gone
