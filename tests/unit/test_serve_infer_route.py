@@ -288,3 +288,27 @@ def test_a_drain_answers_the_request_in_flight_then_closes() -> None:
         conn.close()
         stopping.join(30)
         assert not stopping.is_alive()
+
+
+class _BrokenEngine:
+    async def infer(self, features: object, sparse: object = None) -> object:
+        raise RuntimeError("a fault of the server, not of the request")
+
+    def close(self) -> None:
+        return None
+
+
+def test_a_server_fault_is_one_500_line_on_both_paths(fast_answers: list[str]) -> None:
+    answers = []
+    for http in ("infer-route", "one-write"):
+        served = served_model(_slot(), _SPEC, "m", engine=_BrokenEngine())  # type: ignore[arg-type]
+        worker = _start(served, http)
+        try:
+            answers.append(_exchange(worker, _request(_body(), "Connection: close\r\n")))
+        finally:
+            worker.stop()
+    assert len(fast_answers) == 1
+    assert _without_date(answers[0]) == _without_date(answers[1])
+    assert (
+        answers[0].startswith(b"HTTP/1.1 500") and b"internal error during inference" in answers[0]
+    )
