@@ -179,8 +179,9 @@ def _subscriber(bootstrap: str, topic: str, slot: Any) -> Any:
 
 def replica(args: argparse.Namespace, bootstrap: str, topic: str, out: Any) -> None:
     """A replica started mid-run (issue 26): time from its start to ready, and the part of it
-    spent reading and verifying the one base it loads (``newest_first`` yields the deltas
-    newest first, then that base: the base's read is the time between the two yields)."""
+    spent reading and verifying the one base it loads (``catch_up_order`` scans the
+    manifests, then yields the newest base first: the base's read is the time from the end
+    of the scan to its yield)."""
     from streamtrain.serve.weights.slot import WeightSlot
     from streamtrain.serve.weights.watcher import SnapshotWatcher
     from streamtrain.train.row_tracker import row_sparse_buffers, row_sparse_parameters
@@ -190,16 +191,21 @@ def replica(args: argparse.Namespace, bootstrap: str, topic: str, out: Any) -> N
     shared = frozenset(row_sparse_parameters(model)) | frozenset(row_sparse_buffers(model))
     slot = WeightSlot(model, shared=shared)
     source = _subscriber(bootstrap, topic, slot)
-    original = source.newest_first
+    original, original_scan = source.catch_up_order, source._scan
     yields: list[tuple[str, float]] = []
 
-    def timed_newest_first(timeout_s: float) -> Any:
-        yields.append(("start", time.perf_counter()))
-        for snapshot in original(timeout_s):
+    def timed_scan(timeout_s: float) -> Any:
+        found = original_scan(timeout_s)
+        yields.append(("scanned", time.perf_counter()))
+        return found
+
+    def timed_catch_up_order(timeout_s: float, wanted: Any) -> Any:
+        for snapshot in original(timeout_s, wanted):
             yields.append((snapshot.manifest.kind, time.perf_counter()))
             yield snapshot
 
-    source.newest_first = timed_newest_first  # type: ignore[method-assign]
+    source._scan = timed_scan  # type: ignore[method-assign]
+    source.catch_up_order = timed_catch_up_order  # type: ignore[method-assign]
     started = time.perf_counter()
     watcher = SnapshotWatcher(source, slot, poll_timeout_s=0.05).start()
     while not slot.ready:
@@ -215,9 +221,9 @@ def replica(args: argparse.Namespace, bootstrap: str, topic: str, out: Any) -> N
         {
             "ready s": ready,
             "base read s": base_to - base_from,
-            # phases, s after the watcher started: first snapshot verified (the scan and the
-            # newest delta), the base's read started (deltas newer than it read before it)
-            "first yield at s": yields[1][1] - started if len(yields) > 1 else nan,
+            # phases, s after the watcher started: the scan of the manifests done, the base's
+            # read started (after the scan, or after the deltas read before it)
+            "scan done at s": yields[0][1] - started if yields else nan,
             "base read from s": base_from,
             "deltas read before it": base_at - 1 if base_at else 0,
             "version": None if info is None else info.version,

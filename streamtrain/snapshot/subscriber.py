@@ -16,8 +16,12 @@ from streamtrain.kafka.records import KafkaRecord
 from streamtrain.sample.record_mark import RecordMark, mark_of
 from streamtrain.snapshot import wire
 from streamtrain.snapshot.assembly import Assembler
-from streamtrain.snapshot.manifest import SnapshotHeader, SnapshotManifest, parse_snapshot_id
-from streamtrain.snapshot.scan import Candidate, scan_manifests
+from streamtrain.snapshot.manifest import (
+    SnapshotHeader,
+    SnapshotOrder,
+    parse_snapshot_id,
+)
+from streamtrain.snapshot.scan import Candidate, catch_up_plan, read_chunks, scan_manifests
 from streamtrain.snapshot.signing import ManifestVerifier
 from streamtrain.snapshot.spool import Chunk, Spool, return_chunk_buffers
 from streamtrain.snapshot.verify import (
@@ -147,30 +151,46 @@ class SnapshotSubscriber:
         Kafka errors (unreachable broker) propagate; ``timeout_s`` spent mid-scan ends the
         scan early with what was found (logged).
         """
+        yield from self._read_each(self._scan(timeout_s))
+
+    def catch_up_order(
+        self, timeout_s: float, wanted: Callable[[SnapshotOrder], bool]
+    ) -> Iterator[ReceivedSnapshot]:
+        """:meth:`newest_first` in the order that makes a catching-up server ready soonest
+        (``scan.catch_up_plan``); a snapshot not ``wanted`` when its turn comes is not read."""
+        yield from self._read_each(catch_up_plan(self._scan(timeout_s), wanted), wanted)
+
+    def _scan(self, timeout_s: float) -> list[Candidate]:
+        """Steps 1-3 of :meth:`newest_first`."""
         deadline = time.monotonic() + timeout_s
         if not self._reader.exists():
             self._topic_was_missing = True
             log.info("snapshot topic %s does not exist yet", self.topic)
-            return
+            return []
         try:
             low, high = self._reader.bounds(deadline)
         except ReadTimeout as exc:
             log.warning("no snapshot found on %s within %.1f s: %s", self.topic, timeout_s, exc)
-            return
+            return []
         self._place_tail(high)
         candidates = scan_manifests(self._reader, low, high, deadline, self._screen, self._queue)
-        for candidate in sorted(candidates, key=lambda c: c.manifest.order, reverse=True):
+        return sorted(candidates, key=lambda c: c.manifest.order, reverse=True)
+
+    def _read_each(
+        self,
+        candidates: Iterable[Candidate],
+        wanted: Callable[[SnapshotOrder], bool] = lambda order: True,
+    ) -> Iterator[ReceivedSnapshot]:
+        """Step 4 of :meth:`newest_first`, for the candidates still ``wanted``."""
+        for candidate in candidates:
+            if not wanted(candidate.manifest.order):
+                continue
             read_by = time.monotonic() + _BACK_READ_S
             spool = self._assembler.new_spool()
             try:
-                self._read_chunks(candidate.manifest, candidate.offset, read_by, spool)
+                read_chunks(self._reader, candidate, read_by, spool, self.max_chunks)
             except ReadTimeout as exc:
-                result: Result = RejectedSnapshot(
-                    "incomplete",
-                    f"snapshot {candidate.manifest.snapshot_id}: its chunks could not be read "
-                    f"back: {exc}",
-                    candidate.manifest.version,
-                )
+                result: Result = _incomplete(candidate.manifest.snapshot_id, exc)
             else:
                 result = self._verified(candidate, spool)
             finally:
@@ -321,14 +341,7 @@ class SnapshotSubscriber:
         try:
             return [self._load(record, header, spool, deadline)]
         except ReadTimeout as exc:
-            parsed = parse_snapshot_id(header.snapshot_id)
-            return [
-                RejectedSnapshot(
-                    "incomplete",
-                    f"snapshot {header.snapshot_id}: its chunks could not be read back: {exc}",
-                    parsed[1] if parsed else None,
-                )
-            ]
+            return [_incomplete(header.snapshot_id, exc)]
         finally:
             spool.close()
 
@@ -356,38 +369,17 @@ class SnapshotSubscriber:
         if isinstance(candidate, RejectedSnapshot):
             return candidate
         if not spool.complete(candidate.manifest.chunk_count):
-            self._read_chunks(candidate.manifest, record.offset, deadline, spool)
+            read_chunks(self._reader, candidate, deadline, spool, self.max_chunks)
         return self._verified(candidate, spool)
 
-    def _read_chunks(
-        self,
-        manifest: SnapshotManifest,
-        manifest_offset: int,
-        deadline: float,
-        spool: Spool,
-    ) -> None:
-        """Read this snapshot's chunks between its first chunk and its manifest into ``spool``."""
-        start = manifest.first_chunk_offset
-        if start is None:
-            # A manifest without the offset: its chunks precede it, normally contiguously.
-            start = manifest_offset - 2 * manifest.chunk_count - 16
-        nbytes = 0
-        # Chunks before the first stored offset were deleted by retention: assemble() reports
-        # them missing ("incomplete").
-        start = max(start, self._reader.low())
-        for record in self._reader.read(start, manifest_offset, deadline):
-            header = wire.parse_headers(record.headers)
-            if header is None or header.kind != "chunk":
-                continue
-            if header.snapshot_id != manifest.snapshot_id:
-                continue
-            data = bytes(record.value or b"")
-            nbytes += len(data)
-            if nbytes > manifest.size_bytes + manifest.chunk_bytes or len(spool) > self.max_chunks:
-                break  # more than announced: verify_spool() reports the mismatch
-            spool.add(Chunk(header.index, header.count, data), header.sha256)
-            if spool.complete(manifest.chunk_count):
-                break
+
+def _incomplete(snapshot_id: str, exc: ReadTimeout) -> RejectedSnapshot:
+    parsed = parse_snapshot_id(snapshot_id)
+    return RejectedSnapshot(
+        "incomplete",
+        f"snapshot {snapshot_id}: its chunks could not be read back: {exc}",
+        parsed[1] if parsed else None,
+    )
 
 
 def _ms_left(deadline: float) -> int:
