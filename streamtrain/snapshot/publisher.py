@@ -22,6 +22,10 @@ from streamtrain.train.hooks import CopySpoiled, SnapshotRequest
 
 log = logging.getLogger(__name__)
 
+# The base lane acknowledges its chunks 8 MiB at a time, so deltas produced meanwhile reach
+# the broker's one partition between windows instead of behind the whole base (lanes.py).
+BASE_WINDOW_BYTES = 8 * 1024 * 1024
+
 
 class SnapshotPublisher:
     """Publishes weight snapshots to ``topic`` without ever blocking the training thread.
@@ -79,7 +83,7 @@ class SnapshotPublisher:
         signer: ManifestSigner | None = None,
         shard: ShardSpec | None = None,
     ) -> None:
-        def writer(lane: str) -> SnapshotWriter:
+        def writer(lane: str, window_bytes: int | None = None) -> SnapshotWriter:
             return SnapshotWriter(
                 kafka=kafka,
                 topic=topic,
@@ -89,6 +93,7 @@ class SnapshotPublisher:
                 signer=signer,
                 lane=lane,
                 shard=shard,
+                window_bytes=window_bytes,
             )
 
         self._writer = writer("")
@@ -104,7 +109,7 @@ class SnapshotPublisher:
         self._failed = False  # the last publish failed; its rows wait in ``_next``
         self._broken = False  # rule 6: a spoiled copy; deltas wait for a whole snapshot
         self._bases = BaseLane(
-            writer(wire.BASE_LANE),
+            writer(wire.BASE_LANE, BASE_WINDOW_BYTES),
             newest=self._newest,
             on_published=self._base_published,
             on_failed=self._base_failed,
