@@ -9,24 +9,27 @@ from contextlib import contextmanager
 
 import pytest
 
-from streamtrain.train.snapshot_copy import SnapshotCopier, _Job
+from streamtrain.train.snapshot_copy import _Background
 
 
 @contextmanager
-def copy_gate(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[threading.Event, threading.Event]]:
-    """(held, release): the copy thread stops before each chunk once a row-sparse table has
-    a chunk copied (``held`` set) until ``release`` is set (set again on exit)."""
+def copy_gate(
+    monkeypatch: pytest.MonkeyPatch, dense: bool = False
+) -> Iterator[tuple[threading.Event, threading.Event]]:
+    """(held, release): the copy thread stops before each chunk of a row-sparse table (of
+    any tensor with ``dense``) after its first (``held`` set) until ``release`` is set (set
+    again on exit)."""
     held, release = threading.Event(), threading.Event()
-    original = SnapshotCopier._run
+    original = _Background.copy_rows
 
-    def gated(self: SnapshotCopier, job: _Job, chunks: int | None = None) -> None:
-        started = any(b.sparse and b.copied for b in job.tensors)
-        if threading.current_thread().name == "snapshot-copy" and started:
+    def gated(self: _Background, start: int, stop: int) -> None:
+        gated_tensor = self.sparse or dense
+        if threading.current_thread().name == "snapshot-copy" and gated_tensor and start > 0:
             held.set()
             release.wait(60)
-        original(self, job, chunks)
+        original(self, start, stop)
 
-    monkeypatch.setattr(SnapshotCopier, "_run", gated)
+    monkeypatch.setattr(_Background, "copy_rows", gated)
     try:
         yield held, release
     finally:

@@ -10,25 +10,26 @@ exactly the weights at its step:
    ``min_bytes`` and every tensor of a module that changes rows outside optimizer steps (a
    dynamic table, ``row_tracker.ReportsRows``), and only allocates the rest, the *background
    tensors* (CPU parameters), noting their in-place version counters.
-2. The copy thread copies the background tensors in row chunks of ``chunk_bytes`` under the
-   copier's lock, the dense ones first; per tensor it keeps the boundary below which rows are
-   copied.
-3. Before every optimizer step (a step pre-hook, under the same lock) the rows the step is
-   about to change that lie at or above the boundary are saved first:
+2. The copy thread copies the background tensors in row chunks of ``chunk_bytes``, the
+   dense ones first, never holding the copier's lock while it copies: per tensor it keeps a
+   boundary, the first row of the chunk it is copying, moved on once that chunk is done.
+3. Before every optimizer step (a step pre-hook, under the lock, which guards only this
+   bookkeeping) the rows the step is about to change at or above the boundary are saved
+   first, into an undo log:
    - a row-sparse parameter (``row_tracker.row_sparse_parameters``) with a sparse gradient:
-     the rows the gradient names, each row once (an undo log). The step changes only those
+     the rows the gradient names, each row once. The step changes only those
      (``row_tracker.py`` rule 1; ``learner.check_sparse_gradients`` admits only such
      optimizers); without a gradient it changes none;
-   - any other background tensor: the rest of it is copied now (a dense step changes every
-     row).
-   After the last chunk the undo log is written over the copy: a saved row takes the value it
-   had before its first change, so the copy is the weights at the snapshot step.
+   - any other background tensor (or a dense gradient): every row from the boundary on.
+   After the last chunk the undo log is written over the copy, newest entries first: each
+   saved row takes the value it had before its first change, and a chunk read while a step
+   changed it is put right, so the copy is the weights at the snapshot step.
 4. A background tensor whose version counter moved outside an optimizer step (a rollback to
    the last good state, a checkpoint load, user code) before its copy finished spoils the
    snapshot: its ``wait_ready`` raises ``CopySpoiled`` (the publisher drops it and waits for
    a full snapshot) and ``take_spoiled`` makes the trainer's next snapshot a full one.
-5. A full snapshot taken while the previous one is still being copied first finishes that
-   copy on the training thread (a stall, only when full snapshots come faster than a copy).
+5. A full snapshot taken while the previous one is still being copied waits for that copy
+   to finish (a stall, only when full snapshots come faster than a copy).
 
 The training thread's time per snapshot (its part of 1, the saves of 3, any of 5) is one
 ``streamtrain_snapshot_stall_seconds`` observation, made when the copy completes.
@@ -52,7 +53,7 @@ from streamtrain.train.row_tracker import reporting_prefixes, row_sparse_paramet
 
 log = logging.getLogger(__name__)
 
-CHUNK_BYTES = 4 * 1024 * 1024  # about 1 ms of copying: the longest a step waits for the lock
+CHUNK_BYTES = 4 * 1024 * 1024  # the boundary moves this often: the rows a step may save
 MIN_BYTES = 1024 * 1024  # smaller tensors are copied at once (cheaper than tracking them)
 
 
@@ -96,8 +97,8 @@ class _Background:
     def done(self) -> bool:
         return self.copied >= self.rows
 
-    def copy_rows(self, stop: int) -> None:
-        start, self.copied = self.copied, stop
+    def copy_rows(self, start: int, stop: int) -> None:
+        """Rule 2 for rows [start, stop) (the copy thread, without the lock)."""
         with torch.no_grad():
             self.target[start:stop].copy_(self.param.detach()[start:stop])
 
@@ -113,13 +114,24 @@ class _Background:
         if index.numel() == 0:
             return
         self.saved[index] = True
+        self._log(index, self.param.detach().index_select(0, index))
+
+    def save_rest(self) -> None:
+        """Rule 3 for a step that may change any row: every row not copied yet, saved now."""
+        start, self.copied = self.copied, self.rows
+        self._log(torch.arange(start, self.rows), self.param.detach()[start:].clone())
+
+    def _log(self, index: torch.Tensor, values: torch.Tensor) -> None:
         self.log_index.append(index)
-        self.log_values.append(self.param.detach().index_select(0, index))
+        self.log_values.append(values)
 
     def undo(self) -> None:
-        """The end of rule 3: saved rows back to their values at the snapshot step."""
-        if self.log_index:
-            self.target.index_copy_(0, torch.cat(self.log_index), torch.cat(self.log_values))
+        """The end of rule 3: saved rows back to their values at the snapshot step. Newest
+        entries first, so a row saved twice ends with its first (oldest) saved value."""
+        with torch.no_grad():
+            entries = zip(self.log_index, self.log_values, strict=True)
+            for index, values in reversed(list(entries)):
+                self.target.index_copy_(0, index, values)
         self.log_index, self.log_values, self.saved = [], [], None
 
 
@@ -171,7 +183,6 @@ class SnapshotCopier:
         self._wake = threading.Condition(self._lock)
         self._job: _Job | None = None
         self._in_step = False
-        self._step_waiting = False
         self._spoiled = False
         self._closed = False
         self._thread: threading.Thread | None = None
@@ -195,7 +206,7 @@ class SnapshotCopier:
         with self._lock:
             previous = self._job
         if previous is not None:
-            self._run(previous)  # rule 5
+            previous.done.wait()  # rule 5: the copy thread finishes it
         params = dict(self._model.named_parameters(remove_duplicate=False))
         tensors: dict[str, torch.Tensor] = {}
         background: list[_Background] = []
@@ -236,7 +247,7 @@ class SnapshotCopier:
         with self._lock:
             job = self._job
         if job is not None:
-            self._run(job)
+            job.done.wait()
         with self._lock:
             self._closed = True
             self._wake.notify_all()
@@ -266,42 +277,42 @@ class SnapshotCopier:
                 job = self._job
                 if job is None:
                     return
-            self._run(job, chunks=1)
+            self._run(job)
 
-    def _run(self, job: _Job, chunks: int | None = None) -> None:
-        """Copy ``chunks`` chunks of ``job`` (all that is left when None), then complete it
-        if nothing is left. The lock is taken per chunk, and a step waiting for it goes
-        first (``_step_waiting``), so a step waits for at most one chunk."""
-        while chunks is None or chunks > 0:
+    def _run(self, job: _Job) -> None:
+        """Rules 2-3 on the copy thread, the only one that writes ``job``'s tensors. The lock
+        is held for the bookkeeping only, never for a copy: a step saves the rows at or above
+        the boundary of each tensor (the start of the chunk being copied), so a chunk read
+        while a step changes it is put right by the undo log."""
+        while True:
             with self._lock:
-                state = self._copy_chunk(job)
-            if state == "gone":
+                claim = self._claim(job)
+            if claim is None:
                 return
-            if state == "copied":
-                while self._step_waiting:  # the lock is not fair: let the step have it
-                    time.sleep(0.0001)
-                if chunks is not None:
-                    chunks -= 1
-                continue
-            for background in job.tensors:  # no step saves rows for the job any more
-                background.undo()
-            job.done.set()
-            metrics.SNAPSHOT_STALL_SECONDS.observe(job.clock.seconds)
-            return
+            if claim == "complete":
+                break
+            background, start, stop = claim
+            background.copy_rows(start, stop)
+            with self._lock:
+                if background.copied == start:  # not saved whole by a step meanwhile
+                    background.copied = stop
+        for background in job.tensors:  # no step saves rows for the job any more
+            background.undo()
+        job.done.set()
+        metrics.SNAPSHOT_STALL_SECONDS.observe(job.clock.seconds)
 
-    def _copy_chunk(self, job: _Job) -> Literal["copied", "complete", "gone"]:
-        """One chunk of rule 2 (the lock is held); ``gone``: completed or spoiled already."""
+    def _claim(self, job: _Job) -> tuple[_Background, int, int] | Literal["complete"] | None:
+        """The next chunk of ``job`` (the lock is held); None when spoiled or taken over."""
         if self._job is not job:
-            return "gone"
+            return None
         left = next((b for b in job.tensors if not b.done), None)
         if left is None:
             self._job = None
             return "complete"
         if not self._in_step and left.param._version != left.version:
             self._spoil(job, left)
-            return "gone"
-        left.copy_rows(min(left.rows, left.copied + left.rows_per_chunk))
-        return "copied"
+            return None
+        return left, left.copied, min(left.rows, left.copied + left.rows_per_chunk)
 
     def _spoil(self, job: _Job, background: _Background) -> None:
         """Rule 4 (the lock is held)."""
@@ -320,9 +331,7 @@ class SnapshotCopier:
         if job is None:
             return
         started = time.perf_counter()
-        self._step_waiting = True
         with self._lock:
-            self._step_waiting = False
             if self._job is job:
                 self._save_rows(job)
                 self._in_step = self._job is job
@@ -338,11 +347,11 @@ class SnapshotCopier:
                 return
             grad = param.grad
             if not background.sparse:
-                background.copy_rows(background.rows)
+                background.save_rest()
             elif grad is not None and grad.is_sparse:
                 background.save(grad._indices()[0].detach().to("cpu"))
             elif grad is not None:  # a dense gradient: any row may move
-                background.copy_rows(background.rows)
+                background.save_rest()
 
     def _after_step(self, *_: object) -> None:
         if not self._in_step:

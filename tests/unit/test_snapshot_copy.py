@@ -92,7 +92,7 @@ def test_free_running_copies_stay_exact_over_many_snapshots() -> None:
     trainer.copier.close()
 
 
-def test_a_snapshot_taken_while_one_is_copied_finishes_that_one_first(
+def test_a_snapshot_taken_while_one_is_copied_waits_for_that_one(
     gate: tuple[threading.Event, threading.Event],
 ) -> None:
     held, release = gate
@@ -103,11 +103,13 @@ def test_a_snapshot_taken_while_one_is_copied_finishes_that_one_first(
     assert held.wait(10)
     trainer.train(4)
     second_state = trainer.state()
-    second = take_snapshot(trainer.model, None, trainer.copier)  # rule 5, the gate still shut
+    opener = threading.Timer(0.2, release.set)  # opens the gate while the next take waits
+    opener.start()
+    second = take_snapshot(trainer.model, None, trainer.copier)  # rule 5
+    opener.join()
     first.wait_ready()
     for name, tensor in first_state.items():
         assert torch.equal(first.tensors[name], tensor), name
-    release.set()
     trainer.train(2)
     second.wait_ready()
     for name, tensor in second_state.items():
@@ -161,3 +163,20 @@ def test_a_whole_request_merged_with_a_delta_does_not_wait_for_its_copy() -> Non
     merged.wait_ready()  # once only: the rows are not scattered twice
     assert merged.tensors["t"].tolist() == [[1.0, 1.0], [1.0, 1.0], [5.0, 5.0], [1.0, 1.0]]
     assert merged.tensors["b"].tolist() == [1.0]
+
+
+def test_a_dense_tensor_not_yet_copied_is_saved_whole_before_a_step(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with copy_gate(monkeypatch, dense=True) as (held, release):
+        trainer = _Trainer()
+        trainer.train(1)
+        at_step = trainer.state()
+        taken = take_snapshot(trainer.model, None, trainer.copier)
+        assert held.wait(10)  # the first dense tensor is part-copied
+        trainer.train(3)  # every dense row changes
+        assert not torch.equal(trainer.model.dense.weight, at_step["dense.weight"])
+        release.set()
+        taken.wait_ready()
+    for name, tensor in at_step.items():
+        assert torch.equal(taken.tensors[name], tensor), name
