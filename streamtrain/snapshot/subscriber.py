@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 Result = ReceivedSnapshot | RejectedSnapshot
 
+_SCAN_FETCH_BYTES = 64 * 1024  # a manifest, or one chunk's record: a window's worth
 _BACK_READ_S = 30.0  # budget to re-read a snapshot's chunks the tail did not see
 # Rejections queued for the next poll(); a topic flooded with junk manifests must not grow the
 # queue without bound (the excess is logged as a count).
@@ -92,6 +93,7 @@ class SnapshotSubscriber:
         self._fetch_max_wait_ms = fetch_max_wait_ms
         self._tail_reader: PartitionReader | None = None
         self._random_reader: PartitionReader | None = None
+        self._manifest_reader: PartitionReader | None = None  # the scan's (small fetches)
         self.spool_dir = spool_dir  # where chunks wait for their manifest (None: $TMPDIR)
         return_chunk_buffers()
         self._assembler = self._new_assembler()
@@ -116,14 +118,25 @@ class SnapshotSubscriber:
             self._random_reader = self._new_reader()
         return self._random_reader
 
+    @property
+    def _scan_reader(self) -> PartitionReader:
+        """The scan reads one record per window: a chunk reader's 16 MiB fetch-ahead made
+        each window carry megabytes of chunks it skips (a 0.26 GB topic's scan took 39 s)."""
+        if self._manifest_reader is None:
+            self._manifest_reader = self._new_reader(_SCAN_FETCH_BYTES)
+        return self._manifest_reader
+
     def _new_assembler(self) -> Assembler:
         return Assembler(
             max_bytes=self.max_snapshot_bytes, max_chunks=self.max_chunks, spool_dir=self.spool_dir
         )
 
-    def _new_reader(self) -> PartitionReader:
+    def _new_reader(self, fetch_bytes: int = 16 * 1024 * 1024) -> PartitionReader:
         return partition_reader(
-            self._kafka, topic=self.topic, fetch_max_wait_ms=self._fetch_max_wait_ms
+            self._kafka,
+            topic=self.topic,
+            fetch_max_wait_ms=self._fetch_max_wait_ms,
+            fetch_bytes=fetch_bytes,
         )
 
     # --- newest snapshot on the topic ------------------------------------------------------
@@ -173,7 +186,8 @@ class SnapshotSubscriber:
             log.warning("no snapshot found on %s within %.1f s: %s", self.topic, timeout_s, exc)
             return []
         self._place_tail(high)
-        candidates = scan_manifests(self._reader, low, high, deadline, self._screen, self._queue)
+        scan = self._scan_reader
+        candidates = scan_manifests(scan, low, high, deadline, self._screen, self._queue)
         return sorted(candidates, key=lambda c: c.manifest.order, reverse=True)
 
     def _read_each(
@@ -262,7 +276,7 @@ class SnapshotSubscriber:
                 return results
 
     def close(self) -> None:
-        for reader in (self._tail_reader, self._random_reader):
+        for reader in (self._tail_reader, self._random_reader, self._manifest_reader):
             if reader is not None:
                 reader.close()
 
