@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from collections.abc import Callable
 
 from streamtrain.kafka import PartitionReader, ReadTimeout
@@ -50,6 +51,7 @@ from streamtrain.snapshot.verify import RejectedSnapshot
 
 log = logging.getLogger(__name__)
 
+_READ_S, _READ_BYTES_PER_S = 30.0, 8e6  # a snapshot's read-back budget (read_chunks)
 _FIRST_WINDOW = 1  # records
 _MAX_WINDOW = 1024
 
@@ -141,10 +143,13 @@ def catch_up_plan(
 
 
 def read_chunks(
-    reader: PartitionReader, candidate: Candidate, deadline: float, spool: Spool, max_chunks: int
+    reader: PartitionReader, candidate: Candidate, spool: Spool, max_chunks: int
 ) -> None:
-    """Read ``candidate``'s chunks between its first chunk and its manifest into ``spool``."""
+    """Read ``candidate``'s chunks between its first chunk and its manifest into ``spool``,
+    within 30 s plus 1 s per 8 MB (a 1 GB base took over 30 s to read back on the loaded
+    bench machine, so it was never loaded); ``ReadTimeout`` past that."""
     manifest = candidate.manifest
+    deadline = time.monotonic() + _READ_S + manifest.size_bytes / _READ_BYTES_PER_S
     start = manifest.first_chunk_offset
     if start is None:
         # A manifest without the offset: its chunks precede it, normally contiguously.

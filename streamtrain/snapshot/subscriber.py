@@ -37,7 +37,6 @@ log = logging.getLogger(__name__)
 Result = ReceivedSnapshot | RejectedSnapshot
 
 _SCAN_FETCH_BYTES = 64 * 1024  # a manifest, or one chunk's record: a window's worth
-_BACK_READ_S = 30.0  # budget to re-read a snapshot's chunks the tail did not see
 # Rejections queued for the next poll(); a topic flooded with junk manifests must not grow the
 # queue without bound (the excess is logged as a count).
 _MAX_QUEUED = 256
@@ -199,10 +198,9 @@ class SnapshotSubscriber:
         for candidate in candidates:
             if not wanted(candidate.manifest.order):
                 continue
-            read_by = time.monotonic() + _BACK_READ_S
             spool = self._assembler.new_spool()
             try:
-                read_chunks(self._reader, candidate, read_by, spool, self.max_chunks)
+                read_chunks(self._reader, candidate, spool, self.max_chunks)
             except ReadTimeout as exc:
                 result: Result = _incomplete(candidate.manifest.snapshot_id, exc)
             else:
@@ -351,9 +349,8 @@ class SnapshotSubscriber:
                 header.snapshot_id, chunk, record.offset, header.sha256, header.lane
             )
         spool = self._assembler.take(header.snapshot_id)
-        deadline = time.monotonic() + _BACK_READ_S
         try:
-            return [self._load(record, header, spool, deadline)]
+            return [self._load(record, header, spool)]
         except ReadTimeout as exc:
             return [_incomplete(header.snapshot_id, exc)]
         finally:
@@ -376,14 +373,13 @@ class SnapshotSubscriber:
         record: KafkaRecord,
         header: wire.RecordHeader,
         spool: Spool,
-        deadline: float,
     ) -> Result:
         """Verify the snapshot whose manifest is ``record``, reading chunks it still lacks."""
         candidate = self._screen(record, header)
         if isinstance(candidate, RejectedSnapshot):
             return candidate
         if not spool.complete(candidate.manifest.chunk_count):
-            read_chunks(self._reader, candidate, deadline, spool, self.max_chunks)
+            read_chunks(self._reader, candidate, spool, self.max_chunks)
         return self._verified(candidate, spool)
 
 
