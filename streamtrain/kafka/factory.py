@@ -85,17 +85,23 @@ def record_consumer(
 
 
 def partition_reader(
-    kafka: KafkaConnection, *, topic: str, partition: int = 0, fetch_max_wait_ms: int = 10
+    kafka: KafkaConnection,
+    *,
+    topic: str,
+    partition: int = 0,
+    fetch_max_wait_ms: int = 10,
+    fetch_bytes: int = 16 * 1024 * 1024,
 ) -> PartitionReader:
-    """A group-less reader of one partition holding large records (snapshot chunks)."""
+    """A group-less reader of one partition holding large records (snapshot chunks);
+    ``fetch_bytes`` per partition and round trip (a record larger still comes whole)."""
 
     def consumer() -> RecordConsumer:
         return record_consumer(
             kafka,
             topic=topic,
             fetch_max_wait_ms=fetch_max_wait_ms,
-            # Chunks are up to ~512 KiB; fetch several per round trip.
-            max_partition_fetch_bytes=16 * 1024 * 1024,
+            # Chunks are up to ~512 KiB; the default fetches several per round trip.
+            max_partition_fetch_bytes=fetch_bytes,
             fetch_max_bytes=64 * 1024 * 1024,
         )
 

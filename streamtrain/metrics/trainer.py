@@ -229,7 +229,8 @@ SNAPSHOT_PUBLISH_SECONDS = Histogram(
 # --- large (issue 26): the training thread's pause per snapshot ---
 SNAPSHOT_STALL_SECONDS = Histogram(
     "streamtrain_snapshot_stall_seconds",
-    "Time the training thread spent taking one snapshot's copy of the weights.",
+    "Time the training thread spent on one snapshot's copy of the weights (for a whole "
+    "snapshot copied in the background, including the rows saved before later steps).",
     buckets=_FAST,
     registry=TRAINER_REGISTRY,
 )

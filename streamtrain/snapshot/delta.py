@@ -19,6 +19,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import threading
 from collections.abc import Mapping
 
 import torch
@@ -112,23 +113,44 @@ def merge_requests(older: SnapshotRequest, newer: SnapshotRequest) -> SnapshotRe
     """
     if newer.rows is None:
         return newer
+    if older.rows is None:
+        return _base_then_rows(older, newer, newer.rows)
     older.wait_ready()
     tensors = dict(older.tensors)
-    rows: dict[str, torch.Tensor] | None
-    if older.rows is None:
-        rows = None
-        scatter_into(tensors, newer.tensors, newer.rows)
-    else:
-        rows = dict(older.rows)
-        for name, tensor in newer.tensors.items():
-            index = newer.rows.get(name)
-            if index is None:
-                tensors[name] = tensor
-                continue
-            rows[name], tensors[name] = _union(rows[name], tensors[name], index, tensor)
+    rows = dict(older.rows)
+    for name, tensor in newer.tensors.items():
+        index = newer.rows.get(name)
+        if index is None:
+            tensors[name] = tensor
+            continue
+        rows[name], tensors[name] = _union(rows[name], tensors[name], index, tensor)
     # A scheduled base (``complete``) absorbs the deltas around it and stays one.
-    complete = rows is not None and (older.complete or newer.complete)
+    complete = older.complete or newer.complete
     return dataclasses.replace(newer, tensors=tensors, rows=rows, complete=complete)
+
+
+def _base_then_rows(
+    older: SnapshotRequest, newer: SnapshotRequest, rows: Mapping[str, torch.Tensor]
+) -> SnapshotRequest:
+    """Case 2, done when the merged request's ``wait_ready`` is called (the sink's thread):
+    ``older``'s copy may still be filled in the background (``train/snapshot_copy.py``), and
+    the offering thread is the training thread, which must not wait for it."""
+    tensors = dict(older.tensors)
+    lock = threading.Lock()
+    merged = threading.Event()
+
+    def wait_ready() -> None:
+        with lock:
+            if merged.is_set():
+                return
+            older.wait_ready()  # may raise CopySpoiled: the merged request is spoiled too
+            newer.wait_ready()
+            scatter_into(tensors, newer.tensors, rows)
+            merged.set()
+
+    return dataclasses.replace(
+        newer, tensors=tensors, rows=None, complete=False, wait_ready=wait_ready
+    )
 
 
 def _union(

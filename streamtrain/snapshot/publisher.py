@@ -18,9 +18,13 @@ from streamtrain.snapshot.manifest import SnapshotManifest
 from streamtrain.snapshot.shadow import ShadowCopy
 from streamtrain.snapshot.signing import ManifestSigner
 from streamtrain.snapshot.writer import ShardSpec, SnapshotWriter
-from streamtrain.train.hooks import SnapshotRequest
+from streamtrain.train.hooks import CopySpoiled, SnapshotRequest
 
 log = logging.getLogger(__name__)
+
+# The base lane acknowledges its chunks 8 MiB at a time, so deltas produced meanwhile reach
+# the broker's one partition between windows instead of behind the whole base (lanes.py).
+BASE_WINDOW_BYTES = 8 * 1024 * 1024
 
 
 class SnapshotPublisher:
@@ -54,6 +58,10 @@ class SnapshotPublisher:
     5. servers apply a delta on any live version of the same run between its predecessor and
        itself (``serve/weights/checks.py``), so deltas published while a base is written
        apply before and after it alike.
+    6. a whole snapshot whose background copy was spoiled (``train/snapshot_copy.py`` rule
+       4: the weights changed outside an optimizer step) is not published, and neither is any
+       delta after it until the next whole snapshot is: the rows changed since the last
+       published snapshot are not known (the trainer makes its next snapshot whole).
 
     Example:
         >>> publisher = SnapshotPublisher(  # doctest: +SKIP
@@ -75,7 +83,7 @@ class SnapshotPublisher:
         signer: ManifestSigner | None = None,
         shard: ShardSpec | None = None,
     ) -> None:
-        def writer(lane: str) -> SnapshotWriter:
+        def writer(lane: str, window_bytes: int | None = None) -> SnapshotWriter:
             return SnapshotWriter(
                 kafka=kafka,
                 topic=topic,
@@ -85,6 +93,7 @@ class SnapshotPublisher:
                 signer=signer,
                 lane=lane,
                 shard=shard,
+                window_bytes=window_bytes,
             )
 
         self._writer = writer("")
@@ -98,8 +107,9 @@ class SnapshotPublisher:
         self._last_id: str | None = None  # the delta lane's last published snapshot
         self._sharded = shard is not None
         self._failed = False  # the last publish failed; its rows wait in ``_next``
+        self._broken = False  # rule 6: a spoiled copy; deltas wait for a whole snapshot
         self._bases = BaseLane(
-            writer(wire.BASE_LANE),
+            writer(wire.BASE_LANE, BASE_WINDOW_BYTES),
             newest=self._newest,
             on_published=self._base_published,
             on_failed=self._base_failed,
@@ -121,7 +131,11 @@ class SnapshotPublisher:
             request, self._next = self._next, None
         if request is None:
             return  # already sent under an earlier wake-up, merged with this one
-        folded = self._shadow.fold(request)
+        try:
+            folded = self._shadow.fold(request)
+        except CopySpoiled as exc:
+            self._spoiled(request, exc)
+            return
         if folded is None:
             metrics.SNAPSHOT_PUBLISH_ERRORS.inc()
             return
@@ -132,6 +146,15 @@ class SnapshotPublisher:
             # one rank's shard: its base is written whole here, at the step every rank
             # chose, so every shard of a step is of one kind (shard_assembly.py)
             folded = self._shadow.base(folded)
+        if folded.rows is not None and self._broken:  # rule 6
+            log.error(
+                "delta %s/%d dropped: an earlier snapshot could not be copied; waiting for the "
+                "next whole snapshot",
+                folded.run_id,
+                folded.version,
+            )
+            metrics.SNAPSHOT_PUBLISH_ERRORS.inc()
+            return
         if folded.rows is not None and not self._sharded and self._to_base_lane(folded):
             return
         if folded.rows is not None and self._base_id is None:
@@ -145,10 +168,19 @@ class SnapshotPublisher:
         published = self._publish(dataclasses.replace(folded, complete=False))
         with self._lock:
             self._failed = not published
+            if published and folded.rows is None:
+                self._broken = False  # rule 6: the chain restarts from this whole snapshot
         if not published:
             with self._lock:  # keep its rows for the next publish (rule 1)
                 pending = self._next
                 self._next = folded if pending is None else merge_requests(folded, pending)
+
+    def _spoiled(self, request: SnapshotRequest, exc: CopySpoiled) -> None:
+        """Rule 6: ``request`` cannot be published and its changed rows are unknown."""
+        log.warning("snapshot %s/%d not published: %s", request.run_id, request.version, exc)
+        metrics.SNAPSHOT_PUBLISH_ERRORS.inc()
+        with self._lock:
+            self._broken = True
 
     def _to_base_lane(self, folded: SnapshotRequest) -> bool:
         """Rule 4: whether ``folded`` (rows) went to the base lane as a whole base."""

@@ -33,7 +33,7 @@ from collections.abc import Mapping
 import torch
 
 from streamtrain.snapshot.delta import scatter_into
-from streamtrain.train.hooks import SnapshotRequest
+from streamtrain.train.hooks import CopySpoiled, SnapshotRequest
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +53,13 @@ class ShadowCopy:
     def fold(self, request: SnapshotRequest) -> SnapshotRequest | None:
         """Rules 1-2: ``request`` with its copies complete, folded into the copy; None for a
         scheduled base with no copy to complete it from (it cannot happen after a first full
-        snapshot; logged)."""
-        request.wait_ready()
+        snapshot; logged). A copy that could not be completed raises ``CopySpoiled``, and the
+        copy kept so far is dropped: later deltas would fold into weights it never had."""
+        try:
+            request.wait_ready()
+        except CopySpoiled:
+            self._tensors = None
+            raise
         request = dataclasses.replace(request, wait_ready=_ready)  # the copies are complete
         if request.rows is None:
             self._tensors = dict(request.tensors)

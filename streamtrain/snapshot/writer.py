@@ -64,6 +64,7 @@ class SnapshotWriter:
         signer: ManifestSigner | None = None,
         lane: str = "",
         shard: ShardSpec | None = None,
+        window_bytes: int | None = None,
     ) -> None:
         if chunk_bytes < 1:
             raise ValueError(f"chunk_bytes must be >= 1, got {chunk_bytes}; 524288 is typical")
@@ -75,6 +76,10 @@ class SnapshotWriter:
         self.signer = signer
         self.lane = lane  # wire.LANE of its chunks: "base" for the base lane (publisher.py)
         self.shard = shard
+        # Step 3 in windows of this many bytes, each acknowledged before the next (None: all
+        # at once): the base lane's writer, so a base does not fill the broker's queue ahead
+        # of the deltas, and ``send_timeout_s`` bounds one window, not a whole 1 GB base.
+        self.window_bytes = window_bytes
         self._kafka = kafka
         self._producer: RecordProducer | None = None
 
@@ -162,22 +167,30 @@ class SnapshotWriter:
         return manifest
 
     def _send_chunks(self, producer: RecordProducer, sid: str, chunks: list[memoryview]) -> int:
-        """Step 3: every chunk produced and acknowledged; the first chunk's offset."""
-        futures = [
-            producer.send(
-                self.topic,
-                bytes(chunk),
-                key=wire.chunk_key(self.model_name, sid, i),
-                headers=wire.chunk_headers(
-                    self.model_name, sid, i, len(chunks), sha256_hex(chunk), self.lane
-                ),
-                partition=PARTITION,
-            )
-            for i, chunk in enumerate(chunks)
-        ]
-        producer.flush(timeout=self.send_timeout_s)
-        offsets = [future.result(timeout=self.send_timeout_s) for future in futures]
-        return offsets[0]
+        """Step 3: every chunk produced and acknowledged (window by window when
+        ``window_bytes`` is set); the first chunk's offset."""
+        per_window = len(chunks)
+        if self.window_bytes is not None:
+            per_window = max(1, self.window_bytes // self.chunk_bytes)
+        first: int | None = None
+        for start in range(0, len(chunks), per_window):
+            futures = [
+                producer.send(
+                    self.topic,
+                    bytes(chunk),
+                    key=wire.chunk_key(self.model_name, sid, i),
+                    headers=wire.chunk_headers(
+                        self.model_name, sid, i, len(chunks), sha256_hex(chunk), self.lane
+                    ),
+                    partition=PARTITION,
+                )
+                for i, chunk in enumerate(chunks[start : start + per_window], start)
+            ]
+            producer.flush(timeout=self.send_timeout_s)
+            offsets = [future.result(timeout=self.send_timeout_s) for future in futures]
+            first = offsets[0] if first is None else first
+        assert first is not None  # a payload is never empty: split_chunks gives >= 1 chunk
+        return first
 
     def close(self, timeout: float) -> None:
         producer, self._producer = self._producer, None

@@ -9,12 +9,20 @@ from typing import Protocol
 import torch
 
 
+class CopySpoiled(RuntimeError):
+    """Raised by a request's ``wait_ready``: the weights changed outside an optimizer step
+    before the background copy had them (``train/snapshot_copy.py`` rule 4). The request
+    cannot be published; the trainer's next snapshot is a whole one."""
+
+
 @dataclass(frozen=True)
 class SnapshotRequest:
     """Weights the trainer hands to a snapshot sink, already copied off the training tensors.
 
-    ``wait_ready`` blocks until the copies are complete (a CUDA event on a side stream); the
-    sink calls it on its own thread so the training thread never waits for the copy.
+    ``wait_ready`` blocks until the copies are complete (a CUDA event on a side stream, a
+    background copy of a CPU model, ``snapshot_copy.py``) and raises ``CopySpoiled`` when
+    the copy could not be completed; the sink calls it on its own thread so the training
+    thread never waits for the copy.
     """
 
     version: int  # the trainer step the weights were taken at

@@ -47,6 +47,7 @@ from streamtrain.train.prequential import RollingMetrics
 from streamtrain.train.progress import StopConditions, TrainProgress, TrainSummary
 from streamtrain.train.promotion_gate import PromotionGate
 from streamtrain.train.row_tracker import RowTracker
+from streamtrain.train.snapshot_copy import SnapshotCopier
 from streamtrain.train.throughput import ThroughputGauge
 from streamtrain.train.weights import SnapshotCopy, take_snapshot
 
@@ -95,6 +96,10 @@ class Trainer:
     ) -> None:
         self._source = source
         self._row_tracker = row_tracker
+        # Full snapshots copied off the training thread (snapshot_copy.py) where there are any
+        self._copier = (
+            SnapshotCopier(learner.model, learner.optimizer) if snapshot_sink is not None else None
+        )
         self._gate = promotion_gate
         self._learner = learner
         self._checkpoints = checkpoints
@@ -302,7 +307,7 @@ class Trainer:
     def _maybe_snapshot(self, force: bool = False) -> None:
         if not self._snapshot_due(force):
             return
-        self._publish(take_snapshot(self._learner.model, self._row_tracker))
+        self._publish(take_snapshot(self._learner.model, self._row_tracker, self._copier))
 
     def _snapshot_due(self, force: bool) -> bool:
         """A sink, something learned (semantics 4: never serve what was not), the policy (or
@@ -379,3 +384,5 @@ class Trainer:
         prefetch.close()
         if self._sink is not None:
             self._sink.close()
+        if self._copier is not None:
+            self._copier.close()

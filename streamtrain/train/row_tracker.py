@@ -78,6 +78,11 @@ def _reporters(model: nn.Module) -> list[tuple[str, ReportsRows]]:
     ]
 
 
+def reporting_prefixes(model: nn.Module) -> list[str]:
+    """State-name prefixes of the rule-5 modules (their tensors change outside steps)."""
+    return [prefix for prefix, _ in _reporters(model)]
+
+
 def row_sparse_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
     """Buffers whose changed rows rule-5 modules report, by ``state_dict`` name."""
     buffers = dict(model.named_buffers())

@@ -4,39 +4,52 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from streamtrain import metrics
 from streamtrain.train.row_tracker import RowTracker
+from streamtrain.train.snapshot_copy import SnapshotCopier, StallClock
 
 
 @dataclass(frozen=True)
 class SnapshotCopy:
     """What one snapshot took off the model: ``tensors`` (whole, or only ``rows`` of the
-    row-sparse ones), ``wait_ready`` for the copies, and whether it is a base the sink
-    completes from its own copy (``complete``: rows known, base due by schedule)."""
+    row-sparse ones), ``wait_ready`` for the copies, whether it is a base the sink completes
+    from its own copy (``complete``: rows known, base due by schedule), and ``stall``: the
+    training thread's time for it (final once ``wait_ready`` has returned)."""
 
     tensors: dict[str, torch.Tensor]
     wait_ready: Callable[[], None]
     rows: dict[str, torch.Tensor] | None
     complete: bool
+    stall: StallClock = field(default_factory=StallClock)
 
 
-def take_snapshot(model: nn.Module, tracker: RowTracker | None) -> SnapshotCopy:
+def take_snapshot(
+    model: nn.Module, tracker: RowTracker | None, copier: SnapshotCopier | None = None
+) -> SnapshotCopy:
     """The training thread's part of a snapshot, timed (``streamtrain_snapshot_stall_seconds``).
 
     Only the rows changed since the last snapshot are copied whenever they are known, for a
-    delta and for a scheduled base alike; the whole model only when they are not (the first
-    snapshot, a model without row-sparse parameters, tracker rules 2-3).
+    delta and for a scheduled base alike. The whole model only when they are not (the first
+    snapshot, a model without row-sparse parameters, tracker rules 2-3, a spoiled background
+    copy): with a ``copier`` (a CPU model) its large tensors are copied off the training
+    thread (``snapshot_copy.py``), otherwise here.
     """
     started = time.perf_counter()
     rows, base = (None, True) if tracker is None else tracker.plan()
+    if copier is not None and copier.take_spoiled():
+        rows, base = None, True
+    if rows is None and copier is not None and copier.applies():
+        full = copier.copy(started)
+        return SnapshotCopy(full.tensors, full.wait_ready, None, False, full.stall)
     tensors, wait_ready = copy_weights(model, rows)
-    metrics.SNAPSHOT_STALL_SECONDS.observe(time.perf_counter() - started)
-    return SnapshotCopy(tensors, wait_ready, rows, base and rows is not None)
+    stall = StallClock(time.perf_counter() - started)
+    metrics.SNAPSHOT_STALL_SECONDS.observe(stall.seconds)
+    return SnapshotCopy(tensors, wait_ready, rows, base and rows is not None, stall)
 
 
 def copy_weights(

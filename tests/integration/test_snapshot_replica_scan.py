@@ -1,10 +1,12 @@
 """A new replica on a topic holding several bases and their deltas (issue 26): it becomes
-ready from the newest base and the deltas after it, and never reads an older base's chunks
-(the scan jumps over every snapshot's chunks, ``snapshot/scan.py``)."""
+ready from the newest base and the deltas after it, reads that base before them, and never
+reads an older base's chunks (the scan jumps over every snapshot's chunks, and the catch-up
+order puts the newest base first, ``snapshot/scan.py``)."""
 
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import pytest
 import torch
@@ -12,6 +14,8 @@ import torch
 from streamtrain.kafka import KafkaConnection, create_topics
 from streamtrain.serve.weights.slot import WeightSlot
 from streamtrain.serve.weights.watcher import SnapshotWatcher
+from streamtrain.snapshot import subscriber as subscriber_module
+from streamtrain.snapshot.scan import Candidate
 from streamtrain.snapshot.subscriber import SnapshotSubscriber
 from streamtrain.train.row_tracker import row_sparse_parameters
 from tests.delta_fixtures import SparseTrainer, build_model, sparse_publisher
@@ -60,6 +64,14 @@ def test_a_new_replica_reads_the_newest_base_and_not_the_older_ones(
             yield record
 
     monkeypatch.setattr(reader, "read", recording)
+    snapshots_read: list[tuple[str, int]] = []  # (kind, version), in the order read
+    real_read_chunks = subscriber_module.read_chunks
+
+    def read_chunks(reader: Any, candidate: Candidate, *args: Any) -> None:
+        snapshots_read.append((candidate.manifest.kind, candidate.manifest.version))
+        real_read_chunks(reader, candidate, *args)
+
+    monkeypatch.setattr(subscriber_module, "read_chunks", read_chunks)
     model = build_model(seed=5)
     slot = WeightSlot(model, shared=frozenset(row_sparse_parameters(model)))
     watcher = SnapshotWatcher(replica, slot, poll_timeout_s=0.1).start()
@@ -74,5 +86,10 @@ def test_a_new_replica_reads_the_newest_base_and_not_the_older_ones(
             assert lease.info.header.lineage == bases[-1].snapshot_id
     finally:
         watcher.stop()
+    # The newest base is read first (ready after one base), then the deltas after it,
+    # oldest first; nothing older is read at all.
+    after = sorted(m.version for m in published if m.version > bases[-1].version)
+    assert snapshots_read == [("base", bases[-1].version)] + [("delta", v) for v in after]
+    assert after, "no delta after the newest base: the order is not tested"
     assert read_offsets, "the replica read nothing"
     assert not older_chunks & set(read_offsets), sorted(older_chunks & set(read_offsets))

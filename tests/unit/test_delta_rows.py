@@ -96,6 +96,7 @@ def test_merged_requests_equal_publishing_both() -> None:
     assert torch.equal(union.tensors["table.weight"], full["table.weight"][index])
     rebuilt = merge_requests(base, union)
     assert rebuilt.rows is None
+    rebuilt.wait_ready()  # a base's merge completes on the sink's thread (delta.py)
     for name, tensor in full.items():
         assert torch.equal(rebuilt.tensors[name], tensor), name
 
@@ -224,6 +225,7 @@ def test_a_failed_delta_is_merged_into_the_next_so_the_chain_loses_no_row(
     # Applying what was written to the base reproduces the trainer's weights exactly.
     base, (delta, _, _) = fake.written[0][0], fake.written[1]
     rebuilt = merge_requests(base, delta)
+    rebuilt.wait_ready()
     for name, tensor in trainer.state().items():
         assert torch.equal(rebuilt.tensors[name], tensor), name
 

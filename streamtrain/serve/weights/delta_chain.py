@@ -4,13 +4,14 @@
    ``predecessor_id`` up to itself (``checks.chain_gap``: its predecessor, or a base published
    beside the deltas); anything else is a *gap*.
 2. On a gap (a delta lost, corrupt or refused, a server that joined late, a base rotated
-   out) :func:`catch_up` reads the topic newest first: the deltas newer than the live version
-   are kept until it reaches either the live version (nothing to reload) or the newest base
-   the slot accepts (loaded); then it applies the kept deltas that link, oldest first (one
-   that does not link yet is passed over: the deltas written while a base was published
-   precede it in the chain but follow it in version). A chain that breaks stops there: the
-   server stays on the last version it could reach, whole and consistent, until the next
-   base.
+   out) :func:`catch_up` reads the snapshots newer than the live version in catch-up order
+   (``snapshot/scan.py``: the newest base first, so a replica is ready once that one base
+   is read, then the deltas after it oldest first; newest first when no base is newer than
+   the live version). It loads the first base the slot accepts and keeps the deltas; then
+   it applies the kept deltas that link, oldest first (one that does not link yet is passed
+   over: the deltas written while a base was published precede it in the chain but follow
+   it in version). A chain that breaks stops there: the server stays on the last version it
+   could reach, whole and consistent, until the next base.
 3. Deltas never go to the local cache: it keeps bases, and a server starting from its cache
    catches up from the topic (rule 2).
 """
@@ -52,25 +53,23 @@ def apply_delta(loader: SnapshotLoader, snapshot: ReceivedSnapshot) -> Outcome:
 
 
 def catch_up(
-    newest_first: Iterable[ReceivedSnapshot],
+    snapshots: Iterable[ReceivedSnapshot],
     loader: SnapshotLoader,
     load_base: Callable[[ReceivedSnapshot], bool | None],
 ) -> None:
-    """Rule 2. ``load_base`` loads a base: True live, False refused, None busy."""
-    kept: list[ReceivedSnapshot] = []  # deltas newer than the live version, newest first
-    for snapshot in newest_first:
+    """Rule 2 for ``snapshots`` in catch-up order (or newest first: any order does).
+    ``load_base`` loads a base: True live, False refused, None busy."""
+    kept: list[ReceivedSnapshot] = []  # deltas newer than the live version
+    for snapshot in snapshots:
         if not loader.is_newer(snapshot.manifest.order):
-            break  # reached the live version (or older): the chain starts there
+            continue  # the live version has it (the source reads no more of these)
         if is_delta(snapshot):
             kept.append(snapshot)
             continue
-        loaded = load_base(snapshot)
-        if loaded is None:
+        if load_base(snapshot) is None:
             return  # busy: the watcher retries on the next gap
-        if loaded:
-            break
     left = 0
-    for delta in reversed(kept):
+    for delta in sorted(kept, key=lambda d: d.manifest.order):
         live = loader.info
         if not loader.is_newer(delta.manifest.order):
             continue  # the base loaded covers it

@@ -37,7 +37,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from operator import attrgetter
 from typing import Protocol, get_args
 
@@ -47,6 +47,7 @@ from streamtrain.serve.weights.delta_chain import apply_delta, catch_up, is_delt
 from streamtrain.serve.weights.loader import SnapshotLoader
 from streamtrain.serve.weights.slot import SnapshotRejected, StandbyBusy
 from streamtrain.snapshot.cache import SnapshotCache
+from streamtrain.snapshot.manifest import SnapshotOrder
 from streamtrain.snapshot.shard_assembly import ShardAssembly
 from streamtrain.snapshot.verify import ReceivedSnapshot, RejectedSnapshot, RejectReason
 
@@ -59,7 +60,9 @@ _ORDER = attrgetter("manifest.order")
 class SnapshotSource(Protocol):
     """Where snapshots come from: ``SnapshotSubscriber`` in production."""
 
-    def newest_first(self, timeout_s: float) -> Iterable[ReceivedSnapshot]: ...
+    def catch_up_order(
+        self, timeout_s: float, wanted: Callable[[SnapshotOrder], bool]
+    ) -> Iterable[ReceivedSnapshot]: ...
 
     def poll(self, timeout_s: float) -> Sequence[ReceivedSnapshot | RejectedSnapshot]: ...
 
@@ -70,7 +73,9 @@ class NoSnapshots:
     """A source with nothing to offer, ever: a server that keeps the weights it was given
     (examples and tests)."""
 
-    def newest_first(self, timeout_s: float) -> Iterable[ReceivedSnapshot]:
+    def catch_up_order(
+        self, timeout_s: float, wanted: Callable[[SnapshotOrder], bool]
+    ) -> Iterable[ReceivedSnapshot]:
         return []
 
     def poll(self, timeout_s: float) -> Sequence[ReceivedSnapshot | RejectedSnapshot]:
@@ -156,11 +161,13 @@ class SnapshotWatcher:
                 self._pending = delta
                 return
             if outcome == "gap":
-                catch_up(self._newest_first(), self._loader, self._try_load)
+                catch_up(self._catch_up_order(), self._loader, self._try_load)
                 return
 
-    def _newest_first(self) -> Iterable[ReceivedSnapshot]:
-        return self._shards.newest_first(self._source.newest_first(self._startup_timeout_s))
+    def _catch_up_order(self) -> Iterable[ReceivedSnapshot]:
+        return self._shards.newest_first(
+            self._source.catch_up_order(self._startup_timeout_s, self._loader.is_newer)
+        )
 
     def _count_rejection(self, item: RejectedSnapshot) -> None:
         SERVE_REJECTED_SNAPSHOTS.labels(item.reason).inc()
@@ -208,7 +215,7 @@ class SnapshotWatcher:
 
     def _load_newest(self) -> None:
         """Step 2: the newest base on the topic the slot accepts, then the deltas after it."""
-        catch_up(self._newest_first(), self._loader, self._try_load)
+        catch_up(self._catch_up_order(), self._loader, self._try_load)
         if self._loader.info is None:
             log.info("no valid snapshot on the topic yet: not ready until the trainer publishes")
 

@@ -1,0 +1,36 @@
+"""Holding the background snapshot copy (train/snapshot_copy.py) part-way, so a test can train
+while a copy is known to be unfinished."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+
+from streamtrain.train.snapshot_copy import _Background
+
+
+@contextmanager
+def copy_gate(
+    monkeypatch: pytest.MonkeyPatch, dense: bool = False
+) -> Iterator[tuple[threading.Event, threading.Event]]:
+    """(held, release): the copy thread stops before each chunk of a row-sparse table (of
+    any tensor with ``dense``) after its first (``held`` set) until ``release`` is set (set
+    again on exit)."""
+    held, release = threading.Event(), threading.Event()
+    original = _Background.copy_rows
+
+    def gated(self: _Background, start: int, stop: int) -> None:
+        gated_tensor = self.sparse or dense
+        if threading.current_thread().name == "snapshot-copy" and gated_tensor and start > 0:
+            held.set()
+            release.wait(60)
+        original(self, start, stop)
+
+    monkeypatch.setattr(_Background, "copy_rows", gated)
+    try:
+        yield held, release
+    finally:
+        release.set()

@@ -1,0 +1,73 @@
+"""A base written window by window (the base lane's writer, issue 26): each window of chunks
+is acknowledged before the next is produced, and what reaches the topic is the same base."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+
+from streamtrain.kafka import KafkaConnection, create_topics
+from streamtrain.snapshot import writer as writer_module
+from streamtrain.snapshot.subscriber import SnapshotSubscriber
+from streamtrain.snapshot.writer import SnapshotWriter
+from tests.delta_fixtures import build_model, model_state, snapshot_request
+
+HASH = "f" * 64
+
+
+def test_a_base_written_in_windows_reads_back_whole(
+    kafka_bootstrap: str, unique_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kafka = KafkaConnection(kafka_bootstrap)
+    create_topics(kafka, [unique_name])
+    flushes: list[int] = []  # chunks sent before each flush
+    real_producer = writer_module.record_producer
+
+    def counting_producer(*args: Any, **kwargs: Any) -> Any:
+        producer = real_producer(*args, **kwargs)
+        send, flush = producer.send, producer.flush
+        sent = [0]
+
+        def counted_send(*a: Any, **k: Any) -> Any:
+            sent[0] += 1
+            return send(*a, **k)
+
+        def counted_flush(*a: Any, **k: Any) -> Any:
+            flushes.append(sent[0])
+            return flush(*a, **k)
+
+        producer.send, producer.flush = counted_send, counted_flush
+        return producer
+
+    monkeypatch.setattr(writer_module, "record_producer", counting_producer)
+    writer = SnapshotWriter(
+        kafka=kafka,
+        topic=unique_name,
+        model_name="m",
+        settings_hash=HASH,
+        chunk_bytes=1024,
+        lane="base",
+        window_bytes=4096,
+    )
+    model = build_model(seed=3)
+    try:
+        manifest = writer.write(snapshot_request(model, 7, "run", None))
+    finally:
+        writer.close(10)
+    assert manifest.chunk_count > 8  # several windows of 4 chunks
+    windows = -(-manifest.chunk_count // 4)
+    # one flush per window of at most 4 chunks, then the manifest's
+    assert flushes == [min(4 * (i + 1), manifest.chunk_count) for i in range(windows)] + [
+        manifest.chunk_count + 1
+    ]
+
+    subscriber = SnapshotSubscriber(kafka=kafka, topic=unique_name, settings_hash=HASH)
+    try:
+        read = subscriber.latest(30)
+    finally:
+        subscriber.close()
+    assert read is not None and read.manifest.snapshot_id == manifest.snapshot_id
+    for name, tensor in model_state(model).items():
+        assert torch.equal(read.tensors[name], tensor), name
