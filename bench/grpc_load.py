@@ -1,24 +1,35 @@
-"""gRPC load for bench/serve.py: an async ``grpcio`` client in its own process.
+"""gRPC load for bench/serve.py and bench/grpc_serve.py: an async ``grpcio`` client in its own
+process.
 
 ``connections`` calls in flight back to back for ``seconds`` (``streams`` concurrent calls on
 each of ``connections // streams`` channels, HTTP/2 multiplexing them), each a KServe v2
 ``ModelInfer`` of one fixed request (Triton's raw tensor form: ``raw_input_contents``, the
 form ``tritonclient.grpc`` sends); reports requests/s, p50/p99 latency and failed calls as
-bench/loadgen.py does for HTTP. The client runs in a process of its own, as wrk does, so its
-Python does not share the server's GIL; it costs the machine more per request than wrk (C).
+bench/loadgen.py does for HTTP. ``mode="stream"`` sends the same request over Triton's
+bidirectional ``ModelStreamInfer`` instead (what ``perf_analyzer --streaming`` and
+``tritonclient``'s ``async_stream_infer`` use): one stream per call in flight, each writing
+its next request when the previous answer arrived, as wrk's connections do.
+
+The client sends and receives bytes (the request serialised once, answers not parsed), so
+its own cost per call is grpcio's alone; it still runs Python and costs the machine more per
+request than wrk (C), which it shares the cores with. It runs in a process of its own, as wrk
+does, so its Python does not share the server's GIL.
 """
 
 from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import os
 import statistics
 import time
 
 import grpc
 import numpy as np
 from loadgen import LoadResult
-from tritonclient.grpc import service_pb2, service_pb2_grpc
+from tritonclient.grpc import service_pb2
+
+_SERVICE = "/inference.GRPCInferenceService/"
 
 
 def infer_request(model: str, rows: np.ndarray) -> bytes:
@@ -31,36 +42,67 @@ def infer_request(model: str, rows: np.ndarray) -> bytes:
     return bytes(request.SerializeToString())
 
 
+def stream_error(reply: bytes) -> bool:
+    """Whether a serialised ``ModelStreamInferResponse`` carries an error: its
+    ``error_message`` (field 1, tag byte 0x0a) is serialised first when set, so the answer
+    need not be parsed on the client's hot path."""
+    return reply[:1] == b"\x0a"
+
+
 async def _load(
-    target: str, request: bytes, connections: int, streams: int, seconds: float
-) -> LoadResult:
-    parsed = service_pb2.ModelInferRequest.FromString(request)
+    target: str, request: bytes, connections: int, streams: int, seconds: float, mode: str
+) -> tuple[LoadResult, float]:
     latencies: list[float] = []
     errors = 0
     channels = [grpc.aio.insecure_channel(target) for _ in range(max(1, connections // streams))]
-    stubs = [service_pb2_grpc.GRPCInferenceServiceStub(channel) for channel in channels]
+    # No serializers: bytes in, bytes out.
+    unary = [c.unary_unary(_SERVICE + "ModelInfer") for c in channels]
+    bidi = [c.stream_stream(_SERVICE + "ModelStreamInfer") for c in channels]
     stop_at = time.monotonic() + seconds
 
-    async def caller(stub: service_pb2_grpc.GRPCInferenceServiceStub) -> None:
+    async def caller(i: int) -> None:
         nonlocal errors
+        method = unary[i % len(unary)]
         while time.monotonic() < stop_at:
             started = time.perf_counter()
             try:
-                await stub.ModelInfer(parsed, timeout=10)
+                await method(request, timeout=10)
                 latencies.append(time.perf_counter() - started)
             except grpc.aio.AioRpcError:
                 errors += 1
 
+    async def streamer(i: int) -> None:
+        nonlocal errors
+        call = bidi[i % len(bidi)](timeout=seconds + 30)
+        while time.monotonic() < stop_at:
+            started = time.perf_counter()
+            await call.write(request)
+            reply = await call.read()
+            if reply is grpc.aio.EOF or stream_error(reply):
+                errors += 1
+                if reply is grpc.aio.EOF:
+                    return
+            else:
+                latencies.append(time.perf_counter() - started)
+        await call.done_writing()
+        if await call.code() != grpc.StatusCode.OK:
+            errors += 1
+
+    work = caller if mode == "unary" else streamer
+    cpu_before = os.times()
     started = time.monotonic()
-    await asyncio.gather(*(caller(stubs[i % len(stubs)]) for i in range(connections)))
+    await asyncio.gather(*(work(i) for i in range(connections)))
     elapsed = time.monotonic() - started
+    cpu_after = os.times()
     for channel in channels:
         await channel.close()
     quantiles = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else [0.0] * 99
-    return LoadResult(len(latencies), errors, elapsed, quantiles[49] * 1e3, quantiles[98] * 1e3)
+    cpu = (cpu_after.user - cpu_before.user) + (cpu_after.system - cpu_before.system)
+    result = LoadResult(len(latencies), errors, elapsed, quantiles[49] * 1e3, quantiles[98] * 1e3)
+    return result, cpu / max(len(latencies), 1) * 1e6
 
 
-def _child(args: tuple[str, bytes, int, int, float]) -> LoadResult:
+def _child(args: tuple[str, bytes, int, int, float, str]) -> tuple[LoadResult, float]:
     return asyncio.run(_load(*args))
 
 
@@ -71,15 +113,33 @@ def run_grpc_load(
     connections: int = 8,
     streams: int = 1,
     seconds: float = 15.0,
+    mode: str = "unary",
 ) -> LoadResult:
     """Load ``target`` (``host:port``) with ``request`` from a fresh process; its result."""
+    return run_grpc_load_cpu(
+        target, request, connections=connections, streams=streams, seconds=seconds, mode=mode
+    )[0]
+
+
+def run_grpc_load_cpu(
+    target: str,
+    request: bytes,
+    *,
+    connections: int = 8,
+    streams: int = 1,
+    seconds: float = 15.0,
+    mode: str = "unary",
+) -> tuple[LoadResult, float]:
+    """:func:`run_grpc_load`'s result and the client's own CPU µs per answered call."""
+    if mode not in ("unary", "stream"):
+        raise ValueError(f"mode must be 'unary' or 'stream', not {mode!r}")
     with multiprocessing.get_context("spawn").Pool(1) as pool:
-        return pool.apply(_child, ((target, request, connections, streams, seconds),))
+        return pool.apply(_child, ((target, request, connections, streams, seconds, mode),))
 
 
 def generator_name(connections: int, streams: int, seconds: float) -> str:
     channels = max(1, connections // streams)
     return (
-        f"grpcio aio client in its own process, {connections} calls in flight on {channels} "
-        f"channel(s), {seconds:g} s"
+        f"grpcio aio client in its own process, {connections} calls (or streams) in flight on "
+        f"{channels} channel(s), {seconds:g} s"
     )

@@ -26,10 +26,11 @@ from pathlib import Path
 from typing import Any
 
 
-def build_worker(port: int = 0, http: str | None = None) -> Any:
+def build_worker(port: int = 0, http: str | None = None, grpc: bool = False) -> Any:
     """A serving worker of the tree on ``sys.path`` (not started) over the bench model with
-    fixed weights; ``http`` picks its HTTP protocol (a tree's own default when None). Imports
-    that moved between trees are tried at both places."""
+    fixed weights; ``http`` picks its HTTP protocol (a tree's own default when None), ``grpc``
+    adds the gRPC port (any free one; ``worker.grpc.target``). Imports that moved between
+    trees are tried at both places."""
     import torch
 
     torch.set_num_threads(1)
@@ -67,13 +68,18 @@ def build_worker(port: int = 0, http: str | None = None) -> Any:
     engine = builders.build_engine(slot, spec, cpu, 64, "direct")
     served = ServedModel(slot=slot, engine=engine, io=ModelIO.for_spec(spec), name="bench")
     app = create_app(served=served, max_body_bytes=1 << 20)
+    extra: dict[str, Any] = {} if http is None else {"http": http}
+    if grpc:
+        from streamtrain.serve.protocol.grpc_service import GrpcServer
+
+        extra["grpc"] = GrpcServer(served, "127.0.0.1", 0, max_message_bytes=1 << 20)
     worker = ServingWorker(
         app=app,
         served=served,
         watcher=SnapshotWatcher(NoSnapshots(), slot),
         host="127.0.0.1",
         port=port,
-        **({} if http is None else {"http": http}),
+        **extra,
     )
     return worker
 

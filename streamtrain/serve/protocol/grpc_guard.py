@@ -3,9 +3,11 @@
 grpcio parses each request with the method's ``FromString`` before any handler runs; bytes
 that do not parse (cut short, flipped, another message) end the call with ``UNKNOWN`` and a
 logged traceback, which is the gRPC face of a 5xx. :func:`add_guarded` wraps every
-unary method's parser so that such bytes reach the handler as an :class:`_Undecodable` instead,
-and the call ends with ``INVALID_ARGUMENT`` saying what could not be parsed, like any other
-bad request (guarantee 2). Valid messages go through untouched.
+method's parser so that such bytes reach the handler as an :class:`Undecodable` instead: a
+unary call ends with ``INVALID_ARGUMENT`` saying what could not be parsed, like any other bad
+request (guarantee 2); in a stream the servicer gets the :class:`Undecodable` among the
+requests and answers it with an error message, the stream going on. Valid messages go through
+untouched.
 
 The methods this server leaves to the generated base servicer raise ``NotImplementedError``
 after setting ``UNIMPLEMENTED``, which grpcio also logs with a traceback; here they end with
@@ -25,8 +27,16 @@ _Handler = Any  # grpc.RpcMethodHandler; grpcio ships no type information
 
 
 @dataclass(frozen=True)
-class _Undecodable:
+class Undecodable:
+    """Bytes that were not the method's message, and what the parser said."""
+
     why: str
+
+    def message(self, method: str) -> str:
+        return (
+            f"the request is not a valid {method} message ({self.why}); send the "
+            "KServe v2 protobuf message of this method"
+        )
 
 
 class _Registry:
@@ -58,24 +68,29 @@ def add_guarded(add_to_server: Callable[[Any, Any], None], servicer: Any, server
 
 
 def _guard(method: str, handler: _Handler) -> _Handler:
-    if handler.unary_unary is None or handler.request_deserializer is None:
-        return handler  # streaming methods (none is implemented here) keep grpcio's way
     parse = handler.request_deserializer
-    behavior = handler.unary_unary
+    if parse is None:
+        return handler
 
     def tolerant(data: bytes) -> Any:
         try:
             return parse(data)
         except Exception as exc:  # whatever the parser refuses is the sender's error
-            return _Undecodable(f"{type(exc).__name__}: {exc}")
+            return Undecodable(f"{type(exc).__name__}: {exc}")
+
+    if handler.stream_stream is not None:  # the servicer answers an Undecodable in the stream
+        return grpc.stream_stream_rpc_method_handler(
+            handler.stream_stream,
+            request_deserializer=tolerant,
+            response_serializer=handler.response_serializer,
+        )
+    if handler.unary_unary is None:
+        return handler  # no unary-stream or stream-unary method in this service
+    behavior = handler.unary_unary
 
     async def guarded(request: Any, context: Any) -> Any:
-        if isinstance(request, _Undecodable):
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"the request is not a valid {method} message ({request.why}); send the "
-                "KServe v2 protobuf message of this method",
-            )
+        if isinstance(request, Undecodable):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message(method))
         try:
             result = behavior(request, context)
         except NotImplementedError:  # the generated base servicer's methods raise it

@@ -35,7 +35,7 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from streamtrain.serve.protocol.bodies import InferRequest, ProtocolError
 from streamtrain.serve.protocol.dataplane import ServedModel, server_metadata
-from streamtrain.serve.protocol.grpc_guard import add_guarded
+from streamtrain.serve.protocol.grpc_guard import Undecodable, add_guarded
 from streamtrain.serve.protocol.grpc_tensors import encode_grpc_response, parse_grpc_request
 from streamtrain.serve.weights.inference import Array
 
@@ -126,6 +126,34 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
     async def ModelInfer(
         self, request: service_pb2.ModelInferRequest, context: _Context
     ) -> service_pb2.ModelInferResponse:
+        try:
+            return await self._infer(request)
+        except ProtocolError as exc:  # not ``_aborting``: its context manager costs every call
+            await context.abort(_code(exc), str(exc))
+            raise  # not reached: abort raises
+
+    async def ModelStreamInfer(
+        self,
+        requests: AsyncIterator[service_pb2.ModelInferRequest | Undecodable],
+        context: _Context,
+    ) -> AsyncIterator[service_pb2.ModelStreamInferResponse]:
+        """Triton's bidirectional stream: one answer per request, in the order sent. A request
+        that fails is answered with ``error_message`` set (and its id echoed), as Triton does,
+        and the stream goes on."""
+        async for request in requests:
+            if isinstance(request, Undecodable):
+                yield _stream_error(request.message("ModelStreamInfer"), None)
+                continue
+            try:
+                reply = await self._infer(request)
+            except ProtocolError as exc:
+                yield _stream_error(str(exc), request)
+            else:
+                yield service_pb2.ModelStreamInferResponse(infer_response=reply)
+
+    async def _infer(
+        self, request: service_pb2.ModelInferRequest
+    ) -> service_pb2.ModelInferResponse:
         served = self._served
 
         async def decode() -> InferRequest:
@@ -136,9 +164,24 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
         ) -> service_pb2.ModelInferResponse:
             return encode_grpc_response(served.name, version, parsed, outputs, served.io)
 
-        async with _aborting(context):
-            reply = await served.infer(request.model_name, request.model_version, decode, encode)
-        return reply
+        return await served.infer(request.model_name, request.model_version, decode, encode)
+
+
+def _code(exc: ProtocolError) -> grpc.StatusCode:
+    return _STATUS.get(exc.status, grpc.StatusCode.INVALID_ARGUMENT)
+
+
+def _stream_error(
+    message: str, request: service_pb2.ModelInferRequest | None
+) -> service_pb2.ModelStreamInferResponse:
+    """A failed stream request's answer: Triton's ``error_message``, and an ``infer_response``
+    carrying the request's id, model name and version so the client can tell which failed."""
+    reply = service_pb2.ModelStreamInferResponse(error_message=message)
+    if request is not None:
+        answer = reply.infer_response
+        answer.id, answer.model_name = request.id, request.model_name
+        answer.model_version = request.model_version
+    return reply
 
 
 @contextlib.asynccontextmanager
@@ -148,7 +191,18 @@ async def _aborting(context: _Context) -> AsyncIterator[None]:
     try:
         yield
     except ProtocolError as exc:
-        await context.abort(_STATUS.get(exc.status, grpc.StatusCode.INVALID_ARGUMENT), str(exc))
+        await context.abort(_code(exc), str(exc))
+
+
+def _new_loop() -> asyncio.AbstractEventLoop:
+    """uvloop where installed (a dependency on every platform but Windows), as uvicorn's loop:
+    the gRPC thread's loop runs several callbacks and tasks per call, and asyncio's own loop
+    spends measurably more CPU on them (bench/README.md, Serve, gRPC)."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
 
 
 class GrpcServer:
@@ -171,7 +225,7 @@ class GrpcServer:
     ) -> None:
         self._host = host
         self._grace_s = grace_s
-        self._loop = asyncio.new_event_loop()
+        self._loop = _new_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="grpc", daemon=True)
         self._thread.start()
         address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
