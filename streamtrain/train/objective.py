@@ -7,7 +7,8 @@ Two built-in layers change what the loss sees:
   targets into its statistics;
 * a :class:`HedgeMixer` (``auto``): every head is trained on its own loss, computed from the
   mixer's input ``[n, width, heads]``; the mixed output's loss is what is reported, and after
-  an applied step the heads' loss sums move the mixer's weights.
+  an applied step the heads' loss sums (or, under the mixer's ``error`` criterion, their
+  wrong predictions) move the mixer's weights.
 
 Both inputs are captured by forward hooks that live for one forward only, so the model never
 holds a reference to the learner (a deep copy of the model stays a plain model).
@@ -31,7 +32,8 @@ from streamtrain.train.task import TaskHead
 class StepLoss:
     """``train``: what backward runs on; ``reported``: the sample-weighted mean loss of the
     model's prediction (the same tensor unless the model mixes heads); ``head_sums``: the
-    heads' sample-weighted loss sums for :meth:`Objective.after_step`, or None."""
+    heads' sample-weighted sums of the mixer's criterion (task loss or wrong predictions) for
+    :meth:`Objective.after_step`, or None."""
 
     train: torch.Tensor
     reported: torch.Tensor
@@ -111,7 +113,11 @@ class Objective:
                 reported = self.head.loss(mixed, labels, w)
             else:  # log loss of the mix, from the heads' log losses
                 reported = (self.mixer.mixed_loss(per) * w).sum() / total
-        return StepLoss(sums.sum() / total, reported, sums.detach())
+            mix_sums = sums.detach()
+            if self.mixer.criterion == "error":  # each head's weighted wrong predictions
+                guess = (heads > 0).long() if self.head.spec.task == "binary" else heads.argmax(1)
+                mix_sums = ((guess != labels_k).to(per.dtype) * w[:, None]).sum(dim=0)
+        return StepLoss(sums.sum() / total, reported, mix_sums)
 
     def after_step(self, loss: StepLoss, samples: int) -> None:
         """An applied step's head losses move the mixer (every rank alike, see hedge.py)."""

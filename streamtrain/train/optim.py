@@ -27,8 +27,8 @@ ParamGroup = dict[str, Any]
 
 @runtime_checkable
 class HasLinearHead(Protocol):
-    """A model whose linear head may learn by plain SGD at its own rate (``auto`` with
-    ``linear_lr`` set; None: one group)."""
+    """A model whose linear head may learn by plain SGD at its own rate (``auto``, whose
+    ``linear_lr`` is 0.01 by default; None: one group)."""
 
     linear_lr: float | None
 
@@ -49,9 +49,9 @@ def param_groups(model: nn.Module, name: OptimizerName) -> list[ParamGroup]:
     >>> from streamtrain.sample.spec import SampleSpec
     >>> from streamtrain.train.models import build_model
     >>> spec = SampleSpec(feature_shape=(3,), task="binary")
-    >>> len(param_groups(build_model("auto", spec, {}), "adam"))
+    >>> len(param_groups(build_model("auto", spec, {"linear_lr": None}), "adam"))
     1
-    >>> model = build_model("auto", spec, {"linear_lr": 0.05})
+    >>> model = build_model("auto", spec, {})
     >>> [sorted(set(group) - {"params"}) for group in param_groups(model, "adam")]
     [[], ['betas', 'eps', 'lr', 'weight_decay']]
     >>> sorted(param_groups(model, "sgd")[1])

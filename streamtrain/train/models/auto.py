@@ -4,11 +4,16 @@
 their Hedge mixture (:mod:`.hedge`): a stream whose concept is linear is predicted at the
 linear model's pace, one the MLP fits better moves the weight to the MLP within a few hundred
 samples. ``combine: sum`` is wide & deep (Cheng et al., 2016): the linear path's output is
-added to the MLP's and both learn from the loss of the sum. Either way the linear head shares
-the MLP's first matrix multiply (its rows are the first ``width`` outputs of ``first``), so
-it costs little more than the MLP alone; with ``linear_lr`` set it is a layer of its own
-(``wide``), which ``optim.param_groups`` steps as plain SGD at that rate. Measured in
-bench/README.md (Peers) and docs/models.md (Defaults and the evidence).
+added to the MLP's and both learn from the loss of the sum.
+
+By default (``linear_lr`` 0.01) the linear head is river's LogisticRegression /
+LinearRegression: a layer of its own (``wide``), zero-initialised, which
+``optim.param_groups`` steps as plain SGD at 0.01, so on a linear concept the best head
+scores what river's linear model scores; the mix then weighs the heads by their recent wrong
+predictions (``hedge_loss: error``), the accuracy the stream is scored by. With ``linear_lr``
+None the linear head instead shares the MLP's first matrix multiply (its rows are the first
+``width`` outputs of ``first``) and its Adam. Measured in bench/README.md (Peers) and
+docs/models.md (Defaults and the evidence).
 """
 
 from __future__ import annotations
@@ -37,16 +42,26 @@ class AutoParams(MLPParams):
     combine: Literal["hedge", "sum"] = Field(
         "hedge", description="hedge: serve the Hedge mixture; sum: wide & deep."
     )
-    hedge_eta: float = Field(1.0, gt=0.0, description="Hedge learning rate on the head losses.")
+    hedge_eta: float = Field(0.5, gt=0.0, description="Hedge learning rate on the head losses.")
     hedge_window: int = Field(
-        500, ge=1, description="Samples over which a head's loss is remembered (discount)."
+        200, ge=1, description="Samples over which a head's loss is remembered (discount)."
+    )
+    hedge_loss: Literal["error", "task"] = Field(
+        "error",
+        description=(
+            "What the mix weighs the heads by. error: classification heads by their wrong "
+            "predictions (the accuracy a stream is scored by); task: by their task loss (log "
+            "loss). Regression always uses its task loss."
+        ),
     )
     linear_lr: float | None = Field(
-        None,
+        0.01,
         gt=0.0,
         description=(
-            "Off by default. Set: the linear head is its own parameter group, plain SGD at this "
-            "rate under optimizer sgd/adam/adamw (docs/models.md, Defaults and the evidence)."
+            "The linear head is its own zero-initialised layer and parameter group, plain SGD "
+            "at this rate (river's LogisticRegression) under optimizer sgd/adam/adamw. None: "
+            "the head shares the MLP's first matmul and its optimizer (the layout before "
+            "0.01 became the default)."
         ),
     )
 
@@ -58,11 +73,11 @@ class LinearAndMLP(nn.Module):
     >>> model = LinearAndMLP(spec, AutoParams(hidden_sizes=(8,)))
     >>> model(torch.zeros(2, 4)).shape
     torch.Size([2, 3])
-    >>> sorted(k for k in model.state_dict() if not k.startswith("standardize"))
-    ['deep.bias', 'deep.weight', 'first.bias', 'first.weight', 'head.mixer.losses']
-    >>> split = LinearAndMLP(spec, AutoParams(hidden_sizes=(8,), linear_lr=0.05))
-    >>> [name for name, _ in split.named_parameters() if name.startswith("wide")]
+    >>> [name for name, _ in model.named_parameters() if name.startswith("wide")]
     ['wide.weight', 'wide.bias']
+    >>> fused = LinearAndMLP(spec, AutoParams(hidden_sizes=(8,), linear_lr=None))
+    >>> sorted(k for k in fused.state_dict() if not k.startswith("standardize"))
+    ['deep.bias', 'deep.weight', 'first.bias', 'first.weight', 'head.mixer.losses']
     """
 
     def __init__(self, spec: SampleSpec, params: AutoParams) -> None:
@@ -79,6 +94,11 @@ class LinearAndMLP(nn.Module):
         # one matmul gives the linear head's outputs and the MLP's first hidden layer, unless
         # the linear head learns at its own rate: a parameter group holds whole tensors
         self.wide = None if self.linear_lr is None else nn.Linear(spec.feature_size, self.width)
+        if self.wide is not None:
+            # river's linear models start from zero weights; a random start costs a linear
+            # concept up to 0.01 accuracy over the first thousands of samples (docs/models.md)
+            nn.init.zeros_(self.wide.weight)
+            nn.init.zeros_(self.wide.bias)
         fused = self.width if self.wide is None else 0
         self.first = nn.Linear(spec.feature_size, fused + sizes[0])
         layers: list[nn.Module] = [activation(params.activation)]
@@ -118,7 +138,13 @@ class CombinedHead(nn.Module):
     def __init__(self, spec: SampleSpec, params: AutoParams) -> None:
         super().__init__()
         self.mixer = (
-            HedgeMixer(2, spec, eta=params.hedge_eta, window=params.hedge_window)
+            HedgeMixer(
+                2,
+                spec,
+                eta=params.hedge_eta,
+                window=params.hedge_window,
+                criterion=params.hedge_loss,
+            )
             if params.combine == "hedge"
             else None
         )

@@ -5,7 +5,9 @@ A model with several heads (``auto``: a linear head and an MLP head) ends in a
 head's loss on the samples it has predicted *before* learning from them, discounted by
 ``1 - 1/window`` per sample, and weighs head ``k`` by ``softmax(-eta * loss)_k`` (Hedge,
 Freund & Schapire 1997, with the discount of a sliding window so the weights can move back
-when the stream drifts). Classification mixes the heads' probabilities (the returned logits
+when the stream drifts). The loss the mix counts is ``criterion``: a classification head's
+wrong predictions (``error``, what ``auto`` uses) or the task loss it trains on (``task``,
+always for regression). Classification mixes the heads' probabilities (the returned logits
 are the log of the mixed probabilities), regression their standardised values. The discounted
 losses are buffers: snapshots carry the mix to the servers and checkpoints restore it.
 
@@ -18,6 +20,7 @@ all-reduces the loss sums first, so every rank moves the weights identically.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +30,10 @@ from streamtrain.sample.spec import SampleSpec
 
 # per-head sums of sample-weighted losses -> the same sums over every rank's batch
 LossSync = Callable[[torch.Tensor], torch.Tensor]
+
+# error: a classification head's loss for the mix is its wrong predictions (0 or 1 per
+# sample); task: the task loss it trains on. Regression always uses the task loss.
+Criterion = Literal["error", "task"]
 
 
 class HedgeMixer(nn.Module):
@@ -45,18 +52,35 @@ class HedgeMixer(nn.Module):
     loss_sync: LossSync | None
     losses: torch.Tensor  # a buffer: each head's discounted prequential loss
 
-    def __init__(self, heads: int, spec: SampleSpec, *, eta: float, window: int) -> None:
+    def __init__(
+        self,
+        heads: int,
+        spec: SampleSpec,
+        *,
+        eta: float,
+        window: int,
+        criterion: Criterion = "task",
+    ) -> None:
         super().__init__()
         if heads < 1 or eta <= 0 or window < 1:
             raise ValueError(f"HedgeMixer needs heads >= 1, eta > 0, window >= 1: {heads}, {eta}")
+        if criterion not in ("error", "task"):
+            raise ValueError(f"HedgeMixer criterion must be 'error' or 'task', got {criterion!r}")
         self.task = spec.task
+        # why errors by default (docs/models.md): a head with the better accuracy can have the
+        # worse log loss (an SGD linear head is less confident than an Adam MLP early on), and
+        # the stream is scored by accuracy
+        self.criterion: Criterion = "task" if spec.task == "regression" else criterion
         self.eta = eta
         self.discount = 1.0 - 1.0 / window
         self.loss_sync = None
         self.register_buffer("losses", torch.zeros(heads))
 
     def extra_repr(self) -> str:
-        return f"heads={self.losses.numel()}, task={self.task}, eta={self.eta}"
+        return (
+            f"heads={self.losses.numel()}, task={self.task}, eta={self.eta}, "
+            f"criterion={self.criterion}"
+        )
 
     def log_weights(self) -> torch.Tensor:
         return torch.log_softmax(-self.eta * self.losses, dim=0)

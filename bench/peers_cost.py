@@ -1,0 +1,75 @@
+"""CPU time per sample of the default ``auto`` against the ``mlp``, interleaved in one process.
+
+Wall-clock samples/s on a shared machine swing with the load (bench/README.md, Peers); process
+CPU time per sample of the two models' ``Learner.learn``, taken in alternating rounds in one
+process on one torch thread, is what the issue's cost goal (``auto`` <= 1.3x ``mlp``) is read
+from.
+
+Usage::
+
+    flock -w 1500 /work/bench.lock .venv/bin/python bench/peers_cost.py --rounds 4 --steps 400
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+from peers_inprocess import ModelConfig, build_learner
+from peers_streams import Stream
+
+from streamtrain.train.learner import Learner
+
+TASKS = {"binary": 2, "multiclass": 3, "regression": 0}
+
+
+def _stream(task: str, samples: int, features: int = 10) -> Stream:
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(samples, features, generator=g)
+    score = x[:, 0] - x[:, 1] + 0.5 * x[:, 2] * x[:, 3]
+    if TASKS[task] == 0:
+        labels = (score * 10 + 40).numpy()
+    elif TASKS[task] == 2:
+        labels = (score > 0).long().numpy()
+    else:
+        labels = torch.bucketize(score, torch.tensor([-0.5, 0.5])).numpy()
+    return Stream(f"cost-{task}", "synthetic", x.numpy(), labels, TASKS[task])
+
+
+def _cpu_per_sample(learner: Learner, stream: Stream, batch: int, start: int, steps: int) -> float:
+    x = torch.from_numpy(stream.features)
+    y = torch.from_numpy(stream.labels)
+    w = torch.ones(len(y))
+    began = time.process_time()
+    for i in range(start, start + steps * batch, batch):
+        learner.learn(x[i : i + batch], y[i : i + batch], w[i : i + batch])
+    return (time.process_time() - began) / (steps * batch)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 16])
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    print("| task | batch | `mlp` µs/sample | `auto` µs/sample | `auto` ÷ `mlp` |")
+    print("|---|---:|---:|---:|---:|")
+    for task in TASKS:
+        for batch in args.batches:
+            stream = _stream(task, (args.rounds + 1) * args.steps * batch)
+            learners = {n: build_learner(ModelConfig(n), stream, batch) for n in ("mlp", "auto")}
+            spent = {name: 0.0 for name in learners}
+            for learner in learners.values():  # warm-up round, not counted
+                _cpu_per_sample(learner, stream, batch, 0, args.steps)
+            for r in range(1, args.rounds + 1):
+                for name, learner in learners.items():
+                    start = r * args.steps * batch
+                    spent[name] += _cpu_per_sample(learner, stream, batch, start, args.steps)
+            mlp, auto = (spent[n] / args.rounds * 1e6 for n in ("mlp", "auto"))
+            print(f"| {task} | {batch} | {mlp:,.0f} | {auto:,.0f} | {auto / mlp:.2f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
