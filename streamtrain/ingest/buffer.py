@@ -18,10 +18,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
-import numpy.typing as npt
 
 from streamtrain.ingest.decode import DecodedChunk
-from streamtrain.kafka.records import KafkaRecord
+from streamtrain.kafka.records import KafkaRecord, last_per_partition
 from streamtrain.sample.batch import Batch
 from streamtrain.sample.record_mark import RecordMark, mark_of
 from streamtrain.sample.sparse_numpy import SparseRows
@@ -152,17 +151,9 @@ def _note_next(
 ) -> None:
     """Record each partition's last offset + 1 and that record's mark (invariant 3), for
     records ``r0:r1`` of ``chunk``; one partition needs no sort."""
-    parts: npt.NDArray[np.int64] = chunk.partitions[r0:r1]
-    if not len(parts):
-        return
-    first = int(parts[0])
-    if (parts == first).all():
-        last = {first: r1 - 1}
-    else:
-        last = {int(p): r0 + int(np.flatnonzero(parts == p)[-1]) for p in np.unique(parts)}
-    for p, index in last.items():
-        next_offsets[p] = int(chunk.offsets[index]) + 1
-        marks[p] = mark_of(chunk.records[index])
+    for p, last in last_per_partition(chunk.partitions[r0:r1]).items():
+        next_offsets[p] = int(chunk.offsets[r0 + last]) + 1
+        marks[p] = mark_of(chunk.records[r0 + last])
 
 
 def _cat(arrays: list[np.ndarray]) -> np.ndarray:

@@ -41,7 +41,7 @@ import numpy.typing as npt
 from streamtrain.kafka import RecordConsumer
 from streamtrain.kafka.mark_check import VERIFY_TIMEOUT_S, LogVerdict, verify_marks
 from streamtrain.kafka.reachability import REACHABILITY
-from streamtrain.kafka.records import KafkaRecord
+from streamtrain.kafka.records import KafkaRecord, last_per_partition
 from streamtrain.sample.record_mark import RecordMark, mark_of
 
 log = logging.getLogger(__name__)
@@ -95,16 +95,8 @@ class LogWatch:
     def note(self, records: Sequence[KafkaRecord], partitions: npt.NDArray[np.int64]) -> None:
         """Remember the last of ``records`` (one poll's, partition numbers in ``partitions``)
         per partition: the fingerprint checked after the next interruption."""
-        n = len(partitions)
-        if not n:
-            return
-        first = int(partitions[0])
-        if partitions[-1] == first and (partitions == first).all():
-            self._fetched[first] = mark_of(records[n - 1])
-            return
-        for p in np.unique(partitions).tolist():
-            last = int(np.flatnonzero(partitions == p)[-1])
-            self._fetched[int(p)] = mark_of(records[last])
+        for p, last in last_per_partition(partitions).items():
+            self._fetched[p] = mark_of(records[last])
 
     def check(self) -> LogVerdict:
         """After a poll: partitions whose log was replaced, and those not decided yet."""

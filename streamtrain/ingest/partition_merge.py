@@ -32,7 +32,7 @@ import numpy as np
 import numpy.typing as npt
 
 from streamtrain.ingest.decode import DecodedChunk
-from streamtrain.kafka.records import KafkaRecord
+from streamtrain.kafka.records import KafkaRecord, partitions_in
 from streamtrain.sample.sparse_numpy import SparseRows
 from streamtrain.wire import Decoded
 
@@ -198,7 +198,7 @@ class PartitionMerge:
             keys = self._running_keys(first, timestamps_ms, chunk.offsets)
         else:
             keys = np.empty(n, np.int64)
-            for p in np.unique(parts).tolist():
+            for p in partitions_in(parts):
                 mine = np.flatnonzero(parts == p)
                 keys[mine] = self._running_keys(p, timestamps_ms[mine], chunk.offsets[mine])
         sample_of = np.full(n, -1, np.int64)
@@ -261,7 +261,7 @@ class PartitionMerge:
         """The smallest key an unfinished partition can still produce, and the partitions
         given up on: those with nothing held that blocked the release for ``max_idle_s``."""
         now = self._clock()
-        present = set(np.unique(held.partitions).tolist())
+        present = set(partitions_in(held.partitions))
         bounds: list[Key] = []
         gave_up: list[int] = []
         top = _largest_key(held)

@@ -30,6 +30,7 @@ from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 
 from streamtrain import metrics
+from streamtrain.gc_pause import gc_paused
 from streamtrain.ingest.batch_deadline import MicroBatchPolicy
 from streamtrain.ingest.buffer import BatchBuffer
 from streamtrain.ingest.deadletter import DeadLetterSink, KafkaDeadLetter, LogDeadLetter
@@ -218,7 +219,12 @@ class KafkaSampleSource:
         """The next micro-batch: at most ``max_batch_size`` samples. May hold 0 samples and
         still move past rejects. With ``deterministic_batches`` (see ``ingest.log_order``) the
         batches are a function of the log while it is replayed; a caught-up stream still gets
-        a batch after about ``max_wait_ms`` (plus one fetch)."""
+        a batch after about ``max_wait_ms`` (plus one fetch). The cyclic GC is held off for the
+        call: its polls build tracked objects per record and no cycles (``gc_pause``)."""
+        with gc_paused():
+            return self._next_batch()
+
+    def _next_batch(self) -> Batch:
         self._policy.start()
         while self._buffer.samples < self.max_batch_size:
             records = self._poll(self._poll_timeout_ms())
@@ -268,21 +274,13 @@ class KafkaSampleSource:
     def _unfinished(self) -> set[int]:
         """Partitions that may hold records not fetched yet: below the high watermark of the
         last fetch, or with no watermark known yet."""
-        unfinished = set()
-        for p in self._partitions:
-            mark = self._consumer.highwater(p)
-            if mark is None or self._consumer.position(p) < mark:
-                unfinished.add(p)
-        return unfinished
+        marks = {p: self._consumer.highwater(p) for p in self._partitions}
+        return {p for p, m in marks.items() if m is None or self._consumer.position(p) < m}
 
     def _waiting(self) -> int:
         """Records past the fetch position, by the high watermarks of the last fetch."""
-        total = 0
-        for p in self._partitions:
-            mark = self._consumer.highwater(p)
-            if mark is not None:
-                total += max(0, mark - self._consumer.position(p))
-        return total
+        marks = ((p, self._consumer.highwater(p)) for p in self._partitions)
+        return sum(max(0, m - self._consumer.position(p)) for p, m in marks if m is not None)
 
     def _poll(self, timeout_ms: int) -> Sequence[KafkaRecord]:
         """One consumer poll; a partition whose log was replaced is reset first, and one whose

@@ -32,7 +32,7 @@ from streamtrain.kafka.client_logs import quiet_librdkafka
 from streamtrain.kafka.consumer import topic_not_found
 from streamtrain.kafka.errors import KafkaUnreachable, OffsetOutOfRange
 from streamtrain.kafka.reachability import REACHABILITY
-from streamtrain.kafka.records import KafkaRecord, RecordColumns
+from streamtrain.kafka.records import KafkaRecord, RecordColumns, last_per_partition
 from streamtrain.wire import content_types_of
 
 log = logging.getLogger(__name__)
@@ -248,11 +248,8 @@ class ConfluentConsumer:
             self._topic_missing = False
         partitions = np.fromiter(map(Message.partition, messages), np.int64, n)
         offsets = np.fromiter(map(Message.offset, messages), np.int64, n)
-        if n and (partitions == partitions[0]).all():
-            self._next[int(partitions[0])] = int(offsets[-1]) + 1
-        else:
-            for p in np.unique(partitions).tolist():
-                self._next[p] = int(offsets[partitions == p][-1]) + 1
+        for p, last in last_per_partition(partitions).items():
+            self._next[p] = int(offsets[last]) + 1
         # A Sequence with columns, not a list: decode reads it through ColumnarRecords.
         return MessageRecords(messages, partitions, offsets)
 

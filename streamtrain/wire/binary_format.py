@@ -133,10 +133,11 @@ def decode_v1(
     values: Sequence[bytes],
     record_ts: npt.NDArray[np.float64],
     sizes: npt.NDArray[np.int64] | None = None,
+    joined: bytes | None = None,
 ) -> Decoded:
     """Decode binary layout v1 values: one ``frombuffer`` over every value of the right size,
     then the checks of :func:`~streamtrain.wire.decoded.finish`. ``sizes`` are the values'
-    lengths when the caller has them already."""
+    lengths and ``joined`` is ``b"".join(values)`` when the caller has them already."""
     dtype = binary_dtype(spec)
     size = dtype.itemsize
     rejects: dict[int, Reject] = {}
@@ -144,7 +145,7 @@ def decode_v1(
         sizes = np.fromiter(map(len, values), np.int64, len(values))
     if (sizes == size).all():
         rows = np.arange(len(values), dtype=np.int64)
-        buf = b"".join(values)
+        buf = b"".join(values) if joined is None else joined
     else:
         label = "int64 class" if spec.is_classification else f"{spec.target_dim} x float32"
         for i in np.flatnonzero(sizes != size).tolist():

@@ -94,9 +94,9 @@ def decode_binary(
 ) -> Decoded:
     """Decode binary values of either layout (by magic), keeping their order. A poll of v1
     records only takes v1's single ``frombuffer`` path."""
-    v2 = _v2_positions(spec, values, sizes)
+    v2, joined = _v2_positions(spec, values, sizes)
     if not v2:
-        return decode_v1(spec, values, record_ts, sizes)
+        return decode_v1(spec, values, record_ts, sizes, joined)
     v1 = sorted(set(range(len(values))) - set(v2))
     parts = [_decode_v2(spec, [values[i] for i in v2], record_ts[v2], np.asarray(v2))]
     if v1:
@@ -110,15 +110,17 @@ def decode_binary(
 
 def _v2_positions(
     spec: SampleSpec, values: Sequence[bytes], sizes: npt.NDArray[np.int64] | None
-) -> list[int]:
-    """Positions of the v2 records. When every value has v1's size (the usual dense poll),
-    one vectorised magic comparison over the joined values replaces a Python-level slice and
-    comparison per record (~0.1 µs a record, a tenth of the binary path)."""
+) -> tuple[list[int], bytes | None]:
+    """Positions of the v2 records, and the joined values when every value has v1's size (the
+    usual dense poll): then one vectorised magic comparison over them replaces a Python-level
+    slice and comparison per record (~0.1 µs a record), and v1's decode reuses the join
+    instead of joining again (~0.09 µs a record)."""
     dtype = binary_dtype(spec)
     if sizes is not None and len(values) and bool((sizes == dtype.itemsize).all()):
-        magic = np.frombuffer(b"".join(values), dtype)["magic"]
-        return np.flatnonzero(magic == BINARY_MAGIC_V2).tolist()
-    return [i for i, value in enumerate(values) if value[:4] == BINARY_MAGIC_V2]
+        joined = b"".join(values)
+        magic = np.frombuffer(joined, dtype)["magic"]
+        return np.flatnonzero(magic == BINARY_MAGIC_V2).tolist(), joined
+    return [i for i, value in enumerate(values) if value[:4] == BINARY_MAGIC_V2], None
 
 
 def _decode_v2(

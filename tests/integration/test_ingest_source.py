@@ -6,6 +6,7 @@ delivery, dead letters, commit/resume, seek and lag must hold for both.
 
 from __future__ import annotations
 
+import gc
 import math
 import time
 from collections import Counter
@@ -306,3 +307,40 @@ def test_lag_is_the_fetched_high_watermark_minus_position(
         assert lag() == 35
         _drain(source, 35)
         assert source.positions() == {0: 40} and lag() == 0
+
+
+@pytest.mark.parametrize("enabled_before", [True, False])
+def test_the_gc_is_held_off_while_a_batch_is_read_and_restored_after(
+    kafka_bootstrap: str,
+    unique_name: str,
+    producer: KafkaProducer,
+    client: str,
+    enabled_before: bool,
+) -> None:
+    create_topics(kafka_bootstrap, [unique_name], partitions=2)
+    for i in range(40):
+        producer.send(unique_name, _binary(i), partition=i % 2, headers=BINARY)
+    producer.flush()
+    with _source(kafka_bootstrap, unique_name, unique_name, client, codec="binary") as source:
+        consumer = source._consumer
+        real_poll = consumer.poll
+        during: list[bool] = []
+
+        def poll(timeout_ms: int, max_records: int) -> Any:
+            during.append(gc.isenabled())
+            return real_poll(timeout_ms=timeout_ms, max_records=max_records)
+
+        consumer.poll = poll  # type: ignore[method-assign]
+        was = gc.isenabled()
+        try:
+            if not enabled_before:
+                gc.disable()
+            batches = _drain(source, 40)
+            after = gc.isenabled()
+        finally:
+            if was:
+                gc.enable()
+    assert during and not any(during)  # every poll of every batch ran with the GC off
+    assert after is enabled_before  # and the GC is back as the caller had it
+    ids = sorted(int(x) for b in batches for x in b.features[:, 0].tolist())
+    assert ids == list(range(40))
