@@ -34,9 +34,10 @@ demo: $(STAMP)
 # The suite runs in PYTEST_WORKERS processes (pytest-xdist), each with its own broker; more
 # than the cores, since most of a test's time is spent waiting on the processes and broker it
 # starts (tests/README.md, "Running in parallel"). PYTEST_WORKERS=0 runs it in one process.
-# loadfile: a module's tests run on one worker, so a module fixture is made once.
+# loadfile: a module's tests run on one worker, so a module fixture is made once; the longest
+# modules first, in the order tests/scheduling.py gives (--no-loadscope-reorder keeps it).
 PYTEST_WORKERS ?= 4
-XDIST := -n $(PYTEST_WORKERS) --dist loadfile
+XDIST := -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 # The full suite (the README's command). PYTEST_ARGS adds options, e.g. CI's --durations=20.
 # The soak test measures that the demo keeps up, so it runs at normal priority beside the rest,

@@ -19,6 +19,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -27,6 +28,7 @@ from streamtrain.broker import EmbeddedBroker
 from streamtrain.kafka import KafkaClient, KafkaConnection
 from streamtrain.metrics import SERVER_REGISTRY, TRAINER_REGISTRY
 from tests.metrics_scrape import Exporter, exported
+from tests.scheduling import halves_by_client, longest_first
 
 _TIERS = {"unit", "integration", "gpu"}
 _CLIENTS: tuple[KafkaClient, ...] = ("confluent", "kafka-python")
@@ -53,7 +55,16 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("kafka_client", _CLIENTS, indirect=True, scope="module")
 
 
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """--dist loadfile with a module's second-library half a unit of its own (scheduling.py)."""
+    if config.getoption("dist") != "loadfile":
+        return None
+    return halves_by_client(config, log)
+
+
+@pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    longest_first(items)
     cuda = _cuda_available()
     for item in items:
         tier = Path(str(item.fspath)).parent.name

@@ -175,6 +175,8 @@ def test_both_suites_run_in_parallel_with_a_worker_count_to_override() -> None:
     # ranks, a timed baseline) is made once. (loadgroup's xdist_group marks are silently
     # ignored under pytest 9.2: pytest-xdist issue 1386.)
     assert "--dist loadfile" in xdist.group(1), xdist
+    # The order tests/scheduling.py gives (longest modules first) is the order handed out.
+    assert "--no-loadscope-reorder" in xdist.group(1), xdist
     parallel = _pytest_commands("test")[1], *_recipe("test-integration-kafka-python")
     for recipe in parallel:
         assert "$(XDIST)" in recipe.split("pytest", 1)[1], recipe
