@@ -55,6 +55,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("kafka_client", _CLIENTS, indirect=True, scope="module")
 
 
+@pytest.hookimpl(optionalhook=True)  # a pytest without pytest-xdist (the GPU check's) skips it
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     """--dist loadfile with a module's second-library half a unit of its own (scheduling.py)."""
     if config.getoption("dist") != "loadfile":
