@@ -6,7 +6,7 @@ features), but its table is a dynamic one (``streamtrain.train.models.dynamic_ta
 the mapping (24 bytes a row). The mapping is filled with cold IDs (negative, never in the
 stream) before the run, so the table is full from the first step and every new ID evicts the
 least recently used row: deltas carry mapping changes and reset rows from the first one, and
-every step pays for a full table (victim choice, lookup merge).
+every step evicts (from the LRU queue's front: no step scans the table).
 """
 
 from __future__ import annotations

@@ -26,8 +26,10 @@ Gather = Callable[[list[torch.Tensor]], list[torch.Tensor]]
 @torch.no_grad()
 def reset_optimizer_rows(optimizer: Optimizer, param: torch.Tensor, rows: torch.Tensor) -> None:
     """Reset ``rows`` of every per-row state tensor the optimizer keeps for ``param``."""
+    if rows.numel() == 0:
+        return
     state = optimizer.state.get(param)
-    if not state or rows.numel() == 0:
+    if not state:
         return
     group = next(g for g in optimizer.param_groups if any(p is param for p in g["params"]))
     for name, value in state.items():
@@ -36,7 +38,7 @@ def reset_optimizer_rows(optimizer: Optimizer, param: torch.Tensor, rows: torch.
         if value.shape[0] != param.shape[0]:
             continue
         fill = group.get("initial_accumulator_value", 0.0) if name == "sum" else 0.0
-        value.index_fill_(0, rows.to(value.device), fill)
+        value.index_fill_(0, rows if value.is_cpu else rows.to(value.device), fill)
 
 
 class _Series:

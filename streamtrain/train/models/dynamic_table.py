@@ -28,11 +28,12 @@ alike. :meth:`DynamicMapping.observe` runs once per training step, before the fo
 Decisions and lookups run in host memory on numpy views of the buffers (the buffers stay on
 the CPU when the model moves to a GPU, as Monolith keeps its hash tables on the host): a step
 makes a few dozen operations on arrays of a batch's size, where torch's per-operation dispatch
-cost more than the work. The ID lookup is derived state (:mod:`.dynamic_lookup`): updated by
-the rows a step changed, and rebuilt when the buffers were written from outside (a checkpoint
-load, a served base: the buffer's version moved). A step costs O(batch log capacity) plus, when
-it admits or evicts, a few O(capacity) passes (victim choice, the lookup's array copy); no sort
-of the table.
+cost more than the work. The ID lookup (:mod:`.dynamic_lookup`) and the free rows and victim
+orders (:mod:`.dynamic_victims`) are derived state: updated by the rows a step changed, and
+rebuilt from the buffers alone when they were written from outside (a checkpoint load, a
+served base: the buffer's version moved), so a restored trainer decides as one that never
+stopped. A step costs O(batch log capacity) amortised (plus O(sqrt(capacity)) to keep the
+lookup's recent level sorted); nothing scans, sorts or copies the table per step.
 """
 
 from __future__ import annotations
@@ -46,11 +47,11 @@ import torch
 from torch import nn
 
 from streamtrain.train.models.dynamic_lookup import EMPTY, Int64s, SortedLookup, token
+from streamtrain.train.models.dynamic_victims import Placement
 from streamtrain.train.models.sparse_params import TableSettings
 
 __all__ = ["EMPTY", "DynamicMapping", "Observed", "mix64", "refresh_lookups", "uniform"]
 
-_BIG = (1 << 63) - 1
 _GOLDEN = -7046029254386353131  # 0x9E3779B97F4A7C15 as int64
 
 
@@ -87,6 +88,7 @@ class Observed:
     reset: torch.Tensor
     changed_slots: Int64s
     changed_cells: Int64s
+    step: int = 0  # the table's step after this one
     admitted: int = 0
     refused: dict[str, int] = field(
         default_factory=lambda: {"filter": 0, "probability": 0, "full": 0}
@@ -123,7 +125,10 @@ class DynamicMapping(nn.Module):
         self.register_buffer("step", torch.zeros((), dtype=torch.int64))
         self._seed_mix = int(_mix64(np.array([settings.seed]))[0])
         self._lookup: SortedLookup | None = None  # see _sorted
-        self._row_index = np.arange(self.capacity, dtype=np.int64)  # a key's tie-breaker
+        # derived with the lookup, dropped when it is rebuilt (the buffers were written from
+        # outside): numpy views of the buffers, and the free rows and victim orders
+        self._views = _Views.of(self)
+        self._placement: Placement | None = None
 
     def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> Any:
         """The mapping stays in host memory whatever device or dtype the model moves to
@@ -138,7 +143,7 @@ class DynamicMapping(nn.Module):
 
     @property
     def occupied(self) -> int:
-        return int(self._sorted().keys.size)
+        return self._sorted().owned
 
     # --- lookup ---------------------------------------------------------------------------
     def _sorted(self) -> SortedLookup:
@@ -154,7 +159,10 @@ class DynamicMapping(nn.Module):
         return self._sorted()
 
     def rebuild(self) -> SortedLookup:
-        """Sort the owned rows by raw ID (after a checkpoint load or a base)."""
+        """Sort the owned rows by raw ID (after a checkpoint load or a base); the free rows and
+        victim orders are rebuilt at the next step from the buffers alone."""
+        self._views = _Views.of(self)
+        self._placement = None
         self._lookup = SortedLookup.build(self.slot_ids)
         return self._lookup
 
@@ -166,13 +174,13 @@ class DynamicMapping(nn.Module):
             self.rebuild()
             return
         old, new = before.numpy(), self.slot_ids.numpy()[rows.numpy()]
-        gone = np.unique(old[old != EMPTY])
-        keep = new != EMPTY
-        self._lookup = cached.replace(gone, new[keep], rows.numpy()[keep], token(self.slot_ids))
+        moved = (new != old) & (new != EMPTY)  # IDs that came to these rows
+        owned = cached.owned + int(np.count_nonzero(new != EMPTY) - np.count_nonzero(old != EMPTY))
+        self._lookup = cached.replace(new[moved], rows.numpy()[moved], owned, token(self.slot_ids))
 
     def rows(self, ids: torch.Tensor) -> torch.Tensor:
         """The physical row of each ID: its own, or ``capacity + hash % fallback_rows``."""
-        on_host = ids.device.type == "cpu"  # no .cpu() / .to() dispatch for host tensors
+        on_host = ids.is_cpu  # no .cpu() / .to() dispatch for host tensors
         raw = ids.numpy() if on_host else ids.cpu().numpy()
         hit, rows = self._sorted().find(raw)
         if self.settings.fallback_rows == 1:  # one shared row: no hash to compute
@@ -186,56 +194,75 @@ class DynamicMapping(nn.Module):
     # Written for few numpy operations per step rather than few lines: at a batch's size each
     # operation costs about its dispatch, so e.g. the unique IDs come from one sort and a mask
     # (``np.unique`` makes a dozen), and no array is made only to be overwritten.
+    def _placed(self, views: _Views) -> Placement:
+        """Free rows and victim orders (:mod:`.dynamic_victims`), built from the buffers after
+        a rebuild of the lookup (a checkpoint load: their versions moved)."""
+        placement = self._placement
+        if placement is None:
+            s = self.settings
+            placement = self._placement = Placement(
+                views.slot_ids,
+                views.last_seen,
+                views.use_count,
+                lru=s.evict == "lru" or bool(s.expire_after_steps),
+                lfu=s.evict == "lfu",
+            )
+        return placement
+
     def observe(self, ids: torch.Tensor) -> Observed:
         """One training step's decisions for the IDs of its (union) batch; see the module doc."""
-        lookup = self._sorted()  # before any write: a load since the last step rebuilds it
-        step_view = self.step.numpy()
-        step = int(step_view) + 1
-        step_view[()] = step
-        raw = ids.numpy() if ids.device.type == "cpu" else ids.cpu().numpy()
-        hit, found = lookup.find(raw)  # EMPTY is never owned: a miss, dropped below
-        seen = found[hit]
-        last_seen, use_count = self.last_seen.numpy(), self.use_count.numpy()
+        lookup = self._sorted()  # before any write: a load since the last step rebuilds them
+        views = self._views
+        placement = self._placed(views)
+        step = int(views.step) + 1
+        views.step[()] = step
+        raw = ids.numpy() if ids.is_cpu else ids.cpu().numpy()
+        distinct, occurrences = _counted(raw)
+        hit, found = lookup.find(distinct)
+        seen = found[hit]  # distinct IDs own distinct rows
+        last_seen, use_count = views.last_seen, views.use_count
         last_seen[seen] = step
-        np.add.at(use_count, seen, 1)
-        out = Observed(
-            reset=torch.empty(0, dtype=torch.int64), changed_slots=seen, changed_cells=_NO_ROWS
-        )
-        expired, gone = self._expire(step, out) if self.settings.expire_after_steps else _NONE
-        if expired.size == 0 and bool(hit.all()):
+        use_count[seen] += occurrences[hit]
+        out = Observed(reset=_NO_RESET, changed_slots=seen, changed_cells=_NO_ROWS, step=step)
+        expired = self._expire(step, placement, out) if self.settings.expire_after_steps else None
+        if expired is None and bool(hit.all()):
+            placement.stamped(step, np.sort(seen))
             return out  # nothing new: the mapping and its lookup stand
-        fresh, counts = _counted(raw[~hit])
+        miss = ~hit
+        fresh, counts = distinct[miss], occurrences[miss]
         passed, cells = self._admit(fresh, counts, step, out)
         if passed is not None:
             fresh, counts, cells = fresh[passed], counts[passed], cells[passed]
-        placed, evicted = self._place(fresh.size, step, lookup.keys.size - expired.size, out)
+        placed, evicted = self._place(fresh.size, step, placement, out)
         taken = placed.size
         out.refused["full"] = fresh.size - taken
         if taken < fresh.size:
             fresh, counts, cells = fresh[:taken], counts[:taken], cells[:taken]
-        slot_ids = self.slot_ids.numpy()
-        if evicted.size:
-            gone = np.concatenate([gone, slot_ids[evicted]])
-        slot_ids[placed] = fresh
+        views.slot_ids[placed] = fresh
         last_seen[placed] = step
         use_count[placed] = counts
         if self.settings.cells and taken:
-            self.filter_counts.numpy()[cells] = 0  # evicted later, it earns admission again
+            views.filter_counts[cells] = 0  # evicted later, it earns admission again
         out.admitted = taken
         out.reset = torch.from_numpy(placed)
-        out.changed_slots = np.concatenate([seen, expired, placed])
-        self._lookup = lookup.replace(gone, fresh, placed, token(self.slot_ids))
+        freed = 0 if expired is None else expired.size
+        owned = lookup.owned - freed + taken - evicted
+        self._lookup = lookup.replace(fresh, placed, owned, lookup.made_from)
+        stamped = np.concatenate([seen, placed])
+        placement.stamped(step, np.sort(stamped))
+        out.changed_slots = stamped if expired is None else np.concatenate([stamped, expired])
         return out
 
-    def _expire(self, step: int, out: Observed) -> tuple[Int64s, Int64s]:
-        """Free the rows unseen too long: (their rows, the IDs that left them)."""
-        after = self.settings.expire_after_steps
-        slot_ids = self.slot_ids.numpy()
-        stale = np.flatnonzero((self.last_seen.numpy() < step - after) & (slot_ids != EMPTY))
-        gone = slot_ids[stale]
-        slot_ids[stale] = EMPTY
+    def _expire(self, step: int, placement: Placement, out: Observed) -> Int64s | None:
+        """Free the rows unseen too long (None: none were)."""
+        assert placement.recency is not None
+        stale = placement.recency.pop(step - self.settings.expire_after_steps, self.capacity)
+        if stale.size == 0:
+            return None
+        self._views.slot_ids[stale] = EMPTY  # their pairs in the lookup are stale now
+        placement.free.add(stale)
         out.evicted["expired"] = stale.size
-        return stale, gone
+        return stale
 
     def _cells(self, ids: Int64s) -> Int64s:
         # Fibonacci hashing (the product's high bits): 3 ops where mix64 takes 12, and the
@@ -254,7 +281,7 @@ class DynamicMapping(nn.Module):
         if self.settings.cells:
             k = self.settings.admit_after
             cells = self._cells(ids)
-            filter_counts = self.filter_counts.numpy()
+            filter_counts = self._views.filter_counts
             np.add.at(filter_counts, cells, counts)
             total = np.minimum(filter_counts[cells], k)  # saturating
             filter_counts[cells] = total
@@ -271,45 +298,44 @@ class DynamicMapping(nn.Module):
                 passed &= drawn
         return passed, cells
 
-    def _place(self, n: int, step: int, owned: int, out: Observed) -> tuple[Int64s, Int64s]:
-        """Rows for ``n`` admitted IDs, free ones then evicted ones (``owned``: rows owned
-        now, so a full table skips the scan for free rows); and the evicted rows."""
+    def _place(self, n: int, step: int, placement: Placement, out: Observed) -> tuple[Int64s, int]:
+        """Rows for ``n`` admitted IDs, free ones then evicted ones; and how many were evicted
+        (their owners' pairs in the lookup are stale once the rows are written)."""
         if n == 0:
-            return _NO_ROWS, _NO_ROWS
-        slot_ids, last_seen = self.slot_ids.numpy(), self.last_seen.numpy()
-        free = _NO_ROWS
-        if owned < self.capacity:
-            free = np.flatnonzero(slot_ids == EMPTY)
-            if n <= free.size:
-                return free[:n], _NO_ROWS
-            evictable = (slot_ids != EMPTY) & (last_seen < step)
+            return _NO_ROWS, 0
+        free = placement.free.take(n)
+        if free.size == n:
+            return free, 0
+        need = n - free.size
+        if placement.recency is not None and self.settings.evict == "lru":
+            victims = placement.recency.pop(step, need)  # every stamp queued is before step
         else:
-            evictable = last_seen < step
-        need = min(n - free.size, int(np.count_nonzero(evictable)))
-        if need == 0:
-            return free, _NO_ROWS
-        victims = self._victims(evictable, need)
+            assert placement.frequency is not None
+            victims = placement.frequency.pop(need, step)
         out.evicted[self.settings.evict] = victims.size
-        return (np.concatenate([free, victims]) if free.size else victims), victims
-
-    def _victims(self, evictable: np.ndarray[Any, np.dtype[np.bool_]], m: int) -> Int64s:
-        """The ``m`` evictable rows that go first (LRU: oldest ``last_seen``; LFU: fewest
-        uses, then oldest); every key is made unique by the row index, so ties end alike."""
-        if self._row_index.size != self.capacity:
-            self._row_index = np.arange(self.capacity, dtype=np.int64)
-        recency = self.last_seen.numpy() * self.capacity
-        recency += self._row_index
-        if self.settings.evict == "lru":
-            return _smallest(np.where(evictable, recency, _BIG), m)
-        uses = np.where(evictable, self.use_count.numpy(), _BIG)
-        threshold = np.partition(uses, m - 1)[m - 1]
-        below = np.flatnonzero(uses < threshold)
-        tied = np.where(uses == threshold, recency, _BIG)
-        return np.concatenate([below, _smallest(tied, m - below.size)])
+        return (np.concatenate([free, victims]) if free.size else victims), victims.size
 
 
 _NO_ROWS: Int64s = np.empty(0, dtype=np.int64)
-_NONE = (_NO_ROWS, _NO_ROWS)
+_NO_RESET = torch.empty(0, dtype=torch.int64)  # read only: an Observed that reset no row
+
+
+@dataclass(frozen=True)
+class _Views:
+    """numpy views of a mapping's buffers (taking one costs a dispatch: once per rebuild)."""
+
+    slot_ids: Int64s
+    last_seen: Int64s
+    use_count: Int64s
+    step: Int64s
+    filter_counts: Int64s
+
+    @classmethod
+    def of(cls, m: DynamicMapping) -> _Views:
+        cells = m.filter_counts.numpy() if m.settings.cells else _NO_ROWS
+        return cls(
+            m.slot_ids.numpy(), m.last_seen.numpy(), m.use_count.numpy(), m.step.numpy(), cells
+        )
 
 
 def _counted(ids: Int64s) -> tuple[Int64s, Int64s]:
@@ -329,14 +355,6 @@ def _counted(ids: Int64s) -> tuple[Int64s, Int64s]:
     np.subtract(starts[1:], starts[:-1], out=counts[:-1])
     counts[-1] = n - starts[-1]
     return ids[starts], counts
-
-
-def _smallest(keys: Int64s, m: int) -> Int64s:
-    """Indices of the ``m`` smallest (unique) keys, in ascending order of key."""
-    if m == 0:
-        return keys[:0]
-    part = np.argpartition(keys, m - 1)[:m]
-    return part[np.argsort(keys[part])]
 
 
 def dynamic_mappings(model: nn.Module) -> dict[str, DynamicMapping]:

@@ -238,15 +238,17 @@ class EmbeddingTables(nn.Module):
             observed = mapping.observe(table_ids)
             weight = self._weight(table)
             key = _key(table)
-            if observed.reset.numel():
+            reset = observed.reset.numel()
+            if reset:
                 # a fixed function of (seed, step, table): replays and ranks draw the same
                 # rows, and two tables resetting in one step draw different ones
-                step = int(mapping.step)
+                step = observed.step
                 seed = ((mapping.settings.seed * 1_000_003 + step) * 64 + number) % (1 << 63)
-                fresh = torch.randn(
-                    observed.reset.numel(), self.dim, generator=self._generator.manual_seed(seed)
-                )
-                weight[observed.reset.to(weight.device)] = fresh.mul_(self.init_std).to(weight)
+                fresh = torch.randn(reset, self.dim, generator=self._generator.manual_seed(seed))
+                if weight.is_cpu and weight.dtype == fresh.dtype:  # no .to() dispatch
+                    weight.index_copy_(0, observed.reset, fresh.mul_(self.init_std))
+                else:
+                    weight[observed.reset.to(weight.device)] = fresh.mul_(self.init_std).to(weight)
                 self._mark(f"tables.{key}.weight", weight.shape[0], observed.reset.numpy())
             # slot_ids, last_seen and use_count change on the same rows: one mask for three
             self._mark(f"mappings.{key}", mapping.capacity, observed.changed_slots)
