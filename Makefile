@@ -11,12 +11,19 @@ TORCH_SPEC ?= torch==2.13.0
 
 $(STAMP): pyproject.toml deploy/constraints.txt
 	$(PY) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
+	# uv (a pip-compatible installer) installs the package and its dependencies into the venv at
+	# a fraction of pip's time; pip itself installs only uv and torch (and a current pip: the
+	# tests drive `pip --python`).
+	$(BIN)/pip install --quiet --upgrade pip "uv>=0.5,<1"
 	# The CPU wheel first: the package's torch range would otherwise pull a multi-GB CUDA build.
-	$(BIN)/pip install --quiet "$(TORCH_SPEC)"
+	# Through pip, whose configuration (find-links, index) is where a machine keeps its CPU
+	# build. --no-compile: Python compiles a module when it is first imported, and most of
+	# torch's never are (compiling them took two thirds of its install's CPU time).
+	$(BIN)/pip install --quiet --no-compile "$(TORCH_SPEC)"
 	# Runtime dependencies at the versions the image pins (deploy/constraints.txt), so tests run
 	# against what ships; the constraints file only narrows what the package already asks for.
-	$(BIN)/pip install --quiet --only-binary=scikit-learn -c deploy/constraints.txt -e ".[broker,dev]"
+	$(BIN)/uv pip install --quiet --python $(BIN)/python --only-binary scikit-learn \
+		-c deploy/constraints.txt -e ".[broker,dev]"
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -27,22 +34,29 @@ demo: $(STAMP)
 # The suite runs in PYTEST_WORKERS processes (pytest-xdist), each with its own broker; more
 # than the cores, since most of a test's time is spent waiting on the processes and broker it
 # starts (tests/README.md, "Running in parallel"). PYTEST_WORKERS=0 runs it in one process.
-# loadfile: a module's tests run on one worker, so a module fixture is made once.
+# loadfile: a module's tests run on one worker, so a module fixture is made once; the longest
+# modules first, in the order tests/scheduling.py gives (--no-loadscope-reorder keeps it).
 PYTEST_WORKERS ?= 4
-XDIST := -n $(PYTEST_WORKERS) --dist loadfile
+XDIST := -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 # The full suite (the README's command). PYTEST_ARGS adds options, e.g. CI's --durations=20.
-# The soak test measures that the demo keeps up, so it runs after the rest, alone.
+# The soak test measures that the demo keeps up, so it runs at normal priority beside the rest,
+# which runs under `nice -n 19` (its workers and every process they start inherit it): the
+# kernel gives niced work only what CPU the soak leaves (tests/README.md, "Running in
+# parallel"). The soak's output is printed after the rest's; either failing fails the target.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -p no:cacheprovider $(XDIST) -m "not soak" tests $(PYTEST_ARGS)
-	$(BIN)/python -m pytest -q -p no:cacheprovider -m soak tests $(PYTEST_ARGS)
+	soak_log=$$(mktemp); \
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m soak tests $(PYTEST_ARGS) >"$$soak_log" 2>&1 & soak=$$!; \
+	nice -n 19 $(BIN)/python -m pytest -q -p no:cacheprovider $(XDIST) -m "not soak" tests $(PYTEST_ARGS); rest=$$?; \
+	wait $$soak; soaked=$$?; echo "== the soak test (-m soak), run beside the rest:"; \
+	cat "$$soak_log"; rm -f "$$soak_log"; test $$rest -eq 0 && test $$soaked -eq 0
 
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit
 
-# The integration tests whose Kafka path differs by client library (marked kafka_client) again,
-# with every streamtrain Kafka client on kafka-python (`make test` runs all of them with
-# confluent-kafka, the default).
+# The integration tests whose Kafka path differs by client library (marked kafka_client) with
+# every streamtrain Kafka client on kafka-python only (`make test` runs each of them with both
+# libraries in one session: tests/conftest.py).
 test-integration-kafka-python: $(STAMP)
 	STREAMTRAIN_TEST_KAFKA_CLIENT=kafka-python $(BIN)/python -m pytest -q -p no:cacheprovider $(XDIST) -m kafka_client tests/integration $(PYTEST_ARGS)
 

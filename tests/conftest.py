@@ -4,10 +4,13 @@ Broker choice, in order: ``STREAMTRAIN_TEST_BOOTSTRAP`` if set; testcontainers' 
 Docker engine answers; else the embedded broker. A broker that cannot be had is an error, never a
 skip: integration tests must fail loudly in CI.
 
-Client library: ``STREAMTRAIN_TEST_KAFKA_CLIENT`` (``confluent``, the default, or
-``kafka-python``) is what every client the tests build through streamtrain uses: the
-``kafka_connection`` fixture carries it, and ``STREAMTRAIN_KAFKA__CLIENT`` is set for the session
-so settings-built clients (in this process and in the CLI processes tests start) use it too.
+Client library: the ``kafka_client`` fixture is what every client the tests build through
+streamtrain uses: the ``kafka_connection`` fixture carries it, and ``STREAMTRAIN_KAFKA__CLIENT``
+is set while it is active so settings-built clients (in this process and in the CLI processes
+tests start) use it too. ``confluent`` by default; a test marked ``kafka_client`` (its Kafka path
+differs by client library) runs once with each library in the same session, ``[confluent]`` and
+``[kafka-python]``. ``STREAMTRAIN_TEST_KAFKA_CLIENT`` pins one library for every test instead
+(``make test-integration-kafka-python``).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,13 +28,16 @@ from streamtrain.broker import EmbeddedBroker
 from streamtrain.kafka import KafkaClient, KafkaConnection
 from streamtrain.metrics import SERVER_REGISTRY, TRAINER_REGISTRY
 from tests.metrics_scrape import Exporter, exported
+from tests.scheduling import halves_by_client, longest_first
 
 _TIERS = {"unit", "integration", "gpu"}
 _CLIENTS: tuple[KafkaClient, ...] = ("confluent", "kafka-python")
 
 
-def _test_kafka_client() -> KafkaClient:
-    chosen = os.environ.get("STREAMTRAIN_TEST_KAFKA_CLIENT", "confluent")
+def _pinned_kafka_client() -> KafkaClient | None:
+    chosen = os.environ.get("STREAMTRAIN_TEST_KAFKA_CLIENT")
+    if chosen is None:
+        return None
     for client in _CLIENTS:
         if chosen == client:
             return client
@@ -39,7 +46,26 @@ def _test_kafka_client() -> KafkaClient:
     )
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A ``kafka_client`` test runs with each client library, unless one is pinned. Module
+    scope: a module's tests run with one library, then with the other (pytest orders them so),
+    and a module fixture that uses it is made again for each."""
+    marked = metafunc.definition.get_closest_marker("kafka_client") is not None
+    if marked and "kafka_client" in metafunc.fixturenames and _pinned_kafka_client() is None:
+        metafunc.parametrize("kafka_client", _CLIENTS, indirect=True, scope="module")
+
+
+@pytest.hookimpl(optionalhook=True)  # a pytest without pytest-xdist (the GPU check's) skips it
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """--dist loadfile with a module's second-library half a unit of its own (scheduling.py)."""
+    if config.getoption("dist") != "loadfile":
+        return None
+    return halves_by_client(config, log)
+
+
+@pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    longest_first(items)
     cuda = _cuda_available()
     for item in items:
         tier = Path(str(item.fspath)).parent.name
@@ -68,9 +94,7 @@ def _docker_answers() -> bool:
 
 
 @pytest.fixture(scope="session")
-def kafka_bootstrap(
-    tmp_path_factory: pytest.TempPathFactory, kafka_client: KafkaClient
-) -> Iterator[str]:
+def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     explicit = os.environ.get("STREAMTRAIN_TEST_BOOTSTRAP")
     if explicit:
         yield explicit
@@ -86,10 +110,15 @@ def kafka_bootstrap(
         yield broker.bootstrap_servers
 
 
-@pytest.fixture(scope="session")
-def kafka_client() -> Iterator[KafkaClient]:
-    """The client library under test; settings-built clients follow it through the env."""
-    client = _test_kafka_client()
+@pytest.fixture(scope="session", autouse=True)
+def kafka_client(request: pytest.FixtureRequest) -> Iterator[KafkaClient]:
+    """The client library under test; settings-built clients follow it through the env.
+
+    Autouse, so the variable is set before any fixture starts a process (and the broker does
+    not depend on it: a change of library between modules keeps the worker's broker). A change
+    of library tears this down and sets it up again, and with it every fixture that uses it."""
+    param: KafkaClient | None = getattr(request, "param", None)
+    client = param or _pinned_kafka_client() or "confluent"
     previous = os.environ.get("STREAMTRAIN_KAFKA__CLIENT")
     os.environ["STREAMTRAIN_KAFKA__CLIENT"] = client
     yield client

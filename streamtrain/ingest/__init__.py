@@ -1,6 +1,8 @@
 """Kafka ingest: assignment, poll, bulk decode and validation, dead letters, exact batches.
 
-The trainer needs :class:`KafkaSampleSource` and :func:`to_device`; the rest is the parts.
+The trainer needs :class:`KafkaSampleSource` and ``ingest.device.to_device``; the rest is the
+parts. ``ingest.device`` (torch) is not imported here: the join uses the dead-letter sink and
+must start without torch (a `streamtrain join` process starts ~2 s of CPU sooner).
 """
 
 from streamtrain.ingest.batch_deadline import MicroBatchPolicy
@@ -12,7 +14,6 @@ from streamtrain.ingest.deadletter import (
     LogDeadLetter,
 )
 from streamtrain.ingest.decode import DecodedChunk, decode_records
-from streamtrain.ingest.device import DeviceBatch, to_device
 from streamtrain.ingest.options import SourceOptions
 from streamtrain.ingest.source import KafkaSampleSource
 from streamtrain.kafka.records import KafkaRecord
@@ -22,7 +23,6 @@ __all__ = [
     "SOURCE_HEADER",
     "DeadLetterSink",
     "DecodedChunk",
-    "DeviceBatch",
     "KafkaDeadLetter",
     "KafkaRecord",
     "KafkaSampleSource",
@@ -30,5 +30,4 @@ __all__ = [
     "MicroBatchPolicy",
     "SourceOptions",
     "decode_records",
-    "to_device",
 ]

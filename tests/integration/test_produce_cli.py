@@ -15,7 +15,7 @@ from kafka import KafkaConsumer, TopicPartition
 
 from streamtrain.datasets import DATASETS
 from streamtrain.ingest import KafkaSampleSource, SourceOptions
-from streamtrain.kafka import KafkaConnection
+from streamtrain.kafka import KafkaConnection, record_consumer
 from streamtrain.sample.spec import SampleSpec
 from streamtrain.wire.binary_format import binary_dtype
 
@@ -55,6 +55,16 @@ def _read_all(
                 labels.append(batch.labels)
         assert len(source.partitions) == partitions
         return np.concatenate(labels) if labels else np.zeros(0), records
+
+
+def _await_topic(kafka: KafkaConnection, topic: str, timeout_s: float = 120.0) -> None:
+    """Until ``topic`` exists (the consumer's own metadata wait, refreshed while it waits): a
+    producer child on a loaded machine can take longer to start than the source's 10 s."""
+    consumer = record_consumer(kafka, topic=topic, metadata_timeout_s=timeout_s)
+    try:
+        consumer.partitions_of_topic()
+    finally:
+        consumer.close()
 
 
 def _raw_records(bootstrap: str, topic: str, count: int) -> list[tuple[int, int, bytes]]:
@@ -181,6 +191,7 @@ def test_sigterm_stops_production_cleanly_and_reports_the_count(
         text=True,
     )
     spec = DATASETS["hyperplane"].spec
+    _await_topic(kafka_connection, unique_name)  # the child creates it once it has started
     _, records = _read_all(kafka_connection, unique_name, spec, 50)  # it is producing
     assert records >= 50
     process.send_signal(signal.SIGTERM)

@@ -61,7 +61,7 @@ def test_ci_runs_the_gpu_check_dry_run_as_the_readme_says() -> None:
     """CI runs the GPU check's dry run (the wheel set and the script cannot rot unseen), the
     README's Development section says so, and ``gpu-check`` itself needs no ``.venv``: it runs
     on a bare device machine whose python3 holds a CUDA torch."""
-    assert "make gpu-check-dry" in _commands(CI_RUN.read_text())
+    assert any("make gpu-check-dry" in line for line in _commands(CI_RUN.read_text()))
     development = README.read_text().split("## Development", 1)[1].split("\n## ", 1)[0]
     assert "make gpu-check-dry" in development
     makefile = MAKEFILE.read_text()
@@ -77,7 +77,11 @@ def test_make_installs_everything_into_its_own_venv() -> None:
     installs = [line for line in recipes if re.search(r"\bpip\b.*\binstall\b", line)]
     assert installs, "the Makefile installs nothing?"
     for line in installs:  # the project's venv, or a bench peer's own (make bench-peers)
-        own = "$(BIN)/pip install" in line or "$(PEERS)/$*/bin/pip install" in line
+        own = (
+            "$(BIN)/pip install" in line
+            or "$(PEERS)/$*/bin/pip install" in line
+            or "$(BIN)/uv pip install --quiet --python $(BIN)/python " in line
+        )
         assert own and "--user" not in line, line
     assert any("$(PY) -m venv $(VENV)" in line for line in recipes)
     assert not any("--system-site-packages" in line for line in recipes)
@@ -110,20 +114,53 @@ def _recipe(target: str) -> list[str]:
     return [line.strip() for line in lines[: next(i for i, x in enumerate(lines) if not x)]]
 
 
+def _pytest_commands(target: str) -> list[str]:
+    """The recipe's pytest commands, each as the shell runs it (continuation lines joined)."""
+    recipe = " ".join(line.removesuffix("\\").strip() for line in _recipe(target))
+    return [
+        command.strip()
+        for command in re.split(r";|&(?!&)", recipe)
+        if re.search(r"-m pytest\b", command)
+    ]
+
+
 def test_make_test_is_the_full_suite_and_ci_lists_the_slowest() -> None:
-    """`make test` (the README's command) runs every tier: all but the soak test over the
-    workers, then the soak test alone (it measures keeping up); CI adds a durations report."""
-    parallel, alone = _recipe("test")
-    for recipe in (parallel, alone):
-        assert re.search(r"-m pytest .*\btests(\s|$)", recipe), recipe
-        assert "$(PYTEST_ARGS)" in recipe, recipe
-    assert ' -m "not soak" ' in parallel and "$(XDIST)" in parallel, parallel
-    assert " -m soak " in alone and "$(XDIST)" not in alone, alone
-    for recipe in (parallel, alone):
-        assert len(re.findall(r" -m (?!pytest)", recipe)) == 1, recipe
+    """`make test` (the README's command) runs every tier: the soak test at normal priority
+    beside all the rest over the workers under `nice -n 19` (tests/README.md: the soak
+    measures keeping up, the priority gives it its CPU), and fails if either fails; CI adds a
+    durations report."""
+    soak, rest = _pytest_commands("test")
+    for command in (soak, rest):
+        assert re.search(r"-m pytest .*\btests(\s|$)", command), command
+        assert "$(PYTEST_ARGS)" in command, command
+        assert len(re.findall(r" -m (?!pytest)", command)) == 1, command
+    assert " -m soak " in soak and "$(XDIST)" not in soak, soak
+    assert not soak.startswith("nice"), soak
+    assert ' -m "not soak" ' in rest and "$(XDIST)" in rest, rest
+    assert rest.startswith("nice -n 19 $(BIN)/python -m pytest "), rest
+    recipe = " ".join(_recipe("test"))
+    assert re.search(r"& soak=\$\$!", recipe), "the soak test does not run in the background"
+    assert "wait $$soak; soaked=$$?" in recipe, recipe
+    assert recipe.endswith("test $$rest -eq 0 && test $$soaked -eq 0"), recipe
     ci = _commands(CI_RUN.read_text())
     test_line = next(line for line in ci if line.startswith("make test "))
     assert "--durations=20" in test_line
+
+
+def test_ci_runs_lint_and_the_gpu_dry_run_niced_beside_the_suite_and_fails_with_them() -> None:
+    """The side checks run under `nice -n 19` in the background while the demo and the suite
+    run; the run waits for them on any exit, prints their output and fails if they failed."""
+    ci = CI_RUN.read_text()
+    commands = _commands(ci)
+    assert commands.index("make setup") < commands.index('make demo DEMO_ARGS="--duration 20"')
+    side = next(line for line in commands if "make lint" in line)
+    assert side.startswith("(nice -n 19 make lint && nice -n 19 make gpu-check-dry)"), side
+    assert side.endswith("&"), side
+    assert "trap finish EXIT" in commands
+    finish = ci.split("finish() {", 1)[1].split("\n}\n", 1)[0]
+    assert 'wait "$side" || side_status=$?' in finish
+    assert 'if [ "$status" -eq 0 ]; then status=$side_status; fi' in finish
+    assert 'exit "$status"' in finish
 
 
 def test_both_suites_run_in_parallel_with_a_worker_count_to_override() -> None:
@@ -138,7 +175,9 @@ def test_both_suites_run_in_parallel_with_a_worker_count_to_override() -> None:
     # ranks, a timed baseline) is made once. (loadgroup's xdist_group marks are silently
     # ignored under pytest 9.2: pytest-xdist issue 1386.)
     assert "--dist loadfile" in xdist.group(1), xdist
-    parallel = _recipe("test")[0], *_recipe("test-integration-kafka-python")
+    # The order tests/scheduling.py gives (longest modules first) is the order handed out.
+    assert "--no-loadscope-reorder" in xdist.group(1), xdist
+    parallel = _pytest_commands("test")[1], *_recipe("test-integration-kafka-python")
     for recipe in parallel:
         assert "$(XDIST)" in recipe.split("pytest", 1)[1], recipe
     dev = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"][
@@ -147,7 +186,10 @@ def test_both_suites_run_in_parallel_with_a_worker_count_to_override() -> None:
     assert any(re.match(r"pytest-xdist\b", requirement) for requirement in dev), dev
 
 
-def test_the_kafka_python_pass_runs_only_the_tests_that_differ_by_client() -> None:
+def test_the_tests_that_differ_by_client_run_with_each_library() -> None:
+    """`make test` runs each kafka_client test with both libraries in one session (the
+    conftest parametrizes them; tests/unit/test_kafka_client_fixture.py checks that), so CI
+    needs no second pass; `make test-integration-kafka-python` pins kafka-python for them."""
     (recipe,) = _recipe("test-integration-kafka-python")
     assert "STREAMTRAIN_TEST_KAFKA_CLIENT=kafka-python" in recipe
     assert "-m kafka_client" in recipe and "tests/integration" in recipe
@@ -159,7 +201,5 @@ def test_the_kafka_python_pass_runs_only_the_tests_that_differ_by_client() -> No
     # The Kafka wing's paths: consumer, producer, partition reader, reachability.
     for name in ("test_ingest_source.py", "test_snapshot_kafka.py", "test_kafka_outage.py"):
         assert name in marked, marked
-    assert any(
-        line.startswith("make test-integration-kafka-python")
-        for line in _commands(CI_RUN.read_text())
-    )
+    assert "STREAMTRAIN_TEST_KAFKA_CLIENT" not in " ".join(_recipe("test"))
+    assert not any("kafka-python" in line for line in _commands(CI_RUN.read_text()))
