@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tests.unit.test_dynamic_tables_reference import CASES, churn
 
 from streamtrain.train.models.dynamic_table import EMPTY, DynamicMapping
 from streamtrain.train.models.sparse_params import TableSettings
+from tests.unit.test_dynamic_tables_reference import CASES, churn
 
 
 def _searched(mapping: DynamicMapping, ids: torch.Tensor) -> list[int]:
