@@ -10,7 +10,7 @@ over the run (``/proc/<pid>/stat``, every thread of the process) are divided by 
 answered. Load on the client side costs the client, not the figure.
 
     git archive b5aa1f2 | tar -x -C /tmp/base
-    .venv/bin/python bench/serve_cpu.py /tmp/base . .@httptools --rounds 4 --seconds 6
+    .venv/bin/python bench/serve_cpu.py /tmp/base .@one-write . --rounds 4 --seconds 6
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def main() -> None:
         "servers",
         nargs="+",
         help="source trees (their streamtrain/ serves), each optionally @HTTP: the worker's "
-        "http protocol (one-write, httptools, h11), e.g. .@httptools",
+        "http protocol (infer-route, one-write, httptools, h11), e.g. .@one-write",
     )
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=6.0, help="load per run")

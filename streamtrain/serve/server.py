@@ -20,6 +20,7 @@ Order of start and stop:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import signal
 import socket
@@ -31,8 +32,10 @@ import uvicorn
 from starlette.applications import Starlette
 
 from streamtrain.metrics import SERVER_REGISTRY, serve_metrics
+from streamtrain.serve.infer_protocol import infer_route_protocol
 from streamtrain.serve.promotion import PromotionWatch
 from streamtrain.serve.protocol.dataplane import ServedModel
+from streamtrain.serve.protocol.infer_route import InferRoute
 from streamtrain.serve.transport import OneWriteHttpToolsProtocol
 from streamtrain.serve.weights.watcher import SnapshotWatcher
 
@@ -40,6 +43,19 @@ if TYPE_CHECKING:
     from streamtrain.serve.protocol.grpc_service import GrpcServer
 
 log = logging.getLogger(__name__)
+
+
+def _protocol(app: Starlette, http: str) -> type[asyncio.Protocol] | str:
+    """uvicorn's ``http`` for the worker's ``http`` setting: ``infer-route`` answers infer
+    requests from the data plane (serve/infer_protocol.py; an app without create_app's route
+    gets ``one-write``), ``one-write`` is uvicorn's protocol with one send() per response
+    (serve/transport.py), ``httptools`` and ``h11`` are uvicorn's own."""
+    route = getattr(app.state, "infer_route", None)
+    if http == "infer-route" and isinstance(route, InferRoute):
+        return infer_route_protocol(route)
+    if http in ("infer-route", "one-write"):
+        return OneWriteHttpToolsProtocol
+    return http
 
 
 class ServingWorker:
@@ -63,7 +79,7 @@ class ServingWorker:
         grpc: GrpcServer | None = None,
         tls: tuple[Path, Path] | None = None,
         promotion: PromotionWatch | None = None,
-        http: str = "one-write",
+        http: str = "infer-route",
     ) -> None:
         self.app = app
         self.grpc = grpc
@@ -94,8 +110,7 @@ class ServingWorker:
                 timeout_graceful_shutdown=10,
                 ssl_certfile=certfile,
                 ssl_keyfile=keyfile,
-                # One send() per response (serve/transport.py); "httptools" is uvicorn's own.
-                http=OneWriteHttpToolsProtocol if http == "one-write" else http,
+                http=_protocol(app, http),
             )
         )
         if tls is not None:

@@ -36,6 +36,7 @@ LAYERS: list[set[str]] = [
 # Inside serve/: the wiring over the request path over the hot-swap path and the log.
 SERVE_LAYERS: list[set[str]] = [
     {"server"},
+    {"infer_protocol"},
     {"promotion", "transport"},
     {"protocol"},
     {"weights", "prediction_log"},

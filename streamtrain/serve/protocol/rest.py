@@ -29,8 +29,6 @@ arrived is ``client_disconnected``, never ``error``.
 
 from __future__ import annotations
 
-import zlib
-from collections.abc import Mapping
 from typing import Any
 
 import msgspec
@@ -42,16 +40,9 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route
 
 from streamtrain.ascii_int import parse_ascii_int
-from streamtrain.serve.protocol.bodies import (
-    BINARY_HEADER,
-    InferRequest,
-    ProtocolError,
-    encode_infer_response,
-    encode_json,
-    parse_infer_request,
-)
+from streamtrain.serve.protocol.bodies import BINARY_HEADER, ProtocolError, encode_json
 from streamtrain.serve.protocol.dataplane import ServedModel, server_metadata
-from streamtrain.serve.weights.inference import Array
+from streamtrain.serve.protocol.infer_route import InferBody, InferRoute, decompress, too_large
 
 _JSON = "application/json"
 
@@ -68,51 +59,29 @@ def _json(document: Any, status: int = 200) -> Response:
     return Response(encode_json(document), status_code=status, media_type=_JSON)
 
 
-def _error(status: int, message: str) -> Response:
+def error_response(status: int, message: str) -> Response:
     return _json({"error": message}, status)
 
 
 async def read_body(request: Request, limit: int) -> bytes:
-    """The body, refused (413) past ``limit`` bytes before reading more than that."""
+    """The body, refused (413) past ``limit`` bytes before reading more than that, and
+    inflated if it came compressed (:func:`decompress`)."""
+    body = await _read_raw_body(request, limit)
+    return decompress(body, request.headers.get("content-encoding"), limit)
+
+
+async def _read_raw_body(request: Request, limit: int) -> bytes:
     declared = parse_ascii_int(request.headers.get("content-length") or "")
     if declared is not None and declared > limit:
-        raise _too_large(declared, limit)
+        raise too_large(declared, limit)
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise _too_large(size, limit)
+            raise too_large(size, limit)
         chunks.append(chunk)
-    body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-    return _decompress(body, request.headers.get("content-encoding"), limit)
-
-
-def _decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
-    """Undo ``Content-Encoding: gzip | deflate`` (tritonclient's request compression), never
-    inflating past ``limit`` bytes, so a small compressed bomb cannot exhaust memory."""
-    if encoding is None or encoding.strip().lower() in ("", "identity"):
-        return body
-    wbits = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}.get(encoding.strip().lower())
-    if wbits is None:
-        raise ProtocolError(f"Content-Encoding {encoding!r} is not supported; use gzip or deflate")
-    inflater = zlib.decompressobj(wbits)
-    try:
-        data = inflater.decompress(body, limit + 1)
-    except zlib.error as exc:
-        raise ProtocolError(f"request body is not valid {encoding} data: {exc}") from None
-    if len(data) > limit:
-        raise _too_large(len(data), limit)
-    return data
-
-
-def _too_large(size: int, limit: int) -> ProtocolError:
-    return ProtocolError(
-        f"request body too large: {size} bytes exceeds max_body_bytes={limit}; send fewer rows "
-        "per request or raise serve.max_body_bytes",
-        status=413,
-        outcome="too_large",
-    )
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 class V2Endpoints:
@@ -125,6 +94,8 @@ class V2Endpoints:
         self._model_name = served.name
         self._max_body_bytes = max_body_bytes
         self._server_metadata = encode_json(server_metadata())
+        # The infer endpoint, shared with the worker's fast protocol (serve/infer_protocol.py).
+        self.route = InferRoute(served, max_body_bytes)
 
     def routes(self) -> list[BaseRoute]:
         # Matched in order: the hot route first.
@@ -157,21 +128,21 @@ class V2Endpoints:
 
     async def ready(self, request: Request) -> Response:
         if not self._slot.ready:
-            return _error(503, "not ready: waiting for the first valid weight snapshot")
+            return error_response(503, "not ready: waiting for the first valid weight snapshot")
         return _json({"ready": True})
 
     async def model_metadata(self, request: Request) -> Response:
         try:
             live = self._check_model(request)
         except ProtocolError as exc:
-            return _error(exc.status, str(exc))
+            return error_response(exc.status, str(exc))
         return _json(self._served.metadata(live))
 
     async def model_ready(self, request: Request) -> Response:
         try:
             self._check_model(request)
         except ProtocolError as exc:
-            return _error(exc.status, str(exc))
+            return error_response(exc.status, str(exc))
         return _json({"name": self._model_name, "ready": True})
 
     async def model_config(self, request: Request) -> Response:
@@ -180,7 +151,7 @@ class V2Endpoints:
                 self._served.config(request.path_params["name"], request.path_params.get("version"))
             )
         except ProtocolError as exc:
-            return _error(exc.status, str(exc))
+            return error_response(exc.status, str(exc))
 
     async def statistics(self, request: Request) -> Response:
         try:
@@ -190,7 +161,7 @@ class V2Endpoints:
                 )
             )
         except ProtocolError as exc:
-            return _error(exc.status, str(exc))
+            return error_response(exc.status, str(exc))
 
     async def repository_index(self, request: Request) -> Response:
         """``{"ready": true}`` lists only versions ready to answer; an empty body lists all."""
@@ -198,37 +169,34 @@ class V2Endpoints:
             body = await read_body(request, self._max_body_bytes)
             query = _INDEX_DECODER.decode(body) if body.strip() else _IndexRequest()
         except ProtocolError as exc:
-            return _error(exc.status, str(exc))
+            return error_response(exc.status, str(exc))
         except msgspec.DecodeError as exc:
-            return _error(400, f'repository index body must be {{"ready": true|false}}: {exc}')
+            return error_response(
+                400, f'repository index body must be {{"ready": true|false}}: {exc}'
+            )
         except ClientDisconnect:
-            return _error(400, "client disconnected before the request body was complete")
+            return error_response(400, "client disconnected before the request body was complete")
         return _json(self._served.index(query.ready))
 
     async def infer(self, request: Request) -> Response:
-        async def decode() -> InferRequest:
+        async def arrived() -> InferBody:
             try:
-                body = await read_body(request, self._max_body_bytes)
+                body = await _read_raw_body(request, self._max_body_bytes)
             except ClientDisconnect:
                 # Nobody is left to read a reply; the status only shows in access logs.
                 raise ProtocolError(
                     "client disconnected before the request body was complete",
                     outcome="client_disconnected",
                 ) from None
-            return parse_infer_request(body, request.headers.get(BINARY_HEADER), self._io)
+            headers = request.headers
+            return InferBody(body, headers.get("content-encoding"), headers.get(BINARY_HEADER))
 
-        def encode(version: str, parsed: InferRequest, outputs: Mapping[str, Array]) -> Response:
-            content, headers = encode_infer_response(
-                self._model_name, version, parsed, outputs, self._io
-            )
-            return Response(content, headers=headers)
-
-        try:
-            return await self._served.infer(
-                request.path_params["name"], request.path_params.get("version"), decode, encode
-            )
-        except ProtocolError as exc:
-            return _error(exc.status, str(exc))
+        answer = await self.route.answer(
+            request.path_params["name"], request.path_params.get("version"), arrived
+        )
+        response = Response(answer.body, status_code=answer.status)
+        response.raw_headers = answer.headers
+        return response
 
     def _check_model(self, request: Request) -> int:
         return self._served.live_version(
@@ -251,9 +219,9 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     """Starlette's own 404 and 405 in the same error body as every other answer."""
     status = exc.status_code if isinstance(exc, HTTPException) else 500
     if status == 404:
-        return _error(404, f"no route {request.url.path}")
+        return error_response(404, f"no route {request.url.path}")
     detail = exc.detail if isinstance(exc, HTTPException) else "internal error"
-    return _error(status, f"{detail} for {request.method} {request.url.path}")
+    return error_response(status, f"{detail} for {request.method} {request.url.path}")
 
 
 def create_app(
@@ -269,4 +237,7 @@ def create_app(
     routes = endpoints.routes() + (extra_routes or [])
     if metrics_registry is not None:
         routes += _metrics_routes(metrics_registry)
-    return Starlette(routes=routes, exception_handlers={HTTPException: _http_error})
+    app = Starlette(routes=routes, exception_handlers={HTTPException: _http_error})
+    # The serving worker answers this route's requests itself (serve/infer_protocol.py).
+    app.state.infer_route = endpoints.route
+    return app
