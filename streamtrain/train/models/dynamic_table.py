@@ -129,6 +129,7 @@ class DynamicMapping(nn.Module):
         # outside): numpy views of the buffers, and the free rows and victim orders
         self._views = _Views.of(self)
         self._placement: Placement | None = None
+        self._answer: _Answer | None = None  # the last step's rows (see rows)
 
     def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> Any:
         """The mapping stays in host memory whatever device or dtype the model moves to
@@ -182,13 +183,30 @@ class DynamicMapping(nn.Module):
         """The physical row of each ID: its own, or ``capacity + hash % fallback_rows``."""
         on_host = ids.is_cpu  # no .cpu() / .to() dispatch for host tensors
         raw = ids.numpy() if on_host else ids.cpu().numpy()
-        hit, rows = self._sorted().find(raw)
-        if self.settings.fallback_rows == 1:  # one shared row: no hash to compute
-            fallback: Int64s | int = self.capacity
+        answer = self._answer
+        if answer is not None and answer.answers(ids, self):
+            # the IDs this step observed (the training forward, twice with an evaluation
+            # pass): their rows were settled by observe; one search among the distinct IDs
+            found = torch.from_numpy(answer.rows[np.searchsorted(answer.distinct, raw)])
         else:
-            fallback = self.capacity + np.remainder(_mix64(raw), self.settings.fallback_rows)
-        found = torch.from_numpy(np.where(hit, rows, fallback))
+            hit, rows = self._sorted().find(raw)
+            found = torch.from_numpy(np.where(hit, rows, self._fallback(raw)))
         return found if on_host else found.to(ids.device)
+
+    def _fallback(self, raw: Int64s) -> Int64s | int:
+        if self.settings.fallback_rows == 1:  # one shared row: no hash to compute
+            return self.capacity
+        return self.capacity + np.remainder(_mix64(raw), self.settings.fallback_rows)
+
+    def _remember(self, ids: torch.Tensor, raw: Int64s, distinct: Int64s, rows: Int64s) -> None:
+        """Keep the rows ``observe`` settled for ``ids`` (candidate ``rows`` of ``distinct``,
+        checked here against the mapping: an ID owns the row that holds it, or none)."""
+        if distinct.size and raw.size != distinct.size and bool((raw == EMPTY).any()):
+            self._answer = None  # EMPTY is no distinct ID: leave such a batch to the lookup
+            return
+        owned = self._views.slot_ids[rows] == distinct
+        rows = np.where(owned, rows, self._fallback(distinct))
+        self._answer = _Answer(ids, ids._version, self._lookup, distinct, rows)
 
     # --- decisions ------------------------------------------------------------------------
     # Written for few numpy operations per step rather than few lines: at a batch's size each
@@ -227,6 +245,7 @@ class DynamicMapping(nn.Module):
         expired = self._expire(step, placement, out) if self.settings.expire_after_steps else None
         if expired is None and bool(hit.all()):
             placement.stamped(step, np.sort(seen))
+            self._remember(ids, raw, distinct, found)
             return out  # nothing new: the mapping and its lookup stand
         miss = ~hit
         fresh, counts = distinct[miss], occurrences[miss]
@@ -251,6 +270,10 @@ class DynamicMapping(nn.Module):
         stamped = np.concatenate([seen, placed])
         placement.stamped(step, np.sort(stamped))
         out.changed_slots = stamped if expired is None else np.concatenate([stamped, expired])
+        admitted = np.flatnonzero(miss)  # a refused ID's candidate fails the check
+        admitted = (admitted if passed is None else admitted[passed])[:taken]
+        found[admitted] = placed
+        self._remember(ids, raw, distinct, found)
         return out
 
     def _expire(self, step: int, placement: Placement, out: Observed) -> Int64s | None:
@@ -318,6 +341,28 @@ class DynamicMapping(nn.Module):
 
 _NO_ROWS: Int64s = np.empty(0, dtype=np.int64)
 _NO_RESET = torch.empty(0, dtype=torch.int64)  # read only: an Observed that reset no row
+
+
+@dataclass(frozen=True)
+class _Answer:
+    """The rows one ``observe`` settled for its IDs: valid while ``ids`` is unchanged and the
+    lookup it left stands (a later step, a load or a delta replaces the lookup)."""
+
+    ids: torch.Tensor
+    version: int
+    lookup: SortedLookup | None
+    distinct: Int64s
+    rows: Int64s
+
+    def answers(self, ids: torch.Tensor, mapping: DynamicMapping) -> bool:
+        lookup = mapping._lookup
+        return (
+            ids is self.ids
+            and ids._version == self.version
+            and lookup is self.lookup
+            and lookup is not None
+            and lookup.made_from == token(mapping.slot_ids)
+        )
 
 
 @dataclass(frozen=True)
