@@ -40,6 +40,7 @@ from typing import Any
 import httptools
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE
 
+from streamtrain.ascii_int import parse_ascii_int
 from streamtrain.serve.protocol.bodies import BINARY_HEADER, ProtocolError
 from streamtrain.serve.protocol.infer_route import Answer, InferBody, InferRoute
 from streamtrain.serve.transport import OneWriteHttpToolsProtocol
@@ -151,8 +152,9 @@ class InferRouteProtocol(OneWriteHttpToolsProtocol):
         if found is None:
             return None
         declared = next((value for key, value in self.headers if key == b"content-length"), b"")
-        if declared.isdigit() and int(declared) > self.route.max_body_bytes:
-            return None  # the app answers 413 before reading, as it always did
+        size = parse_ascii_int(declared) if declared else 0
+        if size is None or size > self.route.max_body_bytes:
+            return None  # the app answers 413 (or its error) before reading, as it always did
         keep_alive = self.parser.get_http_version() != "1.0" and self.parser.should_keep_alive()
         return InferCycle(*found, self.headers, keep_alive)
 

@@ -269,8 +269,16 @@ def test_keep_alive_closes_an_idle_connection_and_never_a_busy_one() -> None:
 def test_a_drain_answers_the_request_in_flight_then_closes() -> None:
     with _worker(threaded=True) as worker:
         conn = socket.create_connection(("127.0.0.1", worker.port), timeout=10)
-        whole = _request(_body())
-        conn.sendall(whole[:-5])  # the server holds a started request, its body unfinished
+        whole = _request(_body(), "Expect: 100-continue\r\n")
+        head_end = whole.index(b"\r\n\r\n") + 4
+        conn.sendall(whole[:head_end])
+        continued = bytearray()
+        while b"\r\n\r\n" not in continued:  # the server has begun this request
+            chunk = conn.recv(65536)
+            assert chunk, "connection closed before 100 Continue"
+            continued += chunk
+        assert continued.startswith(b"HTTP/1.1 100 Continue")
+        conn.sendall(whole[head_end:-5])  # a started request, its body unfinished
         stopping = threading.Thread(target=worker.stop)
         stopping.start()
         for _ in range(1000):  # until the drain has begun: no new connection is accepted
