@@ -3,28 +3,21 @@ newest base it wants first, the deltas after it oldest first, then the rest newe
 
 from __future__ import annotations
 
-from streamtrain.snapshot.manifest import SnapshotManifest
+from typing import Literal
+
 from streamtrain.snapshot.scan import Candidate, catch_up_plan
+from tests.manifest_fixtures import placeholder_manifest
 
 
-def _candidate(version: int, kind: str) -> Candidate:
-    manifest = SnapshotManifest(
-        model_name="m",
-        settings_hash="a" * 64,
-        run_id="run",
-        version=version,
+def _candidate(version: int, kind: Literal["base", "delta"]) -> Candidate:
+    chained = None if kind == "base" else "run/1"
+    manifest = placeholder_manifest(
+        "run",
+        version,
         created_at=float(version),
-        data_watermark=None,
-        offsets={},
-        tensors=[],
-        size_bytes=8,
-        sha256="0" * 64,
-        chunk_count=1,
-        chunk_bytes=8,
-        first_chunk_offset=0,
-        kind=kind,  # type: ignore[arg-type]
-        base_id=None if kind == "base" else "run/1",
-        predecessor_id=None if kind == "base" else "run/1",
+        kind=kind,
+        base_id=chained,
+        predecessor_id=chained,
     )
     return Candidate(manifest, offset=version, raw=b"", signature=None)
 

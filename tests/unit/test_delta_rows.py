@@ -17,6 +17,7 @@ from streamtrain.snapshot.publisher import SnapshotPublisher
 from streamtrain.train.hooks import SnapshotRequest
 from streamtrain.train.row_tracker import RowTracker, row_sparse_parameters
 from tests.delta_fixtures import SPEC, SparseTrainer, build_model
+from tests.manifest_fixtures import placeholder_manifest
 
 
 def test_first_take_is_a_base_then_deltas_carry_exactly_the_changed_rows() -> None:
@@ -177,23 +178,13 @@ class _FlakyWriter:
         if request.version in self.fail:
             raise OSError("broker unreachable")
         self.written.append((request, base_id, predecessor_id))
-        return SnapshotManifest(
-            model_name="m",
-            settings_hash="a" * 64,
-            run_id=request.run_id,
-            version=request.version,
-            created_at=0.0,
-            data_watermark=None,
-            offsets={},
-            tensors=[],
-            size_bytes=8,
-            sha256="0" * 64,
-            chunk_count=1,
-            chunk_bytes=8,
-            first_chunk_offset=0,
-            kind="base" if request.rows is None else "delta",
-            base_id=None if request.rows is None else base_id,
-            predecessor_id=None if request.rows is None else predecessor_id,
+        delta = request.rows is not None
+        return placeholder_manifest(
+            request.run_id,
+            request.version,
+            kind="delta" if delta else "base",
+            base_id=base_id if delta else None,
+            predecessor_id=predecessor_id if delta else None,
         )
 
     def close(self, timeout: float) -> None:

@@ -13,6 +13,7 @@ from streamtrain.snapshot.manifest import SnapshotManifest
 from streamtrain.snapshot.publisher import SnapshotPublisher
 from streamtrain.snapshot.verify import Chunk
 from streamtrain.train.hooks import SnapshotRequest
+from tests.manifest_fixtures import placeholder_manifest
 from tests.metrics_scrape import current
 
 WAIT = 5.0
@@ -140,21 +141,7 @@ class FakeWriter:
         self.slow(request.version)
         if request.version == 99:
             raise OSError("broker unreachable")
-        return SnapshotManifest(
-            model_name="m",
-            settings_hash="a" * 64,
-            run_id=request.run_id,
-            version=request.version,
-            created_at=0.0,
-            data_watermark=None,
-            offsets={},
-            tensors=[],
-            size_bytes=8,
-            sha256="0" * 64,
-            chunk_count=1,
-            chunk_bytes=8,
-            first_chunk_offset=0,
-        )
+        return placeholder_manifest(request.run_id, request.version)
 
     def close(self, timeout: float) -> None:
         return None
