@@ -15,7 +15,7 @@ from streamtrain.snapshot.delta import RowUpdate
 from streamtrain.snapshot.manifest import SnapshotHeader, parse_snapshot_id
 from streamtrain.snapshot.mapped import all_finite
 from streamtrain.train.models.dynamic_lookup import mapping_problem
-from streamtrain.train.models.dynamic_table import dynamic_mappings
+from streamtrain.train.models.dynamic_mappings import dynamic_mappings
 
 _HINT = "(is the server configured for the same model?)"
 

@@ -69,7 +69,11 @@ from streamtrain.serve.weights.checks import chain_gap, check_mappings, check_ro
 from streamtrain.snapshot.delta import RowUpdate, apply_rows
 from streamtrain.snapshot.manifest import SnapshotHeader, SnapshotOrder
 from streamtrain.snapshot.mapped import copy_released
-from streamtrain.train.models.dynamic_table import mapping_writes, owners_before, refresh_lookups
+from streamtrain.train.models.dynamic_mappings import (
+    mapping_writes,
+    owners_before,
+    refresh_lookups,
+)
 
 log = logging.getLogger(__name__)
 

@@ -38,7 +38,7 @@ lookup's recent level sorted); nothing scans, sorts or copies the table per step
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,7 +50,7 @@ from streamtrain.train.models.dynamic_lookup import EMPTY, Int64s, SortedLookup,
 from streamtrain.train.models.dynamic_victims import Placement
 from streamtrain.train.models.sparse_params import TableSettings
 
-__all__ = ["EMPTY", "DynamicMapping", "Observed", "mix64", "refresh_lookups", "uniform"]
+__all__ = ["EMPTY", "DynamicMapping", "Observed", "mix64", "uniform"]
 
 _GOLDEN = -7046029254386353131  # 0x9E3779B97F4A7C15 as int64
 
@@ -400,50 +400,3 @@ def _counted(ids: Int64s) -> tuple[Int64s, Int64s]:
     np.subtract(starts[1:], starts[:-1], out=counts[:-1])
     counts[-1] = n - starts[-1]
     return ids[starts], counts
-
-
-def dynamic_mappings(model: nn.Module) -> dict[str, DynamicMapping]:
-    """Every dynamic table's mapping in ``model``, by the state name of its ``slot_ids``."""
-    return {
-        f"{name}.slot_ids" if name else "slot_ids": module
-        for name, module in model.named_modules()
-        if isinstance(module, DynamicMapping)
-    }
-
-
-def owners_before(
-    model: nn.Module, rows: Mapping[str, tuple[torch.Tensor, torch.Tensor]]
-) -> dict[str, torch.Tensor]:
-    """The owners of the mapping rows a delta is about to write (for :func:`refresh_lookups`)."""
-    return {
-        name: mapping.slot_ids[rows[name][0]].clone()
-        for name, mapping in dynamic_mappings(model).items()
-        if name in rows
-    }
-
-
-def mapping_writes(
-    model: nn.Module,
-    whole: Mapping[str, torch.Tensor],
-    rows: Mapping[str, tuple[torch.Tensor, torch.Tensor]],
-) -> dict[str, torch.Tensor | None]:
-    """The ``slot_ids`` a load wrote: the rows a delta wrote, or None when whole (a base)."""
-    names = dynamic_mappings(model)
-    out: dict[str, torch.Tensor | None] = {n: None for n in names if n in whole}
-    return out | {n: rows[n][0] for n in names if n in rows}
-
-
-def refresh_lookups(
-    model: nn.Module, written: Mapping[str, torch.Tensor | None], before: Mapping[str, torch.Tensor]
-) -> None:
-    """After the serving slot wrote mapping buffers (inside its swap, so no request pays):
-    ``written`` names each ``slot_ids`` written, with its rows (None: whole, a base),
-    ``before`` the rows' owners until then (:func:`owners_before`)."""
-    for name, mapping in dynamic_mappings(model).items():
-        if name not in written:
-            continue
-        rows = written[name]
-        if rows is None or name not in before:
-            mapping.rebuild()
-        else:
-            mapping.refresh(rows.cpu(), before[name])
