@@ -69,11 +69,7 @@ from streamtrain.serve.weights.checks import chain_gap, check_mappings, check_ro
 from streamtrain.snapshot.delta import RowUpdate, apply_rows
 from streamtrain.snapshot.manifest import SnapshotHeader, SnapshotOrder
 from streamtrain.snapshot.mapped import copy_released
-from streamtrain.train.models.dynamic_mappings import (
-    mapping_writes,
-    owners_before,
-    refresh_lookups,
-)
+from streamtrain.train.models import dynamic_mappings
 
 log = logging.getLogger(__name__)
 
@@ -257,11 +253,11 @@ class WeightSlot:
                 try:
                     self._drain_all(info.version)
                     with torch.no_grad():
-                        before = owners_before(standby.model, rows)
+                        before = dynamic_mappings.owners_before(standby.model, rows)
                         apply_rows(standby.targets, shared_whole, rows)
-                        written = mapping_writes(standby.model, shared_whole, rows)
+                        written = dynamic_mappings.mapping_writes(standby.model, shared_whole, rows)
                         for each in self._copies:  # mapping and rows in this one section
-                            refresh_lookups(each.model, written, before)
+                            dynamic_mappings.refresh_lookups(each.model, written, before)
                     if self._stream is not None:
                         torch.cuda.synchronize(self._stream.device)
                 finally:

@@ -174,3 +174,22 @@ def mapping_problem(
         first = int(np.flatnonzero(elsewhere)[0])
         return f"slot_ids give ID {int(came[first])} a second row: row {int(at[first])} keeps it"
     return None
+
+
+def counted_ids(ids: Int64s) -> tuple[Int64s, Int64s]:
+    """The distinct IDs ascending, without EMPTY, and how often each occurs (``np.unique``
+    with counts, in a third of its operations)."""
+    ids = np.sort(ids)
+    if ids.size and ids[0] == EMPTY:  # sorted: EMPTY, the int64 min, comes first
+        ids = ids[np.count_nonzero(ids == EMPTY) :]
+    n = ids.size
+    if n == 0:
+        return ids, ids
+    first = np.empty(n, dtype=bool)
+    first[0] = True
+    np.not_equal(ids[1:], ids[:-1], out=first[1:])
+    starts = np.flatnonzero(first)
+    counts = np.empty(starts.size, dtype=np.int64)
+    np.subtract(starts[1:], starts[:-1], out=counts[:-1])
+    counts[-1] = n - starts[-1]
+    return ids[starts], counts

@@ -46,7 +46,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from streamtrain.train.models.dynamic_lookup import EMPTY, Int64s, SortedLookup, token
+from streamtrain.train.models.dynamic_lookup import (
+    EMPTY,
+    Int64s,
+    SortedLookup,
+    counted_ids,
+    token,
+)
 from streamtrain.train.models.dynamic_victims import Placement
 from streamtrain.train.models.sparse_params import TableSettings
 
@@ -235,7 +241,7 @@ class DynamicMapping(nn.Module):
         step = int(views.step) + 1
         views.step[()] = step
         raw = ids.numpy() if ids.is_cpu else ids.cpu().numpy()
-        distinct, occurrences = _counted(raw)
+        distinct, occurrences = counted_ids(raw)
         hit, found = lookup.find(distinct)
         seen = found[hit]  # distinct IDs own distinct rows
         last_seen, use_count = views.last_seen, views.use_count
@@ -381,22 +387,3 @@ class _Views:
         return cls(
             m.slot_ids.numpy(), m.last_seen.numpy(), m.use_count.numpy(), m.step.numpy(), cells
         )
-
-
-def _counted(ids: Int64s) -> tuple[Int64s, Int64s]:
-    """The distinct IDs ascending, without EMPTY, and how often each occurs (``np.unique``
-    with counts, in a third of its operations)."""
-    ids = np.sort(ids)
-    if ids.size and ids[0] == EMPTY:  # sorted: EMPTY, the int64 min, comes first
-        ids = ids[np.count_nonzero(ids == EMPTY) :]
-    n = ids.size
-    if n == 0:
-        return ids, ids
-    first = np.empty(n, dtype=bool)
-    first[0] = True
-    np.not_equal(ids[1:], ids[:-1], out=first[1:])
-    starts = np.flatnonzero(first)
-    counts = np.empty(starts.size, dtype=np.int64)
-    np.subtract(starts[1:], starts[:-1], out=counts[:-1])
-    counts[-1] = n - starts[-1]
-    return ids[starts], counts
