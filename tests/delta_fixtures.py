@@ -17,8 +17,10 @@ from streamtrain.sample.spec import SampleSpec
 from streamtrain.snapshot.manifest import settings_hash
 from streamtrain.snapshot.publisher import SnapshotPublisher
 from streamtrain.snapshot.subscriber import SnapshotSubscriber
+from streamtrain.snapshot.verify import ReceivedSnapshot
 from streamtrain.train.hooks import SnapshotRequest
 from streamtrain.train.row_tracker import RowTracker
+from streamtrain.train.snapshot_copy import SnapshotCopier
 from streamtrain.train.weights import copy_weights, take_snapshot
 from tests.integration.trainer_harness import pipeline_settings
 from tests.module_files import load_file
@@ -168,10 +170,13 @@ class SparseTrainer:
         return model_state(self.model)
 
 
-def tracked_request(trainer: SparseTrainer, run_id: str) -> SnapshotRequest:
+def tracked_request(
+    trainer: SparseTrainer, run_id: str, copier: SnapshotCopier | None = None
+) -> SnapshotRequest:
     """What the training loop offers its publisher after ``trainer``'s steps: the rows its
-    tracker recorded (a delta), or the whole model when a base is due (``take_snapshot``)."""
-    taken = take_snapshot(trainer.model, trainer.tracker)
+    tracker recorded (a delta), or the whole model when a base is due (``take_snapshot``,
+    copied in the background by ``copier`` when given)."""
+    taken = take_snapshot(trainer.model, trainer.tracker, copier)
     return SnapshotRequest(
         version=trainer.step,
         run_id=run_id,
@@ -183,3 +188,15 @@ def tracked_request(trainer: SparseTrainer, run_id: str) -> SnapshotRequest:
         rows=taken.rows,
         complete=taken.complete,
     )
+
+
+def published_snapshots(
+    kafka: KafkaConnection, topic: str, settings: str
+) -> list[ReceivedSnapshot]:
+    """Every snapshot on ``topic``, newest first, read back whole and verified."""
+    subscriber = SnapshotSubscriber(kafka=kafka, topic=topic, settings_hash=settings)
+    try:
+        published = list(subscriber.newest_first(60))
+    finally:
+        subscriber.close()
+    return published

@@ -16,30 +16,19 @@ from streamtrain.kafka import KafkaConnection, create_topics
 from streamtrain.serve.weights.slot import WeightSlot
 from streamtrain.serve.weights.watcher import SnapshotWatcher
 from streamtrain.snapshot.subscriber import SnapshotSubscriber
-from streamtrain.train.hooks import SnapshotRequest
 from streamtrain.train.row_tracker import row_sparse_parameters
 from streamtrain.train.snapshot_copy import SnapshotCopier
-from streamtrain.train.weights import take_snapshot
 from tests.copy_gate import copy_gate
-from tests.delta_fixtures import SparseTrainer, build_model, sparse_publisher
+from tests.delta_fixtures import (
+    SparseTrainer,
+    build_model,
+    published_snapshots,
+    sparse_publisher,
+    tracked_request,
+)
 from tests.integration.snapshot_harness import wait
 
 HASH = "c" * 64
-
-
-def _request(trainer: SparseTrainer, copier: SnapshotCopier) -> SnapshotRequest:
-    taken = take_snapshot(trainer.model, trainer.tracker, copier)
-    return SnapshotRequest(
-        version=trainer.step,
-        run_id="run",
-        tensors=taken.tensors,
-        data_watermark=None,
-        offsets={},
-        created_at=0.0,
-        wait_ready=taken.wait_ready,
-        rows=taken.rows,
-        complete=taken.complete,
-    )
 
 
 def test_a_whole_snapshot_copied_while_training_goes_on_is_the_model_at_its_step(
@@ -54,13 +43,13 @@ def test_a_whole_snapshot_copied_while_training_goes_on_is_the_model_at_its_step
     with copy_gate(monkeypatch) as (held, release):
         trainer.train(3)
         at_base = trainer.state()
-        first = _request(trainer, copier)
+        first = tracked_request(trainer, "run", copier)
         assert first.rows is None  # the first snapshot of a process is whole
         publisher.offer(first)
         assert held.wait(30), "the copy thread never reached the table"
         for _ in range(3):  # deltas offered while the base's table is only partly copied
             trainer.train(4)
-            publisher.offer(_request(trainer, copier))
+            publisher.offer(tracked_request(trainer, "run", copier))
         # the steps changed the table after the snapshot: the copy cannot be a late read
         assert not torch.equal(trainer.model.table.weight, at_base["table.weight"])
         release.set()
@@ -68,11 +57,7 @@ def test_a_whole_snapshot_copied_while_training_goes_on_is_the_model_at_its_step
     publisher.close(10)
     copier.close()
 
-    subscriber = SnapshotSubscriber(kafka=kafka, topic=unique_name, settings_hash=HASH)
-    try:
-        published = list(subscriber.newest_first(60))
-    finally:
-        subscriber.close()
+    published = published_snapshots(kafka, unique_name, HASH)
     bases = [s for s in published if s.manifest.kind == "base"]
     assert [s.manifest.version for s in bases] == [3]
     assert set(bases[0].tensors) == set(at_base)

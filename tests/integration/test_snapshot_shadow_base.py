@@ -7,8 +7,13 @@ from __future__ import annotations
 import torch
 
 from streamtrain.kafka import KafkaConnection, create_topics
-from streamtrain.snapshot.subscriber import SnapshotSubscriber
-from tests.delta_fixtures import PARAMS, SparseTrainer, sparse_publisher, tracked_request
+from tests.delta_fixtures import (
+    PARAMS,
+    SparseTrainer,
+    published_snapshots,
+    sparse_publisher,
+    tracked_request,
+)
 
 HASH = "e" * 64
 
@@ -35,11 +40,7 @@ def test_a_scheduled_base_is_the_model_at_its_step_from_rows_only(
     assert copied_rows[0] == PARAMS["rows"]
     assert max(copied_rows[1:]) < PARAMS["rows"], copied_rows
 
-    subscriber = SnapshotSubscriber(kafka=kafka, topic=unique_name, settings_hash=HASH)
-    try:
-        published = list(subscriber.newest_first(60))
-    finally:
-        subscriber.close()
+    published = published_snapshots(kafka, unique_name, HASH)
     bases = [s for s in published if s.manifest.kind == "base"]
     assert sorted(s.manifest.version for s in bases) == [3, 12, 21]
     for base in bases:
