@@ -84,6 +84,7 @@ class TableUpkeep:
         """Admit, evict and reset for one step's batch (``gather``: see ``observe``)."""
         for module in self._tables:
             for table, weight, observed in module.observe(sparse or {}, gather):
-                reset_optimizer_rows(self._optimizer, weight, observed.reset)
-                mapping = module.dynamic[table]
-                self._series[table].count(observed, mapping.occupied / mapping.capacity)
+                if observed.admitted:
+                    reset_optimizer_rows(self._optimizer, weight, observed.reset)
+                capacity = module.dynamic[table].capacity
+                self._series[table].count(observed, observed.owned / capacity)

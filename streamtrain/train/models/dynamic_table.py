@@ -39,7 +39,7 @@ lookup's recent level sorted); nothing scans, sorts or copies the table per step
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -50,7 +50,7 @@ from streamtrain.train.models.dynamic_lookup import (
     EMPTY,
     Int64s,
     SortedLookup,
-    counted_ids,
+    count_ids,
     token,
 )
 from streamtrain.train.models.dynamic_victims import Placement
@@ -85,21 +85,34 @@ def _uniform(ids: Int64s, step: int, seed: int) -> np.ndarray[Any, np.dtype[np.f
     return ((_mix64(ids ^ salt) >> 11) & ((1 << 53) - 1)).astype(np.float64) / float(1 << 53)
 
 
-@dataclass
 class Observed:
-    """What one ``observe`` did: rows to reset (newly owned), rows and filter cells whose
-    buffers changed (host arrays: they only mark host masks), and the counts the metrics
-    export."""
+    """What one ``observe`` did: rows to reset (newly owned; ``placed`` is the same rows as a
+    host array), rows and filter cells whose buffers changed (host arrays: they only mark host
+    masks), the rows owned after it, and the counts the metrics export. A plain class with
+    slots: one is made per table and step, where a dataclass's ``__init__`` costs more."""
 
-    reset: torch.Tensor
-    changed_slots: Int64s
-    changed_cells: Int64s
-    step: int = 0  # the table's step after this one
-    admitted: int = 0
-    refused: dict[str, int] = field(
-        default_factory=lambda: {"filter": 0, "probability": 0, "full": 0}
+    __slots__ = (
+        "reset",
+        "placed",
+        "changed_slots",
+        "changed_cells",
+        "step",
+        "owned",
+        "admitted",
+        "refused",
+        "evicted",
     )
-    evicted: dict[str, int] = field(default_factory=lambda: {"lru": 0, "lfu": 0, "expired": 0})
+
+    def __init__(self, changed_slots: Int64s, step: int) -> None:
+        self.reset = _NO_RESET
+        self.placed = _NO_ROWS
+        self.changed_slots = changed_slots
+        self.changed_cells = _NO_ROWS
+        self.step = step  # the table's step after this one
+        self.owned = 0
+        self.admitted = 0
+        self.refused = {"filter": 0, "probability": 0, "full": 0}
+        self.evicted = {"lru": 0, "lfu": 0, "expired": 0}
 
 
 class DynamicMapping(nn.Module):
@@ -193,10 +206,11 @@ class DynamicMapping(nn.Module):
         if answer is not None and answer.answers(ids, self):
             # the IDs this step observed (the training forward, twice with an evaluation
             # pass): their rows were settled by observe; one search among the distinct IDs
-            found = torch.from_numpy(answer.rows[np.searchsorted(answer.distinct, raw)])
+            found = torch.from_numpy(answer.rows[answer.distinct.searchsorted(raw)])
         else:
-            hit, rows = self._sorted().find(raw)
-            found = torch.from_numpy(np.where(hit, rows, self._fallback(raw)))
+            hit, rows = self._sorted().find(raw)  # rows: a new array, written here
+            np.copyto(rows, self._fallback(raw), where=~hit)
+            found = torch.from_numpy(rows)
         return found if on_host else found.to(ids.device)
 
     def _fallback(self, raw: Int64s) -> Int64s | int:
@@ -204,15 +218,11 @@ class DynamicMapping(nn.Module):
             return self.capacity
         return self.capacity + np.remainder(_mix64(raw), self.settings.fallback_rows)
 
-    def _remember(self, ids: torch.Tensor, raw: Int64s, distinct: Int64s, rows: Int64s) -> None:
-        """Keep the rows ``observe`` settled for ``ids`` (candidate ``rows`` of ``distinct``,
-        checked here against the mapping: an ID owns the row that holds it, or none)."""
-        if distinct.size and raw.size != distinct.size and bool((raw == EMPTY).any()):
-            self._answer = None  # EMPTY is no distinct ID: leave such a batch to the lookup
-            return
-        owned = self._views.slot_ids[rows] == distinct
-        rows = np.where(owned, rows, self._fallback(distinct))
-        self._answer = _Answer(ids, ids._version, self._lookup, distinct, rows)
+    def _remember(self, ids: torch.Tensor, had_empty: bool, distinct: Int64s, rows: Int64s) -> None:
+        """Keep the rows ``observe`` settled for ``ids``: ``rows[i]`` is the row ``distinct[i]``
+        reads this step."""
+        # EMPTY is no distinct ID (count_ids drops it): leave such a batch to the lookup
+        self._answer = None if had_empty else _Answer(ids, self._lookup, distinct, rows)
 
     # --- decisions ------------------------------------------------------------------------
     # Written for few numpy operations per step rather than few lines: at a batch's size each
@@ -241,45 +251,49 @@ class DynamicMapping(nn.Module):
         step = int(views.step) + 1
         views.step[()] = step
         raw = ids.numpy() if ids.is_cpu else ids.cpu().numpy()
-        distinct, occurrences = counted_ids(raw)
+        distinct, occurrences, had_empty = count_ids(raw)
         hit, found = lookup.find(distinct)
         seen = found[hit]  # distinct IDs own distinct rows
         last_seen, use_count = views.last_seen, views.use_count
         last_seen[seen] = step
         use_count[seen] += occurrences[hit]
-        out = Observed(reset=_NO_RESET, changed_slots=seen, changed_cells=_NO_ROWS, step=step)
+        out = Observed(seen, step)
         expired = self._expire(step, placement, out) if self.settings.expire_after_steps else None
-        if expired is None and bool(hit.all()):
-            placement.stamped(step, np.sort(seen))
-            self._remember(ids, raw, distinct, found)
+        if expired is None and seen.size == distinct.size:
+            placement.stamped(step, seen)
+            out.owned = lookup.owned
+            self._remember(ids, had_empty, distinct, found)
             return out  # nothing new: the mapping and its lookup stand
-        miss = ~hit
-        fresh, counts = distinct[miss], occurrences[miss]
+        # found[i] becomes the row distinct[i] reads this step: its own (a hit: no victim or
+        # expiry takes a row stamped this step), the fallback, or the row it is placed in
+        missed = (~hit).nonzero()[0]
+        fresh, counts = distinct[missed], occurrences[missed]
+        found[missed] = self._fallback(fresh)
         passed, cells = self._admit(fresh, counts, step, out)
         if passed is not None:
-            fresh, counts, cells = fresh[passed], counts[passed], cells[passed]
+            missed, fresh, counts, cells = missed[passed], fresh[passed], counts[passed], cells[passed]
         placed, evicted = self._place(fresh.size, step, placement, out)
         taken = placed.size
         out.refused["full"] = fresh.size - taken
         if taken < fresh.size:
-            fresh, counts, cells = fresh[:taken], counts[:taken], cells[:taken]
+            missed, fresh, counts, cells = missed[:taken], fresh[:taken], counts[:taken], cells[:taken]
         views.slot_ids[placed] = fresh
         last_seen[placed] = step
         use_count[placed] = counts
         if self.settings.cells and taken:
             views.filter_counts[cells] = 0  # evicted later, it earns admission again
+        found[missed] = placed
         out.admitted = taken
-        out.reset = torch.from_numpy(placed)
+        if taken:
+            out.placed = placed
+            out.reset = torch.from_numpy(placed)
         freed = 0 if expired is None else expired.size
-        owned = lookup.owned - freed + taken - evicted
-        self._lookup = lookup.replace(fresh, placed, owned, lookup.made_from)
-        stamped = np.concatenate([seen, placed])
-        placement.stamped(step, np.sort(stamped))
+        out.owned = lookup.owned - freed + taken - evicted
+        self._lookup = lookup.replace(fresh, placed, out.owned, lookup.made_from)
+        stamped = np.concatenate([seen, placed]) if taken else seen
+        placement.stamped(step, stamped)
         out.changed_slots = stamped if expired is None else np.concatenate([stamped, expired])
-        admitted = np.flatnonzero(miss)  # a refused ID's candidate fails the check
-        admitted = (admitted if passed is None else admitted[passed])[:taken]
-        found[admitted] = placed
-        self._remember(ids, raw, distinct, found)
+        self._remember(ids, had_empty, distinct, found)
         return out
 
     def _expire(self, step: int, placement: Placement, out: Observed) -> Int64s | None:
@@ -349,16 +363,18 @@ _NO_ROWS: Int64s = np.empty(0, dtype=np.int64)
 _NO_RESET = torch.empty(0, dtype=torch.int64)  # read only: an Observed that reset no row
 
 
-@dataclass(frozen=True)
 class _Answer:
     """The rows one ``observe`` settled for its IDs: valid while ``ids`` is unchanged and the
-    lookup it left stands (a later step, a load or a delta replaces the lookup)."""
+    lookup it left stands (a later step, a load or a delta replaces the lookup). Never
+    changed once made (a plain class with slots: one is made per table and step)."""
 
-    ids: torch.Tensor
-    version: int
-    lookup: SortedLookup | None
-    distinct: Int64s
-    rows: Int64s
+    __slots__ = ("ids", "version", "lookup", "distinct", "rows")
+
+    def __init__(
+        self, ids: torch.Tensor, lookup: SortedLookup | None, distinct: Int64s, rows: Int64s
+    ) -> None:
+        self.ids, self.version, self.lookup = ids, ids._version, lookup
+        self.distinct, self.rows = distinct, rows
 
     def answers(self, ids: torch.Tensor, mapping: DynamicMapping) -> bool:
         lookup = mapping._lookup

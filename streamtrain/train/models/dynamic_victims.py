@@ -46,7 +46,7 @@ def _merge_sorted(a: Int64s, b: Int64s) -> Int64s:
     """Two ascending arrays of distinct values merged, without a sort of ``a``."""
     if a.size == 0:
         return b
-    at = np.searchsorted(a, b) + np.arange(b.size)
+    at = a.searchsorted(b) + np.arange(b.size)
     out = np.empty(a.size + b.size, dtype=np.int64)
     old = np.ones(out.size, dtype=bool)
     old[at] = False
@@ -125,11 +125,11 @@ class RecencyQueue:
         while need > 0 and self._head < self._tail:
             lo = self._head
             stamps = self._stamps[lo : min(self._tail, lo + width)]
-            end = int(np.searchsorted(stamps, before))  # stamps ascend: older ones first
+            end = int(stamps.searchsorted(before))  # stamps ascend: older ones first
             rows = self._rows[lo : lo + end]
-            valid = np.flatnonzero(
+            valid = (
                 (self._owners[rows] != EMPTY) & (self._last_seen[rows] == stamps[:end])
-            )
+            ).nonzero()[0]
             if valid.size >= need:
                 found.append(rows[valid[:need]])
                 self._head = lo + int(valid[need - 1]) + 1
@@ -220,7 +220,7 @@ class FrequencyRuns:
         while True:
             lo = head[0]
             hi = min(counts.size, lo + width)
-            hits = np.flatnonzero(self._valid(stamps[lo:hi], rows[lo:hi]))
+            hits = self._valid(stamps[lo:hi], rows[lo:hi]).nonzero()[0]
             if hits.size >= limit or hi == counts.size:
                 if hits.size:
                     head[0] = lo + int(hits[0])
@@ -251,12 +251,12 @@ class FrequencyScan:
             return _NO_ROWS
         uses = np.where(evictable, self._use_count, _BIG)
         threshold = np.partition(uses, m - 1)[m - 1]
-        below = np.flatnonzero(uses < threshold)
+        below = (uses < threshold).nonzero()[0]
         recency = last_seen * self._owners.size + self._row_index  # unique keys: ties end alike
         tied = np.where(uses == threshold, recency, _BIG)
         k = m - below.size
         part = np.argpartition(tied, k - 1)[:k]
-        return np.concatenate([below, part[np.argsort(tied[part])]])
+        return np.concatenate([below, part[tied[part].argsort()]])
 
 
 def _live(run: tuple[Int64s, Int64s, Int64s, list[int]]) -> int:
@@ -283,8 +283,8 @@ class Placement:
             self.frequency = FrequencyRuns(owners, last_seen, use_count, owned)
 
     def stamped(self, step: int, rows: Int64s) -> None:
-        """Rows (ascending, distinct) whose ``last_seen`` became ``step``."""
+        """Rows (distinct) whose ``last_seen`` became ``step``."""
         if self.recency is not None:
-            self.recency.push(step, rows)
+            self.recency.push(step, np.sort(rows))  # the queue's order: (stamp, row)
         if self.frequency is not None:
             self.frequency.push(step, rows)

@@ -141,6 +141,7 @@ class EmbeddingTables(nn.Module):
         # by table name, built once: read several times a step (a plain dict of the same
         # modules, so it follows them through deepcopy and load_state_dict)
         self._dynamic = {t: cast(DynamicMapping, self.mappings[_key(t)]) for t in dynamic}
+        self._dynamic_features = {t: [f.name for f in features if f.table == t] for t in dynamic}
         # rows changed outside optimizer steps since the row tracker last drained them
         self._dirty: dict[str, npt.NDArray[np.bool_]] = {}
         self._generator = torch.Generator()  # re-seeded for every reset (see observe)
@@ -218,10 +219,8 @@ class EmbeddingTables(nn.Module):
         per table its weight and what was done (the caller resets optimizer rows)."""
         tables = self.dynamic
         ids = []
-        for table in tables:
-            parts = [
-                sparse[f.name].ids for f in self.features if f.table == table and f.name in sparse
-            ]
+        for table, names in self._dynamic_features.items():
+            parts = [sparse[name].ids for name in names if name in sparse]
             if len(parts) == 1:
                 ids.append(parts[0])
                 continue
@@ -238,18 +237,21 @@ class EmbeddingTables(nn.Module):
             observed = mapping.observe(table_ids)
             weight = self._weight(table)
             key = _key(table)
-            reset = observed.reset.numel()
+            reset = observed.placed.size
             if reset:
                 # a fixed function of (seed, step, table): replays and ranks draw the same
-                # rows, and two tables resetting in one step draw different ones
+                # rows, and two tables resetting in one step draw different ones; normal_ with
+                # the std draws the bits randn(...) * std does, in one operation less
                 step = observed.step
                 seed = ((mapping.settings.seed * 1_000_003 + step) * 64 + number) % (1 << 63)
-                fresh = torch.randn(reset, self.dim, generator=self._generator.manual_seed(seed))
+                fresh = torch.empty(reset, self.dim).normal_(
+                    0.0, self.init_std, generator=self._generator.manual_seed(seed)
+                )
                 if weight.is_cpu and weight.dtype == fresh.dtype:  # no .to() dispatch
-                    weight.index_copy_(0, observed.reset, fresh.mul_(self.init_std))
+                    weight.index_copy_(0, observed.reset, fresh)
                 else:
-                    weight[observed.reset.to(weight.device)] = fresh.mul_(self.init_std).to(weight)
-                self._mark(f"tables.{key}.weight", weight.shape[0], observed.reset.numpy())
+                    weight[observed.reset.to(weight.device)] = fresh.to(weight)
+                self._mark(f"tables.{key}.weight", weight.shape[0], observed.placed)
             # slot_ids, last_seen and use_count change on the same rows: one mask for three
             self._mark(f"mappings.{key}", mapping.capacity, observed.changed_slots)
             if mapping.settings.cells and observed.changed_cells.size:
