@@ -37,6 +37,27 @@ def test_a_batch_holding_the_free_marker_is_left_to_the_lookup() -> None:
     mapping.observe(ids)
     assert mapping._answer is None
     assert mapping.rows(ids).tolist() == _searched(mapping, ids)
+    only = torch.tensor([EMPTY, EMPTY], dtype=torch.int64)  # no distinct ID at all
+    mapping.observe(only)
+    assert mapping._answer is None
+    assert mapping.rows(only).tolist() == _searched(mapping, only) == [4, 4]
+
+
+def test_a_step_of_owners_only_and_a_refused_id_read_their_rows() -> None:
+    """The two ways observe settles rows in place: a step whose IDs all own rows (nothing
+    placed), and a step where the filter refuses one ID (the fallback) and admits another."""
+    settings = TableSettings(kind="dynamic", capacity=3, fallback_rows=2, admit_after=2)
+    mapping = DynamicMapping(settings)
+    mapping.observe(torch.tensor([1, 1, 2, 2], dtype=torch.int64))  # both admitted
+    owners = torch.tensor([2, 1, 2], dtype=torch.int64)
+    done = mapping.observe(owners)
+    assert done.admitted == 0 and done.placed.size == 0 and done.owned == 2
+    assert mapping.rows(owners).tolist() == [1, 0, 1]
+    mixed = torch.tensor([5, 6, 6, 1], dtype=torch.int64)  # 5 once: refused; 6 twice: admitted
+    done = mapping.observe(mixed)
+    assert done.refused["filter"] == 1 and done.admitted == 1 and done.owned == 3
+    got = mapping.rows(mixed).tolist()
+    assert got == _searched(mapping, mixed) and got[1:] == [2, 2, 0] and got[0] >= 3
 
 
 def test_an_answer_is_not_used_after_the_ids_or_the_mapping_changed() -> None:

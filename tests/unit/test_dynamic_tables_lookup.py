@@ -11,6 +11,7 @@ import torch
 from streamtrain.metrics.registries import SERVER_REGISTRY
 from streamtrain.serve.weights.slot import SnapshotRejected, WeightSlot
 from streamtrain.snapshot.manifest import SnapshotHeader
+from streamtrain.train.models import dynamic_lookup
 from streamtrain.train.models.dynamic_lookup import EMPTY, SortedLookup
 from streamtrain.train.models.dynamic_table import DynamicMapping
 from streamtrain.train.models.sparse_params import TableSettings
@@ -26,7 +27,14 @@ def _same(a: SortedLookup, b: SortedLookup) -> None:
     assert np.array_equal(a_keys, b_keys) and np.array_equal(a_rows, b_rows)
 
 
-def test_lookup_merged_step_by_step_equals_a_fresh_sort_under_churn() -> None:
+LEVELS = pytest.mark.parametrize("below", [1 << 40, 0], ids=["one level", "two levels"])
+
+
+@LEVELS
+def test_lookup_merged_step_by_step_equals_a_fresh_sort_under_churn(
+    below: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(dynamic_lookup, "ONE_LEVEL_BELOW", below)
     m = DynamicMapping(
         TableSettings(kind="dynamic", capacity=50, evict="lru", expire_after_steps=3)
     )
@@ -36,9 +44,15 @@ def test_lookup_merged_step_by_step_equals_a_fresh_sort_under_churn() -> None:
         merged = m.lookup()
         _same(merged, SortedLookup.build(m.slot_ids))
         assert merged.pairs()[0].size == m.occupied == int((m.slot_ids != EMPTY).sum())
+        if below:  # one level: every pair valid after each step, none stale kept
+            assert merged.new_keys.size == 0 and merged.keys.size == m.occupied
 
 
-def test_lookup_refreshed_by_a_deltas_rows_equals_a_fresh_sort() -> None:
+@LEVELS
+def test_lookup_refreshed_by_a_deltas_rows_equals_a_fresh_sort(
+    below: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(dynamic_lookup, "ONE_LEVEL_BELOW", below)
     m = DynamicMapping(TableSettings(kind="dynamic", capacity=8))
     m.observe(torch.tensor([10, 11, 12, 13]))
     # a delta: ID 11 moves from row 1 to row 5, row 2 empties, row 6 takes 99, 10 stays

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from streamtrain.train.models import dynamic_victims
+from streamtrain.train.models import dynamic_lookup, dynamic_victims
 from streamtrain.train.models.dynamic_lookup import EMPTY, SortedLookup
 from streamtrain.train.models.dynamic_table import DynamicMapping
 from streamtrain.train.models.dynamic_victims import FreeRows, RecencyQueue
@@ -33,15 +33,26 @@ def lfu_by(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> s
     return str(request.param)
 
 
+@pytest.fixture(params=["one level", "two levels"])
+def lookup_levels(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The ID lookup in one level (tables below ``ONE_LEVEL_BELOW`` rows) or in two (larger
+    tables: a recent level merged each step, compacted now and then), at every size."""
+    one = request.param == "one level"
+    monkeypatch.setattr(dynamic_lookup, "ONE_LEVEL_BELOW", 1 << 40 if one else 0)
+    return str(request.param)
+
+
 @pytest.mark.parametrize("case", list(LONG))
-def test_a_long_churn_decides_as_the_reference_model(case: str, lfu_by: str) -> None:
+def test_a_long_churn_decides_as_the_reference_model(
+    case: str, lfu_by: str, lookup_levels: str
+) -> None:
     settings = TableSettings(kind="dynamic", capacity=150, fallback_rows=1, **LONG[case])
     mapping = DynamicMapping(settings)
     reference = Reference(settings, mapping._cells)
     for number, batch in enumerate(churn(700, 40, seed=3)):
         got = mapping.observe(torch.tensor(batch, dtype=torch.int64))
         want = reference.observe(batch)
-        where = f"{case}, step {number + 1}"
+        where = f"{case}, {lookup_levels}, step {number + 1}"
         assert got.reset.tolist() == want["reset"], where
         assert got.evicted == want["evicted"], where
         assert mapping.slot_ids.tolist() == reference.buffers()["slot_ids"], where
@@ -50,7 +61,7 @@ def test_a_long_churn_decides_as_the_reference_model(case: str, lfu_by: str) -> 
 
 @pytest.mark.parametrize("evict", ["lru", "lfu"])
 def test_a_mapping_restored_mid_stream_decides_as_one_that_never_stopped(
-    evict: str, lfu_by: str
+    evict: str, lfu_by: str, lookup_levels: str
 ) -> None:
     settings = TableSettings(kind="dynamic", capacity=90, evict=evict, expire_after_steps=9)
     stream = [torch.tensor(b, dtype=torch.int64) for b in churn(300, 30, seed=4)]

@@ -25,15 +25,12 @@ alike. :meth:`DynamicMapping.observe` runs once per training step, before the fo
    ties end on the lowest row. IDs beyond that are refused (``full``) and read the fallback.
    An admitted ID's filter cell is cleared: after eviction it earns admission again.
 
-Decisions and lookups run in host memory on numpy views of the buffers (the buffers stay on
-the CPU when the model moves to a GPU, as Monolith keeps its hash tables on the host): a step
-makes a few dozen operations on arrays of a batch's size, where torch's per-operation dispatch
-cost more than the work. The ID lookup (:mod:`.dynamic_lookup`) and the free rows and victim
-orders (:mod:`.dynamic_victims`) are derived state: updated by the rows a step changed, and
-rebuilt from the buffers alone when they were written from outside (a checkpoint load, a
-served base: the buffer's version moved), so a restored trainer decides as one that never
-stopped. A step costs O(batch log capacity) amortised (plus O(sqrt(capacity)) to keep the
-lookup's recent level sorted); nothing scans, sorts or copies the table per step.
+Decisions and lookups run in host memory on numpy views of the buffers (they stay on the CPU
+when the model moves to a GPU, as Monolith's hash tables): a step makes a few dozen operations
+on arrays of a batch's size, where torch's dispatch cost more than the work. The ID lookup
+(:mod:`.dynamic_lookup`), free rows and victim orders (:mod:`.dynamic_victims`) are derived
+state, rebuilt from the buffers alone after a write from outside (a checkpoint load, a base),
+so a restored trainer decides as one that never stopped. Nothing scans the table per step.
 """
 
 from __future__ import annotations
@@ -86,21 +83,19 @@ def _uniform(ids: Int64s, step: int, seed: int) -> np.ndarray[Any, np.dtype[np.f
 
 
 class Observed:
-    """What one ``observe`` did: rows to reset (newly owned; ``placed`` is the same rows as a
-    host array), rows and filter cells whose buffers changed (host arrays: they only mark host
-    masks), the rows owned after it, and the counts the metrics export. A plain class with
-    slots: one is made per table and step, where a dataclass's ``__init__`` costs more."""
+    """What one ``observe`` did: rows to reset (``placed``: the same rows, host array), rows and
+    filter cells whose buffers changed, rows owned after it, and the counts metrics export."""
 
     __slots__ = (
-        "reset",
-        "placed",
-        "changed_slots",
-        "changed_cells",
-        "step",
-        "owned",
         "admitted",
-        "refused",
+        "changed_cells",
+        "changed_slots",
         "evicted",
+        "owned",
+        "placed",
+        "refused",
+        "reset",
+        "step",
     )
 
     def __init__(self, changed_slots: Int64s, step: int) -> None:
@@ -219,9 +214,8 @@ class DynamicMapping(nn.Module):
         return self.capacity + np.remainder(_mix64(raw), self.settings.fallback_rows)
 
     def _remember(self, ids: torch.Tensor, had_empty: bool, distinct: Int64s, rows: Int64s) -> None:
-        """Keep the rows ``observe`` settled for ``ids``: ``rows[i]`` is the row ``distinct[i]``
-        reads this step."""
-        # EMPTY is no distinct ID (count_ids drops it): leave such a batch to the lookup
+        """Keep the rows ``observe`` settled (``distinct[i]`` reads ``rows[i]``); a batch
+        holding EMPTY, no distinct ID (count_ids drops it), is left to the lookup."""
         self._answer = None if had_empty else _Answer(ids, self._lookup, distinct, rows)
 
     # --- decisions ------------------------------------------------------------------------
@@ -271,12 +265,14 @@ class DynamicMapping(nn.Module):
         found[missed] = self._fallback(fresh)
         passed, cells = self._admit(fresh, counts, step, out)
         if passed is not None:
-            missed, fresh, counts, cells = missed[passed], fresh[passed], counts[passed], cells[passed]
+            missed, fresh = missed[passed], fresh[passed]
+            counts, cells = counts[passed], cells[passed]
         placed, evicted = self._place(fresh.size, step, placement, out)
         taken = placed.size
         out.refused["full"] = fresh.size - taken
         if taken < fresh.size:
-            missed, fresh, counts, cells = missed[:taken], fresh[:taken], counts[:taken], cells[:taken]
+            missed, fresh = missed[:taken], fresh[:taken]
+            counts, cells = counts[:taken], cells[:taken]
         views.slot_ids[placed] = fresh
         last_seen[placed] = step
         use_count[placed] = counts
@@ -365,10 +361,9 @@ _NO_RESET = torch.empty(0, dtype=torch.int64)  # read only: an Observed that res
 
 class _Answer:
     """The rows one ``observe`` settled for its IDs: valid while ``ids`` is unchanged and the
-    lookup it left stands (a later step, a load or a delta replaces the lookup). Never
-    changed once made (a plain class with slots: one is made per table and step)."""
+    lookup it left stands (a later step, a load or a delta replaces the lookup)."""
 
-    __slots__ = ("ids", "version", "lookup", "distinct", "rows")
+    __slots__ = ("distinct", "ids", "lookup", "rows", "version")
 
     def __init__(
         self, ids: torch.Tensor, lookup: SortedLookup | None, distinct: Int64s, rows: Int64s
