@@ -23,9 +23,10 @@ from streamtrain.train.models.embedding import EmbeddingTables
 Gather = Callable[[list[torch.Tensor]], list[torch.Tensor]]
 
 
-@torch.no_grad()
 def reset_optimizer_rows(optimizer: Optimizer, param: torch.Tensor, rows: torch.Tensor) -> None:
-    """Reset ``rows`` of every per-row state tensor the optimizer keeps for ``param``."""
+    """Reset ``rows`` of every per-row state tensor the optimizer keeps for ``param`` (no
+    ``no_grad`` needed: optimizer state is no autograd leaf, and entering it costs more than
+    the write on a small step)."""
     if rows.numel() == 0:
         return
     state = optimizer.state.get(param)

@@ -18,13 +18,19 @@ is in the recent level, which is searched first. When the recent level is full, 
 compacted into one (the valid pairs, merged: O(capacity), once per ``16 * sqrt(capacity)``
 admissions). So a step costs O(batch log capacity + sqrt(capacity)) amortised.
 
+Tables below :data:`ONE_LEVEL_BELOW` rows keep one level: each step that changes owners copies
+the valid pairs with the new ones (a few thousand entries at most), and every lookup searches
+once instead of twice (two of the three lookups a prequential step makes).
+
 - :meth:`SortedLookup.build`: sort every owned row, O(capacity log capacity); after a
   checkpoint load or a base snapshot (120 ms at 1M rows on this project's CPU machine);
 - :meth:`SortedLookup.replace`: add the IDs that came to the recent level; after each training
   step that admits, and after a delta on a server.
 
 numpy rather than torch: a step makes a few dozen operations on arrays of a batch's size,
-where torch's dispatch (5-10 us an operation on CPU) cost more than the work.
+where torch's dispatch (5-10 us an operation on CPU) cost more than the work; and the arrays'
+methods (``keys.searchsorted``, ``mask.nonzero()``) rather than numpy's functions of the same
+name, whose wrappers cost several times the work at that size.
 """
 
 from __future__ import annotations
