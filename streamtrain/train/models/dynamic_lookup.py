@@ -48,6 +48,25 @@ ONE_LEVEL_BELOW = 2048  # tables of fewer rows keep one level (SortedLookup._one
 _NONE: Int64s = np.empty(0, dtype=np.int64)
 
 
+GOLDEN = -7046029254386353131  # 0x9E3779B97F4A7C15 as int64
+
+
+def mix64_host(x: Int64s) -> Int64s:
+    """SplitMix64's finaliser on int64 host arrays (the admission draw, the fallback rows)."""
+    # numpy int64 arrays wrap around on overflow and shift arithmetically, as torch's do
+    z = np.asarray(x, dtype=np.int64) * np.int64(GOLDEN)
+    z = (z ^ ((z >> 30) & ((1 << 34) - 1))) * np.int64(-4658895280553007687)
+    z = (z ^ ((z >> 27) & ((1 << 37) - 1))) * np.int64(-7723592293110705685)
+    out: Int64s = z ^ ((z >> 31) & ((1 << 33) - 1))
+    return out
+
+
+def uniform_host(ids: Int64s, step: int, seed: int) -> npt.NDArray[np.float64]:
+    """A float64 in [0, 1) per ID, a fixed function of (ID, step, seed)."""
+    salt = mix64_host(np.array([step * 1_000_003 + seed]))[0]
+    return ((mix64_host(ids ^ salt) >> 11) & ((1 << 53) - 1)).astype(np.float64) / float(1 << 53)
+
+
 def token(slot_ids: torch.Tensor) -> tuple[int, int]:
     """What identifies the contents of ``slot_ids`` as torch last wrote them: a write from
     outside (``load_state_dict``, a served snapshot) moves the version."""

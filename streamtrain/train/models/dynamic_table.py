@@ -45,41 +45,28 @@ from torch import nn
 
 from streamtrain.train.models.dynamic_lookup import (
     EMPTY,
+    GOLDEN,
     Int64s,
     SortedLookup,
     count_ids,
+    mix64_host,
     token,
+    uniform_host,
 )
 from streamtrain.train.models.dynamic_victims import Placement
 from streamtrain.train.models.sparse_params import TableSettings
 
 __all__ = ["EMPTY", "DynamicMapping", "Observed", "mix64", "uniform"]
 
-_GOLDEN = -7046029254386353131  # 0x9E3779B97F4A7C15 as int64
-
 
 def mix64(x: torch.Tensor) -> torch.Tensor:
     """SplitMix64's finaliser on int64 (wrap-around products, logical shifts by masks)."""
-    return torch.from_numpy(_mix64(x.cpu().numpy()))
-
-
-def _mix64(x: Int64s) -> Int64s:
-    # numpy int64 arrays wrap around on overflow and shift arithmetically, as torch's do
-    z = np.asarray(x, dtype=np.int64) * np.int64(_GOLDEN)
-    z = (z ^ ((z >> 30) & ((1 << 34) - 1))) * np.int64(-4658895280553007687)
-    z = (z ^ ((z >> 27) & ((1 << 37) - 1))) * np.int64(-7723592293110705685)
-    out: Int64s = z ^ ((z >> 31) & ((1 << 33) - 1))
-    return out
+    return torch.from_numpy(mix64_host(x.cpu().numpy()))
 
 
 def uniform(ids: torch.Tensor, step: int, seed: int) -> torch.Tensor:
     """A float64 in [0, 1) per ID, a fixed function of (ID, step, seed)."""
-    return torch.from_numpy(_uniform(ids.cpu().numpy(), step, seed))
-
-
-def _uniform(ids: Int64s, step: int, seed: int) -> np.ndarray[Any, np.dtype[np.float64]]:
-    salt = _mix64(np.array([step * 1_000_003 + seed]))[0]
-    return ((_mix64(ids ^ salt) >> 11) & ((1 << 53) - 1)).astype(np.float64) / float(1 << 53)
+    return torch.from_numpy(uniform_host(ids.cpu().numpy(), step, seed))
 
 
 class Observed:
@@ -137,13 +124,19 @@ class DynamicMapping(nn.Module):
         if settings.cells:
             self.register_buffer("filter_counts", torch.zeros(settings.cells, dtype=torch.int64))
         self.register_buffer("step", torch.zeros((), dtype=torch.int64))
-        self._seed_mix = int(_mix64(np.array([settings.seed]))[0])
+        self._seed_mix = int(mix64_host(np.array([settings.seed]))[0])
         self._lookup: SortedLookup | None = None  # see _sorted
         # derived with the lookup, dropped when it is rebuilt (the buffers were written from
         # outside): numpy views of the buffers, and the free rows and victim orders
         self._views = _Views.of(self)
         self._placement: Placement | None = None
         self._answer: _Answer | None = None  # the last step's rows (see rows)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _DERIVED:  # written every step: no parameter, buffer or module bookkeeping
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
 
     def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> Any:
         """The mapping stays in host memory whatever device or dtype the model moves to
@@ -211,7 +204,7 @@ class DynamicMapping(nn.Module):
     def _fallback(self, raw: Int64s) -> Int64s | int:
         if self.settings.fallback_rows == 1:  # one shared row: no hash to compute
             return self.capacity
-        return self.capacity + np.remainder(_mix64(raw), self.settings.fallback_rows)
+        return self.capacity + np.remainder(mix64_host(raw), self.settings.fallback_rows)
 
     def _remember(self, ids: torch.Tensor, had_empty: bool, distinct: Int64s, rows: Int64s) -> None:
         """Keep the rows ``observe`` settled (``distinct[i]`` reads ``rows[i]``); a batch
@@ -306,7 +299,7 @@ class DynamicMapping(nn.Module):
     def _cells(self, ids: Int64s) -> Int64s:
         # Fibonacci hashing (the product's high bits): 3 ops where mix64 takes 12, and the
         # filter only needs IDs spread over its cells
-        mixed: Int64s = ((ids ^ self._seed_mix) * np.int64(_GOLDEN)) >> 24
+        mixed: Int64s = ((ids ^ self._seed_mix) * np.int64(GOLDEN)) >> 24
         cells: Int64s = np.remainder(mixed, self.settings.cells)
         return cells
 
@@ -328,7 +321,7 @@ class DynamicMapping(nn.Module):
             out.changed_cells = cells
             out.refused["filter"] = ids.size - int(np.count_nonzero(passed))
         if self.settings.admit_probability < 1:
-            drawn = _uniform(ids, step, self.settings.seed) < self.settings.admit_probability
+            drawn = uniform_host(ids, step, self.settings.seed) < self.settings.admit_probability
             if passed is None:
                 out.refused["probability"] = ids.size - int(np.count_nonzero(drawn))
                 passed = drawn
@@ -356,6 +349,7 @@ class DynamicMapping(nn.Module):
 
 
 _NO_ROWS: Int64s = np.empty(0, dtype=np.int64)
+_DERIVED = frozenset({"_lookup", "_views", "_placement", "_answer"})  # plain attributes
 _NO_RESET = torch.empty(0, dtype=torch.int64)  # read only: an Observed that reset no row
 
 

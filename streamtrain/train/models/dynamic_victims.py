@@ -250,12 +250,14 @@ class FrequencyScan:
         if m == 0:
             return _NO_ROWS
         uses = np.where(evictable, self._use_count, _BIG)
-        threshold = np.partition(uses, m - 1)[m - 1]
+        ordered = uses.copy()  # array methods: numpy's functions cost more at this size
+        ordered.partition(m - 1)
+        threshold = ordered[m - 1]
         below = (uses < threshold).nonzero()[0]
         recency = last_seen * self._owners.size + self._row_index  # unique keys: ties end alike
         tied = np.where(uses == threshold, recency, _BIG)
         k = m - below.size
-        part = np.argpartition(tied, k - 1)[:k]
+        part = tied.argpartition(k - 1)[:k]
         return np.concatenate([below, part[tied[part].argsort()]])
 
 
