@@ -111,15 +111,17 @@ class MessageRecords(Sequence[KafkaRecord]):
         which builds a list of tuples per record (the largest per-record cost here).
 
         ``Message.timestamp()`` builds a (type, value) tuple per call; only the value is read
-        (``itemgetter`` in C: half the items of reading both). A timestamp that is not
-        available has the value -1, or 0 in a message-format-v0 record (Kafka < 0.10): a
-        value <= 0 is the column's "none" (-1)."""
+        (``itemgetter`` in C: half the items of reading both). Only a value <= 0 can be a
+        timestamp that is not available (librdkafka gives -1, or 0 in a message-format-v0
+        record): those few are decided by their type, as :class:`ConfluentRecord` does."""
         from confluent_kafka import Message
 
         messages, n = self._messages, len(self._messages)
         types = None
         with gc_paused():  # a header list and tuples per record, no cycles among them
             stamps = np.fromiter(map(_VALUE, map(Message.timestamp, messages)), np.int64, n)
+            for i in np.flatnonzero(stamps <= 0).tolist():
+                stamps[i] = _stamp(messages[i].timestamp())
             values = list(map(Message.value, messages))
             if content_types:
                 # librdkafka headers: a list of (str, bytes | None); a null value is no type.
@@ -129,7 +131,7 @@ class MessageRecords(Sequence[KafkaRecord]):
         return RecordColumns(
             partitions=self._partitions,
             offsets=self._offsets,
-            timestamps_ms=stamps if bool((stamps > 0).all()) else np.where(stamps > 0, stamps, -1),
+            timestamps_ms=stamps,
             values=values,
             content_types=types,
         )
