@@ -52,8 +52,7 @@ def _kill_inside(env: dict[str, str], root: Path, phase: str, step: int, marker:
     process = start_trainer({**env, PAUSE_ENV: f"{phase}:{step}", MARKER_ENV: str(marker)})
     try:
         await_condition(
-            # start-up and the steps to the pause: ~30 s niced at load 10-15 here; wide for
-            # a slower, loaded machine
+            # a trainer's start-up and the steps to the pause: wide for a slower, loaded machine
             lambda: marker.exists() or process.poll() is not None,
             f"a pause at {phase}",
             400,

@@ -104,7 +104,7 @@ def test_kill_minus_9_of_a_rank_restarts_the_group_bit_identical(
         crash_env = _env(kafka_bootstrap, unique_name, f"crash-{rank}", crash_dir, **until_learned)
         job = start_trainer(crash_env, "--nproc", "2", "--max-restarts", "1")
         with killed_on_exit(job):
-            # torchrun, two ranks and their group: ~40 s niced at load 10-15 here
+            # the start-up of torchrun, two ranks and their group: wide for a slower, loaded machine
             killed_at = wait_for_checkpoint_at_least(crash_dir, 11, timeout=400)
             os.kill(_two_ranks(job)[rank], signal.SIGKILL)
             output = _finish(job)

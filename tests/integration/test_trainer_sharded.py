@@ -311,7 +311,7 @@ def test_kill_minus_9_of_a_rank_is_bit_identical_and_another_world_is_refused(
     }
     env = _env(kafka_bootstrap, name, crash_dir, f"crash-{killed}", **extra)
     with killed_on_exit(start_trainer(env, "--nproc", "2", "--max-restarts", "1")) as job:
-        # torchrun, two ranks and their group: ~40 s niced at load 10-15 here
+        # the start-up of torchrun, two ranks and their group: wide for a slower, loaded machine
         killed_at = wait_for_checkpoint_at_least(crash_dir, 11, timeout=400)
         os.kill(_two_ranks(job)[killed], signal.SIGKILL)
         output = _finish(job)  # the surviving rank's failed collective logs a traceback
