@@ -289,7 +289,7 @@ def run_to_end(env: Mapping[str, str], samples: int | None = None) -> str:
         }
     process = start_trainer(env)
     # Far above a run here (20-60 s niced at load 10-15): a deadline to report a hang by,
-    # below the suite's 600 s per-test timeout.
+    # below the suite's 900 s per-test timeout.
     output, _ = process.communicate(timeout=400)
     assert process.returncode == 0, output
     if samples is not None:
