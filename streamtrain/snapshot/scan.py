@@ -45,7 +45,7 @@ from collections.abc import Callable
 from streamtrain.kafka import PartitionReader, ReadTimeout
 from streamtrain.kafka.records import KafkaRecord
 from streamtrain.snapshot import wire
-from streamtrain.snapshot.manifest import SnapshotManifest, SnapshotOrder
+from streamtrain.snapshot.manifest import SnapshotManifest, SnapshotOrder, parse_snapshot_id
 from streamtrain.snapshot.spool import Chunk, Spool
 from streamtrain.snapshot.verify import RejectedSnapshot
 
@@ -69,43 +69,111 @@ class Candidate:
 Screen = Callable[[KafkaRecord, wire.RecordHeader], Candidate | RejectedSnapshot]
 
 
-def scan_manifests(
-    reader: PartitionReader,
-    low: int,
-    high: int,
-    deadline: float,
-    screen: Screen,
-    rejected: Callable[[RejectedSnapshot], None],
-) -> list[Candidate]:
-    """Candidates in ``[low, high)``, read backwards (see the module's rules); rejections go
-    to ``rejected``. A read past ``deadline`` ends the scan with what was found (logged)."""
-    candidates: list[Candidate] = []
-    end, window = high, _FIRST_WINDOW
-    try:
-        while end > low:
-            start = max(low, end - window)
-            resume = start
-            for record in reader.read(start, end, deadline):
+class ManifestScan:
+    """The backwards scan of ``[low, high)`` (the module's rules), one window per :meth:`step`,
+    resumable: a catching-up server stops it at the newest base (:meth:`until_base`) and
+    resumes it only if that base is refused. Rejections go to ``rejected``; a read past
+    ``deadline`` ends the scan with what was found (logged)."""
+
+    def __init__(
+        self,
+        reader: PartitionReader,
+        low: int,
+        high: int,
+        deadline: float,
+        screen: Screen,
+        rejected: Callable[[RejectedSnapshot], None],
+    ) -> None:
+        self._reader, self._low, self._deadline = reader, low, deadline
+        self._screen, self._rejected = screen, rejected
+        self._end, self._window = high, _FIRST_WINDOW
+        self.windows = 0  # windows read (the bench and tests count them)
+
+    @property
+    def done(self) -> bool:
+        return self._end <= self._low
+
+    def step(self) -> list[Candidate]:
+        """The candidates of the next window back (none once :attr:`done`)."""
+        if self.done:
+            return []
+        found: list[Candidate] = []
+        start = max(self._low, self._end - self._window)
+        resume = start
+        try:
+            for record in self._reader.read(start, self._end, self._deadline):
                 header = wire.parse_headers(record.headers)
                 if header is None or header.kind != "manifest":
                     continue
-                screened = screen(record, header)
+                screened = self._screen(record, header)
                 if isinstance(screened, RejectedSnapshot):
-                    rejected(screened)
+                    self._rejected(screened)
                     continue
-                candidates.append(screened)
+                found.append(screened)
                 resume = min(resume, _chunks_start(screened))
-            jumped = resume < start
-            end = max(low, resume)
-            window = _FIRST_WINDOW if jumped else min(window * 2, _MAX_WINDOW)
-    except ReadTimeout as exc:
-        log.warning(
-            "scan of %s cut short (%s); choosing among the %d snapshots found so far",
-            reader.topic,
-            exc,
-            len(candidates),
-        )
-    return candidates
+        except ReadTimeout as exc:
+            log.warning(
+                "scan of %s cut short (%s); choosing among the snapshots found so far",
+                self._reader.topic,
+                exc,
+            )
+            self._end = self._low
+            return found
+        self.windows += 1
+        jumped = resume < start
+        self._end = max(self._low, resume)
+        self._window = _FIRST_WINDOW if jumped else min(self._window * 2, _MAX_WINDOW)
+        return found
+
+    def rest(self) -> list[Candidate]:
+        """Every candidate left, to the start of the range."""
+        found: list[Candidate] = []
+        while not self.done:
+            found.extend(self.step())
+        return found
+
+    def until_base(self, wanted: Callable[[SnapshotOrder], bool]) -> list[Candidate]:
+        """Candidates up to and including the newest base (in topic position) ``wanted``,
+        with every shard of its step; everything left when there is none. The scan stops
+        there: the rest of the topic is older (one trainer per topic, versions growing;
+        docs/snapshots.md, Finding the newest base) and read only if that base is refused."""
+        found: list[Candidate] = []
+        while not self.done:
+            found.extend(self.step())
+            base = next(
+                (c for c in found if c.manifest.kind == "base" and wanted(c.manifest.order)),
+                None,
+            )
+            if base is not None and _all_shards(base, found):
+                break
+        return found
+
+
+def _all_shards(base: Candidate, found: list[Candidate]) -> bool:
+    """Whether every shard of ``base``'s step is among ``found`` (an unsharded base: True)."""
+    shard = base.manifest.shard
+    if shard is None:
+        return True
+    indexes = {
+        c.manifest.shard.index
+        for c in found
+        if c.manifest.shard is not None and c.manifest.order == base.manifest.order
+    }
+    return len(indexes) >= shard.world
+
+
+def newest_first_order(candidates: list[Candidate]) -> list[Candidate]:
+    """Step 3 of ``SnapshotSubscriber.newest_first``."""
+    return sorted(candidates, key=lambda c: c.manifest.order, reverse=True)
+
+
+def incomplete(snapshot_id: str, exc: ReadTimeout) -> RejectedSnapshot:
+    parsed = parse_snapshot_id(snapshot_id)
+    return RejectedSnapshot(
+        "incomplete",
+        f"snapshot {snapshot_id}: its chunks could not be read back: {exc}",
+        parsed[1] if parsed else None,
+    )
 
 
 def _chunks_start(candidate: Candidate) -> int:
