@@ -102,9 +102,7 @@ def test_a_new_replica_reads_the_newest_base_and_not_the_older_ones(
     assert min(scanned) > max(older_manifests), (sorted(scanned), older_manifests)
 
 
-def _record_starts(
-    subscriber: SnapshotSubscriber, monkeypatch: pytest.MonkeyPatch
-) -> list[int]:
+def _record_starts(subscriber: SnapshotSubscriber, monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Where each window of ``subscriber``'s manifest scan starts, filled in as it reads."""
     reader = subscriber._scan_reader
     starts: list[int] = []
