@@ -29,7 +29,11 @@ to ``_MAX_WINDOW`` records, while they find nothing to jump from (a publish in p
 one that died). The Kafka client still fetches ahead of what the scan asks for (a fetch of
 the snapshot reader, ``kafka/factory.py``): a fixed amount, whatever the base size.
 
-What a catching-up server then reads, in order (``catch_up_plan``): the newest base it
+A catching-up server stops the scan at the newest base it wants (``ManifestScan.until_base``:
+what precedes it on the topic is older, one trainer per topic and versions growing) and
+resumes it only if that base is refused, so a new replica reads the manifests after the
+newest base, not every retained one (~420 at 0.26 GB took 17 s of a 33 s time to ready).
+What it then reads, in order (``catch_up_plan``): the newest base it
 wants, then the deltas after it oldest first, then the rest newest first. Reading the deltas
 newer than the base before it (one seek and read each) kept a replica unready for 13 s of
 its 47 s at a 0.26 GB base with 28 deltas after it; now it is ready once the base is read.
