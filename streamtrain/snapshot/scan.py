@@ -29,9 +29,10 @@ to ``_MAX_WINDOW`` records, while they find nothing to jump from (a publish in p
 one that died). The Kafka client still fetches ahead of what the scan asks for (a fetch of
 the snapshot reader, ``kafka/factory.py``): a fixed amount, whatever the base size.
 
-A catching-up server stops the scan at the newest base it wants (``ManifestScan.until_base``:
-what precedes it on the topic is older, one trainer per topic and versions growing) and
-resumes it only if that base is refused, so a new replica reads the manifests after the
+A catching-up server stops the scan one snapshot past the newest base it wants
+(``ManifestScan.until_base``: what precedes it on the topic is older, one trainer per topic
+and versions growing; a base out of that sequence makes it read everything) and resumes it
+only if that base is refused, so a new replica reads the manifests after the
 newest base, not every retained one (~420 at 0.26 GB took 17 s of a 33 s time to ready).
 What it then reads, in order (``catch_up_plan``): the newest base it
 wants, then the deltas after it oldest first, then the rest newest first. Reading the deltas
@@ -137,20 +138,40 @@ class ManifestScan:
         return found
 
     def until_base(self, wanted: Callable[[SnapshotOrder], bool]) -> list[Candidate]:
-        """Candidates up to and including the newest base (in topic position) ``wanted``,
-        with every shard of its step; everything left when there is none. The scan stops
-        there: the rest of the topic is older (one trainer per topic, versions growing;
-        docs/snapshots.md, Finding the newest base) and read only if that base is refused."""
+        """Candidates up to the newest base (in topic position) ``wanted``, with every shard
+        of its step and the snapshot written just before it; everything when there is no
+        such base or it is not *in sequence*. The rest of the topic is then older (one
+        trainer per topic, versions growing across its runs) and read only if that base is
+        refused (docs/snapshots.md, Finding the newest base).
+
+        In sequence: every snapshot found of another run ranks below the base. A late
+        snapshot of an older run, still alive, written after a newer run's (newest by topic
+        position, lowest by version) is not; the scan then reads everything, so a new
+        replica picks the version a running one holds (``test_serve_replicas.py``)."""
         found: list[Candidate] = []
+        base: Candidate | None = None
         while not self.done:
-            found.extend(self.step())
+            window = self.step()
+            found.extend(window)
+            if base is not None:
+                if window:  # the snapshot(s) just before the base: the check is complete
+                    break
+                continue
             base = next(
                 (c for c in found if c.manifest.kind == "base" and wanted(c.manifest.order)),
                 None,
             )
-            if base is not None and _all_shards(base, found):
-                break
+            if base is not None and not _all_shards(base, found):
+                base = None  # its other shards are further back
+        if base is not None and not _in_sequence(base, found):
+            found.extend(self.rest())
         return found
+
+
+def _in_sequence(base: Candidate, found: list[Candidate]) -> bool:
+    """Whether every candidate of another run ranks below ``base`` (``until_base``)."""
+    run, order = base.manifest.run_id, base.manifest.order
+    return all(c.manifest.run_id == run or c.manifest.order < order for c in found)
 
 
 def _all_shards(base: Candidate, found: list[Candidate]) -> bool:
