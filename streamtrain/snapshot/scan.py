@@ -45,14 +45,14 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from streamtrain.kafka import PartitionReader, ReadTimeout
 from streamtrain.kafka.records import KafkaRecord
 from streamtrain.snapshot import wire
 from streamtrain.snapshot.manifest import SnapshotManifest, SnapshotOrder, parse_snapshot_id
 from streamtrain.snapshot.spool import Chunk, Spool
-from streamtrain.snapshot.verify import RejectedSnapshot
+from streamtrain.snapshot.verify import ReceivedSnapshot, RejectedSnapshot
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,9 @@ class ManifestScan:
         self._reader, self._low, self._deadline = reader, low, deadline
         self._screen, self._rejected = screen, rejected
         self._end, self._window = high, _FIRST_WINDOW
+        self._skipped: tuple[int, int] | None = None  # the range a hint jumped over
         self.windows = 0  # windows read (the bench and tests count them)
+        self.topic = reader.topic
 
     @property
     def done(self) -> bool:
@@ -138,11 +140,11 @@ class ManifestScan:
         return found
 
     def until_base(self, wanted: Callable[[SnapshotOrder], bool]) -> list[Candidate]:
-        """Candidates up to the newest base (in topic position) ``wanted``, with every shard
-        of its step and the snapshot written just before it; everything when there is no
-        such base or it is not *in sequence*. The rest of the topic is then older (one
-        trainer per topic, versions growing across its runs) and read only if that base is
-        refused (docs/snapshots.md, Finding the newest base).
+        """Candidates up to the newest base (in topic position), with every shard of its
+        step and the snapshot written just before it; everything when there is no base or
+        it is not *in sequence*. The rest of the topic is then older (one trainer per topic,
+        versions growing across its runs): not ``wanted`` when that base is not, and read
+        only if that base is refused otherwise (docs/snapshots.md, Finding the newest base).
 
         In sequence: every snapshot found of another run ranks below the base. A late
         snapshot of an older run, still alive, written after a newer run's (newest by topic
@@ -157,15 +159,57 @@ class ManifestScan:
                 if window:  # the snapshot(s) just before the base: the check is complete
                     break
                 continue
-            base = next(
-                (c for c in found if c.manifest.kind == "base" and wanted(c.manifest.order)),
-                None,
-            )
+            base = next((c for c in found if c.manifest.kind == "base"), None)
+            if base is None:
+                found.extend(self._follow_hint(window, wanted))
+                base = next((c for c in found if c.manifest.kind == "base"), None)
             if base is not None and not _all_shards(base, found):
                 base = None  # its other shards are further back
         if base is not None and not _in_sequence(base, found):
             found.extend(self.rest())
         return found
+
+    def _follow_hint(
+        self, window: list[Candidate], wanted: Callable[[SnapshotOrder], bool]
+    ) -> list[Candidate]:
+        """The base the newest delta of ``window`` names by offset (``base_offset``), read at
+        once, the scan going on from before it; the range between is left for
+        :meth:`skipped`. Only from a delta that passed screening, to a record before it that
+        is a manifest passing screening, of a base ``wanted``, with the id the delta names;
+        otherwise nothing (the scan goes on window by window). Once per scan."""
+        delta = next((c for c in window if c.manifest.base_offset is not None), None)
+        if self._skipped is not None or delta is None or delta.manifest.shard is not None:
+            return []
+        at = delta.manifest.base_offset
+        if at is None or not self._low <= at < min(self._end, delta.offset):
+            return []
+        try:
+            record = next(iter(self._reader.read(at, at + 1, self._deadline)), None)
+        except ReadTimeout:
+            return []
+        header = None if record is None else wire.parse_headers(record.headers)
+        if record is None or header is None or header.kind != "manifest":
+            return []
+        if header.snapshot_id != delta.manifest.base_id:
+            return []
+        base = self._screen(record, header)
+        if isinstance(base, RejectedSnapshot) or base.manifest.kind != "base":
+            return []  # the window-by-window scan meets it and reports it
+        if not wanted(base.manifest.order):
+            return []  # a server past it: the deltas after it are what it reads
+        self._skipped = (at + 1, self._end)
+        self._end, self._window = max(self._low, _chunks_start(base)), _FIRST_WINDOW
+        return [base]
+
+    def skipped(self) -> list[Candidate]:
+        """Every candidate in the range a hint jumped over (none without a jump)."""
+        if self._skipped is None:
+            return []
+        low, high = self._skipped
+        self._skipped = (low, low)
+        return ManifestScan(
+            self._reader, low, high, self._deadline, self._screen, self._rejected
+        ).rest()
 
 
 def _in_sequence(base: Candidate, found: list[Candidate]) -> bool:
@@ -227,12 +271,39 @@ def catch_up_plan(
     if base is None:
         return candidates
     order = base.manifest.order
+    return [c for c in candidates if c.manifest.order == order] + _around(order, candidates)
+
+
+def _around(order: SnapshotOrder, candidates: list[Candidate]) -> list[Candidate]:
+    """``candidates`` (newest first) not of ``order``: the newer oldest first, then the older
+    newest first."""
     newer = [c for c in candidates if c.manifest.order > order]
-    return (
-        [c for c in candidates if c.manifest.order == order]
-        + newer[::-1]
-        + [c for c in candidates if c.manifest.order < order]
-    )
+    return newer[::-1] + [c for c in candidates if c.manifest.order < order]
+
+
+def catch_up_reads(
+    scan: ManifestScan,
+    wanted: Callable[[SnapshotOrder], bool],
+    read: Callable[[list[Candidate]], Iterator[ReceivedSnapshot]],
+) -> Iterator[ReceivedSnapshot]:
+    """What a catching-up server reads, in order, through ``read`` (which verifies, and
+    skips what is no longer ``wanted``): the newest base wanted first (``until_base``), then
+    the snapshots found around it, with those a hint jumped over (``skipped``), in
+    ``catch_up_plan`` order; then, only if that base is still wanted (refused, corrupt,
+    unreadable), the rest of the topic the same way."""
+    plan = catch_up_plan(newest_first_order(scan.until_base(wanted)), wanted)
+    first = plan[0] if plan else None
+    if first is None or first.manifest.kind != "base" or not wanted(first.manifest.order):
+        yield from read(plan + newest_first_order(scan.skipped()))
+        return
+    order = first.manifest.order
+    step = [c for c in plan if c.manifest.order == order]
+    yield from read(step)
+    yield from read(_around(order, newest_first_order(plan[len(step) :] + scan.skipped())))
+    if scan.done or not wanted(order):
+        return  # the base is live (or older than what is): nothing older is wanted
+    log.info("the newest base on %s was not loaded; scanning the older snapshots", scan.topic)
+    yield from read(catch_up_plan(newest_first_order(scan.rest()), wanted))
 
 
 def read_chunks(

@@ -24,7 +24,7 @@ from streamtrain.snapshot.manifest import (
 from streamtrain.snapshot.scan import (
     Candidate,
     ManifestScan,
-    catch_up_plan,
+    catch_up_reads,
     incomplete,
     newest_first_order,
     read_chunks,
@@ -177,15 +177,8 @@ class SnapshotSubscriber:
         The scan stops at the newest base wanted (``ManifestScan.until_base``) and goes on
         only if that base is still wanted after its turn (refused, corrupt, unreadable)."""
         scan = self._start_scan(timeout_s)
-        if scan is None:
-            return
-        found = newest_first_order(scan.until_base(wanted))
-        yield from self._read_each(catch_up_plan(found, wanted), wanted)
-        unloaded = any(c.manifest.kind == "base" and wanted(c.manifest.order) for c in found)
-        if scan.done or not unloaded:
-            return  # the base found is live (or older than what is): nothing older is wanted
-        log.info("the newest base on %s was not loaded; scanning the older snapshots", self.topic)
-        yield from self._read_each(catch_up_plan(newest_first_order(scan.rest()), wanted), wanted)
+        if scan is not None:
+            yield from catch_up_reads(scan, wanted, lambda plan: self._read_each(plan, wanted))
 
     def _start_scan(self, timeout_s: float) -> ManifestScan | None:
         """Step 1 of :meth:`newest_first`: the scan of the stored range, not yet begun."""

@@ -96,10 +96,16 @@ def test_a_new_replica_reads_the_newest_base_and_not_the_older_ones(
     assert after, "no delta after the newest base: the order is not tested"
     assert read_offsets, "the replica read nothing"
     assert not older_chunks & set(read_offsets), sorted(older_chunks & set(read_offsets))
-    # The scan stopped at the newest base: it never reached back to an older manifest.
+    # The newest delta names its base's manifest by offset: the scan's second read is that
+    # record, and it stops there, reading back only the one snapshot written just before it
+    # (to check the base is in sequence), never the older ones.
     older_manifests = _manifest_offsets(kafka_bootstrap, unique_name, bases[-1].version)
-    assert scanned and older_manifests, (scanned, older_manifests)
-    assert min(scanned) > max(older_manifests), (sorted(scanned), older_manifests)
+    newest_base_at = _manifest_offsets(kafka_bootstrap, unique_name, bases[-1].version + 1)
+    newest_base_at = sorted(set(newest_base_at) - set(older_manifests))
+    assert len(newest_base_at) == 1 and older_manifests, (newest_base_at, older_manifests)
+    assert scanned[:2] == [max(scanned), newest_base_at[0]], scanned
+    reached = [o for o in older_manifests if o >= min(scanned)]
+    assert len(reached) <= 1, (sorted(scanned), older_manifests)
 
 
 def _record_starts(subscriber: SnapshotSubscriber, monkeypatch: pytest.MonkeyPatch) -> list[int]:
