@@ -75,20 +75,8 @@ def test_a_new_replica_reads_the_newest_base_and_not_the_older_ones(
         real_read_chunks(reader, candidate, *args)
 
     monkeypatch.setattr(subscriber_module, "read_chunks", read_chunks)
-    model = build_model(seed=5)
-    slot = WeightSlot(model, shared=frozenset(row_sparse_parameters(model)))
-    watcher = SnapshotWatcher(replica, slot, poll_timeout_s=0.1).start()
-    try:
-        deadline = time.monotonic() + 60
-        while slot.info is None or slot.info.version != newest:
-            assert time.monotonic() < deadline, slot.info
-            time.sleep(0.05)
-        with slot.acquire() as lease:
-            held = lease.model.state_dict()
-            assert all(torch.equal(held[k], final[k]) for k in final)
-            assert lease.info.header.lineage == bases[-1].snapshot_id
-    finally:
-        watcher.stop()
+    lineage = _serve_until(replica, newest, final)
+    assert lineage == bases[-1].snapshot_id
     # The newest base is read first (ready after one base), then the deltas after it,
     # oldest first; nothing older is read at all.
     after = sorted(m.version for m in published if m.version > bases[-1].version)
@@ -106,6 +94,27 @@ def test_a_new_replica_reads_the_newest_base_and_not_the_older_ones(
     assert scanned[:2] == [max(scanned), newest_base_at[0]], scanned
     reached = [o for o in older_manifests if o >= min(scanned)]
     assert len(reached) <= 1, (sorted(scanned), older_manifests)
+
+
+def _serve_until(
+    replica: SnapshotSubscriber, version: int, expected: dict[str, torch.Tensor]
+) -> str:
+    """Serve from ``replica`` until ``version`` is live, check it holds ``expected``; its
+    lineage."""
+    model = build_model(seed=5)
+    slot = WeightSlot(model, shared=frozenset(row_sparse_parameters(model)))
+    watcher = SnapshotWatcher(replica, slot, poll_timeout_s=0.1).start()
+    try:
+        deadline = time.monotonic() + 60
+        while slot.info is None or slot.info.version != version:
+            assert time.monotonic() < deadline, slot.info
+            time.sleep(0.05)
+        with slot.acquire() as lease:
+            held = lease.model.state_dict()
+            assert all(torch.equal(held[k], expected[k]) for k in expected)
+            return lease.info.header.lineage
+    finally:
+        watcher.stop()
 
 
 def _record_starts(subscriber: SnapshotSubscriber, monkeypatch: pytest.MonkeyPatch) -> list[int]:
@@ -154,19 +163,7 @@ def test_a_refused_newest_base_resumes_the_scan_and_the_base_before_serves(
 
     replica = _subscriber(kafka_bootstrap, unique_name)
     scanned = _record_starts(replica, monkeypatch)
-    model = build_model(seed=5)
-    slot = WeightSlot(model, shared=frozenset(row_sparse_parameters(model)))
-    watcher = SnapshotWatcher(replica, slot, poll_timeout_s=0.1).start()
-    try:
-        deadline = time.monotonic() + 60
-        while slot.info is None or slot.info.version != good_version:
-            assert time.monotonic() < deadline, slot.info
-            time.sleep(0.05)
-        with slot.acquire() as lease:
-            held = lease.model.state_dict()
-            assert all(torch.equal(held[k], good[k]) for k in good)
-    finally:
-        watcher.stop()
+    _serve_until(replica, good_version, good)
     # The scan resumed past the refused base, back to the oldest manifest on the topic.
     oldest = min(_manifest_offsets(kafka_bootstrap, unique_name, good_version + 2))
     assert min(scanned) <= oldest, (sorted(scanned), oldest)
