@@ -128,11 +128,24 @@ class InferRouteProtocol(OneWriteHttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._idle_since: float | None = None
+        self._default_headers: list[tuple[bytes, bytes]] | None = None
+        self._default_head = b""
         super().connection_made(transport)
+
+    def on_message_begin(self) -> None:
+        # uvicorn builds the request's ASGI scope here (a dict of ten entries and a copy of the
+        # app state); an infer request never reads it, so it is built only for the app.
+        self.url = b""
+        self.expect_100_continue = False
+        self.headers = []
 
     def on_headers_complete(self) -> None:
         cycle = self._infer_cycle()
         if cycle is None:
+            url, expect_100, headers = self.url, self.expect_100_continue, self.headers
+            super().on_message_begin()  # uvicorn's scope, over a fresh url, flag and header list
+            self.url, self.expect_100_continue = url, expect_100
+            self.headers.extend(headers)  # the list the scope holds
             super().on_headers_complete()
             return
         self._reading_head = False
@@ -285,13 +298,22 @@ class InferRouteProtocol(OneWriteHttpToolsProtocol):
     def _encode(self, answer: Answer, cycle: InferCycle) -> bytes:
         """Status line, uvicorn's default headers, the answer's, ``connection: close`` when
         the connection ends after it: the bytes uvicorn writes for the same ASGI response."""
-        parts = [STATUS_LINE[answer.status]]
-        for name, value in (*self.server_state.default_headers, *answer.headers):
+        parts = [STATUS_LINE[answer.status], self._default_head_bytes()]
+        for name, value in answer.headers:
             parts += (name, b": ", value, b"\r\n")
         if not cycle.keep_alive:
             parts.append(b"connection: close\r\n")
         parts += (b"\r\n", answer.body)
         return b"".join(parts)
+
+    def _default_head_bytes(self) -> bytes:
+        """uvicorn's default headers (server, date) as bytes, laid out again only when uvicorn
+        replaces its list (once a second, for the date)."""
+        defaults = self.server_state.default_headers
+        if defaults is not self._default_headers:
+            self._default_headers = defaults
+            self._default_head = b"".join(b"%s: %s\r\n" % pair for pair in defaults)
+        return self._default_head
 
 
 class _Resume:

@@ -320,3 +320,27 @@ def test_a_server_fault_is_one_500_line_on_both_paths(fast_answers: list[str]) -
     assert (
         answers[0].startswith(b"HTTP/1.1 500") and b"internal error during inference" in answers[0]
     )
+
+
+def test_fast_answers_carry_the_default_headers_uvicorn_holds_now(
+    fast_answers: list[str],
+) -> None:
+    """The fast route lays out uvicorn's default headers once per list uvicorn builds (it
+    rebuilds them once a second, for the date): a header added to the server's config shows
+    on the same keep-alive connection once uvicorn's next tick has rebuilt the list."""
+    with _worker() as worker, socket.create_connection(("127.0.0.1", worker.port), 10) as conn:
+        pending = bytearray()
+        conn.sendall(_request(_body()))
+        status, headers, _ = _response(conn, pending)
+        assert status == 200 and "date" in headers and "x-probe" not in headers
+        config = worker._server.config
+        config.encoded_headers = [*config.encoded_headers, (b"x-probe", b"1")]
+        for _ in range(400):  # uvicorn's tick rebuilds the list every second; 0.05 s per turn
+            conn.sendall(_request(_body()))
+            status, headers, _ = _response(conn, pending)
+            assert status == 200
+            if "x-probe" in headers:
+                break
+            threading.Event().wait(0.05)
+        assert headers.get("x-probe") == "1" and "date" in headers
+        assert len(fast_answers) >= 2 and set(fast_answers) == {_PATH}

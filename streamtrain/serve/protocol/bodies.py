@@ -46,6 +46,9 @@ from streamtrain.serve.protocol.tensor_data import NUMERIC_DTYPES, TensorDataErr
 
 INPUT_NAME = "input"
 BINARY_HEADER = "Inference-Header-Content-Length"
+_BINARY_HEADER_NAME = BINARY_HEADER.lower().encode("latin-1")
+_JSON_CONTENT = (b"content-type", b"application/json")
+_BINARY_CONTENT = (b"content-type", b"application/octet-stream")
 _REQUEST_EXAMPLE = (
     '{"inputs": [{"name": "input", "shape": [1, ...], "datatype": "FP32", "data": [...]}]}'
 )
@@ -374,8 +377,8 @@ def encode_infer_response(
     request: InferRequest,
     results: Mapping[str, np.ndarray[Any, Any]],
     io: ModelIO,
-) -> tuple[bytes, dict[str, str]]:
-    """The response body and its headers (binary extension when any output is binary)."""
+) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+    """The response body and its HTTP headers (binary extension when any output is binary)."""
     datatypes = {o.name: o.datatype for o in io.outputs}
     outputs: list[_OutputTensor] = []
     buffers: list[bytes] = []
@@ -392,6 +395,6 @@ def encode_infer_response(
         outputs.append(entry)
     header = _ENCODER.encode(_InferResponseBody(model_name, model_version, outputs, request.id))
     if not buffers:
-        return header, {"content-type": "application/json"}
-    headers = {"content-type": "application/octet-stream", BINARY_HEADER: str(len(header))}
+        return header, [_JSON_CONTENT]
+    headers = [_BINARY_CONTENT, (_BINARY_HEADER_NAME, b"%d" % len(header))]
     return b"".join([header, *buffers]), headers

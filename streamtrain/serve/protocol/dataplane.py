@@ -27,8 +27,7 @@ import importlib.metadata
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from streamtrain.ascii_int import parse_ascii_int
 from streamtrain.metrics import SERVE_REQUEST_SECONDS, SERVE_REQUESTS
@@ -74,8 +73,7 @@ def _package_version() -> str:
         return "0+unknown"
 
 
-@dataclass(frozen=True)
-class Timing:
+class Timing(NamedTuple):
     """Where an answered request spent its time (``perf_counter_ns`` differences).
 
     One rule for both transports: ``input_ns`` runs from the request's start (when the

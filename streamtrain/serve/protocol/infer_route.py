@@ -134,9 +134,8 @@ class InferRoute:
             content, headers = encode_infer_response(
                 self._model_name, model_version, parsed, outputs, self._io
             )
-            raw = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
-            raw.append((b"content-length", str(len(content)).encode("latin-1")))
-            return Answer(200, content, raw)
+            headers.append((b"content-length", b"%d" % len(content)))
+            return Answer(200, content, headers)
 
         try:
             return await self._served.infer(name, version, decode, encode)

@@ -84,9 +84,16 @@ def _forward(
 ) -> Prediction:
     with slot.acquire() as lease, torch.inference_mode():
         outputs = head(call_model(lease.model, features, sparse, device))
-        host = {name: t.cpu().numpy() for name, t in outputs.items()}
+        host = to_host(outputs, device)
     SERVE_BATCH_SIZE.observe(features.shape[0])
     return Prediction(lease.info, host)
+
+
+def to_host(outputs: dict[str, torch.Tensor], device: torch.device) -> dict[str, Array]:
+    """Named outputs as host arrays (a CPU tensor's ``numpy()`` is a view, no ``cpu()`` call)."""
+    if device.type == "cpu":
+        return {name: t.numpy() for name, t in outputs.items()}
+    return {name: t.cpu().numpy() for name, t in outputs.items()}
 
 
 _TIME_EVERY = 8
@@ -119,27 +126,27 @@ class PassTimer:
         per_row = self._seconds_per_row
         return per_row is not None and per_row * rows < self._inline_below_s
 
-    def run(self, rows: int, forward: Callable[[], Prediction]) -> Prediction:
-        """``forward()``, timed now and then."""
+    def run(self, rows: int, forward: Callable[..., Prediction], *args: Any) -> Prediction:
+        """``forward(*args)``, timed now and then."""
         # Thread CPU time is a system call; timing one pass in _TIME_EVERY keeps the estimate
         # current for a fraction of the cost.
         self._untimed += 1
         if self._seconds_per_row is not None and self._untimed < _TIME_EVERY:
-            return forward()
+            return forward(*args)
         self._untimed = 0
         started = self._clock()
-        prediction = forward()
+        prediction = forward(*args)
         per_row = (self._clock() - started) / max(1, rows)
         known = self._seconds_per_row
         # A benign race between threads: either update is a valid recent estimate.
         self._seconds_per_row = per_row if known is None else known + (per_row - known) / 4
         return prediction
 
-    async def infer(self, rows: int, forward: Callable[[], Prediction]) -> Prediction:
-        """``forward()`` inline when short, else on a worker thread."""
+    async def infer(self, rows: int, forward: Callable[..., Prediction], *args: Any) -> Prediction:
+        """``forward(*args)`` inline when short, else on a worker thread."""
         if self.inline(rows):
-            return self.run(rows, forward)
-        return await anyio.to_thread.run_sync(self.run, rows, forward)
+            return self.run(rows, forward, *args)
+        return await anyio.to_thread.run_sync(self.run, rows, forward, *args)
 
 
 class DirectEngine:
@@ -160,14 +167,15 @@ class DirectEngine:
 
     def run(self, features: Array, sparse: SparseRows | None = None) -> Prediction:
         return self._timer.run(
-            features.shape[0],
-            lambda: _forward(self._slot, self._head, self._device, features, sparse),
+            features.shape[0], _forward, self._slot, self._head, self._device, features, sparse
         )
 
     async def infer(self, features: Array, sparse: SparseRows | None = None) -> Prediction:
-        return await self._timer.infer(
-            features.shape[0],
-            lambda: _forward(self._slot, self._head, self._device, features, sparse),
+        timer, rows = self._timer, features.shape[0]
+        if timer.inline(rows):  # the common case, without PassTimer.infer's coroutine
+            return timer.run(rows, _forward, self._slot, self._head, self._device, features, sparse)
+        return await timer.infer(
+            rows, _forward, self._slot, self._head, self._device, features, sparse
         )
 
     def close(self) -> None:

@@ -36,7 +36,14 @@ from torch import nn
 
 from streamtrain.metrics import SERVE_PINNED_VERSION, SERVE_RETAINED_VERSIONS
 from streamtrain.sample.sparse_numpy import SparseRows
-from streamtrain.serve.weights.inference import Array, Head, PassTimer, Prediction, call_model
+from streamtrain.serve.weights.inference import (
+    Array,
+    Head,
+    PassTimer,
+    Prediction,
+    call_model,
+    to_host,
+)
 from streamtrain.serve.weights.slot import StandbyBusy, WeightsInfo, WeightSlot
 from streamtrain.snapshot.cache import SnapshotCache
 from streamtrain.snapshot.delta import RowUpdate
@@ -232,14 +239,12 @@ class RetainedVersions:
         if entry is None:
             return None
         # a small pass runs on the event loop as the live engine's does (no thread hop)
-        return await self._timer.infer(
-            features.shape[0], lambda: self._forward(entry, features, sparse)
-        )
+        return await self._timer.infer(features.shape[0], self._forward, entry, features, sparse)
 
     def _forward(self, entry: _Retained, features: Array, sparse: SparseRows | None) -> Prediction:
         with torch.inference_mode():
             outputs = self._head(call_model(entry.model, features, sparse, self._device))
-            return Prediction(entry.info, {n: t.cpu().numpy() for n, t in outputs.items()})
+            return Prediction(entry.info, to_host(outputs, self._device))
 
     # --- internals -------------------------------------------------------------------------
     def _retain(self, tensors: Mapping[str, torch.Tensor], info: WeightsInfo) -> None:
