@@ -216,7 +216,8 @@ class Learner:
            (``streamtrain_train_rollbacks``).
         4. A good step: every ``good_state_every`` good steps the current (pre-step) state is
            saved as the last good one — it has just produced a finite loss and gradients, which
-           the post-step state has not yet shown; then optimizer step and scheduler step.
+           the post-step state has not yet shown; then optimizer step (each parameter group at
+           its rate times ``step_lr_scales(samples)``, when given) and scheduler step.
 
         With a ``step_reducer`` (a distributed rank), 2b. all-reduces the gradients, even for
         an empty batch (the other ranks' batches still make a step), and the outcome is the
