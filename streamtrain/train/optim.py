@@ -117,8 +117,8 @@ def build_optimizer(
     sgd and rmsprop only.
 
     Adam and AdamW use torch's fused kernel when every parameter is on one device type (CPU or
-    CUDA): one call per parameter group instead of about ten small operations per tensor,
-    which at one sample per step were a third of the step's time (bench/README.md, Peers).
+    CUDA): one call per parameter group instead of about ten small operations per tensor
+    (``Adam.step`` led a profile of a batch-16 step; bench/README.md, Peers).
 
     >>> model = torch.nn.Linear(2, 1)
     >>> type(build_optimizer(model.parameters(), "sgd", 0.1, momentum=0.9)).__name__
