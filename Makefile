@@ -39,6 +39,16 @@ demo: $(STAMP)
 PYTEST_WORKERS ?= 4
 XDIST := -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
+# Bytecode caches for the suite's processes, in .venv/pycache (`make clean` removes it; nothing
+# lands in the checkout), even where the environment sets PYTHONDONTWRITEBYTECODE (this
+# machine's does; an empty value is "unset" to Python). Torch is installed uncompiled and uv
+# compiles nothing, so without a cache every trainer and server child compiles torch, numpy
+# and the package afresh: ~5 CPU-s more per start, and a kill -9 test starts six to ten
+# (tests/README.md, "What the suite spends").
+PYCACHE_TARGETS := demo test test-unit test-integration-kafka-python
+$(PYCACHE_TARGETS): export PYTHONDONTWRITEBYTECODE :=
+$(PYCACHE_TARGETS): export PYTHONPYCACHEPREFIX := $(abspath $(VENV))/pycache
+
 # The full suite (the README's command). PYTEST_ARGS adds options, e.g. CI's --durations=20.
 # The soak test measures that the demo keeps up, so it runs at normal priority beside the rest,
 # which runs under `nice -n 19` (its workers and every process they start inherit it): the

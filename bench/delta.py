@@ -181,8 +181,8 @@ def _subscriber(bootstrap: str, topic: str, slot: Any) -> Any:
 def replica(args: argparse.Namespace, bootstrap: str, topic: str, out: Any) -> None:
     """A replica started mid-run (issue 26): time from its start to ready, and the part of it
     spent reading and verifying the one base it loads (``catch_up_order`` scans the
-    manifests, then yields the newest base first: the base's read is the time from the end
-    of the scan to its yield)."""
+    manifests back to the newest base, then yields that base first: the base's read is the
+    time from the end of the scan to its yield)."""
     from streamtrain.serve.weights.slot import WeightSlot
     from streamtrain.serve.weights.watcher import SnapshotWatcher
     from streamtrain.train.row_tracker import row_sparse_buffers, row_sparse_parameters
@@ -192,20 +192,30 @@ def replica(args: argparse.Namespace, bootstrap: str, topic: str, out: Any) -> N
     shared = frozenset(row_sparse_parameters(model)) | frozenset(row_sparse_buffers(model))
     slot = WeightSlot(model, shared=shared)
     source = _subscriber(bootstrap, topic, slot)
-    original, original_scan = source.catch_up_order, source._scan
+    original, original_start = source.catch_up_order, source._start_scan
     yields: list[tuple[str, float]] = []
+    scans: list[Any] = []  # the catch-up's ManifestScan: its windows read
 
-    def timed_scan(timeout_s: float) -> Any:
-        found = original_scan(timeout_s)
-        yields.append(("scanned", time.perf_counter()))
-        return found
+    def timed_start(timeout_s: float) -> Any:
+        scan = original_start(timeout_s)
+        if scan is not None:
+            scans.append(scan)
+            until_base = scan.until_base
+
+            def timed_until_base(wanted: Any) -> Any:
+                found = until_base(wanted)
+                yields.append(("scanned", time.perf_counter()))
+                return found
+
+            scan.until_base = timed_until_base
+        return scan
 
     def timed_catch_up_order(timeout_s: float, wanted: Any) -> Any:
         for snapshot in original(timeout_s, wanted):
             yields.append((snapshot.manifest.kind, time.perf_counter()))
             yield snapshot
 
-    source._scan = timed_scan  # type: ignore[method-assign]
+    source._start_scan = timed_start  # type: ignore[method-assign]
     source.catch_up_order = timed_catch_up_order  # type: ignore[method-assign]
     started = time.perf_counter()
     watcher = SnapshotWatcher(source, slot, poll_timeout_s=0.05).start()
@@ -227,6 +237,7 @@ def replica(args: argparse.Namespace, bootstrap: str, topic: str, out: Any) -> N
             "scan done at s": yields[0][1] - started if yields else nan,
             "base read from s": base_from,
             "deltas read before it": base_at - 1 if base_at else 0,
+            "scan windows": scans[0].windows if scans else 0,
             "version": None if info is None else info.version,
             "lineage": None if info is None else info.header.lineage,
         }
@@ -252,6 +263,10 @@ def train(args: argparse.Namespace, bootstrap: str, topic: str, mode: str) -> di
         base_every_deltas=10**9 if mode in ("delta", "dynamic") else 0,
         base_every_seconds=args.base_every or 1e9,
     )
+    if args.base_window_mb is not None:
+        from streamtrain.snapshot import publisher as publisher_module
+
+        publisher_module.BASE_WINDOW_BYTES = int(args.base_window_mb * 1024 * 1024)
     publisher = SnapshotPublisher(
         kafka=KafkaConnection(bootstrap),
         topic=topic,
@@ -281,6 +296,9 @@ def train(args: argparse.Namespace, bootstrap: str, topic: str, mode: str) -> di
     next_snapshot = started
     step = 0
     stalls: list[Any] = []  # each snapshot's training-thread time, final once copied
+    # The training thread's CPU time in take_snapshot: the stall less the time the loaded
+    # machine ran other threads instead of it (the snapshot point only, not later saves).
+    snapshot_cpu: list[float] = []
     copier = SnapshotCopier(model, optimizer)  # whole snapshots off the training thread
     while time.time() - started < args.seconds:
         due = started + step * interval
@@ -299,7 +317,9 @@ def train(args: argparse.Namespace, bootstrap: str, topic: str, mode: str) -> di
         step += 1
         produced.append(produced_at)
         if time.time() >= next_snapshot:
+            cpu = time.thread_time()
             taken = take_snapshot(model, tracker, copier)  # what the trainer's loop does
+            snapshot_cpu.append(time.thread_time() - cpu)
             stalls.append(taken.stall)
             stages.setdefault(step, {}).update(watermark=produced_at, offered=time.time())
             publisher.offer(
@@ -327,6 +347,7 @@ def train(args: argparse.Namespace, bootstrap: str, topic: str, mode: str) -> di
         "elapsed": elapsed,
         "steps": step,
         "copy_s": [stall.seconds for stall in stalls],
+        "snapshot_cpu_s": snapshot_cpu,
         "stages": stages,
     }
 
@@ -485,6 +506,8 @@ def run(args: argparse.Namespace, broker: EmbeddedBroker, mode: str) -> dict[str
         "first snapshot stall s": result["copy_s"][0],
         "stall max s": max(result["copy_s"]),
         "stall p99 s": _pct(result["copy_s"], 0.99),
+        "snapshot-point CPU p99 s": _pct(result["snapshot_cpu_s"], 0.99),
+        "snapshot-point CPU max s": max(result["snapshot_cpu_s"]),
         "apply s": statistics.median(served["applied"]) if served["applied"] else float("nan"),
         "peak RSS/model": served["peak"] / model_bytes,
         "end RSS/model (trimmed)": served["rss"] / model_bytes,
@@ -531,6 +554,12 @@ def main() -> None:
         type=float,
         default=None,
         help="start a new replica N s into the run and report its time to ready",
+    )
+    parser.add_argument(
+        "--base-window-mb",
+        type=float,
+        default=None,
+        help="the base lane's acknowledgement window (publisher.BASE_WINDOW_BYTES), MiB",
     )
     parser.add_argument(
         "--device", default="cpu", help="the trainer's device (cpu, cuda); the server's is cpu"

@@ -9,27 +9,29 @@ from contextlib import contextmanager
 
 import pytest
 
-from streamtrain.train.snapshot_copy import _Background
+from streamtrain.train.snapshot_copy import RowCopy
 
 
 @contextmanager
 def copy_gate(
-    monkeypatch: pytest.MonkeyPatch, dense: bool = False
+    monkeypatch: pytest.MonkeyPatch, dense: bool = False, thread: str = "snapshot-copy"
 ) -> Iterator[tuple[threading.Event, threading.Event]]:
-    """(held, release): the copy thread stops before each chunk of a row-sparse table (of
-    any tensor with ``dense``) after its first (``held`` set) until ``release`` is set (set
-    again on exit)."""
+    """(held, release): the copy thread (a thread whose name starts with ``thread``: the
+    publisher's base lane copies its shadow with the same rows, ``snapshot/shadow.py``) stops
+    before each chunk of a row-sparse table (of any tensor with ``dense``) after its first
+    (``held`` set) until ``release`` is set (set again on exit)."""
     held, release = threading.Event(), threading.Event()
-    original = _Background.copy_rows
+    original = RowCopy.copy_rows
 
-    def gated(self: _Background, start: int, stop: int) -> None:
+    def gated(self: RowCopy, start: int, stop: int) -> None:
         gated_tensor = self.sparse or dense
-        if threading.current_thread().name == "snapshot-copy" and gated_tensor and start > 0:
+        copying = threading.current_thread().name.startswith(thread)
+        if copying and gated_tensor and start > 0:
             held.set()
             release.wait(60)
         original(self, start, stop)
 
-    monkeypatch.setattr(_Background, "copy_rows", gated)
+    monkeypatch.setattr(RowCopy, "copy_rows", gated)
     try:
         yield held, release
     finally:

@@ -87,17 +87,16 @@ class _Held:
 
     def pick(self, picks: I64) -> _Held:
         """The records at ``picks``, in that order."""
-        samples = self.sample_of[picks]
-        is_sample = samples >= 0
-        taken = samples[is_sample]
         d = self.decoded
+        if len(d.weights) == len(self):  # every record is a sample, record k is sample k
+            taken, rows, sample_of = picks, np.arange(len(picks)), np.arange(len(picks))
+        else:
+            taken, rows, sample_of = self._samples_at(picks)
         rejects = {}
         if d.rejects:  # rare: remap only them, never build a per-record dict
             where = np.full(len(self), -1, np.int64)
             where[picks] = np.arange(len(picks))
             rejects = {int(where[i]): r for i, r in d.rejects.items() if where[i] >= 0}
-        sample_of = np.full(len(picks), -1, np.int64)
-        sample_of[is_sample] = np.arange(len(taken))
         return _Held(
             records=self.records.take(picks),
             partitions=self.partitions[picks],
@@ -105,7 +104,7 @@ class _Held:
             keys=self.keys[picks],
             sample_of=sample_of,
             decoded=Decoded(
-                rows=np.flatnonzero(is_sample),
+                rows=rows,
                 features=d.features[taken],
                 labels=d.labels[taken],
                 weights=d.weights[taken],
@@ -114,6 +113,16 @@ class _Held:
                 sparse=None if d.sparse is None else d.sparse[taken],
             ),
         )
+
+    def _samples_at(self, picks: I64) -> tuple[I64, I64, I64]:
+        """For the records at ``picks``: their samples' indices, which of them are samples,
+        and each one's sample index among them (-1: a rejected record)."""
+        samples = self.sample_of[picks]
+        is_sample = samples >= 0
+        taken = samples[is_sample]
+        sample_of = np.full(len(picks), -1, np.int64)
+        sample_of[is_sample] = np.arange(len(taken))
+        return taken, np.flatnonzero(is_sample), sample_of
 
     def concat(self, other: _Held) -> _Held:
         if not len(self):
@@ -295,11 +304,28 @@ class PartitionMerge:
 
 
 def _order(held: _Held, subset: I64 | None) -> I64:
-    """Indices of ``subset`` (all held records if None) sorted by key."""
-    if subset is None:
-        return np.lexsort((held.offsets, held.partitions, held.keys))
-    order = np.lexsort((held.offsets[subset], held.partitions[subset], held.keys[subset]))
-    return subset[order]
+    """Indices of ``subset`` (all held records if None) sorted by key (point 1)."""
+    keys, parts = held.keys, held.partitions
+    if subset is not None:
+        keys, parts = keys[subset], parts[subset]
+    order = _key_order(keys, parts, held.offsets if subset is None else held.offsets[subset])
+    return order if subset is None else subset[order]
+
+
+def _key_order(keys: I64, parts: I64, offsets: I64) -> I64:
+    """The order of ``(key, partition, offset)``. Held records of a partition are in offset
+    order (polls are, and holding keeps their order), so a stable sort on ``(key, partition)``
+    alone gives it: one argsort of a combined int64, ~6x cheaper than a three-key lexsort,
+    while the combined value cannot overflow (a key span under ~10^17 ms / partitions)."""
+    if not len(keys):
+        return np.zeros(0, np.int64)
+    low, span = int(keys.min()), int(keys.max()) - int(keys.min()) + 1
+    ranks = np.searchsorted(np.asarray(partitions_in(parts)), parts)
+    if span * (int(ranks.max()) + 1) >= 1 << 62:
+        return np.lexsort((offsets, parts, keys))
+    combined = (keys - low) * (int(ranks.max()) + 1) + ranks
+    order: I64 = np.argsort(combined, kind="stable")
+    return order
 
 
 def _largest_key(held: _Held) -> Key:

@@ -50,11 +50,14 @@ def write_counted(
     base_id: str | None,
     predecessor_id: str | None,
     newest: PublishedVersion,
+    base_offset: int | None = None,
 ) -> SnapshotManifest | None:
     """Write ``request`` and count it; None (logged, counted) when the write failed."""
     started = time.perf_counter()
     try:
-        manifest = writer.write(request, base_id=base_id, predecessor_id=predecessor_id)
+        manifest = writer.write(
+            request, base_id=base_id, predecessor_id=predecessor_id, base_offset=base_offset
+        )
     except Exception:
         metrics.SNAPSHOT_PUBLISH_ERRORS.inc()
         log.exception(
@@ -86,7 +89,8 @@ def write_counted(
 
 class BaseLane:
     """Writes whole bases with ``writer`` (its own producer, chunks marked ``lane: base``)
-    on its own thread; ``on_published`` gets each acknowledged manifest, ``on_failed`` the
+    on its own thread; ``on_published`` gets each acknowledged manifest and its topic offset,
+    ``on_failed`` the
     version of each base that could not be written; ``on_done`` then gets the base's
     tensors back (the caller may reuse them: the lane no longer reads them)."""
 
@@ -95,7 +99,7 @@ class BaseLane:
         writer: SnapshotWriter,
         *,
         newest: PublishedVersion,
-        on_published: Callable[[SnapshotManifest], None],
+        on_published: Callable[[SnapshotManifest, int | None], None],
         on_failed: Callable[[int], None],
         on_done: Callable[[SnapshotRequest], None] = lambda request: None,
     ) -> None:
@@ -135,7 +139,7 @@ class BaseLane:
             if manifest is None:
                 self._on_failed(request.version)
             else:
-                self._on_published(manifest)
+                self._on_published(manifest, self._writer.manifest_offset)
             self._on_done(request)  # before the lane is free: no base is being built now
         finally:
             with self._lock:

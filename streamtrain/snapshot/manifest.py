@@ -208,6 +208,11 @@ class SnapshotManifest(BaseModel):
     shard: ShardInfo | None = Field(
         None, description="Set when this is one rank's shard of a step (shard_assembly.py)."
     )
+    base_offset: int | None = Field(
+        None,
+        ge=0,
+        description="A delta's hint: the topic offset of its base's manifest (scan.py).",
+    )
 
     @property
     def header(self) -> SnapshotHeader:

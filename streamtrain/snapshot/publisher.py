@@ -104,6 +104,7 @@ class SnapshotPublisher:
         self._base_due = False  # rule 4: a scheduled base waits for the base lane
         self._shadow = ShadowCopy()
         self._base_id: str | None = None
+        self._base_offset: int | None = None  # of its manifest: the deltas' hint (scan.py)
         self._last_id: str | None = None  # the delta lane's last published snapshot
         self._sharded = shard is not None
         self._failed = False  # the last publish failed; its rows wait in ``_next``
@@ -199,9 +200,9 @@ class SnapshotPublisher:
         self._carry = dataclasses.replace(folded, complete=False)
         return True
 
-    def _base_published(self, manifest: SnapshotManifest) -> None:
+    def _base_published(self, manifest: SnapshotManifest, offset: int | None) -> None:
         with self._lock:
-            self._base_id = manifest.snapshot_id
+            self._base_id, self._base_offset = manifest.snapshot_id, offset
 
     def _base_failed(self, version: int) -> None:
         log.warning(
@@ -247,13 +248,14 @@ class SnapshotPublisher:
 
     def _publish(self, request: SnapshotRequest) -> bool:
         with self._lock:
-            base_id = self._base_id
+            base_id, base_offset = self._base_id, self._base_offset
         manifest = write_counted(
             self._writer,
             request,
             base_id=base_id,
             predecessor_id=self._last_id,
             newest=self._newest,
+            base_offset=None if self._sharded else base_offset,
         )
         if manifest is None:
             return False
@@ -262,4 +264,5 @@ class SnapshotPublisher:
         if manifest.kind == "base":
             with self._lock:
                 self._base_id = manifest.header.snapshot_id
+                self._base_offset = self._writer.manifest_offset
         return True

@@ -21,7 +21,14 @@ from streamtrain.snapshot.manifest import (
     SnapshotOrder,
     parse_snapshot_id,
 )
-from streamtrain.snapshot.scan import Candidate, catch_up_plan, read_chunks, scan_manifests
+from streamtrain.snapshot.scan import (
+    Candidate,
+    ManifestScan,
+    catch_up_reads,
+    incomplete,
+    newest_first_order,
+    read_chunks,
+)
 from streamtrain.snapshot.signing import ManifestVerifier
 from streamtrain.snapshot.spool import Chunk, Spool, return_chunk_buffers
 from streamtrain.snapshot.verify import (
@@ -149,45 +156,44 @@ class SnapshotSubscriber:
 
         1. Find the partition's bounds; the tail is placed at the high watermark, so
            :meth:`poll` continues exactly after what this scan covered.
-        2. Scan the stored range once, backwards in growing windows (so a scan cut short by
-           ``timeout_s`` has covered the newest records), keeping only manifests that pass
-           checks 0-3 (signature, schema, configuration, limits) and jumping over each one's
-           chunks (``scan.py``): a retained base costs the scan one window, not its size.
+        2. Scan the stored range backwards (``scan.py``: newest records first, manifests
+           passing checks 0-3 kept, each one's chunks jumped over).
         3. Sort them by ``snapshot_order``, newest first, not by topic position (a late
            snapshot of an older run with a lower version ranks below the newest version).
         4. For each, read its chunks (within its own budget) and verify; yield it if it
            passes. The caller applies its own checks and asks for the next one if it refuses
            (so a newest snapshot with NaN weights falls back to the one before). Each failure
-           is queued for :meth:`poll`.
-
-        Kafka errors (unreachable broker) propagate; ``timeout_s`` spent mid-scan ends the
-        scan early with what was found (logged).
+           is queued for :meth:`poll`. Kafka errors propagate; ``timeout_s`` spent mid-scan
+           ends the scan with what was found (logged).
         """
-        yield from self._read_each(self._scan(timeout_s))
+        scan = self._start_scan(timeout_s)
+        yield from self._read_each([] if scan is None else newest_first_order(scan.rest()))
 
     def catch_up_order(
         self, timeout_s: float, wanted: Callable[[SnapshotOrder], bool]
     ) -> Iterator[ReceivedSnapshot]:
         """:meth:`newest_first` in the order that makes a catching-up server ready soonest
-        (``scan.catch_up_plan``); a snapshot not ``wanted`` when its turn comes is not read."""
-        yield from self._read_each(catch_up_plan(self._scan(timeout_s), wanted), wanted)
+        (``scan.catch_up_plan``); a snapshot not ``wanted`` when its turn comes is not read.
+        The scan stops at the newest base wanted (``ManifestScan.until_base``) and goes on
+        only if that base is still wanted after its turn (refused, corrupt, unreadable)."""
+        scan = self._start_scan(timeout_s)
+        if scan is not None:
+            yield from catch_up_reads(scan, wanted, lambda plan: self._read_each(plan, wanted))
 
-    def _scan(self, timeout_s: float) -> list[Candidate]:
-        """Steps 1-3 of :meth:`newest_first`."""
+    def _start_scan(self, timeout_s: float) -> ManifestScan | None:
+        """Step 1 of :meth:`newest_first`: the scan of the stored range, not yet begun."""
         deadline = time.monotonic() + timeout_s
         if not self._reader.exists():
             self._topic_was_missing = True
             log.info("snapshot topic %s does not exist yet", self.topic)
-            return []
+            return None
         try:
             low, high = self._reader.bounds(deadline)
         except ReadTimeout as exc:
             log.warning("no snapshot found on %s within %.1f s: %s", self.topic, timeout_s, exc)
-            return []
+            return None
         self._place_tail(high)
-        scan = self._scan_reader
-        candidates = scan_manifests(scan, low, high, deadline, self._screen, self._queue)
-        return sorted(candidates, key=lambda c: c.manifest.order, reverse=True)
+        return ManifestScan(self._scan_reader, low, high, deadline, self._screen, self._queue)
 
     def _read_each(
         self,
@@ -202,7 +208,7 @@ class SnapshotSubscriber:
             try:
                 read_chunks(self._reader, candidate, spool, self.max_chunks)
             except ReadTimeout as exc:
-                result: Result = _incomplete(candidate.manifest.snapshot_id, exc)
+                result: Result = incomplete(candidate.manifest.snapshot_id, exc)
             else:
                 result = self._verified(candidate, spool)
             finally:
@@ -352,7 +358,7 @@ class SnapshotSubscriber:
         try:
             return [self._load(record, header, spool)]
         except ReadTimeout as exc:
-            return [_incomplete(header.snapshot_id, exc)]
+            return [incomplete(header.snapshot_id, exc)]
         finally:
             spool.close()
 
@@ -381,15 +387,6 @@ class SnapshotSubscriber:
         if not spool.complete(candidate.manifest.chunk_count):
             read_chunks(self._reader, candidate, spool, self.max_chunks)
         return self._verified(candidate, spool)
-
-
-def _incomplete(snapshot_id: str, exc: ReadTimeout) -> RejectedSnapshot:
-    parsed = parse_snapshot_id(snapshot_id)
-    return RejectedSnapshot(
-        "incomplete",
-        f"snapshot {snapshot_id}: its chunks could not be read back: {exc}",
-        parsed[1] if parsed else None,
-    )
 
 
 def _ms_left(deadline: float) -> int:

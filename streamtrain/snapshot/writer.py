@@ -80,6 +80,7 @@ class SnapshotWriter:
         # at once): the base lane's writer, so a base does not fill the broker's queue ahead
         # of the deltas, and ``send_timeout_s`` bounds one window, not a whole 1 GB base.
         self.window_bytes = window_bytes
+        self.manifest_offset: int | None = None  # of the last manifest written
         self._kafka = kafka
         self._producer: RecordProducer | None = None
 
@@ -99,10 +100,14 @@ class SnapshotWriter:
         *,
         base_id: str | None = None,
         predecessor_id: str | None = None,
+        base_offset: int | None = None,
     ) -> SnapshotManifest:
-        """Publish ``request``; returns the manifest written.
+        """Publish ``request``; returns the manifest written (its offset in
+        :attr:`manifest_offset`).
 
-        A request with ``rows`` is a delta on ``predecessor_id`` in the lineage of ``base_id``.
+        A request with ``rows`` is a delta on ``predecessor_id`` in the lineage of ``base_id``,
+        whose manifest is at ``base_offset`` on the topic when known (a new replica's scan
+        jumps there, ``scan.py``).
 
         1. Wait until the trainer's copy of the weights is complete (``wait_ready``).
         2. Serialize with safetensors, hash with sha256, cut into chunks of ``chunk_bytes``.
@@ -141,6 +146,7 @@ class SnapshotWriter:
             base_id=None if request.rows is None else base_id,
             predecessor_id=None if request.rows is None else predecessor_id,
             shard=None if self.shard is None else self.shard.info(request.run_id, request.version),
+            base_offset=None if request.rows is None else base_offset,
         )
         sid = manifest.snapshot_id  # a shard's records carry its own id
         # Checked before any chunk is written, so an oversized manifest wastes no topic space.
@@ -162,7 +168,7 @@ class SnapshotWriter:
             partition=PARTITION,
         )
         producer.flush(timeout=self.send_timeout_s)
-        sent.result(timeout=self.send_timeout_s)
+        self.manifest_offset = sent.result(timeout=self.send_timeout_s)
         log.debug("snapshot %s written: %d bytes in %d chunks", sid, len(payload), len(chunks))
         return manifest
 

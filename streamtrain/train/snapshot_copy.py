@@ -75,11 +75,12 @@ class StallClock:
 
 
 @dataclass(eq=False)
-class _Background:
-    """One background tensor of a copy in progress (rules 2-3)."""
+class RowCopy:
+    """One background tensor of a copy in progress (rules 2-3); also the publisher's copy of
+    its shadow into a base (``snapshot/shadow.py``), where ``param`` is the shadow tensor."""
 
     name: str
-    param: nn.Parameter
+    param: torch.Tensor
     target: torch.Tensor
     sparse: bool
     version: int  # the parameter's version counter after its last step
@@ -137,7 +138,7 @@ class _Background:
 
 @dataclass(eq=False)
 class _Job:
-    tensors: list[_Background]
+    tensors: list[RowCopy]
     clock: StallClock
     done: threading.Event = field(default_factory=threading.Event)
     error: str | None = None
@@ -209,7 +210,7 @@ class SnapshotCopier:
             previous.done.wait()  # rule 5: the copy thread finishes it
         params = dict(self._model.named_parameters(remove_duplicate=False))
         tensors: dict[str, torch.Tensor] = {}
-        background: list[_Background] = []
+        background: list[RowCopy] = []
         for name, tensor in self._model.state_dict().items():
             param = params.get(name)
             if param is None or not self._in_background(name, tensor):
@@ -219,7 +220,7 @@ class SnapshotCopier:
             tensors[name] = target
             row_bytes = max(1, tensor[0].numel() * tensor.element_size())
             background.append(
-                _Background(
+                RowCopy(
                     name=name,
                     param=param,
                     target=target,
@@ -301,7 +302,7 @@ class SnapshotCopier:
         job.done.set()
         metrics.SNAPSHOT_STALL_SECONDS.observe(job.clock.seconds)
 
-    def _claim(self, job: _Job) -> tuple[_Background, int, int] | Literal["complete"] | None:
+    def _claim(self, job: _Job) -> tuple[RowCopy, int, int] | Literal["complete"] | None:
         """The next chunk of ``job`` (the lock is held); None when spoiled or taken over."""
         if self._job is not job:
             return None
@@ -314,7 +315,7 @@ class SnapshotCopier:
             return None
         return left, left.copied, min(left.rows, left.copied + left.rows_per_chunk)
 
-    def _spoil(self, job: _Job, background: _Background) -> None:
+    def _spoil(self, job: _Job, background: RowCopy) -> None:
         """Rule 4 (the lock is held)."""
         job.error = (
             f"{background.name} changed outside an optimizer step while the snapshot was "

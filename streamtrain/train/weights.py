@@ -78,7 +78,13 @@ def copy_weights(
         }
     first = next(iter(state.values()), None)
     if first is None or first.device.type != "cuda":
-        return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in state.items()}, _noop
+        # The selected rows are a fresh copy already: copying them again cost the training
+        # thread a second pass over every changed row.
+        selected = rows or {}
+        return {
+            k: v if k in selected else v.detach().to("cpu", copy=True).contiguous()
+            for k, v in state.items()
+        }, _noop
     device = first.device
     side = torch.cuda.Stream(device=device)  # type: ignore[no-untyped-call]
     side.wait_stream(torch.cuda.current_stream(device))

@@ -126,7 +126,9 @@ def check_rows(
     if n == 0:
         return rejects
     flat = features.reshape(n, -1)
-    for row in np.flatnonzero(~np.isfinite(flat).all(axis=1)):
+    # One whole-array pass first: a row-wise all() is ~8x slower, and rows fail rarely.
+    finite = bool(np.isfinite(flat).all())
+    for row in [] if finite else np.flatnonzero(~np.isfinite(flat).all(axis=1)):
         col = int(np.flatnonzero(~np.isfinite(flat[row]))[0])
         rejects.setdefault(
             int(row), Reject("non_finite", f"features[{col}] is {flat[row, col]} (flat index)")

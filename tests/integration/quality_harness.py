@@ -97,7 +97,7 @@ def expected(kafka: KafkaConnection, predictions: str, labels: str, keep: int) -
     return out
 
 
-def wait_for_labelled(url: str, labelled: int, timeout: float = 90.0) -> dict[str, float]:
+def wait_for_labelled(url: str, labelled: int, timeout: float = 240.0) -> dict[str, float]:
     """Scrape until the labelled rows add up to ``labelled``; the scrape."""
     deadline = time.monotonic() + timeout
     while True:

@@ -183,7 +183,7 @@ def _flip_digit(value: bytes, index: int) -> bytes:
     return bytes(data)
 
 
-def wait(condition: Callable[[], bool], what: str, timeout_s: float = 30.0) -> None:
+def wait(condition: Callable[[], bool], what: str, timeout_s: float = 120.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if condition():

@@ -89,7 +89,7 @@ def _start(
     output = ProcessOutput()
     threading.Thread(target=output.follow, args=(process,), daemon=True).start()
     try:
-        await_condition(lambda: "trainer metrics:" in output.text(), "the metrics URL", timeout=90)
+        await_condition(lambda: "trainer metrics:" in output.text(), "the metrics URL")
         found = re.search(r"trainer metrics: (http://[\d.]+:\d+)/metrics", output.text())
         assert found, output.text()
         yield RunningTrainer(process, output, found.group(1))
@@ -131,7 +131,7 @@ def _learn_then_lose_the_broker(
     # stop() is still waiting for the broker process to exit.
     killed, killed_wall = time.monotonic(), time.time()
     broker.stop()  # returns once the process is gone
-    noticed = await_condition(lambda: trainer.metrics().get(REACHABLE) == 0.0, "reachable 0", 30)
+    noticed = await_condition(lambda: trainer.metrics().get(REACHABLE) == 0.0, "reachable 0")
     assert trainer.ready_status() == 503
     return killed, killed_wall, noticed
 
@@ -162,7 +162,7 @@ def test_outage_is_visible_and_quiet_then_a_re_created_topic_is_read_from_its_st
         assert metrics[SAMPLES] == 400
         assert metrics[RESETS % "earliest"] == 1.0
         assert metrics[REACHABLE] == 1.0, trainer.output.text()
-        await_condition(lambda: trainer.ready_status() == 200, "ready again", 30)
+        await_condition(lambda: trainer.ready_status() == 200, "ready again")
         text = trainer.output.text()
         assert text.count("is reachable again") == 1, text
         assert text.count("no longer holds the trainer's position") == 1, text

@@ -56,9 +56,9 @@ def test_latest_skips_the_replaced_logs_records_and_learns_what_follows(
             lambda: trainer.metrics().get(RESETS % "latest", 0) >= 1, "the reset to latest", 60
         )
         produce_json(broker.bootstrap_servers, topic, x[400:], y[400:])
-        await_condition(lambda: trainer.metrics().get(SAMPLES, 0) >= 350, "the 50 after", 60)
+        await_condition(lambda: trainer.metrics().get(SAMPLES, 0) >= 350, "the 50 after")
         checkpoints = tmp_path / "checkpoints"
-        await_condition(lambda: _offsets(checkpoints) == {"0": 150}, "a checkpoint at 150", 60)
+        await_condition(lambda: _offsets(checkpoints) == {"0": 150}, "a checkpoint at 150")
         metrics = trainer.metrics()
         assert metrics[SAMPLES] == 350, trainer.output.text()  # 300 + 50: the 100 skipped
         assert metrics[RESETS % "latest"] == 1.0, trainer.output.text()

@@ -89,7 +89,7 @@ def test_a_topic_re_created_longer_while_stopped_is_noticed_at_start(
     broker.start()  # the topic is gone; re-created with a longer, different log
     produce_json(broker.bootstrap_servers, topic, new_x, new_y)
     with _start(broker, unique_name, tmp_path, "earliest", client) as trainer:
-        await_condition(lambda: trainer.metrics().get(SAMPLES, 0) >= 500, "the new 500", 120)
+        await_condition(lambda: trainer.metrics().get(SAMPLES, 0) >= 500, "the new 500")
         metrics = trainer.metrics()
         assert metrics[SAMPLES] == 500, trainer.output.text()
         assert metrics[RESETS % "earliest"] == 1.0, trainer.output.text()
@@ -124,7 +124,7 @@ def test_a_byte_identical_re_created_topic_is_told_by_its_topic_id(
     broker.start()
     _produce_stamped(broker.bootstrap_servers, topic, x, y)  # the same 300 first, then 200
     with _start(broker, unique_name, tmp_path, "earliest", client) as trainer:
-        await_condition(lambda: trainer.metrics().get(SAMPLES, 0) >= 500, "all 500", 120)
+        await_condition(lambda: trainer.metrics().get(SAMPLES, 0) >= 500, "all 500")
         metrics = trainer.metrics()
         assert metrics[SAMPLES] == 500, trainer.output.text()
         assert metrics[RESETS % "earliest"] == 1.0, trainer.output.text()

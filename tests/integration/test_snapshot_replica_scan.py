@@ -1,7 +1,9 @@
 """A new replica on a topic holding several bases and their deltas (issue 26): it becomes
 ready from the newest base and the deltas after it, reads that base before them, and never
 reads an older base's chunks (the scan jumps over every snapshot's chunks, and the catch-up
-order puts the newest base first, ``snapshot/scan.py``)."""
+order puts the newest base first, ``snapshot/scan.py``); its scan stops at that base, so no
+older manifest is read either, unless that base is refused: then the scan resumes and the
+replica is served from the base before it."""
 
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from streamtrain.snapshot import subscriber as subscriber_module
 from streamtrain.snapshot.scan import Candidate
 from streamtrain.snapshot.subscriber import SnapshotSubscriber
 from streamtrain.train.row_tracker import row_sparse_parameters
-from tests.delta_fixtures import SparseTrainer, build_model, sparse_publisher
+from tests.delta_fixtures import SparseTrainer, build_model, snapshot_request, sparse_publisher
 
 HASH = "d" * 64
 
@@ -64,6 +66,7 @@ def test_a_new_replica_reads_the_newest_base_and_not_the_older_ones(
             yield record
 
     monkeypatch.setattr(reader, "read", recording)
+    scanned = _record_starts(replica, monkeypatch)
     snapshots_read: list[tuple[str, int]] = []  # (kind, version), in the order read
     real_read_chunks = subscriber_module.read_chunks
 
@@ -72,20 +75,8 @@ def test_a_new_replica_reads_the_newest_base_and_not_the_older_ones(
         real_read_chunks(reader, candidate, *args)
 
     monkeypatch.setattr(subscriber_module, "read_chunks", read_chunks)
-    model = build_model(seed=5)
-    slot = WeightSlot(model, shared=frozenset(row_sparse_parameters(model)))
-    watcher = SnapshotWatcher(replica, slot, poll_timeout_s=0.1).start()
-    try:
-        deadline = time.monotonic() + 60
-        while slot.info is None or slot.info.version != newest:
-            assert time.monotonic() < deadline, slot.info
-            time.sleep(0.05)
-        with slot.acquire() as lease:
-            held = lease.model.state_dict()
-            assert all(torch.equal(held[k], final[k]) for k in final)
-            assert lease.info.header.lineage == bases[-1].snapshot_id
-    finally:
-        watcher.stop()
+    lineage = _serve_until(replica, newest, final)
+    assert lineage == bases[-1].snapshot_id
     # The newest base is read first (ready after one base), then the deltas after it,
     # oldest first; nothing older is read at all.
     after = sorted(m.version for m in published if m.version > bases[-1].version)
@@ -93,3 +84,86 @@ def test_a_new_replica_reads_the_newest_base_and_not_the_older_ones(
     assert after, "no delta after the newest base: the order is not tested"
     assert read_offsets, "the replica read nothing"
     assert not older_chunks & set(read_offsets), sorted(older_chunks & set(read_offsets))
+    # The newest delta names its base's manifest by offset: the scan's second read is that
+    # record, and it stops there, reading back only the one snapshot written just before it
+    # (to check the base is in sequence), never the older ones.
+    older_manifests = _manifest_offsets(kafka_bootstrap, unique_name, bases[-1].version)
+    newest_base_at = _manifest_offsets(kafka_bootstrap, unique_name, bases[-1].version + 1)
+    newest_base_at = sorted(set(newest_base_at) - set(older_manifests))
+    assert len(newest_base_at) == 1 and older_manifests, (newest_base_at, older_manifests)
+    assert scanned[:2] == [max(scanned), newest_base_at[0]], scanned
+    reached = [o for o in older_manifests if o >= min(scanned)]
+    assert len(reached) <= 1, (sorted(scanned), older_manifests)
+
+
+def _serve_until(
+    replica: SnapshotSubscriber, version: int, expected: dict[str, torch.Tensor]
+) -> str:
+    """Serve from ``replica`` until ``version`` is live, check it holds ``expected``; its
+    lineage."""
+    model = build_model(seed=5)
+    slot = WeightSlot(model, shared=frozenset(row_sparse_parameters(model)))
+    watcher = SnapshotWatcher(replica, slot, poll_timeout_s=0.1).start()
+    try:
+        deadline = time.monotonic() + 60
+        while slot.info is None or slot.info.version != version:
+            assert time.monotonic() < deadline, slot.info
+            time.sleep(0.05)
+        with slot.acquire() as lease:
+            held = lease.model.state_dict()
+            assert all(torch.equal(held[k], expected[k]) for k in expected)
+            return lease.info.header.lineage
+    finally:
+        watcher.stop()
+
+
+def _record_starts(subscriber: SnapshotSubscriber, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Where each window of ``subscriber``'s manifest scan starts, filled in as it reads."""
+    reader = subscriber._scan_reader
+    starts: list[int] = []
+    original = reader.read
+
+    def recording(start: int, end: int, deadline: float):  # type: ignore[no-untyped-def]
+        starts.append(start)
+        yield from original(start, end, deadline)
+
+    monkeypatch.setattr(reader, "read", recording)
+    return starts
+
+
+def _manifest_offsets(bootstrap: str, topic: str, below: int) -> list[int]:
+    """Topic offsets of the manifests of versions below ``below`` (a whole scan)."""
+    lister = _subscriber(bootstrap, topic)
+    try:
+        scan = lister._start_scan(60)
+        assert scan is not None
+        return [c.offset for c in scan.rest() if c.manifest.version < below]
+    finally:
+        lister.close()
+
+
+def test_a_refused_newest_base_resumes_the_scan_and_the_base_before_serves(
+    kafka_bootstrap: str, unique_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kafka = KafkaConnection(kafka_bootstrap)
+    create_topics(kafka, [unique_name])
+    trainer = SparseTrainer(base_every_deltas=2)  # base, delta, delta, base, delta, delta
+    publisher = sparse_publisher(kafka_bootstrap, unique_name, HASH, chunk_bytes=2048)
+    for _ in range(6):
+        trainer.train(3)
+        publisher.offer(trainer.request())
+        assert publisher.flush(30)
+    good, good_version = trainer.state(), trainer.step
+    # The newest base holds a NaN: signed and whole, but the slot refuses it (non_finite).
+    with torch.no_grad():
+        next(iter(trainer.model.parameters())).view(-1)[0] = float("nan")
+    publisher.offer(snapshot_request(trainer.model, good_version + 1, "run-d", None))
+    assert publisher.flush(30)
+    publisher.close(10)
+
+    replica = _subscriber(kafka_bootstrap, unique_name)
+    scanned = _record_starts(replica, monkeypatch)
+    _serve_until(replica, good_version, good)
+    # The scan resumed past the refused base, back to the oldest manifest on the topic.
+    oldest = min(_manifest_offsets(kafka_bootstrap, unique_name, good_version + 2))
+    assert min(scanned) <= oldest, (sorted(scanned), oldest)

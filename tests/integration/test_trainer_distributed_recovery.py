@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from tests.integration.trainer_harness import (
+    BACKSTOP_IDLE_S,
     STOP_WHEN_IDLE_S,
     assert_same_state,
     checkpoint_state,
@@ -54,7 +55,7 @@ def _env(bootstrap: str, name: str, run: str, root: Path, **extra: str) -> dict[
     )
 
 
-def _finish(process: subprocess.Popen[str], timeout: float = 300) -> str:
+def _finish(process: subprocess.Popen[str], timeout: float = 400) -> str:
     try:
         output, _ = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -85,7 +86,13 @@ def test_kill_minus_9_of_a_rank_restarts_the_group_bit_identical(
     produce_json(kafka_bootstrap, f"{unique_name}-samples", x, y, partitions=2)
 
     reference_dir = tmp_path / "reference"
-    reference_env = _env(kafka_bootstrap, unique_name, "ref", reference_dir)
+    # Each run stops on the stream's last sample rather than after STOP_WHEN_IDLE_S idle (a
+    # stall cannot end it early; the backstop idle stop only ends a run that never gets there).
+    until_learned = {
+        "STREAMTRAIN_TRAIN__MAX_SAMPLES": str(SAMPLES),
+        "STREAMTRAIN_TRAIN__STOP_WHEN_IDLE": BACKSTOP_IDLE_S,
+    }
+    reference_env = _env(kafka_bootstrap, unique_name, "ref", reference_dir, **until_learned)
     with killed_on_exit(start_trainer(reference_env, "--nproc", "2")) as job:
         _finish(job)
     reference = checkpoint_state(reference_dir)
@@ -94,10 +101,11 @@ def test_kill_minus_9_of_a_rank_restarts_the_group_bit_identical(
     # leader learns of only through the collective it waits in.
     for rank in (0, 1):
         crash_dir = tmp_path / f"crashing-{rank}"
-        crash_env = _env(kafka_bootstrap, unique_name, f"crash-{rank}", crash_dir)
+        crash_env = _env(kafka_bootstrap, unique_name, f"crash-{rank}", crash_dir, **until_learned)
         job = start_trainer(crash_env, "--nproc", "2", "--max-restarts", "1")
         with killed_on_exit(job):
-            killed_at = wait_for_checkpoint_at_least(crash_dir, 11, timeout=180)
+            # the start-up of torchrun, two ranks and their group: wide for a slower, loaded machine
+            killed_at = wait_for_checkpoint_at_least(crash_dir, 11, timeout=400)
             os.kill(_two_ranks(job)[rank], signal.SIGKILL)
             output = _finish(job)
 
@@ -120,7 +128,7 @@ def test_kill_minus_9_of_torchrun_leaves_no_rank_running(
     # idle for a long time rather than stop: the ranks are alive when torchrun dies
     env = _env(kafka_bootstrap, unique_name, "agent", root, STREAMTRAIN_TRAIN__STOP_WHEN_IDLE="600")
     with killed_on_exit(start_trainer(env, "--nproc", "2")) as job:
-        wait_for_checkpoint_at_least(root, 1, timeout=180)
+        wait_for_checkpoint_at_least(root, 1, timeout=400)
         ranks = list(_two_ranks(job).values())
         job.send_signal(signal.SIGKILL)
         job.communicate(timeout=30)

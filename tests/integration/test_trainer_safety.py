@@ -87,7 +87,6 @@ def test_a_trainer_that_learns_nothing_publishes_nothing_and_says_so(
         await_condition(
             lambda: "samples: " in _health(health_url)[1]["reason"],
             "readiness to fail on rejects",
-            timeout=90,
         )
         status, body = _health(health_url)
         samples = next(c for c in body["reason"].split("; ") if c.startswith("samples: "))
@@ -151,7 +150,8 @@ def test_two_runs_on_one_topic_never_share_a_version(
         "STREAMTRAIN_TRAIN__SNAPSHOT_EVERY_STEPS": "4",
         "STREAMTRAIN_TRAIN__STOP_WHEN_IDLE": STOP_WHEN_IDLE_S,
     }
-    run_to_end(trainer_env(kafka_bootstrap, unique_name, tmp_path / "a", cadence))
+    # A and C stop on the stream's last sample; B, which has none to learn, stops idle
+    run_to_end(trainer_env(kafka_bootstrap, unique_name, tmp_path / "a", cadence), SAMPLES)
     first = _manifests(kafka_connection, snapshots)
     assert first, "run A published"
     newest_a = max(m.version for m in first)
@@ -182,7 +182,7 @@ def test_two_runs_on_one_topic_never_share_a_version(
 
         # C: a new directory and group: it learns the whole stream again, above A
         fresh = {**cadence, "STREAMTRAIN_INGEST__GROUP_ID": f"{unique_name}-c"}
-        run_to_end(trainer_env(kafka_bootstrap, unique_name, tmp_path / "c", fresh))
+        run_to_end(trainer_env(kafka_bootstrap, unique_name, tmp_path / "c", fresh), SAMPLES)
         manifests = _manifests(kafka_connection, snapshots)
         by_run: dict[str, set[int]] = {}
         for manifest in manifests:

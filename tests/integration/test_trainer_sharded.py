@@ -15,6 +15,7 @@ import json
 import os
 import signal
 import subprocess
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,7 @@ from streamtrain.train.models import build_model
 from tests.integration.snapshot_harness import wait
 from tests.integration.test_trainer_distributed_recovery import _finish, _two_ranks
 from tests.integration.trainer_harness import (
+    BACKSTOP_IDLE_S,
     STOP_WHEN_IDLE_S,
     assert_same_state,
     checkpoint_state,
@@ -182,12 +184,16 @@ def test_sharded_job_learns_and_a_server_follows_it_bit_for_bit(
             STREAMTRAIN_TRAIN__DELTA_SNAPSHOTS="true",
             STREAMTRAIN_TRAIN__SNAPSHOT_EVERY_STEPS="4",
             STREAMTRAIN_TRAIN__BASE_EVERY_DELTAS="1000",
+            # stop on the last sample, not after STOP_WHEN_IDLE_S idle (meta is checked below)
+            STREAMTRAIN_TRAIN__MAX_SAMPLES="4000",
+            STREAMTRAIN_TRAIN__STOP_WHEN_IDLE=BACKSTOP_IDLE_S,
         )
         with killed_on_exit(start_trainer(env, "--nproc", "2")) as job:
             urls = _metrics_urls(job)
             for rank, url in enumerate(urls):  # each rank sends the other its rows' share
                 sent = f'streamtrain_train_alltoall_bytes_total{{rank="{rank}"}}'
-                assert wait_for_metric(url, sent, above=0, timeout=120), scrape(url)
+                # the group's first steps: wide for a slower, loaded machine
+                assert wait_for_metric(url, sent, above=0, timeout=300), scrape(url)
                 assert scrape(url)[f'streamtrain_train_alltoall_seconds_count{{rank="{rank}"}}'] > 0
             assert "Traceback" not in _finish(job)
         meta = json.loads((latest_checkpoint(tmp_path / "ckpt") / "meta.json").read_text())
@@ -205,7 +211,7 @@ def test_sharded_job_learns_and_a_server_follows_it_bit_for_bit(
             info = worker.slot.info
             return None if info is None else info.version
 
-        wait(lambda: live() == newest, f"the server on version {newest}", timeout_s=60)
+        wait(lambda: live() == newest, f"the server on version {newest}", timeout_s=240)
         assert newest == meta["step"]
         with worker.slot.acquire() as lease:
             served = lease.model.state_dict()
@@ -253,27 +259,60 @@ def _sharded_state(root: Path) -> dict[str, object]:
     return state
 
 
-@pytest.mark.parametrize("killed", [1, 0])  # 1: a shard only it holds; 0: the committer
-def test_kill_minus_9_of_a_rank_is_bit_identical_and_another_world_is_refused(
-    killed: int, kafka_bootstrap: str, unique_name: str, tmp_path: Path
-) -> None:
-    name = unique_name
-    _produce(kafka_bootstrap, f"{name}-samples", 3000)
-    extra: dict[str, Any] = {
-        "STREAMTRAIN_INGEST__MAX_BATCH_SIZE": "16",
-        "STREAMTRAIN_TOPICS__SNAPSHOTS": f"{name}-snapshots-ref",
-    }
-    reference_dir = tmp_path / "reference"
-    env = _env(kafka_bootstrap, name, reference_dir, "ref", **extra)
+KILL_SAMPLES = 3000
+# The kill runs stop on the stream's last sample rather than after STOP_WHEN_IDLE_S idle (a
+# stall cannot end them early; the backstop only ends a run that never gets there).
+KILL_SETTINGS = {
+    "STREAMTRAIN_INGEST__MAX_BATCH_SIZE": "16",
+    "STREAMTRAIN_TRAIN__MAX_SAMPLES": str(KILL_SAMPLES),
+    "STREAMTRAIN_TRAIN__STOP_WHEN_IDLE": BACKSTOP_IDLE_S,
+}
+
+
+@pytest.fixture(scope="module")
+def sharded_reference(
+    kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[str, dict[str, object]]:
+    """One stream and its uninterrupted 2-rank run, for both kill cases (the batches are a
+    function of the log, so one reference serves every run over it): the stream's name and
+    the run's checkpointed state."""
+    name = f"sharded-kill-{uuid.uuid4().hex[:8]}"
+    _produce(kafka_bootstrap, f"{name}-samples", KILL_SAMPLES)
+    reference_dir = tmp_path_factory.mktemp("sharded-reference")
+    env = _env(
+        kafka_bootstrap,
+        name,
+        reference_dir,
+        "ref",
+        **KILL_SETTINGS,
+        STREAMTRAIN_TOPICS__SNAPSHOTS=f"{name}-snapshots-ref",
+    )
     with killed_on_exit(start_trainer(env, "--nproc", "2")) as job:
         assert "Traceback" not in _finish(job)
-    reference = _sharded_state(reference_dir)
+    state = _sharded_state(reference_dir)
+    position = state["position"]
+    assert isinstance(position, dict) and position["samples_seen"] == KILL_SAMPLES
+    return name, state
 
+
+@pytest.mark.parametrize("killed", [1, 0])  # 1: a shard only it holds; 0: the committer
+def test_kill_minus_9_of_a_rank_is_bit_identical_and_another_world_is_refused(
+    killed: int,
+    kafka_bootstrap: str,
+    sharded_reference: tuple[str, dict[str, object]],
+    tmp_path: Path,
+) -> None:
+    name, reference = sharded_reference
     crash_dir = tmp_path / "crashing"
-    extra["STREAMTRAIN_TOPICS__SNAPSHOTS"] = f"{name}-snapshots-crash"
-    env = _env(kafka_bootstrap, name, crash_dir, "crash", **extra)
+    # its own group and snapshots topic on the shared stream
+    extra: dict[str, Any] = {
+        **KILL_SETTINGS,
+        "STREAMTRAIN_TOPICS__SNAPSHOTS": f"{name}-snapshots-crash-{killed}",
+    }
+    env = _env(kafka_bootstrap, name, crash_dir, f"crash-{killed}", **extra)
     with killed_on_exit(start_trainer(env, "--nproc", "2", "--max-restarts", "1")) as job:
-        killed_at = wait_for_checkpoint_at_least(crash_dir, 11, timeout=180)
+        # the start-up of torchrun, two ranks and their group: wide for a slower, loaded machine
+        killed_at = wait_for_checkpoint_at_least(crash_dir, 11, timeout=400)
         os.kill(_two_ranks(job)[killed], signal.SIGKILL)
         output = _finish(job)  # the surviving rank's failed collective logs a traceback
     assert output.count("resumed from step") == 2, output
@@ -281,10 +320,12 @@ def test_kill_minus_9_of_a_rank_is_bit_identical_and_another_world_is_refused(
     recovered = _sharded_state(crash_dir)
     assert any(k.startswith("rank-1/optimizer/") for k in recovered), "rank 1's rows compared"
     assert_same_state(reference, recovered)
+    position = recovered["position"]
+    assert isinstance(position, dict) and position["samples_seen"] == KILL_SAMPLES
 
     # one rank cannot resume a checkpoint of two: refused in one line, nothing learned
-    job = start_trainer(_env(kafka_bootstrap, name, crash_dir, "crash", **extra))
-    output, _ = job.communicate(timeout=120)
+    job = start_trainer(_env(kafka_bootstrap, name, crash_dir, f"crash-{killed}", **extra))
+    output, _ = job.communicate(timeout=300)
     assert job.returncode != 0
     assert "was written by 2 trainer rank(s) but 1 are running" in output, output
     assert "Traceback" not in output, output

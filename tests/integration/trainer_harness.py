@@ -33,6 +33,11 @@ FEATURES = 16
 # machine (several xdist workers on two cores, or other work beside the suite) stalls fetches
 # and checkpoint writes for seconds; 3 s ended a run half-way through its stream.
 STOP_WHEN_IDLE_S = "8.0"
+# A run told how many samples the stream holds (``run_to_end(env, samples)``) stops on the
+# last one (train.max_samples) instead of waiting STOP_WHEN_IDLE_S, so a stall can never end it
+# early; this idle stop remains only so a run that cannot reach the count ends (and fails its
+# test) instead of running on until the test's timeout.
+BACKSTOP_IDLE_S = "120"
 
 
 def pipeline_settings(
@@ -272,11 +277,23 @@ def wait_for_metric(url: str, name: str, above: float, timeout: float) -> bool:
     return False
 
 
-def run_to_end(env: Mapping[str, str]) -> str:
-    """Run a trainer until it stops by itself (idle), asserting a clean exit; its output."""
+def run_to_end(env: Mapping[str, str], samples: int | None = None) -> str:
+    """Run a trainer until it stops by itself, asserting a clean exit; its output. With
+    ``samples`` (every valid sample of the stream) it stops on learning the last of them, and
+    must have stopped so; without, after STOP_WHEN_IDLE_S without input."""
+    if samples is not None:
+        env = {
+            **env,
+            "STREAMTRAIN_TRAIN__MAX_SAMPLES": str(samples),
+            "STREAMTRAIN_TRAIN__STOP_WHEN_IDLE": BACKSTOP_IDLE_S,
+        }
     process = start_trainer(env)
-    output, _ = process.communicate(timeout=180)
+    # Far above a run here (20-60 s niced at load 10-15): a deadline to report a hang by,
+    # below the suite's 900 s per-test timeout.
+    output, _ = process.communicate(timeout=400)
     assert process.returncode == 0, output
+    if samples is not None:
+        assert "stopped (max_samples)" in output, output
     return output
 
 
@@ -309,10 +326,15 @@ def kill_repeatedly(
     width = total_steps // (kills + 1)
     assert width >= 6, f"{total_steps} steps are too few for {kills} spread kills"
     killed_after: list[int] = []
+    # No idle stop before the kill: a stall on a loaded machine must not end a run short of
+    # its target (the backstop only ends one that hangs).
+    env = {**env, "STREAMTRAIN_TRAIN__STOP_WHEN_IDLE": BACKSTOP_IDLE_S}
     for i in range(kills):
         target = (i + 1) * width + rng.randint(-width // 3, width // 3)
         process = start_trainer(env)
-        killed_after.append(wait_for_checkpoint_at_least(root, target, 240))
+        # Start-up and the steps to the target: 15-40 s here niced at load 10-15; CI's
+        # slower, loaded machine took up to 3x that. Waiting longer costs nothing.
+        killed_after.append(wait_for_checkpoint_at_least(root, target, 400))
         time.sleep(rng.uniform(0.0, 0.02))  # a random point within the next steps
         process.send_signal(signal.SIGKILL)
         process.communicate(timeout=30)
@@ -331,7 +353,7 @@ def reference_run(
         "STREAMTRAIN_INGEST__GROUP_ID": f"{name}-ref",
         "STREAMTRAIN_TOPICS__SNAPSHOTS": f"{name}-snapshots-ref",
     }
-    output = run_to_end(trainer_env(bootstrap, name, root, env))
+    output = run_to_end(trainer_env(bootstrap, name, root, env), samples_seen)
     state = checkpoint_state(root)
     position = state["position"]
     assert isinstance(position, dict) and position["samples_seen"] == samples_seen, output
@@ -352,7 +374,9 @@ def assert_recovers_from_kill_9(
     total_steps = checkpoint_meta(reference)["step"]
     assert isinstance(total_steps, int)
     kill_repeatedly(crashing, root, total_steps, 3, random.Random(11))
-    run_to_end(crashing)
+    position = expected["position"]
+    assert isinstance(position, dict)
+    run_to_end(crashing, position["samples_seen"])
     assert_same_state(expected, checkpoint_state(root))
 
 

@@ -203,3 +203,21 @@ def test_the_tests_that_differ_by_client_run_with_each_library() -> None:
         assert name in marked, marked
     assert "STREAMTRAIN_TEST_KAFKA_CLIENT" not in " ".join(_recipe("test"))
     assert not any("kafka-python" in line for line in _commands(CI_RUN.read_text()))
+
+
+def test_the_suite_and_the_demo_keep_bytecode_caches_under_the_venv() -> None:
+    """An environment that sets PYTHONDONTWRITEBYTECODE (this machine's does) would have every
+    child of the suite compile torch and the package afresh, ~5 CPU-s a start (tests/README.md,
+    "What the suite spends"): `make test`, `make demo` and the other test targets cache
+    bytecode anyway, under .venv (nothing in the checkout)."""
+    makefile = MAKEFILE.read_text()
+    listed = re.search(r"^PYCACHE_TARGETS := (.*)$", makefile, re.M)
+    assert listed, "no PYCACHE_TARGETS in the Makefile"
+    assert {"demo", "test", "test-unit", "test-integration-kafka-python"} <= set(
+        listed.group(1).split()
+    )
+    exports = re.findall(r"^\$\(PYCACHE_TARGETS\): export (\w+) :=(.*)$", makefile, re.M)
+    assert dict(exports) == {
+        "PYTHONDONTWRITEBYTECODE": "",  # empty is unset to Python
+        "PYTHONPYCACHEPREFIX": " $(abspath $(VENV))/pycache",
+    }, exports

@@ -167,13 +167,19 @@ class _FlakyWriter:
     """Stands in for the Kafka writer: fails the versions in ``fail``, records the rest."""
 
     topic = "fake"
+    manifest_offset = None  # no topic: the deltas carry no base_offset hint
 
     def __init__(self, fail: set[int]) -> None:
         self.fail = fail
         self.written: list[tuple[SnapshotRequest, str | None, str | None]] = []
 
     def write(
-        self, request: SnapshotRequest, *, base_id: str | None, predecessor_id: str | None
+        self,
+        request: SnapshotRequest,
+        *,
+        base_id: str | None,
+        predecessor_id: str | None,
+        base_offset: int | None = None,
     ) -> SnapshotManifest:
         if request.version in self.fail:
             raise OSError("broker unreachable")

@@ -8,7 +8,7 @@ from typing import NamedTuple
 import numpy as np
 
 from streamtrain.ingest.decode import DecodedChunk, decode_records
-from streamtrain.ingest.partition_merge import PartitionMerge
+from streamtrain.ingest.partition_merge import PartitionMerge, _key_order
 from streamtrain.sample.spec import SampleSpec
 from streamtrain.wire import encode_json
 
@@ -174,3 +174,22 @@ def test_drop_partitions_forgets_held_records_and_history() -> None:
     released = merge.release(unfinished=set())
     assert _released(released.chunk) == [(1, 0)]
     assert np.array_equal(released.chunk.decoded.features, [[1.0, 0.0]])  # type: ignore[union-attr]
+
+
+def test_the_combined_key_sort_is_the_three_key_lexsort() -> None:
+    """_key_order's one stable argsort gives lexsort's (key, partition, offset) order for
+    records held in offset order per partition, across key spans that fit and that do not
+    (the lexsort fallback), negative keys (no timestamp) included."""
+    rng = np.random.default_rng(3)
+    for span in (1, 50, 1 << 40, 1 << 62):
+        n = 3000
+        parts = rng.choice(np.array([0, 4, 7]), n)
+        offsets = np.empty(n, np.int64)
+        keys = np.empty(n, np.int64)
+        for p in (0, 4, 7):
+            mine = parts == p
+            offsets[mine] = np.arange(mine.sum()) + 10 * p
+            steps = rng.integers(0, max(2, span // n), mine.sum())
+            keys[mine] = np.maximum.accumulate(steps.cumsum() - 1)
+        expected = np.lexsort((offsets, parts, keys))
+        np.testing.assert_array_equal(_key_order(keys, parts, offsets), expected)
