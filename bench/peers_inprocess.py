@@ -29,7 +29,12 @@ from streamtrain.config import Settings, load_settings
 from streamtrain.sample.spec import SampleSpec, spec_for_model
 from streamtrain.train.learner import Learner
 from streamtrain.train.models import build_model
-from streamtrain.train.optim import build_optimizer, build_scheduler, param_groups
+from streamtrain.train.optim import (
+    build_optimizer,
+    build_scheduler,
+    param_groups,
+    step_lr_scales,
+)
 from streamtrain.train.task import TaskHead
 
 
@@ -111,6 +116,9 @@ def build_learner(config: ModelConfig, stream: Stream, batch_size: int = 1) -> L
         clip_grad_norm=opt.clip_grad_norm,
         max_bad_steps=settings.train.max_bad_steps,
         step_samples=opt.step_samples,
+        step_lr_scales=None
+        if config.schedule_free
+        else step_lr_scales(model, opt.name, opt.step_samples),
     )
 
 

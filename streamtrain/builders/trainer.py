@@ -28,7 +28,12 @@ from streamtrain.train.cadence import EveryPolicy
 from streamtrain.train.learner import Learner
 from streamtrain.train.loop import Trainer
 from streamtrain.train.models import build_model
-from streamtrain.train.optim import build_optimizer, build_scheduler, param_groups
+from streamtrain.train.optim import (
+    build_optimizer,
+    build_scheduler,
+    param_groups,
+    step_lr_scales,
+)
 from streamtrain.train.progress import StopConditions
 from streamtrain.train.promotion_gate import PromotionGate
 from streamtrain.train.row_tracker import RowTracker
@@ -145,6 +150,7 @@ def _learner(settings: Settings, spec: SampleSpec, device: torch.device) -> Lear
         autocast_dtype=_AUTOCAST[train.autocast],
         device=device,
         step_samples=opt.step_samples,
+        step_lr_scales=step_lr_scales(model, opt.name, opt.step_samples),
     )
 
 

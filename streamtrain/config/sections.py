@@ -188,7 +188,8 @@ class OptimizerSettings(_Frozen):
         "auto",
         description="Samples per optimizer step: 'batch' one step per fetched batch, an "
         "integer k steps of at most k samples, 'auto' one sample per step at first, the "
-        "limit doubling every 256 steps (train/step_size.py).",
+        "limit doubling every 256 steps, the learning rate scaled with the step's samples "
+        "(train/step_size.py).",
     )
 
     @field_validator("step_samples")

@@ -18,6 +18,7 @@ from streamtrain import metrics
 from streamtrain.sample.sparse_torch import SparseInput
 from streamtrain.train.guard import BadStepGuard, GoodState, Verdict
 from streamtrain.train.objective import Objective, StepLoss
+from streamtrain.train.optim import StepLrScales
 from streamtrain.train.statistics_undo import StatisticsUndo
 from streamtrain.train.step_size import StepSamples, max_step_samples
 from streamtrain.train.table_upkeep import TableUpkeep
@@ -101,6 +102,7 @@ class Learner:
         device: torch.device = torch.device("cpu"),
         good_state_every: int = 100,
         step_samples: StepSamples = "batch",
+        step_lr_scales: StepLrScales | None = None,
     ) -> None:
         if clip_grad_norm is not None and clip_grad_norm <= 0:
             raise ValueError(f"clip_grad_norm must be positive or None, got {clip_grad_norm}")
@@ -116,6 +118,8 @@ class Learner:
         self.good_state_every = good_state_every
         self.step_samples = step_samples
         max_step_samples(step_samples, 0)  # validates the rule now, not at the first batch
+        # per-group learning-rate multipliers for a step's samples (optim.step_lr_scales)
+        self.step_lr_scales = step_lr_scales
         self._steps_without_schedule = 0
         # set on the ranks of a distributed trainer: every rank then steps on every call, even
         # with an empty batch, and the outcome describes the union of the ranks' batches
@@ -212,7 +216,8 @@ class Learner:
            (``streamtrain_train_rollbacks``).
         4. A good step: every ``good_state_every`` good steps the current (pre-step) state is
            saved as the last good one — it has just produced a finite loss and gradients, which
-           the post-step state has not yet shown; then optimizer step and scheduler step.
+           the post-step state has not yet shown; then optimizer step (each parameter group at
+           its rate times ``step_lr_scales(samples)``, when given) and scheduler step.
 
         With a ``step_reducer`` (a distributed rank), 2b. all-reduces the gradients, even for
         an empty batch (the other ranks' batches still make a step), and the outcome is the
@@ -269,7 +274,7 @@ class Learner:
         check = check if grad_norm is None else check + grad_norm
         verdict = self._guard.judge(bool(torch.isfinite(check).item()))  # the one host sync
         if verdict is Verdict.APPLY:
-            self._apply()
+            self._apply(samples)
             self._objective.after_step(step_loss, samples)
         else:
             self._reject(verdict)
@@ -312,15 +317,25 @@ class Learner:
         total: torch.Tensor = torch.linalg.vector_norm(torch.stack(norms))
         return total
 
-    def _apply(self) -> None:
+    def _apply(self, samples: int) -> None:
         self._good_steps_since_save += 1
         if self._good_steps_since_save >= self.good_state_every:
             self.snapshot_good_state()
-        if self._scaler is not None:
-            self._scaler.step(self.optimizer)
-            self._scaler.update()
-        else:
-            self.optimizer.step()
+        groups = self.optimizer.param_groups
+        scheduled = [group["lr"] for group in groups]
+        # a distributed rank steps once per union batch at the scheduled rate (step_size.py)
+        if self.step_lr_scales is not None and self.step_reducer is None:
+            for group, scale in zip(groups, self.step_lr_scales(samples), strict=True):
+                group["lr"] = group["lr"] * scale
+        try:
+            if self._scaler is not None:
+                self._scaler.step(self.optimizer)
+                self._scaler.update()
+            else:
+                self.optimizer.step()
+        finally:  # the scaled rate is this step's only: checkpoints keep the scheduled one
+            for group, lr in zip(groups, scheduled, strict=True):
+                group["lr"] = lr
         if self.scheduler is not None:
             self.scheduler.step()
         else:

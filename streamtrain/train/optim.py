@@ -11,6 +11,8 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 
+from streamtrain.train.step_size import ScaleRule, StepSamples, step_lr_scale
+
 OptimizerName = Literal["sgd", "adam", "adamw", "adagrad", "rmsprop"]
 ScheduleName = Literal["constant", "cosine", "step", "inverse_sqrt"]
 
@@ -76,6 +78,34 @@ def param_groups(model: nn.Module, name: OptimizerName) -> list[ParamGroup]:
     return [{"params": rest}, group]
 
 
+# per parameter group (in param_groups' order): the multiplier of its scheduled learning rate
+# for a step of the given number of samples
+StepLrScales = Callable[[int], list[float]]
+
+
+def step_lr_scales(model: nn.Module, name: OptimizerName, rule: StepSamples) -> StepLrScales | None:
+    """How each of :func:`param_groups`' groups scales its learning rate with a step's samples
+    (:func:`streamtrain.train.step_size.step_lr_scale`), or None (no scaling) unless the step
+    rule is ``"auto"``, whose steps grow: every group by ``sqrt(m)``, and the plain-SGD linear
+    head (``auto``'s second group) by ``m``, so its step is the sum of per-sample gradients.
+
+    >>> from streamtrain.sample.spec import SampleSpec
+    >>> from streamtrain.train.models import build_model
+    >>> model = build_model("auto", SampleSpec(feature_shape=(3,), task="binary"), {})
+    >>> step_lr_scales(model, "adam", "auto")(4), step_lr_scales(model, "adam", 8) is None
+    ([2.0, 4.0], True)
+    """
+    if rule != "auto":
+        return None
+    # param_groups gives one group, or the rest and then the plain-SGD linear head
+    rules: list[ScaleRule] = ["sqrt", "sum"] if len(param_groups(model, name)) == 2 else ["sqrt"]
+
+    def scales(samples: int) -> list[float]:
+        return [step_lr_scale(r, samples) for r in rules]
+
+    return scales
+
+
 def build_optimizer(
     params: Iterable[torch.nn.Parameter] | list[ParamGroup],
     name: OptimizerName,
@@ -86,7 +116,9 @@ def build_optimizer(
     """An optimizer by name over parameters or :func:`param_groups`. ``momentum`` applies to
     sgd and rmsprop only.
 
-    Adam and AdamW use the fused CUDA kernel when every parameter is on a CUDA device.
+    Adam and AdamW use torch's fused kernel when every parameter is on one device type (CPU or
+    CUDA): one call per parameter group instead of about ten small operations per tensor
+    (``Adam.step`` led a profile of a batch-16 step; bench/README.md, Peers).
 
     >>> model = torch.nn.Linear(2, 1)
     >>> type(build_optimizer(model.parameters(), "sgd", 0.1, momentum=0.9)).__name__
@@ -107,7 +139,12 @@ def build_optimizer(
     if name == "sgd":
         return torch.optim.SGD(plist, lr=lr, momentum=momentum, weight_decay=weight_decay)
     if name in ("adam", "adamw"):
-        fused = bool(tensors) and all(p.is_cuda for p in tensors)
+        kinds = {p.device.type for p in tensors}
+        fused = (
+            len(kinds) == 1
+            and kinds <= {"cpu", "cuda"}
+            and all(p.is_floating_point() for p in tensors)
+        )
         cls = torch.optim.Adam if name == "adam" else torch.optim.AdamW
         return cls(plist, lr=lr, weight_decay=weight_decay, fused=fused or None)
     if name == "adagrad":
