@@ -28,7 +28,9 @@ def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedP
         [str(EXE), *args],
         capture_output=True,
         text=True,
-        timeout=120,
+        # a hang's limit only: the command imports PyTorch, ~2 min on a loaded machine without
+        # a bytecode cache (a plain pytest run has none; `make test` keeps one)
+        timeout=400,
         env={**clean, "COLUMNS": "80", **(env or {})},
         check=False,
     )
