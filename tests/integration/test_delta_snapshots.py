@@ -116,13 +116,17 @@ def test_publisher_deltas_reach_a_late_server_bit_for_bit(
         chunk_bytes=CHUNK,
     )
     try:
+        # Each offer is published before the next: an offer the publisher thread has not
+        # reached yet is merged into the next (rule 1), so on a loaded machine the base
+        # could become version 3, not 0, and the deltas fewer.
         publisher.offer(trainer.request())  # the first snapshot is a base
+        assert publisher.flush(120)
         for _ in range(3):
             trainer.train(3)
             request = trainer.request()
             assert request.rows is not None  # deltas between bases
             publisher.offer(request)
-        assert publisher.flush(30)
+            assert publisher.flush(120)
         servers.append(Server(kafka_bootstrap, topic))  # joins late: base + 3 deltas
         server = servers[0]
         wait(lambda: server.version() == trainer.step, "the late server to reach the newest")
