@@ -21,8 +21,14 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import os
+import resource
+import shutil
 import statistics
+import struct
+import subprocess
+import tempfile
 import time
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -135,6 +141,45 @@ def run_grpc_load_cpu(
         raise ValueError(f"mode must be 'unary' or 'stream', not {mode!r}")
     with multiprocessing.get_context("spawn").Pool(1) as pool:
         return pool.apply(_child, ((target, request, connections, streams, seconds, mode),))
+
+
+def h2load_available() -> bool:
+    """Whether nghttp2's ``h2load`` (Debian ``nghttp2-client``) is on PATH."""
+    return shutil.which("h2load") is not None
+
+
+def run_h2load_unary(
+    target: str, request: bytes, *, connections: int = 8, seconds: float = 15.0
+) -> tuple[LoadResult, float]:
+    """Unary ``ModelInfer`` load from ``h2load`` (C, nghttp2): ``connections`` HTTP/2
+    connections, one call in flight on each, each call a POST of the gRPC-framed ``request``
+    (1 flag byte, 4-byte big-endian length, the message). The C client costs the shared
+    cores about a tenth of the grpcio client's CPU per call (bench/README.md, Serve, gRPC).
+
+    h2load checks only the HTTP status; a gRPC failure is HTTP 200 with ``grpc-status`` in the
+    trailers, so the caller checks the server's own count of answered calls (bench/grpc_serve.py
+    compares ``streamtrain_serve_requests_total{outcome="ok"}``). Latency quantiles come from
+    h2load's per-request log. Returns the result and h2load's CPU µs per call."""
+    with tempfile.TemporaryDirectory() as folder:
+        body, log = Path(folder) / "body", Path(folder) / "log"
+        body.write_bytes(b"\0" + struct.pack(">I", len(request)) + request)
+        command = [
+            "h2load", f"-c{connections}", "-m1", "-t1", f"-D{seconds:g}", f"-d{body}",
+            "-H", "content-type: application/grpc", "-H", "te: trailers", f"--log-file={log}",
+            f"http://{target}{_SERVICE}ModelInfer",
+        ]  # fmt: skip
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        subprocess.run(command, check=True, capture_output=True, timeout=seconds + 60)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        rows = [line.split("\t") for line in log.read_text().splitlines() if line]
+    ok = sorted(int(r[2]) / 1e3 for r in rows if r[1].startswith("2"))
+    # columns: start (µs since the epoch), HTTP status (-1: failed), µs to the end of the answer
+    starts = [int(r[0]) for r in rows]
+    elapsed = (max(int(r[0]) + int(r[2]) for r in rows) - min(starts)) / 1e6 if rows else 0.0
+    quantiles = statistics.quantiles(ok, n=100) if len(ok) > 1 else [0.0] * 99
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    result = LoadResult(len(ok), len(rows) - len(ok), elapsed, quantiles[49], quantiles[98])
+    return result, cpu / max(len(ok), 1) * 1e6
 
 
 def generator_name(connections: int, streams: int, seconds: float) -> str:

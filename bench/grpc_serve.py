@@ -11,6 +11,11 @@ Servers, each a process of its own:
   returned): what grpcio itself costs per call on this machine, unary and streaming;
 - ``floor-sync``: the same servicer on a synchronous ``grpc.server`` with a thread pool.
 
+``gRPC unary (h2load)``: ours again, unary, loaded by nghttp2's ``h2load`` (C) instead of the
+grpcio client, when it is installed (Debian ``nghttp2-client``): a C client on both protocols
+(wrk for REST), so neither pays a Python client's CPU on the shared cores. h2load sees only
+HTTP status; failed gRPC calls are counted from the server's ``ModelStatistics``.
+
 For each batch (1 and 64) and round, every row runs alone for ``--seconds`` in an order that
 flips every round. Server CPU µs/req = the server process's user+sys CPU over the row ÷ answers
 (``/proc``); client CPU µs/req the gRPC client's own (wrk's is not measured).
@@ -22,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import statistics
@@ -149,7 +155,7 @@ class Row:
 
 def _run(server: Server, name: str, batch: int, args: argparse.Namespace) -> Row:
     import numpy as np
-    from grpc_load import infer_request, run_grpc_load_cpu
+    from grpc_load import infer_request, run_grpc_load_cpu, run_h2load_unary
     from loadgen import run_load
     from proc_cpu import process_cpu_s
     from serve import _rows_binary, _rows_json
@@ -163,6 +169,17 @@ def _run(server: Server, name: str, batch: int, args: argparse.Namespace) -> Row
         result = run_load(
             server.rest, body, threads=2, connections=args.connections, seconds=args.seconds
         )
+    elif name.endswith("(h2load)"):
+        answered = _answered(server.grpc)
+        result, client = run_h2load_unary(
+            server.grpc, infer_request("bench", features), connections=args.connections,
+            seconds=args.seconds,
+        )  # fmt: skip
+        # h2load sees HTTP 200 for a failed gRPC call: the server's own count says what failed
+        # (it may exceed h2load's by the calls in flight when h2load stopped, never logged).
+        ok = _answered(server.grpc) - answered
+        failed = result.errors + max(0, result.requests - ok)
+        result = dataclasses.replace(result, errors=failed)
     else:
         result, client = run_grpc_load_cpu(
             server.grpc,
@@ -177,6 +194,18 @@ def _run(server: Server, name: str, batch: int, args: argparse.Namespace) -> Row
 
 
 _OURS = ("REST JSON", "REST binary", "gRPC unary", "gRPC stream")
+_H2LOAD = "gRPC unary (h2load)"
+
+
+def _answered(target: str) -> int:
+    """The calls the server answered successfully so far (Triton's ``ModelStatistics``)."""
+    import grpc
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    with grpc.insecure_channel(target) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        reply = stub.ModelStatistics(service_pb2.ModelStatisticsRequest(name="bench"), timeout=30)
+    return sum(int(m.inference_stats.success.count) for m in reply.model_stats)
 
 
 def _table(rows: list[Row]) -> str:
@@ -233,9 +262,16 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=8, help="calls in flight")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 64])
     parser.add_argument("--no-floor", dest="floor", action="store_false")
+    parser.add_argument(
+        "--no-h2load", dest="h2load", action="store_false",
+        help="skip the unary row loaded by h2load (C; run when h2load is installed)",
+    )  # fmt: skip
     args = parser.parse_args()
+    from grpc_load import h2load_available
+
     servers = [_start("ours")] + ([_start("floor"), _start("floor-sync")] if args.floor else [])
-    plan = [(servers[0], name) for name in _OURS]
+    ours = _OURS + ((_H2LOAD,) if args.h2load and h2load_available() else ())
+    plan = [(servers[0], name) for name in ours]
     plan += [(s, name) for s in servers[1:] for name in ("gRPC unary", "gRPC stream")]
     runs: list[Row] = []
     print(f"load average before {os.getloadavg()}", flush=True)
