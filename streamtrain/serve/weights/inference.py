@@ -87,7 +87,8 @@ def _forward(
     features: Array,
     sparse: SparseRows | None = None,
 ) -> Prediction:
-    with slot.acquire() as lease, torch.inference_mode():
+    # torch.inference_mode's own guard: the Python wrapper around it costs ~1 µs per pass more
+    with slot.acquire() as lease, torch._C._InferenceMode(True):
         outputs = head(call_model(forwards.of(lease.model), features, sparse, device))
         host = to_host(outputs, device)
     SERVE_BATCH_SIZE.observe(features.shape[0])
