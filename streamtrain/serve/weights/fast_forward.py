@@ -170,6 +170,9 @@ def _output(layer: nn.Module) -> Step | None:
 class ForwardCache:
     """Per model object: its direct forward, or the model itself when it has none.
 
+    Decided when a model is first served: a hook registered or a mode changed afterwards is not
+    seen (serving does neither; hooks and ``train()`` belong to the trainer's models).
+
     Keyed by ``id`` with the model held beside its forward, so an id is never reused while
     its entry lives; bounded, as it holds its models alive: for the slot's two copies, which
     live as long as the slot (retained versions keep their forward beside their model).
