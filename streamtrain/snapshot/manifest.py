@@ -213,8 +213,11 @@ class SnapshotManifest(BaseModel):
         ge=0,
         description="A delta's hint: the topic offset of its base's manifest (scan.py).",
     )
-    chunk_partition: Literal[1] | None = Field(
+    chunk_partition: int | None = Field(
         None,
+        ge=1,
+        le=1,  # the base partition (wire.BASE_PARTITION): the only other one in the layout
+        strict=True,
         description="A base lane base's chunks are on this partition of the topic, from "
         "first_chunk_offset; absent: before the manifest on its own partition (0).",
     )
