@@ -206,6 +206,13 @@ class SnapshotWriter:
                 "chunk_partition": None if to == PARTITION else to,
             }
         )
+        self.manifest_offset = self._send_manifest(producer, manifest)
+        log.debug("snapshot %s written: %d bytes in %d chunks", sid, len(payload), len(chunks))
+        return manifest
+
+    def _send_manifest(self, producer: RecordProducer, manifest: SnapshotManifest) -> int:
+        """Step 4: the manifest, signed over its exact bytes, acknowledged; its offset."""
+        sid = manifest.snapshot_id
         value = manifest.model_dump_json().encode()
         signature = self.signer.sign(value) if self.signer is not None else None
         sent = producer.send(
@@ -216,9 +223,7 @@ class SnapshotWriter:
             partition=PARTITION,
         )
         producer.flush(timeout=self.send_timeout_s)
-        self.manifest_offset = sent.result(timeout=self.send_timeout_s)
-        log.debug("snapshot %s written: %d bytes in %d chunks", sid, len(payload), len(chunks))
-        return manifest
+        return sent.result(timeout=self.send_timeout_s)
 
     def _send_chunks(
         self, producer: RecordProducer, sid: str, chunks: list[memoryview], partition: int
