@@ -20,7 +20,7 @@ from streamtrain.snapshot.manifest import (
     SnapshotManifest,
     shard_snapshot_id,
 )
-from streamtrain.snapshot.payload import encode_state, sha256_hex, split_chunks
+from streamtrain.snapshot.payload import encode_view, sha256_hex, split_chunks
 from streamtrain.snapshot.signing import ManifestSigner
 from streamtrain.train.hooks import SnapshotRequest
 
@@ -167,7 +167,7 @@ class SnapshotWriter:
                     f"delta {request.run_id}/{request.version} has no base or predecessor"
                 )
             tensors = delta_payload(tensors, request.rows)
-        payload, infos = encode_state(tensors)
+        payload, infos = encode_view(tensors)
         chunks = split_chunks(memoryview(payload), self.chunk_bytes)
         manifest = SnapshotManifest(
             model_name=self.model_name,
