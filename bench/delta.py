@@ -518,6 +518,25 @@ def run(args: argparse.Namespace, broker: EmbeddedBroker, mode: str) -> dict[str
     }
 
 
+def _encode_with_safetensors() -> None:
+    """The publisher's encoder as it was: ``safetensors.torch.save``, bytes identical."""
+    from safetensors.torch import save
+
+    from streamtrain.snapshot import writer
+    from streamtrain.snapshot.manifest import TensorInfo
+    from streamtrain.snapshot.payload import dtype_name
+
+    def encode(tensors: Any) -> Any:
+        prepared = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+        infos = [
+            TensorInfo(name=k, dtype=dtype_name(v.dtype), shape=list(v.shape))
+            for k, v in prepared.items()
+        ]
+        return memoryview(save(prepared)), infos
+
+    writer.encode_view = encode  # type: ignore[attr-defined]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=4_000_000)
@@ -576,6 +595,13 @@ def main() -> None:
         help="sys.setswitchinterval for the trainer process (CPython's default is 5 ms)",
     )
     parser.add_argument(
+        "--encoder",
+        choices=["torch", "safetensors"],
+        default="torch",
+        help="safetensors: the publisher encodes with safetensors.torch.save, which holds the "
+        "GIL for the whole copy (the encoder before payload.encode_view), to compare",
+    )
+    parser.add_argument(
         "--device", default="cpu", help="the trainer's device (cpu, cuda); the server's is cpu"
     )
     args = parser.parse_args()
@@ -584,6 +610,8 @@ def main() -> None:
     torch.set_num_threads(1)
     if args.switch_interval_ms is not None:
         sys.setswitchinterval(args.switch_interval_ms / 1000)
+    if args.encoder == "safetensors":
+        _encode_with_safetensors()
     print(
         f"table {args.rows} x {args.dim} fp32 = {args.rows * args.dim * 4 / 1e9:.2f} GB, "
         f"{args.rate:.0f} samples/s target, batch {args.batch}, snapshot every "
