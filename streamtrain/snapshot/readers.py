@@ -3,7 +3,7 @@ while Kafka is down touches nothing until it is asked to read)."""
 
 from __future__ import annotations
 
-from streamtrain.kafka import KafkaConnection, PartitionReader, partition_reader
+from streamtrain.kafka import KafkaConnection, PartitionReader, ReadTimeout, partition_reader
 
 _CHUNK_FETCH_BYTES = 16 * 1024 * 1024  # chunks are up to ~512 KiB: several per round trip
 _SCAN_FETCH_BYTES = 64 * 1024  # a manifest, or one chunk's record: a window's worth
@@ -50,8 +50,17 @@ class SnapshotReaders:
 
     def chunks(self, partition: int | None) -> PartitionReader:
         """The reader of a snapshot's chunks: on ``partition`` (a manifest's
-        ``chunk_partition``), or beside its manifest on partition 0 (None)."""
-        return self.reader if partition is None else self._get("reader", partition)
+        ``chunk_partition``), or beside its manifest on partition 0 (None). ``ReadTimeout``
+        (the snapshot is ``incomplete``) when the topic has no such partition: only a foreign
+        or broken writer names one, and the client would fail only after its timeout."""
+        if partition is None:
+            return self.reader
+        if partition not in self.reader.partitions():
+            raise ReadTimeout(
+                f"topic {self._topic} has no partition {partition}, where the manifest says "
+                "its chunks are"
+            )
+        return self._get("reader", partition)
 
     def close(self) -> None:
         made, self._made = list(self._made.values()), {}

@@ -189,10 +189,15 @@ def test_the_scan_reader_fetches_small_and_the_chunk_readers_large(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     made: list[dict[str, Any]] = []
+    partitions = (0, 1)
 
-    def partition_reader(kafka: Any, **options: Any) -> object:
+    class _Reader:
+        def partitions(self) -> tuple[int, ...]:
+            return partitions
+
+    def partition_reader(kafka: Any, **options: Any) -> _Reader:
         made.append(options)
-        return object()
+        return _Reader()
 
     monkeypatch.setattr(readers_module, "partition_reader", partition_reader)
     readers = SnapshotReaders(kafka=None, topic="t", fetch_max_wait_ms=10)  # type: ignore[arg-type]
@@ -201,3 +206,7 @@ def test_the_scan_reader_fetches_small_and_the_chunk_readers_large(
     by_role = [(o["partition"], o["fetch_bytes"]) for o in made]
     # scan; tail; the random reader (also the chunks beside their manifest); partition 1
     assert by_role == [(0, 64 * 1024), (0, 16 * 1024**2), (0, 16 * 1024**2), (1, 16 * 1024**2)]
+    # a manifest naming a partition the topic lacks: its chunks cannot be read (incomplete)
+    partitions = (0,)
+    with pytest.raises(ReadTimeout, match="has no partition 1"):
+        readers.chunks(1)
