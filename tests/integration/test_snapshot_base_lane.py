@@ -24,9 +24,9 @@ from streamtrain.kafka import KafkaConnection, create_topics, partition_reader
 from streamtrain.kafka.records import KafkaRecord
 from streamtrain.serve.weights.slot import WeightSlot
 from streamtrain.serve.weights.watcher import SnapshotWatcher
+from streamtrain.snapshot import subscriber as subscriber_module
 from streamtrain.snapshot import wire
 from streamtrain.snapshot.manifest import SnapshotHeader, SnapshotManifest
-from streamtrain.snapshot import subscriber as subscriber_module
 from streamtrain.snapshot.publisher import SnapshotPublisher
 from streamtrain.snapshot.scan import Candidate
 from streamtrain.snapshot.shadow import ShadowCopy
