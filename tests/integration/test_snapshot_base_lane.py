@@ -206,6 +206,8 @@ def test_deltas_reach_the_server_while_a_base_is_written_and_both_replicas_end_e
         written = {m.snapshot_id for m in gate.written}
         passed = written - {f"run-l/{last.version}"}
         assert not [read for read in reads if read[1] in passed]
+        if partitions == 2 and last.complete:  # read from partition 1 after the wait
+            assert reads == [(1, f"run-l/{last.version}")]
         # A replica started now: the newest base, then the deltas after it, in order.
         servers.append(_Server(kafka_bootstrap, unique_name))
         late = servers[1]
