@@ -22,6 +22,8 @@ Limits of the jump, in the order they are checked:
    publishes at once, so the shards' chunks and manifests interleave on the topic and a
    jump would skip the other shards' manifests. The scan of such a topic reads its chunks
    (the cost of a sharded job; docs/snapshots.md, Sharded tables).
+5. nothing to jump over for a base lane base whose chunks are on the base partition
+   (``chunk_partition``): the record before its manifest is read next.
 
 Windows are one record after a jump (the record before a snapshot's first chunk is normally
 the previous snapshot's manifest: one read per snapshot, none of its chunks) and double, up
