@@ -15,7 +15,9 @@ source / raw per client and encoding, all from one run.
 Also times decoding alone, in process and without Kafka (a bare ``json.loads`` per JSON
 value, our typed ``decode_json`` and ``decode_binary`` over the same values), and the cost
 per record of each Python step the confluent source adds to a raw ``consume``, timed on
-freshly consumed messages, to show where the gap goes.
+freshly consumed messages, to show where the gap goes; and, from those steps, the floor: the
+passes a binary record needs beyond the fair raw loop's, and the CPU ratio a source doing
+nothing else would reach.
 
     python bench/ingest.py --count 200000
 """
@@ -274,13 +276,24 @@ def confluent_steps(
         built = cast(Sequence[KafkaRecord], _Columns(cast(RecordColumns, columns(messages))))
         return lambda: decode_records(SPEC, built, 1 << 20, codec)
 
+    def values(read: Callable[[list[bytes]], object]) -> Callable[[list[Message]], object]:
+        return lambda messages: read(list(map(Message.value, messages)))
+
+    def sizes(values: list[bytes]) -> object:
+        return np.fromiter(map(len, values), np.int64, len(values))
+
     steps: dict[str, Callable[[list[Message]], object]] = {
         "poll's error/partition/offset passes": poll_passes,
+        "  of which the error pass": lambda messages: any(map(Message.error, messages)),
         "columns(): all": columns,
         "columns(False): declared codec": declared_columns,
         "  of which Message.headers() lists": accessor(Message.headers),
         "  of which Message.timestamp() tuples": accessor(Message.timestamp),
         "  of which Message.value()": accessor(Message.value),
+        # With the timestamps and the error pass, what the source must do per binary record
+        # beyond the fair raw loop whatever else it does (the floor, see main()).
+        "value() list, then their sizes": values(sizes),
+        "value() list, then their join": values(b"".join),
     }
     costs = {}
     for name, step in steps.items():
@@ -412,6 +425,34 @@ def main() -> None:
     )
     for step in steps["binary"]:
         print(f"  {step:<40}{steps['binary'][step]:>8.2f}{steps['json'][step]:>8.2f}")
+    _print_ceiling(rows, steps["binary"])
+
+
+# The passes over a poll's Messages that a binary record needs beyond the fair raw loop's
+# (values, partitions, offsets): error check, timestamp, size check and the join for
+# ``frombuffer``. The values list is the raw loop's, so it is taken off the last two.
+_FLOOR = (
+    "  of which the error pass",
+    "  of which Message.timestamp() tuples",
+    "value() list, then their sizes",
+    "value() list, then their join",
+)
+
+
+def _print_ceiling(rows: list[tuple[object, ...]], binary: dict[str, float]) -> None:
+    """The best source / raw CPU ratio a confluent-kafka source can reach for binary records
+    when every step but the floor's passes cost nothing."""
+    value = binary["  of which Message.value()"]
+    floor = sum(binary[name] for name in _FLOOR) - 2 * value
+    for name, _size, client, _v, _bare, raw, *_ in rows:
+        if name == "binary" and client == "confluent":
+            raw_us = 1e6 / cast(Rate, raw).cpu
+            best = raw_us / (raw_us + floor)
+            print(
+                f"floor beyond the fair raw loop, binary: {floor:.2f} us/record; fair raw "
+                f"{raw_us:.2f} us CPU/record; best reachable CPU ratio {best:.2f}"
+            )
+            return
 
 
 if __name__ == "__main__":

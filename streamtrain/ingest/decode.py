@@ -166,10 +166,12 @@ def _decode_subset(
     whole = len(index) == len(values)
     # No None is left at these positions: tombstones were rejected before.
     subset = cast(Sequence[bytes], values if whole else [values[i] for i in index.tolist()])
+    # The whole poll (the usual case): its columns as they are, no gathers.
+    ts = stamps if whole else stamps[index]
     if decode is decode_binary:
-        decoded = decode_binary(spec, subset, stamps[index], sizes=sizes[index])
+        decoded = decode_binary(spec, subset, ts, sizes=sizes if whole else sizes[index])
     else:
-        decoded = decode(spec, subset, stamps[index])
+        decoded = decode(spec, subset, ts)
     if whole:  # positions within the subset are positions within the poll
         return decoded
     decoded.rows = index[decoded.rows]

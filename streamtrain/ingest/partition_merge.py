@@ -316,14 +316,16 @@ def _key_order(keys: I64, parts: I64, offsets: I64) -> I64:
     """The order of ``(key, partition, offset)``. Held records of a partition are in offset
     order (polls are, and holding keeps their order), so a stable sort on ``(key, partition)``
     alone gives it: one argsort of a combined int64, ~6x cheaper than a three-key lexsort,
-    while the combined value cannot overflow (a key span under ~10^17 ms / partitions)."""
+    while the combined value cannot overflow (a key span under ~10^17 ms / partitions).
+    Partition numbers are small non-negative ints, so they go into the combination as they
+    are (no rank lookup: that was a third of this function's time)."""
     if not len(keys):
         return np.zeros(0, np.int64)
     low, span = int(keys.min()), int(keys.max()) - int(keys.min()) + 1
-    ranks = np.searchsorted(np.asarray(partitions_in(parts)), parts)
-    if span * (int(ranks.max()) + 1) >= 1 << 62:
+    width = int(parts.max()) + 1
+    if span * width >= 1 << 62:
         return np.lexsort((offsets, parts, keys))
-    combined = (keys - low) * (int(ranks.max()) + 1) + ranks
+    combined = (keys - low) * width + parts
     order: I64 = np.argsort(combined, kind="stable")
     return order
 

@@ -100,7 +100,10 @@ def finish(spec: SampleSpec, decoded: Decoded, record_ts: npt.NDArray[np.float64
     that fail it (their rejects join ``decoded.rejects``)."""
     decoded = with_sparse(spec, decoded)
     missing = np.isnan(decoded.timestamps)
-    decoded.timestamps[missing] = record_ts[decoded.rows[missing]]
+    if missing.all():  # the usual poll: no sample carries its own time, one gather
+        decoded.timestamps = record_ts[decoded.rows]
+    elif missing.any():
+        decoded.timestamps[missing] = record_ts[decoded.rows[missing]]
     bad = check_rows(spec, decoded.features, decoded.labels, decoded.weights, decoded.timestamps)
     if not bad:
         return decoded
