@@ -104,6 +104,8 @@ class Objective:
         count = heads.shape[-1]
         if task == "binary":
             heads = heads.squeeze(1)
+            # as floats once: both losses below would each convert them
+            labels = labels.to(heads.dtype)
             labels_k = labels[:, None].expand(-1, count)
         elif task == "multiclass":
             labels_k = labels[:, None].expand(-1, count)
@@ -115,10 +117,10 @@ class Objective:
         sums = (per * column).sum(dim=0)
         total = w.sum().clamp_min(1e-12)
         assert self.mixer is not None
-        # the mixed prediction's loss, as any model's: its output is computed from detached
-        # heads, so this records no graph (and needs no no_grad() block, one more call in a
+        # the mixed prediction's loss, as TaskHead.loss computes any model's (its total shared):
+        # its output is computed from detached heads, so this records no graph (and needs no no_grad() block, one more call in a
         # batch-1 step of ~150)
-        reported = self.head.loss(mixed, labels, w)
+        reported = (self.head.per_sample_loss(mixed, labels) * w).sum() / total
         if self.mixer.criterion == "error":  # each head's weighted wrong predictions
             # a bool compared with the int64 labels, and a bool times the float weights:
             # the promotions happen inside the one kernel each
