@@ -117,9 +117,9 @@ class Objective:
         sums = (per * column).sum(dim=0)
         total = w.sum().clamp_min(1e-12)
         assert self.mixer is not None
-        # the mixed prediction's loss, as TaskHead.loss computes any model's (its total shared):
-        # its output is computed from detached heads, so this records no graph (and needs no no_grad() block, one more call in a
-        # batch-1 step of ~150)
+        # the mixed prediction's loss, as TaskHead.loss computes any model's (the total shared):
+        # the mix is computed from detached heads, so this records no graph and needs no
+        # no_grad() block (one more call in a batch-1 step of ~150)
         reported = (self.head.per_sample_loss(mixed, labels) * w).sum() / total
         if self.mixer.criterion == "error":  # each head's weighted wrong predictions
             # a bool compared with the int64 labels, and a bool times the float weights:
