@@ -36,6 +36,7 @@ from torch import nn
 
 from streamtrain.metrics import SERVE_PINNED_VERSION, SERVE_RETAINED_VERSIONS
 from streamtrain.sample.sparse_numpy import SparseRows
+from streamtrain.serve.weights.fast_forward import Forward, dense_forward
 from streamtrain.serve.weights.inference import (
     Array,
     Head,
@@ -65,6 +66,7 @@ class AdminError(ValueError):
 class _Retained:
     info: WeightsInfo
     model: nn.Module
+    forward: Forward  # the model's direct forward where it has one, else the model
 
 
 class RetainedVersions:
@@ -243,7 +245,7 @@ class RetainedVersions:
 
     def _forward(self, entry: _Retained, features: Array, sparse: SparseRows | None) -> Prediction:
         with torch.inference_mode():
-            outputs = self._head(call_model(entry.model, features, sparse, self._device))
+            outputs = self._head(call_model(entry.forward, features, sparse, self._device))
             return Prediction(entry.info, to_host(outputs, self._device))
 
     # --- internals -------------------------------------------------------------------------
@@ -254,7 +256,7 @@ class RetainedVersions:
         with torch.no_grad():  # names and shapes were checked by the slot (rule 1)
             for name, target in model.state_dict().items():
                 copy_released(target, tensors[name])
-        self._versions[info.version] = _Retained(info, model)
+        self._versions[info.version] = _Retained(info, model, dense_forward(model) or model)
         live = self._slot.info
         protected = {self._pinned, None if live is None else live.version}
         for version in self.versions()[self._keep :]:
