@@ -42,6 +42,7 @@ from embedding_model import build_id_embedding
 from streamtrain.broker import EmbeddedBroker
 from streamtrain.kafka import KafkaConnection
 from streamtrain.sample.spec import SampleSpec
+from streamtrain.snapshot import wire
 from streamtrain.train.hooks import SnapshotRequest
 from streamtrain.train.row_tracker import RowTracker
 from streamtrain.train.snapshot_copy import SnapshotCopier
@@ -444,7 +445,7 @@ def _pct(values: list[float], q: float) -> float:
 
 def run(args: argparse.Namespace, broker: EmbeddedBroker, mode: str) -> dict[str, Any]:
     topic = f"bench-delta-{mode}"
-    broker.create_topics([topic])
+    broker.create_topics([topic], args.partitions)
     ctx = mp.get_context("spawn")
     out, stop = ctx.Queue(), ctx.Event()
     args = argparse.Namespace(**vars(args), dynamic=mode == "dynamic")
@@ -517,6 +518,25 @@ def run(args: argparse.Namespace, broker: EmbeddedBroker, mode: str) -> dict[str
     }
 
 
+def _encode_with_safetensors() -> None:
+    """The publisher's encoder as it was: ``safetensors.torch.save``, bytes identical."""
+    from safetensors.torch import save
+
+    from streamtrain.snapshot import writer
+    from streamtrain.snapshot.manifest import TensorInfo
+    from streamtrain.snapshot.payload import dtype_name
+
+    def encode(tensors: Any) -> Any:
+        prepared = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+        infos = [
+            TensorInfo(name=k, dtype=dtype_name(v.dtype), shape=list(v.shape))
+            for k, v in prepared.items()
+        ]
+        return memoryview(save(prepared)), infos
+
+    writer.encode_view = encode  # type: ignore[attr-defined]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=4_000_000)
@@ -562,16 +582,42 @@ def main() -> None:
         help="the base lane's acknowledgement window (publisher.BASE_WINDOW_BYTES), MiB",
     )
     parser.add_argument(
+        "--partitions",
+        type=int,
+        default=wire.SNAPSHOT_PARTITIONS,
+        help="of the snapshot topic: 2 puts the base lane's chunks on partition 1 (the layout "
+        "streamtrain creates); 1 is the old layout, every chunk on partition 0",
+    )
+    parser.add_argument(
+        "--switch-interval-ms",
+        type=float,
+        default=None,
+        help="sys.setswitchinterval for the trainer process (CPython's default is 5 ms)",
+    )
+    parser.add_argument(
+        "--encoder",
+        choices=["torch", "safetensors"],
+        default="torch",
+        help="safetensors: the publisher encodes with safetensors.torch.save, which holds the "
+        "GIL for the whole copy (the encoder before payload.encode_view), to compare",
+    )
+    parser.add_argument(
         "--device", default="cpu", help="the trainer's device (cpu, cuda); the server's is cpu"
     )
     args = parser.parse_args()
     if args.table_gb is not None:
         args.rows = int(args.table_gb * 1e9 / (args.dim * 4))
     torch.set_num_threads(1)
+    if args.switch_interval_ms is not None:
+        sys.setswitchinterval(args.switch_interval_ms / 1000)
+    if args.encoder == "safetensors":
+        _encode_with_safetensors()
     print(
         f"table {args.rows} x {args.dim} fp32 = {args.rows * args.dim * 4 / 1e9:.2f} GB, "
         f"{args.rate:.0f} samples/s target, batch {args.batch}, snapshot every "
-        f"{args.snapshot_every} s, {args.seconds} s per mode, trainer on {args.device}"
+        f"{args.snapshot_every} s, {args.seconds} s per mode, trainer on {args.device}, "
+        f"{args.partitions} snapshot partition(s), switch interval "
+        f"{sys.getswitchinterval() * 1000:g} ms"
     )
     with EmbeddedBroker() as broker:
         for mode in args.modes:

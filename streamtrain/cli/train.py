@@ -131,6 +131,7 @@ def _build(settings: Settings, create_missing_topics: bool) -> Trainer:
     with its own exit code, anything else is a bug and keeps its traceback."""
     from streamtrain.builders.trainer import build_trainer
     from streamtrain.kafka import KafkaConfigError, KafkaConnection, create_topics
+    from streamtrain.snapshot import wire
 
     topics = settings.topics
     try:
@@ -140,7 +141,8 @@ def _build(settings: Settings, create_missing_topics: bool) -> Trainer:
     try:
         if create_missing_topics:
             create_topics(kafka, [topics.samples], topics.sample_partitions)
-            create_topics(kafka, [topics.dead_letter, topics.snapshots], 1)
+            create_topics(kafka, [topics.dead_letter], 1)
+            create_topics(kafka, [topics.snapshots], wire.SNAPSHOT_PARTITIONS)  # base partition
         return build_trainer(settings)
     except Exception as exc:
         if isinstance(exc, MissingExtra):

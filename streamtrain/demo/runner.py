@@ -43,6 +43,7 @@ from streamtrain.demo.processes import Child, ProcessGroup, StopReport
 from streamtrain.demo.scrape import Scrape, ScrapeError, scrape
 from streamtrain.demo.stall import RateMeter, StallWatch
 from streamtrain.demo.summary import SummaryTracker
+from streamtrain.snapshot import wire
 from streamtrain.snapshot.signing import generate_key_pair
 
 TICK_SECONDS = 0.5
@@ -100,7 +101,9 @@ def run_demo(options: DemoOptions, console: Console) -> int:
                 join_port=free_port() if options.labels == "delayed" else 0,
             )
             generate_key_pair(plan.key_dir, "trainer")  # throwaway, for this run only
-            broker.create_topics(plan.topic_names)
+            snapshots = plan.topics.snapshots  # with the base partition (docs/snapshots.md)
+            broker.create_topics([name for name in plan.topic_names if name != snapshots])
+            broker.create_topics([snapshots], wire.SNAPSHOT_PARTITIONS)
             group = ProcessGroup(run_dir, stop_timeout=STOP_TIMEOUT_SECONDS)
             session = _Session(plan, pool, group, console, stop, options)
             try:

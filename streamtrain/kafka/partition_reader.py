@@ -48,6 +48,10 @@ class PartitionReader:
         """Whether the broker knows the topic (asks for fresh metadata)."""
         return self._consumer.topic_exists()
 
+    def partitions(self) -> tuple[int, ...]:
+        """The topic's partitions (fresh metadata)."""
+        return self._consumer.partitions_of_topic()
+
     def _assign(self) -> None:
         if not self._assigned:
             self._consumer.assign([self.partition])

@@ -213,6 +213,14 @@ class SnapshotManifest(BaseModel):
         ge=0,
         description="A delta's hint: the topic offset of its base's manifest (scan.py).",
     )
+    chunk_partition: int | None = Field(
+        None,
+        ge=1,
+        le=1,  # the base partition (wire.BASE_PARTITION): the only other one in the layout
+        strict=True,
+        description="A base lane base's chunks are on this partition of the topic, from "
+        "first_chunk_offset; absent: before the manifest on its own partition (0).",
+    )
 
     @property
     def header(self) -> SnapshotHeader:
@@ -245,6 +253,8 @@ class SnapshotManifest(BaseModel):
         data: dict[str, Any] = handler(self)
         if self.shard is None:
             data.pop("shard", None)
+        if self.chunk_partition is None:  # likewise: only a base lane base's names it
+            data.pop("chunk_partition", None)
         return data
 
     @model_validator(mode="after")
@@ -267,6 +277,10 @@ class SnapshotManifest(BaseModel):
         names = [t.name for t in self.tensors]
         if len(set(names)) != len(names):
             raise ValueError("tensor names in the manifest are not unique")
+        if self.chunk_partition is not None and (
+            self.first_chunk_offset is None or self.kind != "base" or self.shard is not None
+        ):
+            raise ValueError("chunk_partition is for a whole base with a first_chunk_offset")
         if self.shard is not None and self.shard.shard_ids != [
             shard_snapshot_id(self.run_id, self.version, i, self.shard.world)
             for i in range(self.shard.world)

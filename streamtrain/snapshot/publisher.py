@@ -17,7 +17,7 @@ from streamtrain.snapshot.mailbox import NewestWinsWorker
 from streamtrain.snapshot.manifest import SnapshotManifest
 from streamtrain.snapshot.shadow import ShadowCopy
 from streamtrain.snapshot.signing import ManifestSigner
-from streamtrain.snapshot.writer import ShardSpec, SnapshotWriter
+from streamtrain.snapshot.writer import BASE_PARTITION, PARTITION, ShardSpec, SnapshotWriter
 from streamtrain.train.hooks import CopySpoiled, SnapshotRequest
 
 log = logging.getLogger(__name__)
@@ -62,6 +62,10 @@ class SnapshotPublisher:
        4: the weights changed outside an optimizer step) is not published, and neither is any
        delta after it until the next whole snapshot is: the rows changed since the last
        published snapshot are not known (the trainer makes its next snapshot whole).
+    7. the base lane's chunks go to partition 1 (``writer.BASE_PARTITION``; its manifest, on
+       partition 0 with everything else, names it as ``chunk_partition``), so a server
+       tailing partition 0 never reads a base its deltas already passed; a topic with one
+       partition gets them on partition 0 as before (one warning).
 
     Example:
         >>> publisher = SnapshotPublisher(  # doctest: +SKIP
@@ -83,7 +87,9 @@ class SnapshotPublisher:
         signer: ManifestSigner | None = None,
         shard: ShardSpec | None = None,
     ) -> None:
-        def writer(lane: str, window_bytes: int | None = None) -> SnapshotWriter:
+        def writer(
+            lane: str, window_bytes: int | None = None, chunk_partition: int = PARTITION
+        ) -> SnapshotWriter:
             return SnapshotWriter(
                 kafka=kafka,
                 topic=topic,
@@ -94,6 +100,7 @@ class SnapshotPublisher:
                 lane=lane,
                 shard=shard,
                 window_bytes=window_bytes,
+                chunk_partition=chunk_partition,
             )
 
         self._writer = writer("")
@@ -110,7 +117,8 @@ class SnapshotPublisher:
         self._failed = False  # the last publish failed; its rows wait in ``_next``
         self._broken = False  # rule 6: a spoiled copy; deltas wait for a whole snapshot
         self._bases = BaseLane(
-            writer(wire.BASE_LANE, BASE_WINDOW_BYTES),
+            # its chunks on a partition of their own: servers tail the deltas' (rule 7)
+            writer(wire.BASE_LANE, BASE_WINDOW_BYTES, BASE_PARTITION),
             newest=self._newest,
             on_published=self._base_published,
             on_failed=self._base_failed,

@@ -22,6 +22,8 @@ Limits of the jump, in the order they are checked:
    publishes at once, so the shards' chunks and manifests interleave on the topic and a
    jump would skip the other shards' manifests. The scan of such a topic reads its chunks
    (the cost of a sharded job; docs/snapshots.md, Sharded tables).
+5. nothing to jump over for a base lane base whose chunks are on the base partition
+   (``chunk_partition``): the record before its manifest is read next.
 
 Windows are one record after a jump (the record before a snapshot's first chunk is normally
 the previous snapshot's manifest: one read per snapshot, none of its chunks) and double, up
@@ -257,8 +259,8 @@ def incomplete(snapshot_id: str, exc: ReadTimeout) -> RejectedSnapshot:
 def _chunks_start(candidate: Candidate) -> int:
     """Where the candidate's chunks start, within the reach of its own chunk count."""
     manifest, offset = candidate.manifest, candidate.offset
-    if manifest.shard is not None:
-        return offset  # rule 4
+    if manifest.shard is not None or manifest.chunk_partition is not None:
+        return offset  # rule 4; or its chunks are on the base partition: nothing to jump
     first = manifest.first_chunk_offset
     reach = offset - 2 * manifest.chunk_count - 16
     if first is None or not reach <= first < offset:
@@ -320,20 +322,27 @@ def catch_up_reads(
 def read_chunks(
     reader: PartitionReader, candidate: Candidate, spool: Spool, max_chunks: int
 ) -> None:
-    """Read ``candidate``'s chunks between its first chunk and its manifest into ``spool``,
-    within 30 s plus 1 s per 8 MB (a 1 GB base took over 30 s to read back on the loaded
-    bench machine, so it was never loaded); ``ReadTimeout`` past that."""
+    """Read ``candidate``'s chunks between its first chunk and its manifest into ``spool``
+    (``reader`` is of the partition they are on: a base lane base's ``chunk_partition``, read
+    from its first chunk for at most its own reach), within 30 s plus 1 s per 8 MB (a 1 GB
+    base took over 30 s to read back on the loaded bench machine, so it was never loaded);
+    ``ReadTimeout`` past that."""
     manifest = candidate.manifest
     deadline = time.monotonic() + _READ_S + manifest.size_bytes / _READ_BYTES_PER_S
-    start = manifest.first_chunk_offset
+    reach = 2 * manifest.chunk_count + 16  # a manifest's chunks, with room for interleaving
+    start, end = manifest.first_chunk_offset, candidate.offset
     if start is None:
         # A manifest without the offset: its chunks precede it, normally contiguously.
-        start = candidate.offset - 2 * manifest.chunk_count - 16
-    nbytes = 0
+        start = candidate.offset - reach
     # Chunks before the first stored offset were deleted by retention: assemble() reports
     # them missing ("incomplete").
-    start = max(start, reader.low())
-    for record in reader.read(start, candidate.offset, deadline):
+    if manifest.chunk_partition is None:
+        start = max(start, reader.low())
+    else:  # on the base partition, from the first chunk on (its own end bounds the read)
+        low, high = reader.bounds(deadline)
+        start, end = max(start, low), min(high, start + reach)
+    nbytes = 0
+    for record in reader.read(start, end, deadline):
         header = wire.parse_headers(record.headers)
         if header is None or header.kind != "chunk":
             continue

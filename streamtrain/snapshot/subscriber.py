@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
-from streamtrain.kafka import KafkaConnection, PartitionReader, ReadTimeout, partition_reader
+from streamtrain.kafka import KafkaConnection, PartitionReader, ReadTimeout
 from streamtrain.kafka.errors import KafkaUnreachable
 from streamtrain.kafka.mark_check import reread_mark
 from streamtrain.kafka.reachability import REACHABILITY
@@ -16,11 +16,12 @@ from streamtrain.kafka.records import KafkaRecord
 from streamtrain.sample.record_mark import RecordMark, mark_of
 from streamtrain.snapshot import wire
 from streamtrain.snapshot.assembly import Assembler
+from streamtrain.snapshot.base_skip import BaseSkip
 from streamtrain.snapshot.manifest import (
     SnapshotHeader,
     SnapshotOrder,
-    parse_snapshot_id,
 )
+from streamtrain.snapshot.readers import SnapshotReaders
 from streamtrain.snapshot.scan import (
     Candidate,
     ManifestScan,
@@ -43,14 +44,14 @@ log = logging.getLogger(__name__)
 
 Result = ReceivedSnapshot | RejectedSnapshot
 
-_SCAN_FETCH_BYTES = 64 * 1024  # a manifest, or one chunk's record: a window's worth
 # Rejections queued for the next poll(); a topic flooded with junk manifests must not grow the
 # queue without bound (the excess is logged as a count).
 _MAX_QUEUED = 256
 
 
 class SnapshotSubscriber:
-    """Finds, reassembles and verifies snapshots on ``topic`` (partition 0).
+    """Finds, reassembles and verifies snapshots on ``topic`` (partition 0; a base lane base's
+    chunks on the partition its manifest names).
 
     Two consumers, both ``assign()``-ed and group-less: a *tail* that follows the end of the
     topic for :meth:`poll`, and a *reader* for random access (the scan of
@@ -62,9 +63,9 @@ class SnapshotSubscriber:
     first, so the caller counts every rejection in one place.
 
     With ``live`` (the server's live weights), the tail skips a base written beside the deltas
-    (``wire.LANE``) once the live weights are of its run and at or past its version: the
-    deltas got there first (``publisher.py`` rule 4), so its chunks are neither spooled nor
-    verified, and the deltas behind it do not wait for a load that would change nothing.
+    (``wire.LANE``) that the deltas passed, and leaves one still ahead of them for the delta
+    that will pass it (``base_skip.py``), so the deltas do not wait for a load that would
+    change nothing.
 
     Example:
         >>> subscriber = SnapshotSubscriber(  # doctest: +SKIP
@@ -90,16 +91,12 @@ class SnapshotSubscriber:
         live: Callable[[], SnapshotHeader | None] | None = None,
     ) -> None:
         self.topic = topic
-        self._live = live
+        self._skip = BaseSkip(live)
         self.settings_hash = settings_hash
         self.max_snapshot_bytes = max_snapshot_bytes
         self.max_chunks = max_chunks
         self.verifier = verifier
-        self._kafka = kafka
-        self._fetch_max_wait_ms = fetch_max_wait_ms
-        self._tail_reader: PartitionReader | None = None
-        self._random_reader: PartitionReader | None = None
-        self._manifest_reader: PartitionReader | None = None  # the scan's (small fetches)
+        self._readers = SnapshotReaders(kafka, topic, fetch_max_wait_ms)
         self.spool_dir = spool_dir  # where chunks wait for their manifest (None: $TMPDIR)
         return_chunk_buffers()
         self._assembler = self._new_assembler()
@@ -114,35 +111,19 @@ class SnapshotSubscriber:
 
     @property
     def _tail(self) -> PartitionReader:
-        if self._tail_reader is None:
-            self._tail_reader = self._new_reader()
-        return self._tail_reader
+        return self._readers.tail
 
     @property
     def _reader(self) -> PartitionReader:
-        if self._random_reader is None:
-            self._random_reader = self._new_reader()
-        return self._random_reader
+        return self._readers.reader
 
     @property
     def _scan_reader(self) -> PartitionReader:
-        """The scan reads one record per window: a chunk reader's 16 MiB fetch-ahead made
-        each window carry megabytes of chunks it skips (a 0.26 GB topic's scan took 39 s)."""
-        if self._manifest_reader is None:
-            self._manifest_reader = self._new_reader(_SCAN_FETCH_BYTES)
-        return self._manifest_reader
+        return self._readers.scan
 
     def _new_assembler(self) -> Assembler:
         return Assembler(
             max_bytes=self.max_snapshot_bytes, max_chunks=self.max_chunks, spool_dir=self.spool_dir
-        )
-
-    def _new_reader(self, fetch_bytes: int = 16 * 1024 * 1024) -> PartitionReader:
-        return partition_reader(
-            self._kafka,
-            topic=self.topic,
-            fetch_max_wait_ms=self._fetch_max_wait_ms,
-            fetch_bytes=fetch_bytes,
         )
 
     # --- newest snapshot on the topic ------------------------------------------------------
@@ -206,7 +187,7 @@ class SnapshotSubscriber:
                 continue
             spool = self._assembler.new_spool()
             try:
-                read_chunks(self._reader, candidate, spool, self.max_chunks)
+                self._read_chunks(candidate, spool)
             except ReadTimeout as exc:
                 result: Result = incomplete(candidate.manifest.snapshot_id, exc)
             else:
@@ -217,6 +198,10 @@ class SnapshotSubscriber:
                 yield result
             else:
                 self._queue(result)
+
+    def _read_chunks(self, candidate: Candidate, spool: Spool) -> None:
+        reader = self._readers.chunks(candidate.manifest.chunk_partition)
+        read_chunks(reader, candidate, spool, self.max_chunks)
 
     def _screen(
         self, record: KafkaRecord, header: wire.RecordHeader
@@ -276,13 +261,14 @@ class SnapshotSubscriber:
             if records:
                 self._tail_mark = mark_of(records[-1])
             results.extend(self._assembler.expire(self._tail.caught_up()))
+            due = self._skip.due(self._tail.caught_up())
+            if due is not None:
+                results.extend(self._load_closing(*due, self._assembler.new_spool()))
             if results or time.monotonic() >= deadline:
                 return results
 
     def close(self) -> None:
-        for reader in (self._tail_reader, self._random_reader, self._manifest_reader):
-            if reader is not None:
-                reader.close()
+        self._readers.close()
 
     # --- internals -------------------------------------------------------------------------
 
@@ -344,7 +330,7 @@ class SnapshotSubscriber:
                     None,
                 )
             ]
-        if self._covered(header):
+        if self._skip.passed(header):
             self._assembler.discard(header.snapshot_id)
             if header.kind == "manifest":
                 log.info("base %s skipped: the live weights already hold it", header.snapshot_id)
@@ -355,24 +341,20 @@ class SnapshotSubscriber:
                 header.snapshot_id, chunk, record.offset, header.sha256, header.lane
             )
         spool = self._assembler.take(header.snapshot_id)
+        if len(spool) == 0 and self._skip.hold(record, header):
+            spool.close()
+            return []
+        return self._load_closing(record, header, spool)
+
+    def _load_closing(
+        self, record: KafkaRecord, header: wire.RecordHeader, spool: Spool
+    ) -> list[Result]:
         try:
             return [self._load(record, header, spool)]
         except ReadTimeout as exc:
             return [incomplete(header.snapshot_id, exc)]
         finally:
             spool.close()
-
-    def _covered(self, header: wire.RecordHeader) -> bool:
-        """A base-lane record of a version the live weights hold (class docstring)."""
-        if header.lane != wire.BASE_LANE or self._live is None:
-            return False
-        live, parsed = self._live(), parse_snapshot_id(header.snapshot_id)
-        return (
-            live is not None
-            and parsed is not None
-            and parsed[0] == live.run_id
-            and parsed[1] <= live.version
-        )
 
     def _load(
         self,
@@ -385,7 +367,7 @@ class SnapshotSubscriber:
         if isinstance(candidate, RejectedSnapshot):
             return candidate
         if not spool.complete(candidate.manifest.chunk_count):
-            read_chunks(self._reader, candidate, spool, self.max_chunks)
+            self._read_chunks(candidate, spool)
         return self._verified(candidate, spool)
 
 

@@ -49,6 +49,11 @@ SIGNATURE = "streamtrain-signature"
 CHUNK_SHA256 = "streamtrain-chunk-sha256"
 LANE = "streamtrain-lane"
 BASE_LANE = "base"
+# Partition 0 holds every manifest and every delta's chunks; a base lane base's chunks go to
+# BASE_PARTITION, so a server tailing partition 0 never reads a base it does not need
+# (docs/snapshots.md, Topic layout). Topics streamtrain creates have SNAPSHOT_PARTITIONS.
+BASE_PARTITION = 1
+SNAPSHOT_PARTITIONS = 2
 _HEX = frozenset("0123456789abcdef")
 
 Headers = list[tuple[str, bytes]]

@@ -6,7 +6,13 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from streamtrain.kafka import KafkaConnection, RecordProducer, record_producer
+from streamtrain.kafka import (
+    KafkaConnection,
+    RecordProducer,
+    TopicNotFound,
+    record_consumer,
+    record_producer,
+)
 from streamtrain.snapshot import wire
 from streamtrain.snapshot.delta import delta_payload
 from streamtrain.snapshot.manifest import (
@@ -14,7 +20,7 @@ from streamtrain.snapshot.manifest import (
     SnapshotManifest,
     shard_snapshot_id,
 )
-from streamtrain.snapshot.payload import encode_state, sha256_hex, split_chunks
+from streamtrain.snapshot.payload import encode_view, sha256_hex, split_chunks
 from streamtrain.snapshot.signing import ManifestSigner
 from streamtrain.train.hooks import SnapshotRequest
 
@@ -22,7 +28,8 @@ log = logging.getLogger(__name__)
 
 # Room for the record batch framing, key and headers on top of one chunk's bytes.
 RECORD_OVERHEAD_BYTES = 64 * 1024
-PARTITION = 0
+PARTITION = 0  # manifests, deltas and whole snapshots of the delta lane
+BASE_PARTITION = wire.BASE_PARTITION  # a base lane base's chunks (manifest: chunk_partition)
 
 
 class SnapshotWriteError(RuntimeError):
@@ -65,6 +72,7 @@ class SnapshotWriter:
         lane: str = "",
         shard: ShardSpec | None = None,
         window_bytes: int | None = None,
+        chunk_partition: int = PARTITION,
     ) -> None:
         if chunk_bytes < 1:
             raise ValueError(f"chunk_bytes must be >= 1, got {chunk_bytes}; 524288 is typical")
@@ -81,6 +89,11 @@ class SnapshotWriter:
         # of the deltas, and ``send_timeout_s`` bounds one window, not a whole 1 GB base.
         self.window_bytes = window_bytes
         self.manifest_offset: int | None = None  # of the last manifest written
+        # Where the chunks go: ``chunk_partition`` if the topic has it (checked with each new
+        # producer), else PARTITION beside the manifest, as before the base partition.
+        self.chunk_partition = chunk_partition
+        self._chunks_to = PARTITION
+        self._warned = False
         self._kafka = kafka
         self._producer: RecordProducer | None = None
 
@@ -92,7 +105,34 @@ class SnapshotWriter:
                 linger_ms=0,
                 max_request_size=self.chunk_bytes + RECORD_OVERHEAD_BYTES,
             )
+            self._chunks_to = self._partition_for_chunks()
         return self._producer
+
+    def _partition_for_chunks(self) -> int:
+        """``chunk_partition`` when the topic has it; otherwise PARTITION, with one warning
+        per writer (a user-created one-partition topic keeps working as before)."""
+        if self.chunk_partition == PARTITION:
+            return PARTITION
+        consumer = record_consumer(self._kafka, topic=self.topic)
+        try:
+            partitions = consumer.partitions_of_topic()
+        except TopicNotFound:
+            partitions = ()  # created by the first write, with the broker's default count
+        finally:
+            consumer.close()
+        if self.chunk_partition in partitions:
+            return self.chunk_partition
+        if not self._warned:
+            self._warned = True
+            log.warning(
+                "snapshot topic %s has no partition %d: bases are written beside the deltas "
+                "on partition %d, so a server following the deltas reads each base's bytes "
+                "first; create the topic with 2 partitions (docs/snapshots.md, Topic layout)",
+                self.topic,
+                self.chunk_partition,
+                PARTITION,
+            )
+        return PARTITION
 
     def write(
         self,
@@ -111,8 +151,9 @@ class SnapshotWriter:
 
         1. Wait until the trainer's copy of the weights is complete (``wait_ready``).
         2. Serialize with safetensors, hash with sha256, cut into chunks of ``chunk_bytes``.
-        3. Produce every chunk to partition 0 and wait for all acknowledgements; the first
-           chunk's offset becomes ``first_chunk_offset``.
+        3. Produce every chunk to partition 0 (a whole base of a writer with
+           ``chunk_partition``: to that partition, named in the manifest) and wait for all
+           acknowledgements; the first chunk's offset becomes ``first_chunk_offset``.
         4. Only then produce the manifest, signed (when a signer is set) over its exact bytes,
            and wait for it: a manifest on the topic implies its chunks are already there. A
            failure before this step leaves no manifest, so readers never see a snapshot that
@@ -126,7 +167,7 @@ class SnapshotWriter:
                     f"delta {request.run_id}/{request.version} has no base or predecessor"
                 )
             tensors = delta_payload(tensors, request.rows)
-        payload, infos = encode_state(tensors)
+        payload, infos = encode_view(tensors)
         chunks = split_chunks(memoryview(payload), self.chunk_bytes)
         manifest = SnapshotManifest(
             model_name=self.model_name,
@@ -147,6 +188,7 @@ class SnapshotWriter:
             predecessor_id=None if request.rows is None else predecessor_id,
             shard=None if self.shard is None else self.shard.info(request.run_id, request.version),
             base_offset=None if request.rows is None else base_offset,
+            chunk_partition=None,
         )
         sid = manifest.snapshot_id  # a shard's records carry its own id
         # Checked before any chunk is written, so an oversized manifest wastes no topic space.
@@ -156,8 +198,21 @@ class SnapshotWriter:
                 f"record of {self.chunk_bytes + RECORD_OVERHEAD_BYTES} bytes: raise chunk_bytes"
             )
         producer = self._get_producer()
-        first_offset = self._send_chunks(producer, sid, chunks)
-        manifest = manifest.model_copy(update={"first_chunk_offset": first_offset})
+        to = self._chunks_to if request.rows is None and self.shard is None else PARTITION
+        first_offset = self._send_chunks(producer, sid, chunks, to)
+        manifest = manifest.model_copy(
+            update={
+                "first_chunk_offset": first_offset,
+                "chunk_partition": None if to == PARTITION else to,
+            }
+        )
+        self.manifest_offset = self._send_manifest(producer, manifest)
+        log.debug("snapshot %s written: %d bytes in %d chunks", sid, len(payload), len(chunks))
+        return manifest
+
+    def _send_manifest(self, producer: RecordProducer, manifest: SnapshotManifest) -> int:
+        """Step 4: the manifest, signed over its exact bytes, acknowledged; its offset."""
+        sid = manifest.snapshot_id
         value = manifest.model_dump_json().encode()
         signature = self.signer.sign(value) if self.signer is not None else None
         sent = producer.send(
@@ -168,11 +223,11 @@ class SnapshotWriter:
             partition=PARTITION,
         )
         producer.flush(timeout=self.send_timeout_s)
-        self.manifest_offset = sent.result(timeout=self.send_timeout_s)
-        log.debug("snapshot %s written: %d bytes in %d chunks", sid, len(payload), len(chunks))
-        return manifest
+        return sent.result(timeout=self.send_timeout_s)
 
-    def _send_chunks(self, producer: RecordProducer, sid: str, chunks: list[memoryview]) -> int:
+    def _send_chunks(
+        self, producer: RecordProducer, sid: str, chunks: list[memoryview], partition: int
+    ) -> int:
         """Step 3: every chunk produced and acknowledged (window by window when
         ``window_bytes`` is set); the first chunk's offset."""
         per_window = len(chunks)
@@ -188,7 +243,7 @@ class SnapshotWriter:
                     headers=wire.chunk_headers(
                         self.model_name, sid, i, len(chunks), sha256_hex(chunk), self.lane
                     ),
-                    partition=PARTITION,
+                    partition=partition,
                 )
                 for i, chunk in enumerate(chunks[start : start + per_window], start)
             ]

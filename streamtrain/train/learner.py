@@ -313,7 +313,10 @@ class Learner:
             # clip_grad_norm_ returns the pre-clip total norm: clipping and the check share it
             return torch.nn.utils.clip_grad_norm_(self._params, self.clip_grad_norm)
         # a sparse (row-wise) gradient's norm is that of its values, summed per row first
-        norms = [g.coalesce().values().norm() if g.is_sparse else g.norm() for g in grads]
+        dense = [g for g in grads if not g.is_sparse]
+        # one call for every dense gradient (what clip_grad_norm_ uses), not one per tensor
+        norms = list(torch._foreach_norm(dense)) if dense else []
+        norms += [g.coalesce().values().norm() for g in grads if g.is_sparse]
         total: torch.Tensor = torch.linalg.vector_norm(torch.stack(norms))
         return total
 

@@ -10,14 +10,14 @@ Two built-in layers change what the loss sees:
   an applied step the heads' loss sums (or, under the mixer's ``error`` criterion, their
   wrong predictions) move the mixer's weights.
 
-Both inputs are captured by forward hooks that live for one forward only, so the model never
+Both inputs are captured for one forward only (:mod:`.models._capture`), so the model never
 holds a reference to the learner (a deep copy of the model stays a plain model).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -47,31 +47,36 @@ class Objective:
         self.head = head
         self.targets: TargetStandardize | None = find_target_scaler(model)
         self.mixer: HedgeMixer | None = find_mixer(model)
+        self._layers = [
+            (name, layer)
+            for name, layer in (("targets", self.targets), ("mixer", self.mixer))
+            if layer is not None
+        ]
         self._captured: dict[str, torch.Tensor] = {}
 
     @contextlib.contextmanager
     def capture(self) -> Iterator[None]:
         """While open, keep the inputs of the target scaler and the mixer of one forward."""
         self._captured.clear()
-        handles = []
-        for name, layer in (("targets", self.targets), ("mixer", self.mixer)):
-            if layer is not None:
-                handles.append(layer.register_forward_hook(self._keep(name)))
+        if not self._layers:
+            yield
+            return
+        slots: list[tuple[str, list[torch.Tensor]]] = []
+        for name, layer in self._layers:
+            slots.append((name, []))
+            layer.lend_slot(slots[-1][1])
         try:
             yield
         finally:
-            for handle in handles:
-                handle.remove()
-
-    def _keep(self, name: str) -> Callable[[nn.Module, tuple[torch.Tensor, ...], object], None]:
-        def hook(_module: nn.Module, args: tuple[torch.Tensor, ...], _out: object) -> None:
-            if name in self._captured:
+            for _name, layer in self._layers:
+                layer.lend_slot(None)
+        for name, seen in slots:
+            if len(seen) > 1:
                 raise RuntimeError(
                     f"the model's {name} layer ran twice in one forward; it must run exactly once"
                 )
-            self._captured[name] = args[0]
-
-        return hook
+            if seen:
+                self._captured[name] = seen[0]
 
     def loss(self, outputs: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> StepLoss:
         if self.targets is None and self.mixer is None:
@@ -95,28 +100,34 @@ class Objective:
     ) -> StepLoss:
         """Every head's loss in one call of the task loss: heads last, ``[n, width, heads]``,
         labels broadcast along them (cross entropy reads extra dims as more positions)."""
+        task = self.head.spec.task
         count = heads.shape[-1]
-        if self.head.spec.task == "binary":
+        if task == "binary":
             heads = heads.squeeze(1)
+            # as floats once: both losses below would each convert them
+            labels = labels.to(heads.dtype)
             labels_k = labels[:, None].expand(-1, count)
-        elif self.head.spec.task == "multiclass":
+        elif task == "multiclass":
             labels_k = labels[:, None].expand(-1, count)
         else:
             labels_k = labels.reshape(heads.shape[:2])[..., None].expand(-1, -1, count)
         per = self.head.per_sample_loss(heads, labels_k)  # [n, heads]
         w = w.to(per.dtype)
-        sums = (per * w[:, None]).sum(dim=0)
+        column = w[:, None]
+        sums = (per * column).sum(dim=0)
         total = w.sum().clamp_min(1e-12)
         assert self.mixer is not None
-        with torch.no_grad():
-            if self.head.spec.task == "regression":
-                reported = self.head.loss(mixed, labels, w)
-            else:  # log loss of the mix, from the heads' log losses
-                reported = (self.mixer.mixed_loss(per) * w).sum() / total
+        # the mixed prediction's loss, as TaskHead.loss computes any model's (the total shared):
+        # the mix is computed from detached heads, so this records no graph and needs no
+        # no_grad() block (one more call in a batch-1 step of ~150)
+        reported = (self.head.per_sample_loss(mixed, labels) * w).sum() / total
+        if self.mixer.criterion == "error":  # each head's weighted wrong predictions
+            # a bool compared with the int64 labels, and a bool times the float weights:
+            # the promotions happen inside the one kernel each
+            wrong = (heads > 0) != labels_k if task == "binary" else heads.argmax(1) != labels_k
+            mix_sums = (wrong * column).sum(dim=0)
+        else:
             mix_sums = sums.detach()
-            if self.mixer.criterion == "error":  # each head's weighted wrong predictions
-                guess = (heads > 0).long() if self.head.spec.task == "binary" else heads.argmax(1)
-                mix_sums = ((guess != labels_k).to(per.dtype) * w[:, None]).sum(dim=0)
         return StepLoss(sums.sum() / total, reported, mix_sums)
 
     def after_step(self, loss: StepLoss, samples: int) -> None:

@@ -13,18 +13,22 @@ deltas written while it was held, in order. Both end bit-identical to the traine
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import torch
 
-from streamtrain.kafka import KafkaConnection, create_topics
+from streamtrain.kafka import KafkaConnection, create_topics, partition_reader
+from streamtrain.kafka.records import KafkaRecord
 from streamtrain.serve.weights.slot import WeightSlot
 from streamtrain.serve.weights.watcher import SnapshotWatcher
+from streamtrain.snapshot import subscriber as subscriber_module
 from streamtrain.snapshot import wire
 from streamtrain.snapshot.manifest import SnapshotHeader, SnapshotManifest
 from streamtrain.snapshot.publisher import SnapshotPublisher
+from streamtrain.snapshot.scan import Candidate
 from streamtrain.snapshot.shadow import ShadowCopy
 from streamtrain.snapshot.subscriber import SnapshotSubscriber
 from streamtrain.snapshot.writer import SnapshotWriter
@@ -114,17 +118,47 @@ def _await(server: _Server, version: int, what: str) -> None:
     wait(lambda: server.version() == version, what)
 
 
+def _records(bootstrap: str, topic: str, partition: int) -> list[KafkaRecord]:
+    reader = partition_reader(KafkaConnection(bootstrap), topic=topic, partition=partition)
+    try:
+        low, high = reader.bounds(time.monotonic() + 60)
+        return list(reader.read(low, high, time.monotonic() + 60))
+    finally:
+        reader.close()
+
+
+def _chunk_reads(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, str]]:
+    """Every chunk read-back a subscriber makes, as (partition, snapshot id)."""
+    reads: list[tuple[int, str]] = []
+    real = subscriber_module.read_chunks
+
+    def read_chunks(reader: Any, candidate: Candidate, *args: Any) -> None:
+        reads.append((reader.partition, candidate.manifest.snapshot_id))
+        real(reader, candidate, *args)
+
+    monkeypatch.setattr(subscriber_module, "read_chunks", read_chunks)
+    return reads
+
+
+@pytest.mark.parametrize("partitions", [2, 1])
 def test_deltas_reach_the_server_while_a_base_is_written_and_both_replicas_end_exact(
     kafka_bootstrap: str,
     unique_name: str,
     servers: list[_Server],
     monkeypatch: pytest.MonkeyPatch,
     server_metrics: Exporter,
+    caplog: pytest.LogCaptureFixture,
+    partitions: int,
 ) -> None:
+    """With the base partition (2), the base lane's chunks are on partition 1 and the tailing
+    server never reads them; a topic a user made with one partition keeps working as before
+    (the chunks beside the deltas, one warning)."""
+
     def rejected(reason: str) -> float:
         return server_metrics.value("streamtrain_serve_rejected_snapshots_total", reason=reason)
 
-    create_topics(KafkaConnection(kafka_bootstrap), [unique_name])
+    create_topics(KafkaConnection(kafka_bootstrap), [unique_name], partitions)
+    reads = _chunk_reads(monkeypatch)
     gate = _BaseGate(monkeypatch)
     trainer = SparseTrainer(base_every_deltas=2)  # full, delta, delta, scheduled base, ...
     publisher = sparse_publisher(kafka_bootstrap, unique_name, HASH, chunk_bytes=2048)
@@ -166,6 +200,14 @@ def test_deltas_reach_the_server_while_a_base_is_written_and_both_replicas_end_e
             lambda: tail.slot.info is not None and tail.slot.info.header.lineage == newest_base,
             "a delta naming the newest base",
         )
+        # The tailing server never read the chunks of a base lane base a delta came after
+        # (it left each for later and the delta passed it); the last one, which no delta
+        # followed (a trainer gone quiet), it read after waiting for one.
+        written = {m.snapshot_id for m in gate.written}
+        passed = written - {f"run-l/{last.version}"}
+        assert not [read for read in reads if read[1] in passed]
+        if partitions == 2 and last.complete:  # read from partition 1 after the wait
+            assert reads == [(1, f"run-l/{last.version}")]
         # A replica started now: the newest base, then the deltas after it, in order.
         servers.append(_Server(kafka_bootstrap, unique_name))
         late = servers[1]
@@ -181,3 +223,39 @@ def test_deltas_reach_the_server_while_a_base_is_written_and_both_replicas_end_e
     # The tailing server skipped the bases its deltas had passed: none refused as stale, no
     # gap in the chain, no assembly abandoned (a delta's chunks never abandon the base's).
     assert {reason: rejected(reason) for reason in before} == before
+    # The late replica read the newest base's chunks from where its manifest said.
+    assert (partitions - 1, newest_base) in reads
+    _check_layout(kafka_bootstrap, unique_name, partitions, written, caplog)
+
+
+def _check_layout(
+    bootstrap: str,
+    topic: str,
+    partitions: int,
+    base_lane: set[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Partition 0 holds every manifest and, with the base partition, no chunk of a base lane
+    base; partition 1 holds those chunks only. One partition: all of it on 0, one warning."""
+    manifests: dict[str, SnapshotManifest] = {}
+    chunks_on_0: set[str] = set()
+    for record in _records(bootstrap, topic, 0):
+        header = wire.parse_headers(record.headers)
+        assert header is not None
+        if header.kind == "manifest":
+            manifests[header.snapshot_id] = SnapshotManifest.model_validate_json(
+                bytes(record.value or b"")
+            )
+        else:
+            chunks_on_0.add(header.snapshot_id)
+    assert base_lane <= manifests.keys()
+    warnings = [r for r in caplog.records if "has no partition 1" in r.getMessage()]
+    if partitions == 1:
+        assert base_lane <= chunks_on_0
+        assert all(m.chunk_partition is None for m in manifests.values())
+        assert len(warnings) == 1, "one warning per writer, not one per base"
+        return
+    assert not warnings and not base_lane & chunks_on_0
+    assert {sid for sid, m in manifests.items() if m.chunk_partition == 1} == base_lane
+    on_1 = {wire.parse_headers(r.headers) for r in _records(bootstrap, topic, 1)}
+    assert {h.snapshot_id for h in on_1 if h is not None and h.kind == "chunk"} == base_lane

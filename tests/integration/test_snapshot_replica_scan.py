@@ -20,7 +20,13 @@ from streamtrain.snapshot import subscriber as subscriber_module
 from streamtrain.snapshot.scan import Candidate
 from streamtrain.snapshot.subscriber import SnapshotSubscriber
 from streamtrain.train.row_tracker import row_sparse_parameters
-from tests.delta_fixtures import SparseTrainer, build_model, snapshot_request, sparse_publisher
+from tests.delta_fixtures import (
+    SparseTrainer,
+    build_model,
+    snapshot_request,
+    sparse_publisher,
+    tracked_request,
+)
 
 HASH = "d" * 64
 
@@ -29,16 +35,18 @@ def _subscriber(bootstrap: str, topic: str) -> SnapshotSubscriber:
     return SnapshotSubscriber(kafka=KafkaConnection(bootstrap), topic=topic, settings_hash=HASH)
 
 
+@pytest.mark.parametrize("partitions", [1, 2])
 def test_a_new_replica_reads_the_newest_base_and_not_the_older_ones(
-    kafka_bootstrap: str, unique_name: str, monkeypatch: pytest.MonkeyPatch
+    kafka_bootstrap: str, unique_name: str, monkeypatch: pytest.MonkeyPatch, partitions: int
 ) -> None:
+    """One partition: every chunk on it; two: the scheduled bases' chunks on partition 1."""
     kafka = KafkaConnection(kafka_bootstrap)
-    create_topics(kafka, [unique_name])
+    create_topics(kafka, [unique_name], partitions)
     trainer = SparseTrainer(base_every_deltas=2)  # base, delta, delta, base, ...
     publisher = sparse_publisher(kafka_bootstrap, unique_name, HASH, chunk_bytes=2048)
     for _ in range(9):
         trainer.train(3)
-        publisher.offer(trainer.request())
+        publisher.offer(tracked_request(trainer, "run-d"))  # bases due go to the base lane
         assert publisher.flush(30)
     publisher.close(10)
     final, newest = trainer.state(), trainer.step
@@ -48,24 +56,20 @@ def test_a_new_replica_reads_the_newest_base_and_not_the_older_ones(
     lister.close()
     bases = sorted((m for m in published if m.kind == "base"), key=lambda m: m.version)
     assert len(bases) == 3 and len(published) == 9, [(m.kind, m.version) for m in published]
+    # the first base is the process's first snapshot (delta lane); the scheduled ones are
+    # the base lane's, on partition 1 when the topic has it
+    assert [m.chunk_partition for m in bases] == [None] + [1 if partitions == 2 else None] * 2
     older_chunks = {
-        offset
+        (m.chunk_partition or 0, offset)
         for m in bases[:-1]
         for offset in range(m.first_chunk_offset or 0, (m.first_chunk_offset or 0) + m.chunk_count)
     }
     assert bases[0].chunk_count > 4  # each base is many records: skipping them is measurable
 
     replica = _subscriber(kafka_bootstrap, unique_name)
-    reader = replica._reader
-    read_offsets: list[int] = []
-    original = reader.read
-
-    def recording(start: int, end: int, deadline: float):  # type: ignore[no-untyped-def]
-        for record in original(start, end, deadline):
-            read_offsets.append(record.offset)
-            yield record
-
-    monkeypatch.setattr(reader, "read", recording)
+    read_offsets: list[tuple[int, int]] = []  # (partition, offset) of every chunk read
+    for partition in range(partitions):
+        _record_reads(replica._readers.chunks(partition or None), read_offsets, monkeypatch)
     scanned = _record_starts(replica, monkeypatch)
     snapshots_read: list[tuple[str, int]] = []  # (kind, version), in the order read
     real_read_chunks = subscriber_module.read_chunks
@@ -83,6 +87,7 @@ def test_a_new_replica_reads_the_newest_base_and_not_the_older_ones(
     assert snapshots_read == [("base", bases[-1].version)] + [("delta", v) for v in after]
     assert after, "no delta after the newest base: the order is not tested"
     assert read_offsets, "the replica read nothing"
+    assert {p for p, _ in read_offsets} == set(range(partitions))
     assert not older_chunks & set(read_offsets), sorted(older_chunks & set(read_offsets))
     # The newest delta names its base's manifest by offset: the scan's second read is that
     # record, and it stops there, reading back only the one snapshot written just before it
@@ -115,6 +120,19 @@ def _serve_until(
             return lease.info.header.lineage
     finally:
         watcher.stop()
+
+
+def _record_reads(
+    reader: Any, reads: list[tuple[int, int]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    original = reader.read
+
+    def recording(start: int, end: int, deadline: float):  # type: ignore[no-untyped-def]
+        for record in original(start, end, deadline):
+            reads.append((reader.partition, record.offset))
+            yield record
+
+    monkeypatch.setattr(reader, "read", recording)
 
 
 def _record_starts(subscriber: SnapshotSubscriber, monkeypatch: pytest.MonkeyPatch) -> list[int]:

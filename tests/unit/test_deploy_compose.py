@@ -24,6 +24,7 @@ import yaml
 from compose_spec import PyOptions
 
 from streamtrain.config import load_settings
+from streamtrain.snapshot import wire
 
 ROOT = Path(__file__).resolve().parents[2]
 MAIN = ROOT / "docker-compose.yml"
@@ -240,6 +241,8 @@ def test_topic_service_creates_every_topic_the_processes_use() -> None:
         line for line in script.splitlines() if env["STREAMTRAIN_TOPICS__SNAPSHOTS"] in line
     )
     assert "retention.ms=" in snapshots_line, "the snapshots topic needs a retention setting"
+    snapshots = created[env["STREAMTRAIN_TOPICS__SNAPSHOTS"]]
+    assert int(snapshots) == wire.SNAPSHOT_PARTITIONS, "bases' chunks go to partition 1"
     join_env = _environment(services["join"])
     predictions = created[join_env["STREAMTRAIN_TOPICS__PREDICTIONS"]]
     assert predictions == created[join_env["STREAMTRAIN_TOPICS__LABELS"]], (

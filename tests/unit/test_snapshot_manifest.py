@@ -127,3 +127,21 @@ def test_the_lane_header_marks_base_lane_records_and_nothing_else_is_accepted() 
     assert plain is not None and plain.lane == ""
     for kind in (wire.chunk_headers("m", "run/4", 0, 2), wire.manifest_headers("m", "run/4")):
         assert wire.parse_headers([*kind, (wire.LANE, b"delta")]) is None
+
+
+def test_chunk_partition_is_written_only_for_a_base_whose_chunks_are_elsewhere() -> None:
+    plain = SnapshotManifest.model_validate(_fields())
+    assert "chunk_partition" not in plain.model_dump_json()  # earlier servers still read it
+    moved = SnapshotManifest.model_validate(_fields(chunk_partition=1))
+    assert '"chunk_partition":1' in moved.model_dump_json()
+    assert SnapshotManifest.model_validate_json(moved.model_dump_json()) == moved
+    delta = {"kind": "delta", "base_id": "run-1/1", "predecessor_id": "run-1/2"}
+    for refused in (
+        _fields(chunk_partition=0),  # absent means the manifest's own partition
+        _fields(chunk_partition=2),  # no such partition in the layout
+        _fields(chunk_partition=True),
+        _fields(chunk_partition=1, first_chunk_offset=None),  # where on it?
+        _fields(chunk_partition=1, **delta),  # a delta's chunks are beside its manifest
+    ):
+        with pytest.raises(ValidationError):
+            SnapshotManifest.model_validate(refused)

@@ -142,6 +142,8 @@ class EmbeddingTables(nn.Module):
         # modules, so it follows them through deepcopy and load_state_dict)
         self._dynamic = {t: cast(DynamicMapping, self.mappings[_key(t)]) for t in dynamic}
         self._dynamic_features = {t: [f.name for f in features if f.table == t] for t in dynamic}
+        # the state names a step marks, by table (formatted once, not per step)
+        self._mark_names = {t: (f"tables.{_key(t)}.weight", f"mappings.{_key(t)}") for t in dynamic}
         # rows changed outside optimizer steps since the row tracker last drained them
         self._dirty: dict[str, npt.NDArray[np.bool_]] = {}
         self._generator = torch.Generator()  # re-seeded for every reset (see observe)
@@ -206,7 +208,6 @@ class EmbeddingTables(nn.Module):
             for name in m.row_sparse_buffers
         ]
 
-    @torch.no_grad()
     def observe(
         self,
         sparse: SparseInput,
@@ -236,32 +237,36 @@ class EmbeddingTables(nn.Module):
         ):
             observed = mapping.observe(table_ids)
             weight = self._weight(table)
-            key = _key(table)
-            reset = observed.placed.size
-            if reset:
-                # a fixed function of (seed, step, table): replays and ranks draw the same
-                # rows, and two tables resetting in one step draw different ones; normal_ with
-                # the std draws the bits randn(...) * std does, in one operation less
-                step = observed.step
-                seed = ((mapping.settings.seed * 1_000_003 + step) * 64 + number) % (1 << 63)
-                fresh = torch.empty(reset, self.dim).normal_(
-                    0.0, self.init_std, generator=self._generator.manual_seed(seed)
-                )
-                if weight.is_cpu and weight.dtype == fresh.dtype:  # no .to() dispatch
-                    weight.index_copy_(0, observed.reset, fresh)
-                else:
-                    weight[observed.reset.to(weight.device)] = fresh.to(weight)
-                self._mark(f"tables.{key}.weight", weight.shape[0], observed.placed)
+            weight_name, slots_name = self._mark_names[table]
+            if observed.placed.size:
+                self._reset_rows(weight, mapping.settings.seed, number, observed)
+                self._mark(weight_name, weight.shape[0], observed.placed)
             # slot_ids, last_seen and use_count change on the same rows: one mask for three
-            self._mark(f"mappings.{key}", mapping.capacity, observed.changed_slots)
+            self._mark(slots_name, mapping.capacity, observed.changed_slots)
             if mapping.settings.cells and observed.changed_cells.size:
                 self._mark(
-                    f"mappings.{key}.filter_counts",
-                    mapping.settings.cells,
-                    observed.changed_cells,
+                    f"{slots_name}.filter_counts", mapping.settings.cells, observed.changed_cells
                 )
             done.append((table, weight, observed))
         return done
+
+    def _reset_rows(self, weight: torch.Tensor, seed: int, number: int, observed: Observed) -> None:
+        """Re-draw the rows ``observed`` handed to new owners: a fixed function of (seed, step,
+        table), so replays and ranks draw the same rows and two tables resetting in one step
+        draw different ones; ``normal_`` with the std draws the bits ``randn(...) * std``
+        does, in one operation less."""
+        step = observed.step
+        seed = ((seed * 1_000_003 + step) * 64 + number) % (1 << 63)
+        fresh = torch.empty(observed.placed.size, self.dim).normal_(
+            0.0, self.init_std, generator=self._generator.manual_seed(seed)
+        )
+        if weight.is_cpu and weight.dtype == torch.float32:
+            # through numpy views: no autograd mode to enter, no index dispatch (the forward
+            # that reads the rows comes after, so no saved tensor's version is bypassed)
+            weight.detach().numpy()[observed.placed] = fresh.numpy()
+        else:
+            with torch.no_grad():
+                weight[observed.reset.to(weight.device)] = fresh.to(weight)
 
     @property
     def _weights_by_state(self) -> dict[str, torch.Tensor]:

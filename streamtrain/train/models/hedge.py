@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from streamtrain.sample.spec import SampleSpec
+from streamtrain.train.models._capture import CapturesInput
 
 # per-head sums of sample-weighted losses -> the same sums over every rank's batch
 LossSync = Callable[[torch.Tensor], torch.Tensor]
@@ -36,7 +37,7 @@ LossSync = Callable[[torch.Tensor], torch.Tensor]
 Criterion = Literal["error", "task"]
 
 
-class HedgeMixer(nn.Module):
+class HedgeMixer(nn.Module, CapturesInput):
     """Mix ``[n, width, heads]`` head outputs into ``[n, width]`` by Hedge weights (heads
     last, so the per-head losses are one call of the task's loss, see objective.py).
 
@@ -75,6 +76,10 @@ class HedgeMixer(nn.Module):
         self.discount = 1.0 - 1.0 / window
         self.loss_sync = None
         self.register_buffer("losses", torch.zeros(heads))
+        # (losses tensor, its version, log weights) in one attribute, so threads serving at
+        # once read a triple that belongs together; holding the tensor keeps its address from
+        # being reused by another
+        self._kept_log_w: tuple[torch.Tensor, int, torch.Tensor] | None = None
 
     def extra_repr(self) -> str:
         return (
@@ -83,15 +88,29 @@ class HedgeMixer(nn.Module):
         )
 
     def log_weights(self) -> torch.Tensor:
-        return torch.log_softmax(-self.eta * self.losses, dim=0)
+        """``log softmax(-eta * losses)``, kept while the losses are unchanged: a training
+        step reads it twice (the mix, the mixed loss) and a served model on every request."""
+        losses = self.losses
+        if losses.is_inference() or torch.is_inference_mode_enabled():
+            # an inference tensor keeps no version counter, and one made now must not be
+            # kept for a later step that records a graph
+            return torch.log_softmax(-self.eta * losses, dim=0)
+        kept = self._kept_log_w
+        if kept is not None and kept[0] is losses and kept[1] == losses._version:
+            return kept[2]
+        log_w = torch.log_softmax(-self.eta * losses, dim=0)
+        self._kept_log_w = (losses, losses._version, log_w)
+        return log_w
 
     def weights(self) -> torch.Tensor:
         return self.log_weights().exp()
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        # the heads learn from their own losses (objective.py), never through the mix
-        z = z.detach()
-        log_w = self.log_weights().to(z.dtype)
+        self.keep_input(z)  # the heads learn from their own losses (objective.py) ...
+        z = z.detach()  # ... never through the mix
+        log_w = self.log_weights()
+        if log_w.dtype != z.dtype:
+            log_w = log_w.to(z.dtype)
         if self.task == "regression":
             return (log_w.exp() * z).sum(dim=-1)
         if self.task == "binary":
@@ -101,16 +120,13 @@ class HedgeMixer(nn.Module):
             return ones - zeros
         return _log_sum_exp(z.log_softmax(dim=1) + log_w)
 
-    def mixed_loss(self, per_head: torch.Tensor) -> torch.Tensor:
-        """Classification: the log loss ``[n]`` of the mixed prediction from the heads' log
-        losses ``[n, heads]``: ``-log sum_k w_k p_k(y)``, with ``p_k(y) = exp(-loss_k)``."""
-        return -_log_sum_exp(self.log_weights().to(per_head.dtype) - per_head)
-
-    @torch.no_grad()
     def observe(self, loss_sums: torch.Tensor, samples: int) -> None:
         """Fold one applied step in: ``loss_sums[k]`` the sample-weighted loss sum of head
         ``k`` over the step's ``samples`` (this rank's; summed over ranks by ``loss_sync``)."""
-        sums = loss_sums.detach().to(self.losses.dtype)
+        # detached sums into a buffer: nothing here records a graph, no no_grad() needed
+        sums = loss_sums.detach() if loss_sums.requires_grad else loss_sums
+        if sums.dtype != self.losses.dtype:
+            sums = sums.to(self.losses.dtype)
         if self.loss_sync is not None:
             sums = self.loss_sync(sums)
         # only applied steps come here: the guard has seen their summed head losses finite
@@ -121,7 +137,8 @@ def _log_sum_exp(values: torch.Tensor) -> torch.Tensor:
     """``logsumexp`` over the last (heads) dimension; one ``logaddexp`` kernel for two heads,
     a third of ``torch.logsumexp``'s cost in a batch-1 step."""
     if values.shape[-1] == 2:
-        return torch.logaddexp(values[..., 0], values[..., 1])
+        first, second = values.unbind(-1)  # one call; indexing with ``...`` is two, slower
+        return torch.logaddexp(first, second)
     return torch.logsumexp(values, dim=-1)
 
 

@@ -13,10 +13,11 @@ import torch
 from torch import nn
 
 from streamtrain.sample.spec import SampleSpec
+from streamtrain.train.models._capture import CapturesInput
 from streamtrain.train.models.standardize import OnlineStandardize, StandardizeParams
 
 
-class TargetStandardize(OnlineStandardize):
+class TargetStandardize(OnlineStandardize, CapturesInput):
     """Running mean and variance of the targets; ``forward`` de-standardises outputs.
 
     Unlike the feature standardiser, ``forward`` never updates the statistics (it sees model
@@ -37,6 +38,7 @@ class TargetStandardize(OnlineStandardize):
         super().__init__((target_dim,), momentum=momentum)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
+        self.keep_input(z)  # the learner's loss compares it with the standardised targets
         return z * self.scale() + self.mean
 
     def scale(self) -> torch.Tensor:

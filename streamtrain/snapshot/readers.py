@@ -1,0 +1,68 @@
+"""The snapshot subscriber's partition readers, each made on first use (so a subscriber built
+while Kafka is down touches nothing until it is asked to read)."""
+
+from __future__ import annotations
+
+from streamtrain.kafka import KafkaConnection, PartitionReader, ReadTimeout, partition_reader
+
+_CHUNK_FETCH_BYTES = 16 * 1024 * 1024  # chunks are up to ~512 KiB: several per round trip
+_SCAN_FETCH_BYTES = 64 * 1024  # a manifest, or one chunk's record: a window's worth
+
+
+class SnapshotReaders:
+    """Group-less readers of one snapshot topic: the *tail* (partition 0, followed by
+    ``poll``), the *reader* (random access to partition 0: chunks the tail did not see, the
+    topic's bounds), the *scan* reader (partition 0, small fetches) and one per base
+    partition (a base lane base's chunks, ``writer.BASE_PARTITION``, which the tail never
+    reads: docs/snapshots.md, Topic layout)."""
+
+    def __init__(self, kafka: KafkaConnection, topic: str, fetch_max_wait_ms: int) -> None:
+        self._kafka, self._topic, self._wait_ms = kafka, topic, fetch_max_wait_ms
+        self._made: dict[tuple[str, int], PartitionReader] = {}
+
+    def _get(self, role: str, partition: int = 0) -> PartitionReader:
+        made = self._made.get((role, partition))
+        if made is None:
+            fetch_bytes = _SCAN_FETCH_BYTES if role == "scan" else _CHUNK_FETCH_BYTES
+            made = partition_reader(
+                self._kafka,
+                topic=self._topic,
+                partition=partition,
+                fetch_max_wait_ms=self._wait_ms,
+                fetch_bytes=fetch_bytes,
+            )
+            self._made[(role, partition)] = made
+        return made
+
+    @property
+    def tail(self) -> PartitionReader:
+        return self._get("tail")
+
+    @property
+    def reader(self) -> PartitionReader:
+        return self._get("reader")
+
+    @property
+    def scan(self) -> PartitionReader:
+        """The scan reads one record per window: a chunk reader's 16 MiB fetch-ahead made
+        each window carry megabytes of chunks it skips (a 0.26 GB topic's scan took 39 s)."""
+        return self._get("scan")
+
+    def chunks(self, partition: int | None) -> PartitionReader:
+        """The reader of a snapshot's chunks: on ``partition`` (a manifest's
+        ``chunk_partition``), or beside its manifest on partition 0 (None). ``ReadTimeout``
+        (the snapshot is ``incomplete``) when the topic has no such partition: only a foreign
+        or broken writer names one, and the client would fail only after its timeout."""
+        if partition is None:
+            return self.reader
+        if partition not in self.reader.partitions():
+            raise ReadTimeout(
+                f"topic {self._topic} has no partition {partition}, where the manifest says "
+                "its chunks are"
+            )
+        return self._get("reader", partition)
+
+    def close(self) -> None:
+        made, self._made = list(self._made.values()), {}
+        for reader in made:
+            reader.close()

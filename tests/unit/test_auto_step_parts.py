@@ -1,0 +1,110 @@
+"""The parts of an ``auto`` step made cheaper: the learner's input capture, the kept log weights."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from streamtrain.sample.spec import SampleSpec
+from streamtrain.train.guard import GoodState
+from streamtrain.train.learner import Learner
+from streamtrain.train.models import build_model
+from streamtrain.train.models.hedge import HedgeMixer, find_mixer
+from streamtrain.train.models.target_scale import find_target_scaler
+from streamtrain.train.objective import Objective
+from streamtrain.train.optim import build_optimizer, param_groups
+from streamtrain.train.task import TaskHead
+
+BINARY = SampleSpec(feature_shape=(4,), task="binary")
+REGRESSION = SampleSpec(feature_shape=(4,), task="regression")
+
+
+def _mixer(model: nn.Module) -> HedgeMixer:
+    mixer = find_mixer(model)
+    assert mixer is not None
+    return mixer
+
+
+def _fresh_log_weights(mixer: HedgeMixer) -> torch.Tensor:
+    return torch.log_softmax(-mixer.eta * mixer.losses, dim=0)
+
+
+def _learner(spec: SampleSpec) -> Learner:
+    torch.manual_seed(3)
+    model = build_model("auto", spec, {})
+    optimizer = build_optimizer(param_groups(model, "adam"), "adam", lr=0.01)
+    return Learner(model, TaskHead(spec), optimizer, step_samples="batch")
+
+
+def _labels(spec: SampleSpec, x: torch.Tensor) -> torch.Tensor:
+    score = x[:, 0] - x[:, 1]
+    return (score > 0).long() if spec.task == "binary" else score[:, None] * 3 + 10
+
+
+@pytest.mark.parametrize("spec", [BINARY, REGRESSION], ids=["binary", "regression"])
+def test_a_trained_model_keeps_no_captured_input_and_deep_copies(spec: SampleSpec) -> None:
+    learner = _learner(spec)
+    g = torch.Generator().manual_seed(1)
+    for _ in range(5):
+        x = torch.randn(4, 4, generator=g)
+        learner.learn(x, _labels(spec, x), torch.ones(4))
+    layers = [_mixer(learner.model), find_target_scaler(learner.model)]
+    # between steps no layer holds the graph of the last forward (a deep copy would refuse a
+    # non-leaf tensor), and the learner's capture slot is taken back
+    assert all(layer is None or layer._input_slot is None for layer in layers)
+    twin = copy.deepcopy(learner.model)
+    x = torch.randn(8, 4, generator=g)
+    learner.model.eval()
+    twin.eval()
+    with torch.no_grad():
+        assert torch.equal(twin(x), learner.model(x))
+
+
+def test_a_mixer_that_runs_twice_in_one_forward_is_refused() -> None:
+    class Twice(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.mixer = HedgeMixer(2, BINARY, eta=1.0, window=10)
+
+        def forward(self, z: torch.Tensor) -> torch.Tensor:
+            self.mixer(z)
+            out: torch.Tensor = self.mixer(z).squeeze(-1)
+            return out
+
+    model = Twice()
+    objective = Objective(model, TaskHead(BINARY))
+    with pytest.raises(RuntimeError, match="ran twice"), objective.capture():
+        model(torch.zeros(3, 1, 2))
+    # and the slot is not left on the layer
+    assert model.mixer._input_slot is None
+
+
+def test_the_kept_log_weights_follow_every_change_of_the_losses() -> None:
+    model = build_model("auto", BINARY, {})
+    mixer = _mixer(model)
+    first = mixer.log_weights()
+    assert mixer.log_weights() is first  # kept while the losses stay as they are
+    mixer.observe(torch.tensor([0.0, 3.0]), samples=4)  # a step moves the weights
+    assert torch.equal(mixer.log_weights(), _fresh_log_weights(mixer))
+    assert mixer.log_weights()[0] > first[0]
+    good = GoodState(model, torch.optim.SGD(model.parameters(), lr=0.1))
+    good.save()
+    mixer.observe(torch.tensor([5.0, 0.0]), samples=4)
+    moved = mixer.log_weights()
+    good.restore()  # a rollback copies the saved losses back in place
+    assert torch.equal(mixer.log_weights(), _fresh_log_weights(mixer))
+    assert not torch.equal(mixer.log_weights(), moved)
+    # a snapshot or checkpoint loaded into the model
+    other = build_model("auto", BINARY, {})
+    _mixer(other).observe(torch.tensor([7.0, 1.0]), samples=1)
+    model.load_state_dict(other.state_dict())
+    assert torch.equal(mixer.log_weights(), _mixer(other).log_weights())
+    # a model moved to another dtype gets new buffers, and weights computed from them
+    model.double()
+    assert mixer.log_weights().dtype == torch.float64
+    with torch.inference_mode():  # nothing made under inference mode is kept for training
+        served = mixer.log_weights()
+    assert mixer.log_weights() is not served
