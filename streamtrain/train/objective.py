@@ -21,8 +21,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from streamtrain.train.head_loss import heads_loss
 from streamtrain.train.models.hedge import HedgeMixer, find_mixer
 from streamtrain.train.models.target_scale import TargetStandardize, find_target_scaler
 from streamtrain.train.task import TaskHead
@@ -105,22 +107,26 @@ class Objective:
         if task == "binary":
             heads = heads.squeeze(1)
             # as floats once: both losses below would each convert them
-            labels = labels.to(heads.dtype)
+            labels = labels.to(torch.float32)
             labels_k = labels[:, None].expand(-1, count)
         elif task == "multiclass":
             labels_k = labels[:, None].expand(-1, count)
         else:
             labels_k = labels.reshape(heads.shape[:2])[..., None].expand(-1, -1, count)
-        per = self.head.per_sample_loss(heads, labels_k)  # [n, heads]
-        w = w.to(per.dtype)
+        w = w.to(torch.float32)
         column = w[:, None]
-        sums = (per * column).sum(dim=0)
         total = w.sum().clamp_min(1e-12)
+        if task == "regression":
+            per = self.head.per_sample_loss(heads, labels_k)  # [n, heads]
+            sums = (per * column).sum(dim=0)
+            train = sums.sum() / total
+        else:  # the loss and its gradient in one autograd node (head_loss.py)
+            train, sums = heads_loss(heads.float(), labels_k, column, total, task != "binary")
         assert self.mixer is not None
         # the mixed prediction's loss, as TaskHead.loss computes any model's (the total shared):
         # the mix is computed from detached heads, so this records no graph and needs no
         # no_grad() block (one more call in a batch-1 step of ~150)
-        reported = (self.head.per_sample_loss(mixed, labels) * w).sum() / total
+        reported = self._reported_sum(mixed, labels, w) / total
         if self.mixer.criterion == "error":  # each head's weighted wrong predictions
             # a bool compared with the int64 labels, and a bool times the float weights:
             # the promotions happen inside the one kernel each
@@ -128,7 +134,18 @@ class Objective:
             mix_sums = (wrong * column).sum(dim=0)
         else:
             mix_sums = sums.detach()
-        return StepLoss(sums.sum() / total, reported, mix_sums)
+        return StepLoss(train, reported, mix_sums)
+
+    def _reported_sum(
+        self, mixed: torch.Tensor, labels: torch.Tensor, w: torch.Tensor
+    ) -> torch.Tensor:
+        """``sum(w * loss)`` of the mixed prediction; binary in one call (BCE weighs and sums
+        inside, the same products and sum as ``TaskHead.loss``)."""
+        if self.head.loss_name == "bce":
+            return F.binary_cross_entropy_with_logits(
+                mixed.float(), labels, weight=w, reduction="sum"
+            )
+        return (self.head.per_sample_loss(mixed, labels) * w).sum()
 
     def after_step(self, loss: StepLoss, samples: int) -> None:
         """An applied step's head losses move the mixer (every rank alike, see hedge.py)."""
