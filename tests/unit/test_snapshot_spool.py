@@ -99,6 +99,26 @@ def test_a_non_finite_value_is_found_in_any_block() -> None:
     assert not all_finite(_mapped({"v": values}).tensors["v"])
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+def test_nan_and_inf_are_found_at_either_end_of_any_block(dtype: torch.dtype) -> None:
+    """The check judges a block by its min and max (``torch.aminmax``): a NaN, +Inf or -Inf
+    anywhere — first element, either side of a block boundary, the last element of the
+    last (partial) block — makes the tensor non-finite, mapped or in memory."""
+    per_block = 4 * 1024 * 1024 // torch.empty((), dtype=dtype).element_size()
+    clean = torch.randn(2 * per_block + 3).to(dtype)  # two whole blocks and a partial one
+    assert all_finite(clean) and all_finite(_mapped({"v": clean}).tensors["v"])
+    for position in (0, per_block - 1, per_block, 2 * per_block + 2):
+        for bad in (float("nan"), float("inf"), float("-inf")):
+            values = clean.clone()
+            values[position] = bad
+            assert not all_finite(values), (position, bad)
+            assert not all_finite(_mapped({"v": values}).tensors["v"]), (position, bad)
+
+
+def test_integer_tensors_are_always_finite() -> None:
+    assert all_finite(torch.arange(-5, 5)) and all_finite(torch.zeros(0))
+
+
 @pytest.mark.parametrize(
     "header",
     [
