@@ -32,6 +32,30 @@ def test_chunks_in_any_order_make_the_payload() -> None:
     assert spool.read_all() == payload
 
 
+@pytest.mark.parametrize(
+    "order",
+    [
+        [0, 1, 2, 3],  # the publisher's order: the digest taken as the chunks came
+        [3, 0, 1, 2],  # the last first (it waits for the chunk length)
+        [1, 0, 2, 3],
+        [0, 1, 1, 2, 3],  # chunk 1 again, now other bytes: the file's second copy counts
+    ],
+)
+def test_the_payload_digest_is_the_files_in_any_order(order: list[int]) -> None:
+    payload = bytes(range(256)) * 13  # 3328 bytes: three chunks of 1000 and one of 328
+    pieces = _pieces(payload, 1000)
+    spool = Spool(max_bytes=len(payload))
+    seen: set[int] = set()
+    for i in order:
+        piece = pieces[i] if i not in seen else bytes(reversed(pieces[i]))
+        seen.add(i)
+        spool.add(Chunk(i, len(pieces), piece))
+    assert spool.check(len(pieces), 1000, len(payload)) is None
+    written = spool.read_all()
+    assert written == payload or order.count(1) == 2
+    assert spool.sha256(len(payload)) == hashlib.sha256(written).hexdigest()
+
+
 def test_a_chunk_that_differs_from_its_own_digest_is_a_checksum_problem() -> None:
     pieces = _pieces(b"x" * 300, 100)
     spool = Spool(max_bytes=300)
