@@ -18,7 +18,7 @@ exactly the weights at its step:
    first, into an undo log:
    - a row-sparse parameter (``row_tracker.row_sparse_parameters``) with a sparse gradient:
      the rows the gradient names, each row once. The step changes only those
-     (``row_tracker.py`` rule 1; ``learner.check_sparse_gradients`` admits only such
+     (``row_tracker.py`` rule 1; ``model_traits.check_sparse_gradients`` admits only such
      optimizers); without a gradient it changes none;
    - any other background tensor (or a dense gradient): every row from the boundary on.
    After the last chunk the undo log is written over the copy, newest entries first: each

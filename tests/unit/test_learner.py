@@ -11,7 +11,8 @@ from torch import nn
 
 from streamtrain import metrics
 from streamtrain.sample.spec import SampleSpec
-from streamtrain.train.learner import Learner, train_mode_differs
+from streamtrain.train.learner import Learner
+from streamtrain.train.model_traits import train_mode_differs
 from streamtrain.train.models import build_model
 from streamtrain.train.optim import build_optimizer, build_scheduler
 from streamtrain.train.task import TaskHead

@@ -15,7 +15,8 @@ from streamtrain.serve.weights.slot import WeightSlot
 from streamtrain.snapshot.manifest import SnapshotHeader
 from streamtrain.snapshot.payload import decode_state, encode_state
 from streamtrain.testing import ToyStream, check_model
-from streamtrain.train.learner import Learner, train_mode_differs
+from streamtrain.train.learner import Learner
+from streamtrain.train.model_traits import train_mode_differs
 from streamtrain.train.models import MODEL_NAMES, build_model
 from streamtrain.train.models.standardize import OnlineStandardize
 from streamtrain.train.optim import build_optimizer
