@@ -199,6 +199,7 @@ class WeightSlot:
                     if self._stream is not None:
                         torch.cuda.synchronize(self._stream.device)
                 finally:
+                    self._leases.writing = False
                     self._cond.notify_all()
             old, self._leases.live = self._leases.live, standby
         self._standby = old if old is not None else self._other(standby)
