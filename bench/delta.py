@@ -233,6 +233,8 @@ def replica(args: argparse.Namespace, bootstrap: str, topic: str, out: Any) -> N
         {
             "ready s": ready,
             "base read s": base_to - base_from,
+            # from the base's yield to ready: the slot's finiteness check and copy (issue 26)
+            "base load s": ready - base_to,
             # phases, s after the watcher started: the scan of the manifests done, the base's
             # read started (after the scan, or after the deltas read before it)
             "scan done at s": yields[0][1] - started if yields else nan,

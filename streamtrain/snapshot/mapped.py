@@ -187,12 +187,21 @@ def copy_released(target: torch.Tensor, source: torch.Tensor, non_blocking: bool
 
 def all_finite(tensor: torch.Tensor) -> bool:
     """No NaN or Inf in ``tensor``, judged block by block (a mapped source's pages dropped
-    after each): the check costs one block of memory, not a bool per element."""
+    after each): the check costs one block of memory, not a bool per element.
+
+    Each block is judged by its minimum and maximum: ``torch.aminmax`` propagates NaN (its
+    documented contract) and an Inf is the minimum or the maximum, so both finite means
+    every element is. One vectorised reduction, no temporary: ``isfinite(...).all()`` made
+    a bool per element and took 5x as long (0.30 s against 0.06 s for 0.26 GB of float32,
+    one thread), most of a base's load into the slot (bench/README.md, Delta snapshots)."""
+    if not tensor.dtype.is_floating_point:
+        return True  # integers have no NaN or Inf
     owner = _owner(tensor)
     flat = tensor.reshape(-1)
     for block in _blocks(flat):
         piece = flat[block]
-        finite = bool(torch.isfinite(piece).all())
+        low, high = torch.aminmax(piece)
+        finite = bool(torch.isfinite(low)) and bool(torch.isfinite(high))
         if owner is not None:
             _release(owner, piece)
         if not finite:

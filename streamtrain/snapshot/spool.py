@@ -5,7 +5,8 @@ Holding them, then joining them into one payload, then decoding it held the mode
 times over; a :class:`Spool` instead writes each chunk at its place in an unlinked temporary
 file (``index x chunk length``, so chunks may arrive in any order) and keeps only what it
 needs to judge them: each chunk's count, length and whether its own sha256 (header
-``streamtrain-chunk-sha256``) matched. When the manifest comes, :meth:`Spool.verify` runs
+``streamtrain-chunk-sha256``) matched, and the whole payload's sha256 while the chunks come
+in order (:meth:`Spool.sha256`). When the manifest comes, :meth:`Spool.verify` runs
 the checks of ``verify.py`` (4 to 8) on the file, reading it in blocks, and hands back a
 :class:`~streamtrain.snapshot.mapped.MappedPayload`: the verified file memory-mapped, its
 tensors views of the mapping. Memory follows one chunk (and one verification block) at a
@@ -99,6 +100,11 @@ class Spool:
         self.problem: SpoolError | None = None  # the first chunk refused, reported at verify
         self.overflow = False  # a chunk would have ended past max_bytes
         self.nbytes = 0
+        # The payload's sha256 as chunks arrive, while each is in memory: valid only while
+        # chunks come in index order, each once (the publisher's order), which makes the
+        # bytes hashed the file's bytes; otherwise None and :meth:`sha256` reads the file.
+        self._running: hashlib._Hash | None = hashlib.sha256()
+        self._hashed = 0  # chunks folded into ``_running``: 0..N-1 in order
 
     def __len__(self) -> int:
         return len(self._placed) + (self._waiting is not None)
@@ -139,6 +145,11 @@ class Spool:
         previous = self._placed.get(index)
         self.nbytes += len(data) - (previous.length if previous else 0)
         os.pwrite(self._file.fileno(), data, at)
+        if self._running is not None and index == self._hashed and previous is None:
+            self._running.update(data)  # releases the GIL, like the chunk's own digest
+            self._hashed += 1
+        else:
+            self._running = None
         self._placed[index] = _Placed(count, len(data), digest_ok)
 
     def _refuse(self, reason: Reason, message: str) -> None:
@@ -187,6 +198,15 @@ class Spool:
                 "was altered in transit or on the broker",
             )
         return None
+
+    def sha256(self, size: int) -> str:
+        """The sha256 of the spooled payload's ``size`` bytes, once :meth:`check` passed:
+        the running digest when every chunk came once and in order (no second pass over a
+        base: 0.23 s per 0.26 GB here, bench/README.md, Delta snapshots), else the file's."""
+        count = len(self._placed)
+        if self._running is not None and self._hashed == count and self.nbytes == size:
+            return self._running.hexdigest()
+        return file_sha256(self._file.fileno(), size)
 
     def read_all(self) -> bytes:
         """The whole file (small payloads and tests only)."""

@@ -189,7 +189,7 @@ def verify_spool(manifest: SnapshotManifest, spool: Spool) -> ReceivedSnapshot |
             f"snapshot {manifest.snapshot_id}: {problem}",
             manifest.version,
         )
-    return verify_file(manifest, spool.file)
+    return verify_file(manifest, spool.file, spool.sha256(manifest.size_bytes))
 
 
 def verify_payload(
@@ -202,16 +202,19 @@ def verify_payload(
         return verify_file(manifest, file)
 
 
-def verify_file(manifest: SnapshotManifest, file: BinaryIO) -> ReceivedSnapshot | RejectedSnapshot:
+def verify_file(
+    manifest: SnapshotManifest, file: BinaryIO, sha256: str | None = None
+) -> ReceivedSnapshot | RejectedSnapshot:
     """Checks 6-8 on a payload file (spooled from the topic, or the local cache): size, sha256
-    read in blocks, then the file memory-mapped and its tensors compared with the manifest."""
+    (``sha256``, the file's taken as it was written, or read in blocks), then the file
+    memory-mapped and its tensors compared with the manifest."""
     sid, version = manifest.snapshot_id, manifest.version
     size = os.fstat(file.fileno()).st_size
     if size != manifest.size_bytes:
         return RejectedSnapshot(
             "size", f"snapshot {sid}: {size} bytes, expected {manifest.size_bytes}", version
         )
-    digest = file_sha256(file.fileno(), size)
+    digest = sha256 if sha256 is not None else file_sha256(file.fileno(), size)
     if digest != manifest.sha256:
         return RejectedSnapshot(
             "checksum",

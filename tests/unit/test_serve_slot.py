@@ -1,15 +1,20 @@
-"""WeightSlot: versions only forward, rejections keep the live weights, standby reuse, drain."""
+"""WeightSlot: versions only forward, rejections keep the live weights (a poisoned mapped
+base too), standby reuse, drain."""
 
 from __future__ import annotations
 
+import tempfile
 import threading
 
 import pytest
 import torch
+from torch import nn
 
 from streamtrain.metrics import SERVE_REJECTED_SNAPSHOTS
 from streamtrain.serve.weights.slot import NotReady, SnapshotRejected, StandbyBusy, WeightSlot
 from streamtrain.snapshot.manifest import SnapshotHeader
+from streamtrain.snapshot.mapped import MappedPayload
+from streamtrain.snapshot.payload import encode_state
 from tests.metrics_scrape import current
 from tests.threads import Workers
 from tests.version_fixtures import (
@@ -161,3 +166,28 @@ def test_requests_run_again_after_a_shared_table_write() -> None:
         with slot.acquire() as lease:
             assert lease.info.version == version
             assert float(lease.model[0].weight[0, 0]) == version
+
+
+def _mapped_table(table: torch.Tensor) -> dict[str, torch.Tensor]:
+    payload, _ = encode_state({"weight": table})
+    with tempfile.TemporaryFile() as file:  # the mapping keeps a descriptor of its own
+        file.write(payload)
+        return MappedPayload(file, len(payload)).tensors
+
+
+def test_a_nan_in_the_last_block_of_a_mapped_shared_table_writes_nothing() -> None:
+    """A base read from its mapped file, its row-sparse table held once by both copies (so
+    written in place, live): a NaN in the table's very last element, past several 4 MiB
+    blocks, is refused before any block is written; the live table is exactly as before."""
+    slot = WeightSlot(nn.Embedding(50_000, 64), shared=frozenset({"weight"}))  # 12.8 MB
+    first = torch.randn(50_000, 64)
+    slot.load(_mapped_table(first), SnapshotHeader(1, "r"))
+    poisoned = torch.randn(50_000, 64)
+    poisoned[-1, -1] = float("nan")
+    before = _rejections("non_finite")
+    with pytest.raises(SnapshotRejected, match="NaN or Inf") as caught:
+        slot.load(_mapped_table(poisoned), SnapshotHeader(2, "r"))
+    assert caught.value.reason == "non_finite" and _rejections("non_finite") == before + 1
+    with slot.acquire() as lease:
+        assert lease.info.version == 1
+        assert torch.equal(lease.model.weight, first)

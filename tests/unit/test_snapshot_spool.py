@@ -32,6 +32,30 @@ def test_chunks_in_any_order_make_the_payload() -> None:
     assert spool.read_all() == payload
 
 
+@pytest.mark.parametrize(
+    "order",
+    [
+        [0, 1, 2, 3],  # the publisher's order: the digest taken as the chunks came
+        [3, 0, 1, 2],  # the last first (it waits for the chunk length)
+        [1, 0, 2, 3],
+        [0, 1, 1, 2, 3],  # chunk 1 again, now other bytes: the file's second copy counts
+    ],
+)
+def test_the_payload_digest_is_the_files_in_any_order(order: list[int]) -> None:
+    payload = bytes(range(256)) * 13  # 3328 bytes: three chunks of 1000 and one of 328
+    pieces = _pieces(payload, 1000)
+    spool = Spool(max_bytes=len(payload))
+    seen: set[int] = set()
+    for i in order:
+        piece = pieces[i] if i not in seen else bytes(reversed(pieces[i]))
+        seen.add(i)
+        spool.add(Chunk(i, len(pieces), piece))
+    assert spool.check(len(pieces), 1000, len(payload)) is None
+    written = spool.read_all()
+    assert written == payload or order.count(1) == 2
+    assert spool.sha256(len(payload)) == hashlib.sha256(written).hexdigest()
+
+
 def test_a_chunk_that_differs_from_its_own_digest_is_a_checksum_problem() -> None:
     pieces = _pieces(b"x" * 300, 100)
     spool = Spool(max_bytes=300)
@@ -97,6 +121,26 @@ def test_a_non_finite_value_is_found_in_any_block() -> None:
     values = torch.zeros(3_000_000)
     values[-1] = float("nan")
     assert not all_finite(_mapped({"v": values}).tensors["v"])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+def test_nan_and_inf_are_found_at_either_end_of_any_block(dtype: torch.dtype) -> None:
+    """The check judges a block by its min and max (``torch.aminmax``): a NaN, +Inf or -Inf
+    anywhere — first element, either side of a block boundary, the last element of the
+    last (partial) block — makes the tensor non-finite, mapped or in memory."""
+    per_block = 4 * 1024 * 1024 // torch.empty((), dtype=dtype).element_size()
+    clean = torch.randn(2 * per_block + 3).to(dtype)  # two whole blocks and a partial one
+    assert all_finite(clean) and all_finite(_mapped({"v": clean}).tensors["v"])
+    for position in (0, per_block - 1, per_block, 2 * per_block + 2):
+        for bad in (float("nan"), float("inf"), float("-inf")):
+            values = clean.clone()
+            values[position] = bad
+            assert not all_finite(values), (position, bad)
+            assert not all_finite(_mapped({"v": values}).tensors["v"]), (position, bad)
+
+
+def test_integer_tensors_are_always_finite() -> None:
+    assert all_finite(torch.arange(-5, 5)) and all_finite(torch.zeros(0))
 
 
 @pytest.mark.parametrize(
