@@ -4,16 +4,18 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from streamtrain.metrics.batched import BatchedCounter, BatchedHistogram
 from streamtrain.metrics.registries import _FAST, _SIZES, SERVER_REGISTRY
 
 # --- serving ------------------------------------------------------------------------------
-SERVE_REQUESTS = Counter(
+# Counted once or twice per infer request: batched, written into the metric at each scrape.
+SERVE_REQUESTS = BatchedCounter(
     "streamtrain_serve_requests",
     "Inference requests, by outcome (ok, bad_request, ...).",
     ["outcome"],
     registry=SERVER_REGISTRY,
 )
-SERVE_REQUEST_SECONDS = Histogram(
+SERVE_REQUEST_SECONDS = BatchedHistogram(
     "streamtrain_serve_request_seconds",
     "Inference request latency.",
     buckets=_FAST,
@@ -71,7 +73,7 @@ SERVE_SWAP_TIMESTAMP = Gauge(
     "Unix time the live weights last changed (0 before the first).",
     registry=SERVER_REGISTRY,
 )
-SERVE_BATCH_SIZE = Histogram(
+SERVE_BATCH_SIZE = BatchedHistogram(
     "streamtrain_serve_batch_size_rows",
     "Rows per forward pass.",
     buckets=_SIZES,

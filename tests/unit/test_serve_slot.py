@@ -148,6 +148,26 @@ def test_loader_gives_up_after_drain_timeout() -> None:
     assert _answer(slot)[0] == 3
 
 
+def test_requests_run_again_after_a_shared_table_write() -> None:
+    # Rule 5 holds requests back while a shared table is written; the hold must end with it.
+    model = torch.nn.Sequential(torch.nn.Embedding(4, 2), torch.nn.Flatten(), torch.nn.Linear(2, 1))
+    slot = WeightSlot(model, drain_timeout_s=5.0, shared=frozenset({"0.weight"}))
+    for version in (1, 2):
+        state = {k: torch.full_like(v, float(version)) for k, v in model.state_dict().items()}
+        slot.load(state, SnapshotHeader(version, "r"))
+        done = threading.Event()
+
+        def request(done: threading.Event = done) -> None:
+            with slot.acquire():
+                done.set()
+
+        threading.Thread(target=request, daemon=True).start()
+        assert done.wait(timeout=20), f"a request still waits after the write of version {version}"
+        with slot.acquire() as lease:
+            assert lease.info.version == version
+            assert float(lease.model[0].weight[0, 0]) == version
+
+
 def _mapped_table(table: torch.Tensor) -> dict[str, torch.Tensor]:
     payload, _ = encode_state({"weight": table})
     with tempfile.TemporaryFile() as file:  # the mapping keeps a descriptor of its own

@@ -43,13 +43,12 @@ Semantics (the order is the correctness argument):
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping
+from dataclasses import replace
 
 import torch
 from torch import nn
@@ -66,6 +65,10 @@ from streamtrain.metrics import (
 )
 from streamtrain.serve.weights.checks import SnapshotRejected as SnapshotRejected
 from streamtrain.serve.weights.checks import chain_gap, check_mappings, check_rows, check_whole
+from streamtrain.serve.weights.lease import Held, Leases, ModelCopy
+from streamtrain.serve.weights.lease import Lease as Lease
+from streamtrain.serve.weights.lease import NotReady as NotReady
+from streamtrain.serve.weights.lease import WeightsInfo as WeightsInfo
 from streamtrain.snapshot.delta import RowUpdate, apply_rows
 from streamtrain.snapshot.manifest import SnapshotHeader, SnapshotOrder
 from streamtrain.snapshot.mapped import copy_released
@@ -74,59 +77,8 @@ from streamtrain.train.models import dynamic_mappings
 log = logging.getLogger(__name__)
 
 
-class NotReady(RuntimeError):
-    """No snapshot has been swapped in yet, so there are no weights worth serving."""
-
-
 class StandbyBusy(TimeoutError):
     """Requests still ran on the standby copy when the drain timeout ran out; retry later."""
-
-
-@dataclass(frozen=True)
-class WeightsInfo:
-    """A set of weights in memory: the snapshot it came from and when it went live."""
-
-    header: SnapshotHeader
-    swapped_at: float = 0.0  # monotonic seconds
-
-    @property
-    def version(self) -> int:
-        return self.header.version
-
-    @property
-    def run_id(self) -> str:
-        return self.header.run_id
-
-    @property
-    def data_watermark(self) -> float | None:
-        return self.header.data_watermark
-
-    @property
-    def snapshot_id(self) -> str:
-        return self.header.snapshot_id
-
-    @property
-    def order(self) -> SnapshotOrder:
-        return self.header.order
-
-
-class _Copy:
-    """One copy of the model plus the number of requests currently running on it."""
-
-    def __init__(self, model: nn.Module) -> None:
-        self.model = model
-        # state_dict tensors share storage with the parameters: copy_ into them writes weights.
-        self.targets: dict[str, torch.Tensor] = dict(model.state_dict())
-        self.in_flight = 0
-        self.info: WeightsInfo | None = None
-
-
-@dataclass(frozen=True)
-class Lease:
-    """The weights one request (or batch) runs on; valid until the ``acquire`` block exits."""
-
-    model: nn.Module
-    info: WeightsInfo
 
 
 class WeightSlot:
@@ -152,11 +104,10 @@ class WeightSlot:
         # deepcopy's memo hands back the same object: shared tables exist once (rule 5).
         memo: dict[int, object] = {id(params[name]): params[name] for name in shared}
         self._shared = shared
-        self._writing = False
-        self._copies = (_Copy(model), _Copy(copy.deepcopy(model, memo)))
-        self._live: _Copy | None = None
+        self._copies = (ModelCopy(model), ModelCopy(copy.deepcopy(model, memo)))
+        self._leases = Leases()  # the live copy, the rule-5 flag and their condition
         self._standby = self._copies[0]
-        self._cond = threading.Condition(threading.Lock())
+        self._cond = self._leases.cond
         self._load_lock = threading.Lock()  # one loader at a time; never taken by requests
         self._drain_timeout_s = drain_timeout_s
         device = next(iter(self._standby.targets.values()), torch.empty(0)).device
@@ -170,30 +121,17 @@ class WeightSlot:
     # --- request path -------------------------------------------------------------------
     @property
     def info(self) -> WeightsInfo | None:
-        live = self._live
+        live = self._leases.live
         return None if live is None else live.info
 
     @property
     def ready(self) -> bool:
-        return self._live is not None
+        return self._leases.live is not None
 
-    @contextlib.contextmanager
-    def acquire(self) -> Iterator[Lease]:
-        """Hold the live weights for one forward pass; raise NotReady before the first swap."""
-        with self._cond:
-            while self._writing:  # rule 5: shared tables are being written
-                self._cond.wait()
-            live = self._live
-            if live is None or live.info is None:
-                raise NotReady("no model weights yet: waiting for the first valid snapshot")
-            live.in_flight += 1
-        try:
-            yield Lease(live.model, live.info)
-        finally:
-            with self._cond:
-                live.in_flight -= 1
-                if live.in_flight == 0:
-                    self._cond.notify_all()
+    def acquire(self) -> Held:
+        """Hold the live weights for one forward pass (``with slot.acquire() as lease``);
+        NotReady before the first swap."""
+        return Held(self._leases)
 
     # --- loader path --------------------------------------------------------------------
     def load(
@@ -249,7 +187,7 @@ class WeightSlot:
         standby.info = info
         with self._cond:
             if shared_whole or rows:
-                self._writing = True
+                self._leases.writing = True
                 try:
                     self._drain_all(info.version)
                     with torch.no_grad():
@@ -261,9 +199,9 @@ class WeightSlot:
                     if self._stream is not None:
                         torch.cuda.synchronize(self._stream.device)
                 finally:
-                    self._writing = False
+                    self._leases.writing = False
                     self._cond.notify_all()
-            old, self._live = self._live, standby
+            old, self._leases.live = self._leases.live, standby
         self._standby = old if old is not None else self._other(standby)
         SERVE_SWAPS.inc()
         SERVE_SWAP_TIMESTAMP.set_to_current_time()
@@ -341,7 +279,7 @@ class WeightSlot:
             log.warning("rejected snapshot version %d (%s): %s", version, exc.reason, exc)
             raise
 
-    def _drain(self, standby: _Copy, version: int) -> None:
+    def _drain(self, standby: ModelCopy, version: int) -> None:
         with self._cond:
             if standby.in_flight == 0:
                 return
@@ -362,7 +300,7 @@ class WeightSlot:
                     f"standby copy still in use after {self._drain_timeout_s} s; retry later"
                 )
 
-    def _copy_into(self, standby: _Copy, tensors: Mapping[str, torch.Tensor]) -> None:
+    def _copy_into(self, standby: ModelCopy, tensors: Mapping[str, torch.Tensor]) -> None:
         stream = self._stream
         with torch.no_grad():
             if stream is None:
@@ -375,7 +313,7 @@ class WeightSlot:
             # The flip happens after this returns, so no forward pass sees half-copied weights.
             stream.synchronize()
 
-    def _other(self, copy_: _Copy) -> _Copy:
+    def _other(self, copy_: ModelCopy) -> ModelCopy:
         return self._copies[1] if copy_ is self._copies[0] else self._copies[0]
 
     def parameter_pointers(self) -> set[int]:
