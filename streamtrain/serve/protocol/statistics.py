@@ -81,20 +81,17 @@ class InferenceStatistics:
     ) -> None:
         with self._lock:
             entry = self._entry(version)
-            # Once per request: the four phases added in line, not through ``add``.
+            # Once per request: the four phases added here, not through ``add``.
             durations = entry.durations
-            phase = durations["success"]
-            phase[0] += 1
-            phase[1] += total_ns
-            phase = durations["compute_input"]
-            phase[0] += 1
-            phase[1] += input_ns
-            phase = durations["compute_infer"]
-            phase[0] += 1
-            phase[1] += infer_ns
-            phase = durations["compute_output"]
-            phase[0] += 1
-            phase[1] += output_ns
+            for name, ns in (
+                ("success", total_ns),
+                ("compute_input", input_ns),
+                ("compute_infer", infer_ns),
+                ("compute_output", output_ns),
+            ):
+                phase = durations[name]
+                phase[0] += 1
+                phase[1] += ns
             entry.inference_count += rows
             entry.execution_count += 1
             entry.last_inference_ms = int(time.time() * 1000)
