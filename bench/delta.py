@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
+import os
 import statistics
 import sys
 import threading
@@ -37,6 +38,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+from delta_procs import ProcessWatch
 from embedding_model import build_id_embedding
 
 from streamtrain.broker import EmbeddedBroker
@@ -93,10 +95,13 @@ def serve(args: argparse.Namespace, bootstrap: str, topic: str, out: Any, stop: 
     from streamtrain.train.row_tracker import row_sparse_buffers, row_sparse_parameters
 
     torch.set_num_threads(1)
+    # The runtime: the interpreter, torch, numpy and the streamtrain modules the server
+    # imports, before any weights exist (the issue's memory bound leaves it out).
     baseline, _ = _rss_bytes()
     model = _model(args, trainer=False)
     shared = frozenset(row_sparse_parameters(model)) | frozenset(row_sparse_buffers(model))
     slot = WeightSlot(model, shared=shared)
+    with_model, _ = _rss_bytes()  # + the model (its table once, the dense parts twice)
     applied: list[float] = []
     stages: dict[int, dict[str, float]] = {}  # version -> received / applied wall times
     original = slot.apply_delta
@@ -154,6 +159,7 @@ def serve(args: argparse.Namespace, bootstrap: str, topic: str, out: Any, stop: 
             "hwm": hwm,
             "peak": peak,
             "baseline": baseline,
+            "with model": with_model,
             "stages": stages,
             "tail_gaps": sorted(tail_gaps, key=lambda g: g[1])[-5:],
         }
@@ -188,10 +194,16 @@ def replica(args: argparse.Namespace, bootstrap: str, topic: str, out: Any) -> N
     from streamtrain.serve.weights.watcher import SnapshotWatcher
     from streamtrain.train.row_tracker import row_sparse_buffers, row_sparse_parameters
 
+    entered = time.time()  # the spawned process has imported this module (torch included)
+    if args.replica_nice:
+        os.nice(args.replica_nice)  # every thread of the replica, its Kafka client's included
     torch.set_num_threads(1)
+    runtime, _ = _rss_bytes()
     model = _model(args, trainer=False)
     shared = frozenset(row_sparse_parameters(model)) | frozenset(row_sparse_buffers(model))
     slot = WeightSlot(model, shared=shared)
+    with_model, _ = _rss_bytes()
+    built = time.time()
     source = _subscriber(bootstrap, topic, slot)
     original, original_start = source.catch_up_order, source._start_scan
     yields: list[tuple[str, float]] = []
@@ -223,6 +235,8 @@ def replica(args: argparse.Namespace, bootstrap: str, topic: str, out: Any) -> N
     while not slot.ready:
         time.sleep(0.005)
     ready = time.perf_counter() - started
+    ready_at = time.time()
+    _, hwm = _rss_bytes()
     info = slot.info
     watcher.stop()
     base_at = next((i for i, (kind, _) in enumerate(yields) if kind == "base"), None)
@@ -243,6 +257,14 @@ def replica(args: argparse.Namespace, bootstrap: str, topic: str, out: Any) -> N
             "scan windows": scans[0].windows if scans else 0,
             "version": None if info is None else info.version,
             "lineage": None if info is None else info.header.lineage,
+            # wall times (the parent prints them against the server's first prediction)
+            "at entered": entered,
+            "at model built": built,
+            "at ready": ready_at,
+            # memory: the runtime (as the server's), + the model, the peak by ready (VmHWM)
+            "runtime GB": runtime / 1e9,
+            "model built GB": with_model / 1e9,
+            "peak GB": hwm / 1e9,
         }
     )
 
@@ -399,12 +421,48 @@ def _print_stages(
     print(f"  longest waits between subscriber polls: {gaps}")
 
 
+def _print_processes(
+    procs: ProcessWatch,
+    first: float,
+    late_at: list[float],
+    replica_row: dict[str, Any],
+    served: dict[str, Any],
+) -> None:
+    """Cores each process used before, while and after a replica started (CPU s per wall s;
+    2 cores in all on the bench machine), and the replica's start-up, s after the server's
+    first prediction: which process took the machine while freshness climbed."""
+    if not late_at or "at ready" not in replica_row:
+        whole = procs.cores(first, served["probes"][-1][0] if served["probes"] else first)
+        print("  cores used, whole run: " + ", ".join(f"{k} {v:.2f}" for k, v in whole.items()))
+        return
+    start, ready = late_at[0], replica_row["at ready"]
+    phases = {
+        "10 s before the replica": (start - 10, start),
+        "replica start to ready": (start, ready),
+        "10 s after ready": (ready, ready + 10),
+    }
+    for label, (a, b) in phases.items():
+        used = procs.cores(a, b)
+        print(f"  cores used, {label}: " + ", ".join(f"{k} {v:.2f}" for k, v in used.items()))
+    marks = {
+        "started": start,
+        "imported": replica_row["at entered"],
+        "model built": replica_row["at model built"],
+        "ready": ready,
+    }
+    print(
+        "  replica, s after the first prediction: "
+        + ", ".join(f"{k} {t - first:+.1f}" for k, t in marks.items())
+    )
+
+
 def _plot(
     args: argparse.Namespace,
     mode: str,
     pairs: list[tuple[float, float]],
     first: float,
     stages: dict[int, dict[str, float]],
+    replica_span: tuple[float, float] | None = None,
 ) -> None:
     """Freshness of every batch against its production time (s after the server's first
     prediction), base publications shaded from write start to acknowledgement (a line):
@@ -426,6 +484,11 @@ def _plot(
                 xycoords=axes.get_xaxis_transform(),
                 color="tab:red",
             )
+    if replica_span is not None:  # a replica's start to its ready
+        axes.axvspan(replica_span[0] - first, replica_span[1] - first, color="tab:green", alpha=0.1)
+        axes.annotate(
+            "replica", (replica_span[0] - first, 0.85), xycoords=axes.get_xaxis_transform()
+        )
     axes.axvline(args.warmup, color="grey", linestyle=":", linewidth=0.8)
     axes.set_xlabel("batch produced, s after the server's first prediction")
     axes.set_ylabel("freshness, s")
@@ -453,12 +516,20 @@ def run(args: argparse.Namespace, broker: EmbeddedBroker, mode: str) -> dict[str
     args = argparse.Namespace(**vars(args), dynamic=mode == "dynamic")
     server = ctx.Process(target=serve, args=(args, broker.bootstrap_servers, topic, out, stop))
     server.start()
+    assert server.pid is not None and broker.pid is not None
+    # the trainer's process holds the publisher (both lanes) and the bench's own threads
+    procs = ProcessWatch({"trainer": os.getpid(), "broker": broker.pid, "server": server.pid})
+    procs.start()
     late_out: Any = ctx.Queue()
     late_box: list[Any] = []  # the replica process, once started
+    late_at: list[float] = []
 
     def late_start() -> None:
+        late_at.append(time.time())
         proc = ctx.Process(target=replica, args=(args, broker.bootstrap_servers, topic, late_out))
         proc.start()
+        assert proc.pid is not None
+        procs.add("replica", proc.pid)
         late_box.append(proc)
 
     timer = threading.Timer(args.replica_at or 0.0, late_start)
@@ -470,10 +541,13 @@ def run(args: argparse.Namespace, broker: EmbeddedBroker, mode: str) -> dict[str
     timer.cancel()
     if late_box:
         replica_row = late_out.get(timeout=600)
+        procs.sample()
         late_box[0].join(60)
     stop.set()
     served = out.get(timeout=300)
+    procs.sample()
     server.join(60)
+    procs.stop()
     pairs = _freshness(result["produced"], served["probes"])
     first = served["probes"][0][0] if served["probes"] else 0.0
     # Measured: batches produced --warmup s after the server's first prediction. (Before this
@@ -485,9 +559,11 @@ def run(args: argparse.Namespace, broker: EmbeddedBroker, mode: str) -> dict[str
     ages = sorted((f, t - first) for t, f in pairs if t >= first + args.warmup)
     # --- large (issue 26): the freshness-over-time plot ---
     if args.plot and pairs:
-        _plot(args, mode, pairs, first, result["stages"])
+        span = (late_at[0], replica_row["at ready"]) if "at ready" in replica_row else None
+        _plot(args, mode, pairs, first, result["stages"], span)
     worst = ", ".join(f"{f:.2f}s@+{at:.1f}s" for f, at in ages[-5:])
     _print_stages(result, served, first, ages[-5:])
+    _print_processes(procs, first, late_at, replica_row, served)
     sizes = result["sizes"]
     deltas = [s for s in sizes if s[0] == "delta"]
     model_bytes = args.rows * args.dim * 4
@@ -512,9 +588,17 @@ def run(args: argparse.Namespace, broker: EmbeddedBroker, mode: str) -> dict[str
         "snapshot-point CPU p99 s": _pct(result["snapshot_cpu_s"], 0.99),
         "snapshot-point CPU max s": max(result["snapshot_cpu_s"]),
         "apply s": statistics.median(served["applied"]) if served["applied"] else float("nan"),
+        # sampled VmRSS while serving (the figure of earlier rows), then the honest peak:
+        # VmHWM over the process's life, the base load included
         "peak RSS/model": served["peak"] / model_bytes,
+        "server VmHWM/model": served["hwm"] / model_bytes,
+        "server runtime GB": served["baseline"] / 1e9,
+        "server (VmHWM-runtime)/model": (served["hwm"] - served["baseline"]) / model_bytes,
+        "server (VmHWM-runtime-model built)/model": (served["hwm"] - served["with model"])
+        / model_bytes,
         "end RSS/model (trimmed)": served["rss"] / model_bytes,
         "end (RSS-torch)/model": (served["rss"] - served["baseline"]) / model_bytes,
+        **{f"peak GB {name}": peak / 1e9 for name, peak in procs.peak.items()},
         "worst (freshness@produced after first prediction)": worst,
         **{f"replica {k}": v for k, v in replica_row.items()},
     }
@@ -576,6 +660,13 @@ def main() -> None:
         type=float,
         default=None,
         help="start a new replica N s into the run and report its time to ready",
+    )
+    parser.add_argument(
+        "--replica-nice",
+        type=int,
+        default=0,
+        help="run the replica at this niceness (0-19): separates its CPU's share in the "
+        "tailing server's freshness from the broker's serving of its base",
     )
     parser.add_argument(
         "--base-window-mb",
