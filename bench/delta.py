@@ -288,10 +288,13 @@ def train(args: argparse.Namespace, bootstrap: str, topic: str, mode: str) -> di
         base_every_deltas=10**9 if mode in ("delta", "dynamic") else 0,
         base_every_seconds=args.base_every or 1e9,
     )
-    if args.base_window_mb is not None:
-        from streamtrain.snapshot import publisher as publisher_module
+    from streamtrain.snapshot import publisher as publisher_module
 
+    if args.base_window_mb is not None:
         publisher_module.BASE_WINDOW_BYTES = int(args.base_window_mb * 1024 * 1024)
+    if args.delta_window_mb is not None:  # 0: no window (the whole snapshot at once)
+        window = int(args.delta_window_mb * 1024 * 1024)
+        publisher_module.DELTA_WINDOW_BYTES = window or None
     publisher = SnapshotPublisher(
         kafka=KafkaConnection(bootstrap),
         topic=topic,
@@ -564,6 +567,9 @@ def run(args: argparse.Namespace, broker: EmbeddedBroker, mode: str) -> dict[str
     worst = ", ".join(f"{f:.2f}s@+{at:.1f}s" for f, at in ages[-5:])
     _print_stages(result, served, first, ages[-5:])
     _print_processes(procs, first, late_at, replica_row, served)
+    for name in procs.rss:  # s from the run's start (the trainer's first batch)
+        profile = procs.rss_profile(name, result["produced"][0], 10.0)
+        print(f"  {name} VmRSS GB, max per 10 s: " + " ".join(f"{g:.2f}" for g in profile))
     sizes = result["sizes"]
     deltas = [s for s in sizes if s[0] == "delta"]
     model_bytes = args.rows * args.dim * 4
@@ -579,6 +585,8 @@ def run(args: argparse.Namespace, broker: EmbeddedBroker, mode: str) -> dict[str
         "bases": len(sizes) - len(deltas),
         "delta MB": statistics.median(s[1] for s in deltas) / 1e6 if deltas else float("nan"),
         "publish s": statistics.median(s[2] for s in (deltas or sizes)),
+        # each base's write, chunks to acknowledged manifest (the first: the delta lane's)
+        "base write s": " ".join(f"{s[2]:.2f}" for s in sizes if s[0] == "base"),
         "stall p50 s": statistics.median(result["copy_s"]),
         # the first snapshot is whole (nothing to complete a base from yet): its large
         # tensors are copied off the training thread (train/snapshot_copy.py)
@@ -673,6 +681,13 @@ def main() -> None:
         type=float,
         default=None,
         help="the base lane's acknowledgement window (publisher.BASE_WINDOW_BYTES), MiB",
+    )
+    parser.add_argument(
+        "--delta-window-mb",
+        type=float,
+        default=None,
+        help="the delta lane's acknowledgement window (publisher.DELTA_WINDOW_BYTES), MiB; "
+        "0: none, a whole snapshot's chunks all queued in the producer at once (as before)",
     )
     parser.add_argument(
         "--partitions",

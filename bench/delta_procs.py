@@ -40,6 +40,7 @@ class ProcessWatch:
         self._lock = threading.Lock()
         self.samples: dict[str, list[tuple[float, float]]] = {name: [] for name in pids}
         self.peak: dict[str, int] = dict.fromkeys(pids, 0)
+        self.rss: dict[str, list[tuple[float, int]]] = {name: [] for name in pids}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="process-watch", daemon=True)
 
@@ -52,6 +53,7 @@ class ProcessWatch:
             self._pids[name] = pid
             self.samples.setdefault(name, [])
             self.peak.setdefault(name, 0)
+            self.rss.setdefault(name, [])
 
     def stop(self) -> None:
         self._stop.set()
@@ -71,10 +73,20 @@ class ProcessWatch:
                 cpu = process_cpu_s(pid)
             except (OSError, IndexError):
                 continue  # exited
-            _, hwm = _status_bytes(pid)
+            rss, hwm = _status_bytes(pid)
             with self._lock:
                 self.samples[name].append((now, cpu))
+                self.rss[name].append((now, rss))
                 self.peak[name] = max(self.peak[name], hwm)
+
+    def rss_profile(self, name: str, start: float, step_s: float) -> list[float]:
+        """``name``'s largest sampled VmRSS (GB) in each ``step_s`` from ``start``: when in
+        the run a process's memory peaked (the first snapshot, a base's write, a replica)."""
+        bins: dict[int, int] = {}
+        for t, rss in self.rss.get(name, []):
+            index = int((t - start) // step_s)
+            bins[index] = max(bins.get(index, 0), rss)
+        return [bins.get(i, 0) / 1e9 for i in range(max(bins, default=-1) + 1)]
 
     def cpu_between(self, name: str, start: float, end: float) -> float:
         """CPU seconds ``name`` used between two wall times (the nearest samples inside)."""
