@@ -612,23 +612,28 @@ def run(args: argparse.Namespace, broker: EmbeddedBroker, mode: str) -> dict[str
     }
 
 
-def _encode_with_safetensors() -> None:
-    """The publisher's encoder as it was: ``safetensors.torch.save``, bytes identical."""
+def _encode_with(encoder: str) -> None:
+    """The publisher's encoder as it was, bytes identical: ``copy``, one model-sized buffer
+    filled with torch (``payload.encode_view``, before ``encode_parts``); ``safetensors``,
+    ``safetensors.torch.save`` (before that), which holds the GIL for its whole copy."""
     from safetensors.torch import save
 
     from streamtrain.snapshot import writer
     from streamtrain.snapshot.manifest import TensorInfo
-    from streamtrain.snapshot.payload import dtype_name
+    from streamtrain.snapshot.payload import EncodedPayload, dtype_name, encode_view
 
     def encode(tensors: Any) -> Any:
+        if encoder == "copy":
+            view, infos = encode_view(tensors)
+            return EncodedPayload([view]), infos
         prepared = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
         infos = [
             TensorInfo(name=k, dtype=dtype_name(v.dtype), shape=list(v.shape))
             for k, v in prepared.items()
         ]
-        return memoryview(save(prepared)), infos
+        return EncodedPayload([memoryview(save(prepared))]), infos
 
-    writer.encode_view = encode  # type: ignore[attr-defined]
+    writer.encode_parts = encode  # type: ignore[assignment]
 
 
 def main() -> None:
@@ -704,10 +709,12 @@ def main() -> None:
     )
     parser.add_argument(
         "--encoder",
-        choices=["torch", "safetensors"],
-        default="torch",
-        help="safetensors: the publisher encodes with safetensors.torch.save, which holds the "
-        "GIL for the whole copy (the encoder before payload.encode_view), to compare",
+        choices=["parts", "copy", "safetensors"],
+        default="parts",
+        help="parts: the publisher's encoder (payload.encode_parts, no copy of the tensors); "
+        "copy: the whole payload copied into one buffer first (payload.encode_view, the "
+        "encoder before it); safetensors: safetensors.torch.save, which also holds the GIL "
+        "for the whole copy (the encoder before that), to compare",
     )
     parser.add_argument(
         "--device", default="cpu", help="the trainer's device (cpu, cuda); the server's is cpu"
@@ -718,8 +725,8 @@ def main() -> None:
     torch.set_num_threads(1)
     if args.switch_interval_ms is not None:
         sys.setswitchinterval(args.switch_interval_ms / 1000)
-    if args.encoder == "safetensors":
-        _encode_with_safetensors()
+    if args.encoder != "parts":
+        _encode_with(args.encoder)
     print(
         f"table {args.rows} x {args.dim} fp32 = {args.rows * args.dim * 4 / 1e9:.2f} GB, "
         f"{args.rate:.0f} samples/s target, batch {args.batch}, snapshot every "
