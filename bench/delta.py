@@ -470,8 +470,11 @@ def _plot(
     """Freshness of every batch against its production time (s after the server's first
     prediction), base publications shaded from write start to acknowledgement (a line):
     a stall is seen."""
-    import matplotlib
-
+    try:
+        import matplotlib
+    except ImportError:  # the [bench] extra: the run's figures still print
+        print("  plot: not written, matplotlib is not installed (pip install 'streamtrain[bench]')")
+        return
     matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
 
