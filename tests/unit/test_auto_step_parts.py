@@ -70,8 +70,8 @@ def test_a_mixer_that_runs_twice_in_one_forward_is_refused() -> None:
             self.mixer = HedgeMixer(2, BINARY, eta=1.0, window=10)
 
         def forward(self, z: torch.Tensor) -> torch.Tensor:
-            self.mixer(z)
-            out: torch.Tensor = self.mixer(z).squeeze(-1)
+            self.mixer(*z.unbind(-1))
+            out: torch.Tensor = self.mixer(*z.unbind(-1))
             return out
 
     model = Twice()
