@@ -70,8 +70,9 @@ def uniform(ids: torch.Tensor, step: int, seed: int) -> torch.Tensor:
 
 
 class Observed:
-    """What one ``observe`` did: rows to reset (``placed``: the same rows, host array), rows and
-    filter cells whose buffers changed, rows owned after it, and the counts metrics export."""
+    """What one ``observe`` did: rows to reset (``placed``, a host array; ``reset``, the same
+    rows as a tensor), rows and filter cells whose buffers changed, rows owned after it, and
+    the counts metrics export."""
 
     __slots__ = (
         "admitted",
@@ -81,12 +82,10 @@ class Observed:
         "owned",
         "placed",
         "refused",
-        "reset",
         "step",
     )
 
     def __init__(self, changed_slots: Int64s, step: int) -> None:
-        self.reset = _NO_RESET
         self.placed = _NO_ROWS
         self.changed_slots = changed_slots
         self.changed_cells = _NO_ROWS
@@ -95,6 +94,11 @@ class Observed:
         self.admitted = 0
         self.refused = {"filter": 0, "probability": 0, "full": 0}
         self.evicted = {"lru": 0, "lfu": 0, "expired": 0}
+
+    @property
+    def reset(self) -> torch.Tensor:
+        """``placed`` as a tensor (made when asked: the trainer's upkeep reads ``placed``)."""
+        return torch.from_numpy(self.placed) if self.placed.size else _NO_RESET
 
 
 class DynamicMapping(nn.Module):
@@ -225,8 +229,8 @@ class DynamicMapping(nn.Module):
                 views.slot_ids,
                 views.last_seen,
                 views.use_count,
-                lru=s.evict == "lru" or bool(s.expire_after_steps),
-                lfu=s.evict == "lfu",
+                evict=s.evict,
+                expire=bool(s.expire_after_steps),
             )
         return placement
 
@@ -275,10 +279,14 @@ class DynamicMapping(nn.Module):
         out.admitted = taken
         if taken:
             out.placed = placed
-            out.reset = torch.from_numpy(placed)
-        freed = 0 if expired is None else expired.size
-        out.owned = lookup.owned - freed + taken - evicted
-        self._lookup = lookup.replace(fresh, placed, out.owned, lookup.made_from)
+        if expired is None:
+            out.owned = lookup.owned + taken - evicted
+            if taken:  # else no owner changed: the lookup stands
+                free = placed[: taken - evicted]  # placed: the free rows, then the evicted
+                self._lookup = lookup.refilled(fresh, placed, free, out.owned, lookup.made_from)
+        else:
+            out.owned = lookup.owned - expired.size + taken - evicted
+            self._lookup = lookup.replace(fresh, placed, out.owned, lookup.made_from)
         stamped = np.concatenate([seen, placed]) if taken else seen
         placement.stamped(step, stamped)
         out.changed_slots = stamped if expired is None else np.concatenate([stamped, expired])
@@ -338,12 +346,7 @@ class DynamicMapping(nn.Module):
         free = placement.free.take(n)
         if free.size == n:
             return free, 0
-        need = n - free.size
-        if placement.recency is not None and self.settings.evict == "lru":
-            victims = placement.recency.pop(step, need)  # every stamp queued is before step
-        else:
-            assert placement.frequency is not None
-            victims = placement.frequency.pop(need, step)
+        victims = placement.victims(n - free.size, step)
         out.evicted[self.settings.evict] = victims.size
         return (np.concatenate([free, victims]) if free.size else victims), victims.size
 
