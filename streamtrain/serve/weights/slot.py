@@ -194,8 +194,8 @@ class WeightSlot:
                         before = dynamic_mappings.owners_before(standby.model, rows)
                         apply_rows(standby.targets, shared_whole, rows)
                         written = dynamic_mappings.mapping_writes(standby.model, shared_whole, rows)
-                        for each in self._copies:  # mapping and rows in this one section
-                            dynamic_mappings.refresh_lookups(each.model, written, before)
+                        models = [each.model for each in self._copies]  # in this one section
+                        dynamic_mappings.refresh_lookups(models, written, before)
                     if self._stream is not None:
                         torch.cuda.synchronize(self._stream.device)
                 finally:

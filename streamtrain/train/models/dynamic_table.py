@@ -190,6 +190,16 @@ class DynamicMapping(nn.Module):
         owned = cached.owned + int(np.count_nonzero(new != EMPTY) - np.count_nonzero(old != EMPTY))
         self._lookup = cached.replace(new[moved], rows.numpy()[moved], owned, token(self.slot_ids))
 
+    def share_lookup(self, other: DynamicMapping) -> None:
+        """Take ``other``'s lookup: both read one ``slot_ids`` tensor (the serving slot's two
+        copies), so its pairs are this mapping's too. A lookup is never edited, only
+        replaced, so one object serves both; the derived state is dropped as by a rebuild."""
+        if other.slot_ids is not self.slot_ids:
+            raise ValueError("share_lookup: the mappings read different slot_ids")
+        self._views = _Views.of(self)
+        self._placement = None
+        self._lookup = other._sorted()
+
     def rows(self, ids: torch.Tensor) -> torch.Tensor:
         """The physical row of each ID: its own, or ``capacity + hash % fallback_rows``."""
         on_host = ids.is_cpu  # no .cpu() / .to() dispatch for host tensors
