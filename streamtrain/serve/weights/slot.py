@@ -31,8 +31,9 @@ Semantics (the order is the correctness argument):
    delta), flips, and lets requests go. Requests pause for the drain plus the row writes.
    A dynamic table's mapping buffers are shared tables too: its mapping and rows change in
    that one section, and the copies' ID lookup (one, shared: they read one buffer) is
-   updated in it before requests go (by the rows a delta changed; a base re-sorts). A mapping that would give one ID two rows, or
-   is not int64 of the table's rows, is refused in step 1 (``bad_mapping``).
+   updated in it before requests go (by the rows a delta changed; a base re-sorts). A
+   mapping that would give one ID two rows, or is not int64 of the table's rows, is refused
+   in step 1 (``bad_mapping``).
 6. **Deltas apply in chain order** (``apply_delta``): a delta applies on a live version of its
    run from its ``predecessor_id`` up to itself (its predecessor, or a base published beside
    the deltas: ``checks.chain_gap``); any other is refused as ``chain_gap`` (the watcher then

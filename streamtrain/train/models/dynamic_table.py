@@ -268,12 +268,15 @@ class DynamicMapping(nn.Module):
         # found[i] becomes the row distinct[i] reads this step: its own (a hit: no victim or
         # expiry takes a row stamped this step), the fallback, or the row it is placed in
         missed = (~hit).nonzero()[0]
+        missed_count = missed.size
         fresh, counts = distinct[missed], occurrences[missed]
         found[missed] = self._fallback(fresh)
         passed, cells = self._admit(fresh, counts, step, out)
         if passed is not None:
             missed, fresh = missed[passed], fresh[passed]
             counts, cells = counts[passed], cells[passed]
+            if self.settings.admit_probability == 1:  # the filter alone refused the rest
+                out.refused["filter"] = missed_count - fresh.size
         placed, evicted = self._place(fresh.size, step, placement, out)
         taken = placed.size
         out.refused["full"] = fresh.size - taken
@@ -325,7 +328,8 @@ class DynamicMapping(nn.Module):
         self, ids: Int64s, counts: Int64s, step: int, out: Observed
     ) -> tuple[np.ndarray[Any, np.dtype[np.bool_]] | None, Int64s]:
         """Which new IDs pass the filter and the draw (None: all of them); and their filter
-        cells (the IDs themselves when there is no filter: never read then)."""
+        cells (the IDs themselves when there is no filter: never read then). Counts the
+        refusals, but those of the filter alone the caller counts (from the sizes)."""
         passed = None
         cells = ids
         if self.settings.cells:
@@ -337,6 +341,8 @@ class DynamicMapping(nn.Module):
             filter_counts[cells] = total
             passed = total >= k
             out.changed_cells = cells
+            if self.settings.admit_probability == 1:  # the caller counts the refused
+                return passed, cells
             out.refused["filter"] = ids.size - int(np.count_nonzero(passed))
         if self.settings.admit_probability < 1:
             drawn = uniform_host(ids, step, self.settings.seed) < self.settings.admit_probability
