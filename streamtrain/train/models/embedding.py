@@ -143,14 +143,7 @@ class EmbeddingTables(nn.Module):
         self._dynamic = {t: cast(DynamicMapping, self.mappings[_key(t)]) for t in dynamic}
         self._dynamic_features = {t: [f.name for f in features if f.table == t] for t in dynamic}
         # the state names a step marks, by table (formatted once, not per step)
-        self._mark_names = {
-            t: (
-                f"tables.{_key(t)}.weight",
-                f"mappings.{_key(t)}",
-                f"mappings.{_key(t)}.filter_counts",
-            )
-            for t in dynamic
-        }
+        self._mark_names = {t: _mark_names(t) for t in dynamic}
         # rows changed outside optimizer steps since the row tracker last drained them
         self._dirty: dict[str, npt.NDArray[np.bool_]] = {}
         self._generator = torch.Generator()  # re-seeded for every reset (see observe)
@@ -340,3 +333,12 @@ class EmbeddingTables(nn.Module):
 
 def _key(table: str) -> str:
     return "t_" + table
+
+
+def _mark_names(table: str) -> tuple[str, str, str]:
+    """The state names a dynamic table's step marks: weight, slot buffers, filter cells."""
+    return (
+        f"tables.{_key(table)}.weight",
+        f"mappings.{_key(table)}",
+        f"mappings.{_key(table)}.filter_counts",
+    )
