@@ -306,18 +306,18 @@ class Placement:
         if expire or (evict == "lru" and not small):
             by_recency = owned[np.argsort(last_seen[owned], kind="stable")]
             self.recency = RecencyQueue(owners, last_seen, by_recency)
+        self._frequency: FrequencyRuns | FrequencyScan | None = None
+        if evict == "lfu" and small:
+            self._frequency = FrequencyScan(owners, last_seen, use_count)
+        elif evict == "lfu":
+            self._frequency = FrequencyRuns(owners, last_seen, use_count, owned)
         self._victims: RecencyQueue | RecencyScan | FrequencyRuns | FrequencyScan
-        if evict == "lfu":
-            self._victims = (
-                FrequencyScan(owners, last_seen, use_count)
-                if small
-                else FrequencyRuns(owners, last_seen, use_count, owned)
-            )
-        elif self.recency is not None:
+        if self._frequency is not None:
+            self._victims = self._frequency
+        elif self.recency is not None:  # (not by truth: an empty queue has length 0)
             self._victims = self.recency
         else:
             self._victims = RecencyScan(owners, last_seen)
-        self._lfu = evict == "lfu"
 
     def victims(self, limit: int, step: int) -> Int64s:
         """Up to ``limit`` owned rows not seen in ``step`` to evict, in the documented order."""
@@ -330,5 +330,5 @@ class Placement:
         """Rows (distinct) whose ``last_seen`` became ``step``."""
         if self.recency is not None:
             self.recency.push(step, np.sort(rows))  # the queue's order: (stamp, row)
-        if self._lfu:
-            self._victims.push(step, rows)
+        if self._frequency is not None:
+            self._frequency.push(step, rows)
