@@ -28,7 +28,8 @@ LONG = {
 
 @pytest.fixture(params=["runs", "scan"])
 def lfu_by(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """LFU victims from the frequency runs (every size) or the scan (every size)."""
+    """Victims from the frequency runs / recency queue (every size), or from the scans
+    (``FrequencyScan``, and ``RecencyScan`` for LRU without expiry; every size)."""
     monkeypatch.setattr(dynamic_victims, "SCAN_BELOW", 0 if request.param == "runs" else 1 << 40)
     return str(request.param)
 
