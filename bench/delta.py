@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
+import os
 import statistics
 import sys
 import threading
@@ -37,6 +38,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+from delta_procs import ProcessWatch
 from embedding_model import build_id_embedding
 
 from streamtrain.broker import EmbeddedBroker
@@ -93,10 +95,13 @@ def serve(args: argparse.Namespace, bootstrap: str, topic: str, out: Any, stop: 
     from streamtrain.train.row_tracker import row_sparse_buffers, row_sparse_parameters
 
     torch.set_num_threads(1)
+    # The runtime: the interpreter, torch, numpy and the streamtrain modules the server
+    # imports, before any weights exist (the issue's memory bound leaves it out).
     baseline, _ = _rss_bytes()
     model = _model(args, trainer=False)
     shared = frozenset(row_sparse_parameters(model)) | frozenset(row_sparse_buffers(model))
     slot = WeightSlot(model, shared=shared)
+    with_model, _ = _rss_bytes()  # + the model (its table once, the dense parts twice)
     applied: list[float] = []
     stages: dict[int, dict[str, float]] = {}  # version -> received / applied wall times
     original = slot.apply_delta
@@ -154,6 +159,7 @@ def serve(args: argparse.Namespace, bootstrap: str, topic: str, out: Any, stop: 
             "hwm": hwm,
             "peak": peak,
             "baseline": baseline,
+            "with model": with_model,
             "stages": stages,
             "tail_gaps": sorted(tail_gaps, key=lambda g: g[1])[-5:],
         }
@@ -188,10 +194,16 @@ def replica(args: argparse.Namespace, bootstrap: str, topic: str, out: Any) -> N
     from streamtrain.serve.weights.watcher import SnapshotWatcher
     from streamtrain.train.row_tracker import row_sparse_buffers, row_sparse_parameters
 
+    entered = time.time()  # the spawned process has imported this module (torch included)
+    if args.replica_nice:
+        os.nice(args.replica_nice)  # every thread of the replica, its Kafka client's included
     torch.set_num_threads(1)
+    runtime, _ = _rss_bytes()
     model = _model(args, trainer=False)
     shared = frozenset(row_sparse_parameters(model)) | frozenset(row_sparse_buffers(model))
     slot = WeightSlot(model, shared=shared)
+    with_model, _ = _rss_bytes()
+    built = time.time()
     source = _subscriber(bootstrap, topic, slot)
     original, original_start = source.catch_up_order, source._start_scan
     yields: list[tuple[str, float]] = []
@@ -223,6 +235,8 @@ def replica(args: argparse.Namespace, bootstrap: str, topic: str, out: Any) -> N
     while not slot.ready:
         time.sleep(0.005)
     ready = time.perf_counter() - started
+    ready_at = time.time()
+    _, hwm = _rss_bytes()
     info = slot.info
     watcher.stop()
     base_at = next((i for i, (kind, _) in enumerate(yields) if kind == "base"), None)
@@ -243,6 +257,14 @@ def replica(args: argparse.Namespace, bootstrap: str, topic: str, out: Any) -> N
             "scan windows": scans[0].windows if scans else 0,
             "version": None if info is None else info.version,
             "lineage": None if info is None else info.header.lineage,
+            # wall times (the parent prints them against the server's first prediction)
+            "at entered": entered,
+            "at model built": built,
+            "at ready": ready_at,
+            # memory: the runtime (as the server's), + the model, the peak by ready (VmHWM)
+            "runtime GB": runtime / 1e9,
+            "model built GB": with_model / 1e9,
+            "peak GB": hwm / 1e9,
         }
     )
 
@@ -266,10 +288,13 @@ def train(args: argparse.Namespace, bootstrap: str, topic: str, mode: str) -> di
         base_every_deltas=10**9 if mode in ("delta", "dynamic") else 0,
         base_every_seconds=args.base_every or 1e9,
     )
-    if args.base_window_mb is not None:
-        from streamtrain.snapshot import publisher as publisher_module
+    from streamtrain.snapshot import publisher as publisher_module
 
+    if args.base_window_mb is not None:
         publisher_module.BASE_WINDOW_BYTES = int(args.base_window_mb * 1024 * 1024)
+    if args.delta_window_mb is not None:  # 0: no window (the whole snapshot at once)
+        window = int(args.delta_window_mb * 1024 * 1024)
+        publisher_module.DELTA_WINDOW_BYTES = window or None
     publisher = SnapshotPublisher(
         kafka=KafkaConnection(bootstrap),
         topic=topic,
@@ -399,18 +424,57 @@ def _print_stages(
     print(f"  longest waits between subscriber polls: {gaps}")
 
 
+def _print_processes(
+    procs: ProcessWatch,
+    first: float,
+    late_at: list[float],
+    replica_row: dict[str, Any],
+    served: dict[str, Any],
+) -> None:
+    """Cores each process used before, while and after a replica started (CPU s per wall s;
+    2 cores in all on the bench machine), and the replica's start-up, s after the server's
+    first prediction: which process took the machine while freshness climbed."""
+    if not late_at or "at ready" not in replica_row:
+        whole = procs.cores(first, served["probes"][-1][0] if served["probes"] else first)
+        print("  cores used, whole run: " + ", ".join(f"{k} {v:.2f}" for k, v in whole.items()))
+        return
+    start, ready = late_at[0], replica_row["at ready"]
+    phases = {
+        "10 s before the replica": (start - 10, start),
+        "replica start to ready": (start, ready),
+        "10 s after ready": (ready, ready + 10),
+    }
+    for label, (a, b) in phases.items():
+        used = procs.cores(a, b)
+        print(f"  cores used, {label}: " + ", ".join(f"{k} {v:.2f}" for k, v in used.items()))
+    marks = {
+        "started": start,
+        "imported": replica_row["at entered"],
+        "model built": replica_row["at model built"],
+        "ready": ready,
+    }
+    print(
+        "  replica, s after the first prediction: "
+        + ", ".join(f"{k} {t - first:+.1f}" for k, t in marks.items())
+    )
+
+
 def _plot(
     args: argparse.Namespace,
     mode: str,
     pairs: list[tuple[float, float]],
     first: float,
     stages: dict[int, dict[str, float]],
+    replica_span: tuple[float, float] | None = None,
 ) -> None:
     """Freshness of every batch against its production time (s after the server's first
     prediction), base publications shaded from write start to acknowledgement (a line):
     a stall is seen."""
-    import matplotlib
-
+    try:
+        import matplotlib
+    except ImportError:  # the [bench] extra: the run's figures still print
+        print("  plot: not written, matplotlib is not installed (pip install 'streamtrain[bench]')")
+        return
     matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
 
@@ -426,6 +490,11 @@ def _plot(
                 xycoords=axes.get_xaxis_transform(),
                 color="tab:red",
             )
+    if replica_span is not None:  # a replica's start to its ready
+        axes.axvspan(replica_span[0] - first, replica_span[1] - first, color="tab:green", alpha=0.1)
+        axes.annotate(
+            "replica", (replica_span[0] - first, 0.85), xycoords=axes.get_xaxis_transform()
+        )
     axes.axvline(args.warmup, color="grey", linestyle=":", linewidth=0.8)
     axes.set_xlabel("batch produced, s after the server's first prediction")
     axes.set_ylabel("freshness, s")
@@ -453,12 +522,20 @@ def run(args: argparse.Namespace, broker: EmbeddedBroker, mode: str) -> dict[str
     args = argparse.Namespace(**vars(args), dynamic=mode == "dynamic")
     server = ctx.Process(target=serve, args=(args, broker.bootstrap_servers, topic, out, stop))
     server.start()
+    assert server.pid is not None and broker.pid is not None
+    # the trainer's process holds the publisher (both lanes) and the bench's own threads
+    procs = ProcessWatch({"trainer": os.getpid(), "broker": broker.pid, "server": server.pid})
+    procs.start()
     late_out: Any = ctx.Queue()
     late_box: list[Any] = []  # the replica process, once started
+    late_at: list[float] = []
 
     def late_start() -> None:
+        late_at.append(time.time())
         proc = ctx.Process(target=replica, args=(args, broker.bootstrap_servers, topic, late_out))
         proc.start()
+        assert proc.pid is not None
+        procs.add("replica", proc.pid)
         late_box.append(proc)
 
     timer = threading.Timer(args.replica_at or 0.0, late_start)
@@ -470,10 +547,13 @@ def run(args: argparse.Namespace, broker: EmbeddedBroker, mode: str) -> dict[str
     timer.cancel()
     if late_box:
         replica_row = late_out.get(timeout=600)
+        procs.sample()
         late_box[0].join(60)
     stop.set()
     served = out.get(timeout=300)
+    procs.sample()
     server.join(60)
+    procs.stop()
     pairs = _freshness(result["produced"], served["probes"])
     first = served["probes"][0][0] if served["probes"] else 0.0
     # Measured: batches produced --warmup s after the server's first prediction. (Before this
@@ -485,9 +565,14 @@ def run(args: argparse.Namespace, broker: EmbeddedBroker, mode: str) -> dict[str
     ages = sorted((f, t - first) for t, f in pairs if t >= first + args.warmup)
     # --- large (issue 26): the freshness-over-time plot ---
     if args.plot and pairs:
-        _plot(args, mode, pairs, first, result["stages"])
+        span = (late_at[0], replica_row["at ready"]) if "at ready" in replica_row else None
+        _plot(args, mode, pairs, first, result["stages"], span)
     worst = ", ".join(f"{f:.2f}s@+{at:.1f}s" for f, at in ages[-5:])
     _print_stages(result, served, first, ages[-5:])
+    _print_processes(procs, first, late_at, replica_row, served)
+    for name in procs.rss:  # s from the run's start (the trainer's first batch)
+        profile = procs.rss_profile(name, result["produced"][0], 10.0)
+        print(f"  {name} VmRSS GB, max per 10 s: " + " ".join(f"{g:.2f}" for g in profile))
     sizes = result["sizes"]
     deltas = [s for s in sizes if s[0] == "delta"]
     model_bytes = args.rows * args.dim * 4
@@ -503,6 +588,8 @@ def run(args: argparse.Namespace, broker: EmbeddedBroker, mode: str) -> dict[str
         "bases": len(sizes) - len(deltas),
         "delta MB": statistics.median(s[1] for s in deltas) / 1e6 if deltas else float("nan"),
         "publish s": statistics.median(s[2] for s in (deltas or sizes)),
+        # each base's write, chunks to acknowledged manifest (the first: the delta lane's)
+        "base write s": " ".join(f"{s[2]:.2f}" for s in sizes if s[0] == "base"),
         "stall p50 s": statistics.median(result["copy_s"]),
         # the first snapshot is whole (nothing to complete a base from yet): its large
         # tensors are copied off the training thread (train/snapshot_copy.py)
@@ -512,31 +599,44 @@ def run(args: argparse.Namespace, broker: EmbeddedBroker, mode: str) -> dict[str
         "snapshot-point CPU p99 s": _pct(result["snapshot_cpu_s"], 0.99),
         "snapshot-point CPU max s": max(result["snapshot_cpu_s"]),
         "apply s": statistics.median(served["applied"]) if served["applied"] else float("nan"),
+        # sampled VmRSS while serving (the figure of earlier rows), then the honest peak:
+        # VmHWM over the process's life, the base load included
         "peak RSS/model": served["peak"] / model_bytes,
+        "server VmHWM/model": served["hwm"] / model_bytes,
+        "server runtime GB": served["baseline"] / 1e9,
+        "server (VmHWM-runtime)/model": (served["hwm"] - served["baseline"]) / model_bytes,
+        "server (VmHWM-runtime-model built)/model": (served["hwm"] - served["with model"])
+        / model_bytes,
         "end RSS/model (trimmed)": served["rss"] / model_bytes,
         "end (RSS-torch)/model": (served["rss"] - served["baseline"]) / model_bytes,
+        **{f"peak GB {name}": peak / 1e9 for name, peak in procs.peak.items()},
         "worst (freshness@produced after first prediction)": worst,
         **{f"replica {k}": v for k, v in replica_row.items()},
     }
 
 
-def _encode_with_safetensors() -> None:
-    """The publisher's encoder as it was: ``safetensors.torch.save``, bytes identical."""
+def _encode_with(encoder: str) -> None:
+    """The publisher's encoder as it was, bytes identical: ``copy``, one model-sized buffer
+    filled with torch (``payload.encode_view``, before ``encode_parts``); ``safetensors``,
+    ``safetensors.torch.save`` (before that), which holds the GIL for its whole copy."""
     from safetensors.torch import save
 
     from streamtrain.snapshot import writer
     from streamtrain.snapshot.manifest import TensorInfo
-    from streamtrain.snapshot.payload import dtype_name
+    from streamtrain.snapshot.payload import EncodedPayload, dtype_name, encode_view
 
     def encode(tensors: Any) -> Any:
+        if encoder == "copy":
+            view, infos = encode_view(tensors)
+            return EncodedPayload([view]), infos
         prepared = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
         infos = [
             TensorInfo(name=k, dtype=dtype_name(v.dtype), shape=list(v.shape))
             for k, v in prepared.items()
         ]
-        return memoryview(save(prepared)), infos
+        return EncodedPayload([memoryview(save(prepared))]), infos
 
-    writer.encode_view = encode  # type: ignore[attr-defined]
+    writer.encode_parts = encode  # type: ignore[assignment]
 
 
 def main() -> None:
@@ -578,10 +678,24 @@ def main() -> None:
         help="start a new replica N s into the run and report its time to ready",
     )
     parser.add_argument(
+        "--replica-nice",
+        type=int,
+        default=0,
+        help="run the replica at this niceness (0-19): separates its CPU's share in the "
+        "tailing server's freshness from the broker's serving of its base",
+    )
+    parser.add_argument(
         "--base-window-mb",
         type=float,
         default=None,
         help="the base lane's acknowledgement window (publisher.BASE_WINDOW_BYTES), MiB",
+    )
+    parser.add_argument(
+        "--delta-window-mb",
+        type=float,
+        default=None,
+        help="the delta lane's acknowledgement window (publisher.DELTA_WINDOW_BYTES), MiB; "
+        "0: none, a whole snapshot's chunks all queued in the producer at once (as before)",
     )
     parser.add_argument(
         "--partitions",
@@ -598,10 +712,12 @@ def main() -> None:
     )
     parser.add_argument(
         "--encoder",
-        choices=["torch", "safetensors"],
-        default="torch",
-        help="safetensors: the publisher encodes with safetensors.torch.save, which holds the "
-        "GIL for the whole copy (the encoder before payload.encode_view), to compare",
+        choices=["parts", "copy", "safetensors"],
+        default="parts",
+        help="parts: the publisher's encoder (payload.encode_parts, no copy of the tensors); "
+        "copy: the whole payload copied into one buffer first (payload.encode_view, the "
+        "encoder before it); safetensors: safetensors.torch.save, which also holds the GIL "
+        "for the whole copy (the encoder before that), to compare",
     )
     parser.add_argument(
         "--device", default="cpu", help="the trainer's device (cpu, cuda); the server's is cpu"
@@ -612,8 +728,8 @@ def main() -> None:
     torch.set_num_threads(1)
     if args.switch_interval_ms is not None:
         sys.setswitchinterval(args.switch_interval_ms / 1000)
-    if args.encoder == "safetensors":
-        _encode_with_safetensors()
+    if args.encoder != "parts":
+        _encode_with(args.encoder)
     print(
         f"table {args.rows} x {args.dim} fp32 = {args.rows * args.dim * 4 / 1e9:.2f} GB, "
         f"{args.rate:.0f} samples/s target, batch {args.batch}, snapshot every "

@@ -45,7 +45,7 @@ def encode_state(tensors: Mapping[str, torch.Tensor]) -> tuple[bytes, list[Tenso
 
 def encode_view(tensors: Mapping[str, torch.Tensor]) -> tuple[memoryview, list[TensorInfo]]:
     """Serialize named tensors as a safetensors file; return its bytes (a view of one
-    buffer) and their list.
+    buffer) and their list (:func:`encode_parts` joined: tools, tests and the bench).
 
     safetensors needs contiguous CPU tensors that share no storage; tensors that do (tied
     weights, views of one buffer) are cloned so the caller's state is never refused.
@@ -56,6 +56,33 @@ def encode_view(tensors: Mapping[str, torch.Tensor]) -> tuple[memoryview, list[T
     on the publisher's threads that stopped the training thread for as long. safetensors is
     still what reads them (``decode_state``, ``mapped.py``); a dtype outside ``_DTYPES`` is
     encoded by ``save`` itself.
+    """
+    parts, infos = encode_parts(tensors)
+    if len(parts.parts) == 1:
+        return parts.parts[0], infos
+    buffer = torch.empty(parts.size, dtype=torch.uint8)
+    start = 0
+    for part in parts.parts:
+        if len(part):  # (torch.frombuffer warns on a read-only buffer: the header's)
+            source = bytearray(part) if part.readonly else part
+            flat = torch.frombuffer(source, dtype=torch.uint8)
+            buffer[start : start + len(part)].copy_(flat)  # torch releases the GIL here
+        start += len(part)
+    return buffer.numpy().data, infos  # a memoryview: the buffer lives as long as it does
+
+
+def encode_parts(tensors: Mapping[str, torch.Tensor]) -> tuple[EncodedPayload, list[TensorInfo]]:
+    """The safetensors file of ``tensors`` *without copying their bytes*: its header, then a
+    view of each tensor's own memory, in file order (the publisher's encoder, issue 26).
+
+    A whole snapshot's encoded copy was one more model-sized buffer in the trainer, next to
+    the model, the publisher's shadow copy and the base buffers (4.6x a 1 GB model at the
+    trainer's peak, measured by ``bench/delta.py``). The writer now hashes and cuts chunks
+    from the tensors' memory directly, so **the tensors must not change until the write
+    returns**: ``SnapshotRequest.tensors`` are the sink's to keep (``train/hooks.py``), and
+    the publisher changes its shadow copy only on the thread that writes it, after the write.
+    Tensors that are not contiguous CPU tensors, or share storage, are copied first, as
+    before; a dtype outside ``_DTYPES`` is encoded by ``save`` (one part).
     """
     prepared: dict[str, torch.Tensor] = {}
     seen_storage: set[int] = set()
@@ -74,8 +101,50 @@ def encode_view(tensors: Mapping[str, torch.Tensor]) -> tuple[memoryview, list[T
         for name, t in prepared.items()
     ]
     if any(t.dtype not in _DTYPES for t in prepared.values()):
-        return memoryview(safetensors_save(prepared)), infos
-    return _safetensors_view(prepared), infos
+        return EncodedPayload([memoryview(safetensors_save(prepared))]), infos
+    return _safetensors_parts(prepared), infos
+
+
+class EncodedPayload:
+    """A payload as consecutive parts (the header, each tensor's bytes): its size, sha256 and
+    chunks, without joining the parts."""
+
+    def __init__(self, parts: list[memoryview]) -> None:
+        self.parts = parts
+        self.size = sum(len(part) for part in parts)
+
+    def sha256(self) -> str:
+        digest = hashlib.sha256()
+        for part in self.parts:
+            digest.update(part)  # hashlib releases the GIL for large updates
+        return digest.hexdigest()
+
+    def chunks(self, chunk_bytes: int) -> list[memoryview | bytes]:
+        """The payload cut as :func:`split_chunks` cuts the joined bytes: a chunk inside one
+        part is a view of it (no copy); one across parts (at most one per part boundary) is
+        joined into new bytes."""
+        if chunk_bytes < 1:
+            raise ValueError(f"chunk_bytes must be >= 1, got {chunk_bytes}")
+        out: list[memoryview | bytes] = []
+        pending: list[memoryview] = []  # the pieces of a chunk that crosses parts
+        pending_bytes = 0
+        for part in self.parts:
+            at = 0
+            while at < len(part):
+                take = min(chunk_bytes - pending_bytes, len(part) - at)
+                piece = part[at : at + take]
+                at += take
+                if not pending and take == chunk_bytes:
+                    out.append(piece)
+                    continue
+                pending.append(piece)
+                pending_bytes += take
+                if pending_bytes == chunk_bytes:
+                    out.append(b"".join(pending))
+                    pending, pending_bytes = [], 0
+        if pending:
+            out.append(pending[0] if len(pending) == 1 else b"".join(pending))
+        return out or [memoryview(b"")]
 
 
 # safetensors' dtype names, in its own order (its ``Dtype`` enum): a file lists its tensors by
@@ -95,9 +164,10 @@ _DTYPES = {
 _RANK = {dtype: rank for rank, dtype in enumerate(_DTYPES)}
 
 
-def _safetensors_view(prepared: Mapping[str, torch.Tensor]) -> memoryview:
+def _safetensors_parts(prepared: Mapping[str, torch.Tensor]) -> EncodedPayload:
     """The safetensors file of ``prepared``: an 8-byte little-endian header length, the JSON
-    header (compact, padded with spaces to a multiple of 8), then each tensor's bytes."""
+    header (compact, padded with spaces to a multiple of 8), then each tensor's bytes (views
+    of the tensors' memory)."""
     ordered = sorted(prepared.items(), key=lambda item: (-_RANK[item[1].dtype], item[0]))
     header: dict[str, object] = {}
     offset = 0
@@ -112,14 +182,11 @@ def _safetensors_view(prepared: Mapping[str, torch.Tensor]) -> memoryview:
     raw = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
     raw += b" " * (-len(raw) % 8)
     prefix = struct.pack("<Q", len(raw)) + raw
-    buffer = torch.empty(len(prefix) + offset, dtype=torch.uint8)
-    buffer[: len(prefix)] = torch.frombuffer(bytearray(prefix), dtype=torch.uint8)
-    start = len(prefix)
+    parts = [memoryview(prefix)]
     for _, tensor in ordered:
-        flat = tensor.reshape(-1).view(torch.uint8)
-        buffer[start : start + flat.numel()].copy_(flat)  # torch releases the GIL here
-        start += flat.numel()
-    return buffer.numpy().data  # a memoryview: the buffer lives as long as it does
+        # a uint8 view of the tensor's memory; the numpy array keeps the tensor alive
+        parts.append(tensor.reshape(-1).view(torch.uint8).numpy().data)
+    return EncodedPayload(parts)
 
 
 def decode_state(payload: bytes) -> dict[str, torch.Tensor]:

@@ -25,6 +25,11 @@ log = logging.getLogger(__name__)
 # The base lane acknowledges its chunks 8 MiB at a time, so deltas produced meanwhile reach
 # the broker's one partition between windows instead of behind the whole base (lanes.py).
 BASE_WINDOW_BYTES = 8 * 1024 * 1024
+# The delta lane's whole snapshots (a process's first, a dense model's) are acknowledged in
+# windows too: without one every chunk was queued in the producer at once, and librdkafka
+# copies each record (its queue holds up to 1 GiB): one more model in the trainer's memory
+# for a 1 GB first snapshot (bench/README.md, Delta snapshots). A delta is one window.
+DELTA_WINDOW_BYTES: int | None = 8 * 1024 * 1024
 
 
 class SnapshotPublisher:
@@ -103,7 +108,7 @@ class SnapshotPublisher:
                 chunk_partition=chunk_partition,
             )
 
-        self._writer = writer("")
+        self._writer = writer("", DELTA_WINDOW_BYTES)
         self._newest = PublishedVersion()
         self._lock = threading.Lock()
         self._next: SnapshotRequest | None = None  # what the next publish sends (merged)

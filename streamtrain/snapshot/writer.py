@@ -20,7 +20,7 @@ from streamtrain.snapshot.manifest import (
     SnapshotManifest,
     shard_snapshot_id,
 )
-from streamtrain.snapshot.payload import encode_view, sha256_hex, split_chunks
+from streamtrain.snapshot.payload import encode_parts, sha256_hex
 from streamtrain.snapshot.signing import ManifestSigner
 from streamtrain.train.hooks import SnapshotRequest
 
@@ -150,7 +150,8 @@ class SnapshotWriter:
         jumps there, ``scan.py``).
 
         1. Wait until the trainer's copy of the weights is complete (``wait_ready``).
-        2. Serialize with safetensors, hash with sha256, cut into chunks of ``chunk_bytes``.
+        2. Serialize as safetensors (views of the tensors' memory, not a copy:
+           ``payload.encode_parts``), hash with sha256, cut into chunks of ``chunk_bytes``.
         3. Produce every chunk to partition 0 (a whole base of a writer with
            ``chunk_partition``: to that partition, named in the manifest) and wait for all
            acknowledgements; the first chunk's offset becomes ``first_chunk_offset``.
@@ -167,8 +168,10 @@ class SnapshotWriter:
                     f"delta {request.run_id}/{request.version} has no base or predecessor"
                 )
             tensors = delta_payload(tensors, request.rows)
-        payload, infos = encode_view(tensors)
-        chunks = split_chunks(memoryview(payload), self.chunk_bytes)
+        # views of the tensors' memory, not a copy of them (payload.encode_parts): the
+        # request's tensors are not changed until this returns
+        payload, infos = encode_parts(tensors)
+        chunks = payload.chunks(self.chunk_bytes)
         manifest = SnapshotManifest(
             model_name=self.model_name,
             settings_hash=self.settings_hash,
@@ -178,8 +181,8 @@ class SnapshotWriter:
             data_watermark=request.data_watermark,
             offsets=dict(request.offsets),
             tensors=infos,
-            size_bytes=len(payload),
-            sha256=sha256_hex(payload),
+            size_bytes=payload.size,
+            sha256=payload.sha256(),
             chunk_count=len(chunks),
             chunk_bytes=self.chunk_bytes,
             first_chunk_offset=None,
@@ -207,7 +210,7 @@ class SnapshotWriter:
             }
         )
         self.manifest_offset = self._send_manifest(producer, manifest)
-        log.debug("snapshot %s written: %d bytes in %d chunks", sid, len(payload), len(chunks))
+        log.debug("snapshot %s written: %d bytes in %d chunks", sid, payload.size, len(chunks))
         return manifest
 
     def _send_manifest(self, producer: RecordProducer, manifest: SnapshotManifest) -> int:
@@ -226,7 +229,7 @@ class SnapshotWriter:
         return sent.result(timeout=self.send_timeout_s)
 
     def _send_chunks(
-        self, producer: RecordProducer, sid: str, chunks: list[memoryview], partition: int
+        self, producer: RecordProducer, sid: str, chunks: list[memoryview | bytes], partition: int
     ) -> int:
         """Step 3: every chunk produced and acknowledged (window by window when
         ``window_bytes`` is set); the first chunk's offset."""
@@ -250,7 +253,7 @@ class SnapshotWriter:
             producer.flush(timeout=self.send_timeout_s)
             offsets = [future.result(timeout=self.send_timeout_s) for future in futures]
             first = offsets[0] if first is None else first
-        assert first is not None  # a payload is never empty: split_chunks gives >= 1 chunk
+        assert first is not None  # a payload is never empty: chunks() gives >= 1 chunk
         return first
 
     def close(self, timeout: float) -> None:

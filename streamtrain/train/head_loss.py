@@ -1,13 +1,19 @@
 """``auto``'s heads' training loss and its gradient in one autograd function.
 
-Autograd would record the per-head loss, its sample weighting and the two sums as five nodes,
-and run as many backward steps (about a dozen small operations in a batch-1 step, where each
-costs mostly its call). :class:`HeadsLoss` computes the same loss in one forward and keeps the
-loss's gradient with respect to the heads, less the incoming gradient's factor, so backward is
-two multiplications. The arithmetic is the one autograd runs, operation for operation (BCE's
-gradient is ``(sigmoid(z) - y) * grad``; cross entropy's is ``log_softmax``'s backward of
-``-grad`` at the label), so every parameter comes out bit for bit as before
-(tests/unit/test_head_loss.py). Regression keeps autograd (:mod:`.objective`).
+Autograd would record the per-head loss, its sample weighting, the sums and the stack of the
+heads as a node each, and run as many backward steps (about a dozen small operations in a
+batch-1 step, where each costs mostly its call). :class:`HeadsLoss` computes the same loss in
+one forward from the stacked heads the mixer already built (without a graph, hedge.py), reusing
+the sigmoid or log-softmax the mix computed, and keeps the loss's gradient with respect to the
+heads less the incoming gradient's factor, so backward is two multiplications and a split into
+the heads. The arithmetic is autograd's for the same loss (BCE's gradient is
+``(sigmoid(z) - y) * grad``; cross entropy's is ``log_softmax``'s backward of ``-grad`` at the
+label; tests/unit/test_head_loss.py checks it bit for bit). Regression keeps autograd
+(:mod:`.objective`).
+
+The loss is ``sum_i wn_i * loss_i`` with the sample weights normalised once (``wn = w /
+sum(w)``): the mean, its gradient and the mixed prediction's reported loss then need no
+division each.
 """
 
 from __future__ import annotations
@@ -19,60 +25,63 @@ import torch.nn.functional as F
 
 
 class HeadsLoss(torch.autograd.Function):
-    """``apply(heads, labels_k, column, total, multiclass)`` -> ``(train, sums)``.
+    """``apply(stacked, activated, target, column, *heads)`` -> ``(train, sums)``.
 
-    ``heads`` float32 logits, ``[n, classes, H]`` (multiclass) or ``[n, H]`` (binary);
-    ``labels_k`` ``[n, H]`` the labels per head (binary: floats); ``column`` ``[n, 1]`` the
-    sample weights and ``total`` their clamped sum. ``sums[k]`` is head ``k``'s sample-weighted
-    loss sum (not differentiable); ``train = sums.sum() / total`` is what backward runs on.
+    ``stacked`` the heads' float32 logits without a graph, ``[n, classes, H]`` (multiclass) or
+    ``[n, H]`` (binary); ``activated`` its log-softmax over classes or its sigmoid (None:
+    computed here); ``heads`` the H head outputs ``stacked`` was built from, which receive the
+    gradient. Multiclass: ``target`` ``[n, classes, 1]`` is minus each sample's normalised
+    weight at its label and 0 elsewhere, ``column`` None. Binary: ``target`` the float labels
+    per head ``[n, H]``, ``column`` ``[n, 1]`` the normalised sample weights.
+    ``sums[k]`` is head ``k``'s normalised-weight loss sum (not differentiable);
+    ``train = sums.sum()`` is what backward runs on.
     """
 
     @staticmethod
     def forward(
         ctx: Any,
-        heads: torch.Tensor,
-        labels_k: torch.Tensor,
-        column: torch.Tensor,
-        total: torch.Tensor,
-        multiclass: bool,
+        stacked: torch.Tensor,
+        activated: torch.Tensor | None,
+        target: torch.Tensor,
+        column: torch.Tensor | None,
+        *heads: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        if multiclass:
-            log_p = heads.log_softmax(dim=1)
-            index = labels_k.unsqueeze(1)
-            per = log_p.gather(1, index).neg_().squeeze(1)  # nll_loss's -log p[label]
-            # where backward puts -grad (nll_loss's gradient), as ones
-            hot = torch.zeros_like(log_p).scatter_(1, index, 1.0)
-            ctx.save_for_backward(log_p, hot, column, total)
+        ctx.multiclass = column is None
+        if column is None:
+            log_p = stacked.log_softmax(dim=1) if activated is None else activated
+            # -w log p[label] summed: target is -w at the label, 0 elsewhere (log_p is finite)
+            sums = (log_p * target).sum(dim=(0, 1))
+            # nll_loss's gradient, -w at the label, is target itself
+            ctx.save_for_backward(log_p, target)
         else:
-            per = F.binary_cross_entropy_with_logits(heads, labels_k, reduction="none")
-            ctx.save_for_backward(heads.sigmoid() - labels_k, column, total)
-        ctx.multiclass = multiclass
+            sig = stacked.sigmoid() if activated is None else activated
+            per = F.binary_cross_entropy_with_logits(stacked, target, reduction="none")
+            sums = (per * column).sum(dim=0)
+            ctx.save_for_backward(sig - target, column)
         ctx.set_materialize_grads(False)  # no zeros for ``sums``, which has no gradient
-        sums = (per * column).sum(dim=0)
         ctx.mark_non_differentiable(sums)
-        return sums.sum() / total, sums
+        return sums.sum(), sums
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor, _sums: torch.Tensor) -> tuple[Any, ...]:
-        # d train / d per = grad / total * column, as autograd's div, sum and mul backward give
+        # d train / d per = grad * w, as autograd's sum and mul backward give
         if ctx.multiclass:
-            log_p, hot, column, total = ctx.saved_tensors
-            scaled = (grad / total * column).neg_().unsqueeze(1)
-            grad_log_p = hot * scaled
-            out = torch._log_softmax_backward_data(grad_log_p, log_p, 1, log_p.dtype)
+            log_p, target = ctx.saved_tensors
+            out = torch._log_softmax_backward_data(target * grad, log_p, 1, log_p.dtype)
+            per_head = out.unbind(-1)  # [n, classes] each
         else:
-            diff, column, total = ctx.saved_tensors
-            out = diff * (grad / total * column)
-        return out, None, None, None, None
+            diff, column = ctx.saved_tensors
+            per_head = (diff * (grad * column)).split(1, dim=1)  # [n, 1] each
+        return (None, None, None, None, *per_head)
 
 
 def heads_loss(
-    heads: torch.Tensor,
-    labels_k: torch.Tensor,
-    column: torch.Tensor,
-    total: torch.Tensor,
-    multiclass: bool,
+    stacked: torch.Tensor,
+    activated: torch.Tensor | None,
+    target: torch.Tensor,
+    column: torch.Tensor | None,
+    heads: tuple[torch.Tensor, ...],
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """:class:`HeadsLoss` applied (``Function.apply`` is untyped in torch)."""
-    train, sums = HeadsLoss.apply(heads, labels_k, column, total, multiclass)  # type: ignore[no-untyped-call]
+    train, sums = HeadsLoss.apply(stacked, activated, target, column, *heads)  # type: ignore[no-untyped-call]
     return train, sums

@@ -19,13 +19,14 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from streamtrain.train.head_loss import heads_loss
-from streamtrain.train.models.hedge import HedgeMixer, find_mixer
+from streamtrain.train.models.hedge import HeadsSeen, HedgeMixer, find_mixer
 from streamtrain.train.models.target_scale import TargetStandardize, find_target_scaler
 from streamtrain.train.task import TaskHead
 
@@ -54,7 +55,9 @@ class Objective:
             for name, layer in (("targets", self.targets), ("mixer", self.mixer))
             if layer is not None
         ]
-        self._captured: dict[str, torch.Tensor] = {}
+        # the target scaler's input tensor, the mixer's HeadsSeen
+        self._captured: dict[str, Any] = {}
+        self._classes: torch.Tensor | None = None  # multiclass: see _class_index
 
     @contextlib.contextmanager
     def capture(self) -> Iterator[None]:
@@ -63,7 +66,7 @@ class Objective:
         if not self._layers:
             yield
             return
-        slots: list[tuple[str, list[torch.Tensor]]] = []
+        slots: list[tuple[str, list[Any]]] = []
         for name, layer in self._layers:
             slots.append((name, []))
             layer.lend_slot(slots[-1][1])
@@ -95,57 +98,82 @@ class Objective:
         if self.mixer is None:
             plain = self.head.loss(outputs, labels, weights)
             return StepLoss(plain, plain)
-        return self._head_losses(self._captured["mixer"], outputs, labels, weights)
+        seen = self._captured["mixer"]
+        assert isinstance(seen, HeadsSeen)
+        return self._head_losses(seen, outputs, labels, weights)
 
     def _head_losses(
-        self, heads: torch.Tensor, mixed: torch.Tensor, labels: torch.Tensor, w: torch.Tensor
+        self, seen: HeadsSeen, mixed: torch.Tensor, labels: torch.Tensor, w: torch.Tensor
     ) -> StepLoss:
-        """Every head's loss in one call of the task loss: heads last, ``[n, width, heads]``,
-        labels broadcast along them (cross entropy reads extra dims as more positions)."""
-        task = self.head.spec.task
-        count = heads.shape[-1]
-        if task == "binary":
-            heads = heads.squeeze(1)
-            # as floats once: both losses below would each convert them
-            labels = labels.to(torch.float32)
-            labels_k = labels[:, None].expand(-1, count)
-        elif task == "multiclass":
-            labels_k = labels[:, None].expand(-1, count)
-        else:
-            labels_k = labels.reshape(heads.shape[:2])[..., None].expand(-1, -1, count)
-        w = w.to(torch.float32)
-        column = w[:, None]
-        total = w.sum().clamp_min(1e-12)
-        if task == "regression":
-            per = self.head.per_sample_loss(heads, labels_k)  # [n, heads]
-            sums = (per * column).sum(dim=0)
-            train = sums.sum() / total
-        else:  # the loss and its gradient in one autograd node (head_loss.py)
-            train, sums = heads_loss(heads.float(), labels_k, column, total, task != "binary")
+        """Every head's loss in one call: heads last, ``[n, width, heads]`` (binary ``[n,
+        heads]``), labels broadcast along them."""
         assert self.mixer is not None
-        # the mixed prediction's loss, as TaskHead.loss computes any model's (the total shared):
-        # the mix is computed from detached heads, so this records no graph and needs no
-        # no_grad() block (one more call in a batch-1 step of ~150)
-        reported = self._reported_sum(mixed, labels, w) / total
-        if self.mixer.criterion == "error":  # each head's weighted wrong predictions
-            # a bool compared with the int64 labels, and a bool times the float weights:
-            # the promotions happen inside the one kernel each
-            wrong = (heads > 0) != labels_k if task == "binary" else heads.argmax(1) != labels_k
-            mix_sums = (wrong * column).sum(dim=0)
+        if self.head.spec.task == "regression":
+            return self._regression_head_losses(seen.stacked, mixed, labels, w)
+        stacked = seen.stacked
+        # the mix's sigmoid / log-softmax, unless autocast made the heads another dtype
+        activated = seen.activated if stacked.dtype == torch.float32 else None
+        stacked = stacked.float()
+        count = stacked.shape[-1]
+        w = w.to(torch.float32)
+        total = w.sum().clamp_min(1e-12)
+        normalised = w / total  # once, for the loss, its gradient and the reported loss
+        binary = self.head.spec.task == "binary"
+        if binary:
+            labels = labels.to(torch.float32)  # as floats once: both losses below use them
+            labels_k = labels[:, None].expand(-1, count)
+            train, sums = heads_loss(stacked, activated, labels_k, normalised[:, None], seen.heads)
         else:
-            mix_sums = sums.detach()
+            labels_k = labels.view(-1, 1, 1)
+            # minus each sample's weight at its label: the loss, and its gradient as it is
+            at_label = (labels_k == self._class_index(stacked)) * normalised.view(-1, 1, 1).neg()
+            train, sums = heads_loss(stacked, activated, at_label, None, seen.heads)
+        # the mixed prediction's loss (the mix has no graph: nothing recorded here)
+        mixed = mixed.float()
+        if binary:  # BCE weighs and sums inside
+            reported = F.binary_cross_entropy_with_logits(
+                mixed, labels, weight=normalised, reduction="sum"
+            )
+        else:  # the mix's logits are log-probabilities already: no log_softmax
+            reported = torch.dot(F.nll_loss(mixed, labels, reduction="none"), normalised)
+        if self.mixer.criterion == "error":  # each head's weighted wrong predictions
+            # a bool compared with the labels, and a bool times the float weights: the
+            # promotions happen inside the one kernel each
+            if binary:
+                mix_sums = (((stacked > 0) != labels_k) * w[:, None]).sum(dim=0)
+            else:
+                wrong = stacked.argmax(dim=1, keepdim=True) != labels_k  # [n, 1, heads]
+                mix_sums = (wrong * w.view(-1, 1, 1)).sum(dim=(0, 1))
+        else:
+            mix_sums = sums * total
         return StepLoss(train, reported, mix_sums)
 
-    def _reported_sum(
-        self, mixed: torch.Tensor, labels: torch.Tensor, w: torch.Tensor
-    ) -> torch.Tensor:
-        """``sum(w * loss)`` of the mixed prediction; binary in one call (BCE weighs and sums
-        inside, the same products and sum as ``TaskHead.loss``)."""
-        if self.head.loss_name == "bce":
-            return F.binary_cross_entropy_with_logits(
-                mixed.float(), labels, weight=w, reduction="sum"
-            )
-        return (self.head.per_sample_loss(mixed, labels) * w).sum()
+    def _class_index(self, stacked: torch.Tensor) -> torch.Tensor:
+        """``[1, classes, heads]``: each class's index, along every head, on the heads'
+        device; made once (a constant), so comparing labels with it costs one kernel."""
+        index = self._classes
+        shape = stacked.shape[1:]
+        if index is None or index.shape[1:] != shape or index.device != stacked.device:
+            classes, heads = shape
+            index = torch.arange(classes, device=stacked.device)[None, :, None]
+            index = index.expand(1, classes, heads).contiguous()
+            self._classes = index
+        return index
+
+    def _regression_head_losses(
+        self, heads: torch.Tensor, mixed: torch.Tensor, labels: torch.Tensor, w: torch.Tensor
+    ) -> StepLoss:
+        """``heads`` ``[n, width, heads]`` with the graph: the task loss through autograd."""
+        count = heads.shape[-1]
+        labels_k = labels.reshape(heads.shape[:2])[..., None].expand(-1, -1, count)
+        w = w.to(torch.float32)
+        total = w.sum().clamp_min(1e-12)
+        per = self.head.per_sample_loss(heads, labels_k)  # [n, heads]
+        sums = (per * w[:, None]).sum(dim=0)
+        train = sums.sum() / total
+        # the mixed prediction's loss, as TaskHead.loss computes any model's (the total shared)
+        reported = (self.head.per_sample_loss(mixed, labels) * w).sum() / total
+        return StepLoss(train, reported, sums.detach())
 
     def after_step(self, loss: StepLoss, samples: int) -> None:
         """An applied step's head losses move the mixer (every rank alike, see hedge.py)."""

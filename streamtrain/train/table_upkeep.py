@@ -12,12 +12,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.optim import Optimizer
 
 from streamtrain import metrics
 from streamtrain.sample.sparse_torch import SparseInput
+from streamtrain.train.models.dynamic_lookup import Int64s
 from streamtrain.train.models.dynamic_table import Observed
 from streamtrain.train.models.embedding import EmbeddingTables
 
@@ -27,14 +29,14 @@ Gather = Callable[[list[torch.Tensor]], list[torch.Tensor]]
 def reset_optimizer_rows(
     optimizer: Optimizer,
     param: torch.Tensor,
-    rows: torch.Tensor,
+    rows: torch.Tensor | Int64s,
     group: dict[str, Any] | None = None,
 ) -> None:
-    """Reset ``rows`` of every per-row state tensor the optimizer keeps for ``param``
-    (``group``: its parameter group, when the caller knows it). No ``no_grad`` needed:
-    optimizer state is no autograd leaf, and entering it costs more than the write on a small
-    step."""
-    if rows.numel() == 0:
+    """Reset ``rows`` (a tensor, or a host array) of every per-row state tensor the optimizer
+    keeps for ``param`` (``group``: its parameter group, when the caller knows it). No
+    ``no_grad`` needed: optimizer state is no autograd leaf, and entering it costs more than
+    the write on a small step."""
+    if rows.size == 0 if isinstance(rows, np.ndarray) else rows.numel() == 0:
         return
     state = optimizer.state.get(param)
     if not state:
@@ -47,8 +49,13 @@ def reset_optimizer_rows(
         if value.shape[0] != param.shape[0]:
             continue
         fill = group.get("initial_accumulator_value", 0.0) if name == "sum" else 0.0
+        if isinstance(rows, np.ndarray):
+            if value.is_cpu and value.dtype in _HOST_DTYPES:
+                value.numpy()[rows] = fill  # a numpy view: a tenth of index_fill_'s dispatch
+                continue
+            rows = torch.from_numpy(rows)
         if value.is_cpu and value.dtype in _HOST_DTYPES and rows.is_cpu:
-            value.numpy()[rows.numpy()] = fill  # a numpy view: a tenth of index_fill_'s dispatch
+            value.numpy()[rows.numpy()] = fill
         else:
             value.index_fill_(0, rows if value.is_cpu else rows.to(value.device), fill)
 
@@ -121,6 +128,6 @@ class TableUpkeep:
             for table, weight, observed in module.observe(sparse or {}, gather):
                 if observed.admitted:
                     group = self._group(weight)
-                    reset_optimizer_rows(self._optimizer, weight, observed.reset, group)
+                    reset_optimizer_rows(self._optimizer, weight, observed.placed, group)
                 capacity = module.dynamic[table].capacity
                 self._series[table].count(observed, observed.owned / capacity)

@@ -70,8 +70,8 @@ def test_a_mixer_that_runs_twice_in_one_forward_is_refused() -> None:
             self.mixer = HedgeMixer(2, BINARY, eta=1.0, window=10)
 
         def forward(self, z: torch.Tensor) -> torch.Tensor:
-            self.mixer(z)
-            out: torch.Tensor = self.mixer(z).squeeze(-1)
+            self.mixer(*z.unbind(-1))
+            out: torch.Tensor = self.mixer(*z.unbind(-1))
             return out
 
     model = Twice()
@@ -108,3 +108,72 @@ def test_the_kept_log_weights_follow_every_change_of_the_losses() -> None:
     with torch.inference_mode():  # nothing made under inference mode is kept for training
         served = mixer.log_weights()
     assert mixer.log_weights() is not served
+
+
+MULTICLASS = SampleSpec(feature_shape=(4,), task="multiclass", num_classes=3)
+
+
+@pytest.mark.parametrize("spec", [BINARY, MULTICLASS], ids=["binary", "multiclass"])
+def test_a_step_loss_is_the_heads_task_losses_and_the_mix_counts_their_errors(
+    spec: SampleSpec,
+) -> None:
+    # the cheaper step (the mix without a graph, normalised weights, the heads' loss from the
+    # mix's activations) computes what the plain definitions give
+    torch.manual_seed(5)
+    model = build_model("auto", spec, {})
+    mixer = _mixer(model)
+    mixer.observe(torch.tensor([1.0, 0.0]), samples=1)  # unequal weights
+    head = TaskHead(spec)
+    objective = Objective(model, head)
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(16, 4, generator=g) * 3
+    y = torch.randint(0, spec.num_classes or 2, (16,), generator=g)
+    w = torch.rand(16, generator=g) + 0.5
+    heads: list[torch.Tensor] = []
+    handle = mixer.register_forward_hook(lambda _m, args, _o: heads.extend(args))
+    with objective.capture():
+        out = model(x)
+    handle.remove()
+    step = objective.loss(out, y, w)
+    step.train.backward()
+
+    stacked = torch.stack([h.detach() for h in heads], dim=-1)  # [n, width, 2]
+    per_head = [
+        head.per_sample_loss(
+            stacked[..., k].squeeze(-1) if spec.task == "binary" else stacked[..., k], y
+        )
+        for k in (0, 1)
+    ]
+    want_train = sum((p * w).sum() for p in per_head) / w.sum()
+    torch.testing.assert_close(step.train.detach(), want_train)
+    # the reported loss is the task loss of the served (mixed) output
+    torch.testing.assert_close(step.reported, head.loss(out.detach(), y, w))
+    # the mix counts each head's weighted wrong predictions
+    predicted = [
+        head.predict(stacked[..., k].squeeze(-1) if spec.task == "binary" else stacked[..., k])
+        for k in (0, 1)
+    ]
+    wrong = torch.stack([(p["predicted_class"] != y).float() for p in predicted], dim=-1)
+    assert step.head_sums is not None
+    assert torch.equal(step.head_sums, (wrong * w[:, None]).sum(dim=0))
+    # both heads received a gradient, the mix none (it has no graph)
+    assert not out.requires_grad
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.deep.parameters())
+    assert all(p.grad is not None for p in model.wide.parameters())
+
+
+def test_a_binary_mix_of_sure_heads_stays_finite() -> None:
+    # the mixed probability is kept off 0 and 1 before its logit: a served logit and the
+    # reported loss stay finite when both heads are sure (right or wrong)
+    mixer = HedgeMixer(2, BINARY, eta=1.0, window=10)
+    sure = torch.tensor([[60.0], [-60.0]])
+    mixed = mixer(sure, sure)
+    assert torch.isfinite(mixed).all() and mixed[0] > 15 and mixed[1] < -15
+    model = nn.Module()
+    model.mixer = mixer
+    objective = Objective(model, TaskHead(BINARY))
+    with objective.capture():
+        out = model.mixer(sure.clone().requires_grad_(True), sure.clone().requires_grad_(True))
+    step = objective.loss(out, torch.tensor([0, 1]), torch.ones(2))  # both wrong, and sure
+    assert torch.isfinite(step.reported) and step.reported > 15
+    assert torch.isfinite(step.train) and step.train > 59

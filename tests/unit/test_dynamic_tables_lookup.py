@@ -154,3 +154,19 @@ def test_a_base_listing_an_id_twice_is_refused() -> None:
     assert "more than one row" in message
     with slot.acquire() as lease:
         assert lease.info.version == 1
+
+
+def test_the_slots_two_copies_share_one_lookup_made_once_per_base_and_delta() -> None:
+    slot, base = _trained_slot()
+    mappings = [each.model.embeddings.mappings.t_items for each in slot._copies]
+    assert mappings[0].slot_ids is mappings[1].slot_ids  # the mapping is held once (rule 5)
+    assert mappings[0].lookup() is mappings[1].lookup()  # after the base: one sort, not two
+    owners = base[SLOTS]
+    owned = (owners != EMPTY).nonzero().squeeze(1)
+    a, b = int(owned[0]), int(owned[1])
+    moved = torch.stack([owners[b], owners[a]])
+    _delta(slot, [a, b], moved)
+    assert mappings[0].lookup() is mappings[1].lookup()  # after the delta: one update
+    _same(mappings[0].lookup(), SortedLookup.build(mappings[0].slot_ids))
+    for mapping in mappings:
+        assert mapping.rows(moved).tolist() == [a, b]

@@ -28,7 +28,8 @@ LONG = {
 
 @pytest.fixture(params=["runs", "scan"])
 def lfu_by(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """LFU victims from the frequency runs (every size) or the scan (every size)."""
+    """Victims from the frequency runs / recency queue (every size), or from the scans
+    (``FrequencyScan``, and ``RecencyScan`` for LRU without expiry; every size)."""
     monkeypatch.setattr(dynamic_victims, "SCAN_BELOW", 0 if request.param == "runs" else 1 << 40)
     return str(request.param)
 
@@ -111,7 +112,13 @@ def test_free_rows_are_taken_lowest_first_with_freed_rows_merged_in() -> None:
     assert free.take(5).tolist() == [9]
 
 
-def test_the_lookup_believes_no_pair_the_mapping_no_longer_holds() -> None:
+def test_the_lookup_believes_no_pair_the_mapping_no_longer_holds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A two-level lookup checks each pair against the mapping (its levels keep pairs that
+    left); a one-level lookup holds only valid pairs and is replaced whenever the mapping
+    writes owners. Either way, a write from outside makes the mapping rebuild its lookup."""
+    monkeypatch.setattr(dynamic_lookup, "ONE_LEVEL_BELOW", 0)  # two levels at every size
     m = DynamicMapping(TableSettings(kind="dynamic", capacity=4))
     m.observe(torch.tensor([10, 11, 12, 13]))
     lookup = m.lookup()
@@ -119,3 +126,9 @@ def test_the_lookup_believes_no_pair_the_mapping_no_longer_holds() -> None:
     hit, rows = lookup.find(np.array([10, 11, 99], dtype=np.int64))
     assert hit.tolist() == [True, False, False] and rows[0] == 0
     assert SortedLookup.build(m.slot_ids).find(np.array([99], dtype=np.int64))[0].tolist() == [True]
+    for levels in (0, 1 << 40):
+        monkeypatch.setattr(dynamic_lookup, "ONE_LEVEL_BELOW", levels)
+        m = DynamicMapping(TableSettings(kind="dynamic", capacity=4))
+        m.observe(torch.tensor([10, 11, 12, 13]))
+        m.slot_ids[1] = 99
+        assert m.rows(torch.tensor([10, 11, 99])).tolist() == [0, 4, 1], levels

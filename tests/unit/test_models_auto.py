@@ -45,11 +45,12 @@ def _linear_stream(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _head_outputs(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The mixer's input ``[n, width, heads]`` (head 0 linear, head 1 MLP), in eval mode."""
+    """The mixer's inputs stacked, ``[n, width, heads]`` (head 0 linear, head 1 MLP), in eval
+    mode."""
     mixer = find_mixer(model)
     assert mixer is not None
     seen: list[torch.Tensor] = []
-    handle = mixer.register_forward_hook(lambda _m, args, _o: seen.append(args[0]))
+    handle = mixer.register_forward_hook(lambda _m, args, _o: seen.append(torch.stack(args, -1)))
     model.eval()
     with torch.no_grad():
         model(x)
@@ -230,12 +231,15 @@ def test_mixed_probabilities_are_the_weighted_mean_of_the_heads() -> None:
     z = torch.randn(5, 3, 2)  # [n, classes, heads]
     weights = mixer.weights()
     expected = (weights * z.softmax(dim=1)).sum(dim=-1)
-    torch.testing.assert_close(mixer(z).softmax(dim=-1), expected)
+    torch.testing.assert_close(mixer(*z.unbind(-1)).softmax(dim=-1), expected)
     binary = HedgeMixer(2, BINARY, eta=1.0, window=100)
     binary.observe(torch.tensor([2.0, 0.0]), samples=1)
     zb = torch.randn(5, 1, 2)
     wb = binary.weights()
-    torch.testing.assert_close(binary(zb).sigmoid(), (wb * zb.sigmoid()).sum(dim=-1))
+    # binary: the logits [n] of the mixed probability
+    torch.testing.assert_close(
+        binary(*zb.unbind(-1)).sigmoid(), (wb * zb.sigmoid()).sum(dim=-1)[:, 0]
+    )
 
 
 def test_auto_needs_an_mlp_head() -> None:
@@ -253,7 +257,7 @@ class _FixedHeads(nn.Module):
         self.mixer = HedgeMixer(2, BINARY, eta=0.5, window=200, criterion=criterion)  # type: ignore[arg-type]
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        out: torch.Tensor = self.mixer(z).squeeze(-1)
+        out: torch.Tensor = self.mixer(*z.unbind(-1))  # binary: logits [n]
         return out
 
 

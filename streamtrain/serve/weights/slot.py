@@ -30,9 +30,10 @@ Semantics (the order is the correctness argument):
    runs on either copy, writes the shared tables (whole for a base, the changed rows for a
    delta), flips, and lets requests go. Requests pause for the drain plus the row writes.
    A dynamic table's mapping buffers are shared tables too: its mapping and rows change in
-   that one section, and both copies update their ID lookups in it before requests go (by
-   the rows a delta changed; a base re-sorts). A mapping that would give one ID two rows, or
-   is not int64 of the table's rows, is refused in step 1 (``bad_mapping``).
+   that one section, and the copies' ID lookup (one, shared: they read one buffer) is
+   updated in it before requests go (by the rows a delta changed; a base re-sorts). A
+   mapping that would give one ID two rows, or is not int64 of the table's rows, is refused
+   in step 1 (``bad_mapping``).
 6. **Deltas apply in chain order** (``apply_delta``): a delta applies on a live version of its
    run from its ``predecessor_id`` up to itself (its predecessor, or a base published beside
    the deltas: ``checks.chain_gap``); any other is refused as ``chain_gap`` (the watcher then
@@ -194,8 +195,8 @@ class WeightSlot:
                         before = dynamic_mappings.owners_before(standby.model, rows)
                         apply_rows(standby.targets, shared_whole, rows)
                         written = dynamic_mappings.mapping_writes(standby.model, shared_whole, rows)
-                        for each in self._copies:  # mapping and rows in this one section
-                            dynamic_mappings.refresh_lookups(each.model, written, before)
+                        models = [each.model for each in self._copies]  # in this one section
+                        dynamic_mappings.refresh_lookups(models, written, before)
                     if self._stream is not None:
                         torch.cuda.synchronize(self._stream.device)
                 finally:

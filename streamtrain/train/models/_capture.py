@@ -12,22 +12,23 @@ batch-1 step (bench/README.md, Peers).
 
 from __future__ import annotations
 
-import torch
+from typing import Any
 
 
 class CapturesInput:
     """Mixed into an ``nn.Module`` whose ``forward`` calls :meth:`keep_input` once."""
 
     # a class attribute as the default: nn.Module's __init__ needs no cooperation
-    _input_slot: list[torch.Tensor] | None = None
+    _input_slot: list[Any] | None = None
 
-    def lend_slot(self, slot: list[torch.Tensor] | None) -> None:
+    def lend_slot(self, slot: list[Any] | None) -> None:
         """Append the next forwards' inputs to ``slot``; None stops it."""
         # object.__setattr__: nn.Module's own looks for parameters and buffers first, and a
         # list is neither (this runs twice per training step)
         object.__setattr__(self, "_input_slot", slot)
 
-    def keep_input(self, x: torch.Tensor) -> None:
+    def keep_input(self, x: object) -> None:
+        """Append ``x`` (the layer's input, or what the loss needs of it) to the lent slot."""
         slot = self._input_slot
         if slot is not None:
             slot.append(x)

@@ -154,13 +154,15 @@ class CombinedHead(nn.Module):
     def forward(self, wide: torch.Tensor, deep: torch.Tensor) -> torch.Tensor:
         out: torch.Tensor
         if self.mixer is not None:
-            out = self.mixer(torch.stack([wide, deep], dim=-1))
+            out = self.mixer(wide, deep)  # binary: already the logits [n]
         else:
             out = wide + deep
-        if self.targets is not None:
+            if self._squeeze:
+                # squeeze(-1), never squeeze(): a batch of one must stay [1], not a scalar
+                out = out.squeeze(-1)
+        if self.targets is not None:  # regression only: never squeezed
             out = self.targets(out)
-        # squeeze(-1), never squeeze(): a batch of one must stay [1], not become a scalar
-        return out.squeeze(-1) if self._squeeze else out
+        return out
 
 
 def build_auto(spec: SampleSpec, params: Mapping[str, Any]) -> nn.Module:

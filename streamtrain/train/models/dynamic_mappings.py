@@ -4,7 +4,7 @@ pays). The mapping itself is :mod:`.dynamic_table`."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
@@ -46,16 +46,28 @@ def mapping_writes(
 
 
 def refresh_lookups(
-    model: nn.Module, written: Mapping[str, torch.Tensor | None], before: Mapping[str, torch.Tensor]
+    models: Sequence[nn.Module],
+    written: Mapping[str, torch.Tensor | None],
+    before: Mapping[str, torch.Tensor],
 ) -> None:
     """After the serving slot wrote mapping buffers (inside its swap, so no request pays):
     ``written`` names each ``slot_ids`` written, with its rows (None: whole, a base),
-    ``before`` the rows' owners until then (:func:`owners_before`)."""
-    for name, mapping in dynamic_mappings(model).items():
-        if name not in written:
-            continue
-        rows = written[name]
-        if rows is None or name not in before:
-            mapping.rebuild()
-        else:
-            mapping.refresh(rows.cpu(), before[name])
+    ``before`` the rows' owners until then (:func:`owners_before`). ``models``: the slot's
+    copies; a mapping whose ``slot_ids`` is the very tensor an earlier copy's mapping reads
+    (the slot holds row-sparse buffers once) takes that lookup instead of making its own, so
+    a delta's lookup update and the compaction it may trigger (O(capacity)) run once."""
+    updated: dict[str, DynamicMapping] = {}
+    for model in models:
+        for name, mapping in dynamic_mappings(model).items():
+            if name not in written:
+                continue
+            done = updated.get(name)
+            if done is not None and done.slot_ids is mapping.slot_ids:
+                mapping.share_lookup(done)
+                continue
+            rows = written[name]
+            if rows is None or name not in before:
+                mapping.rebuild()
+            else:
+                mapping.refresh(rows.cpu(), before[name])
+            updated.setdefault(name, mapping)

@@ -70,8 +70,9 @@ def uniform(ids: torch.Tensor, step: int, seed: int) -> torch.Tensor:
 
 
 class Observed:
-    """What one ``observe`` did: rows to reset (``placed``: the same rows, host array), rows and
-    filter cells whose buffers changed, rows owned after it, and the counts metrics export."""
+    """What one ``observe`` did: rows to reset (``placed``, a host array; ``reset``, the same
+    rows as a tensor), rows and filter cells whose buffers changed, rows owned after it, and
+    the counts metrics export."""
 
     __slots__ = (
         "admitted",
@@ -81,12 +82,10 @@ class Observed:
         "owned",
         "placed",
         "refused",
-        "reset",
         "step",
     )
 
     def __init__(self, changed_slots: Int64s, step: int) -> None:
-        self.reset = _NO_RESET
         self.placed = _NO_ROWS
         self.changed_slots = changed_slots
         self.changed_cells = _NO_ROWS
@@ -95,6 +94,11 @@ class Observed:
         self.admitted = 0
         self.refused = {"filter": 0, "probability": 0, "full": 0}
         self.evicted = {"lru": 0, "lfu": 0, "expired": 0}
+
+    @property
+    def reset(self) -> torch.Tensor:
+        """``placed`` as a tensor (made when asked: the trainer's upkeep reads ``placed``)."""
+        return torch.from_numpy(self.placed) if self.placed.size else _NO_RESET
 
 
 class DynamicMapping(nn.Module):
@@ -186,6 +190,16 @@ class DynamicMapping(nn.Module):
         owned = cached.owned + int(np.count_nonzero(new != EMPTY) - np.count_nonzero(old != EMPTY))
         self._lookup = cached.replace(new[moved], rows.numpy()[moved], owned, token(self.slot_ids))
 
+    def share_lookup(self, other: DynamicMapping) -> None:
+        """Take ``other``'s lookup: both read one ``slot_ids`` tensor (the serving slot's two
+        copies), so its pairs are this mapping's too. A lookup is never edited, only
+        replaced, so one object serves both; the derived state is dropped as by a rebuild."""
+        if other.slot_ids is not self.slot_ids:
+            raise ValueError("share_lookup: the mappings read different slot_ids")
+        self._views = _Views.of(self)
+        self._placement = None
+        self._lookup = other._sorted()
+
     def rows(self, ids: torch.Tensor) -> torch.Tensor:
         """The physical row of each ID: its own, or ``capacity + hash % fallback_rows``."""
         on_host = ids.is_cpu  # no .cpu() / .to() dispatch for host tensors
@@ -225,8 +239,8 @@ class DynamicMapping(nn.Module):
                 views.slot_ids,
                 views.last_seen,
                 views.use_count,
-                lru=s.evict == "lru" or bool(s.expire_after_steps),
-                lfu=s.evict == "lfu",
+                evict=s.evict,
+                expire=bool(s.expire_after_steps),
             )
         return placement
 
@@ -254,12 +268,15 @@ class DynamicMapping(nn.Module):
         # found[i] becomes the row distinct[i] reads this step: its own (a hit: no victim or
         # expiry takes a row stamped this step), the fallback, or the row it is placed in
         missed = (~hit).nonzero()[0]
+        missed_count = missed.size
         fresh, counts = distinct[missed], occurrences[missed]
         found[missed] = self._fallback(fresh)
         passed, cells = self._admit(fresh, counts, step, out)
         if passed is not None:
             missed, fresh = missed[passed], fresh[passed]
             counts, cells = counts[passed], cells[passed]
+            if self.settings.admit_probability == 1:  # the filter alone refused the rest
+                out.refused["filter"] = missed_count - fresh.size
         placed, evicted = self._place(fresh.size, step, placement, out)
         taken = placed.size
         out.refused["full"] = fresh.size - taken
@@ -275,10 +292,14 @@ class DynamicMapping(nn.Module):
         out.admitted = taken
         if taken:
             out.placed = placed
-            out.reset = torch.from_numpy(placed)
-        freed = 0 if expired is None else expired.size
-        out.owned = lookup.owned - freed + taken - evicted
-        self._lookup = lookup.replace(fresh, placed, out.owned, lookup.made_from)
+        if expired is None:
+            out.owned = lookup.owned + taken - evicted
+            if taken:  # else no owner changed: the lookup stands
+                free = placed[: taken - evicted]  # placed: the free rows, then the evicted
+                self._lookup = lookup.refilled(fresh, placed, free, out.owned, lookup.made_from)
+        else:
+            out.owned = lookup.owned - expired.size + taken - evicted
+            self._lookup = lookup.replace(fresh, placed, out.owned, lookup.made_from)
         stamped = np.concatenate([seen, placed]) if taken else seen
         placement.stamped(step, stamped)
         out.changed_slots = stamped if expired is None else np.concatenate([stamped, expired])
@@ -307,7 +328,8 @@ class DynamicMapping(nn.Module):
         self, ids: Int64s, counts: Int64s, step: int, out: Observed
     ) -> tuple[np.ndarray[Any, np.dtype[np.bool_]] | None, Int64s]:
         """Which new IDs pass the filter and the draw (None: all of them); and their filter
-        cells (the IDs themselves when there is no filter: never read then)."""
+        cells (the IDs themselves when there is no filter: never read then). Counts the
+        refusals, but those of the filter alone the caller counts (from the sizes)."""
         passed = None
         cells = ids
         if self.settings.cells:
@@ -319,6 +341,8 @@ class DynamicMapping(nn.Module):
             filter_counts[cells] = total
             passed = total >= k
             out.changed_cells = cells
+            if self.settings.admit_probability == 1:  # the caller counts the refused
+                return passed, cells
             out.refused["filter"] = ids.size - int(np.count_nonzero(passed))
         if self.settings.admit_probability < 1:
             drawn = uniform_host(ids, step, self.settings.seed) < self.settings.admit_probability
@@ -338,12 +362,7 @@ class DynamicMapping(nn.Module):
         free = placement.free.take(n)
         if free.size == n:
             return free, 0
-        need = n - free.size
-        if placement.recency is not None and self.settings.evict == "lru":
-            victims = placement.recency.pop(step, need)  # every stamp queued is before step
-        else:
-            assert placement.frequency is not None
-            victims = placement.frequency.pop(need, step)
+        victims = placement.victims(n - free.size, step)
         out.evicted[self.settings.evict] = victims.size
         return (np.concatenate([free, victims]) if free.size else victims), victims.size
 

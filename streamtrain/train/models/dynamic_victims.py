@@ -18,7 +18,9 @@ in O(batch log capacity) amortised:
   of similar size are merged, dropping stale entries); the LFU victims are the smallest valid
   keys across the runs' fronts (about log2(capacity / batch) runs). Below :data:`SCAN_BELOW`
   rows, :class:`FrequencyScan` chooses them by one pass over the table instead: at that size
-  the pass is fewer operations than the runs' upkeep (the churn bench's 711-row tables).
+  the pass is fewer operations than the runs' upkeep (the churn bench's 711-row tables);
+  :class:`RecencyScan` does the same for LRU victims there, unless the table expires rows
+  (expiry pops the recency queue, which then also gives the LRU victims).
 
 An entry's validity is one comparison: every write of ``last_seen`` (a hit, a placement)
 appends an entry with the new stamp, stamps only grow, and a row's new owner gets a later
@@ -261,6 +263,28 @@ class FrequencyScan:
         return np.concatenate([below, part[tied[part].argsort()]])
 
 
+class RecencyScan:
+    """LRU victims by one pass over a small table, as :class:`FrequencyScan` for LFU: below
+    :data:`SCAN_BELOW` rows the pass is fewer operations than keeping the recency queue
+    (a sort and a push of every row stamped, each step). Same order as
+    :meth:`RecencyQueue.pop`: smallest ``(last_seen, row)`` first."""
+
+    def __init__(self, owners: Int64s, last_seen: Int64s) -> None:
+        self._owners, self._last_seen = owners, last_seen
+        self._row_index = np.arange(owners.size, dtype=np.int64)
+
+    def pop(self, limit: int, step: int) -> Int64s:
+        last_seen = self._last_seen
+        evictable = (self._owners != EMPTY) & (last_seen < step)
+        m = min(limit, int(np.count_nonzero(evictable)))
+        if m == 0:
+            return _NO_ROWS
+        # unique keys in (last_seen, row) order (last_seen * rows stays far below 2**63)
+        keys = np.where(evictable, last_seen * self._owners.size + self._row_index, _BIG)
+        part = keys.argpartition(m - 1)[:m]
+        return part[keys[part].argsort()]
+
+
 def _live(run: tuple[Int64s, Int64s, Int64s, list[int]]) -> int:
     return run[0].size - run[3][0]
 
@@ -269,24 +293,42 @@ class Placement:
     """The free rows and the victim orders of one table (see the module doc)."""
 
     def __init__(
-        self, owners: Int64s, last_seen: Int64s, use_count: Int64s, lru: bool, lfu: bool
+        self, owners: Int64s, last_seen: Int64s, use_count: Int64s, evict: str, expire: bool
     ) -> None:
         """Built from the buffers (the numpy views it keeps reading): one sort of the owned
-        rows by ``(last_seen, row)``. ``lru``: keep the recency queue (LRU eviction or
-        expiry); ``lfu``: keep the frequency runs."""
+        rows by ``(last_seen, row)``. The recency queue is kept for expiry, and for LRU
+        victims at :data:`SCAN_BELOW` rows and more (below, a scan chooses them, as for LFU);
+        the frequency runs for LFU victims at that size and more."""
         self.free = FreeRows(np.flatnonzero(owners == EMPTY))
         owned = np.flatnonzero(owners != EMPTY)
-        by_recency = owned[np.argsort(last_seen[owned], kind="stable")]
-        self.recency = RecencyQueue(owners, last_seen, by_recency) if lru else None
-        self.frequency: FrequencyRuns | FrequencyScan | None = None
-        if lfu and owners.size < SCAN_BELOW:
-            self.frequency = FrequencyScan(owners, last_seen, use_count)
-        elif lfu:
-            self.frequency = FrequencyRuns(owners, last_seen, use_count, owned)
+        small = owners.size < SCAN_BELOW
+        self.recency: RecencyQueue | None = None
+        if expire or (evict == "lru" and not small):
+            by_recency = owned[np.argsort(last_seen[owned], kind="stable")]
+            self.recency = RecencyQueue(owners, last_seen, by_recency)
+        self._frequency: FrequencyRuns | FrequencyScan | None = None
+        if evict == "lfu" and small:
+            self._frequency = FrequencyScan(owners, last_seen, use_count)
+        elif evict == "lfu":
+            self._frequency = FrequencyRuns(owners, last_seen, use_count, owned)
+        self._victims: RecencyQueue | RecencyScan | FrequencyRuns | FrequencyScan
+        if self._frequency is not None:
+            self._victims = self._frequency
+        elif self.recency is not None:  # (not by truth: an empty queue has length 0)
+            self._victims = self.recency
+        else:
+            self._victims = RecencyScan(owners, last_seen)
+
+    def victims(self, limit: int, step: int) -> Int64s:
+        """Up to ``limit`` owned rows not seen in ``step`` to evict, in the documented order."""
+        victims = self._victims
+        if isinstance(victims, RecencyQueue):
+            return victims.pop(step, limit)  # every stamp queued is before step
+        return victims.pop(limit, step)
 
     def stamped(self, step: int, rows: Int64s) -> None:
         """Rows (distinct) whose ``last_seen`` became ``step``."""
         if self.recency is not None:
             self.recency.push(step, np.sort(rows))  # the queue's order: (stamp, row)
-        if self.frequency is not None:
-            self.frequency.push(step, rows)
+        if self._frequency is not None:
+            self._frequency.push(step, rows)

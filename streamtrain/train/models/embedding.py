@@ -143,7 +143,7 @@ class EmbeddingTables(nn.Module):
         self._dynamic = {t: cast(DynamicMapping, self.mappings[_key(t)]) for t in dynamic}
         self._dynamic_features = {t: [f.name for f in features if f.table == t] for t in dynamic}
         # the state names a step marks, by table (formatted once, not per step)
-        self._mark_names = {t: (f"tables.{_key(t)}.weight", f"mappings.{_key(t)}") for t in dynamic}
+        self._mark_names = {t: _mark_names(t) for t in dynamic}
         # rows changed outside optimizer steps since the row tracker last drained them
         self._dirty: dict[str, npt.NDArray[np.bool_]] = {}
         self._generator = torch.Generator()  # re-seeded for every reset (see observe)
@@ -237,16 +237,14 @@ class EmbeddingTables(nn.Module):
         ):
             observed = mapping.observe(table_ids)
             weight = self._weight(table)
-            weight_name, slots_name = self._mark_names[table]
+            weight_name, slots_name, cells_name = self._mark_names[table]
             if observed.placed.size:
                 self._reset_rows(weight, mapping.settings.seed, number, observed)
                 self._mark(weight_name, weight.shape[0], observed.placed)
             # slot_ids, last_seen and use_count change on the same rows: one mask for three
             self._mark(slots_name, mapping.capacity, observed.changed_slots)
             if mapping.settings.cells and observed.changed_cells.size:
-                self._mark(
-                    f"{slots_name}.filter_counts", mapping.settings.cells, observed.changed_cells
-                )
+                self._mark(cells_name, mapping.settings.cells, observed.changed_cells)
             done.append((table, weight, observed))
         return done
 
@@ -335,3 +333,12 @@ class EmbeddingTables(nn.Module):
 
 def _key(table: str) -> str:
     return "t_" + table
+
+
+def _mark_names(table: str) -> tuple[str, str, str]:
+    """The state names a dynamic table's step marks: weight, slot buffers, filter cells."""
+    return (
+        f"tables.{_key(table)}.weight",
+        f"mappings.{_key(table)}",
+        f"mappings.{_key(table)}.filter_counts",
+    )

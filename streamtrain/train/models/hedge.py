@@ -7,23 +7,27 @@ head's loss on the samples it has predicted *before* learning from them, discoun
 Freund & Schapire 1997, with the discount of a sliding window so the weights can move back
 when the stream drifts). The loss the mix counts is ``criterion``: a classification head's
 wrong predictions (``error``, what ``auto`` uses) or the task loss it trains on (``task``,
-always for regression). Classification mixes the heads' probabilities (the returned logits
-are the log of the mixed probabilities), regression their standardised values. The discounted
-losses are buffers: snapshots carry the mix to the servers and checkpoints restore it.
+always for regression). Classification mixes the heads' probabilities: binary as
+``logit(sum_k w_k sigmoid(z_k))`` (clamped to ``[_P_EPS, 1 - _P_EPS]``, so a logit is
+finite, at most ~16 in size), multiclass in log space (the returned logits are the log of the
+mixed probabilities); regression mixes their standardised values. The discounted losses are
+buffers: snapshots carry the mix to the servers and checkpoints restore it.
 
-The learner (:mod:`streamtrain.train.objective`) computes the per-head losses from this
-layer's input and calls :meth:`HedgeMixer.observe` after each applied step; on a distributed
-rank ``loss_sync`` (set by :func:`streamtrain.distributed.step_sync.attach_loss_sync`)
-all-reduces the loss sums first, so every rank moves the weights identically.
+The mix is computed without a graph: the heads learn from their own losses, never through it.
+The learner (:mod:`streamtrain.train.objective`) takes what the mixer saw (:class:`HeadsSeen`:
+the heads with their graph, the stacked heads, and the sigmoid or log-softmax the mix already
+computed, which the heads' loss reuses), computes the per-head losses, and calls
+:meth:`HedgeMixer.observe` after each applied step; on a distributed rank ``loss_sync`` (set by
+:func:`streamtrain.distributed.step_sync.attach_loss_sync`) all-reduces the loss sums first,
+so every rank moves the weights identically.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from streamtrain.sample.spec import SampleSpec
@@ -36,15 +40,34 @@ LossSync = Callable[[torch.Tensor], torch.Tensor]
 # sample); task: the task loss it trains on. Regression always uses the task loss.
 Criterion = Literal["error", "task"]
 
+# the binary mix's probability is kept inside [eps, 1 - eps] before its logit: 1 - p rounds to
+# 0 in float32 once p is within 6e-8 of 1, and a logit must stay finite (the guard refuses a
+# step whose reported loss is not)
+_P_EPS = 1e-7
+
+
+class HeadsSeen(NamedTuple):
+    """What the mixer saw in one training forward, for the heads' losses (objective.py)."""
+
+    heads: tuple[torch.Tensor, ...]  # each head's output ``[n, width]``, with its graph
+    # classification: ``[n, heads]`` (binary) or ``[n, classes, heads]``, no graph;
+    # regression: ``[n, width, heads]`` with the graph (its loss goes through autograd)
+    stacked: torch.Tensor
+    # sigmoid (binary) or log_softmax over classes (multiclass) of ``stacked``; None otherwise
+    activated: torch.Tensor | None
+
 
 class HedgeMixer(nn.Module, CapturesInput):
-    """Mix ``[n, width, heads]`` head outputs into ``[n, width]`` by Hedge weights (heads
-    last, so the per-head losses are one call of the task's loss, see objective.py).
+    """Mix the heads' outputs, each ``[n, width]``, into the task's output by Hedge weights:
+    binary logits ``[n]``, multiclass ``[n, classes]``, regression ``[n, width]``.
 
     >>> spec = SampleSpec(feature_shape=(2,), task="binary")
     >>> mixer = HedgeMixer(2, spec, eta=1.0, window=1000)
     >>> mixer.weights().tolist()
     [0.5, 0.5]
+    >>> mixed = mixer(torch.tensor([[2.0]]), torch.tensor([[-2.0]]))  # sigmoid: 0.88, 0.12
+    >>> mixed.shape, round(mixed.sigmoid().item(), 6)  # binary logits [n]; p = the mean
+    (torch.Size([1]), 0.5)
     >>> mixer.observe(torch.tensor([0.0, 5.0]), samples=10)
     >>> [round(w, 3) for w in mixer.weights().tolist()]
     [0.993, 0.007]
@@ -76,10 +99,10 @@ class HedgeMixer(nn.Module, CapturesInput):
         self.discount = 1.0 - 1.0 / window
         self.loss_sync = None
         self.register_buffer("losses", torch.zeros(heads))
-        # (losses tensor, its version, log weights) in one attribute, so threads serving at
-        # once read a triple that belongs together; holding the tensor keeps its address from
+        # (losses tensor, its version, log form?, weights) in one attribute, so threads serving
+        # at once read a tuple that belongs together; holding the tensor keeps its address from
         # being reused by another
-        self._kept_log_w: tuple[torch.Tensor, int, torch.Tensor] | None = None
+        self._kept: tuple[torch.Tensor, int, bool, torch.Tensor] | None = None
 
     def extra_repr(self) -> str:
         return (
@@ -88,37 +111,56 @@ class HedgeMixer(nn.Module, CapturesInput):
         )
 
     def log_weights(self) -> torch.Tensor:
-        """``log softmax(-eta * losses)``, kept while the losses are unchanged: a training
-        step reads it twice (the mix, the mixed loss) and a served model on every request."""
+        """``log softmax(-eta * losses)``, kept while the losses are unchanged (multiclass and
+        regression mix with it; a served model reads it on every request)."""
+        return self._kept_weights(log=True)
+
+    def weights(self) -> torch.Tensor:
+        """``softmax(-eta * losses)``, kept while the losses are unchanged (the binary mix)."""
+        return self._kept_weights(log=False)
+
+    def _kept_weights(self, *, log: bool) -> torch.Tensor:
         losses = self.losses
         if losses.is_inference() or torch.is_inference_mode_enabled():
             # an inference tensor keeps no version counter, and one made now must not be
             # kept for a later step that records a graph
-            return torch.log_softmax(-self.eta * losses, dim=0)
-        kept = self._kept_log_w
-        if kept is not None and kept[0] is losses and kept[1] == losses._version:
-            return kept[2]
-        log_w = torch.log_softmax(-self.eta * losses, dim=0)
-        self._kept_log_w = (losses, losses._version, log_w)
-        return log_w
+            return _hedge_weights(losses, self.eta, log)
+        kept = self._kept
+        if kept is not None and kept[0] is losses and kept[1] == losses._version and kept[2] is log:
+            return kept[3]
+        value = _hedge_weights(losses, self.eta, log)
+        self._kept = (losses, losses._version, log, value)
+        return value
 
-    def weights(self) -> torch.Tensor:
-        return self.log_weights().exp()
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        self.keep_input(z)  # the heads learn from their own losses (objective.py) ...
-        z = z.detach()  # ... never through the mix
-        log_w = self.log_weights()
-        if log_w.dtype != z.dtype:
-            log_w = log_w.to(z.dtype)
+    def forward(self, *heads: torch.Tensor) -> torch.Tensor:
         if self.task == "regression":
-            return (log_w.exp() * z).sum(dim=-1)
-        if self.task == "binary":
-            # log p(1) - log p(0) of the mixed probability, in log space (exact where a head
-            # is confident beyond float32's 1 - 1e-7), both classes in one logsigmoid
-            ones, zeros = _log_sum_exp(F.logsigmoid(torch.stack([z, -z])) + log_w).unbind(0)
-            return ones - zeros
-        return _log_sum_exp(z.log_softmax(dim=1) + log_w)
+            z = torch.stack(heads, dim=-1)
+            self.keep_input(HeadsSeen(heads, z, None))  # its loss goes through the stack ...
+            log_w = self.log_weights()
+            if log_w.dtype != z.dtype:
+                log_w = log_w.to(z.dtype)
+            return (log_w.exp() * z.detach()).sum(dim=-1)  # ... never through the mix
+        # no graph: the heads learn from their own losses (objective.py), never through the
+        # mix, and HeadsLoss hands each head its gradient without a stack in the graph
+        with torch.no_grad():
+            if self.task == "binary":
+                z = torch.cat(heads, dim=1)  # [n, heads]
+                activated = z.sigmoid()  # the heads' loss reuses it for its gradient
+                w = self.weights()
+                if w.dtype != z.dtype:
+                    w = w.to(z.dtype)
+                # the mixed probability in one matrix-vector product; a logit again for the
+                # output convention (one kernel where the log-space form took seven)
+                out = torch.logit(torch.mv(activated, w), eps=_P_EPS)
+            else:
+                z = torch.stack(heads, dim=-1)  # [n, classes, heads]
+                activated = z.log_softmax(dim=1)  # the heads' loss reuses it
+                log_w = self.log_weights()
+                if log_w.dtype != z.dtype:
+                    log_w = log_w.to(z.dtype)
+                out = _log_sum_exp(activated + log_w)
+        self.keep_input(HeadsSeen(heads, z, activated))
+        return out
 
     def observe(self, loss_sums: torch.Tensor, samples: int) -> None:
         """Fold one applied step in: ``loss_sums[k]`` the sample-weighted loss sum of head
@@ -129,8 +171,14 @@ class HedgeMixer(nn.Module, CapturesInput):
             sums = sums.to(self.losses.dtype)
         if self.loss_sync is not None:
             sums = self.loss_sync(sums)
-        # only applied steps come here: the guard has seen their summed head losses finite
-        self.losses.mul_(self.discount ** max(samples, 0)).add_(sums)
+        # only applied steps come here: the guard has seen their summed head losses finite;
+        # sums + discount * losses in one kernel, in place
+        torch.add(sums, self.losses, alpha=self.discount ** max(samples, 0), out=self.losses)
+
+
+def _hedge_weights(losses: torch.Tensor, eta: float, log: bool) -> torch.Tensor:
+    scaled = -eta * losses
+    return torch.log_softmax(scaled, dim=0) if log else torch.softmax(scaled, dim=0)
 
 
 def _log_sum_exp(values: torch.Tensor) -> torch.Tensor:
