@@ -191,8 +191,8 @@ def parse_infer_request(body: bytes, header_length: str | None, io: ModelIO) -> 
         ) from None
     inputs = doc.inputs
     if len(inputs) == 1 and inputs[0].name == INPUT_NAME:  # the common request: no checks left
-        features, used = _features(inputs[0], binary, io.feature_shape)
-        return _checked(doc, io, features, used, len(binary), {})
+        dense, used = _features(inputs[0], binary, io.feature_shape)
+        return _checked(doc, io, dense, used, len(binary), {})
     if not inputs:
         raise ProtocolError(f"'inputs' must be a non-empty list holding one tensor {INPUT_NAME!r}")
     allowed = io.input_names
