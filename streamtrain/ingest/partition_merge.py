@@ -273,7 +273,7 @@ def _gather(pieces: list[_Piece], held: _Columns, picks: I64 | None) -> DecodedC
 
     def take(arrays: list[npt.NDArray[np.generic]]) -> npt.NDArray[np.generic]:
         whole = arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
-        return whole if samples is None else whole[samples]
+        return whole if samples is None else _rows(whole, samples)
 
     sparse = [d.sparse for d in decoded if d.sparse is not None]
     joined = SparseRows.concat(sparse) if sparse else None
@@ -292,6 +292,17 @@ def _gather(pieces: list[_Piece], held: _Columns, picks: I64 | None) -> DecodedC
         ),
         timestamps_ms=None,
     )
+
+
+def _rows(array: npt.NDArray[np.generic], picks: I64) -> npt.NDArray[np.generic]:
+    """``array[picks]``; a C-contiguous array of rows (features) is gathered as one opaque
+    item per row, ~1.7x faster than numpy's element-wise row gather (64-byte rows)."""
+    if array.ndim < 2 or not array.flags.c_contiguous or not array.size:
+        return array[picks]
+    n, shape = len(array), array.shape[1:]
+    row = np.dtype((np.void, array.itemsize * int(np.prod(shape))))
+    rows = array.reshape(n, -1).view(row).reshape(n)[picks]
+    return rows.view(array.dtype).reshape(len(picks), *shape)
 
 
 def _sample_of(chunks: list[DecodedChunk]) -> I64:
