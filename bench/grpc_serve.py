@@ -6,10 +6,10 @@ Servers, each a process of its own:
   engine, fixed weights, no Kafka) with its gRPC port, loaded over REST by wrk (OIP JSON and
   binary tensor bodies, bench/loadgen.py) and over gRPC by bench/grpc_load.py (unary
   ``ModelInfer`` and Triton's ``ModelStreamInfer`` stream, raw tensor contents);
-- ``floor``: a do-nothing ``grpc.aio`` servicer of the same service (the generated message
-  classes parse each request; a prebuilt ``ModelInferResponse`` of the request's row count is
-  returned): what grpcio itself costs per call on this machine, unary and streaming;
-- ``floor-sync``: the same servicer on a synchronous ``grpc.server`` with a thread pool.
+- ``floor``, ``floor-sync``, ``floor-grpclib``: a do-nothing servicer of the same service
+  (bench/grpc_floor.py) on ``grpc.aio``, on grpcio's synchronous server with a thread pool, and
+  on ``grpclib`` (when installed): what each gRPC server library itself costs per call on this
+  machine, unary (grpcio client and h2load) and streaming.
 
 ``gRPC unary (h2load)``: ours again, unary, loaded by nghttp2's ``h2load`` (C) instead of the
 grpcio client, when it is installed (Debian ``nghttp2-client``): a C client on both protocols
@@ -26,7 +26,6 @@ flips every round. Server CPU µs/req = the server process's user+sys CPU over t
 from __future__ import annotations
 
 import argparse
-import asyncio
 import dataclasses
 import json
 import os
@@ -35,72 +34,13 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
-from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+
+from grpc_floor import KINDS, grpclib_available
 
 _HERE = Path(__file__).resolve().parent
 FEATURES = 32
-CLASSES = 10
-
-
-def _floor_servicer(asynchronous: bool) -> Any:
-    from tritonclient.grpc import service_pb2, service_pb2_grpc
-
-    replies: dict[tuple[int, ...], Any] = {}
-
-    def reply(request: Any) -> Any:
-        shape = tuple(request.inputs[0].shape)
-        known = replies.get(shape)
-        if known is None:
-            known = service_pb2.ModelInferResponse(model_name="bench", model_version="1")
-            known.outputs.add(name="probabilities", datatype="FP32", shape=[shape[0], CLASSES])
-            known.raw_output_contents.append(bytes(4 * CLASSES * shape[0]))
-            replies[shape] = known
-        return known
-
-    class Floor(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
-        async def ModelInfer(self, request: Any, context: Any) -> Any:
-            return reply(request)
-
-        async def ModelStreamInfer(self, requests: AsyncIterator[Any], context: Any) -> Any:
-            async for request in requests:
-                yield service_pb2.ModelStreamInferResponse(infer_response=reply(request))
-
-    class SyncFloor(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
-        def ModelInfer(self, request: Any, context: Any) -> Any:
-            return reply(request)
-
-        def ModelStreamInfer(self, requests: Iterator[Any], context: Any) -> Iterator[Any]:
-            for request in requests:
-                yield service_pb2.ModelStreamInferResponse(infer_response=reply(request))
-
-    return Floor() if asynchronous else SyncFloor()
-
-
-def _serve_floor(asynchronous: bool) -> None:
-    import grpc
-    from tritonclient.grpc import service_pb2_grpc
-
-    add = service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server
-    if not asynchronous:
-        server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
-        add(_floor_servicer(False), server)
-        print(server.add_insecure_port("127.0.0.1:0"), flush=True)
-        server.start()
-        server.wait_for_termination()
-        return
-
-    async def main() -> None:
-        server = grpc.aio.server()
-        add(_floor_servicer(True), server)
-        print(server.add_insecure_port("127.0.0.1:0"), flush=True)
-        await server.start()
-        await server.wait_for_termination()
-
-    asyncio.run(main())
 
 
 def _serve_ours(grpc_only: bool = False) -> None:
@@ -125,9 +65,9 @@ class Server:
 
 def _start(kind: str) -> Server:
     env = {**os.environ, "PYTHONPATH": f"{_HERE.parent}{os.pathsep}{_HERE}"}
-    process = subprocess.Popen(
-        [sys.executable, __file__, "--child", kind], env=env, stdout=subprocess.PIPE, text=True
-    )
+    script = __file__ if kind == "ours" else str(_HERE / "grpc_floor.py")
+    command = [sys.executable, script] + (["--child", kind] if kind == "ours" else [kind])
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True)
     assert process.stdout is not None
     line = process.stdout.readline().strip()
     if kind != "ours":
@@ -170,16 +110,18 @@ def _run(server: Server, name: str, batch: int, args: argparse.Namespace) -> Row
             server.rest, body, threads=2, connections=args.connections, seconds=args.seconds
         )
     elif name.endswith("(h2load)"):
-        answered = _answered(server.grpc)
+        counted = server.name.startswith("ours")  # a floor keeps no count and cannot fail
+        answered = _answered(server.grpc) if counted else 0
         result, client = run_h2load_unary(
             server.grpc, infer_request("bench", features), connections=args.connections,
             seconds=args.seconds,
         )  # fmt: skip
-        # h2load sees HTTP 200 for a failed gRPC call: the server's own count says what failed
-        # (it may exceed h2load's by the calls in flight when h2load stopped, never logged).
-        ok = _answered(server.grpc) - answered
-        failed = result.errors + max(0, result.requests - ok)
-        result = dataclasses.replace(result, errors=failed)
+        if counted:
+            # h2load sees HTTP 200 for a failed gRPC call: the server's own count says what
+            # failed (it may exceed h2load's by the calls in flight when h2load stopped).
+            ok = _answered(server.grpc) - answered
+            failed = result.errors + max(0, result.requests - ok)
+            result = dataclasses.replace(result, errors=failed)
     else:
         result, client = run_grpc_load_cpu(
             server.grpc,
@@ -189,7 +131,7 @@ def _run(server: Server, name: str, batch: int, args: argparse.Namespace) -> Row
             mode="stream" if name.endswith("stream") else "unary",
         )
     cpu = (process_cpu_s(server.process.pid) - before) / max(result.requests, 1) * 1e6
-    label = name if server.name == "ours" else f"{server.name} {name.split()[-1]}"
+    label = name if server.name == "ours" else f"{server.name} {name.removeprefix('gRPC ')}"
     return Row(label, batch, result.rate, result.p50_ms, result.p99_ms, result.errors, cpu, client)
 
 
@@ -250,18 +192,18 @@ def _median_rows(runs: list[Row]) -> list[Row]:
 
 def main() -> None:
     if sys.argv[1:2] == ["--child"]:
-        kind = sys.argv[2]
-        if kind.startswith("ours"):
-            _serve_ours(kind == "ours-grpc-only")
-        else:
-            _serve_floor(kind == "floor")
+        _serve_ours(sys.argv[2] == "ours-grpc-only")
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=5.0, help="load per row")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--connections", type=int, default=8, help="calls in flight")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 64])
-    parser.add_argument("--no-floor", dest="floor", action="store_false")
+    parser.add_argument(
+        "--others", nargs="*", choices=KINDS, default=list(KINDS),
+        help="servers to load beside ours (bench/grpc_floor.py; none: --others with no name)",
+    )  # fmt: skip
+    parser.add_argument("--no-floor", dest="others", action="store_const", const=[])
     parser.add_argument(
         "--no-h2load", dest="h2load", action="store_false",
         help="skip the unary row loaded by h2load (C; run when h2load is installed)",
@@ -269,10 +211,11 @@ def main() -> None:
     args = parser.parse_args()
     from grpc_load import h2load_available
 
-    servers = [_start("ours")] + ([_start("floor"), _start("floor-sync")] if args.floor else [])
-    ours = _OURS + ((_H2LOAD,) if args.h2load and h2load_available() else ())
-    plan = [(servers[0], name) for name in ours]
-    plan += [(s, name) for s in servers[1:] for name in ("gRPC unary", "gRPC stream")]
+    others = [k for k in args.others if "grpclib" not in k or grpclib_available()]
+    servers = [_start("ours")] + [_start(kind) for kind in others]
+    h2load = (_H2LOAD,) if args.h2load and h2load_available() else ()
+    plan = [(servers[0], name) for name in _OURS + h2load]
+    plan += [(s, name) for s in servers[1:] for name in ("gRPC unary", *h2load, "gRPC stream")]
     runs: list[Row] = []
     print(f"load average before {os.getloadavg()}", flush=True)
     try:

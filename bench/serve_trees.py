@@ -81,6 +81,7 @@ def build_worker(port: int = 0, http: str | None = None, grpc: bool = False) -> 
         port=port,
         **extra,
     )
+    worker.served = served  # for a transport of the bench's own (bench/grpc_floor.py)
     return worker
 
 
