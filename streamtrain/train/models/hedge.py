@@ -167,13 +167,14 @@ class HedgeMixer(nn.Module, CapturesInput):
         ``k`` over the step's ``samples`` (this rank's; summed over ranks by ``loss_sync``)."""
         # detached sums into a buffer: nothing here records a graph, no no_grad() needed
         sums = loss_sums.detach() if loss_sums.requires_grad else loss_sums
-        if sums.dtype != self.losses.dtype:
-            sums = sums.to(self.losses.dtype)
+        losses = self.losses  # a buffer: one lookup through nn.Module.__getattr__, not three
+        if sums.dtype != losses.dtype:
+            sums = sums.to(losses.dtype)
         if self.loss_sync is not None:
             sums = self.loss_sync(sums)
         # only applied steps come here: the guard has seen their summed head losses finite;
         # sums + discount * losses in one kernel, in place
-        torch.add(sums, self.losses, alpha=self.discount ** max(samples, 0), out=self.losses)
+        torch.add(sums, losses, alpha=self.discount ** max(samples, 0), out=losses)
 
 
 def _hedge_weights(losses: torch.Tensor, eta: float, log: bool) -> torch.Tensor:
