@@ -6,9 +6,10 @@ batch-1 step, where each costs mostly its call). :func:`heads_loss` computes the
 from the stacked heads the mixer already built (without a graph, hedge.py), reusing the
 sigmoid or log-softmax the mix computed, and keeps the loss's gradient with respect to the
 heads less the incoming gradient's factor; :class:`HeadsLoss` joins the heads to the loss in
-the graph, so backward is two multiplications and a split into the heads. The arithmetic is autograd's for the same loss (BCE's gradient is
-``(sigmoid(z) - y) * grad``; cross entropy's is ``log_softmax``'s backward of ``-grad`` at the
-label; tests/unit/test_head_loss.py checks it bit for bit). Regression keeps autograd
+the graph, so backward is two multiplications and a split into the heads. The arithmetic
+is autograd's for the same loss (BCE's gradient is ``(sigmoid(z) - y) * grad``; cross
+entropy's is ``log_softmax``'s backward of ``-grad`` at the label;
+tests/unit/test_head_loss.py checks it bit for bit). Regression keeps autograd
 (:mod:`.objective`).
 
 The loss is ``sum_i wn_i * loss_i`` with the sample weights normalised once (``wn = w /
