@@ -8,6 +8,7 @@ replica is served from the base before it."""
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -19,6 +20,7 @@ from streamtrain.serve.weights.watcher import SnapshotWatcher
 from streamtrain.snapshot import subscriber as subscriber_module
 from streamtrain.snapshot.scan import Candidate
 from streamtrain.snapshot.subscriber import SnapshotSubscriber
+from streamtrain.snapshot.verify import ReceivedSnapshot
 from streamtrain.train.row_tracker import row_sparse_parameters
 from tests.delta_fixtures import (
     SparseTrainer,
@@ -79,6 +81,15 @@ def test_a_new_replica_reads_the_newest_base_and_not_the_older_ones(
         real_read_chunks(reader, candidate, *args)
 
     monkeypatch.setattr(subscriber_module, "read_chunks", read_chunks)
+    real_read_after = replica._read_after
+
+    def read_after(span: tuple[int, int, float], wanted: Any) -> Iterator[ReceivedSnapshot]:
+        # the snapshots after the base: read forward in one pass, not one read each
+        for snapshot in real_read_after(span, wanted):
+            snapshots_read.append((snapshot.manifest.kind, snapshot.manifest.version))
+            yield snapshot
+
+    monkeypatch.setattr(replica, "_read_after", read_after)
     lineage = _serve_until(replica, newest, final)
     assert lineage == bases[-1].snapshot_id
     # The newest base is read first (ready after one base), then the deltas after it,
