@@ -45,7 +45,7 @@ from streamtrain.ingest import KafkaSampleSource, SourceOptions
 from streamtrain.ingest.decode import Codec, decode_records
 from streamtrain.ingest.decode_pool import DecodePool
 from streamtrain.kafka import KafkaConnection, create_topics
-from streamtrain.kafka.confluent_consumer import MessageRecords
+from streamtrain.kafka.confluent_records import MessageRecords
 from streamtrain.kafka.records import KafkaRecord, RecordColumns
 from streamtrain.sample.spec import SampleSpec
 from streamtrain.wire import (
@@ -261,13 +261,15 @@ def confluent_steps(
             np.fromiter(map(Message.offset, messages), np.int64, n),
         )
 
-    def columns(messages: list[Message]) -> object:
+    def records(messages: list[Message]) -> MessageRecords:
         n = len(messages)
-        return MessageRecords(messages, np.zeros(n, np.int64), np.arange(n)).columns()
+        return MessageRecords(topic, messages, np.zeros(n, np.int64), np.arange(n))
+
+    def columns(messages: list[Message]) -> object:
+        return records(messages).columns()
 
     def declared_columns(messages: list[Message]) -> object:
-        n = len(messages)
-        return MessageRecords(messages, np.zeros(n, np.int64), np.arange(n)).columns(False)
+        return records(messages).columns(False)
 
     def accessor(read: Callable[[Message], object]) -> Callable[[list[Message]], object]:
         return lambda messages: list(map(read, messages))
@@ -290,6 +292,7 @@ def confluent_steps(
         "  of which Message.headers() lists": accessor(Message.headers),
         "  of which Message.timestamp() tuples": accessor(Message.timestamp),
         "  of which Message.value()": accessor(Message.value),
+        "  of which Message.key()": accessor(Message.key),
         # With the timestamps and the error pass, what the source must do per binary record
         # beyond the fair raw loop whatever else it does (the floor, see main()).
         "value() list, then their sizes": values(sizes),
@@ -429,11 +432,13 @@ def main() -> None:
 
 
 # The passes over a poll's Messages that a binary record needs beyond the fair raw loop's
-# (values, partitions, offsets): error check, timestamp, size check and the join for
-# ``frombuffer``. The values list is the raw loop's, so it is taken off the last two.
+# (values, partitions, offsets): error check, timestamp, key (a record mark digests it once
+# the messages are freed, MessageRecords.settle), size check and the join for ``frombuffer``.
+# The values list is the raw loop's, so it is taken off the last two.
 _FLOOR = (
     "  of which the error pass",
     "  of which Message.timestamp() tuples",
+    "  of which Message.key()",
     "value() list, then their sizes",
     "value() list, then their join",
 )

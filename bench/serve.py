@@ -52,6 +52,8 @@ import numpy as np
 import torch
 from freshness import measure as measure_freshness
 from loadgen import Body, LoadResult, generator_name, run_load
+from loop_stalls import read as read_stalls
+from loop_stalls import report as stall_report
 from proc_cpu import group_cpu_s, process_cpu_s
 from serve_model import API_PATH, model_overrides
 
@@ -117,9 +119,13 @@ def peers(workdir: Path) -> list[Peer]:
     ]
 
 
-def _serve(overrides: dict[str, Any], engine: str) -> None:
+def _serve(overrides: dict[str, Any], engine: str, stalls: Path | None = None) -> None:
     overrides = {**overrides, "serve": {**overrides["serve"], "engine": engine}}
     worker = build_worker(load_settings(overrides=overrides))
+    if stalls is not None:
+        from loop_stalls import watch
+
+        watch(worker, stalls)
     worker.run()
 
 
@@ -266,6 +272,12 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--no-grpc", dest="grpc", action="store_false", help="skip gRPC rows")
     parser.add_argument("--grpc-streams", type=int, default=1, help="calls per gRPC channel")
     parser.add_argument("--skip-freshness", action="store_true")
+    parser.add_argument(
+        "--stalls",
+        action="store_true",
+        help="record streamtrain's event-loop stalls and garbage collections, printed per row "
+        "(bench/loop_stalls.py; its timer adds ~1%% CPU to streamtrain's rows)",
+    )
     parser.add_argument("--fresh-rate", type=float, default=1000.0, help="samples/s produced")
     parser.add_argument("--fresh-seconds", type=float, default=20.0)
     return parser.parse_args()
@@ -306,8 +318,9 @@ def main() -> None:
         publisher = Publisher(load_settings(overrides=overrides))
         stack.callback(publisher.close)
         publisher.publish()
+        stalls = workdir / "stalls.json" if args.stalls else None
         server = multiprocessing.get_context("spawn").Process(
-            target=_serve, args=(overrides, args.engine), daemon=True
+            target=_serve, args=(overrides, args.engine, stalls), daemon=True
         )
         server.start()
         stack.callback(server.join, 10)
@@ -346,7 +359,7 @@ def main() -> None:
                     flag,
                 )
             )
-        rows = _http_rows(targets, bodies, publisher, args, load)
+        rows = _http_rows(targets, bodies, publisher, args, load, stalls)
         grpc_rows = _grpc_rows(ours, f"127.0.0.1:{grpc_port}", pid, args) if args.grpc else []
         loads = os.getloadavg()
         stack.close()
@@ -380,6 +393,7 @@ def _http_rows(
     publisher: Publisher,
     args: argparse.Namespace,
     load: dict[str, int],
+    stalls: Path | None = None,
 ) -> list[Row]:
     for target in targets:  # a checked answer, then a warm-up not reported
         _probe(target.url, bodies[target.body])
@@ -388,6 +402,8 @@ def _http_rows(
     for swapping in (False, True):
         for target in targets:
             before, cpu_before = target.swaps(), target.cpu()
+            watched = stalls if target.flag is None else None
+            recorded, since = (read_stalls(watched), time.time()) if watched else ({}, 0.0)
             if swapping and target.flag is not None:
                 target.flag.touch()
             publishing = swapping and target.flag is None
@@ -398,6 +414,11 @@ def _http_rows(
             cpu = (target.cpu() - cpu_before) / max(result.requests, 1) * 1e6
             swaps = target.swaps() - before
             rows.append(Row(target.server, target.body, swapping, swaps, result, cpu))
+            if watched is not None:
+                until = time.time()
+                time.sleep(0.6)  # the server writes its records twice a second
+                line = stall_report(watched, since, until, recorded)
+                print(f"{target.server} {target.body} swaps={swaps}: {line}", flush=True)
     return rows
 
 

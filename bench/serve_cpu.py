@@ -17,28 +17,35 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 from proc_cpu import process_cpu_s
 
 
-def _child(http: str | None) -> None:
+def _child(http: str | None, stalls: str | None) -> None:
     from serve_trees import build_worker
 
     worker = build_worker(http=http)
+    if stalls:
+        from loop_stalls import watch
+
+        watch(worker, Path(stalls))
     print(worker.port, flush=True)
     worker.run()
 
 
-def _start(server: str) -> tuple[subprocess.Popen[str], str]:
+def _start(server: str, stalls: Path | None) -> tuple[subprocess.Popen[str], str]:
     from serve import _wait_ready
 
     tree, _, http = server.partition("@")
     env = {**os.environ, "PYTHONPATH": f"{Path(tree).resolve()}{os.pathsep}{Path(__file__).parent}"}
-    command = [sys.executable, __file__, "--child", *([http] if http else [])]
+    command = [sys.executable, __file__, "--child", http, str(stalls or "")]
     process = subprocess.Popen(command, env=env, cwd=tree, stdout=subprocess.PIPE, text=True)
     assert process.stdout is not None
     url = f"http://127.0.0.1:{process.stdout.readline().strip()}"
@@ -48,7 +55,7 @@ def _start(server: str) -> tuple[subprocess.Popen[str], str]:
 
 def main() -> None:
     if sys.argv[1:2] == ["--child"]:
-        _child(sys.argv[2] if len(sys.argv) > 2 else None)
+        _child(sys.argv[2] or None, sys.argv[3] or None)
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -62,16 +69,25 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="load generator threads")
     parser.add_argument("--connections", type=int, default=8, help="requests in flight")
     parser.add_argument("--body", choices=["JSON", "binary"], default="JSON")
+    parser.add_argument(
+        "--stalls",
+        action="store_true",
+        help="record each server's event-loop stalls and garbage collections and print them "
+        "per round (bench/loop_stalls.py; its timer adds ~1%% CPU)",
+    )
     args = parser.parse_args()
     # Here, not at the top: the child imports only the tree it serves.
     import numpy as np
     from loadgen import generator_name, run_load
+    from loop_stalls import read, report
     from serve import binary_body, json_body
 
     values = np.random.default_rng(0).normal(size=32).astype(np.float32)
     body = json_body(values) if args.body == "JSON" else binary_body(values)
     trees = list(args.servers)
-    servers = [_start(tree) for tree in trees]
+    stall_dir = Path(tempfile.mkdtemp(prefix="serve-cpu-stalls-")) if args.stalls else None
+    stalls = {t: stall_dir / f"{i}.json" if stall_dir else None for i, t in enumerate(trees)}
+    servers = [_start(tree, stalls[tree]) for tree in trees]
     cpu: dict[str, list[float]] = {tree: [] for tree in trees}
     rates: dict[str, list[float]] = {tree: [] for tree in trees}
     print(f"load: {generator_name(args.threads, args.connections, args.seconds)}, {args.body}")
@@ -82,6 +98,8 @@ def main() -> None:
         for i in range(args.rounds):
             for tree, (process, url) in order if i % 2 == 0 else order[::-1]:
                 before = process_cpu_s(process.pid)
+                stall_path = stalls[tree]
+                recorded, since = read(stall_path) if stall_path else {}, time.time()
                 result = run_load(
                     url,
                     body,
@@ -99,10 +117,15 @@ def main() -> None:
                     f"{result.rate:.0f} req/s, p99 {result.p99_ms:.2f} ms",
                     flush=True,
                 )
+                if stall_path is not None:
+                    time.sleep(0.6)  # the server writes its records twice a second
+                    print(f"  {report(stall_path, since, time.time() - 0.6, recorded)}", flush=True)
     finally:
         for process, _ in servers:
             process.terminate()
             process.wait(30)
+        if stall_dir is not None:
+            shutil.rmtree(stall_dir, ignore_errors=True)
     first = statistics.median(cpu[trees[0]])
     for tree in trees:
         median = statistics.median(cpu[tree])

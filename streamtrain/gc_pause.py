@@ -12,9 +12,11 @@ object per record (a confluent ``Message``, a kafka-python ``ConsumerRecord``), 
 batch fills, every collection they trigger traverses all records buffered so far again;
 measured on a loaded 2-core machine, ~1.1 of ~2.9 µs of CPU per binary record (bench/README.md
 "Ingest"). A batch's records are freed by reference counting once it is cut, mostly before the
-GC is back; the pause lasts one call (about ``max_wait_ms``; ``max_partition_idle_ms`` at most
-while a partition lags). The GC switch is process-wide: a training thread running meanwhile
-collects later, not less.
+GC is back; the confluent records still buffered after the call hold no tracked object per
+record (``kafka.confluent_records``: their messages are freed once decoded), so the collection
+that follows the pause does not traverse them. The pause lasts one call (about
+``max_wait_ms``; ``max_partition_idle_ms`` at most while a partition lags). The GC switch is
+process-wide: a training thread running meanwhile collects later, not less.
 """
 
 from __future__ import annotations

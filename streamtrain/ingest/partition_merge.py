@@ -19,10 +19,17 @@ batch cutting and releases records in a total order defined by the log alone:
    may depend on fetch timing; the caller counts and logs it).
 
 With a single partition every record is released at once, in offset order, untouched.
+
+Held polls stay as they were added (:class:`_Piece`): only their key, partition and offset
+columns are joined to decide a release, and the released records' samples are gathered once,
+straight into key order. (Joining every poll's arrays into one on each add copied the held
+samples again with every poll, and a release copied them once more: ~0.06 µs a record of
+~0.12 for three partitions.)
 """
 
 from __future__ import annotations
 
+import bisect
 import time
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
@@ -34,7 +41,7 @@ import numpy.typing as npt
 from streamtrain.ingest.decode import DecodedChunk
 from streamtrain.kafka.records import KafkaRecord, partitions_in
 from streamtrain.sample.sparse_numpy import SparseRows
-from streamtrain.wire import Decoded
+from streamtrain.wire import Decoded, Reject
 
 _NO_TIME = np.iinfo(np.int64).min
 Key = tuple[int, int, int]  # (running max timestamp ms, partition, offset)
@@ -43,122 +50,68 @@ I64 = npt.NDArray[np.int64]
 
 
 class RecordView(Sequence[KafkaRecord]):
-    """Records picked from several polls' record sequences, without copying any record."""
+    """Records picked from several polls' record sequences, without copying any record:
+    ``index`` holds positions in the polls' records laid end to end."""
 
-    def __init__(self, bases: list[Sequence[KafkaRecord]], source: I64, index: I64) -> None:
-        self._bases, self._source, self._index = bases, source, index
-
-    @classmethod
-    def of(cls, records: Sequence[KafkaRecord]) -> RecordView:
-        n = len(records)
-        return cls([records], np.zeros(n, np.int64), np.arange(n, dtype=np.int64))
+    def __init__(self, bases: list[Sequence[KafkaRecord]], index: I64) -> None:
+        self._bases, self._index = bases, index
+        self._starts: list[int] = np.cumsum([0] + [len(b) for b in bases]).tolist()
 
     def __len__(self) -> int:
         return len(self._index)
 
     def __getitem__(self, i: int) -> KafkaRecord:  # type: ignore[override]
-        return self._bases[int(self._source[i])][int(self._index[i])]
+        at = int(self._index[i])
+        base = bisect.bisect_right(self._starts, at) - 1
+        return self._bases[base][at - self._starts[base]]
 
-    def take(self, picks: I64) -> RecordView:
-        return RecordView(self._bases, self._source[picks], self._index[picks])
-
-    def concat(self, other: RecordView) -> RecordView:
-        shifted = other._source + len(self._bases)
-        return RecordView(
-            self._bases + other._bases,
-            np.concatenate([self._source, shifted]),
-            np.concatenate([self._index, other._index]),
-        )
+    @classmethod
+    def joined(cls, polls: Sequence[Sequence[KafkaRecord]], picks: I64 | None) -> RecordView:
+        """The records at ``picks`` (all when None) of ``polls`` laid end to end."""
+        bases: list[Sequence[KafkaRecord]] = []
+        indices: list[I64] = []
+        total = 0
+        for records in polls:
+            if isinstance(records, RecordView):  # its own bases, not a view of a view
+                bases += records._bases
+                indices.append(records._index + total)
+                total += records._starts[-1]
+            else:
+                bases.append(records)
+                indices.append(np.arange(total, total + len(records), dtype=np.int64))
+                total += len(records)
+        index = indices[0] if len(indices) == 1 else np.concatenate(indices)
+        return cls(bases, index if picks is None else index[picks])
 
 
 @dataclass
-class _Held:
-    """Records held back, one entry per record, with their samples (``sample_of`` or -1)."""
+class _Piece:
+    """One poll's records as added (or what a partial release left), with their keys: the
+    running maximum timestamp of the record's partition."""
 
-    records: RecordView
-    partitions: I64
-    offsets: I64
-    keys: I64  # running max timestamp of the record's partition
-    sample_of: I64
-    decoded: Decoded  # samples only; ``rows`` unused here, rejects keyed by held index
+    chunk: DecodedChunk
+    keys: I64
 
     def __len__(self) -> int:
-        return len(self.offsets)
+        return len(self.keys)
 
-    def pick(self, picks: I64) -> _Held:
-        """The records at ``picks``, in that order."""
-        d = self.decoded
-        if len(d.weights) == len(self):  # every record is a sample, record k is sample k
-            taken, rows, sample_of = picks, np.arange(len(picks)), np.arange(len(picks))
-        else:
-            taken, rows, sample_of = self._samples_at(picks)
-        rejects = {}
-        if d.rejects:  # rare: remap only them, never build a per-record dict
-            where = np.full(len(self), -1, np.int64)
-            where[picks] = np.arange(len(picks))
-            rejects = {int(where[i]): r for i, r in d.rejects.items() if where[i] >= 0}
-        return _Held(
-            records=self.records.take(picks),
-            partitions=self.partitions[picks],
-            offsets=self.offsets[picks],
-            keys=self.keys[picks],
-            sample_of=sample_of,
-            decoded=Decoded(
-                rows=rows,
-                features=d.features[taken],
-                labels=d.labels[taken],
-                weights=d.weights[taken],
-                timestamps=d.timestamps[taken],
-                rejects=rejects,
-                sparse=None if d.sparse is None else d.sparse[taken],
-            ),
-        )
 
-    def _samples_at(self, picks: I64) -> tuple[I64, I64, I64]:
-        """For the records at ``picks``: their samples' indices, which of them are samples,
-        and each one's sample index among them (-1: a rejected record)."""
-        samples = self.sample_of[picks]
-        is_sample = samples >= 0
-        taken = samples[is_sample]
-        sample_of = np.full(len(picks), -1, np.int64)
-        sample_of[is_sample] = np.arange(len(taken))
-        return taken, np.flatnonzero(is_sample), sample_of
+class _Columns(NamedTuple):
+    """The held records' partitions, offsets and keys, polls laid end to end."""
 
-    def concat(self, other: _Held) -> _Held:
-        if not len(self):
-            return other
-        n, s = len(self), len(self.decoded.features)
-        a, b = self.decoded, other.decoded
-        return _Held(
-            records=self.records.concat(other.records),
-            partitions=np.concatenate([self.partitions, other.partitions]),
-            offsets=np.concatenate([self.offsets, other.offsets]),
-            keys=np.concatenate([self.keys, other.keys]),
-            sample_of=np.concatenate(
-                [self.sample_of, np.where(other.sample_of >= 0, other.sample_of + s, -1)]
-            ),
-            decoded=Decoded(
-                rows=np.zeros(0, np.int64),
-                features=np.concatenate([a.features, b.features]),
-                labels=np.concatenate([a.labels, b.labels]),
-                weights=np.concatenate([a.weights, b.weights]),
-                timestamps=np.concatenate([a.timestamps, b.timestamps]),
-                rejects={**a.rejects, **{i + n: r for i, r in b.rejects.items()}},
-                sparse=_concat_sparse(a.sparse, b.sparse),
-            ),
-        )
+    partitions: I64
+    offsets: I64
+    keys: I64
 
-    def to_chunk(self) -> DecodedChunk:
-        d = self.decoded
-        rows = np.flatnonzero(self.sample_of >= 0)
-        return DecodedChunk(
-            records=self.records,
-            partitions=self.partitions,
-            offsets=self.offsets,
-            decoded=Decoded(
-                rows, d.features, d.labels, d.weights, d.timestamps, dict(d.rejects), d.sparse
-            ),
-            timestamps_ms=None,
+    @classmethod
+    def of(cls, pieces: list[_Piece]) -> _Columns:
+        if len(pieces) == 1:
+            chunk = pieces[0].chunk
+            return cls(chunk.partitions, chunk.offsets, pieces[0].keys)
+        return cls(
+            np.concatenate([p.chunk.partitions for p in pieces]),
+            np.concatenate([p.chunk.offsets for p in pieces]),
+            np.concatenate([p.keys for p in pieces]),
         )
 
 
@@ -182,8 +135,7 @@ class PartitionMerge:
     def __init__(self, max_idle_s: float, clock: Callable[[], float] = time.monotonic) -> None:
         self._max_idle = max_idle_s
         self._clock = clock
-        self._held: _Held | None = None
-        self._as_added: DecodedChunk | None = None  # the chunk, while held is exactly one add
+        self._held: list[_Piece] = []
         self._carry: dict[int, int] = {}  # partition -> running max timestamp so far
         self._last_offset: dict[int, int] = {}
         self._waiting_since: dict[int, float] = {}
@@ -191,7 +143,7 @@ class PartitionMerge:
     @property
     def records(self) -> int:
         """Records held back."""
-        return 0 if self._held is None else len(self._held)
+        return sum(map(len, self._held))
 
     def add(self, chunk: DecodedChunk) -> None:
         """Hold one poll's records."""
@@ -201,27 +153,19 @@ class PartitionMerge:
         timestamps_ms = chunk.timestamps_ms
         if timestamps_ms is None:  # no record timestamps: order by partition and offset
             timestamps_ms = np.full(n, -1, np.int64)
-        parts = chunk.partitions
+        parts = chunk.partitions.astype(np.int64, copy=False)
+        offsets = chunk.offsets.astype(np.int64, copy=False)
         first = int(parts[0])
         if (parts == first).all():
-            keys = self._running_keys(first, timestamps_ms, chunk.offsets)
+            keys = self._running_keys(first, timestamps_ms, offsets)
         else:
             keys = np.empty(n, np.int64)
             for p in partitions_in(parts):
                 mine = np.flatnonzero(parts == p)
-                keys[mine] = self._running_keys(p, timestamps_ms[mine], chunk.offsets[mine])
-        sample_of = np.full(n, -1, np.int64)
-        sample_of[chunk.decoded.rows] = np.arange(len(chunk.decoded.rows))
-        held = _Held(
-            records=RecordView.of(chunk.records),
-            partitions=chunk.partitions.astype(np.int64, copy=False),
-            offsets=chunk.offsets.astype(np.int64, copy=False),
-            keys=keys,
-            sample_of=sample_of,
-            decoded=chunk.decoded,
-        )
-        self._as_added = chunk if self._held is None else None
-        self._held = held if self._held is None else self._held.concat(held)
+                keys[mine] = self._running_keys(p, timestamps_ms[mine], offsets[mine])
+        if parts is not chunk.partitions or offsets is not chunk.offsets:
+            chunk = DecodedChunk(chunk.records, parts, offsets, chunk.decoded, timestamps_ms)
+        self._held.append(_Piece(chunk, keys))
 
     def _running_keys(self, partition: int, stamps: I64, offsets: I64) -> I64:
         """Running maximum of ``partition``'s timestamps, continuing from what it held."""
@@ -237,35 +181,37 @@ class PartitionMerge:
         ``unfinished``: partitions that may still have records not fetched yet (position below
         the high watermark, or no watermark known). ``force``: release everything held.
         """
-        held = self._held
-        if held is None:
+        pieces = self._held
+        if not pieces:
             self._waiting_since.clear()
             return Release(None, ())
-        parts = held.partitions
-        first = int(parts[0])
-        single = bool((parts == first).all())
+        held = _Columns.of(pieces)
+        first = int(held.partitions[0])
+        single = bool((held.partitions == first).all())
         # A partition's own bound never holds back its own records: nothing to compare.
         alone = single and all(p == first for p in unfinished)
         bound, gave_up = (None, ()) if force or alone else self._bound(held, unfinished)
         ready = _below(held, bound)
-        count = len(held) if ready is None else int(ready.sum())
+        count = len(held.keys) if ready is None else int(ready.sum())
         if count == 0:
             return Release(None, gave_up)
-        as_added, self._as_added = self._as_added, None
-        if count == len(held):
-            self._held = None
-            if single:
-                return Release(as_added or held.to_chunk(), gave_up)
-            return Release(held.pick(_order(held, None)).to_chunk(), gave_up)
+        if count == len(held.keys):
+            self._held = []
+            if single and len(pieces) == 1:
+                return Release(pieces[0].chunk, gave_up)  # as added, untouched
+            # One partition: the polls laid end to end are in offset order already.
+            order = None if single else _key_order(held.keys, held.partitions, held.offsets)
+            return Release(_gather(pieces, held, order), gave_up)
         assert ready is not None
         chosen = np.flatnonzero(ready)
         if not single:
-            chosen = _order(held, chosen)
-        self._held = held.pick(np.flatnonzero(~ready))
-        return Release(held.pick(chosen).to_chunk(), gave_up)
+            chosen = chosen[_key_order(*_at(held, chosen))]
+        rest = np.flatnonzero(~ready)
+        self._held = [_Piece(_gather(pieces, held, rest), held.keys[rest])]
+        return Release(_gather(pieces, held, chosen), gave_up)
 
     def _bound(
-        self, held: _Held, unfinished: Collection[int]
+        self, held: _Columns, unfinished: Collection[int]
     ) -> tuple[Key | None, tuple[int, ...]]:
         """The smallest key an unfinished partition can still produce, and the partitions
         given up on: those with nothing held that blocked the release for ``max_idle_s``."""
@@ -296,20 +242,95 @@ class PartitionMerge:
             self._carry.pop(p, None)
             self._last_offset.pop(p, None)
             self._waiting_since.pop(p, None)
-        held = self._held
-        if held is not None:
-            keep = ~np.isin(held.partitions, dropped)
-            self._held = held.pick(np.flatnonzero(keep)) if keep.any() else None
-            self._as_added = None
+        if self._held:
+            held = _Columns.of(self._held)
+            keep = np.flatnonzero(~np.isin(held.partitions, dropped))
+            if len(keep) < len(held.keys):
+                kept = _Piece(_gather(self._held, held, keep), held.keys[keep])
+                self._held = [kept] if len(keep) else []
 
 
-def _order(held: _Held, subset: I64 | None) -> I64:
-    """Indices of ``subset`` (all held records if None) sorted by key (point 1)."""
-    keys, parts = held.keys, held.partitions
-    if subset is not None:
-        keys, parts = keys[subset], parts[subset]
-    order = _key_order(keys, parts, held.offsets if subset is None else held.offsets[subset])
-    return order if subset is None else subset[order]
+def _at(held: _Columns, picks: I64) -> tuple[I64, I64, I64]:
+    """Keys, partitions and offsets of the records at ``picks`` (``_key_order``'s order)."""
+    return held.keys[picks], held.partitions[picks], held.offsets[picks]
+
+
+def _gather(pieces: list[_Piece], held: _Columns, picks: I64 | None) -> DecodedChunk:
+    """The records at ``picks`` of ``pieces`` laid end to end (all of them when None), in
+    that order, with their samples and rejects: each array is gathered once."""
+    chunks = [p.chunk for p in pieces]
+    decoded = [c.decoded for c in chunks]
+    # Every record a sample (the usual poll): sample k is record k, no bookkeeping.
+    if all(len(d.weights) == len(c.offsets) for d, c in zip(decoded, chunks, strict=True)):
+        samples = picks
+        rows = np.arange(len(held.keys) if picks is None else len(picks))
+    else:
+        sample_of = _sample_of(chunks)
+        if picks is not None:
+            sample_of = sample_of[picks]
+        rows = np.flatnonzero(sample_of >= 0)
+        samples = sample_of[rows]
+
+    def take(arrays: list[npt.NDArray[np.generic]]) -> npt.NDArray[np.generic]:
+        whole = arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+        return whole if samples is None else _rows(whole, samples)
+
+    sparse = [d.sparse for d in decoded if d.sparse is not None]
+    joined = SparseRows.concat(sparse) if sparse else None
+    return DecodedChunk(
+        records=RecordView.joined([c.records for c in chunks], picks),
+        partitions=held.partitions if picks is None else held.partitions[picks],
+        offsets=held.offsets if picks is None else held.offsets[picks],
+        decoded=Decoded(
+            rows=rows,
+            features=take([d.features for d in decoded]),  # type: ignore[arg-type]
+            labels=take([d.labels for d in decoded]),  # type: ignore[arg-type]
+            weights=take([d.weights for d in decoded]),  # type: ignore[arg-type]
+            timestamps=take([d.timestamps for d in decoded]),  # type: ignore[arg-type]
+            rejects=_rejects(chunks, picks),
+            sparse=None if joined is None or samples is None else joined[samples],
+        ),
+        timestamps_ms=None,
+    )
+
+
+def _rows(array: npt.NDArray[np.generic], picks: I64) -> npt.NDArray[np.generic]:
+    """``array[picks]``; a C-contiguous array of rows (features) is gathered as one opaque
+    item per row, ~1.7x faster than numpy's element-wise row gather (64-byte rows)."""
+    if array.ndim < 2 or not array.flags.c_contiguous or not array.size:
+        return array[picks]
+    n, shape = len(array), array.shape[1:]
+    row = np.dtype((np.void, array.itemsize * int(np.prod(shape))))
+    rows = array.reshape(n, -1).view(row).reshape(n)[picks]
+    return rows.view(array.dtype).reshape(len(picks), *shape)
+
+
+def _sample_of(chunks: list[DecodedChunk]) -> I64:
+    """Per record of ``chunks`` laid end to end: its sample's index, -1 for a reject."""
+    total = sum(len(c.offsets) for c in chunks)
+    sample_of = np.full(total, -1, np.int64)
+    at = samples = 0
+    for c in chunks:
+        rows = c.decoded.rows
+        sample_of[at + rows] = np.arange(samples, samples + len(rows))
+        at += len(c.offsets)
+        samples += len(rows)
+    return sample_of
+
+
+def _rejects(chunks: list[DecodedChunk], picks: I64 | None) -> dict[int, Reject]:
+    """The rejects among the records at ``picks``, keyed by their place there; rare, so only
+    they are remapped (no per-record dict)."""
+    rejects: dict[int, Reject] = {}
+    at = 0
+    for c in chunks:
+        rejects.update({at + i: r for i, r in c.decoded.rejects.items()})
+        at += len(c.offsets)
+    if not rejects or picks is None:
+        return rejects
+    where = np.full(at, -1, np.int64)
+    where[picks] = np.arange(len(picks))
+    return {int(where[i]): r for i, r in rejects.items() if where[i] >= 0}
 
 
 def _key_order(keys: I64, parts: I64, offsets: I64) -> I64:
@@ -330,7 +351,7 @@ def _key_order(keys: I64, parts: I64, offsets: I64) -> I64:
     return order
 
 
-def _largest_key(held: _Held) -> Key:
+def _largest_key(held: _Columns) -> Key:
     keys, parts = held.keys, held.partitions
     t = int(keys.max())
     mask = keys == t
@@ -338,7 +359,7 @@ def _largest_key(held: _Held) -> Key:
     return t, p, int(held.offsets[mask & (parts == p)].max())
 
 
-def _below(held: _Held, bound: Key | None) -> npt.NDArray[np.bool_] | None:
+def _below(held: _Columns, bound: Key | None) -> npt.NDArray[np.bool_] | None:
     """Mask of held records whose key is strictly below ``bound``; None means all of them."""
     if bound is None:
         return None
@@ -348,9 +369,3 @@ def _below(held: _Held, bound: Key | None) -> npt.NDArray[np.bool_] | None:
         (keys == t) & ((parts < p) | ((parts == p) & (held.offsets < o)))
     )
     return mask
-
-
-def _concat_sparse(a: SparseRows | None, b: SparseRows | None) -> SparseRows | None:
-    if a is None or b is None:
-        return a if b is None else b
-    return SparseRows.concat([a, b])

@@ -43,7 +43,7 @@ from streamtrain.ingest.reject_report import RejectReport
 from streamtrain.ingest.starvation import StarvationWatch
 from streamtrain.kafka import KafkaConnection, OffsetOutOfRange, RecordConsumer, record_consumer
 from streamtrain.kafka.admin import topic_id
-from streamtrain.kafka.records import KafkaRecord
+from streamtrain.kafka.records import KafkaRecord, SettlingRecords
 from streamtrain.kafka.watermark import true_ends
 from streamtrain.metrics import export_at_zero
 from streamtrain.sample.batch import Batch
@@ -236,6 +236,8 @@ class KafkaSampleSource:
                     self.spec, records, self.max_record_bytes, self._codec, self._json_decoder
                 )
                 metrics.INGEST_DECODE_SECONDS.observe(time.perf_counter() - started)
+                if isinstance(records, SettlingRecords):  # client objects freed, rejects kept
+                    records.settle(chunk.decoded.rejects.keys())
                 self._log_watch.note(chunk.records, chunk.partitions)
             if self._merge is None:
                 if chunk is not None:

@@ -31,7 +31,7 @@ from streamtrain import metrics
 from streamtrain.join.log_lost import JoinLogLost, OnLogLost
 from streamtrain.join.partition_state import PartitionState
 from streamtrain.kafka import KafkaConnection, RecordConsumer, record_consumer
-from streamtrain.kafka.confluent_consumer import ConfluentRecord
+from streamtrain.kafka.confluent_records import ConfluentRecord
 from streamtrain.kafka.mark_check import LogVerdict, verify_marks
 from streamtrain.kafka.reachability import REACHABILITY
 from streamtrain.sample.record_mark import RecordMark

@@ -82,7 +82,7 @@ from streamtrain.join.partition_state import (
 from streamtrain.join.samples_log import SamplesLog, join_tag, moved_back
 from streamtrain.join.samples_out import SamplesOut
 from streamtrain.join.state_file import read_state, state_path, write_state
-from streamtrain.kafka.confluent_consumer import ConfluentRecord
+from streamtrain.kafka.confluent_records import ConfluentRecord
 from streamtrain.kafka.group_consumer import CoPartitionedGroup
 from streamtrain.kafka.reachability import REACHABILITY
 from streamtrain.quality.partitions import PartitionedQuality

@@ -2,8 +2,9 @@
 
 librdkafka fetches in its own threads and hands over C message objects; turning each into a
 Python object per field is what costs at a million records a second, so a poll returns
-:class:`MessageRecords`, which gives decode its columns in a few C-level passes and builds a
-:class:`KafkaRecord` only for the record someone indexes (a rejected one).
+:class:`~streamtrain.kafka.confluent_records.MessageRecords`, which gives decode its columns in
+a few C-level passes, builds a :class:`KafkaRecord` only for the record someone indexes (a
+rejected one, the last of a batch) and frees the messages once the poll is decoded.
 
 Positions are ours, not librdkafka's:
 
@@ -19,21 +20,17 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from operator import itemgetter
-from typing import Any, overload
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 
-from streamtrain.gc_pause import gc_paused
 from streamtrain.kafka.client_logs import quiet_librdkafka
+from streamtrain.kafka.confluent_records import MessageRecords
 from streamtrain.kafka.consumer import topic_not_found
 from streamtrain.kafka.errors import KafkaUnreachable, OffsetOutOfRange
 from streamtrain.kafka.reachability import REACHABILITY
-from streamtrain.kafka.records import KafkaRecord, RecordColumns, last_per_partition
-from streamtrain.wire import content_types_of
+from streamtrain.kafka.records import KafkaRecord, last_per_partition
 
 log = logging.getLogger(__name__)
 
@@ -43,98 +40,6 @@ _FATAL_CODES = ("TOPIC_AUTHORIZATION_FAILED",)
 _MISSING_CODES = ("UNKNOWN_TOPIC_OR_PART", "_UNKNOWN_TOPIC", "_UNKNOWN_PARTITION")
 # With auto.offset.reset=error: the log no longer holds the position (see OffsetOutOfRange).
 _OUT_OF_RANGE_CODES = ("_AUTO_OFFSET_RESET", "OFFSET_OUT_OF_RANGE")
-
-
-@dataclass(frozen=True)
-class ConfluentRecord:
-    """One consumed record as a :class:`KafkaRecord`."""
-
-    topic: str
-    partition: int
-    offset: int
-    timestamp: int
-    key: bytes | None
-    value: bytes | None
-    headers: Sequence[tuple[str, bytes]]
-
-    @classmethod
-    def of(cls, message: Any) -> ConfluentRecord:
-        return cls(
-            topic=message.topic(),
-            partition=message.partition(),
-            offset=message.offset(),
-            timestamp=_stamp(message.timestamp()),
-            key=message.key(),
-            value=message.value(),
-            headers=[(k, v if v is not None else b"") for k, v in message.headers() or ()],
-        )
-
-
-_VALUE = itemgetter(1)  # of a (timestamp type, value) pair
-
-
-def _stamp(timestamp: tuple[int, int]) -> int:
-    kind, value = timestamp
-    return -1 if kind == 0 else value  # TIMESTAMP_NOT_AVAILABLE
-
-
-class MessageRecords(Sequence[KafkaRecord]):
-    """One poll's confluent messages: a sequence of :class:`KafkaRecord` with cheap columns."""
-
-    def __init__(
-        self,
-        messages: list[Any],
-        partitions: npt.NDArray[np.int64],
-        offsets: npt.NDArray[np.int64],
-    ) -> None:
-        self._messages = messages
-        self._partitions = partitions
-        self._offsets = offsets
-
-    def __len__(self) -> int:
-        return len(self._messages)
-
-    @overload
-    def __getitem__(self, index: int) -> KafkaRecord: ...
-    @overload
-    def __getitem__(self, index: slice) -> Sequence[KafkaRecord]: ...
-    def __getitem__(self, index: int | slice) -> KafkaRecord | Sequence[KafkaRecord]:
-        if isinstance(index, slice):
-            return [ConfluentRecord.of(m) for m in self._messages[index]]
-        return ConfluentRecord.of(self._messages[index])
-
-    def __iter__(self) -> Iterator[KafkaRecord]:
-        return (ConfluentRecord.of(m) for m in self._messages)
-
-    def columns(self, content_types: bool = True) -> RecordColumns:
-        """The poll's columns; ``content_types=False`` never calls ``Message.headers()``,
-        which builds a list of tuples per record (the largest per-record cost here).
-
-        ``Message.timestamp()`` builds a (type, value) tuple per call; only the value is read
-        (``itemgetter`` in C: half the items of reading both). Only a value <= 0 can be a
-        timestamp that is not available (librdkafka gives -1, or 0 in a message-format-v0
-        record): those few are decided by their type, as :class:`ConfluentRecord` does."""
-        from confluent_kafka import Message
-
-        messages, n = self._messages, len(self._messages)
-        types = None
-        with gc_paused():  # a header list and tuples per record, no cycles among them
-            stamps = np.fromiter(map(_VALUE, map(Message.timestamp, messages)), np.int64, n)
-            for i in np.flatnonzero(stamps <= 0).tolist():
-                stamps[i] = _stamp(messages[i].timestamp())
-            values = list(map(Message.value, messages))
-            if content_types:
-                # librdkafka headers: a list of (str, bytes | None); a null value is no type.
-                headers: list[Any] = list(map(Message.headers, messages))
-                types = content_types_of(headers)
-                del headers  # freed while the GC is still off
-        return RecordColumns(
-            partitions=self._partitions,
-            offsets=self._offsets,
-            timestamps_ms=stamps,
-            values=values,
-            content_types=types,
-        )
 
 
 class ConfluentConsumer:
@@ -259,7 +164,7 @@ class ConfluentConsumer:
         for p, last in last_per_partition(partitions).items():
             self._next[p] = int(offsets[last]) + 1
         # A Sequence with columns, not a list: decode reads it through ColumnarRecords.
-        return MessageRecords(messages, partitions, offsets)
+        return MessageRecords(self.topic, messages, partitions, offsets)
 
     def _drop_errors(self, messages: list[Any]) -> list[Any]:
         kept = []

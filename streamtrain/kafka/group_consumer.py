@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from streamtrain.kafka.client_logs import LIBRDKAFKA_CONNECT, quiet_librdkafka
-from streamtrain.kafka.confluent_consumer import ConfluentRecord
+from streamtrain.kafka.confluent_records import ConfluentRecord
 from streamtrain.kafka.reachability import REACHABILITY
 
 log = logging.getLogger(__name__)

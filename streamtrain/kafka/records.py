@@ -5,7 +5,7 @@ which the librdkafka consumer builds without a Python object per record.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -56,6 +56,14 @@ class ColumnarRecords(Protocol):
     def __len__(self) -> int: ...
     def __getitem__(self, index: int) -> KafkaRecord: ...
     def columns(self, content_types: bool = True) -> RecordColumns: ...
+
+
+@runtime_checkable
+class SettlingRecords(Protocol):
+    """Records holding client objects that a reader frees once it has decoded them, keeping
+    the records at ``keep`` (its rejects) whole (``confluent_records.MessageRecords``: why)."""
+
+    def settle(self, keep: Collection[int]) -> None: ...
 
 
 def record_columns(records: Sequence[KafkaRecord], content_types: bool = True) -> RecordColumns:

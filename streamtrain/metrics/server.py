@@ -109,7 +109,7 @@ SERVE_PREDICTION_LOG_RECORD_BYTES = Histogram(
     registry=SERVER_REGISTRY,
 )
 # --- traffic split and shadow (issue 28, serve/protocol/split.py) ---------------------------
-SERVE_ARM_REQUESTS = Counter(
+SERVE_ARM_REQUESTS = BatchedCounter(  # once per infer request naming no version
     "streamtrain_serve_arm_requests_total",
     "Infer requests naming no version, by the arm that took them: live, candidate (answered "
     "by the split's candidate) or shadow (answered live, the candidate computed and logged).",

@@ -161,11 +161,17 @@ class InferRouteProtocol(OneWriteHttpToolsProtocol):
             return None
         if self.parser.should_upgrade():
             return None
-        found = self.route.match(httptools.parse_url(self.url).path)
+        url = self.url
+        # origin form without query or fragment (every client's infer request) is its own path
+        plain = url[:1] == b"/" and b"?" not in url and b"#" not in url
+        found = self.route.match(url if plain else httptools.parse_url(url).path)
         if found is None:
             return None
-        declared = next((value for key, value in self.headers if key == b"content-length"), b"")
-        size = parse_ascii_int(declared) if declared else 0
+        size: int | None = 0
+        for key, value in self.headers:
+            if key == b"content-length":
+                size = parse_ascii_int(value) if value else 0
+                break
         if size is None or size > self.route.max_body_bytes:
             return None  # the app answers 413 (or its error) before reading, as it always did
         keep_alive = self.parser.get_http_version() != "1.0" and self.parser.should_keep_alive()
@@ -249,7 +255,9 @@ class InferRouteProtocol(OneWriteHttpToolsProtocol):
             data = self._encode(answer, cycle)
         if cycle.disconnected:
             return  # as uvicorn's send: nobody to answer, the connection is gone
-        if self.access_log:
+        # uvicorn's access logger has a handler even at log_level "warning": the line's
+        # arguments (client address, URL, version) are built only when it would be written.
+        if self.access_log and self.access_logger.isEnabledFor(logging.INFO):
             self.access_logger.info(
                 '%s - "POST %s HTTP/%s" %d',
                 f"{self.client[0]}:{self.client[1]}" if self.client else "",

@@ -77,6 +77,9 @@ class CoalescingTransport:
         self._pending = None
         self._transport.abort()
 
+    def is_closing(self) -> bool:  # asked on every answer: not through __getattr__
+        return bool(self._transport.is_closing())
+
     def get_write_buffer_size(self) -> int:
         gathered = self._pending_bytes if self._pending is not None else 0
         return int(self._transport.get_write_buffer_size()) + gathered

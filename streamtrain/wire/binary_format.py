@@ -53,6 +53,23 @@ def binary_dtype(spec: SampleSpec) -> np.dtype[np.void]:
     )
 
 
+def magic_codes(buf: bytes, itemsize: int) -> npt.NDArray[np.uint32]:
+    """The first four bytes of each ``itemsize``-byte record in ``buf``, one little-endian
+    uint32 each, to compare with :func:`magic_code`: half the time of numpy's ``S4``
+    comparison (~3 of ~6 ns a record)."""
+    head = np.dtype({"names": ["m"], "formats": ["<u4"], "offsets": [0], "itemsize": itemsize})
+    codes: npt.NDArray[np.uint32] = np.frombuffer(buf, head)["m"]
+    return codes
+
+
+def magic_code(magic: bytes) -> int:
+    """A four-byte magic as :func:`magic_codes` reads it."""
+    return int.from_bytes(magic, "little")
+
+
+_V1_CODE = magic_code(BINARY_MAGIC)
+
+
 def encode_binary(
     spec: SampleSpec,
     features: Any,
@@ -160,7 +177,7 @@ def decode_v1(
     if not len(rows):
         return Decoded.nothing(spec, rejects)
     arr = np.frombuffer(buf, dtype=dtype)
-    magic_ok = arr["magic"] == BINARY_MAGIC
+    magic_ok = magic_codes(buf, size) == _V1_CODE
     if not magic_ok.all():
         for j in np.flatnonzero(~magic_ok):
             rejects[int(rows[j])] = Reject(

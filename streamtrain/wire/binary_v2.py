@@ -35,12 +35,19 @@ import numpy.typing as npt
 
 from streamtrain.sample.sparse_numpy import SparseRows
 from streamtrain.sample.spec import SampleSpec
-from streamtrain.wire.binary_format import binary_dtype, decode_v1, encode_binary
+from streamtrain.wire.binary_format import (
+    binary_dtype,
+    decode_v1,
+    encode_binary,
+    magic_code,
+    magic_codes,
+)
 from streamtrain.wire.decoded import Decoded, Labels, finish, merge
 from streamtrain.wire.rejects import Reject, SampleError
 from streamtrain.wire.sparse_fields import SparseRow, read_ids, read_weights
 
 BINARY_MAGIC_V2 = b"STS2"
+_V2_CODE = magic_code(BINARY_MAGIC_V2)
 _COUNT = struct.Struct("<H")
 _ENTRY = struct.Struct("<HIB")
 
@@ -118,8 +125,8 @@ def _v2_positions(
     dtype = binary_dtype(spec)
     if sizes is not None and len(values) and bool((sizes == dtype.itemsize).all()):
         joined = b"".join(values)
-        magic = np.frombuffer(joined, dtype)["magic"]
-        return np.flatnonzero(magic == BINARY_MAGIC_V2).tolist(), joined
+        magic = magic_codes(joined, dtype.itemsize)
+        return np.flatnonzero(magic == _V2_CODE).tolist(), joined
     return [i for i, value in enumerate(values) if value[:4] == BINARY_MAGIC_V2], None
 
 

@@ -3,6 +3,7 @@ tests do not reach."""
 
 from __future__ import annotations
 
+import gc
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -19,7 +20,9 @@ from streamtrain.kafka import (
     create_topics,
     record_consumer,
 )
-from streamtrain.kafka.records import KafkaRecord, RecordColumns, record_columns
+from streamtrain.kafka.confluent_records import MessageRecords
+from streamtrain.kafka.records import KafkaRecord, RecordColumns, SettlingRecords, record_columns
+from streamtrain.sample.record_mark import mark_of
 
 
 @pytest.fixture
@@ -154,6 +157,61 @@ def test_columns_match_field_by_field_reading(
     assert values == [b"v0", b"v1", b"v2", None, b"v4"]
     assert content_types[1] == content_types[3] == b"application/x-streamtrain-sample"
     assert content_types[0] is None
+
+
+def _reaches_a_message(root: object, depth: int = 4) -> bool:
+    """Whether any confluent ``Message`` object is reachable from ``root`` within ``depth``
+    references (a settled poll's columns are at most three deep)."""
+    from confluent_kafka import Message
+
+    seen, level = {id(root)}, [root]
+    for _ in range(depth):
+        level = [r for o in level for r in gc.get_referents(o) if id(r) not in seen]
+        seen.update(map(id, level))
+        if any(isinstance(o, Message) for o in level):
+            return True
+    return False
+
+
+def test_a_settled_poll_frees_its_messages_and_keeps_its_rejects_whole(
+    kafka_bootstrap: str, unique_name: str, producer: KafkaProducer
+) -> None:
+    """After settle() a poll holds no ``Message`` (so records buffered past a batch cost the
+    GC nothing); the records it keeps whole (rejects, for the dead-letter copy) keep their
+    headers, every other record keeps each field a record mark reads, and its headers say
+    why they are gone instead of reading empty."""
+    create_topics(kafka_bootstrap, [unique_name], partitions=1)
+    headers = [("content-type", b"application/json")]
+    for i in range(6):
+        producer.send(unique_name, b"v%d" % i, key=None if i == 2 else b"k%d" % i, headers=headers)
+    producer.flush()
+    consumer = _consumer(kafka_bootstrap, unique_name)
+    consumer.assign([0])
+    seen = 0
+    deadline = time.monotonic() + 10
+    while seen < 6:
+        assert time.monotonic() < deadline, f"only {seen} records"
+        records = consumer.poll(timeout_ms=200, max_records=100)
+        if not records:
+            continue
+        assert isinstance(records, MessageRecords) and isinstance(records, SettlingRecords)
+        assert _reaches_a_message(records)
+        whole = list(records)  # read from the messages, headers included
+        columns = record_columns(records, content_types=False)
+        records.settle({0})
+        assert not _reaches_a_message(records)
+        assert record_columns(records, content_types=False) is columns
+        assert records[0] == whole[0] and list(records[0].headers) == headers
+        for i in range(1, len(records)):
+            kept, was = records[i], whole[i]
+            for field in ("topic", "partition", "offset", "timestamp", "key", "value"):
+                assert getattr(kept, field) == getattr(was, field), field
+            assert mark_of(kept) == mark_of(was)
+            with pytest.raises(LookupError, match="only a rejected record keeps them"):
+                _ = kept.headers
+        assert [r.offset for r in records[-2:]] == [r.offset for r in whole[-2:]]
+        seen += len(records)
+    consumer.close()
 
 
 def test_missing_topic_is_topic_not_found(kafka_bootstrap: str, unique_name: str) -> None:

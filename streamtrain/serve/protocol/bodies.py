@@ -29,6 +29,7 @@ with sparse ID features also takes, per feature, its IDs and their count per row
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -41,19 +42,13 @@ from streamtrain.ascii_int import parse_ascii_int
 from streamtrain.sample.sparse_numpy import SparseRows
 from streamtrain.sample.spec import SampleSpec, SparseFeature
 from streamtrain.serve.protocol import sparse_inputs
-from streamtrain.serve.protocol.classification import serialize_bytes, top_k_strings
 from streamtrain.serve.protocol.tensor_data import NUMERIC_DTYPES, TensorDataError, decode_json_data
 
 INPUT_NAME = "input"
 BINARY_HEADER = "Inference-Header-Content-Length"
-_BINARY_HEADER_NAME = BINARY_HEADER.lower().encode("latin-1")
-_JSON_CONTENT = (b"content-type", b"application/json")
-_BINARY_CONTENT = (b"content-type", b"application/octet-stream")
 _REQUEST_EXAMPLE = (
     '{"inputs": [{"name": "input", "shape": [1, ...], "datatype": "FP32", "data": [...]}]}'
 )
-
-_OUTPUT_DTYPES: dict[str, np.dtype[Any]] = {"FP32": np.dtype("<f4"), "INT64": np.dtype("<i8")}
 
 
 class ProtocolError(ValueError):
@@ -108,9 +103,20 @@ class ModelIO:
         ]
         return (self.input, *sparse)
 
-    @property
+    # Read on every request: computed once (a frozen dataclass's cached_property writes its
+    # instance __dict__, not through __setattr__).
+    @functools.cached_property
     def output_names(self) -> tuple[str, ...]:
         return tuple(o.name for o in self.outputs)
+
+    @functools.cached_property
+    def output_datatypes(self) -> dict[str, str]:
+        return {o.name: o.datatype for o in self.outputs}
+
+    @functools.cached_property
+    def input_names(self) -> frozenset[str]:
+        """The dense input's name and every sparse input's."""
+        return frozenset({INPUT_NAME} | sparse_inputs.input_names(self.sparse))
 
 
 @dataclass(frozen=True)
@@ -158,21 +164,6 @@ class _InferRequestBody(msgspec.Struct):
     outputs: list[_RequestedOutput] | None = None
 
 
-class _OutputTensor(msgspec.Struct, omit_defaults=True):
-    name: str
-    shape: list[int]
-    datatype: str
-    data: list[Any] | None = None
-    parameters: dict[str, int] | None = None
-
-
-class _InferResponseBody(msgspec.Struct, omit_defaults=True):
-    model_name: str
-    model_version: str
-    outputs: list[_OutputTensor]
-    id: str | None = None
-
-
 _REQUEST_DECODER = msgspec.json.Decoder(_InferRequestBody)
 _ENCODER = msgspec.json.Encoder()
 
@@ -198,9 +189,13 @@ def parse_infer_request(body: bytes, header_length: str | None, io: ModelIO) -> 
             "request body is nested too deeply to be an OIP infer request; expected "
             f"{_REQUEST_EXAMPLE}"
         ) from None
-    if not doc.inputs:
+    inputs = doc.inputs
+    if len(inputs) == 1 and inputs[0].name == INPUT_NAME:  # the common request: no checks left
+        dense, used = _features(inputs[0], binary, io.feature_shape)
+        return _checked(doc, io, dense, used, len(binary), {})
+    if not inputs:
         raise ProtocolError(f"'inputs' must be a non-empty list holding one tensor {INPUT_NAME!r}")
-    allowed = {INPUT_NAME} | sparse_inputs.input_names(io.sparse)
+    allowed = io.input_names
     unknown = [t.name for t in doc.inputs if t.name not in allowed]
     if unknown:
         takes = f"one input named {INPUT_NAME!r}"
@@ -227,9 +222,22 @@ def parse_infer_request(body: bytes, header_length: str | None, io: ModelIO) -> 
                 raise ProtocolError(str(exc)) from None
         used += size or 0
     assert features is not None
-    if used != len(binary):
+    return _checked(doc, io, features, used, len(binary), tensors)
+
+
+def _checked(
+    doc: _InferRequestBody,
+    io: ModelIO,
+    features: np.ndarray[Any, np.dtype[np.float32]],
+    used: int,
+    binary: int,
+    tensors: dict[str, Any],
+) -> InferRequest:
+    """The request, once the binary bytes are all used (``used`` of ``binary``) and the
+    sparse ``tensors`` and requested outputs check out."""
+    if used != binary:
         raise ProtocolError(
-            f"{len(binary) - used} binary byte(s) after the tensors the JSON header describes; "
+            f"{binary - used} binary byte(s) after the tensors the JSON header describes; "
             "check each input's binary_data_size"
         )
     sparse = None
@@ -258,18 +266,6 @@ def check_class_count(name: str, value: object) -> int:
             f"got {value!r}"
         )
     return value
-
-
-def output_tensor(
-    name: str, datatype: str, values: np.ndarray[Any, Any], class_count: int | None
-) -> tuple[str, np.ndarray[Any, Any], bytes]:
-    """An output as (datatype, array, raw bytes); with ``class_count`` the top-k
-    ``"score:index"`` BYTES tensor of the classification extension."""
-    if class_count is not None:
-        strings = top_k_strings(values, class_count)
-        return "BYTES", strings, serialize_bytes(strings)
-    array = np.ascontiguousarray(values, dtype=_OUTPUT_DTYPES[datatype])
-    return datatype, array, array.tobytes()
 
 
 def _split_binary(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
@@ -369,32 +365,3 @@ def _requested_outputs(
         if all_binary or (out.parameters is not None and out.parameters.binary_data):
             binary.add(out.name)
     return tuple(chosen or io.output_names), frozenset(binary)
-
-
-def encode_infer_response(
-    model_name: str,
-    model_version: str,
-    request: InferRequest,
-    results: Mapping[str, np.ndarray[Any, Any]],
-    io: ModelIO,
-) -> tuple[bytes, list[tuple[bytes, bytes]]]:
-    """The response body and its HTTP headers (binary extension when any output is binary)."""
-    datatypes = {o.name: o.datatype for o in io.outputs}
-    outputs: list[_OutputTensor] = []
-    buffers: list[bytes] = []
-    for name in request.outputs:
-        datatype, array, raw = output_tensor(
-            name, datatypes[name], results[name], request.class_counts.get(name)
-        )
-        entry = _OutputTensor(name, list(array.shape), datatype)
-        if name in request.binary_outputs:
-            entry.parameters = {"binary_data_size": len(raw)}
-            buffers.append(raw)
-        else:
-            entry.data = array.reshape(-1).tolist()
-        outputs.append(entry)
-    header = _ENCODER.encode(_InferResponseBody(model_name, model_version, outputs, request.id))
-    if not buffers:
-        return header, [_JSON_CONTENT]
-    headers = [_BINARY_CONTENT, (_BINARY_HEADER_NAME, b"%d" % len(header))]
-    return b"".join([header, *buffers]), headers

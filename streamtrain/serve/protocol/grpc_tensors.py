@@ -26,8 +26,8 @@ from streamtrain.serve.protocol.bodies import (
     check_class_count,
     finite_features,
     input_dtype,
-    output_tensor,
 )
+from streamtrain.serve.protocol.replies import output_tensor
 
 # The ``InferTensorContents`` field that carries each numeric datatype (FP16 only travels raw).
 _CONTENTS_FIELD = {

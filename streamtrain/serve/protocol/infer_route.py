@@ -37,11 +37,11 @@ from typing import NamedTuple
 from streamtrain.serve.protocol.bodies import (
     InferRequest,
     ProtocolError,
-    encode_infer_response,
     encode_json,
     parse_infer_request,
 )
 from streamtrain.serve.protocol.dataplane import ServedModel
+from streamtrain.serve.protocol.replies import encode_infer_response
 from streamtrain.serve.weights.inference import Array
 
 # The app's two infer routes (rest.V2Endpoints.routes), as Starlette compiles "{name}":
