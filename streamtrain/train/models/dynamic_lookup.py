@@ -128,7 +128,7 @@ class SortedLookup(NamedTuple):
             return hit, rows  # one level holds only valid pairs (_one_level, build)
         if self.new_keys.size:
             recent, recent_rows = _search(self.new_keys, self.new_rows, ids)
-            np.copyto(rows, recent_rows, where=recent)  # the newer pair of a re-admitted ID
+            np.putmask(rows, recent, recent_rows)  # the newer pair of a re-admitted ID
             hit |= recent
         hit &= owners[rows] == ids  # a pair the mapping no longer holds is stale
         return hit, rows
