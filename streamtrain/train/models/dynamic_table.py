@@ -279,8 +279,9 @@ class DynamicMapping(nn.Module):
         found[missed] = self._fallback(fresh)
         passed, cells = self._admit(fresh, counts, step, out)
         if passed is not None:
-            missed, fresh = missed[passed], fresh[passed]
-            counts, cells = counts[passed], cells[passed]
+            kept = passed.nonzero()[0]  # one pass over the mask, not one per array
+            missed, fresh = missed[kept], fresh[kept]
+            counts, cells = counts[kept], cells[kept]
             if self.settings.admit_probability == 1:  # the filter alone refused the rest
                 out.refused["filter"] = missed_count - fresh.size
         placed, evicted = self._place(fresh.size, step, placement, out)
