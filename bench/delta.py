@@ -89,7 +89,11 @@ def _trim() -> None:
 
 
 def serve(args: argparse.Namespace, bootstrap: str, topic: str, out: Any, stop: Any) -> None:
-    """The server process: watcher + slot + a probe; sends probe records and memory back."""
+    """The server process: watcher + slot + a probe; sends probe records and memory back.
+    With ``--server-late-s`` it starts that late, so its catch-up reads a base and the deltas
+    published meanwhile: its time (watcher start to first poll) and topic reads reported."""
+    if args.server_late_s:
+        time.sleep(args.server_late_s)
     from streamtrain.serve.weights.slot import WeightSlot
     from streamtrain.serve.weights.watcher import SnapshotWatcher
     from streamtrain.train.row_tracker import row_sparse_buffers, row_sparse_parameters
@@ -136,6 +140,16 @@ def serve(args: argparse.Namespace, bootstrap: str, topic: str, out: Any, stop: 
         return items
 
     source.poll = timed_poll  # type: ignore[method-assign]
+    reads = _count_reads(source)
+    catch_up: dict[str, float] = {}
+
+    def first_poll(timeout_s: float) -> Any:
+        if not catch_up:  # the catch-up is over: the watcher's first poll
+            catch_up.update({"s": time.perf_counter() - started, **reads})
+        return timed_poll(timeout_s)
+
+    source.poll = first_poll  # type: ignore[method-assign]
+    started = time.perf_counter()
     watcher = SnapshotWatcher(source, slot, poll_timeout_s=0.05).start()
     probe_x = torch.zeros(1, SPEC.feature_size)
     probes: list[tuple[float, float]] = []
@@ -162,8 +176,25 @@ def serve(args: argparse.Namespace, bootstrap: str, topic: str, out: Any, stop: 
             "with model": with_model,
             "stages": stages,
             "tail_gaps": sorted(tail_gaps, key=lambda g: g[1])[-5:],
+            "catch_up": catch_up,
         }
     )
+
+
+def _count_reads(source: Any) -> dict[str, float]:
+    """Counts of the subscriber's reads of partition 0 (``PartitionReader.read`` calls: one
+    seek and its fetches each) by its scan and chunk readers, filled in as they read."""
+    counts = {"scan reads": 0.0, "chunk reads": 0.0}
+    for name, reader in (("scan reads", source._readers.scan), ("chunk reads", source._reader)):
+
+        def counting(
+            start: int, end: int, deadline: float, _n: str = name, _r: Any = reader.read
+        ) -> Any:
+            counts[_n] += 1
+            return _r(start, end, deadline)
+
+        reader.read = counting
+    return counts
 
 
 def _subscriber(bootstrap: str, topic: str, slot: Any) -> Any:
@@ -611,6 +642,7 @@ def run(args: argparse.Namespace, broker: EmbeddedBroker, mode: str) -> dict[str
         "end (RSS-torch)/model": (served["rss"] - served["baseline"]) / model_bytes,
         **{f"peak GB {name}": peak / 1e9 for name, peak in procs.peak.items()},
         "worst (freshness@produced after first prediction)": worst,
+        **{f"catch-up {k}": v for k, v in served["catch_up"].items()},
         **{f"replica {k}": v for k, v in replica_row.items()},
     }
 
@@ -676,6 +708,13 @@ def main() -> None:
         type=float,
         default=None,
         help="start a new replica N s into the run and report its time to ready",
+    )
+    parser.add_argument(
+        "--server-late-s",
+        type=float,
+        default=0.0,
+        help="start the tailing server N s after the trainer: its catch-up (base + deltas) "
+        "is timed and its topic reads counted (catch-up s, scan reads, chunk reads)",
     )
     parser.add_argument(
         "--replica-nice",

@@ -124,6 +124,10 @@ class Assembler:
         stale = [sid for sid, a in self._open.items() if now - a.last_seen > self.stale_after_s]
         return [self._drop(sid, f"no chunk for {self.stale_after_s:.0f} s") for sid in stale]
 
+    def open_ids(self) -> list[str]:
+        """The ids of the snapshots still being assembled."""
+        return list(self._open)
+
     def discard(self, snapshot_id: str) -> None:
         """Forget ``snapshot_id``'s chunks without a rejection: the reader will not load it
         (a base the live weights already cover, ``subscriber.py``)."""

@@ -42,6 +42,8 @@ What it then reads, in order (``catch_up_plan``): the newest base it
 wants, then the deltas after it oldest first, then the rest newest first. Reading the deltas
 newer than the base before it (one seek and read each) kept a replica unready for 13 s of
 its 47 s at a 0.26 GB base with 28 deltas after it; now it is ready once the base is read.
+The snapshots after that base are then read forward in one pass (``forward.py``), not
+scanned back and read one by one (``catch_up_reads``).
 """
 
 from __future__ import annotations
@@ -97,9 +99,14 @@ class ManifestScan:
         self._budget = max(0.0, deadline - time.monotonic())  # renewed by ``renew``
         self._screen, self._rejected = screen, rejected
         self._end, self._window = high, _FIRST_WINDOW
+        self.high = high  # the end of the scanned range (the tail reads on from there)
         self._skipped: tuple[int, int] | None = None  # the range a hint jumped over
         self.windows = 0  # windows read (the bench and tests count them)
         self.topic = reader.topic
+
+    @property
+    def deadline(self) -> float:
+        return self._deadline
 
     @property
     def done(self) -> bool:
@@ -292,16 +299,26 @@ def _around(order: SnapshotOrder, candidates: list[Candidate]) -> list[Candidate
     return newer[::-1] + [c for c in candidates if c.manifest.order < order]
 
 
+ReadAfter = Callable[[tuple[int, int, float]], Iterator[ReceivedSnapshot]]
+
+
 def catch_up_reads(
     scan: ManifestScan,
     wanted: Callable[[SnapshotOrder], bool],
     read: Callable[[list[Candidate]], Iterator[ReceivedSnapshot]],
+    read_after: ReadAfter,
 ) -> Iterator[ReceivedSnapshot]:
     """What a catching-up server reads, in order, through ``read`` (which verifies, and
     skips what is no longer ``wanted``): the newest base wanted first (``until_base``), then
-    the snapshots found around it, with those a hint jumped over (``skipped``), in
-    ``catch_up_plan`` order; then, only if that base is still wanted (refused, corrupt,
-    unreadable), the rest of the topic the same way."""
+    the snapshots after it, then those found before it, in ``catch_up_plan`` order; then,
+    only if that base is still wanted (refused, corrupt, unreadable), the rest of the topic
+    the same way.
+
+    The snapshots after an unsharded base are read forward in one pass (``read_after``:
+    the records from the base's manifest to the end of the scanned range, in batched
+    fetches, as the tail reads them), not by a backward scan of their manifests and one
+    read each: a server started 15 s after the base spent 9.3 s on 54 such scan windows and
+    54 reads of 0.43 MB deltas before its first poll (bench/README.md, start-up gap)."""
     plan = catch_up_plan(newest_first_order(scan.until_base(wanted)), wanted)
     first = plan[0] if plan else None
     if first is None or first.manifest.kind != "base" or not wanted(first.manifest.order):
@@ -311,7 +328,12 @@ def catch_up_reads(
     step = [c for c in plan if c.manifest.order == order]
     yield from read(step)
     scan.renew()
-    yield from read(_around(order, newest_first_order(plan[len(step) :] + scan.skipped())))
+    if first.manifest.shard is None:  # a sharded step's shards interleave (scan rule 4)
+        yield from read_after((first.offset + 1, scan.high, scan.deadline))
+        before = [c for c in plan[len(step) :] if c.offset < first.offset]
+        yield from read(_around(order, before))
+    else:
+        yield from read(_around(order, newest_first_order(plan[len(step) :] + scan.skipped())))
     if scan.done or not wanted(order):
         return  # the base is live (or older than what is): nothing older is wanted
     log.info("the newest base on %s was not loaded; scanning the older snapshots", scan.topic)

@@ -6,6 +6,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
+from functools import partial
 from pathlib import Path
 
 from streamtrain.kafka import KafkaConnection, PartitionReader, ReadTimeout
@@ -17,6 +18,7 @@ from streamtrain.sample.record_mark import RecordMark, mark_of
 from streamtrain.snapshot import wire
 from streamtrain.snapshot.assembly import Assembler
 from streamtrain.snapshot.base_skip import BaseSkip
+from streamtrain.snapshot.forward import read_forward
 from streamtrain.snapshot.manifest import (
     SnapshotHeader,
     SnapshotOrder,
@@ -43,6 +45,7 @@ from streamtrain.snapshot.verify import (
 log = logging.getLogger(__name__)
 
 Result = ReceivedSnapshot | RejectedSnapshot
+Wanted = Callable[[SnapshotOrder], bool]
 
 # Rejections queued for the next poll(); a topic flooded with junk manifests must not grow the
 # queue without bound (the excess is logged as a count).
@@ -150,16 +153,18 @@ class SnapshotSubscriber:
         scan = self._start_scan(timeout_s)
         yield from self._read_each([] if scan is None else newest_first_order(scan.rest()))
 
-    def catch_up_order(
-        self, timeout_s: float, wanted: Callable[[SnapshotOrder], bool]
-    ) -> Iterator[ReceivedSnapshot]:
+    def catch_up_order(self, timeout_s: float, wanted: Wanted) -> Iterator[ReceivedSnapshot]:
         """:meth:`newest_first` in the order that makes a catching-up server ready soonest
         (``scan.catch_up_plan``); a snapshot not ``wanted`` when its turn comes is not read.
         The scan stops at the newest base wanted (``ManifestScan.until_base``) and goes on
         only if that base is still wanted after its turn (refused, corrupt, unreadable)."""
         scan = self._start_scan(timeout_s)
         if scan is not None:
-            yield from catch_up_reads(scan, wanted, lambda plan: self._read_each(plan, wanted))
+            read, read_after = (
+                partial(self._read_each, wanted=wanted),
+                partial(self._read_after, wanted=wanted),
+            )
+            yield from catch_up_reads(scan, wanted, read, read_after)
 
     def _start_scan(self, timeout_s: float) -> ManifestScan | None:
         """Step 1 of :meth:`newest_first`: the scan of the stored range, not yet begun."""
@@ -177,23 +182,25 @@ class SnapshotSubscriber:
         return ManifestScan(self._scan_reader, low, high, deadline, self._screen, self._queue)
 
     def _read_each(
-        self,
-        candidates: Iterable[Candidate],
-        wanted: Callable[[SnapshotOrder], bool] = lambda order: True,
+        self, candidates: Iterable[Candidate], wanted: Wanted = lambda order: True
     ) -> Iterator[ReceivedSnapshot]:
         """Step 4 of :meth:`newest_first`, for the candidates still ``wanted``."""
         for candidate in candidates:
             if not wanted(candidate.manifest.order):
                 continue
-            spool = self._assembler.new_spool()
-            try:
-                self._read_chunks(candidate, spool)
-            except ReadTimeout as exc:
-                result: Result = incomplete(candidate.manifest.snapshot_id, exc)
+            result = self._finish(candidate, self._assembler.new_spool())
+            if isinstance(result, ReceivedSnapshot):
+                yield result
             else:
-                result = self._verified(candidate, spool)
-            finally:
-                spool.close()  # a verified payload keeps its own mapping of the file
+                self._queue(result)
+
+    def _read_after(
+        self, span: tuple[int, int, float], wanted: Wanted
+    ) -> Iterator[ReceivedSnapshot]:
+        """The ``wanted`` snapshots after a catch-up's base, read forward (``forward.py``)."""
+        for result in read_forward(
+            self._reader, span, self._new_assembler(), self._screen, wanted, self._finish
+        ):
             if isinstance(result, ReceivedSnapshot):
                 yield result
             else:
@@ -349,26 +356,25 @@ class SnapshotSubscriber:
     def _load_closing(
         self, record: KafkaRecord, header: wire.RecordHeader, spool: Spool
     ) -> list[Result]:
-        try:
-            return [self._load(record, header, spool)]
-        except ReadTimeout as exc:
-            return [incomplete(header.snapshot_id, exc)]
-        finally:
-            spool.close()
-
-    def _load(
-        self,
-        record: KafkaRecord,
-        header: wire.RecordHeader,
-        spool: Spool,
-    ) -> Result:
-        """Verify the snapshot whose manifest is ``record``, reading chunks it still lacks."""
+        """Verify the snapshot whose manifest is ``record`` (``_finish``)."""
         candidate = self._screen(record, header)
         if isinstance(candidate, RejectedSnapshot):
-            return candidate
-        if not spool.complete(candidate.manifest.chunk_count):
-            self._read_chunks(candidate, spool)
-        return self._verified(candidate, spool)
+            spool.close()
+            return [candidate]
+        return [self._finish(candidate, spool)]
+
+    def _finish(self, candidate: Candidate, spool: Spool) -> Result:
+        """Verify ``candidate``, reading the chunks ``spool`` still lacks; ``spool`` closed
+        (a verified payload keeps its own mapping of the file)."""
+        try:
+            if not spool.complete(candidate.manifest.chunk_count):
+                self._read_chunks(candidate, spool)
+        except ReadTimeout as exc:
+            return incomplete(candidate.manifest.snapshot_id, exc)
+        else:
+            return self._verified(candidate, spool)
+        finally:
+            spool.close()
 
 
 def _ms_left(deadline: float) -> int:

@@ -8,6 +8,7 @@ replica is served from the base before it."""
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -19,6 +20,7 @@ from streamtrain.serve.weights.watcher import SnapshotWatcher
 from streamtrain.snapshot import subscriber as subscriber_module
 from streamtrain.snapshot.scan import Candidate
 from streamtrain.snapshot.subscriber import SnapshotSubscriber
+from streamtrain.snapshot.verify import ReceivedSnapshot
 from streamtrain.train.row_tracker import row_sparse_parameters
 from tests.delta_fixtures import (
     SparseTrainer,
@@ -79,6 +81,15 @@ def test_a_new_replica_reads_the_newest_base_and_not_the_older_ones(
         real_read_chunks(reader, candidate, *args)
 
     monkeypatch.setattr(subscriber_module, "read_chunks", read_chunks)
+    real_read_after = replica._read_after
+
+    def read_after(span: tuple[int, int, float], wanted: Any) -> Iterator[ReceivedSnapshot]:
+        # the snapshots after the base: read forward in one pass, not one read each
+        for snapshot in real_read_after(span, wanted):
+            snapshots_read.append((snapshot.manifest.kind, snapshot.manifest.version))
+            yield snapshot
+
+    monkeypatch.setattr(replica, "_read_after", read_after)
     lineage = _serve_until(replica, newest, final)
     assert lineage == bases[-1].snapshot_id
     # The newest base is read first (ready after one base), then the deltas after it,
@@ -185,3 +196,55 @@ def test_a_refused_newest_base_resumes_the_scan_and_the_base_before_serves(
     # The scan resumed past the refused base, back to the oldest manifest on the topic.
     oldest = min(_manifest_offsets(kafka_bootstrap, unique_name, good_version + 2))
     assert min(scanned) <= oldest, (sorted(scanned), oldest)
+
+
+def test_a_late_server_applies_a_base_and_32_deltas_in_a_bounded_number_of_reads(
+    kafka_bootstrap: str, unique_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server started after a base and 32 deltas is ready with every one applied, from a
+    number of reads of the topic that does not grow with the deltas: the scan jumps from the
+    newest delta to its base, and the deltas after the base are read forward in one pass (a
+    server 15 s late spent 9.3 s on one scan window and one read per delta before)."""
+    deltas = 32
+    kafka = KafkaConnection(kafka_bootstrap)
+    create_topics(kafka, [unique_name])
+    trainer = SparseTrainer()  # the first snapshot a base, then deltas only
+    publisher = sparse_publisher(kafka_bootstrap, unique_name, HASH, chunk_bytes=2048)
+    for _ in range(1 + deltas):
+        trainer.train(1)
+        publisher.offer(tracked_request(trainer, "run-d"))
+        assert publisher.flush(30)
+    publisher.close(10)
+    final, newest = trainer.state(), trainer.step
+
+    replica = _subscriber(kafka_bootstrap, unique_name)
+    scan_reads = _record_starts(replica, monkeypatch)
+    chunk_reads: list[tuple[int, int]] = []
+    _count_reads(replica._readers.chunks(None), chunk_reads, monkeypatch)
+    one_by_one: list[tuple[str, int]] = []  # snapshots whose chunks were read on their own
+    real_read_chunks = subscriber_module.read_chunks
+
+    def read_chunks(reader: Any, candidate: Candidate, *args: Any) -> None:
+        one_by_one.append((candidate.manifest.kind, candidate.manifest.version))
+        real_read_chunks(reader, candidate, *args)
+
+    monkeypatch.setattr(subscriber_module, "read_chunks", read_chunks)
+    _serve_until(replica, newest, final)  # the tail starts after them: the catch-up did it
+    assert one_by_one == [("base", 1)], one_by_one
+    # two reads of chunks: the base's, then one pass over all the deltas after it
+    assert len(chunk_reads) == 2 and chunk_reads[1][1] - chunk_reads[1][0] > deltas, chunk_reads
+    # the newest manifest, the base's it names, the record before the base: not one per delta
+    assert len(scan_reads) <= 4, scan_reads
+
+
+def _count_reads(
+    reader: Any, reads: list[tuple[int, int]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every ``read(start, end)`` of ``reader`` goes to ``reads``."""
+    original = reader.read
+
+    def counting(start: int, end: int, deadline: float):  # type: ignore[no-untyped-def]
+        reads.append((start, end))
+        yield from original(start, end, deadline)
+
+    monkeypatch.setattr(reader, "read", counting)

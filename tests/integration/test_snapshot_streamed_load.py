@@ -100,8 +100,12 @@ def test_a_base_load_costs_a_fraction_of_the_model(kafka_bootstrap: str, unique_
     # part that does not: the Kafka reader's fetches (16 MiB each) and librdkafka's read-ahead
     # queue (up to 64 MiB, filled or not depending on how fast the broker answers), one
     # chunk, one 4 MiB copy block, one 1 MiB hash block. Measured ~32 MiB alone, more when
-    # the read-ahead filled; the previous path added 5x the table.
-    fixed = 96 * 1024 * 1024
+    # the read-ahead filled; the previous path added 5x the table. The read-ahead fills most
+    # when this process is starved of CPU (the broker keeps answering while the copy waits):
+    # 114 and 121 MiB were seen at load ~8 on 2 cores, 69-104 MiB otherwise. So the fixed
+    # part is sized for a full read-ahead (64), two fetches (32), the blocks and the
+    # allocator's slack; a load that held the payload or the decoded tensors still fails.
+    fixed = 128 * 1024 * 1024
     assert peak - before <= 0.1 * table_bytes + fixed, (peak - before) / 2**20
 
 

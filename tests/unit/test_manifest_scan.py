@@ -109,7 +109,7 @@ def _delta(version: int, base: int, base_at: int) -> SnapshotManifest:
     return manifest.model_copy(update={"base_offset": base_at})
 
 
-def test_the_deltas_a_hint_jumped_over_are_scanned_after_the_base_on_a_fresh_deadline(
+def test_the_deltas_a_hint_jumped_over_are_read_forward_after_the_base_on_a_fresh_deadline(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     clock = _Clock()
@@ -132,13 +132,31 @@ def test_the_deltas_a_hint_jumped_over_are_scanned_after_the_base_on_a_fresh_dea
                 live.append(candidate.manifest.order)
         yield from ()
 
-    assert list(catch_up_reads(scan, wanted, reading)) == []
+    def reading_after(span: tuple[int, int, float]) -> Iterator[ReceivedSnapshot]:
+        start, end, deadline = span
+        for record in topic.read(start, end, deadline):
+            header = wire.parse_headers(record.headers)
+            if header is not None and header.kind == "manifest" and wanted(_order(record)):
+                read.append(int(header.snapshot_id.split("/")[1]))
+        yield from ()
+
+    assert list(catch_up_reads(scan, wanted, reading, reading_after)) == []
     # the newest delta, then the base it names; after the base, the deltas the jump passed
-    # over (scanned on the renewed deadline, not cut short) and the newest, oldest first
+    # over and the newest, oldest first: read forward in one pass from the base's manifest
+    # to the scan's end, on the renewed deadline (not cut short)
     assert read == [3, 4, 5, 6, 7, 8, 9]
     assert topic.reads[1][0] == base.first_chunk_offset + 6  # the hint's one-record read
+    forward = [r for r in topic.reads if r[1] == len(topic.records)][-1]
+    assert forward[:2] == (base.first_chunk_offset + 7, len(topic.records)) and forward[2] > 0
+    # four reads in all: the newest window, the hint's record, the window before the base
+    # (the snapshot just before it) and the forward pass; none for each delta
+    assert len(topic.reads) == 4 and topic.reads[-1] == forward, topic.reads
     # nothing older than the base was read: the base is live, the older ones not wanted
     assert all(start >= base.first_chunk_offset - 2 for start, _, _ in topic.reads[1:])
+
+
+def _order(record: Any) -> SnapshotOrder:
+    return SnapshotManifest.model_validate_json(record.value).order
 
 
 def _read(partition: _Partition, candidate: Candidate) -> int:

@@ -6,12 +6,12 @@
 2. On a gap (a delta lost, corrupt or refused, a server that joined late, a base rotated
    out) :func:`catch_up` reads the snapshots newer than the live version in catch-up order
    (``snapshot/scan.py``: the newest base first, so a replica is ready once that one base
-   is read, then the deltas after it oldest first; newest first when no base is newer than
-   the live version). It loads the first base the slot accepts and keeps the deltas; then
-   it applies the kept deltas that link, oldest first (one that does not link yet is passed
-   over: the deltas written while a base was published precede it in the chain but follow
-   it in version). A chain that breaks stops there: the server stays on the last version it
-   could reach, whole and consistent, until the next base.
+   is read, then the deltas after it oldest first, read forward in one pass; newest first
+   when no base is newer than the live version). It loads the first base the slot accepts
+   and keeps the deltas; then it applies the kept deltas that link, oldest first (one that
+   does not link yet is passed over: the deltas written while a base was published precede
+   it in the chain but follow it in version). A chain that breaks stops there: the server
+   stays on the last version it could reach, whole and consistent, until the next base.
 3. Deltas never go to the local cache: it keeps bases, and a server starting from its cache
    catches up from the topic (rule 2).
 """
