@@ -128,7 +128,7 @@ class SortedLookup(NamedTuple):
             return hit, rows  # one level holds only valid pairs (_one_level, build)
         if self.new_keys.size:
             recent, recent_rows = _search(self.new_keys, self.new_rows, ids)
-            np.copyto(rows, recent_rows, where=recent)  # the newer pair of a re-admitted ID
+            np.putmask(rows, recent, recent_rows)  # the newer pair of a re-admitted ID
             hit |= recent
         hit &= owners[rows] == ids  # a pair the mapping no longer holds is stale
         return hit, rows
@@ -261,11 +261,10 @@ def count_ids(ids: Int64s) -> tuple[Int64s, Int64s, bool]:
     n = ids.size
     if n == 0:
         return ids, ids, had_empty
-    first = np.empty(n, dtype=bool)
-    first[0] = True
-    np.not_equal(ids[1:], ids[:-1], out=first[1:])
-    starts = first.nonzero()[0]
-    counts = np.empty(starts.size, dtype=np.int64)
-    np.subtract(starts[1:], starts[:-1], out=counts[:-1])
-    counts[-1] = n - starts[-1]
-    return ids[starts], counts, had_empty
+    # the edges of the runs of equal IDs, both ends included (the starts, then n): the counts
+    # are their differences, no array to fill piecewise
+    edge = np.empty(n + 1, dtype=bool)
+    edge[0] = edge[n] = True
+    np.not_equal(ids[1:], ids[:-1], out=edge[1:n])
+    at = edge.nonzero()[0]
+    return ids[at[:-1]], at[1:] - at[:-1], had_empty

@@ -128,7 +128,8 @@ class DynamicMapping(nn.Module):
         if settings.cells:
             self.register_buffer("filter_counts", torch.zeros(settings.cells, dtype=torch.int64))
         self.register_buffer("step", torch.zeros((), dtype=torch.int64))
-        self._seed_mix = int(mix64_host(np.array([settings.seed]))[0])
+        self._seed_mix = mix64_host(np.array([settings.seed]))[0]  # numpy scalars: no
+        # conversion of a Python int per operation (see _cells)
         self._lookup: SortedLookup | None = None  # see _sorted
         # derived with the lookup, dropped when it is rebuilt (the buffers were written from
         # outside): numpy views of the buffers, and the free rows and victim orders
@@ -162,9 +163,14 @@ class DynamicMapping(nn.Module):
         """The lookup; rebuilt when the buffer was written from outside. One attribute,
         replaced whole: serving threads racing to rebuild each read a consistent one."""
         cached = self._lookup
-        if cached is not None and cached.made_from == token(self.slot_ids):
+        if cached is not None and cached.made_from == token(self._slot_ids()):
             return cached
         return self.rebuild()
+
+    def _slot_ids(self) -> torch.Tensor:
+        """``self.slot_ids`` read from the buffers' dict: the attribute goes through
+        ``nn.Module.__getattr__`` (a microsecond, read three times a step)."""
+        return self._buffers["slot_ids"]  # type: ignore[return-value]
 
     def lookup(self) -> SortedLookup:
         """The owned IDs sorted with their rows, current (the server checks deltas by it)."""
@@ -211,7 +217,7 @@ class DynamicMapping(nn.Module):
             found = torch.from_numpy(answer.rows[answer.distinct.searchsorted(raw)])
         else:
             hit, rows = self._sorted().find(raw)  # rows: a new array, written here
-            np.copyto(rows, self._fallback(raw), where=~hit)
+            np.putmask(rows, ~hit, self._fallback(raw))  # copyto(where=) at half its cost
             found = torch.from_numpy(rows)
         return found if on_host else found.to(ids.device)
 
@@ -273,8 +279,9 @@ class DynamicMapping(nn.Module):
         found[missed] = self._fallback(fresh)
         passed, cells = self._admit(fresh, counts, step, out)
         if passed is not None:
-            missed, fresh = missed[passed], fresh[passed]
-            counts, cells = counts[passed], cells[passed]
+            kept = passed.nonzero()[0]  # one pass over the mask, not one per array
+            missed, fresh = missed[kept], fresh[kept]
+            counts, cells = counts[kept], cells[kept]
             if self.settings.admit_probability == 1:  # the filter alone refused the rest
                 out.refused["filter"] = missed_count - fresh.size
         placed, evicted = self._place(fresh.size, step, placement, out)
@@ -320,7 +327,7 @@ class DynamicMapping(nn.Module):
     def _cells(self, ids: Int64s) -> Int64s:
         # Fibonacci hashing (the product's high bits): 3 ops where mix64 takes 12, and the
         # filter only needs IDs spread over its cells
-        mixed: Int64s = ((ids ^ self._seed_mix) * np.int64(GOLDEN)) >> 24
+        mixed: Int64s = ((ids ^ self._seed_mix) * _GOLDEN) >> 24
         cells: Int64s = np.remainder(mixed, self.settings.cells)
         return cells
 
@@ -362,12 +369,13 @@ class DynamicMapping(nn.Module):
         free = placement.free.take(n)
         if free.size == n:
             return free, 0
-        victims = placement.victims(n - free.size, step)
+        victims = placement.victims(n - free.size, step, free)  # the free list is empty now
         out.evicted[self.settings.evict] = victims.size
         return (np.concatenate([free, victims]) if free.size else victims), victims.size
 
 
 _NO_ROWS: Int64s = np.empty(0, dtype=np.int64)
+_GOLDEN = np.int64(GOLDEN)
 _DERIVED = frozenset({"_lookup", "_views", "_placement", "_answer"})  # plain attributes
 _NO_RESET = torch.empty(0, dtype=torch.int64)  # read only: an Observed that reset no row
 
@@ -391,7 +399,7 @@ class _Answer:
             and ids._version == self.version
             and lookup is self.lookup
             and lookup is not None
-            and lookup.made_from == token(mapping.slot_ids)
+            and lookup.made_from == token(mapping._slot_ids())
         )
 
 

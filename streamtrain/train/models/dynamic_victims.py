@@ -245,9 +245,10 @@ class FrequencyScan:
     def push(self, stamp: int, rows: Int64s) -> None:
         """Nothing to keep: the buffers are the state."""
 
-    def pop(self, limit: int, step: int) -> Int64s:
+    def pop(self, limit: int, step: int, taken: Int64s | None = None) -> Int64s:
+        """``taken``: see :meth:`Placement.victims` (None: the empty rows are found here)."""
         last_seen = self._last_seen
-        evictable = (self._owners != EMPTY) & (last_seen < step)
+        evictable = _evictable(self._owners, last_seen, step, taken)
         m = min(limit, int(np.count_nonzero(evictable)))
         if m == 0:
             return _NO_ROWS
@@ -273,16 +274,36 @@ class RecencyScan:
         self._owners, self._last_seen = owners, last_seen
         self._row_index = np.arange(owners.size, dtype=np.int64)
 
-    def pop(self, limit: int, step: int) -> Int64s:
-        last_seen = self._last_seen
-        evictable = (self._owners != EMPTY) & (last_seen < step)
-        m = min(limit, int(np.count_nonzero(evictable)))
+    def pop(self, limit: int, step: int, taken: Int64s | None = None) -> Int64s:
+        """``taken``: see :meth:`Placement.victims` (None: the empty rows are found here)."""
+        n = self._owners.size
+        # unique keys in (last_seen, row) order (last_seen * rows stays far below 2**63); a row
+        # stamped in this step has a key of at least step * n, above every evictable row's, so
+        # only the empty rows need a mask
+        keys = self._last_seen * n
+        keys += self._row_index
+        if taken is None:
+            keys[self._owners == EMPTY] = _BIG
+        elif taken.size:
+            keys[taken] = _BIG
+        m = min(limit, int(np.count_nonzero(keys < step * n)))
         if m == 0:
             return _NO_ROWS
-        # unique keys in (last_seen, row) order (last_seen * rows stays far below 2**63)
-        keys = np.where(evictable, last_seen * self._owners.size + self._row_index, _BIG)
         part = keys.argpartition(m - 1)[:m]
         return part[keys[part].argsort()]
+
+
+def _evictable(
+    owners: Int64s, last_seen: Int64s, step: int, taken: Int64s | None
+) -> npt.NDArray[np.bool_]:
+    """Owned rows not stamped in ``step`` (``taken``: see :meth:`Placement.victims`)."""
+    evictable: npt.NDArray[np.bool_] = last_seen < step
+    if taken is None:
+        evictable &= owners != EMPTY
+        return evictable
+    if taken.size:
+        evictable[taken] = False
+    return evictable
 
 
 def _live(run: tuple[Int64s, Int64s, Int64s, list[int]]) -> int:
@@ -319,12 +340,19 @@ class Placement:
         else:
             self._victims = RecencyScan(owners, last_seen)
 
-    def victims(self, limit: int, step: int) -> Int64s:
-        """Up to ``limit`` owned rows not seen in ``step`` to evict, in the documented order."""
+    def victims(self, limit: int, step: int, taken: Int64s | None = None) -> Int64s:
+        """Up to ``limit`` owned rows not seen in ``step`` to evict, in the documented order.
+        ``taken``: the free rows this step has just taken, when the caller knows the free
+        list is now empty; then they are the table's only empty rows (a table without
+        expiry frees no row: its empty rows are the free list), which spares the scans a
+        pass over ``slot_ids``. None: the scans look for the empty rows themselves."""
         victims = self._victims
         if isinstance(victims, RecencyQueue):
             return victims.pop(step, limit)  # every stamp queued is before step
-        return victims.pop(limit, step)
+        if isinstance(victims, FrequencyRuns):
+            return victims.pop(limit, step)
+        # a table that expires rows: the scans find its empty rows themselves
+        return victims.pop(limit, step, None if self.recency is not None else taken)
 
     def stamped(self, step: int, rows: Int64s) -> None:
         """Rows (distinct) whose ``last_seen`` became ``step``."""

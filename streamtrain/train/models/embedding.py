@@ -133,6 +133,7 @@ class EmbeddingTables(nn.Module):
                 for t, n in self.rows.items()
             }
         )
+        self._bags = {t: cast(nn.EmbeddingBag, self.tables[_key(t)]) for t in self.rows}
         for weight in self._weights():
             nn.init.normal_(weight, std=init_std)
         self.dim = dim
@@ -179,18 +180,18 @@ class EmbeddingTables(nn.Module):
         return {f.name: v for f, v in zip(features, values, strict=True)}
 
     def _weight(self, table: str) -> torch.Tensor:
-        bag = self.tables[_key(table)]
-        assert isinstance(bag, nn.EmbeddingBag)
-        return bag.weight
+        # the parameters' dict of a bag from a plain dict: ``self.tables[...]`` and ``.weight``
+        # each go through ``nn.Module.__getattr__`` (a microsecond apiece, several a step)
+        weight = self._bags[table]._parameters["weight"]
+        assert weight is not None
+        return weight
 
     def _weights(self) -> list[torch.Tensor]:
         return [self._weight(t) for t in self.rows]
 
     def _rows(self, feature: SparseFeature, x: JaggedTensor) -> torch.Tensor:
-        key = _key(feature.table)
-        if key in self.mappings:
-            mapping = self.mappings[key]
-            assert isinstance(mapping, DynamicMapping)
+        mapping = self._dynamic.get(feature.table)  # a plain dict: no ModuleDict lookups
+        if mapping is not None:
             return mapping.rows(x.ids)
         return hash_rows(x.ids, self.rows[feature.table])
 
