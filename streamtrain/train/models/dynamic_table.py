@@ -53,6 +53,8 @@ from streamtrain.train.models.dynamic_lookup import (
     token,
     uniform_host,
 )
+from streamtrain.train.models.dynamic_observed import NO_ROWS as _NO_ROWS
+from streamtrain.train.models.dynamic_observed import Observed
 from streamtrain.train.models.dynamic_victims import Placement
 from streamtrain.train.models.sparse_params import TableSettings
 
@@ -67,38 +69,6 @@ def mix64(x: torch.Tensor) -> torch.Tensor:
 def uniform(ids: torch.Tensor, step: int, seed: int) -> torch.Tensor:
     """A float64 in [0, 1) per ID, a fixed function of (ID, step, seed)."""
     return torch.from_numpy(uniform_host(ids.cpu().numpy(), step, seed))
-
-
-class Observed:
-    """What one ``observe`` did: rows to reset (``placed``, a host array; ``reset``, the same
-    rows as a tensor), rows and filter cells whose buffers changed, rows owned after it, and
-    the counts metrics export."""
-
-    __slots__ = (
-        "admitted",
-        "changed_cells",
-        "changed_slots",
-        "evicted",
-        "owned",
-        "placed",
-        "refused",
-        "step",
-    )
-
-    def __init__(self, changed_slots: Int64s, step: int) -> None:
-        self.placed = _NO_ROWS
-        self.changed_slots = changed_slots
-        self.changed_cells = _NO_ROWS
-        self.step = step  # the table's step after this one
-        self.owned = 0
-        self.admitted = 0
-        self.refused = {"filter": 0, "probability": 0, "full": 0}
-        self.evicted = {"lru": 0, "lfu": 0, "expired": 0}
-
-    @property
-    def reset(self) -> torch.Tensor:
-        """``placed`` as a tensor (made when asked: the trainer's upkeep reads ``placed``)."""
-        return torch.from_numpy(self.placed) if self.placed.size else _NO_RESET
 
 
 class DynamicMapping(nn.Module):
@@ -374,10 +344,8 @@ class DynamicMapping(nn.Module):
         return (np.concatenate([free, victims]) if free.size else victims), victims.size
 
 
-_NO_ROWS: Int64s = np.empty(0, dtype=np.int64)
 _GOLDEN = np.int64(GOLDEN)
 _DERIVED = frozenset({"_lookup", "_views", "_placement", "_answer"})  # plain attributes
-_NO_RESET = torch.empty(0, dtype=torch.int64)  # read only: an Observed that reset no row
 
 
 class _Answer:
