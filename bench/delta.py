@@ -406,6 +406,7 @@ def train(args: argparse.Namespace, bootstrap: str, topic: str, mode: str) -> di
         "elapsed": elapsed,
         "steps": step,
         "copy_s": [stall.seconds for stall in stalls],
+        "pause_s": [stall.longest for stall in stalls],
         "snapshot_cpu_s": snapshot_cpu,
         "stages": stages,
     }
@@ -627,6 +628,9 @@ def run(args: argparse.Namespace, broker: EmbeddedBroker, mode: str) -> dict[str
         "first snapshot stall s": result["copy_s"][0],
         "stall max s": max(result["copy_s"]),
         "stall p99 s": _pct(result["copy_s"], 0.99),
+        # the most the training thread stopped at once for a snapshot (its snapshot point or
+        # one step's saves); the stall above sums every such pause of a snapshot
+        "longest pause max s": max(result["pause_s"]),
         "snapshot-point CPU p99 s": _pct(result["snapshot_cpu_s"], 0.99),
         "snapshot-point CPU max s": max(result["snapshot_cpu_s"]),
         "apply s": statistics.median(served["applied"]) if served["applied"] else float("nan"),

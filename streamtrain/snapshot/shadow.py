@@ -145,6 +145,8 @@ class ShadowCopy:
         to move a boundary (a chunk read while a fold changes it is put right by the undo
         log), then the undo logs written over the copy."""
         for row_copy in copying.values():
+            row_copy.track_saved(self._lock)
+        for row_copy in copying.values():
             while True:
                 with self._lock:
                     start = row_copy.copied

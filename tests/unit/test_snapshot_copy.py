@@ -12,7 +12,7 @@ import torch
 from streamtrain.snapshot.delta import merge_requests
 from streamtrain.train.hooks import CopySpoiled, SnapshotRequest
 from streamtrain.train.row_tracker import RowTracker
-from streamtrain.train.snapshot_copy import SnapshotCopier
+from streamtrain.train.snapshot_copy import RowCopy, SnapshotCopier, StallClock
 from streamtrain.train.weights import take_snapshot
 from tests.copy_gate import copy_gate
 
@@ -180,3 +180,59 @@ def test_a_dense_tensor_not_yet_copied_is_saved_whole_before_a_step(
         taken.wait_ready()
     for name, tensor in at_step.items():
         assert torch.equal(taken.tensors[name], tensor), name
+
+
+def test_the_row_bitmap_is_made_off_the_training_thread_and_saves_before_it_stay_exact(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The per-row bitmap (O(rows): the largest pause of a 4 GB first snapshot when the first
+    save made it) is made by the copy thread. Steps that run before it exists save a row each
+    time they change it; the copy still ends with the row's value at the snapshot step."""
+    makers: list[str] = []
+    before_bitmap, bitmap_may_go = threading.Event(), threading.Event()
+    original = RowCopy.track_saved
+
+    def held_back(self: RowCopy, lock: threading.Lock) -> None:
+        makers.append(threading.current_thread().name)
+        before_bitmap.set()
+        bitmap_may_go.wait(60)
+        original(self, lock)
+
+    monkeypatch.setattr(RowCopy, "track_saved", held_back)
+    trainer = _Trainer()
+    trainer.train(2)
+    at_step = trainer.state()
+    taken = take_snapshot(trainer.model, None, trainer.copier)
+    assert before_bitmap.wait(10), "the copy thread never made the bitmap"
+    trainer.train(30)  # hot rows changed by many steps, each saving them again
+    background = trainer.copier._job.tensors if trainer.copier._job is not None else []
+    table = next(b for b in background if b.name == "table.weight")
+    assert table.saved is None
+    assert len(table.log_index) > 1  # saved by several steps before any bitmap
+    bitmap_may_go.set()
+    taken.wait_ready()
+    assert makers == ["snapshot-copy"]
+    for name, tensor in at_step.items():
+        assert torch.equal(taken.tensors[name], tensor), name
+
+
+def test_a_row_named_twice_in_one_save_is_put_back_once() -> None:
+    param = torch.arange(12, dtype=torch.float32).reshape(6, 2)
+    target = torch.zeros(6, 2)
+    row_copy = RowCopy("t", param, target, sparse=True, version=0, rows_per_chunk=2)
+    row_copy.track_saved(threading.Lock())
+    row_copy.save(torch.tensor([4, 1, 4, 5]))
+    param[[1, 4, 5]] = -1.0  # the step changes them
+    row_copy.save(torch.tensor([4, 5]))  # saved already: not saved again
+    assert [i.tolist() for i in row_copy.log_index] == [[4, 1, 4, 5]]
+    row_copy.copy_rows(0, 6)  # read after the change
+    row_copy.undo()
+    assert torch.equal(target, torch.arange(12, dtype=torch.float32).reshape(6, 2))
+
+
+def test_the_stall_clock_sums_pauses_and_keeps_the_longest() -> None:
+    clock = StallClock(0.002)
+    for seconds in (0.001, 0.004, 0.0005):
+        clock.add(seconds)
+    assert clock.seconds == pytest.approx(0.0075)
+    assert clock.longest == pytest.approx(0.004)
