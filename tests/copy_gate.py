@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
+import torch
 
 from streamtrain.train.snapshot_copy import RowCopy
 
@@ -17,19 +18,19 @@ def copy_gate(
     monkeypatch: pytest.MonkeyPatch, dense: bool = False, thread: str = "snapshot-copy"
 ) -> Iterator[tuple[threading.Event, threading.Event]]:
     """(held, release): the copy thread (a thread whose name starts with ``thread``: the
-    publisher's base lane copies its shadow with the same rows, ``snapshot/shadow.py``) stops
+    publisher's base lane streams its shadow with the same rows, ``snapshot/shadow.py``) stops
     before each chunk of a row-sparse table (of any tensor with ``dense``) after its first
     (``held`` set) until ``release`` is set (set again on exit)."""
     held, release = threading.Event(), threading.Event()
     original = RowCopy.copy_rows
 
-    def gated(self: RowCopy, start: int, stop: int) -> None:
+    def gated(self: RowCopy, start: int, stop: int, into: torch.Tensor | None = None) -> None:
         gated_tensor = self.sparse or dense
         copying = threading.current_thread().name.startswith(thread)
         if copying and gated_tensor and start > 0:
             held.set()
             release.wait(60)
-        original(self, start, stop)
+        original(self, start, stop, into)
 
     monkeypatch.setattr(RowCopy, "copy_rows", gated)
     try:

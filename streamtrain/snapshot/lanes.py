@@ -7,7 +7,8 @@ rotation. Deltas now keep flowing on their lane while the base is written.
 
 The base lane holds at most one base (the one being written): ``offer`` refuses another while
 it is busy, and the publisher converts a later snapshot into the base instead
-(``publisher.py`` rule 4), so the trainer holds at most one extra copy of the model for it.
+(``publisher.py`` rule 4), so the trainer holds at most one base's stream (a bounce buffer
+and an undo log, ``shadow.py``), never a copy of the model, for it.
 """
 
 from __future__ import annotations
@@ -91,8 +92,8 @@ class BaseLane:
     """Writes whole bases with ``writer`` (its own producer, chunks marked ``lane: base``)
     on its own thread; ``on_published`` gets each acknowledged manifest and its topic offset,
     ``on_failed`` the
-    version of each base that could not be written; ``on_done`` then gets the base's
-    tensors back (the caller may reuse them: the lane no longer reads them)."""
+    version of each base that could not be written; ``on_done`` then gets the base back
+    (the lane no longer reads it: the caller ends its stream's bookkeeping)."""
 
     def __init__(
         self,

@@ -16,7 +16,8 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import TypeVar
 
 import torch
@@ -58,11 +59,12 @@ def encode_view(tensors: Mapping[str, torch.Tensor]) -> tuple[memoryview, list[T
     encoded by ``save`` itself.
     """
     parts, infos = encode_parts(tensors)
-    if len(parts.parts) == 1:
-        return parts.parts[0], infos
+    first = parts.parts[0]
+    if len(parts.parts) == 1 and isinstance(first, memoryview):
+        return first, infos
     buffer = torch.empty(parts.size, dtype=torch.uint8)
     start = 0
-    for part in parts.parts:
+    for part in parts.pieces():
         if len(part):  # (torch.frombuffer warns on a read-only buffer: the header's)
             source = bytearray(part) if part.readonly else part
             flat = torch.frombuffer(source, dtype=torch.uint8)
@@ -71,7 +73,20 @@ def encode_view(tensors: Mapping[str, torch.Tensor]) -> tuple[memoryview, list[T
     return buffer.numpy().data, infos  # a memoryview: the buffer lives as long as it does
 
 
-def encode_parts(tensors: Mapping[str, torch.Tensor]) -> tuple[EncodedPayload, list[TensorInfo]]:
+# A tensor's bytes read piece by piece during a write (``StreamedPart``): each piece valid only
+# until the next is asked for (a bounce buffer, ``snapshot/shadow.py``).
+Pieces = Callable[[], Iterator[memoryview]]
+
+
+def streamable(tensor: torch.Tensor) -> bool:
+    """Whether ``tensor`` may be a streamed part of ``encode_parts`` (its dtype is written by
+    this module, not by ``safetensors.save``, and it lives on the CPU)."""
+    return tensor.dtype in _DTYPES and tensor.device.type == "cpu"
+
+
+def encode_parts(
+    tensors: Mapping[str, torch.Tensor], streamed: Mapping[str, Pieces] | None = None
+) -> tuple[EncodedPayload, list[TensorInfo]]:
     """The safetensors file of ``tensors`` *without copying their bytes*: its header, then a
     view of each tensor's own memory, in file order (the publisher's encoder, issue 26).
 
@@ -83,12 +98,23 @@ def encode_parts(tensors: Mapping[str, torch.Tensor]) -> tuple[EncodedPayload, l
     the publisher changes its shadow copy only on the thread that writes it, after the write.
     Tensors that are not contiguous CPU tensors, or share storage, are copied first, as
     before; a dtype outside ``_DTYPES`` is encoded by ``save`` (one part).
+
+    A name in ``streamed`` (``streamable`` tensors only) gives only its dtype and shape from
+    ``tensors``: its bytes are the pieces ``streamed[name]()`` yields while the payload is
+    cut (``EncodedPayload.iter_chunks``), so the writer reads a base from a source that may
+    change meanwhile (``snapshot/shadow.py`` keeps the pieces exact).
     """
+    streamed = streamed or {}
     prepared: dict[str, torch.Tensor] = {}
     seen_storage: set[int] = set()
     for name, tensor in tensors.items():
         if not isinstance(tensor, torch.Tensor):
             raise CodecError(f"snapshot entry {name!r} is a {type(tensor).__name__}, not a tensor")
+        if name in streamed:
+            if not streamable(tensor):
+                raise CodecError(f"snapshot entry {name!r} cannot be streamed: {tensor.dtype}")
+            prepared[name] = tensor  # only its dtype and shape are read
+            continue
         cpu = tensor.detach().to("cpu").contiguous()
         storage = cpu.untyped_storage().data_ptr()
         if storage in seen_storage and cpu.numel() > 0:
@@ -102,49 +128,92 @@ def encode_parts(tensors: Mapping[str, torch.Tensor]) -> tuple[EncodedPayload, l
     ]
     if any(t.dtype not in _DTYPES for t in prepared.values()):
         return EncodedPayload([memoryview(safetensors_save(prepared))]), infos
-    return _safetensors_parts(prepared), infos
+    return _safetensors_parts(prepared, streamed), infos
+
+
+@dataclass(frozen=True)
+class StreamedPart:
+    """``size`` bytes of a payload read as ``pieces()`` yields them (``encode_parts``)."""
+
+    size: int
+    pieces: Pieces
 
 
 class EncodedPayload:
     """A payload as consecutive parts (the header, each tensor's bytes): its size, sha256 and
     chunks, without joining the parts."""
 
-    def __init__(self, parts: list[memoryview]) -> None:
+    def __init__(self, parts: list[memoryview | StreamedPart]) -> None:
         self.parts = parts
-        self.size = sum(len(part) for part in parts)
+        self.size = sum(
+            part.size if isinstance(part, StreamedPart) else len(part) for part in parts
+        )
+
+    def chunk_count(self, chunk_bytes: int) -> int:
+        """How many chunks ``iter_chunks`` yields (an empty payload is one empty chunk)."""
+        return max(1, -(-self.size // chunk_bytes))
 
     def sha256(self) -> str:
         digest = hashlib.sha256()
-        for part in self.parts:
-            digest.update(part)  # hashlib releases the GIL for large updates
+        for piece in self.pieces():
+            digest.update(piece)  # hashlib releases the GIL for large updates
         return digest.hexdigest()
 
     def chunks(self, chunk_bytes: int) -> list[memoryview | bytes]:
-        """The payload cut as :func:`split_chunks` cuts the joined bytes: a chunk inside one
-        part is a view of it (no copy); one across parts (at most one per part boundary) is
-        joined into new bytes."""
+        """``iter_chunks`` as a list, for a payload without streamed parts."""
+        if any(isinstance(part, StreamedPart) for part in self.parts):
+            raise ValueError("a payload with streamed parts is read once, by iter_chunks")
+        return list(self.iter_chunks(chunk_bytes))
+
+    def iter_chunks(
+        self, chunk_bytes: int, digest: hashlib._Hash | None = None
+    ) -> Iterator[memoryview | bytes]:
+        """The payload cut as :func:`split_chunks` cuts the joined bytes, each chunk added to
+        ``digest`` (the manifest's sha256, in the same pass) as it is yielded. A chunk inside
+        one part is a view of it (no copy; a streamed part's view is valid only until the
+        next chunk is asked for); one across parts or pieces is joined into new bytes."""
         if chunk_bytes < 1:
             raise ValueError(f"chunk_bytes must be >= 1, got {chunk_bytes}")
-        out: list[memoryview | bytes] = []
-        pending: list[memoryview] = []  # the pieces of a chunk that crosses parts
+        pending: list[bytes] = []  # the pieces of a chunk that crosses parts (copied)
         pending_bytes = 0
-        for part in self.parts:
+        yielded = False
+        for piece in self.pieces():
             at = 0
-            while at < len(part):
-                take = min(chunk_bytes - pending_bytes, len(part) - at)
-                piece = part[at : at + take]
+            while at < len(piece):
+                take = min(chunk_bytes - pending_bytes, len(piece) - at)
+                view = piece[at : at + take]
                 at += take
                 if not pending and take == chunk_bytes:
-                    out.append(piece)
+                    yielded = True
+                    yield _hashed(view, digest)
                     continue
-                pending.append(piece)
+                pending.append(bytes(view))
                 pending_bytes += take
                 if pending_bytes == chunk_bytes:
-                    out.append(b"".join(pending))
+                    yielded = True
+                    yield _hashed(b"".join(pending), digest)
                     pending, pending_bytes = [], 0
-        if pending:
-            out.append(pending[0] if len(pending) == 1 else b"".join(pending))
-        return out or [memoryview(b"")]
+        if pending or not yielded:
+            yield _hashed(b"".join(pending), digest)
+
+    def pieces(self) -> Iterator[memoryview]:
+        """The payload's bytes in order, as views (a streamed part's as its pieces)."""
+        for part in self.parts:
+            if not isinstance(part, StreamedPart):
+                yield part
+                continue
+            read = 0
+            for piece in part.pieces():
+                read += len(piece)
+                yield piece
+            if read != part.size:
+                raise CodecError(f"a streamed part gave {read} bytes, not {part.size}")
+
+
+def _hashed(chunk: _Buffer, digest: hashlib._Hash | None) -> _Buffer:
+    if digest is not None:
+        digest.update(chunk)  # hashlib releases the GIL for large updates
+    return chunk
 
 
 # safetensors' dtype names, in its own order (its ``Dtype`` enum): a file lists its tensors by
@@ -164,10 +233,12 @@ _DTYPES = {
 _RANK = {dtype: rank for rank, dtype in enumerate(_DTYPES)}
 
 
-def _safetensors_parts(prepared: Mapping[str, torch.Tensor]) -> EncodedPayload:
+def _safetensors_parts(
+    prepared: Mapping[str, torch.Tensor], streamed: Mapping[str, Pieces]
+) -> EncodedPayload:
     """The safetensors file of ``prepared``: an 8-byte little-endian header length, the JSON
     header (compact, padded with spaces to a multiple of 8), then each tensor's bytes (views
-    of the tensors' memory)."""
+    of the tensors' memory, or the pieces of a ``streamed`` one)."""
     ordered = sorted(prepared.items(), key=lambda item: (-_RANK[item[1].dtype], item[0]))
     header: dict[str, object] = {}
     offset = 0
@@ -182,8 +253,12 @@ def _safetensors_parts(prepared: Mapping[str, torch.Tensor]) -> EncodedPayload:
     raw = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
     raw += b" " * (-len(raw) % 8)
     prefix = struct.pack("<Q", len(raw)) + raw
-    parts = [memoryview(prefix)]
-    for _, tensor in ordered:
+    parts: list[memoryview | StreamedPart] = [memoryview(prefix)]
+    for name, tensor in ordered:
+        pieces = streamed.get(name)
+        if pieces is not None:
+            parts.append(StreamedPart(tensor.numel() * tensor.element_size(), pieces))
+            continue
         # a uint8 view of the tensor's memory; the numpy array keeps the tensor alive
         parts.append(tensor.reshape(-1).view(torch.uint8).numpy().data)
     return EncodedPayload(parts)

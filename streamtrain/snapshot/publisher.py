@@ -127,7 +127,7 @@ class SnapshotPublisher:
             newest=self._newest,
             on_published=self._base_published,
             on_failed=self._base_failed,
-            on_done=lambda base: self._shadow.reuse(base.tensors),
+            on_done=lambda base: self._shadow.release(),
         )
         self._worker: NewestWinsWorker[int] = NewestWinsWorker(
             self._publish_next, name=f"snapshot-publisher-{topic}", on_superseded=self._superseded
@@ -180,6 +180,8 @@ class SnapshotPublisher:
             metrics.SNAPSHOT_PUBLISH_ERRORS.inc()
             return
         published = self._publish(dataclasses.replace(folded, complete=False))
+        if folded.streamed:  # a shard's base, streamed from the shadow on this thread
+            self._shadow.release()
         with self._lock:
             self._failed = not published
             if published and folded.rows is None:

@@ -12,36 +12,51 @@ thread completes it here:
    the copy, its whole tensors replacing the copy's. Deltas cover every row changed since the
    previous snapshot (``row_tracker.py``), the invariant servers already rely on, so the copy
    is the model at that request's step;
-3. a scheduled base is then published as the whole copy, copied again (into the previous
-   base's buffers once there is one): the base lane writes it beside the deltas
-   (``lanes.py``) while later requests keep folding into the copy.
-4. that copy is made by whoever waits for the base's tensors (its ``wait_ready``: the base
-   lane's thread, before it writes), not by the publisher's thread: at 0.26 GB the copy held
-   a delta back 1.0 s at each base rotation. It runs in row chunks like the trainer's
-   background copy (``train/snapshot_copy.py``, rules 2-3): before a later request's rows
-   are scattered into the shadow, the rows at or past the copy's boundary are saved into an
-   undo log, written over the base once the copy ends, so the base is exactly the shadow at
-   its version. Whole tensors a request replaces are new tensors (``scatter_into``): the
-   copy keeps reading the old ones. Tensors under ``MIN_BYTES`` are copied at once.
+3. a scheduled base is then published from the copy itself, streamed (no copy of it): the
+   base lane writes it beside the deltas (``lanes.py``) while later requests keep folding
+   into the copy.
+4. The stream reads the copy in row chunks of ``chunk_bytes`` into one bounce buffer, on the
+   base lane's thread, chunk by chunk as the writer asks for the payload's bytes
+   (``payload.encode_parts``, ``streamed``). Per large tensor it keeps a boundary,
+   ``copied``: the first row of the chunk being read. Before a fold scatters rows into the
+   copy, those at or past the boundary are saved into an undo log, each row once (its value
+   at the base's version, ``RowCopy.save``); a fold never changes a row under the boundary
+   without the stream having read it already. After reading rows [a, b) into the bounce
+   buffer, the stream moves the boundary to b and takes the undo entries of rows under b out
+   of the log, both under the lock, then writes them over the bounce buffer (oldest last,
+   so the value at the base's version wins). The race, thought through: an entry for a row
+   r in [a, b) is made under the lock while the boundary is at most a, so before the
+   boundary moves to b: every fold that changed r after the base's version saved r first,
+   and its entry is among those taken. A row never saved was not changed since the base's
+   version, so the bounce buffer read it right whether or not a fold ran meanwhile. A fold
+   after the boundary passed b saves nothing under b and changes only the copy, not the
+   bytes already handed to the writer. Whole tensors a request replaces are new tensors
+   (``scatter_into``): the stream keeps reading the old ones. Tensors under ``MIN_BYTES``
+   (and dtypes the payload encoder does not write itself) are copied at once. The bytes,
+   the chunks' sha256 and the manifest are those of ``encode_parts`` of a plain copy of the
+   copy at the base's version (``tests/unit/test_shadow_stream.py``).
 
 Requests are folded on the publisher's one thread, in order (superseded ones arrive merged
 into the next, ``delta.merge_requests``, which keeps their rows), and a request that fails
 to publish is merged into the next and folded again: scattering the same rows twice is
-harmless. The cost moves to memory: the trainer holds the model once more, all the time, and
-once more again from the first scheduled base on (the base buffers, filled on the base
-lane's thread: no stall of the training thread nor of the deltas).
+harmless. The cost moves to memory: the trainer holds the model once more, all the time
+(the copy); a base adds one bounce buffer, the undo log (one saved row per row folded while
+the base is written, at most one per row of the table) and its one-byte-a-row bitmap. Until
+the base buffers went (issue 26), a base added one more whole copy of the model.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 import torch
 
 from streamtrain.snapshot.delta import scatter_into
+from streamtrain.snapshot.payload import Pieces, streamable
 from streamtrain.train.hooks import CopySpoiled, SnapshotRequest
 from streamtrain.train.snapshot_copy import CHUNK_BYTES, MIN_BYTES, RowCopy
 
@@ -53,7 +68,6 @@ class ShadowCopy:
 
     def __init__(self, chunk_bytes: int = CHUNK_BYTES, min_bytes: int = MIN_BYTES) -> None:
         self._tensors: dict[str, torch.Tensor] | None = None
-        self._spare: dict[str, torch.Tensor] | None = None  # a written base's, for ``base``
         self._chunk_bytes, self._min_bytes = chunk_bytes, min_bytes
         self._lock = threading.Lock()  # the copy's boundaries and undo logs (rule 4)
         self._copying: dict[str, RowCopy] | None = None  # the base copy in progress
@@ -101,35 +115,31 @@ class ShadowCopy:
 
     def base(self, request: SnapshotRequest) -> SnapshotRequest:
         """Rules 3-4 for the folded ``request``: the whole copy at its version, its large
-        tensors filled when its ``wait_ready`` runs, so the base lane copies it while later
-        requests are folded (``lanes.py``). The copy goes into the buffers of the previous
-        base when they were handed back (``reuse``) and still fit: a fresh model-sized
-        allocation took seconds on a loaded machine (page faults), a copy into memory
-        already mapped a fraction of that."""
+        tensors ``streamed`` from the copy itself as the writer reads them, so the base lane
+        writes it while later requests are folded (``lanes.py``). Call ``release`` once its
+        write has returned (or failed)."""
         copy = self._tensors
         if copy is None:
             raise RuntimeError("base() before any full snapshot: check ready first")
-        spare, self._spare = self._spare, None
         tensors: dict[str, torch.Tensor] = {}
         copying: dict[str, RowCopy] = {}
+        streamed: dict[str, Pieces] = {}
         with torch.no_grad():
             for name, tensor in copy.items():
-                into = None if spare is None else spare.get(name)
-                if into is None or into.shape != tensor.shape or into.dtype != tensor.dtype:
-                    into = torch.empty_like(tensor, memory_format=torch.contiguous_format)
-                tensors[name] = into
-                if tensor.dim() == 0 or tensor.numel() * tensor.element_size() < self._min_bytes:
-                    into.copy_(tensor)
+                if not self._streams(tensor):
+                    tensors[name] = tensor.clone(memory_format=torch.contiguous_format)
                     continue
+                tensors[name] = tensor  # its dtype and shape: the bytes are streamed
                 row_bytes = max(1, tensor[0].numel() * tensor.element_size())
                 copying[name] = RowCopy(
                     name=name,
                     param=tensor,
-                    target=into,
+                    target=None,
                     sparse=True,
                     version=0,
                     rows_per_chunk=max(1, self._chunk_bytes // row_bytes),
                 )
+                streamed[name] = functools.partial(self._stream, copying[name])
         with self._lock:
             self._copying = copying
         return dataclasses.replace(
@@ -137,39 +147,41 @@ class ShadowCopy:
             tensors=tensors,
             rows=None,
             complete=False,
-            wait_ready=lambda: self._copy(copying),
+            wait_ready=_ready,
+            streamed=streamed,
         )
 
-    def _copy(self, copying: dict[str, RowCopy]) -> None:
-        """Rule 4 on the thread that waits for the base: chunk by chunk, the lock held only
-        to move a boundary (a chunk read while a fold changes it is put right by the undo
-        log), then the undo logs written over the copy."""
-        for row_copy in copying.values():
-            row_copy.track_saved(self._lock)
-        for row_copy in copying.values():
-            while True:
-                with self._lock:
-                    start = row_copy.copied
-                if start >= row_copy.rows:
-                    break
-                stop = min(row_copy.rows, start + row_copy.rows_per_chunk)
-                row_copy.copy_rows(start, stop)
-                with self._lock:
-                    row_copy.copied = stop
-        with self._lock:
-            if self._copying is copying:
-                self._copying = None  # no fold saves rows for it any more
-        for row_copy in copying.values():
-            row_copy.undo()
+    def _streams(self, tensor: torch.Tensor) -> bool:
+        return (
+            tensor.dim() > 0
+            and tensor.numel() * tensor.element_size() >= self._min_bytes
+            and tensor.is_contiguous()
+            and streamable(tensor)
+        )
 
-    def reuse(self, tensors: Mapping[str, torch.Tensor]) -> None:
-        """Hand back a written base's tensors for the next ``base`` to copy into (the caller
-        no longer reads them). The trainer then holds them between bases: one model more in
-        steady state, no more at the peak (a base being written holds them anyway). A copy
-        never run (the write failed before it waited) stops saving rows here."""
+    def _stream(self, row_copy: RowCopy) -> Iterator[memoryview]:
+        """Rule 4 on the thread that writes the base: each chunk of rows read into one bounce
+        buffer, put right from the undo log, handed out as a view valid until the next."""
+        row_copy.track_saved(self._lock)
+        shape, dtype = row_copy.param.shape, row_copy.param.dtype
+        bounce = torch.empty((row_copy.rows_per_chunk, *shape[1:]), dtype=dtype)
+        start = 0
+        while start < row_copy.rows:
+            stop = min(row_copy.rows, start + row_copy.rows_per_chunk)
+            out = bounce[: stop - start]
+            row_copy.copy_rows(start, stop, out)
+            with self._lock:
+                row_copy.copied = stop
+                entries = row_copy.take_below(stop)
+            for index, values in reversed(entries):  # oldest last: its value wins
+                out.index_copy_(0, index - start, values)
+            yield out.reshape(-1).view(torch.uint8).numpy().data
+            start = stop
+
+    def release(self) -> None:
+        """The base's write returned (or failed): no fold saves rows for it any more."""
         with self._lock:
             self._copying = None
-        self._spare = dict(tensors)
 
 
 def _ready() -> None:

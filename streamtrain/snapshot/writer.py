@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 from streamtrain.kafka import (
@@ -151,10 +153,13 @@ class SnapshotWriter:
 
         1. Wait until the trainer's copy of the weights is complete (``wait_ready``).
         2. Serialize as safetensors (views of the tensors' memory, not a copy:
-           ``payload.encode_parts``), hash with sha256, cut into chunks of ``chunk_bytes``.
+           ``payload.encode_parts``; a ``request.streamed`` tensor's bytes are read piece by
+           piece as they are sent), cut into chunks of ``chunk_bytes``.
         3. Produce every chunk to partition 0 (a whole base of a writer with
            ``chunk_partition``: to that partition, named in the manifest) and wait for all
-           acknowledgements; the first chunk's offset becomes ``first_chunk_offset``.
+           acknowledgements; the first chunk's offset becomes ``first_chunk_offset``. The
+           payload's sha256 is computed over the chunks as they are sent (one pass over the
+           bytes; the manifest is written after them anyway).
         4. Only then produce the manifest, signed (when a signer is set) over its exact bytes,
            and wait for it: a manifest on the topic implies its chunks are already there. A
            failure before this step leaves no manifest, so readers never see a snapshot that
@@ -169,9 +174,10 @@ class SnapshotWriter:
                 )
             tensors = delta_payload(tensors, request.rows)
         # views of the tensors' memory, not a copy of them (payload.encode_parts): the
-        # request's tensors are not changed until this returns
-        payload, infos = encode_parts(tensors)
-        chunks = payload.chunks(self.chunk_bytes)
+        # request's tensors are not changed until this returns, and a streamed tensor's
+        # source keeps its pieces exact while it changes (snapshot/shadow.py)
+        payload, infos = encode_parts(tensors, request.streamed)
+        chunk_count = payload.chunk_count(self.chunk_bytes)
         manifest = SnapshotManifest(
             model_name=self.model_name,
             settings_hash=self.settings_hash,
@@ -182,8 +188,8 @@ class SnapshotWriter:
             offsets=dict(request.offsets),
             tensors=infos,
             size_bytes=payload.size,
-            sha256=payload.sha256(),
-            chunk_count=len(chunks),
+            sha256="0" * 64,  # the chunks' digest once they are sent (step 3)
+            chunk_count=chunk_count,
             chunk_bytes=self.chunk_bytes,
             first_chunk_offset=None,
             kind="base" if request.rows is None else "delta",
@@ -202,15 +208,18 @@ class SnapshotWriter:
             )
         producer = self._get_producer()
         to = self._chunks_to if request.rows is None and self.shard is None else PARTITION
-        first_offset = self._send_chunks(producer, sid, chunks, to)
+        digest = hashlib.sha256()
+        chunks = payload.iter_chunks(self.chunk_bytes, digest)
+        first_offset = self._send_chunks(producer, sid, chunks, chunk_count, to)
         manifest = manifest.model_copy(
             update={
+                "sha256": digest.hexdigest(),
                 "first_chunk_offset": first_offset,
                 "chunk_partition": None if to == PARTITION else to,
             }
         )
         self.manifest_offset = self._send_manifest(producer, manifest)
-        log.debug("snapshot %s written: %d bytes in %d chunks", sid, payload.size, len(chunks))
+        log.debug("snapshot %s written: %d bytes in %d chunks", sid, payload.size, chunk_count)
         return manifest
 
     def _send_manifest(self, producer: RecordProducer, manifest: SnapshotManifest) -> int:
@@ -229,26 +238,32 @@ class SnapshotWriter:
         return sent.result(timeout=self.send_timeout_s)
 
     def _send_chunks(
-        self, producer: RecordProducer, sid: str, chunks: list[memoryview | bytes], partition: int
+        self,
+        producer: RecordProducer,
+        sid: str,
+        chunks: Iterator[memoryview | bytes],
+        count: int,
+        partition: int,
     ) -> int:
         """Step 3: every chunk produced and acknowledged (window by window when
-        ``window_bytes`` is set); the first chunk's offset."""
-        per_window = len(chunks)
+        ``window_bytes`` is set); the first chunk's offset. Each chunk is copied into its
+        record before the next is asked for (a streamed chunk is valid only until then)."""
+        per_window = count
         if self.window_bytes is not None:
             per_window = max(1, self.window_bytes // self.chunk_bytes)
         first: int | None = None
-        for start in range(0, len(chunks), per_window):
+        for start in range(0, count, per_window):
             futures = [
                 producer.send(
                     self.topic,
                     bytes(chunk),
                     key=wire.chunk_key(self.model_name, sid, i),
                     headers=wire.chunk_headers(
-                        self.model_name, sid, i, len(chunks), sha256_hex(chunk), self.lane
+                        self.model_name, sid, i, count, sha256_hex(chunk), self.lane
                     ),
                     partition=partition,
                 )
-                for i, chunk in enumerate(chunks[start : start + per_window], start)
+                for i, chunk in enumerate(itertools.islice(chunks, per_window), start)
             ]
             producer.flush(timeout=self.send_timeout_s)
             offsets = [future.result(timeout=self.send_timeout_s) for future in futures]

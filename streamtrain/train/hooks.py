@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -39,6 +39,11 @@ class SnapshotRequest:
     # weights at its previous snapshot (``snapshot/shadow.py``): the training thread copied
     # only the rows, not the table.
     complete: bool = False
+    # Tensors of a whole snapshot whose bytes the writer reads piece by piece as it sends
+    # them (each piece valid until the next is asked for), not from ``tensors``, which then
+    # gives only their dtype and shape: a base streamed from the publisher's own copy
+    # (``snapshot/shadow.py``), so the trainer holds no second copy of it.
+    streamed: Mapping[str, Callable[[], Iterator[memoryview]]] = field(default_factory=dict)
 
 
 class SnapshotSink(Protocol):

@@ -90,12 +90,13 @@ class StallClock:
 
 @dataclass(eq=False)
 class RowCopy:
-    """One background tensor of a copy in progress (rules 2-3); also the publisher's copy of
-    its shadow into a base (``snapshot/shadow.py``), where ``param`` is the shadow tensor."""
+    """One background tensor of a copy in progress (rules 2-3); also the publisher's stream
+    of its shadow into a base (``snapshot/shadow.py``), where ``param`` is the shadow tensor
+    and there is no ``target``: each chunk goes through a bounce buffer (``take_below``)."""
 
     name: str
     param: torch.Tensor
-    target: torch.Tensor
+    target: torch.Tensor | None
     sparse: bool
     version: int  # the parameter's version counter after its last step
     rows_per_chunk: int
@@ -106,16 +107,20 @@ class RowCopy:
 
     @property
     def rows(self) -> int:
-        return int(self.target.shape[0])
+        return int(self.param.shape[0])
 
     @property
     def done(self) -> bool:
         return self.copied >= self.rows
 
-    def copy_rows(self, start: int, stop: int) -> None:
-        """Rule 2 for rows [start, stop) (the copy thread, without the lock)."""
+    def copy_rows(self, start: int, stop: int, into: torch.Tensor | None = None) -> None:
+        """Rule 2 for rows [start, stop) (the copy thread, without the lock): into the
+        target, or ``into`` (a stream's bounce buffer, ``stop - start`` rows)."""
+        if into is None:
+            assert self.target is not None, "a streamed copy reads into a bounce buffer"
+            into = self.target[start:stop]
         with torch.no_grad():
-            self.target[start:stop].copy_(self.param.detach()[start:stop])
+            into.copy_(self.param.detach()[start:stop])  # torch releases the GIL meanwhile
 
     def track_saved(self, lock: threading.Lock) -> None:
         """Give ``save`` its per-row bitmap (one byte a row: 16 MB at 16M rows), so a row is
@@ -154,9 +159,28 @@ class RowCopy:
         self.log_index.append(index)
         self.log_values.append(values)
 
+    def take_below(self, stop: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The undo log's entries for rows under ``stop``, oldest first, taken out of it
+        (a stream's chunk ends at ``stop``: no entry for those rows is made after
+        ``copied`` reached it, and none is needed after they are put right)."""
+        taken: list[tuple[torch.Tensor, torch.Tensor]] = []
+        kept_index: list[torch.Tensor] = []
+        kept_values: list[torch.Tensor] = []
+        for index, values in zip(self.log_index, self.log_values, strict=True):
+            below = index < stop
+            if bool(below.any()):
+                taken.append((index[below], values[below]))
+                index, values = index[~below], values[~below]
+            if index.numel():
+                kept_index.append(index)
+                kept_values.append(values)
+        self.log_index, self.log_values = kept_index, kept_values
+        return taken
+
     def undo(self) -> None:
         """The end of rule 3: saved rows back to their values at the snapshot step. Newest
         entries first, so a row saved twice ends with its first (oldest) saved value."""
+        assert self.target is not None, "a streamed copy puts its chunks right one by one"
         with torch.no_grad():
             entries = zip(self.log_index, self.log_values, strict=True)
             for index, values in reversed(list(entries)):
