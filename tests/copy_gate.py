@@ -10,7 +10,7 @@ from contextlib import contextmanager
 import pytest
 import torch
 
-from streamtrain.train.snapshot_copy import RowCopy
+from streamtrain.train.row_copy import RowCopy
 
 
 @contextmanager

@@ -58,7 +58,8 @@ import torch
 from streamtrain.snapshot.delta import scatter_into
 from streamtrain.snapshot.payload import Pieces, streamable
 from streamtrain.train.hooks import CopySpoiled, SnapshotRequest
-from streamtrain.train.snapshot_copy import CHUNK_BYTES, MIN_BYTES, RowCopy
+from streamtrain.train.row_copy import RowCopy
+from streamtrain.train.snapshot_copy import CHUNK_BYTES, MIN_BYTES
 
 log = logging.getLogger(__name__)
 

@@ -11,8 +11,9 @@ import torch
 
 from streamtrain.snapshot.delta import merge_requests
 from streamtrain.train.hooks import CopySpoiled, SnapshotRequest
+from streamtrain.train.row_copy import RowCopy
 from streamtrain.train.row_tracker import RowTracker
-from streamtrain.train.snapshot_copy import RowCopy, SnapshotCopier, StallClock
+from streamtrain.train.snapshot_copy import SnapshotCopier, StallClock
 from streamtrain.train.weights import take_snapshot
 from tests.copy_gate import copy_gate
 
