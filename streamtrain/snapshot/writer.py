@@ -20,6 +20,7 @@ from streamtrain.snapshot.delta import delta_payload
 from streamtrain.snapshot.manifest import (
     ShardInfo,
     SnapshotManifest,
+    TensorInfo,
     shard_snapshot_id,
 )
 from streamtrain.snapshot.payload import encode_parts, sha256_hex
@@ -178,26 +179,8 @@ class SnapshotWriter:
         # source keeps its pieces exact while it changes (snapshot/shadow.py)
         payload, infos = encode_parts(tensors, request.streamed)
         chunk_count = payload.chunk_count(self.chunk_bytes)
-        manifest = SnapshotManifest(
-            model_name=self.model_name,
-            settings_hash=self.settings_hash,
-            run_id=request.run_id,
-            version=request.version,
-            created_at=request.created_at,
-            data_watermark=request.data_watermark,
-            offsets=dict(request.offsets),
-            tensors=infos,
-            size_bytes=payload.size,
-            sha256="0" * 64,  # the chunks' digest once they are sent (step 3)
-            chunk_count=chunk_count,
-            chunk_bytes=self.chunk_bytes,
-            first_chunk_offset=None,
-            kind="base" if request.rows is None else "delta",
-            base_id=None if request.rows is None else base_id,
-            predecessor_id=None if request.rows is None else predecessor_id,
-            shard=None if self.shard is None else self.shard.info(request.run_id, request.version),
-            base_offset=None if request.rows is None else base_offset,
-            chunk_partition=None,
+        manifest = self._manifest(
+            request, infos, payload.size, chunk_count, base_id, predecessor_id, base_offset
         )
         sid = manifest.snapshot_id  # a shard's records carry its own id
         # Checked before any chunk is written, so an oversized manifest wastes no topic space.
@@ -221,6 +204,39 @@ class SnapshotWriter:
         self.manifest_offset = self._send_manifest(producer, manifest)
         log.debug("snapshot %s written: %d bytes in %d chunks", sid, payload.size, chunk_count)
         return manifest
+
+    def _manifest(
+        self,
+        request: SnapshotRequest,
+        infos: list[TensorInfo],
+        size: int,
+        chunk_count: int,
+        base_id: str | None,
+        predecessor_id: str | None,
+        base_offset: int | None,
+    ) -> SnapshotManifest:
+        """Step 2's manifest, before the chunks: their offset and digest are filled in after."""
+        return SnapshotManifest(
+            model_name=self.model_name,
+            settings_hash=self.settings_hash,
+            run_id=request.run_id,
+            version=request.version,
+            created_at=request.created_at,
+            data_watermark=request.data_watermark,
+            offsets=dict(request.offsets),
+            tensors=infos,
+            size_bytes=size,
+            sha256="0" * 64,  # the chunks' digest once they are sent (step 3)
+            chunk_count=chunk_count,
+            chunk_bytes=self.chunk_bytes,
+            first_chunk_offset=None,
+            kind="base" if request.rows is None else "delta",
+            base_id=None if request.rows is None else base_id,
+            predecessor_id=None if request.rows is None else predecessor_id,
+            shard=None if self.shard is None else self.shard.info(request.run_id, request.version),
+            base_offset=None if request.rows is None else base_offset,
+            chunk_partition=None,
+        )
 
     def _send_manifest(self, producer: RecordProducer, manifest: SnapshotManifest) -> int:
         """Step 4: the manifest, signed over its exact bytes, acknowledged; its offset."""
