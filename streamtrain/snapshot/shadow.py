@@ -41,7 +41,8 @@ into the next, ``delta.merge_requests``, which keeps their rows), and a request 
 to publish is merged into the next and folded again: scattering the same rows twice is
 harmless. The cost moves to memory: the trainer holds the model once more, all the time
 (the copy); a base adds one bounce buffer, the undo log (one saved row per row folded while
-the base is written, at most one per row of the table) and its one-byte-a-row bitmap. Until
+the base is written, at most one per row of the table: the one-byte-a-row bitmaps, made
+when the base is taken, keep a row from being saved twice). Until
 the base buffers went (issue 26), a base added one more whole copy of the model.
 """
 
@@ -141,6 +142,8 @@ class ShadowCopy:
                     rows_per_chunk=max(1, self._chunk_bytes // row_bytes),
                 )
                 streamed[name] = functools.partial(self._stream, copying[name])
+        for row_copy in copying.values():  # every tensor's, before its stream reaches it
+            row_copy.track_saved(self._lock)
         with self._lock:
             self._copying = copying
         return dataclasses.replace(
@@ -163,7 +166,6 @@ class ShadowCopy:
     def _stream(self, row_copy: RowCopy) -> Iterator[memoryview]:
         """Rule 4 on the thread that writes the base: each chunk of rows read into one bounce
         buffer, put right from the undo log, handed out as a view valid until the next."""
-        row_copy.track_saved(self._lock)
         shape, dtype = row_copy.param.shape, row_copy.param.dtype
         bounce = torch.empty((row_copy.rows_per_chunk, *shape[1:]), dtype=dtype)
         start = 0

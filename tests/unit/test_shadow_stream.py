@@ -89,6 +89,8 @@ def test_rows_saved_for_a_base_are_dropped_as_the_stream_passes_them() -> None:
     row_copy = shadow._copying["table"]  # type: ignore[index]
     saved = sum(int(i.numel()) for i in row_copy.log_index)
     assert saved == len(range(35, ROWS, 7))
+    shadow.fold(_delta(gen, 4, torch.arange(0, ROWS, 7)))  # the same rows: saved once only
+    assert sum(int(i.numel()) for i in row_copy.log_index) == saved
     for _ in range(10):
         next(pieces)
     left = torch.cat(row_copy.log_index)
