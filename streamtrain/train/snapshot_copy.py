@@ -142,6 +142,9 @@ class SnapshotCopier:
         self._thread: threading.Thread | None = None
         optimizer.register_step_pre_hook(self._before_step)
         optimizer.register_step_post_hook(self._after_step)
+        if self.applies():  # started here, not at the first snapshot: 0.2-4 ms of its stall
+            with self._lock:
+                self._start_thread()
 
     def applies(self) -> bool:
         """Whether the model's parameters are on the CPU (CUDA keeps its side-stream copy)."""
