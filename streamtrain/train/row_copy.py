@@ -4,8 +4,10 @@ Used by the trainer's background copy of a whole snapshot (``snapshot_copy.py``,
 ``param`` is the live parameter, ``target`` the snapshot's tensor) and by the publisher's
 stream of a base from its copy of the weights (``snapshot/shadow.py`` rule 4: no ``target``,
 each chunk read into a bounce buffer and put right with ``take_below``). Whoever changes rows
-calls ``save`` first, under the lock that also guards ``copied``; the copying thread moves
-``copied`` under that lock once a chunk is read. A row saved before its first change keeps
+calls ``save`` first; the copying thread moves ``copied`` on only once a chunk is read, so a
+save that reads ``copied`` saves every row the copy has not read yet (the trainer's step hook
+reads it without a lock, ``snapshot_copy.py``; the publisher's folds under the stream's lock,
+which ``take_below`` needs). A row saved before its first change keeps
 its value at the snapshot's version, which ``undo`` (or ``take_below``) writes back.
 """
 
@@ -69,14 +71,15 @@ class RowCopy:
         ``track_saved`` a row changed by several steps is saved by each (the undo log keeps
         the oldest, as for any row saved twice). A row named twice in ``index`` is saved
         twice with the same value: cheaper than sorting ``index`` to drop it."""
+        saved = self.saved  # read once: the copy thread may finish (undo) meanwhile
         index = index[index >= self.copied]
         if index.numel() == 0:
             return
-        if self.saved is not None:
-            index = index[~self.saved[index]]
+        if saved is not None:
+            index = index[~saved[index]]
             if index.numel() == 0:
                 return
-            self.saved[index] = True
+            saved[index] = True
         self._log(index, self.param.detach().index_select(0, index))
 
     def save_rest(self) -> None:

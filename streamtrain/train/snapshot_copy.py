@@ -13,8 +13,9 @@ exactly the weights at its step:
 2. The copy thread copies the background tensors in row chunks of ``chunk_bytes``, the
    dense ones first, never holding the copier's lock while it copies: per tensor it keeps a
    boundary, the first row of the chunk it is copying, moved on once that chunk is done.
-3. Before every optimizer step (a step pre-hook, under the lock, which guards only this
-   bookkeeping) the rows the step is about to change at or above the boundary are saved
+   The lock orders the copy thread's bookkeeping against ``copy`` and ``close`` only.
+3. Before every optimizer step (a step pre-hook that takes no lock: why that is safe is in
+   ``_before_step``) the rows the step is about to change at or above the boundary are saved
    first, into an undo log:
    - a row-sparse parameter (``row_tracker.row_sparse_parameters``) with a sparse gradient:
      the rows the gradient names, each row once. The step changes only those
@@ -25,7 +26,9 @@ exactly the weights at its step:
    saved row takes the value it had before its first change, and a chunk read while a step
    changed it is put right, so the copy is the weights at the snapshot step.
 4. A background tensor whose version counter moved outside an optimizer step (a rollback to
-   the last good state, a checkpoint load, user code) before its copy finished spoils the
+   the last good state, a checkpoint load, user code; told apart from a step's by a step
+   counter the hooks make odd during a step, read before and after: a seqlock) before its
+   copy finished spoils the
    snapshot: its ``wait_ready`` raises ``CopySpoiled`` (the publisher drops it and waits for
    a full snapshot) and ``take_spoiled`` makes the trainer's next snapshot a full one.
 5. A full snapshot taken while the previous one is still being copied waits for that copy
@@ -136,8 +139,13 @@ class SnapshotCopier:
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._job: _Job | None = None
-        self._in_step = False
-        self._spoiled = False
+        # Odd while an optimizer step may be changing the weights: incremented by the step
+        # hooks on the training thread only, read by the copy thread as a seqlock (_claim).
+        self._steps = 0
+        # Spoiled copies, counted per thread that found them (each counter has one writer),
+        # and how many ``take_spoiled`` has seen: no lock on the training thread's path.
+        self._spoils = {"training": 0, "copy": 0}
+        self._spoils_seen = 0
         self._closed = False
         self._thread: threading.Thread | None = None
         optimizer.register_step_pre_hook(self._before_step)
@@ -153,8 +161,8 @@ class SnapshotCopier:
 
     def take_spoiled(self) -> bool:
         """Whether a copy was spoiled since the last call (rule 4: take a full snapshot)."""
-        with self._lock:
-            spoiled, self._spoiled = self._spoiled, False
+        spoils = sum(self._spoils.values())
+        spoiled, self._spoils_seen = spoils != self._spoils_seen, spoils
         return spoiled
 
     def copy(self, started: float | None = None) -> FullCopy:
@@ -269,32 +277,42 @@ class SnapshotCopier:
         if left is None:
             self._job = None
             return "complete"
-        if not self._in_step and left.param._version != left.version:
-            self._spoil(job, left)
+        steps = self._steps
+        expected, now = left.version, left.param._version
+        if steps % 2 == 0 and steps == self._steps and now != expected:
+            self._spoil(job, left)  # no step ran while both were read: a change outside one
             return None
         return left, left.copied, min(left.rows, left.copied + left.rows_per_chunk)
 
     def _spoil(self, job: _Job, background: RowCopy) -> None:
-        """Rule 4 (the lock is held)."""
+        """Rule 4 (by either thread: a second spoil of a job, or one racing its completion,
+        is harmless; the publisher then drops the snapshot)."""
         job.error = (
             f"{background.name} changed outside an optimizer step while the snapshot was "
             "being copied; the next snapshot is taken whole"
         )
         log.warning("snapshot copy spoiled: %s", job.error)
         self._job = None
-        self._spoiled = True
+        by = "copy" if threading.current_thread() is self._thread else "training"
+        self._spoils[by] += 1
         job.done.set()
 
     def _before_step(self, *_: object) -> None:
-        """Rule 3, on the training thread."""
+        """Rule 3, on the training thread, **without the copier's lock**: waiting for it
+        meant waiting for the copy thread while it held the lock, and a copy thread that the
+        kernel or the GIL did not run then stopped training 53-74 ms (measured at load 13,
+        bench/README.md). The saves need no lock: ``copied`` only moves on once a chunk has
+        been read, so a row under the value a save reads was read before this step changes
+        it, and a row at or above it is saved (a save of a row the copy thread reads
+        meanwhile is one too many, never one too few). A dense ``save_rest`` racing the copy
+        thread's move of ``copied`` may put the boundary back: that chunk is read again and
+        its rows saved again, and the undo log keeps the oldest value."""
+        self._steps += 1  # odd: the step may change the weights from here on
         job = self._job
         if job is None:
             return
         started = time.perf_counter()
-        with self._lock:
-            if self._job is job:
-                self._save_rows(job)
-                self._in_step = self._job is job
+        self._save_rows(job)
         job.clock.add(time.perf_counter() - started)
 
     def _save_rows(self, job: _Job) -> None:
@@ -314,14 +332,11 @@ class SnapshotCopier:
                 background.save_rest()
 
     def _after_step(self, *_: object) -> None:
-        if not self._in_step:
-            return
-        with self._lock:
-            self._in_step = False
-            job = self._job
-            if job is not None:
-                for background in job.tensors:
-                    background.version = background.param._version
+        job = self._job
+        if job is not None:
+            for background in job.tensors:
+                background.version = background.param._version
+        self._steps += 1  # even: the versions above are the step's (read by _claim)
 
 
 def _ready() -> None:
