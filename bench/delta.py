@@ -661,7 +661,13 @@ def _encode_with(encoder: str) -> None:
     from streamtrain.snapshot.manifest import TensorInfo
     from streamtrain.snapshot.payload import EncodedPayload, dtype_name, encode_view
 
-    def encode(tensors: Any) -> Any:
+    def encode(tensors: Any, streamed: Any = None) -> Any:
+        if streamed:  # a base streamed from the publisher's copy: its bytes joined first
+            tensors = dict(tensors)
+            for name, pieces in streamed.items():
+                joined = bytearray(b"".join(bytes(piece) for piece in pieces()))
+                like = tensors[name]
+                tensors[name] = torch.frombuffer(joined, dtype=like.dtype).reshape(like.shape)
         if encoder == "copy":
             view, infos = encode_view(tensors)
             return EncodedPayload([view]), infos
