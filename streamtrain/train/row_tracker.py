@@ -31,6 +31,14 @@ Rules (the order is the safety argument):
    weight rows it rewrote move the parameter's version before the step that follows, which
    rule 3 reads only after that step: a step that is not applied leaves it moved, and the
    next snapshot is a base.
+6. Such a module may also say which rows it is *about* to change, before it changes them
+   (:class:`SavesRows`): it calls the function given to ``watch_rows`` with the state name
+   below the module and the rows, before every write outside an optimizer step (a dynamic
+   table: the weight rows it re-draws, the mapping rows an observe writes). That is the
+   rule a step pre-hook follows for optimizer steps, so a background snapshot copy
+   (``train/snapshot_copy.py``) can copy such a module's tensors off the training thread
+   and save those rows in its undo log first; a module without it is copied whole at the
+   snapshot point.
 """
 
 from __future__ import annotations
@@ -39,6 +47,8 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Protocol, runtime_checkable
 
+import numpy as np
+import numpy.typing as npt
 import torch
 from torch import nn
 
@@ -69,6 +79,17 @@ class ReportsRows(Protocol):
     def drain_changed_rows(self) -> dict[str, torch.Tensor]: ...
 
 
+RowsChanging = Callable[[str, npt.NDArray[np.int64]], None]
+"""Rule 6: (state name below the module, host int64 rows) called before the rows change."""
+
+
+@runtime_checkable
+class SavesRows(Protocol):
+    """A rule-5 module that says which rows it is about to change (rule 6)."""
+
+    def watch_rows(self, changing: RowsChanging | None) -> None: ...
+
+
 def _reporters(model: nn.Module) -> list[tuple[str, ReportsRows]]:
     """Rule-5 modules with the prefix of their state names."""
     return [
@@ -81,6 +102,11 @@ def _reporters(model: nn.Module) -> list[tuple[str, ReportsRows]]:
 def reporting_prefixes(model: nn.Module) -> list[str]:
     """State-name prefixes of the rule-5 modules (their tensors change outside steps)."""
     return [prefix for prefix, _ in _reporters(model)]
+
+
+def row_savers(model: nn.Module) -> list[tuple[str, SavesRows]]:
+    """Rule-6 modules with the prefix of their state names."""
+    return [(prefix, m) for prefix, m in _reporters(model) if isinstance(m, SavesRows)]
 
 
 def row_sparse_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
