@@ -27,10 +27,11 @@ Rules (the order is the safety argument):
    the rows it hands to newly admitted IDs and rewrites its mapping buffers) reports them: it
    has ``drain_changed_rows()`` (rows by state name below the module, cleared by the call) and
    ``row_sparse_buffers`` (the buffers it reports). ``take`` adds those rows; a delta then
-   carries the mapping changes with the rows, and the buffers travel as rows, not whole. The
-   weight rows it rewrote move the parameter's version before the step that follows, which
-   rule 3 reads only after that step: a step that is not applied leaves it moved, and the
-   next snapshot is a base.
+   carries the mapping changes with the rows, and the buffers travel as rows, not whole. On
+   the host it rewrites weight rows through numpy or ``.data``, leaving the version counter
+   alone (rule 6 names them first); on a GPU the write moves the parameter's version before
+   the step that follows, which rule 3 reads only after that step: a step that is not
+   applied leaves it moved, and the next snapshot is a base.
 6. Such a module may also say which rows it is *about* to change, before it changes them
    (:class:`SavesRows`): it calls the function given to ``watch_rows`` with the state name
    below the module and the rows, before every write outside an optimizer step (a dynamic
