@@ -118,7 +118,11 @@ class SortedLookup(NamedTuple):
         rows = np.flatnonzero(owners != EMPTY)
         keys = owners[rows]
         order = np.argsort(keys, kind="stable")
-        return cls(keys[order], rows[order], _NONE, _NONE, owners, rows.size, token(slot_ids))
+        # each sorted array replaces its source at once: four capacity-sized arrays alive at
+        # the peak, not five (a server's peak while it loads a base is this sort)
+        keys = keys[order]
+        rows = rows[order]
+        return cls(keys, rows, _NONE, _NONE, owners, rows.size, token(slot_ids))
 
     def find(self, ids: Int64s) -> tuple[npt.NDArray[np.bool_], Int64s]:
         """(hit mask, row where hit; an arbitrary row elsewhere) of ``ids``."""
@@ -223,7 +227,8 @@ def mapping_problem(
         return f"slot_ids have shape {list(ids.shape)}, the table expects [{size}]"
     new = ids.numpy()
     owned = new[new != EMPTY]
-    ordered = np.sort(owned)  # a sort and a comparison: np.unique makes a dozen passes
+    owned.sort()  # in place (a fresh array); a sort and a comparison: np.unique makes a dozen
+    ordered = owned
     twice = np.flatnonzero(ordered[1:] == ordered[:-1])
     if twice.size:
         return f"slot_ids give ID {int(ordered[twice[0]])} more than one row"
