@@ -115,14 +115,13 @@ class SortedLookup(NamedTuple):
     @classmethod
     def build(cls, slot_ids: torch.Tensor) -> SortedLookup:
         owners = slot_ids.numpy()
-        rows = np.flatnonzero(owners != EMPTY)
-        keys = owners[rows]
-        order = np.argsort(keys, kind="stable")
-        # each sorted array replaces its source at once: four capacity-sized arrays alive at
-        # the peak, not five (a server's peak while it loads a base is this sort)
-        keys = keys[order]
-        rows = rows[order]
-        return cls(keys, rows, _NONE, _NONE, owners, rows.size, token(slot_ids))
+        # every row sorted by owner, free rows (EMPTY, the int64 minimum) first: the owned
+        # rows are what follows them, in the order a stable sort of the owned IDs alone gives
+        # (ties by row). Two capacity-sized arrays at the peak, where selecting the owned
+        # rows first held five: a server's peak while it loads a base is this sort
+        order = owners.argsort(kind="stable")
+        rows = order[np.count_nonzero(owners == EMPTY) :]
+        return cls(owners[rows], rows, _NONE, _NONE, owners, rows.size, token(slot_ids))
 
     def find(self, ids: Int64s) -> tuple[npt.NDArray[np.bool_], Int64s]:
         """(hit mask, row where hit; an arbitrary row elsewhere) of ``ids``."""
