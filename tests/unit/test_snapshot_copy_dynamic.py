@@ -159,3 +159,18 @@ def test_a_copy_of_the_model_does_not_take_the_copier_along() -> None:
     assert trainer.model.embeddings.dynamic["ids"].watch.changing is not None
     trainer.copier.close()
     assert trainer.model.embeddings.dynamic["ids"].watch.changing is None
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_host_reset_leaves_the_version_counter_alone(dtype: torch.dtype) -> None:
+    """The rows a reset re-draws were announced first (rule 6): a moved version counter would
+    read as a change nobody saved and spoil every copy it overlaps (rule 4)."""
+    model = _Model(_settings("lru", 1)).to(dtype)
+    weight = model.embeddings.tables.t_ids.weight
+    before, version = weight.detach().clone(), weight._version
+    ids = torch.arange(100)
+    done = model.embeddings.observe({"id": JaggedTensor(ids, torch.arange(100), torch.ones(100))})
+    placed = torch.from_numpy(done[0][2].placed)
+    assert placed.numel() == 100
+    assert _changed_rows(before[placed], weight.detach()[placed]) == 100  # re-drawn
+    assert weight._version == version
