@@ -6,10 +6,10 @@ changed rows are not known) used to copy the model on the training thread: 1.3-1
 is small, a copy thread fills in the rest while training goes on, and the snapshot is still
 exactly the weights at its step:
 
-1. At the snapshot point the training thread copies every buffer, every tensor under
-   ``min_bytes`` and every tensor of a module that changes rows outside optimizer steps
-   without saying which beforehand, and only allocates the rest, the *background tensors*
-   (CPU parameters, a dynamic table's mapping: ``copy_classes.py``), noting their in-place
+1. At the snapshot point the training thread copies the buffers, the tensors under
+   ``min_bytes`` and those of a module that changes rows outside optimizer steps without
+   naming them first, and only allocates the rest, the *background tensors* (CPU parameters
+   and a dynamic table's mapping buffers: ``copy_classes.py``), noting their in-place
    version counters.
 2. The copy thread copies the background tensors in row chunks of ``chunk_bytes``, the
    dense ones first, never holding the copier's lock while it copies: per tensor it keeps a
