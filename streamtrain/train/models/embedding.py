@@ -213,9 +213,8 @@ class EmbeddingTables(nn.Module):
         ]
 
     def watch_rows(self, changing: RowsChanging | None) -> None:
-        """Row tracker rule 6: ``changing`` hears of the rows :meth:`observe` is about to write
-        (weights re-drawn, mapping rows) before it writes them: a snapshot copy in progress
-        saves them in its undo log, so it copies these tensors off the training thread."""
+        """Row tracker rule 6: ``changing`` hears of the rows :meth:`observe` will write (weights
+        re-drawn, mapping rows) first, so a snapshot copy saves them (``copy_classes.py``)."""
         self._changing = changing
         for table, mapping in self._dynamic.items():
             mapping.watch = Watch(changing, f"mappings.{_key(table)}.")
@@ -277,8 +276,7 @@ class EmbeddingTables(nn.Module):
             # that reads the rows comes after, so no saved tensor's version is bypassed)
             weight.detach().numpy()[observed.placed] = fresh.numpy()
         else:
-            # a host weight through ``.data``: its version counter stays, as on the numpy
-            # path (the rows were announced to a snapshot copy: this is no unsaved change)
+            # on the host through ``.data``: the version stays, as on the numpy path (rule 6)
             with torch.no_grad():
                 target = weight.data if weight.is_cpu else weight
                 target[observed.reset.to(weight.device)] = fresh.to(weight)
