@@ -115,16 +115,25 @@ def run_streamtrain(
     return Result(f"streamtrain {name} (batch {batch})", probs, CLOCK() - started)
 
 
+_HEADER = "| learner | log loss | log loss, 2nd half | AUC | samples/s |\n|---|---|---|---|---|"
+
+
 def run_table(runs: list[Callable[[], Result]], s: Stream) -> list[Result]:
     """Run each learner in turn, printing its row of the results table as it ends."""
-    print("| learner | log loss | log loss, 2nd half | AUC | samples/s |")
-    print("|---|---|---|---|---|")
+    print(_HEADER)
     results = []
     for run in runs:
         result = run()
         results.append(result)
         print(result.row(s.y), flush=True)
     return results
+
+
+def print_table(results: list[Result], s: Stream) -> None:
+    """The results table of learners that ran already (``ctr_churn.taking_turns``)."""
+    print(_HEADER)
+    for result in results:
+        print(result.row(s.y), flush=True)
 
 
 def run_river_fm(s: Stream, factors: int) -> Result:
