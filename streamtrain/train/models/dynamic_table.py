@@ -254,7 +254,9 @@ class DynamicMapping(nn.Module):
             counts, cells = counts[kept], cells[kept]
             if self.settings.admit_probability == 1:  # the filter alone refused the rest
                 out.refused["filter"] = missed_count - fresh.size
-        placed, evicted = self._place(fresh.size, step, placement, out)
+        # without expiry the owned rows not seen now are those owned before less those seen
+        unseen = lookup.owned - seen.size if expired is None else None
+        placed, evicted = self._place(fresh.size, step, placement, out, unseen)
         taken = placed.size
         out.refused["full"] = fresh.size - taken
         if taken < fresh.size:
@@ -331,15 +333,19 @@ class DynamicMapping(nn.Module):
                 passed &= drawn
         return passed, cells
 
-    def _place(self, n: int, step: int, placement: Placement, out: Observed) -> tuple[Int64s, int]:
+    def _place(
+        self, n: int, step: int, placement: Placement, out: Observed, unseen: int | None
+    ) -> tuple[Int64s, int]:
         """Rows for ``n`` admitted IDs, free ones then evicted ones; and how many were evicted
-        (their owners' pairs in the lookup are stale once the rows are written)."""
+        (their owners' pairs in the lookup are stale once the rows are written). ``unseen``:
+        owned rows not seen in this step, when known (see :meth:`Placement.victims`)."""
         if n == 0:
             return _NO_ROWS, 0
         free = placement.free.take(n)
         if free.size == n:
             return free, 0
-        victims = placement.victims(n - free.size, step, free)  # the free list is empty now
+        # the free list is empty now
+        victims = placement.victims(n - free.size, step, free, unseen)
         out.evicted[self.settings.evict] = victims.size
         return (np.concatenate([free, victims]) if free.size else victims), victims.size
 
