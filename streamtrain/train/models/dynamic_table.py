@@ -99,7 +99,8 @@ class DynamicMapping(nn.Module):
             self.register_buffer("filter_counts", torch.zeros(settings.cells, dtype=torch.int64))
         self.register_buffer("step", torch.zeros((), dtype=torch.int64))
         self._seed_mix = mix64_host(np.array([settings.seed]))[0]  # numpy scalars: no
-        # conversion of a Python int per operation (see _cells)
+        # conversion of a Python int per operation (see _cells, _admit)
+        self._scalars = np.int64(settings.cells), np.int64(settings.admit_after)
         self._lookup: SortedLookup | None = None  # see _sorted
         # derived with the lookup, dropped when it is rebuilt (the buffers were written from
         # outside): numpy views of the buffers, and the free rows and victim orders
@@ -300,7 +301,7 @@ class DynamicMapping(nn.Module):
         # Fibonacci hashing (the product's high bits): 3 ops where mix64 takes 12, and the
         # filter only needs IDs spread over its cells
         mixed: Int64s = ((ids ^ self._seed_mix) * _GOLDEN) >> 24
-        cells: Int64s = np.remainder(mixed, self.settings.cells)
+        cells: Int64s = np.remainder(mixed, self._scalars[0])
         return cells
 
     def _admit(
@@ -312,7 +313,7 @@ class DynamicMapping(nn.Module):
         passed = None
         cells = ids
         if self.settings.cells:
-            k = self.settings.admit_after
+            k = self._scalars[1]
             cells = self._cells(ids)
             filter_counts = self._views.filter_counts
             np.add.at(filter_counts, cells, counts)

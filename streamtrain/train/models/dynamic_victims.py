@@ -275,6 +275,7 @@ class RecencyScan:
     def __init__(self, owners: Int64s, last_seen: Int64s) -> None:
         self._owners, self._last_seen = owners, last_seen
         self._row_index = np.arange(owners.size, dtype=np.int64)
+        self._rows = np.int64(owners.size)  # a numpy scalar: no Python int converted per step
 
     def pop(
         self, limit: int, step: int, taken: Int64s | None = None, count: int | None = None
@@ -284,7 +285,7 @@ class RecencyScan:
         # unique keys in (last_seen, row) order (last_seen * rows stays far below 2**63); a row
         # stamped in this step has a key of at least step * n, above every evictable row's, so
         # only the empty rows need a mask
-        keys = self._last_seen * n
+        keys = self._last_seen * self._rows
         keys += self._row_index
         if taken is None:
             keys[self._owners == EMPTY] = _BIG
