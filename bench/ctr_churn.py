@@ -17,9 +17,11 @@ work on a shared machine moves them less than wall time would. The streamtrain l
 turns on the stream (:func:`taking_turns`: every ``--turn`` batches, one by default), each
 timed on its own turns only, so the machine's load, the caches' state and the collector's
 passes fall on every learner alike: run one after the other, each learner met a different
-minute's load and the later ones the earlier ones' garbage, and the rows swung by up to 30
-points between runs. That column is the goal's figure (bench/README.md, "CTR churn");
-``--reverse`` reverses the order of the turns, as a check that the order moves no figure.
+minute's load (and in every run seen the later ones ran slower), and the rows swung by up to 30
+points between runs. The order of the turns is shuffled each round: a fixed order moved the
+cost by 1-3 points (a turn is faster or slower by what ran just before it). That column is the
+goal's figure (bench/README.md, "CTR churn"); ``--reverse`` lists the learners the other way
+round (other shuffles), as a check that the order moves no figure.
 Peers (River FM, Vowpal Wabbit) run after, one after the other, when installed (``make bench``
 installs them). The process's resident set size is sampled as the stream goes: after the
 tables fill it stays flat.
@@ -135,15 +137,20 @@ def taking_turns(
     named: dict[str, dict[str, object]],
     turn: int = 1,
     probe: Callable[[int], None] | None = None,
+    seed: int = 0,
 ) -> list[Result]:
     """Every learner of ``named`` through the whole stream prequentially (a batch is predicted,
-    then learned), the learners taking turns every ``turn`` batches; each one's CPU seconds are
-    those of its own turns. Load from other work on the machine, cache pressure and the
-    collector's passes then fall on every learner alike, which one learner after another
-    cannot give (each would meet a different minute's load). Accuracy is each learner's alone:
-    the order of turns changes no prediction. ``probe`` is called after each round with the
-    samples done (outside every learner's time)."""
-    learners = {name: _learner(params) for name, params in named.items()}
+    then learned), the learners taking turns every ``turn`` batches, in an order shuffled each
+    round (``seed``); each one's CPU seconds are those of its own turns. Load from other work
+    on the machine, cache pressure and the collector's passes then fall on every learner
+    alike, which one learner after another cannot give (each would meet a different minute's
+    load). The order is shuffled because a fixed one is not neutral: a learner's turn runs
+    faster or slower by what ran just before it (which code and data the caches hold), by 1-3
+    points of the cost here. Accuracy is each learner's alone: the order of turns changes no
+    prediction. ``probe`` is called after each round with the samples done (outside every
+    learner's time)."""
+    learners = list({name: _learner(params) for name, params in named.items()}.items())
+    shuffle = np.random.default_rng(seed)
     probs = {name: np.zeros(len(s.y)) for name in named}
     seconds = dict.fromkeys(named, 0.0)
     x, y = torch.from_numpy(s.x), torch.from_numpy(s.y)
@@ -162,7 +169,8 @@ def taking_turns(
                     "item": JaggedTensor(items[lo:hi], offsets, w),
                 }
                 round_.append((lo, hi, w, sparse))
-            for name, learner in learners.items():
+            for at in shuffle.permutation(len(learners)):
+                name, learner = learners[at]
                 out = probs[name]
                 started = time.process_time()
                 for lo, hi, w, sparse in round_:
@@ -191,7 +199,7 @@ def main() -> None:
         "--turn", type=int, default=1, help="batches each streamtrain learner runs in its turn"
     )
     parser.add_argument(
-        "--reverse", action="store_true", help="streamtrain learners take their turns last first"
+        "--reverse", action="store_true", help="list the streamtrain learners last first"
     )
     parser.add_argument("--vw-bits", type=int, default=15)
     parser.add_argument("--seed", type=int, default=0)
@@ -229,8 +237,11 @@ def main() -> None:
         if any(done - step < mark <= done for mark in marks):
             rss.append((done, rss_mib()))
 
-    print(f"streamtrain learners taking turns every {args.turn} batch(es) of {args.batch}:")
-    results = taking_turns(s, args.batch, named, args.turn, probe)
+    print(
+        f"streamtrain learners taking turns every {args.turn} batch(es) of {args.batch}, "
+        "in an order shuffled each round:"
+    )
+    results = taking_turns(s, args.batch, named, args.turn, probe, args.seed)
     print_table(results, s)
     peers: list[Callable[[], Result]] = []
     if not args.no_peers and importlib.util.find_spec("river"):
