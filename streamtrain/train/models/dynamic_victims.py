@@ -241,6 +241,7 @@ class FrequencyScan:
     def __init__(self, owners: Int64s, last_seen: Int64s, use_count: Int64s) -> None:
         self._owners, self._last_seen, self._use_count = owners, last_seen, use_count
         self._row_index = np.arange(owners.size, dtype=np.int64)
+        self._rows = np.int64(owners.size)  # a numpy scalar: no Python int converted per step
 
     def push(self, stamp: int, rows: Int64s) -> None:
         """Nothing to keep: the buffers are the state."""
@@ -259,7 +260,7 @@ class FrequencyScan:
         ordered.partition(m - 1)
         threshold = ordered[m - 1]
         below = (uses < threshold).nonzero()[0]
-        recency = last_seen * self._owners.size + self._row_index  # unique keys: ties end alike
+        recency = last_seen * self._rows + self._row_index  # unique keys: ties end alike
         tied = np.where(uses == threshold, recency, _BIG)
         k = m - below.size
         part = tied.argpartition(k - 1)[:k]
