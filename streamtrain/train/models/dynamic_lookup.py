@@ -54,13 +54,23 @@ GOLDEN = -7046029254386353131  # 0x9E3779B97F4A7C15 as int64
 
 
 def mix64_host(x: Int64s) -> Int64s:
-    """SplitMix64's finaliser on int64 host arrays (the admission draw, the fallback rows)."""
-    # numpy int64 arrays wrap around on overflow and shift arithmetically, as torch's do
-    z = np.asarray(x, dtype=np.int64) * np.int64(GOLDEN)
-    z = (z ^ ((z >> 30) & ((1 << 34) - 1))) * np.int64(-4658895280553007687)
-    z = (z ^ ((z >> 27) & ((1 << 37) - 1))) * np.int64(-7723592293110705685)
-    out: Int64s = z ^ ((z >> 31) & ((1 << 33) - 1))
+    """SplitMix64's finaliser on int64 host arrays (the admission draw, the fallback rows): the
+    bits of torch's int64 version (``embedding.hash_rows``, ``dynamic_table.mix64``), computed
+    on a uint64 view, where products wrap around alike and shifts are logical, so no masks
+    are needed and the steps run in place (9 operations where int64 took 13)."""
+    z = np.asarray(x, dtype=np.int64).view(np.uint64) * _GOLDEN_U  # a new array
+    z ^= z >> _S30
+    z *= _MIX1_U
+    z ^= z >> _S27
+    z *= _MIX2_U
+    z ^= z >> _S31
+    out: Int64s = z.view(np.int64)
     return out
+
+
+_GOLDEN_U = np.uint64(0x9E3779B97F4A7C15)  # GOLDEN as uint64
+_MIX1_U, _MIX2_U = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+_S30, _S27, _S31 = np.uint64(30), np.uint64(27), np.uint64(31)
 
 
 def uniform_host(ids: Int64s, step: int, seed: int) -> npt.NDArray[np.float64]:
