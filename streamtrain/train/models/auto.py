@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 import torch
+import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
@@ -111,17 +112,37 @@ class LinearAndMLP(nn.Module):
         self.body = nn.Sequential(*layers)
         self.deep = nn.Linear(sizes[-1], self.width)
         self.head = CombinedHead(spec, params)
+        # under the Hedge mix the linear head learns from its own loss alone, whose gradient
+        # the learner writes in closed form (train/wide_head.py): its output needs no graph
+        self._wide_closed_form = self.wide is not None and self.head.mixer is not None
 
     def linear_head_parameters(self) -> list[nn.Parameter]:
         """The linear head's own weights, stepped as plain SGD (``optim.param_groups``); none
         when it shares the first matmul (``linear_lr`` unset)."""
         return [] if self.wide is None else list(self.wide.parameters())
 
+    def closed_form_linear_head(self) -> tuple[nn.Parameter, nn.Parameter] | None:
+        """``(weight, bias)`` of the linear head when its output has no graph and the learner
+        writes its gradient in closed form (Hedge mix, ``linear_lr`` set), else None."""
+        if not self._wide_closed_form or self.wide is None:
+            return None
+        return self.wide.weight, self.wide.bias
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.flatten(1)
         if self.standardize is not None:
             x = self.standardize(x)
         hidden = self.first(x)
+        if self._wide_closed_form:
+            deep = self.deep(self.body(hidden))
+            wide_layer = self.wide
+            assert wide_layer is not None
+            # one context for the linear head and the mix: neither records a graph (the
+            # head's gradient is written in closed form, train/wide_head.py)
+            with torch.no_grad():
+                wide = F.linear(x, wide_layer.weight, wide_layer.bias)
+                closed: torch.Tensor = self.head(wide, deep, x)
+            return closed
         if self.wide is None:
             wide, hidden = hidden[:, : self.width], hidden[:, self.width :]
         else:
@@ -151,10 +172,13 @@ class CombinedHead(nn.Module):
         self.targets = make_target_scaler(params, spec)
         self._squeeze = spec.task == "binary"
 
-    def forward(self, wide: torch.Tensor, deep: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, wide: torch.Tensor, deep: torch.Tensor, features: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``features``: the linear head's input when its output ``wide`` has no graph."""
         out: torch.Tensor
         if self.mixer is not None:
-            out = self.mixer(wide, deep)  # binary: already the logits [n]
+            out = self.mixer(wide, deep, features=features)  # binary: already the logits [n]
         else:
             out = wide + deep
             if self._squeeze:
