@@ -51,11 +51,11 @@ def classification_loss(
     activated = seen.activated if stacked.dtype == torch.float32 else None
     stacked = stacked.float()
     deep = seen.heads[1].float()
-    w = weights.to(torch.float32)
-    normalised = w / w.sum().clamp_min(1e-12)  # once, for every loss and the gradient
-    if stacked.dim() == 2:  # binary: [n, heads]; labels and weights as columns [n, 1] once
+    w = weights.to(torch.float32)[:, None]  # a column [n, 1]: it weighs the heads' columns
+    column = w / w.sum().clamp_min(1e-12)  # normalised once, for every loss and the gradient
+    normalised = column.view(-1)
+    if stacked.dim() == 2:  # binary: [n, heads]; labels as a column [n, 1] once
         y = labels.to(torch.float32)[:, None]
-        column = normalised[:, None]
         sig = stacked.sigmoid() if activated is None else activated
         train = F.binary_cross_entropy_with_logits(deep, y, weight=column, reduction="sum")
         grad_out = (sig[:, :1] - y) * column
@@ -73,7 +73,7 @@ def classification_loss(
         train = torch.dot(F.cross_entropy(deep, labels, reduction="none"), normalised)
         label_column = labels[:, None]
         onehot = label_column == _class_index(stacked.shape[1], stacked.device)
-        grad_out = (log_p[:, :, 0].exp() - onehot.float()) * normalised[:, None]
+        grad_out = (log_p[:, :, 0].exp() - onehot.float()) * column
         reported = torch.dot(F.nll_loss(mixed.float(), labels, reduction="none"), normalised)
         if criterion == "error":
             per_head = stacked.argmax(dim=1) != label_column  # [n, heads]
@@ -81,7 +81,7 @@ def classification_loss(
             at_label = labels.view(-1, 1, 1).expand(-1, 1, stacked.shape[2])
             per_head = log_p.gather(1, at_label).squeeze(1).neg()
     # the heads' weighted sums: a bool (errors) times the float weights promotes in the kernel
-    head_sums = (per_head * w[:, None]).sum(dim=0)
+    head_sums = (per_head * w).sum(dim=0)
     return WideLoss(train, reported, head_sums, grad_out)
 
 
