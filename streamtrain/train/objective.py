@@ -211,7 +211,7 @@ class Objective:
             self.mixer.observe(loss.head_sums, samples)
 
 
-def _closed_form_linear_head(model: nn.Module) -> tuple[nn.Parameter, nn.Parameter] | None:
+def _closed_form_linear_head(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor] | None:
     """``(weight, bias)`` of the model's linear head that learns in closed form (``auto``
     under the Hedge mix with ``linear_lr`` set: models/auto.py), or None."""
     for module in model.modules():

@@ -146,7 +146,7 @@ def build_optimizer(
             cls = AdamSGD if plain else torch.optim.Adam
         else:
             cls = AdamWSGD if plain else torch.optim.AdamW
-        return cls(plist, lr=lr, weight_decay=weight_decay, fused=fused or None)  # type: ignore[call-arg]
+        return cls(plist, lr=lr, weight_decay=weight_decay, fused=fused or None)
     if name == "adagrad":
         return torch.optim.Adagrad(plist, lr=lr, weight_decay=weight_decay)
     if name == "rmsprop":

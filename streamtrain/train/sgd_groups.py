@@ -17,7 +17,7 @@ scaled by 1e3, which plain SGD would take as is.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any, cast, overload
 
 import torch
 from torch.optim import Adam, AdamW
@@ -27,13 +27,22 @@ def _plain_step(step: Callable[..., Any]) -> Callable[..., Any]:
     """Adam's ``step`` without the profiling wrapper torch puts on a class's ``step`` once an
     instance exists: this class's own ``step`` is wrapped already, twice costs a second
     ``record_function`` pair and hook lookup per step."""
-    return cast(Callable[..., Any], step.__wrapped__) if getattr(step, "hooked", False) else step
+    if not getattr(step, "hooked", False):
+        return step
+    # functools.wraps keeps the wrapped function in the wrapper's __dict__
+    return cast(Callable[..., Any], vars(step)["__wrapped__"])
 
 
 class _SGDGroups:
     """Mixed in before :class:`torch.optim.Adam` (or AdamW)."""
 
     param_groups: list[dict[str, Any]]
+
+    @overload
+    def step(self, closure: None = None) -> None: ...
+
+    @overload
+    def step(self, closure: Callable[[], float]) -> float: ...
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:

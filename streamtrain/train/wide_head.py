@@ -86,7 +86,11 @@ def classification_loss(
 
 
 def regression_loss(
-    seen: HeadsSeen, mixed: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor, head: TaskHead
+    seen: HeadsSeen,
+    mixed: torch.Tensor,
+    targets: torch.Tensor,
+    weights: torch.Tensor,
+    head: TaskHead,
 ) -> WideLoss:
     """Regression (``seen.heads`` ``[n, width]`` each, the linear head first) against the
     standardised ``targets``, under ``mse`` (the mean over outputs of squared errors) or

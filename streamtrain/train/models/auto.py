@@ -121,7 +121,7 @@ class LinearAndMLP(nn.Module):
         when it shares the first matmul (``linear_lr`` unset)."""
         return [] if self.wide is None else list(self.wide.parameters())
 
-    def closed_form_linear_head(self) -> tuple[nn.Parameter, nn.Parameter] | None:
+    def closed_form_linear_head(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         """``(weight, bias)`` of the linear head when its output has no graph and the learner
         writes its gradient in closed form (Hedge mix, ``linear_lr`` set), else None."""
         if not self._wide_closed_form or self.wide is None:
