@@ -59,3 +59,33 @@ def test_the_linear_heads_closed_form_gradient_is_autograds(
     step.train.backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.deep.parameters())
     torch.testing.assert_close(model.wide.weight.grad, weight.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_under_a_loss_scaler_the_closed_form_gradient_is_scaled_as_backwards_are() -> None:
+    # fp16 autocast comes with a GradScaler, which unscales every gradient of the optimizer's
+    # parameters after backward: the linear head's written gradient must be scaled like them
+    from streamtrain.train.optim import build_optimizer, param_groups
+
+    def grads(scaled: bool) -> list[torch.Tensor]:
+        torch.manual_seed(5)
+        model = build_model("auto", BINARY, {})
+        assert isinstance(model, LinearAndMLP) and model.wide is not None
+        optimizer = build_optimizer(param_groups(model, "adam"), "adam", lr=0.01)
+        objective = Objective(model, TaskHead(BINARY))
+        scaler = torch.amp.GradScaler("cpu", init_scale=1024.0) if scaled else None
+        objective.scaler = scaler
+        x = torch.randn(8, 4, generator=torch.Generator().manual_seed(3))
+        with objective.capture():
+            out = model(x)
+        step = objective.loss(out, (x[:, 0] > 0).long(), torch.ones(8))
+        train = step.train if scaler is None else scaler.scale(step.train)
+        train.backward()
+        if scaler is not None:
+            torch.testing.assert_close(
+                model.wide.weight.grad, grads(False)[0] * 1024.0, rtol=1e-6, atol=1e-7
+            )
+            scaler.unscale_(optimizer)
+        return [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    for got, want in zip(grads(True), grads(False), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-8)
