@@ -10,8 +10,10 @@ By default (``linear_lr`` 0.01) the linear head is river's LogisticRegression /
 LinearRegression: a layer of its own (``wide``), zero-initialised, which
 ``optim.param_groups`` steps as plain SGD at 0.01, so on a linear concept the best head
 scores what river's linear model scores; the mix then weighs the heads by their recent wrong
-predictions (``hedge_loss: error``), the accuracy the stream is scored by. With ``linear_lr``
-None the linear head instead shares the MLP's first matrix multiply (its rows are the first
+predictions (``hedge_loss: error``), the accuracy the stream is scored by. Under the Hedge
+mix the linear head's output records no graph: the learner writes its gradient in closed form
+(``train/wide_head.py``), and under Adam its group is plain SGD (``train/sgd_groups.py``).
+With ``linear_lr`` None the linear head instead shares the MLP's first matrix multiply (its rows are the first
 ``width`` outputs of ``first``) and its Adam. Measured in bench/README.md (Peers) and
 docs/models.md (Defaults and the evidence).
 """
