@@ -27,10 +27,19 @@ Rules (the order is the safety argument):
    the rows it hands to newly admitted IDs and rewrites its mapping buffers) reports them: it
    has ``drain_changed_rows()`` (rows by state name below the module, cleared by the call) and
    ``row_sparse_buffers`` (the buffers it reports). ``take`` adds those rows; a delta then
-   carries the mapping changes with the rows, and the buffers travel as rows, not whole. The
-   weight rows it rewrote move the parameter's version before the step that follows, which
-   rule 3 reads only after that step: a step that is not applied leaves it moved, and the
-   next snapshot is a base.
+   carries the mapping changes with the rows, and the buffers travel as rows, not whole. On
+   the host it rewrites weight rows through numpy or ``.data``, leaving the version counter
+   alone (rule 6 names them first); on a GPU the write moves the parameter's version before
+   the step that follows, which rule 3 reads only after that step: a step that is not
+   applied leaves it moved, and the next snapshot is a base.
+6. Such a module may also say which rows it is *about* to change, before it changes them
+   (:class:`SavesRows`): it calls the function given to ``watch_rows`` with the state name
+   below the module and the rows, before every write outside an optimizer step (a dynamic
+   table: the weight rows it re-draws, the mapping rows an observe writes). That is the
+   rule a step pre-hook follows for optimizer steps, so a background snapshot copy
+   (``train/snapshot_copy.py``) can copy such a module's tensors off the training thread
+   and save those rows in its undo log first; a module without it is copied whole at the
+   snapshot point.
 """
 
 from __future__ import annotations
@@ -39,6 +48,8 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Protocol, runtime_checkable
 
+import numpy as np
+import numpy.typing as npt
 import torch
 from torch import nn
 
@@ -69,6 +80,17 @@ class ReportsRows(Protocol):
     def drain_changed_rows(self) -> dict[str, torch.Tensor]: ...
 
 
+RowsChanging = Callable[[str, npt.NDArray[np.int64]], None]
+"""Rule 6: (state name below the module, host int64 rows) called before the rows change."""
+
+
+@runtime_checkable
+class SavesRows(Protocol):
+    """A rule-5 module that says which rows it is about to change (rule 6)."""
+
+    def watch_rows(self, changing: RowsChanging | None) -> None: ...
+
+
 def _reporters(model: nn.Module) -> list[tuple[str, ReportsRows]]:
     """Rule-5 modules with the prefix of their state names."""
     return [
@@ -81,6 +103,11 @@ def _reporters(model: nn.Module) -> list[tuple[str, ReportsRows]]:
 def reporting_prefixes(model: nn.Module) -> list[str]:
     """State-name prefixes of the rule-5 modules (their tensors change outside steps)."""
     return [prefix for prefix, _ in _reporters(model)]
+
+
+def row_savers(model: nn.Module) -> list[tuple[str, SavesRows]]:
+    """Rule-6 modules with the prefix of their state names."""
+    return [(prefix, m) for prefix, m in _reporters(model) if isinstance(m, SavesRows)]
 
 
 def row_sparse_buffers(model: nn.Module) -> dict[str, torch.Tensor]:

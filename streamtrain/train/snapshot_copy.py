@@ -6,10 +6,11 @@ changed rows are not known) used to copy the model on the training thread: 1.3-1
 is small, a copy thread fills in the rest while training goes on, and the snapshot is still
 exactly the weights at its step:
 
-1. At the snapshot point the training thread copies every buffer, every tensor under
-   ``min_bytes`` and every tensor of a module that changes rows outside optimizer steps (a
-   dynamic table, ``row_tracker.ReportsRows``), and only allocates the rest, the *background
-   tensors* (CPU parameters), noting their in-place version counters.
+1. At the snapshot point the training thread copies the buffers, the tensors under
+   ``min_bytes`` and those of a module that changes rows outside optimizer steps without
+   naming them first, and only allocates the rest, the *background tensors* (CPU parameters
+   and a dynamic table's mapping buffers: ``copy_classes.py``), noting their in-place
+   version counters.
 2. The copy thread copies the background tensors in row chunks of ``chunk_bytes``, the
    dense ones first, never holding the copier's lock while it copies: per tensor it keeps a
    boundary, the first row of the chunk it is copying, moved on once that chunk is done.
@@ -21,6 +22,8 @@ exactly the weights at its step:
      (``row_tracker.py`` rule 1; ``model_traits.check_sparse_gradients`` admits only such
      optimizers); without a gradient it changes none;
    - any other background tensor (or a dense gradient): every row from the boundary on.
+   A dynamic table saves the same way the rows it is about to change outside a step (the
+   weight rows it re-draws, its mapping rows: ``row_tracker.py`` rule 6).
    After the last chunk the undo log is written over the copy, newest entries first: each
    saved row takes the value it had before its first change, and a chunk read while a step
    changed it is put right, so the copy is the weights at the snapshot step.
@@ -44,12 +47,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
+import numpy as np
+import numpy.typing as npt
 import torch
 from torch import nn
 
 from streamtrain import metrics
+from streamtrain.train.copy_classes import TensorClasses
 from streamtrain.train.hooks import CopySpoiled
-from streamtrain.train.row_tracker import reporting_prefixes, row_sparse_parameters
 
 log = logging.getLogger(__name__)
 
@@ -178,8 +183,7 @@ class SnapshotCopier:
         self._model = model
         self._chunk_bytes = chunk_bytes
         self._min_bytes = min_bytes
-        self._sparse = frozenset(row_sparse_parameters(model))
-        self._outside = tuple(reporting_prefixes(model))
+        self._classes = TensorClasses.of(model)
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._job: _Job | None = None
@@ -189,6 +193,7 @@ class SnapshotCopier:
         self._thread: threading.Thread | None = None
         optimizer.register_step_pre_hook(self._before_step)
         optimizer.register_step_post_hook(self._after_step)
+        self._classes.watch(self._rows_changing)
 
     def applies(self) -> bool:
         """Whether the model's parameters are on the CPU (CUDA keeps its side-stream copy)."""
@@ -208,12 +213,12 @@ class SnapshotCopier:
             previous = self._job
         if previous is not None:
             previous.done.wait()  # rule 5: the copy thread finishes it
-        params = dict(self._model.named_parameters(remove_duplicate=False))
+        params = self._classes.sources(self._model)
         tensors: dict[str, torch.Tensor] = {}
         background: list[RowCopy] = []
         for name, tensor in self._model.state_dict().items():
             param = params.get(name)
-            if param is None or not self._in_background(name, tensor):
+            if param is None or not self._classes.background(name, tensor, self._min_bytes):
                 tensors[name] = tensor.detach().clone(memory_format=torch.contiguous_format)
                 continue
             target = torch.empty(tensor.shape, dtype=tensor.dtype)  # pages mapped by the copy
@@ -224,7 +229,7 @@ class SnapshotCopier:
                     name=name,
                     param=param,
                     target=target,
-                    sparse=name in self._sparse,
+                    sparse=name in self._classes.sparse,
                     version=param._version,
                     rows_per_chunk=max(1, self._chunk_bytes // row_bytes),
                 )
@@ -249,21 +254,13 @@ class SnapshotCopier:
             job = self._job
         if job is not None:
             job.done.wait()
+        self._classes.watch(None)
         with self._lock:
             self._closed = True
             self._wake.notify_all()
             thread = self._thread
         if thread is not None:
             thread.join()
-
-    def _in_background(self, name: str, tensor: torch.Tensor) -> bool:
-        return (
-            tensor.device.type == "cpu"
-            and tensor.dim() >= 1
-            and tensor.shape[0] > 0
-            and tensor.numel() * tensor.element_size() >= self._min_bytes
-            and not name.startswith(self._outside)
-        )
 
     def _start_thread(self) -> None:
         if self._thread is None:
@@ -354,6 +351,20 @@ class SnapshotCopier:
             elif grad is not None:  # a dense gradient: any row may move
                 background.save_rest()
 
+    def _rows_changing(self, name: str, rows: npt.NDArray[np.int64]) -> None:
+        """Rule 3 for rows a dynamic table is about to change outside a step, on the training
+        thread (``row_tracker.py`` rule 6)."""
+        job = self._job
+        if job is None or rows.size == 0:
+            return
+        started = time.perf_counter()
+        with self._lock:
+            if self._job is job:
+                for background in job.tensors:
+                    if background.name == name and not background.done:
+                        _save_host(background, rows)
+        job.clock.add(time.perf_counter() - started)
+
     def _after_step(self, *_: object) -> None:
         if not self._in_step:
             return
@@ -363,6 +374,17 @@ class SnapshotCopier:
             if job is not None:
                 for background in job.tensors:
                     background.version = background.param._version
+
+
+def _save_host(background: RowCopy, rows: npt.NDArray[np.int64]) -> None:
+    """``RowCopy.save`` for rows a module is about to change, in few operations: it runs up
+    to six times a step (torch's dispatch per operation cost more than the few hundred rows).
+    A row saved twice (not marked in ``saved``) keeps its oldest value: the undo log is
+    written newest entries first."""
+    index = rows[rows >= background.copied]
+    if index.size:
+        taken = torch.from_numpy(index)
+        background._log(taken, background.param.detach().index_select(0, taken))
 
 
 def _ready() -> None:

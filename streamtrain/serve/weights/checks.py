@@ -109,7 +109,9 @@ def check_mappings(
             index, ids = rows[name]
             problem = mapping_problem(mapping.lookup(), mapping.capacity, index.cpu(), ids.cpu())
         elif name in whole:
-            problem = mapping_problem(mapping.lookup(), mapping.capacity, None, whole[name].cpu())
+            # a base replaces every owner: no lookup of the old ones (a fresh server's would
+            # be sorted here for nothing)
+            problem = mapping_problem(None, mapping.capacity, None, whole[name].cpu())
         else:
             continue
         if problem is not None:

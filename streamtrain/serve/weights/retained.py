@@ -50,6 +50,7 @@ from streamtrain.snapshot.cache import SnapshotCache
 from streamtrain.snapshot.delta import RowUpdate
 from streamtrain.snapshot.manifest import SnapshotHeader, SnapshotOrder
 from streamtrain.snapshot.mapped import copy_released
+from streamtrain.train.models import dynamic_mappings
 
 log = logging.getLogger(__name__)
 
@@ -250,7 +251,7 @@ class RetainedVersions:
 
     # --- internals -------------------------------------------------------------------------
     def _retain(self, tensors: Mapping[str, torch.Tensor], info: WeightsInfo) -> None:
-        model = copy.deepcopy(self._template)
+        model = copy.deepcopy(self._template, dynamic_mappings.derived_memo(self._template))
         for param in model.parameters():
             param.requires_grad_(False)
         with torch.no_grad():  # names and shapes were checked by the slot (rule 1)

@@ -104,6 +104,7 @@ class WeightSlot:
         params = dict(model.named_parameters()) | dict(model.named_buffers())
         # deepcopy's memo hands back the same object: shared tables exist once (rule 5).
         memo: dict[int, object] = {id(params[name]): params[name] for name in shared}
+        memo |= dynamic_mappings.derived_memo(model)  # rebuilt from the shared buffers
         self._shared = shared
         self._copies = (ModelCopy(model), ModelCopy(copy.deepcopy(model, memo)))
         self._leases = Leases()  # the live copy, the rule-5 flag and their condition

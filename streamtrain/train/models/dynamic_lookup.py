@@ -115,10 +115,14 @@ class SortedLookup(NamedTuple):
     @classmethod
     def build(cls, slot_ids: torch.Tensor) -> SortedLookup:
         owners = slot_ids.numpy()
-        rows = np.flatnonzero(owners != EMPTY)
-        keys = owners[rows]
-        order = np.argsort(keys, kind="stable")
-        return cls(keys[order], rows[order], _NONE, _NONE, owners, rows.size, token(slot_ids))
+        # every row sorted by owner, free rows (EMPTY, the int64 minimum) first: the owned
+        # rows are what follows them, in the order a stable sort of the owned IDs alone gives
+        # (ties by row). Two capacity-sized arrays at the peak, where selecting the owned
+        # rows first held five: a server's peak while it loads a base is this sort
+        order = owners.argsort(kind="stable")
+        free = int(np.count_nonzero(owners == EMPTY))
+        rows = order[free:].copy() if free else order  # a view would keep all of ``order``
+        return cls(owners[rows], rows, _NONE, _NONE, owners, rows.size, token(slot_ids))
 
     def find(self, ids: Int64s) -> tuple[npt.NDArray[np.bool_], Int64s]:
         """(hit mask, row where hit; an arbitrary row elsewhere) of ``ids``."""
@@ -210,12 +214,13 @@ class SortedLookup(NamedTuple):
 
 
 def mapping_problem(
-    lookup: SortedLookup, capacity: int, index: torch.Tensor | None, ids: torch.Tensor
+    lookup: SortedLookup | None, capacity: int, index: torch.Tensor | None, ids: torch.Tensor
 ) -> str | None:
     """Why a received mapping may not be applied (None when it may): ``ids`` are the new
     owners of rows ``index`` of a mapping whose owners ``lookup`` holds now (a delta), or the
-    whole ``slot_ids`` (``index`` None: a base). Two rows may not own one ID, and the buffer
-    must be int64 of the table's rows (the signature proves who sent it, not that it fits)."""
+    whole ``slot_ids`` (``index`` None: a base; no ``lookup`` needed). Two rows may not own
+    one ID, and the buffer must be int64 of the table's rows (the signature proves who sent
+    it, not that it fits)."""
     if ids.dtype != torch.int64:
         return f"slot_ids are {ids.dtype}, a mapping is int64"
     size = capacity if index is None else index.shape[0]
@@ -223,12 +228,14 @@ def mapping_problem(
         return f"slot_ids have shape {list(ids.shape)}, the table expects [{size}]"
     new = ids.numpy()
     owned = new[new != EMPTY]
-    ordered = np.sort(owned)  # a sort and a comparison: np.unique makes a dozen passes
+    owned.sort()  # in place (a fresh array); a sort and a comparison: np.unique makes a dozen
+    ordered = owned
     twice = np.flatnonzero(ordered[1:] == ordered[:-1])
     if twice.size:
         return f"slot_ids give ID {int(ordered[twice[0]])} more than one row"
     if index is None:
         return None
+    assert lookup is not None, "a delta is checked against the mapping's lookup"
     rows = index.numpy()
     ordered_rows = np.sort(rows)
     if rows.size and np.count_nonzero(ordered_rows[1:] == ordered_rows[:-1]):

@@ -11,7 +11,13 @@ from torch import nn
 
 from streamtrain.train.models.dynamic_table import DynamicMapping
 
-__all__ = ["dynamic_mappings", "mapping_writes", "owners_before", "refresh_lookups"]
+__all__ = [
+    "derived_memo",
+    "dynamic_mappings",
+    "mapping_writes",
+    "owners_before",
+    "refresh_lookups",
+]
 
 
 def dynamic_mappings(model: nn.Module) -> dict[str, DynamicMapping]:
@@ -21,6 +27,24 @@ def dynamic_mappings(model: nn.Module) -> dict[str, DynamicMapping]:
         for name, module in model.named_modules()
         if isinstance(module, DynamicMapping)
     }
+
+
+def derived_memo(model: nn.Module) -> dict[int, object]:
+    """``copy.deepcopy`` memo entries that leave each mapping's derived state out of a copy of
+    ``model`` (the serving slot's second copy, a retained version): deepcopy would copy the
+    numpy views of the buffers as arrays (96 MB at 4M rows, dropped again at the first
+    base) that view nothing of the copy's. The copy rebuilds its derived state from its own
+    buffers when first used (``DynamicMapping._sorted``), as after a load."""
+    memo: dict[int, object] = {}
+    for mapping in dynamic_mappings(model).values():
+        for name in _DERIVED:
+            value = mapping.__dict__.get(name)
+            if value is not None:
+                memo[id(value)] = None
+    return memo
+
+
+_DERIVED = ("_views", "_lookup", "_placement", "_answer")
 
 
 def owners_before(

@@ -56,6 +56,7 @@ from streamtrain.train.models.dynamic_lookup import (
 from streamtrain.train.models.dynamic_observed import NO_ROWS as _NO_ROWS
 from streamtrain.train.models.dynamic_observed import Observed
 from streamtrain.train.models.dynamic_victims import Placement
+from streamtrain.train.models.dynamic_watch import CELLS, OWNERS, SLOTS, STAMPS, Watch
 from streamtrain.train.models.sparse_params import TableSettings
 
 __all__ = ["EMPTY", "DynamicMapping", "Observed", "mix64", "uniform"]
@@ -106,6 +107,7 @@ class DynamicMapping(nn.Module):
         self._views = _Views.of(self)
         self._placement: Placement | None = None
         self._answer: _Answer | None = None  # the last step's rows (see rows)
+        self.watch = Watch()  # names the rows observe writes, first (.dynamic_watch)
 
     def __setattr__(self, name: str, value: Any) -> None:
         if name in _DERIVED:  # written every step: no parameter, buffer or module bookkeeping
@@ -231,6 +233,7 @@ class DynamicMapping(nn.Module):
         distinct, occurrences, had_empty = count_ids(raw)
         hit, found = lookup.find(distinct)
         seen = found[hit]  # distinct IDs own distinct rows
+        self.watch(STAMPS, seen)
         last_seen, use_count = views.last_seen, views.use_count
         last_seen[seen] = step
         use_count[seen] += occurrences[hit]
@@ -256,6 +259,7 @@ class DynamicMapping(nn.Module):
                 out.refused["filter"] = missed_count - fresh.size
         placed, evicted = self._place(fresh.size, step, placement, out)
         taken = placed.size
+        self.watch(SLOTS, placed)
         out.refused["full"] = fresh.size - taken
         if taken < fresh.size:
             missed, fresh = missed[:taken], fresh[:taken]
@@ -289,6 +293,7 @@ class DynamicMapping(nn.Module):
         stale = placement.recency.pop(step - self.settings.expire_after_steps, self.capacity)
         if stale.size == 0:
             return None
+        self.watch(OWNERS, stale)
         self._views.slot_ids[stale] = EMPTY  # their pairs in the lookup are stale now
         placement.free.add(stale)
         out.evicted["expired"] = stale.size
@@ -312,6 +317,7 @@ class DynamicMapping(nn.Module):
         if self.settings.cells:
             k = self.settings.admit_after
             cells = self._cells(ids)
+            self.watch(CELLS, cells)  # and the cells admission clears: a subset
             filter_counts = self._views.filter_counts
             np.add.at(filter_counts, cells, counts)
             total = np.minimum(filter_counts[cells], k)  # saturating

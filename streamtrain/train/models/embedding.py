@@ -34,8 +34,10 @@ from torch.nn import functional as F
 from streamtrain.sample.sparse_torch import JaggedTensor, SparseInput
 from streamtrain.sample.spec import SparseFeature
 from streamtrain.train.models.dynamic_table import DynamicMapping, Observed
+from streamtrain.train.models.dynamic_watch import Watch
 from streamtrain.train.models.row_layout import RowLookup, ShardLayout
 from streamtrain.train.models.sparse_params import TableSettings
+from streamtrain.train.row_tracker import RowsChanging
 
 Pooling = Literal["sum", "mean"]
 _MIX1 = -7046029254386353131  # 0x9E3779B97F4A7C15 as int64
@@ -148,6 +150,7 @@ class EmbeddingTables(nn.Module):
         # rows changed outside optimizer steps since the row tracker last drained them
         self._dirty: dict[str, npt.NDArray[np.bool_]] = {}
         self._generator = torch.Generator()  # re-seeded for every reset (see observe)
+        self._changing: RowsChanging | None = None  # see watch_rows
 
     @property
     def row_sparse_parameters(self) -> list[str]:
@@ -209,6 +212,13 @@ class EmbeddingTables(nn.Module):
             for name in m.row_sparse_buffers
         ]
 
+    def watch_rows(self, changing: RowsChanging | None) -> None:
+        """Row tracker rule 6: ``changing`` hears of the rows :meth:`observe` will write (weights
+        re-drawn, mapping rows) first, so a snapshot copy saves them (``copy_classes.py``)."""
+        self._changing = changing
+        for table, mapping in self._dynamic.items():
+            mapping.watch = Watch(changing, f"mappings.{_key(table)}.")
+
     def observe(
         self,
         sparse: SparseInput,
@@ -240,6 +250,8 @@ class EmbeddingTables(nn.Module):
             weight = self._weight(table)
             weight_name, slots_name, cells_name = self._mark_names[table]
             if observed.placed.size:
+                if self._changing is not None:
+                    self._changing(weight_name, observed.placed)
                 self._reset_rows(weight, mapping.settings.seed, number, observed)
                 self._mark(weight_name, weight.shape[0], observed.placed)
             # slot_ids, last_seen and use_count change on the same rows: one mask for three
@@ -264,8 +276,10 @@ class EmbeddingTables(nn.Module):
             # that reads the rows comes after, so no saved tensor's version is bypassed)
             weight.detach().numpy()[observed.placed] = fresh.numpy()
         else:
+            # on the host through ``.data``: the version stays, as on the numpy path (rule 6)
             with torch.no_grad():
-                weight[observed.reset.to(weight.device)] = fresh.to(weight)
+                target = weight.data if weight.is_cpu else weight
+                target[observed.reset.to(weight.device)] = fresh.to(weight)
 
     @property
     def _weights_by_state(self) -> dict[str, torch.Tensor]:
