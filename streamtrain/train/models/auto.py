@@ -13,9 +13,9 @@ scores what river's linear model scores; the mix then weighs the heads by their 
 predictions (``hedge_loss: error``), the accuracy the stream is scored by. Under the Hedge
 mix the linear head's output records no graph: the learner writes its gradient in closed form
 (``train/wide_head.py``), and under Adam its group is plain SGD (``train/sgd_groups.py``).
-With ``linear_lr`` None the linear head instead shares the MLP's first matrix multiply (its rows are the first
-``width`` outputs of ``first``) and its Adam. Measured in bench/README.md (Peers) and
-docs/models.md (Defaults and the evidence).
+With ``linear_lr`` None the linear head instead shares the MLP's first matrix multiply (its
+rows are the first ``width`` outputs of ``first``) and its Adam. Measured in bench/README.md
+(Peers) and docs/models.md (Defaults and the evidence).
 """
 
 from __future__ import annotations
