@@ -79,6 +79,16 @@ def uniform_host(ids: Int64s, step: int, seed: int) -> npt.NDArray[np.float64]:
     return ((mix64_host(ids ^ salt) >> 11) & ((1 << 53) - 1)).astype(np.float64) / float(1 << 53)
 
 
+def mix64(x: torch.Tensor) -> torch.Tensor:
+    """SplitMix64's finaliser on int64 (wrap-around products, logical shifts by masks)."""
+    return torch.from_numpy(mix64_host(x.cpu().numpy()))
+
+
+def uniform(ids: torch.Tensor, step: int, seed: int) -> torch.Tensor:
+    """A float64 in [0, 1) per ID, a fixed function of (ID, step, seed)."""
+    return torch.from_numpy(uniform_host(ids.cpu().numpy(), step, seed))
+
+
 def token(slot_ids: torch.Tensor) -> tuple[int, int]:
     """What identifies the contents of ``slot_ids`` as torch last wrote them: a write from
     outside (``load_state_dict``, a served snapshot) moves the version."""

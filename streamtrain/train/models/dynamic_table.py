@@ -49,8 +49,10 @@ from streamtrain.train.models.dynamic_lookup import (
     Int64s,
     SortedLookup,
     count_ids,
+    mix64,
     mix64_host,
     token,
+    uniform,
     uniform_host,
 )
 from streamtrain.train.models.dynamic_observed import NO_ROWS as _NO_ROWS
@@ -60,16 +62,6 @@ from streamtrain.train.models.dynamic_watch import CELLS, OWNERS, SLOTS, STAMPS,
 from streamtrain.train.models.sparse_params import TableSettings
 
 __all__ = ["EMPTY", "DynamicMapping", "Observed", "mix64", "uniform"]
-
-
-def mix64(x: torch.Tensor) -> torch.Tensor:
-    """SplitMix64's finaliser on int64 (wrap-around products, logical shifts by masks)."""
-    return torch.from_numpy(mix64_host(x.cpu().numpy()))
-
-
-def uniform(ids: torch.Tensor, step: int, seed: int) -> torch.Tensor:
-    """A float64 in [0, 1) per ID, a fixed function of (ID, step, seed)."""
-    return torch.from_numpy(uniform_host(ids.cpu().numpy(), step, seed))
 
 
 class DynamicMapping(nn.Module):
