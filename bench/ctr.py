@@ -11,11 +11,15 @@ stream generated beforehand. Peers get the features in their own idiom: River a 
 hashed into 2^``--vw-bits`` weights.
 
     PYTHONPATH=. python bench/ctr.py --samples 60000
+
+The churn mode (an ID universe that keeps growing, hashed vs dynamic tables of equal memory) is
+``bench/ctr_churn.py``; ``bench/ctr.py --churn [its options]`` runs it.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -115,16 +119,25 @@ def run_streamtrain(
     return Result(f"streamtrain {name} (batch {batch})", probs, CLOCK() - started)
 
 
+_HEADER = "| learner | log loss | log loss, 2nd half | AUC | samples/s |\n|---|---|---|---|---|"
+
+
 def run_table(runs: list[Callable[[], Result]], s: Stream) -> list[Result]:
     """Run each learner in turn, printing its row of the results table as it ends."""
-    print("| learner | log loss | log loss, 2nd half | AUC | samples/s |")
-    print("|---|---|---|---|---|")
+    print(_HEADER)
     results = []
     for run in runs:
         result = run()
         results.append(result)
         print(result.row(s.y), flush=True)
     return results
+
+
+def print_table(results: list[Result], s: Stream) -> None:
+    """The results table of learners that ran already (``ctr_churn.taking_turns``)."""
+    print(_HEADER)
+    for result in results:
+        print(result.row(s.y), flush=True)
 
 
 def run_river_fm(s: Stream, factors: int) -> Result:
@@ -172,7 +185,14 @@ def run_vw(s: Stream, bits: int) -> Result:
 
 
 def main() -> None:
+    if "--churn" in sys.argv[1:]:
+        import ctr_churn  # the churn mode's own options and table
+
+        sys.argv.remove("--churn")
+        ctr_churn.main()
+        return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--churn", action="store_true", help="run bench/ctr_churn.py instead")
     parser.add_argument("--samples", type=int, default=60_000)
     parser.add_argument("--users", type=int, default=100_000)
     parser.add_argument("--items", type=int, default=20_000)

@@ -13,9 +13,18 @@ the tables differ, each table given the same bytes:
   + filter fit the hashed table's bytes.
 
 Samples/s are per CPU second of the process (``time.process_time``, one thread), so other
-work on a shared machine moves them less than wall time would. Peers (River FM, Vowpal Wabbit)
-run when installed (``make bench`` installs them). The dynamic
-run's resident set size is sampled as the stream goes: after the tables fill it stays flat.
+work on a shared machine moves them less than wall time would. The streamtrain learners take
+turns on the stream (:func:`taking_turns`: every ``--turn`` batches, one by default), each
+timed on its own turns only, so the machine's load, the caches' state and the collector's
+passes fall on every learner alike: run one after the other, each learner met a different
+minute's load (and in every run seen the later ones ran slower), and the rows swung by up to 30
+points between runs. The order of the turns is shuffled each round: a fixed order moved the
+cost by 1-3 points (a turn is faster or slower by what ran just before it). That column is the
+goal's figure (bench/README.md, "CTR churn"); ``--reverse`` lists the learners the other way
+round (other shuffles), as a check that the order moves no figure.
+Peers (River FM, Vowpal Wabbit) run after, one after the other, when installed (``make bench``
+installs them). The process's resident set size is sampled as the stream goes: after the
+tables fill it stays flat.
 
     PYTHONPATH=. python bench/ctr_churn.py --samples 60000
 """
@@ -23,6 +32,7 @@ run's resident set size is sampled as the stream goes: after the tables fill it 
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib.util
 import os
 import time
@@ -37,8 +47,8 @@ from ctr import (
     Stream,
     _log_loss,
     make_stream,
+    print_table,
     run_river_fm,
-    run_streamtrain,
     run_table,
     run_vw,
 )
@@ -92,12 +102,7 @@ def _dynamic(args: argparse.Namespace, evict: str, fallback: int) -> dict[str, A
 def paired_cost(s: Stream, batch: int, named: dict[str, dict[str, object]]) -> dict[str, float]:
     """CPU seconds per learner when they take turns on the same batches (one batch each in
     turn), so load from other work on the machine falls on every learner alike."""
-    learners = {}
-    for name, params in named.items():
-        torch.manual_seed(0)
-        model = build_model("dlrm", ctr.ctr().spec, params)
-        optimizer = build_optimizer(model.parameters(), "adagrad", 0.05)
-        learners[name] = Learner(model, TaskHead(ctr.ctr().spec), optimizer)
+    learners = {name: _learner(params) for name, params in named.items()}
     seconds = dict.fromkeys(named, 0.0)
     x, y = torch.from_numpy(s.x), torch.from_numpy(s.y)
     users, items = torch.from_numpy(s.users), torch.from_numpy(s.items)
@@ -118,6 +123,68 @@ def paired_cost(s: Stream, batch: int, named: dict[str, dict[str, object]]) -> d
     return seconds
 
 
+def _learner(params: dict[str, object]) -> Learner:
+    torch.manual_seed(0)  # every learner's dense layers start alike
+    model = build_model("dlrm", ctr.ctr().spec, params)
+    return Learner(
+        model, TaskHead(ctr.ctr().spec), build_optimizer(model.parameters(), "adagrad", 0.05)
+    )
+
+
+def taking_turns(
+    s: Stream,
+    batch: int,
+    named: dict[str, dict[str, object]],
+    turn: int = 1,
+    probe: Callable[[int], None] | None = None,
+    seed: int = 0,
+) -> list[Result]:
+    """Every learner of ``named`` through the whole stream prequentially (a batch is predicted,
+    then learned), the learners taking turns every ``turn`` batches, in an order shuffled each
+    round (``seed``); each one's CPU seconds are those of its own turns. Load from other work
+    on the machine, cache pressure and the collector's passes then fall on every learner
+    alike, which one learner after another cannot give (each would meet a different minute's
+    load). The order is shuffled because a fixed one is not neutral: a learner's turn runs
+    faster or slower by what ran just before it (which code and data the caches hold), by 1-3
+    points of the cost here. Accuracy is each learner's alone: the order of turns changes no
+    prediction. ``probe`` is called after each round with the samples done (outside every
+    learner's time)."""
+    learners = list({name: _learner(params) for name, params in named.items()}.items())
+    shuffle = np.random.default_rng(seed)
+    probs = {name: np.zeros(len(s.y)) for name in named}
+    seconds = dict.fromkeys(named, 0.0)
+    x, y = torch.from_numpy(s.x), torch.from_numpy(s.y)
+    users, items = torch.from_numpy(s.users), torch.from_numpy(s.items)
+    ones = torch.ones(batch)
+    gc.collect()
+    gc.freeze()  # what is alive now (the stream, the learners) is no collector's work
+    try:
+        for first in range(0, len(s.y), turn * batch):
+            round_ = []
+            for lo in range(first, min(first + turn * batch, len(s.y)), batch):
+                hi = min(lo + batch, len(s.y))
+                offsets, w = torch.arange(hi - lo), ones[: hi - lo]
+                sparse = {
+                    "user": JaggedTensor(users[lo:hi], offsets, w),
+                    "item": JaggedTensor(items[lo:hi], offsets, w),
+                }
+                round_.append((lo, hi, w, sparse))
+            for at in shuffle.permutation(len(learners)):
+                name, learner = learners[at]
+                out = probs[name]
+                started = time.process_time()
+                for lo, hi, w, sparse in round_:
+                    with torch.no_grad():
+                        out[lo:hi] = torch.sigmoid(learner.model(x[lo:hi], sparse)).numpy()
+                    learner.learn(x[lo:hi], y[lo:hi], w, sparse)
+                seconds[name] += time.process_time() - started
+            if probe is not None:
+                probe(round_[-1][1])
+    finally:
+        gc.unfreeze()
+    return [Result(name, probs[name], seconds[name]) for name in named]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--samples", type=int, default=60_000)
@@ -128,6 +195,12 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=16)
     parser.add_argument("--admit-after", type=int, default=2)
     parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument(
+        "--turn", type=int, default=1, help="batches each streamtrain learner runs in its turn"
+    )
+    parser.add_argument(
+        "--reverse", action="store_true", help="list the streamtrain learners last first"
+    )
     parser.add_argument("--vw-bits", type=int, default=15)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-peers", action="store_true", help="streamtrain learners only")
@@ -142,62 +215,52 @@ def main() -> None:
         f"{args.rows} rows ({distinct[0] / args.rows:.1f}x / {distinct[1] / args.rows:.1f}x "
         "more distinct IDs than rows)"
     )
-    rss: dict[str, list[tuple[int, float]]] = {}
-
-    def sampler(name: str) -> Callable[[int], None]:
-        marks = {args.samples * k // 4 for k in (1, 2, 3, 4)}
-        rss[name] = []
-        batch = args.batch
-
-        def probe(done: int) -> None:
-            if any(done - batch < mark <= done for mark in marks):
-                rss[name].append((done, rss_mib()))
-
-        return probe
-
-    def streamtrain(name: str, tables: dict[str, Any]) -> Callable[[], Result]:
-        def run() -> Result:
-            params = _dlrm(args.dim, tables, args.rows)
-            result = run_streamtrain("dlrm", params, 0.05, s, args.batch, sampler(name))
-            return Result(name, result.probs, result.seconds)
-
-        return run
-
     small = max(1, args.rows // 8)
-    runs: list[Callable[[], Result]] = [
-        streamtrain("hashed", {}),
-        streamtrain("dynamic lru, fallback 1 row", _dynamic(args, "lru", 1)),
-        streamtrain("dynamic lfu, fallback 1 row", _dynamic(args, "lfu", 1)),
-        streamtrain(f"dynamic lru, fallback {small} rows", _dynamic(args, "lru", small)),
-    ]
-    if not args.no_peers and importlib.util.find_spec("river"):
-        runs.append(lambda: run_river_fm(s, 8))
-    if not args.no_peers and importlib.util.find_spec("vowpalwabbit"):
-        runs.append(lambda: run_vw(s, args.vw_bits))
+    named = {
+        "hashed": _dlrm(args.dim, {}, args.rows),
+        "dynamic lru, fallback 1 row": _dlrm(args.dim, _dynamic(args, "lru", 1), args.rows),
+        "dynamic lfu, fallback 1 row": _dlrm(args.dim, _dynamic(args, "lfu", 1), args.rows),
+        f"dynamic lru, fallback {small} rows": _dlrm(
+            args.dim, _dynamic(args, "lru", small), args.rows
+        ),
+    }
+    if args.reverse:
+        named = dict(reversed(named.items()))
     for fallback in (1, small):
         capacity = dynamic_capacity(args.rows, args.dim, fallback, args.admit_after)
         print(f"dynamic tables, fallback {fallback}: capacity {capacity} rows at equal bytes")
-    results = run_table(runs, s)
-    hashed = results[0]
-    for r in results[1:4]:
+    marks = {args.samples * k // 4 for k in (1, 2, 3, 4)}
+    step = args.turn * args.batch
+    rss: list[tuple[int, float]] = []
+
+    def probe(done: int) -> None:
+        if any(done - step < mark <= done for mark in marks):
+            rss.append((done, rss_mib()))
+
+    print(
+        f"streamtrain learners taking turns every {args.turn} batch(es) of {args.batch}, "
+        "in an order shuffled each round:"
+    )
+    results = taking_turns(s, args.batch, named, args.turn, probe, args.seed)
+    print_table(results, s)
+    peers: list[Callable[[], Result]] = []
+    if not args.no_peers and importlib.util.find_spec("river"):
+        peers.append(lambda: run_river_fm(s, 8))
+    if not args.no_peers and importlib.util.find_spec("vowpalwabbit"):
+        peers.append(lambda: run_vw(s, args.vw_bits))
+    if peers:
+        print("peers, one after the other:")
+        run_table(peers, s)
+    by_name = {r.name: r for r in results}
+    hashed = by_name["hashed"]
+    for r in results:
+        if r is hashed:
+            continue
         cost = 1 - hashed.seconds / r.seconds
         gain = _log_loss(s.y, hashed.probs) - _log_loss(s.y, r.probs)
         print(f"{r.name}: log loss {gain:+.4f} better than hashed, samples/s cost {cost:.1%}")
-    paired = paired_cost(
-        s,
-        args.batch,
-        {
-            "hashed": _dlrm(args.dim, {}, args.rows),
-            "dynamic lru": _dlrm(args.dim, _dynamic(args, "lru", 1), args.rows),
-            "dynamic lfu": _dlrm(args.dim, _dynamic(args, "lfu", 1), args.rows),
-        },
-    )
-    for name in ("dynamic lru", "dynamic lfu"):
-        cost = 1 - paired["hashed"] / paired[name]
-        print(f"taking turns on every batch: {name} costs {cost:.1%} samples/s against hashed")
-    for name, marks in rss.items():
-        sizes = ", ".join(f"{done}: {mib:.0f} MiB" for done, mib in marks)
-        print(f"RSS of the process during {name} (samples: RSS): {sizes}")
+    sizes = ", ".join(f"{done}: {mib:.0f} MiB" for done, mib in rss)
+    print(f"RSS of the process, all {len(named)} learners alive (samples: RSS): {sizes}")
 
 
 if __name__ == "__main__":

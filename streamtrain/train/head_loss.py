@@ -1,4 +1,6 @@
-"""``auto``'s heads' training loss and its gradient in one autograd function.
+"""``auto``'s heads' training loss and its gradient in one autograd function, when the linear
+head shares the MLP's first matmul (``linear_lr: null``); by default the linear head learns in
+closed form instead (:mod:`.wide_head`).
 
 Autograd would record the per-head loss, its sample weighting, the sums and the stack of the
 heads as a node each, and run as many backward steps (about a dozen small operations in a

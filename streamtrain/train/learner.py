@@ -136,6 +136,7 @@ class Learner:
         self._scaler = (
             torch.amp.GradScaler(self.device.type) if autocast_dtype == torch.float16 else None
         )
+        self._objective.scaler = self._scaler  # closed-form gradients are scaled too
         model.train()
         self.snapshot_good_state()
 

@@ -29,6 +29,7 @@ from streamtrain.train.head_loss import heads_loss
 from streamtrain.train.models.hedge import HeadsSeen, HedgeMixer, find_mixer
 from streamtrain.train.models.target_scale import TargetStandardize, find_target_scaler
 from streamtrain.train.task import TaskHead
+from streamtrain.train.wide_head import classification_loss, linear_grads, regression_loss
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,11 @@ class Objective:
         # the target scaler's input tensor, the mixer's HeadsSeen
         self._captured: dict[str, Any] = {}
         self._classes: torch.Tensor | None = None  # multiclass: see _class_index
+        # auto's linear head (weight, bias) when it learns in closed form (wide_head.py)
+        self._linear = _closed_form_linear_head(model)
+        # the learner's fp16 loss scaler: the closed-form gradients are scaled as backward's
+        # are, since the scaler unscales every gradient of the optimizer's parameters
+        self.scaler: torch.amp.GradScaler | None = None
 
     @contextlib.contextmanager
     def capture(self) -> Iterator[None]:
@@ -108,6 +114,8 @@ class Objective:
         """Every head's loss in one call: heads last, ``[n, width, heads]`` (binary ``[n,
         heads]``), labels broadcast along them."""
         assert self.mixer is not None
+        if seen.features is not None:
+            return self._closed_form_losses(seen, mixed, labels, w)
         if self.head.spec.task == "regression":
             return self._regression_head_losses(seen.stacked, mixed, labels, w)
         stacked = seen.stacked
@@ -148,6 +156,28 @@ class Objective:
             mix_sums = sums * total
         return StepLoss(train, reported, mix_sums)
 
+    def _closed_form_losses(
+        self, seen: HeadsSeen, mixed: torch.Tensor, labels: torch.Tensor, w: torch.Tensor
+    ) -> StepLoss:
+        """The MLP head's loss for backward, and the linear head's gradient written in closed
+        form (:mod:`.wide_head`): the first head has no graph."""
+        assert self.mixer is not None and seen.features is not None
+        if self._linear is None or len(seen.heads) != 2:
+            raise RuntimeError(
+                "the model's mixer gave the linear head's features, but the model holds no "
+                "closed-form linear head (closed_form_linear_head) or not exactly two heads"
+            )
+        if self.head.spec.task == "regression":
+            parts = regression_loss(seen, mixed, labels, w, self.head)
+        else:
+            parts = classification_loss(seen, mixed, labels, w, self.mixer.criterion)
+        grads = linear_grads(parts.grad_out, seen.features)
+        if self.scaler is not None:
+            grads = self.scaler.scale(grads)
+        for param, grad in zip(self._linear, grads, strict=True):
+            param.grad = grad
+        return StepLoss(parts.train, parts.reported, parts.head_sums)
+
     def _class_index(self, stacked: torch.Tensor) -> torch.Tensor:
         """``[1, classes, heads]``: each class's index, along every head, on the heads'
         device; made once (a constant), so comparing labels with it costs one kernel."""
@@ -179,3 +209,15 @@ class Objective:
         """An applied step's head losses move the mixer (every rank alike, see hedge.py)."""
         if self.mixer is not None and loss.head_sums is not None:
             self.mixer.observe(loss.head_sums, samples)
+
+
+def _closed_form_linear_head(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``(weight, bias)`` of the model's linear head that learns in closed form (``auto``
+    under the Hedge mix with ``linear_lr`` set: models/auto.py), or None."""
+    for module in model.modules():
+        found = getattr(module, "closed_form_linear_head", None)
+        if callable(found):
+            head = found()
+            if head is not None:
+                return head  # type: ignore[no-any-return]
+    return None

@@ -11,18 +11,13 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 
+from streamtrain.train.sgd_groups import AdamSGD, AdamWSGD
 from streamtrain.train.step_size import ScaleRule, StepSamples, step_lr_scale
 
 OptimizerName = Literal["sgd", "adam", "adamw", "adagrad", "rmsprop"]
 ScheduleName = Literal["constant", "cosine", "step", "inverse_sqrt"]
 
 _MOMENTUM_USERS = ("sgd", "rmsprop")
-
-# Adam's update is lr * m / (sqrt(v) + eps): with beta1 = 0 (m = g) and eps far above the
-# gradients' RMS sqrt(v), it is (lr / eps) * g to within sqrt(v) / eps, i.e. plain SGD at
-# lr / eps. Standardised inputs keep a linear head's gradients O(1), so 1e3 puts the
-# difference near 0.1%; the rare gradient near eps is damped, never amplified.
-_SGD_EPS = 1e3
 
 ParamGroup = dict[str, Any]
 
@@ -44,9 +39,10 @@ def param_groups(model: nn.Module, name: OptimizerName) -> list[ParamGroup]:
 
     Why: one Adam step per sample moves every weight by about ``lr`` whatever its gradient, so
     a linear model that has converged keeps jittering by ``lr``; SGD's steps shrink with the
-    gradient (bench/README.md, Peers). Under Adam the second group is Adam with ``beta1 = 0``
-    and ``eps`` 1e3, which is SGD (see ``_SGD_EPS``): one optimizer, so checkpoints, the
-    schedule and the distributed step treat it as any other. The schedule scales both groups.
+    gradient (bench/README.md, Peers). Under Adam the second group is marked ``"sgd": True``
+    and :func:`build_optimizer` makes the Adam of :mod:`.sgd_groups`, which steps it as plain
+    SGD: one optimizer, so checkpoints, the schedule and the distributed step treat it as any
+    other. The schedule scales both groups.
 
     >>> from streamtrain.sample.spec import SampleSpec
     >>> from streamtrain.train.models import build_model
@@ -55,7 +51,7 @@ def param_groups(model: nn.Module, name: OptimizerName) -> list[ParamGroup]:
     1
     >>> model = build_model("auto", spec, {})
     >>> [sorted(set(group) - {"params"}) for group in param_groups(model, "adam")]
-    [[], ['betas', 'eps', 'lr', 'weight_decay']]
+    [[], ['lr', 'sgd', 'weight_decay']]
     >>> sorted(param_groups(model, "sgd")[1])
     ['lr', 'momentum', 'params', 'weight_decay']
     """
@@ -68,13 +64,12 @@ def param_groups(model: nn.Module, name: OptimizerName) -> list[ParamGroup]:
     linear = model.linear_head_parameters()
     ids = {id(p) for p in linear}
     rest = [p for p in model.parameters() if id(p) not in ids]
-    # no weight decay on the linear head (river's linear models: l2 = 0); under AdamW it would
-    # be lr * wd with the eps-sized lr below
+    # no weight decay on the linear head (river's linear models: l2 = 0)
     group: ParamGroup = {"params": linear, "lr": model.linear_lr, "weight_decay": 0.0}
     if name == "sgd":
         group["momentum"] = 0.0
     else:
-        group.update(lr=model.linear_lr * _SGD_EPS, betas=(0.0, 0.999), eps=_SGD_EPS)
+        group["sgd"] = True
     return [{"params": rest}, group]
 
 
@@ -145,7 +140,12 @@ def build_optimizer(
             and kinds <= {"cpu", "cuda"}
             and all(p.is_floating_point() for p in tensors)
         )
-        cls = torch.optim.Adam if name == "adam" else torch.optim.AdamW
+        plain = any(g.get("sgd") for g in plist)  # param_groups' plain-SGD linear head
+        cls: type[Optimizer]
+        if name == "adam":
+            cls = AdamSGD if plain else torch.optim.Adam
+        else:
+            cls = AdamWSGD if plain else torch.optim.AdamW
         return cls(plist, lr=lr, weight_decay=weight_decay, fused=fused or None)
     if name == "adagrad":
         return torch.optim.Adagrad(plist, lr=lr, weight_decay=weight_decay)

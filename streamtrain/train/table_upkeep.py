@@ -97,6 +97,40 @@ class _Series:
             self._occupancy = occupancy
 
 
+class _HostRows:
+    """The per-row optimizer state of one table weight as numpy views with their reset values,
+    kept while the optimizer keeps those very tensors (a checkpoint load or a rollback gives
+    it new ones)."""
+
+    __slots__ = ("state", "tensors", "views")
+
+    def __init__(self, state: dict[str, Any], views: list[tuple[Any, float]]) -> None:
+        self.state, self.tensors, self.views = state, dict(state), views
+
+    def holds(self, state: dict[str, Any]) -> bool:
+        tensors = self.tensors
+        return (
+            state is self.state
+            and len(state) == len(tensors)
+            and all(state.get(name) is value for name, value in tensors.items())
+        )
+
+    @classmethod
+    def of(cls, state: dict[str, Any], rows: int, group: dict[str, Any]) -> _HostRows | None:
+        """None when some per-row state is off the host or not float (the general path)."""
+        views = []
+        for name, value in state.items():
+            if not isinstance(value, torch.Tensor) or value.dim() == 0:
+                continue  # a step count: shared by the whole table
+            if value.shape[0] != rows:
+                continue
+            if not value.is_cpu or value.dtype not in _HOST_DTYPES:
+                return None
+            fill = group.get("initial_accumulator_value", 0.0) if name == "sum" else 0.0
+            views.append((value.numpy(), fill))
+        return cls(state, views)
+
+
 class TableUpkeep:
     """Runs the dynamic tables of ``model`` (none: :meth:`find` returns None)."""
 
@@ -104,6 +138,8 @@ class TableUpkeep:
         self._tables = tables
         self._optimizer = optimizer
         self._series = {t: _Series(t) for module in tables for t in module.dynamic}
+        self._capacity = {t: m.capacity for module in tables for t, m in module.dynamic.items()}
+        self._host_rows: dict[int, _HostRows] = {}  # by id of the weight
         # each table weight's parameter group, for the param_groups list it was found in (a
         # checkpoint load replaces the list and its groups)
         self._groups: dict[int, dict[str, Any]] = {}
@@ -122,12 +158,27 @@ class TableUpkeep:
             group = self._groups[id(weight)] = group_of(self._optimizer, weight)
         return group
 
+    def _reset_optimizer_rows(self, weight: torch.Tensor, rows: Int64s) -> None:
+        """:func:`reset_optimizer_rows` through numpy views kept from step to step (the state
+        is found, checked and viewed once, not each step)."""
+        state = self._optimizer.state.get(weight)
+        if not state:
+            return
+        kept = self._host_rows.get(id(weight))
+        if kept is None or not kept.holds(state):
+            group = self._group(weight)
+            kept = _HostRows.of(state, weight.shape[0], group)
+            if kept is None:
+                reset_optimizer_rows(self._optimizer, weight, rows, group)
+                return
+            self._host_rows[id(weight)] = kept
+        for view, fill in kept.views:
+            view[rows] = fill
+
     def before_step(self, sparse: SparseInput | None, gather: Gather | None) -> None:
         """Admit, evict and reset for one step's batch (``gather``: see ``observe``)."""
         for module in self._tables:
             for table, weight, observed in module.observe(sparse or {}, gather):
                 if observed.admitted:
-                    group = self._group(weight)
-                    reset_optimizer_rows(self._optimizer, weight, observed.placed, group)
-                capacity = module.dynamic[table].capacity
-                self._series[table].count(observed, observed.owned / capacity)
+                    self._reset_optimizer_rows(weight, observed.placed)
+                self._series[table].count(observed, observed.owned / self._capacity[table])

@@ -170,3 +170,20 @@ def test_the_slots_two_copies_share_one_lookup_made_once_per_base_and_delta() ->
     _same(mappings[0].lookup(), SortedLookup.build(mappings[0].slot_ids))
     for mapping in mappings:
         assert mapping.rows(moved).tolist() == [a, b]
+
+
+def test_the_host_mix_is_torchs_splitmix_bit_for_bit() -> None:
+    """``mix64_host`` (fallback rows, admission draws) runs on a uint64 view of the IDs; it must
+    give the bits of the int64 finaliser torch computes for hashed tables, over the whole int64
+    range, or a server and a trainer, or old and new checkpoints, would disagree on rows."""
+    rng = np.random.default_rng(7)
+    edges = np.array([0, 1, -1, 2**62, -(2**62), 2**63 - 1, EMPTY], dtype=np.int64)
+    ids = np.concatenate([rng.integers(EMPTY, 2**63 - 1, 50_000, endpoint=True), edges])
+    z = torch.from_numpy(ids) * -7046029254386353131
+    z = (z ^ ((z >> 30) & ((1 << 34) - 1))) * -4658895280553007687
+    z = (z ^ ((z >> 27) & ((1 << 37) - 1))) * -7723592293110705685
+    expected = z ^ ((z >> 31) & ((1 << 33) - 1))
+    mixed = dynamic_lookup.mix64_host(ids)
+    assert mixed.dtype == np.int64
+    assert np.array_equal(mixed, expected.numpy())
+    assert np.array_equal(ids[-len(edges) :], edges)  # the input is left as it was

@@ -1,9 +1,12 @@
 """The per-step upkeep of dynamic tables on its host fast paths: reset rows drawn alike whether
 written through a numpy view (float32 on the CPU) or through torch (any other dtype), the
 weight left an autograd leaf; optimizer rows reset through numpy views or ``index_fill_``; the
-parameter group found again after a checkpoint load replaced the optimizer's groups."""
+parameter group found again after a checkpoint load replaced the optimizer's groups; the views
+kept from step to step (optimizer state, weights) following replaced tensors and copies."""
 
 from __future__ import annotations
+
+from copy import deepcopy
 
 import torch
 
@@ -88,3 +91,45 @@ def test_the_parameter_group_is_found_again_after_a_checkpoint_load() -> None:
     sums = optimizer.state[weight]["sum"]
     assert sums[rows].unique().tolist() == [0.75]
     assert float(sums.sum()) == 9.0 * (sums.numel() - rows.numel() * 4) + 0.75 * rows.numel() * 4
+
+
+def test_kept_optimizer_views_follow_a_state_tensor_replaced_in_place_of_the_old() -> None:
+    """The upkeep keeps numpy views of the optimizer's per-row state from step to step: a state
+    tensor replaced in the same state dict (as a rollback may) is the one reset next."""
+    tables = _tables(torch.float32)
+    optimizer = torch.optim.Adagrad(tables.parameters(), initial_accumulator_value=0.25)
+    upkeep = TableUpkeep([tables], optimizer)
+    upkeep.before_step(_batch(*range(6)), None)  # fills both tables: the views are kept
+    weight = tables._weight("items")
+    old = optimizer.state[weight]["sum"]
+    optimizer.state[weight]["sum"] = torch.full_like(old, 9.0)
+    old.fill_(5.0)
+    before = tables.dynamic["items"].slot_ids.clone()
+    upkeep.before_step(_batch(70, 71, 72), None)  # three evictions in each table
+    rows = (tables.dynamic["items"].slot_ids != before).nonzero().squeeze(1)
+    assert rows.numel() == 3
+    sums = optimizer.state[weight]["sum"]
+    assert sums[rows].unique().tolist() == [0.25]
+    kept = torch.ones(sums.shape[0], dtype=torch.bool)
+    kept[rows] = False
+    assert sums[kept].unique().tolist() == [9.0]
+    assert old.unique().tolist() == [5.0]  # the replaced tensor is no longer written
+
+
+def test_a_copy_of_the_tables_resets_its_own_rows_and_carries_no_host_cache() -> None:
+    """Reset rows are written through a kept numpy view of the weight: a deep copy (the serving
+    slot's second copy) carries no such view, so its resets land in its own weights and the
+    original's stay as they were."""
+    original = _tables(torch.float32)
+    original.observe(_batch(*range(6)))  # fills both tables
+    original.observe(_batch(40, 41))  # a reset: the weights' views are kept now
+    assert original._host_weights
+    copy = deepcopy(original)
+    assert not copy._host_weights and copy._draws[0].numel() == 0
+    kept = {t: original._weight(t).detach().clone() for t in ("items", "users")}
+    done = {t: o for t, _, o in copy.observe(_batch(50, 51))}
+    for table in ("items", "users"):
+        rows = done[table].reset
+        assert rows.numel() == 2
+        assert torch.equal(original._weight(table).detach(), kept[table])
+        assert not torch.equal(copy._weight(table).detach()[rows], kept[table][rows])

@@ -10,10 +10,12 @@ By default (``linear_lr`` 0.01) the linear head is river's LogisticRegression /
 LinearRegression: a layer of its own (``wide``), zero-initialised, which
 ``optim.param_groups`` steps as plain SGD at 0.01, so on a linear concept the best head
 scores what river's linear model scores; the mix then weighs the heads by their recent wrong
-predictions (``hedge_loss: error``), the accuracy the stream is scored by. With ``linear_lr``
-None the linear head instead shares the MLP's first matrix multiply (its rows are the first
-``width`` outputs of ``first``) and its Adam. Measured in bench/README.md (Peers) and
-docs/models.md (Defaults and the evidence).
+predictions (``hedge_loss: error``), the accuracy the stream is scored by. Under the Hedge
+mix the linear head's output records no graph: the learner writes its gradient in closed form
+(``train/wide_head.py``), and under Adam its group is plain SGD (``train/sgd_groups.py``).
+With ``linear_lr`` None the linear head instead shares the MLP's first matrix multiply (its
+rows are the first ``width`` outputs of ``first``) and its Adam. Measured in bench/README.md
+(Peers) and docs/models.md (Defaults and the evidence).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 import torch
+import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
@@ -111,17 +114,37 @@ class LinearAndMLP(nn.Module):
         self.body = nn.Sequential(*layers)
         self.deep = nn.Linear(sizes[-1], self.width)
         self.head = CombinedHead(spec, params)
+        # under the Hedge mix the linear head learns from its own loss alone, whose gradient
+        # the learner writes in closed form (train/wide_head.py): its output needs no graph
+        self._wide_closed_form = self.wide is not None and self.head.mixer is not None
 
     def linear_head_parameters(self) -> list[nn.Parameter]:
         """The linear head's own weights, stepped as plain SGD (``optim.param_groups``); none
         when it shares the first matmul (``linear_lr`` unset)."""
         return [] if self.wide is None else list(self.wide.parameters())
 
+    def closed_form_linear_head(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``(weight, bias)`` of the linear head when its output has no graph and the learner
+        writes its gradient in closed form (Hedge mix, ``linear_lr`` set), else None."""
+        if not self._wide_closed_form or self.wide is None:
+            return None
+        return self.wide.weight, self.wide.bias
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.flatten(1)
         if self.standardize is not None:
             x = self.standardize(x)
         hidden = self.first(x)
+        if self._wide_closed_form:
+            deep = self.deep(self.body(hidden))
+            wide_layer = self.wide
+            assert wide_layer is not None
+            # one context for the linear head and the mix: neither records a graph (the
+            # head's gradient is written in closed form, train/wide_head.py)
+            with torch.no_grad():
+                wide = F.linear(x, wide_layer.weight, wide_layer.bias)
+                closed: torch.Tensor = self.head(wide, deep, x)
+            return closed
         if self.wide is None:
             wide, hidden = hidden[:, : self.width], hidden[:, self.width :]
         else:
@@ -151,10 +174,13 @@ class CombinedHead(nn.Module):
         self.targets = make_target_scaler(params, spec)
         self._squeeze = spec.task == "binary"
 
-    def forward(self, wide: torch.Tensor, deep: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, wide: torch.Tensor, deep: torch.Tensor, features: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``features``: the linear head's input when its output ``wide`` has no graph."""
         out: torch.Tensor
         if self.mixer is not None:
-            out = self.mixer(wide, deep)  # binary: already the logits [n]
+            out = self.mixer(wide, deep, features=features)  # binary: already the logits [n]
         else:
             out = wide + deep
             if self._squeeze:

@@ -54,19 +54,39 @@ GOLDEN = -7046029254386353131  # 0x9E3779B97F4A7C15 as int64
 
 
 def mix64_host(x: Int64s) -> Int64s:
-    """SplitMix64's finaliser on int64 host arrays (the admission draw, the fallback rows)."""
-    # numpy int64 arrays wrap around on overflow and shift arithmetically, as torch's do
-    z = np.asarray(x, dtype=np.int64) * np.int64(GOLDEN)
-    z = (z ^ ((z >> 30) & ((1 << 34) - 1))) * np.int64(-4658895280553007687)
-    z = (z ^ ((z >> 27) & ((1 << 37) - 1))) * np.int64(-7723592293110705685)
-    out: Int64s = z ^ ((z >> 31) & ((1 << 33) - 1))
+    """SplitMix64's finaliser on int64 host arrays (the admission draw, the fallback rows): the
+    bits of torch's int64 version (``embedding.hash_rows``, ``dynamic_table.mix64``), computed
+    on a uint64 view, where products wrap around alike and shifts are logical, so no masks
+    are needed and the steps run in place (9 operations where int64 took 13)."""
+    z = np.asarray(x, dtype=np.int64).view(np.uint64) * _GOLDEN_U  # a new array
+    z ^= z >> _S30
+    z *= _MIX1_U
+    z ^= z >> _S27
+    z *= _MIX2_U
+    z ^= z >> _S31
+    out: Int64s = z.view(np.int64)
     return out
+
+
+_GOLDEN_U = np.uint64(0x9E3779B97F4A7C15)  # GOLDEN as uint64
+_MIX1_U, _MIX2_U = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+_S30, _S27, _S31 = np.uint64(30), np.uint64(27), np.uint64(31)
 
 
 def uniform_host(ids: Int64s, step: int, seed: int) -> npt.NDArray[np.float64]:
     """A float64 in [0, 1) per ID, a fixed function of (ID, step, seed)."""
     salt = mix64_host(np.array([step * 1_000_003 + seed]))[0]
     return ((mix64_host(ids ^ salt) >> 11) & ((1 << 53) - 1)).astype(np.float64) / float(1 << 53)
+
+
+def mix64(x: torch.Tensor) -> torch.Tensor:
+    """SplitMix64's finaliser on int64 (wrap-around products, logical shifts by masks)."""
+    return torch.from_numpy(mix64_host(x.cpu().numpy()))
+
+
+def uniform(ids: torch.Tensor, step: int, seed: int) -> torch.Tensor:
+    """A float64 in [0, 1) per ID, a fixed function of (ID, step, seed)."""
+    return torch.from_numpy(uniform_host(ids.cpu().numpy(), step, seed))
 
 
 def token(slot_ids: torch.Tensor) -> tuple[int, int]:

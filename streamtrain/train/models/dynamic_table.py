@@ -49,8 +49,10 @@ from streamtrain.train.models.dynamic_lookup import (
     Int64s,
     SortedLookup,
     count_ids,
+    mix64,
     mix64_host,
     token,
+    uniform,
     uniform_host,
 )
 from streamtrain.train.models.dynamic_observed import NO_ROWS as _NO_ROWS
@@ -60,16 +62,6 @@ from streamtrain.train.models.dynamic_watch import CELLS, OWNERS, SLOTS, STAMPS,
 from streamtrain.train.models.sparse_params import TableSettings
 
 __all__ = ["EMPTY", "DynamicMapping", "Observed", "mix64", "uniform"]
-
-
-def mix64(x: torch.Tensor) -> torch.Tensor:
-    """SplitMix64's finaliser on int64 (wrap-around products, logical shifts by masks)."""
-    return torch.from_numpy(mix64_host(x.cpu().numpy()))
-
-
-def uniform(ids: torch.Tensor, step: int, seed: int) -> torch.Tensor:
-    """A float64 in [0, 1) per ID, a fixed function of (ID, step, seed)."""
-    return torch.from_numpy(uniform_host(ids.cpu().numpy(), step, seed))
 
 
 class DynamicMapping(nn.Module):
@@ -100,7 +92,8 @@ class DynamicMapping(nn.Module):
             self.register_buffer("filter_counts", torch.zeros(settings.cells, dtype=torch.int64))
         self.register_buffer("step", torch.zeros((), dtype=torch.int64))
         self._seed_mix = mix64_host(np.array([settings.seed]))[0]  # numpy scalars: no
-        # conversion of a Python int per operation (see _cells)
+        # conversion of a Python int per operation (see _cells, _admit)
+        self._scalars = np.int64(settings.cells), np.int64(settings.admit_after)
         self._lookup: SortedLookup | None = None  # see _sorted
         # derived with the lookup, dropped when it is rebuilt (the buffers were written from
         # outside): numpy views of the buffers, and the free rows and victim orders
@@ -257,7 +250,9 @@ class DynamicMapping(nn.Module):
             counts, cells = counts[kept], cells[kept]
             if self.settings.admit_probability == 1:  # the filter alone refused the rest
                 out.refused["filter"] = missed_count - fresh.size
-        placed, evicted = self._place(fresh.size, step, placement, out)
+        # without expiry the owned rows not seen now are those owned before less those seen
+        unseen = lookup.owned - seen.size if expired is None else None
+        placed, evicted = self._place(fresh.size, step, placement, out, unseen)
         taken = placed.size
         self.watch(SLOTS, placed)
         out.refused["full"] = fresh.size - taken
@@ -303,7 +298,7 @@ class DynamicMapping(nn.Module):
         # Fibonacci hashing (the product's high bits): 3 ops where mix64 takes 12, and the
         # filter only needs IDs spread over its cells
         mixed: Int64s = ((ids ^ self._seed_mix) * _GOLDEN) >> 24
-        cells: Int64s = np.remainder(mixed, self.settings.cells)
+        cells: Int64s = np.remainder(mixed, self._scalars[0])
         return cells
 
     def _admit(
@@ -315,7 +310,7 @@ class DynamicMapping(nn.Module):
         passed = None
         cells = ids
         if self.settings.cells:
-            k = self.settings.admit_after
+            k = self._scalars[1]
             cells = self._cells(ids)
             self.watch(CELLS, cells)  # and the cells admission clears: a subset
             filter_counts = self._views.filter_counts
@@ -337,15 +332,19 @@ class DynamicMapping(nn.Module):
                 passed &= drawn
         return passed, cells
 
-    def _place(self, n: int, step: int, placement: Placement, out: Observed) -> tuple[Int64s, int]:
+    def _place(
+        self, n: int, step: int, placement: Placement, out: Observed, unseen: int | None
+    ) -> tuple[Int64s, int]:
         """Rows for ``n`` admitted IDs, free ones then evicted ones; and how many were evicted
-        (their owners' pairs in the lookup are stale once the rows are written)."""
+        (their owners' pairs in the lookup are stale once the rows are written). ``unseen``:
+        owned rows not seen in this step, when known (see :meth:`Placement.victims`)."""
         if n == 0:
             return _NO_ROWS, 0
         free = placement.free.take(n)
         if free.size == n:
             return free, 0
-        victims = placement.victims(n - free.size, step, free)  # the free list is empty now
+        # the free list is empty now
+        victims = placement.victims(n - free.size, step, free, unseen)
         out.evicted[self.settings.evict] = victims.size
         return (np.concatenate([free, victims]) if free.size else victims), victims.size
 

@@ -241,15 +241,18 @@ class FrequencyScan:
     def __init__(self, owners: Int64s, last_seen: Int64s, use_count: Int64s) -> None:
         self._owners, self._last_seen, self._use_count = owners, last_seen, use_count
         self._row_index = np.arange(owners.size, dtype=np.int64)
+        self._rows = np.int64(owners.size)  # a numpy scalar: no Python int converted per step
 
     def push(self, stamp: int, rows: Int64s) -> None:
         """Nothing to keep: the buffers are the state."""
 
-    def pop(self, limit: int, step: int, taken: Int64s | None = None) -> Int64s:
-        """``taken``: see :meth:`Placement.victims` (None: the empty rows are found here)."""
+    def pop(
+        self, limit: int, step: int, taken: Int64s | None = None, count: int | None = None
+    ) -> Int64s:
+        """``taken``, ``count``: see :meth:`Placement.victims` (None: found here)."""
         last_seen = self._last_seen
         evictable = _evictable(self._owners, last_seen, step, taken)
-        m = min(limit, int(np.count_nonzero(evictable)))
+        m = min(limit, int(np.count_nonzero(evictable)) if count is None else count)
         if m == 0:
             return _NO_ROWS
         uses = np.where(evictable, self._use_count, _BIG)
@@ -257,7 +260,7 @@ class FrequencyScan:
         ordered.partition(m - 1)
         threshold = ordered[m - 1]
         below = (uses < threshold).nonzero()[0]
-        recency = last_seen * self._owners.size + self._row_index  # unique keys: ties end alike
+        recency = last_seen * self._rows + self._row_index  # unique keys: ties end alike
         tied = np.where(uses == threshold, recency, _BIG)
         k = m - below.size
         part = tied.argpartition(k - 1)[:k]
@@ -273,20 +276,25 @@ class RecencyScan:
     def __init__(self, owners: Int64s, last_seen: Int64s) -> None:
         self._owners, self._last_seen = owners, last_seen
         self._row_index = np.arange(owners.size, dtype=np.int64)
+        self._rows = np.int64(owners.size)  # a numpy scalar: no Python int converted per step
 
-    def pop(self, limit: int, step: int, taken: Int64s | None = None) -> Int64s:
-        """``taken``: see :meth:`Placement.victims` (None: the empty rows are found here)."""
+    def pop(
+        self, limit: int, step: int, taken: Int64s | None = None, count: int | None = None
+    ) -> Int64s:
+        """``taken``, ``count``: see :meth:`Placement.victims` (None: found here)."""
         n = self._owners.size
         # unique keys in (last_seen, row) order (last_seen * rows stays far below 2**63); a row
         # stamped in this step has a key of at least step * n, above every evictable row's, so
         # only the empty rows need a mask
-        keys = self._last_seen * n
+        keys = self._last_seen * self._rows
         keys += self._row_index
         if taken is None:
             keys[self._owners == EMPTY] = _BIG
         elif taken.size:
             keys[taken] = _BIG
-        m = min(limit, int(np.count_nonzero(keys < step * n)))
+        if count is None:
+            count = int(np.count_nonzero(keys < step * n))
+        m = min(limit, count)
         if m == 0:
             return _NO_ROWS
         part = keys.argpartition(m - 1)[:m]
@@ -340,19 +348,25 @@ class Placement:
         else:
             self._victims = RecencyScan(owners, last_seen)
 
-    def victims(self, limit: int, step: int, taken: Int64s | None = None) -> Int64s:
+    def victims(
+        self, limit: int, step: int, taken: Int64s | None = None, count: int | None = None
+    ) -> Int64s:
         """Up to ``limit`` owned rows not seen in ``step`` to evict, in the documented order.
         ``taken``: the free rows this step has just taken, when the caller knows the free
         list is now empty; then they are the table's only empty rows (a table without
         expiry frees no row: its empty rows are the free list), which spares the scans a
-        pass over ``slot_ids``. None: the scans look for the empty rows themselves."""
+        pass over ``slot_ids``. None: the scans look for the empty rows themselves.
+        ``count``: how many owned rows were not seen in ``step``, when the caller knows it
+        (the rows owned before the step less those it saw, in a table that frees none): the
+        scans then need not count them."""
         victims = self._victims
         if isinstance(victims, RecencyQueue):
             return victims.pop(step, limit)  # every stamp queued is before step
         if isinstance(victims, FrequencyRuns):
             return victims.pop(limit, step)
-        # a table that expires rows: the scans find its empty rows themselves
-        return victims.pop(limit, step, None if self.recency is not None else taken)
+        if self.recency is not None:  # a table that expires rows: the scans find its empty
+            return victims.pop(limit, step)  # rows and count its evictable ones themselves
+        return victims.pop(limit, step, taken, count)
 
     def stamped(self, step: int, rows: Int64s) -> None:
         """Rows (distinct) whose ``last_seen`` became ``step``."""

@@ -151,6 +151,15 @@ class EmbeddingTables(nn.Module):
         self._dirty: dict[str, npt.NDArray[np.bool_]] = {}
         self._generator = torch.Generator()  # re-seeded for every reset (see observe)
         self._changing: RowsChanging | None = None  # see watch_rows
+        self._draws = _no_draws()  # the reset rows' draw buffer and its view (_reset_rows)
+        self._host_weights: dict[int, tuple[torch.Tensor, int, npt.NDArray[np.float32]]] = {}
+
+    def __getstate__(self) -> dict[str, object]:
+        """A copy (``copy.deepcopy``: the serving slot's second copy) starts without the host
+        caches, which would copy whole weights; they are made again when needed."""
+        state = self.__dict__.copy()
+        state["_host_weights"], state["_draws"] = {}, _no_draws()
+        return state
 
     @property
     def row_sparse_parameters(self) -> list[str]:
@@ -242,11 +251,13 @@ class EmbeddingTables(nn.Module):
             )
         if gather is not None:
             ids = gather(ids)
+        # every table's decisions first, then the resets: the decisions' numpy code runs back
+        # to back, before the draws' torch code takes the caches
+        steps = [mapping.observe(i) for mapping, i in zip(tables.values(), ids, strict=True)]
         done = []
-        for number, ((table, mapping), table_ids) in enumerate(
-            zip(tables.items(), ids, strict=True)
+        for number, ((table, mapping), observed) in enumerate(
+            zip(tables.items(), steps, strict=True)
         ):
-            observed = mapping.observe(table_ids)
             weight = self._weight(table)
             weight_name, slots_name, cells_name = self._mark_names[table]
             if observed.placed.size:
@@ -256,7 +267,7 @@ class EmbeddingTables(nn.Module):
                 self._mark(weight_name, weight.shape[0], observed.placed)
             # slot_ids, last_seen and use_count change on the same rows: one mask for three
             self._mark(slots_name, mapping.capacity, observed.changed_slots)
-            if mapping.settings.cells and observed.changed_cells.size:
+            if observed.changed_cells.size:
                 self._mark(cells_name, mapping.settings.cells, observed.changed_cells)
             done.append((table, weight, observed))
         return done
@@ -268,18 +279,41 @@ class EmbeddingTables(nn.Module):
         does, in one operation less."""
         step = observed.step
         seed = ((seed * 1_000_003 + step) * 64 + number) % (1 << 63)
-        fresh = torch.empty(observed.placed.size, self.dim).normal_(
-            0.0, self.init_std, generator=self._generator.manual_seed(seed)
-        )
-        if weight.is_cpu and weight.dtype == torch.float32:
+        generator = self._generator.manual_seed(seed)
+        n = observed.placed.size
+        host = self._host_weight(weight)
+        if host is not None:
             # through numpy views: no autograd mode to enter, no index dispatch (the forward
-            # that reads the rows comes after, so no saved tensor's version is bypassed)
-            weight.detach().numpy()[observed.placed] = fresh.numpy()
-        else:
-            # on the host through ``.data``: the version stays, as on the numpy path (rule 6)
-            with torch.no_grad():
-                target = weight.data if weight.is_cpu else weight
-                target[observed.reset.to(weight.device)] = fresh.to(weight)
+            # that reads the rows comes after, so no saved tensor's version is bypassed); the
+            # draw lands in a reused buffer (normal_ fills a contiguous block alike, fresh or
+            # not), the weight's view is kept while the weight stays
+            draws, draws_host = self._draws
+            if draws.shape[0] < n:
+                draws = torch.empty(max(n, 2 * draws.shape[0]), self.dim)
+                draws_host = draws.numpy()
+                self._draws = draws, draws_host
+            draws[:n].normal_(0.0, self.init_std, generator=generator)
+            host[observed.placed] = draws_host[:n]
+            return
+        fresh = torch.empty(n, self.dim).normal_(0.0, self.init_std, generator=generator)
+        # on the host through ``.data``: the version stays, as on the numpy path (rule 6)
+        with torch.no_grad():
+            target = weight.data if weight.is_cpu else weight
+            target[observed.reset.to(weight.device)] = fresh.to(weight)
+
+    def _host_weight(self, weight: torch.Tensor) -> npt.NDArray[np.float32] | None:
+        """A numpy view of a float32 host ``weight`` (None: another device or dtype), kept
+        while ``weight`` and its memory stay (a load writes in place; the view keeps the
+        memory it reads alive, so no other tensor can take its address)."""
+        kept = self._host_weights.get(id(weight))
+        address = weight.data_ptr()
+        if kept is not None and kept[0] is weight and kept[1] == address:
+            return kept[2]
+        if not weight.is_cpu or weight.dtype != torch.float32:
+            return None
+        host = weight.detach().numpy()
+        self._host_weights[id(weight)] = (weight, address, host)
+        return host
 
     @property
     def _weights_by_state(self) -> dict[str, torch.Tensor]:
@@ -344,6 +378,11 @@ class EmbeddingTables(nn.Module):
                 rows = F.embedding(self._rows(feature, x), self._weight(feature.table), sparse=True)
             out.append((rows, x.bag_index(), x))
         return out
+
+
+def _no_draws() -> tuple[torch.Tensor, npt.NDArray[np.float32]]:
+    draws = torch.empty(0, 0)
+    return draws, draws.numpy()
 
 
 def _key(table: str) -> str:

@@ -55,6 +55,9 @@ class HeadsSeen(NamedTuple):
     stacked: torch.Tensor
     # sigmoid (binary) or log_softmax over classes (multiclass) of ``stacked``; None otherwise
     activated: torch.Tensor | None
+    # the first head's input ``[n, features]`` when that head is linear and has no graph: the
+    # learner writes its gradient in closed form (train/wide_head.py); None otherwise
+    features: torch.Tensor | None = None
 
 
 class HedgeMixer(nn.Module, CapturesInput):
@@ -121,45 +124,56 @@ class HedgeMixer(nn.Module, CapturesInput):
 
     def _kept_weights(self, *, log: bool) -> torch.Tensor:
         losses = self.losses
+        kept = self._kept
+        # a kept tensor is never an inference tensor (below), so its version can be read
+        if kept is not None and kept[0] is losses and kept[2] is log and kept[1] == losses._version:
+            return kept[3]
         if losses.is_inference() or torch.is_inference_mode_enabled():
             # an inference tensor keeps no version counter, and one made now must not be
             # kept for a later step that records a graph
             return _hedge_weights(losses, self.eta, log)
-        kept = self._kept
-        if kept is not None and kept[0] is losses and kept[1] == losses._version and kept[2] is log:
-            return kept[3]
         value = _hedge_weights(losses, self.eta, log)
-        self._kept = (losses, losses._version, log, value)
+        # object.__setattr__: nn.Module's looks for parameters and modules first (once a step)
+        object.__setattr__(self, "_kept", (losses, losses._version, log, value))
         return value
 
-    def forward(self, *heads: torch.Tensor) -> torch.Tensor:
+    def forward(self, *heads: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
+        """``features``: the first head's input, when that head is linear and has no graph."""
         if self.task == "regression":
             z = torch.stack(heads, dim=-1)
-            self.keep_input(HeadsSeen(heads, z, None))  # its loss goes through the stack ...
+            # the heads' loss goes through the stack (or, with features, the MLP head's alone)
+            self.keep_input(HeadsSeen(heads, z, None, features))
+            w = self.weights()
+            if w.dtype != z.dtype:
+                w = w.to(z.dtype)
+            # never through the mix (auto's closed-form forward has no graph to cut)
+            return ((z.detach() if z.requires_grad else z) * w).sum(dim=-1)
+        # no graph: the heads learn from their own losses (objective.py), never through the
+        # mix; auto's forward may have turned the graph off already (one context, not two)
+        if torch.is_grad_enabled():
+            with torch.no_grad():
+                return self._mix(heads, features)
+        return self._mix(heads, features)
+
+    def _mix(self, heads: tuple[torch.Tensor, ...], features: torch.Tensor | None) -> torch.Tensor:
+        """Classification's mix, without a graph (see :meth:`forward`)."""
+        if self.task == "binary":
+            z = torch.cat(heads, dim=1)  # [n, heads]
+            activated = z.sigmoid()  # the heads' loss reuses it for its gradient
+            w = self.weights()
+            if w.dtype != z.dtype:
+                w = w.to(z.dtype)
+            # the mixed probability in one matrix-vector product; a logit again for the
+            # output convention (one kernel where the log-space form took seven)
+            out = torch.logit(torch.mv(activated, w), eps=_P_EPS)
+        else:
+            z = torch.stack(heads, dim=-1)  # [n, classes, heads]
+            activated = z.log_softmax(dim=1)  # the heads' loss reuses it
             log_w = self.log_weights()
             if log_w.dtype != z.dtype:
                 log_w = log_w.to(z.dtype)
-            return (log_w.exp() * z.detach()).sum(dim=-1)  # ... never through the mix
-        # no graph: the heads learn from their own losses (objective.py), never through the
-        # mix, and HeadsLoss hands each head its gradient without a stack in the graph
-        with torch.no_grad():
-            if self.task == "binary":
-                z = torch.cat(heads, dim=1)  # [n, heads]
-                activated = z.sigmoid()  # the heads' loss reuses it for its gradient
-                w = self.weights()
-                if w.dtype != z.dtype:
-                    w = w.to(z.dtype)
-                # the mixed probability in one matrix-vector product; a logit again for the
-                # output convention (one kernel where the log-space form took seven)
-                out = torch.logit(torch.mv(activated, w), eps=_P_EPS)
-            else:
-                z = torch.stack(heads, dim=-1)  # [n, classes, heads]
-                activated = z.log_softmax(dim=1)  # the heads' loss reuses it
-                log_w = self.log_weights()
-                if log_w.dtype != z.dtype:
-                    log_w = log_w.to(z.dtype)
-                out = _log_sum_exp(activated + log_w)
-        self.keep_input(HeadsSeen(heads, z, activated))
+            out = _log_sum_exp(activated + log_w)
+        self.keep_input(HeadsSeen(heads, z, activated, features))
         return out
 
     def observe(self, loss_sums: torch.Tensor, samples: int) -> None:

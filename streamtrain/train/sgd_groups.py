@@ -1,0 +1,92 @@
+"""Adam or AdamW whose parameter groups marked ``"sgd": True`` step as plain SGD.
+
+``auto``'s linear head learns by plain SGD at its own rate while the MLP learns by Adam
+(:func:`streamtrain.train.optim.param_groups`). As a second Adam group (``beta1`` 0, ``eps``
+1e3, which approximates SGD) it cost a whole pass of Adam's per-group Python each step, about
+a seventh of ``auto``'s extra CPU time over ``mlp`` in a batch-1 step (bench/README.md, Peers);
+here the Adam groups step through torch's own ``Adam.step`` and each SGD group is one
+``_foreach_add_`` (``p -= lr * grad``, no state, no weight decay). The optimizer stays one
+object, so the learning-rate schedule, the per-group step scaling, the loss scaler, checkpoints
+and the distributed step treat the SGD group as any other.
+
+A checkpoint written before (its linear-head group an Adam group with ``eps`` 1e3 and its Adam
+state) is refused with a one-line error: its scheduler would restore that group's learning rate
+scaled by 1e3, which plain SGD would take as is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, cast, overload
+
+import torch
+from torch.optim import Adam, AdamW
+
+
+def _plain_step(step: Callable[..., Any]) -> Callable[..., Any]:
+    """Adam's ``step`` without the profiling wrapper torch puts on a class's ``step`` once an
+    instance exists: this class's own ``step`` is wrapped already, twice costs a second
+    ``record_function`` pair and hook lookup per step."""
+    if not getattr(step, "hooked", False):
+        return step
+    # functools.wraps keeps the wrapped function in the wrapper's __dict__
+    return cast(Callable[..., Any], vars(step)["__wrapped__"])
+
+
+class _SGDGroups:
+    """Mixed in before :class:`torch.optim.Adam` (or AdamW)."""
+
+    param_groups: list[dict[str, Any]]
+
+    @overload
+    def step(self, closure: None = None) -> None: ...
+
+    @overload
+    def step(self, closure: Callable[[], float]) -> float: ...
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        if closure is not None:
+            raise ValueError("an optimizer with plain-SGD groups takes no closure")
+        groups = self.param_groups
+        adam = [group for group in groups if not group.get("sgd")]
+        if len(adam) < len(groups):
+            # Adam's step reads self.param_groups: hand it only its own groups
+            self.param_groups = adam
+            try:
+                _plain_step(Adam.step)(self)
+            finally:
+                self.param_groups = groups
+            for group in groups:
+                if group.get("sgd"):
+                    _sgd_step(group)
+        else:
+            _plain_step(Adam.step)(self)
+        return None
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        saved = state_dict.get("param_groups", [])
+        for index, (group, live) in enumerate(zip(saved, self.param_groups, strict=False)):
+            if live.get("sgd") and not group.get("sgd"):
+                raise ValueError(
+                    f"parameter group {index} (auto's linear head) was saved as an Adam group by "
+                    "an older streamtrain; this version steps it as plain SGD and cannot resume "
+                    "that state: resume with the version that wrote the checkpoint, or start a "
+                    "new checkpoint directory"
+                )
+        super().load_state_dict(state_dict)  # type: ignore[misc]
+
+
+def _sgd_step(group: dict[str, Any]) -> None:
+    params = [p for p in group["params"] if p.grad is not None]
+    if params:
+        grads = [p.grad for p in params]
+        torch._foreach_add_(params, grads, alpha=-float(group["lr"]))
+
+
+class AdamSGD(_SGDGroups, Adam):
+    """Adam, with plain-SGD groups (see the module's docstring)."""
+
+
+class AdamWSGD(_SGDGroups, AdamW):
+    """AdamW, with plain-SGD groups (see the module's docstring)."""
