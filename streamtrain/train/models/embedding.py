@@ -36,7 +36,7 @@ from streamtrain.sample.spec import SparseFeature
 from streamtrain.train.models.dynamic_table import DynamicMapping, Observed
 from streamtrain.train.models.dynamic_watch import Watch
 from streamtrain.train.models.row_layout import RowLookup, ShardLayout
-from streamtrain.train.models.sparse_params import TableSettings
+from streamtrain.train.models.sparse_params import TableSettings, checked_tables
 from streamtrain.train.row_tracker import RowsChanging
 
 Pooling = Literal["sum", "mean"]
@@ -91,32 +91,12 @@ class EmbeddingTables(nn.Module):
         table_rows = dict(table_rows or {})
         pooling = dict(pooling or {})
         self.features = list(features)
-        names = {f.name for f in features}
-        tables = {f.table for f in features}
-        for name, size in table_rows.items():
-            if name not in tables or size < 1:
-                raise ValueError(
-                    f"table_rows names {name!r}={size}; tables are {sorted(tables)} and need "
-                    ">= 1 row"
-                )
-        for name, mode in pooling.items():
-            if name not in names or mode not in ("sum", "mean"):
-                raise ValueError(
-                    f"pooling {name!r}={mode!r}: use a feature of {sorted(names)} and sum or mean"
-                )
+        tables = checked_tables(features, table_rows, pooling, kinds or {})
         dynamic = {t: k for t, k in (kinds or {}).items() if k.kind == "dynamic"}
-        unknown = sorted(set(kinds or {}) - tables)
-        if unknown:
-            raise ValueError(f"tables names {unknown[0]!r}; the tables are {sorted(tables)}")
         self.pooling = {f.name: pooling.get(f.name, "mean") for f in features}
         self.rows = {t: table_rows.get(t, rows) for t in sorted(tables)}
         for t, k in dynamic.items():
             self.rows[t] = k.capacity + k.fallback_rows
-        for table in tables:
-            if not table.isidentifier():
-                raise ValueError(
-                    f"table name {table!r} must be a Python identifier (letters, digits, _)"
-                )
         # a row_wise table on rank r of n holds only its share of the rows (row_layout.py);
         # self.rows keeps the global size, which the IDs hash onto
         self.layout = ShardLayout.current()

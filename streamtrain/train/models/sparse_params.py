@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Literal
 
 from pydantic import Field, model_validator
 
+from streamtrain.sample.spec import SparseFeature
 from streamtrain.train.models._params import ModelParams
 from streamtrain.train.models.standardize import StandardizeParams
 
@@ -97,3 +99,34 @@ class TableParams(StandardizeParams):
                     "table_rows"
                 )
         return self
+
+
+def checked_tables(
+    features: Sequence[SparseFeature],
+    table_rows: Mapping[str, int],
+    pooling: Mapping[str, str],
+    kinds: Mapping[str, TableSettings],
+) -> set[str]:
+    """The tables ``features`` name, once every setting that names a table or feature is
+    checked against them (one line saying what to fix otherwise)."""
+    names = {f.name for f in features}
+    tables = {f.table for f in features}
+    for name, size in table_rows.items():
+        if name not in tables or size < 1:
+            raise ValueError(
+                f"table_rows names {name!r}={size}; tables are {sorted(tables)} and need >= 1 row"
+            )
+    for name, mode in pooling.items():
+        if name not in names or mode not in ("sum", "mean"):
+            raise ValueError(
+                f"pooling {name!r}={mode!r}: use a feature of {sorted(names)} and sum or mean"
+            )
+    unknown = sorted(set(kinds) - tables)
+    if unknown:
+        raise ValueError(f"tables names {unknown[0]!r}; the tables are {sorted(tables)}")
+    for table in tables:
+        if not table.isidentifier():
+            raise ValueError(
+                f"table name {table!r} must be a Python identifier (letters, digits, _)"
+            )
+    return tables
