@@ -40,6 +40,7 @@ from streamtrain.train.models.sparse_params import TableSettings, checked_tables
 from streamtrain.train.row_tracker import RowsChanging
 
 Pooling = Literal["sum", "mean"]
+_KEPT_DRAW_ROWS = 8192  # the reset rows' draw buffer is kept up to this size (_reset_rows)
 _MIX1 = -7046029254386353131  # 0x9E3779B97F4A7C15 as int64
 _MIX2 = -4658895280553007687  # 0xBF58476D1CE4E5B9
 _MIX3 = -7723592293110705685  # 0x94D049BB133111EB
@@ -271,7 +272,8 @@ class EmbeddingTables(nn.Module):
             if draws.shape[0] < n:
                 draws = torch.empty(max(n, 2 * draws.shape[0]), self.dim)
                 draws_host = draws.numpy()
-                self._draws = draws, draws_host
+                if n <= _KEPT_DRAW_ROWS:  # a rare huge reset (a table filled at once) is not
+                    self._draws = draws, draws_host  # kept: it pinned a whole table's bytes
             draws[:n].normal_(0.0, self.init_std, generator=generator)
             host[observed.placed] = draws_host[:n]
             return
