@@ -116,7 +116,7 @@ def newest_after_one_base(settings: Settings) -> int:
         settings_hash=settings_hash(settings.model.model_dump(mode="json")),
     )
     try:
-        published = list(subscriber.newest_first(30.0))
+        published = list(subscriber.newest_first(120.0))  # a scan ends at its deadline
     finally:
         subscriber.close()
     kinds = [s.manifest.kind for s in published]

@@ -231,7 +231,9 @@ def _newest_after_one_base_step(settings: Settings) -> int:
         settings_hash=settings_hash(settings.model.model_dump(mode="json")),
     )
     try:
-        published = [s.manifest for s in subscriber.newest_first(30.0)]
+        # the scan ends at its deadline with what it found, so a short one can cut a step's
+        # two shards apart on a loaded machine (seen once in CI at 30 s): wide, not tight
+        published = [s.manifest for s in subscriber.newest_first(180.0)]
     finally:
         subscriber.close()
     steps: dict[int, dict[int, str]] = {}
