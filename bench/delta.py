@@ -38,7 +38,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
-from delta_procs import ProcessWatch
+from delta_procs import ProcessWatch, status_bytes
 from embedding_model import build_id_embedding
 
 from streamtrain.broker import EmbeddedBroker
@@ -69,12 +69,7 @@ def _model(args: argparse.Namespace, trainer: bool) -> torch.nn.Module:
 
 def _rss_bytes() -> tuple[int, int]:
     """(VmRSS, VmHWM) of this process in bytes."""
-    values = {}
-    for line in Path("/proc/self/status").read_text().splitlines():
-        key, _, rest = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            values[key] = int(rest.split()[0]) * 1024
-    return values["VmRSS"], values["VmHWM"]
+    return status_bytes(os.getpid())
 
 
 def _trim() -> None:

@@ -18,7 +18,7 @@ from proc_cpu import process_cpu_s
 PERIOD_S = 0.2
 
 
-def _status_bytes(pid: int) -> tuple[int, int]:
+def status_bytes(pid: int) -> tuple[int, int]:
     """(VmRSS, VmHWM) of ``pid`` in bytes; (0, 0) once it is gone."""
     values = {"VmRSS": 0, "VmHWM": 0}
     try:
@@ -73,7 +73,7 @@ class ProcessWatch:
                 cpu = process_cpu_s(pid)
             except (OSError, IndexError):
                 continue  # exited
-            rss, hwm = _status_bytes(pid)
+            rss, hwm = status_bytes(pid)
             with self._lock:
                 self.samples[name].append((now, cpu))
                 self.rss[name].append((now, rss))

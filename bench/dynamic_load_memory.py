@@ -34,17 +34,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import delta_dynamic
+from delta_procs import status_bytes
 
 DIM, DENSE = 64, 8
 
 
 def _rss() -> tuple[int, int]:
-    values = {}
-    for line in Path("/proc/self/status").read_text().splitlines():
-        key, _, rest = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            values[key] = int(rest.split()[0]) * 1024
-    return values["VmRSS"], values["VmHWM"]
+    return status_bytes(os.getpid())
 
 
 def _write(rows: int, path: Path) -> None:
