@@ -40,6 +40,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 from delta_procs import ProcessWatch, status_bytes
 from embedding_model import build_id_embedding
+from pause_trace import PauseTrace
 
 from streamtrain.broker import EmbeddedBroker
 from streamtrain.kafka import KafkaConnection
@@ -353,6 +354,7 @@ def train(args: argparse.Namespace, bootstrap: str, topic: str, mode: str) -> di
     # The training thread's CPU time in take_snapshot: the stall less the time the loaded
     # machine ran other threads instead of it (the snapshot point only, not later saves).
     snapshot_cpu: list[float] = []
+    trace = PauseTrace()  # each snapshot point's wall: CPU, run-queue wait, blocked
     copier = SnapshotCopier(model, optimizer)  # whole snapshots off the training thread
     while time.time() - started < args.seconds:
         due = started + step * interval
@@ -371,9 +373,11 @@ def train(args: argparse.Namespace, bootstrap: str, topic: str, mode: str) -> di
         step += 1
         produced.append(produced_at)
         if time.time() >= next_snapshot:
+            trace.begin()
             cpu = time.thread_time()
             taken = take_snapshot(model, tracker, copier)  # what the trainer's loop does
             snapshot_cpu.append(time.thread_time() - cpu)
+            trace.end(taken.stall.seconds)
             stalls.append(taken.stall)
             stages.setdefault(step, {}).update(watermark=produced_at, offered=time.time())
             publisher.offer(
@@ -395,6 +399,7 @@ def train(args: argparse.Namespace, bootstrap: str, topic: str, mode: str) -> di
     elapsed = time.time() - started
     publisher.close(120)
     copier.close()
+    trace.close()
     return {
         "produced": produced,
         "sizes": sizes,
@@ -404,6 +409,7 @@ def train(args: argparse.Namespace, bootstrap: str, topic: str, mode: str) -> di
         "pause_s": [stall.longest for stall in stalls],
         "snapshot_cpu_s": snapshot_cpu,
         "stages": stages,
+        "trace": trace,
     }
 
 
@@ -449,6 +455,14 @@ def _print_stages(
         print(f"  batch +{at:.1f}s fresh {fresh:.2f}s: snapshot {carrier}->{pub} {steps}")
     gaps = ", ".join(f"{gap:.2f}s@+{t - first:.1f}s" for t, gap in served["tail_gaps"])
     print(f"  longest waits between subscriber polls: {gaps}")
+
+
+def _print_pauses(trace: PauseTrace, first: float) -> None:
+    """The snapshot points' pauses of the training thread, split by what it waited for
+    (``pause_trace.py``): the longest five, s after the server's first prediction."""
+    print(f"  snapshot points, training thread: {trace.totals()}")
+    for pause in trace.longest(5):
+        print(f"    pause {pause.line(first)}")
 
 
 def _print_processes(
@@ -596,6 +610,7 @@ def run(args: argparse.Namespace, broker: EmbeddedBroker, mode: str) -> dict[str
         _plot(args, mode, pairs, first, result["stages"], span)
     worst = ", ".join(f"{f:.2f}s@+{at:.1f}s" for f, at in ages[-5:])
     _print_stages(result, served, first, ages[-5:])
+    _print_pauses(result["trace"], first)
     _print_processes(procs, first, late_at, replica_row, served)
     for name in procs.rss:  # s from the run's start (the trainer's first batch)
         profile = procs.rss_profile(name, result["produced"][0], 10.0)

@@ -1,0 +1,154 @@
+"""What the training thread waited for in a snapshot's pause, from ``/proc`` (issue 26).
+
+``bench/delta.py`` times each snapshot point on the training thread (the whole stall of a
+delta or a scheduled base). Its wall time splits, per Linux's per-thread accounting, into
+- **CPU**: ``time.thread_time_ns`` (user + system: a page fault's or a reclaim's kernel
+  time is in it);
+- **run-queue wait**: ``/proc/thread-self/schedstat`` field 2, runnable but not running (the scheduler gave the core to
+  another thread of this or any process: the OS, not us);
+- **blocked**: the rest, asleep though it had work: in this process that is the GIL held by
+  another thread (CPython hands it over only when its holder releases it, or after
+  ``sys.getswitchinterval()`` while it runs Python), a lock, or I/O.
+Beside it: the page faults the thread took (``/proc/thread-self/stat``), and the CPU time
+every other thread of the process used meanwhile (its ``schedstat``), named by
+``threading`` or by the kernel's name for native threads (librdkafka's ``rdk:*``): the thread
+that ran while the training thread was blocked is the one that held the GIL.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+_TASKS = Path(f"/proc/{os.getpid()}/task")
+
+
+def _schedstat(tid: int) -> tuple[int, int]:
+    """(on-CPU ns, run-queue wait ns) of thread ``tid``; (0, 0) once it is gone."""
+    try:
+        fields = (_TASKS / str(tid) / "schedstat").read_text().split()
+    except OSError:
+        return 0, 0
+    return int(fields[0]), int(fields[1])
+
+
+def _names() -> dict[int, str]:
+    """Thread id -> name: Python threads by ``threading``, others by the kernel's comm."""
+    names: dict[int, str] = {}
+    for entry in _TASKS.iterdir():
+        try:
+            names[int(entry.name)] = (entry / "comm").read_text().strip()
+        except OSError:
+            continue
+    for thread in threading.enumerate():
+        if thread.native_id is not None:
+            names[thread.native_id] = thread.name
+    return names
+
+
+def _all_threads() -> dict[int, int]:
+    """On-CPU ns of every thread of the process."""
+    return {int(entry.name): _schedstat(int(entry.name))[0] for entry in _TASKS.iterdir()}
+
+
+@dataclass(frozen=True)
+class Pause:
+    """One timed pause of the training thread: seconds since the epoch and ms."""
+
+    at: float
+    stall_ms: float  # the bench's figure (timed inside ``take_snapshot``)
+    wall_ms: float  # the bracket's, a little wider
+    cpu_ms: float
+    runq_ms: float
+    minor_faults: int
+    major_faults: int
+    others_ms: dict[str, float] = field(default_factory=dict)  # other threads' CPU meanwhile
+
+    @property
+    def blocked_ms(self) -> float:
+        return max(0.0, self.wall_ms - self.cpu_ms - self.runq_ms)
+
+    def line(self, first: float) -> str:
+        others = ", ".join(f"{name} {ms:.1f}" for name, ms in self.others_ms.items())
+        return (
+            f"+{self.at - first:.1f}s stall {self.stall_ms:.1f} ms; wall {self.wall_ms:.1f} ms = CPU {self.cpu_ms:.1f} + "
+            f"run-queue {self.runq_ms:.1f} + blocked {self.blocked_ms:.1f}; faults "
+            f"{self.minor_faults}/{self.major_faults} (minor/major); other threads' CPU ms "
+            f"meanwhile: {others or 'none'}"
+        )
+
+
+class PauseTrace:
+    """Brackets a pause on the calling thread: ``begin()`` before, ``end()`` after it.
+
+    The thread's own counters are read from files opened once (``pread``: a few µs), right
+    next to the clocks: a preemption between a counter and a clock would put a wait in one
+    and not the other. The other threads' are read outside the bracket."""
+
+    def __init__(self) -> None:
+        self.pauses: list[Pause] = []
+        self._tid = threading.get_native_id()
+        self._schedstat = os.open(_TASKS / str(self._tid) / "schedstat", os.O_RDONLY)
+        self._stat = os.open(_TASKS / str(self._tid) / "stat", os.O_RDONLY)
+        self._start: tuple[float, float, int, int, int, int] | None = None
+        self._others: dict[int, int] = {}
+
+    def _counters(self) -> tuple[int, int, int]:
+        """(run-queue wait ns, minor faults, major faults) of the calling thread."""
+        runq = int(os.pread(self._schedstat, 256, 0).split()[1])
+        fields = os.pread(self._stat, 4096, 0).rsplit(b")", 1)[1].split()
+        return runq, int(fields[7]), int(fields[9])
+
+    def begin(self) -> None:
+        self._others = _all_threads()  # outside the bracket
+        runq, minor, major = self._counters()
+        self._start = (time.time(), time.perf_counter(), time.thread_time_ns(), runq, minor, major)
+
+    def end(self, stall_s: float) -> Pause:
+        """``stall_s``: the figure the bench reports for this pause, kept beside it."""
+        wall_end, cpu = time.perf_counter(), time.thread_time_ns()
+        runq, minor, major = self._counters()
+        after = _all_threads()
+        assert self._start is not None, "end() without begin()"
+        at, wall, cpu0, runq0, minor0, major0 = self._start
+        names = _names()
+        others = {
+            tid: (ns - self._others.get(tid, 0)) / 1e6
+            for tid, ns in after.items()
+            if tid != self._tid and ns > self._others.get(tid, 0)
+        }
+        busiest = sorted(others.items(), key=lambda item: -item[1])[:4]
+        pause = Pause(
+            at=at,
+            stall_ms=stall_s * 1e3,
+            wall_ms=(wall_end - wall) * 1e3,
+            cpu_ms=(cpu - cpu0) / 1e6,
+            runq_ms=(runq - runq0) / 1e6,
+            minor_faults=minor - minor0,
+            major_faults=major - major0,
+            others_ms={f"{names.get(tid, '?')}[{tid}]": ms for tid, ms in busiest},
+        )
+        self.pauses.append(pause)
+        return pause
+
+    def close(self) -> None:
+        os.close(self._schedstat)
+        os.close(self._stat)
+
+    def longest(self, count: int) -> list[Pause]:
+        """The ``count`` pauses with the longest stall (the bench's figure)."""
+        return sorted(self.pauses, key=lambda p: -p.stall_ms)[:count]
+
+    def totals(self) -> str:
+        """Wall, CPU, run-queue and blocked ms summed over every pause."""
+        wall = sum(p.wall_ms for p in self.pauses)
+        cpu = sum(p.cpu_ms for p in self.pauses)
+        runq = sum(p.runq_ms for p in self.pauses)
+        blocked = sum(p.blocked_ms for p in self.pauses)
+        return (
+            f"{len(self.pauses)} pauses: wall {wall:.0f} ms = CPU {cpu:.0f} + run-queue "
+            f"{runq:.0f} + blocked {blocked:.0f}"
+        )
