@@ -296,7 +296,9 @@ def replica(args: argparse.Namespace, bootstrap: str, topic: str, out: Any) -> N
     )
 
 
-def train(args: argparse.Namespace, bootstrap: str, topic: str, mode: str) -> dict[str, Any]:
+def train(
+    args: argparse.Namespace, bootstrap: str, topic: str, mode: str, trace: PauseTrace
+) -> dict[str, Any]:
     from streamtrain.snapshot.publisher import SnapshotPublisher
     from streamtrain.snapshot.writer import SnapshotWriter
 
@@ -354,7 +356,6 @@ def train(args: argparse.Namespace, bootstrap: str, topic: str, mode: str) -> di
     # The training thread's CPU time in take_snapshot: the stall less the time the loaded
     # machine ran other threads instead of it (the snapshot point only, not later saves).
     snapshot_cpu: list[float] = []
-    trace = PauseTrace()  # each snapshot point's wall: CPU, run-queue wait, blocked
     copier = SnapshotCopier(model, optimizer)  # whole snapshots off the training thread
     while time.time() - started < args.seconds:
         due = started + step * interval
@@ -457,11 +458,24 @@ def _print_stages(
     print(f"  longest waits between subscriber polls: {gaps}")
 
 
-def _print_pauses(trace: PauseTrace, first: float) -> None:
+def _print_pauses(
+    trace: PauseTrace, first: float, late_at: list[float], replica_row: dict[str, Any]
+) -> None:
     """The snapshot points' pauses of the training thread, split by what it waited for
-    (``pause_trace.py``): the longest five, s after the server's first prediction."""
-    print(f"  snapshot points, training thread: {trace.totals()}")
-    for pause in trace.longest(5):
+    (``pause_trace.py``): per phase of the run, and the longest eight (s after the server's
+    first prediction)."""
+    ready = replica_row.get("at ready")
+    phases = {"before the first prediction (the first base)": (0.0, first)}
+    if late_at and ready is not None:
+        phases["first prediction to replica start"] = (first, late_at[0])
+        phases["replica start to ready"] = (late_at[0], ready)
+        phases["after the replica is ready"] = (ready, float("inf"))
+    else:
+        phases["after the first prediction"] = (first, float("inf"))
+    print("  snapshot points, the training thread's pauses (pause_trace.py):")
+    for label, (a, b) in phases.items():
+        print(f"    {label}: {trace.totals(a, b)}")
+    for pause in trace.longest(8):
         print(f"    pause {pause.line(first)}")
 
 
@@ -567,6 +581,8 @@ def run(args: argparse.Namespace, broker: EmbeddedBroker, mode: str) -> dict[str
     # the trainer's process holds the publisher (both lanes) and the bench's own threads
     procs = ProcessWatch({"trainer": os.getpid(), "broker": broker.pid, "server": server.pid})
     procs.start()
+    trace = PauseTrace()  # each snapshot point's wall: CPU, run-queue wait, blocked
+    trace.processes.update({"broker": broker.pid, "server": server.pid})
     late_out: Any = ctx.Queue()
     late_box: list[Any] = []  # the replica process, once started
     late_at: list[float] = []
@@ -577,12 +593,13 @@ def run(args: argparse.Namespace, broker: EmbeddedBroker, mode: str) -> dict[str
         proc.start()
         assert proc.pid is not None
         procs.add("replica", proc.pid)
+        trace.processes["replica"] = proc.pid
         late_box.append(proc)
 
     timer = threading.Timer(args.replica_at or 0.0, late_start)
     if args.replica_at is not None:
         timer.start()
-    result = train(args, broker.bootstrap_servers, topic, mode)
+    result = train(args, broker.bootstrap_servers, topic, mode, trace)
     time.sleep(args.drain)  # let the last snapshots reach the server
     replica_row: dict[str, Any] = {}
     timer.cancel()
@@ -610,8 +627,8 @@ def run(args: argparse.Namespace, broker: EmbeddedBroker, mode: str) -> dict[str
         _plot(args, mode, pairs, first, result["stages"], span)
     worst = ", ".join(f"{f:.2f}s@+{at:.1f}s" for f, at in ages[-5:])
     _print_stages(result, served, first, ages[-5:])
-    _print_pauses(result["trace"], first)
     _print_processes(procs, first, late_at, replica_row, served)
+    _print_pauses(result["trace"], first, late_at, replica_row)
     for name in procs.rss:  # s from the run's start (the trainer's first batch)
         profile = procs.rss_profile(name, result["produced"][0], 10.0)
         print(f"  {name} VmRSS GB, max per 10 s: " + " ".join(f"{g:.2f}" for g in profile))

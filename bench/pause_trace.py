@@ -54,6 +54,20 @@ def _all_threads() -> dict[int, int]:
     return {int(entry.name): _schedstat(int(entry.name))[0] for entry in _TASKS.iterdir()}
 
 
+def _process_cpu_ns(pid: int) -> int:
+    """On-CPU ns of process ``pid``, all its threads (0 once it is gone)."""
+    total = 0
+    try:
+        for entry in Path(f"/proc/{pid}/task").iterdir():
+            try:
+                total += int((entry / "schedstat").read_text().split()[0])
+            except OSError:
+                continue
+    except OSError:
+        return 0
+    return total
+
+
 @dataclass(frozen=True)
 class Pause:
     """One timed pause of the training thread: seconds since the epoch and ms."""
@@ -66,6 +80,7 @@ class Pause:
     minor_faults: int
     major_faults: int
     others_ms: dict[str, float] = field(default_factory=dict)  # other threads' CPU meanwhile
+    processes_ms: dict[str, float] = field(default_factory=dict)  # other processes' CPU
 
     @property
     def blocked_ms(self) -> float:
@@ -73,11 +88,12 @@ class Pause:
 
     def line(self, first: float) -> str:
         others = ", ".join(f"{name} {ms:.1f}" for name, ms in self.others_ms.items())
+        processes = ", ".join(f"{name} {ms:.1f}" for name, ms in self.processes_ms.items())
         return (
             f"+{self.at - first:.1f}s stall {self.stall_ms:.1f} ms; wall {self.wall_ms:.1f} ms = CPU {self.cpu_ms:.1f} + "
             f"run-queue {self.runq_ms:.1f} + blocked {self.blocked_ms:.1f}; faults "
             f"{self.minor_faults}/{self.major_faults} (minor/major); other threads' CPU ms "
-            f"meanwhile: {others or 'none'}"
+            f"meanwhile: {others or 'none'}; other processes' CPU ms: {processes or 'none'}"
         )
 
 
@@ -90,6 +106,8 @@ class PauseTrace:
 
     def __init__(self) -> None:
         self.pauses: list[Pause] = []
+        self.processes: dict[str, int] = {}  # name -> pid: their CPU during each pause
+        self._processes_at: dict[str, int] = {}
         self._tid = threading.get_native_id()
         self._schedstat = os.open(_TASKS / str(self._tid) / "schedstat", os.O_RDONLY)
         self._stat = os.open(_TASKS / str(self._tid) / "stat", os.O_RDONLY)
@@ -104,6 +122,8 @@ class PauseTrace:
 
     def begin(self) -> None:
         self._others = _all_threads()  # outside the bracket
+        processes = dict(self.processes)  # the replica's is added by another thread
+        self._processes_at = {name: _process_cpu_ns(pid) for name, pid in processes.items()}
         runq, minor, major = self._counters()
         self._start = (time.time(), time.perf_counter(), time.thread_time_ns(), runq, minor, major)
 
@@ -112,6 +132,11 @@ class PauseTrace:
         wall_end, cpu = time.perf_counter(), time.thread_time_ns()
         runq, minor, major = self._counters()
         after = _all_threads()
+        processes = {
+            name: (_process_cpu_ns(pid) - self._processes_at.get(name, 0)) / 1e6
+            for name, pid in dict(self.processes).items()
+            if name in self._processes_at
+        }
         assert self._start is not None, "end() without begin()"
         at, wall, cpu0, runq0, minor0, major0 = self._start
         names = _names()
@@ -130,6 +155,7 @@ class PauseTrace:
             minor_faults=minor - minor0,
             major_faults=major - major0,
             others_ms={f"{names.get(tid, '?')}[{tid}]": ms for tid, ms in busiest},
+            processes_ms={name: ms for name, ms in processes.items() if ms > 0},
         )
         self.pauses.append(pause)
         return pause
@@ -142,13 +168,18 @@ class PauseTrace:
         """The ``count`` pauses with the longest stall (the bench's figure)."""
         return sorted(self.pauses, key=lambda p: -p.stall_ms)[:count]
 
-    def totals(self) -> str:
-        """Wall, CPU, run-queue and blocked ms summed over every pause."""
-        wall = sum(p.wall_ms for p in self.pauses)
-        cpu = sum(p.cpu_ms for p in self.pauses)
-        runq = sum(p.runq_ms for p in self.pauses)
-        blocked = sum(p.blocked_ms for p in self.pauses)
-        return (
-            f"{len(self.pauses)} pauses: wall {wall:.0f} ms = CPU {cpu:.0f} + run-queue "
-            f"{runq:.0f} + blocked {blocked:.0f}"
+    def totals(self, start: float = 0.0, end: float = float("inf")) -> str:
+        """Stall, wall, CPU, run-queue and blocked ms of the pauses begun in [start, end):
+        summed, and the largest of each."""
+        inside = [p for p in self.pauses if start <= p.at < end]
+        if not inside:
+            return "no pauses"
+        parts = {
+            "stall": [p.stall_ms for p in inside],
+            "CPU": [p.cpu_ms for p in inside],
+            "run-queue": [p.runq_ms for p in inside],
+            "blocked": [p.blocked_ms for p in inside],
+        }
+        return f"{len(inside)} pauses, ms sum (max): " + ", ".join(
+            f"{name} {sum(values):.0f} ({max(values):.1f})" for name, values in parts.items()
         )
