@@ -4,8 +4,8 @@
 delta or a scheduled base). Its wall time splits, per Linux's per-thread accounting, into
 - **CPU**: ``time.thread_time_ns`` (user + system: a page fault's or a reclaim's kernel
   time is in it);
-- **run-queue wait**: ``/proc/thread-self/schedstat`` field 2, runnable but not running (the scheduler gave the core to
-  another thread of this or any process: the OS, not us);
+- **run-queue wait**: ``/proc/thread-self/schedstat`` field 2, runnable but not running (the
+  scheduler gave the core to another thread of this or any process);
 - **blocked**: the rest, asleep though it had work: in this process that is the GIL held by
   another thread (CPython hands it over only when its holder releases it, or after
   ``sys.getswitchinterval()`` while it runs Python), a lock, or I/O.
@@ -90,7 +90,8 @@ class Pause:
         others = ", ".join(f"{name} {ms:.1f}" for name, ms in self.others_ms.items())
         processes = ", ".join(f"{name} {ms:.1f}" for name, ms in self.processes_ms.items())
         return (
-            f"+{self.at - first:.1f}s stall {self.stall_ms:.1f} ms; wall {self.wall_ms:.1f} ms = CPU {self.cpu_ms:.1f} + "
+            f"+{self.at - first:.1f}s stall {self.stall_ms:.1f} ms; wall {self.wall_ms:.1f} ms "
+            f"= CPU {self.cpu_ms:.1f} + "
             f"run-queue {self.runq_ms:.1f} + blocked {self.blocked_ms:.1f}; faults "
             f"{self.minor_faults}/{self.major_faults} (minor/major); other threads' CPU ms "
             f"meanwhile: {others or 'none'}; other processes' CPU ms: {processes or 'none'}"
