@@ -495,6 +495,7 @@ def _print_processes(
         return
     start, ready = late_at[0], replica_row["at ready"]
     phases = {
+        "the first base (10 s before the first prediction)": (first - 10, first),
         "10 s before the replica": (start - 10, start),
         "replica start to ready": (start, ready),
         "10 s after ready": (ready, ready + 10),
@@ -581,7 +582,7 @@ def run(args: argparse.Namespace, broker: EmbeddedBroker, mode: str) -> dict[str
     # the trainer's process holds the publisher (both lanes) and the bench's own threads
     procs = ProcessWatch({"trainer": os.getpid(), "broker": broker.pid, "server": server.pid})
     procs.start()
-    trace = PauseTrace()  # each snapshot point's wall: CPU, run-queue wait, blocked
+    trace = PauseTrace(args.trace_others)  # each snapshot point: CPU, run-queue, blocked
     trace.processes.update({"broker": broker.pid, "server": server.pid})
     late_out: Any = ctx.Queue()
     late_box: list[Any] = []  # the replica process, once started
@@ -785,6 +786,13 @@ def main() -> None:
         type=float,
         default=None,
         help="sys.setswitchinterval for the trainer process (CPython's default is 5 ms)",
+    )
+    parser.add_argument(
+        "--trace-others",
+        action="store_true",
+        help="beside each snapshot point's pause, the CPU every other thread of the trainer "
+        "and the broker, server and replica used meanwhile (costs the training thread ~1 ms "
+        "of CPU per snapshot: bench/pause_trace.py)",
     )
     parser.add_argument(
         "--encoder",

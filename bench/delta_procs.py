@@ -9,11 +9,14 @@ one peaked at (the figures a larger table's memory is projected from).
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
 
 from proc_cpu import process_cpu_s
+
+_TICK = os.sysconf("SC_CLK_TCK")
 
 PERIOD_S = 0.2
 
@@ -30,6 +33,14 @@ def status_bytes(pid: int) -> tuple[int, int]:
         if key in values:
             values[key] = int(rest.split()[0]) * 1024
     return values["VmRSS"], values["VmHWM"]
+
+
+def machine_cpu_s() -> tuple[float, float]:
+    """(busy, steal) CPU seconds of the machine so far, all CPUs (``/proc/stat``: busy is
+    user + nice + system + irq + softirq + steal, in 10 ms ticks)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    return (user + nice + system + irq + softirq + steal) / _TICK, steal / _TICK
 
 
 class ProcessWatch:
@@ -64,8 +75,14 @@ class ProcessWatch:
             self.sample()
 
     def sample(self) -> None:
-        """One reading of every process (also called by the run before a process exits)."""
+        """One reading of every process (also called by the run before a process exits),
+        and of the whole machine: every CPU's busy time, other helpers' and the hypervisor's
+        (steal) included, so a phase's cores show what the run's processes did not use."""
         now = time.time()
+        busy, steal = machine_cpu_s()
+        with self._lock:
+            self.samples.setdefault("machine", []).append((now, busy))
+            self.samples.setdefault("machine steal", []).append((now, steal))
         with self._lock:
             pids = dict(self._pids)
         for name, pid in pids.items():

@@ -87,15 +87,16 @@ class Pause:
         return max(0.0, self.wall_ms - self.cpu_ms - self.runq_ms)
 
     def line(self, first: float) -> str:
-        others = ", ".join(f"{name} {ms:.1f}" for name, ms in self.others_ms.items())
-        processes = ", ".join(f"{name} {ms:.1f}" for name, ms in self.processes_ms.items())
-        return (
+        line = (
             f"+{self.at - first:.1f}s stall {self.stall_ms:.1f} ms; wall {self.wall_ms:.1f} ms "
-            f"= CPU {self.cpu_ms:.1f} + "
-            f"run-queue {self.runq_ms:.1f} + blocked {self.blocked_ms:.1f}; faults "
-            f"{self.minor_faults}/{self.major_faults} (minor/major); other threads' CPU ms "
-            f"meanwhile: {others or 'none'}; other processes' CPU ms: {processes or 'none'}"
+            f"= CPU {self.cpu_ms:.1f} + run-queue {self.runq_ms:.1f} + blocked "
+            f"{self.blocked_ms:.1f}; faults {self.minor_faults}/{self.major_faults} (minor/major)"
         )
+        if self.others_ms or self.processes_ms:
+            others = ", ".join(f"{name} {ms:.1f}" for name, ms in self.others_ms.items())
+            processes = ", ".join(f"{name} {ms:.1f}" for name, ms in self.processes_ms.items())
+            line += f"; CPU ms meanwhile, other threads: {others}; processes: {processes}"
+        return line
 
 
 class PauseTrace:
@@ -103,10 +104,14 @@ class PauseTrace:
 
     The thread's own counters are read from files opened once (``pread``: a few µs), right
     next to the clocks: a preemption between a counter and a clock would put a wait in one
-    and not the other. The other threads' are read outside the bracket."""
+    and not the other. With ``others`` the other threads' and ``processes``' CPU is read too,
+    outside the bracket; that costs the training thread ~1 ms of CPU per pause (dozens of
+    ``/proc`` files), which itself makes the scheduler preempt it sooner, so it is off unless
+    asked for (``bench/delta.py --trace-others``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, others: bool = False) -> None:
         self.pauses: list[Pause] = []
+        self._with_others = others
         self.processes: dict[str, int] = {}  # name -> pid: their CPU during each pause
         self._processes_at: dict[str, int] = {}
         self._tid = threading.get_native_id()
@@ -122,9 +127,10 @@ class PauseTrace:
         return runq, int(fields[7]), int(fields[9])
 
     def begin(self) -> None:
-        self._others = _all_threads()  # outside the bracket
-        processes = dict(self.processes)  # the replica's is added by another thread
-        self._processes_at = {name: _process_cpu_ns(pid) for name, pid in processes.items()}
+        if self._with_others:  # outside the bracket
+            self._others = _all_threads()
+            processes = dict(self.processes)  # the replica's is added by another thread
+            self._processes_at = {name: _process_cpu_ns(pid) for name, pid in processes.items()}
         runq, minor, major = self._counters()
         self._start = (time.time(), time.perf_counter(), time.thread_time_ns(), runq, minor, major)
 
@@ -132,21 +138,25 @@ class PauseTrace:
         """``stall_s``: the figure the bench reports for this pause, kept beside it."""
         wall_end, cpu = time.perf_counter(), time.thread_time_ns()
         runq, minor, major = self._counters()
-        after = _all_threads()
-        processes = {
-            name: (_process_cpu_ns(pid) - self._processes_at.get(name, 0)) / 1e6
-            for name, pid in dict(self.processes).items()
-            if name in self._processes_at
-        }
         assert self._start is not None, "end() without begin()"
         at, wall, cpu0, runq0, minor0, major0 = self._start
-        names = _names()
-        others = {
-            tid: (ns - self._others.get(tid, 0)) / 1e6
-            for tid, ns in after.items()
-            if tid != self._tid and ns > self._others.get(tid, 0)
-        }
-        busiest = sorted(others.items(), key=lambda item: -item[1])[:4]
+        busiest: list[tuple[int, float]] = []
+        processes: dict[str, float] = {}
+        names: dict[int, str] = {}
+        if self._with_others:
+            after = _all_threads()
+            processes = {
+                name: (_process_cpu_ns(pid) - self._processes_at.get(name, 0)) / 1e6
+                for name, pid in dict(self.processes).items()
+                if name in self._processes_at
+            }
+            names = _names()
+            others = {
+                tid: (ns - self._others.get(tid, 0)) / 1e6
+                for tid, ns in after.items()
+                if tid != self._tid and ns > self._others.get(tid, 0)
+            }
+            busiest = sorted(others.items(), key=lambda item: -item[1])[:4]
         pause = Pause(
             at=at,
             stall_ms=stall_s * 1e3,
