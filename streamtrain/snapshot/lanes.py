@@ -111,10 +111,8 @@ class BaseLane:
         self._on_failed = on_failed
         self._lock = threading.Lock()
         self._busy = False
-        # bulk: its thread, and the producer's client threads it starts, yield the cores to
-        # training when they are contended (thread_priority.py)
         self._worker: NewestWinsWorker[SnapshotRequest] = NewestWinsWorker(
-            self._write, name=f"snapshot-base-lane-{writer.topic}", bulk=True
+            self._write, name=f"snapshot-base-lane-{writer.topic}"
         )
 
     @property

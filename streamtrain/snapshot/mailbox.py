@@ -24,8 +24,6 @@ import time
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
-from streamtrain.thread_priority import lower_thread_priority
-
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
@@ -49,10 +47,8 @@ class NewestWinsWorker(Generic[T]):
         *,
         name: str,
         on_superseded: Callable[[T], None] = lambda item: None,
-        bulk: bool = False,
     ) -> None:
         self._handle = handle
-        self._bulk = bulk  # the thread runs at a lower CPU priority (thread_priority.py)
         self._on_superseded = on_superseded
         self._cond = threading.Condition()
         self._pending: tuple[int, T] | None = None
@@ -94,8 +90,6 @@ class NewestWinsWorker(Generic[T]):
         return not self._thread.is_alive()
 
     def _run(self) -> None:
-        if self._bulk:
-            lower_thread_priority()
         while True:
             with self._cond:
                 while self._pending is None and not self._closing:

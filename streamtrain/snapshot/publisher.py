@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
 
 from streamtrain import metrics
@@ -20,7 +18,6 @@ from streamtrain.snapshot.manifest import SnapshotManifest
 from streamtrain.snapshot.shadow import ShadowCopy
 from streamtrain.snapshot.signing import ManifestSigner
 from streamtrain.snapshot.writer import BASE_PARTITION, PARTITION, ShardSpec, SnapshotWriter
-from streamtrain.thread_priority import lower_thread_priority
 from streamtrain.train.hooks import CopySpoiled, SnapshotRequest
 
 log = logging.getLogger(__name__)
@@ -74,11 +71,6 @@ class SnapshotPublisher:
        partition 0 with everything else, names it as ``chunk_partition``), so a server
        tailing partition 0 never reads a base its deltas already passed; a topic with one
        partition gets them on partition 0 as before (one warning).
-    8. bulk work runs at a lower CPU priority than training (``thread_priority.py``): the
-       base lane's thread, and for a whole snapshot on the delta lane (rule 3) its write, on
-       a thread of its own while the delta lane waits for it (the delta lane's producer is
-       made on the delta lane's thread first, so the client threads that send the deltas
-       keep the normal priority).
 
     Example:
         >>> publisher = SnapshotPublisher(  # doctest: +SKIP
@@ -139,12 +131,6 @@ class SnapshotPublisher:
         )
         self._worker: NewestWinsWorker[int] = NewestWinsWorker(
             self._publish_next, name=f"snapshot-publisher-{topic}", on_superseded=self._superseded
-        )
-        # rule 8: a whole snapshot's write (its thread is started at the first one)
-        self._bulk = ThreadPoolExecutor(
-            max_workers=1,
-            thread_name_prefix=f"snapshot-bulk-{topic}",
-            initializer=lower_thread_priority,
         )
 
     def offer(self, request: SnapshotRequest) -> None:
@@ -262,7 +248,6 @@ class SnapshotPublisher:
         deadline = time.monotonic() + timeout
         finished = self._worker.close(timeout)
         finished = self._bases.close(max(0.0, deadline - time.monotonic())) and finished
-        self._bulk.shutdown(wait=finished)  # idle unless the delta lane outlived its timeout
         if not finished:
             log.warning(
                 "snapshot publisher did not finish within %.1f s; the last snapshot may be "
@@ -272,16 +257,6 @@ class SnapshotPublisher:
             )
         self._writer.close(max(0.0, deadline - time.monotonic()))
 
-    def _connected(self) -> bool:
-        """Rule 8: the delta lane's producer made on this thread, so its client threads keep
-        this thread's priority; False if it cannot be made now (the write is then tried on
-        this thread, which fails, logs and counts it as any failed write does)."""
-        try:
-            self._writer.connect()
-        except Exception:
-            return False
-        return True
-
     def _superseded(self, version: int) -> None:
         metrics.SNAPSHOTS_SUPERSEDED.inc()
         log.debug("snapshot version %d superseded before publishing", version)
@@ -289,8 +264,7 @@ class SnapshotPublisher:
     def _publish(self, request: SnapshotRequest) -> bool:
         with self._lock:
             base_id, base_offset = self._base_id, self._base_offset
-        write = functools.partial(
-            write_counted,
+        manifest = write_counted(
             self._writer,
             request,
             base_id=base_id,
@@ -298,10 +272,6 @@ class SnapshotPublisher:
             newest=self._newest,
             base_offset=None if self._sharded else base_offset,
         )
-        if request.rows is None and self._connected():  # rule 8: at the bulk priority
-            manifest = self._bulk.submit(write).result()
-        else:
-            manifest = write()
         if manifest is None:
             return False
         # the step's id, also for a shard: chains link versions, not one rank's records

@@ -100,12 +100,6 @@ class SnapshotWriter:
         self._kafka = kafka
         self._producer: RecordProducer | None = None
 
-    def connect(self) -> None:
-        """Make the producer now, on the calling thread, if there is none: its client
-        threads take this thread's CPU priority (``thread_priority.py``; the publisher's delta
-        lane makes it before a whole snapshot is written on its lower-priority thread)."""
-        self._get_producer()
-
     def _get_producer(self) -> RecordProducer:
         if self._producer is None:
             self._producer = record_producer(

@@ -61,7 +61,6 @@ import torch
 from torch import nn
 
 from streamtrain import metrics
-from streamtrain.thread_priority import lower_thread_priority
 from streamtrain.train.copy_classes import TensorClasses
 from streamtrain.train.hooks import CopySpoiled
 from streamtrain.train.row_copy import RowCopy
@@ -233,9 +232,6 @@ class SnapshotCopier:
             self._thread.start()
 
     def _work(self) -> None:
-        # Bulk work: when the cores are contended the training thread runs first
-        # (thread_priority.py; its longest snapshot pauses were waits for a core).
-        lower_thread_priority()
         while True:
             with self._lock:
                 while self._job is None and not self._closed:
