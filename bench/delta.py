@@ -659,6 +659,12 @@ def run(args: argparse.Namespace, broker: EmbeddedBroker, mode: str) -> dict[str
         # the most the training thread stopped at once for a snapshot (its snapshot point or
         # one step's saves); the stall above sums every such pause of a snapshot
         "longest pause max s": max(result["pause_s"]),
+        # the same snapshot points less the time the training thread sat runnable in the
+        # kernel's run queue meanwhile (other processes on the cores: bench/pause_trace.py)
+        "stall max less run-queue s": max(
+            (p.stall_off_queue_ms for p in result["trace"].pauses), default=0.0
+        )
+        / 1e3,
         "snapshot-point CPU p99 s": _pct(result["snapshot_cpu_s"], 0.99),
         "snapshot-point CPU max s": max(result["snapshot_cpu_s"]),
         "apply s": statistics.median(served["applied"]) if served["applied"] else float("nan"),

@@ -86,6 +86,14 @@ class Pause:
     def blocked_ms(self) -> float:
         return max(0.0, self.wall_ms - self.cpu_ms - self.runq_ms)
 
+    @property
+    def stall_off_queue_ms(self) -> float:
+        """The stall less the run-queue wait that fell inside it, at most: the bracket is a
+        little wider than the stall, so at least ``runq - (wall - stall)`` of the wait was
+        inside it. What the training thread spent on the snapshot itself, CPU and GIL."""
+        inside = max(0.0, self.runq_ms - max(0.0, self.wall_ms - self.stall_ms))
+        return max(0.0, self.stall_ms - inside)
+
     def line(self, first: float) -> str:
         line = (
             f"+{self.at - first:.1f}s stall {self.stall_ms:.1f} ms; wall {self.wall_ms:.1f} ms "
@@ -187,6 +195,7 @@ class PauseTrace:
             return "no pauses"
         parts = {
             "stall": [p.stall_ms for p in inside],
+            "stall less run-queue": [p.stall_off_queue_ms for p in inside],
             "CPU": [p.cpu_ms for p in inside],
             "run-queue": [p.runq_ms for p in inside],
             "blocked": [p.blocked_ms for p in inside],

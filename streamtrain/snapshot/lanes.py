@@ -13,12 +13,14 @@ and an undo log, ``shadow.py``), never a copy of the model, for it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 from collections.abc import Callable
 
 from streamtrain import metrics
+from streamtrain.snapshot.gil_handoff import short_switch_interval
 from streamtrain.snapshot.mailbox import NewestWinsWorker
 from streamtrain.snapshot.manifest import SnapshotManifest
 from streamtrain.snapshot.writer import SnapshotWriter
@@ -53,12 +55,15 @@ def write_counted(
     newest: PublishedVersion,
     base_offset: int | None = None,
 ) -> SnapshotManifest | None:
-    """Write ``request`` and count it; None (logged, counted) when the write failed."""
+    """Write ``request`` and count it; None (logged, counted) when the write failed. A whole
+    snapshot is written with a short GIL switch interval (``gil_handoff.py``)."""
     started = time.perf_counter()
+    handoff = short_switch_interval() if request.rows is None else contextlib.nullcontext()
     try:
-        manifest = writer.write(
-            request, base_id=base_id, predecessor_id=predecessor_id, base_offset=base_offset
-        )
+        with handoff:
+            manifest = writer.write(
+                request, base_id=base_id, predecessor_id=predecessor_id, base_offset=base_offset
+            )
     except Exception:
         metrics.SNAPSHOT_PUBLISH_ERRORS.inc()
         log.exception(
