@@ -26,8 +26,8 @@ import threading
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 
-# 0.5 ms: a tenth of CPython's default. At 2 GB (two loaded runs each) the training thread's
-# longest GIL wait during the first base was 1.8 and 4.0 ms, against 0.9-15.9 ms at 5 ms.
+# 0.5 ms: a tenth of CPython's default. At 2 GB (three loaded runs a side) the training
+# thread's longest GIL wait during the first base was 1.8-4.0 ms, against 0.9-15.9 ms at 5 ms.
 HANDOFF_S = 0.0005
 
 
