@@ -37,6 +37,10 @@ class _SGDGroups:
     """Mixed in before :class:`torch.optim.Adam` (or AdamW)."""
 
     param_groups: list[dict[str, Any]]
+    # (param_groups list, its length, the Adam groups, the SGD groups, Adam's step): split
+    # once, not every step; a new or longer list (load_state_dict, add_param_group) splits again
+    _split: tuple[list[dict[str, Any]], int, list[dict[str, Any]], list[dict[str, Any]], Any]
+    _split = ([], 0, [], [], None)
 
     @overload
     def step(self, closure: None = None) -> None: ...
@@ -49,19 +53,23 @@ class _SGDGroups:
         if closure is not None:
             raise ValueError("an optimizer with plain-SGD groups takes no closure")
         groups = self.param_groups
-        adam = [group for group in groups if not group.get("sgd")]
-        if len(adam) < len(groups):
+        split = self._split
+        if split[0] is not groups or split[1] != len(groups):
+            adam = [group for group in groups if not group.get("sgd")]
+            sgd = [group for group in groups if group.get("sgd")]
+            split = self._split = (groups, len(groups), adam, sgd, _plain_step(Adam.step))
+        _groups, _count, adam, sgd, adam_step = split
+        if sgd:
             # Adam's step reads self.param_groups: hand it only its own groups
             self.param_groups = adam
             try:
-                _plain_step(Adam.step)(self)
+                adam_step(self)
             finally:
                 self.param_groups = groups
-            for group in groups:
-                if group.get("sgd"):
-                    _sgd_step(group)
+            for group in sgd:
+                _sgd_step(group)
         else:
-            _plain_step(Adam.step)(self)
+            adam_step(self)
         return None
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:

@@ -52,7 +52,7 @@ def classification_loss(
     # the mix's sigmoid / log-softmax, unless autocast made the heads another dtype
     activated = seen.activated if stacked.dtype == torch.float32 else None
     stacked = stacked.float()
-    w = weights.to(torch.float32)
+    w = _as_float(weights)
     total = w.sum().clamp_min(1e-12)
     if stacked.dim() == 2:  # binary: [n, heads]; labels and weights as columns [n, 1] once
         w_col = w[:, None]
@@ -107,8 +107,8 @@ def regression_loss(
     ``huber`` (delta 1); the mix always weighs the heads by their task loss."""
     stacked = seen.stacked.float()
     width = stacked.shape[1]
-    targets = targets.to(torch.float32).reshape(stacked.shape[:2])
-    w = weights.to(torch.float32)
+    targets = _as_float(targets).reshape(stacked.shape[:2])
+    w = _as_float(weights)
     normalised = w / w.sum().clamp_min(1e-12)
     reported = torch.dot(head.per_sample_loss(mixed, targets), normalised)
     residual = stacked - targets[:, :, None]  # both heads at once: [n, width, heads]
@@ -131,6 +131,11 @@ def linear_grads(grad_out: torch.Tensor, features: torch.Tensor) -> list[torch.T
     """``[dL/dW, dL/db]`` of a linear layer ``z = x W^T + b`` from ``dL/dz`` (``grad_out``)."""
     x = features if features.dtype == grad_out.dtype else features.to(grad_out.dtype)
     return [torch.mm(grad_out.t(), x), grad_out.sum(dim=0)]
+
+
+def _as_float(values: torch.Tensor) -> torch.Tensor:
+    """``values`` as float32: itself when it is (a dtype check costs a tenth of ``.to``'s call)."""
+    return values if values.dtype == torch.float32 else values.float()
 
 
 # (classes, device) -> arange(classes) as a column [classes, 1]: a constant, so a one-hot

@@ -176,3 +176,25 @@ def test_a_binary_mix_of_sure_heads_stays_finite() -> None:
     step = objective.loss(out, torch.tensor([0, 1]), torch.ones(2))  # both wrong, and sure
     assert torch.isfinite(step.reported) and step.reported > 15
     assert torch.isfinite(step.train) and step.train > 59
+
+
+@pytest.mark.parametrize("spec", [BINARY, MULTICLASS, REGRESSION], ids=lambda s: s.task)
+def test_a_step_whose_mlp_head_is_not_finite_is_refused(spec: SampleSpec) -> None:
+    # backward starts from the MLP head's output with its closed-form gradient, so no loss of
+    # that head reaches the guard: a non-finite head must still be refused, through the mixed
+    # prediction's reported loss and the gradients' norm
+    learner = _learner(spec)
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(4, 4, generator=g)
+    y = _labels(spec, x) if spec.task != "multiclass" else (x[:, 0] > 0).long() * 2
+    assert learner.learn(x, y, torch.ones(4)).applied
+    deep = learner.model.deep
+    with torch.no_grad():
+        deep.bias.fill_(float("nan"))
+    before = {k: v.clone() for k, v in learner.model.state_dict().items()}
+    outcome = learner.learn(x, y, torch.ones(4))
+    assert not outcome.applied and learner.consecutive_bad_steps == 1
+    after = learner.model.state_dict()
+    # nothing moved: not the linear head (its written gradient is dropped), not the mix
+    for key in ("wide.weight", "wide.bias", "head.mixer.losses", "first.weight"):
+        assert torch.equal(after[key], before[key]), key
