@@ -1,18 +1,22 @@
-"""``auto``'s step loss when its linear head learns in closed form.
+"""``auto``'s step loss under the Hedge mix: both heads' loss gradients in closed form.
 
-Under the Hedge mix each head learns from its own task loss, never through the mix. The MLP
-head's loss goes through autograd as any model's does; the linear head's gradient with respect
-to its output is known in closed form — ``(sigmoid(z) - y)`` for logistic, ``(softmax(z) -
-onehot(y))`` for softmax, ``2 (z - y) / width`` for squared and the clamped residual for Huber
-loss, each times the sample's normalised weight — so its output is computed without a graph
-(models/auto.py) and the learner writes ``dL/dW = grad_out^T x`` and ``dL/db = sum(grad_out)``
-itself (:mod:`.objective`). That spares the linear layer's backward and the autograd function
-that handed both heads their gradients (a fifth of ``auto``'s extra CPU time over ``mlp`` in a
-batch-1 step, bench/README.md, Peers); tests/unit/test_wide_head.py checks the gradients
-against autograd's.
+Under the Hedge mix each head learns from its own task loss, never through the mix. Each
+head's loss gradient with respect to its output is known in closed form — ``(sigmoid(z) - y)``
+for logistic, ``(softmax(z) - onehot(y))`` for softmax, ``2 (z - y) / width`` for squared and
+the clamped residual for Huber loss, each times the sample's normalised weight — and both are
+computed in one pass over the stacked heads. The linear head's output has no graph
+(models/auto.py): the learner writes ``dL/dW = grad_out^T x`` and ``dL/db = sum(grad_out)``
+itself (:mod:`.objective`). The MLP head's gradient is handed to backward, which starts from
+that head's output (``torch.autograd.backward(output, gradient)``): no loss, weighting or sum
+node is recorded or run backward, where the ``mlp`` records and runs about a dozen. That and
+the linear head's closed form are most of why ``auto`` costs little more than the ``mlp`` per
+step (bench/README.md, Peers); tests/unit/test_wide_head.py checks both gradients against
+autograd's.
 
-The mix's sigmoid or log-softmax of the stacked heads (hedge.py) is reused: the linear head's
-probabilities, and the heads' wrong predictions the mix is weighed by.
+The mix's sigmoid or log-softmax of the stacked heads (hedge.py) is reused: the heads'
+probabilities, and the heads' wrong predictions the mix is weighed by. No loss of the MLP head
+is computed: the guard sees a non-finite head through the mixed prediction's reported loss and
+the gradients' norm.
 """
 
 from __future__ import annotations

@@ -143,7 +143,9 @@ class LinearAndMLP(nn.Module):
             # head's gradient is written in closed form, train/wide_head.py)
             with torch.no_grad():
                 wide = F.linear(x, wide_layer.weight, wide_layer.bias)
-                closed: torch.Tensor = self.head(wide, deep, x)
+                # the head's own work without its module call (a third of the mix's cost at
+                # batch 1); the mixer inside it is still called as a module (hooks see it)
+                closed: torch.Tensor = self.head.combine(wide, deep, x)
             return closed
         if self.wide is None:
             wide, hidden = hidden[:, : self.width], hidden[:, self.width :]
@@ -177,7 +179,13 @@ class CombinedHead(nn.Module):
     def forward(
         self, wide: torch.Tensor, deep: torch.Tensor, features: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """``features``: the linear head's input when its output ``wide`` has no graph."""
+        return self.combine(wide, deep, features)
+
+    def combine(
+        self, wide: torch.Tensor, deep: torch.Tensor, features: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """:meth:`forward`'s work; ``features``: the linear head's input when its output
+        ``wide`` has no graph."""
         out: torch.Tensor
         if self.mixer is not None:
             out = self.mixer(wide, deep, features=features)  # binary: already the logits [n]
