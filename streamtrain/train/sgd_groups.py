@@ -48,8 +48,9 @@ class _SGDGroups:
     @overload
     def step(self, closure: Callable[[], float]) -> float: ...
 
-    @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        """Adam's step for the Adam groups (it turns grad mode off itself), then each SGD
+        group's, with grad mode off."""
         if closure is not None:
             raise ValueError("an optimizer with plain-SGD groups takes no closure")
         groups = self.param_groups
@@ -89,7 +90,13 @@ def _sgd_step(group: dict[str, Any]) -> None:
     params = [p for p in group["params"] if p.grad is not None]
     if params:
         grads = [p.grad for p in params]
-        torch._foreach_add_(params, grads, alpha=-float(group["lr"]))
+        # grad mode off as torch.no_grad() does, without its two objects per step
+        enabled = torch.is_grad_enabled()
+        torch._C._set_grad_enabled(False)
+        try:
+            torch._foreach_add_(params, grads, alpha=-float(group["lr"]))
+        finally:
+            torch._C._set_grad_enabled(enabled)
 
 
 class AdamSGD(_SGDGroups, Adam):
