@@ -47,6 +47,9 @@ def test_a_whole_snapshot_copied_while_training_goes_on_is_the_model_at_its_step
         assert first.rows is None  # the first snapshot of a process is whole
         publisher.offer(first)
         assert held.wait(30), "the copy thread never reached the table"
+        # taken by the publisher's thread (which waits for the copy) before the deltas come:
+        # an offer while it is still queued merges into it, a base at the delta's version
+        wait(lambda: publisher.backlog() == "none", "the publisher to take the whole snapshot")
         for _ in range(3):  # deltas offered while the base's table is only partly copied
             trainer.train(4)
             publisher.offer(tracked_request(trainer, "run", copier))
