@@ -11,8 +11,9 @@ subscriber does (``snapshot/mapped.py``). Before each phase of ``WeightSlot.load
 high-water mark is reset (``/proc/self/clear_refs``), so each line says how far RSS rose above
 where it stood: ``check_whole``, ``check_mappings`` (no ID owning two rows), the dense copy,
 ``apply_rows`` (the shared table and mapping, block by block), ``refresh_lookups`` (the ID
-lookup rebuilt). Last, one compaction of the lookup (what a delta triggers once per
-``16 * sqrt(capacity)`` admissions): 1% of the rows given new IDs. glibc's mapping threshold
+lookup rebuilt; the old one dropped first). Last, the lookup's compaction (what a delta
+triggers once per ``recent_bound(capacity)`` admissions, about ``16 * sqrt(capacity)``) in
+place, as a server's delta runs it, then copying, as the trainer's step. glibc's mapping threshold
 is fixed as the subscriber fixes it (``spool.return_chunk_buffers``). Kafka, the spool and
 the watcher are left out (``bench/delta.py`` has them).
 """
@@ -37,6 +38,7 @@ import delta_dynamic
 from delta_procs import status_bytes
 
 DIM, DENSE = 64, 8
+_PEAKS: list[int] = []  # VmHWM at the end of each phase of a load
 
 
 def _rss() -> tuple[int, int]:
@@ -60,6 +62,7 @@ def _phase(name: str, fn: Callable[..., Any], runtime: int) -> Callable[..., Any
         out = fn(*args, **kwargs)
         seconds = time.perf_counter() - started
         after, peak = _rss()
+        _PEAKS.append(peak)
         print(
             f"  {name}: {seconds:.3f} s, from {(before - runtime) / 1e6:.0f} MB over the "
             f"runtime: peak +{(peak - before) / 1e6:.0f} MB, after +{(after - before) / 1e6:.0f} MB"
@@ -95,8 +98,10 @@ def _load(rows: int, path: Path) -> None:
         with path.open("rb") as file:
             mapped = MappedPayload(file, os.path.getsize(path))
             Path("/proc/self/clear_refs").write_text("5")
+            _PEAKS.clear()
             slot.load(mapped.tensors, SnapshotHeader(version, "r"))
             after, peak = _rss()
+            peak = max(peak, *_PEAKS)  # each phase reset the high-water mark
             del mapped
         print(
             f"base {version}: peak {(peak - runtime) / table:.3f} x table over the runtime "
@@ -107,20 +112,40 @@ def _load(rows: int, path: Path) -> None:
 
 
 def _compaction(model: torch.nn.Module, table: int) -> None:
-    """One compaction of the served lookup: 1% of the rows given new IDs at once."""
+    """Compactions of the served lookup, as a delta triggers them (the mapping written with
+    ``index_copy_``, then ``DynamicMapping.refresh``): one more new ID than the recent level
+    holds (``recent_bound``; at 1 GB about 1% of the rows), twice: in place, as the server
+    compacts, and copying (``replace`` without ``in_place``, the trainer's compaction)."""
+    from streamtrain.train.models.dynamic_lookup import recent_bound, token
     from streamtrain.train.models.dynamic_mappings import dynamic_mappings
 
     mapping = next(iter(dynamic_mappings(model).values()))
-    lookup = mapping.lookup()
-    rows = np.random.default_rng(0).choice(mapping.capacity, mapping.capacity // 100, False)
-    came = np.arange(10**15, 10**15 + rows.size, dtype=np.int64)
-    mapping.slot_ids.numpy()[rows] = came  # a numpy write: the lookup is still the current one
-    before, _ = _rss()
-    Path("/proc/self/clear_refs").write_text("5")
-    compacted = lookup.replace(came, rows, lookup.owned, lookup.made_from)
-    _, peak = _rss()
-    assert compacted.new_keys.size == 0, "1% of the rows is past the recent level's bound"
-    print(f"lookup compaction: peak +{(peak - before) / table:.3f} x table")
+    rng = np.random.default_rng(0)
+    for round_, how in enumerate(("in place", "copying")):
+        lookup = mapping.lookup()
+        count = recent_bound(mapping.capacity) + 1
+        rows = torch.from_numpy(np.sort(rng.choice(mapping.capacity, count, False)))
+        start = 10**15 + round_ * count
+        came = torch.arange(start, start + count, dtype=torch.int64)
+        before = mapping.slot_ids[rows].clone()
+        with torch.no_grad():
+            mapping.slot_ids.index_copy_(0, rows, came)
+        rss, _ = _rss()
+        Path("/proc/self/clear_refs").write_text("5")
+        started = time.perf_counter()
+        if how == "in place":
+            mapping.refresh(rows, before)
+            compacted = mapping.lookup()
+        else:
+            made_from = token(mapping.slot_ids)
+            compacted = lookup.replace(came.numpy(), rows.numpy(), lookup.owned, made_from)
+        seconds = time.perf_counter() - started
+        _, peak = _rss()
+        assert compacted.new_keys.size == 0, "the recent level was not compacted"
+        hit, found = compacted.find(came.numpy())
+        assert hit.all() and np.array_equal(found, rows.numpy()), "a compaction lost a pair"
+        rise = (peak - rss) / table
+        print(f"lookup compaction, {how}: {seconds:.3f} s, peak +{rise:.3f} x table")
 
 
 def main() -> None:

@@ -44,6 +44,8 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from streamtrain.train.models.dynamic_compact import keep_valid, merge_into, shift_left
+
 Int64s = npt.NDArray[np.int64]
 EMPTY = -(1 << 63)  # int64 min marks a free row; a raw ID equal to it is never admitted
 ONE_LEVEL_BELOW = 2048  # tables of fewer rows keep one level (SortedLookup._one_level)
@@ -131,18 +133,26 @@ class SortedLookup(NamedTuple):
     owners: Int64s
     owned: int
     made_from: tuple[int, int]
+    # the capacity-long arrays ``keys`` and ``rows`` view from their start (``build``), so a
+    # served lookup compacts inside them (``replace(in_place=True)``); None once a copying
+    # compaction made exact-size arrays (the trainer's)
+    room: tuple[Int64s, Int64s] | None = None
 
     @classmethod
     def build(cls, slot_ids: torch.Tensor) -> SortedLookup:
         owners = slot_ids.numpy()
         # every row sorted by owner, free rows (EMPTY, the int64 minimum) first: the owned
         # rows are what follows them, in the order a stable sort of the owned IDs alone gives
-        # (ties by row). Two capacity-sized arrays at the peak, where selecting the owned
-        # rows first held five: a server's peak while it loads a base is this sort
+        # (ties by row), moved to the front in place. Two capacity-sized arrays at the peak
+        # (the order and the keys), where selecting the owned rows first held five: a
+        # server's peak while it loads a base is this sort
         order = owners.argsort(kind="stable")
-        free = int(np.count_nonzero(owners == EMPTY))
-        rows = order[free:].copy() if free else order  # a view would keep all of ``order``
-        return cls(owners[rows], rows, _NONE, _NONE, owners, rows.size, token(slot_ids))
+        owned = shift_left(order, int(np.count_nonzero(owners == EMPTY)))
+        keys = np.empty(owners.size, dtype=np.int64)  # pages past ``owned`` stay untouched
+        rows = order[:owned]
+        owners.take(rows, out=keys[:owned], mode="clip")  # "raise" would buffer a copy
+        room = (keys, order)
+        return cls(keys[:owned], rows, _NONE, _NONE, owners, owned, token(slot_ids), room)
 
     def find(self, ids: Int64s) -> tuple[npt.NDArray[np.bool_], Int64s]:
         """(hit mask, row where hit; an arbitrary row elsewhere) of ``ids``."""
@@ -163,11 +173,17 @@ class SortedLookup(NamedTuple):
         return compact.keys, compact.rows
 
     def replace(
-        self, came: Int64s, came_rows: Int64s, owned: int, made_from: tuple[int, int]
+        self,
+        came: Int64s,
+        came_rows: Int64s,
+        owned: int,
+        made_from: tuple[int, int],
+        in_place: bool = False,
     ) -> SortedLookup:
         """The lookup after the IDs ``came`` (distinct, none owned before) took ``came_rows``
         and IDs left their rows (nothing to do: their pairs are stale now), ``owned`` rows
-        owned in all."""
+        owned in all. ``in_place``: a compaction may rewrite this lookup's arrays (see
+        :mod:`.dynamic_compact`; only where nothing reads this lookup again)."""
         if self.owners.size < ONE_LEVEL_BELOW:
             return self._one_level(came, came_rows, owned, made_from)
         keys, rows = self.new_keys, self.new_rows
@@ -181,10 +197,12 @@ class SortedLookup(NamedTuple):
                     keep[np.searchsorted(keys, came[hit])] = False
                     keys, rows = keys[keep], rows[keep]
             keys, rows = _merge(keys, rows, came, came_rows)
-        out = SortedLookup(self.keys, self.rows, keys, rows, self.owners, owned, made_from)
-        if keys.size > 16 * math.isqrt(self.owners.size) + 64:
-            return out._compacted()
-        return out
+        out = SortedLookup(
+            self.keys, self.rows, keys, rows, self.owners, owned, made_from, self.room
+        )
+        if keys.size <= recent_bound(self.owners.size):
+            return out
+        return out._compacted_in_place() if in_place and out.room else out._compacted()
 
     def refilled(
         self,
@@ -231,6 +249,26 @@ class SortedLookup(NamedTuple):
             hit, _ = _search(keys, rows, came)  # re-admitted to the row it had: one pair
             keys, rows = _merge(keys, rows, came[~hit], came_rows[~hit])
         return SortedLookup(keys, rows, _NONE, _NONE, owners, self.owned, self.made_from)
+
+    def _compacted_in_place(self) -> SortedLookup:
+        """:meth:`_compacted` inside :attr:`room` (:mod:`.dynamic_compact`): no array of the
+        table's size is made, and this lookup's arrays are rewritten (no longer valid)."""
+        assert self.room is not None
+        keys, rows = self.room
+        owners = self.owners
+        kept = keep_valid(keys, rows, self.keys.size, owners)
+        fresh = owners[self.new_rows] == self.new_keys
+        came, came_rows = self.new_keys[fresh], self.new_rows[fresh]
+        hit, _ = _search(keys[:kept], rows[:kept], came)  # re-admitted to the row it had
+        total = merge_into(keys, rows, kept, came[~hit], came_rows[~hit])
+        return SortedLookup(
+            keys[:total], rows[:total], _NONE, _NONE, owners, self.owned, self.made_from, self.room
+        )
+
+
+def recent_bound(capacity: int) -> int:
+    """How many pairs a two-level lookup's recent level holds before it is compacted."""
+    return 16 * math.isqrt(capacity) + 64
 
 
 def mapping_problem(

@@ -81,6 +81,10 @@ def refresh_lookups(
     (the slot holds row-sparse buffers once) takes that lookup instead of making its own, so
     a delta's lookup update and the compaction it may trigger (O(capacity)) run once."""
     updated: dict[str, DynamicMapping] = {}
+    for model in models:  # a base re-sorts: no copy keeps the old lookup through the sort
+        for name, mapping in dynamic_mappings(model).items():
+            if name in written and written[name] is None:
+                mapping.forget_lookup()
     for model in models:
         for name, mapping in dynamic_mappings(model).items():
             if name not in written:

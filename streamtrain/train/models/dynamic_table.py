@@ -150,8 +150,9 @@ class DynamicMapping(nn.Module):
         return self._lookup
 
     def refresh(self, rows: torch.Tensor, before: torch.Tensor) -> None:
-        """Bring the lookup up to date after rows ``rows`` of ``slot_ids``, owned by
-        ``before`` until then, were written from outside (a delta on a server)."""
+        """Update the lookup after rows ``rows`` of ``slot_ids``, owned by ``before`` until
+        then, were written from outside: a delta, in the slot's exclusive section, where no
+        request reads the lookup (nor the old one ever again: a compaction is in place)."""
         cached = self._lookup
         if cached is None:
             self.rebuild()
@@ -159,7 +160,12 @@ class DynamicMapping(nn.Module):
         old, new = before.numpy(), self.slot_ids.numpy()[rows.numpy()]
         moved = (new != old) & (new != EMPTY)  # IDs that came to these rows
         owned = cached.owned + int(np.count_nonzero(new != EMPTY) - np.count_nonzero(old != EMPTY))
-        self._lookup = cached.replace(new[moved], rows.numpy()[moved], owned, token(self.slot_ids))
+        made_from = token(self.slot_ids)  # a failed compaction leaves a lookup rebuilt on use
+        self._lookup = cached.replace(new[moved], rows.numpy()[moved], owned, made_from, True)
+
+    def forget_lookup(self) -> None:
+        """Drop the lookup (a base is written: its rebuild holds no old one beside it)."""
+        self._lookup = self._answer = None
 
     def share_lookup(self, other: DynamicMapping) -> None:
         """Take ``other``'s lookup: both read one ``slot_ids`` tensor (the serving slot's two
