@@ -237,6 +237,10 @@ def produce(
         production = _Production(producer, info.iterate(count, seed), Pacer(rate))
         try:
             ended = production.run()
+        except BaseException:
+            producer.close(timeout=STOP_FLUSH_S)  # what was sent before the error, bounded
+            raise
+        try:
             producer.flush(STOP_FLUSH_S if production.signalled else 60.0)
             if not ended:  # blocked in the client since the signal, yet every record flushed
                 raise ProduceTimeout(f"the client took no record for {STOP_JOIN_S:.0f} s")
