@@ -8,18 +8,18 @@ Stopping follows one order, and the order is what guarantees that no process is 
 3. any child still running then gets SIGKILL;
 4. every child is reaped (``wait()``), so none lingers as a zombie.
 
-Children run in a process group of their own, so a Ctrl-C at the terminal (sent to the
-foreground process group) reaches only the parent, which then stops them in this order; and each
-child asks the kernel for SIGTERM should the parent die without stopping them
-(``PR_SET_PDEATHSIG``), even by ``kill -9``.
+Children run in their own session, so a Ctrl-C at the terminal reaches only the parent, which
+then stops them in this order; and each child asks the kernel for SIGTERM should the parent die
+without stopping them (``PR_SET_PDEATHSIG``), even by ``kill -9``.
 
-A process group, not a session: on Linux with autogroup scheduling (most desktops, and this
-project's shared CI machine) a new session is a scheduling group of its own at nice 0, so
-children in sessions of their own escaped the demo's priority while the broker, started
-without one, kept it. A niced demo (a test beside the soak) then had its broker starved by
-its own children and its neighbours: the trainer waited 33 s for its first record, and both
-trainer and server outlived the 10-s stop waiting on the broker. In one group, every process
-of a demo has the demo's priority.
+The demo's broker runs in a session of its own too (``EmbeddedBroker(own_session=True)``). On
+Linux with autogroup scheduling (most desktops, and this project's shared CI machine) a session
+is a scheduling group of its own, at nice 0: with the children in new sessions and the broker
+left in the demo's, a niced demo (a test beside the soak in ``.ci/run``) had its broker starved
+while its children ran: its trainer waited 33 s for its first record, and trainer and server
+outlived the 10-s stop waiting on the broker. Every process of a demo is now scheduled alike.
+(Keeping all of them in the demo's session instead, niced like it, was tried: beside the soak's
+nice-0 processes their stop then took more than 10 s of wall time.)
 """
 
 from __future__ import annotations
@@ -36,10 +36,8 @@ from pathlib import Path
 from types import TracebackType
 
 
-def _prepare_child() -> None:
-    # Runs in the child between fork and exec: a process group of its own (see the module
-    # docstring), and SIGTERM should its parent die.
-    os.setpgid(0, 0)
+def _die_with_parent() -> None:
+    # Runs in the child between fork and exec: SIGTERM the child if its parent dies.
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
 
@@ -137,7 +135,8 @@ class ProcessGroup:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=dict(env) if env is not None else None,
-                preexec_fn=_prepare_child,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
             )
         child = Child(name, process, log_path, may_finish=may_finish)
         self.children.append(child)

@@ -81,7 +81,7 @@ def run_demo(options: DemoOptions, console: Console) -> int:
     console.print(f"run directory: {run_dir}", markup=False, highlight=False)
     with StopFlag() as stop:
         try:
-            broker = EmbeddedBroker(log_path=run_dir / "broker.log").start()
+            broker = EmbeddedBroker(log_path=run_dir / "broker.log", own_session=True).start()
         except BrokerUnavailable as exc:
             raise DemoError(str(exc)) from exc
         try:
