@@ -250,7 +250,7 @@ class Learner:
         if score_sum is None:
             score_sum = self.head.score(outputs, y).sum()
         step_loss = self._objective.loss(outputs, y, w)
-        self._backward(step_loss.train)
+        self._backward(step_loss.train, step_loss.train_grad)
         loss = step_loss.reported
         if self.step_reducer is not None:
             loss, score_sum, samples = self.step_reducer.reduce(
@@ -269,8 +269,11 @@ class Learner:
         """Steps 3 and 4 of :meth:`_step`: judge the step with one host sync, then apply it or
         reject it; True when applied."""
         grad_norm = self._grad_norm()
-        # loss + norm is finite exactly when both are (NaN and inf propagate through +)
-        check = loss.detach() + step_loss.train.detach()
+        # loss + norm is finite exactly when both are (NaN and inf propagate through +); a
+        # closed-form gradient (train_grad) is in the norm, and its output in the reported loss
+        check = loss.detach()
+        if step_loss.train_grad is None:
+            check = check + step_loss.train.detach()
         check = check if grad_norm is None else check + grad_norm
         verdict = self._guard.judge(bool(torch.isfinite(check).item()))  # the one host sync
         if verdict is Verdict.APPLY:
@@ -298,11 +301,16 @@ class Learner:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
 
-    def _backward(self, loss: torch.Tensor) -> None:
+    def _backward(self, loss: torch.Tensor, grad: torch.Tensor | None) -> None:
+        """Backward from the scalar ``loss``, or from the tensor ``loss`` with its closed-form
+        loss gradient ``grad`` (:class:`StepLoss`)."""
         if self._scaler is None:
-            torch.autograd.backward(loss)
+            torch.autograd.backward(loss, grad)
             return
-        torch.autograd.backward(self._scaler.scale(loss))
+        if grad is not None:  # the gradient is what the loss's would be: scaled the same
+            torch.autograd.backward(loss, self._scaler.scale(grad))
+        else:
+            torch.autograd.backward(self._scaler.scale(loss))
         self._scaler.unscale_(self.optimizer)  # clip and check the true gradients
 
     def _grad_norm(self) -> torch.Tensor | None:

@@ -34,14 +34,16 @@ from streamtrain.train.wide_head import classification_loss, linear_grads, regre
 
 @dataclass(frozen=True)
 class StepLoss:
-    """``train``: what backward runs on; ``reported``: the sample-weighted mean loss of the
-    model's prediction (the same tensor unless the model mixes heads); ``head_sums``: the
-    heads' sample-weighted sums of the mixer's criterion (task loss or wrong predictions) for
-    :meth:`Objective.after_step`, or None."""
+    """``train``: what backward runs on, a scalar loss, or (with ``train_grad``) a tensor
+    whose loss gradient ``train_grad`` is known in closed form; ``reported``: the
+    sample-weighted mean loss of the model's prediction (the same tensor unless the model mixes
+    heads); ``head_sums``: the heads' sample-weighted sums of the mixer's criterion (task loss
+    or wrong predictions) for :meth:`Objective.after_step`, or None."""
 
     train: torch.Tensor
     reported: torch.Tensor
     head_sums: torch.Tensor | None = None
+    train_grad: torch.Tensor | None = None
 
 
 class Objective:
@@ -159,8 +161,9 @@ class Objective:
     def _closed_form_losses(
         self, seen: HeadsSeen, mixed: torch.Tensor, labels: torch.Tensor, w: torch.Tensor
     ) -> StepLoss:
-        """The MLP head's loss for backward, and the linear head's gradient written in closed
-        form (:mod:`.wide_head`): the first head has no graph."""
+        """Both heads' loss gradients in closed form (:mod:`.wide_head`): the linear head's
+        (it has no graph) turned into its weights' gradients here, the MLP head's handed to
+        backward, which starts from that head's output."""
         assert self.mixer is not None and seen.features is not None
         if self._linear is None or len(seen.heads) != 2:
             raise RuntimeError(
@@ -176,7 +179,7 @@ class Objective:
             grads = self.scaler.scale(grads)
         for param, grad in zip(self._linear, grads, strict=True):
             param.grad = grad
-        return StepLoss(parts.train, parts.reported, parts.head_sums)
+        return StepLoss(parts.train, parts.reported, parts.head_sums, parts.train_grad)
 
     def _class_index(self, stacked: torch.Tensor) -> torch.Tensor:
         """``[1, classes, heads]``: each class's index, along every head, on the heads'

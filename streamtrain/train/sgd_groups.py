@@ -37,6 +37,10 @@ class _SGDGroups:
     """Mixed in before :class:`torch.optim.Adam` (or AdamW)."""
 
     param_groups: list[dict[str, Any]]
+    # (param_groups list, its length, the Adam groups, the SGD groups, Adam's step): split
+    # once, not every step; a new or longer list (load_state_dict, add_param_group) splits again
+    _split: tuple[list[dict[str, Any]], int, list[dict[str, Any]], list[dict[str, Any]], Any]
+    _split = ([], 0, [], [], None)
 
     @overload
     def step(self, closure: None = None) -> None: ...
@@ -44,24 +48,29 @@ class _SGDGroups:
     @overload
     def step(self, closure: Callable[[], float]) -> float: ...
 
-    @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        """Adam's step for the Adam groups (it turns grad mode off itself), then each SGD
+        group's, with grad mode off."""
         if closure is not None:
             raise ValueError("an optimizer with plain-SGD groups takes no closure")
         groups = self.param_groups
-        adam = [group for group in groups if not group.get("sgd")]
-        if len(adam) < len(groups):
+        split = self._split
+        if split[0] is not groups or split[1] != len(groups):
+            adam = [group for group in groups if not group.get("sgd")]
+            sgd = [group for group in groups if group.get("sgd")]
+            split = self._split = (groups, len(groups), adam, sgd, _plain_step(Adam.step))
+        _groups, _count, adam, sgd, adam_step = split
+        if sgd:
             # Adam's step reads self.param_groups: hand it only its own groups
             self.param_groups = adam
             try:
-                _plain_step(Adam.step)(self)
+                adam_step(self)
             finally:
                 self.param_groups = groups
-            for group in groups:
-                if group.get("sgd"):
-                    _sgd_step(group)
+            for group in sgd:
+                _sgd_step(group)
         else:
-            _plain_step(Adam.step)(self)
+            adam_step(self)
         return None
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -81,7 +90,13 @@ def _sgd_step(group: dict[str, Any]) -> None:
     params = [p for p in group["params"] if p.grad is not None]
     if params:
         grads = [p.grad for p in params]
-        torch._foreach_add_(params, grads, alpha=-float(group["lr"]))
+        # grad mode off as torch.no_grad() does, without its two objects per step
+        enabled = torch.is_grad_enabled()
+        torch._C._set_grad_enabled(False)
+        try:
+            torch._foreach_add_(params, grads, alpha=-float(group["lr"]))
+        finally:
+            torch._C._set_grad_enabled(enabled)
 
 
 class AdamSGD(_SGDGroups, Adam):

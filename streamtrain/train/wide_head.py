@@ -1,18 +1,22 @@
-"""``auto``'s step loss when its linear head learns in closed form.
+"""``auto``'s step loss under the Hedge mix: both heads' loss gradients in closed form.
 
-Under the Hedge mix each head learns from its own task loss, never through the mix. The MLP
-head's loss goes through autograd as any model's does; the linear head's gradient with respect
-to its output is known in closed form — ``(sigmoid(z) - y)`` for logistic, ``(softmax(z) -
-onehot(y))`` for softmax, ``2 (z - y) / width`` for squared and the clamped residual for Huber
-loss, each times the sample's normalised weight — so its output is computed without a graph
-(models/auto.py) and the learner writes ``dL/dW = grad_out^T x`` and ``dL/db = sum(grad_out)``
-itself (:mod:`.objective`). That spares the linear layer's backward and the autograd function
-that handed both heads their gradients (a fifth of ``auto``'s extra CPU time over ``mlp`` in a
-batch-1 step, bench/README.md, Peers); tests/unit/test_wide_head.py checks the gradients
-against autograd's.
+Under the Hedge mix each head learns from its own task loss, never through the mix. Each
+head's loss gradient with respect to its output is known in closed form — ``(sigmoid(z) - y)``
+for logistic, ``(softmax(z) - onehot(y))`` for softmax, ``2 (z - y) / width`` for squared and
+the clamped residual for Huber loss, each times the sample's normalised weight — and both are
+computed in one pass over the stacked heads. The linear head's output has no graph
+(models/auto.py): the learner writes ``dL/dW = grad_out^T x`` and ``dL/db = sum(grad_out)``
+itself (:mod:`.objective`). The MLP head's gradient is handed to backward, which starts from
+that head's output (``torch.autograd.backward(output, gradient)``): no loss, weighting or sum
+node is recorded or run backward, where the ``mlp`` records and runs about a dozen. That and
+the linear head's closed form are most of why ``auto`` costs little more than the ``mlp`` per
+step (bench/README.md, Peers); tests/unit/test_wide_head.py checks both gradients against
+autograd's.
 
-The mix's sigmoid or log-softmax of the stacked heads (hedge.py) is reused: the linear head's
-probabilities, and the heads' wrong predictions the mix is weighed by.
+The mix's sigmoid or log-softmax of the stacked heads (hedge.py) is reused: the heads'
+probabilities, and the heads' wrong predictions the mix is weighed by. No loss of the MLP head
+is computed: the guard sees a non-finite head through the mixed prediction's reported loss and
+the gradients' norm.
 """
 
 from __future__ import annotations
@@ -27,11 +31,13 @@ from streamtrain.train.task import TaskHead
 
 
 class WideLoss(NamedTuple):
-    """``train`` what backward runs on (the MLP head's loss); ``reported`` the mixed
-    prediction's loss; ``head_sums`` each head's sample-weighted sum of the mix's criterion;
-    ``grad_out`` ``[n, width]`` the linear head's loss gradient with respect to its output."""
+    """``train`` the MLP head's output, what backward starts from, and ``train_grad`` its loss
+    gradient; ``reported`` the mixed prediction's loss; ``head_sums`` each head's
+    sample-weighted sum of the mix's criterion; ``grad_out`` ``[n, width]`` the linear head's
+    loss gradient with respect to its output."""
 
     train: torch.Tensor
+    train_grad: torch.Tensor
     reported: torch.Tensor
     head_sums: torch.Tensor
     grad_out: torch.Tensor
@@ -50,17 +56,17 @@ def classification_loss(
     # the mix's sigmoid / log-softmax, unless autocast made the heads another dtype
     activated = seen.activated if stacked.dtype == torch.float32 else None
     stacked = stacked.float()
-    deep = seen.heads[1].float()
-    w = weights.to(torch.float32)[:, None]  # a column [n, 1]: it weighs the heads' columns
-    column = w / w.sum().clamp_min(1e-12)  # normalised once, for every loss and the gradient
-    normalised = column.view(-1)
-    if stacked.dim() == 2:  # binary: [n, heads]; labels as a column [n, 1] once
+    w = _as_float(weights)
+    total = w.sum().clamp_min(1e-12)
+    if stacked.dim() == 2:  # binary: [n, heads]; labels and weights as columns [n, 1] once
+        w_col = w[:, None]
+        column = w_col / total  # normalised once, for the gradients and the reported loss
         y = labels.to(torch.float32)[:, None]
         sig = stacked.sigmoid() if activated is None else activated
-        train = F.binary_cross_entropy_with_logits(deep, y, weight=column, reduction="sum")
-        grad_out = (sig[:, :1] - y) * column
+        # both heads' (sigmoid - y) * w in one pass; each head's column is its gradient
+        grads = (sig - y) * column
         reported = F.binary_cross_entropy_with_logits(
-            mixed.float(), y.view(-1), weight=normalised, reduction="sum"
+            mixed.float(), y.view(-1), weight=column.view(-1), reduction="sum"
         )
         if criterion == "error":  # a bool compared with float labels: one kernel
             per_head = (stacked > 0) != y
@@ -68,21 +74,29 @@ def classification_loss(
             per_head = F.binary_cross_entropy_with_logits(
                 stacked, y.expand_as(stacked), reduction="none"
             )
-    else:  # multiclass: [n, classes, heads]
+        # the heads' weighted sums: a bool (errors) times the float weights promotes in the kernel
+        head_sums = (per_head * w_col).sum(dim=0)
+        linear, deep = grads.split_with_sizes([1, 1], dim=1)
+    else:  # multiclass: [n, classes, heads]; labels and weights as [n, 1, 1] once
         log_p = stacked.log_softmax(dim=1) if activated is None else activated
-        train = torch.dot(F.cross_entropy(deep, labels, reduction="none"), normalised)
-        label_column = labels[:, None]
-        onehot = label_column == _class_index(stacked.shape[1], stacked.device)
-        grad_out = (log_p[:, :, 0].exp() - onehot.float()) * column
-        reported = torch.dot(F.nll_loss(mixed.float(), labels, reduction="none"), normalised)
+        label3 = labels.view(-1, 1, 1)
+        w3 = w.view(-1, 1, 1)
+        normalised3 = w3 / total
+        onehot = label3 == _class_index(stacked.shape[1], stacked.device)  # [n, classes, 1]
+        # both heads' softmax * w - onehot * w (as log_softmax's backward forms it) in one
+        # pass, then one [n, classes] view each; addcmul takes the bool one-hot as it is
+        grads = torch.addcmul(log_p.exp() * normalised3, onehot, normalised3, value=-1.0)
+        nll = F.nll_loss(mixed.float(), labels, reduction="none")
+        reported = torch.dot(nll, normalised3.view(-1))
         if criterion == "error":
-            per_head = stacked.argmax(dim=1) != label_column  # [n, heads]
+            per_head = stacked.argmax(dim=1, keepdim=True) != label3  # [n, 1, heads]
         else:
-            at_label = labels.view(-1, 1, 1).expand(-1, 1, stacked.shape[2])
-            per_head = log_p.gather(1, at_label).squeeze(1).neg()
-    # the heads' weighted sums: a bool (errors) times the float weights promotes in the kernel
-    head_sums = (per_head * w).sum(dim=0)
-    return WideLoss(train, reported, head_sums, grad_out)
+            per_head = log_p.gather(1, label3.expand(-1, 1, stacked.shape[2])).neg()
+        head_sums = (per_head * w3).sum(dim=(0, 1))
+        linear, deep = grads.unbind(-1)
+    head = seen.heads[1]
+    deep = deep if deep.dtype == head.dtype else deep.to(head.dtype)
+    return WideLoss(head, deep, reported, head_sums, linear)
 
 
 def regression_loss(
@@ -92,28 +106,29 @@ def regression_loss(
     weights: torch.Tensor,
     head: TaskHead,
 ) -> WideLoss:
-    """Regression (``seen.heads`` ``[n, width]`` each, the linear head first) against the
+    """Regression (``seen.stacked`` ``[n, width, 2]``, the linear head first) against the
     standardised ``targets``, under ``mse`` (the mean over outputs of squared errors) or
     ``huber`` (delta 1); the mix always weighs the heads by their task loss."""
-    linear, deep = seen.heads[0].float(), seen.heads[1].float()
-    targets = targets.to(torch.float32).reshape(deep.shape)
-    w = weights.to(torch.float32)
+    stacked = seen.stacked.float()
+    width = stacked.shape[1]
+    targets = _as_float(targets).reshape(stacked.shape[:2])
+    w = _as_float(weights)
     normalised = w / w.sum().clamp_min(1e-12)
-    per_deep = head.per_sample_loss(deep, targets)
-    train = torch.dot(per_deep, normalised)
     reported = torch.dot(head.per_sample_loss(mixed, targets), normalised)
-    residual = linear - targets
-    width = deep.shape[1]
+    residual = stacked - targets[:, :, None]  # both heads at once: [n, width, heads]
     if head.loss_name == "mse":
-        per_linear = residual.square().mean(dim=1)
-        grad_out = residual * (normalised * (2.0 / width))[:, None]
+        per_head = residual.square().mean(dim=1)
+        grads = residual * (normalised * (2.0 / width)).view(-1, 1, 1)
     elif head.loss_name == "huber":
-        per_linear = head.per_sample_loss(linear, targets)
-        grad_out = residual.clamp(-1.0, 1.0) * (normalised * (1.0 / width))[:, None]
+        per_head = F.huber_loss(stacked, targets[:, :, None].expand_as(stacked), reduction="none")
+        per_head = per_head.mean(dim=1)
+        grads = residual.clamp(-1.0, 1.0) * (normalised * (1.0 / width)).view(-1, 1, 1)
     else:
         raise ValueError(f"no closed-form gradient for loss {head.loss_name!r}; use mse or huber")
-    per_head = torch.stack([per_linear, per_deep.detach()], dim=1)
-    return WideLoss(train, reported, torch.mv(per_head.t(), w), grad_out)
+    linear, deep = grads.unbind(-1)
+    out = seen.heads[1]
+    deep = deep if deep.dtype == out.dtype else deep.to(out.dtype)
+    return WideLoss(out, deep, reported, torch.mv(per_head.t(), w), linear)
 
 
 def linear_grads(grad_out: torch.Tensor, features: torch.Tensor) -> list[torch.Tensor]:
@@ -122,7 +137,13 @@ def linear_grads(grad_out: torch.Tensor, features: torch.Tensor) -> list[torch.T
     return [torch.mm(grad_out.t(), x), grad_out.sum(dim=0)]
 
 
-# (classes, device) -> arange(classes): a constant, so a one-hot is one comparison
+def _as_float(values: torch.Tensor) -> torch.Tensor:
+    """``values`` as float32: itself when it is (a dtype check costs a tenth of ``.to``'s call)."""
+    return values if values.dtype == torch.float32 else values.float()
+
+
+# (classes, device) -> arange(classes) as a column [classes, 1]: a constant, so a one-hot
+# [n, classes, 1] is one comparison with the labels [n, 1, 1]
 _CLASS_INDEX: dict[tuple[int, torch.device], torch.Tensor] = {}
 
 
@@ -130,5 +151,5 @@ def _class_index(classes: int, device: torch.device) -> torch.Tensor:
     key = (classes, device)
     index = _CLASS_INDEX.get(key)
     if index is None:
-        index = _CLASS_INDEX[key] = torch.arange(classes, device=device)
+        index = _CLASS_INDEX[key] = torch.arange(classes, device=device)[:, None]
     return index

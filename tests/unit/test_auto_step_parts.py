@@ -137,19 +137,14 @@ def test_a_step_loss_is_the_heads_task_losses_and_the_mix_counts_their_errors(
         out = model(x)
     handle.remove()
     step = objective.loss(out, y, w)
-    step.train.backward()
+    assert step.train_grad is not None  # backward starts from the MLP head's output
+    torch.autograd.backward(step.train, step.train_grad)
 
     stacked = torch.stack([h.detach() for h in heads], dim=-1)  # [n, width, 2]
-    per_head = [
-        head.per_sample_loss(
-            stacked[..., k].squeeze(-1) if spec.task == "binary" else stacked[..., k], y
-        )
-        for k in (0, 1)
-    ]
-    # backward runs on the MLP head's loss; the linear head's gradient is written in closed
-    # form (tests/unit/test_wide_head.py checks it against autograd's)
-    want_train = (per_head[1] * w).sum() / w.sum()
-    torch.testing.assert_close(step.train.detach(), want_train)
+    # backward starts from the MLP head's output with its task loss's gradient, and the
+    # linear head's gradient is written: both in closed form (test_wide_head.py checks them
+    # against autograd's)
+    assert step.train is heads[1]
     # the reported loss is the task loss of the served (mixed) output
     torch.testing.assert_close(step.reported, head.loss(out.detach(), y, w))
     # the mix counts each head's weighted wrong predictions
@@ -181,3 +176,25 @@ def test_a_binary_mix_of_sure_heads_stays_finite() -> None:
     step = objective.loss(out, torch.tensor([0, 1]), torch.ones(2))  # both wrong, and sure
     assert torch.isfinite(step.reported) and step.reported > 15
     assert torch.isfinite(step.train) and step.train > 59
+
+
+@pytest.mark.parametrize("spec", [BINARY, MULTICLASS, REGRESSION], ids=lambda s: s.task)
+def test_a_step_whose_mlp_head_is_not_finite_is_refused(spec: SampleSpec) -> None:
+    # backward starts from the MLP head's output with its closed-form gradient, so no loss of
+    # that head reaches the guard: a non-finite head must still be refused, through the mixed
+    # prediction's reported loss and the gradients' norm
+    learner = _learner(spec)
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(4, 4, generator=g)
+    y = _labels(spec, x) if spec.task != "multiclass" else (x[:, 0] > 0).long() * 2
+    assert learner.learn(x, y, torch.ones(4)).applied
+    deep = learner.model.deep
+    with torch.no_grad():
+        deep.bias.fill_(float("nan"))
+    before = {k: v.clone() for k, v in learner.model.state_dict().items()}
+    outcome = learner.learn(x, y, torch.ones(4))
+    assert not outcome.applied and learner.consecutive_bad_steps == 1
+    after = learner.model.state_dict()
+    # nothing moved: not the linear head (its written gradient is dropped), not the mix
+    for key in ("wide.weight", "wide.bias", "head.mixer.losses", "first.weight"):
+        assert torch.equal(after[key], before[key]), key

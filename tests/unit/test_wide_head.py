@@ -1,4 +1,4 @@
-"""``auto``'s linear head learns in closed form (train/wide_head.py): its gradient is autograd's."""
+"""``auto``'s heads learn in closed form (train/wide_head.py): their gradients are autograd's."""
 
 from __future__ import annotations
 
@@ -55,8 +55,15 @@ def test_the_linear_heads_closed_form_gradient_is_autograds(
     assert weight.grad is not None and bias.grad is not None
     torch.testing.assert_close(model.wide.weight.grad, weight.grad, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(model.wide.bias.grad, bias.grad, rtol=1e-5, atol=1e-6)
-    # backward runs on the MLP head's loss alone: it reaches the MLP, never the linear head
-    step.train.backward()
+    # the MLP head's loss gradient is closed form too: autograd's of its own task loss
+    assert step.train_grad is not None and step.train.requires_grad
+    deep = step.train.detach().requires_grad_()
+    own = head.per_sample_loss(deep.squeeze(-1) if spec.task == "binary" else deep, targets)
+    ((own * w).sum() / w.sum()).backward()
+    assert deep.grad is not None
+    torch.testing.assert_close(step.train_grad, deep.grad, rtol=1e-5, atol=1e-7)
+    # backward starts from the MLP head's output: it reaches the MLP, never the linear head
+    torch.autograd.backward(step.train, step.train_grad)
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.deep.parameters())
     torch.testing.assert_close(model.wide.weight.grad, weight.grad, rtol=1e-5, atol=1e-6)
 
@@ -78,8 +85,9 @@ def test_under_a_loss_scaler_the_closed_form_gradient_is_scaled_as_backwards_are
         with objective.capture():
             out = model(x)
         step = objective.loss(out, (x[:, 0] > 0).long(), torch.ones(8))
-        train = step.train if scaler is None else scaler.scale(step.train)
-        train.backward()
+        assert step.train_grad is not None  # scaled as Learner._backward scales it
+        grad = step.train_grad if scaler is None else scaler.scale(step.train_grad)
+        torch.autograd.backward(step.train, grad)
         if scaler is not None:
             torch.testing.assert_close(
                 model.wide.weight.grad, grads(False)[0] * 1024.0, rtol=1e-6, atol=1e-7

@@ -139,11 +139,19 @@ class LinearAndMLP(nn.Module):
             deep = self.deep(self.body(hidden))
             wide_layer = self.wide
             assert wide_layer is not None
-            # one context for the linear head and the mix: neither records a graph (the
-            # head's gradient is written in closed form, train/wide_head.py)
-            with torch.no_grad():
+            # the linear head and the mix record no graph (the heads' gradients are written in
+            # closed form, train/wide_head.py): grad mode off as torch.no_grad() turns it off,
+            # without its two objects per call (this runs every step); a local, so threads
+            # serving at once each restore their own
+            enabled = torch.is_grad_enabled()
+            torch._C._set_grad_enabled(False)
+            try:
                 wide = F.linear(x, wide_layer.weight, wide_layer.bias)
-                closed: torch.Tensor = self.head(wide, deep, x)
+                # the head's own work without its module call (a third of the mix's cost at
+                # batch 1); the mixer inside it is still called as a module (hooks see it)
+                closed: torch.Tensor = self.head.combine(wide, deep, x)
+            finally:
+                torch._C._set_grad_enabled(enabled)
             return closed
         if self.wide is None:
             wide, hidden = hidden[:, : self.width], hidden[:, self.width :]
@@ -177,7 +185,13 @@ class CombinedHead(nn.Module):
     def forward(
         self, wide: torch.Tensor, deep: torch.Tensor, features: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """``features``: the linear head's input when its output ``wide`` has no graph."""
+        return self.combine(wide, deep, features)
+
+    def combine(
+        self, wide: torch.Tensor, deep: torch.Tensor, features: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """:meth:`forward`'s work; ``features``: the linear head's input when its output
+        ``wide`` has no graph."""
         out: torch.Tensor
         if self.mixer is not None:
             out = self.mixer(wide, deep, features=features)  # binary: already the logits [n]
