@@ -22,6 +22,7 @@ from streamtrain.cli.common import (
     setup_logging,
 )
 from streamtrain.client import SampleProducer
+from streamtrain.config import Settings
 from streamtrain.datasets import DatasetError, DatasetInfo, SampleChunk, get_dataset, hyperplane
 from streamtrain.kafka import KafkaConfigError, KafkaConnection, create_topics
 from streamtrain.kafka.producer import ProduceTimeout
@@ -174,6 +175,42 @@ class _Production:
         return not self._loop.is_alive()
 
 
+def _produce(
+    settings: Settings,
+    info: DatasetInfo,
+    format: str,
+    linger_ms: int,
+    count: int,
+    seed: int,
+    rate: float,
+) -> tuple[SampleProducer, _Production]:
+    """Create the topic, send until the count or a stop signal, flush: the report's count is
+    then exactly the records on the topic (a flush that fails raises instead)."""
+    topic_name = settings.topics.samples
+    kafka = KafkaConnection.from_settings(settings.kafka)
+    create_topics(kafka, [topic_name], settings.topics.sample_partitions)
+    producer = SampleProducer(
+        spec=info.spec,
+        topic=topic_name,
+        kafka=kafka,
+        format="binary" if format == "binary" else "json",
+        linger_ms=linger_ms,
+    )
+    production = _Production(producer, info.iterate(count, seed), Pacer(rate))
+    try:
+        ended = production.run()
+    except BaseException:
+        producer.close(timeout=STOP_FLUSH_S)  # what was sent before the error, bounded
+        raise
+    try:
+        producer.flush(STOP_FLUSH_S if production.signalled else 60.0)
+        if not ended:  # blocked in the client since the signal, yet every record flushed
+            raise ProduceTimeout(f"the client took no record for {STOP_JOIN_S:.0f} s")
+    finally:
+        producer.close(timeout=0)  # the flush above settled every record, or gave up
+    return producer, production
+
+
 @app.command(short_help="Send a labelled sample stream to the samples topic.")
 def produce(
     dataset: str = typer.Option(
@@ -222,30 +259,8 @@ def produce(
         info = _dataset(dataset, file, file_spec, drift_at, drift_every)
     except DatasetError as exc:
         fail(str(exc))
-    topic_name = settings.topics.samples
-    n_partitions = settings.topics.sample_partitions
     try:
-        kafka = KafkaConnection.from_settings(settings.kafka)
-        create_topics(kafka, [topic_name], n_partitions)
-        producer = SampleProducer(
-            spec=info.spec,
-            topic=topic_name,
-            kafka=kafka,
-            format="binary" if format == "binary" else "json",
-            linger_ms=linger_ms,
-        )
-        production = _Production(producer, info.iterate(count, seed), Pacer(rate))
-        try:
-            ended = production.run()
-        except BaseException:
-            producer.close(timeout=STOP_FLUSH_S)  # what was sent before the error, bounded
-            raise
-        try:
-            producer.flush(STOP_FLUSH_S if production.signalled else 60.0)
-            if not ended:  # blocked in the client since the signal, yet every record flushed
-                raise ProduceTimeout(f"the client took no record for {STOP_JOIN_S:.0f} s")
-        finally:
-            producer.close(timeout=0)  # the flush above settled every record, or gave up
+        producer, production = _produce(settings, info, format, linger_ms, count, seed, rate)
     except (DatasetError, SampleError, KafkaConfigError) as exc:
         fail(str(exc))
     except Exception as exc:  # kafka-python raises many types; all mean "cannot reach Kafka"
@@ -255,6 +270,8 @@ def produce(
             kafka_failure_message(settings.kafka.bootstrap_servers, exc),
             ExitCode.KAFKA_UNREACHABLE,
         )
-    sent, interrupted = producer.sent, production.signalled
-    stopped = " (stopped early)" if interrupted else ""
-    typer.echo(f"produced {sent} samples of {info.name} to {topic_name} ({format}){stopped}")
+    stopped = " (stopped early)" if production.signalled else ""
+    topic_name = settings.topics.samples
+    typer.echo(
+        f"produced {producer.sent} samples of {info.name} to {topic_name} ({format}){stopped}"
+    )

@@ -63,10 +63,9 @@ def train(
     if (
         "TORCHELASTIC_RUN_ID" in os.environ
     ):  # a torchrun worker (torch's own test): tie it to its agent
-        from streamtrain.distributed.agent_lifetime import die_with_agent, keep_agent_priority
+        from streamtrain.distributed.agent_lifetime import die_with_agent
 
         die_with_agent()
-        keep_agent_priority()
     setup_logging(verbose)
     settings = settings_from(
         config,

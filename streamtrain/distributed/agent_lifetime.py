@@ -17,7 +17,6 @@ import logging
 import os
 import signal
 import sys
-from pathlib import Path
 
 log = logging.getLogger(__name__)
 
@@ -45,24 +44,3 @@ def die_with_agent() -> bool:
     if os.getppid() != agent:
         raise SystemExit(f"the torchrun agent (pid {agent}) that started this rank has exited")
     return True
-
-
-def keep_agent_priority() -> None:
-    """Give this rank's scheduling group the agent's niceness (Linux autogroup; else nothing).
-
-    With autogroup scheduling (``kernel.sched_autogroup_enabled``, on in most distributions)
-    each session is a scheduling group weighted by its own nice value, which starts at 0; a
-    rank in the session torchrun made for it would take CPU as a nice-0 group however niced
-    the job was, beside the processes the job means to yield to (a test suite run under
-    ``nice -n 19`` beside the soak test, tests/README.md). The group takes the larger of this
-    process's nice value and the agent's group's, which any process may set without
-    privilege.
-    """
-    try:
-        mine = Path("/proc/self/autogroup")
-        agent = Path(f"/proc/{os.getppid()}/autogroup").read_text().split()
-        wanted = max(os.nice(0), int(agent[-1]) if agent[-2:-1] == ["nice"] else 0)
-        if wanted > int(mine.read_text().split()[-1]):
-            mine.write_text(str(wanted))
-    except (OSError, ValueError, IndexError):
-        return  # no autogroup here (or not readable): nothing to keep
