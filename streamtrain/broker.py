@@ -91,13 +91,17 @@ class EmbeddedBroker:
         startup_timeout: float = 15.0,
         log_path: Path | None = None,
         advertised_port: int | None = None,
+        own_session: bool = False,
     ) -> None:
+        """``own_session``: start the broker in a session of its own, as the demo starts its
+        other processes (demo/processes.py says why: one scheduling group each)."""
         self.host = host
         self.port = port or free_port(host)
         # Clients reach the broker through another port (a proxy in the outage tests).
         self.advertised_port = advertised_port or self.port
         self.startup_timeout = startup_timeout
         self.log_path = log_path
+        self._own_session = own_session
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -118,6 +122,7 @@ class EmbeddedBroker:
             stdout=log,
             stderr=log,
             stdin=subprocess.DEVNULL,
+            start_new_session=self._own_session,
             preexec_fn=_die_with_parent,
         )
         try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,10 +22,18 @@ from streamtrain.cli.common import (
     setup_logging,
 )
 from streamtrain.client import SampleProducer
+from streamtrain.config import Settings
 from streamtrain.datasets import DatasetError, DatasetInfo, SampleChunk, get_dataset, hyperplane
 from streamtrain.kafka import KafkaConfigError, KafkaConnection, create_topics
+from streamtrain.kafka.producer import ProduceTimeout
 from streamtrain.sample.spec import SampleSpec
 from streamtrain.wire import SampleError
+
+# At SIGTERM or Ctrl-C: the send in progress may take this long to end (one slice of a chunk;
+# longer only when the client blocks on an unreachable broker), and the records sent so far
+# this long to be acknowledged, so a stop is prompt even with the broker gone.
+STOP_JOIN_S = 2.0
+STOP_FLUSH_S = 5.0
 
 
 class Pacer:
@@ -74,16 +83,22 @@ def _dataset(
     return get_dataset(name)
 
 
-def _send_paced(producer: SampleProducer, chunks: Iterator[SampleChunk], pacer: Pacer) -> int:
+def _send_paced(
+    producer: SampleProducer, chunks: Iterator[SampleChunk], pacer: Pacer, stop: threading.Event
+) -> int:
+    """Send until the chunks end or ``stop`` is set; ``stop`` is read between two sends only,
+    so every record the client took is counted (``producer.sent``) whenever the loop ends."""
     # Records without a key go to a random partition (both client libraries' default),
     # which spreads samples over every partition of the topic.
     sent = 0
     for chunk in chunks:
         offset = 0
         while offset < len(chunk):
+            if stop.is_set():
+                return sent
             allowed = pacer.allowed(sent)
             if allowed == 0:
-                time.sleep(min(pacer.wait_seconds(sent), 0.05))
+                stop.wait(min(pacer.wait_seconds(sent), 0.05))
                 continue
             end = min(len(chunk), offset + allowed)
             part = _slice(chunk, offset, end)
@@ -112,9 +127,88 @@ def _timestamps(chunk: SampleChunk) -> np.ndarray | None:
     return np.where(np.isnan(chunk.timestamps), time.time(), chunk.timestamps)
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    # SIGTERM ends production like Ctrl-C: flush what was sent, report it, exit 0.
-    raise KeyboardInterrupt
+class _Production:
+    """The send loop on a thread of its own, stopped by SIGTERM or SIGINT between two sends.
+
+    The signal handlers only set a flag: an exception raised from a handler (Python's default
+    ``KeyboardInterrupt``) can land after the client took a record and before it is counted,
+    and that record is flushed on exit but missing from the report. The main thread only waits,
+    so a send blocked in the client (a full queue, metadata of an unreachable broker) cannot
+    hold the stop: after ``STOP_JOIN_S`` the loop is left behind and the flush decides.
+    """
+
+    def __init__(
+        self, producer: SampleProducer, chunks: Iterator[SampleChunk], pacer: Pacer
+    ) -> None:
+        self.stop = threading.Event()
+        self.signalled = False
+        self.error: BaseException | None = None
+        self._loop = threading.Thread(
+            target=self._run, args=(producer, chunks, pacer), name="produce", daemon=True
+        )
+
+    def _run(self, producer: SampleProducer, chunks: Iterator[SampleChunk], pacer: Pacer) -> None:
+        try:
+            _send_paced(producer, chunks, pacer, self.stop)
+        except BaseException as exc:  # handed to the main thread, which reports it
+            self.error = exc
+        finally:
+            self.stop.set()
+
+    def _signal(self, signum: int, frame: object) -> None:
+        self.signalled = True
+        self.stop.set()
+
+    def run(self) -> bool:
+        """Send until the count is reached or a stop signal came; True when the loop ended
+        (it always does unless a send was blocked in the client at the signal)."""
+        previous = {s: signal.signal(s, self._signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            self._loop.start()
+            self.stop.wait()
+            self._loop.join(STOP_JOIN_S)
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+        if self.error is not None:
+            raise self.error
+        return not self._loop.is_alive()
+
+
+def _produce(
+    settings: Settings,
+    info: DatasetInfo,
+    format: str,
+    linger_ms: int,
+    count: int,
+    seed: int,
+    rate: float,
+) -> tuple[SampleProducer, _Production]:
+    """Create the topic, send until the count or a stop signal, flush: the report's count is
+    then exactly the records on the topic (a flush that fails raises instead)."""
+    topic_name = settings.topics.samples
+    kafka = KafkaConnection.from_settings(settings.kafka)
+    create_topics(kafka, [topic_name], settings.topics.sample_partitions)
+    producer = SampleProducer(
+        spec=info.spec,
+        topic=topic_name,
+        kafka=kafka,
+        format="binary" if format == "binary" else "json",
+        linger_ms=linger_ms,
+    )
+    production = _Production(producer, info.iterate(count, seed), Pacer(rate))
+    try:
+        ended = production.run()
+    except BaseException:
+        producer.close(timeout=STOP_FLUSH_S)  # what was sent before the error, bounded
+        raise
+    try:
+        producer.flush(STOP_FLUSH_S if production.signalled else 60.0)
+        if not ended:  # blocked in the client since the signal, yet every record flushed
+            raise ProduceTimeout(f"the client took no record for {STOP_JOIN_S:.0f} s")
+    finally:
+        producer.close(timeout=0)  # the flush above settled every record, or gave up
+    return producer, production
 
 
 @app.command(short_help="Send a labelled sample stream to the samples topic.")
@@ -165,24 +259,8 @@ def produce(
         info = _dataset(dataset, file, file_spec, drift_at, drift_every)
     except DatasetError as exc:
         fail(str(exc))
-    topic_name = settings.topics.samples
-    interrupted = False
-    n_partitions = settings.topics.sample_partitions
     try:
-        kafka = KafkaConnection.from_settings(settings.kafka)
-        create_topics(kafka, [topic_name], n_partitions)
-        with SampleProducer(
-            spec=info.spec,
-            topic=topic_name,
-            kafka=kafka,
-            format="binary" if format == "binary" else "json",
-            linger_ms=linger_ms,
-        ) as producer:
-            signal.signal(signal.SIGTERM, _interrupt)
-            try:
-                sent = _send_paced(producer, info.iterate(count, seed), Pacer(rate))
-            except KeyboardInterrupt:
-                sent, interrupted = producer.sent, True
+        producer, production = _produce(settings, info, format, linger_ms, count, seed, rate)
     except (DatasetError, SampleError, KafkaConfigError) as exc:
         fail(str(exc))
     except Exception as exc:  # kafka-python raises many types; all mean "cannot reach Kafka"
@@ -192,5 +270,8 @@ def produce(
             kafka_failure_message(settings.kafka.bootstrap_servers, exc),
             ExitCode.KAFKA_UNREACHABLE,
         )
-    stopped = " (stopped early)" if interrupted else ""
-    typer.echo(f"produced {sent} samples of {info.name} to {topic_name} ({format}){stopped}")
+    stopped = " (stopped early)" if production.signalled else ""
+    topic_name = settings.topics.samples
+    typer.echo(
+        f"produced {producer.sent} samples of {info.name} to {topic_name} ({format}){stopped}"
+    )

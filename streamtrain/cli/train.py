@@ -173,10 +173,24 @@ def _run(settings: Settings, trainer: Trainer, server: WSGIServer) -> None:
         metrics.export_cuda_metrics()
     typer.echo(f"trainer metrics: {bound_url(server, '/metrics')}")
     typer.echo(f"trainer health:  {bound_url(server, '/health/ready')}")
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: trainer.request_stop())
+    from streamtrain.distributed.lockstep import LockstepTrainer
+
+    def stop_at_a_step_boundary() -> None:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: trainer.request_stop())
+
+    # Until the trainer has restored (a checkpoint read, the newest version looked up on the
+    # snapshot topic: up to Kafka's timeouts with a slow broker, inside client calls that run
+    # no Python signal handler until they return), SIGTERM and SIGINT end the process at once,
+    # as they do while it builds: nothing is learned or written before the first step. Ranks
+    # of a job restore together (collectives), so they stop together at a step boundary.
+    if isinstance(trainer, LockstepTrainer):
+        stop_at_a_step_boundary()
+    else:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, signal.SIG_DFL)
     try:
-        summary = trainer.run()
+        summary = trainer.run(on_restored=stop_at_a_step_boundary)
     except WorldSizeMismatch as exc:
         server.shutdown()
         fail(str(exc))

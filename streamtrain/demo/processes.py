@@ -11,6 +11,15 @@ Stopping follows one order, and the order is what guarantees that no process is 
 Children run in their own session, so a Ctrl-C at the terminal reaches only the parent, which
 then stops them in this order; and each child asks the kernel for SIGTERM should the parent die
 without stopping them (``PR_SET_PDEATHSIG``), even by ``kill -9``.
+
+The demo's broker runs in a session of its own too (``EmbeddedBroker(own_session=True)``). On
+Linux with autogroup scheduling (most desktops, and this project's shared CI machine) a session
+is a scheduling group of its own, at nice 0: with the children in new sessions and the broker
+left in the demo's, a niced demo (a test beside the soak in ``.ci/run``) had its broker starved
+while its children ran: its trainer waited 33 s for its first record, and trainer and server
+outlived the 10-s stop waiting on the broker. Every process of a demo is now scheduled alike.
+(Keeping all of them in the demo's session instead, niced like it, was tried: beside the soak's
+nice-0 processes their stop then took more than 10 s of wall time.)
 """
 
 from __future__ import annotations

@@ -43,6 +43,7 @@ from streamtrain.demo.processes import Child, ProcessGroup, StopReport
 from streamtrain.demo.scrape import Scrape, ScrapeError, scrape
 from streamtrain.demo.stall import RateMeter, StallWatch
 from streamtrain.demo.summary import SummaryTracker
+from streamtrain.kafka.errors import KafkaUnreachable
 from streamtrain.snapshot import wire
 from streamtrain.snapshot.signing import generate_key_pair
 
@@ -80,7 +81,7 @@ def run_demo(options: DemoOptions, console: Console) -> int:
     console.print(f"run directory: {run_dir}", markup=False, highlight=False)
     with StopFlag() as stop:
         try:
-            broker = EmbeddedBroker(log_path=run_dir / "broker.log").start()
+            broker = EmbeddedBroker(log_path=run_dir / "broker.log", own_session=True).start()
         except BrokerUnavailable as exc:
             raise DemoError(str(exc)) from exc
         try:
@@ -102,8 +103,14 @@ def run_demo(options: DemoOptions, console: Console) -> int:
             )
             generate_key_pair(plan.key_dir, "trainer")  # throwaway, for this run only
             snapshots = plan.topics.snapshots  # with the base partition (docs/snapshots.md)
-            broker.create_topics([name for name in plan.topic_names if name != snapshots])
-            broker.create_topics([snapshots], wire.SNAPSHOT_PARTITIONS)
+            try:
+                broker.create_topics([name for name in plan.topic_names if name != snapshots])
+                broker.create_topics([snapshots], wire.SNAPSHOT_PARTITIONS)
+            except KafkaUnreachable as exc:  # a broker starved of CPU: one line, not a traceback
+                raise DemoError(
+                    f"the embedded broker started but did not answer ({exc}); see "
+                    f"{run_dir / 'broker.log'}, and retry on a less loaded machine"
+                ) from exc
             group = ProcessGroup(run_dir, stop_timeout=STOP_TIMEOUT_SECONDS)
             session = _Session(plan, pool, group, console, stop, options)
             try:

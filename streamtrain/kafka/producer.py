@@ -111,7 +111,19 @@ class KafkaPythonProducer:
         return None  # kafka-python runs callbacks on its own I/O thread
 
     def close(self, timeout: float) -> None:
-        self._producer.close(timeout=timeout)
+        from kafka.errors import KafkaTimeoutError
+
+        try:
+            self._producer.close(timeout=timeout)
+        except KafkaTimeoutError:
+            # kafka-python 3 flushes inside close() and raises when records are still
+            # unacknowledged, before it stops its I/O thread and marks itself closed; its
+            # __del__ then tries again and prints a traceback at exit. Records not sent by
+            # now are given up (the caller's flush reported them), as close() itself would
+            # once past its flush: stop the I/O thread without sending, and mark it closed.
+            producer: Any = self._producer
+            producer._sender.force_close()
+            producer._closed = True
 
 
 class ConfluentProducer:

@@ -154,11 +154,15 @@ class ServingWorker:
         uvicorn catches the signal, drains the requests in flight, restores the previous
         handlers and raises the signal again; the handlers installed here absorb that, so the
         watcher and engine are closed and the process exits 0 instead of dying by the signal.
+        A signal that comes before uvicorn has installed its own handlers (while the side
+        servers and the event loop start) asks it to exit as soon as it has started: the
+        handlers used to ignore it, and such a server ran on until it was killed.
         """
         previous: dict[int, Any] = {}
         if threading.current_thread() is threading.main_thread():
             previous = {
-                sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGINT, signal.SIGTERM)
+                sig: signal.signal(sig, self._exit_when_started)
+                for sig in (signal.SIGINT, signal.SIGTERM)
             }
         self._start_side()
         try:
@@ -167,6 +171,9 @@ class ServingWorker:
             self._close()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+
+    def _exit_when_started(self, signum: int, frame: object) -> None:
+        self._server.should_exit = True
 
     def start(self, timeout_s: float = 10.0) -> str:
         """Serve from a background thread; returns the base URL once it accepts requests."""

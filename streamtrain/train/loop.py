@@ -54,6 +54,11 @@ from streamtrain.train.weights import SnapshotCopy, take_snapshot
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.1  # longest wait for a batch before the cadences are checked again
+# At the stop: how long the prefetch thread may take to end (its batch in flight, then the last
+# commit). The checkpoint already holds the offsets, so the commit only updates the group's
+# position for lag monitoring; a thread blocked on a broker that stopped answering would
+# otherwise hold the stop 10 s (the demo's and many supervisors' whole grace period).
+_PREFETCH_STOP_S = 3.0
 _METRICS_EVERY_STEPS = 16
 _METRICS_EVERY_SECONDS = 0.5
 
@@ -170,10 +175,15 @@ class Trainer:
             return state.step
         return max(state.step, self._first_version())
 
-    def run(self) -> TrainSummary:
+    def run(self, on_restored: Callable[[], None] | None = None) -> TrainSummary:
+        """Restore, then train until stopped; ``on_restored`` is called between the two, on
+        this thread (``cli/train.py`` installs its stop handlers there: nothing before the
+        first step needs saving, so until then a stop signal keeps its default action)."""
         started = self._clock()
         health.set_condition("checkpoint", False, "restoring the newest checkpoint")
         resumed = self.restore()
+        if on_restored is not None:
+            on_restored()
         restored = "started a new run" if resumed is None else f"resumed at step {resumed}"
         health.set_condition("checkpoint", True, restored)
         metrics.TRAIN_STEP.set(self._progress.step)
@@ -381,7 +391,7 @@ class Trainer:
         return (self._progress.step, self._progress.offsets) != self._checkpointed
 
     def _close(self, prefetch: PrefetchingSource) -> None:
-        prefetch.close()
+        prefetch.close(_PREFETCH_STOP_S)
         if self._sink is not None:
             self._sink.close()
         if self._copier is not None:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
@@ -41,3 +42,13 @@ def test_missing_binary_explains_fix(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("STREAMTRAIN_TANSU_BINARY", "/nonexistent/tansu")
     with pytest.raises(BrokerUnavailable, match="does not name a file"):
         find_broker_binary()
+
+
+def test_the_demos_broker_runs_in_a_session_of_its_own_like_the_other_children(
+    tmp_path: Path,
+) -> None:
+    """So that with autogroup scheduling it is scheduled as the trainer and server it feeds
+    (processes.py, module docstring), not starved inside the demo's niced group."""
+    with EmbeddedBroker(log_path=tmp_path / "broker.log", own_session=True) as broker:
+        assert broker.pid is not None
+        assert os.getsid(broker.pid) == broker.pid != os.getsid(0)
