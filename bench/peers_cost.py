@@ -9,14 +9,23 @@ also gives what does not depend on the load: the torch operations dispatched per
 step at batch 1 is ~100 small operations whose cost is mostly per call, so their ratio is
 what the CPU-time ratio tends to.
 
+The rounds are paired: in each, both models learn the same number of steps, in an order that
+reverses every round (``mlp`` first, then ``auto`` first: a fixed order times the later one
+on a warmer or colder machine), each after a full collection, so neither pays for garbage the
+other left. The ratio column is the median of the rounds' own ratios (a round disturbed by
+another process moves one pair, not the whole figure); the ratio of the summed times is
+printed beside it.
+
 Usage::
 
-    flock -w 1500 /work/bench.lock .venv/bin/python bench/peers_cost.py --rounds 4 --steps 400
+    flock -w 1500 /work/bench.lock .venv/bin/python bench/peers_cost.py
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
+import statistics
 import time
 from collections.abc import Callable
 from typing import Any
@@ -48,6 +57,7 @@ def _cpu_per_sample(learner: Learner, stream: Stream, batch: int, start: int, st
     x = torch.from_numpy(stream.features)
     y = torch.from_numpy(stream.labels)
     w = torch.ones(len(y))
+    gc.collect()
     began = time.process_time()
     for i in range(start, start + steps * batch, batch):
         learner.learn(x[i : i + batch], y[i : i + batch], w[i : i + batch])
@@ -84,28 +94,33 @@ def _ops_per_sample(learner: Learner, stream: Stream, batch: int, start: int, st
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=4)
-    parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 16])
     args = parser.parse_args()
     torch.set_num_threads(1)
     print(
-        "| task | batch | `mlp` µs/sample | `auto` µs/sample | `auto` ÷ `mlp` "
-        "| torch ops/sample `mlp` / `auto` (ratio) |"
+        "| task | batch | `mlp` µs/sample | `auto` µs/sample | `auto` ÷ `mlp` (median of rounds) "
+        "| ratio of sums | torch ops/sample `mlp` / `auto` (ratio) |"
     )
-    print("|---|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for task in TASKS:
         for batch in args.batches:
             stream = _stream(task, (args.rounds + 2) * args.steps * batch)
             learners = {n: build_learner(ModelConfig(n), stream, batch) for n in ("mlp", "auto")}
-            spent = {name: 0.0 for name in learners}
+            spent: dict[str, list[float]] = {name: [] for name in learners}
             for learner in learners.values():  # warm-up round, not counted
                 _cpu_per_sample(learner, stream, batch, 0, args.steps)
             for r in range(1, args.rounds + 1):
-                for name, learner in learners.items():
+                order = list(learners) if r % 2 else list(reversed(learners))
+                for name in order:
                     start = r * args.steps * batch
-                    spent[name] += _cpu_per_sample(learner, stream, batch, start, args.steps)
-            mlp, auto = (spent[n] / args.rounds * 1e6 for n in ("mlp", "auto"))
+                    took = _cpu_per_sample(learners[name], stream, batch, start, args.steps)
+                    spent[name].append(took)
+            mlp, auto = (sum(spent[n]) / args.rounds * 1e6 for n in ("mlp", "auto"))
+            paired = statistics.median(
+                a / m for m, a in zip(spent["mlp"], spent["auto"], strict=True)
+            )
             # one more round, counted, not timed (the counting itself costs)
             start = (args.rounds + 1) * args.steps * batch
             ops = {
@@ -114,7 +129,8 @@ def main() -> None:
             }
             counted = f"{ops['mlp']:.1f} / {ops['auto']:.1f} ({ops['auto'] / ops['mlp']:.2f})"
             print(
-                f"| {task} | {batch} | {mlp:,.0f} | {auto:,.0f} | {auto / mlp:.2f} | {counted} |",
+                f"| {task} | {batch} | {mlp:,.0f} | {auto:,.0f} | {paired:.2f} "
+                f"| {auto / mlp:.2f} | {counted} |",
                 flush=True,
             )
 
