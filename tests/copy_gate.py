@@ -6,11 +6,41 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Protocol
 
 import pytest
 import torch
 
 from streamtrain.train.row_copy import RowCopy
+from streamtrain.train.snapshot_copy import SnapshotCopier
+from streamtrain.train.weights import take_snapshot
+
+
+class CopyingTrainer(Protocol):
+    """What the free-running check needs of a test's small trainer."""
+
+    model: torch.nn.Module
+    copier: SnapshotCopier
+
+    def train(self, steps: int) -> None: ...
+
+    def state(self) -> dict[str, torch.Tensor]: ...
+
+
+def assert_free_running_copies_stay_exact(
+    trainer: CopyingTrainer, rounds: int, before: int, during: int
+) -> None:
+    """Snapshots taken every ``before`` steps, each copied while ``during`` more steps run,
+    equal the state at their own step bit for bit; the copier is closed at the end."""
+    for _ in range(rounds):
+        trainer.train(before)
+        at_step = trainer.state()
+        taken = take_snapshot(trainer.model, None, trainer.copier)
+        trainer.train(during)
+        taken.wait_ready()
+        for name, tensor in at_step.items():
+            assert torch.equal(taken.tensors[name], tensor), name
+    trainer.copier.close()
 
 
 @contextmanager

@@ -15,7 +15,7 @@ from streamtrain.train.row_copy import RowCopy
 from streamtrain.train.row_tracker import RowTracker
 from streamtrain.train.snapshot_copy import SnapshotCopier, StallClock
 from streamtrain.train.weights import take_snapshot
-from tests.copy_gate import copy_gate
+from tests.copy_gate import assert_free_running_copies_stay_exact, copy_gate
 
 ROWS, DIM = 4000, 8
 
@@ -81,16 +81,7 @@ def test_the_copy_is_the_weights_at_its_step_while_training_goes_on(
 
 
 def test_free_running_copies_stay_exact_over_many_snapshots() -> None:
-    trainer = _Trainer()
-    for _ in range(5):
-        trainer.train(2)
-        at_step = trainer.state()
-        taken = take_snapshot(trainer.model, None, trainer.copier)
-        trainer.train(5)
-        taken.wait_ready()
-        for name, tensor in at_step.items():
-            assert torch.equal(taken.tensors[name], tensor), name
-    trainer.copier.close()
+    assert_free_running_copies_stay_exact(_Trainer(), 5, before=2, during=5)
 
 
 def test_a_snapshot_taken_while_one_is_copied_waits_for_that_one(

@@ -21,7 +21,7 @@ from streamtrain.train.models.sparse_params import TableSettings
 from streamtrain.train.snapshot_copy import SnapshotCopier
 from streamtrain.train.table_upkeep import TableUpkeep
 from streamtrain.train.weights import take_snapshot
-from tests.copy_gate import copy_gate
+from tests.copy_gate import assert_free_running_copies_stay_exact, copy_gate
 
 CAPACITY, DIM, IDS = 600, 8, 3000
 
@@ -122,16 +122,7 @@ def test_the_copy_is_the_table_at_its_step_while_rows_are_reset(
 
 
 def test_free_running_copies_of_a_dynamic_table_stay_exact() -> None:
-    trainer = _Trainer(_settings("lru", 1))
-    for _ in range(4):
-        trainer.train(7)
-        at_step = trainer.state()
-        taken = take_snapshot(trainer.model, None, trainer.copier)
-        trainer.train(3)
-        taken.wait_ready()
-        for name, tensor in at_step.items():
-            assert torch.equal(taken.tensors[name], tensor), name
-    trainer.copier.close()
+    assert_free_running_copies_stay_exact(_Trainer(_settings("lru", 1)), 4, before=7, during=3)
 
 
 def test_a_mapping_write_nobody_announced_spoils_the_copy(
