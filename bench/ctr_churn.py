@@ -36,7 +36,7 @@ import gc
 import importlib.util
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import ctr
@@ -104,23 +104,32 @@ def paired_cost(s: Stream, batch: int, named: dict[str, dict[str, object]]) -> d
     turn), so load from other work on the machine falls on every learner alike."""
     learners = {name: _learner(params) for name, params in named.items()}
     seconds = dict.fromkeys(named, 0.0)
+    for x, y, ones, sparse in whole_batches(s, batch):
+        for name, learner in learners.items():
+            started = time.process_time()
+            with torch.no_grad():
+                learner.model(x, sparse)
+            learner.learn(x, y, ones, sparse)
+            seconds[name] += time.process_time() - started
+    return seconds
+
+
+def whole_batches(
+    s: Stream, batch: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, JaggedTensor]]]:
+    """The stream's whole batches in order: features, labels, unit weights, and the user and
+    item IDs as one-ID-per-sample jagged features (a last partial batch is left out)."""
     x, y = torch.from_numpy(s.x), torch.from_numpy(s.y)
     users, items = torch.from_numpy(s.users), torch.from_numpy(s.items)
     ones = torch.ones(batch)
+    offsets = torch.arange(batch)
     for lo in range(0, len(s.y) - batch + 1, batch):
         hi = lo + batch
-        offsets = torch.arange(batch)
         sparse = {
             "user": JaggedTensor(users[lo:hi], offsets, ones),
             "item": JaggedTensor(items[lo:hi], offsets, ones),
         }
-        for name, learner in learners.items():
-            started = time.process_time()
-            with torch.no_grad():
-                learner.model(x[lo:hi], sparse)
-            learner.learn(x[lo:hi], y[lo:hi], ones, sparse)
-            seconds[name] += time.process_time() - started
-    return seconds
+        yield x[lo:hi], y[lo:hi], ones, sparse
 
 
 def _learner(params: dict[str, object]) -> Learner:

@@ -17,29 +17,17 @@ import argparse
 import hashlib
 
 import torch
-from ctr_churn import _dlrm, _dynamic, _learner, make_stream
-
-from streamtrain.sample.sparse_torch import JaggedTensor
+from ctr_churn import _dlrm, _dynamic, _learner, make_stream, whole_batches
 
 
 def digest(evict: str, args: argparse.Namespace) -> str:
     s = make_stream(args.samples, 0, 20_000, 2_000, 4)
     tables = argparse.Namespace(rows=1024, dim=16, admit_after=2)
     learner = _learner(_dlrm(16, _dynamic(tables, evict, 1), 1024))
-    x, y = torch.from_numpy(s.x), torch.from_numpy(s.y)
-    users, items = torch.from_numpy(s.users), torch.from_numpy(s.items)
-    batch = 64
-    ones = torch.ones(batch)
-    for lo in range(0, len(s.y) - batch + 1, batch):
-        hi = lo + batch
-        offsets = torch.arange(batch)
-        sparse = {
-            "user": JaggedTensor(users[lo:hi], offsets, ones),
-            "item": JaggedTensor(items[lo:hi], offsets, ones),
-        }
+    for x, y, ones, sparse in whole_batches(s, 64):
         with torch.no_grad():
-            learner.model(x[lo:hi], sparse)
-        learner.learn(x[lo:hi], y[lo:hi], ones, sparse)
+            learner.model(x, sparse)
+        learner.learn(x, y, ones, sparse)
     h = hashlib.sha256()
     for name, value in learner.model.state_dict().items():
         h.update(name.encode())

@@ -16,6 +16,7 @@ from streamtrain.train.row_tracker import RowTracker
 from streamtrain.train.snapshot_copy import SnapshotCopier, StallClock
 from streamtrain.train.weights import take_snapshot
 from tests.copy_gate import assert_free_running_copies_stay_exact, copy_gate
+from tests.delta_fixtures import model_state
 
 ROWS, DIM = 4000, 8
 
@@ -49,7 +50,7 @@ class _Trainer:
             self.optimizer.step()
 
     def state(self) -> dict[str, torch.Tensor]:
-        return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        return model_state(self.model)
 
 
 @pytest.fixture

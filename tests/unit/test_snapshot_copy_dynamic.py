@@ -22,6 +22,7 @@ from streamtrain.train.snapshot_copy import SnapshotCopier
 from streamtrain.train.table_upkeep import TableUpkeep
 from streamtrain.train.weights import take_snapshot
 from tests.copy_gate import assert_free_running_copies_stay_exact, copy_gate
+from tests.delta_fixtures import model_state
 
 CAPACITY, DIM, IDS = 600, 8, 3000
 
@@ -68,7 +69,7 @@ class _Trainer:
             self.step += 1
 
     def state(self) -> dict[str, torch.Tensor]:
-        return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        return model_state(self.model)
 
 
 @pytest.fixture
