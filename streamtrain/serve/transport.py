@@ -17,9 +17,15 @@ behaviour changed.
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
+import sys
 from typing import Any, cast
 
+import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+log = logging.getLogger(__name__)
 
 # Past this many bytes gathered in one turn, write at once: the socket's own buffer limits and
 # its pause_writing callback (uvicorn's flow control) then apply as without the gathering.
@@ -100,6 +106,21 @@ def _too_large_head(limit: int) -> bytes:
     return head.encode() + body
 
 
+def _malformed_head(reason: str) -> bytes:
+    # The parser's own reason ("Invalid method encountered", "Duplicate Content-Length", ...):
+    # short, fixed English strings from llhttp that say what to fix. HTTP/2's preface parses
+    # as a method PRI the parser pauses on; say what it is instead.
+    if reason == "Pause on PRI/Upgrade":
+        reason = "HTTP/2 is not served on this port, only HTTP/1.1 (gRPC has its own port)"
+    document = {"error": f"malformed HTTP/1.1 request: {reason}; the connection is closed"}
+    body = json.dumps(document).encode()
+    head = (
+        "HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
+    )
+    return head.encode() + body
+
+
 class OneWriteHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol over a :class:`CoalescingTransport` (``uvicorn.Config``'s
     ``http``): a response's headers and body leave in one ``send()``.
@@ -107,6 +128,9 @@ class OneWriteHttpToolsProtocol(HttpToolsProtocol):
     It also bounds a request's line and headers to ``MAX_HEAD_BYTES`` as they arrive (uvicorn
     bounds them only with h11; httptools buffers a header of any size): past that the client
     gets a 431 in the error body of every other answer and the connection is closed.
+    A request the parser refuses (a bad method, URL, header, Content-Length or chunk size) gets
+    a 400 in that error body too, naming what the parser found, instead of uvicorn's plain
+    text "Invalid HTTP request received.".
     """
 
     MAX_HEAD_BYTES = 64 * 1024
@@ -136,6 +160,21 @@ class OneWriteHttpToolsProtocol(HttpToolsProtocol):
     def on_message_complete(self) -> None:
         super().on_message_complete()
         self._reading_head, self._head_bytes = True, 0  # what follows is the next request's
+
+    def send_400_response(self, msg: str) -> None:
+        # uvicorn calls this only from the ``except httptools.HttpParserError`` of its
+        # data_received: the exception being handled is the parser's.
+        error = sys.exc_info()[1]
+        if isinstance(error, httptools.HttpParserCallbackError):
+            # A callback raised: uvicorn's own URL check (a path over 64 KiB that came in
+            # one read) names the fault; anything else is ours, logged with its traceback.
+            cause = error.__context__
+            if isinstance(cause, httptools.HttpParserError):
+                error = cause
+            else:
+                log.error("parsing a request head failed", exc_info=cause)
+        self.transport.write(_malformed_head(str(error) if error is not None else msg))
+        self.transport.close()
 
     def _refuse_head(self) -> None:
         self._reading_head = False  # nothing more is read from this connection
