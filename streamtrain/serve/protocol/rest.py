@@ -7,8 +7,8 @@ parsed by the typed decoder in :mod:`streamtrain.serve.protocol.bodies`.
 
 Status codes: 400 bad request, 404 unknown model / version / route, 405 wrong method, 413 body
 over ``max_body_bytes``, 503 no weights yet, 500 an unexpected failure (logged); the
-transport answers 431 for a request line and headers over 64 KiB
-(:mod:`streamtrain.serve.transport`). Every error body is
+transport answers 431 for a request line and headers over 64 KiB and 400 for a head the HTTP
+parser refuses (:mod:`streamtrain.serve.transport`). Every error body is
 ``{"error": "<what was wrong and how to fix it>"}``. Each infer request is counted once in
 ``streamtrain_serve_requests_total`` by outcome; a client that hangs up before its body
 arrived is ``client_disconnected``, never ``error``.
