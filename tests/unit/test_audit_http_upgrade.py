@@ -29,7 +29,10 @@ _PATH = b"/v2/models/m/infer"
 _BODY = json.dumps(
     {"inputs": [{"name": "input", "shape": [1, 2], "datatype": "FP32", "data": [1.0, 2.0]}]}
 ).encode()
-H2C = b"Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n"
+H2C = (
+    b"Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
+    b"HTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n"
+)
 WEBSOCKET = b"Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
 
 
@@ -52,13 +55,14 @@ def _infer(upgrade: bytes, chunked: bool = False, close: bool = False) -> bytes:
     else:
         body, framing = _BODY, b"Content-Length: %d\r\n" % len(_BODY)
     closing = b"Connection: close\r\n" if close else b""
-    return b"POST " + _PATH + b" HTTP/1.1\r\nHost: t\r\n" + upgrade + framing + closing + b"\r\n" + body
+    head = b"POST " + _PATH + b" HTTP/1.1\r\nHost: t\r\n" + upgrade + framing + closing
+    return head + b"\r\n" + body
 
 
 def _responses(conn: socket.socket, count: int) -> list[tuple[int, bytes]]:
     """``count`` responses read off ``conn``: status and body each."""
     pending = b""
-    answers = []
+    answers: list[tuple[int, bytes]] = []
     while len(answers) < count:
         while b"\r\n\r\n" not in pending:
             chunk = conn.recv(65536)
