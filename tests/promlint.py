@@ -151,10 +151,13 @@ def _name_problems(family: Family) -> list[str]:
         problems.append('counter metrics should have "_total" suffix')
     if kind not in ("untyped", "counter") and name.endswith("_total"):
         problems.append('non-counter metrics should not have "_total" suffix')
-    for suffix in ("_bucket", "_count", "_sum"):
-        allowed = ("histogram",) if suffix == "_bucket" else ("histogram", "summary")
-        if kind not in ("untyped", *allowed) and name.endswith(suffix):
-            problems.append(f'non-histogram metrics should not have "{suffix}" suffix')
+    if kind not in ("untyped", "histogram") and name.endswith("_bucket"):
+        problems.append('non-histogram metrics should not have "_bucket" suffix')
+    for suffix in ("_count", "_sum"):
+        if kind not in ("untyped", "histogram", "summary") and name.endswith(suffix):
+            problems.append(
+                f'non-histogram and non-summary metrics should not have "{suffix}" suffix'
+            )
     if kind not in ("untyped", "gauge") and name.endswith("_timestamp_seconds"):
         problems.append('non-gauge metrics should not have "_timestamp_seconds" suffix')
     for typename in ("counter", "gauge", "summary", "histogram", "gaugehistogram"):
