@@ -24,6 +24,7 @@ from tests.integration.join_harness import (
     new_topics,
     produce_labels,
     produce_predictions,
+    wait_for_records,
 )
 from tests.integration.process_output import ProcessOutput, await_condition
 from tests.integration.trainer_harness import (
@@ -127,5 +128,7 @@ def test_join_metrics_pass_promtool_before_and_after_traffic(
             lambda: _value(_text(url), "streamtrain_join_dead_lettered_records_total") >= 3,
             "the malformed labels dead-lettered",
         )
+        # and the valid ones are still joined: training goes on past bad labels
+        assert len(wait_for_records(kafka_connection, topics.samples, len(ids), 60)) == len(ids)
         after = _text(url)
     _check("join", before, after)
