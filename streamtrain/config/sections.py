@@ -8,9 +8,10 @@ them from there.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -79,16 +80,32 @@ class KafkaSettings(_Frozen):
         return value
 
 
+# Kafka's own rule for a topic name (kafka.common.internals.Topic): 1 to 249 of these
+# characters, "." and ".." excluded. A name outside it failed late and misleadingly: an empty
+# one as "cannot reach Kafka ... Bad message format", a name with a space or over 249
+# characters as a trainer that waited for records forever.
+KAFKA_TOPIC = r"^[A-Za-z0-9._-]{1,249}$"
+
+
+def _not_dots(name: str) -> str:
+    if name in (".", ".."):
+        raise ValueError(f"{name!r} is not a topic name Kafka accepts")
+    return name
+
+
+TopicName = Annotated[str, Field(pattern=KAFKA_TOPIC), AfterValidator(_not_dots)]
+
+
 class TopicSettings(_Frozen):
-    samples: str = "streamtrain.samples"
-    dead_letter: str = "streamtrain.samples.dlq"
-    snapshots: str = "streamtrain.snapshots"
+    samples: TopicName = "streamtrain.samples"
+    dead_letter: TopicName = "streamtrain.samples.dlq"
+    snapshots: TopicName = "streamtrain.snapshots"
     sample_partitions: int = Field(1, ge=1, description="Used only when streamtrain creates it.")
     # Delayed labels (docs/labels.md): what servers served, the labels that arrive later, and
     # the labels the join could not use. Both inputs must have the same partition count.
-    predictions: str = "streamtrain.predictions"
-    labels: str = "streamtrain.labels"
-    labels_dead_letter: str = "streamtrain.labels.dlq"
+    predictions: TopicName = "streamtrain.predictions"
+    labels: TopicName = "streamtrain.labels"
+    labels_dead_letter: TopicName = "streamtrain.labels.dlq"
 
 
 class IngestSettings(_Frozen):
