@@ -139,13 +139,24 @@ def port_in_use_message(flag: str, port: int, exc: OSError) -> str:
 
 def bind_failure_message(flag: str, host: str, port: int, exc: OSError) -> str:
     """A port taken, or a host (``*.metrics_host``) that is no address of this machine."""
-    if isinstance(exc, socket.gaierror) or exc.errno == errno.EADDRNOTAVAIL:
-        return (
-            f"metrics host {host!r} is not an address of this machine ({exc.strerror or exc}); "
-            "set train.metrics_host / join.metrics_host to 127.0.0.1, 0.0.0.0 (every "
-            "interface) or one of this machine's addresses"
+    if is_host_failure(exc):
+        return host_failure_message(
+            "metrics host", host, exc, "train.metrics_host / join.metrics_host"
         )
     return port_in_use_message(flag, port, exc)
+
+
+def is_host_failure(exc: OSError) -> bool:
+    """The host does not resolve, or is no address of this machine (not a port problem)."""
+    return isinstance(exc, socket.gaierror) or exc.errno == errno.EADDRNOTAVAIL
+
+
+def host_failure_message(what: str, host: str, exc: OSError, settings: str) -> str:
+    return (
+        f"{what} {host!r} is not an address of this machine ({exc.strerror or exc}); "
+        f"set {settings} to 127.0.0.1, 0.0.0.0 (every interface) or one of this machine's "
+        "addresses"
+    )
 
 
 def bound_url(server: Any, path: str) -> str:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import errno
+import socket
 from pathlib import Path
+from typing import NoReturn
 
 import typer
 
@@ -13,6 +15,8 @@ from streamtrain.cli.common import (
     ExitCode,
     describe_model,
     fail,
+    host_failure_message,
+    is_host_failure,
     port_in_use_message,
     settings_from,
     setup_logging,
@@ -43,6 +47,7 @@ def serve(
         serve__model_name=model_name,
         topics__snapshots=snapshots_topic,
     )
+    _check_host(settings.serve.host)
     from streamtrain.builders.server import build_worker  # keeps `streamtrain --help` fast
 
     try:
@@ -52,7 +57,9 @@ def serve(
     except ValueError as exc:
         fail(str(exc))
     except OSError as exc:
-        if exc.errno in (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL):
+        if is_host_failure(exc):
+            _bad_host(settings.serve.host, exc)
+        if exc.errno in (errno.EADDRINUSE, errno.EACCES):
             fail(port_in_use_message("--port", settings.serve.port, exc), ExitCode.LOCAL_RESOURCE)
         fail(str(exc), ExitCode.FAILED)
     from streamtrain.metrics import SERVE_MODEL_INFO
@@ -67,3 +74,20 @@ def serve(
     if worker.prediction_log is not None:
         typer.echo(f"  log:     every served sample to topic {settings.topics.predictions!r}")
     worker.run()
+
+
+def _check_host(host: str) -> None:
+    """Bind a free port on ``host`` before anything starts: the gRPC server, which binds
+    first, reported a host that does not resolve or is not this machine's as a port to change."""
+    try:
+        family, kind, _, _, address = socket.getaddrinfo(host, 0, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind) as probe:
+            probe.bind(address)
+    except OSError as exc:
+        if is_host_failure(exc):
+            _bad_host(host, exc)
+        # anything else (permissions, say) is reported by the real bind, with its port
+
+
+def _bad_host(host: str, exc: OSError) -> NoReturn:
+    fail(host_failure_message("serve.host", host, exc, "--host / serve.host"))

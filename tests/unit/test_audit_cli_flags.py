@@ -4,7 +4,9 @@ Before: ``broker --port 70000`` (or ``-1``) said "embedded broker exited with co
 (is port 70000 already in use?)"; ``broker --host 999.1.1.1`` ended in a ``socket.gaierror``
 traceback; ``broker --topic ''`` created a topic with no name; ``topics.samples`` empty made
 the trainer exit 3 with "cannot reach Kafka ... Bad message format", and a name with a space
-or over 249 characters left it waiting for records forever.
+or over 249 characters left it waiting for records forever; ``serve --host`` with a name
+that does not resolve, or an address that is not this machine's, was "cannot bind the gRPC
+port ...; choose a free serve.grpc_port" (exit 1) or a bare ``[Errno -2]``.
 """
 
 from __future__ import annotations
@@ -33,6 +35,12 @@ CASES = {
         "topics.labels",
     ),
     "dead-letter topic '..'": (["config", "check"], {"TOPICS__DEAD_LETTER": ".."}, "Kafka"),
+    "serve host unresolvable": (["serve", "--host", "999.1.1.1", "--port", "0"], {}, "serve.host"),
+    "serve host not this machine's, with gRPC": (
+        ["serve", "--host", "192.0.2.1", "--port", "0"],
+        {"SERVE__GRPC_PORT": "0"},
+        "serve.host '192.0.2.1' is not an address of this machine",
+    ),
     "serve snapshots-topic flag": (
         ["serve", "--snapshots-topic", "a/b", "--port", "0"],
         {},
