@@ -35,7 +35,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from streamtrain.ascii_int import parse_ascii_int
+from streamtrain.ascii_int import MAX_DIGITS, parse_ascii_int
 from streamtrain.serve.protocol.bodies import ProtocolError, encode_json
 from streamtrain.serve.protocol.split import TrafficSplit, parse_plan
 from streamtrain.serve.weights.retained import AdminError, RetainedVersions
@@ -144,7 +144,10 @@ async def _pin_version(request: Request) -> int:
         raise ProtocolError(f'pin needs a JSON body {{"version": "<version>"}}: {exc}') from None
     number = parse_ascii_int(str(version))
     if number is None:
-        raise ProtocolError(f"version must be a non-negative integer, got {version!r}")
+        raise ProtocolError(
+            f"version must be a non-negative integer of 1 to {MAX_DIGITS} ASCII digits, "
+            f"got {version!r}"
+        )
     return number
 
 

@@ -238,6 +238,9 @@ def create_app(
     if metrics_registry is not None:
         routes += _metrics_routes(metrics_registry)
     app = Starlette(routes=routes, exception_handlers={HTTPException: _http_error})
+    # A path with a stray "/" at the end is a 404 that names it, in the error body: Starlette
+    # answered a bodiless 307 to the path without it, which OIP clients do not follow.
+    app.router.redirect_slashes = False
     # The serving worker answers this route's requests itself (serve/infer_protocol.py).
     app.state.infer_route = endpoints.route
     return app
