@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 from collections.abc import Callable, Iterable, Mapping
@@ -31,6 +32,9 @@ def serve_metrics(
 
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         route = extra.get(environ.get("PATH_INFO", ""), exposition)
+        method = environ.get("REQUEST_METHOD", "")
+        if route is exposition and method not in ("GET", "HEAD", "OPTIONS"):
+            return _method_not_allowed(method, start_response)  # prometheus_client's: text
         return route(environ, start_response)
 
     family, _, _, _, address = socket.getaddrinfo(
@@ -45,8 +49,36 @@ def serve_metrics(
     return server
 
 
+def _method_not_allowed(method: str, start_response: Callable[..., Any]) -> Iterable[bytes]:
+    body = json.dumps({"error": f"405 method {method} not allowed on /metrics; use GET"}).encode()
+    headers = [("Content-Type", "application/json"), ("Allow", "GET, HEAD, OPTIONS")]
+    start_response("405 Method Not Allowed", [*headers, ("Content-Length", str(len(body)))])
+    return [body]
+
+
 class _QuietHandler(WSGIRequestHandler):
-    """Scrapes every few seconds would flood stderr with access lines."""
+    """Scrapes every few seconds would flood stderr with access lines.
+
+    A request http.server cannot parse (a bad request line or version, a line or header over
+    64 KiB, over 100 headers) gets the JSON error body the health routes and the server use,
+    with a status line: http.server answered an HTML page, and none at all before it had
+    read an HTTP version (a one-word request line got bare HTML, as if HTTP/0.9).
+    """
+
+    default_request_version = "HTTP/1.0"
 
     def log_message(self, format: str, *args: Any) -> None:
         return
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        short, long = self.responses.get(code, ("Error", ""))
+        reason = f"{code} {message or short}" + (f": {explain or long}" if explain or long else "")
+        body = json.dumps({"error": reason}).encode()
+        self.close_connection = True
+        self.send_response(code, short)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Connection", "close")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
