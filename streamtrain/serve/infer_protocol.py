@@ -247,11 +247,15 @@ class InferRouteProtocol(OneWriteHttpToolsProtocol):
         try:
             answer = await self.route.answer(cycle.name, cycle.version, cycle.arrived)
             data = self._encode(answer, cycle)
-        except Exception:  # our own fault past the data plane's: uvicorn's answer to one
+        except Exception:  # our own fault past the data plane's: a 500 in the JSON error body
             log.exception("answering an infer request failed")
             cycle.keep_alive = False
-            plain = [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", b"21")]
-            answer = Answer(500, b"Internal Server Error", plain)
+            body = b'{"error":"internal error answering the infer request (logged)"}'
+            json_type = [
+                (b"content-type", b"application/json"),
+                (b"content-length", b"%d" % len(body)),
+            ]
+            answer = Answer(500, body, json_type)
             data = self._encode(answer, cycle)
         if cycle.disconnected:
             return  # as uvicorn's send: nobody to answer, the connection is gone

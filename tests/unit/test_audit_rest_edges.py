@@ -6,6 +6,7 @@
    path, like every other unknown route.
 2. ``POST /v2/admin/pin {"version": 99999999999999999999}`` said "version must be a
    non-negative integer", which it is; now it says how many digits are accepted.
+3. An unexpected failure (below).
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ import httpx
 import pytest
 import torch
 from pydantic import SecretStr
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
 from streamtrain.sample.spec import SampleSpec
 from streamtrain.serve.protocol.admin import AdminEndpoints
@@ -73,3 +77,28 @@ def test_a_pin_version_with_too_many_digits_says_how_many_are_accepted(base: str
     )
     assert answer.status_code == 400
     assert "1 to 19 ASCII digits" in answer.json()["error"], answer.text
+
+
+def test_an_unexpected_failure_is_a_json_500_on_both_paths() -> None:
+    """3. A failure nobody expected was answered ``500 text/plain`` "Internal Server Error"
+    (Starlette's default, and the infer protocol's copy of uvicorn's); now the JSON error
+    body every other answer has. Both are still logged."""
+
+    async def broken(request: Request) -> Response:
+        raise RuntimeError("a bug")
+
+    async def broken_answer(*args: object) -> object:
+        raise RuntimeError("a bug in the infer route")
+
+    slot = WeightSlot(torch.nn.Linear(2, 1))
+    served = served_model(slot, SPEC, "m")
+    app = create_app(served=served, max_body_bytes=1 << 20, extra_routes=[Route("/broken", broken)])
+    app.state.infer_route.answer = broken_answer  # the fast protocol's own path
+    with running_worker(served, app) as worker:
+        for answer in (
+            httpx.get(f"{worker.url}/broken", timeout=10),
+            httpx.post(f"{worker.url}/v2/models/m/infer", json=BODY, timeout=10),
+        ):
+            assert answer.status_code == 500
+            assert answer.headers["content-type"] == "application/json"
+            assert "internal error" in answer.json()["error"]

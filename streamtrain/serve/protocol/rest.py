@@ -237,7 +237,10 @@ def create_app(
     routes = endpoints.routes() + (extra_routes or [])
     if metrics_registry is not None:
         routes += _metrics_routes(metrics_registry)
-    app = Starlette(routes=routes, exception_handlers={HTTPException: _http_error})
+    # Exception: an unexpected failure is still a 500 in the error body every answer has
+    # (Starlette's default is text/plain); Starlette re-raises it after, so it is logged.
+    handlers = {HTTPException: _http_error, Exception: _http_error}
+    app = Starlette(routes=routes, exception_handlers=handlers)
     # A path with a stray "/" at the end is a 404 that names it, in the error body: Starlette
     # answered a bodiless 307 to the path without it, which OIP clients do not follow.
     app.router.redirect_slashes = False
