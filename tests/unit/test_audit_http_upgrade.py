@@ -18,6 +18,8 @@ from collections.abc import Iterator
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from streamtrain.sample.spec import SampleSpec
 from streamtrain.serve.server import ServingWorker
@@ -116,3 +118,47 @@ def test_an_ignored_upgrade_whose_body_comes_in_pieces_is_read_whole(
         (meta, infer) = _responses(conn, 2)
     assert meta[0] == 200 and json.loads(meta[1])["name"] == "m"
     assert infer[0] == 200 and _prediction(infer[1]) == 3.5
+
+
+_REQUESTS = st.tuples(
+    st.sampled_from([b"", H2C, WEBSOCKET]),
+    st.sampled_from(["infer", "infer-chunked", "metadata"]),
+)
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    requests=st.lists(_REQUESTS, min_size=1, max_size=5),
+    cuts=st.lists(st.integers(min_value=1, max_value=400), max_size=6),
+)
+def test_pipelined_mixes_of_upgrade_and_plain_requests_in_any_pieces_are_all_answered(
+    worker: ServingWorker, requests: list[tuple[bytes, str]], cuts: list[int]
+) -> None:
+    """Property: whatever mix of ignored upgrades and plain requests arrives pipelined on one
+    connection, cut into whatever pieces, each gets its own 200 in order."""
+    wire = b""
+    for i, (upgrade, kind) in enumerate(requests):
+        close = i == len(requests) - 1
+        if kind == "metadata":
+            closing = b"Connection: close\r\n" if close else b""
+            wire += b"GET /v2/models/m HTTP/1.1\r\nHost: t\r\n" + upgrade + closing + b"\r\n"
+        else:
+            wire += _infer(upgrade, chunked=kind == "infer-chunked", close=close)
+    with socket.create_connection(("127.0.0.1", worker.port), timeout=10) as conn:
+        start = 0
+        for cut in cuts:
+            conn.sendall(wire[start : start + cut])
+            start += cut
+        conn.sendall(wire[start:])
+        answers = _responses(conn, len(requests))
+    assert [status for status, _ in answers] == [200] * len(requests)
+    for (_, kind), (_, body) in zip(requests, answers, strict=True):
+        if kind == "metadata":
+            assert json.loads(body)["name"] == "m"
+        else:
+            assert _prediction(body) == 3.5
