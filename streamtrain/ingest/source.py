@@ -36,6 +36,7 @@ from streamtrain.ingest.buffer import BatchBuffer
 from streamtrain.ingest.deadletter import DeadLetterSink, KafkaDeadLetter, LogDeadLetter
 from streamtrain.ingest.decode import JsonDecoder, decode_records
 from streamtrain.ingest.decode_pool import DecodePool, start_pool
+from streamtrain.ingest.fetch_wait import FetchWaitTuner
 from streamtrain.ingest.log_order import LogOrder
 from streamtrain.ingest.log_watch import LogWatch, OffsetResetFailed
 from streamtrain.ingest.options import SourceOptions, StartFrom
@@ -93,6 +94,8 @@ class KafkaSampleSource:
         self._buffer = BatchBuffer()
         self._merge = LogOrder(o.max_partition_idle_ms, clock) if o.deterministic_batches else None
         self._starvation = StarvationWatch(clock=clock)
+        # Set up once the consumer exists (below): it widens that consumer's fetch wait.
+        self._fetch_wait: FetchWaitTuner | None = None
         self._closed = False
         self._on_offset_reset = o.on_offset_reset
         self._codec = o.codec
@@ -127,6 +130,9 @@ class KafkaSampleSource:
                 export_at_zero(metrics.INGEST_PARTITION_WAITS_EXPIRED, [(p,) for p in assigned])
             self._positions = self._start(o.start_from)
             self._log_watch = LogWatch(self._consumer, self._partitions)
+            self._fetch_wait = FetchWaitTuner(
+                o.fetch_max_wait_ms, self._consumer.set_fetch_max_wait_ms, clock=clock
+            )
             if dead_letter is not None:
                 self._dead_letter = dead_letter
             elif o.dead_letter_topic:
@@ -228,7 +234,10 @@ class KafkaSampleSource:
         self._policy.start()
         while self._buffer.samples < self.max_batch_size:
             records = self._poll(self._poll_timeout_ms())
-            self._starvation.observe(len(records), self._waiting())
+            waiting = self._waiting()
+            self._starvation.observe(len(records), waiting)
+            if self._fetch_wait is not None:
+                self._fetch_wait.observe(len(records), waiting)
             chunk = None
             if records:
                 started = time.perf_counter()

@@ -74,7 +74,8 @@ class ConfluentConsumer:
         self._closed = False
         self._fatal: str | None = None
         self._topic_missing = False
-        self._consumer = Consumer(quiet_librdkafka(config, on_fatal=self._set_fatal))
+        self._config = dict(config)
+        self._consumer = Consumer(quiet_librdkafka(self._config, on_fatal=self._set_fatal))
 
     def _set_fatal(self, message: str) -> None:
         self._fatal = message
@@ -266,6 +267,20 @@ class ConfluentConsumer:
         if marks is None or marks[1] < 0:
             return None
         return int(marks[1])
+
+    def set_fetch_max_wait_ms(self, wait_ms: int) -> None:
+        """The longest a fetch waits for records, from the next poll on. librdkafka reads its
+        configuration once, so the client is replaced by one with the new wait; positions are
+        ours (module docstring), and the next poll assigns every partition at its own."""
+        from confluent_kafka import Consumer
+
+        if self._closed:
+            raise RuntimeError(f"the consumer of {self.topic!r} is closed")
+        self._config["fetch.wait.max.ms"] = wait_ms
+        replacement = Consumer(quiet_librdkafka(self._config, on_fatal=self._set_fatal))
+        self._consumer.close()
+        self._consumer = replacement
+        self._stale = True
 
     def close(self) -> None:
         if not self._closed:

@@ -33,6 +33,7 @@ class RecordConsumer(Protocol):
     def committed(self, partition: int) -> int | None: ...
     def commit(self, offsets: Mapping[int, int]) -> None: ...
     def highwater(self, partition: int) -> int | None: ...
+    def set_fetch_max_wait_ms(self, wait_ms: int) -> None: ...
     def close(self) -> None: ...
 
 
@@ -160,6 +161,13 @@ class KafkaPythonConsumer:
     def highwater(self, partition: int) -> int | None:
         value = self._consumer.highwater(self._tp(partition))
         return None if value is None else int(value)
+
+    def set_fetch_max_wait_ms(self, wait_ms: int) -> None:
+        """The longest a fetch waits for records, from the next fetch request on."""
+        # kafka-python has no setter; its Fetcher reads this key of its own config copy for
+        # every request it builds (kafka/consumer/fetcher.py), so both copies are updated.
+        self._consumer.config["fetch_max_wait_ms"] = wait_ms
+        self._consumer._fetcher.config["fetch_max_wait_ms"] = wait_ms
 
     def close(self) -> None:
         self._consumer.close(autocommit=False)
