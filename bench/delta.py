@@ -88,8 +88,9 @@ def _trim() -> None:
 def _chunk_reads_sized(args: argparse.Namespace) -> None:
     """``--chunk-fetch-mb`` / ``--chunk-queue-mb``: the subscriber's chunk readers' fetch size
     and read-ahead in this process (the server's and the replica's), to compare with the
-    defaults (``snapshot/readers.py``); 16 and 64 are the sizes before issue 26's replica
-    change (64 MiB: librdkafka's default read-ahead)."""
+    defaults (``snapshot/readers.py``); 64 and 64 read as before issue 26's replica change on
+    the embedded broker (it honours only a fetch's request bound, then 64 MiB; 64 MiB is
+    librdkafka's default read-ahead)."""
     from streamtrain.snapshot import readers
 
     if args.chunk_fetch_mb is not None:
@@ -789,8 +790,9 @@ def main() -> None:
         "--chunk-fetch-mb",
         type=float,
         default=None,
-        help="the server's and replica's chunk readers' fetch size, MiB (snapshot/readers.py; "
-        "16 before the replica's bounded read)",
+        help="the server's and replica's chunk readers' fetch size, MiB (snapshot/readers.py); "
+        "64 with --chunk-queue-mb 64 is the old read on the embedded broker (16 MiB a "
+        "partition under a 64 MiB request, which it served up to 64 MiB)",
     )
     parser.add_argument(
         "--chunk-queue-mb",

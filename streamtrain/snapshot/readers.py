@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from streamtrain.kafka import KafkaConnection, PartitionReader, ReadTimeout, partition_reader
 
-# Chunks are up to ~512 KiB: several per round trip, but not a base's read in a few huge
-# fetches. A new replica reads a whole base (4 GB) as fast as the broker answers; each fetch
-# is one request the broker builds and holds whole before the tailing servers' next small
-# fetches on the same partition, and librdkafka's default read-ahead (64 MiB) kept that
-# many bytes in flight per reader (docs/snapshots.md, A new replica's read).
+# Chunks are up to ~512 KiB: several per round trip, but not a base in a few huge fetches.
+# A new replica reads a whole base (4 GB) as fast as the broker answers, on the partition the
+# running servers tail; each fetch is a response the broker builds and holds whole, and
+# librdkafka's default read-ahead (64 MiB) kept fetching while the replica verified. Bounded,
+# a reader holds at most ~12 MiB in its client (docs/snapshots.md, A new replica's read).
 _CHUNK_FETCH_BYTES = 4 * 1024 * 1024
 _CHUNK_QUEUE_BYTES = 2 * _CHUNK_FETCH_BYTES  # fetched ahead of the verifier, at most
 _SCAN_FETCH_BYTES = 64 * 1024  # a manifest, or one chunk's record: a window's worth
