@@ -38,6 +38,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+from delta_pressure import print_pressure
 from delta_procs import ProcessWatch, status_bytes
 from embedding_model import build_id_embedding
 from pause_trace import PauseTrace
@@ -84,6 +85,20 @@ def _trim() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
+def _chunk_reads_sized(args: argparse.Namespace) -> None:
+    """``--chunk-fetch-mb`` / ``--chunk-queue-mb``: the subscriber's chunk readers' fetch size
+    and read-ahead in this process (the server's and the replica's), to compare with the
+    defaults (``snapshot/readers.py``); 64 and 64 read as before issue 26's replica change on
+    the embedded broker (it honours only a fetch's request bound, then 64 MiB; 64 MiB is
+    librdkafka's default read-ahead)."""
+    from streamtrain.snapshot import readers
+
+    if args.chunk_fetch_mb is not None:
+        readers._CHUNK_FETCH_BYTES = int(args.chunk_fetch_mb * 1024 * 1024)
+    if args.chunk_queue_mb is not None:
+        readers._CHUNK_QUEUE_BYTES = int(args.chunk_queue_mb * 1024 * 1024)
+
+
 def serve(args: argparse.Namespace, bootstrap: str, topic: str, out: Any, stop: Any) -> None:
     """The server process: watcher + slot + a probe; sends probe records and memory back.
     With ``--server-late-s`` it starts that late, so its catch-up reads a base and the deltas
@@ -95,6 +110,7 @@ def serve(args: argparse.Namespace, bootstrap: str, topic: str, out: Any, stop: 
     from streamtrain.train.row_tracker import row_sparse_buffers, row_sparse_parameters
 
     torch.set_num_threads(1)
+    _chunk_reads_sized(args)
     # The runtime: the interpreter, torch, numpy and the streamtrain modules the server
     # imports, before any weights exist (the issue's memory bound leaves it out).
     baseline, _ = _rss_bytes()
@@ -225,6 +241,7 @@ def replica(args: argparse.Namespace, bootstrap: str, topic: str, out: Any) -> N
     if args.replica_nice:
         os.nice(args.replica_nice)  # every thread of the replica, its Kafka client's included
     torch.set_num_threads(1)
+    _chunk_reads_sized(args)
     runtime, _ = _rss_bytes()
     model = _model(args, trainer=False)
     shared = frozenset(row_sparse_parameters(model)) | frozenset(row_sparse_buffers(model))
@@ -629,6 +646,8 @@ def run(args: argparse.Namespace, broker: EmbeddedBroker, mode: str) -> dict[str
     worst = ", ".join(f"{f:.2f}s@+{at:.1f}s" for f, at in ages[-5:])
     _print_stages(result, served, first, ages[-5:])
     _print_processes(procs, first, late_at, replica_row, served)
+    ready_at = replica_row.get("at ready")
+    print_pressure(procs.pressure, first, (late_at[0], ready_at) if ready_at else None, ages[-5:])
     _print_pauses(result["trace"], first, late_at, replica_row)
     for name in procs.rss:  # s from the run's start (the trainer's first batch)
         profile = procs.rss_profile(name, result["produced"][0], 10.0)
@@ -766,6 +785,20 @@ def main() -> None:
         default=0,
         help="run the replica at this niceness (0-19): separates its CPU's share in the "
         "tailing server's freshness from the broker's serving of its base",
+    )
+    parser.add_argument(
+        "--chunk-fetch-mb",
+        type=float,
+        default=None,
+        help="the server's and replica's chunk readers' fetch size, MiB (snapshot/readers.py); "
+        "64 with --chunk-queue-mb 64 is the old read on the embedded broker (16 MiB a "
+        "partition under a 64 MiB request, which it served up to 64 MiB)",
+    )
+    parser.add_argument(
+        "--chunk-queue-mb",
+        type=float,
+        default=None,
+        help="their read-ahead, MiB (librdkafka's queued.max.messages.kbytes; 64 before)",
     )
     parser.add_argument(
         "--base-window-mb",

@@ -14,6 +14,7 @@ import threading
 import time
 from pathlib import Path
 
+from delta_pressure import PressureWatch
 from proc_cpu import process_cpu_s
 
 _TICK = os.sysconf("SC_CLK_TCK")
@@ -52,6 +53,7 @@ class ProcessWatch:
         self.samples: dict[str, list[tuple[float, float]]] = {name: [] for name in pids}
         self.peak: dict[str, int] = dict.fromkeys(pids, 0)
         self.rss: dict[str, list[tuple[float, int]]] = {name: [] for name in pids}
+        self.pressure = PressureWatch()  # the machine's PSI, MemAvailable, run-queue waits
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="process-watch", daemon=True)
 
@@ -85,6 +87,7 @@ class ProcessWatch:
             self.samples.setdefault("machine steal", []).append((now, steal))
         with self._lock:
             pids = dict(self._pids)
+        self.pressure.sample(now, pids)
         for name, pid in pids.items():
             try:
                 cpu = process_cpu_s(pid)

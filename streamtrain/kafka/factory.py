@@ -20,6 +20,8 @@ from streamtrain.kafka.reachability import REACHABILITY
 if TYPE_CHECKING:  # built lazily: only the join needs it, and it loads confluent-kafka
     from streamtrain.kafka.group_consumer import CoPartitionedGroup, OnAssign, OnRevoke
 
+_MIN_FETCH_MAX_BYTES = 1_048_576
+
 Acks = Literal[0, 1, "all"]
 OutOfRange = Literal["earliest", "raise"]
 
@@ -41,11 +43,15 @@ def record_consumer(
     fetch_max_bytes: int = 52_428_800,
     metadata_timeout_s: float | None = None,
     out_of_range: OutOfRange = "earliest",
+    max_queued_bytes: int | None = None,
 ) -> RecordConsumer:
     """A consumer of ``topic`` for ``assign()`` use; ``group_id`` only stores committed
     offsets (None: a reader that never commits). ``out_of_range="raise"``: a position the
     log no longer holds raises :class:`~streamtrain.kafka.errors.OffsetOutOfRange` from
-    ``poll`` instead of the library silently moving to the log's start."""
+    ``poll`` instead of the library silently moving to the log's start.
+    ``max_queued_bytes``: what librdkafka may fetch ahead of ``poll`` (its
+    ``queued.max.messages.kbytes``, 64 MiB unless set); kafka-python holds one fetch
+    response per partition, bounded by the fetch sizes already."""
     _prepare(kafka)
     if metadata_timeout_s is None:  # waiting for a topic to appear: at most 10 s
         metadata_timeout_s = min(10.0, kafka.connect_timeout_s)
@@ -65,22 +71,23 @@ def record_consumer(
         )
     from streamtrain.kafka.confluent_consumer import ConfluentConsumer
 
-    config = kafka.librdkafka(
-        {
-            # KAFKA_NOTES: 10 ms instead of 1000 is what keeps a drained queue refilled.
-            "fetch.queue.backoff.ms": 10,
-            # librdkafka needs a group id even for assign(); a reader never commits with it.
-            "group.id": group_id or f"{kafka.options.get('client_id', 'streamtrain')}-reader",
-            "enable.auto.commit": False,
-            "enable.auto.offset.store": False,
-            "enable.partition.eof": False,
-            "auto.offset.reset": "earliest" if out_of_range == "earliest" else "error",
-            "fetch.wait.max.ms": fetch_max_wait_ms,
-            "max.partition.fetch.bytes": max_partition_fetch_bytes,
-            "fetch.max.bytes": fetch_max_bytes,
-            "receive.message.max.bytes": fetch_max_bytes + 1_048_576,
-        }
-    )
+    semantics: dict[str, object] = {
+        # KAFKA_NOTES: 10 ms instead of 1000 is what keeps a drained queue refilled.
+        "fetch.queue.backoff.ms": 10,
+        # librdkafka needs a group id even for assign(); a reader never commits with it.
+        "group.id": group_id or f"{kafka.options.get('client_id', 'streamtrain')}-reader",
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "enable.partition.eof": False,
+        "auto.offset.reset": "earliest" if out_of_range == "earliest" else "error",
+        "fetch.wait.max.ms": fetch_max_wait_ms,
+        "max.partition.fetch.bytes": max_partition_fetch_bytes,
+        "fetch.max.bytes": fetch_max_bytes,
+        "receive.message.max.bytes": fetch_max_bytes + 1_048_576,
+    }
+    if max_queued_bytes is not None:
+        semantics["queued.max.messages.kbytes"] = max(1, max_queued_bytes // 1024)
+    config = kafka.librdkafka(semantics)
     return ConfluentConsumer(topic=topic, config=config, metadata_timeout_s=metadata_timeout_s)
 
 
@@ -91,9 +98,12 @@ def partition_reader(
     partition: int = 0,
     fetch_max_wait_ms: int = 10,
     fetch_bytes: int = 16 * 1024 * 1024,
+    queued_bytes: int | None = None,
 ) -> PartitionReader:
     """A group-less reader of one partition holding large records (snapshot chunks);
-    ``fetch_bytes`` per partition and round trip (a record larger still comes whole)."""
+    ``fetch_bytes`` per round trip (a record larger still comes whole); ``queued_bytes``: at
+    most this much fetched ahead of the reader (None: the library's default, 64 MiB with
+    librdkafka)."""
 
     def consumer() -> RecordConsumer:
         return record_consumer(
@@ -102,7 +112,12 @@ def partition_reader(
             fetch_max_wait_ms=fetch_max_wait_ms,
             # Chunks are up to ~512 KiB; the default fetches several per round trip.
             max_partition_fetch_bytes=fetch_bytes,
-            fetch_max_bytes=64 * 1024 * 1024,
+            # One partition, so the request's bound is the partition's: the embedded broker
+            # (Tansu 0.6) honours only this one (a 1 MiB partition bound under a 64 MiB request
+            # bound came back as 5 MiB: tests/integration/test_partition_reader_bounds.py).
+            # librdkafka refuses less than its message.max.bytes (1,000,000).
+            fetch_max_bytes=max(fetch_bytes, _MIN_FETCH_MAX_BYTES),
+            max_queued_bytes=queued_bytes,
         )
 
     return PartitionReader(consumer, topic, partition)

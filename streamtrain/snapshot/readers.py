@@ -5,7 +5,13 @@ from __future__ import annotations
 
 from streamtrain.kafka import KafkaConnection, PartitionReader, ReadTimeout, partition_reader
 
-_CHUNK_FETCH_BYTES = 16 * 1024 * 1024  # chunks are up to ~512 KiB: several per round trip
+# Chunks are up to ~512 KiB: several per round trip, but not a base in a few huge fetches.
+# A new replica reads a whole base (4 GB) as fast as the broker answers, on the partition the
+# running servers tail; each fetch is a response the broker builds and holds whole, and
+# librdkafka's default read-ahead (64 MiB) kept fetching while the replica verified. Bounded,
+# a reader holds at most ~12 MiB in its client (docs/snapshots.md, A new replica's read).
+_CHUNK_FETCH_BYTES = 4 * 1024 * 1024
+_CHUNK_QUEUE_BYTES = 2 * _CHUNK_FETCH_BYTES  # fetched ahead of the verifier, at most
 _SCAN_FETCH_BYTES = 64 * 1024  # a manifest, or one chunk's record: a window's worth
 
 
@@ -23,13 +29,14 @@ class SnapshotReaders:
     def _get(self, role: str, partition: int = 0) -> PartitionReader:
         made = self._made.get((role, partition))
         if made is None:
-            fetch_bytes = _SCAN_FETCH_BYTES if role == "scan" else _CHUNK_FETCH_BYTES
+            scan = role == "scan"
             made = partition_reader(
                 self._kafka,
                 topic=self._topic,
                 partition=partition,
                 fetch_max_wait_ms=self._wait_ms,
-                fetch_bytes=fetch_bytes,
+                fetch_bytes=_SCAN_FETCH_BYTES if scan else _CHUNK_FETCH_BYTES,
+                queued_bytes=None if scan else _CHUNK_QUEUE_BYTES,
             )
             self._made[(role, partition)] = made
         return made
@@ -44,7 +51,7 @@ class SnapshotReaders:
 
     @property
     def scan(self) -> PartitionReader:
-        """The scan reads one record per window: a chunk reader's 16 MiB fetch-ahead made
+        """The scan reads one record per window: a chunk reader's (then) 16 MiB fetch-ahead made
         each window carry megabytes of chunks it skips (a 0.26 GB topic's scan took 39 s)."""
         return self._get("scan")
 
