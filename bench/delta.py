@@ -38,6 +38,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+import delta_rotation
 from delta_pressure import print_pressure
 from delta_procs import ProcessWatch, status_bytes
 from embedding_model import build_id_embedding
@@ -333,6 +334,7 @@ def train(
         optimizer,
         base_every_deltas=10**9 if mode in ("delta", "dynamic") else 0,
         base_every_seconds=args.base_every or 1e9,
+        clock=delta_rotation.clock(args),  # --rotate-after-replica
     )
     from streamtrain.snapshot import publisher as publisher_module
 
@@ -613,6 +615,8 @@ def run(args: argparse.Namespace, broker: EmbeddedBroker, mode: str) -> dict[str
         procs.add("replica", proc.pid)
         trace.processes["replica"] = proc.pid
         late_box.append(proc)
+        if args.rotate_after_replica:
+            delta_rotation.open_when_gone(proc)
 
     timer = threading.Timer(args.replica_at or 0.0, late_start)
     if args.replica_at is not None:
@@ -773,6 +777,13 @@ def main() -> None:
         help="start a new replica N s into the run and report its time to ready",
     )
     parser.add_argument(
+        "--rotate-after-replica",
+        action="store_true",
+        help="hold base rotations until the --replica-at replica has exited, then rotate at "
+        "once and every --base-every s: the embedded broker keeps every base, and this fits "
+        "a rotation and a replica in one run at 4 GB (bench/delta_rotation.py)",
+    )
+    parser.add_argument(
         "--server-late-s",
         type=float,
         default=0.0,
@@ -846,6 +857,8 @@ def main() -> None:
         "--device", default="cpu", help="the trainer's device (cpu, cuda); the server's is cpu"
     )
     args = parser.parse_args()
+    if args.rotate_after_replica and (args.replica_at is None or args.base_every is None):
+        parser.error("--rotate-after-replica needs --replica-at and --base-every")
     if args.table_gb is not None:
         args.rows = int(args.table_gb * 1e9 / (args.dim * 4))
     torch.set_num_threads(1)

@@ -29,6 +29,7 @@ import math
 import mmap
 import os
 import weakref
+from collections.abc import Iterator
 from typing import BinaryIO
 
 import torch
@@ -183,6 +184,20 @@ def copy_released(target: torch.Tensor, source: torch.Tensor, non_blocking: bool
         piece = flat_source[block]
         flat_target[block].copy_(piece)
         _release(owner, piece, flat_source)
+
+
+def blocks_released(tensor: torch.Tensor) -> Iterator[torch.Tensor]:
+    """The flattened ``tensor`` block by block (about 4 MiB each); when it views a mapped
+    payload, each block's pages are dropped once the consumer asks for the next one, so a
+    pass over it holds one block in RSS, not the tensor (a dynamic table's base mapping
+    check reads ``slot_ids`` this way, several times)."""
+    owner = _owner(tensor)
+    flat = tensor.reshape(-1)
+    for block in _blocks(flat):
+        piece = flat[block]
+        yield piece
+        if owner is not None:
+            _release(owner, piece, flat)
 
 
 def all_finite(tensor: torch.Tensor) -> bool:

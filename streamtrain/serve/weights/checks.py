@@ -13,7 +13,7 @@ from torch import nn
 
 from streamtrain.snapshot.delta import RowUpdate
 from streamtrain.snapshot.manifest import SnapshotHeader, parse_snapshot_id
-from streamtrain.snapshot.mapped import all_finite
+from streamtrain.snapshot.mapped import all_finite, blocks_released
 from streamtrain.train.models.dynamic_lookup import mapping_problem
 from streamtrain.train.models.dynamic_mappings import dynamic_mappings
 
@@ -110,8 +110,11 @@ def check_mappings(
             problem = mapping_problem(mapping.lookup(), mapping.capacity, index.cpu(), ids.cpu())
         elif name in whole:
             # a base replaces every owner: no lookup of the old ones (a fresh server's would
-            # be sorted here for nothing)
-            problem = mapping_problem(None, mapping.capacity, None, whole[name].cpu())
+            # be sorted here for nothing); the old lookup still serves meanwhile, so the check
+            # holds a byte a row and a bucket of IDs, the mapped pages dropped behind it
+            problem = mapping_problem(
+                None, mapping.capacity, None, whole[name].cpu(), blocks_released
+            )
         else:
             continue
         if problem is not None:

@@ -38,6 +38,7 @@ name, whose wrappers cost several times the work at that size.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
 import numpy as np
@@ -45,6 +46,7 @@ import numpy.typing as npt
 import torch
 
 from streamtrain.train.models.dynamic_compact import keep_valid, merge_into, shift_left
+from streamtrain.train.models.dynamic_twice import id_twice
 
 Int64s = npt.NDArray[np.int64]
 EMPTY = -(1 << 63)  # int64 min marks a free row; a raw ID equal to it is never admitted
@@ -272,18 +274,26 @@ def recent_bound(capacity: int) -> int:
 
 
 def mapping_problem(
-    lookup: SortedLookup | None, capacity: int, index: torch.Tensor | None, ids: torch.Tensor
+    lookup: SortedLookup | None,
+    capacity: int,
+    index: torch.Tensor | None,
+    ids: torch.Tensor,
+    blocks: Callable[[torch.Tensor], Iterable[torch.Tensor]] | None = None,
 ) -> str | None:
     """Why a received mapping may not be applied (None when it may): ``ids`` are the new
     owners of rows ``index`` of a mapping whose owners ``lookup`` holds now (a delta), or the
-    whole ``slot_ids`` (``index`` None: a base; no ``lookup`` needed). Two rows may not own
-    one ID, and the buffer must be int64 of the table's rows (the signature proves who sent
-    it, not that it fits)."""
+    whole ``slot_ids`` (``index`` None: a base; no ``lookup`` needed, checked in buckets by
+    :func:`.dynamic_twice.id_twice`, read through ``blocks`` when given). Two rows may not
+    own one ID, and the buffer must be int64 of the table's rows (the signature proves who
+    sent it, not that it fits)."""
     if ids.dtype != torch.int64:
         return f"slot_ids are {ids.dtype}, a mapping is int64"
     size = capacity if index is None else index.shape[0]
     if tuple(ids.shape) != (size,):
         return f"slot_ids have shape {list(ids.shape)}, the table expects [{size}]"
+    if index is None:
+        given = id_twice(ids, EMPTY) if blocks is None else id_twice(ids, EMPTY, blocks)
+        return None if given is None else f"slot_ids give ID {given} more than one row"
     new = ids.numpy()
     owned = new[new != EMPTY]
     owned.sort()  # in place (a fresh array); a sort and a comparison: np.unique makes a dozen
@@ -291,8 +301,6 @@ def mapping_problem(
     twice = np.flatnonzero(ordered[1:] == ordered[:-1])
     if twice.size:
         return f"slot_ids give ID {int(ordered[twice[0]])} more than one row"
-    if index is None:
-        return None
     assert lookup is not None, "a delta is checked against the mapping's lookup"
     rows = index.numpy()
     ordered_rows = np.sort(rows)
