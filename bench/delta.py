@@ -40,7 +40,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 from delta_procs import ProcessWatch, status_bytes
 from embedding_model import build_id_embedding
-from pause_trace import PauseTrace
+from pause_trace import PauseTrace, run_queue_control
 
 from streamtrain.broker import EmbeddedBroker
 from streamtrain.kafka import KafkaConnection
@@ -357,6 +357,7 @@ def train(
     # machine ran other threads instead of it (the snapshot point only, not later saves).
     snapshot_cpu: list[float] = []
     copier = SnapshotCopier(model, optimizer)  # whole snapshots off the training thread
+    control = PauseTrace()
     while time.time() - started < args.seconds:
         due = started + step * interval
         if time.time() < due:
@@ -365,6 +366,7 @@ def train(
         # log-uniform ranks: Zipf s ~ 1
         ids = (args.rows ** torch.rand(batch, device=device)).long() - 1
         x = torch.cat([ids.float().unsqueeze(1), torch.randn(batch, 8, device=device)], dim=1)
+        control.begin()  # the control: ordinary steps' run-queue waits (pause_trace.py)
         if upkeep is not None:
             upkeep.before_step(delta_dynamic.DynamicIds.sparse(x), None)
         loss = (model(x).squeeze(-1) - ids.remainder(7).float()).pow(2).mean()
@@ -373,7 +375,9 @@ def train(
         optimizer.step()
         step += 1
         produced.append(produced_at)
-        if time.time() >= next_snapshot:
+        snapshot_due = time.time() >= next_snapshot
+        control.end(0.0, "before a snapshot point" if snapshot_due else "")
+        if snapshot_due:
             trace.begin()
             cpu = time.thread_time()
             taken = take_snapshot(model, tracker, copier)  # what the trainer's loop does
@@ -401,6 +405,7 @@ def train(
     publisher.close(120)
     copier.close()
     trace.close()
+    control.close()
     return {
         "produced": produced,
         "sizes": sizes,
@@ -411,6 +416,7 @@ def train(
         "snapshot_cpu_s": snapshot_cpu,
         "stages": stages,
         "trace": trace,
+        "control": control,
     }
 
 
@@ -459,7 +465,11 @@ def _print_stages(
 
 
 def _print_pauses(
-    trace: PauseTrace, first: float, late_at: list[float], replica_row: dict[str, Any]
+    trace: PauseTrace,
+    first: float,
+    late_at: list[float],
+    replica_row: dict[str, Any],
+    control: PauseTrace | None = None,
 ) -> None:
     """The snapshot points' pauses of the training thread, split by what it waited for
     (``pause_trace.py``): per phase of the run, and the longest eight (s after the server's
@@ -477,6 +487,12 @@ def _print_pauses(
         print(f"    {label}: {trace.totals(a, b)}")
     for pause in trace.longest(8):
         print(f"    pause {pause.line(first)}")
+    if control is None:
+        return
+    for label, start in (("whole run", 0.0), ("after the first prediction", first)):
+        print(f"  run-queue waits, snapshot points against ordinary steps (the control), {label}:")
+        for line in run_queue_control(trace.pauses, control.pauses, start):
+            print(f"    {line}")
 
 
 def _print_processes(
@@ -629,7 +645,7 @@ def run(args: argparse.Namespace, broker: EmbeddedBroker, mode: str) -> dict[str
     worst = ", ".join(f"{f:.2f}s@+{at:.1f}s" for f, at in ages[-5:])
     _print_stages(result, served, first, ages[-5:])
     _print_processes(procs, first, late_at, replica_row, served)
-    _print_pauses(result["trace"], first, late_at, replica_row)
+    _print_pauses(result["trace"], first, late_at, replica_row, result["control"])
     for name in procs.rss:  # s from the run's start (the trainer's first batch)
         profile = procs.rss_profile(name, result["produced"][0], 10.0)
         print(f"  {name} VmRSS GB, max per 10 s: " + " ".join(f"{g:.2f}" for g in profile))

@@ -24,6 +24,8 @@ import time
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
+from streamtrain.train.batch_policy import batch_scheduling
+
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
@@ -47,8 +49,10 @@ class NewestWinsWorker(Generic[T]):
         *,
         name: str,
         on_superseded: Callable[[T], None] = lambda item: None,
+        batch: bool = False,
     ) -> None:
         self._handle = handle
+        self._batch = batch  # the thread under SCHED_BATCH (train/batch_policy.py)
         self._on_superseded = on_superseded
         self._cond = threading.Condition()
         self._pending: tuple[int, T] | None = None
@@ -90,6 +94,8 @@ class NewestWinsWorker(Generic[T]):
         return not self._thread.is_alive()
 
     def _run(self) -> None:
+        if self._batch:
+            batch_scheduling()
         while True:
             with self._cond:
                 while self._pending is None and not self._closing:
