@@ -358,6 +358,13 @@ def train(
     snapshot_cpu: list[float] = []
     copier = SnapshotCopier(model, optimizer)  # whole snapshots off the training thread
     control = PauseTrace()
+    if args.training_slice_us:  # as the trainer's loop does (train/short_slice.py)
+        from streamtrain.train import short_slice
+
+        print(
+            f"  training thread's slice {args.training_slice_us} us: "
+            f"{short_slice.short_slices(int(args.training_slice_us * 1000))}"
+        )
     while time.time() - started < args.seconds:
         due = started + step * interval
         if time.time() < due:
@@ -808,6 +815,13 @@ def main() -> None:
         type=float,
         default=None,
         help="sys.setswitchinterval for the trainer process (CPython's default is 5 ms)",
+    )
+    parser.add_argument(
+        "--training-slice-us",
+        type=float,
+        default=100.0,
+        help="the training thread's scheduler slice, as the trainer asks for it "
+        "(train/short_slice.py); 0: the kernel's default, as before",
     )
     parser.add_argument(
         "--trace-others",
