@@ -4,6 +4,7 @@ them (the training thread) keeps its policy."""
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import time
@@ -47,7 +48,9 @@ def test_batch_scheduling_changes_the_calling_thread_only() -> None:
 @pytest.mark.parametrize("batch", [True, False])
 def test_a_worker_handles_items_on_a_batch_thread_only_when_asked(batch: bool) -> None:
     seen: list[bool] = []
-    worker = NewestWinsWorker(lambda _: seen.append(is_batch_thread()), name="t", batch=batch)
+    worker: NewestWinsWorker[int] = NewestWinsWorker(
+        lambda _: seen.append(is_batch_thread()), name="t", batch=batch
+    )
     worker.offer(1)
     assert worker.flush(WAIT)
     assert worker.close(WAIT)
@@ -69,8 +72,9 @@ def test_the_publishers_lanes_run_as_batch_threads() -> None:
         )
         assert len(lanes) == 2
         for lane in lanes:  # set on the thread itself as it starts: wait for it
-            assert lane.native_id is not None
-            assert _eventually(lambda tid=lane.native_id: is_batch_thread(tid)), lane.name
+            tid = lane.native_id
+            assert tid is not None
+            assert _eventually(functools.partial(is_batch_thread, tid)), lane.name
         assert not is_batch_thread()
     finally:
         publisher.close(timeout=1.0)
