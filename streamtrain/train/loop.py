@@ -47,7 +47,7 @@ from streamtrain.train.prequential import RollingMetrics
 from streamtrain.train.progress import StopConditions, TrainProgress, TrainSummary
 from streamtrain.train.promotion_gate import PromotionGate
 from streamtrain.train.row_tracker import RowTracker
-from streamtrain.train.short_slice import short_slices
+from streamtrain.train.short_slice import training_slices
 from streamtrain.train.snapshot_copy import SnapshotCopier
 from streamtrain.train.throughput import ThroughputGauge
 from streamtrain.train.weights import SnapshotCopy, take_snapshot
@@ -196,7 +196,10 @@ class Trainer:
         prefetch = PrefetchingSource(self._source, depth=self._prefetch_depth).start()
         reason = "stopped"
         try:
-            reason = self._loop(prefetch)
+            # the training thread is run first when it wakes (short_slice.py): asked for
+            # after the helper threads started (they would inherit it), given back at the end
+            with training_slices():
+                reason = self._loop(prefetch)
         finally:
             self._flush_scores()
             self._finish(prefetch)
@@ -234,9 +237,6 @@ class Trainer:
         stop = self._stop_conditions
         last_input = self._clock()
         throughput = ThroughputGauge(self._clock)
-        # the training thread is run first when it wakes (short_slice.py); asked for here,
-        # after the helper threads started, which must not inherit it
-        short_slices()
         while not self._stop_requested.is_set():
             health.beat()
             if stop.max_samples is not None and self._progress.samples_seen >= stop.max_samples:

@@ -27,6 +27,8 @@ import logging
 import os
 import platform
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 log = logging.getLogger(__name__)
 
@@ -88,3 +90,16 @@ def current_slice_ns() -> int | None:
     if libc.syscall(number, 0, ctypes.byref(attr), ctypes.sizeof(attr), 0) != 0:
         return None
     return int(attr.sched_runtime)
+
+
+@contextmanager
+def training_slices(slice_ns: int = SLICE_NS) -> Iterator[None]:
+    """``short_slices`` for the calling thread while inside; the slice it had is put back
+    after (a caller's thread, a test's, goes on as it was)."""
+    before = current_slice_ns()
+    changed = short_slices(slice_ns)
+    try:
+        yield
+    finally:
+        if changed and before is not None:
+            short_slices(before)

@@ -11,7 +11,12 @@ from collections.abc import Callable
 import pytest
 
 from streamtrain.train.batch_policy import batch_scheduling
-from streamtrain.train.short_slice import SLICE_NS, current_slice_ns, short_slices
+from streamtrain.train.short_slice import (
+    SLICE_NS,
+    current_slice_ns,
+    short_slices,
+    training_slices,
+)
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux") or current_slice_ns() is None,
@@ -57,3 +62,16 @@ def test_a_batch_thread_stays_a_batch_thread() -> None:
         return {"asked": short_slices(), "policy": os.sched_getscheduler(0)}
 
     assert _on_a_thread(work) == {"asked": True, "policy": os.SCHED_BATCH}
+
+
+def test_inside_training_slices_the_slice_is_short_and_after_it_is_put_back() -> None:
+    def work() -> dict[str, object]:
+        before = current_slice_ns()
+        with training_slices():
+            inside = current_slice_ns()
+        return {"inside": inside, "after": current_slice_ns() == before, "before": before}
+
+    out = _on_a_thread(work)
+    if out["inside"] == out["before"]:
+        pytest.skip("this kernel keeps its own slice for normal threads (Linux < 6.12)")
+    assert out["inside"] == SLICE_NS and out["after"] is True
