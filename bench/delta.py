@@ -358,6 +358,7 @@ def train(
     snapshot_cpu: list[float] = []
     copier = SnapshotCopier(model, optimizer)  # whole snapshots off the training thread
     control = PauseTrace()
+    snapshot_step = -1  # the step a snapshot point followed
     if args.training_slice_us:  # as the trainer's loop does (train/short_slice.py)
         from streamtrain.train import short_slice
 
@@ -382,9 +383,10 @@ def train(
         optimizer.step()
         step += 1
         produced.append(produced_at)
-        snapshot_due = time.time() >= next_snapshot
-        control.end(0.0, "before a snapshot point" if snapshot_due else "")
-        if snapshot_due:
+        # the step right after a snapshot point runs while the publisher works on the offer
+        control.end(0.0, "after a snapshot point" if step - 1 == snapshot_step else "")
+        if time.time() >= next_snapshot:
+            snapshot_step = step
             trace.begin()
             cpu = time.thread_time()
             taken = take_snapshot(model, tracker, copier)  # what the trainer's loop does

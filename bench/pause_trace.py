@@ -226,12 +226,14 @@ def _runq_line(name: str, windows: list[Pause]) -> str:
 def run_queue_control(points: list[Pause], steps: list[Pause], start: float = 0.0) -> list[str]:
     """Is a snapshot point's run-queue wait its own, or the machine's? The same split for
     ordinary training steps (the control, bracketed the same way), begun at ``start`` or
-    later: the steps right before a snapshot point (labelled so), the other steps, and the
-    snapshot points. Equal shares of the wall say the waits are ambient (the cores are
-    shared); a larger share in the snapshot points says the snapshot point causes them."""
+    later: the snapshot points, the steps right after one (labelled so: the publisher's
+    thread works on the offer meanwhile) and the other steps. Equal shares of the wall say
+    the waits are ambient (the cores are shared); a larger share in the snapshot points says
+    the snapshot point causes them. (Labelled by what came before a step, not after it: a
+    long step is more likely to end past the next snapshot's time.)"""
     steps = [p for p in steps if p.at >= start]
     return [
         _runq_line("snapshot points", [p for p in points if p.at >= start]),
-        _runq_line("steps before a snapshot point", [p for p in steps if p.label]),
+        _runq_line("steps after a snapshot point", [p for p in steps if p.label]),
         _runq_line("other steps", [p for p in steps if not p.label]),
     ]
