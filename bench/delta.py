@@ -19,6 +19,10 @@ publish + Kafka + verify + apply + the next prediction. The embedded broker keep
 in memory (no retention): a run holds one base plus the deltas (delta mode) or every full
 snapshot (full mode) — size ``--seconds`` and ``--snapshot-every`` to fit in memory.
 
+Every snapshot point's pause is split into CPU, run-queue wait and blocked time
+(``pause_trace.py``), and every training step is bracketed the same way as a control: is a
+snapshot point's wait for a core its own, or the machine's (``run_queue_control``)?
+
 ``--device cuda`` keeps the trainer's table, its steps and the batches on the GPU (snapshot
 copies then go device -> pinned host memory on a side stream); the server stays on the CPU.
 """

@@ -41,6 +41,9 @@ class NewestWinsWorker(Generic[T]):
        sequence number up to the item's as settled, so ``flush`` counts superseded items as done.
     4. ``handle`` raising is logged and settles the item: one failure never stops the thread.
     5. ``close`` lets the worker finish the pending item, then the thread exits.
+
+    With ``batch`` the thread runs under ``SCHED_BATCH`` (``train/batch_policy.py``): woken
+    by an offer, it never preempts the thread that offered (the trainer's lanes).
     """
 
     def __init__(
