@@ -9,7 +9,7 @@ point (on the training thread, inside its timed pause) then sorts those few (0.0
 bitmap at 3.9M rows, two bitmaps a table, whatever changed). Past ``LIST_SHARE`` of the
 table's rows the arrays are dropped and the scan is used: sorting them would cost more
 (measured crossing: ~6,000 entries at 3.9M rows), and the memory stays bounded by the bitmap
-(the arrays hold at most an eighth of its bytes). The bitmap is cleared at the rows taken,
+(the arrays hold at most 1/125 of its bytes). The bitmap is cleared at the rows taken,
 not made again: a new one per snapshot point zeroed 4 MB on the next step at 1 GB.
 """
 
@@ -21,7 +21,7 @@ import numpy.typing as npt
 Int64s = npt.NDArray[np.int64]
 
 # Arrays kept up to this share of the table's rows (1/1000: ~3,900 at 3.9M rows, below the
-# measured crossing of the sort and the scan, and a 1/125 of the bitmap's bytes).
+# measured crossing of the sort and the scan, and 1/125 of the bitmap's bytes).
 LIST_SHARE = 1e-3
 
 
@@ -35,7 +35,7 @@ class ChangedRows:
 
     def mark(self, name: str, size: int, rows: Int64s) -> None:
         mask = self._masks.get(name)
-        if mask is None or mask.size != size:
+        if mask is None:  # a table's rows are fixed: one bitmap for its life
             mask = self._masks[name] = np.zeros(size, dtype=bool)
             self._parts[name], self._counts[name] = [], 0
         mask[rows] = True
