@@ -363,12 +363,12 @@ def train(
     copier = SnapshotCopier(model, optimizer)  # whole snapshots off the training thread
     control = PauseTrace()
     snapshot_step = -1  # the step a snapshot point followed
-    if args.training_slice_us:  # as the trainer's loop does (train/short_slice.py)
-        from streamtrain.train import short_slice
+    if args.training_slice_us:  # an experiment, not the trainer's (sched_slice.py)
+        import sched_slice
 
         print(
             f"  training thread's slice {args.training_slice_us} us: "
-            f"{short_slice.short_slices(int(args.training_slice_us * 1000))}"
+            f"{sched_slice.short_slices(int(args.training_slice_us * 1000))}"
         )
     while time.time() - started < args.seconds:
         due = started + step * interval
@@ -825,9 +825,9 @@ def main() -> None:
     parser.add_argument(
         "--training-slice-us",
         type=float,
-        default=100.0,
-        help="the training thread's scheduler slice, as the trainer asks for it "
-        "(train/short_slice.py); 0: the kernel's default, as before",
+        default=0.0,
+        help="the training thread's scheduler slice (bench/sched_slice.py: tried, not kept "
+        "in the trainer); 0: the kernel's default, as the trainer runs",
     )
     parser.add_argument(
         "--trace-others",

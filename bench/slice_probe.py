@@ -2,7 +2,7 @@
 
 Run: ``.venv/bin/python bench/slice_probe.py [--busy 2] [--wakers 2] [--seconds 40]``
 
-The mechanism of ``train/short_slice.py`` alone, without Kafka or a model: this process's
+The mechanism of ``sched_slice.py`` alone, without Kafka or a model: this process's
 main thread behaves like the bench's training thread (every 50 ms: a 2 ms "step" of CPU, then
 a 1 ms "snapshot point"), beside ``--busy`` processes that never sleep and ``--wakers`` that
 wake every 5 ms for 2 ms of CPU (like the bench server's probe and the broker), all in this
@@ -16,13 +16,10 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import os
-import sys
 import threading
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from streamtrain.train.short_slice import current_slice_ns, short_slices
+from sched_slice import current_slice_ns, short_slices
 
 _SCHEDSTAT = f"/proc/self/task/{threading.get_native_id()}/schedstat"
 

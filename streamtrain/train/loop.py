@@ -47,7 +47,6 @@ from streamtrain.train.prequential import RollingMetrics
 from streamtrain.train.progress import StopConditions, TrainProgress, TrainSummary
 from streamtrain.train.promotion_gate import PromotionGate
 from streamtrain.train.row_tracker import RowTracker
-from streamtrain.train.short_slice import training_slices
 from streamtrain.train.snapshot_copy import SnapshotCopier
 from streamtrain.train.throughput import ThroughputGauge
 from streamtrain.train.weights import SnapshotCopy, take_snapshot
@@ -196,10 +195,7 @@ class Trainer:
         prefetch = PrefetchingSource(self._source, depth=self._prefetch_depth).start()
         reason = "stopped"
         try:
-            # the training thread is run first when it wakes (short_slice.py): asked for
-            # after the helper threads started (they would inherit it), given back at the end
-            with training_slices():
-                reason = self._loop(prefetch)
+            reason = self._loop(prefetch)
         finally:
             self._flush_scores()
             self._finish(prefetch)

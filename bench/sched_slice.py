@@ -1,23 +1,17 @@
-"""The training thread asks Linux's scheduler for short slices (issue 26).
+"""A thread's own scheduler slice (Linux >= 6.12, ``sched_setattr``): tried for the
+training thread in issue 26 and not kept; the benches' ``--training-slice-us`` and
+``bench/slice_probe.py`` use it.
 
-A snapshot point's pause was mostly the training thread runnable but not running: 7 of the
-11 ms of the quiet 1 GB dynamic run's longest pause, 9.5 of 12 ms at 4 GB, with the broker,
-the server and a replica on the same two cores (``bench/pause_trace.py``). Ordinary steps
-wait for a core as often (the bench's control), so the waits are the machine's, not the
-snapshot's: any thread that runs for a millisecond there waits for one now and then.
-
-Linux's scheduler since 6.6 (EEVDF) runs, among the threads that have not had their share,
-the one whose slice ends first, and since 6.12 a thread may ask for its own slice length
-(``sched_setattr``'s ``sched_runtime``, 0.1-100 ms; unprivileged: it changes when a thread
-runs, not its share). The training thread uses a small part of a core (a step and sometimes a
-snapshot point, then it waits for the next batch), so it nearly always has share left; with a
-0.1 ms slice (the least) its deadline is the earliest, and it is run first when it wakes or
-is preempted, and a woken thread with a later deadline does not preempt it. Its share of
-the machine stays what it was: a thread that runs longer than its share waits as before.
-
-Only the calling thread changes; threads it starts afterwards may inherit the slice, so the
-trainer asks for it after its helper threads exist (``loop.py``). Older kernels ignore the
-slice of a normal thread; other systems have no call for it (``short_slices`` says False).
+Linux's scheduler (EEVDF) runs, among the threads that have not had their share, the one
+whose slice ends first, and a thread may ask for its own slice length (``sched_runtime``,
+0.1-100 ms; unprivileged: it changes when a thread runs, not its share). The idea was that a
+training thread with the least slice would be run first after a preemption and wait less
+for a core inside a snapshot point. Measured (bench/README.md, Delta snapshots,
+``stall26j``): a 1 ms window right after a 2 ms burst did wait less, but the burst itself
+waited more (a thread with 0.1 ms slices is preempted sooner within it), and the whole
+snapshots of ``bench/snapshot_stall.py`` stalled longer at load ~1 (3.4-4.3 against
+1.7-3.4 ms median), the copy thread taking the core from the training thread's saves.
+Only the calling thread changes; older kernels ignore a normal thread's slice.
 """
 
 from __future__ import annotations
@@ -27,8 +21,6 @@ import logging
 import os
 import platform
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 log = logging.getLogger(__name__)
 
@@ -90,16 +82,3 @@ def current_slice_ns() -> int | None:
     if libc.syscall(number, 0, ctypes.byref(attr), ctypes.sizeof(attr), 0) != 0:
         return None
     return int(attr.sched_runtime)
-
-
-@contextmanager
-def training_slices(slice_ns: int = SLICE_NS) -> Iterator[None]:
-    """``short_slices`` for the calling thread while inside; the slice it had is put back
-    after (a caller's thread, a test's, goes on as it was)."""
-    before = current_slice_ns()
-    changed = short_slices(slice_ns)
-    try:
-        yield
-    finally:
-        if changed and before is not None:
-            short_slices(before)
