@@ -19,6 +19,10 @@ publish + Kafka + verify + apply + the next prediction. The embedded broker keep
 in memory (no retention): a run holds one base plus the deltas (delta mode) or every full
 snapshot (full mode) — size ``--seconds`` and ``--snapshot-every`` to fit in memory.
 
+Every snapshot point's pause is split into CPU, run-queue wait and blocked time
+(``pause_trace.py``), and every training step is bracketed the same way as a control: is a
+snapshot point's wait for a core its own, or the machine's (``run_queue_control``)?
+
 ``--device cuda`` keeps the trainer's table, its steps and the batches on the GPU (snapshot
 copies then go device -> pinned host memory on a side stream); the server stays on the CPU.
 """
@@ -42,7 +46,7 @@ import delta_rotation
 from delta_pressure import print_pressure
 from delta_procs import ProcessWatch, status_bytes
 from embedding_model import build_id_embedding
-from pause_trace import PauseTrace
+from pause_trace import PauseTrace, run_queue_control
 
 from streamtrain.broker import EmbeddedBroker
 from streamtrain.kafka import KafkaConnection
@@ -376,6 +380,15 @@ def train(
     # machine ran other threads instead of it (the snapshot point only, not later saves).
     snapshot_cpu: list[float] = []
     copier = SnapshotCopier(model, optimizer)  # whole snapshots off the training thread
+    control = PauseTrace()
+    snapshot_step = -1  # the step a snapshot point followed
+    if args.training_slice_us:  # an experiment, not the trainer's (sched_slice.py)
+        import sched_slice
+
+        print(
+            f"  training thread's slice {args.training_slice_us} us: "
+            f"{sched_slice.short_slices(int(args.training_slice_us * 1000))}"
+        )
     while time.time() - started < args.seconds:
         due = started + step * interval
         if time.time() < due:
@@ -384,6 +397,7 @@ def train(
         # log-uniform ranks: Zipf s ~ 1
         ids = (args.rows ** torch.rand(batch, device=device)).long() - 1
         x = torch.cat([ids.float().unsqueeze(1), torch.randn(batch, 8, device=device)], dim=1)
+        control.begin()  # the control: ordinary steps' run-queue waits (pause_trace.py)
         if upkeep is not None:
             upkeep.before_step(delta_dynamic.DynamicIds.sparse(x), None)
         loss = (model(x).squeeze(-1) - ids.remainder(7).float()).pow(2).mean()
@@ -392,7 +406,10 @@ def train(
         optimizer.step()
         step += 1
         produced.append(produced_at)
+        # the step right after a snapshot point runs while the publisher works on the offer
+        control.end(0.0, "after a snapshot point" if step - 1 == snapshot_step else "")
         if time.time() >= next_snapshot:
+            snapshot_step = step
             trace.begin()
             cpu = time.thread_time()
             taken = take_snapshot(model, tracker, copier)  # what the trainer's loop does
@@ -420,6 +437,7 @@ def train(
     publisher.close(120)
     copier.close()
     trace.close()
+    control.close()
     return {
         "produced": produced,
         "sizes": sizes,
@@ -430,6 +448,7 @@ def train(
         "snapshot_cpu_s": snapshot_cpu,
         "stages": stages,
         "trace": trace,
+        "control": control,
     }
 
 
@@ -478,7 +497,11 @@ def _print_stages(
 
 
 def _print_pauses(
-    trace: PauseTrace, first: float, late_at: list[float], replica_row: dict[str, Any]
+    trace: PauseTrace,
+    first: float,
+    late_at: list[float],
+    replica_row: dict[str, Any],
+    control: PauseTrace | None = None,
 ) -> None:
     """The snapshot points' pauses of the training thread, split by what it waited for
     (``pause_trace.py``): per phase of the run, and the longest eight (s after the server's
@@ -496,6 +519,12 @@ def _print_pauses(
         print(f"    {label}: {trace.totals(a, b)}")
     for pause in trace.longest(8):
         print(f"    pause {pause.line(first)}")
+    if control is None:
+        return
+    for label, start in (("whole run", 0.0), ("after the first prediction", first)):
+        print(f"  run-queue waits, snapshot points against ordinary steps (the control), {label}:")
+        for line in run_queue_control(trace.pauses, control.pauses, start):
+            print(f"    {line}")
 
 
 def _print_processes(
@@ -652,7 +681,7 @@ def run(args: argparse.Namespace, broker: EmbeddedBroker, mode: str) -> dict[str
     _print_processes(procs, first, late_at, replica_row, served)
     ready_at = replica_row.get("at ready")
     print_pressure(procs.pressure, first, (late_at[0], ready_at) if ready_at else None, ages[-5:])
-    _print_pauses(result["trace"], first, late_at, replica_row)
+    _print_pauses(result["trace"], first, late_at, replica_row, result["control"])
     for name in procs.rss:  # s from the run's start (the trainer's first batch)
         profile = procs.rss_profile(name, result["produced"][0], 10.0)
         print(f"  {name} VmRSS GB, max per 10 s: " + " ".join(f"{g:.2f}" for g in profile))
@@ -836,6 +865,13 @@ def main() -> None:
         type=float,
         default=None,
         help="sys.setswitchinterval for the trainer process (CPython's default is 5 ms)",
+    )
+    parser.add_argument(
+        "--training-slice-us",
+        type=float,
+        default=0.0,
+        help="the training thread's scheduler slice (bench/sched_slice.py: tried, not kept "
+        "in the trainer); 0: the kernel's default, as the trainer runs",
     )
     parser.add_argument(
         "--trace-others",

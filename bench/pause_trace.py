@@ -81,6 +81,7 @@ class Pause:
     major_faults: int
     others_ms: dict[str, float] = field(default_factory=dict)  # other threads' CPU meanwhile
     processes_ms: dict[str, float] = field(default_factory=dict)  # other processes' CPU
+    label: str = ""  # a control window's kind (``run_queue_control``)
 
     @property
     def blocked_ms(self) -> float:
@@ -142,8 +143,9 @@ class PauseTrace:
         runq, minor, major = self._counters()
         self._start = (time.time(), time.perf_counter(), time.thread_time_ns(), runq, minor, major)
 
-    def end(self, stall_s: float) -> Pause:
-        """``stall_s``: the figure the bench reports for this pause, kept beside it."""
+    def end(self, stall_s: float, label: str = "") -> Pause:
+        """``stall_s``: the figure the bench reports for this pause, kept beside it;
+        ``label``: what kind of window it was (a control's, ``run_queue_control``)."""
         wall_end, cpu = time.perf_counter(), time.thread_time_ns()
         runq, minor, major = self._counters()
         assert self._start is not None, "end() without begin()"
@@ -175,6 +177,7 @@ class PauseTrace:
             major_faults=major - major0,
             others_ms={f"{names.get(tid, '?')}[{tid}]": ms for tid, ms in busiest},
             processes_ms={name: ms for name, ms in processes.items() if ms > 0},
+            label=label,
         )
         self.pauses.append(pause)
         return pause
@@ -203,3 +206,34 @@ class PauseTrace:
         return f"{len(inside)} pauses, ms sum (max): " + ", ".join(
             f"{name} {sum(values):.0f} ({max(values):.1f})" for name, values in parts.items()
         )
+
+
+def _runq_line(name: str, windows: list[Pause]) -> str:
+    if not windows:
+        return f"{name}: none"
+    walls = sorted(p.wall_ms for p in windows)
+    waits = sorted(p.runq_ms for p in windows)
+    waited = sum(1 for w in waits if w >= 1.0)
+    p99 = waits[min(len(waits) - 1, int(0.99 * len(waits)))]
+    return (
+        f"{name}: {len(windows)} windows, wall p50 {walls[len(walls) // 2]:.1f} ms; run-queue "
+        f"{100 * sum(waits) / max(sum(walls), 1e-9):.0f}% of the wall, p50 "
+        f"{waits[len(waits) // 2]:.2f} / p99 {p99:.1f} "
+        f"/ max {waits[-1]:.1f} ms, {100 * waited / len(windows):.0f}% of windows waited >= 1 ms"
+    )
+
+
+def run_queue_control(points: list[Pause], steps: list[Pause], start: float = 0.0) -> list[str]:
+    """Is a snapshot point's run-queue wait its own, or the machine's? The same split for
+    ordinary training steps (the control, bracketed the same way), begun at ``start`` or
+    later: the snapshot points, the steps right after one (labelled so: the publisher's
+    thread works on the offer meanwhile) and the other steps. Equal shares of the wall say
+    the waits are ambient (the cores are shared); a larger share in the snapshot points says
+    the snapshot point causes them. (Labelled by what came before a step, not after it: a
+    long step is more likely to end past the next snapshot's time.)"""
+    steps = [p for p in steps if p.at >= start]
+    return [
+        _runq_line("snapshot points", [p for p in points if p.at >= start]),
+        _runq_line("steps after a snapshot point", [p for p in steps if p.label]),
+        _runq_line("other steps", [p for p in steps if not p.label]),
+    ]

@@ -117,7 +117,11 @@ class BaseLane:
         self._lock = threading.Lock()
         self._busy = False
         self._worker: NewestWinsWorker[SnapshotRequest] = NewestWinsWorker(
-            self._write, name=f"snapshot-base-lane-{writer.topic}"
+            # bulk: its wake-ups (and its producer's client threads') never preempt the
+            # training thread (train/batch_policy.py)
+            self._write,
+            name=f"snapshot-base-lane-{writer.topic}",
+            batch=True,
         )
 
     @property

@@ -24,6 +24,8 @@ import time
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
+from streamtrain.train.batch_policy import batch_scheduling
+
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
@@ -39,6 +41,9 @@ class NewestWinsWorker(Generic[T]):
        sequence number up to the item's as settled, so ``flush`` counts superseded items as done.
     4. ``handle`` raising is logged and settles the item: one failure never stops the thread.
     5. ``close`` lets the worker finish the pending item, then the thread exits.
+
+    With ``batch`` the thread runs under ``SCHED_BATCH`` (``train/batch_policy.py``): woken
+    by an offer, it never preempts the thread that offered (the trainer's lanes).
     """
 
     def __init__(
@@ -47,8 +52,10 @@ class NewestWinsWorker(Generic[T]):
         *,
         name: str,
         on_superseded: Callable[[T], None] = lambda item: None,
+        batch: bool = False,
     ) -> None:
         self._handle = handle
+        self._batch = batch  # the thread under SCHED_BATCH (train/batch_policy.py)
         self._on_superseded = on_superseded
         self._cond = threading.Condition()
         self._pending: tuple[int, T] | None = None
@@ -90,6 +97,8 @@ class NewestWinsWorker(Generic[T]):
         return not self._thread.is_alive()
 
     def _run(self) -> None:
+        if self._batch:
+            batch_scheduling()
         while True:
             with self._cond:
                 while self._pending is None and not self._closing:

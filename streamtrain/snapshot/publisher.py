@@ -130,7 +130,12 @@ class SnapshotPublisher:
             on_done=lambda base: self._shadow.release(),
         )
         self._worker: NewestWinsWorker[int] = NewestWinsWorker(
-            self._publish_next, name=f"snapshot-publisher-{topic}", on_superseded=self._superseded
+            self._publish_next,
+            name=f"snapshot-publisher-{topic}",
+            on_superseded=self._superseded,
+            # woken by each offer, right after a snapshot point: it must not take the core
+            # from the training thread (train/batch_policy.py)
+            batch=True,
         )
 
     def offer(self, request: SnapshotRequest) -> None:

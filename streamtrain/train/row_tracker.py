@@ -201,9 +201,16 @@ class RowTracker:
         return touched, False
 
     def _drain(self) -> Iterator[tuple[str, torch.Tensor]]:
+        # A dynamic table reports one array of rows for its three slot buffers: sorted once
+        # (at a snapshot point, on the training thread), the same tensor for the three.
+        # The parts are kept with their rows, so no id is reused during the drain.
+        done: dict[tuple[int, ...], tuple[list[torch.Tensor], torch.Tensor]] = {}
         for name, parts in self._touched.items():
             self._touched[name] = []
-            if parts:
-                yield name, torch.unique(torch.cat(parts)).cpu()
-            else:
+            if not parts:
                 yield name, torch.empty(0, dtype=torch.int64)
+                continue
+            key = tuple(id(part) for part in parts)
+            if key not in done:
+                done[key] = parts, torch.unique(torch.cat(parts)).cpu()
+            yield name, done[key][1]

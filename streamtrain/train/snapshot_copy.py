@@ -61,6 +61,7 @@ import torch
 from torch import nn
 
 from streamtrain import metrics
+from streamtrain.train.batch_policy import batch_scheduling
 from streamtrain.train.copy_classes import TensorClasses
 from streamtrain.train.hooks import CopySpoiled
 from streamtrain.train.row_copy import RowCopy
@@ -232,6 +233,7 @@ class SnapshotCopier:
             self._thread.start()
 
     def _work(self) -> None:
+        batch_scheduling()  # woken at a snapshot point: it must not preempt training
         while True:
             with self._lock:
                 while self._job is None and not self._closed:

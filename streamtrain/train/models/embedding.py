@@ -33,6 +33,7 @@ from torch.nn import functional as F
 
 from streamtrain.sample.sparse_torch import JaggedTensor, SparseInput
 from streamtrain.sample.spec import SparseFeature
+from streamtrain.train.models.dynamic_changed import ChangedRows
 from streamtrain.train.models.dynamic_table import DynamicMapping, Observed
 from streamtrain.train.models.dynamic_watch import Watch
 from streamtrain.train.models.row_layout import RowLookup, ShardLayout
@@ -129,7 +130,7 @@ class EmbeddingTables(nn.Module):
         # the state names a step marks, by table (formatted once, not per step)
         self._mark_names = {t: _mark_names(t) for t in dynamic}
         # rows changed outside optimizer steps since the row tracker last drained them
-        self._dirty: dict[str, npt.NDArray[np.bool_]] = {}
+        self._dirty = ChangedRows()
         self._generator = torch.Generator()  # re-seeded for every reset (see observe)
         self._changing: RowsChanging | None = None  # see watch_rows
         self._draws = _no_draws()  # the reset rows' draw buffer and its view (_reset_rows)
@@ -302,18 +303,16 @@ class EmbeddingTables(nn.Module):
         return {f"tables.{_key(t)}.weight": self._weight(t) for t in self.rows}
 
     def _mark(self, name: str, size: int, rows: npt.NDArray[np.int64]) -> None:
-        # host masks (numpy: a step's marks cost less than torch's dispatch), like the mapping
-        dirty = self._dirty.get(name)
-        if dirty is None:
-            dirty = self._dirty[name] = np.zeros(size, dtype=bool)
-        dirty[rows] = True
+        # on the host (numpy: a step's marks cost less than torch's dispatch), like the mapping
+        self._dirty.mark(name, size, rows)
 
     def drain_changed_rows(self) -> dict[str, torch.Tensor]:
         """Rows of weights (reset) and mapping buffers changed since the last call, by state
-        name below this module; the row tracker adds them to the next delta."""
+        name below this module; the row tracker adds them to the next delta. Called at a
+        snapshot point: it costs the rows marked, not the table (``dynamic_changed.py``)."""
         out = {}
-        for name, mask in self._dirty.items():
-            rows = torch.from_numpy(np.flatnonzero(mask))
+        for name, changed in self._dirty.take().items():
+            rows = torch.from_numpy(changed)
             if name.endswith(".weight"):  # beside the optimizer's touched rows, on its device
                 out[name] = rows.to(self._weights_by_state[name].device)
             elif name.endswith(".filter_counts"):  # mapping buffers stay in host memory
@@ -321,7 +320,6 @@ class EmbeddingTables(nn.Module):
             else:  # one mask stands for the three slot buffers
                 for buffer in ("slot_ids", "last_seen", "use_count"):
                     out[f"{name}.{buffer}"] = rows
-        self._dirty = {}
         return out
 
     def pooled(self, sparse: SparseInput) -> dict[str, torch.Tensor]:
