@@ -43,6 +43,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 import delta_rotation
+import sched_slice
 from delta_pressure import print_pressure
 from delta_procs import ProcessWatch, status_bytes
 from embedding_model import build_id_embedding
@@ -383,8 +384,6 @@ def train(
     control = PauseTrace()
     snapshot_step = -1  # the step a snapshot point followed
     if args.training_slice_us:  # an experiment, not the trainer's (sched_slice.py)
-        import sched_slice
-
         print(
             f"  training thread's slice {args.training_slice_us} us: "
             f"{sched_slice.short_slices(int(args.training_slice_us * 1000))}"
@@ -866,13 +865,7 @@ def main() -> None:
         default=None,
         help="sys.setswitchinterval for the trainer process (CPython's default is 5 ms)",
     )
-    parser.add_argument(
-        "--training-slice-us",
-        type=float,
-        default=0.0,
-        help="the training thread's scheduler slice (bench/sched_slice.py: tried, not kept "
-        "in the trainer); 0: the kernel's default, as the trainer runs",
-    )
+    sched_slice.add_slice_argument(parser)
     parser.add_argument(
         "--trace-others",
         action="store_true",

@@ -16,6 +16,7 @@ Only the calling thread changes; older kernels ignore a normal thread's slice.
 
 from __future__ import annotations
 
+import argparse
 import ctypes
 import logging
 import os
@@ -82,3 +83,14 @@ def current_slice_ns() -> int | None:
     if libc.syscall(number, 0, ctypes.byref(attr), ctypes.sizeof(attr), 0) != 0:
         return None
     return int(attr.sched_runtime)
+
+
+def add_slice_argument(parser: argparse.ArgumentParser) -> None:
+    """The benches' ``--training-slice-us`` (microseconds; 0: the kernel's default)."""
+    parser.add_argument(
+        "--training-slice-us",
+        type=float,
+        default=0.0,
+        help="the training thread's scheduler slice (bench/sched_slice.py: tried, not kept "
+        "in the trainer); 0: the kernel's default, as the trainer runs",
+    )

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+import sched_slice
 from embedding_model import build_id_embedding
 
 from streamtrain.sample.spec import SampleSpec
@@ -63,13 +64,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="whole snapshots to take")
     parser.add_argument("--rate", type=float, default=10_000.0, help="samples per second")
     parser.add_argument("--batch", type=int, default=500)
-    parser.add_argument(
-        "--training-slice-us",
-        type=float,
-        default=0.0,
-        help="the training thread's scheduler slice (bench/sched_slice.py: tried, not kept "
-        "in the trainer); 0: the kernel's default, as the trainer runs",
-    )
+    sched_slice.add_slice_argument(parser)
     args = parser.parse_args()
     if args.table_gb <= 0 or args.repeats < 1 or args.rate <= 0 or args.batch < 1:
         parser.error("--table-gb, --rate > 0 and --repeats, --batch >= 1, please")
@@ -79,9 +74,7 @@ def main() -> None:
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
     copier = _TimedCopier(model, optimizer)
     if args.training_slice_us:  # after the copy thread started (sched_slice.py)
-        from sched_slice import short_slices
-
-        short_slices(int(args.training_slice_us * 1000))
+        sched_slice.short_slices(int(args.training_slice_us * 1000))
     print(f"table {rows} x 64 fp32 = {rows * ROW_BYTES / 1e9:.2f} GB, {args.rate:g} samples/s")
 
     def step() -> None:

@@ -3,6 +3,7 @@ its ASGI app, and a running worker whose watcher has no snapshots to offer."""
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -19,6 +20,7 @@ from streamtrain.serve.server import ServingWorker
 from streamtrain.serve.weights.inference import DirectEngine, Engine, head_for
 from streamtrain.serve.weights.slot import WeightSlot
 from streamtrain.serve.weights.watcher import NoSnapshots, SnapshotWatcher
+from streamtrain.snapshot.manifest import SnapshotHeader
 
 
 def served_model(
@@ -66,3 +68,25 @@ def running_worker(served: ServedModel, app: Starlette | None = None) -> Iterato
         yield worker
     finally:
         worker.stop()
+
+
+@contextmanager
+def tiny_regression_worker() -> Iterator[ServingWorker]:
+    """A worker serving model ``m``: y = x0 + x1 + 0.5, version 1 (for tests of the HTTP layer)."""
+    slot = WeightSlot(torch.nn.Linear(2, 1))
+    slot.load(
+        {"weight": torch.tensor([[1.0, 1.0]]), "bias": torch.tensor([0.5])}, SnapshotHeader(1, "r")
+    )
+    with running_worker(served_model(slot, SampleSpec((2,), "regression"), "m")) as running:
+        yield running
+
+
+def raw_exchange(port: int, request: bytes) -> bytes:
+    """``request`` sent as raw bytes to a local port; everything sent back before the server
+    closes the connection."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        conn.sendall(request)
+        answer = b""
+        while chunk := conn.recv(65536):
+            answer += chunk
+    return answer

@@ -13,17 +13,12 @@ connection.
 from __future__ import annotations
 
 import json
-import socket
 from collections.abc import Iterator
 
 import pytest
-import torch
 
-from streamtrain.sample.spec import SampleSpec
 from streamtrain.serve.server import ServingWorker
-from streamtrain.serve.weights.slot import WeightSlot
-from streamtrain.snapshot.manifest import SnapshotHeader
-from tests.serve_fixtures import running_worker, served_model
+from tests.serve_fixtures import raw_exchange, tiny_regression_worker
 
 _PATH = "/v2/models/m/infer"
 _BODY = json.dumps(
@@ -64,22 +59,8 @@ MALFORMED = {
 
 @pytest.fixture(scope="module")
 def worker() -> Iterator[ServingWorker]:
-    slot = WeightSlot(torch.nn.Linear(2, 1))
-    slot.load(
-        {"weight": torch.tensor([[1.0, 1.0]]), "bias": torch.tensor([0.5])}, SnapshotHeader(1, "r")
-    )
-    with running_worker(served_model(slot, SampleSpec((2,), "regression"), "m")) as running:
+    with tiny_regression_worker() as running:
         yield running
-
-
-def _exchange(port: int, request: bytes) -> bytes:
-    """Everything the server sends back before it closes the connection."""
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
-        conn.sendall(request)
-        answer = b""
-        while chunk := conn.recv(65536):
-            answer += chunk
-    return answer
 
 
 @pytest.mark.parametrize("case", list(MALFORMED))
@@ -87,7 +68,7 @@ def test_a_request_the_parser_refuses_gets_a_one_line_json_400(
     worker: ServingWorker, case: str
 ) -> None:
     request, reason = MALFORMED[case]
-    answer = _exchange(worker.port, request)
+    answer = raw_exchange(worker.port, request)
     head, _, body = answer.partition(b"\r\n\r\n")
     lines = head.decode("latin-1").lower().split("\r\n")
     assert lines[0] == "http/1.1 400 bad request", answer[:300]
@@ -98,6 +79,6 @@ def test_a_request_the_parser_refuses_gets_a_one_line_json_400(
     assert message.startswith("malformed HTTP/1.1 request: "), message
     assert reason.lower() in message.lower(), message
     # The server is still serving.
-    assert _exchange(worker.port, _GOOD.replace(b"Host: t", b"Host: t\r\nConnection: close"))[
+    assert raw_exchange(worker.port, _GOOD.replace(b"Host: t", b"Host: t\r\nConnection: close"))[
         :15
     ] == (b"HTTP/1.1 200 OK")

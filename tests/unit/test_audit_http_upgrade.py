@@ -17,15 +17,11 @@ import socket
 from collections.abc import Iterator
 
 import pytest
-import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from streamtrain.sample.spec import SampleSpec
 from streamtrain.serve.server import ServingWorker
-from streamtrain.serve.weights.slot import WeightSlot
-from streamtrain.snapshot.manifest import SnapshotHeader
-from tests.serve_fixtures import running_worker, served_model
+from tests.serve_fixtures import tiny_regression_worker
 
 _PATH = b"/v2/models/m/infer"
 _BODY = json.dumps(
@@ -40,11 +36,7 @@ WEBSOCKET = b"Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version
 
 @pytest.fixture(scope="module")
 def worker() -> Iterator[ServingWorker]:
-    slot = WeightSlot(torch.nn.Linear(2, 1))
-    slot.load(
-        {"weight": torch.tensor([[1.0, 1.0]]), "bias": torch.tensor([0.5])}, SnapshotHeader(1, "r")
-    )
-    with running_worker(served_model(slot, SampleSpec((2,), "regression"), "m")) as running:
+    with tiny_regression_worker() as running:
         yield running
 
 

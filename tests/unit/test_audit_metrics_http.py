@@ -10,13 +10,13 @@ line at all to a one-word request line; prometheus_client answered ``POST /metri
 from __future__ import annotations
 
 import json
-import socket
 from collections.abc import Iterator
 
 import pytest
 from prometheus_client import CollectorRegistry, Counter
 
 from tests.metrics_scrape import Exporter, exported
+from tests.serve_fixtures import raw_exchange
 
 CASES = {
     "one-word request line": (b"GARBAGE\r\n\r\n", 400),
@@ -43,13 +43,7 @@ def exporter() -> Iterator[Exporter]:
 
 
 def _exchange(url: str, request: bytes) -> bytes:
-    port = int(url.rsplit(":", 1)[1].split("/")[0])
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
-        conn.sendall(request)
-        answer = b""
-        while chunk := conn.recv(65536):
-            answer += chunk
-    return answer
+    return raw_exchange(int(url.rsplit(":", 1)[1].split("/")[0]), request)
 
 
 @pytest.mark.parametrize("case", list(CASES))
