@@ -36,7 +36,6 @@ from streamtrain.ingest.buffer import BatchBuffer
 from streamtrain.ingest.deadletter import DeadLetterSink, KafkaDeadLetter, LogDeadLetter
 from streamtrain.ingest.decode import JsonDecoder, decode_records
 from streamtrain.ingest.decode_pool import DecodePool, start_pool
-from streamtrain.ingest.fetch_wait import FetchWaitTuner
 from streamtrain.ingest.log_order import LogOrder
 from streamtrain.ingest.log_watch import LogWatch, OffsetResetFailed
 from streamtrain.ingest.options import SourceOptions, StartFrom
@@ -44,6 +43,7 @@ from streamtrain.ingest.reject_report import RejectReport
 from streamtrain.ingest.starvation import StarvationWatch
 from streamtrain.kafka import KafkaConnection, OffsetOutOfRange, RecordConsumer, record_consumer
 from streamtrain.kafka.admin import topic_id
+from streamtrain.kafka.fetch_wait import FetchWaitTuner
 from streamtrain.kafka.records import KafkaRecord, SettlingRecords
 from streamtrain.kafka.watermark import true_ends
 from streamtrain.metrics import export_at_zero

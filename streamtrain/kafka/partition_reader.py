@@ -104,8 +104,16 @@ class PartitionReader:
 
     def caught_up(self) -> bool:
         """Whether every record up to the last fetch's high watermark has been returned."""
+        return self.waiting() == 0
+
+    def waiting(self) -> int:
+        """Records past the position by the last fetch's high watermark (0 before a fetch)."""
         high = self._consumer.highwater(self.partition)
-        return high is not None and self._consumer.position(self.partition) >= high
+        return 0 if high is None else max(0, high - self._consumer.position(self.partition))
+
+    def set_fetch_max_wait_ms(self, wait_ms: int) -> None:
+        """The longest a fetch waits for records, from the next poll on."""
+        self._consumer.set_fetch_max_wait_ms(wait_ms)
 
     def close(self) -> None:
         if self._made is not None:

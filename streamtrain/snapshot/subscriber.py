@@ -11,6 +11,7 @@ from pathlib import Path
 
 from streamtrain.kafka import KafkaConnection, PartitionReader, ReadTimeout
 from streamtrain.kafka.errors import KafkaUnreachable
+from streamtrain.kafka.fetch_wait import FetchWaitTuner
 from streamtrain.kafka.mark_check import reread_mark
 from streamtrain.kafka.reachability import REACHABILITY
 from streamtrain.kafka.records import KafkaRecord
@@ -111,10 +112,16 @@ class SnapshotSubscriber:
         self._topic_was_missing = False
         self._tail_mark: RecordMark | None = None  # of the last record the tail returned
         self._interruptions = REACHABILITY.interruptions
+        # The embedded broker's fetches at 10 ms starve once the partition is long
+        # (kafka/fetch_wait.py): the tail widens its own wait once if it sees that.
+        self._tail_wait = FetchWaitTuner(fetch_max_wait_ms, self._widen_tail_wait)
 
     @property
     def _tail(self) -> PartitionReader:
         return self._readers.tail
+
+    def _widen_tail_wait(self, wait_ms: int) -> None:
+        self._tail.set_fetch_max_wait_ms(wait_ms)
 
     @property
     def _reader(self) -> PartitionReader:
@@ -261,6 +268,7 @@ class SnapshotSubscriber:
             return results
         while True:
             records = self._tail.poll(timeout_ms=_ms_left(deadline))
+            self._tail_wait.observe(len(records), self._tail.waiting())
             if self._tail_log_replaced():
                 continue  # the tail now reads the new log from its start
             for record in records:

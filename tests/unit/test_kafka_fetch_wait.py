@@ -1,10 +1,10 @@
-"""FetchWaitTuner: it widens the fetch wait once, on a trickle out of a waiting backlog only."""
+"""kafka.fetch_wait.FetchWaitTuner: it widens the wait once, on a trickle out of waiting records."""
 
 from __future__ import annotations
 
 import pytest
 
-from streamtrain.ingest.fetch_wait import FetchWaitTuner
+from streamtrain.kafka.fetch_wait import FetchWaitTuner
 
 
 class _Clock:
@@ -41,7 +41,7 @@ def test_a_trickle_out_of_a_backlog_widens_the_wait_once(caplog: pytest.LogCaptu
     ("delivered", "waiting", "why"),
     [
         (4096, 200_000, "a slow trainer replaying a backlog: every poll is a full batch"),
-        (0, 999, "a backlog under min_backlog"),
+        (10, 20, "a small backlog delivered as it comes (a tail that keeps up)"),
         (0, 0, "caught up: idle fetches are not a trickle"),
     ],
 )
@@ -49,6 +49,13 @@ def test_no_widening_without_a_trickle(delivered: int, waiting: int, why: str) -
     clock, widened = _Clock(), []
     _polls(_tuner(clock, widened), clock, delivered, waiting, n=400)
     assert widened == [], why
+
+
+def test_a_few_records_waiting_with_none_delivered_widen_the_wait() -> None:
+    """A server's tail at the end of a long partition: one delta waits, no fetch returns it."""
+    clock, widened = _Clock(), []
+    _polls(_tuner(clock, widened), clock, delivered=0, waiting=2, n=50)
+    assert widened == [250]
 
 
 def test_a_backlog_that_drains_restarts_the_window() -> None:
@@ -68,5 +75,5 @@ def test_already_wide_is_left_alone() -> None:
 
 
 def test_bad_settings_are_refused() -> None:
-    with pytest.raises(ValueError, match="window_s and min_backlog"):
+    with pytest.raises(ValueError, match="window_s and trickle_records"):
         FetchWaitTuner(10, print, window_s=0)

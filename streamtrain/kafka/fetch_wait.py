@@ -9,12 +9,14 @@ so a trainer started by hand without the broker's suggested settings would other
 starve for as long as it runs.
 
 :class:`FetchWaitTuner` watches what each poll delivered against what the last fetch's high
-watermarks say is waiting; when a backlog of at least ``min_backlog`` records has been waiting
-for a whole ``window_s`` and the polls delivered less than a fifth of it (and fewer than
-``min_backlog`` records), it asks the consumer once for ``widened_ms``. On Apache Kafka that
-costs nothing: a fetch returns as soon as any record is there, so the wait only bounds an idle
-fetch. A trainer that is merely slow does not trip it: its client keeps fetching ahead, so each
-poll delivers a full batch.
+watermarks say is waiting. When records have waited past the position for a whole
+``window_s`` and the polls meanwhile delivered fewer than a fifth of the least that waited
+(and fewer than ``trickle_records``; with under five waiting: none at all), it asks the
+consumer once for ``widened_ms``. On Apache Kafka that costs nothing: a fetch returns as soon
+as any record is there, so the wait only bounds an idle fetch. A consumer that is merely slow
+does not trip it as long as it polls at least once a second: its client keeps fetching ahead,
+so each poll delivers a full batch (500+ records for a trainer). Used by the trainer's samples
+source and by a server's snapshot tail (the join's group consumer keeps its wait).
 """
 
 from __future__ import annotations
@@ -40,15 +42,17 @@ class FetchWaitTuner:
         *,
         widened_ms: int = WIDENED_FETCH_WAIT_MS,
         window_s: float = 2.0,
-        min_backlog: int = 1_000,
+        trickle_records: int = 1_000,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if window_s <= 0 or min_backlog <= 0:
-            raise ValueError(f"window_s and min_backlog must be > 0, got {window_s}, {min_backlog}")
+        if window_s <= 0 or trickle_records <= 0:
+            raise ValueError(
+                f"window_s and trickle_records must be > 0, got {window_s}, {trickle_records}"
+            )
         self.fetch_max_wait_ms = fetch_max_wait_ms
         self._widen, self._widened_ms = widen, widened_ms
-        self._window_s, self._min_backlog, self._clock = window_s, min_backlog, clock
-        self._since: float | None = None  # start of the current stretch with a backlog
+        self._window_s, self._trickle, self._clock = window_s, trickle_records, clock
+        self._since: float | None = None  # start of the current stretch with records waiting
         self._delivered = 0
         self._least_waiting = 0
 
@@ -62,7 +66,7 @@ class FetchWaitTuner:
         if self.widened:
             return
         now = self._clock()
-        if waiting < self._min_backlog:
+        if waiting <= 0:  # caught up: an idle fetch is not a trickle
             self._since = None
             return
         if self._since is None:
@@ -72,7 +76,7 @@ class FetchWaitTuner:
         self._least_waiting = min(self._least_waiting, waiting)
         if now - self._since < self._window_s:
             return
-        trickle = self._delivered < min(self._least_waiting / 5, self._min_backlog)
+        trickle = self._delivered < min(self._least_waiting / 5, self._trickle)
         if trickle:
             log.warning(
                 "fetches delivered %d record(s) in %.1f s while at least %d waited: the fetch "
