@@ -38,14 +38,14 @@ from streamtrain.ingest.decode import JsonDecoder, decode_records
 from streamtrain.ingest.decode_pool import DecodePool, start_pool
 from streamtrain.ingest.log_order import LogOrder
 from streamtrain.ingest.log_watch import LogWatch, OffsetResetFailed
-from streamtrain.ingest.options import SourceOptions, StartFrom
+from streamtrain.ingest.options import SourceOptions
 from streamtrain.ingest.reject_report import RejectReport
+from streamtrain.ingest.start_position import partition_ends, seek_start
 from streamtrain.ingest.starvation import StarvationWatch
 from streamtrain.kafka import KafkaConnection, OffsetOutOfRange, RecordConsumer, record_consumer
 from streamtrain.kafka.admin import topic_id
 from streamtrain.kafka.fetch_wait import FetchWaitTuner
 from streamtrain.kafka.records import KafkaRecord, SettlingRecords
-from streamtrain.kafka.watermark import true_ends
 from streamtrain.metrics import export_at_zero
 from streamtrain.sample.batch import Batch
 from streamtrain.sample.record_mark import RecordMark
@@ -128,7 +128,7 @@ class KafkaSampleSource:
             export_at_zero(metrics.INGEST_OFFSET_RESETS, [(p, o.on_offset_reset) for p in assigned])
             if o.deterministic_batches:
                 export_at_zero(metrics.INGEST_PARTITION_WAITS_EXPIRED, [(p,) for p in assigned])
-            self._positions = self._start(o.start_from)
+            self._positions = seek_start(self._consumer, self._partitions, o.start_from)
             self._log_watch = LogWatch(self._consumer, self._partitions)
             self._fetch_wait = FetchWaitTuner(
                 o.fetch_max_wait_ms, self._consumer.set_fetch_max_wait_ms, clock=clock
@@ -160,39 +160,6 @@ class KafkaSampleSource:
                 f"partitions {list(existing)} (ingest.partitions)"
             )
         return tuple(sorted(set(wanted)))
-
-    def _start(self, start_from: StartFrom) -> dict[int, int]:
-        parts = self._partitions
-        if start_from == "earliest":
-            self._consumer.seek_to_beginning(parts)
-        elif start_from == "latest":
-            self._seek_latest()
-        else:
-            for p in parts:
-                offset = self._consumer.committed(p)
-                if offset is None:
-                    self._consumer.seek_to_beginning([p])
-                else:
-                    self._consumer.seek(p, offset)
-        return {p: self._consumer.position(p) for p in parts}
-
-    def _seek_latest(self, timeout_s: float = 5.0) -> None:
-        for p, end in self._true_ends(self._partitions, timeout_s).items():
-            self._consumer.seek(p, end)
-
-    def _true_ends(self, parts: Sequence[int], timeout_s: float = 5.0) -> dict[int, int]:
-        """Where each of ``parts`` ends, from fetch responses (kafka.watermark: the embedded
-        broker's reported end can be short); the other partitions keep their positions (what
-        the probe fetched of them is fetched again)."""
-        others = {p: self._consumer.position(p) for p in self._partitions if p not in parts}
-        ends = true_ends(self._consumer, parts, time.monotonic() + timeout_s)
-        for p, offset in others.items():
-            self._consumer.seek(p, offset)
-        if ends is None:
-            log.warning("no high watermark within %.0f s; taking the reported end", timeout_s)
-            self._consumer.seek_to_end(parts)
-            return {p: self._consumer.position(p) for p in parts}
-        return ends
 
     @property
     def partitions(self) -> tuple[int, ...]:
@@ -333,7 +300,7 @@ class KafkaSampleSource:
         if policy == "earliest":
             targets = {p: self._consumer.log_start(p) for p in parts}
         else:
-            targets = self._true_ends(parts)
+            targets = partition_ends(self._consumer, self._partitions, parts)
         log.error(
             "the log of %s no longer holds the trainer's position: %s; continuing at %s "
             "(ingest.on_offset_reset=%s)",
