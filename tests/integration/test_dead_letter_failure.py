@@ -1,11 +1,12 @@
 """Guarantee 2: a dead-letter write that fails is counted, never raised.
 
-A trainer whose dead-letter topic the broker refuses (a name Kafka forbids; the trainer is told
-not to create topics) still learns every valid sample; each malformed record it could not copy
-is counted in ``streamtrain_ingest_dead_letter_errors_total`` on its real /metrics and logged
-once, and SIGTERM still ends it cleanly. Both client libraries run: kafka-python refuses the
-name when the record is handed over (the synchronous path), librdkafka when the broker answers
-(the delivery callback).
+A trainer that cannot copy a rejected record to its dead-letter topic still learns every valid
+sample; each record it could not copy is counted in ``streamtrain_ingest_dead_letter_errors_total``
+on its real /metrics and logged once, and SIGTERM still ends it cleanly. The records are 17 MiB
+of garbage: rejected as oversized, then refused by the dead-letter producer, whose limit is
+16 MiB (``ingest/deadletter.py``). (This test used a dead-letter topic named as Kafka forbids;
+topic names are now checked when the settings are read, so such a trainer does not start.)
+Both client libraries run.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import signal
 from pathlib import Path
 
 import pytest
+from kafka import KafkaProducer
 
 from streamtrain.kafka import create_topics
 from tests.integration.cli_process import await_output, running_cli
@@ -22,9 +24,17 @@ from tests.integration.trainer_harness import hyperplane_stream, produce_json, s
 
 CLIENTS = ("confluent", "kafka-python")
 ERRORS = "streamtrain_ingest_dead_letter_errors_total"
-REJECTED = 'streamtrain_ingest_rejected_records_total{reason="undecodable"}'
+REJECTED = 'streamtrain_ingest_rejected_records_total{reason="oversized"}'
 SAMPLES = "streamtrain_ingest_samples_total"
-REFUSED_TOPIC = "no such topic!"  # spaces and '!' are not allowed in Kafka topic names
+OVERSIZED = 17 * 1024 * 1024  # over the dead-letter producer's 16 MiB
+
+
+def _produce_oversized(bootstrap: str, topic: str, count: int) -> None:
+    producer = KafkaProducer(bootstrap_servers=bootstrap, max_request_size=OVERSIZED + 4096)
+    for i in range(count):
+        producer.send(topic, bytes([i]) * OVERSIZED)
+    producer.flush()
+    producer.close()
 
 
 @pytest.mark.parametrize("client", CLIENTS)
@@ -32,16 +42,17 @@ def test_a_failed_dead_letter_write_is_counted_and_training_goes_on(
     kafka_bootstrap: str, unique_name: str, tmp_path: Path, client: str
 ) -> None:
     x, y = hyperplane_stream(60, seed=81)
-    create_topics(kafka_bootstrap, [f"{unique_name}-snapshots"])
-    # a malformed record before samples 0, 10, ... 50: six of them
-    valid = produce_json(kafka_bootstrap, f"{unique_name}-samples", x, y, malformed_every=10)
+    dead_letter = f"{unique_name}-dead"
+    create_topics(kafka_bootstrap, [f"{unique_name}-snapshots", dead_letter])
+    valid = produce_json(kafka_bootstrap, f"{unique_name}-samples", x, y)
+    _produce_oversized(kafka_bootstrap, f"{unique_name}-samples", 6)
     env = trainer_env(
         kafka_bootstrap,
         unique_name,
         tmp_path / "ckpt",
         {
             "STREAMTRAIN_KAFKA__CLIENT": client,
-            "STREAMTRAIN_TOPICS__DEAD_LETTER": REFUSED_TOPIC,
+            "STREAMTRAIN_TOPICS__DEAD_LETTER": dead_letter,
             "STREAMTRAIN_TRAIN__DEVICE": "cpu",
             # the dead-letter producer is flushed at each checkpoint: failures surface by then
             "STREAMTRAIN_TRAIN__CHECKPOINT_EVERY_SECONDS": "1",
@@ -56,7 +67,7 @@ def test_a_failed_dead_letter_write_is_counted_and_training_goes_on(
         assert metrics[SAMPLES] == valid, "every valid sample learned"
         assert process.poll() is None, output.text()
         failures = [line for line in output.text().splitlines() if "could not write" in line]
-        assert len(failures) == 6 and all(REFUSED_TOPIC in line for line in failures), failures
+        assert len(failures) == 6 and all(dead_letter in line for line in failures), failures
         process.send_signal(signal.SIGTERM)
         assert process.wait(60) == 0, output.text()
     assert "Traceback" not in output.text()
