@@ -34,12 +34,18 @@ def _one_record_batches(bootstrap: str, topic: str) -> None:
     assert producer.flush(60) == 0
 
 
+def _long_partition(kafka: KafkaConnection, name: str) -> str:
+    """A new one-partition topic holding RECORDS one-record batches; its name."""
+    topic = f"{name}-{kafka.client}-{time.monotonic_ns()}"
+    create_topics(kafka.bootstrap_servers, [topic], partitions=1)
+    _one_record_batches(kafka.bootstrap_servers, topic)
+    return topic
+
+
 def test_a_trickling_fetch_path_widens_the_wait_and_delivers_every_record(
     kafka_connection: KafkaConnection, caplog: pytest.LogCaptureFixture
 ) -> None:
-    topic = f"fetch-wait-{kafka_connection.client}-{time.monotonic_ns()}"
-    create_topics(kafka_connection.bootstrap_servers, [topic], partitions=1)
-    _one_record_batches(kafka_connection.bootstrap_servers, topic)
+    topic = _long_partition(kafka_connection, "fetch-wait")
     seen: list[float] = []
     options = SourceOptions(start_from="earliest", max_batch_size=4096, fetch_max_wait_ms=10)
     source = KafkaSampleSource(
@@ -60,9 +66,7 @@ def test_a_partition_reader_tail_widens_its_wait_and_reads_on(
     kafka_connection: KafkaConnection, caplog: pytest.LogCaptureFixture
 ) -> None:
     """As a server's tail: placed on a long partition, polled, observed by the tuner."""
-    topic = f"fetch-wait-tail-{kafka_connection.client}-{time.monotonic_ns()}"
-    create_topics(kafka_connection.bootstrap_servers, [topic], partitions=1)
-    _one_record_batches(kafka_connection.bootstrap_servers, topic)
+    topic = _long_partition(kafka_connection, "fetch-wait-tail")
     tail = partition_reader(kafka_connection, topic=topic, fetch_max_wait_ms=10)
     tuner = FetchWaitTuner(10, tail.set_fetch_max_wait_ms)
     offsets: list[int] = []
