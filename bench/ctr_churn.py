@@ -39,10 +39,10 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import ctr
+import ctr_runs
 import numpy as np
 import torch
-from ctr import (
+from ctr_runs import (
     Result,
     Stream,
     _log_loss,
@@ -53,6 +53,7 @@ from ctr import (
     run_vw,
 )
 
+from streamtrain.datasets.ctr import ctr
 from streamtrain.sample.sparse_torch import JaggedTensor
 from streamtrain.train.learner import Learner
 from streamtrain.train.models import build_model
@@ -134,9 +135,9 @@ def whole_batches(
 
 def _learner(params: dict[str, object]) -> Learner:
     torch.manual_seed(0)  # every learner's dense layers start alike
-    model = build_model("dlrm", ctr.ctr().spec, params)
+    model = build_model("dlrm", ctr().spec, params)
     return Learner(
-        model, TaskHead(ctr.ctr().spec), build_optimizer(model.parameters(), "adagrad", 0.05)
+        model, TaskHead(ctr().spec), build_optimizer(model.parameters(), "adagrad", 0.05)
     )
 
 
@@ -215,7 +216,7 @@ def main() -> None:
     parser.add_argument("--no-peers", action="store_true", help="streamtrain learners only")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    ctr.CLOCK = time.process_time  # samples per CPU second: steadier on a shared machine
+    ctr_runs.CLOCK = time.process_time  # samples per CPU second: steadier on a shared machine
     s = make_stream(args.samples, args.seed, args.users, args.items, args.new_item_every)
     distinct = np.unique(s.users).size, np.unique(s.items).size
     print(

@@ -19,7 +19,7 @@ import argparse
 import time
 from typing import Any
 
-import ctr
+import ctr_runs
 import torch
 from torchrec.modules.mc_modules import (
     LFU_EvictionPolicy,
@@ -78,7 +78,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    s = ctr.make_stream(args.samples, 0, 20_000, 2_000, 4)
+    s = ctr_runs.make_stream(args.samples, 0, 20_000, 2_000, 4)
     items = torch.from_numpy(s.items)
     batches = [
         items[lo : lo + args.batch] for lo in range(0, len(items) - args.batch + 1, args.batch)

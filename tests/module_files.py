@@ -12,7 +12,7 @@ from types import ModuleType
 def load_file(path: Path, name: str) -> ModuleType:
     """``path`` run as the module ``name``, registered in ``sys.modules`` under that name: its
     dataclasses look their module up there, and a bench script that imports a sibling by name
-    (``ctr_churn`` imports ``ctr``) finds the one loaded before it."""
+    (``ctr_churn`` imports ``ctr_runs``) finds the one loaded before it."""
     spec = importlib.util.spec_from_file_location(name, path)
     assert spec is not None and spec.loader is not None, f"cannot load {path}"
     module = importlib.util.module_from_spec(spec)

@@ -1,4 +1,5 @@
-"""bench/ctr.py's learners keep working on a short stream (no timing is asserted)."""
+"""bench/ctr.py's learners (bench/ctr_runs.py) keep working on a short stream (no timing
+is asserted)."""
 
 from __future__ import annotations
 
@@ -12,11 +13,11 @@ import pytest
 
 from tests.module_files import load_file
 
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "ctr.py"
+BENCH = Path(__file__).resolve().parents[2] / "bench" / "ctr_runs.py"
 
 
 def _load() -> ModuleType:
-    return load_file(BENCH, "bench_ctr")
+    return load_file(BENCH, "ctr_runs")
 
 
 def _check(s: Any, results: list[Any]) -> None:

@@ -15,11 +15,11 @@ BENCH = Path(__file__).resolve().parents[2] / "bench"
 
 
 def _load(name: str) -> ModuleType:
-    return load_file(BENCH / f"{name}.py", name)  # ctr_churn imports ctr by this name
+    return load_file(BENCH / f"{name}.py", name)  # ctr_churn imports ctr_runs by this name
 
 
 def test_dynamic_tables_fit_the_hashed_tables_bytes() -> None:
-    _load("ctr")
+    _load("ctr_runs")
     churn = _load("ctr_churn")
     for fallback, admit_after in ((1, 1), (1, 2), (128, 2)):
         capacity = churn.dynamic_capacity(1024, 16, fallback, admit_after)
@@ -29,7 +29,7 @@ def test_dynamic_tables_fit_the_hashed_tables_bytes() -> None:
 
 
 def test_churn_learners_predict_and_beat_a_constant() -> None:
-    ctr = _load("ctr")
+    ctr = _load("ctr_runs")
     churn = _load("ctr_churn")
     s = ctr.make_stream(3000, seed=1, users=800, items=100, new_item_every=4)
     args = type("Args", (), {"rows": 256, "dim": 8, "admit_after": 2})()
@@ -48,7 +48,7 @@ def test_taking_turns_changes_no_prediction_and_times_every_learner() -> None:
     """The bench's table runs its learners taking turns in a shuffled order: each learner's
     predictions are those it makes alone, whatever the turns (size, order), and each is given
     CPU time of its own."""
-    ctr = _load("ctr")
+    ctr = _load("ctr_runs")
     churn = _load("ctr_churn")
     s = ctr.make_stream(1000, seed=2, users=300, items=60, new_item_every=4)
     args = type("Args", (), {"rows": 128, "dim": 8, "admit_after": 2})()
