@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import threading
@@ -43,6 +44,9 @@ def serve_metrics(
 
     class Server(ThreadingWSGIServer):
         address_family = family
+        # socketserver's backlog is 5: a burst of connections (scrapers, or 200 idle clients)
+        # overflowed it and the next scrape's SYN waited a 1 s retransmit.
+        request_queue_size = 1024
 
     server = make_server(str(address[0]), port, app, Server, handler_class=_QuietHandler)
     threading.Thread(target=server.serve_forever, name="streamtrain-metrics", daemon=True).start()
@@ -63,12 +67,32 @@ class _QuietHandler(WSGIRequestHandler):
     64 KiB, over 100 headers) gets the JSON error body the health routes and the server use,
     with a status line: http.server answered an HTML page, and none at all before it had
     read an HTTP version (a one-word request line got bare HTML, as if HTTP/0.9).
+
+    A client that sends nothing for ``timeout`` seconds while its request is read (one that
+    connected and stayed silent, or stalled mid-head) gets a 408 in that body and is closed:
+    each connection holds a thread, and without a timeout such clients held theirs for ever
+    (wsgiref then also printed the socket's timeout as a traceback).
     """
 
     default_request_version = "HTTP/1.0"
+    timeout = 10.0  # seconds a read of the request may wait for the client (socket timeout)
 
     def log_message(self, format: str, *args: Any) -> None:
         return
+
+    def handle(self) -> None:
+        try:
+            super().handle()
+        except TimeoutError:
+            body = json.dumps(
+                {"error": f"request not received within {self.timeout:g} s; connection closed"}
+            ).encode()
+            head = (
+                "HTTP/1.0 408 Request Timeout\r\nContent-Type: application/json\r\n"
+                f"Connection: close\r\nContent-Length: {len(body)}\r\n\r\n"
+            )
+            with contextlib.suppress(OSError):  # the client may be gone too
+                self.connection.sendall(head.encode() + body)
 
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
         short, long = self.responses.get(code, ("Error", ""))
