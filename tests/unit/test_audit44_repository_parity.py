@@ -117,3 +117,48 @@ def test_a_non_ascii_version_is_not_found_alike(clients: Clients, version: str) 
         error = json.loads(reply.read())["error"]
         conn.close()
         assert f"version '{version}' is not loaded" in error, error
+
+
+_ODD_VERSIONS = [
+    "0",
+    "-1",
+    "01",
+    "+3",
+    " 3",
+    "3 ",
+    "3.0",
+    "1e3",
+    "0x3",
+    "9" * 400,
+    "%00",
+    "..",
+    "\u0663",
+    "\U0001f600",
+    "3\u200b",
+    "%ff",
+    "a/b",
+    "%2F",
+]
+
+
+def test_no_version_path_answers_5xx(clients: Clients) -> None:
+    _, _, port = clients
+    body = json.dumps(
+        {"inputs": [{"name": "input", "shape": [1, 2], "datatype": "FP32", "data": [1, 2]}]}
+    ).encode()
+    for version in _ODD_VERSIONS:
+        base = f"/v2/models/m/versions/{urllib.parse.quote(version, safe='%')}"
+        for method, suffix in (
+            ("GET", ""),
+            ("GET", "/ready"),
+            ("GET", "/config"),
+            ("GET", "/stats"),
+            ("POST", "/infer"),
+        ):
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            conn.request(method, base + suffix, body if method == "POST" else None)
+            reply = conn.getresponse()
+            answer = reply.read()
+            conn.close()
+            assert 400 <= reply.status < 500, (version, suffix, reply.status, answer[:200])
+            assert "error" in json.loads(answer), (version, suffix, answer[:200])
