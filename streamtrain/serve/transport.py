@@ -220,7 +220,9 @@ class OneWriteHttpToolsProtocol(HttpToolsProtocol):
         if self._reading_head:  # answer unless an earlier pipelined request is still answered
             answer = fault != "" and (cycle is None or cycle.response_complete)
         else:  # answer unless this request's answer has begun
-            answer = not cycle.response_complete and not getattr(cycle, "response_started", 0)
+            answer = cycle is not None and not (
+                cycle.response_complete or getattr(cycle, "response_started", False)
+            )
         if answer:
             log.info("timed out a slow client: %s", fault)
             self.transport.write(timed_out(fault))
