@@ -2,15 +2,16 @@
 request, and answers others meanwhile.
 
 Found by the second outside-in audit: the server (a thread per connection) had no socket
-timeout, so a client that connected and sent nothing, or stalled mid-head, held its thread
-for ever. Now such a client gets a 408 with a JSON error line after ``timeout`` seconds of
-silence (shortened here), without a traceback on stderr.
+timeout, so a client that connected and sent nothing, stalled mid-head, or sent its head a
+byte at a time held its thread for ever. Now a head not whole within ``timeout`` seconds
+(shortened here) gets a 408 with a JSON error line, without a traceback on stderr.
 """
 
 from __future__ import annotations
 
 import json
 import socket
+import time
 import urllib.request
 from collections.abc import Iterator
 
@@ -64,3 +65,18 @@ def test_silent_and_stalled_clients_get_408_and_others_are_answered(
         for conn in silent:
             conn.close()
     assert "Traceback" not in capfd.readouterr().err
+
+
+def test_a_head_sent_a_byte_at_a_time_gets_408_within_the_deadline(port: int) -> None:
+    """Each byte comes well within the socket timeout; the head as a whole does not."""
+    with socket.create_connection(("127.0.0.1", port)) as conn:
+        conn.sendall(b"GET /metrics HTTP/1.1\r\n")
+        started = time.monotonic()
+        try:
+            for _ in range(60):  # a byte every 0.5 s for up to 30 s, never the blank line
+                conn.sendall(b"x")
+                time.sleep(0.5)  # the slow client's pace, not a wait on the server
+        except OSError:  # the server closed the connection: its answer is read below
+            pass
+        assert time.monotonic() - started < 29, "the byte-at-a-time head was never timed out"
+        _timed_out(conn)
