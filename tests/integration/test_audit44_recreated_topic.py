@@ -8,6 +8,11 @@ default ``confluent`` client the trainer process died by SIGSEGV inside librdkaf
 (``rd_kafka_metadata_cache_find`` in its main thread, when the metadata of the re-created
 topic, with a new topic id, came in; twice in two runs against the embedded broker). That
 case is marked xfail until the crash is dealt with in the Kafka client layer.
+
+confluent-kafka alone does it too, without streamtrain: a ``Consumer`` that ``assign()``s
+partition 0 of a topic on the embedded broker, reads it, and polls on while the topic is
+deleted and re-created with ``AdminClient`` exits 139; the same consumer with ``subscribe()``
+survives (audit44's report has the 40-line script). The trainer assigns its partitions.
 """
 
 from __future__ import annotations
