@@ -28,6 +28,7 @@ import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from streamtrain.ascii_int import parse_ascii_int
+from streamtrain.serve.read_watch import TICK_S, ReadClock, timed_out
 
 log = logging.getLogger(__name__)
 
@@ -179,6 +180,8 @@ class OneWriteHttpToolsProtocol(HttpToolsProtocol):
     A request the parser refuses (a bad method, URL, header, Content-Length or chunk size) gets
     a 400 in that error body too, naming what the parser found, instead of uvicorn's plain
     text "Invalid HTTP request received.".
+    A client too slow to send its request, or one that connects and sends nothing, is timed out
+    (serve/read_watch.py): a 408 in that error body, or a silent close for a silent client.
     """
 
     MAX_HEAD_BYTES = 64 * 1024
@@ -187,13 +190,51 @@ class OneWriteHttpToolsProtocol(HttpToolsProtocol):
         self._deferred_body: bytes | None = None
         self._head_bytes = 0
         self._reading_head = True
+        self._clock = ReadClock(self.loop.time())
+        self._watch: asyncio.TimerHandle | None = self.loop.call_later(TICK_S, self._check_read)
         coalescing = CoalescingTransport(cast(asyncio.Transport, transport), self.loop)
         super().connection_made(cast(asyncio.Transport, coalescing))
 
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            self._watch = None
+        super().connection_lost(exc)
+
+    def _check_read(self) -> None:
+        """Once a tick: time the connection out if its client breaks a read deadline."""
+        self._watch = None
+        if self.transport.is_closing():
+            return
+        fault = self._clock.fault(
+            self.loop.time(),
+            head_bytes=self._head_bytes,
+            reading_head=self._reading_head,
+            paused=self.flow.read_paused,
+            idle_s=self.timeout_keep_alive,
+        )
+        if fault is None:
+            self._watch = self.loop.call_later(TICK_S, self._check_read)
+            return
+        cycle = self.cycle
+        if self._reading_head:  # answer unless an earlier pipelined request is still answered
+            answer = fault != "" and (cycle is None or cycle.response_complete)
+        else:  # answer unless this request's answer has begun
+            answer = cycle is not None and not (
+                cycle.response_complete or getattr(cycle, "response_started", False)
+            )
+        if answer:
+            log.info("timed out a slow client: %s", fault)
+            self.transport.write(timed_out(fault))
+        self.transport.close()
+
     def data_received(self, data: bytes) -> None:
+        self._clock.arrived += len(data)
         if not self._reading_head:
             self._feed(data)
             return
+        if self._head_bytes == 0:
+            self._clock.head_since = self.loop.time()
         # A chunk can hold the end of the head and then a body (or the next pipelined
         # request): the bytes count against the head only while the head is still unfinished
         # after the parser has read them. The parser holds at most this one chunk meanwhile.

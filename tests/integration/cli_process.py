@@ -43,7 +43,20 @@ def found_in(output: ProcessOutput, pattern: str) -> str | None:
 
 
 def await_output(output: ProcessOutput, pattern: str) -> str:
-    await_condition(lambda: found_in(output, pattern) is not None, f"/{pattern}/ in the output")
+    """The first group of ``pattern``'s first match in the output, once it is printed; fails at
+    once, with the exit code and last lines, if the output ends (the process exited) first."""
+
+    def printed() -> bool:
+        ended = output.ended  # read before the lines: once ended, every line is in
+        if found_in(output, pattern) is not None:
+            return True
+        if ended:
+            raise AssertionError(
+                f"/{pattern}/ never printed: the process's output ended, " + output.exit_report()
+            )
+        return False
+
+    await_condition(printed, f"/{pattern}/ in the output")
     url = found_in(output, pattern)
     assert url is not None
     return url

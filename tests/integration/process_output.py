@@ -13,11 +13,28 @@ class ProcessOutput:
     """A process's combined stdout/stderr, read on a thread, with arrival times."""
 
     lines: list[tuple[float, str]] = field(default_factory=list)
+    # The followed process, and whether its output has ended (EOF): set after the last line is
+    # appended, so a reader that sees ``ended`` and then reads ``lines`` has every line.
+    process: subprocess.Popen[str] | None = None
+    ended: bool = False
 
     def follow(self, process: subprocess.Popen[str]) -> None:
         assert process.stdout is not None
+        self.process = process
         for line in process.stdout:
             self.lines.append((time.monotonic(), line.rstrip("\n")))
+        self.ended = True
+
+    def exit_report(self, last: int = 20) -> str:
+        """How the followed process ended (its exit code) and its last ``last`` lines."""
+        code: int | str = "unknown"
+        if self.process is not None:
+            try:
+                code = self.process.wait(10)  # its output ended: it has exited or is exiting
+            except subprocess.TimeoutExpired:
+                code = "none (still running with its output closed)"
+        tail = "\n".join(line for _, line in self.lines[-last:])
+        return f"exit code {code}; its last lines:\n{tail}"
 
     def since(self, start: float) -> list[str]:
         return [line for at, line in self.lines if at >= start]

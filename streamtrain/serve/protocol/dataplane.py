@@ -61,6 +61,17 @@ EXTENSIONS = ["binary_tensor_data", "classification", "model_configuration", "st
 _CONFIG_TYPES = {"FP32": "TYPE_FP32", "INT64": "TYPE_INT64"}
 
 
+def load_unload_refused(action: str, name: str) -> str:
+    """The answer to a repository ``load`` or ``unload`` of model ``name``, whatever its name:
+    REST says it with a 400, gRPC with ``UNIMPLEMENTED`` (REST answered a 404 "no route",
+    which reads as an unknown model, while gRPC said the call is not implemented)."""
+    return (
+        f"model {action} is not supported: this server serves the weights its trainer publishes "
+        f"on the snapshot topic, and model '{name}' is not {action}ed by request (pin a retained "
+        "version with POST /v2/admin/pin)"
+    )
+
+
 def server_metadata() -> dict[str, Any]:
     """The OIP server metadata document, the same over REST and gRPC."""
     return {"name": "streamtrain", "version": _package_version(), "extensions": EXTENSIONS}

@@ -34,7 +34,11 @@ from google.protobuf import json_format
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from streamtrain.serve.protocol.bodies import InferRequest, ProtocolError
-from streamtrain.serve.protocol.dataplane import ServedModel, server_metadata
+from streamtrain.serve.protocol.dataplane import (
+    ServedModel,
+    load_unload_refused,
+    server_metadata,
+)
 from streamtrain.serve.protocol.grpc_guard import Undecodable, add_guarded
 from streamtrain.serve.protocol.grpc_tensors import encode_grpc_response, parse_grpc_request
 from streamtrain.serve.weights.inference import Array
@@ -122,6 +126,14 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
     ) -> service_pb2.RepositoryIndexResponse:
         models = self._served.index(request.ready)
         return json_format.ParseDict({"models": models}, service_pb2.RepositoryIndexResponse())
+
+    async def RepositoryModelLoad(self, request: Any, context: _Context) -> None:
+        refused = load_unload_refused("load", request.model_name)
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, refused)
+
+    async def RepositoryModelUnload(self, request: Any, context: _Context) -> None:
+        refused = load_unload_refused("unload", request.model_name)
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, refused)
 
     async def ModelInfer(
         self, request: service_pb2.ModelInferRequest, context: _Context

@@ -41,7 +41,11 @@ from starlette.routing import BaseRoute, Mount, Route
 
 from streamtrain.ascii_int import parse_ascii_int
 from streamtrain.serve.protocol.bodies import BINARY_HEADER, ProtocolError, encode_json
-from streamtrain.serve.protocol.dataplane import ServedModel, server_metadata
+from streamtrain.serve.protocol.dataplane import (
+    ServedModel,
+    load_unload_refused,
+    server_metadata,
+)
 from streamtrain.serve.protocol.infer_route import InferBody, InferRoute, decompress, too_large
 
 _JSON = "application/json"
@@ -118,7 +122,13 @@ class V2Endpoints:
             Route("/v2/models/{name}/stats", self.statistics, methods=["GET"]),
             Route("/v2/models/{name}/versions/{version}/stats", self.statistics, methods=["GET"]),
             Route("/v2/repository/index", self.repository_index, methods=["POST"]),
+            Route("/v2/repository/models/{name}/load", self.repository_control, methods=["POST"]),
+            Route("/v2/repository/models/{name}/unload", self.repository_control, methods=["POST"]),
         ]
+
+    async def repository_control(self, request: Request) -> Response:
+        action = request.url.path.rsplit("/", 1)[1]
+        return error_response(400, load_unload_refused(action, request.path_params["name"]))
 
     async def server_metadata(self, request: Request) -> Response:
         return Response(self._server_metadata, media_type=_JSON)
