@@ -103,6 +103,10 @@ def _chunk_reads_sized(args: argparse.Namespace) -> None:
         readers._CHUNK_FETCH_BYTES = int(args.chunk_fetch_mb * 1024 * 1024)
     if args.chunk_queue_mb is not None:
         readers._CHUNK_QUEUE_BYTES = int(args.chunk_queue_mb * 1024 * 1024)
+    if args.base_read_pace == "on":  # the base partition's reads paced (kafka/read_pace.py)
+        from streamtrain.kafka.read_pace import ReadPace
+
+        readers.BASE_READ_PACE = ReadPace
 
 
 def serve(args: argparse.Namespace, bootstrap: str, topic: str, out: Any, stop: Any) -> None:
@@ -158,6 +162,9 @@ def serve(args: argparse.Namespace, bootstrap: str, topic: str, out: Any, stop: 
         return items
 
     source.poll = timed_poll  # type: ignore[method-assign]
+    if args.tail_wait_fixed:  # the tail keeps its 10 ms fetch wait (kafka/fetch_wait.py off)
+        source._tail_wait.fetch_max_wait_ms = 10**9  # reads as widened: never widens again
+    tail_log = _log_tail(source)
     reads = _count_reads(source)
     catch_up: dict[str, float] = {}
 
@@ -194,9 +201,32 @@ def serve(args: argparse.Namespace, bootstrap: str, topic: str, out: Any, stop: 
             "with model": with_model,
             "stages": stages,
             "tail_gaps": sorted(tail_gaps, key=lambda g: g[1])[-5:],
+            "tail_log": tail_log,
+            "tail_wait_ms": "10 (fixed)"
+            if args.tail_wait_fixed
+            else source._tail_wait.fetch_max_wait_ms,
             "catch_up": catch_up,
         }
     )
+
+
+def _log_tail(source: Any) -> list[tuple[float, float, int]]:
+    """Every poll of the server's tail consumer (partition 0) that returned records: (wall
+    time it returned, s it blocked for them, records), to tell a fetch answered late from a
+    server that was late to poll (issue 26, pace26k)."""
+    log: list[tuple[float, float, int]] = []
+    tail = source._tail
+    original = tail.poll
+
+    def logged(timeout_ms: int) -> Any:
+        called = time.perf_counter()
+        records = original(timeout_ms)
+        if records:
+            log.append((time.time(), time.perf_counter() - called, len(records)))
+        return records
+
+    tail.poll = logged
+    return log
 
 
 def _count_reads(source: Any) -> dict[str, float]:
@@ -288,6 +318,7 @@ def replica(args: argparse.Namespace, bootstrap: str, topic: str, out: Any) -> N
     ready_at = time.time()
     _, hwm = _rss_bytes()
     info = slot.info
+    paces = [r.last_pace for r in source._readers._made.values() if r.last_pace is not None]
     watcher.stop()
     base_at = next((i for i, (kind, _) in enumerate(yields) if kind == "base"), None)
     nan = float("nan")
@@ -305,6 +336,9 @@ def replica(args: argparse.Namespace, bootstrap: str, topic: str, out: Any) -> N
             "base read from s": base_from,
             "deltas read before it": base_at - 1 if base_at else 0,
             "scan windows": scans[0].windows if scans else 0,
+            # the base partition's read paced (kafka/read_pace.py): pauses, s paused in all
+            "pauses": sum(p.pauses for p in paces),
+            "paused s": sum(p.paused_s for p in paces),
             "version": None if info is None else info.version,
             "lineage": None if info is None else info.header.lineage,
             # wall times (the parent prints them against the server's first prediction)
@@ -491,8 +525,22 @@ def _print_stages(
             if k in row
         )
         print(f"  batch +{at:.1f}s fresh {fresh:.2f}s: snapshot {carrier}->{pub} {steps}")
+        if "acked" in row:  # the tail's polls that returned records from the ack to receipt
+            got = [
+                (t, b, n)
+                for t, b, n in served["tail_log"]
+                if row["acked"] <= t <= row.get("received", row["acked"] + 5)
+            ]
+            print(
+                "    tail: "
+                + (
+                    ", ".join(f"{n} at +{t - produced:.2f} (blocked {b:.2f})" for t, b, n in got)
+                    or "no records"
+                )
+            )
     gaps = ", ".join(f"{gap:.2f}s@+{t - first:.1f}s" for t, gap in served["tail_gaps"])
     print(f"  longest waits between subscriber polls: {gaps}")
+    print(f"  the tail's fetch wait at the end: {served['tail_wait_ms']} ms")
 
 
 def _print_pauses(
@@ -832,6 +880,19 @@ def main() -> None:
         help="the server's and replica's chunk readers' fetch size, MiB (snapshot/readers.py); "
         "64 with --chunk-queue-mb 64 is the old read on the embedded broker (16 MiB a "
         "partition under a 64 MiB request, which it served up to 64 MiB)",
+    )
+    parser.add_argument(
+        "--base-read-pace",
+        choices=["on", "off"],
+        default="off",
+        help="on: the base partition's reads (the replica's base) paced by kafka/read_pace.py "
+        "(snapshot/readers.py BASE_READ_PACE; off by default, bench/README.md says why)",
+    )
+    parser.add_argument(
+        "--tail-wait-fixed",
+        action="store_true",
+        help="the tailing server's fetch wait stays 10 ms: its FetchWaitTuner, which widens "
+        "it to 250 ms when records wait while few arrive, is off (issue 26, pace26k)",
     )
     parser.add_argument(
         "--chunk-queue-mb",
