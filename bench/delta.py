@@ -165,6 +165,7 @@ def serve(args: argparse.Namespace, bootstrap: str, topic: str, out: Any, stop: 
     if args.tail_wait_fixed:  # the tail keeps its 10 ms fetch wait (kafka/fetch_wait.py off)
         source._tail_wait.fetch_max_wait_ms = 10**9  # reads as widened: never widens again
     tail_log = _log_tail(source)
+    tail_rtt = _tail_rtt(source, bootstrap, topic) if args.tail_stats else []
     reads = _count_reads(source)
     catch_up: dict[str, float] = {}
 
@@ -202,6 +203,7 @@ def serve(args: argparse.Namespace, bootstrap: str, topic: str, out: Any, stop: 
             "stages": stages,
             "tail_gaps": sorted(tail_gaps, key=lambda g: g[1])[-5:],
             "tail_log": tail_log,
+            "tail_rtt": tail_rtt,
             "tail_wait_ms": "10 (fixed)"
             if args.tail_wait_fixed
             else source._tail_wait.fetch_max_wait_ms,
@@ -227,6 +229,40 @@ def _log_tail(source: Any) -> list[tuple[float, float, int]]:
 
     tail.poll = logged
     return log
+
+
+def _tail_rtt(source: Any, bootstrap: str, topic: str) -> list[tuple[float, int, float, float]]:
+    """``--tail-stats``: the server's tail consumer rebuilt with librdkafka's statistics every
+    200 ms: (wall time, Fetch requests sent so far, round-trip max and p99 ms over the
+    window) for the broker; its requests are nearly all fetches of partition 0, so the round
+    trip is how long the broker took to answer the tail."""
+    from streamtrain.kafka import partition_reader
+    from streamtrain.snapshot import readers
+
+    windows: list[tuple[float, int, float, float]] = []
+
+    def on_stats(raw: str) -> None:
+        import json
+
+        for broker in json.loads(raw)["brokers"].values():
+            if broker.get("nodeid", -1) >= 0 and broker["rtt"]["cnt"]:
+                rtt = broker["rtt"]
+                fetches = int(broker.get("req", {}).get("Fetch", 0))
+                windows.append((time.time(), fetches, rtt["max"] / 1e3, rtt["p99"] / 1e3))
+
+    kafka = KafkaConnection(
+        bootstrap,
+        client="confluent",
+        extra={"statistics.interval.ms": 200, "stats_cb": on_stats},
+    )
+    rebuilt = partition_reader(
+        kafka,
+        topic=topic,
+        fetch_bytes=readers._CHUNK_FETCH_BYTES,
+        queued_bytes=readers._CHUNK_QUEUE_BYTES,
+    )
+    source._tail._make_consumer = rebuilt._make_consumer  # not yet made: made on first use
+    return windows
 
 
 def _count_reads(source: Any) -> dict[str, float]:
@@ -538,6 +574,17 @@ def _print_stages(
                     or "no records"
                 )
             )
+            rtt = [
+                (t, f, mx, p99)
+                for t, f, mx, p99 in served["tail_rtt"]
+                if row["acked"] <= t <= row.get("received", row["acked"] + 5) + 0.2
+            ]
+            if rtt:
+                print(
+                    "    tail fetch round trips (200 ms windows): "
+                    + ", ".join(f"max {mx:.0f} ms at +{t - produced:.2f}" for t, _, mx, _ in rtt)
+                    + f"; {rtt[-1][1] - rtt[0][1]} fetches"
+                )
     gaps = ", ".join(f"{gap:.2f}s@+{t - first:.1f}s" for t, gap in served["tail_gaps"])
     print(f"  longest waits between subscriber polls: {gaps}")
     print(f"  the tail's fetch wait at the end: {served['tail_wait_ms']} ms")
@@ -893,6 +940,12 @@ def main() -> None:
         action="store_true",
         help="the tailing server's fetch wait stays 10 ms: its FetchWaitTuner, which widens "
         "it to 250 ms when records wait while few arrive, is off (issue 26, pace26k)",
+    )
+    parser.add_argument(
+        "--tail-stats",
+        action="store_true",
+        help="the tailing server's tail consumer reports librdkafka statistics every 200 ms: "
+        "its fetches' round trips are printed per worst batch",
     )
     parser.add_argument(
         "--chunk-queue-mb",

@@ -1,15 +1,15 @@
-"""A bulk read that yields to the broker's other clients when the broker is slow (issue 26).
+"""A bulk read that yields to the broker's other clients while the broker answers late.
 
-A new replica reads a whole base (gigabytes) as fast as the broker answers. On a broker short
-of CPU (the embedded one beside a trainer on two cores) that read took the CPU the servers'
-tails needed: their fetches came back 1-2 s late while the replica read. :class:`ReadPace` is
-a scavenger's rule, after LEDBAT (RFC 6817): the reader times each wait for the broker (a
-poll that found nothing fetched ahead and blocked until records came), keeps the lowest such
-wait as the broker's idle latency, and when its waits run ``target_s`` above that, pauses
-before its next poll for as long as the excess (at most ``max_pause_s``): the broker gets
-back, idle, about the time it spent late. On an idle broker the waits stay near the lowest
-and the read is not paused at all; a reader that outruns the broker only sees its own
-latency, so it does not pause itself for its own load either.
+A new replica reads a whole base (gigabytes) as fast as the broker answers, from the broker
+the running servers tail for deltas (issue 26). :class:`ReadPace` is a scavenger's rule,
+after LEDBAT (RFC 6817): the reader times each wait for the broker (a poll that found nothing
+fetched ahead and blocked until records came), keeps the lowest such wait as the broker's
+idle latency, and while its waits run more than ``target_s`` above that, pauses before its
+next poll for about the excess (at most ``max_pause_s``): the broker gets back, idle, about
+the time it answered late. While the broker keeps up, the waits stay near the lowest and the
+read is never paused; a reader slower than the broker finds its records already fetched and
+is never paused either. Opt-in (``snapshot/readers.BASE_READ_PACE``): measured on the
+embedded broker it did not shorten the servers' waits (docs/snapshots.md, A new replica's read).
 """
 
 from __future__ import annotations
