@@ -103,6 +103,10 @@ def _chunk_reads_sized(args: argparse.Namespace) -> None:
         readers._CHUNK_FETCH_BYTES = int(args.chunk_fetch_mb * 1024 * 1024)
     if args.chunk_queue_mb is not None:
         readers._CHUNK_QUEUE_BYTES = int(args.chunk_queue_mb * 1024 * 1024)
+    if args.base_read_pace == "on":  # the base partition's reads paced (kafka/read_pace.py)
+        from streamtrain.kafka.read_pace import ReadPace
+
+        readers.BASE_READ_PACE = ReadPace
 
 
 def serve(args: argparse.Namespace, bootstrap: str, topic: str, out: Any, stop: Any) -> None:
@@ -158,6 +162,10 @@ def serve(args: argparse.Namespace, bootstrap: str, topic: str, out: Any, stop: 
         return items
 
     source.poll = timed_poll  # type: ignore[method-assign]
+    if args.tail_wait_fixed:  # the tail keeps its 10 ms fetch wait (kafka/fetch_wait.py off)
+        source._tail_wait.fetch_max_wait_ms = 10**9  # reads as widened: never widens again
+    tail_log = _log_tail(source)
+    tail_rtt = _tail_rtt(source, bootstrap, topic) if args.tail_stats else []
     reads = _count_reads(source)
     catch_up: dict[str, float] = {}
 
@@ -194,9 +202,67 @@ def serve(args: argparse.Namespace, bootstrap: str, topic: str, out: Any, stop: 
             "with model": with_model,
             "stages": stages,
             "tail_gaps": sorted(tail_gaps, key=lambda g: g[1])[-5:],
+            "tail_log": tail_log,
+            "tail_rtt": tail_rtt,
+            "tail_wait_ms": "10 (fixed)"
+            if args.tail_wait_fixed
+            else source._tail_wait.fetch_max_wait_ms,
             "catch_up": catch_up,
         }
     )
+
+
+def _log_tail(source: Any) -> list[tuple[float, float, int]]:
+    """Every poll of the server's tail consumer (partition 0) that returned records: (wall
+    time it returned, s it blocked for them, records), to tell a fetch answered late from a
+    server that was late to poll (issue 26, pace26k)."""
+    log: list[tuple[float, float, int]] = []
+    tail = source._tail
+    original = tail.poll
+
+    def logged(timeout_ms: int) -> Any:
+        called = time.perf_counter()
+        records = original(timeout_ms)
+        if records:
+            log.append((time.time(), time.perf_counter() - called, len(records)))
+        return records
+
+    tail.poll = logged
+    return log
+
+
+def _tail_rtt(source: Any, bootstrap: str, topic: str) -> list[tuple[float, int, float, float]]:
+    """``--tail-stats``: the server's tail consumer rebuilt with librdkafka's statistics every
+    200 ms: (wall time, Fetch requests sent so far, round-trip max and p99 ms over the
+    window) for the broker; its requests are nearly all fetches of partition 0, so the round
+    trip is how long the broker took to answer the tail."""
+    from streamtrain.kafka import partition_reader
+    from streamtrain.snapshot import readers
+
+    windows: list[tuple[float, int, float, float]] = []
+
+    def on_stats(raw: str) -> None:
+        import json
+
+        for broker in json.loads(raw)["brokers"].values():
+            if broker.get("nodeid", -1) >= 0 and broker["rtt"]["cnt"]:
+                rtt = broker["rtt"]
+                fetches = int(broker.get("req", {}).get("Fetch", 0))
+                windows.append((time.time(), fetches, rtt["max"] / 1e3, rtt["p99"] / 1e3))
+
+    kafka = KafkaConnection(
+        bootstrap,
+        client="confluent",
+        extra={"statistics.interval.ms": 200, "stats_cb": on_stats},
+    )
+    rebuilt = partition_reader(
+        kafka,
+        topic=topic,
+        fetch_bytes=readers._CHUNK_FETCH_BYTES,
+        queued_bytes=readers._CHUNK_QUEUE_BYTES,
+    )
+    source._tail._make_consumer = rebuilt._make_consumer  # not yet made: made on first use
+    return windows
 
 
 def _count_reads(source: Any) -> dict[str, float]:
@@ -288,6 +354,7 @@ def replica(args: argparse.Namespace, bootstrap: str, topic: str, out: Any) -> N
     ready_at = time.time()
     _, hwm = _rss_bytes()
     info = slot.info
+    paces = [r.last_pace for r in source._readers._made.values() if r.last_pace is not None]
     watcher.stop()
     base_at = next((i for i, (kind, _) in enumerate(yields) if kind == "base"), None)
     nan = float("nan")
@@ -305,6 +372,9 @@ def replica(args: argparse.Namespace, bootstrap: str, topic: str, out: Any) -> N
             "base read from s": base_from,
             "deltas read before it": base_at - 1 if base_at else 0,
             "scan windows": scans[0].windows if scans else 0,
+            # the base partition's read paced (kafka/read_pace.py): pauses, s paused in all
+            "pauses": sum(p.pauses for p in paces),
+            "paused s": sum(p.paused_s for p in paces),
             "version": None if info is None else info.version,
             "lineage": None if info is None else info.header.lineage,
             # wall times (the parent prints them against the server's first prediction)
@@ -491,8 +561,33 @@ def _print_stages(
             if k in row
         )
         print(f"  batch +{at:.1f}s fresh {fresh:.2f}s: snapshot {carrier}->{pub} {steps}")
+        if "acked" in row:  # the tail's polls that returned records from the ack to receipt
+            got = [
+                (t, b, n)
+                for t, b, n in served["tail_log"]
+                if row["acked"] <= t <= row.get("received", row["acked"] + 5)
+            ]
+            print(
+                "    tail: "
+                + (
+                    ", ".join(f"{n} at +{t - produced:.2f} (blocked {b:.2f})" for t, b, n in got)
+                    or "no records"
+                )
+            )
+            rtt = [
+                (t, f, mx, p99)
+                for t, f, mx, p99 in served["tail_rtt"]
+                if row["acked"] <= t <= row.get("received", row["acked"] + 5) + 0.2
+            ]
+            if rtt:
+                print(
+                    "    tail fetch round trips (200 ms windows): "
+                    + ", ".join(f"max {mx:.0f} ms at +{t - produced:.2f}" for t, _, mx, _ in rtt)
+                    + f"; {rtt[-1][1] - rtt[0][1]} fetches"
+                )
     gaps = ", ".join(f"{gap:.2f}s@+{t - first:.1f}s" for t, gap in served["tail_gaps"])
     print(f"  longest waits between subscriber polls: {gaps}")
+    print(f"  the tail's fetch wait at the end: {served['tail_wait_ms']} ms")
 
 
 def _print_pauses(
@@ -832,6 +927,25 @@ def main() -> None:
         help="the server's and replica's chunk readers' fetch size, MiB (snapshot/readers.py); "
         "64 with --chunk-queue-mb 64 is the old read on the embedded broker (16 MiB a "
         "partition under a 64 MiB request, which it served up to 64 MiB)",
+    )
+    parser.add_argument(
+        "--base-read-pace",
+        choices=["on", "off"],
+        default="off",
+        help="on: the base partition's reads (the replica's base) paced by kafka/read_pace.py "
+        "(snapshot/readers.py BASE_READ_PACE; off by default, bench/README.md says why)",
+    )
+    parser.add_argument(
+        "--tail-wait-fixed",
+        action="store_true",
+        help="the tailing server's fetch wait stays 10 ms: its FetchWaitTuner, which widens "
+        "it to 250 ms when records wait while few arrive, is off (issue 26, pace26k)",
+    )
+    parser.add_argument(
+        "--tail-stats",
+        action="store_true",
+        help="the tailing server's tail consumer reports librdkafka statistics every 200 ms: "
+        "its fetches' round trips are printed per worst batch",
     )
     parser.add_argument(
         "--chunk-queue-mb",

@@ -37,27 +37,49 @@ from proc_cpu import process_cpu_s
 
 from streamtrain.broker import EmbeddedBroker
 from streamtrain.kafka import KafkaConnection, partition_reader, record_producer
+from streamtrain.kafka.read_pace import ReadPace
 
 TOPIC = "replica-fetch"
 RECORD = 512 * 1024
 MiB = 1024 * 1024
 
 
-def _reader(bootstrap: str, mode: tuple[float, float]) -> Any:
+def _reader(
+    bootstrap: str,
+    mode: tuple[float, float],
+    partition: int = 0,
+    paced: bool = False,
+    wait_ms: int = 10,
+) -> Any:
     fetch, queued = mode
     return partition_reader(
         KafkaConnection(bootstrap),
         topic=TOPIC,
+        partition=partition,
+        fetch_max_wait_ms=wait_ms,
         fetch_bytes=int(fetch * MiB),
         queued_bytes=int(queued * MiB),
+        pace=ReadPace if paced else None,
     )
 
 
+def _burn(stop: Any) -> None:
+    """A busy core (``--burn``): the trainer's share of the CPU in bench/delta.py."""
+    while not stop.is_set():
+        sum(range(100_000))
+
+
 def tail(
-    bootstrap: str, mode: tuple[float, float], start: int, out: Any, ready: Any, stop: Any
+    bootstrap: str,
+    mode: tuple[float, float],
+    start: int,
+    out: Any,
+    ready: Any,
+    stop: Any,
+    wait_ms: int,
 ) -> None:
-    """Follows the partition from ``start``: (send time, receive time) of every tick."""
-    reader = _reader(bootstrap, mode)
+    """Follows partition 0 from ``start``: (send time, receive time) of every tick."""
+    reader = _reader(bootstrap, mode, wait_ms=wait_ms)
     reader.place(start)
     reader.poll(50)  # connected and fetching
     ready.set()
@@ -70,9 +92,12 @@ def tail(
     out.put(got)
 
 
-def replica(bootstrap: str, mode: tuple[float, float], end: int, out: Any) -> None:
-    """Reads offsets 0..end once, hashing each record; (start, end) wall times."""
-    reader = _reader(bootstrap, mode)
+def replica(
+    bootstrap: str, mode: tuple[float, float], end: int, out: Any, partition: int, paced: bool
+) -> None:
+    """Reads offsets 0..end of ``partition`` once, hashing each record; (start, end) wall
+    times, and the pace's (paused s, pauses, lowest wait s) when ``paced``."""
+    reader = _reader(bootstrap, mode, partition, paced)
     reader.low()  # connected and assigned before the clock starts
     started = time.time()
     nbytes = 0
@@ -80,7 +105,9 @@ def replica(bootstrap: str, mode: tuple[float, float], end: int, out: Any) -> No
         data = bytes(record.value or b"")
         hashlib.sha256(data).digest()
         nbytes += len(data)
-    out.put((started, time.time(), nbytes, status_bytes(os.getpid())[1]))
+    pace = reader.last_pace
+    paced_by = (0.0, 0, 0.0) if pace is None else (pace.paused_s, pace.pauses, pace.lowest_s)
+    out.put((started, time.time(), nbytes, status_bytes(os.getpid())[1], paced_by))
     reader.close()
 
 
@@ -89,15 +116,27 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
-def run_mode(args: argparse.Namespace, broker: EmbeddedBroker, mode: tuple[float, float]) -> None:
+def run_mode(
+    args: argparse.Namespace, broker: EmbeddedBroker, mode: tuple[float, float], paced: bool
+) -> None:
     ctx = mp.get_context("spawn")
     bootstrap = broker.bootstrap_servers
     producer = record_producer(KafkaConnection(bootstrap), acks="all", linger_ms=0)
+    base = args.partitions - 1
     probe = _reader(bootstrap, mode)
     _, high = probe.bounds(time.monotonic() + 30)
     probe.close()
+    probe = _reader(bootstrap, mode, base)
+    _, base_high = probe.bounds(time.monotonic() + 30)
+    probe.close()
+    burning = ctx.Event()
+    burners = [ctx.Process(target=_burn, args=(burning,)) for _ in range(args.burn)]
+    for burner in burners:
+        burner.start()
     tail_out, ready, stop, replica_out = ctx.Queue(), ctx.Event(), ctx.Event(), ctx.Queue()
-    follower = ctx.Process(target=tail, args=(bootstrap, mode, high, tail_out, ready, stop))
+    follower = ctx.Process(
+        target=tail, args=(bootstrap, mode, high, tail_out, ready, stop, args.tail_wait_ms)
+    )
     follower.start()
     if not ready.wait(120):
         raise SystemExit("the tail process did not start in 120 s")
@@ -117,7 +156,9 @@ def run_mode(args: argparse.Namespace, broker: EmbeddedBroker, mode: tuple[float
     ticker.start()
     pressure = PressureWatch()
     threading.Event().wait(args.settle)  # the tail's steady state before the read
-    reader = ctx.Process(target=replica, args=(bootstrap, mode, high, replica_out))
+    reader = ctx.Process(
+        target=replica, args=(bootstrap, mode, base_high, replica_out, base, paced)
+    )
     reader.start()
     assert broker.pid is not None and reader.pid is not None
     cpu0 = {"broker": process_cpu_s(broker.pid), "t": time.time()}
@@ -129,7 +170,7 @@ def run_mode(args: argparse.Namespace, broker: EmbeddedBroker, mode: tuple[float
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    read_from, read_to, nbytes, replica_hwm = replica_out.get(timeout=900)
+    read_from, read_to, nbytes, replica_hwm, paced_by = replica_out.get(timeout=900)
     broker_cores = (process_cpu_s(broker.pid) - cpu0["broker"]) / (time.time() - cpu0["t"])
     done.set()
     reader.join(30)
@@ -139,13 +180,16 @@ def run_mode(args: argparse.Namespace, broker: EmbeddedBroker, mode: tuple[float
     stop.set()
     got = tail_out.get(timeout=60)
     follower.join(30)
+    burning.set()
+    for burner in burners:
+        burner.join(30)
     producer.close(10)
     phases = {
         "before": (read_from - args.settle, read_from),
         "during": (read_from, read_to),
         "after": (read_to, read_to + args.settle),
     }
-    line = [f"mode {mode[0]:g}/{mode[1]:g} MiB:"]
+    line = [f"mode {mode[0]:g}/{mode[1]:g}{'p' if paced else ''} MiB:"]
     for name, (a, b) in phases.items():
         lat = [r - s for s, r in got if a <= s < b]
         ack = [r - s for s, r in acks if a <= s < b]
@@ -160,18 +204,21 @@ def run_mode(args: argparse.Namespace, broker: EmbeddedBroker, mode: tuple[float
     print(
         f"  read {nbytes / 1e6:.0f} MB in {span:.2f} s ({nbytes / 1e6 / span:.0f} MB/s); "
         f"broker {broker_cores:.2f} cores, peak {status_bytes(broker.pid)[1] / 1e9:.2f} GB; "
-        f"replica peak {replica_hwm / 1e9:.2f} GB; during the read: "
+        f"replica peak {replica_hwm / 1e9:.2f} GB; paused {paced_by[0]:.2f} s in "
+        f"{paced_by[1]} pause(s), lowest wait {(paced_by[2] or 0) * 1e3:.0f} ms; during the read: "
         + ", ".join(f"{k} {v:.2f}" for k, v in window.items() if k != "cpu full %"),
         flush=True,
     )
 
 
-def fill(broker: EmbeddedBroker, base_mb: float) -> None:
+def fill(broker: EmbeddedBroker, base_mb: float, partition: int) -> None:
     producer = record_producer(
         KafkaConnection(broker.bootstrap_servers), acks="all", max_request_size=2 * MiB
     )
     chunk = bytes(range(256)) * (RECORD // 256)
-    futures = [producer.send(TOPIC, chunk, partition=0) for _ in range(int(base_mb * MiB / RECORD))]
+    futures = [
+        producer.send(TOPIC, chunk, partition=partition) for _ in range(int(base_mb * MiB / RECORD))
+    ]
     producer.flush(300)  # librdkafka serves the acknowledgements inside flush/poll
     for future in futures:
         future.result(0)
@@ -183,15 +230,29 @@ def main() -> None:
     parser.add_argument("--base-mb", type=float, default=1024.0)
     parser.add_argument("--modes", nargs="+", default=["64/64", "4/8", "64/64", "4/8"])
     parser.add_argument("--settle", type=float, default=5.0, help="s before and after the read")
+    parser.add_argument(
+        "--partitions",
+        type=int,
+        choices=[1, 2],
+        default=1,
+        help="2: the base on partition 1, the tail on 0 (the layout streamtrain creates)",
+    )
+    parser.add_argument("--tail-wait-ms", type=int, default=10, help="the tail's fetch wait")
+    parser.add_argument(
+        "--burn", type=int, default=0, help="processes keeping a core busy (the trainer's)"
+    )
     args = parser.parse_args()
-    modes = [tuple(float(x) for x in m.split("/")) for m in args.modes]
+    # F/Q, F/Qp: the replica's read paced (kafka/read_pace.py)
+    modes = [
+        (m.endswith("p"), tuple(float(x) for x in m.rstrip("p").split("/"))) for m in args.modes
+    ]
     with EmbeddedBroker() as broker:
-        broker.create_topics([TOPIC], 1)
+        broker.create_topics([TOPIC], args.partitions)
         started = time.perf_counter()
-        fill(broker, args.base_mb)
+        fill(broker, args.base_mb, args.partitions - 1)
         print(f"base of {args.base_mb:g} MB written in {time.perf_counter() - started:.1f} s")
-        for mode in modes:
-            run_mode(args, broker, (mode[0], mode[1]))
+        for paced, mode in modes:
+            run_mode(args, broker, (mode[0], mode[1]), paced)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ same whichever library runs.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Literal
 
 from streamtrain.kafka.client_logs import quiet_librdkafka, route_kafka_python_logs
@@ -16,6 +17,7 @@ from streamtrain.kafka.partition_reader import PartitionReader
 from streamtrain.kafka.partitioner import LIBRDKAFKA_PARTITIONER
 from streamtrain.kafka.producer import RecordProducer
 from streamtrain.kafka.reachability import REACHABILITY
+from streamtrain.kafka.read_pace import ReadPace
 
 if TYPE_CHECKING:  # built lazily: only the join needs it, and it loads confluent-kafka
     from streamtrain.kafka.group_consumer import CoPartitionedGroup, OnAssign, OnRevoke
@@ -99,11 +101,12 @@ def partition_reader(
     fetch_max_wait_ms: int = 10,
     fetch_bytes: int = 16 * 1024 * 1024,
     queued_bytes: int | None = None,
+    pace: Callable[[], ReadPace] | None = None,
 ) -> PartitionReader:
     """A group-less reader of one partition holding large records (snapshot chunks);
     ``fetch_bytes`` per round trip (a record larger still comes whole); ``queued_bytes``: at
     most this much fetched ahead of the reader (None: the library's default, 64 MiB with
-    librdkafka)."""
+    librdkafka); ``pace``: each range read paced by a new one of these (kafka/read_pace.py)."""
 
     def consumer() -> RecordConsumer:
         return record_consumer(
@@ -120,7 +123,7 @@ def partition_reader(
             max_queued_bytes=queued_bytes,
         )
 
-    return PartitionReader(consumer, topic, partition)
+    return PartitionReader(consumer, topic, partition, pace)
 
 
 def record_producer(

@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 
 from streamtrain.kafka.consumer import RecordConsumer
+from streamtrain.kafka.read_pace import ReadPace
 from streamtrain.kafka.records import KafkaRecord
 from streamtrain.kafka.watermark import true_ends
 
@@ -27,9 +28,16 @@ class PartitionReader:
     """
 
     def __init__(
-        self, consumer: Callable[[], RecordConsumer], topic: str, partition: int = 0
+        self,
+        consumer: Callable[[], RecordConsumer],
+        topic: str,
+        partition: int = 0,
+        pace: Callable[[], ReadPace] | None = None,
     ) -> None:
+        """``pace``: makes the :class:`ReadPace` of each :meth:`read` (None: unpaced)."""
         self._make_consumer = consumer
+        self._make_pace = pace
+        self.last_pace: ReadPace | None = None  # the last read's, for reports
         self._made: RecordConsumer | None = None
         self.topic = topic
         self.partition = partition
@@ -74,18 +82,29 @@ class PartitionReader:
         """Yield the records with ``start <= offset < end``, in order.
 
         Raises :class:`ReadTimeout` if the range is not read by ``deadline``. The caller may
-        stop iterating early; the next call seeks afresh.
+        stop iterating early; the next call seeks afresh. A paced reader pauses between polls
+        while the broker answers late (:mod:`streamtrain.kafka.read_pace`).
         """
         self._assign()
         if start >= end:
             return
+        pace = self.last_pace = None if self._make_pace is None else self._make_pace()
+        resume = 0.0  # a paced read polls again from here on (the records' use counts in)
         self._consumer.seek(self.partition, start)
         while self._consumer.position(self.partition) < end:
-            if time.monotonic() >= deadline:
+            now = time.monotonic()
+            if now < resume:
+                time.sleep(min(resume, deadline) - now)
+                now = time.monotonic()
+            if now >= deadline:
                 raise ReadTimeout(
                     f"reading offsets {start}..{end - 1} of {self.topic} did not finish in time"
                 )
-            for record in self._consumer.poll(_slice_ms(deadline), _MAX_RECORDS):
+            records = self._consumer.poll(_slice_ms(deadline), _MAX_RECORDS)
+            if pace is not None and records:
+                returned = time.monotonic()
+                resume = returned + pace.observe(returned - now)
+            for record in records:
                 if record.offset >= end:
                     return
                 if record.offset >= start:

@@ -3,7 +3,10 @@ while Kafka is down touches nothing until it is asked to read)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from streamtrain.kafka import KafkaConnection, PartitionReader, ReadTimeout, partition_reader
+from streamtrain.kafka.read_pace import ReadPace
 
 # Chunks are up to ~512 KiB: several per round trip, but not a base in a few huge fetches.
 # A new replica reads a whole base (4 GB) as fast as the broker answers, on the partition the
@@ -13,6 +16,12 @@ from streamtrain.kafka import KafkaConnection, PartitionReader, ReadTimeout, par
 _CHUNK_FETCH_BYTES = 4 * 1024 * 1024
 _CHUNK_QUEUE_BYTES = 2 * _CHUNK_FETCH_BYTES  # fetched ahead of the verifier, at most
 _SCAN_FETCH_BYTES = 64 * 1024  # a manifest, or one chunk's record: a window's worth
+# What paces a base partition's reads (a new replica's base, a rotation's): None, unpaced.
+# ReadPace (kafka/read_pace.py) yields to the broker's other clients when it answers late;
+# measured at 4 GB it never paused a replica (its reads outran the broker nowhere) and it
+# slowed a broker-bound read 1.8x without a faster tail, so it is not on by default
+# (docs/snapshots.md, A new replica's read; bench/delta.py --base-read-pace on).
+BASE_READ_PACE: Callable[[], ReadPace] | None = None
 
 
 class SnapshotReaders:
@@ -37,6 +46,7 @@ class SnapshotReaders:
                 fetch_max_wait_ms=self._wait_ms,
                 fetch_bytes=_SCAN_FETCH_BYTES if scan else _CHUNK_FETCH_BYTES,
                 queued_bytes=None if scan else _CHUNK_QUEUE_BYTES,
+                pace=BASE_READ_PACE if role == "reader" and partition != 0 else None,
             )
             self._made[(role, partition)] = made
         return made
