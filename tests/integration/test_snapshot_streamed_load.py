@@ -1,6 +1,7 @@
 """Streamed base loads on the real broker (issue 26): a base's chunks go to a file as they
 arrive and are copied into the model block by block, so a load stays under the issue's bound
-(peak RSS <= 1.3 x the model + the runtime, VmHWM in a fresh process); bad chunks (altered, missing, swapped) leave the old weights serving, whole."""
+(peak RSS <= 1.3 x the model + the runtime, VmHWM in a fresh process); bad chunks (altered,
+missing, swapped) leave the old weights serving, whole."""
 
 from __future__ import annotations
 
