@@ -139,7 +139,12 @@ def test_a_base_load_costs_a_fraction_of_the_model(
 
 
 def _publish_by_hand(
-    bootstrap: str, topic: str, tensors: dict[str, torch.Tensor], version: int, how: str
+    bootstrap: str,
+    topic: str,
+    tensors: dict[str, torch.Tensor],
+    version: int,
+    how: str,
+    settings_hash: str = HASH,
 ) -> None:
     """Write a base as the publisher does (chunk records with their own sha256, then the
     manifest), bent as ``how`` says: ``altered`` (a byte of chunk 1 flipped after hashing),
@@ -179,7 +184,7 @@ def _publish_by_hand(
     first = min(f.get(timeout=30).offset for f in futures)
     manifest = SnapshotManifest(
         model_name="m",
-        settings_hash=HASH,
+        settings_hash=settings_hash,
         run_id="run",
         version=version,
         created_at=time.time(),
