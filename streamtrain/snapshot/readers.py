@@ -12,13 +12,13 @@ from streamtrain.kafka import KafkaConnection, PartitionReader, ReadTimeout, par
 # a reader holds at most ~12 MiB in its client (docs/snapshots.md, A new replica's read).
 _CHUNK_FETCH_BYTES = 4 * 1024 * 1024
 _CHUNK_QUEUE_BYTES = 2 * _CHUNK_FETCH_BYTES  # fetched ahead of the verifier, at most
-_SCAN_FETCH_BYTES = 64 * 1024  # a manifest, or one chunk's record: a window's worth
 # The scan reads a record or a few, then sits where it stopped: with librdkafka's default
 # read-ahead (64 MiB) it went on fetching from there, the newest base's chunks when they follow
 # (a one-partition topic, or a process's first base), 64 MiB a replica held and the broker
 # served twice (+90 MiB over a 256 MiB base's load against +23 MiB without:
 # test_snapshot_streamed_load.py). librdkafka reads ahead at least one fetch (1 MiB).
 _SCAN_QUEUE_BYTES = 1024 * 1024
+_SCAN_FETCH_BYTES = 64 * 1024  # a manifest, or one chunk's record: a window's worth
 
 
 class SnapshotReaders:
