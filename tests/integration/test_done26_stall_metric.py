@@ -84,8 +84,8 @@ def test_every_published_snapshot_has_its_stall_on_the_trainers_metrics(
         subscriber.close()
     assert kinds.count("base") >= 2 and kinds.count("delta") >= 2, kinds
     published = moved("streamtrain_snapshot_published_total")
-    # one per version on the topic, or more: under load a step was once published by both
-    # lanes (29 published, 28 versions listed), one version to a reader
+    # at least one per version the topic lists: under load one run counted 29 published for
+    # 28 listed (not explained yet; one step written by both lanes would read as one version)
     assert published >= len(kinds), (published, kinds)
     stalls = moved(f"{STALL}_count")
     assert stalls >= published, (stalls, published)
