@@ -17,7 +17,23 @@ works and whether the broker's RSS falls afterwards:
    ``auto.offset.reset=error`` (Kafka answers OffsetOutOfRange there);
 3. ``DeleteTopics`` of ``b``: the broker's VmRSS 5 s later (what a whole topic's deletion gives
    back);
-4. the broker's own log lines about either (a panic is printed there, not to the client).
+4. the broker's own log lines about either (a panic is printed there, not to the client);
+5. ``--configs`` (also): topic configs, the other way Kafka drops records. Topic ``c`` is created
+   with ``cleanup.policy=delete``, ``retention.ms=1000``, ``retention.bytes=1 MiB``,
+   ``segment.ms=100``, ``segment.bytes=1 MiB``; topic ``k`` with ``cleanup.policy=compact``
+   (``min.cleanable.dirty.ratio=0.01``, ``segment.ms=100``) and its records under 4 keys.
+   ``--mb`` MB go to each; then, ``--settle`` seconds later: the configs as the broker
+   describes them, each topic's low / high watermark, a fetch at offset 0 (``c``: below any
+   retention; ``k``: a record compaction would have removed) and the broker's VmRSS.
+
+Why nothing else is tried (Tansu's source at the binary's build, tansu-io/tansu ``50818f6``,
+version 0.6.0, whose ``dynostore.rs:641`` is the ``todo!()`` the DeleteRecords panic names): the
+binary has one storage engine, ``dynostore`` (``tansu --help``: "Storage engines: dynostore";
+``--storage-engine sqlite://``, ``postgres://``, ``slatedb://`` answer ``FeatureNotEnabled``), and
+in it records are removed only by ``delete_topic``; ``watermark.low`` is only ever cleared, never
+advanced; topic configs are stored and read back for ``tansu.lake.sink`` only; and the broker's
+maintenance task (every 10 min, ``broker.rs:241``, no flag sets it) calls
+``DynoStore::maintain``, which does nothing without a data lake (none is built in).
 """
 
 from __future__ import annotations
@@ -31,6 +47,8 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin._config import ConfigResource
+from confluent_kafka.cimpl import NewTopic
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from streamtrain.broker import EmbeddedBroker
@@ -45,15 +63,17 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def produce(bootstrap: str, topic: str, records: int) -> None:
+def produce(bootstrap: str, topic: str, records: int, keys: int = 0) -> None:
+    """``records`` records of 512 KiB to partition 0; keyed ``0..keys-1`` in turn if ``keys``."""
     producer = Producer(
         {"bootstrap.servers": bootstrap, "message.max.bytes": 2 * CHUNK, "linger.ms": 5}
     )
     value = b"x" * CHUNK
-    for _ in range(records):
+    for i in range(records):
+        key = str(i % keys).encode() if keys else None
         while True:
             try:
-                producer.produce(topic, value, partition=0)
+                producer.produce(topic, value, key=key, partition=0)
                 break
             except BufferError:  # librdkafka's queue is full: let it send
                 producer.poll(0.1)
@@ -98,9 +118,66 @@ def fetch_below(bootstrap: str, topic: str, offset: int) -> str:
         consumer.close()
 
 
+DELETE = {
+    "cleanup.policy": "delete",
+    "retention.ms": "1000",
+    "retention.bytes": str(1024 * 1024),
+    "segment.ms": "100",
+    "segment.bytes": str(1024 * 1024),
+}
+COMPACT = {"cleanup.policy": "compact", "min.cleanable.dirty.ratio": "0.01", "segment.ms": "100"}
+
+
+def described(admin: AdminClient, topic: str, names: list[str]) -> str:
+    """The broker's DescribeConfigs answer for ``names`` of ``topic``."""
+    (future,) = admin.describe_configs([ConfigResource("topic", topic)]).values()
+    try:
+        entries = future.result(timeout=30)
+    except Exception as exc:
+        return f"error: {exc}"
+    return ", ".join(f"{n}={entries[n].value if n in entries else '(absent)'}" for n in names)
+
+
+def configs_trial(bootstrap: str, pid: int, records: int, settle_s: float) -> list[tuple[str, str]]:
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    made = admin.create_topics(
+        [NewTopic("c", 1, 1, config=DELETE), NewTopic("k", 1, 1, config=COMPACT)]
+    )
+    rows = [
+        (f"CreateTopics({name}, {cfg})", outcome({name: made[name]}))
+        for name, cfg in (
+            ("c", "delete, retention.ms=1000, retention.bytes=1 MiB, segment.*"),
+            ("k", "compact"),
+        )
+    ]
+    before = rss_mb(pid)
+    produce(bootstrap, "c", records)
+    produce(bootstrap, "k", records, keys=4)
+    rows.append(
+        (
+            f"broker VmRSS before / after {records} x 512 KiB to each of c, k",
+            f"{before:.0f} / {rss_mb(pid):.0f} MB",
+        )
+    )
+    time.sleep(settle_s)
+    rows.append((f"broker VmRSS {settle_s:.0f} s later", f"{rss_mb(pid):.0f} MB"))
+    rows.append(("c: configs as described", described(admin, "c", list(DELETE))))
+    rows.append(("k: configs as described", described(admin, "k", list(COMPACT))))
+    watcher = Consumer({"bootstrap.servers": bootstrap, "group.id": "retention-marks"})
+    for topic in ("c", "k"):
+        low, high = watcher.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)
+        rows.append((f"{topic}: low / high watermark", f"{low} / {high}"))
+    watcher.close()
+    rows.append(("c: fetch at offset 0, no reset", fetch_below(bootstrap, "c", 0)))
+    rows.append(("k: fetch at offset 0 (key 0, rewritten since)", fetch_below(bootstrap, "k", 0)))
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mb", type=int, default=500, help="MB produced to each topic")
+    parser.add_argument("--configs", action="store_true", help="also try retention configs")
+    parser.add_argument("--settle", type=float, default=30.0, help="s to wait after producing")
     args = parser.parse_args()
     records = max(20, args.mb * 1024 * 1024 // CHUNK)
     with tempfile.TemporaryDirectory() as folder:
@@ -140,6 +217,8 @@ def main() -> None:
             rows.append(("DeleteTopics(b)", outcome(admin.delete_topics(["b"]))))
             time.sleep(5)
             rows.append(("broker VmRSS 5 s after it", f"{rss_mb(pid):.0f} MB"))
+            if args.configs:
+                rows += configs_trial(bootstrap, pid, records, args.settle)
         said = [
             line.strip()
             for line in log.read_text(errors="replace").splitlines()

@@ -15,6 +15,12 @@ from streamtrain.kafka.read_pace import ReadPace
 # a reader holds at most ~12 MiB in its client (docs/snapshots.md, A new replica's read).
 _CHUNK_FETCH_BYTES = 4 * 1024 * 1024
 _CHUNK_QUEUE_BYTES = 2 * _CHUNK_FETCH_BYTES  # fetched ahead of the verifier, at most
+# The scan reads a record or a few, then sits where it stopped: with librdkafka's default
+# read-ahead (64 MiB) it went on fetching from there, the newest base's chunks when they follow
+# (a one-partition topic, or a process's first base), 64 MiB a replica held and the broker
+# served twice (+90 MiB over a 256 MiB base's load against +23 MiB without:
+# test_snapshot_streamed_load.py). librdkafka reads ahead at least one fetch (1 MiB).
+_SCAN_QUEUE_BYTES = 1024 * 1024
 _SCAN_FETCH_BYTES = 64 * 1024  # a manifest, or one chunk's record: a window's worth
 # What paces a base partition's reads (a new replica's base, a rotation's): None, unpaced.
 # ReadPace (kafka/read_pace.py) yields to the broker's other clients when it answers late;
@@ -45,7 +51,7 @@ class SnapshotReaders:
                 partition=partition,
                 fetch_max_wait_ms=self._wait_ms,
                 fetch_bytes=_SCAN_FETCH_BYTES if scan else _CHUNK_FETCH_BYTES,
-                queued_bytes=None if scan else _CHUNK_QUEUE_BYTES,
+                queued_bytes=_SCAN_QUEUE_BYTES if scan else _CHUNK_QUEUE_BYTES,
                 pace=BASE_READ_PACE if role == "reader" and partition != 0 else None,
             )
             self._made[(role, partition)] = made

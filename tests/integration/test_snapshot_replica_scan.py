@@ -8,13 +8,15 @@ replica is served from the base before it."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pytest
 import torch
 
 from streamtrain.kafka import KafkaConnection, create_topics
+from streamtrain.kafka.confluent_consumer import ConfluentConsumer
+from streamtrain.kafka.records import KafkaRecord
 from streamtrain.serve.weights.slot import WeightSlot
 from streamtrain.serve.weights.watcher import SnapshotWatcher
 from streamtrain.snapshot import subscriber as subscriber_module
@@ -69,6 +71,10 @@ def test_a_new_replica_reads_the_newest_base_and_not_the_older_ones(
     assert bases[0].chunk_count > 4  # each base is many records: skipping them is measurable
 
     replica = _subscriber(kafka_bootstrap, unique_name)
+    # Below the subscriber: where the Kafka client was told to fetch from, and every record
+    # it handed over (read() drops records before its start without a word, and the client
+    # reads ahead of read()); the client fetches forward only, from the offsets assigned.
+    fetch_starts, delivered, recording = _record_client(unique_name, monkeypatch)
     read_offsets: list[tuple[int, int]] = []  # (partition, offset) of every chunk read
     for partition in range(partitions):
         _record_reads(replica._readers.chunks(partition or None), read_offsets, monkeypatch)
@@ -91,7 +97,16 @@ def test_a_new_replica_reads_the_newest_base_and_not_the_older_ones(
 
     monkeypatch.setattr(replica, "_read_after", read_after)
     lineage = _serve_until(replica, newest, final)
+    recording.clear()
     assert lineage == bases[-1].snapshot_id
+    # Nothing of an older base left the broker: every fetch of the replica's clients started
+    # after the older bases' chunks on its partition (so no fetch, read-ahead included, could
+    # return one), and no record the client delivered is one of them.
+    for partition in range(partitions):
+        older_end = max((o for p, o in older_chunks if p == partition), default=-1)
+        starts = [o for p, o in fetch_starts if p == partition]
+        assert starts and min(starts) > older_end, (partition, sorted(starts), older_end)
+    assert delivered and not older_chunks & set(delivered), sorted(older_chunks & set(delivered))
     # The newest base is read first (ready after one base), then the deltas after it,
     # oldest first; nothing older is read at all.
     after = sorted(m.version for m in published if m.version > bases[-1].version)
@@ -110,6 +125,34 @@ def test_a_new_replica_reads_the_newest_base_and_not_the_older_ones(
     assert scanned[:2] == [max(scanned), newest_base_at[0]], scanned
     reached = [o for o in older_manifests if o >= min(scanned)]
     assert len(reached) <= 1, (sorted(scanned), older_manifests)
+
+
+def _record_client(
+    topic: str, monkeypatch: pytest.MonkeyPatch
+) -> tuple[list[tuple[int, int]], list[tuple[int, int]], list[bool]]:
+    """``(fetch starts, delivered records, switch)``, each ``(partition, offset)`` on ``topic``,
+    taken from every confluent-kafka consumer in this process while ``switch`` is non-empty:
+    the offsets each assignment hands librdkafka (it fetches from there, forward), and the
+    records each poll returns."""
+    starts: list[tuple[int, int]] = []
+    delivered: list[tuple[int, int]] = []
+    switch = [True]
+    real_apply, real_poll = ConfluentConsumer._apply, ConfluentConsumer.poll
+
+    def apply(self: ConfluentConsumer) -> None:
+        real_apply(self)
+        if switch and self.topic == topic:
+            starts.extend(self._next.items())
+
+    def poll(self: ConfluentConsumer, timeout_ms: int, max_records: int) -> Sequence[KafkaRecord]:
+        records = real_poll(self, timeout_ms, max_records)
+        if switch and self.topic == topic:
+            delivered.extend((r.partition, r.offset) for r in records)
+        return records
+
+    monkeypatch.setattr(ConfluentConsumer, "_apply", apply)
+    monkeypatch.setattr(ConfluentConsumer, "poll", poll)
+    return starts, delivered, switch
 
 
 def _serve_until(

@@ -225,7 +225,7 @@ def test_the_scan_reader_fetches_small_and_the_chunk_readers_large(
     # scan; tail; the random reader (also the chunks beside their manifest); partition 1:
     # the chunk readers fetch 4 MiB a round trip and read at most 8 MiB ahead (issue 26)
     chunk = (4 * 1024**2, 8 * 1024**2)
-    assert by_role == [(0, 64 * 1024, None), (0, *chunk), (0, *chunk), (1, *chunk)]
+    assert by_role == [(0, 64 * 1024, 1024**2), (0, *chunk), (0, *chunk), (1, *chunk)]
     # a manifest naming a partition the topic lacks: its chunks cannot be read (incomplete)
     partitions = (0,)
     with pytest.raises(ReadTimeout, match="has no partition 1"):
