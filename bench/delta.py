@@ -30,6 +30,7 @@ copies then go device -> pinned host memory on a side stream); the server stays 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import multiprocessing as mp
 import os
 import statistics
@@ -52,6 +53,7 @@ from pause_trace import PauseTrace, run_queue_control
 from streamtrain.broker import EmbeddedBroker
 from streamtrain.kafka import KafkaConnection
 from streamtrain.sample.spec import SampleSpec
+from streamtrain.serve.weights.unfilled import initial_draws_skipped
 from streamtrain.snapshot import wire
 from streamtrain.train.hooks import SnapshotRequest
 from streamtrain.train.row_tracker import RowTracker
@@ -67,12 +69,16 @@ def _params(args: argparse.Namespace) -> dict[str, int]:
 
 
 def _model(args: argparse.Namespace, trainer: bool) -> torch.nn.Module:
-    """The hashed table's model, or (mode ``dynamic``) ``delta_dynamic.py``'s."""
-    if getattr(args, "dynamic", False):
-        import delta_dynamic
+    """The hashed table's model, or (mode ``dynamic``) ``delta_dynamic.py``'s; a server's or
+    replica's without its initial draws, as ``streamtrain serve`` builds it
+    (``serve/weights/unfilled.py``; ``--server-draws`` draws them, as before issue 26's change)."""
+    skip = not trainer and not getattr(args, "server_draws", False)
+    with initial_draws_skipped() if skip else contextlib.nullcontext():
+        if getattr(args, "dynamic", False):
+            import delta_dynamic
 
-        return delta_dynamic.build(args.rows, args.dim, SPEC.feature_size - 1, fill=trainer)
-    return build_id_embedding(SPEC, _params(args))
+            return delta_dynamic.build(args.rows, args.dim, SPEC.feature_size - 1, fill=trainer)
+        return build_id_embedding(SPEC, _params(args))
 
 
 def _rss_bytes() -> tuple[int, int]:
@@ -912,6 +918,12 @@ def main() -> None:
         default=0.0,
         help="start the tailing server N s after the trainer: its catch-up (base + deltas) "
         "is timed and its topic reads counted (catch-up s, scan reads, chunk reads)",
+    )
+    parser.add_argument(
+        "--server-draws",
+        action="store_true",
+        help="build the server's and replica's models with their random initial weights, as "
+        "before serve/weights/unfilled.py (for a before/after run in one tree)",
     )
     parser.add_argument(
         "--replica-nice",

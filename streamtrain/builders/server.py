@@ -33,6 +33,7 @@ from streamtrain.serve.server import ServingWorker
 from streamtrain.serve.weights.inference import BatchingEngine, DirectEngine, Engine, head_for
 from streamtrain.serve.weights.retained import RetainedVersions
 from streamtrain.serve.weights.slot import WeightSlot
+from streamtrain.serve.weights.unfilled import initial_draws_skipped
 from streamtrain.serve.weights.watcher import SnapshotSource, SnapshotWatcher
 from streamtrain.snapshot.cache import SnapshotCache
 from streamtrain.snapshot.manifest import SnapshotHeader, settings_hash
@@ -51,7 +52,8 @@ EngineKind = Literal["auto", "direct", "batching"]
 def build_slot(
     model: ModelSettings, device: torch.device, drain_timeout_s: float = 10.0
 ) -> WeightSlot:
-    built = build_model(model.name, spec_for_model(model), model.params).to(device)
+    with initial_draws_skipped():  # a base overwrites them before anything is served
+        built = build_model(model.name, spec_for_model(model), model.params).to(device)
     return WeightSlot(
         built,
         drain_timeout_s=drain_timeout_s,
@@ -155,9 +157,11 @@ def build_worker(settings: Settings, source: SnapshotSource | None = None) -> Se
     )
     verifier = build_verifier(serve)
     cache = build_cache(settings, verifier)
+    with initial_draws_skipped():  # a retained version is loaded whole into it
+        spare = build_model(settings.model.name, spec, settings.model.params).to(device)
     retained = RetainedVersions(
         slot,
-        build_model(settings.model.name, spec, settings.model.params).to(device),
+        spare,
         head_for(spec),
         device,
         serve.retain_versions,
