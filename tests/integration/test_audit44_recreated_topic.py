@@ -19,6 +19,7 @@ broker).
 
 from __future__ import annotations
 
+import json
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -72,6 +73,8 @@ def test_a_topic_re_created_under_a_running_trainer_is_said_and_learned(
     produce_json(broker.bootstrap_servers, topic, old_x, old_y)
     with _start(broker, unique_name, tmp_path, "earliest", client) as trainer:
         await_condition(lambda: _alive_with(trainer, 600), "the first 600 samples")
+        # a checkpoint at the end of the old log first: the restart below resumes from it
+        await_condition(lambda: _checkpointed_at(tmp_path, 600), "a checkpoint at offset 600")
         _delete(broker.bootstrap_servers, topic)
         try:
             await_condition(
@@ -106,6 +109,17 @@ def test_a_topic_re_created_under_a_running_trainer_is_said_and_learned(
         assert metrics[SAMPLES] == 200, told
         assert metrics[RESETS % "earliest"] == 1.0, told
         _assert_said(restarted)
+
+
+def _checkpointed_at(tmp_path: Path, offset: int) -> bool:
+    """Whether a checkpoint of the trainer's holds ``offset`` as partition 0's position."""
+    for meta in (tmp_path / "checkpoints").glob("step-*/meta.json"):
+        try:
+            if json.loads(meta.read_text()).get("offsets") == {"0": offset}:
+                return True
+        except (OSError, ValueError):
+            continue  # being written, or removed by retention: asked again
+    return False
 
 
 def _assert_said(trainer: RunningTrainer) -> None:
