@@ -92,6 +92,8 @@ class SnapshotPublisher:
         signer: ManifestSigner | None = None,
         shard: ShardSpec | None = None,
     ) -> None:
+        partition_zero = threading.Lock()  # the lanes' spans on partition 0 (writer.py)
+
         def writer(
             lane: str, window_bytes: int | None = None, chunk_partition: int = PARTITION
         ) -> SnapshotWriter:
@@ -106,6 +108,7 @@ class SnapshotPublisher:
                 shard=shard,
                 window_bytes=window_bytes,
                 chunk_partition=chunk_partition,
+                partition_zero=partition_zero,
             )
 
         self._writer = writer("", DELTA_WINDOW_BYTES)

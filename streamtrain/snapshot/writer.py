@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import logging
+import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
@@ -76,6 +78,7 @@ class SnapshotWriter:
         shard: ShardSpec | None = None,
         window_bytes: int | None = None,
         chunk_partition: int = PARTITION,
+        partition_zero: threading.Lock | None = None,
     ) -> None:
         if chunk_bytes < 1:
             raise ValueError(f"chunk_bytes must be >= 1, got {chunk_bytes}; 524288 is typical")
@@ -99,6 +102,19 @@ class SnapshotWriter:
         self._warned = False
         self._kafka = kafka
         self._producer: RecordProducer | None = None
+        # Shared by one publisher's writers (its two lanes): a snapshot's records on
+        # partition 0, from its first chunk to its manifest, are written under it, so no
+        # other lane's manifest lands between them. A reader's backward scan jumps from a
+        # manifest to the record before its first chunk without reading what it passes
+        # (scan.py): a base manifest written inside a delta's span was passed over, and a new
+        # replica loaded the base before it (docs/snapshots.md, The scan's jumps).
+        self._partition_zero = partition_zero
+
+    def _holding(self, on: bool) -> contextlib.AbstractContextManager[object]:
+        """The shared partition-0 lock when ``on`` and this writer has one."""
+        if on and self._partition_zero is not None:
+            return self._partition_zero
+        return contextlib.nullcontext()
 
     def _get_producer(self) -> RecordProducer:
         if self._producer is None:
@@ -193,15 +209,22 @@ class SnapshotWriter:
         to = self._chunks_to if request.rows is None and self.shard is None else PARTITION
         digest = hashlib.sha256()
         chunks = payload.iter_chunks(self.chunk_bytes, digest)
-        first_offset = self._send_chunks(producer, sid, chunks, chunk_count, to)
-        manifest = manifest.model_copy(
-            update={
-                "sha256": digest.hexdigest(),
-                "first_chunk_offset": first_offset,
-                "chunk_partition": None if to == PARTITION else to,
-            }
-        )
-        self.manifest_offset = self._send_manifest(producer, manifest)
+        # The delta lane holds the lock over its whole span (a delta: one chunk and a
+        # manifest, milliseconds); the base lane only over its manifest, since its chunks
+        # take seconds and deltas must not wait for them (they are on partition 1, or, on a
+        # one-partition topic, interleave with deltas as documented).
+        whole_span = self.lane != wire.BASE_LANE
+        with self._holding(whole_span):
+            first_offset = self._send_chunks(producer, sid, chunks, chunk_count, to)
+            manifest = manifest.model_copy(
+                update={
+                    "sha256": digest.hexdigest(),
+                    "first_chunk_offset": first_offset,
+                    "chunk_partition": None if to == PARTITION else to,
+                }
+            )
+            with self._holding(not whole_span):
+                self.manifest_offset = self._send_manifest(producer, manifest)
         log.debug("snapshot %s written: %d bytes in %d chunks", sid, payload.size, chunk_count)
         return manifest
 
