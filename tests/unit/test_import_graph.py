@@ -38,7 +38,7 @@ SERVE_LAYERS: list[set[str]] = [
     {"server"},
     {"infer_protocol"},
     {"promotion", "transport"},
-    {"protocol"},
+    {"protocol", "read_watch"},
     {"weights", "prediction_log"},
 ]
 # Inside sample/: the batch and the torch form over the numpy form, the spec and the marks.
