@@ -8,13 +8,16 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from streamtrain.builders.server import build_worker
 from streamtrain.config import Settings
-from streamtrain.kafka import KafkaConnection
+from streamtrain.kafka import KafkaConnection, create_topics
+from streamtrain.serve.server import ServingWorker
 from streamtrain.snapshot.manifest import SnapshotManifest, settings_hash
 from streamtrain.snapshot.signing import ManifestSigner
 from streamtrain.snapshot.writer import SnapshotWriter
 from streamtrain.train.hooks import SnapshotRequest
 from tests.delta_fixtures import FACTORY, PARAMS, SparseTrainer, build_model, snapshot_request
+from tests.integration.snapshot_harness import serve_settings
 
 CHUNK = 4096  # several chunks per base
 
@@ -91,3 +94,18 @@ def outputs_of(state: dict[str, torch.Tensor], rows: np.ndarray) -> np.ndarray:
     with torch.no_grad():
         out = model(torch.from_numpy(rows))
     return out.reshape(len(rows), -1).numpy()
+
+
+# Every row of the embedding model's table in each request (IDs 0..249 and 499..250): each
+# delta writes rows a running request reads.
+ALL_ROWS = np.array([[i, 499 - i, 0.01 * i, -1.0] for i in range(250)], np.float32)
+
+
+def embedding_worker(bootstrap: str, topic: str) -> tuple[DeltaChain, ServingWorker, str]:
+    """A started server of the embedding model (gRPC on a free port) following ``topic``,
+    created here, the chain that publishes to it, and the server's URL."""
+    create_topics(bootstrap, [topic])
+    settings = serve_settings(bootstrap, topic, model=EMBEDDING_MODEL, grpc_port=0)
+    chain = DeltaChain(settings)
+    worker = build_worker(settings)
+    return chain, worker, worker.start()

@@ -17,11 +17,9 @@ import httpx
 import numpy as np
 import tritonclient.grpc as grpcclient
 
-from streamtrain.builders.server import build_worker
-from streamtrain.kafka import create_topics
 from streamtrain.serve.server import ServingWorker
-from tests.integration.delta_serving import EMBEDDING_MODEL, DeltaChain, outputs_of
-from tests.integration.snapshot_harness import serve_settings, wait
+from tests.integration.delta_serving import ALL_ROWS, embedding_worker, outputs_of
+from tests.integration.snapshot_harness import wait
 
 ROTATIONS = 3
 Answer = tuple[int, bytes]  # (version named, output bytes)
@@ -96,12 +94,8 @@ class _Clients:
 def test_base_rotations_under_http_and_grpc_load_fail_no_request(
     kafka_bootstrap: str, unique_name: str, examples_on_path: None
 ) -> None:
-    create_topics(kafka_bootstrap, [unique_name])
-    settings = serve_settings(kafka_bootstrap, unique_name, model=EMBEDDING_MODEL, grpc_port=0)
-    rows = np.array([[i, 499 - i, 0.01 * i, -1.0] for i in range(250)], np.float32)
-    chain = DeltaChain(settings)
-    worker = build_worker(settings)
-    url = worker.start()
+    rows = ALL_ROWS
+    chain, worker, url = embedding_worker(kafka_bootstrap, unique_name)
     clients: _Clients | None = None
     bases: list[int] = []
 

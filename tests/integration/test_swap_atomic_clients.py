@@ -19,7 +19,7 @@ from streamtrain.kafka import create_topics
 from streamtrain.serve.server import ServingWorker
 from streamtrain.train.row_tracker import row_sparse_parameters
 from tests.delta_fixtures import build_model
-from tests.integration.delta_serving import EMBEDDING_MODEL, DeltaChain, outputs_of
+from tests.integration.delta_serving import ALL_ROWS, embedding_worker, outputs_of
 from tests.integration.snapshot_harness import publish, serve_settings, wait
 from tests.threads import Workers
 from tests.version_fixtures import expected_value
@@ -158,13 +158,8 @@ def test_grpc_and_http_answers_during_swaps_each_come_from_one_version(
 def test_row_sparse_answers_during_delta_applies_each_come_from_one_version(
     kafka_bootstrap: str, unique_name: str, examples_on_path: None
 ) -> None:
-    create_topics(kafka_bootstrap, [unique_name])
-    settings = serve_settings(kafka_bootstrap, unique_name, model=EMBEDDING_MODEL, grpc_port=0)
-    # Every row of the table in each request: each delta writes rows a running request reads.
-    rows = np.array([[i, 499 - i, 0.01 * i, -1.0] for i in range(250)], np.float32)
-    chain = DeltaChain(settings)
-    worker = build_worker(settings)
-    url = worker.start()
+    rows = ALL_ROWS
+    chain, worker, url = embedding_worker(kafka_bootstrap, unique_name)
     # The table the deltas write in place, held once by both copies of the slot (rule 5).
     assert list(row_sparse_parameters(build_model())) == ["table.weight"]
     clients = Clients(
