@@ -3,17 +3,15 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-import numpy as np
 import torch
-from kafka import KafkaProducer
 
 from streamtrain.builders.server import build_worker
 from streamtrain.builders.trainer import build_trainer
 from tests.delta_fixtures import FACTORY, model_state, newest_after_one_base, one_base_then_deltas
 from tests.integration.snapshot_harness import wait
+from tests.integration.trainer_harness import produce_id_samples
 
 SAMPLES = 600  # produced, all valid: each is learned exactly once
 
@@ -31,15 +29,7 @@ def test_trainer_deltas_reach_the_server_bit_for_bit(
         optimizer={"name": "sgd", "lr": 0.05},
         snapshot_every_steps=3,
     )
-    rng = np.random.default_rng(3)
-    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, linger_ms=5)
-    for i in range(SAMPLES):
-        ids = rng.zipf(1.5, size=2) % 500
-        features = [float(ids[0]), float(ids[1]), *rng.normal(size=2).tolist()]
-        body = {"features": features, "label": int(ids[0] % 2), "timestamp": 1.7e9 + i}
-        producer.send(f"{name}-samples", json.dumps(body).encode())
-    producer.flush()
-    producer.close()
+    produce_id_samples(kafka_bootstrap, f"{name}-samples", SAMPLES, seed=3)
 
     worker = build_worker(settings)
     worker.start()

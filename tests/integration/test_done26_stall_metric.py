@@ -6,11 +6,7 @@ the bench's to say (bench/delta.py: max and p99 per run), not a test's."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-
-import numpy as np
-from kafka import KafkaProducer
 
 from streamtrain import health, metrics
 from streamtrain.builders.trainer import build_trainer
@@ -18,7 +14,7 @@ from streamtrain.kafka import KafkaConnection
 from streamtrain.snapshot.manifest import settings_hash
 from streamtrain.snapshot.subscriber import SnapshotSubscriber
 from tests.delta_fixtures import FACTORY
-from tests.integration.trainer_harness import pipeline_settings, scrape
+from tests.integration.trainer_harness import pipeline_settings, produce_id_samples, scrape
 
 SAMPLES = 600
 STALL = "streamtrain_snapshot_stall_seconds"
@@ -48,15 +44,7 @@ def test_every_published_snapshot_has_its_stall_on_the_trainers_metrics(
         },
         create=("samples", "dlq", "snapshots"),
     )
-    rng = np.random.default_rng(5)
-    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, linger_ms=5)
-    for i in range(SAMPLES):
-        ids = rng.zipf(1.5, size=2) % 500
-        features = [float(ids[0]), float(ids[1]), *rng.normal(size=2).tolist()]
-        body = {"features": features, "label": int(ids[0] % 2), "timestamp": 1.7e9 + i}
-        producer.send(f"{unique_name}-samples", json.dumps(body).encode())
-    producer.flush()
-    producer.close()
+    produce_id_samples(kafka_bootstrap, f"{unique_name}-samples", SAMPLES, seed=5)
 
     server = metrics.serve_metrics(
         metrics.TRAINER_REGISTRY, 0, host="127.0.0.1", routes=health.routes()

@@ -89,6 +89,20 @@ def hyperplane_stream(
     return x, y
 
 
+def produce_id_samples(bootstrap: str, topic: str, count: int, seed: int) -> None:
+    """``count`` samples for the embedding example (two Zipf-drawn IDs under 500, two dense
+    features, the label the first ID's parity), produced with an independent client."""
+    rng = np.random.default_rng(seed)
+    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+    for i in range(count):
+        ids = rng.zipf(1.5, size=2) % 500
+        features = [float(ids[0]), float(ids[1]), *rng.normal(size=2).tolist()]
+        body = {"features": features, "label": int(ids[0] % 2), "timestamp": 1.7e9 + i}
+        producer.send(topic, json.dumps(body).encode())
+    producer.flush()
+    producer.close()
+
+
 def produce_json(
     bootstrap: str,
     topic: str,
