@@ -174,13 +174,14 @@ class PauseTrace:
                 if tid != self._tid and ns > self._others.get(tid, (0, 0))[0]
             }
             busiest = sorted(others.items(), key=lambda item: -item[1])[:4]
-            runq = {
+            others_runq = {
                 tid: (wait - self._others.get(tid, (0, 0))[1]) / 1e6
                 for tid, (_, wait) in after.items()
                 if tid != self._tid
             }
             waited = sorted(
-                ((tid, ms) for tid, ms in runq.items() if ms > 0.5), key=lambda item: -item[1]
+                ((tid, ms) for tid, ms in others_runq.items() if ms > 0.5),
+                key=lambda item: -item[1],
             )[:4]
         pause = Pause(
             at=at,
