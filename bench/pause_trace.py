@@ -49,9 +49,9 @@ def _names() -> dict[int, str]:
     return names
 
 
-def _all_threads() -> dict[int, int]:
-    """On-CPU ns of every thread of the process."""
-    return {int(entry.name): _schedstat(int(entry.name))[0] for entry in _TASKS.iterdir()}
+def _all_threads() -> dict[int, tuple[int, int]]:
+    """(on-CPU ns, run-queue wait ns) of every thread of the process."""
+    return {int(entry.name): _schedstat(int(entry.name)) for entry in _TASKS.iterdir()}
 
 
 def _process_cpu_ns(pid: int) -> int:
@@ -80,6 +80,9 @@ class Pause:
     minor_faults: int
     major_faults: int
     others_ms: dict[str, float] = field(default_factory=dict)  # other threads' CPU meanwhile
+    # other threads' wait for a core meanwhile (over 0.5 ms): a GIL holder that is not
+    # running blocks the training thread with no CPU used by any thread of the process
+    others_runq_ms: dict[str, float] = field(default_factory=dict)
     processes_ms: dict[str, float] = field(default_factory=dict)  # other processes' CPU
     label: str = ""  # a control window's kind (``run_queue_control``)
 
@@ -105,6 +108,9 @@ class Pause:
             others = ", ".join(f"{name} {ms:.1f}" for name, ms in self.others_ms.items())
             processes = ", ".join(f"{name} {ms:.1f}" for name, ms in self.processes_ms.items())
             line += f"; CPU ms meanwhile, other threads: {others}; processes: {processes}"
+        if self.others_runq_ms:
+            waits = ", ".join(f"{name} {ms:.1f}" for name, ms in self.others_runq_ms.items())
+            line += f"; run-queue ms meanwhile, other threads: {waits}"
         return line
 
 
@@ -127,7 +133,7 @@ class PauseTrace:
         self._schedstat = os.open(_TASKS / str(self._tid) / "schedstat", os.O_RDONLY)
         self._stat = os.open(_TASKS / str(self._tid) / "stat", os.O_RDONLY)
         self._start: tuple[float, float, int, int, int, int] | None = None
-        self._others: dict[int, int] = {}
+        self._others: dict[int, tuple[int, int]] = {}
 
     def _counters(self) -> tuple[int, int, int]:
         """(run-queue wait ns, minor faults, major faults) of the calling thread."""
@@ -153,6 +159,7 @@ class PauseTrace:
         busiest: list[tuple[int, float]] = []
         processes: dict[str, float] = {}
         names: dict[int, str] = {}
+        waited: list[tuple[int, float]] = []
         if self._with_others:
             after = _all_threads()
             processes = {
@@ -162,11 +169,20 @@ class PauseTrace:
             }
             names = _names()
             others = {
-                tid: (ns - self._others.get(tid, 0)) / 1e6
-                for tid, ns in after.items()
-                if tid != self._tid and ns > self._others.get(tid, 0)
+                tid: (ns - self._others.get(tid, (0, 0))[0]) / 1e6
+                for tid, (ns, _) in after.items()
+                if tid != self._tid and ns > self._others.get(tid, (0, 0))[0]
             }
             busiest = sorted(others.items(), key=lambda item: -item[1])[:4]
+            others_runq = {
+                tid: (wait - self._others.get(tid, (0, 0))[1]) / 1e6
+                for tid, (_, wait) in after.items()
+                if tid != self._tid
+            }
+            waited = sorted(
+                ((tid, ms) for tid, ms in others_runq.items() if ms > 0.5),
+                key=lambda item: -item[1],
+            )[:4]
         pause = Pause(
             at=at,
             stall_ms=stall_s * 1e3,
@@ -176,6 +192,7 @@ class PauseTrace:
             minor_faults=minor - minor0,
             major_faults=major - major0,
             others_ms={f"{names.get(tid, '?')}[{tid}]": ms for tid, ms in busiest},
+            others_runq_ms={f"{names.get(tid, '?')}[{tid}]": ms for tid, ms in waited},
             processes_ms={name: ms for name, ms in processes.items() if ms > 0},
             label=label,
         )

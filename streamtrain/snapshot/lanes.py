@@ -122,6 +122,9 @@ class BaseLane:
             self._write,
             name=f"snapshot-base-lane-{writer.topic}",
             batch=True,
+            # its producer made now, not at the first rotation (``SnapshotWriter.open``), on
+            # this thread: its client threads are batch threads too
+            on_start=writer.open,
         )
 
     @property

@@ -43,7 +43,10 @@ class NewestWinsWorker(Generic[T]):
     5. ``close`` lets the worker finish the pending item, then the thread exits.
 
     With ``batch`` the thread runs under ``SCHED_BATCH`` (``train/batch_policy.py``): woken
-    by an offer, it never preempts the thread that offered (the trainer's lanes).
+    by an offer, it never preempts the thread that offered (the trainer's lanes). ``on_start``
+    runs on the thread before the first item (items offered meanwhile wait for it): the base
+    lane opens its producer there, when the thread starts, not at the first base
+    (``lanes.py``).
     """
 
     def __init__(
@@ -53,8 +56,10 @@ class NewestWinsWorker(Generic[T]):
         name: str,
         on_superseded: Callable[[T], None] = lambda item: None,
         batch: bool = False,
+        on_start: Callable[[], None] | None = None,
     ) -> None:
         self._handle = handle
+        self._on_start = on_start  # run first on the thread (a failure is logged, not raised)
         self._batch = batch  # the thread under SCHED_BATCH (train/batch_policy.py)
         self._on_superseded = on_superseded
         self._cond = threading.Condition()
@@ -99,6 +104,11 @@ class NewestWinsWorker(Generic[T]):
     def _run(self) -> None:
         if self._batch:
             batch_scheduling()
+        if self._on_start is not None:
+            try:
+                self._on_start()
+            except Exception:
+                log.exception("background start of %s failed", self._thread.name)
         while True:
             with self._cond:
                 while self._pending is None and not self._closing:

@@ -98,7 +98,7 @@ class SnapshotWriter:
         # Where the chunks go: ``chunk_partition`` if the topic has it (checked with each new
         # producer), else PARTITION beside the manifest, as before the base partition.
         self.chunk_partition = chunk_partition
-        self._chunks_to = PARTITION
+        self._chunks_to: int | None = None  # decided once per producer (None: not yet)
         self._warned = False
         self._kafka = kafka
         self._producer: RecordProducer | None = None
@@ -116,7 +116,24 @@ class SnapshotWriter:
             return self._partition_zero
         return contextlib.nullcontext()
 
-    def _get_producer(self) -> RecordProducer:
+    def open(self) -> None:
+        """Create the producer now, on the calling thread, instead of at the first write; a
+        failure is logged and left to the first write. The base lane calls it when its thread
+        starts (``lanes.py``): its first write is the first base rotation, minutes into
+        training, and the client's creation there (and, the first time in a process, the
+        import of the consumer module that finds the base partition: 8 ms of imports holding
+        the GIL, ``bench/README.md``) blocked the training thread at the rotation (issue 26).
+        No network I/O with confluent-kafka: librdkafka connects in the background."""
+        try:
+            self._new_producer()
+            if self.chunk_partition != PARTITION and self._kafka.client == "confluent":
+                # the probe's consumer (``_partition_for_chunks``, at the first write: the
+                # topic may not exist yet), imported now
+                import streamtrain.kafka.confluent_consumer  # noqa: F401
+        except Exception as exc:
+            log.info("snapshot writer for topic %s not opened ahead (%s)", self.topic, exc)
+
+    def _new_producer(self) -> RecordProducer:
         if self._producer is None:
             self._producer = record_producer(
                 self._kafka,
@@ -124,8 +141,15 @@ class SnapshotWriter:
                 linger_ms=0,
                 max_request_size=self.chunk_bytes + RECORD_OVERHEAD_BYTES,
             )
-            self._chunks_to = self._partition_for_chunks()
+            self._chunks_to = None  # asked again for each new producer
         return self._producer
+
+    def _get_producer(self) -> tuple[RecordProducer, int]:
+        """The producer and the partition whole snapshots' chunks go to."""
+        producer = self._new_producer()
+        if self._chunks_to is None:
+            self._chunks_to = self._partition_for_chunks()
+        return producer, self._chunks_to
 
     def _partition_for_chunks(self) -> int:
         """``chunk_partition`` when the topic has it; otherwise PARTITION, with one warning
@@ -205,8 +229,8 @@ class SnapshotWriter:
                 f"manifest of snapshot {sid} has {len(infos)} tensors and does not fit in one "
                 f"record of {self.chunk_bytes + RECORD_OVERHEAD_BYTES} bytes: raise chunk_bytes"
             )
-        producer = self._get_producer()
-        to = self._chunks_to if request.rows is None and self.shard is None else PARTITION
+        producer, whole_to = self._get_producer()
+        to = whole_to if request.rows is None and self.shard is None else PARTITION
         digest = hashlib.sha256()
         chunks = payload.iter_chunks(self.chunk_bytes, digest)
         # The delta lane holds the lock over its whole span (a delta: one chunk and a

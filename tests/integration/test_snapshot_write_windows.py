@@ -5,6 +5,7 @@ never queues a whole model's chunks at once."""
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import pytest
@@ -18,6 +19,7 @@ from streamtrain.snapshot.publisher import SnapshotPublisher
 from streamtrain.snapshot.subscriber import SnapshotSubscriber
 from streamtrain.snapshot.writer import SnapshotWriter
 from tests.delta_fixtures import build_model, model_state, snapshot_request
+from tests.integration.snapshot_harness import wait
 
 HASH = "f" * 64
 
@@ -116,3 +118,36 @@ def test_the_delta_lane_writes_a_whole_snapshot_in_windows(
         publisher.close(10)
     assert [m.kind for m in written] == ["base"]
     _assert_windows_and_read_back(kafka, unique_name, flushes, written[0], model)
+
+
+def test_the_base_lane_opens_its_producer_when_it_starts_not_at_the_first_base(
+    kafka_bootstrap: str, unique_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The base lane's first write is the first rotation, minutes into training: its producer
+    is made when the lane's thread starts (``SnapshotWriter.open``), and that write reuses it
+    (making a client there held the GIL while training ran: issue 26)."""
+    kafka = KafkaConnection(kafka_bootstrap)
+    create_topics(kafka, [unique_name], 2)
+    made: list[str] = []
+    real_producer = writer_module.record_producer
+
+    def recording_producer(*args: Any, **kwargs: Any) -> Any:
+        made.append(threading.current_thread().name)
+        return real_producer(*args, **kwargs)
+
+    monkeypatch.setattr(writer_module, "record_producer", recording_producer)
+    publisher = SnapshotPublisher(
+        kafka=kafka, topic=unique_name, model_name="m", settings_hash=HASH, chunk_bytes=1024
+    )
+    lane = publisher._bases
+    try:
+        wait(lambda: lane._writer._producer is not None, "the base lane's producer", 30)
+        assert made == [f"snapshot-base-lane-{unique_name}"]  # the delta lane's: at its first
+        opened = lane._writer._producer
+        model = build_model(seed=3)
+        assert lane.offer(snapshot_request(model, 5, "r", None))
+        assert lane.flush(30)
+        assert lane._writer._producer is opened  # the base was written with it
+        assert made == [f"snapshot-base-lane-{unique_name}"]
+    finally:
+        publisher.close(30)

@@ -84,6 +84,45 @@ def test_a_failing_handler_does_not_stop_the_worker() -> None:
     assert worker.close(WAIT)
 
 
+def test_on_start_runs_on_the_worker_thread_before_the_first_item() -> None:
+    order: list[tuple[str, str]] = []
+    release = threading.Event()
+
+    def start() -> None:
+        order.append(("start", threading.current_thread().name))
+        assert release.wait(WAIT), "test never released the start"
+
+    worker: NewestWinsWorker[int] = NewestWinsWorker(
+        lambda item: order.append((f"item {item}", threading.current_thread().name)),
+        name="starting",
+        on_start=start,
+    )
+    worker.offer(1)  # offered while the start runs: it waits for it
+    assert not worker.flush(0.05)
+    release.set()
+    assert worker.flush(WAIT)
+    assert order == [("start", "starting"), ("item 1", "starting")]
+    assert worker.close(WAIT)
+
+
+def test_a_failing_on_start_is_logged_and_the_worker_serves_items(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    seen: list[int] = []
+
+    def start() -> None:
+        raise ConnectionError("broker down")
+
+    worker: NewestWinsWorker[int] = NewestWinsWorker(
+        seen.append, name="failing-start", on_start=start
+    )
+    worker.offer(1)
+    assert worker.flush(WAIT)
+    assert seen == [1]
+    assert "background start of failing-start failed" in caplog.text
+    assert worker.close(WAIT)
+
+
 class FakeClock:
     def __init__(self) -> None:
         self.now = 0.0
