@@ -109,3 +109,13 @@ def embedding_worker(bootstrap: str, topic: str) -> tuple[DeltaChain, ServingWor
     chain = DeltaChain(settings)
     worker = build_worker(settings)
     return chain, worker, worker.start()
+
+
+def infer_body(rows: np.ndarray) -> dict[str, object]:
+    """An Open Inference Protocol REST request body asking the served model about ``rows``."""
+    return {
+        "inputs": [
+            {"name": "input", "shape": list(rows.shape), "datatype": "FP32",
+             "data": rows.ravel().tolist()}
+        ]
+    }  # fmt: skip

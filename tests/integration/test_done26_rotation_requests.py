@@ -18,7 +18,7 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 
 from streamtrain.serve.server import ServingWorker
-from tests.integration.delta_serving import ALL_ROWS, embedding_worker, outputs_of
+from tests.integration.delta_serving import ALL_ROWS, embedding_worker, infer_body, outputs_of
 from tests.integration.snapshot_harness import wait
 
 ROTATIONS = 3
@@ -26,12 +26,7 @@ Answer = tuple[int, bytes]  # (version named, output bytes)
 
 
 def _http(url: str, rows: np.ndarray) -> Callable[[], Answer]:
-    body = {
-        "inputs": [
-            {"name": "input", "shape": list(rows.shape), "datatype": "FP32",
-             "data": rows.ravel().tolist()}
-        ]
-    }  # fmt: skip
+    body = infer_body(rows)
     session = httpx.Client(timeout=30)
 
     def ask() -> Answer:

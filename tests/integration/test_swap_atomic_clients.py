@@ -19,7 +19,7 @@ from streamtrain.kafka import create_topics
 from streamtrain.serve.server import ServingWorker
 from streamtrain.train.row_tracker import row_sparse_parameters
 from tests.delta_fixtures import build_model
-from tests.integration.delta_serving import ALL_ROWS, embedding_worker, outputs_of
+from tests.integration.delta_serving import ALL_ROWS, embedding_worker, infer_body, outputs_of
 from tests.integration.snapshot_harness import publish, serve_settings, wait
 from tests.threads import Workers
 from tests.version_fixtures import expected_value
@@ -64,12 +64,7 @@ class Clients:
 
 
 def _http(url: str, rows: np.ndarray) -> Callable[[], Answer | None]:
-    body = {
-        "inputs": [
-            {"name": "input", "shape": list(rows.shape), "datatype": "FP32",
-             "data": rows.ravel().tolist()}
-        ]
-    }  # fmt: skip
+    body = infer_body(rows)
     session = httpx.Client(timeout=30)
 
     def ask() -> Answer | None:
