@@ -68,8 +68,13 @@ def _queued_bytes(stats: list[dict[str, Any]], topic: str) -> list[int]:
     ]
 
 
-def _fetches(stats: list[dict[str, Any]]) -> int:
-    return sum(int(b.get("req", {}).get("Fetch", 0)) for b in stats[-1]["brokers"].values())
+def _fetches_and_bytes(stats: list[dict[str, Any]], topic: str) -> tuple[int, int]:
+    """Fetch requests sent and record bytes received, both from the same (last) statistics:
+    that report may predate the last fetches, so only a count and the bytes it brought, taken
+    together, can be compared."""
+    last = stats[-1]
+    fetches = sum(int(b.get("req", {}).get("Fetch", 0)) for b in last["brokers"].values())
+    return fetches, int(last["topics"][topic]["partitions"]["0"]["rxbytes"])
 
 
 def test_a_reader_queues_no_more_than_its_bounds(kafka_bootstrap: str, topic: str) -> None:
@@ -77,10 +82,14 @@ def test_a_reader_queues_no_more_than_its_bounds(kafka_bootstrap: str, topic: st
     queued = _queued_bytes(stats, topic)
     # below the bound when it fetched, plus one fetch's worth (whole records)
     assert 0 < max(queued) <= 2 * MiB + RECORD, queued
-    # 12 MiB in fetches of at most 1 MiB each, and the record that crosses it (Kafka's rule:
-    # a fetch stops after the batch that reaches its bound); the last statistics may predate
-    # the last fetch
-    assert _fetches(stats) >= COUNT * RECORD // (MiB + RECORD)
+    # Fetches of at most 1 MiB each, and the record that crosses it (Kafka's rule: a fetch
+    # stops after the batch that reaches its bound), framing included. The last statistics
+    # may predate the last fetches (CI once saw 8 of the 10), so the bytes they had brought
+    # by then are what the count is held to.
+    fetches, received = _fetches_and_bytes(stats, topic)
+    assert received >= COUNT * RECORD // 2, "the statistics saw most of the topic arrive"
+    per_fetch = MiB + RECORD + 4096  # one crossing record and the batches' framing
+    assert fetches >= -(-received // per_fetch), (fetches, received)
 
 
 def test_without_a_bound_the_client_fetches_far_ahead(kafka_bootstrap: str, topic: str) -> None:
