@@ -139,6 +139,10 @@ class SnapshotPublisher:
             # woken by each offer, right after a snapshot point: it must not take the core
             # from the training thread (train/batch_policy.py)
             batch=True,
+            # the delta lane's producer made when the thread starts, not at the first
+            # snapshot, where creating the client held the GIL 0.3-1 ms beside the
+            # training thread (``SnapshotWriter.open``; the base lane does the same)
+            on_start=self._writer.open,
         )
 
     def offer(self, request: SnapshotRequest) -> None:

@@ -118,12 +118,14 @@ class SnapshotWriter:
 
     def open(self) -> None:
         """Create the producer now, on the calling thread, instead of at the first write; a
-        failure is logged and left to the first write. The base lane calls it when its thread
-        starts (``lanes.py``): its first write is the first base rotation, minutes into
-        training, and the client's creation there (and, the first time in a process, the
-        import of the consumer module that finds the base partition: 8 ms of imports holding
-        the GIL, ``bench/README.md``) blocked the training thread at the rotation (issue 26).
-        No network I/O with confluent-kafka: librdkafka connects in the background."""
+        failure is logged and left to the first write. Both lanes call it when their threads
+        start (``lanes.py``, ``publisher.py``). The base lane's first write is the first base
+        rotation, minutes into training, and the client's creation there (and, the first time
+        in a process, the import of the consumer module that finds the base partition: 8 ms
+        of imports holding the GIL, ``bench/README.md``) blocked the training thread at the
+        rotation (issue 26); the delta lane's made its client at the first snapshot (0.3-1 ms
+        of the GIL). No network I/O with confluent-kafka: librdkafka connects in the
+        background."""
         try:
             self._new_producer()
             if self.chunk_partition != PARTITION and self._kafka.client == "confluent":

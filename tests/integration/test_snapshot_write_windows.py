@@ -120,12 +120,13 @@ def test_the_delta_lane_writes_a_whole_snapshot_in_windows(
     _assert_windows_and_read_back(kafka, unique_name, flushes, written[0], model)
 
 
-def test_the_base_lane_opens_its_producer_when_it_starts_not_at_the_first_base(
+def test_both_lanes_open_their_producers_when_they_start_not_at_the_first_snapshot(
     kafka_bootstrap: str, unique_name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The base lane's first write is the first rotation, minutes into training: its producer
-    is made when the lane's thread starts (``SnapshotWriter.open``), and that write reuses it
-    (making a client there held the GIL while training ran: issue 26)."""
+    """The base lane's first write is the first rotation, minutes into training, and the delta
+    lane's the first snapshot: each lane's producer is made when its thread starts
+    (``SnapshotWriter.open``), and the first writes reuse them (making a client there held
+    the GIL while training ran: issue 26)."""
     kafka = KafkaConnection(kafka_bootstrap)
     create_topics(kafka, [unique_name], 2)
     made: list[str] = []
@@ -140,14 +141,20 @@ def test_the_base_lane_opens_its_producer_when_it_starts_not_at_the_first_base(
         kafka=kafka, topic=unique_name, model_name="m", settings_hash=HASH, chunk_bytes=1024
     )
     lane = publisher._bases
+    lanes = sorted([f"snapshot-base-lane-{unique_name}", f"snapshot-publisher-{unique_name}"])
     try:
         wait(lambda: lane._writer._producer is not None, "the base lane's producer", 30)
-        assert made == [f"snapshot-base-lane-{unique_name}"]  # the delta lane's: at its first
-        opened = lane._writer._producer
+        wait(lambda: publisher._writer._producer is not None, "the delta lane's producer", 30)
+        assert sorted(made) == lanes  # one each, on its own thread, before any snapshot
+        opened = (lane._writer._producer, publisher._writer._producer)
         model = build_model(seed=3)
         assert lane.offer(snapshot_request(model, 5, "r", None))
         assert lane.flush(30)
-        assert lane._writer._producer is opened  # the base was written with it
-        assert made == [f"snapshot-base-lane-{unique_name}"]
+        publisher.offer(snapshot_request(model, 6, "r", None))
+        assert publisher.flush(30)
+        assert publisher.backlog() == "none", "the delta lane's snapshot was written"
+        # both were written with the producers made at start
+        assert (lane._writer._producer, publisher._writer._producer) == opened
+        assert sorted(made) == lanes
     finally:
         publisher.close(30)
