@@ -14,6 +14,7 @@ import httpx
 
 from streamtrain.broker import free_port
 from streamtrain.demo.demo_process import DemoProcess, alive, processes_mentioning
+from tests.integration.process_output import REQUEST_S
 
 DURATION = 15
 
@@ -25,7 +26,7 @@ def _post_until_served(argv: list[str], timeout: float) -> dict[str, object]:
     headers = {"Content-Type": "application/json"}
     deadline = time.monotonic() + timeout
     while True:
-        response = httpx.post(url, content=body, headers=headers, timeout=5)
+        response = httpx.post(url, content=body, headers=headers, timeout=REQUEST_S)
         if response.status_code == 200:
             doc: dict[str, object] = response.json()
             return doc

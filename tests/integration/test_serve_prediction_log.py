@@ -22,6 +22,7 @@ from streamtrain.sample.spec import spec_for_model
 from streamtrain.serve.server import ServingWorker
 from streamtrain.wire import decode_binary
 from streamtrain.wire.prediction_record import PREDICTION_CONTENT_TYPE, decode_prediction
+from tests.integration.process_output import REQUEST_S
 from tests.integration.snapshot_harness import MODEL, prediction_log, publish, wait
 from tests.threads import Workers
 
@@ -82,7 +83,7 @@ Scrape = dict[tuple[str, str], float]
 
 def _metrics(url: str) -> Scrape:
     """The prediction log's samples from the real /metrics: (name, reason) -> value."""
-    text = httpx.get(f"{url}/metrics", timeout=10).text
+    text = httpx.get(f"{url}/metrics", timeout=REQUEST_S).text
     values: Scrape = {}
     for family in text_string_to_metric_families(text):
         if family.name.startswith("streamtrain_serve_prediction_log"):

@@ -25,6 +25,7 @@ from streamtrain.kafka import create_topics
 from streamtrain.sample.sparse_torch import JaggedTensor
 from streamtrain.sample.spec import SampleSpec
 from streamtrain.train.models import build_model
+from tests.integration.process_output import REQUEST_S
 
 FEATURES = 16
 
@@ -289,7 +290,7 @@ def checkpoint_meta(root: Path) -> dict[str, object]:
 
 def scrape(url: str) -> dict[str, float]:
     """Samples of a real /metrics endpoint as {'name{labels}': value}."""
-    with urllib.request.urlopen(url, timeout=5) as response:
+    with urllib.request.urlopen(url, timeout=REQUEST_S) as response:
         text = response.read().decode()
     values: dict[str, float] = {}
     for line in text.splitlines():
