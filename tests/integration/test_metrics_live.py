@@ -89,7 +89,9 @@ def _check_catalogue(result: Scrape, registry: str, touched: tuple[str, ...]) ->
 def test_live_metrics_cover_the_catalogue_and_counters_move(tmp_path: Path) -> None:
     args = ["--port", str(free_port()), "--run-dir", str(tmp_path / "run"), "--rate", "1000"]
     with DemoProcess(args) as demo:
-        demo.wait_for(r"first snapshot live", timeout=90)
+        # A hang's bound (the demo runs until stopped): at load 27 one run's trainer had
+        # learned nothing 8 s after the producer started, and 90 s passed without a snapshot.
+        demo.wait_for(r"first snapshot live", timeout=AWAIT_S)
         text = demo.output
         trainer_url = re.search(r"trainer metrics: (\S+)", text).group(1)  # type: ignore[union-attr]
         server_url = re.search(r"server metrics: +(\S+)", text).group(1)  # type: ignore[union-attr]
