@@ -14,7 +14,7 @@ import httpx
 
 from streamtrain.broker import free_port
 from streamtrain.demo.demo_process import DemoProcess, alive, processes_mentioning
-from tests.integration.process_output import REQUEST_S
+from tests.integration.process_output import AWAIT_S, REQUEST_S
 
 DURATION = 15
 
@@ -39,7 +39,9 @@ def test_demo_learns_serves_and_leaves_no_process(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     args = ["--duration", str(DURATION), "--port", str(free_port()), "--run-dir", str(run_dir)]
     with DemoProcess(args) as demo:
-        curl = demo.wait_for(r"^curl -s -X POST .*", timeout=90).group(0)
+        # Above the demo's own start-up bound (its children answer within 120 s, after its
+        # broker's start): at load 27 a start-up took most of 90 s.
+        curl = demo.wait_for(r"^curl -s -X POST .*", timeout=AWAIT_S).group(0)
         argv = shlex.split(curl)
         doc = _post_until_served(argv, timeout=30)
         outputs = {o["name"]: o for o in doc["outputs"]}  # type: ignore[attr-defined]

@@ -12,6 +12,7 @@ from pathlib import Path
 from streamtrain.broker import free_port
 from streamtrain.demo.demo_process import DemoProcess, alive, processes_mentioning
 from streamtrain.demo.scrape import Scrape, ScrapeError, scrape
+from tests.integration.process_output import AWAIT_S
 
 DURATION = 25
 JOINED = "streamtrain_join_emitted_samples_total"
@@ -29,7 +30,9 @@ def test_delayed_labels_demo_joins_trains_and_swaps(tmp_path: Path) -> None:
     args = ["--labels", "delayed", "--duration", str(DURATION)]
     args += ["--port", str(free_port()), "--run-dir", str(run_dir)]
     with DemoProcess(args) as demo:
-        join_url = demo.wait_for(r"^join metrics: +(\S+)", timeout=120).group(1)
+        # Above the demo's own start-up bound (its children answer within 120 s, after its
+        # broker's start): that bound, not this wait, is what a slow start-up must fail.
+        join_url = demo.wait_for(r"^join metrics: +(\S+)", timeout=AWAIT_S).group(1)
         server_url = demo.wait_for(r"^server metrics: +(\S+)", timeout=5).group(1)
         # Real progress, read from the processes' own /metrics while the demo runs: samples
         # joined, then a served version newer than the one live when joining had started.

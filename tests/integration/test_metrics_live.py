@@ -89,8 +89,9 @@ def _check_catalogue(result: Scrape, registry: str, touched: tuple[str, ...]) ->
 def test_live_metrics_cover_the_catalogue_and_counters_move(tmp_path: Path) -> None:
     args = ["--port", str(free_port()), "--run-dir", str(tmp_path / "run"), "--rate", "1000"]
     with DemoProcess(args) as demo:
-        # A hang's bound (the demo runs until stopped): at load 27 one run's trainer had
-        # learned nothing 8 s after the producer started, and 90 s passed without a snapshot.
+        # A hang's bound (the demo runs until stopped), above the demo's own start-up bound
+        # (120 s): at load 27, 90 s covered two runs' start-up and their first 8-12 s, in which
+        # the trainer had learned nothing yet.
         demo.wait_for(r"first snapshot live", timeout=AWAIT_S)
         text = demo.output
         trainer_url = re.search(r"trainer metrics: (\S+)", text).group(1)  # type: ignore[union-attr]
