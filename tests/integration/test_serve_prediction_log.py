@@ -58,7 +58,12 @@ def worker(settings: Settings) -> Iterator[ServingWorker]:
     serving.start()
     publish(settings, 5)
     try:
-        wait(lambda: httpx.get(f"{serving.url}/v2/health/ready").status_code == 200, "ready")
+        wait(
+            lambda: (
+                httpx.get(f"{serving.url}/v2/health/ready", timeout=REQUEST_S).status_code == 200
+            ),
+            "ready",
+        )
         yield serving
     finally:
         serving.stop()
@@ -214,7 +219,12 @@ def test_a_broker_gone_costs_no_request_and_the_drops_are_counted(unique_name: s
         worker.start()
         try:
             publish(settings, 5)
-            wait(lambda: httpx.get(f"{worker.url}/v2/health/ready").status_code == 200, "ready")
+            wait(
+                lambda: (
+                    httpx.get(f"{worker.url}/v2/health/ready", timeout=REQUEST_S).status_code == 200
+                ),
+                "ready",
+            )
             before = _metrics(worker.url)
             assert _infer(worker.url, np.ones((1, 4), np.float32), "before").status_code == 200
             wait(lambda: _since(worker.url, before)[LOGGED, ""] == 1, "the first record logged")

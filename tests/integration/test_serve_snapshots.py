@@ -145,10 +145,13 @@ def test_server_follows_snapshots_and_refuses_bad_ones(
     worker: ServingWorker = build_worker(settings)
     url = worker.start()
     try:
-        assert httpx.get(f"{url}/v2/health/live").status_code == 200
-        assert httpx.get(f"{url}/v2/health/ready").status_code == 503
+        assert httpx.get(f"{url}/v2/health/live", timeout=REQUEST_S).status_code == 200
+        assert httpx.get(f"{url}/v2/health/ready", timeout=REQUEST_S).status_code == 503
         good = writer(5)
-        _wait(lambda: httpx.get(f"{url}/v2/health/ready").status_code == 200, "ready")
+        _wait(
+            lambda: httpx.get(f"{url}/v2/health/ready", timeout=REQUEST_S).status_code == 200,
+            "ready",
+        )
         version, value = _infer(url)
         assert version == "5" and value == pytest.approx(expected_value(5, [1.0] * 4), rel=1e-5)
 
@@ -168,7 +171,7 @@ def test_server_follows_snapshots_and_refuses_bad_ones(
         assert rejected("config_mismatch") == 1
         assert rejected("checksum") == 1
         assert _infer(url)[1] == pytest.approx(expected_value(7, [1.0] * 4), rel=1e-5)
-        metrics = httpx.get(f"{url}/metrics/").text
+        metrics = httpx.get(f"{url}/metrics/", timeout=REQUEST_S).text
         assert "streamtrain_serve_model_version 7.0" in metrics
     finally:
         worker.stop()
@@ -177,8 +180,11 @@ def test_server_follows_snapshots_and_refuses_bad_ones(
     again = build_worker(settings)
     url = again.start()
     try:
-        _wait(lambda: httpx.get(f"{url}/v2/health/ready").status_code == 200, "ready again")
-        assert httpx.get(f"{url}/v2/models/m").json()["versions"] == ["7"]
+        _wait(
+            lambda: httpx.get(f"{url}/v2/health/ready", timeout=REQUEST_S).status_code == 200,
+            "ready again",
+        )
+        assert httpx.get(f"{url}/v2/models/m", timeout=REQUEST_S).json()["versions"] == ["7"]
         assert _infer(url)[0] == "7"
     finally:
         again.stop()
