@@ -25,6 +25,7 @@ from streamtrain.snapshot.subscriber import ReceivedSnapshot, SnapshotSubscriber
 from streamtrain.snapshot.versions import newest_version
 from streamtrain.train.models import build_model
 from streamtrain.train.task import TaskHead
+from tests.integration.process_output import AWAIT_S
 from tests.integration.snapshot_harness import wait
 from tests.integration.trainer_harness import (
     FEATURES,
@@ -110,7 +111,7 @@ def test_swaps_under_load_and_no_torn_answer(
         wait(
             lambda: clients.failed or any(v == str(last) for v, _ in answers[-100:]),
             f"an answer from the last published version {last}",
-            timeout_s=60,
+            timeout_s=AWAIT_S,  # a hang's bound
         )
         swaps = scrape(worker.metrics_url, 60.0).total("streamtrain_serve_swaps_total")
     finally:
