@@ -22,7 +22,7 @@ from streamtrain.train.hooks import SnapshotRequest
 from streamtrain.train.row_tracker import RowTracker
 from streamtrain.train.snapshot_copy import SnapshotCopier
 from streamtrain.train.weights import copy_weights, take_snapshot
-from tests.integration.trainer_harness import pipeline_settings
+from tests.integration.trainer_harness import pipeline_settings, stop_on_the_last
 from tests.module_files import load_file
 
 SPEC = SampleSpec(feature_shape=(4,), task="regression")
@@ -83,11 +83,13 @@ def one_base_then_deltas(
     batch_size: int,
     optimizer: dict[str, Any],
     snapshot_every_steps: int,
+    samples: int,
 ) -> Settings:
     """Settings of a trainer of a binary ``model`` on 4 dense features (plus what ``model``
     says) in batches of ``batch_size``, that publishes one base and then only deltas (a
-    snapshot every ``snapshot_every_steps`` steps) and stops when idle for 2 s, and of a server
-    (model ``m``) following them; topics of their own (:func:`pipeline_settings`)."""
+    snapshot every ``snapshot_every_steps`` steps) and stops on the stream's last sample (of
+    ``samples``; :func:`stop_on_the_last`), and of a server (model ``m``) following them;
+    topics of their own (:func:`pipeline_settings`)."""
     return pipeline_settings(
         bootstrap,
         name,
@@ -99,8 +101,8 @@ def one_base_then_deltas(
             "snapshot_every_steps": snapshot_every_steps,
             "snapshot_every_seconds": 0.05,
             "base_every_deltas": 1000,
-            "stop_when_idle": 2.0,
             "torch_threads": 1,
+            **stop_on_the_last(samples),
         },
         serve={"port": 0, "model_name": "m", "retain_versions": 1},
         create=("samples", "dlq", "snapshots"),

@@ -51,6 +51,11 @@ class ProcessOutput:
 # ~1.5x slower and more loaded (a CLI start-up took 13 s there). A deadline only reports a
 # hang, so it is wide; a test that bounds a behaviour's time measures it itself.
 AWAIT_S = 240.0
+# The deadline of one request to a process under test (an HTTP GET or POST, a scrape) made
+# inside a condition wait or between its steps: a hang's bound only. A timed-out request raises
+# out of the wait and fails the test; a niced server on a loaded machine can be off the CPU for
+# seconds (5 s was the usual deadline).
+REQUEST_S = 60.0
 
 
 def await_condition(condition: Callable[[], bool], what: str, timeout: float = AWAIT_S) -> float:

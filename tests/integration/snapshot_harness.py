@@ -26,6 +26,7 @@ from streamtrain.snapshot.payload import encode_state, sha256_hex
 from streamtrain.snapshot.signing import ManifestSigner
 from streamtrain.snapshot.writer import SnapshotWriter
 from streamtrain.train.models import build_model
+from tests.integration.process_output import REQUEST_S
 from tests.version_fixtures import version_weights
 
 # Without the standardiser: test snapshots fill every tensor with the version number.
@@ -221,13 +222,13 @@ def prediction_log(
 
 
 def ready(url: str) -> bool:
-    return httpx.get(f"{url}/v2/health/ready", timeout=5).status_code == 200
+    return httpx.get(f"{url}/v2/health/ready", timeout=REQUEST_S).status_code == 200
 
 
 def served_version(url: str) -> str | None:
     """The version an inference answers with; None while not ready."""
     body = {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": ROW}]}
-    response = httpx.post(f"{url}/v2/models/m/infer", json=body, timeout=5)
+    response = httpx.post(f"{url}/v2/models/m/infer", json=body, timeout=REQUEST_S)
     if response.status_code == 503:
         return None
     response.raise_for_status()
@@ -235,7 +236,7 @@ def served_version(url: str) -> str | None:
 
 
 def rejections(url: str) -> dict[str, float]:
-    text = httpx.get(f"{url}/metrics", timeout=5, follow_redirects=True).text
+    text = httpx.get(f"{url}/metrics", timeout=REQUEST_S, follow_redirects=True).text
     counts: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
         if family.name == "streamtrain_serve_rejected_snapshots":

@@ -37,6 +37,12 @@ BODY = {
 }
 
 
+# A request's deadline: a hang's bound only. The server runs niced beside the suite while it
+# loads a 1.1 MB snapshot every step; a client that timed out would end its thread, and the
+# test would then wait out a condition on versions it no longer asks for.
+HTTP_S = 60.0
+
+
 class Client:
     """Asks the server on a thread until stopped; keeps each answer's status and version."""
 
@@ -47,7 +53,7 @@ class Client:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
-        with httpx.Client(timeout=10) as client:
+        with httpx.Client(timeout=HTTP_S) as client:
             while not self._stop.is_set():
                 response = client.post(self.url, json=BODY)
                 version = response.json().get("model_version") if response.is_success else None
@@ -64,7 +70,7 @@ class Client:
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
-        self._thread.join(15)
+        self._thread.join(HTTP_S + 15)
 
 
 def test_kill_9_while_publishing_then_restart_keeps_answers_and_versions_moving_up(
@@ -88,7 +94,7 @@ def test_kill_9_while_publishing_then_restart_keeps_answers_and_versions_moving_
         infer = await_output(served, r"infer: +POST +(\S+)")
         with running_cli(["train"], env) as (first, trained):
             await_condition(
-                lambda: httpx.post(infer, json=BODY, timeout=5).status_code == 200,
+                lambda: httpx.post(infer, json=BODY, timeout=HTTP_S).status_code == 200,
                 "the server's first snapshot",
                 timeout=120,
             )

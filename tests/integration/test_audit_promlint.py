@@ -26,7 +26,7 @@ from tests.integration.join_harness import (
     produce_predictions,
     wait_for_records,
 )
-from tests.integration.process_output import ProcessOutput, await_condition
+from tests.integration.process_output import REQUEST_S, ProcessOutput, await_condition
 from tests.integration.trainer_harness import (
     FEATURES,
     hyperplane_stream,
@@ -37,7 +37,7 @@ from tests.promlint import lint
 
 
 def _text(url: str) -> str:
-    with urllib.request.urlopen(url, timeout=5) as response:
+    with urllib.request.urlopen(url, timeout=REQUEST_S) as response:
         return str(response.read().decode())
 
 
@@ -59,12 +59,14 @@ def _check(process: str, before: str, after: str) -> None:
 
 
 def _infer(base: str, body: object) -> int:
-    return httpx.post(f"{base}/v2/models/streamtrain/infer", json=body, timeout=10).status_code
+    return httpx.post(
+        f"{base}/v2/models/streamtrain/infer", json=body, timeout=REQUEST_S
+    ).status_code
 
 
 def _server_traffic(base: str, output: ProcessOutput) -> None:
     await_condition(
-        lambda: httpx.get(f"{base}/v2/health/ready", timeout=5).status_code == 200,
+        lambda: httpx.get(f"{base}/v2/health/ready", timeout=REQUEST_S).status_code == 200,
         "the server's first snapshot",
         timeout=120,
     )
@@ -73,7 +75,7 @@ def _server_traffic(base: str, output: ProcessOutput) -> None:
     assert _infer(base, good) == 200, output.text()
     bad = {"inputs": [{"name": "input", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}]}
     assert _infer(base, bad) == 400
-    assert httpx.get(f"{base}/v2/models/nope", timeout=5).status_code == 404
+    assert httpx.get(f"{base}/v2/models/nope", timeout=REQUEST_S).status_code == 404
 
 
 def test_trainer_and_server_metrics_pass_promtool_before_and_after_traffic(

@@ -7,6 +7,7 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from streamtrain.broker import BrokerUnavailable, EmbeddedBroker, find_broker_binary
+from tests.integration.process_output import REQUEST_S
 
 
 def test_embedded_broker_round_trip_and_stops() -> None:
@@ -15,7 +16,7 @@ def test_embedded_broker_round_trip_and_stops() -> None:
         assert pid is not None
         broker.create_topics(["roundtrip"], partitions=2)
         producer = KafkaProducer(bootstrap_servers=broker.bootstrap_servers)
-        producer.send("roundtrip", b"hello", partition=1).get(timeout=10)
+        producer.send("roundtrip", b"hello", partition=1).get(timeout=REQUEST_S)
         producer.close()
         consumer = KafkaConsumer(bootstrap_servers=broker.bootstrap_servers)
         tp = TopicPartition("roundtrip", 1)

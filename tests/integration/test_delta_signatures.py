@@ -15,6 +15,7 @@ from streamtrain.builders.server import build_worker
 from streamtrain.kafka import create_topics
 from streamtrain.snapshot.signing import ManifestSigner, generate_key_pair
 from tests.integration.delta_serving import EMBEDDING_MODEL, DeltaChain, outputs_of
+from tests.integration.process_output import REQUEST_S
 from tests.integration.snapshot_harness import rejections, serve_settings, wait
 
 # The servers' snapshot reader and the delta writer follow the client library under test.
@@ -38,7 +39,7 @@ def served(url: str) -> tuple[str, np.ndarray] | None:
              "data": ROWS.ravel().tolist()}
         ]
     }  # fmt: skip
-    response = httpx.post(f"{url}/v2/models/m/infer", json=body, timeout=10)
+    response = httpx.post(f"{url}/v2/models/m/infer", json=body, timeout=REQUEST_S)
     if response.status_code == 503:
         return None
     response.raise_for_status()

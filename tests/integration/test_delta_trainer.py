@@ -11,7 +11,7 @@ from streamtrain.builders.server import build_worker
 from streamtrain.builders.trainer import build_trainer
 from tests.delta_fixtures import FACTORY, model_state, newest_after_one_base, one_base_then_deltas
 from tests.integration.snapshot_harness import wait
-from tests.integration.trainer_harness import produce_id_samples
+from tests.integration.trainer_harness import produce_id_samples, read_to_the_end
 
 SAMPLES = 600  # produced, all valid: each is learned exactly once
 
@@ -28,6 +28,7 @@ def test_trainer_deltas_reach_the_server_bit_for_bit(
         batch_size=8,
         optimizer={"name": "sgd", "lr": 0.05},
         snapshot_every_steps=3,
+        samples=SAMPLES,
     )
     produce_id_samples(kafka_bootstrap, f"{name}-samples", SAMPLES, seed=3)
 
@@ -37,6 +38,7 @@ def test_trainer_deltas_reach_the_server_bit_for_bit(
         trainer = build_trainer(settings)
         summary = trainer.run()
         assert summary.samples_seen == SAMPLES, "every produced sample was learned"
+        read_to_the_end(tmp_path, SAMPLES)
         expected = model_state(trainer._learner.model)
         # One base on start, then deltas: the server's final weights come from applied deltas.
         newest = newest_after_one_base(settings)

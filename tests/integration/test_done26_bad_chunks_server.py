@@ -20,6 +20,7 @@ from streamtrain.kafka import create_topics
 from streamtrain.snapshot.manifest import settings_hash
 from tests.delta_fixtures import build_model, model_state
 from tests.integration.delta_serving import EMBEDDING_MODEL, outputs_of
+from tests.integration.process_output import REQUEST_S
 from tests.integration.snapshot_harness import serve_settings, wait
 from tests.integration.test_snapshot_streamed_load import _publish_by_hand
 from tests.integration.trainer_harness import scrape
@@ -105,7 +106,7 @@ def test_bad_chunks_leave_the_old_version_answering_on_a_real_server(
         wait(refused, "the three bad bases refused, by reason, on /metrics")
         seen = len(client.answers)
         wait(lambda: client is not None and len(client.answers) > seen, "answers after them")
-        assert httpx.get(f"{url}/v2/health/ready", timeout=10).status_code == 200
+        assert httpx.get(f"{url}/v2/health/ready", timeout=REQUEST_S).status_code == 200
         assert worker.slot.info is not None and worker.slot.info.version == 1
         while_bad = list(client.answers)
         publish(5, "reordered")

@@ -14,7 +14,13 @@ from streamtrain.kafka import KafkaConnection
 from streamtrain.snapshot.manifest import settings_hash
 from streamtrain.snapshot.subscriber import SnapshotSubscriber
 from tests.delta_fixtures import FACTORY
-from tests.integration.trainer_harness import pipeline_settings, produce_id_samples, scrape
+from tests.integration.trainer_harness import (
+    pipeline_settings,
+    produce_id_samples,
+    read_to_the_end,
+    scrape,
+    stop_on_the_last,
+)
 
 SAMPLES = 600
 STALL = "streamtrain_snapshot_stall_seconds"
@@ -39,7 +45,7 @@ def test_every_published_snapshot_has_its_stall_on_the_trainers_metrics(
             "snapshot_every_steps": 3,
             "snapshot_every_seconds": 0.05,
             "base_every_deltas": 4,  # scheduled bases (the base lane) between the deltas
-            "stop_when_idle": 2.0,
+            **stop_on_the_last(SAMPLES),
             "torch_threads": 1,
         },
         create=("samples", "dlq", "snapshots"),
@@ -52,11 +58,12 @@ def test_every_published_snapshot_has_its_stall_on_the_trainers_metrics(
     url = f"http://127.0.0.1:{server.server_port}/metrics"
     try:
         before = scrape(url)  # this process's registry: earlier tests counted into it too
-        summary = build_trainer(settings).run()  # returns once idle 2 s, publisher closed
+        summary = build_trainer(settings).run()  # returns on the last sample, publisher closed
         after = scrape(url)
     finally:
         server.shutdown()
     assert summary.samples_seen == SAMPLES
+    read_to_the_end(tmp_path, SAMPLES)
 
     def moved(name: str) -> float:
         return after.get(name, 0.0) - before.get(name, 0.0)

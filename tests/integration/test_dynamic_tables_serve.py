@@ -30,6 +30,7 @@ from tests.delta_fixtures import (
 )
 from tests.integration.snapshot_harness import wait
 from tests.integration.test_dynamic_tables_trainer import PARAMS, ctr_samples
+from tests.integration.trainer_harness import read_to_the_end
 from tests.unit.test_dynamic_tables import PARAMS as SMALL_PARAMS
 from tests.unit.test_dynamic_tables import _batches, _learner
 
@@ -56,6 +57,7 @@ def test_following_and_late_servers_end_on_the_trainers_mapping(
         batch_size=32,
         optimizer={"name": "adagrad", "lr": 0.05},
         snapshot_every_steps=5,
+        samples=SAMPLES,
     )
     producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, linger_ms=5)
     for sample in ctr_samples()[:SAMPLES]:
@@ -70,6 +72,7 @@ def test_following_and_late_servers_end_on_the_trainers_mapping(
         trainer = build_trainer(settings)
         summary = trainer.run()
         assert summary.samples_seen == SAMPLES, "every produced sample was learned"
+        read_to_the_end(tmp_path, SAMPLES)
         expected = model_state(trainer._learner.model)
         assert int(expected["embeddings.mappings.t_items.step"]) == summary.steps
         newest = newest_after_one_base(settings)

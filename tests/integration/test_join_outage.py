@@ -39,7 +39,7 @@ from tests.integration.join_harness import (
     stop_join,
     wait_for_records,
 )
-from tests.integration.process_output import ProcessOutput, await_condition
+from tests.integration.process_output import REQUEST_S, ProcessOutput, await_condition
 from tests.integration.tcp_cut import TcpCut
 from tests.integration.trainer_harness import scrape
 
@@ -51,7 +51,7 @@ RESETS = "streamtrain_join_log_resets_total"
 
 def _status(url: str) -> int:
     try:
-        with urllib.request.urlopen(url, timeout=5) as response:
+        with urllib.request.urlopen(url, timeout=REQUEST_S) as response:
             return int(response.status)
     except urllib.error.HTTPError as exc:
         return int(exc.code)

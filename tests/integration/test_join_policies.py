@@ -12,6 +12,7 @@ import pytest
 
 from streamtrain.kafka import KafkaConnection, record_producer
 from tests.integration.join_harness import HEAD, JoinCase, by_id, join_metric, joining, metrics_url
+from tests.integration.process_output import REQUEST_S
 from tests.integration.trainer_harness import scrape
 
 JOINED = [f"j-{i}" for i in range(5)]
@@ -51,7 +52,9 @@ def test_expiry_policy_and_dead_letter_reasons(
         case.labels({rid: 0 for rid in JOINED})
         dead = case.dead_letters(at_least=15, timeout=60)
         metrics = scrape(url)
-        with urllib.request.urlopen(url.replace("/metrics", "/health/ready"), timeout=5) as ok:
+        with urllib.request.urlopen(
+            url.replace("/metrics", "/health/ready"), timeout=REQUEST_S
+        ) as ok:
             assert ok.status == 200
 
     reasons = {

@@ -35,6 +35,7 @@ from tests.integration.join_harness import (
     stop_join,
     wait_all_joined,
 )
+from tests.integration.process_output import REQUEST_S
 from tests.integration.snapshot_harness import publish, wait
 from tests.integration.trainer_harness import scrape
 
@@ -69,7 +70,10 @@ def _serve_and_log(settings: Settings) -> dict[str, np.ndarray]:
     try:
         before = _log_counts(url)  # the process's counters: other servers may have added
         publish(settings, 1)
-        wait(lambda: httpx.get(f"{url}/v2/health/ready", timeout=5).status_code == 200, "ready")
+        wait(
+            lambda: httpx.get(f"{url}/v2/health/ready", timeout=REQUEST_S).status_code == 200,
+            "ready",
+        )
         with httpx.Client(timeout=30) as client:
             for r in range(REQUESTS):
                 rows = rng.normal(size=(ROWS, FEATURES)).astype(np.float32)

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from streamtrain.broker import EmbeddedBroker
-from tests.integration.process_output import ProcessOutput, await_condition
+from tests.integration.process_output import REQUEST_S, ProcessOutput, await_condition
 from tests.integration.trainer_harness import (
     hyperplane_stream,
     produce_json,
@@ -55,7 +55,9 @@ class RunningTrainer:
 
     def ready_status(self) -> int:
         try:
-            with urllib.request.urlopen(f"{self.base_url}/health/ready", timeout=5) as response:
+            with urllib.request.urlopen(
+                f"{self.base_url}/health/ready", timeout=REQUEST_S
+            ) as response:
                 return int(response.status)
         except urllib.error.HTTPError as exc:
             return int(exc.code)

@@ -30,7 +30,7 @@ from streamtrain.train.promotion_gate import HoldReason
 from streamtrain.wire.rejects import REASONS
 from tests.integration.cli_process import await_output, running_cli
 from tests.integration.join_harness import join_env, new_topics
-from tests.integration.process_output import await_condition
+from tests.integration.process_output import REQUEST_S, await_condition
 from tests.integration.trainer_harness import trainer_env
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -41,7 +41,7 @@ Sample = tuple[str, dict[str, str], float]
 
 
 def _samples(url: str) -> list[Sample]:
-    with urllib.request.urlopen(url, timeout=5) as response:
+    with urllib.request.urlopen(url, timeout=REQUEST_S) as response:
         text = response.read().decode()
     return [
         (s.name, dict(s.labels), s.value)

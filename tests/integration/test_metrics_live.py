@@ -18,6 +18,7 @@ from streamtrain.config import TopicSettings
 from streamtrain.demo.demo_process import DemoProcess, alive
 from streamtrain.demo.plan import infer_body
 from streamtrain.demo.scrape import Scrape, scrape
+from tests.integration.process_output import AWAIT_S
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "metrics.md"
 TRAINER_MOVERS = ("streamtrain_train_optimizer_updates_total", "streamtrain_train_samples_total")
@@ -53,6 +54,11 @@ def _catalogue(registry: str) -> dict[str, bool]:
     return catalogue
 
 
+# A request's deadline against the demo's processes: a hang's bound only. They run niced
+# beside the suite on two cores, and scrape()'s default (2 s) is a Prometheus-like budget.
+HTTP_S = 60.0
+
+
 def _moved(before: Scrape, after: Scrape, names: tuple[str, ...]) -> bool:
     return all(after.total(n) > before.total(n) for n in names)
 
@@ -60,7 +66,7 @@ def _moved(before: Scrape, after: Scrape, names: tuple[str, ...]) -> bool:
 def _scrape_until(url: str, done: object, timeout: float) -> Scrape:
     deadline = time.monotonic() + timeout
     while True:
-        result = scrape(url)
+        result = scrape(url, HTTP_S)
         if done(result):  # type: ignore[operator]
             return result
         assert time.monotonic() < deadline, f"{url} did not get there in {timeout} s"
@@ -83,18 +89,21 @@ def _check_catalogue(result: Scrape, registry: str, touched: tuple[str, ...]) ->
 def test_live_metrics_cover_the_catalogue_and_counters_move(tmp_path: Path) -> None:
     args = ["--port", str(free_port()), "--run-dir", str(tmp_path / "run"), "--rate", "1000"]
     with DemoProcess(args) as demo:
-        demo.wait_for(r"first snapshot live", timeout=90)
+        # A hang's bound (the demo runs until stopped), above the demo's own start-up bound
+        # (120 s): at load 27, 90 s covered two runs' start-up and their first 8-12 s, in which
+        # the trainer had learned nothing yet.
+        demo.wait_for(r"first snapshot live", timeout=AWAIT_S)
         text = demo.output
         trainer_url = re.search(r"trainer metrics: (\S+)", text).group(1)  # type: ignore[union-attr]
         server_url = re.search(r"server metrics: +(\S+)", text).group(1)  # type: ignore[union-attr]
         infer_url = re.search(r"infer endpoint: +POST (\S+)", text).group(1)  # type: ignore[union-attr]
         bootstrap = re.search(r"^broker: (\S+) \(pid", text, re.M).group(1)  # type: ignore[union-attr]
 
-        trainer_first, server_first = scrape(trainer_url), scrape(server_url)
+        trainer_first, server_first = scrape(trainer_url, HTTP_S), scrape(server_url, HTTP_S)
         producer = KafkaProducer(bootstrap_servers=bootstrap)
-        producer.send(TopicSettings().samples, b"this is not a sample").get(timeout=10)
+        producer.send(TopicSettings().samples, b"this is not a sample").get(timeout=HTTP_S)
         producer.close()
-        response = httpx.post(infer_url, json=infer_body([0.0] * 16, (16,)), timeout=5)
+        response = httpx.post(infer_url, json=infer_body([0.0] * 16, (16,)), timeout=HTTP_S)
         assert response.status_code == 200, response.text
 
         trainer_second = _scrape_until(
@@ -103,10 +112,10 @@ def test_live_metrics_cover_the_catalogue_and_counters_move(tmp_path: Path) -> N
                 s.total("streamtrain_ingest_rejected_records_total") >= 1
                 and _moved(trainer_first, s, TRAINER_MOVERS)
             ),
-            timeout=30,
+            timeout=AWAIT_S,
         )
         server_second = _scrape_until(
-            server_url, lambda s: _moved(server_first, s, SERVER_MOVERS), timeout=30
+            server_url, lambda s: _moved(server_first, s, SERVER_MOVERS), timeout=AWAIT_S
         )
         assert (
             trainer_second.value("streamtrain_ingest_rejected_records_total", reason="undecodable")

@@ -35,6 +35,7 @@ from tests.integration.join_harness import (
     metrics_url,
     read_topic,
 )
+from tests.integration.process_output import REQUEST_S
 from tests.integration.snapshot_harness import prediction_log, publish, wait
 from tests.integration.test_serve_prediction_log import _infer, _settings
 
@@ -57,7 +58,12 @@ def served(
     worker.start()
     publish(settings, 5)
     try:
-        wait(lambda: httpx.get(f"{worker.url}/v2/health/ready").status_code == 200, "ready")
+        wait(
+            lambda: (
+                httpx.get(f"{worker.url}/v2/health/ready", timeout=REQUEST_S).status_code == 200
+            ),
+            "ready",
+        )
         yield settings, worker
     finally:
         worker.stop()

@@ -12,6 +12,7 @@ import pytest
 from streamtrain.builders.server import build_worker
 from streamtrain.kafka import create_topics
 from streamtrain.snapshot.signing import ManifestSigner, generate_key_pair
+from tests.integration.process_output import REQUEST_S
 from tests.integration.snapshot_harness import (
     Forwarder,
     publish,
@@ -81,7 +82,7 @@ def test_without_cache_or_kafka_the_server_is_alive_not_ready_and_quiet(
             return sum("still unreadable" in r.getMessage() for r in caplog.records) + 1
 
         wait(lambda: attempts() >= 3, "three connection attempts", OUTAGE_WAIT_S)
-        assert httpx.get(f"{url}/v2/health/live", timeout=5).status_code == 200
+        assert httpx.get(f"{url}/v2/health/live", timeout=REQUEST_S).status_code == 200
         assert not ready(url) and served_version(url) is None
     finally:
         worker.stop()

@@ -38,7 +38,7 @@ from streamtrain.serve.protocol.bodies import BINARY_HEADER
 from streamtrain.train.hooks import SnapshotRequest
 from streamtrain.train.models import build_model
 from tests.integration.cli_process import await_output, running_cli
-from tests.integration.process_output import ProcessOutput, await_condition
+from tests.integration.process_output import REQUEST_S, ProcessOutput, await_condition
 from tests.integration.snapshot_harness import settings_writer
 from tests.integration.trainer_harness import scrape
 
@@ -197,7 +197,7 @@ def _serve_env(bootstrap: str, topic: str, model: dict[str, Any], **serve: str) 
 
 
 def _ready(url: str) -> bool:
-    return httpx.get(f"{url}/v2/health/ready", timeout=5).status_code == 200
+    return httpx.get(f"{url}/v2/health/ready", timeout=REQUEST_S).status_code == 200
 
 
 def _check_http(client: httpx.Client, url: str, body: bytes, headers: dict[str, str]) -> int:
@@ -210,7 +210,7 @@ def _check_http(client: httpx.Client, url: str, body: bytes, headers: dict[str, 
 
 def _after(url: str, output: ProcessOutput, valid: dict[str, Any]) -> None:
     """The process survived: it answers a valid request, counted no error, printed no trace."""
-    reply = httpx.post(f"{url}/v2/models/m/infer", json=valid, timeout=10)
+    reply = httpx.post(f"{url}/v2/models/m/infer", json=valid, timeout=REQUEST_S)
     assert reply.status_code == 200, reply.text
     assert reply.json()["model_version"] == "4"
     metrics = scrape(f"{url}/metrics")
@@ -235,7 +235,7 @@ def test_fuzzed_sparse_bodies_over_a_socket_never_get_a_5xx(
 ) -> None:
     url, output = sparse_server
     seen: set[int] = set()
-    with httpx.Client(timeout=10) as client:
+    with httpx.Client(timeout=REQUEST_S) as client:
 
         @FUZZ
         @given(body=raw_bodies(sparse_bodies()) | sparse_bodies().map(_serialized))
@@ -344,7 +344,7 @@ def test_fuzzed_grpc_and_rest_bodies_to_a_real_server_never_get_a_5xx(
     url, target, output = dense_server
     codes: set[grpc.StatusCode] = set()
     statuses: set[int] = set()
-    with grpc.insecure_channel(target) as channel, httpx.Client(timeout=10) as client:
+    with grpc.insecure_channel(target) as channel, httpx.Client(timeout=REQUEST_S) as client:
         infer = channel.unary_unary(INFER)  # bytes in, bytes out: any message can be sent
 
         @FUZZ

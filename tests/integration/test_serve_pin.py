@@ -14,6 +14,7 @@ from streamtrain.builders.server import build_worker
 from streamtrain.cli import app
 from streamtrain.config import Settings
 from streamtrain.kafka import create_topics
+from tests.integration.process_output import REQUEST_S
 from tests.integration.snapshot_harness import ROW, publish, serve_settings, wait
 from tests.version_fixtures import expected_value
 
@@ -24,7 +25,7 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 def _infer(url: str, version: str | None = None) -> tuple[int, str, float]:
     path = "/v2/models/m/infer" if version is None else f"/v2/models/m/versions/{version}/infer"
     body = {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": ROW}]}
-    response = httpx.post(url + path, json=body, timeout=10)
+    response = httpx.post(url + path, json=body, timeout=REQUEST_S)
     if response.status_code != 200:
         return response.status_code, "", 0.0
     doc = response.json()
@@ -32,13 +33,15 @@ def _infer(url: str, version: str | None = None) -> tuple[int, str, float]:
 
 
 def _state(url: str) -> dict[str, object]:
-    response = httpx.get(f"{url}/v2/admin/versions", headers=AUTH, timeout=10)
+    response = httpx.get(f"{url}/v2/admin/versions", headers=AUTH, timeout=REQUEST_S)
     assert response.status_code == 200, response.text
     return dict(response.json())
 
 
 def _gauge(url: str, name: str) -> float:
-    for line in httpx.get(f"{url}/metrics", timeout=10, follow_redirects=True).text.splitlines():
+    for line in httpx.get(
+        f"{url}/metrics", timeout=REQUEST_S, follow_redirects=True
+    ).text.splitlines():
         if line.startswith(name + " "):
             return float(line.split()[1])
     raise AssertionError(f"{name} not exported")
@@ -79,7 +82,7 @@ def test_pin_unpin_rollback_and_restart(
         assert _infer(url, "5") == (200, "5", pytest.approx(expected_value(5, ROW), rel=1e-6))
         assert _infer(url, "6")[1] == "6"
         assert _infer(url, "4")[0] == 404
-        meta = httpx.get(f"{url}/v2/models/m", timeout=10).json()
+        meta = httpx.get(f"{url}/v2/models/m", timeout=REQUEST_S).json()
         assert meta["versions"] == ["6", "5"]
 
         # Admin calls without the token, or with another one, are refused.
@@ -131,7 +134,7 @@ def test_admin_api_is_disabled_without_a_token(kafka_bootstrap: str, unique_name
     worker = build_worker(serve_settings(kafka_bootstrap, unique_name))
     url = worker.start()
     try:
-        response = httpx.post(f"{url}/v2/admin/rollback", headers=AUTH, timeout=10)
+        response = httpx.post(f"{url}/v2/admin/rollback", headers=AUTH, timeout=REQUEST_S)
         assert response.status_code == 403 and "admin_token" in response.json()["error"]
     finally:
         worker.stop()

@@ -22,6 +22,7 @@ from streamtrain.sample.spec import spec_for_model
 from streamtrain.serve.server import ServingWorker
 from streamtrain.wire import decode_binary
 from streamtrain.wire.prediction_record import PREDICTION_CONTENT_TYPE, decode_prediction
+from tests.integration.process_output import REQUEST_S
 from tests.integration.snapshot_harness import MODEL, prediction_log, publish, wait
 from tests.threads import Workers
 
@@ -57,7 +58,12 @@ def worker(settings: Settings) -> Iterator[ServingWorker]:
     serving.start()
     publish(settings, 5)
     try:
-        wait(lambda: httpx.get(f"{serving.url}/v2/health/ready").status_code == 200, "ready")
+        wait(
+            lambda: (
+                httpx.get(f"{serving.url}/v2/health/ready", timeout=REQUEST_S).status_code == 200
+            ),
+            "ready",
+        )
         yield serving
     finally:
         serving.stop()
@@ -82,7 +88,7 @@ Scrape = dict[tuple[str, str], float]
 
 def _metrics(url: str) -> Scrape:
     """The prediction log's samples from the real /metrics: (name, reason) -> value."""
-    text = httpx.get(f"{url}/metrics", timeout=10).text
+    text = httpx.get(f"{url}/metrics", timeout=REQUEST_S).text
     values: Scrape = {}
     for family in text_string_to_metric_families(text):
         if family.name.startswith("streamtrain_serve_prediction_log"):
@@ -213,7 +219,12 @@ def test_a_broker_gone_costs_no_request_and_the_drops_are_counted(unique_name: s
         worker.start()
         try:
             publish(settings, 5)
-            wait(lambda: httpx.get(f"{worker.url}/v2/health/ready").status_code == 200, "ready")
+            wait(
+                lambda: (
+                    httpx.get(f"{worker.url}/v2/health/ready", timeout=REQUEST_S).status_code == 200
+                ),
+                "ready",
+            )
             before = _metrics(worker.url)
             assert _infer(worker.url, np.ones((1, 4), np.float32), "before").status_code == 200
             wait(lambda: _since(worker.url, before)[LOGGED, ""] == 1, "the first record logged")

@@ -15,6 +15,7 @@ import pytest
 from streamtrain.config import Settings
 from streamtrain.kafka import KafkaConnection, record_producer
 from streamtrain.wire.label_record import encode_label_json
+from tests.integration.process_output import REQUEST_S
 from tests.integration.snapshot_harness import ROW, logging_settings, serving_5_then_6
 from tests.integration.trainer_harness import scrape
 from tests.version_fixtures import expected_value
@@ -49,7 +50,7 @@ def _infer(url: str, request_id: str) -> str:
         "id": request_id,
         "inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": ROW}],
     }
-    response = httpx.post(f"{url}/v2/models/m/infer", json=body, timeout=10)
+    response = httpx.post(f"{url}/v2/models/m/infer", json=body, timeout=REQUEST_S)
     return str(response.json().get("model_version", ""))
 
 

@@ -19,6 +19,7 @@ from streamtrain.client import SampleProducer
 from streamtrain.config import Settings
 from streamtrain.kafka import KafkaConnection
 from streamtrain.sample.spec import spec_for_model
+from tests.integration.process_output import REQUEST_S
 from tests.integration.trainer_harness import pipeline_settings
 
 FEATURES = 4
@@ -65,7 +66,7 @@ def _infer(url: str, rows: np.ndarray, timeout: float = 60.0) -> list[float]:
         ]
     }
     deadline = time.monotonic() + timeout
-    with httpx.Client(base_url=url, timeout=10) as http:
+    with httpx.Client(base_url=url, timeout=REQUEST_S) as http:
         while True:
             reply = http.post("/v2/models/m/infer", json=body)
             if reply.status_code == 200:

@@ -21,6 +21,7 @@ from streamtrain.snapshot.manifest import SnapshotManifest, settings_hash
 from streamtrain.snapshot.writer import SnapshotWriter
 from streamtrain.train.hooks import SnapshotRequest
 from streamtrain.train.models import build_model
+from tests.integration.process_output import REQUEST_S
 from tests.integration.snapshot_harness import send_manifest
 from tests.version_fixtures import expected_value, version_weights
 
@@ -100,12 +101,12 @@ def _spec(settings: Settings) -> Any:
 
 def _infer(url: str) -> tuple[str, float]:
     body = {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [1] * 4}]}
-    doc = httpx.post(f"{url}/v2/models/m/infer", json=body, timeout=5).json()
+    doc = httpx.post(f"{url}/v2/models/m/infer", json=body, timeout=REQUEST_S).json()
     return doc["model_version"], doc["outputs"][0]["data"][0]
 
 
 def _rejections(url: str) -> dict[str, float]:
-    text = httpx.get(f"{url}/metrics", timeout=5).text
+    text = httpx.get(f"{url}/metrics", timeout=REQUEST_S).text
     counts: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
         if family.name == "streamtrain_serve_rejected_snapshots":
@@ -130,7 +131,7 @@ def _publish_forged(settings: Settings, good: SnapshotManifest, version: int, ch
             headers=wire.chunk_headers("linear", sid, 0, 1),
             partition=0,
         )
-        first = sent.get(timeout=10).offset
+        first = sent.get(timeout=REQUEST_S).offset
     manifest = good.model_copy(
         update={"version": version, "first_chunk_offset": first or good.first_chunk_offset}
     )
@@ -144,10 +145,13 @@ def test_server_follows_snapshots_and_refuses_bad_ones(
     worker: ServingWorker = build_worker(settings)
     url = worker.start()
     try:
-        assert httpx.get(f"{url}/v2/health/live").status_code == 200
-        assert httpx.get(f"{url}/v2/health/ready").status_code == 503
+        assert httpx.get(f"{url}/v2/health/live", timeout=REQUEST_S).status_code == 200
+        assert httpx.get(f"{url}/v2/health/ready", timeout=REQUEST_S).status_code == 503
         good = writer(5)
-        _wait(lambda: httpx.get(f"{url}/v2/health/ready").status_code == 200, "ready")
+        _wait(
+            lambda: httpx.get(f"{url}/v2/health/ready", timeout=REQUEST_S).status_code == 200,
+            "ready",
+        )
         version, value = _infer(url)
         assert version == "5" and value == pytest.approx(expected_value(5, [1.0] * 4), rel=1e-5)
 
@@ -167,7 +171,7 @@ def test_server_follows_snapshots_and_refuses_bad_ones(
         assert rejected("config_mismatch") == 1
         assert rejected("checksum") == 1
         assert _infer(url)[1] == pytest.approx(expected_value(7, [1.0] * 4), rel=1e-5)
-        metrics = httpx.get(f"{url}/metrics/").text
+        metrics = httpx.get(f"{url}/metrics/", timeout=REQUEST_S).text
         assert "streamtrain_serve_model_version 7.0" in metrics
     finally:
         worker.stop()
@@ -176,8 +180,11 @@ def test_server_follows_snapshots_and_refuses_bad_ones(
     again = build_worker(settings)
     url = again.start()
     try:
-        _wait(lambda: httpx.get(f"{url}/v2/health/ready").status_code == 200, "ready again")
-        assert httpx.get(f"{url}/v2/models/m").json()["versions"] == ["7"]
+        _wait(
+            lambda: httpx.get(f"{url}/v2/health/ready", timeout=REQUEST_S).status_code == 200,
+            "ready again",
+        )
+        assert httpx.get(f"{url}/v2/models/m", timeout=REQUEST_S).json()["versions"] == ["7"]
         assert _infer(url)[0] == "7"
     finally:
         again.stop()

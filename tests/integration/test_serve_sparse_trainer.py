@@ -21,7 +21,7 @@ from streamtrain.sample.sparse_torch import JaggedTensor
 from streamtrain.sample.spec import spec_for_model
 from streamtrain.train.models import build_model
 from tests.delta_fixtures import CTR_SPARSE, one_base_then_deltas
-from tests.integration.trainer_harness import latest_checkpoint
+from tests.integration.trainer_harness import latest_checkpoint, read_to_the_end
 
 
 def test_served_sparse_model_answers_with_the_trainers_final_weights(
@@ -36,6 +36,7 @@ def test_served_sparse_model_answers_with_the_trainers_final_weights(
         batch_size=64,
         optimizer={"name": "adagrad", "lr": 0.05},
         snapshot_every_steps=5,
+        samples=3000,
     )
     info = ctr(users=2000, items=500)
     kafka = KafkaConnection.from_settings(settings.kafka)
@@ -48,6 +49,7 @@ def test_served_sparse_model_answers_with_the_trainers_final_weights(
     try:
         summary = build_trainer(settings).run()
         assert summary.samples_seen == 3000, "every produced sample was learned"
+        read_to_the_end(tmp_path, 3000)
         spec = spec_for_model(settings.model)
         model = build_model("dlrm", spec, settings.model.params).eval()
         weights = load_file(str(latest_checkpoint(tmp_path) / "model.safetensors"))

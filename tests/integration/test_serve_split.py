@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 from streamtrain.cli import app
 from streamtrain.config import Settings
 from streamtrain.wire.prediction_record import PredictionRecord, decode_prediction
+from tests.integration.process_output import REQUEST_S
 from tests.integration.snapshot_harness import (
     ROW,
     logging_settings,
@@ -54,7 +55,7 @@ def _infer(url: str, request_id: str) -> tuple[str, float]:
         "id": request_id,
         "inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": ROW}],
     }
-    response = httpx.post(f"{url}/v2/models/m/infer", json=body, timeout=10)
+    response = httpx.post(f"{url}/v2/models/m/infer", json=body, timeout=REQUEST_S)
     if response.status_code != 200:
         return "", float("nan")
     doc = response.json()
@@ -65,7 +66,7 @@ def _infer(url: str, request_id: str) -> tuple[str, float]:
 def _set_split(
     url: str, body: dict[str, Any], headers: dict[str, str] | None = AUTH
 ) -> httpx.Response:
-    return httpx.post(f"{url}/v2/admin/split", json=body, headers=headers, timeout=10)
+    return httpx.post(f"{url}/v2/admin/split", json=body, headers=headers, timeout=REQUEST_S)
 
 
 def _logged(settings: Settings, ids: set[str], rows: int) -> list[PredictionRecord]:
@@ -79,15 +80,17 @@ def test_split_routes_by_request_id_hash_and_needs_the_token(settings: Settings,
     assert _set_split(url, plan, headers=None).status_code == 401
     assert _set_split(url, plan, {"Authorization": "Bearer wrong"}).status_code == 401
     assert httpx.delete(f"{url}/v2/admin/split", timeout=10).status_code == 401
-    assert httpx.get(f"{url}/v2/admin/split", timeout=10).status_code == 401
-    assert "traffic_split" not in httpx.get(f"{url}/v2/models/m", timeout=10).json()
+    assert httpx.get(f"{url}/v2/admin/split", timeout=REQUEST_S).status_code == 401
+    assert "traffic_split" not in httpx.get(f"{url}/v2/models/m", timeout=REQUEST_S).json()
     bad = _set_split(url, {"candidate": "5", "share": 1.5})
     assert bad.status_code == 400 and "share" in bad.json()["error"]
 
     state = _set_split(url, plan)
     assert state.status_code == 200, state.text
     assert state.json() == {"split": plan, "candidate_version": 5}
-    assert httpx.get(f"{url}/v2/models/m", timeout=10).json()["traffic_split"]["split"] == plan
+    assert (
+        httpx.get(f"{url}/v2/models/m", timeout=REQUEST_S).json()["traffic_split"]["split"] == plan
+    )
 
     ids = [f"split-{i}" for i in range(REQUESTS)]
     answered = {rid: _infer(url, rid) for rid in ids}
@@ -161,7 +164,7 @@ def test_the_admin_split_cli_shows_sets_and_clears_with_the_token(url: str) -> N
         0,
         "split: candidate 5 (version 5), share 0.5",
     )
-    state = httpx.get(f"{url}/v2/admin/split", headers=AUTH, timeout=10).json()
+    state = httpx.get(f"{url}/v2/admin/split", headers=AUTH, timeout=REQUEST_S).json()
     assert state == {
         "split": {"candidate": "5", "share": 0.5, "mode": "split"},
         "candidate_version": 5,
@@ -180,6 +183,8 @@ def test_the_admin_split_cli_shows_sets_and_clears_with_the_token(url: str) -> N
         "shadow: candidate newest (no version other than live: nothing routed), share 0.2",
     )
     assert _cli(url, "clear") == (0, "no split: every request is answered by the live version")
-    assert httpx.get(f"{url}/v2/admin/split", headers=AUTH, timeout=10).json()["split"] is None
+    assert (
+        httpx.get(f"{url}/v2/admin/split", headers=AUTH, timeout=REQUEST_S).json()["split"] is None
+    )
     code, out = _cli("http://127.0.0.1:9", "show")
     assert code == 1 and out.startswith("error: cannot reach the server") and "\n" not in out

@@ -19,6 +19,7 @@ from tritonclient.utils import InferenceServerException
 from streamtrain.builders.server import build_worker
 from streamtrain.config import Settings
 from streamtrain.wire.prediction_record import PredictionRecord, decode_prediction
+from tests.integration.process_output import REQUEST_S
 from tests.integration.snapshot_harness import ROW, logging_settings, prediction_log, publish, wait
 from tests.version_fixtures import expected_value
 
@@ -50,7 +51,9 @@ class Served:
         return response.model_version, float(result.as_numpy("value").reshape(-1)[0])
 
     def split(self, body: dict[str, Any]) -> dict[str, Any]:
-        response = httpx.post(f"{self.url}/v2/admin/split", json=body, headers=AUTH, timeout=10)
+        response = httpx.post(
+            f"{self.url}/v2/admin/split", json=body, headers=AUTH, timeout=REQUEST_S
+        )
         assert response.status_code == 200, response.text
         document: dict[str, Any] = response.json()
         return document
@@ -98,7 +101,7 @@ def test_a_grpc_split_routes_by_the_request_id_as_rest_does(served: Served) -> N
             "id": rid,
             "inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": ROW}],
         }
-        rest = httpx.post(f"{served.url}/v2/models/m/infer", json=body, timeout=10).json()
+        rest = httpx.post(f"{served.url}/v2/models/m/infer", json=body, timeout=REQUEST_S).json()
         assert rest["model_version"] == answered[rid][0], rid
     rows = {(r.request_id, r.arm, r.model_version) for r in served.logged(set(ids), REQUESTS + 30)}
     for rid, (version, _) in answered.items():

@@ -20,6 +20,7 @@ from tritonclient.utils import InferenceServerException
 
 from streamtrain.builders.server import build_worker
 from streamtrain.kafka import create_topics
+from tests.integration.process_output import REQUEST_S
 from tests.integration.snapshot_harness import ROW, publish, serve_settings, wait
 
 
@@ -72,7 +73,9 @@ def test_https_and_grpc_over_tls(kafka_bootstrap: str, unique_name: str, tmp_pat
         trusted = ssl.create_default_context(cafile=str(cert))
 
         def answered() -> str | None:
-            response = httpx.post(f"{url}/v2/models/m/infer", json=body, verify=trusted)
+            response = httpx.post(
+                f"{url}/v2/models/m/infer", json=body, verify=trusted, timeout=REQUEST_S
+            )
             return response.json().get("model_version") if response.status_code == 200 else None
 
         wait(lambda: answered() == "4", "version 4 over HTTPS")

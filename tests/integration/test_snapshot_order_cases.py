@@ -17,6 +17,7 @@ import pytest
 from streamtrain.builders.server import build_worker
 from streamtrain.config import Settings
 from streamtrain.kafka import create_topics
+from tests.integration.process_output import REQUEST_S
 from tests.integration.snapshot_harness import (
     ROW,
     publish,
@@ -35,7 +36,7 @@ pytestmark = pytest.mark.kafka_client
 def answer(url: str) -> tuple[str, float] | None:
     """(model_version, value) of one inference; None while not ready."""
     body = {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": ROW}]}
-    response = httpx.post(f"{url}/v2/models/m/infer", json=body, timeout=5)
+    response = httpx.post(f"{url}/v2/models/m/infer", json=body, timeout=REQUEST_S)
     if response.status_code == 503:
         return None
     response.raise_for_status()

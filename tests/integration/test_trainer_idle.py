@@ -12,6 +12,7 @@ import httpx
 from streamtrain import health, metrics
 from streamtrain.builders.trainer import build_trainer
 from streamtrain.train.progress import TrainSummary
+from tests.integration.process_output import REQUEST_S
 from tests.integration.trainer_harness import (
     FEATURES,
     checkpoint_meta,
@@ -90,9 +91,9 @@ def test_burst_then_silence_publishes_and_checkpoints_then_stays_quiet(
         )
         meta = checkpoint_meta(tmp_path)
         assert meta["step"] == 20 and meta["offsets"] == {"0": BURST}
-        ready = httpx.get(base + "/health/ready")
+        ready = httpx.get(base + "/health/ready", timeout=REQUEST_S)
         assert ready.status_code == 200, ready.text
-        assert httpx.get(base + "/health/live").status_code == 200
+        assert httpx.get(base + "/health/live", timeout=REQUEST_S).status_code == 200
 
         # Idle with nothing new, watched for three checkpoint periods: no snapshot, no
         # checkpoint, nothing at stake, and the loop stays live.
@@ -103,7 +104,7 @@ def test_burst_then_silence_publishes_and_checkpoints_then_stays_quiet(
             assert delta("streamtrain_snapshot_published_total") == published
             assert _checkpoints(tmp_path) == written
             assert scrape(base + "/metrics")["streamtrain_checkpoint_age_seconds"] == 0.0
-            assert httpx.get(base + "/health/live").status_code == 200
+            assert httpx.get(base + "/health/live", timeout=REQUEST_S).status_code == 200
             time.sleep(0.25)
         assert worker.alive and not worker.failed
     finally:

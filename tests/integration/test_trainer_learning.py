@@ -22,6 +22,8 @@ from tests.integration.trainer_harness import (
     latest_checkpoint,
     pipeline_settings,
     produce_json,
+    read_to_the_end,
+    stop_on_the_last,
 )
 from tests.metrics_scrape import Exporter
 
@@ -65,10 +67,11 @@ def test_learns_then_recovers_after_concept_drift(
     assert before.rolling_score > 0.85, f"prequential accuracy {before.rolling_score:.3f}"
 
     after = build_trainer(
-        _settings(kafka_bootstrap, unique_name, tmp_path, stop_when_idle=1.0)
+        _settings(kafka_bootstrap, unique_name, tmp_path, **stop_on_the_last(6000))
     ).run()
     assert after.resumed_from_step == before.steps
     assert after.samples_seen == 6000, "every sample learned exactly once across the restart"
+    read_to_the_end(tmp_path, 6000)
     # The labels flipped at sample 3000: a model that stopped adapting would score near 0.
     assert after.rolling_score > 0.85, f"accuracy after drift {after.rolling_score:.3f}"
 
@@ -97,8 +100,8 @@ def test_non_finite_steps_are_skipped_and_weights_stay_finite(
         tmp_path,
         2000,
         {"standardize": False},
-        stop_when_idle=1.0,
         max_bad_steps=3,
+        **stop_on_the_last(len(x)),
     )
 
     start = trainer_metrics.scrape()
@@ -109,6 +112,7 @@ def test_non_finite_steps_are_skipped_and_weights_stay_finite(
         return (end.value(name) or 0.0) - (start.value(name) or 0.0)
 
     assert summary.samples_seen == len(x) and summary.steps == len(x) // 16
+    read_to_the_end(tmp_path, len(x))
     # Five bad steps in a row with max_bad_steps=3: skip, skip, rollback (the count starts
     # again), skip, skip. Every bad step is a skipped update, the rollback one included.
     assert delta("streamtrain_train_skipped_updates_total") == bad_batches
@@ -124,7 +128,7 @@ def test_fresh_run_continues_the_published_version_sequence(
 ) -> None:
     x, y = hyperplane_stream(320, seed=2)
     produce_json(kafka_bootstrap, f"{unique_name}-samples", x, y)
-    settings = _settings(kafka_bootstrap, unique_name, tmp_path, stop_when_idle=1.0)
+    settings = _settings(kafka_bootstrap, unique_name, tmp_path, **stop_on_the_last(320))
     snapshots = settings.topics.snapshots
     digest = settings_hash(settings.model.model_dump(mode="json"))
     # An earlier run whose checkpoints are gone published up to version 700.
@@ -151,5 +155,6 @@ def test_fresh_run_continues_the_published_version_sequence(
     summary = build_trainer(settings).run()
 
     assert summary.resumed_from_step is None and summary.samples_seen == 320
+    read_to_the_end(tmp_path, 320)
     assert summary.steps == 700 + 320 // 16
     assert newest_version(kafka_connection, snapshots, digest) == summary.steps

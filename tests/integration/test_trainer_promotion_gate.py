@@ -23,6 +23,8 @@ from tests.integration.trainer_harness import (
     hyperplane_stream,
     pipeline_settings,
     produce_json,
+    read_to_the_end,
+    stop_on_the_last,
 )
 from tests.metrics_scrape import Exporter
 
@@ -42,7 +44,7 @@ def _settings(bootstrap: str, name: str, root: Path, **train: Any) -> Settings:
             "metric_window": 300,
             "snapshot_every_steps": 10,
             "snapshot_every_seconds": 3600,
-            "stop_when_idle": 1.0,
+            **stop_on_the_last(CLEAN + NOISY),
             **train,
         },
         serve={"port": 0, "model_name": "m"},
@@ -66,7 +68,7 @@ def _published(settings: Settings) -> int:
 def _live_version(url: str) -> str | None:
     body = {"inputs": [{"name": "input", "shape": [1, FEATURES], "datatype": "FP32"}]}
     body["inputs"][0]["data"] = [0.0] * FEATURES  # type: ignore[index]
-    response = httpx.post(f"{url}/v2/models/m/infer", json=body, timeout=10)
+    response = httpx.post(f"{url}/v2/models/m/infer", json=body, timeout=60)  # a hang's bound
     return str(response.json()["model_version"]) if response.status_code == 200 else None
 
 
@@ -87,6 +89,7 @@ def test_noise_holds_publication_and_the_server_keeps_the_last_good_version(
         start = trainer_metrics.scrape()
         summary = build_trainer(settings).run()
         end = trainer_metrics.scrape()
+        read_to_the_end(tmp_path, CLEAN + NOISY)
         published = _published(settings)
         wait(lambda: _live_version(url) == str(published), f"the server at version {published}")
     finally:
@@ -118,4 +121,5 @@ def test_with_the_gate_off_every_snapshot_is_published(
     _noisy_stream(kafka_bootstrap, f"{unique_name}-samples")
     settings = _settings(kafka_bootstrap, unique_name, tmp_path)
     summary = build_trainer(settings).run()
+    read_to_the_end(tmp_path, CLEAN + NOISY)
     assert _published(settings) == summary.steps

@@ -19,7 +19,7 @@ from streamtrain.snapshot import wire
 from streamtrain.snapshot.manifest import SnapshotManifest
 from streamtrain.snapshot.verify import parse_manifest
 from tests.integration.cli_process import await_output, running_cli
-from tests.integration.process_output import await_condition
+from tests.integration.process_output import REQUEST_S, await_condition
 from tests.integration.trainer_harness import (
     FEATURES,
     STOP_WHEN_IDLE_S,
@@ -36,7 +36,7 @@ SAMPLES = 240
 
 def _health(url: str) -> tuple[int, dict[str, str]]:
     try:
-        with urllib.request.urlopen(url, timeout=5) as response:
+        with urllib.request.urlopen(url, timeout=REQUEST_S) as response:
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read())
@@ -132,7 +132,7 @@ def test_a_trainer_that_learns_nothing_publishes_nothing_and_says_so(
             lambda: "no valid snapshot on the topic yet" in served.text(),
             "the server's first scan of the snapshots topic",
         )
-        assert httpx.get(ready, timeout=5).status_code == 503, served.text()
+        assert httpx.get(ready, timeout=REQUEST_S).status_code == 503, served.text()
 
 
 def test_two_runs_on_one_topic_never_share_a_version(
@@ -168,7 +168,7 @@ def test_two_runs_on_one_topic_never_share_a_version(
         infer = await_output(served, r"infer: +POST +(\S+)")
 
         def answer() -> httpx.Response:
-            return httpx.post(infer, json=body, timeout=5)
+            return httpx.post(infer, json=body, timeout=REQUEST_S)
 
         await_condition(lambda: answer().status_code == 200, "the server to take run A's")
         before = answer().json()

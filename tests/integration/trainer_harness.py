@@ -25,6 +25,7 @@ from streamtrain.kafka import create_topics
 from streamtrain.sample.sparse_torch import JaggedTensor
 from streamtrain.sample.spec import SampleSpec
 from streamtrain.train.models import build_model
+from tests.integration.process_output import REQUEST_S
 
 FEATURES = 16
 
@@ -38,6 +39,23 @@ STOP_WHEN_IDLE_S = "8.0"
 # early; this idle stop remains only so a run that cannot reach the count ends (and fails its
 # test) instead of running on until the test's timeout.
 BACKSTOP_IDLE_S = "120"
+
+
+def stop_on_the_last(samples: int) -> dict[str, float]:
+    """``train`` settings for an in-process run over a stream already on its topic: stop on
+    its last sample (``max_samples``), the idle stop only a backstop. A 1-2 s idle stop ended
+    such runs by chance: a run whose clients share its process saw 1.6 s between two batches
+    at load 28. Whether every record was read exactly once is then the checkpoint's position
+    (:func:`read_to_the_end`), as an idle stop's sample count told it before."""
+    return {"max_samples": samples, "stop_when_idle": float(BACKSTOP_IDLE_S)}
+
+
+def read_to_the_end(root: Path, samples: int, partition: int = 0) -> None:
+    """The newest checkpoint under ``root`` is at the end of a one-partition stream of
+    ``samples`` records, having learned each once: a record read twice would have reached
+    ``max_samples`` short of the end, one skipped would leave the count short of it."""
+    meta = checkpoint_meta(root)
+    assert (meta["samples_seen"], meta["offsets"]) == (samples, {str(partition): samples}), meta
 
 
 def pipeline_settings(
@@ -272,7 +290,7 @@ def checkpoint_meta(root: Path) -> dict[str, object]:
 
 def scrape(url: str) -> dict[str, float]:
     """Samples of a real /metrics endpoint as {'name{labels}': value}."""
-    with urllib.request.urlopen(url, timeout=5) as response:
+    with urllib.request.urlopen(url, timeout=REQUEST_S) as response:
         text = response.read().decode()
     values: dict[str, float] = {}
     for line in text.splitlines():

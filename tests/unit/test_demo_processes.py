@@ -54,7 +54,9 @@ def test_child_ignoring_sigterm_is_killed_after_the_timeout(tmp_path: Path) -> N
     _wait_for_log(stubborn.log_path, "ignoring")
     started = time.monotonic()
     report = group.stop()
-    assert time.monotonic() - started < 5
+    # Killed after its 0.5 s, not left to end its 120-s sleep; the margin is a loaded machine's
+    # (a niced worker beside the suite can wait seconds for a core).
+    assert time.monotonic() - started < 30
     assert report.killed == ("stubborn",)
     assert report.exit_codes["stubborn"] == -signal.SIGKILL
     assert report.exit_codes["polite"] == -signal.SIGTERM

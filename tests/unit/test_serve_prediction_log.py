@@ -103,7 +103,8 @@ def test_close_waits_a_bounded_time_then_writes_off_what_is_held(
     wait_for(lambda: len(producer.sent) == 2, "two records sent")
     began = time.monotonic()
     started.close()  # the producer never acknowledges: close gives up after timeout_s
-    assert time.monotonic() - began < 5
+    # a bound on a hang (unbounded, close would wait for ever), with a loaded machine's margin
+    assert time.monotonic() - began < 30
     assert producer.closed and started.held == 0
     assert not started.submit(_batch(1))
     producer.acknowledge()  # too late: already counted as unflushed, not as logged

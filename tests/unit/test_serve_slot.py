@@ -107,7 +107,9 @@ def test_standby_reused_without_new_allocations() -> None:
 
 
 def test_in_flight_request_blocks_loader_not_requests() -> None:
-    slot = _slot(drain_timeout_s=5.0)
+    # The drain's timeout is a hang's bound: the loader must outwait the held request across
+    # the checks below, which a niced worker on a loaded machine can take seconds over.
+    slot = _slot(drain_timeout_s=60.0)
     model = tiny_regression_model(4)
     slot.load(version_weights(model, 1), SnapshotHeader(1, "r"))
     slot.load(version_weights(model, 2), SnapshotHeader(2, "r"))
@@ -129,7 +131,7 @@ def test_in_flight_request_blocks_loader_not_requests() -> None:
         with torch.inference_mode():
             out = float(held.model(torch.ones(1, 4)).item())
         assert out == pytest.approx(expected_value(2, [1.0] * 4))
-    loader.join(5.0)
+    loader.join(60.0)
     assert loaded.is_set()
     assert _answer(slot)[0] == 4
 
