@@ -16,11 +16,11 @@ from pydantic import (
     model_validator,
 )
 
-from streamtrain.config.sections import _Frozen
+from streamtrain.config.sections import Host, _Frozen
 
 
 class ServeSettings(_Frozen):
-    host: str = "127.0.0.1"
+    host: Host = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     model_name: str = Field("streamtrain", pattern=r"^[A-Za-z0-9_.-]+$")
     max_body_bytes: int = Field(8 * 1_048_576, ge=1024)
@@ -239,7 +239,7 @@ class JoinSettings(_Frozen):
         "replica's partitions move to the others.",
     )
     metrics_port: int = Field(9102, ge=0, le=65535)
-    metrics_host: str = Field(
+    metrics_host: Host = Field(
         "127.0.0.1", description="Address of /metrics and /health; 0.0.0.0 = every interface."
     )
     liveness_timeout_s: float = Field(

@@ -1,0 +1,71 @@
+"""Audit 45, step 3: settings and flags that escaped as tracebacks (or ran on) now get one line
+to stderr and exit 2.
+
+Before: ``broker --host`` or ``serve --host`` with bytes that are not UTF-8 (a shell passes
+them as they are) ended in a ``UnicodeError`` traceback from the IDNA codec, as did a
+``metrics_host`` with a label over 63 characters when the trainer bound /metrics; a YAML file
+nested ten thousand deep was a ``RecursionError`` traceback (exit 1); a few lines of YAML
+aliases repeating aliases (a "billion laughs") under ``model.params`` made ``config check``
+expand 10^8 values and never answer; ``--config /dev/zero`` read until memory ran out."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def _laughs(path: Path) -> Path:
+    lines = ["model:", "  params:", '    a: &a ["lol", "lol", "lol", "lol", "lol", "lol"]']
+    for prev, name in zip("abcdefghij", "bcdefghijk", strict=True):
+        lines.append(f"    {name}: &{name} [" + ", ".join([f"*{prev}"] * 6) + "]")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _deep(path: Path) -> Path:
+    path.write_text("model:\n  params:\n    x: " + "[" * 20_000 + "]" * 20_000 + "\n")
+    return path
+
+
+CASES: dict[str, tuple[list[str | bytes], dict[str, str], str]] = {
+    "broker host not UTF-8": (["broker", "--host", b"\xff\xfe", "--port", "0"], {}, "--host"),
+    "serve host not UTF-8": (["serve", "--host", b"\xff\xfe", "--port", "0"], {}, "serve.host"),
+    "metrics host label over 63": (
+        ["config", "check"],
+        {"STREAMTRAIN_TRAIN__METRICS_HOST": "h" * 70},
+        "train.metrics_host",
+    ),
+    "config nested 20000 deep": (["config", "check", "--config", "DEEP"], {}, "nests too deeply"),
+    "config of aliases repeating aliases": (
+        ["config", "check", "--config", "LAUGHS"],
+        {},
+        "expands to more than",
+    ),
+    "config /dev/zero": (["config", "check", "--config", "/dev/zero"], {}, "over 4 MiB"),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_settings_are_one_line_and_exit_2(case: str, tmp_path: Path) -> None:
+    args, settings, named = CASES[case]
+    files = {"DEEP": str(_deep(tmp_path / "deep.yaml")),
+             "LAUGHS": str(_laughs(tmp_path / "laughs.yaml"))}  # fmt: skip
+    argv = [files.get(a, a) if isinstance(a, str) else a for a in args]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMTRAIN_")}
+    env.update(settings)
+    done = subprocess.run(
+        [sys.executable, "-m", "streamtrain.cli", *argv],
+        env=env,
+        capture_output=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    stderr = done.stderr.decode(errors="replace")
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert done.returncode == 2, stderr[-2000:]
+    assert "Traceback" not in stderr
+    assert len(lines) == 1 and lines[0].startswith("error: ") and named in lines[0], lines
