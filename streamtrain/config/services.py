@@ -7,6 +7,7 @@ them from there.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -136,6 +137,19 @@ class ServeSettings(_Frozen):
             raise ValueError(
                 "serve.promotion judges the rows the prediction log writes: set "
                 "serve.prediction_log true as well, or serve.promotion false"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _token_fits_a_header(self) -> ServeSettings:
+        """A client sends the token in an HTTP header, which carries visible ASCII only: with
+        any other character no request could ever match it (nor could ``streamtrain admin``
+        send it)."""
+        token = self.admin_token.get_secret_value() if self.admin_token is not None else None
+        if token is not None and not re.fullmatch(r"[!-~]+", token):
+            raise ValueError(
+                "serve.admin_token must be printable ASCII without spaces (it travels in an "
+                "HTTP header); generate one with e.g. `openssl rand -hex 32`"
             )
         return self
 

@@ -6,7 +6,11 @@ them as they are) ended in a ``UnicodeError`` traceback from the IDNA codec, as 
 ``metrics_host`` with a label over 63 characters when the trainer bound /metrics; a YAML file
 nested ten thousand deep was a ``RecursionError`` traceback (exit 1); a few lines of YAML
 aliases repeating aliases (a "billion laughs") under ``model.params`` made ``config check``
-expand 10^8 values and never answer; ``--config /dev/zero`` read until memory ran out."""
+expand 10^8 values and never answer; ``--config /dev/zero`` read until memory ran out;
+``admin --token`` with a character beyond ASCII, or ``--url`` not UTF-8, was a
+``UnicodeEncodeError`` traceback, ``--url abc`` exit 1 ("cannot reach"); and an empty
+``serve.admin_token`` was taken: the admin API then let in anyone who sent
+``Authorization: Bearer`` with nothing after it (pin, rollback, split)."""
 
 from __future__ import annotations
 
@@ -46,6 +50,18 @@ CASES: dict[str, tuple[list[str | bytes], dict[str, str], str]] = {
         "expands to more than",
     ),
     "config /dev/zero": (["config", "check", "--config", "/dev/zero"], {}, "over 4 MiB"),
+    "admin token not ASCII": (
+        ["admin", "status", "--url", "http://127.0.0.1:1"],
+        {"STREAMTRAIN_ADMIN_TOKEN": "tök"},
+        "printable ASCII",
+    ),
+    "admin url not UTF-8": (["admin", "status", "--url", b"\xff", "--token", "t"], {}, "--url"),
+    "admin url with no scheme": (["admin", "status", "--url", "abc", "--token", "t"], {}, "--url"),
+    "server admin token empty": (
+        ["config", "check"],
+        {"STREAMTRAIN_SERVE__ADMIN_TOKEN": ""},
+        "serve.admin_token must be printable ASCII",
+    ),
 }
 
 
