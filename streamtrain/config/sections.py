@@ -25,7 +25,9 @@ Task = Literal["multiclass", "binary", "regression"]
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # No setting means anything by inf or NaN (stop_when_idle: inf was taken as "never";
+    # leave it null for that): a non-finite number is a typo or a unit slip, said at once.
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 def _host_name(value: str) -> str:

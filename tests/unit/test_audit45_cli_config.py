@@ -10,7 +10,8 @@ expand 10^8 values and never answer; ``--config /dev/zero`` read until memory ra
 ``admin --token`` with a character beyond ASCII, or ``--url`` not UTF-8, was a
 ``UnicodeEncodeError`` traceback, ``--url abc`` exit 1 ("cannot reach"); and an empty
 ``serve.admin_token`` was taken: the admin API then let in anyone who sent
-``Authorization: Bearer`` with nothing after it (pin, rollback, split)."""
+``Authorization: Bearer`` with nothing after it (pin, rollback, split); a float setting of
+``1e400`` or ``inf`` (``train.stop_when_idle``, ``optimizer.lr``) was taken as infinity."""
 
 from __future__ import annotations
 
@@ -57,6 +58,11 @@ CASES: dict[str, tuple[list[str | bytes], dict[str, str], str]] = {
     ),
     "admin url not UTF-8": (["admin", "status", "--url", b"\xff", "--token", "t"], {}, "--url"),
     "admin url with no scheme": (["admin", "status", "--url", "abc", "--token", "t"], {}, "--url"),
+    "a float setting of 1e400": (
+        ["config", "check"],
+        {"STREAMTRAIN_TRAIN__STOP_WHEN_IDLE": "1e400"},
+        "train.stop_when_idle: got '1e400', expected a finite number",
+    ),
     "server admin token empty": (
         ["config", "check"],
         {"STREAMTRAIN_SERVE__ADMIN_TOKEN": ""},
