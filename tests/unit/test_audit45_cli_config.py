@@ -11,7 +11,8 @@ expand 10^8 values and never answer; ``--config /dev/zero`` read until memory ra
 ``UnicodeEncodeError`` traceback, ``--url abc`` exit 1 ("cannot reach"); and an empty
 ``serve.admin_token`` was taken: the admin API then let in anyone who sent
 ``Authorization: Bearer`` with nothing after it (pin, rollback, split); a float setting of
-``1e400`` or ``inf`` (``train.stop_when_idle``, ``optimizer.lr``) was taken as infinity."""
+``1e400`` or ``inf`` (``train.stop_when_idle``, ``optimizer.lr``) was taken as infinity;
+``demo --dataset abc`` exited 1 after starting its broker."""
 
 from __future__ import annotations
 
@@ -63,6 +64,7 @@ CASES: dict[str, tuple[list[str | bytes], dict[str, str], str]] = {
         {"STREAMTRAIN_TRAIN__STOP_WHEN_IDLE": "1e400"},
         "train.stop_when_idle: got '1e400', expected a finite number",
     ),
+    "demo dataset unknown": (["demo", "--dataset", "abc", "--run-dir", "RUN"], {}, "--dataset"),
     "server admin token empty": (
         ["config", "check"],
         {"STREAMTRAIN_SERVE__ADMIN_TOKEN": ""},
@@ -74,8 +76,11 @@ CASES: dict[str, tuple[list[str | bytes], dict[str, str], str]] = {
 @pytest.mark.parametrize("case", list(CASES))
 def test_bad_settings_are_one_line_and_exit_2(case: str, tmp_path: Path) -> None:
     args, settings, named = CASES[case]
-    files = {"DEEP": str(_deep(tmp_path / "deep.yaml")),
-             "LAUGHS": str(_laughs(tmp_path / "laughs.yaml"))}  # fmt: skip
+    files = {
+        "DEEP": str(_deep(tmp_path / "deep.yaml")),
+        "LAUGHS": str(_laughs(tmp_path / "laughs.yaml")),
+        "RUN": str(tmp_path / "run"),
+    }
     argv = [files.get(a, a) if isinstance(a, str) else a for a in args]
     env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMTRAIN_")}
     env.update(settings)
