@@ -44,16 +44,33 @@ class ConfigError(ValueError):
         super().__init__("\n".join(self.problems))
 
 
+# A settings file is a few kilobytes; reading more than this means a wrong path (a device such
+# as /dev/zero, a data file), which would otherwise be read into memory whole.
+MAX_CONFIG_BYTES = 4 * 1024 * 1024
+
+
 def read_yaml_file(path: Path) -> tuple[dict[str, Any], str]:
     """The mapping in a YAML settings file and its text; ConfigError naming the file."""
     try:
-        text = path.read_text()
+        with path.open("rb") as file:
+            raw = file.read(MAX_CONFIG_BYTES + 1)
+        text = raw.decode()
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
     except UnicodeDecodeError as exc:
         raise ConfigError(f"config file {path} is not UTF-8 text ({exc.reason})") from exc
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            f"config file {path} is over {MAX_CONFIG_BYTES // 1024**2} MiB: not a settings "
+            "file; give --config the YAML file of settings (examples/config.yaml)"
+        )
     try:
         data = yaml.safe_load(text)
+    except RecursionError as exc:
+        raise ConfigError(
+            f"config file {path} nests too deeply to read; settings are at most a few levels "
+            "deep (examples/config.yaml)"
+        ) from exc
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         line = f", line {where.line + 1}" if where is not None else ""
@@ -63,7 +80,34 @@ def read_yaml_file(path: Path) -> tuple[dict[str, Any], str]:
         return {}, text
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping such as 'kafka: {{...}}'")
+    if _over(data, MAX_CONFIG_VALUES):
+        raise ConfigError(
+            f"config file {path} expands to more than {MAX_CONFIG_VALUES} values (YAML aliases "
+            "repeating aliases, a 'billion laughs'); write the settings out without them"
+        )
     return data, text
+
+
+# YAML aliases let a small file stand for a huge tree (each alias repeats its anchor's whole
+# subtree, ten levels of ten make 10^10 values) that validating or hashing would walk in full.
+MAX_CONFIG_VALUES = 100_000
+
+
+def _over(tree: Any, limit: int) -> bool:
+    """Whether ``tree`` holds more than ``limit`` values counted as expanded (aliases each
+    time they appear); stops counting at the limit, so the check itself stays cheap."""
+    count, stack = 0, [tree]
+    while stack:
+        node = stack.pop()
+        count += 1
+        if count > limit:
+            return True
+        if isinstance(node, dict):
+            stack.extend(node.keys())
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return False
 
 
 @dataclass(frozen=True)

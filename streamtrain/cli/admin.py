@@ -8,6 +8,7 @@ lists), the ``STREAMTRAIN_ADMIN_TOKEN`` environment variable.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import typer
@@ -34,16 +35,42 @@ _TOKEN = typer.Option(
 )
 
 
+def _admin_url(url: str, path: str) -> str:
+    """The admin API's URL under ``url``; exit 2 when ``url`` is not an http(s) URL (httpx's
+    InvalidURL and the UnicodeEncodeError of bytes that are not text were tracebacks)."""
+    import httpx
+
+    target = f"{url.rstrip('/')}/v2/admin/{path}"
+    try:
+        parsed = httpx.URL(target)
+        ok, why = parsed.scheme in ("http", "https") and bool(parsed.host), "not http(s)://host"
+    except (httpx.InvalidURL, UnicodeError) as exc:
+        ok, why = False, str(exc)
+    if not ok:
+        fail(f"--url {url!r} is not a server URL ({why}); write e.g. http://127.0.0.1:8000")
+    return target
+
+
+_TOKEN_TEXT = re.compile(r"[!-~]+")  # visible ASCII: what a bearer token header can carry
+
+
 def _call(
     method: str, url: str, path: str, token: str, body: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     """The admin API's JSON answer; a one-line error and exit on anything else."""
     import httpx
 
+    if not _TOKEN_TEXT.fullmatch(token):
+        # A header carries ASCII only: httpx raised UnicodeEncodeError (a traceback) here.
+        fail(
+            "--token / STREAMTRAIN_ADMIN_TOKEN must be printable ASCII without spaces, as "
+            "serve.admin_token is: copy the server's token exactly"
+        )
+    target = _admin_url(url, path)
     try:
         response = httpx.request(
             method,
-            f"{url.rstrip('/')}/v2/admin/{path}",
+            target,
             json=body,
             headers={"Authorization": f"Bearer {token}"},
             timeout=30,

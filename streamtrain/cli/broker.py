@@ -54,8 +54,9 @@ def _check_flags(host: str, topics: list[str]) -> None:
     traceback (or, with a fixed port, "is the port in use?"), a bad topic name was created."""
     try:
         socket.getaddrinfo(host, None)
-    except OSError as exc:
-        fail(f"--host {host!r} is not an address to listen on: {exc.strerror or exc}")
+    except (OSError, UnicodeError) as exc:  # UnicodeError: not text, or a label over 63
+        why = getattr(exc, "strerror", None) or exc
+        fail(f"--host {host!r} is not an address to listen on: {why}")
     for name in topics:
         if not re.match(KAFKA_TOPIC, name) or name in (".", ".."):
             fail(

@@ -46,12 +46,16 @@ def demo(
     from rich.console import Console
 
     from streamtrain.broker import BrokerUnavailable, find_broker_binary
-    from streamtrain.datasets import DatasetError
+    from streamtrain.datasets import DatasetError, get_dataset
     from streamtrain.demo import DemoError, DemoOptions, run_demo
     from streamtrain.demo.delayed import DELAYED_DEFAULT_RATE, LABEL_MODES
 
     if labels not in LABEL_MODES:
         fail(f"--labels {labels!r} is not a mode; use inline or delayed")
+    try:
+        get_dataset(dataset)  # a bad flag: exit 2 before anything starts (it was exit 1 later)
+    except DatasetError as exc:
+        fail(f"--dataset: {exc}")
     if rate is None:
         rate = DELAYED_DEFAULT_RATE if labels == "delayed" else DemoOptions.rate
     try:

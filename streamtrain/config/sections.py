@@ -25,7 +25,26 @@ Task = Literal["multiclass", "binary", "regression"]
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # No setting means anything by inf or NaN (stop_when_idle: inf was taken as "never";
+    # leave it null for that): a non-finite number is a typo or a unit slip, said at once.
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+
+def _host_name(value: str) -> str:
+    """A host to listen on must encode as a DNS name (IDNA): socket calls raise UnicodeError,
+    not OSError, for bytes that are not text (a non-UTF-8 argument) or a label over 63
+    characters, and that escaped the bind checks as a traceback."""
+    try:
+        value.encode("idna")
+    except UnicodeError as exc:
+        raise ValueError(
+            f"{value[:80]!r} is not a host name or address ({exc}); write e.g. 127.0.0.1, "
+            "0.0.0.0 (every interface) or a host name"
+        ) from exc
+    return value
+
+
+Host = Annotated[str, AfterValidator(_host_name)]
 
 
 class KafkaSettings(_Frozen):
@@ -248,7 +267,7 @@ class TrainSettings(_Frozen):
     max_samples: int | None = Field(None, ge=1)
     stop_when_idle: float | None = Field(None, gt=0, description="Seconds without input.")
     metrics_port: int = Field(9100, ge=0, le=65535)
-    metrics_host: str = Field(
+    metrics_host: Host = Field(
         "127.0.0.1", description="Address of /metrics and /health; 0.0.0.0 = every interface."
     )
     liveness_timeout_s: float = Field(

@@ -7,6 +7,7 @@ them from there.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -16,11 +17,11 @@ from pydantic import (
     model_validator,
 )
 
-from streamtrain.config.sections import _Frozen
+from streamtrain.config.sections import Host, _Frozen
 
 
 class ServeSettings(_Frozen):
-    host: str = "127.0.0.1"
+    host: Host = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     model_name: str = Field("streamtrain", pattern=r"^[A-Za-z0-9_.-]+$")
     max_body_bytes: int = Field(8 * 1_048_576, ge=1024)
@@ -140,6 +141,19 @@ class ServeSettings(_Frozen):
         return self
 
     @model_validator(mode="after")
+    def _token_fits_a_header(self) -> ServeSettings:
+        """A client sends the token in an HTTP header, which carries visible ASCII only: with
+        any other character no request could ever match it (nor could ``streamtrain admin``
+        send it)."""
+        token = self.admin_token.get_secret_value() if self.admin_token is not None else None
+        if token is not None and not re.fullmatch(r"[!-~]+", token):
+            raise ValueError(
+                "serve.admin_token must be printable ASCII without spaces (it travels in an "
+                "HTTP header); generate one with e.g. `openssl rand -hex 32`"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _tls_pair(self) -> ServeSettings:
         if (self.tls_certfile is None) != (self.tls_keyfile is None):
             raise ValueError(
@@ -239,7 +253,7 @@ class JoinSettings(_Frozen):
         "replica's partitions move to the others.",
     )
     metrics_port: int = Field(9102, ge=0, le=65535)
-    metrics_host: str = Field(
+    metrics_host: Host = Field(
         "127.0.0.1", description="Address of /metrics and /health; 0.0.0.0 = every interface."
     )
     liveness_timeout_s: float = Field(

@@ -110,8 +110,10 @@ def _views(mapping: mmap.mmap, whole: torch.Tensor, size: int) -> dict[str, torc
         raise CodecError(f"header length {length} does not fit a {size}-byte payload")
     try:
         header = json.loads(mapping[8 : 8 + length])
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CodecError(f"header is not JSON: {exc}") from exc
+    except (ValueError, RecursionError) as exc:
+        # ValueError: not UTF-8, not JSON, or an integer of more than 4300 digits;
+        # RecursionError: arrays nested thousands deep. Both come from the topic's bytes.
+        raise CodecError(f"header is not JSON: {type(exc).__name__}: {exc}") from exc
     if not isinstance(header, dict):
         raise CodecError("header is not a JSON object")
     header.pop("__metadata__", None)
@@ -124,14 +126,11 @@ def _views(mapping: mmap.mmap, whole: torch.Tensor, size: int) -> dict[str, torc
         if end - begin != math.prod(shape) * itemsize or not 0 <= begin <= end <= data:
             raise CodecError(f"tensor {name!r}: offsets {begin}..{end} do not fit its shape")
         spans.append((begin, end, name))
-        if end == begin:
-            views[name] = torch.empty(shape, dtype=dtype)
-        else:
-            raw = whole[start + begin : start + end]
-            try:
-                views[name] = raw.view(dtype).view(shape)
-            except RuntimeError:  # not aligned for its dtype: a copy (small, rare)
-                views[name] = raw.clone().view(dtype).view(shape)
+        try:
+            views[name] = _view(whole[start + begin : start + end], dtype, shape)
+        except (RuntimeError, TypeError, ValueError) as exc:
+            # An empty tensor whose other sizes overflow torch's int64 (``[0, 10**30]``).
+            raise CodecError(f"tensor {name!r}: shape {shape!r} is not one torch can make") from exc
     position = 0
     for begin, end, name in sorted(spans):
         if begin != position:
@@ -140,6 +139,16 @@ def _views(mapping: mmap.mmap, whole: torch.Tensor, size: int) -> dict[str, torc
     if position != data:
         raise CodecError(f"tensors cover {position} of the {data} data bytes")
     return views
+
+
+def _view(raw: torch.Tensor, dtype: torch.dtype, shape: list[int]) -> torch.Tensor:
+    """``raw``'s bytes as a tensor of ``dtype`` and ``shape`` (a copy for empty ones)."""
+    if raw.numel() == 0:
+        return torch.empty(shape, dtype=dtype)
+    try:
+        return raw.view(dtype).view(shape)
+    except RuntimeError:  # not aligned for its dtype: a copy (small, rare)
+        return raw.clone().view(dtype).view(shape)
 
 
 def _entry(name: str, entry: object) -> tuple[torch.dtype, list[int], int, int]:

@@ -6,6 +6,7 @@ Both codecs build whole-poll arrays first and call :func:`finish` once; the per-
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -122,7 +123,8 @@ def check_rows(
     timestamps: npt.NDArray[np.float64],
 ) -> dict[int, Reject]:
     """Row index -> reject for rows with non-finite values, a class out of range, a negative
-    weight or an infinite timestamp (NaN timestamps were already replaced). First reason wins,
+    weight, or an infinite timestamp or one more than a day ahead (NaN timestamps were already
+    replaced). First reason wins,
     in that order."""
     n = features.shape[0]
     rejects: dict[int, Reject] = {}
@@ -156,7 +158,28 @@ def check_rows(
             int(row),
             Reject("bad_timestamp", f"timestamp is {timestamps[row]}, expected epoch seconds"),
         )
+    # The trainer's data watermark is the newest timestamp learned from, and only grows: one
+    # sample from the far future (epoch milliseconds sent as seconds) would fix it there for
+    # good, and every served data age would be negative from then on.
+    latest = time.time() + MAX_FUTURE_S
+    for row in np.flatnonzero(timestamps > latest):
+        rejects.setdefault(int(row), _future(float(timestamps[row]), latest - MAX_FUTURE_S))
     return rejects
+
+
+# How far ahead of the decoding process's clock a sample's timestamp may be (clock skew).
+MAX_FUTURE_S = 86400.0
+
+
+def _future(stamp: float, now: float) -> Reject:
+    # Within ten years of now once divided by 1000: milliseconds, the usual mistake.
+    millis = abs(stamp / 1000 - now) < 3.2e8
+    hint = "; it looks like epoch milliseconds: divide by 1000" if millis else ""
+    return Reject(
+        "bad_timestamp",
+        f"timestamp {stamp:.6g} is {stamp - now:.3g} s ahead of this process's clock (more than "
+        f"{MAX_FUTURE_S:.0f} s); expected epoch seconds{hint}",
+    )
 
 
 def expected_label(spec: SampleSpec) -> str:

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import math
 import struct
+import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -47,6 +48,7 @@ import numpy as np
 from streamtrain.sample.spec import SampleSpec
 from streamtrain.wire.binary_format import BINARY_MAGIC
 from streamtrain.wire.binary_v2 import BINARY_MAGIC_V2
+from streamtrain.wire.decoded import MAX_FUTURE_S
 from streamtrain.wire.json_checks import class_label, optional_number, regression_label
 from streamtrain.wire.prediction_record import PredictionRecordError, check_request_id
 from streamtrain.wire.rejects import RecordError
@@ -170,6 +172,10 @@ def _decode_json(
         doc = msgspec.json.decode(value)
     except msgspec.DecodeError as exc:
         raise LabelError("undecodable", f"not a JSON label: {exc}") from None
+    except RecursionError:  # arrays nested thousands deep: it escaped the join's handling
+        raise LabelError(
+            "undecodable", 'not a JSON label: nested too deeply; send {"id": "...", "label": 1}'
+        ) from None
     if not isinstance(doc, dict):
         raise LabelError("undecodable", 'expected a JSON object such as {"id": "...", "label": 1}')
     rid = doc.get("id")
@@ -190,7 +196,19 @@ def _decode_json(
     stamp = optional_number(doc.get("timestamp"), record_ts)
     if stamp is None or not math.isfinite(stamp):
         raise LabelError("bad_timestamp", f"timestamp is {doc.get('timestamp')!r}")
+    _not_ahead(stamp)
     return LabelRecord(rid, label, float(weight), float(stamp))
+
+
+def _not_ahead(stamp: float) -> None:
+    """The label's time becomes the joined sample's, which the trainer refuses more than a
+    day ahead (``wire.decoded``): refused here already, where the label is dead-lettered."""
+    if stamp > time.time() + MAX_FUTURE_S:
+        raise LabelError(
+            "bad_timestamp",
+            f"timestamp {stamp:.6g} is more than {MAX_FUTURE_S:.0f} s ahead of this process's "
+            "clock; expected epoch seconds (milliseconds divided by 1000)",
+        )
 
 
 def _json_label(spec: SampleSpec, raw: Any) -> Label:
@@ -237,6 +255,7 @@ def _decode_binary(spec: SampleSpec, value: bytes, record_ts: float) -> LabelRec
         stamp = record_ts
     elif not math.isfinite(stamp):
         raise LabelError("bad_timestamp", f"timestamp is {stamp}")
+    _not_ahead(stamp)
     raw = value[_HEAD.size : fixed]
     label: Label
     if spec.is_classification:

@@ -27,6 +27,25 @@ RejectReason = Literal[
 ]
 REASONS: tuple[RejectReason, ...] = get_args(RejectReason)
 
+# A detail quotes what the record held (``weight is 'abc'``): a record's megabyte of string
+# would otherwise become a megabyte log line and dead-letter header per record (the header
+# beside the value can pass the dead-letter producer's 16 MiB, and the record is lost).
+MAX_DETAIL = 400
+
+
+def clip_detail(detail: str, limit: int = MAX_DETAIL) -> str:
+    """``detail`` cut in the middle to about ``limit`` characters, so both what was found
+    (its start) and what was expected (its end, the hint) stay.
+
+    >>> clip_detail("weight is '" + "a" * 1000 + "', expected a number", 60)
+    "weight is 'aaaaaaaaaaaaaaaaaaa…[971 characters cut]…aaaaaaaaaa', expected a number"
+    """
+    if len(detail) <= limit:
+        return detail
+    keep = limit // 2
+    cut = len(detail) - 2 * keep
+    return f"{detail[:keep]}…[{cut} characters cut]…{detail[-keep:]}"
+
 
 @dataclass(frozen=True)
 class Reject:
@@ -38,6 +57,10 @@ class Reject:
 
     reason: RejectReason
     detail: str
+
+    def __post_init__(self) -> None:
+        if len(self.detail) > MAX_DETAIL:
+            object.__setattr__(self, "detail", clip_detail(self.detail))
 
     def __str__(self) -> str:
         return f"{self.reason}: {self.detail}"
@@ -60,6 +83,7 @@ class RecordError(ValueError, Generic[_Reason]):
     ``LabelError`` and ``PredictionRecordError`` take."""
 
     def __init__(self, reason: _Reason, detail: str) -> None:
+        detail = clip_detail(detail)
         super().__init__(f"{reason}: {detail}")
         self.reason: _Reason = reason
         self.detail = detail
