@@ -263,7 +263,7 @@ def by_id(records: list[Consumed]) -> dict[str, list[Consumed]]:
 def kill_join(process: subprocess.Popen[str]) -> str:
     """``kill -9``; what it wrote."""
     process.kill()
-    return process.communicate(timeout=30)[0]
+    return process.communicate(timeout=120)[0]
 
 
 def reap(processes: Iterable[subprocess.Popen[str] | None], outputs: list[str]) -> None:

@@ -67,7 +67,7 @@ def _kill_inside(env: dict[str, str], root: Path, phase: str, step: int, marker:
         paused_at = int(marker.read_text())
     finally:
         process.send_signal(signal.SIGKILL)
-        output, _ = process.communicate(timeout=30)
+        output, _ = process.communicate(timeout=120)
     assert process.returncode == -signal.SIGKILL, output
     return paused_at
 

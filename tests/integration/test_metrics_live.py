@@ -47,7 +47,7 @@ def _catalogue(registry: str) -> dict[str, bool]:
         capture_output=True,
         text=True,
         check=True,
-        timeout=60,
+        timeout=240,  # a hang's bound, not a loaded machine's
     )
     catalogue = json.loads(found.stdout)
     assert isinstance(catalogue, dict) and catalogue, found.stderr

@@ -34,7 +34,7 @@ def _produce(*args: str) -> subprocess.CompletedProcess[str]:
         [sys.executable, "-m", "streamtrain.cli", "produce", *args],
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=240,  # a hang's bound, not a loaded machine's
         check=False,
     )
 

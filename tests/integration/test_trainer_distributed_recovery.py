@@ -131,7 +131,7 @@ def test_kill_minus_9_of_torchrun_leaves_no_rank_running(
         wait_for_checkpoint_at_least(root, 1, timeout=400)
         ranks = list(_two_ranks(job).values())
         job.send_signal(signal.SIGKILL)
-        job.communicate(timeout=30)
+        job.communicate(timeout=120)
         deadline = time.monotonic() + 30
         while alive := [r for r in ranks if pid_alive(r)]:
             assert time.monotonic() < deadline, f"ranks {alive} outlived torchrun"

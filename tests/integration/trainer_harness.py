@@ -369,7 +369,7 @@ def kill_repeatedly(
         killed_after.append(wait_for_checkpoint_at_least(root, target, 400))
         time.sleep(rng.uniform(0.0, 0.02))  # a random point within the next steps
         process.send_signal(signal.SIGKILL)
-        process.communicate(timeout=30)
+        process.communicate(timeout=120)
     assert killed_after == sorted(set(killed_after)), "each run resumed and made progress"
     assert killed_after[-1] < total_steps, "the last kill landed before the end of the stream"
     return killed_after
