@@ -263,8 +263,13 @@ def bound(z: torch.Tensor, share: torch.Tensor) -> torch.Tensor:
 
     >>> [round(v, 3) for v in bound(torch.tensor([0.0, 1.0, 100.0]), torch.tensor(0.001)).tolist()]
     [0.0, 0.999, 30.15]
+    >>> bound(torch.tensor([3e38]), torch.tensor(0.001)).item()  # z^2 overflows: unbounded
+    3.0000000054977558e+38
     """
-    return z * torch.rsqrt(torch.addcmul(share + 1.0, z * share, z))
+    squares = torch.addcmul(share + 1.0, z * share, z)
+    # where z^2 overflows, z unbounded, as before: the forward overflows and the guard refuses
+    # the step (and puts the statistics back), rather than a huge batch learned as zeros
+    return torch.where(squares < math.inf, z * torch.rsqrt(squares), z)
 
 
 def make_standardizer(
