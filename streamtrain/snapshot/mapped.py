@@ -30,7 +30,7 @@ import mmap
 import os
 import weakref
 from collections.abc import Iterator
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 
 import torch
 
@@ -105,41 +105,66 @@ class MappedPayload:
 
 def _views(mapping: mmap.mmap, whole: torch.Tensor, size: int) -> dict[str, torch.Tensor]:
     """Parse and validate the header; one view per tensor (a copy for empty ones)."""
-    length = int.from_bytes(mapping[:8], "little")
-    if length > min(_MAX_HEADER, size - 8):
+    length = header_length(mapping[:8], size)
+    start = 8 + length
+    views: dict[str, torch.Tensor] = {}
+    for span in parse_header(mapping[8:start], size - start):
+        if span.end == span.begin:
+            views[span.name] = torch.empty(span.shape, dtype=span.dtype)
+            continue
+        raw = whole[start + span.begin : start + span.end]
+        try:
+            views[span.name] = raw.view(span.dtype).view(span.shape)
+        except RuntimeError:  # not aligned for its dtype: a copy (small, rare)
+            views[span.name] = raw.clone().view(span.dtype).view(span.shape)
+    return views
+
+
+class Span(NamedTuple):
+    """One tensor of a safetensors header: its bytes are ``[begin, end)`` of the data part."""
+
+    name: str
+    dtype: torch.dtype
+    shape: list[int]
+    begin: int
+    end: int
+
+
+def header_length(first8: bytes, size: int) -> int:
+    """The JSON header's length from a ``size``-byte payload's first 8 bytes, validated."""
+    length = int.from_bytes(first8, "little")
+    if len(first8) != 8 or length > min(_MAX_HEADER, size - 8):
         raise CodecError(f"header length {length} does not fit a {size}-byte payload")
+    return length
+
+
+def parse_header(raw: bytes, data: int) -> list[Span]:
+    """The tensors a safetensors JSON header ``raw`` lists over ``data`` bytes of tensor data,
+    validated as safetensors does (known dtypes, sizes that match the shapes, offsets that
+    tile the data exactly), in data order."""
     try:
-        header = json.loads(mapping[8 : 8 + length])
+        header = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CodecError(f"header is not JSON: {exc}") from exc
     if not isinstance(header, dict):
         raise CodecError("header is not a JSON object")
     header.pop("__metadata__", None)
-    start, data = 8 + length, size - 8 - length
-    spans: list[tuple[int, int, str]] = []
-    views: dict[str, torch.Tensor] = {}
+    spans: list[Span] = []
     for name, entry in header.items():
         dtype, shape, begin, end = _entry(name, entry)
         itemsize = torch.empty((), dtype=dtype).element_size()
         if end - begin != math.prod(shape) * itemsize or not 0 <= begin <= end <= data:
             raise CodecError(f"tensor {name!r}: offsets {begin}..{end} do not fit its shape")
-        spans.append((begin, end, name))
-        if end == begin:
-            views[name] = torch.empty(shape, dtype=dtype)
-        else:
-            raw = whole[start + begin : start + end]
-            try:
-                views[name] = raw.view(dtype).view(shape)
-            except RuntimeError:  # not aligned for its dtype: a copy (small, rare)
-                views[name] = raw.clone().view(dtype).view(shape)
+        spans.append(Span(name, dtype, shape, begin, end))
+    spans.sort(key=lambda span: (span.begin, span.end))
     position = 0
-    for begin, end, name in sorted(spans):
-        if begin != position:
-            raise CodecError(f"tensor {name!r} does not start where the previous one ended")
-        position = end
+    for span in spans:
+        if span.begin != position:
+            raise CodecError(f"tensor {span.name!r} does not start where the previous one ended")
+        position = span.end
     if position != data:
         raise CodecError(f"tensors cover {position} of the {data} data bytes")
-    return views
+    return spans
 
 
 def _entry(name: str, entry: object) -> tuple[torch.dtype, list[int], int, int]:
