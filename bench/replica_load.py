@@ -12,6 +12,8 @@ minor page faults (``getrusage(RUSAGE_THREAD)``). Phases:
 * ``scan``: the watcher's start to the scan's end (the manifests read back to the base);
 * ``read``: the base's chunks read (each chunk's sha256, the running payload sha256, the spool
   write; with the overlapped load also the copy into the standby and its finiteness check);
+* ``read: spool pwrite``, ``read: fill``: parts of ``read`` (the spool's file writes; the
+  fill's copies and checks);
 * ``verify``: the spool's checks, the payload's sha256, the mapping and its header;
 * ``check``: the slot's step 1 (names, shapes, finiteness over the mapped payload);
 * ``copy``: the copy into the standby tensors (the shared table's included);
@@ -92,6 +94,7 @@ def _replica(bootstrap: str, topic: str, rows: int, streamed: bool, out: Any) ->
     from streamtrain.metrics import SERVER_REGISTRY
     from streamtrain.serve.weights import slot as slot_module
     from streamtrain.serve.weights.slot import WeightSlot
+    from streamtrain.serve.weights.standby_fill import StandbyFill
     from streamtrain.serve.weights.watcher import SnapshotWatcher
     from streamtrain.snapshot import scan as scan_module
     from streamtrain.snapshot import subscriber as subscriber_module
@@ -106,6 +109,8 @@ def _replica(bootstrap: str, topic: str, rows: int, streamed: bool, out: Any) ->
     phases = _Phases()
     subscriber_module.verify_spool = phases.wrap("verify", subscriber_module.verify_spool)
     subscriber_module.read_chunks = phases.wrap("read", scan_module.read_chunks)
+    os.pwrite = phases.wrap("read: spool pwrite", os.pwrite)
+    StandbyFill.write = phases.wrap("read: fill", StandbyFill.write)  # type: ignore[method-assign]
     slot.check = phases.wrap("check", slot.check)  # type: ignore[method-assign]
     slot._copy_into = phases.wrap("copy", slot._copy_into)  # type: ignore[method-assign]
     slot_module.apply_rows = phases.wrap("copy", slot_module.apply_rows)
@@ -199,8 +204,8 @@ def main() -> None:
         del tensors
         print(f"base of {model_bytes / 1e9:.3f} GB written; load {os.getloadavg()[0]:.1f}")
         rows_out: dict[bool, list[dict[str, Any]]] = {m: [] for m in modes}
-        for _ in range(args.runs):
-            for mode in modes:
+        for run in range(args.runs):
+            for mode in modes if run % 2 == 0 else modes[::-1]:  # both orders, alternately
                 out = ctx.Queue()
                 proc = ctx.Process(
                     target=_replica, args=(broker.bootstrap_servers, topic, rows, mode, out)

@@ -45,6 +45,8 @@ from streamtrain.snapshot.payload import CodecError
 
 log = logging.getLogger(__name__)
 
+_JUDGE_BYTES = 4 * 1024 * 1024  # judged for NaN/Inf at a time, as mapped.all_finite does
+
 
 class _Target:
     """One tensor's span of the payload and the standby bytes it goes to."""
@@ -173,7 +175,12 @@ class StandbyFill:
             self._at += 1
 
     def _judge(self, each: _Target, upto: int) -> None:
-        """Rule 4 on the elements ``[checked, upto)`` of one tensor, now written whole."""
+        """Rule 4 on the elements ``[checked, upto)`` of one tensor, now written whole: in
+        blocks of ``_JUDGE_BYTES`` or at the tensor's end, so the reading thread hands the GIL
+        over (torch releases it per call) a few hundred times per GB, not per chunk."""
+        whole = upto == each.tensor.numel()
+        if (upto - each.checked) * each.itemsize < _JUDGE_BYTES and not whole:
+            return
         if each.floating and upto > each.checked:
             low, high = torch.aminmax(each.tensor[each.checked : upto])
             if not (bool(torch.isfinite(low)) and bool(torch.isfinite(high))):
