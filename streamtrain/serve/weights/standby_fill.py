@@ -1,10 +1,10 @@
 """A new replica's first base written into its standby tensors as the chunks arrive (issue 26).
 
 Why: a replica used to read its whole base into the spool, then check it for NaN/Inf and copy
-it out of the memory-mapped spool into its model: 1.2–8.9 s per GB after the read (first-touch
-page faults of the model's untouched pages, the mapped file's page faults, the copy;
-``bench/replica_load.py``), while the read itself spends most of its time waiting for the
-broker. A :class:`StandbyFill` does that work chunk by chunk during the read, on the bytes the
+it out of the memory-mapped spool into its model: 0.6–8.9 s per GB after the read on a loaded
+machine (first-touch page faults of the model's untouched pages, the mapped file's page faults,
+the copy; ``bench/replica_load.py``), while the read itself spends most of its time waiting for
+the broker. A :class:`StandbyFill` does that work chunk by chunk during the read, on the bytes the
 reader holds anyway, so what is left after the read is the verification that was already
 there and the swap.
 
