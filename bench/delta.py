@@ -324,6 +324,9 @@ def replica(args: argparse.Namespace, bootstrap: str, topic: str, out: Any) -> N
     model = _model(args, trainer=False)
     shared = frozenset(row_sparse_parameters(model)) | frozenset(row_sparse_buffers(model))
     slot = WeightSlot(model, shared=shared)
+    # issue 26: the base written into the standby while it is read (slot rule 7), or, with
+    # --replica-copy-after-read, copied after the read as before, in the same tree
+    slot.streamed_loads = not args.replica_copy_after_read
     with_model, _ = _rss_bytes()
     built = time.time()
     source = _subscriber(bootstrap, topic, slot)
@@ -370,7 +373,8 @@ def replica(args: argparse.Namespace, bootstrap: str, topic: str, out: Any) -> N
         {
             "ready s": ready,
             "base read s": base_to - base_from,
-            # from the base's yield to ready: the slot's finiteness check and copy (issue 26)
+            # from the base's yield to ready: the slot's finiteness check and copy, or with
+            # the streamed fill (slot rule 7) only the swap (issue 26)
             "base load s": ready - base_to,
             # phases, s after the watcher started: the scan of the manifests done, the base's
             # read started (after the scan, or after the deltas read before it)
@@ -918,6 +922,12 @@ def main() -> None:
         default=0.0,
         help="start the tailing server N s after the trainer: its catch-up (base + deltas) "
         "is timed and its topic reads counted (catch-up s, scan reads, chunk reads)",
+    )
+    parser.add_argument(
+        "--replica-copy-after-read",
+        action="store_true",
+        help="the replica copies its base into its model after the read, as before issue 26's "
+        "streamed fill (serve/weights/standby_fill.py), for a before/after run in one tree",
     )
     parser.add_argument(
         "--server-draws",

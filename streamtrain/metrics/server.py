@@ -26,6 +26,12 @@ SERVE_SWAPS = Counter(
     "Snapshots swapped in as the live weights.",
     registry=SERVER_REGISTRY,
 )
+SERVE_STREAMED_LOADS = Counter(
+    "streamtrain_serve_streamed_loads",
+    "Bases made live from standby tensors written while their chunks were read (a new "
+    "replica's first base, issue 26), without a copy after the read.",
+    registry=SERVER_REGISTRY,
+)
 SERVE_REJECTED_SNAPSHOTS = Counter(
     "streamtrain_serve_rejected_snapshots",
     "Snapshots refused, by reason.",

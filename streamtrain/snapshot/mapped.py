@@ -30,7 +30,7 @@ import mmap
 import os
 import weakref
 from collections.abc import Iterator
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 
 import torch
 
@@ -105,11 +105,45 @@ class MappedPayload:
 
 def _views(mapping: mmap.mmap, whole: torch.Tensor, size: int) -> dict[str, torch.Tensor]:
     """Parse and validate the header; one view per tensor (a copy for empty ones)."""
-    length = int.from_bytes(mapping[:8], "little")
-    if length > min(_MAX_HEADER, size - 8):
+    length = header_length(mapping[:8], size)
+    start = 8 + length
+    views: dict[str, torch.Tensor] = {}
+    for span in parse_header(mapping[8:start], size - start):
+        if span.end == span.begin:
+            views[span.name] = torch.empty(span.shape, dtype=span.dtype)
+            continue
+        raw = whole[start + span.begin : start + span.end]
+        try:
+            views[span.name] = raw.view(span.dtype).view(span.shape)
+        except RuntimeError:  # not aligned for its dtype: a copy (small, rare)
+            views[span.name] = raw.clone().view(span.dtype).view(span.shape)
+    return views
+
+
+class Span(NamedTuple):
+    """One tensor of a safetensors header: its bytes are ``[begin, end)`` of the data part."""
+
+    name: str
+    dtype: torch.dtype
+    shape: list[int]
+    begin: int
+    end: int
+
+
+def header_length(first8: bytes, size: int) -> int:
+    """The JSON header's length from a ``size``-byte payload's first 8 bytes, validated."""
+    length = int.from_bytes(first8, "little")
+    if len(first8) != 8 or length > min(_MAX_HEADER, size - 8):
         raise CodecError(f"header length {length} does not fit a {size}-byte payload")
+    return length
+
+
+def parse_header(raw: bytes, data: int) -> list[Span]:
+    """The tensors a safetensors JSON header ``raw`` lists over ``data`` bytes of tensor data,
+    validated as safetensors does (known dtypes, sizes that match the shapes, offsets that
+    tile the data exactly), in data order."""
     try:
-        header = json.loads(mapping[8 : 8 + length])
+        header = json.loads(raw)
     except (ValueError, RecursionError) as exc:
         # ValueError: not UTF-8, not JSON, or an integer of more than 4300 digits;
         # RecursionError: arrays nested thousands deep. Both come from the topic's bytes.
@@ -117,38 +151,29 @@ def _views(mapping: mmap.mmap, whole: torch.Tensor, size: int) -> dict[str, torc
     if not isinstance(header, dict):
         raise CodecError("header is not a JSON object")
     header.pop("__metadata__", None)
-    start, data = 8 + length, size - 8 - length
-    spans: list[tuple[int, int, str]] = []
-    views: dict[str, torch.Tensor] = {}
+    spans: list[Span] = []
     for name, entry in header.items():
         dtype, shape, begin, end = _entry(name, entry)
         itemsize = torch.empty((), dtype=dtype).element_size()
         if end - begin != math.prod(shape) * itemsize or not 0 <= begin <= end <= data:
             raise CodecError(f"tensor {name!r}: offsets {begin}..{end} do not fit its shape")
-        spans.append((begin, end, name))
-        try:
-            views[name] = _view(whole[start + begin : start + end], dtype, shape)
-        except (RuntimeError, TypeError, ValueError) as exc:
-            # An empty tensor whose other sizes overflow torch's int64 (``[0, 10**30]``).
-            raise CodecError(f"tensor {name!r}: shape {shape!r} is not one torch can make") from exc
+        if begin == end:
+            try:  # an empty tensor is made, not viewed (``_views``, the fill): it must be one
+                torch.empty(shape, dtype=dtype)
+            except (RuntimeError, TypeError, ValueError) as exc:
+                # other sizes that overflow torch's int64 (``[0, 10**30]``)
+                problem = f"shape {shape!r} is not one torch can make"
+                raise CodecError(f"tensor {name!r}: {problem}") from exc
+        spans.append(Span(name, dtype, shape, begin, end))
+    spans.sort(key=lambda span: (span.begin, span.end))
     position = 0
-    for begin, end, name in sorted(spans):
-        if begin != position:
-            raise CodecError(f"tensor {name!r} does not start where the previous one ended")
-        position = end
+    for span in spans:
+        if span.begin != position:
+            raise CodecError(f"tensor {span.name!r} does not start where the previous one ended")
+        position = span.end
     if position != data:
         raise CodecError(f"tensors cover {position} of the {data} data bytes")
-    return views
-
-
-def _view(raw: torch.Tensor, dtype: torch.dtype, shape: list[int]) -> torch.Tensor:
-    """``raw``'s bytes as a tensor of ``dtype`` and ``shape`` (a copy for empty ones)."""
-    if raw.numel() == 0:
-        return torch.empty(shape, dtype=dtype)
-    try:
-        return raw.view(dtype).view(shape)
-    except RuntimeError:  # not aligned for its dtype: a copy (small, rare)
-        return raw.clone().view(dtype).view(shape)
+    return spans
 
 
 def _entry(name: str, entry: object) -> tuple[torch.dtype, list[int], int, int]:

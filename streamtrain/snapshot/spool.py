@@ -29,7 +29,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Literal
+from typing import BinaryIO, Literal, Protocol
 
 _BLOCK = 1024 * 1024  # bytes hashed per read: bounded memory whatever the snapshot size
 _M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
@@ -58,6 +58,20 @@ class SpoolError(ValueError):
     def __init__(self, reason: Reason, message: str) -> None:
         super().__init__(message)
         self.reason = reason
+
+
+class ChunkFill(Protocol):
+    """Where a spool also hands each chunk whose own sha256 matched, as it is placed: a new
+    replica's standby tensors (``serve/weights/standby_fill.py``), written while the rest of
+    the base is still being read. What it wrote is made live only after the whole payload
+    was verified (its sha256 in the signed manifest) and the fill says it is ``complete``."""
+
+    def write(self, index: int, data: bytes) -> None: ...
+
+    def abandon(self, why: str) -> None: ...
+
+    @property
+    def complete(self) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -105,6 +119,7 @@ class Spool:
         # bytes hashed the file's bytes; otherwise None and :meth:`sha256` reads the file.
         self._running: hashlib._Hash | None = hashlib.sha256()
         self._hashed = 0  # chunks folded into ``_running``: 0..N-1 in order
+        self.fill: ChunkFill | None = None  # also gets each placed chunk (a new replica's load)
 
     def __len__(self) -> int:
         return len(self._placed) + (self._waiting is not None)
@@ -151,8 +166,15 @@ class Spool:
         else:
             self._running = None
         self._placed[index] = _Placed(count, len(data), digest_ok)
+        if self.fill is not None:
+            if digest_ok:
+                self.fill.write(index, data)
+            else:
+                self.fill.abandon(f"chunk {index} differs from its own sha256")
 
     def _refuse(self, reason: Reason, message: str) -> None:
+        if self.fill is not None:
+            self.fill.abandon(message)
         if self.problem is None:
             self.problem = SpoolError(reason, message)
 

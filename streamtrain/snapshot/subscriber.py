@@ -22,6 +22,7 @@ from streamtrain.snapshot.base_skip import BaseSkip
 from streamtrain.snapshot.forward import read_forward
 from streamtrain.snapshot.manifest import (
     SnapshotHeader,
+    SnapshotManifest,
     SnapshotOrder,
 )
 from streamtrain.snapshot.readers import SnapshotReaders
@@ -34,7 +35,7 @@ from streamtrain.snapshot.scan import (
     read_chunks,
 )
 from streamtrain.snapshot.signing import ManifestVerifier
-from streamtrain.snapshot.spool import Chunk, Spool, return_chunk_buffers
+from streamtrain.snapshot.spool import Chunk, ChunkFill, Spool, return_chunk_buffers
 from streamtrain.snapshot.verify import (
     MAX_CHUNKS,
     ReceivedSnapshot,
@@ -47,6 +48,7 @@ log = logging.getLogger(__name__)
 
 Result = ReceivedSnapshot | RejectedSnapshot
 Wanted = Callable[[SnapshotOrder], bool]
+FillFor = Callable[[SnapshotManifest], ChunkFill | None]
 
 # Rejections queued for the next poll(); a topic flooded with junk manifests must not grow the
 # queue without bound (the excess is logged as a count).
@@ -101,6 +103,9 @@ class SnapshotSubscriber:
         self.max_chunks = max_chunks
         self.verifier = verifier
         self._readers = SnapshotReaders(kafka, topic, fetch_max_wait_ms)
+        # A new replica's slot (``WeightSlot.fill_for``): the base a catch-up reads after
+        # screening its manifest is also written into the standby as its chunks arrive.
+        self.fill_for: FillFor | None = None
         self.spool_dir = spool_dir  # where chunks wait for their manifest (None: $TMPDIR)
         return_chunk_buffers()
         self._assembler = self._new_assembler()
@@ -195,7 +200,10 @@ class SnapshotSubscriber:
         for candidate in candidates:
             if not wanted(candidate.manifest.order):
                 continue
-            result = self._finish(candidate, self._assembler.new_spool())
+            spool = self._assembler.new_spool()
+            if self.fill_for is not None:
+                spool.fill = self.fill_for(candidate.manifest)
+            result = self._finish(candidate, spool)
             if isinstance(result, ReceivedSnapshot):
                 yield result
             else:
@@ -238,7 +246,7 @@ class SnapshotSubscriber:
         if isinstance(result, RejectedSnapshot):
             return result
         return dataclasses.replace(
-            result, raw_manifest=candidate.raw, signature=candidate.signature
+            result, raw_manifest=candidate.raw, signature=candidate.signature, filled=spool.fill
         )
 
     def _queue(self, rejected: RejectedSnapshot) -> None:

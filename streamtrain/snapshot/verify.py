@@ -47,7 +47,7 @@ from streamtrain.snapshot.mapped import MappedPayload
 from streamtrain.snapshot.payload import CodecError, describe_mismatch
 from streamtrain.snapshot.signing import ManifestVerifier
 from streamtrain.snapshot.spool import Chunk as Chunk
-from streamtrain.snapshot.spool import Spool, file_sha256
+from streamtrain.snapshot.spool import ChunkFill, Spool, file_sha256
 
 RejectReason = Literal[
     "signature",
@@ -72,7 +72,8 @@ class ReceivedSnapshot:
 
     ``payload`` is the verified safetensors file, ``raw_manifest`` and ``signature`` the
     manifest record as published: together they let the server's local cache re-verify the
-    snapshot exactly as a reader of the topic would.
+    snapshot exactly as a reader of the topic would. ``filled``: where its chunks were also
+    written as they were read (a new replica's standby tensors, ``spool.ChunkFill``).
     """
 
     manifest: SnapshotManifest
@@ -80,6 +81,7 @@ class ReceivedSnapshot:
     payload: MappedPayload | None = None
     raw_manifest: bytes = b""
     signature: str | None = None
+    filled: ChunkFill | None = None
 
 
 @dataclass(frozen=True)

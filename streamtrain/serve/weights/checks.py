@@ -33,9 +33,14 @@ class SnapshotRejected(ValueError):
 
 
 def check_whole(
-    targets: Mapping[str, torch.Tensor], tensors: Mapping[str, torch.Tensor], stale: str | None
+    targets: Mapping[str, torch.Tensor],
+    tensors: Mapping[str, torch.Tensor],
+    stale: str | None,
+    *,
+    finite: bool = True,
 ) -> None:
-    """A base: every model tensor, nothing else, right shapes and kinds, finite."""
+    """A base: every model tensor, nothing else, right shapes and kinds, finite (unless
+    ``finite`` is False: a new replica's fill judged each element as it wrote it)."""
     if stale is not None:
         raise SnapshotRejected("stale", stale)
     missing = sorted(set(targets) - set(tensors))
@@ -47,7 +52,7 @@ def check_whole(
             f"unexpected {unexpected[:5]} {_HINT}",
         )
     for name, target in targets.items():
-        _fits(name, tensors[name], target, tuple(target.shape))
+        _fits(name, tensors[name], target, tuple(target.shape), finite)
 
 
 def check_rows(
@@ -83,7 +88,13 @@ def check_rows(
         _fits(name, values, target, (index.shape[0], *target.shape[1:]))
 
 
-def _fits(name: str, got: torch.Tensor, target: torch.Tensor, shape: tuple[int, ...]) -> None:
+def _fits(
+    name: str,
+    got: torch.Tensor,
+    target: torch.Tensor,
+    shape: tuple[int, ...],
+    finite: bool = True,
+) -> None:
     if tuple(got.shape) != shape:
         raise SnapshotRejected(
             "shape_mismatch",
@@ -95,7 +106,7 @@ def _fits(name: str, got: torch.Tensor, target: torch.Tensor, shape: tuple[int, 
         raise SnapshotRejected(
             "shape_mismatch", f"tensor {name!r} is {got.dtype}, the model has {target.dtype}"
         )
-    if got.dtype.is_floating_point and not all_finite(got):
+    if finite and got.dtype.is_floating_point and not all_finite(got):
         raise SnapshotRejected("non_finite", f"tensor {name!r} holds NaN or Inf")
 
 

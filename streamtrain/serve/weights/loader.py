@@ -11,7 +11,8 @@ import torch
 
 from streamtrain.serve.weights.slot import WeightsInfo
 from streamtrain.snapshot.delta import RowUpdate
-from streamtrain.snapshot.manifest import SnapshotHeader, SnapshotOrder
+from streamtrain.snapshot.manifest import SnapshotHeader, SnapshotManifest, SnapshotOrder
+from streamtrain.snapshot.spool import ChunkFill
 
 
 class SnapshotLoader(Protocol):
@@ -23,7 +24,15 @@ class SnapshotLoader(Protocol):
 
     def is_newer(self, order: SnapshotOrder) -> bool: ...
 
-    def load(self, tensors: Mapping[str, torch.Tensor], header: SnapshotHeader) -> None: ...
+    def load(
+        self,
+        tensors: Mapping[str, torch.Tensor],
+        header: SnapshotHeader,
+        *,
+        filled: ChunkFill | None = None,
+    ) -> None: ...
+
+    def fill_for(self, manifest: SnapshotManifest) -> ChunkFill | None: ...
 
     def apply_delta(
         self,

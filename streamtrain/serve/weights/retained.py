@@ -48,8 +48,9 @@ from streamtrain.serve.weights.inference import (
 from streamtrain.serve.weights.slot import StandbyBusy, WeightsInfo, WeightSlot
 from streamtrain.snapshot.cache import SnapshotCache
 from streamtrain.snapshot.delta import RowUpdate
-from streamtrain.snapshot.manifest import SnapshotHeader, SnapshotOrder
+from streamtrain.snapshot.manifest import SnapshotHeader, SnapshotManifest, SnapshotOrder
 from streamtrain.snapshot.mapped import copy_released
+from streamtrain.snapshot.spool import ChunkFill
 from streamtrain.train.models import dynamic_mappings
 
 log = logging.getLogger(__name__)
@@ -113,14 +114,25 @@ class RetainedVersions:
             orders.append(live.order)
         return not orders or order > max(orders)
 
-    def load(self, tensors: Mapping[str, torch.Tensor], header: SnapshotHeader) -> None:
+    def fill_for(self, manifest: SnapshotManifest) -> ChunkFill | None:
+        """The slot's fill of a new replica's first base (``WeightSlot.fill_for``), unless a
+        pin decides which version goes live."""
+        return None if self._pinned is not None else self._slot.fill_for(manifest)
+
+    def load(
+        self,
+        tensors: Mapping[str, torch.Tensor],
+        header: SnapshotHeader,
+        *,
+        filled: ChunkFill | None = None,
+    ) -> None:
         """Rules 1-3; raises SnapshotRejected or StandbyBusy like ``WeightSlot.load``."""
         version = header.version
         with self._lock:
             pinned = self._pinned
             live = self._slot.info
             if pinned is None:
-                self._slot.load(tensors, header)
+                self._slot.load(tensors, header, filled=filled)
             elif version == pinned and (live is None or live.version != pinned):
                 self._slot.load(tensors, header, allow_older=True)
             else:

@@ -40,6 +40,14 @@ Semantics (the order is the correctness argument):
    reloads from the newest base). The live lineage becomes the delta's ``base_id``. A
    delta's dense tensors are whole, so copying them into the standby leaves it fully
    current; its rows go to the shared tables (rule 5).
+7. **A first base may be written during its read** (``fill_for``, ``standby_fill.py``): while
+   nothing is live, nothing reads the standby copy (requests get NotReady, deltas need a live
+   version), so a new replica's base is written into it chunk by chunk as the chunks arrive,
+   its names, shapes and dtypes checked before the first byte and its finiteness as it goes.
+   ``load`` given that fill (complete, the newest, nothing loaded since, the same snapshot,
+   verified whole by the subscriber) checks the names and shapes again and swaps, without
+   the copy; anything else takes steps 1-5. A fill abandoned half-way is never made live,
+   and the next base loaded writes every tensor.
 """
 
 from __future__ import annotations
@@ -60,6 +68,7 @@ from streamtrain.metrics import (
     SERVE_MODEL_VERSION,
     SERVE_REJECTED_SNAPSHOTS,
     SERVE_SINCE_SWAP,
+    SERVE_STREAMED_LOADS,
     SERVE_SWAP_SECONDS,
     SERVE_SWAP_TIMESTAMP,
     SERVE_SWAPS,
@@ -70,9 +79,11 @@ from streamtrain.serve.weights.lease import Held, Leases, ModelCopy
 from streamtrain.serve.weights.lease import Lease as Lease
 from streamtrain.serve.weights.lease import NotReady as NotReady
 from streamtrain.serve.weights.lease import WeightsInfo as WeightsInfo
+from streamtrain.serve.weights.standby_fill import StandbyFill
 from streamtrain.snapshot.delta import RowUpdate, apply_rows
-from streamtrain.snapshot.manifest import SnapshotHeader, SnapshotOrder
+from streamtrain.snapshot.manifest import SnapshotHeader, SnapshotManifest, SnapshotOrder
 from streamtrain.snapshot.mapped import copy_released
+from streamtrain.snapshot.spool import ChunkFill
 from streamtrain.train.models import dynamic_mappings
 
 log = logging.getLogger(__name__)
@@ -112,6 +123,8 @@ class WeightSlot:
         self._cond = self._leases.cond
         self._load_lock = threading.Lock()  # one loader at a time; never taken by requests
         self._drain_timeout_s = drain_timeout_s
+        self._fill: StandbyFill | None = None  # the newest fill made (rule 7)
+        self.streamed_loads = True  # rule 7 on (bench/replica_load.py turns it off to compare)
         device = next(iter(self._standby.targets.values()), torch.empty(0)).device
         self._stream: torch.cuda.Stream | None = None
         if device.type == "cuda":
@@ -136,14 +149,38 @@ class WeightSlot:
         return Held(self._leases)
 
     # --- loader path --------------------------------------------------------------------
+    def fill_for(self, manifest: SnapshotManifest) -> ChunkFill | None:
+        """Rule 7: a fill of the standby copy for ``manifest``'s chunks as they are read, or
+        None (something is live, a delta, a CUDA model, or streamed loads turned off)."""
+        if not self.streamed_loads or manifest.kind != "base" or self._stream is not None:
+            return None
+        with self._load_lock:
+            if self._leases.live is not None:
+                return None
+            self._fill = StandbyFill(
+                manifest.snapshot_id,
+                manifest.size_bytes,
+                self._standby.targets,
+                self._load_lock,
+                self._fill_current,
+            )
+            return self._fill
+
+    def _fill_current(self, fill: StandbyFill) -> bool:
+        """With the load lock held: may ``fill`` still write the standby (nothing live, no
+        newer fill, no load since)?"""
+        return fill is self._fill and self._leases.live is None
+
     def load(
         self,
         tensors: Mapping[str, torch.Tensor],
         header: SnapshotHeader,
         *,
         allow_older: bool = False,
+        filled: ChunkFill | None = None,
     ) -> None:
-        """Copy ``tensors`` into the standby copy and make it live (steps 1-5 above).
+        """Copy ``tensors`` into the standby copy and make it live (steps 1-5 above); with
+        ``filled`` (rule 7), the standby already holding them, only check and swap.
 
         ``allow_older`` lifts rule 3 for an operator's pin or rollback to a retained version
         (``serve/weights/retained.py``); every other check still applies.
@@ -151,10 +188,25 @@ class WeightSlot:
         """
         with self._load_lock:
             started = time.perf_counter()
-            self.check(tensors, header.version, None if allow_older else header.order)
+            written = self._filled(filled, header)
+            self._fill = None  # whatever happens now, the standby is no fill's any more
+            self.check(
+                tensors, header.version, None if allow_older else header.order, finite=not written
+            )
             # A base starts its own lineage, whatever the header names.
             base = replace(header, base_id=None, predecessor_id=None)
-            self._commit(tensors, {}, WeightsInfo(base, time.monotonic()), started)
+            self._commit(tensors, {}, WeightsInfo(base, time.monotonic()), started, written)
+            if written:
+                SERVE_STREAMED_LOADS.inc()
+
+    def _filled(self, filled: ChunkFill | None, header: SnapshotHeader) -> bool:
+        """Rule 7: whether the standby holds ``filled``'s base whole (load lock held)."""
+        return (
+            isinstance(filled, StandbyFill)
+            and self._fill_current(filled)
+            and filled.complete
+            and filled.snapshot_id == header.snapshot_id
+        )
 
     def apply_delta(
         self,
@@ -180,11 +232,15 @@ class WeightSlot:
         rows: Mapping[str, RowUpdate],
         info: WeightsInfo,
         started: float,
+        written: bool = False,
     ) -> None:
-        """Steps 2-5 (and rule 5 for shared tables): write the standby, flip it live."""
+        """Steps 2-5 (and rule 5 for shared tables): write the standby (unless ``written``
+        already, rule 7), flip it live."""
         standby = self._standby
+        self._fill = None  # a commit writes the standby or makes it live: no fill goes on
         self._drain(standby, info.version)
-        self._copy_into(standby, {n: t for n, t in whole.items() if n not in self._shared})
+        if not written:
+            self._copy_into(standby, {n: t for n, t in whole.items() if n not in self._shared})
         shared_whole = {n: t for n, t in whole.items() if n in self._shared}
         standby.info = info
         with self._cond:
@@ -194,10 +250,10 @@ class WeightSlot:
                     self._drain_all(info.version)
                     with torch.no_grad():
                         before = dynamic_mappings.owners_before(standby.model, rows)
-                        apply_rows(standby.targets, shared_whole, rows)
-                        written = dynamic_mappings.mapping_writes(standby.model, shared_whole, rows)
+                        apply_rows(standby.targets, {} if written else shared_whole, rows)
+                        mapped = dynamic_mappings.mapping_writes(standby.model, shared_whole, rows)
                         models = [each.model for each in self._copies]  # in this one section
-                        dynamic_mappings.refresh_lookups(models, written, before)
+                        dynamic_mappings.refresh_lookups(models, mapped, before)
                     if self._stream is not None:
                         torch.cuda.synchronize(self._stream.device)
                 finally:
@@ -238,12 +294,15 @@ class WeightSlot:
         tensors: Mapping[str, torch.Tensor],
         version: int,
         order: SnapshotOrder | None = None,
+        *,
+        finite: bool = True,
     ) -> None:
         """Step 1 alone: raise SnapshotRejected (counted and logged) unless ``tensors`` fit
-        the model and are finite, and (when ``order`` is given) are newer than the live ones."""
+        the model and are finite (not judged again with ``finite=False``: a fill judged
+        them, rule 7), and (when ``order`` is given) are newer than the live ones."""
 
         def run() -> None:
-            check_whole(self._standby.targets, tensors, self._stale(order))
+            check_whole(self._standby.targets, tensors, self._stale(order), finite=finite)
             check_mappings(self._standby.model, tensors, {})
 
         self._counted(version, run)

@@ -49,6 +49,7 @@ from streamtrain.serve.weights.slot import SnapshotRejected, StandbyBusy
 from streamtrain.snapshot.cache import SnapshotCache
 from streamtrain.snapshot.manifest import SnapshotOrder
 from streamtrain.snapshot.shard_assembly import ShardAssembly
+from streamtrain.snapshot.subscriber import SnapshotSubscriber
 from streamtrain.snapshot.verify import ReceivedSnapshot, RejectedSnapshot, RejectReason
 
 log = logging.getLogger(__name__)
@@ -113,6 +114,8 @@ class SnapshotWatcher:
         self._shards = ShardAssembly()  # rule 4b
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="snapshot-watcher", daemon=True)
+        if isinstance(source, SnapshotSubscriber):  # a new replica's base filled as it is read
+            source.fill_for = loader.fill_for
         # Every reason at 0 from the start: one forged snapshot is then an increase() of 1.
         export_at_zero(
             SERVE_REJECTED_SNAPSHOTS, [(r,) for r in (*get_args(RejectReason), *SLOT_REASONS)]
@@ -178,7 +181,7 @@ class SnapshotWatcher:
         """True when live, False when the slot refused it (counted there), None when busy."""
         manifest = snapshot.manifest
         try:
-            self._loader.load(snapshot.tensors, manifest.header)
+            self._loader.load(snapshot.tensors, manifest.header, filled=snapshot.filled)
         except StandbyBusy:
             return None  # logged by the slot
         except SnapshotRejected:
