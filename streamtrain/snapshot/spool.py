@@ -167,10 +167,16 @@ class Spool:
             self._running = None
         self._placed[index] = _Placed(count, len(data), digest_ok)
         if self.fill is not None:
-            if digest_ok:
-                self.fill.write(index, data)
-            else:
+            if not digest_ok:
                 self.fill.abandon(f"chunk {index} differs from its own sha256")
+            else:
+                try:
+                    self.fill.write(index, data)
+                except Exception as exc:
+                    # The fill only saves the copy after the read; whatever it trips on
+                    # (the bytes are the topic's) must not end the read, which the reader
+                    # would take for an outage: the snapshot is verified and loaded as before.
+                    self.fill.abandon(f"chunk {index} could not be placed: {exc!r}"[:400])
 
     def _refuse(self, reason: Reason, message: str) -> None:
         if self.fill is not None:

@@ -226,9 +226,14 @@ def verify_file(
         )
     try:
         mapped = MappedPayload(file, size)
-    except CodecError as exc:
+    except (CodecError, ValueError, TypeError, RecursionError, OverflowError, RuntimeError) as exc:
+        # CodecError names what the header breaks; the others are a parser (json, int, torch)
+        # tripping on bytes nobody checked for that case. Either way the payload is refused
+        # here: raised, it was taken for a topic outage, and the batch after it was dropped.
         return RejectedSnapshot(
-            "corrupt", f"snapshot {sid}: payload is not safetensors: {exc}", version
+            "corrupt",
+            f"snapshot {sid}: payload is not safetensors: {type(exc).__name__}: {exc}"[:400],
+            version,
         )
     mismatch = describe_mismatch(mapped.tensors, manifest.tensors)
     if mismatch:

@@ -158,3 +158,42 @@ def test_a_header_that_does_not_tile_the_data_is_refused(header: dict[str, objec
     with tempfile.TemporaryFile() as file, pytest.raises(CodecError):
         file.write(payload)
         MappedPayload(file, len(payload))
+
+
+class _TrippingFill:
+    """A fill (``ChunkFill``) that trips on its second chunk as a parser might on odd bytes."""
+
+    def __init__(self) -> None:
+        self.written: list[int] = []
+        self.problem: str | None = None
+
+    def write(self, index: int, data: bytes) -> None:
+        if self.problem is not None:  # as StandbyFill: nothing more once abandoned
+            return
+        if index == 1:
+            raise RecursionError("maximum recursion depth exceeded")
+        self.written.append(index)
+
+    def abandon(self, why: str) -> None:
+        self.problem = self.problem or why
+
+    @property
+    def complete(self) -> bool:
+        return False
+
+
+def test_a_fill_that_trips_is_abandoned_and_the_read_goes_on() -> None:
+    """The fill only saves the copy after the read: an exception in it (raised out of the
+    reader, it was taken for a topic outage) abandons the fill, and the spool still takes
+    every chunk and makes the payload."""
+    payload = bytes(range(256)) * 13
+    pieces = _pieces(payload, 1000)
+    spool = Spool(max_bytes=len(payload))
+    fill = _TrippingFill()
+    spool.fill = fill
+    for i, piece in enumerate(pieces):
+        spool.add(Chunk(i, len(pieces), piece), hashlib.sha256(piece).hexdigest())
+    assert fill.written == [0]
+    assert fill.problem is not None and "chunk 1 could not be placed" in fill.problem
+    assert "RecursionError" in fill.problem
+    assert spool.complete(len(pieces)) and spool.read_all() == payload

@@ -4,8 +4,10 @@ import json
 import tracemalloc
 from collections.abc import Callable
 
+import pytest
 import torch
 
+from streamtrain.snapshot import verify as verify_module
 from streamtrain.snapshot.manifest import SnapshotManifest, settings_hash
 from streamtrain.snapshot.payload import decode_state, encode_state, sha256_hex, split_chunks
 from streamtrain.snapshot.verify import (
@@ -209,3 +211,21 @@ def test_inconsistent_counts_never_validate() -> None:
         doc = json.loads(raw)
         doc.update(fields)
         assert _reason(_verify(json.dumps(doc).encode(), {})) == "bad_manifest"
+
+
+def test_a_parser_that_trips_on_the_payload_refuses_it_as_corrupt(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Bytes that make a parser raise something other than ``CodecError`` (audit45 found
+    three: deep JSON, a 5000-digit integer, a shape torch cannot make) are refused as
+    ``corrupt`` with one line, not raised (the watcher took that for a topic outage)."""
+    raw, chunks = _snapshot(_state())
+
+    def tripping(file: object, size: int) -> object:
+        raise RecursionError("maximum recursion depth exceeded while decoding a JSON array")
+
+    monkeypatch.setattr(verify_module, "MappedPayload", tripping)
+    result = _verify(raw, chunks)
+    assert _reason(result) == "corrupt"
+    assert isinstance(result, RejectedSnapshot)
+    assert "RecursionError" in result.detail and "\n" not in result.detail
