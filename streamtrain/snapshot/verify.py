@@ -48,6 +48,7 @@ from streamtrain.snapshot.payload import CodecError, describe_mismatch
 from streamtrain.snapshot.signing import ManifestVerifier
 from streamtrain.snapshot.spool import Chunk as Chunk
 from streamtrain.snapshot.spool import ChunkFill, Spool, file_sha256
+from streamtrain.wire.rejects import clip_detail
 
 RejectReason = Literal[
     "signature",
@@ -91,6 +92,11 @@ class RejectedSnapshot:
     reason: RejectReason
     detail: str
     version: int | None
+
+    def __post_init__(self) -> None:
+        # clipped: a detail may quote the record's own bytes (names, ids: any length), and
+        # it becomes a log line and a metric's neighbour, not a copy of what arrived
+        object.__setattr__(self, "detail", clip_detail(self.detail))
 
 
 def parse_manifest(raw: bytes, snapshot_id: str) -> SnapshotManifest | RejectedSnapshot:
@@ -232,7 +238,7 @@ def verify_file(
         # here: raised, it was taken for a topic outage, and the batch after it was dropped.
         return RejectedSnapshot(
             "corrupt",
-            f"snapshot {sid}: payload is not safetensors: {type(exc).__name__}: {exc}"[:400],
+            f"snapshot {sid}: payload is not safetensors: {type(exc).__name__}: {exc}",
             version,
         )
     mismatch = describe_mismatch(mapped.tensors, manifest.tensors)

@@ -7,6 +7,7 @@ from collections.abc import Callable
 import pytest
 import torch
 
+from streamtrain.serve.weights.checks import SnapshotRejected, check_whole
 from streamtrain.snapshot import verify as verify_module
 from streamtrain.snapshot.manifest import SnapshotManifest, settings_hash
 from streamtrain.snapshot.payload import decode_state, encode_state, sha256_hex, split_chunks
@@ -229,3 +230,22 @@ def test_a_parser_that_trips_on_the_payload_refuses_it_as_corrupt(
     assert _reason(result) == "corrupt"
     assert isinstance(result, RejectedSnapshot)
     assert "RecursionError" in result.detail and "\n" not in result.detail
+
+
+def test_a_refusal_quoting_the_records_own_names_stays_one_short_line() -> None:
+    """A tensor name is the payload's own bytes (up to the header's limit): a refusal that
+    names it, by the reader or by the slot, is clipped, keeping its start and its hint."""
+    state = _state()
+    long_name = "n" * 200_000
+    raw, chunks = _snapshot({**state, long_name: torch.zeros(1)})
+    _, other_infos = encode_state(state)  # the manifest lists the model's tensors only
+    listed = {**json.loads(raw), "tensors": [i.model_dump() for i in other_infos]}
+    result = _verify(json.dumps(listed).encode(), chunks)
+    assert isinstance(result, RejectedSnapshot)
+    assert result.reason in ("corrupt", "checksum", "size")
+    assert len(result.detail) < 1000 and "\n" not in result.detail
+    targets = {name: tensor.clone() for name, tensor in state.items()}
+    with pytest.raises(SnapshotRejected) as refused:
+        check_whole(targets, {**state, long_name: torch.zeros(1)}, None)
+    assert refused.value.reason == "shape_mismatch"
+    assert len(str(refused.value)) < 1000 and "unexpected" in str(refused.value)

@@ -16,6 +16,7 @@ from streamtrain.snapshot.manifest import SnapshotHeader, parse_snapshot_id
 from streamtrain.snapshot.mapped import all_finite, blocks_released
 from streamtrain.train.models.dynamic_lookup import mapping_problem
 from streamtrain.train.models.dynamic_mappings import dynamic_mappings
+from streamtrain.wire.rejects import clip_detail
 
 _HINT = "(is the server configured for the same model?)"
 
@@ -28,7 +29,8 @@ class SnapshotRejected(ValueError):
     """A snapshot the slot refused; ``reason`` is the metric label, the message says why."""
 
     def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
+        # clipped: a message may quote the snapshot's own tensor names (any length)
+        super().__init__(clip_detail(message))
         self.reason = reason
 
 
