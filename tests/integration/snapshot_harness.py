@@ -148,14 +148,45 @@ def publish(
             # One digit of created_at: still a valid manifest, no longer what was signed.
             value = _flip_digit(value, value.index(b'"created_at":') + len(b'"created_at":'))
         elif tamper == "signature" and signature is not None:
-            prefix, encoded = signature.rsplit(":", 1)
-            raw = bytearray(base64.b64decode(encoded))
-            raw[10] ^= 0x01
-            signature = f"{prefix}:{base64.b64encode(bytes(raw)).decode()}"
+            signature = forged(signature)
         send_manifest(producer, topic, "linear", sid, value, signature)
     finally:
         producer.close(5)
     return manifest
+
+
+def forged(signature: str) -> str:
+    """``signature`` with one bit of its Ed25519 bytes flipped: well formed, not valid."""
+    prefix, encoded = signature.rsplit(":", 1)
+    raw = bytearray(base64.b64decode(encoded))
+    raw[10] ^= 0x01
+    return f"{prefix}:{base64.b64encode(bytes(raw)).decode()}"
+
+
+def send_chunks(
+    producer: KafkaProducer,
+    topic: str,
+    model: str,
+    sid: str,
+    sends: list[tuple[int, bytes, str]],
+    total: int,
+    timeout: float = 30,
+) -> int:
+    """Send chunk records ``(index, bytes, sha256)`` of snapshot ``sid`` (of ``total``
+    chunks) as the publisher frames them, on partition 0, in the order given; the offset of
+    the first one written (the manifest's ``first_chunk_offset``)."""
+    futures = [
+        producer.send(
+            topic,
+            value=data,
+            key=wire.chunk_key(model, sid, index),
+            headers=wire.chunk_headers(model, sid, index, total, digest),
+            partition=0,
+        )
+        for index, data, digest in sends
+    ]
+    producer.flush()
+    return int(min(f.get(timeout=timeout).offset for f in futures))
 
 
 def send_manifest(

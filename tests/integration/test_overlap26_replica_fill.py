@@ -5,7 +5,6 @@ leave a replica with nothing better not ready (503) while a later good base stil
 
 from __future__ import annotations
 
-import base64
 import time
 from pathlib import Path
 
@@ -20,13 +19,14 @@ from streamtrain.config import Settings
 from streamtrain.kafka import create_topics
 from streamtrain.metrics import SERVE_STREAMED_LOADS
 from streamtrain.serve.server import ServingWorker
-from streamtrain.snapshot import wire
 from streamtrain.snapshot.manifest import SnapshotManifest, settings_hash
 from streamtrain.snapshot.payload import encode_state, sha256_hex, split_chunks
 from streamtrain.snapshot.signing import ManifestSigner, generate_key_pair
 from tests.integration.snapshot_harness import (
+    forged,
     ready,
     rejections,
+    send_chunks,
     send_manifest,
     serve_settings,
     served_version,
@@ -70,32 +70,19 @@ def _publish(
     topic = settings.topics.snapshots
     producer = KafkaProducer(bootstrap_servers=settings.kafka.bootstrap_servers, acks="all")
     try:
-        futures = [
-            producer.send(
-                topic,
-                value=data,
-                key=wire.chunk_key("linear", sid, i),
-                headers=wire.chunk_headers("linear", sid, i, len(pieces), digest),
-                partition=0,
-            )
-            for i, data, digest in sends
-        ]
-        producer.flush()
+        first = send_chunks(producer, topic, "linear", sid, sends, len(pieces))
         manifest = SnapshotManifest(
             model_name="linear",
             settings_hash=settings_hash(settings.model.model_dump(mode="json")),
             run_id="run", version=version, created_at=time.time(), data_watermark=None,
             offsets={}, tensors=infos, size_bytes=len(payload), sha256=sha256_hex(payload),
             chunk_count=len(pieces), chunk_bytes=CHUNK,
-            first_chunk_offset=min(f.get(timeout=30).offset for f in futures),
+            first_chunk_offset=first,
         )  # fmt: skip
         value = manifest.model_dump_json().encode()
         signature = None if signer is None else signer.sign(value)
         if bend == "forged" and signature is not None:
-            prefix, encoded = signature.rsplit(":", 1)
-            raw = bytearray(base64.b64decode(encoded))
-            raw[10] ^= 0x01
-            signature = f"{prefix}:{base64.b64encode(bytes(raw)).decode()}"
+            signature = forged(signature)
         send_manifest(producer, topic, "linear", sid, value, signature)
     finally:
         producer.close(5)

@@ -21,7 +21,6 @@ from kafka import KafkaProducer
 from streamtrain.kafka import KafkaConnection, create_topics
 from streamtrain.serve.weights.slot import WeightSlot
 from streamtrain.serve.weights.watcher import SnapshotWatcher
-from streamtrain.snapshot import wire
 from streamtrain.snapshot.manifest import SnapshotManifest
 from streamtrain.snapshot.payload import encode_state, sha256_hex, split_chunks
 from streamtrain.snapshot.subscriber import SnapshotSubscriber
@@ -34,7 +33,7 @@ from tests.delta_fixtures import (
     snapshot_request,
     sparse_publisher,
 )
-from tests.integration.snapshot_harness import send_manifest
+from tests.integration.snapshot_harness import send_chunks, send_manifest
 
 HASH = "c" * 64
 BIG = {"rows": 1_048_576, "dim": 64, "id_features": 2}  # a 256 MiB table
@@ -170,18 +169,7 @@ def _publish_by_hand(
     elif how == "reordered":
         random.Random(version).shuffle(sends)
     producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
-    futures = [
-        producer.send(
-            topic,
-            value=data,
-            key=wire.chunk_key("m", sid, i),
-            headers=wire.chunk_headers("m", sid, i, len(pieces), digest),
-            partition=0,
-        )
-        for i, data, digest in sends
-    ]
-    producer.flush()
-    first = min(f.get(timeout=30).offset for f in futures)
+    first = send_chunks(producer, topic, "m", sid, sends, len(pieces))
     manifest = SnapshotManifest(
         model_name="m",
         settings_hash=settings_hash,
