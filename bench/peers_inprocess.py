@@ -54,7 +54,6 @@ class ModelConfig:
     params: dict[str, Any] = field(default_factory=dict)
     sqrt_batch_lr: bool = False
     schedule_free: bool = False
-    loss: str = "auto"  # model.loss
 
     @property
     def label(self) -> str:
@@ -79,7 +78,6 @@ def stream_settings(config: ModelConfig, stream: Stream, batch_size: int = 1) ->
                 "input_shape": [stream.feature_count],
                 "num_classes": max(stream.num_classes, 2),
                 "params": config.params,
-                "loss": config.loss,
             },
             "optimizer": optimizer,
             "train": {"seed": 7},

@@ -140,13 +140,13 @@ def _linear(layer: nn.Module) -> Step:
 
 
 def _standardize(layer: nn.Module | None) -> Step | None:
-    """``OnlineStandardize.forward`` in serving: its ``serve`` (bounded ``(x - mean) * scale``,
-    the scale kept while the statistics stand)."""
+    """``OnlineStandardize.forward`` in serving: ``(x - mean) * scale`` with its kept scale."""
     if layer is None:
         return _identity
     if type(layer) is not OnlineStandardize:
         return None
-    return layer.serve
+    buffers, scale = cast(dict[str, torch.Tensor], layer._buffers), layer._serving_scale
+    return lambda x: (x - buffers["mean"]) * scale()
 
 
 def _output(layer: nn.Module) -> Step | None:

@@ -112,8 +112,8 @@ class OnlineStandardize(nn.Module):
     >>> layer.mean.tolist(), layer.var.tolist(), int(layer.count)  # training mode learned them
     ([2.0, 20.0], [1.0, 100.0], 2)
     >>> _ = layer.eval()
-    >>> [round(v, 3) for v in layer(torch.tensor([[4.0, 0.0]]))[0].tolist()]  # 2, -2, bounded
-    [1.069, -1.069]
+    >>> layer(torch.tensor([[4.0, 0.0]])).round(decimals=3).tolist()
+    [[2.0, -2.0]]
     """
 
     mean: torch.Tensor
@@ -143,17 +143,12 @@ class OnlineStandardize(nn.Module):
         self.register_buffer("var", torch.zeros(stat_shape))
         self.register_buffer("count", torch.zeros((), dtype=torch.int64))
         # (key, scale) in one attribute: threads serving at once read a pair that belongs together
-        self._kept_scale: tuple[tuple[object, ...], tuple[torch.Tensor, torch.Tensor]] | None
-        self._kept_scale = None
-        # elements of one sample per statistic, and the most samples the statistics stand
-        # for under momentum m (a new sample's share is then m): see sample_share
-        self._elements = float(math.prod(sample_shape[d] for d in shared_dims))
-        self._most_samples = math.inf if momentum is None else self._elements / momentum - 1.0
+        self._kept_scale: tuple[tuple[object, ...], torch.Tensor] | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training and not torch.is_grad_enabled():
-            return self.serve(x)
-        out = bound((x - self.mean) * self.inverse_std(flat=0.0), self.sample_share())
+        serving = not self.training and not torch.is_grad_enabled()
+        scale = self._serving_scale() if serving else self.inverse_std(flat=0.0)
+        out = (x - self.mean) * scale
         # a distributed rank folds in even an empty batch: the other ranks' moments still count
         if self.training and (x.shape[0] > 0 or self.moments_sync is not None):
             self.observe(x.detach())
@@ -162,46 +157,26 @@ class OnlineStandardize(nn.Module):
     def extra_repr(self) -> str:
         return f"shape={tuple(self.mean.shape)}, momentum={self.momentum}"
 
-    def serve(self, x: torch.Tensor) -> torch.Tensor:
-        """``forward`` in serving (eval mode, no grad): the same function, with the scale and
-        the bound's share kept while the statistics stand (:meth:`_serving_scale`)."""
-        scale, share = self._serving_scale()
-        return bound((x - cast(torch.Tensor, self._buffers["mean"])) * scale, share)
-
-    def sample_share(self) -> torch.Tensor:
-        """``1 / N``, ``N`` the samples the statistics stand for (at least 1; under momentum
-        ``m`` at most ``1/m - 1``), per element of a statistic shared over ``shared_dims``:
-        the share of the statistics one more sample would take (:func:`bound`)."""
-        count = cast(torch.Tensor, self._buffers["count"])
-        exact = torch.promote_types(self.mean.dtype, torch.float32)
-        samples = count.to(exact)
-        if self._elements != 1.0:  # an operation fewer per step for tabular features
-            samples = samples.mul_(self._elements)
-        return samples.clamp_(1.0, self._most_samples).reciprocal_()
-
-    def _serving_scale(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(inverse_std(0.0), sample_share())``, kept while the statistics are unchanged. A
-        served model's statistics change only with its weights, in place (which bumps the
-        buffers' version counters) or as new tensors; recomputing them took ~6 small kernels
-        of every served request, a tenth of the server's CPU per request (bench/README.md,
-        Serve)."""
+    def _serving_scale(self) -> torch.Tensor:
+        """``inverse_std(0.0)``, kept while the statistics are unchanged. A served model's
+        statistics change only with its weights, in place (which bumps the buffers' version
+        counters) or as new tensors; recomputing it took ~6 small kernels of every served
+        request, a tenth of the server's CPU per request (bench/README.md, Serve)."""
         # from the buffer dict: nn.Module.__getattr__ costs ~0.4 µs per name, per request
-        mean, var, count = (
+        mean, var = (
             cast(torch.Tensor, self._buffers["mean"]),
             cast(torch.Tensor, self._buffers["var"]),
-            cast(torch.Tensor, self._buffers["count"]),
         )
-        if mean.is_inference() or var.is_inference() or count.is_inference():
+        if mean.is_inference() or var.is_inference():
             # tensors made under inference_mode keep no version counter: nothing to key on
-            return self.inverse_std(flat=0.0), self.sample_share()
-        key: tuple[object, ...] = (mean.data_ptr(), mean._version, var.data_ptr(), var._version)
-        key += (var.device, count.data_ptr(), count._version)
+            return self.inverse_std(flat=0.0)
+        key = (mean.data_ptr(), mean._version, var.data_ptr(), var._version, var.device)
         kept = self._kept_scale
         if kept is not None and kept[0] == key:
             return kept[1]
-        terms = self.inverse_std(flat=0.0), self.sample_share()
-        self._kept_scale = (key, terms)
-        return terms
+        scale = self.inverse_std(flat=0.0)
+        self._kept_scale = (key, scale)
+        return scale
 
     def is_flat(self) -> torch.Tensor:
         """Per statistic: whether its variance so far is zero up to float rounding."""
@@ -247,29 +222,6 @@ class OnlineStandardize(nn.Module):
 
     def _min_weight(self, n: int) -> float:
         return 0.0 if self.momentum is None else 1.0 - (1.0 - self.momentum) ** n
-
-
-def bound(z: torch.Tensor, share: torch.Tensor) -> torch.Tensor:
-    """``z`` as it reads once its own sample is folded into the statistics, with ``share``
-    the sample's share of them (``1 / N``): ``z * sqrt(N / (N + 1 + z^2))``, which is ``z``
-    within ``(1 + z^2) / 2N`` and never beyond ``sqrt(N)``.
-
-    Why: a standardised value is unbounded against statistics that do not hold it. Early in a
-    stream (three samples, a variance from two) or for a rare one-hot column it reads 30 or
-    100, and one SGD step on it throws a linear model's weight far off: 200 features of which 2
-    matter scored 0.762 against river's 0.783 (river's StandardScaler folds a sample in before
-    its model learns from it, so river's never exceeds ``sqrt(n)``). Exact for one sample under
-    cumulative statistics (bench/peers_linear_check.py, docs/models.md).
-
-    >>> [round(v, 3) for v in bound(torch.tensor([0.0, 1.0, 100.0]), torch.tensor(0.001)).tolist()]
-    [0.0, 0.999, 30.15]
-    >>> bound(torch.tensor([3e38]), torch.tensor(0.001)).item()  # z^2 overflows: unbounded
-    3.0000000054977558e+38
-    """
-    squares = torch.addcmul(share + 1.0, z * share, z)
-    # where z^2 overflows, z unbounded, as before: the forward overflows and the guard refuses
-    # the step (and puts the statistics back), rather than a huge batch learned as zeros
-    return torch.where(squares < math.inf, z * torch.rsqrt(squares), z)
 
 
 def make_standardizer(
