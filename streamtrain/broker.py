@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import importlib.util
+import logging
 import os
 import signal
 import socket
@@ -36,8 +37,15 @@ CLIENT_ENV = {
 }
 
 
+log = logging.getLogger(__name__)
+
+
 class BrokerUnavailable(RuntimeError):
     """The embedded broker cannot be found or did not start."""
+
+
+class _ExitedOnStart(BrokerUnavailable):
+    """The broker process exited before it accepted a connection."""
 
 
 def find_broker_binary() -> Path:
@@ -97,7 +105,10 @@ class EmbeddedBroker:
         other processes (demo/processes.py says why: one scheduling group each)."""
         self.host = host
         self.port = port or free_port(host)
+        # A port we chose may be taken between choosing and binding: start() then tries another
+        self._port_chosen = not port
         # Clients reach the broker through another port (a proxy in the outage tests).
+        self._advertised_given = advertised_port is not None
         self.advertised_port = advertised_port or self.port
         self.startup_timeout = startup_timeout
         self.log_path = log_path
@@ -113,6 +124,24 @@ class EmbeddedBroker:
         return self._process.pid if self._process else None
 
     def start(self) -> EmbeddedBroker:
+        """Start the broker and wait until it accepts connections. When the broker dies on
+        start on a port this object chose (another process took the port between choosing
+        and binding, or the fork before its exec crashed: a test process with gRPC's threads
+        running), it is started again on a new port, twice at most."""
+        attempts = 3 if self._port_chosen else 1
+        for attempt in range(1, attempts + 1):
+            try:
+                return self._start_once()
+            except _ExitedOnStart as exc:
+                if attempt == attempts:
+                    raise
+                log.warning("%s; starting it again on another port", exc)
+                self.port = free_port(self.host)
+                if not self._advertised_given:
+                    self.advertised_port = self.port
+        raise AssertionError("unreachable")
+
+    def _start_once(self) -> EmbeddedBroker:
         binary = find_broker_binary()
         url = f"tcp://{self.host}:{self.port}"
         advertised = f"tcp://{self.host}:{self.advertised_port}"
@@ -137,7 +166,7 @@ class EmbeddedBroker:
         while time.monotonic() < deadline:
             assert self._process is not None
             if self._process.poll() is not None:
-                raise BrokerUnavailable(
+                raise _ExitedOnStart(
                     f"embedded broker exited with code {self._process.returncode} on start "
                     f"(is port {self.port} already in use?)"
                 )
